@@ -1,0 +1,1 @@
+"""User databases (backends) and password hashing."""

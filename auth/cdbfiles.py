@@ -1,0 +1,165 @@
+"""The file backend of C vpopmail's cdb module: ``vpasswd`` + ``vpasswd.cdb`` per domain.
+
+``vpasswd`` lines are ``name:crypt:uid:gid:gecos:dir:quota[:clear]``, sorted by name; the cdb
+maps name -> the rest of the line. Both are replaced atomically under ``.vpasswd.lock``,
+vpasswd first, so a reader of the cdb sees the old or the new set, never a torn file.
+Lookups read only the cdb (hot path); a missing cdb is rebuilt from vpasswd, as C does.
+"""
+from __future__ import annotations
+
+import os
+
+from auth.backend import UserDatabase, VUser
+from vpopmail import cdb
+from vpopmail.assign import AssignEntry
+from vpopmail.config import Config
+from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
+from vpopmail.fsutil import FileLock, atomic_write
+
+VPASSWD = "vpasswd"
+VPASSWD_CDB = "vpasswd.cdb"
+LOCK = ".vpasswd.lock"
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def parse_fields(name: str, rest: str, source: str = VPASSWD) -> VUser:
+    """A user from its name and the text after ``name:`` (the cdb value)."""
+    fields = rest.split(":")
+    if len(fields) < 6:
+        raise CorruptData(f"{source}: user {name!r} has {len(fields) + 1} fields, needs 7 or 8")
+    try:
+        uid, flags = int(fields[1]), int(fields[2])
+    except ValueError:
+        raise CorruptData(f"{source}: user {name!r} has a non-numeric uid/gid field") from None
+    return VUser(name, fields[0], uid, flags, fields[3], fields[4], fields[5],
+                 ":".join(fields[6:]))
+
+
+def parse_line(line: str, source: str = VPASSWD) -> VUser:
+    """A user from one vpasswd line (without its newline)."""
+    name, colon, rest = line.partition(":")
+    if not colon or not name:
+        raise CorruptData(f"{source}: line without a user name: {line[:40]!r}")
+    return parse_fields(name, rest, source)
+
+
+def format_line(user: VUser, clear_passwords: bool) -> str:
+    """The vpasswd line for ``user``; the 8th field exists only with clear passwords on."""
+    line = (f"{user.name}:{user.passwd}:{user.uid}:{user.flags}:{user.gecos}:{user.dir}:"
+            f"{user.quota}")
+    return f"{line}:{user.clear}" if clear_passwords else line
+
+
+def _name_key(line: str) -> bytes:
+    return _encode(line.split(":", 1)[0])
+
+
+class CdbFiles(UserDatabase):
+    """Users in ``<domaindir>/vpasswd`` and ``vpasswd.cdb``."""
+
+    def __init__(self, config: Config) -> None:
+        self.clear_passwords = bool(config.passwords_clear_passwords)
+        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+        self.sync = bool(config.delivery_file_sync)
+
+    def _lock(self, domain: AssignEntry) -> FileLock:
+        return FileLock(os.path.join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)
+
+    def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
+        path = os.path.join(domain.dir, VPASSWD_CDB)
+        key = _encode(name)
+        try:
+            value = cdb.lookup(path, key)
+        except FileNotFoundError:
+            self.rebuild_index(domain)
+            value = cdb.lookup(path, key)
+        except OSError as exc:
+            raise CorruptData(f"{path}: {exc.strerror}") from None
+        return None if value is None else parse_fields(name, _decode(value), path)
+
+    def _read_lines(self, domain: AssignEntry) -> list[str]:
+        path = os.path.join(domain.dir, VPASSWD)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CorruptData(f"{path}: {exc.strerror}") from None
+        lines = [_decode(line) for line in data.split(b"\n") if line]
+        for number, line in enumerate(lines, 1):
+            if line.count(":") < 6 or line.startswith(":"):
+                raise CorruptData(f"{path} line {number}: not a vpasswd line: {line[:40]!r}")
+        return lines
+
+    def _write(self, domain: AssignEntry, lines: list[str], index: bool = True) -> None:
+        data = b"".join(_encode(line) + b"\n" for line in lines)
+        atomic_write(os.path.join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
+                     self.sync)
+        if index:
+            self._write_cdb(domain, lines)
+
+    def _write_cdb(self, domain: AssignEntry, lines: list[str]) -> None:
+        from vpopmail.cdbwrite import build
+
+        records = []
+        for line in lines:
+            name, _, rest = line.partition(":")
+            records.append((_encode(name), _encode(rest)))
+        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600, domain.uid,
+                     domain.gid, self.sync)
+
+    def list_users(self, domain: AssignEntry) -> list[VUser]:
+        return [parse_line(line) for line in self._read_lines(domain)]
+
+    def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        with self._lock(domain):
+            lines = self._read_lines(domain)
+            taken = {line.split(":", 1)[0] for line in lines}
+            for user in users:
+                if user.name in taken:
+                    raise UsernameExists(f"{user.name}@{domain.real_domain}")
+                taken.add(user.name)
+            lines.extend(format_line(user, self.clear_passwords) for user in users)
+            lines.sort(key=_name_key)
+            self._write(domain, lines, index)
+
+    def update_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        changes = {user.name: format_line(user, self.clear_passwords) for user in users}
+        with self._lock(domain):
+            lines = self._read_lines(domain)
+            for i, line in enumerate(lines):
+                name = line.split(":", 1)[0]
+                if name in changes:
+                    lines[i] = changes.pop(name)
+            if changes:
+                raise UserDoesNotExist(f"{next(iter(changes))}@{domain.real_domain}")
+            self._write(domain, lines, index)
+
+    def delete_user(self, domain: AssignEntry, name: str) -> VUser:
+        with self._lock(domain):
+            lines = self._read_lines(domain)
+            for i, line in enumerate(lines):
+                if line.split(":", 1)[0] == name:
+                    removed = parse_line(lines.pop(i))
+                    self._write(domain, lines)
+                    return removed
+        raise UserDoesNotExist(f"{name}@{domain.real_domain}")
+
+    def create_domain(self, domain: AssignEntry) -> None:
+        with self._lock(domain):
+            self._write(domain, [])
+
+    def delete_domain(self, domain: AssignEntry) -> None:
+        """Nothing to do: the files go with the domain directory."""
+
+    def rebuild_index(self, domain: AssignEntry) -> None:
+        with self._lock(domain):
+            self._write_cdb(domain, self._read_lines(domain))

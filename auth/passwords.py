@@ -1,0 +1,116 @@
+"""Password hashes: make new ones, check stored ones.
+
+Crypt-family hashes (DES, MD5, SHA-256, SHA-512, bcrypt, yescrypt) go through the C library's
+crypt() (glibc/libxcrypt), reached through the ``_crypt`` extension of Python 3.11/3.12 or the
+``_crypt_r`` one of the crypt-r package on 3.13+: about 1 ms per process, where importing
+passlib/libpass costs 25 ms and libpass hashes SHA-512-crypt in pure Python. libpass is loaded
+only for forms crypt() cannot do: ``{SSHA}``-style LDAP schemes and argon2.
+"""
+from __future__ import annotations
+
+import os
+
+try:
+    from _crypt import crypt as _c_crypt
+except ImportError:  # Python 3.13+: the crypt-r package
+    from _crypt_r import crypt as _c_crypt
+
+from _operator import _compare_digest as _same
+
+from vpopmail.errors import CryptFailed
+
+CRYPT64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BCRYPT64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_PREFIX = {"md5-crypt": "$1$", "sha256-crypt": "$5$", "sha512-crypt": "$6$"}
+_SALT_LEN = {"md5-crypt": 8, "sha256-crypt": 16, "sha512-crypt": 16, "des-crypt": 2}
+SCHEMES = ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt", "argon2")
+BCRYPT_COST = 10
+
+
+def _salt(length: int, alphabet: str = CRYPT64) -> str:
+    """``length`` uniformly random characters of a 64-character alphabet."""
+    return "".join(alphabet[b & 63] for b in os.urandom(length))
+
+
+def _bcrypt_salt() -> str:
+    """16 random bytes in bcrypt's base64 (22 characters; the last carries 2 bits)."""
+    raw = int.from_bytes(os.urandom(16), "big") << 4  # 132 bits = 22 six-bit digits
+    return "".join(BCRYPT64[(raw >> (6 * i)) & 63] for i in range(21, -1, -1))
+
+
+def crypt(plain: str, setting: str) -> str:
+    """The C library's crypt(); raise CryptFailed where it refuses (unknown method, bad salt)."""
+    if "\0" in plain:
+        raise CryptFailed("NUL in password")
+    try:
+        result = _c_crypt(plain, setting)
+    except OSError as exc:
+        raise CryptFailed(str(exc)) from None
+    if not result or result.startswith("*"):
+        raise CryptFailed(f"crypt() does not support {setting[:4]!r}")
+    return result
+
+
+def hash_password(plain: str, scheme: str = "sha512-crypt") -> str:
+    """A new hash of ``plain`` in ``scheme`` (one of SCHEMES), freshly salted."""
+    if scheme in _PREFIX:
+        return crypt(plain, _PREFIX[scheme] + _salt(_SALT_LEN[scheme]))
+    if scheme == "des-crypt":
+        return crypt(plain, _salt(2))
+    if scheme == "bcrypt":
+        return crypt(plain, f"$2b${BCRYPT_COST:02d}${_bcrypt_salt()}")
+    if scheme == "argon2":
+        from passlib.hash import argon2
+
+        try:
+            return str(argon2.hash(plain))
+        except Exception as exc:  # passlib raises MissingBackendError without argon2-cffi
+            raise CryptFailed(f"argon2 needs the argon2-cffi package: {exc}") from None
+    raise CryptFailed(f"unknown password scheme {scheme!r}")
+
+
+def _crypt_family(stored: str) -> bool:
+    if stored.startswith("$"):
+        return stored[1:3] in ("1$", "5$", "6$", "2a", "2b", "2y", "y$", "7$")
+    return len(stored) == 13 and all(c in CRYPT64 for c in stored)
+
+
+def verify_password(plain: str, stored: str) -> bool:
+    """Check ``plain`` against a stored hash of any form vpopmail and its forks write.
+
+    Empty, ``*`` and ``!`` hashes (locked accounts) never match. Comparisons are constant-time.
+    """
+    if stored.upper().startswith("{CRYPT}"):
+        stored = stored[7:]
+    if not stored or stored[0] in "*!":
+        return False
+    if _crypt_family(stored):
+        try:
+            return _same(crypt(plain, stored).encode(), stored.encode())
+        except CryptFailed:
+            return False
+    return _verify_with_passlib(plain, stored)
+
+
+def _verify_with_passlib(plain: str, stored: str) -> bool:
+    """LDAP-style ``{SCHEME}`` hashes and argon2, through libpass (slow import: rare path)."""
+    from passlib.context import CryptContext
+
+    if stored.upper().startswith("{PLAIN}") or stored.upper().startswith("{CLEARTEXT}"):
+        return _same(plain.encode(), stored.split("}", 1)[1].encode())
+    context = CryptContext(schemes=["ldap_salted_sha1", "ldap_salted_sha256", "ldap_salted_sha512",
+                                    "ldap_sha1", "ldap_salted_md5", "ldap_md5", "argon2"])
+    try:
+        return bool(context.verify(plain, stored))
+    except (ValueError, TypeError):
+        return False
+    except Exception:  # MissingBackendError: argon2 without argon2-cffi
+        return False
+
+
+def random_password(length: int = 8) -> str:
+    """A random password from vpopmail's alphabet (letters, digits, ``.@!#%*``)."""
+    import secrets
+
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.@!#%*"
+    return "".join(secrets.choice(alphabet) for _ in range(length))

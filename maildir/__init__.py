@@ -1,0 +1,1 @@
+"""Maildir and Maildir++: directory layout, quotas (``maildirsize``) and, later, delivery."""

@@ -1,0 +1,167 @@
+"""Maildir++ quotas as vpopmail and Courier keep them: quota strings and ``maildirsize``.
+
+Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S``), with two
+defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
+Hot-path safe: imports only ``os`` and ``time``.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+NOQUOTA = "NOQUOTA"
+MAILDIRSIZE = "maildirsize"
+_UNITS = {"k": 1024, "m": 1048576, "g": 1073741824}
+
+
+def _strtoll(text: str) -> int:
+    """C ``strtoll(text, 0, 10)``: leading blanks, a sign, then digits; 0 if none."""
+    text = text.lstrip(" \t\n\r\f\v")
+    sign = 1
+    if text[:1] in ("+", "-"):
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    digits = len(text) - len(text.lstrip("0123456789"))
+    return sign * int(text[:digits]) if digits else 0
+
+
+def format_quota(text: str) -> str:
+    """Normalise a quota as vpopmail stores it: ``NOQUOTA``, ``<n>S``, ``<m>C``, ``<n>S,<m>C``,
+    or ``""`` (no usable limit)."""
+    if text == NOQUOTA:
+        return NOQUOTA
+    size = count = 0
+    for part in text.split(","):
+        if part[-1:] in ("C", "c"):
+            count = _strtoll(part[:-1])
+            continue
+        if part[-1:] in ("S", "s"):
+            part = part[:-1]
+        if part[-1:] in ("B", "b"):
+            part = part[:-1]
+        size = _strtoll(part) * _UNITS.get(part[-1:].lower(), 1)
+    size, count = max(size, 0), max(count, 0)
+    if size and count:
+        return f"{size}S,{count}C"
+    if size:
+        return f"{size}S"
+    return f"{count}C" if count else ""
+
+
+def parse_limits(quota: str) -> tuple[int, int]:
+    """(size limit, count limit) of a stored quota string; 0 means no limit of that kind.
+
+    As vpopmail's qcalc: a number followed by ``C`` is a count, any other number a size.
+    ``NOQUOTA`` and ``""`` give (0, 0).
+    """
+    size = count = 0
+    for part in quota.split(","):
+        number = _strtoll(part)
+        rest = part.lstrip(" \t+-0123456789")
+        if rest[:1] == "C":
+            count = number
+        elif part.strip(" \t").lstrip("+-")[:1].isdigit():
+            size = number
+    return size, count
+
+
+def has_quota(quota: str) -> bool:
+    """True when ``quota`` sets a size or count limit."""
+    return parse_limits(quota) != (0, 0)
+
+
+def _message_size(name: str, path: str) -> int | None:
+    """Size from the ``,S=`` tag before the info part, else from stat (None if it vanished)."""
+    base = name.split(":", 1)[0]
+    tag = base.rfind(",S=")
+    if tag >= 0:
+        digits = base[tag + 3:].split(",", 1)[0]
+        if digits.isdigit():
+            return int(digits)
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _is_trashed(name: str) -> bool:
+    """The ``T`` flag among the leading upper-case flags of a ``:2,`` info part."""
+    info = name.partition(":2,")[2]
+    run = len(info) - len(info.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    return "T" in info[:run]
+
+
+def counted_dirs(maildir: str) -> list[str]:
+    """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
+    dirs = [os.path.join(maildir, "new"), os.path.join(maildir, "cur")]
+    try:
+        entries = sorted(os.listdir(maildir))
+    except OSError:
+        entries = []
+    for entry in entries:
+        if entry.startswith(".") and entry not in (".", "..", ".Trash"):
+            dirs.append(os.path.join(maildir, entry, "new"))
+            dirs.append(os.path.join(maildir, entry, "cur"))
+    return dirs
+
+
+def scan_usage(maildir: str) -> tuple[int, int]:
+    """(bytes, messages) actually in the Maildir, as Maildir++ counts them."""
+    total = count = 0
+    for directory in counted_dirs(maildir):
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".") or _is_trashed(name):
+                continue
+            size = _message_size(name, os.path.join(directory, name))
+            if size is not None:
+                total += size
+                count += 1
+    return total, count
+
+
+def write_maildirsize(maildir: str, quota: str, usage: tuple[int, int], uid: int | None = None,
+                      gid: int | None = None) -> None:
+    """Replace ``maildirsize`` with the quota line and one usage line, atomically (via tmp/)."""
+    from vpopmail.fsutil import atomic_write
+
+    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    data = f"{quota}\n{usage[0]} {usage[1]}\n".encode()
+    staged = os.path.join(maildir, "tmp", f"{int(time.time())}.{os.getpid()}_NeWmAiLdIrSiZe.{host}")
+    atomic_write(os.path.join(maildir, MAILDIRSIZE), data, 0o600, uid, gid, tmp=staged)
+
+
+def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
+    """(quota line, bytes, messages, data lines) from ``maildirsize``, or None if absent/unusable."""
+    try:
+        with open(os.path.join(maildir, MAILDIRSIZE), "rb") as fh:
+            data = fh.read(5120)
+    except OSError:
+        return None
+    lines = data.split(b"\n")
+    if len(lines) < 2:
+        return None
+    total = count = 0
+    rows = 0
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            total += int(fields[0])
+            count += int(fields[1]) if len(fields) > 1 else 0
+        except ValueError:
+            return None
+        rows += 1
+    return lines[0].decode("ascii", "replace"), total, count, rows
+
+
+def usage_percent(quota: str, usage: tuple[int, int]) -> int:
+    """vpopmail's percentage: the larger of bytes and count used, integer division, 100 if over."""
+    size_limit, count_limit = parse_limits(quota)
+    percents = [100 if used > limit else used * 100 // limit
+                for used, limit in zip(usage, (size_limit, count_limit)) if limit > 0]
+    return max(percents, default=0)

@@ -1,0 +1,438 @@
+"""The vpopmail API: domains, alias domains and users, over qmail's files and a user backend.
+
+Every operation either completes or leaves nothing behind (no user directory without its
+vpasswd line, no assign line without its domain directory) and raises a
+:class:`~vpopmail.errors.VpopmailError` carrying vpopmail's VA_* code.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+
+from auth.backend import UserDatabase, VUser, open_backend
+from auth.passwords import hash_password
+from maildir.maildir import make_maildir
+from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
+from vpopmail import assign, dircontrol, flags, limits
+from vpopmail.assign import AssignEntry
+from vpopmail.config import Config
+from vpopmail.errors import (AliasDomainsExist, BadChar, CannotDeleteCatchall,
+                             CouldNotMakeDomainDir, DomainAlreadyExists, DomainDoesNotExist,
+                             GecosTooLong, IllegalUsername, InvalidDomainName, PasswdTooLong,
+                             QuotaTooLong, UserDirExists, UserDoesNotExist, UsernameExists,
+                             VpopmailError)
+from vpopmail.fsutil import FileLock, atomic_write, make_dir
+from vpopmail.names import check_domain, check_user, split_address
+from vpopmail.qmail import QmailFiles
+
+MAX_GECOS = 64
+MAX_PASSWD = 128
+MAX_QUOTA = 20
+NULL_REMOTE_IP = "0.0.0.0"
+DIR_LOCK = ".dir-control.lock"
+
+
+def _check_text(value: str, too_long: type[VpopmailError], limit: int) -> str:
+    """Refuse what would break a vpasswd line (newline, NUL) and text longer than ``limit``."""
+    if "\n" in value or "\0" in value or "\r" in value:
+        raise BadChar("newline or NUL in a text field")
+    if len(value) > limit:
+        raise too_long()
+    return value
+
+
+class NewUser:
+    """What a caller gives to create one user."""
+
+    __slots__ = ("name", "password", "encrypted", "gecos", "quota")
+
+    def __init__(self, name: str, password: str | None = None, encrypted: str | None = None,
+                 gecos: str | None = None, quota: str | None = None) -> None:
+        self.name = name
+        self.password = password
+        self.encrypted = encrypted
+        self.gecos = gecos
+        self.quota = quota
+
+
+class Vpopmail:
+    """One vpopmail installation, as its configuration describes it."""
+
+    def __init__(self, config: Config, backend: UserDatabase | None = None,
+                 qmail: QmailFiles | None = None) -> None:
+        self.config = config
+        self.backend = backend or open_backend(config)
+        self.qmail = qmail or QmailFiles(config)
+        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+
+    # domains
+
+    def find_domain(self, domain: str) -> AssignEntry | None:
+        """The assign entry of ``domain`` (an alias resolves to its real domain), or None."""
+        domain = check_domain(domain.lower())
+        if not os.path.exists(os.path.join(self.config.qmail_dir, "users", "cdb")):
+            return None
+        return assign.lookup(self.config.qmail_dir, domain)
+
+    def get_domain(self, domain: str) -> AssignEntry:
+        entry = self.find_domain(domain)
+        if entry is None:
+            raise DomainDoesNotExist(domain)
+        return entry
+
+    def domains(self) -> list[AssignEntry]:
+        """Every domain and alias domain, in users/assign order."""
+        return self.qmail.entries()
+
+    def aliases_of(self, real_domain: str) -> list[str]:
+        return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
+
+    def add_domain(self, domain: str, postmaster_password: str | None = None, *,
+                   base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
+                   default_action: str | None = None, quota: str | None = None,
+                   optimize: bool = False, encrypted: bool = False) -> AssignEntry:
+        """Create a domain: its directory, .qmail-default, user database, qmail routing, and a
+        postmaster (when a password, or a hash with ``encrypted``, is given)."""
+        domain = check_domain(domain.lower())
+        if self.find_domain(domain) is not None:
+            raise DomainAlreadyExists(domain)
+        uid = self.config.uid if uid is None else uid
+        gid = self.config.gid if gid is None else gid
+        root = os.path.join(base_dir or self.config.home, str(self.config.paths_domains_dir))
+        action = default_action or str(self.config.users_default_action)
+        if "\n" in action or "'" in action:
+            raise BadChar("default action")
+        try:
+            make_dir(root, 0o750, uid, gid)
+        except OSError as exc:
+            raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+        with FileLock(os.path.join(root, DIR_LOCK), self.timeout):
+            bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs), uid, gid)[0]
+            directory = os.path.join(root, bucket, domain)
+            entry = AssignEntry(domain, domain, uid, gid, directory)
+            try:
+                if not make_dir(directory, 0o700, uid, gid):
+                    raise CouldNotMakeDomainDir(f"{directory} already exists")
+            except OSError as exc:
+                dircontrol.release(root, bucket, uid, gid)
+                raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
+        try:
+            self.write_dot_qmail_default(entry, action)
+            self.backend.create_domain(entry)
+            self.qmail.add_domain(entry, optimize)
+        except BaseException:
+            self._remove_domain_dir(entry, root, bucket)
+            raise
+        if postmaster_password is not None:
+            try:
+                spec = NewUser("postmaster", gecos="Postmaster", quota=quota,
+                               **{"encrypted" if encrypted else "password": postmaster_password})
+                self.add_users(entry, [spec])
+            except BaseException:
+                self.delete_domain(domain, force=True)
+                raise
+        return entry
+
+    def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
+        """``| <home>/bin/vdelivermail '' <action>``; a bare name becomes ``<domaindir>/<name>``."""
+        if action not in ("delete", "bounce-no-mailbox") and "@" not in action \
+                and not action.startswith("/"):
+            action = os.path.join(entry.dir, action)
+        line = f"| {os.path.join(self.config.home, 'bin', 'vdelivermail')} '' {action}\n"
+        atomic_write(os.path.join(entry.dir, ".qmail-default"), line.encode(), 0o600,
+                     entry.uid, entry.gid)
+
+    def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
+        shutil.rmtree(entry.dir, ignore_errors=True)
+        with FileLock(os.path.join(root, DIR_LOCK), self.timeout):
+            dircontrol.release(root, bucket, entry.uid, entry.gid)
+
+    def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
+        """Make ``alias`` deliver to the users of ``real_domain``."""
+        real = self.get_domain(real_domain)
+        alias = check_domain(alias.lower())
+        if alias == real.real_domain:
+            raise InvalidDomainName("real domain and alias domain are the same")
+        if self.find_domain(alias) is not None:
+            raise DomainAlreadyExists(alias)
+        entry = AssignEntry(alias, real.real_domain, real.uid, real.gid, real.dir)
+        self.qmail.add_domain(entry)
+        return entry
+
+    def delete_domain(self, domain: str, force: bool = False) -> list[str]:
+        """Delete a domain (and, with ``force``, its alias domains); an alias domain alone is
+        just unlinked. Returns the alias domains removed."""
+        entry = self.get_domain(domain)
+        if entry.is_alias:
+            self.qmail.remove_domain(entry.domain)
+            return []
+        aliases = self.aliases_of(entry.domain)
+        if aliases and not force:
+            raise AliasDomainsExist(", ".join(aliases))
+        for alias in aliases:
+            self.qmail.remove_domain(alias)
+        self.qmail.remove_domain(entry.domain)
+        self.backend.delete_domain(entry)
+        root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
+        self._remove_domain_dir(entry, root, bucket)
+        return aliases
+
+    def discover_domains(self) -> list[AssignEntry]:
+        """The domains found in the domains tree (hash buckets included): every directory with
+        a vpasswd or .qmail-default, owned as it is on disk. Alias domains leave no trace there;
+        those in users/assign whose real domain was found are kept."""
+        root = self.config.domains_root
+        found: list[AssignEntry] = []
+
+        def walk(directory: str, depth: int) -> None:
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                if not os.path.isdir(path) or os.path.islink(path):
+                    continue
+                if len(name) == 1 and depth < 3:
+                    walk(path, depth + 1)
+                elif any(os.path.exists(os.path.join(path, f)) for f in ("vpasswd", ".qmail-default")):
+                    st = os.stat(path)
+                    found.append(AssignEntry(name, name, st.st_uid, st.st_gid, path))
+
+        if os.path.isdir(root):
+            walk(root, 0)
+        real = {e.domain: e for e in found}
+        try:
+            known = self.domains()
+        except VpopmailError:
+            known = []
+        for entry in known:
+            if entry.is_alias and entry.real_domain in real:
+                target = real[entry.real_domain]
+                found.append(AssignEntry(entry.domain, target.domain, target.uid, target.gid,
+                                         target.dir))
+        return found
+
+    def user_count(self, entry: AssignEntry) -> int:
+        """Users counted in the domain's .dir-control (what vdominfo shows)."""
+        return dircontrol.read(entry.dir).cur_users
+
+    def domain_limits(self, entry: AssignEntry) -> limits.Limits:
+        return limits.read(entry.dir, self.config.home)
+
+    # users
+
+    def resolve(self, address: str) -> tuple[str, AssignEntry]:
+        """(user name, domain entry) of an address; a bare name uses the default domain."""
+        user, domain = split_address(address, self.default_domain())
+        if not domain:
+            raise IllegalUsername(f"{address}: not a full email address and no default domain")
+        entry = self.get_domain(domain)
+        return check_user(user, bool(self.config.users_hashed_dirs)), entry
+
+    def default_domain(self) -> str:
+        """$VPOPMAIL_DOMAIN, else users.default_domain, else ~vpopmail/etc/defaultdomain."""
+        value = os.environ.get("VPOPMAIL_DOMAIN") or str(self.config.users_default_domain)
+        if not value:
+            try:
+                with open(os.path.join(self.config.home, "etc", "defaultdomain")) as fh:
+                    value = fh.readline().strip()
+            except OSError:
+                value = ""
+        return value
+
+    def get_user(self, address: str) -> tuple[VUser, AssignEntry]:
+        name, entry = self.resolve(address)
+        user = self.backend.get_user(entry, name)
+        if user is None:
+            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        return user, entry
+
+    def list_users(self, domain: str) -> tuple[list[VUser], AssignEntry]:
+        entry = self.get_domain(domain)
+        return self.backend.list_users(entry), entry
+
+    def effective_flags(self, user: VUser, entry: AssignEntry) -> int:
+        """The user's flags with the domain limits ORed in (unless V_OVERRIDE), as vchkpw sees."""
+        if user.flags & flags.V_OVERRIDE:
+            return user.flags
+        return user.flags | self.domain_limits(entry).flag_mask
+
+    def default_quota(self, entry: AssignEntry) -> str:
+        """The quota new users of a domain get: its limits' defaults, else NOQUOTA."""
+        numbers = self.domain_limits(entry).numbers
+        size, count = numbers["default_quota"], numbers["default_maxmsgcount"]
+        text = ",".join(p for p in (f"{size}S" if size > 0 else "",
+                                    f"{count}C" if count > 0 else "") if p)
+        return text or NOQUOTA
+
+    def _user_record(self, entry: AssignEntry, spec: NewUser, directory: str) -> VUser:
+        name = check_user(spec.name.lower(), bool(self.config.users_hashed_dirs))
+        gecos = _check_text((spec.gecos if spec.gecos is not None else name).replace(":", ""),
+                            GecosTooLong, MAX_GECOS)
+        quota = self.quota_string(spec.quota) if spec.quota is not None else self.default_quota(entry)
+        clear = ""
+        if spec.encrypted is not None:
+            crypted = _check_text(spec.encrypted, PasswdTooLong, MAX_PASSWD)
+            if ":" in crypted:
+                raise BadChar("':' in an encrypted password")
+        elif spec.password:
+            password = _check_text(spec.password, PasswdTooLong, MAX_PASSWD)
+            crypted = hash_password(password, str(self.config.passwords_scheme))
+            clear = password if self.config.passwords_clear_passwords else ""
+        else:
+            crypted = ""
+        return VUser(name, crypted, gecos=gecos, dir=directory, quota=quota, clear=clear)
+
+    @staticmethod
+    def quota_string(quota: str) -> str:
+        """A quota as stored: ``NOQUOTA`` or the Maildir++ form; nonsense is refused."""
+        if len(quota) > MAX_QUOTA:
+            raise QuotaTooLong(quota)
+        text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
+        if not text:
+            raise QuotaTooLong(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
+        return text
+
+    def add_user(self, address: str, password: str | None = None, index: bool = True,
+                 **options: str | None) -> VUser:
+        """Add one user; ``options``: encrypted, gecos, quota."""
+        name, entry = self.resolve(address)
+        return self.add_users(entry, [NewUser(name, password, **options)], index)[0]
+
+    def rebuild_index(self, domain: str) -> None:
+        """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
+        self.backend.rebuild_index(self.get_domain(domain))
+
+    def add_users(self, entry: AssignEntry, specs: list[NewUser], index: bool = True) -> list[VUser]:
+        """Add many users to one domain with one database write: cost grows linearly.
+        ``index=False`` leaves vpasswd.cdb to a later :meth:`rebuild_index` (vadduser -O).
+
+        All records are checked first; directories are made next; the database write comes
+        last, and if it fails the directories made are removed again.
+        """
+        names = [check_user(s.name.lower(), bool(self.config.users_hashed_dirs)) for s in specs]
+        if len(set(names)) != len(names):
+            raise UsernameExists("the same name twice in one batch")
+        existing = {u.name for u in self.backend.list_users(entry)} if len(specs) > 1 else set()
+        for name in names:
+            if name in existing or (len(specs) == 1 and self.backend.get_user(entry, name)):
+                raise UsernameExists(f"{name}@{entry.real_domain}")
+        records = [self._user_record(entry, spec, "") for spec in specs]
+        made: list[tuple[str, str]] = []
+        try:
+            with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+                buckets = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
+                                              entry.uid, entry.gid, len(records))
+            for record, bucket in zip(records, buckets):
+                record.dir = os.path.join(entry.dir, bucket, record.name)
+                self._make_user_dir(record, entry)
+                made.append((record.dir, bucket))
+            self.backend.add_users(entry, records, index)
+        except BaseException:
+            self._undo_user_dirs(entry, made, len(records))
+            raise
+        return records
+
+    def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
+        try:
+            if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
+                raise UserDirExists(user.dir)
+            make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
+            if self.config.logging_auth_logging:
+                atomic_write(os.path.join(user.dir, "lastauth"), NULL_REMOTE_IP.encode(), 0o600,
+                             entry.uid, entry.gid, sync=False)
+            if has_quota(user.quota):
+                write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
+                                  entry.uid, entry.gid)
+        except OSError as exc:
+            shutil.rmtree(user.dir, ignore_errors=True)
+            raise UserDirExists(f"{user.dir}: {exc.strerror}") from None
+
+    def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
+                        allocated: int) -> None:
+        for directory, _ in made:
+            shutil.rmtree(directory, ignore_errors=True)
+        with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+            for _, bucket in made:
+                dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
+            control = dircontrol.read(entry.dir)
+            control.cur_users = max(control.cur_users - (allocated - len(made)), 0)
+            dircontrol.write(entry.dir, control, entry.uid, entry.gid)
+
+    def delete_user(self, address: str) -> VUser:
+        """Delete a user, its directory and its mail. The domain's catch-all target is kept."""
+        name, entry = self.resolve(address)
+        user = self.backend.get_user(entry, name)
+        if user is None:
+            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        if self._is_catchall(entry, user):
+            raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
+        self.backend.delete_user(entry, name)
+        if user.dir.startswith(entry.dir + os.sep):
+            shutil.rmtree(user.dir, ignore_errors=True)
+            _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
+            with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+                dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
+        return user
+
+    def _is_catchall(self, entry: AssignEntry, user: VUser) -> bool:
+        try:
+            with open(os.path.join(entry.dir, ".qmail-default")) as fh:
+                target = fh.readline().split()[-1]
+        except (OSError, IndexError):
+            return False
+        return target in (user.dir, f"{user.name}@{entry.real_domain}")
+
+    def update_user(self, entry: AssignEntry, user: VUser, index: bool = True) -> None:
+        self.backend.update_users(entry, [user], index)
+
+    def set_password(self, address: str, password: str, encrypted: bool = False,
+                     honour_flag: bool = False) -> VUser:
+        """Set a new password (or, with ``encrypted``, a ready hash)."""
+        user, entry = self.get_user(address)
+        if honour_flag and self.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
+            raise IllegalUsername(f"{user.name}@{entry.real_domain} may not change its password")
+        self.update_user(entry, self.with_password(user, password, encrypted))
+        return user
+
+    def with_password(self, user: VUser, password: str, encrypted: bool = False) -> VUser:
+        """``user`` with a new password hash (and clear copy when configured)."""
+        if encrypted:
+            if ":" in password:
+                raise BadChar("':' in an encrypted password")
+            return user.copy(passwd=_check_text(password, PasswdTooLong, MAX_PASSWD), clear="")
+        password = _check_text(password, PasswdTooLong, MAX_PASSWD)
+        clear = password if self.config.passwords_clear_passwords else ""
+        return user.copy(passwd=hash_password(password, str(self.config.passwords_scheme)),
+                         clear=clear)
+
+    def set_quota(self, address_or_domain: str, quota: str) -> list[VUser]:
+        """Set the quota of one user, or of every user of a domain (no ``@``)."""
+        text = self.quota_string(quota)
+        if not any(c in address_or_domain for c in "@%"):
+            users, entry = self.list_users(address_or_domain)
+        else:
+            user, entry = self.get_user(address_or_domain)
+            users = [user]
+        changed = [u.copy(quota=text) for u in users]
+        self.backend.update_users(entry, changed)
+        for user in changed:
+            self.update_maildirsize(user, entry)
+        return changed
+
+    def update_maildirsize(self, user: VUser, entry: AssignEntry) -> None:
+        """Rewrite ``maildirsize`` for the user's quota from a fresh count (none for NOQUOTA)."""
+        maildir = os.path.join(user.dir, "Maildir")
+        try:
+            os.unlink(os.path.join(maildir, "maildirsize"))
+        except FileNotFoundError:
+            pass
+        if has_quota(user.quota) and os.path.isdir(maildir):
+            write_maildirsize(maildir, user.quota, scan_usage(maildir), entry.uid, entry.gid)
+
+    def iter_targets(self, target: str) -> Iterable[tuple[VUser, AssignEntry]]:
+        """The users an admin command names: one address, or every user of a domain."""
+        if any(c in target for c in "@%"):
+            yield self.get_user(target)
+            return
+        users, entry = self.list_users(target)
+        for user in users:
+            yield user, entry

@@ -1,0 +1,113 @@
+"""qmail's ``users/assign`` and the ``users/cdb`` that qmail-newu builds from it.
+
+Reading (``lookup``) is on the hot path and imports only the lean cdb reader; building the
+cdb (``cdb_records``) reproduces qmail-newu byte for byte, so no qmail binary is needed.
+"""
+from __future__ import annotations
+
+import os
+
+from vpopmail import cdb
+from vpopmail.errors import CorruptData
+
+
+class AssignEntry:
+    """One vpopmail ``+domain-:real:uid:gid:dir:-::`` line."""
+
+    __slots__ = ("domain", "real_domain", "uid", "gid", "dir")
+
+    def __init__(self, domain: str, real_domain: str, uid: int, gid: int, dir: str) -> None:
+        self.domain = domain
+        self.real_domain = real_domain
+        self.uid = uid
+        self.gid = gid
+        self.dir = dir
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AssignEntry) and all(
+            getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self) -> str:
+        return f"AssignEntry({self.domain!r}, {self.real_domain!r}, {self.uid}, {self.gid}, {self.dir!r})"
+
+    @property
+    def is_alias(self) -> bool:
+        return self.domain != self.real_domain
+
+    def line(self) -> str:
+        return f"+{self.domain}-:{self.real_domain}:{self.uid}:{self.gid}:{self.dir}:-::"
+
+
+def parse_entry(line: str) -> AssignEntry | None:
+    """The vpopmail entry on an assign line, or None for lines of another shape (kept as is)."""
+    fields = line.split(":")
+    if len(fields) < 7 or not fields[0].startswith("+") or not fields[0].endswith("-"):
+        return None
+    try:
+        uid, gid = int(fields[2]), int(fields[3])
+    except ValueError:
+        return None
+    return AssignEntry(fields[0][1:-1], fields[1], uid, gid, fields[4])
+
+
+def sort_key(line: str) -> str:
+    """vpopmail's order for assign lines: the domain's last two labels first (x.example.com ->
+    example.com.x)."""
+    name = line.split(":", 1)[0][1:].rstrip("-")
+    labels = name.split(".")
+    return ".".join(labels[-2:] + labels[:-2])
+
+
+def cdb_records(text: str, source: str = "users/assign") -> list[tuple[bytes, bytes]]:
+    """The records qmail-newu writes for an assign file, in its order (the wildcard set last)."""
+    records = []
+    wildchars = ""
+    data = text.encode("latin-1")
+    for raw in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
+        if raw.startswith(b"."):
+            break
+        if b"\0" in raw:
+            raise CorruptData(f"{source}: NUL in line")
+        colon = raw.find(b":")
+        if colon <= 0:
+            raise CorruptData(f"{source}: line without a name: {raw[:60]!r}")
+        kind, name, rest = raw[:1], raw[1:colon].lower(), raw[colon + 1:]
+        if kind not in (b"=", b"+"):
+            raise CorruptData(f"{source}: line must start with = or +: {raw[:60]!r}")
+        fields = rest.split(b":")
+        if len(fields) < 7:
+            raise CorruptData(f"{source}: too few fields: {raw[:60]!r}")
+        value = b"\0".join(fields[:6])
+        if kind == b"=":
+            records.append((b"!" + name + b"\0", value))
+        else:
+            records.append((b"!" + name, value))
+            last = name[-1:].decode("latin-1")
+            if last and last not in wildchars:
+                wildchars += last
+    else:
+        raise CorruptData(f"{source}: missing final '.' line")
+    records.append((b"", wildchars.encode("latin-1")))
+    return records
+
+
+def lookup(qmail_dir: str, domain: str) -> AssignEntry | None:
+    """Resolve ``domain`` (lower case) through ``users/cdb`` as vpopmail's vget_assign does.
+
+    An alias domain resolves to its real domain's entry (``entry.domain`` keeps the alias).
+    Missing or corrupt ``users/cdb`` raises :class:`CorruptData`: a local fault, never "no such
+    domain".
+    """
+    path = os.path.join(qmail_dir, "users", "cdb")
+    try:
+        value = cdb.lookup(path, b"!" + domain.encode("latin-1") + b"-")
+    except OSError as exc:
+        raise CorruptData(f"{path}: {exc.strerror}") from None
+    if value is None:
+        return None
+    fields = value.split(b"\0")
+    try:
+        return AssignEntry(domain, fields[0].decode("latin-1"), int(fields[1]), int(fields[2]),
+                           fields[3].decode("latin-1"))
+    except (IndexError, ValueError):
+        raise CorruptData(f"{path}: bad record for {domain}") from None

@@ -1,0 +1,107 @@
+"""vmoduser: change flags, quota, gecos, password or directory of a user or a whole domain."""
+from __future__ import annotations
+
+import os
+import sys
+
+from auth.backend import VUser
+from vpopmail.api import Vpopmail
+from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.errors import BadChar, UserDoesNotExist
+from vpopmail.flags import SA_ADMIN, SA_EXPERT, VMODUSER_LETTERS
+
+USAGE = """\
+vmoduser: usage: [options] email_addr or domain (for each user in domain)
+options: -v ( display the vpopmail version number )
+         -n ( don't rebuild the vpasswd.cdb file )
+         -q quota ( set quota )
+         -c comment (set the comment/gecos field )
+         -e encrypted_passwd (set the password field )
+         -C clear_text_passwd (set the password field )
+         -D dir (set the user's directory )
+the following options are bit flags in the gid int field
+         -x ( clear all flags )
+         -d ( don't allow user to change password )
+         -p ( disable POP access )
+         -s ( disable SMTP AUTH access )
+         -w ( disable webmail [IMAP from localhost*] access )
+            ( * full list of webmail server IPs in vchkpw.c )
+         -i ( disable non-webmail IMAP access )
+         -b ( bounce all mail )
+         -o ( user is not subject to domain limits )
+         -r ( disable roaming user/pop-before-smtp )
+         -a ( grant qmailadmin administrator privileges )
+         -S ( grant system administrator privileges - access all domains )
+         -E ( grant expert privileges - edit .qmail files )
+         -f ( disable spamassassin)
+         -F ( delete spam)
+         -m ( disable maildrop)
+  [The following flags aren't used directly by vpopmail but are]
+  [included for other programs that share the user database.]
+         -u ( set no dialup flag )
+         -0 ( set V_USER0 flag )
+         -1 ( set V_USER1 flag )
+         -2 ( set V_USER2 flag )
+         -3 ( set V_USER3 flag )
+"""
+
+
+def modified(api: Vpopmail, user: VUser, settings: dict[str, str], set_flags: int,
+             clear_flags: bool) -> VUser:
+    """``user`` with the command line's changes applied."""
+    changes: dict[str, object] = {"flags": (0 if clear_flags else user.flags) | set_flags}
+    if "c" in settings:
+        changes["gecos"] = settings["c"].replace(":", "")
+    if "q" in settings:
+        changes["quota"] = api.quota_string(settings["q"])
+    if "D" in settings:
+        directory = settings["D"]
+        if not directory.startswith("/") or any(c in directory for c in ":\n\0"):
+            raise BadChar(f"directory {directory!r} must be absolute, without ':' or newline")
+        changes["dir"] = os.path.normpath(directory)
+    user = user.copy(**changes)
+    if "C" in settings:
+        user = api.with_password(user, settings["C"])
+    elif "e" in settings:
+        user = api.with_password(user, settings["e"], encrypted=True)
+    return user
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    def body() -> int:
+        options, args = getopt(sys.argv[1:] if argv is None else argv,
+                               "D:avunxc:q:dpswibro0123he:C:fFSEm")
+        settings: dict[str, str] = {}
+        set_flags = 0
+        for letter, value in options:
+            if letter == "v":
+                print_version()
+            elif letter == "h":
+                print(USAGE, end="")
+                return 0
+            elif letter in VMODUSER_LETTERS:
+                bit = VMODUSER_LETTERS[letter]
+                if bit in (SA_ADMIN, SA_EXPERT) and os.getuid() != 0:
+                    continue  # system-wide privileges are root's to grant, as in C
+                set_flags |= bit
+            else:
+                settings[letter] = value
+        if len(args) != 1:
+            raise UsageError("")
+        api = open_api(config)
+        try:
+            targets = list(api.iter_targets(args[0]))
+        except UserDoesNotExist:
+            print(f"no such user {args[0].lower()}")
+            return 255
+        if not targets:
+            return 0
+        entry = targets[0][1]
+        users = [modified(api, user, settings, set_flags, "x" in settings) for user, _ in targets]
+        api.backend.update_users(entry, users, "n" not in settings)
+        if "q" in settings:
+            for user in users:
+                api.update_maildirsize(user, entry)
+        return 0
+
+    return run(body, USAGE)

@@ -1,0 +1,49 @@
+"""vregenerate: rebuild users/assign (+ users/cdb), rcpthosts and virtualdomains from the
+domains tree, e.g. after qmail-pw2u or a lost /var/qmail (the seed's gen-hashed.sh recovery)."""
+from __future__ import annotations
+
+import sys
+
+from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+
+USAGE = """\
+vregenerate: usage: [options]
+options: -v (print version number)
+         -n (dry run: print what would be written)
+         -f, --force (replace vpopmail entries of a users/assign that differs)
+Domains are found under the vpopmail domains directory; alias domains survive only if
+users/assign still names them.
+"""
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    def body() -> int:
+        raw = sys.argv[1:] if argv is None else argv
+        options, args = getopt(["-f" if a == "--force" else a for a in raw], "vnf")
+        letters = {letter for letter, _ in options}
+        if "v" in letters:
+            print_version()
+        if args:
+            raise UsageError("")
+        api = open_api(config)
+        found = api.discover_domains()
+        root = api.config.domains_root
+        current = {e.line() for e in api.qmail.entries()
+                   if e.dir.startswith(root + "/") or e.domain in {f.domain for f in found}}
+        wanted = {e.line() for e in found}
+        for line in sorted(wanted - current):
+            print(f"add:    {line}")
+        for line in sorted(current - wanted):
+            print(f"remove: {line}")
+        if "n" in letters:
+            return 0
+        if current - wanted and "f" not in letters:
+            print("Error: users/assign has entries the domains tree does not explain; "
+                  "nothing written (use --force to replace them)")
+            return 1
+        api.qmail.replace_assign(found, root)
+        api.qmail.ensure_routed([e.domain for e in found])
+        print(f"{len(found)} domains in users/assign")
+        return 0
+
+    return run(body, USAGE)

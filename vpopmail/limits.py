@@ -1,0 +1,113 @@
+"""Domain limits: ``<domaindir>/.qmailadmin-limits``, else ``~vpopmail/etc/vlimits.default``.
+
+Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comments, and bare
+boolean keys that are on by their presence. C vpopmail refused to add users when neither file
+existed; here the built-in defaults (no limits) apply then.
+"""
+from __future__ import annotations
+
+import os
+
+from vpopmail import flags
+from vpopmail.errors import CannotReadLimits
+from vpopmail.fsutil import atomic_write
+
+DOMAIN_FILE = ".qmailadmin-limits"
+DEFAULT_FILE = "vlimits.default"
+
+#: numeric keys and their defaults, in the order they are written
+NUMBERS = {
+    "maxpopaccounts": -1, "maxaliases": -1, "maxforwards": -1, "maxautoresponders": -1,
+    "maxmailinglists": -1, "quota": 0, "maxmsgcount": 0, "default_quota": 0,
+    "default_maxmsgcount": 0, "perm_account": 0, "perm_alias": 0, "perm_forward": 0,
+    "perm_autoresponder": 0, "perm_maillist": 0, "perm_quota": 0, "perm_defaultquota": 0,
+}
+#: boolean key -> (user flag it forces, vmoddomlimits -g letter)
+SWITCHES = {
+    "disable_pop": (flags.NO_POP, "p"),
+    "disable_imap": (flags.NO_IMAP, "i"),
+    "disable_dialup": (flags.NO_DIALUP, "u"),
+    "disable_password_changing": (flags.NO_PASSWD_CHNG, "d"),
+    "disable_external_relay": (flags.NO_RELAY, "r"),
+    "disable_smtp": (flags.NO_SMTP, "s"),
+    "disable_webmail": (flags.NO_WEBMAIL, "w"),
+    "disable_spamassassin": (flags.NO_SPAMASSASSIN, "c"),
+    "delete_spam": (flags.DELETE_SPAM, "x"),
+    "disable_maildrop": (flags.NO_MAILDROP, "m"),
+}
+PERM_CREATE, PERM_MODIFY, PERM_DELETE = 1, 2, 4
+PERM_LETTERS = {"c": PERM_CREATE, "m": PERM_MODIFY, "d": PERM_DELETE,
+                "a": PERM_CREATE | PERM_MODIFY | PERM_DELETE}
+
+
+class Limits:
+    """The numeric limits and the boolean switches of one limits file."""
+
+    __slots__ = ("numbers", "switches", "source")
+
+    def __init__(self, numbers: dict[str, int] | None = None, switches: set[str] | None = None,
+                 source: str = "") -> None:
+        self.numbers = dict(NUMBERS, **(numbers or {}))
+        self.switches = set(switches or ())
+        self.source = source
+
+    @property
+    def flag_mask(self) -> int:
+        """The user flags these limits force on every user without V_OVERRIDE."""
+        mask = 0
+        for key in self.switches:
+            mask |= SWITCHES[key][0]
+        return mask
+
+    @classmethod
+    def parse(cls, text: str, source: str = "") -> Limits:
+        limits = cls(source=source)
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            key = line.split(None, 1)[0].split(":", 1)[0]
+            value = line[len(key):].lstrip(" \t:")
+            if key in SWITCHES:
+                limits.switches.add(key)
+            elif key in NUMBERS:
+                try:
+                    limits.numbers[key] = int(value)
+                except ValueError:
+                    raise CannotReadLimits(f"{source} line {number}: {key} needs a number") from None
+            else:
+                raise CannotReadLimits(f"{source} line {number}: unknown key {key!r}")
+        return limits
+
+    def render(self) -> str:
+        lines = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
+        lines += [key for key in SWITCHES if key in self.switches]
+        return "\n".join(lines) + "\n"
+
+
+def domain_file(domain_dir: str) -> str:
+    return os.path.join(domain_dir, DOMAIN_FILE)
+
+
+def default_file(vpopmail_home: str) -> str:
+    return os.path.join(vpopmail_home, "etc", DEFAULT_FILE)
+
+
+def read_file(path: str) -> Limits | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return Limits.parse(fh.read(), path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CannotReadLimits(f"{path}: {exc.strerror}") from None
+
+
+def read(domain_dir: str, vpopmail_home: str) -> Limits:
+    """The limits in force for a domain: its own file, else the default file, else none."""
+    return (read_file(domain_file(domain_dir)) or read_file(default_file(vpopmail_home))
+            or Limits(source="built-in defaults"))
+
+
+def write(path: str, limits: Limits, uid: int | None = None, gid: int | None = None) -> None:
+    atomic_write(path, limits.render().encode(), 0o600, uid, gid)

@@ -1,0 +1,54 @@
+"""User and domain name rules (vpopmail's character sets, minus what escapes a directory).
+
+C vpopmail allows ``/`` and ``..`` in user names, so ``vadduser ../evil@example.com`` created a
+directory outside the domain; here a name is always exactly one safe path component.
+Hot-path safe: imports nothing.
+"""
+from __future__ import annotations
+
+from vpopmail.errors import (DomainNameTooLong, IllegalUsername, InvalidDomainName,
+                             UserNameTooLong)
+
+MAX_USER = 64
+MAX_DOMAIN = 96
+USER_CHARS = frozenset("!#$&'*+-.=?^_`{|}~0123456789"
+                       "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+DOMAIN_CHARS = frozenset("-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+AT_CHARS = "@%/"
+#: Files that live beside the user directories in a domain directory.
+RESERVED_USERS = frozenset({"vpasswd", "vpasswd.cdb", "vpasswd.lock", "cdb.tmp"})
+
+
+def check_user(name: str, hashed_dirs: bool = True) -> str:
+    """Return ``name`` if it is a valid user name, else raise IllegalUsername / UserNameTooLong."""
+    if len(name) > MAX_USER:
+        raise UserNameTooLong(name[:MAX_USER] + "...")
+    if (not name or not USER_CHARS.issuperset(name) or name.startswith(".") or ".." in name
+            or name in RESERVED_USERS):
+        raise IllegalUsername(repr(name))
+    if hashed_dirs and len(name) == 1:
+        # one-character names would collide with the hash buckets 0-9A-Za-z
+        raise IllegalUsername(f"{name!r}: one-character names collide with hashed directories")
+    return name
+
+
+def check_domain(name: str) -> str:
+    """Return ``name`` if it is a valid domain name, else raise InvalidDomainName."""
+    if len(name) > MAX_DOMAIN:
+        raise DomainNameTooLong(name[:MAX_DOMAIN] + "...")
+    if (len(name) < 3 or not DOMAIN_CHARS.issuperset(name) or name[0] in "-."
+            or name[-1] in "-." or ".." in name):
+        raise InvalidDomainName(repr(name))
+    return name
+
+
+def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
+    """Split ``user@domain`` (or ``%``, ``/``) lower-cased; a bare user gets ``default_domain``.
+
+    Only splits; callers validate the parts with :func:`check_user` / :func:`check_domain`.
+    """
+    address = address.lower()
+    cut = min((i for i in (address.find(c) for c in AT_CHARS) if i >= 0), default=-1)
+    if cut < 0:
+        return address, default_domain.lower()
+    return address[:cut], address[cut + 1:]

@@ -1,0 +1,187 @@
+"""qmail's files that vpopmail maintains: users/assign + users/cdb, rcpthosts, morercpthosts
+(+ .cdb past 50 domains), virtualdomains, locals. Admin side only (the hot path reads through
+:mod:`vpopmail.assign`).
+
+Every file is replaced atomically under its ``.lock`` sibling, as C vpopmail does; users/cdb
+and morercpthosts.cdb are built natively, byte-identical to qmail-newu and qmail-newmrh.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from vpopmail.assign import AssignEntry, cdb_records, parse_entry, sort_key
+from vpopmail.cdbwrite import build
+from vpopmail.config import Config
+from vpopmail.errors import CannotReadAssign, CorruptData, DomainAlreadyExists, DomainDoesNotExist
+from vpopmail.fsutil import FileLock, atomic_write
+
+MAX_RCPTHOSTS = 50
+
+
+class QmailFiles:
+    """The qmail control tree at ``config.qmail_dir``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.root = config.qmail_dir
+        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+        self.sync = bool(config.delivery_file_sync)
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.root, *parts)
+
+    def _lock(self, path: str) -> FileLock:
+        return FileLock(path + ".lock", self.timeout)
+
+    def _write(self, path: str, data: bytes) -> None:
+        atomic_write(path, data, 0o644, sync=self.sync)
+
+    # users/assign and users/cdb
+
+    def assign_lines(self) -> list[str]:
+        """The lines of users/assign before its final ``.`` (missing file: none)."""
+        path = self.path("users", "assign")
+        try:
+            with open(path, encoding="latin-1") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise CannotReadAssign(f"{path}: {exc.strerror}") from None
+        lines = []
+        for line in text.split("\n"):
+            if line.startswith("."):
+                return lines
+            if line:
+                lines.append(line)
+        raise CorruptData(f"{path}: missing final '.' line")
+
+    def entries(self) -> list[AssignEntry]:
+        """Every vpopmail domain and alias domain in users/assign, in file order."""
+        return [e for e in map(parse_entry, self.assign_lines()) if e is not None]
+
+    def _write_assign(self, lines: list[str]) -> None:
+        text = "".join(line + "\n" for line in lines) + ".\n"
+        records = cdb_records(text, self.path("users", "assign"))
+        self._write(self.path("users", "assign"), text.encode("latin-1"))
+        self._write(self.path("users", "cdb"), build(records))
+
+    def rebuild_users_cdb(self) -> None:
+        """Rebuild users/cdb from users/assign (what qmail-newu does)."""
+        with self._lock(self.path("users", "assign")):
+            self._write_assign(self.assign_lines())
+
+    def add_assign(self, entry: AssignEntry) -> None:
+        with self._lock(self.path("users", "assign")):
+            lines = self.assign_lines()
+            if any((e := parse_entry(line)) and e.domain == entry.domain for line in lines):
+                raise DomainAlreadyExists(entry.domain)
+            new = entry.line()
+            key = sort_key(new)
+            at = next((i for i, line in enumerate(lines) if sort_key(line) > key), len(lines))
+            lines.insert(at, new)
+            self._write_assign(lines)
+
+    def replace_assign(self, entries: list[AssignEntry], under: str) -> None:
+        """Make ``entries`` the vpopmail lines of users/assign for the domains tree ``under``:
+        lines for directories below it are replaced, all other lines are kept."""
+        with self._lock(self.path("users", "assign")):
+            ours = {e.domain for e in entries}
+            kept = [line for line in self.assign_lines()
+                    if not ((e := parse_entry(line)) and (e.domain in ours
+                                                          or e.dir.startswith(under + os.sep)))]
+            self._write_assign(sorted(kept + [e.line() for e in entries], key=sort_key))
+
+    def ensure_routed(self, domains: list[str]) -> None:
+        """Add the domains missing from rcpthosts/morercpthosts and virtualdomains (removes
+        nothing)."""
+        accepted = set(self.read_control("rcpthosts")) | set(self.read_control("morercpthosts"))
+        routed = {line.split(":", 1)[0] for line in self.read_control("virtualdomains")}
+        extra = False
+        for domain in domains:
+            if domain not in accepted:
+                if len(self.read_control("rcpthosts")) < MAX_RCPTHOSTS:
+                    self._edit_control("rcpthosts", add=domain)
+                else:
+                    extra = self._edit_control("morercpthosts", add=domain) or extra
+            if domain not in routed:
+                self._edit_control("virtualdomains", add=f"{domain}:{domain}")
+        if extra:
+            self._build_morercpthosts()
+
+    def remove_assign(self, domain: str) -> None:
+        with self._lock(self.path("users", "assign")):
+            lines = self.assign_lines()
+            kept = [line for line in lines
+                    if not ((e := parse_entry(line)) and e.domain == domain)]
+            if len(kept) == len(lines):
+                raise DomainDoesNotExist(domain)
+            self._write_assign(kept)
+
+    # control files
+
+    def read_control(self, name: str) -> list[str]:
+        try:
+            with open(self.path("control", name), encoding="latin-1") as fh:
+                return [line.rstrip("\n") for line in fh if line.strip()]
+        except FileNotFoundError:
+            return []
+
+    def _edit_control(self, name: str, add: str | None = None, remove: str | None = None,
+                      match: str = "line", create: bool = False) -> bool:
+        """Add a line and/or remove lines (``match``: whole line, or the part before ``:``);
+        ``create`` writes the file even when nothing changed but it is missing."""
+        path = self.path("control", name)
+        with self._lock(path):
+            lines = self.read_control(name)
+            kept = lines
+            if remove is not None:
+                kept = [line for line in lines
+                        if (line.split(":", 1)[0] if match == "key" else line).lower() != remove]
+            if add is not None and add not in kept:
+                kept = kept + [add]
+            if kept != lines or (create and not os.path.exists(path)):
+                self._write(path, "".join(line + "\n" for line in kept).encode("latin-1"))
+            return kept != lines
+
+    def _build_morercpthosts(self) -> None:
+        keys = [line.strip().lower().encode("latin-1") for line in self.read_control("morercpthosts")]
+        self._write(self.path("control", "morercpthosts.cdb"), build((k, b"") for k in keys))
+
+    def add_domain(self, entry: AssignEntry, optimize: bool = False) -> None:
+        """Make qmail accept and route ``entry.domain`` (a domain or an alias domain)."""
+        os.makedirs(self.path("users"), exist_ok=True)
+        os.makedirs(self.path("control"), exist_ok=True)
+        self.add_assign(entry)
+        domain = entry.domain
+        if len(self.read_control("rcpthosts")) < MAX_RCPTHOSTS:
+            self._edit_control("rcpthosts", add=domain)
+        else:
+            self._edit_control("morercpthosts", add=domain)
+            if not optimize:
+                self._build_morercpthosts()
+        self._edit_control("virtualdomains", add=f"{domain}:{domain}")
+        self._edit_control("locals", remove=domain, create=True)
+        if not optimize:
+            self.reload_qmail_send()
+
+    def remove_domain(self, domain: str) -> None:
+        """Undo :meth:`add_domain` for ``domain``."""
+        self.remove_assign(domain)
+        self._edit_control("rcpthosts", remove=domain)
+        if self._edit_control("morercpthosts", remove=domain):
+            self._build_morercpthosts()
+        self._edit_control("virtualdomains", remove=domain, match="key")
+        self.reload_qmail_send()
+
+    def reload_qmail_send(self) -> None:
+        """SIGHUP qmail-send so that it rereads virtualdomains (if it runs here)."""
+        import psutil
+
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] == "qmail-send":
+                try:
+                    proc.send_signal(signal.SIGHUP)
+                except psutil.Error:
+                    pass
