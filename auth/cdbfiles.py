@@ -7,6 +7,7 @@ Lookups read only the cdb (hot path); a missing cdb is rebuilt from vpasswd, as 
 """
 from __future__ import annotations
 
+import bisect
 import os
 
 from auth.backend import UserDatabase, VUser
@@ -57,12 +58,16 @@ def format_line(user: VUser, clear_passwords: bool) -> str:
     return f"{line}:{user.clear}" if clear_passwords else line
 
 
-def _name_key(line: str) -> bytes:
-    return _encode(line.split(":", 1)[0])
+def _name(line: bytes) -> bytes:
+    return line[:line.find(b":")]
 
 
 class CdbFiles(UserDatabase):
-    """Users in ``<domaindir>/vpasswd`` and ``vpasswd.cdb``."""
+    """Users in ``<domaindir>/vpasswd`` and ``vpasswd.cdb``.
+
+    Writers keep the file as raw byte lines: one add is a read, a binary-search insert, a
+    write and the cdb rebuild, with no per-line decoding (the cost of an add at 100k users).
+    """
 
     def __init__(self, config: Config) -> None:
         self.clear_passwords = bool(config.passwords_clear_passwords)
@@ -84,7 +89,8 @@ class CdbFiles(UserDatabase):
             raise CorruptData(f"{path}: {exc.strerror}") from None
         return None if value is None else parse_fields(name, _decode(value), path)
 
-    def _read_lines(self, domain: AssignEntry) -> list[str]:
+    def _read_lines(self, domain: AssignEntry) -> list[bytes]:
+        """The vpasswd lines (bytes, no newline); a line that cannot be a user is an error."""
         path = os.path.join(domain.dir, VPASSWD)
         try:
             with open(path, "rb") as fh:
@@ -93,62 +99,65 @@ class CdbFiles(UserDatabase):
             return []
         except OSError as exc:
             raise CorruptData(f"{path}: {exc.strerror}") from None
-        lines = [_decode(line) for line in data.split(b"\n") if line]
+        lines = [line for line in data.split(b"\n") if line]
         for number, line in enumerate(lines, 1):
-            if line.count(":") < 6 or line.startswith(":"):
+            if line.count(b":") < 6 or line.startswith(b":"):
                 raise CorruptData(f"{path} line {number}: not a vpasswd line: {line[:40]!r}")
         return lines
 
-    def _write(self, domain: AssignEntry, lines: list[str], index: bool = True) -> None:
-        data = b"".join(_encode(line) + b"\n" for line in lines)
+    def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
+        data = b"\n".join(lines) + b"\n" if lines else b""
         atomic_write(os.path.join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
                      self.sync)
         if index:
             self._write_cdb(domain, lines)
 
-    def _write_cdb(self, domain: AssignEntry, lines: list[str]) -> None:
+    def _write_cdb(self, domain: AssignEntry, lines: list[bytes]) -> None:
         from vpopmail.cdbwrite import build
 
-        records = []
-        for line in lines:
-            name, _, rest = line.partition(":")
-            records.append((_encode(name), _encode(rest)))
-        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600, domain.uid,
-                     domain.gid, self.sync)
+        records = [line.split(b":", 1) for line in lines]
+        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600,  # type: ignore[arg-type]
+                     domain.uid, domain.gid, self.sync)
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:
-        return [parse_line(line) for line in self._read_lines(domain)]
+        return [parse_line(_decode(line)) for line in self._read_lines(domain)]
 
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        new = sorted((_encode(format_line(u, self.clear_passwords)) for u in users), key=_name)
         with self._lock(domain):
             lines = self._read_lines(domain)
-            taken = {line.split(":", 1)[0] for line in lines}
-            for user in users:
-                if user.name in taken:
-                    raise UsernameExists(f"{user.name}@{domain.real_domain}")
-                taken.add(user.name)
-            lines.extend(format_line(user, self.clear_passwords) for user in users)
-            lines.sort(key=_name_key)
+            names = [_name(line) for line in lines]
+            taken = set(names)
+            for line in new:
+                if _name(line) in taken:
+                    raise UsernameExists(f"{_decode(_name(line))}@{domain.real_domain}")
+                taken.add(_name(line))
+            if len(new) == 1 and names == sorted(names):
+                at = bisect.bisect_right(names, _name(new[0]))
+                lines.insert(at, new[0])
+            else:
+                lines = sorted(lines + new, key=_name)
             self._write(domain, lines, index)
 
     def update_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
-        changes = {user.name: format_line(user, self.clear_passwords) for user in users}
+        changes = {_encode(u.name): _encode(format_line(u, self.clear_passwords)) for u in users}
         with self._lock(domain):
             lines = self._read_lines(domain)
             for i, line in enumerate(lines):
-                name = line.split(":", 1)[0]
+                name = _name(line)
                 if name in changes:
                     lines[i] = changes.pop(name)
             if changes:
-                raise UserDoesNotExist(f"{next(iter(changes))}@{domain.real_domain}")
+                raise UserDoesNotExist(f"{_decode(next(iter(changes)))}@{domain.real_domain}")
             self._write(domain, lines, index)
 
     def delete_user(self, domain: AssignEntry, name: str) -> VUser:
+        key = _encode(name)
         with self._lock(domain):
             lines = self._read_lines(domain)
             for i, line in enumerate(lines):
-                if line.split(":", 1)[0] == name:
-                    removed = parse_line(lines.pop(i))
+                if _name(line) == key:
+                    removed = parse_line(_decode(lines.pop(i)))
                     self._write(domain, lines)
                     return removed
         raise UserDoesNotExist(f"{name}@{domain.real_domain}")

@@ -25,6 +25,8 @@ _PREFIX = {"md5-crypt": "$1$", "sha256-crypt": "$5$", "sha512-crypt": "$6$"}
 _SALT_LEN = {"md5-crypt": 8, "sha256-crypt": 16, "sha512-crypt": 16, "des-crypt": 2}
 SCHEMES = ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt", "argon2")
 BCRYPT_COST = 10
+#: batches at least this large are hashed in parallel processes
+PARALLEL_BATCH = 256
 
 
 def _salt(length: int, alphabet: str = CRYPT64) -> str:
@@ -67,6 +69,19 @@ def hash_password(plain: str, scheme: str = "sha512-crypt") -> str:
         except Exception as exc:  # passlib raises MissingBackendError without argon2-cffi
             raise CryptFailed(f"argon2 needs the argon2-cffi package: {exc}") from None
     raise CryptFailed(f"unknown password scheme {scheme!r}")
+
+
+def hash_many(passwords: list[str], scheme: str = "sha512-crypt") -> list[str]:
+    """:func:`hash_password` for a batch; large batches use every CPU (crypt() holds the GIL)."""
+    workers = os.cpu_count() or 1
+    if len(passwords) < PARALLEL_BATCH or workers < 2:
+        return [hash_password(p, scheme) for p in passwords]
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    with ProcessPoolExecutor(workers) as pool:
+        return list(pool.map(partial(hash_password, scheme=scheme), passwords,
+                             chunksize=PARALLEL_BATCH))
 
 
 def _crypt_family(stored: str) -> bool:

@@ -7,11 +7,10 @@ vpasswd line, no assign line without its domain directory) and raises a
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
-from auth.passwords import hash_password
+from auth.passwords import hash_many, hash_password
 from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
 from vpopmail import assign, dircontrol, flags, limits
@@ -22,7 +21,7 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, CannotDeleteCatchall,
                              GecosTooLong, IllegalUsername, InvalidDomainName, PasswdTooLong,
                              QuotaTooLong, UserDirExists, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import FileLock, atomic_write, make_dir
+from vpopmail.fsutil import FileLock, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
 from vpopmail.qmail import QmailFiles
 
@@ -66,6 +65,10 @@ class Vpopmail:
         self.qmail = qmail or QmailFiles(config)
         self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
 
+    def _dir_lock(self, directory: str, uid: int, gid: int) -> FileLock:
+        """The lock that guards a directory's .dir-control (domains root or a domain)."""
+        return FileLock(os.path.join(directory, DIR_LOCK), self.timeout, uid, gid)
+
     # domains
 
     def find_domain(self, domain: str) -> AssignEntry | None:
@@ -107,7 +110,7 @@ class Vpopmail:
             make_dir(root, 0o750, uid, gid)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
-        with FileLock(os.path.join(root, DIR_LOCK), self.timeout):
+        with self._dir_lock(root, uid, gid):
             bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs), uid, gid)[0]
             directory = os.path.join(root, bucket, domain)
             entry = AssignEntry(domain, domain, uid, gid, directory)
@@ -144,8 +147,8 @@ class Vpopmail:
                      entry.uid, entry.gid)
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
-        shutil.rmtree(entry.dir, ignore_errors=True)
-        with FileLock(os.path.join(root, DIR_LOCK), self.timeout):
+        remove_tree(entry.dir)
+        with self._dir_lock(root, entry.uid, entry.gid):
             dircontrol.release(root, bucket, entry.uid, entry.gid)
 
     def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
@@ -263,7 +266,8 @@ class Vpopmail:
                                     f"{count}C" if count > 0 else "") if p)
         return text or NOQUOTA
 
-    def _user_record(self, entry: AssignEntry, spec: NewUser, directory: str) -> VUser:
+    def _user_record(self, entry: AssignEntry, spec: NewUser, crypted: str) -> VUser:
+        """The record for a new user; ``crypted`` is the hash of ``spec.password`` if any."""
         name = check_user(spec.name.lower(), bool(self.config.users_hashed_dirs))
         gecos = _check_text((spec.gecos if spec.gecos is not None else name).replace(":", ""),
                             GecosTooLong, MAX_GECOS)
@@ -273,13 +277,21 @@ class Vpopmail:
             crypted = _check_text(spec.encrypted, PasswdTooLong, MAX_PASSWD)
             if ":" in crypted:
                 raise BadChar("':' in an encrypted password")
-        elif spec.password:
-            password = _check_text(spec.password, PasswdTooLong, MAX_PASSWD)
-            crypted = hash_password(password, str(self.config.passwords_scheme))
-            clear = password if self.config.passwords_clear_passwords else ""
-        else:
-            crypted = ""
-        return VUser(name, crypted, gecos=gecos, dir=directory, quota=quota, clear=clear)
+        elif spec.password and self.config.passwords_clear_passwords:
+            clear = spec.password
+        return VUser(name, crypted, gecos=gecos, dir="", quota=quota, clear=clear)
+
+    def _hash_new(self, specs: list[NewUser]) -> list[str]:
+        """Hashes for the specs' clear-text passwords ('' where there is none), batched."""
+        wanted = [i for i, s in enumerate(specs) if s.encrypted is None and s.password]
+        for i in wanted:
+            _check_text(specs[i].password or "", PasswdTooLong, MAX_PASSWD)
+        hashes = hash_many([specs[i].password or "" for i in wanted],
+                           str(self.config.passwords_scheme))
+        crypted = [""] * len(specs)
+        for i, value in zip(wanted, hashes):
+            crypted[i] = value
+        return crypted
 
     @staticmethod
     def quota_string(quota: str) -> str:
@@ -315,10 +327,11 @@ class Vpopmail:
         for name in names:
             if name in existing or (len(specs) == 1 and self.backend.get_user(entry, name)):
                 raise UsernameExists(f"{name}@{entry.real_domain}")
-        records = [self._user_record(entry, spec, "") for spec in specs]
+        records = [self._user_record(entry, spec, crypted)
+                   for spec, crypted in zip(specs, self._hash_new(specs))]
         made: list[tuple[str, str]] = []
         try:
-            with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+            with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 buckets = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
                                               entry.uid, entry.gid, len(records))
             for record, bucket in zip(records, buckets):
@@ -343,14 +356,14 @@ class Vpopmail:
                 write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
                                   entry.uid, entry.gid)
         except OSError as exc:
-            shutil.rmtree(user.dir, ignore_errors=True)
+            remove_tree(user.dir)
             raise UserDirExists(f"{user.dir}: {exc.strerror}") from None
 
     def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
                         allocated: int) -> None:
         for directory, _ in made:
-            shutil.rmtree(directory, ignore_errors=True)
-        with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+            remove_tree(directory)
+        with self._dir_lock(entry.dir, entry.uid, entry.gid):
             for _, bucket in made:
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
             control = dircontrol.read(entry.dir)
@@ -367,9 +380,9 @@ class Vpopmail:
             raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
         self.backend.delete_user(entry, name)
         if user.dir.startswith(entry.dir + os.sep):
-            shutil.rmtree(user.dir, ignore_errors=True)
+            remove_tree(user.dir)
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
-            with FileLock(os.path.join(entry.dir, DIR_LOCK), self.timeout):
+            with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
         return user
 

@@ -1,44 +1,49 @@
-"""Writing cdb files with pure-cdb, guarded against its Writer's lost-record bug.
+"""Writing cdb files, with pure-cdb's hash and a guarded, faster table builder.
 
 pure-cdb 4.0.0's ``Writer.finalize`` treats a hash-table slot whose stored *hash* is 0 as free,
 so a later key probing that slot overwrites a record whose cdb hash happens to be 0 (key
-``b'V{4.vpop.;.0'`` followed by ``b'k1197'`` loses the first). :class:`CdbWriter` places records
-by position instead, which is never 0 in an occupied slot. The output is byte-identical to
-tinycdb's ``cdb -c`` and qmail's cdbmake for the same records in the same order.
+``b'V{4.vpop.;.0'`` followed by ``b'k1197'`` loses the first). :func:`build` places records by
+position instead, which is never 0 in an occupied slot, and assembles the file with a few
+joins rather than three writes per record (a vadduser at 100k users rebuilds vpasswd.cdb).
+The output is byte-identical to tinycdb's ``cdb -c`` and qmail's cdbmake for the same records
+in the same order.
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable
+from struct import Struct
 
-from cdblib import Writer
+from cdblib import djb_hash
 
-
-class CdbWriter(Writer):  # type: ignore[misc]
-    """pure-cdb's Writer with correct slot placement (a slot is free when its position is 0)."""
-
-    def finalize(self) -> None:
-        index = []
-        for table in self._unordered:
-            length = len(table) * 2
-            ordered = [(0, 0)] * length
-            for h, pos in table:
-                where = (h >> 8) % length
-                while ordered[where][1]:
-                    where = (where + 1) % length
-                ordered[where] = (h, pos)
-            index.append((self.fp.tell(), length))
-            self.fp.write(b"".join(self.write_pair(*pair) for pair in ordered))
-        self.fp.seek(0)
-        self.fp.write(b"".join(self.write_pair(*pair) for pair in index))
-        self.fp = None
+_PAIR = Struct("<LL")
+_HEADER = 2048
 
 
 def build(records: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The complete cdb image for (key, value) pairs, stored in the given order."""
-    buffer = io.BytesIO()
-    writer = CdbWriter(buffer, strict=True)
+    pack = _PAIR.pack
+    chunks: list[bytes] = []
+    tables: list[list[tuple[int, int]]] = [[] for _ in range(256)]
+    pos = _HEADER
     for key, value in records:
-        writer.put(key, value)
-    writer.finalize()
-    return buffer.getvalue()
+        h = djb_hash(key) & 0xFFFFFFFF
+        tables[h & 0xFF].append((h, pos))
+        chunks.append(pack(len(key), len(value)))
+        chunks.append(key)
+        chunks.append(value)
+        pos += 8 + len(key) + len(value)
+    if pos + 8 * 2 * sum(len(t) for t in tables) > 0xFFFFFFFF:
+        raise ValueError("cdb would exceed 4 GiB")
+    index = []
+    for table in tables:
+        length = len(table) * 2
+        slots = [(0, 0)] * length
+        for h, record in table:
+            where = (h >> 8) % length
+            while slots[where][1]:  # occupied: position 0 never is (pure-cdb tested the hash)
+                where = (where + 1) % length
+            slots[where] = (h, record)
+        index.append(pack(pos, length))
+        chunks.append(b"".join(pack(*slot) for slot in slots))
+        pos += 8 * length
+    return b"".join(index) + b"".join(chunks)

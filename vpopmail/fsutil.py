@@ -71,6 +71,13 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
+def remove_tree(path: str) -> None:
+    """Delete a directory tree, ignoring what is already gone (shutil loads only here)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def make_dir(path: str, mode: int = 0o700, uid: int | None = None, gid: int | None = None) -> bool:
     """Create one directory with vpopmail's mode and owner; False if it already existed."""
     try:

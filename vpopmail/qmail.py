@@ -8,7 +8,6 @@ and morercpthosts.cdb are built natively, byte-identical to qmail-newu and qmail
 from __future__ import annotations
 
 import os
-import signal
 
 from vpopmail.assign import AssignEntry, cdb_records, parse_entry, sort_key
 from vpopmail.cdbwrite import build
@@ -177,6 +176,8 @@ class QmailFiles:
 
     def reload_qmail_send(self) -> None:
         """SIGHUP qmail-send so that it rereads virtualdomains (if it runs here)."""
+        import signal
+
         import psutil
 
         for proc in psutil.process_iter(["name"]):

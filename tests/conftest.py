@@ -1,0 +1,137 @@
+"""Fixtures: a real installation per test (packaging/install into tmp_path), run as qmail and an
+operator would run it, plus a library-level handle on a temp config."""
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vpopmail import config as vconfig
+from vpopmail.api import Vpopmail
+
+REPO = Path(__file__).resolve().parent.parent
+INSTALL = REPO / "packaging" / "install"
+VENV = Path(sys.prefix)
+#: the environment qmail-local / qmail-popup / a cron job would give: nothing of ours
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+class Install:
+    """One installed vpopmail home; ``run`` executes its bin/ commands like an operator."""
+
+    def __init__(self, prefix: Path, qmaildir: Path, user: str, group: str) -> None:
+        self.prefix = prefix
+        self.qmaildir = qmaildir
+        self.user = user
+        self.group = group
+        self.bin = prefix / "bin"
+        self.config_path = prefix / "etc" / "vpopmail.toml"
+        self.domains = prefix / "domains"
+
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(self.user).pw_uid
+
+    @property
+    def gid(self) -> int:
+        return grp.getgrnam(self.group).gr_gid
+
+    def run(self, command: str, *args: str, input: str | None = None,
+            env: dict[str, str] | None = None, as_user: str | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        argv = [str(self.bin / command), *args]
+        if as_user:
+            argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--init-groups", *argv]
+        return subprocess.run(argv, input=input if input is not None else "", text=True,
+                              capture_output=True, env=env or CLEAN_ENV, timeout=timeout,
+                              cwd="/")
+
+    def ok(self, command: str, *args: str, **kw: object) -> str:
+        """Run a command that must succeed; return its stdout."""
+        result = self.run(command, *args, **kw)  # type: ignore[arg-type]
+        assert result.returncode == 0, (command, args, result.stdout, result.stderr)
+        return result.stdout
+
+    def api(self) -> Vpopmail:
+        return Vpopmail(vconfig.load(str(self.config_path)))
+
+    def set_config(self, section: str, key: str, value: object) -> None:
+        """Edit one key of the installed TOML (the cache refreshes on the next load)."""
+        values = vconfig.parse_file(str(self.config_path))
+        values[f"{section}_{key}"] = value
+        self.config_path.write_text(vconfig.render(values))
+
+
+def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VENV) -> Install:
+    subprocess.run([sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
+                    str(qmaildir), "--user", user, "--group", group, "--venv", str(venv)],
+                   check=True, capture_output=True, text=True)
+    return Install(prefix, qmaildir, user, group)
+
+
+def _me() -> tuple[str, str]:
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+@pytest.fixture
+def vhome(tmp_path: Path) -> Install:
+    """A sandbox install owned by the user running the tests (the ordinary-user mode)."""
+    return install(tmp_path / "vpopmail", tmp_path / "qmail", *_me())
+
+
+def vpopmail_user_exists() -> bool:
+    try:
+        pwd.getpwnam("vpopmail")
+        grp.getgrnam("vchkpw")
+    except KeyError:
+        return False
+    return True
+
+
+def _readable_by(user: str, path: Path) -> bool:
+    probe = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                            "test", "-r", str(path / "pyvenv.cfg")], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def shared_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A virtualenv with the dependencies that the vpopmail user can read: the test venv if
+    it can, else a copy built once per session under a world-readable temp dir."""
+    if _readable_by("vpopmail", VENV):
+        return VENV
+    base = Path("/tmp") / f"pyvpopmail-venv-{os.getpid()}"
+    subprocess.run([sys.executable, "-m", "venv", str(base)], check=True)
+    subprocess.run([str(base / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                    str(REPO)], check=True, capture_output=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    return base
+
+
+@pytest.fixture
+def root_vhome(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+               ) -> Iterator[Install]:
+    """An install as root for the vpopmail user (uid 89), in a directory it can reach."""
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+    venv = request.getfixturevalue("shared_venv")
+    base = Path("/tmp") / f"pyvpopmail-root-{os.getpid()}-{request.node.name[:40]}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        yield install(base / "vpopmail", base / "qmail", "vpopmail", "vchkpw", venv)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def api(vhome: Install) -> Vpopmail:
+    """The library API over a fresh sandbox install."""
+    return vhome.api()
