@@ -11,6 +11,7 @@ import time
 
 NOQUOTA = "NOQUOTA"
 MAILDIRSIZE = "maildirsize"
+LLONG_MAX = 2**63 - 1
 _UNITS = {"k": 1024, "m": 1048576, "g": 1073741824}
 
 
@@ -22,7 +23,10 @@ def _strtoll(text: str) -> int:
         sign = -1 if text[0] == "-" else 1
         text = text[1:]
     digits = len(text) - len(text.lstrip("0123456789"))
-    return sign * int(text[:digits]) if digits else 0
+    if not digits:
+        return 0
+    value = int(text[:min(digits, 20)]) if digits <= 19 else LLONG_MAX  # C saturates
+    return sign * min(value, LLONG_MAX)
 
 
 def format_quota(text: str) -> str:
@@ -39,7 +43,7 @@ def format_quota(text: str) -> str:
             part = part[:-1]
         if part[-1:] in ("B", "b"):
             part = part[:-1]
-        size = _strtoll(part) * _UNITS.get(part[-1:].lower(), 1)
+        size = min(_strtoll(part) * _UNITS.get(part[-1:].lower(), 1), LLONG_MAX)
     size, count = max(size, 0), max(count, 0)
     if size and count:
         return f"{size}S,{count}C"
@@ -60,7 +64,7 @@ def parse_limits(quota: str) -> tuple[int, int]:
         rest = part.lstrip(" \t+-0123456789")
         if rest[:1] == "C":
             count = number
-        elif part.strip(" \t").lstrip("+-")[:1].isdigit():
+        elif part.strip(" \t").lstrip("+-")[:1] in tuple("0123456789"):
             size = number
     return size, count
 
@@ -76,7 +80,7 @@ def _message_size(name: str, path: str) -> int | None:
     tag = base.rfind(",S=")
     if tag >= 0:
         digits = base[tag + 3:].split(",", 1)[0]
-        if digits.isdigit():
+        if digits.isascii() and digits.isdigit():
             return int(digits)
     try:
         return os.stat(path).st_size

@@ -23,6 +23,12 @@ VENV = Path(sys.prefix)
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
 
+def as_user_argv(user: str) -> list[str]:
+    """setpriv prefix that runs a command as ``user`` with its primary group."""
+    account = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--init-groups"]
+
+
 class Install:
     """One installed vpopmail home; ``run`` executes its bin/ commands like an operator."""
 
@@ -48,7 +54,7 @@ class Install:
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bin / command), *args]
         if as_user:
-            argv = ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--init-groups", *argv]
+            argv = [*as_user_argv(as_user), *argv]
         return subprocess.run(argv, input=input if input is not None else "", text=True,
                               capture_output=True, env=env or CLEAN_ENV, timeout=timeout,
                               cwd="/")
@@ -96,8 +102,8 @@ def vpopmail_user_exists() -> bool:
 
 
 def _readable_by(user: str, path: Path) -> bool:
-    probe = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                            "test", "-r", str(path / "pyvenv.cfg")], capture_output=True)
+    probe = subprocess.run([*as_user_argv(user), "test", "-r", str(path / "pyvenv.cfg")],
+                           capture_output=True)
     return probe.returncode == 0
 
 

@@ -269,8 +269,7 @@ class Vpopmail:
     def _user_record(self, entry: AssignEntry, spec: NewUser, crypted: str) -> VUser:
         """The record for a new user; ``crypted`` is the hash of ``spec.password`` if any."""
         name = check_user(spec.name.lower(), bool(self.config.users_hashed_dirs))
-        gecos = _check_text((spec.gecos if spec.gecos is not None else name).replace(":", ""),
-                            GecosTooLong, MAX_GECOS)
+        gecos = self.gecos_text(spec.gecos if spec.gecos is not None else name)
         quota = self.quota_string(spec.quota) if spec.quota is not None else self.default_quota(entry)
         clear = ""
         if spec.encrypted is not None:
@@ -284,14 +283,17 @@ class Vpopmail:
     def _hash_new(self, specs: list[NewUser]) -> list[str]:
         """Hashes for the specs' clear-text passwords ('' where there is none), batched."""
         wanted = [i for i, s in enumerate(specs) if s.encrypted is None and s.password]
-        for i in wanted:
-            _check_text(specs[i].password or "", PasswdTooLong, MAX_PASSWD)
         hashes = hash_many([specs[i].password or "" for i in wanted],
                            str(self.config.passwords_scheme))
         crypted = [""] * len(specs)
         for i, value in zip(wanted, hashes):
             crypted[i] = value
         return crypted
+
+    @staticmethod
+    def gecos_text(gecos: str) -> str:
+        """A gecos as stored: ``:`` removed (as C), newline/NUL and over-long text refused."""
+        return _check_text(gecos.replace(":", ""), GecosTooLong, MAX_GECOS)
 
     @staticmethod
     def quota_string(quota: str) -> str:
@@ -313,13 +315,8 @@ class Vpopmail:
         """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
         self.backend.rebuild_index(self.get_domain(domain))
 
-    def add_users(self, entry: AssignEntry, specs: list[NewUser], index: bool = True) -> list[VUser]:
-        """Add many users to one domain with one database write: cost grows linearly.
-        ``index=False`` leaves vpasswd.cdb to a later :meth:`rebuild_index` (vadduser -O).
-
-        All records are checked first; directories are made next; the database write comes
-        last, and if it fails the directories made are removed again.
-        """
+    def check_new_users(self, entry: AssignEntry, specs: list[NewUser]) -> None:
+        """Raise what :meth:`add_users` would refuse (names, clashes, fields), changing nothing."""
         names = [check_user(s.name.lower(), bool(self.config.users_hashed_dirs)) for s in specs]
         if len(set(names)) != len(names):
             raise UsernameExists("the same name twice in one batch")
@@ -327,6 +324,19 @@ class Vpopmail:
         for name in names:
             if name in existing or (len(specs) == 1 and self.backend.get_user(entry, name)):
                 raise UsernameExists(f"{name}@{entry.real_domain}")
+        for spec in specs:
+            self._user_record(entry, spec, "")
+            if spec.encrypted is None and spec.password:
+                _check_text(spec.password, PasswdTooLong, MAX_PASSWD)
+
+    def add_users(self, entry: AssignEntry, specs: list[NewUser], index: bool = True) -> list[VUser]:
+        """Add many users to one domain with one database write: cost grows linearly.
+        ``index=False`` leaves vpasswd.cdb to a later :meth:`rebuild_index` (vadduser -O).
+
+        All records are checked first; directories are made next; the database write comes
+        last, and if it fails the directories made are removed again.
+        """
+        self.check_new_users(entry, specs)
         records = [self._user_record(entry, spec, crypted)
                    for spec, crypted in zip(specs, self._hash_new(specs))]
         made: list[tuple[str, str]] = []

@@ -82,7 +82,7 @@ def cdb_records(text: str, source: str = "users/assign") -> list[tuple[bytes, by
             records.append((b"!" + name + b"\0", value))
         else:
             records.append((b"!" + name, value))
-            last = name[-1:].decode("latin-1")
+            last = raw[colon - 1:colon].decode("latin-1")  # qmail-newu keeps its case
             if last and last not in wildchars:
                 wildchars += last
     else:

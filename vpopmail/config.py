@@ -212,6 +212,15 @@ def write_cache(path: str, values: dict[str, object], ident: tuple[int, int, int
             pass
 
 
+def toml_string(value: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    escaped = "".join(
+        "\\" + c if c in '"\\' else
+        f"\\u{ord(c):04x}" if (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F else c
+        for c in value)
+    return f'"{escaped}"'
+
+
 def render(values: dict[str, object]) -> str:
     """TOML text for flattened values (used by the installer)."""
     lines = ["# pyvpopmail configuration; every key is described in README.md.", ""]
@@ -224,7 +233,7 @@ def render(values: dict[str, object]) -> str:
             elif isinstance(value, int):
                 text = str(value)
             else:
-                text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+                text = toml_string(str(value))
             lines.append(f"{key} = {text}")
         lines.append("")
     return "\n".join(lines)

@@ -42,11 +42,13 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
     """
     directory = os.path.dirname(path) or "."
     tmp = tmp or f"{path}.tmp.{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    except FileExistsError:
-        os.unlink(tmp)  # left by a crashed process with our pid
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            fd = os.open(tmp, flags, mode)
+        except FileExistsError:
+            os.unlink(tmp)  # left by a crashed process with our pid
+            fd = os.open(tmp, flags, mode)
     except OSError as exc:
         raise CouldNotUpdateFile(f"{tmp}: {exc.strerror}") from None
     try:

@@ -16,7 +16,10 @@ USER_CHARS = frozenset("!#$&'*+-.=?^_`{|}~0123456789"
 DOMAIN_CHARS = frozenset("-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 AT_CHARS = "@%/"
 #: Files that live beside the user directories in a domain directory.
-RESERVED_USERS = frozenset({"vpasswd", "vpasswd.cdb", "vpasswd.lock", "cdb.tmp"})
+#: ``vpasswd`` and anything starting ``vpasswd.`` (the files and their temp files), and
+#: ``cdb.tmp``, C vpopmail's temp file there (both may run side by side during a migration)
+RESERVED_PREFIX = "vpasswd."
+RESERVED_NAMES = frozenset({"vpasswd", "cdb.tmp"})
 
 
 def check_user(name: str, hashed_dirs: bool = True) -> str:
@@ -24,7 +27,7 @@ def check_user(name: str, hashed_dirs: bool = True) -> str:
     if len(name) > MAX_USER:
         raise UserNameTooLong(name[:MAX_USER] + "...")
     if (not name or not USER_CHARS.issuperset(name) or name.startswith(".") or ".." in name
-            or name in RESERVED_USERS):
+            or name in RESERVED_NAMES or name.startswith(RESERVED_PREFIX)):
         raise IllegalUsername(repr(name))
     if hashed_dirs and len(name) == 1:
         # one-character names would collide with the hash buckets 0-9A-Za-z
@@ -43,12 +46,14 @@ def check_domain(name: str) -> str:
 
 
 def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
-    """Split ``user@domain`` (or ``%``, ``/``) lower-cased; a bare user gets ``default_domain``.
+    """Split ``user@domain`` (else at ``%``, else ``/``) lower-cased; a bare user gets
+    ``default_domain``.
 
     Only splits; callers validate the parts with :func:`check_user` / :func:`check_domain`.
     """
     address = address.lower()
-    cut = min((i for i in (address.find(c) for c in AT_CHARS) if i >= 0), default=-1)
-    if cut < 0:
-        return address, default_domain.lower()
-    return address[:cut], address[cut + 1:]
+    for separator in AT_CHARS:  # '@' first, then '%', then '/', as C's parse_email
+        cut = address.find(separator)
+        if cut >= 0:
+            return address[:cut], address[cut + 1:]
+    return address, default_domain.lower()

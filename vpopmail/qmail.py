@@ -145,7 +145,8 @@ class QmailFiles:
             return kept != lines
 
     def _build_morercpthosts(self) -> None:
-        keys = [line.strip().lower().encode("latin-1") for line in self.read_control("morercpthosts")]
+        keys = [line.rstrip(" \t").lower().encode("latin-1")  # as qmail-newmrh
+                for line in self.read_control("morercpthosts") if not line.startswith("#")]
         self._write(self.path("control", "morercpthosts.cdb"), build((k, b"") for k in keys))
 
     def add_domain(self, entry: AssignEntry, optimize: bool = False) -> None:

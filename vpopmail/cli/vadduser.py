@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             for domain, specs in batches.items():
                 for spec in specs:
                     spec.quota = settings.get("q")
+                api.check_new_users(entries[domain], specs)  # every domain before any add
+            for domain, specs in batches.items():
                 api.add_users(entries[domain], specs, index)
             return 0
         if not args or len(args) > 2:

@@ -51,7 +51,7 @@ def modified(api: Vpopmail, user: VUser, settings: dict[str, str], set_flags: in
     """``user`` with the command line's changes applied."""
     changes: dict[str, object] = {"flags": (0 if clear_flags else user.flags) | set_flags}
     if "c" in settings:
-        changes["gecos"] = settings["c"].replace(":", "")
+        changes["gecos"] = api.gecos_text(settings["c"])
     if "q" in settings:
         changes["quota"] = api.quota_string(settings["q"])
     if "D" in settings:

@@ -1,0 +1,418 @@
+"""User commands through the installed bin/: vuserinfo, vmoduser, vpasswd, vdeluser, vmkpasswd,
+vadduser (-O, -f and bad input) and vsetuserquota, on real files."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from auth.passwords import verify_password
+from conftest import Install
+from test_commands import (ASCTIME, DOMAIN, cdb_dump, domain_dir, golden, refused,
+                           run_as_vpopmail, state, vpasswd_cdb_expected, vpasswd_cdb_names,
+                           vpasswd_lines, vpasswd_users)
+
+
+# vuserinfo -------------------------------------------------------------------------------------
+
+def test_vuserinfo_default_output(vhome: Install) -> None:
+    dom = golden(vhome)
+    passwd = vpasswd_users(vhome)["alice"][1]
+    lines = vhome.ok("vuserinfo", f"alice@{DOMAIN}").splitlines()
+    assert lines[:12] == [
+        "name:   alice",
+        f"passwd: {passwd}",
+        "clear passwd: ",
+        "comment/gecos: alice",
+        "uid:    1",
+        "gid:    0",
+        "flags:  0",
+        "gecos: alice",
+        "limits: No user limits set.",
+        f"dir:       {dom / 'alice'}",
+        "quota:     1048576S",
+        "usage:     0%",
+    ]
+    assert re.fullmatch(f"account created: {ASCTIME}", lines[12]), lines[12]
+    assert lines[13:] == ["last auth: Never logged in"]
+
+
+def test_vuserinfo_noquota_user_and_postmaster(vhome: Install) -> None:
+    golden(vhome)
+    out = vhome.ok("vuserinfo", f"postmaster@{DOMAIN}")
+    assert "comment/gecos: Postmaster\n" in out
+    assert "quota:     NOQUOTA\nusage:     NOQUOTA\n" in out
+
+
+def test_vuserinfo_selectors(vhome: Install) -> None:
+    dom = golden(vhome)
+    assert vhome.ok("vuserinfo", "-n", "-d", "-q", "-Q", f"alice@{DOMAIN}") == \
+        f"alice\n{dom / 'alice'}\n1048576S\n0%\n"
+    # the order is fixed (name, dir, quota, usage), whatever the order of the options
+    assert vhome.ok("vuserinfo", "-Q", "-q", "-d", "-n", f"ALICE@{DOMAIN}") == \
+        f"alice\n{dom / 'alice'}\n1048576S\n0%\n"
+    assert vhome.ok("vuserinfo", "-n", "-q", "-Q", f"bob@{DOMAIN}") == "bob\nNOQUOTA\nNOQUOTA\n"
+    assert vhome.ok("vuserinfo", "-u", "-g", "-c", f"postmaster@{DOMAIN}") == "1\n0\nPostmaster\n"
+
+
+def test_vuserinfo_whole_domain(vhome: Install) -> None:
+    golden(vhome)
+    assert vhome.ok("vuserinfo", "-n", "-D", DOMAIN) == "alice\nbob\npostmaster\n"
+
+
+def test_vuserinfo_unknown_user(vhome: Install) -> None:
+    golden(vhome)
+    result = vhome.run("vuserinfo", f"nobody@{DOMAIN}")
+    assert (result.returncode, result.stdout) == (255, f"no such user nobody@{DOMAIN}\n")
+
+
+# vmoduser and domain-wide limits ---------------------------------------------------------------
+
+def test_vmoduser_flags(vhome: Install) -> None:
+    golden(vhome)
+    address = f"alice@{DOMAIN}"
+    assert vhome.ok("vmoduser", "-b", address) == ""
+    assert vpasswd_users(vhome)["alice"][3] == "16"
+    assert vhome.ok("vuserinfo", "-g", address) == "16\n"
+    assert "        mail will be bounced back to sender\n" in vhome.ok("vuserinfo", address)
+    assert cdb_dump(domain_dir(vhome) / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+
+    vhome.ok("vmoduser", "-x", address)
+    assert vpasswd_users(vhome)["alice"][3] == "0"
+    assert "limits: No user limits set.\n" in vhome.ok("vuserinfo", address)
+
+    vhome.ok("vmoduser", "-p", address)
+    assert vpasswd_users(vhome)["alice"][3] == "2"
+    lines = vhome.ok("vuserinfo", address).splitlines()
+    at = lines.index("limits:")
+    assert lines[at + 1] == "        pop access closed"
+    assert lines[at + 2].startswith("dir:")
+    assert "        * = set by domain-wide limits" not in lines
+    # other users are untouched
+    assert vpasswd_users(vhome)["bob"][3] == "0"
+
+
+def test_vmoduser_unknown_user(vhome: Install) -> None:
+    golden(vhome)
+    before = state(vhome)
+    result = vhome.run("vmoduser", "-p", f"nobody@{DOMAIN}")
+    assert (result.returncode, result.stdout) == (255, f"no such user nobody@{DOMAIN}\n")
+    assert state(vhome) == before
+
+
+def test_domain_wide_limits_in_vuserinfo(vhome: Install) -> None:
+    golden(vhome)
+    assert vhome.ok("vmoddomlimits", "-g", "p", DOMAIN) == ""
+    out = vhome.ok("vuserinfo", f"alice@{DOMAIN}")
+    lines = out.splitlines()
+    assert "gid:    0" in lines and "flags:  2" in lines
+    at = lines.index("limits:")
+    assert lines[at + 1:at + 3] == ["        pop access closed (*)",
+                                    "        * = set by domain-wide limits"]
+    # the user's own bit shows without the star, the domain's with it
+    vhome.ok("vmoduser", "-b", f"alice@{DOMAIN}")
+    lines = vhome.ok("vuserinfo", f"alice@{DOMAIN}").splitlines()
+    at = lines.index("limits:")
+    assert lines[at + 1:at + 4] == ["        pop access closed (*)",
+                                    "        mail will be bounced back to sender",
+                                    "        * = set by domain-wide limits"]
+    # the stored record keeps only the user's bits
+    assert vpasswd_users(vhome)["alice"][3] == "16"
+    # V_OVERRIDE: the domain's limits no longer apply
+    vhome.ok("vmoduser", "-x", "-o", f"bob@{DOMAIN}")
+    out = vhome.ok("vuserinfo", f"bob@{DOMAIN}")
+    assert "(*)" not in out and "pop access closed" not in out
+    assert "        user is not subject to domain limits\n" in out
+
+
+# vpasswd ---------------------------------------------------------------------------------------
+
+def test_vpasswd_sets_a_verifiable_password(vhome: Install) -> None:
+    golden(vhome)
+    old = vpasswd_users(vhome)["alice"][1]
+    assert vhome.ok("vpasswd", f"alice@{DOMAIN}", "n3w-Secret") == ""
+    new = vpasswd_users(vhome)["alice"][1]
+    assert new != old
+    assert verify_password("n3w-Secret", new)
+    assert not verify_password("pw1", new)
+    assert cdb_dump(domain_dir(vhome) / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    # everything else of the record is kept
+    assert vpasswd_users(vhome)["alice"][2:] == ["1", "0", "alice",
+                                                  str(domain_dir(vhome) / "alice"), "1048576S"]
+
+
+def test_vpasswd_random(vhome: Install) -> None:
+    golden(vhome)
+    out = vhome.ok("vpasswd", "-r", f"bob@{DOMAIN}")
+    match = re.fullmatch(r"Random password: (\S{8})\n", out)
+    assert match, out
+    assert verify_password(match.group(1), vpasswd_users(vhome)["bob"][1])
+    assert not verify_password("pw2", vpasswd_users(vhome)["bob"][1])
+
+
+def test_vpasswd_reads_password_from_stdin(vhome: Install) -> None:
+    golden(vhome)
+    assert vhome.run("vpasswd", f"bob@{DOMAIN}", input="piped-pw\n").returncode == 0
+    assert verify_password("piped-pw", vpasswd_users(vhome)["bob"][1])
+
+
+def test_vpasswd_unknown_user(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vpasswd", f"nobody@{DOMAIN}", "x")
+
+
+# vdeluser --------------------------------------------------------------------------------------
+
+def test_vdeluser(vhome: Install) -> None:
+    dom = golden(vhome)
+    assert vhome.ok("vdeluser", f"bob@{DOMAIN}") == ""
+    assert [line.split(":")[0] for line in vpasswd_lines(vhome)] == ["alice", "postmaster"]
+    assert vpasswd_cdb_names(vhome) == ["alice", "postmaster"]
+    assert not (dom / "bob").exists()
+    assert (dom / ".dir-control").read_text().split("\n")[0] == "2"
+    result = vhome.run("vuserinfo", f"bob@{DOMAIN}")
+    assert result.returncode == 255
+    refused(vhome, "vdeluser", f"bob@{DOMAIN}", code=246, starts="Error: User does not exist")
+    refused(vhome, "vdeluser", "bob@nosuch.com", code=245, starts="Error: Domain does not exist")
+
+
+# vmkpasswd and vadduser -O ---------------------------------------------------------------------
+
+def test_vmkpasswd_rebuilds_deleted_cdb(vhome: Install) -> None:
+    dom = golden(vhome)
+    original = (dom / "vpasswd.cdb").read_bytes()
+    (dom / "vpasswd.cdb").unlink()
+    result = vhome.run("vmkpasswd", DOMAIN)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert (dom / "vpasswd.cdb").read_bytes() == original
+    assert (os.stat(dom / "vpasswd.cdb").st_mode & 0o777) == 0o600
+    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+
+
+def test_vmkpasswd_unknown_domain(vhome: Install) -> None:
+    golden(vhome)
+    before = state(vhome)
+    assert vhome.run("vmkpasswd", "nosuch.com").returncode != 0
+    assert state(vhome) == before
+
+
+def test_vadduser_optimized_defers_the_index(vhome: Install) -> None:
+    dom = golden(vhome)
+    assert vhome.ok("vadduser", "-O", f"carol@{DOMAIN}", "pw3") == ""
+    assert vhome.ok("vadduser", "-O", f"dave@{DOMAIN}", "pw4") == ""
+    assert [line.split(":")[0] for line in vpasswd_lines(vhome)] == \
+        ["alice", "bob", "carol", "dave", "postmaster"]
+    assert vpasswd_cdb_names(vhome) == ["alice", "bob", "postmaster"]
+    assert (dom / "carol" / "Maildir" / "cur").is_dir()
+    vhome.ok("vmkpasswd", DOMAIN)
+    assert vpasswd_cdb_names(vhome) == ["alice", "bob", "carol", "dave", "postmaster"]
+    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    assert vhome.ok("vuserinfo", "-n", f"dave@{DOMAIN}") == "dave\n"
+
+
+# vadduser -f (bulk) ----------------------------------------------------------------------------
+
+def test_vadduser_bulk_file_hashes_past_99_users(vhome: Install, tmp_path: Path) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    names = [f"u{i:03d}" for i in range(200)]
+    batch = tmp_path / "batch.txt"
+    batch.write_text("# bulk\n\n" + "".join(f"{n}@{DOMAIN} pw-{n}\n" for n in names))
+    result = vhome.run("vadduser", "-f", str(batch), timeout=300)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    dom = domain_dir(vhome)
+    users = vpasswd_users(vhome)
+    assert sorted(users) == sorted(names + ["postmaster"])
+    assert vpasswd_cdb_names(vhome) == sorted(names + ["postmaster"])
+    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    # postmaster is the domain's 1st user, u000 its 2nd, ...: the 100th-199th go to bucket 0/,
+    # the 200th and 201st to bucket 1/
+    for position, name in enumerate(names, start=2):
+        bucket = "" if position < 100 else "0" if position < 200 else "1"
+        home = dom / bucket / name if bucket else dom / name
+        assert users[name][5] == str(home), (position, name)
+        assert (home / "Maildir" / "new").is_dir()
+    assert users["u097"][5] == str(dom / "u097") and users["u098"][5] == str(dom / "0" / "u098")
+    # one directory per user, nowhere else
+    homes = sorted(p.parent.name for p in dom.rglob("Maildir"))
+    assert homes == sorted(names + ["postmaster"])
+    assert sum(1 for p in (dom / "0").iterdir() if p.is_dir()) == 100
+    assert (dom / ".dir-control").read_text().split("\n")[0] == "201"
+    assert verify_password("pw-u150", users["u150"][1])
+    assert vhome.ok("vuserinfo", "-d", f"u150@{DOMAIN}") == f"{dom / '0' / 'u150'}\n"
+    # deleting a hashed user and adding another reuses its bucket
+    vhome.ok("vdeluser", f"u150@{DOMAIN}")
+    vhome.ok("vadduser", f"late@{DOMAIN}", "x")
+    assert vhome.ok("vuserinfo", "-d", f"late@{DOMAIN}") == f"{dom / '0' / 'late'}\n"
+
+
+def test_vadduser_bulk_file_with_a_bad_line_adds_nobody(vhome: Install, tmp_path: Path) -> None:
+    golden(vhome)
+    batch = tmp_path / "batch.txt"
+    batch.write_text(f"carol@{DOMAIN} pw\nbad..name@{DOMAIN} pw\n")
+    refused(vhome, "vadduser", "-f", str(batch), starts="Error: Illegal username")
+    batch.write_text(f"carol@{DOMAIN} pw\nalice@{DOMAIN} pw\n")
+    refused(vhome, "vadduser", "-f", str(batch))
+    batch.write_text(f"carol@{DOMAIN} pw\ndave@nosuch.com pw\n")
+    refused(vhome, "vadduser", "-f", str(batch), starts="Error: Domain does not exist")
+    batch.write_text(f"carol@{DOMAIN} pw extra\n")
+    refused(vhome, "vadduser", "-f", str(batch))
+
+
+def test_vadduser_bulk_file_two_domains_bad_line_adds_nobody(vhome: Install,
+                                                             tmp_path: Path) -> None:
+    golden(vhome)
+    vhome.ok("vadddomain", "other.org", "secret")
+    batch = tmp_path / "batch.txt"
+    batch.write_text(f"carol@{DOMAIN} pw\ndave@other.org pw\nbad..name@other.org pw\n")
+    refused(vhome, "vadduser", "-f", str(batch))
+
+
+# vadduser: bad input ---------------------------------------------------------------------------
+
+BAD_ADDRESSES = {
+    "dotdot-slash": "../evil@example.com",
+    "slash": "a/b@example.com",
+    "colon": "a:b@example.com",
+    "newline": "a\nb@example.com",
+    "dotdot": "..@example.com",
+    "dotdot-inside": "x..y@example.com",
+    "hidden": ".hidden@example.com",
+    "too-long": "a" * 65 + "@example.com",
+    "reserved-vpasswd": "vpasswd@example.com",
+    "reserved-cdb": "vpasswd.cdb@example.com",
+    "one-char": "z@example.com",
+    "empty": "@example.com",
+}
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES.values(), ids=BAD_ADDRESSES.keys())
+def test_vadduser_refuses_bad_names(vhome: Install, address: str) -> None:
+    golden(vhome)
+    refused(vhome, "vadduser", address, "x")
+    # C vpopmail made <domains>/evil for ../evil: nothing of the kind anywhere in the install
+    top = vhome.prefix.parent
+    assert not [p for p in top.rglob("*") if p.name in ("evil", "b", "a:b", "..", ".hidden")]
+    assert vpasswd_cdb_names(vhome) == ["alice", "bob", "postmaster"]
+
+
+def test_vadduser_65_chars_refused_64_accepted(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vadduser", "b" * 65 + f"@{DOMAIN}", "x", starts="Error: user name too long")
+    vhome.ok("vadduser", "b" * 64 + f"@{DOMAIN}", "x")
+    assert "b" * 64 in vpasswd_users(vhome)
+
+
+def test_vadduser_unknown_domain(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vadduser", "carol@nosuch.com", "x", code=245,
+            starts="Error: Domain does not exist")
+    assert not (vhome.domains / "nosuch.com").exists()
+
+
+def test_vadduser_duplicate_user(vhome: Install) -> None:
+    golden(vhome)
+    result = refused(vhome, "vadduser", f"bob@{DOMAIN}", "other")
+    assert result.stdout == "Error: User already exists\n"
+    assert verify_password("pw2", vpasswd_users(vhome)["bob"][1])
+    refused(vhome, "vadduser", f"BOB@{DOMAIN}", "other", starts="Error: User already exists")
+
+
+def test_vadduser_gecos_with_newline(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vadduser", "-c", "first\nsecond", f"carol@{DOMAIN}", "x")
+    refused(vhome, "vadduser", "-c", "g" * 65, f"carol@{DOMAIN}", "x")
+    refused(vhome, "vadduser", f"carol@{DOMAIN}", "pass\nword")
+
+
+def test_vadduser_gecos_and_quota_accepted(vhome: Install) -> None:
+    dom = golden(vhome)
+    vhome.ok("vadduser", "-c", "Carol Smith", "-q", "5M", f"carol@{DOMAIN}", "x")
+    assert vpasswd_users(vhome)["carol"][4:] == ["Carol Smith", str(dom / "carol"), "5242880S"]
+    assert (dom / "carol" / "Maildir" / "maildirsize").read_bytes() == b"5242880S\n0 0\n"
+
+
+@pytest.mark.parametrize("quota", ["abc", "", "x" * 30])
+def test_quota_garbage_refused(vhome: Install, quota: str) -> None:
+    golden(vhome)
+    refused(vhome, "vadduser", "-q", quota, f"carol@{DOMAIN}", "x")
+    refused(vhome, "vsetuserquota", f"alice@{DOMAIN}", quota)
+    refused(vhome, "vsetuserquota", DOMAIN, quota)
+    refused(vhome, "vmoduser", "-q", quota, f"alice@{DOMAIN}")
+
+
+def test_vsetuserquota_domain_wide_and_noquota(vhome: Install) -> None:
+    dom = golden(vhome)
+    assert vhome.ok("vsetuserquota", DOMAIN, "10M") == ""
+    assert {n: f[6] for n, f in vpasswd_users(vhome).items()} == \
+        {"alice": "10485760S", "bob": "10485760S", "postmaster": "10485760S"}
+    for name in ("alice", "bob", "postmaster"):
+        assert (dom / name / "Maildir" / "maildirsize").read_bytes() == b"10485760S\n0 0\n"
+    vhome.ok("vsetuserquota", f"bob@{DOMAIN}", "NOQUOTA")
+    assert vpasswd_users(vhome)["bob"][6] == "NOQUOTA"
+    assert not (dom / "bob" / "Maildir" / "maildirsize").exists()
+    refused(vhome, "vsetuserquota", f"nobody@{DOMAIN}", "1M", code=246)
+
+
+def test_corrupt_vpasswd_line(vhome: Install) -> None:
+    dom = golden(vhome)
+    with open(dom / "vpasswd", "a") as fh:
+        fh.write("this is not a vpasswd line\n")
+    result = refused(vhome, "vadduser", f"carol@{DOMAIN}", "x")
+    assert "vpasswd" in result.stdout
+    assert not (dom / "carol").exists()
+    assert vpasswd_lines(vhome)[-1] == "this is not a vpasswd line"
+
+
+def test_vmoduser_gecos_with_newline_refused(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vmoduser", "-c", "first\nsecond", f"alice@{DOMAIN}")
+
+
+def test_vmoduser_gecos_too_long_refused(vhome: Install) -> None:
+    golden(vhome)
+    refused(vhome, "vmoduser", "-c", "g" * 65, f"alice@{DOMAIN}")
+
+
+# permission faults: commands run as the vpopmail user (root ignores file modes) -----------------
+
+def test_vadduser_unwritable_domain_dir(root_vhome: Install) -> None:
+    inst = root_vhome
+    dom = golden(inst)
+    os.chmod(dom, 0o500)
+    try:
+        result = refused(inst, "vadduser", f"carol@{DOMAIN}", "x", as_vpopmail=True)
+    finally:
+        os.chmod(dom, 0o700)
+    assert "Could not update file" in result.stdout
+    assert not (dom / "carol").exists()
+    assert "carol" not in vpasswd_users(inst)
+    # the same command works once the directory is writable again
+    assert run_as_vpopmail(inst, "vadduser", f"carol@{DOMAIN}", "x").returncode == 0
+    assert vpasswd_cdb_names(inst) == ["alice", "bob", "carol", "postmaster"]
+
+
+def test_vadduser_fails_after_making_the_directory(root_vhome: Install) -> None:
+    """The user database refuses the vpopmail user (its lock is root's) only after the user
+    directory was made: the directory and the .dir-control slot are given back."""
+    inst = root_vhome
+    dom = golden(inst)
+    lock = dom / ".vpasswd.lock"
+    os.chown(lock, 0, 0)
+    os.chmod(lock, 0o600)
+    result = refused(inst, "vadduser", f"carol@{DOMAIN}", "x", as_vpopmail=True)
+    assert "Could not update file" in result.stdout
+    assert not (dom / "carol").exists()
+    assert (dom / ".dir-control").read_text().split("\n")[0] == "3"
+
+
+def test_vpasswd_as_vpopmail_unwritable(root_vhome: Install) -> None:
+    inst = root_vhome
+    dom = golden(inst)
+    os.chmod(dom, 0o500)
+    try:
+        refused(inst, "vpasswd", f"alice@{DOMAIN}", "new", as_vpopmail=True)
+    finally:
+        os.chmod(dom, 0o700)
+    assert verify_password("pw1", vpasswd_users(inst)["alice"][1])

@@ -1,0 +1,236 @@
+"""Runtime configuration (vpopmail.config): schema, validation, marshal cache, render, locate."""
+from __future__ import annotations
+
+import marshal
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpopmail import config
+from vpopmail.config import DEFAULT_PATH, ENV_VAR, SCHEMA, Config, defaults, load, locate, render, validate
+from vpopmail.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def bump_mtime(path: Path) -> None:
+    """Make an edit visible even on a coarse-timestamp filesystem."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+
+
+# defaults ---------------------------------------------------------------------------------------
+
+def test_defaults() -> None:
+    c = defaults()
+    assert c.home == "/home/vpopmail"
+    assert c.domains_root == "/home/vpopmail/domains"
+    assert c.qmail_dir == "/var/qmail"
+    assert (c.uid, c.gid) == (89, 89)
+    assert (c.owner_user, c.owner_group) == ("vpopmail", "vchkpw")
+    assert c.passwords_scheme == "sha512-crypt"
+    assert c.passwords_clear_passwords is False
+    assert c.users_hashed_dirs is True
+    assert c.users_backend == "cdb"
+    assert c.users_quota_warn_percent == 90
+    assert c.users_default_action == "bounce-no-mailbox"
+    assert c.relay_relay_clear_minutes == 180
+    assert c.delivery_file_sync is True
+    assert c.logging_level == "e"
+    assert c.locks_timeout == 20
+    assert c.home_path("tcp_smtp") == "/home/vpopmail/etc/tcp.smtp"
+    assert c.home_path("tcp_smtp_cdb") == "/home/vpopmail/etc/tcp.smtp.cdb"
+    assert c.home_path("open_smtp") == "/home/vpopmail/etc/open-smtp"
+    assert c.home_path("qmail_inject") == "/var/qmail/bin/qmail-inject"
+    assert set(c.values) == {f"{s}_{k}" for s, keys in SCHEMA.items() for k in keys}
+    with pytest.raises(AttributeError):
+        c.no_such_setting  # noqa: B018
+
+
+def test_absolute_paths_stay_absolute() -> None:
+    c = Config(validate({"paths": {"tcp_smtp": "/etc/tcp.smtp", "vpopmail_home": "/srv/vp",
+                                   "domains_dir": "/mail/domains"}}))
+    assert c.home_path("tcp_smtp") == "/etc/tcp.smtp"
+    assert c.home_path("open_smtp") == "/srv/vp/etc/open-smtp"
+    assert c.domains_root == "/mail/domains"
+
+
+# validation -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw", [
+    {"bogus": {}},
+    {"paths": {"bogus": "x"}},
+    {"paths": 5},
+    {"owner": {"uid": "89"}},
+    {"owner": {"uid": True}},            # a bool is not an int
+    {"owner": {"uid": 89.0}},
+    {"users": {"hashed_dirs": 1}},       # an int is not a bool
+    {"paths": {"vpopmail_home": 1}},
+    {"passwords": {"scheme": "rot13"}},
+    {"logging": {"level": "x"}},
+    {"users": {"backend": "mysql"}},
+    {"users": {"quota_warn_percent": 0}},
+    {"users": {"quota_warn_percent": 101}},
+    {"locks": {"timeout": -1}},
+])
+def test_validate_refuses(raw: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        validate(raw, "test.toml")
+
+
+def test_validate_accepts_edges() -> None:
+    values = validate({"users": {"quota_warn_percent": 100}, "locks": {"timeout": 0},
+                       "passwords": {"scheme": "bcrypt"}})
+    assert values["users_quota_warn_percent"] == 100
+    assert values["locks_timeout"] == 0
+    assert values["passwords_scheme"] == "bcrypt"
+
+
+def test_load_refuses_unknown_key_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 5\nspeed = 3\n")
+    with pytest.raises(ConfigError):
+        load(str(path))
+    assert not (tmp_path / "v.toml.cache").exists()
+
+
+def test_load_refuses_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        load(str(write(tmp_path / "bad.toml", "[locks\ntimeout = \n")))
+    with pytest.raises(ConfigError):
+        load(str(write(tmp_path / "type.toml", "[locks]\ntimeout = \"20\"\n")))
+    with pytest.raises(ConfigError):
+        load(str(tmp_path / "missing.toml"))
+
+
+# the marshal cache ------------------------------------------------------------------------------
+
+def test_cache_written_and_used_when_fresh(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    assert load(str(path)).locks_timeout == 7
+    cache = tmp_path / "v.toml.cache"
+    version, ident, values = marshal.loads(cache.read_bytes())
+    assert version == config._CACHE_VERSION
+    assert tuple(ident) == config._identity(path.stat())
+    assert values["locks_timeout"] == 7
+    # doctor the cache: a fresh cache is believed without reading the TOML
+    values["locks_timeout"] = 99
+    cache.write_bytes(marshal.dumps((version, ident, values)))
+    loaded = load(str(path))
+    assert loaded.locks_timeout == 99
+    assert loaded.path == str(path)
+
+
+def test_cache_refreshed_when_the_file_changes(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    assert load(str(path)).locks_timeout == 7
+    write(path, "[locks]\ntimeout = 8\n")          # same size
+    bump_mtime(path)
+    assert load(str(path)).locks_timeout == 8
+    write(path, "[locks]\ntimeout = 12345\n")      # other size, same second
+    assert load(str(path)).locks_timeout == 12345
+    _, ident, values = marshal.loads((tmp_path / "v.toml.cache").read_bytes())
+    assert tuple(ident) == config._identity(path.stat())
+    assert values["locks_timeout"] == 12345
+
+
+def test_cache_refreshed_when_the_file_is_replaced(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    load(str(path))
+    new = write(tmp_path / "new.toml", "[locks]\ntimeout = 9\n")
+    os.replace(new, path)                          # another inode
+    assert load(str(path)).locks_timeout == 9
+
+
+@pytest.mark.parametrize("garbage", [
+    b"", b"garbage", b"\xff" * 40, marshal.dumps(5), marshal.dumps((1, 2)),
+    marshal.dumps((1, (1, 2, 3, 4), {}))[:-3], marshal.dumps(("x", None, None)),
+])
+def test_corrupt_cache_is_ignored(tmp_path: Path, garbage: bytes) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    (tmp_path / "v.toml.cache").write_bytes(garbage)
+    assert load(str(path)).locks_timeout == 7
+    version, _, values = marshal.loads((tmp_path / "v.toml.cache").read_bytes())
+    assert version == config._CACHE_VERSION and values["locks_timeout"] == 7
+
+
+def test_cache_of_another_version_is_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    values = validate({"locks": {"timeout": 99}})
+    (tmp_path / "v.toml.cache").write_bytes(
+        marshal.dumps((config._CACHE_VERSION + 1, config._identity(path.stat()), values)))
+    assert load(str(path)).locks_timeout == 7
+
+
+def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    (tmp_path / "v.toml.cache").mkdir()            # cannot be replaced by a file
+    assert load(str(path)).locks_timeout == 7
+    assert load(str(path)).locks_timeout == 7
+    assert [p.name for p in tmp_path.iterdir() if ".cache." in p.name] == []
+
+
+# render -----------------------------------------------------------------------------------------
+
+def test_render_defaults_round_trip() -> None:
+    text = render(defaults().values)
+    assert validate(tomllib.loads(text)) == defaults().values
+    assert "[paths]" in text and 'vpopmail_home = "/home/vpopmail"' in text
+    assert "hashed_dirs = true" in text and "timeout = 20" in text
+
+
+safe_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(home=safe_text, default_domain=safe_text, log_name=safe_text,
+       uid=st.integers(min_value=0, max_value=2**32), timeout=st.integers(min_value=0, max_value=10**6),
+       warn=st.integers(min_value=1, max_value=100), hashed=st.booleans(),
+       clear=st.booleans(), scheme=st.sampled_from(config._CHOICES[("passwords", "scheme")]),
+       level=st.sampled_from(config._CHOICES[("logging", "level")]))
+def test_render_round_trip(home: str, default_domain: str, log_name: str, uid: int, timeout: int,
+                           warn: int, hashed: bool, clear: bool, scheme: str, level: str) -> None:
+    values = dict(defaults().values)
+    values.update(paths_vpopmail_home=home, users_default_domain=default_domain,
+                  logging_log_name=log_name, owner_uid=uid, locks_timeout=timeout,
+                  users_quota_warn_percent=warn, users_hashed_dirs=hashed,
+                  passwords_clear_passwords=clear, passwords_scheme=scheme, logging_level=level)
+    assert validate(tomllib.loads(render(values))) == values
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\x01b", "a\x7fb"])
+def test_render_escapes_control_characters(value: str) -> None:
+    values = dict(defaults().values)
+    values["users_default_domain"] = value
+    assert validate(tomllib.loads(render(values)))["users_default_domain"] == value
+
+
+def test_render_then_load(tmp_path: Path) -> None:
+    values = validate({"paths": {"vpopmail_home": str(tmp_path)}, "locks": {"timeout": 3}})
+    path = write(tmp_path / "v.toml", render(values))
+    assert load(str(path)).values == values
+
+
+# locate -----------------------------------------------------------------------------------------
+
+def test_locate_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path / "env.toml", "[locks]\ntimeout = 4\n")
+    monkeypatch.setenv(ENV_VAR, str(path))
+    assert locate() == str(path)
+    assert locate("/baked/vpopmail.toml") == str(path)
+    assert load("/baked/vpopmail.toml").locks_timeout == 4
+    assert load().locks_timeout == 4
+
+
+def test_locate_without_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert locate("/baked/vpopmail.toml") == "/baked/vpopmail.toml"
+    assert locate() == DEFAULT_PATH == "/home/vpopmail/etc/vpopmail.toml"
+    monkeypatch.setenv(ENV_VAR, "")
+    assert locate("/baked/vpopmail.toml") == "/baked/vpopmail.toml"
