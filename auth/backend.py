@@ -10,14 +10,16 @@ from abc import ABC, abstractmethod
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import ConfigError
+from vpopmail.record import SlotRecord
 
 USE_POP = 1
 
 
-class VUser:
+class VUser(SlotRecord):
     """One user (C vpopmail's ``struct vqpasswd``); ``flags`` is vpasswd's gid field."""
 
     __slots__ = ("name", "passwd", "uid", "flags", "gecos", "dir", "quota", "clear")
+    _hidden = ("clear",)
 
     def __init__(self, name: str, passwd: str = "", uid: int = USE_POP, flags: int = 0,
                  gecos: str = "", dir: str = "", quota: str = "NOQUOTA", clear: str = "") -> None:
@@ -29,19 +31,6 @@ class VUser:
         self.dir = dir
         self.quota = quota
         self.clear = clear
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, VUser) and all(
-            getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{f}={getattr(self, f)!r}" for f in self.__slots__ if f != "clear")
-        return f"VUser({fields})"
-
-    def copy(self, **changes: object) -> VUser:
-        values = {f: getattr(self, f) for f in self.__slots__}
-        values.update(changes)
-        return VUser(**values)  # type: ignore[arg-type]
 
 
 class UserDatabase(ABC):

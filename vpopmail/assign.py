@@ -9,9 +9,10 @@ import os
 
 from vpopmail import cdb
 from vpopmail.errors import CorruptData
+from vpopmail.record import SlotRecord
 
 
-class AssignEntry:
+class AssignEntry(SlotRecord):
     """One vpopmail ``+domain-:real:uid:gid:dir:-::`` line."""
 
     __slots__ = ("domain", "real_domain", "uid", "gid", "dir")
@@ -22,13 +23,6 @@ class AssignEntry:
         self.uid = uid
         self.gid = gid
         self.dir = dir
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, AssignEntry) and all(
-            getattr(self, f) == getattr(other, f) for f in self.__slots__)
-
-    def __repr__(self) -> str:
-        return f"AssignEntry({self.domain!r}, {self.real_domain!r}, {self.uid}, {self.gid}, {self.dir!r})"
 
     @property
     def is_alias(self) -> bool:

@@ -62,6 +62,16 @@ def getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]
     return options, operands
 
 
+def operands(argv: list[str] | None, count: int) -> list[str]:
+    """For commands whose only option is -v: exactly ``count`` operands, or a usage error."""
+    options, args = getopt(sys.argv[1:] if argv is None else argv, "v")
+    if options:
+        print_version()
+    if len(args) != count:
+        raise UsageError("")
+    return args
+
+
 def number(value: str, what: str) -> int:
     """A decimal option argument, or a usage error naming it."""
     try:

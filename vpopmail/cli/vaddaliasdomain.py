@@ -1,9 +1,8 @@
 """vaddaliasdomain: make one domain an alias of another."""
 from __future__ import annotations
 
-import sys
 
-from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
+from vpopmail.cli.common import UsageError, error, open_api, operands, run
 
 USAGE = """\
 vaddaliasdomain: usage: [options] real_domain alias_domain
@@ -14,12 +13,7 @@ note: for backward compatability, you can swap real_domain and alias_domain.
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        options, args = getopt(sys.argv[1:] if argv is None else argv, "v")
-        if options:
-            print_version()
-        if len(args) != 2:
-            raise UsageError("")
-        first, second = (a.lower() for a in args)
+        first, second = (a.lower() for a in operands(argv, 2))
         if first == second:
             error("real domain and alias domain are the same!")
             raise UsageError("")

@@ -1,9 +1,8 @@
 """vdeluser: delete a user and its mail."""
 from __future__ import annotations
 
-import sys
 
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import open_api, operands, run
 
 USAGE = """\
 vdeluser: usage: [options] email_address
@@ -13,12 +12,7 @@ options: -v (print version number)
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        options, args = getopt(sys.argv[1:] if argv is None else argv, "v")
-        if options:
-            print_version()
-        if len(args) != 1:
-            raise UsageError("")
-        open_api(config).delete_user(args[0])
+        open_api(config).delete_user(operands(argv, 1)[0])
         return 0
 
     return run(body, USAGE)

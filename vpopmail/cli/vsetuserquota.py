@@ -1,9 +1,8 @@
 """vsetuserquota: set the quota of one user or of every user of a domain."""
 from __future__ import annotations
 
-import sys
 
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import open_api, operands, run
 
 USAGE = """\
 vsetuserquota: [options] email_address|domain_name quota
@@ -18,12 +17,8 @@ quota: NOQUOTA, bytes (1000000 or 1000000S), 10K/10M/10G, a count (100C), or bot
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        options, args = getopt(sys.argv[1:] if argv is None else argv, "v")
-        if options:
-            print_version()
-        if len(args) != 2:
-            raise UsageError("")
-        open_api(config).set_quota(args[0], args[1])
+        target, quota = operands(argv, 2)
+        open_api(config).set_quota(target, quota)
         return 0
 
     return run(body, USAGE)
