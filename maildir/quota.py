@@ -12,6 +12,9 @@ import time
 NOQUOTA = "NOQUOTA"
 MAILDIRSIZE = "maildirsize"
 LLONG_MAX = 2**63 - 1
+#: maildirsize is recalculated at this size, or when older than STALE_SECONDS
+RECALC_SIZE = 5120
+STALE_SECONDS = 15 * 60
 _UNITS = {"k": 1024, "m": 1048576, "g": 1073741824}
 
 
@@ -130,26 +133,52 @@ def scan_usage(maildir: str) -> tuple[int, int]:
 def write_maildirsize(maildir: str, quota: str, usage: tuple[int, int], uid: int | None = None,
                       gid: int | None = None) -> None:
     """Replace ``maildirsize`` with the quota line and one usage line, atomically (via tmp/)."""
+    from maildir.maildir import hostname
     from vpopmail.fsutil import atomic_write
 
-    host = os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
     data = f"{quota}\n{usage[0]} {usage[1]}\n".encode()
-    staged = os.path.join(maildir, "tmp", f"{int(time.time())}.{os.getpid()}_NeWmAiLdIrSiZe.{host}")
+    staged = os.path.join(maildir, "tmp",
+                          f"{int(time.time())}.{os.getpid()}_NeWmAiLdIrSiZe.{hostname()}")
     atomic_write(os.path.join(maildir, MAILDIRSIZE), data, 0o600, uid, gid, tmp=staged)
 
 
-def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
-    """(quota line, bytes, messages, data lines) from ``maildirsize``, or None if absent/unusable."""
+class SizeFile:
+    """What one read of ``maildirsize`` found: its quota line, the summed usage, how many data
+    lines it has, and the file's size and age (the recalculation triggers)."""
+
+    __slots__ = ("quota", "bytes", "messages", "lines", "file_size", "mtime")
+
+    def __init__(self, quota: str, total: int, count: int, lines: int, file_size: int,
+                 mtime: float) -> None:
+        self.quota = quota
+        self.bytes = total
+        self.messages = count
+        self.lines = lines
+        self.file_size = file_size
+        self.mtime = mtime
+
+
+def load_maildirsize(maildir: str) -> SizeFile | None:
+    """Read ``maildirsize`` (never through a symlink), or None if absent or unparsable.
+
+    Values are summed as C's unsigned ``%llu`` does, so negative lines written by POP/IMAP
+    servers subtract correctly.
+    """
     try:
-        with open(os.path.join(maildir, MAILDIRSIZE), "rb") as fh:
-            data = fh.read(5120)
+        fd = os.open(os.path.join(maildir, MAILDIRSIZE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        st = os.fstat(fd)
+        data = os.read(fd, RECALC_SIZE)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     lines = data.split(b"\n")
     if len(lines) < 2:
         return None
-    total = count = 0
-    rows = 0
+    total = count = rows = 0
     for line in lines[1:]:
         fields = line.split()
         if not fields:
@@ -160,7 +189,98 @@ def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
         except ValueError:
             return None
         rows += 1
-    return lines[0].decode("ascii", "replace"), total, count, rows
+    return SizeFile(lines[0].decode("ascii", "replace").strip(), total, count, rows, st.st_size,
+                    st.st_mtime)
+
+
+def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
+    """(quota line, bytes, messages, data lines) from ``maildirsize``, or None if absent/unusable."""
+    found = load_maildirsize(maildir)
+    return None if found is None else (found.quota, found.bytes, found.messages, found.lines)
+
+
+def quota_root(maildir: str) -> str:
+    """The Maildir whose ``maildirsize`` counts ``maildir``: the parent of a ``maildirfolder``."""
+    maildir = maildir.rstrip("/") or "/"
+    if os.path.exists(os.path.join(maildir, "maildirfolder")):
+        return os.path.dirname(maildir)
+    return maildir
+
+
+def _newest_mtime(dirs: list[str]) -> int:
+    newest = 0
+    for directory in dirs:
+        try:
+            newest = max(newest, os.stat(directory).st_mtime_ns)
+        except OSError:
+            continue
+    return newest
+
+
+def recalculate(maildir: str, quota: str, uid: int | None = None,
+                gid: int | None = None) -> tuple[int, int]:
+    """Count the Maildir afresh and replace ``maildirsize`` with one line; returns the usage.
+
+    If a delivery changes a counted directory during the scan, the scan is repeated (up to
+    three times), as the Maildir++ text asks.
+    """
+    for _ in range(3):
+        dirs = counted_dirs(maildir)
+        before = _newest_mtime(dirs)
+        usage = scan_usage(maildir)
+        if _newest_mtime(dirs) == before:
+            break
+    write_maildirsize(maildir, quota, usage, uid, gid)
+    return usage
+
+
+def is_over(quota: str, usage: tuple[int, int], size: int, count: int = 1) -> bool:
+    """vpopmail's predicate: over iff used + size > size limit or used + count > count limit."""
+    size_limit, count_limit = parse_limits(quota)
+    return ((size_limit > 0 and usage[0] + size > size_limit)
+            or (count_limit > 0 and usage[1] + count > count_limit))
+
+
+def check_quota(maildir: str, quota: str, size: int, count: int = 1,
+                now: float | None = None) -> tuple[bool, int]:
+    """(over quota with this message?, percent used before it) for a delivery of ``size``
+    bytes into the Maildir (folder or not) whose quota is ``quota``.
+
+    ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
+    minutes, or over quota with more than one line) and also when its quota line is not
+    ``quota``, so readers such as Dovecot always see the current limit. ``maildirfolder``
+    Maildirs are counted in their parent.
+    """
+    if not has_quota(quota):
+        return False, 0
+    root = quota_root(maildir)
+    found = load_maildirsize(root)
+    now = time.time() if now is None else now
+    usage = None
+    if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
+            and found.quota == quota):
+        usage = (found.bytes, found.messages)
+        if is_over(quota, usage, size, count) and found.lines != 1:
+            usage = None
+    if usage is None:
+        usage = recalculate(root, quota)
+    return is_over(quota, usage, size, count), usage_percent(quota, usage)
+
+
+def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
+    """Record a delivery in ``maildirsize`` with one appended ``"<size> <count>"`` line (one
+    write, so concurrent appenders never interleave); a missing file is recalculated instead."""
+    root = quota_root(maildir)
+    try:
+        fd = os.open(os.path.join(root, MAILDIRSIZE),
+                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        recalculate(root, quota)
+        return
+    try:
+        os.write(fd, f"{size} {count}\n".encode())
+    finally:
+        os.close(fd)
 
 
 def usage_percent(quota: str, usage: tuple[int, int]) -> int:

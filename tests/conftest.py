@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def root_vhome(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
         pytest.skip("needs root, the vpopmail user and setpriv")
     venv = request.getfixturevalue("shared_venv")
-    base = Path("/tmp") / f"pyvpopmail-root-{os.getpid()}-{request.node.name[:40]}"
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
+    base = Path("/tmp") / f"pyvpopmail-root-{os.getpid()}-{label}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(mode=0o755)
     try:

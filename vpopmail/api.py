@@ -354,6 +354,18 @@ class Vpopmail:
             raise
         return records
 
+    def make_missing_user_dir(self, entry: AssignEntry, user: VUser) -> VUser:
+        """Give a user whose record has no directory (an imported or hand-made record) one,
+        as vadduser would have, and store it (vdelivermail does this on first delivery)."""
+        with self._dir_lock(entry.dir, entry.uid, entry.gid):
+            bucket = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
+                                         entry.uid, entry.gid)[0]
+        user = user.copy()
+        user.dir = os.path.join(entry.dir, bucket, user.name)
+        self._make_user_dir(user, entry)
+        self.backend.update_users(entry, [user])
+        return user
+
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         try:
             if not make_dir(user.dir, 0o700, entry.uid, entry.gid):

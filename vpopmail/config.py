@@ -55,6 +55,7 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
     },
     "delivery": {
         "file_sync": (True, bool),
+        "max_hops": (100, int),
     },
     "logging": {
         "level": ("e", str),

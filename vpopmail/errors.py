@@ -59,3 +59,5 @@ LockTimeout = _define("LockTimeout", -101, "File busy try again later!", tempora
 ConfigError = _define("ConfigError", -102, "configuration error", temporary=True)
 BadInput = _define("BadInput", -104, "bad input")
 AliasDomainsExist = _define("AliasDomainsExist", -103, "Alias domains exist, use -f to delete them too")
+DeliveryFailed = _define("DeliveryFailed", -105, "system error", temporary=True)
+OverQuota = _define("OverQuota", -106, "user is over quota")

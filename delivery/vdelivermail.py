@@ -1,0 +1,448 @@
+"""vdelivermail: deliver one message to a virtual-domain user (``| vdelivermail '' ACTION``).
+
+qmail-local runs it from a domain's ``.qmail-default`` with the message on stdin and the
+recipient in ``EXT``/``HOST``. It talks back only through its exit code (0 delivered, 99
+delivered and stop, 100 bounce, 111 retry later) and the text it prints on stdout, which
+qmail-send puts in the log or the bounce. Texts and codes are C vpopmail 5.4's; every local
+fault (unreadable or corrupt cdb, backend down, disk full, missing directories that cannot be
+made) is a 111, never a bounce.
+
+This is the hot path: it imports only the lean readers and the Maildir writer; programs,
+forwards and directory repairs load what they need when they happen.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from delivery import dotqmail
+from delivery.message import Message
+from maildir.maildir import deliver, is_maildir, make_maildir
+from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, quota_root
+from vpopmail import assign
+from vpopmail import config as vconfig
+from vpopmail.assign import AssignEntry
+from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
+from vpopmail.flags import BOUNCE_MAIL
+
+NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
+LOOPING = "mail is looping"
+#: program exit codes qmail-local and vpopmail treat as permanent failures
+PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
+SIGPIPE = 13
+USER_CHARS = frozenset("!#$&'*+-./0123456789=?ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`"
+                       "abcdefghijklmnopqrstuvwxyz{|}~")
+DOMAIN_CHARS = frozenset("-.0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+class Outcome(Exception):
+    """Ends the run: print ``text`` (verbatim) and exit with ``code``."""
+
+    def __init__(self, code: int, text: str = "") -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+def bounce(text: str) -> Outcome:
+    return Outcome(100, text + "\n")
+
+
+def defer(text: str) -> Outcome:
+    return Outcome(111, text + "\n")
+
+
+def say(text: str) -> None:
+    """Write to stdout at once (children share it, so nothing may wait in a buffer)."""
+    data = text.encode("utf-8", "surrogateescape")
+    while data:
+        data = data[os.write(1, data):]
+
+
+def maildir_to_email(path: str, cwd: str = "") -> str:
+    """``user@domain`` from a Maildir path as vpopmail derives it, or ``""``: the component
+    before the last ``/Maildir``, and the nearest component to its left with a dot."""
+    if path.startswith("./"):
+        path = (cwd or os.getcwd()).rstrip("/") + path[1:]
+    at = path.rfind("/Maildir/")
+    if at < 0 and path.endswith("/Maildir"):
+        at = len(path) - len("/Maildir")
+    if at < 0:
+        return ""
+    components = path[:at].split("/")
+    user = components[-1]
+    for component in reversed(components[:-1]):
+        if "." in component:
+            return f"{user}@{component}" if user else ""
+    return ""
+
+
+def is_valid_user(name: str) -> bool:
+    return all(c in USER_CHARS for c in name)
+
+
+def is_valid_domain(name: str) -> bool:
+    return bool(name) and all(c in DOMAIN_CHARS for c in name)
+
+
+def program_outcome(status: int) -> Outcome | None:
+    """What a child's wait status means for the delivery (None: go on)."""
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        return None
+    if code == 99:
+        return Outcome(99)
+    return Outcome(100 if code in PERMANENT_CODES else 111)
+
+
+class Vdelivermail:
+    """One run. ``environ`` is qmail-local's environment (bytes), ``stdin`` the message fd."""
+
+    def __init__(self, config: vconfig.Config, environ: dict[bytes, bytes] | None = None,
+                 stdin: int = 0) -> None:
+        self.config = config
+        self.environ = os.environb if environ is None else environ
+        self.stdin = stdin
+        self.rpline = self.environ.get(b"RPLINE", b"")
+        self.dtline = self.environ.get(b"DTLINE", b"")
+        self.user = ""
+        self.domain = ""
+        self.entry: AssignEntry | None = None
+        self.extension = ""
+        self.forward_only = False
+        self.message = Message(stdin, 0)
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, argv: list[str]) -> int:
+        if len(argv) != 2:
+            raise defer("vdelivermail: invalid syntax in .qmail-default file")
+        action = argv[1]
+        self.user = self._env("EXT").lower()
+        host = self._env("HOST").lower()
+        if not is_valid_user(self.user):
+            raise bounce("invalid username")
+        if not is_valid_domain(host):
+            raise bounce("invalid domain name")
+        try:
+            self.entry = assign.lookup(self.config.qmail_dir, host)
+        except VpopmailError as exc:
+            raise defer(f"vdelivermail: deferred, cannot resolve {host}: {exc}") from None
+        self.domain = self.entry.real_domain if self.entry else host
+        self._drop_privileges()
+        spool = self.entry.dir if self.entry else self.config.domains_root
+        self.message = Message.from_fd(self.stdin, spool)
+        self.check_loop(f"{self.user}@{self.domain}")
+        user = self._find_user() if self.entry else None
+        if user is None:
+            return self.user_not_found(action)
+        return self.check_user(user)
+
+    def _env(self, name: str) -> str:
+        value = self.environ.get(name.encode())
+        if value is None:
+            raise bounce(f"vdelivermail: no {name} environment varilable")
+        return value.decode("utf-8", "surrogateescape")
+
+    def _drop_privileges(self) -> None:
+        """Run as the domain's owner: root never touches user files (qmail-local never runs
+        us as root; an operator testing by hand might)."""
+        if os.geteuid() != 0:
+            if self.entry and os.geteuid() != self.entry.uid:
+                raise defer(f"vdelivermail: running as uid {os.geteuid()}, but {self.domain} "
+                            f"belongs to uid {self.entry.uid}")
+            return
+        uid, gid = ((self.entry.uid, self.entry.gid) if self.entry
+                    else (self.config.uid, self.config.gid))
+        if uid != 0:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+
+    def _find_user(self):  # type: ignore[no-untyped-def]
+        """The recipient's record, trying ``user`` then (qmail extensions on) the part before
+        its first ``-``; sets :attr:`extension` for the ``.qmail-<ext>`` lookup."""
+        from auth.backend import open_backend
+
+        assert self.entry is not None
+        try:
+            backend = open_backend(self.config)
+            found = backend.get_user(self.entry, self.user)
+            if self.config.users_qmail_ext and "-" in self.user:
+                base, _, ext = self.user.partition("-")
+                self.extension = ext.replace(".", ":")
+                if found is None:
+                    if not is_valid_user(base):
+                        raise Outcome(100)
+                    found = backend.get_user(self.entry, base)
+        except OSError as exc:
+            raise defer(f"vdelivermail: deferred, user database unreadable: {exc}") from None
+        except VpopmailError as exc:
+            raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
+        return found
+
+    # -- an existing user ---------------------------------------------------------------------
+    def check_user(self, user) -> int:  # type: ignore[no-untyped-def]
+        if user.flags & BOUNCE_MAIL:
+            raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
+        home = self._ensure_home(user)
+        if self.run_dotqmail(home):
+            return 0
+        self.deliver_maildir(os.path.join(home, "Maildir") + "/", user.quota)
+        return 0
+
+    def _ensure_home(self, user) -> str:  # type: ignore[no-untyped-def]
+        """The user's directory with a complete Maildir, re-creating what is missing."""
+        assert self.entry is not None
+        if not user.dir:
+            from vpopmail.api import Vpopmail
+
+            try:
+                user = Vpopmail(self.config).make_missing_user_dir(self.entry, user)
+            except (OSError, VpopmailError) as exc:
+                raise defer(f"Auto creation of maildir failed. (#5.9.8): {exc}") from None
+        maildir = os.path.join(user.dir, "Maildir")
+        if not is_maildir(maildir):
+            try:
+                os.makedirs(user.dir, 0o700, exist_ok=True)
+                make_maildir(maildir)
+            except OSError as exc:
+                raise defer(f"Auto re-creation of maildir failed. (#5.9.9): {exc}") from None
+        return user.dir
+
+    def run_dotqmail(self, home: str) -> bool:
+        """Follow the first ``.qmail`` file found in ``home``; False if there is none."""
+        for name in dotqmail.candidates(self.extension if self.config.users_qmail_ext else ""):
+            path = os.path.join(home, name)
+            try:
+                instructions = dotqmail.read_file(path)
+            except dotqmail.DotQmailWritable:
+                raise defer("Uh-oh: .qmail file is writable. (#4.7.0)") from None
+            except OSError as exc:
+                raise defer(f"vdelivermail: cannot read {path}: {exc.strerror}") from None
+            if instructions is not None:
+                break
+        else:
+            return False
+        try:
+            os.chdir(home)
+        except OSError as exc:
+            raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
+        for kind, text in instructions:
+            self.deliver_instruction(kind, text)
+        return True
+
+    # -- an unknown user ----------------------------------------------------------------------
+    def user_not_found(self, action: str) -> int:
+        recipient = f"{self.user}@{self.domain}"
+        if action == "delete":
+            return 0
+        if action == "bounce-no-mailbox":
+            raise Outcome(100, self._site_message(".no-user.msg") or NO_MAILBOX + "\n")
+        if action.startswith("/"):
+            home = action if action.endswith("/") else action + "/"
+            say(f"user does not exist, but will deliver to {home}\n")
+            if not self.run_dotqmail(home):
+                self.deliver_maildir(home + "Maildir/", "", recipient)
+            return 0
+        parsed = dotqmail.parse_line(action)
+        if parsed is not None:
+            self.deliver_instruction(*parsed, recipient=recipient)
+        return 0
+
+    def _site_file(self, name: str) -> str:
+        """The domain's ``name`` file, else the one in ~vpopmail/domains, else ``""``."""
+        directories = [self.entry.dir] if self.entry else []
+        for directory in [*directories, self.config.domains_root]:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+        return ""
+
+    def _site_message(self, name: str) -> str:
+        """A bounce text from :meth:`_site_file`, or ``""``."""
+        path = self._site_file(name)
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    # -- one instruction ----------------------------------------------------------------------
+    def check_loop(self, address: str) -> None:
+        """Bounce if this message already went through ``address`` or has too many hops."""
+        target = address.lower().encode("utf-8", "surrogateescape")
+        seen, hops = self.message.trace()
+        dt = self.dtline.rstrip(b"\r\n")
+        from_env = dt[:14].lower() == b"delivered-to: " and dt[14:].strip().lower() == target
+        if from_env or target in seen or hops >= int(self.config.delivery_max_hops):
+            raise bounce(LOOPING)
+
+    def deliver_instruction(self, kind: str, text: str, recipient: str = "") -> None:
+        if kind == dotqmail.COMMENT:
+            return
+        if kind == dotqmail.LIST:
+            self.forward_only = True
+            return
+        self.check_loop(text)
+        if self.message.size == 0:
+            return
+        if kind == dotqmail.FORWARD:
+            self.forward(text)
+            return
+        if self.forward_only:
+            what = "prog" if kind == dotqmail.PROGRAM else "file"
+            raise defer(f"Uh-oh: .qmail has {what} delivery but has x bit set. (#4.7.0)")
+        if kind == dotqmail.PROGRAM:
+            self.run_program(text)
+        elif kind == dotqmail.MAILDIR:
+            self.deliver_maildir(text, "", recipient)
+        else:
+            raise Outcome(111, f"can't handle mbox delivery for {text}")
+
+    def deliver_maildir(self, path: str, quota: str, recipient: str = "") -> None:
+        """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
+        action's target (its Delivered-To is the original recipient). An empty message is
+        dropped, as C vpopmail drops it."""
+        if self.message.size == 0:
+            return
+        maildir = path if path.startswith("/") else os.path.join(os.getcwd(), path)
+        if not quota:
+            found = load_maildirsize(quota_root(maildir))
+            quota = found.quota if found else ""
+        address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
+        limited = has_quota(quota)
+        if limited:
+            over, percent = check_quota(maildir, quota, self.message.size)
+            if over:
+                text = self._site_message(".over-quota.msg") or "user is over quota\n"
+                self.quota_warning(maildir, quota, address, bool(recipient))
+                raise Outcome(100, text + "\n")
+            if percent >= int(self.config.users_quota_warn_percent):
+                self.quota_warning(maildir, quota, address, bool(recipient))
+        header = self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
+        try:
+            delivered = deliver(maildir, header, self.message.fd, bool(self.config.delivery_file_sync))
+        except OverQuota:
+            raise bounce("user is over quota") from None
+        except DeliveryFailed as exc:
+            raise defer(f"vdelivermail: {exc.detail}\nsystem error") from None
+        if limited:
+            self._count(maildir, quota, delivered.size)
+
+    def _count(self, maildir: str, quota: str, size: int) -> None:
+        try:
+            add_usage(maildir, quota, size)
+        except (OSError, VpopmailError) as exc:
+            say(f"vdelivermail: warning: maildirsize not updated: {exc}\n")
+
+    def quota_warning(self, maildir: str, quota: str, address: str, to_default: bool) -> None:
+        """Deliver ``.quotawarn.msg`` into ``maildir`` at most once a day (the mtime of its
+        ``quotawarn`` stamp). A failure here never changes the outcome of the delivery."""
+        stamp = os.path.join(maildir, "quotawarn")
+        now = time.time()
+        try:
+            if now - os.stat(stamp).st_mtime < 86400:
+                return
+        except OSError:
+            pass
+        try:
+            os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
+            os.utime(stamp, (now, now))
+            template = self._site_file(".quotawarn.msg")
+            if not template:
+                return
+            date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now))
+            trace = self.dtline if to_default else f"Delivered-To: {address}\n".encode()
+            fd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                delivered = deliver(maildir, trace + f"Date: {date}\n".encode(), fd,
+                                    bool(self.config.delivery_file_sync))
+            finally:
+                os.close(fd)
+        except (OSError, VpopmailError):
+            return
+        self._count(maildir, quota, delivered.size)
+
+    def run_program(self, command: str) -> None:
+        """``/bin/sh -c command`` with the message on stdin, mapped as qmail-local maps it."""
+        self.message.rewind()
+        env = dict(os.environb)
+        env[b"SHELL"] = b"/bin/sh"
+        actions = [] if self.message.fd == 0 else [(os.POSIX_SPAWN_DUP2, self.message.fd, 0)]
+        try:
+            pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
+                                 file_actions=actions, setsigdef=(SIGPIPE,))
+            _, status = os.waitpid(pid, 0)
+        except OSError as exc:
+            raise defer(f"Unable to run /bin/sh: {exc.strerror}.") from None
+        outcome = program_outcome(status)
+        if outcome is not None:
+            raise outcome
+
+    def forward_header(self, address: str) -> bytes:
+        """``RPLINE`` + the Delivered-To a forwarded copy carries: qmail-local's DTLINE with the
+        virtual domain's ``domain-`` prefix removed, else the forward target."""
+        value = self.dtline[14:].rstrip(b"\r\n") if len(self.dtline) >= 15 else b""
+        local, at, host = value.rpartition(b"@")
+        if at:
+            prefix = host.lower() + b"-"
+            if local.lower().startswith(prefix):
+                local = local[len(prefix):]
+            return self.rpline + b"Delivered-To: " + local + b"@" + host + b"\n"
+        return self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
+
+    def forward(self, address: str) -> None:
+        """Re-inject the message to ``address`` through qmail-inject (envelope sender from
+        the Return-Path line, which qmail-inject removes)."""
+        inject = self.config.home_path("qmail_inject")
+        read, write = os.pipe()
+        try:
+            pid = os.posix_spawn(inject, [inject, "--", address], dict(os.environb),
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
+                                               (os.POSIX_SPAWN_CLOSE, write)],
+                                 setsigdef=(SIGPIPE,))
+        except OSError as exc:
+            os.close(read)
+            os.close(write)
+            raise defer(f"Unable to fork: {exc.strerror}.\nsystem error, can't open qmail-inject") from None
+        os.close(read)
+        failure = ""
+        try:
+            data = self.forward_header(address)
+            offset = 0
+            while data:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write, view):]
+                data = os.pread(self.message.fd, 65536, offset)
+                offset += len(data)
+        except OSError as exc:
+            failure = f"write to qmail-inject failed: {exc.strerror}\n"
+        finally:
+            os.close(write)
+        _, status = os.waitpid(pid, 0)
+        outcome = program_outcome(status)
+        if failure:
+            raise Outcome(111, failure + "system error calling qmail-inject\n")
+        if outcome is not None:
+            outcome.text = "system error calling qmail-inject\n"
+            raise outcome
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    """Entry point: exit code for qmail-local, text on stdout."""
+    argv = sys.argv[1:] if argv is None else argv
+    os.umask(0o077)
+    try:
+        run = Vdelivermail(vconfig.load(config))
+        return run.run(argv)
+    except Outcome as outcome:
+        say(outcome.text)
+        return outcome.code
+    except VpopmailError as exc:
+        say(f"vdelivermail: deferred: {exc}\n")
+        return 111
+    except Exception as exc:  # a bug must defer the message, never bounce or lose it
+        say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
+        return 111

@@ -1,0 +1,107 @@
+"""A mail site for delivery tests: an install with a domain and users, and a way to run the
+installed vdelivermail exactly as qmail-local runs it (its environment, cwd = the domain
+directory, the domain owner's uid, the message on a seekable stdin or a pipe)."""
+from __future__ import annotations
+
+import mailbox
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from conftest import Install, as_user_argv
+
+DOMAIN = "example.com"
+SENDER = "sender@remote.test"
+MESSAGE = (b"From: Sender <sender@remote.test>\nTo: alice@example.com\nSubject: anchor test\n"
+           b"Date: Sat, 28 Nov 2026 03:30:00 +0000\nMessage-ID: <anchor-test-1@remote.test>\n\n"
+           b"Hello alice, this is a small test message.\n")
+
+
+def qmail_local_env(user: str, domain: str = DOMAIN, home: str = "", sender: str = SENDER
+                    ) -> dict[str, str]:
+    """The variables qmail-local sets for ``user@domain`` delivered through the domain's
+    ``.qmail-default`` (reference c-vpopmail-observed.md section 5), plus PATH."""
+    local = f"{domain}-{user}"
+    dashes = user.split("-")
+    labels = domain.split(".")
+    env = {
+        "USER": domain, "HOME": home, "LOCAL": local, "EXT": user, "DEFAULT": user,
+        "HOST": domain, "SENDER": sender, "NEWSENDER": sender,
+        "RECIPIENT": f"{local}@{domain}", "DTLINE": f"Delivered-To: {local}@{domain}\n",
+        "RPLINE": f"Return-Path: <{sender}>\n",
+        "UFLINE": f"From {sender} Sat Nov 28 03:30:00 2026\n",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
+    for n in (2, 3, 4):
+        env[f"EXT{n}"] = "-".join(dashes[n - 1:])
+        env[f"HOST{n}"] = ".".join(labels[:max(1, len(labels) - (n - 1))])
+    return env
+
+
+class Site:
+    """One install with ``example.com``; ``deliver`` runs vdelivermail as qmail-local would."""
+
+    def __init__(self, inst: Install, unprivileged: bool) -> None:
+        self.inst = inst
+        self.unprivileged = unprivileged
+        self.domain_dir = inst.domains / DOMAIN
+
+    def ok(self, command: str, *args: str) -> str:
+        return self.inst.ok(command, *args)
+
+    def add_user(self, name: str, quota: str | None = None) -> Path:
+        self.ok("vadduser", f"{name}@{DOMAIN}", "pw")
+        if quota:
+            self.ok("vsetuserquota", f"{name}@{DOMAIN}", quota)
+        return self.user_dir(name)
+
+    def user_dir(self, name: str) -> Path:
+        line = next(l for l in (self.domain_dir / "vpasswd").read_text().splitlines()
+                    if l.startswith(name + ":"))
+        return Path(line.split(":")[5])
+
+    def maildir(self, name: str) -> Path:
+        return self.user_dir(name) / "Maildir"
+
+    def argv(self, *args: str) -> list[str]:
+        command = [str(self.inst.bin / "vdelivermail"), *args]
+        return [*as_user_argv(self.inst.user), *command] if self.unprivileged else command
+
+    def deliver(self, user: str, message: bytes = MESSAGE, action: str = "bounce-no-mailbox", *,
+                args: tuple[str, ...] | None = None, pipe: bool = False,
+                env: dict[str, str] | None = None, drop: tuple[str, ...] = (),
+                domain: str = DOMAIN) -> subprocess.CompletedProcess[bytes]:
+        """Run vdelivermail '' ACTION for ``user@domain`` with ``message`` on stdin."""
+        variables = qmail_local_env(user, domain, str(self.domain_dir))
+        variables.update(env or {})
+        for name in drop:
+            variables.pop(name, None)
+        argv = self.argv(*(args if args is not None else ("", action)))
+        cwd = self.domain_dir if self.domain_dir.is_dir() else "/"
+        if pipe:
+            return subprocess.run(argv, input=message, capture_output=True, env=variables,
+                                  cwd=cwd, timeout=60)
+        with tempfile.TemporaryFile() as fh:
+            fh.write(message)
+            fh.seek(0)
+            return subprocess.run(argv, stdin=fh, capture_output=True, env=variables, cwd=cwd,
+                                  timeout=60)
+
+    def new_files(self, maildir: Path) -> list[Path]:
+        return sorted((maildir / "new").iterdir())
+
+    def only_message(self, maildir: Path) -> bytes:
+        files = self.new_files(maildir)
+        assert len(files) == 1, files
+        assert not list((maildir / "tmp").iterdir())
+        return files[0].read_bytes()
+
+
+def assert_readable_by_mailbox(maildir: Path) -> None:
+    """Python's own Maildir reader must parse every message we wrote."""
+    box = mailbox.Maildir(str(maildir), factory=None, create=False)
+    for key in box.keys():
+        message = box[key]
+        assert message["Delivered-To"], key
+        assert os.path.basename(box._lookup(key)).count(",S=") == 1  # noqa: SLF001
