@@ -16,6 +16,8 @@ import os
 import sys
 import time
 
+import _signal
+
 from delivery import dotqmail
 from delivery.message import Message
 from maildir.maildir import deliver, is_maildir, make_maildir
@@ -30,7 +32,8 @@ NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
 LOOPING = "mail is looping"
 #: program exit codes qmail-local and vpopmail treat as permanent failures
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
-SIGPIPE = 13
+#: signals children get back at their default (we ignore them)
+CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 USER_CHARS = frozenset("!#$&'*+-./0123456789=?ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`"
                        "abcdefghijklmnopqrstuvwxyz{|}~")
 DOMAIN_CHARS = frozenset("-.0123456789abcdefghijklmnopqrstuvwxyz")
@@ -372,7 +375,7 @@ class Vdelivermail:
         actions = [] if self.message.fd == 0 else [(os.POSIX_SPAWN_DUP2, self.message.fd, 0)]
         try:
             pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
-                                 file_actions=actions, setsigdef=(SIGPIPE,))
+                                 file_actions=actions, setsigdef=CHILD_DEFAULT_SIGNALS)
             _, status = os.waitpid(pid, 0)
         except OSError as exc:
             raise defer(f"Unable to run /bin/sh: {exc.strerror}.") from None
@@ -401,7 +404,7 @@ class Vdelivermail:
             pid = os.posix_spawn(inject, [inject, "--", address], dict(os.environb),
                                  file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
                                                (os.POSIX_SPAWN_CLOSE, write)],
-                                 setsigdef=(SIGPIPE,))
+                                 setsigdef=CHILD_DEFAULT_SIGNALS)
         except OSError as exc:
             os.close(read)
             os.close(write)
@@ -434,6 +437,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     """Entry point: exit code for qmail-local, text on stdout."""
     argv = sys.argv[1:] if argv is None else argv
     os.umask(0o077)
+    # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     try:
         run = Vdelivermail(vconfig.load(config))
         return run.run(argv)

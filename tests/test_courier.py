@@ -1,0 +1,104 @@
+"""Differential tests against Courier's own Maildir++ implementation (Debian ``maildrop``:
+``maildirmake``, ``deliverquota``): both delivering into one Maildir keep one consistent
+``maildirsize``, and both make the same over-quota decision from the same state."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import Install
+from delivery_site import DOMAIN, Site
+from maildir.quota import load_maildirsize, scan_usage
+
+pytestmark = pytest.mark.skipif(shutil.which("deliverquota") is None,
+                                reason="Courier's deliverquota (Debian maildrop) not installed")
+OVER_QUOTA = 77  # deliverquota's exit when the message does not fit
+
+
+@pytest.fixture
+def site(vhome: Install) -> Site:
+    site = Site(vhome, unprivileged=False)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add_user("carol", "20000S")
+    return site
+
+
+def deliverquota(maildir: Path, message: bytes) -> int:
+    return subprocess.run(["deliverquota", str(maildir)], input=message, capture_output=True,
+                          timeout=30).returncode
+
+
+def consistent(maildir: Path) -> tuple[int, int]:
+    """maildirsize's totals, asserted equal to what is really in the Maildir."""
+    found = load_maildirsize(str(maildir))
+    assert found is not None
+    assert (found.bytes, found.messages) == scan_usage(str(maildir))
+    return found.bytes, found.messages
+
+
+def test_courier_reads_our_new_maildir(site: Site) -> None:
+    maildir = site.maildir("carol")
+    assert (maildir / "maildirsize").read_text() == "20000S\n0 0\n"
+    assert deliverquota(maildir, b"Subject: c\n\nhello\n") == 0
+    assert consistent(maildir) == (len(b"Subject: c\n\nhello\n"), 1)
+
+
+def test_same_decisions_at_the_boundary(site: Site, tmp_path: Path) -> None:
+    """Fill the box alternately with both tools; before each step, decide the same message
+    from the same state with both, and require the same answer."""
+    maildir = site.maildir("carol")
+    snapshot = tmp_path / "snapshot"
+    sizes = [3000, 5000, 2500, 4000, 1500, 2000, 900, 600, 400, 300, 200, 100, 60, 30, 10, 5, 1]
+    accepted = {True: 0, False: 0}
+    for step, size in enumerate(sizes):
+        message = b"Subject: s%d\n\n" % step
+        message += b"m" * (size - len(message) - 1) + b"\n"
+        shutil.copytree(maildir, snapshot, symlinks=True)
+        ours = site.deliver("carol", message).returncode
+        assert ours in (0, 100)
+        shutil.rmtree(maildir)
+        shutil.copytree(snapshot, maildir, symlinks=True)
+        theirs = deliverquota(maildir, message)
+        assert theirs in (0, OVER_QUOTA)
+        assert (ours == 0) == (theirs == 0), (step, size, consistent(maildir))
+        if step % 2 == 0:  # keep our delivery's state on even steps
+            shutil.rmtree(maildir)
+            shutil.copytree(snapshot, maildir, symlinks=True)
+            assert site.deliver("carol", message).returncode == ours
+        shutil.rmtree(snapshot)
+        accepted[ours == 0] += 1
+        consistent(maildir)
+    assert accepted[True] and accepted[False]  # the run crossed the boundary
+    # exactly full: a message that fits to the byte is accepted by both, one more byte by neither
+    used, _ = consistent(maildir)
+    free = 20000 - used
+    if free > 0:
+        exact = b"x" * (free - 1) + b"\n"
+        shutil.copytree(maildir, snapshot, symlinks=True)
+        assert deliverquota(maildir, exact + b"!") == OVER_QUOTA
+        assert site.deliver("carol", exact + b"!").returncode == 100
+        assert deliverquota(maildir, exact) == 0
+        shutil.rmtree(maildir)
+        shutil.copytree(snapshot, maildir, symlinks=True)
+        assert site.deliver("carol", exact).returncode == 0
+
+
+def test_concurrent_mixed_deliveries_keep_maildirsize_exact(site: Site) -> None:
+    site.ok("vsetuserquota", f"carol@{DOMAIN}", "100000000S")
+    maildir = site.maildir("carol")
+
+    def one(n: int) -> int:
+        message = b"Subject: n%d\n\n" % n + b"c" * (n * 37 % 900) + b"\n"
+        if n % 3 == 0:
+            return deliverquota(maildir, message)
+        return site.deliver("carol", message).returncode
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(36)))
+    assert results == [0] * 36
+    assert consistent(maildir)[1] == 36
+    assert list((maildir / "tmp").iterdir()) == []
