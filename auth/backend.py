@@ -3,8 +3,6 @@
 Backends are chosen at run time (:func:`open_backend`); nothing above this interface knows
 where users are stored. Hot-path safe: no dataclasses/typing imports (12 ms and 10 ms).
 """
-from __future__ import annotations
-
 from abc import ABC, abstractmethod
 
 from vpopmail.assign import AssignEntry

@@ -5,8 +5,6 @@ maps name -> the rest of the line. Both are replaced atomically under ``.vpasswd
 vpasswd first, so a reader of the cdb sees the old or the new set, never a torn file.
 Lookups read only the cdb (hot path); a missing cdb is rebuilt from vpasswd, as C does.
 """
-from __future__ import annotations
-
 import bisect
 import os
 

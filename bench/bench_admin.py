@@ -12,52 +12,28 @@ Writes bench/RESULTS.md (the "admin" section) and prints the table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, RESULTS, WORK, machine_line, median_of, replace_section, timed  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-WORK = REPO / "bench" / "work"
-RESULTS = REPO / "bench" / "RESULTS.md"
 #: C vpopmail 5.4.33, cdb backend: ms per vadduser at a domain size (c-vpopmail-observed.md §7)
 C_PER_ADD = {500: 2.5, 2000: 9.0, 10000: 96.0}
 C_FILL_10K_S = 6.5 * 60
 
 
-def timed(argv: list[str], stdin: str = "", env: dict[str, str] | None = None) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one whole process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env or {"PATH": "/usr/bin:/bin"})
-    assert proc.stdin is not None
-    proc.stdin.write(stdin.encode())
-    proc.stdin.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{argv} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss
-
-
-def median_of(samples: list[tuple[float, int]]) -> tuple[float, int]:
-    return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
-
-
 def install() -> Path:
-    shutil.rmtree(WORK, ignore_errors=True)
+    work = WORK / "admin"
+    shutil.rmtree(work, ignore_errors=True)
     subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--prefix",
-                    str(WORK / "vpopmail"), "--qmaildir", str(WORK / "qmail"), "--venv",
+                    str(work / "vpopmail"), "--qmaildir", str(work / "qmail"), "--venv",
                     sys.prefix, *(["--user", "root", "--group", "root"] if os.geteuid() == 0
                                   else [])], check=True, capture_output=True)
-    return WORK / "vpopmail" / "bin"
+    return work / "vpopmail" / "bin"
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -82,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         domain = f"d{size}.test"
         subprocess.run([str(bin_ / "vadddomain"), domain, "pm-secret"], check=True)
-        batch = "".join(f"user{i}@{domain} pw{i}\n" for i in range(size - 1))
+        batch = "".join(f"user{i}@{domain} pw{i}\n" for i in range(size - 1)).encode()
         fill = timed([str(bin_ / "vadduser"), "-f", "-"], batch)
         adds = median_of([timed([str(bin_ / "vadduser"), f"new{i}@{domain}", f"pw{i}"])
                           for i in range(args.runs)])
@@ -102,9 +78,7 @@ def write_results(rows: list[tuple[int, tuple[float, int], tuple[float, int]]],
     lines = [
         "## Admin: adding users (`bench/bench_admin.py`)",
         "",
-        f"{datetime.date.today()}, {platform.node()}: {psutil.cpu_count()} CPUs, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-        f"{platform.platform()}. Whole processes, median of {runs} runs, peak RSS from wait4.",
+        machine_line(runs),
         "",
         "| domain size | `vadduser -f` bulk fill (whole domain) | one `vadduser` (pyvpopmail) "
         "| peak RSS | C vpopmail one add (reference) |",
@@ -132,14 +106,6 @@ def write_results(rows: list[tuple[int, tuple[float, int], tuple[float, int]]],
     ]
     replace_section(RESULTS, "## Admin:", "\n".join(lines))
     print("\n".join(lines))
-
-
-def replace_section(path: Path, heading: str, text: str) -> None:
-    """Put ``text`` in place of the section starting with ``heading`` (or append it)."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    sections = old.split("\n## ")
-    kept = [sections[0]] + ["## " + s for s in sections[1:] if not ("## " + s).startswith(heading)]
-    path.write_text("\n".join(s.rstrip("\n") + "\n" for s in kept) + "\n" + text)
 
 
 if __name__ == "__main__":

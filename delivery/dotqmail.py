@@ -3,8 +3,6 @@
 Each line is classified as qmail-local does (dot-qmail(5)), with the fixes C vpopmail lacked:
 trailing blanks are stripped, blank lines are skipped, and ``+list`` is honoured.
 """
-from __future__ import annotations
-
 import os
 
 COMMENT = "comment"

@@ -5,8 +5,6 @@ is spooled first to an anonymous file (``O_TMPFILE``, or a file unlinked at once
 filesystem lacks it), copied in chunks so the message is never held in memory. All later reads
 use ``pread`` from offset 0, so every destination sees the whole message.
 """
-from __future__ import annotations
-
 import os
 import stat
 
@@ -48,7 +46,7 @@ class Message:
         self._trace: tuple[frozenset[bytes], int] | None = None
 
     @classmethod
-    def from_fd(cls, source: int, spool_dir: str) -> Message:
+    def from_fd(cls, source: int, spool_dir: str) -> "Message":
         """Use ``source`` if it is a regular file, else spool it into ``spool_dir``."""
         try:
             st = os.fstat(source)

@@ -10,8 +10,6 @@ made) is a 111, never a bounce.
 This is the hot path: it imports only the lean readers and the Maildir writer; programs,
 forwards and directory repairs load what they need when they happen.
 """
-from __future__ import annotations
-
 import os
 import sys
 import time

@@ -10,8 +10,6 @@ Names: ``<sec>.M<usec>P<pid>Q<n>.<host>`` in tmp, ``<sec>.M<usec>P<pid>V<dev>I<i
 S=<size>,W=<rfc822 size>`` in new (``/`` and ``:`` in the host name escaped as ``\\057`` and
 ``\\072``). Hot-path safe: imports only ``os``, ``time`` and the error classes.
 """
-from __future__ import annotations
-
 import errno
 import os
 import time

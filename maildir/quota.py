@@ -4,8 +4,6 @@ Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S`
 defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
 Hot-path safe: imports only ``os`` and ``time``.
 """
-from __future__ import annotations
-
 import os
 import time
 

@@ -10,11 +10,12 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from conftest import Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, assert_readable_by_mailbox
 
 RETURN_PATH = b"Return-Path: <sender@remote.test>\n"
@@ -462,3 +463,28 @@ def test_qmail_ext(site: Site) -> None:
     write_dotqmail(site, bob / ".qmail-lists", "./Maildir/.Lists/\n")
     assert site.deliver("bob-lists").returncode == 0
     assert len(site.new_files(bob / "Maildir" / ".Lists")) == 1
+
+
+# -- the hot path stays lean ---------------------------------------------------------------------
+
+#: modules whose import costs milliseconds (python-runtime-facts.md); none may load per message
+HEAVY = {"__future__", "subprocess", "logging", "typing", "enum", "re", "tomllib", "email",
+         "socket", "hashlib", "hmac", "pathlib", "argparse", "dataclasses", "filelock", "psutil",
+         "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api", "auth.passwords"}
+
+
+def test_delivery_imports_nothing_heavy(site: Site) -> None:
+    wrapper = (site.inst.bin / "vdelivermail").read_text()
+    python = wrapper.split()[0][2:]
+    env = {"EXT": "bob", "HOST": DOMAIN, "PATH": "/usr/bin:/bin"}
+    argv = [python, "-X", "importtime", "-I", "-S", str(site.inst.bin / "vdelivermail"), "", "x"]
+    if site.unprivileged:
+        argv = [*as_user_argv(site.inst.user), *argv]
+    result = subprocess.run(argv, input=MESSAGE, capture_output=True, env=env,
+                            cwd=site.domain_dir)
+    assert result.returncode == 0, result
+    imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert "delivery.vdelivermail" in imported and "auth.cdbfiles" in imported
+    assert not imported & HEAVY, imported & HEAVY
+    assert "os._exit(code)" in wrapper

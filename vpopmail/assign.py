@@ -3,8 +3,6 @@
 Reading (``lookup``) is on the hot path and imports only the lean cdb reader; building the
 cdb (``cdb_records``) reproduces qmail-newu byte for byte, so no qmail binary is needed.
 """
-from __future__ import annotations
-
 import os
 
 from vpopmail import cdb

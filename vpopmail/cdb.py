@@ -7,8 +7,6 @@ and reports truncation and garbage as :class:`CorruptData` (a temporary, local f
 
 Writing lives in :mod:`vpopmail.cdbwrite` so that readers never import pure-cdb.
 """
-from __future__ import annotations
-
 import os
 
 from vpopmail.errors import CorruptData
@@ -47,7 +45,7 @@ class CdbReader:
             os.close(self._fd)
             raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")
 
-    def __enter__(self) -> CdbReader:
+    def __enter__(self) -> "CdbReader":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,8 +6,6 @@ The hot paths (vdelivermail, vchkpw) start a fresh interpreter per message or lo
 qmail-local and qmail-popup clear the environment, so the installed wrappers pass the path they
 were built with; ``VPOPMAIL_CONFIG`` overrides it (tests, ad-hoc runs).
 """
-from __future__ import annotations
-
 import marshal
 import os
 

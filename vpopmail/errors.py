@@ -2,8 +2,6 @@
 
 Hot-path safe: imports nothing.
 """
-from __future__ import annotations
-
 
 class VpopmailError(Exception):
     """Base of every error the library raises; ``code`` is vpopmail's VA_* number."""

@@ -2,8 +2,6 @@
 
 Plain ints, not an enum: vchkpw and vdelivermail read them, and ``enum`` costs 5 ms to import.
 """
-from __future__ import annotations
-
 NO_PASSWD_CHNG = 0x01
 NO_POP = 0x02
 NO_WEBMAIL = 0x04

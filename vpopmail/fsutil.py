@@ -5,8 +5,6 @@ with ``F_SETLK``: a pyvpopmail command and a C vpopmail command working on the s
 each other. (flock-based locks, such as the filelock package's, would not.) Lock files are never
 unlinked, since deleting a held lock file lets a second process lock a new one at once.
 """
-from __future__ import annotations
-
 import errno
 import os
 import time
@@ -105,7 +103,7 @@ class FileLock:
         self.owner = (uid, gid)
         self._fd = -1
 
-    def __enter__(self) -> FileLock:
+    def __enter__(self) -> "FileLock":
         import fcntl
 
         try:

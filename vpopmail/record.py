@@ -1,6 +1,4 @@
 """A base for small value classes with ``__slots__`` (dataclasses cost 13 ms to import)."""
-from __future__ import annotations
-
 
 class SlotRecord:
     """Equality, repr and copy-with-changes over the fields named in ``__slots__``."""
