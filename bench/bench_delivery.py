@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
 def write_results(table: dict[int, dict[str, tuple[tuple[float, int], float]]], runs: int,
                   loop_count: int, imports: list[str]) -> None:
     floor_name = "interpreter floor `python -I -S -c pass`"
-    lines = ["## Delivery: vdelivermail (`bench/bench_delivery.py`)", "", machine_line(runs), "",
+    lines = ["## Delivery: vdelivermail (`bench/bench_delivery.py`)", "",
+             machine_line(runs, "GNU time (max of 3 runs)"), "",
              f"One message from a seekable file to a user with a quota, qmail-local's environment; "
              f"\"loop\" = {loop_count} deliveries back to back from one shell, per message. "
              "\"over floor\" = our median minus the interpreter floor's in the same run.", ""]

@@ -59,10 +59,11 @@ def median_of(samples: list[tuple[float, int]]) -> tuple[float, int]:
     return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
 
 
-def machine_line(runs: int) -> str:
+def machine_line(runs: int, rss_source: str = "wait4") -> str:
     return (f"{datetime.date.today()}, {platform.node()}: {psutil.cpu_count()} CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-            f"{platform.platform()}. Whole processes, median of {runs} runs, peak RSS from wait4.")
+            f"{platform.platform()}. Whole processes, median of {runs} runs, peak RSS from "
+            f"{rss_source}.")
 
 
 def replace_section(path: Path, heading: str, text: str) -> None:
