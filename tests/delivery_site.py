@@ -47,6 +47,15 @@ class Site:
         self.unprivileged = unprivileged
         self.domain_dir = inst.domains / DOMAIN
 
+    @classmethod
+    def create(cls, inst: Install, unprivileged: bool, **users: str | None) -> "Site":
+        """``example.com`` with ``users`` (name=quota, None for NOQUOTA) on ``inst``."""
+        site = cls(inst, unprivileged)
+        site.ok("vadddomain", DOMAIN, "secret")
+        for name, quota in users.items():
+            site.add_user(name, quota)
+        return site
+
     def ok(self, command: str, *args: str) -> str:
         return self.inst.ok(command, *args)
 

@@ -21,10 +21,7 @@ OVER_QUOTA = 77  # deliverquota's exit when the message does not fit
 
 @pytest.fixture
 def site(vhome: Install) -> Site:
-    site = Site(vhome, unprivileged=False)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add_user("carol", "20000S")
-    return site
+    return Site.create(vhome, False, carol="20000S")
 
 
 def deliverquota(maildir: Path, message: bytes) -> int:

@@ -29,11 +29,7 @@ def site(request: pytest.FixtureRequest) -> Site:
         inst: Install = request.getfixturevalue("vhome")
     else:
         inst = request.getfixturevalue("root_vhome")
-    site = Site(inst, unprivileged=request.param == "root")
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add_user("alice", "1M")
-    site.add_user("bob")
-    return site
+    return Site.create(inst, request.param == "root", alice="1M", bob=None)
 
 
 @pytest.fixture

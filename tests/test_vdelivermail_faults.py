@@ -12,26 +12,20 @@ from pathlib import Path
 import pytest
 
 from conftest import Install
-from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
+from delivery_site import MESSAGE, Site, qmail_local_env
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
 
 
 @pytest.fixture
 def site(vhome: Install) -> Site:
-    site = Site(vhome, unprivileged=False)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add_user("bob", "10M")
-    return site
+    return Site.create(vhome, False, bob="10M")
 
 
 @pytest.fixture
 def vsite(root_vhome: Install) -> Site:
     """A root install where vdelivermail runs as the vpopmail user (file modes matter)."""
-    site = Site(root_vhome, unprivileged=True)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add_user("bob", "10M")
-    return site
+    return Site.create(root_vhome, True, bob="10M")
 
 
 def assert_deferred(site: Site, result: subprocess.CompletedProcess[bytes], *words: bytes) -> None:
