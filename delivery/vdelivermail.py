@@ -16,6 +16,7 @@ import time
 
 import _signal
 
+from auth.backend import VUser, open_backend
 from delivery import dotqmail
 from delivery.message import Message
 from maildir.maildir import deliver, is_maildir, make_maildir
@@ -160,11 +161,9 @@ class Vdelivermail:
             os.setgid(gid)
             os.setuid(uid)
 
-    def _find_user(self):  # type: ignore[no-untyped-def]
+    def _find_user(self) -> VUser | None:
         """The recipient's record, trying ``user`` then (qmail extensions on) the part before
         its first ``-``; sets :attr:`extension` for the ``.qmail-<ext>`` lookup."""
-        from auth.backend import open_backend
-
         assert self.entry is not None
         try:
             backend = open_backend(self.config)
@@ -183,7 +182,7 @@ class Vdelivermail:
         return found
 
     # -- an existing user ---------------------------------------------------------------------
-    def check_user(self, user) -> int:  # type: ignore[no-untyped-def]
+    def check_user(self, user: VUser) -> int:
         if user.flags & BOUNCE_MAIL:
             raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
         home = self._ensure_home(user)
@@ -192,7 +191,7 @@ class Vdelivermail:
         self.deliver_maildir(os.path.join(home, "Maildir") + "/", user.quota)
         return 0
 
-    def _ensure_home(self, user) -> str:  # type: ignore[no-untyped-def]
+    def _ensure_home(self, user: VUser) -> str:
         """The user's directory with a complete Maildir, re-creating what is missing."""
         assert self.entry is not None
         if not user.dir:
