@@ -9,6 +9,7 @@ import os
 import stat
 
 from vpopmail.errors import DeliveryFailed
+from vpopmail.fsutil import write_all
 
 CHUNK = 65536
 DELIVERED_TO = b"delivered-to:"
@@ -27,9 +28,7 @@ def _spool(source: int, directory: str) -> int:
             chunk = os.read(source, CHUNK)
             if not chunk:
                 return fd
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, chunk)
     except BaseException:
         os.close(fd)
         raise

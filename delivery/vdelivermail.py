@@ -19,13 +19,14 @@ import _signal
 from auth.backend import VUser, open_backend
 from delivery import dotqmail
 from delivery.message import Message
-from maildir.maildir import deliver, is_maildir, make_maildir
+from maildir.maildir import deliver, is_maildir, make_maildir, write_message
 from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, quota_root
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.flags import BOUNCE_MAIL
+from vpopmail.fsutil import write_all
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
 LOOPING = "mail is looping"
@@ -57,9 +58,7 @@ def defer(text: str) -> Outcome:
 
 def say(text: str) -> None:
     """Write to stdout at once (children share it, so nothing may wait in a buffer)."""
-    data = text.encode("utf-8", "surrogateescape")
-    while data:
-        data = data[os.write(1, data):]
+    write_all(1, text.encode("utf-8", "surrogateescape"))
 
 
 def maildir_to_email(path: str, cwd: str = "") -> str:
@@ -409,14 +408,7 @@ class Vdelivermail:
         os.close(read)
         failure = ""
         try:
-            data = self.forward_header(address)
-            offset = 0
-            while data:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(write, view):]
-                data = os.pread(self.message.fd, 65536, offset)
-                offset += len(data)
+            write_message(write, self.forward_header(address), self.message.fd)
         except OSError as exc:
             failure = f"write to qmail-inject failed: {exc.strerror}\n"
         finally:

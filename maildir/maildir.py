@@ -15,7 +15,7 @@ import os
 import time
 
 from vpopmail.errors import DeliveryFailed, OverQuota
-from vpopmail.fsutil import fsync_dir, make_dir
+from vpopmail.fsutil import fsync_dir, make_dir, write_all
 
 SUBDIRS = ("cur", "new", "tmp")
 CHUNK = 65536
@@ -77,18 +77,13 @@ def _create_tmp(maildir: str) -> tuple[int, str, str]:
     raise DeliveryFailed(f"{maildir}/tmp: no unique file name after 100 tries")
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy(fd: int, header: bytes, source: int) -> tuple[int, int]:
-    """Write ``header`` then all of ``source`` (read with pread from offset 0) to ``fd``.
+def write_message(fd: int, header: bytes, source: int) -> tuple[int, int]:
+    """Write ``header`` then all of ``source`` (read with pread from offset 0) to ``fd``
+    (a tmp file, or a pipe to qmail-inject).
 
     Returns (bytes written, bytes as RFC 822 counts them: every bare LF as CRLF).
     """
-    _write_all(fd, header)
+    write_all(fd, header)
     size = len(header)
     bare_lf = header.count(b"\n") - header.count(b"\r\n")
     offset = 0
@@ -97,7 +92,7 @@ def _copy(fd: int, header: bytes, source: int) -> tuple[int, int]:
         chunk = os.pread(source, CHUNK, offset)
         if not chunk:
             break
-        _write_all(fd, chunk)
+        write_all(fd, chunk)
         offset += len(chunk)
         bare_lf += chunk.count(b"\n")
         if b"\r" in chunk:  # qmail's queue is LF-only: skip the slow two-byte count then
@@ -118,7 +113,7 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
     fd, tmp, stem = _create_tmp(maildir)
     try:
         try:
-            size, rfc822_size = _copy(fd, header, source)
+            size, rfc822_size = write_message(fd, header, source)
             if sync:
                 os.fsync(fd)
             st = os.fstat(fd)

@@ -1,7 +1,6 @@
 """vaddaliasdomain: make one domain an alias of another."""
 from __future__ import annotations
 
-
 from vpopmail.cli.common import UsageError, error, open_api, operands, run
 
 USAGE = """\

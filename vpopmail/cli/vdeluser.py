@@ -1,7 +1,6 @@
 """vdeluser: delete a user and its mail."""
 from __future__ import annotations
 
-
 from vpopmail.cli.common import open_api, operands, run
 
 USAGE = """\

@@ -1,7 +1,6 @@
 """vsetuserquota: set the quota of one user or of every user of a domain."""
 from __future__ import annotations
 
-
 from vpopmail.cli.common import open_api, operands, run
 
 USAGE = """\
