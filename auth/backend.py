@@ -65,6 +65,10 @@ class UserDatabase(ABC):
         """Drop every user of the domain."""
 
     @abstractmethod
+    def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
+        """Remember a successful login (vpopmail's lastauth): from where, and when (now)."""
+
+    @abstractmethod
     def rebuild_index(self, domain: AssignEntry) -> None:
         """Rebuild any derived index (vpasswd.cdb): what vmkpasswd asks for."""
 

@@ -18,6 +18,7 @@ from vpopmail.fsutil import FileLock, atomic_write
 VPASSWD = "vpasswd"
 VPASSWD_CDB = "vpasswd.cdb"
 LOCK = ".vpasswd.lock"
+LASTAUTH = "lastauth"
 
 
 def _decode(data: bytes) -> str:
@@ -170,3 +171,8 @@ class CdbFiles(UserDatabase):
     def rebuild_index(self, domain: AssignEntry) -> None:
         with self._lock(domain):
             self._write_cdb(domain, self._read_lines(domain))
+
+    def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
+        """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time."""
+        atomic_write(os.path.join(user.dir, LASTAUTH), _encode(remote_ip), 0o600, domain.uid,
+                     domain.gid, sync=False)

@@ -19,7 +19,7 @@ import _signal
 from auth.backend import VUser, open_backend
 from delivery import dotqmail
 from delivery.message import Message
-from maildir.maildir import deliver, is_maildir, make_maildir, write_message
+from maildir.maildir import deliver, is_maildir, write_message
 from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, quota_root
 from vpopmail import assign
 from vpopmail import config as vconfig
@@ -27,6 +27,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
+from vpopmail.names import is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
 LOOPING = "mail is looping"
@@ -34,9 +35,6 @@ LOOPING = "mail is looping"
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
 #: signals children get back at their default (we ignore them)
 CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
-USER_CHARS = frozenset("!#$&'*+-./0123456789=?ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`"
-                       "abcdefghijklmnopqrstuvwxyz{|}~")
-DOMAIN_CHARS = frozenset("-.0123456789abcdefghijklmnopqrstuvwxyz")
 
 
 class Outcome(Exception):
@@ -77,14 +75,6 @@ def maildir_to_email(path: str, cwd: str = "") -> str:
         if "." in component:
             return f"{user}@{component}" if user else ""
     return ""
-
-
-def is_valid_user(name: str) -> bool:
-    return all(c in USER_CHARS for c in name)
-
-
-def is_valid_domain(name: str) -> bool:
-    return bool(name) and all(c in DOMAIN_CHARS for c in name)
 
 
 def program_outcome(status: int) -> Outcome | None:
@@ -193,21 +183,16 @@ class Vdelivermail:
     def _ensure_home(self, user: VUser) -> str:
         """The user's directory with a complete Maildir, re-creating what is missing."""
         assert self.entry is not None
-        if not user.dir:
-            from vpopmail.api import Vpopmail
+        if user.dir and is_maildir(os.path.join(user.dir, "Maildir")):
+            return user.dir
+        from vpopmail.api import Vpopmail
 
-            try:
-                user = Vpopmail(self.config).make_missing_user_dir(self.entry, user)
-            except (OSError, VpopmailError) as exc:
-                raise defer(f"Auto creation of maildir failed. (#5.9.8): {exc}") from None
-        maildir = os.path.join(user.dir, "Maildir")
-        if not is_maildir(maildir):
-            try:
-                os.makedirs(user.dir, 0o700, exist_ok=True)
-                make_maildir(maildir)
-            except OSError as exc:
+        try:
+            return Vpopmail(self.config).ensure_home(self.entry, user).dir
+        except (OSError, VpopmailError) as exc:
+            if user.dir:
                 raise defer(f"Auto re-creation of maildir failed. (#5.9.9): {exc}") from None
-        return user.dir
+            raise defer(f"Auto creation of maildir failed. (#5.9.8): {exc}") from None
 
     def run_dotqmail(self, home: str) -> bool:
         """Follow the first ``.qmail`` file found in ``home``; False if there is none."""

@@ -11,16 +11,16 @@ from collections.abc import Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
-from maildir.maildir import make_maildir
+from maildir.maildir import is_maildir, make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
-from vpopmail import assign, dircontrol, flags, limits
+from vpopmail import assign, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, CannotDeleteCatchall,
                              CouldNotMakeDomainDir, DomainAlreadyExists, DomainDoesNotExist,
                              GecosTooLong, IllegalUsername, InvalidDomainName, PasswdTooLong,
-                             QuotaTooLong, UserDirExists, UserDoesNotExist, UsernameExists,
-                             VpopmailError)
+                             QuotaTooLong, SubdirCreation, UserDirExists, UserDoesNotExist,
+                             UsernameExists, VpopmailError)
 from vpopmail.fsutil import FileLock, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
 from vpopmail.qmail import QmailFiles
@@ -232,14 +232,7 @@ class Vpopmail:
 
     def default_domain(self) -> str:
         """$VPOPMAIL_DOMAIN, else users.default_domain, else ~vpopmail/etc/defaultdomain."""
-        value = os.environ.get("VPOPMAIL_DOMAIN") or str(self.config.users_default_domain)
-        if not value:
-            try:
-                with open(os.path.join(self.config.home, "etc", "defaultdomain")) as fh:
-                    value = fh.readline().strip()
-            except OSError:
-                value = ""
-        return value
+        return ipmap.default_domain(self.config, dict(os.environ))
 
     def get_user(self, address: str) -> tuple[VUser, AssignEntry]:
         name, entry = self.resolve(address)
@@ -366,14 +359,27 @@ class Vpopmail:
         self.backend.update_users(entry, [user])
         return user
 
+    def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
+        """``user`` with a directory and a complete Maildir, re-making what is missing (C
+        vpopmail deferred mail forever, and failed logins, for a lost Maildir)."""
+        if not user.dir:
+            user = self.make_missing_user_dir(entry, user)
+        maildir = os.path.join(user.dir, "Maildir")
+        if not is_maildir(maildir):
+            try:
+                os.makedirs(user.dir, 0o700, exist_ok=True)
+                make_maildir(maildir)
+            except OSError as exc:
+                raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
+        return user
+
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         try:
             if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
                 raise UserDirExists(user.dir)
             make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
             if self.config.logging_auth_logging:
-                atomic_write(os.path.join(user.dir, "lastauth"), NULL_REMOTE_IP.encode(), 0o600,
-                             entry.uid, entry.gid, sync=False)
+                self.backend.record_login(entry, user, NULL_REMOTE_IP)
             if has_quota(user.quota):
                 write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
                                   entry.uid, entry.gid)

@@ -50,6 +50,7 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
         "roaming_users": (False, bool),
         "relay_clear_minutes": (180, int),
         "rebuild_tcpserver": (True, bool),
+        "lock_timeout": (5, int),
     },
     "delivery": {
         "file_sync": (True, bool),
@@ -59,6 +60,7 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
         "level": ("e", str),
         "auth_logging": (True, bool),
         "log_name": ("vpopmail", str),
+        "syslog_socket": ("/dev/log", str),
     },
     "locks": {
         "timeout": (20, int),
@@ -142,8 +144,9 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
             values[f"{section}_{key}"] = value
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
-    if int(values["locks_timeout"]) < 0:  # type: ignore[call-overload]
-        raise ConfigError(f"{source}: locks.timeout must be >= 0")
+    for key in ("locks_timeout", "relay_lock_timeout", "relay_relay_clear_minutes"):
+        if int(values[key]) < 0:  # type: ignore[call-overload]
+            raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
 
 

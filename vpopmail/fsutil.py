@@ -112,7 +112,9 @@ class FileLock:
         import fcntl
 
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # O_NOFOLLOW: a lock file planted as a symlink must not make root open (and chown)
+            # its target
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             ensure_owner(fd, *self.owner)
         except OSError as exc:
             raise CouldNotUpdateFile(f"lock {self.path}: {exc.strerror}") from None
@@ -133,6 +135,11 @@ class FileLock:
             pause = min(pause * 2, 0.05)
         self._fd = fd
         return self
+
+    @property
+    def fd(self) -> int:
+        """The open lock file (for small state kept in it while the lock is held)."""
+        return self._fd
 
     def __exit__(self, *exc: object) -> None:
         os.close(self._fd)

@@ -4,8 +4,6 @@ Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comment
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
 existed; here the built-in defaults (no limits) apply then.
 """
-from __future__ import annotations
-
 import os
 
 from vpopmail import flags
@@ -60,7 +58,7 @@ class Limits:
         return mask
 
     @classmethod
-    def parse(cls, text: str, source: str = "") -> Limits:
+    def parse(cls, text: str, source: str = "") -> "Limits":
         limits = cls(source=source)
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()

@@ -4,8 +4,6 @@ C vpopmail allows ``/`` and ``..`` in user names, so ``vadduser ../evil@example.
 directory outside the domain; here a name is always exactly one safe path component.
 Hot-path safe: imports nothing.
 """
-from __future__ import annotations
-
 from vpopmail.errors import (DomainNameTooLong, IllegalUsername, InvalidDomainName,
                              UserNameTooLong)
 
@@ -15,6 +13,11 @@ USER_CHARS = frozenset("!#$&'*+-.=?^_`{|}~0123456789"
                        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 DOMAIN_CHARS = frozenset("-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 AT_CHARS = "@%/"
+#: what vpopmail accepts in a recipient or login user part (``is_username_valid``); looking a
+#: name up never makes a path from it, so this is wider than :func:`check_user`
+LOOKUP_USER_CHARS = frozenset("!#$&'*+-./0123456789=?ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`"
+                              "abcdefghijklmnopqrstuvwxyz{|}~")
+LOOKUP_DOMAIN_CHARS = frozenset("-.0123456789abcdefghijklmnopqrstuvwxyz")
 #: Files that live beside the user directories in a domain directory.
 #: ``vpasswd`` and anything starting ``vpasswd.`` (the files and their temp files), and
 #: ``cdb.tmp``, C vpopmail's temp file there (both may run side by side during a migration)
@@ -43,6 +46,16 @@ def check_domain(name: str) -> str:
             or name[-1] in "-." or ".." in name):
         raise InvalidDomainName(repr(name))
     return name
+
+
+def is_valid_user(name: str) -> bool:
+    """A user part vdelivermail and vchkpw may look up (lower case already)."""
+    return LOOKUP_USER_CHARS.issuperset(name)
+
+
+def is_valid_domain(name: str) -> bool:
+    """A domain vdelivermail and vchkpw may look up (lower case already)."""
+    return bool(name) and LOOKUP_DOMAIN_CHARS.issuperset(name)
 
 
 def split_address(address: str, default_domain: str = "") -> tuple[str, str]:

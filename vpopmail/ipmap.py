@@ -1,0 +1,93 @@
+"""The domain of a login without one: ``$VPOPMAIL_DOMAIN``, the IP map, the default domain.
+
+``~vpopmail/etc/ip_alias_map`` (what ``vipmap`` edits) maps a local IP address to a domain, one
+``IP domain`` pair per line, so that each of a host's addresses can serve its own domain to
+users who log in with a bare name. C vpopmail needed ``--enable-ip-alias-domains`` for it; here
+the map is in force whenever the file exists. Hot-path safe: lean imports only.
+"""
+import os
+
+from vpopmail.config import Config
+from vpopmail.fsutil import FileLock, atomic_write
+
+MAP_FILE = "ip_alias_map"
+DEFAULT_FILE = "defaultdomain"
+ENV_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-")
+MAX_DOMAIN = 96
+
+
+def map_path(config: Config) -> str:
+    return os.path.join(config.home, "etc", MAP_FILE)
+
+
+def read_map(config: Config) -> list[tuple[str, str]]:
+    """The (ip, domain) pairs of the map, in file order; no file: none."""
+    try:
+        with open(map_path(config), "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return []
+    pairs = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        fields = line.split()
+        if len(fields) >= 2:
+            pairs.append((fields[0], fields[1]))
+    return pairs
+
+
+def _first_line(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _is_local(config: Config, domain: str) -> bool:
+    """Listed in qmail's control/locals: a domain of the host itself, not a virtual one."""
+    try:
+        with open(os.path.join(config.qmail_dir, "control", "locals"), encoding="latin-1") as fh:
+            return any(line.strip().lower() == domain for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def default_domain(config: Config, environ: dict[str, str], local_ip: str = "") -> str:
+    """The domain for a bare user name, vpopmail's order: ``$VPOPMAIL_DOMAIN`` (unsafe
+    characters become ``_``), the IP map entry of ``local_ip`` (an IPv4-mapped ``::ffff:``
+    prefix is ignored) unless qmail serves that domain as a local one,
+    ``users.default_domain``, then the first line of ``etc/defaultdomain``; else ``""``."""
+    value = environ.get("VPOPMAIL_DOMAIN", "")
+    if value:
+        return "".join(c if c in ENV_CHARS else "_" for c in value[:MAX_DOMAIN]).lower()
+    if local_ip:
+        if local_ip.lower().startswith("::ffff:") and "." in local_ip:
+            local_ip = local_ip[7:]
+        for ip, domain in read_map(config):
+            if ip == local_ip:
+                domain = domain.lower()
+                if not _is_local(config, domain):
+                    return domain
+                break
+    configured = str(config.users_default_domain)
+    if configured:
+        return configured.lower()
+    return _first_line(os.path.join(config.home, "etc", DEFAULT_FILE)).lower()
+
+
+def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
+    """Add (``add``) or delete the pair ``ip domain``; an add replaces an equal pair. Return
+    whether the map changed."""
+    path = map_path(config)
+    with FileLock(path + ".lock", float(config.locks_timeout),  # type: ignore[arg-type]
+                  config.uid, config.gid):
+        pairs = read_map(config)
+        kept = [pair for pair in pairs if pair != (ip, domain)]
+        if add:
+            kept.append((ip, domain))
+        if kept == pairs:
+            return False
+        text = "".join(f"{a} {b}\n" for a, b in kept)
+        atomic_write(path, text.encode(), 0o644, config.uid, config.gid,
+                     bool(config.delivery_file_sync))
+    return True
