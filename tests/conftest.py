@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from dovecot_site import dovecot_factory  # noqa: F401 - fixtures for the peer tests
+from ucspi_site import ipv6, loopback6, plain  # noqa: F401
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
 
@@ -38,7 +40,12 @@ def as_user_argv(user: str) -> list[str]:
 class Install:
     """One installed vpopmail home; ``run`` executes its bin/ commands like an operator."""
 
-    def __init__(self, prefix: Path, qmaildir: Path, user: str, group: str) -> None:
+    def __init__(self, prefix: Path, qmaildir: Path, user: str, group: str,
+                 mode: str = "user") -> None:
+        #: "user": a sandbox owned by whoever runs the tests; "root": installed as root for
+        #: the vpopmail user, whose programs the tests run as that user (or as root where a
+        #: server would start them as root)
+        self.mode = mode
         self.prefix = prefix
         self.qmaildir = qmaildir
         self.user = user
@@ -81,11 +88,12 @@ class Install:
         self.config_path.write_text(vconfig.render(values))
 
 
-def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VENV) -> Install:
+def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VENV,
+            mode: str = "user") -> Install:
     subprocess.run([sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
                     str(qmaildir), "--user", user, "--group", group, "--venv", str(venv)],
                    check=True, capture_output=True, text=True)
-    return Install(prefix, qmaildir, user, group)
+    return Install(prefix, qmaildir, user, group, mode)
 
 
 def _me() -> tuple[str, str]:
@@ -139,9 +147,15 @@ def root_vhome(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(mode=0o755)
     try:
-        yield install(base / "vpopmail", base / "qmail", "vpopmail", "vchkpw", venv)
+        yield install(base / "vpopmail", base / "qmail", "vpopmail", "vchkpw", venv, "root")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["user", "root"])
+def each_install(request: pytest.FixtureRequest) -> Install:
+    """Both install modes in turn (``Install.mode``): the sandbox, then the root install."""
+    return request.getfixturevalue("vhome" if request.param == "user" else "root_vhome")
 
 
 @pytest.fixture

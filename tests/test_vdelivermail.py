@@ -23,13 +23,9 @@ NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
 NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)V[0-9A-F]+I[0-9A-F]+\.[^/:]+,S=(\d+),W=(\d+)$")
 
 
-@pytest.fixture(params=["user", "root"])
-def site(request: pytest.FixtureRequest) -> Site:
-    if request.param == "user":
-        inst: Install = request.getfixturevalue("vhome")
-    else:
-        inst = request.getfixturevalue("root_vhome")
-    return Site.create(inst, request.param == "root", alice="1M", bob=None)
+@pytest.fixture
+def site(each_install: Install) -> Site:
+    return Site.create(each_install, each_install.mode == "root", alice="1M", bob=None)
 
 
 @pytest.fixture
