@@ -6,8 +6,6 @@ crypt() (glibc/libxcrypt), reached through the ``_crypt`` extension of Python 3.
 passlib/libpass costs 25 ms and libpass hashes SHA-512-crypt in pure Python. libpass is loaded
 only for forms crypt() cannot do: ``{SSHA}``-style LDAP schemes and argon2.
 """
-from __future__ import annotations
-
 import os
 
 try:
@@ -105,6 +103,41 @@ def verify_password(plain: str, stored: str) -> bool:
         except CryptFailed:
             return False
     return _verify_with_passlib(plain, stored)
+
+
+def check_challenge(kind: str, clear: str, challenge: str, response: str) -> bool:
+    """APOP (POP3, RFC 1939) or CRAM-MD5 (SMTP AUTH, RFC 2195) against a stored clear-text
+    password: ``response`` must be the lowercase hex digest of MD5(challenge + clear) or
+    HMAC-MD5(clear, challenge). An empty challenge never matches (the digest would then be a
+    fixed value, as good as a stolen hash)."""
+    if not clear or not challenge or not response:
+        return False
+    if kind == "APOP":
+        try:
+            from _md5 import md5  # 0.1 ms; hashlib costs 2.5 ms
+        except ImportError:
+            from hashlib import md5
+
+        digest = md5((challenge + clear).encode("utf-8", "surrogateescape")).hexdigest()
+    else:
+        import hmac
+
+        digest = hmac.new(clear.encode("utf-8", "surrogateescape"),
+                          challenge.encode("utf-8", "surrogateescape"), "md5").hexdigest()
+    return _same(digest.encode(), response.encode("utf-8", "surrogateescape"))
+
+
+def needs_rehash(stored: str, scheme: str) -> bool:
+    """Whether ``stored`` is in another form than ``scheme`` (for passwords.rehash_on_login)."""
+    if stored.upper().startswith("{CRYPT}"):
+        stored = stored[7:]
+    if scheme in _PREFIX:
+        return not stored.startswith(_PREFIX[scheme])
+    if scheme == "bcrypt":
+        return not stored.startswith(("$2a$", "$2b$", "$2y$"))
+    if scheme == "argon2":
+        return not stored.startswith("$argon2")
+    return not (len(stored) == 13 and _crypt_family(stored))
 
 
 def _verify_with_passlib(plain: str, stored: str) -> bool:

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, WORK, machine_line, median_of, peak_rss,  # noqa: E402
-                    replace_section, timed)
+from common import (WORK, import_report, install, machine_line,  # noqa: E402
+                    median_of, owner, peak_rss, publish, results_table, shell_loop,
+                    timed, wrapper_python)
 
 HERE = WORK / "delivery"
 DOMAIN = "example.com"
@@ -35,15 +34,6 @@ C_VDELIVERMAIL_MS = 2.11
 C_CHAIN_FLOOR_MS = 1.47
 HEADER = (b"From: Sender <sender@remote.test>\nTo: alice@example.com\nSubject: bench\n"
           b"Message-ID: <bench@remote.test>\n\n")
-
-
-def owner() -> tuple[str, str, int, int]:
-    if os.geteuid() == 0:
-        account = pwd.getpwnam("vpopmail")
-        return "vpopmail", "vchkpw", account.pw_uid, account.pw_gid
-    account = pwd.getpwuid(os.getuid())
-    return account.pw_name, subprocess.check_output(["id", "-gn"], text=True).strip(), \
-        os.getuid(), os.getgid()
 
 
 def message(size: int) -> Path:
@@ -59,16 +49,9 @@ class Setup:
     """The installed site, the peers' Maildirs and configs, and how to run each tool."""
 
     def __init__(self) -> None:
-        shutil.rmtree(HERE, ignore_errors=True)
-        HERE.mkdir(parents=True)
-        HERE.chmod(0o755)
         self.user, self.group, uid, gid = owner()
         self.ids = (uid, gid)
-        prefix = HERE / "vpopmail"
-        subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--prefix",
-                        str(prefix), "--qmaildir", str(HERE / "qmail"), "--user", self.user,
-                        "--group", self.group, "--venv", sys.prefix], check=True,
-                       capture_output=True)
+        prefix = install(HERE, self.user, self.group)
         self.bin = prefix / "bin"
         self.config = prefix / "etc" / "vpopmail.toml"
         for argv in (["vadddomain", DOMAIN, "pm-secret"], ["vadduser", f"alice@{DOMAIN}", "pw"],
@@ -82,7 +65,7 @@ class Setup:
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",
                                                                "file_sync = false"))
         self.nosync.chmod(0o644)
-        self.python = self.bin.joinpath("vdelivermail").read_text().split()[0][2:]
+        self.python = wrapper_python(self.bin / "vdelivermail")
         self.peers: dict[str, list[str]] = {}
         self.peer_env: dict[str, dict[str, str]] = {}
         if shutil.which("deliverquota"):
@@ -145,17 +128,6 @@ class Setup:
             size_file.write_text(size_file.read_text().splitlines()[0] + "\n0 0\n")
 
 
-def loop(argv: list[str], env: dict[str, str], cwd: Path | None, msg: Path, count: int,
-         ids: tuple[int, int]) -> float:
-    """Seconds per delivery when ``count`` run back to back from one shell."""
-    script = 'i=0; while [ $i -lt "$N" ]; do "$@" < "$MSG" > /dev/null || exit 1; i=$((i+1)); done'
-    start = time.perf_counter()
-    subprocess.run(["/bin/sh", "-c", script, "loop", *argv], check=True, cwd=cwd,
-                   env={**env, "N": str(count), "MSG": str(msg)}, user=ids[0], group=ids[1],
-                   extra_groups=[])
-    return (time.perf_counter() - start) / count
-
-
 def importtime(setup: Setup, msg: Path) -> list[str]:
     """``-X importtime`` lines of one delivery, with the start-up bundle and without it."""
     env = setup.qmail_local_env(False)
@@ -171,12 +143,7 @@ def importtime(setup: Setup, msg: Path) -> list[str]:
             result = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env,
                                     cwd=setup.domain_dir, user=setup.ids[0], group=setup.ids[1],
                                     extra_groups=[])
-        lines = [l for l in result.stderr.splitlines() if l.startswith("import time:")]
-        ours = [l for l in lines if any(p in l for p in ("vpopmail", "maildir", "delivery",
-                                                          "auth", "marshal"))]
-        total = sum(int(l.split("|")[0].split(":")[1]) for l in lines[1:])
-        out += [f"{label}: {len(lines) - 1} modules imported, {total / 1000:.2f} ms in all "
-                f"(self times); pyvpopmail's own:", "", "```", *(ours or ["(none)"]), "```", ""]
+        out += import_report(label, result.stderr)
     return out
 
 
@@ -197,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 samples[name].append(timed(argv_, msg, env, cwd, setup.ids))
         table[size] = {}
         for name, (argv_, env, cwd) in tools.items():
-            per = loop(argv_, env, cwd, msg, args.loop, setup.ids)
+            per = shell_loop(argv_, env, cwd, args.loop, setup.ids, stdin=msg)
             wall, rss = median_of(samples[name])
             rss = max(peak_rss(argv_, msg, env, cwd, setup.ids) or rss for _ in range(3))
             table[size][name] = ((wall, rss), per)
@@ -220,13 +187,7 @@ def write_results(table: dict[int, dict[str, tuple[tuple[float, int], float]]], 
     for size, rows in table.items():
         floor = rows[floor_name][0][0]
         lines += [f"### {size:,} bytes", "",
-                  "| program | median | loop | peak RSS | over floor |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for name, ((wall, rss), per) in rows.items():
-            over = f"{(wall - floor) * 1000:+.2f} ms" if name.startswith("pyvpopmail") else ""
-            lines.append(f"| {name} | {wall * 1000:.2f} ms | {per * 1000:.2f} ms "
-                         f"| {rss / 1024:.1f} MiB | {over} |")
-        lines.append("")
+                  *results_table(rows, floor, "pyvpopmail")]
     four = table.get(4096)
     if four:
         nosync = four["pyvpopmail vdelivermail, no fsync"][0][0]
@@ -237,10 +198,7 @@ def write_results(table: dict[int, dict[str, tuple[tuple[float, int], float]]], 
                   f"(no fsync, quoted from c-vpopmail-observed.md, not re-run: not packaged) took "
                   f"{C_VDELIVERMAIL_MS} ms in a loop on this machine class, over an exec floor of "
                   f"{C_CHAIN_FLOOR_MS} ms.", ""]
-    lines += ["Where the start-up goes (`python -X importtime`, 4 KB delivery, no fsync):", "",
-              *imports]
-    replace_section(RESULTS, "## Delivery:", "\n".join(lines))
-    print("\n".join(lines))
+    publish("## Delivery:", lines, "4 KB delivery, no fsync", imports)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 line, and rewriting one section of bench/RESULTS.md."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
+import pwd
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,19 +18,39 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "RESULTS.md"
+#: the top-level packages of pyvpopmail (and the config cache's marshal), for -X importtime
+OUR_MODULES = ("vpopmail", "maildir", "delivery", "auth", "marshal")
+
+
+def as_fd3(source: object | None) -> dict[str, object]:
+    """Popen options that give the child the open file ``source`` as exactly fd 3, as a
+    checkpassword server does: 3 is the one descriptor above stderr that close_fds keeps, and
+    if ``source`` is not fd 3 here the forked child dup2()s it there first. Opened before
+    anything else, ``source`` usually is fd 3 (the lowest free number), and then there is no
+    preexec_fn, which would cost about a millisecond (no vfork, Python code in the child).
+    (pass_fds=(3,) wants fd 3 open here: it is, since ``source`` got the lowest free number,
+    and that is >= 3.) Nothing for None."""
+    if source is None:
+        return {}
+    fd = source.fileno()  # type: ignore[attr-defined]
+    assert fd >= 3, "stdin, stdout or stderr is closed"
+    return {"pass_fds": (3,), "preexec_fn": (lambda: os.dup2(fd, 3)) if fd != 3 else None}
 
 
 def timed(argv: list[str], stdin: bytes | Path = b"", env: dict[str, str] | None = None,
           cwd: Path | None = None, user: tuple[int, int] | None = None,
-          ok: tuple[int, ...] = (0,)) -> tuple[float, int]:
+          ok: tuple[int, ...] = (0,), fd3: Path | None = None) -> tuple[float, int]:
     """(wall seconds, peak RSS in KiB) of one whole process; ``stdin`` is data or a file
-    (opened for the child, so it is seekable); ``user`` = (uid, gid) to run as."""
+    (opened for the child, so it is seekable); ``user`` = (uid, gid) to run as; ``fd3`` a file
+    the child reads on fd 3 (checkpassword's credentials)."""
     ids = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
-    with open(stdin, "rb") if isinstance(stdin, Path) else open(os.devnull, "rb") as source:
+    with open(fd3, "rb") if fd3 else contextlib.nullcontext() as cred, \
+            open(stdin, "rb") if isinstance(stdin, Path) else open(os.devnull, "rb") as source:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdin=source if isinstance(stdin, Path) else subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                env=env or {"PATH": "/usr/bin:/bin"}, cwd=cwd, **ids)
+                                env=env or {"PATH": "/usr/bin:/bin"}, cwd=cwd, **ids,
+                                **as_fd3(cred))  # type: ignore[arg-type]
         if proc.stdin is not None:
             proc.stdin.write(stdin)  # type: ignore[arg-type]
             proc.stdin.close()
@@ -41,17 +64,79 @@ def timed(argv: list[str], stdin: bytes | Path = b"", env: dict[str, str] | None
 
 
 def peak_rss(argv: list[str], stdin: Path, env: dict[str, str], cwd: Path | None = None,
-             user: tuple[int, int] | None = None) -> int | None:
+             user: tuple[int, int] | None = None, fd3: Path | None = None) -> int | None:
     """Peak RSS in KiB of one run, measured by GNU time: wait4 from this (large) harness would
-    also count the pages the forked child shares with it before exec. None without GNU time."""
+    also count the pages the forked child shares with it before exec. None without GNU time.
+    ``fd3``: as for timed() (GNU time passes it on to the program it runs)."""
     if not os.path.exists("/usr/bin/time"):
         return None
     ids = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
-    with open(stdin, "rb") as source:
+    with open(fd3, "rb") if fd3 else contextlib.nullcontext() as cred, open(stdin, "rb") as source:
         result = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], stdin=source,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                env=env, cwd=cwd, **ids)
+                                env=env, cwd=cwd, **ids,
+                                **as_fd3(cred))  # type: ignore[arg-type]
     return int(result.stderr.strip().splitlines()[-1])
+
+
+def shell_loop(argv: list[str], env: dict[str, str], cwd: Path | None, count: int,
+               user: tuple[int, int] | None = None, stdin: Path | None = None,
+               fd3: Path | None = None, ok: int = 0, each: str = "") -> float:
+    """Seconds per run when ``count`` runs go back to back from one shell (``stdin`` and
+    ``fd3`` redirected for each); ``each`` is shell code run before each run, with $i the
+    iteration (to vary the environment)."""
+    redirect = (' < "$STDIN"' if stdin else "") + (' 3< "$FD3"' if fd3 else "")
+    check = "|| exit 1" if ok == 0 else f'; [ $? -eq {ok} ] || exit 1'
+    script = (f'i=0; while [ $i -lt "$N" ]; do {each}"$@"{redirect} > /dev/null {check}; '
+              'i=$((i+1)); done')
+    ids = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
+    files = {"STDIN": str(stdin)} if stdin else {}
+    files.update({"FD3": str(fd3)} if fd3 else {})
+    start = time.perf_counter()
+    subprocess.run(["/bin/sh", "-c", script, "loop", *argv], check=True, cwd=cwd,
+                   env={**env, "N": str(count), **files}, **ids)
+    return (time.perf_counter() - start) / count
+
+
+def owner() -> tuple[str, str, int, int]:
+    """(user, group, uid, gid) an install here is for: vpopmail:vchkpw as root, else you."""
+    if os.geteuid() == 0:
+        account = pwd.getpwnam("vpopmail")
+        return "vpopmail", "vchkpw", account.pw_uid, account.pw_gid
+    account = pwd.getpwuid(os.getuid())
+    return account.pw_name, subprocess.check_output(["id", "-gn"], text=True).strip(), \
+        os.getuid(), os.getgid()
+
+
+def install(here: Path, user: str, group: str) -> Path:
+    """A fresh ``here`` (0755) with pyvpopmail installed by packaging/install into
+    ``here``/vpopmail (qmail's directory ``here``/qmail), on this interpreter's virtualenv;
+    returns the prefix."""
+    import shutil
+
+    shutil.rmtree(here, ignore_errors=True)
+    here.mkdir(parents=True)
+    here.chmod(0o755)
+    prefix = here / "vpopmail"
+    subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--prefix", str(prefix),
+                    "--qmaildir", str(here / "qmail"), "--user", user, "--group", group,
+                    "--venv", sys.prefix], check=True, capture_output=True)
+    return prefix
+
+
+def wrapper_python(wrapper: Path) -> str:
+    """The interpreter of an installed bin/ wrapper (the first word of its shebang)."""
+    return wrapper.read_text().split()[0][2:]
+
+
+def import_report(label: str, stderr: str) -> list[str]:
+    """Markdown lines from ``python -X importtime`` output: how many modules, their summed self
+    times, and the lines of pyvpopmail's own modules."""
+    lines = [l for l in stderr.splitlines() if l.startswith("import time:")]
+    ours = [l for l in lines if any(p in l for p in OUR_MODULES)]
+    total = sum(int(l.split("|")[0].split(":")[1]) for l in lines[1:])
+    return [f"{label}: {len(lines) - 1} modules imported, {total / 1000:.2f} ms in all "
+            f"(self times); pyvpopmail's own:", "", "```", *(ours or ["(none)"]), "```", ""]
 
 
 def median_of(samples: list[tuple[float, int]]) -> tuple[float, int]:
@@ -72,3 +157,24 @@ def replace_section(path: Path, heading: str, text: str) -> None:
     sections = old.split("\n## ")
     kept = [sections[0]] + ["## " + s for s in sections[1:] if not ("## " + s).startswith(heading)]
     path.write_text("\n".join(s.rstrip("\n") + "\n" for s in kept) + "\n" + text)
+
+
+def results_table(rows: dict[str, tuple[tuple[float, int], float]], floor: float,
+                  ours: str) -> list[str]:
+    """Markdown rows: name -> ((median s, peak KiB), loop s); rows named ``ours``… get their
+    median minus ``floor`` in the last column."""
+    lines = ["| program | median | loop | peak RSS | over floor |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, ((wall, rss), per) in rows.items():
+        over = f"{(wall - floor) * 1000:+.2f} ms" if name.startswith(ours) else ""
+        lines.append(f"| {name} | {wall * 1000:.2f} ms | {per * 1000:.2f} ms "
+                     f"| {rss / 1024:.1f} MiB | {over} |")
+    return lines + [""]
+
+
+def publish(heading: str, lines: list[str], imports_title: str, imports: list[str]) -> None:
+    """Close a section with the import report, put it into RESULTS.md and print it."""
+    lines = [*lines, f"Where the start-up goes (`python -X importtime`, {imports_title}):", "",
+             *imports]
+    replace_section(RESULTS, heading, "\n".join(lines))
+    print("\n".join(lines))

@@ -19,7 +19,8 @@ import _signal
 from auth.backend import VUser, open_backend
 from delivery import dotqmail
 from delivery.message import Message
-from maildir.maildir import deliver, is_maildir, write_message
+from maildir import is_maildir
+from maildir.maildir import deliver, write_message
 from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, quota_root
 from vpopmail import assign
 from vpopmail import config as vconfig

@@ -1,1 +1,12 @@
-"""Maildir and Maildir++: directory layout, quotas (``maildirsize``) and, later, delivery."""
+"""Maildir and Maildir++: directory layout, durable delivery, quotas (``maildirsize``).
+
+The layout check lives here so that a login (vchkpw) can make it without loading the writer.
+"""
+import os
+
+SUBDIRS = ("cur", "new", "tmp")
+
+
+def is_maildir(path: str) -> bool:
+    """True when ``path`` has the three Maildir subdirectories."""
+    return all(os.path.isdir(os.path.join(path, sub)) for sub in SUBDIRS)

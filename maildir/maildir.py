@@ -14,10 +14,10 @@ import errno
 import os
 import time
 
+from maildir import SUBDIRS
 from vpopmail.errors import DeliveryFailed, OverQuota
 from vpopmail.fsutil import fsync_dir, make_dir, write_all
 
-SUBDIRS = ("cur", "new", "tmp")
 CHUNK = 65536
 _counter = 0
 
@@ -28,11 +28,6 @@ def make_maildir(path: str, uid: int | None = None, gid: int | None = None,
     make_dir(path, mode, uid, gid)
     for sub in SUBDIRS:
         make_dir(os.path.join(path, sub), mode, uid, gid)
-
-
-def is_maildir(path: str) -> bool:
-    """True when ``path`` has the three Maildir subdirectories."""
-    return all(os.path.isdir(os.path.join(path, sub)) for sub in SUBDIRS)
 
 
 def hostname() -> str:

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
-from maildir.maildir import is_maildir, make_maildir
+from maildir import is_maildir
+from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
 from vpopmail import assign, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry

@@ -147,7 +147,7 @@ class QmailFiles:
     def _build_morercpthosts(self) -> None:
         keys = [line.rstrip(" \t").lower().encode("latin-1")  # as qmail-newmrh
                 for line in self.read_control("morercpthosts") if not line.startswith("#")]
-        self._write(self.path("control", "morercpthosts.cdb"), build((k, b"") for k in keys))
+        self._write(self.path("control", "morercpthosts.cdb"), build([(k, b"") for k in keys]))
 
     def add_domain(self, entry: AssignEntry, optimize: bool = False) -> None:
         """Make qmail accept and route ``entry.domain`` (a domain or an alias domain)."""

@@ -1,0 +1,362 @@
+"""vchkpw: the checkpassword program of POP3/IMAP servers and SMTP AUTH (``vchkpw prog args``).
+
+The server writes ``login\\0password\\0timestamp\\0`` (at most 512 bytes) on fd 3. On success
+vchkpw execs ``prog`` as the domain's owner, in the user's directory, with HOME, USER,
+SHELL=NOLOGIN and VPOPUSER set, as C vpopmail 5.4 does (for SMTP AUTH with no change of uid or
+directory). Exit codes follow the checkpassword convention servers understand: 1 rejected, 2
+misuse, 111 temporary failure (C vpopmail said 3 for "backend down", so a broken cdb locked
+everyone out). vpopmail's detailed reason goes to syslog, with its tags
+(``vchkpw-pop3: password fail bob@example.com:192.0.2.7``); passwords only at the log levels
+that ask for them (p, v).
+
+Privileges: started as root, vchkpw switches its effective ids to the domain's owner as soon
+as it knows the domain, so the user database, lastauth and Maildir are touched only with that
+uid's rights, and to the vpopmail owner for the open-smtp files; the final setuid is done just
+before the exec.
+
+Dovecot's checkpassword driver (recognised by ``ORIG_UID`` in the environment) gets what it
+documents: no setuid (its checkpassword-reply refuses to run after one), the uid and gid as
+``userdb_uid``/``userdb_gid`` extra fields instead, USER as the full address, ``AUTHORIZED=2``
+for its userdb lookups (``AUTHORIZED=1``, no password) and exit 3 for an unknown user there.
+
+This is the login hot path: lean imports; hashes go through the C library's crypt().
+"""
+import os
+
+from auth.backend import VUser, open_backend
+from auth.passwords import verify_password
+from vpopmail import assign
+from vpopmail import config as vconfig
+from vpopmail.assign import AssignEntry
+from vpopmail.errors import VpopmailError
+from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
+from vpopmail.names import is_valid_domain, is_valid_user, split_address
+from vpopmail.syslog_client import LOG_ERR, Syslog
+
+MAX_INPUT = 512
+REJECTED, MISUSE, TEMPORARY, DOVECOT_NO_USER = 1, 2, 111, 3
+POP, SMTP, IMAP, WEBMAIL = "pop", "smtp", "imap", "webmail"
+#: TCPLOCALPORT -> (log tag, service), as C vpopmail
+PORTS = {"25": ("smtp", SMTP), "465": ("smtps", SMTP), "587": ("submission", SMTP),
+         "110": ("pop3", POP), "995": ("pop3s", POP), "143": ("imap", IMAP),
+         "993": ("imaps", IMAP)}
+#: Dovecot's SERVICE -> service (SERVICE=doveadm etc. fall back to C's guess)
+DOVECOT_SERVICES = {"pop3": POP, "imap": IMAP, "smtp": SMTP, "submission": SMTP}
+DENIED = {POP: (NO_POP, "pop"), SMTP: (NO_SMTP, "smtp"), IMAP: (NO_IMAP, "imap"),
+          WEBMAIL: (NO_WEBMAIL, "webmail")}
+LOCALHOST = frozenset({"127.0.0.1", "::ffff:127.0.0.1", "::1"})
+IP_CHARS = frozenset("0123456789abcdefABCDEF.:")
+#: logging.level -> (log failed passwords, log successes, include the password)
+LEVELS = {"n": (False, False, False), "e": (True, False, False), "y": (True, True, False),
+          "p": (True, False, True), "v": (True, True, True)}
+MISUSE_TEXT = ("vchkpw is only for talking with qmail-popup and qmail-pop3d. "
+               "It is not for runnning on the command line.")
+
+
+class Finish(Exception):
+    """Ends the run with exit ``code``; ``text`` goes to syslog (always, or only for the
+    password class of messages when ``password_class``)."""
+
+    def __init__(self, code: int, text: str = "", password_class: bool = False) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.password_class = password_class
+
+
+def read_input(fd: int = 3) -> bytes:
+    """Everything the server wrote on ``fd`` (at most MAX_INPUT bytes), then close it."""
+    data = b""
+    try:
+        while len(data) <= MAX_INPUT:
+            chunk = os.read(fd, MAX_INPUT + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return data
+
+
+def parse_input(data: bytes) -> tuple[str, str, str]:
+    """(login, secret, timestamp) from checkpassword input; Finish(2) for malformed input."""
+    if len(data) > MAX_INPUT:
+        raise Finish(MISUSE, f"input on fd 3 longer than {MAX_INPUT} bytes")
+    fields = data.split(b"\0")
+    if len(fields) < 3:
+        raise Finish(MISUSE, "input on fd 3 is not login\\0password\\0")
+    login, secret, stamp = (f.decode("utf-8", "surrogateescape") for f in fields[:3])
+    return login, secret, stamp
+
+
+def remote_ip(environ: dict[str, str]) -> str:
+    """The client's address as the server gave it (TCPREMOTEIP, else REMOTE_HOST); anything
+    that is not an IP address is kept with its odd characters made ``_``."""
+    ip = environ.get("TCPREMOTEIP") or environ.get("REMOTE_HOST") or ""
+    return "".join(c if c in IP_CHARS else "_" for c in ip[:64])
+
+
+def detect_service(environ: dict[str, str], program: str, ip: str) -> tuple[str, str]:
+    """(service, log tag) the way C vpopmail guesses it, with Dovecot's SERVICE as a hint."""
+    port = environ.get("TCPLOCALPORT") or "0"
+    if port in PORTS:
+        tag, service = PORTS[port]
+    elif environ.get("SERVICE", "") in DOVECOT_SERVICES:
+        tag = environ["SERVICE"]
+        service = DOVECOT_SERVICES[tag]
+    else:
+        tag = port
+        service = SMTP if "true" in program else IMAP if "imap" in program else POP
+    if service != SMTP and ip in LOCALHOST:
+        return WEBMAIL, "webmail"
+    return service, tag
+
+
+class Vchkpw:
+    """One login. ``environ`` is the server's environment (str values)."""
+
+    def __init__(self, config: vconfig.Config, environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.ip = remote_ip(self.environ)
+        self.dovecot = "ORIG_UID" in self.environ
+        self.lookup_only = self.dovecot and self.environ.get("AUTHORIZED") == "1"
+        self.log = Syslog(str(config.logging_log_name), str(config.logging_syslog_socket))
+        self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
+        self.tag = "vchkpw-0"
+        self.address = ""
+        self.secret = ""
+        self.relay_allowed = False
+        self.root = os.geteuid() == 0
+        self.groups = os.getgroups() if self.root else []
+        self.ids = (os.getegid(), os.geteuid())
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, argv: list[str], fd: int = 3) -> int:
+        """Authenticate and exec ``argv[1:]``; return an exit code if there is no exec."""
+        program = argv[1] if len(argv) > 1 else ""
+        try:
+            try:
+                data = read_input(fd)
+            except OSError:
+                os.write(2, f"{self.tag}: {MISUSE_TEXT}\n".encode())
+                return MISUSE
+            login, self.secret, stamp = parse_input(data)
+            service, tag = detect_service(self.environ, program, self.ip)
+            self.tag = f"vchkpw-{tag}"
+            if not program:
+                raise Finish(MISUSE, "no program to run after the login")
+            entry, user = self.authenticate(login, stamp, service)
+            self.succeed(entry, user, login.lower(), service, argv[1:])
+        except Finish as end:
+            if end.text and (self.levels[0] or not end.password_class):
+                self.log.send(f"{self.tag}: {end.text} {self.address}:{self.ip}",
+                              LOG_ERR if end.code == TEMPORARY else 5)
+            return end.code
+        return TEMPORARY  # not reached: succeed() execs or raises
+
+    def authenticate(self, login: str, stamp: str, service: str) -> tuple[AssignEntry, VUser]:
+        """The domain and user of a login whose password (or digest) is right."""
+        if not login:
+            raise Finish(REJECTED, "null user name given")
+        name, domain = self.split_login(login)
+        self.address = f"{name}@{domain}"
+        if not self.secret and not self.lookup_only:
+            raise Finish(REJECTED, "null password given", password_class=True)
+        not_found = Finish(DOVECOT_NO_USER if self.lookup_only else REJECTED,
+                           "vpopmail user not found")
+        if not name or not domain:
+            raise not_found
+        if not is_valid_user(name) or not is_valid_domain(domain):
+            raise Finish(REJECTED, "invalid user/domain characters", password_class=True)
+        try:
+            entry = assign.lookup(self.config.qmail_dir, domain)
+            if entry is None:
+                raise not_found
+            self.become(entry.uid, entry.gid)
+            user = open_backend(self.config).get_user(entry, name)
+        except (OSError, VpopmailError) as exc:
+            raise Finish(TEMPORARY, f"user database unreadable ({exc})") from None
+        if user is None:
+            raise not_found
+        if self.lookup_only:
+            if self.environ.get("CREDENTIALS_LOOKUP"):
+                raise Finish(TEMPORARY, "credentials lookups are not supported")
+            return entry, user
+        method = self.check_secret(entry, user, stamp, service)
+        self.check_access(entry, user, service)
+        if self.levels[1]:
+            self.log.send(f"{self.tag}: ({method}) login success {self.address}:{self.ip}")
+        return entry, user
+
+    def split_login(self, login: str) -> tuple[str, str]:
+        name, domain = split_address(login)
+        if not domain and not any(c in login for c in "@%/"):
+            from vpopmail.ipmap import default_domain
+
+            domain = default_domain(self.config, self.environ,
+                                    self.environ.get("TCPLOCALIP", ""))
+        return name, domain
+
+    def check_secret(self, entry: AssignEntry, user: VUser, stamp: str, service: str) -> str:
+        """How the login proved itself (APOP, CRAM-MD5 or PLAIN); Finish(1) if it did not."""
+        if user.clear and stamp and service in (POP, SMTP):
+            from auth.passwords import check_challenge
+
+            kind = "APOP" if service == POP else "CRAM-MD5"
+            if check_challenge(kind, user.clear, stamp, self.secret):
+                return kind
+        if not user.passwd:
+            if not self.config.passwords_learn_passwords:
+                raise Finish(REJECTED, "user has no password", password_class=True)
+            self.store_password(entry, user, learn=True)
+            return "PLAIN"
+        if not verify_password(self.secret, user.passwd):
+            shown = f" (pass: '{self.secret}')" if self.levels[2] else ""
+            raise Finish(REJECTED, f"password fail{shown}", password_class=True)
+        learn = bool(self.config.passwords_learn_passwords and
+                     self.config.passwords_clear_passwords and not user.clear)
+        if learn or self.config.passwords_rehash_on_login:
+            self.store_password(entry, user, learn)
+        return "PLAIN"
+
+    def store_password(self, entry: AssignEntry, user: VUser, learn: bool) -> None:
+        """Store the proven password: as the hash where there is none or (rehash_on_login) it
+        is of another scheme, and (``learn`` with clear passwords on) as clear text where that
+        is empty. A failure to store is logged; the login goes on."""
+        from auth.passwords import hash_password, needs_rehash
+
+        scheme = str(self.config.passwords_scheme)
+        changed = user.copy()
+        try:
+            if not user.passwd or (self.config.passwords_rehash_on_login
+                                   and needs_rehash(user.passwd, scheme)):
+                changed.passwd = hash_password(self.secret, scheme)
+            if learn and self.config.passwords_clear_passwords and not user.clear:
+                changed.clear = self.secret
+            if (changed.passwd, changed.clear) != (user.passwd, user.clear):
+                open_backend(self.config).update_users(entry, [changed])
+        except (OSError, VpopmailError) as exc:  # CryptFailed included
+            self.log.send(f"{self.tag}: could not store the password ({exc}) "
+                          f"{self.address}:{self.ip}", LOG_ERR)
+
+    def check_access(self, entry: AssignEntry, user: VUser, service: str) -> None:
+        """The user's flags, ORed with the domain limits unless V_OVERRIDE, allow ``service``."""
+        flags = user.flags
+        if not flags & V_OVERRIDE:
+            from vpopmail import limits
+
+            try:
+                flags |= limits.read(entry.dir, self.config.home).flag_mask
+            except VpopmailError as exc:
+                raise Finish(TEMPORARY, f"domain limits unreadable ({exc})") from None
+        bit, name = DENIED[service]
+        if flags & bit:
+            raise Finish(REJECTED, f"{name} access denied")
+        self.relay_allowed = service != SMTP and not flags & NO_RELAY
+
+    # -- after the password -------------------------------------------------------------------
+    def succeed(self, entry: AssignEntry, user: VUser, login: str, service: str,
+                command: list[str]) -> None:
+        """lastauth, the relay opening, the environment, the final ids, then exec."""
+        if not self.lookup_only:
+            user = self.ensure_home(entry, user)
+            if self.config.logging_auth_logging:
+                try:
+                    open_backend(self.config).record_login(entry, user, self.ip)
+                except (OSError, VpopmailError) as exc:
+                    self.log.send(f"{self.tag}: could not record the login ({exc}) "
+                                  f"{self.address}:{self.ip}", LOG_ERR)
+            if self.relay_allowed and self.ip and self.config.relay_roaming_users:
+                self.open_relay()
+        env = self.environ
+        env.update(HOME=user.dir, SHELL="NOLOGIN", VPOPUSER=login,
+                   USER=f"{user.name}@{entry.real_domain}" if self.dovecot else user.name)
+        if self.dovecot:
+            env["userdb_uid"], env["userdb_gid"] = str(entry.uid), str(entry.gid)
+            env["EXTRA"] = " ".join([*env.get("EXTRA", "").split(), "userdb_uid", "userdb_gid"])
+            if self.lookup_only:
+                env["AUTHORIZED"] = "2"
+        self.final_ids(entry, user, service)
+        self.exec(command, env)
+
+    def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
+        from maildir import is_maildir
+
+        if user.dir and is_maildir(os.path.join(user.dir, "Maildir")):
+            return user
+        from vpopmail.api import Vpopmail
+
+        try:
+            return Vpopmail(self.config).ensure_home(entry, user)
+        except (OSError, VpopmailError) as exc:
+            raise Finish(TEMPORARY, f"cannot make the user directory ({exc})") from None
+
+    def open_relay(self) -> None:
+        """Record the client's IP for POP-before-SMTP; never fails the login."""
+        from vpopmail.relay import RelayTable
+
+        try:
+            self.become(self.config.uid, self.config.gid)
+            RelayTable(self.config).open_relay(self.ip)
+        except (OSError, VpopmailError) as exc:
+            self.log.send(f"{self.tag}: relay not opened ({exc}) {self.address}:{self.ip}",
+                          LOG_ERR)
+
+    def become(self, uid: int, gid: int) -> None:
+        """Switch the effective ids (root only; the real ids stay, for the final step)."""
+        if not self.root or (os.geteuid(), os.getegid()) == (uid, gid):
+            return
+        os.seteuid(0)
+        os.setgroups([gid])
+        os.setegid(gid)
+        os.seteuid(uid)
+
+    def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
+        """POP/IMAP/webmail: become the domain owner for good and enter the user directory.
+        SMTP AUTH and Dovecot: back to the ids we were started with."""
+        try:
+            if self.root:
+                os.seteuid(0)
+                if service == SMTP or self.dovecot:
+                    os.setgroups(self.groups)
+                    os.setegid(self.ids[0])
+                    os.seteuid(self.ids[1])
+                    return
+                os.setgroups([])
+                os.setgid(entry.gid)
+                os.setuid(entry.uid)
+            if service != SMTP and not self.dovecot:
+                os.chdir(user.dir)
+        except OSError as exc:
+            raise Finish(TEMPORARY, f"cannot become uid {entry.uid} in {user.dir} ({exc})") from None
+
+    def exec(self, command: list[str], env: dict[str, str]) -> None:
+        import _signal
+
+        for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
+            _signal.signal(signum, _signal.SIG_DFL)
+        self.log.close()
+        try:
+            os.execvpe(command[0], command, env)
+        except OSError as exc:
+            raise Finish(TEMPORARY, f"cannot run {command[0]} ({exc.strerror})") from None
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    import sys
+
+    argv = sys.argv if argv is None else argv
+    try:
+        settings = vconfig.load(config)
+    except VpopmailError as exc:
+        os.write(2, f"vchkpw: {exc}\n".encode())
+        return TEMPORARY
+    try:
+        return Vchkpw(settings).run(argv)
+    except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
+        os.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
+        return TEMPORARY

@@ -1,0 +1,577 @@
+"""The installed vchkpw, run as a POP3/IMAP server or SMTP AUTH runs it, against the C program's
+observed behaviour (reference c-vpopmail-observed.md section 6) with the checkpassword exit
+codes (1 rejected, 2 misuse, 111 temporary) in place of C's private ones.
+
+Every test runs in both install modes: a sandbox owned by the user running the tests, and a
+root install for the vpopmail user (uid 89) where vchkpw starts as root, as under tcpserver.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import HEAVY, Install
+from delivery_site import DOMAIN
+from login_site import POP_ENV, STAMP, LoginSite
+from ucspi_site import binary, remote_env, tcpserver
+from vpopmail import cdb
+
+PASSWORD = "Secret-42"
+
+
+@pytest.fixture
+def site(each_install: Install) -> Iterator[LoginSite]:
+    site = LoginSite.create(each_install, each_install.mode == "root")
+    site.add("alice", PASSWORD)
+    yield site
+    site.syslog.close()
+
+
+def env(**changes: str) -> dict[str, str]:
+    values = dict(POP_ENV, **changes)
+    return {k: v for k, v in values.items() if v}
+
+
+# -- success: what the program is exec'd with --------------------------------------------------
+
+def test_pop_login_runs_program_as_domain_owner_in_user_dir(site: LoginSite) -> None:
+    result = site.login("alice@example.com", PASSWORD)
+    assert (result.code, result.stderr, result.ran) == (0, "", True)
+    home = str(site.user_dir("alice"))
+    assert result.env["uid"] == str(site.inst.uid)
+    assert result.env["gid"] == str(site.inst.gid)
+    assert result.env["groups"] == str(site.inst.gid)
+    assert result.env["cwd"] == os.path.realpath(home)
+    assert (result.env["HOME"], result.env["USER"], result.env["SHELL"],
+            result.env["VPOPUSER"]) == (home, "alice", "NOLOGIN", "alice@example.com")
+    for name in ("TCPLOCALPORT", "TCPREMOTEIP", "PATH"):
+        assert result.env[name] == POP_ENV[name]
+    assert "MAILDIR" not in result.env
+
+
+def test_program_exit_code_is_passed_on(site: LoginSite) -> None:
+    assert site.login("alice@example.com", PASSWORD, env=env(DUMP_EXIT="7")).code == 7
+
+
+def test_lastauth_records_ip_and_time(site: LoginSite) -> None:
+    before = time.time()
+    assert site.login("alice@example.com", PASSWORD).code == 0
+    lastauth = site.user_dir("alice") / "lastauth"
+    assert lastauth.read_bytes() == b"192.0.2.10"
+    st = lastauth.stat()
+    assert st.st_mtime >= before - 1
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (site.inst.uid, site.inst.gid,
+                                                                0o600)
+
+
+def test_ipv6_client_kept_as_is_in_lastauth(site: LoginSite) -> None:
+    assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="2001:db8::7")).code == 0
+    assert (site.user_dir("alice") / "lastauth").read_bytes() == b"2001:db8::7"
+
+
+@pytest.mark.parametrize("login", ["alice@example.com", "ALICE@Example.COM", "alice%example.com",
+                                   "alice/example.com"])
+def test_login_forms(site: LoginSite, login: str) -> None:
+    result = site.login(login, PASSWORD)
+    assert result.code == 0, result
+    assert result.env["VPOPUSER"] == login.lower()
+    assert result.env["USER"] == "alice"
+
+
+def test_long_input_is_not_truncated(site: LoginSite) -> None:
+    """C kept 155 bytes of fd 3; a 128-character password after a long login still works."""
+    password = "p" * 128
+    site.ok("vpasswd", "alice@example.com", password)
+    stamp = "<" + "1" * 300 + "@anchor.test>"
+    assert len(f"alice@example.com\0{password}\0{stamp}\0") <= 512
+    assert site.login("alice@example.com", password, stamp).code == 0
+
+
+def test_missing_maildir_is_recreated_at_login(site: LoginSite) -> None:
+    maildir = site.maildir("alice")
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).rmdir()
+    assert site.login("alice@example.com", PASSWORD).code == 0
+    assert all((maildir / sub).is_dir() for sub in ("new", "cur", "tmp"))
+    assert (maildir / "new").stat().st_uid == site.inst.uid
+
+
+# -- rejections, misuse, temporary failures ----------------------------------------------------
+
+@pytest.mark.parametrize("login,password", [
+    ("alice@example.com", "wrong"), ("alice@example.com", PASSWORD.upper()),
+    ("nobody@example.com", PASSWORD), ("alice@nowhere.test", PASSWORD), ("alice", PASSWORD),
+    ("alice@example.com", ""), ("", PASSWORD), ("al ice@example.com", PASSWORD),
+    ("a:b@example.com", PASSWORD),
+])
+def test_rejected_logins_exit_1_and_run_nothing(site: LoginSite, login: str, password: str
+                                                ) -> None:
+    result = site.login(login, password)
+    assert (result.code, result.ran, result.stderr) == (1, False, "")
+
+
+def test_syslog_texts_as_c(site: LoginSite) -> None:
+    site.inst.set_config("logging", "level", "y")
+    site.login("alice@example.com", PASSWORD)
+    site.login("alice@example.com", "wrong")
+    site.login("nobody@example.com", "x")
+    site.login("alice@example.com", "")
+    site.login("", "x")
+    site.login("alice@example.com", PASSWORD, env=env(TCPLOCALPORT="11110"))
+    assert site.syslog.texts() == [
+        "vchkpw-pop3: (PLAIN) login success alice@example.com:192.0.2.10",
+        "vchkpw-pop3: password fail alice@example.com:192.0.2.10",
+        "vchkpw-pop3: vpopmail user not found nobody@example.com:192.0.2.10",
+        "vchkpw-pop3: null password given alice@example.com:192.0.2.10",
+        "vchkpw-pop3: null user name given :192.0.2.10",
+        "vchkpw-11110: (PLAIN) login success alice@example.com:192.0.2.10",
+    ]
+
+
+def test_syslog_record_format(site: LoginSite) -> None:
+    site.login("alice@example.com", "wrong")
+    [message] = site.syslog.messages()
+    assert message.startswith("<21>")  # facility mail (2) * 8 + notice (5)
+    assert " vpopmail[" in message and message.endswith(
+        "]: vchkpw-pop3: password fail alice@example.com:192.0.2.10")
+
+
+def test_passwords_are_logged_only_when_asked(site: LoginSite) -> None:
+    for level in ("e", "y"):
+        site.inst.set_config("logging", "level", level)
+        site.login("alice@example.com", "Guess-Me")
+        assert not any("Guess-Me" in m for m in site.syslog.messages())
+    site.inst.set_config("logging", "level", "p")
+    site.login("alice@example.com", "Guess-Me")
+    assert site.syslog.texts() == [
+        "vchkpw-pop3: password fail (pass: 'Guess-Me') alice@example.com:192.0.2.10"]
+
+
+def test_default_level_logs_failures_not_successes(site: LoginSite) -> None:
+    site.login("alice@example.com", PASSWORD)
+    site.login("alice@example.com", "wrong")
+    assert site.syslog.texts() == ["vchkpw-pop3: password fail alice@example.com:192.0.2.10"]
+
+
+def test_login_with_newline_cannot_forge_log_lines(site: LoginSite) -> None:
+    site.login("x\nvchkpw-pop3: (PLAIN) login success root@example.com", "pw")
+    assert all("\n" not in m for m in site.syslog.messages())
+
+
+def test_fd3_closed_is_misuse(site: LoginSite) -> None:
+    result = site.login("alice@example.com", PASSWORD, fd3=False)
+    assert result.code == 2 and not result.ran
+    assert result.stderr == ("vchkpw-0: vchkpw is only for talking with qmail-popup and "
+                             "qmail-pop3d. It is not for runnning on the command line.\n")
+
+
+@pytest.mark.parametrize("data", [b"alice@example.com", b"alice@example.com\0" + b"x",
+                                  b"a\0" + b"p" * 600 + b"\0\0"])
+def test_malformed_or_oversized_input_is_misuse(site: LoginSite, data: bytes) -> None:
+    result = site.login("", data=data)
+    assert (result.code, result.ran) == (2, False)
+
+
+def test_no_program_is_misuse(site: LoginSite) -> None:
+    assert site.login("alice@example.com", PASSWORD, program=[]).code == 2
+
+
+def test_exec_failure_is_temporary(site: LoginSite) -> None:
+    assert site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"]).code == 111
+
+
+@pytest.mark.parametrize("damage", ["users_cdb", "vpasswd_cdb"])
+def test_broken_database_is_temporary_not_rejection(site: LoginSite, damage: str) -> None:
+    """C answered 3 ("user not found") and the server told the user the password was wrong."""
+    path = (site.inst.qmaildir / "users" / "cdb" if damage == "users_cdb"
+            else site.domain_dir / "vpasswd.cdb")
+    path.write_bytes(path.read_bytes()[:100])
+    result = site.login("alice@example.com", PASSWORD)
+    assert (result.code, result.ran) == (111, False)
+    assert any("user database unreadable" in t for t in site.syslog.texts())
+
+
+# -- services and flags ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("port,flag,name", [("110", "-p", "pop"), ("995", "-p", "pop"),
+                                            ("143", "-i", "imap"), ("993", "-i", "imap"),
+                                            ("25", "-s", "smtp"), ("587", "-s", "smtp")])
+def test_service_flags_deny(site: LoginSite, port: str, flag: str, name: str) -> None:
+    assert site.login("alice@example.com", PASSWORD, env=env(TCPLOCALPORT=port)).code == 0
+    site.ok("vmoduser", flag, "alice@example.com")
+    result = site.login("alice@example.com", PASSWORD, env=env(TCPLOCALPORT=port))
+    assert (result.code, result.ran) == (1, False)
+    assert site.syslog.texts()[-1].endswith(f"{name} access denied alice@example.com:192.0.2.10")
+
+
+def test_webmail_is_pop_or_imap_from_localhost(site: LoginSite) -> None:
+    site.ok("vmoduser", "-w", "alice@example.com")
+    assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="127.0.0.1")).code == 1
+    assert site.syslog.texts()[-1] == ("vchkpw-webmail: webmail access denied "
+                                       "alice@example.com:127.0.0.1")
+    smtp = env(TCPREMOTEIP="127.0.0.1", TCPLOCALPORT="25")
+    assert site.login("alice@example.com", PASSWORD, env=smtp).code == 0
+    assert site.login("alice@example.com", PASSWORD).code == 0
+
+
+def test_bounce_mail_flag_does_not_block_login(site: LoginSite) -> None:
+    site.ok("vmoduser", "-b", "alice@example.com")
+    assert site.login("alice@example.com", PASSWORD).code == 0
+
+
+def test_domain_limits_apply_unless_override(site: LoginSite) -> None:
+    (site.domain_dir / ".qmailadmin-limits").write_text("disable_pop\n")
+    assert site.login("alice@example.com", PASSWORD).code == 1
+    site.ok("vmoduser", "-o", "alice@example.com")
+    assert site.login("alice@example.com", PASSWORD).code == 0
+
+
+@pytest.mark.parametrize("port,program,service", [
+    ("", "/bin/true", "smtp"), ("", "imapd", "imap"), ("", "qmail-pop3d", "pop"),
+    ("11110", "/bin/true", "smtp")])
+def test_service_guessed_from_program_on_other_ports(site: LoginSite, port: str, program: str,
+                                                     service: str) -> None:
+    flag = {"smtp": "-s", "imap": "-i", "pop": "-p"}[service]
+    site.ok("vmoduser", flag, "alice@example.com")
+    linked = site.work / program.rsplit("/", 1)[-1]
+    if not linked.exists():
+        linked.symlink_to(site.dump)
+    result = site.login("alice@example.com", PASSWORD, env=env(TCPLOCALPORT=port),
+                        program=[str(linked), str(site.record)])
+    assert result.code == 1
+    assert site.syslog.texts()[-1].startswith(f"vchkpw-{port or 0}: {service} access denied")
+
+
+def test_smtp_auth_keeps_ids_and_directory(site: LoginSite) -> None:
+    result = site.login("alice@example.com", PASSWORD, env=env(TCPLOCALPORT="587"))
+    assert result.code == 0
+    assert result.env["uid"] == str(os.getuid())
+    assert result.env["cwd"] == "/"
+    assert (site.user_dir("alice") / "lastauth").read_bytes() == b"192.0.2.10"
+
+
+# -- defaults for bare names -------------------------------------------------------------------
+
+def test_bare_name_with_vpopmail_domain(site: LoginSite) -> None:
+    result = site.login("alice", PASSWORD, env=env(VPOPMAIL_DOMAIN="Example.com"))
+    assert result.code == 0
+    assert result.env["VPOPUSER"] == "alice"
+
+
+def test_bare_name_with_defaultdomain_file(site: LoginSite) -> None:
+    (site.inst.prefix / "etc" / "defaultdomain").write_text("example.com\n")
+    assert site.login("alice", PASSWORD).code == 0
+
+
+def test_bare_name_by_local_ip_map(site: LoginSite) -> None:
+    site.ok("vipmap", "-a", "192.0.2.1", DOMAIN)
+    assert site.ok("vipmap", "-p") == f"192.0.2.1 {DOMAIN}\n"
+    assert site.login("alice", PASSWORD).code == 0
+    assert site.login("alice", PASSWORD, env=env(TCPLOCALIP="192.0.2.99")).code == 1
+    site.ok("vipmap", "-d", "192.0.2.1", DOMAIN)
+    assert site.ok("vipmap", "-p") == ""
+    assert site.login("alice", PASSWORD).code == 1
+
+
+def test_vipmap_refuses_bad_input(site: LoginSite) -> None:
+    assert site.inst.run("vipmap", "-a", "not-an-ip", DOMAIN).returncode != 0
+    assert site.inst.run("vipmap", "-a", "192.0.2.5", "nowhere.test").returncode != 0
+    assert site.inst.run("vipmap", "-d", "192.0.2.5", DOMAIN).returncode != 0
+    assert site.inst.run("vipmap").returncode == 255
+
+
+# -- APOP, CRAM-MD5, learning and rehashing ----------------------------------------------------
+
+@pytest.fixture
+def clear_site(site: LoginSite) -> LoginSite:
+    site.inst.set_config("passwords", "clear_passwords", True)
+    site.add("tim", "tanstaaftanstaaf")
+    site.add("mrose", "tanstaaf")
+    return site
+
+
+def test_apop_rfc1939_vector(clear_site: LoginSite) -> None:
+    stamp = "<1896.697170952@dbc.mtview.ca.us>"
+    assert clear_site.login("mrose@example.com", "c4c9334bac560ecc979e58001b3e22fb",
+                            stamp).code == 0
+    assert clear_site.login("mrose@example.com", "c4c9334bac560ecc979e58001b3e22fc",
+                            stamp).code == 1
+
+
+def test_cram_md5_rfc2195_vector(clear_site: LoginSite) -> None:
+    stamp = "<1896.697170952@postoffice.reston.mci.net>"
+    digest = "b913a602c7eda7a495b4e6e7334d3890"
+    smtp = env(TCPLOCALPORT="25")
+    clear_site.inst.set_config("logging", "level", "y")
+    assert clear_site.login("tim@example.com", digest, stamp, env=smtp).code == 0
+    assert clear_site.syslog.texts()[-1] == ("vchkpw-smtp: (CRAM-MD5) login success "
+                                             "tim@example.com:192.0.2.10")
+    assert clear_site.login("tim@example.com", digest, stamp).code == 1  # not for POP
+    assert clear_site.login("tim@example.com", digest, "", env=smtp).code == 1
+
+
+def test_plain_password_still_works_with_clear_passwords(clear_site: LoginSite) -> None:
+    assert clear_site.login("tim@example.com", "tanstaaftanstaaf").code == 0
+
+
+def vpasswd_fields(site: LoginSite, name: str) -> list[str]:
+    line = next(l for l in (site.domain_dir / "vpasswd").read_text().splitlines()
+                if l.startswith(name + ":"))
+    return line.split(":")
+
+
+def test_learn_passwords(site: LoginSite) -> None:
+    site.inst.set_config("passwords", "learn_passwords", True)
+    site.inst.set_config("passwords", "clear_passwords", True)
+    fields = vpasswd_fields(site, "alice")
+    fields[1] = ""
+    text = (site.domain_dir / "vpasswd").read_text().replace(
+        next(l for l in (site.domain_dir / "vpasswd").read_text().splitlines()
+             if l.startswith("alice:")), ":".join(fields[:7] + [""]))
+    (site.domain_dir / "vpasswd").write_text(text)
+    site.ok("vmkpasswd", DOMAIN)
+    assert site.login("alice@example.com", "Learned-1").code == 0
+    fields = vpasswd_fields(site, "alice")
+    assert fields[1].startswith("$6$") and fields[7] == "Learned-1"
+    assert site.login("alice@example.com", "Learned-1").code == 0
+    assert site.login("alice@example.com", "other").code == 1
+
+
+def test_no_password_rejected_without_learning(site: LoginSite) -> None:
+    lines = (site.domain_dir / "vpasswd").read_text().splitlines()
+    fields = vpasswd_fields(site, "alice")
+    fields[1] = ""
+    (site.domain_dir / "vpasswd").write_text("\n".join(
+        ":".join(fields) if l.startswith("alice:") else l for l in lines) + "\n")
+    site.ok("vmkpasswd", DOMAIN)
+    assert site.login("alice@example.com", "anything").code == 1
+
+
+def test_rehash_on_login(site: LoginSite) -> None:
+    site.inst.set_config("passwords", "scheme", "md5-crypt")
+    site.add("carol", "Carol-pw")
+    assert vpasswd_fields(site, "carol")[1].startswith("$1$")
+    site.inst.set_config("passwords", "scheme", "sha512-crypt")
+    assert site.login("carol@example.com", "Carol-pw").code == 0
+    assert vpasswd_fields(site, "carol")[1].startswith("$1$")  # off by default
+    site.inst.set_config("passwords", "rehash_on_login", True)
+    assert site.login("carol@example.com", "Carol-pw").code == 0
+    assert vpasswd_fields(site, "carol")[1].startswith("$6$")
+    assert site.login("carol@example.com", "Carol-pw").code == 0
+    assert (site.domain_dir / "vpasswd.cdb").stat().st_uid == site.inst.uid
+
+
+# -- Dovecot's checkpassword conventions -------------------------------------------------------
+
+def dovecot_env(**changes: str) -> dict[str, str]:
+    values = {"ORIG_UID": str(os.getuid()), "SERVICE": "imap", "PROTO": "TCP",
+              "TCPLOCALPORT": "10143", "TCPREMOTEIP": "127.0.0.9", "TCPLOCALIP": "127.0.0.1",
+              "EXTRA": "userdb_mail"}
+    values.update(changes)
+    return values
+
+
+def test_dovecot_login_reports_ids_instead_of_setuid(site: LoginSite) -> None:
+    result = site.login("alice@example.com", PASSWORD, "", env=dovecot_env())
+    assert result.code == 0
+    assert result.env["uid"] == str(os.getuid())
+    assert result.env["USER"] == "alice@example.com"
+    assert (result.env["userdb_uid"], result.env["userdb_gid"]) == (str(site.inst.uid),
+                                                                  str(site.inst.gid))
+    assert result.env["EXTRA"] == "userdb_mail userdb_uid userdb_gid"
+    assert result.env["HOME"] == str(site.user_dir("alice"))
+
+
+def test_dovecot_userdb_lookup(site: LoginSite) -> None:
+    lookup = dovecot_env(AUTHORIZED="1")
+    result = site.login("alice@example.com", "", "", env=lookup)
+    assert (result.code, result.env["AUTHORIZED"]) == (0, "2")
+    assert site.login("nobody@example.com", "", "", env=lookup).code == 3
+    assert site.login("alice@example.com", "", "", env=env(AUTHORIZED="1")).code == 1
+
+
+# -- roaming users -----------------------------------------------------------------------------
+
+@pytest.fixture
+def roaming(site: LoginSite) -> LoginSite:
+    site.inst.set_config("relay", "roaming_users", True)
+    return site
+
+
+def open_smtp(site: LoginSite) -> list[str]:
+    path = site.inst.prefix / "etc" / "open-smtp"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def cdb_keys(site: LoginSite) -> list[bytes]:
+    with cdb.CdbReader(str(site.inst.prefix / "etc" / "tcp.smtp.cdb")) as reader:
+        return [key for key, _ in reader.items()]
+
+
+def test_roaming_login_opens_relay(roaming: LoginSite) -> None:
+    before = int(time.time())
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    [line] = open_smtp(roaming)
+    rule, stamp = line.split("\t")
+    assert rule == '192.0.2.10:allow,RELAYCLIENT="",RBLSMTPD=""'
+    assert before <= int(stamp) <= time.time()
+    etc = roaming.inst.prefix / "etc"
+    expected = subprocess.run(["cdb", "-d", str(etc / "tcp.smtp.cdb")], capture_output=True,
+                              text=True).stdout
+    assert expected == ('+4,14:127.->+RELAYCLIENT=\0\n'
+                        '+10,25:192.0.2.10->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n')
+    for name, mode in (("open-smtp", 0o644), ("tcp.smtp.cdb", 0o644), ("open-smtp.lock", 0o600)):
+        st = (etc / name).stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (roaming.inst.uid,
+                                                                    roaming.inst.gid, mode)
+
+
+def test_repeat_login_refreshes_without_rebuild(roaming: LoginSite) -> None:
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    assert roaming.login("alice@example.com", PASSWORD,
+                         env=env(TCPREMOTEIP="192.0.2.11")).code == 0
+    cdb_path = roaming.inst.prefix / "etc" / "tcp.smtp.cdb"
+    before = cdb_path.stat()
+    time.sleep(1.1)
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    after = cdb_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    lines = open_smtp(roaming)
+    assert [l.split(":")[0] for l in lines] == ["192.0.2.11", "192.0.2.10"]
+    assert int(lines[1].split("\t")[1]) > int(lines[0].split("\t")[1])
+
+
+@pytest.mark.parametrize("case", ["smtp", "no_relay_flag", "no_ip", "domain_limit", "off"])
+def test_no_relay_opened(roaming: LoginSite, case: str) -> None:
+    login_env = env()
+    if case == "smtp":
+        login_env = env(TCPLOCALPORT="25")
+    elif case == "no_relay_flag":
+        roaming.ok("vmoduser", "-r", "alice@example.com")
+    elif case == "no_ip":
+        login_env = env(TCPREMOTEIP="")
+    elif case == "domain_limit":
+        (roaming.domain_dir / ".qmailadmin-limits").write_text("disable_external_relay\n")
+    else:
+        roaming.inst.set_config("relay", "roaming_users", False)
+    assert roaming.login("alice@example.com", PASSWORD, env=login_env).code == 0
+    assert open_smtp(roaming) == []
+
+
+def test_ipv6_relay_entry(roaming: LoginSite) -> None:
+    assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="2001:db8::7")
+                         ).code == 0
+    [line] = open_smtp(roaming)
+    assert line.startswith("2001:db8::7")
+    assert b"2001:db8::7" in cdb_keys(roaming)
+
+
+def test_lock_held_elsewhere_login_succeeds_without_relay(roaming: LoginSite) -> None:
+    import fcntl
+
+    roaming.inst.set_config("relay", "lock_timeout", 1)
+    assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="192.0.2.9")
+                         ).code == 0  # the lock file now exists with its real owner
+    lock_path = roaming.inst.prefix / "etc" / "open-smtp.lock"
+    with open(lock_path, "r+") as fh:
+        fcntl.lockf(fh, fcntl.LOCK_EX)
+        start = time.monotonic()
+        result = roaming.login("alice@example.com", PASSWORD)
+        waited = time.monotonic() - start
+    assert result.code == 0 and result.ran
+    assert 0.9 < waited < 10
+    assert [l.split(":")[0] for l in open_smtp(roaming)] == ["192.0.2.9"]
+    assert any("relay not opened" in t and "File busy" in t for t in roaming.syslog.texts())
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    assert [l.split(":")[0] for l in open_smtp(roaming)] == ["192.0.2.9", "192.0.2.10"]
+
+
+def test_fifty_simultaneous_logins_lose_no_ip(roaming: LoginSite) -> None:
+    """C vchkpw 5.4.33 kept 27 of 30."""
+    ips = [f"192.0.2.{n}" for n in range(100, 150)]
+    vchkpw = str(roaming.inst.bin / "vchkpw")
+    source = roaming.work / "fd3-many"
+    source.write_bytes(f"alice@example.com\0{PASSWORD}\0{STAMP}\0".encode())
+    procs = [subprocess.Popen(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"', vchkpw],
+                              env=env(TCPREMOTEIP=ip)) for ip in ips]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0] * 50
+    assert sorted(l.split(":")[0] for l in open_smtp(roaming)) == sorted(ips)
+    keys = set(cdb_keys(roaming))
+    assert all(ip.encode() in keys for ip in ips)
+
+
+def test_clearopensmtp_drops_old_entries_and_rebuilds(roaming: LoginSite) -> None:
+    etc = roaming.inst.prefix / "etc"
+    old = int(time.time()) - 181 * 60
+    fresh = int(time.time()) - 60
+    (etc / "open-smtp").write_text(
+        f'192.0.2.1:allow,RELAYCLIENT="",RBLSMTPD=""\t{old}\n'
+        f'192.0.2.2:allow,RELAYCLIENT="",RBLSMTPD=""\t{fresh}\n'
+        '192.0.2.3:allow,RELAYCLIENT="",RBLSMTPD=""\n')
+    roaming.ok("clearopensmtp")
+    assert open_smtp(roaming) == [f'192.0.2.2:allow,RELAYCLIENT="",RBLSMTPD=""\t{fresh}']
+    assert cdb_keys(roaming) == [b"127.", b"192.0.2.2"]
+    st = (etc / "open-smtp").stat()
+    assert (st.st_uid, st.st_gid) == (roaming.inst.uid, roaming.inst.gid)
+
+
+def test_syntax_error_in_tcp_smtp_keeps_old_cdb(roaming: LoginSite) -> None:
+    etc = roaming.inst.prefix / "etc"
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    before = (etc / "tcp.smtp.cdb").read_bytes()
+    (etc / "tcp.smtp").write_text("127.:allow,RELAYCLIENT\n")
+    assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="192.0.2.20")
+                         ).code == 0
+    assert (etc / "tcp.smtp.cdb").read_bytes() == before
+    assert any("relay not opened" in t for t in roaming.syslog.texts())
+
+
+# -- the hot path stays lean -------------------------------------------------------------------
+
+def test_login_imports_nothing_heavy(site: LoginSite) -> None:
+    wrapper = (site.inst.bin / "vchkpw").read_text()
+    python = wrapper.split()[0][2:]
+    source = site.work / "fd3-imports"
+    source.write_bytes(f"alice@example.com\0{PASSWORD}\0{STAMP}\0".encode())
+    result = subprocess.run(["/bin/sh", "-c", f'exec "$@" 3<"{source}"', "sh", python, "-X",
+                             "importtime", "-I", "-S", str(site.inst.bin / "vchkpw"), "/bin/true"],
+                            capture_output=True, env=POP_ENV, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "auth.vchkpw" in imported and "auth.cdbfiles" in imported
+    assert not imported & HEAVY, imported & HEAVY
+    assert "os._exit(code)" in wrapper
+
+
+# -- tcpserver reads the cdb vchkpw wrote ------------------------------------------------------
+
+def test_tcpserver_relays_for_the_roaming_ip_only(roaming: LoginSite, plain: Path) -> None:
+    binary(plain, "tcpserver", "apt-get install ucspi-tcp")
+    etc = roaming.inst.prefix / "etc"
+    (etc / "tcp.smtp").write_text(":allow\n")
+    assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="127.0.0.5")
+                         ).code == 0
+    with tcpserver(plain, etc / "tcp.smtp.cdb", "127.0.0.1") as port:
+        roamer = remote_env("127.0.0.5", "127.0.0.1", port)
+        other = remote_env("127.0.0.6", "127.0.0.1", port)
+    assert roamer["RELAYCLIENT"] == "" and roamer["RBLSMTPD"] == ""
+    assert "RELAYCLIENT" not in other
+
+
+def test_ipv6_tcpserver_relays_for_the_roaming_ip(roaming: LoginSite, ipv6: Path,
+                                                  loopback6: None) -> None:
+    etc = roaming.inst.prefix / "etc"
+    (etc / "tcp.smtp").write_text(":allow\n")
+    with tcpserver(ipv6, etc / "tcp.smtp.cdb", "::1") as port:
+        assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="::1")
+                             ).code == 0  # IMAP/POP from ::1: the webmail class, still relays
+        opened = remote_env("::1", "::1", port)
+    assert opened["TCPREMOTEIP"] == "::1" and opened["RELAYCLIENT"] == ""

@@ -1,0 +1,140 @@
+"""Roaming users (POP-before-SMTP): ``etc/open-smtp`` and the ``tcp.smtp.cdb`` tcpserver reads.
+
+open-smtp has vpopmail's lines, ``<ip>:allow,RELAYCLIENT="",RBLSMTPD=""<TAB><unix time>``. The
+cdb is compiled natively from ``etc/tcp.smtp`` followed by the open-smtp rules (byte-identical
+to what tcprules makes of the same text) and replaced by rename, never rewritten in place.
+
+C vpopmail lost IPs when many logins came at once (it gave up on its lock and wrote anyway, and
+clearopensmtp took no lock). Here open-smtp changes only under ``open-smtp.lock``, which also
+holds two generation counters: ``wanted``, bumped by every change the cdb must reflect, and
+``built``, the generation the cdb was last compiled from. Compiles are serialised by
+``tcp.smtp.cdb.lock``, and whoever gets it first compiles for everyone waiting: fifty
+simultaneous logins from fifty new IPs cost a few compiles, and every IP is in the result.
+"""
+import os
+import time
+
+from vpopmail.config import Config
+from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.tcprules import compile_rules, ip_of_rule, rule_for_ip
+
+_COUNTERS = 42  # "%20d %20d\n": wanted, built
+
+
+class RelayTable:
+    """The open-smtp file, its lock, the static rules and the cdb of one installation."""
+
+    def __init__(self, config: Config, timeout: float | None = None) -> None:
+        self.open_smtp = config.home_path("open_smtp")
+        self.tcp_smtp = config.home_path("tcp_smtp")
+        self.cdb = config.home_path("tcp_smtp_cdb")
+        self.owner = (config.uid, config.gid)
+        self.rebuild_cdb = bool(config.relay_rebuild_tcpserver)
+        self.sync = bool(config.delivery_file_sync)
+        self.timeout = float(config.relay_lock_timeout if timeout is None  # type: ignore[arg-type]
+                             else timeout)
+
+    def _lock(self, path: str) -> FileLock:
+        return FileLock(path, self.timeout, *self.owner)
+
+    # -- open-smtp ----------------------------------------------------------------------------
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        """(ip, line) for each line of open-smtp, in file order."""
+        try:
+            with open(self.open_smtp, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        return [(ip_of_rule(line.partition(b"\t")[0]), line)
+                for line in data.split(b"\n") if line.strip()]
+
+    def _write_entries(self, entries: list[tuple[bytes, bytes]]) -> None:
+        data = b"".join(line + b"\n" for _, line in entries)
+        atomic_write(self.open_smtp, data, 0o644, *self.owner, self.sync)
+
+    @staticmethod
+    def _counters(lock: FileLock) -> tuple[int, int]:
+        fields = os.pread(lock.fd, _COUNTERS, 0).split()
+        try:
+            return int(fields[0]), int(fields[1])
+        except (IndexError, ValueError):
+            return 0, 0
+
+    @staticmethod
+    def _set_counters(lock: FileLock, wanted: int, built: int) -> None:
+        os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+
+    def open_relay(self, ip: str, now: int | None = None) -> bool:
+        """Let ``ip`` relay: (re)write its open-smtp line with the time ``now``; compile the
+        cdb if the IP is new (a known IP only gets its time refreshed). True if the IP was new.
+        Raises LockTimeout, CouldNotUpdateFile, BadInput (not an IP address, or a syntax
+        error in tcp.smtp)."""
+        rule = rule_for_ip(ip)  # tcpserver's text for the address: what it looks up
+        key = ip_of_rule(rule)
+        stamp = int(time.time()) if now is None else now
+        with self._lock(self.open_smtp + ".lock") as lock:
+            entries = self.entries()
+            kept = [entry for entry in entries if entry[0] != key]
+            new = len(kept) == len(entries)
+            kept.append((key, rule + b"\t%d" % stamp))
+            self._write_entries(kept)
+            wanted, built = self._counters(lock)
+            if new:
+                wanted += 1
+                self._set_counters(lock, wanted, built)
+        if wanted > built:
+            self.compile(wanted)
+        return new
+
+    def clear(self, minutes: int, now: int | None = None) -> int:
+        """Drop open-smtp lines older than ``minutes`` (and lines without a time, as C's
+        clearopensmtp does), then compile the cdb. Return how many lines were dropped."""
+        limit = (int(time.time()) if now is None else now) - minutes * 60
+        with self._lock(self.open_smtp + ".lock") as lock:
+            entries = self.entries()
+            kept = [entry for entry in entries if _stamp(entry[1]) > limit]
+            self._write_entries(kept)
+            wanted, built = self._counters(lock)
+            self._set_counters(lock, wanted + 1, built)
+        self.compile(wanted + 1)
+        return len(entries) - len(kept)
+
+    # -- tcp.smtp.cdb -------------------------------------------------------------------------
+    def compile(self, generation: int) -> None:
+        """Make the cdb reflect open-smtp generation ``generation`` or a later one; nothing to
+        do when another process already has (or relay.rebuild_tcpserver is off)."""
+        if not self.rebuild_cdb:
+            return
+        with self._lock(self.cdb + ".lock"):
+            with self._lock(self.open_smtp + ".lock") as lock:
+                wanted, built = self._counters(lock)
+                if built >= generation:
+                    return
+                entries = self.entries()
+            self.write_cdb([line.partition(b"\t")[0] for _, line in entries])
+            with self._lock(self.open_smtp + ".lock") as lock:
+                now_wanted, now_built = self._counters(lock)
+                self._set_counters(lock, now_wanted, max(now_built, wanted))
+
+    def write_cdb(self, rules: list[bytes]) -> None:
+        """Compile tcp.smtp (missing: no static rules) followed by ``rules`` into the cdb."""
+        from vpopmail.cdbwrite import build
+
+        try:
+            with open(self.tcp_smtp, "rb") as fh:
+                static = fh.read()
+        except FileNotFoundError:
+            static = b""
+        if static and not static.endswith(b"\n"):
+            static += b"\n"
+        records = compile_rules(static + b"".join(rule + b"\n" for rule in rules), self.tcp_smtp)
+        atomic_write(self.cdb, build(records), 0o644, *self.owner, self.sync)
+
+
+def _stamp(line: bytes) -> int:
+    """The time on an open-smtp line; lines without one count as infinitely old."""
+    rule, tab, stamp = line.partition(b"\t")
+    try:
+        return int(stamp) if tab else -1 << 62
+    except ValueError:
+        return -1 << 62
