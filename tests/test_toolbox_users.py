@@ -1,0 +1,472 @@
+"""vdeloldusers (users by last login), vconvert (the user database to and from the etc format)
+and valias (``.qmail-<alias>`` files), through the installed bin/ commands on real files.
+
+vdeloldusers: lastauth mtimes are set back with os.utime; listing changes nothing, -D deletes
+through the API, postmaster and the catch-all stay, -e visits each domain once. vconvert: an
+export and re-import gives back the same vpasswd byte for byte for users with every odd but
+valid value; bad lines change nothing. valias: files land 0600, owned by the domain, named as
+qmail-local looks them up; bad names and lines change nothing. The qmail-local lookup order
+that vdelivermail will follow is checked against delivery/dotqmail.py.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from auth.passwords import verify_password
+from conftest import Install
+from delivery.dotqmail import candidates
+from test_commands import (cdb_dump, refused, run_as_vpopmail, state, vpasswd_cdb_expected,
+                           vpasswd_lines, vpasswd_users)
+from test_toolbox_tools import ALIAS, DOMAIN, site
+from vpopmail import aliases
+from vpopmail.cli import vconvert
+
+OTHER = "other.test"
+DAY = 86400
+
+
+def age(dom: Path, user: str, days: float) -> None:
+    """Make the user's last login ``days`` ago."""
+    when = time.time() - days * DAY
+    os.utime(dom / user / "lastauth", (when, when))
+
+
+def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
+    """The stdout lines of a run that must fail with ``code`` and no traceback."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout.splitlines()
+
+
+# vdeloldusers ----------------------------------------------------------------------------------
+
+def test_vdeloldusers_usage_and_bad_options(vhome: Install) -> None:
+    result = vhome.run("vdeloldusers")
+    assert failed(result, 255)[0] == "vdeloldusers: usage: [options]"
+    assert "         -D (actually delete users. no users are deleted without this option)\n" \
+        in result.stdout
+    result = vhome.run("vdeloldusers", "-V")
+    assert (result.returncode, result.stdout) == (
+        255, "error: you must supply either the -e or -d [domain] options\n")
+    for args in (["-e", "-a", "many"], ["-e", "-a", "-3"], ["-e", "-d", DOMAIN], ["-e", "x"],
+                 ["-e", "-z"]):
+        result = vhome.run("vdeloldusers", *args)
+        assert failed(result, 255)[0] == "vdeloldusers: usage: [options]", args
+    refused(vhome, "vdeloldusers", "-d", "nosuch.com", code=245,
+            starts="Error: Domain does not exist")
+
+
+def test_vdeloldusers_lists_and_changes_nothing(each_install: Install) -> None:
+    dom = site(each_install)
+    age(dom, "alice", 200)
+    age(dom, "bob", 10)
+    age(dom, "postmaster", 400)
+    before = state(each_install)
+    # -e: example.com once, although alias.test points at it too (C went through it twice)
+    assert each_install.ok("vdeloldusers", "-e", "-V") == (
+        "alice@example.com\nskipping postmaster@example.com\n"
+        " ** no users were deleted  **\n ** use -D to delete users **\n")
+    assert each_install.ok("vdeloldusers", "-e") == (
+        " ** no users were deleted  **\n ** use -D to delete users **\n")
+    assert each_install.ok("vdeloldusers", "-V", "-a", "5", "-d", DOMAIN).splitlines()[:2] == [
+        "alice@example.com", "bob@example.com"]
+    assert each_install.ok("vdeloldusers", "-a", "300", "-d", DOMAIN) == "no old users found\n"
+    assert state(each_install) == before
+
+
+def test_vdeloldusers_deletes_old_users(each_install: Install) -> None:
+    dom = site(each_install)
+    age(dom, "alice", 200)
+    age(dom, "bob", 179)
+    age(dom, "postmaster", 400)
+    # through the alias domain, as the vpopmail user (a cron job)
+    result = run_as_vpopmail(each_install, "vdeloldusers", "-D", "-d", ALIAS)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert [line.split(":")[0] for line in vpasswd_lines(each_install)] == ["bob", "postmaster"]
+    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(each_install)
+    assert not (dom / "alice").exists()
+    assert (dom / ".dir-control").read_text().split("\n")[0] == "2"
+    assert each_install.ok("vdeloldusers", "-e", "-D", "-V") == (
+        "skipping postmaster@example.com\nno old users found\n")
+
+
+def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) -> None:
+    dom = site(vhome, alias=False)
+    vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")
+    api = vhome.api()
+    api.write_dot_qmail_default(api.get_domain(DOMAIN), f"alice@{DOMAIN}")
+    age(dom, "alice", 365)
+    age(dom, "carol", 365)
+    (dom / "bob" / "lastauth").unlink()  # never logged in, no record: left alone, as C
+    result = vhome.run("vdeloldusers", "-e", "-D", "-V", "-a", "0")
+    assert failed(result, 201) == [
+        "alice@example.com", "Error: can't delete catchall account: alice@example.com",
+        "carol@example.com", "skipping postmaster@example.com"]
+    assert sorted(vpasswd_users(vhome)) == ["alice", "bob", "postmaster"]
+    assert (dom / "alice" / "Maildir").is_dir() and not (dom / "carol").exists()
+
+
+def test_vdeloldusers_needs_auth_logging(vhome: Install) -> None:
+    site(vhome, alias=False)
+    vhome.set_config("logging", "auth_logging", False)
+    refused(vhome, "vdeloldusers", "-e", code=255, starts="Error: auth logging is off")
+
+
+# vconvert --------------------------------------------------------------------------------------
+
+#: 64 characters: the longest gecos, with blanks, commas, quotes and non-ASCII letters
+LONG_GECOS = "Zoë O'Brien-Ærø, Büro 7 & \"quoted\" <angle> (x) #1 ; ~!$%^*=+?/|"[:64]
+
+
+def odd_users(inst: Install) -> None:
+    """Users with every kind of value a vpasswd line can hold."""
+    inst.set_config("passwords", "clear_passwords", True)
+    site(inst, alias=False)
+    inst.ok("vadduser", "-c", LONG_GECOS, "-q", "5M,1000C", f"carol@{DOMAIN}", "pa:ss wörd")
+    inst.ok("vadduser", "-e", "ab01234567890", f"dave@{DOMAIN}")  # a DES hash, no clear text
+    inst.ok("vadduser", "-n", "-q", "100C", f"erin@{DOMAIN}")  # no password at all
+    inst.ok("vadduser", "-e", "{SSHA}c2FsdHNhbHRzYWx0c2FsdA==", "-c", "", f"f.g-h_i@{DOMAIN}")
+    inst.ok("vmoduser", *[f"-{c}" for c in "dpswibrouafFSEm0123"], f"carol@{DOMAIN}")
+    assert vpasswd_users(inst)["carol"][3] == str(0x7FFFF)
+    # a uid other than vpopmail's 1 is kept as well
+    api = inst.api()
+    user, entry = api.get_user(f"bob@{DOMAIN}")
+    api.update_user(entry, user.copy(uid=0, flags=0x2000))
+
+
+def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
+    inst = each_install
+    odd_users(inst)
+    dom = inst.domains / DOMAIN
+    original = (dom / "vpasswd").read_bytes()
+    assert b"pa:ss w\xc3\xb6rd" in original and LONG_GECOS.encode() in original
+    export = inst.prefix.parent / "example.etc"
+    assert inst.ok("vconvert", "-c", "-e", "-f", str(export), DOMAIN) == \
+        "converting example.com done\n"
+    assert export.read_bytes() == original
+    assert stat.S_IMODE(export.stat().st_mode) == 0o600
+    # everybody goes (directories and mail too), then comes back from the export
+    for name in vpasswd_users(inst):
+        inst.ok("vdeluser", f"{name}@{DOMAIN}")
+    assert (dom / "vpasswd").read_bytes() == b""
+    assert inst.ok("vconvert", "-e", "-c", "-f", str(export), DOMAIN) == \
+        "converting example.com done\n"
+    assert (dom / "vpasswd").read_bytes() == original
+    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(inst)
+    for name in ("alice", "carol", "dave", "f.g-h_i"):
+        home = dom / name
+        assert (home / "Maildir" / "new").is_dir() and (home / "lastauth").is_file()
+        assert (home.stat().st_uid, home.stat().st_gid) == (inst.uid, inst.gid)
+    assert (dom / "carol" / "Maildir" / "maildirsize").read_text().startswith("5242880S,1000C\n")
+    assert verify_password("pa:ss wörd", vpasswd_users(inst)["carol"][1])
+    assert inst.ok("vuserinfo", "-C", f"carol@{DOMAIN}") == "pa:ss wörd\n"
+    assert (dom / ".dir-control").read_text().split("\n")[0] == "7"
+
+
+def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
+    dom = site(vhome, alias=False)
+    message = dom / "alice" / "Maildir" / "new" / "1.M1P1.host,S=3"
+    message.write_text("hi\n")
+    export = vhome.prefix.parent / "example.etc"
+    vhome.ok("vconvert", "-c", "-e", "-f", str(export), DOMAIN)
+    original = (dom / "vpasswd").read_bytes()
+    # the user database is lost; the directories are not
+    (dom / "vpasswd").write_bytes(b"")
+    vhome.ok("vmkpasswd", DOMAIN)
+    assert vhome.ok("vconvert", "-d", "-e", "-c", "-f", str(export), DOMAIN) == (
+        "alice\nbob\npostmaster\nconverting example.com done\n3 users\n")
+    assert (dom / "vpasswd").read_bytes() == original
+    assert message.read_text() == "hi\n"
+
+
+def test_vconvert_into_another_domain_and_stdout(vhome: Install) -> None:
+    dom = site(vhome, alias=False)
+    vhome.ok("vadddomain", OTHER, "other")
+    before = vpasswd_users(vhome, OTHER)["postmaster"]
+    result = vhome.run("vconvert", "-c", "-e", DOMAIN)
+    assert (result.returncode, result.stderr) == (0, "converting example.com done\n")
+    assert result.stdout.encode() == (dom / "vpasswd").read_bytes()
+    result = vhome.run("vconvert", "-e", "-c", "-f", "-", OTHER, input=result.stdout)
+    # postmaster exists there: it is named and kept, the others come in (exit: Username exists)
+    assert failed(result, 254) == ["user postmaster domain other.test did not add",
+                                   "converting other.test done"]
+    users = vpasswd_users(vhome, OTHER)
+    assert users["postmaster"] == before
+    source = vpasswd_users(vhome)
+    for name in ("alice", "bob"):
+        # the directory is the new domain's; every other field is the same
+        assert users[name][5] == str(vhome.domains / OTHER / name)
+        assert users[name][:5] + users[name][6:] == source[name][:5] + source[name][6:]
+        assert (vhome.domains / OTHER / name / "Maildir" / "cur").is_dir()
+
+
+def test_vconvert_every_domain_through_a_directory(vhome: Install) -> None:
+    site(vhome)
+    vhome.ok("vadddomain", OTHER, "other")
+    vhome.ok("vadduser", f"zed@{OTHER}", "pw")
+    exports = vhome.prefix.parent / "exports"
+    exports.mkdir()
+    assert vhome.ok("vconvert", "-c", "-e", "-f", str(exports)) == (
+        "converting example.com done\nconverting other.test done\n")
+    assert sorted(os.listdir(exports)) == [DOMAIN, OTHER]  # no file for the alias domain
+    saved = {d: (vhome.domains / d / "vpasswd").read_bytes() for d in (DOMAIN, OTHER)}
+    for address in (f"alice@{DOMAIN}", f"bob@{DOMAIN}", f"zed@{OTHER}"):
+        vhome.ok("vdeluser", address)
+    result = vhome.run("vconvert", "-e", "-c", "-f", str(exports))
+    assert failed(result, 254) == [
+        "user postmaster domain example.com did not add", "converting example.com done",
+        "user postmaster domain other.test did not add", "converting other.test done"]
+    assert {d: (vhome.domains / d / "vpasswd").read_bytes() for d in saved} == saved
+    # a file that names no domain stops the import before anything changes
+    (exports / "nosuch.com").write_text("")
+    before = state(vhome)
+    result = vhome.run("vconvert", "-e", "-c", "-f", str(exports))
+    assert failed(result, 245) == ["Error: Domain does not exist: nosuch.com"]
+    assert state(vhome) == before
+
+
+BAD_LINES = [
+    ("alice:x:1:0:ge:cos:/d/alice:NOQUOTA", "Error: bad input: alice: directory 'cos'"),
+    ("alice:x:one:0:a:/d/alice:NOQUOTA", "Error: bad input: "),
+    ("alice:x:1:0:a:/d/alice", "Error: bad input: "),
+    ("alice:x:1:0:a:/d/alice:lots", "Error: quota too long: alice: 'lots'"),
+    ("alice:x:1:-5:a:/d/alice:NOQUOTA", "Error: bad input: alice: negative"),
+    ("../evil:x:1:0:a:/d/evil:NOQUOTA", "Error: Illegal username"),
+    ("a" * 65 + ":x:1:0:a:/d/a:NOQUOTA", "Error: user name too long"),
+    ("alice:x:1:0:" + "g" * 65 + ":/d/alice:NOQUOTA", "Error: gecos too long"),
+    ("alice:x:1:0:a::NOQUOTA\nalice:y:1:0:a::NOQUOTA", "Error: Username exists"),
+]
+
+
+@pytest.mark.parametrize("text,starts", BAD_LINES, ids=[f"bad{i}" for i in range(len(BAD_LINES))])
+def test_vconvert_import_refuses_bad_lines(vhome: Install, text: str, starts: str) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    source = vhome.prefix.parent / "bad.etc"
+    source.write_text("carol:x:1:0:c::NOQUOTA\n" + text + "\n")
+    before = state(vhome)
+    result = vhome.run("vconvert", "-e", "-c", "-f", str(source), DOMAIN)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == "converting example.com domain conversion failed"
+    assert lines[1].startswith(starts) and len(lines) == 2, lines
+    assert state(vhome) == before
+
+
+def test_vconvert_foreign_directory_gets_a_new_one(vhome: Install, tmp_path: Path) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    foreign = tmp_path / "elsewhere" / "carol"
+    source = tmp_path / "in.etc"
+    source.write_text(f"carol:x:1:0:c:{foreign}:NOQUOTA\n"
+                      f"dan:x:1:0:d:{vhome.domains / DOMAIN / 'x' / 'dan'}:NOQUOTA\n")
+    vhome.ok("vconvert", "-e", "-c", "-f", str(source), DOMAIN)
+    users = vpasswd_users(vhome)
+    assert users["carol"][5] == str(vhome.domains / DOMAIN / "carol")
+    assert users["dan"][5] == str(vhome.domains / DOMAIN / "dan")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_vconvert_usage_sql_and_sqwebmail(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    for args in ([], ["-c"], ["-c", "-c", DOMAIN], ["-e", "-e", DOMAIN], ["-c", "-e", "-x"],
+                 ["-e", "-c"], ["-c", "-e", DOMAIN, OTHER], ["-p", "f", "-e", DOMAIN]):
+        result = vhome.run("vconvert", *args)
+        assert failed(result, 255)[0] == "vconvert: usage", args
+        assert " -m = sql format\n" in result.stdout
+    for args in (["-m", "-c", DOMAIN], ["-c", "-m"], ["-e", "-m", DOMAIN]):
+        refused(vhome, "vconvert", *args, code=154,
+                starts="Error: the SQL backend is not available yet")
+    refused(vhome, "vconvert", "-S", DOMAIN, code=255, starts="Error: -S (sqwebmail-pass files)")
+    refused(vhome, "vconvert", "-c", "-e", "nosuch.com", code=245,
+            starts="Error: Domain does not exist")
+
+
+def test_vconvert_user_password_pairs(vhome: Install, tmp_path: Path) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    pairs = tmp_path / "pairs"
+    pairs.write_text("frank:$1$salt$hashhashhash\n\ngrace \t$6$s$h\npostmaster:zz123\n")
+    result = vhome.run("vconvert", "-p", str(pairs), "-c", DOMAIN)
+    assert failed(result, 254) == ["user postmaster domain example.com did not add",
+                                   "converting example.com done"]
+    users = vpasswd_users(vhome)
+    assert users["frank"][1:5] == ["$1$salt$hashhashhash", "1", "0", "frank"]
+    assert users["grace"][1:5] == ["$6$s$h", "1", "0", "grace"]
+
+
+def test_vconvert_system_accounts(vhome: Install, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """C's -e: the system's accounts, hashes from the shadow file; in-process, with the two
+    system files replaced."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    passwd, shadow = tmp_path / "passwd", tmp_path / "shadow"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n"
+                      "daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n"
+                      "eve:x:1000:1000:Eve Example,,,:/home/eve:/bin/bash\n"
+                      "q:x:1001:1001::/home/q:/bin/sh\n"
+                      "noshadow:x:1002:1002::/home/n:/bin/sh\n")
+    shadow.write_text("root:$6$r$roothash:19000:0:99999:7:::\n"
+                      "daemon:*:19000:0:99999:7:::\n"
+                      "eve:$6$e$evehash:19000:0:99999:7:::\n"
+                      "q:$6$q$qhash:19000:0:99999:7:::\n")
+    monkeypatch.setattr(vconvert, "SYSTEM_PASSWD", str(passwd))
+    monkeypatch.setattr(vconvert, "SYSTEM_SHADOW", str(shadow))
+    config = str(vhome.config_path)
+    assert vconvert.main(["-e", "-c"], config=config) == 255  # every domain: refused
+    capsys.readouterr()
+    assert vconvert.main(["-e", "-c", DOMAIN], config=config) == 0
+    assert capsys.readouterr().out == "skipping daemon\nskipping q\nconverting example.com done\n"
+    users = vpasswd_users(vhome)
+    assert sorted(users) == ["eve", "postmaster", "root"]
+    assert users["eve"][1:5] == ["$6$e$evehash", "1", "0", "Eve Example"]
+    assert (vhome.domains / DOMAIN / "eve" / "Maildir").is_dir()
+    # without a readable shadow file the passwd field is the hash ('x': skipped)
+    monkeypatch.setattr(vconvert, "SYSTEM_SHADOW", str(tmp_path / "missing"))
+    passwd.write_text("ivy:$1$i$ivyhash:5:5:Ivy:/home/ivy:/bin/sh\nroot:x:0:0::/root:/bin/sh\n")
+    assert vconvert.main(["-e", "-c", DOMAIN], config=config) == 0
+    assert capsys.readouterr().out == "skipping root\nconverting example.com done\n"
+    assert vpasswd_users(vhome)["ivy"][1] == "$1$i$ivyhash"
+
+
+# valias ----------------------------------------------------------------------------------------
+
+def alias_file(inst: Install, name: str) -> Path:
+    return inst.domains / DOMAIN / name
+
+
+def test_valias_insert_show_remove_delete(each_install: Install) -> None:
+    inst = each_install
+    dom = site(inst)
+    lines = [f"&bob@{DOMAIN}", f"{dom}/alice/Maildir/", "|/usr/bin/autorespond 1 2 msg dir",
+             "#", "./bob/Maildir/", "carol@elsewhere.org"]
+    for line in lines[:3]:
+        assert inst.ok("valias", "-i", line, f"info@{DOMAIN}") == ""
+    # the vpopmail user can do it too (qmailadmin runs as vpopmail); through the alias domain
+    result = run_as_vpopmail(inst, "valias", "-i", lines[3], f"INFO@{ALIAS}")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    inst.ok("valias", "-i", lines[4], f"first.last@{DOMAIN}")
+    inst.ok("valias", "-i", lines[5] + "  ", f"first.last@{DOMAIN}")  # trailing blanks dropped
+    info, dotted = alias_file(inst, ".qmail-info"), alias_file(inst, ".qmail-first:last")
+    assert info.read_text() == "".join(line + "\n" for line in lines[:4])
+    assert dotted.read_text() == f"{lines[4]}\n{lines[5]}\n"
+    for path in (info, dotted):
+        st = os.stat(path)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, inst.uid, inst.gid)
+    assert not [n for n in os.listdir(dom) if "tmp" in n]
+    assert inst.ok("valias", "-s", f"info@{DOMAIN}") == "".join(
+        f"info@{DOMAIN} -> {line}\n" for line in lines[:4])
+    assert inst.ok("valias", f"first.last@{DOMAIN}") == (
+        f"first.last@{DOMAIN} -> {lines[4]}\nfirst.last@{DOMAIN} -> {lines[5]}\n")
+    assert inst.ok("valias", "-s", ALIAS) == "".join(
+        [f"first.last@{ALIAS} -> {line}\n" for line in lines[4:]]
+        + [f"info@{ALIAS} -> {line}\n" for line in lines[:4]])
+    assert inst.ok("valias", "-n", DOMAIN) == "first.last\ninfo\n"
+    # remove one line; the file goes with its last line
+    assert inst.ok("valias", "-r", lines[1], f"info@{DOMAIN}") == ""
+    assert info.read_text() == f"{lines[0]}\n{lines[2]}\n{lines[3]}\n"
+    inst.ok("valias", "-r", lines[4], f"first.last@{DOMAIN}")
+    inst.ok("valias", "-r", lines[5], f"first.last@{DOMAIN}")
+    assert not dotted.exists()
+    assert inst.ok("valias", "-d", f"info@{DOMAIN}") == ""
+    assert not info.exists()
+    result = inst.run("valias", "-s", DOMAIN)
+    assert failed(result, 255) == [f"No aliases found for domain {DOMAIN}"]
+    result = inst.run("valias", "-s", f"info@{DOMAIN}")
+    assert failed(result, 255) == [f"No aliases info@{DOMAIN} found"]
+
+
+REFUSED_ALIASES = [
+    (["-i", "&x@y.org", f"alice@{DOMAIN}"], 254, "Error: alice@example.com is a user"),
+    (["-i", "&x@y.org", f"../evil@{DOMAIN}"], 255, "Error: Illegal username"),
+    (["-i", "&x@y.org", f".hidden@{DOMAIN}"], 255, "Error: Illegal username"),
+    (["-i", "&x@y.org", f"default@{DOMAIN}"], 255, "Error: Illegal username: 'default'"),
+    (["-i", "&x@y.org", f"a:b@{DOMAIN}"], 255, "Error: Illegal username"),
+    (["-i", "&x@y.org", "x" * 65 + f"@{DOMAIN}"], 231, "Error: user name too long"),
+    (["-i", "&x@y.org", "info@nosuch.com"], 245, "Error: Domain does not exist"),
+    (["-i", "two words", f"info@{DOMAIN}"], 152, "Error: not a forwarding address"),
+    (["-i", "&nodomain", f"info@{DOMAIN}"], 152, "Error: not a forwarding address"),
+    (["-i", "+list", f"info@{DOMAIN}"], 152, "Error: '+' lines"),
+    (["-i", "", f"info@{DOMAIN}"], 152, "Error: empty alias line"),
+    (["-i", "&a@b.org\n|rm -rf /", f"info@{DOMAIN}"], 152, "Error: an alias line can not"),
+    (["-i", "../x/Maildir/", f"info@{DOMAIN}"], 152, "Error: a relative path"),
+    (["-i", "&" + "x" * 160 + "@y.org", f"info@{DOMAIN}"], 224, "Error: alias line too long"),
+    (["-i", "&bob@example.com", f"old@{DOMAIN}"], 255,
+     "Error: alias old@example.com -> &bob@example.com already exists."),
+    (["-d", f"nobody@{DOMAIN}"], 246, "Error: alias nobody@example.com does not exist"),
+    (["-r", "&x@y.org", f"old@{DOMAIN}"], 246, "Error: alias old@example.com has no line"),
+    (["-r", "&x@y.org", f"nobody@{DOMAIN}"], 246, "Error: alias nobody@example.com does not"),
+]
+
+
+@pytest.mark.parametrize("args,code,starts", REFUSED_ALIASES,
+                         ids=[f"refused{i}" for i in range(len(REFUSED_ALIASES))])
+def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str) -> None:
+    site(vhome, alias=False)
+    vhome.ok("valias", "-i", "&bob@example.com", f"old@{DOMAIN}")
+    refused(vhome, "valias", *args, code=code, starts=starts)
+
+
+def test_valias_usage_and_names_only(vhome: Install) -> None:
+    site(vhome, alias=False)
+    for args in ([], ["-i"], ["-x", DOMAIN], [f"a@{DOMAIN}", f"b@{DOMAIN}"]):
+        result = vhome.run("valias", *args)
+        assert failed(result, 255)[0] == "valias: usage: [options] email_address ", args
+    result = vhome.run("valias", "-n", f"info@{DOMAIN}")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        255, "", "Please enter domain name only.\n")
+
+
+def test_valias_lists_as_c_and_leaves_mailing_lists(vhome: Install, tmp_path: Path) -> None:
+    dom = site(vhome, alias=False)
+    ezmlm = tmp_path / "list"
+    ezmlm.mkdir()
+    (ezmlm / "editor").write_text("|/usr/bin/ezmlm-send '/x/list'\n")
+    for name in (".qmail-list", ".qmail-list-default", ".qmail-list-owner"):
+        (dom / name).symlink_to(ezmlm / "editor")
+    (dom / ".qmail-Sales").write_text("&bob@example.com\n")
+    (dom / ".qmail-x.new").write_text("&leftover@example.com\n")  # never read by qmail-local
+    (dom / ".qmail-dir").mkdir()
+    os.chmod(dom / ".qmail-Sales", 0o700)  # the x bit: qmail's "forward only"
+    assert vhome.ok("valias", "-n", DOMAIN) == "list\nSales\n"
+    assert vhome.ok("valias", "-s", DOMAIN) == (
+        "list@example.com -> |/usr/bin/ezmlm-send '/x/list'\n"
+        "Sales@example.com -> &bob@example.com\n")
+    # a list's link is not rewritten (its target would be replaced); deleting removes the link
+    refused(vhome, "valias", "-i", "&x@y.org", f"list@{DOMAIN}", code=152,
+            starts="Error: .qmail-list is a symbolic link")
+    vhome.ok("valias", "-d", f"list@{DOMAIN}")
+    assert not os.path.lexists(dom / ".qmail-list") and (ezmlm / "editor").exists()
+    # a change keeps the execute bit of a hand-made file, and makes it 0600 otherwise
+    (dom / ".qmail-sales").write_text("&bob@example.com\n")
+    os.chmod(dom / ".qmail-sales", 0o744)
+    vhome.ok("valias", "-i", "&carol@example.org", f"sales@{DOMAIN}")
+    assert stat.S_IMODE(os.stat(dom / ".qmail-sales").st_mode) == 0o700
+    assert (dom / ".qmail-sales").read_text() == "&bob@example.com\n&carol@example.org\n"
+
+
+# the lookup order vdelivermail will follow -----------------------------------------------------
+
+def test_dot_qmail_lookup_order_is_qmail_locals(tmp_path: Path) -> None:
+    assert aliases.dot_qmail_candidates("A.b-c-d", include_default=True) == [
+        ".qmail-a:b-c-d", ".qmail-a:b-c-default", ".qmail-a:b-default", ".qmail-default"]
+    assert aliases.dot_qmail_candidates("x-") == [".qmail-x-", ".qmail-x-default"]
+    for ext in ("a", "a-b-c", "a-", "x:y-z"):
+        assert aliases.dot_qmail_candidates(ext, True) == candidates(ext)[:-1]
+    for name in (".qmail-a-b-default", ".qmail-a-default", ".qmail-default", ".qmail-exact"):
+        (tmp_path / name).write_text("&x@y.org\n")
+        os.chmod(tmp_path / name, 0o600)
+    find = aliases.find_dot_qmail
+    assert find(str(tmp_path), "a-b-C") == (str(tmp_path / ".qmail-a-b-default"), "C")
+    assert find(str(tmp_path), "a-x-y") == (str(tmp_path / ".qmail-a-default"), "x-y")
+    assert find(str(tmp_path), "EXACT") == (str(tmp_path / ".qmail-exact"), "")
+    assert find(str(tmp_path), "zz") is None
+    assert find(str(tmp_path), "zz", include_default=True) == (
+        str(tmp_path / ".qmail-default"), "zz")
+    (tmp_path / ".qmail-b-default").mkdir()  # not a regular file: passed over
+    assert find(str(tmp_path), "b-q", include_default=True)[0].endswith(".qmail-default")
+    os.chmod(tmp_path / ".qmail-exact", 0o622)
+    with pytest.raises(aliases.DotQmailUnsafe):
+        find(str(tmp_path), "exact")

@@ -1,0 +1,387 @@
+"""Aliases and forwards of the file backend: ``<domaindir>/.qmail-<alias>`` files.
+
+This is C vpopmail's vpalias.c layout (what valias and qmailadmin manage without SQL): one
+file per alias in the domain directory, named ``.qmail-`` + the alias with ``.`` written as
+``:`` (qmail-local looks extensions up that way), holding qmail delivery instructions, one a
+line: ``&address`` or ``address`` (forward), ``/path/Maildir/`` (maildir), ``/path`` (mbox),
+``|program``, ``#`` comment. qmailadmin writes forwards as ``&user@domain`` and a blackhole as
+``#``. qmail-local reads these files itself, before the domain's ``.qmail-default`` (the
+vdelivermail line) is ever consulted.
+
+Writes replace the file atomically (temp file, fsync, rename) under the domain's
+``.valias.lock``, mode 0600 and the domain's owner (as C's valias_insert: chmod 0600, chown);
+the temp file is not named ``.qmail-*``, so qmail-local never sees a half-written alias.
+Alias names are one safe file name component (vpopmail/names.py rules); ``default`` and the
+names of existing users are refused (a ``.qmail-<user>`` would take the user's mail: qmail-local
+finds it before ``.qmail-default``).
+
+The read side (:func:`names`, :func:`read_lines`, :func:`find_dot_qmail`) is hot-path safe:
+it imports only ``errno`` and ``os`` besides the lean vpopmail modules.
+"""
+import errno
+import os
+
+from vpopmail.assign import AssignEntry
+from vpopmail.errors import VpopmailError
+from vpopmail.names import MAX_DOMAIN, check_user, split_address
+
+TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
+if TYPE_CHECKING:
+    from vpopmail.api import Vpopmail
+    from vpopmail.fsutil import FileLock
+
+DOT_QMAIL = ".qmail-"
+DEFAULT = "default"
+LOCK = ".valias.lock"
+#: C vpopmail's MAX_ALIAS_LINE: lines of this length or longer are refused (C's readers would
+#: split them)
+MAX_LINE = 160
+MODE = 0o600
+#: qmail's conf-patrn default: a .qmail file writable by group or others is refused (deferred)
+PATRN = 0o002
+#: file type bits (the stat module is not imported on the hot path)
+_IFMT, _IFREG, _IFLNK = 0o170000, 0o100000, 0o120000
+_ADDRESS_BAD = frozenset(" \t<>()[]\",;:\\@")
+_DOMAIN_CHARS = frozenset("-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+class AliasError(VpopmailError):
+    """An alias operation refused; the text is the whole message."""
+
+    def __init__(self, text: str) -> None:
+        VpopmailError.__init__(self, text)
+        self.args = (text,)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class NoSuchAlias(AliasError):
+    code = -10
+
+
+class AliasIsUser(AliasError):
+    code = -2
+
+
+class AliasLineExists(AliasError):
+    code = -1
+
+
+class AliasLineTooLong(AliasError):
+    code = -32  # VA_ALIAS_LINE_TOO_LONG
+
+
+class InvalidAliasLine(AliasError):
+    code = -104
+
+
+class DotQmailUnsafe(AliasError):
+    """A .qmail file qmail-local would refuse (group/world writable) or one that cannot be
+    read: mail must be deferred."""
+
+    code = -100
+    temporary = True
+
+
+# names and lines -------------------------------------------------------------------------------
+
+def file_name(alias: str) -> str:
+    """``.qmail-<alias>`` with ``.`` written as ``:``, as qmail-local looks it up."""
+    return DOT_QMAIL + alias.replace(".", ":")
+
+
+def alias_name(name: str) -> str:
+    """The alias a ``.qmail-`` file name stands for (``:`` read back as ``.``)."""
+    return name[len(DOT_QMAIL):].replace(":", ".")
+
+
+def check_alias(alias: str) -> str:
+    """``alias`` (lower case) if it can name an alias file, else raise IllegalUsername.
+
+    The user-name rules apply (one path component: no ``/``, no leading ``.``, no ``..``, at
+    most 64 characters), minus the one-character restriction (alias files are not
+    directories); ``default`` is the domain's vdelivermail line, never an alias.
+    """
+    from vpopmail.errors import IllegalUsername
+
+    alias = check_user(alias.lower(), hashed_dirs=False)
+    if alias == DEFAULT:
+        raise IllegalUsername("'default' is the domain's .qmail-default, not an alias")
+    return alias
+
+
+def _check_address(address: str, line: str) -> None:
+    local, at, domain = address.rpartition("@")
+    if (not at or not local or not domain or len(domain) > MAX_DOMAIN
+            or any(c in _ADDRESS_BAD or ord(c) < 33 or ord(c) > 126 for c in local)
+            or not _DOMAIN_CHARS.issuperset(domain) or domain[0] in "-." or domain[-1] in "-."
+            or ".." in domain):
+        raise InvalidAliasLine(f"not a forwarding address: {line!r} (use &user@domain, "
+                               "/path/Maildir/, |program or #)")
+
+
+def check_line(line: str) -> str:
+    """A delivery instruction fit to store (trailing blanks removed, as qmail-local ignores
+    them), else raise InvalidAliasLine / AliasLineTooLong.
+
+    Accepted: ``&user@domain`` and ``user@domain`` (forwards), ``/path`` and ``./path`` (mbox,
+    or maildir with a final ``/``), ``|program``, ``#...`` (comment; ``#`` alone is
+    qmailadmin's blackhole). ``+list`` lines are refused (qmail 1.03 would forward them).
+    """
+    if any(c in line for c in "\n\r\0"):
+        raise InvalidAliasLine("an alias line can not contain a newline or NUL")
+    line = line.rstrip(" \t")
+    if not line:
+        raise InvalidAliasLine("empty alias line")
+    if line[0] in " \t":
+        raise InvalidAliasLine(f"alias line starts with a blank: {line!r}")
+    if len(line) >= MAX_LINE:
+        raise AliasLineTooLong(f"alias line too long ({len(line)} characters, at most "
+                               f"{MAX_LINE - 1})")
+    first = line[0]
+    if first == "#":
+        return line
+    if first == "|":
+        if not line[1:].strip(" \t"):
+            raise InvalidAliasLine("'|' without a program")
+        return line
+    if first in "./":
+        if first == "." and not line.startswith("./"):
+            raise InvalidAliasLine(f"a relative path must start with './': {line!r}")
+        return line
+    if first == "+":
+        raise InvalidAliasLine(f"'+' lines are not delivery instructions: {line!r}")
+    _check_address(line[1:] if first == "&" else line, line)
+    return line
+
+
+# reading (hot-path safe) -----------------------------------------------------------------------
+
+def names(domain_dir: str) -> list[str]:
+    """The aliases of a domain, sorted case-insensitively (as C's valias_select_names).
+
+    Every ``.qmail-*`` regular file but ``.qmail-default``; a symbolic link (ezmlm mailing
+    lists) only when its name has neither ``-default`` nor ``-owner``, so a list shows once.
+    Names with a ``.`` are skipped: qmail-local never opens them (it writes ``.`` as ``:``),
+    they can only be leftovers such as C's ``.new`` files.
+    """
+    found = []
+    try:
+        entries = list(os.scandir(domain_dir))
+    except OSError as exc:
+        raise DotQmailUnsafe(f"unable to read {domain_dir}: {exc.strerror}") from None
+    for entry in entries:
+        name = entry.name
+        if not name.startswith(DOT_QMAIL) or name == DOT_QMAIL + DEFAULT \
+                or len(name) == len(DOT_QMAIL) or "." in name[len(DOT_QMAIL):]:
+            continue
+        if entry.is_symlink():
+            if "-default" in name or "-owner" in name:
+                continue
+        elif not entry.is_file(follow_symlinks=False):
+            continue
+        found.append(alias_name(name))
+    return sorted(found, key=lambda n: (n.lower(), n))
+
+
+def read_lines(domain_dir: str, alias: str) -> list[str] | None:
+    """The lines of an alias file (without newlines), or None if there is no such alias."""
+    path = os.path.join(domain_dir, file_name(alias))
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError as exc:
+        raise DotQmailUnsafe(f"unable to read {path}: {exc.strerror}") from None
+    text = data.decode("utf-8", "surrogateescape")
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def dot_qmail_candidates(ext: str, include_default: bool = False) -> list[str]:
+    """The file names qmail-local tries, in order, for the extension ``ext`` (the local part
+    of a virtual-domain address): ``.qmail-<ext>``, then ``.qmail-<prefix>-default`` from the
+    longest ``-`` prefix down, then (``include_default``) ``.qmail-default``. ``ext`` is lower
+    cased and ``.`` written as ``:`` first (qmail-local's safeext)."""
+    safe = ext.lower().replace(".", ":")
+    found = [DOT_QMAIL + safe]
+    for i in range(len(safe), -1, -1):
+        if i and safe[i - 1] == "-":
+            found.append(DOT_QMAIL + safe[:i] + DEFAULT)
+    if include_default:
+        found.append(DOT_QMAIL + DEFAULT)
+    return found
+
+
+def find_dot_qmail(domain_dir: str, ext: str, include_default: bool = False
+                   ) -> tuple[str, str] | None:
+    """The ``.qmail`` file qmail-local would use for ``ext`` in ``domain_dir`` and the value
+    it gives ``$DEFAULT`` (the part of ``ext`` a ``-default`` matched; ``""`` otherwise), or
+    None. As qmail-local's qmesearch/qmeexists: a name that does not exist, or is not a
+    regular file (after following a symlink), is passed over; one that cannot be opened
+    (EACCES, EPERM, I/O error) or is writable by group or others raises DotQmailUnsafe (defer).
+    """
+    if "/" in ext or not ext:
+        return None
+    safe = ext.lower().replace(".", ":")
+    for name in dot_qmail_candidates(ext, include_default):
+        path = os.path.join(domain_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+                continue
+            raise DotQmailUnsafe(f"unable to open {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if st.st_mode & _IFMT != _IFREG:
+            continue
+        if st.st_mode & PATRN:
+            raise DotQmailUnsafe(f"{path} is writable by others")
+        stem = name[len(DOT_QMAIL):]
+        default = ""
+        if stem.endswith(DEFAULT) and name != DOT_QMAIL + safe:
+            default = ext[len(stem) - len(DEFAULT):]
+        elif name == DOT_QMAIL + safe and safe.endswith(DEFAULT):
+            default = ext[len(safe) - len(DEFAULT):]
+        return path, default
+    return None
+
+
+# changing (admin commands) ---------------------------------------------------------------------
+
+class Aliases:
+    """The aliases of every domain of one installation (``api``: a vpopmail.api.Vpopmail)."""
+
+    def __init__(self, api: "Vpopmail") -> None:
+        self.api = api
+        config = api.config
+        self.sync = bool(config.delivery_file_sync)
+        self.timeout = float(config.locks_timeout)
+
+    def resolve(self, address: str) -> tuple[str, AssignEntry]:
+        """(alias, domain entry) of ``alias@domain`` (a bare alias uses the default domain)."""
+        from vpopmail.errors import IllegalUsername
+
+        alias, domain = split_address(address, self.api.default_domain())
+        if not domain:
+            raise IllegalUsername(f"{address}: not a full email address and no default domain")
+        entry = self.api.get_domain(domain)
+        return check_alias(alias), entry
+
+    def path(self, entry: AssignEntry, alias: str) -> str:
+        directory = entry.dir
+        path = os.path.join(directory, file_name(check_alias(alias)))
+        if os.path.dirname(path) != directory:  # cannot happen after check_alias; kept as a guard
+            raise InvalidAliasLine(f"alias {alias!r} leaves the domain directory")
+        return path
+
+    def names(self, domain: str) -> tuple[list[str], AssignEntry]:
+        entry = self.api.get_domain(domain)
+        return names(entry.dir), entry
+
+    def lines(self, address: str) -> list[str] | None:
+        alias, entry = self.resolve(address)
+        return read_lines(entry.dir, alias)
+
+    def all(self, domain: str) -> list[tuple[str, str]]:
+        """(alias, line) for every line of every alias of ``domain``, aliases sorted."""
+        found, entry = self.names(domain)
+        pairs = []
+        for alias in found:
+            for line in read_lines(entry.dir, alias) or []:
+                pairs.append((alias, line))
+        return pairs
+
+    def _lock(self, entry: AssignEntry) -> "FileLock":
+        from vpopmail.fsutil import FileLock
+
+        return FileLock(os.path.join(entry.dir, LOCK), self.timeout,
+                        entry.uid, entry.gid)
+
+    def _write(self, entry: AssignEntry, path: str, lines: list[str], mode: int) -> None:
+        from vpopmail.fsutil import atomic_write
+
+        data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+        tmp = os.path.join(os.path.dirname(path), f".valias.tmp.{os.getpid()}")
+        atomic_write(path, data, mode, entry.uid, entry.gid, self.sync, tmp)
+
+    @staticmethod
+    def _current(path: str) -> tuple[list[str] | None, int]:
+        """The lines of the alias file at ``path`` (None if absent) and the mode to write it
+        with (0600, keeping the owner-execute bit qmail reads as "forward only")."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None, MODE
+        if st.st_mode & _IFMT == _IFLNK:
+            raise InvalidAliasLine(f"{os.path.basename(path)} is a symbolic link (a mailing "
+                                   "list?): change it with the list's tools")
+        if st.st_mode & _IFMT != _IFREG:
+            raise InvalidAliasLine(f"{os.path.basename(path)} is not a regular file")
+        return read_lines(os.path.dirname(path), alias_name(os.path.basename(path))), \
+            MODE | (st.st_mode & 0o100)
+
+    def add_line(self, address: str, line: str) -> str:
+        """Append a delivery line to an alias (creating it); returns the line as stored."""
+        alias, entry = self.resolve(address)
+        line = check_line(line)
+        path = self.path(entry, alias)
+        with self._lock(entry):
+            lines, mode = self._current(path)
+            if lines is None and self.api.backend.get_user(entry, alias) is not None:
+                raise AliasIsUser(f"{alias}@{entry.domain} is a user: an alias of that name "
+                                  "would take its mail")
+            if lines is not None and line in lines:
+                raise AliasLineExists(f"alias {address} -> {line} already exists.")
+            self._write(entry, path, (lines or []) + [line], mode)
+        return line
+
+    def remove_line(self, address: str, line: str) -> bool:
+        """Remove every copy of one line from an alias; the file goes with its last line.
+        Returns True if the alias is gone."""
+        alias, entry = self.resolve(address)
+        wanted = line.rstrip(" \t\r\n")
+        path = self.path(entry, alias)
+        with self._lock(entry):
+            lines, mode = self._current(path)
+            if lines is None:
+                raise NoSuchAlias(f"alias {address} does not exist")
+            kept = [item for item in lines if item.rstrip(" \t") != wanted]
+            if len(kept) == len(lines):
+                raise NoSuchAlias(f"alias {address} has no line {wanted!r}")
+            if any(item.strip(" \t") for item in kept):
+                self._write(entry, path, kept, mode)
+                return False
+            self._unlink(path)
+            return True
+
+    def delete(self, address: str) -> None:
+        """Delete an alias file (a mailing list's symbolic link is removed, not its target)."""
+        alias, entry = self.resolve(address)
+        path = self.path(entry, alias)
+        with self._lock(entry):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise NoSuchAlias(f"alias {address} does not exist") from None
+            if st.st_mode & _IFMT not in (_IFREG, _IFLNK):
+                raise InvalidAliasLine(f"{os.path.basename(path)} is not a regular file")
+            self._unlink(path)
+
+    def _unlink(self, path: str) -> None:
+        from vpopmail.errors import CouldNotUpdateFile
+        from vpopmail.fsutil import fsync_dir
+
+        try:
+            os.unlink(path)
+            if self.sync:
+                fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None

@@ -1,0 +1,70 @@
+"""valias: show, add to, remove from and delete the aliases of a domain (``.qmail-<alias>``
+files in the domain directory, the layout of C vpopmail without SQL and of qmailadmin)."""
+from __future__ import annotations
+
+import sys
+
+from vpopmail.aliases import Aliases
+from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+
+USAGE = """\
+valias: usage: [options] email_address 
+options: -v ( display the vpopmail version number )
+         -n ( show alias names, use just domain )
+         -s ( show aliases, can use just domain )
+         -d ( delete alias )
+         -i alias_line (insert alias line)
+         -r alias_line (remove alias line; the alias goes with its last line)
+
+Example: valias -i fred@inter7.com bob@inter7.com
+         (adds alias from bob@inter7.com to fred@inter7.com
+"""
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    def body() -> int:
+        options, args = getopt(sys.argv[1:] if argv is None else argv, "vnsdi:r:")
+        action, line = "s", ""
+        for letter, value in options:
+            if letter == "v":
+                print_version()
+            else:
+                action, line = letter, value
+        if not args:
+            raise UsageError("must supply alias email address")
+        if len(args) > 1:
+            raise UsageError(f"one email address only, not {' '.join(args)!r}")
+        target = args[0].lower()
+        aliases = Aliases(open_api(config))
+        if action == "n":
+            if "@" in target:
+                print("Please enter domain name only.", file=sys.stderr)
+                return 255
+            for name in aliases.names(target)[0]:
+                print(name)
+            return 0
+        if action == "s" and "@" not in target:
+            pairs = aliases.all(target)
+            if not pairs:
+                print(f"No aliases found for domain {target}")
+                return 255
+            for alias, text in pairs:
+                print(f"{alias}@{target} -> {text}")
+            return 0
+        if action == "s":
+            lines = aliases.lines(target)
+            if not lines:
+                print(f"No aliases {target} found")
+                return 255
+            for text in lines:
+                print(f"{target} -> {text}")
+            return 0
+        if action == "i":
+            aliases.add_line(target, line)
+        elif action == "r":
+            aliases.remove_line(target, line)
+        else:
+            aliases.delete(target)
+        return 0
+
+    return run(body, USAGE)

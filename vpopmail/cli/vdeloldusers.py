@@ -1,0 +1,144 @@
+"""vdeloldusers: list (and with -D delete) users who have not logged in for a number of days.
+
+A user's last login is the mtime of ``<userdir>/lastauth`` (vchkpw rewrites it at each login;
+vadduser makes it with ``0.0.0.0`` at creation). Users without one are left alone, as in C, and
+postmaster always is. ``-e`` visits every real domain once (C walked users/assign and so
+visited each domain again for every alias domain pointing at it).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from auth.backend import VUser
+from vpopmail.api import Vpopmail
+from vpopmail.assign import AssignEntry
+from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
+from vpopmail.errors import UserDoesNotExist, VpopmailError
+
+USAGE = """\
+vdeloldusers: usage: [options]
+options: -a age_in_days (will delete accounts older than this date)
+                        (default is 6 months or 180 days)
+         -v (print version number and exit)
+         -d [domain] (process only [domain])
+         -e (process every domain)
+         -D (actually delete users. no users are deleted without this option)
+         -V (verbose -- print old users that will be deleted)
+"""
+DEFAULT_AGE = 180
+DAY = 86400
+LASTAUTH = "lastauth"
+NO_AUTH_LOGGING = "auth logging is off (logging.auth_logging = false): no last-login times to go by"
+
+
+def last_auth(user: VUser) -> float:
+    """When the user last logged in (or was created): lastauth's mtime; 0 if there is none."""
+    if not user.dir:
+        return 0.0
+    try:
+        return os.stat(os.path.join(user.dir, LASTAUTH)).st_mtime
+    except OSError:
+        return 0.0
+
+
+def is_old(user: VUser, cutoff: float) -> bool:
+    when = last_auth(user)
+    return bool(when) and when < cutoff
+
+
+def real_domains(api: Vpopmail) -> list[AssignEntry]:
+    """Every real domain once, in users/assign order (alias domains share their users)."""
+    seen: set[str] = set()
+    entries = []
+    for entry in api.domains():
+        if not entry.is_alias and entry.real_domain not in seen:
+            seen.add(entry.real_domain)
+            entries.append(entry)
+    return entries
+
+
+class Run:
+    """One vdeloldusers pass over some domains."""
+
+    def __init__(self, api: Vpopmail, cutoff: float, delete: bool, verbose: bool) -> None:
+        self.api = api
+        self.cutoff = cutoff
+        self.delete = delete
+        self.verbose = verbose
+        self.found = 0
+        self.status = 0
+
+    def domain(self, entry: AssignEntry) -> None:
+        domain = entry.real_domain
+        for user in self.api.backend.list_users(entry):
+            if user.name == "postmaster":
+                if self.verbose:
+                    print(f"skipping postmaster@{domain}")
+                continue
+            if not is_old(user, self.cutoff):
+                continue
+            self.found += 1
+            if self.verbose:
+                print(f"{user.name}@{domain}", flush=True)
+            if self.delete:
+                self.remove(user, domain)
+
+    def remove(self, user: VUser, domain: str) -> None:
+        # a login since the list was read keeps the user
+        if not is_old(user, self.cutoff):
+            return
+        try:
+            self.api.delete_user(f"{user.name}@{domain}")
+        except UserDoesNotExist:
+            pass  # deleted meanwhile by someone else
+        except VpopmailError as exc:
+            error(str(exc))
+            self.status = exc.code & 0xFF
+
+
+def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    def body() -> int:
+        args = sys.argv[1:] if argv is None else argv
+        if not args:
+            raise UsageError("")
+        options, operands = getopt(args, "vVDd:a:e")
+        if operands:
+            raise UsageError(f"unexpected argument {operands[0]!r}")
+        age, domain, every, delete, verbose = DEFAULT_AGE, None, False, False, False
+        for letter, value in options:
+            if letter == "v":
+                print_version()
+            elif letter == "a":
+                age = number(value, "age_in_days")
+                if age < 0:
+                    raise UsageError("age_in_days must not be negative")
+            elif letter == "d":
+                domain = value
+            elif letter == "e":
+                every = True
+            elif letter == "D":
+                delete = True
+            elif letter == "V":
+                verbose = True
+        if every and domain is not None:
+            raise UsageError("use either -e or -d domain, not both")
+        if not every and not domain:
+            print("error: you must supply either the -e or -d [domain] options")
+            return 255
+        api = open_api(config)
+        if not api.config.logging_auth_logging:
+            error(NO_AUTH_LOGGING)
+            return 255
+        job = Run(api, time.time() - age * DAY, delete, verbose)
+        for entry in real_domains(api) if every else [api.get_domain(domain or "")]:
+            job.domain(entry)
+        if not job.found:
+            print("no old users found")
+        elif not delete:
+            print(" ** no users were deleted  **")
+            print(" ** use -D to delete users **")
+        return job.status
+
+    return run(body, USAGE)

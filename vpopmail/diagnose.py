@@ -1,0 +1,503 @@
+"""vcheck's work: walk the path mail and logins take for one address, step by step, and name
+the fix for the first thing that is wrong.
+
+The steps, in order (a step's number is vcheck's exit status when it fails):
+
+ 1 address           the name is one vpopmail accepts (vpopmail/names.py)
+ 2 users/assign      has the domain's line (without it but with the domain directory present:
+                     qmail-pw2u or a hand edit wiped it -> vregenerate)
+ 3 users/cdb         present, not older than users/assign, same records as qmail-newu builds
+ 4 qmail control     rcpthosts (or morercpthosts + its cdb) and virtualdomains route the domain,
+                     locals does not claim it
+ 5 domain directory  exists, owned by the uid/gid of its assign line
+ 6 .qmail-default    exists, runs vdelivermail, not world-writable
+ 7 vpasswd           readable, well formed, vpasswd.cdb holds the same records, both owned by
+                     the domain owner
+ 8 user              the user exists (or a ``.qmail-<name>`` of the domain takes its mail)
+ 9 Maildir           user directory, Maildir, cur/new/tmp: directories owned by the domain
+                     owner, mode 0700
+10 maildirsize       parses, quota line = the user's quota, agrees with a recount where the
+                     next delivery would trust it; none for a user without quota
+11 flags             user flags (ORed with the domain limits unless V_OVERRIDE) that refuse
+                     POP/IMAP/webmail/SMTP AUTH/relaying or bounce mail
+"""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+
+from auth.backend import VUser
+from auth.cdbfiles import VPASSWD, VPASSWD_CDB, parse_line
+from maildir import SUBDIRS
+from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, is_over,
+                           load_maildirsize, scan_usage, usage_percent)
+from vpopmail import cdb, flags
+from vpopmail.api import Vpopmail
+from vpopmail.assign import AssignEntry, cdb_records
+from vpopmail.errors import VpopmailError
+from vpopmail.flags import VMODUSER_LETTERS
+from vpopmail.limits import SWITCHES
+from vpopmail.names import check_domain, check_user, split_address
+
+#: flag bit -> what it refuses
+BLOCKING = (
+    (flags.NO_POP, "POP3 logins are refused (NO_POP)"),
+    (flags.NO_IMAP, "IMAP logins are refused (NO_IMAP)"),
+    (flags.NO_WEBMAIL, "webmail logins are refused (NO_WEBMAIL)"),
+    (flags.NO_SMTP, "SMTP AUTH is refused (NO_SMTP)"),
+    (flags.NO_RELAY, "no relaying after a POP/IMAP login (NO_RELAY)"),
+    (flags.BOUNCE_MAIL, "incoming mail bounces (BOUNCE_MAIL)"),
+)
+#: flag bit -> its vmoduser letter
+LETTER_OF = {bit: letter for letter, bit in VMODUSER_LETTERS.items()}
+
+
+class Step:
+    """One checked step: ``ok`` with what was found (``text``), or the fault and its ``fix``.
+    ``final`` ends the walk with success (the address is not a mailbox)."""
+
+    __slots__ = ("number", "name", "ok", "text", "fix", "final")
+
+    def __init__(self, number: int, name: str, ok: bool, text: str, fix: str = "",
+                 final: bool = False) -> None:
+        self.number = number
+        self.name = name
+        self.ok = ok
+        self.text = text
+        self.fix = fix
+        self.final = final
+
+
+class Fault(Exception):
+    """A failed check: what is wrong and the command that fixes it."""
+
+    def __init__(self, text: str, fix: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.fix = fix
+
+
+class Done(Exception):
+    """The walk ends successfully at this step (``text`` says why)."""
+
+
+def _owner(st: os.stat_result) -> str:
+    return f"{st.st_uid}:{st.st_gid}"
+
+
+class Diagnosis:
+    """The checks for one address; iterate :meth:`steps` (it stops after the first fault)."""
+
+    def __init__(self, api: Vpopmail, address: str) -> None:
+        self.api = api
+        self.config = api.config
+        self.address = address
+        self.user_name = ""
+        self.domain = ""
+        self.entry: AssignEntry | None = None
+        self.records: dict[bytes, bytes] = {}
+        self.user: VUser | None = None
+        self.assign_text = ""
+
+    @property
+    def checks(self) -> list[tuple[str, Callable[[], str]]]:
+        return [("address", self.check_address), ("users/assign", self.check_assign),
+                ("users/cdb", self.check_users_cdb), ("qmail control", self.check_control),
+                ("domain directory", self.check_domain_dir),
+                (".qmail-default", self.check_dot_qmail_default),
+                ("vpasswd", self.check_vpasswd), ("user", self.check_user),
+                ("Maildir", self.check_maildir), ("maildirsize", self.check_maildirsize),
+                ("flags", self.check_flags)]
+
+    def steps(self) -> Iterator[Step]:
+        for number, (name, check) in enumerate(self.checks, 1):
+            try:
+                yield Step(number, name, True, check())
+            except Done as done:
+                yield Step(number, name, True, str(done), final=True)
+                return
+            except Fault as fault:
+                yield Step(number, name, False, fault.text, fault.fix)
+                return
+            except PermissionError as exc:
+                owner = self.entry.uid if self.entry else self.config.uid
+                yield Step(number, name, False, f"cannot read {exc.filename}: {exc.strerror}",
+                           f"run vcheck as root or as the domain owner (uid {owner})")
+                return
+            except OSError as exc:
+                yield Step(number, name, False, f"{exc.filename}: {exc.strerror}",
+                           "check the disk and the file system (dmesg), then run vcheck again")
+                return
+
+    # helpers ----------------------------------------------------------------------------------
+
+    @property
+    def qmail_bin(self) -> str:
+        return os.path.join(self.config.qmail_dir, "bin")
+
+    def _entry(self) -> AssignEntry:
+        assert self.entry is not None
+        return self.entry
+
+    def _chown(self, path: str, recursive: bool = False) -> str:
+        entry = self._entry()
+        return f"chown {'-R ' if recursive else ''}{entry.uid}:{entry.gid} {path}"
+
+    # 1 ----------------------------------------------------------------------------------------
+
+    def check_address(self) -> str:
+        user, domain = split_address(self.address, self.api.default_domain())
+        if not domain:
+            raise Fault(f"{self.address!r} has no domain and there is no default domain",
+                        "give the full address: vcheck user@domain")
+        try:
+            check_domain(domain)
+        except VpopmailError as exc:
+            raise Fault(f"{domain!r} is not a valid domain name ({exc})",
+                        "check the spelling: domain names are letters, digits, '-' and '.' "
+                        "(no '..'), 3 to 96 characters") from None
+        try:
+            check_user(user, bool(self.config.users_hashed_dirs))
+        except VpopmailError as exc:
+            raise Fault(f"{user!r} is not a valid user name ({exc})",
+                        "check the spelling: vpopmail user names are letters, digits and "
+                        "!#$&'*+-.=?^_`{|}~, no leading '.', no '..', 2 to 64 characters "
+                        "(1 without hashed directories)") from None
+        self.user_name, self.domain = user, domain
+        return f"{user}@{domain}"
+
+    # 2 ----------------------------------------------------------------------------------------
+
+    def check_assign(self) -> str:
+        path = os.path.join(self.config.qmail_dir, "users", "assign")
+        try:
+            with open(path, encoding="latin-1") as fh:
+                self.assign_text = fh.read()
+        except FileNotFoundError:
+            self.assign_text = ""
+        try:
+            entries = self.api.qmail.entries()
+        except VpopmailError as exc:
+            raise Fault(f"{path} cannot be used: {exc}",
+                        f"end {path} with a line holding a single '.' (echo . >> {path}), "
+                        f"then {self.qmail_bin}/qmail-newu") from None
+        found = next((e for e in entries if e.domain == self.domain), None)
+        if found is None:
+            on_disk = [e for e in self.api.discover_domains() if e.domain == self.domain]
+            if on_disk:
+                raise Fault(f"users/assign has no line for {self.domain}, but its directory "
+                            f"{on_disk[0].dir} exists: users/assign was rewritten without it "
+                            "(qmail-pw2u does that)",
+                            "run vregenerate (rebuilds users/assign and users/cdb from the "
+                            "domains directory)")
+            raise Fault(f"{self.domain} is not a vpopmail domain (not in users/assign, no "
+                        "directory)", f"vadddomain {self.domain}")
+        self.entry = found
+        alias = f" (alias of {found.real_domain})" if found.is_alias else ""
+        return f"{self.domain}{alias}: {found.dir}, uid {found.uid}, gid {found.gid}"
+
+    # 3 ----------------------------------------------------------------------------------------
+
+    def check_users_cdb(self) -> str:
+        assign = os.path.join(self.config.qmail_dir, "users", "assign")
+        path = os.path.join(self.config.qmail_dir, "users", "cdb")
+        fix = f"{self.qmail_bin}/qmail-newu (or vregenerate)"
+        try:
+            cdb_st = os.stat(path)
+        except FileNotFoundError:
+            raise Fault(f"{path} is missing: qmail-lspawn finds no virtual domain", fix) from None
+        try:
+            wanted = sorted(cdb_records(self.assign_text, assign))
+        except VpopmailError as exc:
+            raise Fault(str(exc), f"correct {assign}, then {self.qmail_bin}/qmail-newu") from None
+        try:
+            with cdb.CdbReader(path) as reader:
+                have = sorted(reader.items())
+        except VpopmailError as exc:
+            raise Fault(f"{path} is corrupt: {exc}", fix) from None
+        if have != wanted:
+            differ = len(set(have) ^ set(wanted))
+            raise Fault(f"{path} does not match users/assign ({differ} records differ): qmail "
+                        "still routes by the old table", fix)
+        if cdb_st.st_mtime_ns < os.stat(assign).st_mtime_ns:
+            raise Fault(f"{path} is older than users/assign: qmail-newu has not run since "
+                        "users/assign changed", fix)
+        return f"{len(have)} records, same as users/assign"
+
+    # 4 ----------------------------------------------------------------------------------------
+
+    def check_control(self) -> str:
+        qmail = self.api.qmail
+        domain = self.domain
+        control = os.path.join(self.config.qmail_dir, "control")
+        hup = "then make qmail-send reread its control files (svc -h, or kill -HUP its pid)"
+        rcpt = [line.strip().lower() for line in qmail.read_control("rcpthosts")]
+        more = [line.strip().lower() for line in qmail.read_control("morercpthosts")]
+        if domain in rcpt:
+            where = "rcpthosts"
+        elif domain in more:
+            try:
+                listed = cdb.lookup(os.path.join(control, "morercpthosts.cdb"),
+                                    domain.encode("latin-1")) is not None
+            except (OSError, VpopmailError):
+                listed = False
+            if not listed:
+                raise Fault(f"{domain} is in control/morercpthosts but not in "
+                            "morercpthosts.cdb: qmail-smtpd refuses mail for it",
+                            f"{self.qmail_bin}/qmail-newmrh")
+            where = "morercpthosts"
+        else:
+            raise Fault(f"{domain} is not in control/rcpthosts (nor morercpthosts): "
+                        "qmail-smtpd refuses mail for it", "vregenerate")
+        routes = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip()
+                  for line in qmail.read_control("virtualdomains") if ":" in line}
+        if domain not in routes:
+            raise Fault(f"{domain} is not in control/virtualdomains: qmail-send does not "
+                        "hand its mail to vpopmail", f"vregenerate; {hup}")
+        if routes[domain] != domain:
+            raise Fault(f"control/virtualdomains sends {domain} to {routes[domain]!r}; "
+                        f"vpopmail needs the line '{domain}:{domain}'",
+                        f"edit {control}/virtualdomains to read '{domain}:{domain}'; {hup}")
+        if domain in (line.strip().lower() for line in qmail.read_control("locals")):
+            raise Fault(f"control/locals lists {domain}: qmail delivers its mail to system "
+                        "users instead", f"remove {domain} from {control}/locals; {hup}")
+        return f"in {where} and virtualdomains, not in locals"
+
+    # 5 ----------------------------------------------------------------------------------------
+
+    def check_domain_dir(self) -> str:
+        entry = self._entry()
+        try:
+            st = os.stat(entry.dir)
+        except FileNotFoundError:
+            raise Fault(f"{entry.dir} (from users/assign) does not exist",
+                        f"restore {entry.dir} from a backup (or vdeldomain "
+                        f"{entry.real_domain} and vadddomain it again)") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise Fault(f"{entry.dir} is not a directory", f"restore {entry.dir} from a backup")
+        if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            raise Fault(f"{entry.dir} belongs to {_owner(st)}, users/assign says "
+                        f"{entry.uid}:{entry.gid}: deliveries run as {entry.uid} and cannot "
+                        "use it", self._chown(entry.dir, recursive=True))
+        return f"{entry.dir}, owner {_owner(st)}"
+
+    # 6 ----------------------------------------------------------------------------------------
+
+    def check_dot_qmail_default(self) -> str:
+        entry = self._entry()
+        path = os.path.join(entry.dir, ".qmail-default")
+        line = (f"| {os.path.join(self.config.home, 'bin', 'vdelivermail')} '' "
+                f"{self.config.users_default_action}")
+        write = (f"echo \"{line}\" > {path} && {self._chown(path)} && chmod 600 {path} "
+                 "(or your own default action instead of the last word)")
+        try:
+            st = os.stat(path)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            raise Fault(f"{path} is missing: qmail-local bounces mail for every user of "
+                        f"{entry.real_domain}", write) from None
+        if "vdelivermail" not in text:
+            raise Fault(f"{path} does not run vdelivermail: vpopmail users get no mail", write)
+        if st.st_mode & stat.S_IWOTH:
+            raise Fault(f"{path} is world-writable: qmail-local defers every message",
+                        f"chmod 600 {path}")
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+    # 7 ----------------------------------------------------------------------------------------
+
+    def check_vpasswd(self) -> str:
+        entry = self._entry()
+        domain = entry.real_domain
+        path = os.path.join(entry.dir, VPASSWD)
+        index = os.path.join(entry.dir, VPASSWD_CDB)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise Fault(f"{path} is missing", f"restore {path} from a backup (vpasswd.cdb "
+                        "still holds the records: cdb -d shows them)") from None
+        records: dict[bytes, bytes] = {}
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line:
+                continue
+            name, _, rest = line.partition(b":")
+            if line.count(b":") < 6 or not name:
+                raise Fault(f"{path} line {number} is not a user record",
+                            f"correct or remove line {number} of {path}, then vmkpasswd {domain}")
+            records[name] = rest
+        try:
+            with cdb.CdbReader(index) as reader:
+                indexed = reader.items()
+        except FileNotFoundError:
+            raise Fault(f"{index} is missing", f"vmkpasswd {domain}") from None
+        except VpopmailError as exc:
+            raise Fault(f"{index} is corrupt: {exc}", f"vmkpasswd {domain}") from None
+        in_cdb = dict(indexed)
+        if in_cdb != records or len(indexed) != len(in_cdb):
+            differ = sorted(n.decode("utf-8", "replace") for n in set(records) | set(in_cdb)
+                            if records.get(n) != in_cdb.get(n))
+            shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+            raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
+                        f"{shown}): logins and deliveries read the cdb",
+                        f"vmkpasswd {domain}")
+        for file in (path, index):
+            st = os.stat(file)
+            if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+                raise Fault(f"{file} belongs to {_owner(st)}, not {entry.uid}:{entry.gid}: "
+                            "vdelivermail and vchkpw run as the domain owner", self._chown(file))
+        self.records = records
+        return f"{len(records)} users, vpasswd.cdb matches"
+
+    # 8 ----------------------------------------------------------------------------------------
+
+    def check_user(self) -> str:
+        entry = self._entry()
+        key = self.user_name.encode("utf-8", "surrogateescape")
+        if key not in self.records:
+            dot_qmail = os.path.join(entry.dir, ".qmail-" + self.user_name.replace(".", ":"))
+            if os.path.exists(dot_qmail):
+                raise Done(f"{self.user_name} is no mailbox; {dot_qmail} takes its mail "
+                           "(an alias or forward): nothing more to check")
+            action = ""
+            try:
+                with open(os.path.join(entry.dir, ".qmail-default")) as fh:
+                    action = fh.readline().split()[-1]
+            except (OSError, IndexError):
+                pass
+            raise Fault(f"no user {self.user_name} in {entry.real_domain}"
+                        + (f": its mail goes to the default action ({action})" if action else ""),
+                        f"vadduser {self.user_name}@{entry.real_domain}")
+        rest = self.records[key].decode("utf-8", "surrogateescape")
+        self.user = parse_line(f"{self.user_name}:{rest}")
+        return f"{self.user.dir or '(no directory)'}, quota {self.user.quota}"
+
+    # 9 ----------------------------------------------------------------------------------------
+
+    def check_maildir(self) -> str:
+        entry, user = self._entry(), self.user
+        assert user is not None
+        address = f"{user.name}@{entry.real_domain}"
+        if not user.dir:
+            raise Fault("the user record has no directory",
+                        f"deliver a message to {address} (vdelivermail makes the directory "
+                        "and stores it), or log in once")
+        maildir = os.path.join(user.dir, "Maildir")
+        paths = [user.dir, maildir, *(os.path.join(maildir, sub) for sub in SUBDIRS)]
+        missing, owners, modes, odd = [], [], [], []
+        for path in paths:
+            try:
+                st = os.stat(path)  # a user directory may be a symlink to another disk
+            except FileNotFoundError:
+                missing.append(path)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                odd.append(path)
+                continue
+            if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+                owners.append(f"{path} belongs to {_owner(st)}")
+            if stat.S_IMODE(st.st_mode) != 0o700:
+                modes.append((path, stat.S_IMODE(st.st_mode)))
+        problems, fixes = [], []
+        if odd:
+            problems.append(f"not a directory: {', '.join(odd)}")
+            fixes.append(f"move {' '.join(odd)} aside")
+        if missing:
+            problems.append(f"missing: {', '.join(missing)}")
+            fixes.append(f"mkdir -m 700 -p {' '.join(missing)} && "
+                         f"{self._chown(user.dir, recursive=True)}")
+        if owners:
+            problems.append(f"{'; '.join(owners)}, not {entry.uid}:{entry.gid}")
+            if not missing:
+                fixes.append(self._chown(user.dir, recursive=True))
+        if modes:
+            problems.append("mode " + ", ".join(f"{oct(m)[2:].zfill(4)} on {p}"
+                                                 for p, m in modes) + ", not 0700")
+            fixes.append(f"chmod 700 {' '.join(p for p, _ in modes)}")
+        if problems:
+            raise Fault("; ".join(problems), " && ".join(fixes))
+        return f"{maildir} with cur, new, tmp: owner {entry.uid}:{entry.gid}, mode 0700"
+
+    # 10 ---------------------------------------------------------------------------------------
+
+    def check_maildirsize(self) -> str:
+        entry, user = self._entry(), self.user
+        assert user is not None
+        address = f"{user.name}@{entry.real_domain}"
+        maildir = os.path.join(user.dir, "Maildir")
+        path = os.path.join(maildir, MAILDIRSIZE)
+        quota = user.quota
+        fix = f"vsetuserquota {address} {quota or 'NOQUOTA'}"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if has_quota(quota):
+                return f"absent; the next delivery counts the Maildir (quota {quota})"
+            return "no quota, no maildirsize"
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise Fault(f"{path} is not a regular file: vdelivermail ignores it",
+                        f"rm {path} && {fix}")
+        if not has_quota(quota):
+            raise Fault(f"{path} exists but the user has no quota: POP/IMAP servers that read "
+                        "it (Dovecot, Courier) enforce its stale limit",
+                        f"vsetuserquota {address} NOQUOTA")
+        if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            raise Fault(f"{path} belongs to {_owner(st)}, not {entry.uid}:{entry.gid}: "
+                        "deliveries cannot record their size", self._chown(path))
+        found = load_maildirsize(maildir)
+        if found is None:
+            raise Fault(f"{path} cannot be parsed", fix)
+        if found.quota != quota:
+            raise Fault(f"{path} says quota {found.quota!r}, the user has {quota}: readers "
+                        "enforce the wrong limit", fix)
+        usage = scan_usage(maildir)
+        recorded = (found.bytes, found.messages)
+        # Maildir++: the next delivery recounts a file that is large, old, or says "over
+        # quota" with more than one line; only a file it would trust must be exact
+        trusted = (found.file_size < RECALC_SIZE and time.time() - found.mtime <= STALE_SECONDS
+                   and not (is_over(quota, recorded, 1) and found.lines != 1))
+        if trusted and recorded != usage:
+            raise Fault(f"{path} counts {recorded[0]} bytes in {recorded[1]} messages, the "
+                        f"Maildir holds {usage[0]} in {usage[1]}: quota decisions are wrong "
+                        "until it is recounted", fix)
+        state = "" if trusted or recorded == usage else " (stale; the next delivery recounts)"
+        return (f"{usage[0]} bytes in {usage[1]} messages of {quota} "
+                f"({usage_percent(quota, usage)}%){state}")
+
+    # 11 ---------------------------------------------------------------------------------------
+
+    def check_flags(self) -> str:
+        entry, user = self._entry(), self.user
+        assert user is not None
+        address = f"{user.name}@{entry.real_domain}"
+        effective = self.api.effective_flags(user, entry)
+        roaming = bool(self.config.relay_roaming_users)
+        found = [(bit, text) for bit, text in BLOCKING
+                 if effective & bit and (bit != flags.NO_RELAY or roaming)]
+        if not found:
+            extra = " (NO_RELAY is set, but roaming users are off)" if effective & flags.NO_RELAY \
+                else ""
+            return f"nothing refuses logins or mail (flags {effective}){extra}"
+        problems, fixes = [], []
+        own = [bit for bit, _ in found if user.flags & bit]
+        from_domain = [bit for bit, _ in found if not user.flags & bit]
+        for bit, text in found:
+            problems.append(text + ("" if user.flags & bit else " from the domain limits"))
+        if own:
+            keep = user.flags & ~sum(own)
+            letters = "".join(LETTER_OF[b] for b in sorted(LETTER_OF) if keep & b)
+            fixes.append(f"vmoduser -x{' -' + ' -'.join(letters) if letters else ''} {address}")
+        if from_domain:
+            switches = self.api.domain_limits(entry).switches
+            keep_letters = "".join(sorted(letter for key, (bit, letter) in SWITCHES.items()
+                                          if key in switches and bit not in from_domain))
+            fixes.append(f"vmoddomlimits -g '{keep_letters}' {entry.real_domain} (every user), "
+                         f"or vmoduser -o {address} (this user ignores the domain limits)")
+        raise Fault("; ".join(problems), " and ".join(fixes))
+
+
+def diagnose(api: Vpopmail, address: str) -> Iterator[Step]:
+    """The steps for ``address``, up to and including the first fault."""
+    return Diagnosis(api, address).steps()
