@@ -10,6 +10,10 @@ from vpopmail.config import Config
 from vpopmail.errors import ConfigError
 from vpopmail.record import SlotRecord
 
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 USE_POP = 1
 
 
@@ -51,6 +55,13 @@ class UserDatabase(ABC):
     def update_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
         """Replace the stored records of these users (one rebuild; none with ``index=False``);
         raise UserDoesNotExist (and change nothing) if one is absent."""
+
+    @abstractmethod
+    def modify_users(self, domain: AssignEntry, names: list[str],
+                     change: "Callable[[VUser], VUser]", index: bool = True) -> list[VUser]:
+        """Apply ``change`` to the stored records of ``names`` atomically (no concurrent change
+        is lost) and return the new records; raise UserDoesNotExist (changing nothing) if one
+        is absent."""
 
     @abstractmethod
     def delete_user(self, domain: AssignEntry, name: str) -> VUser:

@@ -15,6 +15,10 @@ from vpopmail.config import Config
 from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
 from vpopmail.fsutil import FileLock, atomic_write
 
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from collections.abc import Callable  # 1.5 ms with collections: never at run time
+
 VPASSWD = "vpasswd"
 VPASSWD_CDB = "vpasswd.cdb"
 LOCK = ".vpasswd.lock"
@@ -150,6 +154,27 @@ class CdbFiles(UserDatabase):
                 raise UserDoesNotExist(f"{_decode(next(iter(changes)))}@{domain.real_domain}")
             self._write(domain, lines, index)
 
+    def modify_users(self, domain: AssignEntry, names: list[str], change: "Callable[[VUser], VUser]",
+                     index: bool = True) -> list[VUser]:
+        """Apply ``change`` to the stored records of ``names`` under the lock, in one write, and
+        return the new records: two commands changing different fields of one user (vpasswd
+        and vmoduser -q) both take effect, where read-then-:meth:`update_users` kept only the
+        last. Raises UserDoesNotExist (changing nothing) if one is absent."""
+        wanted = {_encode(name) for name in names}
+        changed = []
+        with self._lock(domain):
+            lines = self._read_lines(domain)
+            for i, line in enumerate(lines):
+                if _name(line) in wanted:
+                    wanted.discard(_name(line))
+                    user = change(parse_line(_decode(line)))
+                    lines[i] = _encode(format_line(user, self.clear_passwords))
+                    changed.append(user)
+            if wanted:
+                raise UserDoesNotExist(f"{_decode(next(iter(wanted)))}@{domain.real_domain}")
+            self._write(domain, lines, index)
+        return changed
+
     def delete_user(self, domain: AssignEntry, name: str) -> VUser:
         key = _encode(name)
         with self._lock(domain):
@@ -162,8 +187,10 @@ class CdbFiles(UserDatabase):
         raise UserDoesNotExist(f"{name}@{domain.real_domain}")
 
     def create_domain(self, domain: AssignEntry) -> None:
+        """An empty vpasswd and its cdb; users already in a vpasswd (a rerun of a vadddomain
+        killed after its postmaster was added) are kept."""
         with self._lock(domain):
-            self._write(domain, [])
+            self._write(domain, self._read_lines(domain))
 
     def delete_domain(self, domain: AssignEntry) -> None:
         """Nothing to do: the files go with the domain directory."""

@@ -25,6 +25,19 @@ SCHEMES = ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt", "
 BCRYPT_COST = 10
 #: batches at least this large are hashed in parallel processes
 PARALLEL_BATCH = 256
+#: one fixed hash per scheme (of a random secret that was thrown away), with the cost
+#: parameters hash_password uses: vchkpw checks an unknown user's password against the
+#: configured scheme's, so that "no such user" takes as long as "wrong password"
+DUMMY_HASHES = {
+    "sha512-crypt": "$6$2iUhuKT0YFatunsE$qpNRNk0NeLsVQYUESU.qOuQuScEmxSWbKbdA/U8wQXKk2G12YOsTWJb"
+                    "/cs44cy6oTOSpcBSaDB3kQ0yizyK041",
+    "sha256-crypt": "$5$.ERj9.G5vZ/worXP$uQnZ0YhcOhBILsI/n9ITJphl1fEMiMuK33v3UM89.yB",
+    "md5-crypt": "$1$C3f6zCK2$U9frI9fl2BFrQBTXcWAC.1",
+    "des-crypt": "rPj/WfEiZi0Lk",
+    "bcrypt": f"$2b${BCRYPT_COST:02d}$ZAaWIbv1ibd52FRR5B3CsuFj13/ll1H2Zm9b2bakH8M5L0XdB6NWm",
+    "argon2": "$argon2id$v=19$m=65536,t=3,p=4$4BXyteefVueHhAzE+aKQwQ$SXcqhar8CU6vNqbQTGE21g+Jk"
+              "ebVwqitCbBankjus1I",
+}
 
 
 def _salt(length: int, alphabet: str = CRYPT64) -> str:
@@ -38,14 +51,37 @@ def _bcrypt_salt() -> str:
     return "".join(BCRYPT64[(raw >> (6 * i)) & 63] for i in range(21, -1, -1))
 
 
+def _crypt_bytes(plain: bytes, setting: str) -> str:
+    """crypt() on the raw bytes of a password that is not UTF-8 (a Latin-1 client: C vpopmail
+    hashed the bytes as they came). ``_crypt`` takes only str, so this rare path goes
+    through ctypes."""
+    import ctypes
+
+    for name in ("libcrypt.so.1", "libcrypt.so.2", "libcrypt.so"):
+        try:
+            function = ctypes.CDLL(name, use_errno=True).crypt
+            break
+        except (OSError, AttributeError):
+            continue
+    else:
+        raise CryptFailed("no C library crypt() for a password that is not UTF-8")
+    function.restype = ctypes.c_char_p
+    function.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    result = function(plain, setting.encode("ascii", "replace"))
+    return "" if result is None else result.decode("ascii", "replace")
+
+
 def crypt(plain: str, setting: str) -> str:
-    """The C library's crypt(); raise CryptFailed where it refuses (unknown method, bad salt)."""
+    """The C library's crypt(); raise CryptFailed where it refuses (unknown method, bad salt).
+    ``plain`` may carry undecodable bytes as surrogate escapes: they are hashed as bytes."""
     if "\0" in plain:
         raise CryptFailed("NUL in password")
     try:
         result = _c_crypt(plain, setting)
     except OSError as exc:
         raise CryptFailed(str(exc)) from None
+    except UnicodeEncodeError:
+        result = _crypt_bytes(plain.encode("utf-8", "surrogateescape"), setting)
     if not result or result.startswith("*"):
         raise CryptFailed(f"crypt() does not support {setting[:4]!r}")
     return result
@@ -105,6 +141,12 @@ def verify_password(plain: str, stored: str) -> bool:
     return _verify_with_passlib(plain, stored)
 
 
+def dummy_check(plain: str, scheme: str) -> None:
+    """Spend the time a wrong password costs, for a login that has no hash to check (unknown
+    user or domain): ``plain`` against the fixed :data:`DUMMY_HASHES` entry of ``scheme``."""
+    verify_password(plain, DUMMY_HASHES.get(scheme, DUMMY_HASHES["sha512-crypt"]))
+
+
 def check_challenge(kind: str, clear: str, challenge: str, response: str) -> bool:
     """APOP (POP3, RFC 1939) or CRAM-MD5 (SMTP AUTH, RFC 2195) against a stored clear-text
     password: ``response`` must be the lowercase hex digest of MD5(challenge + clear) or
@@ -145,11 +187,12 @@ def _verify_with_passlib(plain: str, stored: str) -> bool:
     from passlib.context import CryptContext
 
     if stored.upper().startswith("{PLAIN}") or stored.upper().startswith("{CLEARTEXT}"):
-        return _same(plain.encode(), stored.split("}", 1)[1].encode())
+        return _same(plain.encode("utf-8", "surrogateescape"),
+                     stored.split("}", 1)[1].encode("utf-8", "surrogateescape"))
     context = CryptContext(schemes=["ldap_salted_sha1", "ldap_salted_sha256", "ldap_salted_sha512",
                                     "ldap_sha1", "ldap_salted_md5", "ldap_md5", "argon2"])
     try:
-        return bool(context.verify(plain, stored))
+        return bool(context.verify(plain.encode("utf-8", "surrogateescape"), stored))
     except (ValueError, TypeError):
         return False
     except Exception:  # MissingBackendError: argon2 without argon2-cffi

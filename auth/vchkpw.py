@@ -24,7 +24,7 @@ This is the login hot path: lean imports; hashes go through the C library's cryp
 import os
 
 from auth.backend import VUser, open_backend
-from auth.passwords import verify_password
+from auth.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -166,22 +166,21 @@ class Vchkpw:
         self.address = f"{name}@{domain}"
         if not self.secret and not self.lookup_only:
             raise Finish(REJECTED, "null password given", password_class=True)
-        not_found = Finish(DOVECOT_NO_USER if self.lookup_only else REJECTED,
-                           "vpopmail user not found")
         if not name or not domain:
-            raise not_found
+            raise self.not_found()
         if not is_valid_user(name) or not is_valid_domain(domain):
             raise Finish(REJECTED, "invalid user/domain characters", password_class=True)
+        entry, user = None, None
         try:
+            backend = open_backend(self.config)  # before the domain: same cost either way
             entry = assign.lookup(self.config.qmail_dir, domain)
-            if entry is None:
-                raise not_found
-            self.become(entry.uid, entry.gid)
-            user = open_backend(self.config).get_user(entry, name)
+            if entry is not None:
+                self.become(entry.uid, entry.gid)
+                user = backend.get_user(entry, name)
         except (OSError, VpopmailError) as exc:
             raise Finish(TEMPORARY, f"user database unreadable ({exc})") from None
-        if user is None:
-            raise not_found
+        if entry is None or user is None:
+            raise self.not_found()
         if self.lookup_only:
             if self.environ.get("CREDENTIALS_LOOKUP"):
                 raise Finish(TEMPORARY, "credentials lookups are not supported")
@@ -191,6 +190,19 @@ class Vchkpw:
         if self.levels[1]:
             self.log.send(f"{self.tag}: ({method}) login success {self.address}:{self.ip}")
         return entry, user
+
+    def not_found(self) -> Finish:
+        """The rejection of an unknown user or domain. The password is first checked against
+        a fixed dummy hash of the configured scheme, so that the answer takes as long as a
+        wrong password's and its timing does not tell which users exist (C vpopmail's did)."""
+        if self.lookup_only:
+            return Finish(DOVECOT_NO_USER, "vpopmail user not found")
+        self.waste_a_check()
+        return Finish(REJECTED, "vpopmail user not found")
+
+    def waste_a_check(self) -> None:
+        """Check the password against the dummy hash (the cost of a wrong password)."""
+        dummy_check(self.secret, str(self.config.passwords_scheme))
 
     def split_login(self, login: str) -> tuple[str, str]:
         name, domain = split_address(login)
@@ -211,6 +223,7 @@ class Vchkpw:
                 return kind
         if not user.passwd:
             if not self.config.passwords_learn_passwords:
+                self.waste_a_check()
                 raise Finish(REJECTED, "user has no password", password_class=True)
             self.store_password(entry, user, learn=True)
             return "PLAIN"
@@ -238,7 +251,8 @@ class Vchkpw:
             if learn and self.config.passwords_clear_passwords and not user.clear:
                 changed.clear = self.secret
             if (changed.passwd, changed.clear) != (user.passwd, user.clear):
-                open_backend(self.config).update_users(entry, [changed])
+                open_backend(self.config).modify_users(
+                    entry, [user.name], lambda u: u.copy(passwd=changed.passwd, clear=changed.clear))
         except (OSError, VpopmailError) as exc:  # CryptFailed included
             self.log.send(f"{self.tag}: could not store the password ({exc}) "
                           f"{self.address}:{self.ip}", LOG_ERR)

@@ -3,6 +3,7 @@
 Each line is classified as qmail-local does (dot-qmail(5)), with the fixes C vpopmail lacked:
 trailing blanks are stripped, blank lines are skipped, and ``+list`` is honoured.
 """
+import errno
 import os
 
 COMMENT = "comment"
@@ -42,7 +43,8 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
     mail goes to the Maildir, as with qmail). A comment-only file gives ``[("comment", …)]``.
 
     Raises :class:`DotQmailWritable` for a world-writable file, and
-    ``OSError`` if it exists but cannot be read.
+    ``OSError`` if it exists but cannot be read or holds a NUL byte (qmail-local would cut
+    the line there and run, forward to or write what is left: never guess).
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -59,6 +61,9 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
         os.close(fd)
     if not data:
         return None
+    if b"\0" in data:
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise OSError(errno.EINVAL, f"NUL byte in line {line}", path)
     text = data.decode("utf-8", "surrogateescape")
     return [item for item in map(parse_line, text.split("\n")) if item is not None]
 

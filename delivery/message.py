@@ -13,6 +13,9 @@ from vpopmail.fsutil import write_all
 
 CHUNK = 65536
 DELIVERED_TO = b"delivered-to:"
+#: header lines are examined up to this many bytes (a longer Delivered-To is a hop that matches
+#: no address)
+LINE_MAX = 8192
 
 
 def _spool(source: int, directory: str) -> int:
@@ -61,35 +64,82 @@ class Message:
         """Put the file offset at 0 (for a child that reads the message from its stdin)."""
         os.lseek(self.fd, 0, os.SEEK_SET)
 
-    def header_lines(self) -> list[bytes]:
-        """The header section as logical lines: folded lines joined, CR/LF removed."""
-        lines: list[bytes] = []
-        buffer = b""
-        offset = 0
-        while True:
-            chunk = os.pread(self.fd, CHUNK, offset)
-            offset += len(chunk)
-            buffer += chunk
-            if chunk:
-                parts = buffer.split(b"\n")
-                buffer = parts.pop()
-            else:
-                parts = [buffer] if buffer else []
-            for raw in parts:
-                line = raw[:-1] if raw.endswith(b"\r") else raw
-                if not line:
-                    return lines
-                if line[:1] in (b" ", b"\t") and lines:
-                    lines[-1] += line
-                else:
-                    lines.append(line)
-            if not chunk:
-                return lines
-
     def trace(self) -> tuple[frozenset[bytes], int]:
         """(the lower-cased addresses of its Delivered-To headers, how many there are)."""
         if self._trace is None:
-            found = [line[len(DELIVERED_TO):].strip().lower() for line in self.header_lines()
-                     if line[:len(DELIVERED_TO)].lower() == DELIVERED_TO]
-            self._trace = (frozenset(found), len(found))
+            self._trace = _scan_trace(self.fd)
         return self._trace
+
+
+class _TraceScan:
+    """Reads header lines one at a time and keeps only the Delivered-To line being read."""
+
+    __slots__ = ("seen", "hops", "current", "cut_current", "started")
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.hops = 0
+        self.current: bytes | None = None  # the Delivered-To line being read, else None
+        self.cut_current = False
+        self.started = False  # a header line exists, so a leading blank continues it
+
+    def line(self, line: bytes, cut: bool) -> bool:
+        """Take one physical line (no LF; ``cut``: longer than LINE_MAX); False at the end of
+        the header section."""
+        if not cut and line.endswith(b"\r"):
+            line = line[:-1]
+        if not line and not cut:
+            return False
+        if self.started and line[:1] in (b" ", b"\t"):
+            if self.current is not None:
+                self.current += line
+                self.cut_current = self.cut_current or cut or len(self.current) > LINE_MAX
+                self.current = self.current[:LINE_MAX]
+            return True
+        self.finish()
+        self.started = True
+        self.current = line if line[:len(DELIVERED_TO)].lower() == DELIVERED_TO else None
+        self.cut_current = cut
+        return True
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self.hops += 1
+            if not self.cut_current:
+                self.seen.add(self.current[len(DELIVERED_TO):].strip().lower())
+            self.current = None
+
+
+def _scan_trace(fd: int) -> tuple[frozenset[bytes], int]:
+    """Delivered-To addresses and count of the header section (up to the first empty line;
+    folded lines joined, CR before LF dropped), read in chunks. Memory stays flat whatever the
+    input (a 50 MB header, no newline at all): lines are cut to LINE_MAX bytes, and a cut
+    Delivered-To counts as a hop whose address is not compared."""
+    scan = _TraceScan()
+    pending = b""
+    cut = False
+    offset = 0
+    while True:
+        chunk = os.pread(fd, CHUNK, offset)
+        if not chunk:
+            if pending or cut:
+                scan.line(pending, cut)
+            break
+        offset += len(chunk)
+        start = 0
+        end = chunk.find(b"\n")
+        while end >= 0:
+            if not cut:
+                pending += chunk[start:end]
+                cut = len(pending) > LINE_MAX
+            if not scan.line(pending[:LINE_MAX], cut):
+                scan.finish()
+                return frozenset(scan.seen), scan.hops
+            pending, cut, start = b"", False, end + 1
+            end = chunk.find(b"\n", start)
+        if not cut:
+            pending += chunk[start:]
+            if len(pending) > LINE_MAX:
+                pending, cut = pending[:LINE_MAX], True
+    scan.finish()
+    return frozenset(scan.seen), scan.hops

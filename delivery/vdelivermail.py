@@ -298,7 +298,11 @@ class Vdelivermail:
         address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
         limited = has_quota(quota)
         if limited:
-            over, percent = check_quota(maildir, quota, self.message.size)
+            try:
+                over, percent = check_quota(maildir, quota, self.message.size)
+            except OSError as exc:
+                raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
+                            f"{exc.strerror}") from None
             if over:
                 text = self._site_message(".over-quota.msg") or "user is over quota\n"
                 self.quota_warning(maildir, quota, address, bool(recipient))

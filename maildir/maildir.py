@@ -19,6 +19,9 @@ from vpopmail.errors import DeliveryFailed, OverQuota
 from vpopmail.fsutil import fsync_dir, make_dir, write_all
 
 CHUNK = 65536
+#: a file in ``tmp/`` neither written nor read for this long is a crashed writer's leftover
+#: (the Maildir rule; qmail-pop3d applies it to atime at each session, Dovecot to ctime)
+TMP_STALE_SECONDS = 36 * 3600
 _counter = 0
 
 
@@ -142,3 +145,27 @@ def _discard(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def clean_tmp(maildir: str, now: float | None = None) -> int:
+    """Remove the regular files in ``maildir/tmp`` whose mtime and atime are both older than
+    36 hours (what a killed delivery leaves); returns how many went. Housekeeping only: any
+    error is ignored. Not on the delivery path: :func:`maildir.quota.recalculate` calls it."""
+    cutoff = (time.time() if now is None else now) - TMP_STALE_SECONDS
+    removed = 0
+    try:
+        entries = os.scandir(f"{maildir.rstrip('/')}/tmp")
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if max(st.st_mtime, st.st_atime) < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed

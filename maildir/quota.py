@@ -2,8 +2,9 @@
 
 Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S``), with two
 defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
-Hot-path safe: imports only ``os`` and ``time``.
+Hot-path safe: imports only ``errno``, ``os`` and ``time``.
 """
+import errno
 import os
 import time
 
@@ -96,12 +97,19 @@ def _is_trashed(name: str) -> bool:
     return "T" in info[:run]
 
 
+#: directories that cannot be listed for these reasons count as empty; any other error (EIO)
+#: fails the count rather than write a usage that is too low
+_SKIPPED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES)
+
+
 def counted_dirs(maildir: str) -> list[str]:
     """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
     dirs = [os.path.join(maildir, "new"), os.path.join(maildir, "cur")]
     try:
         entries = sorted(os.listdir(maildir))
-    except OSError:
+    except OSError as exc:
+        if exc.errno not in _SKIPPED_ERRNOS:
+            raise
         entries = []
     for entry in entries:
         if entry.startswith(".") and entry not in (".", "..", ".Trash"):
@@ -111,12 +119,15 @@ def counted_dirs(maildir: str) -> list[str]:
 
 
 def scan_usage(maildir: str) -> tuple[int, int]:
-    """(bytes, messages) actually in the Maildir, as Maildir++ counts them."""
+    """(bytes, messages) actually in the Maildir, as Maildir++ counts them. Raises OSError
+    when a directory cannot be read for another reason than absence or permissions."""
     total = count = 0
     for directory in counted_dirs(maildir):
         try:
             names = os.listdir(directory)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in _SKIPPED_ERRNOS:
+                raise
             continue
         for name in names:
             if name.startswith(".") or _is_trashed(name):
@@ -220,14 +231,18 @@ def recalculate(maildir: str, quota: str, uid: int | None = None,
     """Count the Maildir afresh and replace ``maildirsize`` with one line; returns the usage.
 
     If a delivery changes a counted directory during the scan, the scan is repeated (up to
-    three times), as the Maildir++ text asks.
+    three times), as the Maildir++ text asks. Files a crashed writer left in ``tmp/`` more than
+    36 hours ago are removed on the way (:func:`maildir.maildir.clean_tmp`).
     """
+    from maildir.maildir import clean_tmp
+
     for _ in range(3):
         dirs = counted_dirs(maildir)
         before = _newest_mtime(dirs)
         usage = scan_usage(maildir)
         if _newest_mtime(dirs) == before:
             break
+    clean_tmp(maildir)  # housekeeping while the Maildir is being scanned anyway
     write_maildirsize(maildir, quota, usage, uid, gid)
     return usage
 
@@ -267,18 +282,31 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
 
 def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
     """Record a delivery in ``maildirsize`` with one appended ``"<size> <count>"`` line (one
-    write, so concurrent appenders never interleave); a missing file is recalculated instead."""
+    write, so concurrent appenders never interleave); a missing file is recalculated instead.
+
+    A short append (the disk filled up mid-line) would leave a partial line that the next
+    append runs into (``80`` + ``63 1`` reads as 8063 bytes), so the file is removed instead:
+    the next delivery recalculates it. Raises OSError then, as for a failed write.
+    """
     root = quota_root(maildir)
+    path = os.path.join(root, MAILDIRSIZE)
     try:
-        fd = os.open(os.path.join(root, MAILDIRSIZE),
-                     os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         recalculate(root, quota)
         return
+    line = f"{size} {count}\n".encode()
     try:
-        os.write(fd, f"{size} {count}\n".encode())
+        written = os.write(fd, line)
     finally:
         os.close(fd)
+    if written != len(line):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes), removed "
+                      "for recalculation", path)
 
 
 def usage_percent(quota: str, usage: tuple[int, int]) -> int:

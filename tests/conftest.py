@@ -28,7 +28,7 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 #: path (vdelivermail adds auth.passwords: a delivery checks no password)
 HEAVY = {"__future__", "subprocess", "logging", "typing", "enum", "re", "tomllib", "email",
          "socket", "hashlib", "hmac", "pathlib", "argparse", "dataclasses", "filelock", "psutil",
-         "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api"}
+         "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api", "collections"}
 
 
 def as_user_argv(user: str) -> list[str]:
@@ -162,3 +162,7 @@ def each_install(request: pytest.FixtureRequest) -> Install:
 def api(vhome: Install) -> Vpopmail:
     """The library API over a fresh sandbox install."""
     return vhome.api()
+
+
+# fixtures of helper modules that import this one (so imported last)
+from delivery_site import tiny_fs  # noqa: E402, F401

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import mailbox
 import os
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from conftest import Install, as_user_argv
 
@@ -114,3 +118,22 @@ def assert_readable_by_mailbox(maildir: Path) -> None:
         message = box[key]
         assert message["Delivered-To"], key
         assert os.path.basename(box._lookup(key)).count(",S=") == 1  # noqa: SLF001
+
+
+@pytest.fixture
+def tiny_fs(site: Site) -> Iterator[Path]:
+    """bob's Maildir on a 256 KiB tmpfs (skipped where mounting is not allowed); needs a
+    ``site`` fixture with a user ``bob`` in the importing module."""
+    maildir = site.maildir("bob")
+    shutil.rmtree(maildir)
+    maildir.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
+                              str(maildir)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        for sub in ("cur", "new", "tmp"):
+            (maildir / sub).mkdir()
+        yield maildir
+    finally:
+        subprocess.run(["umount", str(maildir)], check=True)

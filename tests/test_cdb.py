@@ -74,9 +74,9 @@ def tinycdb_query(path: Path, key: bytes) -> bytes | None:
 
 @contextmanager
 def time_limit(seconds: int = 5) -> Iterator[None]:
-    """Turn a hang (an endless probe loop) into a test failure."""
+    """Turn a hang (e.g. an endless probe loop) into a test failure."""
     def expired(signum: int, frame: object) -> None:
-        raise TimeoutError("cdb reader did not terminate")
+        raise TimeoutError(f"no answer within {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,24 +141,6 @@ def test_file_size_limit_is_a_write_error(site: Site) -> None:
         result = subprocess.run(argv, stdin=fh, capture_output=True, cwd=site.domain_dir,
                                 env=qmail_local_env("bob", home=str(site.domain_dir)))
     assert_deferred(site, result, b"system error", b"File too large")
-
-
-@pytest.fixture
-def tiny_fs(site: Site) -> Iterator[Path]:
-    """bob's Maildir on a 256 KiB tmpfs (skipped where mounting is not allowed)."""
-    maildir = site.maildir("bob")
-    shutil.rmtree(maildir)
-    maildir.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
-                              str(maildir)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir()
-        yield maildir
-    finally:
-        subprocess.run(["umount", str(maildir)], check=True)
 
 
 def test_disk_full_defers(site: Site, tiny_fs: Path) -> None:

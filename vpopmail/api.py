@@ -7,7 +7,7 @@ vpasswd line, no assign line without its domain directory) and raises a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
@@ -17,7 +17,7 @@ from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_ma
 from vpopmail import assign, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import (AliasDomainsExist, BadChar, CannotDeleteCatchall,
+from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
                              CouldNotMakeDomainDir, DomainAlreadyExists, DomainDoesNotExist,
                              GecosTooLong, IllegalUsername, InvalidDomainName, PasswdTooLong,
                              QuotaTooLong, SubdirCreation, UserDirExists, UserDoesNotExist,
@@ -97,10 +97,25 @@ class Vpopmail:
                    default_action: str | None = None, quota: str | None = None,
                    optimize: bool = False, encrypted: bool = False) -> AssignEntry:
         """Create a domain: its directory, .qmail-default, user database, qmail routing, and a
-        postmaster (when a password, or a hash with ``encrypted``, is given)."""
+        postmaster (when a password, or a hash with ``encrypted``, is given).
+
+        What a killed vadddomain left is finished, not refused: a directory of the domain that
+        users/cdb does not route yet is taken over (its users kept), and a domain in users/cdb
+        that qmail does not accept or route, or without its postmaster, gets what it lacks.
+        Only a complete domain is :class:`DomainAlreadyExists`.
+        """
         domain = check_domain(domain.lower())
-        if self.find_domain(domain) is not None:
-            raise DomainAlreadyExists(domain)
+        spec = None if postmaster_password is None else NewUser(
+            "postmaster", gecos="Postmaster", quota=quota,
+            **{"encrypted" if encrypted else "password": postmaster_password})
+        existing = self.find_domain(domain)
+        if existing is not None:
+            if existing.is_alias or not self.domain_incomplete(existing, spec is not None):
+                raise DomainAlreadyExists(domain)
+            self.qmail.add_domain(existing, optimize, resume=True)
+            if spec is not None:
+                self._add_postmaster(existing, spec)
+            return existing
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
         root = os.path.join(base_dir or self.config.home, str(self.config.paths_domains_dir))
@@ -112,31 +127,71 @@ class Vpopmail:
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
         with self._dir_lock(root, uid, gid):
-            bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs), uid, gid)[0]
-            directory = os.path.join(root, bucket, domain)
+            directory = self._domain_dir_on_disk(domain, root)
+            adopted = directory is not None
+            if directory is not None:
+                bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
+            else:
+                bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs), uid,
+                                             gid)[0]
+                directory = os.path.join(root, bucket, domain)
+                try:
+                    if not make_dir(directory, 0o700, uid, gid):
+                        raise CouldNotMakeDomainDir(f"{directory} already exists")
+                except OSError as exc:
+                    dircontrol.release(root, bucket, uid, gid)
+                    raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
             entry = AssignEntry(domain, domain, uid, gid, directory)
-            try:
-                if not make_dir(directory, 0o700, uid, gid):
-                    raise CouldNotMakeDomainDir(f"{directory} already exists")
-            except OSError as exc:
-                dircontrol.release(root, bucket, uid, gid)
-                raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
         try:
             self.write_dot_qmail_default(entry, action)
             self.backend.create_domain(entry)
-            self.qmail.add_domain(entry, optimize)
+            self.qmail.add_domain(entry, optimize, resume=adopted)
         except BaseException:
-            self._remove_domain_dir(entry, root, bucket)
+            if not adopted:
+                self._remove_domain_dir(entry, root, bucket)
             raise
-        if postmaster_password is not None:
+        if spec is not None:
             try:
-                spec = NewUser("postmaster", gecos="Postmaster", quota=quota,
-                               **{"encrypted" if encrypted else "password": postmaster_password})
-                self.add_users(entry, [spec])
+                self._add_postmaster(entry, spec)
             except BaseException:
-                self.delete_domain(domain, force=True)
+                if not adopted:
+                    self.delete_domain(domain, force=True)
                 raise
         return entry
+
+    def _add_postmaster(self, entry: AssignEntry, spec: NewUser) -> None:
+        """Add the postmaster unless it exists (in vpasswd: a lagging cdb is rebuilt)."""
+        try:
+            self.add_users(entry, [spec])
+        except UsernameExists:
+            pass
+
+    def domain_incomplete(self, entry: AssignEntry, postmaster: bool = True) -> bool:
+        """Whether a domain in users/cdb lacks what vadddomain makes after users/cdb: its
+        rcpthosts (or morercpthosts) and virtualdomains lines, and (``postmaster``) its
+        postmaster: the marks of a vadddomain killed halfway."""
+        accepted = self.qmail.read_control("rcpthosts") + self.qmail.read_control("morercpthosts")
+        return (entry.domain not in accepted
+                or f"{entry.domain}:{entry.domain}" not in self.qmail.read_control("virtualdomains")
+                or postmaster and self.backend.get_user(entry, "postmaster") is None)
+
+    def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
+        """The directory named ``domain`` in the domains tree (hash buckets included), if any:
+        for a domain users/cdb does not route, what a killed vadddomain or vdeldomain left."""
+        pending = [(root or self.config.domains_root, 0)]
+        while pending:
+            directory, depth = pending.pop()
+            candidate = os.path.join(directory, domain)
+            if os.path.isdir(candidate) and not os.path.islink(candidate):
+                return candidate
+            if depth < 3:
+                try:
+                    names = os.listdir(directory)
+                except OSError:
+                    continue
+                pending += [(os.path.join(directory, n), depth + 1) for n in names
+                            if len(n) == 1 and n in dircontrol.ALPHABET]
+        return None
 
     def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
         """``| <home>/bin/vdelivermail '' <action>``; a bare name becomes ``<domaindir>/<name>``."""
@@ -166,17 +221,31 @@ class Vpopmail:
 
     def delete_domain(self, domain: str, force: bool = False) -> list[str]:
         """Delete a domain (and, with ``force``, its alias domains); an alias domain alone is
-        just unlinked. Returns the alias domains removed."""
-        entry = self.get_domain(domain)
+        just unlinked. Returns the alias domains removed.
+
+        A domain users/cdb no longer routes but whose directory is still in the domains tree
+        is what a killed vdeldomain (or vadddomain) left: its removal is finished."""
+        entry = self.find_domain(domain)
+        if entry is None:
+            name = check_domain(domain.lower())
+            directory = self._domain_dir_on_disk(name)
+            if directory is None:
+                raise DomainDoesNotExist(domain)
+            st = os.stat(directory)
+            entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
+            self.qmail.remove_domain(name, missing_ok=True)
+            root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
+            self._remove_domain_dir(entry, root, bucket)
+            return []
         if entry.is_alias:
-            self.qmail.remove_domain(entry.domain)
+            self.qmail.remove_domain(entry.domain, missing_ok=True)
             return []
         aliases = self.aliases_of(entry.domain)
         if aliases and not force:
             raise AliasDomainsExist(", ".join(aliases))
         for alias in aliases:
             self.qmail.remove_domain(alias)
-        self.qmail.remove_domain(entry.domain)
+        self.qmail.remove_domain(entry.domain, missing_ok=True)
         self.backend.delete_domain(entry)
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
         self._remove_domain_dir(entry, root, bucket)
@@ -348,6 +417,60 @@ class Vpopmail:
             raise
         return records
 
+    def import_users(self, entry: AssignEntry, users: list[VUser], index: bool = True
+                     ) -> list[VUser]:
+        """Add complete records as they are (vconvert): hash, clear text, uid, flags, gecos and
+        quota kept. A record keeps its directory when that is an existing
+        ``<domain dir>[/<bucket>]/<name>`` (a vpasswd being restored); any other gets a new
+        one, made as :meth:`add_users` makes it. All is checked first; one database write."""
+        records = [self.imported_record(user) for user in users]
+        self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records])
+        fresh = [r for r in records if not self._own_user_dir(entry, r)]
+        made: list[tuple[str, str]] = []
+        try:
+            if fresh:
+                with self._dir_lock(entry.dir, entry.uid, entry.gid):
+                    buckets = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
+                                                  entry.uid, entry.gid, len(fresh))
+                for record, bucket in zip(fresh, buckets):
+                    record.dir = os.path.join(entry.dir, bucket, record.name)
+                    self._make_user_dir(record, entry)
+                    made.append((record.dir, bucket))
+            self.backend.add_users(entry, records, index)
+        except BaseException:
+            self._undo_user_dirs(entry, made, len(fresh))
+            raise
+        return records
+
+    def imported_record(self, user: VUser) -> VUser:
+        """A copy of ``user`` (name lower-cased) if every field can be stored as it is."""
+        name = check_user(user.name.lower(), bool(self.config.users_hashed_dirs))
+        where = f"{name}: "
+        for value, too_long, limit in ((user.passwd, PasswdTooLong, MAX_PASSWD),
+                                       (user.gecos, GecosTooLong, MAX_GECOS),
+                                       (user.clear, PasswdTooLong, MAX_PASSWD)):
+            _check_text(value, too_long, limit)
+        for label, value in (("password", user.passwd), ("gecos", user.gecos),
+                             ("directory", user.dir), ("quota", user.quota)):
+            if any(c in value for c in ":\n\r\0"):
+                raise BadChar(f"{where}':', newline or NUL in the {label}")
+        if user.uid < 0 or user.flags < 0:
+            raise BadInput(f"{where}negative uid or flags")
+        if user.dir and not user.dir.startswith("/"):
+            raise BadInput(f"{where}directory {user.dir!r} is not an absolute path")
+        if user.quota not in (NOQUOTA, "") and format_quota(user.quota) != user.quota:
+            raise QuotaTooLong(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
+        return user.copy(name=name)
+
+    @staticmethod
+    def _own_user_dir(entry: AssignEntry, user: VUser) -> bool:
+        """Whether ``user.dir`` is an existing ``<entry.dir>[/<bucket>]/<user.name>``."""
+        path = user.dir
+        if not path or os.path.normpath(path) != path or os.path.basename(path) != user.name:
+            return False
+        root, _ = dircontrol.split_bucket(os.path.dirname(path))
+        return root == entry.dir and os.path.isdir(path) and not os.path.islink(path)
+
     def make_missing_user_dir(self, entry: AssignEntry, user: VUser) -> VUser:
         """Give a user whose record has no directory (an imported or hand-made record) one,
         as vadduser would have, and store it (vdelivermail does this on first delivery)."""
@@ -357,8 +480,8 @@ class Vpopmail:
         user = user.copy()
         user.dir = os.path.join(entry.dir, bucket, user.name)
         self._make_user_dir(user, entry)
-        self.backend.update_users(entry, [user])
-        return user
+        directory = user.dir
+        return self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
 
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         """``user`` with a directory and a complete Maildir, re-making what is missing (C
@@ -377,7 +500,7 @@ class Vpopmail:
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         try:
             if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
-                raise UserDirExists(user.dir)
+                self._replace_leftover_dir(user, entry)
             make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
             if self.config.logging_auth_logging:
                 self.backend.record_login(entry, user, NULL_REMOTE_IP)
@@ -387,6 +510,19 @@ class Vpopmail:
         except OSError as exc:
             remove_tree(user.dir)
             raise UserDirExists(f"{user.dir}: {exc.strerror}") from None
+
+    def _replace_leftover_dir(self, user: VUser, entry: AssignEntry) -> None:
+        """``user.dir`` exists but vpasswd has no such user: a vadduser killed before its
+        vpasswd write, or a vdeluser killed while removing the tree, left it. It is removed
+        (a deleted user's mail is not handed to a new user of that name) and made again. If
+        vpasswd has the user (vpasswd.cdb, which the caller checked, lagging after a kill
+        between the two writes), the cdb is rebuilt and the user exists."""
+        if any(u.name == user.name for u in self.backend.list_users(entry)):
+            self.backend.rebuild_index(entry)
+            raise UsernameExists(f"{user.name}@{entry.real_domain}")
+        remove_tree(user.dir)
+        if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
+            raise UserDirExists(user.dir)
 
     def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
                         allocated: int) -> None:
@@ -407,7 +543,14 @@ class Vpopmail:
             raise UserDoesNotExist(f"{name}@{entry.real_domain}")
         if self._is_catchall(entry, user):
             raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
-        self.backend.delete_user(entry, name)
+        try:
+            self.backend.delete_user(entry, name)
+        except UserDoesNotExist:
+            # gone from vpasswd, still in vpasswd.cdb: a vdeluser killed between the two
+            # writes. Make the cdb agree, then finish with the directory.
+            self.backend.rebuild_index(entry)
+            if not os.path.isdir(user.dir):
+                raise
         if user.dir.startswith(entry.dir + os.sep):
             remove_tree(user.dir)
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
@@ -424,7 +567,16 @@ class Vpopmail:
         return target in (user.dir, f"{user.name}@{entry.real_domain}")
 
     def update_user(self, entry: AssignEntry, user: VUser, index: bool = True) -> None:
+        """Store ``user`` as given, every field (see :meth:`modify_users` for a change)."""
         self.backend.update_users(entry, [user], index)
+
+    def modify_users(self, entry: AssignEntry, names: list[str],
+                     change: Callable[[VUser], VUser], index: bool = True) -> list[VUser]:
+        """Apply ``change`` to the current records of ``names`` and store them; returns the new
+        records. With the cdb backend this happens under its lock, so concurrent commands that
+        change different fields of one user (vpasswd, vmoduser -q) never undo each other;
+        ``change`` must be quick (hash passwords before)."""
+        return self.backend.modify_users(entry, names, change, index)
 
     def set_password(self, address: str, password: str, encrypted: bool = False,
                      honour_flag: bool = False) -> VUser:
@@ -432,7 +584,8 @@ class Vpopmail:
         user, entry = self.get_user(address)
         if honour_flag and self.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
             raise IllegalUsername(f"{user.name}@{entry.real_domain} may not change its password")
-        self.update_user(entry, self.with_password(user, password, encrypted))
+        new = self.with_password(user, password, encrypted)
+        self.modify_users(entry, [user.name], lambda u: u.copy(passwd=new.passwd, clear=new.clear))
         return user
 
     def with_password(self, user: VUser, password: str, encrypted: bool = False) -> VUser:
@@ -454,8 +607,7 @@ class Vpopmail:
         else:
             user, entry = self.get_user(address_or_domain)
             users = [user]
-        changed = [u.copy(quota=text) for u in users]
-        self.backend.update_users(entry, changed)
+        changed = self.modify_users(entry, [u.name for u in users], lambda u: u.copy(quota=text))
         for user in changed:
             self.update_maildirsize(user, entry)
         return changed

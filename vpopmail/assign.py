@@ -35,11 +35,15 @@ def parse_entry(line: str) -> AssignEntry | None:
     fields = line.split(":")
     if len(fields) < 7 or not fields[0].startswith("+") or not fields[0].endswith("-"):
         return None
-    try:
-        uid, gid = int(fields[2]), int(fields[3])
-    except ValueError:
+    if not (_is_id(fields[2]) and _is_id(fields[3])):
         return None
-    return AssignEntry(fields[0][1:-1], fields[1], uid, gid, fields[4])
+    return AssignEntry(fields[0][1:-1], fields[1], int(fields[2]), int(fields[3]), fields[4])
+
+
+def _is_id(text: str | bytes) -> bool:
+    """A uid/gid field: ASCII digits only (int() would take "-1", " 8_9 " and "٨٩"; a -1
+    given to seteuid means "no change", so a root process would stay root)."""
+    return 0 < len(text) <= 10 and text.isascii() and text.isdigit()
 
 
 def sort_key(line: str) -> str:
@@ -54,7 +58,10 @@ def cdb_records(text: str, source: str = "users/assign") -> list[tuple[bytes, by
     """The records qmail-newu writes for an assign file, in its order (the wildcard set last)."""
     records = []
     wildchars = ""
-    data = text.encode("latin-1")
+    try:
+        data = text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise CorruptData(f"{source}: character {text[exc.start]!r} is not Latin-1") from None
     for raw in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
         if raw.startswith(b"."):
             break
@@ -98,8 +105,7 @@ def lookup(qmail_dir: str, domain: str) -> AssignEntry | None:
     if value is None:
         return None
     fields = value.split(b"\0")
-    try:
-        return AssignEntry(domain, fields[0].decode("latin-1"), int(fields[1]), int(fields[2]),
-                           fields[3].decode("latin-1"))
-    except (IndexError, ValueError):
-        raise CorruptData(f"{path}: bad record for {domain}") from None
+    if len(fields) < 4 or not (_is_id(fields[1]) and _is_id(fields[2])):
+        raise CorruptData(f"{path}: bad record for {domain}")
+    return AssignEntry(domain, fields[0].decode("latin-1"), int(fields[1]), int(fields[2]),
+                       fields[3].decode("latin-1"))

@@ -138,13 +138,16 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
             value = given.get(key, default)
             if type(value) is not kind:
                 raise ConfigError(f"{source}: {section}.{key} must be {kind.__name__}, got {value!r}")
+            if kind is str and "\0" in value:  # type: ignore[operator]
+                raise ConfigError(f"{source}: {section}.{key} contains a NUL character")
             choices = _CHOICES.get((section, key))
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}")
             values[f"{section}_{key}"] = value
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
-    for key in ("locks_timeout", "relay_lock_timeout", "relay_relay_clear_minutes"):
+    for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
+                "relay_relay_clear_minutes"):
         if int(values[key]) < 0:  # type: ignore[call-overload]
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
@@ -194,8 +197,12 @@ def parse_file(path: str) -> dict[str, object]:
             raw = tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError
         raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     return validate(raw, path)
 
 

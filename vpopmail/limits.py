@@ -99,6 +99,8 @@ def read_file(path: str) -> Limits | None:
         return None
     except OSError as exc:
         raise CannotReadLimits(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CannotReadLimits(f"{path}: not UTF-8 text") from None
 
 
 def read(domain_dir: str, vpopmail_home: str) -> Limits:

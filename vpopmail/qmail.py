@@ -71,9 +71,15 @@ class QmailFiles:
         with self._lock(self.path("users", "assign")):
             self._write_assign(self.assign_lines())
 
-    def add_assign(self, entry: AssignEntry) -> None:
+    def add_assign(self, entry: AssignEntry, resume: bool = False) -> None:
+        """Add the line of ``entry``. With ``resume`` (finishing an interrupted vadddomain),
+        the same line already there is what a kill between users/assign and users/cdb
+        leaves: users/cdb is rebuilt and that is all."""
         with self._lock(self.path("users", "assign")):
             lines = self.assign_lines()
+            if resume and entry.line() in lines:
+                self._write_assign(lines)
+                return
             if any((e := parse_entry(line)) and e.domain == entry.domain for line in lines):
                 raise DomainAlreadyExists(entry.domain)
             new = entry.line()
@@ -109,12 +115,14 @@ class QmailFiles:
         if extra:
             self._build_morercpthosts()
 
-    def remove_assign(self, domain: str) -> None:
+    def remove_assign(self, domain: str, missing_ok: bool = False) -> None:
+        """Remove the line of ``domain``; if there is none, ``missing_ok`` (the caller saw the
+        domain in users/cdb: a command killed between the two writes) rebuilds users/cdb."""
         with self._lock(self.path("users", "assign")):
             lines = self.assign_lines()
             kept = [line for line in lines
                     if not ((e := parse_entry(line)) and e.domain == domain)]
-            if len(kept) == len(lines):
+            if len(kept) == len(lines) and not missing_ok:
                 raise DomainDoesNotExist(domain)
             self._write_assign(kept)
 
@@ -149,26 +157,31 @@ class QmailFiles:
                 for line in self.read_control("morercpthosts") if not line.startswith("#")]
         self._write(self.path("control", "morercpthosts.cdb"), build([(k, b"") for k in keys]))
 
-    def add_domain(self, entry: AssignEntry, optimize: bool = False) -> None:
-        """Make qmail accept and route ``entry.domain`` (a domain or an alias domain)."""
+    def add_domain(self, entry: AssignEntry, optimize: bool = False, resume: bool = False
+                   ) -> None:
+        """Make qmail accept and route ``entry.domain`` (a domain or an alias domain); lines
+        already there are kept, not doubled, and ``resume`` (finishing an interrupted
+        vadddomain) accepts its users/assign line already present."""
         os.makedirs(self.path("users"), exist_ok=True)
         os.makedirs(self.path("control"), exist_ok=True)
-        self.add_assign(entry)
+        self.add_assign(entry, resume)
         domain = entry.domain
-        if len(self.read_control("rcpthosts")) < MAX_RCPTHOSTS:
-            self._edit_control("rcpthosts", add=domain)
-        else:
-            self._edit_control("morercpthosts", add=domain)
-            if not optimize:
-                self._build_morercpthosts()
+        if domain not in self.read_control("rcpthosts") + self.read_control("morercpthosts"):
+            if len(self.read_control("rcpthosts")) < MAX_RCPTHOSTS:
+                self._edit_control("rcpthosts", add=domain)
+            else:
+                self._edit_control("morercpthosts", add=domain)
+        if not optimize and domain in self.read_control("morercpthosts"):
+            self._build_morercpthosts()
         self._edit_control("virtualdomains", add=f"{domain}:{domain}")
         self._edit_control("locals", remove=domain, create=True)
         if not optimize:
             self.reload_qmail_send()
 
-    def remove_domain(self, domain: str) -> None:
-        """Undo :meth:`add_domain` for ``domain``."""
-        self.remove_assign(domain)
+    def remove_domain(self, domain: str, missing_ok: bool = False) -> None:
+        """Undo :meth:`add_domain` for ``domain`` (``missing_ok``: finish an interrupted
+        removal, whatever is already gone)."""
+        self.remove_assign(domain, missing_ok)
         self._edit_control("rcpthosts", remove=domain)
         if self._edit_control("morercpthosts", remove=domain):
             self._build_morercpthosts()

@@ -77,11 +77,14 @@ class RelayTable:
             kept = [entry for entry in entries if entry[0] != key]
             new = len(kept) == len(entries)
             kept.append((key, rule + b"\t%d" % stamp))
-            self._write_entries(kept)
             wanted, built = self._counters(lock)
             if new:
+                # counted before the file is written: a process killed in between leaves a
+                # compile owed (done by the next login or clearopensmtp), never a new IP in
+                # open-smtp that no compile will pick up
                 wanted += 1
                 self._set_counters(lock, wanted, built)
+            self._write_entries(kept)
         if wanted > built:
             self.compile(wanted)
         return new
@@ -93,9 +96,9 @@ class RelayTable:
         with self._lock(self.open_smtp + ".lock") as lock:
             entries = self.entries()
             kept = [entry for entry in entries if _stamp(entry[1]) > limit]
-            self._write_entries(kept)
             wanted, built = self._counters(lock)
-            self._set_counters(lock, wanted + 1, built)
+            self._set_counters(lock, wanted + 1, built)  # before the write, as in open_relay
+            self._write_entries(kept)
         self.compile(wanted + 1)
         return len(entries) - len(kept)
 

@@ -45,7 +45,8 @@ class Syslog:
                     sock.close()
                     raise
                 self._sock = sock
-            self._sock.send(printable(line).encode("utf-8", "replace"))
+            # never wait for a stuck log daemon: a full queue drops the message
+            self._sock.send(printable(line).encode("utf-8", "replace"), _socket.MSG_DONTWAIT)
         except OSError:
             pass
 

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             uid, gid, base = account.pw_uid, account.pw_gid, base or account.pw_dir
         api = open_api(config)
         domain = args[0]
-        if api.find_domain(domain) is not None:
+        existing = api.find_domain(domain)
+        if existing is not None and (existing.is_alias or not api.domain_incomplete(existing)):
             raise DomainAlreadyExists()
         password = args[1] if len(args) > 1 else None
         if "r" in settings:

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             raise UsageError("")
         ip, domain = operands[0], operands[1].lower()
         try:
+            if not set(ip) <= set("0123456789abcdefABCDEF.:"):  # no %scope: one line, no blanks
+                raise ValueError(ip)
             ipaddress.ip_address(ip)
         except ValueError:
             raise BadInput(f"{ip!r} is not an IP address") from None

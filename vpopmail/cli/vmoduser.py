@@ -46,10 +46,9 @@ the following options are bit flags in the gid int field
 """
 
 
-def modified(api: Vpopmail, user: VUser, settings: dict[str, str], set_flags: int,
-             clear_flags: bool) -> VUser:
-    """``user`` with the command line's changes applied."""
-    changes: dict[str, object] = {"flags": (0 if clear_flags else user.flags) | set_flags}
+def field_changes(api: Vpopmail, user: VUser, settings: dict[str, str]) -> dict[str, object]:
+    """The fields the command line sets outright (flags aside), password hashed here."""
+    changes: dict[str, object] = {}
     if "c" in settings:
         changes["gecos"] = api.gecos_text(settings["c"])
     if "q" in settings:
@@ -59,12 +58,11 @@ def modified(api: Vpopmail, user: VUser, settings: dict[str, str], set_flags: in
         if not directory.startswith("/") or any(c in directory for c in ":\n\0"):
             raise BadChar(f"directory {directory!r} must be absolute, without ':' or newline")
         changes["dir"] = os.path.normpath(directory)
-    user = user.copy(**changes)
-    if "C" in settings:
-        user = api.with_password(user, settings["C"])
-    elif "e" in settings:
-        user = api.with_password(user, settings["e"], encrypted=True)
-    return user
+    if "C" in settings or "e" in settings:
+        hashed = (api.with_password(user, settings["C"]) if "C" in settings
+                  else api.with_password(user, settings["e"], encrypted=True))
+        changes.update(passwd=hashed.passwd, clear=hashed.clear)
+    return changes
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
@@ -97,8 +95,12 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if not targets:
             return 0
         entry = targets[0][1]
-        users = [modified(api, user, settings, set_flags, "x" in settings) for user, _ in targets]
-        api.backend.update_users(entry, users, "n" not in settings)
+        # hashes are made first; the flags are ORed into the record as stored at write time,
+        # under the backend's lock, so a concurrent vpasswd or vmoduser is not undone
+        changes = {user.name: field_changes(api, user, settings) for user, _ in targets}
+        users = api.modify_users(entry, list(changes), lambda u: u.copy(
+            flags=(0 if "x" in settings else u.flags) | set_flags, **changes[u.name]),
+            "n" not in settings)
         if "q" in settings:
             for user in users:
                 api.update_maildirsize(user, entry)
