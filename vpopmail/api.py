@@ -402,20 +402,7 @@ class Vpopmail:
         self.check_new_users(entry, specs)
         records = [self._user_record(entry, spec, crypted)
                    for spec, crypted in zip(specs, self._hash_new(specs))]
-        made: list[tuple[str, str]] = []
-        try:
-            with self._dir_lock(entry.dir, entry.uid, entry.gid):
-                buckets = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
-                                              entry.uid, entry.gid, len(records))
-            for record, bucket in zip(records, buckets):
-                record.dir = os.path.join(entry.dir, bucket, record.name)
-                self._make_user_dir(record, entry)
-                made.append((record.dir, bucket))
-            self.backend.add_users(entry, records, index)
-        except BaseException:
-            self._undo_user_dirs(entry, made, len(records))
-            raise
-        return records
+        return self._store_new_users(entry, records, records, index)
 
     def import_users(self, entry: AssignEntry, users: list[VUser], index: bool = True
                      ) -> list[VUser]:
@@ -426,6 +413,13 @@ class Vpopmail:
         records = [self.imported_record(user) for user in users]
         self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records])
         fresh = [r for r in records if not self._own_user_dir(entry, r)]
+        return self._store_new_users(entry, records, fresh, index)
+
+    def _store_new_users(self, entry: AssignEntry, records: list[VUser], fresh: list[VUser],
+                         index: bool) -> list[VUser]:
+        """Give each of ``fresh`` (some of ``records``) a new hashed directory, then store all
+        ``records`` in one database write; on any failure the directories made are removed
+        and their slots released."""
         made: list[tuple[str, str]] = []
         try:
             if fresh:
