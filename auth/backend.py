@@ -85,10 +85,14 @@ class UserDatabase(ABC):
 
 
 def open_backend(config: Config) -> UserDatabase:
-    """The backend the configuration names (only the cdb files for now)."""
+    """The backend the configuration names: the cdb files, or MySQL/MariaDB."""
     name = config.users_backend
     if name == "cdb":
         from auth.cdbfiles import CdbFiles
 
         return CdbFiles(config)
+    if name == "mysql":
+        from auth.mysql import MySQLDatabase
+
+        return MySQLDatabase(config)
     raise ConfigError(f"unknown user backend {name!r}")

@@ -130,7 +130,7 @@ def shared_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = Path("/tmp") / f"pyvpopmail-venv-{os.getpid()}"
     subprocess.run([sys.executable, "-m", "venv", str(base)], check=True)
     subprocess.run([str(base / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    str(REPO)], check=True, capture_output=True)
+                    f"{REPO}[mysql]"], check=True, capture_output=True)
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
     return base
 
@@ -166,3 +166,4 @@ def api(vhome: Install) -> Vpopmail:
 
 # fixtures of helper modules that import this one (so imported last)
 from delivery_site import tiny_fs  # noqa: E402, F401
+from mariadb_site import mariadb, mariadb_replica, replicated_db, sql_db  # noqa: E402, F401

@@ -65,13 +65,34 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
     "locks": {
         "timeout": (20, int),
     },
+    # users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its ./configure
+    # switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
+    "mysql": {
+        "many_domains": (True, bool),
+        "limits_table": (False, bool),
+        "sql_logging": (False, bool),
+        "connect_timeout": (2, int),
+        "read_fallback": (True, bool),
+        "read_host": ("localhost", str),
+        "read_port": (0, int),
+        "read_socket": ("", str),
+        "read_user": ("vpopmail", str),
+        "read_password": ("", str),
+        "read_database": ("vpopmail", str),
+        "update_host": ("", str),
+        "update_port": (0, int),
+        "update_socket": ("", str),
+        "update_user": ("", str),
+        "update_password": ("", str),
+        "update_database": ("", str),
+    },
 }
 
 _CHOICES = {
     ("passwords", "scheme"): ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt",
                               "argon2"),
     ("logging", "level"): ("n", "e", "y", "p", "v"),
-    ("users", "backend"): ("cdb",),
+    ("users", "backend"): ("cdb", "mysql"),
 }
 
 
@@ -147,7 +168,8 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
-                "relay_relay_clear_minutes"):
+                "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
+                "mysql_update_port"):
         if int(values[key]) < 0:  # type: ignore[call-overload]
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
@@ -184,7 +206,7 @@ def load(path: str | None = None) -> Config:
     except (OSError, EOFError, ValueError, TypeError):
         pass
     values = parse_file(path)
-    write_cache(path, values, ident)
+    write_cache(path, values, ident, st)
     return Config(values, path)
 
 
@@ -206,13 +228,19 @@ def parse_file(path: str) -> dict[str, object]:
     return validate(raw, path)
 
 
-def write_cache(path: str, values: dict[str, object], ident: tuple[int, int, int, int]) -> None:
-    """Best effort: a reader that may not write etc/ just keeps parsing the TOML."""
+def write_cache(path: str, values: dict[str, object], ident: tuple[int, int, int, int],
+                source: os.stat_result) -> None:
+    """Best effort: a reader that may not write etc/ just keeps parsing the TOML. The cache
+    gets the file's permission bits and (as root) owner: it holds the same secrets, e.g. the
+    database passwords, and must stay readable by exactly those who can read the file."""
     tmp = f"{path}.cache.{os.getpid()}"
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with open(fd, "wb") as fh:
             marshal.dump((_CACHE_VERSION, ident, values), fh)
-        os.chmod(tmp, 0o644)
+        if os.geteuid() == 0:
+            os.chown(tmp, source.st_uid, source.st_gid)
+        os.chmod(tmp, source.st_mode & 0o666)
         os.replace(tmp, path + ".cache")
     except OSError:
         try:

@@ -1,0 +1,524 @@
+"""The MySQL/MariaDB backend over C vpopmail's own tables (its ``vmysql`` module).
+
+Tables and columns are vpopmail's, so a database a C vpopmail filled works unchanged:
+``vpopmail`` (one table for every domain, ``mysql.many_domains``; else one table per domain,
+named by C's rule: ``.`` and ``-`` become ``_``) with ``pw_name, pw_domain, pw_passwd, pw_uid,
+pw_gid (the flags), pw_gecos, pw_dir, pw_shell (the quota), pw_clear_passwd``, plus
+``lastauth``, ``relay``, ``valias``, ``limits``, ``dir_control`` and ``vlog``. Tables are created
+on first use, wider than 5.4's (SHA-512 hashes, IPv6 addresses) as vpopmail 5.6 made them.
+
+Two connections, as C's ``--enable-mysql-replication``: reads (vdelivermail, vchkpw, listings)
+go to the read server (a local replica), every write (admin commands, vchkpw's lastauth, relay
+and learned passwords) to the update server, in a transaction, so nothing is half applied.
+A server that cannot be reached, has gone away or times out on a lock is a temporary error
+(NoAuthConnection, code -23): mail is deferred and logins answer 111, never "no such user".
+
+The driver is mysqlclient's C module ``MySQLdb._mysql`` (import and connect +4.6 ms over the
+interpreter floor, PyMySQL +48 ms: bench/RESULTS.md). Values are bound by the one function
+:meth:`Connection.query`, which quotes each one with the server connection's own escaping
+(what MySQLdb's cursors do); no caller builds SQL from data.
+"""
+import time
+
+from auth.backend import UserDatabase, VUser
+from vpopmail.assign import AssignEntry
+from vpopmail.config import Config
+from vpopmail.errors import (BadInput, ConfigError, NoAuthConnection, UserDoesNotExist,
+                             UsernameExists)
+
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+USERS_TABLE = "vpopmail"
+ER_DUP_ENTRY = 1062
+ER_NO_SUCH_TABLE = 1146
+ER_TABLE_EXISTS = 1050
+ER_DATA_TOO_LONG = 1406
+#: client/server errors that say "the database is not there right now" (connection refused,
+#: gone away, lost, lock wait timeout, deadlock, read-only replica, too many connections)
+TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1213, 1290, 1053, 1927}
+
+_USER_COLUMNS = "pw_name, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell"
+
+#: CREATE TABLE bodies: C's layouts with 5.6's widths (SHA-512 hashes, IPv6 addresses)
+LAYOUTS = {
+    "users": ("pw_name varchar(64) NOT NULL, {domain_column}pw_passwd varchar(128), "
+              "pw_uid int, pw_gid int, pw_gecos varchar(64), pw_dir varchar(160), "
+              "pw_shell varchar(20), pw_clear_passwd varchar(128), PRIMARY KEY ({key})"),
+    "lastauth": ("user varchar(64) NOT NULL, domain varchar(96) NOT NULL, "
+                 "remote_ip varchar(45) NOT NULL, timestamp bigint DEFAULT 0 NOT NULL, "
+                 "PRIMARY KEY (user, domain)"),
+    "relay": "ip_addr varchar(45) NOT NULL, timestamp char(12), PRIMARY KEY (ip_addr)",
+    "valias": ("alias varchar(64) NOT NULL, domain varchar(96) NOT NULL, "
+               "valias_line text NOT NULL, INDEX (alias, domain)"),
+    "dir_control": ("domain varchar(96) NOT NULL, cur_users int, level_cur int, level_max int, "
+                    "level_start0 int, level_start1 int, level_start2 int, level_end0 int, "
+                    "level_end1 int, level_end2 int, level_mod0 int, level_mod1 int, "
+                    "level_mod2 int, level_index0 int, level_index1 int, level_index2 int, "
+                    "the_dir varchar(160), PRIMARY KEY (domain)"),
+    "vlog": ("id bigint PRIMARY KEY AUTO_INCREMENT, user varchar(64), passwd varchar(128), "
+             "domain varchar(96), logon varchar(200), remoteip varchar(45), "
+             "message varchar(255), timestamp bigint DEFAULT 0 NOT NULL, error int, "
+             "INDEX user_idx (user), INDEX domain_idx (domain), "
+             "INDEX remoteip_idx (remoteip), INDEX error_idx (error)"),
+    "limits": ("domain varchar(96) PRIMARY KEY, "
+               "maxpopaccounts int NOT NULL DEFAULT -1, maxaliases int NOT NULL DEFAULT -1, "
+               "maxforwards int NOT NULL DEFAULT -1, "
+               "maxautoresponders int NOT NULL DEFAULT -1, "
+               "maxmailinglists int NOT NULL DEFAULT -1, "
+               "diskquota bigint unsigned NOT NULL DEFAULT 0, "
+               "maxmsgcount bigint unsigned NOT NULL DEFAULT 0, "
+               "defaultquota bigint unsigned NOT NULL DEFAULT 0, "
+               "defaultmaxmsgcount bigint unsigned NOT NULL DEFAULT 0, "
+               "disable_pop tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_imap tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_dialup tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_passwordchanging tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_webmail tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_relay tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_smtp tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_spamassassin tinyint(1) NOT NULL DEFAULT 0, "
+               "delete_spam tinyint(1) NOT NULL DEFAULT 0, "
+               "disable_maildrop tinyint(1) NOT NULL DEFAULT 0, "
+               "perm_account tinyint(2) NOT NULL DEFAULT 0, "
+               "perm_alias tinyint(2) NOT NULL DEFAULT 0, "
+               "perm_forward tinyint(2) NOT NULL DEFAULT 0, "
+               "perm_autoresponder tinyint(2) NOT NULL DEFAULT 0, "
+               "perm_maillist tinyint(4) NOT NULL DEFAULT 0, "
+               "perm_quota tinyint(2) NOT NULL DEFAULT 0, "
+               "perm_defaultquota tinyint(2) NOT NULL DEFAULT 0"),
+}
+TABLE_OPTIONS = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+
+def munch_domain(domain: str) -> str:
+    """C's table name for a domain in per-domain-table mode: ``.`` and ``-`` become ``_``."""
+    return domain.replace(".", "_").replace("-", "_")
+
+
+class Server:
+    """Where one side (read or update) connects: C's ``host|port-or-socket|user|pass|db``."""
+
+    __slots__ = ("host", "port", "socket", "user", "password", "database")
+
+    def __init__(self, host: str, port: int, socket: str, user: str, password: str,
+                 database: str) -> None:
+        self.host, self.port, self.socket = host, port, socket
+        self.user, self.password, self.database = user, password, database
+
+    @classmethod
+    def from_config(cls, config: Config, side: str) -> "Server":
+        """The ``mysql.<side>_*`` keys; empty update keys take the read side's values."""
+        values = config.values
+
+        def get(key: str) -> object:
+            value = values[f"mysql_{side}_{key}"]
+            if side == "update" and value in ("", 0):
+                return values[f"mysql_read_{key}"]
+            return value
+
+        return cls(str(get("host")), int(get("port")), str(get("socket")),  # type: ignore[call-overload]
+                   str(get("user")), str(get("password")), str(get("database")))
+
+    def describe(self) -> str:
+        where = self.socket or f"{self.host}:{self.port or 3306}"
+        return f"{self.user}@{where}/{self.database}"
+
+
+def _driver():  # type: ignore[no-untyped-def]
+    try:
+        from MySQLdb import _mysql
+    except ImportError as exc:
+        raise ConfigError(f"users.backend = mysql needs mysqlclient (pip install "
+                          f"'pyvpopmail[mysql]'): {exc}") from None
+    return _mysql
+
+
+def _error_parts(exc: BaseException) -> tuple[int, str]:
+    args = exc.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        return args[0], str(args[1])
+    return 0, str(exc)
+
+
+class Connection:
+    """One lazily opened connection; :meth:`query` is the only way SQL reaches the server."""
+
+    def __init__(self, server: Server, timeout: int, lock_timeout: int, side: str) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.lock_timeout = lock_timeout
+        self.side = side
+        self.handle = None  # type: ignore[var-annotated]
+
+    def open(self):  # type: ignore[no-untyped-def]
+        if self.handle is not None:
+            return self.handle
+        driver = _driver()
+        server = self.server
+        options: dict[str, object] = {"user": server.user, "password": server.password,
+                                      "database": server.database, "charset": "utf8mb4",
+                                      "connect_timeout": max(1, self.timeout)}
+        if server.socket:
+            options["unix_socket"] = server.socket
+        else:
+            options["host"] = server.host
+            if server.port:
+                options["port"] = server.port
+        try:
+            handle = driver.connect(**options)
+            handle.autocommit(True)
+            # never truncate silently; bounded lock waits (then 111, not a hang)
+            handle.query(b"SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
+                         b"innodb_lock_wait_timeout = %d" % max(1, self.lock_timeout))
+        except driver.MySQLError as exc:
+            code, text = _error_parts(exc)
+            raise NoAuthConnection(f"{self.side} server {server.describe()}: {text} "
+                                   f"({code})") from None
+        self.handle = handle
+        return handle
+
+    def literal(self, value: object) -> bytes:
+        if value is None:
+            return b"NULL"
+        if isinstance(value, bool):
+            return b"1" if value else b"0"
+        if isinstance(value, int):
+            return b"%d" % value
+        data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+        return self.handle.string_literal(data)  # type: ignore[union-attr]
+
+    def query(self, sql: str, params: "Sequence[object]" = ()) -> list[tuple[str | None, ...]]:
+        """Run ``sql`` with each ``%s`` bound to the next of ``params``; return the rows."""
+        handle = self.open()
+        pieces = sql.encode().split(b"%s")
+        if len(pieces) != len(params) + 1:
+            raise ValueError(f"{len(pieces) - 1} placeholders for {len(params)} values")
+        statement = pieces[0] + b"".join(self.literal(p) + piece
+                                         for p, piece in zip(params, pieces[1:]))
+        driver = _driver()
+        try:
+            handle.query(statement)
+            result = handle.store_result()
+        except driver.MySQLError as exc:
+            raise self.error(exc) from None
+        if result is None:
+            return []
+        rows = result.fetch_row(0)
+        return [tuple(None if v is None else v.decode("utf-8", "surrogateescape") for v in row)
+                for row in rows]
+
+    def affected(self) -> int:
+        return int(self.handle.affected_rows())  # type: ignore[union-attr]
+
+    def error(self, exc: BaseException) -> Exception:
+        """Our exception for a driver error (the table-missing case is left to callers)."""
+        code, text = _error_parts(exc)
+        where = f"{self.side} server {self.server.describe()}"
+        if code in TEMPORARY or code >= 2000:  # client-side errors: the link itself failed
+            self.close()
+            return NoAuthConnection(f"{where}: {text} ({code})")
+        if code == ER_DUP_ENTRY:
+            return UsernameExists(text)
+        if code == ER_DATA_TOO_LONG:
+            return BadInput(f"{text} (the column in the database is narrower)")
+        return SqlError(code, f"{where}: {text} ({code})")
+
+    def close(self) -> None:
+        if self.handle is not None:
+            try:
+                self.handle.close()
+            except Exception:  # noqa: BLE001 - closing a dead link
+                pass
+            self.handle = None
+
+
+class SqlError(Exception):
+    """A server error that is neither transient nor a known data problem (carried up
+    unchanged so a missing table can be created; the backend turns the rest into
+    NoAuthConnection)."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+class MySQLDatabase(UserDatabase):
+    """Users (and lastauth, relay, valias, limits, dir_control, vlog) in MySQL/MariaDB."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.many_domains = bool(config.mysql_many_domains)
+        self.clear_passwords = bool(config.passwords_clear_passwords)
+        self.read_fallback = bool(config.mysql_read_fallback)
+        timeout = int(config.mysql_connect_timeout)  # type: ignore[call-overload]
+        lock_timeout = int(config.locks_timeout)  # type: ignore[call-overload]
+        self.reader = Connection(Server.from_config(config, "read"), timeout, lock_timeout, "read")
+        self.writer = Connection(Server.from_config(config, "update"), timeout, lock_timeout,
+                                 "update")
+        self._created: set[str] = set()
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def read(self, sql: str, params: "Sequence[object]" = (), optional: bool = False
+             ) -> list[tuple[str | None, ...]]:
+        """A query on the read side; if the read server cannot be reached at all, on the update
+        server (C did the same). ``optional``: a table not created yet reads as empty."""
+        conn = self.reader
+        if self.reader.handle is None and self.read_fallback:
+            try:
+                self.reader.open()
+            except NoAuthConnection:
+                conn = self.writer
+        try:
+            return conn.query(sql, params)
+        except SqlError as exc:
+            if optional and exc.code == ER_NO_SUCH_TABLE:
+                return []
+            raise NoAuthConnection(str(exc)) from None
+
+    def transaction(self, work: "Callable[[Connection], object]", tables: "Sequence[str]" = ()
+                    ) -> object:
+        """Run ``work(update connection)`` in one transaction; on a missing table among
+        ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again."""
+        conn = self.writer
+        for attempt in (1, 2):
+            conn.open()
+            try:
+                conn.query("START TRANSACTION")
+                result = work(conn)
+                conn.query("COMMIT")
+                return result
+            except SqlError as exc:
+                self._rollback(conn)
+                if exc.code == ER_NO_SUCH_TABLE and attempt == 1 and tables:
+                    for table in tables:
+                        self.create_table(table)
+                    continue
+                raise NoAuthConnection(str(exc)) from None
+            except BaseException:
+                self._rollback(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _rollback(conn: Connection) -> None:
+        if conn.handle is not None:
+            try:
+                conn.query("ROLLBACK")
+            except (NoAuthConnection, SqlError, BadInput, UsernameExists):
+                pass
+
+    def create_table(self, kind: str) -> None:
+        """CREATE TABLE IF NOT EXISTS for a LAYOUTS kind or a per-domain users table."""
+        if kind in self._created:
+            return
+        if kind in LAYOUTS:
+            name, layout = kind, LAYOUTS[kind]
+        else:  # a users table
+            many = kind == USERS_TABLE and self.many_domains
+            name = kind
+            layout = LAYOUTS["users"].format(
+                domain_column="pw_domain varchar(96) NOT NULL, " if many else "",
+                key="pw_name, pw_domain" if many else "pw_name")
+        try:
+            self.writer.query(f"CREATE TABLE IF NOT EXISTS `{name}` ({layout}){TABLE_OPTIONS}")
+        except SqlError as exc:
+            raise NoAuthConnection(str(exc)) from None
+        self._created.add(kind)
+
+    def users_table(self, domain: AssignEntry) -> str:
+        return USERS_TABLE if self.many_domains else munch_domain(domain.real_domain)
+
+    def _where(self, domain: AssignEntry) -> tuple[str, list[object]]:
+        """The WHERE clause selecting the domain's rows (none in per-domain tables)."""
+        if self.many_domains:
+            return "pw_domain = %s", [domain.real_domain]
+        return "1 = 1", []
+
+    def _columns(self) -> str:
+        return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
+
+    @staticmethod
+    def _user(row: "Sequence[str | None]") -> VUser:
+        def num(value: str | None) -> int:
+            try:
+                return int(value or 0)
+            except ValueError:
+                return 0
+
+        return VUser(row[0] or "", row[1] or "", num(row[2]), num(row[3]), row[4] or "",
+                     row[5] or "", row[6] or "NOQUOTA", (row[7] or "") if len(row) > 7 else "")
+
+    def _values(self, domain: AssignEntry, user: VUser) -> tuple[str, list[object]]:
+        """Column list and values for an INSERT of ``user``."""
+        columns = ["pw_name"] + (["pw_domain"] if self.many_domains else [])
+        values: list[object] = [user.name] + ([domain.real_domain] if self.many_domains else [])
+        columns += ["pw_passwd", "pw_uid", "pw_gid", "pw_gecos", "pw_dir", "pw_shell"]
+        values += [user.passwd, user.uid, user.flags, user.gecos, user.dir, user.quota]
+        if self.clear_passwords:
+            columns.append("pw_clear_passwd")
+            values.append(user.clear)
+        return ", ".join(columns), values
+
+    # -- UserDatabase -------------------------------------------------------------------------
+    def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
+        where, params = self._where(domain)
+        rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
+                         f"WHERE pw_name = %s AND {where}", [name, *params])
+        return self._user(rows[0]) if rows else None
+
+    def list_users(self, domain: AssignEntry) -> list[VUser]:
+        where, params = self._where(domain)
+        rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
+                         f"WHERE {where}", params, optional=not self.many_domains)
+        return sorted((self._user(row) for row in rows), key=lambda u: u.name)
+
+    def _locked(self, conn: Connection, domain: AssignEntry, names: "Sequence[str]"
+                ) -> dict[str, VUser]:
+        """The stored records of ``names``, locked for this transaction."""
+        where, params = self._where(domain)
+        marks = ", ".join(["%s"] * len(names))
+        rows = conn.query(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
+                          f"WHERE pw_name IN ({marks}) AND {where} FOR UPDATE",
+                          [*names, *params])
+        return {user.name: user for user in map(self._user, rows)}
+
+    def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        table = self.users_table(domain)
+
+        def work(conn: Connection) -> None:
+            for user in users:
+                columns, values = self._values(domain, user)
+                marks = ", ".join(["%s"] * len(values))
+                try:
+                    conn.query(f"INSERT INTO `{table}` ({columns}) VALUES ({marks})", values)
+                except UsernameExists:
+                    raise UsernameExists(f"{user.name}@{domain.real_domain}") from None
+
+        self.transaction(work, [table])
+
+    def _store(self, conn: Connection, domain: AssignEntry, user: VUser) -> None:
+        where, params = self._where(domain)
+        sets = "pw_passwd = %s, pw_uid = %s, pw_gid = %s, pw_gecos = %s, pw_dir = %s, pw_shell = %s"
+        values: list[object] = [user.passwd, user.uid, user.flags, user.gecos, user.dir,
+                                user.quota]
+        if self.clear_passwords:
+            sets += ", pw_clear_passwd = %s"
+            values.append(user.clear)
+        conn.query(f"UPDATE `{self.users_table(domain)}` SET {sets} WHERE pw_name = %s AND "
+                   f"{where}", [*values, user.name, *params])
+
+    def update_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        records = {u.name: u for u in users}
+        self.modify_users(domain, list(records), lambda stored: records[stored.name], index)
+
+    def modify_users(self, domain: AssignEntry, names: list[str],
+                     change: "Callable[[VUser], VUser]", index: bool = True) -> list[VUser]:
+        def work(conn: Connection) -> list[VUser]:
+            stored = self._locked(conn, domain, names)
+            missing = [n for n in names if n not in stored]
+            if missing:
+                raise UserDoesNotExist(f"{missing[0]}@{domain.real_domain}")
+            changed = []
+            for name in names:
+                user = change(stored[name])
+                self._store(conn, domain, user)
+                changed.append(user)
+            return changed
+
+        return self.transaction(work)  # type: ignore[return-value]
+
+    def delete_user(self, domain: AssignEntry, name: str) -> VUser:
+        table = self.users_table(domain)
+        where, params = self._where(domain)
+
+        def work(conn: Connection) -> VUser:
+            stored = self._locked(conn, domain, [name])
+            if name not in stored:
+                raise UserDoesNotExist(f"{name}@{domain.real_domain}")
+            conn.query(f"DELETE FROM `{table}` WHERE pw_name = %s AND {where}", [name, *params])
+            conn.query("DELETE FROM lastauth WHERE user = %s AND domain = %s",
+                       [name, domain.real_domain])
+            return stored[name]
+
+        return self.transaction(work, ["lastauth"])  # type: ignore[return-value]
+
+    def create_domain(self, domain: AssignEntry) -> None:
+        """The users table (and the shared tables) exist afterwards; users already stored for
+        the domain (a rerun of an interrupted vadddomain) are kept."""
+        self.create_table(self.users_table(domain))
+        for kind in ("lastauth", "valias", "dir_control"):
+            self.create_table(kind)
+        if self.config.mysql_limits_table:
+            self.create_table("limits")
+
+    def delete_domain(self, domain: AssignEntry) -> None:
+        """Every row of the domain, in one transaction (a per-domain table is dropped after:
+        DROP TABLE cannot be part of a transaction)."""
+        real = domain.real_domain
+        table = self.users_table(domain)
+
+        def work(conn: Connection) -> None:
+            if self.many_domains:
+                conn.query(f"DELETE FROM `{table}` WHERE pw_domain = %s", [real])
+            for kind in ("lastauth", "valias", "dir_control", "limits"):
+                self.create_table(kind)
+                conn.query(f"DELETE FROM `{kind}` WHERE domain = %s", [real])
+
+        self.transaction(work)
+        if not self.many_domains:
+            try:
+                self.writer.query(f"DROP TABLE IF EXISTS `{table}`")
+            except SqlError as exc:
+                raise NoAuthConnection(str(exc)) from None
+
+    def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
+        """A ``lastauth`` row (C's REPLACE), on the update side."""
+        self.transaction(lambda conn: conn.query(
+            "REPLACE INTO lastauth (user, domain, remote_ip, timestamp) VALUES (%s, %s, %s, %s)",
+            [user.name, domain.real_domain, remote_ip, int(time.time())]), ["lastauth"])
+
+    def last_login(self, domain: AssignEntry, user: VUser) -> tuple[int, str] | None:
+        rows = self.read("SELECT timestamp, remote_ip FROM lastauth WHERE user = %s AND "
+                         "domain = %s", [user.name, domain.real_domain], optional=True)
+        return (int(rows[0][0] or 0), rows[0][1] or "") if rows else None
+
+    def rebuild_index(self, domain: AssignEntry) -> None:
+        """Nothing to rebuild: the server keeps its own indexes (C's vmkpasswd is a no-op)."""
+
+    # -- relay (roaming users) ----------------------------------------------------------------
+    def relay_open(self, ip: str, stamp: int) -> bool:
+        """Record ``ip`` as allowed to relay from ``stamp``; True if it was not there."""
+        def work(conn: Connection) -> bool:
+            conn.query("REPLACE INTO relay (ip_addr, timestamp) VALUES (%s, %s)", [ip, str(stamp)])
+            return conn.affected() == 1
+
+        return bool(self.transaction(work, ["relay"]))
+
+    def relay_entries(self) -> list[tuple[str, int]]:
+        """(ip, time) of every relay row, read from the update side: the login that just
+        added an IP must see it in the cdb it compiles, whatever the replica's lag."""
+        try:
+            rows = self.writer.query("SELECT ip_addr, timestamp FROM relay ORDER BY ip_addr")
+        except SqlError as exc:
+            if exc.code == ER_NO_SUCH_TABLE:
+                return []
+            raise NoAuthConnection(str(exc)) from None
+        return [(row[0] or "", _int(row[1])) for row in rows]
+
+    def relay_clear(self, before: int) -> int:
+        """Drop relay rows older than ``before``; return how many."""
+        def work(conn: Connection) -> int:
+            conn.query("DELETE FROM relay WHERE CAST(timestamp AS SIGNED) <= %s", [before])
+            return conn.affected()
+
+        return int(self.transaction(work, ["relay"]))  # type: ignore[call-overload]
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
