@@ -80,8 +80,27 @@ class UserDatabase(ABC):
         """Remember a successful login (vpopmail's lastauth): from where, and when (now)."""
 
     @abstractmethod
+    def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
+        """When and from where ``user`` last logged in (creation counts, with 0.0.0.0), or
+        None if nothing was ever recorded."""
+
+    @abstractmethod
     def rebuild_index(self, domain: AssignEntry) -> None:
         """Rebuild any derived index (vpasswd.cdb): what vmkpasswd asks for."""
+
+    def close(self) -> None:  # noqa: B027 - optional: only server backends have work here
+        """Let go of server connections (nothing to do for files)."""
+
+
+#: backends this process opened, for :func:`close_backends`
+_opened: list[UserDatabase] = []
+
+
+def close_backends() -> None:
+    """Close what :func:`open_backend` opened: the hot paths end with os._exit, and a
+    database server logs every connection dropped without a goodbye as aborted."""
+    while _opened:
+        _opened.pop().close()
 
 
 def open_backend(config: Config) -> UserDatabase:
@@ -94,5 +113,7 @@ def open_backend(config: Config) -> UserDatabase:
     if name == "mysql":
         from auth.mysql import MySQLDatabase
 
-        return MySQLDatabase(config)
+        database = MySQLDatabase(config)
+        _opened.append(database)
+        return database
     raise ConfigError(f"unknown user backend {name!r}")

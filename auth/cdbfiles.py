@@ -203,3 +203,13 @@ class CdbFiles(UserDatabase):
         """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time."""
         atomic_write(os.path.join(user.dir, LASTAUTH), _encode(remote_ip), 0o600, domain.uid,
                      domain.gid, sync=False)
+
+    def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
+        """lastauth's mtime and text."""
+        path = os.path.join(user.dir, LASTAUTH)
+        try:
+            with open(path, "rb") as fh:
+                ip = fh.read(256).decode("ascii", "replace").strip()
+                return os.fstat(fh.fileno()).st_mtime, ip
+        except OSError:
+            return None

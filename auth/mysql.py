@@ -18,6 +18,7 @@ interpreter floor, PyMySQL +48 ms: bench/RESULTS.md). Values are bound by the on
 :meth:`Connection.query`, which quotes each one with the server connection's own escaping
 (what MySQLdb's cursors do); no caller builds SQL from data.
 """
+import os
 import time
 
 from auth.backend import UserDatabase, VUser
@@ -168,6 +169,9 @@ class Connection:
                 options["port"] = server.port
         try:
             handle = driver.connect(**options)
+            # libmariadb leaves its socket inheritable: a .qmail program or the program vchkpw
+            # execs must never get an authenticated database connection
+            os.set_inheritable(handle.fileno(), False)
             handle.autocommit(True)
             # never truncate silently; bounded lock waits (then 111, not a hang)
             handle.query(b"SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
@@ -479,13 +483,17 @@ class MySQLDatabase(UserDatabase):
             "REPLACE INTO lastauth (user, domain, remote_ip, timestamp) VALUES (%s, %s, %s, %s)",
             [user.name, domain.real_domain, remote_ip, int(time.time())]), ["lastauth"])
 
-    def last_login(self, domain: AssignEntry, user: VUser) -> tuple[int, str] | None:
+    def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         rows = self.read("SELECT timestamp, remote_ip FROM lastauth WHERE user = %s AND "
                          "domain = %s", [user.name, domain.real_domain], optional=True)
-        return (int(rows[0][0] or 0), rows[0][1] or "") if rows else None
+        return (float(_int(rows[0][0])), rows[0][1] or "") if rows else None
 
     def rebuild_index(self, domain: AssignEntry) -> None:
         """Nothing to rebuild: the server keeps its own indexes (C's vmkpasswd is a no-op)."""
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
 
     # -- relay (roaming users) ----------------------------------------------------------------
     def relay_open(self, ip: str, stamp: int) -> bool:

@@ -23,7 +23,7 @@ This is the login hot path: lean imports; hashes go through the C library's cryp
 """
 import os
 
-from auth.backend import VUser, open_backend
+from auth.backend import UserDatabase, VUser, close_backends, open_backend
 from auth.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
@@ -128,6 +128,7 @@ class Vchkpw:
         self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
         self.tag = "vchkpw-0"
         self.address = ""
+        self.backend: UserDatabase | None = None
         self.secret = ""
         self.relay_allowed = False
         self.root = os.geteuid() == 0
@@ -172,7 +173,7 @@ class Vchkpw:
             raise Finish(REJECTED, "invalid user/domain characters", password_class=True)
         entry, user = None, None
         try:
-            backend = open_backend(self.config)  # before the domain: same cost either way
+            backend = self.database()  # before the domain: same cost either way
             entry = assign.lookup(self.config.qmail_dir, domain)
             if entry is not None:
                 self.become(entry.uid, entry.gid)
@@ -190,6 +191,12 @@ class Vchkpw:
         if self.levels[1]:
             self.log.send(f"{self.tag}: ({method}) login success {self.address}:{self.ip}")
         return entry, user
+
+    def database(self) -> UserDatabase:
+        """The user database, opened once per login (one server connection for SQL)."""
+        if self.backend is None:
+            self.backend = open_backend(self.config)
+        return self.backend
 
     def not_found(self) -> Finish:
         """The rejection of an unknown user or domain. The password is first checked against
@@ -251,7 +258,7 @@ class Vchkpw:
             if learn and self.config.passwords_clear_passwords and not user.clear:
                 changed.clear = self.secret
             if (changed.passwd, changed.clear) != (user.passwd, user.clear):
-                open_backend(self.config).modify_users(
+                self.database().modify_users(
                     entry, [user.name], lambda u: u.copy(passwd=changed.passwd, clear=changed.clear))
         except (OSError, VpopmailError) as exc:  # CryptFailed included
             self.log.send(f"{self.tag}: could not store the password ({exc}) "
@@ -280,7 +287,7 @@ class Vchkpw:
             user = self.ensure_home(entry, user)
             if self.config.logging_auth_logging:
                 try:
-                    open_backend(self.config).record_login(entry, user, self.ip)
+                    self.database().record_login(entry, user, self.ip)
                 except (OSError, VpopmailError) as exc:
                     self.log.send(f"{self.tag}: could not record the login ({exc}) "
                                   f"{self.address}:{self.ip}", LOG_ERR)
@@ -354,6 +361,7 @@ class Vchkpw:
         for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
         self.log.close()
+        close_backends()
         try:
             os.execvpe(command[0], command, env)
         except OSError as exc:
@@ -374,3 +382,5 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
         os.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
         return TEMPORARY
+    finally:
+        close_backends()

@@ -16,7 +16,7 @@ import time
 
 import _signal
 
-from auth.backend import VUser, open_backend
+from auth.backend import UserDatabase, VUser, close_backends, open_backend
 from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
@@ -31,6 +31,8 @@ from vpopmail.fsutil import write_all
 from vpopmail.names import is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
+VALIASES_DONE = "vdelivermail: valiases processed"
+DATABASE_DOWN = "vdelivermail: deferred, database down"
 LOOPING = "mail is looping"
 #: program exit codes qmail-local and vpopmail treat as permanent failures
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
@@ -104,6 +106,7 @@ class Vdelivermail:
         self.extension = ""
         self.forward_only = False
         self.message = Message(stdin, 0)
+        self.backend: UserDatabase | None = None
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, argv: list[str]) -> int:
@@ -125,6 +128,8 @@ class Vdelivermail:
         spool = self.entry.dir if self.entry else self.config.domains_root
         self.message = Message.from_fd(self.stdin, spool)
         self.check_loop(f"{self.user}@{self.domain}")
+        if self.entry and self.config.users_backend == "mysql" and self.process_valias():
+            raise Outcome(0, VALIASES_DONE + "\n")
         user = self._find_user() if self.entry else None
         if user is None:
             return self.user_not_found(action)
@@ -156,7 +161,7 @@ class Vdelivermail:
         its first ``-``; sets :attr:`extension` for the ``.qmail-<ext>`` lookup."""
         assert self.entry is not None
         try:
-            backend = open_backend(self.config)
+            backend = self._backend()
             found = backend.get_user(self.entry, self.user)
             if self.config.users_qmail_ext and "-" in self.user:
                 base, _, ext = self.user.partition("-")
@@ -170,6 +175,50 @@ class Vdelivermail:
         except VpopmailError as exc:
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
         return found
+
+    def _backend(self) -> UserDatabase:
+        """The user database, opened once per run (one connection for valias and user)."""
+        if self.backend is None:
+            self.backend = open_backend(self.config)
+        return self.backend
+
+    # -- valias rows (MySQL backend) ----------------------------------------------------------
+    def process_valias(self) -> bool:
+        """Deliver to the ``valias`` rows of the recipient, as C's process_valias: the rows of
+        ``user``; else of ``<prefix>-default`` for each ``-`` from the rightmost (``DEFAULT`` is
+        then the rest, for programs); else (users.qmail_ext) of the part before the first
+        ``-``. All candidates are fetched in one query. Each row is one delivery instruction,
+        run from the domain directory; the first that fails ends the run with its outcome
+        (111 defers the whole message, and qmail delivers it again to every row later, as
+        qmail-local does for a .qmail file). False if there is no row."""
+        from vpopmail.aliases import select_lines, wildcards
+
+        assert self.entry is not None
+        candidates = [(self.user, None), *wildcards(self.user)]
+        if self.config.users_qmail_ext and "-" in self.user:
+            candidates.append((self.user.partition("-")[0], None))
+        try:
+            found = select_lines(self._backend(), self.domain,  # type: ignore[arg-type]
+                                 list(dict.fromkeys(name for name, _ in candidates)))
+        except VpopmailError as exc:
+            if exc.code == -23:  # NoAuthConnection
+                raise defer(DATABASE_DOWN) from None
+            raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
+        lines = next(((found[name], rest) for name, rest in candidates if name in found), None)
+        if lines is None:
+            return False
+        rows, rest = lines
+        if rest is not None:
+            os.environb[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
+        try:
+            os.chdir(self.entry.dir)
+        except OSError as exc:
+            raise defer(f"vdelivermail: cannot chdir to {self.entry.dir}: {exc.strerror}") from None
+        for row in rows:
+            parsed = dotqmail.parse_line(row)
+            if parsed is not None:
+                self.deliver_instruction(*parsed)
+        return True
 
     # -- an existing user ---------------------------------------------------------------------
     def check_user(self, user: VUser) -> int:
@@ -430,3 +479,5 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     except Exception as exc:  # a bug must defer the message, never bounce or lose it
         say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
         return 111
+    finally:
+        close_backends()

@@ -1,13 +1,13 @@
 """vdeloldusers: list (and with -D delete) users who have not logged in for a number of days.
 
-A user's last login is the mtime of ``<userdir>/lastauth`` (vchkpw rewrites it at each login;
-vadduser makes it with ``0.0.0.0`` at creation). Users without one are left alone, as in C, and
+A user's last login is what the backend recorded (the cdb files: the mtime of
+``<userdir>/lastauth``; SQL: the ``lastauth`` row); vchkpw records each login and vadduser the
+creation, with ``0.0.0.0``. Users without one are left alone, as in C, and
 postmaster always is. ``-e`` visits every real domain once (C walked users/assign and so
 visited each domain again for every alias domain pointing at it).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -29,22 +29,12 @@ options: -a age_in_days (will delete accounts older than this date)
 """
 DEFAULT_AGE = 180
 DAY = 86400
-LASTAUTH = "lastauth"
 NO_AUTH_LOGGING = "auth logging is off (logging.auth_logging = false): no last-login times to go by"
 
 
-def last_auth(user: VUser) -> float:
-    """When the user last logged in (or was created): lastauth's mtime; 0 if there is none."""
-    if not user.dir:
-        return 0.0
-    try:
-        return os.stat(os.path.join(user.dir, LASTAUTH)).st_mtime
-    except OSError:
-        return 0.0
-
-
-def is_old(user: VUser, cutoff: float) -> bool:
-    when = last_auth(user)
+def is_old(api: Vpopmail, entry: AssignEntry, user: VUser, cutoff: float) -> bool:
+    """Last logged in (or created) before ``cutoff``; never recorded: not old."""
+    when = (api.backend.last_login(entry, user) or (0.0, ""))[0]
     return bool(when) and when < cutoff
 
 
@@ -77,20 +67,20 @@ class Run:
                 if self.verbose:
                     print(f"skipping postmaster@{domain}")
                 continue
-            if not is_old(user, self.cutoff):
+            if not is_old(self.api, entry, user, self.cutoff):
                 continue
             self.found += 1
             if self.verbose:
                 print(f"{user.name}@{domain}", flush=True)
             if self.delete:
-                self.remove(user, domain)
+                self.remove(user, entry)
 
-    def remove(self, user: VUser, domain: str) -> None:
+    def remove(self, user: VUser, entry: AssignEntry) -> None:
         # a login since the list was read keeps the user
-        if not is_old(user, self.cutoff):
+        if not is_old(self.api, entry, user, self.cutoff):
             return
         try:
-            self.api.delete_user(f"{user.name}@{domain}")
+            self.api.delete_user(f"{user.name}@{entry.real_domain}")
         except UserDoesNotExist:
             pass  # deleted meanwhile by someone else
         except VpopmailError as exc:

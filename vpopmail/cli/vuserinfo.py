@@ -42,15 +42,9 @@ def usage_text(user: VUser) -> str:
     return f"{usage_percent(user.quota, usage)}%"
 
 
-def last_auth_lines(user: VUser) -> list[str]:
+def last_auth_lines(api: Vpopmail, user: VUser, entry: AssignEntry) -> list[str]:
     """C's display_lastlogin: creation time and 'Never logged in', or time and IP."""
-    path = os.path.join(user.dir, "lastauth")
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            ip = fh.read().strip()
-        when = os.stat(path).st_mtime
-    except OSError:
-        ip, when = "", 0.0
+    when, ip = api.backend.last_login(entry, user) or (0.0, "")
     if not when or not ip or ip == "0.0.0.0":
         created = [f"account created: {time.asctime(time.localtime(when))}"] if when else []
         return created + ["last auth: Never logged in"]
@@ -75,14 +69,14 @@ def describe(api: Vpopmail, user: VUser, entry: AssignEntry, selected: str) -> l
                 lines.append("        * = set by domain-wide limits")
         lines += [f"dir:       {user.dir}", f"quota:     {user.quota}",
                   f"usage:     {usage_text(user)}"]
-        return lines + last_auth_lines(user)
+        return lines + last_auth_lines(api, user, entry)
     values = {"n": user.name, "p": user.passwd, "C": user.clear, "u": str(user.uid),
               "g": str(user.flags), "c": user.gecos, "d": user.dir, "q": user.quota}
     lines = [values[s] for s in SELECTORS if s in selected and s in values]
     if "Q" in selected:
         lines.append(usage_text(user))
     if "l" in selected:
-        lines += last_auth_lines(user)
+        lines += last_auth_lines(api, user, entry)
     return lines
 
 
