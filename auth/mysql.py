@@ -495,6 +495,24 @@ class MySQLDatabase(UserDatabase):
         self.reader.close()
         self.writer.close()
 
+    # -- domain limits (mysql.limits_table) ------------------------------------------------------
+    def get_limits(self, domain: str, columns: "Sequence[str]") -> dict[str, int] | None:
+        """The domain's row of the ``limits`` table (``columns`` of it), or None."""
+        rows = self.read(f"SELECT {', '.join(columns)} FROM limits WHERE domain = %s", [domain],
+                         optional=True)
+        return {c: _int(v) for c, v in zip(columns, rows[0])} if rows else None
+
+    def set_limits(self, domain: str, values: dict[str, int]) -> None:
+        columns = ", ".join(["domain", *values])
+        marks = ", ".join(["%s"] * (len(values) + 1))
+        self.transaction(lambda conn: conn.query(
+            f"REPLACE INTO limits ({columns}) VALUES ({marks})", [domain, *values.values()]),
+            ["limits"])
+
+    def delete_limits(self, domain: str) -> None:
+        self.transaction(lambda conn: conn.query("DELETE FROM limits WHERE domain = %s",
+                                                 [domain]), ["limits"])
+
     # -- relay (roaming users) ----------------------------------------------------------------
     def relay_open(self, ip: str, stamp: int) -> bool:
         """Record ``ip`` as allowed to relay from ``stamp``; True if it was not there."""

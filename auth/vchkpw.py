@@ -271,7 +271,7 @@ class Vchkpw:
             from vpopmail import limits
 
             try:
-                flags |= limits.read(entry.dir, self.config.home).flag_mask
+                flags |= limits.for_domain(self.config, entry, self.database()).flag_mask
             except VpopmailError as exc:
                 raise Finish(TEMPORARY, f"domain limits unreadable ({exc})") from None
         bit, name = DENIED[service]
@@ -318,11 +318,11 @@ class Vchkpw:
 
     def open_relay(self) -> None:
         """Record the client's IP for POP-before-SMTP; never fails the login."""
-        from vpopmail.relay import RelayTable
+        from vpopmail.relay import relay_table
 
         try:
             self.become(self.config.uid, self.config.gid)
-            RelayTable(self.config).open_relay(self.ip)
+            relay_table(self.config, database=self.database()).open_relay(self.ip)  # type: ignore[arg-type]
         except (OSError, VpopmailError) as exc:
             self.log.send(f"{self.tag}: relay not opened ({exc}) {self.address}:{self.ip}",
                           LOG_ERR)

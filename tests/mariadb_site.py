@@ -75,7 +75,7 @@ class MariaDB:
     def sql(self, statement: str, database: str = "") -> str:
         """Run statements as root; return the tab-separated output without headers."""
         result = subprocess.run([CLIENT, "--no-defaults", "-S", self.socket, "-uroot", "-N",
-                                 "-B", "-e", statement, *([database] if database else [])],
+                                 "-B", "-r", "-e", statement, *([database] if database else [])],
                                 capture_output=True, text=True)
         assert result.returncode == 0, (statement, result.stderr)
         return result.stdout

@@ -288,7 +288,7 @@ class Vpopmail:
         return dircontrol.read(entry.dir).cur_users
 
     def domain_limits(self, entry: AssignEntry) -> limits.Limits:
-        return limits.read(entry.dir, self.config.home)
+        return limits.for_domain(self.config, entry, self.backend)
 
     # users
 

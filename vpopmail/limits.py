@@ -1,5 +1,9 @@
 """Domain limits: ``<domaindir>/.qmailadmin-limits``, else ``~vpopmail/etc/vlimits.default``.
 
+With the SQL backend and ``mysql.limits_table`` (C's --enable-mysql-limits) a domain's limits are
+its row of the ``limits`` table instead of the domain file (vlimits.default still applies to
+domains without a row).
+
 Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comments, and bare
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
 existed; here the built-in defaults (no limits) apply then.
@@ -7,8 +11,14 @@ existed; here the built-in defaults (no limits) apply then.
 import os
 
 from vpopmail import flags
+from vpopmail.assign import AssignEntry
+from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
 from vpopmail.fsutil import atomic_write
+
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from auth.backend import UserDatabase
 
 DOMAIN_FILE = ".qmailadmin-limits"
 DEFAULT_FILE = "vlimits.default"
@@ -33,6 +43,11 @@ SWITCHES = {
     "delete_spam": (flags.DELETE_SPAM, "x"),
     "disable_maildrop": (flags.NO_MAILDROP, "m"),
 }
+#: keys whose column in the SQL ``limits`` table has another name (C's vlimits.c)
+SQL_NAMES = {"quota": "diskquota", "default_quota": "defaultquota",
+             "default_maxmsgcount": "defaultmaxmsgcount",
+             "disable_password_changing": "disable_passwordchanging",
+             "disable_external_relay": "disable_relay"}
 PERM_CREATE, PERM_MODIFY, PERM_DELETE = 1, 2, 4
 PERM_LETTERS = {"c": PERM_CREATE, "m": PERM_MODIFY, "d": PERM_DELETE,
                 "a": PERM_CREATE | PERM_MODIFY | PERM_DELETE}
@@ -77,6 +92,17 @@ class Limits:
                 raise CannotReadLimits(f"{source} line {number}: unknown key {key!r}")
         return limits
 
+    def sql_row(self) -> dict[str, int]:
+        """The ``limits`` table columns and values for these limits."""
+        row = {SQL_NAMES.get(key, key): value for key, value in self.numbers.items()}
+        row.update({SQL_NAMES.get(key, key): int(key in self.switches) for key in SWITCHES})
+        return row
+
+    @classmethod
+    def from_sql(cls, row: dict[str, int], source: str) -> "Limits":
+        return cls({key: row[SQL_NAMES.get(key, key)] for key in NUMBERS},
+                   {key for key in SWITCHES if row[SQL_NAMES.get(key, key)]}, source)
+
     def render(self) -> str:
         lines = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
         lines += [key for key in SWITCHES if key in self.switches]
@@ -109,5 +135,24 @@ def read(domain_dir: str, vpopmail_home: str) -> Limits:
             or Limits(source="built-in defaults"))
 
 
+def in_table(config: Config) -> bool:
+    """Domain limits live in the SQL ``limits`` table."""
+    return config.users_backend == "mysql" and bool(config.mysql_limits_table)
+
+
+def for_domain(config: Config, entry: AssignEntry, database: "UserDatabase") -> Limits:
+    """The limits in force for ``entry``, wherever the configuration keeps them."""
+    if not in_table(config):
+        return read(entry.dir, config.home)
+    row = database.get_limits(entry.real_domain, COLUMNS)  # type: ignore[attr-defined]
+    if row is not None:
+        return Limits.from_sql(row, f"limits table, domain {entry.real_domain}")
+    return read_file(default_file(config.home)) or Limits(source="built-in defaults")
+
+
 def write(path: str, limits: Limits, uid: int | None = None, gid: int | None = None) -> None:
     atomic_write(path, limits.render().encode(), 0o600, uid, gid)
+
+
+#: the ``limits`` table's columns, in C's order
+COLUMNS = list(Limits().sql_row())

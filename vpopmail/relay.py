@@ -10,13 +10,21 @@ holds two generation counters: ``wanted``, bumped by every change the cdb must r
 ``built``, the generation the cdb was last compiled from. Compiles are serialised by
 ``tcp.smtp.cdb.lock``, and whoever gets it first compiles for everyone waiting: fifty
 simultaneous logins from fifty new IPs cost a few compiles, and every IP is in the result.
+
+With the SQL backend the IPs are rows of its ``relay`` table (shared by every mail host, as in C)
+and open-smtp is not used; each host still compiles its own cdb, under the same locks.
 """
 import os
 import time
 
 from vpopmail.config import Config
+from vpopmail.errors import BadInput
 from vpopmail.fsutil import FileLock, atomic_write
 from vpopmail.tcprules import compile_rules, ip_of_rule, rule_for_ip
+
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from auth.mysql import MySQLDatabase
 
 _COUNTERS = 42  # "%20d %20d\n": wanted, built
 
@@ -63,6 +71,13 @@ class RelayTable:
     @staticmethod
     def _set_counters(lock: FileLock, wanted: int, built: int) -> None:
         os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+
+    def _owe_compile(self) -> int:
+        """Count one change the cdb must reflect; return its generation."""
+        with self._lock(self.open_smtp + ".lock") as lock:
+            wanted, built = self._counters(lock)
+            self._set_counters(lock, wanted + 1, built)
+        return wanted + 1
 
     def open_relay(self, ip: str, now: int | None = None) -> bool:
         """Let ``ip`` relay: (re)write its open-smtp line with the time ``now``; compile the
@@ -132,6 +147,53 @@ class RelayTable:
             static += b"\n"
         records = compile_rules(static + b"".join(rule + b"\n" for rule in rules), self.tcp_smtp)
         atomic_write(self.cdb, build(records), 0o644, *self.owner, self.sync)
+
+
+class SqlRelayTable(RelayTable):
+    """Roaming IPs in the SQL backend's ``relay`` table. Rows are read back from the update
+    server (a replica may not have the row a login just wrote yet) and each becomes a rule only
+    if it is an IP address: a row with an empty or odd ``ip_addr`` (written by hand, or by a C
+    vpopmail) could otherwise become a rule that lets every client relay."""
+
+    def __init__(self, config: Config, database: "MySQLDatabase", timeout: float | None = None
+                 ) -> None:
+        super().__init__(config, timeout)
+        self.database = database
+
+    def entries(self) -> list[tuple[bytes, bytes]]:
+        found = []
+        for ip, stamp in self.database.relay_entries():
+            try:
+                rule = rule_for_ip(ip)
+            except BadInput:
+                continue
+            found.append((ip_of_rule(rule), rule + b"\t%d" % stamp))
+        return found
+
+    def open_relay(self, ip: str, now: int | None = None) -> bool:
+        key = ip_of_rule(rule_for_ip(ip)).decode()
+        new = self.database.relay_open(key, int(time.time()) if now is None else now)
+        if new:
+            self.compile(self._owe_compile())
+        return new
+
+    def clear(self, minutes: int, now: int | None = None) -> int:
+        limit = (int(time.time()) if now is None else now) - minutes * 60
+        dropped = self.database.relay_clear(limit)
+        self.compile(self._owe_compile())
+        return dropped
+
+
+def relay_table(config: Config, timeout: float | None = None,
+                database: "MySQLDatabase | None" = None) -> RelayTable:
+    """The roaming-user table of the configured backend (``database``: an open one to reuse)."""
+    if config.users_backend == "mysql":
+        if database is None:
+            from auth.backend import open_backend
+
+            database = open_backend(config)  # type: ignore[assignment]
+        return SqlRelayTable(config, database, timeout)  # type: ignore[arg-type]
+    return RelayTable(config, timeout)
 
 
 def _stamp(line: bytes) -> int:

@@ -131,10 +131,13 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
             title = f"Domain: {entry.real_domain}"
             if "D" in letters:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                if limits.in_table(api.config):
+                    api.backend.delete_limits(entry.real_domain)  # type: ignore[attr-defined]
+                else:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
                 print("Limits deleted")
                 return 0
             current = api.domain_limits(entry)
@@ -157,7 +160,9 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             else:
                 continue
             changed = True
-        if changed:
+        if changed and not use_default and limits.in_table(api.config):
+            api.backend.set_limits(entry.real_domain, current.sql_row())  # type: ignore[attr-defined]
+        elif changed:
             limits.write(path, current, *owner)
         if "S" in letters:
             for line in show(title, current):

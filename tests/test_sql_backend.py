@@ -1,0 +1,320 @@
+"""The SQL backend's own behaviour against a real MariaDB: vpopmail's schema (and a database a C
+vpopmail made), per-domain tables, the read/update split over real replication, temporary
+failures, transactions and locks, hostile values, lastauth/relay/limits tables, and hygiene
+(no inherited database sockets, no aborted connections)."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Install
+from delivery_site import DOMAIN, Site
+from login_site import POP_ENV, LoginSite
+from mariadb_site import RO, RW, Database
+from vpopmail.cdb import lookup
+
+
+def user_dir(inst: Install, name: str, domain: str = DOMAIN) -> Path:
+    user = inst.api().get_user(f"{name}@{domain}")[0]
+    return Path(user.dir)
+
+
+def sql_site(inst: Install, db: Database, cls: type[Site] = Site, **config: object) -> Site:
+    """example.com with alice (password "pw") on ``inst``, users in ``db``."""
+    db.configure(inst, **config)  # type: ignore[arg-type]
+    site = cls(inst, inst.mode == "root")
+    inst.ok("vadddomain", DOMAIN, "secret")
+    inst.ok("vadduser", f"alice@{DOMAIN}", "pw")
+    return site
+
+
+# -- schema ------------------------------------------------------------------------------------
+def test_vadddomain_creates_vpopmails_tables_with_its_column_names(vhome: Install, sql_db: Database
+                                                                   ) -> None:
+    sql_site(vhome, sql_db)
+    tables = {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert {"vpopmail", "lastauth", "valias", "dir_control"} <= tables
+    columns = [row[0] for row in sql_db.rows("SHOW COLUMNS FROM vpopmail")]
+    assert columns == ["pw_name", "pw_domain", "pw_passwd", "pw_uid", "pw_gid", "pw_gecos",
+                       "pw_dir", "pw_shell", "pw_clear_passwd"]
+    rows = sql_db.rows("SELECT pw_name, pw_domain, pw_uid, pw_gid, pw_gecos, pw_shell "
+                       "FROM vpopmail ORDER BY pw_name")
+    assert rows == [["alice", DOMAIN, "1", "0", "alice", "NOQUOTA"],
+                    ["postmaster", DOMAIN, "1", "0", "Postmaster", "NOQUOTA"]]
+    (hashed,) = sql_db.rows("SELECT pw_passwd FROM vpopmail WHERE pw_name = 'alice'")[0]
+    assert hashed.startswith("$6$") and len(hashed) > 90  # wider than 5.4's char(40)
+    # creation is recorded as C does (0.0.0.0), in the lastauth table
+    assert sql_db.rows("SELECT user, domain, remote_ip FROM lastauth WHERE user = 'alice'") == [
+        ["alice", DOMAIN, "0.0.0.0"]]
+    # the cdb files are not used
+    assert not (vhome.domains / DOMAIN / "vpasswd").exists()
+    assert not (vhome.domains / DOMAIN / "vpasswd.cdb").exists()
+
+
+C_54_TABLE = ("CREATE TABLE vpopmail (pw_name char(32) not null, pw_domain char(96) not null, "
+              "pw_passwd char(40), pw_uid int, pw_gid int, pw_gecos char(48), pw_dir char(160), "
+              "pw_shell char(20), pw_clear_passwd char(16), primary key (pw_name, pw_domain))")
+MD5_PW = "$1$abcdefgh$cHJi5PXp/ki/ktXzqlk6I1"  # crypt("secret", "$1$abcdefgh$")
+
+
+def test_a_database_made_by_c_vpopmail_54_works_unchanged(vhome: Install, sql_db: Database) -> None:
+    """5.4's narrow char() columns and rows as its vauth_adduser wrote them: logins, delivery and
+    changes work; a hash too wide for the old column is refused with a clear error, not cut."""
+    sql_db.rows(C_54_TABLE)
+    sql_db.configure(vhome)
+    vhome.set_config("passwords", "scheme", "md5-crypt")  # what fits 5.4's pw_passwd char(40)
+    site = LoginSite(vhome, False)
+    vhome.ok("vadddomain", DOMAIN, "secret")  # keeps the existing table
+    home = vhome.domains / DOMAIN / "carol"
+    sql_db.rows("INSERT INTO vpopmail VALUES ('carol', 'example.com', "
+                f"'{MD5_PW}', 1, 0, 'Carol C', '{home}', '5000000S', 'secret')")
+    login = site.login(f"carol@{DOMAIN}", "secret")
+    assert login.code == 0 and login.ran, login
+    assert (home / "Maildir" / "new").is_dir()  # made at the first login, as C vchkpw does
+    assert site.deliver("carol").returncode == 0
+    assert len(list((home / "Maildir" / "new").iterdir())) == 1
+    vhome.set_config("passwords", "scheme", "sha512-crypt")
+    result = vhome.run("vpasswd", f"carol@{DOMAIN}", "new one")
+    assert result.returncode != 0
+    assert "Data too long for column 'pw_passwd'" in result.stdout, result
+    assert sql_db.rows("SELECT pw_passwd FROM vpopmail WHERE pw_name = 'carol'") == [[MD5_PW]]
+    vhome.set_config("passwords", "scheme", "md5-crypt")
+    vhome.ok("vpasswd", f"carol@{DOMAIN}", "new one")
+    assert site.login(f"carol@{DOMAIN}", "new one").code == 0
+
+
+def test_per_domain_tables_as_with_disable_many_domains(vhome: Install, sql_db: Database) -> None:
+    sql_site(vhome, sql_db, many_domains=False)
+    vhome.ok("vadddomain", "other-site.example", "secret")
+    tables = {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert {"example_com", "other_site_example"} <= tables and "vpopmail" not in tables
+    assert "pw_domain" not in [row[0] for row in sql_db.rows("SHOW COLUMNS FROM example_com")]
+    assert sql_db.rows("SELECT pw_name FROM example_com ORDER BY pw_name") == [
+        ["alice"], ["postmaster"]]
+    site = Site(vhome, False)
+    assert site.deliver("alice").returncode == 0
+    assert site.deliver("nobody").returncode == 100
+    vhome.ok("vdeldomain", "other-site.example")
+    assert "other_site_example" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert sql_db.rows("SELECT count(*) FROM lastauth WHERE domain = 'other-site.example'") == [
+        ["0"]]
+
+
+def test_hostile_values_are_data_not_sql(vhome: Install, sql_db: Database) -> None:
+    site = sql_site(vhome, sql_db, LoginSite)
+    gecos = "O'Brien \\\"; DROP TABLE vpopmail; -- \u00e9"
+    password = "p'w\\\"; --"
+    vhome.ok("vadduser", "-c", gecos, f"obrien@{DOMAIN}", password)
+    assert sql_db.rows("SELECT pw_gecos FROM vpopmail WHERE pw_name = 'obrien'") == [[gecos]]
+    assert site.login(f"obrien@{DOMAIN}", password).code == 0  # type: ignore[attr-defined]
+    assert site.login(f"obrien@{DOMAIN}", "p").code == 1  # type: ignore[attr-defined]
+    # a login name with SQL in it never reaches the server as SQL
+    assert site.login(f"x' OR '1'='1@{DOMAIN}", "pw").code == 1  # type: ignore[attr-defined]
+    assert sql_db.rows("SELECT count(*) FROM vpopmail") == [["3"]]
+
+
+# -- the read/update split ---------------------------------------------------------------------
+def _statements(server_rows: list[list[str]]) -> list[tuple[str, str]]:
+    """(account, statement) of our two accounts (not root, not the replication threads)."""
+    found = [(row[0].split("[")[0], row[1]) for row in server_rows]
+    return [(who, sql) for who, sql in found if who in (RO, RW)]
+
+
+def test_reads_go_to_the_replica_and_writes_only_to_the_primary(vhome: Install,
+                                                               replicated_db: Database) -> None:
+    """Admin commands write on the primary; vdelivermail and vchkpw read on the replica and
+    vchkpw's lastauth and relay writes go to the primary; the replica (read-only, a SELECT-only
+    account) is never written by us: the servers' own query logs are the witnesses."""
+    db = replicated_db
+    assert db.replica is not None
+    vhome.set_config("relay", "roaming_users", True)
+    site = sql_site(vhome, db, LoginSite, split=True)
+    db.sync()
+    logs = (db.server, db.replica)
+    for server in logs:
+        server.sql("TRUNCATE mysql.general_log; SET GLOBAL log_output = 'TABLE', general_log = 1")
+    try:
+        assert site.deliver("alice").returncode == 0
+        login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+        assert login.code == 0, login
+    finally:
+        for server in logs:
+            server.sql("SET GLOBAL general_log = 0")
+    query = ("SELECT user_host, argument FROM mysql.general_log WHERE command_type = 'Query' "
+             "AND user_host NOT LIKE 'root%' ORDER BY event_time")
+    primary, replica = _statements(db.server.rows(query)), _statements(db.replica.rows(query))
+    reads = [sql for who, sql in replica if sql.startswith("SELECT pw_name")]
+    assert len(reads) == 2 and all(who == RO for who, _ in replica), replica
+    assert not [sql for _, sql in replica if sql.split()[0].upper() in
+                ("INSERT", "REPLACE", "UPDATE", "DELETE", "CREATE", "DROP")], replica
+    assert all(who == RW for who, _ in primary), primary
+    assert not [sql for _, sql in primary if sql.startswith("SELECT pw_name")], primary
+    assert [sql for _, sql in primary if sql.startswith("REPLACE INTO lastauth")]
+    assert [sql for _, sql in primary if sql.startswith("REPLACE INTO relay")]
+    # and the replica follows: the login's lastauth row arrives there by replication
+    db.sync()
+    assert db.replica.rows(f"SELECT remote_ip FROM `{db.name}`.lastauth WHERE user = 'alice'") \
+        == [[POP_ENV["TCPREMOTEIP"]]]
+
+
+def test_a_lagging_replica_is_what_the_hot_paths_see(vhome: Install, replicated_db: Database
+                                                     ) -> None:
+    db = replicated_db
+    assert db.replica is not None
+    site = sql_site(vhome, db, split=True)
+    db.sync()
+    db.replica.sql("STOP SLAVE")
+    try:
+        vhome.ok("vadduser", f"bob@{DOMAIN}", "pw")  # on the primary only, for now
+        assert site.deliver("bob").returncode == 100  # not on the replica yet
+    finally:
+        db.replica.sql("START SLAVE")
+    db.sync()
+    assert site.deliver("bob").returncode == 0
+
+
+def test_the_update_server_answers_reads_when_the_read_server_is_down(
+        vhome: Install, sql_db: Database, tmp_path: Path) -> None:
+    site = sql_site(vhome, sql_db)
+    vhome.set_config("mysql", "read_socket", str(tmp_path / "no-such.sock"))
+    assert site.deliver("alice").returncode == 0
+    vhome.set_config("mysql", "read_fallback", False)
+    result = site.deliver("alice")
+    assert result.returncode == 111, result
+    assert result.stdout.startswith(b"vdelivermail: deferred, database down"), result.stdout
+
+
+# -- faults ------------------------------------------------------------------------------------
+def test_database_down_defers_mail_and_logins_and_admin_commands_change_nothing(
+        each_install: Install, sql_db: Database, tmp_path: Path) -> None:
+    site = sql_site(each_install, sql_db, LoginSite)
+    for side in ("read", "update"):
+        each_install.set_config("mysql", f"{side}_socket", "/nonexistent/mysqld.sock")
+    result = site.deliver("alice")
+    assert result.returncode == 111
+    assert result.stdout.startswith(b"vdelivermail: deferred, database down"), result.stdout
+    assert not list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())
+    login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+    assert login.code == 111 and not login.ran, login
+    added = each_install.run("vadduser", f"bob@{DOMAIN}", "pw")
+    assert added.returncode != 0
+    assert "no authentication database connection" in added.stdout + added.stderr
+    assert not (each_install.domains / DOMAIN / "bob").exists()  # its directory was undone
+
+
+def user_dir_on(db: Database, name: str) -> Path:
+    return Path(db.rows(f"SELECT pw_dir FROM vpopmail WHERE pw_name = '{name}'")[0][0])
+
+
+def test_a_user_locked_by_another_transaction_times_out_cleanly(vhome: Install, sql_db: Database
+                                                                ) -> None:
+    sql_site(vhome, sql_db)
+    vhome.set_config("locks", "timeout", 1)
+    holder = subprocess.Popen(
+        ["mariadb", "--no-defaults", "-S", sql_db.server.socket, "-uroot", sql_db.name],
+        stdin=subprocess.PIPE, text=True)
+    assert holder.stdin is not None
+    holder.stdin.write("START TRANSACTION; SELECT * FROM vpopmail WHERE pw_name = 'alice' "
+                       "FOR UPDATE; SELECT SLEEP(6);\n")
+    holder.stdin.flush()
+    time.sleep(1)
+    try:
+        result = vhome.run("vpasswd", f"alice@{DOMAIN}", "changed")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert result.returncode != 0
+    assert "Lock wait timeout" in result.stdout + result.stderr, result
+    vhome.ok("vpasswd", f"alice@{DOMAIN}", "changed")
+
+
+def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Database,
+                                                 tmp_path: Path) -> None:
+    sql_site(vhome, sql_db)
+    api = vhome.api()
+    entry = api.get_domain(DOMAIN)
+    from auth.backend import VUser
+
+    users = [VUser("new1", dir="/x/new1"), VUser("alice", dir="/x/alice")]
+    with pytest.raises(Exception, match="Username exists"):
+        api.backend.add_users(entry, users)
+    assert sql_db.rows("SELECT count(*) FROM vpopmail WHERE pw_name = 'new1'") == [["0"]]
+
+
+# -- lastauth, relay, limits -------------------------------------------------------------------
+def test_logins_are_recorded_in_lastauth_and_vdeloldusers_reads_them(vhome: Install,
+                                                                     sql_db: Database) -> None:
+    site = sql_site(vhome, sql_db, LoginSite)
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+    (row,) = sql_db.rows("SELECT remote_ip, timestamp FROM lastauth WHERE user = 'alice'")
+    assert row[0] == POP_ENV["TCPREMOTEIP"] and abs(int(row[1]) - time.time()) < 60
+    assert f"last auth ip: {POP_ENV['TCPREMOTEIP']}" in vhome.ok("vuserinfo", f"alice@{DOMAIN}")
+    assert "alice@" not in vhome.ok("vdeloldusers", "-V", "-d", DOMAIN, "-a", "30")
+    sql_db.rows("UPDATE lastauth SET timestamp = timestamp - 40 * 86400 WHERE user = 'alice'")
+    assert f"alice@{DOMAIN}" in vhome.ok("vdeloldusers", "-V", "-d", DOMAIN, "-a", "30")
+    vhome.ok("vdeloldusers", "-D", "-d", DOMAIN, "-a", "30")
+    assert sql_db.rows("SELECT count(*) FROM vpopmail WHERE pw_name = 'alice'") == [["0"]]
+    assert sql_db.rows("SELECT count(*) FROM lastauth WHERE user = 'alice'") == [["0"]]
+
+
+def test_roaming_ips_live_in_the_relay_table_and_bad_rows_never_become_rules(
+        each_install: Install, sql_db: Database) -> None:
+    each_install.set_config("relay", "roaming_users", True)
+    site = sql_site(each_install, sql_db, LoginSite)
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+    ip = POP_ENV["TCPREMOTEIP"]
+    assert [r[0] for r in sql_db.rows("SELECT ip_addr FROM relay")] == [ip]
+    cdb = str(each_install.prefix / "etc" / "tcp.smtp.cdb")
+    assert lookup(cdb, ip.encode()) is not None
+    assert not (each_install.prefix / "etc" / "open-smtp").exists()
+    # an old row, and rows no C vpopmail should have written: an empty and a non-address key
+    sql_db.rows("INSERT INTO relay VALUES ('198.51.100.7', '1000'), ('', '9999999999'), "
+                "('evil:allow,X', '9999999999')")
+    each_install.ok("clearopensmtp")
+    assert sorted(r[0] for r in sql_db.rows("SELECT ip_addr FROM relay")) == [
+        "", ip, "evil:allow,X"]
+    assert lookup(cdb, ip.encode()) is not None
+    assert lookup(cdb, b"") is None and lookup(cdb, b"evil") is None
+    assert lookup(cdb, b"198.51.100.7") is None
+
+
+def test_domain_limits_in_the_limits_table(vhome: Install, sql_db: Database) -> None:
+    vhome.set_config("mysql", "limits_table", True)
+    site = sql_site(vhome, sql_db, LoginSite)
+    vhome.ok("vmoddomlimits", "-g", "p", "-P", "5", DOMAIN)
+    row = sql_db.rows("SELECT disable_pop, disable_imap, maxpopaccounts FROM limits "
+                      f"WHERE domain = '{DOMAIN}'")
+    assert row == [["1", "0", "5"]]
+    assert not (vhome.domains / DOMAIN / ".qmailadmin-limits").exists()
+    login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+    assert login.code == 1 and not login.ran
+    vhome.ok("vmoddomlimits", "-D", DOMAIN)
+    assert sql_db.rows("SELECT count(*) FROM limits") == [["0"]]
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+
+
+# -- hygiene -----------------------------------------------------------------------------------
+def test_programs_never_inherit_a_database_connection(vhome: Install, sql_db: Database) -> None:
+    site = sql_site(vhome, sql_db)
+    out = vhome.prefix.parent / "fds"
+    home = user_dir(vhome, "alice")
+    (home / ".qmail").write_text(f"|ls -l /proc/$$/fd > {out}\n./Maildir/\n")
+    (home / ".qmail").chmod(0o600)
+    assert site.deliver("alice").returncode == 0
+    assert "socket" not in out.read_text(), out.read_text()
+
+
+def test_no_connection_is_dropped_without_a_goodbye(vhome: Install, sql_db: Database) -> None:
+    """The hot paths end with os._exit; the server logs a connection dropped without closing it
+    as "Aborted connection" (one log line per delivery otherwise)."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    before = sql_db.rows("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1]
+    for _ in range(3):
+        assert site.deliver("alice").returncode == 0
+        assert site.deliver("nobody").returncode == 100
+        assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+        assert site.login(f"alice@{DOMAIN}", "bad").code == 1  # type: ignore[attr-defined]
+    assert sql_db.rows("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1] == before
