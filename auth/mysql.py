@@ -495,6 +495,16 @@ class MySQLDatabase(UserDatabase):
         self.reader.close()
         self.writer.close()
 
+    # -- vlog (mysql.sql_logging) --------------------------------------------------------------
+    def log_event(self, user: str, domain: str, logon: str, remote_ip: str, message: str,
+                  error: int, password: str = "") -> None:
+        """One ``vlog`` row (C's --enable-sql-logging), on the update side."""
+        self.transaction(lambda conn: conn.query(
+            "INSERT INTO vlog (user, passwd, domain, logon, remoteip, message, timestamp, error) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            [user[:64], password[:128], domain[:96], logon[:200], remote_ip[:45], message[:255],
+             int(time.time()), error]), ["vlog"])
+
     # -- domain limits (mysql.limits_table) ------------------------------------------------------
     def get_limits(self, domain: str, columns: "Sequence[str]") -> dict[str, int] | None:
         """The domain's row of the ``limits`` table (``columns`` of it), or None."""

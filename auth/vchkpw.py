@@ -156,6 +156,7 @@ class Vchkpw:
             if end.text and (self.levels[0] or not end.password_class):
                 self.log.send(f"{self.tag}: {end.text} {self.address}:{self.ip}",
                               LOG_ERR if end.code == TEMPORARY else 5)
+                self.sql_log(end.text, end.code)
             return end.code
         return TEMPORARY  # not reached: succeed() execs or raises
 
@@ -190,7 +191,23 @@ class Vchkpw:
         self.check_access(entry, user, service)
         if self.levels[1]:
             self.log.send(f"{self.tag}: ({method}) login success {self.address}:{self.ip}")
+            self.sql_log(f"({method}) login success", 0)
         return entry, user
+
+    def sql_log(self, text: str, code: int) -> None:
+        """C's --enable-sql-logging (mysql.sql_logging): what goes to syslog also becomes a
+        ``vlog`` row (``error`` = our exit code; the password only at levels p and v, as in
+        syslog). C inserted password failures twice; here each event is one row."""
+        if not (self.config.mysql_sql_logging and self.config.users_backend == "mysql"):
+            return
+        name, _, domain = self.address.partition("@")
+        try:
+            self.database().log_event(  # type: ignore[attr-defined]
+                name, domain, self.address, self.ip, f"{self.tag}: {text}", code,
+                self.secret if self.levels[2] else "")
+        except (OSError, VpopmailError) as exc:
+            self.log.send(f"{self.tag}: could not write vlog ({exc}) {self.address}:{self.ip}",
+                          LOG_ERR)
 
     def database(self) -> UserDatabase:
         """The user database, opened once per login (one server connection for SQL)."""

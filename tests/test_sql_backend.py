@@ -318,3 +318,24 @@ def test_no_connection_is_dropped_without_a_goodbye(vhome: Install, sql_db: Data
         assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
         assert site.login(f"alice@{DOMAIN}", "bad").code == 1  # type: ignore[attr-defined]
     assert sql_db.rows("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1] == before
+
+
+def test_sql_logging_writes_each_auth_event_once_to_vlog(vhome: Install, sql_db: Database
+                                                         ) -> None:
+    vhome.set_config("mysql", "sql_logging", True)
+    vhome.set_config("logging", "level", "y")
+    site = sql_site(vhome, sql_db, LoginSite)
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+    assert site.login(f"alice@{DOMAIN}", "wrong").code == 1  # type: ignore[attr-defined]
+    assert site.login(f"nobody@{DOMAIN}", "x").code == 1  # type: ignore[attr-defined]
+    rows = sql_db.rows("SELECT user, domain, logon, remoteip, message, error, passwd FROM vlog "
+                       "ORDER BY id")
+    ip = POP_ENV["TCPREMOTEIP"]
+    assert rows == [
+        ["alice", DOMAIN, f"alice@{DOMAIN}", ip, "vchkpw-pop3: (PLAIN) login success", "0", ""],
+        ["alice", DOMAIN, f"alice@{DOMAIN}", ip, "vchkpw-pop3: password fail", "1", ""],
+        ["nobody", DOMAIN, f"nobody@{DOMAIN}", ip, "vchkpw-pop3: vpopmail user not found", "1",
+         ""]], rows
+    vhome.set_config("logging", "level", "p")  # errors, with the password
+    assert site.login(f"alice@{DOMAIN}", "guess").code == 1  # type: ignore[attr-defined]
+    assert sql_db.rows("SELECT passwd FROM vlog ORDER BY id DESC LIMIT 1") == [["guess"]]
