@@ -24,8 +24,8 @@ import time
 from auth.backend import UserDatabase, VUser
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import (BadInput, ConfigError, NoAuthConnection, UserDoesNotExist,
-                             UsernameExists)
+from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
+                             UserDoesNotExist, UsernameExists)
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -450,16 +450,28 @@ class MySQLDatabase(UserDatabase):
 
     def create_domain(self, domain: AssignEntry) -> None:
         """The users table (and the shared tables) exist afterwards; users already stored for
-        the domain (a rerun of an interrupted vadddomain) are kept."""
-        self.create_table(self.users_table(domain))
-        for kind in ("lastauth", "valias", "dir_control"):
+        the domain (a rerun of an interrupted vadddomain) are kept. (dir_control is C's table
+        for the hashed-directory counters; those stay in the domain directory's .dir-control
+        file, beside the user directories, so it is not created.)"""
+        table = self.users_table(domain)
+        self.create_table(table)
+        if not self.many_domains:
+            # C's table names collide (a-b.com and a.b.com are both a_b_com): never let one
+            # domain's users become another's
+            rows = self.writer.query(f"SELECT pw_dir FROM `{table}` WHERE pw_dir NOT LIKE %s "
+                                     "LIMIT 1", [domain.dir.replace("%", "\\%")
+                                                 .replace("_", "\\_") + "/%"])
+            if rows:
+                raise DomainAlreadyExists(f"table {table} holds the users of another domain "
+                                          f"({rows[0][0]})")
+        for kind in ("lastauth", "valias"):
             self.create_table(kind)
         if self.config.mysql_limits_table:
             self.create_table("limits")
 
     def delete_domain(self, domain: AssignEntry) -> None:
         """Every row of the domain, in one transaction (a per-domain table is dropped after:
-        DROP TABLE cannot be part of a transaction)."""
+        DROP TABLE cannot be part of a transaction). Tables that do not exist have no rows."""
         real = domain.real_domain
         table = self.users_table(domain)
 
@@ -467,8 +479,11 @@ class MySQLDatabase(UserDatabase):
             if self.many_domains:
                 conn.query(f"DELETE FROM `{table}` WHERE pw_domain = %s", [real])
             for kind in ("lastauth", "valias", "dir_control", "limits"):
-                self.create_table(kind)
-                conn.query(f"DELETE FROM `{kind}` WHERE domain = %s", [real])
+                try:
+                    conn.query(f"DELETE FROM `{kind}` WHERE domain = %s", [real])
+                except SqlError as exc:  # a failed statement leaves the transaction going
+                    if exc.code != ER_NO_SUCH_TABLE:
+                        raise
 
         self.transaction(work)
         if not self.many_domains:

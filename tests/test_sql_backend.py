@@ -36,7 +36,7 @@ def test_vadddomain_creates_vpopmails_tables_with_its_column_names(vhome: Instal
                                                                    ) -> None:
     sql_site(vhome, sql_db)
     tables = {row[0] for row in sql_db.rows("SHOW TABLES")}
-    assert {"vpopmail", "lastauth", "valias", "dir_control"} <= tables
+    assert {"vpopmail", "lastauth", "valias"} <= tables
     columns = [row[0] for row in sql_db.rows("SHOW COLUMNS FROM vpopmail")]
     assert columns == ["pw_name", "pw_domain", "pw_passwd", "pw_uid", "pw_gid", "pw_gecos",
                        "pw_dir", "pw_shell", "pw_clear_passwd"]
@@ -97,6 +97,9 @@ def test_per_domain_tables_as_with_disable_many_domains(vhome: Install, sql_db: 
     site = Site(vhome, False)
     assert site.deliver("alice").returncode == 0
     assert site.deliver("nobody").returncode == 100
+    # C's names collide (other.site.example is other_site_example too): refused, not shared
+    clash = vhome.run("vadddomain", "other.site.example", "secret")
+    assert clash.returncode != 0 and "holds the users of another domain" in clash.stdout, clash
     vhome.ok("vdeldomain", "other-site.example")
     assert "other_site_example" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
     assert sql_db.rows("SELECT count(*) FROM lastauth WHERE domain = 'other-site.example'") == [
