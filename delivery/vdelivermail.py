@@ -5,7 +5,8 @@ recipient in ``EXT``/``HOST``. It talks back only through its exit code (0 deliv
 delivered and stop, 100 bounce, 111 retry later) and the text it prints on stdout, which
 qmail-send puts in the log or the bounce. Texts and codes are C vpopmail 5.4's; every local
 fault (unreadable or corrupt cdb, backend down, disk full, missing directories that cannot be
-made) is a 111, never a bounce.
+made) is a 111, never a bounce. With the MySQL backend the recipient's ``valias`` rows come
+first, as in C built with --enable-valias (:meth:`Vdelivermail.process_valias`).
 
 This is the hot path: it imports only the lean readers and the Maildir writer; programs,
 forwards and directory repairs load what they need when they happen.
@@ -201,7 +202,9 @@ class Vdelivermail:
             found = select_lines(self._backend(), self.domain,  # type: ignore[arg-type]
                                  list(dict.fromkeys(name for name, _ in candidates)))
         except VpopmailError as exc:
-            if exc.code == -23:  # NoAuthConnection
+            from vpopmail.errors import NoAuthConnection
+
+            if isinstance(exc, NoAuthConnection):
                 raise defer(DATABASE_DOWN) from None
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
         lines = next(((found[name], rest) for name, rest in candidates if name in found), None)

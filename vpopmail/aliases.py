@@ -1,4 +1,6 @@
-"""Aliases and forwards of the file backend: ``<domaindir>/.qmail-<alias>`` files.
+"""Aliases and forwards: ``<domaindir>/.qmail-<alias>`` files (cdb backend) or rows of the
+``valias`` table (MySQL backend, :class:`SqlAliases`; vdelivermail reads them, as C built with
+--enable-valias). Both stores apply the same checks and give the same texts.
 
 This is C vpopmail's vpalias.c layout (what valias and qmailadmin manage without SQL): one
 file per alias in the domain directory, named ``.qmail-`` + the alias with ``.`` written as
@@ -15,8 +17,9 @@ Alias names are one safe file name component (vpopmail/names.py rules); ``defaul
 names of existing users are refused (a ``.qmail-<user>`` would take the user's mail: qmail-local
 finds it before ``.qmail-default``).
 
-The read side (:func:`names`, :func:`read_lines`, :func:`find_dot_qmail`) is hot-path safe:
-it imports only ``errno`` and ``os`` besides the lean vpopmail modules.
+The read side (:func:`names`, :func:`read_lines`, :func:`find_dot_qmail`,
+:func:`select_lines`) is hot-path safe: it imports only ``errno`` and ``os`` besides the lean
+vpopmail modules.
 """
 import errno
 import os
@@ -27,6 +30,9 @@ from vpopmail.names import MAX_DOMAIN, check_user, split_address
 
 TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from auth.mysql import Connection, MySQLDatabase
     from vpopmail.api import Vpopmail
     from vpopmail.fsutil import FileLock
 
@@ -202,16 +208,24 @@ def read_lines(domain_dir: str, alias: str) -> list[str] | None:
     return lines
 
 
+def wildcards(ext: str) -> list[tuple[str, str]]:
+    """(``<prefix>-default``, the rest after that ``-``) for each ``-`` of ``ext``, from the
+    rightmost: the wildcard names qmail-local (and vdelivermail for valias rows) try after
+    ``ext`` itself; plain ``default`` is not among them."""
+    found = []
+    dash = len(ext)
+    while (dash := ext.rfind("-", 0, dash)) >= 0:
+        found.append((ext[:dash + 1] + DEFAULT, ext[dash + 1:]))
+    return found
+
+
 def dot_qmail_candidates(ext: str, include_default: bool = False) -> list[str]:
     """The file names qmail-local tries, in order, for the extension ``ext`` (the local part
     of a virtual-domain address): ``.qmail-<ext>``, then ``.qmail-<prefix>-default`` from the
     longest ``-`` prefix down, then (``include_default``) ``.qmail-default``. ``ext`` is lower
     cased and ``.`` written as ``:`` first (qmail-local's safeext)."""
     safe = ext.lower().replace(".", ":")
-    found = [DOT_QMAIL + safe]
-    for i in range(len(safe), -1, -1):
-        if i and safe[i - 1] == "-":
-            found.append(DOT_QMAIL + safe[:i] + DEFAULT)
+    found = [DOT_QMAIL + safe] + [DOT_QMAIL + name for name, _ in wildcards(safe)]
     if include_default:
         found.append(DOT_QMAIL + DEFAULT)
     return found
@@ -254,16 +268,31 @@ def find_dot_qmail(domain_dir: str, ext: str, include_default: bool = False
     return None
 
 
+# the valias table (users.backend = "mysql") -------------------------------------------------
+
+def select_lines(db: "MySQLDatabase", domain: str, aliases: "Sequence[str]"
+                 ) -> dict[str, list[str]]:
+    """The ``valias`` rows of ``aliases`` in ``domain`` (a real domain), one query: alias ->
+    its lines in the server's order (C has no ORDER BY; InnoDB gives insertion order). Hot-path
+    safe; a table not created yet reads as no rows, an unreachable server raises
+    NoAuthConnection."""
+    marks = ", ".join(["%s"] * len(aliases))
+    rows = db.read(f"SELECT alias, valias_line FROM valias WHERE domain = %s AND alias IN "
+                   f"({marks})", [domain, *aliases], optional=True)
+    found: dict[str, list[str]] = {}
+    for alias, line in rows:
+        found.setdefault((alias or "").lower(), []).append(line or "")
+    return found
+
+
 # changing (admin commands) ---------------------------------------------------------------------
 
-class Aliases:
-    """The aliases of every domain of one installation (``api``: a vpopmail.api.Vpopmail)."""
+class AliasStore:
+    """What both stores share: resolving ``alias@domain`` and the checks before a change.
+    ``api`` is a vpopmail.api.Vpopmail."""
 
     def __init__(self, api: "Vpopmail") -> None:
         self.api = api
-        config = api.config
-        self.sync = bool(config.delivery_file_sync)
-        self.timeout = float(config.locks_timeout)
 
     def resolve(self, address: str) -> tuple[str, AssignEntry]:
         """(alias, domain entry) of ``alias@domain`` (a bare alias uses the default domain)."""
@@ -274,6 +303,50 @@ class Aliases:
             raise IllegalUsername(f"{address}: not a full email address and no default domain")
         entry = self.api.get_domain(domain)
         return check_alias(alias), entry
+
+    def check_add(self, entry: AssignEntry, alias: str, address: str, line: str,
+                  lines: list[str] | None) -> None:
+        """Refuse a new line for an alias holding ``lines`` (None: no such alias yet)."""
+        if lines is None and self.api.backend.get_user(entry, alias) is not None:
+            raise AliasIsUser(f"{alias}@{entry.domain} is a user: an alias of that name "
+                              "would take its mail")
+        if lines is not None and line in lines:
+            raise AliasLineExists(f"alias {address} -> {line} already exists.")
+
+    @staticmethod
+    def kept_lines(address: str, lines: list[str] | None, line: str) -> list[str]:
+        """``lines`` without every copy of ``line`` (trailing blanks ignored); raise
+        NoSuchAlias if the alias or the line is not there."""
+        wanted = line.rstrip(" \t\r\n")
+        if lines is None:
+            raise NoSuchAlias(f"alias {address} does not exist")
+        kept = [item for item in lines if item.rstrip(" \t") != wanted]
+        if len(kept) == len(lines):
+            raise NoSuchAlias(f"alias {address} has no line {wanted!r}")
+        return kept
+
+    @staticmethod
+    def sorted_names(found: "Iterable[str]") -> list[str]:
+        """Alias names sorted case-insensitively (as C's valias_select_names)."""
+        return sorted(found, key=lambda n: (n.lower(), n))
+
+
+def open_aliases(api: "Vpopmail") -> AliasStore:
+    """The alias store of the configured user backend: ``.qmail-<alias>`` files with the cdb
+    backend (C without VALIAS), the ``valias`` table with MySQL (C's --enable-valias)."""
+    if api.config.users_backend == "mysql":
+        return SqlAliases(api)
+    return Aliases(api)
+
+
+class Aliases(AliasStore):
+    """The aliases of every domain of one installation as ``.qmail-<alias>`` files."""
+
+    def __init__(self, api: "Vpopmail") -> None:
+        AliasStore.__init__(self, api)
+        config = api.config
+        self.sync = bool(config.delivery_file_sync)
+        self.timeout = float(config.locks_timeout)
 
     def path(self, entry: AssignEntry, alias: str) -> str:
         directory = entry.dir
@@ -335,11 +408,7 @@ class Aliases:
         path = self.path(entry, alias)
         with self._lock(entry):
             lines, mode = self._current(path)
-            if lines is None and self.api.backend.get_user(entry, alias) is not None:
-                raise AliasIsUser(f"{alias}@{entry.domain} is a user: an alias of that name "
-                                  "would take its mail")
-            if lines is not None and line in lines:
-                raise AliasLineExists(f"alias {address} -> {line} already exists.")
+            self.check_add(entry, alias, address, line, lines)
             self._write(entry, path, (lines or []) + [line], mode)
         return line
 
@@ -347,15 +416,10 @@ class Aliases:
         """Remove every copy of one line from an alias; the file goes with its last line.
         Returns True if the alias is gone."""
         alias, entry = self.resolve(address)
-        wanted = line.rstrip(" \t\r\n")
         path = self.path(entry, alias)
         with self._lock(entry):
             lines, mode = self._current(path)
-            if lines is None:
-                raise NoSuchAlias(f"alias {address} does not exist")
-            kept = [item for item in lines if item.rstrip(" \t") != wanted]
-            if len(kept) == len(lines):
-                raise NoSuchAlias(f"alias {address} has no line {wanted!r}")
+            kept = self.kept_lines(address, lines, line)
             if any(item.strip(" \t") for item in kept):
                 self._write(entry, path, kept, mode)
                 return False
@@ -385,3 +449,89 @@ class Aliases:
                 fsync_dir(os.path.dirname(path))
         except OSError as exc:
             raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
+
+
+class SqlAliases(AliasStore):
+    """The aliases as rows of C's ``valias`` table (alias, domain, valias_line; one row per
+    line), keyed by the real domain. Reads go to the read server; every change is one
+    transaction on the update server that locks the alias's rows first (SELECT ... FOR
+    UPDATE), so two concurrent changes of one alias are serialised and nothing is half done.
+    Listings are sorted by alias name (C's queries have no ORDER BY); the lines of an alias
+    keep the server's order."""
+
+    TABLES = ("valias",)
+
+    def __init__(self, api: "Vpopmail", db: "MySQLDatabase | None" = None) -> None:
+        AliasStore.__init__(self, api)
+        self.db: MySQLDatabase = db or api.backend  # type: ignore[assignment]
+
+    def names(self, domain: str) -> tuple[list[str], AssignEntry]:
+        entry = self.api.get_domain(domain)
+        rows = self.db.read("SELECT DISTINCT alias FROM valias WHERE domain = %s",
+                            [entry.real_domain], optional=True)
+        return self.sorted_names(row[0] or "" for row in rows), entry
+
+    def lines(self, address: str) -> list[str] | None:
+        alias, entry = self.resolve(address)
+        return select_lines(self.db, entry.real_domain, [alias]).get(alias)
+
+    def all(self, domain: str) -> list[tuple[str, str]]:
+        """(alias, line) for every row of ``domain``, aliases sorted, lines in server order."""
+        entry = self.api.get_domain(domain)
+        rows = self.db.read("SELECT alias, valias_line FROM valias WHERE domain = %s",
+                            [entry.real_domain], optional=True)
+        pairs = [(alias or "", line or "") for alias, line in rows]
+        order = {name: i for i, name in enumerate(self.sorted_names({a for a, _ in pairs}))}
+        return sorted(pairs, key=lambda pair: order[pair[0]])  # stable: line order kept
+
+    @staticmethod
+    def _locked(conn: "Connection", alias: str, domain: str) -> list[str] | None:
+        rows = conn.query("SELECT valias_line FROM valias WHERE alias = %s AND domain = %s "
+                          "FOR UPDATE", [alias, domain])
+        return [row[0] or "" for row in rows] or None
+
+    def add_line(self, address: str, line: str) -> str:
+        """Add a row for one delivery line (the first row makes the alias); returns the line."""
+        alias, entry = self.resolve(address)
+        line = check_line(line)
+        domain = entry.real_domain
+
+        def work(conn: "Connection") -> None:
+            self.check_add(entry, alias, address, line, self._locked(conn, alias, domain))
+            conn.query("INSERT INTO valias (alias, domain, valias_line) VALUES (%s, %s, %s)",
+                       [alias, domain, line])
+
+        self.db.transaction(work, self.TABLES)
+        return line
+
+    def remove_line(self, address: str, line: str) -> bool:
+        """Delete every row holding ``line``; the alias goes with its last non-blank line.
+        Returns True if the alias is gone."""
+        alias, entry = self.resolve(address)
+        domain = entry.real_domain
+
+        def work(conn: "Connection") -> bool:
+            lines = self._locked(conn, alias, domain)
+            kept = self.kept_lines(address, lines, line)
+            gone = not any(item.strip(" \t") for item in kept)
+            if gone:
+                conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s", [alias, domain])
+            else:
+                for value in set(lines or []) - set(kept):
+                    conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s AND "
+                               "valias_line = %s", [alias, domain, value])
+            return gone
+
+        return bool(self.db.transaction(work, self.TABLES))
+
+    def delete(self, address: str) -> None:
+        """Delete every row of an alias."""
+        alias, entry = self.resolve(address)
+
+        def work(conn: "Connection") -> None:
+            conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s",
+                       [alias, entry.real_domain])
+            if conn.affected() == 0:
+                raise NoSuchAlias(f"alias {address} does not exist")
+
+        self.db.transaction(work, self.TABLES)

@@ -1,10 +1,11 @@
-"""valias: show, add to, remove from and delete the aliases of a domain (``.qmail-<alias>``
-files in the domain directory, the layout of C vpopmail without SQL and of qmailadmin)."""
+"""valias: show, add to, remove from and delete the aliases of a domain: ``.qmail-<alias>``
+files in the domain directory with the cdb backend (the layout of C vpopmail without SQL and of
+qmailadmin), rows of the ``valias`` table with the MySQL backend (C's --enable-valias)."""
 from __future__ import annotations
 
 import sys
 
-from vpopmail.aliases import Aliases
+from vpopmail.aliases import open_aliases
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 
 USAGE = """\
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if len(args) > 1:
             raise UsageError(f"one email address only, not {' '.join(args)!r}")
         target = args[0].lower()
-        aliases = Aliases(open_api(config))
+        aliases = open_aliases(open_api(config))
         if action == "n":
             if "@" in target:
                 print("Please enter domain name only.", file=sys.stderr)

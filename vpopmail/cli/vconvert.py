@@ -12,7 +12,15 @@ The first format option names the source, the second the destination, as in C:
   from /etc/shadow when it can be read) become users of the named domains; accounts without a
   usable hash are skipped.
 - ``-p FILE -c``: ``user:crypted_password`` lines (C's -p) become users.
-- ``-m`` (SQL) and ``-S`` (sqwebmail-pass files) are refused with a message.
+- ``-c -m`` / ``-m -c``: every user of every real domain (or of the named domains) copied
+  from the cdb files into the MySQL tables, or back, whatever ``users.backend`` says (both
+  stores are opened explicitly; ``[mysql]`` must point at the database). Records are copied
+  as they are (hash, clear text, uid, all flag bits, UTF-8 gecos, quota, directory: the
+  directories are the same on both sides); one transaction per domain in SQL, one write per
+  domain in vpasswd. Aliases are not converted: ``.qmail-<alias>`` files keep working with
+  SQL (qmail-local reads them before vdelivermail), while ``valias`` rows are read only by
+  the MySQL backend, so -m -c names the domains that have some.
+- ``-S`` (sqwebmail-pass files) is refused with a message.
 
 Each domain is checked completely before anything of it changes. Users the domain already has
 are not touched: each is named (C's "user NAME domain DOMAIN did not add") and the exit status
@@ -24,12 +32,12 @@ import os
 import sys
 from typing import TypeVar
 
-from auth.backend import VUser
+from auth.backend import UserDatabase, VUser
 from auth.cdbfiles import format_line, parse_line
 from vpopmail.api import NewUser, Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
-from vpopmail.errors import BadInput, ConfigError, CorruptData, UsernameExists, VpopmailError
+from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError
 from vpopmail.fsutil import atomic_write
 from vpopmail.names import check_domain, check_user
 
@@ -51,7 +59,6 @@ vconvert: usage
 """
 SYSTEM_PASSWD = "/etc/passwd"
 SYSTEM_SHADOW = "/etc/shadow"
-NO_SQL = "the SQL backend is not available yet (users.backend = \"cdb\" only)"
 NO_SQWEBMAIL = "-S (sqwebmail-pass files) is not supported: sqwebmail reads vpopmail itself"
 T = TypeVar("T", VUser, NewUser)
 
@@ -138,6 +145,30 @@ def pair_accounts(text: str, source: str) -> list[NewUser]:
 
 # the run ---------------------------------------------------------------------------------------
 
+def open_stores(api: Vpopmail, source: str) -> tuple[UserDatabase, UserDatabase]:
+    """(source, destination) of a -c -m / -m -c copy: the cdb files and MySQL, opened
+    explicitly whatever ``users.backend`` says; the server is reached once first, so a wrong
+    ``[mysql]`` section stops the run before any domain."""
+    from auth.cdbfiles import CdbFiles
+    from auth.mysql import MySQLDatabase
+
+    files, sql = CdbFiles(api.config), MySQLDatabase(api.config)
+    sql.read("SELECT 1")
+    return (files, sql) if source == "c" else (sql, files)
+
+
+def check_utf8(user: VUser) -> None:
+    """SQL columns hold UTF-8 text: refuse a record with other bytes (a Latin-1 gecos written
+    by hand into a vpasswd) rather than let the server reject the whole domain."""
+    for label, value in (("password", user.passwd), ("gecos", user.gecos),
+                         ("directory", user.dir), ("quota", user.quota),
+                         ("clear-text password", user.clear)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput(f"{user.name}: the {label} is not UTF-8 text") from None
+
+
 class Convert:
     def __init__(self, api: Vpopmail, source: str, target: str, path: str | None,
                  pairs: str | None, debug: bool) -> None:
@@ -146,7 +177,9 @@ class Convert:
         self.path, self.pairs, self.debug = path, pairs, debug
         self.status = 0
         # progress goes to stderr when the data itself goes to stdout
-        self.out = sys.stderr if source == "c" and path in (None, "-") else sys.stdout
+        self.out = sys.stderr if target == "e" and path in (None, "-") else sys.stdout
+        #: (source, destination) of a copy between the cdb files and MySQL
+        self.stores = open_stores(api, source) if "m" in (source, target) else None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -154,6 +187,11 @@ class Convert:
     def plan(self, domains: list[str]) -> list[tuple[AssignEntry, str | None]]:
         """(domain entry, file or None) for each domain to convert, every one checked first."""
         directory = self.path not in (None, "-") and os.path.isdir(self.path or "")
+        if self.stores:
+            entries = ([self.api.get_domain(d) for d in domains] if domains
+                       else [e for e in self.api.domains() if not e.is_alias])
+            unique = {e.real_domain: e for e in entries}  # an alias domain names its real one
+            return [(e, None) for e in unique.values()]
         if self.source == "e" and self.path is None or self.source == "p":
             if not domains:
                 raise UsageError("name the domain(s) to add the accounts to")
@@ -197,6 +235,8 @@ class Convert:
 
     def convert(self, entry: AssignEntry, path: str | None) -> int:
         api = self.api
+        if self.stores:
+            return self.copy(entry, *self.stores)
         if self.source == "c":
             text = export_text(api, entry)
             if path == "-":
@@ -217,18 +257,51 @@ class Convert:
                 self.say(f"skipping {name}")
             return self.add(entry, self.new_only(entry, specs))
         users = self.new_only(entry, parse_export(read_source(path), path))
-        if not api.config.passwords_clear_passwords and any(u.clear for u in users):
-            print(f"warning: passwords.clear_passwords is off: the clear-text passwords in "
-                  f"{path} are not kept", file=sys.stderr)
+        self.warn_clear(users, path)
         if self.debug:
             for user in users:
                 self.say(user.name)
         return len(api.import_users(entry, users)) if users else 0
 
-    def new_only(self, entry: AssignEntry, items: list[T]) -> list[T]:
-        """The users not in the domain yet; the others are named (C's "did not add") and make
-        the exit status UsernameExists's."""
-        existing = {u.name for u in self.api.backend.list_users(entry)}
+    def warn_clear(self, users: list[VUser], source: str) -> None:
+        if not self.api.config.passwords_clear_passwords and any(u.clear for u in users):
+            print(f"warning: passwords.clear_passwords is off: the clear-text passwords in "
+                  f"{source} are not kept", file=sys.stderr)
+
+    def copy(self, entry: AssignEntry, source: UserDatabase, target: UserDatabase) -> int:
+        """Copy the domain's users from ``source`` to ``target`` as they are, all checked
+        first; users ``target`` already has are left alone and named (as -e -c does)."""
+        users = [self.api.imported_record(user) for user in source.list_users(entry)]
+        if self.target == "m":
+            for user in users:
+                check_utf8(user)
+        target.create_domain(entry)  # the tables (SQL), vpasswd and its cdb (files)
+        users = self.new_only(entry, users, target)
+        self.warn_clear(users, f"{entry.real_domain}'s vpasswd")
+        if self.debug:
+            for user in users:
+                self.say(user.name)
+        if users:
+            target.add_users(entry, users)
+        if self.source == "m":
+            self.warn_valias(entry, source)
+        return len(users)
+
+    def warn_valias(self, entry: AssignEntry, database: UserDatabase) -> None:
+        from vpopmail.aliases import SqlAliases
+
+        names = SqlAliases(self.api, database).names(entry.domain)[0]  # type: ignore[arg-type]
+        if names:
+            print(f"warning: {entry.real_domain} has aliases in the valias table "
+                  f"({', '.join(names)}): only users.backend = \"mysql\" delivers them; "
+                  "with the cdb backend make them .qmail-<alias> files (valias)",
+                  file=sys.stderr)
+
+    def new_only(self, entry: AssignEntry, items: list[T],
+                 store: UserDatabase | None = None) -> list[T]:
+        """The users not in the domain (of ``store``, default the configured backend) yet;
+        the others are named (C's "did not add") and make the exit status UsernameExists's."""
+        existing = {u.name for u in (store or self.api.backend).list_users(entry)}
         for item in items:
             if item.name.lower() in existing:
                 self.say(f"user {item.name} domain {entry.real_domain} did not add")
@@ -266,15 +339,12 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if sqwebmail:
             error(NO_SQWEBMAIL)
             return 255
-        if "m" in formats:
-            error(NO_SQL)
-            return ConfigError.code & 0xFF
         if len(formats) != 2:
             raise UsageError("give two formats: the one to convert from, then the one to")
         source, target = formats
-        if (source, target) not in (("c", "e"), ("e", "c"), ("p", "c")):
+        if (source, target) not in (("c", "e"), ("e", "c"), ("p", "c"), ("c", "m"), ("m", "c")):
             raise UsageError(f"unknown conversion: -{source} to -{target}")
-        if path is not None and source == "p":
+        if path is not None and "e" not in formats:
             raise UsageError("-f goes with -e")
         api = open_api(config)
         job = Convert(api, source, target, path, pairs, debug)
