@@ -1,6 +1,7 @@
 """A private, real Dovecot 2.3 for tests: POP3 and IMAP on free 127.0.0.1 ports, authenticating
 through a checkpassword program (passdb checkpassword + userdb prefetch, optionally userdb
-checkpassword too), configured by one self-contained dovecot.conf in a directory of the test.
+checkpassword too) or through included files (``includes``: e.g. a sql passdb and userdb),
+configured by one dovecot.conf in a directory of the test.
 
     with Dovecot(tmp_path / "dovecot", "/path/to/checkpassword") as dovecot:
         with dovecot.pop3_login("alice@example.com", "secret") as pop:
@@ -28,7 +29,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -140,12 +141,14 @@ class Dovecot:
     ``uid``/``gid`` are the only ids mail processes may run as; ``userdb_checkpassword``
     adds ``userdb { driver = checkpassword }`` after ``prefetch``, for lookups without a
     login (``doveadm user``, LDA), where the program is called with ``AUTHORIZED=1``;
-    ``auth_user`` is the user the auth process (and so the program) runs as."""
+    ``auth_user`` is the user the auth process (and so the program) runs as; ``includes``
+    replaces the checkpassword passdb/userdb by ``!include`` of these files (e.g. a sql
+    passdb and userdb; ``checkpassword`` is then unused)."""
 
     def __init__(self, base: Path, checkpassword: str, *, env: Mapping[str, str] | None = None,
                  uid: int = 89, gid: int = 89, userdb_checkpassword: bool = False,
                  auth_debug: bool = False, start_timeout: float = 15,
-                 auth_user: str = "root") -> None:
+                 auth_user: str = "root", includes: Sequence[Path] = ()) -> None:
         self.base = Path(base).resolve()
         self.checkpassword = checkpassword
         self.env = dict(env or {})
@@ -155,6 +158,7 @@ class Dovecot:
         self.uid, self.gid = uid, gid
         self.userdb_checkpassword = userdb_checkpassword
         self.auth_user = auth_user
+        self.includes = [Path(p).resolve() for p in includes]
         self.auth_debug = auth_debug
         self.start_timeout = start_timeout
         self.conf = self.base / "dovecot.conf"
@@ -175,6 +179,10 @@ class Dovecot:
         imports = " ".join(["TZ", *(f"{k}={v}" for k, v in self.env.items())])
         userdb = ("\nuserdb {\n  driver = checkpassword\n  args = " + self.checkpassword + "\n}"
                   if self.userdb_checkpassword else "")
+        auth = (f"passdb {{\n  driver = checkpassword\n  args = {self.checkpassword}\n}}\n"
+                f"userdb {{\n  driver = prefetch\n}}{userdb}")
+        if self.includes:
+            auth = "\n".join(f"!include {path}" for path in self.includes)
         return f"""\
 # written by tests/dovecot_site.py: a private instance, self-contained
 base_dir = {self.run_dir}
@@ -201,13 +209,7 @@ default_login_user = {LOGIN_USER}
 default_internal_user = {INTERNAL_USER}
 import_environment = {imports}
 
-passdb {{
-  driver = checkpassword
-  args = {self.checkpassword}
-}}
-userdb {{
-  driver = prefetch
-}}{userdb}
+{auth}
 
 service auth {{
   user = {self.auth_user}
