@@ -1,6 +1,7 @@
 """Benchmark: whole-process delivery of one message, against the interpreter floor and the peers.
 
     .venv/bin/python bench/bench_delivery.py [--sizes 1024,4096,1048576] [--runs 31] [--loop 100]
+                                             [--no-sql]
 
 Installs pyvpopmail into bench/work/delivery, adds example.com with a user that has a quota
 (so the Maildir++ check and the maildirsize append run), and delivers a message of each size
@@ -8,14 +9,19 @@ from a seekable file, as qmail-local would (its environment, cwd = the domain di
 domain owner's uid). In the same run, interleaved, it times the interpreter floor
 (``python -I -S -c pass`` with the wrappers' interpreter), ``/bin/true``, Courier's
 ``deliverquota`` into a Maildir with a quota, and Dovecot's ``dovecot-lda`` into a Maildir,
-each with its sync on and off. Each figure is the median of --runs whole processes, and a
+each with its sync on and off, and vdelivermail with the SQL backend (``users.backend =
+"mysql"`` on a private MariaDB started for the run, the same user copied there by ``vconvert
+-c -m``; reads as the SELECT-only account over the unix socket, sync on and off, and over TCP to
+127.0.0.1 without sync). Each figure is the median of --runs whole processes, and a
 --loop of back-to-back deliveries from one shell per figure; peak RSS comes from GNU time. Writes the
-"Delivery" section of bench/RESULTS.md, with ``python -X importtime`` of the hot path.
+"Delivery" section of bench/RESULTS.md, with ``python -X importtime`` of the hot path (and
+what the SQL backend imports more).
 Run as root it delivers as the vpopmail user (uid 89), as in production.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,15 +29,25 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (WORK, import_report, install, machine_line,  # noqa: E402
-                    median_of, owner, peak_rss, publish, results_table, shell_loop,
-                    timed, wrapper_python)
+from common import (WORK, added_imports, import_report, install,  # noqa: E402
+                    machine_line, mariadb_ready, median_of, owner, peak_rss, private_mariadb,
+                    publish, results_table, shell_loop, sql_config, sql_copy_users, timed,
+                    wrapper_python)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mariadb_site import Database
 
 HERE = WORK / "delivery"
 DOMAIN = "example.com"
 #: C vpopmail 5.4.33 on this machine class (c-vpopmail-observed.md section 7)
 C_VDELIVERMAIL_MS = 2.11
 C_CHAIN_FLOOR_MS = 1.47
+NOSYNC = "pyvpopmail vdelivermail, no fsync"
+SYNC = "pyvpopmail vdelivermail, fsync (default)"
+SQL_NOSYNC = "pyvpopmail vdelivermail, SQL (socket), no fsync"
+SQL_SYNC = "pyvpopmail vdelivermail, SQL (socket), fsync (default)"
+SQL_TCP = "pyvpopmail vdelivermail, SQL (TCP 127.0.0.1), no fsync"
 HEADER = (b"From: Sender <sender@remote.test>\nTo: alice@example.com\nSubject: bench\n"
           b"Message-ID: <bench@remote.test>\n\n")
 
@@ -45,10 +61,25 @@ def message(size: int) -> Path:
     return path
 
 
+def qmail_local_env(domain_dir: Path, config: Path | None = None) -> dict[str, str]:
+    """qmail-local's environment for a delivery to alice@example.com (``config``: a
+    VPOPMAIL_CONFIG instead of the installed one)."""
+    env = {"USER": DOMAIN, "HOME": str(domain_dir), "LOCAL": f"{DOMAIN}-alice",
+           "EXT": "alice", "DEFAULT": "alice", "EXT2": "", "EXT3": "", "EXT4": "",
+           "HOST": DOMAIN, "HOST2": "example", "HOST3": "example", "HOST4": "example",
+           "SENDER": "sender@remote.test", "NEWSENDER": "sender@remote.test",
+           "RECIPIENT": f"{DOMAIN}-alice@{DOMAIN}",
+           "DTLINE": f"Delivered-To: {DOMAIN}-alice@{DOMAIN}\n",
+           "RPLINE": "Return-Path: <sender@remote.test>\n", "PATH": "/usr/bin:/bin"}
+    if config is not None:
+        env["VPOPMAIL_CONFIG"] = str(config)
+    return env
+
+
 class Setup:
     """The installed site, the peers' Maildirs and configs, and how to run each tool."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: "Database | None") -> None:
         self.user, self.group, uid, gid = owner()
         self.ids = (uid, gid)
         prefix = install(HERE, self.user, self.group)
@@ -65,6 +96,15 @@ class Setup:
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",
                                                                "file_sync = false"))
         self.nosync.chmod(0o644)
+        #: row name -> the SQL backend's config (none without a database)
+        self.sql: dict[str, Path] = {}
+        if database is not None:
+            for name, source, tcp in ((SQL_NOSYNC, self.nosync, False),
+                                      (SQL_SYNC, self.config, False),
+                                      (SQL_TCP, self.nosync, True)):
+                dest = HERE / f"vpopmail-sql-{len(self.sql)}.toml"
+                self.sql[name] = sql_config(prefix, database, source, dest, tcp)
+            sql_copy_users(prefix, self.sql[SQL_SYNC])
         self.python = wrapper_python(self.bin / "vdelivermail")
         self.peers: dict[str, list[str]] = {}
         self.peer_env: dict[str, dict[str, str]] = {}
@@ -91,18 +131,6 @@ class Setup:
                                        "PATH": "/usr/bin:/bin"}
         subprocess.run(["chown", "-R", f"{self.user}:{self.group}", str(HERE)], check=True)
 
-    def qmail_local_env(self, sync: bool) -> dict[str, str]:
-        env = {"USER": DOMAIN, "HOME": str(self.domain_dir), "LOCAL": f"{DOMAIN}-alice",
-               "EXT": "alice", "DEFAULT": "alice", "EXT2": "", "EXT3": "", "EXT4": "",
-               "HOST": DOMAIN, "HOST2": "example", "HOST3": "example", "HOST4": "example",
-               "SENDER": "sender@remote.test", "NEWSENDER": "sender@remote.test",
-               "RECIPIENT": f"{DOMAIN}-alice@{DOMAIN}",
-               "DTLINE": f"Delivered-To: {DOMAIN}-alice@{DOMAIN}\n",
-               "RPLINE": "Return-Path: <sender@remote.test>\n", "PATH": "/usr/bin:/bin"}
-        if not sync:
-            env["VPOPMAIL_CONFIG"] = str(self.nosync)
-        return env
-
     def tools(self) -> dict[str, tuple[list[str], dict[str, str], Path | None]]:
         """name -> (argv, environment, cwd)."""
         vdm = [str(self.bin / "vdelivermail"), "", "bounce-no-mailbox"]
@@ -110,10 +138,11 @@ class Setup:
             "`/bin/true` (exec floor)": (["/bin/true"], {"PATH": "/usr/bin:/bin"}, None),
             "interpreter floor `python -I -S -c pass`": (
                 [self.python, "-I", "-S", "-c", "pass"], {"PATH": "/usr/bin:/bin"}, None),
-            "pyvpopmail vdelivermail, no fsync": (vdm, self.qmail_local_env(False), self.domain_dir),
-            "pyvpopmail vdelivermail, fsync (default)": (vdm, self.qmail_local_env(True),
-                                                         self.domain_dir),
+            NOSYNC: (vdm, qmail_local_env(self.domain_dir, self.nosync), self.domain_dir),
+            SYNC: (vdm, qmail_local_env(self.domain_dir), self.domain_dir),
         }
+        for name, config in self.sql.items():
+            tools[name] = (vdm, qmail_local_env(self.domain_dir, config), self.domain_dir)
         for name, argv in self.peers.items():
             tools[name] = (argv, self.peer_env.get(name, {"PATH": "/usr/bin:/bin"}), HERE)
         return tools
@@ -129,21 +158,30 @@ class Setup:
 
 
 def importtime(setup: Setup, msg: Path) -> list[str]:
-    """``-X importtime`` lines of one delivery, with the start-up bundle and without it."""
-    env = setup.qmail_local_env(False)
+    """``-X importtime`` lines of one delivery, with the start-up bundle and without it, and
+    what the SQL backend (socket) imports more."""
+    env = qmail_local_env(setup.domain_dir, setup.nosync)
+    wrapper = [setup.python, "-X", "importtime", str(setup.bin / "vdelivermail"), "", "x"]
+
+    def deliver(argv: list[str], env: dict[str, str]) -> str:
+        with open(msg, "rb") as stdin:
+            return subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env,
+                                  cwd=setup.domain_dir, user=setup.ids[0], group=setup.ids[1],
+                                  extra_groups=[]).stderr
+
     out = []
     for label, argv in (
-            ("installed wrapper (modules from the bundle)",
-             [setup.python, "-X", "importtime", str(setup.bin / "vdelivermail"), "", "x"]),
+            ("installed wrapper (modules from the bundle)", wrapper),
             ("plain imports from lib/pyvpopmail (no bundle)",
              [setup.python, "-X", "importtime", "-I", "-S", "-c",
               f"import sys; sys.path[:0] = [{str(setup.bin.parent / 'lib' / 'pyvpopmail')!r}]; "
               f"from delivery.vdelivermail import main; sys.exit(main(['', 'x']))"])):
-        with open(msg, "rb") as stdin:
-            result = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, env=env,
-                                    cwd=setup.domain_dir, user=setup.ids[0], group=setup.ids[1],
-                                    extra_groups=[])
-        out += import_report(label, result.stderr)
+        out += import_report(label, deliver(argv, env))
+    if setup.sql:
+        out += added_imports("the installed wrapper with the SQL backend (socket)",
+                             deliver(wrapper, env),
+                             deliver(wrapper, qmail_local_env(setup.domain_dir,
+                                                              setup.sql[SQL_NOSYNC])))
     return out
 
 
@@ -152,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1024,4096,1048576")
     parser.add_argument("--runs", type=int, default=31)
     parser.add_argument("--loop", type=int, default=100)
+    parser.add_argument("--no-sql", action="store_true",
+                        help="leave out the SQL backend's figures (no MariaDB started)")
     args = parser.parse_args(argv)
-    setup = Setup()
+    sql = not args.no_sql and mariadb_ready()
+    with private_mariadb() if sql else contextlib.nullcontext() as database:
+        return measure(args, Setup(database))
+
+
+def measure(args: argparse.Namespace, setup: Setup) -> int:
     tools = setup.tools()
     table: dict[int, dict[str, tuple[tuple[float, int], float]]] = {}
     for size in (int(s) for s in args.sizes.split(",")):
@@ -190,14 +235,21 @@ def write_results(table: dict[int, dict[str, tuple[tuple[float, int], float]]], 
                   *results_table(rows, floor, "pyvpopmail")]
     four = table.get(4096)
     if four:
-        nosync = four["pyvpopmail vdelivermail, no fsync"][0][0]
-        sync = four["pyvpopmail vdelivermail, fsync (default)"][0][0]
+        nosync, sync = four[NOSYNC][0][0], four[SYNC][0][0]
         lines += [f"4 KB: our work over the floor without fsync "
                   f"{(nosync - four[floor_name][0][0]) * 1000:.2f} ms (target 1.5 ms); the fsyncs "
                   f"(file + new/) add {(sync - nosync) * 1000:.2f} ms. C vpopmail's vdelivermail "
                   f"(no fsync, quoted from c-vpopmail-observed.md, not re-run: not packaged) took "
                   f"{C_VDELIVERMAIL_MS} ms in a loop on this machine class, over an exec floor of "
                   f"{C_CHAIN_FLOOR_MS} ms.", ""]
+        if SQL_TCP in four:
+            lines += [f"4 KB, the SQL backend over the cdb files (medians): no fsync "
+                      f"{(four[SQL_NOSYNC][0][0] - nosync) * 1000:+.2f} ms, fsync "
+                      f"{(four[SQL_SYNC][0][0] - sync) * 1000:+.2f} ms; TCP instead of the "
+                      f"socket {(four[SQL_TCP][0][0] - four[SQL_NOSYNC][0][0]) * 1000:+.2f} ms. "
+                      "SQL rows: users.backend = \"mysql\" on a private MariaDB 10.11 on this "
+                      "machine, read as the SELECT-only account (the valias query, then the "
+                      "user's row).", ""]
     publish("## Delivery:", lines, "4 KB delivery, no fsync", imports)
 
 

@@ -1,6 +1,6 @@
 """Benchmark: whole-process POP3 logins through vchkpw, against the exec and interpreter floors.
 
-    .venv/bin/python bench/bench_vchkpw.py [--runs 31] [--loop 100] [--no-roaming]
+    .venv/bin/python bench/bench_vchkpw.py [--runs 31] [--loop 100] [--no-roaming] [--no-sql]
 
 Installs pyvpopmail into bench/work/login and adds example.com with two users: ``sha``, whose
 password is SHA-512-crypt (the default scheme), and ``md5``, whose password is MD5-crypt (added
@@ -11,14 +11,19 @@ vpopmail user) itself, as in production. In the same run, interleaved, it times 
 (``/bin/true`` with fd 3 open), the interpreter floor (``python -I -S -c pass`` with the
 wrappers' interpreter), good SHA-512 and MD5 passwords, a wrong password, an unknown user, and
 SHA-512 logins with roaming users on (a second config, through VPOPMAIL_CONFIG) from a known IP
-(open-smtp refreshed) and from a new IP every time (tcp.smtp.cdb rebuilt). Each figure is the
+(open-smtp refreshed) and from a new IP every time (tcp.smtp.cdb rebuilt), and the same users
+with the SQL backend (``users.backend = "mysql"`` on a private MariaDB started for the run, the
+users copied by ``vconvert -c -m``; reads as the SELECT-only account over the unix socket, and one
+row over TCP to 127.0.0.1; each good login writes its lastauth row). Each figure is the
 median of --runs whole processes, and a --loop of back-to-back logins from one shell
 (``3<"$CRED"``) per figure; peak RSS comes from GNU time. Writes the "Login" section of
-bench/RESULTS.md, with ``python -X importtime`` of one SHA-512 login.
+bench/RESULTS.md, with ``python -X importtime`` of one SHA-512 login (and what the SQL backend
+imports more).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -26,9 +31,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (WORK, as_fd3, import_report, install, machine_line,  # noqa: E402
-                    median_of, owner, peak_rss, publish, results_table, shell_loop,
-                    timed, wrapper_python)
+from common import (WORK, added_imports, as_fd3, import_report, install,  # noqa: E402
+                    machine_line, mariadb_ready, measure_all, owner, peak_rss, private_mariadb,
+                    publish, results_table, shell_loop, sql_config, sql_copy_users, timed,
+                    wrapper_python)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mariadb_site import Database
 
 HERE = WORK / "login"
 DOMAIN = "example.com"
@@ -52,6 +62,10 @@ WRONG = "vchkpw, wrong password (exit 1)"
 UNKNOWN = "vchkpw, unknown user (exit 1)"
 ROAM_KNOWN = "vchkpw, SHA-512, roaming, known IP (open-smtp refreshed)"
 ROAM_NEW = "vchkpw, SHA-512, roaming, new IP each login (tcp.smtp.cdb rebuilt)"
+#: the SQL backend's rows: the cdb row each one mirrors
+SQL_ROWS = {f"vchkpw, SQL (socket), {row[len('vchkpw, '):]}": row
+            for row in (SHA, MD5, WRONG, UNKNOWN)}
+SQL_TCP = "vchkpw, SQL (TCP 127.0.0.1), SHA-512-crypt, good password"
 
 
 class Tool(NamedTuple):
@@ -81,7 +95,7 @@ class NewIPs:
 class Setup:
     """The installed site with its two users, the credentials files, and the configs."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: "Database | None") -> None:
         self.user, self.group, _, _ = owner()
         prefix = install(HERE, self.user, self.group)
         self.bin = prefix / "bin"
@@ -106,6 +120,13 @@ class Setup:
                        ("unknown", f"nobody@{DOMAIN}", "pw-sha"))}
         self.python = wrapper_python(self.bin / "vchkpw")
         self.ips = NewIPs()
+        #: "socket" / "tcp" -> the SQL backend's config (none without a database)
+        self.sql: dict[str, Path] = {}
+        if database is not None:
+            self.sql = {way: sql_config(prefix, database, self.config,
+                                        HERE / f"vpopmail-sql-{way}.toml", tcp=way == "tcp")
+                        for way in ("socket", "tcp")}
+            sql_copy_users(prefix, self.sql["socket"])
 
     def run(self, *argv: str) -> None:
         subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
@@ -131,6 +152,12 @@ class Setup:
         if roaming:
             tools[ROAM_KNOWN] = Tool(vchkpw, roam, self.creds["sha"])
             tools[ROAM_NEW] = Tool(vchkpw, roam, self.creds["sha"], new_ip=True)
+        if self.sql:
+            sql = {way: {**POP_ENV, "VPOPMAIL_CONFIG": str(path)}
+                   for way, path in self.sql.items()}
+            for name, row in SQL_ROWS.items():
+                tools[name] = tools[row]._replace(env=sql["socket"])
+            tools[SQL_TCP] = tools[SHA]._replace(env=sql["tcp"])
         return tools
 
     def env(self, tool: Tool) -> dict[str, str]:
@@ -163,17 +190,25 @@ def switch(text: str, old: str, new: str) -> str:
 
 def importtime(setup: Setup) -> list[str]:
     """``-X importtime`` lines of one SHA-512 login through the installed wrapper (with the
-    interpreter flags of its shebang)."""
+    interpreter flags of its shebang), and what the SQL backend (socket) imports more."""
     wrapper = setup.bin / "vchkpw"
     flags = wrapper.read_text().split("\n")[0].split()[1:]
-    with open(setup.creds["sha"], "rb") as cred:
-        result = subprocess.run([setup.python, *flags, "-X", "importtime", str(wrapper),
-                                 "/bin/true"], stdin=subprocess.DEVNULL, capture_output=True,
-                                text=True, env=POP_ENV, **as_fd3(cred))  # type: ignore[arg-type]
-    if result.returncode != 0:
-        raise SystemExit(f"importtime login exited {result.returncode}: {result.stderr}")
-    return import_report(f"installed wrapper (`{' '.join(flags)}`), SHA-512-crypt login",
-                         result.stderr)
+
+    def login(env: dict[str, str]) -> str:
+        with open(setup.creds["sha"], "rb") as cred:
+            result = subprocess.run([setup.python, *flags, "-X", "importtime", str(wrapper),
+                                     "/bin/true"], stdin=subprocess.DEVNULL, capture_output=True,
+                                    text=True, env=env, **as_fd3(cred))  # type: ignore[arg-type]
+        if result.returncode != 0:
+            raise SystemExit(f"importtime login exited {result.returncode}: {result.stderr}")
+        return result.stderr
+
+    cdb = login(POP_ENV)
+    lines = import_report(f"installed wrapper (`{' '.join(flags)}`), SHA-512-crypt login", cdb)
+    if setup.sql:
+        lines += added_imports("the same login with the SQL backend (socket)", cdb,
+                               login({**POP_ENV, "VPOPMAIL_CONFIG": str(setup.sql["socket"])}))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,23 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", type=int, default=100)
     parser.add_argument("--no-roaming", action="store_true",
                         help="leave out the two roaming-users figures")
+    parser.add_argument("--no-sql", action="store_true",
+                        help="leave out the SQL backend's figures (no MariaDB started)")
     args = parser.parse_args(argv)
-    setup = Setup()
-    tools = setup.tools(not args.no_roaming)
-    for tool in tools.values():  # warm-up: config caches, lastauth, the known IP's first rebuild
-        setup.once(tool)
-    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}
-    for _ in range(args.runs):
-        for name, tool in tools.items():
-            samples[name].append(setup.once(tool))
-    table: dict[str, tuple[tuple[float, int], float]] = {}
-    for name, tool in tools.items():
-        per = setup.loop(tool, args.loop)
-        wall, rss = median_of(samples[name])
-        rss = max(setup.peak(tool) or rss for _ in range(3))
-        table[name] = ((wall, rss), per)
-        print(f"{name:70s} {wall * 1000:7.2f} ms (loop {per * 1000:.2f} ms)  "
-              f"{rss / 1024:.1f} MiB", flush=True)
+    sql = not args.no_sql and mariadb_ready()
+    with private_mariadb() if sql else contextlib.nullcontext() as database:
+        return measure(args, Setup(database))
+
+
+def measure(args: argparse.Namespace, setup: Setup) -> int:
+    # the warm-up also makes the lastauth rows and the known IP's first rebuild
+    table = measure_all(setup.tools(not args.no_roaming), setup.once, setup.loop, setup.peak,
+                        args.runs, args.loop)
     write_results(table, args.runs, args.loop, setup.open_smtp_lines(), importtime(setup))
     return 0
 
@@ -221,6 +251,14 @@ def write_results(table: dict[str, tuple[tuple[float, int], float]], runs: int, 
         (wall, _), per = table[name]
         return (f"{(wall - floor) * 1000:.2f} ms (loop: {(per - floor_loop) * 1000:.2f} ms)")
 
+    if SQL_TCP in table:
+        lines += ["The SQL backend over the cdb files, the same login (medians): " + "; ".join(
+            f"{row[len('vchkpw, '):]} {(table[name][0][0] - table[row][0][0]) * 1000:+.2f} ms"
+            for name, row in SQL_ROWS.items()) + f"; TCP instead of the socket "
+            f"{(table[SQL_TCP][0][0] - table[next(iter(SQL_ROWS))][0][0]) * 1000:+.2f} ms. "
+            "SQL rows: users.backend = \"mysql\" on a private MariaDB 10.11 on this machine "
+            "(server defaults, InnoDB commit flush on), reads as the SELECT-only account; a "
+            "good login also writes its lastauth row on the update connection.", ""]
     lines += [f"Our work over the interpreter floor: MD5-crypt {work(MD5)}, SHA-512-crypt "
               f"{work(SHA)}; target {TARGET_MS} ms.", "",
               f"C vpopmail 5.4.33's vchkpw (quoted from c-vpopmail-observed.md section 7, not "

@@ -7,13 +7,20 @@ import datetime
 import os
 import platform
 import pwd
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mariadb_site import Database
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "bench" / "work"
@@ -112,8 +119,6 @@ def install(here: Path, user: str, group: str) -> Path:
     """A fresh ``here`` (0755) with pyvpopmail installed by packaging/install into
     ``here``/vpopmail (qmail's directory ``here``/qmail), on this interpreter's virtualenv;
     returns the prefix."""
-    import shutil
-
     shutil.rmtree(here, ignore_errors=True)
     here.mkdir(parents=True)
     here.chmod(0o755)
@@ -129,19 +134,67 @@ def wrapper_python(wrapper: Path) -> str:
     return wrapper.read_text().split()[0][2:]
 
 
+def import_lines(stderr: str) -> dict[str, tuple[int, str]]:
+    """Module name -> (self time in µs, line) from ``python -X importtime`` output."""
+    return {line.split("|")[2].strip(): (int(line.split("|")[0].split(":")[1]), line)
+            for line in stderr.splitlines()
+            if line.startswith("import time:") and "self [us]" not in line}
+
+
 def import_report(label: str, stderr: str) -> list[str]:
     """Markdown lines from ``python -X importtime`` output: how many modules, their summed self
     times, and the lines of pyvpopmail's own modules."""
-    lines = [l for l in stderr.splitlines() if l.startswith("import time:")]
-    ours = [l for l in lines if any(p in l for p in OUR_MODULES)]
-    total = sum(int(l.split("|")[0].split(":")[1]) for l in lines[1:])
-    return [f"{label}: {len(lines) - 1} modules imported, {total / 1000:.2f} ms in all "
+    lines = import_lines(stderr)
+    ours = [line for _, line in lines.values() if any(p in line for p in OUR_MODULES)]
+    total = sum(us for us, _ in lines.values())
+    return [f"{label}: {len(lines)} modules imported, {total / 1000:.2f} ms in all "
             f"(self times); pyvpopmail's own:", "", "```", *(ours or ["(none)"]), "```", ""]
+
+
+def added_imports(label: str, base: str, stderr: str) -> list[str]:
+    """Markdown lines: the modules ``python -X importtime`` output ``stderr`` has and ``base``
+    has not, with their summed self times (and the names of those it has not and ``base``
+    has)."""
+    before, after = import_lines(base), import_lines(stderr)
+    added = {name: v for name, v in after.items() if name not in before}
+    fewer = [name for name in before if name not in after]
+    total = sum(us for us, _ in added.values())
+    return [f"{label}: {len(added)} modules more, {total / 1000:.2f} ms (self times)"
+            f"{'; not loaded: ' + ', '.join(fewer) if fewer else ''}:", "",
+            "```", *([line for _, line in added.values()] or ["(none)"]), "```", ""]
 
 
 def median_of(samples: list[tuple[float, int]]) -> tuple[float, int]:
     """(median wall, largest peak RSS)."""
     return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
+
+
+T = TypeVar("T")
+
+
+def measure_all(tools: dict[str, T], once: Callable[[T], tuple[float, int]],
+                loop: Callable[[T, int], float], peak: Callable[[T], int | None], runs: int,
+                loop_count: int) -> dict[str, tuple[tuple[float, int], float]]:
+    """name -> ((median wall, peak KiB), seconds per loop run): one warm-up run of each tool,
+    then ``runs`` rounds of one run of each (interleaved), then a loop of ``loop_count`` per
+    tool; peak RSS is the largest of 3 ``peak`` runs (``once``'s when that gives None). Each
+    row is printed as it is done."""
+    for tool in tools.values():  # warm-up: page cache, config caches, first-use writes
+        once(tool)
+    samples: dict[str, list[tuple[float, int]]] = {name: [] for name in tools}
+    for _ in range(runs):
+        for name, tool in tools.items():
+            samples[name].append(once(tool))
+    table: dict[str, tuple[tuple[float, int], float]] = {}
+    width = max(map(len, tools))
+    for name, tool in tools.items():
+        per = loop(tool, loop_count)
+        wall, rss = median_of(samples[name])
+        rss = max(peak(tool) or rss for _ in range(3))
+        table[name] = ((wall, rss), per)
+        print(f"{name:{width}s} {wall * 1000:7.2f} ms (loop {per * 1000:.2f} ms)  "
+              f"{rss / 1024:.1f} MiB", flush=True)
+    return table
 
 
 def machine_line(runs: int, rss_source: str = "wait4") -> str:
@@ -160,7 +213,7 @@ def replace_section(path: Path, heading: str, text: str) -> None:
 
 
 def results_table(rows: dict[str, tuple[tuple[float, int], float]], floor: float,
-                  ours: str) -> list[str]:
+                  ours: str | tuple[str, ...]) -> list[str]:
     """Markdown rows: name -> ((median s, peak KiB), loop s); rows named ``ours``… get their
     median minus ``floor`` in the last column."""
     lines = ["| program | median | loop | peak RSS | over floor |",
@@ -178,3 +231,66 @@ def publish(heading: str, lines: list[str], imports_title: str, imports: list[st
              *imports]
     replace_section(RESULTS, heading, "\n".join(lines))
     print("\n".join(lines))
+
+
+def mariadb_ready() -> bool:
+    """Whether MariaDB's server and client are here (packaging/bootstrap installs them)."""
+    return bool(shutil.which("mariadb-install-db") and shutil.which("mariadb")
+                and (shutil.which("mariadbd") or os.path.exists("/usr/sbin/mariadbd")))
+
+
+@contextlib.contextmanager
+def private_mariadb() -> Iterator["Database"]:
+    """A private MariaDB server (tests/mariadb_site.py's: data and socket under /tmp, TCP on a
+    free loopback port) with one fresh database and the accounts vpop_ro (SELECT only) and
+    vpop_rw; stopped and removed afterwards."""
+    sys.path.insert(0, str(REPO / "tests"))
+    import conftest  # noqa: F401 - first: mariadb_site imports from it and it from mariadb_site
+    from mariadb_site import MariaDB, _accounts, new_database
+
+    base = Path("/tmp") / f"pyvp-bench-mdb-{os.getpid()}"  # a socket path has <= 107 bytes
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    server = MariaDB(base, "server", 1)
+    try:
+        server.start()
+        _accounts(server)
+        yield new_database(server)
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def sql_config(prefix: Path, database: "Database", source: Path, dest: Path,
+               tcp: bool = False) -> Path:
+    """``dest``: the config ``source`` with ``users.backend = "mysql"`` on ``database``
+    (Database.configure: reads as vpop_ro, updates as vpop_rw) over its unix socket or, with
+    ``tcp``, 127.0.0.1."""
+    from conftest import Install
+
+    user, group, _, _ = owner()
+    shutil.copyfile(source, dest)
+    site = Install(prefix, prefix.parent / "qmail", user, group,
+                   "root" if os.geteuid() == 0 else "user")
+    site.config_path = dest
+    database.configure(site, tcp=tcp)
+    from vpopmail import config as vconfig
+
+    vconfig.load(str(dest))  # its cache, for readers that may not write beside it
+    return dest
+
+
+def sql_copy_users(prefix: Path, config: Path) -> None:
+    """The users of every domain copied from vpasswd into the SQL tables of ``config``
+    (``vconvert -c -m``), plus the tables vadddomain creates with them (lastauth, valias), so
+    both backends hold the same users with the same directories."""
+    subprocess.run([str(prefix / "bin" / "vconvert"), "-c", "-m"], check=True,
+                   capture_output=True, env={"PATH": "/usr/bin:/bin",
+                                             "VPOPMAIL_CONFIG": str(config)})
+    from auth.mysql import MySQLDatabase
+    from vpopmail import config as vconfig
+
+    database = MySQLDatabase(vconfig.load(str(config)))
+    for kind in ("lastauth", "valias"):
+        database.create_table(kind)
+    database.close()
