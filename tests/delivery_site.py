@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from auth.backend import open_backend
 from conftest import Install, as_user_argv
+from vpopmail.assign import AssignEntry
+from vpopmail.config import Config
 
 DOMAIN = "example.com"
 SENDER = "sender@remote.test"
@@ -50,6 +53,7 @@ class Site:
         self.inst = inst
         self.unprivileged = unprivileged
         self.domain_dir = inst.domains / DOMAIN
+        self._where: tuple[Config, AssignEntry] | None = None
 
     @classmethod
     def create(cls, inst: Install, unprivileged: bool, **users: str | None) -> "Site":
@@ -70,9 +74,19 @@ class Site:
         return self.user_dir(name)
 
     def user_dir(self, name: str) -> Path:
-        line = next(l for l in (self.domain_dir / "vpasswd").read_text().splitlines()
-                    if l.startswith(name + ":"))
-        return Path(line.split(":")[5])
+        """``name``'s directory as the configured backend stores it. The configuration and the
+        domain's entry are read at the first call only, so a test may then damage users/cdb or
+        the configuration file and still find the mailboxes."""
+        if self._where is None:
+            api = self.inst.api()
+            self._where = (api.config, api.get_domain(DOMAIN))
+            api.backend.close()
+        config, entry = self._where
+        backend = open_backend(config)
+        try:
+            return Path(next(u.dir for u in backend.list_users(entry) if u.name == name))
+        finally:
+            backend.close()
 
     def maildir(self, name: str) -> Path:
         return self.user_dir(name) / "Maildir"

@@ -5,6 +5,10 @@ The golden scenario is C vpopmail 5.4.33's (reference c-vpopmail-observed.md sec
 bob@example.com pw2``, ``vsetuserquota alice@example.com 1M``; every file it leaves is checked
 byte for byte, with this install's paths and owner instead of /home/vpopmail and 89:89.
 
+All three admin-command modules run on both user backends (both_backends, tests/conftest.py):
+users are read back through the backend (``stored_users``); vpasswd's own lines and vpasswd.cdb
+are checked where the backend is cdb, and their absence where it is MariaDB.
+
 Helpers used by test_commands_users.py and test_commands_domains.py live here too.
 """
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from auth.passwords import verify_password
-from conftest import CLEAN_ENV, Install
+from conftest import CLEAN_ENV, NO_BACKEND, Install
+
+pytestmark = pytest.mark.both_backends
 
 DOMAIN = "example.com"
 GOLDEN_STEPS = (("vadddomain", DOMAIN, "secret"), ("vadduser", f"alice@{DOMAIN}", "pw1"),
@@ -66,6 +72,23 @@ def vpasswd_lines(inst: Install, domain: str = DOMAIN) -> list[str]:
 
 def vpasswd_users(inst: Install, domain: str = DOMAIN) -> dict[str, list[str]]:
     return {line.split(":")[0]: line.split(":") for line in vpasswd_lines(inst, domain)}
+
+
+def stored_users(inst: Install, domain: str = DOMAIN) -> dict[str, list[str]]:
+    """Each user of ``domain`` as vpasswd's fields (name, passwd, uid, flags, gecos, dir, quota
+    and the clear password if any), read through the configured backend (file or SQL)."""
+    return {name: [u.name, u.passwd, str(u.uid), str(u.flags), u.gecos, u.dir, u.quota,
+                   *([u.clear] if u.clear else [])] for name, u in inst.vusers(domain).items()}
+
+
+def check_index(inst: Install, domain: str = DOMAIN) -> None:
+    """The cdb backend's vpasswd.cdb holds exactly vpasswd; the SQL backend writes neither."""
+    dom = domain_dir(inst, domain)
+    if inst.backend == "cdb":
+        assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(inst, domain)
+        assert sorted(stored_users(inst, domain)) == vpasswd_cdb_names(inst, domain)
+    else:
+        assert not (dom / "vpasswd").exists() and not (dom / "vpasswd.cdb").exists()
 
 
 def vpasswd_cdb_names(inst: Install, domain: str = DOMAIN) -> list[str]:
@@ -171,24 +194,24 @@ def check_golden_files(inst: Install, clear: bool = False) -> None:
     assert (inst.domains / ".dir-control").read_text() == DIR_CONTROL_3.replace("3", "1", 1)
     assert mode(dom / ".dir-control") == 0o600
 
-    # vpasswd: sorted, 7 fields (8 with clear passwords), the C field values
-    lines = vpasswd_lines(inst)
-    assert [line.split(":")[0] for line in lines] == ["alice", "bob", "postmaster"]
+    # the users: 7 fields (8 with clear passwords), the C field values; in vpasswd: sorted
+    users = stored_users(inst)
+    assert sorted(users) == ["alice", "bob", "postmaster"]
     expect = {"alice": ("alice", "1048576S"), "bob": ("bob", "NOQUOTA"),
               "postmaster": ("Postmaster", "NOQUOTA")}
-    for line in lines:
-        fields = line.split(":")
-        name = fields[0]
-        assert len(fields) == (8 if clear else 7), line
+    for name, fields in users.items():
+        assert len(fields) == (8 if clear else 7), fields
         assert fields[2:7] == ["1", "0", expect[name][0], str(dom / name), expect[name][1]]
-        assert fields[1].startswith("$6$"), line  # the configured default scheme
+        assert fields[1].startswith("$6$"), fields  # the configured default scheme
         assert verify_password(PASSWORDS[name], fields[1])
         assert not verify_password(PASSWORDS[name] + "x", fields[1])
         if clear:
             assert fields[7] == PASSWORDS[name]
-    assert mode(dom / "vpasswd") == 0o644
-    assert mode(dom / "vpasswd.cdb") == 0o600
-    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(inst)
+    if inst.backend == "cdb":
+        assert vpasswd_lines(inst) == [":".join(users[name]) for name in sorted(users)]
+        assert mode(dom / "vpasswd") == 0o644
+        assert mode(dom / "vpasswd.cdb") == 0o600
+    check_index(inst)
 
     # the users' trees
     for name in ("alice", "bob", "postmaster"):
@@ -196,9 +219,12 @@ def check_golden_files(inst: Install, clear: bool = False) -> None:
         maildir = home / "Maildir"
         for directory in (home, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
             assert directory.is_dir() and mode(directory) == 0o700, directory
-        assert (home / "lastauth").read_bytes() == b"0.0.0.0"
-        assert mode(home / "lastauth") == 0o600
-        assert sorted(p.name for p in home.iterdir()) == ["Maildir", "lastauth"]
+        assert (inst.last_login(f"{name}@{DOMAIN}") or (0, ""))[1] == "0.0.0.0"
+        if inst.backend == "cdb":  # SQL: a lastauth row instead (C's vset_lastauth)
+            assert (home / "lastauth").read_bytes() == b"0.0.0.0"
+            assert mode(home / "lastauth") == 0o600
+        files = ["Maildir", "lastauth"] if inst.backend == "cdb" else ["Maildir"]
+        assert sorted(p.name for p in home.iterdir()) == files
         assert list((home / "Maildir" / "tmp").iterdir()) == []
     assert (dom / "alice" / "Maildir" / "maildirsize").read_bytes() == b"1048576S\n0 0\n"
     assert mode(dom / "alice" / "Maildir" / "maildirsize") == 0o600
@@ -206,8 +232,10 @@ def check_golden_files(inst: Install, clear: bool = False) -> None:
     assert not (dom / "postmaster" / "Maildir" / "maildirsize").exists()
 
     # nothing else: no stray temp files
-    assert sorted(p.name for p in dom.iterdir() if not p.name.endswith(".lock")) == [
-        ".dir-control", ".qmail-default", "alice", "bob", "postmaster", "vpasswd", "vpasswd.cdb"]
+    files = [".dir-control", ".qmail-default", "alice", "bob", "postmaster"]
+    if inst.backend == "cdb":
+        files += ["vpasswd", "vpasswd.cdb"]
+    assert sorted(p.name for p in dom.iterdir() if not p.name.endswith(".lock")) == files
 
 
 def check_owner(inst: Install) -> None:
@@ -253,8 +281,8 @@ def test_vadduser_as_vpopmail_user_owns_its_files(root_vhome: Install) -> None:
     inst = root_vhome
     golden(inst)
     ok_as_vpopmail(inst, "vadduser", f"carol@{DOMAIN}", "pw3")
-    assert "carol" in vpasswd_users(inst)
-    assert vpasswd_cdb_names(inst) == ["alice", "bob", "carol", "postmaster"]
+    assert sorted(stored_users(inst)) == ["alice", "bob", "carol", "postmaster"]
+    check_index(inst)
     check_owner(inst)
 
 
@@ -275,6 +303,7 @@ USAGE_FIRST = {
 }
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # usage texts
 @pytest.mark.parametrize("command", sorted(USAGE_FIRST))
 def test_usage_without_arguments(vhome: Install, command: str) -> None:
     before = state(vhome)
@@ -313,10 +342,9 @@ def test_concurrent_vadduser_same_domain(vhome: Install, count: int) -> None:
     results = start_together(vhome, [["vadduser", f"{n}@{DOMAIN}", f"pw-{n}"] for n in names])
     for result in results:
         assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
-    users = vpasswd_users(vhome)
+    users = stored_users(vhome)
     assert sorted(users) == sorted(names + ["postmaster"])
-    assert vpasswd_cdb_names(vhome) == sorted(names + ["postmaster"])
-    assert cdb_dump(domain_dir(vhome) / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    check_index(vhome)
     for name in names:
         assert verify_password(f"pw-{name}", users[name][1])
         assert (domain_dir(vhome) / name / "Maildir" / "new").is_dir()

@@ -8,8 +8,10 @@ import re
 import pytest
 
 from conftest import Install
-from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, domain_dir, golden,
-                           refused, state, vpasswd_users)
+from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir,
+                           golden, refused, state, stored_users)
+
+pytestmark = pytest.mark.both_backends
 
 ALIAS = "alias.net"
 
@@ -66,7 +68,7 @@ def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     assert (dom / ".qmail-default").read_text() == \
         f"| {vhome.prefix}/bin/vdelivermail '' {dom / 'postmaster'}\n"
     from auth.passwords import verify_password
-    assert verify_password(match.group(1), vpasswd_users(vhome)["postmaster"][1])
+    assert verify_password(match.group(1), stored_users(vhome)["postmaster"][1])
     # the catch-all target cannot be deleted
     refused(vhome, "vdeluser", f"postmaster@{DOMAIN}", code=201)
 
@@ -80,7 +82,8 @@ def test_vadddomain_as_vpopmail_cannot_write_assign(root_vhome: Install) -> None
     assert assign_lines(inst) == [assign_line(inst, DOMAIN), "."]
     # root can
     inst.ok("vadddomain", "other.org", "secret")
-    assert (inst.domains / "other.org" / "vpasswd").stat().st_uid == 89
+    assert inst.uid == 89
+    check_owner(inst)
 
 
 # vdominfo --------------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ def test_vdeldomain_force_deletes_domain_and_aliases(vhome: Install) -> None:
     refused(vhome, "vdeldomain", DOMAIN, code=245, starts="Error: Domain does not exist")
     # the name can be used again
     vhome.ok("vadddomain", DOMAIN, "again")
-    assert sorted(vpasswd_users(vhome)) == ["postmaster"]
+    assert sorted(stored_users(vhome)) == ["postmaster"]
 
 
 def test_vdeldomain_of_an_alias_removes_only_the_alias(vhome: Install) -> None:
@@ -208,7 +211,7 @@ def test_vdeldomain_of_an_alias_removes_only_the_alias(vhome: Install) -> None:
     assert assign_lines(vhome) == [assign_line(vhome, DOMAIN), "."]
     assert control(vhome, "rcpthosts") == f"{DOMAIN}\n"
     assert control(vhome, "virtualdomains") == f"{DOMAIN}:{DOMAIN}\n"
-    assert sorted(vpasswd_users(vhome)) == ["alice", "bob", "postmaster"]
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
     # with the alias gone, the real domain deletes without -f
     assert vhome.ok("vdeldomain", DOMAIN) == ""
     assert not domain_dir(vhome).exists()
@@ -263,7 +266,7 @@ def test_vmoddomlimits_show(vhome: Install) -> None:
     assert out == expected
     # new users get the domain's default quota
     vhome.ok("vadduser", f"carol@{DOMAIN}", "x")
-    assert vpasswd_users(vhome)["carol"][6] == "2097152S"
+    assert stored_users(vhome)["carol"][6] == "2097152S"
     # -D goes back to the defaults
     assert vhome.ok("vmoddomlimits", "-D", DOMAIN) == "Limits deleted\n"
     assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == DEFAULT_SHOW
@@ -308,8 +311,8 @@ def test_vregenerate_finds_hashed_domains(vhome: Install) -> None:
     names = [f"d{i:03d}.example" for i in range(101)]
     for i, name in enumerate(names):
         vhome.ok("vadddomain", *(["-O"] if i < len(names) - 1 else []), name, "secret")
-    assert (vhome.domains / "0" / "d099.example" / "vpasswd").exists()
-    assert (vhome.domains / "d098.example" / "vpasswd").exists()
+    assert (vhome.domains / "0" / "d099.example" / ".qmail-default").exists()
+    assert (vhome.domains / "d098.example" / ".qmail-default").exists()
     saved = {name: (vhome.qmaildir / name).read_bytes() for name in ("users/assign", "users/cdb")}
     for name in ("users/assign", "users/cdb"):
         (vhome.qmaildir / name).unlink()

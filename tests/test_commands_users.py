@@ -10,16 +10,18 @@ import pytest
 
 from auth.passwords import verify_password
 from conftest import Install
-from test_commands import (ASCTIME, DOMAIN, cdb_dump, domain_dir, golden, refused,
-                           run_as_vpopmail, state, vpasswd_cdb_expected, vpasswd_cdb_names,
-                           vpasswd_lines, vpasswd_users)
+from test_commands import (ASCTIME, DOMAIN, cdb_dump, check_index, domain_dir, golden, refused,
+                           run_as_vpopmail, state, stored_users, vpasswd_cdb_expected,
+                           vpasswd_cdb_names, vpasswd_lines)
+
+pytestmark = pytest.mark.both_backends
 
 
 # vuserinfo -------------------------------------------------------------------------------------
 
 def test_vuserinfo_default_output(vhome: Install) -> None:
     dom = golden(vhome)
-    passwd = vpasswd_users(vhome)["alice"][1]
+    passwd = stored_users(vhome)["alice"][1]
     lines = vhome.ok("vuserinfo", f"alice@{DOMAIN}").splitlines()
     assert lines[:12] == [
         "name:   alice",
@@ -74,24 +76,24 @@ def test_vmoduser_flags(vhome: Install) -> None:
     golden(vhome)
     address = f"alice@{DOMAIN}"
     assert vhome.ok("vmoduser", "-b", address) == ""
-    assert vpasswd_users(vhome)["alice"][3] == "16"
+    assert stored_users(vhome)["alice"][3] == "16"
     assert vhome.ok("vuserinfo", "-g", address) == "16\n"
     assert "        mail will be bounced back to sender\n" in vhome.ok("vuserinfo", address)
-    assert cdb_dump(domain_dir(vhome) / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    check_index(vhome)
 
     vhome.ok("vmoduser", "-x", address)
-    assert vpasswd_users(vhome)["alice"][3] == "0"
+    assert stored_users(vhome)["alice"][3] == "0"
     assert "limits: No user limits set.\n" in vhome.ok("vuserinfo", address)
 
     vhome.ok("vmoduser", "-p", address)
-    assert vpasswd_users(vhome)["alice"][3] == "2"
+    assert stored_users(vhome)["alice"][3] == "2"
     lines = vhome.ok("vuserinfo", address).splitlines()
     at = lines.index("limits:")
     assert lines[at + 1] == "        pop access closed"
     assert lines[at + 2].startswith("dir:")
     assert "        * = set by domain-wide limits" not in lines
     # other users are untouched
-    assert vpasswd_users(vhome)["bob"][3] == "0"
+    assert stored_users(vhome)["bob"][3] == "0"
 
 
 def test_vmoduser_unknown_user(vhome: Install) -> None:
@@ -119,7 +121,7 @@ def test_domain_wide_limits_in_vuserinfo(vhome: Install) -> None:
                                     "        mail will be bounced back to sender",
                                     "        * = set by domain-wide limits"]
     # the stored record keeps only the user's bits
-    assert vpasswd_users(vhome)["alice"][3] == "16"
+    assert stored_users(vhome)["alice"][3] == "16"
     # V_OVERRIDE: the domain's limits no longer apply
     vhome.ok("vmoduser", "-x", "-o", f"bob@{DOMAIN}")
     out = vhome.ok("vuserinfo", f"bob@{DOMAIN}")
@@ -131,15 +133,15 @@ def test_domain_wide_limits_in_vuserinfo(vhome: Install) -> None:
 
 def test_vpasswd_sets_a_verifiable_password(vhome: Install) -> None:
     golden(vhome)
-    old = vpasswd_users(vhome)["alice"][1]
+    old = stored_users(vhome)["alice"][1]
     assert vhome.ok("vpasswd", f"alice@{DOMAIN}", "n3w-Secret") == ""
-    new = vpasswd_users(vhome)["alice"][1]
+    new = stored_users(vhome)["alice"][1]
     assert new != old
     assert verify_password("n3w-Secret", new)
     assert not verify_password("pw1", new)
-    assert cdb_dump(domain_dir(vhome) / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    check_index(vhome)
     # everything else of the record is kept
-    assert vpasswd_users(vhome)["alice"][2:] == ["1", "0", "alice",
+    assert stored_users(vhome)["alice"][2:] == ["1", "0", "alice",
                                                   str(domain_dir(vhome) / "alice"), "1048576S"]
 
 
@@ -148,14 +150,14 @@ def test_vpasswd_random(vhome: Install) -> None:
     out = vhome.ok("vpasswd", "-r", f"bob@{DOMAIN}")
     match = re.fullmatch(r"Random password: (\S{8})\n", out)
     assert match, out
-    assert verify_password(match.group(1), vpasswd_users(vhome)["bob"][1])
-    assert not verify_password("pw2", vpasswd_users(vhome)["bob"][1])
+    assert verify_password(match.group(1), stored_users(vhome)["bob"][1])
+    assert not verify_password("pw2", stored_users(vhome)["bob"][1])
 
 
 def test_vpasswd_reads_password_from_stdin(vhome: Install) -> None:
     golden(vhome)
     assert vhome.run("vpasswd", f"bob@{DOMAIN}", input="piped-pw\n").returncode == 0
-    assert verify_password("piped-pw", vpasswd_users(vhome)["bob"][1])
+    assert verify_password("piped-pw", stored_users(vhome)["bob"][1])
 
 
 def test_vpasswd_unknown_user(vhome: Install) -> None:
@@ -168,8 +170,8 @@ def test_vpasswd_unknown_user(vhome: Install) -> None:
 def test_vdeluser(vhome: Install) -> None:
     dom = golden(vhome)
     assert vhome.ok("vdeluser", f"bob@{DOMAIN}") == ""
-    assert [line.split(":")[0] for line in vpasswd_lines(vhome)] == ["alice", "postmaster"]
-    assert vpasswd_cdb_names(vhome) == ["alice", "postmaster"]
+    assert sorted(stored_users(vhome)) == ["alice", "postmaster"]
+    check_index(vhome)
     assert not (dom / "bob").exists()
     assert (dom / ".dir-control").read_text().split("\n")[0] == "2"
     result = vhome.run("vuserinfo", f"bob@{DOMAIN}")
@@ -180,6 +182,7 @@ def test_vdeluser(vhome: Install) -> None:
 
 # vmkpasswd and vadduser -O ---------------------------------------------------------------------
 
+@pytest.mark.cdb_only("vpasswd.cdb itself")
 def test_vmkpasswd_rebuilds_deleted_cdb(vhome: Install) -> None:
     dom = golden(vhome)
     original = (dom / "vpasswd.cdb").read_bytes()
@@ -198,6 +201,7 @@ def test_vmkpasswd_unknown_domain(vhome: Install) -> None:
     assert state(vhome) == before
 
 
+@pytest.mark.cdb_only("-O defers the vpasswd.cdb index; SQL has no index to defer")
 def test_vadduser_optimized_defers_the_index(vhome: Install) -> None:
     dom = golden(vhome)
     assert vhome.ok("vadduser", "-O", f"carol@{DOMAIN}", "pw3") == ""
@@ -222,10 +226,9 @@ def test_vadduser_bulk_file_hashes_past_99_users(vhome: Install, tmp_path: Path)
     result = vhome.run("vadduser", "-f", str(batch), timeout=300)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
     dom = domain_dir(vhome)
-    users = vpasswd_users(vhome)
+    users = stored_users(vhome)
     assert sorted(users) == sorted(names + ["postmaster"])
-    assert vpasswd_cdb_names(vhome) == sorted(names + ["postmaster"])
-    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(vhome)
+    check_index(vhome)
     # postmaster is the domain's 1st user, u000 its 2nd, ...: the 100th-199th go to bucket 0/,
     # the 200th and 201st to bucket 1/
     for position, name in enumerate(names, start=2):
@@ -294,14 +297,15 @@ def test_vadduser_refuses_bad_names(vhome: Install, address: str) -> None:
     # C vpopmail made <domains>/evil for ../evil: nothing of the kind anywhere in the install
     top = vhome.prefix.parent
     assert not [p for p in top.rglob("*") if p.name in ("evil", "b", "a:b", "..", ".hidden")]
-    assert vpasswd_cdb_names(vhome) == ["alice", "bob", "postmaster"]
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
+    check_index(vhome)
 
 
 def test_vadduser_65_chars_refused_64_accepted(vhome: Install) -> None:
     golden(vhome)
     refused(vhome, "vadduser", "b" * 65 + f"@{DOMAIN}", "x", starts="Error: user name too long")
     vhome.ok("vadduser", "b" * 64 + f"@{DOMAIN}", "x")
-    assert "b" * 64 in vpasswd_users(vhome)
+    assert "b" * 64 in stored_users(vhome)
 
 
 def test_vadduser_unknown_domain(vhome: Install) -> None:
@@ -315,7 +319,7 @@ def test_vadduser_duplicate_user(vhome: Install) -> None:
     golden(vhome)
     result = refused(vhome, "vadduser", f"bob@{DOMAIN}", "other")
     assert result.stdout == "Error: User already exists\n"
-    assert verify_password("pw2", vpasswd_users(vhome)["bob"][1])
+    assert verify_password("pw2", stored_users(vhome)["bob"][1])
     refused(vhome, "vadduser", f"BOB@{DOMAIN}", "other", starts="Error: User already exists")
 
 
@@ -329,7 +333,7 @@ def test_vadduser_gecos_with_newline(vhome: Install) -> None:
 def test_vadduser_gecos_and_quota_accepted(vhome: Install) -> None:
     dom = golden(vhome)
     vhome.ok("vadduser", "-c", "Carol Smith", "-q", "5M", f"carol@{DOMAIN}", "x")
-    assert vpasswd_users(vhome)["carol"][4:] == ["Carol Smith", str(dom / "carol"), "5242880S"]
+    assert stored_users(vhome)["carol"][4:] == ["Carol Smith", str(dom / "carol"), "5242880S"]
     assert (dom / "carol" / "Maildir" / "maildirsize").read_bytes() == b"5242880S\n0 0\n"
 
 
@@ -345,16 +349,17 @@ def test_quota_garbage_refused(vhome: Install, quota: str) -> None:
 def test_vsetuserquota_domain_wide_and_noquota(vhome: Install) -> None:
     dom = golden(vhome)
     assert vhome.ok("vsetuserquota", DOMAIN, "10M") == ""
-    assert {n: f[6] for n, f in vpasswd_users(vhome).items()} == \
+    assert {n: f[6] for n, f in stored_users(vhome).items()} == \
         {"alice": "10485760S", "bob": "10485760S", "postmaster": "10485760S"}
     for name in ("alice", "bob", "postmaster"):
         assert (dom / name / "Maildir" / "maildirsize").read_bytes() == b"10485760S\n0 0\n"
     vhome.ok("vsetuserquota", f"bob@{DOMAIN}", "NOQUOTA")
-    assert vpasswd_users(vhome)["bob"][6] == "NOQUOTA"
+    assert stored_users(vhome)["bob"][6] == "NOQUOTA"
     assert not (dom / "bob" / "Maildir" / "maildirsize").exists()
     refused(vhome, "vsetuserquota", f"nobody@{DOMAIN}", "1M", code=246)
 
 
+@pytest.mark.cdb_only("a damaged vpasswd file")
 def test_corrupt_vpasswd_line(vhome: Install) -> None:
     dom = golden(vhome)
     with open(dom / "vpasswd", "a") as fh:
@@ -387,12 +392,14 @@ def test_vadduser_unwritable_domain_dir(root_vhome: Install) -> None:
         os.chmod(dom, 0o700)
     assert "Could not update file" in result.stdout
     assert not (dom / "carol").exists()
-    assert "carol" not in vpasswd_users(inst)
+    assert "carol" not in stored_users(inst)
     # the same command works once the directory is writable again
     assert run_as_vpopmail(inst, "vadduser", f"carol@{DOMAIN}", "x").returncode == 0
-    assert vpasswd_cdb_names(inst) == ["alice", "bob", "carol", "postmaster"]
+    assert sorted(stored_users(inst)) == ["alice", "bob", "carol", "postmaster"]
+    check_index(inst)
 
 
+@pytest.mark.cdb_only("the vpasswd lock file refuses (SQL down: test_sql_backend.py)")
 def test_vadduser_fails_after_making_the_directory(root_vhome: Install) -> None:
     """The user database refuses the vpopmail user (its lock is root's) only after the user
     directory was made: the directory and the .dir-control slot are given back."""
@@ -407,6 +414,7 @@ def test_vadduser_fails_after_making_the_directory(root_vhome: Install) -> None:
     assert (dom / ".dir-control").read_text().split("\n")[0] == "3"
 
 
+@pytest.mark.cdb_only("vpasswd rewrites files in the domain directory; SQL writes none there")
 def test_vpasswd_as_vpopmail_unwritable(root_vhome: Install) -> None:
     inst = root_vhome
     dom = golden(inst)
@@ -415,4 +423,4 @@ def test_vpasswd_as_vpopmail_unwritable(root_vhome: Install) -> None:
         refused(inst, "vpasswd", f"alice@{DOMAIN}", "new", as_vpopmail=True)
     finally:
         os.chmod(dom, 0o700)
-    assert verify_password("pw1", vpasswd_users(inst)["alice"][1])
+    assert verify_password("pw1", stored_users(inst)["alice"][1])

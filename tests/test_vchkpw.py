@@ -4,6 +4,8 @@ codes (1 rejected, 2 misuse, 111 temporary) in place of C's private ones.
 
 Every test runs in both install modes: a sandbox owned by the user running the tests, and a
 root install for the vpopmail user (uid 89) where vchkpw starts as root, as under tcpserver.
+And on both user backends (both_backends, tests/conftest.py): the cdb files, and MariaDB in the
+root install.
 """
 from __future__ import annotations
 
@@ -16,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAVY, Install
+from conftest import HEAVY, NO_BACKEND, Install
 from delivery_site import DOMAIN
 from login_site import POP_ENV, STAMP, LoginSite
 from ucspi_site import binary, remote_env, tcpserver
+from auth.mysql import LAYOUTS
 from vpopmail import cdb
+from vpopmail.relay import relay_table
+
+pytestmark = pytest.mark.both_backends
 
 PASSWORD = "Secret-42"
 
@@ -62,17 +68,24 @@ def test_program_exit_code_is_passed_on(site: LoginSite) -> None:
 def test_lastauth_records_ip_and_time(site: LoginSite) -> None:
     before = time.time()
     assert site.login("alice@example.com", PASSWORD).code == 0
+    when, ip = site.inst.last_login("alice@example.com") or (0, "")
+    assert ip == "192.0.2.10"
+    assert before - 1 <= when <= time.time()
+
+
+@pytest.mark.cdb_only("the lastauth file itself: its bytes, owner and mode")
+def test_lastauth_file(site: LoginSite) -> None:
+    assert site.login("alice@example.com", PASSWORD).code == 0
     lastauth = site.user_dir("alice") / "lastauth"
     assert lastauth.read_bytes() == b"192.0.2.10"
     st = lastauth.stat()
-    assert st.st_mtime >= before - 1
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (site.inst.uid, site.inst.gid,
                                                                 0o600)
 
 
 def test_ipv6_client_kept_as_is_in_lastauth(site: LoginSite) -> None:
     assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="2001:db8::7")).code == 0
-    assert (site.user_dir("alice") / "lastauth").read_bytes() == b"2001:db8::7"
+    assert (site.inst.last_login("alice@example.com") or (0, ""))[1] == "2001:db8::7"
 
 
 @pytest.mark.parametrize("login", ["alice@example.com", "ALICE@Example.COM", "alice%example.com",
@@ -171,6 +184,7 @@ def test_fd3_closed_is_misuse(site: LoginSite) -> None:
                              "qmail-pop3d. It is not for runnning on the command line.\n")
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # refused before any lookup
 @pytest.mark.parametrize("data", [b"alice@example.com", b"alice@example.com\0" + b"x",
                                   b"a\0" + b"p" * 600 + b"\0\0"])
 def test_malformed_or_oversized_input_is_misuse(site: LoginSite, data: bytes) -> None:
@@ -186,15 +200,21 @@ def test_exec_failure_is_temporary(site: LoginSite) -> None:
     assert site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"]).code == 111
 
 
-@pytest.mark.parametrize("damage", ["users_cdb", "vpasswd_cdb"])
-def test_broken_database_is_temporary_not_rejection(site: LoginSite, damage: str) -> None:
+def broken_file_is_temporary(site: LoginSite, path: Path) -> None:
     """C answered 3 ("user not found") and the server told the user the password was wrong."""
-    path = (site.inst.qmaildir / "users" / "cdb" if damage == "users_cdb"
-            else site.domain_dir / "vpasswd.cdb")
     path.write_bytes(path.read_bytes()[:100])
     result = site.login("alice@example.com", PASSWORD)
     assert (result.code, result.ran) == (111, False)
     assert any("user database unreadable" in t for t in site.syslog.texts())
+
+
+def test_broken_users_cdb_is_temporary_not_rejection(site: LoginSite) -> None:
+    broken_file_is_temporary(site, site.inst.qmaildir / "users" / "cdb")
+
+
+@pytest.mark.cdb_only("vpasswd.cdb is the cdb backend's file (SQL down: test_sql_backend.py)")
+def test_broken_vpasswd_cdb_is_temporary_not_rejection(site: LoginSite) -> None:
+    broken_file_is_temporary(site, site.domain_dir / "vpasswd.cdb")
 
 
 # -- services and flags ------------------------------------------------------------------------
@@ -253,7 +273,7 @@ def test_smtp_auth_keeps_ids_and_directory(site: LoginSite) -> None:
     assert result.code == 0
     assert result.env["uid"] == str(os.getuid())
     assert result.env["cwd"] == "/"
-    assert (site.user_dir("alice") / "lastauth").read_bytes() == b"192.0.2.10"
+    assert (site.inst.last_login("alice@example.com") or (0, ""))[1] == "192.0.2.10"
 
 
 # -- defaults for bare names -------------------------------------------------------------------
@@ -320,51 +340,46 @@ def test_plain_password_still_works_with_clear_passwords(clear_site: LoginSite) 
     assert clear_site.login("tim@example.com", "tanstaaftanstaaf").code == 0
 
 
-def vpasswd_fields(site: LoginSite, name: str) -> list[str]:
-    line = next(l for l in (site.domain_dir / "vpasswd").read_text().splitlines()
-                if l.startswith(name + ":"))
-    return line.split(":")
+def clear_password(site: LoginSite, name: str) -> None:
+    """Store ``name`` with no password at all (encrypted and clear text empty)."""
+    api = site.inst.api()
+    try:
+        user, entry = api.get_user(f"{name}@{DOMAIN}")
+        user.passwd = user.clear = ""
+        api.update_user(entry, user)
+    finally:
+        api.backend.close()
 
 
 def test_learn_passwords(site: LoginSite) -> None:
     site.inst.set_config("passwords", "learn_passwords", True)
     site.inst.set_config("passwords", "clear_passwords", True)
-    fields = vpasswd_fields(site, "alice")
-    fields[1] = ""
-    text = (site.domain_dir / "vpasswd").read_text().replace(
-        next(l for l in (site.domain_dir / "vpasswd").read_text().splitlines()
-             if l.startswith("alice:")), ":".join(fields[:7] + [""]))
-    (site.domain_dir / "vpasswd").write_text(text)
-    site.ok("vmkpasswd", DOMAIN)
+    clear_password(site, "alice")
     assert site.login("alice@example.com", "Learned-1").code == 0
-    fields = vpasswd_fields(site, "alice")
-    assert fields[1].startswith("$6$") and fields[7] == "Learned-1"
+    alice = site.inst.vuser("alice@example.com")
+    assert alice.passwd.startswith("$6$") and alice.clear == "Learned-1"
     assert site.login("alice@example.com", "Learned-1").code == 0
     assert site.login("alice@example.com", "other").code == 1
 
 
 def test_no_password_rejected_without_learning(site: LoginSite) -> None:
-    lines = (site.domain_dir / "vpasswd").read_text().splitlines()
-    fields = vpasswd_fields(site, "alice")
-    fields[1] = ""
-    (site.domain_dir / "vpasswd").write_text("\n".join(
-        ":".join(fields) if l.startswith("alice:") else l for l in lines) + "\n")
-    site.ok("vmkpasswd", DOMAIN)
+    clear_password(site, "alice")
     assert site.login("alice@example.com", "anything").code == 1
 
 
 def test_rehash_on_login(site: LoginSite) -> None:
     site.inst.set_config("passwords", "scheme", "md5-crypt")
     site.add("carol", "Carol-pw")
-    assert vpasswd_fields(site, "carol")[1].startswith("$1$")
+    assert site.inst.vuser("carol@example.com").passwd.startswith("$1$")
     site.inst.set_config("passwords", "scheme", "sha512-crypt")
     assert site.login("carol@example.com", "Carol-pw").code == 0
-    assert vpasswd_fields(site, "carol")[1].startswith("$1$")  # off by default
+    assert site.inst.vuser("carol@example.com").passwd.startswith("$1$")  # off by default
     site.inst.set_config("passwords", "rehash_on_login", True)
     assert site.login("carol@example.com", "Carol-pw").code == 0
-    assert vpasswd_fields(site, "carol")[1].startswith("$6$")
+    assert site.inst.vuser("carol@example.com").passwd.startswith("$6$")
     assert site.login("carol@example.com", "Carol-pw").code == 0
-    assert (site.domain_dir / "vpasswd.cdb").stat().st_uid == site.inst.uid
+    if site.inst.backend == "cdb":  # the rewritten files stay the owner's (vchkpw ran as root)
+        assert (site.domain_dir / "vpasswd.cdb").stat().st_uid == site.inst.uid
 
 
 # -- Dovecot's checkpassword conventions -------------------------------------------------------
@@ -405,8 +420,24 @@ def roaming(site: LoginSite) -> LoginSite:
 
 
 def open_smtp(site: LoginSite) -> list[str]:
-    path = site.inst.prefix / "etc" / "open-smtp"
-    return path.read_text().splitlines() if path.exists() else []
+    """The roaming IPs as open-smtp lines, as the backend keeps them: the lines of the open-smtp
+    file in file order, or the rows of the SQL relay table by IP."""
+    api = site.inst.api()
+    sql = api.backend if site.inst.backend == "mysql" else None
+    try:
+        return [line.decode() for _, line in relay_table(api.config, database=sql).entries()]
+    finally:
+        api.backend.close()
+
+
+def relay_files(site: LoginSite) -> dict[str, int]:
+    """The relay files the backend keeps in etc/ and their modes (open-smtp only for cdb)."""
+    files = {"tcp.smtp.cdb": 0o644, "open-smtp.lock": 0o600}
+    if site.inst.backend == "cdb":
+        files["open-smtp"] = 0o644
+    else:
+        assert not (site.inst.prefix / "etc" / "open-smtp").exists()
+    return files
 
 
 def cdb_keys(site: LoginSite) -> list[bytes]:
@@ -426,7 +457,7 @@ def test_roaming_login_opens_relay(roaming: LoginSite) -> None:
                               text=True).stdout
     assert expected == ('+4,14:127.->+RELAYCLIENT=\0\n'
                         '+10,25:192.0.2.10->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n')
-    for name, mode in (("open-smtp", 0o644), ("tcp.smtp.cdb", 0o644), ("open-smtp.lock", 0o600)):
+    for name, mode in relay_files(roaming).items():
         st = (etc / name).stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (roaming.inst.uid,
                                                                     roaming.inst.gid, mode)
@@ -442,9 +473,9 @@ def test_repeat_login_refreshes_without_rebuild(roaming: LoginSite) -> None:
     assert roaming.login("alice@example.com", PASSWORD).code == 0
     after = cdb_path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    lines = open_smtp(roaming)
-    assert [l.split(":")[0] for l in lines] == ["192.0.2.11", "192.0.2.10"]
-    assert int(lines[1].split("\t")[1]) > int(lines[0].split("\t")[1])
+    stamps = {l.split(":")[0]: int(l.split("\t")[1]) for l in open_smtp(roaming)}
+    assert sorted(stamps) == ["192.0.2.10", "192.0.2.11"]
+    assert stamps["192.0.2.10"] > stamps["192.0.2.11"]
 
 
 @pytest.mark.parametrize("case", ["smtp", "no_relay_flag", "no_ip", "domain_limit", "off"])
@@ -472,6 +503,9 @@ def test_ipv6_relay_entry(roaming: LoginSite) -> None:
     assert b"2001:db8::7" in cdb_keys(roaming)
 
 
+@pytest.mark.mysql_xfail("SqlRelayTable.open_relay writes the relay row before the compile lock; "
+                         "on a lock timeout the login logs 'relay not opened' but the row stays "
+                         "and relays from the next compile (reported to the lead)")
 def test_lock_held_elsewhere_login_succeeds_without_relay(roaming: LoginSite) -> None:
     import fcntl
 
@@ -489,7 +523,7 @@ def test_lock_held_elsewhere_login_succeeds_without_relay(roaming: LoginSite) ->
     assert [l.split(":")[0] for l in open_smtp(roaming)] == ["192.0.2.9"]
     assert any("relay not opened" in t and "File busy" in t for t in roaming.syslog.texts())
     assert roaming.login("alice@example.com", PASSWORD).code == 0
-    assert [l.split(":")[0] for l in open_smtp(roaming)] == ["192.0.2.9", "192.0.2.10"]
+    assert sorted(l.split(":")[0] for l in open_smtp(roaming)) == ["192.0.2.10", "192.0.2.9"]
 
 
 def test_fifty_simultaneous_logins_lose_no_ip(roaming: LoginSite) -> None:
@@ -507,19 +541,30 @@ def test_fifty_simultaneous_logins_lose_no_ip(roaming: LoginSite) -> None:
     assert all(ip.encode() in keys for ip in ips)
 
 
-def test_clearopensmtp_drops_old_entries_and_rebuilds(roaming: LoginSite) -> None:
+@pytest.mark.mysql_xfail("a relay row with a NULL timestamp is never cleared (CAST(NULL) <= x is "
+                         "NULL) yet entries() shows it with time 0: a permanent relay "
+                         "(reported to the lead)")
+def test_clearopensmtp_drops_old_entries_and_rebuilds(roaming: LoginSite,
+                                                     request: pytest.FixtureRequest) -> None:
     etc = roaming.inst.prefix / "etc"
     old = int(time.time()) - 181 * 60
     fresh = int(time.time()) - 60
-    (etc / "open-smtp").write_text(
-        f'192.0.2.1:allow,RELAYCLIENT="",RBLSMTPD=""\t{old}\n'
-        f'192.0.2.2:allow,RELAYCLIENT="",RBLSMTPD=""\t{fresh}\n'
-        '192.0.2.3:allow,RELAYCLIENT="",RBLSMTPD=""\n')
+    entries = {"192.0.2.1": old, "192.0.2.2": fresh, "192.0.2.3": None}  # None: no time at all
+    if roaming.inst.backend == "cdb":
+        (etc / "open-smtp").write_text("".join(
+            f'{ip}:allow,RELAYCLIENT="",RBLSMTPD=""' + ("" if t is None else f"\t{t}") + "\n"
+            for ip, t in entries.items()))
+    else:
+        database = request.getfixturevalue("sql_db")
+        database.rows(f"CREATE TABLE relay ({LAYOUTS['relay']})")
+        for ip, t in entries.items():
+            database.rows(f"INSERT INTO relay VALUES ('{ip}', {'NULL' if t is None else t})")
     roaming.ok("clearopensmtp")
     assert open_smtp(roaming) == [f'192.0.2.2:allow,RELAYCLIENT="",RBLSMTPD=""\t{fresh}']
     assert cdb_keys(roaming) == [b"127.", b"192.0.2.2"]
-    st = (etc / "open-smtp").stat()
-    assert (st.st_uid, st.st_gid) == (roaming.inst.uid, roaming.inst.gid)
+    for name in relay_files(roaming):
+        st = (etc / name).stat()
+        assert (st.st_uid, st.st_gid) == (roaming.inst.uid, roaming.inst.gid)
 
 
 def test_syntax_error_in_tcp_smtp_keeps_old_cdb(roaming: LoginSite) -> None:
@@ -546,7 +591,8 @@ def test_login_imports_nothing_heavy(site: LoginSite) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "auth.vchkpw" in imported and "auth.cdbfiles" in imported
+    storage = {"cdb": "auth.cdbfiles", "mysql": "auth.mysql"}[site.inst.backend]
+    assert "auth.vchkpw" in imported and storage in imported
     assert not imported & HEAVY, imported & HEAVY
     assert "os._exit(code)" in wrapper
 

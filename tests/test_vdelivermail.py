@@ -3,6 +3,8 @@ observed behaviour (reference c-vpopmail-observed.md section 5) and section G's 
 
 Every test runs in both install modes: an ordinary user owning a sandbox, and a root install
 for the vpopmail user (uid 89) where vdelivermail runs as that user, as qmail-local runs it.
+And on both user backends (both_backends, tests/conftest.py): the cdb files, and MariaDB in the
+root install.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAVY, Install, as_user_argv
+from conftest import HEAVY, NO_BACKEND, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, assert_readable_by_mailbox
+
+pytestmark = pytest.mark.both_backends
 
 RETURN_PATH = b"Return-Path: <sender@remote.test>\n"
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
@@ -214,6 +218,7 @@ def test_catch_all_address(site: Site, inject: Path) -> None:
         RETURN_PATH + b"Delivered-To: nobody@example.com\n" + MESSAGE)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # qmail-inject's exit codes
 @pytest.mark.parametrize(("code", "expected"), [(100, 100), (111, 111), (1, 111)])
 def test_qmail_inject_failure(site: Site, inject: Path, code: int, expected: int) -> None:
     (inject / "exit").write_text(str(code))
@@ -235,6 +240,7 @@ def test_one_argument(site: Site) -> None:
         111, b"vdelivermail: invalid syntax in .qmail-default file\n")
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # refused before any lookup
 @pytest.mark.parametrize("variable", ["EXT", "HOST"])
 def test_missing_env(site: Site, variable: str) -> None:
     result = site.deliver("alice", drop=(variable,))
@@ -252,6 +258,7 @@ def test_unusual_but_valid_user_name(site: Site) -> None:
     assert (result.returncode, result.stdout) == (100, NO_MAILBOX)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # refused before any lookup
 @pytest.mark.parametrize(("variable", "value", "text"), [
     ("EXT", "a%b", b"invalid username\n"), ("EXT", "a b", b"invalid username\n"),
     ("HOST", "exa_mple.com", b"invalid domain name\n"), ("HOST", "", b"invalid domain name\n")])
@@ -269,6 +276,7 @@ def test_alias_domain_resolves_to_real(site: Site) -> None:
 
 # -- F6: loops ---------------------------------------------------------------------------------
 
+@pytest.mark.cdb_only(NO_BACKEND)  # header parsing
 @pytest.mark.parametrize("header", [
     b"Delivered-To: alice@example.com\n",
     b"delivered-to: ALICE@Example.Com\n",
@@ -326,15 +334,12 @@ def test_missing_user_dir_is_recreated(site: Site) -> None:
 
 
 def test_user_without_directory_gets_one(site: Site) -> None:
-    vpasswd = site.domain_dir / "vpasswd"
-    text = vpasswd.read_text()
-    line = next(l for l in text.splitlines() if l.startswith("bob:"))
-    fields = line.split(":")
-    old_dir = fields[5]
-    fields[5] = ""
-    vpasswd.write_text(text.replace(line, ":".join(fields)))
+    api = site.inst.api()
+    bob, entry = api.get_user(f"bob@{DOMAIN}")
+    old_dir, bob.dir = bob.dir, ""
+    api.update_user(entry, bob)
+    api.backend.close()
     shutil.rmtree(old_dir)
-    site.ok("vmkpasswd", DOMAIN)
     assert site.deliver("bob").returncode == 0, site.deliver("bob")
     assert site.user_dir("bob") != Path("")
     assert len(site.new_files(site.maildir("bob"))) >= 1
@@ -361,6 +366,7 @@ def test_dotqmail_program_forward_and_maildir(site: Site, inject: Path) -> None:
             RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # a .qmail program's exit codes
 @pytest.mark.parametrize(("code", "expected"), [
     (0, 0), (99, 99), (100, 100), (64, 100), (65, 100), (70, 100), (76, 100), (77, 100),
     (78, 100), (112, 100), (111, 111), (1, 111), (2, 111)])
@@ -471,6 +477,7 @@ def test_delivery_imports_nothing_heavy(site: Site) -> None:
     assert result.returncode == 0, result
     imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()
                 if line.startswith("import time:")}
-    assert "delivery.vdelivermail" in imported and "auth.cdbfiles" in imported
+    storage = {"cdb": "auth.cdbfiles", "mysql": "auth.mysql"}[site.inst.backend]
+    assert "delivery.vdelivermail" in imported and storage in imported
     assert not imported & (HEAVY | {"auth.passwords"}), imported & (HEAVY | {"auth.passwords"})
     assert "os._exit(code)" in wrapper
