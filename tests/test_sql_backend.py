@@ -9,12 +9,16 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from auth.mysql import Connection, Server, munch_domain
 from conftest import Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
-from mariadb_site import RO, RW, Database
+from mariadb_site import PASSWORD, RO, RW, Database
 from vpopmail.cdb import lookup
+from vpopmail.limits import COLUMNS, NUMBERS, SWITCHES, Limits
 
 
 def user_dir(inst: Install, name: str, domain: str = DOMAIN) -> Path:
@@ -342,3 +346,39 @@ def test_sql_logging_writes_each_auth_event_once_to_vlog(vhome: Install, sql_db:
     vhome.set_config("logging", "level", "p")  # errors, with the password
     assert site.login(f"alice@{DOMAIN}", "guess").code == 1  # type: ignore[attr-defined]
     assert sql_db.rows("SELECT passwd FROM vlog ORDER BY id DESC LIMIT 1") == [["guess"]]
+
+
+# -- properties --------------------------------------------------------------------------------
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.one_of(st.text(max_size=60), st.integers(-2**63, 2**63 - 1),
+                                 st.none()), min_size=1, max_size=4))
+def test_every_value_is_bound_as_data(sql_db: Database, values: list[object]) -> None:
+    """Whatever the text (quotes, backslashes, NUL, %s, any Unicode), the server gets it back
+    exactly: the binding is the server's own escaping, never string formatting."""
+    conn = Connection(Server("", 0, sql_db.server.socket, RW, PASSWORD, sql_db.name), 2, 5,
+                      "update")
+    try:
+        marks = ", ".join(["%s"] * len(values))
+        (row,) = conn.query(f"SELECT {marks}", values)
+    finally:
+        conn.close()
+    assert list(row) == [None if v is None else str(v) for v in values]
+
+
+@given(numbers=st.fixed_dictionaries({key: st.integers(-1, 2**31 - 1) for key in NUMBERS}),
+       switches=st.sets(st.sampled_from(sorted(SWITCHES))))
+def test_limits_round_trip_through_table_columns(numbers: dict[str, int], switches: set[str]
+                                                 ) -> None:
+    limits = Limits(numbers, switches)
+    row = limits.sql_row()
+    assert set(row) == set(COLUMNS) and len(COLUMNS) == 26
+    again = Limits.from_sql(row, "")
+    assert (again.numbers, again.switches) == (limits.numbers, limits.switches)
+
+
+@given(domain=st.from_regex(r"[a-z0-9]([a-z0-9.-]{0,20}[a-z0-9])?", fullmatch=True))
+def test_table_names_are_cs_munched_domains(domain: str) -> None:
+    name = munch_domain(domain)
+    assert len(name) == len(domain) and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
+    assert [c for c in name if c != "_"] == [c for c in domain if c not in ".-"]
