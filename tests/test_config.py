@@ -75,7 +75,7 @@ def test_absolute_paths_stay_absolute() -> None:
     {"paths": {"vpopmail_home": 1}},
     {"passwords": {"scheme": "rot13"}},
     {"logging": {"level": "x"}},
-    {"users": {"backend": "mysql"}},
+    {"users": {"backend": "postgres"}},
     {"users": {"quota_warn_percent": 0}},
     {"users": {"quota_warn_percent": 101}},
     {"locks": {"timeout": -1}},

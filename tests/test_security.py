@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import stat
-import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -512,8 +511,9 @@ def test_root_vsetuserquota_does_not_follow_a_planted_maildir_link(hostile: Host
 
 def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
     """With bcrypt (about 60 ms a check) the difference C vpopmail showed, a reject of an
-    unknown user or domain without any hashing, is far above the noise: the medians must be
-    within 40% of the wrong password's (without the dummy check they were 10-20%)."""
+    unknown user or domain without any hashing, is far above the noise. The fastest of several
+    runs is compared (CI runs other tests on the second CPU, which doubled single runs of any
+    case): it must be within 40% of the wrong password's (without the dummy check, 10-20%)."""
     hostile.inst.set_config("passwords", "scheme", "bcrypt")
     hostile.site.add("carol", "Carol-pw-1")
     try:
@@ -522,7 +522,7 @@ def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
                  "domain": (b"carol@nowhere.test", "Carol-pw-2")}
         times: dict[str, list[float]] = {name: [] for name in cases}
         vchkpw = str(hostile.inst.bin / "vchkpw")
-        for _ in range(5):
+        for _ in range(7):
             for name, (login, password) in cases.items():
                 source = hostile.site.work / "fd3-timing"
                 source.write_bytes(login + b"\0" + password.encode() + b"\0\0")
@@ -532,9 +532,9 @@ def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
                                        vchkpw], env=POP_ENV, timeout=60, check=False).returncode
                 times[name].append(time.perf_counter() - start)
                 assert code == 1
-        wrong = statistics.median(times["wrong"])
+        wrong = min(times["wrong"])
         for name in ("user", "domain"):
-            assert statistics.median(times[name]) > 0.6 * wrong, times
+            assert min(times[name]) > 0.6 * wrong, times
     finally:
         hostile.inst.set_config("passwords", "scheme", "sha512-crypt")
         assert hostile.admin("vdeluser", f"carol@{DOMAIN}").code == 0
