@@ -559,15 +559,20 @@ class MySQLDatabase(UserDatabase):
         return [(row[0] or "", _int(row[1])) for row in rows]
 
     def relay_clear(self, before: int) -> int:
-        """Drop relay rows older than ``before``; return how many."""
+        """Drop relay rows older than ``before``, and rows whose time is missing or not a
+        number (infinitely old, as lines without a time in open-smtp); return how many."""
         def work(conn: Connection) -> int:
-            conn.query("DELETE FROM relay WHERE CAST(timestamp AS SIGNED) <= %s", [before])
-            return conn.affected()
+            rows = conn.query("SELECT ip_addr, timestamp FROM relay FOR UPDATE")
+            old = [row[0] for row in rows if _int(row[1]) <= before]
+            for ip in old:
+                conn.query("DELETE FROM relay WHERE ip_addr = %s", [ip])
+            return len(old)
 
         return int(self.transaction(work, ["relay"]))  # type: ignore[call-overload]
 
 
 def _int(text: str | None) -> int:
+    """A relay time: missing or not a number counts as 0 (the epoch)."""
     try:
         return int(text or 0)
     except ValueError:

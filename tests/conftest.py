@@ -144,8 +144,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On "mysql", ``each_install`` tests run in the root install only (the production mode:
     programs as the vpopmail user reading the database password; the sandbox mode of the same
-    tests would double their SQL time for little); ``mysql_xfail(reason)`` marks a known SQL
-    gap, expected to fail (strictly) on "mysql" only."""
+    tests would double their SQL time for little)."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -153,9 +152,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if params.get("backend") == "mysql" and params.get("each_install") == "user":
             dropped.append(item)
             continue
-        known = item.get_closest_marker("mysql_xfail")
-        if known and params.get("backend") == "mysql":
-            item.add_marker(pytest.mark.xfail(strict=True, reason=known.args[0]))
         kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -171,10 +171,20 @@ class SqlRelayTable(RelayTable):
         return found
 
     def open_relay(self, ip: str, now: int | None = None) -> bool:
+        """As the file's: nothing is recorded when open-smtp.lock cannot be had, and a
+        compile is owed before the row is written (given back if the IP was known)."""
         key = ip_of_rule(rule_for_ip(ip)).decode()
-        new = self.database.relay_open(key, int(time.time()) if now is None else now)
-        if new:
-            self.compile(self._owe_compile())
+        stamp = int(time.time()) if now is None else now
+        with self._lock(self.open_smtp + ".lock") as lock:
+            wanted, built = self._counters(lock)
+            self._set_counters(lock, wanted + 1, built)
+            new = self.database.relay_open(key, stamp)
+            if new:
+                wanted += 1
+            else:
+                self._set_counters(lock, wanted, built)
+        if wanted > built:
+            self.compile(wanted)
         return new
 
     def clear(self, minutes: int, now: int | None = None) -> int:
