@@ -36,6 +36,7 @@ ER_DUP_ENTRY = 1062
 ER_NO_SUCH_TABLE = 1146
 ER_TABLE_EXISTS = 1050
 ER_DATA_TOO_LONG = 1406
+ER_BAD_STRING = 1366  # a value the column's character set cannot hold
 #: client/server errors that say "the database is not there right now" (connection refused,
 #: gone away, lost, lock wait timeout, deadlock, read-only replica, too many connections)
 TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1213, 1290, 1053, 1927}
@@ -227,6 +228,8 @@ class Connection:
             return UsernameExists(text)
         if code == ER_DATA_TOO_LONG:
             return BadInput(f"{text} (the column in the database is narrower)")
+        if code == ER_BAD_STRING:
+            return BadInput(f"{text} (not text the column's character set can hold)")
         return SqlError(code, f"{where}: {text} ({code})")
 
     def close(self) -> None:
@@ -352,7 +355,7 @@ class MySQLDatabase(UserDatabase):
                 return 0
 
         return VUser(row[0] or "", row[1] or "", num(row[2]), num(row[3]), row[4] or "",
-                     row[5] or "", row[6] or "NOQUOTA", (row[7] or "") if len(row) > 7 else "")
+                     row[5] or "", row[6] or "", (row[7] or "") if len(row) > 7 else "")
 
     def _values(self, domain: AssignEntry, user: VUser) -> tuple[str, list[object]]:
         """Column list and values for an INSERT of ``user``."""
@@ -375,7 +378,7 @@ class MySQLDatabase(UserDatabase):
     def list_users(self, domain: AssignEntry) -> list[VUser]:
         where, params = self._where(domain)
         rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
-                         f"WHERE {where}", params, optional=not self.many_domains)
+                         f"WHERE {where}", params, optional=True)
         return sorted((self._user(row) for row in rows), key=lambda u: u.name)
 
     def _locked(self, conn: Connection, domain: AssignEntry, names: "Sequence[str]"

@@ -123,6 +123,19 @@ def test_hostile_values_are_data_not_sql(vhome: Install, sql_db: Database) -> No
     assert sql_db.rows("SELECT count(*) FROM vpopmail") == [["3"]]
 
 
+def test_bytes_that_are_not_utf8_are_refused_as_bad_input(vhome: Install, sql_db: Database
+                                                          ) -> None:
+    """A Latin-1 GECOS (byte 0xe9) fits a vpasswd line but not a utf8mb4 column: the admin
+    command says so and adds no one; it is not reported as the database being down."""
+    sql_site(vhome, sql_db, LoginSite)
+    result = vhome.run("vadduser", "-c", "Ren\udce9", f"rene@{DOMAIN}", "Rene-pw-1")
+    said = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Incorrect string value" in said and "character set" in said, result
+    assert "down" not in said and "temporar" not in said.lower(), result
+    assert sql_db.rows("SELECT pw_name FROM vpopmail WHERE pw_name = 'rene'") == []
+
+
 # -- the read/update split ---------------------------------------------------------------------
 def _statements(server_rows: list[list[str]]) -> list[tuple[str, str]]:
     """(account, statement) of our two accounts (not root, not the replication threads)."""
