@@ -29,7 +29,8 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 #: path (vdelivermail adds auth.passwords: a delivery checks no password)
 HEAVY = {"__future__", "subprocess", "logging", "typing", "enum", "re", "tomllib", "email",
          "socket", "hashlib", "hmac", "pathlib", "argparse", "dataclasses", "filelock", "psutil",
-         "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api", "collections"}
+         "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api", "collections",
+         "datetime", "MySQLdb"}  # the last two: mysqlclient's package __init__ (auth.mysql._driver)
 
 
 def as_user_argv(user: str) -> list[str]:
