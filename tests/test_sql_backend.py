@@ -225,6 +225,35 @@ def test_database_down_defers_mail_and_logins_and_admin_commands_change_nothing(
     assert not (each_install.domains / DOMAIN / "bob").exists()  # its directory was undone
 
 
+def test_a_server_that_has_gone_away_is_temporary_and_the_next_query_reconnects(
+        vhome: Install, sql_db: Database) -> None:
+    """The troubleshooting case of the C docs: the server drops a connection between two
+    queries (a restart, wait_timeout, KILL). The query on the dead link is a temporary error
+    naming the server, never "no such user"; the connection is dropped and the next query
+    opens a new one."""
+    from auth.mysql import MySQLDatabase
+    from vpopmail import config as vconfig
+    from vpopmail.errors import NoAuthConnection
+
+    sql_site(vhome, sql_db)
+    database = MySQLDatabase(vconfig.load(str(vhome.config_path)))
+    entry = vhome.api().get_domain(DOMAIN)
+    try:
+        assert database.get_user(entry, "alice") is not None
+        [[first]] = database.reader.query("SELECT CONNECTION_ID()")
+        sql_db.rows(f"KILL CONNECTION {first}")
+        with pytest.raises(NoAuthConnection) as gone:
+            database.get_user(entry, "alice")
+        assert "gone away" in str(gone.value) or "Lost connection" in str(gone.value), gone.value
+        assert "read server" in str(gone.value)
+        assert database.reader.handle is None
+        assert database.get_user(entry, "alice") is not None
+        [[second]] = database.reader.query("SELECT CONNECTION_ID()")
+        assert second != first
+    finally:
+        database.close()
+
+
 def user_dir_on(db: Database, name: str) -> Path:
     return Path(db.rows(f"SELECT pw_dir FROM vpopmail WHERE pw_name = '{name}'")[0][0])
 
