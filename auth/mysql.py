@@ -14,8 +14,8 @@ A server that cannot be reached, has gone away or times out on a lock is a tempo
 (NoAuthConnection, code -23): mail is deferred and logins answer 111, never "no such user".
 
 The driver is mysqlclient's C module ``MySQLdb._mysql`` (import, connect and a SELECT: +5.0 ms
-over the interpreter floor with the package, +3.3 ms loaded alone as :func:`_driver` does;
-PyMySQL +47 ms: bench/RESULTS.md). Values are bound by the one function
+over the interpreter floor with the package, +3.3 to 3.6 ms loaded alone as :func:`_driver`
+does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one function
 :meth:`Connection.query`, which quotes each one with the server connection's own escaping
 (what MySQLdb's cursors do); no caller builds SQL from data.
 """
@@ -131,8 +131,8 @@ class Server:
 
 def _driver():  # type: ignore[no-untyped-def]
     """mysqlclient's C module ``MySQLdb._mysql`` without its package's ``__init__`` (the DB-API
-    layer and ``datetime``, which nothing here uses: 1.5 ms a login, 3 ms a delivery in
-    bench/RESULTS.md). A bare module with the package's path stands in for the package while
+    layer and ``datetime``, which nothing here uses: 1 to 1.5 ms a login, 2 to 3 ms a delivery
+    in two runs of bench/bench_sqldriver.py). A bare module with the package's path stands in for the package while
     the C module (and the ``_exceptions`` it imports) loads, and is removed afterwards, so a
     later ``import MySQLdb`` still gets the real package."""
     import sys
