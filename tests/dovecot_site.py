@@ -308,23 +308,30 @@ service imap-login {{
                 found[proc.pid] = proc
         return [p for p in found.values() if alive(p)]
 
-    def stop(self, timeout: float = 5) -> None:
+    def stop(self, timeout: float = 5, graceful: bool = True) -> None:
         """SIGTERM the master and wait (SIGKILL after ``timeout``), then make sure no process
         of this instance is left (waited for, then SIGKILLed); raises if one survives.
-        Takes about 1 s: the master sleeps 1 s to let its log process flush."""
+        Takes about 1 s: the master sleeps 1 s to let its log process flush. ``graceful=False``
+        (the factory's teardown, when the test has read what it needed) SIGKILLs every process
+        of the instance at once instead."""
         if self.process is None:
             return
         process = self.process
         leftovers = self.processes()
         self.process = None
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            if graceful:
+                process.send_signal(signal.SIGTERM)
+            else:
+                process.kill()
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout)
-        leftovers = _wait_gone(leftovers + self.processes(), timeout)
+        leftovers += self.processes()
+        if graceful:
+            leftovers = _wait_gone(leftovers, timeout)
         for proc in leftovers:
             try:
                 proc.kill()
@@ -424,7 +431,8 @@ service imap-login {{
 @pytest.fixture
 def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
     """``dovecot_factory(checkpassword, **options)`` starts a Dovecot under tmp_path (one
-    subdirectory each); all are stopped at teardown, even when the test failed."""
+    subdirectory each); all are killed at teardown, even when the test failed (a graceful
+    stop costs the master's 1 s log flush, 45 s over the suite; test_dovecot_harness tests it)."""
     if reason := unavailable():
         pytest.skip(reason)
     started: list[Dovecot] = []
@@ -440,7 +448,7 @@ def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
     errors = []
     for server in reversed(started):
         try:
-            server.stop()
+            server.stop(graceful=False)
         except Exception as error:  # noqa: BLE001 - stop every one, report the first
             errors.append(error)
     if errors:
