@@ -323,6 +323,24 @@ def test_vadduser_duplicate_user(vhome: Install) -> None:
     refused(vhome, "vadduser", f"BOB@{DOMAIN}", "other", starts="Error: User already exists")
 
 
+def test_vadduser_refuses_a_name_that_is_an_alias(vhome: Install, tmp_path: Path) -> None:
+    """Aliases come first in delivery (qmail-local's .qmail-<alias>, vdelivermail's valias
+    rows): a user named as one would get none of its mail, so vadduser refuses it, as valias
+    refuses an alias named as a user."""
+    golden(vhome)
+    vhome.ok("valias", "-i", f"carol@{DOMAIN}", f"sales@{DOMAIN}")
+    result = refused(vhome, "vadduser", f"sales@{DOMAIN}", "pw", code=254)
+    assert result.stdout == (f"Error: sales@{DOMAIN} is an alias: a user of that name would get "
+                             "none of its mail (remove the alias with valias -d first)\n")
+    batch = tmp_path / "batch.txt"
+    batch.write_text(f"carol@{DOMAIN} pw\nsales@{DOMAIN} pw\n")
+    refused(vhome, "vadduser", "-f", str(batch), starts=f"Error: sales@{DOMAIN} is an alias")
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
+    vhome.ok("valias", "-d", f"sales@{DOMAIN}")
+    vhome.ok("vadduser", f"sales@{DOMAIN}", "pw")
+    assert "sales" in stored_users(vhome)
+
+
 def test_vadduser_gecos_with_newline(vhome: Install) -> None:
     golden(vhome)
     refused(vhome, "vadduser", "-c", "first\nsecond", f"carol@{DOMAIN}", "x")

@@ -70,6 +70,11 @@ class AliasIsUser(AliasError):
     code = -2
 
 
+class UserIsAlias(AliasError):
+    """A new user named as an existing alias: the alias would take all its mail."""
+    code = -2
+
+
 class AliasLineExists(AliasError):
     code = -1
 
@@ -312,6 +317,22 @@ class AliasStore:
                               "would take its mail")
         if lines is not None and line in lines:
             raise AliasLineExists(f"alias {address} -> {line} already exists.")
+
+    def refuse_users_named_as_aliases(self, entry: AssignEntry, names: "Sequence[str]") -> None:
+        """Raise UserIsAlias for the first of ``names`` that is an alias of ``entry``'s domain
+        (the reverse of :meth:`check_add`): delivery looks at aliases first, so such a user
+        would never get mail."""
+        wanted = [name for name in names if name != DEFAULT]  # never an alias name
+        if len(wanted) == 1:
+            taken = wanted if self.lines(f"{wanted[0]}@{entry.domain}") is not None else []
+        elif wanted:
+            aliases = set(self.names(entry.domain)[0])
+            taken = [name for name in wanted if name in aliases]
+        else:
+            taken = []
+        if taken:
+            raise UserIsAlias(f"{taken[0]}@{entry.domain} is an alias: a user of that name would "
+                              "get none of its mail (remove the alias with valias -d first)")
 
     @staticmethod
     def kept_lines(address: str, lines: list[str] | None, line: str) -> list[str]:

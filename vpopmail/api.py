@@ -378,8 +378,10 @@ class Vpopmail:
         """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
         self.backend.rebuild_index(self.get_domain(domain))
 
-    def check_new_users(self, entry: AssignEntry, specs: list[NewUser]) -> None:
-        """Raise what :meth:`add_users` would refuse (names, clashes, fields), changing nothing."""
+    def check_new_users(self, entry: AssignEntry, specs: list[NewUser], aliases: bool = True
+                        ) -> None:
+        """Raise what :meth:`add_users` would refuse (names, clashes with users and, unless
+        ``aliases`` is false, with aliases; fields), changing nothing."""
         names = [check_user(s.name.lower(), bool(self.config.users_hashed_dirs)) for s in specs]
         if len(set(names)) != len(names):
             raise UsernameExists("the same name twice in one batch")
@@ -387,6 +389,10 @@ class Vpopmail:
         for name in names:
             if name in existing or (len(specs) == 1 and self.backend.get_user(entry, name)):
                 raise UsernameExists(f"{name}@{entry.real_domain}")
+        if aliases:
+            from vpopmail.aliases import open_aliases
+
+            open_aliases(self).refuse_users_named_as_aliases(entry, names)
         for spec in specs:
             self._user_record(entry, spec, "")
             if spec.encrypted is None and spec.password:
@@ -411,7 +417,8 @@ class Vpopmail:
         ``<domain dir>[/<bucket>]/<name>`` (a vpasswd being restored); any other gets a new
         one, made as :meth:`add_users` makes it. All is checked first; one database write."""
         records = [self.imported_record(user) for user in users]
-        self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records])
+        # records as they are: a user and an alias of one name, as a C site may hold, stay so
+        self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records], aliases=False)
         fresh = [r for r in records if not self._own_user_dir(entry, r)]
         return self._store_new_users(entry, records, fresh, index)
 
