@@ -103,8 +103,9 @@ def close_backends() -> None:
         _opened.pop().close()
 
 
-def open_backend(config: Config) -> UserDatabase:
-    """The backend the configuration names: the cdb files, or MySQL/MariaDB."""
+def open_backend(config: Config, admin: bool = False) -> UserDatabase:
+    """The backend the configuration names: the cdb files, or MySQL/MariaDB (``admin``: for
+    commands that change what they read, which then read from the update server)."""
     name = config.users_backend
     if name == "cdb":
         from auth.cdbfiles import CdbFiles
@@ -113,7 +114,7 @@ def open_backend(config: Config) -> UserDatabase:
     if name == "mysql":
         from auth.mysql import MySQLDatabase
 
-        database = MySQLDatabase(config)
+        database = MySQLDatabase(config, admin)
         _opened.append(database)
         return database
     raise ConfigError(f"unknown user backend {name!r}")

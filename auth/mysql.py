@@ -38,9 +38,15 @@ ER_NO_SUCH_TABLE = 1146
 ER_TABLE_EXISTS = 1050
 ER_DATA_TOO_LONG = 1406
 ER_BAD_STRING = 1366  # a value the column's character set cannot hold
+#: a value the column cannot hold (out of range, truncated, wrong type) or a name too long for
+#: an identifier (a per-domain table of a long domain): the input, not the server, is at fault
+BAD_VALUE = {1264: "out of the column's range", 1265: "cut by the column",
+             1292: "not of the column's type", 1059: "too long for a table name"}
 #: client/server errors that say "the database is not there right now" (connection refused,
 #: gone away, lost, lock wait timeout, deadlock, read-only replica, too many connections)
-TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1213, 1290, 1053, 1927}
+TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1290, 1053, 1927}
+ER_LOCK_DEADLOCK = 1213  # the server rolled the transaction back: run it again
+DEADLOCK_TRIES = 4
 
 _USER_COLUMNS = "pw_name, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell"
 
@@ -88,7 +94,7 @@ LAYOUTS = {
                "perm_alias tinyint(2) NOT NULL DEFAULT 0, "
                "perm_forward tinyint(2) NOT NULL DEFAULT 0, "
                "perm_autoresponder tinyint(2) NOT NULL DEFAULT 0, "
-               "perm_maillist tinyint(4) NOT NULL DEFAULT 0, "
+               "perm_maillist int NOT NULL DEFAULT 0, "  # C's tinyint(4) cannot hold 448 (-o a)
                "perm_quota tinyint(2) NOT NULL DEFAULT 0, "
                "perm_defaultquota tinyint(2) NOT NULL DEFAULT 0"),
 }
@@ -112,13 +118,20 @@ class Server:
 
     @classmethod
     def from_config(cls, config: Config, side: str) -> "Server":
-        """The ``mysql.<side>_*`` keys; empty update keys take the read side's values."""
+        """The ``mysql.<side>_*`` keys. Empty update keys take the read side's values; where
+        the server is (host, port, socket) is taken as a whole: an update side that names a
+        host must not inherit the read side's socket, which wins over a host."""
         values = config.values
+        where = ("host", "port", "socket")
+        inherit_where = side == "update" and all(
+            values[f"mysql_update_{key}"] in ("", 0) for key in where)
 
         def get(key: str) -> object:
             value = values[f"mysql_{side}_{key}"]
-            if side == "update" and value in ("", 0):
+            if side == "update" and value in ("", 0) and (key not in where or inherit_where):
                 return values[f"mysql_read_{key}"]
+            if key == "host" and not value:
+                return "localhost"
             return value
 
         return cls(str(get("host")), int(get("port")), str(get("socket")),  # type: ignore[call-overload]
@@ -252,6 +265,8 @@ class Connection:
             return BadInput(f"{text} (the column in the database is narrower)")
         if code == ER_BAD_STRING:
             return BadInput(f"{text} (not text the column's character set can hold)")
+        if code in BAD_VALUE:
+            return BadInput(f"{text} ({BAD_VALUE[code]})")
         return SqlError(code, f"{where}: {text} ({code})")
 
     def close(self) -> None:
@@ -276,7 +291,9 @@ class SqlError(Exception):
 class MySQLDatabase(UserDatabase):
     """Users (and lastauth, relay, valias, limits, dir_control, vlog) in MySQL/MariaDB."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, admin: bool = False) -> None:
+        """``admin``: for a command that changes what it reads (the admin commands): its reads
+        go to the update server too, so a lagging replica never decides what it writes."""
         self.config = config
         self.many_domains = bool(config.mysql_many_domains)
         self.clear_passwords = bool(config.passwords_clear_passwords)
@@ -286,6 +303,8 @@ class MySQLDatabase(UserDatabase):
         self.reader = Connection(Server.from_config(config, "read"), timeout, lock_timeout, "read")
         self.writer = Connection(Server.from_config(config, "update"), timeout, lock_timeout,
                                  "update")
+        if admin:
+            self.reader = self.writer
         self._created: set[str] = set()
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -309,9 +328,12 @@ class MySQLDatabase(UserDatabase):
     def transaction(self, work: "Callable[[Connection], object]", tables: "Sequence[str]" = ()
                     ) -> object:
         """Run ``work(update connection)`` in one transaction; on a missing table among
-        ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again."""
+        ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again; on
+        a deadlock (two admin commands locking the same gap) run it again, up to
+        DEADLOCK_TRIES times."""
         conn = self.writer
-        for attempt in (1, 2):
+        created, deadlocks = False, 0
+        for _ in range(DEADLOCK_TRIES + 1):  # one more run after creating the tables
             conn.open()
             try:
                 conn.query("START TRANSACTION")
@@ -320,9 +342,13 @@ class MySQLDatabase(UserDatabase):
                 return result
             except SqlError as exc:
                 self._rollback(conn)
-                if exc.code == ER_NO_SUCH_TABLE and attempt == 1 and tables:
+                if exc.code == ER_NO_SUCH_TABLE and tables and not created:
                     for table in tables:
                         self.create_table(table)
+                    created = True
+                    continue
+                if exc.code == ER_LOCK_DEADLOCK and deadlocks < DEADLOCK_TRIES - 1:
+                    deadlocks += 1
                     continue
                 raise NoAuthConnection(str(exc)) from None
             except BaseException:
@@ -519,9 +545,30 @@ class MySQLDatabase(UserDatabase):
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
         """A ``lastauth`` row (C's REPLACE), on the update side."""
-        self.transaction(lambda conn: conn.query(
-            "REPLACE INTO lastauth (user, domain, remote_ip, timestamp) VALUES (%s, %s, %s, %s)",
-            [user.name, domain.real_domain, remote_ip, int(time.time())]), ["lastauth"])
+        self._log_row("REPLACE", "lastauth", {"user": user.name, "domain": domain.real_domain,
+                                              "remote_ip": remote_ip,
+                                              "timestamp": int(time.time())})
+
+    def _log_row(self, verb: str, table: str, row: dict[str, object]) -> None:
+        """One row of a record table (lastauth, vlog). A text wider than its column, which an
+        older table has (C 5.4's ``remote_ip char(18)`` and an IPv6 address), is cut to the
+        column, as C's server did, rather than the whole row lost (a lastauth time not
+        updated would let vdeloldusers delete an active user)."""
+        columns = ", ".join(row)
+        statement = f"{verb} INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(row))})"
+
+        def work(conn: Connection) -> None:
+            try:
+                conn.query(statement, list(row.values()))
+            except BadInput:
+                widths = {name: int(width) for name, width in conn.query(
+                    "SELECT COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", [table]) if width}
+                conn.query(statement, [value[:widths[name]] if isinstance(value, str)
+                                       and name in widths else value
+                                       for name, value in row.items()])
+
+        self.transaction(work, [table])
 
     def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         rows = self.read("SELECT timestamp, remote_ip FROM lastauth WHERE user = %s AND "
@@ -539,11 +586,10 @@ class MySQLDatabase(UserDatabase):
     def log_event(self, user: str, domain: str, logon: str, remote_ip: str, message: str,
                   error: int, password: str = "") -> None:
         """One ``vlog`` row (C's --enable-sql-logging), on the update side."""
-        self.transaction(lambda conn: conn.query(
-            "INSERT INTO vlog (user, passwd, domain, logon, remoteip, message, timestamp, error) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            [user[:64], password[:128], domain[:96], logon[:200], remote_ip[:45], message[:255],
-             int(time.time()), error]), ["vlog"])
+        self._log_row("INSERT", "vlog", {
+            "user": user, "passwd": password, "domain": domain, "logon": logon,
+            "remoteip": remote_ip, "message": message, "timestamp": int(time.time()),
+            "error": error})
 
     # -- domain limits (mysql.limits_table) ------------------------------------------------------
     def get_limits(self, domain: str, columns: "Sequence[str]") -> dict[str, int] | None:

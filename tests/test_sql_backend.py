@@ -196,6 +196,47 @@ def test_a_lagging_replica_is_what_the_hot_paths_see(vhome: Install, replicated_
     assert site.deliver("bob").returncode == 0
 
 
+def test_admin_commands_decide_on_the_primary_not_a_lagging_replica(
+        vhome: Install, replicated_db: Database) -> None:
+    """vadduser of a user the replica does not have yet: the check reads the primary, so the
+    user is not taken for a leftover directory (which would be removed, mail and all), and
+    vmoddomlimits changes the primary's row, not the replica's older one."""
+    db = replicated_db
+    assert db.replica is not None
+    vhome.set_config("mysql", "limits_table", True)
+    sql_site(vhome, db, split=True)
+    vhome.ok("vmoddomlimits", "-P", "1", DOMAIN)
+    db.sync()
+    db.replica.sql("STOP SLAVE")
+    try:
+        vhome.ok("vadduser", f"bob@{DOMAIN}", "pw")
+        mail = user_dir_on(db, "bob") / "Maildir" / "cur" / "1.precious"
+        mail.write_text("mail")
+        again = vhome.run("vadduser", f"bob@{DOMAIN}", "pw2")
+        vhome.ok("vmoddomlimits", "-g", "p", DOMAIN)
+        vhome.ok("vmoddomlimits", "-P", "5", DOMAIN)
+    finally:
+        db.replica.sql("START SLAVE")
+    assert (again.returncode, again.stdout) == (254, "Error: User already exists\n"), again
+    assert mail.read_text() == "mail"
+    assert db.rows(f"SELECT disable_pop, maxpopaccounts FROM limits WHERE domain = '{DOMAIN}'"
+                   ) == [["1", "5"]]
+
+
+def test_an_update_host_is_not_overridden_by_the_read_socket(vhome: Install,
+                                                            replicated_db: Database) -> None:
+    """The README's example: reads on the local replica's socket, updates to a host. The
+    update side must not inherit the read socket (a socket wins over a host): writes would
+    go to the replica."""
+    db = replicated_db
+    sql_site(vhome, db, split=True)
+    vhome.set_config("mysql", "update_socket", "")
+    vhome.set_config("mysql", "update_host", "127.0.0.1")
+    vhome.set_config("mysql", "update_port", db.server.port)
+    vhome.ok("vadduser", f"bob@{DOMAIN}", "pw")
+    assert db.rows("SELECT pw_name FROM vpopmail WHERE pw_name = 'bob'") == [["bob"]]
+
+
 def test_the_update_server_answers_reads_when_the_read_server_is_down(
         vhome: Install, sql_db: Database, tmp_path: Path) -> None:
     site = sql_site(vhome, sql_db)
@@ -346,6 +387,64 @@ def test_domain_limits_in_the_limits_table(vhome: Install, sql_db: Database) -> 
 
 
 # -- hygiene -----------------------------------------------------------------------------------
+def test_an_ipv6_login_is_recorded_in_c_54s_narrow_lastauth(vhome: Install, sql_db: Database
+                                                            ) -> None:
+    """C 5.4 made lastauth.remote_ip char(18): an IPv6 address does not fit. The login time
+    must still be recorded (vdeloldusers reads it), the address cut as C's server cut it."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    sql_db.rows("DROP TABLE lastauth")
+    sql_db.rows("CREATE TABLE lastauth (user char(32) NOT NULL, domain char(96) NOT NULL, "
+                "remote_ip char(18) not null, timestamp bigint default 0 NOT NULL, "
+                "primary key (user, domain))")
+    sql_db.rows(f"INSERT INTO lastauth VALUES ('alice', '{DOMAIN}', '0.0.0.0', 1000)")
+    ip = "2001:db8:85a3::8a2e:370:7334"
+    login = site.login(f"alice@{DOMAIN}", "pw", env=dict(POP_ENV, TCPREMOTEIP=ip))  # type: ignore[attr-defined]
+    assert login.code == 0, login
+    [[stamp, where]] = sql_db.rows("SELECT timestamp, remote_ip FROM lastauth")
+    assert int(stamp) > time.time() - 60 and where == ip[:18]
+
+
+def test_a_failed_vadduser_leaves_no_lastauth_row(vhome: Install, sql_db: Database) -> None:
+    sql_db.rows(C_54_TABLE)
+    sql_db.configure(vhome)
+    vhome.set_config("passwords", "scheme", "md5-crypt")
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.set_config("passwords", "scheme", "sha512-crypt")  # too wide for 5.4's char(40)
+    result = vhome.run("vadduser", f"bob@{DOMAIN}", "pw")
+    assert result.returncode != 0 and "Data too long" in result.stdout, result
+    assert sql_db.rows("SELECT user FROM lastauth") == [["postmaster"]]
+
+
+def test_two_new_aliases_at_once_are_both_stored(vhome: Install, sql_db: Database) -> None:
+    """Two valias -i of new names at the same moment take gap locks that deadlock; the server
+    rolls one back and the transaction runs again instead of failing as "database down"."""
+    sql_site(vhome, sql_db)
+    vhome.ok("valias", "-i", "&x@example.org", f"zzz@{DOMAIN}")
+    procs = [subprocess.Popen([str(vhome.bin / "valias"), "-i", "&a@example.org",
+                               f"{name}@{DOMAIN}"], stdout=subprocess.PIPE, text=True)
+             for name in ("aaa", "bbb", "ccc", "ddd")]
+    results = [(p.wait(60), p.stdout.read()) for p in procs]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _ in results), results
+    assert sql_db.rows("SELECT alias FROM valias ORDER BY alias") == [
+        ["aaa"], ["bbb"], ["ccc"], ["ddd"], ["zzz"]]
+
+
+@pytest.mark.parametrize("args", [["-P", "99999999999"], ["-o", "a"]])
+def test_limits_a_column_cannot_hold_are_bad_input(vhome: Install, sql_db: Database,
+                                                   args: list[str]) -> None:
+    """Out of range for the column is the input's fault, not the database being down; C's
+    perm_maillist tinyint(4) could not hold -o a (448): the table made here can."""
+    vhome.set_config("mysql", "limits_table", True)
+    sql_site(vhome, sql_db)
+    result = vhome.run("vmoddomlimits", *args, DOMAIN)
+    if args[0] == "-o":
+        assert result.returncode == 0, result
+        assert sql_db.rows("SELECT perm_maillist FROM limits") == [["448"]]
+    else:
+        assert result.returncode != 0
+        assert "Out of range" in result.stdout and "no authentication" not in result.stdout, result
+
+
 def test_programs_never_inherit_a_database_connection(vhome: Install, sql_db: Database) -> None:
     site = sql_site(vhome, sql_db)
     out = vhome.prefix.parent / "fds"

@@ -62,7 +62,7 @@ class Vpopmail:
     def __init__(self, config: Config, backend: UserDatabase | None = None,
                  qmail: QmailFiles | None = None) -> None:
         self.config = config
-        self.backend = backend or open_backend(config)
+        self.backend = backend or open_backend(config, admin=True)
         self.qmail = qmail or QmailFiles(config)
         self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
 
@@ -435,12 +435,15 @@ class Vpopmail:
                                                   entry.uid, entry.gid, len(fresh))
                 for record, bucket in zip(fresh, buckets):
                     record.dir = os.path.join(entry.dir, bucket, record.name)
-                    self._make_user_dir(record, entry)
+                    self._make_user_dir(record, entry, record_login=False)
                     made.append((record.dir, bucket))
             self.backend.add_users(entry, records, index)
         except BaseException:
             self._undo_user_dirs(entry, made, len(fresh))
             raise
+        if self.config.logging_auth_logging:  # after the users exist: never a row for no one
+            for record in fresh:
+                self.backend.record_login(entry, record, NULL_REMOTE_IP)
         return records
 
     def imported_record(self, user: VUser) -> VUser:
@@ -498,12 +501,13 @@ class Vpopmail:
                 raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
         return user
 
-    def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
+    def _make_user_dir(self, user: VUser, entry: AssignEntry, record_login: bool = True
+                       ) -> None:
         try:
             if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
                 self._replace_leftover_dir(user, entry)
             make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
-            if self.config.logging_auth_logging:
+            if record_login and self.config.logging_auth_logging:
                 self.backend.record_login(entry, user, NULL_REMOTE_IP)
             if has_quota(user.quota):
                 write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),

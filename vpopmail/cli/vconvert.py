@@ -152,7 +152,7 @@ def open_stores(api: Vpopmail, source: str) -> tuple[UserDatabase, UserDatabase]
     from auth.cdbfiles import CdbFiles
     from auth.mysql import MySQLDatabase
 
-    files, sql = CdbFiles(api.config), MySQLDatabase(api.config)
+    files, sql = CdbFiles(api.config), MySQLDatabase(api.config, admin=True)
     sql.read("SELECT 1")
     return (files, sql) if source == "c" else (sql, files)
 
