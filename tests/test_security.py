@@ -487,17 +487,16 @@ def test_symlink_planted_by_the_owner_is_not_followed_by_root(hostile: HostileSi
         (hostile.etc / "open-smtp").unlink(missing_ok=True)
 
 
-@pytest.mark.xfail(strict=True, reason="admin commands run as root follow a Maildir symlink "
-                   "planted by uid 89: write_maildirsize should run with the domain owner's "
-                   "effective ids (api.update_maildirsize, maildir/quota.py, fsutil.py)")
 def test_root_vsetuserquota_does_not_follow_a_planted_maildir_link(hostile: HostileSite) -> None:
+    """maildirsize is rewritten with the domain owner's ids: through a Maildir symlink to a
+    directory uid 89 cannot write, nothing is made there, and the command says why."""
     targets = hostile.site.work / "quota-target"
     (targets / "tmp").mkdir(parents=True, exist_ok=True)
     maildir = hostile.site.maildir("alice")
     maildir.rename(maildir.with_name("Maildir.real"))
     maildir.symlink_to(targets)
     try:
-        hostile.admin("vsetuserquota", f"alice@{DOMAIN}", "10M")
+        result = hostile.admin("vsetuserquota", f"alice@{DOMAIN}", "10M")
         created = sorted(os.listdir(targets))
     finally:
         maildir.unlink()
@@ -505,6 +504,8 @@ def test_root_vsetuserquota_does_not_follow_a_planted_maildir_link(hostile: Host
         shutil.rmtree(targets)
         hostile.admin("vsetuserquota", f"alice@{DOMAIN}", "NOQUOTA")
     assert created == ["tmp"], created
+    assert result.code == 239 and b"Permission denied" in result.stdout, result
+    assert b"Traceback" not in result.stderr, result
 
 
 # -- passwords: timing and syslog ----------------------------------------------------------------

@@ -18,11 +18,11 @@ from vpopmail import assign, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
-                             CouldNotMakeDomainDir, DomainAlreadyExists, DomainDoesNotExist,
-                             GecosTooLong, IllegalUsername, InvalidDomainName, PasswdTooLong,
-                             QuotaTooLong, SubdirCreation, UserDirExists, UserDoesNotExist,
-                             UsernameExists, VpopmailError)
-from vpopmail.fsutil import FileLock, atomic_write, make_dir, remove_tree
+                             CouldNotMakeDomainDir, CouldNotUpdateFile, DomainAlreadyExists,
+                             DomainDoesNotExist, GecosTooLong, IllegalUsername, InvalidDomainName,
+                             PasswdTooLong, QuotaTooLong, SubdirCreation, UserDirExists,
+                             UserDoesNotExist, UsernameExists, VpopmailError)
+from vpopmail.fsutil import FileLock, OwnerIds, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
 from vpopmail.qmail import QmailFiles
 
@@ -618,14 +618,21 @@ class Vpopmail:
         return changed
 
     def update_maildirsize(self, user: VUser, entry: AssignEntry) -> None:
-        """Rewrite ``maildirsize`` for the user's quota from a fresh count (none for NOQUOTA)."""
+        """Rewrite ``maildirsize`` for the user's quota from a fresh count (none for NOQUOTA),
+        with the domain owner's ids: the Maildir is the owner's, and a symlink it planted
+        there must not let a root admin command write elsewhere."""
         maildir = os.path.join(user.dir, "Maildir")
-        try:
-            os.unlink(os.path.join(maildir, "maildirsize"))
-        except FileNotFoundError:
-            pass
-        if has_quota(user.quota) and os.path.isdir(maildir):
-            write_maildirsize(maildir, user.quota, scan_usage(maildir), entry.uid, entry.gid)
+        with OwnerIds(entry.uid, entry.gid):
+            try:
+                try:
+                    os.unlink(os.path.join(maildir, "maildirsize"))
+                except FileNotFoundError:
+                    pass
+                if has_quota(user.quota) and os.path.isdir(maildir):
+                    write_maildirsize(maildir, user.quota, scan_usage(maildir), entry.uid,
+                                      entry.gid)
+            except OSError as exc:
+                raise CouldNotUpdateFile(f"{maildir}/maildirsize: {exc.strerror}") from None
 
     def iter_targets(self, target: str) -> Iterable[tuple[VUser, AssignEntry]]:
         """The users an admin command names: one address, or every user of a domain."""

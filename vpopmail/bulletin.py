@@ -30,6 +30,7 @@ from maildir.quota import (add_usage, check_quota, has_quota, is_over, load_mail
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import BadInput, BadUid, DeliveryFailed, OverQuota, VpopmailError
+from vpopmail.fsutil import OwnerIds
 from vpopmail.names import split_address
 
 COPY = "copy"
@@ -170,25 +171,11 @@ def select_domains(api: Vpopmail, names: list[str]) -> list[AssignEntry]:
 def as_owner(entry: AssignEntry) -> Iterator[None]:
     """Work with the domain owner's effective ids, so that every file made belongs to it
     (root switches and switches back; anyone else must be that owner)."""
-    if os.geteuid() != 0:
-        if os.geteuid() != entry.uid:
-            raise BadUid(f"running as uid {os.geteuid()}, but {entry.real_domain} belongs to "
-                         f"uid {entry.uid}: run vpopbull as root or as uid {entry.uid}")
+    if os.geteuid() not in (0, entry.uid):
+        raise BadUid(f"running as uid {os.geteuid()}, but {entry.real_domain} belongs to "
+                     f"uid {entry.uid}: run vpopbull as root or as uid {entry.uid}")
+    with OwnerIds(entry.uid, entry.gid):
         yield
-        return
-    if entry.uid == 0:
-        yield
-        return
-    groups, egid = os.getgroups(), os.getegid()
-    os.setgroups([entry.gid])
-    os.setegid(entry.gid)
-    os.seteuid(entry.uid)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-        os.setegid(egid)
-        os.setgroups(groups)
 
 
 # sending ----------------------------------------------------------------------------------
