@@ -46,7 +46,7 @@ BAD_VALUE = {1264: "out of the column's range", 1265: "cut by the column",
 #: gone away, lost, lock wait timeout, deadlock, read-only replica, too many connections)
 TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1290, 1053, 1927}
 ER_LOCK_DEADLOCK = 1213  # the server rolled the transaction back: run it again
-DEADLOCK_TRIES = 4
+DEADLOCK_TRIES = 10  # each after a random pause of up to 20 ms times the deadlocks so far
 
 _USER_COLUMNS = "pw_name, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell"
 
@@ -329,8 +329,8 @@ class MySQLDatabase(UserDatabase):
                     ) -> object:
         """Run ``work(update connection)`` in one transaction; on a missing table among
         ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again; on
-        a deadlock (two admin commands locking the same gap) run it again, up to
-        DEADLOCK_TRIES times."""
+        a deadlock (admin commands locking the same gap, e.g. the row of a domain without
+        limits yet) run it again after a random pause, up to DEADLOCK_TRIES times."""
         conn = self.writer
         created, deadlocks = False, 0
         for _ in range(DEADLOCK_TRIES + 1):  # one more run after creating the tables
@@ -348,7 +348,10 @@ class MySQLDatabase(UserDatabase):
                     created = True
                     continue
                 if exc.code == ER_LOCK_DEADLOCK and deadlocks < DEADLOCK_TRIES - 1:
+                    import random  # only here: the hot paths never deadlock on their rows
+
                     deadlocks += 1
+                    time.sleep(random.uniform(0, 0.02 * deadlocks))
                     continue
                 raise NoAuthConnection(str(exc)) from None
             except BaseException:
@@ -598,12 +601,21 @@ class MySQLDatabase(UserDatabase):
                          optional=True)
         return {c: _int(v) for c, v in zip(columns, rows[0])} if rows else None
 
-    def set_limits(self, domain: str, values: dict[str, int]) -> None:
-        columns = ", ".join(["domain", *values])
-        marks = ", ".join(["%s"] * (len(values) + 1))
-        self.transaction(lambda conn: conn.query(
-            f"REPLACE INTO limits ({columns}) VALUES ({marks})", [domain, *values.values()]),
-            ["limits"])
+    def change_limits(self, domain: str, columns: "Sequence[str]",
+                      edit: "Callable[[dict[str, int] | None], dict[str, int] | None]") -> None:
+        """Read the domain's ``limits`` row (None if it has none) with a lock, let ``edit``
+        make the new row (None: no change) and store it, in one transaction: two
+        administrators changing one domain at once do not lose either change."""
+        def work(conn: Connection) -> None:
+            rows = conn.query(f"SELECT {', '.join(columns)} FROM limits WHERE domain = %s "
+                              "FOR UPDATE", [domain])
+            values = edit({c: _int(v) for c, v in zip(columns, rows[0])} if rows else None)
+            if values is not None:
+                marks = ", ".join(["%s"] * (len(values) + 1))
+                conn.query(f"REPLACE INTO limits ({', '.join(['domain', *values])}) "
+                           f"VALUES ({marks})", [domain, *values.values()])
+
+        self.transaction(work, ["limits"])
 
     def delete_limits(self, domain: str) -> None:
         self.transaction(lambda conn: conn.query("DELETE FROM limits WHERE domain = %s",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 
 import pytest
 
-from conftest import Install
+from conftest import CLEAN_ENV, Install
 from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir,
                            golden, refused, state, stored_users)
 
@@ -270,6 +271,26 @@ def test_vmoddomlimits_show(vhome: Install) -> None:
     # -D goes back to the defaults
     assert vhome.ok("vmoddomlimits", "-D", DOMAIN) == "Limits deleted\n"
     assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == DEFAULT_SHOW
+
+
+def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:
+    """Eight administrators each change one field of one domain at once: every change is
+    kept (read, change and write are one step: the domain's directory lock for the file, a
+    transaction holding the row for the SQL limits table)."""
+    golden(vhome)
+    if vhome.backend == "mysql":
+        vhome.set_config("mysql", "limits_table", True)
+    changes = {"-P": "Max Pop Accounts", "-A": "Max Aliases", "-F": "Max Forwards",
+               "-R": "Max Autoresponders", "-L": "Max Mailinglists", "-Q": "Domain Quota",
+               "-M": "Max Domain Messages", "-m": "Default Max Messages per User"}
+    procs = [subprocess.Popen([str(vhome.bin / "vmoddomlimits"), option, str(n), DOMAIN],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=CLEAN_ENV)
+             for n, option in enumerate(changes, start=5)]
+    assert [(p.wait(60), *p.communicate()) for p in procs] == [(0, "", "")] * len(procs)
+    shown = vhome.ok("vmoddomlimits", "-S", DOMAIN)
+    for n, label in enumerate(changes.values(), start=5):
+        assert re.search(rf"^{label}: {n}( MB)?$", shown, re.M), (label, shown)
 
 
 def test_vmoddomlimits_default_file(vhome: Install) -> None:

@@ -290,6 +290,34 @@ class Vpopmail:
     def domain_limits(self, entry: AssignEntry) -> limits.Limits:
         return limits.for_domain(self.config, entry, self.backend)
 
+    def change_domain_limits(self, entry: AssignEntry | None,
+                             edit: Callable[[limits.Limits], bool]) -> limits.Limits:
+        """Read the limits of ``entry`` (None: the vlimits.default file), let ``edit`` change
+        them in place (it says whether it did) and store them, as one step: in a transaction
+        holding the ``limits`` row, or under the directory lock for the files. Returns them."""
+        result: list[limits.Limits] = []
+        if entry is not None and limits.in_table(self.config):
+            def edit_row(row: dict[str, int] | None) -> dict[str, int] | None:
+                current = limits.from_table_row(self.config, entry, row)
+                result.append(current)
+                return current.sql_row() if edit(current) else None
+
+            self.backend.change_limits(entry.real_domain, limits.COLUMNS,  # type: ignore[attr-defined]
+                                       edit_row)
+            return result[-1]
+        if entry is None:
+            path, owner = limits.default_file(self.config.home), (None, None)
+            lock = FileLock(path + ".lock", self.timeout, self.config.uid, self.config.gid)
+        else:
+            path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
+            lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
+        with lock:
+            current = (limits.read_file(path) or limits.Limits() if entry is None
+                       else self.domain_limits(entry))
+            if edit(current):
+                limits.write(path, current, *owner)
+        return current
+
     # users
 
     def resolve(self, address: str) -> tuple[str, AssignEntry]:

@@ -145,6 +145,11 @@ def for_domain(config: Config, entry: AssignEntry, database: "UserDatabase") -> 
     if not in_table(config):
         return read(entry.dir, config.home)
     row = database.get_limits(entry.real_domain, COLUMNS)  # type: ignore[attr-defined]
+    return from_table_row(config, entry, row)
+
+
+def from_table_row(config: Config, entry: AssignEntry, row: dict[str, int] | None) -> Limits:
+    """The limits of ``entry`` given its ``limits`` row (None: it has none, so the defaults)."""
     if row is not None:
         return Limits.from_sql(row, f"limits table, domain {entry.real_domain}")
     return read_file(default_file(config.home)) or Limits(source="built-in defaults")

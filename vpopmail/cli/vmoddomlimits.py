@@ -117,53 +117,53 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if len(args) != (0 if use_default else 1):
             raise UsageError("")
         api = open_api(config)
+        entry = None
         if use_default:
             if "D" in letters:
                 print("Default limits must not be deleted. If you really want to do this,")
                 print("remove the vlimits.default file.")
                 print("But be warned: this might stop vpopmail from working!!")
                 return 255
-            path, owner = limits.default_file(api.config.home), (None, None)
-            title = f"Default limits: {path}"
-            current = limits.read_file(path) or Limits()
+            title = f"Default limits: {limits.default_file(api.config.home)}"
         else:
             entry = api.get_domain(args[0])
-            path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
             title = f"Domain: {entry.real_domain}"
             if "D" in letters:
                 if limits.in_table(api.config):
                     api.backend.delete_limits(entry.real_domain)  # type: ignore[attr-defined]
                 else:
                     try:
-                        os.unlink(path)
+                        os.unlink(limits.domain_file(entry.dir))
                     except FileNotFoundError:
                         pass
                 print("Limits deleted")
                 return 0
-            current = api.domain_limits(entry)
-        changed = False
-        for letter, value in options:
-            if letter in NUMBER_OPTIONS:
-                current.numbers[NUMBER_OPTIONS[letter]] = number(value, f"-{letter}")
-            elif letter == "q":
-                size = api.quota_string(value)
-                current.numbers["default_quota"] = int(size.split("S")[0]) if "S" in size else 0
-            elif letter == "g":
-                unknown = set(value) - {v[1] for v in SWITCHES.values()}
-                if unknown:
-                    raise UsageError(f"unknown gid flag {''.join(sorted(unknown))!r}")
-                current.switches = {key for key, (_, ch) in SWITCHES.items() if ch in value}
-            elif letter in PERM_OPTIONS:
-                key, shift = PERM_OPTIONS[letter]
-                kept = current.numbers[key] & ~(7 << shift)
-                current.numbers[key] = kept | (perm_bits(value) << shift)
-            else:
-                continue
-            changed = True
-        if changed and not use_default and limits.in_table(api.config):
-            api.backend.set_limits(entry.real_domain, current.sql_row())  # type: ignore[attr-defined]
-        elif changed:
-            limits.write(path, current, *owner)
+
+        def edit(current: Limits) -> bool:
+            """Apply the options in their order; True if any changes something stored."""
+            changed = False
+            for letter, value in options:
+                if letter in NUMBER_OPTIONS:
+                    current.numbers[NUMBER_OPTIONS[letter]] = number(value, f"-{letter}")
+                elif letter == "q":
+                    size = api.quota_string(value)
+                    current.numbers["default_quota"] = (int(size.split("S")[0]) if "S" in size
+                                                        else 0)
+                elif letter == "g":
+                    unknown = set(value) - {v[1] for v in SWITCHES.values()}
+                    if unknown:
+                        raise UsageError(f"unknown gid flag {''.join(sorted(unknown))!r}")
+                    current.switches = {key for key, (_, ch) in SWITCHES.items() if ch in value}
+                elif letter in PERM_OPTIONS:
+                    key, shift = PERM_OPTIONS[letter]
+                    kept = current.numbers[key] & ~(7 << shift)
+                    current.numbers[key] = kept | (perm_bits(value) << shift)
+                else:
+                    continue
+                changed = True
+            return changed
+
+        current = api.change_domain_limits(entry, edit)
         if "S" in letters:
             for line in show(title, current):
                 print(line)
