@@ -463,16 +463,21 @@ class Vpopmail:
                                                   entry.uid, entry.gid, len(fresh))
                 for record, bucket in zip(fresh, buckets):
                     record.dir = os.path.join(entry.dir, bucket, record.name)
-                    self._make_user_dir(record, entry, record_login=False)
+                    self._make_user_dir(record, entry)
                     made.append((record.dir, bucket))
             self.backend.add_users(entry, records, index)
         except BaseException:
             self._undo_user_dirs(entry, made, len(fresh))
             raise
-        if self.config.logging_auth_logging:  # after the users exist: never a row for no one
-            for record in fresh:
-                self.backend.record_login(entry, record, NULL_REMOTE_IP)
+        self._record_creation(entry, fresh)
         return records
+
+    def _record_creation(self, entry: AssignEntry, users: list[VUser]) -> None:
+        """vadduser's lastauth (C's vset_lastauth with 0.0.0.0), once the users are stored:
+        never a lastauth row for a user that does not exist."""
+        if self.config.logging_auth_logging:
+            for user in users:
+                self.backend.record_login(entry, user, NULL_REMOTE_IP)
 
     def imported_record(self, user: VUser) -> VUser:
         """A copy of ``user`` (name lower-cased) if every field can be stored as it is."""
@@ -513,7 +518,9 @@ class Vpopmail:
         user.dir = os.path.join(entry.dir, bucket, user.name)
         self._make_user_dir(user, entry)
         directory = user.dir
-        return self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
+        stored = self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
+        self._record_creation(entry, [stored])
+        return stored
 
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         """``user`` with a directory and a complete Maildir, re-making what is missing (C
@@ -529,14 +536,11 @@ class Vpopmail:
                 raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
         return user
 
-    def _make_user_dir(self, user: VUser, entry: AssignEntry, record_login: bool = True
-                       ) -> None:
+    def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         try:
             if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
                 self._replace_leftover_dir(user, entry)
             make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
-            if record_login and self.config.logging_auth_logging:
-                self.backend.record_login(entry, user, NULL_REMOTE_IP)
             if has_quota(user.quota):
                 write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
                                   entry.uid, entry.gid)
