@@ -26,6 +26,7 @@ from test_commands import cdb_dump, refused, vpasswd_cdb_expected, vpasswd_users
 from test_toolbox_tools import ALIAS, DOMAIN
 from test_toolbox_users import LONG_GECOS, failed, odd_users
 from vpopmail import config as vconfig
+from vpopmail.api import MAX_QUOTA
 from vpopmail.cli import vconvert
 from vpopmail.names import USER_CHARS
 
@@ -139,6 +140,15 @@ def test_records_a_store_cannot_hold_refuse_their_domain(vhome: Install, sql_db:
     assert failed(result, 236) == ["converting other.test domain conversion failed",
                                    "Error: bad character: yan: ':', newline or NUL in the gecos"]
     assert files(vhome, "other.test") == before
+    # a quota longer than vsetuserquota allows (and C's pw_shell char(20) holds): refused
+    quota = "1000000000000S,10000C"
+    with open(dom / "vpasswd", "w") as fh:
+        fh.write(f"ann:$6$s$h:1:0:Ann:{dom}/ann:{quota}\n")
+    result = vhome.run("vconvert", "-c", "-m", DOMAIN)
+    assert failed(result, 227) == [
+        "converting example.com domain conversion failed",
+        f"Error: quota too long: ann: {quota!r} is longer than 20 characters"]
+    assert sql_db.rows(f"SELECT pw_name FROM vpopmail WHERE pw_domain = '{DOMAIN}'") == []
 
 
 def test_usage(vhome: Install, sql_db: Database) -> None:
@@ -157,7 +167,7 @@ TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters=":\n\r\0
 QUOTAS = st.one_of(st.just("NOQUOTA"), st.integers(1, 10**12).map(lambda n: f"{n}S"),
                    st.integers(1, 10**6).map(lambda n: f"{n}C"),
                    st.tuples(st.integers(1, 10**12), st.integers(1, 10**6)).map(
-                       lambda t: f"{t[0]}S,{t[1]}C"))
+                       lambda t: f"{t[0]}S,{t[1]}C").filter(lambda q: len(q) <= MAX_QUOTA))
 USERS = st.lists(st.builds(
     VUser, name=NAMES, passwd=st.text(TEXT, max_size=128), uid=st.integers(0, 2**31 - 1),
     flags=st.integers(0, 0x7FFFF), gecos=st.text(TEXT, max_size=64),

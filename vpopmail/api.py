@@ -497,6 +497,8 @@ class Vpopmail:
             raise BadInput(f"{where}directory {user.dir!r} is not an absolute path")
         if user.quota not in (NOQUOTA, "") and format_quota(user.quota) != user.quota:
             raise QuotaTooLong(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
+        if len(user.quota) > MAX_QUOTA:  # what vsetuserquota refuses, and C's pw_shell holds
+            raise QuotaTooLong(f"{where}{user.quota!r} is longer than {MAX_QUOTA} characters")
         return user.copy(name=name)
 
     @staticmethod
