@@ -370,7 +370,7 @@ def test_aliases(site: Install) -> None:
     assert after_login(site, pm, f"delete_alias info@{DOMAIN}", f"list_alias info@{DOMAIN}") == \
         ["+OK ", "+OK+", "."]
     for request_line in (f"add_alias ../x@{DOMAIN} y@{DOMAIN}", f"add_alias alice@{DOMAIN} y@b.c",
-                         f"add_alias z@{DOMAIN} |/bin/rm"):
+                         f"add_alias z@{DOMAIN} {'a' * 170}@{DOMAIN}"):
         assert after_login(site, pm, request_line)[0].startswith("-ERR 17.907 Alias Insertion")
     assert after_login(site, pm, f"delete_alias nope@{DOMAIN}")[0].startswith("-ERR 19.1106 ")
     assert after_login(site, pm, f"remove_alias nope@{DOMAIN} x@y.z")[0].startswith("-ERR 18.1007")

@@ -106,7 +106,7 @@ def confined(s: Session, path: str, minor: int) -> Iterator[tuple[int, str | Non
             fd = os.open(root, _DIR)
             stack.callback(os.close, fd)
             for part in parts[:-1]:
-                fd = os.open(part, _DIR, dir_fd=fd)
+                fd = open_dir(part, fd)
                 stack.callback(os.close, fd)
         except OSError as exc:
             raise Failure(minor, _why(exc)) from None
@@ -114,6 +114,17 @@ def confined(s: Session, path: str, minor: int) -> Iterator[tuple[int, str | Non
             yield fd, (parts[-1] if parts else None)
         except OSError as exc:
             raise Failure(minor, _why(exc)) from None
+
+
+def open_dir(name: str, dir_fd: int) -> int:
+    """Open the directory ``name`` in ``dir_fd``; a symlink there is ELOOP (Linux says
+    ENOTDIR for O_DIRECTORY first)."""
+    try:
+        return os.open(name, _DIR, dir_fd=dir_fd)
+    except NotADirectoryError:
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+        raise
 
 
 def _why(exc: OSError) -> str:
@@ -156,7 +167,7 @@ def rm_dir(s: Session, t: Tokens) -> None:
 def list_dir(s: Session, t: Tokens) -> None:
     lines = [OK_MORE]
     with confined(s, _path_arg(t, 27, 1801), 1802) as (fd, name):
-        directory = os.open(name, _DIR, dir_fd=fd) if name is not None else os.dup(fd)
+        directory = open_dir(name, fd) if name is not None else os.dup(fd)
         try:
             for entry in sorted(os.listdir(directory)):
                 if "\n" in entry or "\r" in entry:
