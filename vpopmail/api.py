@@ -318,6 +318,16 @@ class Vpopmail:
                 limits.write(path, current, *owner)
         return current
 
+    def delete_domain_limits(self, entry: AssignEntry) -> None:
+        """Drop the domain's own limits (its row, or its limits file): the defaults apply."""
+        if limits.in_table(self.config):
+            self.backend.delete_limits(entry.real_domain)  # type: ignore[attr-defined]
+            return
+        try:
+            os.unlink(limits.domain_file(entry.dir))
+        except FileNotFoundError:
+            pass
+
     # users
 
     def resolve(self, address: str) -> tuple[str, AssignEntry]:

@@ -75,6 +75,21 @@ def default_domain(config: Config, environ: dict[str, str], local_ip: str = "") 
     return _first_line(os.path.join(config.home, "etc", DEFAULT_FILE)).lower()
 
 
+def check_ip(ip: str) -> str:
+    """``ip`` if it is one IPv4 or IPv6 address (no %scope, no blanks), else BadInput."""
+    import ipaddress
+
+    try:
+        if not set(ip) <= set("0123456789abcdefABCDEF.:"):
+            raise ValueError(ip)
+        ipaddress.ip_address(ip)
+    except ValueError:
+        from vpopmail.errors import BadInput
+
+        raise BadInput(f"{ip!r} is not an IP address") from None
+    return ip
+
+
 def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
     """Add (``add``) or delete the pair ``ip domain``; an add replaces an equal pair. Return
     whether the map changed."""

@@ -1,7 +1,6 @@
 """vipmap: show or edit the IP map that gives bare-name logins a domain by local address."""
 from __future__ import annotations
 
-import ipaddress
 import sys
 
 from vpopmail import ipmap
@@ -37,12 +36,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if len(operands) != 2:
             raise UsageError("")
         ip, domain = operands[0], operands[1].lower()
-        try:
-            if not set(ip) <= set("0123456789abcdefABCDEF.:"):  # no %scope: one line, no blanks
-                raise ValueError(ip)
-            ipaddress.ip_address(ip)
-        except ValueError:
-            raise BadInput(f"{ip!r} is not an IP address") from None
+        ipmap.check_ip(ip)
         if action == "a" and api.find_domain(domain) is None:
             raise DomainDoesNotExist(domain)
         if not ipmap.change_map(api.config, ip, domain, add=action == "a") and action == "d":

@@ -1,7 +1,6 @@
 """vmoddomlimits: show or change a domain's limits (.qmailadmin-limits) or the defaults."""
 from __future__ import annotations
 
-import os
 import sys
 
 from vpopmail import limits
@@ -129,13 +128,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             entry = api.get_domain(args[0])
             title = f"Domain: {entry.real_domain}"
             if "D" in letters:
-                if limits.in_table(api.config):
-                    api.backend.delete_limits(entry.real_domain)  # type: ignore[attr-defined]
-                else:
-                    try:
-                        os.unlink(limits.domain_file(entry.dir))
-                    except FileNotFoundError:
-                        pass
+                api.delete_domain_limits(entry)
                 print("Limits deleted")
                 return 0
 
