@@ -167,3 +167,71 @@ def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:
     assert (prefix / "bin" / "vadduser").read_text() == "#!/bin/sh\necho new C\n"
     assert sorted(p.name for p in prefix.rglob("*")) == [
         "bin", "c-vpopmail-backup", "vadduser", "vadduser"]
+
+
+# packaging/service: run scripts, cron, systemd units ---------------------------------------------
+
+SERVICE = REPO / "packaging" / "service"
+
+
+def installed_copy(source: Path, inst: Install, target: Path) -> Path:
+    """``source`` with /home/vpopmail replaced by ``inst``'s prefix, at ``target``."""
+    target.write_text(source.read_text().replace("/home/vpopmail", str(inst.prefix)))
+    return target
+
+
+def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze")
+    units = [installed_copy(unit, vhome, tmp_path / unit.name)
+             for unit in sorted((SERVICE / "systemd").iterdir())]
+    assert [u.name for u in units] == ["vpopmail-clearopensmtp.service",
+                                       "vpopmail-clearopensmtp.timer", "vpopmail-pop3.service"]
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, ""), result
+
+
+def test_run_scripts_parse() -> None:
+    for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run"):
+        assert os.access(script, os.X_OK), script
+        subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+def memory_limit() -> int:
+    """The softlimit -m of the POP3 run script, which the systemd unit repeats."""
+    run = (SERVICE / "pop3" / "run").read_text()
+    limit = int(run.split("softlimit -m ")[1].split()[0])
+    unit = (SERVICE / "systemd" / "vpopmail-pop3.service").read_text()
+    assert f"LimitAS={limit}\n" in unit and f"LimitDATA={limit}\n" in unit
+    return limit
+
+
+def test_memory_limit_of_the_run_scripts_is_enough(vhome: Install) -> None:
+    """A login under the POP3 service's limit (softlimit -m sets the address-space, data and
+    stack limits) succeeds with the heaviest hash vchkpw loads by default ({SSHA}: libpass),
+    and so does a delivery; a tenth of it is not enough (the limit is in force)."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit")
+    vhome.ok("vadddomain", "example.com", "secret")
+    vhome.ok("vadduser", "carl@example.com", "x")
+    limit = memory_limit()
+    domain = vhome.domains / "example.com"
+    vpasswd = domain / "vpasswd"
+    ssha = "{SSHA}kQxmvwZhLtJzdxUA0LwW+hur4thzYWx0c2FsdA=="  # "carl-secret", salt "saltsalt"
+    vpasswd.write_text("".join(
+        ":".join([f[0], ssha, *f[2:]]) + "\n" if f[0] == "carl" else ":".join(f) + "\n"
+        for f in (line.split(":") for line in vpasswd.read_text().splitlines())))
+    vhome.ok("vmkpasswd", "example.com")
+
+    def limited(n: int, argv: list[str], stdin: bytes, **kw: object) -> int:
+        rlimits = [f"--as={n}", f"--data={n}", f"--stack={n}"]
+        return subprocess.run(["prlimit", *rlimits, *argv], input=stdin, env=CLEAN_ENV,
+                              capture_output=True, **kw).returncode  # type: ignore[call-overload]
+
+    sh = ["sh", "-c", f"{vhome.bin}/vchkpw /bin/true 3<&0"]
+    assert limited(limit, sh, b"carl@example.com\0carl-secret\0\0") == 0
+    assert limited(limit // 10, sh, b"carl@example.com\0carl-secret\0\0") != 0
+    delivery = ["env", "EXT=carl", "HOST=example.com", str(vhome.bin / "vdelivermail"), "",
+                "bounce-no-mailbox"]
+    assert limited(limit, delivery, b"Subject: x\n\nhi\n", cwd=domain) == 0
