@@ -72,12 +72,15 @@ def c_vpopmail(prefix: Path, qmaildir: Path) -> dict[str, bytes]:
     home = prefix / "domains" / "example.com"
     for name in ("alice", "bob", "postmaster"):
         for sub in ("cur", "new", "tmp"):
-            (home / name / "Maildir" / sub).mkdir(parents=True)
+            (home / name / "Maildir" / sub).mkdir(mode=0o700, parents=True)
     vpasswd = C_VPASSWD.replace("HOME", str(home))
     (home / "vpasswd").write_text(vpasswd)
     cdb_make(home / "vpasswd.cdb", [tuple(line.encode().split(b":", 1))  # type: ignore[misc]
                                     for line in vpasswd.splitlines()])
     (home / ".qmail-default").write_text(f"| {prefix}/bin/vdelivermail '' bounce-no-mailbox\n")
+    for path in [home, *home.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o700)
     uid, gid = os.getuid(), os.getgid()
     (qmaildir / "users").mkdir(parents=True)
     (qmaildir / "control").mkdir()
@@ -128,6 +131,9 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     inst = Install(prefix, qmaildir, user, group)
     shown = inst.ok("vuserinfo", "alice@example.com")
     assert "name:   alice" in shown and "quota:     1048576S" in shown, shown
+    checked = inst.run("vcheck", "alice@example.com")
+    assert (checked.returncode, checked.stdout.splitlines()[-1]) == (0, "all checks passed"), \
+        checked
     login = subprocess.run(f"{prefix}/bin/vchkpw /bin/true 3<&0", shell=True,
                            input=b"bob@example.com\0pw2\0\0", env=CLEAN_ENV, cwd="/")
     assert login.returncode == 0
@@ -235,3 +241,33 @@ def test_memory_limit_of_the_run_scripts_is_enough(vhome: Install) -> None:
     delivery = ["env", "EXT=carl", "HOST=example.com", str(vhome.bin / "vdelivermail"), "",
                 "bounce-no-mailbox"]
     assert limited(limit, delivery, b"Subject: x\n\nhi\n", cwd=domain) == 0
+
+
+# README: the newcomer's copy-paste blocks --------------------------------------------------------
+
+def readme_blocks(section: str) -> list[str]:
+    """The ```sh blocks of one ``## section`` of README.md."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n```", 1)[0] for block in body.split("```sh\n")[1:]]
+
+
+def test_readme_next_steps_work_on_a_fresh_sandbox(tmp_path: Path) -> None:
+    """What README's "Next steps" tells a newcomer to paste after packaging/sandbox, pasted:
+    a domain and a user added, a message delivered, a POP3 login (and a refused one), vcheck."""
+    built = sandbox(where=tmp_path / "sandbox")
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert "Running packaging/sandbox again deletes" in built.stdout
+    blocks = readme_blocks("Next steps")
+    assert len(blocks) == 4
+    result = subprocess.run(["bash", "-c", "\n".join(blocks)], capture_output=True, text=True,
+                            cwd=tmp_path, env={**CLEAN_ENV, "HOME": str(tmp_path)}, timeout=120)
+    out = result.stdout
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert "name:   carol" in out and "quota:     52428800S" in out
+    delivered = out.index("Hello carol.")
+    assert out.count("exit 0") == 3 and out.index("exit 0") < delivered
+    assert f"logged in: USER=carol HOME={tmp_path}/sandbox/vpopmail/domains/example.org/carol" \
+        in out
+    assert "exit 1\n" in out and "all checks passed" in out
+    assert "+example.org-:example.org:" in out
