@@ -1,0 +1,273 @@
+"""The scripts in packaging/ as a newcomer and an operator run them: the sandbox, and
+packaging/install over an existing C vpopmail (its programs kept aside, ``--rollback``)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CLEAN_ENV, INSTALL, REPO, VENV, Install, _me
+from test_commands import snapshot
+
+SANDBOX = REPO / "packaging" / "sandbox"
+#: C vpopmail 5.4.33's vpasswd lines (reference c-vpopmail-observed.md section 4; 8 fields,
+#: clear passwords on), with HOME standing for the domain directory
+C_VPASSWD = (
+    "alice:$1$Y3QIu8V9$jwXjUUaDsmkd9aD/UbEMb/:1:0:alice:HOME/alice:1048576S:pw1\n"
+    "bob:$1$PgHvGVaV$TaBACm.FGIX3fwK2lg/nm0:1:0:bob:HOME/bob:NOQUOTA:pw2\n"
+    "postmaster:$1$5X2q/ML/$7M4lF9X1Czsma6St9ZRqb1:1:0:Postmaster:HOME/postmaster:NOQUOTA:secret\n")
+#: programs of a C vpopmail bin/: most have a pyvpopmail namesake, vpopmaild and vkill do not
+C_PROGRAMS = ("vadddomain", "vadduser", "vdeluser", "vdelivermail", "vchkpw", "vuserinfo",
+              "clearopensmtp", "vpopmaild", "vkill")
+
+
+def sandbox(*args: str, where: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SANDBOX), *args], capture_output=True, text=True, timeout=300,
+                          env={**CLEAN_ENV, "SANDBOX": str(where)})
+
+
+@pytest.mark.parametrize("args", [("--bogus",), ("again",), ("--help", "x")])
+def test_sandbox_refuses_unknown_arguments(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Anything but no argument or --help is an error that deletes nothing (it used to be a
+    re-run, which deletes the sandbox and all that was added to it)."""
+    kept = tmp_path / "sandbox" / "vpopmail" / "domains" / "mine.org"
+    kept.mkdir(parents=True)
+    result = sandbox(*args, where=tmp_path / "sandbox")
+    assert result.returncode == 2, result
+    assert "unknown argument" in result.stderr and "usage: packaging/sandbox" in result.stderr
+    assert "nothing was changed" in result.stderr
+    assert kept.is_dir() and sorted(p.name for p in (tmp_path / "sandbox").rglob("*")) == [
+        "domains", "mine.org", "vpopmail"]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_sandbox_help_deletes_nothing(tmp_path: Path, flag: str) -> None:
+    kept = tmp_path / "sandbox" / "message"
+    kept.parent.mkdir()
+    kept.write_text("mine")
+    result = sandbox(flag, where=tmp_path / "sandbox")
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith("usage: packaging/sandbox [--help]")
+    assert "DELETES that directory and everything in it" in result.stdout
+    assert kept.read_text() == "mine"
+
+
+# packaging/install over C vpopmail -------------------------------------------------------------
+
+def cdb_make(path: Path, records: list[tuple[bytes, bytes]]) -> None:
+    """A cdb file written by tinycdb (as qmail-newu and C's vmkpasswd write them)."""
+    if shutil.which("cdb") is None:
+        pytest.skip("needs tinycdb's cdb")
+    text = b"".join(b"+%d,%d:%s->%s\n" % (len(k), len(v), k, v) for k, v in records) + b"\n"
+    subprocess.run(["cdb", "-c", str(path)], input=text, check=True)
+
+
+def c_vpopmail(prefix: Path, qmaildir: Path) -> dict[str, bytes]:
+    """A C vpopmail home with example.com and its three users, and C-named stand-in programs
+    (each prints "C"); returns the programs' bytes by name."""
+    home = prefix / "domains" / "example.com"
+    for name in ("alice", "bob", "postmaster"):
+        for sub in ("cur", "new", "tmp"):
+            (home / name / "Maildir" / sub).mkdir(mode=0o700, parents=True)
+    vpasswd = C_VPASSWD.replace("HOME", str(home))
+    (home / "vpasswd").write_text(vpasswd)
+    cdb_make(home / "vpasswd.cdb", [tuple(line.encode().split(b":", 1))  # type: ignore[misc]
+                                    for line in vpasswd.splitlines()])
+    (home / ".qmail-default").write_text(f"| {prefix}/bin/vdelivermail '' bounce-no-mailbox\n")
+    for path in [home, *home.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o700)
+    uid, gid = os.getuid(), os.getgid()
+    (qmaildir / "users").mkdir(parents=True)
+    (qmaildir / "control").mkdir()
+    (qmaildir / "users" / "assign").write_text(
+        f"+example.com-:example.com:{uid}:{gid}:{home}:-::\n.\n")
+    cdb_make(qmaildir / "users" / "cdb", [
+        (b"!example.com-", b"example.com\0%d\0%d\0%s\0-\0" % (uid, gid, bytes(home))),
+        (b"", b"-")])
+    (qmaildir / "control" / "rcpthosts").write_text("example.com\n")
+    (qmaildir / "control" / "virtualdomains").write_text("example.com:example.com\n")
+    bindir = prefix / "bin"
+    bindir.mkdir()
+    programs = {}
+    for name in C_PROGRAMS:
+        programs[name] = f"#!/bin/sh\n# C vpopmail's {name}\necho C\n".encode()
+        (bindir / name).write_bytes(programs[name])
+        (bindir / name).chmod(0o755)
+    return programs
+
+
+def run_install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True, text=True)
+
+
+def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
+    """The migration as README's guide tells it: install over a C tree, the users work at once,
+    C's programs are kept aside (its others stay), an upgrade keeps them, and --rollback puts
+    back every one byte for byte, leaving the mail as it was."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    programs = c_vpopmail(prefix, qmaildir)
+    mail_before = snapshot(prefix / "domains", qmaildir)
+    user, group = _me()
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+            "--group", group, "--venv", str(VENV))
+    result = run_install(*args)
+    assert result.returncode == 0, result
+    backup = prefix / "bin" / "c-vpopmail-backup"
+    replaced = sorted(set(C_PROGRAMS) - {"vpopmaild", "vkill"})
+    assert f"kept in {backup}/ ({' '.join(replaced)})" in result.stdout, result.stdout
+    assert sorted(p.name for p in backup.iterdir()) == replaced
+    for name in replaced:
+        assert (backup / name).read_bytes() == programs[name]
+        assert b"echo C" not in (prefix / "bin" / name).read_bytes()
+    for name in ("vpopmaild", "vkill"):  # no namesake of ours: left alone
+        assert (prefix / "bin" / name).read_bytes() == programs[name]
+
+    # the C users work at once: shown, and a login with C's MD5-crypt hash succeeds
+    inst = Install(prefix, qmaildir, user, group)
+    shown = inst.ok("vuserinfo", "alice@example.com")
+    assert "name:   alice" in shown and "quota:     1048576S" in shown, shown
+    checked = inst.run("vcheck", "alice@example.com")
+    assert (checked.returncode, checked.stdout.splitlines()[-1]) == (0, "all checks passed"), \
+        checked
+    login = subprocess.run(f"{prefix}/bin/vchkpw /bin/true 3<&0", shell=True,
+                           input=b"bob@example.com\0pw2\0\0", env=CLEAN_ENV, cwd="/")
+    assert login.returncode == 0
+    assert snapshot(prefix / "domains" / "example.com" / "alice", qmaildir) == {
+        k: v for k, v in mail_before.items()
+        if k.startswith((str(prefix / "domains" / "example.com" / "alice"), str(qmaildir)))}
+
+    # an upgrade (install again) replaces only our own programs
+    again = run_install(*args)
+    assert again.returncode == 0 and "kept in" not in again.stdout, again
+    assert sorted(p.name for p in backup.iterdir()) == replaced
+
+    result = run_install("--prefix", str(prefix), "--rollback")
+    assert result.returncode == 0, result
+    assert f"restored {len(replaced)} programs" in result.stdout, result.stdout
+    assert sorted(p.name for p in (prefix / "bin").iterdir()) == sorted(C_PROGRAMS)
+    for name in C_PROGRAMS:
+        assert (prefix / "bin" / name).read_bytes() == programs[name]
+        assert os.access(prefix / "bin" / name, os.X_OK)
+    assert not (prefix / "lib" / "pyvpopmail").exists()
+    assert (prefix / "etc" / "vpopmail.toml").exists()  # the operator's settings stay
+    assert (prefix / "domains" / "example.com" / "vpasswd").read_text() == \
+        C_VPASSWD.replace("HOME", str(prefix / "domains" / "example.com"))
+
+
+def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:
+    """A C program installed again over ours, with an older one already kept: nothing is
+    changed until the operator decides which to keep."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    (prefix / "bin" / "c-vpopmail-backup").mkdir(parents=True)
+    (prefix / "bin" / "c-vpopmail-backup" / "vadduser").write_text("#!/bin/sh\necho old C\n")
+    (prefix / "bin" / "vadduser").write_text("#!/bin/sh\necho new C\n")
+    result = run_install("--prefix", str(prefix), "--qmaildir", str(qmaildir),
+                         "--venv", str(VENV))
+    assert result.returncode == 1
+    assert "already holds vadduser" in result.stderr, result
+    assert (prefix / "bin" / "vadduser").read_text() == "#!/bin/sh\necho new C\n"
+    assert sorted(p.name for p in prefix.rglob("*")) == [
+        "bin", "c-vpopmail-backup", "vadduser", "vadduser"]
+
+
+# packaging/service: run scripts, cron, systemd units ---------------------------------------------
+
+SERVICE = REPO / "packaging" / "service"
+
+
+def installed_copy(source: Path, inst: Install, target: Path) -> Path:
+    """``source`` with /home/vpopmail replaced by ``inst``'s prefix, at ``target``."""
+    target.write_text(source.read_text().replace("/home/vpopmail", str(inst.prefix)))
+    return target
+
+
+def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze")
+    units = [installed_copy(unit, vhome, tmp_path / unit.name)
+             for unit in sorted((SERVICE / "systemd").iterdir())]
+    assert [u.name for u in units] == ["vpopmail-clearopensmtp.service",
+                                       "vpopmail-clearopensmtp.timer", "vpopmail-pop3.service"]
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (0, ""), result
+
+
+def test_run_scripts_parse() -> None:
+    for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run"):
+        assert os.access(script, os.X_OK), script
+        subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+def memory_limit() -> int:
+    """The softlimit -m of the POP3 run script, which the systemd unit repeats."""
+    run = (SERVICE / "pop3" / "run").read_text()
+    limit = int(run.split("softlimit -m ")[1].split()[0])
+    unit = (SERVICE / "systemd" / "vpopmail-pop3.service").read_text()
+    assert f"LimitAS={limit}\n" in unit and f"LimitDATA={limit}\n" in unit
+    return limit
+
+
+def test_memory_limit_of_the_run_scripts_is_enough(vhome: Install) -> None:
+    """A login under the POP3 service's limit (softlimit -m sets the address-space, data and
+    stack limits) succeeds with the heaviest hash vchkpw loads by default ({SSHA}: libpass),
+    and so does a delivery; a tenth of it is not enough (the limit is in force)."""
+    if shutil.which("prlimit") is None:
+        pytest.skip("needs prlimit")
+    vhome.ok("vadddomain", "example.com", "secret")
+    vhome.ok("vadduser", "carl@example.com", "x")
+    limit = memory_limit()
+    domain = vhome.domains / "example.com"
+    vpasswd = domain / "vpasswd"
+    ssha = "{SSHA}kQxmvwZhLtJzdxUA0LwW+hur4thzYWx0c2FsdA=="  # "carl-secret", salt "saltsalt"
+    vpasswd.write_text("".join(
+        ":".join([f[0], ssha, *f[2:]]) + "\n" if f[0] == "carl" else ":".join(f) + "\n"
+        for f in (line.split(":") for line in vpasswd.read_text().splitlines())))
+    vhome.ok("vmkpasswd", "example.com")
+
+    def limited(n: int, argv: list[str], stdin: bytes, **kw: object) -> int:
+        rlimits = [f"--as={n}", f"--data={n}", f"--stack={n}"]
+        return subprocess.run(["prlimit", *rlimits, *argv], input=stdin, env=CLEAN_ENV,
+                              capture_output=True, **kw).returncode  # type: ignore[call-overload]
+
+    sh = ["sh", "-c", f"{vhome.bin}/vchkpw /bin/true 3<&0"]
+    assert limited(limit, sh, b"carl@example.com\0carl-secret\0\0") == 0
+    assert limited(limit // 10, sh, b"carl@example.com\0carl-secret\0\0") != 0
+    delivery = ["env", "EXT=carl", "HOST=example.com", str(vhome.bin / "vdelivermail"), "",
+                "bounce-no-mailbox"]
+    assert limited(limit, delivery, b"Subject: x\n\nhi\n", cwd=domain) == 0
+
+
+# README: the newcomer's copy-paste blocks --------------------------------------------------------
+
+def readme_blocks(section: str) -> list[str]:
+    """The ```sh blocks of one ``## section`` of README.md."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n```", 1)[0] for block in body.split("```sh\n")[1:]]
+
+
+def test_readme_next_steps_work_on_a_fresh_sandbox(tmp_path: Path) -> None:
+    """What README's "Next steps" tells a newcomer to paste after packaging/sandbox, pasted:
+    a domain and a user added, a message delivered, a POP3 login (and a refused one), vcheck."""
+    built = sandbox(where=tmp_path / "sandbox")
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert "Running packaging/sandbox again deletes" in built.stdout
+    blocks = readme_blocks("Next steps")
+    assert len(blocks) == 4
+    result = subprocess.run(["bash", "-c", "\n".join(blocks)], capture_output=True, text=True,
+                            cwd=tmp_path, env={**CLEAN_ENV, "HOME": str(tmp_path)}, timeout=120)
+    out = result.stdout
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert "name:   carol" in out and "quota:     52428800S" in out
+    delivered = out.index("Hello carol.")
+    assert out.count("exit 0") == 3 and out.index("exit 0") < delivered
+    assert f"logged in: USER=carol HOME={tmp_path}/sandbox/vpopmail/domains/example.org/carol" \
+        in out
+    assert "exit 1\n" in out and "all checks passed" in out
+    assert "+example.org-:example.org:" in out
