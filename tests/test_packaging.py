@@ -199,7 +199,8 @@ def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
 
 
 def test_run_scripts_parse() -> None:
-    for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run"):
+    for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run",
+                   SERVICE / "vpopmaild" / "run"):
         assert os.access(script, os.X_OK), script
         subprocess.run(["sh", "-n", str(script)], check=True)
 
