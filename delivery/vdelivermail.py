@@ -248,18 +248,23 @@ class Vdelivermail:
             raise defer(f"Auto creation of maildir failed. (#5.9.8): {exc}") from None
 
     def run_dotqmail(self, home: str) -> bool:
-        """Follow the first ``.qmail`` file found in ``home``; False if there is none."""
+        """Follow the first ``.qmail`` file found in ``home``; False if there is none or it is
+        empty (zero bytes): then the default delivery applies, as with qmail-local."""
         for name in dotqmail.candidates(self.extension if self.config.users_qmail_ext else ""):
             path = os.path.join(home, name)
             try:
                 instructions = dotqmail.read_file(path)
             except dotqmail.DotQmailWritable:
                 raise defer("Uh-oh: .qmail file is writable. (#4.7.0)") from None
+            except dotqmail.BlankFirstLine:
+                raise defer("Uh-oh: first line of .qmail file is blank. (#4.2.1)") from None
             except OSError as exc:
                 raise defer(f"vdelivermail: cannot read {path}: {exc.strerror}") from None
             if instructions is not None:
                 break
         else:
+            return False
+        if not instructions:
             return False
         try:
             os.chdir(home)

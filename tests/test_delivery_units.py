@@ -71,7 +71,7 @@ def test_trace_of_headers_without_body(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "parsed"), [
-    ("# c", ("comment", "# c")), ("+list", ("list", "")), ("+other", None),
+    ("# c", ("comment", "# c")), ("+list", ("list", "")), ("+other", ("comment", "+other")),
     ("|  prog arg", ("program", "prog arg")), ("./Maildir/", ("maildir", "./Maildir/")),
     ("/abs/Maildir/  \t", ("maildir", "/abs/Maildir/")), ("./mbox", ("mbox", "./mbox")),
     ("&a@b.test", ("forward", "a@b.test")), ("a@b.test ", ("forward", "a@b.test")),

@@ -1,0 +1,87 @@
+"""A user's ``.qmail`` (and a catch-all directory's) read by the installed vdelivermail exactly as
+qmail-local reads one (notqmail qmail-local.c: blank first line, comment-only files, zero bytes),
+the Delivered-To of every spelling of a Maildir line, forwards injected once after every local
+delivery succeeded, and default actions that would deliver nowhere (issue 13, findings 1, 4, 5).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import Install
+from delivery_site import MESSAGE, Site
+from test_vdelivermail import RETURN_PATH, inject, write_dotqmail  # noqa: F401 - the fixture
+
+BLANK = b"Uh-oh: first line of .qmail file is blank. (#4.2.1)\n"
+BAD_SYNTAX = b"vdelivermail: invalid syntax in .qmail-default file\n"
+
+#: (.qmail text, exit code, messages left in the Maildir): qmail-local's rules
+RULES = [
+    ("", 0, 1),                              # zero bytes: the default delivery
+    ("\n", 111, 0),                          # a blank first line defers ...
+    ("   \n", 111, 0),                       # ... once trailing spaces and tabs are stripped
+    ("\n\n\n", 111, 0),
+    (" \t \n", 111, 0),
+    ("\t", 111, 0),                          # no newline at all
+    ("\n./Maildir/\n", 111, 0),              # whatever follows
+    ("  \n# c\n./Maildir/\n", 111, 0),
+    ("\r\n", 111, 0),                        # (a CR is stripped too: see delivery/dotqmail.py)
+    ("#\n", 0, 0),                           # comments only: delivered nowhere, on purpose
+    ("# c\n\n \n", 0, 0),                    # later blank lines are skipped
+    ("+list\n", 0, 0),
+    ("+other\n", 0, 0),                      # a + line other than +list does nothing
+    ("#\n\n./Maildir/\n", 0, 1),
+    ("+other\n./Maildir/\n", 0, 1),
+    ("./Maildir/", 0, 1),                    # no final newline
+    ("./Maildir/ \t\n", 0, 1),
+    ("./Maildir/\n\n\t\n./Maildir/\n", 0, 2),
+]
+
+
+@pytest.fixture
+def site(each_install: Install) -> Site:
+    return Site.create(each_install, each_install.mode == "root", alice="1M", bob=None)
+
+
+def clear(maildir: Path) -> None:
+    for path in (maildir / "new").iterdir():
+        path.unlink()
+
+
+@pytest.mark.parametrize("place", ["user", "catch-all directory"])
+def test_dotqmail_lines_as_qmail_local_reads_them(site: Site, place: str) -> None:
+    home = site.user_dir("alice" if place == "user" else "bob")
+    maildir = home / "Maildir"
+    for text, code, delivered in RULES:
+        write_dotqmail(site, home / ".qmail", text)
+        if place == "user":
+            result = site.deliver("alice")
+        else:
+            result = site.deliver("nobody", action=str(home))
+        assert result.returncode == code, (text, result)
+        if code == 111:
+            assert result.stdout.endswith(BLANK), (text, result.stdout)
+        assert len(site.new_files(maildir)) == delivered, text
+        clear(maildir)
+
+
+def test_empty_dotqmail_ext_ends_the_search(site: Site) -> None:
+    """The first .qmail file that exists is the one followed, even with zero bytes (then the
+    default delivery): qmail-local and C vpopmail both stop there."""
+    site.inst.set_config("users", "qmail_ext", True)
+    bob = site.user_dir("bob")
+    write_dotqmail(site, bob / ".qmail", "#\n")
+    write_dotqmail(site, bob / ".qmail-lists", "")
+    assert site.deliver("bob-lists").returncode == 0
+    assert len(site.new_files(bob / "Maildir")) == 1
+
+
+def test_dotqmail_that_is_no_file_counts_as_absent(site: Site) -> None:
+    (site.user_dir("alice") / ".qmail").mkdir()
+    assert site.deliver("alice").returncode == 0
+    assert len(site.new_files(site.maildir("alice"))) == 1
+
+
