@@ -65,12 +65,16 @@ def say(text: str) -> None:
 
 def maildir_to_email(path: str, cwd: str = "") -> str:
     """``user@domain`` from a Maildir path as vpopmail derives it, or ``""``: the component
-    before the last ``/Maildir``, and the nearest component to its left with a dot."""
-    if path.startswith("./"):
-        path = (cwd or os.getcwd()).rstrip("/") + path[1:]
+    before the last ``/Maildir``, and the nearest component to its left with a dot.
+
+    A relative path is taken from ``cwd`` (default: the working directory), and ``.`` and
+    ``..`` components are resolved first, so every spelling of a Maildir names its owner (C
+    gives ``bob@..`` for ``./../bob/Maildir/`` and ``""`` for ``../bob/Maildir/``).
+    """
+    if not path.startswith("/"):
+        path = os.path.join(cwd or os.getcwd(), path)
+    path = os.path.normpath(path) + "/"
     at = path.rfind("/Maildir/")
-    if at < 0 and path.endswith("/Maildir"):
-        at = len(path) - len("/Maildir")
     if at < 0:
         return ""
     components = path[:at].split("/")

@@ -28,6 +28,10 @@ SETTINGS = settings(max_examples=80, deadline=None,
     ("/home/vpopmail/domains/example.com/postmaster/Maildir/Maildir/", "", "Maildir@example.com"),
     ("/var/mail/john/Maildir/", "", ""),
     ("./Maildir/", "/x/domains/ex.org/bob", "bob@ex.org"),
+    # resolved before the search (C: "bob@.." and "" for the last two)
+    ("/x/domains/ex.org/bob/./Maildir/", "", "bob@ex.org"),
+    ("./../bob/Maildir/", "/x/domains/ex.org/alice", "bob@ex.org"),
+    ("../bob/Maildir/", "/x/domains/ex.org/alice", "bob@ex.org"),
 ])
 def test_maildir_to_email(path: str, cwd: str, expected: str) -> None:
     assert maildir_to_email(path, cwd) == expected

@@ -85,3 +85,34 @@ def test_dotqmail_that_is_no_file_counts_as_absent(site: Site) -> None:
     assert len(site.new_files(site.maildir("alice"))) == 1
 
 
+def test_delivered_to_names_the_maildir_owner(site: Site) -> None:
+    """Every spelling of a Maildir in alice's .qmail stamps its owner's address (C: alice's
+    own ./Maildir/ gives alice@example.com, bob's path bob@example.com)."""
+    alice, bob = site.user_dir("alice"), site.user_dir("bob")
+    assert alice.parent == bob.parent  # few users: no hash buckets, so ../bob is bob
+    for line, owner in [("./Maildir/", "alice"), (f"{alice}/Maildir/", "alice"),
+                        (f"{alice}/./Maildir/", "alice"), (f"{bob}/Maildir/", "bob"),
+                        ("../bob/Maildir/", "bob"), ("./../bob/Maildir/", "bob")]:
+        write_dotqmail(site, alice / ".qmail", line + "\n")
+        result = site.deliver("alice")
+        assert result.returncode == 0, (line, result)
+        maildir = site.maildir(owner)
+        assert site.only_message(maildir) == (
+            RETURN_PATH + f"Delivered-To: {owner}@example.com\n".encode() + MESSAGE), line
+        clear(maildir)
+    # the catch-all directory's .qmail as well (C: the Maildir's owner, not the recipient)
+    write_dotqmail(site, bob / ".qmail", "./Maildir/\n")
+    assert site.deliver("nobody", action=str(bob)).returncode == 0
+    assert b"Delivered-To: bob@example.com\n" in site.only_message(bob / "Maildir")
+
+
+def test_own_address_in_dotqmail_is_a_loop(site: Site) -> None:
+    """With the right Delivered-To, a message that went through alice's ./Maildir/ and comes
+    back is caught by the loop check."""
+    write_dotqmail(site, site.user_dir("alice") / ".qmail", "./Maildir/\n")
+    assert site.deliver("alice").returncode == 0
+    [first] = site.new_files(site.maildir("alice"))
+    again = first.read_bytes().removeprefix(RETURN_PATH)
+    result = site.deliver("alice", again)
+    assert (result.returncode, result.stdout) == (100, b"mail is looping\n")
+
