@@ -110,6 +110,8 @@ class Vdelivermail:
         self.entry: AssignEntry | None = None
         self.extension = ""
         self.forward_only = False
+        #: forward targets, injected once after every other instruction succeeded
+        self.forwards: list[str] = []
         self.message = Message(stdin, 0)
         self.backend: UserDatabase | None = None
 
@@ -133,6 +135,18 @@ class Vdelivermail:
         spool = self.entry.dir if self.entry else self.config.domains_root
         self.message = Message.from_fd(self.stdin, spool)
         self.check_loop(f"{self.user}@{self.domain}")
+        try:
+            code = self._deliver(action)
+        except Outcome as outcome:
+            if outcome.code in (0, 99):
+                self.inject_forwards()
+            raise
+        self.inject_forwards()
+        return code
+
+    def _deliver(self, action: str) -> int:
+        """Follow the recipient's valias rows, its user's instructions or the default action;
+        forwards are only collected."""
         if self.entry and self.config.users_backend == "mysql" and self.process_valias():
             raise Outcome(0, VALIASES_DONE + "\n")
         user = self._find_user() if self.entry else None
@@ -334,7 +348,7 @@ class Vdelivermail:
         if self.message.size == 0:
             return
         if kind == dotqmail.FORWARD:
-            self.forward(text)
+            self.forwards.append(text)
             return
         if self.forward_only:
             what = "prog" if kind == dotqmail.PROGRAM else "file"
@@ -442,13 +456,25 @@ class Vdelivermail:
             return self.rpline + b"Delivered-To: " + local + b"@" + host + b"\n"
         return self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
 
-    def forward(self, address: str) -> None:
-        """Re-inject the message to ``address`` through qmail-inject (envelope sender from
-        the Return-Path line, which qmail-inject removes)."""
+    def inject_forwards(self) -> None:
+        """Inject the collected forwards, once, after every other instruction succeeded (as
+        qmail-local does): a later failure that defers the message cannot have sent a copy that
+        every retry would send again. Targets sharing a Delivered-To line (all of them, under
+        qmail-local, which sets DTLINE) go in one qmail-inject run."""
+        groups: dict[bytes, list[str]] = {}
+        for address in self.forwards:
+            groups.setdefault(self.forward_header(address), []).append(address)
+        self.forwards = []
+        for header, addresses in groups.items():
+            self.forward(header, addresses)
+
+    def forward(self, header: bytes, addresses: list[str]) -> None:
+        """Re-inject the message with ``header`` to ``addresses`` through qmail-inject (envelope
+        sender from the Return-Path line, which qmail-inject removes)."""
         inject = self.config.home_path("qmail_inject")
         read, write = os.pipe()
         try:
-            pid = os.posix_spawn(inject, [inject, "--", address], dict(os.environb),
+            pid = os.posix_spawn(inject, [inject, "--", *addresses], dict(os.environb),
                                  file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
                                                (os.POSIX_SPAWN_CLOSE, write)],
                                  setsigdef=CHILD_DEFAULT_SIGNALS)
@@ -459,7 +485,7 @@ class Vdelivermail:
         os.close(read)
         failure = ""
         try:
-            write_message(write, self.forward_header(address), self.message.fd)
+            write_message(write, header, self.message.fd)
         except OSError as exc:
             failure = f"write to qmail-inject failed: {exc.strerror}\n"
         finally:

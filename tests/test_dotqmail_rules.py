@@ -116,3 +116,46 @@ def test_own_address_in_dotqmail_is_a_loop(site: Site) -> None:
     result = site.deliver("alice", again)
     assert (result.returncode, result.stdout) == (100, b"mail is looping\n")
 
+
+def test_forward_injected_once_after_local_deliveries(site: Site, inject: Path) -> None:
+    """A forward before a Maildir line that fails goes out with the delivery that succeeds,
+    once, not with every attempt (as qmail-local: forwards last, in one injection)."""
+    if not site.unprivileged:
+        pytest.skip("root writes to any new/: needs the root install's delivering user")
+    vsite = site
+    alice = vsite.user_dir("alice")
+    new = alice / "Maildir" / "new"
+    write_dotqmail(vsite, alice / ".qmail", "&fwd@remote.test\n./Maildir/\nother@remote.test\n")
+    os.chown(new, 0, 0)
+    new.chmod(0o755)
+    for _ in range(3):
+        result = vsite.deliver("alice")
+        assert result.returncode == 111, result
+    assert list(inject.iterdir()) == []
+    shutil.chown(new, vsite.inst.user, vsite.inst.group)
+    new.chmod(0o700)
+    assert vsite.deliver("alice").returncode == 0
+    assert sorted(p.name for p in inject.iterdir()) == ["argv.0", "data.0"]
+    assert (inject / "argv.0").read_text() == "--\nfwd@remote.test\nother@remote.test\n"
+    assert (inject / "data.0").read_bytes() == (
+        RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE)
+    assert len(vsite.new_files(alice / "Maildir")) == 1
+
+
+@pytest.mark.parametrize(("text", "code", "sent"), [
+    ("&a@remote.test\n|exit 111\n", 111, []),            # a program that defers: nothing sent
+    ("&a@remote.test\n|exit 100\n", 100, []),            # or bounces
+    ("&a@remote.test\n|exit 99\n&b@remote.test\n./Maildir/\n", 99, ["a@remote.test"]),
+])
+def test_forwards_wait_for_programs(site: Site, inject: Path, text: str, code: int,
+                                    sent: list[str]) -> None:
+    """99 stops at the program and sends the forwards before it (qmail-local's flag99)."""
+    write_dotqmail(site, site.user_dir("alice") / ".qmail", text)
+    assert site.deliver("alice").returncode == code
+    if sent:
+        assert sorted(p.name for p in inject.iterdir()) == ["argv.0", "data.0"]
+        assert (inject / "argv.0").read_text().split("\n")[1:-1] == sent
+    else:
+        assert list(inject.iterdir()) == []
+    assert site.new_files(site.maildir("alice")) == []
+
