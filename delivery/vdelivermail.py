@@ -32,6 +32,7 @@ from vpopmail.fsutil import write_all
 from vpopmail.names import is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
+BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
 VALIASES_DONE = "vdelivermail: valiases processed"
 DATABASE_DOWN = "vdelivermail: deferred, database down"
 LOOPING = "mail is looping"
@@ -118,7 +119,7 @@ class Vdelivermail:
     # -- the run ------------------------------------------------------------------------------
     def run(self, argv: list[str]) -> int:
         if len(argv) != 2:
-            raise defer("vdelivermail: invalid syntax in .qmail-default file")
+            raise defer(BAD_SYNTAX)
         action = argv[1]
         self.user = self._env("EXT").lower()
         host = self._env("HOST").lower()
@@ -157,7 +158,7 @@ class Vdelivermail:
     def _env(self, name: str) -> str:
         value = self.environ.get(name.encode())
         if value is None:
-            raise bounce(f"vdelivermail: no {name} environment varilable")
+            raise defer(f"vdelivermail: no {name} environment varilable")
         return value.decode("utf-8", "surrogateescape")
 
     def _drop_privileges(self) -> None:
@@ -209,7 +210,8 @@ class Vdelivermail:
         ``-``. All candidates are fetched in one query. Each row is one delivery instruction,
         run from the domain directory; the first that fails ends the run with its outcome
         (111 defers the whole message, and qmail delivers it again to every row later, as
-        qmail-local does for a .qmail file). False if there is no row."""
+        qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
+        blank defer. False if there is no row."""
         from vpopmail.aliases import select_lines, wildcards
 
         assert self.entry is not None
@@ -225,20 +227,22 @@ class Vdelivermail:
             if isinstance(exc, NoAuthConnection):
                 raise defer(DATABASE_DOWN) from None
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
-        lines = next(((found[name], rest) for name, rest in candidates if name in found), None)
-        if lines is None:
+        match = next(((name, rest) for name, rest in candidates if name in found), None)
+        if match is None:
             return False
-        rows, rest = lines
+        alias, rest = match
+        instructions = [item for item in map(dotqmail.parse_line, found[alias]) if item]
+        if not instructions:  # valias never stores one: damage, or a foreign tool's write
+            raise defer(f"vdelivermail: deferred, the valias rows of {alias}@{self.domain} "
+                        "are all blank")
         if rest is not None:
             os.environb[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
         try:
             os.chdir(self.entry.dir)
         except OSError as exc:
             raise defer(f"vdelivermail: cannot chdir to {self.entry.dir}: {exc.strerror}") from None
-        for row in rows:
-            parsed = dotqmail.parse_line(row)
-            if parsed is not None:
-                self.deliver_instruction(*parsed)
+        for instruction in instructions:
+            self.deliver_instruction(*instruction)
         return True
 
     # -- an existing user ---------------------------------------------------------------------
@@ -306,8 +310,9 @@ class Vdelivermail:
                 self.deliver_maildir(home + "Maildir/", "", recipient)
             return 0
         parsed = dotqmail.parse_line(action)
-        if parsed is not None:
-            self.deliver_instruction(*parsed, recipient=recipient)
+        if parsed is None or parsed[0] in (dotqmail.COMMENT, dotqmail.LIST):
+            raise defer(BAD_SYNTAX)  # would deliver nowhere: a damaged or mistyped line
+        self.deliver_instruction(*parsed, recipient=recipient)
         return 0
 
     def _site_file(self, name: str) -> str:

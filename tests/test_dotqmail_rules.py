@@ -159,3 +159,11 @@ def test_forwards_wait_for_programs(site: Site, inject: Path, text: str, code: i
         assert list(inject.iterdir()) == []
     assert site.new_files(site.maildir("alice")) == []
 
+
+@pytest.mark.parametrize("action", ["", "  ", "#", "# all mail", "+list", "+x"])
+def test_default_action_that_delivers_nowhere_defers(site: Site, action: str) -> None:
+    """C exited 0 (or ran qmail-inject with an empty address): the mail of every unknown
+    recipient was gone."""
+    result = site.deliver("nobody", action=action)
+    assert (result.returncode, result.stdout) == (111, BAD_SYNTAX)
+    assert site.deliver("alice", action=action).returncode == 0  # users are not concerned

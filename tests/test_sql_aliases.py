@@ -235,6 +235,18 @@ def test_a_failing_row_defers_the_message(site: Site, sql_db: Database,
     assert new_count(bob / "Maildir") == 1  # the copy of "team" only
 
 
+def test_blank_rows_only_defer(site: Site, sql_db: Database) -> None:
+    """Rows that deliver nowhere (valias never stores a blank line) defer, as a blank first
+    line of a .qmail does: C answered 'valiases processed' and the message was gone."""
+    insert(sql_db, "blank", "", "  ")
+    result = site.deliver("blank")
+    assert (result.returncode, result.stdout) == (
+        111, b"vdelivermail: deferred, the valias rows of blank@example.com are all blank\n")
+    insert(sql_db, "blank", f"{user_dir(sql_db, 'bob')}/Maildir/")  # a blank row among others
+    assert site.deliver("blank").stdout == PROCESSED
+    assert new_count(user_dir(sql_db, "bob") / "Maildir") == 1
+
+
 def test_database_down_defers_and_delivers_nothing(site: Site, sql_db: Database) -> None:
     alice = user_dir(sql_db, "alice")
     insert(sql_db, "team", f"{alice}/Maildir/")
