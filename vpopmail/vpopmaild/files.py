@@ -24,6 +24,11 @@ from vpopmail.vpopmaild.session import Session
 MAX_FILE = 1 << 20
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: what list_dir calls each kind of entry
+#: names no file command reaches below a system administrator: delivery instructions (a
+#: ``.qmail`` program line runs as the domain owner), the user database and its locks, the
+#: quota accounting
+CONTROL_PREFIXES = (".qmail", "vpasswd", ".vpasswd", ".dir-control", ".dir_control")
+CONTROL_NAMES = (".valias.lock", "maildirsize")
 KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chardev"),
          (stat.S_ISBLK, "blkdev"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "link"),
          (stat.S_ISSOCK, "sock"))
@@ -92,7 +97,12 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
     base, wanted = _parts(root), _parts(full)
     if wanted[:len(base)] != base:
         raise Refusal(26, minor)
-    return root, wanted[len(base):], int(uid), int(gid)  # type: ignore[arg-type]
+    below = wanted[len(base):]
+    if not s.system_admin and any(part.startswith(CONTROL_PREFIXES) or part in CONTROL_NAMES
+                                  for part in below):
+        raise Refusal(26, minor, "Unauthorized Directory. (vpopmail's control files: .qmail*, "
+                      "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
+    return root, below, int(uid), int(gid)  # type: ignore[arg-type]
 
 
 @contextmanager

@@ -90,6 +90,15 @@ class Session:
         if self.domain_admin and not self.own_domain(domain):
             raise Refusal(major, minor)
 
+    def may_manage(self, user: VUser) -> bool:
+        """False for a domain administrator facing a system administrator's account (C let
+        the domain's postmaster read its password, set it, or delete it)."""
+        return not (self.domain_admin and user.flags & SA_ADMIN)
+
+    def check_account(self, user: VUser, minor: int) -> None:
+        if not self.may_manage(user):
+            raise Refusal(9, minor, "Not Authorized: a system administrator's account")
+
     def is_me(self, name: str, domain: str) -> bool:
         assert self.user is not None
         return name == self.user.name and self.own_domain(domain)
@@ -110,12 +119,14 @@ class Session:
         self.channel.send(*lines)
 
     def user_lines(self, user: VUser, flags: int | None = None) -> list[str]:
-        """C's send_user_info: the fields, then the flags (one line each, or ``gidflags`` after
+        """C's send_user_info: the fields (a system administrator's password fields empty for a
+        domain administrator), then the flags (one line each, or ``gidflags`` after
         clogin/slogin)."""
         value = user.flags if flags is None else flags
+        passwd, clear = (user.passwd, user.clear) if self.may_manage(user) else ("", "")
         lines = [f"name {user.name}", f"comment {user.gecos}", f"quota {user.quota}",
-                 f"user_dir {user.dir}", f"encrypted_password {user.passwd}",
-                 f"clear_text_password {user.clear}"]
+                 f"user_dir {user.dir}", f"encrypted_password {passwd}",
+                 f"clear_text_password {clear}"]
         if self.output != EXPANDED:
             return [*lines, f"gidflags {value}"]
         return [*lines, *(f"{name} {int(bool(value & bit))}" for bit, name in FLAG_LINES)]
