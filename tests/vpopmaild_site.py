@@ -31,9 +31,11 @@ def make_site(inst: Install) -> Install:
 
 
 def converse(inst: Install, *lines: str | bytes, args: tuple[str, ...] = ("-t", "10"),
-             as_user: str | None = None, timeout: float = 60) -> tuple[list[str], int]:
+             as_user: str | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> tuple[list[str], int]:
     """Send ``lines`` (CRLF added to str lines; bytes go as they are), then end the input;
-    return the answer lines (each must end in CRLF) and the exit code."""
+    return the answer lines (each must end in CRLF) and the exit code. ``env`` is added to
+    the clean environment (tcpserver's TCPREMOTEIP, say)."""
     data = b"".join(line if isinstance(line, bytes) else line.encode() + b"\r\n"
                     for line in lines)
     argv = [str(inst.bin / "vpopmaild"), *args]
@@ -41,8 +43,8 @@ def converse(inst: Install, *lines: str | bytes, args: tuple[str, ...] = ("-t", 
         from conftest import as_user_argv
 
         argv = [*as_user_argv(as_user), *argv]
-    result = subprocess.run(argv, input=data, capture_output=True, env=CLEAN_ENV, cwd="/",
-                            timeout=timeout)
+    result = subprocess.run(argv, input=data, capture_output=True, env={**CLEAN_ENV, **(env or {})},
+                            cwd="/", timeout=timeout)
     text = result.stdout.decode("utf-8", "surrogateescape")
     assert text.endswith("\r\n") or not text, text
     assert result.stderr == b"", result.stderr
