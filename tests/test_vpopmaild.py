@@ -18,8 +18,8 @@ from auth.passwords import verify_password
 from conftest import NO_BACKEND, Install
 from login_site import SyslogSink
 from vpopmail import flags
-from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, converse, site,  # noqa: F401
-                            user_dir, vchkpw_accepts)
+from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, built_sites,  # noqa: F401
+                            converse, site, user_dir, vchkpw_accepts)
 
 pytestmark = pytest.mark.both_backends
 

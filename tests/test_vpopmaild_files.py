@@ -7,17 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from conftest import Install
-from vpopmaild_site import DOMAIN, after_login, make_site, user_dir
+from vpopmaild_site import DOMAIN, after_login, built_sites, rsite, user_dir  # noqa: F401
 
 ALICE = f"alice@{DOMAIN}"
-
-
-@pytest.fixture
-def rsite(root_vhome: Install) -> Install:
-    return make_site(root_vhome)
 
 
 def test_a_user_works_in_their_own_directory(rsite: Install) -> None:

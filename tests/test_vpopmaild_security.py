@@ -5,23 +5,14 @@ client that stops reading. Each of these got through before its fix (C 5.4.33 le
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import pytest
-
 from conftest import Install
-from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, make_site,  # noqa: F401
-                            site, user_dir, vchkpw_accepts)
+from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login,  # noqa: F401
+                            built_sites, rsite, site, user_dir, vchkpw_accepts)
 
 ALICE, PM, SA = f"alice@{DOMAIN}", f"postmaster@{DOMAIN}", f"admin@{DOMAIN}"
 REFUSED_USER = "-ERR 26.1512 Unauthorized Directory. (vpopmail's control files: .qmail*, " \
     "vpasswd*, .dir-control*, .valias.lock, maildirsize)"
 REFUSED_ADMIN = REFUSED_USER.replace("1512", "1511")
-
-
-@pytest.fixture
-def rsite(root_vhome: Install) -> Install:
-    return make_site(root_vhome)
 
 
 def test_control_files_are_out_of_reach_below_system_admin(rsite: Install) -> None:
@@ -116,3 +107,4 @@ def test_a_client_that_stops_reading_is_dropped(rsite: Install) -> None:
         client.proc.kill()
         client.close()
     assert code == 1 and time.monotonic() - start < 10
+
