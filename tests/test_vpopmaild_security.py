@@ -108,3 +108,18 @@ def test_a_client_that_stops_reading_is_dropped(rsite: Install) -> None:
         client.close()
     assert code == 1 and time.monotonic() - start < 10
 
+
+def test_a_domain_admin_cannot_reach_a_system_admin_directory(rsite: Install) -> None:
+    """The system admin's mail (a password reset, say) and directory are not the domain
+    admin's, whichever way the path is written."""
+    home = user_dir(rsite, SA)
+    (home / "Maildir" / "new" / "1.M1P1.host").write_text("your new password: x\n")
+    refused = "-ERR 26.1511 Unauthorized Directory. (a system administrator's account)"
+    answers = after_login(rsite, PM, f"read_file {SA}/Maildir/new/1.M1P1.host",
+                          f"list_dir {home}/Maildir/new", f"stat_file {DOMAIN}/admin/Maildir",
+                          f"rm_dir {SA}/Maildir", f"rename_file {DOMAIN}/admin {DOMAIN}/mine",
+                          f"write_file {home}/x", "y", ".")
+    assert answers == [refused] * 6
+    assert (home / "Maildir" / "new" / "1.M1P1.host").exists() and not (home / "x").exists()
+    assert after_login(rsite, SA, f"read_file {SA}/Maildir/new/1.M1P1.host")[0] == "+OK+"
+    assert after_login(rsite, PM, f"list_dir {ALICE}/Maildir")[0] == "+OK+"

@@ -102,7 +102,18 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
                                   for part in below):
         raise Refusal(26, minor, "Unauthorized Directory. (vpopmail's control files: .qmail*, "
                       "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
+    if s.domain_admin and _in_system_admin_dir(s, wanted):
+        raise Refusal(26, minor, "Unauthorized Directory. (a system administrator's account)")
     return root, below, int(uid), int(gid)  # type: ignore[arg-type]
+
+
+def _in_system_admin_dir(s: Session, wanted: list[str]) -> bool:
+    """Whether ``wanted`` is in the directory of a system administrator of the session's
+    domain (whose mail and files are not the domain administrator's)."""
+    assert s.entry is not None
+    users, _ = s.api.list_users(s.entry.real_domain)
+    return any(wanted[:len(home)] == home for home in
+               (_parts(user.dir) for user in users if user.flags & SA_ADMIN and user.dir))
 
 
 @contextmanager
