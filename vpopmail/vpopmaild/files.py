@@ -1,5 +1,7 @@
 """vpopmaild's file commands, confined as C intends (a user to their directory, a domain
-administrator to the domain's, a system administrator to the domains tree) but done safely:
+administrator to the domain's but for a system administrator's directory there, a system
+administrator to the domains tree; below a system administrator, never vpopmail's control
+files: CONTROL_PREFIXES, CONTROL_NAMES) but done safely:
 paths are checked component by component (C compared string prefixes, so ``example.com``
 also opened ``example.community``), every component is opened relative to its parent with
 O_NOFOLLOW (a symlink planted inside leads nowhere), the work is done with the owner's ids,
@@ -23,12 +25,12 @@ from vpopmail.vpopmaild.session import Session
 #: the largest file write_file stores and read_file sends
 MAX_FILE = 1 << 20
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: what list_dir calls each kind of entry
 #: names no file command reaches below a system administrator: delivery instructions (a
 #: ``.qmail`` program line runs as the domain owner), the user database and its locks, the
 #: quota accounting
 CONTROL_PREFIXES = (".qmail", "vpasswd", ".vpasswd", ".dir-control", ".dir_control")
 CONTROL_NAMES = (".valias.lock", "maildirsize")
+#: what list_dir calls each kind of entry
 KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chardev"),
          (stat.S_ISBLK, "blkdev"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "link"),
          (stat.S_ISSOCK, "sock"))
