@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, Install
+from conftest import CLEAN_ENV, NO_BACKEND, Install
 from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir,
-                           golden, refused, state, stored_users)
+                           golden, mode, refused, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -72,6 +73,89 @@ def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     assert verify_password(match.group(1), stored_users(vhome)["postmaster"][1])
     # the catch-all target cannot be deleted
     refused(vhome, "vdeluser", f"postmaster@{DOMAIN}", code=201)
+
+
+# the catch-all: what qmail-local's sh -c hands to vdelivermail ----------------------------------
+
+#: -e ACTION -> the argument vdelivermail must receive (None: <domain dir>/postmaster)
+CATCHALLS = [("sales$dept@other.com", "sales$dept@other.com"),
+             ("a&b@other.com", "a&b@other.com"),
+             ("o'brien@other.com", "o'brien@other.com"),
+             ("x`id`|y@other.com", "x`id`|y@other.com"),
+             ("/var/spool/catch all/$HOME", "/var/spool/catch all/$HOME"),
+             ("delete", "delete"), ("bounce-no-mailbox", "bounce-no-mailbox"),
+             ("fwd@other.com", "fwd@other.com"), ("Postmaster", None)]
+
+
+def argv_of_dot_qmail_default(inst: Install, dom: Path) -> list[str]:
+    """Run the first line of ``.qmail-default`` as qmail-local runs a program line (/bin/sh -c,
+    in the domain directory) with bin/vdelivermail replaced by a recorder: its arguments."""
+    line = (dom / ".qmail-default").read_text()
+    assert line.startswith("|") and line.count("\n") == 1, line
+    record = dom.parent / "argv"
+    real = inst.bin / "vdelivermail"
+    saved = real.read_bytes()
+    real.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{record}'\n")
+    try:
+        subprocess.run(["/bin/sh", "-c", line[1:]], cwd=dom, env=CLEAN_ENV, check=True)
+    finally:
+        real.write_bytes(saved)
+    return record.read_text().split("\0")[:-1]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+@pytest.mark.parametrize("action,expected", CATCHALLS)
+def test_catchall_reaches_vdelivermail_as_one_argument(vhome: Install, action: str,
+                                                        expected: str | None) -> None:
+    """vadddomain -e and vmoddomain -e write a line whose shell words are exactly
+    ``vdelivermail '' ACTION``: nothing expanded, split or run (C wrote it unquoted)."""
+    vhome.ok("vadddomain", "-e", action, DOMAIN, "secret")
+    dom = domain_dir(vhome)
+    expected = expected or str(dom / "postmaster")
+    assert argv_of_dot_qmail_default(vhome, dom) == ["", expected]
+    written = (dom / ".qmail-default").read_text()
+    if re.fullmatch(r"[\w@%+=:,./-]+", expected):  # a plain action: C's line, byte for byte
+        assert written == f"| {vhome.prefix}/bin/vdelivermail '' {expected}\n"
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == expected + "\n"
+    # vmoddomain writes the same line over another one
+    assert vhome.ok("vmoddomain", "-e", "delete", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == "delete\n"
+    assert vhome.ok("vmoddomain", "-e", action, DOMAIN) == ""
+    assert (dom / ".qmail-default").read_text() == written
+    assert mode(dom / ".qmail-default") == 0o600
+
+
+REFUSED_CATCHALLS = ["|rm -rf /@other.com", "#x@other.com", "&x@other.com", "+x@other.com",
+                     ".x@other.com", "a b@other.com", "x@other.com\n| touch /tmp/pwned",
+                     "./Maildir/", "../evil", "a/b", "x;id", "x@", "@other.com",
+                     "a@b@other.com", "x@other..com", "tab\there", "/x" * 150]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_catchall_refuses_what_vdelivermail_would_misread(vhome: Install) -> None:
+    """Anything but an address, a user name, an absolute path, delete or bounce-no-mailbox
+    is refused with a clear error, by vadddomain (nothing made) and vmoddomain (the old
+    line kept)."""
+    golden(vhome)
+    for action in REFUSED_CATCHALLS:
+        result = refused(vhome, "vadddomain", "-e", action, "other.org", "secret", code=152)
+        assert "give an address" in result.stdout or "catch-all" in result.stdout, result
+        refused(vhome, "vmoddomain", "-e", action, DOMAIN, code=152)
+
+
+def test_vmoddomain_names_only_users_of_the_domain(vhome: Install) -> None:
+    golden(vhome)
+    dom = domain_dir(vhome)
+    refused(vhome, "vmoddomain", "-e", "nosuch", DOMAIN, code=246,
+            starts="Error: User does not exist")
+    refused(vhome, "vmoddomain", "-e", "x@other.com", "nosuch.org", code=245)
+    assert vhome.run("vmoddomain", DOMAIN).returncode == 255  # nothing to change: usage
+    assert vhome.ok("vmoddomain", "-e", "ALICE", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == f"{dom / 'alice'}\n"
+    refused(vhome, "vdeluser", f"alice@{DOMAIN}", code=201)  # the catch-all is kept
+    assert vhome.ok("vmoddomain", "-b", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == "bounce-no-mailbox\n"
+    vhome.ok("vdeluser", f"alice@{DOMAIN}")
 
 
 def test_vadddomain_as_vpopmail_cannot_write_assign(root_vhome: Install) -> None:
