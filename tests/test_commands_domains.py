@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,63 @@ def test_vaddaliasdomain_refusals(vhome: Install) -> None:
                                     "vaddaliasdomain: usage:")
     refused(vhome, "vaddaliasdomain", DOMAIN, "bad..alias", starts="Error: Invalid domain name")
     assert state(vhome) == before
+
+
+# qmail-send ------------------------------------------------------------------------------------
+
+#: a qmail-send stand-in (its file name makes its /proc comm "qmail-send"): prints the pid of
+#: every process that sends it SIGHUP (other sessions' commands may signal it too)
+QMAIL_SEND = """#!{python}
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGHUP}})
+print("ready", flush=True)
+while True:
+    print(signal.sigwaitinfo({{signal.SIGHUP}}).si_pid, flush=True)
+"""
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_domain_changes_signal_only_their_own_qmail_send(vhome: Install, tmp_path: Path) -> None:
+    """qmail-send works in <qmaildir>/queue: vadddomain and vdeldomain SIGHUP the qmail-send
+    whose working directory that is, none of another qmail directory, and none at all from
+    an install whose qmail directory runs no qmail (C signalled every qmail-send on the
+    host)."""
+    stand_in = tmp_path / "bin" / "qmail-send"
+    stand_in.parent.mkdir()
+    stand_in.write_text(QMAIL_SEND.format(python=sys.executable))
+    stand_in.chmod(0o755)
+    queue, other_queue = vhome.qmaildir / "queue", tmp_path / "other-qmail" / "queue"
+    other_queue.mkdir(parents=True)
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(cwd: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([str(stand_in)], cwd=cwd, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        return proc
+
+    def command(*argv: str) -> int:
+        proc = subprocess.Popen([str(vhome.bin / argv[0]), *argv[1:]], env=CLEAN_ENV, cwd="/",
+                                stdout=subprocess.DEVNULL)
+        assert proc.wait(timeout=60) == 0, argv
+        return proc.pid
+
+    def senders(proc: subprocess.Popen[str]) -> set[int]:
+        proc.terminate()
+        return {int(line) for line in proc.communicate(timeout=10)[0].split()}
+
+    try:
+        other = start(other_queue)
+        mine = {command("vadddomain", "other.org", "secret")}  # no queue/: no qmail here
+        queue.mkdir()
+        ours = start(queue)
+        changes = {command("vadddomain", DOMAIN, "secret"), command("vdeldomain", DOMAIN)}
+        assert changes <= senders(ours)
+        assert not (mine | changes) & senders(other)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # vdeldomain ------------------------------------------------------------------------------------
