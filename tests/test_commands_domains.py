@@ -260,6 +260,44 @@ def test_vaddaliasdomain_refusals(vhome: Install) -> None:
     assert state(vhome) == before
 
 
+# qmail's files in C vpopmail's order ----------------------------------------------------------
+
+#: added in this order; C keeps the lines sorted by domain_sort_key (last two labels first)
+ADDED = ["zeta.org", "mail.alpha.com", "alpha.com", "beta.net", "a.b.c.alpha.com"]
+C_ORDER = ["alpha.com", "a.b.c.alpha.com", "mail.alpha.com", "beta.net", "zeta.org"]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_qmail_files_keep_c_order(vhome: Install) -> None:
+    """rcpthosts, virtualdomains and users/assign hold their lines in the order C vpopmail's
+    update_file keeps (golden order worked out by hand from vpopmail.c); files left out of
+    order (by an earlier pyvpopmail) are sorted whole by the next vadddomain, as C did."""
+    for domain in ADDED:
+        vhome.ok("vadddomain", domain, "secret")
+    assert control(vhome, "rcpthosts") == "".join(f"{d}\n" for d in C_ORDER)
+    assert control(vhome, "virtualdomains") == "".join(f"{d}:{d}\n" for d in C_ORDER)
+    assert assign_lines(vhome) == [assign_line(vhome, d) for d in C_ORDER] + ["."]
+    control_dir = vhome.qmaildir / "control"
+    (control_dir / "rcpthosts").write_text("zeta.org\nalpha.com\n")
+    (control_dir / "virtualdomains").write_text("zeta.org:zeta.org\nalpha.com:alpha.com\n")
+    for domain in ADDED[1:]:
+        if domain != "alpha.com":
+            vhome.ok("vdeldomain", domain)
+    vhome.ok("vadddomain", "mail.beta.com", "secret")
+    assert control(vhome, "rcpthosts") == "alpha.com\nmail.beta.com\nzeta.org\n"
+    assert control(vhome, "virtualdomains") == (
+        "alpha.com:alpha.com\nmail.beta.com:mail.beta.com\nzeta.org:zeta.org\n")
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_vdeldomain_makes_no_morercpthosts_lock(vhome: Install) -> None:
+    """Removing a domain from a morercpthosts that does not exist leaves nothing behind."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vdeldomain", DOMAIN)
+    control_dir = vhome.qmaildir / "control"
+    assert sorted(p.name for p in control_dir.iterdir() if "morercpthosts" in p.name) == []
+
+
 # qmail-send ------------------------------------------------------------------------------------
 
 #: a qmail-send stand-in (its file name makes its /proc comm "qmail-send"): prints the pid of

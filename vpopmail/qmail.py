@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 
-from vpopmail.assign import AssignEntry, cdb_records, parse_entry, sort_key
+from vpopmail.assign import (AssignEntry, cdb_records, control_sort_key, insert_sorted,
+                             parse_entry, sort_key)
 from vpopmail.cdbwrite import build
 from vpopmail.config import Config
 from vpopmail.errors import CannotReadAssign, CorruptData, DomainAlreadyExists, DomainDoesNotExist
@@ -82,11 +83,7 @@ class QmailFiles:
                 return
             if any((e := parse_entry(line)) and e.domain == entry.domain for line in lines):
                 raise DomainAlreadyExists(entry.domain)
-            new = entry.line()
-            key = sort_key(new)
-            at = next((i for i, line in enumerate(lines) if sort_key(line) > key), len(lines))
-            lines.insert(at, new)
-            self._write_assign(lines)
+            self._write_assign(insert_sorted(lines, entry.line(), sort_key))
 
     def replace_assign(self, entries: list[AssignEntry], under: str) -> None:
         """Make ``entries`` the vpopmail lines of users/assign for the domains tree ``under``:
@@ -137,9 +134,13 @@ class QmailFiles:
 
     def _edit_control(self, name: str, add: str | None = None, remove: str | None = None,
                       match: str = "line", create: bool = False) -> bool:
-        """Add a line and/or remove lines (``match``: whole line, or the part before ``:``);
-        ``create`` writes the file even when nothing changed but it is missing."""
+        """Add a line in C vpopmail's order (:func:`insert_sorted`) and/or remove lines
+        (``match``: whole line, or the part before ``:``); ``create`` writes the file even
+        when nothing changed but it is missing. Removing from a file that does not exist
+        changes nothing and leaves no lock file (as morercpthosts.lock was left)."""
         path = self.path("control", name)
+        if add is None and not create and not os.path.exists(path):
+            return False
         with self._lock(path):
             lines = self.read_control(name)
             kept = lines
@@ -147,7 +148,7 @@ class QmailFiles:
                 kept = [line for line in lines
                         if (line.split(":", 1)[0] if match == "key" else line).lower() != remove]
             if add is not None and add not in kept:
-                kept = kept + [add]
+                kept = insert_sorted(kept, add, control_sort_key)
             if kept != lines or (create and not os.path.exists(path)):
                 self._write(path, "".join(line + "\n" for line in kept).encode("latin-1"))
             return kept != lines
