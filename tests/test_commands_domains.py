@@ -78,14 +78,14 @@ def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
 
 # the catch-all: what qmail-local's sh -c hands to vdelivermail ----------------------------------
 
-#: -e ACTION -> the argument vdelivermail must receive (None: <domain dir>/postmaster)
+#: -e ACTION -> the argument vdelivermail must receive (None: <domain dir>/<action lower-cased>)
 CATCHALLS = [("sales$dept@other.com", "sales$dept@other.com"),
              ("a&b@other.com", "a&b@other.com"),
              ("o'brien@other.com", "o'brien@other.com"),
              ("x`id`|y@other.com", "x`id`|y@other.com"),
              ("/var/spool/catch all/$HOME", "/var/spool/catch all/$HOME"),
              ("delete", "delete"), ("bounce-no-mailbox", "bounce-no-mailbox"),
-             ("fwd@other.com", "fwd@other.com"), ("Postmaster", None)]
+             ("fwd@other.com", "fwd@other.com"), ("Postmaster", None), ("O'Neil&Co|`x`", None)]
 
 
 def argv_of_dot_qmail_default(inst: Install, dom: Path) -> list[str]:
@@ -112,7 +112,10 @@ def test_catchall_reaches_vdelivermail_as_one_argument(vhome: Install, action: s
     ``vdelivermail '' ACTION``: nothing expanded, split or run (C wrote it unquoted)."""
     vhome.ok("vadddomain", "-e", action, DOMAIN, "secret")
     dom = domain_dir(vhome)
-    expected = expected or str(dom / "postmaster")
+    if expected is None:
+        expected = str(dom / action.lower())
+        if action.lower() != "postmaster":  # vmoddomain names only existing users
+            vhome.ok("vadduser", f"{action.lower()}@{DOMAIN}", "pw")
     assert argv_of_dot_qmail_default(vhome, dom) == ["", expected]
     written = (dom / ".qmail-default").read_text()
     if re.fullmatch(r"[\w@%+=:,./-]+", expected):  # a plain action: C's line, byte for byte
