@@ -22,7 +22,7 @@ C_VPASSWD = (
     "postmaster:$1$5X2q/ML/$7M4lF9X1Czsma6St9ZRqb1:1:0:Postmaster:HOME/postmaster:NOQUOTA:secret\n")
 #: programs of a C vpopmail bin/: most have a pyvpopmail namesake, vpopmaild and vkill do not
 C_PROGRAMS = ("vadddomain", "vadduser", "vdeluser", "vdelivermail", "vchkpw", "vuserinfo",
-              "clearopensmtp", "vpopmaild", "vkill")
+              "clearopensmtp", "vpopmaild", "vusagec", "vkill")
 
 
 def sandbox(*args: str, where: Path) -> subprocess.CompletedProcess[str]:
@@ -118,13 +118,13 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     result = run_install(*args)
     assert result.returncode == 0, result
     backup = prefix / "bin" / "c-vpopmail-backup"
-    replaced = sorted(set(C_PROGRAMS) - {"vpopmaild", "vkill"})
+    replaced = sorted(set(C_PROGRAMS) - {"vusagec", "vkill"})
     assert f"kept in {backup}/ ({' '.join(replaced)})" in result.stdout, result.stdout
     assert sorted(p.name for p in backup.iterdir()) == replaced
     for name in replaced:
         assert (backup / name).read_bytes() == programs[name]
         assert b"echo C" not in (prefix / "bin" / name).read_bytes()
-    for name in ("vpopmaild", "vkill"):  # no namesake of ours: left alone
+    for name in ("vusagec", "vkill"):  # no namesake of ours: left alone
         assert (prefix / "bin" / name).read_bytes() == programs[name]
 
     # the C users work at once: shown, and a login with C's MD5-crypt hash succeeds
