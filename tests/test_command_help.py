@@ -3,7 +3,10 @@ from the same text, and the messages an operator meets (bad input, EOF or Ctrl-C
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -51,3 +54,67 @@ def test_hot_paths_answer_help_only_by_hand(vhome: Install) -> None:
                            input=f"postmaster@{DOMAIN}\0wrong\0\0", capture_output=True,
                            text=True, env=CLEAN_ENV)
     assert (login.returncode, login.stdout) == (1, "")  # a wrong password, not the usage
+
+
+# EOF and interrupts at prompts -----------------------------------------------------------------
+
+def on_terminal(inst: Install, script: list[tuple[bytes, bytes]], *argv: str
+                ) -> tuple[int, str]:
+    """Run a command on a new terminal (a pty, its controlling terminal as at a login) and
+    type each (prompt, keys) of ``script`` once the prompt shows: (exit status, all it wrote)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(str(inst.bin / argv[0]), list(argv), CLEAN_ENV)
+    seen, typed = b"", 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child has gone and the terminal with it
+                break
+            if not chunk:
+                break
+            seen += chunk
+        if typed < len(script) and seen.endswith(script[typed][0]):
+            time.sleep(0.1)  # getpass turns the echo off after writing its prompt
+            os.write(fd, script[typed][1])
+            typed += 1
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("keys,code,text", [(b"\x04", 255, "vadduser: end of input, nothing changed"),
+                                            (b"\x03", 130, "vadduser: interrupted")],
+                         ids=["ctrl-d", "ctrl-c"])
+def test_vadduser_prompt_eof_and_interrupt(vhome: Install, keys: bytes, code: int,
+                                           text: str) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    before = sorted(p.name for p in (vhome.domains / DOMAIN).iterdir())
+    status, output = on_terminal(vhome, [(b"password for carol@" + DOMAIN.encode() + b": ", keys)],
+                                 "vadduser", f"carol@{DOMAIN}")
+    assert status == code, output
+    assert "Traceback" not in output
+    assert output.rstrip().endswith(text), output
+    assert sorted(p.name for p in (vhome.domains / DOMAIN).iterdir()) == before
+    assert "carol" not in vhome.vusers(DOMAIN)
+
+
+def test_password_prompts_at_end_of_input(vhome: Install) -> None:
+    """A closed stdin (no line at all) is not an empty password: vpasswd keeps the old one,
+    vadduser adds nobody; vchangepw's old-password prompt on a terminal likewise."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vadduser", f"alice@{DOMAIN}", "pw1")
+    stored = vhome.vuser(f"alice@{DOMAIN}").passwd
+    for argv in (["vpasswd", f"alice@{DOMAIN}"], ["vadduser", f"carol@{DOMAIN}"]):
+        result = vhome.run(*argv, input="")
+        assert (result.returncode, result.stderr) == \
+            (255, f"{argv[0]}: end of input, nothing changed\n"), result
+    assert vhome.vuser(f"alice@{DOMAIN}").passwd == stored
+    assert "carol" not in vhome.vusers(DOMAIN)
+    status, output = on_terminal(vhome, [(b"email address: ", f"alice@{DOMAIN}\n".encode()),
+                                         (b"old password: ", b"\x04")], "vchangepw")
+    assert (status, output.rstrip().splitlines()[-1]) == \
+        (255, "vchangepw: end of input, nothing changed"), output
+    assert vhome.vuser(f"alice@{DOMAIN}").passwd == stored
