@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLEAN_ENV, REPO, Install
+from delivery_site import Site
 from test_commands import DOMAIN
 from vpopmail import VPOPMAIL_COMPAT, __version__
 
@@ -118,3 +119,40 @@ def test_password_prompts_at_end_of_input(vhome: Install) -> None:
     assert (status, output.rstrip().splitlines()[-1]) == \
         (255, "vchangepw: end of input, nothing changed"), output
     assert vhome.vuser(f"alice@{DOMAIN}").passwd == stored
+
+
+# the environment of the programs we run --------------------------------------------------------
+
+def environment_after_login(inst: Install, env: dict[str, str]) -> dict[str, str]:
+    """What the program vchkpw runs after a good login finds in its environment."""
+    result = subprocess.run([str(inst.bin / "vchkpw"), "/usr/bin/env", "-0"],
+                            input=f"postmaster@{DOMAIN}\0secret\0\0".encode(),
+                            capture_output=True, env=env, close_fds=False,
+                            preexec_fn=lambda: os.dup2(0, 3))  # the credentials on fd 3
+    assert result.returncode == 0, result
+    return dict(entry.split("=", 1) for entry in result.stdout.decode().split("\0") if entry)
+
+
+@pytest.mark.parametrize("locale", [{}, {"LANG": "C"}, {"LC_CTYPE": "C"}, {"LC_ALL": "POSIX"},
+                                    {"LC_CTYPE": "C.UTF-8"}], ids=str)
+def test_vchkpw_passes_the_environment_it_was_given(vhome: Install,
+                                                    locale: dict[str, str]) -> None:
+    """C's vchkpw adds HOME, USER, SHELL and VPOPUSER and nothing else; under the C locale
+    (qmail-popup gives none) the interpreter's LC_CTYPE=C.UTF-8 must not leak through."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    given = {**CLEAN_ENV, "TCPREMOTEIP": "192.0.2.7", **locale}
+    assert environment_after_login(vhome, given) == {
+        **given, "HOME": str(vhome.domains / DOMAIN / "postmaster"), "USER": "postmaster",
+        "SHELL": "NOLOGIN", "VPOPUSER": f"postmaster@{DOMAIN}"}
+
+
+def test_dot_qmail_programs_get_qmail_locals_locale(vhome: Install, tmp_path: Path) -> None:
+    """A .qmail program run by vdelivermail sees no LC_CTYPE unless qmail-local gave one."""
+    site = Site.create(vhome, False, alice=None)
+    dump = tmp_path / "env.out"
+    (site.user_dir("alice") / ".qmail").write_text(f"|/usr/bin/env > {dump}\n")
+    for locale in ({}, {"LC_CTYPE": "C"}):
+        result = site.deliver("alice", env=locale)
+        assert result.returncode == 0, result
+        seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+        assert seen.get("LC_CTYPE") == locale.get("LC_CTYPE"), seen
