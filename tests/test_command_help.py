@@ -6,13 +6,15 @@ import os
 import pty
 import select
 import subprocess
+import sys
+import sysconfig
 import time
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, REPO, Install
+from conftest import CLEAN_ENV, REPO, Install, install
 from delivery_site import Site
 from test_commands import DOMAIN
 from vpopmail import VPOPMAIL_COMPAT, __version__
@@ -156,3 +158,36 @@ def test_dot_qmail_programs_get_qmail_locals_locale(vhome: Install, tmp_path: Pa
         assert result.returncode == 0, result
         seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
         assert seen.get("LC_CTYPE") == locale.get("LC_CTYPE"), seen
+
+
+# messages --------------------------------------------------------------------------------------
+
+def test_quota_that_is_not_one_is_bad_input(vhome: Install) -> None:
+    """'abc' is not too long, it is no quota (C's "quota too long" stays for the 20-character
+    limit)."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    for argv in (["vadduser", "-q", "abc", f"carol@{DOMAIN}", "pw"],
+                 ["vsetuserquota", f"postmaster@{DOMAIN}", "abc"]):
+        result = vhome.run(*argv)
+        assert (result.returncode, result.stdout) == \
+            (152, "Error: bad input: 'abc' is not a quota (use NOQUOTA, 10M, 1000000S,100C)\n")
+    result = vhome.run("vsetuserquota", f"postmaster@{DOMAIN}", "1" * 21 + "S")
+    assert result.stdout.startswith("Error: quota too long")
+
+
+def test_missing_mysql_driver_names_the_fix(vhome: Install, tmp_path: Path) -> None:
+    """An install without mysqlclient asked for the MySQL backend (vconvert -c -m on a cdb
+    site) names what is missing and how an installed prefix gets it."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(sysconfig.get_paths()["purelib"])
+    own = next(venv.glob("lib/python*/site-packages"))
+    for entry in site.iterdir():  # the test venv's packages, but for mysqlclient
+        if not entry.name.lower().startswith(("mysqldb", "mysqlclient")):
+            (own / entry.name).symlink_to(entry)
+    inst = install(tmp_path / "nomysql", tmp_path / "nomysql-qmail", vhome.user, vhome.group,
+                   venv)
+    inst.ok("vadddomain", DOMAIN, "secret")
+    result = inst.run("vconvert", "-c", "-m")
+    assert result.returncode == 154, result
+    assert "users.backend" not in result.stdout and "packaging/install --mysql" in result.stdout

@@ -393,7 +393,7 @@ class Vpopmail:
             raise QuotaTooLong(quota)
         text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
         if not text:
-            raise QuotaTooLong(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
+            raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text
 
     def add_user(self, address: str, password: str | None = None, index: bool = True,
@@ -496,7 +496,7 @@ class Vpopmail:
         if user.dir and not user.dir.startswith("/"):
             raise BadInput(f"{where}directory {user.dir!r} is not an absolute path")
         if user.quota not in (NOQUOTA, "") and format_quota(user.quota) != user.quota:
-            raise QuotaTooLong(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
+            raise BadInput(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
         if len(user.quota) > MAX_QUOTA:  # what vsetuserquota refuses, and C's pw_shell holds
             raise QuotaTooLong(f"{where}{user.quota!r} is longer than {MAX_QUOTA} characters")
         return user.copy(name=name)
