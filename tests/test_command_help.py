@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -57,6 +59,24 @@ def test_hot_paths_answer_help_only_by_hand(vhome: Install) -> None:
                            input=f"postmaster@{DOMAIN}\0wrong\0\0", capture_output=True,
                            text=True, env=CLEAN_ENV)
     assert (login.returncode, login.stdout) == (1, "")  # a wrong password, not the usage
+
+
+
+def test_every_command_has_a_man_page(vhome: Install) -> None:
+    """PREFIX/man/man8/<command>.8, made from the --help text, renders without a warning."""
+    for name in COMMANDS:
+        page = vhome.prefix / "man" / "man8" / f"{name}.8"
+        assert page.read_text().startswith(f'.TH {name.upper()} 8 ')
+        usage = vhome.run(name, "--help").stdout
+        if not shutil.which("groff"):
+            continue
+        shown = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-Wbreak", str(page)],
+                               capture_output=True, text=True, env={**CLEAN_ENV, "LANG": "C"})
+        assert (shown.returncode, shown.stderr) == (0, ""), (name, shown.stderr)
+        # "-Wbreak": long paths; no overstrike (bold), no justification
+        text = " ".join(re.sub(r".\x08", "", shown.stdout).split())
+        assert f"NAME {name} - " in text, (name, text)
+        assert " ".join(usage.splitlines()[0].split()) in text, (name, text)
 
 
 # EOF and interrupts at prompts -----------------------------------------------------------------
