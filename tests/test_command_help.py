@@ -1,5 +1,6 @@
 """What every installed command says about itself: --help and --version, the man pages made
-from the same text, and the messages an operator meets (bad input, EOF or Ctrl-C at a prompt)."""
+from the same text, the messages an operator meets (bad input, EOF or Ctrl-C at a prompt); the
+environment the programs we run get; what the admin commands load at start-up."""
 from __future__ import annotations
 
 import os
@@ -211,3 +212,31 @@ def test_missing_mysql_driver_names_the_fix(vhome: Install, tmp_path: Path) -> N
     result = inst.run("vconvert", "-c", "-m")
     assert result.returncode == 154, result
     assert "users.backend" not in result.stdout and "packaging/install --mysql" in result.stdout
+
+
+# start-up --------------------------------------------------------------------------------------
+
+#: what the common admin commands must not load: libraries that cost milliseconds each
+#: (python-runtime-facts.md) and that only rarer paths need (a scheme C's crypt() lacks, a
+#: qmail-send to signal, a tree to copy)
+ADMIN_HEAVY = {"passlib", "psutil", "subprocess", "shutil", "re", "enum", "collections", "socket",
+               "typing", "logging", "argparse", "datetime", "hashlib", "tempfile", "pathlib"}
+
+
+def imported(inst: Install, *argv: str) -> set[str]:
+    """The modules one run of an installed command loads (python -X importtime)."""
+    wrapper = inst.bin / argv[0]
+    python = wrapper.read_text().split("\n", 1)[0][2:].split()[0]
+    result = subprocess.run([python, "-X", "importtime", "-I", "-S", str(wrapper), *argv[1:]],
+                            capture_output=True, text=True, env=CLEAN_ENV)
+    assert result.returncode == 0, result
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+            if line.startswith("import time:")}
+
+
+def test_admin_commands_load_only_what_they_use(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    address = f"carol@{DOMAIN}"
+    for argv in (["vadduser", address, "pw"], ["vpasswd", address, "pw2"], ["vuserinfo", address],
+                 ["vdeluser", address], ["vadddomain", "--version"]):
+        assert not imported(vhome, *argv) & ADMIN_HEAVY, argv

@@ -7,7 +7,6 @@ vpasswd line, no assign line without its domain directory) and raises a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
@@ -25,6 +24,10 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
 from vpopmail.fsutil import FileLock, OwnerIds, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
 from vpopmail.qmail import QmailFiles
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 MAX_GECOS = 64
 MAX_PASSWD = 128

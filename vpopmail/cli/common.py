@@ -6,12 +6,15 @@ masked to a byte (``Domain does not exist`` -11 -> 245), so scripts written for 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 from vpopmail import __version__, config
 from vpopmail.api import Vpopmail
 from vpopmail.cmdline import OPTIONS, answer
 from vpopmail.errors import VpopmailError
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 USAGE_EXIT = 255
 
