@@ -218,9 +218,10 @@ def test_missing_mysql_driver_names_the_fix(vhome: Install, tmp_path: Path) -> N
 
 #: what the common admin commands must not load: libraries that cost milliseconds each
 #: (python-runtime-facts.md) and that only rarer paths need (a scheme C's crypt() lacks, a
-#: qmail-send to signal, a tree to copy)
+#: qmail-send to signal, a tree to copy), and qmail's files, which user commands never touch
 ADMIN_HEAVY = {"passlib", "psutil", "subprocess", "shutil", "re", "enum", "collections", "socket",
-               "typing", "logging", "argparse", "datetime", "hashlib", "tempfile", "pathlib"}
+               "typing", "logging", "argparse", "datetime", "hashlib", "tempfile", "pathlib",
+               "vpopmail.qmail"}
 
 
 def imported(inst: Install, *argv: str) -> set[str]:

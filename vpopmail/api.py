@@ -23,11 +23,12 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
                              UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import FileLock, OwnerIds, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
-from vpopmail.qmail import QmailFiles
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+
+    from vpopmail.qmail import QmailFiles
 
 MAX_GECOS = 64
 MAX_PASSWD = 128
@@ -66,8 +67,18 @@ class Vpopmail:
                  qmail: QmailFiles | None = None) -> None:
         self.config = config
         self.backend = backend or open_backend(config, admin=True)
-        self.qmail = qmail or QmailFiles(config)
+        self._qmail = qmail
         self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+
+    @property
+    def qmail(self) -> QmailFiles:
+        """qmail's files (users/assign, control/): loaded at first use, since the user
+        commands never touch them."""
+        if self._qmail is None:
+            from vpopmail.qmail import QmailFiles
+
+            self._qmail = QmailFiles(self.config)
+        return self._qmail
 
     def _dir_lock(self, directory: str, uid: int, gid: int) -> FileLock:
         """The lock that guards a directory's .dir-control (domains root or a domain)."""
