@@ -27,6 +27,8 @@ with open(REPO / "pyproject.toml", "rb") as _fh:
 
 
 def test_every_command_answers_help_and_version(vhome: Install) -> None:
+    """Without reading the configuration (here: broken), as a newcomer may meet it."""
+    vhome.config_path.write_text("[users\n")
     for name in COMMANDS:
         result = vhome.run(name, "--help")
         assert (result.returncode, result.stderr) == (0, ""), (name, result)
