@@ -164,8 +164,9 @@ def _driver():  # type: ignore[no-untyped-def]
     try:
         from MySQLdb import _mysql
     except ImportError as exc:
-        raise ConfigError(f"users.backend = mysql needs mysqlclient (pip install "
-                          f"'pyvpopmail[mysql]'): {exc}") from None
+        raise ConfigError("the MySQL backend needs the mysqlclient driver, which this "
+                          "installation lacks: install it with packaging/install --mysql (a "
+                          f"source checkout: pip install '.[mysql]') ({exc})") from None
     finally:
         if stand_in:
             del sys.modules["MySQLdb"]

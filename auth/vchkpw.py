@@ -49,8 +49,17 @@ IP_CHARS = frozenset("0123456789abcdefABCDEF.:")
 #: logging.level -> (log failed passwords, log successes, include the password)
 LEVELS = {"n": (False, False, False), "e": (True, False, False), "y": (True, True, False),
           "p": (True, False, True), "v": (True, True, True)}
+# "runnning" (sic): C's text, which log watchers may match
 MISUSE_TEXT = ("vchkpw is only for talking with qmail-popup and qmail-pop3d. "
                "It is not for runnning on the command line.")
+USAGE = """\
+vchkpw: usage: vchkpw program [args...]
+The checkpassword program of POP3/IMAP servers and SMTP AUTH (qmail-popup host vchkpw
+qmail-pop3d Maildir). It reads login\\0password\\0timestamp\\0 on file descriptor 3 and,
+if the password is right, runs program as the domain's owner in the user's directory with
+HOME, USER, SHELL=NOLOGIN and VPOPUSER set. Exit status: 1 rejected, 2 misuse, 111
+temporary failure (the program's own status after a successful login).
+"""
 
 
 class Finish(Exception):
@@ -389,6 +398,10 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     import sys
 
     argv = sys.argv if argv is None else argv
+    if len(argv) == 2 and argv[1] in ("--help", "--version") and not _fd_open(3):
+        # only by hand: with fd 3 open (a server's login), "--help" is the program to run
+        from vpopmail.cmdline import answer
+        return answer(argv[1], USAGE)
     try:
         settings = vconfig.load(config)
     except VpopmailError as exc:
@@ -401,3 +414,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         return TEMPORARY
     finally:
         close_backends()
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True

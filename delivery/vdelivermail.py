@@ -36,6 +36,18 @@ BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
 VALIASES_DONE = "vdelivermail: valiases processed"
 DATABASE_DOWN = "vdelivermail: deferred, database down"
 LOOPING = "mail is looping"
+USAGE = """\
+vdelivermail: usage: vdelivermail '' ACTION
+Run by qmail-local from a domain's .qmail-default (| vdelivermail '' bounce-no-mailbox),
+with the message on stdin and the recipient in EXT and HOST. ACTION says what happens to
+mail for a user that does not exist:
+         bounce-no-mailbox (bounce it: "Sorry, no mailbox here by that name.")
+         delete (accept and drop it)
+         /path/to/directory (deliver to that directory's Maildir)
+         user@domain or &user@domain (forward it)
+         |program (pipe it to a program)
+Exit status: 0 delivered, 99 delivered (stop the .qmail file), 100 bounced, 111 try later.
+"""
 #: program exit codes qmail-local and vpopmail treat as permanent failures
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
 #: signals children get back at their default (we ignore them)
@@ -158,6 +170,7 @@ class Vdelivermail:
     def _env(self, name: str) -> str:
         value = self.environ.get(name.encode())
         if value is None:
+            # "varilable" (sic): C's text, which qmail log watchers may match
             raise defer(f"vdelivermail: no {name} environment varilable")
         return value.decode("utf-8", "surrogateescape")
 
@@ -507,6 +520,9 @@ class Vdelivermail:
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     """Entry point: exit code for qmail-local, text on stdout."""
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0] in ("--help", "--version"):  # .qmail-default gives two
+        from vpopmail.cmdline import answer
+        return answer(argv[0], USAGE)
     os.umask(0o077)
     # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)

@@ -234,7 +234,7 @@ BAD_LINES = [
     ("alice:x:1:0:ge:cos:/d/alice:NOQUOTA", "Error: bad input: alice: directory 'cos'"),
     ("alice:x:one:0:a:/d/alice:NOQUOTA", "Error: bad input: "),
     ("alice:x:1:0:a:/d/alice", "Error: bad input: "),
-    ("alice:x:1:0:a:/d/alice:lots", "Error: quota too long: alice: 'lots'"),
+    ("alice:x:1:0:a:/d/alice:lots", "Error: bad input: alice: 'lots' is not a quota"),
     ("alice:x:1:-5:a:/d/alice:NOQUOTA", "Error: bad input: alice: negative"),
     ("../evil:x:1:0:a:/d/evil:NOQUOTA", "Error: Illegal username"),
     ("a" * 65 + ":x:1:0:a:/d/a:NOQUOTA", "Error: user name too long"),

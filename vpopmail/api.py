@@ -7,7 +7,6 @@ vpasswd line, no assign line without its domain directory) and raises a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
 
 from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
@@ -24,7 +23,12 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
                              UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import FileLock, OwnerIds, atomic_write, make_dir, remove_tree
 from vpopmail.names import check_domain, check_user, split_address
-from vpopmail.qmail import QmailFiles
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from vpopmail.qmail import QmailFiles
 
 MAX_GECOS = 64
 MAX_PASSWD = 128
@@ -63,8 +67,18 @@ class Vpopmail:
                  qmail: QmailFiles | None = None) -> None:
         self.config = config
         self.backend = backend or open_backend(config, admin=True)
-        self.qmail = qmail or QmailFiles(config)
+        self._qmail = qmail
         self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+
+    @property
+    def qmail(self) -> QmailFiles:
+        """qmail's files (users/assign, control/): loaded at first use, since the user
+        commands never touch them."""
+        if self._qmail is None:
+            from vpopmail.qmail import QmailFiles
+
+            self._qmail = QmailFiles(self.config)
+        return self._qmail
 
     def _dir_lock(self, directory: str, uid: int, gid: int) -> FileLock:
         """The lock that guards a directory's .dir-control (domains root or a domain)."""
@@ -417,7 +431,7 @@ class Vpopmail:
             raise QuotaTooLong(quota)
         text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
         if not text:
-            raise QuotaTooLong(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
+            raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text
 
     def add_user(self, address: str, password: str | None = None, index: bool = True,
@@ -520,7 +534,7 @@ class Vpopmail:
         if user.dir and not user.dir.startswith("/"):
             raise BadInput(f"{where}directory {user.dir!r} is not an absolute path")
         if user.quota not in (NOQUOTA, "") and format_quota(user.quota) != user.quota:
-            raise QuotaTooLong(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
+            raise BadInput(f"{where}{user.quota!r} is not a quota as vpopmail stores it")
         if len(user.quota) > MAX_QUOTA:  # what vsetuserquota refuses, and C's pw_shell holds
             raise QuotaTooLong(f"{where}{user.quota!r} is longer than {MAX_QUOTA} characters")
         return user.copy(name=name)

@@ -77,10 +77,37 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
 
 
 def remove_tree(path: str) -> None:
-    """Delete a directory tree, ignoring what is already gone (shutil loads only here)."""
-    import shutil
+    """Delete a directory tree, ignoring what is already gone or will not go, as
+    ``shutil.rmtree(path, ignore_errors=True)`` but without its imports (re, enum, fnmatch:
+    a third of vdeluser's start-up). Bottom-up through directory fds; a symlink inside is
+    removed, never followed; ``path`` itself being a symlink, nothing is removed."""
+    if os.path.islink(path):
+        return
+    try:
+        for _, dirs, files, fd in os.fwalk(path, topdown=False):
+            for name in files:
+                _remove(name, fd, False)
+            for name in dirs:  # each emptied already, or a symlink to a directory
+                _remove(name, fd, True)
+    except OSError:  # path is gone (the walk ignores errors below it)
+        return
+    try:
+        os.rmdir(path)  # and only a directory: a file named by ``path`` stays
+    except OSError:
+        pass
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def _remove(name: str, fd: int, directory: bool) -> None:
+    try:
+        if not directory:
+            os.unlink(name, dir_fd=fd)
+            return
+        try:
+            os.rmdir(name, dir_fd=fd)
+        except NotADirectoryError:
+            os.unlink(name, dir_fd=fd)
+    except OSError:
+        pass
 
 
 def make_dir(path: str, mode: int = 0o700, uid: int | None = None, gid: int | None = None) -> bool:

@@ -6,11 +6,15 @@ masked to a byte (``Domain does not exist`` -11 -> 245), so scripts written for 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 
 from vpopmail import __version__, config
 from vpopmail.api import Vpopmail
+from vpopmail.cmdline import OPTIONS, answer
 from vpopmail.errors import VpopmailError
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 USAGE_EXIT = 255
 
@@ -19,10 +23,15 @@ class UsageError(Exception):
     """Bad command line: the command prints its usage."""
 
 
+class Answer(Exception):
+    """``--help`` or ``--version`` among the options: answered instead of running."""
+
+
 def getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]]:
     """POSIX getopt with GNU argument permutation and ``x::`` (optional, attached) arguments.
 
     ``spec`` is C getopt's option string. Returns ([(letter, value)], operands).
+    ``--help`` and ``--version`` (before any ``--``) raise :class:`Answer`.
     """
     takes: dict[str, int] = {}
     i = 0
@@ -39,6 +48,8 @@ def getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]
         if arg == "--":
             operands.extend(args)
             break
+        if arg in OPTIONS:
+            raise Answer(arg)
         if not arg.startswith("-") or arg == "-":
             operands.append(arg)
             continue
@@ -89,9 +100,13 @@ def error(message: str) -> None:
 
 
 def prompt_password(name: str) -> str:
-    """Ask twice on a terminal (as vgetpasswd); read one line when stdin is not a terminal."""
+    """Ask twice on a terminal (as vgetpasswd); read one line when stdin is not a terminal.
+    End of input (Ctrl-D, or no line at all) raises EOFError: :func:`run` reports it."""
     if not sys.stdin.isatty():
-        return sys.stdin.readline().rstrip("\n")
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
     import getpass
 
     while True:
@@ -104,14 +119,26 @@ def prompt_password(name: str) -> str:
 def run(body: Callable[[], int | None], usage: str,
         messages: dict[type, str] | None = None) -> int:
     """Run a command body: usage errors print ``usage`` (exit 255); library errors print
-    ``Error: ...`` with the VA code as exit status (``messages`` replaces a class's text)."""
+    ``Error: ...`` with the VA code as exit status (``messages`` replaces a class's text);
+    end of input at a prompt (which comes before any change) or an interrupt, one line on
+    stderr (exit 255 or 130), no traceback."""
+    name = sys.argv[0].rsplit("/", 1)[-1]
     try:
         return body() or 0
+    except Answer as option:
+        return answer(option.args[0], usage)
     except UsageError as exc:
         if str(exc):
-            print(f"{sys.argv[0].rsplit('/', 1)[-1]}: {exc}", file=sys.stderr)
+            print(f"{name}: {exc}", file=sys.stderr)
         print(usage, end="")
         return USAGE_EXIT
+    except (EOFError, KeyboardInterrupt) as exc:
+        # the terminal's cursor is still after the prompt
+        start = "\n" if sys.stdin.isatty() else ""
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else \
+            "end of input, nothing changed"
+        print(f"{start}{name}: {what}", file=sys.stderr)
+        return 130 if isinstance(exc, KeyboardInterrupt) else USAGE_EXIT
     except VpopmailError as exc:
         for kind, text in (messages or {}).items():
             if isinstance(exc, kind):
@@ -120,8 +147,6 @@ def run(body: Callable[[], int | None], usage: str,
         else:
             error(str(exc))
         return exc.code & 0xFF
-    except KeyboardInterrupt:
-        return 130
 
 
 def open_api(config_path: str | None) -> Vpopmail:

@@ -6,12 +6,24 @@ import sys
 
 from auth.passwords import dummy_check, verify_password
 from vpopmail.cli.common import error, open_api, prompt_password, run
+from vpopmail.cmdline import OPTIONS, answer
 from vpopmail.errors import VpopmailError
 
 MAX_ADDRESS = 160
+USAGE = """\
+vchangepw: usage: vchangepw (no arguments: it asks, on the terminal)
+Asks for an email address, its old password and the new one twice, and changes the password
+if the old one is right (and the account may change its password). Usable as a login shell.
+Exit status: 0 changed (or no address given), 3 wrong address or password, else the
+error's vpopmail code.
+"""
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) == 1 and args[0] in OPTIONS:  # any other arguments: a login shell's, ignored
+        return answer(args[0], USAGE)
+
     def body() -> int:
         print("Please enter the email address: ", end="", flush=True)
         address = sys.stdin.readline()
@@ -43,7 +55,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         print("Password successfully changed.")
         return 0
 
-    return run(body, "")
+    return run(body, USAGE)
 
 
 def _log_failure(address: str) -> None:

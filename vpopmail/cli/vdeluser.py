@@ -11,7 +11,8 @@ options: -v (print version number)
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        open_api(config).delete_user(operands(argv, 1)[0])
+        address = operands(argv, 1)[0]  # first: --help needs no configuration
+        open_api(config).delete_user(address)
         return 0
 
     return run(body, USAGE)

@@ -6,7 +6,6 @@ import sys
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
-from vpopmail.errors import DomainDoesNotExist
 
 USAGE = """\
 vdominfo: usage: [options] [domain]
@@ -49,11 +48,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             raise UsageError("")
         api = open_api(config)
         if args:
-            entry = api.find_domain(args[0])
-            if entry is None:
-                print("Invalid domain name")
-                return DomainDoesNotExist.code & 0xFF
-            real = api.get_domain(entry.real_domain)
+            # get_domain: C said "Invalid domain name" for a valid name that is not here
+            real = api.get_domain(api.get_domain(args[0]).real_domain)
             for line in describe(api, real, selected):
                 print(line)
             if not selected:

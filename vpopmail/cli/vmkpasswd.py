@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import sys
 
-from vpopmail.cli.common import UsageError, open_api, run
+from vpopmail.cli.common import UsageError, getopt, open_api, run
 
 USAGE = "vmkpasswd: usage: domain \n"
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        args = sys.argv[1:] if argv is None else argv
+        _, args = getopt(sys.argv[1:] if argv is None else argv, "")
         if len(args) != 1:
             raise UsageError("")
         open_api(config).rebuild_index(args[0])

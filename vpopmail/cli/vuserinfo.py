@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             try:
                 targets = [api.get_user(args[0])]
             except UserDoesNotExist:
+                # C's vuserinfo text and exit (255), unlike the other commands' "Error: User
+                # does not exist" (C's too): scripts test for either, so both stay
                 print(f"no such user {args[0].lower()}")
                 return 255
         for user, entry in targets:

@@ -1,0 +1,23 @@
+"""``--help`` and ``--version``, answered alike by every command.
+
+The admin commands reach this through :func:`vpopmail.cli.common.getopt`; vdelivermail,
+vchkpw and vchangepw (whose arguments are not options) only for a sole ``--help`` or
+``--version`` argument, and they load this module only then.
+"""
+import os
+import sys
+
+from vpopmail import VPOPMAIL_COMPAT, __version__
+
+OPTIONS = ("--help", "--version")
+
+
+def version_text(name: str) -> str:
+    return f"{name} (pyvpopmail) {__version__}, compatible with vpopmail {VPOPMAIL_COMPAT}\n"
+
+
+def answer(option: str, usage: str) -> int:
+    """Print ``usage`` for --help, the version line for --version, on stdout; exit status 0."""
+    text = usage if option == "--help" else version_text(os.path.basename(sys.argv[0]))
+    sys.stdout.write(text)
+    return 0
