@@ -56,7 +56,7 @@ def test_hot_paths_answer_help_only_by_hand(vhome: Install) -> None:
     fd 3 (a server's login whose next program were named --help still logs in)."""
     result = vhome.run("vdelivermail", "--help", "bounce-no-mailbox")
     assert (result.returncode, result.stdout) == \
-        (100, "vdelivermail: no EXT environment varilable\n")
+        (111, "vdelivermail: no EXT environment varilable\n")
     vhome.ok("vadddomain", DOMAIN, "secret")
     login = subprocess.run(["sh", "-c", f'exec {vhome.bin / "vchkpw"} --help 3<&0'],
                            input=f"postmaster@{DOMAIN}\0wrong\0\0", capture_output=True,

@@ -306,7 +306,7 @@ def test_bad_option_values_change_nothing(site: Install) -> None:
     before = site.vuser(target)
     answers = after_login(site, f"admin@{DOMAIN}", f"mod_user {target}", "no_pop 1",
                           "quota lots", ".")
-    assert answers[0] == "+OK " and answers[1].startswith("-ERR 0.507 quota too long")
+    assert answers[0] == "+OK " and answers[1].startswith("-ERR 0.507 bad input: 'lots' is not a quota")
     assert site.vuser(target) == before
     answers = after_login(site, f"admin@{DOMAIN}", f"mod_user nobody@{DOMAIN}", "no_pop 1", ".",
                           f"user_count {DOMAIN}")

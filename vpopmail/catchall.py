@@ -70,17 +70,62 @@ def line(vdelivermail: str, action: str) -> str:
     return f"| {quote(vdelivermail)} '' {quote(action)}\n"
 
 
+def sh_words(text: str) -> list[str] | None:
+    """``text`` split into words as /bin/sh splits a command without expansions: blanks
+    separate, ``'…'`` is literal, ``"…"`` keeps all but ``\\`` before ``$ ` " \\`` or a
+    newline, ``\\`` quotes the next character. None for an unterminated quote. (shlex would
+    do it too, but loads re, enum and collections: milliseconds on every admin command.)"""
+    words: list[str] = []
+    word: list[str] | None = None
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in " \t\n":
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            i += 1
+            continue
+        word = word if word is not None else []
+        if c == "\\":
+            if i + 1 == n:  # a backslash at the very end stays, as in dash
+                word.append(c)
+            elif text[i + 1] != "\n":  # a backslash-newline joins lines
+                word.append(text[i + 1])
+            i += 2
+        elif c == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                return None
+            word.append(text[i + 1:end])
+            i = end + 1
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n and text[i + 1] in '$`"\\\n':
+                    i += 1
+                    if text[i] == "\n":
+                        i += 1
+                        continue
+                word.append(text[i])
+                i += 1
+            if i == n:
+                return None
+            i += 1
+        else:
+            word.append(c)
+            i += 1
+    if word is not None:
+        words.append("".join(word))
+    return words
+
+
 def action_of(first_line: str) -> str | None:
     """The action of a vdelivermail line, split as /bin/sh splits it; None for another line."""
     if not first_line.startswith("|"):
         return None
-    import shlex
-
-    try:
-        words = shlex.split(first_line[1:])
-    except ValueError:
-        return None
-    if len(words) == 3 and os.path.basename(words[0]) == "vdelivermail":
+    words = sh_words(first_line[1:])
+    if words is not None and len(words) == 3 and os.path.basename(words[0]) == "vdelivermail":
         return words[2]
     return None
 

@@ -21,7 +21,7 @@ from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
-from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS, READ_TIMEOUT, TOKENS,
+from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS, TOKENS,
                                          BadLine, Channel, Hangup, Refusal, Tokens)
 
 USER, DOMAIN_ADMIN, SYSTEM_ADMIN = 1, 2, 3
@@ -300,15 +300,8 @@ LOGIN_HELP = [
 ]
 
 
-def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
-    """``vpopmaild [-t seconds]``: serve one connection on stdin/stdout (under tcpserver)."""
-    args = sys.argv[1:] if argv is None else argv
-    timeout = READ_TIMEOUT
-    if len(args) == 2 and args[0] == "-t" and args[1].isdigit() and int(args[1]) > 0:
-        timeout = float(args[1])
-    elif args:
-        print("usage: vpopmaild [-t read_timeout_seconds]", file=sys.stderr)
-        return 2
+def serve_connection(timeout: float, config: str | None) -> int:
+    """Serve one connection on stdin/stdout (under tcpserver); the exit status."""
     channel = Channel(timeout=timeout)
     try:
         api = Vpopmail(vconfig.load(config))
