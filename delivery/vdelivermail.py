@@ -137,9 +137,11 @@ class Vdelivermail:
         return self.check_user(user)
 
     def _env(self, name: str) -> str:
+        """qmail-local always sets EXT and HOST: without one, something else started us (a
+        misconfigured .qmail, a hand run), a local fault that defers (C bounced: 100)."""
         value = self.environ.get(name.encode())
         if value is None:
-            raise bounce(f"vdelivermail: no {name} environment varilable")
+            raise defer(f"vdelivermail: no {name} environment varilable")
         return value.decode("utf-8", "surrogateescape")
 
     def _drop_privileges(self) -> None:
