@@ -29,10 +29,11 @@ VPASSWD = "vpasswd"
 VPASSWD_CDB = "vpasswd.cdb"
 LOCK = ".vpasswd.lock"
 LASTAUTH = "lastauth"
-#: the refusal for a domain without its vpasswd
-MISSING = ("{path} is missing, so the users of {domain} are unknown (an unmounted file system? a "
-           "restore in progress?); nothing was changed. Put it back from a backup, or rebuild "
-           "it from vpasswd.cdb with 'vmkpasswd -r {domain}'")
+#: the refusal for a domain whose vpasswd is lost (``how``: what is wrong with it)
+MISSING = ("{path} {how}: the users of {domain} are unknown, nothing was changed. Put it back "
+           "from a backup, or write it again from vpasswd.cdb with 'vmkpasswd -r {domain}'")
+GONE = "is missing (an unmounted file system? a restore in progress?)"
+EMPTIED = "is empty but vpasswd.cdb holds users (a crash before it reached the disk?)"
 
 
 def _decode(data: bytes) -> str:
@@ -110,13 +111,14 @@ class CdbFiles(UserDatabase):
             raise CorruptData(f"{path}: {exc.strerror}") from None
         return None if value is None else parse_fields(name, _decode(value), path)
 
-    def _missing(self, domain: AssignEntry) -> CorruptData:
-        return CorruptData(MISSING.format(path=os.path.join(domain.dir, VPASSWD),
+    def _missing(self, domain: AssignEntry, how: str = GONE) -> CorruptData:
+        return CorruptData(MISSING.format(path=os.path.join(domain.dir, VPASSWD), how=how,
                                           domain=domain.real_domain))
 
     def _read_lines(self, domain: AssignEntry) -> list[bytes]:
-        """The vpasswd lines (bytes, no newline); a line that cannot be a user, or a missing
-        vpasswd, is an error."""
+        """The vpasswd lines (bytes, no newline); a line that cannot be a user, a missing
+        vpasswd, or an empty one beside a vpasswd.cdb with records (more than its 2 KiB
+        header), is an error."""
         path = os.path.join(domain.dir, VPASSWD)
         try:
             with open(path, "rb") as fh:
@@ -125,7 +127,14 @@ class CdbFiles(UserDatabase):
             raise self._missing(domain) from None
         except OSError as exc:
             raise CorruptData(f"{path}: {exc.strerror}") from None
-        return _checked([line for line in data.split(b"\n") if line], path)
+        lines = _checked([line for line in data.split(b"\n") if line], path)
+        if not lines:
+            try:
+                if os.stat(os.path.join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
+                    raise self._missing(domain, EMPTIED)
+            except FileNotFoundError:
+                pass
+        return lines
 
     def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
         data = b"\n".join(lines) + b"\n" if lines else b""
@@ -227,12 +236,12 @@ class CdbFiles(UserDatabase):
             self._write_cdb(domain, self._read_lines(domain))
 
     def restore_from_index(self, domain: AssignEntry) -> int:
-        """Write a lost vpasswd back from vpasswd.cdb (``vmkpasswd -r``); the number of users.
-        Refused if vpasswd exists or the cdb is damaged."""
+        """Write a lost (missing or empty) vpasswd back from vpasswd.cdb (``vmkpasswd -r``);
+        the number of users. Refused if vpasswd has content or the cdb is damaged."""
         path = os.path.join(domain.dir, VPASSWD)
         index = os.path.join(domain.dir, VPASSWD_CDB)
         with self._lock(domain):
-            if os.path.lexists(path):
+            if os.path.exists(path) and os.path.getsize(path):
                 raise BadInput(f"{path} exists: it is the user list, and vpasswd.cdb is rebuilt "
                                   f"from it (vmkpasswd {domain.real_domain})")
             try:

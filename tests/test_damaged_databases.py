@@ -107,3 +107,30 @@ def test_lost_users_cdb_is_reported_to_admin_commands(site: LoginSite) -> None:
     assert result.returncode != 0
     assert "users/cdb is missing" in result.stdout and "qmail-newu" in result.stdout
     assert b"u5:" not in (site.domain_dir / "vpasswd").read_bytes()
+
+
+def test_emptied_vpasswd_beside_a_full_cdb_refuses_changes(site: LoginSite) -> None:
+    """C vpopmail rewrites vpasswd in place without fsync: a crash leaves it empty. An empty
+    vpasswd while vpasswd.cdb holds users is that damage, not a domain without users."""
+    vpasswd = site.domain_dir / "vpasswd"
+    original = vpasswd.read_bytes()
+    vpasswd.write_bytes(b"")
+    before = snapshot(site.domain_dir)
+    for command, *args in (("vadduser", f"u4@{DOMAIN}", "pw"), ("vmkpasswd", DOMAIN)):
+        result = site.inst.run(command, *args)
+        assert result.returncode != 0, (command, result)
+        assert "vpasswd is empty but vpasswd.cdb holds users" in result.stdout
+        assert snapshot(site.domain_dir) == before, command
+    site.inst.ok("vmkpasswd", "-r", DOMAIN)
+    assert vpasswd.read_bytes() == original
+
+
+def test_a_domain_whose_last_user_was_deleted_stays_usable(site: LoginSite) -> None:
+    """An empty vpasswd beside an empty vpasswd.cdb is a domain without users."""
+    site.inst.ok("vdeluser", f"bob@{DOMAIN}")
+    site.inst.ok("vdeluser", f"carol@{DOMAIN}")
+    api = site.inst.api()  # vdeluser keeps the postmaster (the catch-all target)
+    api.backend.delete_user(api.get_domain(DOMAIN), "postmaster")
+    assert (site.domain_dir / "vpasswd").read_bytes() == b""
+    assert site.deliver("bob").returncode == 100
+    site.inst.ok("vadduser", f"u4@{DOMAIN}", "pw")

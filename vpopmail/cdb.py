@@ -17,7 +17,7 @@ import os
 
 from vpopmail.errors import CorruptData
 
-_HEADER = 2048
+HEADER = 2048
 #: bytes read at a record: its lengths, and the whole of a short key and value
 _CHUNK = 256
 
@@ -45,13 +45,13 @@ class CdbReader:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._size = os.fstat(self._fd).st_size
-            self._header = os.pread(self._fd, _HEADER, 0)
-            if len(self._header) < _HEADER:
+            self._header = os.pread(self._fd, HEADER, 0)
+            if len(self._header) < HEADER:
                 raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")
             #: where the records end: the first table
             self._end = _pair(self._header)[0]
-            last, slots = _pair(self._header, _HEADER - 8)
-            if self._end < _HEADER or last + (slots << 3) != self._size:
+            last, slots = _pair(self._header, HEADER - 8)
+            if self._end < HEADER or last + (slots << 3) != self._size:
                 raise CorruptData(f"{path}: damaged cdb header or truncated file "
                                   f"({self._size} bytes)")
         except BaseException:
@@ -95,7 +95,7 @@ class CdbReader:
     def _record(self, pos: int) -> tuple[int, bytes]:
         """The key length and the key + data of the record at ``pos``, checked to lie among
         the records (one read for the usual short record)."""
-        if pos < _HEADER or pos + 8 > self._end:
+        if pos < HEADER or pos + 8 > self._end:
             raise self._corrupt("slot points outside the records")
         chunk = self._read(pos, min(_CHUNK, self._end - pos))
         klen, dlen = _pair(chunk)
@@ -137,7 +137,7 @@ class CdbReader:
         """Every record in file order (for dumps and consistency checks)."""
         for at in range(256):
             self._table(at)
-        data = self._read(_HEADER, self._end - _HEADER)
+        data = self._read(HEADER, self._end - HEADER)
         records = []
         pos = 0
         while pos < len(data):
