@@ -4,6 +4,12 @@
 maps name -> the rest of the line. Both are replaced atomically under ``.vpasswd.lock``,
 vpasswd first, so a reader of the cdb sees the old or the new set, never a torn file.
 Lookups read only the cdb (hot path); a missing cdb is rebuilt from vpasswd, as C does.
+
+Every domain has a vpasswd, empty when it has no users (vadddomain writes one; C vpopmail's
+adds the postmaster, and its vdeluser of the last user leaves an empty file). A missing
+vpasswd is therefore damage — an unmounted file system, a restore in progress — and never
+"no users": lookups raise CorruptData (mail is deferred, logins answer 111) and changes are
+refused, so nothing rebuilds a domain's user list from nothing.
 """
 import bisect
 import os
@@ -12,7 +18,7 @@ from auth.backend import UserDatabase, VUser
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
+from vpopmail.errors import BadInput, CorruptData, UserDoesNotExist, UsernameExists
 from vpopmail.fsutil import FileLock, atomic_write
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -23,6 +29,11 @@ VPASSWD = "vpasswd"
 VPASSWD_CDB = "vpasswd.cdb"
 LOCK = ".vpasswd.lock"
 LASTAUTH = "lastauth"
+#: the refusal for a domain whose vpasswd is lost (``how``: what is wrong with it)
+MISSING = ("{path} {how}: the users of {domain} are unknown, nothing was changed. Put it back "
+           "from a backup, or write it again from vpasswd.cdb with 'vmkpasswd -r {domain}'")
+GONE = "is missing (an unmounted file system? a restore in progress?)"
+EMPTIED = "is empty but vpasswd.cdb holds users (a crash before it reached the disk?)"
 
 
 def _decode(data: bytes) -> str:
@@ -65,6 +76,14 @@ def _name(line: bytes) -> bytes:
     return line[:line.find(b":")]
 
 
+def _checked(lines: list[bytes], source: str) -> list[bytes]:
+    """``lines``, if every one can be a vpasswd line (else CorruptData)."""
+    for number, line in enumerate(lines, 1):
+        if line.count(b":") < 6 or line.startswith(b":"):
+            raise CorruptData(f"{source} line {number}: not a vpasswd line: {line[:40]!r}")
+    return lines
+
+
 class CdbFiles(UserDatabase):
     """Users in ``<domaindir>/vpasswd`` and ``vpasswd.cdb``.
 
@@ -92,20 +111,29 @@ class CdbFiles(UserDatabase):
             raise CorruptData(f"{path}: {exc.strerror}") from None
         return None if value is None else parse_fields(name, _decode(value), path)
 
+    def _missing(self, domain: AssignEntry, how: str = GONE) -> CorruptData:
+        return CorruptData(MISSING.format(path=os.path.join(domain.dir, VPASSWD), how=how,
+                                          domain=domain.real_domain))
+
     def _read_lines(self, domain: AssignEntry) -> list[bytes]:
-        """The vpasswd lines (bytes, no newline); a line that cannot be a user is an error."""
+        """The vpasswd lines (bytes, no newline); a line that cannot be a user, a missing
+        vpasswd, or an empty one beside a vpasswd.cdb with records (more than its 2 KiB
+        header), is an error."""
         path = os.path.join(domain.dir, VPASSWD)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
         except FileNotFoundError:
-            return []
+            raise self._missing(domain) from None
         except OSError as exc:
             raise CorruptData(f"{path}: {exc.strerror}") from None
-        lines = [line for line in data.split(b"\n") if line]
-        for number, line in enumerate(lines, 1):
-            if line.count(b":") < 6 or line.startswith(b":"):
-                raise CorruptData(f"{path} line {number}: not a vpasswd line: {line[:40]!r}")
+        lines = _checked([line for line in data.split(b"\n") if line], path)
+        if not lines:
+            try:
+                if os.stat(os.path.join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
+                    raise self._missing(domain, EMPTIED)
+            except FileNotFoundError:
+                pass
         return lines
 
     def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
@@ -188,16 +216,43 @@ class CdbFiles(UserDatabase):
 
     def create_domain(self, domain: AssignEntry) -> None:
         """An empty vpasswd and its cdb; users already in a vpasswd (a rerun of a vadddomain
-        killed after its postmaster was added) are kept."""
+        killed after its postmaster was added) are kept. A vpasswd.cdb without its vpasswd is
+        a damaged domain, not a new one: refused."""
         with self._lock(domain):
-            self._write(domain, self._read_lines(domain))
+            present = os.path.exists(os.path.join(domain.dir, VPASSWD))
+            if not present and os.path.exists(os.path.join(domain.dir, VPASSWD_CDB)):
+                raise self._missing(domain)
+            self._write(domain, self._read_lines(domain) if present else [])
 
     def delete_domain(self, domain: AssignEntry) -> None:
         """Nothing to do: the files go with the domain directory."""
 
     def rebuild_index(self, domain: AssignEntry) -> None:
+        """vpasswd.cdb from vpasswd; with no vpasswd, CorruptData before the lock file is made
+        (a lookup in an empty, unmounted domain directory creates nothing)."""
+        if not os.path.exists(os.path.join(domain.dir, VPASSWD)):
+            raise self._missing(domain)
         with self._lock(domain):
             self._write_cdb(domain, self._read_lines(domain))
+
+    def restore_from_index(self, domain: AssignEntry) -> int:
+        """Write a lost (missing or empty) vpasswd back from vpasswd.cdb (``vmkpasswd -r``);
+        the number of users. Refused if vpasswd has content or the cdb is damaged."""
+        path = os.path.join(domain.dir, VPASSWD)
+        index = os.path.join(domain.dir, VPASSWD_CDB)
+        with self._lock(domain):
+            if os.path.exists(path) and os.path.getsize(path):
+                raise BadInput(f"{path} exists: it is the user list, and vpasswd.cdb is rebuilt "
+                                  f"from it (vmkpasswd {domain.real_domain})")
+            try:
+                with cdb.CdbReader(index) as reader:
+                    records = reader.items()
+            except OSError as exc:
+                raise CorruptData(f"{index}: {exc.strerror}; restore vpasswd from a backup") from None
+            lines = _checked(sorted((key + b":" + value for key, value in records), key=_name),
+                             index)
+            self._write(domain, lines, index=False)
+        return len(lines)
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
         """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time."""

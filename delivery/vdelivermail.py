@@ -168,6 +168,8 @@ class Vdelivermail:
         return self.check_user(user)
 
     def _env(self, name: str) -> str:
+        """qmail-local always sets EXT and HOST: without one, something else started us (a
+        misconfigured .qmail, a hand run), a local fault that defers (C bounced: 100)."""
         value = self.environ.get(name.encode())
         if value is None:
             # "varilable" (sic): C's text, which qmail log watchers may match

@@ -523,3 +523,17 @@ def test_table_names_are_cs_munched_domains(domain: str) -> None:
     name = munch_domain(domain)
     assert len(name) == len(domain) and set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_")
     assert [c for c in name if c != "_"] == [c for c in domain if c not in ".-"]
+
+
+def test_a_dropped_users_table_is_not_made_again_empty(vhome: Install, sql_db: Database) -> None:
+    """The SQL form of a lost vpasswd (issue 13, finding 3): vadduser refuses (its check for a
+    clash reads the table) instead of creating an empty table holding only the new user;
+    delivery and login defer."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    sql_db.rows("DROP TABLE vpopmail")
+    result = vhome.run("vadduser", f"newguy@{DOMAIN}", "pw")
+    assert result.returncode != 0, result
+    assert "doesn't exist" in result.stdout
+    assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert site.deliver("alice").returncode == 111
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 111  # type: ignore[attr-defined]

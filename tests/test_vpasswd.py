@@ -44,7 +44,9 @@ def make_backend(clear: bool = True) -> CdbFiles:
 
 
 def domain_in(path: Path) -> AssignEntry:
+    """A domain directory as vadddomain leaves it: an empty vpasswd (no vpasswd is damage)."""
     path.mkdir(parents=True, exist_ok=True)
+    (path / "vpasswd").touch()
     return AssignEntry("example.com", "example.com", os.getuid(), os.getgid(), str(path))
 
 

@@ -89,7 +89,7 @@ class Vpopmail:
     def find_domain(self, domain: str) -> AssignEntry | None:
         """The assign entry of ``domain`` (an alias resolves to its real domain), or None."""
         domain = check_domain(domain.lower())
-        if not os.path.exists(os.path.join(self.config.qmail_dir, "users", "cdb")):
+        if not self.qmail.has_users_cdb():
             return None
         return assign.lookup(self.config.qmail_dir, domain)
 

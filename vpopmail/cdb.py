@@ -1,8 +1,14 @@
-"""D. J. Bernstein's constant database: a lean, bounds-checked reader and a guarded writer.
+"""D. J. Bernstein's constant database: a lean, validating reader and a guarded writer.
 
 The reader is used on the hot paths: one ``pread`` of the 2 KiB header and a few small reads per
-lookup, no mmap, no struct. Unlike pure-cdb's Reader it never loops forever on a corrupt table
-and reports truncation and garbage as :class:`CorruptData` (a temporary, local fault), never as
+lookup, no mmap, no struct. A cdb is laid out as ``header | records | table 0 | ... | table 255``,
+each hash table right after the one before and the last ending the file, and every writer of
+the files read here (cdbmake, qmail-newu, tcprules, tinycdb, :mod:`vpopmail.cdbwrite`) makes each
+table twice as many slots as it has records. The reader checks what a lookup follows against
+that: the header's total, the entry of the key's table and its neighbours, the table's count of
+empty slots, each record's bounds and, before answering "absent", that each slot it passed holds
+the hash of its own key. Damage — a file zero-filled by a crash before its blocks were written,
+truncated, or overwritten in part — raises :class:`CorruptData` (a temporary, local fault), not
 "key not found".
 
 Writing lives in :mod:`vpopmail.cdbwrite` so that readers never import pure-cdb.
@@ -11,7 +17,9 @@ import os
 
 from vpopmail.errors import CorruptData
 
-_HEADER = 2048
+HEADER = 2048
+#: bytes read at a record: its lengths, and the whole of a short key and value
+_CHUNK = 256
 
 
 def cdb_hash(key: bytes) -> int:
@@ -30,20 +38,25 @@ def _pair(data: bytes, offset: int = 0) -> tuple[int, int]:
 class CdbReader:
     """Read-only access to one cdb file; use as a context manager or call :meth:`close`."""
 
-    __slots__ = ("path", "_fd", "_size", "_header")
+    __slots__ = ("path", "_fd", "_size", "_header", "_end")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._size = os.fstat(self._fd).st_size
-            self._header = os.pread(self._fd, _HEADER, 0)
-        except OSError:
+            self._header = os.pread(self._fd, HEADER, 0)
+            if len(self._header) < HEADER:
+                raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")
+            #: where the records end: the first table
+            self._end = _pair(self._header)[0]
+            last, slots = _pair(self._header, HEADER - 8)
+            if self._end < HEADER or last + (slots << 3) != self._size:
+                raise CorruptData(f"{path}: damaged cdb header or truncated file "
+                                  f"({self._size} bytes)")
+        except BaseException:
             os.close(self._fd)
             raise
-        if len(self._header) < _HEADER:
-            os.close(self._fd)
-            raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")
 
     def __enter__(self) -> "CdbReader":
         return self
@@ -56,43 +69,75 @@ class CdbReader:
             os.close(self._fd)
             self._fd = -1
 
+    def _corrupt(self, what: str) -> CorruptData:
+        return CorruptData(f"{self.path}: damaged cdb ({what})")
+
     def _read(self, offset: int, length: int) -> bytes:
-        if offset + length > self._size:
-            raise CorruptData(f"{self.path}: cdb pointer past end of file")
         data = os.pread(self._fd, length, offset)
         if len(data) != length:
             raise CorruptData(f"{self.path}: cdb file shrank while being read")
         return data
 
+    def _table(self, at: int) -> tuple[int, int]:
+        """Position and slot count of table ``at`` (0-255), checked to follow table ``at - 1``
+        and to be followed by table ``at + 1`` (or the end of the file)."""
+        pos, slots = _pair(self._header, at << 3)
+        end = pos + (slots << 3)
+        if at:
+            before, before_slots = _pair(self._header, (at - 1) << 3)
+            if before + (before_slots << 3) != pos:
+                raise self._corrupt(f"header entry {at}")
+        if end != (self._size if at == 255 else _pair(self._header, (at + 1) << 3)[0]) \
+                or pos < self._end or end > self._size:
+            raise self._corrupt(f"header entry {at}")
+        return pos, slots
+
+    def _record(self, pos: int) -> tuple[int, bytes]:
+        """The key length and the key + data of the record at ``pos``, checked to lie among
+        the records (one read for the usual short record)."""
+        if pos < HEADER or pos + 8 > self._end:
+            raise self._corrupt("slot points outside the records")
+        chunk = self._read(pos, min(_CHUNK, self._end - pos))
+        klen, dlen = _pair(chunk)
+        if pos + 8 + klen + dlen > self._end:
+            raise self._corrupt("record runs past the records")
+        if 8 + klen + dlen > len(chunk):
+            return klen, self._read(pos + 8, klen + dlen)
+        return klen, chunk[8:8 + klen + dlen]
+
     def get(self, key: bytes) -> bytes | None:
-        """The first value stored for ``key``, or None."""
+        """The first value stored for ``key``, or None (only from a table that checks out)."""
         h = cdb_hash(key)
-        table_pos, slots = _pair(self._header, (h & 0xFF) << 3)
+        table_pos, slots = self._table(h & 0xFF)
         if not slots:
             return None
-        if table_pos < _HEADER or table_pos + slots * 8 > self._size:
-            raise CorruptData(f"{self.path}: cdb hash table out of bounds")
-        table = self._read(table_pos, slots * 8)
+        table = self._read(table_pos, slots << 3)
+        # a zero is a zero in either byte order: the count needs no byte swap
+        if slots & 1 or memoryview(table).cast("I")[1::2].tolist().count(0) != slots >> 1:
+            raise self._corrupt("hash table is not half full")
         start = (h >> 8) % slots
+        passed = []
         for probe in range(slots):
-            slot_hash, record_pos = _pair(table, ((start + probe) % slots) << 3)
-            if not record_pos:
-                return None
-            if slot_hash != h:
-                continue
-            klen, dlen = _pair(self._read(record_pos, 8))
-            if record_pos + 8 + klen + dlen > table_pos:
-                raise CorruptData(f"{self.path}: cdb record overlaps its hash tables")
-            if klen == len(key) and self._read(record_pos + 8, klen) == key:
-                return self._read(record_pos + 8 + klen, dlen)
+            at = ((start + probe) % slots) << 3
+            slot_hash, pos = _pair(table, at)
+            if not pos:
+                break
+            if slot_hash == h:
+                klen, data = self._record(pos)
+                if data[:klen] == key:
+                    return data[klen:]
+            passed.append((slot_hash, pos))
+        for slot_hash, pos in passed:  # any of them may have been ours before the damage
+            klen, data = self._record(pos)
+            if (slot_hash ^ h) & 0xFF or cdb_hash(data[:klen]) != slot_hash:
+                raise self._corrupt("slot does not match its record")
         return None
 
     def items(self) -> list[tuple[bytes, bytes]]:
         """Every record in file order (for dumps and consistency checks)."""
-        end = min(_pair(self._header, i)[0] for i in range(0, _HEADER, 8))
-        if end < _HEADER or end > self._size:
-            raise CorruptData(f"{self.path}: cdb header out of bounds")
-        data = self._read(_HEADER, end - _HEADER)
+        for at in range(256):
+            self._table(at)
+        data = self._read(HEADER, self._end - HEADER)
         records = []
         pos = 0
         while pos < len(data):

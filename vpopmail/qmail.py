@@ -39,14 +39,22 @@ class QmailFiles:
 
     # users/assign and users/cdb
 
-    def assign_lines(self) -> list[str]:
-        """The lines of users/assign before its final ``.`` (missing file: none)."""
+    def assign_lines(self, rebuilding: bool = False) -> list[str]:
+        """The lines of users/assign before its final ``.``. A missing file is an empty one on
+        a new qmail; with users/cdb beside it, the list of domains is lost: CorruptData, so
+        that no command writes a users/assign of its own domain alone (``rebuilding``:
+        vregenerate, which builds the list again from the domains tree)."""
         path = self.path("users", "assign")
         try:
             with open(path, encoding="latin-1") as fh:
                 text = fh.read()
         except FileNotFoundError:
-            return []
+            if rebuilding or not os.path.exists(self.path("users", "cdb")):
+                return []
+            raise CorruptData(
+                f"{path} is missing but users/cdb exists: the list of domains is lost; nothing "
+                f"was changed. Put it back from a backup, or rebuild it from the domains "
+                f"directory with vregenerate (alias domains must then be added again)") from None
         except OSError as exc:
             raise CannotReadAssign(f"{path}: {exc.strerror}") from None
         lines = []
@@ -57,9 +65,19 @@ class QmailFiles:
                 lines.append(line)
         raise CorruptData(f"{path}: missing final '.' line")
 
-    def entries(self) -> list[AssignEntry]:
+    def has_users_cdb(self) -> bool:
+        """Whether users/cdb exists; False on a new qmail, CorruptData if it is missing while
+        users/assign lists domains (qmail-newu or vregenerate makes it again)."""
+        if os.path.exists(self.path("users", "cdb")):
+            return True
+        if self.entries():
+            raise CorruptData(f"{self.path('users', 'cdb')} is missing while users/assign lists "
+                              f"domains: rebuild it with qmail-newu or vregenerate")
+        return False
+
+    def entries(self, rebuilding: bool = False) -> list[AssignEntry]:
         """Every vpopmail domain and alias domain in users/assign, in file order."""
-        return [e for e in map(parse_entry, self.assign_lines()) if e is not None]
+        return [e for e in map(parse_entry, self.assign_lines(rebuilding)) if e is not None]
 
     def _write_assign(self, lines: list[str]) -> None:
         text = "".join(line + "\n" for line in lines) + ".\n"
@@ -90,7 +108,7 @@ class QmailFiles:
         lines for directories below it are replaced, all other lines are kept."""
         with self._lock(self.path("users", "assign")):
             ours = {e.domain for e in entries}
-            kept = [line for line in self.assign_lines()
+            kept = [line for line in self.assign_lines(rebuilding=True)
                     if not ((e := parse_entry(line)) and (e.domain in ours
                                                           or e.dir.startswith(under + os.sep)))]
             self._write_assign(sorted(kept + [e.line() for e in entries], key=sort_key))

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         found = api.discover_domains()
         root = api.config.domains_root
-        current = {e.line() for e in api.qmail.entries()
+        current = {e.line() for e in api.qmail.entries(rebuilding=True)
                    if e.dir.startswith(root + "/") or e.domain in {f.domain for f in found}}
         wanted = {e.line() for e in found}
         for line in sorted(wanted - current):
