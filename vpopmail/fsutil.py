@@ -76,22 +76,118 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
-def remove_tree(path: str) -> None:
-    """Delete a directory tree, ignoring what is already gone (shutil loads only here)."""
-    import shutil
+#: open a directory that must be a real one: a symbolic link or a file there is refused
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def _make_at(dir_fd: int | None, name: str, mode: int, uid: int | None, gid: int | None) -> bool:
+    """mkdir ``name`` (relative to ``dir_fd``), then set its mode and owner through a descriptor
+    opened without following a link: a name swapped for a symbolic link meanwhile makes root
+    chmod or chown nothing else. False if something of that name already existed."""
+    try:
+        os.mkdir(name, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        return False
+    fd = _open_real_dir(dir_fd, name, name)
+    try:
+        os.fchmod(fd, mode)
+        ensure_owner(fd, uid, gid)
+    finally:
+        os.close(fd)
+    return True
 
 
 def make_dir(path: str, mode: int = 0o700, uid: int | None = None, gid: int | None = None) -> bool:
     """Create one directory with vpopmail's mode and owner; False if it already existed."""
+    return _make_at(None, path, mode, uid, gid)
+
+
+def _open_real_dir(dir_fd: int | None, name: str, path: str) -> int:
+    """``name`` in ``dir_fd`` opened as a directory; a symbolic link or a file there is
+    :class:`~vpopmail.errors.OutsideDomain`."""
     try:
-        os.mkdir(path, mode)
-    except FileExistsError:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    from vpopmail.errors import OutsideDomain
+
+    raise OutsideDomain(f"{path}: {name} is a symbolic link or not a directory")
+
+
+def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] | None = None
+                ) -> tuple[int, str]:
+    """(descriptor of the parent directory, last name) of ``path``, a path strictly inside the
+    directory ``base``, reached from ``base`` one real directory at a time (never through a
+    symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made.
+    Anything else is :class:`~vpopmail.errors.OutsideDomain`. The caller closes the fd."""
+    prefix = base.rstrip("/") + "/"
+    parts = path[len(prefix):].split("/") if path.startswith(prefix) else [""]
+    if any(part in ("", ".", "..") for part in parts):
+        from vpopmail.errors import OutsideDomain
+
+        raise OutsideDomain(f"{path} is not a path inside {base}")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            if make is not None:
+                _make_at(fd, part, *make)
+            parent, fd = fd, -1
+            try:
+                fd = _open_real_dir(parent, part, path)
+            finally:
+                os.close(parent)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def make_dir_inside(base: str, path: str, mode: int = 0o700, uid: int | None = None,
+                    gid: int | None = None) -> bool:
+    """:func:`make_dir` for ``path`` inside ``base`` (see :func:`open_inside`), its missing
+    parents made alike; False if it already is a real directory there."""
+    fd, name = open_inside(base, path, (mode, uid, gid))
+    try:
+        if _make_at(fd, name, mode, uid, gid):
+            return True
+        os.close(_open_real_dir(fd, name, path))
         return False
-    os.chmod(path, mode)
-    if uid is not None and gid is not None:
-        os.chown(path, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def is_dir_inside(base: str, path: str) -> bool:
+    """Whether ``path`` is a real directory inside ``base`` (see :func:`open_inside`); False if
+    it is missing, :class:`~vpopmail.errors.OutsideDomain` for anything else."""
+    try:
+        fd, name = open_inside(base, path)
+    except FileNotFoundError:
+        return False
+    try:
+        os.close(_open_real_dir(fd, name, path))
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_inside(base: str, path: str) -> bool:
+    """Delete the directory tree ``path`` inside ``base`` (see :func:`open_inside`) through
+    descriptors, so that nothing outside ``base`` is reached even when a name is swapped for a
+    symbolic link meanwhile; errors inside the tree are ignored. False if nothing was there.
+    (shutil loads only here.)"""
+    import shutil
+
+    if not is_dir_inside(base, path):
+        return False
+    fd, name = open_inside(base, path)
+    try:
+        shutil.rmtree(name, ignore_errors=True, dir_fd=fd)
+    finally:
+        os.close(fd)
     return True
 
 

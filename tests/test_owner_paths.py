@@ -1,0 +1,180 @@
+"""Root admin commands in a domain whose owner is not trusted (``vadddomain -i UID -g GID``).
+
+The owner (here ``nobody`` with the vchkpw group, run through setpriv) controls every file of
+its domain directory: it edits vpasswd, writes ``.dir_control_free``, plants symbolic links and
+swaps names while root works. Whatever it plants, root's vadduser, vdeluser and vadddomain
+create, chown and remove nothing outside that directory, and refuse with a clear error.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLEAN_ENV, Install
+
+DOMAIN = "owned.test"
+OWNER_UID = 65534  # nobody
+OWNER_GID = 89  # vchkpw: what lets the owner reach ~vpopmail/domains (0750), as delivery must
+STRACE = shutil.which("strace")
+
+
+def as_owner(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the domain owner."""
+    return subprocess.run(["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}",
+                           "--clear-groups", *argv], capture_output=True, text=True,
+                          env=CLEAN_ENV, cwd="/", check=check, timeout=60)
+
+
+def owner_sh(script: str) -> None:
+    as_owner("sh", "-ec", script)
+
+
+@pytest.fixture
+def site(root_vhome: Install) -> Install:
+    """The root install with DOMAIN owned by the untrusted owner, users victim and alice."""
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    root_vhome.ok("vadduser", f"victim@{DOMAIN}", "Victim-1")
+    root_vhome.ok("vadduser", f"alice@{DOMAIN}", "Alice-1")
+    return root_vhome
+
+
+def domain_dir(inst: Install) -> Path:
+    return inst.domains / DOMAIN
+
+
+def outside(inst: Install, name: str) -> Path:
+    """A root-owned directory beside the install, holding a root-owned file."""
+    target = inst.prefix.parent / name
+    target.mkdir(mode=0o755)
+    (target / "precious").write_bytes(b"root data\n")
+    return target
+
+
+def tree(path: Path) -> list[tuple[str, int, int]]:
+    """(relative path, uid, gid) of everything under ``path`` (itself included)."""
+    found = [(".", path.lstat().st_uid, path.lstat().st_gid)]
+    for entry in sorted(path.rglob("*")):
+        st = entry.lstat()
+        found.append((str(entry.relative_to(path)), st.st_uid, st.st_gid))
+    return found
+
+
+def vpasswd(inst: Install) -> str:
+    return (domain_dir(inst) / "vpasswd").read_text()
+
+
+def point_victim_at(inst: Install, directory: str) -> None:
+    """The owner gives victim the directory ``directory`` in vpasswd and removes vpasswd.cdb
+    (rebuilt from vpasswd by the next command)."""
+    old = str(domain_dir(inst) / "victim")
+    assert f":{old}:" in vpasswd(inst)
+    owner_sh(f"cd {domain_dir(inst)}; sed 's|:{old}:|:{directory}:|' vpasswd > vpasswd.new; "
+             "mv vpasswd.new vpasswd; rm -f vpasswd.cdb")
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink", "absolute"])
+def test_vdeluser_removes_nothing_the_owner_points_outside(site: Install, how: str) -> None:
+    """A user directory of ``<domain>/../../../x``, ``<domain>/lnk/x`` (lnk a link out) or
+    ``/x`` in vpasswd: vdeluser refuses before anything is deleted; the tree outside stays."""
+    target = outside(site, "target")
+    before = tree(target)
+    directory = {"dotdot": f"{domain_dir(site)}/../../../target",
+                 "symlink": f"{domain_dir(site)}/lnk/target",
+                 "absolute": str(target)}[how]
+    if how == "symlink":
+        owner_sh(f"ln -s {site.prefix.parent} {domain_dir(site)}/lnk")
+    assert os.path.realpath(directory) == str(target)
+    point_victim_at(site, directory)
+    lines = vpasswd(site)
+
+    result = site.run("vdeluser", f"victim@{DOMAIN}")
+    assert tree(target) == before
+    assert result.returncode == 149, result  # VA -107
+    assert "not a real directory of the domain" in result.stdout, result
+    assert "Traceback" not in result.stderr, result
+    assert vpasswd(site) == lines  # nothing lost: the user is still there
+    site.ok("vdeluser", f"alice@{DOMAIN}")  # the domain's own users are deleted as before
+    assert not (domain_dir(site) / "alice").exists()
+
+
+@pytest.mark.parametrize("leftover", [True, False])
+def test_vadduser_does_not_follow_a_planted_bucket_link(site: Install, leftover: bool) -> None:
+    """The owner lists bucket ``0`` as free and links ``<domain>/0`` to a root directory that
+    holds (or not) a ``newguy``: root's vadduser neither removes nor creates anything there."""
+    target = outside(site, "bucket-target")
+    if leftover:
+        (target / "newguy").mkdir()
+        (target / "newguy" / "mail").write_bytes(b"root mail\n")
+    before = tree(target)
+    owner_sh(f"cd {domain_dir(site)}; echo 0 > .dir_control_free; ln -s {target} 0")
+    lines = vpasswd(site)
+
+    result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    assert tree(target) == before
+    assert result.returncode == 149, result
+    assert "0 is a symbolic link or not a directory" in result.stdout, result
+    assert vpasswd(site) == lines
+    owner_sh(f"rm {domain_dir(site)}/0")
+    site.ok("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    home = Path(site.ok("vuserinfo", "-d", f"newguy@{DOMAIN}").strip())
+    assert home == domain_dir(site) / "0" / "newguy"  # the bucket is still free
+    assert (home / "Maildir" / "new").is_dir() and home.stat().st_uid == OWNER_UID
+    assert tree(target) == before
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_a_bucket_swapped_for_a_link_while_root_makes_it_is_not_chowned(site: Install) -> None:
+    """Each mkdir of vadduser is held back 0.3 s (strace); meanwhile the owner replaces the
+    bucket root has just made by a link to a root file. root must not chown the file."""
+    target = outside(site, "chown-target")
+    precious = target / "precious"
+    owner_sh(f"echo Q > {domain_dir(site)}/.dir_control_free")
+    swapper = subprocess.Popen(
+        ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
+         sys.executable, "-c", SWAP, str(domain_dir(site) / "Q"), str(precious)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    try:
+        result = subprocess.run(
+            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", "trace=mkdir,mkdirat",
+             "-e", "inject=mkdir,mkdirat:delay_exit=300000",
+             str(site.bin / "vadduser"), f"newguy@{DOMAIN}", "Newguy-1"],
+            capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
+        out, err = swapper.communicate(timeout=30)
+    finally:
+        swapper.kill()
+    assert out.strip() == "swapped", (out, err, result)
+    st = precious.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0), result
+    assert result.returncode == 149, result
+    assert "Traceback" not in result.stderr, result
+
+
+#: the owner's side of the race: wait for the bucket, move it away, link its name to the file
+SWAP = """
+import os, sys, time
+bucket, target = sys.argv[1:]
+deadline = time.monotonic() + 20
+while not os.path.isdir(bucket):
+    if time.monotonic() > deadline:
+        sys.exit("no bucket")
+    time.sleep(0.005)
+os.rename(bucket, bucket + ".moved")
+os.symlink(target, bucket)
+print("swapped")
+"""
+
+
+def test_vadddomain_for_another_owner_leaves_the_domains_root_to_vpopmail(
+        root_vhome: Install) -> None:
+    """The domains root's .dir-control and lock are vpopmail's, not the new domain owner's
+    (who could otherwise steer where root puts the next domains)."""
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    owners = {name: (st.st_uid, st.st_gid) for name in (".dir-control", ".dir-control.lock")
+              for st in [(root_vhome.domains / name).lstat()]}
+    assert owners == {".dir-control": (89, 89), ".dir-control.lock": (89, 89)}
+    st = domain_dir(root_vhome).stat()
+    assert (st.st_uid, st.st_gid) == (OWNER_UID, OWNER_GID)
