@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from vpopmail.errors import CouldNotUpdateFile, CorruptData
-from vpopmail.fsutil import atomic_write, make_dir_inside
+from vpopmail.fsutil import atomic_write, make_dir_inside, read_regular
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PER_BUCKET = 100
@@ -104,8 +104,7 @@ def read(directory: str) -> DirControl:
     """The control state of ``directory`` (defaults if it has none yet)."""
     path = os.path.join(directory, CONTROL)
     try:
-        with open(path, encoding="ascii") as fh:
-            return DirControl.parse(fh.read(), path)
+        return DirControl.parse(read_regular(path).decode("ascii"), path)
     except FileNotFoundError:
         return DirControl()
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,11 +154,13 @@ def release(directory: str, bucket: str, uid: int | None, gid: int | None) -> No
 
 
 def _read_free(directory: str) -> list[str]:
+    path = os.path.join(directory, FREE_LIST)
     try:
-        with open(os.path.join(directory, FREE_LIST), encoding="ascii") as fh:
-            entries = [line.strip() for line in fh]
+        entries = [line.strip() for line in read_regular(path).decode("ascii").splitlines()]
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"{path}: {exc}") from None
     return [e for e in entries
             if e and all(len(p) == 1 and p in ALPHABET for p in e.split("/"))]
 

@@ -7,6 +7,7 @@ unlinked, since deleting a held lock file lets a second process lock a new one a
 """
 import errno
 import os
+import stat
 import time
 
 from vpopmail.errors import CouldNotUpdateFile, LockTimeout
@@ -74,6 +75,20 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         except OSError:
             pass
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
+
+
+def read_regular(path: str, limit: int = 1 << 20) -> bytes:
+    """The contents of ``path`` if it is a regular file of at most ``limit`` bytes, opened
+    without following a symbolic link or waiting on a FIFO: a link, FIFO or device planted in
+    its place (say by a domain owner, for root to read) is an OSError, never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
+    return data
 
 
 #: open a directory that must be a real one: a symbolic link or a file there is refused
