@@ -180,14 +180,16 @@ def test_vadddomain_for_another_owner_leaves_the_domains_root_to_vpopmail(
     assert (st.st_uid, st.st_gid) == (OWNER_UID, OWNER_GID)
 
 
-@pytest.mark.parametrize("name", [".dir-control", ".dir_control_free"])
-def test_a_fifo_planted_for_the_dir_control_files_does_not_hang_root(site: Install,
-                                                                     name: str) -> None:
-    """root's vadduser reads the domain's .dir-control and free list: a FIFO (or a link) the
-    owner puts there is refused as damage at once instead of waited on."""
+@pytest.mark.parametrize("name, code", [(".dir-control", 156), (".dir_control_free", 156),
+                                        (".qmailadmin-limits", 220)])
+def test_a_fifo_planted_for_a_domain_file_does_not_hang_root(site: Install, name: str,
+                                                             code: int) -> None:
+    """root's vadduser reads the domain's .dir-control, free list and limits: a FIFO (or a
+    link) the owner puts there is refused at once as damage instead of waited on."""
     owner_sh(f"cd {domain_dir(site)}; rm -f {name}; mkfifo {name}")
     lines = vpasswd(site)
     result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1", timeout=30)
-    assert result.returncode == 156, result  # VA -100, corrupt data
-    assert f"{name}: [Errno 22] not a regular file" in result.stdout, result
+    assert result.returncode == code, result  # VA -100 corrupt data, -36 unreadable limits
+    assert f"{domain_dir(site) / name}: " in result.stdout, result
+    assert "not a regular file" in result.stdout, result
     assert vpasswd(site) == lines
