@@ -542,9 +542,8 @@ class Vpopmail:
         maildir = os.path.join(user.dir, "Maildir")
         if not is_maildir(maildir):
             try:
-                with OwnerIds(entry.uid, entry.gid):
-                    os.makedirs(user.dir, 0o700, exist_ok=True)
-                    make_maildir(maildir)
+                os.makedirs(user.dir, 0o700, exist_ok=True)
+                make_maildir(maildir)
             except OSError as exc:
                 raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
         return user
