@@ -126,46 +126,70 @@ def test_vadduser_does_not_follow_a_planted_bucket_link(site: Install, leftover:
     assert tree(target) == before
 
 
-@pytest.mark.skipif(STRACE is None, reason="needs strace")
-def test_a_bucket_swapped_for_a_link_while_root_makes_it_is_not_chowned(site: Install) -> None:
-    """Each mkdir of vadduser is held back 0.3 s (strace); meanwhile the owner replaces the
-    bucket root has just made by a link to a root file. root must not chown the file."""
-    target = outside(site, "chown-target")
-    precious = target / "precious"
-    owner_sh(f"echo Q > {domain_dir(site)}/.dir_control_free")
+def race(site: Install, calls: str, wait_for: Path, swap: Path, target: Path, *argv: str
+         ) -> subprocess.CompletedProcess[str]:
+    """Run root's ``argv`` with each of ``calls`` held back 0.3 s (strace) while the owner
+    waits for ``wait_for`` to appear, then moves ``swap`` aside and links its name to
+    ``target``; returns root's run once the owner has swapped."""
     swapper = subprocess.Popen(
         ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
-         sys.executable, "-c", SWAP, str(domain_dir(site) / "Q"), str(precious)],
+         sys.executable, "-c", SWAP, str(wait_for), str(swap), str(target)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
     try:
         result = subprocess.run(
-            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", "trace=mkdir,mkdirat",
-             "-e", "inject=mkdir,mkdirat:delay_exit=300000",
-             str(site.bin / "vadduser"), f"newguy@{DOMAIN}", "Newguy-1"],
+            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}",
+             "-e", f"inject={calls}:delay_exit=300000", str(site.bin / argv[0]), *argv[1:]],
             capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
         out, err = swapper.communicate(timeout=30)
     finally:
         swapper.kill()
     assert out.strip() == "swapped", (out, err, result)
+    return result
+
+
+#: the owner's side of a race: wait for a path, move a name away, link the name elsewhere
+SWAP = """
+import os, sys, time
+wait_for, swap, target = sys.argv[1:]
+deadline = time.monotonic() + 20
+while not os.path.isdir(wait_for):
+    if time.monotonic() > deadline:
+        sys.exit("never appeared")
+    time.sleep(0.005)
+os.rename(swap, swap + ".moved")
+os.symlink(target, swap)
+print("swapped")
+"""
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_a_bucket_swapped_for_a_link_while_root_makes_it_is_not_chowned(site: Install) -> None:
+    """The owner replaces the bucket root has just made by a link to a root file while root's
+    mkdir is held back: root must not chown the file."""
+    target = outside(site, "chown-target")
+    precious = target / "precious"
+    owner_sh(f"echo Q > {domain_dir(site)}/.dir_control_free")
+    bucket = domain_dir(site) / "Q"
+    result = race(site, "mkdir,mkdirat", bucket, bucket, precious,
+                  "vadduser", f"newguy@{DOMAIN}", "Newguy-1")
     st = precious.stat()
     assert (st.st_uid, st.st_gid) == (0, 0), result
     assert result.returncode == 149, result
     assert "Traceback" not in result.stderr, result
 
 
-#: the owner's side of the race: wait for the bucket, move it away, link its name to the file
-SWAP = """
-import os, sys, time
-bucket, target = sys.argv[1:]
-deadline = time.monotonic() + 20
-while not os.path.isdir(bucket):
-    if time.monotonic() > deadline:
-        sys.exit("no bucket")
-    time.sleep(0.005)
-os.rename(bucket, bucket + ".moved")
-os.symlink(target, bucket)
-print("swapped")
-"""
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_a_user_dir_swapped_for_a_link_gets_no_lastauth_from_root(site: Install) -> None:
+    """Once the new user's Maildir exists the owner replaces the user directory by a link to a
+    root directory, while root's renames (the vpasswd writes) are held back: vadduser's
+    lastauth must not be written there."""
+    target = outside(site, "lastauth-target")
+    before = tree(target)
+    home = domain_dir(site) / "newguy"
+    result = race(site, "rename,renameat,renameat2", home / "Maildir" / "new", home, target,
+                  "vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    assert tree(target) == before, result
+    assert "Traceback" not in result.stderr, result
 
 
 def test_vadddomain_for_another_owner_leaves_the_domains_root_to_vpopmail(
