@@ -133,6 +133,7 @@ class Vpopmail:
             adopted = directory is not None
             if directory is not None:
                 bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
+                make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
             else:
                 bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs),
                                              *vpopmail)[0]

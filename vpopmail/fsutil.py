@@ -134,7 +134,8 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
                 ) -> tuple[int, str]:
     """(descriptor of the parent directory, last name) of ``path``, a path strictly inside the
     directory ``base``, reached from ``base`` one real directory at a time (never through a
-    symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made.
+    symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made
+    and given that owner (what a process killed before its chown left is repaired).
     Anything else is :class:`~vpopmail.errors.OutsideDomain`. The caller closes the fd."""
     prefix = base.rstrip("/") + "/"
     parts = path[len(prefix):].split("/") if path.startswith(prefix) else [""]
@@ -152,6 +153,8 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
                 fd = _open_real_dir(parent, part, path)
             finally:
                 os.close(parent)
+            if make is not None:
+                ensure_owner(fd, make[1], make[2])
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -162,12 +165,17 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
 def make_dir_inside(base: str, path: str, mode: int = 0o700, uid: int | None = None,
                     gid: int | None = None) -> bool:
     """:func:`make_dir` for ``path`` inside ``base`` (see :func:`open_inside`), its missing
-    parents made alike; False if it already is a real directory there."""
+    parents made alike; False if it already is a real directory there (then given the owner
+    too)."""
     fd, name = open_inside(base, path, (mode, uid, gid))
     try:
         if _make_at(fd, name, mode, uid, gid):
             return True
-        os.close(_open_real_dir(fd, name, path))
+        existing = _open_real_dir(fd, name, path)
+        try:
+            ensure_owner(existing, uid, gid)
+        finally:
+            os.close(existing)
         return False
     finally:
         os.close(fd)
