@@ -13,7 +13,7 @@ from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
-from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ VPASSWD = "vpasswd"
 VPASSWD_CDB = "vpasswd.cdb"
 LOCK = ".vpasswd.lock"
 LASTAUTH = "lastauth"
+VPASSWD_LIMIT = 1 << 30  # bytes: far beyond any domain's users (100 000 take 15 MB)
 
 
 def _decode(data: bytes) -> str:
@@ -96,8 +97,9 @@ class CdbFiles(UserDatabase):
         """The vpasswd lines (bytes, no newline); a line that cannot be a user is an error."""
         path = os.path.join(domain.dir, VPASSWD)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            # a regular file only: a link the domain owner plants (to /etc/shadow, say) must
+            # not make root copy that file's lines into vpasswd; a FIFO must not hang root
+            data = read_regular(path, VPASSWD_LIMIT)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -208,8 +210,7 @@ class CdbFiles(UserDatabase):
         """lastauth's mtime and text."""
         path = os.path.join(user.dir, LASTAUTH)
         try:
-            with open(path, "rb") as fh:
-                ip = fh.read(256).decode("ascii", "replace").strip()
-                return os.fstat(fh.fileno()).st_mtime, ip
+            ip = read_regular(path, 256).decode("ascii", "replace").strip()
+            return os.lstat(path).st_mtime, ip
         except OSError:
             return None

@@ -217,3 +217,29 @@ def test_a_fifo_planted_for_a_domain_file_does_not_hang_root(site: Install, name
     assert f"{domain_dir(site) / name}: " in result.stdout, result
     assert "not a regular file" in result.stdout, result
     assert vpasswd(site) == lines
+
+
+def test_vpasswd_linked_to_a_root_file_is_not_copied_by_root(site: Install) -> None:
+    """The owner replaces vpasswd by a link to a root-only file of vpasswd-like lines (as
+    /etc/shadow's are) and removes vpasswd.cdb: root's vadduser must not read that file and
+    write its lines back into the owner's vpasswd."""
+    secret = outside(site, "secret") / "shadow"
+    secret.write_text("root:$6$salt$roothash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    owner_sh(f"cd {domain_dir(site)}; rm -f vpasswd vpasswd.cdb; ln -s {secret} vpasswd")
+    result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    for name in ("vpasswd", "vpasswd.cdb"):
+        path = domain_dir(site) / name
+        assert path.is_symlink() or b"roothash" not in path.read_bytes(), (name, result)
+    assert result.returncode == 156, result  # VA -100: damage, not read
+    assert f"{domain_dir(site) / 'vpasswd'}: " in result.stdout, result
+    assert "symbolic links" in result.stdout, result
+
+
+def test_a_fifo_planted_as_lastauth_does_not_hang_root_vuserinfo(site: Install) -> None:
+    """vuserinfo (and vdeloldusers) as root read a user's lastauth: a FIFO there reads as
+    'never logged in' at once."""
+    owner_sh(f"cd {domain_dir(site)}/alice; rm -f lastauth; mkfifo lastauth")
+    result = site.run("vuserinfo", f"alice@{DOMAIN}", timeout=30)
+    assert result.returncode == 0, result
+    assert "last auth: Never logged in" in result.stdout, result

@@ -123,12 +123,13 @@ class Vpopmail:
         action = default_action or str(self.config.users_default_action)
         if "\n" in action or "'" in action:
             raise BadChar("default action")
-        vpopmail = self.config.uid, self.config.gid  # the domains root and its buckets
         try:
-            make_dir(root, 0o750, *vpopmail)
+            # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
+            make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
+            root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
-        with self._dir_lock(root, *vpopmail):
+        with self._dir_lock(root, *root_ids):
             directory = self._domain_dir_on_disk(domain, root)
             adopted = directory is not None
             if directory is not None:
@@ -136,13 +137,13 @@ class Vpopmail:
                 make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
             else:
                 bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs),
-                                             *vpopmail)[0]
+                                             *root_ids)[0]
                 directory = os.path.join(root, bucket, domain)
                 try:
                     if not make_dir_inside(root, directory, 0o700, uid, gid):
                         raise CouldNotMakeDomainDir(f"{directory} already exists")
                 except OSError as exc:
-                    dircontrol.release(root, bucket, *vpopmail)
+                    dircontrol.release(root, bucket, *root_ids)
                     raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
             entry = AssignEntry(domain, domain, uid, gid, directory)
         try:
@@ -205,10 +206,18 @@ class Vpopmail:
         atomic_write(os.path.join(entry.dir, ".qmail-default"), line.encode(), 0o600,
                      entry.uid, entry.gid)
 
+    @staticmethod
+    def _root_owner(root: str) -> tuple[int, int]:
+        """The owner of a domains root, which its .dir-control, lock and buckets keep: never a
+        domain owner's in the shared root, where it could steer where root puts other domains."""
+        st = os.stat(root)
+        return st.st_uid, st.st_gid
+
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
         remove_inside(root, entry.dir)
-        with self._dir_lock(root, self.config.uid, self.config.gid):
-            dircontrol.release(root, bucket, self.config.uid, self.config.gid)
+        owner = self._root_owner(root)
+        with self._dir_lock(root, *owner):
+            dircontrol.release(root, bucket, *owner)
 
     def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
         """Make ``alias`` deliver to the users of ``real_domain``."""

@@ -83,10 +83,11 @@ def read_regular(path: str, limit: int = 1 << 20) -> bytes:
     its place (say by a domain owner, for root to read) is an OSError, never read."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        data = fh.read(limit + 1)
-    if len(data) > limit:
+        data = b"" if st.st_size > limit else fh.read()
+    if st.st_size > limit or len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
     return data
 
