@@ -99,7 +99,7 @@ class CdbFiles(UserDatabase):
         try:
             # a regular file only: a link the domain owner plants (to /etc/shadow, say) must
             # not make root copy that file's lines into vpasswd; a FIFO must not hang root
-            data = read_regular(path, VPASSWD_LIMIT)
+            data = read_regular(path, VPASSWD_LIMIT)[0]
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -210,7 +210,7 @@ class CdbFiles(UserDatabase):
         """lastauth's mtime and text."""
         path = os.path.join(user.dir, LASTAUTH)
         try:
-            ip = read_regular(path, 256).decode("ascii", "replace").strip()
-            return os.lstat(path).st_mtime, ip
+            data, st = read_regular(path, 256)
+            return st.st_mtime, data.decode("ascii", "replace").strip()
         except OSError:
             return None

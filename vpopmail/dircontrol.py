@@ -104,7 +104,7 @@ def read(directory: str) -> DirControl:
     """The control state of ``directory`` (defaults if it has none yet)."""
     path = os.path.join(directory, CONTROL)
     try:
-        return DirControl.parse(read_regular(path).decode("ascii"), path)
+        return DirControl.parse(read_regular(path)[0].decode("ascii"), path)
     except FileNotFoundError:
         return DirControl()
     except (OSError, UnicodeDecodeError) as exc:
@@ -156,7 +156,7 @@ def release(directory: str, bucket: str, uid: int | None, gid: int | None) -> No
 def _read_free(directory: str) -> list[str]:
     path = os.path.join(directory, FREE_LIST)
     try:
-        entries = [line.strip() for line in read_regular(path).decode("ascii").splitlines()]
+        entries = [line.strip() for line in read_regular(path)[0].decode("ascii").splitlines()]
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:

@@ -77,10 +77,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
-def read_regular(path: str, limit: int = 1 << 20) -> bytes:
-    """The contents of ``path`` if it is a regular file of at most ``limit`` bytes, opened
-    without following a symbolic link or waiting on a FIFO: a link, FIFO or device planted in
-    its place (say by a domain owner, for root to read) is an OSError, never read."""
+def read_regular(path: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
+    """The contents and status of ``path`` if it is a regular file of at most ``limit`` bytes,
+    opened without following a symbolic link or waiting on a FIFO: a link (ELOOP), FIFO or
+    device (EINVAL) planted in its place, say by a domain owner for root to read, is never
+    read."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as fh:
         st = os.fstat(fd)
@@ -89,7 +90,7 @@ def read_regular(path: str, limit: int = 1 << 20) -> bytes:
         data = b"" if st.st_size > limit else fh.read()
     if st.st_size > limit or len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
-    return data
+    return data, st
 
 
 #: open a directory that must be a real one: a symbolic link or a file there is refused

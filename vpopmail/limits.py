@@ -119,7 +119,7 @@ def default_file(vpopmail_home: str) -> str:
 
 def read_file(path: str) -> Limits | None:
     try:
-        return Limits.parse(read_regular(path).decode("utf-8"), path)
+        return Limits.parse(read_regular(path)[0].decode("utf-8"), path)
     except FileNotFoundError:
         return None
     except OSError as exc:
