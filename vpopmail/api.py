@@ -20,8 +20,8 @@ from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
                              CouldNotMakeDomainDir, CouldNotUpdateFile, DomainAlreadyExists,
                              DomainDoesNotExist, GecosTooLong, IllegalUsername, InvalidDomainName,
-                             OutsideDomain, PasswdTooLong, QuotaTooLong, SubdirCreation,
-                             UserDirExists, UserDoesNotExist, UsernameExists, VpopmailError)
+                             PasswdTooLong, QuotaTooLong, SubdirCreation, UserDirExists,
+                             UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (FileLock, OwnerIds, atomic_write, is_dir_inside, make_dir,
                              make_dir_inside, remove_inside)
 from vpopmail.names import check_domain, check_user, split_address
@@ -518,17 +518,12 @@ class Vpopmail:
 
     @staticmethod
     def _own_user_dir(entry: AssignEntry, user: VUser) -> bool:
-        """Whether ``user.dir`` is an existing ``<entry.dir>[/<bucket>]/<user.name>``, each of
-        its directories a real one (no symbolic link)."""
+        """Whether ``user.dir`` is an existing ``<entry.dir>[/<bucket>]/<user.name>``."""
         path = user.dir
-        if not path or os.path.basename(path) != user.name:
+        if not path or os.path.normpath(path) != path or os.path.basename(path) != user.name:
             return False
-        if dircontrol.split_bucket(os.path.dirname(path))[0] != entry.dir:
-            return False
-        try:
-            return is_dir_inside(entry.dir, path)
-        except OutsideDomain:
-            return False
+        root, _ = dircontrol.split_bucket(os.path.dirname(path))
+        return root == entry.dir and os.path.isdir(path) and not os.path.islink(path)
 
     def make_missing_user_dir(self, entry: AssignEntry, user: VUser) -> VUser:
         """Give a user whose record has no directory (an imported or hand-made record) one,
