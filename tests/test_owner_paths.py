@@ -294,3 +294,17 @@ def test_an_alias_swapped_for_a_link_is_not_copied_by_root_valias(site: Install)
     assert out.strip() == "swapped", (out, err, result)
     assert alias.is_symlink() or b"roothash" not in alias.read_bytes(), result
     assert "Traceback" not in result.stderr, result
+
+
+def test_vdeldomain_refuses_a_linked_domain_directory_before_any_change(site: Install) -> None:
+    """A domain directory that is a symbolic link (moved elsewhere by hand) is refused by
+    vdeldomain before users/assign or the control files change; the tree stays."""
+    moved = outside(site, "moved-domain") / DOMAIN
+    domain_dir(site).rename(moved)
+    domain_dir(site).symlink_to(moved)
+    before, assign = tree(moved), (site.qmaildir / "users" / "assign").read_text()
+    result = site.run("vdeldomain", DOMAIN)
+    assert result.returncode == 149, result
+    assert "is a symbolic link or not a directory" in result.stdout, result
+    assert tree(moved) == before
+    assert (site.qmaildir / "users" / "assign").read_text() == assign
