@@ -308,3 +308,18 @@ def test_vdeldomain_refuses_a_linked_domain_directory_before_any_change(site: In
     assert "is a symbolic link or not a directory" in result.stdout, result
     assert tree(moved) == before
     assert (site.qmaildir / "users" / "assign").read_text() == assign
+
+
+def test_vadddomain_refuses_an_owner_that_cannot_enter_the_domains_root(
+        root_vhome: Install) -> None:
+    """~vpopmail/domains is 0750 vpopmail:vchkpw. An owner outside that group could neither
+    receive mail (vdelivermail runs as it) nor get users (made with its ids): vadddomain says
+    so and makes nothing."""
+    assign = root_vhome.qmaildir / "users" / "assign"
+    before = assign.read_text() if assign.exists() else None
+    result = root_vhome.run("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_UID), DOMAIN,
+                            "Pm-pass-1")
+    assert result.returncode == 242, result  # VA -14
+    assert f"the domain owner {OWNER_UID}:{OWNER_UID} cannot enter it" in result.stdout, result
+    assert not domain_dir(root_vhome).exists()
+    assert (assign.read_text() if assign.exists() else None) == before

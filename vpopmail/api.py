@@ -129,6 +129,12 @@ class Vpopmail:
             root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+        with OwnerIds(uid, gid):
+            reachable = os.access(root, os.X_OK, effective_ids=True)
+        if not reachable:  # vdelivermail, vchkpw and the admin commands work there as it
+            raise CouldNotMakeDomainDir(
+                f"{root}: the domain owner {uid}:{gid} cannot enter it: give the domain a group "
+                f"that can (-g {root_ids[1]}) or a directory of its own (-d)")
         with self._dir_lock(root, *root_ids):
             directory = self._domain_dir_on_disk(domain, root)
             adopted = directory is not None
@@ -578,7 +584,8 @@ class Vpopmail:
             with OwnerIds(entry.uid, entry.gid):
                 return make_dir_inside(entry.dir, user.dir, 0o700, entry.uid, entry.gid)
         except OSError as exc:
-            raise UserDirExists(f"{user.dir}: {exc.strerror}") from None
+            raise UserDirExists(f"{user.dir}: {exc.strerror} (for the domain owner "
+                                f"{entry.uid}:{entry.gid}, whose ids make it)") from None
 
     def _replace_leftover_dir(self, user: VUser, entry: AssignEntry) -> None:
         """``user.dir`` exists but vpasswd has no such user: a vadduser killed before its
