@@ -19,7 +19,7 @@ from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import BadInput, CorruptData, UserDoesNotExist, UsernameExists
-from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ MISSING = ("{path} {how}: the users of {domain} are unknown, nothing was changed
            "from a backup, or write it again from vpasswd.cdb with 'vmkpasswd -r {domain}'")
 GONE = "is missing (an unmounted file system? a restore in progress?)"
 EMPTIED = "is empty but vpasswd.cdb holds users (a crash before it reached the disk?)"
+VPASSWD_LIMIT = 1 << 30  # bytes: far beyond any domain's users (100 000 take 15 MB)
 
 
 def _decode(data: bytes) -> str:
@@ -121,8 +122,9 @@ class CdbFiles(UserDatabase):
         header), is an error."""
         path = os.path.join(domain.dir, VPASSWD)
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            # a regular file only: a link the domain owner plants (to /etc/shadow, say) must
+            # not make root copy that file's lines into vpasswd; a FIFO must not hang root
+            data = read_regular(path, VPASSWD_LIMIT)[0]
         except FileNotFoundError:
             raise self._missing(domain) from None
         except OSError as exc:
@@ -263,8 +265,7 @@ class CdbFiles(UserDatabase):
         """lastauth's mtime and text."""
         path = os.path.join(user.dir, LASTAUTH)
         try:
-            with open(path, "rb") as fh:
-                ip = fh.read(256).decode("ascii", "replace").strip()
-                return os.fstat(fh.fileno()).st_mtime, ip
+            data, st = read_regular(path, 256)
+            return st.st_mtime, data.decode("ascii", "replace").strip()
         except OSError:
             return None

@@ -43,6 +43,7 @@ LOCK = ".valias.lock"
 #: split them)
 MAX_LINE = 160
 MODE = 0o600
+ALIAS_LIMIT = 1 << 24  # bytes an alias file that valias changes may have
 #: qmail's conf-patrn default: a .qmail file writable by group or others is refused (deferred)
 PATRN = 0o002
 #: file type bits (the stat module is not imported on the hot path)
@@ -200,8 +201,12 @@ def read_lines(domain_dir: str, alias: str) -> list[str] | None:
         return None
     except OSError as exc:
         raise DotQmailUnsafe(f"unable to read {path}: {exc.strerror}") from None
-    text = data.decode("utf-8", "surrogateescape")
-    lines = text.split("\n")
+    return _split(data)
+
+
+def _split(data: bytes) -> list[str]:
+    """The lines of an alias file's contents, without newlines."""
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return lines
@@ -403,18 +408,24 @@ class Aliases(AliasStore):
     @staticmethod
     def _current(path: str) -> tuple[list[str] | None, int]:
         """The lines of the alias file at ``path`` (None if absent) and the mode to write it
-        with (0600, keeping the owner-execute bit qmail reads as "forward only")."""
+        with (0600, keeping the owner-execute bit qmail reads as "forward only"). Read in one
+        open that follows no link: a link swapped in by the domain owner must not have root
+        copy another file into the alias."""
+        from vpopmail.fsutil import read_regular
+
         try:
-            st = os.lstat(path)
+            data, st = read_regular(path, ALIAS_LIMIT)
         except FileNotFoundError:
             return None, MODE
-        if st.st_mode & _IFMT == _IFLNK:
-            raise InvalidAliasLine(f"{os.path.basename(path)} is a symbolic link (a mailing "
-                                   "list?): change it with the list's tools")
-        if st.st_mode & _IFMT != _IFREG:
-            raise InvalidAliasLine(f"{os.path.basename(path)} is not a regular file")
-        return read_lines(os.path.dirname(path), alias_name(os.path.basename(path))), \
-            MODE | (st.st_mode & 0o100)
+        except OSError as exc:
+            name = os.path.basename(path)
+            if exc.errno == errno.ELOOP:
+                raise InvalidAliasLine(f"{name} is a symbolic link (a mailing list?): change "
+                                       "it with the list's tools") from None
+            if exc.errno == errno.EINVAL:
+                raise InvalidAliasLine(f"{name} is not a regular file") from None
+            raise DotQmailUnsafe(f"unable to read {path}: {exc.strerror}") from None
+        return _split(data), MODE | (st.st_mode & 0o100)
 
     def add_line(self, address: str, line: str) -> str:
         """Append a delivery line to an alias (creating it); returns the line as stored."""

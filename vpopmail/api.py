@@ -21,7 +21,8 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
                              DomainDoesNotExist, GecosTooLong, IllegalUsername, InvalidDomainName,
                              PasswdTooLong, QuotaTooLong, SubdirCreation, UserDirExists,
                              UserDoesNotExist, UsernameExists, VpopmailError)
-from vpopmail.fsutil import FileLock, OwnerIds, atomic_write, make_dir, remove_tree
+from vpopmail.fsutil import (FileLock, OwnerIds, atomic_write, is_dir_inside, make_dir,
+                             make_dir_inside, remove_inside)
 from vpopmail.names import check_domain, check_user, split_address
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
@@ -136,23 +137,32 @@ class Vpopmail:
         gid = self.config.gid if gid is None else gid
         root = os.path.join(base_dir or self.config.home, str(self.config.paths_domains_dir))
         try:
-            make_dir(root, 0o750, uid, gid)
+            # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
+            make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
+            root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
-        with self._dir_lock(root, uid, gid):
+        with OwnerIds(uid, gid):
+            reachable = os.access(root, os.X_OK, effective_ids=True)
+        if not reachable:  # vdelivermail, vchkpw and the admin commands work there as it
+            raise CouldNotMakeDomainDir(
+                f"{root}: the domain owner {uid}:{gid} cannot enter it: give the domain a group "
+                f"that can (-g {root_ids[1]}) or a directory of its own (-d)")
+        with self._dir_lock(root, *root_ids):
             directory = self._domain_dir_on_disk(domain, root)
             adopted = directory is not None
             if directory is not None:
                 bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
+                make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
             else:
-                bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs), uid,
-                                             gid)[0]
+                bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs),
+                                             *root_ids)[0]
                 directory = os.path.join(root, bucket, domain)
                 try:
-                    if not make_dir(directory, 0o700, uid, gid):
+                    if not make_dir_inside(root, directory, 0o700, uid, gid):
                         raise CouldNotMakeDomainDir(f"{directory} already exists")
                 except OSError as exc:
-                    dircontrol.release(root, bucket, uid, gid)
+                    dircontrol.release(root, bucket, *root_ids)
                     raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
             entry = AssignEntry(domain, domain, uid, gid, directory)
         try:
@@ -230,10 +240,18 @@ class Vpopmail:
             action = user.dir or catchall.target(action, entry.dir)
         self.write_dot_qmail_default(entry, action)
 
+    @staticmethod
+    def _root_owner(root: str) -> tuple[int, int]:
+        """The owner of a domains root, which its .dir-control, lock and buckets keep: never a
+        domain owner's in the shared root, where it could steer where root puts other domains."""
+        st = os.stat(root)
+        return st.st_uid, st.st_gid
+
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
-        remove_tree(entry.dir)
-        with self._dir_lock(root, entry.uid, entry.gid):
-            dircontrol.release(root, bucket, entry.uid, entry.gid)
+        remove_inside(root, entry.dir)
+        owner = self._root_owner(root)
+        with self._dir_lock(root, *owner):
+            dircontrol.release(root, bucket, *owner)
 
     def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
         """Make ``alias`` deliver to the users of ``real_domain``."""
@@ -271,11 +289,12 @@ class Vpopmail:
         aliases = self.aliases_of(entry.domain)
         if aliases and not force:
             raise AliasDomainsExist(", ".join(aliases))
+        root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
+        is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
         for alias in aliases:
             self.qmail.remove_domain(alias)
         self.qmail.remove_domain(entry.domain, missing_ok=True)
         self.backend.delete_domain(entry)
-        root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
         self._remove_domain_dir(entry, root, bucket)
         return aliases
 
@@ -512,10 +531,12 @@ class Vpopmail:
 
     def _record_creation(self, entry: AssignEntry, users: list[VUser]) -> None:
         """vadduser's lastauth (C's vset_lastauth with 0.0.0.0), once the users are stored:
-        never a lastauth row for a user that does not exist."""
+        never a lastauth row for a user that does not exist. The lastauth file goes into the
+        user directory with the domain owner's ids, as vchkpw writes it."""
         if self.config.logging_auth_logging:
-            for user in users:
-                self.backend.record_login(entry, user, NULL_REMOTE_IP)
+            with OwnerIds(entry.uid, entry.gid):
+                for user in users:
+                    self.backend.record_login(entry, user, NULL_REMOTE_IP)
 
     def imported_record(self, user: VUser) -> VUser:
         """A copy of ``user`` (name lower-cased) if every field can be stored as it is."""
@@ -577,16 +598,32 @@ class Vpopmail:
         return user
 
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
+        """Make a new user's directory inside the domain directory, reached through real
+        directories only (see :func:`~vpopmail.fsutil.open_inside`), then its Maildir and
+        maildirsize: all with the domain owner's ids, so that a name its owner swaps for a
+        symbolic link meanwhile reaches nothing the owner could not reach itself."""
+        if not self._new_user_dir(user, entry):
+            self._replace_leftover_dir(user, entry)
         try:
-            if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
-                self._replace_leftover_dir(user, entry)
-            make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
-            if has_quota(user.quota):
-                write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
-                                  entry.uid, entry.gid)
+            with OwnerIds(entry.uid, entry.gid):
+                make_maildir(os.path.join(user.dir, "Maildir"), entry.uid, entry.gid)
+                if has_quota(user.quota):
+                    write_maildirsize(os.path.join(user.dir, "Maildir"), user.quota, (0, 0),
+                                      entry.uid, entry.gid)
         except OSError as exc:
-            remove_tree(user.dir)
+            remove_inside(entry.dir, user.dir)
             raise UserDirExists(f"{user.dir}: {exc.strerror}") from None
+
+    @staticmethod
+    def _new_user_dir(user: VUser, entry: AssignEntry) -> bool:
+        """Make ``user.dir`` (its bucket made if missing) with the domain owner's ids; False if
+        it already is a real directory of the domain."""
+        try:
+            with OwnerIds(entry.uid, entry.gid):
+                return make_dir_inside(entry.dir, user.dir, 0o700, entry.uid, entry.gid)
+        except OSError as exc:
+            raise UserDirExists(f"{user.dir}: {exc.strerror} (for the domain owner "
+                                f"{entry.uid}:{entry.gid}, whose ids make it)") from None
 
     def _replace_leftover_dir(self, user: VUser, entry: AssignEntry) -> None:
         """``user.dir`` exists but vpasswd has no such user: a vadduser killed before its
@@ -597,14 +634,14 @@ class Vpopmail:
         if any(u.name == user.name for u in self.backend.list_users(entry)):
             self.backend.rebuild_index(entry)
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
-        remove_tree(user.dir)
-        if not make_dir(user.dir, 0o700, entry.uid, entry.gid):
+        remove_inside(entry.dir, user.dir)
+        if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
 
     def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
                         allocated: int) -> None:
         for directory, _ in made:
-            remove_tree(directory)
+            remove_inside(entry.dir, directory)
         with self._dir_lock(entry.dir, entry.uid, entry.gid):
             for _, bucket in made:
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
@@ -620,16 +657,19 @@ class Vpopmail:
             raise UserDoesNotExist(f"{name}@{entry.real_domain}")
         if self._is_catchall(entry, user):
             raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
+        # a directory that is not a real one of the domain (``..``, a symbolic link, outside:
+        # a vpasswd line its owner edited) is refused before anything is deleted
+        present = bool(user.dir) and is_dir_inside(entry.dir, user.dir)
         try:
             self.backend.delete_user(entry, name)
         except UserDoesNotExist:
             # gone from vpasswd, still in vpasswd.cdb: a vdeluser killed between the two
             # writes. Make the cdb agree, then finish with the directory.
             self.backend.rebuild_index(entry)
-            if not os.path.isdir(user.dir):
+            if not present:
                 raise
-        if user.dir.startswith(entry.dir + os.sep):
-            remove_tree(user.dir)
+        if user.dir:
+            remove_inside(entry.dir, user.dir)
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)

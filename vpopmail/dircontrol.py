@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from vpopmail.errors import CouldNotUpdateFile, CorruptData
-from vpopmail.fsutil import atomic_write
+from vpopmail.fsutil import atomic_write, make_dir_inside, read_regular
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 PER_BUCKET = 100
@@ -104,8 +104,7 @@ def read(directory: str) -> DirControl:
     """The control state of ``directory`` (defaults if it has none yet)."""
     path = os.path.join(directory, CONTROL)
     try:
-        with open(path, encoding="ascii") as fh:
-            return DirControl.parse(fh.read(), path)
+        return DirControl.parse(read_regular(path)[0].decode("ascii"), path)
     except FileNotFoundError:
         return DirControl()
     except (OSError, UnicodeDecodeError) as exc:
@@ -119,7 +118,8 @@ def write(directory: str, control: DirControl, uid: int | None, gid: int | None)
 def allocate(directory: str, hashed: bool, uid: int | None, gid: int | None,
              count: int = 1) -> list[str]:
     """Reserve slots for ``count`` more entries in ``directory``; return their buckets
-    ('' = flat), reusing freed buckets first. Bucket directories are created (0700, uid/gid);
+    ('' = flat), reusing freed buckets first. Bucket directories are created (0700, uid/gid),
+    each a real directory (a symbolic link planted for one is :class:`OutsideDomain`);
     ``.dir-control`` is written once, however many slots are taken.
     """
     control = read(directory)
@@ -135,15 +135,7 @@ def allocate(directory: str, hashed: bool, uid: int | None, gid: int | None,
         else:
             buckets.append(bucket_for(control.cur_users))
     for bucket in dict.fromkeys(b for b in buckets if b):
-        path = directory
-        for part in bucket.split("/"):
-            path = os.path.join(path, part)
-            try:
-                os.mkdir(path, 0o700)
-                if uid is not None and gid is not None:
-                    os.chown(path, uid, gid)
-            except FileExistsError:
-                pass
+        make_dir_inside(directory, os.path.join(directory, bucket), 0o700, uid, gid)
     if hashed and buckets:
         control.point_at(buckets[-1])
     if len(free) != reused:
@@ -162,11 +154,13 @@ def release(directory: str, bucket: str, uid: int | None, gid: int | None) -> No
 
 
 def _read_free(directory: str) -> list[str]:
+    path = os.path.join(directory, FREE_LIST)
     try:
-        with open(os.path.join(directory, FREE_LIST), encoding="ascii") as fh:
-            entries = [line.strip() for line in fh]
+        entries = [line.strip() for line in read_regular(path)[0].decode("ascii").splitlines()]
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptData(f"{path}: {exc}") from None
     return [e for e in entries
             if e and all(len(p) == 1 and p in ALPHABET for p in e.split("/"))]
 

@@ -61,6 +61,7 @@ _TABLE: dict[str, tuple[int, str, bool]] = {
     "AliasDomainsExist": (-103, "Alias domains exist, use -f to delete them too", False),
     "DeliveryFailed": (-105, "system error", True),
     "OverQuota": (-106, "user is over quota", False),
+    "OutsideDomain": (-107, "not a real directory of the domain", False),
 }
 
 

@@ -14,7 +14,7 @@ from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
-from vpopmail.fsutil import atomic_write
+from vpopmail.fsutil import atomic_write, read_regular
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -119,8 +119,7 @@ def default_file(vpopmail_home: str) -> str:
 
 def read_file(path: str) -> Limits | None:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return Limits.parse(fh.read(), path)
+        return Limits.parse(read_regular(path)[0].decode("utf-8"), path)
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -1,0 +1,325 @@
+"""Root admin commands in a domain whose owner is not trusted (``vadddomain -i UID -g GID``).
+
+The owner (here ``nobody`` with the vchkpw group, run through setpriv) controls every file of
+its domain directory: it edits vpasswd, writes ``.dir_control_free``, plants symbolic links and
+swaps names while root works. Whatever it plants, root's vadduser, vdeluser and vadddomain
+create, chown and remove nothing outside that directory, and refuse with a clear error.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CLEAN_ENV, Install
+
+DOMAIN = "owned.test"
+OWNER_UID = 65534  # nobody
+OWNER_GID = 89  # vchkpw: what lets the owner reach ~vpopmail/domains (0750), as delivery must
+STRACE = shutil.which("strace")
+
+
+def as_owner(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` as the domain owner."""
+    return subprocess.run(["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}",
+                           "--clear-groups", *argv], capture_output=True, text=True,
+                          env=CLEAN_ENV, cwd="/", check=check, timeout=60)
+
+
+def owner_sh(script: str) -> None:
+    as_owner("sh", "-ec", script)
+
+
+@pytest.fixture
+def site(root_vhome: Install) -> Install:
+    """The root install with DOMAIN owned by the untrusted owner, users victim and alice."""
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    root_vhome.ok("vadduser", f"victim@{DOMAIN}", "Victim-1")
+    root_vhome.ok("vadduser", f"alice@{DOMAIN}", "Alice-1")
+    return root_vhome
+
+
+def domain_dir(inst: Install) -> Path:
+    return inst.domains / DOMAIN
+
+
+def outside(inst: Install, name: str) -> Path:
+    """A root-owned directory beside the install, holding a root-owned file."""
+    target = inst.prefix.parent / name
+    target.mkdir(mode=0o755)
+    (target / "precious").write_bytes(b"root data\n")
+    return target
+
+
+def tree(path: Path) -> list[tuple[str, int, int]]:
+    """(relative path, uid, gid) of everything under ``path`` (itself included)."""
+    found = [(".", path.lstat().st_uid, path.lstat().st_gid)]
+    for entry in sorted(path.rglob("*")):
+        st = entry.lstat()
+        found.append((str(entry.relative_to(path)), st.st_uid, st.st_gid))
+    return found
+
+
+def vpasswd(inst: Install) -> str:
+    return (domain_dir(inst) / "vpasswd").read_text()
+
+
+def point_victim_at(inst: Install, directory: str) -> None:
+    """The owner gives victim the directory ``directory`` in vpasswd and removes vpasswd.cdb
+    (rebuilt from vpasswd by the next command)."""
+    old = str(domain_dir(inst) / "victim")
+    assert f":{old}:" in vpasswd(inst)
+    owner_sh(f"cd {domain_dir(inst)}; sed 's|:{old}:|:{directory}:|' vpasswd > vpasswd.new; "
+             "mv vpasswd.new vpasswd; rm -f vpasswd.cdb")
+
+
+@pytest.mark.parametrize("how", ["dotdot", "symlink", "absolute"])
+def test_vdeluser_removes_nothing_the_owner_points_outside(site: Install, how: str) -> None:
+    """A user directory of ``<domain>/../../../x``, ``<domain>/lnk/x`` (lnk a link out) or
+    ``/x`` in vpasswd: vdeluser refuses before anything is deleted; the tree outside stays."""
+    target = outside(site, "target")
+    before = tree(target)
+    directory = {"dotdot": f"{domain_dir(site)}/../../../target",
+                 "symlink": f"{domain_dir(site)}/lnk/target",
+                 "absolute": str(target)}[how]
+    if how == "symlink":
+        owner_sh(f"ln -s {site.prefix.parent} {domain_dir(site)}/lnk")
+    assert os.path.realpath(directory) == str(target)
+    point_victim_at(site, directory)
+    lines = vpasswd(site)
+
+    result = site.run("vdeluser", f"victim@{DOMAIN}")
+    assert tree(target) == before
+    assert result.returncode == 149, result  # VA -107
+    assert "not a real directory of the domain" in result.stdout, result
+    assert "Traceback" not in result.stderr, result
+    assert vpasswd(site) == lines  # nothing lost: the user is still there
+    site.ok("vdeluser", f"alice@{DOMAIN}")  # the domain's own users are deleted as before
+    assert not (domain_dir(site) / "alice").exists()
+
+
+@pytest.mark.parametrize("leftover", [True, False])
+def test_vadduser_does_not_follow_a_planted_bucket_link(site: Install, leftover: bool) -> None:
+    """The owner lists bucket ``0`` as free and links ``<domain>/0`` to a root directory that
+    holds (or not) a ``newguy``: root's vadduser neither removes nor creates anything there."""
+    target = outside(site, "bucket-target")
+    if leftover:
+        (target / "newguy").mkdir()
+        (target / "newguy" / "mail").write_bytes(b"root mail\n")
+    before = tree(target)
+    owner_sh(f"cd {domain_dir(site)}; echo 0 > .dir_control_free; ln -s {target} 0")
+    lines = vpasswd(site)
+
+    result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    assert tree(target) == before
+    assert result.returncode == 149, result
+    assert "0 is a symbolic link or not a directory" in result.stdout, result
+    assert vpasswd(site) == lines
+    owner_sh(f"rm {domain_dir(site)}/0")
+    site.ok("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    home = Path(site.ok("vuserinfo", "-d", f"newguy@{DOMAIN}").strip())
+    assert home == domain_dir(site) / "0" / "newguy"  # the bucket is still free
+    assert (home / "Maildir" / "new").is_dir() and home.stat().st_uid == OWNER_UID
+    assert tree(target) == before
+
+
+def race(site: Install, calls: str, wait_for: Path, swap: Path, target: Path, *argv: str
+         ) -> subprocess.CompletedProcess[str]:
+    """Run root's ``argv`` with each of ``calls`` held back 0.3 s (strace) while the owner
+    waits for ``wait_for`` to appear, then moves ``swap`` aside and links its name to
+    ``target``; returns root's run once the owner has swapped."""
+    swapper = subprocess.Popen(
+        ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
+         sys.executable, "-c", SWAP, str(wait_for), str(swap), str(target)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    try:
+        result = subprocess.run(
+            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}",
+             "-e", f"inject={calls}:delay_exit=300000", str(site.bin / argv[0]), *argv[1:]],
+            capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
+        out, err = swapper.communicate(timeout=30)
+    finally:
+        swapper.kill()
+    assert out.strip() == "swapped", (out, err, result)
+    return result
+
+
+#: the owner's side of a race: wait for a path, move a name away, link the name elsewhere
+SWAP = """
+import os, sys, time
+wait_for, swap, target = sys.argv[1:]
+deadline = time.monotonic() + 20
+while not os.path.isdir(wait_for):
+    if time.monotonic() > deadline:
+        sys.exit("never appeared")
+    time.sleep(0.005)
+os.rename(swap, swap + ".moved")
+os.symlink(target, swap)
+print("swapped")
+"""
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_a_bucket_swapped_for_a_link_while_root_makes_it_is_not_chowned(site: Install) -> None:
+    """The owner replaces the bucket root has just made by a link to a root file while root's
+    mkdir is held back: root must not chown the file."""
+    target = outside(site, "chown-target")
+    precious = target / "precious"
+    owner_sh(f"echo Q > {domain_dir(site)}/.dir_control_free")
+    bucket = domain_dir(site) / "Q"
+    result = race(site, "mkdir,mkdirat", bucket, bucket, precious,
+                  "vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    st = precious.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0), result
+    assert result.returncode == 149, result
+    assert "Traceback" not in result.stderr, result
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_a_user_dir_swapped_for_a_link_gets_no_lastauth_from_root(site: Install) -> None:
+    """Once the new user's Maildir exists the owner replaces the user directory by a link to a
+    root directory, while root's renames (the vpasswd writes) are held back: vadduser's
+    lastauth must not be written there."""
+    target = outside(site, "lastauth-target")
+    before = tree(target)
+    home = domain_dir(site) / "newguy"
+    result = race(site, "rename,renameat,renameat2", home / "Maildir" / "new", home, target,
+                  "vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    assert tree(target) == before, result
+    assert "Traceback" not in result.stderr, result
+
+
+def test_vadddomain_for_another_owner_leaves_the_domains_root_to_vpopmail(
+        root_vhome: Install) -> None:
+    """The domains root's .dir-control and lock are vpopmail's, not the new domain owner's
+    (who could otherwise steer where root puts the next domains)."""
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    owners = {name: (st.st_uid, st.st_gid) for name in (".dir-control", ".dir-control.lock")
+              for st in [(root_vhome.domains / name).lstat()]}
+    assert owners == {".dir-control": (89, 89), ".dir-control.lock": (89, 89)}
+    st = domain_dir(root_vhome).stat()
+    assert (st.st_uid, st.st_gid) == (OWNER_UID, OWNER_GID)
+
+
+@pytest.mark.parametrize("name, code", [(".dir-control", 156), (".dir_control_free", 156),
+                                        (".qmailadmin-limits", 220)])
+def test_a_fifo_planted_for_a_domain_file_does_not_hang_root(site: Install, name: str,
+                                                             code: int) -> None:
+    """root's vadduser reads the domain's .dir-control, free list and limits: a FIFO (or a
+    link) the owner puts there is refused at once as damage instead of waited on."""
+    owner_sh(f"cd {domain_dir(site)}; rm -f {name}; mkfifo {name}")
+    lines = vpasswd(site)
+    result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1", timeout=30)
+    assert result.returncode == code, result  # VA -100 corrupt data, -36 unreadable limits
+    assert f"{domain_dir(site) / name}: " in result.stdout, result
+    assert "not a regular file" in result.stdout, result
+    assert vpasswd(site) == lines
+
+
+def test_vpasswd_linked_to_a_root_file_is_not_copied_by_root(site: Install) -> None:
+    """The owner replaces vpasswd by a link to a root-only file of vpasswd-like lines (as
+    /etc/shadow's are) and removes vpasswd.cdb: root's vadduser must not read that file and
+    write its lines back into the owner's vpasswd."""
+    secret = outside(site, "secret") / "shadow"
+    secret.write_text("root:$6$salt$roothash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    owner_sh(f"cd {domain_dir(site)}; rm -f vpasswd vpasswd.cdb; ln -s {secret} vpasswd")
+    result = site.run("vadduser", f"newguy@{DOMAIN}", "Newguy-1")
+    for name in ("vpasswd", "vpasswd.cdb"):
+        path = domain_dir(site) / name
+        if path.exists() and not path.is_symlink():
+            assert b"roothash" not in path.read_bytes(), (name, result)
+    assert result.returncode == 156, result  # VA -100: damage, not read
+    assert f"{domain_dir(site) / 'vpasswd'}: " in result.stdout, result
+    assert "symbolic links" in result.stdout, result
+
+
+def test_a_fifo_planted_as_lastauth_does_not_hang_root_vuserinfo(site: Install) -> None:
+    """vuserinfo (and vdeloldusers) as root read a user's lastauth: a FIFO there reads as
+    'never logged in' at once."""
+    owner_sh(f"cd {domain_dir(site)}/alice; rm -f lastauth; mkfifo lastauth")
+    result = site.run("vuserinfo", f"alice@{DOMAIN}", timeout=30)
+    assert result.returncode == 0, result
+    assert "last auth: Never logged in" in result.stdout, result
+
+
+#: the owner waits until root holds the domain's valias lock, then links the alias elsewhere
+SWAP_WHEN_LOCKED = """
+import fcntl, os, sys, time
+lock, swap, target = sys.argv[1:]
+fd = os.open(lock, os.O_RDWR)
+deadline = time.monotonic() + 20
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+    except OSError:
+        break
+    if time.monotonic() > deadline:
+        sys.exit("never locked")
+    time.sleep(0.001)
+os.rename(swap, swap + ".moved")
+os.symlink(target, swap)
+print("swapped")
+"""
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace")
+def test_an_alias_swapped_for_a_link_is_not_copied_by_root_valias(site: Install) -> None:
+    """root's valias -i reads the alias file, adds a line and writes it back. Once root holds
+    the lock the owner links the alias to a root-only file, while root's first call on the
+    alias file is held back 1.5 s: that file's lines must not land in the owner's alias."""
+    site.ok("valias", "-i", "&first@example.net", f"sales@{DOMAIN}")
+    secret = outside(site, "alias-secret") / "shadow"
+    secret.write_text("root:$6$salt$roothash:19000:0:99999:7:::\n")
+    secret.chmod(0o600)
+    alias = domain_dir(site) / ".qmail-sales"
+    swapper = subprocess.Popen(
+        ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
+         sys.executable, "-c", SWAP_WHEN_LOCKED, str(domain_dir(site) / ".valias.lock"),
+         str(alias), str(secret)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    try:
+        result = subprocess.run(
+            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-P", str(alias),
+             "-e", "inject=all:delay_exit=1500000:when=1",
+             str(site.bin / "valias"), "-i", "&second@example.net", f"sales@{DOMAIN}"],
+            capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
+        out, err = swapper.communicate(timeout=30)
+    finally:
+        swapper.kill()
+    assert out.strip() == "swapped", (out, err, result)
+    assert alias.is_symlink() or b"roothash" not in alias.read_bytes(), result
+    assert "Traceback" not in result.stderr, result
+
+
+def test_vdeldomain_refuses_a_linked_domain_directory_before_any_change(site: Install) -> None:
+    """A domain directory that is a symbolic link (moved elsewhere by hand) is refused by
+    vdeldomain before users/assign or the control files change; the tree stays."""
+    moved = outside(site, "moved-domain") / DOMAIN
+    domain_dir(site).rename(moved)
+    domain_dir(site).symlink_to(moved)
+    before, assign = tree(moved), (site.qmaildir / "users" / "assign").read_text()
+    result = site.run("vdeldomain", DOMAIN)
+    assert result.returncode == 149, result
+    assert "is a symbolic link or not a directory" in result.stdout, result
+    assert tree(moved) == before
+    assert (site.qmaildir / "users" / "assign").read_text() == assign
+
+
+def test_vadddomain_refuses_an_owner_that_cannot_enter_the_domains_root(
+        root_vhome: Install) -> None:
+    """~vpopmail/domains is 0750 vpopmail:vchkpw. An owner outside that group could neither
+    receive mail (vdelivermail runs as it) nor get users (made with its ids): vadddomain says
+    so and makes nothing."""
+    assign = root_vhome.qmaildir / "users" / "assign"
+    before = assign.read_text() if assign.exists() else None
+    result = root_vhome.run("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_UID), DOMAIN,
+                            "Pm-pass-1")
+    assert result.returncode == 242, result  # VA -14
+    assert f"the domain owner {OWNER_UID}:{OWNER_UID} cannot enter it" in result.stdout, result
+    assert not domain_dir(root_vhome).exists()
+    assert (assign.read_text() if assign.exists() else None) == before
