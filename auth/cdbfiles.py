@@ -8,11 +8,11 @@ Lookups read only the cdb (hot path); a missing cdb is rebuilt from vpasswd, as 
 import bisect
 import os
 
-from auth.backend import UserDatabase, VUser
+from auth.backend import Fault, UserDatabase, VUser
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
+from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists, VpopmailError
 from vpopmail.fsutil import FileLock, atomic_write
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -71,6 +71,8 @@ class CdbFiles(UserDatabase):
     Writers keep the file as raw byte lines: one add is a read, a binary-search insert, a
     write and the cdb rebuild, with no per-line decoding (the cost of an add at 100k users).
     """
+
+    store_name = VPASSWD
 
     def __init__(self, config: Config) -> None:
         self.clear_passwords = bool(config.passwords_clear_passwords)
@@ -213,3 +215,46 @@ class CdbFiles(UserDatabase):
                 return os.fstat(fh.fileno()).st_mtime, ip
         except OSError:
             return None
+
+    def verify(self, domain: AssignEntry) -> str:
+        """vpasswd is readable and well formed, vpasswd.cdb holds the same records (logins
+        and deliveries read only the cdb), both are owned by the domain owner."""
+        name = domain.real_domain
+        path = os.path.join(domain.dir, VPASSWD)
+        index = os.path.join(domain.dir, VPASSWD_CDB)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            raise Fault(f"{path} is missing", f"restore {path} from a backup (vpasswd.cdb "
+                        "still holds the records: cdb -d shows them)") from None
+        records: dict[bytes, bytes] = {}
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line:
+                continue
+            if line.count(b":") < 6 or line.startswith(b":"):
+                raise Fault(f"{path} line {number} is not a user record",
+                            f"correct or remove line {number} of {path}, then vmkpasswd {name}")
+            key, _, rest = line.partition(b":")
+            records[key] = rest
+        try:
+            with cdb.CdbReader(index) as reader:
+                indexed = reader.items()
+        except FileNotFoundError:
+            raise Fault(f"{index} is missing", f"vmkpasswd {name}") from None
+        except VpopmailError as exc:
+            raise Fault(f"{index} is corrupt: {exc}", f"vmkpasswd {name}") from None
+        in_cdb = dict(indexed)
+        if in_cdb != records or len(indexed) != len(in_cdb):
+            differ = sorted(_decode(n) for n in set(records) | set(in_cdb)
+                            if records.get(n) != in_cdb.get(n))
+            shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+            raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
+                        f"{shown}): logins and deliveries read the cdb", f"vmkpasswd {name}")
+        for file in (path, index):
+            st = os.stat(file)
+            if (st.st_uid, st.st_gid) != (domain.uid, domain.gid):
+                raise Fault(f"{file} belongs to {st.st_uid}:{st.st_gid}, not "
+                            f"{domain.uid}:{domain.gid}: vdelivermail and vchkpw run as the "
+                            f"domain owner", f"chown {domain.uid}:{domain.gid} {file}")
+        return f"{len(records)} users, vpasswd.cdb matches"

@@ -135,11 +135,13 @@ NO_BACKEND = "the user backend plays no part in this"
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``both_backends`` (a module's ``pytestmark``) run once per user backend,
-    unless also marked ``cdb_only(reason)``: ids end in ``cdb`` / ``mysql``."""
+    unless also marked ``cdb_only(reason)``, or ``sql_only`` (a check of the SQL store
+    itself): ids end in ``cdb`` / ``mysql``."""
     marked = metafunc.definition.get_closest_marker("both_backends")
     if (marked and "backend" in metafunc.fixturenames
             and not metafunc.definition.get_closest_marker("cdb_only")):
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        sql_only = metafunc.definition.get_closest_marker("sql_only")
+        metafunc.parametrize("backend", BACKENDS[1:] if sql_only else BACKENDS, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLEAN_ENV, Install
+from mariadb_site import Database
 from test_commands import state, vpasswd_users
 
 DOMAIN = "example.com"
@@ -27,6 +28,8 @@ BULLETIN = b"From: Postmaster <postmaster@example.com>\nSubject: Maintenance ton
            b"Date: Sat, 28 Nov 2026 03:30:00 +0000\n\nThe mail server restarts at 22:00.\n"
 #: vdelivermail's new/ names: <sec>.M<usec>P<pid>V<dev>I<ino>.<host>,S=<size>,W=<rfc822 size>
 NAME = re.compile(r"\d+\.M\d+P\d+V[0-9A-F]+I[0-9A-F]+\.[^,/]+,S=(\d+),W=(\d+)")
+
+pytestmark = pytest.mark.both_backends
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -353,8 +356,11 @@ def test_vpopbull_progress_bar_only_on_a_terminal(vhome: Install, tmp_path: Path
 
 # vcheck ----------------------------------------------------------------------------------------
 
-STEPS = ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
-         ".qmail-default", "vpasswd", "user", "Maildir", "maildirsize", "flags"]
+def steps(inst: Install) -> list[str]:
+    """vcheck's steps; the 7th is named by the user backend."""
+    store = "vpasswd" if inst.backend == "cdb" else "users table"
+    return ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
+            ".qmail-default", store, "user", "Maildir", "maildirsize", "flags"]
 
 
 def vcheck(inst: Install, address: str = f"alice@{DOMAIN}", **kw: object
@@ -366,7 +372,7 @@ def healthy(inst: Install, address: str = f"alice@{DOMAIN}") -> None:
     result = vcheck(inst, address)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert [line[3:19].strip() for line in lines[:-1]] == STEPS
+    assert [line[3:19].strip() for line in lines[:-1]] == steps(inst)
     assert all(line[20:22] == "OK" for line in lines[:-1])
     assert lines[-1] == "all checks passed"
 
@@ -376,7 +382,7 @@ def failed(inst: Install, step: str, text: str, fix: str,
     """vcheck stops at ``step``: exit status = its number, the fault and the fix shown;
     returns the fix text."""
     result = vcheck(inst, address)
-    number = STEPS.index(step) + 1
+    number = steps(inst).index(step) + 1
     lines = result.stdout.splitlines()
     assert result.returncode == number, result.stdout
     assert len(lines) == number + 1, result.stdout
@@ -509,6 +515,7 @@ def test_vcheck_dot_qmail_default(vhome: Install) -> None:
     healthy(vhome)
 
 
+@pytest.mark.cdb_only("the vpasswd files themselves (SQL: test_vcheck_users_table)")
 def test_vcheck_vpasswd_and_its_cdb(each_install: Install) -> None:
     inst = each_install
     dom = site(inst)
@@ -528,6 +535,21 @@ def test_vcheck_vpasswd_and_its_cdb(each_install: Install) -> None:
     with open(dom / "vpasswd", "a") as fh:
         fh.write("broken line\n")
     failed(inst, "vpasswd", "line 5 is not a user record", f"then vmkpasswd {DOMAIN}")
+
+
+@pytest.mark.sql_only
+def test_vcheck_users_table(vhome: Install, sql_db: Database) -> None:
+    site(vhome)
+    healthy(vhome)
+    sql_db.server.sql("RENAME TABLE vpopmail TO saved", sql_db.name)
+    failed(vhome, "users table", f"table vpopmail does not exist in vpop_rw@{sql_db.server.socket}",
+           "restore table vpopmail from a backup")
+    sql_db.server.sql("RENAME TABLE saved TO vpopmail", sql_db.name)
+    healthy(vhome)
+    for side in ("read", "update"):
+        vhome.set_config("mysql", f"{side}_socket", str(vhome.prefix / "nosuch.sock"))
+    failed(vhome, "users table", "the database does not answer: update server",
+           "start the server, or correct the [mysql] section")
 
 
 def test_vcheck_user(vhome: Install) -> None:
