@@ -59,6 +59,11 @@ class UserDatabase(ABC):
         """Every user of ``domain``, sorted by name."""
 
     @abstractmethod
+    def has_users(self, domain: AssignEntry) -> bool:
+        """Whether any user of ``domain`` is stored, without reading them (False for an assign
+        line that is no vpopmail domain, such as qmail-pw2u's system users)."""
+
+    @abstractmethod
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
         """Add users in one transaction; raise UsernameExists (and add none) on a clash.
         ``index=False`` defers the lookup index (vadduser -O; vmkpasswd rebuilds it)."""

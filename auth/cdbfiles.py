@@ -127,6 +127,12 @@ class CdbFiles(UserDatabase):
     def list_users(self, domain: AssignEntry) -> list[VUser]:
         return [parse_line(_decode(line)) for line in self._read_lines(domain)]
 
+    def has_users(self, domain: AssignEntry) -> bool:
+        try:
+            return os.path.getsize(os.path.join(domain.dir, VPASSWD)) > 0
+        except OSError:
+            return False
+
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
         new = sorted((_encode(format_line(u, self.clear_passwords)) for u in users), key=_name)
         with self._lock(domain):

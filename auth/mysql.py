@@ -434,6 +434,11 @@ class MySQLDatabase(UserDatabase):
                          f"WHERE {where}", params, optional=True)
         return sorted((self._user(row) for row in rows), key=lambda u: u.name)
 
+    def has_users(self, domain: AssignEntry) -> bool:
+        where, params = self._where(domain)
+        return bool(self.read(f"SELECT 1 FROM `{self.users_table(domain)}` WHERE {where} "
+                              "LIMIT 1", params, optional=True))
+
     def _locked(self, conn: Connection, domain: AssignEntry, names: "Sequence[str]"
                 ) -> dict[str, VUser]:
         """The stored records of ``names``, locked for this transaction."""

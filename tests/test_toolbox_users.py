@@ -18,22 +18,40 @@ from pathlib import Path
 import pytest
 
 from auth.passwords import verify_password
-from conftest import Install
+from conftest import NO_BACKEND, Install
 from delivery.dotqmail import candidates
-from test_commands import (cdb_dump, refused, run_as_vpopmail, state, vpasswd_cdb_expected,
-                           vpasswd_lines, vpasswd_users)
+from test_commands import (cdb_dump, check_index, refused, run_as_vpopmail, state,
+                           stored_users, vpasswd_cdb_expected, vpasswd_users)
 from test_toolbox_tools import ALIAS, DOMAIN, site
 from vpopmail import aliases
 from vpopmail.cli import vconvert
 
+pytestmark = pytest.mark.both_backends
+
 OTHER = "other.test"
 DAY = 86400
+#: vconvert -c reads and writes the vpasswd files whatever the backend
+VCONVERT_FILES = "vconvert -c: the vpasswd files themselves (SQL: test_sql_vconvert.py)"
+#: valias keeps .qmail-<alias> files with the cdb backend, valias rows with SQL
+VALIAS_FILES = "the .qmail-<alias> files (the valias table: test_sql_aliases.py)"
 
 
-def age(dom: Path, user: str, days: float) -> None:
-    """Make the user's last login ``days`` ago."""
+def age(inst: Install, user: str, days: float) -> None:
+    """Make the user's last login ``days`` ago (lastauth's mtime, or its row)."""
     when = time.time() - days * DAY
-    os.utime(dom / user / "lastauth", (when, when))
+    if inst.database is None:
+        os.utime(inst.domains / DOMAIN / user / "lastauth", (when, when))
+    else:
+        inst.database.rows(f"UPDATE lastauth SET timestamp = {int(when)} "
+                           f"WHERE user = '{user}' AND domain = '{DOMAIN}'")
+
+
+def forget_login(inst: Install, user: str) -> None:
+    """The user never logged in: no lastauth file, or no row."""
+    if inst.database is None:
+        (inst.domains / DOMAIN / user / "lastauth").unlink()
+    else:
+        inst.database.rows(f"DELETE FROM lastauth WHERE user = '{user}' AND domain = '{DOMAIN}'")
 
 
 def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
@@ -45,6 +63,7 @@ def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
 
 # vdeloldusers ----------------------------------------------------------------------------------
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vdeloldusers_usage_and_bad_options(vhome: Install) -> None:
     result = vhome.run("vdeloldusers")
     assert failed(result, 255)[0] == "vdeloldusers: usage: [options]"
@@ -62,10 +81,10 @@ def test_vdeloldusers_usage_and_bad_options(vhome: Install) -> None:
 
 
 def test_vdeloldusers_lists_and_changes_nothing(each_install: Install) -> None:
-    dom = site(each_install)
-    age(dom, "alice", 200)
-    age(dom, "bob", 10)
-    age(dom, "postmaster", 400)
+    site(each_install)
+    age(each_install, "alice", 200)
+    age(each_install, "bob", 10)
+    age(each_install, "postmaster", 400)
     before = state(each_install)
     # -e: example.com once, although alias.test points at it too (C went through it twice)
     assert each_install.ok("vdeloldusers", "-e", "-V") == (
@@ -81,14 +100,14 @@ def test_vdeloldusers_lists_and_changes_nothing(each_install: Install) -> None:
 
 def test_vdeloldusers_deletes_old_users(each_install: Install) -> None:
     dom = site(each_install)
-    age(dom, "alice", 200)
-    age(dom, "bob", 179)
-    age(dom, "postmaster", 400)
+    age(each_install, "alice", 200)
+    age(each_install, "bob", 179)
+    age(each_install, "postmaster", 400)
     # through the alias domain, as the vpopmail user (a cron job)
     result = run_as_vpopmail(each_install, "vdeloldusers", "-D", "-d", ALIAS)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    assert [line.split(":")[0] for line in vpasswd_lines(each_install)] == ["bob", "postmaster"]
-    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(each_install)
+    assert sorted(stored_users(each_install)) == ["bob", "postmaster"]
+    check_index(each_install)
     assert not (dom / "alice").exists()
     assert (dom / ".dir-control").read_text().split("\n")[0] == "2"
     assert each_install.ok("vdeloldusers", "-e", "-D", "-V") == (
@@ -100,17 +119,18 @@ def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) 
     vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")
     api = vhome.api()
     api.write_dot_qmail_default(api.get_domain(DOMAIN), f"alice@{DOMAIN}")
-    age(dom, "alice", 365)
-    age(dom, "carol", 365)
-    (dom / "bob" / "lastauth").unlink()  # never logged in, no record: left alone, as C
+    age(vhome, "alice", 365)
+    age(vhome, "carol", 365)
+    forget_login(vhome, "bob")  # never logged in, no record: left alone, as C
     result = vhome.run("vdeloldusers", "-e", "-D", "-V", "-a", "0")
     assert failed(result, 201) == [
         "alice@example.com", "Error: can't delete catchall account: alice@example.com",
         "carol@example.com", "skipping postmaster@example.com"]
-    assert sorted(vpasswd_users(vhome)) == ["alice", "bob", "postmaster"]
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
     assert (dom / "alice" / "Maildir").is_dir() and not (dom / "carol").exists()
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vdeloldusers_needs_auth_logging(vhome: Install) -> None:
     site(vhome, alias=False)
     vhome.set_config("logging", "auth_logging", False)
@@ -139,6 +159,7 @@ def odd_users(inst: Install) -> None:
     api.update_user(entry, user.copy(uid=0, flags=0x2000))
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
     inst = each_install
     odd_users(inst)
@@ -168,6 +189,7 @@ def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
     assert (dom / ".dir-control").read_text().split("\n")[0] == "7"
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     message = dom / "alice" / "Maildir" / "new" / "1.M1P1.host,S=3"
@@ -184,6 +206,7 @@ def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
     assert message.read_text() == "hi\n"
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_into_another_domain_and_stdout(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     vhome.ok("vadddomain", OTHER, "other")
@@ -205,6 +228,7 @@ def test_vconvert_into_another_domain_and_stdout(vhome: Install) -> None:
         assert (vhome.domains / OTHER / name / "Maildir" / "cur").is_dir()
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_every_domain_through_a_directory(vhome: Install) -> None:
     site(vhome)
     vhome.ok("vadddomain", OTHER, "other")
@@ -243,6 +267,7 @@ BAD_LINES = [
 ]
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 @pytest.mark.parametrize("text,starts", BAD_LINES, ids=[f"bad{i}" for i in range(len(BAD_LINES))])
 def test_vconvert_import_refuses_bad_lines(vhome: Install, text: str, starts: str) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
@@ -257,6 +282,7 @@ def test_vconvert_import_refuses_bad_lines(vhome: Install, text: str, starts: st
     assert state(vhome) == before
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_foreign_directory_gets_a_new_one(vhome: Install, tmp_path: Path) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     foreign = tmp_path / "elsewhere" / "carol"
@@ -270,6 +296,7 @@ def test_vconvert_foreign_directory_gets_a_new_one(vhome: Install, tmp_path: Pat
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_usage_and_sqwebmail(vhome: Install) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     for args in ([], ["-c"], ["-c", "-c", DOMAIN], ["-e", "-e", DOMAIN], ["-c", "-e", "-x"],
@@ -284,6 +311,7 @@ def test_vconvert_usage_and_sqwebmail(vhome: Install) -> None:
             starts="Error: Domain does not exist")
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_user_password_pairs(vhome: Install, tmp_path: Path) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     pairs = tmp_path / "pairs"
@@ -296,6 +324,7 @@ def test_vconvert_user_password_pairs(vhome: Install, tmp_path: Path) -> None:
     assert users["grace"][1:5] == ["$6$s$h", "1", "0", "grace"]
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_system_accounts(vhome: Install, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """C's -e: the system's accounts, hashes from the shadow file; in-process, with the two
@@ -336,6 +365,7 @@ def alias_file(inst: Install, name: str) -> Path:
     return inst.domains / DOMAIN / name
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 def test_valias_insert_show_remove_delete(each_install: Install) -> None:
     inst = each_install
     dom = site(inst)
@@ -400,6 +430,7 @@ REFUSED_ALIASES = [
 ]
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 @pytest.mark.parametrize("args,code,starts", REFUSED_ALIASES,
                          ids=[f"refused{i}" for i in range(len(REFUSED_ALIASES))])
 def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str) -> None:
@@ -408,6 +439,7 @@ def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str)
     refused(vhome, "valias", *args, code=code, starts=starts)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_valias_usage_and_names_only(vhome: Install) -> None:
     site(vhome, alias=False)
     for args in ([], ["-i"], ["-x", DOMAIN], [f"a@{DOMAIN}", f"b@{DOMAIN}"]):
@@ -418,6 +450,7 @@ def test_valias_usage_and_names_only(vhome: Install) -> None:
         255, "", "Please enter domain name only.\n")
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 def test_valias_lists_as_c_and_leaves_mailing_lists(vhome: Install, tmp_path: Path) -> None:
     dom = site(vhome, alias=False)
     ezmlm = tmp_path / "list"
