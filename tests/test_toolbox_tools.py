@@ -1,7 +1,8 @@
 """vpopbull (a bulletin into every Maildir) and vcheck (the troubleshooting walk for one
 address), through the installed bin/ commands on real files.
 
-vpopbull: copies, hard links and symbolic links land in new/ under vdelivermail's kind of
+On both user backends (both_backends, tests/conftest.py); vcheck's step 7 is the backend's
+own check (the vpasswd files, or the SQL users table). vpopbull: copies, hard links and symbolic links land in new/ under vdelivermail's kind of
 unique name, owned by the domain owner with mode 0600; the exclude list, quotas and
 maildirsize are honoured; bad input changes nothing. vcheck: each thing it checks is broken in
 turn; the failing step, its fix text and the exit status (the step's number) are checked, and

@@ -1,12 +1,13 @@
 """vdeloldusers (users by last login), vconvert (the user database to and from the etc format)
 and valias (``.qmail-<alias>`` files), through the installed bin/ commands on real files.
 
-vdeloldusers: lastauth mtimes are set back with os.utime; listing changes nothing, -D deletes
-through the API, postmaster and the catch-all stay, -e visits each domain once. vconvert: an
-export and re-import gives back the same vpasswd byte for byte for users with every odd but
-valid value; bad lines change nothing. valias: files land 0600, owned by the domain, named as
-qmail-local looks them up; bad names and lines change nothing. The qmail-local lookup order
-that vdelivermail will follow is checked against delivery/dotqmail.py.
+vdeloldusers (on both user backends): last logins are set back (lastauth's mtime, or its SQL
+row); listing changes nothing, -D deletes through the API, postmaster and the catch-all stay,
+-e visits each domain once. vconvert: an export and re-import gives back the same vpasswd byte
+for byte for users with every odd but valid value; bad lines change nothing. valias: files land
+0600, owned by the domain, named as qmail-local looks them up; bad names and lines change
+nothing. (vconvert -c and the valias files are the cdb backend's; their SQL counterparts are
+tests/test_sql_vconvert.py and tests/test_sql_aliases.py.)
 """
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ import pytest
 
 from auth.passwords import verify_password
 from conftest import NO_BACKEND, Install
-from delivery.dotqmail import candidates
 from test_commands import (cdb_dump, check_index, refused, run_as_vpopmail, state,
                            stored_users, vpasswd_cdb_expected, vpasswd_users)
 from test_toolbox_tools import ALIAS, DOMAIN, site
-from vpopmail import aliases
 from vpopmail.cli import vconvert
 
 pytestmark = pytest.mark.both_backends
@@ -156,7 +155,7 @@ def odd_users(inst: Install) -> None:
     # a uid other than vpopmail's 1 is kept as well
     api = inst.api()
     user, entry = api.get_user(f"bob@{DOMAIN}")
-    api.update_user(entry, user.copy(uid=0, flags=0x2000))
+    api.backend.update_users(entry, [user.copy(uid=0, flags=0x2000)])
 
 
 @pytest.mark.cdb_only(VCONVERT_FILES)
@@ -477,28 +476,3 @@ def test_valias_lists_as_c_and_leaves_mailing_lists(vhome: Install, tmp_path: Pa
     vhome.ok("valias", "-i", "&carol@example.org", f"sales@{DOMAIN}")
     assert stat.S_IMODE(os.stat(dom / ".qmail-sales").st_mode) == 0o700
     assert (dom / ".qmail-sales").read_text() == "&bob@example.com\n&carol@example.org\n"
-
-
-# the lookup order vdelivermail will follow -----------------------------------------------------
-
-def test_dot_qmail_lookup_order_is_qmail_locals(tmp_path: Path) -> None:
-    assert aliases.dot_qmail_candidates("A.b-c-d", include_default=True) == [
-        ".qmail-a:b-c-d", ".qmail-a:b-c-default", ".qmail-a:b-default", ".qmail-default"]
-    assert aliases.dot_qmail_candidates("x-") == [".qmail-x-", ".qmail-x-default"]
-    for ext in ("a", "a-b-c", "a-", "x:y-z"):
-        assert aliases.dot_qmail_candidates(ext, True) == candidates(ext)[:-1]
-    for name in (".qmail-a-b-default", ".qmail-a-default", ".qmail-default", ".qmail-exact"):
-        (tmp_path / name).write_text("&x@y.org\n")
-        os.chmod(tmp_path / name, 0o600)
-    find = aliases.find_dot_qmail
-    assert find(str(tmp_path), "a-b-C") == (str(tmp_path / ".qmail-a-b-default"), "C")
-    assert find(str(tmp_path), "a-x-y") == (str(tmp_path / ".qmail-a-default"), "x-y")
-    assert find(str(tmp_path), "EXACT") == (str(tmp_path / ".qmail-exact"), "")
-    assert find(str(tmp_path), "zz") is None
-    assert find(str(tmp_path), "zz", include_default=True) == (
-        str(tmp_path / ".qmail-default"), "zz")
-    (tmp_path / ".qmail-b-default").mkdir()  # not a regular file: passed over
-    assert find(str(tmp_path), "b-q", include_default=True)[0].endswith(".qmail-default")
-    os.chmod(tmp_path / ".qmail-exact", 0o622)
-    with pytest.raises(aliases.DotQmailUnsafe):
-        find(str(tmp_path), "exact")
