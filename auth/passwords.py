@@ -124,20 +124,32 @@ def _crypt_family(stored: str) -> bool:
     return len(stored) == 13 and all(c in CRYPT64 for c in stored)
 
 
-def verify_password(plain: str, stored: str) -> bool:
+def verify_password(plain: str, stored: str, scheme: str | None = None) -> bool:
     """Check ``plain`` against a stored hash of any form vpopmail and its forks write.
 
-    Empty, ``*`` and ``!`` hashes (locked accounts) never match. Comparisons are constant-time.
-    """
+    Empty, ``*`` and ``!`` hashes (locked accounts) and hashes of no form a scheme checks
+    never match; with ``scheme`` (vchkpw's configured one) they first cost what a wrong
+    password costs (:func:`dummy_check`), so that timing does not tell a locked account from
+    a live one. Comparisons are constant-time."""
+    matched = _check(plain, stored)
+    if matched is None:
+        if scheme is not None:
+            dummy_check(plain, scheme)
+        return False
+    return matched
+
+
+def _check(plain: str, stored: str) -> bool | None:
+    """Whether ``plain`` matches ``stored``; None where no check could run."""
     if stored.upper().startswith("{CRYPT}"):
         stored = stored[7:]
     if not stored or stored[0] in "*!":
-        return False
+        return None
     if _crypt_family(stored):
         try:
             return _same(crypt(plain, stored).encode(), stored.encode())
         except CryptFailed:
-            return False
+            return None
     return _verify_with_passlib(plain, stored)
 
 
@@ -182,8 +194,9 @@ def needs_rehash(stored: str, scheme: str) -> bool:
     return not (len(stored) == 13 and _crypt_family(stored))
 
 
-def _verify_with_passlib(plain: str, stored: str) -> bool:
-    """LDAP-style ``{SCHEME}`` hashes and argon2, through libpass (slow import: rare path)."""
+def _verify_with_passlib(plain: str, stored: str) -> bool | None:
+    """LDAP-style ``{SCHEME}`` hashes and argon2, through libpass (slow import: rare path);
+    None for a form it does not know or cannot check."""
     from passlib.context import CryptContext
 
     if stored.upper().startswith("{PLAIN}") or stored.upper().startswith("{CLEARTEXT}"):
@@ -193,10 +206,8 @@ def _verify_with_passlib(plain: str, stored: str) -> bool:
                                     "ldap_sha1", "ldap_salted_md5", "ldap_md5", "argon2"])
     try:
         return bool(context.verify(plain.encode("utf-8", "surrogateescape"), stored))
-    except (ValueError, TypeError):
-        return False
-    except Exception:  # MissingBackendError: argon2 without argon2-cffi
-        return False
+    except Exception:  # ValueError, TypeError: no such form; MissingBackendError: argon2
+        return None    # without argon2-cffi
 
 
 def random_password(length: int = 8) -> str:

@@ -251,7 +251,7 @@ class Vchkpw:
                 raise Finish(REJECTED, "user has no password", password_class=True)
             self.store_password(entry, user, learn=True)
             return "PLAIN"
-        if not verify_password(self.secret, user.passwd):
+        if not verify_password(self.secret, user.passwd, str(self.config.passwords_scheme)):
             shown = f" (pass: '{self.secret}')" if self.levels[2] else ""
             raise Finish(REJECTED, f"password fail{shown}", password_class=True)
         learn = bool(self.config.passwords_learn_passwords and

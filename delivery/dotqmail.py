@@ -1,10 +1,14 @@
 """Delivery instructions: the lines of a user's ``.qmail`` and vdelivermail's default action.
 
-Each line is classified as qmail-local does (dot-qmail(5)), with the fixes C vpopmail lacked:
-trailing blanks are stripped, blank lines are skipped, and ``+list`` is honoured.
+Files are read and each line classified as qmail-local reads them (dot-qmail(5)), with the fixes
+C vpopmail lacked: trailing blanks are stripped, blank lines after the first are skipped, a blank
+first line defers, a file of zero bytes means the default delivery, and ``+list`` is honoured.
+One deviation: a CR before the LF is stripped too (qmail-local would keep it in the path or
+address; a CRLF-edited file then reads as its author meant, and a lone CR is a blank line).
 """
 import errno
 import os
+import stat
 
 COMMENT = "comment"
 LIST = "list"
@@ -18,10 +22,16 @@ class DotQmailWritable(Exception):
     """A world-writable ``.qmail`` (refused as qmail-local refuses it: anyone could redirect mail)."""
 
 
-def parse_line(line: str) -> tuple[str, str] | None:
-    """(kind, text) for one instruction line, or None for a line that does nothing.
+class BlankFirstLine(Exception):
+    """The first line of a ``.qmail`` is blank: qmail-local defers (the file is half written or
+    damaged), where C vpopmail delivered nowhere and lost the message."""
 
-    ``text`` is the program (after ``|``), the path, or the address (without ``&``).
+
+def parse_line(line: str) -> tuple[str, str] | None:
+    """(kind, text) for one instruction line, or None for a blank line.
+
+    ``text`` is the program (after ``|``), the path, or the address (without ``&``). A line
+    that delivers nothing (``#``, or ``+`` other than ``+list``) is a COMMENT.
     """
     line = line.rstrip(" \t\r\n")
     if not line:
@@ -30,7 +40,7 @@ def parse_line(line: str) -> tuple[str, str] | None:
     if first == "#":
         return COMMENT, line
     if first == "+":
-        return (LIST, "") if line == "+list" else None
+        return (LIST, "") if line == "+list" else (COMMENT, line)
     if first == "|":
         return PROGRAM, line[1:].lstrip(" \t")
     if first in "./":
@@ -39,19 +49,26 @@ def parse_line(line: str) -> tuple[str, str] | None:
 
 
 def read_file(path: str) -> list[tuple[str, str]] | None:
-    """The instructions in the ``.qmail`` at ``path``, or None if it is absent or empty (then
-    mail goes to the Maildir, as with qmail). A comment-only file gives ``[("comment", …)]``.
+    """The instructions in the ``.qmail`` at ``path``, as qmail-local reads them.
 
-    Raises :class:`DotQmailWritable` for a world-writable file, and
-    ``OSError`` if it exists but cannot be read or holds a NUL byte (qmail-local would cut
-    the line there and run, forward to or write what is left: never guess).
+    None if there is no such regular file (the search goes on; a directory or device of that
+    name counts as absent, as for qmail-local). ``[]`` for a file of zero bytes: the default
+    delivery applies (qmail-local's aliasempty). A file of comments gives COMMENT items only:
+    the message is delivered nowhere, as qmail-local does.
+
+    Raises :class:`BlankFirstLine` if the first line is blank after trailing blanks are
+    stripped (later blank lines are skipped), :class:`DotQmailWritable` for a world-writable
+    file, and ``OSError`` if it cannot be read or holds a NUL byte (qmail-local would cut the
+    line there and run, forward to or write what is left: never guess).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         if st.st_mode & 0o002:
             raise DotQmailWritable(path)
         data = b""
@@ -60,12 +77,17 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
     finally:
         os.close(fd)
     if not data:
-        return None
+        return []
     if b"\0" in data:
         line = data.count(b"\n", 0, data.index(b"\0")) + 1
         raise OSError(errno.EINVAL, f"NUL byte in line {line}", path)
-    text = data.decode("utf-8", "surrogateescape")
-    return [item for item in map(parse_line, text.split("\n")) if item is not None]
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if lines[-1] == "":
+        del lines[-1]  # the text after the final newline
+    parsed = [parse_line(line) for line in lines]
+    if parsed[0] is None:
+        raise BlankFirstLine(path)
+    return [item for item in parsed if item is not None]
 
 
 def candidates(ext: str) -> list[str]:

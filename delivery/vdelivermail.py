@@ -32,6 +32,7 @@ from vpopmail.fsutil import write_all
 from vpopmail.names import is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
+BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
 VALIASES_DONE = "vdelivermail: valiases processed"
 DATABASE_DOWN = "vdelivermail: deferred, database down"
 LOOPING = "mail is looping"
@@ -65,12 +66,16 @@ def say(text: str) -> None:
 
 def maildir_to_email(path: str, cwd: str = "") -> str:
     """``user@domain`` from a Maildir path as vpopmail derives it, or ``""``: the component
-    before the last ``/Maildir``, and the nearest component to its left with a dot."""
-    if path.startswith("./"):
-        path = (cwd or os.getcwd()).rstrip("/") + path[1:]
+    before the last ``/Maildir``, and the nearest component to its left with a dot.
+
+    A relative path is taken from ``cwd`` (default: the working directory), and ``.`` and
+    ``..`` components are resolved first, so every spelling of a Maildir names its owner (C
+    gives ``bob@..`` for ``./../bob/Maildir/`` and ``""`` for ``../bob/Maildir/``).
+    """
+    if not path.startswith("/"):
+        path = os.path.join(cwd or os.getcwd(), path)
+    path = os.path.normpath(path) + "/"
     at = path.rfind("/Maildir/")
-    if at < 0 and path.endswith("/Maildir"):
-        at = len(path) - len("/Maildir")
     if at < 0:
         return ""
     components = path[:at].split("/")
@@ -106,13 +111,15 @@ class Vdelivermail:
         self.entry: AssignEntry | None = None
         self.extension = ""
         self.forward_only = False
+        #: forward targets, injected once after every other instruction succeeded
+        self.forwards: list[str] = []
         self.message = Message(stdin, 0)
         self.backend: UserDatabase | None = None
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, argv: list[str]) -> int:
         if len(argv) != 2:
-            raise defer("vdelivermail: invalid syntax in .qmail-default file")
+            raise defer(BAD_SYNTAX)
         action = argv[1]
         self.user = self._env("EXT").lower()
         host = self._env("HOST").lower()
@@ -129,6 +136,18 @@ class Vdelivermail:
         spool = self.entry.dir if self.entry else self.config.domains_root
         self.message = Message.from_fd(self.stdin, spool)
         self.check_loop(f"{self.user}@{self.domain}")
+        try:
+            code = self._deliver(action)
+        except Outcome as outcome:
+            if outcome.code in (0, 99):
+                self.inject_forwards()
+            raise
+        self.inject_forwards()
+        return code
+
+    def _deliver(self, action: str) -> int:
+        """Follow the recipient's valias rows, its user's instructions or the default action;
+        forwards are only collected."""
         if self.entry and self.config.users_backend == "mysql" and self.process_valias():
             raise Outcome(0, VALIASES_DONE + "\n")
         user = self._find_user() if self.entry else None
@@ -139,7 +158,7 @@ class Vdelivermail:
     def _env(self, name: str) -> str:
         value = self.environ.get(name.encode())
         if value is None:
-            raise bounce(f"vdelivermail: no {name} environment varilable")
+            raise defer(f"vdelivermail: no {name} environment varilable")
         return value.decode("utf-8", "surrogateescape")
 
     def _drop_privileges(self) -> None:
@@ -191,7 +210,8 @@ class Vdelivermail:
         ``-``. All candidates are fetched in one query. Each row is one delivery instruction,
         run from the domain directory; the first that fails ends the run with its outcome
         (111 defers the whole message, and qmail delivers it again to every row later, as
-        qmail-local does for a .qmail file). False if there is no row."""
+        qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
+        blank defer. False if there is no row."""
         from vpopmail.aliases import select_lines, wildcards
 
         assert self.entry is not None
@@ -207,20 +227,22 @@ class Vdelivermail:
             if isinstance(exc, NoAuthConnection):
                 raise defer(DATABASE_DOWN) from None
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
-        lines = next(((found[name], rest) for name, rest in candidates if name in found), None)
-        if lines is None:
+        match = next(((name, rest) for name, rest in candidates if name in found), None)
+        if match is None:
             return False
-        rows, rest = lines
+        alias, rest = match
+        instructions = [item for item in map(dotqmail.parse_line, found[alias]) if item]
+        if not instructions:  # valias never stores one: damage, or a foreign tool's write
+            raise defer(f"vdelivermail: deferred, the valias rows of {alias}@{self.domain} "
+                        "are all blank")
         if rest is not None:
             os.environb[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
         try:
             os.chdir(self.entry.dir)
         except OSError as exc:
             raise defer(f"vdelivermail: cannot chdir to {self.entry.dir}: {exc.strerror}") from None
-        for row in rows:
-            parsed = dotqmail.parse_line(row)
-            if parsed is not None:
-                self.deliver_instruction(*parsed)
+        for instruction in instructions:
+            self.deliver_instruction(*instruction)
         return True
 
     # -- an existing user ---------------------------------------------------------------------
@@ -248,18 +270,23 @@ class Vdelivermail:
             raise defer(f"Auto creation of maildir failed. (#5.9.8): {exc}") from None
 
     def run_dotqmail(self, home: str) -> bool:
-        """Follow the first ``.qmail`` file found in ``home``; False if there is none."""
+        """Follow the first ``.qmail`` file found in ``home``; False if there is none or it is
+        empty (zero bytes): then the default delivery applies, as with qmail-local."""
         for name in dotqmail.candidates(self.extension if self.config.users_qmail_ext else ""):
             path = os.path.join(home, name)
             try:
                 instructions = dotqmail.read_file(path)
             except dotqmail.DotQmailWritable:
                 raise defer("Uh-oh: .qmail file is writable. (#4.7.0)") from None
+            except dotqmail.BlankFirstLine:
+                raise defer("Uh-oh: first line of .qmail file is blank. (#4.2.1)") from None
             except OSError as exc:
                 raise defer(f"vdelivermail: cannot read {path}: {exc.strerror}") from None
             if instructions is not None:
                 break
         else:
+            return False
+        if not instructions:
             return False
         try:
             os.chdir(home)
@@ -283,8 +310,9 @@ class Vdelivermail:
                 self.deliver_maildir(home + "Maildir/", "", recipient)
             return 0
         parsed = dotqmail.parse_line(action)
-        if parsed is not None:
-            self.deliver_instruction(*parsed, recipient=recipient)
+        if parsed is None or parsed[0] in (dotqmail.COMMENT, dotqmail.LIST):
+            raise defer(BAD_SYNTAX)  # would deliver nowhere: a damaged or mistyped line
+        self.deliver_instruction(*parsed, recipient=recipient)
         return 0
 
     def _site_file(self, name: str) -> str:
@@ -325,7 +353,7 @@ class Vdelivermail:
         if self.message.size == 0:
             return
         if kind == dotqmail.FORWARD:
-            self.forward(text)
+            self.forwards.append(text)
             return
         if self.forward_only:
             what = "prog" if kind == dotqmail.PROGRAM else "file"
@@ -433,13 +461,25 @@ class Vdelivermail:
             return self.rpline + b"Delivered-To: " + local + b"@" + host + b"\n"
         return self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
 
-    def forward(self, address: str) -> None:
-        """Re-inject the message to ``address`` through qmail-inject (envelope sender from
-        the Return-Path line, which qmail-inject removes)."""
+    def inject_forwards(self) -> None:
+        """Inject the collected forwards, once, after every other instruction succeeded (as
+        qmail-local does): a later failure that defers the message cannot have sent a copy that
+        every retry would send again. Targets sharing a Delivered-To line (all of them, under
+        qmail-local, which sets DTLINE) go in one qmail-inject run."""
+        groups: dict[bytes, list[str]] = {}
+        for address in self.forwards:
+            groups.setdefault(self.forward_header(address), []).append(address)
+        self.forwards = []
+        for header, addresses in groups.items():
+            self.forward(header, addresses)
+
+    def forward(self, header: bytes, addresses: list[str]) -> None:
+        """Re-inject the message with ``header`` to ``addresses`` through qmail-inject (envelope
+        sender from the Return-Path line, which qmail-inject removes)."""
         inject = self.config.home_path("qmail_inject")
         read, write = os.pipe()
         try:
-            pid = os.posix_spawn(inject, [inject, "--", address], dict(os.environb),
+            pid = os.posix_spawn(inject, [inject, "--", *addresses], dict(os.environb),
                                  file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
                                                (os.POSIX_SPAWN_CLOSE, write)],
                                  setsigdef=CHILD_DEFAULT_SIGNALS)
@@ -450,7 +490,7 @@ class Vdelivermail:
         os.close(read)
         failure = ""
         try:
-            write_message(write, self.forward_header(address), self.message.fd)
+            write_message(write, header, self.message.fd)
         except OSError as exc:
             failure = f"write to qmail-inject failed: {exc.strerror}\n"
         finally:

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpopmail import assign
-from vpopmail.assign import AssignEntry, cdb_records, parse_entry, sort_key
+from vpopmail.assign import (AssignEntry, cdb_records, control_sort_key, domain_sort_key,
+                             insert_sorted, parse_entry, sort_key)
 from vpopmail.cdbwrite import build
 from vpopmail.errors import CorruptData, DomainAlreadyExists, DomainDoesNotExist
 from vpopmail.qmail import MAX_RCPTHOSTS, QmailFiles
@@ -145,6 +146,33 @@ def test_sort_key_puts_the_last_two_labels_first() -> None:
     assert sort_key("+x.example.com-:x:1:1:/d:-::") == "example.com.x"
     assert sort_key("+a.b.example.com-:x:1:1:/d:-::") == "example.com.a.b"
     assert sort_key("+example.com-:x:1:1:/d:-::") == "example.com"
+
+
+def test_domain_sort_key_is_c_extract_domain() -> None:
+    """C's extract_domain: the last two labels first, then the rest in order; strtok drops
+    empty labels and reads at most 10; one label stays as it is (hand-run vectors)."""
+    assert domain_sort_key("example.com") == "example.com"
+    assert domain_sort_key("a.b.c.example.com") == "example.com.a.b.c"
+    assert domain_sort_key("localhost") == "localhost"
+    assert domain_sort_key("com.") == "com."
+    assert domain_sort_key("a..b.c") == "b.c.a"
+    labels = [f"l{i}" for i in range(12)]
+    assert domain_sort_key(".".join(labels)) == ".".join(["l8", "l9", *labels[:8]])
+    assert sort_key("+mail.example.com-:mail.example.com:89:89:/d:-::") == "example.com.mail"
+    assert control_sort_key("mail.example.com:mail.example.com") == "example.com.mail"
+
+
+def test_insert_sorted_is_c_update_file() -> None:
+    """A sorted file gets the line before the first greater key; a file out of order is
+    sorted as a whole, as C's next vadddomain did ("Out of order entries found")."""
+    key = control_sort_key
+    assert insert_sorted(["alpha.com", "zeta.org"], "www.beta.net", key) == [
+        "alpha.com", "www.beta.net", "zeta.org"]
+    assert insert_sorted(["alpha.com", "beta.net"], "zeta.org", key) == [
+        "alpha.com", "beta.net", "zeta.org"]
+    assert insert_sorted(["zeta.org", "alpha.com"], "mail.beta.com", key) == [
+        "alpha.com", "mail.beta.com", "zeta.org"]
+    assert insert_sorted([], "a.com", key) == ["a.com"]
 
 
 def test_subdomain_sorts_next_to_its_parent() -> None:
@@ -313,8 +341,9 @@ def test_morercpthosts_cdb_skips_comments_like_qmail_newmrh(api) -> None:
     with open(qmail.path("control", "morercpthosts"), "w") as fh:
         fh.write("# extra hosts\nold.example\n")
     qmail.add_domain(entry("new.example"))
+    assert control(qmail, "morercpthosts") == "# extra hosts\nnew.example\nold.example\n"
     assert cdb_dump(qmail.path("control", "morercpthosts.cdb")) == (
-        b"+11,0:old.example->\n+11,0:new.example->\n\n")
+        b"+11,0:new.example->\n+11,0:old.example->\n\n")
 
 
 @needs_tinycdb

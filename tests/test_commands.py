@@ -299,6 +299,7 @@ USAGE_FIRST = {
     "vuserinfo": "vuserinfo: usage: [options] email_address",
     "vsetuserquota": "vsetuserquota: [options] email_address|domain_name quota",
     "vmoddomlimits": "vmoddomlimits: usage: [options] domain ",
+    "vmoddomain": "vmoddomain: usage: vmoddomain [options] domain",
     "vmkpasswd": "vmkpasswd: usage: domain ",
 }
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, Install
+from conftest import CLEAN_ENV, NO_BACKEND, Install
 from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir,
-                           golden, refused, state, stored_users)
+                           golden, mode, refused, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -72,6 +74,92 @@ def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     assert verify_password(match.group(1), stored_users(vhome)["postmaster"][1])
     # the catch-all target cannot be deleted
     refused(vhome, "vdeluser", f"postmaster@{DOMAIN}", code=201)
+
+
+# the catch-all: what qmail-local's sh -c hands to vdelivermail ----------------------------------
+
+#: -e ACTION -> the argument vdelivermail must receive (None: <domain dir>/<action lower-cased>)
+CATCHALLS = [("sales$dept@other.com", "sales$dept@other.com"),
+             ("a&b@other.com", "a&b@other.com"),
+             ("o'brien@other.com", "o'brien@other.com"),
+             ("x`id`|y@other.com", "x`id`|y@other.com"),
+             ("/var/spool/catch all/$HOME", "/var/spool/catch all/$HOME"),
+             ("delete", "delete"), ("bounce-no-mailbox", "bounce-no-mailbox"),
+             ("fwd@other.com", "fwd@other.com"), ("Postmaster", None), ("O'Neil&Co|`x`", None)]
+
+
+def argv_of_dot_qmail_default(inst: Install, dom: Path) -> list[str]:
+    """Run the first line of ``.qmail-default`` as qmail-local runs a program line (/bin/sh -c,
+    in the domain directory) with bin/vdelivermail replaced by a recorder: its arguments."""
+    line = (dom / ".qmail-default").read_text()
+    assert line.startswith("|") and line.count("\n") == 1, line
+    record = dom.parent / "argv"
+    real = inst.bin / "vdelivermail"
+    saved = real.read_bytes()
+    real.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > '{record}'\n")
+    try:
+        subprocess.run(["/bin/sh", "-c", line[1:]], cwd=dom, env=CLEAN_ENV, check=True)
+    finally:
+        real.write_bytes(saved)
+    return record.read_text().split("\0")[:-1]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+@pytest.mark.parametrize("action,expected", CATCHALLS)
+def test_catchall_reaches_vdelivermail_as_one_argument(vhome: Install, action: str,
+                                                        expected: str | None) -> None:
+    """vadddomain -e and vmoddomain -e write a line whose shell words are exactly
+    ``vdelivermail '' ACTION``: nothing expanded, split or run (C wrote it unquoted)."""
+    vhome.ok("vadddomain", "-e", action, DOMAIN, "secret")
+    dom = domain_dir(vhome)
+    if expected is None:
+        expected = str(dom / action.lower())
+        if action.lower() != "postmaster":  # vmoddomain names only existing users
+            vhome.ok("vadduser", f"{action.lower()}@{DOMAIN}", "pw")
+    assert argv_of_dot_qmail_default(vhome, dom) == ["", expected]
+    written = (dom / ".qmail-default").read_text()
+    if re.fullmatch(r"[\w@%+=:,./-]+", expected):  # a plain action: C's line, byte for byte
+        assert written == f"| {vhome.prefix}/bin/vdelivermail '' {expected}\n"
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == expected + "\n"
+    # vmoddomain writes the same line over another one
+    assert vhome.ok("vmoddomain", "-e", "delete", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == "delete\n"
+    assert vhome.ok("vmoddomain", "-e", action, DOMAIN) == ""
+    assert (dom / ".qmail-default").read_text() == written
+    assert mode(dom / ".qmail-default") == 0o600
+
+
+REFUSED_CATCHALLS = ["|rm -rf /@other.com", "#x@other.com", "&x@other.com", "+x@other.com",
+                     ".x@other.com", "a b@other.com", "x@other.com\n| touch /tmp/pwned",
+                     "./Maildir/", "../evil", "a/b", "x;id", "x@", "@other.com",
+                     "a@b@other.com", "x@other..com", "tab\there", "/x" * 150]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_catchall_refuses_what_vdelivermail_would_misread(vhome: Install) -> None:
+    """Anything but an address, a user name, an absolute path, delete or bounce-no-mailbox
+    is refused with a clear error, by vadddomain (nothing made) and vmoddomain (the old
+    line kept)."""
+    golden(vhome)
+    for action in REFUSED_CATCHALLS:
+        result = refused(vhome, "vadddomain", "-e", action, "other.org", "secret", code=152)
+        assert "give an address" in result.stdout or "catch-all" in result.stdout, result
+        refused(vhome, "vmoddomain", "-e", action, DOMAIN, code=152)
+
+
+def test_vmoddomain_names_only_users_of_the_domain(vhome: Install) -> None:
+    golden(vhome)
+    dom = domain_dir(vhome)
+    refused(vhome, "vmoddomain", "-e", "nosuch", DOMAIN, code=246,
+            starts="Error: User does not exist")
+    refused(vhome, "vmoddomain", "-e", "x@other.com", "nosuch.org", code=245)
+    assert vhome.run("vmoddomain", DOMAIN).returncode == 255  # nothing to change: usage
+    assert vhome.ok("vmoddomain", "-e", "ALICE", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == f"{dom / 'alice'}\n"
+    refused(vhome, "vdeluser", f"alice@{DOMAIN}", code=201)  # the catch-all is kept
+    assert vhome.ok("vmoddomain", "-b", DOMAIN) == ""
+    assert vhome.ok("vdominfo", "-c", DOMAIN) == "bounce-no-mailbox\n"
+    vhome.ok("vdeluser", f"alice@{DOMAIN}")
 
 
 def test_vadddomain_as_vpopmail_cannot_write_assign(root_vhome: Install) -> None:
@@ -173,6 +261,101 @@ def test_vaddaliasdomain_refusals(vhome: Install) -> None:
                                     "vaddaliasdomain: usage:")
     refused(vhome, "vaddaliasdomain", DOMAIN, "bad..alias", starts="Error: Invalid domain name")
     assert state(vhome) == before
+
+
+# qmail's files in C vpopmail's order ----------------------------------------------------------
+
+#: added in this order; C keeps the lines sorted by domain_sort_key (last two labels first)
+ADDED = ["zeta.org", "mail.alpha.com", "alpha.com", "beta.net", "a.b.c.alpha.com"]
+C_ORDER = ["alpha.com", "a.b.c.alpha.com", "mail.alpha.com", "beta.net", "zeta.org"]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_qmail_files_keep_c_order(vhome: Install) -> None:
+    """rcpthosts, virtualdomains and users/assign hold their lines in the order C vpopmail's
+    update_file keeps (golden order worked out by hand from vpopmail.c); files left out of
+    order (by an earlier pyvpopmail) are sorted whole by the next vadddomain, as C did."""
+    for domain in ADDED:
+        vhome.ok("vadddomain", domain, "secret")
+    assert control(vhome, "rcpthosts") == "".join(f"{d}\n" for d in C_ORDER)
+    assert control(vhome, "virtualdomains") == "".join(f"{d}:{d}\n" for d in C_ORDER)
+    assert assign_lines(vhome) == [assign_line(vhome, d) for d in C_ORDER] + ["."]
+    control_dir = vhome.qmaildir / "control"
+    (control_dir / "rcpthosts").write_text("zeta.org\nalpha.com\n")
+    (control_dir / "virtualdomains").write_text("zeta.org:zeta.org\nalpha.com:alpha.com\n")
+    for domain in ADDED[1:]:
+        if domain != "alpha.com":
+            vhome.ok("vdeldomain", domain)
+    vhome.ok("vadddomain", "mail.beta.com", "secret")
+    assert control(vhome, "rcpthosts") == "alpha.com\nmail.beta.com\nzeta.org\n"
+    assert control(vhome, "virtualdomains") == (
+        "alpha.com:alpha.com\nmail.beta.com:mail.beta.com\nzeta.org:zeta.org\n")
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_vdeldomain_makes_no_morercpthosts_lock(vhome: Install) -> None:
+    """Removing a domain from a morercpthosts that does not exist leaves nothing behind."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vdeldomain", DOMAIN)
+    control_dir = vhome.qmaildir / "control"
+    assert sorted(p.name for p in control_dir.iterdir() if "morercpthosts" in p.name) == []
+
+
+# qmail-send ------------------------------------------------------------------------------------
+
+#: a qmail-send stand-in (its file name makes its /proc comm "qmail-send"): prints the pid of
+#: every process that sends it SIGHUP (other sessions' commands may signal it too)
+QMAIL_SEND = """#!{python}
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGHUP}})
+print("ready", flush=True)
+while True:
+    print(signal.sigwaitinfo({{signal.SIGHUP}}).si_pid, flush=True)
+"""
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_domain_changes_signal_only_their_own_qmail_send(vhome: Install, tmp_path: Path) -> None:
+    """qmail-send works in <qmaildir>/queue: vadddomain and vdeldomain SIGHUP the qmail-send
+    whose working directory that is, none of another qmail directory, and none at all from
+    an install whose qmail directory runs no qmail (C signalled every qmail-send on the
+    host)."""
+    stand_in = tmp_path / "bin" / "qmail-send"
+    stand_in.parent.mkdir()
+    stand_in.write_text(QMAIL_SEND.format(python=sys.executable))
+    stand_in.chmod(0o755)
+    queue, other_queue = vhome.qmaildir / "queue", tmp_path / "other-qmail" / "queue"
+    other_queue.mkdir(parents=True)
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(cwd: Path) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([str(stand_in)], cwd=cwd, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        return proc
+
+    def command(*argv: str) -> int:
+        proc = subprocess.Popen([str(vhome.bin / argv[0]), *argv[1:]], env=CLEAN_ENV, cwd="/",
+                                stdout=subprocess.DEVNULL)
+        assert proc.wait(timeout=60) == 0, argv
+        return proc.pid
+
+    def senders(proc: subprocess.Popen[str]) -> set[int]:
+        proc.terminate()
+        return {int(line) for line in proc.communicate(timeout=10)[0].split()}
+
+    try:
+        other = start(other_queue)
+        mine = {command("vadddomain", "other.org", "secret")}  # no queue/: no qmail here
+        queue.mkdir()
+        ours = start(queue)
+        changes = {command("vadddomain", DOMAIN, "secret"), command("vdeldomain", DOMAIN)}
+        assert changes <= senders(ours)
+        assert not (mine | changes) & senders(other)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # vdeldomain ------------------------------------------------------------------------------------

@@ -28,6 +28,10 @@ SETTINGS = settings(max_examples=80, deadline=None,
     ("/home/vpopmail/domains/example.com/postmaster/Maildir/Maildir/", "", "Maildir@example.com"),
     ("/var/mail/john/Maildir/", "", ""),
     ("./Maildir/", "/x/domains/ex.org/bob", "bob@ex.org"),
+    # resolved before the search (C: "bob@.." and "" for the last two)
+    ("/x/domains/ex.org/bob/./Maildir/", "", "bob@ex.org"),
+    ("./../bob/Maildir/", "/x/domains/ex.org/alice", "bob@ex.org"),
+    ("../bob/Maildir/", "/x/domains/ex.org/alice", "bob@ex.org"),
 ])
 def test_maildir_to_email(path: str, cwd: str, expected: str) -> None:
     assert maildir_to_email(path, cwd) == expected
@@ -71,7 +75,7 @@ def test_trace_of_headers_without_body(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("line", "parsed"), [
-    ("# c", ("comment", "# c")), ("+list", ("list", "")), ("+other", None),
+    ("# c", ("comment", "# c")), ("+list", ("list", "")), ("+other", ("comment", "+other")),
     ("|  prog arg", ("program", "prog arg")), ("./Maildir/", ("maildir", "./Maildir/")),
     ("/abs/Maildir/  \t", ("maildir", "/abs/Maildir/")), ("./mbox", ("mbox", "./mbox")),
     ("&a@b.test", ("forward", "a@b.test")), ("a@b.test ", ("forward", "a@b.test")),

@@ -175,7 +175,11 @@ def test_dotqmail_any_content(data: bytes) -> None:
         except OSError as exc:
             assert b"\0" in data and "NUL byte in line" in exc.strerror
             return
+        except dotqmail.BlankFirstLine:
+            assert not data.split(b"\n")[0].rstrip(b" \t\r")
+            return
         assert b"\0" not in data
+        assert (lines == []) == (data == b"")
         assert lines is None or all(kind in {"comment", "list", "program", "maildir", "mbox",
                                              "forward"} for kind, _ in lines)
 

@@ -377,8 +377,8 @@ def test_leftover_user_directory_is_replaced_not_inherited(root_vhome: Install) 
 # -- 4. SIGKILL at every state-changing syscall of an admin write ------------------------------
 
 #: the syscalls a write is made of; strace counts each per process, so ``when=N`` of one of
-#: them names one point of a run (a pid namespace makes /proc, hence psutil's scan, the same
-#: in every run)
+#: them names one point of a run (a pid namespace makes /proc, hence the scan for qmail-send,
+#: the same in every run)
 TRACED = ("openat,write,pwrite64,rename,renameat,renameat2,link,linkat,unlink,unlinkat,mkdir,"
           "mkdirat,rmdir,fsync,fdatasync,fchown,chown,lchown,fchownat,fchmod,chmod,fchmodat,"
           "ftruncate,utimensat")

@@ -541,6 +541,39 @@ def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
         assert hostile.admin("vdeluser", f"carol@{DOMAIN}").code == 0
 
 
+def test_locked_account_costs_a_wrong_password(hostile: HostileSite) -> None:
+    """A locked account (``!`` before a hash, as usermod -L writes it, or ``*``) and a hash
+    of no form a scheme checks are rejected after the work a wrong password costs, not at
+    once: timing does not tell them from live accounts. Measured as the test above."""
+    hostile.inst.set_config("passwords", "scheme", "bcrypt")
+    names = ("carol", "dave", "erin", "fred")
+    for name in names:
+        hostile.site.add(name, "Carol-pw-1")
+    try:
+        live = hostile.inst.vuser(f"carol@{DOMAIN}").passwd
+        for name, stored in (("dave", "!" + live), ("erin", "*"), ("fred", "$9$unknown$form")):
+            assert hostile.admin("vmoduser", "-e", stored, f"{name}@{DOMAIN}").code == 0
+        times: dict[str, list[float]] = {name: [] for name in names}
+        vchkpw = str(hostile.inst.bin / "vchkpw")
+        for _ in range(7):
+            for name in names:
+                source = hostile.site.work / "fd3-timing"
+                source.write_bytes(f"{name}@{DOMAIN}\0Carol-pw-2\0\0".encode())
+                hostile.site.syslog.messages()
+                start = time.perf_counter()
+                code = subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
+                                       vchkpw], env=POP_ENV, timeout=60, check=False).returncode
+                times[name].append(time.perf_counter() - start)
+                assert code == 1
+        wrong = min(times["carol"])
+        for name in names[1:]:
+            assert min(times[name]) > 0.6 * wrong, times
+    finally:
+        hostile.inst.set_config("passwords", "scheme", "sha512-crypt")
+        for name in names:
+            assert hostile.admin("vdeluser", f"{name}@{DOMAIN}").code == 0
+
+
 def test_dummy_hashes_are_constant_and_never_match() -> None:
     from auth.passwords import DUMMY_HASHES, SCHEMES, dummy_check, needs_rehash
 

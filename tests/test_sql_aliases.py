@@ -158,11 +158,11 @@ def test_every_row_of_an_alias_is_delivered(site: Site, sql_db: Database,
         0, b"ran team\n" + PROCESSED, b""), result
     assert site.only_message(alice / "Maildir") == (
         RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE)
-    assert (inject / "argv.0").read_text() == "--\ncarol@example.org\n"
-    assert (inject / "argv.1").read_text() == "--\ndave@example.org\n"
-    for n in (0, 1):  # qmail-local's DTLINE without its domain- prefix
-        assert (inject / f"data.{n}").read_bytes() == (
-            RETURN_PATH + b"Delivered-To: team@example.com\n" + MESSAGE)
+    # the forwards last, in one injection; qmail-local's DTLINE without its domain- prefix
+    assert sorted(p.name for p in inject.iterdir()) == ["argv.0", "data.0"]
+    assert (inject / "argv.0").read_text() == "--\ncarol@example.org\ndave@example.org\n"
+    assert (inject / "data.0").read_bytes() == (
+        RETURN_PATH + b"Delivered-To: team@example.com\n" + MESSAGE)
     assert out.read_bytes() == MESSAGE
     # the rows are the real domain's: an alias domain finds them too
     site.ok("vaddaliasdomain", DOMAIN, ALIAS)
@@ -218,17 +218,33 @@ def test_rows_come_before_users_and_qmail_ext(site: Site, sql_db: Database) -> N
 def test_a_failing_row_defers_the_message(site: Site, sql_db: Database,
                                           inject: Path) -> None:  # noqa: F811
     """The first row that fails ends the run with its outcome, as a .qmail line does under
-    qmail-local: a 111 from a forward defers the whole message (qmail retries it, so rows
-    before it get another copy: at least once, never lost); 99 stops after the row."""
+    qmail-local: forwards go out last, and a 111 from them defers the whole message (qmail
+    retries it, so the local rows get another copy: at least once, never lost); a local row
+    that fails sends no forward; 99 stops after the row."""
     alice, bob = user_dir(sql_db, "alice"), user_dir(sql_db, "bob")
     insert(sql_db, "team", f"{alice}/Maildir/", "&carol@example.org", f"{bob}/Maildir/")
     (inject / "exit").write_text("111")
     result = site.deliver("team")
     assert (result.returncode, result.stdout) == (111, b"system error calling qmail-inject\n")
-    assert (new_count(alice / "Maildir"), new_count(bob / "Maildir")) == (1, 0)
+    assert (new_count(alice / "Maildir"), new_count(bob / "Maildir")) == (1, 1)
+    insert(sql_db, "late", "&carol@example.org", "./nowhere/Maildir/")
+    assert site.deliver("late").returncode == 111
+    assert not (inject / "argv.1").exists()
     insert(sql_db, "stop", "|exit 99", f"{bob}/Maildir/")
     assert site.deliver("stop").returncode == 99
-    assert new_count(bob / "Maildir") == 0
+    assert new_count(bob / "Maildir") == 1  # the copy of "team" only
+
+
+def test_blank_rows_only_defer(site: Site, sql_db: Database) -> None:
+    """Rows that deliver nowhere (valias never stores a blank line) defer, as a blank first
+    line of a .qmail does: C answered 'valiases processed' and the message was gone."""
+    insert(sql_db, "blank", "", "  ")
+    result = site.deliver("blank")
+    assert (result.returncode, result.stdout) == (
+        111, b"vdelivermail: deferred, the valias rows of blank@example.com are all blank\n")
+    insert(sql_db, "blank", f"{user_dir(sql_db, 'bob')}/Maildir/")  # a blank row among others
+    assert site.deliver("blank").stdout == PROCESSED
+    assert new_count(user_dir(sql_db, "bob") / "Maildir") == 1
 
 
 def test_database_down_defers_and_delivers_nothing(site: Site, sql_db: Database) -> None:

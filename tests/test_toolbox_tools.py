@@ -518,13 +518,15 @@ def test_vcheck_dot_qmail_default(vhome: Install) -> None:
     dot = dom / ".qmail-default"
     line = dot.read_text()
     dot.unlink()
-    fix = failed(vhome, ".qmail-default", "is missing: qmail-local bounces", "echo \"| ")
+    fix = failed(vhome, ".qmail-default", "is missing: qmail-local bounces",
+                 f"vmoddomain -e bounce-no-mailbox {DOMAIN}")
     apply_fix(vhome, fix.split(" (or ")[0])
     assert dot.read_text() == line
     healthy(vhome)
     dot.write_text("./Maildir/\n")
-    failed(vhome, ".qmail-default", "does not run vdelivermail", "vdelivermail")
-    dot.write_text(line)
+    fix = failed(vhome, ".qmail-default", "does not run vdelivermail", "vmoddomain -e ")
+    apply_fix(vhome, fix.split(" (or ")[0])
+    assert dot.read_text() == line
     dot.chmod(0o666)
     fix = failed(vhome, ".qmail-default", "world-writable", f"chmod 600 {dot}")
     apply_fix(vhome, fix)

@@ -16,9 +16,10 @@ import pytest
 
 from auth.passwords import verify_password
 from conftest import NO_BACKEND, Install
+from login_site import SyslogSink
 from vpopmail import flags
-from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, converse, site,  # noqa: F401
-                            user_dir, vchkpw_accepts)
+from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, built_sites,  # noqa: F401
+                            converse, site, user_dir, vchkpw_accepts)
 
 pytestmark = pytest.mark.both_backends
 
@@ -135,6 +136,33 @@ def test_a_silent_client_times_out(site: Install) -> None:
     assert client.ask(f"slogin alice@{DOMAIN} pw1") == "+OK "
     assert client.line(10) == "-ERR 3.106 Read Timeout"
     assert client.close() == 1
+
+
+def test_logins_go_to_syslog_as_vchkpw_logs_them(site: Install, tmp_path: Path) -> None:
+    """Failures always (the tags and texts of vchkpw's), successes at levels y and v, the
+    password only at levels p and v."""
+    sink = SyslogSink(tmp_path / "log")
+    site.set_config("logging", "syslog_socket", str(sink.path))
+    tcp = {"TCPREMOTEIP": "192.0.2.10"}
+    converse(site, f"login alice@{DOMAIN} Guess-Me", f"login nobody@{DOMAIN} Guess-Me",
+             f"login @{DOMAIN} Guess-Me", env=tcp)
+    after_login(site, f"alice@{DOMAIN}", env=tcp)
+    assert sink.texts() == [f"vpopmaild: password fail alice@{DOMAIN}:192.0.2.10",
+                            f"vpopmaild: vpopmail user not found nobody@{DOMAIN}:192.0.2.10",
+                            f"vpopmaild: vpopmail user not found @{DOMAIN}:192.0.2.10"]
+    site.set_config("logging", "level", "y")
+    converse(site, f"login alice@{DOMAIN} Guess-Me", env=tcp)
+    after_login(site, f"alice@{DOMAIN}", env=tcp)
+    messages = sink.messages()
+    assert not any("Guess-Me" in m for m in messages)
+    assert [m.split("]: ", 1)[1] for m in messages] == [
+        f"vpopmaild: password fail alice@{DOMAIN}:192.0.2.10",
+        f"vpopmaild: (PLAIN) login success alice@{DOMAIN}:192.0.2.10"]
+    assert messages[0].startswith("<21>") and " vpopmail[" in messages[0]
+    site.set_config("logging", "level", "p")
+    converse(site, f"login alice@{DOMAIN} Guess-Me")
+    assert sink.texts() == [f"vpopmaild: password fail (pass: 'Guess-Me') alice@{DOMAIN}:"]
+    sink.close()
 
 
 # levels -----------------------------------------------------------------------------------------

@@ -7,17 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from conftest import Install
-from vpopmaild_site import DOMAIN, after_login, make_site, user_dir
+from vpopmaild_site import DOMAIN, after_login, built_sites, rsite, user_dir  # noqa: F401
 
 ALICE = f"alice@{DOMAIN}"
-
-
-@pytest.fixture
-def rsite(root_vhome: Install) -> Install:
-    return make_site(root_vhome)
 
 
 def test_a_user_works_in_their_own_directory(rsite: Install) -> None:
@@ -95,12 +88,12 @@ def test_path_tricks_in_every_command_are_refused(rsite: Install, tmp_path: Path
 def test_domain_admin_and_system_admin_confinement(rsite: Install) -> None:
     pm, sa = f"postmaster@{DOMAIN}", f"admin@{DOMAIN}"
     domain_dir = rsite.domains / DOMAIN
-    assert after_login(rsite, pm, f"write_file {DOMAIN}/.qmail-sales", "&bob@example.com", ".",
+    assert after_login(rsite, pm, f"write_file {DOMAIN}/motd", "&bob@example.com", ".",
                        f"read_file {ALICE}/Maildir/../x", f"list_dir {rsite.domains}/other.org",
                        f"stat_file {rsite.domains}") == \
         ["+OK ", "-ERR 20.1501 Invalid Directory.  .. not allowed in path",
          "-ERR 26.1511 Unauthorized Directory.", "-ERR 26.1511 Unauthorized Directory."]
-    assert (domain_dir / ".qmail-sales").read_text() == "&bob@example.com\n"
+    assert (domain_dir / "motd").read_text() == "&bob@example.com\n"
     answers = after_login(rsite, sa, f"list_dir {rsite.domains}", "stat_file other.org/",
                           f"read_file {rsite.prefix}/etc/vpopmail.toml")
     assert answers[0] == "+OK+" and f"{DOMAIN} dir" in answers and "other.org dir" in answers

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, Install
-from vpopmaild_site import DOMAIN, site, vchkpw_accepts  # noqa: F401
+from vpopmaild_site import DOMAIN, built_sites, site, vchkpw_accepts  # noqa: F401
 
 pytestmark = pytest.mark.both_backends
 

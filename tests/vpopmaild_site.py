@@ -3,15 +3,20 @@ tcpserver would run it (a whole conversation, or line by line), and vchkpw as a 
 would run it to check which password works."""
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import select
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, Install
+from conftest import CLEAN_ENV, VENV, Install, install, vpopmail_user_exists
+from mariadb_site import Database, new_database
 
 DOMAIN = "example.com"
 OTHER = "other.org"
@@ -31,9 +36,11 @@ def make_site(inst: Install) -> Install:
 
 
 def converse(inst: Install, *lines: str | bytes, args: tuple[str, ...] = ("-t", "10"),
-             as_user: str | None = None, timeout: float = 60) -> tuple[list[str], int]:
+             as_user: str | None = None, timeout: float = 60,
+             env: dict[str, str] | None = None) -> tuple[list[str], int]:
     """Send ``lines`` (CRLF added to str lines; bytes go as they are), then end the input;
-    return the answer lines (each must end in CRLF) and the exit code."""
+    return the answer lines (each must end in CRLF) and the exit code. ``env`` is added to
+    the clean environment (tcpserver's TCPREMOTEIP, say)."""
     data = b"".join(line if isinstance(line, bytes) else line.encode() + b"\r\n"
                     for line in lines)
     argv = [str(inst.bin / "vpopmaild"), *args]
@@ -41,8 +48,8 @@ def converse(inst: Install, *lines: str | bytes, args: tuple[str, ...] = ("-t", 
         from conftest import as_user_argv
 
         argv = [*as_user_argv(as_user), *argv]
-    result = subprocess.run(argv, input=data, capture_output=True, env=CLEAN_ENV, cwd="/",
-                            timeout=timeout)
+    result = subprocess.run(argv, input=data, capture_output=True, env={**CLEAN_ENV, **(env or {})},
+                            cwd="/", timeout=timeout)
     text = result.stdout.decode("utf-8", "surrogateescape")
     assert text.endswith("\r\n") or not text, text
     assert result.stderr == b"", result.stderr
@@ -112,10 +119,100 @@ def vchkpw_accepts(inst: Install, address: str, password: str) -> bool:
     return result.returncode == 0
 
 
+class Snapshot:
+    """A site built once and put back as it was before each test that uses it, on the same
+    paths (the installed wrappers hold absolute paths): the domains, etc/ and the qmail tree
+    copied with ``cp -a`` (owners and modes kept), and on "mysql" every table of the database
+    copied into a second one."""
+
+    def __init__(self, inst: Install, database: Database | None) -> None:
+        self.inst, self.database = inst, database
+        self.trees = [inst.domains, inst.prefix / "etc", inst.qmaildir]
+        self.copy = inst.prefix.parent / "snapshot"
+        self.copy.mkdir()
+        for number, tree in enumerate(self.trees):
+            subprocess.run(["cp", "-a", str(tree), str(self.copy / str(number))], check=True)
+        if database is not None:
+            self.saved = f"{database.name}_saved"
+            self.tables = self._tables(database.name)
+            database.server.sql(f"CREATE DATABASE `{self.saved}`; " + " ".join(
+                f"CREATE TABLE `{self.saved}`.`{t}` LIKE `{database.name}`.`{t}`; "
+                f"INSERT INTO `{self.saved}`.`{t}` SELECT * FROM `{database.name}`.`{t}`;"
+                for t in self.tables))
+
+    def _tables(self, name: str) -> list[str]:
+        assert self.database is not None
+        return [row[0] for row in self.database.server.rows("SHOW TABLES", name)]
+
+    def restore(self) -> Install:
+        for number, tree in enumerate(self.trees):
+            shutil.rmtree(tree)
+            subprocess.run(["cp", "-a", str(self.copy / str(number)), str(tree)], check=True)
+        if self.database is not None:
+            name, now = self.database.name, self._tables(self.database.name)
+            self.database.server.sql(" ".join(
+                [f"DROP TABLE `{name}`.`{t}`;" for t in now if t not in self.tables]
+                + [f"CREATE TABLE `{name}`.`{t}` LIKE `{self.saved}`.`{t}`;"
+                   for t in self.tables if t not in now]
+                + [f"TRUNCATE TABLE `{name}`.`{t}`; INSERT INTO `{name}`.`{t}` "
+                   f"SELECT * FROM `{self.saved}`.`{t}`;" for t in self.tables]))
+        return self.inst
+
+    def remove(self) -> None:
+        """Remove the trees (the databases go with the session's MariaDB server)."""
+        shutil.rmtree(self.inst.prefix.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def built_sites() -> Iterator[dict[tuple[str, str], Snapshot]]:
+    """The vpopmaild sites by (install mode, backend), shared by the vpopmaild test modules
+    and removed at the end of the session."""
+    built: dict[tuple[str, str], Snapshot] = {}
+    yield built
+    for snapshot in built.values():
+        snapshot.remove()
+
+
+def shared_site(request: pytest.FixtureRequest, mode: str) -> Install:
+    """The site for ``mode`` ("user": a sandbox owned by the tester, "root": installed as root
+    for uid 89) on the test's backend: built by the first test that asks, restored for the
+    others (one build instead of an install and seven process runs per test)."""
+    backend = request.getfixturevalue("backend")
+    built = request.getfixturevalue("built_sites")
+    if (mode, backend) in built:
+        return built[mode, backend].restore()
+    venv = VENV
+    if mode == "root":
+        if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+            pytest.skip("needs root, the vpopmail user and setpriv")
+        venv = request.getfixturevalue("shared_venv")
+        base = Path("/tmp") / f"pyvpopmail-root-{os.getpid()}-vpopmaild-{backend}"
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(mode=0o755)
+        owner = ("vpopmail", "vchkpw")
+    else:
+        base = request.getfixturevalue("tmp_path_factory").mktemp(f"vpopmaild-{backend}")
+        owner = (pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name)
+    inst = install(base / "vpopmail", base / "qmail", *owner, venv, mode)
+    database = None
+    if backend == "mysql":
+        database = new_database(request.getfixturevalue("mariadb"))
+        database.configure(inst)
+        inst.backend = "mysql"
+    built[mode, backend] = Snapshot(make_site(inst), database)
+    return inst
+
+
 @pytest.fixture
-def site(vhome: Install) -> Install:
-    """A sandbox install with :data:`USERS` (on the module's backend)."""
-    return make_site(vhome)
+def site(backend: str, request: pytest.FixtureRequest) -> Install:
+    """A sandbox install with :data:`USERS` (on the module's backend), as built."""
+    return shared_site(request, "user")
+
+
+@pytest.fixture
+def rsite(backend: str, request: pytest.FixtureRequest) -> Install:
+    """A root install for uid 89 with :data:`USERS` (tcpserver's way: the daemon as root)."""
+    return shared_site(request, "root")
 
 
 def user_dir(inst: Install, address: str) -> Path:

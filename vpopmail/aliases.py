@@ -24,7 +24,7 @@ import os
 
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import VpopmailError
-from vpopmail.names import MAX_DOMAIN, check_user, split_address
+from vpopmail.names import check_user, is_address, split_address
 
 TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
 if TYPE_CHECKING:
@@ -43,8 +43,6 @@ MAX_LINE = 160
 MODE = 0o600
 #: file type bits (the stat module is not imported on the hot path)
 _IFMT, _IFREG, _IFLNK = 0o170000, 0o100000, 0o120000
-_ADDRESS_BAD = frozenset(" \t<>()[]\",;:\\@")
-_DOMAIN_CHARS = frozenset("-.0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
 class AliasError(VpopmailError):
@@ -119,11 +117,7 @@ def check_alias(alias: str) -> str:
 
 
 def _check_address(address: str, line: str) -> None:
-    local, at, domain = address.rpartition("@")
-    if (not at or not local or not domain or len(domain) > MAX_DOMAIN
-            or any(c in _ADDRESS_BAD or ord(c) < 33 or ord(c) > 126 for c in local)
-            or not _DOMAIN_CHARS.issuperset(domain) or domain[0] in "-." or domain[-1] in "-."
-            or ".." in domain):
+    if not is_address(address):
         raise InvalidAliasLine(f"not a forwarding address: {line!r} (use &user@domain, "
                                "/path/Maildir/, |program or #)")
 

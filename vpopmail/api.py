@@ -14,7 +14,7 @@ from auth.passwords import hash_many, hash_password
 from maildir import is_maildir
 from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
-from vpopmail import assign, dircontrol, flags, ipmap, limits
+from vpopmail import assign, catchall, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
@@ -105,6 +105,8 @@ class Vpopmail:
         Only a complete domain is :class:`DomainAlreadyExists`.
         """
         domain = check_domain(domain.lower())
+        action = catchall.check(default_action or str(self.config.users_default_action),
+                                bool(self.config.users_hashed_dirs))
         spec = None if postmaster_password is None else NewUser(
             "postmaster", gecos="Postmaster", quota=quota,
             **{"encrypted" if encrypted else "password": postmaster_password})
@@ -119,9 +121,6 @@ class Vpopmail:
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
         root = os.path.join(base_dir or self.config.home, str(self.config.paths_domains_dir))
-        action = default_action or str(self.config.users_default_action)
-        if "\n" in action or "'" in action:
-            raise BadChar("default action")
         try:
             make_dir(root, 0o750, uid, gid)
         except OSError as exc:
@@ -194,13 +193,28 @@ class Vpopmail:
         return None
 
     def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
-        """``| <home>/bin/vdelivermail '' <action>``; a bare name becomes ``<domaindir>/<name>``."""
-        if action not in ("delete", "bounce-no-mailbox") and "@" not in action \
-                and not action.startswith("/"):
-            action = os.path.join(entry.dir, action)
-        line = f"| {os.path.join(self.config.home, 'bin', 'vdelivermail')} '' {action}\n"
-        atomic_write(os.path.join(entry.dir, ".qmail-default"), line.encode(), 0o600,
-                     entry.uid, entry.gid)
+        """``| <home>/bin/vdelivermail '' <action>`` for an action :func:`catchall.check`
+        passed (a user name becomes ``<domaindir>/<name>``), quoted for qmail-local's sh."""
+        line = catchall.line(os.path.join(self.config.home, "bin", "vdelivermail"),
+                             catchall.target(action, entry.dir))
+        atomic_write(os.path.join(entry.dir, ".qmail-default"),
+                     line.encode("utf-8", "surrogateescape"), 0o600, entry.uid, entry.gid)
+
+    def catchall_of(self, entry: AssignEntry) -> str | None:
+        """The domain's catch-all action (None: its .qmail-default does not run vdelivermail)."""
+        return catchall.read(entry.dir)
+
+    def set_catchall(self, domain: str, action: str) -> None:
+        """Make ``action`` the catch-all of ``domain`` (vmoddomain -e), checked as by
+        vadddomain -e; a user name must name a user of the domain, whose directory it becomes."""
+        entry = self.get_domain(domain)
+        action = catchall.check(action, bool(self.config.users_hashed_dirs))
+        if catchall.is_name(action):
+            user = self.backend.get_user(entry, action)
+            if user is None:
+                raise UserDoesNotExist(f"{action}@{entry.real_domain}")
+            action = user.dir or catchall.target(action, entry.dir)
+        self.write_dot_qmail_default(entry, action)
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
         remove_tree(entry.dir)
@@ -609,9 +623,8 @@ class Vpopmail:
 
     def _is_catchall(self, entry: AssignEntry, user: VUser) -> bool:
         try:
-            with open(os.path.join(entry.dir, ".qmail-default")) as fh:
-                target = fh.readline().split()[-1]
-        except (OSError, IndexError):
+            target = self.catchall_of(entry)
+        except VpopmailError:
             return False
         return target in (user.dir, f"{user.name}@{entry.real_domain}")
 

@@ -9,6 +9,10 @@ from vpopmail import cdb
 from vpopmail.errors import CorruptData
 from vpopmail.record import SlotRecord
 
+TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class AssignEntry(SlotRecord):
     """One vpopmail ``+domain-:real:uid:gid:dir:-::`` line."""
@@ -46,12 +50,37 @@ def _is_id(text: str | bytes) -> bool:
     return 0 < len(text) <= 10 and text.isascii() and text.isdigit()
 
 
-def sort_key(line: str) -> str:
-    """vpopmail's order for assign lines: the domain's last two labels first (x.example.com ->
-    example.com.x)."""
-    name = line.split(":", 1)[0][1:].rstrip("-")
-    labels = name.split(".")
+def domain_sort_key(name: str) -> str:
+    """C vpopmail's sort key of a domain (extract_domain): its last two labels first
+    (x.example.com -> example.com.x); empty labels dropped and at most 10 labels read, as
+    strtok read them; a one-label name as it is."""
+    labels = [label for label in name.split(".") if label][:10]
+    if len(labels) < 2:
+        return name
     return ".".join(labels[-2:] + labels[:-2])
+
+
+def sort_key(line: str) -> str:
+    """The key of an assign line: the name between ``+`` and ``:`` less its last character."""
+    return domain_sort_key(line.split(":", 1)[0][1:-1])
+
+
+def control_sort_key(line: str) -> str:
+    """The key of an rcpthosts, morercpthosts or virtualdomains line: the part before ``:``."""
+    return domain_sort_key(line.split(":", 1)[0])
+
+
+def insert_sorted(lines: list[str], new: str, key: "Callable[[str], str]") -> list[str]:
+    """``lines`` with ``new`` added as C vpopmail's update_file adds it: before the first line
+    whose key is greater (else last); and if the lines were not in key order, all of them
+    sorted (C's "Out of order entries found ... Sorting", which rewrote such a file)."""
+    new_key = key(new)
+    keys = [key(line) for line in lines]
+    at = next((i for i, k in enumerate(keys) if k > new_key), len(lines))
+    result = lines[:at] + [new] + lines[at:]
+    if any(a > b for a, b in zip(keys, keys[1:])):
+        result.sort(key=key)
+    return result
 
 
 def cdb_records(text: str, source: str = "users/assign") -> list[tuple[bytes, bytes]]:

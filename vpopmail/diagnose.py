@@ -33,7 +33,7 @@ from auth.backend import Fault, VUser
 from maildir import SUBDIRS
 from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, is_over,
                            load_maildirsize, scan_usage, usage_percent)
-from vpopmail import cdb, flags
+from vpopmail import catchall, cdb, flags
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry, cdb_records
 from vpopmail.errors import VpopmailError
@@ -278,10 +278,8 @@ class Diagnosis:
     def check_dot_qmail_default(self) -> str:
         entry = self._entry()
         path = os.path.join(entry.dir, ".qmail-default")
-        line = (f"| {os.path.join(self.config.home, 'bin', 'vdelivermail')} '' "
-                f"{self.config.users_default_action}")
-        write = (f"echo \"{line}\" > {path} && {self._chown(path)} && chmod 600 {path} "
-                 "(or your own default action instead of the last word)")
+        write = (f"vmoddomain -e {catchall.quote(str(self.config.users_default_action))} "
+                 f"{entry.real_domain} (or your own catch-all after -e)")
         try:
             st = os.stat(path)
             with open(path, encoding="utf-8", errors="replace") as fh:
@@ -311,12 +309,10 @@ class Diagnosis:
             if os.path.exists(dot_qmail):
                 raise Done(f"{self.user_name} is no mailbox; {dot_qmail} takes its mail "
                            "(an alias or forward): nothing more to check")
-            action = ""
             try:
-                with open(os.path.join(entry.dir, ".qmail-default")) as fh:
-                    action = fh.readline().split()[-1]
-            except (OSError, IndexError):
-                pass
+                action = catchall.read(entry.dir)
+            except VpopmailError:
+                action = None
             raise Fault(f"no user {self.user_name} in {entry.real_domain}"
                         + (f": its mail goes to the default action ({action})" if action else ""),
                         f"vadduser {self.user_name}@{entry.real_domain}")

@@ -18,6 +18,8 @@ AT_CHARS = "@%/"
 LOOKUP_USER_CHARS = frozenset("!#$&'*+-./0123456789=?ABCDEFGHIJKLMNOPQRSTUVWXYZ^_`"
                               "abcdefghijklmnopqrstuvwxyz{|}~")
 LOOKUP_DOMAIN_CHARS = frozenset("-.0123456789abcdefghijklmnopqrstuvwxyz")
+#: what the user part of a forwarding address may not hold: blanks and RFC 5322 specials
+ADDRESS_BAD = frozenset(" \t<>()[]\",;:\\@")
 #: Files that live beside the user directories in a domain directory.
 #: ``vpasswd`` and anything starting ``vpasswd.`` (the files and their temp files), and
 #: ``cdb.tmp``, C vpopmail's temp file there (both may run side by side during a migration)
@@ -46,6 +48,16 @@ def check_domain(name: str) -> str:
             or name[-1] in "-." or ".." in name):
         raise InvalidDomainName(repr(name))
     return name
+
+
+def is_address(address: str) -> bool:
+    """Whether ``address`` is a ``user@domain`` qmail forwards to as it is: one ``@``, a user
+    part of printable ASCII without blanks or specials, a valid domain name."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain and len(domain) <= MAX_DOMAIN
+                and all(32 < ord(c) < 127 and c not in ADDRESS_BAD for c in local)
+                and DOMAIN_CHARS.issuperset(domain) and domain[0] not in "-."
+                and domain[-1] not in "-." and ".." not in domain)
 
 
 def is_valid_user(name: str) -> bool:

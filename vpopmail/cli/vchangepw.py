@@ -4,7 +4,7 @@ from __future__ import annotations
 import getpass
 import sys
 
-from auth.passwords import verify_password
+from auth.passwords import dummy_check, verify_password
 from vpopmail.cli.common import error, open_api, prompt_password, run
 from vpopmail.errors import VpopmailError
 
@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         old = getpass.getpass("Enter old password: ") if sys.stdin.isatty() else \
             sys.stdin.readline().rstrip("\n")
+        scheme = str(api.config.passwords_scheme)
         try:
             user, entry = api.get_user(address)
-            known = verify_password(old, user.passwd)
+            known = verify_password(old, user.passwd, scheme)
         except VpopmailError as exc:
             if exc.temporary:
                 raise
+            dummy_check(old, scheme)  # an unknown address costs what a wrong password costs
             known = False
         if not known:
             _log_failure(address)

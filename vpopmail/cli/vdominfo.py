@@ -18,8 +18,9 @@ options: -v (print version number)
          -d (display domain directory)
          -t (display total users)
          -r (display real domain)
+         -c (display catch-all: the action of .qmail-default)
 """
-SELECTORS = "nugdtr"
+SELECTORS = "nugdtrc"
 
 
 def describe(api: Vpopmail, entry: AssignEntry, selected: str) -> list[str]:
@@ -30,12 +31,14 @@ def describe(api: Vpopmail, entry: AssignEntry, selected: str) -> list[str]:
                 f"dir:    {entry.dir}", f"users:  {users}"]
     values = {"n": name, "u": str(entry.uid), "g": str(entry.gid), "d": entry.dir, "t": users,
               "r": entry.real_domain}
+    if "c" in selected:
+        values["c"] = api.catchall_of(entry) or "(.qmail-default does not run vdelivermail)"
     return [values[s] for s in SELECTORS if s in selected]
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
-        options, args = getopt(sys.argv[1:] if argv is None else argv, "vanugdtr")
+        options, args = getopt(sys.argv[1:] if argv is None else argv, "vanugdtrc")
         selected = ""
         for letter, _ in options:
             if letter == "v":

@@ -55,6 +55,7 @@ def user_info(s: Session, t: Tokens) -> None:
         if exc.temporary:
             raise
         raise Refusal(12, 605) from None
+    s.check_account(user, 604)
     s.send(OK_MORE, *s.user_lines(user), END)
 
 
@@ -77,6 +78,7 @@ def del_user(s: Session, t: Tokens) -> None:
     name, domain = s.address(t, (402, 403))
     s.check_domain(domain, 9, 404)
     try:
+        s.check_account(s.api.get_user(f"{name}@{domain}")[0], 404)
         s.api.delete_user(f"{name}@{domain}")
     except VpopmailError as exc:
         raise _Failed(405, exc) from None
@@ -115,6 +117,9 @@ def mod_user(s: Session, t: Tokens) -> None:
             raise
         s.channel.read_block(MAX_OPTIONS)
         raise Refusal(12, 505) from None
+    if not s.may_manage(user):
+        s.channel.read_block(MAX_OPTIONS)
+        s.check_account(user, 503)
     s.send(OK)
     lines, problem = s.channel.read_block(MAX_OPTIONS)
     if problem:
@@ -134,14 +139,11 @@ def mod_user(s: Session, t: Tokens) -> None:
                 fields["gecos"] = s.api.gecos_text(value)
             elif param == "quota" and override:
                 fields["quota"] = s.api.quota_string(value)
-            elif param == "encrypted_password":
-                hashed = s.api.with_password(user, value, encrypted=True)
-                fields.update(passwd=hashed.passwd, clear=hashed.clear)
-            elif param == "clear_text_password":
+            elif param in ("encrypted_password", "clear_text_password"):
                 if s.api.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
                     raise Refusal(0, 507, f"{user.name}@{entry.real_domain} may not change "
                                   "its password")
-                hashed = s.api.with_password(user, value)
+                hashed = s.api.with_password(user, value, param == "encrypted_password")
                 fields.update(passwd=hashed.passwd, clear=hashed.clear)
             elif param == "clear_all_flags" and override:
                 steps.append((~0, 0))
@@ -457,11 +459,28 @@ def _alias_target(s: Session, t: Tokens, minor: int) -> str:
     return f"{name}@{domain}"
 
 
+def _domain_admin_line(s: Session, line: str) -> None:
+    """A domain administrator's alias line: an address, a ``#`` comment, or a maildir inside
+    their domain's directory. qmail-local runs the line as the domain owner, so C's way (any
+    line) let them run programs as it and write to any file it may write."""
+    assert s.entry is not None
+    if line[:1] not in "|/.":
+        return
+    own, parts = s.entry.dir.rstrip("/").split("/"), line.split("/")
+    if (line.endswith("/") and parts[:len(own)] == own and len(parts) > len(own) + 1
+            and not {"", ".", ".."} & set(parts[len(own):-1])):
+        return
+    raise Refusal(17, 907, "Alias Insertion Failed: a domain administrator's alias lines are "
+                  "addresses, # comments, or maildirs of the domain")
+
+
 def add_alias(s: Session, t: Tokens) -> None:
     address = _alias_target(s, t, 900)
     line = t.next()
     if line is None:
         raise Refusal(16, 906)
+    if s.domain_admin:
+        _domain_admin_line(s, line)
     try:
         open_aliases(s.api).add_line(address, line)
     except VpopmailError as exc:

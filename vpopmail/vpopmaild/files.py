@@ -1,5 +1,7 @@
 """vpopmaild's file commands, confined as C intends (a user to their directory, a domain
-administrator to the domain's, a system administrator to the domains tree) but done safely:
+administrator to the domain's but for a system administrator's directory there, a system
+administrator to the domains tree; below a system administrator, never vpopmail's control
+files: CONTROL_PREFIXES, CONTROL_NAMES) but done safely:
 paths are checked component by component (C compared string prefixes, so ``example.com``
 also opened ``example.community``), every component is opened relative to its parent with
 O_NOFOLLOW (a symlink planted inside leads nowhere), the work is done with the owner's ids,
@@ -23,6 +25,11 @@ from vpopmail.vpopmaild.session import Session
 #: the largest file write_file stores and read_file sends
 MAX_FILE = 1 << 20
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: names no file command reaches below a system administrator: delivery instructions (a
+#: ``.qmail`` program line runs as the domain owner), the user database and its locks, the
+#: quota accounting
+CONTROL_PREFIXES = (".qmail", "vpasswd", ".vpasswd", ".dir-control", ".dir_control")
+CONTROL_NAMES = (".valias.lock", "maildirsize")
 #: what list_dir calls each kind of entry
 KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chardev"),
          (stat.S_ISBLK, "blkdev"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "link"),
@@ -92,7 +99,23 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
     base, wanted = _parts(root), _parts(full)
     if wanted[:len(base)] != base:
         raise Refusal(26, minor)
-    return root, wanted[len(base):], int(uid), int(gid)  # type: ignore[arg-type]
+    below = wanted[len(base):]
+    if not s.system_admin and any(part.startswith(CONTROL_PREFIXES) or part in CONTROL_NAMES
+                                  for part in below):
+        raise Refusal(26, minor, "Unauthorized Directory. (vpopmail's control files: .qmail*, "
+                      "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
+    if s.domain_admin and _in_system_admin_dir(s, wanted):
+        raise Refusal(26, minor, "Unauthorized Directory. (a system administrator's account)")
+    return root, below, int(uid), int(gid)  # type: ignore[arg-type]
+
+
+def _in_system_admin_dir(s: Session, wanted: list[str]) -> bool:
+    """Whether ``wanted`` is in the directory of a system administrator of the session's
+    domain (whose mail and files are not the domain administrator's)."""
+    assert s.entry is not None
+    users, _ = s.api.list_users(s.entry.real_domain)
+    return any(wanted[:len(home)] == home for home in
+               (_parts(user.dir) for user in users if user.flags & SA_ADMIN and user.dir))
 
 
 @contextmanager

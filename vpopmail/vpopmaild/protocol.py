@@ -168,6 +168,10 @@ class Channel:
                 lines.append(line)
 
     def send(self, *lines: str) -> None:
+        """Write ``lines``, at most PIPE_BUF bytes once the client can take them; a client
+        that takes nothing for ``timeout`` seconds is dropped (Hangup), as C's wait_write."""
         data = "".join(line + "\r\n" for line in lines).encode("utf-8", "surrogateescape")
         while data:
-            data = data[os.write(self.wfd, data):]
+            if not select.select([], [self.wfd], [], self.timeout)[1]:
+                raise Hangup("", 1)
+            data = data[os.write(self.wfd, data[:select.PIPE_BUF]):]

@@ -6,18 +6,21 @@ session's level is "Invalid Command", as in C; each command then makes C's own c
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Callable
 
 from auth.backend import VUser
 from auth.passwords import dummy_check, verify_password
+from auth.vchkpw import LEVELS, remote_ip
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
+from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
 from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS, READ_TIMEOUT, TOKENS,
                                          BadLine, Channel, Hangup, Refusal, Tokens)
 
@@ -52,6 +55,11 @@ class Session:
         self.user: VUser | None = None
         self.entry: AssignEntry | None = None
         self.flags = 0
+        config = api.config
+        self.log = Syslog(str(config.logging_log_name), str(config.logging_syslog_socket))
+        #: (log failures, log successes, show the password), as vchkpw reads logging.level
+        self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
+        self.ip = remote_ip(dict(os.environ))
 
     # -- who may do what (C's AuthVpw.pw_gid tests) -------------------------------------------
 
@@ -90,6 +98,15 @@ class Session:
         if self.domain_admin and not self.own_domain(domain):
             raise Refusal(major, minor)
 
+    def may_manage(self, user: VUser) -> bool:
+        """False for a domain administrator facing a system administrator's account (C let
+        the domain's postmaster read its password, set it, or delete it)."""
+        return not (self.domain_admin and user.flags & SA_ADMIN)
+
+    def check_account(self, user: VUser, minor: int) -> None:
+        if not self.may_manage(user):
+            raise Refusal(9, minor, "Not Authorized: a system administrator's account")
+
     def is_me(self, name: str, domain: str) -> bool:
         assert self.user is not None
         return name == self.user.name and self.own_domain(domain)
@@ -110,17 +127,23 @@ class Session:
         self.channel.send(*lines)
 
     def user_lines(self, user: VUser, flags: int | None = None) -> list[str]:
-        """C's send_user_info: the fields, then the flags (one line each, or ``gidflags`` after
+        """C's send_user_info: the fields (a system administrator's password fields empty for a
+        domain administrator), then the flags (one line each, or ``gidflags`` after
         clogin/slogin)."""
         value = user.flags if flags is None else flags
+        passwd, clear = (user.passwd, user.clear) if self.may_manage(user) else ("", "")
         lines = [f"name {user.name}", f"comment {user.gecos}", f"quota {user.quota}",
-                 f"user_dir {user.dir}", f"encrypted_password {user.passwd}",
-                 f"clear_text_password {user.clear}"]
+                 f"user_dir {user.dir}", f"encrypted_password {passwd}",
+                 f"clear_text_password {clear}"]
         if self.output != EXPANDED:
             return [*lines, f"gidflags {value}"]
         return [*lines, *(f"{name} {int(bool(value & bit))}" for bit, name in FLAG_LINES)]
 
     # -- logging in ----------------------------------------------------------------------------
+
+    def note(self, text: str, address: str, severity: int = LOG_NOTICE) -> None:
+        """A login event in syslog, in vchkpw's form: ``vpopmaild: text user@domain:ip``."""
+        self.log.send(f"vpopmaild: {text} {address}:{self.ip}", severity)
 
     def login(self, tokens: Tokens, output: int) -> bool | None:
         """True: logged in; False: a failed login (counted); None: a parameter was missing."""
@@ -133,7 +156,10 @@ class Session:
             self.send(str(Refusal(7, 204)))
             return None
         name, domain = split_address(email, self.api.default_domain())
+        address = f"{name}@{domain}"
         if not name or not domain:
+            if self.levels[0]:
+                self.note("vpopmail user not found", address)
             self.send(str(Refusal(8, 205)))
             return False
         try:
@@ -142,18 +168,26 @@ class Session:
                 else None
         except VpopmailError as exc:
             if exc.temporary:
+                self.note(f"user database unreadable ({exc})", address, LOG_ERR)
                 self.send(str(Refusal(1, 206, f"Can't open authentication database: {exc}")))
                 return None
             entry = user = None
         if user is None:
             # the cost of a wrong password, and its answer: who exists does not show
             dummy_check(password, str(self.api.config.passwords_scheme))
+            if self.levels[0]:
+                self.note("vpopmail user not found", address)
             self.send(str(Refusal(8, 207)))
             return False
         if not verify_password(password, user.passwd):
+            if self.levels[0]:
+                shown = f" (pass: '{password}')" if self.levels[2] else ""
+                self.note(f"password fail{shown}", address)
             self.send(str(Refusal(8, 207)))
             return False
         assert entry is not None
+        if self.levels[1]:
+            self.note("(PLAIN) login success", address)
         self.user, self.entry, self.output = user, entry, output
         self.flags = user.flags
         if self.flags & SA_ADMIN:
