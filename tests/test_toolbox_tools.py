@@ -2,11 +2,12 @@
 address), through the installed bin/ commands on real files.
 
 On both user backends (both_backends, tests/conftest.py); vcheck's step 7 is the backend's
-own check (the vpasswd files, or the SQL users table). vpopbull: copies, hard links and symbolic links land in new/ under vdelivermail's kind of
-unique name, owned by the domain owner with mode 0600; the exclude list, quotas and
-maildirsize are honoured; bad input changes nothing. vcheck: each thing it checks is broken in
-turn; the failing step, its fix text and the exit status (the step's number) are checked, and
-where the fix is a command, running it makes vcheck pass again.
+own check (the vpasswd files, or the SQL users table). vpopbull: copies, hard links and
+symbolic links land in new/ under vdelivermail's kind of unique name, owned by the domain
+owner with mode 0600; the exclude list, quotas and maildirsize are honoured; bad input changes
+nothing. vcheck: each thing it checks is broken in turn; the failing step, its fix text and
+the exit status (the step's number) are checked, and where the fix is a command, running it
+makes vcheck pass again.
 """
 from __future__ import annotations
 
@@ -568,6 +569,17 @@ def test_vcheck_users_table(vhome: Install, sql_db: Database) -> None:
         vhome.set_config("mysql", f"{side}_socket", str(vhome.prefix / "nosuch.sock"))
     failed(vhome, "users table", "the database does not answer: update server",
            "start the server, or correct the [mysql] section")
+
+
+@pytest.mark.sql_only
+def test_vcheck_and_vpopbull_with_per_domain_tables(vhome: Install, sql_db: Database) -> None:
+    """C's --disable-many-domains: one users table per domain, named by C's rule."""
+    sql_db.configure(vhome, many_domains=False)
+    dom = site(vhome, alias=False)
+    healthy(vhome)
+    assert " 7 users table      OK    3 users in table example_com of " in vcheck(vhome).stdout
+    assert vhome.ok("vpopbull", "-f", str(bulletin(vhome))) == ""
+    assert [len(new_files(dom, user)) for user in ("alice", "bob", "postmaster")] == [1, 1, 1]
 
 
 def test_vcheck_user(vhome: Install) -> None:
