@@ -35,8 +35,20 @@ class VUser(SlotRecord):
         self.clear = clear
 
 
+class Fault(Exception):
+    """What a consistency check (vcheck) found wrong, and the command that fixes it."""
+
+    def __init__(self, text: str, fix: str) -> None:
+        super().__init__(text)
+        self.text = text
+        self.fix = fix
+
+
 class UserDatabase(ABC):
     """Storage of the users of every domain. ``domain`` arguments are resolved assign entries."""
+
+    #: what vcheck calls this store (the name of its step 7)
+    store_name = "users"
 
     @abstractmethod
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
@@ -45,6 +57,11 @@ class UserDatabase(ABC):
     @abstractmethod
     def list_users(self, domain: AssignEntry) -> list[VUser]:
         """Every user of ``domain``, sorted by name."""
+
+    @abstractmethod
+    def has_users(self, domain: AssignEntry) -> bool:
+        """Whether any user of ``domain`` is stored, without reading them (False for an assign
+        line that is no vpopmail domain, such as qmail-pw2u's system users)."""
 
     @abstractmethod
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
@@ -87,6 +104,11 @@ class UserDatabase(ABC):
     @abstractmethod
     def rebuild_index(self, domain: AssignEntry) -> None:
         """Rebuild any derived index (vpasswd.cdb): what vmkpasswd asks for."""
+
+    @abstractmethod
+    def verify(self, domain: AssignEntry) -> str:
+        """vcheck's look at the stored users of ``domain``: a summary of what was found, or
+        :class:`Fault` for what logins and deliveries would trip over."""
 
     def close(self) -> None:  # noqa: B027 - optional: only server backends have work here
         """Let go of server connections (nothing to do for files)."""

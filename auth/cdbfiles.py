@@ -14,11 +14,12 @@ refused, so nothing rebuilds a domain's user list from nothing.
 import bisect
 import os
 
-from auth.backend import UserDatabase, VUser
+from auth.backend import Fault, UserDatabase, VUser
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import BadInput, CorruptData, UserDoesNotExist, UsernameExists
+from vpopmail.errors import (BadInput, CorruptData, UserDoesNotExist, UsernameExists,
+                             VpopmailError)
 from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -92,6 +93,8 @@ class CdbFiles(UserDatabase):
     write and the cdb rebuild, with no per-line decoding (the cost of an add at 100k users).
     """
 
+    store_name = VPASSWD
+
     def __init__(self, config: Config) -> None:
         self.clear_passwords = bool(config.passwords_clear_passwords)
         self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
@@ -154,6 +157,12 @@ class CdbFiles(UserDatabase):
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:
         return [parse_line(_decode(line)) for line in self._read_lines(domain)]
+
+    def has_users(self, domain: AssignEntry) -> bool:
+        try:
+            return os.path.getsize(os.path.join(domain.dir, VPASSWD)) > 0
+        except OSError:
+            return False
 
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
         new = sorted((_encode(format_line(u, self.clear_passwords)) for u in users), key=_name)
@@ -269,3 +278,48 @@ class CdbFiles(UserDatabase):
             return st.st_mtime, data.decode("ascii", "replace").strip()
         except OSError:
             return None
+
+    def verify(self, domain: AssignEntry) -> str:
+        """vpasswd is readable and well formed, vpasswd.cdb holds the same records (logins
+        and deliveries read only the cdb), both are owned by the domain owner."""
+        name = domain.real_domain
+        path = os.path.join(domain.dir, VPASSWD)
+        index = os.path.join(domain.dir, VPASSWD_CDB)
+        try:
+            data = read_regular(path, VPASSWD_LIMIT)[0]
+        except FileNotFoundError:
+            raise Fault(f"{path} is missing", f"restore {path} from a backup, or write it "
+                        f"again from vpasswd.cdb: vmkpasswd -r {name}") from None
+        except OSError as exc:
+            raise Fault(f"{path}: {exc.strerror}", f"make {path} a regular file the domain "
+                        "owner can read") from None
+        records: dict[bytes, bytes] = {}
+        for number, line in enumerate(data.split(b"\n"), 1):
+            if not line:
+                continue
+            if line.count(b":") < 6 or line.startswith(b":"):
+                raise Fault(f"{path} line {number} is not a user record",
+                            f"correct or remove line {number} of {path}, then vmkpasswd {name}")
+            key, _, rest = line.partition(b":")
+            records[key] = rest
+        try:
+            with cdb.CdbReader(index) as reader:
+                indexed = reader.items()
+        except FileNotFoundError:
+            raise Fault(f"{index} is missing", f"vmkpasswd {name}") from None
+        except VpopmailError as exc:
+            raise Fault(f"{index} is corrupt: {exc}", f"vmkpasswd {name}") from None
+        in_cdb = dict(indexed)
+        if in_cdb != records or len(indexed) != len(in_cdb):
+            differ = sorted(_decode(n) for n in set(records) | set(in_cdb)
+                            if records.get(n) != in_cdb.get(n))
+            shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+            raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
+                        f"{shown}): logins and deliveries read the cdb", f"vmkpasswd {name}")
+        for file in (path, index):
+            st = os.stat(file)
+            if (st.st_uid, st.st_gid) != (domain.uid, domain.gid):
+                raise Fault(f"{file} belongs to {st.st_uid}:{st.st_gid}, not "
+                            f"{domain.uid}:{domain.gid}: vdelivermail and vchkpw run as the "
+                            f"domain owner", f"chown {domain.uid}:{domain.gid} {file}")
+        return f"{len(records)} users, vpasswd.cdb matches"

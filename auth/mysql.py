@@ -22,7 +22,7 @@ does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one funct
 import os
 import time
 
-from auth.backend import UserDatabase, VUser
+from auth.backend import Fault, UserDatabase, VUser
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
@@ -292,6 +292,8 @@ class SqlError(Exception):
 class MySQLDatabase(UserDatabase):
     """Users (and lastauth, relay, valias, limits, dir_control, vlog) in MySQL/MariaDB."""
 
+    store_name = "users table"
+
     def __init__(self, config: Config, admin: bool = False) -> None:
         """``admin``: for a command that changes what it reads (the admin commands): its reads
         go to the update server too, so a lagging replica never decides what it writes."""
@@ -432,6 +434,11 @@ class MySQLDatabase(UserDatabase):
         rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
                          f"WHERE {where}", params, optional=True)
         return sorted((self._user(row) for row in rows), key=lambda u: u.name)
+
+    def has_users(self, domain: AssignEntry) -> bool:
+        where, params = self._where(domain)
+        return bool(self.read(f"SELECT 1 FROM `{self.users_table(domain)}` WHERE {where} "
+                              "LIMIT 1", params, optional=True))
 
     def _locked(self, conn: Connection, domain: AssignEntry, names: "Sequence[str]"
                 ) -> dict[str, VUser]:
@@ -581,6 +588,27 @@ class MySQLDatabase(UserDatabase):
 
     def rebuild_index(self, domain: AssignEntry) -> None:
         """Nothing to rebuild: the server keeps its own indexes (C's vmkpasswd is a no-op)."""
+
+    def verify(self, domain: AssignEntry) -> str:
+        """The domain's users table answers: without the server or the table every login and
+        delivery of the domain fails (temporarily, so mail waits in the queue)."""
+        table = self.users_table(domain)
+        where, params = self._where(domain)
+        server = self.reader.server.describe()
+        try:
+            rows = self.reader.query(f"SELECT count(*) FROM `{table}` WHERE {where}", params)
+        except NoAuthConnection as exc:
+            raise Fault(f"the database does not answer: {exc.detail}",
+                        "start the server, or correct the [mysql] section of the "
+                        "configuration") from None
+        except SqlError as exc:
+            if exc.code != ER_NO_SUCH_TABLE:
+                raise Fault(str(exc), "check the database user's rights and the server's error "
+                            "log") from None
+            raise Fault(f"table {table} does not exist in {server}: logins and deliveries "
+                        f"for {domain.real_domain} fail until it does",
+                        f"restore table {table} from a backup (mysqldump)") from None
+        return f"{rows[0][0]} users in table {table} of {server}"
 
     def close(self) -> None:
         self.reader.close()

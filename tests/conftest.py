@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from ucspi_site import ipv6, loopback6, plain  # noqa: F401
 from auth.backend import VUser
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
+
+if TYPE_CHECKING:
+    from mariadb_site import Database
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "packaging" / "install"
@@ -56,8 +60,9 @@ class Install:
         self.config_path = prefix / "etc" / "vpopmail.toml"
         self.domains = prefix / "domains"
         #: the user backend: "cdb" (the vpasswd files), or "mysql" once a fixture pointed the
-        #: install at a test database (modules marked ``both_backends``)
+        #: install at a test database (modules marked ``both_backends``): ``database``
         self.backend = "cdb"
+        self.database: Database | None = None
 
     @property
     def uid(self) -> int:
@@ -135,11 +140,13 @@ NO_BACKEND = "the user backend plays no part in this"
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``both_backends`` (a module's ``pytestmark``) run once per user backend,
-    unless also marked ``cdb_only(reason)``: ids end in ``cdb`` / ``mysql``."""
+    unless also marked ``cdb_only(reason)``, or ``sql_only`` (a check of the SQL store
+    itself): ids end in ``cdb`` / ``mysql``."""
     marked = metafunc.definition.get_closest_marker("both_backends")
     if (marked and "backend" in metafunc.fixturenames
             and not metafunc.definition.get_closest_marker("cdb_only")):
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        sql_only = metafunc.definition.get_closest_marker("sql_only")
+        metafunc.parametrize("backend", BACKENDS[1:] if sql_only else BACKENDS, indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -169,7 +176,8 @@ def _on_backend(inst: Install, request: pytest.FixtureRequest) -> Install:
     """Point ``inst`` at a fresh MariaDB database when the test runs on "mysql". (The install
     fixtures take ``backend`` as an argument only so that both_backends can parametrize it.)"""
     if request.getfixturevalue("backend") == "mysql":
-        request.getfixturevalue("sql_db").configure(inst)
+        inst.database = request.getfixturevalue("sql_db")
+        inst.database.configure(inst)
         inst.backend = "mysql"
     return inst
 

@@ -1,11 +1,13 @@
 """vpopbull (a bulletin into every Maildir) and vcheck (the troubleshooting walk for one
 address), through the installed bin/ commands on real files.
 
-vpopbull: copies, hard links and symbolic links land in new/ under vdelivermail's kind of
-unique name, owned by the domain owner with mode 0600; the exclude list, quotas and
-maildirsize are honoured; bad input changes nothing. vcheck: each thing it checks is broken in
-turn; the failing step, its fix text and the exit status (the step's number) are checked, and
-where the fix is a command, running it makes vcheck pass again.
+On both user backends (both_backends, tests/conftest.py); vcheck's step 7 is the backend's
+own check (the vpasswd files, or the SQL users table). vpopbull: copies, hard links and
+symbolic links land in new/ under vdelivermail's kind of unique name, owned by the domain
+owner with mode 0600; the exclude list, quotas and maildirsize are honoured; bad input changes
+nothing. vcheck: each thing it checks is broken in turn; the failing step, its fix text and
+the exit status (the step's number) are checked, and where the fix is a command, running it
+makes vcheck pass again.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, Install
+from conftest import CLEAN_ENV, NO_BACKEND, Install
+from mariadb_site import Database
 from test_commands import state, vpasswd_users
 
 DOMAIN = "example.com"
@@ -27,6 +30,10 @@ BULLETIN = b"From: Postmaster <postmaster@example.com>\nSubject: Maintenance ton
            b"Date: Sat, 28 Nov 2026 03:30:00 +0000\n\nThe mail server restarts at 22:00.\n"
 #: vdelivermail's new/ names: <sec>.M<usec>P<pid>V<dev>I<ino>.<host>,S=<size>,W=<rfc822 size>
 NAME = re.compile(r"\d+\.M\d+P\d+V[0-9A-F]+I[0-9A-F]+\.[^,/]+,S=(\d+),W=(\d+)")
+
+pytestmark = pytest.mark.both_backends
+#: vcheck's steps 2 to 6 (qmail's files, the domain directory) come before the user backend
+QMAIL_FILES = "vcheck's steps before the user store"
 
 
 # helpers ---------------------------------------------------------------------------------------
@@ -68,6 +75,7 @@ def assert_delivered_name(path: Path) -> None:
     assert int(match.group(1)) == os.stat(path).st_size
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 # vpopbull: bad input ---------------------------------------------------------------------------
 
 def test_vpopbull_usage(vhome: Install) -> None:
@@ -106,6 +114,7 @@ BAD_MESSAGES = {
 }
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 @pytest.mark.parametrize("case", sorted(BAD_MESSAGES))
 def test_vpopbull_refuses_what_is_not_a_whole_message(vhome: Install, tmp_path: Path,
                                                       case: str) -> None:
@@ -120,6 +129,7 @@ def test_vpopbull_refuses_what_is_not_a_whole_message(vhome: Install, tmp_path: 
     assert state(vhome) == before
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vpopbull_other_bad_input_changes_nothing(vhome: Install, tmp_path: Path) -> None:
     dom = site(vhome)
     good = bulletin(vhome)
@@ -218,6 +228,7 @@ def test_vpopbull_symbolic_links(each_install: Install, tmp_path: Path) -> None:
     assert maildirsize(dom, "alice") == f"1048576S\n0 0\n{len(BULLETIN)} 1\n"
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vpopbull_symbolic_link_target_must_be_readable_by_the_owner(root_vhome: Install,
                                                                      tmp_path: Path) -> None:
     inst = root_vhome
@@ -308,6 +319,7 @@ def test_vpopbull_remakes_a_lost_maildir_and_reports_failures(each_install: Inst
     assert tmp_files(dom, "postmaster") == []
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vpopbull_refuses_to_run_as_another_user(root_vhome: Install, tmp_path: Path) -> None:
     site(root_vhome)
     path = bulletin(root_vhome)
@@ -319,6 +331,7 @@ def test_vpopbull_refuses_to_run_as_another_user(root_vhome: Install, tmp_path: 
     assert state(root_vhome) == before
 
 
+@pytest.mark.cdb_only("the progress bar on a terminal")
 def test_vpopbull_progress_bar_only_on_a_terminal(vhome: Install, tmp_path: Path) -> None:
     dom = site(vhome, alias=False)
     batch = "".join(f"user{i}@{DOMAIN} pw{i}\n" for i in range(300))
@@ -353,8 +366,11 @@ def test_vpopbull_progress_bar_only_on_a_terminal(vhome: Install, tmp_path: Path
 
 # vcheck ----------------------------------------------------------------------------------------
 
-STEPS = ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
-         ".qmail-default", "vpasswd", "user", "Maildir", "maildirsize", "flags"]
+def steps(inst: Install) -> list[str]:
+    """vcheck's steps; the 7th is named by the user backend."""
+    store = "vpasswd" if inst.backend == "cdb" else "users table"
+    return ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
+            ".qmail-default", store, "user", "Maildir", "maildirsize", "flags"]
 
 
 def vcheck(inst: Install, address: str = f"alice@{DOMAIN}", **kw: object
@@ -366,7 +382,7 @@ def healthy(inst: Install, address: str = f"alice@{DOMAIN}") -> None:
     result = vcheck(inst, address)
     assert result.returncode == 0, result.stdout
     lines = result.stdout.splitlines()
-    assert [line[3:19].strip() for line in lines[:-1]] == STEPS
+    assert [line[3:19].strip() for line in lines[:-1]] == steps(inst)
     assert all(line[20:22] == "OK" for line in lines[:-1])
     assert lines[-1] == "all checks passed"
 
@@ -376,7 +392,7 @@ def failed(inst: Install, step: str, text: str, fix: str,
     """vcheck stops at ``step``: exit status = its number, the fault and the fix shown;
     returns the fix text."""
     result = vcheck(inst, address)
-    number = STEPS.index(step) + 1
+    number = steps(inst).index(step) + 1
     lines = result.stdout.splitlines()
     assert result.returncode == number, result.stdout
     assert len(lines) == number + 1, result.stdout
@@ -403,6 +419,7 @@ def test_vcheck_all_ok(each_install: Install) -> None:
     assert f"alias.test (alias of {DOMAIN})" in out
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vcheck_usage(vhome: Install) -> None:
     result = vhome.run("vcheck")
     assert result.returncode == 255
@@ -410,6 +427,7 @@ def test_vcheck_usage(vhome: Install) -> None:
     assert vhome.run("vcheck", "a@b.c", "d@e.f").returncode == 255
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vcheck_names(vhome: Install) -> None:
     site(vhome)
     failed(vhome, "address", "'../evil' is not a valid user name", "check the spelling",
@@ -424,6 +442,7 @@ def test_vcheck_names(vhome: Install) -> None:
     failed(vhome, "users/assign", "missing final '.' line", f"(echo . >> {assign})")
 
 
+@pytest.mark.cdb_only(QMAIL_FILES)
 def test_vcheck_assign_wiped_by_qmail_pw2u(each_install: Install) -> None:
     inst = each_install
     site(inst)
@@ -438,6 +457,7 @@ def test_vcheck_assign_wiped_by_qmail_pw2u(each_install: Install) -> None:
     healthy(inst)
 
 
+@pytest.mark.cdb_only(QMAIL_FILES)
 def test_vcheck_users_cdb(vhome: Install) -> None:
     site(vhome)
     users = vhome.qmaildir / "users"
@@ -462,6 +482,7 @@ def test_vcheck_users_cdb(vhome: Install) -> None:
     healthy(vhome)
 
 
+@pytest.mark.cdb_only(QMAIL_FILES)
 def test_vcheck_qmail_control(vhome: Install) -> None:
     site(vhome)
     control = vhome.qmaildir / "control"
@@ -481,6 +502,7 @@ def test_vcheck_qmail_control(vhome: Install) -> None:
            f"remove {DOMAIN} from {control}/locals")
 
 
+@pytest.mark.cdb_only(QMAIL_FILES)
 def test_vcheck_domain_directory_owner(each_install: Install) -> None:
     inst = each_install
     dom = site(inst)
@@ -491,6 +513,7 @@ def test_vcheck_domain_directory_owner(each_install: Install) -> None:
     healthy(inst)
 
 
+@pytest.mark.cdb_only(QMAIL_FILES)
 def test_vcheck_dot_qmail_default(vhome: Install) -> None:
     dom = site(vhome)
     dot = dom / ".qmail-default"
@@ -511,6 +534,7 @@ def test_vcheck_dot_qmail_default(vhome: Install) -> None:
     healthy(vhome)
 
 
+@pytest.mark.cdb_only("the vpasswd files themselves (SQL: test_vcheck_users_table)")
 def test_vcheck_vpasswd_and_its_cdb(each_install: Install) -> None:
     inst = each_install
     dom = site(inst)
@@ -530,6 +554,32 @@ def test_vcheck_vpasswd_and_its_cdb(each_install: Install) -> None:
     with open(dom / "vpasswd", "a") as fh:
         fh.write("broken line\n")
     failed(inst, "vpasswd", "line 5 is not a user record", f"then vmkpasswd {DOMAIN}")
+
+
+@pytest.mark.sql_only
+def test_vcheck_users_table(vhome: Install, sql_db: Database) -> None:
+    site(vhome)
+    healthy(vhome)
+    sql_db.server.sql("RENAME TABLE vpopmail TO saved", sql_db.name)
+    failed(vhome, "users table", f"table vpopmail does not exist in vpop_rw@{sql_db.server.socket}",
+           "restore table vpopmail from a backup")
+    sql_db.server.sql("RENAME TABLE saved TO vpopmail", sql_db.name)
+    healthy(vhome)
+    for side in ("read", "update"):
+        vhome.set_config("mysql", f"{side}_socket", str(vhome.prefix / "nosuch.sock"))
+    failed(vhome, "users table", "the database does not answer: update server",
+           "start the server, or correct the [mysql] section")
+
+
+@pytest.mark.sql_only
+def test_vcheck_and_vpopbull_with_per_domain_tables(vhome: Install, sql_db: Database) -> None:
+    """C's --disable-many-domains: one users table per domain, named by C's rule."""
+    sql_db.configure(vhome, many_domains=False)
+    dom = site(vhome, alias=False)
+    healthy(vhome)
+    assert " 7 users table      OK    3 users in table example_com of " in vcheck(vhome).stdout
+    assert vhome.ok("vpopbull", "-f", str(bulletin(vhome))) == ""
+    assert [len(new_files(dom, user)) for user in ("alice", "bob", "postmaster")] == [1, 1, 1]
 
 
 def test_vcheck_user(vhome: Install) -> None:
@@ -622,6 +672,12 @@ def test_vcheck_flags(vhome: Install) -> None:
 def test_vcheck_unreadable_as_another_user(root_vhome: Install) -> None:
     site(root_vhome)
     result = vcheck(root_vhome, as_user="nobody")
+    if root_vhome.backend == "mysql":  # the configuration holds the database password
+        assert (result.returncode, result.stdout) == (
+            154, f"Error: configuration error: cannot read {root_vhome.config_path}: "
+                 "Permission denied\n")
+        root_vhome.config_path.chmod(0o644)
+        result = vcheck(root_vhome, as_user="nobody")
     assert result.returncode == 5, result.stdout
     assert "cannot read" in result.stdout and "Permission denied" in result.stdout
     assert f"run vcheck as root or as the domain owner (uid {root_vhome.uid})" in result.stdout

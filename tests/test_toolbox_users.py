@@ -1,12 +1,13 @@
 """vdeloldusers (users by last login), vconvert (the user database to and from the etc format)
 and valias (``.qmail-<alias>`` files), through the installed bin/ commands on real files.
 
-vdeloldusers: lastauth mtimes are set back with os.utime; listing changes nothing, -D deletes
-through the API, postmaster and the catch-all stay, -e visits each domain once. vconvert: an
-export and re-import gives back the same vpasswd byte for byte for users with every odd but
-valid value; bad lines change nothing. valias: files land 0600, owned by the domain, named as
-qmail-local looks them up; bad names and lines change nothing. The qmail-local lookup order
-that vdelivermail will follow is checked against delivery/dotqmail.py.
+vdeloldusers (on both user backends): last logins are set back (lastauth's mtime, or its SQL
+row); listing changes nothing, -D deletes through the API, postmaster and the catch-all stay,
+-e visits each domain once. vconvert: an export and re-import gives back the same vpasswd byte
+for byte for users with every odd but valid value; bad lines change nothing. valias: files land
+0600, owned by the domain, named as qmail-local looks them up; bad names and lines change
+nothing. (vconvert -c and the valias files are the cdb backend's; their SQL counterparts are
+tests/test_sql_vconvert.py and tests/test_sql_aliases.py.)
 """
 from __future__ import annotations
 
@@ -18,22 +19,38 @@ from pathlib import Path
 import pytest
 
 from auth.passwords import verify_password
-from conftest import Install
-from delivery.dotqmail import candidates
-from test_commands import (cdb_dump, refused, run_as_vpopmail, state, vpasswd_cdb_expected,
-                           vpasswd_lines, vpasswd_users)
+from conftest import NO_BACKEND, Install
+from test_commands import (cdb_dump, check_index, refused, run_as_vpopmail, state,
+                           stored_users, vpasswd_cdb_expected, vpasswd_users)
 from test_toolbox_tools import ALIAS, DOMAIN, site
-from vpopmail import aliases
 from vpopmail.cli import vconvert
+
+pytestmark = pytest.mark.both_backends
 
 OTHER = "other.test"
 DAY = 86400
+#: vconvert -c reads and writes the vpasswd files whatever the backend
+VCONVERT_FILES = "vconvert -c: the vpasswd files themselves (SQL: test_sql_vconvert.py)"
+#: valias keeps .qmail-<alias> files with the cdb backend, valias rows with SQL
+VALIAS_FILES = "the .qmail-<alias> files (the valias table: test_sql_aliases.py)"
 
 
-def age(dom: Path, user: str, days: float) -> None:
-    """Make the user's last login ``days`` ago."""
+def age(inst: Install, user: str, days: float) -> None:
+    """Make the user's last login ``days`` ago (lastauth's mtime, or its row)."""
     when = time.time() - days * DAY
-    os.utime(dom / user / "lastauth", (when, when))
+    if inst.database is None:
+        os.utime(inst.domains / DOMAIN / user / "lastauth", (when, when))
+    else:
+        inst.database.rows(f"UPDATE lastauth SET timestamp = {int(when)} "
+                           f"WHERE user = '{user}' AND domain = '{DOMAIN}'")
+
+
+def forget_login(inst: Install, user: str) -> None:
+    """The user never logged in: no lastauth file, or no row."""
+    if inst.database is None:
+        (inst.domains / DOMAIN / user / "lastauth").unlink()
+    else:
+        inst.database.rows(f"DELETE FROM lastauth WHERE user = '{user}' AND domain = '{DOMAIN}'")
 
 
 def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
@@ -45,6 +62,7 @@ def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
 
 # vdeloldusers ----------------------------------------------------------------------------------
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vdeloldusers_usage_and_bad_options(vhome: Install) -> None:
     result = vhome.run("vdeloldusers")
     assert failed(result, 255)[0] == "vdeloldusers: usage: [options]"
@@ -62,10 +80,10 @@ def test_vdeloldusers_usage_and_bad_options(vhome: Install) -> None:
 
 
 def test_vdeloldusers_lists_and_changes_nothing(each_install: Install) -> None:
-    dom = site(each_install)
-    age(dom, "alice", 200)
-    age(dom, "bob", 10)
-    age(dom, "postmaster", 400)
+    site(each_install)
+    age(each_install, "alice", 200)
+    age(each_install, "bob", 10)
+    age(each_install, "postmaster", 400)
     before = state(each_install)
     # -e: example.com once, although alias.test points at it too (C went through it twice)
     assert each_install.ok("vdeloldusers", "-e", "-V") == (
@@ -81,14 +99,14 @@ def test_vdeloldusers_lists_and_changes_nothing(each_install: Install) -> None:
 
 def test_vdeloldusers_deletes_old_users(each_install: Install) -> None:
     dom = site(each_install)
-    age(dom, "alice", 200)
-    age(dom, "bob", 179)
-    age(dom, "postmaster", 400)
+    age(each_install, "alice", 200)
+    age(each_install, "bob", 179)
+    age(each_install, "postmaster", 400)
     # through the alias domain, as the vpopmail user (a cron job)
     result = run_as_vpopmail(each_install, "vdeloldusers", "-D", "-d", ALIAS)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    assert [line.split(":")[0] for line in vpasswd_lines(each_install)] == ["bob", "postmaster"]
-    assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(each_install)
+    assert sorted(stored_users(each_install)) == ["bob", "postmaster"]
+    check_index(each_install)
     assert not (dom / "alice").exists()
     assert (dom / ".dir-control").read_text().split("\n")[0] == "2"
     assert each_install.ok("vdeloldusers", "-e", "-D", "-V") == (
@@ -100,17 +118,18 @@ def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) 
     vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")
     api = vhome.api()
     api.write_dot_qmail_default(api.get_domain(DOMAIN), f"alice@{DOMAIN}")
-    age(dom, "alice", 365)
-    age(dom, "carol", 365)
-    (dom / "bob" / "lastauth").unlink()  # never logged in, no record: left alone, as C
+    age(vhome, "alice", 365)
+    age(vhome, "carol", 365)
+    forget_login(vhome, "bob")  # never logged in, no record: left alone, as C
     result = vhome.run("vdeloldusers", "-e", "-D", "-V", "-a", "0")
     assert failed(result, 201) == [
         "alice@example.com", "Error: can't delete catchall account: alice@example.com",
         "carol@example.com", "skipping postmaster@example.com"]
-    assert sorted(vpasswd_users(vhome)) == ["alice", "bob", "postmaster"]
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
     assert (dom / "alice" / "Maildir").is_dir() and not (dom / "carol").exists()
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_vdeloldusers_needs_auth_logging(vhome: Install) -> None:
     site(vhome, alias=False)
     vhome.set_config("logging", "auth_logging", False)
@@ -136,9 +155,10 @@ def odd_users(inst: Install) -> None:
     # a uid other than vpopmail's 1 is kept as well
     api = inst.api()
     user, entry = api.get_user(f"bob@{DOMAIN}")
-    api.update_user(entry, user.copy(uid=0, flags=0x2000))
+    api.backend.update_users(entry, [user.copy(uid=0, flags=0x2000)])
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
     inst = each_install
     odd_users(inst)
@@ -168,6 +188,7 @@ def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
     assert (dom / ".dir-control").read_text().split("\n")[0] == "7"
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     message = dom / "alice" / "Maildir" / "new" / "1.M1P1.host,S=3"
@@ -184,6 +205,7 @@ def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
     assert message.read_text() == "hi\n"
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_into_another_domain_and_stdout(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     vhome.ok("vadddomain", OTHER, "other")
@@ -205,6 +227,7 @@ def test_vconvert_into_another_domain_and_stdout(vhome: Install) -> None:
         assert (vhome.domains / OTHER / name / "Maildir" / "cur").is_dir()
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_every_domain_through_a_directory(vhome: Install) -> None:
     site(vhome)
     vhome.ok("vadddomain", OTHER, "other")
@@ -243,6 +266,7 @@ BAD_LINES = [
 ]
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 @pytest.mark.parametrize("text,starts", BAD_LINES, ids=[f"bad{i}" for i in range(len(BAD_LINES))])
 def test_vconvert_import_refuses_bad_lines(vhome: Install, text: str, starts: str) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
@@ -257,6 +281,7 @@ def test_vconvert_import_refuses_bad_lines(vhome: Install, text: str, starts: st
     assert state(vhome) == before
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_foreign_directory_gets_a_new_one(vhome: Install, tmp_path: Path) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     foreign = tmp_path / "elsewhere" / "carol"
@@ -270,6 +295,7 @@ def test_vconvert_foreign_directory_gets_a_new_one(vhome: Install, tmp_path: Pat
     assert not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_usage_and_sqwebmail(vhome: Install) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     for args in ([], ["-c"], ["-c", "-c", DOMAIN], ["-e", "-e", DOMAIN], ["-c", "-e", "-x"],
@@ -284,6 +310,7 @@ def test_vconvert_usage_and_sqwebmail(vhome: Install) -> None:
             starts="Error: Domain does not exist")
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_user_password_pairs(vhome: Install, tmp_path: Path) -> None:
     vhome.ok("vadddomain", DOMAIN, "secret")
     pairs = tmp_path / "pairs"
@@ -296,6 +323,7 @@ def test_vconvert_user_password_pairs(vhome: Install, tmp_path: Path) -> None:
     assert users["grace"][1:5] == ["$6$s$h", "1", "0", "grace"]
 
 
+@pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_system_accounts(vhome: Install, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """C's -e: the system's accounts, hashes from the shadow file; in-process, with the two
@@ -336,6 +364,7 @@ def alias_file(inst: Install, name: str) -> Path:
     return inst.domains / DOMAIN / name
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 def test_valias_insert_show_remove_delete(each_install: Install) -> None:
     inst = each_install
     dom = site(inst)
@@ -400,6 +429,7 @@ REFUSED_ALIASES = [
 ]
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 @pytest.mark.parametrize("args,code,starts", REFUSED_ALIASES,
                          ids=[f"refused{i}" for i in range(len(REFUSED_ALIASES))])
 def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str) -> None:
@@ -408,6 +438,7 @@ def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str)
     refused(vhome, "valias", *args, code=code, starts=starts)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_valias_usage_and_names_only(vhome: Install) -> None:
     site(vhome, alias=False)
     for args in ([], ["-i"], ["-x", DOMAIN], [f"a@{DOMAIN}", f"b@{DOMAIN}"]):
@@ -418,6 +449,7 @@ def test_valias_usage_and_names_only(vhome: Install) -> None:
         255, "", "Please enter domain name only.\n")
 
 
+@pytest.mark.cdb_only(VALIAS_FILES)
 def test_valias_lists_as_c_and_leaves_mailing_lists(vhome: Install, tmp_path: Path) -> None:
     dom = site(vhome, alias=False)
     ezmlm = tmp_path / "list"
@@ -444,28 +476,3 @@ def test_valias_lists_as_c_and_leaves_mailing_lists(vhome: Install, tmp_path: Pa
     vhome.ok("valias", "-i", "&carol@example.org", f"sales@{DOMAIN}")
     assert stat.S_IMODE(os.stat(dom / ".qmail-sales").st_mode) == 0o700
     assert (dom / ".qmail-sales").read_text() == "&bob@example.com\n&carol@example.org\n"
-
-
-# the lookup order vdelivermail will follow -----------------------------------------------------
-
-def test_dot_qmail_lookup_order_is_qmail_locals(tmp_path: Path) -> None:
-    assert aliases.dot_qmail_candidates("A.b-c-d", include_default=True) == [
-        ".qmail-a:b-c-d", ".qmail-a:b-c-default", ".qmail-a:b-default", ".qmail-default"]
-    assert aliases.dot_qmail_candidates("x-") == [".qmail-x-", ".qmail-x-default"]
-    for ext in ("a", "a-b-c", "a-", "x:y-z"):
-        assert aliases.dot_qmail_candidates(ext, True) == candidates(ext)[:-1]
-    for name in (".qmail-a-b-default", ".qmail-a-default", ".qmail-default", ".qmail-exact"):
-        (tmp_path / name).write_text("&x@y.org\n")
-        os.chmod(tmp_path / name, 0o600)
-    find = aliases.find_dot_qmail
-    assert find(str(tmp_path), "a-b-C") == (str(tmp_path / ".qmail-a-b-default"), "C")
-    assert find(str(tmp_path), "a-x-y") == (str(tmp_path / ".qmail-a-default"), "x-y")
-    assert find(str(tmp_path), "EXACT") == (str(tmp_path / ".qmail-exact"), "")
-    assert find(str(tmp_path), "zz") is None
-    assert find(str(tmp_path), "zz", include_default=True) == (
-        str(tmp_path / ".qmail-default"), "zz")
-    (tmp_path / ".qmail-b-default").mkdir()  # not a regular file: passed over
-    assert find(str(tmp_path), "b-q", include_default=True)[0].endswith(".qmail-default")
-    os.chmod(tmp_path / ".qmail-exact", 0o622)
-    with pytest.raises(aliases.DotQmailUnsafe):
-        find(str(tmp_path), "exact")

@@ -346,7 +346,7 @@ def clear_password(site: LoginSite, name: str) -> None:
     try:
         user, entry = api.get_user(f"{name}@{DOMAIN}")
         user.passwd = user.clear = ""
-        api.update_user(entry, user)
+        api.backend.update_users(entry, [user])
     finally:
         api.backend.close()
 

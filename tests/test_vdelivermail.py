@@ -339,7 +339,7 @@ def test_user_without_directory_gets_one(site: Site) -> None:
     api = site.inst.api()
     bob, entry = api.get_user(f"bob@{DOMAIN}")
     old_dir, bob.dir = bob.dir, ""
-    api.update_user(entry, bob)
+    api.backend.update_users(entry, [bob])
     api.backend.close()
     shutil.rmtree(old_dir)
     assert site.deliver("bob").returncode == 0, site.deliver("bob")

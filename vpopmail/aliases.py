@@ -17,11 +17,9 @@ Alias names are one safe file name component (vpopmail/names.py rules); ``defaul
 names of existing users are refused (a ``.qmail-<user>`` would take the user's mail: qmail-local
 finds it before ``.qmail-default``).
 
-The read side (:func:`names`, :func:`read_lines`, :func:`find_dot_qmail`,
-:func:`select_lines`) is hot-path safe: it imports only ``errno`` and ``os`` besides the lean
-vpopmail modules.
+The read side (:func:`names`, :func:`read_lines`, :func:`wildcards`, :func:`select_lines`) is
+hot-path safe: it imports only ``os`` besides the lean vpopmail modules.
 """
-import errno
 import os
 
 from vpopmail.assign import AssignEntry
@@ -44,8 +42,6 @@ LOCK = ".valias.lock"
 MAX_LINE = 160
 MODE = 0o600
 ALIAS_LIMIT = 1 << 24  # bytes an alias file that valias changes may have
-#: qmail's conf-patrn default: a .qmail file writable by group or others is refused (deferred)
-PATRN = 0o002
 #: file type bits (the stat module is not imported on the hot path)
 _IFMT, _IFREG, _IFLNK = 0o170000, 0o100000, 0o120000
 
@@ -87,8 +83,8 @@ class InvalidAliasLine(AliasError):
 
 
 class DotQmailUnsafe(AliasError):
-    """A .qmail file qmail-local would refuse (group/world writable) or one that cannot be
-    read: mail must be deferred."""
+    """A ``.qmail`` file (or the domain directory) that cannot be read: mail must be
+    deferred."""
 
     code = -100
     temporary = True
@@ -221,55 +217,6 @@ def wildcards(ext: str) -> list[tuple[str, str]]:
     while (dash := ext.rfind("-", 0, dash)) >= 0:
         found.append((ext[:dash + 1] + DEFAULT, ext[dash + 1:]))
     return found
-
-
-def dot_qmail_candidates(ext: str, include_default: bool = False) -> list[str]:
-    """The file names qmail-local tries, in order, for the extension ``ext`` (the local part
-    of a virtual-domain address): ``.qmail-<ext>``, then ``.qmail-<prefix>-default`` from the
-    longest ``-`` prefix down, then (``include_default``) ``.qmail-default``. ``ext`` is lower
-    cased and ``.`` written as ``:`` first (qmail-local's safeext)."""
-    safe = ext.lower().replace(".", ":")
-    found = [DOT_QMAIL + safe] + [DOT_QMAIL + name for name, _ in wildcards(safe)]
-    if include_default:
-        found.append(DOT_QMAIL + DEFAULT)
-    return found
-
-
-def find_dot_qmail(domain_dir: str, ext: str, include_default: bool = False
-                   ) -> tuple[str, str] | None:
-    """The ``.qmail`` file qmail-local would use for ``ext`` in ``domain_dir`` and the value
-    it gives ``$DEFAULT`` (the part of ``ext`` a ``-default`` matched; ``""`` otherwise), or
-    None. As qmail-local's qmesearch/qmeexists: a name that does not exist, or is not a
-    regular file (after following a symlink), is passed over; one that cannot be opened
-    (EACCES, EPERM, I/O error) or is writable by group or others raises DotQmailUnsafe (defer).
-    """
-    if "/" in ext or not ext:
-        return None
-    safe = ext.lower().replace(".", ":")
-    for name in dot_qmail_candidates(ext, include_default):
-        path = os.path.join(domain_dir, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
-                continue
-            raise DotQmailUnsafe(f"unable to open {path}: {exc.strerror}") from None
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if st.st_mode & _IFMT != _IFREG:
-            continue
-        if st.st_mode & PATRN:
-            raise DotQmailUnsafe(f"{path} is writable by others")
-        stem = name[len(DOT_QMAIL):]
-        default = ""
-        if stem.endswith(DEFAULT) and name != DOT_QMAIL + safe:
-            default = ext[len(stem) - len(DEFAULT):]
-        elif name == DOT_QMAIL + safe and safe.endswith(DEFAULT):
-            default = ext[len(safe) - len(DEFAULT):]
-        return path, default
-    return None
 
 
 # the valias table (users.backend = "mysql") -------------------------------------------------

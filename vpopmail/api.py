@@ -682,10 +682,6 @@ class Vpopmail:
             return False
         return target in (user.dir, f"{user.name}@{entry.real_domain}")
 
-    def update_user(self, entry: AssignEntry, user: VUser, index: bool = True) -> None:
-        """Store ``user`` as given, every field (see :meth:`modify_users` for a change)."""
-        self.backend.update_users(entry, [user], index)
-
     def modify_users(self, entry: AssignEntry, names: list[str],
                      change: Callable[[VUser], VUser], index: bool = True) -> list[VUser]:
         """Apply ``change`` to the current records of ``names`` and store them; returns the new

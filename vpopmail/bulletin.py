@@ -162,7 +162,7 @@ def select_domains(api: Vpopmail, names: list[str]) -> list[AssignEntry]:
             chosen.setdefault(entry.real_domain, entry)
     else:
         for entry in api.domains():
-            if not entry.is_alias and os.path.exists(os.path.join(entry.dir, "vpasswd")):
+            if not entry.is_alias and api.backend.has_users(entry):
                 chosen.setdefault(entry.real_domain, entry)
     return list(chosen.values())
 

@@ -11,8 +11,9 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      locals does not claim it
  5 domain directory  exists, owned by the uid/gid of its assign line
  6 .qmail-default    exists, runs vdelivermail, not world-writable
- 7 vpasswd           readable, well formed, vpasswd.cdb holds the same records, both owned by
-                     the domain owner
+ 7 vpasswd or       the user backend checks its own store (UserDatabase.verify): vpasswd
+   users table       readable, well formed, vpasswd.cdb holds the same records, both owned by
+                     the domain owner; or the SQL server answers and has the domain's table
  8 user              the user exists (or a ``.qmail-<name>`` of the domain takes its mail)
  9 Maildir           user directory, Maildir, cur/new/tmp: directories owned by the domain
                      owner, mode 0700
@@ -28,8 +29,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 
-from auth.backend import VUser
-from auth.cdbfiles import VPASSWD, VPASSWD_CDB, parse_line
+from auth.backend import Fault, VUser
 from maildir import SUBDIRS
 from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, is_over,
                            load_maildirsize, scan_usage, usage_percent)
@@ -70,15 +70,6 @@ class Step:
         self.final = final
 
 
-class Fault(Exception):
-    """A failed check: what is wrong and the command that fixes it."""
-
-    def __init__(self, text: str, fix: str) -> None:
-        super().__init__(text)
-        self.text = text
-        self.fix = fix
-
-
 class Done(Exception):
     """The walk ends successfully at this step (``text`` says why)."""
 
@@ -97,7 +88,6 @@ class Diagnosis:
         self.user_name = ""
         self.domain = ""
         self.entry: AssignEntry | None = None
-        self.records: dict[bytes, bytes] = {}
         self.user: VUser | None = None
         self.assign_text = ""
 
@@ -107,7 +97,7 @@ class Diagnosis:
                 ("users/cdb", self.check_users_cdb), ("qmail control", self.check_control),
                 ("domain directory", self.check_domain_dir),
                 (".qmail-default", self.check_dot_qmail_default),
-                ("vpasswd", self.check_vpasswd), ("user", self.check_user),
+                (self.api.backend.store_name, self.check_store), ("user", self.check_user),
                 ("Maildir", self.check_maildir), ("maildirsize", self.check_maildirsize),
                 ("flags", self.check_flags)]
 
@@ -306,55 +296,15 @@ class Diagnosis:
 
     # 7 ----------------------------------------------------------------------------------------
 
-    def check_vpasswd(self) -> str:
-        entry = self._entry()
-        domain = entry.real_domain
-        path = os.path.join(entry.dir, VPASSWD)
-        index = os.path.join(entry.dir, VPASSWD_CDB)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            raise Fault(f"{path} is missing", f"restore {path} from a backup (vpasswd.cdb "
-                        "still holds the records: cdb -d shows them)") from None
-        records: dict[bytes, bytes] = {}
-        for number, line in enumerate(data.split(b"\n"), 1):
-            if not line:
-                continue
-            name, _, rest = line.partition(b":")
-            if line.count(b":") < 6 or not name:
-                raise Fault(f"{path} line {number} is not a user record",
-                            f"correct or remove line {number} of {path}, then vmkpasswd {domain}")
-            records[name] = rest
-        try:
-            with cdb.CdbReader(index) as reader:
-                indexed = reader.items()
-        except FileNotFoundError:
-            raise Fault(f"{index} is missing", f"vmkpasswd {domain}") from None
-        except VpopmailError as exc:
-            raise Fault(f"{index} is corrupt: {exc}", f"vmkpasswd {domain}") from None
-        in_cdb = dict(indexed)
-        if in_cdb != records or len(indexed) != len(in_cdb):
-            differ = sorted(n.decode("utf-8", "replace") for n in set(records) | set(in_cdb)
-                            if records.get(n) != in_cdb.get(n))
-            shown = ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
-            raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
-                        f"{shown}): logins and deliveries read the cdb",
-                        f"vmkpasswd {domain}")
-        for file in (path, index):
-            st = os.stat(file)
-            if (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
-                raise Fault(f"{file} belongs to {_owner(st)}, not {entry.uid}:{entry.gid}: "
-                            "vdelivermail and vchkpw run as the domain owner", self._chown(file))
-        self.records = records
-        return f"{len(records)} users, vpasswd.cdb matches"
+    def check_store(self) -> str:
+        return self.api.backend.verify(self._entry())
 
     # 8 ----------------------------------------------------------------------------------------
 
     def check_user(self) -> str:
         entry = self._entry()
-        key = self.user_name.encode("utf-8", "surrogateescape")
-        if key not in self.records:
+        user = self.api.backend.get_user(entry, self.user_name)
+        if user is None:
             dot_qmail = os.path.join(entry.dir, ".qmail-" + self.user_name.replace(".", ":"))
             if os.path.exists(dot_qmail):
                 raise Done(f"{self.user_name} is no mailbox; {dot_qmail} takes its mail "
@@ -366,9 +316,8 @@ class Diagnosis:
             raise Fault(f"no user {self.user_name} in {entry.real_domain}"
                         + (f": its mail goes to the default action ({action})" if action else ""),
                         f"vadduser {self.user_name}@{entry.real_domain}")
-        rest = self.records[key].decode("utf-8", "surrogateescape")
-        self.user = parse_line(f"{self.user_name}:{rest}")
-        return f"{self.user.dir or '(no directory)'}, quota {self.user.quota}"
+        self.user = user
+        return f"{user.dir or '(no directory)'}, quota {user.quota}"
 
     # 9 ----------------------------------------------------------------------------------------
 

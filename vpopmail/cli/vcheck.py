@@ -11,8 +11,9 @@ vcheck: usage: [options] email_address
 options: -v (print version number)
 Checks, in order, what mail to and logins of email_address depend on (users/assign,
 users/cdb, qmail's control files, the domain directory, .qmail-default, vpasswd and
-vpasswd.cdb, the user, its Maildir, maildirsize, flags), prints OK or the fix for each,
-and stops at the first fault. Exit status: 0 all OK, else the number of the failed step.
+vpasswd.cdb or the SQL users table, the user, its Maildir, maildirsize, flags), prints OK
+or the fix for each, and stops at the first fault. Exit status: 0 all OK, else the number
+of the failed step.
 """
 
 

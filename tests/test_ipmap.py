@@ -1,0 +1,84 @@
+"""vpopmail/ipmap.py: the IP map (``etc/ip_alias_map``) as the installed ``vipmap`` edits it,
+and the domain a bare-name login gets (``default_domain``: ``$VPOPMAIL_DOMAIN``, the map entry
+of the local address unless qmail serves that domain itself, ``users.default_domain``, then
+``etc/defaultdomain``), read from a real install's files.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from conftest import Install
+from test_commands import refused
+from vpopmail import config as vconfig
+from vpopmail.ipmap import default_domain
+
+DOMAIN = "example.com"
+OTHER = "other.test"
+
+
+def domain_for(inst: Install, local_ip: str = "", **environ: str) -> str:
+    return default_domain(vconfig.load(str(inst.config_path)), environ, local_ip)
+
+
+def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vadddomain", OTHER, "secret")
+    path = vhome.prefix / "etc" / "ip_alias_map"
+    assert vhome.ok("vipmap", "-p") == "" and not path.exists()
+    assert vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN) == ""
+    assert vhome.ok("vipmap", "-a", "2001:db8::7", OTHER.upper()) == ""  # stored lower case
+    assert vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN) == ""  # the same pair: once, last
+    assert path.read_text() == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"
+    st = os.stat(path)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, vhome.uid, vhome.gid)
+    assert vhome.ok("vipmap", "-p") == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"
+    assert vhome.ok("vipmap", "-d", "2001:db8::7", OTHER) == ""
+    assert vhome.ok("vipmap", "-p") == f"192.0.2.7 {DOMAIN}\n"
+    assert not [name for name in os.listdir(path.parent) if "tmp" in name]
+
+
+def test_vipmap_refuses_and_changes_nothing(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN)
+    refused(vhome, "vipmap", "-a", "192.0.2.8", "nosuch.test", code=245,
+            starts="Error: Domain does not exist: nosuch.test")
+    for ip in ("192.0.2.300", "fe80::1%eth0", "192.0.2.7 ", "host.example.com", ""):
+        refused(vhome, "vipmap", "-a", ip, DOMAIN, code=152, starts="Error: bad input: ")
+    refused(vhome, "vipmap", "-d", "192.0.2.9", DOMAIN, code=152,
+            starts=f"Error: bad input: no mapping 192.0.2.9 {DOMAIN}")
+    assert (vhome.prefix / "etc" / "ip_alias_map").read_text() == f"192.0.2.7 {DOMAIN}\n"
+    for args in ([], ["-a", "192.0.2.8"], ["-d", "192.0.2.7", DOMAIN, "x"], ["-x"]):
+        result = vhome.run("vipmap", *args)
+        assert result.returncode == 255 and result.stdout.startswith("vipmap: usage:"), args
+
+
+def test_default_domain_order(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vadddomain", OTHER, "secret")
+    vhome.ok("vipmap", "-a", "192.0.2.7", OTHER)
+    etc = vhome.prefix / "etc"
+    # nothing configured: no domain
+    assert domain_for(vhome, "192.0.2.8") == ""
+    # etc/defaultdomain (its first line), then users.default_domain over it
+    (etc / "defaultdomain").write_text("Fallback.TEST\nignored.test\n")
+    assert domain_for(vhome, "192.0.2.8") == "fallback.test"
+    vhome.set_config("users", "default_domain", "Example.COM")
+    assert domain_for(vhome, "192.0.2.8") == DOMAIN
+    assert domain_for(vhome) == DOMAIN
+    # the map entry of the local address, also as an IPv4-mapped IPv6 address
+    assert domain_for(vhome, "192.0.2.7") == OTHER
+    assert domain_for(vhome, "::FFFF:192.0.2.7") == OTHER
+    # $VPOPMAIL_DOMAIN over everything, unsafe characters made harmless
+    assert domain_for(vhome, "192.0.2.7", VPOPMAIL_DOMAIN="Env.Test") == "env.test"
+    assert domain_for(vhome, "", VPOPMAIL_DOMAIN="../x y") == ".._x_y"
+    assert len(domain_for(vhome, "", VPOPMAIL_DOMAIN="a" * 200)) == 96
+
+
+def test_a_mapped_domain_qmail_serves_as_local_is_not_used(vhome: Install) -> None:
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vadddomain", OTHER, "secret")
+    vhome.ok("vipmap", "-a", "192.0.2.7", OTHER)
+    vhome.set_config("users", "default_domain", DOMAIN)
+    (vhome.qmaildir / "control" / "locals").write_text(f"localhost\n{OTHER.upper()}\n")
+    assert domain_for(vhome, "192.0.2.7") == DOMAIN
