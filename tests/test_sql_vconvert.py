@@ -192,7 +192,9 @@ def test_property_sql_round_trip(vhome: Install, sql_db: Database, users: list[V
     for name in ("vpasswd", "vpasswd.cdb"):
         (dom / name).unlink(missing_ok=True)
     sql_db.rows("DROP TABLE IF EXISTS vpopmail")
-    CdbFiles(vconfig.load(config)).add_users(entry, users)
+    files_backend = CdbFiles(vconfig.load(config))
+    files_backend.create_domain(entry)  # a domain's files start as vadddomain leaves them
+    files_backend.add_users(entry, users)
     original = files(vhome)
     assert vconvert.main(["-c", "-m", DOMAIN], config=config) == 0
     assert len(sql_db.rows("SELECT pw_name FROM vpopmail")) == len(users)

@@ -196,8 +196,9 @@ def test_vconvert_restore_keeps_directories_and_mail(vhome: Install) -> None:
     export = vhome.prefix.parent / "example.etc"
     vhome.ok("vconvert", "-c", "-e", "-f", str(export), DOMAIN)
     original = (dom / "vpasswd").read_bytes()
-    # the user database is lost; the directories are not
+    # the user database is lost (vpasswd and its cdb); the directories are not
     (dom / "vpasswd").write_bytes(b"")
+    (dom / "vpasswd.cdb").unlink()
     vhome.ok("vmkpasswd", DOMAIN)
     assert vhome.ok("vconvert", "-d", "-e", "-c", "-f", str(export), DOMAIN) == (
         "alice\nbob\npostmaster\nconverting example.com done\n3 users\n")

@@ -20,6 +20,7 @@ finds it before ``.qmail-default``).
 The read side (:func:`names`, :func:`read_lines`, :func:`wildcards`, :func:`select_lines`) is
 hot-path safe: it imports only ``os`` besides the lean vpopmail modules.
 """
+import errno
 import os
 
 from vpopmail.assign import AssignEntry

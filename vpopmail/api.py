@@ -17,7 +17,7 @@ from vpopmail import assign, catchall, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
-                             CouldNotMakeDomainDir, CouldNotUpdateFile, DomainAlreadyExists,
+                             CorruptData, CouldNotMakeDomainDir, CouldNotUpdateFile, DomainAlreadyExists,
                              DomainDoesNotExist, GecosTooLong, IllegalUsername, InvalidDomainName,
                              PasswdTooLong, QuotaTooLong, SubdirCreation, UserDirExists,
                              UserDoesNotExist, UsernameExists, VpopmailError)
@@ -90,9 +90,14 @@ class Vpopmail:
     def find_domain(self, domain: str) -> AssignEntry | None:
         """The assign entry of ``domain`` (an alias resolves to its real domain), or None."""
         domain = check_domain(domain.lower())
-        if not self.qmail.has_users_cdb():
+        try:
+            return assign.lookup(self.config.qmail_dir, domain)
+        except CorruptData:
+            # no users/cdb: a new qmail has no domains; a lost one is damage (has_users_cdb
+            # says which; qmail's files load only then, the user commands never need them)
+            if self.qmail.has_users_cdb():
+                raise
             return None
-        return assign.lookup(self.config.qmail_dir, domain)
 
     def get_domain(self, domain: str) -> AssignEntry:
         entry = self.find_domain(domain)
