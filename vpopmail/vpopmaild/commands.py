@@ -49,12 +49,7 @@ def user_info(s: Session, t: Tokens) -> None:
     s.require_admin(601)
     name, domain = s.address(t, (602, 603))
     s.check_domain(domain, 11, 604)
-    try:
-        user, _ = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Refusal(12, 605) from None
+    user, _ = s.find_user(name, domain, Refusal(12, 605))
     s.check_account(user, 604)
     s.send(OK_MORE, *s.user_lines(user), END)
 
@@ -111,12 +106,10 @@ def mod_user(s: Session, t: Tokens) -> None:
     if not s.flags & (flags.QA_ADMIN | flags.SA_ADMIN) and not s.is_me(name, domain):
         raise Refusal(11, 504)
     try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
+        user, entry = s.find_user(name, domain, Refusal(12, 505))
+    except Refusal:
         s.channel.read_block(MAX_OPTIONS)
-        raise Refusal(12, 505) from None
+        raise
     if not s.may_manage(user):
         s.channel.read_block(MAX_OPTIONS)
         s.check_account(user, 503)
@@ -207,12 +200,7 @@ def get_lastauth(s: Session, t: Tokens) -> None:
     s.require_admin(3701)
     name, domain = s.address(t, (3702, 3703))
     s.check_domain(domain, 11, 3704)
-    try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Refusal(12, 3705) from None
+    user, entry = s.find_user(name, domain, Refusal(12, 3705))
     if not s.api.config.logging_auth_logging:
         s.send(OK)
         return
@@ -232,12 +220,7 @@ def get_user_size(s: Session, t: Tokens) -> None:
         raise Raw("3803 invalid email address") from None
     if s.domain_admin and not s.own_domain(domain):
         raise Raw("3804 not authorized for domain")
-    try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Raw("3805 user does not exist") from None
+    user, entry = s.find_user(name, domain, Raw("3805 user does not exist"))
     size, count = _usage(user, entry.uid, entry.gid)
     if size < 0:
         raise Raw("3806 unable to fetch size of user account")

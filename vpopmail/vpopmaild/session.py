@@ -107,6 +107,16 @@ class Session:
         if not self.may_manage(user):
             raise Refusal(9, minor, "Not Authorized: a system administrator's account")
 
+    def find_user(self, name: str, domain: str, missing: Refusal) -> tuple[VUser, AssignEntry]:
+        """The user ``name@domain`` and its domain; ``missing`` (the command's own answer) when
+        either does not exist. A temporary fault is raised as it is (``-ERR 0.100``)."""
+        try:
+            return self.api.get_user(f"{name}@{domain}")
+        except VpopmailError as exc:
+            if exc.temporary:
+                raise
+            raise missing from None
+
     def is_me(self, name: str, domain: str) -> bool:
         assert self.user is not None
         return name == self.user.name and self.own_domain(domain)
