@@ -4,7 +4,8 @@ C's level, authorisation checks and answer formats. File commands are in ``files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from auth.backend import VUser
 from maildir.quota import scan_usage
@@ -27,6 +28,15 @@ class _Failed(Refusal):
 
     def __init__(self, minor: int, exc: VpopmailError) -> None:
         Exception.__init__(self, f"-ERR 0.{minor:03d} {exc}")
+
+
+@contextmanager
+def _failing(minor: int) -> Iterator[None]:
+    """A library error in the block is answered ``-ERR 0.<minor> <its text>``."""
+    try:
+        yield
+    except VpopmailError as exc:
+        raise _Failed(minor, exc) from None
 
 
 def page_range(tokens: Tokens) -> tuple[int, int]:
@@ -61,10 +71,8 @@ def add_user(s: Session, t: Tokens) -> None:
     password = t.next(PASS_TOKENS)
     if password is None:
         raise Refusal(7, 305)
-    try:
+    with _failing(305):
         s.api.add_user(f"{name}@{domain}", password)
-    except VpopmailError as exc:
-        raise _Failed(305, exc) from None
     s.send(OK)
 
 
@@ -72,11 +80,9 @@ def del_user(s: Session, t: Tokens) -> None:
     s.require_admin(401)
     name, domain = s.address(t, (402, 403))
     s.check_domain(domain, 9, 404)
-    try:
+    with _failing(405):
         s.check_account(s.api.get_user(f"{name}@{domain}")[0], 404)
         s.api.delete_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        raise _Failed(405, exc) from None
     s.send(OK)
 
 
@@ -122,7 +128,7 @@ def mod_user(s: Session, t: Tokens) -> None:
                "admin": bool(s.flags & (flags.QA_ADMIN | flags.SA_ADMIN))}
     fields: dict[str, object] = {}
     steps: list[tuple[int, int]] = []  # (bits to clear, bits to set), in order
-    try:
+    with _failing(507):
         for line in lines:
             tokens = Tokens(line)
             param, value = tokens.next(PARAM_TOKENS), tokens.next(PASS_TOKENS)
@@ -144,8 +150,6 @@ def mod_user(s: Session, t: Tokens) -> None:
                 bit, number = FLAG_OPTIONS[param][0], atoi(value)
                 if number in (0, 1):
                     steps.append((bit, bit) if number else (bit, 0))
-    except VpopmailError as exc:
-        raise _Failed(507, exc) from None
 
     def change(current: VUser) -> VUser:
         value = current.flags
@@ -153,12 +157,10 @@ def mod_user(s: Session, t: Tokens) -> None:
             value = (value & ~clear) | add
         return current.copy(flags=value, **fields)
 
-    try:
+    with _failing(507):
         changed = s.api.modify_users(entry, [user.name], change)
         if "quota" in fields:
             s.api.update_maildirsize(changed[0], entry)
-    except VpopmailError as exc:
-        raise _Failed(507, exc) from None
     s.send(OK)
 
 
@@ -174,10 +176,8 @@ def user_count(s: Session, t: Tokens) -> None:
     s.require_admin(2601)
     domain = _domain_arg(t, (13, 2602))
     s.check_domain(domain, 11, 2603)
-    try:
+    with _failing(2605):
         users, _ = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(2605, exc) from None
     s.send(OK_MORE, f"count {len(users)}", END)
 
 
@@ -186,10 +186,8 @@ def list_users(s: Session, t: Tokens) -> None:
     domain = _domain_arg(t, (6, 2702))
     s.check_domain(domain, 11, 2703)
     bounds = page_range(t)
-    try:
+    with _failing(2705):
         users, _ = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(2705, exc) from None
     lines = [OK_MORE]
     for user in paged(users, bounds):
         lines += [*s.user_lines(user), ""]
@@ -246,10 +244,8 @@ def get_domain_size(s: Session, t: Tokens) -> None:
     domain = domain.lower()
     if s.domain_admin and not s.own_domain(domain):
         raise Raw("3903 not authorized for domain")
-    try:
+    with _failing(3905):
         users, entry = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(3905, exc) from None
     lines = [OK_MORE]
     total_size = total_count = 0
     for user in users:
@@ -304,10 +300,8 @@ def add_domain(s: Session, t: Tokens) -> None:
     password = t.next(PASS_TOKENS)
     if password is None:
         raise Refusal(7, 803)
-    try:
+    with _failing(804):
         s.api.add_domain(domain, password)
-    except VpopmailError as exc:
-        raise _Failed(804, exc) from None
     s.send(OK)
 
 
@@ -315,10 +309,8 @@ def add_alias_domain(s: Session, t: Tokens) -> None:
     s.require_system_admin(1201)
     domain = _domain_arg(t, (13, 1202))
     alias = _domain_arg(t, (14, 1203))
-    try:
+    with _failing(1204):
         s.api.add_alias_domain(domain, alias)
-    except VpopmailError as exc:
-        raise _Failed(1204, exc) from None
     s.send(OK)
 
 
@@ -326,10 +318,8 @@ def del_domain(s: Session, t: Tokens) -> None:
     """Delete a domain with its alias domains (C's vdeldomain() library call does)."""
     s.require_system_admin(1301)
     domain = _domain_arg(t, (13, 1302))
-    try:
+    with _failing(1303):
         s.api.delete_domain(domain, force=True)
-    except VpopmailError as exc:
-        raise _Failed(1303, exc) from None
     s.send(OK)
 
 
@@ -419,10 +409,8 @@ def set_limits(s: Session, t: Tokens) -> None:
 def del_limits(s: Session, t: Tokens) -> None:
     s.require_system_admin(3601)
     domain = _domain_arg(t, (13, 3602))
-    try:
+    with _failing(3603):
         s.api.delete_domain_limits(s.api.get_domain(domain))
-    except VpopmailError as exc:
-        raise _Failed(3603, exc) from None
     s.send(OK)
 
 
@@ -502,13 +490,11 @@ def list_alias(s: Session, t: Tokens) -> None:
     if s.domain_admin and not s.own_domain(domain):
         raise Refusal(11, 2804)
     store = open_aliases(s.api)
-    try:
+    with _failing(2806):
         if name:
             pairs = [(name, line) for line in store.lines(text) or []]
         else:
             pairs = store.all(domain)
-    except VpopmailError as exc:
-        raise _Failed(2806, exc) from None
     s.send(OK_MORE, *(f"{alias}@{domain} {line}" for alias, line in pairs), END)
 
 
