@@ -131,14 +131,24 @@ def race(site: Install, calls: str, wait_for: Path, swap: Path, target: Path, *a
     """Run root's ``argv`` with each of ``calls`` held back 0.3 s (strace) while the owner
     waits for ``wait_for`` to appear, then moves ``swap`` aside and links its name to
     ``target``; returns root's run once the owner has swapped."""
+    return owner_swaps(site, (SWAP, wait_for, swap, target),
+                       ["-e", f"trace={calls}", "-e", f"inject={calls}:delay_exit=300000"], *argv)
+
+
+def owner_swaps(site: Install, owner: tuple[str, Path, Path, Path], delays: list[str],
+                *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run root's ``argv`` under strace with the ``delays`` options while the owner runs the
+    script ``owner[0]`` with the paths after it; returns root's run once the owner has
+    swapped."""
+    script, *paths = owner
     swapper = subprocess.Popen(
         ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
-         sys.executable, "-c", SWAP, str(wait_for), str(swap), str(target)],
+         sys.executable, "-c", script, *map(str, paths)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
     try:
         result = subprocess.run(
-            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={calls}",
-             "-e", f"inject={calls}:delay_exit=300000", str(site.bin / argv[0]), *argv[1:]],
+            [str(STRACE), "-f", "-qq", "-o", "/dev/null", *delays, str(site.bin / argv[0]),
+             *argv[1:]],
             capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
         out, err = swapper.communicate(timeout=30)
     finally:
@@ -277,21 +287,9 @@ def test_an_alias_swapped_for_a_link_is_not_copied_by_root_valias(site: Install)
     secret.write_text("root:$6$salt$roothash:19000:0:99999:7:::\n")
     secret.chmod(0o600)
     alias = domain_dir(site) / ".qmail-sales"
-    swapper = subprocess.Popen(
-        ["setpriv", f"--reuid={OWNER_UID}", f"--regid={OWNER_GID}", "--clear-groups",
-         sys.executable, "-c", SWAP_WHEN_LOCKED, str(domain_dir(site) / ".valias.lock"),
-         str(alias), str(secret)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
-    try:
-        result = subprocess.run(
-            [str(STRACE), "-f", "-qq", "-o", "/dev/null", "-P", str(alias),
-             "-e", "inject=all:delay_exit=1500000:when=1",
-             str(site.bin / "valias"), "-i", "&second@example.net", f"sales@{DOMAIN}"],
-            capture_output=True, text=True, env=CLEAN_ENV, cwd="/", timeout=120)
-        out, err = swapper.communicate(timeout=30)
-    finally:
-        swapper.kill()
-    assert out.strip() == "swapped", (out, err, result)
+    result = owner_swaps(site, (SWAP_WHEN_LOCKED, domain_dir(site) / ".valias.lock", alias, secret),
+                         ["-P", str(alias), "-e", "inject=all:delay_exit=1500000:when=1"],
+                         "valias", "-i", "&second@example.net", f"sales@{DOMAIN}")
     assert alias.is_symlink() or b"roothash" not in alias.read_bytes(), result
     assert "Traceback" not in result.stderr, result
 

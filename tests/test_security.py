@@ -510,6 +510,25 @@ def test_root_vsetuserquota_does_not_follow_a_planted_maildir_link(hostile: Host
 
 # -- passwords: timing and syslog ----------------------------------------------------------------
 
+def login_times(hostile: HostileSite, logins: dict[str, str], password: str
+                ) -> dict[str, list[float]]:
+    """Seconds each whole vchkpw process took to reject (code 1) ``password`` for each of
+    ``logins`` (case -> user@domain, sent on fd 3), in 7 rounds of the cases in turn."""
+    times: dict[str, list[float]] = {name: [] for name in logins}
+    vchkpw = str(hostile.inst.bin / "vchkpw")
+    source = hostile.site.work / "fd3-timing"
+    for _ in range(7):
+        for name, login in logins.items():
+            source.write_bytes(f"{login}\0{password}\0\0".encode())
+            hostile.site.syslog.messages()
+            start = time.perf_counter()
+            code = subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
+                                   vchkpw], env=POP_ENV, timeout=60, check=False).returncode
+            times[name].append(time.perf_counter() - start)
+            assert code == 1
+    return times
+
+
 def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
     """With bcrypt (about 60 ms a check) the difference C vpopmail showed, a reject of an
     unknown user or domain without any hashing, is far above the noise. The fastest of several
@@ -518,21 +537,8 @@ def test_unknown_user_costs_a_wrong_password(hostile: HostileSite) -> None:
     hostile.inst.set_config("passwords", "scheme", "bcrypt")
     hostile.site.add("carol", "Carol-pw-1")
     try:
-        cases = {"wrong": (b"carol@example.com", "Carol-pw-2"),
-                 "user": (b"nobody@example.com", "Carol-pw-2"),
-                 "domain": (b"carol@nowhere.test", "Carol-pw-2")}
-        times: dict[str, list[float]] = {name: [] for name in cases}
-        vchkpw = str(hostile.inst.bin / "vchkpw")
-        for _ in range(7):
-            for name, (login, password) in cases.items():
-                source = hostile.site.work / "fd3-timing"
-                source.write_bytes(login + b"\0" + password.encode() + b"\0\0")
-                hostile.site.syslog.messages()
-                start = time.perf_counter()
-                code = subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
-                                       vchkpw], env=POP_ENV, timeout=60, check=False).returncode
-                times[name].append(time.perf_counter() - start)
-                assert code == 1
+        times = login_times(hostile, {"wrong": "carol@example.com", "user": "nobody@example.com",
+                                      "domain": "carol@nowhere.test"}, "Carol-pw-2")
         wrong = min(times["wrong"])
         for name in ("user", "domain"):
             assert min(times[name]) > 0.6 * wrong, times
@@ -553,18 +559,7 @@ def test_locked_account_costs_a_wrong_password(hostile: HostileSite) -> None:
         live = hostile.inst.vuser(f"carol@{DOMAIN}").passwd
         for name, stored in (("dave", "!" + live), ("erin", "*"), ("fred", "$9$unknown$form")):
             assert hostile.admin("vmoduser", "-e", stored, f"{name}@{DOMAIN}").code == 0
-        times: dict[str, list[float]] = {name: [] for name in names}
-        vchkpw = str(hostile.inst.bin / "vchkpw")
-        for _ in range(7):
-            for name in names:
-                source = hostile.site.work / "fd3-timing"
-                source.write_bytes(f"{name}@{DOMAIN}\0Carol-pw-2\0\0".encode())
-                hostile.site.syslog.messages()
-                start = time.perf_counter()
-                code = subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
-                                       vchkpw], env=POP_ENV, timeout=60, check=False).returncode
-                times[name].append(time.perf_counter() - start)
-                assert code == 1
+        times = login_times(hostile, {name: f"{name}@{DOMAIN}" for name in names}, "Carol-pw-2")
         wrong = min(times["carol"])
         for name in names[1:]:
             assert min(times[name]) > 0.6 * wrong, times

@@ -4,7 +4,8 @@ C's level, authorisation checks and answer formats. File commands are in ``files
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from auth.backend import VUser
 from maildir.quota import scan_usage
@@ -13,8 +14,8 @@ from vpopmail.aliases import open_aliases
 from vpopmail.errors import VpopmailError
 from vpopmail.fsutil import OwnerIds
 from vpopmail.vpopmaild import files
-from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS, Raw,
-                                         Refusal, Tokens, atoi)
+from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
+                                         Raw, Refusal, Tokens, atoi)
 from vpopmail.names import split_address
 from vpopmail.vpopmaild.session import Session
 
@@ -22,11 +23,14 @@ from vpopmail.vpopmaild.session import Session
 MAX_OPTIONS = 65536
 
 
-class _Failed(Refusal):
-    """C's ``-ERR 0.<minor> <verror text>`` for a library error."""
-
-    def __init__(self, minor: int, exc: VpopmailError) -> None:
-        Exception.__init__(self, f"-ERR 0.{minor:03d} {exc}")
+@contextmanager
+def _failing(major: int, minor: int) -> Iterator[None]:
+    """A library error in the block is answered ``-ERR <major>.<minor>`` with its text, after
+    C's message of ``major`` unless that is 0 (C's ``-ERR 0.<minor> <verror text>``)."""
+    try:
+        yield
+    except VpopmailError as exc:
+        raise Refusal(major, minor, f"{MESSAGES[major]}: {exc}" if major else str(exc)) from None
 
 
 def page_range(tokens: Tokens) -> tuple[int, int]:
@@ -49,12 +53,7 @@ def user_info(s: Session, t: Tokens) -> None:
     s.require_admin(601)
     name, domain = s.address(t, (602, 603))
     s.check_domain(domain, 11, 604)
-    try:
-        user, _ = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Refusal(12, 605) from None
+    user, _ = s.find_user(name, domain, Refusal(12, 605))
     s.check_account(user, 604)
     s.send(OK_MORE, *s.user_lines(user), END)
 
@@ -66,10 +65,8 @@ def add_user(s: Session, t: Tokens) -> None:
     password = t.next(PASS_TOKENS)
     if password is None:
         raise Refusal(7, 305)
-    try:
+    with _failing(0, 305):
         s.api.add_user(f"{name}@{domain}", password)
-    except VpopmailError as exc:
-        raise _Failed(305, exc) from None
     s.send(OK)
 
 
@@ -77,11 +74,9 @@ def del_user(s: Session, t: Tokens) -> None:
     s.require_admin(401)
     name, domain = s.address(t, (402, 403))
     s.check_domain(domain, 9, 404)
-    try:
+    with _failing(0, 405):
         s.check_account(s.api.get_user(f"{name}@{domain}")[0], 404)
         s.api.delete_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        raise _Failed(405, exc) from None
     s.send(OK)
 
 
@@ -111,12 +106,10 @@ def mod_user(s: Session, t: Tokens) -> None:
     if not s.flags & (flags.QA_ADMIN | flags.SA_ADMIN) and not s.is_me(name, domain):
         raise Refusal(11, 504)
     try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
+        user, entry = s.find_user(name, domain, Refusal(12, 505))
+    except Refusal:
         s.channel.read_block(MAX_OPTIONS)
-        raise Refusal(12, 505) from None
+        raise
     if not s.may_manage(user):
         s.channel.read_block(MAX_OPTIONS)
         s.check_account(user, 503)
@@ -129,7 +122,7 @@ def mod_user(s: Session, t: Tokens) -> None:
                "admin": bool(s.flags & (flags.QA_ADMIN | flags.SA_ADMIN))}
     fields: dict[str, object] = {}
     steps: list[tuple[int, int]] = []  # (bits to clear, bits to set), in order
-    try:
+    with _failing(0, 507):
         for line in lines:
             tokens = Tokens(line)
             param, value = tokens.next(PARAM_TOKENS), tokens.next(PASS_TOKENS)
@@ -151,8 +144,6 @@ def mod_user(s: Session, t: Tokens) -> None:
                 bit, number = FLAG_OPTIONS[param][0], atoi(value)
                 if number in (0, 1):
                     steps.append((bit, bit) if number else (bit, 0))
-    except VpopmailError as exc:
-        raise _Failed(507, exc) from None
 
     def change(current: VUser) -> VUser:
         value = current.flags
@@ -160,12 +151,10 @@ def mod_user(s: Session, t: Tokens) -> None:
             value = (value & ~clear) | add
         return current.copy(flags=value, **fields)
 
-    try:
+    with _failing(0, 507):
         changed = s.api.modify_users(entry, [user.name], change)
         if "quota" in fields:
             s.api.update_maildirsize(changed[0], entry)
-    except VpopmailError as exc:
-        raise _Failed(507, exc) from None
     s.send(OK)
 
 
@@ -181,10 +170,8 @@ def user_count(s: Session, t: Tokens) -> None:
     s.require_admin(2601)
     domain = _domain_arg(t, (13, 2602))
     s.check_domain(domain, 11, 2603)
-    try:
+    with _failing(0, 2605):
         users, _ = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(2605, exc) from None
     s.send(OK_MORE, f"count {len(users)}", END)
 
 
@@ -193,10 +180,8 @@ def list_users(s: Session, t: Tokens) -> None:
     domain = _domain_arg(t, (6, 2702))
     s.check_domain(domain, 11, 2703)
     bounds = page_range(t)
-    try:
+    with _failing(0, 2705):
         users, _ = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(2705, exc) from None
     lines = [OK_MORE]
     for user in paged(users, bounds):
         lines += [*s.user_lines(user), ""]
@@ -207,12 +192,7 @@ def get_lastauth(s: Session, t: Tokens) -> None:
     s.require_admin(3701)
     name, domain = s.address(t, (3702, 3703))
     s.check_domain(domain, 11, 3704)
-    try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Refusal(12, 3705) from None
+    user, entry = s.find_user(name, domain, Refusal(12, 3705))
     if not s.api.config.logging_auth_logging:
         s.send(OK)
         return
@@ -232,12 +212,7 @@ def get_user_size(s: Session, t: Tokens) -> None:
         raise Raw("3803 invalid email address") from None
     if s.domain_admin and not s.own_domain(domain):
         raise Raw("3804 not authorized for domain")
-    try:
-        user, entry = s.api.get_user(f"{name}@{domain}")
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise
-        raise Raw("3805 user does not exist") from None
+    user, entry = s.find_user(name, domain, Raw("3805 user does not exist"))
     size, count = _usage(user, entry.uid, entry.gid)
     if size < 0:
         raise Raw("3806 unable to fetch size of user account")
@@ -263,10 +238,8 @@ def get_domain_size(s: Session, t: Tokens) -> None:
     domain = domain.lower()
     if s.domain_admin and not s.own_domain(domain):
         raise Raw("3903 not authorized for domain")
-    try:
+    with _failing(0, 3905):
         users, entry = s.api.list_users(domain)
-    except VpopmailError as exc:
-        raise _Failed(3905, exc) from None
     lines = [OK_MORE]
     total_size = total_count = 0
     for user in users:
@@ -321,10 +294,8 @@ def add_domain(s: Session, t: Tokens) -> None:
     password = t.next(PASS_TOKENS)
     if password is None:
         raise Refusal(7, 803)
-    try:
+    with _failing(0, 804):
         s.api.add_domain(domain, password)
-    except VpopmailError as exc:
-        raise _Failed(804, exc) from None
     s.send(OK)
 
 
@@ -332,10 +303,8 @@ def add_alias_domain(s: Session, t: Tokens) -> None:
     s.require_system_admin(1201)
     domain = _domain_arg(t, (13, 1202))
     alias = _domain_arg(t, (14, 1203))
-    try:
+    with _failing(0, 1204):
         s.api.add_alias_domain(domain, alias)
-    except VpopmailError as exc:
-        raise _Failed(1204, exc) from None
     s.send(OK)
 
 
@@ -343,10 +312,8 @@ def del_domain(s: Session, t: Tokens) -> None:
     """Delete a domain with its alias domains (C's vdeldomain() library call does)."""
     s.require_system_admin(1301)
     domain = _domain_arg(t, (13, 1302))
-    try:
+    with _failing(0, 1303):
         s.api.delete_domain(domain, force=True)
-    except VpopmailError as exc:
-        raise _Failed(1303, exc) from None
     s.send(OK)
 
 
@@ -357,7 +324,7 @@ def dom_info(s: Session, t: Tokens) -> None:
         entry = s.api.get_domain(domain)
         aliases = s.api.aliases_of(entry.real_domain)
     except VpopmailError as exc:
-        raise _Failed(1403 if exc.temporary else 1404, exc) from None
+        raise Refusal(0, 1403 if exc.temporary else 1404, str(exc)) from None
     real = s.api.get_domain(entry.real_domain)
     s.send(OK_MORE, f"domain {real.domain}", f"path {real.dir}", f"uid {real.uid}",
            f"gid {real.gid}", *(f"alias {alias}" for alias in aliases), END)
@@ -382,10 +349,8 @@ PERM_NAMES = ("perm_account", "perm_alias", "perm_forward", "perm_autoresponder"
 def get_limits(s: Session, t: Tokens) -> None:
     s.require_system_admin(3401)
     domain = _domain_arg(t, (13, 3402))
-    try:
+    with _failing(34, 3403):
         current = s.api.domain_limits(s.api.get_domain(domain))
-    except VpopmailError as exc:
-        raise Refusal(34, 3403, f"Could not get limits: {exc}") from None
     numbers = current.numbers
     s.send(OK_MORE, *(f"{name} {numbers[key]}" for name, key in NUMBER_NAMES.items()),
            *(f"{name} {int(name in current.switches)}" for name in SWITCH_NAMES),
@@ -396,10 +361,8 @@ def set_limits(s: Session, t: Tokens) -> None:
     """``set_limits domain``, ``+OK``, ``name value`` lines up to ``.``, then the result."""
     s.require_system_admin(3501)
     domain = _domain_arg(t, (13, 3502))
-    try:
+    with _failing(34, 3505):
         entry = s.api.get_domain(domain)
-    except VpopmailError as exc:
-        raise Refusal(34, 3505, f"Could not get limits: {exc}") from None
     s.send(OK)
     lines, problem = s.channel.read_block(MAX_OPTIONS)
     if problem:
@@ -426,20 +389,16 @@ def set_limits(s: Session, t: Tokens) -> None:
             (current.switches.add if on else current.switches.discard)(name)
         return True
 
-    try:
+    with _failing(35, 3504):
         s.api.change_domain_limits(entry, edit)
-    except VpopmailError as exc:
-        raise Refusal(35, 3504, f"Could not set limits: {exc}") from None
     s.send(OK)
 
 
 def del_limits(s: Session, t: Tokens) -> None:
     s.require_system_admin(3601)
     domain = _domain_arg(t, (13, 3602))
-    try:
+    with _failing(0, 3603):
         s.api.delete_domain_limits(s.api.get_domain(domain))
-    except VpopmailError as exc:
-        raise _Failed(3603, exc) from None
     s.send(OK)
 
 
@@ -481,10 +440,8 @@ def add_alias(s: Session, t: Tokens) -> None:
         raise Refusal(16, 906)
     if s.domain_admin:
         _domain_admin_line(s, line)
-    try:
+    with _failing(17, 907):
         open_aliases(s.api).add_line(address, line)
-    except VpopmailError as exc:
-        raise Refusal(17, 907, f"Alias Insertion Failed: {exc}") from None
     s.send(OK)
 
 
@@ -493,19 +450,15 @@ def remove_alias(s: Session, t: Tokens) -> None:
     line = t.next()
     if line is None:
         raise Refusal(16, 1006)
-    try:
+    with _failing(18, 1007):
         open_aliases(s.api).remove_line(address, line)
-    except VpopmailError as exc:
-        raise Refusal(18, 1007, f"Alias Removal Failed: {exc}") from None
     s.send(OK)
 
 
 def delete_alias(s: Session, t: Tokens) -> None:
     address = _alias_target(s, t, 1100)
-    try:
+    with _failing(19, 1106):
         open_aliases(s.api).delete(address)
-    except VpopmailError as exc:
-        raise Refusal(19, 1106, f"Alias Deletion Failed: {exc}") from None
     s.send(OK)
 
 
@@ -519,13 +472,11 @@ def list_alias(s: Session, t: Tokens) -> None:
     if s.domain_admin and not s.own_domain(domain):
         raise Refusal(11, 2804)
     store = open_aliases(s.api)
-    try:
+    with _failing(0, 2806):
         if name:
             pairs = [(name, line) for line in store.lines(text) or []]
         else:
             pairs = store.all(domain)
-    except VpopmailError as exc:
-        raise _Failed(2806, exc) from None
     s.send(OK_MORE, *(f"{alias}@{domain} {line}" for alias, line in pairs), END)
 
 

@@ -69,12 +69,7 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
             name, domain = split_address(path[:slash])
             if not name or not domain:
                 raise Refusal(24, 1505)
-            try:
-                user, _ = s.api.get_user(f"{name}@{domain}")
-            except VpopmailError as exc:
-                if exc.temporary:
-                    raise
-                raise Refusal(25, 1506) from None
+            user, _ = s.find_user(name, domain, Refusal(25, 1506))
             if s.domain_admin and not s.own_domain(domain):
                 raise Refusal(11, 1507)
             if not s.flags & (QA_ADMIN | SA_ADMIN) and not s.is_me(name, domain):

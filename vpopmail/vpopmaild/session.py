@@ -21,7 +21,7 @@ from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
-from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS, TOKENS,
+from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS,
                                          BadLine, Channel, Hangup, Refusal, Tokens)
 
 USER, DOMAIN_ADMIN, SYSTEM_ADMIN = 1, 2, 3
@@ -106,6 +106,16 @@ class Session:
     def check_account(self, user: VUser, minor: int) -> None:
         if not self.may_manage(user):
             raise Refusal(9, minor, "Not Authorized: a system administrator's account")
+
+    def find_user(self, name: str, domain: str, missing: Refusal) -> tuple[VUser, AssignEntry]:
+        """The user ``name@domain`` and its domain; ``missing`` (the command's own answer) when
+        either does not exist. A temporary fault is raised as it is (``-ERR 0.100``)."""
+        try:
+            return self.api.get_user(f"{name}@{domain}")
+        except VpopmailError as exc:
+            if exc.temporary:
+                raise
+            raise missing from None
 
     def is_me(self, name: str, domain: str) -> bool:
         assert self.user is not None
@@ -210,11 +220,9 @@ class Session:
         MAX_FAILURES failed logins, then the connection is dropped."""
         failures = 0
         for _ in range(MAX_ATTEMPTS):
-            line = self.request(103)
-            if line is None:
+            command, tokens = self.request(103)
+            if not command:
                 continue
-            tokens = Tokens(line)
-            command = (tokens.next() or "").lower()
             if command in LOGIN_COMMANDS:
                 result = self.login(tokens, LOGIN_COMMANDS[command])
                 if result:
@@ -231,16 +239,18 @@ class Session:
                 self.send(str(Refusal(4, 104)))
         raise Hangup(str(Refusal(5, 102)), 1)
 
-    def request(self, timeout_minor: int) -> str | None:
-        """The next request line, None for a blank or refused one."""
+    def request(self, timeout_minor: int) -> tuple[str, Tokens]:
+        """The next request's command (lower case; "" for a blank or refused line) and the
+        tokens after it."""
         try:
             line = self.channel.read_line()
         except TimeoutError:
             raise Hangup(str(Refusal(3, timeout_minor)), 1) from None
         except BadLine as exc:
             self.send(str(Refusal(4, 108, f"Invalid Command: {exc}")))
-            return None
-        return line if line.strip(TOKENS) else None
+            line = ""
+        tokens = Tokens(line)
+        return (tokens.next() or "").lower(), tokens
 
     def serve(self) -> None:
         """Greet, log in, then answer requests until quit, the end of input or a timeout."""
@@ -249,11 +259,9 @@ class Session:
         self.send(OK)
         self.before_login()
         while True:
-            line = self.request(106)
-            if line is None:
+            command, tokens = self.request(106)
+            if not command:
                 continue
-            tokens = Tokens(line)
-            command = (tokens.next() or "").lower()
             if command in QUIT:
                 raise Hangup(OK)
             if command == "help":
