@@ -17,10 +17,11 @@ from vpopmail import assign, catchall, dircontrol, flags, ipmap, limits
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
-                             CorruptData, CouldNotMakeDomainDir, CouldNotUpdateFile, DomainAlreadyExists,
-                             DomainDoesNotExist, GecosTooLong, IllegalUsername, InvalidDomainName,
-                             PasswdTooLong, QuotaTooLong, SubdirCreation, UserDirExists,
-                             UserDoesNotExist, UsernameExists, VpopmailError)
+                             CorruptData, CouldNotMakeDomainDir, CouldNotUpdateFile,
+                             DomainAlreadyExists, DomainDoesNotExist, GecosTooLong,
+                             IllegalUsername, InvalidDomainName, PasswdTooLong, QuotaTooLong,
+                             SubdirCreation, UserDirExists, UserDoesNotExist, UsernameExists,
+                             VpopmailError)
 from vpopmail.fsutil import (FileLock, OwnerIds, atomic_write, is_dir_inside, make_dir,
                              make_dir_inside, remove_inside)
 from vpopmail.names import check_domain, check_user, split_address
