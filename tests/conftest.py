@@ -23,6 +23,8 @@ from vpopmail.api import Vpopmail
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "packaging" / "install"
 VENV = Path(sys.prefix)
+#: compiled front ends by their inputs (packaging/install): one build for the whole suite
+FRONTEND_CACHE = Path("/tmp") / f"pyvpopmail-frontends-{os.getuid()}"
 #: the environment qmail-local / qmail-popup / a cron job would give: nothing of ours
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 #: modules whose import costs milliseconds (python-runtime-facts.md); none may load on a hot
@@ -118,7 +120,8 @@ def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VE
             mode: str = "user") -> Install:
     subprocess.run([sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
                     str(qmaildir), "--user", user, "--group", group, "--venv", str(venv)],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True,
+                   env={**os.environ, "PYVPOPMAIL_FRONTEND_CACHE": str(FRONTEND_CACHE)})
     return Install(prefix, qmaildir, user, group, mode)
 
 
