@@ -284,12 +284,8 @@ static int connect_server(void)
     return fd;
 }
 
-static int send_request(int sock, int argc)
+static int send_request(int sock, const unsigned char *body, size_t length)
 {
-    size_t length = 0;
-    unsigned char *body = build_body(argc, &length);
-    if (body == NULL)
-        return -1;
     unsigned char header[HEADER] = {'V', 'P', 'S', 'q', VERSION, VPS_PROGRAM, NFDS, 0};
     put32(header + 8, (uint32_t)length);
     int fds[NFDS];
@@ -316,10 +312,8 @@ static int send_request(int sock, int argc)
     do
         sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    int ok = sent > 0 && send_all(sock, header + sent, HEADER - (size_t)sent) == 0
-             && send_all(sock, body, length) == 0;
-    free(body);
-    return ok ? 0 : -1;
+    return sent > 0 && send_all(sock, header + sent, HEADER - (size_t)sent) == 0
+                   && send_all(sock, body, length) == 0 ? 0 : -1;
 }
 
 #if VPS_PROGRAM == 2
@@ -383,9 +377,14 @@ int main(int argc, char **argv)
     for (int fd = 0; fd < NFDS; fd++)
         if (fcntl(fd, F_GETFD) < 0)
             fallback(); /* the program itself says what is missing */
+    size_t length = 0;
+    unsigned char *body = build_body(argc, &length);
+    if (body == NULL)
+        fallback(); /* over the protocol's bounds: the program itself copes */
     int sock = connect_server();
-    if (sock < 0 || send_request(sock, argc) != 0)
+    if (sock < 0 || send_request(sock, body, length) != 0)
         fallback();
+    free(body);
     unsigned char header[HEADER];
     int got = recv_all(sock, header, HEADER);
     if (got == 0)
@@ -394,10 +393,10 @@ int main(int argc, char **argv)
         temporary("garbled reply from vpopmail-server");
     if (header[4] != VERSION)
         fallback(); /* another version: by the protocol it has run nothing */
-    uint32_t length = get32(header + 8);
+    length = get32(header + 8);
     if (length > MAX_MESSAGE)
         temporary("oversized reply from vpopmail-server");
-    unsigned char *data = malloc((size_t)length + 1);
+    unsigned char *data = malloc(length + 1);
     if (data == NULL)
         temporary("out of memory");
     if (length > 0 && recv_all(sock, data, length) != 1)
@@ -415,7 +414,7 @@ int main(int argc, char **argv)
     case KIND_PLAN:
         close(sock);
         close(3); /* the credentials were read; the program must not inherit them */
-        carry_out(data, length);
+        carry_out(data, (uint32_t)length);
 #endif
     default:
         temporary("unexpected reply from vpopmail-server");
