@@ -327,7 +327,7 @@ def log(fd: int, text: str) -> None:
 
 # -- the parent ---------------------------------------------------------------------------------
 
-def preload(settings: vconfig.Config) -> None:
+def preload() -> None:
     """Import what the workers run, so that a fork starts warm."""
     import gc
 
@@ -337,8 +337,12 @@ def preload(settings: vconfig.Config) -> None:
     import delivery.vdelivermail  # noqa: F401
     import fcntl  # noqa: F401
     import resource  # noqa: F401
-    if settings.users_backend == "mysql":
-        import auth.mysql  # noqa: F401
+    import auth.mysql
+
+    try:  # the SQL driver too, wherever it is installed (a request may name an SQL config)
+        auth.mysql._driver()
+    except (ImportError, VpopmailError):
+        pass
     plan_class()
     gc.freeze()  # the workers then share these pages instead of copying them at the next GC
 
@@ -408,7 +412,7 @@ class Server:
             block = False
 
     def serve(self) -> int:
-        preload(self.settings)
+        preload()
         listener = listen(self.path)
         identity = os.stat(self.path).st_ino
         log(self.log_fd, f"listening on {self.path} (pid {os.getpid()}, {self.workers} workers)")
