@@ -337,6 +337,7 @@ def preload() -> None:
     import delivery.vdelivermail  # noqa: F401
     import fcntl  # noqa: F401
     import resource  # noqa: F401
+    import select  # noqa: F401
     import auth.mysql
 
     try:  # the SQL driver too, wherever it is installed (a request may name an SQL config)
@@ -390,6 +391,7 @@ class Server:
         self.path = settings.home_path("server_socket")
         self.workers = int(settings.server_workers)  # type: ignore[call-overload]
         self.timeout = int(settings.server_request_timeout)  # type: ignore[call-overload]
+        self.prefork = bool(settings.server_prefork)
         self.children: set[int] = set()
         self.served = 0
         self.started = time.time()
@@ -428,13 +430,10 @@ class Server:
         signal.signal(signal.SIGHUP, reload)
         again = False
         try:
-            while True:
-                self.reap(block=len(self.children) >= self.workers)
-                if len(self.children) >= self.workers:
-                    continue
-                conn, _ = listener.accept()
-                self.served += 1
-                self.fork(conn, listener)
+            if self.prefork:
+                self.pool(listener)
+            else:
+                self.forking(listener)
         except Stop:
             log(self.log_fd, "stopping")
         except Reload:
@@ -451,30 +450,87 @@ class Server:
             os.execv(sys.argv[0], sys.argv)
         return 0
 
-    def fork(self, conn: socket.socket, listener: socket.socket) -> None:
-        self.reap(block=False)
+    def forking(self, listener: socket.socket) -> None:
+        """Accept here; a worker forked per connection."""
+        while True:
+            self.reap(block=len(self.children) >= self.workers)
+            if len(self.children) >= self.workers:
+                continue
+            conn, _ = listener.accept()
+            self.served += 1
+            self.reap(block=False)
+            self.fork(listener, conn)
+
+    def pool(self, listener: socket.socket) -> None:
+        """server.prefork: ``workers`` workers forked ahead, each accepting one connection
+        itself; each one that ends is replaced. Closing ``stop`` sends the idle ones away
+        (also when this process dies)."""
+        listener.setblocking(False)
+        stop = os.pipe()
+        try:
+            while True:
+                while len(self.children) < self.workers:
+                    self.fork(listener, stop=stop)
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    self.children.clear()
+                    continue
+                self.children.discard(pid)
+                self.served += 1
+        finally:
+            os.close(stop[1])
+            os.close(stop[0])
+
+    def fork(self, listener: socket.socket, conn: socket.socket | None = None,
+             stop: tuple[int, int] | None = None) -> None:
+        """A worker for ``conn``, or (``stop``: the pool) one that accepts its own."""
         status = self.status()
         try:
             pid = os.fork()
         except OSError as exc:
             log(self.log_fd, f"cannot fork: {exc.strerror}")
-            conn.close()  # the client saw no reply byte: it runs the program itself
+            if conn is None:
+                time.sleep(1)
+            else:
+                conn.close()  # the client saw no reply byte: it runs the program itself
             return
         if pid:
             self.children.add(pid)
-            conn.close()
+            if conn is not None:
+                conn.close()
             return
         code = 0
         try:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, signal.SIG_DFL)
+            if stop is not None:
+                os.close(stop[1])
+                conn = next_client(listener, stop[0])
             listener.close()
-            serve_one(conn, self.config, self.timeout, self.log_fd, status)
+            if conn is not None:
+                serve_one(conn, self.config, self.timeout, self.log_fd, status)
         except BaseException as exc:  # noqa: BLE001 - a worker must never return to the loop
             log(self.log_fd, f"worker failed: {type(exc).__name__}: {exc}")
             code = 1
         finally:
             os._exit(code)
+
+
+def next_client(listener: socket.socket, stop: int) -> socket.socket | None:
+    """A pooled worker's connection; None once ``stop`` is closed (the server left)."""
+    import select
+
+    while True:
+        ready, _, _ = select.select([listener, stop], [], [])
+        if stop in ready:
+            return None
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:  # another worker took it
+            continue
+        conn.setblocking(True)
+        return conn
 
 
 # -- the command --------------------------------------------------------------------------------
