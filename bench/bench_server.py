@@ -83,30 +83,43 @@ class Setup:
             sql_copy_users(self.prefix, self.sql)
         self.python = wrapper_python(self.libexec / "vdelivermail")
         subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
-        #: the front ends copied where no server socket is: the fallback, interleaved
-        self.down = HERE / "down"
-        for sub in ("bin", "libexec", "run"):
-            (self.down / sub).mkdir(parents=True)
-        for name in ("vdelivermail", "vchkpw"):
-            shutil.copy2(self.bin / name, self.down / "bin" / name)
-            (self.down / "libexec" / name).symlink_to(self.libexec / name)
+        #: copies of the front ends: where no server socket is (the fallback, interleaved), and
+        #: where a second server with server.prefork listens
+        self.down, self.pool = HERE / "down", HERE / "pool"
+        for place in (self.down, self.pool):
+            for sub in ("bin", "libexec", "run"):
+                (place / sub).mkdir(parents=True)
+            for name in ("vdelivermail", "vchkpw"):
+                shutil.copy2(self.bin / name, place / "bin" / name)
+                (place / "libexec" / name).symlink_to(self.libexec / name)
+        self.pool_config = HERE / "vpopmail-prefork.toml"
+        self.pool_config.write_text(self.config.read_text().replace(
+            'server_socket = "run/server.sock"', f'server_socket = "{self.pool}/run/server.sock"'
+        ).replace("prefork = false", "prefork = true"))
         self.server: subprocess.Popen[bytes] | None = None
-        self.log = HERE / "server.log"
+        self.pool_server: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        with open(self.log, "ab") as fh:
-            self.server = subprocess.Popen([str(self.bin / "vpopmail-server")], stdout=fh,
-                                           stderr=fh, env={"PATH": "/usr/bin:/bin"})
+        self.server = self.launch(HERE / "server.log", {})
+        self.pool_server = self.launch(HERE / "prefork.log",
+                                       {"VPOPMAIL_CONFIG": str(self.pool_config)})
+
+    def launch(self, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as fh:
+            server = subprocess.Popen([str(self.bin / "vpopmail-server")], stdout=fh, stderr=fh,
+                                      env={"PATH": "/usr/bin:/bin", **env})
         deadline = time.monotonic() + 30
-        while "listening" not in self.log.read_text():
+        while "listening" not in log.read_text():
             if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {self.log.read_text()}")
+                raise SystemExit(f"the server did not start: {log.read_text()}")
             time.sleep(0.05)
+        return server
 
     def stop(self) -> None:
-        assert self.server is not None
-        self.server.send_signal(signal.SIGTERM)
-        self.server.wait()
+        for server in (self.server, self.pool_server):
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait()
 
     def clean(self) -> None:
         for sub in ("new", "cur", "tmp"):
@@ -124,6 +137,8 @@ class Setup:
             "interpreter floor `python -I -S -c pass`": (f"{self.python} -I -S -c pass", env),
             "direct Python vdelivermail, fsync": (line.format(self.libexec / "vdelivermail"), env),
             "front end + server, fsync": (line.format(self.bin / "vdelivermail"), env),
+            "front end + prefork server, fsync": (
+                line.format(self.pool / "bin" / "vdelivermail"), env),
             "front end, no server (fallback), fsync": (
                 line.format(self.down / "bin" / "vdelivermail"), env),
             "direct Python vdelivermail, no fsync": (line.format(self.libexec / "vdelivermail"),
@@ -145,6 +160,8 @@ class Setup:
                                                          POP_ENV),
             "direct Python vchkpw": ([str(self.libexec / "vchkpw"), "/bin/true"], POP_ENV),
             "front end + server": ([str(self.bin / "vchkpw"), "/bin/true"], POP_ENV),
+            "front end + prefork server": ([str(self.pool / "bin" / "vchkpw"), "/bin/true"],
+                                           POP_ENV),
             "front end, no server (fallback)": ([str(self.down / "bin" / "vchkpw"), "/bin/true"],
                                                 POP_ENV),
         }
@@ -175,12 +192,12 @@ class Setup:
         return ({k: v[0] for k, v in deliver.items()}, {k: v[0] for k, v in login.items()})
 
     # -- throughput ---------------------------------------------------------------------------
-    def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int,
-             user: bool) -> tuple[float, float, int, int]:
+    def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int, user: bool,
+             server_proc: subprocess.Popen[bytes] | None) -> tuple[float, float, int, int]:
         """(items/s, CPU s/item, server peak KiB, largest worker KiB) of ``count`` runs of the
         shell ``script`` through ``xargs -P jobs``."""
-        server = psutil.Process(self.server.pid) if self.server else None
-        before_server = sum(server.cpu_times()) if server else 0.0
+        server = psutil.Process(server_proc.pid) if server_proc else None
+        before_server = sum(server.cpu_times()[:4]) if server else 0.0
         peak_worker = [0]
         done = threading.Event()
 
@@ -208,7 +225,7 @@ class Setup:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         peak = 0
         if server is not None:
-            cpu += sum(server.cpu_times()) - before_server
+            cpu += sum(server.cpu_times()[:4]) - before_server
             with open(f"/proc/{server.pid}/status") as fh:
                 peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
         return count / wall, cpu / count, peak, peak_worker[0]
@@ -219,12 +236,15 @@ class Setup:
         denv = {**qmail_local_env(self.domain_dir), "MSG": str(self.message)}
         lenv = {**POP_ENV, "CRED": str(self.credentials)}
         rows = {}
-        for label, program in (("front end + server", self.bin), ("direct Python", self.libexec)):
+        for label, program, server in (("front end + server", self.bin, self.server),
+                                       ("front end + prefork server", self.pool / "bin",
+                                        self.pool_server),
+                                       ("direct Python", self.libexec, None)):
             rows[f"{count} deliveries of 4 KB, concurrency 10, {label}"] = self.load(
-                [*deliver, str(program / "vdelivermail")], denv, count, 10, True)
+                [*deliver, str(program / "vdelivermail")], denv, count, 10, True, server)
             self.clean()
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
-                [*login, str(program / "vchkpw")], lenv, count, 20, False)
+                [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
         return rows
 
 
@@ -267,8 +287,7 @@ def fork_or_pool(setup: Setup) -> tuple[float, float]:
 
 
 def write(runs: int, single: tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]],
-          load: dict[str, tuple[float, float, int, int]],
-          fork: tuple[float, float]) -> None:
+          load: dict[str, tuple[float, float, int, int]], fork: tuple[float, float]) -> None:
     deliver, login = single
     lines = ["## Server: vpopmail-server and the C front ends (`bench/bench_server.py`)", "",
              machine_line(runs, "GNU time"), "",
@@ -288,12 +307,12 @@ def write(runs: int, single: tuple[dict[str, tuple[float, int]], dict[str, tuple
         server = f"{peak / 1024:.1f} MiB" if "server" in name else ""
         workers = f"{worker / 1024:.1f} MiB" if "server" in name else ""
         lines.append(f"| {name} | {rate:.0f} | {cpu * 1000:.2f} ms | {server} | {workers} |")
-    lines += ["", f"Per request the server forks a worker from its warm parent: fork + exit + "
-              f"wait {fork[0] * 1000:.2f} ms; handing the connection to a pre-forked worker "
-              f"(SCM_RIGHTS over a socketpair) would cost {fork[1] * 1000:.3f} ms instead, but "
-              "a pooled worker serving several requests must then reset its state and can "
-              "take a peer's uid only once (setuid is one-way), so a pool needs a worker per "
-              "uid kept alive; fork-per-request was kept.", ""]
+    lines += ["", f"A fork of the warm server (fork + exit + wait): {fork[0] * 1000:.2f} ms; "
+              f"handing a connection to a waiting process (SCM_RIGHTS over a socketpair): "
+              f"{fork[1] * 1000:.3f} ms. A worker serves one request and exits (a setuid is "
+              "one-way, and nothing of one request may reach the next); server.prefork forks "
+              "the workers ahead so the fork is off the request's path, the default forks per "
+              "connection.", ""]
     replace_section(RESULTS, "## Server:", "\n".join(lines))
     print("\n".join(lines))
 

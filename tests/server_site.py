@@ -25,11 +25,6 @@ class Server:
     def lines(self) -> list[str]:
         return self.log.read_text().splitlines()
 
-    def served(self) -> int:
-        """Requests accepted so far (``--status``, which counts itself)."""
-        text = self.inst.ok("vpopmail-server", "--status")
-        return int(text.split(" requests")[0].rsplit(" ", 1)[1]) - 1
-
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

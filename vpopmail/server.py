@@ -38,12 +38,14 @@ Garbage, a version mismatch, wrong descriptor counts or oversized requests drop 
 with one log line on stderr; the server goes on.
 """
 import errno
+import mmap
 import os
 import signal
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
@@ -56,6 +58,9 @@ EXIT, PLAN, DECLINE, STATUS_REPLY = 1, 2, 3, 4
 HEADER = struct.Struct("=4sBBBxI")
 BODY = struct.Struct("=IIIQQ")
 PLAN_HEAD = struct.Struct("=IIIIII")
+#: what the parent publishes for --status: requests (accepted, or with prefork: finished),
+#: workers alive
+COUNTERS = struct.Struct("=QQ")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
 MAX_ENV, MAX_ENV_BYTES = 4096, 64 * 1024
 MAX_MESSAGE = 256 * 1024
@@ -281,7 +286,7 @@ def run_request(request: Request, config: str | None, peer: tuple[int, int, list
 
 
 def serve_one(conn: socket.socket, config: str | None, timeout: int, log_fd: int,
-              status: str) -> None:
+              status: Callable[[], str]) -> None:
     """A worker: one connection from taking the peer's identity to its reply."""
     pid = uid = -1
     try:
@@ -294,7 +299,7 @@ def serve_one(conn: socket.socket, config: str | None, timeout: int, log_fd: int
         request = read_request(conn)
         conn.settimeout(None)
         if request.program == STATUS:
-            reply(conn, STATUS_REPLY, status.encode())
+            reply(conn, STATUS_REPLY, status().encode())
             return
         try:
             set_stage(request)
@@ -395,11 +400,19 @@ class Server:
         self.children: set[int] = set()
         self.served = 0
         self.started = time.time()
+        self.counters = mmap.mmap(-1, COUNTERS.size)  # shared with the workers
         self.log_fd = high(os.dup(2))
 
+    def publish(self) -> None:
+        """The counters, where the worker answering --status reads them."""
+        COUNTERS.pack_into(self.counters, 0, self.served, len(self.children))
+
     def status(self) -> str:
-        return (f"pid {os.getpid()}, up {int(time.time() - self.started)} s, "
-                f"{self.served} requests, {len(self.children)} workers busy of {self.workers}\n")
+        """The state as the parent last published it (read in a worker)."""
+        served, children = COUNTERS.unpack_from(self.counters)
+        mode = "prefork" if self.prefork else "fork per request"
+        return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, {mode}, "
+                f"{served} requests, {children} workers of {self.workers}\n")
 
     def reap(self, block: bool) -> None:
         while self.children:
@@ -460,6 +473,7 @@ class Server:
             self.served += 1
             self.reap(block=False)
             self.fork(listener, conn)
+            self.publish()
 
     def pool(self, listener: socket.socket) -> None:
         """server.prefork: ``workers`` workers forked ahead, each accepting one connection
@@ -471,6 +485,7 @@ class Server:
             while True:
                 while len(self.children) < self.workers:
                     self.fork(listener, stop=stop)
+                self.publish()
                 try:
                     pid, _ = os.waitpid(-1, 0)
                 except ChildProcessError:
@@ -485,7 +500,6 @@ class Server:
     def fork(self, listener: socket.socket, conn: socket.socket | None = None,
              stop: tuple[int, int] | None = None) -> None:
         """A worker for ``conn``, or (``stop``: the pool) one that accepts its own."""
-        status = self.status()
         try:
             pid = os.fork()
         except OSError as exc:
@@ -509,7 +523,7 @@ class Server:
                 conn = next_client(listener, stop[0])
             listener.close()
             if conn is not None:
-                serve_one(conn, self.config, self.timeout, self.log_fd, status)
+                serve_one(conn, self.config, self.timeout, self.log_fd, self.status)
         except BaseException as exc:  # noqa: BLE001 - a worker must never return to the loop
             log(self.log_fd, f"worker failed: {type(exc).__name__}: {exc}")
             code = 1
