@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
 from common import (WORK, install, machine_line, mariadb_ready, owner,  # noqa: E402
                     peak_rss, private_mariadb, replace_section, RESULTS, sql_config, sql_copy_users,
@@ -84,25 +84,25 @@ class Setup:
         self.python = wrapper_python(self.libexec / "vdelivermail")
         subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
         #: copies of the front ends: where no server socket is (the fallback, interleaved), and
-        #: where a second server with server.prefork listens
-        self.down, self.pool = HERE / "down", HERE / "pool"
-        for place in (self.down, self.pool):
+        #: where a second server forking per connection (server.prefork off) listens
+        self.down, self.other = HERE / "down", HERE / "forking"
+        for place in (self.down, self.other):
             for sub in ("bin", "libexec", "run"):
                 (place / sub).mkdir(parents=True)
             for name in ("vdelivermail", "vchkpw"):
                 shutil.copy2(self.bin / name, place / "bin" / name)
                 (place / "libexec" / name).symlink_to(self.libexec / name)
-        self.pool_config = HERE / "vpopmail-prefork.toml"
-        self.pool_config.write_text(self.config.read_text().replace(
-            'server_socket = "run/server.sock"', f'server_socket = "{self.pool}/run/server.sock"'
-        ).replace("prefork = false", "prefork = true"))
+        self.other_config = HERE / "vpopmail-forking.toml"
+        self.other_config.write_text(self.config.read_text().replace(
+            'server_socket = "run/server.sock"', f'server_socket = "{self.other}/run/server.sock"'
+        ).replace("prefork = true", "prefork = false"))
         self.server: subprocess.Popen[bytes] | None = None
-        self.pool_server: subprocess.Popen[bytes] | None = None
+        self.other_server: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.server = self.launch(HERE / "server.log", {})
-        self.pool_server = self.launch(HERE / "prefork.log",
-                                       {"VPOPMAIL_CONFIG": str(self.pool_config)})
+        self.other_server = self.launch(HERE / "forking.log",
+                                       {"VPOPMAIL_CONFIG": str(self.other_config)})
 
     def launch(self, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
         with open(log, "wb") as fh:
@@ -116,7 +116,7 @@ class Setup:
         return server
 
     def stop(self) -> None:
-        for server in (self.server, self.pool_server):
+        for server in (self.server, self.other_server):
             if server is not None:
                 server.send_signal(signal.SIGTERM)
                 server.wait()
@@ -137,8 +137,8 @@ class Setup:
             "interpreter floor `python -I -S -c pass`": (f"{self.python} -I -S -c pass", env),
             "direct Python vdelivermail, fsync": (line.format(self.libexec / "vdelivermail"), env),
             "front end + server, fsync": (line.format(self.bin / "vdelivermail"), env),
-            "front end + prefork server, fsync": (
-                line.format(self.pool / "bin" / "vdelivermail"), env),
+            "front end + server forking per request, fsync": (
+                line.format(self.other / "bin" / "vdelivermail"), env),
             "front end, no server (fallback), fsync": (
                 line.format(self.down / "bin" / "vdelivermail"), env),
             "direct Python vdelivermail, no fsync": (line.format(self.libexec / "vdelivermail"),
@@ -160,7 +160,8 @@ class Setup:
                                                          POP_ENV),
             "direct Python vchkpw": ([str(self.libexec / "vchkpw"), "/bin/true"], POP_ENV),
             "front end + server": ([str(self.bin / "vchkpw"), "/bin/true"], POP_ENV),
-            "front end + prefork server": ([str(self.pool / "bin" / "vchkpw"), "/bin/true"],
+            "front end + server forking per request": ([str(self.other / "bin" / "vchkpw"),
+                                                        "/bin/true"],
                                            POP_ENV),
             "front end, no server (fallback)": ([str(self.down / "bin" / "vchkpw"), "/bin/true"],
                                                 POP_ENV),
@@ -237,8 +238,9 @@ class Setup:
         lenv = {**POP_ENV, "CRED": str(self.credentials)}
         rows = {}
         for label, program, server in (("front end + server", self.bin, self.server),
-                                       ("front end + prefork server", self.pool / "bin",
-                                        self.pool_server),
+                                       ("front end + server forking per request",
+                                        self.other / "bin",
+                                        self.other_server),
                                        ("direct Python", self.libexec, None)):
             rows[f"{count} deliveries of 4 KB, concurrency 10, {label}"] = self.load(
                 [*deliver, str(program / "vdelivermail")], denv, count, 10, True, server)
@@ -310,9 +312,10 @@ def write(runs: int, single: tuple[dict[str, tuple[float, int]], dict[str, tuple
     lines += ["", f"A fork of the warm server (fork + exit + wait): {fork[0] * 1000:.2f} ms; "
               f"handing a connection to a waiting process (SCM_RIGHTS over a socketpair): "
               f"{fork[1] * 1000:.3f} ms. A worker serves one request and exits (a setuid is "
-              "one-way, and nothing of one request may reach the next); server.prefork forks "
-              "the workers ahead so the fork is off the request's path, the default forks per "
-              "connection.", ""]
+              "one-way, and nothing of one request may reach the next). With server.prefork (the "
+              "default) the workers are forked ahead and the fork is off the request's path; "
+              "off, the server forks one per connection (the rows \"forking per request\").",
+              ""]
     replace_section(RESULTS, "## Server:", "\n".join(lines))
     print("\n".join(lines))
 

@@ -30,9 +30,11 @@ HEADER = struct.Struct("=4sBBBxI")
 @pytest.fixture
 def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginSite]:
     """example.com with alice (password pw) on a root install, its server running with a
-    short request timeout (and server.prefork when parametrized "prefork")."""
+    short request timeout (server.prefork as configured by default, or as parametrized:
+    "fork" / "prefork")."""
     root_vhome.set_config("server", "request_timeout", 2)
-    root_vhome.set_config("server", "prefork", getattr(request, "param", "") == "prefork")
+    if hasattr(request, "param"):
+        root_vhome.set_config("server", "prefork", request.param == "prefork")
     login_site = LoginSite(root_vhome, unprivileged=True)
     login_site.ok("vadddomain", DOMAIN, "secret")
     login_site.add("alice", "pw")

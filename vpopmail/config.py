@@ -69,7 +69,7 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
     # vpopmail-server, the resident process behind the C front ends of vdelivermail/vchkpw
     "server": {
         "workers": (32, int),
-        "prefork": (False, bool),
+        "prefork": (True, bool),
         "request_timeout": (10, int),
         "root_logins": (False, bool),
     },
