@@ -13,7 +13,7 @@ from vpopmail.errors import ConfigError
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 #: section -> key -> (default, type). The README documents every key with its ./configure twin.
 SCHEMA: dict[str, dict[str, tuple[object, type]]] = {

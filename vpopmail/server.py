@@ -430,7 +430,6 @@ class Server:
         preload()
         listener = listen(self.path)
         identity = os.stat(self.path).st_ino
-        log(self.log_fd, f"listening on {self.path} (pid {os.getpid()}, {self.workers} workers)")
 
         def stop(signum: int, frame: object) -> None:
             raise Stop
@@ -443,6 +442,8 @@ class Server:
         signal.signal(signal.SIGHUP, reload)
         again = False
         try:
+            log(self.log_fd, f"listening on {self.path} (pid {os.getpid()}, "
+                f"{self.workers} workers)")
             if self.prefork:
                 self.pool(listener)
             else:
