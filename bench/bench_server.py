@@ -83,6 +83,8 @@ class Setup:
             sql_copy_users(self.prefix, self.sql)
         self.python = wrapper_python(self.libexec / "vdelivermail")
         subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
+        # the configs' marshal caches are written beside them, by the first delivery (uid 89)
+        os.chown(HERE, uid, gid)
         #: copies of the front ends: where no server socket is (the fallback, interleaved), and
         #: where a second server forking per connection (server.prefork off) listens
         self.down, self.other = HERE / "down", HERE / "forking"
