@@ -67,6 +67,8 @@ MAX_MESSAGE = 256 * 1024
 MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1 KiB)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 BACKLOG = 1024
+#: the signals that wake the server's loop: stop, reload, a worker ended
+WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
 
 class Drop(Exception):
@@ -75,14 +77,6 @@ class Drop(Exception):
 
 class Decline(Exception):
     """The client is told to run the program itself (nothing of its request was used)."""
-
-
-class Stop(BaseException):
-    """SIGTERM/SIGINT: stop accepting and leave."""
-
-
-class Reload(BaseException):
-    """SIGHUP: start again from the installed code and configuration."""
 
 
 # -- the wire -----------------------------------------------------------------------------------
@@ -414,46 +408,41 @@ class Server:
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, {mode}, "
                 f"{served} requests, {children} workers of {self.workers}\n")
 
-    def reap(self, block: bool) -> None:
+    def reap(self) -> None:
+        """Collect the workers that ended (with prefork, each one is a request done)."""
         while self.children:
             try:
-                pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+                pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 return
             if pid == 0:
                 return
             self.children.discard(pid)
-            block = False
+            self.served += self.prefork
 
     def serve(self) -> int:
+        """Accept (or keep the pool full) until SIGTERM/SIGINT; SIGHUP re-executes. Signals
+        only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         preload()
         listener = listen(self.path)
+        listener.setblocking(False)
         identity = os.stat(self.path).st_ino
-
-        def stop(signum: int, frame: object) -> None:
-            raise Stop
-
-        def reload(signum: int, frame: object) -> None:
-            raise Reload
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, reload)
-        again = False
+        wake = os.pipe()
+        for fd in wake:
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake[1])
+        for signum in WAKERS:
+            signal.signal(signum, lambda signum, frame: None)
+        stop = os.pipe() if self.prefork else None
+        log(self.log_fd, f"listening on {self.path} (pid {os.getpid()}, {self.workers} workers, "
+            f"{'prefork' if self.prefork else 'fork per request'})")
         try:
-            log(self.log_fd, f"listening on {self.path} (pid {os.getpid()}, "
-                f"{self.workers} workers)")
-            if self.prefork:
-                self.pool(listener)
-            else:
-                self.forking(listener)
-        except Stop:
-            log(self.log_fd, "stopping")
-        except Reload:
-            log(self.log_fd, "reloading")
-            again = True
+            again = self.loop(listener, wake[0], stop)
         finally:
+            signal.set_wakeup_fd(-1)
+            for fd in (*wake, *(stop or ())):
+                os.close(fd)  # the stop pipe's end: idle pooled workers leave
             listener.close()
             try:
                 if os.stat(self.path).st_ino == identity:
@@ -461,63 +450,62 @@ class Server:
             except OSError:
                 pass
         if again:
+            for signum in WAKERS:
+                signal.signal(signum, signal.SIG_DFL)
             os.execv(sys.argv[0], sys.argv)
         return 0
 
-    def forking(self, listener: socket.socket) -> None:
-        """Accept here; a worker forked per connection."""
-        while True:
-            self.reap(block=len(self.children) >= self.workers)
-            if len(self.children) >= self.workers:
-                continue
-            conn, _ = listener.accept()
-            self.served += 1
-            self.reap(block=False)
-            self.fork(listener, conn)
-            self.publish()
+    def loop(self, listener: socket.socket, wake: int, stop: tuple[int, int] | None) -> bool:
+        """The main loop; True for a reload."""
+        import select
 
-    def pool(self, listener: socket.socket) -> None:
-        """server.prefork: ``workers`` workers forked ahead, each accepting one connection
-        itself; each one that ends is replaced. Closing ``stop`` sends the idle ones away
-        (also when this process dies)."""
-        listener.setblocking(False)
-        stop = os.pipe()
-        try:
-            while True:
-                while len(self.children) < self.workers:
-                    self.fork(listener, stop=stop)
-                self.publish()
+        while True:
+            self.reap()
+            if stop is not None:
+                while len(self.children) < self.workers and self.fork(listener, stop=stop):
+                    pass
+            self.publish()
+            watch = [wake]
+            if stop is None and len(self.children) < self.workers:
+                watch.append(listener.fileno())
+            ready, _, _ = select.select(watch, [], [], 1.0)
+            if wake in ready:
+                signals = os.read(wake, 256)
+                if signal.SIGTERM in signals or signal.SIGINT in signals:
+                    log(self.log_fd, "stopping")
+                    return False
+                if signal.SIGHUP in signals:
+                    log(self.log_fd, "reloading")
+                    return True
+            if listener.fileno() in ready:
                 try:
-                    pid, _ = os.waitpid(-1, 0)
-                except ChildProcessError:
-                    self.children.clear()
+                    conn, _ = listener.accept()
+                except BlockingIOError:
                     continue
-                self.children.discard(pid)
+                conn.setblocking(True)
                 self.served += 1
-        finally:
-            os.close(stop[1])
-            os.close(stop[0])
+                self.fork(listener, conn)
 
     def fork(self, listener: socket.socket, conn: socket.socket | None = None,
-             stop: tuple[int, int] | None = None) -> None:
-        """A worker for ``conn``, or (``stop``: the pool) one that accepts its own."""
+             stop: tuple[int, int] | None = None) -> bool:
+        """A worker for ``conn``, or (``stop``: server.prefork) one that accepts its own;
+        False if none could be forked."""
         try:
             pid = os.fork()
         except OSError as exc:
             log(self.log_fd, f"cannot fork: {exc.strerror}")
-            if conn is None:
-                time.sleep(1)
-            else:
+            if conn is not None:
                 conn.close()  # the client saw no reply byte: it runs the program itself
-            return
+            return False
         if pid:
             self.children.add(pid)
             if conn is not None:
                 conn.close()
-            return
+            return True
         code = 0
         try:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.set_wakeup_fd(-1)
+            for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
             if stop is not None:
                 os.close(stop[1])
