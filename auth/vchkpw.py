@@ -394,7 +394,9 @@ class Vchkpw:
             raise Finish(TEMPORARY, f"cannot run {command[0]} ({exc.strerror})") from None
 
 
-def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
+def main(argv: list[str] | None = None, *, config: str | None = None,
+         runner: type[Vchkpw] = Vchkpw) -> int:
+    """Entry point; ``runner``: the Vchkpw class (vpopmail-server's returns an exec plan)."""
     import sys
 
     argv = sys.argv if argv is None else argv
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         os.write(2, f"vchkpw: {exc}\n".encode())
         return TEMPORARY
     try:
-        return Vchkpw(settings).run(argv)
+        return runner(settings).run(argv)
     except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
         os.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
         return TEMPORARY

@@ -115,17 +115,19 @@ def owner() -> tuple[str, str, int, int]:
         os.getuid(), os.getgid()
 
 
-def install(here: Path, user: str, group: str) -> Path:
+def install(here: Path, user: str, group: str, frontends: bool = False) -> Path:
     """A fresh ``here`` (0755) with pyvpopmail installed by packaging/install into
     ``here``/vpopmail (qmail's directory ``here``/qmail), on this interpreter's virtualenv;
-    returns the prefix."""
+    returns the prefix. Without ``frontends`` bin/ holds the Python vdelivermail and vchkpw
+    (what the direct-program benchmarks measure)."""
     shutil.rmtree(here, ignore_errors=True)
     here.mkdir(parents=True)
     here.chmod(0o755)
     prefix = here / "vpopmail"
     subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--prefix", str(prefix),
                     "--qmaildir", str(here / "qmail"), "--user", user, "--group", group,
-                    "--venv", sys.prefix], check=True, capture_output=True)
+                    "--venv", sys.prefix, *([] if frontends else ["--no-frontends"])],
+                   check=True, capture_output=True)
     return prefix
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "packaging" / "install"
 VENV = Path(sys.prefix)
+#: compiled front ends by their inputs (packaging/install): one build for the whole suite
+FRONTEND_CACHE = Path("/tmp") / f"pyvpopmail-frontends-{os.getuid()}"
 #: the environment qmail-local / qmail-popup / a cron job would give: nothing of ours
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 #: modules whose import costs milliseconds (python-runtime-facts.md); none may load on a hot
@@ -82,6 +84,11 @@ class Install:
                               capture_output=True, env=env or CLEAN_ENV, timeout=timeout,
                               cwd="/")
 
+    def program(self, name: str) -> Path:
+        """The Python program ``name``: behind its C front end in libexec/, else in bin/."""
+        behind = self.prefix / "libexec" / name
+        return behind if behind.exists() else self.bin / name
+
     def ok(self, command: str, *args: str, **kw: object) -> str:
         """Run a command that must succeed; return its stdout."""
         result = self.run(command, *args, **kw)  # type: ignore[arg-type]
@@ -123,7 +130,8 @@ def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VE
             mode: str = "user") -> Install:
     subprocess.run([sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
                     str(qmaildir), "--user", user, "--group", group, "--venv", str(venv)],
-                   check=True, capture_output=True, text=True)
+                   check=True, capture_output=True, text=True,
+                   env={**os.environ, "PYVPOPMAIL_FRONTEND_CACHE": str(FRONTEND_CACHE)})
     return Install(prefix, qmaildir, user, group, mode)
 
 
@@ -132,6 +140,10 @@ def _me() -> tuple[str, str]:
 
 
 BACKENDS = ("cdb", "mysql")
+#: how modules marked ``through_server`` run the hot paths: the front ends with no server
+#: (they exec the Python programs), or through a running vpopmail-server (root install only:
+#: the production mode)
+SERVER_MODES = ("direct", "server")
 #: the reason for ``cdb_only`` on a both_backends test whose outcome no backend can change
 #: (usage, input refused before any lookup, .qmail program exit codes): its SQL run would cost
 #: time and test nothing more
@@ -142,6 +154,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked ``both_backends`` (a module's ``pytestmark``) run once per user backend,
     unless also marked ``cdb_only(reason)``, or ``sql_only`` (a check of the SQL store
     itself): ids end in ``cdb`` / ``mysql``."""
+    if (metafunc.definition.get_closest_marker("through_server")
+            and "server_mode" in metafunc.fixturenames):
+        metafunc.parametrize("server_mode", SERVER_MODES, indirect=True)
     marked = metafunc.definition.get_closest_marker("both_backends")
     if (marked and "backend" in metafunc.fixturenames
             and not metafunc.definition.get_closest_marker("cdb_only")):
@@ -157,7 +172,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec else {}
-        if params.get("backend") == "mysql" and params.get("each_install") == "user":
+        if ((params.get("backend") == "mysql" or params.get("server_mode") == "server")
+                and params.get("each_install") == "user"):
             dropped.append(item)
             continue
         kept.append(item)
@@ -235,10 +251,25 @@ def root_vhome(tmp_path_factory: pytest.TempPathFactory, backend: str,
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def server_mode(request: pytest.FixtureRequest) -> str:
+    """"direct" unless parametrized (``through_server``): see SERVER_MODES."""
+    return getattr(request, "param", "direct")
+
+
 @pytest.fixture(params=["user", "root"])
-def each_install(request: pytest.FixtureRequest, backend: str) -> Install:
-    """Both install modes in turn (``Install.mode``): the sandbox, then the root install."""
-    return request.getfixturevalue("vhome" if request.param == "user" else "root_vhome")
+def each_install(request: pytest.FixtureRequest, backend: str, server_mode: str
+                 ) -> Iterator[Install]:
+    """Both install modes in turn (``Install.mode``): the sandbox, then the root install;
+    with a running vpopmail-server in the "server" mode."""
+    inst = request.getfixturevalue("vhome" if request.param == "user" else "root_vhome")
+    if server_mode == "direct":
+        yield inst
+        return
+    from server_site import running_server
+
+    with running_server(inst):
+        yield inst
 
 
 @pytest.fixture

@@ -155,6 +155,7 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
         assert os.access(prefix / "bin" / name, os.X_OK)
     assert not (prefix / "lib" / "pyvpopmail").exists()
     assert list((prefix / "man" / "man8").iterdir()) == []  # our man pages go with us
+    assert not (prefix / "libexec").exists()  # and the Python programs behind the front ends
     assert (prefix / "etc" / "vpopmail.toml").exists()  # the operator's settings stay
     assert (prefix / "domains" / "example.com" / "vpasswd").read_text() == \
         C_VPASSWD.replace("HOME", str(prefix / "domains" / "example.com"))

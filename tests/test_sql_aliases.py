@@ -272,8 +272,9 @@ def test_one_query_for_an_address_without_dashes(site: Site, sql_db: Database) -
 
 def imported(site: Site, ext: str) -> tuple[subprocess.CompletedProcess[bytes], set[str]]:
     """One delivery to ``ext`` under ``python -X importtime`` and the modules it loaded."""
-    python = (site.inst.bin / "vdelivermail").read_text().split()[0][2:]
-    argv = [python, "-X", "importtime", "-I", "-S", *site.argv("", "x")[-3:]]
+    program = site.inst.program("vdelivermail")
+    python = program.read_text().split()[0][2:]
+    argv = [python, "-X", "importtime", "-I", "-S", str(program), "", "x"]
     if site.unprivileged:
         argv = [*as_user_argv(site.inst.user), *argv]
     result = subprocess.run(argv, input=MESSAGE, capture_output=True, cwd=site.domain_dir,

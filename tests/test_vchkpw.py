@@ -26,7 +26,7 @@ from auth.mysql import LAYOUTS
 from vpopmail import cdb
 from vpopmail.relay import relay_table
 
-pytestmark = pytest.mark.both_backends
+pytestmark = [pytest.mark.both_backends, pytest.mark.through_server]
 
 PASSWORD = "Secret-42"
 
@@ -576,12 +576,12 @@ def test_syntax_error_in_tcp_smtp_keeps_old_cdb(roaming: LoginSite) -> None:
 # -- the hot path stays lean -------------------------------------------------------------------
 
 def test_login_imports_nothing_heavy(site: LoginSite) -> None:
-    wrapper = (site.inst.bin / "vchkpw").read_text()
+    wrapper = site.inst.program("vchkpw").read_text()
     python = wrapper.split()[0][2:]
     source = site.work / "fd3-imports"
     source.write_bytes(f"alice@example.com\0{PASSWORD}\0{STAMP}\0".encode())
     result = subprocess.run(["/bin/sh", "-c", f'exec "$@" 3<"{source}"', "sh", python, "-X",
-                             "importtime", "-I", "-S", str(site.inst.bin / "vchkpw"), "/bin/true"],
+                             "importtime", "-I", "-S", str(site.inst.program("vchkpw")), "/bin/true"],
                             capture_output=True, env=POP_ENV, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()

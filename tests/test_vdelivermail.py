@@ -20,7 +20,7 @@ import pytest
 from conftest import HEAVY, NO_BACKEND, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, assert_readable_by_mailbox
 
-pytestmark = pytest.mark.both_backends
+pytestmark = [pytest.mark.both_backends, pytest.mark.through_server]
 
 RETURN_PATH = b"Return-Path: <sender@remote.test>\n"
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
@@ -468,10 +468,10 @@ def test_qmail_ext(site: Site) -> None:
 # -- the hot path stays lean ---------------------------------------------------------------------
 
 def test_delivery_imports_nothing_heavy(site: Site) -> None:
-    wrapper = (site.inst.bin / "vdelivermail").read_text()
+    wrapper = site.inst.program("vdelivermail").read_text()
     python = wrapper.split()[0][2:]
     env = {"EXT": "bob", "HOST": DOMAIN, "PATH": "/usr/bin:/bin"}
-    argv = [python, "-X", "importtime", "-I", "-S", str(site.inst.bin / "vdelivermail"), "", "x"]
+    argv = [python, "-X", "importtime", "-I", "-S", str(site.inst.program("vdelivermail")), "", "x"]
     if site.unprivileged:
         argv = [*as_user_argv(site.inst.user), *argv]
     result = subprocess.run(argv, input=MESSAGE, capture_output=True, env=env,

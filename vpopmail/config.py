@@ -13,7 +13,7 @@ from vpopmail.errors import ConfigError
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 3
 
 #: section -> key -> (default, type). The README documents every key with its ./configure twin.
 SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
@@ -25,6 +25,7 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
         "tcp_smtp_cdb": ("etc/tcp.smtp.cdb", str),
         "open_smtp": ("etc/open-smtp", str),
         "qmail_inject": ("bin/qmail-inject", str),
+        "server_socket": ("run/server.sock", str),
     },
     "owner": {
         "user": ("vpopmail", str),
@@ -64,6 +65,13 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
     },
     "locks": {
         "timeout": (20, int),
+    },
+    # vpopmail-server, the resident process behind the C front ends of vdelivermail/vchkpw
+    "server": {
+        "workers": (32, int),
+        "prefork": (True, bool),
+        "request_timeout": (10, int),
+        "root_logins": (False, bool),
     },
     # users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its ./configure
     # switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
@@ -165,11 +173,13 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}")
             values[f"{section}_{key}"] = value
+    if int(values["server_workers"]) < 1:  # type: ignore[call-overload]
+        raise ConfigError(f"{source}: server.workers must be >= 1")
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
                 "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
-                "mysql_update_port"):
+                "mysql_update_port", "server_request_timeout"):
         if int(values[key]) < 0:  # type: ignore[call-overload]
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values

@@ -1,0 +1,351 @@
+"""Benchmark: vpopmail-server with the C front ends against the direct Python programs.
+
+    .venv/bin/python bench/bench_server.py [--runs 31] [--count 1000] [--no-sql]
+
+Run as root. Installs pyvpopmail with the front ends into bench/work/server (example.com, alice
+with a 100G quota, SHA-512-crypt password), starts bin/vpopmail-server, and measures, in
+interleaved rounds, whole processes:
+- a 4 KB delivery as qmail-local runs the ``.qmail-default`` line (``sh -c`` of it as uid 89,
+  the message on a seekable file, qmail-local's environment, cwd = the domain directory):
+  front end + server, the direct Python program (PREFIX/libexec/vdelivermail), the
+  interpreter floor and ``/bin/true``; fsync on (the default) and off;
+- a login as a checkpassword call (root, the credentials on fd 3, exec /bin/true): the same
+  four;
+with the SQL backend too (a private MariaDB, as bench_delivery.py) unless --no-sql. Then
+throughput: --count 4 KB deliveries at concurrency 10 and --count logins at concurrency 20
+(xargs -P), front end + server and direct: per second, CPU seconds per item (the clients'
+and the server's with its workers), and the server's peak RSS. Also the cost of a fork from
+the warm server against handing a connection to a pre-forked worker (the choice of design).
+Writes the "Server" section of bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from bench_delivery import HEADER, qmail_local_env  # noqa: E402
+from common import (WORK, install, machine_line, mariadb_ready, owner,  # noqa: E402
+                    peak_rss, private_mariadb, replace_section, RESULTS, sql_config, sql_copy_users,
+                    timed,
+                    wrapper_python)
+
+HERE = WORK / "server"
+DOMAIN = "example.com"
+POP_ENV = {"PATH": "/usr/bin:/bin", "PROTO": "TCP", "TCPLOCALIP": "192.0.2.1",
+           "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10", "TCPREMOTEPORT": "40000"}
+C_DELIVERY_MS, C_LOGIN_MS = 2.1, 1.4  # issue 14: C vpopmail 5.4.33 here, whole process
+
+
+class Setup:
+    def __init__(self, database: object | None) -> None:
+        user, group, uid, gid = owner()
+        self.ids = (uid, gid)
+        self.prefix = install(HERE, user, group, frontends=True)
+        self.bin = self.prefix / "bin"
+        self.libexec = self.prefix / "libexec"
+        if not (self.libexec / "vdelivermail").exists():
+            raise SystemExit("no C front ends were built (is there a C compiler?)")
+        for argv in (["vadddomain", DOMAIN, "pm-secret"], ["vadduser", f"alice@{DOMAIN}", "pw"],
+                     ["vsetuserquota", f"alice@{DOMAIN}", "100G"]):
+            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
+        self.domain_dir = self.prefix / "domains" / DOMAIN
+        self.maildir = Path(next(line.split(":")[5] for line in
+                                 (self.domain_dir / "vpasswd").read_text().splitlines()
+                                 if line.startswith("alice:"))) / "Maildir"
+        self.config = self.prefix / "etc" / "vpopmail.toml"
+        self.nosync = HERE / "vpopmail-nosync.toml"
+        self.nosync.write_text(self.config.read_text().replace("file_sync = true",
+                                                               "file_sync = false"))
+        self.nosync.chmod(0o644)
+        self.message = HERE / "msg4096"
+        line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
+        self.message.write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
+        self.message.chmod(0o644)
+        self.credentials = HERE / "fd3"
+        self.credentials.write_bytes(b"alice@example.com\0pw\0\0")
+        self.sql: Path | None = None
+        if database is not None:
+            self.sql = sql_config(self.prefix, database, self.config,  # type: ignore[arg-type]
+                                  HERE / "vpopmail-sql.toml", False)
+            sql_copy_users(self.prefix, self.sql)
+        self.python = wrapper_python(self.libexec / "vdelivermail")
+        subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
+        # the configs' marshal caches are written beside them, by the first delivery (uid 89)
+        os.chown(HERE, uid, gid)
+        #: copies of the front ends: where no server socket is (the fallback, interleaved), and
+        #: where a second server forking per connection (server.prefork off) listens
+        self.down, self.other = HERE / "down", HERE / "forking"
+        for place in (self.down, self.other):
+            for sub in ("bin", "libexec", "run"):
+                (place / sub).mkdir(parents=True)
+            for name in ("vdelivermail", "vchkpw"):
+                shutil.copy2(self.bin / name, place / "bin" / name)
+                (place / "libexec" / name).symlink_to(self.libexec / name)
+        self.other_config = HERE / "vpopmail-forking.toml"
+        self.other_config.write_text(self.config.read_text().replace(
+            'server_socket = "run/server.sock"', f'server_socket = "{self.other}/run/server.sock"'
+        ).replace("prefork = true", "prefork = false"))
+        self.server: subprocess.Popen[bytes] | None = None
+        self.other_server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.server = self.launch(HERE / "server.log", {})
+        self.other_server = self.launch(HERE / "forking.log",
+                                       {"VPOPMAIL_CONFIG": str(self.other_config)})
+
+    def launch(self, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as fh:
+            server = subprocess.Popen([str(self.bin / "vpopmail-server")], stdout=fh, stderr=fh,
+                                      env={"PATH": "/usr/bin:/bin", **env})
+        deadline = time.monotonic() + 30
+        while "listening" not in log.read_text():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start: {log.read_text()}")
+            time.sleep(0.05)
+        return server
+
+    def stop(self) -> None:
+        for server in (self.server, self.other_server):
+            if server is not None:
+                server.send_signal(signal.SIGTERM)
+                server.wait()
+
+    def clean(self) -> None:
+        for sub in ("new", "cur", "tmp"):
+            for entry in os.scandir(self.maildir / sub):
+                os.unlink(entry.path)
+
+    # -- one whole process --------------------------------------------------------------------
+    def deliveries(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """row -> (the .qmail-default line's command, environment)."""
+        env = qmail_local_env(self.domain_dir)
+        nosync = qmail_local_env(self.domain_dir, self.nosync)
+        line = "{} '' bounce-no-mailbox"
+        rows = {
+            "`/bin/true` (exec floor)": ("/bin/true", env),
+            "interpreter floor `python -I -S -c pass`": (f"{self.python} -I -S -c pass", env),
+            "direct Python vdelivermail, fsync": (line.format(self.libexec / "vdelivermail"), env),
+            "front end + server, fsync": (line.format(self.bin / "vdelivermail"), env),
+            "front end + server forking per request, fsync": (
+                line.format(self.other / "bin" / "vdelivermail"), env),
+            "front end, no server (fallback), fsync": (
+                line.format(self.down / "bin" / "vdelivermail"), env),
+            "direct Python vdelivermail, no fsync": (line.format(self.libexec / "vdelivermail"),
+                                                     nosync),
+            "front end + server, no fsync": (line.format(self.bin / "vdelivermail"), nosync),
+        }
+        if self.sql:
+            sql = qmail_local_env(self.domain_dir, self.sql)
+            rows["direct Python vdelivermail, SQL, fsync"] = (
+                line.format(self.libexec / "vdelivermail"), sql)
+            rows["front end + server, SQL, fsync"] = (line.format(self.bin / "vdelivermail"), sql)
+        return rows
+
+    def logins(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        sql = {**POP_ENV, "VPOPMAIL_CONFIG": str(self.sql)} if self.sql else {}
+        rows = {
+            "`/bin/true` (exec floor, fd 3 open)": (["/bin/true"], POP_ENV),
+            "interpreter floor `python -I -S -c pass`": ([self.python, "-I", "-S", "-c", "pass"],
+                                                         POP_ENV),
+            "direct Python vchkpw": ([str(self.libexec / "vchkpw"), "/bin/true"], POP_ENV),
+            "front end + server": ([str(self.bin / "vchkpw"), "/bin/true"], POP_ENV),
+            "front end + server forking per request": ([str(self.other / "bin" / "vchkpw"),
+                                                        "/bin/true"],
+                                           POP_ENV),
+            "front end, no server (fallback)": ([str(self.down / "bin" / "vchkpw"), "/bin/true"],
+                                                POP_ENV),
+        }
+        if sql:
+            rows["direct Python vchkpw, SQL"] = ([str(self.libexec / "vchkpw"), "/bin/true"], sql)
+            rows["front end + server, SQL"] = ([str(self.bin / "vchkpw"), "/bin/true"], sql)
+        return rows
+
+    def single(self, runs: int) -> tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]]:
+        """Medians (seconds, peak KiB) per row, rounds interleaved."""
+        deliver: dict[str, list[tuple[float, int]]] = {}
+        login: dict[str, list[tuple[float, int]]] = {}
+        for _ in range(runs):
+            for name, (command, env) in self.deliveries().items():
+                deliver.setdefault(name, []).append(timed(
+                    ["/bin/sh", "-c", command], self.message, env, self.domain_dir, self.ids))
+            for name, (argv, env) in self.logins().items():
+                login.setdefault(name, []).append(timed(argv, b"", env, None,
+                                                        fd3=self.credentials))
+            self.clean()
+        for name, (command, env) in self.deliveries().items():
+            deliver[name] = [(median(deliver[name])[0], peak_rss(
+                ["/bin/sh", "-c", command], self.message, env, self.domain_dir, self.ids) or 0)]
+        for name, (argv, env) in self.logins().items():
+            login[name] = [(median(login[name])[0], peak_rss(argv, self.message, env,
+                                                              fd3=self.credentials) or 0)]
+        self.clean()
+        return ({k: v[0] for k, v in deliver.items()}, {k: v[0] for k, v in login.items()})
+
+    # -- throughput ---------------------------------------------------------------------------
+    def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int, user: bool,
+             server_proc: subprocess.Popen[bytes] | None) -> tuple[float, float, int, int]:
+        """(items/s, CPU s/item, server peak KiB, largest worker KiB) of ``count`` runs of the
+        shell ``script`` through ``xargs -P jobs``."""
+        server = psutil.Process(server_proc.pid) if server_proc else None
+        before_server = sum(server.cpu_times()[:4]) if server else 0.0
+        peak_worker = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set() and server is not None:
+                try:
+                    for child in server.children():
+                        peak_worker[0] = max(peak_worker[0], child.memory_info().rss // 1024)
+                except psutil.Error:
+                    pass
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        ids = {"user": self.ids[0], "group": self.ids[1], "extra_groups": []} if user else {}
+        subprocess.run(["xargs", "-P", str(jobs), "-n", "1", *argv],
+                       input="".join(f"{n}\n" for n in range(count)).encode(), check=True,
+                       env=env, cwd=self.domain_dir, stdout=subprocess.DEVNULL, **ids)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done.set()
+        sampler.join()
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        peak = 0
+        if server is not None:
+            cpu += sum(server.cpu_times()[:4]) - before_server
+            with open(f"/proc/{server.pid}/status") as fh:
+                peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
+        return count / wall, cpu / count, peak, peak_worker[0]
+
+    def throughput(self, count: int) -> dict[str, tuple[float, float, int, int]]:
+        deliver = ["/bin/sh", "-c", 'exec "$0" "" bounce-no-mailbox < "$MSG"']
+        login = ["/bin/sh", "-c", 'exec "$0" /bin/true 3< "$CRED"']
+        denv = {**qmail_local_env(self.domain_dir), "MSG": str(self.message)}
+        lenv = {**POP_ENV, "CRED": str(self.credentials)}
+        rows = {}
+        for label, program, server in (("front end + server", self.bin, self.server),
+                                       ("front end + server forking per request",
+                                        self.other / "bin",
+                                        self.other_server),
+                                       ("direct Python", self.libexec, None)):
+            rows[f"{count} deliveries of 4 KB, concurrency 10, {label}"] = self.load(
+                [*deliver, str(program / "vdelivermail")], denv, count, 10, True, server)
+            self.clean()
+            rows[f"{count} logins, concurrency 20, {label}"] = self.load(
+                [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
+        return rows
+
+
+def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
+    return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
+
+
+FORK_PROBE = """
+import gc, os, socket, sys, time
+sys.path[:0] = {path!r}
+from vpopmail import server
+server.preload()
+N = 300
+start = time.perf_counter()
+for _ in range(N):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+fork = (time.perf_counter() - start) / N
+a, b = socket.socketpair()
+fd = os.open("/dev/null", os.O_RDONLY)
+start = time.perf_counter()
+for _ in range(N):
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+    _, anc, _, _ = b.recvmsg(1, socket.CMSG_SPACE(4))
+    os.close(int.from_bytes(anc[0][2][:4], sys.byteorder))
+handoff = (time.perf_counter() - start) / N
+print(fork, handoff)
+"""
+
+
+def fork_or_pool(setup: Setup) -> tuple[float, float]:
+    """(fork + exit + wait of the warm server, hand a connection to a pooled worker)."""
+    wrapper = (setup.libexec / "vdelivermail").read_text()
+    path = eval(wrapper.split("sys.path[:0] = ", 1)[1].split("\n", 1)[0])  # noqa: S307
+    out = subprocess.run([setup.python, "-I", "-S", "-c", FORK_PROBE.format(path=path)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def write(runs: int, single: tuple[dict[str, tuple[float, int]], dict[str, tuple[float, int]]],
+          load: dict[str, tuple[float, float, int, int]], fork: tuple[float, float]) -> None:
+    deliver, login = single
+    lines = ["## Server: vpopmail-server and the C front ends (`bench/bench_server.py`)", "",
+             machine_line(runs, "GNU time"), "",
+             "One 4 KB delivery: `sh -c` of the `.qmail-default` line as uid 89, the message on a "
+             "seekable file. One login: a checkpassword call as root, credentials on fd 3, "
+             "SHA-512-crypt, exec /bin/true. Peak RSS: of the client process (the `sh -c` and what "
+             "it execs for a delivery), from GNU time; the server's is below.",
+             "", "| delivery | median | peak RSS |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v[0] * 1000:.2f} ms | {v[1] / 1024:.1f} MiB |" for k, v in deliver.items()]
+    lines += ["", "| login | median | peak RSS |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {v[0] * 1000:.2f} ms | {v[1] / 1024:.1f} MiB |" for k, v in login.items()]
+    lines += ["", f"C vpopmail 5.4.33 measured on this machine class (issue 14, not re-run): "
+              f"{C_DELIVERY_MS} ms a delivery (no fsync), {C_LOGIN_MS} ms a login.", "",
+              "| throughput | per second | CPU per item | server peak RSS | largest worker RSS |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, (rate, cpu, peak, worker) in load.items():
+        server = f"{peak / 1024:.1f} MiB" if "server" in name else ""
+        workers = f"{worker / 1024:.1f} MiB" if "server" in name else ""
+        lines.append(f"| {name} | {rate:.0f} | {cpu * 1000:.2f} ms | {server} | {workers} |")
+    lines += ["", f"A fork of the warm server (fork + exit + wait): {fork[0] * 1000:.2f} ms; "
+              f"handing a connection to a waiting process (SCM_RIGHTS over a socketpair): "
+              f"{fork[1] * 1000:.3f} ms. A worker serves one request and exits (a setuid is "
+              "one-way, and nothing of one request may reach the next). With server.prefork (the "
+              "default) the workers are forked ahead and the fork is off the request's path; "
+              "off, the server forks one per connection (the rows \"forking per request\").",
+              ""]
+    replace_section(RESULTS, "## Server:", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def measure(args: argparse.Namespace, setup: Setup) -> int:
+    setup.start()
+    try:
+        single = setup.single(args.runs)
+        load = setup.throughput(args.count)
+    finally:
+        setup.stop()
+    setup.clean()
+    write(args.runs, single, load, fork_or_pool(setup))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=31)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--no-sql", action="store_true")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (deliveries as uid 89, logins as root)")
+    sql = not args.no_sql and mariadb_ready()
+    with private_mariadb() if sql else contextlib.nullcontext() as database:
+        return measure(args, Setup(database))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""A running vpopmail-server for an install: the "server" mode of the delivery and login
+suites (modules marked ``through_server``) and the server's own tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from conftest import CLEAN_ENV, Install
+
+
+class Server:
+    """One ``bin/vpopmail-server`` process; its stderr goes to ``log``."""
+
+    def __init__(self, inst: Install, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.inst = inst
+        self.proc = proc
+        self.log = log
+        self.socket = inst.prefix / "run" / "server.sock"
+
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the server did not stop: {self.lines()}") from None
+
+
+def wait_for(server: Server, listening: int = 1, timeout: float = 20) -> None:
+    """Until the server has logged its ``listening``-th start (no probe connection: it would
+    count as a request)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sum("listening on" in line for line in server.lines()) >= listening:
+            return
+        if server.proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no server on {server.socket}: {server.lines()}")
+
+
+@contextmanager
+def running_server(inst: Install, *args: str) -> Iterator[Server]:
+    """The install's server, started as the install's owner would start it (root for a root
+    install), stopped at the end; it must have logged no worker failure."""
+    log = inst.prefix.parent / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(inst.bin / "vpopmail-server"), *args], stdout=fh,
+                                stderr=fh, env=CLEAN_ENV, cwd="/")
+    server = Server(inst, proc, log)
+    try:
+        wait_for(server)
+        yield server
+    finally:
+        server.stop()
+        failures = [line for line in server.lines() if "worker failed" in line]
+        assert not failures, failures

@@ -1,0 +1,268 @@
+"""The C front ends (frontend/frontend.c) against fake servers: what they do with each kind of
+reply, a server that dies, an impostor socket, and exec plans they must refuse."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import INSTALL, REPO, VENV, Install, as_user_argv
+from delivery_site import DOMAIN, MESSAGE, Site
+from login_site import LoginSite
+from server_site import running_server
+
+HEADER = struct.Struct("=4sBBBxI")
+EXIT, PLAN, DECLINE = 1, 2, 3
+
+
+def answer(kind: int, payload: bytes = b"", version: int = 1, length: int | None = None
+           ) -> bytes:
+    return HEADER.pack(b"VPSr", version, kind, 0, len(payload) if length is None else length
+                       ) + payload
+
+
+class FakeServer:
+    """Accepts one connection at ``path``, reads the request (and ``consume`` bytes of the
+    client's input descriptor), then sends ``reply`` and closes."""
+
+    def __init__(self, path: Path, reply: bytes, consume: int = 0) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        path.chmod(0o666)
+        self.listener.listen(5)
+        self.reply = reply
+        self.consume = consume
+        self.requests = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            data, ancillary, _, _ = conn.recvmsg(12, socket.CMSG_SPACE(16))
+            fds = [fd for _, _, raw in ancillary
+                   for fd in struct.unpack(f"{len(raw) // 4}i", raw)]
+            while len(data) < 12:
+                data += conn.recv(12 - len(data))
+            length = HEADER.unpack(data)[4]
+            body = b""
+            while len(body) < length:
+                body += conn.recv(length - len(body))
+            self.requests += 1
+            if self.consume:
+                os.read(fds[0 if len(fds) == 3 else 3], self.consume)
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+@pytest.fixture
+def site(root_vhome: Install) -> Iterator[LoginSite]:
+    login_site = LoginSite(root_vhome, unprivileged=True)
+    login_site.ok("vadddomain", DOMAIN, "secret")
+    login_site.add("alice", "pw")
+    yield login_site
+    login_site.syslog.close()
+
+
+@pytest.fixture
+def fake(site: LoginSite) -> Iterator[Callable[..., FakeServer]]:
+    made: list[FakeServer] = []
+
+    def make(reply: bytes, consume: int = 0) -> FakeServer:
+        server = FakeServer(site.inst.prefix / "run" / "server.sock", reply, consume)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def delivered(site: Site) -> list[bytes]:
+    return [p.read_bytes() for p in site.new_files(site.maildir("alice"))]
+
+
+# -- vdelivermail -------------------------------------------------------------------------------
+
+def test_exit_status_is_passed_on(site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    server = fake(answer(EXIT, struct.pack("=I", 99)))
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout) == (99, b"")
+    assert server.requests == 1 and delivered(site) == []
+
+
+@pytest.mark.parametrize("reply, text", [
+    (b"HTTP/1.0 200 OK\r\n\r\n", b"garbled reply"),
+    (answer(EXIT, b"\0\0", length=4), b"truncated reply"),
+    (answer(EXIT, length=1 << 20), b"oversized reply"),
+    (answer(EXIT, struct.pack("=I", 300)), b"malformed exit status"),
+    (answer(7), b"unexpected reply"),
+    (answer(PLAN, b"\0" * 24), b"unexpected reply"),  # no exec plans for vdelivermail
+], ids=["garbage", "truncated", "oversized", "status-range", "kind", "plan"])
+def test_bad_replies_defer(site: LoginSite, fake: Callable[..., FakeServer], reply: bytes,
+                           text: bytes) -> None:
+    fake(reply)
+    result = site.deliver("alice")
+    assert result.returncode == 111 and text in result.stdout, result
+    assert delivered(site) == []
+
+
+@pytest.mark.parametrize("reply", [answer(DECLINE), answer(DECLINE, version=2),
+                                   answer(EXIT, struct.pack("=I", 0), version=2)],
+                         ids=["decline", "other-version-decline", "other-version"])
+def test_declined_runs_the_python_program(site: LoginSite, fake: Callable[..., FakeServer],
+                                          reply: bytes) -> None:
+    server = fake(reply)
+    assert site.deliver("alice").returncode == 0
+    assert server.requests == 1
+    [data] = delivered(site)
+    assert data.endswith(MESSAGE)
+
+
+def test_server_dying_with_a_seekable_message_runs_python_from_the_start(
+        site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    fake(b"", consume=20)
+    assert site.deliver("alice").returncode == 0
+    [data] = delivered(site)
+    assert data.endswith(b"Delivered-To: alice@example.com\n" + MESSAGE)
+
+
+def test_server_dying_with_a_piped_message_defers(site: LoginSite,
+                                                  fake: Callable[..., FakeServer]) -> None:
+    fake(b"", consume=20)
+    result = site.deliver("alice", pipe=True)
+    assert result.returncode == 111 and b"ended before answering" in result.stdout
+    assert delivered(site) == []
+
+
+def test_no_server_runs_python(site: LoginSite) -> None:
+    result = site.deliver("alice", pipe=True)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    assert len(delivered(site)) == 1
+
+
+def test_impostor_socket_is_refused(site: LoginSite) -> None:
+    """A socket whose listener is not root: the front end sends nothing and defers."""
+    run = site.inst.prefix / "run"
+    run.chmod(0o777)
+    script = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\n"
+              "s.listen(1)\nprint('up',flush=True)\nc,_=s.accept()\n"
+              "print(len(c.recv(100)),flush=True)\n")
+    proc = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c", script,
+                             str(run / "server.sock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        result = site.deliver("alice")
+        assert result.returncode == 111 and b"wrong owner" in result.stdout
+        assert proc.stdout.readline() == "0\n"  # nothing was sent to it
+    finally:
+        proc.kill()
+        proc.wait()
+    assert delivered(site) == []
+
+
+def test_oversized_environment_skips_the_server(site: LoginSite) -> None:
+    """The front end runs Python at once: it does not even connect (a connection that sends
+    nothing would be logged as dropped)."""
+    with running_server(site.inst) as server:
+        result = site.deliver("alice", env={"BIG": "x" * 70000})
+        assert result.returncode == 0
+        assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    assert not any("dropped" in line for line in server.lines()), server.lines()
+    assert len(delivered(site)) == 1
+
+
+# -- vchkpw exec plans --------------------------------------------------------------------------
+
+def plan(site: LoginSite, uid: int, gid: int, *, change: int = 1, cwd: str = "",
+         groups: tuple[int, ...] = ()) -> bytes:
+    argv = [str(site.dump), str(site.record)]
+    strings = [str(site.dump), cwd, *argv, "PATH=/usr/bin:/bin", "PLANNED=yes"]
+    return (struct.pack("=6I", change, uid, gid, len(groups), len(argv), 2)
+            + struct.pack(f"={len(groups)}I", *groups)
+            + b"".join(s.encode() + b"\0" for s in strings))
+
+
+def test_plan_is_carried_out(site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    home = str(site.user_dir("alice"))
+    fake(answer(PLAN, plan(site, 89, 89, cwd=home, groups=(89,))))
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 0 and login.ran
+    assert (login.env["uid"], login.env["gid"], login.env["groups"], login.env["cwd"]
+            ) == ("89", "89", "89", home)
+    assert login.env["PLANNED"] == "yes" and "TCPREMOTEIP" not in login.env
+
+
+def test_plan_without_change_keeps_ids(site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    fake(answer(PLAN, plan(site, 89, 89, change=0)))
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 0 and (login.env["uid"], login.env["cwd"]) == ("0", "/")
+
+
+@pytest.mark.parametrize("payload, text", [
+    (lambda s: plan(s, 0, 0), "uid 0 refused"),
+    (lambda s: plan(s, 89, 89)[:-5], "malformed exec plan"),
+    (lambda s: plan(s, 89, 89)[:20], "truncated exec plan"),
+    (lambda s: plan(s, 89, 89) + b"extra\0", "malformed exec plan"),
+    (lambda s: struct.pack("=6I", 1, 89, 89, 5000, 1, 0), "malformed exec plan"),
+    (lambda s: plan(s, 89, 89, cwd="/nonexistent"), "cannot enter"),
+], ids=["root", "cut-string", "cut-head", "trailing", "groups", "cwd"])
+def test_bad_plans_are_refused(site: LoginSite, fake: Callable[..., FakeServer],
+                               payload: Callable[[LoginSite], bytes], text: str) -> None:
+    fake(answer(PLAN, payload(site)))
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 111 and not login.ran and text in login.stderr, login
+
+
+def test_login_server_killed_mid_reply_is_temporary(site: LoginSite,
+                                                    fake: Callable[..., FakeServer]) -> None:
+    fake(answer(PLAN, plan(site, 89, 89))[:30])
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 111 and not login.ran
+
+
+def test_login_server_dying_before_answering_reruns_with_seekable_credentials(
+        site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    fake(b"", consume=5)
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 0 and login.ran and login.env["uid"] == "89"
+
+
+# -- building -----------------------------------------------------------------------------------
+
+def test_frontend_is_clean_under_the_analyzer(tmp_path: Path) -> None:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc")
+    for program in (1, 2):
+        result = subprocess.run(
+            [gcc, "-std=c99", "-pedantic", "-O2", "-Wall", "-Wextra", "-Werror", "-fanalyzer",
+             f"-DVPS_PROGRAM={program}", '-DVPS_SOCKET="run/server.sock"',
+             '-DVPS_FALLBACK="libexec/x"', "-o", str(tmp_path / f"fe{program}"),
+             str(REPO / "frontend" / "frontend.c")], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_install_without_a_compiler_keeps_the_python_programs(vhome: Install) -> None:
+    assert not (vhome.bin / "vdelivermail").read_bytes().startswith(b"#!")
+    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                             "--qmaildir", str(vhome.qmaildir), "--cc", "/nonexistent/cc",
+                             "--venv", str(VENV)], check=True, capture_output=True, text=True)
+    assert "no C compiler" in result.stdout
+    inst = vhome
+    for name in ("vdelivermail", "vchkpw"):
+        assert (inst.bin / name).read_text().startswith("#!")
+        assert not (inst.prefix / "libexec" / name).exists()

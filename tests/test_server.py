@@ -1,0 +1,330 @@
+"""vpopmail-server with the C front ends: the runs go through it, it sees every admin change at
+once, and bad clients, crowds and its own sudden death lose nothing (issue 14). The delivery
+and login suites also run whole through it (``through_server``, tests/conftest.py)."""
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import Install
+from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
+from login_site import POP_ENV, LoginSite
+from server_site import Server, running_server, wait_for
+
+NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
+HEADER = struct.Struct("=4sBBBxI")
+
+
+@pytest.fixture
+def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginSite]:
+    """example.com with alice (password pw) on a root install, its server running with a
+    short request timeout (server.prefork as configured by default, or as parametrized:
+    "fork" / "prefork")."""
+    root_vhome.set_config("server", "request_timeout", 2)
+    if hasattr(request, "param"):
+        root_vhome.set_config("server", "prefork", request.param == "prefork")
+    login_site = LoginSite(root_vhome, unprivileged=True)
+    login_site.ok("vadddomain", DOMAIN, "secret")
+    login_site.add("alice", "pw")
+    with running_server(root_vhome) as server:
+        login_site.server = server  # type: ignore[attr-defined]
+        yield login_site
+    login_site.syslog.close()
+
+
+def server_of(site: LoginSite) -> Server:
+    return site.server  # type: ignore[attr-defined, no-any-return]
+
+
+def without_fallbacks(inst: Install) -> None:
+    """Make the Python programs behind the front ends fail loudly: what still works went
+    through the server."""
+    for name in ("vdelivermail", "vchkpw"):
+        path = inst.prefix / "libexec" / name
+        path.write_text("#!/bin/sh\necho fallback used >&2\nexit 42\n")
+
+
+def body_of(site: Site, name: str) -> list[bytes]:
+    return [p.read_bytes() for p in site.new_files(site.maildir(name))]
+
+
+# -- the runs go through the server -----------------------------------------------------------
+
+@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+def test_delivery_and_login_go_through_the_server(site: LoginSite) -> None:
+    without_fallbacks(site.inst)
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+    [data] = body_of(site, "alice")
+    assert data.endswith(b"Delivered-To: alice@example.com\n" + MESSAGE)
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 0 and login.ran, login
+    assert (login.env["uid"], login.env["gid"]) == (str(site.inst.uid), str(site.inst.gid))
+    assert login.env["groups"] == str(site.inst.gid)
+    assert login.env["cwd"] == str(site.user_dir("alice"))
+    assert (login.env["HOME"], login.env["USER"], login.env["SHELL"], login.env["VPOPUSER"]
+            ) == (str(site.user_dir("alice")), "alice", "NOLOGIN", "alice@example.com")
+    assert site.login("alice@example.com", "wrong").code == 1
+
+
+def test_login_program_does_not_inherit_fd3(site: LoginSite) -> None:
+    without_fallbacks(site.inst)
+    probe = site.work / "probe.sh"
+    probe.write_text(f"#!/bin/sh\nls /proc/$$/fd > {site.work}/probe.out\n")
+    probe.chmod(0o755)
+    assert site.login("alice@example.com", "pw", program=[str(probe)]).code == 0
+    assert "3" not in (site.work / "probe.out").read_text().split()
+
+
+def test_missing_program_is_temporary_with_the_direct_log_line(site: LoginSite) -> None:
+    without_fallbacks(site.inst)
+    assert site.login("alice@example.com", "pw", program=["/nonexistent/prog"]).code == 111
+    assert any("cannot run /nonexistent/prog (No such file or directory)" in t
+               for t in site.syslog.texts())
+
+
+# -- fresh state --------------------------------------------------------------------------------
+
+def test_admin_changes_are_seen_by_the_next_request(site: LoginSite) -> None:
+    without_fallbacks(site.inst)
+    assert site.deliver("carol").stdout == NO_MAILBOX
+    site.add("carol", "one")
+    assert site.deliver("carol").returncode == 0
+    assert len(body_of(site, "carol")) == 1
+    assert site.login("carol@example.com", "one").code == 0
+    site.ok("vpasswd", "carol@example.com", "two")
+    assert site.login("carol@example.com", "one").code == 1
+    assert site.login("carol@example.com", "two").code == 0
+    site.ok("vdeluser", "carol@example.com")
+    result = site.deliver("carol")
+    assert (result.returncode, result.stdout) == (100, NO_MAILBOX)
+    assert site.deliver("alice-lists").returncode == 100
+    site.inst.set_config("users", "qmail_ext", True)
+    assert site.deliver("alice-lists").returncode == 0
+    assert len(body_of(site, "alice")) == 1
+
+
+# -- when there is no server --------------------------------------------------------------------
+
+@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+def test_stopped_server_leaves_the_python_programs(site: LoginSite) -> None:
+    server = server_of(site)
+    assert server.stop() == 0
+    assert not server.socket.exists()
+    assert "is down" in site.inst.run("vpopmail-server", "--status").stdout
+    assert site.deliver("alice").returncode == 0
+    assert site.deliver("alice", pipe=True).returncode == 0
+    assert len(body_of(site, "alice")) == 2
+    assert site.login("alice@example.com", "pw").code == 0
+    assert site.login("alice@example.com", "wrong").code == 1
+
+
+def test_status_and_reload(site: LoginSite) -> None:
+    server = server_of(site)
+    assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    assert any("reloading" in line for line in server.lines())
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+    assert server.proc.poll() is None
+
+
+def test_second_server_refuses_to_start(site: LoginSite) -> None:
+    second = site.inst.run("vpopmail-server")
+    assert second.returncode == 111 and "already listens" in second.stderr
+
+
+# -- bad clients --------------------------------------------------------------------------------
+
+def raw_request(program: int, argv: list[bytes], env: list[bytes], cwd: bytes = b"/",
+                argc: int | None = None) -> tuple[bytes, bytes]:
+    """(header, body) of a request as the front end builds it."""
+    body = struct.pack("=IIIQQ", 0o077, len(argv) if argc is None else argc, len(env),
+                       2**64 - 1, 2**64 - 1)
+    body += b"".join(s + b"\0" for s in [cwd, *argv, *env])
+    return HEADER.pack(b"VPSq", 1, program, 3 if program == 1 else 4, len(body)), body
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+
+
+def dropped_then_serving(site: LoginSite, client: object, reason: str) -> None:
+    """``client`` (a callable given a connected socket) is dropped with one log line naming
+    ``reason``, and the next delivery still goes through the server."""
+    server = server_of(site)
+    before = len(server.lines())
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(server.socket))
+    sock.settimeout(10)
+    try:
+        try:
+            client(sock)  # type: ignore[operator]
+        except (BrokenPipeError, ConnectionResetError):  # dropped before it sent everything
+            pass
+        try:
+            assert sock.recv(100) == b""  # closed without an answer
+        except ConnectionResetError:  # closed with some of our bytes unread
+            pass
+    finally:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while len(server.lines()) == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    new = server.lines()[before:]
+    assert len(new) == 1 and "dropped" in new[0] and reason in new[0], new
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
+def test_garbage_is_dropped(site: LoginSite) -> None:
+    dropped_then_serving(site, lambda s: s.sendall(b"GET / HTTP/1.0\r\n\r\n"),
+                         "not a vpopmail-server request")
+
+
+def test_oversized_argv_is_dropped(site: LoginSite) -> None:
+    with open(os.devnull) as null:
+        fds = [null.fileno()] * 3
+        header, body = raw_request(1, [b"x"] * 1025, [])
+        dropped_then_serving(site, lambda s: (send_with_fds(s, header, fds), s.sendall(body)),
+                             "1025 arguments")
+
+
+def test_oversized_environment_is_dropped(site: LoginSite) -> None:
+    with open(os.devnull) as null:
+        fds = [null.fileno()] * 3
+        header, body = raw_request(1, [b"vdelivermail", b"", b"x"], [b"A=" + b"y" * 70000])
+        dropped_then_serving(site, lambda s: (send_with_fds(s, header, fds), s.sendall(body)),
+                             "environment over 64 KiB")
+
+
+def test_too_long_request_is_dropped(site: LoginSite) -> None:
+    with open(os.devnull) as null:
+        fds = [null.fileno()] * 3
+        header = HEADER.pack(b"VPSq", 1, 1, 3, 300 * 1024)
+        dropped_then_serving(site, lambda s: send_with_fds(s, header, fds), "request of")
+
+
+@pytest.mark.parametrize("count", [2, 5])
+def test_wrong_descriptor_count_is_dropped(site: LoginSite, count: int) -> None:
+    with open(os.devnull) as null:
+        header, body = raw_request(1, [b"vdelivermail", b"", b"x"], [])
+        dropped_then_serving(site, lambda s: (send_with_fds(s, header, [null.fileno()] * count),
+                                              s.sendall(body)),
+                             "descriptors")
+
+
+def test_half_closed_connection_is_dropped(site: LoginSite) -> None:
+    with open(os.devnull) as null:
+        header, body = raw_request(1, [b"vdelivermail", b"", b"x"], [])
+        dropped_then_serving(site, lambda s: (send_with_fds(s, header, [null.fileno()] * 3),
+                                              s.sendall(body[:10]), s.shutdown(socket.SHUT_WR)),
+                             "connection closed after")
+
+
+def test_silent_client_times_out(site: LoginSite) -> None:
+    dropped_then_serving(site, lambda s: None, "timed out")
+
+
+@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+def test_client_killed_mid_request(site: LoginSite) -> None:
+    """A .qmail program keeps the worker busy; the front end is killed meanwhile: the worker
+    finishes alone, and the server goes on serving."""
+    without_fallbacks(site.inst)
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text(f"|sleep 2; touch {site.work}/finished\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    variables = qmail_local_env("alice", home=str(site.domain_dir))
+    with tempfile.TemporaryFile() as fh:
+        fh.write(MESSAGE)
+        fh.seek(0)
+        proc = subprocess.Popen(site.argv("", "bounce-no-mailbox"), stdin=fh, env=variables,
+                                cwd=site.domain_dir, stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while not (site.work / "finished").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (home / ".qmail").unlink()
+    assert site.deliver("alice").returncode == 0
+    assert server_of(site).proc.poll() is None
+
+
+def test_a_thousand_simultaneous_connects(site: LoginSite) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    server = server_of(site)
+    socks = []
+    try:
+        for _ in range(1000):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(server.socket))
+            except BlockingIOError:
+                pass
+            socks.append(sock)
+        for sock in socks:
+            try:
+                sock.send(b"garbage!garbage!")
+            except OSError:
+                pass
+    finally:
+        for sock in socks:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    without_fallbacks(site.inst)
+    started = time.monotonic()
+    assert site.deliver("alice").returncode == 0
+    assert time.monotonic() - started < 30
+    assert server.proc.poll() is None
+
+
+# -- the server dies under load ------------------------------------------------------------------
+
+@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+def test_sigkill_under_load_loses_nothing(site: LoginSite) -> None:
+    """Deliveries (seekable and piped) and logins while the server is SIGKILLed: each
+    delivery that exited 0 is in the Maildir, the others exited 111; no login reads 1."""
+    server = server_of(site)
+
+    def deliver(n: int) -> tuple[int, int]:
+        message = MESSAGE.replace(b"anchor test", f"load {n}".encode())
+        return n, site.deliver("alice", message, pipe=bool(n % 2)).returncode
+
+    source = site.work / "fd3-load"
+    source.write_bytes(b"alice@example.com\0pw\0\0")
+
+    def login(n: int) -> int:
+        return subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
+                               str(site.inst.bin / "vchkpw")], env=POP_ENV, cwd="/",
+                              timeout=120).returncode
+
+    with ThreadPoolExecutor(12) as pool:
+        deliveries = [pool.submit(deliver, n) for n in range(60)]
+        logins = [pool.submit(login, n) for n in range(30)]
+        time.sleep(0.4)
+        server.proc.send_signal(signal.SIGKILL)
+        results = [f.result() for f in deliveries]
+        codes = [f.result() for f in logins]
+    assert set(code for _, code in results) <= {0, 111}, results
+    assert set(codes) <= {0, 111}, codes
+    stored = b"".join(body_of(site, "alice"))
+    for n, code in results:
+        if code == 0:
+            assert f"Subject: load {n}\n".encode() in stored, n
+    assert not list((site.maildir("alice") / "tmp").iterdir())
