@@ -560,18 +560,12 @@ def status(path: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="vpopmail-server", description=(
-        "Serve vdelivermail and vchkpw runs for their C front ends (runs in the foreground; "
-        "SIGTERM stops, SIGHUP restarts with the installed code and configuration)."))
-    parser.add_argument("--status", action="store_true",
-                        help="say whether the server is up and what it is doing")
-    args = parser.parse_args(argv)
+def run(config: str | None, status_only: bool = False) -> int:
+    """Serve until stopped (or, ``status_only``, report whether a server is up); the exit
+    status. bin/vpopmail-server (vpopmail.cli.vpopmail_server) parses the command line."""
     try:
         settings = vconfig.load(config)
-        if args.status:
+        if status_only:
             return status(settings.home_path("server_socket"))
         return Server(settings, config).serve()
     except VpopmailError as exc:
