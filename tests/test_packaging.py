@@ -194,7 +194,8 @@ def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
     units = [installed_copy(unit, vhome, tmp_path / unit.name)
              for unit in sorted((SERVICE / "systemd").iterdir())]
     assert [u.name for u in units] == ["vpopmail-clearopensmtp.service",
-                                       "vpopmail-clearopensmtp.timer", "vpopmail-pop3.service"]
+                                       "vpopmail-clearopensmtp.timer", "vpopmail-pop3.service",
+                                       "vpopmail-server.service"]
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, ""), result
@@ -202,7 +203,7 @@ def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
 
 def test_run_scripts_parse() -> None:
     for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run",
-                   SERVICE / "vpopmaild" / "run"):
+                   SERVICE / "vpopmaild" / "run", SERVICE / "vpopmail-server" / "run"):
         assert os.access(script, os.X_OK), script
         subprocess.run(["sh", "-n", str(script)], check=True)
 

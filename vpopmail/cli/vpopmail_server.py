@@ -5,7 +5,7 @@ its Unix socket (paths.server_socket); a worker that takes the caller's uid, gid
 runs the same Python code the programs run directly, without an interpreter start per
 message or login. When it is down, the front ends run the Python programs in PREFIX/libexec/
 themselves: only speed changes. Run it in the foreground, as root, under systemd or
-daemontools (packaging/server/)."""
+daemontools (packaging/service/)."""
 import sys
 
 from vpopmail.cmdline import OPTIONS, answer
