@@ -97,6 +97,8 @@ def parse_trace(log: Path) -> list[Event]:
             tokens = [t for t in tokens if not t[0]][:1]  # not argv
         elif call in ("readlink", "readlinkat"):
             tokens = tokens[:-1]  # the buffer
+        elif call == "getcwd":
+            tokens = []  # the buffer it fills (the C front ends send their cwd): no access
         elif call in ("symlink", "symlinkat"):
             tokens = tokens[1:]  # the link's text, not a path
         paths, base = [], None
