@@ -165,9 +165,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On "mysql", ``each_install`` tests run in the root install only (the production mode:
-    programs as the vpopmail user reading the database password; the sandbox mode of the same
-    tests would double their SQL time for little)."""
+    """On "mysql", and through a running server, ``each_install`` tests run in the root
+    install only (the production mode: programs as the vpopmail user reading the database
+    password, a server as root; the sandbox mode of the same tests would double their time for
+    little)."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
