@@ -4,6 +4,7 @@ and login suites also run whole through it (``through_server``, tests/conftest.p
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -30,11 +31,13 @@ HEADER = struct.Struct("=4sBBBxI")
 @pytest.fixture
 def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginSite]:
     """example.com with alice (password pw) on a root install, its server running with a
-    short request timeout (server.prefork as configured by default, or as parametrized:
-    "fork" / "prefork")."""
+    short request timeout; its workers serve many requests each (the default), or as
+    parametrized: "fresh" (server.requests_per_worker = 1: a new worker for every request) /
+    "reused"."""
     root_vhome.set_config("server", "request_timeout", 2)
     if hasattr(request, "param"):
-        root_vhome.set_config("server", "prefork", request.param == "prefork")
+        root_vhome.set_config("server", "requests_per_worker",
+                              1 if request.param == "fresh" else 1000)
     login_site = LoginSite(root_vhome, unprivileged=True)
     login_site.ok("vadddomain", DOMAIN, "secret")
     login_site.add("alice", "pw")
@@ -62,7 +65,7 @@ def body_of(site: Site, name: str) -> list[bytes]:
 
 # -- the runs go through the server -----------------------------------------------------------
 
-@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+@pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)
 def test_delivery_and_login_go_through_the_server(site: LoginSite) -> None:
     without_fallbacks(site.inst)
     result = site.deliver("alice")
@@ -116,9 +119,98 @@ def test_admin_changes_are_seen_by_the_next_request(site: LoginSite) -> None:
     assert len(body_of(site, "alice")) == 1
 
 
+# -- workers: one identity each, reused ---------------------------------------------------------
+
+def maildir_pids(site: LoginSite, name: str) -> list[str]:
+    """The pid part (P<pid>) of each message file's name: the worker that wrote it."""
+    return [re.search(r"P(\d+)", p.name).group(1)  # type: ignore[union-attr]
+            for p in site.new_files(site.maildir(name))]
+
+
+def worker_ids(server: Server) -> list[tuple[str, str, str]]:
+    """(Uid, Gid, Groups) lines of /proc/PID/status for each worker of ``server``."""
+    found = []
+    for task in os.listdir("/proc"):
+        try:
+            status = Path(f"/proc/{task}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if task.isdigit() and fields.get("PPid", "").strip() == str(server.proc.pid):
+            found.append((fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split()))
+    return found  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)
+def test_workers_are_reused_only_by_their_identity(site: LoginSite,
+                                                   request: pytest.FixtureRequest) -> None:
+    """Deliveries (uid 89) and logins (root) each get workers that hold exactly the caller's
+    ids; a worker serves many requests of its identity (its pid names the messages it wrote),
+    or one each with server.requests_per_worker = 1."""
+    without_fallbacks(site.inst)
+    for _ in range(6):
+        assert site.deliver("alice").returncode == 0
+        assert site.login("alice@example.com", "pw").code == 0
+    pids = maildir_pids(site, "alice")
+    assert len(pids) == 6
+    if request.node.callspec.params["site"] == "fresh":
+        assert len(set(pids)) == 6
+        return
+    assert len(set(pids)) < 6
+    ids = worker_ids(server_of(site))
+    assert ids
+    for uid, gid, groups in ids:
+        assert len(set(uid)) == 1 and len(set(gid)) == 1, (uid, gid)
+        assert (uid[0], gid[0], groups) in ((str(site.inst.uid), str(site.inst.gid),
+                                             [str(site.inst.gid)]), ("0", "0", [])), ids
+
+
+def test_a_request_that_changes_the_ids_ends_its_worker(site: LoginSite) -> None:
+    """vdelivermail started as root gives up root for the domain owner: that worker cannot
+    serve root again and ends; the next root delivery gets a new one."""
+    without_fallbacks(site.inst)
+    root_site = Site(site.inst, unprivileged=False)
+    for _ in range(2):
+        assert root_site.deliver("alice").returncode == 0
+    first, second = maildir_pids(site, "alice")
+    assert first != second
+
+
+def test_idle_workers_leave(root_vhome: Install) -> None:
+    root_vhome.set_config("server", "idle_timeout", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    with running_server(root_vhome) as server:
+        assert site.deliver("alice").returncode == 0
+        assert worker_ids(server)
+        deadline = time.monotonic() + 15
+        while worker_ids(server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not worker_ids(server)
+        without_fallbacks(root_vhome)
+        assert site.deliver("alice").returncode == 0
+    site.syslog.close()
+
+
+def test_one_worker_serves_both_identities_in_turn(root_vhome: Install) -> None:
+    """server.workers = 1: an idle worker of another identity is retired to make room."""
+    root_vhome.set_config("server", "workers", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    with running_server(root_vhome) as server:
+        without_fallbacks(root_vhome)
+        for _ in range(3):
+            assert site.deliver("alice").returncode == 0
+            assert site.login("alice@example.com", "pw").code == 0
+        assert len(worker_ids(server)) <= 1
+    site.syslog.close()
+
+
 # -- when there is no server --------------------------------------------------------------------
 
-@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+@pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)
 def test_stopped_server_leaves_the_python_programs(site: LoginSite) -> None:
     server = server_of(site)
     assert server.stop() == 0
@@ -239,7 +331,7 @@ def test_silent_client_times_out(site: LoginSite) -> None:
     dropped_then_serving(site, lambda s: None, "timed out")
 
 
-@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+@pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)
 def test_client_killed_mid_request(site: LoginSite) -> None:
     """A .qmail program keeps the worker busy; the front end is killed meanwhile: the worker
     finishes alone, and the server goes on serving."""
@@ -296,7 +388,7 @@ def test_a_thousand_simultaneous_connects(site: LoginSite) -> None:
 
 # -- the server dies under load ------------------------------------------------------------------
 
-@pytest.mark.parametrize("site", ["fork", "prefork"], indirect=True)
+@pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)
 def test_sigkill_under_load_loses_nothing(site: LoginSite) -> None:
     """Deliveries (seekable and piped) and logins while the server is SIGKILLed: each
     delivery that exited 0 is in the Maildir, the others exited 111; no login reads 1."""

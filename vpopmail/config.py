@@ -69,7 +69,8 @@ SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
     # vpopmail-server, the resident process behind the C front ends of vdelivermail/vchkpw
     "server": {
         "workers": (32, int),
-        "prefork": (True, bool),
+        "requests_per_worker": (1000, int),
+        "idle_timeout": (60, int),
         "request_timeout": (10, int),
         "root_logins": (False, bool),
     },
@@ -173,13 +174,14 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}")
             values[f"{section}_{key}"] = value
-    if int(values["server_workers"]) < 1:  # type: ignore[call-overload]
-        raise ConfigError(f"{source}: server.workers must be >= 1")
+    for key in ("server_workers", "server_requests_per_worker"):
+        if int(values[key]) < 1:  # type: ignore[call-overload]
+            raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 1")
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
                 "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
-                "mysql_update_port", "server_request_timeout"):
+                "mysql_update_port", "server_request_timeout", "server_idle_timeout"):
         if int(values[key]) < 0:  # type: ignore[call-overload]
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
