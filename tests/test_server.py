@@ -234,6 +234,20 @@ def test_status_and_reload(site: LoginSite) -> None:
     assert server.proc.poll() is None
 
 
+def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
+    """vcheck's last step: up (with the server's own state), or down, which is no fault: the
+    front ends run the Python programs."""
+    checked = site.inst.run("vcheck", "alice@example.com")
+    assert checked.returncode == 0, checked.stdout
+    [line] = [line for line in checked.stdout.splitlines() if "vpopmail-server" in line]
+    assert line.startswith("12 vpopmail-server") and " OK " in line, line
+    assert "up on" in line and "serving vdelivermail and vchkpw" in line, line
+    server_of(site).stop()
+    checked = site.inst.run("vcheck", "alice@example.com")
+    assert checked.returncode == 0, checked.stdout
+    assert "down (" in checked.stdout and "run the Python programs" in checked.stdout
+
+
 def test_second_server_refuses_to_start(site: LoginSite) -> None:
     second = site.inst.run("vpopmail-server")
     assert second.returncode == 111 and "already listens" in second.stderr

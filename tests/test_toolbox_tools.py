@@ -370,7 +370,8 @@ def steps(inst: Install) -> list[str]:
     """vcheck's steps; the 7th is named by the user backend."""
     store = "vpasswd" if inst.backend == "cdb" else "users table"
     return ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
-            ".qmail-default", store, "user", "Maildir", "maildirsize", "flags"]
+            ".qmail-default", store, "user", "Maildir", "maildirsize", "flags",
+            "vpopmail-server"]
 
 
 def vcheck(inst: Install, address: str = f"alice@{DOMAIN}", **kw: object

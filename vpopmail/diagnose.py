@@ -21,6 +21,9 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      next delivery would trust it; none for a user without quota
 11 flags             user flags (ORed with the domain limits unless V_OVERRIDE) that refuse
                      POP/IMAP/webmail/SMTP AUTH/relaying or bounce mail
+12 vpopmail-server   where bin/vdelivermail and bin/vchkpw are the C front ends: whether the
+                     server answers them (when it does not, they run the Python programs:
+                     mail and logins work, at the Python programs' cost; not a fault)
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ class Diagnosis:
                 (".qmail-default", self.check_dot_qmail_default),
                 (self.api.backend.store_name, self.check_store), ("user", self.check_user),
                 ("Maildir", self.check_maildir), ("maildirsize", self.check_maildirsize),
-                ("flags", self.check_flags)]
+                ("flags", self.check_flags), ("vpopmail-server", self.check_server)]
 
     def steps(self) -> Iterator[Step]:
         for number, (name, check) in enumerate(self.checks, 1):
@@ -441,6 +444,24 @@ class Diagnosis:
             fixes.append(f"vmoddomlimits -g '{keep_letters}' {entry.real_domain} (every user), "
                          f"or vmoduser -o {address} (this user ignores the domain limits)")
         raise Fault("; ".join(problems), " and ".join(fixes))
+
+
+    # 12 ---------------------------------------------------------------------------------------
+
+    def check_server(self) -> str:
+        from vpopmail import server
+
+        front_ends = [name for name in ("vdelivermail", "vchkpw")
+                      if server.is_front_end(os.path.join(self.config.home, "bin", name))]
+        if not front_ends:
+            return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
+        path = self.config.home_path("server_socket")
+        try:
+            return f"up on {path}, serving {' and '.join(front_ends)}: {server.ask_status(path)}"
+        except (OSError, server.Drop) as exc:
+            return (f"down ({path}: {exc}): {' and '.join(front_ends)} run the Python programs "
+                    f"(mail and logins work, more slowly); start bin/vpopmail-server "
+                    f"(packaging/service/)").strip()
 
 
 def diagnose(api: Vpopmail, address: str) -> Iterator[Step]:

@@ -60,6 +60,8 @@ from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 
 VERSION = 1
+#: what frontend.c's vps_ident starts with (packaging/install tells its front ends by it too)
+FRONTEND_IDENT = b"pyvpopmail front end"
 STATUS, VDELIVERMAIL, VCHKPW = 0, 1, 2
 #: program -> the descriptors its front end sends
 NFDS = {STATUS: 0, VDELIVERMAIL: 3, VCHKPW: 4}
@@ -810,24 +812,38 @@ class Server:
 
 # -- the command --------------------------------------------------------------------------------
 
-def status(path: str) -> int:
-    """``--status``: ask the server at ``path`` for its state."""
+def is_front_end(path: str) -> bool:
+    """Whether ``path`` is one of our C front ends (it carries frontend.c's identity)."""
+    try:
+        with open(path, "rb") as fh:
+            return FRONTEND_IDENT in fh.read(1 << 20)
+    except OSError:
+        return False
+
+
+def ask_status(path: str) -> str:
+    """The state the server at ``path`` reports; OSError or Drop when none answers."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(10)
     try:
         sock.connect(path)
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
-        head = recv_exact(sock, HEADER.size)
-        magic, version, kind, _, length = HEADER.unpack(head)
+        magic, _, kind, _, length = HEADER.unpack(recv_exact(sock, HEADER.size))
         if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
             raise Drop("unexpected reply")
-        text = recv_exact(sock, length).decode("utf-8", "replace")
+        return recv_exact(sock, length).decode("utf-8", "replace")
+    finally:
+        sock.close()
+
+
+def status(path: str) -> int:
+    """``--status``: ask the server at ``path`` for its state."""
+    try:
+        text = ask_status(path)
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "
               f"programs directly")
         return 1
-    finally:
-        sock.close()
     print(f"vpopmail-server is up on {path}: {text}", end="")
     return 0
 
