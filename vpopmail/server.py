@@ -699,8 +699,14 @@ class Server:
                 log(self.settings.log_fd, f"dropped a client: {exc.strerror}")
                 conn.close()
                 continue
-            self.unsent[conn.fileno()] = Waiting(conn, pid, identity, deadline)
-            self.poll.register(conn, select.POLLIN)
+            waiting = Waiting(conn, pid, identity, deadline)
+            probe = select.poll()  # the front end sends at once: most are readable already
+            probe.register(conn, select.POLLIN)
+            if probe.poll(0):
+                self.ready.append(waiting)
+            else:
+                self.unsent[conn.fileno()] = waiting
+                self.poll.register(conn, select.POLLIN)
 
     def heard(self, fd: int) -> None:
         """A worker said it is done ("." idle, "x" ending) or went away."""
