@@ -100,7 +100,7 @@ class Setup:
         # the configs' marshal caches are written beside them, by the first delivery (uid 89)
         os.chown(HERE, uid, gid)
         #: copies of the front ends: where no server socket is (the fallback, interleaved), and
-        #: where a second server forking per connection (server.prefork off) listens
+        #: where a second server with a fresh worker per request (requests_per_worker = 1) listens
         self.down, self.other = HERE / "down", HERE / "forking"
         for place in (self.down, self.other):
             for sub in ("bin", "libexec", "run"):
