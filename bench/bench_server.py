@@ -289,7 +289,7 @@ def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
 FORK_PROBE = """
 import gc, os, socket, sys, time
 sys.path[:0] = {path!r}
-from vpopmail import server
+from vpopmail.server import parent as server
 server.preload()
 N = 300
 start = time.perf_counter()

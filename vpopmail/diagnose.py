@@ -449,16 +449,16 @@ class Diagnosis:
     # 12 ---------------------------------------------------------------------------------------
 
     def check_server(self) -> str:
-        from vpopmail import server
+        from vpopmail import wire
 
         front_ends = [name for name in ("vdelivermail", "vchkpw")
-                      if server.is_front_end(os.path.join(self.config.home, "bin", name))]
+                      if wire.is_front_end(os.path.join(self.config.home, "bin", name))]
         if not front_ends:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = self.config.home_path("server_socket")
         try:
-            return f"up on {path}, serving {' and '.join(front_ends)}: {server.ask_status(path)}"
-        except (OSError, server.Drop) as exc:
+            return f"up on {path}, serving {' and '.join(front_ends)}: {wire.ask_status(path)}"
+        except (OSError, wire.Drop) as exc:
             return (f"down ({path}: {exc}): {' and '.join(front_ends)} run the Python programs "
                     f"(mail and logins work, more slowly); start bin/vpopmail-server "
                     f"(packaging/service/)").strip()

@@ -1,0 +1,57 @@
+"""vpopmail-server: the resident process behind the C front ends of vdelivermail and vchkpw.
+
+A Python start costs more than C vpopmail's whole delivery, so ``bin/vdelivermail`` and
+``bin/vchkpw`` are small C programs (frontend/frontend.c) that hand their run to this server
+over a Unix socket (``paths.server_socket``) and exit with its answer. The parent accepts,
+reads the credentials the kernel recorded at connect (SO_PEERCRED, SO_PEERGROUPS: the peer
+cannot change them afterwards), waits until the peer has sent something (a silent client ties
+up no worker) and hands the connection to a worker that holds exactly that identity: uid, gid
+and supplementary groups, taken once when the parent forked it from its warm, preloaded self.
+The parent never reads what a client sends. A worker puts the peer's descriptors, environment,
+working directory, umask and file-size limit in place, calls the same ``main`` the direct
+program calls, gives the descriptors back, replies, and waits for the next connection of its
+identity: a process is never shared by two identities. It ends after
+``server.requests_per_worker`` requests (1: a fresh worker for every request), when idle for
+``server.idle_timeout`` seconds, when a request left it with other ids or open descriptors, or
+when the parent leaves. At most ``server.workers`` workers live; an idle one of another
+identity is retired to make room, and connections wait in order. Nothing of a request is kept
+for the next: every run loads the configuration and opens the cdb files or the SQL connection
+itself, so an admin change is seen by the very next delivery or login.
+
+vchkpw runs the next program in its own process, so for it the worker returns an exec plan
+(the ids, directory, argv and environment the Python vchkpw would have exec'd with) and the
+front end does setgroups/setgid/setuid, chdir and execve.
+
+The parts: :mod:`vpopmail.wire` (the protocol), :mod:`.parent`, :mod:`.worker`.
+"""
+import sys
+
+from vpopmail import config as vconfig
+from vpopmail.errors import VpopmailError
+from vpopmail.server.parent import Server
+from vpopmail.wire import Drop, ask_status
+
+
+def status(path: str) -> int:
+    """``--status``: ask the server at ``path`` for its state."""
+    try:
+        text = ask_status(path)
+    except (OSError, Drop) as exc:
+        print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "
+              f"programs directly")
+        return 1
+    print(f"vpopmail-server is up on {path}: {text}", end="")
+    return 0
+
+
+def run(config: str | None, status_only: bool = False) -> int:
+    """Serve until stopped (or, ``status_only``, report whether a server is up); the exit
+    status. bin/vpopmail-server (vpopmail.cli.vpopmail_server) parses the command line."""
+    try:
+        settings = vconfig.load(config)
+        if status_only:
+            return status(settings.home_path("server_socket"))
+        return Server(settings, config).serve()
+    except VpopmailError as exc:
+        print(f"vpopmail-server: {exc}", file=sys.stderr)
+        return 111

@@ -1,0 +1,320 @@
+"""vpopmail-server's workers: each takes one caller identity for good and serves the
+connections of that identity the parent hands it, one at a time, by calling the same ``main``
+the direct programs call (see :mod:`vpopmail.server`)."""
+import contextlib
+import errno
+import functools
+import mmap
+import os
+import socket
+import struct
+import sys
+import time
+
+from vpopmail import config as vconfig
+from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
+                           Decline, Drop, Request, read_request, reply)
+
+#: what the parent publishes for --status: requests finished, workers alive, clients waiting
+COUNTERS = struct.Struct("=QQQ")
+
+Identity = tuple[int, int, tuple[int, ...]]  # uid, gid, sorted supplementary groups
+
+
+def take_identity(identity: Identity) -> None:
+    """Become exactly the peer: as root, its ids and groups; otherwise only our own user."""
+    uid, gid, groups = identity
+    if os.geteuid() == 0:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        return
+    if (uid, gid) != (os.getuid(), os.getgid()) or set(groups) != set(os.getgroups()):
+        raise Decline(f"cannot serve uid {uid} gid {gid} without root")
+
+
+def is_identity(identity: Identity) -> bool:
+    """Whether this process holds exactly ``identity`` (real, effective and saved ids). A
+    root peer's run may leave other effective ids (vchkpw's seteuid steps): they are taken
+    back first."""
+    uid, gid, groups = identity
+    if uid == 0 and os.getresuid()[0] == 0:
+        os.seteuid(0)
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+    return (os.getresuid() == (uid, uid, uid) and os.getresgid() == (gid, gid, gid)
+            and tuple(sorted(os.getgroups())) == groups)
+
+
+def high(fd: int) -> int:
+    """A close-on-exec copy of ``fd`` above the descriptors a program uses; ``fd`` closed."""
+    import fcntl
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+    os.close(fd)
+    return moved
+
+
+def set_stage(request: Request) -> None:
+    """The peer's descriptors, environment, directory, umask and file-size limit (the soft
+    limit: the worker keeps its hard limit for the next request)."""
+    import resource
+
+    try:
+        os.chdir(request.cwd)
+    except OSError as exc:
+        raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    wanted = resource.RLIM_INFINITY if request.fsize_cur >= 2**63 else request.fsize_cur
+    if hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard):
+        wanted = hard
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+    except (OSError, ValueError) as exc:
+        raise Decline(f"cannot take the file size limit: {exc}") from None
+    os.umask(request.umask)
+    moved = [high(fd) for fd in request.fds]
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environb.clear()
+    for entry in request.env:
+        name, sep, value = entry.partition(b"=")
+        if sep and name and name not in os.environb:
+            os.environb[name] = value
+    sys.argv = [os.fsdecode(arg) for arg in request.argv]
+
+
+def clear_stage(nfds: int, null: int) -> None:
+    """Give the peer's descriptors back (its pipes must see their end when it exits) and
+    leave its directory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for fd in range(min(nfds, 3)):
+        os.dup2(null, fd)
+    if nfds > 3:
+        with contextlib.suppress(OSError):  # vchkpw closes it once the credentials are read
+            os.close(3)
+    os.chdir("/")
+
+
+class ExecPlan(BaseException):
+    """What vchkpw would exec, as whom and where; passes through vchkpw's handlers."""
+
+    def __init__(self, path: str, argv: list[str], env: dict[str, str],
+                 ids: Identity | None, cwd: bytes | None) -> None:
+        super().__init__(path)
+        self.path = path
+        self.argv = argv
+        self.env = env
+        self.ids = ids
+        self.cwd = cwd
+
+
+@functools.cache
+def plan_class() -> type:
+    """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
+    worker keeps its ids and directory, the front end takes the ones the plan names."""
+    from auth.backend import VUser, close_backends
+    from auth.vchkpw import SMTP, TEMPORARY, Finish, Vchkpw
+    from vpopmail.assign import AssignEntry
+
+    class PlanningVchkpw(Vchkpw):
+        plan_ids: Identity | None = None
+        plan_cwd: bytes | None = None
+
+        def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
+            if not self.root or service == SMTP or self.dovecot:
+                super().final_ids(entry, user, service)
+                if service != SMTP and not self.dovecot:
+                    self.plan_cwd = os.getcwdb()
+                return
+            try:  # enter the directory as the user will, then take the worker's ids back
+                os.seteuid(0)
+                os.setgroups([])
+                os.setegid(entry.gid)
+                os.seteuid(entry.uid)
+                try:
+                    os.chdir(user.dir)
+                finally:
+                    os.seteuid(0)
+                    os.setgroups(self.groups)
+                    os.setegid(self.ids[0])
+                    os.seteuid(self.ids[1])
+            except OSError as exc:
+                raise Finish(TEMPORARY, f"cannot become uid {entry.uid} in {user.dir} "
+                                        f"({exc})") from None
+            self.plan_ids, self.plan_cwd = (entry.uid, entry.gid, ()), os.fsencode(user.dir)
+
+        def exec(self, command: list[str], env: dict[str, str]) -> None:
+            self.log.close()
+            close_backends()
+            path = command[0]
+            candidates = ([path] if "/" in path else
+                          [os.path.join(d, path) for d in os.get_exec_path(env)])
+            error = errno.ENOENT
+            for candidate in candidates:
+                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                    raise ExecPlan(candidate, command, env, self.plan_ids, self.plan_cwd)
+                if os.path.exists(candidate):
+                    error = errno.EACCES
+            raise Finish(TEMPORARY, f"cannot run {path} ({os.strerror(error)})")
+
+    return PlanningVchkpw
+
+
+def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
+    """The PLAN payload: the ids the program is to run with (``change`` when they are not
+    the peer's), its directory if not the peer's, the program, argv and environment."""
+    ids = plan.ids or (os.geteuid(), os.getegid(), tuple(sorted(os.getgroups())))
+    change = ids != peer
+    here = plan.cwd if plan.cwd is not None else cwd
+    strings = [os.fsencode(plan.path), b"" if here == cwd else here,
+               *(os.fsencode(a) for a in plan.argv),
+               *(os.fsencode(f"{k}={v}") for k, v in plan.env.items())]
+    if any(b"\0" in s for s in strings):
+        raise ValueError("NUL in the exec plan")
+    uid, gid, groups = ids
+    return (PLAN_HEAD.pack(int(change), uid, gid, len(groups), len(plan.argv), len(plan.env))
+            + struct.pack(f"={len(groups)}I", *groups) + b"".join(s + b"\0" for s in strings))
+
+
+def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
+    """Run the program the direct way; the reply (kind, payload)."""
+    if request.program == VDELIVERMAIL:
+        from delivery.vdelivermail import main as deliver
+
+        code = deliver(sys.argv[1:], config=config)
+    else:
+        from auth.vchkpw import main as login
+
+        try:
+            code = login(sys.argv, config=config, runner=plan_class())
+        except ExecPlan as plan:
+            return PLAN, encode_plan(plan, peer, request.cwd)
+    return EXIT, struct.pack("=I", code & 0xFF)
+
+
+def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Settings",
+              null: int) -> None:
+    """One connection of a worker that holds ``identity``: from its request to its reply."""
+    try:
+        conn.settimeout(settings.timeout)
+        request = read_request(conn)
+        conn.settimeout(None)
+        if request.program == STATUS:
+            reply(conn, STATUS_REPLY, settings.status().encode())
+            return
+        try:
+            set_stage(request)
+        except Decline:
+            for fd in request.fds:
+                os.close(fd)
+            raise
+        try:
+            kind, payload = run_request(request, settings.config, identity)
+        finally:
+            clear_stage(len(request.fds), null)
+        reply(conn, kind, payload)
+    except Decline as exc:
+        log(settings.log_fd, f"declined pid {pid} uid {identity[0]}: {exc}")
+        try:
+            reply(conn, DECLINE)
+        except OSError:
+            pass
+    except Drop as exc:
+        log(settings.log_fd, f"dropped pid {pid} uid {identity[0]}: {exc}")
+    except (OSError, ValueError) as exc:
+        log(settings.log_fd, f"dropped pid {pid} uid {identity[0]}: {exc}")
+
+
+def log(fd: int, text: str) -> None:
+    try:
+        os.write(fd, f"vpopmail-server: {text}\n".encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def open_descriptors(keep: set[int] = set()) -> list[int]:
+    """The descriptors open above 2 but for ``keep``."""
+    import fcntl
+
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                fcntl.fcntl(fd, fcntl.F_GETFD)
+            except OSError:
+                continue  # the directory listing's own descriptor, closed by now
+            found.append(fd)
+    return found
+
+
+def work(control: socket.socket, identity: Identity, settings: "Settings") -> None:
+    """A worker's life: take ``identity`` once, then serve the connections the parent hands
+    over ``control`` one at a time, telling it after each one whether it stays ("." idle)
+    or ends ("x"). It ends after ``server.requests_per_worker`` requests, when the parent
+    leaves, or when a request left it changed (other ids, descriptors left open)."""
+    control = socket.socket(fileno=high(control.detach()))  # above what a request takes
+    null = high(os.open(os.devnull, os.O_RDWR))
+    keep = set(open_descriptors())  # what the worker started with
+    declined: str | None = None
+    try:
+        take_identity(identity)
+    except (OSError, Decline) as exc:
+        declined = str(exc)
+    for served in range(1, settings.requests_per_worker + 1):
+        try:
+            data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4),
+                                                    socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            return
+        fds = [int.from_bytes(payload[:4], sys.byteorder) for level, kind, payload in ancillary
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS]
+        if not data or len(fds) != 1:
+            return
+        pid = int.from_bytes(data, sys.byteorder, signed=True)
+        conn = socket.socket(fileno=high(fds[0]))
+        if declined is not None:
+            log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
+            with contextlib.suppress(OSError):
+                reply(conn, DECLINE)
+            conn.close()
+            with contextlib.suppress(OSError):
+                control.send(b"x")
+            return
+        serve_one(conn, pid, identity, settings, null)
+        conn.close()
+        stray = open_descriptors(keep)
+        last = served == settings.requests_per_worker or bool(stray) or not is_identity(identity)
+        if stray:
+            log(settings.log_fd, f"worker ends: descriptors {stray} left open by a request " + str([os.readlink(f"/proc/self/fd/{fd}") for fd in stray]))
+        try:
+            control.send(b"x" if last else b".")
+        except OSError:  # the server left
+            return
+        if last:
+            return
+
+
+class Settings:
+    """What a worker needs of the server: small values, fixed at the server's start."""
+
+    def __init__(self, settings: vconfig.Config, config: str | None) -> None:
+        self.config = config
+        self.workers = int(settings.server_workers)  # type: ignore[call-overload]
+        self.requests_per_worker = int(
+            settings.server_requests_per_worker)  # type: ignore[call-overload]
+        self.idle_timeout = int(settings.server_idle_timeout)  # type: ignore[call-overload]
+        self.timeout = int(settings.server_request_timeout)  # type: ignore[call-overload]
+        self.log_fd = high(os.dup(2))
+        self.started = time.time()
+        self.counters = mmap.mmap(-1, COUNTERS.size)  # the parent writes, a worker reads
+
+    def status(self) -> str:
+        """The state as the parent last published it (read in a worker)."""
+        served, workers, waiting = COUNTERS.unpack_from(self.counters)
+        return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
+                f"{served} requests, {workers} workers of {self.workers}, {waiting} waiting, "
+                f"up to {self.requests_per_worker} requests a worker\n")

@@ -1,0 +1,151 @@
+"""The front ends' protocol with vpopmail-server (frontend/frontend.c holds the same text),
+and what a client of it needs: asking the server's state, telling our front ends by their
+identity string.
+
+Protocol version 1 (frontend/frontend.c holds the same text). Integers are unsigned 32-bit
+(fsize 64-bit) in host byte order: both ends run on the same machine.
+
+    request  = "VPSq" version:u8 program:u8 nfds:u8 0:u8 length:u32   (12 bytes; the nfds
+               descriptors 0,1,2 (and 3 for vchkpw) ride on it as SCM_RIGHTS)
+               then ``length`` bytes: umask argc envc fsize_cur:u64 fsize_max:u64
+               then NUL-terminated strings: cwd, argc arguments, envc "NAME=value" entries.
+               program: 0 status, 1 vdelivermail, 2 vchkpw. Bounds: argc <= 1024, argument
+               bytes <= 128 KiB, environment bytes <= 64 KiB, envc <= 4096, length <= 256 KiB.
+    reply    = "VPSr" version:u8 kind:u8 0:u16 length:u32 then ``length`` (<= 256 KiB) bytes:
+       kind 1 EXIT     code:u32 (0..255)
+       kind 2 PLAN     change:u32 uid gid ngroups(<=256) argc envc, ngroups gids, then
+                       NUL-terminated strings: path, cwd ("" = stay), argc args, envc env
+       kind 3 DECLINE  (nothing read or run: a busy, foreign-version or unable server)
+       kind 4 STATUS   text
+
+A worker declines (the front end then runs the Python program itself) when it cannot take the
+peer's identity (a server not running as root serving another user) or enter its directory.
+Garbage, a version mismatch, wrong descriptor counts or oversized requests drop the client
+with one log line on stderr; the server goes on.
+"""
+import os
+import socket
+import struct
+
+VERSION = 1
+#: what frontend.c's vps_ident starts with (packaging/install tells its front ends by it too)
+FRONTEND_IDENT = b"pyvpopmail front end"
+STATUS, VDELIVERMAIL, VCHKPW = 0, 1, 2
+#: program -> the descriptors its front end sends
+NFDS = {STATUS: 0, VDELIVERMAIL: 3, VCHKPW: 4}
+EXIT, PLAN, DECLINE, STATUS_REPLY = 1, 2, 3, 4
+HEADER = struct.Struct("=4sBBBxI")
+BODY = struct.Struct("=IIIQQ")
+PLAN_HEAD = struct.Struct("=IIIIII")
+MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
+MAX_ENV, MAX_ENV_BYTES = 4096, 64 * 1024
+MAX_MESSAGE = 256 * 1024
+
+
+class Drop(Exception):
+    """The client is dropped with this one-line reason."""
+
+
+class Decline(Exception):
+    """The client is told to run the program itself (nothing of its request was used)."""
+
+
+def reply(conn: socket.socket, kind: int, payload: bytes = b"") -> None:
+    conn.sendall(HEADER.pack(b"VPSr", VERSION, kind, 0, len(payload)) + payload)
+
+
+def recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 65536))
+        if not chunk:
+            raise Drop(f"connection closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+class Request:
+    """One parsed request; ``fds`` are the received descriptors (close-on-exec, unplaced)."""
+
+    def __init__(self, program: int, fds: list[int], body: bytes) -> None:
+        self.program = program
+        self.fds = fds
+        self.umask, argc, envc, self.fsize_cur, self.fsize_max = 0, 0, 0, 0, 0
+        self.cwd = b"/"
+        self.argv: list[bytes] = []
+        self.env: list[bytes] = []
+        if program == STATUS:
+            return
+        if len(body) < BODY.size:
+            raise Drop("request body too short")
+        self.umask, argc, envc, self.fsize_cur, self.fsize_max = BODY.unpack_from(body)
+        if argc < 1 or argc > MAX_ARGS or envc > MAX_ENV:
+            raise Drop(f"request with {argc} arguments and {envc} environment entries")
+        strings = body[BODY.size:].split(b"\0")
+        if len(strings) != 2 + argc + envc or strings[-1]:
+            raise Drop("request strings do not match their counts")
+        self.cwd = strings[0]
+        self.argv = strings[1:1 + argc]
+        self.env = strings[1 + argc:-1]
+        if sum(map(len, self.argv)) + argc > MAX_ARG_BYTES:
+            raise Drop("arguments over 128 KiB")
+        if sum(map(len, self.env)) + envc > MAX_ENV_BYTES:
+            raise Drop("environment over 64 KiB")
+        if self.umask > 0o777:
+            raise Drop("umask out of range")
+
+
+def read_request(conn: socket.socket) -> Request:
+    """The request on ``conn``; Drop for anything malformed (its descriptors closed)."""
+    fds: list[int] = []
+    try:
+        data, ancillary, flags, _ = conn.recvmsg(HEADER.size, socket.CMSG_SPACE(4 * 4),
+                                                 socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(struct.unpack(f"={usable // 4}i", payload[:usable]))
+        if flags & socket.MSG_CTRUNC:
+            raise Drop("too many descriptors")
+        if not data:
+            raise Drop("connection closed before a request")
+        data += recv_exact(conn, HEADER.size - len(data))
+        magic, version, program, nfds, length = HEADER.unpack(data)
+        if magic != b"VPSq":
+            raise Drop("not a vpopmail-server request")
+        if version != VERSION:
+            reply(conn, DECLINE)
+            raise Drop(f"protocol version {version}, not {VERSION}")
+        if program not in NFDS or nfds != NFDS[program] or len(fds) != nfds:
+            raise Drop(f"program {program} with {len(fds)} descriptors")
+        if length > MAX_MESSAGE:
+            raise Drop(f"request of {length} bytes")
+        return Request(program, fds, recv_exact(conn, length))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+
+
+def is_front_end(path: str) -> bool:
+    """Whether ``path`` is one of our C front ends (it carries frontend.c's identity)."""
+    try:
+        with open(path, "rb") as fh:
+            return FRONTEND_IDENT in fh.read(1 << 20)
+    except OSError:
+        return False
+
+
+def ask_status(path: str) -> str:
+    """The state the server at ``path`` reports; OSError or Drop when none answers."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(path)
+        sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
+        magic, _, kind, _, length = HEADER.unpack(recv_exact(sock, HEADER.size))
+        if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
+            raise Drop("unexpected reply")
+        return recv_exact(sock, length).decode("utf-8", "replace")
+    finally:
+        sock.close()
