@@ -10,7 +10,7 @@
  * above the one this program is in (/proc/self/exe, else an absolute argv[0]), so one build
  * serves every installation with the same server uid.
  *
- * Protocol version 1 (vpopmail/server.py holds the same text). Integers are unsigned 32-bit
+ * Protocol version 1 (vpopmail/wire.py holds the same text). Integers are unsigned 32-bit
  * (fsize 64-bit) in host byte order: both ends run on the same machine.
  *
  *   request  = "VPSq" version:u8 program:u8 nfds:u8 0:u8 length:u32   (12 bytes; the nfds
