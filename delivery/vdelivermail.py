@@ -29,7 +29,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
-from vpopmail.names import is_valid_domain, is_valid_user
+from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
 BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
@@ -227,10 +227,10 @@ class Vdelivermail:
         (111 defers the whole message, and qmail delivers it again to every row later, as
         qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
         blank defer. False if there is no row."""
-        from vpopmail.aliases import select_lines, wildcards
+        from vpopmail.aliases import select_lines
 
         assert self.entry is not None
-        candidates = [(self.user, None), *wildcards(self.user)]
+        candidates = dot_qmail_order(self.user)[:-1]  # plain ``default`` is no valias row
         if self.config.users_qmail_ext and "-" in self.user:
             candidates.append((self.user.partition("-")[0], None))
         try:

@@ -17,8 +17,8 @@ Alias names are one safe file name component (vpopmail/names.py rules); ``defaul
 names of existing users are refused (a ``.qmail-<user>`` would take the user's mail: qmail-local
 finds it before ``.qmail-default``).
 
-The read side (:func:`names`, :func:`read_lines`, :func:`wildcards`, :func:`select_lines`) is
-hot-path safe: it imports only ``os`` besides the lean vpopmail modules.
+The read side (:func:`names`, :func:`read_lines`, :func:`select_lines`) is hot-path safe: it
+imports only ``os`` besides the lean vpopmail modules.
 """
 import errno
 import os
@@ -207,17 +207,6 @@ def _split(data: bytes) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
-
-
-def wildcards(ext: str) -> list[tuple[str, str]]:
-    """(``<prefix>-default``, the rest after that ``-``) for each ``-`` of ``ext``, from the
-    rightmost: the wildcard names qmail-local (and vdelivermail for valias rows) try after
-    ``ext`` itself; plain ``default`` is not among them."""
-    found = []
-    dash = len(ext)
-    while (dash := ext.rfind("-", 0, dash)) >= 0:
-        found.append((ext[:dash + 1] + DEFAULT, ext[dash + 1:]))
-    return found
 
 
 # the valias table (users.backend = "mysql") -------------------------------------------------
