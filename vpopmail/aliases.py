@@ -188,15 +188,22 @@ def names(domain_dir: str) -> list[str]:
     return sorted(found, key=lambda n: (n.lower(), n))
 
 
-def read_lines(domain_dir: str, alias: str) -> list[str] | None:
-    """The lines of an alias file (without newlines), or None if there is no such alias."""
-    path = os.path.join(domain_dir, file_name(alias))
+def read_lines(entry: AssignEntry, alias: str) -> list[str] | None:
+    """The lines of an alias file (without newlines), or None if there is no such alias (or
+    no regular file of that name: qmail-local skips it too). Read with the domain owner's ids,
+    following a symbolic link (an ezmlm list's) but never waiting on a FIFO, so root reads
+    nothing qmail-local, which runs as that owner, could not."""
+    from vpopmail.fsutil import OwnerIds, read_regular
+
+    path = os.path.join(entry.dir, file_name(alias))
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except (FileNotFoundError, IsADirectoryError):
+        with OwnerIds(entry.uid, entry.gid):
+            data = read_regular(path, ALIAS_LIMIT, follow=True)[0]
+    except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a directory, FIFO or device
+            return None
         raise DotQmailUnsafe(f"unable to read {path}: {exc.strerror}") from None
     return _split(data)
 
@@ -318,14 +325,14 @@ class Aliases(AliasStore):
 
     def lines(self, address: str) -> list[str] | None:
         alias, entry = self.resolve(address)
-        return read_lines(entry.dir, alias)
+        return read_lines(entry, alias)
 
     def all(self, domain: str) -> list[tuple[str, str]]:
         """(alias, line) for every line of every alias of ``domain``, aliases sorted."""
         found, entry = self.names(domain)
         pairs = []
         for alias in found:
-            for line in read_lines(entry.dir, alias) or []:
+            for line in read_lines(entry, alias) or []:
                 pairs.append((alias, line))
         return pairs
 

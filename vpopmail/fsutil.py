@@ -77,12 +77,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
-def read_regular(path: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
+def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
+                 ) -> tuple[bytes, os.stat_result]:
     """The contents and status of ``path`` if it is a regular file of at most ``limit`` bytes,
-    opened without following a symbolic link or waiting on a FIFO: a link (ELOOP), FIFO or
-    device (EINVAL) planted in its place, say by a domain owner for root to read, is never
-    read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    opened without following a symbolic link (unless ``follow``) or waiting on a FIFO: a link
+    (ELOOP), FIFO or device (EINVAL) planted in its place, say by a domain owner for root to
+    read, is never read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
     with open(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
