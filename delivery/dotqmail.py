@@ -10,6 +10,8 @@ import errno
 import os
 import stat
 
+from vpopmail.names import dot_qmail_order
+
 COMMENT = "comment"
 LIST = "list"
 PROGRAM = "program"
@@ -92,14 +94,9 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
 
 def candidates(ext: str) -> list[str]:
     """The ``.qmail`` names tried in a user's directory for the address extension ``ext`` (with
-    ``.`` already turned into ``:``): ``.qmail-<ext>``, ``.qmail-<prefix>-default`` from the
-    longest prefix, ``.qmail-default``, then ``.qmail``. An extension with ``/`` is ignored."""
+    ``.`` already turned into ``:``): ``.qmail-<name>`` for each name of
+    :func:`vpopmail.names.dot_qmail_order`, then ``.qmail``. An extension with ``/`` is
+    ignored."""
     if not ext or "/" in ext:
         return [".qmail"]
-    names = [f".qmail-{ext}"]
-    dash = len(ext)
-    while (dash := ext.rfind("-", 0, dash)) >= 0:
-        names.append(f".qmail-{ext[:dash + 1]}default")
-    names.append(".qmail-default")
-    names.append(".qmail")
-    return names
+    return [*(f".qmail-{name}" for name, _ in dot_qmail_order(ext)), ".qmail"]

@@ -22,14 +22,14 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, quota_root
+from maildir.quota import count_usage, deliver_with_quota, load_maildirsize, quota_root
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
-from vpopmail.names import is_valid_domain, is_valid_user
+from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
 
 NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
 BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
@@ -227,10 +227,10 @@ class Vdelivermail:
         (111 defers the whole message, and qmail delivers it again to every row later, as
         qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
         blank defer. False if there is no row."""
-        from vpopmail.aliases import select_lines, wildcards
+        from vpopmail.aliases import select_lines
 
         assert self.entry is not None
-        candidates = [(self.user, None), *wildcards(self.user)]
+        candidates = dot_qmail_order(self.user)[:-1]  # plain ``default`` is no valias row
         if self.config.users_qmail_ext and "-" in self.user:
             candidates.append((self.user.partition("-")[0], None))
         try:
@@ -391,34 +391,38 @@ class Vdelivermail:
             found = load_maildirsize(quota_root(maildir))
             quota = found.quota if found else ""
         address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
-        limited = has_quota(quota)
-        if limited:
-            try:
-                over, percent = check_quota(maildir, quota, self.message.size)
-            except OSError as exc:
-                raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
-                            f"{exc.strerror}") from None
+
+        def notice(over: bool, percent: int) -> None:
             if over:
                 text = self._site_message(".over-quota.msg") or "user is over quota\n"
                 self.quota_warning(maildir, quota, address, bool(recipient))
                 raise Outcome(100, text + "\n")
             if percent >= int(self.config.users_quota_warn_percent):
                 self.quota_warning(maildir, quota, address, bool(recipient))
-        header = self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
-        try:
-            delivered = deliver(maildir, header, self.message.fd, bool(self.config.delivery_file_sync))
-        except OverQuota:
-            raise bounce("user is over quota") from None
-        except DeliveryFailed as exc:
-            raise defer(f"vdelivermail: {exc.detail}\nsystem error") from None
-        if limited:
-            self._count(maildir, quota, delivered.size)
 
-    def _count(self, maildir: str, quota: str, size: int) -> None:
+        def write() -> int:
+            header = (self.rpline + b"Delivered-To: "
+                      + address.encode("utf-8", "surrogateescape") + b"\n")
+            try:
+                return deliver(maildir, header, self.message.fd,
+                               bool(self.config.delivery_file_sync)).size
+            except OverQuota:
+                raise bounce("user is over quota") from None
+            except DeliveryFailed as exc:
+                raise defer(f"vdelivermail: {exc.detail}\nsystem error") from None
+
         try:
-            add_usage(maildir, quota, size)
-        except (OSError, VpopmailError) as exc:
-            say(f"vdelivermail: warning: maildirsize not updated: {exc}\n")
+            failed = deliver_with_quota(maildir, quota, self.message.size, write, notice)[1]
+        except OSError as exc:
+            raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
+                        f"{exc.strerror}") from None
+        self._uncounted(failed)
+
+    @staticmethod
+    def _uncounted(failed: str) -> None:
+        """Say so when a delivery could not be recorded in maildirsize (it stands anyway)."""
+        if failed:
+            say(f"vdelivermail: warning: maildirsize not updated: {failed}\n")
 
     def quota_warning(self, maildir: str, quota: str, address: str, to_default: bool) -> None:
         """Deliver ``.quotawarn.msg`` into ``maildir`` at most once a day (the mtime of its
@@ -446,7 +450,7 @@ class Vdelivermail:
                 os.close(fd)
         except (OSError, VpopmailError):
             return
-        self._count(maildir, quota, delivered.size)
+        self._uncounted(count_usage(maildir, quota, delivered.size))
 
     def run_program(self, command: str) -> None:
         """``/bin/sh -c command`` with the message on stdin, mapped as qmail-local maps it."""

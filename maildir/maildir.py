@@ -8,7 +8,9 @@ the tmp file, so no partial message is ever visible.
 
 Names: ``<sec>.M<usec>P<pid>Q<n>.<host>`` in tmp, ``<sec>.M<usec>P<pid>V<dev>I<ino>.<host>,
 S=<size>,W=<rfc822 size>`` in new (``/`` and ``:`` in the host name escaped as ``\\057`` and
-``\\072``). Hot-path safe: imports only ``os``, ``time`` and the error classes.
+``\\072``); a name taken in new/ is retried with a fresh stem. vpopbull's links are made
+under the same names (:func:`write_tmp`, :func:`link_new`). Hot-path safe: imports only
+``os``, ``time`` and the error classes.
 """
 import errno
 import os
@@ -17,6 +19,10 @@ import time
 from maildir import SUBDIRS
 from vpopmail.errors import DeliveryFailed, OverQuota
 from vpopmail.fsutil import fsync_dir, make_dir, write_all
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CHUNK = 65536
 #: a file in ``tmp/`` neither written nor read for this long is a crashed writer's leftover
@@ -56,14 +62,19 @@ def _fault(exc: OSError, what: str, path: str) -> Exception:
     return DeliveryFailed(f"{what} {path}: {exc.strerror} (errno={exc.errno})")
 
 
+def unique_stem() -> str:
+    """The time and pid part of a new Maildir name: ``<sec>.M<usec>P<pid>``."""
+    now = time.time()
+    return f"{int(now)}.M{int(now % 1 * 1000000)}P{os.getpid()}"
+
+
 def _create_tmp(maildir: str) -> tuple[int, str, str]:
     """An O_EXCL file in ``tmp/``: (fd, path, the time/pid part of its name)."""
     global _counter
     host = hostname()
     for _ in range(100):
-        now = time.time()
+        stem = unique_stem()
         _counter += 1
-        stem = f"{int(now)}.M{int(now % 1 * 1000000)}P{os.getpid()}"
         path = f"{maildir}/tmp/{stem}Q{_counter}.{host}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -101,13 +112,25 @@ def write_message(fd: int, header: bytes, source: int) -> tuple[int, int]:
     return size + offset, size + offset + bare_lf
 
 
-def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Delivered:
-    """Deliver ``header`` + the contents of fd ``source`` into ``maildir`` (a Maildir path).
+class Staged:
+    """A message written and synced into ``tmp/``: its path, the stem of its name, its sizes and
+    status (for the ``new/`` name)."""
 
-    Raises :class:`OverQuota` on EDQUOT and :class:`DeliveryFailed` (temporary) on any other
-    error; in both cases nothing is left in ``tmp/`` or ``new/``.
-    """
-    maildir = maildir.rstrip("/") or "/"
+    __slots__ = ("path", "stem", "size", "rfc822_size", "st")
+
+    def __init__(self, path: str, stem: str, size: int, rfc822_size: int,
+                 st: os.stat_result) -> None:
+        self.path = path
+        self.stem = stem
+        self.size = size
+        self.rfc822_size = rfc822_size
+        self.st = st
+
+
+def write_tmp(maildir: str, header: bytes, source: int, sync: bool = True) -> Staged:
+    """Write ``header`` + the contents of fd ``source`` into a new file in ``maildir/tmp``
+    (fsynced with ``sync``). Raises :class:`OverQuota` on EDQUOT and :class:`DeliveryFailed`
+    on any other error, leaving nothing behind."""
     fd, tmp, stem = _create_tmp(maildir)
     try:
         try:
@@ -118,29 +141,57 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
         finally:
             os.close(fd)
     except OSError as exc:
-        _discard(tmp)
+        discard(tmp)
         raise _fault(exc, "cannot write", tmp) from None
     except BaseException:
-        _discard(tmp)
+        discard(tmp)
         raise
-    name = f"{stem}V{st.st_dev:X}I{st.st_ino:X}.{hostname()},S={size},W={rfc822_size}"
-    final = f"{maildir}/new/{name}"
+    return Staged(tmp, stem, size, rfc822_size, st)
+
+
+def link_new(maildir: str, make: "Callable[[str], object]", st: os.stat_result, size: int,
+             rfc822_size: int, stem: str = "") -> str:
+    """Call ``make(path)`` (a link or symbolic link maker) for a fresh ``maildir/new`` name of
+    the file ``st`` (``stem`` first, then new stems while the name exists); returns the path.
+    Raises :class:`OverQuota` on EDQUOT and :class:`DeliveryFailed` on any other error."""
+    tail = f"V{st.st_dev:X}I{st.st_ino:X}.{hostname()},S={size},W={rfc822_size}"
+    for _ in range(100):
+        final = f"{maildir}/new/{stem or unique_stem()}{tail}"
+        stem = ""
+        try:
+            make(final)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _fault(exc, "cannot link into", final) from None
+        return final
+    raise DeliveryFailed(f"{maildir}/new: no unique file name after 100 tries")
+
+
+def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Delivered:
+    """Deliver ``header`` + the contents of fd ``source`` into ``maildir`` (a Maildir path).
+
+    Raises :class:`OverQuota` on EDQUOT and :class:`DeliveryFailed` (temporary) on any other
+    error; in both cases nothing is left in ``tmp/`` or ``new/``.
+    """
+    maildir = maildir.rstrip("/") or "/"
+    staged = write_tmp(maildir, header, source, sync)
     try:
-        os.link(tmp, final)
-    except OSError as exc:
-        _discard(tmp)
-        raise _fault(exc, "cannot link into", final) from None
-    _discard(tmp)
+        final = link_new(maildir, lambda path: os.link(staged.path, path), staged.st,
+                         staged.size, staged.rfc822_size, staged.stem)
+    finally:
+        discard(staged.path)
     if sync:
         try:
             fsync_dir(f"{maildir}/new")
         except OSError as exc:
-            _discard(final)
+            discard(final)
             raise _fault(exc, "cannot sync", f"{maildir}/new") from None
-    return Delivered(final, size, rfc822_size)
+    return Delivered(final, staged.size, staged.rfc822_size)
 
 
-def _discard(path: str) -> None:
+def discard(path: str) -> None:
+    """Unlink ``path`` if it is there (cleaning up: errors ignored)."""
     try:
         os.unlink(path)
     except OSError:

@@ -2,11 +2,18 @@
 
 Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S``), with two
 defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
-Hot-path safe: imports only ``errno``, ``os`` and ``time``.
+:func:`deliver_with_quota` is the quota side of every delivery (vdelivermail and vpopbull).
+Hot-path safe: imports only ``errno``, ``os``, ``time`` and the error classes.
 """
 import errno
 import os
 import time
+
+from vpopmail.errors import VpopmailError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 NOQUOTA = "NOQUOTA"
 MAILDIRSIZE = "maildirsize"
@@ -307,6 +314,37 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
             pass
         raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes), removed "
                       "for recalculation", path)
+
+
+def count_usage(maildir: str, quota: str, size: int) -> str:
+    """:func:`add_usage` after a delivery that is done whatever happens here: ``""`` when
+    recorded, else why not (the next check recalculates)."""
+    try:
+        add_usage(maildir, quota, size)
+    except (OSError, VpopmailError) as exc:
+        return str(exc)
+    return ""
+
+
+def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[], int]",
+                       notice: "Callable[[bool, int], None] | None" = None) -> tuple[bool, str]:
+    """One delivery of ``size`` bytes into ``maildir`` under ``quota``: check, write, count.
+
+    With a limit, the usage is checked (:func:`check_quota`; OSError if it cannot be counted,
+    before anything is written) and ``notice(over, percent used)`` is called (for a warning;
+    it may raise to end the delivery). Over the limit returns ``(False, "")`` and writes
+    nothing. Otherwise ``write()`` delivers and returns the size Maildir++ counts, which is
+    added to ``maildirsize``; returns ``(True, "")``, or ``(True, why)`` when that count
+    failed (:func:`count_usage`)."""
+    if not has_quota(quota):
+        write()
+        return True, ""
+    over, percent = check_quota(maildir, quota, size)
+    if notice is not None:
+        notice(over, percent)
+    if over:
+        return False, ""
+    return True, count_usage(maildir, quota, write())
 
 
 def usage_percent(quota: str, usage: tuple[int, int]) -> int:

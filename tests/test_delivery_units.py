@@ -14,6 +14,7 @@ from delivery import dotqmail
 from delivery.message import Message
 from delivery.vdelivermail import Vdelivermail, maildir_to_email
 from vpopmail import config as vconfig
+from vpopmail.names import dot_qmail_order
 
 SETTINGS = settings(max_examples=80, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -91,6 +92,17 @@ def test_parse_line_never_keeps_trailing_blanks(line: str) -> None:
     if parsed is not None:
         assert parsed[1] == parsed[1].rstrip(" \t\r")
         assert parsed[0] in {"comment", "list", "program", "maildir", "mbox", "forward"}
+
+
+def test_dot_qmail_order_is_qmail_locals() -> None:
+    """dot-qmail(5): for ``foo-bar`` qmail-local tries .qmail-foo-bar, .qmail-foo-default,
+    .qmail-default, with $DEFAULT the part the ``default`` stands for. The one order: the
+    .qmail files and the valias rows both follow it."""
+    assert dot_qmail_order("foo-bar") == [("foo-bar", None), ("foo-default", "bar"),
+                                          ("default", "foo-bar")]
+    assert dot_qmail_order("a--b") == [("a--b", None), ("a--default", "b"), ("a-default", "-b"),
+                                       ("default", "a--b")]
+    assert dot_qmail_order("x") == [("x", None), ("default", "x")]
 
 
 def test_candidates() -> None:

@@ -196,3 +196,31 @@ def test_symlinked_maildirsize_is_ignored(box: Path, tmp_path: Path) -> None:
     recalculate(str(box), "1000S")
     assert not (box / "maildirsize").is_symlink()
     assert target.read_text() == "1000S\n0 0\n"
+
+
+def test_link_new_takes_a_fresh_name_when_one_is_taken(box: Path, tmp_path: Path) -> None:
+    """The one naming owner: a link into new/ under a name already there is retried with a
+    fresh stem, never made over it (vpopbull's links and deliver share it)."""
+    staged = md.write_tmp(str(box), b"To: a@b\n", source(tmp_path, b"body\n"), sync=False)
+    first = md.link_new(str(box), lambda path: os.link(staged.path, path), staged.st,
+                        staged.size, staged.rfc822_size, staged.stem)
+    second = md.link_new(str(box), lambda path: os.symlink(staged.path, path), staged.st,
+                         staged.size, staged.rfc822_size, staged.stem)
+    md.discard(staged.path)
+    assert first != second and os.path.dirname(first) == str(box / "new")
+    tail = (f"V{staged.st.st_dev:X}I{staged.st.st_ino:X}.{hostname()},S={staged.size},"
+            f"W={staged.rfc822_size}")
+    assert first == f"{box}/new/{staged.stem}{tail}" and second.endswith(tail)
+    assert os.path.islink(second) and not os.path.islink(first)
+    assert sorted(os.listdir(box / "tmp")) == []
+
+
+def test_write_tmp_failure_leaves_nothing(box: Path, tmp_path: Path) -> None:
+    """A source that cannot be read: DeliveryFailed, and tmp/ stays empty."""
+    bad = os.open(tmp_path, os.O_RDONLY)  # a directory: pread fails with EISDIR
+    try:
+        with pytest.raises(DeliveryFailed, match="cannot write"):
+            md.write_tmp(str(box), b"x", bad)
+    finally:
+        os.close(bad)
+    assert os.listdir(box / "tmp") == []

@@ -321,3 +321,79 @@ def test_vadddomain_refuses_an_owner_that_cannot_enter_the_domains_root(
     assert f"the domain owner {OWNER_UID}:{OWNER_UID} cannot enter it" in result.stdout, result
     assert not domain_dir(root_vhome).exists()
     assert (assign.read_text() if assign.exists() else None) == before
+
+
+# -- root reads the owner's files without following a link or waiting on a FIFO ---------------
+
+CATCHALL_OF_ALICE = "| /var/vpopmail/bin/vdelivermail '' {home}/alice\n"
+
+
+def root_only(inst: Install, name: str, data: str) -> Path:
+    """A root-only (0600) file beside the install."""
+    secret = outside(inst, name) / "secret"
+    secret.write_text(data)
+    secret.chmod(0o600)
+    return secret
+
+
+def test_a_fifo_planted_as_qmail_default_does_not_hang_root_vdeluser(site: Install) -> None:
+    """vdeluser reads .qmail-default (is the user the catch-all?): a FIFO there is no
+    catch-all, at once."""
+    owner_sh(f"cd {domain_dir(site)}; rm -f .qmail-default; mkfifo .qmail-default")
+    result = site.run("vdeluser", f"alice@{DOMAIN}", timeout=30)
+    assert result.returncode == 0, result
+    assert not (domain_dir(site) / "alice").exists()
+
+
+def test_a_qmail_default_linked_to_a_root_file_is_not_read_by_root(site: Install) -> None:
+    """A link to a root-only file naming alice as catch-all: root's vdeluser does not read it
+    (alice is deleted), and vdominfo -c shows no action from it."""
+    secret = root_only(site, "catchall", CATCHALL_OF_ALICE.format(home=domain_dir(site)))
+    owner_sh(f"cd {domain_dir(site)}; rm -f .qmail-default; ln -s {secret} .qmail-default")
+    shown = site.run("vdominfo", "-c", DOMAIN)
+    assert "alice" not in shown.stdout and "Traceback" not in shown.stderr, shown
+    result = site.run("vdeluser", f"alice@{DOMAIN}")
+    assert result.returncode == 0, result
+    assert not (domain_dir(site) / "alice").exists()
+
+
+def test_a_fifo_planted_as_vpasswd_cdb_does_not_hang_root(site: Install) -> None:
+    """vuserinfo looks the user up in vpasswd.cdb: a FIFO there is damage, reported at once."""
+    owner_sh(f"cd {domain_dir(site)}; rm -f vpasswd.cdb; mkfifo vpasswd.cdb")
+    result = site.run("vuserinfo", f"alice@{DOMAIN}", timeout=30)
+    assert result.returncode != 0, result
+    assert "not a regular file" in result.stdout + result.stderr, result
+    assert "Traceback" not in result.stderr, result
+
+
+def test_a_vpasswd_cdb_linked_to_a_root_file_is_not_read_by_root(site: Install) -> None:
+    """A link to a root-only cdb holding a made-up alice: root's vuserinfo does not read it."""
+    from vpopmail.cdbwrite import build
+
+    secret = outside(site, "cdb") / "secret"
+    line = f"alice:$1$x$rootsecret:1:0:Root Alice:{domain_dir(site)}/alice:NOQUOTA"
+    secret.write_bytes(build([(b"alice", line.split(":", 1)[1].encode())]))
+    secret.chmod(0o600)
+    owner_sh(f"cd {domain_dir(site)}; rm -f vpasswd.cdb; ln -s {secret} vpasswd.cdb")
+    result = site.run("vuserinfo", f"alice@{DOMAIN}")
+    assert "Root Alice" not in result.stdout and "rootsecret" not in result.stdout, result
+    assert "symbolic links" in result.stdout + result.stderr, result
+
+
+def test_valias_show_waits_on_no_fifo(site: Install) -> None:
+    """valias -s as root: a FIFO named as an alias is no alias, at once."""
+    owner_sh(f"cd {domain_dir(site)}; mkfifo .qmail-pipe")
+    result = site.run("valias", "-s", f"pipe@{DOMAIN}", timeout=30)
+    assert result.returncode == 255 and "No aliases pipe@" in result.stdout, result
+    assert "Traceback" not in result.stderr, result
+
+
+def test_valias_show_reads_no_root_file_through_a_link(site: Install) -> None:
+    """valias -s as root: an alias linked to a root-only file is not read (qmail-local, which
+    runs as the owner, could not read it either)."""
+    secret = root_only(site, "alias", "&root-secret@example.org\n")
+    owner_sh(f"cd {domain_dir(site)}; ln -s {secret} .qmail-leak")
+    for args in (["-s", f"leak@{DOMAIN}"], ["-s", DOMAIN]):
+        result = site.run("valias", *args, timeout=30)
+        assert "root-secret" not in result.stdout, result
+        assert "Traceback" not in result.stderr, result

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maildir.maildir import make_maildir
-from maildir.quota import (NOQUOTA, counted_dirs, format_quota, has_quota, parse_limits,
-                           read_maildirsize, scan_usage, usage_percent, write_maildirsize)
+from maildir.quota import (NOQUOTA, counted_dirs, deliver_with_quota, format_quota, has_quota,
+                           parse_limits, read_maildirsize, scan_usage, usage_percent, write_maildirsize)
 
 # behaviour.md B.1 [run] vectors, with the two deliberate fixes ("1G", lowercase "c")
 FORMAT_VECTORS = [
@@ -213,3 +213,24 @@ def test_read_maildirsize_missing(maildir: Path) -> None:
 def test_noquota_constant() -> None:
     assert NOQUOTA == "NOQUOTA"
     assert not has_quota(NOQUOTA)
+
+
+def test_deliver_with_quota_checks_writes_and_counts(maildir: Path) -> None:
+    """The one quota step of vdelivermail and vpopbull: over the limit nothing is written and
+    the notice hears it; under it the write's size lands in maildirsize; without a quota
+    the write is all that happens."""
+    box = str(maildir)
+    heard: list[tuple[bool, int]] = []
+    written: list[int] = []
+
+    def write() -> int:
+        written.append(600)
+        (maildir / "new" / f"{len(written)}.M1P1.host,S=600").write_bytes(b"x" * 600)
+        return 600
+
+    assert deliver_with_quota(box, "1000S", 600, write, lambda *a: heard.append(a)) == (True, "")
+    assert read_maildirsize(box) == ("1000S", 600, 1, 2)
+    assert deliver_with_quota(box, "1000S", 600, write, lambda *a: heard.append(a)) == (False, "")
+    assert heard == [(False, 0), (True, 60)] and written == [600]
+    assert deliver_with_quota(box, "", 600, write, lambda *a: heard.append(a)) == (True, "")
+    assert written == [600, 600] and len(heard) == 2

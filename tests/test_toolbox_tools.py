@@ -533,6 +533,13 @@ def test_vcheck_dot_qmail_default(vhome: Install) -> None:
     fix = failed(vhome, ".qmail-default", "world-writable", f"chmod 600 {dot}")
     apply_fix(vhome, fix)
     healthy(vhome)
+    dot.unlink()
+    os.mkfifo(dot)  # refused at once, not waited on
+    fix = failed(vhome, ".qmail-default", "is a symbolic link or not a regular file",
+                 "vmoddomain -e ")
+    apply_fix(vhome, fix.split(" (or ")[0])
+    assert dot.read_text() == line
+    healthy(vhome)
 
 
 @pytest.mark.cdb_only("the vpasswd files themselves (SQL: test_vcheck_users_table)")

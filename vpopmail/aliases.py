@@ -17,8 +17,8 @@ Alias names are one safe file name component (vpopmail/names.py rules); ``defaul
 names of existing users are refused (a ``.qmail-<user>`` would take the user's mail: qmail-local
 finds it before ``.qmail-default``).
 
-The read side (:func:`names`, :func:`read_lines`, :func:`wildcards`, :func:`select_lines`) is
-hot-path safe: it imports only ``os`` besides the lean vpopmail modules.
+The read side (:func:`names`, :func:`read_lines`, :func:`select_lines`) is hot-path safe: it
+imports only ``os`` besides the lean vpopmail modules.
 """
 import errno
 import os
@@ -188,15 +188,22 @@ def names(domain_dir: str) -> list[str]:
     return sorted(found, key=lambda n: (n.lower(), n))
 
 
-def read_lines(domain_dir: str, alias: str) -> list[str] | None:
-    """The lines of an alias file (without newlines), or None if there is no such alias."""
-    path = os.path.join(domain_dir, file_name(alias))
+def read_lines(entry: AssignEntry, alias: str) -> list[str] | None:
+    """The lines of an alias file (without newlines), or None if there is no such alias (or
+    no regular file of that name: qmail-local skips it too). Read with the domain owner's ids,
+    following a symbolic link (an ezmlm list's) but never waiting on a FIFO, so root reads
+    nothing qmail-local, which runs as that owner, could not."""
+    from vpopmail.fsutil import OwnerIds, read_regular
+
+    path = os.path.join(entry.dir, file_name(alias))
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except (FileNotFoundError, IsADirectoryError):
+        with OwnerIds(entry.uid, entry.gid):
+            data = read_regular(path, ALIAS_LIMIT, follow=True)[0]
+    except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.EINVAL:  # a directory, FIFO or device
+            return None
         raise DotQmailUnsafe(f"unable to read {path}: {exc.strerror}") from None
     return _split(data)
 
@@ -207,17 +214,6 @@ def _split(data: bytes) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
-
-
-def wildcards(ext: str) -> list[tuple[str, str]]:
-    """(``<prefix>-default``, the rest after that ``-``) for each ``-`` of ``ext``, from the
-    rightmost: the wildcard names qmail-local (and vdelivermail for valias rows) try after
-    ``ext`` itself; plain ``default`` is not among them."""
-    found = []
-    dash = len(ext)
-    while (dash := ext.rfind("-", 0, dash)) >= 0:
-        found.append((ext[:dash + 1] + DEFAULT, ext[dash + 1:]))
-    return found
 
 
 # the valias table (users.backend = "mysql") -------------------------------------------------
@@ -329,14 +325,14 @@ class Aliases(AliasStore):
 
     def lines(self, address: str) -> list[str] | None:
         alias, entry = self.resolve(address)
-        return read_lines(entry.dir, alias)
+        return read_lines(entry, alias)
 
     def all(self, domain: str) -> list[tuple[str, str]]:
         """(alias, line) for every line of every alias of ``domain``, aliases sorted."""
         found, entry = self.names(domain)
         pairs = []
         for alias in found:
-            for line in read_lines(entry.dir, alias) or []:
+            for line in read_lines(entry, alias) or []:
                 pairs.append((alias, line))
         return pairs
 

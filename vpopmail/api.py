@@ -227,7 +227,7 @@ class Vpopmail:
         passed (a user name becomes ``<domaindir>/<name>``), quoted for qmail-local's sh."""
         line = catchall.line(os.path.join(self.config.home, "bin", "vdelivermail"),
                              catchall.target(action, entry.dir))
-        atomic_write(os.path.join(entry.dir, ".qmail-default"),
+        atomic_write(os.path.join(entry.dir, catchall.DOT_QMAIL_DEFAULT),
                      line.encode("utf-8", "surrogateescape"), 0o600, entry.uid, entry.gid)
 
     def catchall_of(self, entry: AssignEntry) -> str | None:

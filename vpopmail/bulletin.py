@@ -24,8 +24,8 @@ from contextlib import contextmanager
 
 from auth.backend import VUser
 from maildir import is_maildir
-from maildir.maildir import deliver, hostname, write_message
-from maildir.quota import (add_usage, check_quota, has_quota, is_over, load_maildirsize,
+from maildir.maildir import deliver, discard, link_new, write_message, write_tmp
+from maildir.quota import (deliver_with_quota, has_quota, is_over, load_maildirsize,
                            quota_root, scan_usage)
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
@@ -209,7 +209,6 @@ class Bulletin:
         self.dry_run = dry_run
         self.sync = bool(api.config.delivery_file_sync)
         self.summary = Summary()
-        self._counter = 0
         #: hard-link sources of the current domain: device -> (tmp path, its stat)
         self._masters: dict[int, tuple[str, os.stat_result]] = {}
         #: links made since the last sync: device -> a new/ directory on it
@@ -273,18 +272,14 @@ class Bulletin:
             header = f"To: {address}\n".encode("utf-8", "surrogateescape")
             assert self.message is not None
             size = self.message.size + (len(header) if self.method == COPY else 0)
-            limited = has_quota(user.quota)
-            if limited:
-                over, _ = check_quota(maildir, user.quota, size)
-                if over:
-                    return OVER_QUOTA, user.quota
             try:
-                written = self._write(maildir, header)
+                delivered, failed = deliver_with_quota(maildir, user.quota, size,
+                                                       lambda: self._write(maildir, header))
             except OverQuota:
                 return OVER_QUOTA, "filesystem quota"
-            if limited:
-                add_usage(maildir, user.quota, written)
-            return DELIVERED, ""
+            if not delivered:
+                return OVER_QUOTA, user.quota
+            return (FAILED, failed) if failed else (DELIVERED, "")
         except (OSError, VpopmailError) as exc:
             return FAILED, str(exc)
 
@@ -314,27 +309,11 @@ class Bulletin:
             self._place(maildir, lambda final: os.symlink(message.path, final), message.st)
         return message.size
 
-    def _stem(self) -> str:
-        now = time.time()
-        return f"{int(now)}.M{int(now % 1 * 1000000)}P{os.getpid()}"
-
     def _place(self, maildir: str, make: Callable[[str], None], st: os.stat_result) -> None:
         """Make a link in ``new/`` under vdelivermail's kind of name (never over an existing
         file), then make it durable."""
         assert self.message is not None
-        tail = (f"V{st.st_dev:X}I{st.st_ino:X}.{hostname()},S={self.message.size},"
-                f"W={self.message.rfc822_size}")
-        for _ in range(100):
-            final = f"{maildir}/new/{self._stem()}{tail}"
-            try:
-                make(final)
-                break
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise DeliveryFailed(f"cannot link into {final}: {exc.strerror}") from None
-        else:
-            raise DeliveryFailed(f"{maildir}/new: no unique file name after 100 tries")
+        link_new(maildir, make, st, self.message.size, self.message.rfc822_size)
         if self.sync:
             self._unsynced.setdefault(st_dev_of(f"{maildir}/new"), f"{maildir}/new")
 
@@ -343,35 +322,14 @@ class Bulletin:
         in that Maildir's ``tmp/`` (owned by the domain owner, 0600), removed at the end."""
         assert self.message is not None
         device = os.stat(f"{maildir}/new").st_dev
-        if device in self._masters:
-            return self._masters[device]
-        for _ in range(100):
-            self._counter += 1
-            path = f"{maildir}/tmp/{self._stem()}Q{self._counter}.{hostname()}"
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise DeliveryFailed(f"{maildir}/tmp: no unique file name after 100 tries")
-        try:
-            try:
-                write_message(fd, b"", self.message.fd)
-                if self.sync:
-                    os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _discard(path)
-            raise
-        self._masters[device] = (path, st)
-        return path, st
+        if device not in self._masters:
+            staged = write_tmp(maildir, b"", self.message.fd, self.sync)
+            self._masters[device] = (staged.path, staged.st)
+        return self._masters[device]
 
     def _drop_masters(self) -> None:
         for path, _ in self._masters.values():
-            _discard(path)
+            discard(path)
         self._masters.clear()
 
 
@@ -396,13 +354,6 @@ def syncfs(path: str) -> None:
             raise OSError(errno, os.strerror(errno), path)
     finally:
         os.close(fd)
-
-
-def _discard(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 # progress ---------------------------------------------------------------------------------

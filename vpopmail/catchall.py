@@ -10,7 +10,10 @@ argument; a plain action is written byte for byte as C wrote it.
 import os
 
 from vpopmail.errors import BadDomainDir, BadInput, VpopmailError
+from vpopmail.fsutil import read_regular
 from vpopmail.names import check_user, is_address
+
+DOT_QMAIL_DEFAULT = ".qmail-default"
 
 SPECIAL = ("delete", "bounce-no-mailbox")
 #: C vdelivermail copies at most this many characters of its action
@@ -130,14 +133,25 @@ def action_of(first_line: str) -> str | None:
     return None
 
 
+def read_file(domain_dir: str) -> tuple[bytes, os.stat_result] | None:
+    """The contents and status of ``<domain_dir>/.qmail-default`` (None if it is missing): the
+    one reader of that file. Its owner is the domain's, so it is read as
+    :func:`vpopmail.fsutil.read_regular` reads (a symbolic link or a FIFO there is an OSError
+    at once, never followed or waited on by root)."""
+    try:
+        return read_regular(os.path.join(domain_dir, DOT_QMAIL_DEFAULT))
+    except FileNotFoundError:
+        return None
+
+
 def read(domain_dir: str) -> str | None:
     """The action in ``<domain_dir>/.qmail-default``; None if the file is missing or does not
     run vdelivermail; BadDomainDir if it cannot be read."""
-    path = os.path.join(domain_dir, ".qmail-default")
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            return action_of(fh.readline())
-    except FileNotFoundError:
-        return None
+        found = read_file(domain_dir)
     except OSError as exc:
-        raise BadDomainDir(f"{path}: {exc.strerror}") from None
+        raise BadDomainDir(f"{os.path.join(domain_dir, DOT_QMAIL_DEFAULT)}: "
+                           f"{exc.strerror}") from None
+    if found is None:
+        return None
+    return action_of(found[0].partition(b"\n")[0].decode("utf-8", "surrogateescape"))

@@ -13,7 +13,9 @@ truncated, or overwritten in part — raises :class:`CorruptData` (a temporary, 
 
 Writing lives in :mod:`vpopmail.cdbwrite` so that readers never import pure-cdb.
 """
+import errno
 import os
+import stat
 
 from vpopmail.errors import CorruptData
 
@@ -42,9 +44,14 @@ class CdbReader:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # every cdb read here is replaced by rename, never a link: one the domain owner plants
+        # (vpasswd.cdb to a root-only file) is not followed, nor is a FIFO waited on
+        self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self._size = os.fstat(self._fd).st_size
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            self._size = st.st_size
             self._header = os.pread(self._fd, HEADER, 0)
             if len(self._header) < HEADER:
                 raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")

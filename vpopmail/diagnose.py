@@ -27,6 +27,7 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -280,16 +281,20 @@ class Diagnosis:
 
     def check_dot_qmail_default(self) -> str:
         entry = self._entry()
-        path = os.path.join(entry.dir, ".qmail-default")
+        path = os.path.join(entry.dir, catchall.DOT_QMAIL_DEFAULT)
         write = (f"vmoddomain -e {catchall.quote(str(self.config.users_default_action))} "
                  f"{entry.real_domain} (or your own catch-all after -e)")
         try:
-            st = os.stat(path)
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except FileNotFoundError:
+            found = catchall.read_file(entry.dir)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EINVAL):
+                raise
+            raise Fault(f"{path} is a symbolic link or not a regular file: vpopmail writes a "
+                        "regular file there", write) from None
+        if found is None:
             raise Fault(f"{path} is missing: qmail-local bounces mail for every user of "
-                        f"{entry.real_domain}", write) from None
+                        f"{entry.real_domain}", write)
+        text, st = found[0].decode("utf-8", "replace"), found[1]
         if "vdelivermail" not in text:
             raise Fault(f"{path} does not run vdelivermail: vpopmail users get no mail", write)
         if st.st_mode & stat.S_IWOTH:

@@ -77,12 +77,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
-def read_regular(path: str, limit: int = 1 << 20) -> tuple[bytes, os.stat_result]:
+def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
+                 ) -> tuple[bytes, os.stat_result]:
     """The contents and status of ``path`` if it is a regular file of at most ``limit`` bytes,
-    opened without following a symbolic link or waiting on a FIFO: a link (ELOOP), FIFO or
-    device (EINVAL) planted in its place, say by a domain owner for root to read, is never
-    read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    opened without following a symbolic link (unless ``follow``) or waiting on a FIFO: a link
+    (ELOOP), FIFO or device (EINVAL) planted in its place, say by a domain owner for root to
+    read, is never read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
     with open(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -207,32 +209,35 @@ def remove_inside(base: str, path: str) -> bool:
         return False
     fd, name = open_inside(base, path)
     try:
-        _remove_tree_at(fd, name)
+        remove_tree_at(fd, name)
     finally:
         os.close(fd)
     return True
 
 
-def _remove_tree_at(dir_fd: int, name: str) -> None:
+def remove_tree_at(dir_fd: int, name: str, ignore_errors: bool = True) -> None:
     """Delete the tree ``name`` (relative to ``dir_fd``) bottom-up through directory
-    descriptors (os.fwalk: a symbolic link is removed, never followed), ignoring what will
-    not go: ``shutil.rmtree(ignore_errors=True, dir_fd=…)`` without its imports (re, enum,
-    fnmatch: a third of vdeluser's start-up)."""
+    descriptors (os.fwalk: a symbolic link is removed, never followed). With ``ignore_errors``
+    what will not go stays (the admin commands' clean-up); without, the first OSError is
+    raised (vpopmaild's RmDir reports it). ``shutil.rmtree(dir_fd=…)`` without its imports
+    (re, enum, fnmatch: a third of vdeluser's start-up)."""
+    def report(exc: OSError) -> None:
+        raise exc
+
     try:
-        for _, dirs, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd):
+        for _, dirs, files, fd in os.fwalk(name, topdown=False, dir_fd=dir_fd,
+                                           onerror=None if ignore_errors else report):
             for entry in files:
-                _remove_at(fd, entry, False)
+                _remove_at(fd, entry, False, ignore_errors)
             for entry in dirs:  # each emptied already, or a symbolic link to a directory
-                _remove_at(fd, entry, True)
-    except OSError:  # gone already (the walk itself ignores errors below it)
-        return
-    try:
+                _remove_at(fd, entry, True, ignore_errors)
         os.rmdir(name, dir_fd=dir_fd)
     except OSError:
-        pass
+        if not ignore_errors:
+            raise
 
 
-def _remove_at(dir_fd: int, name: str, directory: bool) -> None:
+def _remove_at(dir_fd: int, name: str, directory: bool, ignore_errors: bool) -> None:
     try:
         if not directory:
             os.unlink(name, dir_fd=dir_fd)
@@ -242,7 +247,8 @@ def _remove_at(dir_fd: int, name: str, directory: bool) -> None:
         except NotADirectoryError:
             os.unlink(name, dir_fd=dir_fd)
     except OSError:
-        pass
+        if not ignore_errors:
+            raise
 
 
 class OwnerIds:

@@ -82,3 +82,17 @@ def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
         if cut >= 0:
             return address[:cut], address[cut + 1:]
     return address, default_domain.lower()
+
+
+def dot_qmail_order(ext: str) -> list[tuple[str, str | None]]:
+    """The extensions qmail-local tries, in order, for the address extension ``ext``
+    (dot-qmail(5)), each with what ``$DEFAULT`` is then: ``ext`` itself (None), then
+    ``<prefix>-default`` for each ``-`` from the rightmost (the rest after that ``-``), then
+    ``default`` (all of ``ext``). The one lookup order of ``.qmail-<ext>`` files and of
+    ``valias`` rows."""
+    found: list[tuple[str, str | None]] = [(ext, None)]
+    dash = len(ext)
+    while (dash := ext.rfind("-", 0, dash)) >= 0:
+        found.append((ext[:dash + 1] + "default", ext[dash + 1:]))
+    found.append(("default", ext))
+    return found

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
-from vpopmail.fsutil import OwnerIds, write_all
+from vpopmail.fsutil import OwnerIds, remove_tree_at, write_all
 from vpopmail.names import split_address
 from vpopmail.vpopmaild.protocol import END, OK, OK_MORE, Refusal, Tokens
 from vpopmail.vpopmaild.session import Session
@@ -178,7 +177,7 @@ def rm_dir(s: Session, t: Tokens) -> None:
         name = _named(name, 1702)
         if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
             raise Failure(1702, "Not a directory")
-        shutil.rmtree(name, dir_fd=fd)
+        remove_tree_at(fd, name, ignore_errors=False)
     s.send(OK)
 
 

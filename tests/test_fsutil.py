@@ -1,0 +1,55 @@
+"""vpopmail/fsutil.py: the descriptor-relative tree remover's two error policies (real files;
+the faults made by working as the unprivileged vpopmail user, uid 89)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import vpopmail_user_exists
+
+from vpopmail.fsutil import OwnerIds, remove_tree_at
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not vpopmail_user_exists(),
+                                reason="needs root and the vpopmail user (uid 89)")
+
+
+@pytest.fixture
+def tree() -> Iterator[Path]:
+    """``top`` (uid 89's) holding ``a/file`` (uid 89's) and ``locked/file`` (root's directory,
+    so uid 89 cannot empty it), in a directory uid 89 can enter."""
+    base = Path(tempfile.mkdtemp(prefix="fsutil-"))
+    base.chmod(0o755)
+    top = base / "top"
+    for sub in ("a", "locked"):
+        (top / sub).mkdir(parents=True)
+        (top / sub / "file").write_text("x")
+    for path in (base, top, top / "a", top / "a" / "file", top / "locked" / "file"):
+        os.chown(path, 89, 89)
+    yield base
+    shutil.rmtree(base)
+
+
+def remove(base: Path, ignore_errors: bool) -> None:
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with OwnerIds(89, 89):
+            remove_tree_at(fd, "top", ignore_errors)
+    finally:
+        os.close(fd)
+
+
+def test_remove_tree_ignoring_errors_removes_what_it_can(tree: Path) -> None:
+    remove(tree, ignore_errors=True)
+    assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*")) == [
+        "top", "top/locked", "top/locked/file"]
+
+
+def test_remove_tree_reporting_errors_raises_the_first(tree: Path) -> None:
+    with pytest.raises(PermissionError) as caught:
+        remove(tree, ignore_errors=False)
+    assert caught.value.filename == "file"
+    assert (tree / "top" / "locked" / "file").exists()
