@@ -31,10 +31,10 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
+from vpopmail.outcomes import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY
 from vpopmail.syslog_client import LOG_ERR, Syslog
 
 MAX_INPUT = 512
-REJECTED, MISUSE, TEMPORARY, DOVECOT_NO_USER = 1, 2, 111, 3
 POP, SMTP, IMAP, WEBMAIL = "pop", "smtp", "imap", "webmail"
 #: TCPLOCALPORT -> (log tag, service), as C vpopmail
 PORTS = {"25": ("smtp", SMTP), "465": ("smtps", SMTP), "587": ("submission", SMTP),

@@ -228,7 +228,8 @@ class ExecPlan(BaseException):
 def plan_class() -> type:
     """vchkpw's Vchkpw whose final exec becomes an :class:`ExecPlan` (imported on use)."""
     from auth.backend import close_backends
-    from auth.vchkpw import TEMPORARY, Finish, Vchkpw
+    from auth.vchkpw import Finish, Vchkpw
+    from vpopmail.outcomes import TEMPORARY
 
     class PlanningVchkpw(Vchkpw):
         def exec(self, command: list[str], env: dict[str, str]) -> None:
