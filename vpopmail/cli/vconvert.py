@@ -227,7 +227,7 @@ class Convert:
         except VpopmailError as exc:
             self.say(f"converting {entry.real_domain} domain conversion failed")
             print(f"Error: {exc}", file=self.out)
-            self.status = exc.code & 0xFF
+            self.status = exc.status
             return
         self.say(f"converting {entry.real_domain} done")
         if self.debug:
