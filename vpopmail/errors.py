@@ -43,18 +43,6 @@ class UsernameExists(VpopmailError):
     message = "Username exists"
 
 
-class BadDir(VpopmailError):
-    """VA_BAD_DIR"""
-    code = -3
-    message = "Unable to chdir to vpopmail directory"
-
-
-class BadDomainsDir(VpopmailError):
-    """VA_BAD_D_DIR"""
-    code = -5
-    message = "Unable to chdir to vpopmail/domains directory"
-
-
 class BadDomainDir(VpopmailError):
     """VA_BAD_V_DIR"""
     code = -6
@@ -161,24 +149,6 @@ class QuotaTooLong(VpopmailError):
     """VA_QUOTA_TOO_LONG"""
     code = -29
     message = "quota too long"
-
-
-class DirTooLong(VpopmailError):
-    """VA_DIR_TOO_LONG"""
-    code = -30
-    message = "dir too long"
-
-
-class ClearPasswdTooLong(VpopmailError):
-    """VA_CLEAR_PASSWD_TOO_LONG"""
-    code = -31
-    message = "clear password too long"
-
-
-class InvalidEmailChar(VpopmailError):
-    """VA_INVALID_EMAIL_CHAR"""
-    code = -34
-    message = "invalid email character"
 
 
 class CannotReadLimits(VpopmailError):
