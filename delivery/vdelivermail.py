@@ -352,7 +352,7 @@ class Vdelivermail:
         seen, hops = self.message.trace()
         dt = self.dtline.rstrip(b"\r\n")
         from_env = dt[:14].lower() == b"delivered-to: " and dt[14:].strip().lower() == target
-        if from_env or target in seen or hops >= int(self.config.delivery_max_hops):
+        if from_env or target in seen or hops >= self.config.delivery_max_hops:
             raise bounce(LOOPING)
 
     def deliver_instruction(self, kind: str, text: str, recipient: str = "") -> None:
@@ -399,11 +399,11 @@ class Vdelivermail:
                 text = self._site_message(".over-quota.msg") or OVER_QUOTA + "\n"
                 self.quota_warning(maildir, quota, address, bool(recipient))
                 raise Outcome(BOUNCE, text + "\n")
-            if percent >= int(self.config.users_quota_warn_percent):
+            if percent >= self.config.users_quota_warn_percent:
                 self.quota_warning(maildir, quota, address, bool(recipient))
         header = self.rpline + b"Delivered-To: " + address.encode("utf-8", "surrogateescape") + b"\n"
         try:
-            delivered = deliver(maildir, header, self.message.fd, bool(self.config.delivery_file_sync))
+            delivered = deliver(maildir, header, self.message.fd, self.config.delivery_file_sync)
         except OverQuota:
             raise bounce(OVER_QUOTA) from None
         except DeliveryFailed as exc:
@@ -438,7 +438,7 @@ class Vdelivermail:
             fd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 delivered = deliver(maildir, trace + f"Date: {date}\n".encode(), fd,
-                                    bool(self.config.delivery_file_sync))
+                                    self.config.delivery_file_sync)
             finally:
                 os.close(fd)
         except (OSError, VpopmailError):

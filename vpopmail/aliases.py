@@ -318,7 +318,7 @@ class Aliases(AliasStore):
     def __init__(self, api: "Vpopmail") -> None:
         AliasStore.__init__(self, api)
         config = api.config
-        self.sync = bool(config.delivery_file_sync)
+        self.sync = config.delivery_file_sync
         self.timeout = float(config.locks_timeout)
 
     def path(self, entry: AssignEntry, alias: str) -> str:

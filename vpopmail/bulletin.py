@@ -207,7 +207,7 @@ class Bulletin:
         self.method = method
         self.exclude = exclude or set()
         self.dry_run = dry_run
-        self.sync = bool(api.config.delivery_file_sync)
+        self.sync = api.config.delivery_file_sync
         self.summary = Summary()
         self._counter = 0
         #: hard-link sources of the current domain: device -> (tmp path, its stat)

@@ -389,9 +389,9 @@ class Server:
         self.settings = settings
         self.config = config
         self.path = settings.home_path("server_socket")
-        self.workers = int(settings.server_workers)  # type: ignore[call-overload]
-        self.timeout = int(settings.server_request_timeout)  # type: ignore[call-overload]
-        self.prefork = bool(settings.server_prefork)
+        self.workers = settings.server_workers
+        self.timeout = settings.server_request_timeout
+        self.prefork = settings.server_prefork
         self.children: set[int] = set()
         self.served = 0
         self.started = time.time()

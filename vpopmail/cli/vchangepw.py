@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         old = getpass.getpass("Enter old password: ") if sys.stdin.isatty() else \
             sys.stdin.readline().rstrip("\n")
-        scheme = str(api.config.passwords_scheme)
+        scheme = api.config.passwords_scheme
         try:
             user, entry = api.get_user(address)
             known = verify_password(old, user.passwd, scheme)

@@ -56,9 +56,9 @@ class Session:
         self.entry: AssignEntry | None = None
         self.flags = 0
         config = api.config
-        self.log = Syslog(str(config.logging_log_name), str(config.logging_syslog_socket))
+        self.log = Syslog(config.logging_log_name, config.logging_syslog_socket)
         #: (log failures, log successes, show the password), as vchkpw reads logging.level
-        self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
+        self.levels = LEVELS.get(config.logging_level, LEVELS["e"])
         self.ip = remote_ip(dict(os.environ))
 
     # -- who may do what (C's AuthVpw.pw_gid tests) -------------------------------------------
@@ -184,7 +184,7 @@ class Session:
             entry = user = None
         if user is None:
             # the cost of a wrong password, and its answer: who exists does not show
-            dummy_check(password, str(self.api.config.passwords_scheme))
+            dummy_check(password, self.api.config.passwords_scheme)
             if self.levels[0]:
                 self.note("vpopmail user not found", address)
             self.send(str(Refusal(8, 207)))
