@@ -28,10 +28,9 @@ from auth.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY, VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
-from vpopmail.outcomes import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY
 from vpopmail.syslog_client import LOG_ERR, Syslog
 
 MAX_INPUT = 512

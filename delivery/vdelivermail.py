@@ -26,12 +26,12 @@ from maildir.quota import add_usage, check_quota, has_quota, load_maildirsize, q
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
+from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED, INJECT_FAILED,
+                             LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE,
+                             DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
 from vpopmail.names import is_valid_domain, is_valid_user
-from vpopmail.outcomes import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED, INJECT_FAILED,
-                               LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE)
 
 USAGE = """\
 vdelivermail: usage: vdelivermail '' ACTION

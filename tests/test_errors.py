@@ -1,10 +1,10 @@
 """The VA_* hierarchy (vpopmail.errors, with the alias errors of vpopmail.aliases) and the exit
-codes of vpopmail.outcomes: codes unique, C's codes and texts kept, local faults temporary."""
+codes beside it: codes unique, C's codes and texts kept, local faults temporary."""
 from __future__ import annotations
 
 import pytest
 
-from vpopmail import aliases, errors, outcomes
+from vpopmail import aliases, errors
 from vpopmail.errors import TemporaryError, VpopmailError
 
 #: C vpopmail 5.4's VA_* codes (vpopmail.h) and texts (verror() in vpopmail.c) that we raise
@@ -107,7 +107,7 @@ def test_text_and_status() -> None:
 
 
 def test_outcomes_are_the_qmail_and_checkpassword_codes() -> None:
-    assert (outcomes.DELIVERED, outcomes.STOP, outcomes.BOUNCE, outcomes.DEFER) == (0, 99, 100, 111)
-    assert (outcomes.REJECTED, outcomes.MISUSE, outcomes.DOVECOT_NO_USER,
-            outcomes.TEMPORARY) == (1, 2, 3, 111)
-    assert outcomes.NO_MAILBOX == "Sorry, no mailbox here by that name. (#5.1.1)"
+    assert (errors.DELIVERED, errors.STOP, errors.BOUNCE, errors.DEFER) == (0, 99, 100, 111)
+    assert (errors.REJECTED, errors.MISUSE, errors.DOVECOT_NO_USER,
+            errors.TEMPORARY) == (1, 2, 3, 111)
+    assert errors.NO_MAILBOX == "Sorry, no mailbox here by that name. (#5.1.1)"

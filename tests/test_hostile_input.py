@@ -42,8 +42,7 @@ from vpopmail import assign
 from vpopmail.assign import cdb_records, parse_entry
 from vpopmail.cdbwrite import build
 from vpopmail.config import SCHEMA, Config, parse_file, validate
-from vpopmail.errors import ConfigError, CorruptData, VpopmailError
-from vpopmail.outcomes import MISUSE
+from vpopmail.errors import MISUSE, ConfigError, CorruptData, VpopmailError
 from vpopmail.relay import RelayTable, _stamp
 
 PASSWORD = "Secret-42"

@@ -1,13 +1,17 @@
-"""One exception hierarchy that keeps vpopmail's numeric ``VA_*`` codes and C's texts.
+"""What goes wrong, and what the programs answer: one exception hierarchy that keeps vpopmail's
+numeric ``VA_*`` codes and C's texts, then the exit codes of vdelivermail and vchkpw, each named
+once, with C's fixed texts.
 
 Each class names its C constant (``VA_USER_DOES_NOT_EXIST``) in its docstring; codes from -100
 down are ours, not in C vpopmail (which printed a warning, or answered "not found" for a local
 fault that then bounced real mail); -108 to -113 are the alias errors of vpopmail/aliases.py.
 A local fault (unreadable file, lock timeout, disk full) is a :class:`TemporaryError`: mail
-must be deferred (111), never bounced, and a login answered "try again", never "wrong password".
+must be deferred (:data:`DEFER`), never bounced, and a login answered :data:`TEMPORARY`,
+never "wrong password".
 
-Hot-path safe: imports nothing. Defining the classes costs about as much as the lazy table it
-replaced did on first use (the README's Performance section has the figures).
+Hot-path safe: imports nothing. Both hot paths import this module anyway, so the exit codes
+cost no module of their own; the classes are built at import (the README's Performance
+section has the cost).
 """
 
 
@@ -215,3 +219,32 @@ class OutsideDomain(VpopmailError):
     """Ours: a path that is not a real directory of the domain."""
     code = -107
     message = "not a real directory of the domain"
+
+
+# Outcomes: vdelivermail -> qmail-local, which reads only the exit code and what was printed on
+# stdout (qmail-send logs the text, or puts it in the bounce) ----------------------------------
+DELIVERED = 0
+#: delivered, and qmail-local reads no further instructions of the .qmail file (a program's 99)
+STOP = 99
+#: a permanent failure: qmail-send bounces the message with the text printed
+BOUNCE = 100
+#: a temporary failure, and every local fault: qmail-send tries again later
+DEFER = 111
+
+NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"  # BOUNCE (or .no-user.msg)
+LOOPING = "mail is looping"  # BOUNCE
+OVER_QUOTA = "user is over quota"  # BOUNCE (or .over-quota.msg)
+BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"  # DEFER
+SYSTEM_ERROR = "system error"  # DEFER: the Maildir write failed
+INJECT_FAILED = "system error calling qmail-inject"  # DEFER, or qmail-inject's own exit code
+VALIASES_DONE = "vdelivermail: valiases processed"  # DELIVERED
+DATABASE_DOWN = "vdelivermail: deferred, database down"  # DEFER
+
+# Outcomes: vchkpw -> the POP3/IMAP server or SMTP AUTH (checkpassword; after a good login it
+# execs the next program, whose exit code is the answer) ---------------------------------------
+REJECTED = 1
+MISUSE = 2
+#: Dovecot's "unknown user", for its userdb lookups (AUTHORIZED=1) only
+DOVECOT_NO_USER = 3
+#: a temporary failure, and every local fault (C vpopmail answered 3, "wrong password")
+TEMPORARY = 111

@@ -229,7 +229,7 @@ def plan_class() -> type:
     """vchkpw's Vchkpw whose final exec becomes an :class:`ExecPlan` (imported on use)."""
     from auth.backend import close_backends
     from auth.vchkpw import Finish, Vchkpw
-    from vpopmail.outcomes import TEMPORARY
+    from vpopmail.errors import TEMPORARY
 
     class PlanningVchkpw(Vchkpw):
         def exec(self, command: list[str], env: dict[str, str]) -> None:
