@@ -97,7 +97,7 @@ class CdbFiles(UserDatabase):
 
     def __init__(self, config: Config) -> None:
         self.clear_passwords = config.passwords_clear_passwords
-        self.timeout = float(config.locks_timeout)
+        self.timeout = config.locks_timeout
         self.sync = config.delivery_file_sync
 
     def _lock(self, domain: AssignEntry) -> FileLock:

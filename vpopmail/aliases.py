@@ -319,7 +319,7 @@ class Aliases(AliasStore):
         AliasStore.__init__(self, api)
         config = api.config
         self.sync = config.delivery_file_sync
-        self.timeout = float(config.locks_timeout)
+        self.timeout = config.locks_timeout
 
     def path(self, entry: AssignEntry, alias: str) -> str:
         directory = entry.dir

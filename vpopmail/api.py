@@ -70,7 +70,7 @@ class Vpopmail:
         self.config = config
         self.backend = backend or open_backend(config, admin=True)
         self._qmail = qmail
-        self.timeout = float(config.locks_timeout)
+        self.timeout = config.locks_timeout
 
     @property
     def qmail(self) -> QmailFiles:

@@ -25,7 +25,7 @@ class QmailFiles:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root = config.qmail_dir
-        self.timeout = float(config.locks_timeout)
+        self.timeout = config.locks_timeout
         self.sync = config.delivery_file_sync
 
     def path(self, *parts: str) -> str:
