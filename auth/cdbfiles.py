@@ -96,9 +96,9 @@ class CdbFiles(UserDatabase):
     store_name = VPASSWD
 
     def __init__(self, config: Config) -> None:
-        self.clear_passwords = bool(config.passwords_clear_passwords)
-        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
-        self.sync = bool(config.delivery_file_sync)
+        self.clear_passwords = config.passwords_clear_passwords
+        self.timeout = config.locks_timeout
+        self.sync = config.delivery_file_sync
 
     def _lock(self, domain: AssignEntry) -> FileLock:
         return FileLock(os.path.join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)

@@ -24,7 +24,7 @@ import time
 
 from auth.backend import Fault, UserDatabase, VUser
 from vpopmail.assign import AssignEntry
-from vpopmail.config import Config
+from vpopmail.config import Config, Value
 from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
                              UserDoesNotExist, UsernameExists)
 
@@ -126,7 +126,7 @@ class Server:
         inherit_where = side == "update" and all(
             values[f"mysql_update_{key}"] in ("", 0) for key in where)
 
-        def get(key: str) -> object:
+        def get(key: str) -> Value:
             value = values[f"mysql_{side}_{key}"]
             if side == "update" and value in ("", 0) and (key not in where or inherit_where):
                 return values[f"mysql_read_{key}"]
@@ -134,7 +134,7 @@ class Server:
                 return "localhost"
             return value
 
-        return cls(str(get("host")), int(get("port")), str(get("socket")),  # type: ignore[call-overload]
+        return cls(str(get("host")), int(get("port")), str(get("socket")),
                    str(get("user")), str(get("password")), str(get("database")))
 
     def describe(self) -> str:
@@ -298,11 +298,11 @@ class MySQLDatabase(UserDatabase):
         """``admin``: for a command that changes what it reads (the admin commands): its reads
         go to the update server too, so a lagging replica never decides what it writes."""
         self.config = config
-        self.many_domains = bool(config.mysql_many_domains)
-        self.clear_passwords = bool(config.passwords_clear_passwords)
-        self.read_fallback = bool(config.mysql_read_fallback)
-        timeout = int(config.mysql_connect_timeout)  # type: ignore[call-overload]
-        lock_timeout = int(config.locks_timeout)  # type: ignore[call-overload]
+        self.many_domains = config.mysql_many_domains
+        self.clear_passwords = config.passwords_clear_passwords
+        self.read_fallback = config.mysql_read_fallback
+        timeout = config.mysql_connect_timeout
+        lock_timeout = config.locks_timeout
         self.reader = Connection(Server.from_config(config, "read"), timeout, lock_timeout, "read")
         self.writer = Connection(Server.from_config(config, "update"), timeout, lock_timeout,
                                  "update")

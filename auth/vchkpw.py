@@ -28,13 +28,12 @@ from auth.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY, VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
 from vpopmail.syslog_client import LOG_ERR, Syslog
 
 MAX_INPUT = 512
-REJECTED, MISUSE, TEMPORARY, DOVECOT_NO_USER = 1, 2, 111, 3
 POP, SMTP, IMAP, WEBMAIL = "pop", "smtp", "imap", "webmail"
 #: TCPLOCALPORT -> (log tag, service), as C vpopmail
 PORTS = {"25": ("smtp", SMTP), "465": ("smtps", SMTP), "587": ("submission", SMTP),
@@ -133,8 +132,8 @@ class Vchkpw:
         self.ip = remote_ip(self.environ)
         self.dovecot = "ORIG_UID" in self.environ
         self.lookup_only = self.dovecot and self.environ.get("AUTHORIZED") == "1"
-        self.log = Syslog(str(config.logging_log_name), str(config.logging_syslog_socket))
-        self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
+        self.log = Syslog(config.logging_log_name, config.logging_syslog_socket)
+        self.levels = LEVELS.get(config.logging_level, LEVELS["e"])
         self.tag = "vchkpw-0"
         self.address = ""
         self.backend: UserDatabase | None = None
@@ -235,7 +234,7 @@ class Vchkpw:
 
     def waste_a_check(self) -> None:
         """Check the password against the dummy hash (the cost of a wrong password)."""
-        dummy_check(self.secret, str(self.config.passwords_scheme))
+        dummy_check(self.secret, self.config.passwords_scheme)
 
     def split_login(self, login: str) -> tuple[str, str]:
         name, domain = split_address(login)
@@ -260,11 +259,11 @@ class Vchkpw:
                 raise Finish(REJECTED, "user has no password", password_class=True)
             self.store_password(entry, user, learn=True)
             return "PLAIN"
-        if not verify_password(self.secret, user.passwd, str(self.config.passwords_scheme)):
+        if not verify_password(self.secret, user.passwd, self.config.passwords_scheme):
             shown = f" (pass: '{self.secret}')" if self.levels[2] else ""
             raise Finish(REJECTED, f"password fail{shown}", password_class=True)
-        learn = bool(self.config.passwords_learn_passwords and
-                     self.config.passwords_clear_passwords and not user.clear)
+        learn = (self.config.passwords_learn_passwords and
+                 self.config.passwords_clear_passwords and not user.clear)
         if learn or self.config.passwords_rehash_on_login:
             self.store_password(entry, user, learn)
         return "PLAIN"
@@ -275,7 +274,7 @@ class Vchkpw:
         is empty. A failure to store is logged; the login goes on."""
         from auth.passwords import hash_password, needs_rehash
 
-        scheme = str(self.config.passwords_scheme)
+        scheme = self.config.passwords_scheme
         changed = user.copy()
         try:
             if not user.passwd or (self.config.passwords_rehash_on_login

@@ -26,16 +26,13 @@ from maildir.quota import count_usage, deliver_with_quota, load_maildirsize, quo
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
+from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED, INJECT_FAILED,
+                             LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE,
+                             DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
 from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
 
-NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"
-BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"
-VALIASES_DONE = "vdelivermail: valiases processed"
-DATABASE_DOWN = "vdelivermail: deferred, database down"
-LOOPING = "mail is looping"
 USAGE = """\
 vdelivermail: usage: vdelivermail '' ACTION
 Run by qmail-local from a domain's .qmail-default (| vdelivermail '' bounce-no-mailbox),
@@ -64,11 +61,11 @@ class Outcome(Exception):
 
 
 def bounce(text: str) -> Outcome:
-    return Outcome(100, text + "\n")
+    return Outcome(BOUNCE, text + "\n")
 
 
 def defer(text: str) -> Outcome:
-    return Outcome(111, text + "\n")
+    return Outcome(DEFER, text + "\n")
 
 
 def say(text: str) -> None:
@@ -101,11 +98,11 @@ def maildir_to_email(path: str, cwd: str = "") -> str:
 def program_outcome(status: int) -> Outcome | None:
     """What a child's wait status means for the delivery (None: go on)."""
     code = os.waitstatus_to_exitcode(status)
-    if code == 0:
+    if code == DELIVERED:
         return None
-    if code == 99:
-        return Outcome(99)
-    return Outcome(100 if code in PERMANENT_CODES else 111)
+    if code == STOP:
+        return Outcome(STOP)
+    return Outcome(BOUNCE if code in PERMANENT_CODES else DEFER)
 
 
 class Vdelivermail:
@@ -151,7 +148,7 @@ class Vdelivermail:
         try:
             code = self._deliver(action)
         except Outcome as outcome:
-            if outcome.code in (0, 99):
+            if outcome.code in (DELIVERED, STOP):
                 self.inject_forwards()
             raise
         self.inject_forwards()
@@ -161,7 +158,7 @@ class Vdelivermail:
         """Follow the recipient's valias rows, its user's instructions or the default action;
         forwards are only collected."""
         if self.entry and self.config.users_backend == "mysql" and self.process_valias():
-            raise Outcome(0, VALIASES_DONE + "\n")
+            raise Outcome(DELIVERED, VALIASES_DONE + "\n")
         user = self._find_user() if self.entry else None
         if user is None:
             return self.user_not_found(action)
@@ -203,7 +200,7 @@ class Vdelivermail:
                 self.extension = ext.replace(".", ":")
                 if found is None:
                     if not is_valid_user(base):
-                        raise Outcome(100)
+                        raise Outcome(BOUNCE)
                     found = backend.get_user(self.entry, base)
         except OSError as exc:
             raise defer(f"vdelivermail: deferred, user database unreadable: {exc}") from None
@@ -266,9 +263,9 @@ class Vdelivermail:
             raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
         home = self._ensure_home(user)
         if self.run_dotqmail(home):
-            return 0
+            return DELIVERED
         self.deliver_maildir(os.path.join(home, "Maildir") + "/", user.quota)
-        return 0
+        return DELIVERED
 
     def _ensure_home(self, user: VUser) -> str:
         """The user's directory with a complete Maildir, re-creating what is missing."""
@@ -315,20 +312,20 @@ class Vdelivermail:
     def user_not_found(self, action: str) -> int:
         recipient = f"{self.user}@{self.domain}"
         if action == "delete":
-            return 0
+            return DELIVERED
         if action == "bounce-no-mailbox":
-            raise Outcome(100, self._site_message(".no-user.msg") or NO_MAILBOX + "\n")
+            raise Outcome(BOUNCE, self._site_message(".no-user.msg") or NO_MAILBOX + "\n")
         if action.startswith("/"):
             home = action if action.endswith("/") else action + "/"
             say(f"user does not exist, but will deliver to {home}\n")
             if not self.run_dotqmail(home):
                 self.deliver_maildir(home + "Maildir/", "", recipient)
-            return 0
+            return DELIVERED
         parsed = dotqmail.parse_line(action)
         if parsed is None or parsed[0] in (dotqmail.COMMENT, dotqmail.LIST):
             raise defer(BAD_SYNTAX)  # would deliver nowhere: a damaged or mistyped line
         self.deliver_instruction(*parsed, recipient=recipient)
-        return 0
+        return DELIVERED
 
     def _site_file(self, name: str) -> str:
         """The domain's ``name`` file, else the one in ~vpopmail/domains, else ``""``."""
@@ -355,7 +352,7 @@ class Vdelivermail:
         seen, hops = self.message.trace()
         dt = self.dtline.rstrip(b"\r\n")
         from_env = dt[:14].lower() == b"delivered-to: " and dt[14:].strip().lower() == target
-        if from_env or target in seen or hops >= int(self.config.delivery_max_hops):
+        if from_env or target in seen or hops >= self.config.delivery_max_hops:
             raise bounce(LOOPING)
 
     def deliver_instruction(self, kind: str, text: str, recipient: str = "") -> None:
@@ -378,7 +375,7 @@ class Vdelivermail:
         elif kind == dotqmail.MAILDIR:
             self.deliver_maildir(text, "", recipient)
         else:
-            raise Outcome(111, f"can't handle mbox delivery for {text}")
+            raise Outcome(DEFER, f"can't handle mbox delivery for {text}")
 
     def deliver_maildir(self, path: str, quota: str, recipient: str = "") -> None:
         """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
@@ -394,10 +391,10 @@ class Vdelivermail:
 
         def notice(over: bool, percent: int) -> None:
             if over:
-                text = self._site_message(".over-quota.msg") or "user is over quota\n"
+                text = self._site_message(".over-quota.msg") or OVER_QUOTA + "\n"
                 self.quota_warning(maildir, quota, address, bool(recipient))
-                raise Outcome(100, text + "\n")
-            if percent >= int(self.config.users_quota_warn_percent):
+                raise Outcome(BOUNCE, text + "\n")
+            if percent >= self.config.users_quota_warn_percent:
                 self.quota_warning(maildir, quota, address, bool(recipient))
 
         def write() -> int:
@@ -405,11 +402,11 @@ class Vdelivermail:
                       + address.encode("utf-8", "surrogateescape") + b"\n")
             try:
                 return deliver(maildir, header, self.message.fd,
-                               bool(self.config.delivery_file_sync)).size
+                               self.config.delivery_file_sync).size
             except OverQuota:
-                raise bounce("user is over quota") from None
+                raise bounce(OVER_QUOTA) from None
             except DeliveryFailed as exc:
-                raise defer(f"vdelivermail: {exc.detail}\nsystem error") from None
+                raise defer(f"vdelivermail: {exc.detail}\n{SYSTEM_ERROR}") from None
 
         try:
             failed = deliver_with_quota(maildir, quota, self.message.size, write, notice)[1]
@@ -445,7 +442,7 @@ class Vdelivermail:
             fd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 delivered = deliver(maildir, trace + f"Date: {date}\n".encode(), fd,
-                                    bool(self.config.delivery_file_sync))
+                                    self.config.delivery_file_sync)
             finally:
                 os.close(fd)
         except (OSError, VpopmailError):
@@ -517,9 +514,9 @@ class Vdelivermail:
         _, status = os.waitpid(pid, 0)
         outcome = program_outcome(status)
         if failure:
-            raise Outcome(111, failure + "system error calling qmail-inject\n")
+            raise Outcome(DEFER, failure + INJECT_FAILED + "\n")
         if outcome is not None:
-            outcome.text = "system error calling qmail-inject\n"
+            outcome.text = INJECT_FAILED + "\n"
             raise outcome
 
 
@@ -540,9 +537,9 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         return outcome.code
     except VpopmailError as exc:
         say(f"vdelivermail: deferred: {exc}\n")
-        return 111
+        return DEFER
     except Exception as exc:  # a bug must defer the message, never bounce or lose it
         say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
-        return 111
+        return DEFER
     finally:
         close_backends()

@@ -85,6 +85,43 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
         validate(raw, "test.toml")
 
 
+@pytest.mark.parametrize(("raw", "text"), [
+    ({"owner": {"uid": "89"}}, "test.toml: owner.uid must be int, got '89'"),
+    ({"owner": {"uid": True}}, "test.toml: owner.uid must be int, got True"),
+    ({"users": {"hashed_dirs": 1}}, "test.toml: users.hashed_dirs must be bool, got 1"),
+    ({"paths": {"vpopmail_home": 1}}, "test.toml: paths.vpopmail_home must be str, got 1"),
+    ({"paths": {"vpopmail_home": "/a\0b"}}, "test.toml: paths.vpopmail_home contains a NUL character"),
+    ({"logging": {"level": "x"}}, "test.toml: logging.level must be one of n, e, y, p, v"),
+    ({"server": {"workers": 0}}, "test.toml: server.workers must be >= 1"),
+    ({"users": {"quota_warn_percent": 101}}, "test.toml: users.quota_warn_percent must be 1..100"),
+    ({"relay": {"lock_timeout": -1}}, "test.toml: relay.lock_timeout must be >= 0"),
+])
+def test_validate_texts(raw: dict[str, object], text: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        validate(raw, "test.toml")
+    assert refused.value.detail == text
+
+
+def test_every_key_is_a_typed_attribute(tmp_path: Path) -> None:
+    """Config declares each SCHEMA key with its type and default (what mypy checks call sites
+    against), and a loaded file, parsed or from the cache, gives each key that type."""
+    other = {str: "/x", int: 7, bool: True}
+    raw = {s: {k: other[kind] for k, (_, kind) in keys.items()
+               if (s, k) not in config._CHOICES} for s, keys in SCHEMA.items()}
+    path = write(tmp_path / "v.toml", render(validate(raw)))
+    for loaded in (load(str(path)), load(str(path))):  # parsed, then from the cache
+        for section, keys in SCHEMA.items():
+            for key, (default, kind) in keys.items():
+                name = f"{section}_{key}"
+                assert Config.__annotations__[name] is kind
+                assert getattr(Config, name) == default and type(default) is kind
+                value = getattr(loaded, name)
+                assert type(value) is kind and value == loaded.values[name]
+                if (section, key) not in config._CHOICES:
+                    assert value == other[kind], name
+    assert (tmp_path / "v.toml.cache").exists()
+
+
 def test_validate_accepts_edges() -> None:
     values = validate({"users": {"quota_warn_percent": 100}, "locks": {"timeout": 0},
                        "passwords": {"scheme": "bcrypt"}})

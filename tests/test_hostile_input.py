@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from login_site import POP_ENV, STAMP, LoginSite
 
 from auth.cdbfiles import parse_fields, parse_line
-from auth.vchkpw import MAX_INPUT, MISUSE, Finish, parse_input
+from auth.vchkpw import MAX_INPUT, Finish, parse_input
 from delivery import dotqmail
 from maildir.maildir import make_maildir
 from maildir.quota import (
@@ -42,7 +42,7 @@ from vpopmail import assign
 from vpopmail.assign import cdb_records, parse_entry
 from vpopmail.cdbwrite import build
 from vpopmail.config import SCHEMA, Config, parse_file, validate
-from vpopmail.errors import ConfigError, CorruptData, VpopmailError
+from vpopmail.errors import MISUSE, ConfigError, CorruptData, VpopmailError
 from vpopmail.relay import RelayTable, _stamp
 
 PASSWORD = "Secret-42"

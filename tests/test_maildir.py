@@ -15,7 +15,7 @@ import maildir.maildir as md
 from maildir.maildir import deliver, hostname, make_maildir
 from maildir.quota import (RECALC_SIZE, STALE_SECONDS, add_usage, check_quota, is_over,
                            load_maildirsize, recalculate, scan_usage, write_maildirsize)
-from vpopmail.errors import DeliveryFailed
+from vpopmail.errors import DeliveryFailed, TemporaryError
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -78,7 +78,7 @@ def test_missing_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
     fd = source(tmp_path, b"x\n")
     with pytest.raises(DeliveryFailed) as caught:
         deliver(str(tmp_path / "nope"), b"", fd)
-    assert caught.value.temporary and "No such file" in str(caught.value)
+    assert isinstance(caught.value, TemporaryError) and "No such file" in str(caught.value)
 
 
 def test_link_never_overwrites(box: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

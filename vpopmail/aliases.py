@@ -24,7 +24,8 @@ import errno
 import os
 
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import (BadInput, CorruptData, IllegalUsername, TemporaryError, UserDoesNotExist,
+                             UsernameExists, VpopmailError)
 from vpopmail.names import check_user, is_address, split_address
 
 TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
@@ -48,47 +49,55 @@ _IFMT, _IFREG, _IFLNK = 0o170000, 0o100000, 0o120000
 
 
 class AliasError(VpopmailError):
-    """An alias operation refused; the text is the whole message."""
+    """An alias operation refused; the text is the whole message. Each has its own code;
+    ``status`` keeps the exit status the admin commands gave when they reused VA codes."""
 
     def __init__(self, text: str) -> None:
         VpopmailError.__init__(self, text)
         self.args = (text,)
 
     def __str__(self) -> str:
-        return self.args[0]
+        return self.detail
 
 
 class NoSuchAlias(AliasError):
-    code = -10
+    code = -108
+    status = UserDoesNotExist.code & 0xFF
 
 
 class AliasIsUser(AliasError):
-    code = -2
+    code = -109
+    status = UsernameExists.code & 0xFF
 
 
 class UserIsAlias(AliasError):
     """A new user named as an existing alias: the alias would take all its mail."""
-    code = -2
+    code = -110
+    status = UsernameExists.code & 0xFF
 
 
 class AliasLineExists(AliasError):
-    code = -1
+    code = -111
+    status = IllegalUsername.code & 0xFF
 
 
 class AliasLineTooLong(AliasError):
-    code = -32  # VA_ALIAS_LINE_TOO_LONG
+    """VA_ALIAS_LINE_TOO_LONG"""
+    code = -32
+    message = "alias line too long"
 
 
 class InvalidAliasLine(AliasError):
-    code = -104
+    code = -112
+    status = BadInput.code & 0xFF
 
 
-class DotQmailUnsafe(AliasError):
+class DotQmailUnsafe(AliasError, TemporaryError):
     """A ``.qmail`` file (or the domain directory) that cannot be read: mail must be
     deferred."""
 
-    code = -100
-    temporary = True
+    code = -113
+    status = CorruptData.code & 0xFF
 
 
 # names and lines -------------------------------------------------------------------------------
@@ -110,8 +119,6 @@ def check_alias(alias: str) -> str:
     most 64 characters), minus the one-character restriction (alias files are not
     directories); ``default`` is the domain's vdelivermail line, never an alias.
     """
-    from vpopmail.errors import IllegalUsername
-
     alias = check_user(alias.lower(), hashed_dirs=False)
     if alias == DEFAULT:
         raise IllegalUsername("'default' is the domain's .qmail-default, not an alias")
@@ -244,8 +251,6 @@ class AliasStore:
 
     def resolve(self, address: str) -> tuple[str, AssignEntry]:
         """(alias, domain entry) of ``alias@domain`` (a bare alias uses the default domain)."""
-        from vpopmail.errors import IllegalUsername
-
         alias, domain = split_address(address, self.api.default_domain())
         if not domain:
             raise IllegalUsername(f"{address}: not a full email address and no default domain")
@@ -309,8 +314,8 @@ class Aliases(AliasStore):
     def __init__(self, api: "Vpopmail") -> None:
         AliasStore.__init__(self, api)
         config = api.config
-        self.sync = bool(config.delivery_file_sync)
-        self.timeout = float(config.locks_timeout)
+        self.sync = config.delivery_file_sync
+        self.timeout = config.locks_timeout
 
     def path(self, entry: AssignEntry, alias: str) -> str:
         directory = entry.dir

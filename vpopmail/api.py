@@ -70,7 +70,7 @@ class Vpopmail:
         self.config = config
         self.backend = backend or open_backend(config, admin=True)
         self._qmail = qmail
-        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
+        self.timeout = config.locks_timeout
 
     @property
     def qmail(self) -> QmailFiles:
@@ -126,8 +126,8 @@ class Vpopmail:
         Only a complete domain is :class:`DomainAlreadyExists`.
         """
         domain = check_domain(domain.lower())
-        action = catchall.check(default_action or str(self.config.users_default_action),
-                                bool(self.config.users_hashed_dirs))
+        action = catchall.check(default_action or self.config.users_default_action,
+                                self.config.users_hashed_dirs)
         spec = None if postmaster_password is None else NewUser(
             "postmaster", gecos="Postmaster", quota=quota,
             **{"encrypted" if encrypted else "password": postmaster_password})
@@ -141,7 +141,7 @@ class Vpopmail:
             return existing
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
-        root = os.path.join(base_dir or self.config.home, str(self.config.paths_domains_dir))
+        root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
         try:
             # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
             make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
@@ -161,7 +161,7 @@ class Vpopmail:
                 bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
                 make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
             else:
-                bucket = dircontrol.allocate(root, bool(self.config.users_hashed_dirs),
+                bucket = dircontrol.allocate(root, self.config.users_hashed_dirs,
                                              *root_ids)[0]
                 directory = os.path.join(root, bucket, domain)
                 try:
@@ -238,7 +238,7 @@ class Vpopmail:
         """Make ``action`` the catch-all of ``domain`` (vmoddomain -e), checked as by
         vadddomain -e; a user name must name a user of the domain, whose directory it becomes."""
         entry = self.get_domain(domain)
-        action = catchall.check(action, bool(self.config.users_hashed_dirs))
+        action = catchall.check(action, self.config.users_hashed_dirs)
         if catchall.is_name(action):
             user = self.backend.get_user(entry, action)
             if user is None:
@@ -389,7 +389,7 @@ class Vpopmail:
         if not domain:
             raise IllegalUsername(f"{address}: not a full email address and no default domain")
         entry = self.get_domain(domain)
-        return check_user(user, bool(self.config.users_hashed_dirs)), entry
+        return check_user(user, self.config.users_hashed_dirs), entry
 
     def default_domain(self) -> str:
         """$VPOPMAIL_DOMAIN, else users.default_domain, else ~vpopmail/etc/defaultdomain."""
@@ -422,7 +422,7 @@ class Vpopmail:
 
     def _user_record(self, entry: AssignEntry, spec: NewUser, crypted: str) -> VUser:
         """The record for a new user; ``crypted`` is the hash of ``spec.password`` if any."""
-        name = check_user(spec.name.lower(), bool(self.config.users_hashed_dirs))
+        name = check_user(spec.name.lower(), self.config.users_hashed_dirs)
         gecos = self.gecos_text(spec.gecos if spec.gecos is not None else name)
         quota = self.quota_string(spec.quota) if spec.quota is not None else self.default_quota(entry)
         clear = ""
@@ -438,7 +438,7 @@ class Vpopmail:
         """Hashes for the specs' clear-text passwords ('' where there is none), batched."""
         wanted = [i for i, s in enumerate(specs) if s.encrypted is None and s.password]
         hashes = hash_many([specs[i].password or "" for i in wanted],
-                           str(self.config.passwords_scheme))
+                           self.config.passwords_scheme)
         crypted = [""] * len(specs)
         for i, value in zip(wanted, hashes):
             crypted[i] = value
@@ -473,7 +473,7 @@ class Vpopmail:
                         ) -> None:
         """Raise what :meth:`add_users` would refuse (names, clashes with users and, unless
         ``aliases`` is false, with aliases; fields), changing nothing."""
-        names = [check_user(s.name.lower(), bool(self.config.users_hashed_dirs)) for s in specs]
+        names = [check_user(s.name.lower(), self.config.users_hashed_dirs) for s in specs]
         if len(set(names)) != len(names):
             raise UsernameExists("the same name twice in one batch")
         existing = {u.name for u in self.backend.list_users(entry)} if len(specs) > 1 else set()
@@ -522,7 +522,7 @@ class Vpopmail:
         try:
             if fresh:
                 with self._dir_lock(entry.dir, entry.uid, entry.gid):
-                    buckets = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
+                    buckets = dircontrol.allocate(entry.dir, self.config.users_hashed_dirs,
                                                   entry.uid, entry.gid, len(fresh))
                 for record, bucket in zip(fresh, buckets):
                     record.dir = os.path.join(entry.dir, bucket, record.name)
@@ -546,7 +546,7 @@ class Vpopmail:
 
     def imported_record(self, user: VUser) -> VUser:
         """A copy of ``user`` (name lower-cased) if every field can be stored as it is."""
-        name = check_user(user.name.lower(), bool(self.config.users_hashed_dirs))
+        name = check_user(user.name.lower(), self.config.users_hashed_dirs)
         where = f"{name}: "
         for value, too_long, limit in ((user.passwd, PasswdTooLong, MAX_PASSWD),
                                        (user.gecos, GecosTooLong, MAX_GECOS),
@@ -579,7 +579,7 @@ class Vpopmail:
         """Give a user whose record has no directory (an imported or hand-made record) one,
         as vadduser would have, and store it (vdelivermail does this on first delivery)."""
         with self._dir_lock(entry.dir, entry.uid, entry.gid):
-            bucket = dircontrol.allocate(entry.dir, bool(self.config.users_hashed_dirs),
+            bucket = dircontrol.allocate(entry.dir, self.config.users_hashed_dirs,
                                          entry.uid, entry.gid)[0]
         user = user.copy()
         user.dir = os.path.join(entry.dir, bucket, user.name)
@@ -714,7 +714,7 @@ class Vpopmail:
             return user.copy(passwd=_check_text(password, PasswdTooLong, MAX_PASSWD), clear="")
         password = _check_text(password, PasswdTooLong, MAX_PASSWD)
         clear = password if self.config.passwords_clear_passwords else ""
-        return user.copy(passwd=hash_password(password, str(self.config.passwords_scheme)),
+        return user.copy(passwd=hash_password(password, self.config.passwords_scheme),
                          clear=clear)
 
     def set_quota(self, address_or_domain: str, quota: str) -> list[VUser]:

@@ -207,7 +207,7 @@ class Bulletin:
         self.method = method
         self.exclude = exclude or set()
         self.dry_run = dry_run
-        self.sync = bool(api.config.delivery_file_sync)
+        self.sync = api.config.delivery_file_sync
         self.summary = Summary()
         #: hard-link sources of the current domain: device -> (tmp path, its stat)
         self._masters: dict[int, tuple[str, os.stat_result]] = {}

@@ -15,131 +15,108 @@ ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
 _CACHE_VERSION = 3
 
-#: section -> key -> (default, type). The README documents every key with its ./configure twin.
-SCHEMA: dict[str, dict[str, tuple[object, type]]] = {
-    "paths": {
-        "vpopmail_home": ("/home/vpopmail", str),
-        "domains_dir": ("domains", str),
-        "qmail_dir": ("/var/qmail", str),
-        "tcp_smtp": ("etc/tcp.smtp", str),
-        "tcp_smtp_cdb": ("etc/tcp.smtp.cdb", str),
-        "open_smtp": ("etc/open-smtp", str),
-        "qmail_inject": ("bin/qmail-inject", str),
-        "server_socket": ("run/server.sock", str),
-    },
-    "owner": {
-        "user": ("vpopmail", str),
-        "group": ("vchkpw", str),
-        "uid": (89, int),
-        "gid": (89, int),
-    },
-    "passwords": {
-        "scheme": ("sha512-crypt", str),
-        "clear_passwords": (False, bool),
-        "learn_passwords": (False, bool),
-        "rehash_on_login": (False, bool),
-    },
-    "users": {
-        "backend": ("cdb", str),
-        "hashed_dirs": (True, bool),
-        "qmail_ext": (False, bool),
-        "default_domain": ("", str),
-        "quota_warn_percent": (90, int),
-        "default_action": ("bounce-no-mailbox", str),
-    },
-    "relay": {
-        "roaming_users": (False, bool),
-        "relay_clear_minutes": (180, int),
-        "rebuild_tcpserver": (True, bool),
-        "lock_timeout": (5, int),
-    },
-    "delivery": {
-        "file_sync": (True, bool),
-        "max_hops": (100, int),
-    },
-    "logging": {
-        "level": ("e", str),
-        "auth_logging": (True, bool),
-        "log_name": ("vpopmail", str),
-        "syslog_socket": ("/dev/log", str),
-    },
-    "locks": {
-        "timeout": (20, int),
-    },
-    # vpopmail-server, the resident process behind the C front ends of vdelivermail/vchkpw
-    "server": {
-        "workers": (32, int),
-        "requests_per_worker": (1000, int),
-        "idle_timeout": (60, int),
-        "request_timeout": (10, int),
-        "root_logins": (False, bool),
-    },
-    # users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its ./configure
-    # switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
-    "mysql": {
-        "many_domains": (True, bool),
-        "limits_table": (False, bool),
-        "sql_logging": (False, bool),
-        "connect_timeout": (2, int),
-        "read_fallback": (True, bool),
-        "read_host": ("localhost", str),
-        "read_port": (0, int),
-        "read_socket": ("", str),
-        "read_user": ("vpopmail", str),
-        "read_password": ("", str),
-        "read_database": ("vpopmail", str),
-        "update_host": ("", str),
-        "update_port": (0, int),
-        "update_socket": ("", str),
-        "update_user": ("", str),
-        "update_password": ("", str),
-        "update_database": ("", str),
-    },
-}
-
-_CHOICES = {
-    ("passwords", "scheme"): ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt",
-                              "argon2"),
-    ("logging", "level"): ("n", "e", "y", "p", "v"),
-    ("users", "backend"): ("cdb", "mysql"),
-}
+#: a setting's value: TOML's string, integer or boolean
+Value = str | int | bool
 
 
 class Config:
-    """Validated settings; attribute names are ``section_key`` flattened (e.g. ``owner_uid``)."""
+    """Validated settings, one typed attribute per key: ``section_key`` flattened (e.g.
+    ``owner_uid``). The class body is the schema: each key's type and compiled-in default
+    (the README documents every key with its ./configure twin); ``values`` holds them all."""
 
-    __slots__ = ("path", "values")
+    # [paths]
+    paths_vpopmail_home: str = "/home/vpopmail"
+    paths_domains_dir: str = "domains"
+    paths_qmail_dir: str = "/var/qmail"
+    paths_tcp_smtp: str = "etc/tcp.smtp"
+    paths_tcp_smtp_cdb: str = "etc/tcp.smtp.cdb"
+    paths_open_smtp: str = "etc/open-smtp"
+    paths_qmail_inject: str = "bin/qmail-inject"
+    paths_server_socket: str = "run/server.sock"
+    # [owner]
+    owner_user: str = "vpopmail"
+    owner_group: str = "vchkpw"
+    owner_uid: int = 89
+    owner_gid: int = 89
+    # [passwords]
+    passwords_scheme: str = "sha512-crypt"
+    passwords_clear_passwords: bool = False
+    passwords_learn_passwords: bool = False
+    passwords_rehash_on_login: bool = False
+    # [users]
+    users_backend: str = "cdb"
+    users_hashed_dirs: bool = True
+    users_qmail_ext: bool = False
+    users_default_domain: str = ""
+    users_quota_warn_percent: int = 90
+    users_default_action: str = "bounce-no-mailbox"
+    # [relay]
+    relay_roaming_users: bool = False
+    relay_relay_clear_minutes: int = 180
+    relay_rebuild_tcpserver: bool = True
+    relay_lock_timeout: int = 5
+    # [delivery]
+    delivery_file_sync: bool = True
+    delivery_max_hops: int = 100
+    # [logging]
+    logging_level: str = "e"
+    logging_auth_logging: bool = True
+    logging_log_name: str = "vpopmail"
+    logging_syslog_socket: str = "/dev/log"
+    # [locks]
+    locks_timeout: int = 20
+    # [server]: vpopmail-server, the resident process behind the C front ends of
+    # vdelivermail/vchkpw
+    server_workers: int = 32
+    server_requests_per_worker: int = 1000
+    server_idle_timeout: int = 60
+    server_request_timeout: int = 10
+    server_root_logins: bool = False
+    # [mysql]: users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its
+    # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
+    mysql_many_domains: bool = True
+    mysql_limits_table: bool = False
+    mysql_sql_logging: bool = False
+    mysql_connect_timeout: int = 2
+    mysql_read_fallback: bool = True
+    mysql_read_host: str = "localhost"
+    mysql_read_port: int = 0
+    mysql_read_socket: str = ""
+    mysql_read_user: str = "vpopmail"
+    mysql_read_password: str = ""
+    mysql_read_database: str = "vpopmail"
+    mysql_update_host: str = ""
+    mysql_update_port: int = 0
+    mysql_update_socket: str = ""
+    mysql_update_user: str = ""
+    mysql_update_password: str = ""
+    mysql_update_database: str = ""
 
-    def __init__(self, values: dict[str, object], path: str = "") -> None:
+    def __init__(self, values: dict[str, Value], path: str = "") -> None:
+        vars(self).update(values)
         self.path = path
         self.values = values
 
-    def __getattr__(self, name: str) -> object:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    # Typed accessors for what every program needs.
+    # What every program needs, derived.
     @property
     def home(self) -> str:
-        return str(self.values["paths_vpopmail_home"])
+        return self.paths_vpopmail_home
 
     @property
     def domains_root(self) -> str:
-        return os.path.join(self.home, str(self.values["paths_domains_dir"]))
+        return os.path.join(self.home, self.paths_domains_dir)
 
     @property
     def qmail_dir(self) -> str:
-        return str(self.values["paths_qmail_dir"])
+        return self.paths_qmail_dir
 
     @property
     def uid(self) -> int:
-        return int(self.values["owner_uid"])  # type: ignore[call-overload]
+        return self.owner_uid
 
     @property
     def gid(self) -> int:
-        return int(self.values["owner_gid"])  # type: ignore[call-overload]
+        return self.owner_gid
 
     def home_path(self, key: str) -> str:
         """A ``paths`` entry; relative ones are under the vpopmail home (qmail_* under qmail_dir)."""
@@ -150,9 +127,28 @@ class Config:
         return os.path.join(base, value)
 
 
-def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
+def _schema() -> dict[str, dict[str, tuple[Value, type[Value]]]]:
+    """section -> key -> (default, type), from :class:`Config`'s body, in its order."""
+    schema: dict[str, dict[str, tuple[Value, type[Value]]]] = {}
+    for name, kind in Config.__annotations__.items():
+        section, _, key = name.partition("_")
+        schema.setdefault(section, {})[key] = (getattr(Config, name), kind)
+    return schema
+
+
+SCHEMA = _schema()
+
+_CHOICES = {
+    ("passwords", "scheme"): ("sha512-crypt", "sha256-crypt", "md5-crypt", "des-crypt", "bcrypt",
+                              "argon2"),
+    ("logging", "level"): ("n", "e", "y", "p", "v"),
+    ("users", "backend"): ("cdb", "mysql"),
+}
+
+
+def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
     """Check a parsed TOML document against SCHEMA; return the flattened values."""
-    values: dict[str, object] = {}
+    values: dict[str, Value] = {}
     for section, entries in raw.items():
         if section not in SCHEMA:
             raise ConfigError(f"{source}: unknown section [{section}]")
@@ -168,21 +164,21 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, object]:
             value = given.get(key, default)
             if type(value) is not kind:
                 raise ConfigError(f"{source}: {section}.{key} must be {kind.__name__}, got {value!r}")
-            if kind is str and "\0" in value:  # type: ignore[operator]
+            if isinstance(value, str) and "\0" in value:
                 raise ConfigError(f"{source}: {section}.{key} contains a NUL character")
             choices = _CHOICES.get((section, key))
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}")
             values[f"{section}_{key}"] = value
     for key in ("server_workers", "server_requests_per_worker"):
-        if int(values[key]) < 1:  # type: ignore[call-overload]
+        if int(values[key]) < 1:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 1")
-    if not 0 < int(values["users_quota_warn_percent"]) <= 100:  # type: ignore[call-overload]
+    if not 0 < int(values["users_quota_warn_percent"]) <= 100:
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
                 "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
                 "mysql_update_port", "server_request_timeout", "server_idle_timeout"):
-        if int(values[key]) < 0:  # type: ignore[call-overload]
+        if int(values[key]) < 0:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
 
@@ -222,7 +218,7 @@ def load(path: str | None = None) -> Config:
     return Config(values, path)
 
 
-def parse_file(path: str) -> dict[str, object]:
+def parse_file(path: str) -> dict[str, Value]:
     """Parse and validate the TOML file (slow path: imports tomllib)."""
     import tomllib
 
@@ -240,7 +236,7 @@ def parse_file(path: str) -> dict[str, object]:
     return validate(raw, path)
 
 
-def write_cache(path: str, values: dict[str, object], ident: tuple[int, int, int, int],
+def write_cache(path: str, values: dict[str, Value], ident: tuple[int, int, int, int],
                 source: os.stat_result) -> None:
     """Best effort: a reader that may not write etc/ just keeps parsing the TOML. The cache
     gets the file's permission bits and (as root) owner: it holds the same secrets, e.g. the
@@ -270,7 +266,7 @@ def toml_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def render(values: dict[str, object]) -> str:
+def render(values: dict[str, Value]) -> str:
     """TOML text for flattened values (used by the installer)."""
     lines = ["# pyvpopmail configuration; every key is described in README.md.", ""]
     for section, entries in SCHEMA.items():

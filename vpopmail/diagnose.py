@@ -153,7 +153,7 @@ class Diagnosis:
                         "check the spelling: domain names are letters, digits, '-' and '.' "
                         "(no '..'), 3 to 96 characters") from None
         try:
-            check_user(user, bool(self.config.users_hashed_dirs))
+            check_user(user, self.config.users_hashed_dirs)
         except VpopmailError as exc:
             raise Fault(f"{user!r} is not a valid user name ({exc})",
                         "check the spelling: vpopmail user names are letters, digits and "
@@ -282,7 +282,7 @@ class Diagnosis:
     def check_dot_qmail_default(self) -> str:
         entry = self._entry()
         path = os.path.join(entry.dir, catchall.DOT_QMAIL_DEFAULT)
-        write = (f"vmoddomain -e {catchall.quote(str(self.config.users_default_action))} "
+        write = (f"vmoddomain -e {catchall.quote(self.config.users_default_action)} "
                  f"{entry.real_domain} (or your own catch-all after -e)")
         try:
             found = catchall.read_file(entry.dir)
@@ -426,7 +426,7 @@ class Diagnosis:
         assert user is not None
         address = f"{user.name}@{entry.real_domain}"
         effective = self.api.effective_flags(user, entry)
-        roaming = bool(self.config.relay_roaming_users)
+        roaming = self.config.relay_roaming_users
         found = [(bit, text) for bit, text in BLOCKING
                  if effective & bit and (bit != flags.NO_RELAY or roaming)]
         if not found:

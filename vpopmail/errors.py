@@ -1,76 +1,250 @@
-"""One exception hierarchy that keeps vpopmail's numeric ``VA_*`` codes.
+"""What goes wrong, and what the programs answer: one exception hierarchy that keeps vpopmail's
+numeric ``VA_*`` codes and C's texts, then the exit codes of vdelivermail and vchkpw, each named
+once, with C's fixed texts.
 
-Hot-path safe: imports nothing, and builds a class only when it is first used.
+Each class names its C constant (``VA_USER_DOES_NOT_EXIST``) in its docstring; codes from -100
+down are ours, not in C vpopmail (which printed a warning, or answered "not found" for a local
+fault that then bounced real mail); -108 to -113 are the alias errors of vpopmail/aliases.py.
+A local fault (unreadable file, lock timeout, disk full) is a :class:`TemporaryError`: mail
+must be deferred (:data:`DEFER`), never bounced, and a login answered :data:`TEMPORARY`,
+never "wrong password".
+
+Hot-path safe: imports nothing. Both hot paths import this module anyway, so the exit codes
+cost no module of their own; the classes are built at import (the README's Performance
+section has the cost).
 """
+
 
 class VpopmailError(Exception):
     """Base of every error the library raises; ``code`` is vpopmail's VA_* number."""
 
     code = -1
     message = "vpopmail error"
-    #: A local fault (unreadable file, lock timeout, disk full): mail must be deferred, not bounced.
-    temporary = False
 
     def __init__(self, detail: str = "") -> None:
         self.detail = detail
         super().__init__(f"{self.message}: {detail}" if detail else self.message)
 
-
-def _define(name: str, code: int, message: str, temporary: bool = False) -> type[VpopmailError]:
-    return type(name, (VpopmailError,), {"code": code, "message": message, "temporary": temporary,
-                                          "__doc__": f"VA code {code}: {message}."})
-
-
-#: name -> (VA code, message, temporary). The classes are made on first use (PEP 562
-#: module ``__getattr__``): creating all of them costs 0.35 ms, paid by every delivery
-#: and login otherwise. Codes from -100 down are ours, not in C vpopmail (which printed
-#: a warning, or answered "not found" for a local fault that then bounced real mail).
-_TABLE: dict[str, tuple[int, str, bool]] = {
-    "IllegalUsername": (-1, "Illegal username", False),
-    "UsernameExists": (-2, "Username exists", False),
-    "BadDir": (-3, "Unable to chdir to vpopmail directory", False),
-    "BadDomainsDir": (-5, "Unable to chdir to vpopmail/domains directory", False),
-    "BadDomainDir": (-6, "Unable to chdir to vpopmail/domains/domain directory", False),
-    "UserDirExists": (-7, "User's directory already exists", False),
-    "SubdirCreation": (-9, "Creation of user's subdirectories failed", False),
-    "UserDoesNotExist": (-10, "User does not exist", False),
-    "DomainDoesNotExist": (-11, "Domain does not exist", False),
-    "InvalidDomainName": (-12, "Invalid domain name", False),
-    "DomainAlreadyExists": (-13, "Domain already exists", False),
-    "CouldNotMakeDomainDir": (-14, "Could not make domain dir", False),
-    "CouldNotUpdateFile": (-17, "Could not update file", True),
-    "CryptFailed": (-18, "Crypt failed", False),
-    "BadChar": (-20, "bad character", False),
-    "BadUid": (-22, "running as invalid uid", False),
-    "NoAuthConnection": (-23, "no authentication database connection", True),
-    "UserNameTooLong": (-25, "user name too long", False),
-    "DomainNameTooLong": (-26, "domain name too long", False),
-    "PasswdTooLong": (-27, "password too long", False),
-    "GecosTooLong": (-28, "gecos too long", False),
-    "QuotaTooLong": (-29, "quota too long", False),
-    "DirTooLong": (-30, "dir too long", False),
-    "ClearPasswdTooLong": (-31, "clear password too long", False),
-    "InvalidEmailChar": (-34, "invalid email character", False),
-    "CannotReadLimits": (-36, "can't read domain limits", False),
-    "CannotReadAssign": (-37, "can't read users/assign file", True),
-    "CannotDeleteCatchall": (-55, "can't delete catchall account", False),
-    "CorruptData": (-100, "corrupt data file", True),
-    "LockTimeout": (-101, "File busy try again later!", True),
-    "ConfigError": (-102, "configuration error", True),
-    "BadInput": (-104, "bad input", False),
-    "AliasDomainsExist": (-103, "Alias domains exist, use -f to delete them too", False),
-    "DeliveryFailed": (-105, "system error", True),
-    "OverQuota": (-106, "user is over quota", False),
-    "OutsideDomain": (-107, "not a real directory of the domain", False),
-}
+    @property
+    def status(self) -> int:
+        """Exit status of the admin commands: the code's low byte (C's ``exit(verrori)``)."""
+        return self.code & 0xFF
 
 
-def __getattr__(name: str) -> type[VpopmailError]:
-    """The error class ``name`` (``from vpopmail.errors import UserDoesNotExist``)."""
-    try:
-        code, message, temporary = _TABLE[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    cls = _define(name, code, message, temporary)
-    globals()[name] = cls
-    return cls
+class TemporaryError(VpopmailError):
+    """A local fault: defer the mail, answer "try again later"; never a bounce or a refusal."""
+
+
+class IllegalUsername(VpopmailError):
+    """VA_ILLEGAL_USERNAME"""
+    code = -1
+    message = "Illegal username"
+
+
+class UsernameExists(VpopmailError):
+    """VA_USERNAME_EXISTS"""
+    code = -2
+    message = "Username exists"
+
+
+class BadDomainDir(VpopmailError):
+    """VA_BAD_V_DIR"""
+    code = -6
+    message = "Unable to chdir to vpopmail/domains/domain directory"
+
+
+class UserDirExists(VpopmailError):
+    """VA_EXIST_U_DIR"""
+    code = -7
+    message = "User's directory already exists"
+
+
+class SubdirCreation(VpopmailError):
+    """VA_SUBDIR_CREATION"""
+    code = -9
+    message = "Creation of user's subdirectories failed"
+
+
+class UserDoesNotExist(VpopmailError):
+    """VA_USER_DOES_NOT_EXIST"""
+    code = -10
+    message = "User does not exist"
+
+
+class DomainDoesNotExist(VpopmailError):
+    """VA_DOMAIN_DOES_NOT_EXIST"""
+    code = -11
+    message = "Domain does not exist"
+
+
+class InvalidDomainName(VpopmailError):
+    """VA_INVALID_DOMAIN_NAME"""
+    code = -12
+    message = "Invalid domain name"
+
+
+class DomainAlreadyExists(VpopmailError):
+    """VA_DOMAIN_ALREADY_EXISTS"""
+    code = -13
+    message = "Domain already exists"
+
+
+class CouldNotMakeDomainDir(VpopmailError):
+    """VA_COULD_NOT_MAKE_DOMAIN_DIR"""
+    code = -14
+    message = "Could not make domain dir"
+
+
+class CouldNotUpdateFile(TemporaryError):
+    """VA_COULD_NOT_UPDATE_FILE"""
+    code = -17
+    message = "Could not update file"
+
+
+class CryptFailed(VpopmailError):
+    """VA_CRYPT_FAILED"""
+    code = -18
+    message = "Crypt failed"
+
+
+class BadChar(VpopmailError):
+    """VA_BAD_CHAR"""
+    code = -20
+    message = "bad character"
+
+
+class BadUid(VpopmailError):
+    """VA_BAD_UID"""
+    code = -22
+    message = "running as invalid uid"
+
+
+class NoAuthConnection(TemporaryError):
+    """VA_NO_AUTH_CONNECTION"""
+    code = -23
+    message = "no authentication database connection"
+
+
+class UserNameTooLong(VpopmailError):
+    """VA_USER_NAME_TOO_LONG"""
+    code = -25
+    message = "user name too long"
+
+
+class DomainNameTooLong(VpopmailError):
+    """VA_DOMAIN_NAME_TOO_LONG"""
+    code = -26
+    message = "domain name too long"
+
+
+class PasswdTooLong(VpopmailError):
+    """VA_PASSWD_TOO_LONG"""
+    code = -27
+    message = "password too long"
+
+
+class GecosTooLong(VpopmailError):
+    """VA_GECOS_TOO_LONG"""
+    code = -28
+    message = "gecos too long"
+
+
+class QuotaTooLong(VpopmailError):
+    """VA_QUOTA_TOO_LONG"""
+    code = -29
+    message = "quota too long"
+
+
+class CannotReadLimits(VpopmailError):
+    """VA_CANNOT_READ_LIMITS"""
+    code = -36
+    message = "can't read domain limits"
+
+
+class CannotReadAssign(TemporaryError):
+    """VA_CANNOT_READ_ASSIGN"""
+    code = -37
+    message = "can't read users/assign file"
+
+
+class CannotDeleteCatchall(VpopmailError):
+    """VA_CANNOT_DELETE_CATCHALL"""
+    code = -55
+    message = "can't delete catchall account"
+
+
+class CorruptData(TemporaryError):
+    """Ours: a damaged data file (cdb, vpasswd, assign, maildirsize)."""
+    code = -100
+    message = "corrupt data file"
+
+
+class LockTimeout(TemporaryError):
+    """Ours: a lock not obtained in time."""
+    code = -101
+    message = "File busy try again later!"
+
+
+class ConfigError(TemporaryError):
+    """Ours: an unreadable or invalid vpopmail.toml."""
+    code = -102
+    message = "configuration error"
+
+
+class AliasDomainsExist(VpopmailError):
+    """Ours: vdeldomain of a domain that still has alias domains."""
+    code = -103
+    message = "Alias domains exist, use -f to delete them too"
+
+
+class BadInput(VpopmailError):
+    """Ours: an argument or input line refused."""
+    code = -104
+    message = "bad input"
+
+
+class DeliveryFailed(TemporaryError):
+    """Ours: a Maildir write that failed (not over quota)."""
+    code = -105
+    message = "system error"
+
+
+class OverQuota(VpopmailError):
+    """Ours: the file system's quota (EDQUOT) refused a delivery."""
+    code = -106
+    message = "user is over quota"
+
+
+class OutsideDomain(VpopmailError):
+    """Ours: a path that is not a real directory of the domain."""
+    code = -107
+    message = "not a real directory of the domain"
+
+
+# Outcomes: vdelivermail -> qmail-local, which reads only the exit code and what was printed on
+# stdout (qmail-send logs the text, or puts it in the bounce) ----------------------------------
+DELIVERED = 0
+#: delivered, and qmail-local reads no further instructions of the .qmail file (a program's 99)
+STOP = 99
+#: a permanent failure: qmail-send bounces the message with the text printed
+BOUNCE = 100
+#: a temporary failure, and every local fault: qmail-send tries again later
+DEFER = 111
+
+NO_MAILBOX = "Sorry, no mailbox here by that name. (#5.1.1)"  # BOUNCE (or .no-user.msg)
+LOOPING = "mail is looping"  # BOUNCE
+OVER_QUOTA = "user is over quota"  # BOUNCE (or .over-quota.msg)
+BAD_SYNTAX = "vdelivermail: invalid syntax in .qmail-default file"  # DEFER
+SYSTEM_ERROR = "system error"  # DEFER: the Maildir write failed
+INJECT_FAILED = "system error calling qmail-inject"  # DEFER, or qmail-inject's own exit code
+VALIASES_DONE = "vdelivermail: valiases processed"  # DELIVERED
+DATABASE_DOWN = "vdelivermail: deferred, database down"  # DEFER
+
+# Outcomes: vchkpw -> the POP3/IMAP server or SMTP AUTH (checkpassword; after a good login it
+# execs the next program, whose exit code is the answer) ---------------------------------------
+REJECTED = 1
+MISUSE = 2
+#: Dovecot's "unknown user", for its userdb lookups (AUTHORIZED=1) only
+DOVECOT_NO_USER = 3
+#: a temporary failure, and every local fault (C vpopmail answered 3, "wrong password")
+TEMPORARY = 111

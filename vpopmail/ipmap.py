@@ -69,7 +69,7 @@ def default_domain(config: Config, environ: dict[str, str], local_ip: str = "") 
                 if not _is_local(config, domain):
                     return domain
                 break
-    configured = str(config.users_default_domain)
+    configured = config.users_default_domain
     if configured:
         return configured.lower()
     return _first_line(os.path.join(config.home, "etc", DEFAULT_FILE)).lower()
@@ -94,7 +94,7 @@ def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
     """Add (``add``) or delete the pair ``ip domain``; an add replaces an equal pair. Return
     whether the map changed."""
     path = map_path(config)
-    with FileLock(path + ".lock", float(config.locks_timeout),  # type: ignore[arg-type]
+    with FileLock(path + ".lock", config.locks_timeout,
                   config.uid, config.gid):
         pairs = read_map(config)
         kept = [pair for pair in pairs if pair != (ip, domain)]
@@ -104,5 +104,5 @@ def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
             return False
         text = "".join(f"{a} {b}\n" for a, b in kept)
         atomic_write(path, text.encode(), 0o644, config.uid, config.gid,
-                     bool(config.delivery_file_sync))
+                     config.delivery_file_sync)
     return True

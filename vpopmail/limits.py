@@ -136,7 +136,7 @@ def read(domain_dir: str, vpopmail_home: str) -> Limits:
 
 def in_table(config: Config) -> bool:
     """Domain limits live in the SQL ``limits`` table."""
-    return config.users_backend == "mysql" and bool(config.mysql_limits_table)
+    return config.users_backend == "mysql" and config.mysql_limits_table
 
 
 def for_domain(config: Config, entry: AssignEntry, database: "UserDatabase") -> Limits:

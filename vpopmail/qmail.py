@@ -25,8 +25,8 @@ class QmailFiles:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root = config.qmail_dir
-        self.timeout = float(config.locks_timeout)  # type: ignore[arg-type]
-        self.sync = bool(config.delivery_file_sync)
+        self.timeout = config.locks_timeout
+        self.sync = config.delivery_file_sync
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)

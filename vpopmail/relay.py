@@ -37,10 +37,9 @@ class RelayTable:
         self.tcp_smtp = config.home_path("tcp_smtp")
         self.cdb = config.home_path("tcp_smtp_cdb")
         self.owner = (config.uid, config.gid)
-        self.rebuild_cdb = bool(config.relay_rebuild_tcpserver)
-        self.sync = bool(config.delivery_file_sync)
-        self.timeout = float(config.relay_lock_timeout if timeout is None  # type: ignore[arg-type]
-                             else timeout)
+        self.rebuild_cdb = config.relay_rebuild_tcpserver
+        self.sync = config.delivery_file_sync
+        self.timeout = float(config.relay_lock_timeout if timeout is None else timeout)
 
     def _lock(self, path: str) -> FileLock:
         return FileLock(path, self.timeout, *self.owner)

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             os.setgroups([])
             os.setgid(settings.gid)
             os.setuid(settings.uid)
-        relay_table(settings, timeout=float(settings.locks_timeout)).clear(  # type: ignore[arg-type]
-            int(settings.relay_relay_clear_minutes))  # type: ignore[call-overload]
+        relay_table(settings, timeout=settings.locks_timeout).clear(
+            settings.relay_relay_clear_minutes)
         return 0
 
     return run(body, USAGE)

@@ -119,7 +119,7 @@ def prompt_password(name: str) -> str:
 def run(body: Callable[[], int | None], usage: str,
         messages: dict[type, str] | None = None) -> int:
     """Run a command body: usage errors print ``usage`` (exit 255); library errors print
-    ``Error: ...`` with the VA code as exit status (``messages`` replaces a class's text);
+    ``Error: ...`` with the error's ``status`` as exit status (``messages`` replaces a class's text);
     end of input at a prompt (which comes before any change) or an interrupt, one line on
     stderr (exit 255 or 130), no traceback."""
     name = sys.argv[0].rsplit("/", 1)[-1]
@@ -146,7 +146,7 @@ def run(body: Callable[[], int | None], usage: str,
                 break
         else:
             error(str(exc))
-        return exc.code & 0xFF
+        return exc.status
 
 
 def open_api(config_path: str | None) -> Vpopmail:

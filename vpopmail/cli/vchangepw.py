@@ -7,7 +7,7 @@ import sys
 from auth.passwords import dummy_check, verify_password
 from vpopmail.cli.common import error, open_api, prompt_password, run
 from vpopmail.cmdline import OPTIONS, answer
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import TemporaryError, VpopmailError
 
 MAX_ADDRESS = 160
 USAGE = """\
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         old = getpass.getpass("Enter old password: ") if sys.stdin.isatty() else \
             sys.stdin.readline().rstrip("\n")
-        scheme = str(api.config.passwords_scheme)
+        scheme = api.config.passwords_scheme
         try:
             user, entry = api.get_user(address)
             known = verify_password(old, user.passwd, scheme)
-        except VpopmailError as exc:
-            if exc.temporary:
-                raise
+        except TemporaryError:
+            raise
+        except VpopmailError:
             dummy_check(old, scheme)  # an unknown address costs what a wrong password costs
             known = False
         if not known:

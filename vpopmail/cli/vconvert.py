@@ -67,7 +67,7 @@ T = TypeVar("T", VUser, NewUser)
 
 def export_text(api: Vpopmail, entry: AssignEntry) -> str:
     """A domain's users as vpasswd lines; the clear-text field whenever there is one."""
-    keep_clear = bool(api.config.passwords_clear_passwords)
+    keep_clear = api.config.passwords_clear_passwords
     return "".join(format_line(u, keep_clear or bool(u.clear)) + "\n"
                    for u in api.backend.list_users(entry))
 
@@ -120,7 +120,7 @@ def system_accounts(api: Vpopmail, passwd: str, shadow: str) -> tuple[list[NewUs
             continue
         crypted = hashes[name] if hashes is not None else fields[1]
         try:
-            name = check_user(name.lower(), bool(api.config.users_hashed_dirs))
+            name = check_user(name.lower(), api.config.users_hashed_dirs)
         except VpopmailError:
             skipped.append(name)
             continue
@@ -227,7 +227,7 @@ class Convert:
         except VpopmailError as exc:
             self.say(f"converting {entry.real_domain} domain conversion failed")
             print(f"Error: {exc}", file=self.out)
-            self.status = exc.code & 0xFF
+            self.status = exc.status
             return
         self.say(f"converting {entry.real_domain} done")
         if self.debug:
@@ -245,7 +245,7 @@ class Convert:
             else:
                 assert path is not None
                 atomic_write(path, text.encode("utf-8", "surrogateescape"), 0o600,
-                             sync=bool(api.config.delivery_file_sync))
+                             sync=api.config.delivery_file_sync)
             return text.count("\n")
         if self.source == "p":
             assert self.pairs is not None

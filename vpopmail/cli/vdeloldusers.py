@@ -85,7 +85,7 @@ class Run:
             pass  # deleted meanwhile by someone else
         except VpopmailError as exc:
             error(str(exc))
-            self.status = exc.code & 0xFF
+            self.status = exc.status
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:

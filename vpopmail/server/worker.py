@@ -116,7 +116,8 @@ def plan_class() -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
     worker keeps its ids and directory, the front end takes the ones the plan names."""
     from auth.backend import VUser, close_backends
-    from auth.vchkpw import SMTP, TEMPORARY, Finish, Vchkpw
+    from auth.vchkpw import SMTP, Finish, Vchkpw
+    from vpopmail.errors import TEMPORARY
     from vpopmail.assign import AssignEntry
 
     class PlanningVchkpw(Vchkpw):
@@ -303,11 +304,10 @@ class Settings:
 
     def __init__(self, settings: vconfig.Config, config: str | None) -> None:
         self.config = config
-        self.workers = int(settings.server_workers)  # type: ignore[call-overload]
-        self.requests_per_worker = int(
-            settings.server_requests_per_worker)  # type: ignore[call-overload]
-        self.idle_timeout = int(settings.server_idle_timeout)  # type: ignore[call-overload]
-        self.timeout = int(settings.server_request_timeout)  # type: ignore[call-overload]
+        self.workers = settings.server_workers
+        self.requests_per_worker = settings.server_requests_per_worker
+        self.idle_timeout = settings.server_idle_timeout
+        self.timeout = settings.server_request_timeout
         self.log_fd = high(os.dup(2))
         self.started = time.time()
         self.counters = mmap.mmap(-1, COUNTERS.size)  # the parent writes, a worker reads

@@ -11,7 +11,7 @@ from auth.backend import VUser
 from maildir.quota import scan_usage
 from vpopmail import flags, ipmap, limits
 from vpopmail.aliases import open_aliases
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import TemporaryError, VpopmailError
 from vpopmail.fsutil import OwnerIds
 from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
@@ -257,10 +257,8 @@ def get_domain_size(s: Session, t: Tokens) -> None:
 def _entries(s: Session, minor: int) -> list:  # type: ignore[type-arg]
     try:
         return s.api.domains()
-    except VpopmailError as exc:
-        if exc.temporary:
-            raise Refusal(31, minor) from None
-        raise
+    except TemporaryError:
+        raise Refusal(31, minor) from None
 
 
 def list_domains(s: Session, t: Tokens) -> None:
@@ -324,7 +322,7 @@ def dom_info(s: Session, t: Tokens) -> None:
         entry = s.api.get_domain(domain)
         aliases = s.api.aliases_of(entry.real_domain)
     except VpopmailError as exc:
-        raise Refusal(0, 1403 if exc.temporary else 1404, str(exc)) from None
+        raise Refusal(0, 1403 if isinstance(exc, TemporaryError) else 1404, str(exc)) from None
     real = s.api.get_domain(entry.real_domain)
     s.send(OK_MORE, f"domain {real.domain}", f"path {real.dir}", f"uid {real.uid}",
            f"gid {real.gid}", *(f"alias {alias}" for alias in aliases), END)

@@ -84,7 +84,7 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
             full = entry.dir + path[slash:]
     config = s.api.config
     if s.system_admin:
-        root = os.path.join(config.home, str(config.paths_domains_dir))
+        root = os.path.join(config.home, config.paths_domains_dir)
         minor, uid, gid = 1510, config.uid, config.gid
     elif s.domain_admin:
         root, minor, uid, gid = s.entry.dir, 1511, s.entry.uid, s.entry.gid
@@ -100,7 +100,7 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
                       "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
     if s.domain_admin and _in_system_admin_dir(s, wanted):
         raise Refusal(26, minor, "Unauthorized Directory. (a system administrator's account)")
-    return root, below, int(uid), int(gid)  # type: ignore[arg-type]
+    return root, below, uid, gid
 
 
 def _in_system_admin_dir(s: Session, wanted: list[str]) -> bool:

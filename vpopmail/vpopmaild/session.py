@@ -17,7 +17,7 @@ from auth.vchkpw import LEVELS, remote_ip
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import TemporaryError, VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
@@ -56,9 +56,9 @@ class Session:
         self.entry: AssignEntry | None = None
         self.flags = 0
         config = api.config
-        self.log = Syslog(str(config.logging_log_name), str(config.logging_syslog_socket))
+        self.log = Syslog(config.logging_log_name, config.logging_syslog_socket)
         #: (log failures, log successes, show the password), as vchkpw reads logging.level
-        self.levels = LEVELS.get(str(config.logging_level), LEVELS["e"])
+        self.levels = LEVELS.get(config.logging_level, LEVELS["e"])
         self.ip = remote_ip(dict(os.environ))
 
     # -- who may do what (C's AuthVpw.pw_gid tests) -------------------------------------------
@@ -112,9 +112,9 @@ class Session:
         either does not exist. A temporary fault is raised as it is (``-ERR 0.100``)."""
         try:
             return self.api.get_user(f"{name}@{domain}")
-        except VpopmailError as exc:
-            if exc.temporary:
-                raise
+        except TemporaryError:
+            raise
+        except VpopmailError:
             raise missing from None
 
     def is_me(self, name: str, domain: str) -> bool:
@@ -176,15 +176,15 @@ class Session:
             entry = self.api.find_domain(domain)
             user = self.api.backend.get_user(entry, name) if entry and is_valid_user(name) \
                 else None
-        except VpopmailError as exc:
-            if exc.temporary:
-                self.note(f"user database unreadable ({exc})", address, LOG_ERR)
-                self.send(str(Refusal(1, 206, f"Can't open authentication database: {exc}")))
-                return None
+        except TemporaryError as exc:
+            self.note(f"user database unreadable ({exc})", address, LOG_ERR)
+            self.send(str(Refusal(1, 206, f"Can't open authentication database: {exc}")))
+            return None
+        except VpopmailError:
             entry = user = None
         if user is None:
             # the cost of a wrong password, and its answer: who exists does not show
-            dummy_check(password, str(self.api.config.passwords_scheme))
+            dummy_check(password, self.api.config.passwords_scheme)
             if self.levels[0]:
                 self.note("vpopmail user not found", address)
             self.send(str(Refusal(8, 207)))
