@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auth.mysql import Connection, Server, munch_domain
 from conftest import Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
 from mariadb_site import PASSWORD, RO, RW, Database
 from vpopmail.cdb import lookup
 from vpopmail.limits import COLUMNS, NUMBERS, SWITCHES, Limits
+from vpopmail.stores.sql import Connection, Server, munch_domain
 
 
 def user_dir(inst: Install, name: str, domain: str = DOMAIN) -> Path:
@@ -272,7 +272,7 @@ def test_a_server_that_has_gone_away_is_temporary_and_the_next_query_reconnects(
     queries (a restart, wait_timeout, KILL). The query on the dead link is a temporary error
     naming the server, never "no such user"; the connection is dropped and the next query
     opens a new one."""
-    from auth.mysql import MySQLDatabase
+    from vpopmail.stores.sql import MySQLDatabase
     from vpopmail import config as vconfig
     from vpopmail.errors import NoAuthConnection
 
@@ -326,7 +326,7 @@ def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Databas
     sql_site(vhome, sql_db)
     api = vhome.api()
     entry = api.get_domain(DOMAIN)
-    from auth.backend import VUser
+    from vpopmail.stores.base import VUser
 
     users = [VUser("new1", dir="/x/new1"), VUser("alice", dir="/x/alice")]
     with pytest.raises(Exception, match="Username exists"):

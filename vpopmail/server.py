@@ -227,13 +227,13 @@ class ExecPlan(BaseException):
 
 def plan_class() -> type:
     """vchkpw's Vchkpw whose final exec becomes an :class:`ExecPlan` (imported on use)."""
-    from auth.backend import close_backends
     from auth.vchkpw import TEMPORARY, Finish, Vchkpw
+    from vpopmail.stores import close_stores
 
     class PlanningVchkpw(Vchkpw):
         def exec(self, command: list[str], env: dict[str, str]) -> None:
             self.log.close()
-            close_backends()
+            close_stores()
             path = command[0]
             candidates = ([path] if "/" in path else
                           [os.path.join(d, path) for d in os.get_exec_path(env)])
@@ -330,19 +330,15 @@ def preload() -> None:
     """Import what the workers run, so that a fork starts warm."""
     import gc
 
-    import auth.cdbfiles  # noqa: F401
     import auth.passwords  # noqa: F401
     import auth.vchkpw  # noqa: F401
     import delivery.vdelivermail  # noqa: F401
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import select  # noqa: F401
-    import auth.mysql
+    from vpopmail.stores import preload as preload_stores
 
-    try:  # the SQL driver too, wherever it is installed (a request may name an SQL config)
-        auth.mysql._driver()
-    except (ImportError, VpopmailError):
-        pass
+    preload_stores()
     plan_class()
     gc.freeze()  # the workers then share these pages instead of copying them at the next GC
 

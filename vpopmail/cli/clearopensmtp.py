@@ -6,7 +6,7 @@ import os
 
 from vpopmail import config as vconfig
 from vpopmail.cli.common import operands, run
-from vpopmail.relay import relay_table
+from vpopmail.stores import open_stores
 
 USAGE = """\
 clearopensmtp: usage: [options]
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             os.setgroups([])
             os.setgid(settings.gid)
             os.setuid(settings.uid)
-        relay_table(settings, timeout=float(settings.locks_timeout)).clear(  # type: ignore[arg-type]
+        open_stores(settings).relay(float(settings.locks_timeout)).clear(  # type: ignore[arg-type]
             int(settings.relay_relay_clear_minutes))  # type: ignore[call-overload]
         return 0
 

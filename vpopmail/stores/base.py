@@ -1,18 +1,17 @@
-"""The user-database interface and the user record every backend returns.
+"""The user store's interface and the user record every backend returns.
 
-Backends are chosen at run time (:func:`open_backend`); nothing above this interface knows
-where users are stored. Hot-path safe: no dataclasses/typing imports (12 ms and 10 ms).
+Stores are chosen at run time (:func:`vpopmail.stores.open_stores`); nothing above this
+interface knows where users are stored. Hot-path safe: no dataclasses/typing imports (12 ms
+and 10 ms).
 """
 from abc import ABC, abstractmethod
 
 from vpopmail.assign import AssignEntry
-from vpopmail.config import Config
-from vpopmail.errors import ConfigError
 from vpopmail.record import SlotRecord
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Sequence
 
 USE_POP = 1
 
@@ -114,29 +113,64 @@ class UserDatabase(ABC):
         """Let go of server connections (nothing to do for files)."""
 
 
-#: backends this process opened, for :func:`close_backends`
-_opened: list[UserDatabase] = []
+class AliasChecks:
+    """What both stores share: the checks before a change (``users``: the user store, since
+    an alias may not take a user's name). ``address`` arguments are the alias as the caller
+    named it, for the texts."""
 
+    def __init__(self, users: "UserDatabase") -> None:
+        self.users = users
 
-def close_backends() -> None:
-    """Close what :func:`open_backend` opened: the hot paths end with os._exit, and a
-    database server logs every connection dropped without a goodbye as aborted."""
-    while _opened:
-        _opened.pop().close()
+    def names(self, entry: AssignEntry) -> list[str]:
+        raise NotImplementedError
 
+    def lines(self, entry: AssignEntry, alias: str) -> list[str] | None:
+        raise NotImplementedError
 
-def open_backend(config: Config, admin: bool = False) -> UserDatabase:
-    """The backend the configuration names: the cdb files, or MySQL/MariaDB (``admin``: for
-    commands that change what they read, which then read from the update server)."""
-    name = config.users_backend
-    if name == "cdb":
-        from auth.cdbfiles import CdbFiles
+    def check_add(self, entry: AssignEntry, alias: str, address: str, line: str,
+                  lines: list[str] | None) -> None:
+        """Refuse a new line for an alias holding ``lines`` (None: no such alias yet)."""
+        from vpopmail.aliases import AliasIsUser, AliasLineExists
 
-        return CdbFiles(config)
-    if name == "mysql":
-        from auth.mysql import MySQLDatabase
+        if lines is None and self.users.get_user(entry, alias) is not None:
+            raise AliasIsUser(f"{alias}@{entry.domain} is a user: an alias of that name "
+                              "would take its mail")
+        if lines is not None and line in lines:
+            raise AliasLineExists(f"alias {address} -> {line} already exists.")
 
-        database = MySQLDatabase(config, admin)
-        _opened.append(database)
-        return database
-    raise ConfigError(f"unknown user backend {name!r}")
+    def refuse_users_named_as_aliases(self, entry: AssignEntry, names: "Sequence[str]") -> None:
+        """Raise UserIsAlias for the first of ``names`` that is an alias of ``entry``'s domain
+        (the reverse of :meth:`check_add`): delivery looks at aliases first, so such a user
+        would never get mail."""
+        from vpopmail.aliases import DEFAULT, UserIsAlias
+
+        wanted = [name for name in names if name != DEFAULT]  # never an alias name
+        if len(wanted) == 1:
+            taken = wanted if self.lines(entry, wanted[0]) is not None else []
+        elif wanted:
+            aliases = set(self.names(entry))
+            taken = [name for name in wanted if name in aliases]
+        else:
+            taken = []
+        if taken:
+            raise UserIsAlias(f"{taken[0]}@{entry.domain} is an alias: a user of that name would "
+                              "get none of its mail (remove the alias with valias -d first)")
+
+    @staticmethod
+    def kept_lines(address: str, lines: list[str] | None, line: str) -> list[str]:
+        """``lines`` without every copy of ``line`` (trailing blanks ignored); raise
+        NoSuchAlias if the alias or the line is not there."""
+        from vpopmail.aliases import NoSuchAlias
+
+        wanted = line.rstrip(" \t\r\n")
+        if lines is None:
+            raise NoSuchAlias(f"alias {address} does not exist")
+        kept = [item for item in lines if item.rstrip(" \t") != wanted]
+        if len(kept) == len(lines):
+            raise NoSuchAlias(f"alias {address} has no line {wanted!r}")
+        return kept
+
+    @staticmethod
+    def sorted_names(found: "Iterable[str]") -> list[str]:
+        """Alias names sorted case-insensitively (as C's valias_select_names)."""
+        return sorted(found, key=lambda n: (n.lower(), n))
