@@ -30,8 +30,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
-from vpopmail.stores import close_stores, open_stores
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser, close_stores, open_stores
 from vpopmail.syslog_client import LOG_ERR, Syslog
 
 MAX_INPUT = 512

@@ -29,8 +29,7 @@ from vpopmail.errors import DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
 from vpopmail.names import is_valid_domain, is_valid_user
-from vpopmail.stores import close_stores, open_stores
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser, close_stores, open_stores
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:

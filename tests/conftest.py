@@ -19,7 +19,7 @@ from dovecot_site import dovecot_factory  # noqa: F401 - fixtures for the peer t
 from ucspi_site import ipv6, loopback6, plain  # noqa: F401
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 
 if TYPE_CHECKING:
     from mariadb_site import Database

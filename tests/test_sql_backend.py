@@ -326,7 +326,7 @@ def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Databas
     sql_site(vhome, sql_db)
     api = vhome.api()
     entry = api.get_domain(DOMAIN)
-    from vpopmail.stores.base import VUser
+    from vpopmail.stores import VUser
 
     users = [VUser("new1", dir="/x/new1"), VUser("alice", dir="/x/alice")]
     with pytest.raises(Exception, match="Username exists"):

@@ -18,7 +18,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 from conftest import Install
 from mariadb_site import Database
 from test_commands import cdb_dump, refused, vpasswd_cdb_expected, vpasswd_users

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, validate
 from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists

@@ -2,7 +2,7 @@
 ``valias`` table (MySQL backend, vpopmail.stores.sql.SqlAliases; vdelivermail reads them, as C
 built with --enable-valias): the format and its checks; the stores are
 vpopmail.stores.aliasfiles.Aliases and vpopmail.stores.sql.SqlAliases, which apply the same
-checks (vpopmail.stores.base.AliasChecks) and give the same texts.
+checks (vpopmail.stores.AliasChecks) and give the same texts.
 
 This is C vpopmail's vpalias.c layout (what valias and qmailadmin manage without SQL): one
 file per alias in the domain directory, named ``.qmail-`` + the alias with ``.`` written as

@@ -24,8 +24,7 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
 from vpopmail.fsutil import (FileLock, OwnerIds, atomic_write, is_dir_inside, make_dir,
                              make_dir_inside, remove_inside)
 from vpopmail.names import check_domain, check_user, split_address
-from vpopmail.stores import Stores, open_stores
-from vpopmail.stores.base import VUser
+from vpopmail.stores import Stores, VUser, open_stores
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:

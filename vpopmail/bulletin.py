@@ -31,7 +31,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import BadInput, BadUid, DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.fsutil import OwnerIds
 from vpopmail.names import split_address
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 
 COPY = "copy"
 HARD_LINK = "hard link"

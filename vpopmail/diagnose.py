@@ -39,7 +39,7 @@ from vpopmail.errors import VpopmailError
 from vpopmail.flags import VMODUSER_LETTERS
 from vpopmail.limits import SWITCHES
 from vpopmail.names import check_domain, check_user, split_address
-from vpopmail.stores.base import Fault, VUser
+from vpopmail.stores import Fault, VUser
 
 #: flag bit -> what it refuses
 BLOCKING = (

@@ -38,8 +38,7 @@ from vpopmail.cli.common import UsageError, error, getopt, open_api, print_versi
 from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError
 from vpopmail.fsutil import atomic_write
 from vpopmail.names import check_domain, check_user
-from vpopmail.stores import Stores, open_copy
-from vpopmail.stores.base import UserDatabase, VUser
+from vpopmail.stores import Stores, UserDatabase, VUser, open_copy
 from vpopmail.stores.cdbfiles import format_line, parse_line
 
 TYPE_CHECKING = False

@@ -15,7 +15,7 @@ from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
 from vpopmail.errors import UserDoesNotExist, VpopmailError
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 
 USAGE = """\
 vdeloldusers: usage: [options]

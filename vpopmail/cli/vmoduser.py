@@ -8,7 +8,7 @@ from vpopmail.api import Vpopmail
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 from vpopmail.errors import BadChar, UserDoesNotExist
 from vpopmail.flags import SA_ADMIN, SA_EXPERT, VMODUSER_LETTERS
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 
 USAGE = """\
 vmoduser: usage: [options] email_addr or domain (for each user in domain)

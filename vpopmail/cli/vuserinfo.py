@@ -11,7 +11,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 from vpopmail.errors import UserDoesNotExist
 from vpopmail.flags import DESCRIPTIONS
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 
 USAGE = """\
 vuserinfo: usage: [options] email_address

@@ -11,13 +11,12 @@ import os
 from vpopmail.aliases import (DotQmailUnsafe, InvalidAliasLine, NoSuchAlias, check_alias,
                               check_line, file_name, names, read_lines, split_lines)
 from vpopmail.assign import AssignEntry
-from vpopmail.stores.base import AliasChecks
+from vpopmail.stores import AliasChecks, UserDatabase
 
 TYPE_CHECKING = False  # the typing idiom without importing typing
 if TYPE_CHECKING:
     from vpopmail.config import Config
     from vpopmail.fsutil import FileLock
-    from vpopmail.stores.base import UserDatabase
 
 LOCK = ".valias.lock"
 MODE = 0o600
@@ -29,7 +28,7 @@ _IFMT, _IFREG, _IFLNK = 0o170000, 0o100000, 0o120000
 class Aliases(AliasChecks):
     """The aliases of every domain of one installation as ``.qmail-<alias>`` files."""
 
-    def __init__(self, config: "Config", users: "UserDatabase") -> None:
+    def __init__(self, config: "Config", users: UserDatabase) -> None:
         AliasChecks.__init__(self, users)
         self.sync = bool(config.delivery_file_sync)
         self.timeout = float(config.locks_timeout)

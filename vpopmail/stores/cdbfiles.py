@@ -20,7 +20,7 @@ from vpopmail.config import Config
 from vpopmail.errors import (BadInput, CorruptData, UserDoesNotExist, UsernameExists,
                              VpopmailError)
 from vpopmail.fsutil import FileLock, atomic_write, read_regular
-from vpopmail.stores.base import Fault, UserDatabase, VUser
+from vpopmail.stores import Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:

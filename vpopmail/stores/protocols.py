@@ -1,4 +1,4 @@
-"""The interfaces of the stores other than users (:class:`vpopmail.stores.base.UserDatabase`).
+"""The interfaces of the stores other than users (:class:`vpopmail.stores.UserDatabase`).
 
 Structural types: the files and SQL implementations need not inherit them. Imported for type
 checking only (``typing`` costs milliseconds on the hot paths).

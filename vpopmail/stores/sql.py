@@ -26,7 +26,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
                              UserDoesNotExist, UsernameExists)
-from vpopmail.stores.base import AliasChecks, Fault, UserDatabase, VUser
+from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
                                          Raw, Refusal, Tokens, atoi)
 from vpopmail.names import split_address
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
 
 #: bytes of option lines one mod_user or set_limits may send

@@ -19,7 +19,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
-from vpopmail.stores.base import VUser
+from vpopmail.stores import VUser
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
 from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS,
                                          BadLine, Channel, Hangup, Refusal, Tokens)
