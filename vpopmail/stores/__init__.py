@@ -324,5 +324,5 @@ def open_copy(config: "Config") -> "tuple[Stores, Stores]":
     files, sql = Stores(config, True, FILES), Stores(config, True, SQL)
     database = sql._sql
     assert database is not None  # made for SQL just above
-    database.read("SELECT 1")
+    database.ping()
     return files, sql

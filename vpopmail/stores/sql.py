@@ -610,6 +610,10 @@ class MySQLDatabase(UserDatabase):
                         f"restore table {table} from a backup (mysqldump)") from None
         return f"{rows[0][0]} users in table {table} of {server}"
 
+    def ping(self) -> None:
+        """Reach the server once (NoAuthConnection if it cannot be)."""
+        self.read("SELECT 1")
+
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
