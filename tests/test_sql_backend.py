@@ -371,6 +371,16 @@ def test_roaming_ips_live_in_the_relay_table_and_bad_rows_never_become_rules(
     assert lookup(cdb, b"198.51.100.7") is None
 
 
+def test_vmkpasswd_r_is_a_capability_of_the_files_only(vhome: Install, sql_db: Database
+                                                      ) -> None:
+    """vmkpasswd -r writes vpasswd back from vpasswd.cdb: with SQL there is neither, so it is
+    refused, and the users stay."""
+    sql_site(vhome, sql_db)
+    result = vhome.run("vmkpasswd", "-r", DOMAIN)
+    assert result.returncode != 0 and "-r is for the cdb backend's files" in result.stdout
+    assert sql_db.rows("SELECT pw_name FROM vpopmail") == [["alice"]]
+
+
 def test_domain_limits_in_the_limits_table(vhome: Install, sql_db: Database) -> None:
     vhome.set_config("mysql", "limits_table", True)
     site = sql_site(vhome, sql_db, LoginSite)

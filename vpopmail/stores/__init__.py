@@ -211,21 +211,21 @@ class Stores:
     """The stores of one configuration, each made at its first use. ``admin``: for commands
     that change what they read, whose reads then go to the SQL update server too."""
 
-    __slots__ = ("config", "admin", "backend", "_files", "_database")
+    __slots__ = ("config", "admin", "_backend", "_files", "_database")
 
     def __init__(self, config: "Config", admin: bool = False, backend: str | None = None) -> None:
         self.config = config
         self.admin = admin
-        self.backend = config.users_backend if backend is None else backend
-        if self.backend not in (FILES, SQL):
-            raise ConfigError(f"unknown user backend {self.backend!r}")
+        self._backend = config.users_backend if backend is None else backend
+        if self._backend not in (FILES, SQL):
+            raise ConfigError(f"unknown user backend {self._backend!r}")
         self._files: CdbFiles | None = None
         self._database: MySQLDatabase | None = None
 
     @property
     def _cdb(self) -> "CdbFiles | None":
         """The vpasswd files of the files backend, or None."""
-        if self._files is None and self.backend == FILES:
+        if self._files is None and self._backend == FILES:
             from vpopmail.stores.cdbfiles import CdbFiles
 
             self._files = CdbFiles(self.config)
@@ -234,7 +234,7 @@ class Stores:
     @property
     def _sql(self) -> "MySQLDatabase | None":
         """The SQL backend's one object (users, lastauth and every other table), or None."""
-        if self._database is None and self.backend == SQL:
+        if self._database is None and self._backend == SQL:
             from vpopmail.stores.sql import MySQLDatabase
 
             self._database = MySQLDatabase(self.config, self.admin)
