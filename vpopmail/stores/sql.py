@@ -1,4 +1,5 @@
-"""The MySQL/MariaDB backend over C vpopmail's own tables (its ``vmysql`` module).
+"""The MySQL/MariaDB backend over C vpopmail's own tables (its ``vmysql`` module): every SQL
+statement of the project is in this module, and only the factory (vpopmail.stores) imports it.
 
 Tables and columns are vpopmail's, so a database a C vpopmail filled works unchanged:
 ``vpopmail`` (one table for every domain, ``mysql.many_domains``; else one table per domain,
