@@ -1,1 +1,1 @@
-"""User databases (backends) and password hashing."""
+"""Logins (vchkpw) and password hashing."""

@@ -23,7 +23,6 @@ This is the login hot path: lean imports; hashes go through the C library's cryp
 """
 import os
 
-from auth.backend import UserDatabase, VUser, close_backends, open_backend
 from auth.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
@@ -31,6 +30,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY, VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
+from vpopmail.stores import VUser, close_stores, open_stores
 from vpopmail.syslog_client import LOG_ERR, Syslog
 
 MAX_INPUT = 512
@@ -136,7 +136,7 @@ class Vchkpw:
         self.levels = LEVELS.get(config.logging_level, LEVELS["e"])
         self.tag = "vchkpw-0"
         self.address = ""
-        self.backend: UserDatabase | None = None
+        self.stores = open_stores(config)  # opened at first use (one server connection for SQL)
         self.secret = ""
         self.relay_allowed = False
         self.root = os.geteuid() == 0
@@ -182,7 +182,7 @@ class Vchkpw:
             raise Finish(REJECTED, "invalid user/domain characters", password_class=True)
         entry, user = None, None
         try:
-            backend = self.database()  # before the domain: same cost either way
+            backend = self.stores.users  # before the domain: same cost either way
             entry = assign.lookup(self.config.qmail_dir, domain)
             if entry is not None:
                 self.become(entry.uid, entry.gid)
@@ -206,22 +206,16 @@ class Vchkpw:
         """C's --enable-sql-logging (mysql.sql_logging): what goes to syslog also becomes a
         ``vlog`` row (``error`` = our exit code; the password only at levels p and v, as in
         syslog). C inserted password failures twice; here each event is one row."""
-        if not (self.config.mysql_sql_logging and self.config.users_backend == "mysql"):
-            return
         name, _, domain = self.address.partition("@")
         try:
-            self.database().log_event(  # type: ignore[attr-defined]
-                name, domain, self.address, self.ip, f"{self.tag}: {text}", code,
-                self.secret if self.levels[2] else "")
+            log = self.stores.auth_log
+            if log is None:
+                return
+            log.log_event(name, domain, self.address, self.ip, f"{self.tag}: {text}", code,
+                          self.secret if self.levels[2] else "")
         except (OSError, VpopmailError) as exc:
             self.log.send(f"{self.tag}: could not write vlog ({exc}) {self.address}:{self.ip}",
                           LOG_ERR)
-
-    def database(self) -> UserDatabase:
-        """The user database, opened once per login (one server connection for SQL)."""
-        if self.backend is None:
-            self.backend = open_backend(self.config)
-        return self.backend
 
     def not_found(self) -> Finish:
         """The rejection of an unknown user or domain. The password is first checked against
@@ -283,7 +277,7 @@ class Vchkpw:
             if learn and self.config.passwords_clear_passwords and not user.clear:
                 changed.clear = self.secret
             if (changed.passwd, changed.clear) != (user.passwd, user.clear):
-                self.database().modify_users(
+                self.stores.users.modify_users(
                     entry, [user.name], lambda u: u.copy(passwd=changed.passwd, clear=changed.clear))
         except (OSError, VpopmailError) as exc:  # CryptFailed included
             self.log.send(f"{self.tag}: could not store the password ({exc}) "
@@ -296,7 +290,7 @@ class Vchkpw:
             from vpopmail import limits
 
             try:
-                flags |= limits.for_domain(self.config, entry, self.database()).flag_mask
+                flags |= limits.for_domain(self.config, entry, self.stores.limits_table).flag_mask
             except VpopmailError as exc:
                 raise Finish(TEMPORARY, f"domain limits unreadable ({exc})") from None
         bit, name = DENIED[service]
@@ -312,7 +306,7 @@ class Vchkpw:
             user = self.ensure_home(entry, user)
             if self.config.logging_auth_logging:
                 try:
-                    self.database().record_login(entry, user, self.ip)
+                    self.stores.users.record_login(entry, user, self.ip)
                 except (OSError, VpopmailError) as exc:
                     self.log.send(f"{self.tag}: could not record the login ({exc}) "
                                   f"{self.address}:{self.ip}", LOG_ERR)
@@ -343,11 +337,9 @@ class Vchkpw:
 
     def open_relay(self) -> None:
         """Record the client's IP for POP-before-SMTP; never fails the login."""
-        from vpopmail.relay import relay_table
-
         try:
             self.become(self.config.uid, self.config.gid)
-            relay_table(self.config, database=self.database()).open_relay(self.ip)  # type: ignore[arg-type]
+            self.stores.relay().open_relay(self.ip)
         except (OSError, VpopmailError) as exc:
             self.log.send(f"{self.tag}: relay not opened ({exc}) {self.address}:{self.ip}",
                           LOG_ERR)
@@ -386,7 +378,7 @@ class Vchkpw:
         for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):
             _signal.signal(signum, _signal.SIG_DFL)
         self.log.close()
-        close_backends()
+        close_stores()
         try:
             os.execvpe(command[0], command, env)
         except OSError as exc:
@@ -414,7 +406,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
         os.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
         return TEMPORARY
     finally:
-        close_backends()
+        close_stores()
 
 
 def _fd_open(fd: int) -> bool:

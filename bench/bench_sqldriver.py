@@ -10,7 +10,7 @@ bench/work/pymysql-venv (not a dependency of the project). Every row is a whole
 installed wrappers do, interleaved with the interpreter floor (``-c pass``) in the same run:
 mysqlclient's ``from MySQLdb import _mysql`` (with the package's ``__init__``), the same module
 loaded alone (a bare ``MySQLdb`` package registered first, so the ``__init__`` with its DB-API
-layer and ``datetime`` never runs: what ``auth.mysql._driver`` does), each followed by connect + one SELECT of alice's row by
+layer and ``datetime`` never runs: what ``vpopmail.stores.sql._driver`` does), each followed by connect + one SELECT of alice's row by
 primary key as the SELECT-only account, over the unix socket and over TCP to 127.0.0.1, one
 with a normal interpreter exit (the C library's teardown), and PyMySQL the same way. Then an
 A/B on the installed hot paths with the SQL backend (socket): vdelivermail (4 KB, no fsync)
@@ -159,7 +159,7 @@ class Setup:
                           self.domain_dir, self.ids)),
                     ("vchkpw", ["/bin/true"], Tool([], {**POP_ENV, **sql_env}, fd3=self.cred))):
                 wrapper = self.bin / name
-                # auth.mysql._driver loads _mysql alone; importing the package first is how
+                # vpopmail.stores.sql._driver loads _mysql alone; importing the package first is how
                 # the hot paths loaded it before
                 first = "" if bare else f"{self.path['mysqlclient']}import MySQLdb; "
                 launcher = f"import sys; {first}exec(open({str(wrapper)!r}).read())"
@@ -229,7 +229,7 @@ def write_results(table: dict[str, tuple[tuple[float, int], float]], runs: int, 
              "so only the C module `_mysql` (and its `_exceptions`) loads, not the package's "
              "`__init__`. The last four rows run the installed wrappers with users.backend = "
              "\"mysql\" (socket) through a launcher (`-c \"exec(open(wrapper).read())\"`), as "
-             "shipped (`auth.mysql._driver` loads `_mysql` alone, as the bare package does) and "
+             "shipped (`vpopmail.stores.sql._driver` loads `_mysql` alone, as the bare package does) and "
              "with `import MySQLdb` first (what the hot paths did before): vdelivermail "
              "delivering 4 KB without fsync, vchkpw a SHA-512-crypt login. "
              f"\"loop\" = {loop_count} runs back to back from one shell, per run; \"over "

@@ -289,8 +289,8 @@ def sql_copy_users(prefix: Path, config: Path) -> None:
     subprocess.run([str(prefix / "bin" / "vconvert"), "-c", "-m"], check=True,
                    capture_output=True, env={"PATH": "/usr/bin:/bin",
                                              "VPOPMAIL_CONFIG": str(config)})
-    from auth.mysql import MySQLDatabase
     from vpopmail import config as vconfig
+    from vpopmail.stores.sql import MySQLDatabase
 
     database = MySQLDatabase(vconfig.load(str(config)))
     for kind in ("lastauth", "valias"):

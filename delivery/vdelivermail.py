@@ -17,7 +17,6 @@ import time
 
 import _signal
 
-from auth.backend import UserDatabase, VUser, close_backends, open_backend
 from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
@@ -32,6 +31,11 @@ from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import write_all
 from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
+from vpopmail.stores import VUser, close_stores, open_stores
+
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from vpopmail.stores.protocols import ValiasRows
 
 USAGE = """\
 vdelivermail: usage: vdelivermail '' ACTION
@@ -123,7 +127,8 @@ class Vdelivermail:
         #: forward targets, injected once after every other instruction succeeded
         self.forwards: list[str] = []
         self.message = Message(stdin, 0)
-        self.backend: UserDatabase | None = None
+        #: opened at first use, once per run (one connection for valias and user)
+        self.stores = open_stores(self.config)
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, argv: list[str]) -> int:
@@ -157,7 +162,8 @@ class Vdelivermail:
     def _deliver(self, action: str) -> int:
         """Follow the recipient's valias rows, its user's instructions or the default action;
         forwards are only collected."""
-        if self.entry and self.config.users_backend == "mysql" and self.process_valias():
+        valias = self.stores.valias if self.entry else None
+        if valias is not None and self.process_valias(valias):
             raise Outcome(DELIVERED, VALIASES_DONE + "\n")
         user = self._find_user() if self.entry else None
         if user is None:
@@ -193,7 +199,7 @@ class Vdelivermail:
         its first ``-``; sets :attr:`extension` for the ``.qmail-<ext>`` lookup."""
         assert self.entry is not None
         try:
-            backend = self._backend()
+            backend = self.stores.users
             found = backend.get_user(self.entry, self.user)
             if self.config.users_qmail_ext and "-" in self.user:
                 base, _, ext = self.user.partition("-")
@@ -208,14 +214,8 @@ class Vdelivermail:
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
         return found
 
-    def _backend(self) -> UserDatabase:
-        """The user database, opened once per run (one connection for valias and user)."""
-        if self.backend is None:
-            self.backend = open_backend(self.config)
-        return self.backend
-
     # -- valias rows (MySQL backend) ----------------------------------------------------------
-    def process_valias(self) -> bool:
+    def process_valias(self, valias: "ValiasRows") -> bool:
         """Deliver to the ``valias`` rows of the recipient, as C's process_valias: the rows of
         ``user``; else of ``<prefix>-default`` for each ``-`` from the rightmost (``DEFAULT`` is
         then the rest, for programs); else (users.qmail_ext) of the part before the first
@@ -224,15 +224,14 @@ class Vdelivermail:
         (111 defers the whole message, and qmail delivers it again to every row later, as
         qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
         blank defer. False if there is no row."""
-        from vpopmail.aliases import select_lines
 
         assert self.entry is not None
         candidates = dot_qmail_order(self.user)[:-1]  # plain ``default`` is no valias row
         if self.config.users_qmail_ext and "-" in self.user:
             candidates.append((self.user.partition("-")[0], None))
         try:
-            found = select_lines(self._backend(), self.domain,  # type: ignore[arg-type]
-                                 list(dict.fromkeys(name for name, _ in candidates)))
+            found = valias.select_lines(self.domain,
+                                        list(dict.fromkeys(name for name, _ in candidates)))
         except VpopmailError as exc:
             from vpopmail.errors import NoAuthConnection
 
@@ -542,4 +541,4 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
         return DEFER
     finally:
-        close_backends()
+        close_stores()

@@ -17,9 +17,9 @@ import pytest
 
 from dovecot_site import dovecot_factory  # noqa: F401 - fixtures for the peer tests
 from ucspi_site import ipv6, loopback6, plain  # noqa: F401
-from auth.backend import VUser
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
+from vpopmail.stores import VUser
 
 if TYPE_CHECKING:
     from mariadb_site import Database
@@ -36,7 +36,7 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 HEAVY = {"__future__", "subprocess", "logging", "typing", "enum", "re", "tomllib", "email",
          "socket", "hashlib", "hmac", "pathlib", "argparse", "dataclasses", "filelock", "psutil",
          "passlib", "cdblib", "shutil", "tempfile", "signal", "vpopmail.api", "collections",
-         "datetime", "MySQLdb"}  # the last two: mysqlclient's package __init__ (auth.mysql._driver)
+         "datetime", "MySQLdb"}  # the last two: mysqlclient's package __init__ (vpopmail.stores.sql._driver)
 
 
 def as_user_argv(user: str) -> list[str]:

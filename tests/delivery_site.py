@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from auth.backend import open_backend
 from conftest import Install, as_user_argv
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
+from vpopmail.stores import open_stores
 
 DOMAIN = "example.com"
 SENDER = "sender@remote.test"
@@ -82,7 +82,7 @@ class Site:
             self._where = (api.config, api.get_domain(DOMAIN))
             api.backend.close()
         config, entry = self._where
-        backend = open_backend(config)
+        backend = open_stores(config).users
         try:
             return Path(next(u.dir for u in backend.list_users(entry) if u.name == name))
         finally:

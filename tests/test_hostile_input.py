@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from login_site import POP_ENV, STAMP, LoginSite
 
-from auth.cdbfiles import parse_fields, parse_line
 from auth.vchkpw import MAX_INPUT, Finish, parse_input
 from delivery import dotqmail
 from maildir.maildir import make_maildir
@@ -44,6 +43,7 @@ from vpopmail.cdbwrite import build
 from vpopmail.config import SCHEMA, Config, parse_file, validate
 from vpopmail.errors import MISUSE, ConfigError, CorruptData, VpopmailError
 from vpopmail.relay import RelayTable, _stamp
+from vpopmail.stores.cdbfiles import parse_fields, parse_line
 
 PASSWORD = "Secret-42"
 FUZZ = settings(max_examples=150, deadline=None,

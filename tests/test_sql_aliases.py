@@ -287,12 +287,12 @@ def test_cdb_deliveries_load_nothing_of_sql(vhome: Install) -> None:
     result, modules = imported(Site.create(vhome, False, bob=None), "bob")
     assert result.returncode == 0, result
     assert "delivery.vdelivermail" in modules
-    assert not modules & (HEAVY | {"vpopmail.aliases", "auth.mysql", "MySQLdb._mysql"})
+    assert not modules & (HEAVY | {"vpopmail.aliases", "vpopmail.stores.sql", "MySQLdb._mysql"})
 
 
 def test_sql_deliveries_stay_lean(site: Site, sql_db: Database) -> None:
     insert(sql_db, "team", f"{user_dir(sql_db, 'bob')}/Maildir/")
     result, modules = imported(site, "team")
     assert (result.returncode, result.stdout) == (0, PROCESSED), result
-    assert {"vpopmail.aliases", "auth.mysql", "MySQLdb._mysql"} <= modules
+    assert {"vpopmail.aliases", "vpopmail.stores.sql", "MySQLdb._mysql"} <= modules
     assert not modules & (HEAVY | {"auth.passwords"}), modules & HEAVY

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auth.mysql import Connection, Server, munch_domain
 from conftest import Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
 from mariadb_site import PASSWORD, RO, RW, Database
 from vpopmail.cdb import lookup
 from vpopmail.limits import COLUMNS, NUMBERS, SWITCHES, Limits
+from vpopmail.stores.sql import Connection, Server, munch_domain
 
 
 def user_dir(inst: Install, name: str, domain: str = DOMAIN) -> Path:
@@ -272,7 +272,7 @@ def test_a_server_that_has_gone_away_is_temporary_and_the_next_query_reconnects(
     queries (a restart, wait_timeout, KILL). The query on the dead link is a temporary error
     naming the server, never "no such user"; the connection is dropped and the next query
     opens a new one."""
-    from auth.mysql import MySQLDatabase
+    from vpopmail.stores.sql import MySQLDatabase
     from vpopmail import config as vconfig
     from vpopmail.errors import NoAuthConnection
 
@@ -326,7 +326,7 @@ def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Databas
     sql_site(vhome, sql_db)
     api = vhome.api()
     entry = api.get_domain(DOMAIN)
-    from auth.backend import VUser
+    from vpopmail.stores import VUser
 
     users = [VUser("new1", dir="/x/new1"), VUser("alice", dir="/x/alice")]
     with pytest.raises(Exception, match="Username exists"):
@@ -369,6 +369,18 @@ def test_roaming_ips_live_in_the_relay_table_and_bad_rows_never_become_rules(
     assert lookup(cdb, ip.encode()) is not None
     assert lookup(cdb, b"") is None and lookup(cdb, b"evil") is None
     assert lookup(cdb, b"198.51.100.7") is None
+
+
+def test_vmkpasswd_r_is_a_capability_of_the_files_only(vhome: Install, sql_db: Database
+                                                      ) -> None:
+    """vmkpasswd -r writes vpasswd back from vpasswd.cdb: with SQL there is neither, so it is
+    refused, and the users stay."""
+    sql_site(vhome, sql_db)
+    result = vhome.run("vmkpasswd", "-r", DOMAIN)
+    assert (result.returncode, result.stderr) == (
+        255, "vmkpasswd: -r is for the cdb backend's files\n")
+    assert sql_db.rows("SELECT pw_name FROM vpopmail ORDER BY pw_name") == [["alice"],
+                                                                        ["postmaster"]]
 
 
 def test_domain_limits_in_the_limits_table(vhome: Install, sql_db: Database) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auth.backend import VUser
-from auth.cdbfiles import CdbFiles
+from vpopmail.stores import VUser
 from conftest import Install
 from mariadb_site import Database
 from test_commands import cdb_dump, refused, vpasswd_cdb_expected, vpasswd_users
@@ -29,6 +28,7 @@ from vpopmail import config as vconfig
 from vpopmail.api import MAX_QUOTA
 from vpopmail.cli import vconvert
 from vpopmail.names import USER_CHARS
+from vpopmail.stores.cdbfiles import CdbFiles
 
 USERS_SQL = ("SELECT pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, "
              "pw_clear_passwd FROM vpopmail ORDER BY pw_domain, pw_name")

@@ -22,9 +22,8 @@ from conftest import HEAVY, NO_BACKEND, Install
 from delivery_site import DOMAIN
 from login_site import POP_ENV, STAMP, LoginSite
 from ucspi_site import binary, remote_env, tcpserver
-from auth.mysql import LAYOUTS
 from vpopmail import cdb
-from vpopmail.relay import relay_table
+from vpopmail.stores.sql import LAYOUTS
 
 pytestmark = [pytest.mark.both_backends, pytest.mark.through_server]
 
@@ -423,9 +422,8 @@ def open_smtp(site: LoginSite) -> list[str]:
     """The roaming IPs as open-smtp lines, as the backend keeps them: the lines of the open-smtp
     file in file order, or the rows of the SQL relay table by IP."""
     api = site.inst.api()
-    sql = api.backend if site.inst.backend == "mysql" else None
     try:
-        return [line.decode() for _, line in relay_table(api.config, database=sql).entries()]
+        return [line.decode() for _, line in api.stores.relay().entries()]
     finally:
         api.backend.close()
 
@@ -586,7 +584,7 @@ def test_login_imports_nothing_heavy(site: LoginSite) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
-    storage = {"cdb": "auth.cdbfiles", "mysql": "auth.mysql"}[site.inst.backend]
+    storage = {"cdb": "vpopmail.stores.cdbfiles", "mysql": "vpopmail.stores.sql"}[site.inst.backend]
     assert "auth.vchkpw" in imported and storage in imported
     assert not imported & HEAVY, imported & HEAVY
     assert "os._exit(code)" in wrapper

@@ -479,7 +479,7 @@ def test_delivery_imports_nothing_heavy(site: Site) -> None:
     assert result.returncode == 0, result
     imported = {line.split("|")[-1].strip() for line in result.stderr.decode().splitlines()
                 if line.startswith("import time:")}
-    storage = {"cdb": "auth.cdbfiles", "mysql": "auth.mysql"}[site.inst.backend]
+    storage = {"cdb": "vpopmail.stores.cdbfiles", "mysql": "vpopmail.stores.sql"}[site.inst.backend]
     assert "delivery.vdelivermail" in imported and storage in imported
     assert not imported & (HEAVY | {"auth.passwords"}), imported & (HEAVY | {"auth.passwords"})
     assert "os._exit(code)" in wrapper

@@ -1,4 +1,4 @@
-"""vpasswd lines and vpasswd.cdb (auth.cdbfiles), against what C vpopmail wrote."""
+"""vpasswd lines and vpasswd.cdb (vpopmail.stores.cdbfiles), against what C vpopmail wrote."""
 from __future__ import annotations
 
 import os
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auth.backend import VUser
-from auth.cdbfiles import VPASSWD, VPASSWD_CDB, CdbFiles, format_line, parse_fields, parse_line
+from vpopmail.stores import VUser
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, validate
 from vpopmail.errors import CorruptData, UserDoesNotExist, UsernameExists
+from vpopmail.stores.cdbfiles import VPASSWD, VPASSWD_CDB, CdbFiles, format_line, parse_fields, parse_line
 
 needs_tinycdb = pytest.mark.skipif(shutil.which("cdb") is None, reason="needs tinycdb's cdb tool")
 

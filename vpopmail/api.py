@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-from auth.backend import UserDatabase, VUser, open_backend
 from auth.passwords import hash_many, hash_password
 from maildir import is_maildir
 from maildir.maildir import make_maildir
@@ -25,6 +24,7 @@ from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteC
 from vpopmail.fsutil import (FileLock, OwnerIds, atomic_write, is_dir_inside, make_dir,
                              make_dir_inside, remove_inside)
 from vpopmail.names import check_domain, check_user, split_address
+from vpopmail.stores import Stores, VUser, open_stores
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
@@ -65,10 +65,12 @@ class NewUser:
 class Vpopmail:
     """One vpopmail installation, as its configuration describes it."""
 
-    def __init__(self, config: Config, backend: UserDatabase | None = None,
+    def __init__(self, config: Config, stores: Stores | None = None,
                  qmail: QmailFiles | None = None) -> None:
         self.config = config
-        self.backend = backend or open_backend(config, admin=True)
+        #: every store of the installation; ``backend`` is its users
+        self.stores = stores or open_stores(config, admin=True)
+        self.backend = self.stores.users
         self._qmail = qmail
         self.timeout = config.locks_timeout
 
@@ -341,7 +343,7 @@ class Vpopmail:
         return dircontrol.read(entry.dir).cur_users
 
     def domain_limits(self, entry: AssignEntry) -> limits.Limits:
-        return limits.for_domain(self.config, entry, self.backend)
+        return limits.for_domain(self.config, entry, self.stores.limits_table)
 
     def change_domain_limits(self, entry: AssignEntry | None,
                              edit: Callable[[limits.Limits], bool]) -> limits.Limits:
@@ -349,14 +351,14 @@ class Vpopmail:
         them in place (it says whether it did) and store them, as one step: in a transaction
         holding the ``limits`` row, or under the directory lock for the files. Returns them."""
         result: list[limits.Limits] = []
-        if entry is not None and limits.in_table(self.config):
+        table = self.stores.limits_table
+        if entry is not None and table is not None:
             def edit_row(row: dict[str, int] | None) -> dict[str, int] | None:
                 current = limits.from_table_row(self.config, entry, row)
                 result.append(current)
                 return current.sql_row() if edit(current) else None
 
-            self.backend.change_limits(entry.real_domain, limits.COLUMNS,  # type: ignore[attr-defined]
-                                       edit_row)
+            table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
         if entry is None:
             path, owner = limits.default_file(self.config.home), (None, None)
@@ -373,8 +375,9 @@ class Vpopmail:
 
     def delete_domain_limits(self, entry: AssignEntry) -> None:
         """Drop the domain's own limits (its row, or its limits file): the defaults apply."""
-        if limits.in_table(self.config):
-            self.backend.delete_limits(entry.real_domain)  # type: ignore[attr-defined]
+        table = self.stores.limits_table
+        if table is not None:
+            table.delete_limits(entry.real_domain)
             return
         try:
             os.unlink(limits.domain_file(entry.dir))
@@ -383,13 +386,24 @@ class Vpopmail:
 
     # users
 
-    def resolve(self, address: str) -> tuple[str, AssignEntry]:
-        """(user name, domain entry) of an address; a bare name uses the default domain."""
-        user, domain = split_address(address, self.default_domain())
+    def _split(self, address: str) -> tuple[str, AssignEntry]:
+        """(local part, domain entry) of an address; a bare name uses the default domain."""
+        name, domain = split_address(address, self.default_domain())
         if not domain:
             raise IllegalUsername(f"{address}: not a full email address and no default domain")
-        entry = self.get_domain(domain)
+        return name, self.get_domain(domain)
+
+    def resolve(self, address: str) -> tuple[str, AssignEntry]:
+        """(user name, domain entry) of an address; a bare name uses the default domain."""
+        user, entry = self._split(address)
         return check_user(user, self.config.users_hashed_dirs), entry
+
+    def resolve_alias(self, address: str) -> tuple[str, AssignEntry]:
+        """(alias, domain entry) of ``alias@domain``; a bare alias uses the default domain."""
+        from vpopmail.aliases import check_alias
+
+        alias, entry = self._split(address)
+        return check_alias(alias), entry
 
     def default_domain(self) -> str:
         """$VPOPMAIL_DOMAIN, else users.default_domain, else ~vpopmail/etc/defaultdomain."""
@@ -481,9 +495,7 @@ class Vpopmail:
             if name in existing or (len(specs) == 1 and self.backend.get_user(entry, name)):
                 raise UsernameExists(f"{name}@{entry.real_domain}")
         if aliases:
-            from vpopmail.aliases import open_aliases
-
-            open_aliases(self).refuse_users_named_as_aliases(entry, names)
+            self.stores.aliases.refuse_users_named_as_aliases(entry, names)
         for spec in specs:
             self._user_record(entry, spec, "")
             if spec.encrypted is None and spec.password:

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from auth.backend import VUser
 from maildir import is_maildir
 from maildir.maildir import deliver, discard, link_new, write_message, write_tmp
 from maildir.quota import (deliver_with_quota, has_quota, is_over, load_maildirsize,
@@ -32,6 +31,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import BadInput, BadUid, DeliveryFailed, OverQuota, VpopmailError
 from vpopmail.fsutil import OwnerIds
 from vpopmail.names import split_address
+from vpopmail.stores import VUser
 
 COPY = "copy"
 HARD_LINK = "hard link"

@@ -33,7 +33,6 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 
-from auth.backend import Fault, VUser
 from maildir import SUBDIRS
 from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, is_over,
                            load_maildirsize, scan_usage, usage_percent)
@@ -44,6 +43,7 @@ from vpopmail.errors import VpopmailError
 from vpopmail.flags import VMODUSER_LETTERS
 from vpopmail.limits import SWITCHES
 from vpopmail.names import check_domain, check_user, split_address
+from vpopmail.stores import Fault, VUser
 
 #: flag bit -> what it refuses
 BLOCKING = (

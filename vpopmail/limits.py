@@ -2,7 +2,7 @@
 
 With the SQL backend and ``mysql.limits_table`` (C's --enable-mysql-limits) a domain's limits are
 its row of the ``limits`` table instead of the domain file (vlimits.default still applies to
-domains without a row).
+domains without a row): vpopmail.stores.Stores.limits_table is that table, or None.
 
 Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comments, and bare
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
@@ -18,7 +18,7 @@ from vpopmail.fsutil import atomic_write, read_regular
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
-    from auth.backend import UserDatabase
+    from vpopmail.stores.protocols import LimitsTable
 
 DOMAIN_FILE = ".qmailadmin-limits"
 DEFAULT_FILE = "vlimits.default"
@@ -134,17 +134,11 @@ def read(domain_dir: str, vpopmail_home: str) -> Limits:
             or Limits(source="built-in defaults"))
 
 
-def in_table(config: Config) -> bool:
-    """Domain limits live in the SQL ``limits`` table."""
-    return config.users_backend == "mysql" and config.mysql_limits_table
-
-
-def for_domain(config: Config, entry: AssignEntry, database: "UserDatabase") -> Limits:
-    """The limits in force for ``entry``, wherever the configuration keeps them."""
-    if not in_table(config):
+def for_domain(config: Config, entry: AssignEntry, table: "LimitsTable | None") -> Limits:
+    """The limits in force for ``entry``: its row of ``table`` (None: the files)."""
+    if table is None:
         return read(entry.dir, config.home)
-    row = database.get_limits(entry.real_domain, COLUMNS)  # type: ignore[attr-defined]
-    return from_table_row(config, entry, row)
+    return from_table_row(config, entry, table.get_limits(entry.real_domain, COLUMNS))
 
 
 def from_table_row(config: Config, entry: AssignEntry, row: dict[str, int] | None) -> Limits:

@@ -12,7 +12,8 @@ holds two generation counters: ``wanted``, bumped by every change the cdb must r
 simultaneous logins from fifty new IPs cost a few compiles, and every IP is in the result.
 
 With the SQL backend the IPs are rows of its ``relay`` table (shared by every mail host, as in C)
-and open-smtp is not used; each host still compiles its own cdb, under the same locks.
+and open-smtp is not used; each host still compiles its own cdb, under the same locks. Which
+one applies is vpopmail.stores.Stores.relay's choice.
 """
 import os
 import time
@@ -24,7 +25,7 @@ from vpopmail.tcprules import compile_rules, ip_of_rule, rule_for_ip
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
-    from auth.mysql import MySQLDatabase
+    from vpopmail.stores.protocols import RelayRows
 
 _COUNTERS = 42  # "%20d %20d\n": wanted, built
 
@@ -154,7 +155,7 @@ class SqlRelayTable(RelayTable):
     if it is an IP address: a row with an empty or odd ``ip_addr`` (written by hand, or by a C
     vpopmail) could otherwise become a rule that lets every client relay."""
 
-    def __init__(self, config: Config, database: "MySQLDatabase", timeout: float | None = None
+    def __init__(self, config: Config, database: "RelayRows", timeout: float | None = None
                  ) -> None:
         super().__init__(config, timeout)
         self.database = database
@@ -191,18 +192,6 @@ class SqlRelayTable(RelayTable):
         dropped = self.database.relay_clear(limit)
         self.compile(self._owe_compile())
         return dropped
-
-
-def relay_table(config: Config, timeout: float | None = None,
-                database: "MySQLDatabase | None" = None) -> RelayTable:
-    """The roaming-user table of the configured backend (``database``: an open one to reuse)."""
-    if config.users_backend == "mysql":
-        if database is None:
-            from auth.backend import open_backend
-
-            database = open_backend(config)  # type: ignore[assignment]
-        return SqlRelayTable(config, database, timeout)  # type: ignore[arg-type]
-    return RelayTable(config, timeout)
 
 
 def _stamp(line: bytes) -> int:

@@ -6,7 +6,7 @@ import os
 
 from vpopmail import config as vconfig
 from vpopmail.cli.common import operands, run
-from vpopmail.relay import relay_table
+from vpopmail.stores import open_stores
 
 USAGE = """\
 clearopensmtp: usage: [options]
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             os.setgroups([])
             os.setgid(settings.gid)
             os.setuid(settings.uid)
-        relay_table(settings, timeout=settings.locks_timeout).clear(
+        open_stores(settings).relay(settings.locks_timeout).clear(
             settings.relay_relay_clear_minutes)
         return 0
 

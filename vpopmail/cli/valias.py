@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from vpopmail.aliases import open_aliases
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 
 USAGE = """\
@@ -36,24 +35,26 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if len(args) > 1:
             raise UsageError(f"one email address only, not {' '.join(args)!r}")
         target = args[0].lower()
-        aliases = open_aliases(open_api(config))
+        api = open_api(config)
+        aliases = api.stores.aliases
         if action == "n":
             if "@" in target:
                 print("Please enter domain name only.", file=sys.stderr)
                 return 255
-            for name in aliases.names(target)[0]:
+            for name in aliases.names(api.get_domain(target)):
                 print(name)
             return 0
         if action == "s" and "@" not in target:
-            pairs = aliases.all(target)
+            pairs = aliases.all(api.get_domain(target))
             if not pairs:
                 print(f"No aliases found for domain {target}")
                 return 255
             for alias, text in pairs:
                 print(f"{alias}@{target} -> {text}")
             return 0
+        alias, entry = api.resolve_alias(target)
         if action == "s":
-            lines = aliases.lines(target)
+            lines = aliases.lines(entry, alias)
             if not lines:
                 print(f"No aliases {target} found")
                 return 255
@@ -61,11 +62,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 print(f"{target} -> {text}")
             return 0
         if action == "i":
-            aliases.add_line(target, line)
+            aliases.add_line(entry, alias, target, line)
         elif action == "r":
-            aliases.remove_line(target, line)
+            aliases.remove_line(entry, alias, target, line)
         else:
-            aliases.delete(target)
+            aliases.delete(entry, alias, target)
         return 0
 
     return run(body, USAGE)

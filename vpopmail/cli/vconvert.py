@@ -32,14 +32,18 @@ import os
 import sys
 from typing import TypeVar
 
-from auth.backend import UserDatabase, VUser
-from auth.cdbfiles import format_line, parse_line
 from vpopmail.api import NewUser, Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
 from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError
 from vpopmail.fsutil import atomic_write
 from vpopmail.names import check_domain, check_user
+from vpopmail.stores import Stores, UserDatabase, VUser, open_copy
+from vpopmail.stores.cdbfiles import format_line, parse_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vpopmail.stores.protocols import AliasStore
 
 USAGE = """\
 vconvert: usage
@@ -145,15 +149,10 @@ def pair_accounts(text: str, source: str) -> list[NewUser]:
 
 # the run ---------------------------------------------------------------------------------------
 
-def open_stores(api: Vpopmail, source: str) -> tuple[UserDatabase, UserDatabase]:
+def copy_stores(api: Vpopmail, source: str) -> tuple[Stores, Stores]:
     """(source, destination) of a -c -m / -m -c copy: the cdb files and MySQL, opened
-    explicitly whatever ``users.backend`` says; the server is reached once first, so a wrong
-    ``[mysql]`` section stops the run before any domain."""
-    from auth.cdbfiles import CdbFiles
-    from auth.mysql import MySQLDatabase
-
-    files, sql = CdbFiles(api.config), MySQLDatabase(api.config, admin=True)
-    sql.read("SELECT 1")
+    explicitly whatever ``users.backend`` says (:func:`vpopmail.stores.open_copy`)."""
+    files, sql = open_copy(api.config)
     return (files, sql) if source == "c" else (sql, files)
 
 
@@ -179,7 +178,7 @@ class Convert:
         # progress goes to stderr when the data itself goes to stdout
         self.out = sys.stderr if target == "e" and path in (None, "-") else sys.stdout
         #: (source, destination) of a copy between the cdb files and MySQL
-        self.stores = open_stores(api, source) if "m" in (source, target) else None
+        self.stores = copy_stores(api, source) if "m" in (source, target) else None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -268,29 +267,27 @@ class Convert:
             print(f"warning: passwords.clear_passwords is off: the clear-text passwords in "
                   f"{source} are not kept", file=sys.stderr)
 
-    def copy(self, entry: AssignEntry, source: UserDatabase, target: UserDatabase) -> int:
+    def copy(self, entry: AssignEntry, source: Stores, target: Stores) -> int:
         """Copy the domain's users from ``source`` to ``target`` as they are, all checked
         first; users ``target`` already has are left alone and named (as -e -c does)."""
-        users = [self.api.imported_record(user) for user in source.list_users(entry)]
+        users = [self.api.imported_record(user) for user in source.users.list_users(entry)]
         if self.target == "m":
             for user in users:
                 check_utf8(user)
-        target.create_domain(entry)  # the tables (SQL), vpasswd and its cdb (files)
-        users = self.new_only(entry, users, target)
+        target.users.create_domain(entry)  # the tables (SQL), vpasswd and its cdb (files)
+        users = self.new_only(entry, users, target.users)
         self.warn_clear(users, f"{entry.real_domain}'s vpasswd")
         if self.debug:
             for user in users:
                 self.say(user.name)
         if users:
-            target.add_users(entry, users)
+            target.users.add_users(entry, users)
         if self.source == "m":
-            self.warn_valias(entry, source)
+            self.warn_valias(entry, source.aliases)
         return len(users)
 
-    def warn_valias(self, entry: AssignEntry, database: UserDatabase) -> None:
-        from vpopmail.aliases import SqlAliases
-
-        names = SqlAliases(self.api, database).names(entry.domain)[0]  # type: ignore[arg-type]
+    def warn_valias(self, entry: AssignEntry, aliases: AliasStore) -> None:
+        names = aliases.names(entry)
         if names:
             print(f"warning: {entry.real_domain} has aliases in the valias table "
                   f"({', '.join(names)}): only users.backend = \"mysql\" delivers them; "

@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 import time
 
-from auth.backend import VUser
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
 from vpopmail.errors import UserDoesNotExist, VpopmailError
+from vpopmail.stores import VUser
 
 USAGE = """\
 vdeloldusers: usage: [options]

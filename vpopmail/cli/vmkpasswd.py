@@ -18,11 +18,10 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if not options:
             api.rebuild_index(args[0])
             return 0
-        from auth.cdbfiles import CdbFiles
-
-        if not isinstance(api.backend, CdbFiles):
+        restore = api.stores.index_restore
+        if restore is None:
             raise UsageError("-r is for the cdb backend's files")
-        count = api.backend.restore_from_index(api.get_domain(args[0]))
+        count = restore(api.get_domain(args[0]))
         print(f"vpasswd of {args[0]} written back from vpasswd.cdb: {count} users")
         return 0
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 import sys
 
-from auth.backend import VUser
 from vpopmail.api import Vpopmail
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 from vpopmail.errors import BadChar, UserDoesNotExist
 from vpopmail.flags import SA_ADMIN, SA_EXPERT, VMODUSER_LETTERS
+from vpopmail.stores import VUser
 
 USAGE = """\
 vmoduser: usage: [options] email_addr or domain (for each user in domain)

@@ -5,13 +5,13 @@ import os
 import sys
 import time
 
-from auth.backend import VUser
 from maildir.quota import NOQUOTA, read_maildirsize, scan_usage, usage_percent
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 from vpopmail.errors import UserDoesNotExist
 from vpopmail.flags import DESCRIPTIONS
+from vpopmail.stores import VUser
 
 USAGE = """\
 vuserinfo: usage: [options] email_address

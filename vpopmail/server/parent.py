@@ -31,7 +31,6 @@ def preload() -> None:
     """Import what the workers run, so that a fork starts warm."""
     import gc
 
-    import auth.cdbfiles  # noqa: F401
     import auth.passwords  # noqa: F401
     import auth.vchkpw  # noqa: F401
     import delivery.vdelivermail  # noqa: F401
@@ -39,12 +38,9 @@ def preload() -> None:
     import resource  # noqa: F401
     import vpopmail.limits  # noqa: F401
     import vpopmail.relay  # noqa: F401
-    import auth.mysql
+    from vpopmail.stores import preload as preload_stores
 
-    try:  # the SQL driver too, wherever it is installed (a request may name an SQL config)
-        auth.mysql._driver()
-    except (ImportError, VpopmailError):
-        pass
+    preload_stores()
     plan_class()
     gc.freeze()  # the workers then share these pages instead of copying them at the next GC
 

@@ -115,7 +115,7 @@ class ExecPlan(BaseException):
 def plan_class() -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
     worker keeps its ids and directory, the front end takes the ones the plan names."""
-    from auth.backend import VUser, close_backends
+    from vpopmail.stores import VUser, close_stores
     from auth.vchkpw import SMTP, Finish, Vchkpw
     from vpopmail.errors import TEMPORARY
     from vpopmail.assign import AssignEntry
@@ -149,7 +149,7 @@ def plan_class() -> type:
 
         def exec(self, command: list[str], env: dict[str, str]) -> None:
             self.log.close()
-            close_backends()
+            close_stores()
             path = command[0]
             candidates = ([path] if "/" in path else
                           [os.path.join(d, path) for d in os.get_exec_path(env)])

@@ -7,16 +7,15 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from auth.backend import VUser
 from maildir.quota import scan_usage
 from vpopmail import flags, ipmap, limits
-from vpopmail.aliases import open_aliases
 from vpopmail.errors import TemporaryError, VpopmailError
 from vpopmail.fsutil import OwnerIds
 from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
                                          Raw, Refusal, Tokens, atoi)
 from vpopmail.names import split_address
+from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
 
 #: bytes of option lines one mod_user or set_limits may send
@@ -439,7 +438,8 @@ def add_alias(s: Session, t: Tokens) -> None:
     if s.domain_admin:
         _domain_admin_line(s, line)
     with _failing(17, 907):
-        open_aliases(s.api).add_line(address, line)
+        alias, entry = s.api.resolve_alias(address)
+        s.api.stores.aliases.add_line(entry, alias, address, line)
     s.send(OK)
 
 
@@ -449,14 +449,16 @@ def remove_alias(s: Session, t: Tokens) -> None:
     if line is None:
         raise Refusal(16, 1006)
     with _failing(18, 1007):
-        open_aliases(s.api).remove_line(address, line)
+        alias, entry = s.api.resolve_alias(address)
+        s.api.stores.aliases.remove_line(entry, alias, address, line)
     s.send(OK)
 
 
 def delete_alias(s: Session, t: Tokens) -> None:
     address = _alias_target(s, t, 1100)
     with _failing(19, 1106):
-        open_aliases(s.api).delete(address)
+        alias, entry = s.api.resolve_alias(address)
+        s.api.stores.aliases.delete(entry, alias, address)
     s.send(OK)
 
 
@@ -469,12 +471,13 @@ def list_alias(s: Session, t: Tokens) -> None:
         raise Refusal(10, 2803)
     if s.domain_admin and not s.own_domain(domain):
         raise Refusal(11, 2804)
-    store = open_aliases(s.api)
+    store = s.api.stores.aliases
     with _failing(0, 2806):
         if name:
-            pairs = [(name, line) for line in store.lines(text) or []]
+            alias, entry = s.api.resolve_alias(text)
+            pairs = [(name, line) for line in store.lines(entry, alias) or []]
         else:
-            pairs = store.all(domain)
+            pairs = store.all(s.api.get_domain(domain))
     s.send(OK_MORE, *(f"{alias}@{domain} {line}" for alias, line in pairs), END)
 
 

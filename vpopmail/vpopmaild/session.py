@@ -11,7 +11,6 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from auth.backend import VUser
 from auth.passwords import dummy_check, verify_password
 from auth.vchkpw import LEVELS, remote_ip
 from vpopmail import config as vconfig
@@ -20,6 +19,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.errors import TemporaryError, VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
+from vpopmail.stores import VUser
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
 from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS,
                                          BadLine, Channel, Hangup, Refusal, Tokens)

@@ -14,13 +14,13 @@ refused, so nothing rebuilds a domain's user list from nothing.
 import bisect
 import os
 
-from auth.backend import Fault, UserDatabase, VUser
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (BadInput, CorruptData, UserDoesNotExist, UsernameExists,
                              VpopmailError)
 from vpopmail.fsutil import FileLock, atomic_write, read_regular
+from vpopmail.stores import Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:

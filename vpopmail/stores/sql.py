@@ -1,4 +1,5 @@
-"""The MySQL/MariaDB backend over C vpopmail's own tables (its ``vmysql`` module).
+"""The MySQL/MariaDB backend over C vpopmail's own tables (its ``vmysql`` module): every SQL
+statement of the project is in this module, and only the factory (vpopmail.stores) imports it.
 
 Tables and columns are vpopmail's, so a database a C vpopmail filled works unchanged:
 ``vpopmail`` (one table for every domain, ``mysql.many_domains``; else one table per domain,
@@ -22,11 +23,11 @@ does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one funct
 import os
 import time
 
-from auth.backend import Fault, UserDatabase, VUser
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, Value
 from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
                              UserDoesNotExist, UsernameExists)
+from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -159,7 +160,7 @@ def _driver():  # type: ignore[no-untyped-def]
     stand_in = "MySQLdb" not in sys.modules and package is not None
     if stand_in:
         bare = type(sys)("MySQLdb")
-        bare.__path__ = [package]  # type: ignore[attr-defined]
+        bare.__dict__["__path__"] = [package]
         sys.modules["MySQLdb"] = bare
     try:
         from MySQLdb import _mysql
@@ -610,6 +611,10 @@ class MySQLDatabase(UserDatabase):
                         f"restore table {table} from a backup (mysqldump)") from None
         return f"{rows[0][0]} users in table {table} of {server}"
 
+    def ping(self) -> None:
+        """Reach the server once (NoAuthConnection if it cannot be)."""
+        self.read("SELECT 1")
+
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
@@ -681,6 +686,105 @@ class MySQLDatabase(UserDatabase):
             return len(old)
 
         return int(self.transaction(work, ["relay"]))  # type: ignore[call-overload]
+
+
+# -- aliases (valias) ---------------------------------------------------------------------------
+
+class SqlAliases(AliasChecks):
+    """The aliases as rows of C's ``valias`` table (alias, domain, valias_line; one row per
+    line), keyed by the real domain. Reads go to the read server; every change is one
+    transaction on the update server that locks the alias's rows first (SELECT ... FOR
+    UPDATE), so two concurrent changes of one alias are serialised and nothing is half done.
+    Listings are sorted by alias name (C's queries have no ORDER BY); the lines of an alias
+    keep the server's order."""
+
+    TABLES = ("valias",)
+
+    def __init__(self, db: MySQLDatabase) -> None:
+        AliasChecks.__init__(self, db)
+        self.db = db
+
+    def select_lines(self, domain: str, aliases: "Sequence[str]") -> dict[str, list[str]]:
+        """The ``valias`` rows of ``aliases`` in ``domain`` (a real domain), one query: alias ->
+        its lines in the server's order (C has no ORDER BY; InnoDB gives insertion order).
+        Hot-path safe; a table not created yet reads as no rows, an unreachable server raises
+        NoAuthConnection."""
+        marks = ", ".join(["%s"] * len(aliases))
+        rows = self.db.read(f"SELECT alias, valias_line FROM valias WHERE domain = %s AND alias "
+                            f"IN ({marks})", [domain, *aliases], optional=True)
+        found: dict[str, list[str]] = {}
+        for alias, line in rows:
+            found.setdefault((alias or "").lower(), []).append(line or "")
+        return found
+
+    def names(self, entry: AssignEntry) -> list[str]:
+        rows = self.db.read("SELECT DISTINCT alias FROM valias WHERE domain = %s",
+                            [entry.real_domain], optional=True)
+        return self.sorted_names(row[0] or "" for row in rows)
+
+    def lines(self, entry: AssignEntry, alias: str) -> list[str] | None:
+        return self.select_lines(entry.real_domain, [alias]).get(alias)
+
+    def all(self, entry: AssignEntry) -> list[tuple[str, str]]:
+        """(alias, line) for every row of the domain, aliases sorted, lines in server order."""
+        rows = self.db.read("SELECT alias, valias_line FROM valias WHERE domain = %s",
+                            [entry.real_domain], optional=True)
+        pairs = [(alias or "", line or "") for alias, line in rows]
+        order = {name: i for i, name in enumerate(self.sorted_names({a for a, _ in pairs}))}
+        return sorted(pairs, key=lambda pair: order[pair[0]])  # stable: line order kept
+
+    @staticmethod
+    def _locked(conn: Connection, alias: str, domain: str) -> list[str] | None:
+        rows = conn.query("SELECT valias_line FROM valias WHERE alias = %s AND domain = %s "
+                          "FOR UPDATE", [alias, domain])
+        return [row[0] or "" for row in rows] or None
+
+    def add_line(self, entry: AssignEntry, alias: str, address: str, line: str) -> str:
+        """Add a row for one delivery line (the first row makes the alias); returns the line."""
+        from vpopmail.aliases import check_line
+
+        line = check_line(line)
+        domain = entry.real_domain
+
+        def work(conn: Connection) -> None:
+            self.check_add(entry, alias, address, line, self._locked(conn, alias, domain))
+            conn.query("INSERT INTO valias (alias, domain, valias_line) VALUES (%s, %s, %s)",
+                       [alias, domain, line])
+
+        self.db.transaction(work, self.TABLES)
+        return line
+
+    def remove_line(self, entry: AssignEntry, alias: str, address: str, line: str) -> bool:
+        """Delete every row holding ``line``; the alias goes with its last non-blank line.
+        Returns True if the alias is gone."""
+        domain = entry.real_domain
+
+        def work(conn: Connection) -> bool:
+            lines = self._locked(conn, alias, domain)
+            kept = self.kept_lines(address, lines, line)
+            gone = not any(item.strip(" \t") for item in kept)
+            if gone:
+                conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s", [alias, domain])
+            else:
+                for value in set(lines or []) - set(kept):
+                    conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s AND "
+                               "valias_line = %s", [alias, domain, value])
+            return gone
+
+        return bool(self.db.transaction(work, self.TABLES))
+
+    def delete(self, entry: AssignEntry, alias: str, address: str) -> None:
+        """Delete every row of an alias."""
+
+        def work(conn: Connection) -> None:
+            conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s",
+                       [alias, entry.real_domain])
+            if conn.affected() == 0:
+                from vpopmail.aliases import NoSuchAlias
+
+                raise NoSuchAlias(f"alias {address} does not exist")
+
+        self.db.transaction(work, self.TABLES)
 
 
 def _int(text: str | None) -> int:
