@@ -23,7 +23,7 @@ This is the login hot path: lean imports; hashes go through the C library's cryp
 """
 import os
 
-from auth.passwords import dummy_check, verify_password
+from vpopmail.passwords import dummy_check, verify_password
 from vpopmail import assign
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -242,7 +242,7 @@ class Vchkpw:
     def check_secret(self, entry: AssignEntry, user: VUser, stamp: str, service: str) -> str:
         """How the login proved itself (APOP, CRAM-MD5 or PLAIN); Finish(1) if it did not."""
         if user.clear and stamp and service in (POP, SMTP):
-            from auth.passwords import check_challenge
+            from vpopmail.passwords import check_challenge
 
             kind = "APOP" if service == POP else "CRAM-MD5"
             if check_challenge(kind, user.clear, stamp, self.secret):
@@ -266,7 +266,7 @@ class Vchkpw:
         """Store the proven password: as the hash where there is none or (rehash_on_login) it
         is of another scheme, and (``learn`` with clear passwords on) as clear text where that
         is empty. A failure to store is logged; the login goes on."""
-        from auth.passwords import hash_password, needs_rehash
+        from vpopmail.passwords import hash_password, needs_rehash
 
         scheme = self.config.passwords_scheme
         changed = user.copy()
@@ -287,10 +287,8 @@ class Vchkpw:
         """The user's flags, ORed with the domain limits unless V_OVERRIDE, allow ``service``."""
         flags = user.flags
         if not flags & V_OVERRIDE:
-            from vpopmail import limits
-
             try:
-                flags |= limits.for_domain(self.config, entry, self.stores.limits_table).flag_mask
+                flags |= self.stores.domain_limits(entry).flag_mask
             except VpopmailError as exc:
                 raise Finish(TEMPORARY, f"domain limits unreadable ({exc})") from None
         bit, name = DENIED[service]

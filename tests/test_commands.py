@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from auth.passwords import verify_password
+from vpopmail.passwords import verify_password
 from conftest import CLEAN_ENV, NO_BACKEND, Install
 
 pytestmark = pytest.mark.both_backends

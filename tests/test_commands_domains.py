@@ -70,7 +70,7 @@ def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     dom = domain_dir(vhome)
     assert (dom / ".qmail-default").read_text() == \
         f"| {vhome.prefix}/bin/vdelivermail '' {dom / 'postmaster'}\n"
-    from auth.passwords import verify_password
+    from vpopmail.passwords import verify_password
     assert verify_password(match.group(1), stored_users(vhome)["postmaster"][1])
     # the catch-all target cannot be deleted
     refused(vhome, "vdeluser", f"postmaster@{DOMAIN}", code=201)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auth.passwords import verify_password
+from vpopmail.passwords import verify_password
 from conftest import Install
 from test_commands import (ASCTIME, DOMAIN, cdb_dump, check_index, domain_dir, golden, refused,
                            run_as_vpopmail, state, stored_users, vpasswd_cdb_expected,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from auth.passwords import hash_password
+from vpopmail.passwords import hash_password
 from conftest import REPO, Install
 from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip

@@ -42,7 +42,7 @@ from vpopmail.assign import cdb_records, parse_entry
 from vpopmail.cdbwrite import build
 from vpopmail.config import SCHEMA, Config, parse_file, validate
 from vpopmail.errors import MISUSE, ConfigError, CorruptData, VpopmailError
-from vpopmail.relay import RelayTable, _stamp
+from vpopmail.stores.relay import RelayTable, _stamp
 from vpopmail.stores.cdbfiles import parse_fields, parse_line
 
 PASSWORD = "Secret-42"
@@ -442,7 +442,7 @@ def test_fd3_edge_cases(site: LoginSite, data: bytes, expected: int) -> None:
 def test_latin1_password_is_checked_as_bytes(site: LoginSite) -> None:
     """A client that sends Latin-1 gets the bytes hashed as C vpopmail hashed them (it was a
     temporary failure, a UnicodeEncodeError, for any non-UTF-8 password)."""
-    from auth.passwords import _crypt_bytes
+    from vpopmail.passwords import _crypt_bytes
 
     stored = _crypt_bytes(b"p\xe4ss-Word1", "$6$hostileSaltXyz")
     site.ok("vmoduser", "-e", stored, f"alice@{DOMAIN}")

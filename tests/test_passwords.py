@@ -1,11 +1,11 @@
-"""Password hashing and checking (auth.passwords)."""
+"""Password hashing and checking (vpopmail.passwords)."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from auth.passwords import (BCRYPT64, CRYPT64, SCHEMES, crypt, hash_password, random_password,
+from vpopmail.passwords import (BCRYPT64, CRYPT64, SCHEMES, crypt, hash_password, random_password,
                             verify_password)
 from vpopmail.errors import CryptFailed
 

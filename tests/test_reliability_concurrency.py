@@ -276,7 +276,7 @@ def test_admin_writes_race_deliveries_and_logins(root_vhome: Install, seed: int)
     deliverer and a POP login hammer a stable user of the same domain: no reader sees a torn
     vpasswd.cdb (every delivery and login of the stable user succeeds), no command fails, and
     afterwards vpasswd and vpasswd.cdb agree exactly and match what the commands did."""
-    from auth.passwords import verify_password
+    from vpopmail.passwords import verify_password
 
     site = LoginSite.create(root_vhome, True)
     try:
@@ -337,7 +337,7 @@ def test_concurrent_changes_to_one_user_are_all_kept(root_vhome: Install) -> Non
     """vpasswd, vmoduser -q, vmoduser -c and a flag change on one user at the same moment:
     each changes its own field of the record as stored at write time, so none undoes another
     (a read, then a write of the whole record, lost about half of them)."""
-    from auth.passwords import verify_password
+    from vpopmail.passwords import verify_password
 
     site = Site.create(root_vhome, True, alice=None)
     address = f"alice@{DOMAIN}"
@@ -514,7 +514,7 @@ class KillSite(LoginSite):
     def state(self) -> dict[str, object]:
         """Everything a reader or the next command sees, normalised (hashes by the known
         password they verify); every file must parse."""
-        from auth.passwords import verify_password
+        from vpopmail.passwords import verify_password
 
         def label(record: bytes) -> tuple[str, ...]:
             fields = record.decode().split(":")

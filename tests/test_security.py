@@ -572,13 +572,13 @@ def test_locked_account_costs_a_wrong_password(hostile: HostileSite) -> None:
 
 
 def test_dummy_hashes_are_constant_and_never_match() -> None:
-    from auth.passwords import DUMMY_HASHES, SCHEMES, dummy_check, needs_rehash
+    from vpopmail.passwords import DUMMY_HASHES, SCHEMES, dummy_check, needs_rehash
 
     assert set(DUMMY_HASHES) == set(SCHEMES)
     for scheme, stored in DUMMY_HASHES.items():
         assert not needs_rehash(stored, scheme), scheme
         assert dummy_check("anything", scheme) is None
-    from auth import passwords
+    from vpopmail import passwords
 
     assert passwords.DUMMY_HASHES is DUMMY_HASHES  # a module constant: no per-run hashing
 

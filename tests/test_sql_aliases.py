@@ -295,4 +295,4 @@ def test_sql_deliveries_stay_lean(site: Site, sql_db: Database) -> None:
     result, modules = imported(site, "team")
     assert (result.returncode, result.stdout) == (0, PROCESSED), result
     assert {"vpopmail.aliases", "vpopmail.stores.sql", "MySQLdb._mysql"} <= modules
-    assert not modules & (HEAVY | {"auth.passwords"}), modules & HEAVY
+    assert not modules & (HEAVY | {"vpopmail.passwords"}), modules & HEAVY

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from auth.passwords import verify_password
+from vpopmail.passwords import verify_password
 from conftest import NO_BACKEND, Install
 from test_commands import (cdb_dump, check_index, refused, run_as_vpopmail, state,
                            stored_users, vpasswd_cdb_expected, vpasswd_users)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from auth.passwords import verify_password
+from vpopmail.passwords import verify_password
 from conftest import NO_BACKEND, Install
 from login_site import SyslogSink
 from vpopmail import flags

@@ -2,7 +2,7 @@
 
 With the SQL backend and ``mysql.limits_table`` (C's --enable-mysql-limits) a domain's limits are
 its row of the ``limits`` table instead of the domain file (vlimits.default still applies to
-domains without a row): vpopmail.stores.Stores.limits_table is that table, or None.
+domains without a row): vpopmail.stores.Stores.domain_limits chooses.
 
 Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comments, and bare
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
@@ -16,9 +16,6 @@ from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
 from vpopmail.fsutil import atomic_write, read_regular
 
-TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
-if TYPE_CHECKING:
-    from vpopmail.stores.protocols import LimitsTable
 
 DOMAIN_FILE = ".qmailadmin-limits"
 DEFAULT_FILE = "vlimits.default"
@@ -132,13 +129,6 @@ def read(domain_dir: str, vpopmail_home: str) -> Limits:
     """The limits in force for a domain: its own file, else the default file, else none."""
     return (read_file(domain_file(domain_dir)) or read_file(default_file(vpopmail_home))
             or Limits(source="built-in defaults"))
-
-
-def for_domain(config: Config, entry: AssignEntry, table: "LimitsTable | None") -> Limits:
-    """The limits in force for ``entry``: its row of ``table`` (None: the files)."""
-    if table is None:
-        return read(entry.dir, config.home)
-    return from_table_row(config, entry, table.get_limits(entry.real_domain, COLUMNS))
 
 
 def from_table_row(config: Config, entry: AssignEntry, row: dict[str, int] | None) -> Limits:

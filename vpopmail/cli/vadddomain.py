@@ -4,7 +4,7 @@ from __future__ import annotations
 import pwd
 import sys
 
-from auth.passwords import random_password
+from vpopmail.passwords import random_password
 from vpopmail.cli.common import (UsageError, getopt, number, open_api, print_version,
                                   prompt_password, run)
 from vpopmail.errors import DomainAlreadyExists

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from auth.passwords import random_password
+from vpopmail.passwords import random_password
 from vpopmail.api import NewUser, Vpopmail
 from vpopmail.cli.common import (UsageError, error, getopt, number, open_api, print_version,
                                  prompt_password, run)

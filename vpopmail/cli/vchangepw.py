@@ -4,7 +4,7 @@ from __future__ import annotations
 import getpass
 import sys
 
-from auth.passwords import dummy_check, verify_password
+from vpopmail.passwords import dummy_check, verify_password
 from vpopmail.cli.common import error, open_api, prompt_password, run
 from vpopmail.cmdline import OPTIONS, answer
 from vpopmail.errors import TemporaryError, VpopmailError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
-from vpopmail.diagnose import diagnose
+from vpopmail.api.diagnose import diagnose
 
 USAGE = """\
 vcheck: usage: [options] email_address

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from auth.passwords import random_password
+from vpopmail.passwords import random_password
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, prompt_password, run
 
 USAGE = """\

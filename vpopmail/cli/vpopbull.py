@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from vpopmail.bulletin import (COPY, DELIVERED, FAILED, HARD_LINK, LISTED, OVER_QUOTA, SYMLINK,
+from vpopmail.api.bulletin import (COPY, DELIVERED, FAILED, HARD_LINK, LISTED, OVER_QUOTA, SYMLINK,
                                Bulletin, Message, Progress, read_exclude, select_domains)
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 

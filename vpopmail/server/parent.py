@@ -31,13 +31,13 @@ def preload() -> None:
     """Import what the workers run, so that a fork starts warm."""
     import gc
 
-    import auth.passwords  # noqa: F401
+    import vpopmail.passwords  # noqa: F401
     import auth.vchkpw  # noqa: F401
     import delivery.vdelivermail  # noqa: F401
     import fcntl  # noqa: F401
     import resource  # noqa: F401
     import vpopmail.limits  # noqa: F401
-    import vpopmail.relay  # noqa: F401
+    import vpopmail.stores.relay  # noqa: F401
     from vpopmail.stores import preload as preload_stores
 
     preload_stores()

@@ -3,7 +3,7 @@
 - users, with their last logins (lastauth): vpasswd + vpasswd.cdb (:mod:`.cdbfiles`) or the
   SQL users table (:mod:`.sql`); the interface is :class:`UserDatabase`;
 - aliases: ``.qmail-<alias>`` files (:mod:`.aliasfiles`) or ``valias`` rows;
-- relay (roaming IPs): ``etc/open-smtp`` (:mod:`vpopmail.relay`) or the ``relay`` table;
+- relay (roaming IPs): ``etc/open-smtp`` (:mod:`vpopmail.stores.relay`) or the ``relay`` table;
 - domain limits: ``.qmailadmin-limits`` files (:mod:`vpopmail.limits`) or the ``limits`` table;
 - the auth log: ``vlog`` rows (C's --enable-sql-logging); nothing with the files.
 
@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
     from vpopmail.config import Config
-    from vpopmail.relay import RelayTable
+    from vpopmail.limits import Limits
     from vpopmail.stores.cdbfiles import CdbFiles
     from vpopmail.stores.protocols import AliasStore, AuthLog, LimitsTable, ValiasRows
+    from vpopmail.stores.relay import RelayTable
     from vpopmail.stores.sql import MySQLDatabase
 
 USE_POP = 1
@@ -275,10 +276,10 @@ class Stores:
         """The roaming IPs: open-smtp, or the SQL ``relay`` table (``timeout``: of the locks)."""
         sql = self._sql
         if sql is not None:
-            from vpopmail.relay import SqlRelayTable
+            from vpopmail.stores.relay import SqlRelayTable
 
             return SqlRelayTable(self.config, sql, timeout)
-        from vpopmail.relay import RelayTable
+        from vpopmail.stores.relay import RelayTable
 
         return RelayTable(self.config, timeout)
 
@@ -287,6 +288,16 @@ class Stores:
         """The SQL ``limits`` table (mysql.limits_table, C's --enable-mysql-limits), or None
         when domain limits are files."""
         return self._sql if self.config.mysql_limits_table else None
+
+    def domain_limits(self, entry: AssignEntry) -> "Limits":
+        """The limits in force for ``entry``: its row of the limits table, or its files."""
+        from vpopmail import limits
+
+        table = self.limits_table
+        if table is None:
+            return limits.read(entry.dir, self.config.home)
+        return limits.from_table_row(self.config, entry,
+                                     table.get_limits(entry.real_domain, limits.COLUMNS))
 
     @property
     def auth_log(self) -> "AuthLog | None":

@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from auth.passwords import dummy_check, verify_password
+from vpopmail.passwords import dummy_check, verify_password
 from auth.vchkpw import LEVELS, remote_ip
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from auth.passwords import hash_many, hash_password
+from vpopmail.passwords import hash_many, hash_password
 from maildir import is_maildir
 from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
@@ -343,7 +343,7 @@ class Vpopmail:
         return dircontrol.read(entry.dir).cur_users
 
     def domain_limits(self, entry: AssignEntry) -> limits.Limits:
-        return limits.for_domain(self.config, entry, self.stores.limits_table)
+        return self.stores.domain_limits(entry)
 
     def change_domain_limits(self, entry: AssignEntry | None,
                              edit: Callable[[limits.Limits], bool]) -> limits.Limits:

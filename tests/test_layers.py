@@ -1,0 +1,97 @@
+"""The packages form floors that import only downwards, with no cycle between packages
+(issue 15): formats and primitives, the stores, the API, the programs. Every import counts,
+also those inside functions and those made for type checking only."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OURS = ("vpopmail", "auth", "delivery", "maildir")
+#: package -> floor (README, Layout)
+FLOORS = {
+    "vpopmail": 0,  # formats and primitives: config, errors, fsutil, names, cdb, qmail files …
+    "maildir": 0,  # the Maildir writer and Maildir++ quota
+    "vpopmail.stores": 1,  # one store per concern and the one factory
+    "vpopmail.api": 2,  # what the commands share: domains, users, aliases, limits, vpopbull, vcheck
+    "auth": 3,  # vchkpw
+    "delivery": 3,  # vdelivermail
+    "vpopmail.cli": 3,  # one module per command
+    "vpopmail.vpopmaild": 3,
+    "vpopmail.server": 3,
+}
+
+
+def package_of(module: str) -> str:
+    """The package of ``module`` as FLOORS names them (the deepest listed prefix)."""
+    parts = module.split(".")
+    for size in range(len(parts), 0, -1):
+        if ".".join(parts[:size]) in FLOORS:
+            return ".".join(parts[:size])
+    raise AssertionError(f"{module} is in no package of FLOORS: give it a floor")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for top in OURS:
+        for path in (ROOT / top).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """The modules of ours that ``name`` imports anywhere in its text."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    known = modules()
+    return {target for target in found if target in known}
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {package: set() for package in FLOORS}
+    for name, path in modules().items():
+        source = package_of(name)
+        for target in imports(name, path):
+            if package_of(target) != source:
+                graph[source].add(package_of(target))
+    return graph
+
+
+def test_every_import_points_to_the_same_or_a_lower_floor() -> None:
+    upward = [(source, target) for source, targets in package_graph().items()
+              for target in targets if FLOORS[target] > FLOORS[source]]
+    assert not upward, upward
+
+
+def test_no_cycle_between_packages() -> None:
+    graph = package_graph()
+    seen: dict[str, int] = {}  # 1 on the path, 2 done
+
+    def visit(package: str, path: list[str]) -> None:
+        seen[package] = 1
+        for target in sorted(graph[package]):
+            if seen.get(target) == 1:
+                raise AssertionError(" -> ".join([*path, package, target]))
+            if target not in seen:
+                visit(target, [*path, package])
+        seen[package] = 2
+
+    for package in sorted(graph):
+        if package not in seen:
+            visit(package, [])
+
+
+def test_the_graph_sees_imports_inside_functions() -> None:
+    """The checker itself: a function-level import (vchkpw's of the API) is an edge."""
+    assert "vpopmail.api" in package_graph()["auth"]
