@@ -44,6 +44,7 @@ class MariaDB:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "MariaDB":
+        """Start the server (on another free port if a parallel worker took this one)."""
         self.base.mkdir(parents=True, exist_ok=True)
         os.chmod(self.base, 0o755)  # the vpopmail user connects through the socket
         me = ["--user=root"] if os.geteuid() == 0 else []
@@ -51,6 +52,17 @@ class MariaDB:
             subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
                             "--auth-root-authentication-method=normal", "--skip-test-db",
                             *me], check=True, capture_output=True)
+        for attempt in itertools.count(1):
+            try:
+                self._start_once(me)
+                break
+            except RuntimeError as error:
+                if attempt == 3 or "Address already in use" not in str(error):
+                    raise
+                self.port = _free_port()
+        return self
+
+    def _start_once(self, me: list[str]) -> None:
         self.process = subprocess.Popen(
             [MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
              f"--port={self.port}", "--bind-address=127.0.0.1", f"--server-id={self.server_id}",
@@ -63,7 +75,7 @@ class MariaDB:
                 raise RuntimeError(f"mariadbd exited: {(self.base / 'error.log').read_text()}")
             if subprocess.run([CLIENT, "--no-defaults", "-S", self.socket, "-uroot", "-e",
                                "SELECT 1"], capture_output=True).returncode == 0:
-                return self
+                return
             time.sleep(0.1)
         raise RuntimeError("mariadbd did not start in 60 s")
 
