@@ -22,6 +22,7 @@ import pytest
 from conftest import Install
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
+from mariadb_site import RO, Database
 from server_site import Server, running_server, wait_for
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
@@ -205,6 +206,39 @@ def test_one_worker_serves_both_identities_in_turn(root_vhome: Install) -> None:
             assert site.deliver("alice").returncode == 0
             assert site.login("alice@example.com", "pw").code == 0
         assert len(worker_ids(server)) <= 1
+    site.syslog.close()
+
+
+def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: Install,
+                                                                    sql_db: Database) -> None:
+    """Through the server, a worker's SQL connection serves its next request (no connect per
+    delivery); killed by the database while idle, it is replaced at the next request, which
+    succeeds."""
+    root_vhome.database = sql_db
+    sql_db.configure(root_vhome)
+    root_vhome.backend = "mysql"
+    root_vhome.set_config("server", "workers", 1)  # one worker: the requests meet the same one
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+
+    def reader_sessions() -> list[str]:
+        return [row[0] for row in sql_db.server.rows(
+            f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{RO}'")]
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.deliver("alice").returncode == 0
+        first = reader_sessions()
+        assert len(first) == 1, first
+        assert site.deliver("alice").returncode == 0
+        assert reader_sessions() == first
+        sql_db.server.sql(f"KILL {first[0]}")
+        result = site.deliver("alice")
+        assert result.returncode == 0, result
+        renewed = reader_sessions()
+        assert len(renewed) == 1 and renewed != first
+    assert len(body_of(site, "alice")) == 3
     site.syslog.close()
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 
 from vpopmail import config as vconfig
+from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
                            Decline, Drop, Request, read_request, reply)
 
@@ -265,6 +266,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings") -> No
         take_identity(identity)
     except (OSError, Decline) as exc:
         declined = str(exc)
+    keep_connections()  # SQL connections stay open from one request to the next
     for served in range(1, settings.requests_per_worker + 1):
         try:
             data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4),
@@ -287,7 +289,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings") -> No
             return
         serve_one(conn, pid, identity, settings, null)
         conn.close()
-        stray = open_descriptors(keep)
+        stray = open_descriptors(keep | kept_descriptors())
         last = served == settings.requests_per_worker or bool(stray) or not is_identity(identity)
         if stray:
             log(settings.log_fd, f"worker ends: descriptors {stray} left open by a request " + str([os.readlink(f"/proc/self/fd/{fd}") for fd in stray]))

@@ -201,11 +201,36 @@ FILES, SQL = "cdb", "mysql"
 _opened: "list[MySQLDatabase]" = []
 
 
+#: set by keep_connections(): close_stores() keeps the SQL connections for the next request
+_keeping: list[bool] = []
+
+
+def keep_connections() -> None:
+    """For a process that serves request after request of one identity (a vpopmail-server
+    worker): :func:`close_stores` keeps its SQL connections open for the next request with the
+    same server, user and database, which pings them before use. Never across a fork: a worker
+    opens its own."""
+    _keeping.append(True)
+
+
+def kept_descriptors() -> set[int]:
+    """The descriptors of the connections :func:`keep_connections` holds."""
+    import sys
+
+    sql = sys.modules.get("vpopmail.stores.sql")
+    return sql.kept_descriptors() if sql is not None else set()
+
+
 def close_stores() -> None:
-    """Close what the stores opened: the hot paths end with os._exit, and a database server
-    logs every connection dropped without a goodbye as aborted."""
+    """Close what the stores opened (or keep it: :func:`keep_connections`): the hot paths end
+    with os._exit, and a database server logs every connection dropped without a goodbye as
+    aborted."""
     while _opened:
-        _opened.pop().close()
+        database = _opened.pop()
+        if _keeping:
+            database.release()
+        else:
+            database.close()
 
 
 class Stores:

@@ -20,6 +20,7 @@ does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one funct
 :meth:`Connection.query`, which quotes each one with the server connection's own escaping
 (what MySQLdb's cursors do); no caller builds SQL from data.
 """
+import contextlib
 import os
 import time
 
@@ -181,6 +182,17 @@ def _error_parts(exc: BaseException) -> tuple[int, str]:
     return 0, str(exc)
 
 
+#: connections a long-lived process keeps between requests (vpopmail-server's workers, see
+#: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
+#: an open handle, checked with a ping before it is used again
+_idle: dict[tuple[object, ...], object] = {}
+
+
+def kept_descriptors() -> set[int]:
+    """The descriptors of the idle connections kept for the next request."""
+    return {int(handle.fileno()) for handle in _idle.values()}  # type: ignore[attr-defined]
+
+
 class Connection:
     """One lazily opened connection; :meth:`query` is the only way SQL reaches the server."""
 
@@ -191,10 +203,24 @@ class Connection:
         self.side = side
         self.handle = None  # type: ignore[var-annotated]
 
+    def key(self) -> tuple[object, ...]:
+        server = self.server
+        return (self.side, server.host, server.port, server.socket, server.user,
+                server.password, server.database, self.timeout, self.lock_timeout)
+
     def open(self):  # type: ignore[no-untyped-def]
         if self.handle is not None:
             return self.handle
         driver = _driver()
+        kept = _idle.pop(self.key(), None)
+        if kept is not None:
+            try:
+                kept.ping()  # type: ignore[attr-defined]
+                self.handle = kept
+                return kept
+            except driver.MySQLError:  # gone away while idle: a new connection
+                with contextlib.suppress(Exception):
+                    kept.close()  # type: ignore[attr-defined]
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
@@ -270,6 +296,19 @@ class Connection:
         if code in BAD_VALUE:
             return BadInput(f"{text} ({BAD_VALUE[code]})")
         return SqlError(code, f"{where}: {text} ({code})")
+
+    def release(self) -> None:
+        """Keep the connection for the next request of this process (any transaction left
+        open is rolled back first); closed instead if that fails."""
+        if self.handle is None:
+            return
+        try:
+            self.handle.query(b"ROLLBACK")
+        except Exception:  # noqa: BLE001 - a broken link is closed, not kept
+            self.close()
+            return
+        _idle[self.key()] = self.handle
+        self.handle = None
 
     def close(self) -> None:
         if self.handle is not None:
@@ -618,6 +657,12 @@ class MySQLDatabase(UserDatabase):
     def close(self) -> None:
         self.reader.close()
         self.writer.close()
+
+    def release(self) -> None:
+        """Keep both connections for this process's next request (vpopmail-server)."""
+        self.reader.release()
+        if self.writer is not self.reader:
+            self.writer.release()
 
     # -- vlog (mysql.sql_logging) --------------------------------------------------------------
     def log_event(self, user: str, domain: str, logon: str, remote_ip: str, message: str,
