@@ -20,7 +20,6 @@ does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one funct
 :meth:`Connection.query`, which quotes each one with the server connection's own escaping
 (what MySQLdb's cursors do); no caller builds SQL from data.
 """
-import contextlib
 import os
 import time
 
@@ -219,8 +218,10 @@ class Connection:
                 self.handle = kept
                 return kept
             except driver.MySQLError:  # gone away while idle: a new connection
-                with contextlib.suppress(Exception):
+                try:
                     kept.close()  # type: ignore[attr-defined]
+                except driver.MySQLError:
+                    pass
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
