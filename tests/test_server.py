@@ -36,9 +36,11 @@ def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginS
     parametrized: "fresh" (server.requests_per_worker = 1: a new worker for every request) /
     "reused"."""
     root_vhome.set_config("server", "request_timeout", 2)
-    if hasattr(request, "param"):
-        root_vhome.set_config("server", "requests_per_worker",
-                              1 if request.param == "fresh" else 1000)
+    if hasattr(request, "param"):  # "fresh" / "reused", or server.* settings
+        settings = request.param if isinstance(request.param, dict) else {
+            "requests_per_worker": 1 if request.param == "fresh" else 1000}
+        for key, value in settings.items():
+            root_vhome.set_config("server", key, value)
     login_site = LoginSite(root_vhome, unprivileged=True)
     login_site.ok("vadddomain", DOMAIN, "secret")
     login_site.add("alice", "pw")
@@ -177,36 +179,27 @@ def test_a_request_that_changes_the_ids_ends_its_worker(site: LoginSite) -> None
     assert first != second
 
 
-def test_idle_workers_leave(root_vhome: Install) -> None:
-    root_vhome.set_config("server", "idle_timeout", 1)
-    site = LoginSite(root_vhome, unprivileged=True)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add("alice", "pw")
-    with running_server(root_vhome) as server:
-        assert site.deliver("alice").returncode == 0
-        assert worker_ids(server)
-        deadline = time.monotonic() + 15
-        while worker_ids(server) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not worker_ids(server)
-        without_fallbacks(root_vhome)
-        assert site.deliver("alice").returncode == 0
-    site.syslog.close()
+@pytest.mark.parametrize("site", [{"idle_timeout": 1}], indirect=True)
+def test_idle_workers_leave(site: LoginSite) -> None:
+    server = server_of(site)
+    assert site.deliver("alice").returncode == 0
+    assert worker_ids(server)
+    deadline = time.monotonic() + 15
+    while worker_ids(server) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not worker_ids(server)
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
 
 
-def test_one_worker_serves_both_identities_in_turn(root_vhome: Install) -> None:
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_one_worker_serves_both_identities_in_turn(site: LoginSite) -> None:
     """server.workers = 1: an idle worker of another identity is retired to make room."""
-    root_vhome.set_config("server", "workers", 1)
-    site = LoginSite(root_vhome, unprivileged=True)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add("alice", "pw")
-    with running_server(root_vhome) as server:
-        without_fallbacks(root_vhome)
-        for _ in range(3):
-            assert site.deliver("alice").returncode == 0
-            assert site.login("alice@example.com", "pw").code == 0
-        assert len(worker_ids(server)) <= 1
-    site.syslog.close()
+    without_fallbacks(site.inst)
+    for _ in range(3):
+        assert site.deliver("alice").returncode == 0
+        assert site.login("alice@example.com", "pw").code == 0
+    assert len(worker_ids(server_of(site))) <= 1
 
 
 def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: Install,
