@@ -37,8 +37,9 @@ class LimitsMixin(ApiBase):
 
             table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
+        owner: tuple[int | None, int | None] = (None, None)
         if entry is None:
-            path, owner = limits.default_file(self.config.home), (None, None)
+            path = limits.default_file(self.config.home)
             lock = FileLock(path + ".lock", self.timeout, self.config.uid, self.config.gid)
         else:
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
