@@ -1,0 +1,253 @@
+"""Domains: adding (directory, .qmail-default, user database, qmail routing, postmaster),
+finishing what a killed command left, alias domains, the catch-all, deleting."""
+from __future__ import annotations
+
+import os
+
+from vpopmail import catchall, dircontrol
+from vpopmail.api.users import NewUser, UsersMixin
+from vpopmail.assign import AssignEntry
+from vpopmail.errors import (AliasDomainsExist, CouldNotMakeDomainDir, DomainAlreadyExists,
+                             DomainDoesNotExist, InvalidDomainName, UserDoesNotExist,
+                             UsernameExists, VpopmailError)
+from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
+                             remove_inside)
+from vpopmail.names import check_domain
+
+
+class DomainsMixin(UsersMixin):
+    """Domains and alias domains: qmail's files, the domains tree and the catch-all."""
+
+    def domains(self) -> list[AssignEntry]:
+        """Every domain and alias domain, in users/assign order."""
+        return self.qmail.entries()
+
+    def aliases_of(self, real_domain: str) -> list[str]:
+        return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
+
+    def add_domain(self, domain: str, postmaster_password: str | None = None, *,
+                   base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
+                   default_action: str | None = None, quota: str | None = None,
+                   optimize: bool = False, encrypted: bool = False) -> AssignEntry:
+        """Create a domain: its directory, .qmail-default, user database, qmail routing, and a
+        postmaster (when a password, or a hash with ``encrypted``, is given).
+
+        What a killed vadddomain left is finished, not refused: a directory of the domain that
+        users/cdb does not route yet is taken over (its users kept), and a domain in users/cdb
+        that qmail does not accept or route, or without its postmaster, gets what it lacks.
+        Only a complete domain is :class:`DomainAlreadyExists`.
+        """
+        domain = check_domain(domain.lower())
+        action = catchall.check(default_action or self.config.users_default_action,
+                                self.config.users_hashed_dirs)
+        spec = None if postmaster_password is None else NewUser(
+            "postmaster", gecos="Postmaster", quota=quota,
+            **{"encrypted" if encrypted else "password": postmaster_password})
+        existing = self.find_domain(domain)
+        if existing is not None:
+            if existing.is_alias or not self.domain_incomplete(existing, spec is not None):
+                raise DomainAlreadyExists(domain)
+            self.qmail.add_domain(existing, optimize, resume=True)
+            if spec is not None:
+                self._add_postmaster(existing, spec)
+            return existing
+        uid = self.config.uid if uid is None else uid
+        gid = self.config.gid if gid is None else gid
+        root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
+        try:
+            # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
+            make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
+            root_ids = self._root_owner(root)
+        except OSError as exc:
+            raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+        with OwnerIds(uid, gid):
+            reachable = os.access(root, os.X_OK, effective_ids=True)
+        if not reachable:  # vdelivermail, vchkpw and the admin commands work there as it
+            raise CouldNotMakeDomainDir(
+                f"{root}: the domain owner {uid}:{gid} cannot enter it: give the domain a group "
+                f"that can (-g {root_ids[1]}) or a directory of its own (-d)")
+        with self._dir_lock(root, *root_ids):
+            directory = self._domain_dir_on_disk(domain, root)
+            adopted = directory is not None
+            if directory is not None:
+                bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
+                make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
+            else:
+                bucket = dircontrol.allocate(root, self.config.users_hashed_dirs,
+                                             *root_ids)[0]
+                directory = os.path.join(root, bucket, domain)
+                try:
+                    if not make_dir_inside(root, directory, 0o700, uid, gid):
+                        raise CouldNotMakeDomainDir(f"{directory} already exists")
+                except OSError as exc:
+                    dircontrol.release(root, bucket, *root_ids)
+                    raise CouldNotMakeDomainDir(f"{directory}: {exc.strerror}") from None
+            entry = AssignEntry(domain, domain, uid, gid, directory)
+        try:
+            self.write_dot_qmail_default(entry, action)
+            self.backend.create_domain(entry)
+            self.qmail.add_domain(entry, optimize, resume=adopted)
+        except BaseException:
+            if not adopted:
+                self._remove_domain_dir(entry, root, bucket)
+            raise
+        if spec is not None:
+            try:
+                self._add_postmaster(entry, spec)
+            except BaseException:
+                if not adopted:
+                    self.delete_domain(domain, force=True)
+                raise
+        return entry
+
+    def _add_postmaster(self, entry: AssignEntry, spec: NewUser) -> None:
+        """Add the postmaster unless it exists (in vpasswd: a lagging cdb is rebuilt)."""
+        try:
+            self.add_users(entry, [spec])
+        except UsernameExists:
+            pass
+
+    def domain_incomplete(self, entry: AssignEntry, postmaster: bool = True) -> bool:
+        """Whether a domain in users/cdb lacks what vadddomain makes after users/cdb: its
+        rcpthosts (or morercpthosts) and virtualdomains lines, and (``postmaster``) its
+        postmaster: the marks of a vadddomain killed halfway."""
+        accepted = self.qmail.read_control("rcpthosts") + self.qmail.read_control("morercpthosts")
+        return (entry.domain not in accepted
+                or f"{entry.domain}:{entry.domain}" not in self.qmail.read_control("virtualdomains")
+                or postmaster and self.backend.get_user(entry, "postmaster") is None)
+
+    def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
+        """The directory named ``domain`` in the domains tree (hash buckets included), if any:
+        for a domain users/cdb does not route, what a killed vadddomain or vdeldomain left."""
+        pending = [(root or self.config.domains_root, 0)]
+        while pending:
+            directory, depth = pending.pop()
+            candidate = os.path.join(directory, domain)
+            if os.path.isdir(candidate) and not os.path.islink(candidate):
+                return candidate
+            if depth < 3:
+                try:
+                    names = os.listdir(directory)
+                except OSError:
+                    continue
+                pending += [(os.path.join(directory, n), depth + 1) for n in names
+                            if len(n) == 1 and n in dircontrol.ALPHABET]
+        return None
+
+    def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
+        """``| <home>/bin/vdelivermail '' <action>`` for an action :func:`catchall.check`
+        passed (a user name becomes ``<domaindir>/<name>``), quoted for qmail-local's sh."""
+        line = catchall.line(os.path.join(self.config.home, "bin", "vdelivermail"),
+                             catchall.target(action, entry.dir))
+        atomic_write(os.path.join(entry.dir, catchall.DOT_QMAIL_DEFAULT),
+                     line.encode("utf-8", "surrogateescape"), 0o600, entry.uid, entry.gid)
+
+    def catchall_of(self, entry: AssignEntry) -> str | None:
+        """The domain's catch-all action (None: its .qmail-default does not run vdelivermail)."""
+        return catchall.read(entry.dir)
+
+    def set_catchall(self, domain: str, action: str) -> None:
+        """Make ``action`` the catch-all of ``domain`` (vmoddomain -e), checked as by
+        vadddomain -e; a user name must name a user of the domain, whose directory it becomes."""
+        entry = self.get_domain(domain)
+        action = catchall.check(action, self.config.users_hashed_dirs)
+        if catchall.is_name(action):
+            user = self.backend.get_user(entry, action)
+            if user is None:
+                raise UserDoesNotExist(f"{action}@{entry.real_domain}")
+            action = user.dir or catchall.target(action, entry.dir)
+        self.write_dot_qmail_default(entry, action)
+
+    @staticmethod
+    def _root_owner(root: str) -> tuple[int, int]:
+        """The owner of a domains root, which its .dir-control, lock and buckets keep: never a
+        domain owner's in the shared root, where it could steer where root puts other domains."""
+        st = os.stat(root)
+        return st.st_uid, st.st_gid
+
+    def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
+        remove_inside(root, entry.dir)
+        owner = self._root_owner(root)
+        with self._dir_lock(root, *owner):
+            dircontrol.release(root, bucket, *owner)
+
+    def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
+        """Make ``alias`` deliver to the users of ``real_domain``."""
+        real = self.get_domain(real_domain)
+        alias = check_domain(alias.lower())
+        if alias == real.real_domain:
+            raise InvalidDomainName("real domain and alias domain are the same")
+        if self.find_domain(alias) is not None:
+            raise DomainAlreadyExists(alias)
+        entry = AssignEntry(alias, real.real_domain, real.uid, real.gid, real.dir)
+        self.qmail.add_domain(entry)
+        return entry
+
+    def delete_domain(self, domain: str, force: bool = False) -> list[str]:
+        """Delete a domain (and, with ``force``, its alias domains); an alias domain alone is
+        just unlinked. Returns the alias domains removed.
+
+        A domain users/cdb no longer routes but whose directory is still in the domains tree
+        is what a killed vdeldomain (or vadddomain) left: its removal is finished."""
+        entry = self.find_domain(domain)
+        if entry is None:
+            name = check_domain(domain.lower())
+            directory = self._domain_dir_on_disk(name)
+            if directory is None:
+                raise DomainDoesNotExist(domain)
+            st = os.stat(directory)
+            entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
+            self.qmail.remove_domain(name, missing_ok=True)
+            root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
+            self._remove_domain_dir(entry, root, bucket)
+            return []
+        if entry.is_alias:
+            self.qmail.remove_domain(entry.domain, missing_ok=True)
+            return []
+        aliases = self.aliases_of(entry.domain)
+        if aliases and not force:
+            raise AliasDomainsExist(", ".join(aliases))
+        root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
+        is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
+        for alias in aliases:
+            self.qmail.remove_domain(alias)
+        self.qmail.remove_domain(entry.domain, missing_ok=True)
+        self.backend.delete_domain(entry)
+        self._remove_domain_dir(entry, root, bucket)
+        return aliases
+
+    def discover_domains(self) -> list[AssignEntry]:
+        """The domains found in the domains tree (hash buckets included): every directory with
+        a vpasswd or .qmail-default, owned as it is on disk. Alias domains leave no trace there;
+        those in users/assign whose real domain was found are kept."""
+        root = self.config.domains_root
+        found: list[AssignEntry] = []
+
+        def walk(directory: str, depth: int) -> None:
+            for name in sorted(os.listdir(directory)):
+                path = os.path.join(directory, name)
+                if not os.path.isdir(path) or os.path.islink(path):
+                    continue
+                if len(name) == 1 and depth < 3:
+                    walk(path, depth + 1)
+                elif any(os.path.exists(os.path.join(path, f)) for f in ("vpasswd", ".qmail-default")):
+                    st = os.stat(path)
+                    found.append(AssignEntry(name, name, st.st_uid, st.st_gid, path))
+
+        if os.path.isdir(root):
+            walk(root, 0)
+        real = {e.domain: e for e in found}
+        try:
+            known = self.domains()
+        except VpopmailError:
+            known = []
+        for entry in known:
+            if entry.is_alias and entry.real_domain in real:
+                target = real[entry.real_domain]
+                found.append(AssignEntry(entry.domain, target.domain, target.uid, target.gid,
+                                         target.dir))
+        return found
+
+    def user_count(self, entry: AssignEntry) -> int:
+        """Users counted in the domain's .dir-control (what vdominfo shows)."""
+        return dircontrol.read(entry.dir).cur_users

@@ -1,0 +1,77 @@
+"""Domain limits (.qmailadmin-limits or the ``limits`` table) and what they mean for a user:
+the flags vchkpw sees and the quota a new user gets."""
+from __future__ import annotations
+
+import os
+
+from maildir.quota import NOQUOTA
+from vpopmail import flags, limits
+from vpopmail.api.base import ApiBase
+from vpopmail.assign import AssignEntry
+from vpopmail.fsutil import FileLock
+from vpopmail.stores import VUser
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+class LimitsMixin(ApiBase):
+    """Reading and changing domain limits."""
+
+    def domain_limits(self, entry: AssignEntry) -> limits.Limits:
+        return self.stores.domain_limits(entry)
+
+    def change_domain_limits(self, entry: AssignEntry | None,
+                             edit: Callable[[limits.Limits], bool]) -> limits.Limits:
+        """Read the limits of ``entry`` (None: the vlimits.default file), let ``edit`` change
+        them in place (it says whether it did) and store them, as one step: in a transaction
+        holding the ``limits`` row, or under the directory lock for the files. Returns them."""
+        result: list[limits.Limits] = []
+        table = self.stores.limits_table
+        if entry is not None and table is not None:
+            def edit_row(row: dict[str, int] | None) -> dict[str, int] | None:
+                current = limits.from_table_row(self.config, entry, row)
+                result.append(current)
+                return current.sql_row() if edit(current) else None
+
+            table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
+            return result[-1]
+        owner: tuple[int | None, int | None] = (None, None)
+        if entry is None:
+            path = limits.default_file(self.config.home)
+            lock = FileLock(path + ".lock", self.timeout, self.config.uid, self.config.gid)
+        else:
+            path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
+            lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
+        with lock:
+            current = (limits.read_file(path) or limits.Limits() if entry is None
+                       else self.domain_limits(entry))
+            if edit(current):
+                limits.write(path, current, *owner)
+        return current
+
+    def delete_domain_limits(self, entry: AssignEntry) -> None:
+        """Drop the domain's own limits (its row, or its limits file): the defaults apply."""
+        table = self.stores.limits_table
+        if table is not None:
+            table.delete_limits(entry.real_domain)
+            return
+        try:
+            os.unlink(limits.domain_file(entry.dir))
+        except FileNotFoundError:
+            pass
+
+    def effective_flags(self, user: VUser, entry: AssignEntry) -> int:
+        """The user's flags with the domain limits ORed in (unless V_OVERRIDE), as vchkpw sees."""
+        if user.flags & flags.V_OVERRIDE:
+            return user.flags
+        return user.flags | self.domain_limits(entry).flag_mask
+
+    def default_quota(self, entry: AssignEntry) -> str:
+        """The quota new users of a domain get: its limits' defaults, else NOQUOTA."""
+        numbers = self.domain_limits(entry).numbers
+        size, count = numbers["default_quota"], numbers["default_maxmsgcount"]
+        text = ",".join(p for p in (f"{size}S" if size > 0 else "",
+                                    f"{count}C" if count > 0 else "") if p)
+        return text or NOQUOTA
