@@ -280,7 +280,9 @@ class Connection:
                 for row in rows]
 
     def affected(self) -> int:
-        return self.open().affected_rows()
+        """Rows the last statement changed (called after :meth:`query`, on its open handle)."""
+        assert self.handle is not None, "affected() before a query"
+        return self.handle.affected_rows()
 
     def error(self, exc: BaseException) -> Exception:
         """Our exception for a driver error (the table-missing case is left to callers)."""
