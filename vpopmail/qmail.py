@@ -57,7 +57,7 @@ class QmailFiles:
                 f"directory with vregenerate (alias domains must then be added again)") from None
         except OSError as exc:
             raise CannotReadAssign(f"{path}: {exc.strerror}") from None
-        lines = []
+        lines: list[str] = []
         for line in text.split("\n"):
             if line.startswith("."):
                 return lines

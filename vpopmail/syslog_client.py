@@ -8,6 +8,10 @@ message is dropped, as libc's syslog() does.
 import os
 import time
 
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from _socket import socket
+
 LOG_MAIL = 2
 LOG_ERR = 3
 LOG_NOTICE = 5
@@ -27,7 +31,7 @@ class Syslog:
         self.ident = ident
         self.path = path
         self.facility = facility
-        self._sock = None
+        self._sock: "socket | None" = None
 
     def send(self, text: str, severity: int = LOG_NOTICE) -> None:
         if not self.path:

@@ -33,6 +33,10 @@ from vpopmail.fsutil import OwnerIds
 from vpopmail.names import split_address
 from vpopmail.stores import VUser
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
 COPY = "copy"
 HARD_LINK = "hard link"
 SYMLINK = "symbolic link"
@@ -361,7 +365,7 @@ def syncfs(path: str) -> None:
 class Progress:
     """A one-line progress bar on a terminal (redrawn at most ten times a second)."""
 
-    def __init__(self, total: int, stream=None, width: int = 30) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, total: int, stream: TextIO | None = None, width: int = 30) -> None:
         self.total = max(total, 1)
         self.stream = stream or sys.stderr
         self.width = width
@@ -371,7 +375,7 @@ class Progress:
         self._shown = False
 
     @staticmethod
-    def wanted(total: int, threshold: int, stream=None) -> bool:  # type: ignore[no-untyped-def]
+    def wanted(total: int, threshold: int, stream: TextIO | None = None) -> bool:
         """Show one only on a terminal, and only for runs of at least ``threshold`` users."""
         stream = stream or sys.stderr
         try:

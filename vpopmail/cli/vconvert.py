@@ -43,6 +43,8 @@ from vpopmail.stores.cdbfiles import format_line, parse_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from vpopmail.stores.protocols import AliasStore
 
 USAGE = """\
@@ -183,7 +185,7 @@ class Convert:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
-    def plan(self, domains: list[str]) -> list[tuple[AssignEntry, str | None]]:
+    def plan(self, domains: list[str]) -> "Sequence[tuple[AssignEntry, str | None]]":
         """(domain entry, file or None) for each domain to convert, every one checked first."""
         directory = self.path not in (None, "-") and os.path.isdir(self.path or "")
         if self.stores:

@@ -151,8 +151,8 @@ class CdbFiles(UserDatabase):
     def _write_cdb(self, domain: AssignEntry, lines: list[bytes]) -> None:
         from vpopmail.cdbwrite import build
 
-        records = [line.split(b":", 1) for line in lines]
-        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600,  # type: ignore[arg-type]
+        records = [(name, rest) for name, rest in (line.split(b":", 1) for line in lines)]
+        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600,
                      domain.uid, domain.gid, self.sync)
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:

@@ -32,6 +32,33 @@ from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from typing import Protocol, TypeVar
+
+    T = TypeVar("T")
+
+    class Result(Protocol):
+        """A stored result of ``MySQLdb._mysql``."""
+
+        def fetch_row(self, maxrows: int, /) -> tuple[tuple[bytes | None, ...], ...]: ...
+
+    class Handle(Protocol):
+        """What this module uses of a ``MySQLdb._mysql`` connection."""
+
+        def fileno(self) -> int: ...
+        def ping(self) -> None: ...
+        def autocommit(self, on: bool, /) -> None: ...
+        def query(self, statement: bytes, /) -> None: ...
+        def store_result(self) -> Result | None: ...
+        def string_literal(self, value: bytes, /) -> bytes: ...
+        def affected_rows(self) -> int: ...
+        def close(self) -> None: ...
+
+    class Driver(Protocol):
+        """What this module uses of the C module ``MySQLdb._mysql`` (it ships no types)."""
+
+        MySQLError: type[Exception]
+
+        def connect(self, **options: object) -> Handle: ...
 
 USERS_TABLE = "vpopmail"
 ER_DUP_ENTRY = 1062
@@ -143,7 +170,7 @@ class Server:
         return f"{self.user}@{where}/{self.database}"
 
 
-def _driver():  # type: ignore[no-untyped-def]
+def _driver() -> "Driver":
     """mysqlclient's C module ``MySQLdb._mysql`` without its package's ``__init__`` (the DB-API
     layer and ``datetime``, which nothing here uses: 1 to 1.5 ms a login, 2 to 3 ms a delivery
     in two runs of bench/bench_sqldriver.py). A bare module with the package's path stands in for the package while
@@ -151,7 +178,7 @@ def _driver():  # type: ignore[no-untyped-def]
     later ``import MySQLdb`` still gets the real package."""
     import sys
 
-    loaded = sys.modules.get("MySQLdb._mysql")
+    loaded: "Driver | None" = sys.modules.get("MySQLdb._mysql")  # the C module: see Driver
     if loaded is not None:
         return loaded
     places = [os.path.join(entry or ".", "MySQLdb") for entry in sys.path]
@@ -171,7 +198,8 @@ def _driver():  # type: ignore[no-untyped-def]
     finally:
         if stand_in:
             del sys.modules["MySQLdb"]
-    return _mysql
+    driver: "Driver" = _mysql  # the C module, untyped: Driver is what is used of it
+    return driver
 
 
 def _error_parts(exc: BaseException) -> tuple[int, str]:
@@ -184,12 +212,12 @@ def _error_parts(exc: BaseException) -> tuple[int, str]:
 #: connections a long-lived process keeps between requests (vpopmail-server's workers, see
 #: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
 #: an open handle, checked with a ping before it is used again
-_idle: dict[tuple[object, ...], object] = {}
+_idle: "dict[tuple[object, ...], Handle]" = {}
 
 
 def kept_descriptors() -> set[int]:
     """The descriptors of the idle connections kept for the next request."""
-    return {int(handle.fileno()) for handle in _idle.values()}  # type: ignore[attr-defined]
+    return {handle.fileno() for handle in _idle.values()}
 
 
 class Connection:
@@ -200,26 +228,26 @@ class Connection:
         self.timeout = timeout
         self.lock_timeout = lock_timeout
         self.side = side
-        self.handle = None  # type: ignore[var-annotated]
+        self.handle: "Handle | None" = None
 
     def key(self) -> tuple[object, ...]:
         server = self.server
         return (self.side, server.host, server.port, server.socket, server.user,
                 server.password, server.database, self.timeout, self.lock_timeout)
 
-    def open(self):  # type: ignore[no-untyped-def]
+    def open(self) -> "Handle":
         if self.handle is not None:
             return self.handle
         driver = _driver()
         kept = _idle.pop(self.key(), None)
         if kept is not None:
             try:
-                kept.ping()  # type: ignore[attr-defined]
+                kept.ping()
                 self.handle = kept
                 return kept
             except driver.MySQLError:  # gone away while idle: a new connection
                 try:
-                    kept.close()  # type: ignore[attr-defined]
+                    kept.close()
                 except driver.MySQLError:
                     pass
         server = self.server
@@ -248,7 +276,8 @@ class Connection:
         self.handle = handle
         return handle
 
-    def literal(self, value: object) -> bytes:
+    @staticmethod
+    def literal(handle: "Handle", value: object) -> bytes:
         if value is None:
             return b"NULL"
         if isinstance(value, bool):
@@ -256,7 +285,7 @@ class Connection:
         if isinstance(value, int):
             return b"%d" % value
         data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
-        return self.handle.string_literal(data)  # type: ignore[union-attr]
+        return handle.string_literal(data)
 
     def query(self, sql: str, params: "Sequence[object]" = ()) -> list[tuple[str | None, ...]]:
         """Run ``sql`` with each ``%s`` bound to the next of ``params``; return the rows."""
@@ -264,7 +293,7 @@ class Connection:
         pieces = sql.encode().split(b"%s")
         if len(pieces) != len(params) + 1:
             raise ValueError(f"{len(pieces) - 1} placeholders for {len(params)} values")
-        statement = pieces[0] + b"".join(self.literal(p) + piece
+        statement = pieces[0] + b"".join(self.literal(handle, p) + piece
                                          for p, piece in zip(params, pieces[1:]))
         driver = _driver()
         try:
@@ -279,7 +308,9 @@ class Connection:
                 for row in rows]
 
     def affected(self) -> int:
-        return int(self.handle.affected_rows())  # type: ignore[union-attr]
+        """Rows the last statement changed (called after :meth:`query`, on its open handle)."""
+        assert self.handle is not None, "affected() before a query"
+        return self.handle.affected_rows()
 
     def error(self, exc: BaseException) -> Exception:
         """Our exception for a driver error (the table-missing case is left to callers)."""
@@ -369,8 +400,8 @@ class MySQLDatabase(UserDatabase):
                 return []
             raise NoAuthConnection(str(exc)) from None
 
-    def transaction(self, work: "Callable[[Connection], object]", tables: "Sequence[str]" = ()
-                    ) -> object:
+    def transaction(self, work: "Callable[[Connection], T]", tables: "Sequence[str]" = ()
+                    ) -> "T":
         """Run ``work(update connection)`` in one transaction; on a missing table among
         ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again; on
         a deadlock (admin commands locking the same gap, e.g. the row of a domain without
@@ -455,7 +486,8 @@ class MySQLDatabase(UserDatabase):
     def _values(self, domain: AssignEntry, user: VUser) -> tuple[str, list[object]]:
         """Column list and values for an INSERT of ``user``."""
         columns = ["pw_name"] + (["pw_domain"] if self.many_domains else [])
-        values: list[object] = [user.name] + ([domain.real_domain] if self.many_domains else [])
+        values: list[object] = ([user.name, domain.real_domain] if self.many_domains
+                                else [user.name])
         columns += ["pw_passwd", "pw_uid", "pw_gid", "pw_gecos", "pw_dir", "pw_shell"]
         values += [user.passwd, user.uid, user.flags, user.gecos, user.dir, user.quota]
         if self.clear_passwords:
@@ -534,7 +566,7 @@ class MySQLDatabase(UserDatabase):
                 changed.append(user)
             return changed
 
-        return self.transaction(work)  # type: ignore[return-value]
+        return self.transaction(work)
 
     def delete_user(self, domain: AssignEntry, name: str) -> VUser:
         table = self.users_table(domain)
@@ -549,7 +581,7 @@ class MySQLDatabase(UserDatabase):
                        [name, domain.real_domain])
             return stored[name]
 
-        return self.transaction(work, ["lastauth"])  # type: ignore[return-value]
+        return self.transaction(work, ["lastauth"])
 
     def create_domain(self, domain: AssignEntry) -> None:
         """The users table (and the shared tables) exist afterwards; users already stored for
@@ -731,7 +763,7 @@ class MySQLDatabase(UserDatabase):
                 conn.query("DELETE FROM relay WHERE ip_addr = %s", [ip])
             return len(old)
 
-        return int(self.transaction(work, ["relay"]))  # type: ignore[call-overload]
+        return self.transaction(work, ["relay"])
 
 
 # -- aliases (valias) ---------------------------------------------------------------------------

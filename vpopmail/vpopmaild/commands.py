@@ -18,6 +18,14 @@ from vpopmail.names import split_address
 from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    from vpopmail.assign import AssignEntry
+
+    T = TypeVar("T")
+
 #: bytes of option lines one mod_user or set_limits may send
 MAX_OPTIONS = 65536
 
@@ -41,7 +49,7 @@ def page_range(tokens: Tokens) -> tuple[int, int]:
     return 0, 0
 
 
-def paged(items: list, bounds: tuple[int, int]) -> list:  # type: ignore[type-arg]
+def paged(items: list[T], bounds: tuple[int, int]) -> list[T]:
     start, end = bounds
     return items[start:end] if end else items
 
@@ -253,7 +261,7 @@ def get_domain_size(s: Session, t: Tokens) -> None:
 
 # -- domains ----------------------------------------------------------------------------------
 
-def _entries(s: Session, minor: int) -> list:  # type: ignore[type-arg]
+def _entries(s: Session, minor: int) -> list[AssignEntry]:
     try:
         return s.api.domains()
     except TemporaryError:

@@ -1,0 +1,1 @@
+# libpass (imported as passlib): what vpopmail/passwords.py uses

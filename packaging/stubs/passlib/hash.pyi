@@ -1,0 +1,3 @@
+class argon2:
+    @classmethod
+    def hash(cls, secret: str | bytes) -> str: ...
