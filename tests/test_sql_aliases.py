@@ -294,5 +294,5 @@ def test_sql_deliveries_stay_lean(site: Site, sql_db: Database) -> None:
     insert(sql_db, "team", f"{user_dir(sql_db, 'bob')}/Maildir/")
     result, modules = imported(site, "team")
     assert (result.returncode, result.stdout) == (0, PROCESSED), result
-    assert {"vpopmail.aliases", "vpopmail.stores.sql", "MySQLdb._mysql"} <= modules
+    assert {"vpopmail.stores.sql", "MySQLdb._mysql"} <= modules
     assert not modules & (HEAVY | {"vpopmail.passwords"}), modules & HEAVY
