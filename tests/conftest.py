@@ -1,5 +1,7 @@
-"""Fixtures: a real installation per test (packaging/install into tmp_path), run as qmail and an
-operator would run it, plus a library-level handle on a temp config."""
+"""Fixtures and hooks: a real installation per test (tests/install_site.py copies one into
+tmp_path), run as qmail and an operator would run it, on each user backend and server mode,
+plus a library-level handle on it. Helpers live in helper modules (install_site.py, helpers.py,
+the *_site.py modules), which never import this file (tests/test_suite_layout.py)."""
 from __future__ import annotations
 
 import os

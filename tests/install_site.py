@@ -194,6 +194,7 @@ def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VE
 
 
 def own_account() -> tuple[str, str]:
+    """(user, group) names of the process running the tests: a sandbox install's owner."""
     return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
 
 
