@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install, as_user_argv
+from install_site import Install, as_user_argv
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.stores import open_stores
 
 DOMAIN = "example.com"
 SENDER = "sender@remote.test"
+RETURN_PATH = b"Return-Path: <sender@remote.test>\n"
 MESSAGE = (b"From: Sender <sender@remote.test>\nTo: alice@example.com\nSubject: anchor test\n"
            b"Date: Sat, 28 Nov 2026 03:30:00 +0000\nMessage-ID: <anchor-test-1@remote.test>\n\n"
            b"Hello alice, this is a small test message.\n")
@@ -151,3 +152,27 @@ def tiny_fs(site: Site) -> Iterator[Path]:
         yield maildir
     finally:
         subprocess.run(["umount", str(maildir)], check=True)
+
+
+@pytest.fixture
+def inject(site: Site) -> Path:
+    """A stand-in qmail-inject (qmail is not packaged in Debian) that records its argv and
+    input and exits with the code in ``exit`` (0 unless a test writes one)."""
+    record = site.inst.prefix / "inject"
+    record.mkdir()
+    script = site.inst.qmaildir / "bin" / "qmail-inject"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(f"#!/bin/sh\nn=$(ls {record} | grep -c '^argv')\n"
+                      f"printf '%s\\n' \"$@\" > {record}/argv.$n\ncat > {record}/data.$n\n"
+                      f"exit $(cat {record}/exit 2>/dev/null || echo 0)\n")
+    script.chmod(0o755)
+    if site.unprivileged:
+        shutil.chown(record, site.inst.user, site.inst.group)
+    return record
+
+
+def write_dotqmail(site: Site, path: Path, text: str, mode: int = 0o600) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+    if site.unprivileged:
+        shutil.chown(path, site.inst.user, site.inst.group)

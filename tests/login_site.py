@@ -8,7 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN, Site
 
 #: what tcpserver sets for a POP3 connection from 192.0.2.10 (plus PATH)

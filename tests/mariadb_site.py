@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db")

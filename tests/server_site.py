@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import CLEAN_ENV, Install
+from install_site import CLEAN_ENV, Install
 
 
 class Server:

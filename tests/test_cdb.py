@@ -5,10 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from hypothesis import strategies as st
 from vpopmail.cdb import CdbReader, cdb_hash, lookup
 from vpopmail.cdbwrite import build
 from vpopmail.errors import CorruptData
+from helpers import time_limit
 
 pytestmark = pytest.mark.skipif(shutil.which("cdb") is None, reason="needs tinycdb's cdb tool")
 
@@ -70,21 +68,6 @@ def tinycdb_query(path: Path, key: bytes) -> bytes | None:
         return None
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-@contextmanager
-def time_limit(seconds: int = 5) -> Iterator[None]:
-    """Turn a hang (e.g. an endless probe loop) into a test failure."""
-    def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def first_values(records: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, REPO, Install, install
+from install_site import CLEAN_ENV, REPO, Install, install
 from delivery_site import Site
-from test_commands import DOMAIN
 from vpopmail import VPOPMAIL_COMPAT, __version__
+from helpers import DOMAIN
 
 with open(REPO / "pyproject.toml", "rb") as _fh:
     COMMANDS = sorted(tomllib.load(_fh)["project"]["scripts"])

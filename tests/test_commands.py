@@ -8,159 +8,25 @@ byte for byte, with this install's paths and owner instead of /home/vpopmail and
 All three admin-command modules run on both user backends (both_backends, tests/conftest.py):
 users are read back through the backend (``stored_users``); vpasswd's own lines and vpasswd.cdb
 are checked where the backend is cdb, and their absence where it is MariaDB.
-
-Helpers used by test_commands_users.py and test_commands_domains.py live here too.
 """
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from vpopmail.passwords import verify_password
-from conftest import CLEAN_ENV, NO_BACKEND, Install
+from install_site import CLEAN_ENV, NO_BACKEND, Install
+from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_index, check_owner, domain_dir,
+                     golden, mode, ok_as_vpopmail, state, stored_users, vpasswd_lines)
 
 pytestmark = pytest.mark.both_backends
 
-DOMAIN = "example.com"
-GOLDEN_STEPS = (("vadddomain", DOMAIN, "secret"), ("vadduser", f"alice@{DOMAIN}", "pw1"),
-                ("vadduser", f"bob@{DOMAIN}", "pw2"), ("vsetuserquota", f"alice@{DOMAIN}", "1M"))
 PASSWORDS = {"alice": "pw1", "bob": "pw2", "postmaster": "secret"}
 #: .dir-control of a directory holding three entries, flat (reference section 4)
 DIR_CONTROL_3 = "3\n0\n3\n0 0 0\n61 61 61\n0 2 2\n0 0 0\n\n"
-ASCTIME = r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}"
-
-
-# helpers ---------------------------------------------------------------------------------------
-
-def golden(inst: Install) -> Path:
-    """Run the C golden scenario; every step exits 0 and prints nothing. Returns the domain dir."""
-    for command, *args in GOLDEN_STEPS:
-        result = inst.run(command, *args)
-        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), (command, result)
-    return inst.domains / DOMAIN
-
-
-def domain_dir(inst: Install, domain: str = DOMAIN) -> Path:
-    return inst.domains / domain
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(os.lstat(path).st_mode)
-
-
-def cdb_dump(path: Path) -> bytes:
-    """``cdb -d`` of a file (Debian tinycdb), as the reference shows it."""
-    if shutil.which("cdb") is None:
-        pytest.skip("needs tinycdb's cdb")
-    return subprocess.run(["cdb", "-d", str(path)], capture_output=True, check=True).stdout
-
-
-def cdb_text(records: list[tuple[bytes, bytes]]) -> bytes:
-    """What ``cdb -d`` prints for these records, in this order."""
-    return b"".join(b"+%d,%d:%s->%s\n" % (len(k), len(v), k, v) for k, v in records) + b"\n"
-
-
-def vpasswd_lines(inst: Install, domain: str = DOMAIN) -> list[str]:
-    return (domain_dir(inst, domain) / "vpasswd").read_text().splitlines()
-
-
-def vpasswd_users(inst: Install, domain: str = DOMAIN) -> dict[str, list[str]]:
-    return {line.split(":")[0]: line.split(":") for line in vpasswd_lines(inst, domain)}
-
-
-def stored_users(inst: Install, domain: str = DOMAIN) -> dict[str, list[str]]:
-    """Each user of ``domain`` as vpasswd's fields (name, passwd, uid, flags, gecos, dir, quota
-    and the clear password if any), read through the configured backend (file or SQL)."""
-    return {name: [u.name, u.passwd, str(u.uid), str(u.flags), u.gecos, u.dir, u.quota,
-                   *([u.clear] if u.clear else [])] for name, u in inst.vusers(domain).items()}
-
-
-def check_index(inst: Install, domain: str = DOMAIN) -> None:
-    """The cdb backend's vpasswd.cdb holds exactly vpasswd; the SQL backend writes neither."""
-    dom = domain_dir(inst, domain)
-    if inst.backend == "cdb":
-        assert cdb_dump(dom / "vpasswd.cdb") == vpasswd_cdb_expected(inst, domain)
-        assert sorted(stored_users(inst, domain)) == vpasswd_cdb_names(inst, domain)
-    else:
-        assert not (dom / "vpasswd").exists() and not (dom / "vpasswd.cdb").exists()
-
-
-def vpasswd_cdb_names(inst: Install, domain: str = DOMAIN) -> list[str]:
-    dump = cdb_dump(domain_dir(inst, domain) / "vpasswd.cdb")
-    return [m.decode() for m in re.findall(rb"^\+\d+,\d+:([^-\n]*)->", dump, re.M)]
-
-
-def vpasswd_cdb_expected(inst: Install, domain: str = DOMAIN) -> bytes:
-    """The vpasswd.cdb dump that matches vpasswd: key = name, value = the rest of the line."""
-    records = []
-    for line in vpasswd_lines(inst, domain):
-        name, _, rest = line.partition(":")
-        records.append((name.encode(), rest.encode()))
-    return cdb_text(records)
-
-
-def assign_line(inst: Install, domain: str, real: str | None = None, uid: int | None = None,
-                gid: int | None = None) -> str:
-    real = real or domain
-    uid = inst.uid if uid is None else uid
-    gid = inst.gid if gid is None else gid
-    return f"+{domain}-:{real}:{uid}:{gid}:{inst.domains / real}:-::"
-
-
-def snapshot(*roots: Path) -> dict[str, tuple]:
-    """Every directory and file below ``roots`` (lock files aside: taking a lock may create
-    one): kind, mode, owner and content. Equal snapshots = nothing was half-written."""
-    seen: dict[str, tuple] = {}
-    for root in roots:
-        for path in sorted([root, *root.rglob("*")]):
-            if path.name.endswith(".lock"):
-                continue
-            st = os.lstat(path)
-            key = str(path)
-            if stat.S_ISDIR(st.st_mode):
-                seen[key] = ("d", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
-            else:
-                seen[key] = ("f", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
-                             path.read_bytes())
-    return seen
-
-
-def state(inst: Install) -> dict[str, tuple]:
-    """The mail state of an install: the domains tree and qmail's files."""
-    return snapshot(inst.domains, inst.qmaildir)
-
-
-def run_as_vpopmail(inst: Install, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run an installed command as the install's owner (the vpopmail user in root_vhome)."""
-    return inst.run(command, *args, as_user=inst.user)
-
-
-def ok_as_vpopmail(inst: Install, command: str, *args: str) -> str:
-    result = run_as_vpopmail(inst, command, *args)
-    assert result.returncode == 0, (command, args, result)
-    return result.stdout
-
-
-def refused(inst: Install, *args: str, code: int | None = None, starts: str = "Error: ",
-            as_vpopmail: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run a command that must fail cleanly: non-zero exit, one clear line, no traceback, and
-    the mail state exactly as before."""
-    before = state(inst)
-    result = run_as_vpopmail(inst, *args) if as_vpopmail else inst.run(*args)
-    assert result.returncode != 0, result
-    if code is not None:
-        assert result.returncode == code, result
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(starts), result
-    assert "Traceback" not in result.stderr, result.stderr
-    assert state(inst) == before
-    return result
 
 
 # the golden scenario ---------------------------------------------------------------------------
@@ -236,13 +102,6 @@ def check_golden_files(inst: Install, clear: bool = False) -> None:
     if inst.backend == "cdb":
         files += ["vpasswd", "vpasswd.cdb"]
     assert sorted(p.name for p in dom.iterdir() if not p.name.endswith(".lock")) == files
-
-
-def check_owner(inst: Install) -> None:
-    """Everything in the domains tree belongs to the install's owner."""
-    for path in [inst.domains, *inst.domains.rglob("*")]:
-        st = os.lstat(path)
-        assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid), path
 
 
 def test_golden_scenario_user_install(vhome: Install) -> None:

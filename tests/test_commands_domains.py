@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, NO_BACKEND, Install
-from test_commands import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir,
-                           golden, mode, refused, state, stored_users)
+from install_site import CLEAN_ENV, NO_BACKEND, Install
+from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
+                     refused, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from vpopmail.passwords import verify_password
-from conftest import Install
-from test_commands import (ASCTIME, DOMAIN, cdb_dump, check_index, domain_dir, golden, refused,
-                           run_as_vpopmail, state, stored_users, vpasswd_cdb_expected,
-                           vpasswd_cdb_names, vpasswd_lines)
+from install_site import Install
+from helpers import (ASCTIME, DOMAIN, cdb_dump, check_index, domain_dir, golden, refused,
+                     run_as_vpopmail, state, stored_users, vpasswd_cdb_expected, vpasswd_cdb_names,
+                     vpasswd_lines)
 
 pytestmark = pytest.mark.both_backends
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN, Site
 from maildir.quota import load_maildirsize, scan_usage
 

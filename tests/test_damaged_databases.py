@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN
 from login_site import LoginSite
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
-from delivery_site import MESSAGE, Site
-from test_vdelivermail import RETURN_PATH, inject, write_dotqmail  # noqa: F401 - the fixture
+from install_site import Install
+from delivery_site import MESSAGE, RETURN_PATH, Site, write_dotqmail
 
 BLANK = b"Uh-oh: first line of .qmail file is blank. (#4.2.1)\n"
 BAD_SYNTAX = b"vdelivermail: invalid syntax in .qmail-default file\n"

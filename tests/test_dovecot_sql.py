@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vpopmail.passwords import hash_password
-from conftest import REPO, Install
+from install_site import REPO, Install
 from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip
 from mariadb_site import PASSWORD as DB_PASSWORD

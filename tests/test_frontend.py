@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INSTALL, REPO, VENV, Install, as_user_argv
+from install_site import INSTALL, REPO, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site
 from login_site import LoginSite
 from server_site import running_server

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import vpopmail_user_exists
+from install_site import vpopmail_user_exists
 
 from vpopmail.fsutil import OwnerIds, remove_tree_at
 

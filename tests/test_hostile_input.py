@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV, install
-from test_cdb import time_limit
+from install_site import CLEAN_ENV, install
 from delivery_site import DOMAIN
+from helpers import time_limit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from login_site import POP_ENV, STAMP, LoginSite

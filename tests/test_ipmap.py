@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import stat
 
-from conftest import Install
-from test_commands import refused
+from install_site import Install
 from vpopmail import config as vconfig
 from vpopmail.ipmap import default_domain
+from helpers import refused
 
 DOMAIN = "example.com"
 OTHER = "other.test"

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
-from test_commands import refused, stored_users
+from install_site import Install
 from vpopmail import flags, limits
 from vpopmail.api import Vpopmail
 from vpopmail.errors import CannotReadLimits
+from helpers import refused, stored_users
 
 DOMAIN = "example.com"
 #: as qmailadmin and hand edits leave it: ": ", tabs, bare ":" and blanks, comments, switches

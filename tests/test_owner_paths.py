@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV, Install
+from install_site import CLEAN_ENV, Install
 
 DOMAIN = "owned.test"
 OWNER_UID = 65534  # nobody

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, INSTALL, REPO, VENV, Install, _me
-from test_commands import snapshot
+from install_site import CLEAN_ENV, INSTALL, REPO, VENV, Install, own_account
+from helpers import snapshot
 
 SANDBOX = REPO / "packaging" / "sandbox"
 #: C vpopmail 5.4.33's vpasswd lines (reference c-vpopmail-observed.md section 4; 8 fields,
@@ -112,7 +112,7 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
     programs = c_vpopmail(prefix, qmaildir)
     mail_before = snapshot(prefix / "domains", qmaildir)
-    user, group = _me()
+    user, group = own_account()
     args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
             "--group", group, "--venv", str(VENV))
     result = run_install(*args)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, Install
+from install_site import CLEAN_ENV, Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, STAMP, LoginSite
 from vpopmail import cdb

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN, MESSAGE, SENDER, Site, qmail_local_env
 from delivery_site import tiny_fs  # noqa: F401 - the fixture
 from maildir.maildir import TMP_STALE_SECONDS, clean_tmp

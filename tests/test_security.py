@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV, Install, install, vpopmail_user_exists
+from install_site import CLEAN_ENV, Install, install, vpopmail_user_exists
 from delivery_site import DOMAIN, MESSAGE, qmail_local_env
 from login_site import POP_ENV, STAMP, LoginSite
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database

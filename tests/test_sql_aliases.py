@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAVY, Install, as_user_argv, install
-from delivery_site import DOMAIN, MESSAGE, Site
+from install_site import HEAVY, Install, as_user_argv, install
+from delivery_site import DOMAIN, MESSAGE, RETURN_PATH, Site
 from mariadb_site import Database
-from test_commands import refused
-from test_toolbox_users import REFUSED_ALIASES, failed
-from test_vdelivermail import RETURN_PATH, inject  # noqa: F401 - the stand-in qmail-inject
+from helpers import REFUSED_ALIASES, failed, refused
 
 ALIAS = "alias.test"
 PROCESSED = b"vdelivermail: valiases processed\n"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Install
+from install_site import Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
 from mariadb_site import PASSWORD, RO, RW, Database

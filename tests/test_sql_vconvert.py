@@ -19,16 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vpopmail.stores import VUser
-from conftest import Install
+from install_site import Install
 from mariadb_site import Database
-from test_commands import cdb_dump, refused, vpasswd_cdb_expected, vpasswd_users
-from test_toolbox_tools import ALIAS, DOMAIN
-from test_toolbox_users import LONG_GECOS, failed, odd_users
 from vpopmail import config as vconfig
 from vpopmail.api import MAX_QUOTA
 from vpopmail.cli import vconvert
 from vpopmail.names import USER_CHARS
 from vpopmail.stores.cdbfiles import CdbFiles
+from helpers import (ALIAS, DOMAIN, LONG_GECOS, cdb_dump, failed, odd_users, refused,
+                     vpasswd_cdb_expected, vpasswd_users)
 
 USERS_SQL = ("SELECT pw_name, pw_domain, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell, "
              "pw_clear_passwd FROM vpopmail ORDER BY pw_domain, pw_name")

@@ -1,4 +1,4 @@
-"""The suite's per-test installs (conftest ``install``: copies of one real install per process)
+"""The suite's per-test installs (install_site ``install``: copies of one real install per process)
 are what packaging/install makes at their paths."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import VENV, _me, install, run_installer, vpopmail_user_exists
+from install_site import VENV, install, own_account, run_installer, vpopmail_user_exists
 
 #: made again for each install (it records the TOML file's inode): compared by its values
 CACHE = "vpopmail.toml.cache"
@@ -36,7 +36,7 @@ def tree(base: Path) -> dict[Path, tuple[object, ...]]:
 def test_a_copied_install_is_the_install(mode: str) -> None:
     """Both trees (the home and qmail's) of an ``install`` at a path and of packaging/install
     at the same path: the same files, modes, owners and contents."""
-    owner = _me()
+    owner = own_account()
     if mode == "root":
         if os.geteuid() != 0 or not vpopmail_user_exists():
             pytest.skip("needs root and the vpopmail user")

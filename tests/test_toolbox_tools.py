@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, NO_BACKEND, Install
+from install_site import CLEAN_ENV, NO_BACKEND, Install
 from mariadb_site import Database
-from test_commands import state, vpasswd_users
+from helpers import ALIAS, DOMAIN, site, state, vpasswd_users
 
-DOMAIN = "example.com"
-ALIAS = "alias.test"
 BULLETIN = b"From: Postmaster <postmaster@example.com>\nSubject: Maintenance tonight\n" \
            b"Date: Sat, 28 Nov 2026 03:30:00 +0000\n\nThe mail server restarts at 22:00.\n"
 #: vdelivermail's new/ names: <sec>.M<usec>P<pid>V<dev>I<ino>.<host>,S=<size>,W=<rfc822 size>
@@ -37,17 +35,6 @@ QMAIL_FILES = "vcheck's steps before the user store"
 
 
 # helpers ---------------------------------------------------------------------------------------
-
-def site(inst: Install, alias: bool = True) -> Path:
-    """example.com (postmaster), alice with a 1 MB quota, bob without, and an alias domain."""
-    inst.ok("vadddomain", DOMAIN, "secret")
-    inst.ok("vadduser", f"alice@{DOMAIN}", "pw1")
-    inst.ok("vadduser", f"bob@{DOMAIN}", "pw2")
-    inst.ok("vsetuserquota", f"alice@{DOMAIN}", "1M")
-    if alias:
-        inst.ok("vaddaliasdomain", DOMAIN, ALIAS)
-    return inst.domains / DOMAIN
-
 
 def bulletin(inst: Install, data: bytes = BULLETIN, name: str = "bulletin.txt") -> Path:
     """The message file, beside the install (a directory the vpopmail user can reach)."""

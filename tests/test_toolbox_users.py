@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from vpopmail.passwords import verify_password
-from conftest import NO_BACKEND, Install
-from test_commands import (cdb_dump, check_index, refused, run_as_vpopmail, state,
-                           stored_users, vpasswd_cdb_expected, vpasswd_users)
-from test_toolbox_tools import ALIAS, DOMAIN, site
+from install_site import NO_BACKEND, Install
 from vpopmail.cli import vconvert
+from helpers import (ALIAS, DOMAIN, LONG_GECOS, REFUSED_ALIASES, cdb_dump, check_index, failed,
+                     odd_users, refused, run_as_vpopmail, site, state, stored_users,
+                     vpasswd_cdb_expected, vpasswd_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -51,13 +51,6 @@ def forget_login(inst: Install, user: str) -> None:
         (inst.domains / DOMAIN / user / "lastauth").unlink()
     else:
         inst.database.rows(f"DELETE FROM lastauth WHERE user = '{user}' AND domain = '{DOMAIN}'")
-
-
-def failed(result, code: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """The stdout lines of a run that must fail with ``code`` and no traceback."""
-    assert result.returncode == code, result
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stdout.splitlines()
 
 
 # vdeloldusers ----------------------------------------------------------------------------------
@@ -137,26 +130,6 @@ def test_vdeloldusers_needs_auth_logging(vhome: Install) -> None:
 
 
 # vconvert --------------------------------------------------------------------------------------
-
-#: 64 characters: the longest gecos, with blanks, commas, quotes and non-ASCII letters
-LONG_GECOS = "Zoë O'Brien-Ærø, Büro 7 & \"quoted\" <angle> (x) #1 ; ~!$%^*=+?/|"[:64]
-
-
-def odd_users(inst: Install) -> None:
-    """Users with every kind of value a vpasswd line can hold."""
-    inst.set_config("passwords", "clear_passwords", True)
-    site(inst, alias=False)
-    inst.ok("vadduser", "-c", LONG_GECOS, "-q", "5M,1000C", f"carol@{DOMAIN}", "pa:ss wörd")
-    inst.ok("vadduser", "-e", "ab01234567890", f"dave@{DOMAIN}")  # a DES hash, no clear text
-    inst.ok("vadduser", "-n", "-q", "100C", f"erin@{DOMAIN}")  # no password at all
-    inst.ok("vadduser", "-e", "{SSHA}c2FsdHNhbHRzYWx0c2FsdA==", "-c", "", f"f.g-h_i@{DOMAIN}")
-    inst.ok("vmoduser", *[f"-{c}" for c in "dpswibrouafFSEm0123"], f"carol@{DOMAIN}")
-    assert vpasswd_users(inst)["carol"][3] == str(0x7FFFF)
-    # a uid other than vpopmail's 1 is kept as well
-    api = inst.api()
-    user, entry = api.get_user(f"bob@{DOMAIN}")
-    api.backend.update_users(entry, [user.copy(uid=0, flags=0x2000)])
-
 
 @pytest.mark.cdb_only(VCONVERT_FILES)
 def test_vconvert_round_trip_keeps_every_field(each_install: Install) -> None:
@@ -405,29 +378,6 @@ def test_valias_insert_show_remove_delete(each_install: Install) -> None:
     assert failed(result, 255) == [f"No aliases found for domain {DOMAIN}"]
     result = inst.run("valias", "-s", f"info@{DOMAIN}")
     assert failed(result, 255) == [f"No aliases info@{DOMAIN} found"]
-
-
-REFUSED_ALIASES = [
-    (["-i", "&x@y.org", f"alice@{DOMAIN}"], 254, "Error: alice@example.com is a user"),
-    (["-i", "&x@y.org", f"../evil@{DOMAIN}"], 255, "Error: Illegal username"),
-    (["-i", "&x@y.org", f".hidden@{DOMAIN}"], 255, "Error: Illegal username"),
-    (["-i", "&x@y.org", f"default@{DOMAIN}"], 255, "Error: Illegal username: 'default'"),
-    (["-i", "&x@y.org", f"a:b@{DOMAIN}"], 255, "Error: Illegal username"),
-    (["-i", "&x@y.org", "x" * 65 + f"@{DOMAIN}"], 231, "Error: user name too long"),
-    (["-i", "&x@y.org", "info@nosuch.com"], 245, "Error: Domain does not exist"),
-    (["-i", "two words", f"info@{DOMAIN}"], 152, "Error: not a forwarding address"),
-    (["-i", "&nodomain", f"info@{DOMAIN}"], 152, "Error: not a forwarding address"),
-    (["-i", "+list", f"info@{DOMAIN}"], 152, "Error: '+' lines"),
-    (["-i", "", f"info@{DOMAIN}"], 152, "Error: empty alias line"),
-    (["-i", "&a@b.org\n|rm -rf /", f"info@{DOMAIN}"], 152, "Error: an alias line can not"),
-    (["-i", "../x/Maildir/", f"info@{DOMAIN}"], 152, "Error: a relative path"),
-    (["-i", "&" + "x" * 160 + "@y.org", f"info@{DOMAIN}"], 224, "Error: alias line too long"),
-    (["-i", "&bob@example.com", f"old@{DOMAIN}"], 255,
-     "Error: alias old@example.com -> &bob@example.com already exists."),
-    (["-d", f"nobody@{DOMAIN}"], 246, "Error: alias nobody@example.com does not exist"),
-    (["-r", "&x@y.org", f"old@{DOMAIN}"], 246, "Error: alias old@example.com has no line"),
-    (["-r", "&x@y.org", f"nobody@{DOMAIN}"], 246, "Error: alias nobody@example.com does not"),
-]
 
 
 @pytest.mark.cdb_only(VALIAS_FILES)

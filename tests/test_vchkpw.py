@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAVY, NO_BACKEND, Install
+from install_site import HEAVY, NO_BACKEND, Install
 from delivery_site import DOMAIN
 from login_site import POP_ENV, STAMP, LoginSite
 from ucspi_site import binary, remote_env, tcpserver

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HEAVY, NO_BACKEND, Install, as_user_argv
-from delivery_site import DOMAIN, MESSAGE, Site, assert_readable_by_mailbox
+from install_site import HEAVY, NO_BACKEND, Install, as_user_argv
+from delivery_site import (DOMAIN, MESSAGE, RETURN_PATH, Site, assert_readable_by_mailbox,
+                           write_dotqmail)
 
 pytestmark = [pytest.mark.both_backends, pytest.mark.through_server]
 
-RETURN_PATH = b"Return-Path: <sender@remote.test>\n"
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
 NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)V[0-9A-F]+I[0-9A-F]+\.[^/:]+,S=(\d+),W=(\d+)$")
 
@@ -30,30 +30,6 @@ NAME = re.compile(r"^(\d+)\.M(\d+)P(\d+)V[0-9A-F]+I[0-9A-F]+\.[^/:]+,S=(\d+),W=(
 @pytest.fixture
 def site(each_install: Install) -> Site:
     return Site.create(each_install, each_install.mode == "root", alice="1M", bob=None)
-
-
-@pytest.fixture
-def inject(site: Site) -> Path:
-    """A stand-in qmail-inject (qmail is not packaged in Debian) that records its argv and
-    input and exits with the code in ``exit`` (0 unless a test writes one)."""
-    record = site.inst.prefix / "inject"
-    record.mkdir()
-    script = site.inst.qmaildir / "bin" / "qmail-inject"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(f"#!/bin/sh\nn=$(ls {record} | grep -c '^argv')\n"
-                      f"printf '%s\\n' \"$@\" > {record}/argv.$n\ncat > {record}/data.$n\n"
-                      f"exit $(cat {record}/exit 2>/dev/null || echo 0)\n")
-    script.chmod(0o755)
-    if site.unprivileged:
-        shutil.chown(record, site.inst.user, site.inst.group)
-    return record
-
-
-def write_dotqmail(site: Site, path: Path, text: str, mode: int = 0o600) -> None:
-    path.write_text(text)
-    path.chmod(mode)
-    if site.unprivileged:
-        shutil.chown(path, site.inst.user, site.inst.group)
 
 
 # -- A1/B1: a normal delivery ------------------------------------------------------------------

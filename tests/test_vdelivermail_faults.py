@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from delivery_site import MESSAGE, Site, qmail_local_env
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vpopmail.passwords import verify_password
-from conftest import NO_BACKEND, Install
+from install_site import NO_BACKEND, Install
 from login_site import SyslogSink
 from vpopmail import flags
 from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, built_sites,  # noqa: F401

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import Install
+from install_site import Install
 from vpopmaild_site import DOMAIN, after_login, built_sites, rsite, user_dir  # noqa: F401
 
 ALICE = f"alice@{DOMAIN}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Install
+from install_site import REPO, Install
 from vpopmaild_site import DOMAIN, built_sites, site, vchkpw_accepts  # noqa: F401
 
 pytestmark = pytest.mark.both_backends

@@ -5,7 +5,7 @@ client that stops reading. Each of these got through before its fix (C 5.4.33 le
 from __future__ import annotations
 
 import time
-from conftest import Install
+from install_site import Install
 from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login,  # noqa: F401
                             built_sites, rsite, site, user_dir, vchkpw_accepts)
 

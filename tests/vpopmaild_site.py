@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLEAN_ENV, VENV, Install, install, vpopmail_user_exists
+from install_site import CLEAN_ENV, VENV, Install, install, vpopmail_user_exists
 from mariadb_site import Database, new_database
 
 DOMAIN = "example.com"
@@ -45,7 +45,7 @@ def converse(inst: Install, *lines: str | bytes, args: tuple[str, ...] = ("-t", 
                     for line in lines)
     argv = [str(inst.bin / "vpopmaild"), *args]
     if as_user:
-        from conftest import as_user_argv
+        from install_site import as_user_argv
 
         argv = [*as_user_argv(as_user), *argv]
     result = subprocess.run(argv, input=data, capture_output=True, env={**CLEAN_ENV, **(env or {})},

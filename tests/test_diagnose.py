@@ -1,0 +1,76 @@
+"""vpopmail.api.diagnose, the library under vcheck, on a real sandbox install: the steps come in
+their documented order, the walk stops at the first fault (its number and fix) however many
+later steps are broken too, an alias or forward ends it successfully at step 8, and a file
+system error the checks do not expect is still a step's fault with a fix, not an exception.
+(Each check's own faults through the installed vcheck: test_toolbox_tools.py.)"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from helpers import DOMAIN, site
+from install_site import Install
+from vpopmail.api.diagnose import Step, diagnose
+
+ORDER = ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
+         ".qmail-default", "vpasswd", "user", "Maildir", "maildirsize", "flags",
+         "vpopmail-server"]
+
+
+def walk(inst: Install, address: str = f"alice@{DOMAIN}") -> list[Step]:
+    api = inst.api()
+    try:
+        return list(diagnose(api, address))
+    finally:
+        api.backend.close()
+
+
+def test_a_healthy_address_passes_every_step_in_order(vhome: Install) -> None:
+    site(vhome)
+    steps = walk(vhome)
+    assert [(s.number, s.name) for s in steps] == list(enumerate(ORDER, 1))
+    assert all(s.ok and not s.final and not s.fix and s.text for s in steps)
+
+
+def test_the_first_fault_stops_the_walk(vhome: Install) -> None:
+    """Broken at steps 4, 6 and 9 at once: the walk ends at 4, with its number and fix."""
+    dom = site(vhome)
+    control = vhome.qmaildir / "control" / "virtualdomains"
+    control.write_text("")
+    (dom / ".qmail-default").unlink()
+    shutil.rmtree(dom / "alice" / "Maildir")
+    steps = walk(vhome)
+    assert [s.number for s in steps] == [1, 2, 3, 4]
+    assert all(s.ok for s in steps[:3])
+    last = steps[-1]
+    assert (last.name, last.ok, last.final) == ("qmail control", False, False)
+    assert "not in control/virtualdomains" in last.text and last.fix
+    control.write_text(f"{DOMAIN}:{DOMAIN}\n")  # fixed: the walk goes on to the next fault
+    assert [(s.number, s.ok) for s in walk(vhome)][-3:] == [(4, True), (5, True), (6, False)]
+
+
+def test_an_alias_ends_the_walk_successfully_at_the_user_step(vhome: Install) -> None:
+    dom = site(vhome)
+    (dom / ".qmail-info").write_text("&alice@example.com\n")
+    steps = walk(vhome, f"info@{DOMAIN}")
+    assert [s.number for s in steps] == list(range(1, 9))
+    assert all(s.ok for s in steps)
+    assert steps[-1].final and "takes its mail" in steps[-1].text
+    assert [s.final for s in steps[:-1]] == [False] * 7
+    steps = walk(vhome, f"nobody@{DOMAIN}")  # no alias: a fault, with the command to add one
+    assert (steps[-1].number, steps[-1].ok) == (8, False)
+    assert steps[-1].fix == f"vadduser nobody@{DOMAIN}"
+
+
+def test_an_unexpected_file_system_error_is_a_fault_with_a_fix(vhome: Install) -> None:
+    """The domain directory a symbolic link to itself (ELOOP): step 5 fails with the error and
+    the generic fix; nothing is raised and no later step runs."""
+    dom = site(vhome)
+    dom.rename(dom.with_name("moved"))
+    os.symlink(dom.name, dom)
+    steps = walk(vhome)
+    assert [s.number for s in steps] == [1, 2, 3, 4, 5]
+    last = steps[-1]
+    assert (last.name, last.ok) == ("domain directory", False)
+    assert last.text == f"{dom}: Too many levels of symbolic links"
+    assert last.fix.startswith("check the disk and the file system")

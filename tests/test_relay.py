@@ -1,0 +1,190 @@
+"""vpopmail.stores.relay's RelayTable, the library itself on real files in tmp_path: open-smtp's
+lines, the tcp.smtp.cdb it compiles (read back with tinycdb's ``cdb -d`` and compared with what
+Debian's tcprules makes of the same rules), clearing by age, the generation counters kept in
+open-smtp.lock, and the lock held by another process. (The login and clearopensmtp paths
+through the installed programs: test_vchkpw.py and test_reliability_concurrency.py.)"""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import cdb_dump
+from vpopmail.config import Config, validate
+from vpopmail.errors import BadInput, LockTimeout
+from vpopmail.stores.relay import RelayTable
+
+NOW = 1_700_000_000
+STATIC = b"127.:allow,RELAYCLIENT=\"\"\n:allow\n"
+OPEN = b':allow,RELAYCLIENT="",RBLSMTPD=""'  # what follows the IP on an open-smtp line
+
+
+def table(home: Path, **relay: object) -> RelayTable:
+    """A RelayTable over ``home`` (owned by whoever runs the tests), files under home/etc."""
+    (home / "etc").mkdir(parents=True, exist_ok=True)
+    config = Config(validate({"paths": {"vpopmail_home": str(home)},
+                              "owner": {"uid": os.getuid(), "gid": os.getgid()},
+                              "relay": relay, "delivery": {"file_sync": False}}))
+    return RelayTable(config, timeout=0.5)
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> RelayTable:
+    made = table(tmp_path)
+    Path(made.tcp_smtp).write_bytes(STATIC)
+    return made
+
+
+def lines(t: RelayTable) -> list[bytes]:
+    return Path(t.open_smtp).read_bytes().splitlines()
+
+
+def counters(t: RelayTable) -> tuple[int, int]:
+    """(wanted, built) as open-smtp.lock holds them."""
+    wanted, built = Path(t.open_smtp + ".lock").read_bytes().split()
+    return int(wanted), int(built)
+
+
+def tcprules_dump(plain: Path, tmp_path: Path, text: bytes) -> bytes:
+    """``cdb -d`` of what Debian's tcprules compiles from ``text``."""
+    out = tmp_path / "tcprules.cdb"
+    subprocess.run([str(plain / "tcprules"), str(out), str(tmp_path / "tcprules.tmp")],
+                   input=text, check=True, capture_output=True)
+    return cdb_dump(out)
+
+
+def test_open_relay_writes_the_line_and_compiles_as_tcprules(relay: RelayTable, plain: Path,
+                                                              tmp_path: Path) -> None:
+    assert relay.open_relay("192.0.2.1", now=NOW) is True
+    assert relay.open_relay("198.51.100.20", now=NOW + 1) is True
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
+                            b"198.51.100.20" + OPEN + b"\t%d" % (NOW + 1)]
+    expected = STATIC + b"192.0.2.1" + OPEN + b"\n198.51.100.20" + OPEN + b"\n"
+    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, expected)
+    for path in (relay.open_smtp, relay.cdb):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
+    assert counters(relay) == (2, 2)
+    assert sorted(os.listdir(os.path.dirname(relay.cdb))) == [
+        "open-smtp", "open-smtp.lock", "tcp.smtp", "tcp.smtp.cdb", "tcp.smtp.cdb.lock"]
+
+
+def test_a_known_ip_only_gets_its_time_refreshed(relay: RelayTable) -> None:
+    relay.open_relay("192.0.2.1", now=NOW)
+    relay.open_relay("192.0.2.2", now=NOW)
+    before = os.stat(relay.cdb)
+    assert relay.open_relay("192.0.2.1", now=NOW + 60) is False
+    assert lines(relay) == [b"192.0.2.2" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.1" + OPEN + b"\t%d" % (NOW + 60)]
+    after = os.stat(relay.cdb)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # no compile
+    assert counters(relay) == (2, 2)
+
+
+def test_no_static_rules_file(tmp_path: Path) -> None:
+    relay = table(tmp_path)
+    relay.open_relay("192.0.2.9", now=NOW)
+    assert cdb_dump(Path(relay.cdb)) == b"+9,25:192.0.2.9->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n"
+
+
+def test_clear_drops_old_and_timeless_lines_and_recompiles(relay: RelayTable, plain: Path,
+                                                           tmp_path: Path) -> None:
+    limit = NOW - 180 * 60
+    Path(relay.open_smtp).write_bytes(
+        b"192.0.2.1" + OPEN + b"\t%d\n" % (limit - 1) + b"192.0.2.2" + OPEN + b"\t%d\n" % limit
+        + b"192.0.2.3" + OPEN + b"\n" + b"192.0.2.4" + OPEN + b"\tsoon\n"
+        + b"192.0.2.5" + OPEN + b"\t%d\n" % (limit + 1))
+    assert relay.clear(180, now=NOW) == 4
+    assert lines(relay) == [b"192.0.2.5" + OPEN + b"\t%d" % (limit + 1)]
+    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path,
+                                                      STATIC + b"192.0.2.5" + OPEN + b"\n")
+    assert relay.clear(180, now=NOW) == 0
+    assert relay.clear(0, now=limit + 1) == 1
+    assert lines(relay) == []
+    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, STATIC)
+
+
+def test_clear_without_open_smtp_compiles_the_static_rules(relay: RelayTable, plain: Path,
+                                                           tmp_path: Path) -> None:
+    assert relay.clear(60, now=NOW) == 0
+    assert Path(relay.open_smtp).read_bytes() == b""
+    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, STATIC)
+
+
+def test_rebuild_off_leaves_the_compile_owed(tmp_path: Path) -> None:
+    off = table(tmp_path, rebuild_tcpserver=False)
+    off.open_relay("192.0.2.1", now=NOW)
+    assert lines(off) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW]
+    assert not os.path.exists(off.cdb)
+    assert counters(off) == (1, 0)
+    on = table(tmp_path)  # switched back on: the next login compiles what is owed
+    assert on.open_relay("192.0.2.1", now=NOW + 1) is False
+    assert cdb_dump(Path(on.cdb)) == b"+9,25:192.0.2.1->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n"
+    assert counters(on) == (1, 1)
+
+
+def test_a_compile_owed_by_a_killed_process_is_done_by_the_next_login(relay: RelayTable) -> None:
+    """A process killed between counting its change and compiling leaves wanted > built: the
+    next login of a known IP (no change of its own) compiles."""
+    relay.open_relay("192.0.2.1", now=NOW)
+    Path(relay.open_smtp).write_bytes(Path(relay.open_smtp).read_bytes()
+                                      + b"192.0.2.2" + OPEN + b"\t%d\n" % NOW)
+    Path(relay.open_smtp + ".lock").write_bytes(b"%20d %20d\n" % (2, 1))
+    assert relay.open_relay("192.0.2.1", now=NOW + 1) is False
+    assert b"192.0.2.2->" in cdb_dump(Path(relay.cdb))
+    assert counters(relay) == (2, 2)
+
+
+def test_bad_address_changes_nothing(relay: RelayTable) -> None:
+    relay.open_relay("192.0.2.1", now=NOW)
+    before = (Path(relay.open_smtp).read_bytes(), Path(relay.cdb).read_bytes(), counters(relay))
+    for bad in ("", "192.0.2", "example.com", "192.0.2.1\n:allow", "::1:allow"):
+        with pytest.raises(BadInput):
+            relay.open_relay(bad, now=NOW)
+    assert (Path(relay.open_smtp).read_bytes(), Path(relay.cdb).read_bytes(),
+            counters(relay)) == before
+
+
+def test_bad_static_rules_keep_the_ip_and_the_compile_owed(relay: RelayTable) -> None:
+    """A syntax error in tcp.smtp: BadInput naming it, the old cdb stays, the IP is recorded
+    and its compile owed, so fixing tcp.smtp and the next login bring it in."""
+    relay.open_relay("192.0.2.1", now=NOW)
+    old = Path(relay.cdb).read_bytes()
+    Path(relay.tcp_smtp).write_bytes(b"1.2.3.4:bogus\n")
+    with pytest.raises(BadInput, match="tcp.smtp"):
+        relay.open_relay("192.0.2.2", now=NOW)
+    assert Path(relay.cdb).read_bytes() == old
+    assert lines(relay)[-1] == b"192.0.2.2" + OPEN + b"\t%d" % NOW
+    assert counters(relay) == (2, 1)
+    Path(relay.tcp_smtp).write_bytes(STATIC)
+    relay.open_relay("192.0.2.2", now=NOW + 1)
+    assert b"192.0.2.2->" in cdb_dump(Path(relay.cdb))
+
+
+@pytest.fixture
+def held(relay: RelayTable) -> Iterator[str]:
+    """open-smtp.lock held by another process until the test ends; yields the lock's path."""
+    path = relay.open_smtp + ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()\n", path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield path
+    finally:
+        holder.communicate(timeout=10)
+
+
+def test_lock_held_elsewhere_times_out_and_changes_nothing(relay: RelayTable,
+                                                           held: str) -> None:
+    with pytest.raises(LockTimeout):
+        relay.open_relay("192.0.2.1", now=NOW)
+    with pytest.raises(LockTimeout):
+        relay.clear(60, now=NOW)
+    assert not os.path.exists(relay.open_smtp) and not os.path.exists(relay.cdb)
