@@ -247,7 +247,6 @@ def private_mariadb() -> Iterator["Database"]:
     free loopback port) with one fresh database and the accounts vpop_ro (SELECT only) and
     vpop_rw; stopped and removed afterwards."""
     sys.path.insert(0, str(REPO / "tests"))
-    import conftest  # noqa: F401 - first: mariadb_site imports from it and it from mariadb_site
     from mariadb_site import MariaDB, _accounts, new_database
 
     base = Path("/tmp") / f"pyvp-bench-mdb-{os.getpid()}"  # a socket path has <= 107 bytes
@@ -268,7 +267,7 @@ def sql_config(prefix: Path, database: "Database", source: Path, dest: Path,
     """``dest``: the config ``source`` with ``users.backend = "mysql"`` on ``database``
     (Database.configure: reads as vpop_ro, updates as vpop_rw) over its unix socket or, with
     ``tcp``, 127.0.0.1."""
-    from conftest import Install
+    from install_site import Install
 
     user, group, _, _ = owner()
     shutil.copyfile(source, dest)

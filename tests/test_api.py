@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Install
+from install_site import Install
 from vpopmail import flags, limits
 from vpopmail.api import Vpopmail
 from vpopmail.cdb import CdbReader

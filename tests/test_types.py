@@ -3,7 +3,7 @@ pyproject.toml (strict, the four packages, the stubs in packaging/stubs)."""
 import subprocess
 import sys
 
-from conftest import REPO
+from install_site import REPO
 
 
 def test_library_passes_strict_mypy() -> None:
