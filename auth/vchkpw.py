@@ -351,17 +351,22 @@ class Vchkpw:
         os.setegid(gid)
         os.seteuid(uid)
 
+    def take_back_ids(self) -> None:
+        """Root: back to the effective ids and groups we were started with."""
+        os.seteuid(0)
+        os.setgroups(self.groups)
+        os.setegid(self.ids[0])
+        os.seteuid(self.ids[1])
+
     def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
         """POP/IMAP/webmail: become the domain owner for good and enter the user directory.
         SMTP AUTH and Dovecot: back to the ids we were started with."""
         try:
             if self.root:
-                os.seteuid(0)
                 if service == SMTP or self.dovecot:
-                    os.setgroups(self.groups)
-                    os.setegid(self.ids[0])
-                    os.seteuid(self.ids[1])
+                    self.take_back_ids()
                     return
+                os.seteuid(0)
                 os.setgroups([])
                 os.setgid(entry.gid)
                 os.setuid(entry.uid)

@@ -461,12 +461,12 @@ class Diagnosis:
         if not front_ends:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = self.config.home_path("server_socket")
+        programs = " and ".join(front_ends)
         try:
-            return f"up on {path}, serving {' and '.join(front_ends)}: {wire.ask_status(path)}"
+            return f"up on {path}, serving {programs}: {wire.ask_status(path).strip()}"
         except (OSError, wire.Drop) as exc:
-            return (f"down ({path}: {exc}): {' and '.join(front_ends)} run the Python programs "
-                    f"(mail and logins work, more slowly); start bin/vpopmail-server "
-                    f"(packaging/service/)").strip()
+            return (f"down ({path}: {exc}): {programs} run the Python programs (mail and logins "
+                    f"work, more slowly); start bin/vpopmail-server (packaging/service/)")
 
 
 def diagnose(api: Vpopmail, address: str) -> Iterator[Step]:

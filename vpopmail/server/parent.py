@@ -302,8 +302,8 @@ class Server:
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
-        if self.ready and self.idle:  # what waits needs another identity: make room
-            self.retire(next(iter(self.idle)))
+        if self.ready and self.idle and not self.ending:  # another identity waits: make room
+            self.retire(next(iter(self.idle)))  # (once: a worker still ending makes it too)
 
     def idle_worker(self, identity: Identity) -> Worker | None:
         """The most recently idle worker holding ``identity`` (the long-idle ones retire)."""

@@ -139,10 +139,7 @@ def plan_class() -> type:
                 try:
                     os.chdir(user.dir)
                 finally:
-                    os.seteuid(0)
-                    os.setgroups(self.groups)
-                    os.setegid(self.ids[0])
-                    os.seteuid(self.ids[1])
+                    self.take_back_ids()
             except OSError as exc:
                 raise Finish(TEMPORARY, f"cannot become uid {entry.uid} in {user.dir} "
                                         f"({exc})") from None
@@ -224,9 +221,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             reply(conn, DECLINE)
         except OSError:
             pass
-    except Drop as exc:
-        log(settings.log_fd, f"dropped pid {pid} uid {identity[0]}: {exc}")
-    except (OSError, ValueError) as exc:
+    except (Drop, OSError, ValueError) as exc:
         log(settings.log_fd, f"dropped pid {pid} uid {identity[0]}: {exc}")
 
 
@@ -237,7 +232,7 @@ def log(fd: int, text: str) -> None:
         pass
 
 
-def open_descriptors(keep: set[int] = set()) -> list[int]:
+def open_descriptors(keep: frozenset[int] | set[int] = frozenset()) -> list[int]:
     """The descriptors open above 2 but for ``keep``."""
     import fcntl
 
@@ -251,6 +246,14 @@ def open_descriptors(keep: set[int] = set()) -> list[int]:
                 continue  # the directory listing's own descriptor, closed by now
             found.append(fd)
     return found
+
+
+def describe(fd: int) -> str:
+    """``fd`` and what it is open on, for the log."""
+    try:
+        return f"{fd} ({os.readlink(f'/proc/self/fd/{fd}')})"
+    except OSError:
+        return str(fd)
 
 
 def work(control: socket.socket, identity: Identity, settings: "Settings") -> None:
@@ -292,7 +295,8 @@ def work(control: socket.socket, identity: Identity, settings: "Settings") -> No
         stray = open_descriptors(keep | kept_descriptors())
         last = served == settings.requests_per_worker or bool(stray) or not is_identity(identity)
         if stray:
-            log(settings.log_fd, f"worker ends: descriptors {stray} left open by a request " + str([os.readlink(f"/proc/self/fd/{fd}") for fd in stray]))
+            log(settings.log_fd, f"worker ends: a request left descriptors open: "
+                                 f"{', '.join(map(describe, stray))}")
         try:
             control.send(b"x" if last else b".")
         except OSError:  # the server left

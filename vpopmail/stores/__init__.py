@@ -202,7 +202,7 @@ _opened: "list[MySQLDatabase]" = []
 
 
 #: set by keep_connections(): close_stores() keeps the SQL connections for the next request
-_keeping: list[bool] = []
+_keeping = False
 
 
 def keep_connections() -> None:
@@ -210,7 +210,8 @@ def keep_connections() -> None:
     worker): :func:`close_stores` keeps its SQL connections open for the next request with the
     same server, user and database, which pings them before use. Never across a fork: a worker
     opens its own."""
-    _keeping.append(True)
+    global _keeping
+    _keeping = True
 
 
 def kept_descriptors() -> set[int]:
