@@ -23,10 +23,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
-from common import REPO, RESULTS, WORK, machine_line, owner, replace_section, shell_loop  # noqa: E402
-
-POP_ENV = {"PATH": "/usr/bin:/bin", "PROTO": "TCP", "TCPLOCALIP": "192.0.2.1",
-           "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10", "TCPREMOTEPORT": "40000"}
+from common import (POP_ENV, REPO, RESULTS, WORK, machine_line, owner,  # noqa: E402
+                    replace_section, shell_loop)
 
 
 class Site:

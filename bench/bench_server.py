@@ -38,15 +38,13 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
-from common import (WORK, install, machine_line, mariadb_ready, owner,  # noqa: E402
+from common import (POP_ENV, WORK, install, machine_line, mariadb_ready, owner,  # noqa: E402
                     peak_rss, private_mariadb, replace_section, RESULTS, shell_loop, sql_config,
                     sql_copy_users, timed,
                     wrapper_python)
 
 HERE = WORK / "server"
 DOMAIN = "example.com"
-POP_ENV = {"PATH": "/usr/bin:/bin", "PROTO": "TCP", "TCPLOCALIP": "192.0.2.1",
-           "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10", "TCPREMOTEPORT": "40000"}
 #: C vpopmail 5.4.33 on this machine class, 100 in a loop from one shell (c-vpopmail-observed.md
 #: section 7): a 4 KB delivery without fsync, an MD5-crypt login, and their exec floors
 C_DELIVERY_MS, C_LOGIN_MS, C_DELIVERY_FLOOR_MS, C_LOGIN_FLOOR_MS = 2.11, 1.43, 1.47, 0.50

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (WORK, added_imports, as_fd3, import_report, install,  # noqa: E402
+from common import (POP_ENV, WORK, added_imports, as_fd3, import_report, install,  # noqa: E402
                     machine_line, mariadb_ready, measure_all, owner, peak_rss, private_mariadb,
                     publish, results_table, shell_loop, sql_config, sql_copy_users, timed,
                     wrapper_python)
@@ -48,9 +48,6 @@ C_VCHKPW_RSS_MIB = 1.9
 C_EXEC_FLOOR_MS = 0.50
 TARGET_MS = 1.5
 STAMP = "<27959.1795837166@anchor.test>"
-#: what tcpserver sets for a POP3 connection from 192.0.2.10 (plus PATH)
-POP_ENV = {"PATH": "/usr/bin:/bin", "PROTO": "TCP", "TCPLOCALIP": "192.0.2.1",
-           "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10"}
 #: shell code giving each login of a loop its own TCPREMOTEIP, 10.x.y.z from $BASE + $i
 NEW_IP_EACH = ('k=$((BASE+i)); export TCPREMOTEIP="10.$((k/65536%256)).$((k/256%256)).'
                '$((k%256))"; ')

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from mariadb_site import Database
 
 REPO = Path(__file__).resolve().parent.parent
+#: what tcpserver sets for a POP3 connection from 192.0.2.10 (plus PATH): the logins of
+#: bench_vchkpw, bench_server and bench_before_after
+POP_ENV = {"PATH": "/usr/bin:/bin", "PROTO": "TCP", "TCPLOCALIP": "192.0.2.1",
+           "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10", "TCPREMOTEPORT": "40000"}
 WORK = REPO / "bench" / "work"
 RESULTS = REPO / "bench" / "RESULTS.md"
 #: the top-level packages of pyvpopmail (and the config cache's marshal), for -X importtime
