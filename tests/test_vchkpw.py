@@ -82,6 +82,28 @@ def test_lastauth_file(site: LoginSite) -> None:
                                                                 0o600)
 
 
+
+@pytest.mark.cdb_only("the lastauth file itself: kept or replaced")
+def test_lastauth_from_the_same_address_only_gets_a_new_time(site: LoginSite) -> None:
+    """A client polling from one place: the file stays (same inode), its time moves; another
+    address, or a file vpopmail did not write as it would (mode, owner), is written afresh."""
+    lastauth = site.user_dir("alice") / "lastauth"
+    assert site.login("alice@example.com", PASSWORD).code == 0
+    first = lastauth.stat()
+    os.utime(lastauth, (first.st_atime - 100, first.st_mtime - 100))
+    assert site.login("alice@example.com", PASSWORD).code == 0
+    again = lastauth.stat()
+    assert again.st_ino == first.st_ino and again.st_mtime >= first.st_mtime - 1
+    assert lastauth.read_bytes() == b"192.0.2.10"
+    assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="192.0.2.11")).code == 0
+    moved = lastauth.stat()
+    assert moved.st_ino != first.st_ino and lastauth.read_bytes() == b"192.0.2.11"
+    lastauth.chmod(0o644)
+    assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="192.0.2.11")).code == 0
+    st = lastauth.stat()
+    assert st.st_ino != moved.st_ino and stat.S_IMODE(st.st_mode) == 0o600
+    assert lastauth.read_bytes() == b"192.0.2.11"
+
 def test_ipv6_client_kept_as_is_in_lastauth(site: LoginSite) -> None:
     assert site.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP="2001:db8::7")).code == 0
     assert (site.inst.last_login("alice@example.com") or (0, ""))[1] == "2001:db8::7"

@@ -13,6 +13,7 @@ refused, so nothing rebuilds a domain's user list from nothing.
 """
 import bisect
 import os
+import stat
 
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
@@ -40,6 +41,27 @@ VPASSWD_LIMIT = 1 << 30  # bytes: far beyond any domain's users (100 000 take 15
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
+
+
+def _touch_if_same(path: str, data: bytes, uid: int, gid: int) -> bool:
+    """Set ``path``'s times to now if it is a regular file (never through a link or a FIFO)
+    holding exactly ``data``, owned by ``uid``:``gid`` with mode 0600; False otherwise (and
+    for any error: the caller writes it afresh)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode != stat.S_IFREG | 0o600 or (st.st_uid, st.st_gid) != (uid, gid)
+                or st.st_size != len(data) or os.read(fd, len(data) + 1) != data):
+            return False
+        os.utime(fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _encode(text: str) -> bytes:
@@ -266,9 +288,13 @@ class CdbFiles(UserDatabase):
         return len(lines)
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
-        """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time."""
-        atomic_write(os.path.join(user.dir, LASTAUTH), _encode(remote_ip), 0o600, domain.uid,
-                     domain.gid, sync=False)
+        """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time. A login
+        from the address already recorded only sets the time (a mail client polling from one
+        place: no new file, no rename, which ext4 makes wait for the new file's data)."""
+        path = os.path.join(user.dir, LASTAUTH)
+        data = _encode(remote_ip)
+        if not _touch_if_same(path, data, domain.uid, domain.gid):
+            atomic_write(path, data, 0o600, domain.uid, domain.gid, sync=False)
 
     def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         """lastauth's mtime and text."""
