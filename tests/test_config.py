@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import marshal
 import os
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -156,9 +158,11 @@ def test_cache_written_and_used_when_fresh(tmp_path: Path) -> None:
     assert version == config._CACHE_VERSION
     assert tuple(ident) == config._identity(path.stat())
     assert values["locks_timeout"] == 7
-    # doctor the cache: a fresh cache is believed without reading the TOML
+    # doctor the cache: a fresh cache is believed without reading the TOML (by a process that
+    # has not read the file yet)
     values["locks_timeout"] = 99
     cache.write_bytes(marshal.dumps((version, ident, values)))
+    config._read.clear()
     loaded = load(str(path))
     assert loaded.locks_timeout == 99
     assert loaded.path == str(path)
@@ -195,6 +199,46 @@ def test_corrupt_cache_is_ignored(tmp_path: Path, garbage: bytes) -> None:
     assert load(str(path)).locks_timeout == 7
     version, _, values = marshal.loads((tmp_path / "v.toml.cache").read_bytes())
     assert version == config._CACHE_VERSION and values["locks_timeout"] == 7
+
+
+def test_a_file_read_once_is_not_read_again_until_it_changes(tmp_path: Path) -> None:
+    """What a server worker loads per request: the same values while the file's status is the
+    same; a change of contents or of mode is seen at the next load."""
+    path = write(tmp_path / "v.toml", "[locks]\ntimeout = 7\n")
+    first = load(str(path))
+    (tmp_path / "v.toml.cache").unlink()
+    assert load(str(path)).values is first.values
+    assert not (tmp_path / "v.toml.cache").exists()  # nothing was read or written
+    path.chmod(0o640)
+    assert load(str(path)).values is not first.values
+    write(path, "[locks]\ntimeout = 8\n")
+    bump_mtime(path)
+    assert load(str(path)).locks_timeout == 8
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change ids")
+def test_what_root_read_is_not_lent_to_other_ids(tmp_path: Path) -> None:
+    """A worker forked from a root server after it loaded a root-only config must not get its
+    values: it reads the file with its own ids, as the direct program would, and fails."""
+    here = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by uid 89 (tmp_path's parents are not)
+    here.chmod(0o755)
+    path = write(here / "v.toml", "[locks]\ntimeout = 7\n")
+    path.chmod(0o600)
+    assert load(str(path)).locks_timeout == 7
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(89)
+            os.setuid(89)
+            load(str(path))
+            os._exit(0)
+        except ConfigError:
+            os._exit(3)
+        except BaseException:
+            os._exit(4)
+    status = os.waitpid(pid, 0)[1] >> 8
+    shutil.rmtree(here)
+    assert status == 3
 
 
 def test_cache_of_another_version_is_ignored(tmp_path: Path) -> None:

@@ -197,13 +197,33 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+#: (path, effective uid, gid) -> (the file's status when read, its values): what this process
+#: read last with those ids (a server worker loads the config per request; an unchanged file
+#: is not read again, and never for ids that did not read it themselves)
+_read: dict[tuple[str, int, int], tuple[tuple[int, ...], dict[str, Value]]] = {}
+
+
 def load(path: str | None = None) -> Config:
-    """Load the config at ``path`` (see :func:`locate`), through the marshal cache when fresh."""
+    """Load the config at ``path`` (see :func:`locate`), through the marshal cache when fresh.
+    A file this process already read with the same ids is not read again while its status
+    (inode, size, times, mode, owner) is unchanged."""
     path = locate(path)
     try:
         st = os.stat(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    status = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+              st.st_uid, st.st_gid)
+    key = (path, os.geteuid(), os.getegid())
+    seen = _read.get(key)
+    if seen is not None and seen[0] == status:
+        return Config(seen[1], path)
+    config = _load(path, st)
+    _read[key] = (status, config.values)
+    return config
+
+
+def _load(path: str, st: os.stat_result) -> Config:
     cache = path + ".cache"
     ident = _identity(st)
     try:
