@@ -174,6 +174,13 @@ class SizeFile:
         self.mtime = mtime
 
 
+#: Maildir -> (the bytes of its maildirsize summed last, up to the end of a line, and their sums):
+#: a process that delivers to a Maildir again (a server worker) sums only the lines appended
+#: since, after checking that the rest is byte for byte what it summed
+_summed: dict[str, tuple[bytes, int, int, int]] = {}
+SUMMED_MAILDIRS = 64
+
+
 def load_maildirsize(maildir: str) -> SizeFile | None:
     """Read ``maildirsize`` (never through a symlink), or None if absent or unparsable.
 
@@ -191,11 +198,33 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
         return None
     finally:
         os.close(fd)
-    lines = data.split(b"\n")
-    if len(lines) < 2:
+    first = data.find(b"\n") + 1
+    if not first:
         return None
-    total = count = rows = 0
-    for line in lines[1:]:
+    known = _summed.get(maildir)
+    if known is not None and data.startswith(known[0]):
+        done, sums = len(known[0]), known[1:]
+    else:
+        done, sums = first, (0, 0, 0)
+    whole = data.rfind(b"\n") + 1  # what follows is a line being appended, or junk
+    summed = _sum_lines(data[done:whole], *sums)
+    if summed is None:
+        return None
+    if len(_summed) >= SUMMED_MAILDIRS and maildir not in _summed:
+        _summed.clear()
+    _summed[maildir] = (data[:whole], *summed)
+    found = _sum_lines(data[whole:], *summed)
+    if found is None:
+        return None
+    total, count, rows = found
+    return SizeFile(data[:first - 1].decode("ascii", "replace").strip(), total, count, rows,
+                    st.st_size, st.st_mtime)
+
+
+def _sum_lines(data: bytes, total: int, count: int, rows: int) -> tuple[int, int, int] | None:
+    """The sums with the ``size count`` lines of ``data`` added (blank lines skipped), or None
+    if one is not numbers."""
+    for line in data.split(b"\n"):
         fields = line.split()
         if not fields:
             continue
@@ -205,8 +234,7 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
         except ValueError:
             return None
         rows += 1
-    return SizeFile(lines[0].decode("ascii", "replace").strip(), total, count, rows, st.st_size,
-                    st.st_mtime)
+    return total, count, rows
 
 
 def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:

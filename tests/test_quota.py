@@ -206,6 +206,61 @@ def test_read_maildirsize(maildir: Path, content: bytes, expected: object) -> No
     assert read_maildirsize(str(maildir)) == expected
 
 
+def reference_sums(data: bytes) -> tuple[str, int, int, int] | None:
+    """What maildirsize says, summed from scratch the plain way (the first 5120 bytes)."""
+    lines = data[:5120].split(b"\n")
+    if len(lines) < 2:
+        return None
+    total = count = rows = 0
+    for line in lines[1:]:
+        fields = line.split()
+        if fields:
+            try:
+                total += int(fields[0])
+                count += int(fields[1]) if len(fields) > 1 else 0
+            except ValueError:
+                return None
+            rows += 1
+    return lines[0].decode("ascii", "replace").strip(), total, count, rows
+
+
+LINE = st.one_of(
+    st.builds(lambda size, n: f"{size} {n}\n".encode(), st.integers(-10**6, 10**9),
+              st.integers(-5, 5)),
+    st.sampled_from([b"\n", b"  \n", b"12\n", b"4096 1", b"1 2 3\n", b"x y\n", b"4 1\r\n"]))
+LINES = st.lists(LINE, max_size=4).map(b"".join)
+STEP = st.tuples(st.sampled_from(["append", "rewrite", "replace"]), LINES)
+
+
+@settings(max_examples=150, deadline=None)
+@given(start=st.lists(LINE, max_size=6), steps=st.lists(STEP, max_size=12))
+def test_maildirsize_read_again_sums_as_from_scratch(start: list[bytes],
+                                                     steps: list[tuple[str, bytes]]) -> None:
+    """A process that reads one maildirsize again and again (a server worker) sums only what
+    was appended: whatever happened to the file between reads (appends, a line half written,
+    a rewrite in place, a new file), it finds what a first read would."""
+    import tempfile
+
+    from maildir import quota
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "maildirsize"
+        path.write_bytes(b"1000S\n" + b"".join(start))
+        for kind, what in [("read", b""), *steps]:
+            if kind == "append":
+                with open(path, "ab") as fh:
+                    fh.write(what)
+            elif kind == "rewrite":  # same inode, earlier bytes changed
+                with open(path, "r+b") as fh:
+                    fh.write(b"2000S\n" + what)
+            elif kind == "replace":
+                path.unlink()
+                path.write_bytes(b"3000S\n" + what)
+            assert read_maildirsize(tmp) == reference_sums(path.read_bytes())
+        quota._summed.clear()
+        assert read_maildirsize(tmp) == reference_sums(path.read_bytes())
+
+
 def test_read_maildirsize_missing(maildir: Path) -> None:
     assert read_maildirsize(str(maildir)) is None
 
