@@ -5,6 +5,7 @@ that changes nothing, and the limits reach the flags and quota of users.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,24 @@ def test_a_damaged_file_is_a_clear_error_that_changes_nothing(
     assert f"{path}" in str(caught.value) and detail in str(caught.value)
     refused(vhome, "vadduser", f"bob@{DOMAIN}", "pw", code=220,
             starts=f"Error: can't read domain limits: {path}")
+
+
+def test_a_file_read_again_gives_its_current_contents_and_a_copy_of_its_own(tmp_path: Path
+                                                                            ) -> None:
+    """A server worker reads the limits at every login: an edit is seen at the next read even
+    with the same size and time, and what one caller changes in its copy no other sees."""
+    path = tmp_path / limits.DOMAIN_FILE
+    path.write_text("maxpopaccounts: 10\ndisable_pop\n")
+    first = limits.read_file(str(path))
+    assert first is not None and first.numbers["maxpopaccounts"] == 10
+    first.numbers["maxpopaccounts"] = 99
+    first.switches.add("disable_imap")
+    again = limits.read_file(str(path))
+    assert again is not None and again.numbers["maxpopaccounts"] == 10
+    assert again.switches == {"disable_pop"} and again.source == str(path)
+    stamp = path.stat()
+    path.write_text("maxpopaccounts: 20\ndisable_imap\n")  # same size
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    changed = limits.read_file(str(path))
+    assert changed is not None and changed.numbers["maxpopaccounts"] == 20
+    assert changed.switches == {"disable_imap"}

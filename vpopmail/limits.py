@@ -114,9 +114,23 @@ def default_file(vpopmail_home: str) -> str:
     return os.path.join(vpopmail_home, "etc", DEFAULT_FILE)
 
 
+#: (path, contents) -> what they parse to: a process that reads a limits file again (a server
+#: worker, at every login) parses it only when its bytes changed
+_parsed: dict[tuple[str, bytes], Limits] = {}
+PARSED_FILES = 256
+
+
 def read_file(path: str) -> Limits | None:
+    """The limits of the file at ``path`` (a copy of its own), or None if there is none."""
     try:
-        return Limits.parse(read_regular(path)[0].decode("utf-8"), path)
+        data = read_regular(path)[0]
+        known = _parsed.get((path, data))
+        if known is None:
+            known = Limits.parse(data.decode("utf-8"), path)
+            if len(_parsed) >= PARSED_FILES:
+                _parsed.clear()
+            _parsed[path, data] = known
+        return Limits(known.numbers, known.switches, path)
     except FileNotFoundError:
         return None
     except OSError as exc:
