@@ -85,6 +85,19 @@ def test_delivery_and_login_go_through_the_server(site: LoginSite) -> None:
     assert site.login("alice@example.com", "wrong").code == 1
 
 
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_each_request_gets_exactly_its_callers_environment(site: LoginSite) -> None:
+    """One worker serves these logins in turn: a variable one caller had, or changed, is
+    gone or has the next caller's value."""
+    without_fallbacks(site.inst)
+    first = site.login("alice@example.com", "pw", env={**POP_ENV, "EXTRA": "1", "TZ": "UTC"})
+    assert first.code == 0 and (first.env["EXTRA"], first.env["TZ"]) == ("1", "UTC")
+    second = site.login("alice@example.com", "pw", env={**POP_ENV, "TZ": "CET"})
+    assert second.code == 0 and "EXTRA" not in second.env and second.env["TZ"] == "CET"
+    third = site.login("alice@example.com", "pw", env=POP_ENV)
+    assert third.code == 0 and "TZ" not in third.env and "EXTRA" not in third.env
+
+
 def test_login_program_does_not_inherit_fd3(site: LoginSite) -> None:
     without_fallbacks(site.inst)
     probe = site.work / "probe.sh"

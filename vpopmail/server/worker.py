@@ -78,11 +78,17 @@ def set_stage(request: Request) -> None:
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
         os.close(fd)
-    os.environb.clear()
+    wanted: dict[bytes, bytes] = {}
     for entry in request.env:
         name, sep, value = entry.partition(b"=")
-        if sep and name and name not in os.environb:
-            os.environb[name] = value
+        if sep and name and name not in wanted:  # the first of a name counts, as getenv()
+            wanted[name] = value
+    environ = os.environb  # changed, not rebuilt: most of it is the last request's
+    for name in [name for name in environ if name not in wanted]:
+        del environ[name]
+    for name, value in wanted.items():
+        if environ.get(name) != value:
+            environ[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
 
 
