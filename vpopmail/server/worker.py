@@ -78,15 +78,15 @@ def set_stage(request: Request) -> None:
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
         os.close(fd)
-    wanted: dict[bytes, bytes] = {}
+    variables: dict[bytes, bytes] = {}
     for entry in request.env:
         name, sep, value = entry.partition(b"=")
-        if sep and name and name not in wanted:  # the first of a name counts, as getenv()
-            wanted[name] = value
+        if sep and name and name not in variables:  # the first of a name counts, as getenv()
+            variables[name] = value
     environ = os.environb  # changed, not rebuilt: most of it is the last request's
-    for name in [name for name in environ if name not in wanted]:
+    for name in [name for name in environ if name not in variables]:
         del environ[name]
-    for name, value in wanted.items():
+    for name, value in variables.items():
         if environ.get(name) != value:
             environ[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
