@@ -23,6 +23,6 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     elif args:  # stdout is the client's connection: the usage goes to stderr (tcpserver's log)
         print(USAGE, end="", file=sys.stderr)
         return 2
-    from vpopmail.vpopmaild.session import serve_connection
+    from vpopmail.vpopmaild.daemon import serve_connection
 
     return serve_connection(timeout, config)

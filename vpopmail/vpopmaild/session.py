@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from vpopmail.passwords import dummy_check, verify_password
 from auth.vchkpw import LEVELS, remote_ip
-from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import TemporaryError, VpopmailError
@@ -252,10 +251,11 @@ class Session:
         tokens = Tokens(line)
         return (tokens.next() or "").lower(), tokens
 
-    def serve(self) -> None:
-        """Greet, log in, then answer requests until quit, the end of input or a timeout."""
-        from vpopmail.vpopmaild.commands import COMMANDS, HELP
-
+    def serve(self, commands: Mapping[str, tuple[int, Handler]],
+              help_table: list[tuple[int, str, str]]) -> None:
+        """Greet, log in, then answer requests until quit, the end of input or a timeout:
+        ``commands`` maps a command to the level it needs and its handler, ``help_table``
+        lists (level, name, usage) for help."""
         self.send(OK)
         self.before_login()
         while True:
@@ -265,10 +265,10 @@ class Session:
             if command in QUIT:
                 raise Hangup(OK)
             if command == "help":
-                self.help([(level, name, text) for level, name, text in HELP
+                self.help([(level, name, text) for level, name, text in help_table
                            if level <= self.level])
                 continue
-            wanted = COMMANDS.get(command)
+            wanted = commands.get(command)
             if wanted is None or wanted[0] > self.level:
                 self.send(str(Refusal(4, 107)))
                 continue
@@ -306,29 +306,3 @@ LOGIN_HELP = [
     (0, "Utility", ""), (0, "help", "help"), (0, "exit", "quit"), (0, "quit", "quit"),
     (0, "q", "quit"),
 ]
-
-
-def serve_connection(timeout: float, config: str | None) -> int:
-    """Serve one connection on stdin/stdout (under tcpserver); the exit status."""
-    channel = Channel(timeout=timeout)
-    try:
-        api = Vpopmail(vconfig.load(config))
-    except VpopmailError as exc:
-        print(f"vpopmaild: {exc}", file=sys.stderr)
-        channel.send(str(Refusal(1, 101)))
-        return 111
-    session = Session(api, channel)
-    try:
-        session.serve()
-    except Hangup as end:
-        if end.answer:
-            try:
-                channel.send(end.answer)
-            except OSError:
-                pass
-        return end.code
-    except OSError:  # the client went away while we wrote
-        return 0
-    finally:
-        api.backend.close()
-    return 0
