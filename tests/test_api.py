@@ -1,6 +1,7 @@
 """vpopmail/api/: the library API by concern (domains, users, limits, aliases), called directly
-against a real sandbox install: what each call writes (qmail's files, vpasswd and its cdb,
-Maildir, maildirsize, limits files) and the VA_* classes of what it refuses, nothing changed.
+against a real sandbox install on both user backends: what each call writes (qmail's files,
+the users as the backend stores them: vpasswd and its cdb, or the SQL rows; Maildir,
+maildirsize, limits files) and the VA_* classes of what it refuses, nothing changed.
 """
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import check_index, stored_users
 from install_site import Install
 from vpopmail import flags, limits
 from vpopmail.api import Vpopmail
-from vpopmail.cdb import CdbReader
 from vpopmail.errors import (AliasDomainsExist, BadChar, BadInput, CannotDeleteCatchall,
                              DomainAlreadyExists, DomainDoesNotExist, GecosTooLong,
                              IllegalUsername, InvalidDomainName, QuotaTooLong,
@@ -24,6 +25,7 @@ ALIAS = "alias.test"
 #: the concern modules in the order they may import each other (each only those before it)
 ORDER = ["base", "limits", "aliases", "users", "domains", "__init__", "bulletin", "diagnose"]
 API_DIR = Path(__file__).resolve().parents[1] / "vpopmail" / "api"
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
@@ -39,8 +41,8 @@ def control(vhome: Install, name: str) -> list[str]:
 
 
 def vpasswd(vhome: Install) -> list[list[str]]:
-    return [line.split(":") for line in (vhome.domains / DOMAIN / "vpasswd").read_text()
-            .splitlines()]
+    """The users of example.com as vpasswd's fields, through the backend (files or SQL)."""
+    return [fields[:7] for _, fields in sorted(stored_users(vhome).items())]
 
 
 def user_dir(vhome: Install, name: str) -> Path:
@@ -136,8 +138,7 @@ def test_add_user_writes_vpasswd_its_cdb_and_a_maildir(site: Vpopmail, vhome: In
     line = next(fields for fields in vpasswd(vhome) if fields[0] == "bob")
     assert line[2:] == ["1", "0", "Bob the builder", str(bob), "1048576S"]
     assert line[1].startswith("$") and line[1] != "pw"
-    with CdbReader(str(vhome.domains / DOMAIN / "vpasswd.cdb")) as cdb:
-        assert cdb.get(b"bob") is not None and cdb.get(b"carol") is None
+    check_index(vhome)
     for sub in ("cur", "new", "tmp"):
         assert (bob / "Maildir" / sub).is_dir()
     assert (bob / "Maildir" / "maildirsize").read_text() == "1048576S\n0 0\n"
@@ -161,10 +162,11 @@ def test_add_user_writes_vpasswd_its_cdb_and_a_maildir(site: Vpopmail, vhome: In
 def test_add_user_refusals_change_nothing(site: Vpopmail, vhome: Install, address: str,
                                           options: dict[str, str], error: type[Exception]
                                           ) -> None:
-    before = (vhome.domains / DOMAIN / "vpasswd").read_text()
+    before = stored_users(vhome)
     with pytest.raises(error):
         site.add_user(address, "pw", **options)
-    assert (vhome.domains / DOMAIN / "vpasswd").read_text() == before
+    assert stored_users(vhome) == before
+    check_index(vhome)
     assert not user_dir(vhome, "carol").exists()
 
 
@@ -197,8 +199,7 @@ def test_set_password_rehashes_and_delete_user_removes_everything(site: Vpopmail
     assert removed.name == "alice"
     assert not user_dir(vhome, "alice").exists()
     assert [f[0] for f in vpasswd(vhome)] == ["postmaster"]
-    with CdbReader(str(vhome.domains / DOMAIN / "vpasswd.cdb")) as cdb:
-        assert cdb.get(b"alice") is None
+    check_index(vhome)
     with pytest.raises(UserDoesNotExist):
         site.delete_user(f"alice@{DOMAIN}")
     with pytest.raises(UserDoesNotExist):
