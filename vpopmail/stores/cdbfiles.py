@@ -12,14 +12,14 @@ vpasswd is therefore damage — an unmounted file system, a restore in progress 
 refused, so nothing rebuilds a domain's user list from nothing.
 """
 import bisect
-import os
+import posix
 
 from vpopmail import cdb
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (BadInput, CorruptData, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import FileLock, atomic_write, read_regular
+from vpopmail.fsutil import FileLock, atomic_write, exists, join, read_regular
 from vpopmail.stores import Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -101,10 +101,10 @@ class CdbFiles(UserDatabase):
         self.sync = config.delivery_file_sync
 
     def _lock(self, domain: AssignEntry) -> FileLock:
-        return FileLock(os.path.join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)
+        return FileLock(join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)
 
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
-        path = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD_CDB)
         key = _encode(name)
         try:
             value = cdb.lookup(path, key)
@@ -116,14 +116,14 @@ class CdbFiles(UserDatabase):
         return None if value is None else parse_fields(name, _decode(value), path)
 
     def _missing(self, domain: AssignEntry, how: str = GONE) -> CorruptData:
-        return CorruptData(MISSING.format(path=os.path.join(domain.dir, VPASSWD), how=how,
+        return CorruptData(MISSING.format(path=join(domain.dir, VPASSWD), how=how,
                                           domain=domain.real_domain))
 
     def _read_lines(self, domain: AssignEntry) -> list[bytes]:
         """The vpasswd lines (bytes, no newline); a line that cannot be a user, a missing
         vpasswd, or an empty one beside a vpasswd.cdb with records (more than its 2 KiB
         header), is an error."""
-        path = os.path.join(domain.dir, VPASSWD)
+        path = join(domain.dir, VPASSWD)
         try:
             # a regular file only: a link the domain owner plants (to /etc/shadow, say) must
             # not make root copy that file's lines into vpasswd; a FIFO must not hang root
@@ -135,7 +135,7 @@ class CdbFiles(UserDatabase):
         lines = _checked([line for line in data.split(b"\n") if line], path)
         if not lines:
             try:
-                if os.stat(os.path.join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
+                if posix.stat(join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
                     raise self._missing(domain, EMPTIED)
             except FileNotFoundError:
                 pass
@@ -143,7 +143,7 @@ class CdbFiles(UserDatabase):
 
     def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
         data = b"\n".join(lines) + b"\n" if lines else b""
-        atomic_write(os.path.join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
+        atomic_write(join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
                      self.sync)
         if index:
             self._write_cdb(domain, lines)
@@ -152,7 +152,7 @@ class CdbFiles(UserDatabase):
         from vpopmail.cdbwrite import build
 
         records = [(name, rest) for name, rest in (line.split(b":", 1) for line in lines)]
-        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600,
+        atomic_write(join(domain.dir, VPASSWD_CDB), build(records), 0o600,
                      domain.uid, domain.gid, self.sync)
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:
@@ -160,7 +160,7 @@ class CdbFiles(UserDatabase):
 
     def has_users(self, domain: AssignEntry) -> bool:
         try:
-            return os.path.getsize(os.path.join(domain.dir, VPASSWD)) > 0
+            return posix.stat(join(domain.dir, VPASSWD)).st_size > 0
         except OSError:
             return False
 
@@ -230,8 +230,8 @@ class CdbFiles(UserDatabase):
         killed after its postmaster was added) are kept. A vpasswd.cdb without its vpasswd is
         a damaged domain, not a new one: refused."""
         with self._lock(domain):
-            present = os.path.exists(os.path.join(domain.dir, VPASSWD))
-            if not present and os.path.exists(os.path.join(domain.dir, VPASSWD_CDB)):
+            present = exists(join(domain.dir, VPASSWD))
+            if not present and exists(join(domain.dir, VPASSWD_CDB)):
                 raise self._missing(domain)
             self._write(domain, self._read_lines(domain) if present else [])
 
@@ -241,7 +241,7 @@ class CdbFiles(UserDatabase):
     def rebuild_index(self, domain: AssignEntry) -> None:
         """vpasswd.cdb from vpasswd; with no vpasswd, CorruptData before the lock file is made
         (a lookup in an empty, unmounted domain directory creates nothing)."""
-        if not os.path.exists(os.path.join(domain.dir, VPASSWD)):
+        if not exists(join(domain.dir, VPASSWD)):
             raise self._missing(domain)
         with self._lock(domain):
             self._write_cdb(domain, self._read_lines(domain))
@@ -249,10 +249,10 @@ class CdbFiles(UserDatabase):
     def restore_from_index(self, domain: AssignEntry) -> int:
         """Write a lost (missing or empty) vpasswd back from vpasswd.cdb (``vmkpasswd -r``);
         the number of users. Refused if vpasswd has content or the cdb is damaged."""
-        path = os.path.join(domain.dir, VPASSWD)
-        index = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD)
+        index = join(domain.dir, VPASSWD_CDB)
         with self._lock(domain):
-            if os.path.exists(path) and os.path.getsize(path):
+            if exists(path) and posix.stat(path).st_size:
                 raise BadInput(f"{path} exists: it is the user list, and vpasswd.cdb is rebuilt "
                                   f"from it (vmkpasswd {domain.real_domain})")
             try:
@@ -267,12 +267,12 @@ class CdbFiles(UserDatabase):
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
         """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time."""
-        atomic_write(os.path.join(user.dir, LASTAUTH), _encode(remote_ip), 0o600, domain.uid,
+        atomic_write(join(user.dir, LASTAUTH), _encode(remote_ip), 0o600, domain.uid,
                      domain.gid, sync=False)
 
     def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         """lastauth's mtime and text."""
-        path = os.path.join(user.dir, LASTAUTH)
+        path = join(user.dir, LASTAUTH)
         try:
             data, st = read_regular(path, 256)
             return st.st_mtime, data.decode("ascii", "replace").strip()
@@ -283,8 +283,8 @@ class CdbFiles(UserDatabase):
         """vpasswd is readable and well formed, vpasswd.cdb holds the same records (logins
         and deliveries read only the cdb), both are owned by the domain owner."""
         name = domain.real_domain
-        path = os.path.join(domain.dir, VPASSWD)
-        index = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD)
+        index = join(domain.dir, VPASSWD_CDB)
         try:
             data = read_regular(path, VPASSWD_LIMIT)[0]
         except FileNotFoundError:
@@ -317,7 +317,7 @@ class CdbFiles(UserDatabase):
             raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
                         f"{shown}): logins and deliveries read the cdb", f"vmkpasswd {name}")
         for file in (path, index):
-            st = os.stat(file)
+            st = posix.stat(file)
             if (st.st_uid, st.st_gid) != (domain.uid, domain.gid):
                 raise Fault(f"{file} belongs to {st.st_uid}:{st.st_gid}, not "
                             f"{domain.uid}:{domain.gid}: vdelivermail and vchkpw run as the "
