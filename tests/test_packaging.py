@@ -275,3 +275,22 @@ def test_readme_next_steps_work_on_a_fresh_sandbox(tmp_path: Path) -> None:
         in out
     assert "exit 1\n" in out and "all checks passed" in out
     assert "+example.org-:example.org:" in out
+
+
+@pytest.mark.parametrize("program", ["vdelivermail", "vchkpw", "vadduser"])
+def test_wrappers_search_the_standard_library_before_site_packages(vhome: Install,
+                                                                   program: str) -> None:
+    """The wrapper puts the installed library first and the venv's site-packages after the
+    standard library, as a venv does: the hot paths' stat and bisect are found without
+    listing site-packages first."""
+    wrapper = vhome.program(program).read_text()
+    header = wrapper.split("import vpopmail\n", 1)[0]
+    python = wrapper.split()[0][2:]
+    result = subprocess.run([python, "-I", "-S", "-c", header + "import stat; print(sys.path); "
+                             "print(stat.__file__)"], capture_output=True, text=True, check=True)
+    path, found = result.stdout.splitlines()
+    entries = eval(path)  # noqa: S307 - our own repr of a list of str
+    library = vhome.prefix / "lib" / "pyvpopmail"
+    stdlib = os.path.dirname(found)
+    assert entries[0] == str(library)
+    assert entries.index(stdlib) < len(entries) - 1 and "site-packages" in entries[-1]
