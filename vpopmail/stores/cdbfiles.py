@@ -11,7 +11,6 @@ vpasswd is therefore damage — an unmounted file system, a restore in progress 
 "no users": lookups raise CorruptData (mail is deferred, logins answer 111) and changes are
 refused, so nothing rebuilds a domain's user list from nothing.
 """
-import bisect
 import posix
 
 from vpopmail import cdb
@@ -175,6 +174,8 @@ class CdbFiles(UserDatabase):
                     raise UsernameExists(f"{_decode(_name(line))}@{domain.real_domain}")
                 taken.add(_name(line))
             if len(new) == 1 and names == sorted(names):
+                import bisect  # vadduser's only: a stdlib module less for each login and delivery
+
                 at = bisect.bisect_right(names, _name(new[0]))
                 lines.insert(at, new[0])
             else:
