@@ -21,14 +21,15 @@ for its userdb lookups (``AUTHORIZED=1``, no password) and exit 3 for an unknown
 
 This is the login hot path: lean imports; hashes go through the C library's crypt().
 """
-import os
+import posix
 
 from vpopmail.passwords import dummy_check, verify_password
-from vpopmail import assign
+from vpopmail import assign, environ_text
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import DOVECOT_NO_USER, MISUSE, REJECTED, TEMPORARY, VpopmailError
 from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVERRIDE
+from vpopmail.fsutil import join
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
 from vpopmail.stores import VUser, close_stores, open_stores
 from vpopmail.syslog_client import LOG_ERR, Syslog
@@ -77,13 +78,13 @@ def read_input(fd: int = 3) -> bytes:
     data = b""
     try:
         while len(data) <= MAX_INPUT:
-            chunk = os.read(fd, MAX_INPUT + 1 - len(data))
+            chunk = posix.read(fd, MAX_INPUT + 1 - len(data))
             if not chunk:
                 break
             data += chunk
     finally:
         try:
-            os.close(fd)
+            posix.close(fd)
         except OSError:
             pass
     return data
@@ -128,7 +129,7 @@ class Vchkpw:
 
     def __init__(self, config: vconfig.Config, environ: dict[str, str] | None = None) -> None:
         self.config = config
-        self.environ = dict(os.environ if environ is None else environ)
+        self.environ = environ_text() if environ is None else dict(environ)
         self.ip = remote_ip(self.environ)
         self.dovecot = "ORIG_UID" in self.environ
         self.lookup_only = self.dovecot and self.environ.get("AUTHORIZED") == "1"
@@ -139,9 +140,9 @@ class Vchkpw:
         self.stores = open_stores(config)  # opened at first use (one server connection for SQL)
         self.secret = ""
         self.relay_allowed = False
-        self.root = os.geteuid() == 0
-        self.groups = os.getgroups() if self.root else []
-        self.ids = (os.getegid(), os.geteuid())
+        self.root = posix.geteuid() == 0
+        self.groups = posix.getgroups() if self.root else []
+        self.ids = (posix.getegid(), posix.geteuid())
 
     # -- the run ------------------------------------------------------------------------------
     def run(self, argv: list[str], fd: int = 3) -> int:
@@ -151,7 +152,7 @@ class Vchkpw:
             try:
                 data = read_input(fd)
             except OSError:
-                os.write(2, f"{self.tag}: {MISUSE_TEXT}\n".encode())
+                posix.write(2, f"{self.tag}: {MISUSE_TEXT}\n".encode())
                 return MISUSE
             login, self.secret, stamp = parse_input(data)
             service, tag = detect_service(self.environ, program, self.ip)
@@ -324,7 +325,7 @@ class Vchkpw:
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         from maildir import is_maildir
 
-        if user.dir and is_maildir(os.path.join(user.dir, "Maildir")):
+        if user.dir and is_maildir(join(user.dir, "Maildir")):
             return user
         from vpopmail.api import Vpopmail
 
@@ -344,19 +345,19 @@ class Vchkpw:
 
     def become(self, uid: int, gid: int) -> None:
         """Switch the effective ids (root only; the real ids stay, for the final step)."""
-        if not self.root or (os.geteuid(), os.getegid()) == (uid, gid):
+        if not self.root or (posix.geteuid(), posix.getegid()) == (uid, gid):
             return
-        os.seteuid(0)
-        os.setgroups([gid])
-        os.setegid(gid)
-        os.seteuid(uid)
+        posix.seteuid(0)
+        posix.setgroups([gid])
+        posix.setegid(gid)
+        posix.seteuid(uid)
 
     def take_back_ids(self) -> None:
         """Root: back to the effective ids and groups we were started with."""
-        os.seteuid(0)
-        os.setgroups(self.groups)
-        os.setegid(self.ids[0])
-        os.seteuid(self.ids[1])
+        posix.seteuid(0)
+        posix.setgroups(self.groups)
+        posix.setegid(self.ids[0])
+        posix.seteuid(self.ids[1])
 
     def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
         """POP/IMAP/webmail: become the domain owner for good and enter the user directory.
@@ -366,12 +367,12 @@ class Vchkpw:
                 if service == SMTP or self.dovecot:
                     self.take_back_ids()
                     return
-                os.seteuid(0)
-                os.setgroups([])
-                os.setgid(entry.gid)
-                os.setuid(entry.uid)
+                posix.seteuid(0)
+                posix.setgroups([])
+                posix.setgid(entry.gid)
+                posix.setuid(entry.uid)
             if service != SMTP and not self.dovecot:
-                os.chdir(user.dir)
+                posix.chdir(user.dir)
         except OSError as exc:
             raise Finish(TEMPORARY, f"cannot become uid {entry.uid} in {user.dir} ({exc})") from None
 
@@ -383,9 +384,29 @@ class Vchkpw:
         self.log.close()
         close_stores()
         try:
-            os.execvpe(command[0], command, env)
+            exec_path(command, env)
         except OSError as exc:
             raise Finish(TEMPORARY, f"cannot run {command[0]} ({exc.strerror})") from None
+
+
+def exec_path(argv: list[str], env: dict[str, str]) -> None:
+    """``os.execvpe(argv[0], argv, env)``: a name without ``/`` is looked for in the
+    directories of ``env``'s PATH (``/bin:/usr/bin`` without one); raises the first error
+    that is not "not there" (EACCES, ENOEXEC...), else the last."""
+    if "/" in argv[0]:
+        posix.execve(argv[0], argv, env)
+    first: OSError | None = None
+    last: OSError | None = None
+    for directory in env.get("PATH", "/bin:/usr/bin").split(":"):
+        try:
+            posix.execve(join(directory, argv[0]), argv, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            first = first or exc
+    assert last is not None  # split() gives at least one directory
+    raise first or last
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None,
@@ -401,12 +422,12 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
     try:
         settings = vconfig.load(config)
     except VpopmailError as exc:
-        os.write(2, f"vchkpw: {exc}\n".encode())
+        posix.write(2, f"vchkpw: {exc}\n".encode())
         return TEMPORARY
     try:
         return runner(settings).run(argv)
     except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
-        os.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
+        posix.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
         return TEMPORARY
     finally:
         close_stores()
@@ -414,7 +435,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
 
 def _fd_open(fd: int) -> bool:
     try:
-        os.fstat(fd)
+        posix.fstat(fd)
     except OSError:
         return False
     return True

@@ -312,7 +312,9 @@ print(fork, handoff)
 def fork_or_pool(setup: Setup) -> tuple[float, float]:
     """(fork + exit + wait of the warm server, hand a connection to a pooled worker)."""
     wrapper = (setup.libexec / "vdelivermail").read_text()
-    path = eval(wrapper.split("sys.path[:0] = ", 1)[1].split("\n", 1)[0])  # noqa: S307
+    library = eval(wrapper.split("sys.path[:0] = ", 1)[1].split("\n", 1)[0])  # noqa: S307
+    site = eval(wrapper.split("sys.path.append(", 1)[1].split(")\n", 1)[0])  # noqa: S307
+    path = [*library, site]
     out = subprocess.run([setup.python, "-I", "-S", "-c", FORK_PROBE.format(path=path)],
                          check=True, capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1])

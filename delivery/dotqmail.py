@@ -7,7 +7,7 @@ One deviation: a CR before the LF is stripped too (qmail-local would keep it in 
 address; a CRLF-edited file then reads as its author meant, and a lone CR is a blank line).
 """
 import errno
-import os
+import posix
 import stat
 
 from vpopmail.names import dot_qmail_order
@@ -64,20 +64,20 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
     line there and run, forward to or write what is left: never guess).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        st = os.fstat(fd)
+        st = posix.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
         if st.st_mode & 0o002:
             raise DotQmailWritable(path)
         data = b""
-        while chunk := os.read(fd, 65536):
+        while chunk := posix.read(fd, 65536):
             data += chunk
     finally:
-        os.close(fd)
+        posix.close(fd)
     if not data:
         return []
     if b"\0" in data:

@@ -5,11 +5,12 @@ is spooled first to an anonymous file (``O_TMPFILE``, or a file unlinked at once
 filesystem lacks it), copied in chunks so the message is never held in memory. All later reads
 use ``pread`` from offset 0, so every destination sees the whole message.
 """
-import os
+import posix
 import stat
+from io import SEEK_SET
 
 from vpopmail.errors import DeliveryFailed
-from vpopmail.fsutil import write_all
+from vpopmail.fsutil import join, write_all
 
 CHUNK = 65536
 DELIVERED_TO = b"delivered-to:"
@@ -21,19 +22,19 @@ LINE_MAX = 8192
 def _spool(source: int, directory: str) -> int:
     """Copy all of ``source`` into an anonymous file in ``directory``; return its fd."""
     try:
-        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fd = posix.open(directory, posix.O_TMPFILE | posix.O_RDWR | posix.O_CLOEXEC, 0o600)
     except OSError:
-        path = os.path.join(directory, f".vdelivermail-spool.{os.getpid()}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.unlink(path)
+        path = join(directory, f".vdelivermail-spool.{posix.getpid()}")
+        fd = posix.open(path, posix.O_RDWR | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, 0o600)
+        posix.unlink(path)
     try:
         while True:
-            chunk = os.read(source, CHUNK)
+            chunk = posix.read(source, CHUNK)
             if not chunk:
                 return fd
             write_all(fd, chunk)
     except BaseException:
-        os.close(fd)
+        posix.close(fd)
         raise
 
 
@@ -51,18 +52,18 @@ class Message:
     def from_fd(cls, source: int, spool_dir: str) -> "Message":
         """Use ``source`` if it is a regular file, else spool it into ``spool_dir``."""
         try:
-            st = os.fstat(source)
+            st = posix.fstat(source)
             if stat.S_ISREG(st.st_mode):
                 return cls(source, st.st_size)
             fd = _spool(source, spool_dir)
-            return cls(fd, os.fstat(fd).st_size)
+            return cls(fd, posix.fstat(fd).st_size)
         except OSError as exc:
             raise DeliveryFailed(f"cannot read the message (spool in {spool_dir}): "
                                  f"{exc.strerror}") from None
 
     def rewind(self) -> None:
         """Put the file offset at 0 (for a child that reads the message from its stdin)."""
-        os.lseek(self.fd, 0, os.SEEK_SET)
+        posix.lseek(self.fd, 0, SEEK_SET)
 
     def trace(self) -> tuple[frozenset[bytes], int]:
         """(the lower-cased addresses of its Delivered-To headers, how many there are)."""
@@ -120,7 +121,7 @@ def _scan_trace(fd: int) -> tuple[frozenset[bytes], int]:
     cut = False
     offset = 0
     while True:
-        chunk = os.pread(fd, CHUNK, offset)
+        chunk = posix.pread(fd, CHUNK, offset)
         if not chunk:
             if pending or cut:
                 scan.line(pending, cut)

@@ -11,7 +11,7 @@ first, as in C built with --enable-valias (:meth:`Vdelivermail.process_valias`).
 This is the hot path: it imports only the lean readers and the Maildir writer; programs,
 forwards and directory repairs load what they need when they happen.
 """
-import os
+import posix
 import sys
 import time
 
@@ -22,14 +22,14 @@ from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
 from maildir.quota import count_usage, deliver_with_quota, load_maildirsize, quota_root
-from vpopmail import assign
+from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED, INJECT_FAILED,
                              LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE,
                              DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
-from vpopmail.fsutil import write_all
+from vpopmail.fsutil import is_file, join, write_all
 from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
 from vpopmail.stores import VUser, close_stores, open_stores
 
@@ -86,8 +86,14 @@ def maildir_to_email(path: str, cwd: str = "") -> str:
     gives ``bob@..`` for ``./../bob/Maildir/`` and ``""`` for ``../bob/Maildir/``).
     """
     if not path.startswith("/"):
-        path = os.path.join(cwd or os.getcwd(), path)
-    path = os.path.normpath(path) + "/"
+        path = join(cwd or posix.getcwd(), path)
+    resolved: list[str] = []
+    for component in path.split("/"):
+        if component == "..":
+            del resolved[-1:]
+        elif component not in ("", "."):
+            resolved.append(component)
+    path = "/" + "/".join(resolved) + "/"
     at = path.rfind("/Maildir/")
     if at < 0:
         return ""
@@ -101,7 +107,7 @@ def maildir_to_email(path: str, cwd: str = "") -> str:
 
 def program_outcome(status: int) -> Outcome | None:
     """What a child's wait status means for the delivery (None: go on)."""
-    code = os.waitstatus_to_exitcode(status)
+    code = posix.waitstatus_to_exitcode(status)
     if code == DELIVERED:
         return None
     if code == STOP:
@@ -115,7 +121,7 @@ class Vdelivermail:
     def __init__(self, config: vconfig.Config, environ: dict[bytes, bytes] | None = None,
                  stdin: int = 0) -> None:
         self.config = config
-        self.environ = os.environb if environ is None else environ
+        self.environ = environ_bytes() if environ is None else environ
         self.stdin = stdin
         self.rpline = self.environ.get(b"RPLINE", b"")
         self.dtline = self.environ.get(b"DTLINE", b"")
@@ -182,17 +188,17 @@ class Vdelivermail:
     def _drop_privileges(self) -> None:
         """Run as the domain's owner: root never touches user files (qmail-local never runs
         us as root; an operator testing by hand might)."""
-        if os.geteuid() != 0:
-            if self.entry and os.geteuid() != self.entry.uid:
-                raise defer(f"vdelivermail: running as uid {os.geteuid()}, but {self.domain} "
+        if posix.geteuid() != 0:
+            if self.entry and posix.geteuid() != self.entry.uid:
+                raise defer(f"vdelivermail: running as uid {posix.geteuid()}, but {self.domain} "
                             f"belongs to uid {self.entry.uid}")
             return
         uid, gid = ((self.entry.uid, self.entry.gid) if self.entry
                     else (self.config.uid, self.config.gid))
         if uid != 0:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            posix.setgroups([])
+            posix.setgid(gid)
+            posix.setuid(uid)
 
     def _find_user(self) -> VUser | None:
         """The recipient's record, trying ``user`` then (qmail extensions on) the part before
@@ -247,9 +253,9 @@ class Vdelivermail:
             raise defer(f"vdelivermail: deferred, the valias rows of {alias}@{self.domain} "
                         "are all blank")
         if rest is not None:
-            os.environb[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
+            environ_bytes()[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
         try:
-            os.chdir(self.entry.dir)
+            posix.chdir(self.entry.dir)
         except OSError as exc:
             raise defer(f"vdelivermail: cannot chdir to {self.entry.dir}: {exc.strerror}") from None
         for instruction in instructions:
@@ -263,13 +269,13 @@ class Vdelivermail:
         home = self._ensure_home(user)
         if self.run_dotqmail(home):
             return DELIVERED
-        self.deliver_maildir(os.path.join(home, "Maildir") + "/", user.quota)
+        self.deliver_maildir(join(home, "Maildir") + "/", user.quota)
         return DELIVERED
 
     def _ensure_home(self, user: VUser) -> str:
         """The user's directory with a complete Maildir, re-creating what is missing."""
         assert self.entry is not None
-        if user.dir and is_maildir(os.path.join(user.dir, "Maildir")):
+        if user.dir and is_maildir(join(user.dir, "Maildir")):
             return user.dir
         from vpopmail.api import Vpopmail
 
@@ -284,7 +290,7 @@ class Vdelivermail:
         """Follow the first ``.qmail`` file found in ``home``; False if there is none or it is
         empty (zero bytes): then the default delivery applies, as with qmail-local."""
         for name in dotqmail.candidates(self.extension if self.config.users_qmail_ext else ""):
-            path = os.path.join(home, name)
+            path = join(home, name)
             try:
                 instructions = dotqmail.read_file(path)
             except dotqmail.DotQmailWritable:
@@ -300,7 +306,7 @@ class Vdelivermail:
         if not instructions:
             return False
         try:
-            os.chdir(home)
+            posix.chdir(home)
         except OSError as exc:
             raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
         for kind, text in instructions:
@@ -330,8 +336,8 @@ class Vdelivermail:
         """The domain's ``name`` file, else the one in ~vpopmail/domains, else ``""``."""
         directories = [self.entry.dir] if self.entry else []
         for directory in [*directories, self.config.domains_root]:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
+            path = join(directory, name)
+            if is_file(path):
                 return path
         return ""
 
@@ -382,7 +388,7 @@ class Vdelivermail:
         dropped, as C vpopmail drops it."""
         if self.message.size == 0:
             return
-        maildir = path if path.startswith("/") else os.path.join(os.getcwd(), path)
+        maildir = path if path.startswith("/") else join(posix.getcwd(), path)
         if not quota:
             found = load_maildirsize(quota_root(maildir))
             quota = found.quota if found else ""
@@ -423,27 +429,28 @@ class Vdelivermail:
     def quota_warning(self, maildir: str, quota: str, address: str, to_default: bool) -> None:
         """Deliver ``.quotawarn.msg`` into ``maildir`` at most once a day (the mtime of its
         ``quotawarn`` stamp). A failure here never changes the outcome of the delivery."""
-        stamp = os.path.join(maildir, "quotawarn")
+        stamp = join(maildir, "quotawarn")
         now = time.time()
         try:
-            if now - os.stat(stamp).st_mtime < 86400:
+            if now - posix.stat(stamp).st_mtime < 86400:
                 return
         except OSError:
             pass
         try:
-            os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
-            os.utime(stamp, (now, now))
+            posix.close(posix.open(stamp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC
+                                   | posix.O_CLOEXEC, 0o644))
+            posix.utime(stamp, (now, now))
             template = self._site_file(".quotawarn.msg")
             if not template:
                 return
             date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(now))
             trace = self.dtline if to_default else f"Delivered-To: {address}\n".encode()
-            fd = os.open(template, os.O_RDONLY | os.O_CLOEXEC)
+            fd = posix.open(template, posix.O_RDONLY | posix.O_CLOEXEC)
             try:
                 delivered = deliver(maildir, trace + f"Date: {date}\n".encode(), fd,
                                     self.config.delivery_file_sync)
             finally:
-                os.close(fd)
+                posix.close(fd)
         except (OSError, VpopmailError):
             return
         self._uncounted(count_usage(maildir, quota, delivered.size))
@@ -451,13 +458,13 @@ class Vdelivermail:
     def run_program(self, command: str) -> None:
         """``/bin/sh -c command`` with the message on stdin, mapped as qmail-local maps it."""
         self.message.rewind()
-        env = dict(os.environb)
+        env = dict(environ_bytes())
         env[b"SHELL"] = b"/bin/sh"
-        actions = [] if self.message.fd == 0 else [(os.POSIX_SPAWN_DUP2, self.message.fd, 0)]
+        actions = [] if self.message.fd == 0 else [(posix.POSIX_SPAWN_DUP2, self.message.fd, 0)]
         try:
-            pid = os.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
-                                 file_actions=actions, setsigdef=CHILD_DEFAULT_SIGNALS)
-            _, status = os.waitpid(pid, 0)
+            pid = posix.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
+                                    file_actions=actions, setsigdef=CHILD_DEFAULT_SIGNALS)
+            _, status = posix.waitpid(pid, 0)
         except OSError as exc:
             raise defer(f"Unable to run /bin/sh: {exc.strerror}.") from None
         outcome = program_outcome(status)
@@ -492,25 +499,25 @@ class Vdelivermail:
         """Re-inject the message with ``header`` to ``addresses`` through qmail-inject (envelope
         sender from the Return-Path line, which qmail-inject removes)."""
         inject = self.config.home_path("qmail_inject")
-        read, write = os.pipe()
+        read, write = posix.pipe()
         try:
-            pid = os.posix_spawn(inject, [inject, "--", *addresses], dict(os.environb),
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, read, 0),
-                                               (os.POSIX_SPAWN_CLOSE, write)],
-                                 setsigdef=CHILD_DEFAULT_SIGNALS)
+            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(environ_bytes()),
+                                    file_actions=[(posix.POSIX_SPAWN_DUP2, read, 0),
+                                                  (posix.POSIX_SPAWN_CLOSE, write)],
+                                    setsigdef=CHILD_DEFAULT_SIGNALS)
         except OSError as exc:
-            os.close(read)
-            os.close(write)
+            posix.close(read)
+            posix.close(write)
             raise defer(f"Unable to fork: {exc.strerror}.\nsystem error, can't open qmail-inject") from None
-        os.close(read)
+        posix.close(read)
         failure = ""
         try:
             write_message(write, header, self.message.fd)
         except OSError as exc:
             failure = f"write to qmail-inject failed: {exc.strerror}\n"
         finally:
-            os.close(write)
-        _, status = os.waitpid(pid, 0)
+            posix.close(write)
+        _, status = posix.waitpid(pid, 0)
         outcome = program_outcome(status)
         if failure:
             raise Outcome(DEFER, failure + INJECT_FAILED + "\n")
@@ -525,7 +532,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     if len(argv) == 1 and argv[0] in ("--help", "--version"):  # .qmail-default gives two
         from vpopmail.cmdline import answer
         return answer(argv[0], USAGE)
-    os.umask(0o077)
+    posix.umask(0o077)
     # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     try:

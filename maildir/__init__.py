@@ -2,11 +2,11 @@
 
 The layout check lives here so that a login (vchkpw) can make it without loading the writer.
 """
-import os
+from vpopmail.fsutil import is_dir, join
 
 SUBDIRS = ("cur", "new", "tmp")
 
 
 def is_maildir(path: str) -> bool:
     """True when ``path`` has the three Maildir subdirectories."""
-    return all(os.path.isdir(os.path.join(path, sub)) for sub in SUBDIRS)
+    return all(is_dir(join(path, sub)) for sub in SUBDIRS)

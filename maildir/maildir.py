@@ -13,12 +13,12 @@ under the same names (:func:`write_tmp`, :func:`link_new`). Hot-path safe: impor
 ``os``, ``time`` and the error classes.
 """
 import errno
-import os
+import posix
 import time
 
 from maildir import SUBDIRS
 from vpopmail.errors import DeliveryFailed, OverQuota
-from vpopmail.fsutil import fsync_dir, make_dir, write_all
+from vpopmail.fsutil import fsync_dir, join, make_dir, write_all
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,12 +36,12 @@ def make_maildir(path: str, uid: int | None = None, gid: int | None = None,
     """Create ``path`` and its cur/new/tmp (those missing), owned by uid/gid."""
     make_dir(path, mode, uid, gid)
     for sub in SUBDIRS:
-        make_dir(os.path.join(path, sub), mode, uid, gid)
+        make_dir(join(path, sub), mode, uid, gid)
 
 
 def hostname() -> str:
     """This host's name as it may appear in a Maildir file name."""
-    return os.uname().nodename.replace("/", "\\057").replace(":", "\\072")
+    return posix.uname().nodename.replace("/", "\\057").replace(":", "\\072")
 
 
 class Delivered:
@@ -65,7 +65,7 @@ def _fault(exc: OSError, what: str, path: str) -> Exception:
 def unique_stem() -> str:
     """The time and pid part of a new Maildir name: ``<sec>.M<usec>P<pid>``."""
     now = time.time()
-    return f"{int(now)}.M{int(now % 1 * 1000000)}P{os.getpid()}"
+    return f"{int(now)}.M{int(now % 1 * 1000000)}P{posix.getpid()}"
 
 
 def _create_tmp(maildir: str) -> tuple[int, str, str]:
@@ -77,7 +77,8 @@ def _create_tmp(maildir: str) -> tuple[int, str, str]:
         _counter += 1
         path = f"{maildir}/tmp/{stem}Q{_counter}.{host}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC,
+                            0o600)
         except FileExistsError:
             continue
         except OSError as exc:
@@ -98,7 +99,7 @@ def write_message(fd: int, header: bytes, source: int) -> tuple[int, int]:
     offset = 0
     previous_cr = header.endswith(b"\r")
     while True:
-        chunk = os.pread(source, CHUNK, offset)
+        chunk = posix.pread(source, CHUNK, offset)
         if not chunk:
             break
         write_all(fd, chunk)
@@ -119,7 +120,7 @@ class Staged:
     __slots__ = ("path", "stem", "size", "rfc822_size", "st")
 
     def __init__(self, path: str, stem: str, size: int, rfc822_size: int,
-                 st: os.stat_result) -> None:
+                 st: posix.stat_result) -> None:
         self.path = path
         self.stem = stem
         self.size = size
@@ -136,10 +137,10 @@ def write_tmp(maildir: str, header: bytes, source: int, sync: bool = True) -> St
         try:
             size, rfc822_size = write_message(fd, header, source)
             if sync:
-                os.fsync(fd)
-            st = os.fstat(fd)
+                posix.fsync(fd)
+            st = posix.fstat(fd)
         finally:
-            os.close(fd)
+            posix.close(fd)
     except OSError as exc:
         discard(tmp)
         raise _fault(exc, "cannot write", tmp) from None
@@ -149,7 +150,7 @@ def write_tmp(maildir: str, header: bytes, source: int, sync: bool = True) -> St
     return Staged(tmp, stem, size, rfc822_size, st)
 
 
-def link_new(maildir: str, make: "Callable[[str], object]", st: os.stat_result, size: int,
+def link_new(maildir: str, make: "Callable[[str], object]", st: posix.stat_result, size: int,
              rfc822_size: int, stem: str = "") -> str:
     """Call ``make(path)`` (a link or symbolic link maker) for a fresh ``maildir/new`` name of
     the file ``st`` (``stem`` first, then new stems while the name exists); returns the path.
@@ -177,7 +178,7 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
     maildir = maildir.rstrip("/") or "/"
     staged = write_tmp(maildir, header, source, sync)
     try:
-        final = link_new(maildir, lambda path: os.link(staged.path, path), staged.st,
+        final = link_new(maildir, lambda path: posix.link(staged.path, path), staged.st,
                          staged.size, staged.rfc822_size, staged.stem)
     finally:
         discard(staged.path)
@@ -193,7 +194,7 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
 def discard(path: str) -> None:
     """Unlink ``path`` if it is there (cleaning up: errors ignored)."""
     try:
-        os.unlink(path)
+        posix.unlink(path)
     except OSError:
         pass
 
@@ -205,7 +206,7 @@ def clean_tmp(maildir: str, now: float | None = None) -> int:
     cutoff = (time.time() if now is None else now) - TMP_STALE_SECONDS
     removed = 0
     try:
-        entries = os.scandir(f"{maildir.rstrip('/')}/tmp")
+        entries = posix.scandir(f"{maildir.rstrip('/')}/tmp")
     except OSError:
         return 0
     with entries:
@@ -215,7 +216,7 @@ def clean_tmp(maildir: str, now: float | None = None) -> int:
                     continue
                 st = entry.stat(follow_symlinks=False)
                 if max(st.st_mtime, st.st_atime) < cutoff:
-                    os.unlink(entry.path)
+                    posix.unlink(entry.path)
                     removed += 1
             except OSError:
                 continue

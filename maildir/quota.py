@@ -6,10 +6,11 @@ defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c
 Hot-path safe: imports only ``errno``, ``os``, ``time`` and the error classes.
 """
 import errno
-import os
+import posix
 import time
 
 from vpopmail.errors import VpopmailError
+from vpopmail.fsutil import atomic_write, dirname, exists, join
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def _message_size(name: str, path: str) -> int | None:
         if digits.isascii() and digits.isdigit():
             return int(digits)
     try:
-        return os.stat(path).st_size
+        return posix.stat(path).st_size
     except OSError:
         return None
 
@@ -111,17 +112,17 @@ _SKIPPED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES)
 
 def counted_dirs(maildir: str) -> list[str]:
     """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
-    dirs = [os.path.join(maildir, "new"), os.path.join(maildir, "cur")]
+    dirs = [join(maildir, "new"), join(maildir, "cur")]
     try:
-        entries = sorted(os.listdir(maildir))
+        entries = sorted(posix.listdir(maildir))
     except OSError as exc:
         if exc.errno not in _SKIPPED_ERRNOS:
             raise
         entries = []
     for entry in entries:
         if entry.startswith(".") and entry not in (".", "..", ".Trash"):
-            dirs.append(os.path.join(maildir, entry, "new"))
-            dirs.append(os.path.join(maildir, entry, "cur"))
+            dirs.append(join(maildir, entry, "new"))
+            dirs.append(join(maildir, entry, "cur"))
     return dirs
 
 
@@ -131,7 +132,7 @@ def scan_usage(maildir: str) -> tuple[int, int]:
     total = count = 0
     for directory in counted_dirs(maildir):
         try:
-            names = os.listdir(directory)
+            names = posix.listdir(directory)
         except OSError as exc:
             if exc.errno not in _SKIPPED_ERRNOS:
                 raise
@@ -139,7 +140,7 @@ def scan_usage(maildir: str) -> tuple[int, int]:
         for name in names:
             if name.startswith(".") or _is_trashed(name):
                 continue
-            size = _message_size(name, os.path.join(directory, name))
+            size = _message_size(name, join(directory, name))
             if size is not None:
                 total += size
                 count += 1
@@ -150,12 +151,11 @@ def write_maildirsize(maildir: str, quota: str, usage: tuple[int, int], uid: int
                       gid: int | None = None) -> None:
     """Replace ``maildirsize`` with the quota line and one usage line, atomically (via tmp/)."""
     from maildir.maildir import hostname
-    from vpopmail.fsutil import atomic_write
 
     data = f"{quota}\n{usage[0]} {usage[1]}\n".encode()
-    staged = os.path.join(maildir, "tmp",
-                          f"{int(time.time())}.{os.getpid()}_NeWmAiLdIrSiZe.{hostname()}")
-    atomic_write(os.path.join(maildir, MAILDIRSIZE), data, 0o600, uid, gid, tmp=staged)
+    staged = join(maildir, "tmp",
+                  f"{int(time.time())}.{posix.getpid()}_NeWmAiLdIrSiZe.{hostname()}")
+    atomic_write(join(maildir, MAILDIRSIZE), data, 0o600, uid, gid, tmp=staged)
 
 
 class SizeFile:
@@ -188,16 +188,17 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
     servers subtract correctly.
     """
     try:
-        fd = os.open(os.path.join(maildir, MAILDIRSIZE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(join(maildir, MAILDIRSIZE),
+                        posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
-        st = os.fstat(fd)
-        data = os.read(fd, RECALC_SIZE)
+        st = posix.fstat(fd)
+        data = posix.read(fd, RECALC_SIZE)
     except OSError:
         return None
     finally:
-        os.close(fd)
+        posix.close(fd)
     first = data.find(b"\n") + 1
     if not first:
         return None
@@ -246,8 +247,8 @@ def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
 def quota_root(maildir: str) -> str:
     """The Maildir whose ``maildirsize`` counts ``maildir``: the parent of a ``maildirfolder``."""
     maildir = maildir.rstrip("/") or "/"
-    if os.path.exists(os.path.join(maildir, "maildirfolder")):
-        return os.path.dirname(maildir)
+    if exists(join(maildir, "maildirfolder")):
+        return dirname(maildir)
     return maildir
 
 
@@ -255,7 +256,7 @@ def _newest_mtime(dirs: list[str]) -> int:
     newest = 0
     for directory in dirs:
         try:
-            newest = max(newest, os.stat(directory).st_mtime_ns)
+            newest = max(newest, posix.stat(directory).st_mtime_ns)
         except OSError:
             continue
     return newest
@@ -324,20 +325,20 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
     the next delivery recalculates it. Raises OSError then, as for a failed write.
     """
     root = quota_root(maildir)
-    path = os.path.join(root, MAILDIRSIZE)
+    path = join(root, MAILDIRSIZE)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except FileNotFoundError:
         recalculate(root, quota)
         return
     line = f"{size} {count}\n".encode()
     try:
-        written = os.write(fd, line)
+        written = posix.write(fd, line)
     finally:
-        os.close(fd)
+        posix.close(fd)
     if written != len(line):
         try:
-            os.unlink(path)
+            posix.unlink(path)
         except FileNotFoundError:
             pass
         raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes), removed "

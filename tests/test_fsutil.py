@@ -1,8 +1,10 @@
 """vpopmail/fsutil.py: the descriptor-relative tree remover's two error policies (real files;
-the faults made by working as the unprivileged vpopmail user, uid 89)."""
+the faults made by working as the unprivileged vpopmail user, uid 89), and the ``os.path``
+functions the hot paths take from here, against ``posixpath``."""
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,10 +13,34 @@ from pathlib import Path
 import pytest
 from install_site import vpopmail_user_exists
 
-from vpopmail.fsutil import OwnerIds, remove_tree_at
+from vpopmail.fsutil import OwnerIds, dirname, exists, is_dir, is_file, join, remove_tree_at
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not vpopmail_user_exists(),
-                                reason="needs root and the vpopmail user (uid 89)")
+needs_uid_89 = pytest.mark.skipif(os.geteuid() != 0 or not vpopmail_user_exists(),
+                                  reason="needs root and the vpopmail user (uid 89)")
+
+PATHS = ["", "/", "//", "a", "/a", "/a/", "a/b/", "a//b", "//a//b//c", "/a/b//", ".", ".."]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_dirname_is_posixpaths(path: str) -> None:
+    assert dirname(path) == posixpath.dirname(path)
+
+
+@pytest.mark.parametrize("parts", [("",), ("a", "b"), ("a/", "b"), ("/a", "/b", "c"), ("", "b"),
+                                   ("a", ""), ("/x", "y", "z/"), ("a", "", "b"), ("/",)])
+def test_join_is_posixpaths(parts: tuple[str, ...]) -> None:
+    assert join(*parts) == posixpath.join(*parts)
+
+
+def test_kind_checks_are_posixpaths(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "link").symlink_to("file")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    for name in ("file", "dir", "link", "dangling", "missing", "file/below", "nul\0byte"):
+        path = str(tmp_path / name)
+        assert (exists(path), is_dir(path), is_file(path)) == (
+            posixpath.exists(path), posixpath.isdir(path), posixpath.isfile(path)), name
 
 
 @pytest.fixture
@@ -42,12 +68,14 @@ def remove(base: Path, ignore_errors: bool) -> None:
         os.close(fd)
 
 
+@needs_uid_89
 def test_remove_tree_ignoring_errors_removes_what_it_can(tree: Path) -> None:
     remove(tree, ignore_errors=True)
     assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*")) == [
         "top", "top/locked", "top/locked/file"]
 
 
+@needs_uid_89
 def test_remove_tree_reporting_errors_raises_the_first(tree: Path) -> None:
     with pytest.raises(PermissionError) as caught:
         remove(tree, ignore_errors=False)

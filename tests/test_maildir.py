@@ -70,7 +70,7 @@ def test_mailbox_reads_what_we_write(box: Path, tmp_path: Path) -> None:
 def test_hostname_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     class Uname:
         nodename = "a/b:c"
-    monkeypatch.setattr(md.os, "uname", lambda: Uname)
+    monkeypatch.setattr(md.posix, "uname", lambda: Uname)
     assert hostname() == "a\\057b\\072c"
 
 
@@ -86,7 +86,7 @@ def test_link_never_overwrites(box: Path, tmp_path: Path, monkeypatch: pytest.Mo
     first = deliver(str(box), b"", fd)
     monkeypatch.setattr(md, "hostname", lambda: "x")
     real_link = os.link
-    monkeypatch.setattr(md.os, "link", lambda a, b: real_link(a, first.path))
+    monkeypatch.setattr(md.posix, "link", lambda a, b: real_link(a, first.path))
     with pytest.raises(DeliveryFailed):
         deliver(str(box), b"", fd)
     assert Path(first.path).read_bytes() == b"second\n"

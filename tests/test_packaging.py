@@ -275,3 +275,59 @@ def test_readme_next_steps_work_on_a_fresh_sandbox(tmp_path: Path) -> None:
         in out
     assert "exit 1\n" in out and "all checks passed" in out
     assert "+example.org-:example.org:" in out
+
+
+@pytest.mark.parametrize("program", ["vdelivermail", "vchkpw", "vadduser"])
+def test_wrappers_search_the_standard_library_before_site_packages(vhome: Install,
+                                                                   program: str) -> None:
+    """The wrapper puts the installed library first and the venv's site-packages after the
+    standard library, as a venv does: the hot paths' stat and bisect are found without
+    listing site-packages first."""
+    wrapper = vhome.program(program).read_text()
+    header = wrapper.split("import vpopmail\n", 1)[0]
+    python = wrapper.split()[0][2:]
+    result = subprocess.run([python, "-I", "-S", "-c", header + "import stat; print(sys.path); "
+                             "print(stat.__file__)"], capture_output=True, text=True, check=True)
+    path, found = result.stdout.splitlines()
+    entries = eval(path)  # noqa: S307 - our own repr of a list of str
+    library = vhome.prefix / "lib" / "pyvpopmail"
+    stdlib = os.path.dirname(found)
+    assert entries[0] == str(library)
+    assert entries.index(stdlib) < len(entries) - 1 and "site-packages" in entries[-1]
+
+
+def wrapper_probe(inst: Install, program: str, code: str) -> list[str]:
+    """stdout lines of ``code`` run after the wrapper's start (all before its import of the
+    command), with the wrapper's interpreter and flags."""
+    wrapper = inst.program(program).read_text()
+    start = wrapper.split("\nfrom ", 1)[0] + "\n"
+    python = wrapper.split()[0][2:]
+    return subprocess.run([python, "-I", "-S", "-c", start + code], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+
+
+LOADER = "print(type(sys.modules[{name!r}].__loader__).__name__)"
+
+
+@pytest.mark.parametrize("program", ["vdelivermail", "vchkpw", "vadduser"])
+def test_wrappers_load_our_modules_from_their_bytecode(vhome: Install, program: str) -> None:
+    """Our modules come through vpopmail.BytecodeFinder (no search of sys.path), with the
+    file names of the installed library; the standard library's do not."""
+    lines = wrapper_probe(vhome, program, "import delivery.vdelivermail, vpopmail.stores, bisect\n"
+                          + "\n".join(LOADER.format(name=name) for name in
+                                      ("delivery.vdelivermail", "vpopmail.stores", "bisect"))
+                          + "\nprint(delivery.vdelivermail.main.__code__.co_filename)")
+    library = vhome.prefix / "lib" / "pyvpopmail"
+    assert lines == ["BytecodeFinder", "BytecodeFinder", "SourceFileLoader",
+                     str(library / "delivery" / "vdelivermail.py")]
+
+
+def test_changed_source_is_not_shadowed_by_its_old_bytecode(vhome: Install) -> None:
+    """A module edited in place after the install is loaded from its source (the standard
+    loader compiles it), as without BytecodeFinder; its new bytecode then serves again."""
+    source = vhome.prefix / "lib" / "pyvpopmail" / "vpopmail" / "flags.py"
+    source.write_text(source.read_text() + "PROBE = 'edited'\n")
+    code = "import vpopmail.flags\nprint(vpopmail.flags.PROBE)\n" + LOADER.format(
+        name="vpopmail.flags")
+    assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "SourceFileLoader"]
+    assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "BytecodeFinder"]

@@ -229,6 +229,23 @@ def broken_file_is_temporary(site: LoginSite, path: Path) -> None:
     assert any("user database unreadable" in t for t in site.syslog.texts())
 
 
+def test_program_is_looked_up_on_path(site: LoginSite) -> None:
+    """A program named without a ``/`` is found on the PATH vchkpw was given, as execvp finds
+    it (``qmail-popup host vchkpw qmail-pop3d Maildir``): past a directory that is not there
+    and a file of that name that may not be run; not found at all, a temporary failure."""
+    unrunnable = site.work / "unrunnable"
+    unrunnable.mkdir(exist_ok=True)
+    (unrunnable / site.dump.name).write_text("#!/bin/sh\nexit 9\n")
+    unrunnable.chmod(0o755)
+    path = f"/nonexistent:{unrunnable}:{site.dump.parent}:/usr/bin:/bin"
+    found = site.login("alice@example.com", PASSWORD, env=env(PATH=path),
+                       program=[site.dump.name, str(site.record)])
+    assert (found.code, found.ran) == (0, True), found
+    missing = site.login("alice@example.com", PASSWORD, env=env(PATH=path),
+                         program=["no-such-program"])
+    assert (missing.code, missing.ran) == (111, False), missing
+
+
 def test_broken_users_cdb_is_temporary_not_rejection(site: LoginSite) -> None:
     broken_file_is_temporary(site, site.inst.qmaildir / "users" / "cdb")
 
@@ -595,21 +612,24 @@ def test_syntax_error_in_tcp_smtp_keeps_old_cdb(roaming: LoginSite) -> None:
 
 # -- the hot path stays lean -------------------------------------------------------------------
 
-def test_login_imports_nothing_heavy(site: LoginSite) -> None:
+@pytest.mark.parametrize(("password", "code"), [(PASSWORD, 0), ("wrong", 1)])
+def test_login_imports_nothing_heavy(site: LoginSite, password: str, code: int) -> None:
+    """A good login (which execs the next program) and a refused one (which leaves through the
+    wrapper's exit) import nothing heavy, not even ``os``."""
     wrapper = site.inst.program("vchkpw").read_text()
     python = wrapper.split()[0][2:]
     source = site.work / "fd3-imports"
-    source.write_bytes(f"alice@example.com\0{PASSWORD}\0{STAMP}\0".encode())
+    source.write_bytes(f"alice@example.com\0{password}\0{STAMP}\0".encode())
     result = subprocess.run(["/bin/sh", "-c", f'exec "$@" 3<"{source}"', "sh", python, "-X",
                              "importtime", "-I", "-S", str(site.inst.program("vchkpw")), "/bin/true"],
                             capture_output=True, env=POP_ENV, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == code, result.stderr[-2000:]
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     storage = {"cdb": "vpopmail.stores.cdbfiles", "mysql": "vpopmail.stores.sql"}[site.inst.backend]
     assert "auth.vchkpw" in imported and storage in imported
     assert not imported & HEAVY, imported & HEAVY
-    assert "os._exit(code)" in wrapper
+    assert "posix._exit(code)" in wrapper
 
 
 # -- tcpserver reads the cdb vchkpw wrote ------------------------------------------------------

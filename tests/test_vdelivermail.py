@@ -458,4 +458,4 @@ def test_delivery_imports_nothing_heavy(site: Site) -> None:
     storage = {"cdb": "vpopmail.stores.cdbfiles", "mysql": "vpopmail.stores.sql"}[site.inst.backend]
     assert "delivery.vdelivermail" in imported and storage in imported
     assert not imported & (HEAVY | {"vpopmail.passwords"}), imported & (HEAVY | {"vpopmail.passwords"})
-    assert "os._exit(code)" in wrapper
+    assert "posix._exit(code)" in wrapper

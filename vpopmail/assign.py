@@ -3,10 +3,9 @@
 Reading (``lookup``) is on the hot path and imports only the lean cdb reader; building the
 cdb (``cdb_records``) reproduces qmail-newu byte for byte, so no qmail binary is needed.
 """
-import os
-
 from vpopmail import cdb
 from vpopmail.errors import CorruptData
+from vpopmail.fsutil import join
 from vpopmail.record import SlotRecord
 
 TYPE_CHECKING = False  # the typing module costs milliseconds on the hot path
@@ -126,7 +125,7 @@ def lookup(qmail_dir: str, domain: str) -> AssignEntry | None:
     Missing or corrupt ``users/cdb`` raises :class:`CorruptData`: a local fault, never "no such
     domain".
     """
-    path = os.path.join(qmail_dir, "users", "cdb")
+    path = join(qmail_dir, "users", "cdb")
     try:
         value = cdb.lookup(path, b"!" + domain.encode("latin-1") + b"-")
     except OSError as exc:

@@ -14,7 +14,7 @@ truncated, or overwritten in part — raises :class:`CorruptData` (a temporary, 
 Writing lives in :mod:`vpopmail.cdbwrite` so that readers never import pure-cdb.
 """
 import errno
-import os
+import posix
 import stat
 
 from vpopmail.errors import CorruptData
@@ -46,13 +46,14 @@ class CdbReader:
         self.path = path
         # every cdb read here is replaced by rename, never a link: one the domain owner plants
         # (vpasswd.cdb to a root-only file) is not followed, nor is a FIFO waited on
-        self._fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK
+                              | posix.O_CLOEXEC)
         try:
-            st = os.fstat(self._fd)
+            st = posix.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
             self._size = st.st_size
-            self._header = os.pread(self._fd, HEADER, 0)
+            self._header = posix.pread(self._fd, HEADER, 0)
             if len(self._header) < HEADER:
                 raise CorruptData(f"{path}: truncated cdb ({self._size} bytes)")
             #: where the records end: the first table
@@ -62,7 +63,7 @@ class CdbReader:
                 raise CorruptData(f"{path}: damaged cdb header or truncated file "
                                   f"({self._size} bytes)")
         except BaseException:
-            os.close(self._fd)
+            posix.close(self._fd)
             raise
 
     def __enter__(self) -> "CdbReader":
@@ -73,14 +74,14 @@ class CdbReader:
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)
+            posix.close(self._fd)
             self._fd = -1
 
     def _corrupt(self, what: str) -> CorruptData:
         return CorruptData(f"{self.path}: damaged cdb ({what})")
 
     def _read(self, offset: int, length: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
+        data = posix.pread(self._fd, length, offset)
         if len(data) != length:
             raise CorruptData(f"{self.path}: cdb file shrank while being read")
         return data

@@ -7,9 +7,11 @@ qmail-local and qmail-popup clear the environment, so the installed wrappers pas
 were built with; ``VPOPMAIL_CONFIG`` overrides it (tests, ad-hoc runs).
 """
 import marshal
-import os
+import posix
 
+from vpopmail import environ_text
 from vpopmail.errors import ConfigError
+from vpopmail.fsutil import join
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
@@ -104,7 +106,7 @@ class Config:
 
     @property
     def domains_root(self) -> str:
-        return os.path.join(self.home, self.paths_domains_dir)
+        return join(self.home, self.paths_domains_dir)
 
     @property
     def qmail_dir(self) -> str:
@@ -124,7 +126,7 @@ class Config:
         if not value or value.startswith("/"):
             return value
         base = self.qmail_dir if key.startswith("qmail_") else self.home
-        return os.path.join(base, value)
+        return join(base, value)
 
 
 def _schema() -> dict[str, dict[str, tuple[Value, type[Value]]]]:
@@ -190,10 +192,10 @@ def defaults() -> Config:
 
 def locate(baked: str | None = None) -> str:
     """The config path: $VPOPMAIL_CONFIG, else the path the wrapper was installed with."""
-    return os.environ.get(ENV_VAR) or baked or DEFAULT_PATH
+    return environ_text().get(ENV_VAR) or baked or DEFAULT_PATH
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+def _identity(st: posix.stat_result) -> tuple[int, int, int, int]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
@@ -209,12 +211,12 @@ def load(path: str | None = None) -> Config:
     (inode, size, times, mode, owner) is unchanged."""
     path = locate(path)
     try:
-        st = os.stat(path)
+        st = posix.stat(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     status = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
               st.st_uid, st.st_gid)
-    key = (path, os.geteuid(), os.getegid())
+    key = (path, posix.geteuid(), posix.getegid())
     seen = _read.get(key)
     if seen is not None and seen[0] == status:
         return Config(seen[1], path)
@@ -223,7 +225,7 @@ def load(path: str | None = None) -> Config:
     return config
 
 
-def _load(path: str, st: os.stat_result) -> Config:
+def _load(path: str, st: posix.stat_result) -> Config:
     cache = path + ".cache"
     ident = _identity(st)
     try:
@@ -257,22 +259,23 @@ def parse_file(path: str) -> dict[str, Value]:
 
 
 def write_cache(path: str, values: dict[str, Value], ident: tuple[int, int, int, int],
-                source: os.stat_result) -> None:
+                source: posix.stat_result) -> None:
     """Best effort: a reader that may not write etc/ just keeps parsing the TOML. The cache
     gets the file's permission bits and (as root) owner: it holds the same secrets, e.g. the
     database passwords, and must stay readable by exactly those who can read the file."""
-    tmp = f"{path}.cache.{os.getpid()}"
+    tmp = f"{path}.cache.{posix.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW,
+                        0o600)
         with open(fd, "wb") as fh:
             marshal.dump((_CACHE_VERSION, ident, values), fh)
-        if os.geteuid() == 0:
-            os.chown(tmp, source.st_uid, source.st_gid)
-        os.chmod(tmp, source.st_mode & 0o666)
-        os.replace(tmp, path + ".cache")
+        if posix.geteuid() == 0:
+            posix.chown(tmp, source.st_uid, source.st_gid)
+        posix.chmod(tmp, source.st_mode & 0o666)
+        posix.replace(tmp, path + ".cache")
     except OSError:
         try:
-            os.unlink(tmp)
+            posix.unlink(tmp)
         except OSError:
             pass
 

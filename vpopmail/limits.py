@@ -8,13 +8,11 @@ Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comment
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
 existed; here the built-in defaults (no limits) apply then.
 """
-import os
-
 from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
-from vpopmail.fsutil import atomic_write, read_regular
+from vpopmail.fsutil import atomic_write, join, read_regular
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
@@ -107,11 +105,11 @@ class Limits:
 
 
 def domain_file(domain_dir: str) -> str:
-    return os.path.join(domain_dir, DOMAIN_FILE)
+    return join(domain_dir, DOMAIN_FILE)
 
 
 def default_file(vpopmail_home: str) -> str:
-    return os.path.join(vpopmail_home, "etc", DEFAULT_FILE)
+    return join(vpopmail_home, "etc", DEFAULT_FILE)
 
 
 #: (path, contents) -> what they parse to: a process that reads a limits file again (a server

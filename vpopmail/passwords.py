@@ -6,7 +6,7 @@ crypt() (glibc/libxcrypt), reached through the ``_crypt`` extension of Python 3.
 passlib/libpass costs 25 ms and libpass hashes SHA-512-crypt in pure Python. libpass is loaded
 only for forms crypt() cannot do: ``{SSHA}``-style LDAP schemes and argon2.
 """
-import os
+import posix
 
 try:
     from _crypt import crypt as _c_crypt
@@ -42,12 +42,12 @@ DUMMY_HASHES = {
 
 def _salt(length: int, alphabet: str = CRYPT64) -> str:
     """``length`` uniformly random characters of a 64-character alphabet."""
-    return "".join(alphabet[b & 63] for b in os.urandom(length))
+    return "".join(alphabet[b & 63] for b in posix.urandom(length))
 
 
 def _bcrypt_salt() -> str:
     """16 random bytes in bcrypt's base64 (22 characters; the last carries 2 bits)."""
-    raw = int.from_bytes(os.urandom(16), "big") << 4  # 132 bits = 22 six-bit digits
+    raw = int.from_bytes(posix.urandom(16), "big") << 4  # 132 bits = 22 six-bit digits
     return "".join(BCRYPT64[(raw >> (6 * i)) & 63] for i in range(21, -1, -1))
 
 
@@ -107,7 +107,7 @@ def hash_password(plain: str, scheme: str = "sha512-crypt") -> str:
 
 def hash_many(passwords: list[str], scheme: str = "sha512-crypt") -> list[str]:
     """:func:`hash_password` for a batch; large batches use every CPU (crypt() holds the GIL)."""
-    workers = os.cpu_count() or 1
+    workers = posix.cpu_count() or 1
     if len(passwords) < PARALLEL_BATCH or workers < 2:
         return [hash_password(p, scheme) for p in passwords]
     from concurrent.futures import ProcessPoolExecutor

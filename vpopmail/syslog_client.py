@@ -5,7 +5,7 @@ the configuration (chroots, containers, tests). ``_socket`` is imported only whe
 actually sent (0.2 ms; ``logging.handlers`` costs 10 ms). Without a listening log daemon the
 message is dropped, as libc's syslog() does.
 """
-import os
+import posix
 import time
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -39,7 +39,7 @@ class Syslog:
         import _socket
 
         stamp = time.strftime("%b %e %H:%M:%S")
-        line = f"<{self.facility * 8 + severity}>{stamp} {self.ident}[{os.getpid()}]: {text}"
+        line = f"<{self.facility * 8 + severity}>{stamp} {self.ident}[{posix.getpid()}]: {text}"
         try:
             if self._sock is None:
                 sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)

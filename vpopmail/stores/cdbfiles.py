@@ -11,8 +11,7 @@ vpasswd is therefore damage — an unmounted file system, a restore in progress 
 "no users": lookups raise CorruptData (mail is deferred, logins answer 111) and changes are
 refused, so nothing rebuilds a domain's user list from nothing.
 """
-import bisect
-import os
+import posix
 import stat
 
 from vpopmail import cdb
@@ -20,7 +19,7 @@ from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import (BadInput, CorruptData, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import FileLock, atomic_write, read_regular
+from vpopmail.fsutil import FileLock, atomic_write, exists, join, read_regular
 from vpopmail.stores import Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -48,20 +47,21 @@ def _touch_if_same(path: str, data: bytes, uid: int, gid: int) -> bool:
     holding exactly ``data``, owned by ``uid``:``gid`` with mode 0600; False otherwise (and
     for any error: the caller writes it afresh)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW
+                        | posix.O_CLOEXEC)
     except OSError:
         return False
     try:
-        st = os.fstat(fd)
+        st = posix.fstat(fd)
         if (st.st_mode != stat.S_IFREG | 0o600 or (st.st_uid, st.st_gid) != (uid, gid)
-                or st.st_size != len(data) or os.read(fd, len(data) + 1) != data):
+                or st.st_size != len(data) or posix.read(fd, len(data) + 1) != data):
             return False
-        os.utime(fd)
+        posix.utime(fd)
         return True
     except OSError:
         return False
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _encode(text: str) -> bytes:
@@ -123,10 +123,10 @@ class CdbFiles(UserDatabase):
         self.sync = config.delivery_file_sync
 
     def _lock(self, domain: AssignEntry) -> FileLock:
-        return FileLock(os.path.join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)
+        return FileLock(join(domain.dir, LOCK), self.timeout, domain.uid, domain.gid)
 
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
-        path = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD_CDB)
         key = _encode(name)
         try:
             value = cdb.lookup(path, key)
@@ -138,14 +138,14 @@ class CdbFiles(UserDatabase):
         return None if value is None else parse_fields(name, _decode(value), path)
 
     def _missing(self, domain: AssignEntry, how: str = GONE) -> CorruptData:
-        return CorruptData(MISSING.format(path=os.path.join(domain.dir, VPASSWD), how=how,
+        return CorruptData(MISSING.format(path=join(domain.dir, VPASSWD), how=how,
                                           domain=domain.real_domain))
 
     def _read_lines(self, domain: AssignEntry) -> list[bytes]:
         """The vpasswd lines (bytes, no newline); a line that cannot be a user, a missing
         vpasswd, or an empty one beside a vpasswd.cdb with records (more than its 2 KiB
         header), is an error."""
-        path = os.path.join(domain.dir, VPASSWD)
+        path = join(domain.dir, VPASSWD)
         try:
             # a regular file only: a link the domain owner plants (to /etc/shadow, say) must
             # not make root copy that file's lines into vpasswd; a FIFO must not hang root
@@ -157,7 +157,7 @@ class CdbFiles(UserDatabase):
         lines = _checked([line for line in data.split(b"\n") if line], path)
         if not lines:
             try:
-                if os.stat(os.path.join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
+                if posix.stat(join(domain.dir, VPASSWD_CDB)).st_size > cdb.HEADER:
                     raise self._missing(domain, EMPTIED)
             except FileNotFoundError:
                 pass
@@ -165,7 +165,7 @@ class CdbFiles(UserDatabase):
 
     def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
         data = b"\n".join(lines) + b"\n" if lines else b""
-        atomic_write(os.path.join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
+        atomic_write(join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
                      self.sync)
         if index:
             self._write_cdb(domain, lines)
@@ -174,7 +174,7 @@ class CdbFiles(UserDatabase):
         from vpopmail.cdbwrite import build
 
         records = [(name, rest) for name, rest in (line.split(b":", 1) for line in lines)]
-        atomic_write(os.path.join(domain.dir, VPASSWD_CDB), build(records), 0o600,
+        atomic_write(join(domain.dir, VPASSWD_CDB), build(records), 0o600,
                      domain.uid, domain.gid, self.sync)
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:
@@ -182,7 +182,7 @@ class CdbFiles(UserDatabase):
 
     def has_users(self, domain: AssignEntry) -> bool:
         try:
-            return os.path.getsize(os.path.join(domain.dir, VPASSWD)) > 0
+            return posix.stat(join(domain.dir, VPASSWD)).st_size > 0
         except OSError:
             return False
 
@@ -197,6 +197,8 @@ class CdbFiles(UserDatabase):
                     raise UsernameExists(f"{_decode(_name(line))}@{domain.real_domain}")
                 taken.add(_name(line))
             if len(new) == 1 and names == sorted(names):
+                import bisect  # vadduser's only: a stdlib module less for each login and delivery
+
                 at = bisect.bisect_right(names, _name(new[0]))
                 lines.insert(at, new[0])
             else:
@@ -252,8 +254,8 @@ class CdbFiles(UserDatabase):
         killed after its postmaster was added) are kept. A vpasswd.cdb without its vpasswd is
         a damaged domain, not a new one: refused."""
         with self._lock(domain):
-            present = os.path.exists(os.path.join(domain.dir, VPASSWD))
-            if not present and os.path.exists(os.path.join(domain.dir, VPASSWD_CDB)):
+            present = exists(join(domain.dir, VPASSWD))
+            if not present and exists(join(domain.dir, VPASSWD_CDB)):
                 raise self._missing(domain)
             self._write(domain, self._read_lines(domain) if present else [])
 
@@ -263,7 +265,7 @@ class CdbFiles(UserDatabase):
     def rebuild_index(self, domain: AssignEntry) -> None:
         """vpasswd.cdb from vpasswd; with no vpasswd, CorruptData before the lock file is made
         (a lookup in an empty, unmounted domain directory creates nothing)."""
-        if not os.path.exists(os.path.join(domain.dir, VPASSWD)):
+        if not exists(join(domain.dir, VPASSWD)):
             raise self._missing(domain)
         with self._lock(domain):
             self._write_cdb(domain, self._read_lines(domain))
@@ -271,10 +273,10 @@ class CdbFiles(UserDatabase):
     def restore_from_index(self, domain: AssignEntry) -> int:
         """Write a lost (missing or empty) vpasswd back from vpasswd.cdb (``vmkpasswd -r``);
         the number of users. Refused if vpasswd has content or the cdb is damaged."""
-        path = os.path.join(domain.dir, VPASSWD)
-        index = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD)
+        index = join(domain.dir, VPASSWD_CDB)
         with self._lock(domain):
-            if os.path.exists(path) and os.path.getsize(path):
+            if exists(path) and posix.stat(path).st_size:
                 raise BadInput(f"{path} exists: it is the user list, and vpasswd.cdb is rebuilt "
                                   f"from it (vmkpasswd {domain.real_domain})")
             try:
@@ -291,14 +293,14 @@ class CdbFiles(UserDatabase):
         """``<dir>/lastauth``: the remote IP, no newline; its mtime is the login time. A login
         from the address already recorded only sets the time (a mail client polling from one
         place: no new file, no rename, which ext4 makes wait for the new file's data)."""
-        path = os.path.join(user.dir, LASTAUTH)
+        path = join(user.dir, LASTAUTH)
         data = _encode(remote_ip)
         if not _touch_if_same(path, data, domain.uid, domain.gid):
             atomic_write(path, data, 0o600, domain.uid, domain.gid, sync=False)
 
     def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         """lastauth's mtime and text."""
-        path = os.path.join(user.dir, LASTAUTH)
+        path = join(user.dir, LASTAUTH)
         try:
             data, st = read_regular(path, 256)
             return st.st_mtime, data.decode("ascii", "replace").strip()
@@ -309,8 +311,8 @@ class CdbFiles(UserDatabase):
         """vpasswd is readable and well formed, vpasswd.cdb holds the same records (logins
         and deliveries read only the cdb), both are owned by the domain owner."""
         name = domain.real_domain
-        path = os.path.join(domain.dir, VPASSWD)
-        index = os.path.join(domain.dir, VPASSWD_CDB)
+        path = join(domain.dir, VPASSWD)
+        index = join(domain.dir, VPASSWD_CDB)
         try:
             data = read_regular(path, VPASSWD_LIMIT)[0]
         except FileNotFoundError:
@@ -343,7 +345,7 @@ class CdbFiles(UserDatabase):
             raise Fault(f"{index} does not match vpasswd ({len(differ)} users differ: "
                         f"{shown}): logins and deliveries read the cdb", f"vmkpasswd {name}")
         for file in (path, index):
-            st = os.stat(file)
+            st = posix.stat(file)
             if (st.st_uid, st.st_gid) != (domain.uid, domain.gid):
                 raise Fault(f"{file} belongs to {st.st_uid}:{st.st_gid}, not "
                             f"{domain.uid}:{domain.gid}: vdelivermail and vchkpw run as the "

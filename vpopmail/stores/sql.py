@@ -20,13 +20,14 @@ does; PyMySQL +45 to 47 ms: bench/RESULTS.md). Values are bound by the one funct
 :meth:`Connection.query`, which quotes each one with the server connection's own escaping
 (what MySQLdb's cursors do); no caller builds SQL from data.
 """
-import os
+import posix
 import time
 
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, Value
 from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
                              UserDoesNotExist, UsernameExists)
+from vpopmail.fsutil import is_file, join
 from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -181,9 +182,9 @@ def _driver() -> "Driver":
     loaded: "Driver | None" = sys.modules.get("MySQLdb._mysql")  # the C module: see Driver
     if loaded is not None:
         return loaded
-    places = [os.path.join(entry or ".", "MySQLdb") for entry in sys.path]
+    places = [join(entry or ".", "MySQLdb") for entry in sys.path]
     package = next((place for place in places
-                    if os.path.isfile(os.path.join(place, "_exceptions.py"))), None)
+                    if is_file(join(place, "_exceptions.py"))), None)
     stand_in = "MySQLdb" not in sys.modules and package is not None
     if stand_in:
         bare = type(sys)("MySQLdb")
@@ -264,7 +265,7 @@ class Connection:
             handle = driver.connect(**options)
             # libmariadb leaves its socket inheritable: a .qmail program or the program vchkpw
             # execs must never get an authenticated database connection
-            os.set_inheritable(handle.fileno(), False)
+            posix.set_inheritable(handle.fileno(), False)
             handle.autocommit(True)
             # never truncate silently; bounded lock waits (then 111, not a hang)
             handle.query(b"SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
