@@ -95,3 +95,41 @@ def test_no_cycle_between_packages() -> None:
 def test_the_graph_sees_imports_inside_functions() -> None:
     """The checker itself: a function-level import (vchkpw's of the API) is an edge."""
     assert "vpopmail.api" in package_graph()["auth"]
+
+
+def lazy_imports_of_own_modules(name: str, path: Path) -> set[str]:
+    """What a package's ``__init__`` imports of its own submodules inside functions (a
+    factory that loads an implementation when asked: vpopmail.stores' open_stores)."""
+    if path.name != "__init__.py":
+        return set()
+    found = set()
+    for function in ast.walk(ast.parse(path.read_text())):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(name + "."):
+                    found.add(node.module or "")
+                elif isinstance(node, ast.Import):
+                    found.update(a.name for a in node.names if a.name.startswith(name + "."))
+    return found
+
+
+def test_no_cycle_between_modules_but_a_factorys_lazy_imports() -> None:
+    """Modules import one way too; the one exception is a package's factory importing an
+    implementation at first use, which imports the interface from the package."""
+    known = modules()
+    graph = {name: imports(name, path) - {name} - lazy_imports_of_own_modules(name, path)
+             for name, path in known.items()}
+    seen: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        seen[module] = 1
+        for target in sorted(graph[module]):
+            if seen.get(target) == 1:
+                raise AssertionError(" -> ".join([*path, module, target]))
+            if target not in seen:
+                visit(target, [*path, module])
+        seen[module] = 2
+
+    for module in sorted(graph):
+        if module not in seen:
+            visit(module, [])
