@@ -74,22 +74,26 @@ def test_every_import_points_to_the_same_or_a_lower_floor() -> None:
     assert not upward, upward
 
 
-def test_no_cycle_between_packages() -> None:
-    graph = package_graph()
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
+    """Fail with the first cycle found in ``graph`` (node -> the nodes it imports)."""
     seen: dict[str, int] = {}  # 1 on the path, 2 done
 
-    def visit(package: str, path: list[str]) -> None:
-        seen[package] = 1
-        for target in sorted(graph[package]):
+    def visit(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for target in sorted(graph[node]):
             if seen.get(target) == 1:
-                raise AssertionError(" -> ".join([*path, package, target]))
+                raise AssertionError(" -> ".join([*path, node, target]))
             if target not in seen:
-                visit(target, [*path, package])
-        seen[package] = 2
+                visit(target, [*path, node])
+        seen[node] = 2
 
-    for package in sorted(graph):
-        if package not in seen:
-            visit(package, [])
+    for node in sorted(graph):
+        if node not in seen:
+            visit(node, [])
+
+
+def test_no_cycle_between_packages() -> None:
+    assert_no_cycle(package_graph())
 
 
 def test_the_graph_sees_imports_inside_functions() -> None:
@@ -116,20 +120,5 @@ def lazy_imports_of_own_modules(name: str, path: Path) -> set[str]:
 def test_no_cycle_between_modules_but_a_factorys_lazy_imports() -> None:
     """Modules import one way too; the one exception is a package's factory importing an
     implementation at first use, which imports the interface from the package."""
-    known = modules()
-    graph = {name: imports(name, path) - {name} - lazy_imports_of_own_modules(name, path)
-             for name, path in known.items()}
-    seen: dict[str, int] = {}
-
-    def visit(module: str, path: list[str]) -> None:
-        seen[module] = 1
-        for target in sorted(graph[module]):
-            if seen.get(target) == 1:
-                raise AssertionError(" -> ".join([*path, module, target]))
-            if target not in seen:
-                visit(target, [*path, module])
-        seen[module] = 2
-
-    for module in sorted(graph):
-        if module not in seen:
-            visit(module, [])
+    assert_no_cycle({name: imports(name, path) - {name} - lazy_imports_of_own_modules(name, path)
+                     for name, path in modules().items()})
