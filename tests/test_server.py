@@ -235,6 +235,38 @@ def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: 
     site.syslog.close()
 
 
+def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: Database) -> None:
+    """Logins through one worker use the same two SQL sessions: the worker puts each
+    request's descriptors at 0 to 3 (and vchkpw closes its fd 3), so a kept connection's
+    socket must not be there; and the sessions have no transaction left open between
+    requests."""
+    root_vhome.database = sql_db
+    sql_db.configure(root_vhome)
+    root_vhome.backend = "mysql"
+    root_vhome.set_config("server", "workers", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+
+    def sessions() -> list[list[str]]:
+        return sql_db.server.rows("SELECT p.USER, p.ID, t.trx_id IS NOT NULL FROM "
+                                  "information_schema.PROCESSLIST p LEFT JOIN "
+                                  "information_schema.INNODB_TRX t ON t.trx_mysql_thread_id = "
+                                  f"p.ID WHERE p.USER IN ('{RO}', 'vpop_rw') ORDER BY p.USER")
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "pw").code == 0
+        first = sessions()
+        assert [user for user, _, _ in first] == [RO, "vpop_rw"], first
+        for _ in range(3):
+            assert site.login("alice@example.com", "pw").code == 0
+            assert site.login("alice@example.com", "wrong").code == 1
+            assert sessions() == first
+    assert [row[2] for row in first] == ["0", "0"]
+    site.syslog.close()
+
+
 # -- when there is no server --------------------------------------------------------------------
 
 @pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)

@@ -209,6 +209,25 @@ def _error_parts(exc: BaseException) -> tuple[int, str]:
     return 0, str(exc)
 
 
+#: descriptors 0 to 3: a program's stdin, stdout and stderr, and checkpassword's fd 3
+PROGRAM_FDS = 4
+
+
+def _hold_program_descriptors() -> list[int]:
+    """Fill the free descriptors below PROGRAM_FDS with /dev/null (returned, for closing once
+    the connection is made), so a connection's socket lands above them. vchkpw closes fd 3
+    after reading it, and a vpopmail-server worker puts each request's descriptors at 0 to 3:
+    a kept connection there would be cut (a new connection every login) or, pinged or queried
+    on a descriptor reused for a file, write into it."""
+    held: list[int] = []
+    while True:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd >= PROGRAM_FDS:
+            os.close(fd)
+            return held
+        held.append(fd)
+
+
 #: connections a long-lived process keeps between requests (vpopmail-server's workers, see
 #: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
 #: an open handle, checked with a ping before it is used again
@@ -260,6 +279,7 @@ class Connection:
             options["host"] = server.host
             if server.port:
                 options["port"] = server.port
+        held = _hold_program_descriptors()
         try:
             handle = driver.connect(**options)
             # libmariadb leaves its socket inheritable: a .qmail program or the program vchkpw
@@ -273,6 +293,9 @@ class Connection:
             code, text = _error_parts(exc)
             raise NoAuthConnection(f"{self.side} server {server.describe()}: {text} "
                                    f"({code})") from None
+        finally:
+            for fd in held:
+                os.close(fd)
         self.handle = handle
         return handle
 
