@@ -459,10 +459,6 @@ class MySQLDatabase(UserDatabase):
         if admin:
             self.reader = self.writer
         self._created: set[str] = set()
-        #: (real domain, name) -> the user (None: no such user) read with the valias rows of
-        #: a delivery (SqlAliases.select_lines), for the get_user right after; any other read
-        #: or write in between drops it
-        self._ahead: dict[tuple[str, str], VUser | None] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
     def read(self, sql: str, params: "Sequence[object]" = (), optional: bool = False
@@ -470,41 +466,16 @@ class MySQLDatabase(UserDatabase):
         """A query on the read side; if the read server cannot be reached at all, on the update
         server (C did the same). ``optional``: a table not created yet reads as empty."""
         try:
-            return self._read(sql, params)
+            try:
+                return self.reader.query(sql, params, repeatable=True)
+            except Unreachable:
+                if not self.read_fallback:
+                    raise
+            return self.writer.query(sql, params, repeatable=True)
         except SqlError as exc:
             if optional and exc.code == ER_NO_SUCH_TABLE:
                 return []
             raise NoAuthConnection(str(exc)) from None
-
-    def _read(self, sql: str, params: "Sequence[object]") -> list[tuple[str | None, ...]]:
-        """:meth:`read`'s query, a server's refusal (SqlError) left to the caller."""
-        self._ahead.clear()
-        try:
-            return self.reader.query(sql, params, repeatable=True)
-        except Unreachable:
-            if not self.read_fallback:
-                raise
-        return self.writer.query(sql, params, repeatable=True)
-
-    def lines_and_user(self, domain: str, aliases: "Sequence[str]", user: str
-                       ) -> list[tuple[str | None, ...]]:
-        """The (alias, line) ``valias`` rows of ``aliases`` in ``domain`` (a real domain) and,
-        in the same statement, the record of ``user``, kept for the :meth:`get_user` that
-        follows: a delivery reads both, and each round trip to the server costs a wake-up of
-        two processes. Where the server refuses the one statement (a table missing, columns
-        it will not put in one result), the valias rows alone."""
-        rows_of = f"FROM valias WHERE domain = %s AND alias IN ({', '.join(['%s'] * len(aliases))})"
-        pad = ", NULL" * (self._columns().count(",") - 1)  # as many columns as the user's
-        user_select, params = self._user_select(domain, "1, ")
-        try:
-            rows = self._read(f"SELECT 0, alias, valias_line{pad} {rows_of} UNION ALL "
-                              f"{user_select}", [domain, *aliases, user, *params])
-        except SqlError:
-            return self.read(f"SELECT alias, valias_line {rows_of}", [domain, *aliases],
-                             optional=True)
-        users = [self._user(row[1:]) for row in rows if row[0] == "1"]
-        self._ahead[(domain, user)] = users[0] if users else None
-        return [row[1:3] for row in rows if row[0] == "0"]
 
     def transaction(self, work: "Callable[[Connection], T]", tables: "Sequence[str]" = (),
                     autocommit: bool = False) -> "T":
@@ -516,7 +487,6 @@ class MySQLDatabase(UserDatabase):
         change, whole by itself: START TRANSACTION and COMMIT would be two more round trips
         to the server)."""
         conn = self.writer
-        self._ahead.clear()
         created, deadlocks = False, 0
         for _ in range(DEADLOCK_TRIES + 1):  # one more run after creating the tables
             try:
@@ -564,26 +534,13 @@ class MySQLDatabase(UserDatabase):
         self._created.add(kind)
 
     def users_table(self, domain: AssignEntry) -> str:
-        return self._table_of(domain.real_domain)
-
-    def _table_of(self, real_domain: str) -> str:
-        return USERS_TABLE if self.many_domains else munch_domain(real_domain)
+        return USERS_TABLE if self.many_domains else munch_domain(domain.real_domain)
 
     def _where(self, domain: AssignEntry) -> tuple[str, list[object]]:
-        return self._where_of(domain.real_domain)
-
-    def _where_of(self, real_domain: str) -> tuple[str, list[object]]:
         """The WHERE clause selecting the domain's rows (none in per-domain tables)."""
         if self.many_domains:
-            return "pw_domain = %s", [real_domain]
+            return "pw_domain = %s", [domain.real_domain]
         return "1 = 1", []
-
-    def _user_select(self, real_domain: str, first: str = "") -> tuple[str, list[object]]:
-        """:meth:`get_user`'s statement (``first`` and the user's columns; the name is its
-        first ``%s``) and the values after the name."""
-        where, params = self._where_of(real_domain)
-        return (f"SELECT {first}{self._columns()} FROM `{self._table_of(real_domain)}` "
-                f"WHERE pw_name = %s AND {where}", params)
 
     def _columns(self) -> str:
         return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
@@ -613,11 +570,9 @@ class MySQLDatabase(UserDatabase):
 
     # -- UserDatabase -------------------------------------------------------------------------
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
-        key = (domain.real_domain, name)
-        if key in self._ahead:
-            return self._ahead.pop(key)
-        sql, params = self._user_select(domain.real_domain)
-        rows = self.read(sql, [name, *params])
+        where, params = self._where(domain)
+        rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
+                         f"WHERE pw_name = %s AND {where}", [name, *params])
         return self._user(rows[0]) if rows else None
 
     def list_users(self, domain: AssignEntry) -> list[VUser]:
@@ -907,9 +862,10 @@ class SqlAliases(AliasChecks):
         """The ``valias`` rows of ``aliases`` in ``domain`` (a real domain), one query: alias ->
         its lines in the server's order (C has no ORDER BY; InnoDB gives insertion order).
         Hot-path safe; a table not created yet reads as no rows, an unreachable server raises
-        NoAuthConnection. The user named ``aliases[0]`` (a delivery's recipient) comes with
-        them (MySQLDatabase.lines_and_user)."""
-        rows = self.db.lines_and_user(domain, aliases, aliases[0])
+        NoAuthConnection."""
+        marks = ", ".join(["%s"] * len(aliases))
+        rows = self.db.read(f"SELECT alias, valias_line FROM valias WHERE domain = %s AND alias "
+                            f"IN ({marks})", [domain, *aliases], optional=True)
         found: dict[str, list[str]] = {}
         for alias, line in rows:
             found.setdefault((alias or "").lower(), []).append(line or "")
