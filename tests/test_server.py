@@ -232,7 +232,8 @@ def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: 
 
     def reader_sessions() -> list[str]:
         return [row[0] for row in sql_db.server.rows(
-            f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{RO}'")]
+            f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{RO}' AND "
+            f"DB = '{sql_db.name}'")]
 
     with running_server(root_vhome):
         without_fallbacks(root_vhome)
@@ -271,7 +272,7 @@ def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: D
     def sessions() -> list[str]:
         return [row[0] for row in sql_db.server.rows(
             "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
-            f"('{RO}', 'vpop_rw') ORDER BY USER")]
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
 
     def logins() -> None:
         for _ in range(2):
@@ -314,7 +315,8 @@ def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: 
         without_fallbacks(root_vhome)
         assert site.login("alice@example.com", "wrong").code == 1
         (writer,) = sql_db.server.rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'vpop_rw'")
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'vpop_rw' AND "
+            f"DB = '{sql_db.name}'")
         sql_db.server.sql(f"KILL {writer[0]}")
         assert site.login("alice@example.com", "wrong").code == 1
         assert site.login("alice@example.com", "pw").code == 0
