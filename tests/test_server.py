@@ -13,7 +13,7 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pytest
 from install_site import Install
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
-from mariadb_site import RO, Database
+from mariadb_site import RO, Database, MariaDB
 from server_site import Server, running_server, wait_for
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
@@ -215,10 +215,25 @@ def test_one_worker_serves_both_identities_in_turn(site: LoginSite) -> None:
     assert len(worker_ids(server_of(site))) <= 1
 
 
+def statements(server: MariaDB, sessions: list[str], run: Callable[[], None]) -> list[str]:
+    """The statements the SQL ``sessions`` sent while ``run`` ran (the general log; pings are
+    not in it), each cut to its first two words."""
+    server.sql("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
+               "SET GLOBAL general_log = 1")
+    try:
+        run()
+    finally:
+        server.sql("SET GLOBAL general_log = 0")
+    rows = server.rows("SELECT argument FROM mysql.general_log WHERE command_type = 'Query' AND "
+                       f"thread_id IN ({', '.join(sessions)}) ORDER BY event_time")
+    return [" ".join(row[0].split()[:2]) for row in rows]
+
+
 def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: Install,
                                                                     sql_db: Database) -> None:
     """Through the server, a worker's SQL connection serves its next request (no connect per
-    delivery); killed by the database while idle, it is replaced at the next request, which
+    delivery), with one statement for the valias rows and one for the user's (no rollback
+    after them); killed by the database while idle, it is replaced at the next request, which
     succeeds."""
     root_vhome.database = sql_db
     sql_db.configure(root_vhome)
@@ -230,14 +245,19 @@ def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: 
 
     def reader_sessions() -> list[str]:
         return [row[0] for row in sql_db.server.rows(
-            f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{RO}'")]
+            f"SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{RO}' AND "
+            f"DB = '{sql_db.name}'")]
 
     with running_server(root_vhome):
         without_fallbacks(root_vhome)
         assert site.deliver("alice").returncode == 0
         first = reader_sessions()
         assert len(first) == 1, first
-        assert site.deliver("alice").returncode == 0
+
+        def deliver() -> None:
+            assert site.deliver("alice").returncode == 0
+
+        assert statements(sql_db.server, first, deliver) == ["SELECT alias,", "SELECT pw_name,"]
         assert reader_sessions() == first
         sql_db.server.sql(f"KILL {first[0]}")
         result = site.deliver("alice")
@@ -245,6 +265,75 @@ def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: 
         renewed = reader_sessions()
         assert len(renewed) == 1 and renewed != first
     assert len(body_of(site, "alice")) == 3
+    site.syslog.close()
+
+
+def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: Database) -> None:
+    """Logins through one worker use the same two SQL sessions (the worker puts each
+    request's descriptors at 0 to 3, and vchkpw closes its fd 3, so a kept connection's
+    socket must not be there), each login one statement on each: the user's row, the
+    lastauth row (no transaction or rollback around them). Killed by the database while
+    idle, both are replaced at the next login, which succeeds and records itself."""
+    root_vhome.database = sql_db
+    sql_db.configure(root_vhome)
+    root_vhome.backend = "mysql"
+    root_vhome.set_config("server", "workers", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+
+    def sessions() -> list[str]:
+        return [row[0] for row in sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
+
+    def logins() -> None:
+        for _ in range(2):
+            assert site.login("alice@example.com", "pw").code == 0
+        assert site.login("alice@example.com", "wrong").code == 1
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "pw").code == 0
+        first = sessions()
+        assert len(first) == 2, first
+        assert statements(sql_db.server, first, logins) == [
+            "SELECT pw_name,", "REPLACE INTO"] * 2 + ["SELECT pw_name,"]
+        assert sessions() == first
+        sql_db.rows("UPDATE lastauth SET timestamp = 0")
+        for session in first:
+            sql_db.server.sql(f"KILL {session}")
+        assert site.login("alice@example.com", "pw").code == 0
+        renewed = sessions()
+        assert len(renewed) == 2 and not set(renewed) & set(first), renewed
+    assert int(sql_db.rows("SELECT timestamp FROM lastauth")[0][0]) > time.time() - 60
+    site.syslog.close()
+
+
+def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: Database
+                                                   ) -> None:
+    """A kept update connection killed while idle, whose next statement is a vlog INSERT (not
+    safe to send twice, so the connection is pinged first): the next failed login answers 1,
+    not 111, with one vlog row, like every other login."""
+    root_vhome.database = sql_db
+    sql_db.configure(root_vhome)
+    root_vhome.backend = "mysql"
+    root_vhome.set_config("server", "workers", 1)
+    root_vhome.set_config("mysql", "sql_logging", True)
+    root_vhome.set_config("logging", "level", "y")
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "wrong").code == 1
+        (writer,) = sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'vpop_rw' AND "
+            f"DB = '{sql_db.name}'")
+        sql_db.server.sql(f"KILL {writer[0]}")
+        assert site.login("alice@example.com", "wrong").code == 1
+        assert site.login("alice@example.com", "pw").code == 0
+    assert sql_db.rows("SELECT error FROM vlog ORDER BY id") == [["1"], ["1"], ["0"]]
     site.syslog.close()
 
 

@@ -10,7 +10,8 @@ on first use, wider than 5.4's (SHA-512 hashes, IPv6 addresses) as vpopmail 5.6 
 
 Two connections, as C's ``--enable-mysql-replication``: reads (vdelivermail, vchkpw, listings)
 go to the read server (a local replica), every write (admin commands, vchkpw's lastauth, relay
-and learned passwords) to the update server, in a transaction, so nothing is half applied.
+and learned passwords) to the update server, in a transaction (or one statement, whole by
+itself: a lastauth or vlog row), so nothing is half applied.
 A server that cannot be reached, has gone away or times out on a lock is a temporary error
 (NoAuthConnection, code -23): mail is deferred and logins answer 111, never "no such user".
 
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
         def fileno(self) -> int: ...
         def ping(self) -> None: ...
-        def autocommit(self, on: bool, /) -> None: ...
         def query(self, statement: bytes, /) -> None: ...
         def store_result(self) -> Result | None: ...
         def string_literal(self, value: bytes, /) -> bytes: ...
@@ -73,7 +73,10 @@ BAD_VALUE = {1264: "out of the column's range", 1265: "cut by the column",
              1292: "not of the column's type", 1059: "too long for a table name"}
 #: client/server errors that say "the database is not there right now" (connection refused,
 #: gone away, lost, lock wait timeout, deadlock, read-only replica, too many connections)
-TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1290, 1053, 1927}
+TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1290, 1053, 1927, 4031}
+#: the link is gone (gone away, lost, killed, disconnected for inactivity): on a kept
+#: connection's first statement, the server closed it while it was idle
+LOST = {2006, 2013, 2055, 1927, 4031}
 ER_LOCK_DEADLOCK = 1213  # the server rolled the transaction back: run it again
 DEADLOCK_TRIES = 10  # each after a random pause of up to 20 ms times the deadlocks so far
 
@@ -210,15 +213,38 @@ def _error_parts(exc: BaseException) -> tuple[int, str]:
     return 0, str(exc)
 
 
+#: descriptors 0 to 3: a program's stdin, stdout and stderr, and checkpassword's fd 3
+PROGRAM_FDS = 4
+
+
+def _hold_program_descriptors() -> list[int]:
+    """Fill the free descriptors below PROGRAM_FDS with /dev/null (returned, for closing once
+    the connection is made), so a connection's socket lands above them. vchkpw closes fd 3
+    after reading it, and a vpopmail-server worker puts each request's descriptors at 0 to 3:
+    a kept connection there would be cut (a new connection every login) or, pinged or queried
+    on a descriptor reused for a file, write into it."""
+    held: list[int] = []
+    while True:
+        fd = posix.open("/dev/null", posix.O_RDONLY | posix.O_CLOEXEC)
+        if fd >= PROGRAM_FDS:
+            posix.close(fd)
+            return held
+        held.append(fd)
+
+
 #: connections a long-lived process keeps between requests (vpopmail-server's workers, see
 #: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
-#: an open handle, checked with a ping before it is used again
+#: an open handle with no transaction open and no answer unread (see Connection.open)
 _idle: "dict[tuple[object, ...], Handle]" = {}
 
 
 def kept_descriptors() -> set[int]:
     """The descriptors of the idle connections kept for the next request."""
     return {handle.fileno() for handle in _idle.values()}
+
+
+class Unreachable(NoAuthConnection):
+    """The server could not be connected to (the read side then uses the update server)."""
 
 
 class Connection:
@@ -230,21 +256,32 @@ class Connection:
         self.lock_timeout = lock_timeout
         self.side = side
         self.handle: "Handle | None" = None
+        #: the handle came from _idle and has not answered yet in this request
+        self.kept = False
+        #: begun and not ended (by :meth:`commit` or :meth:`rollback`)
+        self.in_transaction = False
+        #: a statement was sent and its answer not read (an exception came in between)
+        self.answer_pending = False
 
     def key(self) -> tuple[object, ...]:
         server = self.server
         return (self.side, server.host, server.port, server.socket, server.user,
                 server.password, server.database, self.timeout, self.lock_timeout)
 
-    def open(self) -> "Handle":
+    def open(self, repeatable: bool = False) -> "Handle":
+        """The handle: opened at the first use, or one kept from this process's last request.
+        A kept one is used straight away for a ``repeatable`` first statement (:meth:`query`
+        sends it again on a new connection if the server closed the kept one while it was
+        idle); for any other it is pinged first."""
         if self.handle is not None:
             return self.handle
         driver = _driver()
         kept = _idle.pop(self.key(), None)
         if kept is not None:
             try:
-                kept.ping()
-                self.handle = kept
+                if not repeatable:
+                    kept.ping()
+                self.handle, self.kept = kept, repeatable
                 return kept
             except driver.MySQLError:  # gone away while idle: a new connection
                 try:
@@ -261,19 +298,24 @@ class Connection:
             options["host"] = server.host
             if server.port:
                 options["port"] = server.port
+        held = _hold_program_descriptors()
         try:
             handle = driver.connect(**options)
             # libmariadb leaves its socket inheritable: a .qmail program or the program vchkpw
             # execs must never get an authenticated database connection
             posix.set_inheritable(handle.fileno(), False)
-            handle.autocommit(True)
-            # never truncate silently; bounded lock waits (then 111, not a hang)
-            handle.query(b"SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
+            # each statement its own transaction unless begun; never truncate silently;
+            # bounded lock waits (then 111, not a hang)
+            handle.query(b"SET SESSION autocommit = 1, "
+                         b"sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
                          b"innodb_lock_wait_timeout = %d" % max(1, self.lock_timeout))
         except driver.MySQLError as exc:
             code, text = _error_parts(exc)
-            raise NoAuthConnection(f"{self.side} server {server.describe()}: {text} "
-                                   f"({code})") from None
+            raise Unreachable(f"{self.side} server {server.describe()}: {text} "
+                              f"({code})") from None
+        finally:
+            for fd in held:
+                posix.close(fd)
         self.handle = handle
         return handle
 
@@ -288,25 +330,62 @@ class Connection:
         data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
         return handle.string_literal(data)
 
-    def query(self, sql: str, params: "Sequence[object]" = ()) -> list[tuple[str | None, ...]]:
-        """Run ``sql`` with each ``%s`` bound to the next of ``params``; return the rows."""
-        handle = self.open()
+    def query(self, sql: str, params: "Sequence[object]" = (), repeatable: bool = False
+              ) -> list[tuple[str | None, ...]]:
+        """Run ``sql`` with each ``%s`` bound to the next of ``params``; return the rows.
+        ``repeatable``: running it twice does what running it once does (a read, START
+        TRANSACTION, a lastauth REPLACE), so a kept connection needs no ping first (see
+        :meth:`open`): if the server closed it while it was idle, the statement goes again on
+        a new connection."""
+        handle = self.open(repeatable)
+        kept, self.kept = self.kept, False
+        driver = _driver()
+        try:
+            try:
+                return self._run(handle, sql, params)
+            except driver.MySQLError as exc:
+                if not kept or _error_parts(exc)[0] not in LOST:
+                    raise
+            self.close()
+            return self._run(self.open(), sql, params)
+        except driver.MySQLError as exc:
+            self.answer_pending = False  # the answer was this error
+            raise self.error(exc) from None
+
+    def _run(self, handle: "Handle", sql: str, params: "Sequence[object]"
+             ) -> list[tuple[str | None, ...]]:
         pieces = sql.encode().split(b"%s")
         if len(pieces) != len(params) + 1:
             raise ValueError(f"{len(pieces) - 1} placeholders for {len(params)} values")
         statement = pieces[0] + b"".join(self.literal(handle, p) + piece
                                          for p, piece in zip(params, pieces[1:]))
-        driver = _driver()
-        try:
-            handle.query(statement)
-            result = handle.store_result()
-        except driver.MySQLError as exc:
-            raise self.error(exc) from None
+        self.answer_pending = True
+        handle.query(statement)
+        result = handle.store_result()
+        self.answer_pending = False
         if result is None:
             return []
         rows = result.fetch_row(0)
         return [tuple(None if v is None else v.decode("utf-8", "surrogateescape") for v in row)
                 for row in rows]
+
+    def begin(self) -> None:
+        self.query("START TRANSACTION", repeatable=True)
+        self.in_transaction = True
+
+    def commit(self) -> None:
+        self.query("COMMIT")
+        self.in_transaction = False
+
+    def rollback(self) -> None:
+        """Undo the transaction begun, if one is; a failure is left to :meth:`release`, which
+        then closes the connection rather than keep it."""
+        if self.in_transaction and self.handle is not None:
+            try:
+                self.query("ROLLBACK")
+                self.in_transaction = False
+            except (NoAuthConnection, SqlError, BadInput, UsernameExists):
+                pass
 
     def affected(self) -> int:
         """Rows the last statement changed (called after :meth:`query`, on its open handle)."""
@@ -331,13 +410,11 @@ class Connection:
         return SqlError(code, f"{where}: {text} ({code})")
 
     def release(self) -> None:
-        """Keep the connection for the next request of this process (any transaction left
-        open is rolled back first); closed instead if that fails."""
+        """Keep the connection for the next request of this process, if it is as a new one
+        is: a transaction left open or an answer left unread closes it instead."""
         if self.handle is None:
             return
-        try:
-            self.handle.query(b"ROLLBACK")
-        except Exception:  # noqa: BLE001 - a broken link is closed, not kept
+        if self.in_transaction or self.answer_pending:
             self.close()
             return
         _idle[self.key()] = self.handle
@@ -350,6 +427,7 @@ class Connection:
             except Exception:  # noqa: BLE001 - closing a dead link
                 pass
             self.handle = None
+        self.kept = self.in_transaction = self.answer_pending = False
 
 
 class SqlError(Exception):
@@ -388,36 +466,39 @@ class MySQLDatabase(UserDatabase):
              ) -> list[tuple[str | None, ...]]:
         """A query on the read side; if the read server cannot be reached at all, on the update
         server (C did the same). ``optional``: a table not created yet reads as empty."""
-        conn = self.reader
-        if self.reader.handle is None and self.read_fallback:
-            try:
-                self.reader.open()
-            except NoAuthConnection:
-                conn = self.writer
         try:
-            return conn.query(sql, params)
+            try:
+                return self.reader.query(sql, params, repeatable=True)
+            except Unreachable:
+                if not self.read_fallback:
+                    raise
+            return self.writer.query(sql, params, repeatable=True)
         except SqlError as exc:
             if optional and exc.code == ER_NO_SUCH_TABLE:
                 return []
             raise NoAuthConnection(str(exc)) from None
 
-    def transaction(self, work: "Callable[[Connection], T]", tables: "Sequence[str]" = ()
-                    ) -> "T":
+    def transaction(self, work: "Callable[[Connection], T]", tables: "Sequence[str]" = (),
+                    autocommit: bool = False) -> "T":
         """Run ``work(update connection)`` in one transaction; on a missing table among
         ``tables`` (kinds of LAYOUTS, or a users-table name) create them and run it again; on
         a deadlock (admin commands locking the same gap, e.g. the row of a domain without
-        limits yet) run it again after a random pause, up to DEADLOCK_TRIES times."""
+        limits yet) run it again after a random pause, up to DEADLOCK_TRIES times.
+        ``autocommit``: each statement of ``work`` is a transaction of its own (for one
+        change, whole by itself: START TRANSACTION and COMMIT would be two more round trips
+        to the server)."""
         conn = self.writer
         created, deadlocks = False, 0
         for _ in range(DEADLOCK_TRIES + 1):  # one more run after creating the tables
-            conn.open()
             try:
-                conn.query("START TRANSACTION")
+                if not autocommit:
+                    conn.begin()
                 result = work(conn)
-                conn.query("COMMIT")
+                if not autocommit:
+                    conn.commit()
                 return result
             except SqlError as exc:
-                self._rollback(conn)
+                conn.rollback()
                 if exc.code == ER_NO_SUCH_TABLE and tables and not created:
                     for table in tables:
                         self.create_table(table)
@@ -431,17 +512,9 @@ class MySQLDatabase(UserDatabase):
                     continue
                 raise NoAuthConnection(str(exc)) from None
             except BaseException:
-                self._rollback(conn)
+                conn.rollback()
                 raise
         raise AssertionError("unreachable")
-
-    @staticmethod
-    def _rollback(conn: Connection) -> None:
-        if conn.handle is not None:
-            try:
-                conn.query("ROLLBACK")
-            except (NoAuthConnection, SqlError, BadInput, UsernameExists):
-                pass
 
     def create_table(self, kind: str) -> None:
         """CREATE TABLE IF NOT EXISTS for a LAYOUTS kind or a per-domain users table."""
@@ -629,22 +702,25 @@ class MySQLDatabase(UserDatabase):
                 raise NoAuthConnection(str(exc)) from None
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
-        """A ``lastauth`` row (C's REPLACE), on the update side."""
+        """A ``lastauth`` row (C's REPLACE, repeatable: the same row again), on the update
+        side."""
         self._log_row("REPLACE", "lastauth", {"user": user.name, "domain": domain.real_domain,
                                               "remote_ip": remote_ip,
-                                              "timestamp": int(time.time())})
+                                              "timestamp": int(time.time())}, repeatable=True)
 
-    def _log_row(self, verb: str, table: str, row: dict[str, object]) -> None:
-        """One row of a record table (lastauth, vlog). A text wider than its column, which an
-        older table has (C 5.4's ``remote_ip char(18)`` and an IPv6 address), is cut to the
-        column, as C's server did, rather than the whole row lost (a lastauth time not
-        updated would let vdeloldusers delete an active user)."""
+    def _log_row(self, verb: str, table: str, row: dict[str, object],
+                 repeatable: bool = False) -> None:
+        """One row of a record table (lastauth, vlog), one statement committed by itself, as
+        C's. A text wider than its column, which an older table has (C 5.4's ``remote_ip
+        char(18)`` and an IPv6 address), is cut to the column, as C's server did, rather than
+        the whole row lost (a lastauth time not updated would let vdeloldusers delete an
+        active user). ``repeatable``: see Connection.query."""
         columns = ", ".join(row)
         statement = f"{verb} INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(row))})"
 
         def work(conn: Connection) -> None:
             try:
-                conn.query(statement, list(row.values()))
+                conn.query(statement, list(row.values()), repeatable)
             except BadInput:
                 widths = {name: int(width) for name, width in conn.query(
                     "SELECT COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS"
@@ -653,7 +729,7 @@ class MySQLDatabase(UserDatabase):
                                        and name in widths else value
                                        for name, value in row.items()])
 
-        self.transaction(work, [table])
+        self.transaction(work, [table], autocommit=True)
 
     def last_login(self, domain: AssignEntry, user: VUser) -> tuple[float, str] | None:
         rows = self.read("SELECT timestamp, remote_ip FROM lastauth WHERE user = %s AND "
