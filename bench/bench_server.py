@@ -228,7 +228,7 @@ class Setup:
         """(items/s, CPU s/item, server peak KiB, largest worker KiB) of ``count`` runs of the
         shell ``script`` through ``xargs -P jobs``."""
         server = psutil.Process(server_proc.pid) if server_proc else None
-        before_server = sum(server.cpu_times()[:4]) if server else 0.0
+        before_server = server_cpu(server) if server else 0.0
         peak_worker = [0]
         done = threading.Event()
 
@@ -256,7 +256,7 @@ class Setup:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         peak = 0
         if server is not None:
-            cpu += sum(server.cpu_times()[:4]) - before_server
+            cpu += server_cpu(server) - before_server
             with open(f"/proc/{server.pid}/status") as fh:
                 peak = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
         return count / wall, cpu / count, peak, peak_worker[0]
@@ -278,6 +278,18 @@ class Setup:
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
                 [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
         return rows
+
+
+def server_cpu(server: psutil.Process) -> float:
+    """CPU seconds of the server, its ended workers and its live ones (a worker outlives the
+    run: its time reaches the server's children times only when it ends)."""
+    total = sum(server.cpu_times()[:4])
+    for worker in server.children():
+        try:
+            total += sum(worker.cpu_times()[:2])
+        except psutil.Error:  # ended meanwhile: counted in the children times from now on
+            pass
+    return total
 
 
 def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
