@@ -207,21 +207,17 @@ def test_read_maildirsize(maildir: Path, content: bytes, expected: object) -> No
 
 
 def reference_sums(data: bytes) -> tuple[str, int, int, int] | None:
-    """What maildirsize says, summed from scratch the plain way (the first 5120 bytes)."""
-    lines = data[:5120].split(b"\n")
-    if len(lines) < 2:
+    """What maildirsize says, summed from scratch in one go (its first 5120 bytes): the quota
+    line, then each non-blank line's size and count (a missing count is 0)."""
+    head, newline, rest = data[:5120].partition(b"\n")
+    rows = [line.split() + [b"0"] for line in rest.split(b"\n") if line.split()]
+    try:
+        sizes, counts = [int(f[0]) for f in rows], [int(f[1]) for f in rows]
+    except ValueError:
         return None
-    total = count = rows = 0
-    for line in lines[1:]:
-        fields = line.split()
-        if fields:
-            try:
-                total += int(fields[0])
-                count += int(fields[1]) if len(fields) > 1 else 0
-            except ValueError:
-                return None
-            rows += 1
-    return lines[0].decode("ascii", "replace").strip(), total, count, rows
+    if not newline:
+        return None
+    return head.decode("ascii", "replace").strip(), sum(sizes), sum(counts), len(rows)
 
 
 LINE = st.one_of(
