@@ -31,7 +31,9 @@
  * truncated, oversized or malformed reply, or a plan that is refused -> exit 111. The
  * server closing before any reply byte (it died) -> the fallback after rewinding the input
  * (fd 0 for vdelivermail, 3 for vchkpw) when it is seekable, else 111: a pipe partly read
- * by the dead server cannot be read again.
+ * by the dead server cannot be read again. No reply within VPS_REPLY_TIMEOUT seconds
+ * (server.reply_timeout; 0 waits for ever) -> 111: the run may still finish in the server,
+ * so it is not run again here (qmail retries later: at worst a duplicate, never a loss).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,6 +48,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -68,6 +71,9 @@ const char vps_ident[] = "pyvpopmail front end, protocol 1";
 #endif
 #ifndef VPS_ALLOW_ROOT
 #define VPS_ALLOW_ROOT 0
+#endif
+#ifndef VPS_REPLY_TIMEOUT
+#define VPS_REPLY_TIMEOUT 600
 #endif
 
 #define VERSION 1
@@ -193,7 +199,8 @@ static int send_all(int fd, const unsigned char *data, size_t length)
     return 0;
 }
 
-/* 1 all read, 0 end of stream or error before any byte, -1 a partial read */
+/* 1 all read, 0 end of stream or error before any byte, -1 a partial read, -2 nothing
+ * more came within the reply timeout (SO_RCVTIMEO) */
 static int recv_all(int fd, unsigned char *data, size_t length)
 {
     size_t got = 0;
@@ -201,6 +208,8 @@ static int recv_all(int fd, unsigned char *data, size_t length)
         ssize_t n = recv(fd, data + got, length - got, 0);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return -2;
         if (n <= 0)
             return got == 0 ? 0 : -1;
         got += (size_t)n;
@@ -389,8 +398,14 @@ int main(int argc, char **argv)
     if (sock < 0 || send_request(sock, body, length) != 0)
         fallback();
     free(body);
+    struct timeval wait = {VPS_REPLY_TIMEOUT, 0};
+    if (VPS_REPLY_TIMEOUT > 0
+        && setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) != 0)
+        temporary("cannot set the reply timeout");
     unsigned char header[HEADER];
     int got = recv_all(sock, header, HEADER);
+    if (got == -2)
+        temporary("no reply from vpopmail-server in time (server.reply_timeout)");
     if (got == 0)
         after_server_death();
     if (got < 0 || memcmp(header, "VPSr", 4) != 0)
@@ -403,7 +418,10 @@ int main(int argc, char **argv)
     unsigned char *data = malloc(length + 1);
     if (data == NULL)
         temporary("out of memory");
-    if (length > 0 && recv_all(sock, data, length) != 1)
+    got = length > 0 ? recv_all(sock, data, length) : 1;
+    if (got == -2)
+        temporary("no reply from vpopmail-server in time (server.reply_timeout)");
+    if (got != 1)
         temporary("truncated reply from vpopmail-server");
     switch (header[5]) {
     case KIND_EXIT:

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,9 +32,10 @@ def answer(kind: int, payload: bytes = b"", version: int = 1, length: int | None
 
 class FakeServer:
     """Accepts one connection at ``path``, reads the request (and ``consume`` bytes of the
-    client's input descriptor), then sends ``reply`` and closes."""
+    client's input descriptor), then sends ``reply`` and closes; with ``reply`` None it sends
+    nothing and keeps the connection until :meth:`close` (a server that hangs)."""
 
-    def __init__(self, path: Path, reply: bytes, consume: int = 0) -> None:
+    def __init__(self, path: Path, reply: bytes | None, consume: int = 0) -> None:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(path))
         path.chmod(0o666)
@@ -41,6 +43,7 @@ class FakeServer:
         self.reply = reply
         self.consume = consume
         self.requests = 0
+        self.hung = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -61,9 +64,13 @@ class FakeServer:
                 os.read(fds[0 if len(fds) == 3 else 3], self.consume)
             for fd in fds:
                 os.close(fd)
+            if self.reply is None:
+                self.hung.wait(30)
+                return
             conn.sendall(self.reply)
 
     def close(self) -> None:
+        self.hung.set()
         self.thread.join(timeout=10)
         self.listener.close()
 
@@ -81,7 +88,7 @@ def site(root_vhome: Install) -> Iterator[LoginSite]:
 def fake(site: LoginSite) -> Iterator[Callable[..., FakeServer]]:
     made: list[FakeServer] = []
 
-    def make(reply: bytes, consume: int = 0) -> FakeServer:
+    def make(reply: bytes | None, consume: int = 0) -> FakeServer:
         server = FakeServer(site.inst.prefix / "run" / "server.sock", reply, consume)
         made.append(server)
         return server
@@ -225,6 +232,32 @@ def test_bad_plans_are_refused(site: LoginSite, fake: Callable[..., FakeServer],
     fake(answer(PLAN, payload(site)))
     login = site.login("alice@example.com", "pw")
     assert login.code == 111 and not login.ran and text in login.stderr, login
+
+
+def test_a_server_that_does_not_answer_in_time_is_temporary(
+        site: LoginSite, fake: Callable[..., FakeServer]) -> None:
+    """server.reply_timeout (baked in at install): a hung server costs a 111, not a qmail-local
+    or POP login waiting for ever, and the run is not made again by Python (the server may
+    still finish it)."""
+    site.inst.set_config("server", "reply_timeout", 1)
+    subprocess.run([sys.executable, str(INSTALL), "--prefix", str(site.inst.prefix),
+                    "--qmaildir", str(site.inst.qmaildir), "--venv", str(VENV)], check=True,
+                   capture_output=True)
+    server = fake(None)
+    started = time.monotonic()
+    result = site.deliver("alice")
+    waited = time.monotonic() - started
+    server.close()
+    assert result.returncode == 111 and 1 <= waited < 10, (result, waited)
+    assert b"no reply from vpopmail-server in time" in result.stdout
+    assert server.requests == 1 and delivered(site) == []
+    (site.inst.prefix / "run" / "server.sock").unlink()
+    server = fake(None)
+    started = time.monotonic()
+    login = site.login("alice@example.com", "pw")
+    waited = time.monotonic() - started
+    server.close()
+    assert login.code == 111 and not login.ran and 1 <= waited < 10, (login, waited)
 
 
 def test_login_server_killed_mid_reply_is_temporary(site: LoginSite,

@@ -73,6 +73,7 @@ class Config:
     server_requests_per_worker: int = 1000
     server_idle_timeout: int = 60
     server_request_timeout: int = 10
+    server_reply_timeout: int = 600
     server_root_logins: bool = False
     # [mysql]: users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its
     # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
@@ -179,7 +180,8 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
                 "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
-                "mysql_update_port", "server_request_timeout", "server_idle_timeout"):
+                "mysql_update_port", "server_request_timeout", "server_idle_timeout",
+                "server_reply_timeout"):
         if int(values[key]) < 0:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values
