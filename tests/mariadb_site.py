@@ -49,9 +49,7 @@ class MariaDB:
         os.chmod(self.base, 0o755)  # the vpopmail user connects through the socket
         me = ["--user=root"] if os.geteuid() == 0 else []
         if not self.datadir.exists():
-            subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
-                            "--auth-root-authentication-method=normal", "--skip-test-db",
-                            *me], check=True, capture_output=True)
+            self._install_db(me)
         for attempt in itertools.count(1):
             try:
                 self._start_once(me)
@@ -61,6 +59,20 @@ class MariaDB:
                     raise
                 self.port = _free_port()
         return self
+
+    def _install_db(self, me: list[str]) -> None:
+        """A fresh data directory. mariadb-install-db has failed now and then when the machine
+        was loaded by parallel runs: it is run again from an empty directory, and what it said
+        is in the error if it fails three times."""
+        for _ in range(3):
+            result = subprocess.run([INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}",
+                                     "--auth-root-authentication-method=normal",
+                                     "--skip-test-db", *me], capture_output=True, text=True)
+            if result.returncode == 0:
+                return
+            shutil.rmtree(self.datadir, ignore_errors=True)
+        raise RuntimeError(f"mariadb-install-db failed three times: {result.stdout}"
+                           f"{result.stderr}")
 
     def _start_once(self, me: list[str]) -> None:
         self.process = subprocess.Popen(
