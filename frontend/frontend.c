@@ -199,8 +199,8 @@ static int send_all(int fd, const unsigned char *data, size_t length)
     return 0;
 }
 
-/* 1 all read, 0 end of stream or error before any byte, -1 a partial read, -2 nothing
- * more came within the reply timeout (SO_RCVTIMEO) */
+/* 1 all read, 0 end of stream or error before any byte, -1 a partial read; nothing more
+ * within the reply timeout (SO_RCVTIMEO) is a temporary failure */
 static int recv_all(int fd, unsigned char *data, size_t length)
 {
     size_t got = 0;
@@ -209,7 +209,7 @@ static int recv_all(int fd, unsigned char *data, size_t length)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            return -2;
+            temporary("no reply from vpopmail-server in time (server.reply_timeout)");
         if (n <= 0)
             return got == 0 ? 0 : -1;
         got += (size_t)n;
@@ -404,8 +404,6 @@ int main(int argc, char **argv)
         temporary("cannot set the reply timeout");
     unsigned char header[HEADER];
     int got = recv_all(sock, header, HEADER);
-    if (got == -2)
-        temporary("no reply from vpopmail-server in time (server.reply_timeout)");
     if (got == 0)
         after_server_death();
     if (got < 0 || memcmp(header, "VPSr", 4) != 0)
@@ -418,10 +416,7 @@ int main(int argc, char **argv)
     unsigned char *data = malloc(length + 1);
     if (data == NULL)
         temporary("out of memory");
-    got = length > 0 ? recv_all(sock, data, length) : 1;
-    if (got == -2)
-        temporary("no reply from vpopmail-server in time (server.reply_timeout)");
-    if (got != 1)
+    if (length > 0 && recv_all(sock, data, length) != 1)
         temporary("truncated reply from vpopmail-server");
     switch (header[5]) {
     case KIND_EXIT:
