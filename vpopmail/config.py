@@ -216,8 +216,7 @@ def load(path: str | None = None) -> Config:
         st = posix.stat(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    status = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
-              st.st_uid, st.st_gid)
+    status = (*_identity(st), st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid)
     key = (path, posix.geteuid(), posix.getegid())
     seen = _read.get(key)
     if seen is not None and seen[0] == status:

@@ -47,21 +47,14 @@ def _touch_if_same(path: str, data: bytes, uid: int, gid: int) -> bool:
     holding exactly ``data``, owned by ``uid``:``gid`` with mode 0600; False otherwise (and
     for any error: the caller writes it afresh)."""
     try:
-        fd = posix.open(path, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW
-                        | posix.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        st = posix.fstat(fd)
-        if (st.st_mode != stat.S_IFREG | 0o600 or (st.st_uid, st.st_gid) != (uid, gid)
-                or st.st_size != len(data) or posix.read(fd, len(data) + 1) != data):
+        found, st = read_regular(path, len(data))
+        if (found != data or st.st_mode != stat.S_IFREG | 0o600
+                or (st.st_uid, st.st_gid) != (uid, gid)):
             return False
-        posix.utime(fd)
+        posix.utime(path, follow_symlinks=False)
         return True
     except OSError:
         return False
-    finally:
-        posix.close(fd)
 
 
 def _encode(text: str) -> bytes:
