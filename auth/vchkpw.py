@@ -389,23 +389,28 @@ class Vchkpw:
             raise Finish(TEMPORARY, f"cannot run {command[0]} ({exc.strerror})") from None
 
 
+def exec_candidates(name: str, env: dict[str, str]) -> list[str]:
+    """Where ``os.execvpe`` looks for ``name``: itself if it holds a ``/``, else in each
+    directory of ``env``'s PATH (``/bin:/usr/bin`` without one), in order."""
+    if "/" in name:
+        return [name]
+    return [join(directory, name) for directory in env.get("PATH", "/bin:/usr/bin").split(":")]
+
+
 def exec_path(argv: list[str], env: dict[str, str]) -> None:
-    """``os.execvpe(argv[0], argv, env)``: a name without ``/`` is looked for in the
-    directories of ``env``'s PATH (``/bin:/usr/bin`` without one); raises the first error
-    that is not "not there" (EACCES, ENOEXEC...), else the last."""
-    if "/" in argv[0]:
-        posix.execve(argv[0], argv, env)
+    """``os.execvpe(argv[0], argv, env)`` (see :func:`exec_candidates`); raises the first
+    error that is not "not there" (EACCES, ENOEXEC...), else the last."""
     first: OSError | None = None
     last: OSError | None = None
-    for directory in env.get("PATH", "/bin:/usr/bin").split(":"):
+    for candidate in exec_candidates(argv[0], env):
         try:
-            posix.execve(join(directory, argv[0]), argv, env)
+            posix.execve(candidate, argv, env)
         except (FileNotFoundError, NotADirectoryError) as exc:
             last = exc
         except OSError as exc:
             last = exc
             first = first or exc
-    assert last is not None  # split() gives at least one directory
+    assert last is not None  # at least one candidate
     raise first or last
 
 

@@ -123,7 +123,7 @@ def plan_class() -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
     worker keeps its ids and directory, the front end takes the ones the plan names."""
     from vpopmail.stores import VUser, close_stores
-    from auth.vchkpw import SMTP, Finish, Vchkpw
+    from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
     from vpopmail.assign import AssignEntry
 
@@ -155,10 +155,8 @@ def plan_class() -> type:
             self.log.close()
             close_stores()
             path = command[0]
-            candidates = ([path] if "/" in path else
-                          [os.path.join(d, path) for d in os.get_exec_path(env)])
             error = errno.ENOENT
-            for candidate in candidates:
+            for candidate in exec_candidates(path, env):
                 if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
                     raise ExecPlan(candidate, command, env, self.plan_ids, self.plan_cwd)
                 if os.path.exists(candidate):
