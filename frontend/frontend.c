@@ -6,6 +6,9 @@
  * the run it execs the pure-Python program VPS_FALLBACK with the same argv, environment and
  * descriptors: a stopped server changes nothing but speed.
  *
+ * It connects first to the socket of its own identity (VPS_SOCKET.HASH, see identity_path),
+ * where the server's workers holding that identity accept it themselves, then to VPS_SOCKET.
+ *
  * VPS_SOCKET and VPS_FALLBACK are absolute, or relative to the installation: the directory
  * above the one this program is in (/proc/self/exe, else an absolute argv[0]), so one build
  * serves every installation with the same server uid.
@@ -267,16 +270,16 @@ static unsigned char *build_body(int argc, size_t *length)
     return body;
 }
 
-/* Connect to the server; -1 (fallback) if there is none to talk to. */
-static int connect_server(void)
+/* Connect to the server at `path`; -1 if there is none to talk to there. */
+static int connect_to(const char *path)
 {
     struct sockaddr_un addr;
-    size_t size = strlen(socket_path) + 1;
+    size_t size = strlen(path) + 1;
     if (size > sizeof addr.sun_path)
         return -1;
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
-    memcpy(addr.sun_path, socket_path, size);
+    memcpy(addr.sun_path, path, size);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
@@ -295,6 +298,45 @@ static int connect_server(void)
         temporary("the server socket is not the vpopmail-server's (wrong owner)");
     }
     return fd;
+}
+
+/* The socket where the server's workers holding this process's identity (effective ids and
+ * supplementary groups, as the kernel reports them to the server) accept it themselves:
+ * VPS_SOCKET.HASH, HASH the 64-bit FNV-1a of uid, gid and the sorted groups as 32-bit
+ * host-order values, in hex (vpopmail/wire.py identity_socket names it the same way);
+ * 0 if there is none. */
+static int identity_path(char *out, size_t size)
+{
+    gid_t groups[MAX_GROUPS];
+    int n = getgroups(MAX_GROUPS, groups);
+    if (n < 0)
+        return 0;
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of groups */
+        for (int j = i; j > 0 && groups[j - 1] > groups[j]; j--) {
+            gid_t swap = groups[j];
+            groups[j] = groups[j - 1];
+            groups[j - 1] = swap;
+        }
+    uint32_t values[MAX_GROUPS + 2];
+    values[0] = (uint32_t)geteuid();
+    values[1] = (uint32_t)getegid();
+    for (int i = 0; i < n; i++)
+        values[i + 2] = (uint32_t)groups[i];
+    const unsigned char *bytes = (const unsigned char *)values;
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < ((size_t)n + 2) * 4; i++)
+        hash = (hash ^ bytes[i]) * 0x100000001b3ULL;
+    int length = snprintf(out, size, "%s.%016llx", socket_path, (unsigned long long)hash);
+    return length > 0 && (size_t)length < size;
+}
+
+/* Connect to the server, at this identity's own socket if it has one; -1 (fallback) if
+ * there is none to talk to. */
+static int connect_server(void)
+{
+    char own[sizeof ((struct sockaddr_un *)0)->sun_path];
+    int fd = identity_path(own, sizeof own) ? connect_to(own) : -1;
+    return fd >= 0 ? fd : connect_to(socket_path);
 }
 
 static int send_request(int sock, const unsigned char *body, size_t length)

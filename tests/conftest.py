@@ -124,7 +124,8 @@ def root_vhome(tmp_path_factory: pytest.TempPathFactory, backend: str,
     if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
         pytest.skip("needs root, the vpopmail user and setpriv")
     venv = request.getfixturevalue("shared_venv")
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:40]
+    # short enough for the identities' server sockets (run/server.sock.HASH) to fit in 107 bytes
+    label = re.sub(r"[^A-Za-z0-9_.-]", "_", request.node.name)[:30]
     base = Path("/tmp") / f"pyvpopmail-root-{os.getpid()}-{label}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(mode=0o755)

@@ -19,6 +19,7 @@ from install_site import INSTALL, REPO, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site
 from login_site import LoginSite
 from server_site import running_server
+from vpopmail.wire import identity_socket
 
 HEADER = struct.Struct("=4sBBBxI")
 EXIT, PLAN, DECLINE = 1, 2, 3
@@ -161,15 +162,20 @@ def test_no_server_runs_python(site: LoginSite) -> None:
     assert len(delivered(site)) == 1
 
 
-def test_impostor_socket_is_refused(site: LoginSite) -> None:
-    """A socket whose listener is not root: the front end sends nothing and defers."""
+@pytest.mark.parametrize("which", ["server", "identity"])
+def test_impostor_socket_is_refused(site: LoginSite, which: str) -> None:
+    """A socket whose listener is not root, at the server's path or at the caller identity's
+    own: the front end sends nothing and defers."""
     run = site.inst.prefix / "run"
     run.chmod(0o777)
+    path = str(run / "server.sock")
+    if which == "identity":
+        path = identity_socket(path, site.inst.uid, site.inst.gid, (site.inst.gid,)) or ""
     script = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\n"
               "s.listen(1)\nprint('up',flush=True)\nc,_=s.accept()\n"
               "print(len(c.recv(100)),flush=True)\n")
     proc = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c", script,
-                             str(run / "server.sock")], stdout=subprocess.PIPE, text=True)
+                             path], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "up\n"
         result = site.deliver("alice")

@@ -24,6 +24,7 @@ from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
 from server_site import Server, running_server, wait_for
+from vpopmail.wire import identity_socket
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
 HEADER = struct.Struct("=4sBBBxI")
@@ -201,8 +202,96 @@ def test_idle_workers_leave(site: LoginSite) -> None:
     while worker_ids(server) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not worker_ids(server)
+    assert not identity_sockets(server)
     without_fallbacks(site.inst)
     assert site.deliver("alice").returncode == 0
+
+
+def identity_sockets(server: Server) -> dict[str, os.stat_result]:
+    """The identities' own sockets beside the server's, by name."""
+    return {path.name: path.stat() for path in server.socket.parent.iterdir()
+            if path.name.startswith(f"{server.socket.name}.")}
+
+
+def test_an_identitys_workers_serve_it_without_the_parent(site: LoginSite) -> None:
+    """After its first request an identity has its own socket (only it may connect), where
+    its workers take its requests themselves: they are served while the parent is stopped,
+    and --status counts them."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    assert site.deliver("alice").returncode == 0
+    assert site.login("alice@example.com", "pw").code == 0
+    inst = site.inst
+    delivery = identity_socket(str(server.socket), inst.uid, inst.gid, (inst.gid,))
+    login = identity_socket(str(server.socket), 0, 0, tuple(sorted(set(os.getgroups()))))
+    assert delivery and login
+    found = identity_sockets(server)
+    assert set(found) == {Path(delivery).name, Path(login).name}, found
+    assert (found[Path(delivery).name].st_uid, found[Path(delivery).name].st_gid) == (
+        inst.uid, inst.gid)
+    assert all(st.st_mode & 0o777 == 0o600 for st in found.values())
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(3):
+            assert site.deliver("alice").returncode == 0
+            assert site.login("alice@example.com", "pw").code == 0
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert len(body_of(site, "alice")) == 4
+    assert ", 8 requests," in inst.ok("vpopmail-server", "--status")
+
+
+def test_another_identity_at_an_identitys_socket_is_dropped(site: LoginSite) -> None:
+    """Root connecting to the delivery identity's socket (the file's mode does not stop
+    root) is dropped by the worker there with one log line; nothing of it is run."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    assert site.deliver("alice").returncode == 0
+    path = identity_socket(str(server.socket), site.inst.uid, site.inst.gid, (site.inst.gid,))
+    assert path
+    before = len(server.lines())
+    header, body = raw_request(1, [b"vdelivermail", b"", b"bounce-no-mailbox"], [b"HOME=/"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    try:
+        sock.connect(path)
+        with open(os.devnull, "rb") as null:
+            send_with_fds(sock, header + body, [null.fileno()] * 3)
+        try:
+            assert sock.recv(100) == b""  # closed without an answer
+        except ConnectionResetError:  # closed with our request unread
+            pass
+    finally:
+        sock.close()
+    new = server.lines()[before:]
+    assert len(new) == 1 and f"uid 0: it connected to the socket of uid {site.inst.uid}" in new[0]
+    assert len(body_of(site, "alice")) == 1
+    assert site.deliver("alice").returncode == 0
+
+
+def test_an_identity_with_more_waiting_gets_more_workers(site: LoginSite) -> None:
+    """Slow deliveries queue at the delivery identity's socket while its one worker is
+    busy: the worker says so and the parent forks another worker for them."""
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text("|sleep 1\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda _: site.deliver("alice").returncode, range(4)))
+    assert codes == [0] * 4
+    assert len(set(maildir_pids(site, "alice")[1:])) > 1
+
+
+@pytest.mark.parametrize("site", ["fresh"], indirect=True)
+def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
+    """A worker per request: each one's end closes its identity's socket under clients
+    queued there; the parent takes them over, so each one is served by the server."""
+    without_fallbacks(site.inst)
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: site.deliver("alice").returncode, range(24)))
+    assert codes == [0] * 24
+    assert len(body_of(site, "alice")) == 24
 
 
 @pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)

@@ -18,6 +18,9 @@ Protocol version 1 (frontend/frontend.c holds the same text). Integers are unsig
        kind 3 DECLINE  (nothing read or run: a busy, foreign-version or unable server)
        kind 4 STATUS   text
 
+A front end connects first to its identity's socket (:func:`identity_socket`), where the
+workers holding that identity accept it, then to the server's socket; the protocol is the same.
+
 A worker declines (the front end then runs the Python program itself) when it cannot take the
 peer's identity (a server not running as root serving another user) or enter its directory.
 Garbage, a version mismatch, wrong descriptor counts or oversized requests drop the client
@@ -149,3 +152,15 @@ def ask_status(path: str) -> str:
         return recv_exact(sock, length).decode("utf-8", "replace")
     finally:
         sock.close()
+
+
+def identity_socket(path: str, uid: int, gid: int, groups: "tuple[int, ...]") -> str | None:
+    """Where the workers that hold one caller identity accept its connections themselves,
+    beside the server's socket ``path`` (frontend.c's identity_path names it the same way):
+    ``path.HASH``, HASH the 64-bit FNV-1a of uid, gid and the sorted groups as 32-bit
+    host-order values, in hex; None when that is too long for a socket address."""
+    digest = 0xCBF29CE484222325
+    for byte in struct.pack(f"=II{len(groups)}I", uid, gid, *sorted(groups)):
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    named = f"{path}.{digest:016x}"
+    return named if len(os.fsencode(named)) < 108 else None

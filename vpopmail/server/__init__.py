@@ -14,7 +14,15 @@ identity: a process is never shared by two identities. It ends after
 ``server.requests_per_worker`` requests (1: a fresh worker for every request), when idle for
 ``server.idle_timeout`` seconds, when a request left it with other ids or open descriptors, or
 when the parent leaves. At most ``server.workers`` workers live; an idle one of another
-identity is retired to make room, and connections wait in order. Nothing of a request is kept
+identity is retired to make room, and connections wait in order.
+
+An identity also gets a socket of its own with its first worker (``server.sock.HASH``,
+:func:`vpopmail.wire.identity_socket`; made by the parent in its own directory, mode 0600 and
+owned by that uid): the front ends connect there first, and the identity's workers accept
+there themselves, checking each peer's credentials as the parent does, so a request skips
+the parent. A worker that finds more connections queued there says BUSY and the parent takes
+one (forking another worker if there is room); the socket is removed with the identity's last
+worker and what was queued at it goes the parent's way. Nothing of a request is kept
 for the next: every run loads the configuration and opens the cdb files or the SQL connection
 itself, so an admin change is seen by the very next delivery or login.
 

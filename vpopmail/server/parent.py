@@ -1,30 +1,22 @@
 """vpopmail-server's parent: it listens, reads each caller's credentials (never a byte the
-caller sends), and hands connections to workers (:mod:`vpopmail.server.worker`)."""
+caller sends), hands connections to workers (:mod:`vpopmail.server.worker`), and opens each
+identity's own socket, where that identity's workers accept its next connections themselves."""
 import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
-from vpopmail.server.worker import COUNTERS, Identity, Settings, log, plan_class, work
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, log, peer_identity,
+                                    plan_class, work)
+from vpopmail.wire import identity_socket
 
-MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1 KiB)
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 BACKLOG = 1024
 #: the signals that wake the server's loop: stop, reload, a worker ended
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
-
-
-def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
-    """(pid, identity) the kernel recorded when the peer connected."""
-    pid, uid, gid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET,
-                                                          socket.SO_PEERCRED, 12))
-    raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
-    return pid, (uid, gid, tuple(sorted(struct.unpack(f"={len(raw) // 4}I", raw))))
 
 
 def preload() -> None:
@@ -53,6 +45,17 @@ def check_directory(path: str) -> None:
                             f"writable by no one else")
 
 
+def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.socket:
+    """A listening socket at ``path`` (unused) with ``mode`` (and ``owner``)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    if owner is not None:
+        os.chown(path, *owner)
+    os.chmod(path, mode)
+    sock.listen(BACKLOG)
+    return sock
+
+
 def listen(path: str) -> socket.socket:
     """A listening socket at ``path``; refuses when a server already answers there."""
     if len(os.fsencode(path)) >= 108:
@@ -71,24 +74,49 @@ def listen(path: str) -> socket.socket:
         os.unlink(staging)
     except FileNotFoundError:
         pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(staging)
-    os.chmod(staging, 0o666)  # every user may ask: each gets no more than its own rights
+    sock = bind(staging, 0o666)  # every user may ask: each gets no more than its own rights
     os.replace(staging, path)
-    sock.listen(BACKLOG)
     return sock
 
 
+def unlink_if(path: str, inode: int) -> None:
+    """Remove ``path`` if it is still the socket we made (inode ``inode``)."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+class Direct:
+    """One identity's own socket: its workers accept there, the parent only opens it, takes
+    from it what they leave, and closes it with the identity's last worker."""
+
+    __slots__ = ("path", "sock", "inode")
+
+    def __init__(self, path: str, identity: Identity) -> None:
+        try:
+            os.unlink(path)  # a killed server's (the directory is ours alone)
+        except FileNotFoundError:
+            pass
+        self.path = path
+        # only the identity may connect (its workers check each caller anyway)
+        self.sock = bind(path, 0o600, identity[:2] if os.geteuid() == 0 else None)
+        self.sock.setblocking(False)
+        self.inode = os.stat(path).st_ino
+
+
 class Worker:
-    """The parent's view of one worker: its control socket and the identity it holds."""
+    """The parent's view of one worker: its control socket, the identity it holds, and its
+    slot in the shared request counters."""
 
-    __slots__ = ("pid", "control", "identity", "since")
+    __slots__ = ("pid", "control", "identity", "slot")
 
-    def __init__(self, pid: int, control: socket.socket, identity: Identity) -> None:
+    def __init__(self, pid: int, control: socket.socket, identity: Identity, slot: int) -> None:
         self.pid = pid
         self.control = control
         self.identity = identity
-        self.since = time.monotonic()
+        self.slot = slot
 
 
 class Waiting:
@@ -107,18 +135,24 @@ class Server:
     """The parent: it accepts, reads each peer's credentials (never a byte it sends), waits
     until the peer has sent something, and hands the connection to an idle worker holding the
     peer's identity, forking one when there is none and fewer than ``server.workers`` run
-    (an idle worker of another identity is retired to make room). The rest wait, in order."""
+    (an idle worker of another identity is retired to make room). The rest wait, in order.
+    With its first worker an identity gets its own socket (:class:`Direct`), where the front
+    ends of that identity connect first and its workers accept them without this process;
+    a worker that finds more of them waiting says so (BUSY) and the parent takes one, to be
+    served here (by another worker, forked if need be)."""
 
     def __init__(self, settings: vconfig.Config, config: str | None) -> None:
         self.path = settings.home_path("server_socket")
         self.settings = Settings(settings, config)
         self.busy: dict[int, Worker] = {}  # control fd -> worker
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
-        self.ending: set[int] = set()  # pids of workers that end and are not yet collected
+        self.ending: dict[int, int] = {}  # pid -> counter slot, of workers not yet collected
         self.exited: set[int] = set()  # pids collected before their control socket closed
         self.unsent: dict[int, Waiting] = {}  # connection fd -> nothing readable yet
         self.ready: list[Waiting] = []  # readable, waiting for a worker, oldest first
-        self.served = 0
+        self.direct: dict[Identity, Direct] = {}
+        self.slots = list(range(self.settings.workers))  # free counter slots
+        self.served = 0  # the requests of the workers collected
         self.poll = select.poll()
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
@@ -153,12 +187,11 @@ class Server:
                 worker.control.close()  # idle workers leave; busy ones after their request
             for waiting in (*self.unsent.values(), *self.ready):
                 waiting.conn.close()  # nothing was run: the front ends run the program
+            for direct in self.direct.values():
+                unlink_if(direct.path, direct.inode)
+                direct.sock.close()
             listener.close()
-            try:
-                if os.stat(self.path).st_ino == identity:
-                    os.unlink(self.path)
-            except OSError:
-                pass
+            unlink_if(self.path, identity)
         if again:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
@@ -211,18 +244,64 @@ class Server:
             if pid == 0:
                 return
             if pid in self.ending:
-                self.ending.discard(pid)
+                self.release(self.ending.pop(pid))
             else:
                 self.exited.add(pid)
 
+    def release(self, slot: int) -> None:
+        """A collected worker's counter slot: its count kept, the slot free for the next."""
+        self.served += self.settings.take_count(slot)
+        self.slots.append(slot)
+
     def ended(self, worker: Worker) -> None:
-        """``worker`` will serve no more: its place is free once its process is collected."""
+        """``worker`` will serve no more: its place is free once its process is collected;
+        its identity's socket closes with the identity's last worker."""
         self.poll.unregister(worker.control)
         worker.control.close()
         if worker.pid in self.exited:
             self.exited.discard(worker.pid)
+            self.release(worker.slot)
         else:
-            self.ending.add(worker.pid)
+            self.ending[worker.pid] = worker.slot
+        if all(other.identity != worker.identity
+               for other in (*self.busy.values(), *self.idle.values())):
+            self.close_direct(worker.identity)
+
+    def open_direct(self, identity: Identity) -> Direct | None:
+        """``identity``'s own socket, made now if it has none (None: no room for its name,
+        or it could not be made: the identity is then served through the parent only)."""
+        if identity in self.direct:
+            return self.direct[identity]
+        path = identity_socket(self.path, *identity)
+        if path is None:
+            return None
+        try:
+            direct = self.direct[identity] = Direct(path, identity)
+        except OSError as exc:
+            log(self.settings.log_fd, f"cannot make {path}: {exc.strerror}")
+            return None
+        return direct
+
+    def close_direct(self, identity: Identity) -> None:
+        """Remove ``identity``'s socket (its front ends come here again) and take over the
+        connections left in its queue."""
+        direct = self.direct.pop(identity, None)
+        if direct is None:
+            return
+        unlink_if(direct.path, direct.inode)
+        self.take_direct(direct, BACKLOG)
+        direct.sock.close()
+
+    def take_direct(self, direct: Direct, most: int) -> None:
+        """Take up to ``most`` connections waiting at ``direct``, as if accepted here."""
+        deadline = time.monotonic() + self.settings.timeout
+        for _ in range(most):
+            try:
+                conn, _ = direct.sock.accept()
+            except OSError:  # none left (or EMFILE: they wait for a worker there)
+                return
+            conn.setblocking(True)
+            self.take(conn, deadline)
 
     def accept(self, listener: socket.socket) -> None:
         deadline = time.monotonic() + self.settings.timeout
@@ -234,23 +313,28 @@ class Server:
             except OSError as exc:  # EMFILE and the like: the client stays in the queue
                 log(self.settings.log_fd, f"cannot accept: {exc.strerror}")
                 return
-            try:
-                pid, identity = peer_identity(conn)
-            except OSError as exc:
-                log(self.settings.log_fd, f"dropped a client: {exc.strerror}")
-                conn.close()
-                continue
-            waiting = Waiting(conn, pid, identity, deadline)
-            probe = select.poll()  # the front end sends at once: most are readable already
-            probe.register(conn, select.POLLIN)
-            if probe.poll(0):
-                self.ready.append(waiting)
-            else:
-                self.unsent[conn.fileno()] = waiting
-                self.poll.register(conn, select.POLLIN)
+            self.take(conn, deadline)
+
+    def take(self, conn: socket.socket, deadline: float) -> None:
+        """An accepted connection: its peer's identity read, it waits for its request."""
+        try:
+            pid, identity = peer_identity(conn)
+        except OSError as exc:
+            log(self.settings.log_fd, f"dropped a client: {exc.strerror}")
+            conn.close()
+            return
+        waiting = Waiting(conn, pid, identity, deadline)
+        probe = select.poll()  # the front end sends at once: most are readable already
+        probe.register(conn, select.POLLIN)
+        if probe.poll(0):
+            self.ready.append(waiting)
+        else:
+            self.unsent[conn.fileno()] = waiting
+            self.poll.register(conn, select.POLLIN)
 
     def heard(self, fd: int) -> None:
-        """A worker said it is done ("." idle, "x" ending) or went away."""
+        """A worker said it is idle, busy with more waiting at its identity's socket, or
+        ending, or it went away."""
         worker = self.busy.pop(fd, None) or self.idle.pop(fd, None)
         if worker is None:
             return
@@ -258,16 +342,19 @@ class Server:
             said = worker.control.recv(16)
         except OSError:
             said = b""
-        if said:
-            self.served += 1
-        if said.endswith(b"."):
-            worker.since = time.monotonic()
+        if said == IDLE:
             self.idle[fd] = worker
-            return
-        self.ended(worker)
+        elif said == BUSY:
+            self.busy[fd] = worker
+            direct = self.direct.get(worker.identity)
+            if direct is not None:
+                self.take_direct(direct, 1)
+        else:
+            self.ended(worker)
 
     def expire(self) -> None:
-        """Drop connections silent past the request timeout; retire long-idle workers."""
+        """Drop connections silent past the request timeout (an idle worker leaves by
+        itself after ``server.idle_timeout``)."""
         now = time.monotonic()
         for fd, waiting in list(self.unsent.items()):
             if waiting.deadline <= now:
@@ -276,9 +363,6 @@ class Server:
                 self.poll.unregister(fd)
                 del self.unsent[fd]
                 waiting.conn.close()
-        for fd, worker in list(self.idle.items()):
-            if now - worker.since >= self.settings.idle_timeout:
-                self.retire(fd)
 
     def retire(self, fd: int) -> None:
         self.ended(self.idle.pop(fd))  # it reads the end of its control socket and leaves
@@ -287,18 +371,21 @@ class Server:
         """Hand the ready connections to workers, oldest first."""
         left = []
         for waiting in self.ready:
-            worker = self.idle_worker(waiting.identity) or self.fork(waiting.identity)
+            worker = self.idle_worker(waiting.identity)
             if worker is None:
-                left.append(waiting)
-                continue
-            try:
-                worker.control.sendmsg([waiting.pid.to_bytes(4, sys.byteorder, signed=True)],
-                                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                         waiting.conn.fileno().to_bytes(4, sys.byteorder))])
-            except OSError:  # the worker is gone: the connection waits for another
-                self.ended(worker)
-                left.append(waiting)
-                continue
+                worker = self.fork(waiting)
+                if worker is None:
+                    left.append(waiting)
+                    continue
+            else:
+                try:
+                    worker.control.sendmsg([waiting.pid.to_bytes(4, sys.byteorder, signed=True)],
+                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                             waiting.conn.fileno().to_bytes(4, sys.byteorder))])
+                except OSError:  # the worker is gone: the connection waits for another
+                    self.ended(worker)
+                    left.append(waiting)
+                    continue
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
@@ -312,11 +399,14 @@ class Server:
                 return self.idle.pop(fd)
         return None
 
-    def fork(self, identity: Identity) -> Worker | None:
-        """A new worker for ``identity``; None when ``server.workers`` run (or are ending) or
-        no process could be made."""
+    def fork(self, first: Waiting) -> Worker | None:
+        """A new worker for ``first``'s identity, born with ``first`` to serve (it takes no
+        other before); None when ``server.workers`` run (or are ending) or no process could
+        be made."""
         if len(self.busy) + len(self.idle) + len(self.ending) >= self.settings.workers:
             return None
+        identity = first.identity
+        direct = self.open_direct(identity)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -325,32 +415,39 @@ class Server:
             ours.close()
             theirs.close()
             return None
+        slot = self.slots[-1]
         if pid:
+            self.slots.pop()
             theirs.close()
             self.poll.register(ours, select.POLLIN)
-            return Worker(pid, ours, identity)
+            return Worker(pid, ours, identity, slot)
         code = 0
         try:
             signal.set_wakeup_fd(-1)
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
-            self.forget()
+            conn = socket.socket(fileno=os.dup(first.conn.fileno()))
+            self.forget(direct)
             ours.close()
-            work(theirs, identity, self.settings)
+            work(theirs, identity, self.settings, slot, direct.sock if direct else None,
+                 (conn, first.pid))
         except BaseException as exc:  # noqa: BLE001 - a worker must never return to the loop
             log(self.settings.log_fd, f"worker failed: {type(exc).__name__}: {exc}")
             code = 1
         finally:
             os._exit(code)
 
-    def forget(self) -> None:
+    def forget(self, own: Direct | None) -> None:
         """In a new worker: close its copies of what the parent holds (other workers' control
-        sockets, waiting clients, the listener, the wakeup pipe), so that each end sees the
-        other leave."""
+        sockets, waiting clients, the listener, other identities' sockets, the wakeup pipe),
+        so that each end sees the other leave."""
         for worker in (*self.busy.values(), *self.idle.values()):
             worker.control.close()
         for waiting in (*self.unsent.values(), *self.ready):
             waiting.conn.close()
+        for direct in self.direct.values():
+            if direct is not own:
+                direct.sock.close()
         assert self.listener is not None and self.wake is not None
         self.listener.close()
         for fd in self.wake:

@@ -6,20 +6,37 @@ import errno
 import functools
 import mmap
 import os
+import select
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
                            Decline, Drop, Request, read_request, reply)
 
-#: what the parent publishes for --status: requests finished, workers alive, clients waiting
+#: what the parent publishes for --status: requests of the workers collected, workers alive,
+#: clients waiting; then each worker slot's count of requests
 COUNTERS = struct.Struct("=QQQ")
+SLOT = struct.Struct("=Q")
+#: what a worker tells the parent: idle again, busy (with more waiting at its identity's
+#: socket: the parent takes one), ending (it serves no more)
+IDLE, BUSY, ENDING = b".", b"+", b"x"
+MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1 KiB)
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 
 Identity = tuple[int, int, tuple[int, ...]]  # uid, gid, sorted supplementary groups
+
+
+def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
+    """(pid, identity) the kernel recorded when the peer connected."""
+    pid, uid, gid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED, 12))
+    raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+    return pid, (uid, gid, tuple(sorted(struct.unpack(f"={len(raw) // 4}I", raw))))
 
 
 def take_identity(identity: Identity) -> None:
@@ -260,12 +277,17 @@ def describe(fd: int) -> str:
         return str(fd)
 
 
-def work(control: socket.socket, identity: Identity, settings: "Settings") -> None:
-    """A worker's life: take ``identity`` once, then serve the connections the parent hands
-    over ``control`` one at a time, telling it after each one whether it stays ("." idle)
-    or ends ("x"). It ends after ``server.requests_per_worker`` requests, when the parent
-    leaves, or when a request left it changed (other ids, descriptors left open)."""
+def work(control: socket.socket, identity: Identity, settings: "Settings", slot: int,
+         direct: socket.socket | None, first: tuple[socket.socket, int]) -> None:
+    """A worker's life: take ``identity`` once, serve ``first`` (connection, peer pid), then
+    one at a time the connections the parent hands over ``control`` and those it accepts at
+    its identity's socket ``direct``, telling the parent IDLE after each one it was handed or
+    said BUSY for. It ends (ENDING) after ``server.requests_per_worker`` requests, when idle
+    ``server.idle_timeout`` seconds, when the parent leaves, or when a request left it changed
+    (other ids, descriptors left open)."""
     control = socket.socket(fileno=high(control.detach()))  # above what a request takes
+    if direct is not None:
+        direct = socket.socket(fileno=high(direct.detach()))
     null = high(os.open(os.devnull, os.O_RDWR))
     keep = set(open_descriptors())  # what the worker started with
     declined: str | None = None
@@ -274,39 +296,128 @@ def work(control: socket.socket, identity: Identity, settings: "Settings") -> No
     except (OSError, Decline) as exc:
         declined = str(exc)
     keep_connections()  # SQL connections stay open from one request to the next
-    for served in range(1, settings.requests_per_worker + 1):
-        try:
-            data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4),
-                                                    socket.MSG_CMSG_CLOEXEC)
-        except OSError:
-            return
-        fds = [int.from_bytes(payload[:4], sys.byteorder) for level, kind, payload in ancillary
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS]
-        if not data or len(fds) != 1:
-            return
-        pid = int.from_bytes(data, sys.byteorder, signed=True)
-        conn = socket.socket(fileno=high(fds[0]))
-        if declined is not None:
-            log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
-            with contextlib.suppress(OSError):
-                reply(conn, DECLINE)
-            conn.close()
-            with contextlib.suppress(OSError):
-                control.send(b"x")
-            return
+
+    def run(conn: socket.socket, pid: int) -> bool:
+        """Serve one connection; whether the worker is unchanged by it."""
+        conn = socket.socket(fileno=high(conn.detach()))
         serve_one(conn, pid, identity, settings, null)
         conn.close()
+        settings.count(slot)
         stray = open_descriptors(keep | kept_descriptors())
-        last = served == settings.requests_per_worker or bool(stray) or not is_identity(identity)
         if stray:
             log(settings.log_fd, f"worker ends: a request left descriptors open: "
                                  f"{', '.join(map(describe, stray))}")
+        return not stray and is_identity(identity)
+
+    if declined is not None:
+        log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
+        decline(first[0])
+        end(control, None)
+        return
+    waiting = select.poll()
+    for sock in (control, direct):
+        if sock is not None:
+            waiting.register(sock, select.POLLIN)
+    taken: tuple[socket.socket, int, bool] | None = (*first, True)
+    for served in range(1, settings.requests_per_worker + 1):
+        if taken is None:
+            taken = next_connection(control, direct, waiting, identity, settings)
+            if taken is None:
+                break
+        conn, pid, told = taken
+        taken = None
+        if not told and direct is not None and readable(direct):
+            told = say(control, BUSY)
+        if not run(conn, pid):
+            end(control, None)
+            return
+        if served == settings.requests_per_worker:
+            break
+        if told and not say(control, IDLE):
+            return  # the server left
+    end(control, run)
+
+
+def next_connection(control: socket.socket, direct: socket.socket | None,
+                    waiting: "select.poll", identity: Identity,
+                    settings: "Settings") -> tuple[socket.socket, int, bool] | None:
+    """The next connection to serve: (connection, peer pid, handed by the parent); None when
+    idle past ``server.idle_timeout`` or the parent left. A connection at the identity's
+    socket from anyone else is dropped (its front end runs the program itself)."""
+    while True:
+        events = waiting.poll(settings.idle_timeout * 1000)
+        if not events:
+            return None
+        if any(fd == control.fileno() for fd, _ in events):
+            handed = receive(control)
+            return None if handed is None else (*handed, True)
+        assert direct is not None
         try:
-            control.send(b"x" if last else b".")
-        except OSError:  # the server left
-            return
-        if last:
-            return
+            accepted, _ = direct.accept()
+        except OSError:  # another worker of the identity took it
+            continue
+        accepted.setblocking(True)
+        try:
+            pid, peer = peer_identity(accepted)
+        except OSError as exc:
+            log(settings.log_fd, f"dropped a client: {exc.strerror}")
+            accepted.close()
+            continue
+        if peer != identity:
+            log(settings.log_fd, f"dropped pid {pid} uid {peer[0]}: it connected to the socket "
+                                 f"of uid {identity[0]} gid {identity[1]}")
+            accepted.close()
+            continue
+        return accepted, pid, False
+
+
+def receive(control: socket.socket) -> tuple[socket.socket, int] | None:
+    """The connection the parent hands over and its peer's pid; None when it left."""
+    try:
+        data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    fds = [int.from_bytes(payload[:4], sys.byteorder) for level, kind, payload in ancillary
+           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS]
+    if not data or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0]), int.from_bytes(data, sys.byteorder, signed=True)
+
+
+def readable(sock: socket.socket) -> bool:
+    probe = select.poll()
+    probe.register(sock, select.POLLIN)
+    return bool(probe.poll(0))
+
+
+def say(control: socket.socket, what: bytes) -> bool:
+    """Tell the parent ``what``; False when it is gone."""
+    try:
+        control.send(what)
+    except OSError:
+        return False
+    return True
+
+
+def decline(conn: socket.socket) -> None:
+    """Tell the front end to run the program itself."""
+    with contextlib.suppress(OSError):
+        reply(conn, DECLINE)
+    conn.close()
+
+
+def end(control: socket.socket, run: "Callable[[socket.socket, int], bool] | None") -> None:
+    """Say ENDING, then, until the parent closes the control socket, serve (``run``, while
+    the worker is unchanged) or decline what it handed over before it heard."""
+    if not say(control, ENDING):
+        return
+    while (handed := receive(control)) is not None:
+        if run is None:
+            decline(handed[0])
+        elif not run(*handed):
+            run = None
 
 
 class Settings:
@@ -320,11 +431,27 @@ class Settings:
         self.timeout = settings.server_request_timeout
         self.log_fd = high(os.dup(2))
         self.started = time.time()
-        self.counters = mmap.mmap(-1, COUNTERS.size)  # the parent writes, a worker reads
+        #: shared: the parent writes COUNTERS, each worker its own slot's count after them
+        self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
+
+    def count(self, slot: int) -> None:
+        """One more request served by the worker holding ``slot`` (its only writer)."""
+        offset = COUNTERS.size + SLOT.size * slot
+        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1)
+
+    def take_count(self, slot: int) -> int:
+        """``slot``'s count, the slot cleared (by the parent, once its worker is gone)."""
+        offset = COUNTERS.size + SLOT.size * slot
+        count: int = SLOT.unpack_from(self.counters, offset)[0]
+        SLOT.pack_into(self.counters, offset, 0)
+        return count
 
     def status(self) -> str:
-        """The state as the parent last published it (read in a worker)."""
-        served, workers, waiting = COUNTERS.unpack_from(self.counters)
+        """The state as the parent last published it and the workers counted (read in a
+        worker)."""
+        collected, workers, waiting = COUNTERS.unpack_from(self.counters)
+        served = collected + sum(count for count, in SLOT.iter_unpack(
+            self.counters[COUNTERS.size:]))
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
                 f"{served} requests, {workers} workers of {self.workers}, {waiting} waiting, "
                 f"up to {self.requests_per_worker} requests a worker\n")
