@@ -9,7 +9,7 @@ were built with; ``VPOPMAIL_CONFIG`` overrides it (tests, ad-hoc runs).
 import marshal
 import posix
 
-from vpopmail import environ_text
+from vpopmail import getenv
 from vpopmail.errors import ConfigError
 from vpopmail.fsutil import join
 
@@ -194,7 +194,7 @@ def defaults() -> Config:
 
 def locate(baked: str | None = None) -> str:
     """The config path: $VPOPMAIL_CONFIG, else the path the wrapper was installed with."""
-    return environ_text().get(ENV_VAR) or baked or DEFAULT_PATH
+    return getenv(ENV_VAR) or baked or DEFAULT_PATH
 
 
 def _identity(st: posix.stat_result) -> tuple[int, int, int, int]:
