@@ -131,11 +131,20 @@ def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
     read, is never read."""
     flags = posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC
     fd = posix.open(path, flags if follow else flags | posix.O_NOFOLLOW)
-    with open(fd, "rb") as fh:
+    try:
         st = posix.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        data = b"" if st.st_size > limit else fh.read()
+        data = b""
+        want = st.st_size + 1  # a byte more than its size: a file that grew meanwhile shows
+        while st.st_size <= limit and len(data) <= limit:  # posix.read, not a file object
+            chunk = posix.read(fd, min(want, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+            want = 1 << 16
+    finally:
+        posix.close(fd)
     if st.st_size > limit or len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
     return data, st
