@@ -6,6 +6,7 @@ import errno
 import functools
 import mmap
 import os
+import posix
 import socket
 import struct
 import sys
@@ -74,7 +75,8 @@ def set_stage(request: Request) -> None:
     except (OSError, ValueError) as exc:
         raise Decline(f"cannot take the file size limit: {exc}") from None
     os.umask(request.umask)
-    moved = [high(fd) for fd in request.fds]
+    # one that is a target itself would be overwritten before its own turn: moved out first
+    moved = [high(fd) if fd < len(request.fds) else fd for fd in request.fds]
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
         os.close(fd)
@@ -83,11 +85,14 @@ def set_stage(request: Request) -> None:
         name, sep, value = entry.partition(b"=")
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
-    environ = os.environb  # changed, not rebuilt: most of it is the last request's
-    for name in [name for name in environ if name not in variables]:
+    # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
+    # os.environb wraps (its mapping methods cost a microsecond a call); changed through
+    # os.environb, which tells the C library too (putenv, unsetenv)
+    current, environ = posix.environ, os.environb
+    for name in [name for name in current if name not in variables]:
         del environ[name]
     for name, value in variables.items():
-        if environ.get(name) != value:
+        if current.get(name) != value:
             environ[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
 
@@ -172,14 +177,15 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
     ids = plan.ids or (os.geteuid(), os.getegid(), tuple(sorted(os.getgroups())))
     change = ids != peer
     here = plan.cwd if plan.cwd is not None else cwd
-    strings = [os.fsencode(plan.path), b"" if here == cwd else here,
-               *(os.fsencode(a) for a in plan.argv),
-               *(os.fsencode(f"{k}={v}") for k, v in plan.env.items())]
-    if any(b"\0" in s for s in strings):
+    texts = [plan.path, *plan.argv, *(f"{k}={v}" for k, v in plan.env.items())]
+    joined = "\0".join(texts)  # encoded at once, not string by string
+    if joined.count("\0") != len(texts) - 1 or b"\0" in here:
         raise ValueError("NUL in the exec plan")
+    path, _, rest = os.fsencode(joined).partition(b"\0")
     uid, gid, groups = ids
     return (PLAN_HEAD.pack(int(change), uid, gid, len(groups), len(plan.argv), len(plan.env))
-            + struct.pack(f"={len(groups)}I", *groups) + b"".join(s + b"\0" for s in strings))
+            + struct.pack(f"={len(groups)}I", *groups)
+            + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
 def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
