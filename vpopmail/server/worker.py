@@ -247,14 +247,12 @@ def open_descriptors(keep: frozenset[int] | set[int] = frozenset()) -> list[int]
     import fcntl
 
     found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                fcntl.fcntl(fd, fcntl.F_GETFD)
-            except OSError:
-                continue  # the directory listing's own descriptor, closed by now
-            found.append(fd)
+    for fd in sorted(set(map(int, os.listdir("/proc/self/fd"))).difference(keep, (0, 1, 2))):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        found.append(fd)
     return found
 
 
