@@ -18,6 +18,7 @@ import posix
 import stat
 
 from vpopmail.errors import CorruptData
+from vpopmail.fsutil import status
 
 HEADER = 2048
 #: bytes read at a record: its lengths, and the whole of a short key and value
@@ -53,7 +54,7 @@ class CdbReader:
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
             #: what the file was when opened (see :func:`lookup`)
-            self.status = _status(st)
+            self.status = status(st)
             self._size = st.st_size
             self._header = posix.pread(self._fd, HEADER, 0)
             if len(self._header) < HEADER:
@@ -161,19 +162,12 @@ class CdbReader:
         return records
 
 
-def _status(st: posix.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
-            st.st_uid, st.st_gid)
-
-
 #: (path, key, effective uid, gid) -> (the file's status when read, the value found): what this
 #: process looked up last with those ids. A server worker asked for the same key again (the
 #: domain of every delivery and login, a user who logs in or gets mail again) answers from here
-#: while the file's status (inode, size, times, mode, owner: a link or a FIFO put in its place
-#: differs too) is what it was, one lstat instead of the open and reads; any change, even one
-#: that keeps the size, reads the file again. Every writer of these files replaces them by
-#: rename (a new inode and new times), none writes one in place. A one-shot program, which
-#: never asks twice, pays no stat.
+#: while the file's :func:`~vpopmail.fsutil.status` is what it was, one lstat instead of the open
+#: and reads; any change, even one that keeps the size, reads the file again. A one-shot
+#: program, which never asks twice, pays no stat.
 _found: dict[tuple[str, bytes, int, int], tuple[tuple[int, ...], bytes | None]] = {}
 FOUND_KEYS = 4096
 
@@ -184,7 +178,7 @@ def lookup(path: str, key: bytes) -> bytes | None:
     known = _found.get(memo)
     if known is not None:
         try:
-            if _status(posix.stat(path, follow_symlinks=False)) == known[0]:
+            if status(posix.stat(path, follow_symlinks=False)) == known[0]:
                 return known[1]
         except OSError:
             pass  # gone or unreachable: the reader says why

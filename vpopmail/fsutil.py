@@ -123,6 +123,15 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
+def status(st: posix.stat_result) -> tuple[int, ...]:
+    """What a memo of a file's contents is checked against before each use: device, inode,
+    size, mtime, ctime, mode and owner. A file replaced by rename has another inode or other
+    times (even when ext4 hands it the inode just freed), one written in place other times, and
+    a symbolic link or FIFO put in its place another mode."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid, st.st_gid)
+
+
 def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
                  ) -> tuple[bytes, posix.stat_result]:
     """The contents and status of ``path`` if it is a regular file of at most ``limit`` bytes,
