@@ -35,17 +35,26 @@ def take_identity(identity: Identity) -> None:
         raise Decline(f"cannot serve uid {uid} gid {gid} without root")
 
 
-def is_identity(identity: Identity) -> bool:
-    """Whether this process holds exactly ``identity`` (real, effective and saved ids). A
-    root peer's run may leave other effective ids (vchkpw's seteuid steps): they are taken
-    back first."""
+def holds(identity: Identity) -> bool:
+    """Whether this process holds exactly ``identity`` (real, effective and saved ids)."""
     uid, gid, groups = identity
-    if uid == 0 and os.getresuid()[0] == 0:
-        os.seteuid(0)
-        os.setgroups(groups)
-        os.setresgid(gid, gid, gid)
     return (os.getresuid() == (uid, uid, uid) and os.getresgid() == (gid, gid, gid)
             and tuple(sorted(os.getgroups())) == groups)
+
+
+def is_identity(identity: Identity) -> bool:
+    """Whether this process holds exactly ``identity``. A root peer's run may leave other
+    effective ids (vchkpw's seteuid steps): they are taken back first (only then: setgroups
+    costs microseconds)."""
+    if holds(identity):
+        return True
+    uid, gid, groups = identity
+    if uid != 0 or os.getresuid()[0] != 0:
+        return False
+    os.seteuid(0)
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    return holds(identity)
 
 
 def high(fd: int) -> int:
