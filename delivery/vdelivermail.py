@@ -121,7 +121,8 @@ class Vdelivermail:
     def __init__(self, config: vconfig.Config, environ: dict[bytes, bytes] | None = None,
                  stdin: int = 0) -> None:
         self.config = config
-        self.environ = environ_bytes() if environ is None else environ
+        # read only: posix.environ, the dict os.environb wraps (its mapping methods are slow)
+        self.environ = posix.environ if environ is None else environ
         self.stdin = stdin
         self.rpline = self.environ.get(b"RPLINE", b"")
         self.dtline = self.environ.get(b"DTLINE", b"")
