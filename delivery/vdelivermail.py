@@ -459,7 +459,7 @@ class Vdelivermail:
     def run_program(self, command: str) -> None:
         """``/bin/sh -c command`` with the message on stdin, mapped as qmail-local maps it."""
         self.message.rewind()
-        env = dict(environ_bytes())
+        env = dict(posix.environ)  # a copy of the dict os.environb wraps, at C speed
         env[b"SHELL"] = b"/bin/sh"
         actions = [] if self.message.fd == 0 else [(posix.POSIX_SPAWN_DUP2, self.message.fd, 0)]
         try:
@@ -502,7 +502,7 @@ class Vdelivermail:
         inject = self.config.home_path("qmail_inject")
         read, write = posix.pipe()
         try:
-            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(environ_bytes()),
+            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(posix.environ),
                                     file_actions=[(posix.POSIX_SPAWN_DUP2, read, 0),
                                                   (posix.POSIX_SPAWN_CLOSE, write)],
                                     setsigdef=CHILD_DEFAULT_SIGNALS)
