@@ -14,9 +14,10 @@ identity: a process is never shared by two identities. It ends after
 ``server.requests_per_worker`` requests (1: a fresh worker for every request), when idle for
 ``server.idle_timeout`` seconds, when a request left it with other ids or open descriptors, or
 when the parent leaves. At most ``server.workers`` workers live; an idle one of another
-identity is retired to make room, and connections wait in order. Nothing of a request is kept
-for the next: every run loads the configuration and opens the cdb files or the SQL connection
-itself, so an admin change is seen by the very next delivery or login.
+identity is retired to make room, and connections wait in order. What a worker keeps from one
+request to the next (the configuration, cdb lookups, a limits file's parse, maildirsize's sums,
+the SQL connections) is checked at every request (a file's status: inode, size, times, mode,
+owner; or its bytes), so an admin change is seen by the very next delivery or login.
 
 vchkpw runs the next program in its own process, so for it the worker returns an exec plan
 (the ids, directory, argv and environment the Python vchkpw would have exec'd with) and the
