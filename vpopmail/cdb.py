@@ -166,8 +166,9 @@ class CdbReader:
 #: process looked up last with those ids. A server worker asked for the same key again (the
 #: domain of every delivery and login, a user who logs in or gets mail again) answers from here
 #: while the file's :func:`~vpopmail.fsutil.status` is what it was, one lstat instead of the open
-#: and reads; any change, even one that keeps the size, reads the file again. A one-shot
-#: program, which never asks twice, pays no stat.
+#: and reads; any change, even one that keeps the size, reads the file again (every writer of
+#: a cdb, ours, qmail-newu, tcprules, cdbmake, replaces it by rename). A one-shot program,
+#: which never asks twice, pays no stat.
 _found: dict[tuple[str, bytes, int, int], tuple[tuple[int, ...], bytes | None]] = {}
 FOUND_KEYS = 4096
 

@@ -126,8 +126,11 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
 def status(st: posix.stat_result) -> tuple[int, ...]:
     """What a memo of a file's contents is checked against before each use: device, inode,
     size, mtime, ctime, mode and owner. A file replaced by rename has another inode or other
-    times (even when ext4 hands it the inode just freed), one written in place other times, and
-    a symbolic link or FIFO put in its place another mode."""
+    times (even when ext4 hands it the inode just freed), a symbolic link or FIFO put in its
+    place another mode, one written in place other times, to the kernel's precision: before
+    Linux 6.13 a timer tick, so an edit in place that keeps the size, made in the tick of the
+    last read, could go unseen (cdb files are only ever replaced by rename; the configuration
+    is edited by hand)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
             st.st_uid, st.st_gid)
 
