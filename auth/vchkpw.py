@@ -104,8 +104,8 @@ def parse_input(data: bytes) -> tuple[str, str, str]:
 def remote_ip(environ: dict[str, str]) -> str:
     """The client's address as the server gave it (TCPREMOTEIP, else REMOTE_HOST); anything
     that is not an IP address is kept with its odd characters made ``_``."""
-    ip = environ.get("TCPREMOTEIP") or environ.get("REMOTE_HOST") or ""
-    return "".join(c if c in IP_CHARS else "_" for c in ip[:64])
+    ip = (environ.get("TCPREMOTEIP") or environ.get("REMOTE_HOST") or "")[:64]
+    return ip if IP_CHARS.issuperset(ip) else "".join(c if c in IP_CHARS else "_" for c in ip)
 
 
 def detect_service(environ: dict[str, str], program: str, ip: str) -> tuple[str, str]:

@@ -121,7 +121,8 @@ class Vdelivermail:
     def __init__(self, config: vconfig.Config, environ: dict[bytes, bytes] | None = None,
                  stdin: int = 0) -> None:
         self.config = config
-        self.environ = environ_bytes() if environ is None else environ
+        # read only: posix.environ, the dict os.environb wraps (its mapping methods are slow)
+        self.environ = posix.environ if environ is None else environ
         self.stdin = stdin
         self.rpline = self.environ.get(b"RPLINE", b"")
         self.dtline = self.environ.get(b"DTLINE", b"")
@@ -458,7 +459,7 @@ class Vdelivermail:
     def run_program(self, command: str) -> None:
         """``/bin/sh -c command`` with the message on stdin, mapped as qmail-local maps it."""
         self.message.rewind()
-        env = dict(environ_bytes())
+        env = dict(posix.environ)  # a copy of the dict os.environb wraps, at C speed
         env[b"SHELL"] = b"/bin/sh"
         actions = [] if self.message.fd == 0 else [(posix.POSIX_SPAWN_DUP2, self.message.fd, 0)]
         try:
@@ -501,7 +502,7 @@ class Vdelivermail:
         inject = self.config.home_path("qmail_inject")
         read, write = posix.pipe()
         try:
-            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(environ_bytes()),
+            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(posix.environ),
                                     file_actions=[(posix.POSIX_SPAWN_DUP2, read, 0),
                                                   (posix.POSIX_SPAWN_CLOSE, write)],
                                     setsigdef=CHILD_DEFAULT_SIGNALS)

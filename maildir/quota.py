@@ -62,12 +62,20 @@ def format_quota(text: str) -> str:
     return f"{count}C" if count else ""
 
 
+#: quota string -> its limits: a delivery asks up to five times, a server worker for each one
+_limits: dict[str, tuple[int, int]] = {}
+PARSED_QUOTAS = 256
+
+
 def parse_limits(quota: str) -> tuple[int, int]:
     """(size limit, count limit) of a stored quota string; 0 means no limit of that kind.
 
     As vpopmail's qcalc: a number followed by ``C`` is a count, any other number a size.
     ``NOQUOTA`` and ``""`` give (0, 0).
     """
+    known = _limits.get(quota)
+    if known is not None:
+        return known
     size = count = 0
     for part in quota.split(","):
         number = _strtoll(part)
@@ -76,6 +84,9 @@ def parse_limits(quota: str) -> tuple[int, int]:
             count = number
         elif part.strip(" \t").lstrip("+-")[:1] in tuple("0123456789"):
             size = number
+    if len(_limits) >= PARSED_QUOTAS:
+        _limits.clear()
+    _limits[quota] = size, count
     return size, count
 
 

@@ -2,6 +2,7 @@
 tinycdb's ``cdb`` tool and against hand-made corrupt files."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
@@ -237,6 +238,42 @@ def test_reader_closes(tmp_path: Path) -> None:
 def test_missing_file_is_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         lookup(str(tmp_path / "nope.cdb"), b"a")
+
+
+def test_a_process_that_asks_again_sees_every_change(tmp_path: Path) -> None:
+    """lookup() remembers what it found for a process that asks again (a server worker); the
+    first lookup after a change of the file reads it again: a replacement of the same size
+    (ext4 gives the next one the inode just freed), a file cut short, a symbolic link or a FIFO
+    put in its place, the file gone."""
+    path = str(tmp_path / "u.cdb")
+
+    def replace(value: bytes) -> None:
+        (tmp_path / "new.cdb").write_bytes(build([(b"k", value), (b"other", b"x")]))
+        os.rename(tmp_path / "new.cdb", path)
+
+    for value in (b"one", b"two", b"six", b"ten"):
+        replace(value)
+        assert lookup(path, b"k") == value
+        assert lookup(path, b"k") == value
+        assert lookup(path, b"absent") is None
+    os.truncate(path, 2040)
+    with pytest.raises(CorruptData):
+        lookup(path, b"k")
+    replace(b"new")
+    assert lookup(path, b"k") == b"new"
+    os.rename(path, tmp_path / "real.cdb")
+    os.symlink(tmp_path / "real.cdb", path)
+    with pytest.raises(OSError) as link:
+        lookup(path, b"k")
+    assert link.value.errno == errno.ELOOP
+    os.unlink(path)
+    os.mkfifo(path)
+    with pytest.raises(OSError) as fifo:
+        lookup(path, b"k")
+    assert fifo.value.errno == errno.EINVAL
+    os.unlink(path)
+    with pytest.raises(FileNotFoundError):
+        lookup(path, b"k")
 
 
 # corruption -------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import posix
 import stat
 
 from vpopmail.errors import CorruptData
+from vpopmail.fsutil import status
 
 HEADER = 2048
 #: bytes read at a record: its lengths, and the whole of a short key and value
@@ -40,7 +41,7 @@ def _pair(data: bytes, offset: int = 0) -> tuple[int, int]:
 class CdbReader:
     """Read-only access to one cdb file; use as a context manager or call :meth:`close`."""
 
-    __slots__ = ("path", "_fd", "_size", "_header", "_end")
+    __slots__ = ("path", "status", "_fd", "_size", "_header", "_end")
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -52,6 +53,8 @@ class CdbReader:
             st = posix.fstat(self._fd)
             if not stat.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
+            #: what the file was when opened (see :func:`lookup`)
+            self.status = status(st)
             self._size = st.st_size
             self._header = posix.pread(self._fd, HEADER, 0)
             if len(self._header) < HEADER:
@@ -159,7 +162,30 @@ class CdbReader:
         return records
 
 
+#: (path, key, effective uid, gid) -> (the file's status when read, the value found): what this
+#: process looked up last with those ids. A server worker asked for the same key again (the
+#: domain of every delivery and login, a user who logs in or gets mail again) answers from here
+#: while the file's :func:`~vpopmail.fsutil.status` is what it was, one lstat instead of the open
+#: and reads; any change, even one that keeps the size, reads the file again (every writer of
+#: a cdb, ours, qmail-newu, tcprules, cdbmake, replaces it by rename). A one-shot program,
+#: which never asks twice, pays no stat.
+_found: dict[tuple[str, bytes, int, int], tuple[tuple[int, ...], bytes | None]] = {}
+FOUND_KEYS = 4096
+
+
 def lookup(path: str, key: bytes) -> bytes | None:
-    """One lookup in a fresh reader (the hot-path case)."""
+    """The first value stored for ``key`` in the cdb at ``path``, or None."""
+    memo = (path, key, posix.geteuid(), posix.getegid())
+    known = _found.get(memo)
+    if known is not None:
+        try:
+            if status(posix.stat(path, follow_symlinks=False)) == known[0]:
+                return known[1]
+        except OSError:
+            pass  # gone or unreachable: the reader says why
     with CdbReader(path) as reader:
-        return reader.get(key)
+        value = reader.get(key)
+    if len(_found) >= FOUND_KEYS:
+        _found.clear()
+    _found[memo] = (reader.status, value)
+    return value

@@ -9,9 +9,9 @@ were built with; ``VPOPMAIL_CONFIG`` overrides it (tests, ad-hoc runs).
 import marshal
 import posix
 
-from vpopmail import environ_text
+from vpopmail import getenv
 from vpopmail.errors import ConfigError
-from vpopmail.fsutil import join
+from vpopmail.fsutil import join, status
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
@@ -194,7 +194,7 @@ def defaults() -> Config:
 
 def locate(baked: str | None = None) -> str:
     """The config path: $VPOPMAIL_CONFIG, else the path the wrapper was installed with."""
-    return environ_text().get(ENV_VAR) or baked or DEFAULT_PATH
+    return getenv(ENV_VAR) or baked or DEFAULT_PATH
 
 
 def _identity(st: posix.stat_result) -> tuple[int, int, int, int]:
@@ -216,13 +216,13 @@ def load(path: str | None = None) -> Config:
         st = posix.stat(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    status = (*_identity(st), st.st_ctime_ns, st.st_mode, st.st_uid, st.st_gid)
+    now = status(st)
     key = (path, posix.geteuid(), posix.getegid())
     seen = _read.get(key)
-    if seen is not None and seen[0] == status:
+    if seen is not None and seen[0] == now:
         return Config(seen[1], path)
     config = _load(path, st)
-    _read[key] = (status, config.values)
+    _read[key] = (now, config.values)
     return config
 
 

@@ -123,6 +123,18 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = No
         raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
+def status(st: posix.stat_result) -> tuple[int, ...]:
+    """What a memo of a file's contents is checked against before each use: device, inode,
+    size, mtime, ctime, mode and owner. A file replaced by rename has another inode or other
+    times (even when ext4 hands it the inode just freed), a symbolic link or FIFO put in its
+    place another mode, one written in place other times, to the kernel's precision: before
+    Linux 6.13 a timer tick, so an edit in place that keeps the size, made in the tick of the
+    last read, could go unseen (cdb files are only ever replaced by rename; the configuration
+    is edited by hand)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid, st.st_gid)
+
+
 def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
                  ) -> tuple[bytes, posix.stat_result]:
     """The contents and status of ``path`` if it is a regular file of at most ``limit`` bytes,
@@ -131,11 +143,20 @@ def read_regular(path: str, limit: int = 1 << 20, follow: bool = False
     read, is never read."""
     flags = posix.O_RDONLY | posix.O_NONBLOCK | posix.O_CLOEXEC
     fd = posix.open(path, flags if follow else flags | posix.O_NOFOLLOW)
-    with open(fd, "rb") as fh:
+    try:
         st = posix.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        data = b"" if st.st_size > limit else fh.read()
+        data = b""
+        want = st.st_size + 1  # a byte more than its size: a file that grew meanwhile shows
+        while st.st_size <= limit and len(data) <= limit:  # posix.read, not a file object
+            chunk = posix.read(fd, min(want, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+            want = 1 << 16
+    finally:
+        posix.close(fd)
     if st.st_size > limit or len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
     return data, st

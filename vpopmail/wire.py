@@ -43,6 +43,8 @@ PLAN_HEAD = struct.Struct("=IIIIII")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
 MAX_ENV, MAX_ENV_BYTES = 4096, 64 * 1024
 MAX_MESSAGE = 256 * 1024
+#: socket.MSG_CTRUNC as a plain int: ``int & MsgFlag`` runs enum's Python code (1.4 us)
+MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 class Drop(Exception):
@@ -108,7 +110,7 @@ def read_request(conn: socket.socket) -> Request:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
                 fds.extend(struct.unpack(f"={usable // 4}i", payload[:usable]))
-        if flags & socket.MSG_CTRUNC:
+        if flags & MSG_CTRUNC:
             raise Drop("too many descriptors")
         if not data:
             raise Drop("connection closed before a request")

@@ -22,9 +22,10 @@ owned by that uid): the front ends connect there first, and the identity's worke
 there themselves, checking each peer's credentials as the parent does, so a request skips
 the parent. A worker that finds more connections queued there says BUSY and the parent takes
 one (forking another worker if there is room); the socket is removed with the identity's last
-worker and what was queued at it goes the parent's way. Nothing of a request is kept
-for the next: every run loads the configuration and opens the cdb files or the SQL connection
-itself, so an admin change is seen by the very next delivery or login.
+worker and what was queued at it goes the parent's way. What a worker keeps from one request
+to the next (the configuration, cdb lookups, a limits file's parse, maildirsize's sums, the SQL
+connections) is checked at every request (a file's status: inode, size, times, mode, owner; or
+its bytes), so an admin change is seen by the very next delivery or login.
 
 vchkpw runs the next program in its own process, so for it the worker returns an exec plan
 (the ids, directory, argv and environment the Python vchkpw would have exec'd with) and the

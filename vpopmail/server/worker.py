@@ -6,6 +6,7 @@ import errno
 import functools
 import mmap
 import os
+import posix
 import select
 import socket
 import struct
@@ -51,17 +52,26 @@ def take_identity(identity: Identity) -> None:
         raise Decline(f"cannot serve uid {uid} gid {gid} without root")
 
 
-def is_identity(identity: Identity) -> bool:
-    """Whether this process holds exactly ``identity`` (real, effective and saved ids). A
-    root peer's run may leave other effective ids (vchkpw's seteuid steps): they are taken
-    back first."""
+def holds(identity: Identity) -> bool:
+    """Whether this process holds exactly ``identity`` (real, effective and saved ids)."""
     uid, gid, groups = identity
-    if uid == 0 and os.getresuid()[0] == 0:
-        os.seteuid(0)
-        os.setgroups(groups)
-        os.setresgid(gid, gid, gid)
     return (os.getresuid() == (uid, uid, uid) and os.getresgid() == (gid, gid, gid)
             and tuple(sorted(os.getgroups())) == groups)
+
+
+def is_identity(identity: Identity) -> bool:
+    """Whether this process holds exactly ``identity``. A root peer's run may leave other
+    effective ids (vchkpw's seteuid steps): they are taken back first (only then: setgroups
+    costs microseconds)."""
+    if holds(identity):
+        return True
+    uid, gid, groups = identity
+    if uid != 0 or os.getresuid()[0] != 0:
+        return False
+    os.seteuid(0)
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    return holds(identity)
 
 
 def high(fd: int) -> int:
@@ -91,7 +101,8 @@ def set_stage(request: Request) -> None:
     except (OSError, ValueError) as exc:
         raise Decline(f"cannot take the file size limit: {exc}") from None
     os.umask(request.umask)
-    moved = [high(fd) for fd in request.fds]
+    # one that is a target itself would be overwritten before its own turn: moved out first
+    moved = [high(fd) if fd < len(request.fds) else fd for fd in request.fds]
     for target, fd in enumerate(moved):
         os.dup2(fd, target)
         os.close(fd)
@@ -100,11 +111,14 @@ def set_stage(request: Request) -> None:
         name, sep, value = entry.partition(b"=")
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
-    environ = os.environb  # changed, not rebuilt: most of it is the last request's
-    for name in [name for name in environ if name not in variables]:
+    # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
+    # os.environb wraps (its mapping methods cost a microsecond a call); changed through
+    # os.environb, which tells the C library too (putenv, unsetenv)
+    current, environ = posix.environ, os.environb
+    for name in [name for name in current if name not in variables]:
         del environ[name]
     for name, value in variables.items():
-        if environ.get(name) != value:
+        if current.get(name) != value:
             environ[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
 
@@ -189,14 +203,15 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
     ids = plan.ids or (os.geteuid(), os.getegid(), tuple(sorted(os.getgroups())))
     change = ids != peer
     here = plan.cwd if plan.cwd is not None else cwd
-    strings = [os.fsencode(plan.path), b"" if here == cwd else here,
-               *(os.fsencode(a) for a in plan.argv),
-               *(os.fsencode(f"{k}={v}") for k, v in plan.env.items())]
-    if any(b"\0" in s for s in strings):
+    texts = [plan.path, *plan.argv, *(f"{k}={v}" for k, v in plan.env.items())]
+    joined = "\0".join(texts)  # encoded at once, not string by string
+    if joined.count("\0") != len(texts) - 1 or b"\0" in here:
         raise ValueError("NUL in the exec plan")
+    path, _, rest = os.fsencode(joined).partition(b"\0")
     uid, gid, groups = ids
     return (PLAN_HEAD.pack(int(change), uid, gid, len(groups), len(plan.argv), len(plan.env))
-            + struct.pack(f"={len(groups)}I", *groups) + b"".join(s + b"\0" for s in strings))
+            + struct.pack(f"={len(groups)}I", *groups)
+            + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
 def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
@@ -258,14 +273,12 @@ def open_descriptors(keep: frozenset[int] | set[int] = frozenset()) -> list[int]
     import fcntl
 
     found = []
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                fcntl.fcntl(fd, fcntl.F_GETFD)
-            except OSError:
-                continue  # the directory listing's own descriptor, closed by now
-            found.append(fd)
+    for fd in sorted(set(map(int, os.listdir("/proc/self/fd"))).difference(keep, (0, 1, 2))):
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        found.append(fd)
     return found
 
 
