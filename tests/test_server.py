@@ -294,6 +294,67 @@ def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
     assert len(body_of(site, "alice")) == 24
 
 
+def busy_worker(site: LoginSite, seconds: float) -> Callable[[], int]:
+    """The delivery identity's one worker kept busy ``seconds`` by alice's .qmail, its socket
+    in place; the return: wait for that first delivery's exit code."""
+    server = server_of(site)
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text(f"|sleep {seconds}\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    pool = ThreadPoolExecutor(1)
+    first = pool.submit(lambda: site.deliver("alice").returncode)
+    deadline = time.monotonic() + 10
+    while not (identity_sockets(server) and worker_ids(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert identity_sockets(server) and worker_ids(server)
+    pool.shutdown(wait=False)
+    return first.result
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_stop_under_callers_queued_at_an_identitys_socket(site: LoginSite,
+                                                             signum: int) -> None:
+    """Piped deliveries queued at the identity's socket (its one worker busy) when the server
+    stops, reloads or is killed: each is declined (by the parent, or by the worker that finds
+    it gone) and run by the Python program, none answered 111."""
+    server = server_of(site)
+    first = busy_worker(site, 2)
+    with ThreadPoolExecutor(3) as pool:
+        piped = [pool.submit(lambda: site.deliver("alice", pipe=True)) for _ in range(3)]
+        time.sleep(0.5)
+        server.proc.send_signal(signum)
+        results = [f.result() for f in piped]
+    assert first() == 0
+    assert [r.returncode for r in results] == [0] * 3, results
+    assert len(body_of(site, "alice")) == 4
+
+
+def piped_login(site: LoginSite, password: str) -> int:
+    """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
+    gives them (a run that failed after reading them cannot be run again)."""
+    return subprocess.run(["/bin/sh", "-c", 'exec "$0" /bin/true 3<&0 </dev/null',
+                           str(site.inst.bin / "vchkpw")],
+                          input=f"alice@example.com\0{password}\0\0".encode(), env=POP_ENV,
+                          cwd="/", capture_output=True, timeout=60).returncode
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_under_callers_waiting_in_the_server(site: LoginSite, signum: int) -> None:
+    """A login waiting in the server for room (its one worker busy with a delivery) when the
+    server stops or reloads is declined and run by the Python program, not answered 111."""
+    server = server_of(site)
+    first = busy_worker(site, 2)
+    with ThreadPoolExecutor(2) as pool:
+        logins = [pool.submit(piped_login, site, password) for password in ("pw", "wrong")]
+        time.sleep(0.7)  # (--status would wait too: a worker of its caller answers it)
+        server.proc.send_signal(signum)
+        codes = [f.result() for f in logins]
+    assert first() == 0
+    assert codes == [0, 1]
+
+
 @pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
 def test_one_worker_serves_both_identities_in_turn(site: LoginSite) -> None:
     """server.workers = 1: an idle worker of another identity is retired to make room."""

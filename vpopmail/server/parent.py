@@ -10,8 +10,8 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
-from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, log, peer_identity,
-                                    plan_class, work)
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
+                                    decline_queued, log, peer_identity, plan_class, work)
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
@@ -185,13 +185,17 @@ class Server:
                 os.close(fd)
             for worker in (*self.busy.values(), *self.idle.values()):
                 worker.control.close()  # idle workers leave; busy ones after their request
+            # nothing of these was run: declined, the front ends run the program (a closed
+            # connection would leave one with piped input no choice but 111)
             for waiting in (*self.unsent.values(), *self.ready):
-                waiting.conn.close()  # nothing was run: the front ends run the program
+                decline(waiting.conn)
             for direct in self.direct.values():
                 unlink_if(direct.path, direct.inode)
+                decline_queued(direct.sock)
                 direct.sock.close()
-            listener.close()
             unlink_if(self.path, identity)
+            decline_queued(listener)
+            listener.close()
         if again:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)

@@ -325,7 +325,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     if declined is not None:
         log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
         decline(first[0])
-        end(control, None)
+        end(control, direct, None)
         return
     waiting = select.poll()
     for sock in (control, direct):
@@ -342,13 +342,13 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         if not told and direct is not None and readable(direct):
             told = say(control, BUSY)
         if not run(conn, pid):
-            end(control, None)
+            end(control, direct, None)
             return
         if served == settings.requests_per_worker:
             break
         if told and not say(control, IDLE):
-            return  # the server left
-    end(control, run)
+            break  # the server left (end() finds it gone)
+    end(control, direct, run)
 
 
 def next_connection(control: socket.socket, direct: socket.socket | None,
@@ -421,16 +421,31 @@ def decline(conn: socket.socket) -> None:
     conn.close()
 
 
-def end(control: socket.socket, run: "Callable[[socket.socket, int], bool] | None") -> None:
+def decline_queued(listener: socket.socket) -> None:
+    """Decline every connection waiting at ``listener`` (a non-blocking one)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # none left (or EMFILE: they are reset as the listener closes)
+            return
+        decline(conn)
+
+
+def end(control: socket.socket, direct: socket.socket | None,
+        run: "Callable[[socket.socket, int], bool] | None") -> None:
     """Say ENDING, then, until the parent closes the control socket, serve (``run``, while
-    the worker is unchanged) or decline what it handed over before it heard."""
-    if not say(control, ENDING):
-        return
+    the worker is unchanged) or decline what it handed over before it heard. With the
+    parent gone (stopped, reloading, killed) no one takes over the callers queued at the
+    identity's socket ``direct``: they are declined (their front ends run the program),
+    not reset (a piped input could not be run again: 111)."""
+    gone = not say(control, ENDING)
     while (handed := receive(control)) is not None:
         if run is None:
             decline(handed[0])
         elif not run(*handed):
             run = None
+    if gone and direct is not None:
+        decline_queued(direct)
 
 
 class Settings:
