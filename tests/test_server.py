@@ -355,6 +355,24 @@ def test_a_stop_under_callers_waiting_in_the_server(site: LoginSite, signum: int
     assert codes == [0, 1]
 
 
+def test_a_caller_with_more_than_256_groups_is_declined(site: LoginSite) -> None:
+    """SO_PEERGROUPS cannot report more than 256 groups here: such a caller is declined (its
+    front end runs the Python program, as the README says), not dropped (a login's piped
+    credentials could not be read again: 111)."""
+    server = server_of(site)
+    groups = ",".join(str(50000 + n) for n in range(300))
+    before = len(server.lines())
+    for _ in range(10):
+        login = subprocess.run(["setpriv", f"--groups={groups}", "/bin/sh", "-c",
+                                'exec "$0" /bin/true 3<&0 </dev/null',
+                                str(site.inst.bin / "vchkpw")],
+                               input=b"alice@example.com\0pw\0\0", env=POP_ENV, cwd="/",
+                               capture_output=True, timeout=60)
+        assert login.returncode == 0, login
+    new = server.lines()[before:]
+    assert len(new) == 10 and all("declined" in line and "groups" in line for line in new), new
+
+
 @pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
 def test_one_worker_serves_both_identities_in_turn(site: LoginSite) -> None:
     """server.workers = 1: an idle worker of another identity is retired to make room."""

@@ -11,7 +11,7 @@ import time
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
-                                    decline_queued, log, peer_identity, plan_class, work)
+                                    decline_queued, identify, log, plan_class, work)
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
@@ -321,13 +321,10 @@ class Server:
 
     def take(self, conn: socket.socket, deadline: float) -> None:
         """An accepted connection: its peer's identity read, it waits for its request."""
-        try:
-            pid, identity = peer_identity(conn)
-        except OSError as exc:
-            log(self.settings.log_fd, f"dropped a client: {exc.strerror}")
-            conn.close()
+        known = identify(conn, self.settings.log_fd)
+        if known is None:
             return
-        waiting = Waiting(conn, pid, identity, deadline)
+        waiting = Waiting(conn, *known, deadline)
         probe = select.poll()  # the front end sends at once: most are readable already
         probe.register(conn, select.POLLIN)
         if probe.poll(0):

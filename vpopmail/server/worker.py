@@ -40,6 +40,22 @@ def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
     return pid, (uid, gid, tuple(sorted(struct.unpack(f"={len(raw) // 4}I", raw))))
 
 
+def identify(conn: socket.socket, log_fd: int) -> tuple[int, Identity] | None:
+    """:func:`peer_identity`, or None (one log line) for a peer that cannot be served: one
+    with more than MAX_GROUPS groups is declined (its front end runs the program itself, as
+    it does for any caller with that many), one gone already is dropped."""
+    try:
+        return peer_identity(conn)
+    except OSError as exc:
+        if exc.errno == errno.ERANGE:
+            log(log_fd, f"declined a client with more than {MAX_GROUPS} groups")
+            decline(conn)
+        else:
+            log(log_fd, f"dropped a client: {exc.strerror}")
+            conn.close()
+        return None
+
+
 def take_identity(identity: Identity) -> None:
     """Become exactly the peer: as root, its ids and groups; otherwise only our own user."""
     uid, gid, groups = identity
@@ -370,12 +386,10 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
         except OSError:  # another worker of the identity took it
             continue
         accepted.setblocking(True)
-        try:
-            pid, peer = peer_identity(accepted)
-        except OSError as exc:
-            log(settings.log_fd, f"dropped a client: {exc.strerror}")
-            accepted.close()
+        known = identify(accepted, settings.log_fd)
+        if known is None:
             continue
+        pid, peer = known
         if peer != identity:
             log(settings.log_fd, f"dropped pid {pid} uid {peer[0]}: it connected to the socket "
                                  f"of uid {identity[0]} gid {identity[1]}")
