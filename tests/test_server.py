@@ -283,6 +283,33 @@ def test_an_identity_with_more_waiting_gets_more_workers(site: LoginSite) -> Non
     assert len(set(maildir_pids(site, "alice")[1:])) > 1
 
 
+@pytest.mark.parametrize("first", ["handed", "accepted"])
+def test_a_slow_request_does_not_hold_up_its_identitys_next(site: LoginSite, first: str
+                                                            ) -> None:
+    """A delivery that takes seconds (alice's .qmail program) in the identity's one worker,
+    handed to it by the parent or accepted at the identity's socket with nothing else
+    queued: the next delivery of that identity (bob's) queues at the socket behind it, and
+    gets another worker instead of waiting for the slow one to end."""
+    without_fallbacks(site.inst)
+    site.add("bob", "pw")
+    if first == "accepted":
+        assert site.deliver("bob").returncode == 0  # the identity's worker and socket
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text("|sleep 6\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: site.deliver("alice").returncode)
+        deadline = time.monotonic() + 10
+        while not identity_sockets(server_of(site)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the slow one is running
+        started = time.monotonic()
+        assert site.deliver("bob").returncode == 0
+        took = time.monotonic() - started
+        assert slow.result() == 0
+    assert took < 3, took
+
+
 @pytest.mark.parametrize("site", ["fresh"], indirect=True)
 def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
     """A worker per request: each one's end closes its identity's socket under clients

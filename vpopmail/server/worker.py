@@ -20,9 +20,10 @@ from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            Decline, Drop, Request, read_request, reply)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
-#: clients waiting; then each worker slot's count of requests
+#: clients waiting; then each worker slot's count of requests and whether its worker is
+#: serving one (1): one that accepted at its identity's socket has told the parent nothing
 COUNTERS = struct.Struct("=QQQ")
-SLOT = struct.Struct("=Q")
+SLOT = struct.Struct("=QQ")
 #: what a worker tells the parent: idle again, busy (with more waiting at its identity's
 #: socket: the parent takes one), ending (it serves no more)
 IDLE, BUSY, ENDING = b".", b"+", b"x"
@@ -329,6 +330,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     def run(conn: socket.socket, pid: int) -> bool:
         """Serve one connection; whether the worker is unchanged by it."""
         conn = socket.socket(fileno=high(conn.detach()))
+        settings.serving(slot)
         serve_one(conn, pid, identity, settings, null)
         conn.close()
         settings.count(slot)
@@ -476,23 +478,33 @@ class Settings:
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
         self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
 
-    def count(self, slot: int) -> None:
-        """One more request served by the worker holding ``slot`` (its only writer)."""
+    def serving(self, slot: int) -> None:
+        """The worker holding ``slot`` (its only writer) starts serving a request."""
         offset = COUNTERS.size + SLOT.size * slot
-        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1)
+        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0], 1)
+
+    def count(self, slot: int) -> None:
+        """One more request served by the worker holding ``slot``; it serves none now."""
+        offset = COUNTERS.size + SLOT.size * slot
+        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1, 0)
+
+    def is_serving(self, slot: int) -> bool:
+        """Whether the worker holding ``slot`` is serving a request (read by the parent)."""
+        flag: int = SLOT.unpack_from(self.counters, COUNTERS.size + SLOT.size * slot)[1]
+        return flag == 1
 
     def take_count(self, slot: int) -> int:
         """``slot``'s count, the slot cleared (by the parent, once its worker is gone)."""
         offset = COUNTERS.size + SLOT.size * slot
         count: int = SLOT.unpack_from(self.counters, offset)[0]
-        SLOT.pack_into(self.counters, offset, 0)
+        SLOT.pack_into(self.counters, offset, 0, 0)
         return count
 
     def status(self) -> str:
         """The state as the parent last published it and the workers counted (read in a
         worker)."""
         collected, workers, waiting = COUNTERS.unpack_from(self.counters)
-        served = collected + sum(count for count, in SLOT.iter_unpack(
+        served = collected + sum(count for count, _ in SLOT.iter_unpack(
             self.counters[COUNTERS.size:]))
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
                 f"{served} requests, {workers} workers of {self.workers}, {waiting} waiting, "
