@@ -15,9 +15,10 @@ from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, de
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
-#: how often (ms) the parent looks, while workers live or callers wait, for callers queued at
-#: an identity's socket whose workers are all serving (none of them would take it before its
-#: request ends), and for a free worker for those waiting here
+#: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
+#: queued at an identity's socket whose workers are all serving (none of them would take it
+#: before its request ends) and for a free worker for those waiting here; while workers live
+#: but none serves, once a second (one may start a long request without telling)
 TICK = 50
 #: the signals that wake the server's loop: stop, reload, a worker ended
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
@@ -212,7 +213,8 @@ class Server:
         self.poll.register(listener, select.POLLIN)
         accepting = True
         while True:
-            timeout = TICK if (self.direct or self.ready) else 1000 if self.unsent else None
+            serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
+            timeout = TICK if serving else 1000 if self.direct or self.unsent else None
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
                     signals = os.read(wake, 256)
