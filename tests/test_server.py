@@ -283,6 +283,33 @@ def test_an_identity_with_more_waiting_gets_more_workers(site: LoginSite) -> Non
     assert len(set(maildir_pids(site, "alice")[1:])) > 1
 
 
+@pytest.mark.parametrize("first", ["handed", "accepted"])
+def test_a_slow_request_does_not_hold_up_its_identitys_next(site: LoginSite, first: str
+                                                            ) -> None:
+    """A delivery that takes seconds (alice's .qmail program) in the identity's one worker,
+    handed to it by the parent or accepted at the identity's socket with nothing else
+    queued: the next delivery of that identity (bob's) queues at the socket behind it, and
+    gets another worker instead of waiting for the slow one to end."""
+    without_fallbacks(site.inst)
+    site.add("bob", "pw")
+    if first == "accepted":
+        assert site.deliver("bob").returncode == 0  # the identity's worker and socket
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text("|sleep 6\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: site.deliver("alice").returncode)
+        deadline = time.monotonic() + 10
+        while not identity_sockets(server_of(site)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the slow one is running
+        started = time.monotonic()
+        assert site.deliver("bob").returncode == 0
+        took = time.monotonic() - started
+        assert slow.result() == 0
+    assert took < 3, took
+
+
 @pytest.mark.parametrize("site", ["fresh"], indirect=True)
 def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
     """A worker per request: each one's end closes its identity's socket under clients
@@ -292,6 +319,85 @@ def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
         codes = list(pool.map(lambda _: site.deliver("alice").returncode, range(24)))
     assert codes == [0] * 24
     assert len(body_of(site, "alice")) == 24
+
+
+def busy_worker(site: LoginSite, seconds: float) -> Callable[[], int]:
+    """The delivery identity's one worker kept busy ``seconds`` by alice's .qmail, its socket
+    in place; the return: wait for that first delivery's exit code."""
+    server = server_of(site)
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text(f"|sleep {seconds}\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    pool = ThreadPoolExecutor(1)
+    first = pool.submit(lambda: site.deliver("alice").returncode)
+    deadline = time.monotonic() + 10
+    while not (identity_sockets(server) and worker_ids(server)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert identity_sockets(server) and worker_ids(server)
+    pool.shutdown(wait=False)
+    return first.result
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_a_stop_under_callers_queued_at_an_identitys_socket(site: LoginSite,
+                                                             signum: int) -> None:
+    """Piped deliveries queued at the identity's socket (its one worker busy) when the server
+    stops, reloads or is killed: each is declined (by the parent, or by the worker that finds
+    it gone) and run by the Python program, none answered 111."""
+    server = server_of(site)
+    first = busy_worker(site, 2)
+    with ThreadPoolExecutor(3) as pool:
+        piped = [pool.submit(lambda: site.deliver("alice", pipe=True)) for _ in range(3)]
+        time.sleep(0.5)
+        server.proc.send_signal(signum)
+        results = [f.result() for f in piped]
+    assert first() == 0
+    assert [r.returncode for r in results] == [0] * 3, results
+    assert len(body_of(site, "alice")) == 4
+
+
+def piped_login(site: LoginSite, password: str) -> int:
+    """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
+    gives them (a run that failed after reading them cannot be run again)."""
+    return subprocess.run(["/bin/sh", "-c", 'exec "$0" /bin/true 3<&0 </dev/null',
+                           str(site.inst.bin / "vchkpw")],
+                          input=f"alice@example.com\0{password}\0\0".encode(), env=POP_ENV,
+                          cwd="/", capture_output=True, timeout=60).returncode
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_under_callers_waiting_in_the_server(site: LoginSite, signum: int) -> None:
+    """A login waiting in the server for room (its one worker busy with a delivery) when the
+    server stops or reloads is declined and run by the Python program, not answered 111."""
+    server = server_of(site)
+    first = busy_worker(site, 2)
+    with ThreadPoolExecutor(2) as pool:
+        logins = [pool.submit(piped_login, site, password) for password in ("pw", "wrong")]
+        time.sleep(0.7)  # (--status would wait too: a worker of its caller answers it)
+        server.proc.send_signal(signum)
+        codes = [f.result() for f in logins]
+    assert first() == 0
+    assert codes == [0, 1]
+
+
+def test_a_caller_with_more_than_256_groups_is_declined(site: LoginSite) -> None:
+    """SO_PEERGROUPS cannot report more than 256 groups here: such a caller is declined (its
+    front end runs the Python program, as the README says), not dropped (a login's piped
+    credentials could not be read again: 111)."""
+    server = server_of(site)
+    groups = ",".join(str(50000 + n) for n in range(300))
+    before = len(server.lines())
+    for _ in range(10):
+        login = subprocess.run(["setpriv", f"--groups={groups}", "/bin/sh", "-c",
+                                'exec "$0" /bin/true 3<&0 </dev/null',
+                                str(site.inst.bin / "vchkpw")],
+                               input=b"alice@example.com\0pw\0\0", env=POP_ENV, cwd="/",
+                               capture_output=True, timeout=60)
+        assert login.returncode == 0, login
+    new = server.lines()[before:]
+    assert len(new) == 10 and all("declined" in line and "groups" in line for line in new), new
 
 
 @pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)

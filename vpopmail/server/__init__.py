@@ -21,8 +21,12 @@ An identity also gets a socket of its own with its first worker (``server.sock.H
 owned by that uid): the front ends connect there first, and the identity's workers accept
 there themselves, checking each peer's credentials as the parent does, so a request skips
 the parent. A worker that finds more connections queued there says BUSY and the parent takes
-one (forking another worker if there is room); the socket is removed with the identity's last
-worker and what was queued at it goes the parent's way. What a worker keeps from one request
+one (forking another worker if there is room); each worker also marks in shared memory
+whether it is serving, and while one is the parent looks every 50 ms for callers queued at an
+identity's socket none of whose workers is free, so a long request does not hold up the
+identity's next ones. The socket is removed with the identity's last worker and what was
+queued at it goes the parent's way; when the parent stops, reloads or dies, what still waits
+(in it or at a socket) is declined: the front ends run the Python programs. What a worker keeps from one request
 to the next (the configuration, cdb lookups, a limits file's parse, maildirsize's sums, the SQL
 connections) is checked at every request (a file's status: inode, size, times, mode, owner; or
 its bytes), so an admin change is seen by the very next delivery or login.

@@ -10,11 +10,16 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
-from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, log, peer_identity,
-                                    plan_class, work)
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
+                                    decline_queued, identify, log, plan_class, readable, work)
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
+#: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
+#: queued at an identity's socket whose workers are all serving (none of them would take it
+#: before its request ends) and for a free worker for those waiting here; while workers live
+#: but none serves, once a second (one may start a long request without telling)
+TICK = 50
 #: the signals that wake the server's loop: stop, reload, a worker ended
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 
@@ -185,13 +190,17 @@ class Server:
                 os.close(fd)
             for worker in (*self.busy.values(), *self.idle.values()):
                 worker.control.close()  # idle workers leave; busy ones after their request
+            # nothing of these was run: declined, the front ends run the program (a closed
+            # connection would leave one with piped input no choice but 111)
             for waiting in (*self.unsent.values(), *self.ready):
-                waiting.conn.close()  # nothing was run: the front ends run the program
+                decline(waiting.conn)
             for direct in self.direct.values():
                 unlink_if(direct.path, direct.inode)
+                decline_queued(direct.sock)
                 direct.sock.close()
-            listener.close()
             unlink_if(self.path, identity)
+            decline_queued(listener)
+            listener.close()
         if again:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
@@ -204,7 +213,8 @@ class Server:
         self.poll.register(listener, select.POLLIN)
         accepting = True
         while True:
-            timeout = 1000 if (self.unsent or self.idle) else None
+            serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
+            timeout = TICK if serving else 1000 if self.direct or self.unsent else None
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
                     signals = os.read(wake, 256)
@@ -223,6 +233,7 @@ class Server:
                 else:
                     self.heard(fd)
             self.expire()
+            self.unblock()
             self.dispatch()
             full = len(self.unsent) + len(self.ready) >= BACKLOG
             if full == accepting:  # too many waiting: leave the rest in the listen queue
@@ -317,13 +328,10 @@ class Server:
 
     def take(self, conn: socket.socket, deadline: float) -> None:
         """An accepted connection: its peer's identity read, it waits for its request."""
-        try:
-            pid, identity = peer_identity(conn)
-        except OSError as exc:
-            log(self.settings.log_fd, f"dropped a client: {exc.strerror}")
-            conn.close()
+        known = identify(conn, self.settings.log_fd)
+        if known is None:
             return
-        waiting = Waiting(conn, pid, identity, deadline)
+        waiting = Waiting(conn, *known, deadline)
         probe = select.poll()  # the front end sends at once: most are readable already
         probe.register(conn, select.POLLIN)
         if probe.poll(0):
@@ -367,43 +375,84 @@ class Server:
     def retire(self, fd: int) -> None:
         self.ended(self.idle.pop(fd))  # it reads the end of its control socket and leaves
 
+    def free(self, worker: Worker) -> bool:
+        """Whether an idle ``worker`` is really idle: not serving a caller it accepted at its
+        identity's socket (which it does not tell this process)."""
+        return not self.settings.is_serving(worker.slot)
+
+    def full(self) -> bool:
+        """Whether ``server.workers`` run (or are ending)."""
+        return len(self.busy) + len(self.idle) + len(self.ending) >= self.settings.workers
+
+    def room(self) -> bool:
+        """Whether another worker can be had: one can be forked, or a free one retired."""
+        return not self.full() or any(map(self.free, self.idle.values()))
+
+    def unblock(self) -> None:
+        """Take a caller queued at an identity's socket when each of the identity's workers
+        is serving a request and another worker can be had: it is served by that one rather
+        than after a long request ends. (With no room it stays queued for the identity's
+        workers, the first one free.)"""
+        for identity, direct in self.direct.items():
+            if (not any(worker.identity == identity and self.free(worker)
+                        for worker in self.idle.values())
+                    and readable(direct.sock) and self.room()):
+                self.take_direct(direct, 1)
+
     def dispatch(self) -> None:
         """Hand the ready connections to workers, oldest first."""
         left = []
         for waiting in self.ready:
-            worker = self.idle_worker(waiting.identity)
+            worker = self.idle_worker(waiting.identity, free=True)
+            if worker is not None:
+                worker = self.hand(worker, waiting)
+            else:  # a new worker; with no room and none free to retire, the next of one
+                worker = self.fork(waiting)  # serving a caller it accepted
+                if worker is None and not any(map(self.free, self.idle.values())):
+                    worker = self.hand(self.idle_worker(waiting.identity, free=False), waiting)
             if worker is None:
-                worker = self.fork(waiting)
-                if worker is None:
-                    left.append(waiting)
-                    continue
-            else:
-                try:
-                    worker.control.sendmsg([waiting.pid.to_bytes(4, sys.byteorder, signed=True)],
-                                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                             waiting.conn.fileno().to_bytes(4, sys.byteorder))])
-                except OSError:  # the worker is gone: the connection waits for another
-                    self.ended(worker)
-                    left.append(waiting)
-                    continue
+                left.append(waiting)
+                continue
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
         if self.ready and self.idle and not self.ending:  # another identity waits: make room
-            self.retire(next(iter(self.idle)))  # (once: a worker still ending makes it too)
+            # (once: a worker still ending makes it too); a free one, else one that leaves
+            # after the request it serves
+            self.retire(next((fd for fd, worker in self.idle.items() if self.free(worker)),
+                             next(iter(self.idle))))
 
-    def idle_worker(self, identity: Identity) -> Worker | None:
-        """The most recently idle worker holding ``identity`` (the long-idle ones retire)."""
+    def hand(self, worker: Worker | None, waiting: Waiting) -> Worker | None:
+        """``worker``, once ``waiting``'s connection is sent to it; None when there is none
+        or it is gone (the connection waits for another)."""
+        if worker is None:
+            return None
+        try:
+            worker.control.sendmsg([waiting.pid.to_bytes(4, sys.byteorder, signed=True)],
+                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                     waiting.conn.fileno().to_bytes(4, sys.byteorder))])
+        except OSError:
+            self.ended(worker)
+            return None
+        return worker
+
+    def idle_worker(self, identity: Identity, free: bool) -> Worker | None:
+        """The most recently idle worker holding ``identity`` (the long-idle ones retire)
+        that is not serving a caller it accepted at the identity's socket (``free``) or, if
+        none is, one that is (it takes the connection when that request ends)."""
+        serving = None
         for fd in reversed(self.idle):
             if self.idle[fd].identity == identity:
-                return self.idle.pop(fd)
-        return None
+                if self.free(self.idle[fd]):
+                    return self.idle.pop(fd)
+                serving = fd if serving is None else serving
+        return None if free or serving is None else self.idle.pop(serving)
 
     def fork(self, first: Waiting) -> Worker | None:
         """A new worker for ``first``'s identity, born with ``first`` to serve (it takes no
         other before); None when ``server.workers`` run (or are ending) or no process could
         be made."""
-        if len(self.busy) + len(self.idle) + len(self.ending) >= self.settings.workers:
+        if self.full():
             return None
         identity = first.identity
         direct = self.open_direct(identity)

@@ -20,9 +20,10 @@ from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            Decline, Drop, Request, read_request, reply)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
-#: clients waiting; then each worker slot's count of requests
+#: clients waiting; then each worker slot's count of requests and whether its worker is
+#: serving one (1): one that accepted at its identity's socket has told the parent nothing
 COUNTERS = struct.Struct("=QQQ")
-SLOT = struct.Struct("=Q")
+SLOT = struct.Struct("=QQ")
 #: what a worker tells the parent: idle again, busy (with more waiting at its identity's
 #: socket: the parent takes one), ending (it serves no more)
 IDLE, BUSY, ENDING = b".", b"+", b"x"
@@ -38,6 +39,22 @@ def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
                                                           socket.SO_PEERCRED, 12))
     raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
     return pid, (uid, gid, tuple(sorted(struct.unpack(f"={len(raw) // 4}I", raw))))
+
+
+def identify(conn: socket.socket, log_fd: int) -> tuple[int, Identity] | None:
+    """:func:`peer_identity`, or None (one log line) for a peer that cannot be served: one
+    with more than MAX_GROUPS groups is declined (its front end runs the program itself, as
+    it does for any caller with that many), one gone already is dropped."""
+    try:
+        return peer_identity(conn)
+    except OSError as exc:
+        if exc.errno == errno.ERANGE:
+            log(log_fd, f"declined a client with more than {MAX_GROUPS} groups")
+            decline(conn)
+        else:
+            log(log_fd, f"dropped a client: {exc.strerror}")
+            conn.close()
+        return None
 
 
 def take_identity(identity: Identity) -> None:
@@ -341,6 +358,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     def run(conn: socket.socket, pid: int) -> bool:
         """Serve one connection; whether the worker is unchanged by it."""
         conn = socket.socket(fileno=high(conn.detach()))
+        settings.serving(slot)
         serve_one(conn, pid, identity, settings, null)
         conn.close()
         settings.count(slot)
@@ -353,7 +371,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     if declined is not None:
         log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
         decline(first[0])
-        end(control, None)
+        end(control, direct, None)
         return
     waiting = select.poll()
     for sock in (control, direct):
@@ -370,13 +388,13 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         if not told and direct is not None and readable(direct):
             told = say(control, BUSY)
         if not run(conn, pid):
-            end(control, None)
+            end(control, direct, None)
             return
         if served == settings.requests_per_worker:
             break
         if told and not say(control, IDLE):
-            return  # the server left
-    end(control, run)
+            break  # the server left (end() finds it gone)
+    end(control, direct, run)
 
 
 def next_connection(control: socket.socket, direct: socket.socket | None,
@@ -398,12 +416,10 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
         except OSError:  # another worker of the identity took it
             continue
         accepted.setblocking(True)
-        try:
-            pid, peer = peer_identity(accepted)
-        except OSError as exc:
-            log(settings.log_fd, f"dropped a client: {exc.strerror}")
-            accepted.close()
+        known = identify(accepted, settings.log_fd)
+        if known is None:
             continue
+        pid, peer = known
         if peer != identity:
             log(settings.log_fd, f"dropped pid {pid} uid {peer[0]}: it connected to the socket "
                                  f"of uid {identity[0]} gid {identity[1]}")
@@ -449,16 +465,31 @@ def decline(conn: socket.socket) -> None:
     conn.close()
 
 
-def end(control: socket.socket, run: "Callable[[socket.socket, int], bool] | None") -> None:
+def decline_queued(listener: socket.socket) -> None:
+    """Decline every connection waiting at ``listener`` (a non-blocking one)."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # none left (or EMFILE: they are reset as the listener closes)
+            return
+        decline(conn)
+
+
+def end(control: socket.socket, direct: socket.socket | None,
+        run: "Callable[[socket.socket, int], bool] | None") -> None:
     """Say ENDING, then, until the parent closes the control socket, serve (``run``, while
-    the worker is unchanged) or decline what it handed over before it heard."""
-    if not say(control, ENDING):
-        return
+    the worker is unchanged) or decline what it handed over before it heard. With the
+    parent gone (stopped, reloading, killed) no one takes over the callers queued at the
+    identity's socket ``direct``: they are declined (their front ends run the program),
+    not reset (a piped input could not be run again: 111)."""
+    gone = not say(control, ENDING)
     while (handed := receive(control)) is not None:
         if run is None:
             decline(handed[0])
         elif not run(*handed):
             run = None
+    if gone and direct is not None:
+        decline_queued(direct)
 
 
 class Settings:
@@ -475,23 +506,33 @@ class Settings:
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
         self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
 
-    def count(self, slot: int) -> None:
-        """One more request served by the worker holding ``slot`` (its only writer)."""
+    def serving(self, slot: int) -> None:
+        """The worker holding ``slot`` (its only writer) starts serving a request."""
         offset = COUNTERS.size + SLOT.size * slot
-        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1)
+        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0], 1)
+
+    def count(self, slot: int) -> None:
+        """One more request served by the worker holding ``slot``; it serves none now."""
+        offset = COUNTERS.size + SLOT.size * slot
+        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1, 0)
+
+    def is_serving(self, slot: int) -> bool:
+        """Whether the worker holding ``slot`` is serving a request (read by the parent)."""
+        flag: int = SLOT.unpack_from(self.counters, COUNTERS.size + SLOT.size * slot)[1]
+        return flag == 1
 
     def take_count(self, slot: int) -> int:
         """``slot``'s count, the slot cleared (by the parent, once its worker is gone)."""
         offset = COUNTERS.size + SLOT.size * slot
         count: int = SLOT.unpack_from(self.counters, offset)[0]
-        SLOT.pack_into(self.counters, offset, 0)
+        SLOT.pack_into(self.counters, offset, 0, 0)
         return count
 
     def status(self) -> str:
         """The state as the parent last published it and the workers counted (read in a
         worker)."""
         collected, workers, waiting = COUNTERS.unpack_from(self.counters)
-        served = collected + sum(count for count, in SLOT.iter_unpack(
+        served = collected + sum(count for count, _ in SLOT.iter_unpack(
             self.counters[COUNTERS.size:]))
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
                 f"{served} requests, {workers} workers of {self.workers}, {waiting} waiting, "
