@@ -466,6 +466,7 @@ class Server:
             return None
         slot = self.slots[-1]
         if pid:
+            self.exited.discard(pid)  # an earlier process's (a worker of the last generation)
             self.slots.pop()
             theirs.close()
             self.poll.register(ours, select.POLLIN)
