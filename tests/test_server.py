@@ -463,19 +463,25 @@ def test_a_worker_keeps_its_sql_connection_and_renews_one_gone_away(root_vhome: 
     site.syslog.close()
 
 
+def sql_login_site(root_vhome: Install, sql_db: Database) -> LoginSite:
+    """example.com on the SQL backend with alice (password pw)."""
+    root_vhome.database = sql_db
+    sql_db.configure(root_vhome)
+    root_vhome.backend = "mysql"
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    return site
+
+
 def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: Database) -> None:
     """Logins through one worker use the same two SQL sessions (the worker puts each
     request's descriptors at 0 to 3, and vchkpw closes its fd 3, so a kept connection's
     socket must not be there), each login one statement on each: the user's row, the
     lastauth row (no transaction or rollback around them). Killed by the database while
     idle, both are replaced at the next login, which succeeds and records itself."""
-    root_vhome.database = sql_db
-    sql_db.configure(root_vhome)
-    root_vhome.backend = "mysql"
     root_vhome.set_config("server", "workers", 1)
-    site = LoginSite(root_vhome, unprivileged=True)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add("alice", "pw")
+    site = sql_login_site(root_vhome, sql_db)
 
     def sessions() -> list[str]:
         return [row[0] for row in sql_db.server.rows(
@@ -515,13 +521,8 @@ def test_a_login_is_answered_before_its_lastauth_row(root_vhome: Install, sql_db
     """Through the server the front end gets its exec plan before the lastauth row is
     written (a commit's log flush, or here a lock another session holds on the row): the
     login answers at once, the row follows when the lock goes, with no error logged."""
-    root_vhome.database = sql_db
-    sql_db.configure(root_vhome)
-    root_vhome.backend = "mysql"
     root_vhome.set_config("locks", "timeout", 10)
-    site = LoginSite(root_vhome, unprivileged=True)
-    site.ok("vadddomain", DOMAIN, "secret")
-    site.add("alice", "pw")
+    site = sql_login_site(root_vhome, sql_db)
     with running_server(root_vhome):
         without_fallbacks(root_vhome)
         assert site.login(f"alice@{DOMAIN}", "pw").code == 0
