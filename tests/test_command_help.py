@@ -8,6 +8,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -90,6 +91,11 @@ def on_terminal(inst: Install, script: list[tuple[bytes, bytes]], *argv: str
     type each (prompt, keys) of ``script`` once the prompt shows: (exit status, all it wrote)."""
     pid, fd = pty.fork()
     if pid == 0:
+        # a login's signal dispositions, whatever this process inherited (a test run started
+        # in the background ignores SIGINT and SIGQUIT; nohup, SIGHUP; Python, SIGPIPE)
+        for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGPIPE,
+                       signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
         os.execve(str(inst.bin / argv[0]), list(argv), CLEAN_ENV)
     seen, typed = b"", 0
     deadline = time.monotonic() + 30
