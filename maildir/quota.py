@@ -10,7 +10,7 @@ import posix
 import time
 
 from vpopmail.errors import VpopmailError
-from vpopmail.fsutil import atomic_write, dirname, exists, join
+from vpopmail.fsutil import atomic_write, dirname, exists, join, remember
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -84,9 +84,7 @@ def parse_limits(quota: str) -> tuple[int, int]:
             count = number
         elif part.strip(" \t").lstrip("+-")[:1] in tuple("0123456789"):
             size = number
-    if len(_limits) >= PARSED_QUOTAS:
-        _limits.clear()
-    _limits[quota] = size, count
+    remember(_limits, quota, (size, count), PARSED_QUOTAS)
     return size, count
 
 
@@ -222,9 +220,7 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
     summed = _sum_lines(data[done:whole], *sums)
     if summed is None:
         return None
-    if len(_summed) >= SUMMED_MAILDIRS and maildir not in _summed:
-        _summed.clear()
-    _summed[maildir] = (data[:whole], *summed)
+    remember(_summed, maildir, (data[:whole], *summed), SUMMED_MAILDIRS)
     found = _sum_lines(data[whole:], *summed)
     if found is None:
         return None

@@ -18,7 +18,7 @@ import posix
 import stat
 
 from vpopmail.errors import CorruptData
-from vpopmail.fsutil import status
+from vpopmail.fsutil import remember, status
 
 HEADER = 2048
 #: bytes read at a record: its lengths, and the whole of a short key and value
@@ -185,7 +185,5 @@ def lookup(path: str, key: bytes) -> bytes | None:
             pass  # gone or unreachable: the reader says why
     with CdbReader(path) as reader:
         value = reader.get(key)
-    if len(_found) >= FOUND_KEYS:
-        _found.clear()
-    _found[memo] = (reader.status, value)
+    remember(_found, memo, (reader.status, value), FOUND_KEYS)
     return value

@@ -16,6 +16,13 @@ import time
 
 from vpopmail.errors import CouldNotUpdateFile, LockTimeout
 
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    K = TypeVar("K")
+    V = TypeVar("V")
+
 
 def join(path: str, *names: str) -> str:
     """``os.path.join``: ``names`` appended with one ``/``; an absolute one starts afresh."""
@@ -133,6 +140,14 @@ def status(st: posix.stat_result) -> tuple[int, ...]:
     is edited by hand)."""
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
             st.st_uid, st.st_gid)
+
+
+def remember(memo: "dict[K, V]", key: "K", value: "V", most: int) -> None:
+    """``memo[key] = value``, the memo emptied first when it holds ``most`` other keys: the
+    bound of what a long-lived process (a server worker) remembers of files it read."""
+    if len(memo) >= most and key not in memo:
+        memo.clear()
+    memo[key] = value
 
 
 def read_regular(path: str, limit: int = 1 << 20, follow: bool = False

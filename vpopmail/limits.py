@@ -12,7 +12,7 @@ from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
-from vpopmail.fsutil import atomic_write, join, read_regular
+from vpopmail.fsutil import atomic_write, join, read_regular, remember
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
@@ -125,9 +125,7 @@ def read_file(path: str) -> Limits | None:
         known = _parsed.get((path, data))
         if known is None:
             known = Limits.parse(data.decode("utf-8"), path)
-            if len(_parsed) >= PARSED_FILES:
-                _parsed.clear()
-            _parsed[path, data] = known
+            remember(_parsed, (path, data), known, PARSED_FILES)
         return Limits(known.numbers, known.switches, path)
     except FileNotFoundError:
         return None

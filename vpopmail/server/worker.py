@@ -506,15 +506,21 @@ class Settings:
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
         self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
 
+    def _slot(self, slot: int) -> tuple[int, int]:
+        """(offset, count) of ``slot`` in the shared counters."""
+        offset = COUNTERS.size + SLOT.size * slot
+        count: int = SLOT.unpack_from(self.counters, offset)[0]
+        return offset, count
+
     def serving(self, slot: int) -> None:
         """The worker holding ``slot`` (its only writer) starts serving a request."""
-        offset = COUNTERS.size + SLOT.size * slot
-        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0], 1)
+        offset, count = self._slot(slot)
+        SLOT.pack_into(self.counters, offset, count, 1)
 
     def count(self, slot: int) -> None:
         """One more request served by the worker holding ``slot``; it serves none now."""
-        offset = COUNTERS.size + SLOT.size * slot
-        SLOT.pack_into(self.counters, offset, SLOT.unpack_from(self.counters, offset)[0] + 1, 0)
+        offset, count = self._slot(slot)
+        SLOT.pack_into(self.counters, offset, count + 1, 0)
 
     def is_serving(self, slot: int) -> bool:
         """Whether the worker holding ``slot`` is serving a request (read by the parent)."""
@@ -523,8 +529,7 @@ class Settings:
 
     def take_count(self, slot: int) -> int:
         """``slot``'s count, the slot cleared (by the parent, once its worker is gone)."""
-        offset = COUNTERS.size + SLOT.size * slot
-        count: int = SLOT.unpack_from(self.counters, offset)[0]
+        offset, count = self._slot(slot)
         SLOT.pack_into(self.counters, offset, 0, 0)
         return count
 
