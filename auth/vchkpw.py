@@ -304,7 +304,11 @@ class Vchkpw:
         if not self.lookup_only:
             user = self.ensure_home(entry, user)
             if self.config.logging_auth_logging:
-                self.record_login(entry, user)
+                try:
+                    self.stores.users.record_login(entry, user, self.ip)
+                except (OSError, VpopmailError) as exc:
+                    self.log.send(f"{self.tag}: could not record the login ({exc}) "
+                                  f"{self.address}:{self.ip}", LOG_ERR)
             if self.relay_allowed and self.ip and self.config.relay_roaming_users:
                 self.open_relay()
         env = self.environ
@@ -317,14 +321,6 @@ class Vchkpw:
                 env["AUTHORIZED"] = "2"
         self.final_ids(entry, user, service)
         self.exec(command, env)
-
-    def record_login(self, entry: AssignEntry, user: VUser) -> None:
-        """lastauth; a failure is logged and the login goes on."""
-        try:
-            self.stores.users.record_login(entry, user, self.ip)
-        except (OSError, VpopmailError) as exc:
-            self.log.send(f"{self.tag}: could not record the login ({exc}) "
-                          f"{self.address}:{self.ip}", LOG_ERR)
 
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         from maildir import is_maildir

@@ -154,29 +154,23 @@ def clear_stage(nfds: int, null: int) -> None:
 
 
 class ExecPlan(BaseException):
-    """What vchkpw would exec, as whom and where, and what it leaves to do once the front end
-    has the plan (``later``); passes through vchkpw's handlers."""
+    """What vchkpw would exec, as whom and where; passes through vchkpw's handlers."""
 
     def __init__(self, path: str, argv: list[str], env: dict[str, str],
-                 ids: Identity | None, cwd: bytes | None,
-                 later: "Callable[[], None] | None") -> None:
+                 ids: Identity | None, cwd: bytes | None) -> None:
         super().__init__(path)
         self.path = path
         self.argv = argv
         self.env = env
         self.ids = ids
         self.cwd = cwd
-        self.later = later
 
 
 @functools.cache
 def plan_class() -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
-    worker keeps its ids and directory, the front end takes the ones the plan names. The
-    lastauth record waits until the front end has the plan: nothing of the login depends on
-    it (a failure is only logged), and its write (a SQL commit's log flush, a file renamed
-    for a new address: 0.5-3 ms) need not delay the POP or IMAP session."""
-    from vpopmail.stores import VUser, close_stores, open_stores
+    worker keeps its ids and directory, the front end takes the ones the plan names."""
+    from vpopmail.stores import VUser, close_stores
     from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
     from vpopmail.assign import AssignEntry
@@ -184,19 +178,6 @@ def plan_class() -> type:
     class PlanningVchkpw(Vchkpw):
         plan_ids: Identity | None = None
         plan_cwd: bytes | None = None
-        later: "Callable[[], None] | None" = None
-
-        def record_login(self, entry: AssignEntry, user: VUser) -> None:
-            self.later = lambda: self.record_now(entry, user)
-
-        def record_now(self, entry: AssignEntry, user: VUser) -> None:
-            """The deferred lastauth, on stores of its own (the run's are closed)."""
-            self.stores = open_stores(self.config)
-            try:
-                super().record_login(entry, user)
-            finally:
-                self.log.close()
-                close_stores()
 
         def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
             if not self.root or service == SMTP or self.dovecot:
@@ -225,12 +206,9 @@ def plan_class() -> type:
             error = errno.ENOENT
             for candidate in exec_candidates(path, env):
                 if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    raise ExecPlan(candidate, command, env, self.plan_ids, self.plan_cwd,
-                                   self.later)
+                    raise ExecPlan(candidate, command, env, self.plan_ids, self.plan_cwd)
                 if os.path.exists(candidate):
                     error = errno.EACCES
-            if self.later is not None:  # no plan to wait for: now, as the direct program
-                self.later()
             raise Finish(TEMPORARY, f"cannot run {path} ({os.strerror(error)})")
 
     return PlanningVchkpw
@@ -253,10 +231,8 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
             + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
-def run_request(request: Request, config: str | None, peer: Identity
-                ) -> "tuple[int, bytes, Callable[[], None] | None]":
-    """Run the program the direct way; the reply (kind, payload) and what is left to do
-    after it."""
+def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
+    """Run the program the direct way; the reply (kind, payload)."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
@@ -267,8 +243,8 @@ def run_request(request: Request, config: str | None, peer: Identity
         try:
             code = login(sys.argv, config=config, runner=plan_class())
         except ExecPlan as plan:
-            return PLAN, encode_plan(plan, peer, request.cwd), plan.later
-    return EXIT, struct.pack("=I", code & 0xFF), None
+            return PLAN, encode_plan(plan, peer, request.cwd)
+    return EXIT, struct.pack("=I", code & 0xFF)
 
 
 def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Settings",
@@ -288,14 +264,10 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
                 os.close(fd)
             raise
         try:
-            kind, payload, later = run_request(request, settings.config, identity)
+            kind, payload = run_request(request, settings.config, identity)
         finally:
             clear_stage(len(request.fds), null)
-        try:
-            reply(conn, kind, payload)
-        finally:
-            if later is not None:
-                later()
+        reply(conn, kind, payload)
     except Decline as exc:
         log(settings.log_fd, f"declined pid {pid} uid {identity[0]}: {exc}")
         try:
