@@ -339,7 +339,9 @@ static int connect_server(void)
     return fd >= 0 ? fd : connect_to(socket_path);
 }
 
-static int send_request(int sock, const unsigned char *body, size_t length)
+/* The header with the descriptors and the body in one sendmsg (the worker then reads both
+   with one recvmsg), the rest of a short send after it. */
+static int send_request(int sock, unsigned char *body, size_t length)
 {
     unsigned char header[HEADER] = {'V', 'P', 'S', 'q', VERSION, VPS_PROGRAM, NFDS, 0};
     put32(header + 8, (uint32_t)length);
@@ -351,11 +353,11 @@ static int send_request(int sock, const unsigned char *body, size_t length)
         struct cmsghdr align;
     } control;
     memset(&control, 0, sizeof control);
-    struct iovec iov = {header, HEADER};
+    struct iovec iov[2] = {{header, HEADER}, {body, length}};
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
     msg.msg_control = control.buf;
     msg.msg_controllen = sizeof control.buf;
     struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
@@ -367,8 +369,13 @@ static int send_request(int sock, const unsigned char *body, size_t length)
     do
         sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
     while (sent < 0 && errno == EINTR);
-    return sent > 0 && send_all(sock, header + sent, HEADER - (size_t)sent) == 0
-                   && send_all(sock, body, length) == 0 ? 0 : -1;
+    if (sent <= 0)
+        return -1;
+    size_t done = (size_t)sent;
+    if (done < HEADER)
+        return send_all(sock, header + done, HEADER - done) == 0
+               && send_all(sock, body, length) == 0 ? 0 : -1;
+    return send_all(sock, body + (done - HEADER), length - (done - HEADER));
 }
 
 #if VPS_PROGRAM == 2

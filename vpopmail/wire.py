@@ -43,6 +43,8 @@ PLAN_HEAD = struct.Struct("=IIIIII")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
 MAX_ENV, MAX_ENV_BYTES = 4096, 64 * 1024
 MAX_MESSAGE = 256 * 1024
+#: the first read of a request (bytes; the rest of a longer one is read after it)
+FIRST_READ = 16 * 1024
 #: socket.MSG_CTRUNC as a plain int: ``int & MsgFlag`` runs enum's Python code (1.4 us)
 MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
@@ -62,11 +64,20 @@ def reply(conn: socket.socket, kind: int, payload: bytes = b"") -> None:
 def recv_exact(conn: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
-        chunk = conn.recv(min(size - len(data), 65536))
+        chunk = receive(conn, min(size - len(data), 65536))
         if not chunk:
             raise Drop(f"connection closed after {len(data)} of {size} bytes")
         data += chunk
     return bytes(data)
+
+
+def receive(conn: socket.socket, size: int) -> bytes:
+    """``conn.recv(size)``; a receive timeout (SO_RCVTIMEO, which a blocking socket reports as
+    EAGAIN) is Drop("timed out")."""
+    try:
+        return conn.recv(size)
+    except BlockingIOError:
+        raise Drop("timed out") from None
 
 
 class Request:
@@ -101,11 +112,16 @@ class Request:
 
 
 def read_request(conn: socket.socket) -> Request:
-    """The request on ``conn``; Drop for anything malformed (its descriptors closed)."""
+    """The request on ``conn``; Drop for anything malformed (its descriptors closed). A front
+    end sends the header, its descriptors and the body with one sendmsg: one read takes a
+    request of up to FIRST_READ bytes whole."""
     fds: list[int] = []
     try:
-        data, ancillary, flags, _ = conn.recvmsg(HEADER.size, socket.CMSG_SPACE(4 * 4),
-                                                 socket.MSG_CMSG_CLOEXEC)
+        try:
+            data, ancillary, flags, _ = conn.recvmsg(FIRST_READ, socket.CMSG_SPACE(4 * 4),
+                                                     socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            raise Drop("timed out") from None
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
@@ -114,8 +130,9 @@ def read_request(conn: socket.socket) -> Request:
             raise Drop("too many descriptors")
         if not data:
             raise Drop("connection closed before a request")
-        data += recv_exact(conn, HEADER.size - len(data))
-        magic, version, program, nfds, length = HEADER.unpack(data)
+        if len(data) < HEADER.size:
+            data += recv_exact(conn, HEADER.size - len(data))
+        magic, version, program, nfds, length = HEADER.unpack_from(data)
         if magic != b"VPSq":
             raise Drop("not a vpopmail-server request")
         if version != VERSION:
@@ -125,7 +142,10 @@ def read_request(conn: socket.socket) -> Request:
             raise Drop(f"program {program} with {len(fds)} descriptors")
         if length > MAX_MESSAGE:
             raise Drop(f"request of {length} bytes")
-        return Request(program, fds, recv_exact(conn, length))
+        body = data[HEADER.size:HEADER.size + length]
+        if len(body) < length:
+            body += recv_exact(conn, length - len(body))
+        return Request(program, fds, body)
     except BaseException:
         for fd in fds:
             os.close(fd)

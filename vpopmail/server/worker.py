@@ -109,12 +109,13 @@ def set_stage(request: Request) -> None:
         os.chdir(request.cwd)
     except OSError as exc:
         raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
-    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     wanted = resource.RLIM_INFINITY if request.fsize_cur >= 2**63 else request.fsize_cur
     if hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard):
         wanted = hard
     try:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+        if wanted != soft:  # most requests bring the last one's
+            resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
     except (OSError, ValueError) as exc:
         raise Decline(f"cannot take the file size limit: {exc}") from None
     os.umask(request.umask)
@@ -251,9 +252,8 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
               null: int) -> None:
     """One connection of a worker that holds ``identity``: from its request to its reply."""
     try:
-        conn.settimeout(settings.timeout)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         request = read_request(conn)
-        conn.settimeout(None)
         if request.program == STATUS:
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
@@ -329,7 +329,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
 
     def run(conn: socket.socket, pid: int) -> bool:
         """Serve one connection; whether the worker is unchanged by it."""
-        conn = socket.socket(fileno=high(conn.detach()))
+        conn = unix_stream(high(conn.detach()))
         settings.serving(slot)
         serve_one(conn, pid, identity, settings, null)
         conn.close()
@@ -387,7 +387,7 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
             accepted, _ = direct.accept()
         except OSError:  # another worker of the identity took it
             continue
-        accepted.setblocking(True)
+        # blocking already: Linux's accept4 does not pass the listener's O_NONBLOCK on
         known = identify(accepted, settings.log_fd)
         if known is None:
             continue
@@ -412,7 +412,13 @@ def receive(control: socket.socket) -> tuple[socket.socket, int] | None:
         for fd in fds:
             os.close(fd)
         return None
-    return socket.socket(fileno=fds[0]), int.from_bytes(data, sys.byteorder, signed=True)
+    return unix_stream(fds[0]), int.from_bytes(data, sys.byteorder, signed=True)
+
+
+def unix_stream(fd: int) -> socket.socket:
+    """A socket object for ``fd``, a connection to the server's or an identity's socket
+    (named, the kernel is not asked its type and protocol: two system calls less)."""
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
 
 
 def readable(sock: socket.socket) -> bool:
@@ -473,6 +479,9 @@ class Settings:
         self.requests_per_worker = settings.server_requests_per_worker
         self.idle_timeout = settings.server_idle_timeout
         self.timeout = settings.server_request_timeout
+        #: server.request_timeout as SO_RCVTIMEO's struct timeval: the request is read from
+        #: a blocking socket, one system call a read (a Python timeout polls before each)
+        self.receive_timeout = struct.pack("@ll", settings.server_request_timeout, 0)
         self.log_fd = high(os.dup(2))
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
