@@ -8,11 +8,13 @@ Lines are ``key: value`` (any of space, tab, ``:`` separate them), ``#`` comment
 boolean keys that are on by their presence. C vpopmail refused to add users when neither file
 existed; here the built-in defaults (no limits) apply then.
 """
+import posix
+
 from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
 from vpopmail.errors import CannotReadLimits
-from vpopmail.fsutil import atomic_write, join, read_regular, remember
+from vpopmail.fsutil import atomic_write, join, read_regular, remember, status
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
@@ -112,21 +114,24 @@ def default_file(vpopmail_home: str) -> str:
     return join(vpopmail_home, "etc", DEFAULT_FILE)
 
 
-#: (path, contents) -> what they parse to: a process that reads a limits file again (a server
-#: worker, at every login) parses it only when its bytes changed
-_parsed: dict[tuple[str, bytes], Limits] = {}
+#: (path, effective uid, gid) -> (the file's status when read, what it parsed to): a process
+#: that reads a limits file again (a server worker, at every login and delivery) takes it from
+#: here while the file's :func:`~vpopmail.fsutil.status` is what it was, one lstat instead of
+#: the open and reads (the same check as the cdb lookups' memo)
+_parsed: dict[tuple[str, int, int], tuple[tuple[int, ...], Limits]] = {}
 PARSED_FILES = 256
 
 
 def read_file(path: str) -> Limits | None:
     """The limits of the file at ``path`` (a copy of its own), or None if there is none."""
+    memo = (path, posix.geteuid(), posix.getegid())
+    known = _parsed.get(memo)
     try:
-        data = read_regular(path)[0]
-        known = _parsed.get((path, data))
-        if known is None:
-            known = Limits.parse(data.decode("utf-8"), path)
-            remember(_parsed, (path, data), known, PARSED_FILES)
-        return Limits(known.numbers, known.switches, path)
+        if known is None or status(posix.stat(path, follow_symlinks=False)) != known[0]:
+            data, st = read_regular(path)
+            known = (status(st), Limits.parse(data.decode("utf-8"), path))
+            remember(_parsed, memo, known, PARSED_FILES)
+        return Limits(known[1].numbers, known[1].switches, path)
     except FileNotFoundError:
         return None
     except OSError as exc:
