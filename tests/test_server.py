@@ -24,6 +24,7 @@ from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
 from server_site import Server, running_server, wait_for
+from vpopmail.server import status
 from vpopmail.wire import identity_socket
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
@@ -564,15 +565,42 @@ def test_status_and_reload(site: LoginSite) -> None:
     assert server.proc.poll() is None
 
 
+def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
+        site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server that takes the connection but sends nothing (stopped here; with every worker
+    busy it is the same) is "not answering", naming its pid, not "down": its front ends wait
+    for it rather than run the Python programs."""
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert status(str(server.socket), wait=0.5) == 1
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    said = capsys.readouterr().out
+    assert "is not answering" in said and f"pid {server.proc.pid} took the connection" in said
+    assert "down" not in said and "run the Python programs" not in said
+    assert status(str(server.socket)) == 0
+    assert "is up" in capsys.readouterr().out
+
+
 def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
-    """vcheck's last step: up (with the server's own state), or down, which is no fault: the
-    front ends run the Python programs."""
+    """vcheck's last step: up (with the server's own state); not answering (stopped here),
+    a fault: the front ends wait for it; down, no fault: the front ends run the Python
+    programs."""
     checked = site.inst.run("vcheck", "alice@example.com")
     assert checked.returncode == 0, checked.stdout
     [line] = [line for line in checked.stdout.splitlines() if "vpopmail-server" in line]
     assert line.startswith("12 vpopmail-server") and " OK " in line, line
     assert "up on" in line and "serving vdelivermail and vchkpw" in line, line
-    server_of(site).stop()
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGSTOP)  # takes connections, answers none: a fault
+    try:
+        checked = site.inst.run("vcheck", "alice@example.com")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    assert checked.returncode != 0, checked.stdout
+    assert "not answering on" in checked.stdout and "did not answer within 10 s" in checked.stdout
+    server.stop()
     checked = site.inst.run("vcheck", "alice@example.com")
     assert checked.returncode == 0, checked.stdout
     assert "down (" in checked.stdout and "run the Python programs" in checked.stdout

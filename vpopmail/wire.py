@@ -161,14 +161,32 @@ def is_front_end(path: str) -> bool:
         return False
 
 
-def ask_status(path: str) -> str:
-    """The state the server at ``path`` reports; OSError or Drop when none answers."""
+class NoAnswer(Exception):
+    """A server listens but did not answer in time."""
+
+
+#: how long (seconds) ``vpopmail-server --status`` and vcheck wait for the server's answer
+STATUS_WAIT = 10
+
+
+def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
+    """The state the server at ``path`` reports; OSError or Drop when none answers there,
+    NoAnswer when one took the connection but sent nothing within ``wait`` seconds (a worker
+    of the asker's identity answers: every worker is busy, or the server is stopped or
+    stuck)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
+    sock.settimeout(wait)
     try:
         sock.connect(path)
+        pid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                    12))[0]
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
-        magic, _, kind, _, length = HEADER.unpack(recv_exact(sock, HEADER.size))
+        try:
+            header = recv_exact(sock, HEADER.size)
+        except TimeoutError:
+            raise NoAnswer(f"pid {pid} took the connection but did not answer within "
+                           f"{wait:g} s") from None
+        magic, _, kind, _, length = HEADER.unpack(header)
         if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
             raise Drop("unexpected reply")
         return recv_exact(sock, length).decode("utf-8", "replace")

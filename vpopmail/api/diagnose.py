@@ -22,8 +22,10 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
 11 flags             user flags (ORed with the domain limits unless V_OVERRIDE) that refuse
                      POP/IMAP/webmail/SMTP AUTH/relaying or bounce mail
 12 vpopmail-server   where bin/vdelivermail and bin/vchkpw are the C front ends: whether the
-                     server answers them (when it does not, they run the Python programs:
-                     mail and logins work, at the Python programs' cost; not a fault)
+                     server answers them (when it is down, they run the Python programs:
+                     mail and logins work, at the Python programs' cost; not a fault); one
+                     that takes the connection but does not answer within 10 s is a fault
+                     (the front ends wait for it)
 """
 from __future__ import annotations
 
@@ -464,6 +466,12 @@ class Diagnosis:
         programs = " and ".join(front_ends)
         try:
             return f"up on {path}, serving {programs}: {wire.ask_status(path).strip()}"
+        except wire.NoAnswer as exc:
+            raise Fault(f"vpopmail-server is not answering on {path} ({exc}): every worker is "
+                        f"busy, or the server is stopped or stuck; {programs} wait for it, up "
+                        f"to server.reply_timeout, then answer 111",
+                        "see its log; restart it if it is stuck (systemctl restart "
+                        "vpopmail-server, or svc -t on its service directory)") from None
         except (OSError, wire.Drop) as exc:
             return (f"down ({path}: {exc}): {programs} run the Python programs (mail and logins "
                     f"work, more slowly); start bin/vpopmail-server (packaging/service/)")

@@ -14,7 +14,8 @@ USAGE = """\
 usage: vpopmail-server [--status]
   runs in the foreground; SIGTERM stops it (requests in flight finish), SIGHUP restarts it
   with the installed code and configuration
-  --status  says whether the server is up and what it is doing (exit 1: it is down)
+  --status  says whether the server is up and what it is doing (exit 1: it is down, or
+            it did not answer within 10 s)
 """
 
 

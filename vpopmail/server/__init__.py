@@ -43,13 +43,18 @@ import sys
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server
-from vpopmail.wire import Drop, ask_status
+from vpopmail.wire import STATUS_WAIT, Drop, NoAnswer, ask_status
 
 
-def status(path: str) -> int:
+def status(path: str, wait: float = STATUS_WAIT) -> int:
     """``--status``: ask the server at ``path`` for its state."""
     try:
-        text = ask_status(path)
+        text = ask_status(path, wait)
+    except NoAnswer as exc:
+        print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
+              f"server stopped or stuck); the front ends wait for it, up to "
+              f"server.reply_timeout")
+        return 1
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "
               f"programs directly")
