@@ -358,6 +358,29 @@ def test_a_stop_under_callers_queued_at_an_identitys_socket(site: LoginSite,
     assert len(body_of(site, "alice")) == 4
 
 
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_workers_left_from_before_a_reload_count_against_server_workers(site: LoginSite
+                                                                        ) -> None:
+    """server.workers = 1 and its one worker busy (3 s) when SIGHUP restarts the server: the
+    new process counts that worker until it ends, so a login then waits for it instead of
+    getting a second worker at once."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    first = busy_worker(site, 3)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    with ThreadPoolExecutor(1) as pool:
+        login = pool.submit(piped_login, site, "pw")
+        most = 0
+        while not login.done():
+            most = max(most, len(worker_ids(server)))
+            time.sleep(0.02)
+        assert login.result() == 0
+        most = max(most, len(worker_ids(server)))  # the login's worker stays, idle
+    assert first() == 0
+    assert most == 1
+
+
 def piped_login(site: LoginSite, password: str) -> int:
     """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
     gives them (a run that failed after reading them cannot be run again)."""

@@ -84,6 +84,19 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
+def children() -> set[int]:
+    """The pids of this process's children: at a start after a reload, the workers of the
+    process this one replaced (exec keeps them), which serve their last request and end."""
+    found: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as fh:
+                found.update(map(int, fh.read().split()))
+        except OSError:
+            pass
+    return found
+
+
 def unlink_if(path: str, inode: int) -> None:
     """Remove ``path`` if it is still the socket we made (inode ``inode``)."""
     try:
@@ -153,6 +166,9 @@ class Server:
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
         self.ending: dict[int, int] = {}  # pid -> counter slot, of workers not yet collected
         self.exited: set[int] = set()  # pids collected before their control socket closed
+        #: after a reload (SIGHUP re-executes this process), the last generation's workers
+        #: still serving or ending: they count against server.workers until collected
+        self.previous: set[int] = set()
         self.unsent: dict[int, Waiting] = {}  # connection fd -> nothing readable yet
         self.ready: list[Waiting] = []  # readable, waiting for a worker, oldest first
         self.direct: dict[Identity, Direct] = {}
@@ -164,12 +180,14 @@ class Server:
 
     def publish(self) -> None:
         COUNTERS.pack_into(self.settings.counters, 0, self.served,
-                           len(self.busy) + len(self.idle), len(self.unsent) + len(self.ready))
+                           len(self.busy) + len(self.idle) + len(self.previous),
+                           len(self.unsent) + len(self.ready))
 
     def serve(self) -> int:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        self.previous = children()
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
@@ -254,7 +272,9 @@ class Server:
                 return
             if pid == 0:
                 return
-            if pid in self.ending:
+            if pid in self.previous:
+                self.previous.discard(pid)
+            elif pid in self.ending:
                 self.release(self.ending.pop(pid))
             else:
                 self.exited.add(pid)
@@ -381,8 +401,9 @@ class Server:
         return not self.settings.is_serving(worker.slot)
 
     def full(self) -> bool:
-        """Whether ``server.workers`` run (or are ending)."""
-        return len(self.busy) + len(self.idle) + len(self.ending) >= self.settings.workers
+        """Whether ``server.workers`` run (or are ending, or are left from before a reload)."""
+        return (len(self.busy) + len(self.idle) + len(self.ending) + len(self.previous)
+                >= self.settings.workers)
 
     def room(self) -> bool:
         """Whether another worker can be had: one can be forked, or a free one retired."""
