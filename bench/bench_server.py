@@ -1,6 +1,7 @@
 """Benchmark: vpopmail-server with the C front ends against the direct Python programs.
 
     .venv/bin/python bench/bench_server.py [--runs 31] [--count 1000] [--loop 100] [--no-sql]
+                                           [--c-vpopmail HOME]
 
 Run as root. Installs pyvpopmail with the front ends into bench/work/server (example.com, alice
 with a 100G quota, SHA-512-crypt password), starts bin/vpopmail-server, and measures, in
@@ -16,6 +17,11 @@ throughput: --count 4 KB deliveries at concurrency 10 and --count logins at conc
 (xargs -P), front end + server and direct: per second, CPU seconds per item (the clients'
 and the server's with its workers), and the server's peak RSS. Also the cost of a fork from
 the warm server against handing a connection to a pre-forked worker (the choice of design).
+With --c-vpopmail HOME (a C vpopmail 5.4 built and installed here with the cdb backend, its
+compile-time home HOME: not packaged, so not part of any default run) C's vdelivermail and
+vchkpw run in the same rounds and loops, and throughput, on a domain example.com where its
+own commands make alice (100G quota) and bob afresh (C's default hash, MD5-crypt); without it
+the comparison uses the C figures measured earlier on this machine class.
 Writes the "Server" section of bench/RESULTS.md.
 """
 from __future__ import annotations
@@ -48,12 +54,38 @@ DOMAIN = "example.com"
 #: C vpopmail 5.4.33 on this machine class, 100 in a loop from one shell (c-vpopmail-observed.md
 #: section 7): a 4 KB delivery without fsync, an MD5-crypt login, and their exec floors
 C_DELIVERY_MS, C_LOGIN_MS, C_DELIVERY_FLOOR_MS, C_LOGIN_FLOOR_MS = 2.11, 1.43, 1.47, 0.50
+#: the rows of a C vpopmail built here (--c-vpopmail)
+C_NAME = "C vpopmail 5.4.33"
+C_DELIVERY = f"{C_NAME} vdelivermail (no fsync: it has none)"
+C_LOGIN = f"{C_NAME} vchkpw, MD5-crypt"
 #: row -> (median seconds, peak RSS KiB, seconds per run in a shell loop)
 Rows = dict[str, tuple[float, int, float]]
 
 
+class CVpopmail:
+    """A C vpopmail install (its compile-time home ``home``) with example.com made afresh by
+    its own commands: alice (100G quota) gets the deliveries, bob (password pw) logs in."""
+
+    def __init__(self, home: Path) -> None:
+        self.bin = home / "bin"
+        self.domain_dir = home / "domains" / DOMAIN
+        commands = [["vadduser", "-q", str(100 << 30), f"alice@{DOMAIN}", "pw"],
+                    ["vadduser", f"bob@{DOMAIN}", "pw"]]
+        if self.domain_dir.is_dir():  # an earlier run's users go
+            for name in ("alice", "bob"):
+                subprocess.run([str(self.bin / "vdeluser"), f"{name}@{DOMAIN}"],
+                               capture_output=True)
+        else:
+            commands.insert(0, ["vadddomain", DOMAIN, "pm-secret"])
+        for argv in commands:
+            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
+        self.maildir = self.domain_dir / "alice" / "Maildir"
+        if not (self.maildir / "new").is_dir():
+            raise SystemExit(f"C vadduser made no {self.maildir}")
+
+
 class Setup:
-    def __init__(self, database: object | None) -> None:
+    def __init__(self, database: object | None, c_home: Path | None = None) -> None:
         user, group, uid, gid = owner()
         self.ids = (uid, gid)
         self.prefix = install(HERE, user, group, frontends=True)
@@ -112,6 +144,10 @@ class Setup:
         ).replace("requests_per_worker = 1000", "requests_per_worker = 1"))
         self.server: subprocess.Popen[bytes] | None = None
         self.other_server: subprocess.Popen[bytes] | None = None
+        self.c = CVpopmail(c_home) if c_home else None
+        if self.c:
+            self.c_credentials = HERE / "fd3-c"
+            self.c_credentials.write_bytes(b"bob@example.com\0pw\0\0")
 
     def start(self) -> None:
         self.server = self.launch(HERE / "server.log", {})
@@ -136,13 +172,14 @@ class Setup:
                 server.wait()
 
     def clean(self) -> None:
-        for sub in ("new", "cur", "tmp"):
-            for entry in os.scandir(self.maildir / sub):
-                os.unlink(entry.path)
+        for maildir in (self.maildir, *([self.c.maildir] if self.c else [])):
+            for sub in ("new", "cur", "tmp"):
+                for entry in os.scandir(maildir / sub):
+                    os.unlink(entry.path)
 
     # -- one whole process --------------------------------------------------------------------
-    def deliveries(self) -> dict[str, tuple[list[str], dict[str, str]]]:
-        """row -> (the .qmail-default line's command, environment)."""
+    def deliveries(self) -> dict[str, tuple[list[str], dict[str, str], Path]]:
+        """row -> (the .qmail-default line's command, environment, directory)."""
         env = qmail_local_env(self.domain_dir)
         nosync = qmail_local_env(self.domain_dir, self.nosync)
         args = ["", "bounce-no-mailbox"]
@@ -165,7 +202,11 @@ class Setup:
             rows["direct Python vdelivermail, SQL, fsync"] = (
                 [str(self.libexec / "vdelivermail"), *args], sql)
             rows["front end + server, SQL, fsync"] = ([str(self.bin / "vdelivermail"), *args], sql)
-        return rows
+        placed = {name: (argv, env, self.domain_dir) for name, (argv, env) in rows.items()}
+        if self.c:
+            placed[C_DELIVERY] = ([str(self.c.bin / "vdelivermail"), *args],
+                                  qmail_local_env(self.c.domain_dir), self.c.domain_dir)
+        return placed
 
     def logins(self) -> dict[str, tuple[list[str], dict[str, str], Path]]:
         """row -> (argv, environment, the credentials for fd 3)."""
@@ -188,6 +229,9 @@ class Setup:
             rows["direct Python vchkpw, SQL"] = ([str(self.libexec / "vchkpw"), "/bin/true"], sql,
                                                  sha)
             rows["front end + server, SQL"] = ([str(self.bin / "vchkpw"), "/bin/true"], sql, sha)
+        if self.c:
+            rows[C_LOGIN] = ([str(self.c.bin / "vchkpw"), "/bin/true"], POP_ENV,
+                             self.c_credentials)
         return rows
 
     def single(self, runs: int, loop: int) -> tuple[Rows, Rows]:
@@ -196,26 +240,25 @@ class Setup:
         deliver: dict[str, list[tuple[float, int]]] = {}
         login: dict[str, list[tuple[float, int]]] = {}
         for _ in range(runs):
-            for name, (argv, env) in self.deliveries().items():
+            for name, (argv, env, cwd) in self.deliveries().items():
                 deliver.setdefault(name, []).append(timed(
-                    ["/bin/sh", "-c", shlex.join(argv)], self.message, env, self.domain_dir,
-                    self.ids))
+                    ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids))
             for name, (argv, env, fd3) in self.logins().items():
                 login.setdefault(name, []).append(timed(argv, b"", env, None, fd3=fd3))
             self.clean()
         looped: dict[str, list[float]] = {}
         for _ in range(3):  # loops interleaved too; the median of three
-            for name, (argv, env) in self.deliveries().items():
+            for name, (argv, env, cwd) in self.deliveries().items():
                 looped.setdefault(name, []).append(shell_loop(
-                    argv, env, self.domain_dir, loop, self.ids, stdin=self.message))
+                    argv, env, cwd, loop, self.ids, stdin=self.message))
                 self.clean()
             for name, (argv, env, fd3) in self.logins().items():
                 looped.setdefault("login " + name, []).append(shell_loop(
                     argv, env, None, loop, fd3=fd3))
         delivery_rows = {name: (median(deliver[name])[0], peak_rss(
-            ["/bin/sh", "-c", shlex.join(argv)], self.message, env, self.domain_dir,
-            self.ids) or 0, statistics.median(looped[name]))
-            for name, (argv, env) in self.deliveries().items()}
+            ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids) or 0,
+            statistics.median(looped[name]))
+            for name, (argv, env, cwd) in self.deliveries().items()}
         login_rows = {name: (median(login[name])[0], peak_rss(argv, self.message, env, fd3=fd3)
                              or 0, statistics.median(looped["login " + name]))
                       for name, (argv, env, fd3) in self.logins().items()}
@@ -224,7 +267,8 @@ class Setup:
 
     # -- throughput ---------------------------------------------------------------------------
     def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int, user: bool,
-             server_proc: subprocess.Popen[bytes] | None) -> tuple[float, float, int, int]:
+             server_proc: subprocess.Popen[bytes] | None, cwd: Path | None = None
+             ) -> tuple[float, float, int, int]:
         """(items/s, CPU s/item, server peak KiB, largest worker KiB) of ``count`` runs of the
         shell ``script`` through ``xargs -P jobs``."""
         server = psutil.Process(server_proc.pid) if server_proc else None
@@ -248,7 +292,7 @@ class Setup:
         ids = {"user": self.ids[0], "group": self.ids[1], "extra_groups": []} if user else {}
         subprocess.run(["xargs", "-P", str(jobs), "-n", "1", *argv],
                        input="".join(f"{n}\n" for n in range(count)).encode(), check=True,
-                       env=env, cwd=self.domain_dir, stdout=subprocess.DEVNULL, **ids)
+                       env=env, cwd=cwd or self.domain_dir, stdout=subprocess.DEVNULL, **ids)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         done.set()
@@ -277,6 +321,18 @@ class Setup:
             self.clean()
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
                 [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
+        if self.c:  # MD5-crypt logins on both sides: C's hash
+            md5 = {**POP_ENV, "CRED": str(self.md5_credentials)}
+            rows[f"{count} logins, concurrency 20, front end + server, MD5-crypt"] = self.load(
+                [*login, str(self.bin / "vchkpw")], md5, count, 20, False, self.server)
+            rows[f"{count} deliveries of 4 KB, concurrency 10, {C_NAME} (no fsync)"] = self.load(
+                [*deliver, str(self.c.bin / "vdelivermail")],
+                {**qmail_local_env(self.c.domain_dir), "MSG": str(self.message)}, count, 10,
+                True, None, self.c.domain_dir)
+            self.clean()
+            rows[f"{count} logins, concurrency 20, {C_NAME}, MD5-crypt"] = self.load(
+                [*login, str(self.c.bin / "vchkpw")],
+                {**POP_ENV, "CRED": str(self.c_credentials)}, count, 20, False, None)
         return rows
 
 
@@ -355,14 +411,24 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows],
     floor_d = deliver["`/bin/true` (exec floor)"][2] * 1000
     ours_l = login["front end + server, MD5-crypt"][2] * 1000
     floor_l = login["`/bin/true` (exec floor, fd 3 open)"][2] * 1000
-    lines += ["", f"C vpopmail 5.4.33 on this machine class (c-vpopmail-observed.md section 7, "
-              f"not re-run: not packaged), in the same kind of loop: {C_DELIVERY_MS} ms a 4 KB "
-              f"delivery without fsync over an exec floor of {C_DELIVERY_FLOOR_MS} ms "
-              f"(+{C_DELIVERY_MS - C_DELIVERY_FLOOR_MS:.2f} ms), {C_LOGIN_MS} ms an MD5-crypt "
-              f"login over {C_LOGIN_FLOOR_MS} ms (+{C_LOGIN_MS - C_LOGIN_FLOOR_MS:.2f} ms). Here, "
-              f"through the server: a delivery with fsync {ours_d:.2f} ms over {floor_d:.2f} ms "
-              f"(+{ours_d - floor_d:.2f} ms), an MD5-crypt login {ours_l:.2f} ms over "
-              f"{floor_l:.2f} ms (+{ours_l - floor_l:.2f} ms).", "",
+    if C_DELIVERY in deliver:
+        c_d, c_l = deliver[C_DELIVERY][2] * 1000, login[C_LOGIN][2] * 1000
+        lines += ["", f"{C_NAME}, built here from its source with the cdb backend (not packaged: "
+                  f"--c-vpopmail), in the same rounds and loops: a 4 KB delivery {c_d:.2f} ms "
+                  f"(without fsync: it has none), an MD5-crypt login {c_l:.2f} ms. Through the "
+                  f"server: a delivery with fsync {ours_d:.2f} ms ({ours_d - c_d:+.2f} ms), an "
+                  f"MD5-crypt login {ours_l:.2f} ms ({ours_l - c_l:+.2f} ms); exec floors "
+                  f"{floor_d:.2f} and {floor_l:.2f} ms."]
+    else:
+        lines += ["", f"{C_NAME} on this machine class (c-vpopmail-observed.md section 7, not "
+                  f"re-run here), in the same kind of loop: {C_DELIVERY_MS} ms a 4 KB "
+                  f"delivery without fsync over an exec floor of {C_DELIVERY_FLOOR_MS} ms "
+                  f"(+{C_DELIVERY_MS - C_DELIVERY_FLOOR_MS:.2f} ms), {C_LOGIN_MS} ms an MD5-crypt "
+                  f"login over {C_LOGIN_FLOOR_MS} ms (+{C_LOGIN_MS - C_LOGIN_FLOOR_MS:.2f} ms). "
+                  f"Here, through the server: a delivery with fsync {ours_d:.2f} ms over "
+                  f"{floor_d:.2f} ms (+{ours_d - floor_d:.2f} ms), an MD5-crypt login "
+                  f"{ours_l:.2f} ms over {floor_l:.2f} ms (+{ours_l - floor_l:.2f} ms)."]
+    lines += ["",
               "| throughput | per second | CPU per item | server peak RSS | largest worker RSS |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for name, (rate, cpu, peak, worker) in load.items():
@@ -397,12 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--loop", type=int, default=100)
     parser.add_argument("--no-sql", action="store_true")
+    parser.add_argument("--c-vpopmail", type=Path, metavar="HOME",
+                        help="a C vpopmail built here, its compile-time home: run beside ours")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("run as root (deliveries as uid 89, logins as root)")
     sql = not args.no_sql and mariadb_ready()
     with private_mariadb() if sql else contextlib.nullcontext() as database:
-        return measure(args, Setup(database))
+        return measure(args, Setup(database, args.c_vpopmail))
 
 
 if __name__ == "__main__":
