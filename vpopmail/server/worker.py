@@ -480,8 +480,10 @@ class Settings:
         self.idle_timeout = settings.server_idle_timeout
         self.timeout = settings.server_request_timeout
         #: server.request_timeout as SO_RCVTIMEO's struct timeval: the request is read from
-        #: a blocking socket, one system call a read (a Python timeout polls before each)
-        self.receive_timeout = struct.pack("@ll", settings.server_request_timeout, 0)
+        #: a blocking socket, one system call a read (a Python timeout polls before each);
+        #: 0 (no waiting, as the parent takes it) is 1 ms, not SO_RCVTIMEO's "for ever"
+        seconds = settings.server_request_timeout
+        self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
         self.log_fd = high(os.dup(2))
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
