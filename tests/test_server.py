@@ -100,6 +100,18 @@ def test_each_request_gets_exactly_its_callers_environment(site: LoginSite) -> N
     assert third.code == 0 and "TZ" not in third.env and "EXTRA" not in third.env
 
 
+def test_a_request_longer_than_the_first_read_is_read_whole(site: LoginSite) -> None:
+    """A login whose environment (50 KiB, within the 64 KiB bound) makes its request longer
+    than the worker's first read (wire.FIRST_READ) is served whole: the program gets the
+    variable intact, and so does the next, short request."""
+    without_fallbacks(site.inst)
+    big = "".join(chr(ord("a") + n % 26) for n in range(50 * 1024))
+    login = site.login("alice@example.com", "pw", env={**POP_ENV, "BIG": big})
+    assert login.code == 0 and login.env["BIG"] == big
+    again = site.login("alice@example.com", "pw", env={**POP_ENV, "SMALL": "1"})
+    assert again.code == 0 and again.env["SMALL"] == "1" and "BIG" not in again.env
+
+
 def test_login_program_does_not_inherit_fd3(site: LoginSite) -> None:
     without_fallbacks(site.inst)
     probe = site.work / "probe.sh"
