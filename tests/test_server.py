@@ -393,6 +393,23 @@ def test_workers_left_from_before_a_reload_count_against_server_workers(site: Lo
     assert most == 1
 
 
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_a_reload_with_an_idle_worker_leaves_room_for_the_next(site: LoginSite) -> None:
+    """server.workers = 1 and its one worker idle at SIGHUP: it leaves at once, before the
+    new process looks for the workers it inherits; it must not count (it did once: every
+    caller then waited for a worker that never came)."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    assert piped_login(site, "pw") == 0
+    assert len(worker_ids(server)) == 1
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert piped_login(site, "pw") == 0
+    assert time.monotonic() - start < 10
+
+
 def piped_login(site: LoginSite, password: str) -> int:
     """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
     gives them (a run that failed after reading them cannot be run again)."""

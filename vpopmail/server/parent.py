@@ -22,6 +22,9 @@ BACKLOG = 1024
 TICK = 50
 #: the signals that wake the server's loop: stop, reload, a worker ended
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+#: what a reloading server tells the process it becomes: the pids of its workers not yet
+#: collected (they stay its children across exec, serve their last request and end)
+PREVIOUS = "VPOPMAIL_SERVER_PREVIOUS"
 
 
 def preload() -> None:
@@ -84,9 +87,11 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
-def children() -> set[int]:
-    """The pids of this process's children: at a start after a reload, the workers of the
-    process this one replaced (exec keeps them), which serve their last request and end."""
+def previous_workers() -> set[int]:
+    """At a start after a reload, the workers the replaced process left (its PREVIOUS, taken
+    out of the environment), those of them that are this process's children: an inherited
+    variable names no one else."""
+    named = os.environ.pop(PREVIOUS, "")
     found: set[int] = set()
     for task in os.listdir("/proc/self/task"):
         try:
@@ -94,7 +99,7 @@ def children() -> set[int]:
                 found.update(map(int, fh.read().split()))
         except OSError:
             pass
-    return found
+    return found.intersection(int(pid) for pid in named.split(",") if pid.isdigit())
 
 
 def unlink_if(path: str, inode: int) -> None:
@@ -187,7 +192,6 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
-        self.previous = children()
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
@@ -197,6 +201,10 @@ class Server:
         signal.set_wakeup_fd(wake[1])
         for signum in WAKERS:
             signal.signal(signum, lambda signum, frame: None)
+        # the replaced process's workers, counted once SIGCHLD wakes the loop: those that
+        # ended before (idle ones leave at once) are collected now
+        self.previous = previous_workers()
+        self.reap()
         log(self.settings.log_fd, f"listening on {self.path} (pid {os.getpid()}, "
             f"{self.settings.workers} workers, {self.settings.requests_per_worker} requests "
             f"a worker)")
@@ -222,6 +230,7 @@ class Server:
         if again:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
+            os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
             os.execv(sys.argv[0], sys.argv)
         return 0
 
@@ -278,6 +287,12 @@ class Server:
                 self.release(self.ending.pop(pid))
             else:
                 self.exited.add(pid)
+
+    def uncollected(self) -> set[int]:
+        """The pids of the workers not yet collected: serving, idle, ending, or left from
+        before a reload."""
+        return {worker.pid for worker in (*self.busy.values(), *self.idle.values())} | set(
+            self.ending) | self.previous
 
     def release(self, slot: int) -> None:
         """A collected worker's counter slot: its count kept, the slot free for the next."""
