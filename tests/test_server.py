@@ -630,9 +630,37 @@ def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
         server.proc.send_signal(signal.SIGCONT)
     said = capsys.readouterr().out
     assert "is not answering" in said and f"pid {server.proc.pid} took the connection" in said
-    assert "down" not in said and "run the Python programs" not in said
+    assert "down" not in said and "the front ends run the Python programs" not in said
     assert status(str(server.socket)) == 0
     assert "is up" in capsys.readouterr().out
+
+
+def test_status_of_a_stopped_server_with_a_full_queue(
+        site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stopped server whose listen queue is full (a front end's connect then waits): "not
+    answering", not "down" (a connect on a full Unix socket queue fails at once when it may
+    not wait)."""
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGSTOP)
+    held = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(server.socket))
+            except BlockingIOError:
+                sock.close()
+                break
+            held.append(sock)
+        assert status(str(server.socket), wait=0.5) == 1
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        for sock in held:
+            sock.close()
+    said = capsys.readouterr().out
+    assert "is not answering: its queue of waiting callers is full" in said, said
+    assert "down" not in said
 
 
 def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:

@@ -173,11 +173,14 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
     """The state the server at ``path`` reports; OSError or Drop when none answers there,
     NoAnswer when one took the connection but sent nothing within ``wait`` seconds (a worker
     of the asker's identity answers: every worker is busy, or the server is stopped or
-    stuck)."""
+    stuck), or its listen queue is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)
     try:
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except BlockingIOError:  # a listener whose queue is full: callers wait at connect
+            raise NoAnswer("its queue of waiting callers is full") from None
         pid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                     12))[0]
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
