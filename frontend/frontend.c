@@ -29,7 +29,8 @@
  *      kind 3 DECLINE  (nothing read or run: a busy, foreign-version or unable server)
  *      kind 4 STATUS   text (vpopmail-server --status only)
  *
- * Outcomes here: no socket, a refused connection, an oversized request, or DECLINE / another
+ * Outcomes here: no socket, a refused connection, a connection not taken within
+ * VPS_REPLY_TIMEOUT seconds (a full queue), an oversized request, or DECLINE / another
  * version -> exec the fallback. A server socket owned by anyone but VPS_SERVER_UID, a
  * truncated, oversized or malformed reply, or a plan that is refused -> exit 111. The
  * server closing before any reply byte (it died) -> the fallback after rewinding the input
@@ -283,6 +284,11 @@ static int connect_to(const char *path)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
+    /* a connect to a queue that is full waits at most this long (the send timeout bounds
+       it), then the next socket or the program itself: nothing was sent */
+    struct timeval wait = {VPS_REPLY_TIMEOUT, 0};
+    if (VPS_REPLY_TIMEOUT > 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
         close(fd);
         return -1;

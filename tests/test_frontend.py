@@ -266,6 +266,44 @@ def test_a_server_that_does_not_answer_in_time_is_temporary(
     assert login.code == 111 and not login.ran and 1 <= waited < 10, (login, waited)
 
 
+def test_a_server_whose_queue_stays_full_is_left_after_the_reply_timeout(site: LoginSite
+                                                                          ) -> None:
+    """A listener that takes no one (stuck) with its queue full: a front end's connect
+    waits server.reply_timeout at most, then the Python program runs (nothing was sent),
+    rather than waiting for ever."""
+    site.inst.set_config("server", "reply_timeout", 1)
+    subprocess.run([sys.executable, str(INSTALL), "--prefix", str(site.inst.prefix),
+                    "--qmaildir", str(site.inst.qmaildir), "--venv", str(VENV)], check=True,
+                   capture_output=True)
+    path = site.inst.prefix / "run" / "server.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    path.chmod(0o666)
+    listener.listen(0)
+    queued = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(path))
+            except BlockingIOError:
+                sock.close()
+                break
+            queued.append(sock)
+        started = time.monotonic()
+        result = site.deliver("alice")
+        waited = time.monotonic() - started
+        login = site.login("alice@example.com", "pw")
+    finally:
+        for sock in queued:
+            sock.close()
+        listener.close()
+    assert result.returncode == 0 and 1 <= waited < 30, (result, waited)
+    assert len(delivered(site)) == 1
+    assert login.code == 0 and login.ran, login
+
+
 def test_login_server_killed_mid_reply_is_temporary(site: LoginSite,
                                                     fake: Callable[..., FakeServer]) -> None:
     fake(answer(PLAN, plan(site, 89, 89))[:30])
