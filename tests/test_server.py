@@ -410,6 +410,24 @@ def test_a_reload_with_an_idle_worker_leaves_room_for_the_next(site: LoginSite) 
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.02, 0.15])
+def test_a_reload_during_a_reload_keeps_the_server(site: LoginSite, gap: float) -> None:
+    """A second SIGHUP while the re-executed process is still starting (before it has its
+    handlers): the server reloads again instead of dying of the signal."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while not any("reloading" in line for line in server.lines()):
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(gap)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=3)
+    assert server.proc.poll() is None, (server.proc.returncode, server.lines())
+    assert site.login("alice@example.com", "pw").code == 0
+
+
 def piped_login(site: LoginSite, password: str) -> int:
     """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
     gives them (a run that failed after reading them cannot be run again)."""

@@ -201,6 +201,8 @@ class Server:
         signal.set_wakeup_fd(wake[1])
         for signum in WAKERS:
             signal.signal(signum, lambda signum, frame: None)
+        # a reload execs with WAKERS blocked: those that came meanwhile wake the loop now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WAKERS)
         # the replaced process's workers, counted once SIGCHLD wakes the loop: those that
         # ended before (idle ones leave at once) are collected now
         self.previous = previous_workers()
@@ -228,6 +230,9 @@ class Server:
             decline_queued(listener)
             listener.close()
         if again:
+            # blocked across exec (the mask is kept): a SIGHUP or SIGTERM before the new
+            # process's handlers waits for them instead of killing it
+            signal.pthread_sigmask(signal.SIG_BLOCK, WAKERS)
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
