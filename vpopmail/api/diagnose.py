@@ -468,8 +468,9 @@ class Diagnosis:
             return f"up on {path}, serving {programs}: {wire.ask_status(path).strip()}"
         except wire.NoAnswer as exc:
             raise Fault(f"vpopmail-server is not answering on {path} ({exc}): every worker is "
-                        f"busy, or the server is stopped or stuck; {programs} wait for it "
-                        f"rather than run the Python programs",
+                        f"busy, or the server is stopped or stuck; {programs} wait for it, "
+                        f"up to server.reply_timeout: then a caller it took answers 111, one "
+                        f"it did not take runs the Python program",
                         "see its log; restart it if it is stuck (systemctl restart "
                         "vpopmail-server, or svc -t on its service directory)") from None
         except (OSError, wire.Drop) as exc:

@@ -52,8 +52,9 @@ def status(path: str, wait: float = STATUS_WAIT) -> int:
         text = ask_status(path, wait)
     except NoAnswer as exc:
         print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
-              f"server stopped or stuck); the front ends wait for it rather than run the "
-              f"Python programs")
+              f"server stopped or stuck); the front ends wait for it, up to "
+              f"server.reply_timeout: then a caller it took answers 111, one it did not take "
+              f"runs the Python program")
         return 1
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "
