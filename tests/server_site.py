@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,6 +48,21 @@ def wait_for(server: Server, listening: int = 1, timeout: float = 20) -> None:
             break
         time.sleep(0.05)
     raise AssertionError(f"no server on {server.socket}: {server.lines()}")
+
+
+def fill_queue(path: Path) -> list[socket.socket]:
+    """Connections left waiting at the listening socket ``path`` until its queue is full (a
+    connect that may not wait then fails at once); closing them empties it again."""
+    queued = []
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            return queued
+        queued.append(sock)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import pytest
 from install_site import INSTALL, REPO, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site
 from login_site import LoginSite
-from server_site import running_server
+from server_site import fill_queue, running_server
 from vpopmail.wire import identity_socket
 
 HEADER = struct.Struct("=4sBBBxI")
@@ -282,15 +282,7 @@ def test_a_server_whose_queue_stays_full_is_left_after_the_reply_timeout(site: L
     listener.listen(0)
     queued = []
     try:
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.connect(str(path))
-            except BlockingIOError:
-                sock.close()
-                break
-            queued.append(sock)
+        queued = fill_queue(path)
         started = time.monotonic()
         result = site.deliver("alice")
         waited = time.monotonic() - started

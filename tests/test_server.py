@@ -23,7 +23,7 @@ from install_site import Install
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
-from server_site import Server, running_server, wait_for
+from server_site import Server, fill_queue, running_server, wait_for
 from vpopmail.server import status
 from vpopmail.wire import identity_socket
 
@@ -662,15 +662,7 @@ def test_status_of_a_stopped_server_with_a_full_queue(
     server.proc.send_signal(signal.SIGSTOP)
     held = []
     try:
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.connect(str(server.socket))
-            except BlockingIOError:
-                sock.close()
-                break
-            held.append(sock)
+        held = fill_queue(server.socket)
         assert status(str(server.socket), wait=0.5) == 1
     finally:
         server.proc.send_signal(signal.SIGCONT)
