@@ -271,8 +271,10 @@ static unsigned char *build_body(int argc, size_t *length)
     return body;
 }
 
-/* Connect to the server at `path`; -1 if there is none to talk to there. */
-static int connect_to(const char *path)
+/* Connect to the server at `path`; -1 if there is none to talk to there. A queue that is
+ * full is waited on VPS_REPLY_TIMEOUT seconds at most if `patient`, else not at all; then
+ * *full is set. */
+static int connect_to(const char *path, int patient, int *full)
 {
     struct sockaddr_un addr;
     size_t size = strlen(path) + 1;
@@ -281,7 +283,7 @@ static int connect_to(const char *path)
     memset(&addr, 0, sizeof addr);
     addr.sun_family = AF_UNIX;
     memcpy(addr.sun_path, path, size);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (patient ? 0 : SOCK_NONBLOCK), 0);
     if (fd < 0)
         return -1;
     /* a connect to a queue that is full waits at most this long (the send timeout bounds
@@ -290,8 +292,17 @@ static int connect_to(const char *path)
     if (VPS_REPLY_TIMEOUT > 0)
         (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wait, sizeof wait);
     if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+        if (errno == EAGAIN)
+            *full = 1;
         close(fd);
         return -1;
+    }
+    if (!patient) { /* blocking again for the request and the reply */
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+            close(fd);
+            return -1;
+        }
     }
     struct ucred peer;
     socklen_t len = sizeof peer;
@@ -337,12 +348,14 @@ static int identity_path(char *out, size_t size)
 }
 
 /* Connect to the server, at this identity's own socket if it has one; -1 (fallback) if
- * there is none to talk to. */
+ * there is none to talk to. After waiting on a full queue there, the server's socket is
+ * tried without waiting: one VPS_REPLY_TIMEOUT in all. */
 static int connect_server(void)
 {
     char own[sizeof ((struct sockaddr_un *)0)->sun_path];
-    int fd = identity_path(own, sizeof own) ? connect_to(own) : -1;
-    return fd >= 0 ? fd : connect_to(socket_path);
+    int full = 0;
+    int fd = identity_path(own, sizeof own) ? connect_to(own, 1, &full) : -1;
+    return fd >= 0 ? fd : connect_to(socket_path, !full, &full);
 }
 
 /* The header with the descriptors and the body in one sendmsg (the worker then reads both

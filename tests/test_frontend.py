@@ -296,6 +296,36 @@ def test_a_server_whose_queue_stays_full_is_left_after_the_reply_timeout(site: L
     assert login.code == 0 and login.ran, login
 
 
+def test_both_full_queues_cost_one_reply_timeout_in_all(site: LoginSite) -> None:
+    """The identity's socket and the server's both stuck with full queues: the front end
+    waits server.reply_timeout once (at the first), tries the second without waiting, and
+    runs the Python program."""
+    site.inst.set_config("server", "reply_timeout", 2)
+    subprocess.run([sys.executable, str(INSTALL), "--prefix", str(site.inst.prefix),
+                    "--qmaildir", str(site.inst.qmaildir), "--venv", str(VENV)], check=True,
+                   capture_output=True)
+    main = site.inst.prefix / "run" / "server.sock"
+    own = identity_socket(str(main), site.inst.uid, site.inst.gid, (site.inst.gid,))
+    assert own is not None
+    listeners, queued = [], []
+    try:
+        for path in (main, Path(own)):
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(path))
+            path.chmod(0o666)
+            listener.listen(0)
+            listeners.append(listener)
+            queued += fill_queue(path)
+        started = time.monotonic()
+        result = site.deliver("alice")
+        waited = time.monotonic() - started
+    finally:
+        for sock in (*queued, *listeners):
+            sock.close()
+    assert result.returncode == 0 and 2 <= waited < 3.5, (result, waited)
+    assert len(delivered(site)) == 1
+
+
 def test_login_server_killed_mid_reply_is_temporary(site: LoginSite,
                                                     fake: Callable[..., FakeServer]) -> None:
     fake(answer(PLAN, plan(site, 89, 89))[:30])
