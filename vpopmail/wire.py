@@ -161,8 +161,21 @@ def is_front_end(path: str) -> bool:
         return False
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of ``sock``, as the kernel recorded
+    them at connect (SO_PEERCRED)."""
+    pid, uid, gid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET,
+                                                          socket.SO_PEERCRED, 12))
+    return pid, uid, gid
+
+
 class NoAnswer(Exception):
     """A server listens but did not answer in time."""
+
+
+#: what the front ends do meanwhile (--status and vcheck say it)
+NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then a caller it "
+                   "took answers 111, one it did not take runs the Python program")
 
 
 #: how long (seconds) ``vpopmail-server --status`` and vcheck wait for the server's answer
@@ -181,8 +194,7 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
             sock.connect(path)
         except BlockingIOError:  # a listener whose queue is full: callers wait at connect
             raise NoAnswer("its queue of waiting callers is full") from None
-        pid = struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                    12))[0]
+        pid = peer_credentials(sock)[0]
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
         try:
             header = recv_exact(sock, HEADER.size)

@@ -24,8 +24,8 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
 12 vpopmail-server   where bin/vdelivermail and bin/vchkpw are the C front ends: whether the
                      server answers them (when it is down, they run the Python programs:
                      mail and logins work, at the Python programs' cost; not a fault); one
-                     that takes the connection but does not answer within 10 s is a fault
-                     (the front ends wait for it)
+                     that takes the connection but does not answer within 10 s, or whose
+                     queue of waiting callers is full, is a fault (the front ends wait for it)
 """
 from __future__ import annotations
 
@@ -468,9 +468,7 @@ class Diagnosis:
             return f"up on {path}, serving {programs}: {wire.ask_status(path).strip()}"
         except wire.NoAnswer as exc:
             raise Fault(f"vpopmail-server is not answering on {path} ({exc}): every worker is "
-                        f"busy, or the server is stopped or stuck; {programs} wait for it, "
-                        f"up to server.reply_timeout: then a caller it took answers 111, one "
-                        f"it did not take runs the Python program",
+                        f"busy, or the server is stopped or stuck; {wire.NO_ANSWER_MEANS}",
                         "see its log; restart it if it is stuck (systemctl restart "
                         "vpopmail-server, or svc -t on its service directory)") from None
         except (OSError, wire.Drop) as exc:

@@ -43,7 +43,7 @@ import sys
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server
-from vpopmail.wire import STATUS_WAIT, Drop, NoAnswer, ask_status
+from vpopmail.wire import NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, ask_status
 
 
 def status(path: str, wait: float = STATUS_WAIT) -> int:
@@ -52,9 +52,7 @@ def status(path: str, wait: float = STATUS_WAIT) -> int:
         text = ask_status(path, wait)
     except NoAnswer as exc:
         print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
-              f"server stopped or stuck); the front ends wait for it, up to "
-              f"server.reply_timeout: then a caller it took answers 111, one it did not take "
-              f"runs the Python program")
+              f"server stopped or stuck); {NO_ANSWER_MEANS}")
         return 1
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
-                           Decline, Drop, Request, read_request, reply)
+                           Decline, Drop, Request, peer_credentials, read_request, reply)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
 #: clients waiting; then each worker slot's count of requests and whether its worker is
@@ -35,8 +35,7 @@ Identity = tuple[int, int, tuple[int, ...]]  # uid, gid, sorted supplementary gr
 
 def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
     """(pid, identity) the kernel recorded when the peer connected."""
-    pid, uid, gid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET,
-                                                          socket.SO_PEERCRED, 12))
+    pid, uid, gid = peer_credentials(conn)
     raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
     return pid, (uid, gid, tuple(sorted(struct.unpack(f"={len(raw) // 4}I", raw))))
 
