@@ -36,6 +36,9 @@ from vpopmail.stores import VUser, close_stores, open_stores
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
     from vpopmail.stores.protocols import ValiasRows
+    from collections.abc import Sequence
+
+    from vpopmail.wire import CallerLimits
 
 USAGE = """\
 vdelivermail: usage: vdelivermail '' ACTION
@@ -53,6 +56,48 @@ Exit status: 0 delivered, 99 delivered (stop the .qmail file), 100 bounced, 111 
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
 #: signals children get back at their default (we ignore them)
 CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+def spawn(path: str, argv: list[str], env: dict[bytes, bytes],
+          actions: "Sequence[tuple[int, ...]]",
+          limits: "CallerLimits | None") -> int:
+    """Start ``path`` (``actions`` as posix_spawn's file actions) and return its pid. With
+    ``limits`` (a vpopmail-server worker delivering for a caller whose nice value or resource
+    limits are not the worker's) the child takes the caller's before it execs, each capped by
+    the worker's own hard limit, as the program run by the direct vdelivermail would have."""
+    if limits is None:
+        return posix.posix_spawn(path, argv, env, file_actions=actions,
+                                 setsigdef=CHILD_DEFAULT_SIGNALS)
+    import resource
+
+    from vpopmail.wire import INFINITY
+
+    pid = posix.fork()
+    if pid:
+        return pid
+    try:  # the child: never back into the worker's code
+        for action in actions:
+            if action[0] == posix.POSIX_SPAWN_DUP2:
+                posix.dup2(action[1], action[2])
+            else:
+                posix.close(action[1])
+        for signal in CHILD_DEFAULT_SIGNALS:
+            _signal.signal(signal, _signal.SIG_DFL)
+        nice, caller = limits
+        if nice != posix.getpriority(posix.PRIO_PROCESS, 0):
+            try:
+                posix.setpriority(posix.PRIO_PROCESS, 0, nice)
+            except OSError:  # below the worker's as another user than root: keep the worker's
+                pass
+        for number, (soft, hard) in enumerate(caller):
+            own_hard = resource.getrlimit(number)[1] & INFINITY
+            hard = min(hard, own_hard)
+            soft = min(soft, hard)
+            resource.setrlimit(number, (resource.RLIM_INFINITY if soft == INFINITY else soft,
+                                        resource.RLIM_INFINITY if hard == INFINITY else hard))
+        posix.execve(path, argv, env)
+    finally:
+        posix._exit(127)
 
 
 class Outcome(Exception):
@@ -119,8 +164,10 @@ class Vdelivermail:
     """One run. ``environ`` is qmail-local's environment (bytes), ``stdin`` the message fd."""
 
     def __init__(self, config: vconfig.Config, environ: dict[bytes, bytes] | None = None,
-                 stdin: int = 0) -> None:
+                 stdin: int = 0, program_limits: "CallerLimits | None" = None) -> None:
         self.config = config
+        #: what programs and qmail-inject run under, where not this process's (see spawn)
+        self.program_limits = program_limits
         # read only: posix.environ, the dict os.environb wraps (its mapping methods are slow)
         self.environ = posix.environ if environ is None else environ
         self.stdin = stdin
@@ -463,8 +510,8 @@ class Vdelivermail:
         env[b"SHELL"] = b"/bin/sh"
         actions = [] if self.message.fd == 0 else [(posix.POSIX_SPAWN_DUP2, self.message.fd, 0)]
         try:
-            pid = posix.posix_spawn("/bin/sh", ["/bin/sh", "-c", command], env,
-                                    file_actions=actions, setsigdef=CHILD_DEFAULT_SIGNALS)
+            pid = spawn("/bin/sh", ["/bin/sh", "-c", command], env, actions,
+                        self.program_limits)
             _, status = posix.waitpid(pid, 0)
         except OSError as exc:
             raise defer(f"Unable to run /bin/sh: {exc.strerror}.") from None
@@ -502,10 +549,9 @@ class Vdelivermail:
         inject = self.config.home_path("qmail_inject")
         read, write = posix.pipe()
         try:
-            pid = posix.posix_spawn(inject, [inject, "--", *addresses], dict(posix.environ),
-                                    file_actions=[(posix.POSIX_SPAWN_DUP2, read, 0),
-                                                  (posix.POSIX_SPAWN_CLOSE, write)],
-                                    setsigdef=CHILD_DEFAULT_SIGNALS)
+            pid = spawn(inject, [inject, "--", *addresses], dict(posix.environ),
+                        [(posix.POSIX_SPAWN_DUP2, read, 0), (posix.POSIX_SPAWN_CLOSE, write)],
+                        self.program_limits)
         except OSError as exc:
             posix.close(read)
             posix.close(write)
@@ -527,8 +573,10 @@ class Vdelivermail:
             raise outcome
 
 
-def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
-    """Entry point: exit code for qmail-local, text on stdout."""
+def main(argv: list[str] | None = None, *, config: str | None = None,
+         program_limits: "CallerLimits | None" = None) -> int:
+    """Entry point: exit code for qmail-local, text on stdout. ``program_limits``: what the
+    programs it runs get (vpopmail-server's worker passes its caller's)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0] in ("--help", "--version"):  # .qmail-default gives two
         from vpopmail.cmdline import answer
@@ -537,7 +585,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
     try:
-        run = Vdelivermail(vconfig.load(config))
+        run = Vdelivermail(vconfig.load(config), program_limits=program_limits)
         return run.run(argv)
     except Outcome as outcome:
         say(outcome.text)

@@ -13,12 +13,13 @@
  * above the one this program is in (/proc/self/exe, else an absolute argv[0]), so one build
  * serves every installation with the same server uid.
  *
- * Protocol version 1 (vpopmail/wire.py holds the same text). Integers are unsigned 32-bit
- * (fsize 64-bit) in host byte order: both ends run on the same machine.
+ * Protocol version 2 (vpopmail/wire.py holds the same text). Integers are unsigned 32-bit
+ * (nice signed, resource limits 64-bit) in host byte order: both ends run on the same machine.
  *
  *   request  = "VPSq" version:u8 program:u8 nfds:u8 0:u8 length:u32   (12 bytes; the nfds
  *              descriptors 0,1,2 (and 3 for vchkpw) ride on it as SCM_RIGHTS)
- *              then `length` bytes: umask argc envc fsize_cur:u64 fsize_max:u64
+ *              then `length` bytes: umask argc envc nice:i32, then the 16 resource limits
+ *              of Linux by number (RLIMIT_CPU 0 .. RLIMIT_RTTIME 15) as cur:u64 max:u64,
  *              then NUL-terminated strings: cwd, argc arguments, envc "NAME=value" entries.
  *              Bounds: argc <= 1024, argument bytes <= 128 KiB, environment bytes <= 64 KiB,
  *              envc <= 4096, length <= 256 KiB.
@@ -59,7 +60,7 @@
 
 /* How packaging/install tells its own front end from C vpopmail's program of the same name
  * (an upgrade keeps it in place, --rollback removes it). */
-const char vps_ident[] = "pyvpopmail front end, protocol 1";
+const char vps_ident[] = "pyvpopmail front end, protocol 2";
 
 #ifndef VPS_PROGRAM
 #error "VPS_PROGRAM (1 vdelivermail, 2 vchkpw) must be defined"
@@ -80,7 +81,9 @@ const char vps_ident[] = "pyvpopmail front end, protocol 1";
 #define VPS_REPLY_TIMEOUT 600
 #endif
 
-#define VERSION 1
+#define VERSION 2
+#define LIMITS 16 /* Linux's resource limits, RLIMIT_CPU (0) .. RLIMIT_RTTIME (15) */
+#define BODY (16 + LIMITS * 16)
 #define MAX_ARGS 1024
 #define MAX_ARG_BYTES (128 * 1024)
 #define MAX_ENV 4096
@@ -225,7 +228,7 @@ static int recv_all(int fd, unsigned char *data, size_t length)
 static unsigned char *build_body(int argc, size_t *length)
 {
     char cwd[PATH_MAX];
-    size_t size = 28, argbytes = 0, envbytes = 0;
+    size_t size = BODY, argbytes = 0, envbytes = 0;
     uint32_t envc = 0;
     if (argc < 0 || argc > MAX_ARGS || getcwd(cwd, sizeof cwd) == NULL)
         return NULL;
@@ -242,18 +245,26 @@ static unsigned char *build_body(int argc, size_t *length)
         return NULL;
     mode_t mask = umask(0);
     umask(mask);
-    struct rlimit fsize;
-    if (getrlimit(RLIMIT_FSIZE, &fsize) != 0) {
+    errno = 0;
+    int32_t niceness = (int32_t)getpriority(PRIO_PROCESS, 0);
+    if (errno != 0) {
         free(body);
         return NULL;
     }
-    uint64_t cur = (uint64_t)fsize.rlim_cur, max = (uint64_t)fsize.rlim_max;
     put32(body, (uint32_t)mask);
     put32(body + 4, (uint32_t)argc);
     put32(body + 8, envc);
-    memcpy(body + 12, &cur, 8);
-    memcpy(body + 20, &max, 8);
-    unsigned char *p = body + 28;
+    memcpy(body + 12, &niceness, 4);
+    for (int resource = 0; resource < LIMITS; resource++) {
+        struct rlimit limit;
+        if (getrlimit(resource, &limit) != 0) {
+            free(body);
+            return NULL;
+        }
+        uint64_t pair[2] = {(uint64_t)limit.rlim_cur, (uint64_t)limit.rlim_max};
+        memcpy(body + 16 + resource * 16, pair, 16);
+    }
+    unsigned char *p = body + BODY;
     size_t n = strlen(cwd) + 1;
     memcpy(p, cwd, n);
     p += n;

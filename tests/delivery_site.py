@@ -99,13 +99,15 @@ class Site:
     def deliver(self, user: str, message: bytes = MESSAGE, action: str = "bounce-no-mailbox", *,
                 args: tuple[str, ...] | None = None, pipe: bool = False,
                 env: dict[str, str] | None = None, drop: tuple[str, ...] = (),
-                domain: str = DOMAIN) -> subprocess.CompletedProcess[bytes]:
-        """Run vdelivermail '' ACTION for ``user@domain`` with ``message`` on stdin."""
+                domain: str = DOMAIN, wrap: tuple[str, ...] = ()
+                ) -> subprocess.CompletedProcess[bytes]:
+        """Run vdelivermail '' ACTION for ``user@domain`` with ``message`` on stdin, under
+        the command ``wrap`` (e.g. prlimit's) if given."""
         variables = qmail_local_env(user, domain, str(self.domain_dir))
         variables.update(env or {})
         for name in drop:
             variables.pop(name, None)
-        argv = self.argv(*(args if args is not None else ("", action)))
+        argv = [*wrap, *self.argv(*(args if args is not None else ("", action)))]
         cwd = self.domain_dir if self.domain_dir.is_dir() else "/"
         if pipe:
             return subprocess.run(argv, input=message, capture_output=True, env=variables,

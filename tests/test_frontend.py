@@ -19,13 +19,12 @@ from install_site import INSTALL, REPO, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site
 from login_site import LoginSite
 from server_site import fill_queue, running_server
-from vpopmail.wire import identity_socket
+from vpopmail.wire import HEADER, VERSION, identity_socket
 
-HEADER = struct.Struct("=4sBBBxI")
 EXIT, PLAN, DECLINE = 1, 2, 3
 
 
-def answer(kind: int, payload: bytes = b"", version: int = 1, length: int | None = None
+def answer(kind: int, payload: bytes = b"", version: int = VERSION, length: int | None = None
            ) -> bytes:
     return HEADER.pack(b"VPSr", version, kind, 0, len(payload) if length is None else length
                        ) + payload
@@ -128,8 +127,8 @@ def test_bad_replies_defer(site: LoginSite, fake: Callable[..., FakeServer], rep
     assert delivered(site) == []
 
 
-@pytest.mark.parametrize("reply", [answer(DECLINE), answer(DECLINE, version=2),
-                                   answer(EXIT, struct.pack("=I", 0), version=2)],
+@pytest.mark.parametrize("reply", [answer(DECLINE), answer(DECLINE, version=VERSION + 1),
+                                   answer(EXIT, struct.pack("=I", 0), version=VERSION + 1)],
                          ids=["decline", "other-version-decline", "other-version"])
 def test_declined_runs_the_python_program(site: LoginSite, fake: Callable[..., FakeServer],
                                           reply: bytes) -> None:

@@ -25,10 +25,9 @@ from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
 from server_site import Server, fill_queue, running_server, wait_for
 from vpopmail.server import status
-from vpopmail.wire import identity_socket
+from vpopmail.wire import BODY, HEADER, LIMITS, VERSION, identity_socket
 
 NO_MAILBOX = b"Sorry, no mailbox here by that name. (#5.1.1)\n"
-HEADER = struct.Struct("=4sBBBxI")
 
 
 @pytest.fixture
@@ -706,10 +705,10 @@ def test_second_server_refuses_to_start(site: LoginSite) -> None:
 def raw_request(program: int, argv: list[bytes], env: list[bytes], cwd: bytes = b"/",
                 argc: int | None = None) -> tuple[bytes, bytes]:
     """(header, body) of a request as the front end builds it."""
-    body = struct.pack("=IIIQQ", 0o077, len(argv) if argc is None else argc, len(env),
-                       2**64 - 1, 2**64 - 1)
+    body = BODY.pack(0o077, len(argv) if argc is None else argc, len(env), 0,
+                     *[2**64 - 1] * (2 * LIMITS))
     body += b"".join(s + b"\0" for s in [cwd, *argv, *env])
-    return HEADER.pack(b"VPSq", 1, program, 3 if program == 1 else 4, len(body)), body
+    return HEADER.pack(b"VPSq", VERSION, program, 3 if program == 1 else 4, len(body)), body
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
@@ -768,7 +767,7 @@ def test_oversized_environment_is_dropped(site: LoginSite) -> None:
 def test_too_long_request_is_dropped(site: LoginSite) -> None:
     with open(os.devnull) as null:
         fds = [null.fileno()] * 3
-        header = HEADER.pack(b"VPSq", 1, 1, 3, 300 * 1024)
+        header = HEADER.pack(b"VPSq", VERSION, 1, 3, 300 * 1024)
         dropped_then_serving(site, lambda s: send_with_fds(s, header, fds), "request of")
 
 

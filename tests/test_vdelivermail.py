@@ -357,6 +357,21 @@ def test_program_exit_codes(site: Site, code: int, expected: int) -> None:
     assert len(delivered) == (1 if code == 0 else 0)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_programs_run_under_the_callers_limits(site: Site) -> None:
+    """A .qmail program gets qmail-local's nice value and resource limits, through the server
+    too (its workers have their own: before, the program got those)."""
+    out = site.inst.prefix / "limits-out"
+    write_dotqmail(site, site.user_dir("alice") / ".qmail",
+                   f"|(ulimit -n; ulimit -H -n; ulimit -t; ulimit -H -t; ulimit -v; nice) > {out}\n")
+    if site.unprivileged:
+        os.chmod(site.inst.prefix, 0o777)
+    result = site.deliver("alice", wrap=("prlimit", "--nofile=77:99", "--cpu=50:60",
+                                         f"--as={3 << 30}", "--", "nice", "-n", "3"))
+    assert (result.returncode, result.stdout) == (0, b""), result
+    assert out.read_text().split() == ["77", "99", "50", "60", str(3 << 20), "3"]
+
+
 def test_program_killed_by_signal_defers(site: Site) -> None:
     write_dotqmail(site, site.user_dir("alice") / ".qmail", "|kill -9 $$\n")
     assert site.deliver("alice").returncode == 111

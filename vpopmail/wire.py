@@ -2,12 +2,13 @@
 and what a client of it needs: asking the server's state, telling our front ends by their
 identity string.
 
-Protocol version 1 (frontend/frontend.c holds the same text). Integers are unsigned 32-bit
-(fsize 64-bit) in host byte order: both ends run on the same machine.
+Protocol version 2 (frontend/frontend.c holds the same text). Integers are unsigned 32-bit
+(nice signed, resource limits 64-bit) in host byte order: both ends run on the same machine.
 
     request  = "VPSq" version:u8 program:u8 nfds:u8 0:u8 length:u32   (12 bytes; the nfds
                descriptors 0,1,2 (and 3 for vchkpw) ride on it as SCM_RIGHTS)
-               then ``length`` bytes: umask argc envc fsize_cur:u64 fsize_max:u64
+               then ``length`` bytes: umask argc envc nice:i32, then the 16 resource limits
+               of Linux by number (RLIMIT_CPU 0 .. RLIMIT_RTTIME 15) as cur:u64 max:u64,
                then NUL-terminated strings: cwd, argc arguments, envc "NAME=value" entries.
                program: 0 status, 1 vdelivermail, 2 vchkpw. Bounds: argc <= 1024, argument
                bytes <= 128 KiB, environment bytes <= 64 KiB, envc <= 4096, length <= 256 KiB.
@@ -30,7 +31,7 @@ import os
 import socket
 import struct
 
-VERSION = 1
+VERSION = 2
 #: what frontend.c's vps_ident starts with (packaging/install tells its front ends by it too)
 FRONTEND_IDENT = b"pyvpopmail front end"
 STATUS, VDELIVERMAIL, VCHKPW = 0, 1, 2
@@ -38,7 +39,14 @@ STATUS, VDELIVERMAIL, VCHKPW = 0, 1, 2
 NFDS = {STATUS: 0, VDELIVERMAIL: 3, VCHKPW: 4}
 EXIT, PLAN, DECLINE, STATUS_REPLY = 1, 2, 3, 4
 HEADER = struct.Struct("=4sBBBxI")
-BODY = struct.Struct("=IIIQQ")
+#: Linux's resource limits, by number: RLIMIT_CPU (0) .. RLIMIT_RTTIME (15)
+LIMITS = 16
+#: a caller's nice value and its resource limits by number, each (cur, max), 2**64 - 1 for
+#: RLIM_INFINITY: as a request carries them, and as the programs a delivery runs get them
+CallerLimits = tuple[int, tuple[tuple[int, int], ...]]
+#: RLIM_INFINITY as a request carries it (the resource module says -1)
+INFINITY = 2**64 - 1
+BODY = struct.Struct(f"=IIIi{2 * LIMITS}Q")
 PLAN_HEAD = struct.Struct("=IIIIII")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
 MAX_ENV, MAX_ENV_BYTES = 4096, 64 * 1024
@@ -86,7 +94,9 @@ class Request:
     def __init__(self, program: int, fds: list[int], body: bytes) -> None:
         self.program = program
         self.fds = fds
-        self.umask, argc, envc, self.fsize_cur, self.fsize_max = 0, 0, 0, 0, 0
+        self.umask, argc, envc, self.nice = 0, 0, 0, 0
+        #: the caller's resource limits, (cur, max) by number (RLIM_INFINITY as 2**64 - 1)
+        self.limits: tuple[tuple[int, int], ...] = ()
         self.cwd = b"/"
         self.argv: list[bytes] = []
         self.env: list[bytes] = []
@@ -94,7 +104,8 @@ class Request:
             return
         if len(body) < BODY.size:
             raise Drop("request body too short")
-        self.umask, argc, envc, self.fsize_cur, self.fsize_max = BODY.unpack_from(body)
+        self.umask, argc, envc, self.nice, *limits = BODY.unpack_from(body)
+        self.limits = tuple(zip(limits[::2], limits[1::2]))
         if argc < 1 or argc > MAX_ARGS or envc > MAX_ENV:
             raise Drop(f"request with {argc} arguments and {envc} environment entries")
         strings = body[BODY.size:].split(b"\0")

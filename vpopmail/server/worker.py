@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
-from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
-                           Decline, Drop, Request, peer_credentials, read_request, reply)
+from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS,
+                           STATUS_REPLY, VDELIVERMAIL, CallerLimits, Decline, Drop, Request,
+                           peer_credentials, read_request, reply)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
 #: clients waiting; then each worker slot's count of requests and whether its worker is
@@ -109,7 +110,8 @@ def set_stage(request: Request) -> None:
     except OSError as exc:
         raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    wanted = resource.RLIM_INFINITY if request.fsize_cur >= 2**63 else request.fsize_cur
+    wanted = request.limits[resource.RLIMIT_FSIZE][0]
+    wanted = resource.RLIM_INFINITY if wanted >= 2**63 else wanted
     if hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard):
         wanted = hard
     try:
@@ -231,12 +233,25 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
             + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
-def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
-    """Run the program the direct way; the reply (kind, payload)."""
+def own_limits() -> CallerLimits:
+    """This process's nice value and resource limits, in the form a request carries them."""
+    import resource
+
+    return (os.getpriority(os.PRIO_PROCESS, 0),
+            tuple((soft & INFINITY, hard & INFINITY)
+                  for soft, hard in map(resource.getrlimit, range(LIMITS))))
+
+
+def run_request(request: Request, config: str | None, peer: Identity, own: CallerLimits
+                ) -> tuple[int, bytes]:
+    """Run the program the direct way; the reply (kind, payload). ``own``: the worker's nice
+    value and resource limits (a delivery's programs get the caller's where they differ)."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
-        code = deliver(sys.argv[1:], config=config)
+        caller = (request.nice, request.limits)
+        code = deliver(sys.argv[1:], config=config,
+                       program_limits=None if caller == own else caller)
     else:
         from auth.vchkpw import main as login
 
@@ -248,7 +263,7 @@ def run_request(request: Request, config: str | None, peer: Identity) -> tuple[i
 
 
 def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Settings",
-              null: int) -> None:
+              null: int, own: CallerLimits) -> None:
     """One connection of a worker that holds ``identity``: from its request to its reply."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
@@ -263,7 +278,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity)
+            kind, payload = run_request(request, settings.config, identity, own)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)
@@ -324,13 +339,14 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         take_identity(identity)
     except (OSError, Decline) as exc:
         declined = str(exc)
+    own = own_limits()
     keep_connections()  # SQL connections stay open from one request to the next
 
     def run(conn: socket.socket, pid: int) -> bool:
         """Serve one connection; whether the worker is unchanged by it."""
         conn = unix_stream(high(conn.detach()))
         settings.serving(slot)
-        serve_one(conn, pid, identity, settings, null)
+        serve_one(conn, pid, identity, settings, null, own)
         conn.close()
         settings.count(slot)
         stray = open_descriptors(keep | kept_descriptors())
