@@ -16,7 +16,9 @@ with the SQL backend too (a private MariaDB, as bench_delivery.py) unless --no-s
 throughput: --count 4 KB deliveries at concurrency 10 and --count logins at concurrency 20
 (xargs -P), front end + server and direct: per second, CPU seconds per item (the clients'
 and the server's with its workers), and the server's peak RSS. Also the cost of a fork from
-the warm server against handing a connection to a pre-forked worker (the choice of design).
+the warm server against handing a connection to a pre-forked worker (the choice of design),
+and the Maildir system calls of one delivery alone, in the benchmark's process (a lower
+bound for any delivery program, whatever its language).
 With --c-vpopmail HOME (a C vpopmail 5.4 built and installed here with the cdb backend, its
 compile-time home HOME: not packaged, so not part of any default run) C's vdelivermail and
 vchkpw run in the same rounds and loops, and throughput, on a domain example.com where its
@@ -234,9 +236,10 @@ class Setup:
                              self.c_credentials)
         return rows
 
-    def single(self, runs: int, loop: int) -> tuple[Rows, Rows]:
+    def single(self, runs: int, loop: int) -> tuple[Rows, Rows, tuple[float, float]]:
         """Per row: (median seconds, peak KiB, seconds per run in a shell loop of ``loop``);
-        rounds interleaved."""
+        rounds interleaved. And the Maildir floor (:func:`maildir_floor`), measured after each
+        round of loops (its median): the file system's state changes from minute to minute."""
         deliver: dict[str, list[tuple[float, int]]] = {}
         login: dict[str, list[tuple[float, int]]] = {}
         for _ in range(runs):
@@ -247,6 +250,8 @@ class Setup:
                 login.setdefault(name, []).append(timed(argv, b"", env, None, fd3=fd3))
             self.clean()
         looped: dict[str, list[float]] = {}
+        floors: list[tuple[float, float]] = []
+        message = self.message.read_bytes()
         for _ in range(3):  # loops interleaved too; the median of three
             for name, (argv, env, cwd) in self.deliveries().items():
                 looped.setdefault(name, []).append(shell_loop(
@@ -255,6 +260,7 @@ class Setup:
             for name, (argv, env, fd3) in self.logins().items():
                 looped.setdefault("login " + name, []).append(shell_loop(
                     argv, env, None, loop, fd3=fd3))
+            floors.append(maildir_floor(self.maildir, message, 3, loop))
         delivery_rows = {name: (median(deliver[name])[0], peak_rss(
             ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids) or 0,
             statistics.median(looped[name]))
@@ -263,7 +269,8 @@ class Setup:
                              or 0, statistics.median(looped["login " + name]))
                       for name, (argv, env, fd3) in self.logins().items()}
         self.clean()
-        return delivery_rows, login_rows
+        floor = (statistics.median(f[0] for f in floors), statistics.median(f[1] for f in floors))
+        return delivery_rows, login_rows, floor
 
     # -- throughput ---------------------------------------------------------------------------
     def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int, user: bool,
@@ -348,6 +355,39 @@ def server_cpu(server: psutil.Process) -> float:
     return total
 
 
+def maildir_floor(maildir: Path, message: bytes, rounds: int = 7, each: int = 100
+                  ) -> tuple[float, float]:
+    """Seconds per delivery of the Maildir system calls alone, in this process, with the two
+    fsyncs and without: create in tmp/, write, fsync, link into new/, unlink from tmp/, fsync
+    new/. A lower bound, before its exec, for any program delivering there (median of
+    ``rounds`` interleaved rounds of ``each``, back to back as in a shell loop)."""
+    def one(name: str, sync: bool) -> None:
+        tmp, new = f"{maildir}/tmp/{name}", f"{maildir}/new/{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.write(fd, message)
+        if sync:
+            os.fsync(fd)
+        os.close(fd)
+        os.link(tmp, new)
+        os.unlink(tmp)
+        if sync:
+            directory = os.open(f"{maildir}/new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            os.fsync(directory)
+            os.close(directory)
+
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    for number in range(rounds):
+        for sync in (True, False):
+            names = [f"floor.{os.getpid()}.{number}.{sync:d}.{i}" for i in range(each)]
+            start = time.perf_counter()
+            for name in names:
+                one(name, sync)
+            timings[sync].append((time.perf_counter() - start) / each)
+            for name in names:
+                os.unlink(f"{maildir}/new/{name}")
+    return statistics.median(timings[True]), statistics.median(timings[False])
+
+
 def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
     return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
 
@@ -388,9 +428,9 @@ def fork_or_pool(setup: Setup) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
-def write(runs: int, loop: int, single: tuple[Rows, Rows],
+def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
           load: dict[str, tuple[float, float, int, int]], fork: tuple[float, float]) -> None:
-    deliver, login = single
+    deliver, login, floor = single
     lines = ["## Server: vpopmail-server and the C front ends (`bench/bench_server.py`)", "",
              machine_line(runs, "GNU time"), "",
              "One 4 KB delivery: `sh -c` of the `.qmail-default` line as uid 89, the message on a "
@@ -411,6 +451,13 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows],
     floor_d = deliver["`/bin/true` (exec floor)"][2] * 1000
     ours_l = login["front end + server, MD5-crypt"][2] * 1000
     floor_l = login["`/bin/true` (exec floor, fd 3 open)"][2] * 1000
+    synced, unsynced = floor[0] * 1000, floor[1] * 1000
+    lines += ["", f"The Maildir system calls of one delivery alone (create in tmp/, write, "
+              f"fsync, link into new/, unlink, fsync new/), in the benchmark's process on the "
+              f"same Maildir, after each round of loops (median of three): {synced:.2f} ms, "
+              f"{unsynced:.2f} ms without the two fsyncs. With "
+              f"the exec floor, {floor_d + synced:.2f} ms is the least any delivery with fsync "
+              f"can cost here, whatever the language ({floor_d + unsynced:.2f} ms without)."]
     if C_DELIVERY in deliver:
         c_d, c_l = deliver[C_DELIVERY][2] * 1000, login[C_LOGIN][2] * 1000
         lines += ["", f"{C_NAME}, built here from its source with the cdb backend (not packaged: "
