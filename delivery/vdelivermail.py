@@ -58,46 +58,84 @@ PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
 CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
 
-def spawn(path: str, argv: list[str], env: dict[bytes, bytes],
-          actions: "Sequence[tuple[int, ...]]",
-          limits: "CallerLimits | None") -> int:
-    """Start ``path`` (``actions`` as posix_spawn's file actions) and return its pid. With
-    ``limits`` (a vpopmail-server worker delivering for a caller whose nice value or resource
-    limits are not the worker's) the child takes the caller's before it execs, each capped by
-    the worker's own hard limit, as the program run by the direct vdelivermail would have."""
-    if limits is None:
-        return posix.posix_spawn(path, argv, env, file_actions=actions,
-                                 setsigdef=CHILD_DEFAULT_SIGNALS)
+def child_limits(limits: "CallerLimits") -> "tuple[int | None, list[tuple[int, int, int]]] | None":
+    """What a child must be given of the caller's ``limits`` (nice value, resource limits) to
+    differ from this process: (nice or None, [(resource, soft, hard)]), each limit capped by
+    this process's hard limit; None when it has them all already. Compared with this
+    process's values now (the worker's file-size soft limit is each caller's; an operator may
+    renice or prlimit a worker), not with those it started with."""
     import resource
 
     from vpopmail.wire import INFINITY
 
-    pid = posix.fork()
-    if pid:
-        return pid
-    try:  # the child: never back into the worker's code
-        for action in actions:
-            if action[0] == posix.POSIX_SPAWN_DUP2:
-                posix.dup2(action[1], action[2])
-            else:
-                posix.close(action[1])
-        for signal in CHILD_DEFAULT_SIGNALS:
-            _signal.signal(signal, _signal.SIG_DFL)
-        nice, caller = limits
-        if nice != posix.getpriority(posix.PRIO_PROCESS, 0):
-            try:
-                posix.setpriority(posix.PRIO_PROCESS, 0, nice)
-            except OSError:  # below the worker's as another user than root: keep the worker's
-                pass
-        for number, (soft, hard) in enumerate(caller):
-            own_hard = resource.getrlimit(number)[1] & INFINITY
-            hard = min(hard, own_hard)
-            soft = min(soft, hard)
-            resource.setrlimit(number, (resource.RLIM_INFINITY if soft == INFINITY else soft,
-                                        resource.RLIM_INFINITY if hard == INFINITY else hard))
-        posix.execve(path, argv, env)
+    nice, caller = limits
+    changes = []
+    for number, (soft, hard) in enumerate(caller):
+        own_soft, own_hard = (value & INFINITY for value in resource.getrlimit(number))
+        hard = min(hard, own_hard)
+        soft = min(soft, hard)
+        if (soft, hard) != (own_soft, own_hard):
+            changes.append((number, resource.RLIM_INFINITY if soft == INFINITY else soft,
+                            resource.RLIM_INFINITY if hard == INFINITY else hard))
+    wanted = None if nice == posix.getpriority(posix.PRIO_PROCESS, 0) else nice
+    return None if wanted is None and not changes else (wanted, changes)
+
+
+def spawn(path: str, argv: list[str], env: dict[bytes, bytes],
+          actions: "Sequence[tuple[int, ...]]",
+          limits: "CallerLimits | None") -> int:
+    """Start ``path`` (``actions`` as posix_spawn's file actions) and return its pid; OSError
+    when it cannot be started, as posix_spawn. With ``limits`` (a vpopmail-server worker's
+    caller's) the child takes those that differ from this process's before it execs, each
+    capped by this process's hard limit, as the program run by the direct vdelivermail would
+    have them."""
+    changes = None if limits is None else child_limits(limits)
+    if changes is None:
+        return posix.posix_spawn(path, argv, env, file_actions=actions,
+                                 setsigdef=CHILD_DEFAULT_SIGNALS)
+    import resource
+
+    nice, rlimits = changes
+    ready, report = posix.pipe()  # close-on-exec: the exec closes it, a failure writes errno
+    try:
+        pid = posix.fork()
+    except OSError:
+        posix.close(ready)
+        posix.close(report)
+        raise
+    if pid == 0:
+        try:  # the child: never back into the worker's code
+            posix.close(ready)
+            for action in actions:
+                if action[0] == posix.POSIX_SPAWN_DUP2:
+                    posix.dup2(action[1], action[2])
+                else:
+                    posix.close(action[1])
+            for signal in CHILD_DEFAULT_SIGNALS:
+                _signal.signal(signal, _signal.SIG_DFL)
+            if nice is not None:
+                try:
+                    posix.setpriority(posix.PRIO_PROCESS, 0, nice)
+                except OSError:  # below the worker's as another user than root: the worker's
+                    pass
+            for number, soft, hard in rlimits:
+                resource.setrlimit(number, (soft, hard))
+            posix.execve(path, argv, env)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent as posix_spawn's
+            code = getattr(exc, "errno", None) or 22  # EINVAL: a ValueError of setrlimit
+            posix.write(report, code.to_bytes(4, sys.byteorder))
+        finally:
+            posix._exit(127)
+    posix.close(report)
+    try:
+        failed = posix.read(ready, 4)  # nothing: the exec succeeded
     finally:
-        posix._exit(127)
+        posix.close(ready)
+    if failed:
+        posix.waitpid(pid, 0)
+        code = int.from_bytes(failed.ljust(4, b"\0"), sys.byteorder)
+        raise OSError(code, posix.strerror(code))
+    return pid
 
 
 class Outcome(Exception):

@@ -224,6 +224,13 @@ static int recv_all(int fd, unsigned char *data, size_t length)
     return 1;
 }
 
+/* A resource limit as the protocol carries it: RLIM_INFINITY is 2^64 - 1 whatever the
+ * width of rlim_t (a 32-bit one's is 2^32 - 1). */
+static uint64_t wire_limit(rlim_t value)
+{
+    return value == RLIM_INFINITY ? UINT64_MAX : (uint64_t)value;
+}
+
 /* The request body; NULL (fallback) when it would exceed the protocol's bounds. */
 static unsigned char *build_body(int argc, size_t *length)
 {
@@ -261,7 +268,7 @@ static unsigned char *build_body(int argc, size_t *length)
             free(body);
             return NULL;
         }
-        uint64_t pair[2] = {(uint64_t)limit.rlim_cur, (uint64_t)limit.rlim_max};
+        uint64_t pair[2] = {wire_limit(limit.rlim_cur), wire_limit(limit.rlim_max)};
         memcpy(body + 16 + resource * 16, pair, 16);
     }
     unsigned char *p = body + BODY;

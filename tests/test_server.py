@@ -127,6 +127,48 @@ def test_missing_program_is_temporary_with_the_direct_log_line(site: LoginSite) 
                for t in site.syslog.texts())
 
 
+def limits_program(site: LoginSite) -> Path:
+    """alice's .qmail runs a program that writes its limits and nice value to the file
+    returned."""
+    out = site.inst.prefix / "limits-out"
+    dotqmail = site.user_dir("alice") / ".qmail"
+    dotqmail.write_text(f"|(ulimit -n; ulimit -H -n; ulimit -t; ulimit -H -t; nice) > {out}\n")
+    shutil.chown(dotqmail, site.inst.user, site.inst.group)
+    os.chmod(site.inst.prefix, 0o777)
+    return out
+
+
+def test_programs_get_the_callers_limits_capped_by_the_workers(site: LoginSite) -> None:
+    """An unlimited caller's program gets the worker's hard limit, no more; a caller's higher
+    soft limit the worker's hard one."""
+    without_fallbacks(site.inst)
+    subprocess.run(["prlimit", "--pid", str(server_of(site).proc.pid), "--cpu=100:200",
+                    "--nofile=500:1000"], check=True)  # the workers forked from now on
+    out = limits_program(site)
+    result = site.deliver("alice", wrap=("prlimit", "--cpu=unlimited:unlimited",
+                                         "--nofile=2000:3000", "--"))
+    assert (result.returncode, result.stdout) == (0, b""), result
+    assert out.read_text().split() == ["1000", "1000", "200", "200", "0"]
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_programs_get_the_callers_nice_value_from_a_reniced_worker(site: LoginSite) -> None:
+    """What the worker's own values are is asked when a program starts, not remembered from
+    the worker's start: a worker given a higher priority since (nice -5) runs its caller's
+    programs at the caller's (0), never above it."""
+    without_fallbacks(site.inst)
+    out = limits_program(site)
+    assert site.deliver("alice").returncode == 0
+    caller = out.read_text().split()
+    server = server_of(site)
+    workers = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert len(workers) == 1, workers
+    os.setpriority(os.PRIO_PROCESS, int(workers[0]), -5)
+    assert site.deliver("alice").returncode == 0
+    assert out.read_text().split() == caller
+
+
 # -- fresh state --------------------------------------------------------------------------------
 
 def test_admin_changes_are_seen_by_the_next_request(site: LoginSite) -> None:

@@ -372,6 +372,33 @@ def test_programs_run_under_the_callers_limits(site: Site) -> None:
     assert out.read_text().split() == ["77", "99", "50", "60", str(3 << 20), "3"]
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_forwards_run_under_the_callers_limits(site: Site, inject: Path) -> None:
+    """qmail-inject, started for a forward, gets them too."""
+    out = site.inst.prefix / "limits-out"
+    (site.inst.qmaildir / "bin" / "qmail-inject").write_text(
+        f"#!/bin/sh\n(ulimit -n; ulimit -H -n; ulimit -t; ulimit -H -t; nice) > {out}\n"
+        "cat > /dev/null\n")
+    write_dotqmail(site, site.user_dir("alice") / ".qmail", "&carol@example.org\n")
+    if site.unprivileged:
+        os.chmod(site.inst.prefix, 0o777)
+    result = site.deliver("alice", wrap=("prlimit", "--nofile=77:99", "--cpu=50:60", "--",
+                                         "nice", "-n", "3"))
+    assert (result.returncode, result.stdout) == (0, b""), result
+    assert out.read_text().split() == ["77", "99", "50", "60", "3"]
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_missing_qmail_inject_under_the_callers_limits(site: Site) -> None:
+    """A qmail-inject that cannot be started says so as the direct run does, whatever the
+    caller's limits (through the server they are set between a fork and the exec)."""
+    write_dotqmail(site, site.user_dir("alice") / ".qmail", "&carol@example.org\n")
+    result = site.deliver("alice", wrap=("prlimit", "--nofile=77:99", "--"))
+    assert (result.returncode, result.stdout) == (
+        111, b"Unable to fork: No such file or directory.\n"
+             b"system error, can't open qmail-inject\n")
+
+
 def test_program_killed_by_signal_defers(site: Site) -> None:
     write_dotqmail(site, site.user_dir("alice") / ".qmail", "|kill -9 $$\n")
     assert site.deliver("alice").returncode == 111

@@ -16,9 +16,8 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
-from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS,
-                           STATUS_REPLY, VDELIVERMAIL, CallerLimits, Decline, Drop, Request,
-                           peer_credentials, read_request, reply)
+from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
+                           Decline, Drop, Request, peer_credentials, read_request, reply)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
 #: clients waiting; then each worker slot's count of requests and whether its worker is
@@ -233,25 +232,14 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
             + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
-def own_limits() -> CallerLimits:
-    """This process's nice value and resource limits, in the form a request carries them."""
-    import resource
-
-    return (os.getpriority(os.PRIO_PROCESS, 0),
-            tuple((soft & INFINITY, hard & INFINITY)
-                  for soft, hard in map(resource.getrlimit, range(LIMITS))))
-
-
-def run_request(request: Request, config: str | None, peer: Identity, own: CallerLimits
-                ) -> tuple[int, bytes]:
-    """Run the program the direct way; the reply (kind, payload). ``own``: the worker's nice
-    value and resource limits (a delivery's programs get the caller's where they differ)."""
+def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
+    """Run the program the direct way; the reply (kind, payload). A delivery's programs get
+    the caller's nice value and resource limits (delivery.vdelivermail.spawn)."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
-        caller = (request.nice, request.limits)
         code = deliver(sys.argv[1:], config=config,
-                       program_limits=None if caller == own else caller)
+                       program_limits=(request.nice, request.limits))
     else:
         from auth.vchkpw import main as login
 
@@ -263,7 +251,7 @@ def run_request(request: Request, config: str | None, peer: Identity, own: Calle
 
 
 def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Settings",
-              null: int, own: CallerLimits) -> None:
+              null: int) -> None:
     """One connection of a worker that holds ``identity``: from its request to its reply."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
@@ -278,7 +266,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity, own)
+            kind, payload = run_request(request, settings.config, identity)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)
@@ -339,14 +327,13 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         take_identity(identity)
     except (OSError, Decline) as exc:
         declined = str(exc)
-    own = own_limits()
     keep_connections()  # SQL connections stay open from one request to the next
 
     def run(conn: socket.socket, pid: int) -> bool:
         """Serve one connection; whether the worker is unchanged by it."""
         conn = unix_stream(high(conn.detach()))
         settings.serving(slot)
-        serve_one(conn, pid, identity, settings, null, own)
+        serve_one(conn, pid, identity, settings, null)
         conn.close()
         settings.count(slot)
         stray = open_descriptors(keep | kept_descriptors())
