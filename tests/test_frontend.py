@@ -128,8 +128,10 @@ def test_bad_replies_defer(site: LoginSite, fake: Callable[..., FakeServer], rep
 
 
 @pytest.mark.parametrize("reply", [answer(DECLINE), answer(DECLINE, version=VERSION + 1),
+                                   answer(DECLINE, version=VERSION - 1),
                                    answer(EXIT, struct.pack("=I", 0), version=VERSION + 1)],
-                         ids=["decline", "other-version-decline", "other-version"])
+                         ids=["decline", "other-version-decline", "older-server-decline",
+                              "other-version"])
 def test_declined_runs_the_python_program(site: LoginSite, fake: Callable[..., FakeServer],
                                           reply: bytes) -> None:
     server = fake(reply)
