@@ -694,6 +694,31 @@ def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
     assert "is up" in capsys.readouterr().out
 
 
+def test_status_of_a_server_of_the_previous_protocol(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A server started before an upgrade declines the new protocol's requests (the front
+    ends run the Python programs): --status says so, not a bare "unexpected reply"."""
+    path = str(tmp_path / "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+
+    def old_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(HEADER.size)
+            conn.sendall(HEADER.pack(b"VPSr", VERSION - 1, 3, 0, 0))  # DECLINE
+
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(old_server)
+        assert status(path) == 1
+        done.result()
+    listener.close()
+    said = capsys.readouterr().out
+    assert f"speaks protocol version {VERSION - 1}, not {VERSION}" in said, said
+    assert "reload it" in said
+
+
 def test_status_of_a_stopped_server_with_a_full_queue(
         site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
     """A stopped server whose listen queue is full (a front end's connect then waits): "not

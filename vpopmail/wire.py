@@ -212,7 +212,10 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
         except TimeoutError:
             raise NoAnswer(f"pid {pid} took the connection but did not answer within "
                            f"{wait:g} s") from None
-        magic, _, kind, _, length = HEADER.unpack(header)
+        magic, version, kind, _, length = HEADER.unpack(header)
+        if magic == b"VPSr" and kind == DECLINE and version != VERSION:
+            raise Drop(f"pid {pid} speaks protocol version {version}, not {VERSION}: a server "
+                       f"started before an upgrade (reload it: SIGHUP)")
         if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
             raise Drop("unexpected reply")
         return recv_exact(sock, length).decode("utf-8", "replace")
