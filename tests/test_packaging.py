@@ -6,12 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from install_site import CLEAN_ENV, INSTALL, REPO, VENV, Install, own_account
 from helpers import snapshot
+from server_site import running_server, wait_for
+from vpopmail.wire import VERSION
 
 SANDBOX = REPO / "packaging" / "sandbox"
 #: C vpopmail 5.4.33's vpasswd lines (reference c-vpopmail-observed.md section 4; 8 fields,
@@ -159,6 +162,59 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     assert (prefix / "etc" / "vpopmail.toml").exists()  # the operator's settings stay
     assert (prefix / "domains" / "example.com" / "vpasswd").read_text() == \
         C_VPASSWD.replace("HOME", str(prefix / "domains" / "example.com"))
+
+
+#: a vpopmail-server of the previous protocol version (started before an upgrade): it
+#: declines every request, and writes "reloaded" to argv[2] on SIGHUP
+OLD_SERVER = f"""
+import signal, socket, struct, sys
+HEADER = struct.Struct("=4sBBBxI")
+signal.signal(signal.SIGHUP, lambda *_: open(sys.argv[2], "w").write("reloaded"))
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen()
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(HEADER.size)
+    conn.sendall(HEADER.pack(b"VPSr", {VERSION - 1}, 3, 0, 0))  # DECLINE
+    conn.close()
+"""
+
+
+def test_install_reloads_the_running_server(tmp_path: Path) -> None:
+    """An upgrade (install again) tells the running vpopmail-server to reload, so it serves
+    with what was installed; a server of the previous protocol version, which declines every
+    request meanwhile (the front ends run the Python programs), is told too."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    user, group = own_account()
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+            "--group", group, "--venv", str(VENV))
+    first = run_install(*args)
+    assert first.returncode == 0 and "reloaded" not in first.stdout, first
+    inst = Install(prefix, qmaildir, user, group)
+    with running_server(inst) as server:
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"reloaded vpopmail-server (pid {server.proc.pid})" in again.stdout, again.stdout
+        wait_for(server, listening=2)
+        assert any("reloading" in line for line in server.lines())
+        assert server.proc.poll() is None
+    socket_path, mark = prefix / "run" / "server.sock", tmp_path / "old-server-reloaded"
+    old = subprocess.Popen([sys.executable, "-c", OLD_SERVER, str(socket_path), str(mark)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert old.stdout is not None and old.stdout.readline() == "listening\n"
+        upgrade = run_install(*args)
+        assert upgrade.returncode == 0, upgrade
+        assert f"reloaded vpopmail-server (pid {old.pid})" in upgrade.stdout, upgrade.stdout
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.read_text() == "reloaded"
+    finally:
+        old.kill()
+        old.wait()
 
 
 def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:

@@ -184,6 +184,16 @@ class NoAnswer(Exception):
     """A server listens but did not answer in time."""
 
 
+class OtherProtocol(Drop):
+    """The server at the socket speaks another protocol version: one started before an
+    upgrade (it declines every request: the front ends run the Python programs)."""
+
+    def __init__(self, pid: int, version: int) -> None:
+        super().__init__(f"pid {pid} speaks protocol version {version}, not {VERSION}: a "
+                         f"server started before an upgrade (reload it: SIGHUP)")
+        self.pid = pid
+
+
 #: what the front ends do meanwhile (--status and vcheck say it)
 NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then a caller it "
                    "took answers 111, one it did not take runs the Python program")
@@ -193,11 +203,12 @@ NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then
 STATUS_WAIT = 10
 
 
-def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
-    """The state the server at ``path`` reports; OSError or Drop when none answers there,
-    NoAnswer when one took the connection but sent nothing within ``wait`` seconds (a worker
-    of the asker's identity answers: every worker is busy, or the server is stopped or
-    stuck), or its listen queue is full."""
+def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, str]:
+    """(pid, state) of the server at ``path``: the pid that listens there (SO_PEERCRED) and the
+    state it reports; OSError or Drop when none answers there (OtherProtocol: one of another
+    protocol version), NoAnswer when one took the connection but sent nothing within ``wait``
+    seconds (a worker of the asker's identity answers: every worker is busy, or the server is
+    stopped or stuck), or its listen queue is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)
     try:
@@ -214,11 +225,10 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> str:
                            f"{wait:g} s") from None
         magic, version, kind, _, length = HEADER.unpack(header)
         if magic == b"VPSr" and kind == DECLINE and version != VERSION:
-            raise Drop(f"pid {pid} speaks protocol version {version}, not {VERSION}: a server "
-                       f"started before an upgrade (reload it: SIGHUP)")
+            raise OtherProtocol(pid, version)
         if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
             raise Drop("unexpected reply")
-        return recv_exact(sock, length).decode("utf-8", "replace")
+        return pid, recv_exact(sock, length).decode("utf-8", "replace")
     finally:
         sock.close()
 
