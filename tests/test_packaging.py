@@ -3,6 +3,7 @@ packaging/install over an existing C vpopmail (its programs kept aside, ``--roll
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from install_site import CLEAN_ENV, INSTALL, REPO, VENV, Install, own_account
+from install_site import (CLEAN_ENV, INSTALL, REPO, VENV, Install, as_user_argv, own_account,
+                          vpopmail_user_exists)
 from helpers import snapshot
 from server_site import running_server, wait_for
 from vpopmail.wire import VERSION
@@ -215,6 +217,42 @@ def test_install_reloads_the_running_server(tmp_path: Path) -> None:
     finally:
         old.kill()
         old.wait()
+
+
+def test_install_signals_no_listener_of_another_uid() -> None:
+    """A listener at the installation's socket that runs as another uid than the installer's
+    (the vpopmail user, say, which owns the prefix) is not a server of this installation: the
+    installer names it and sends it no signal."""
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+    base = Path("/tmp") / f"pyvpopmail-impostor-{os.getpid()}"  # the vpopmail user reaches it
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    prefix, qmaildir = base / "vpopmail", base / "qmail"
+    user, group = own_account()
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+            "--group", group, "--venv", str(VENV))
+    assert run_install(*args).returncode == 0
+    (prefix / "run").chmod(0o777)  # as if the vpopmail user could write there
+    mark = base / "marks"
+    mark.mkdir()
+    mark.chmod(0o777)
+    socket_path, signalled = prefix / "run" / "server.sock", mark / "reloaded"
+    impostor = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c",
+                                 OLD_SERVER, str(socket_path), str(signalled)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout is not None and impostor.stdout.readline() == "listening\n"
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"runs as uid {pwd.getpwnam('vpopmail').pw_uid}, not 0: not reloaded" in \
+            again.stdout, again.stdout
+        time.sleep(0.3)
+        assert not signalled.exists()
+    finally:
+        impostor.kill()
+        impostor.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:

@@ -188,10 +188,10 @@ class OtherProtocol(Drop):
     """The server at the socket speaks another protocol version: one started before an
     upgrade (it declines every request: the front ends run the Python programs)."""
 
-    def __init__(self, pid: int, version: int) -> None:
+    def __init__(self, pid: int, uid: int, version: int) -> None:
         super().__init__(f"pid {pid} speaks protocol version {version}, not {VERSION}: a "
                          f"server started before an upgrade (reload it: SIGHUP)")
-        self.pid = pid
+        self.pid, self.uid = pid, uid
 
 
 #: what the front ends do meanwhile (--status and vcheck say it)
@@ -203,9 +203,9 @@ NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then
 STATUS_WAIT = 10
 
 
-def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, str]:
-    """(pid, state) of the server at ``path``: the pid that listens there (SO_PEERCRED) and the
-    state it reports; OSError or Drop when none answers there (OtherProtocol: one of another
+def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, int, str]:
+    """(pid, uid, state) of the server at ``path``: the pid and uid that listen there (as the
+    kernel recorded them: SO_PEERCRED) and the state it reports; OSError or Drop when none answers there (OtherProtocol: one of another
     protocol version), NoAnswer when one took the connection but sent nothing within ``wait``
     seconds (a worker of the asker's identity answers: every worker is busy, or the server is
     stopped or stuck), or its listen queue is full."""
@@ -216,7 +216,7 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, str]:
             sock.connect(path)
         except BlockingIOError:  # a listener whose queue is full: callers wait at connect
             raise NoAnswer("its queue of waiting callers is full") from None
-        pid = peer_credentials(sock)[0]
+        pid, uid, _ = peer_credentials(sock)
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
         try:
             header = recv_exact(sock, HEADER.size)
@@ -225,10 +225,10 @@ def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, str]:
                            f"{wait:g} s") from None
         magic, version, kind, _, length = HEADER.unpack(header)
         if magic == b"VPSr" and kind == DECLINE and version != VERSION:
-            raise OtherProtocol(pid, version)
+            raise OtherProtocol(pid, uid, version)
         if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
             raise Drop("unexpected reply")
-        return pid, recv_exact(sock, length).decode("utf-8", "replace")
+        return pid, uid, recv_exact(sock, length).decode("utf-8", "replace")
     finally:
         sock.close()
 

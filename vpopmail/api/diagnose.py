@@ -465,7 +465,7 @@ class Diagnosis:
         path = self.config.home_path("server_socket")
         programs = " and ".join(front_ends)
         try:
-            return f"up on {path}, serving {programs}: {wire.ask_status(path)[1].strip()}"
+            return f"up on {path}, serving {programs}: {wire.ask_status(path)[2].strip()}"
         except wire.NoAnswer as exc:
             raise Fault(f"vpopmail-server is not answering on {path} ({exc}): every worker is "
                         f"busy, or the server is stopped or stuck; {wire.NO_ANSWER_MEANS}",

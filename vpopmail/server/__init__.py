@@ -49,7 +49,7 @@ from vpopmail.wire import NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, ask_stat
 def status(path: str, wait: float = STATUS_WAIT) -> int:
     """``--status``: ask the server at ``path`` for its state."""
     try:
-        text = ask_status(path, wait)[1]
+        text = ask_status(path, wait)[2]
     except NoAnswer as exc:
         print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
               f"server stopped or stuck); {NO_ANSWER_MEANS}")
