@@ -328,10 +328,15 @@ class Setup:
             self.clean()
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
                 [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
-        if self.c:  # MD5-crypt logins on both sides: C's hash
+        if self.c:  # MD5-crypt logins on both sides: C's hash; deliveries without fsync too
             md5 = {**POP_ENV, "CRED": str(self.md5_credentials)}
             rows[f"{count} logins, concurrency 20, front end + server, MD5-crypt"] = self.load(
                 [*login, str(self.bin / "vchkpw")], md5, count, 20, False, self.server)
+            nosync = {**qmail_local_env(self.domain_dir, self.nosync), "MSG": str(self.message)}
+            rows[f"{count} deliveries of 4 KB, concurrency 10, front end + server, no fsync"] = \
+                self.load([*deliver, str(self.bin / "vdelivermail")], nosync, count, 10, True,
+                          self.server)
+            self.clean()
             rows[f"{count} deliveries of 4 KB, concurrency 10, {C_NAME} (no fsync)"] = self.load(
                 [*deliver, str(self.c.bin / "vdelivermail")],
                 {**qmail_local_env(self.c.domain_dir), "MSG": str(self.message)}, count, 10,
