@@ -525,5 +525,5 @@ class Settings:
         served = collected + sum(count for count, _ in SLOT.iter_unpack(
             self.counters[COUNTERS.size:]))
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
-                f"{served} requests, {workers} workers of {self.workers}, {waiting} waiting, "
-                f"up to {self.requests_per_worker} requests a worker\n")
+                f"{served} request{'s' * (served != 1)}, {workers} of {self.workers} workers, "
+                f"{waiting} waiting, up to {self.requests_per_worker} requests a worker\n")
