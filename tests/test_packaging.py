@@ -255,6 +255,62 @@ def test_install_signals_no_listener_of_another_uid() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+#: a listener that answers a status request with a long STATUS reply, one byte every 2 s
+TRICKLER = """
+import socket, struct, sys, time
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(sys.argv[1])
+listener.listen()
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(12)
+    try:
+        conn.sendall(struct.pack("=4sBBBxI", b"VPSr", %d, 4, 0, 1 << 18))
+        while True:
+            conn.send(b"x")
+            time.sleep(2)
+    except OSError:
+        conn.close()
+""" % VERSION
+
+
+def test_install_is_not_held_by_a_slow_listener_of_another_uid() -> None:
+    """The vpopmail user, which owns the prefix (it can put its own run/ there), listens at
+    the installation's socket and answers byte by byte: a root install is not held (before:
+    each byte restarted the 5 s wait, for 256 KiB), and the listener is sent nothing."""
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+    base = Path("/tmp") / f"pyvpopmail-trickler-{os.getpid()}"  # the vpopmail user reaches it
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        prefix, qmaildir = base / "vpopmail", base / "qmail"
+        user, group = own_account()
+        args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+                "--group", group, "--venv", str(VENV))
+        assert run_install(*args).returncode == 0
+        (prefix / "run").chmod(0o777)  # as if the vpopmail user had put its own run/ there
+        trickler = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c",
+                                     TRICKLER, str(prefix / "run" / "server.sock")],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert trickler.stdout is not None and trickler.stdout.readline() == "listening\n"
+            started = time.monotonic()
+            again = subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True,
+                                   text=True, timeout=60)
+            assert again.returncode == 0, again
+            assert time.monotonic() - started < 30
+            assert "not reloaded" in again.stdout, again.stdout
+        finally:
+            trickler.kill()
+            trickler.wait()
+            assert trickler.stdout is not None
+            trickler.stdout.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:
     """A C program installed again over ours, with an older one already kept: nothing is
     changed until the operator decides which to keep."""

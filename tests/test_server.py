@@ -719,6 +719,38 @@ def test_status_of_a_server_of_the_previous_protocol(
     assert "reload it" in said
 
 
+def test_status_wait_bounds_the_whole_answer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A listener that answers byte by byte does not hold --status (or vcheck, or an install)
+    past its wait: the wait is for the whole answer, not for each byte."""
+    path = str(tmp_path / "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+
+    def trickler() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(HEADER.size)
+            conn.sendall(HEADER.pack(b"VPSr", VERSION, 4, 0, 1000))  # STATUS, 1000 bytes
+            for _ in range(20):
+                try:
+                    conn.send(b"x")
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+    with ThreadPoolExecutor(1) as pool:
+        done = pool.submit(trickler)
+        started = time.monotonic()
+        assert status(path, wait=1) == 1
+        assert time.monotonic() - started < 2
+        done.result()
+    listener.close()
+    said = capsys.readouterr().out
+    assert "is not answering" in said and "did not answer within 1 s" in said, said
+
+
 def test_status_of_a_stopped_server_with_a_full_queue(
         site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
     """A stopped server whose listen queue is full (a front end's connect then waits): "not

@@ -194,6 +194,14 @@ class OtherProtocol(Drop):
         self.pid, self.uid = pid, uid
 
 
+class Stranger(Drop):
+    """The listener at the socket runs as another uid than the server's: not our server."""
+
+    def __init__(self, pid: int, uid: int) -> None:
+        super().__init__(f"the listener (pid {pid}) runs as uid {uid}")
+        self.pid, self.uid = pid, uid
+
+
 #: what the front ends do meanwhile (--status and vcheck say it)
 NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then a caller it "
                    "took answers 111, one it did not take runs the Python program")
@@ -203,32 +211,54 @@ NO_ANSWER_MEANS = ("the front ends wait for it, up to server.reply_timeout: then
 STATUS_WAIT = 10
 
 
-def ask_status(path: str, wait: float = STATUS_WAIT) -> tuple[int, int, str]:
+def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
+               ) -> tuple[int, int, str]:
     """(pid, uid, state) of the server at ``path``: the pid and uid that listen there (as the
-    kernel recorded them: SO_PEERCRED) and the state it reports; OSError or Drop when none answers there (OtherProtocol: one of another
-    protocol version), NoAnswer when one took the connection but sent nothing within ``wait``
-    seconds (a worker of the asker's identity answers: every worker is busy, or the server is
-    stopped or stuck), or its listen queue is full."""
+    kernel recorded them: SO_PEERCRED) and the state it reports; OSError or Drop when none
+    answers there (OtherProtocol: one of another protocol version; Stranger: with ``uid``, a
+    listener of another uid, which is sent nothing), NoAnswer when its whole answer did not
+    come within ``wait`` seconds (a worker of the asker's identity answers: every worker is
+    busy, or the server is stopped or stuck), or its listen queue is full."""
+    import time
+
+    deadline = time.monotonic() + wait
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)
+
+    def read(size: int) -> bytes:
+        """``size`` bytes by the deadline (a listener that trickles cannot hold us longer)."""
+        data = bytearray()
+        while len(data) < size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            chunk = sock.recv(min(size - len(data), 65536))
+            if not chunk:
+                raise Drop(f"connection closed after {len(data)} of {size} bytes")
+            data += chunk
+        return bytes(data)
+
     try:
         try:
             sock.connect(path)
         except BlockingIOError:  # a listener whose queue is full: callers wait at connect
             raise NoAnswer("its queue of waiting callers is full") from None
-        pid, uid, _ = peer_credentials(sock)
+        pid, peer_uid, _ = peer_credentials(sock)
+        if uid is not None and peer_uid != uid:
+            raise Stranger(pid, peer_uid)
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
         try:
-            header = recv_exact(sock, HEADER.size)
+            magic, version, kind, _, length = HEADER.unpack(read(HEADER.size))
+            if magic == b"VPSr" and kind == DECLINE and version != VERSION:
+                raise OtherProtocol(pid, peer_uid, version)
+            if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
+                raise Drop("unexpected reply")
+            text = read(length)
         except TimeoutError:
             raise NoAnswer(f"pid {pid} took the connection but did not answer within "
                            f"{wait:g} s") from None
-        magic, version, kind, _, length = HEADER.unpack(header)
-        if magic == b"VPSr" and kind == DECLINE and version != VERSION:
-            raise OtherProtocol(pid, uid, version)
-        if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
-            raise Drop("unexpected reply")
-        return pid, uid, recv_exact(sock, length).decode("utf-8", "replace")
+        return pid, peer_uid, text.decode("utf-8", "replace")
     finally:
         sock.close()
 
