@@ -211,7 +211,9 @@ def test_install_reloads_the_running_server(tmp_path: Path) -> None:
         assert upgrade.returncode == 0, upgrade
         assert f"reloaded vpopmail-server (pid {old.pid})" in upgrade.stdout, upgrade.stdout
         deadline = time.monotonic() + 10
-        while not mark.exists() and time.monotonic() < deadline:
+        # the handler's open() creates the file before it writes: wait for the text itself
+        while time.monotonic() < deadline and not (mark.exists() and
+                                                   mark.read_text() == "reloaded"):
             time.sleep(0.05)
         assert mark.read_text() == "reloaded"
     finally:
