@@ -69,9 +69,18 @@ def reply(conn: socket.socket, kind: int, payload: bytes = b"") -> None:
     conn.sendall(HEADER.pack(b"VPSr", VERSION, kind, 0, len(payload)) + payload)
 
 
-def recv_exact(conn: socket.socket, size: int) -> bytes:
+def recv_exact(conn: socket.socket, size: int, deadline: float | None = None) -> bytes:
+    """``size`` bytes from ``conn``; with ``deadline`` (time.monotonic's) all of them by then
+    (TimeoutError), however the peer trickles them."""
     data = bytearray()
     while len(data) < size:
+        if deadline is not None:
+            import time
+
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            conn.settimeout(left)
         chunk = receive(conn, min(size - len(data), 65536))
         if not chunk:
             raise Drop(f"connection closed after {len(data)} of {size} bytes")
@@ -221,24 +230,9 @@ def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
     busy, or the server is stopped or stuck), or its listen queue is full."""
     import time
 
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + wait  # for the whole answer: a trickle cannot hold us
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)
-
-    def read(size: int) -> bytes:
-        """``size`` bytes by the deadline (a listener that trickles cannot hold us longer)."""
-        data = bytearray()
-        while len(data) < size:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            sock.settimeout(left)
-            chunk = sock.recv(min(size - len(data), 65536))
-            if not chunk:
-                raise Drop(f"connection closed after {len(data)} of {size} bytes")
-            data += chunk
-        return bytes(data)
-
     try:
         try:
             sock.connect(path)
@@ -249,12 +243,13 @@ def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
             raise Stranger(pid, peer_uid)
         sock.sendall(HEADER.pack(b"VPSq", VERSION, STATUS, 0, 0))
         try:
-            magic, version, kind, _, length = HEADER.unpack(read(HEADER.size))
+            magic, version, kind, _, length = HEADER.unpack(
+                recv_exact(sock, HEADER.size, deadline))
             if magic == b"VPSr" and kind == DECLINE and version != VERSION:
                 raise OtherProtocol(pid, peer_uid, version)
             if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
                 raise Drop("unexpected reply")
-            text = read(length)
+            text = recv_exact(sock, length, deadline)
         except TimeoutError:
             raise NoAnswer(f"pid {pid} took the connection but did not answer within "
                            f"{wait:g} s") from None

@@ -43,7 +43,7 @@ import sys
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server
-from vpopmail.wire import NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, ask_status
+from vpopmail.wire import NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol, ask_status
 
 
 def status(path: str, wait: float = STATUS_WAIT) -> int:
@@ -53,6 +53,10 @@ def status(path: str, wait: float = STATUS_WAIT) -> int:
     except NoAnswer as exc:
         print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
               f"server stopped or stuck); {NO_ANSWER_MEANS}")
+        return 1
+    except OtherProtocol as exc:
+        print(f"vpopmail-server on {path} is of an older protocol: {exc}; until then the "
+              f"front ends run the Python programs directly")
         return 1
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "

@@ -526,4 +526,5 @@ class Settings:
             self.counters[COUNTERS.size:]))
         return (f"pid {os.getppid()}, up {int(time.time() - self.started)} s, "
                 f"{served} request{'s' * (served != 1)}, {workers} of {self.workers} workers, "
-                f"{waiting} waiting, up to {self.requests_per_worker} requests a worker\n")
+                f"{waiting} waiting, up to {self.requests_per_worker} "
+                f"request{'s' * (self.requests_per_worker != 1)} a worker\n")
