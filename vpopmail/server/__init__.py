@@ -43,7 +43,8 @@ import sys
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server
-from vpopmail.wire import NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol, ask_status
+from vpopmail.wire import (NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol,
+                           ask_status)
 
 
 def status(path: str, wait: float = STATUS_WAIT) -> int:
