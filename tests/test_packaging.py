@@ -2,12 +2,14 @@
 packaging/install over an existing C vpopmail (its programs kept aside, ``--rollback``)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -166,12 +168,14 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
         C_VPASSWD.replace("HOME", str(prefix / "domains" / "example.com"))
 
 
-#: a vpopmail-server of the previous protocol version (started before an upgrade): it
-#: declines every request, and writes "reloaded" to argv[2] on SIGHUP
-OLD_SERVER = f"""
-import signal, socket, struct, sys
+#: a listener at a vpopmail-server's socket (argv[1]) that answers a status request as
+#: argv[2] says: "old", a server of the previous protocol version (started before an upgrade:
+#: it declines every request), writing "reloaded" to argv[3] on SIGHUP; "trickle", a long
+#: STATUS reply one byte every 2 s
+FAKE_SERVER = f"""
+import signal, socket, struct, sys, time
 HEADER = struct.Struct("=4sBBBxI")
-signal.signal(signal.SIGHUP, lambda *_: open(sys.argv[2], "w").write("reloaded"))
+signal.signal(signal.SIGHUP, lambda *_: open(sys.argv[3], "w").write("reloaded"))
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 listener.bind(sys.argv[1])
 listener.listen()
@@ -179,9 +183,59 @@ print("listening", flush=True)
 while True:
     conn, _ = listener.accept()
     conn.recv(HEADER.size)
-    conn.sendall(HEADER.pack(b"VPSr", {VERSION - 1}, 3, 0, 0))  # DECLINE
+    try:
+        if sys.argv[2] == "old":
+            conn.sendall(HEADER.pack(b"VPSr", {VERSION - 1}, 3, 0, 0))  # DECLINE
+        else:
+            conn.sendall(HEADER.pack(b"VPSr", {VERSION}, 4, 0, 1 << 18))  # STATUS
+            while True:
+                conn.send(b"x")
+                time.sleep(2)
+    except OSError:
+        pass
     conn.close()
 """
+
+
+@contextlib.contextmanager
+def fake_server(socket_path: Path, how: str, mark: Path, user: str | None = None
+                ) -> Iterator[subprocess.Popen[str]]:
+    """FAKE_SERVER listening at ``socket_path`` (as ``user`` if given) until the end."""
+    prefix = [*as_user_argv(user), "/usr/bin/python3"] if user else [sys.executable]
+    server = subprocess.Popen([*prefix, "-c", FAKE_SERVER, str(socket_path), how, str(mark)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "listening\n"
+        yield server
+    finally:
+        server.kill()
+        server.wait()
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+@contextlib.contextmanager
+def install_the_vpopmail_user_rearranged() -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """(PREFIX, install arguments) of a real install where the vpopmail user, which owns the
+    prefix, could put a run/ of its own (run/ is mode 0777 here), under a directory it can
+    reach; removed at the end."""
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+    base = Path("/tmp") / f"pyvpopmail-rearranged-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        prefix, qmaildir = base / "vpopmail", base / "qmail"
+        user, group = own_account()
+        args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+                "--group", group, "--venv", str(VENV))
+        assert run_install(*args).returncode == 0
+        (prefix / "run").chmod(0o777)
+        (base / "marks").mkdir()
+        (base / "marks").chmod(0o777)
+        yield prefix, args
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_install_reloads_the_running_server(tmp_path: Path) -> None:
@@ -202,11 +256,8 @@ def test_install_reloads_the_running_server(tmp_path: Path) -> None:
         wait_for(server, listening=2)
         assert any("reloading" in line for line in server.lines())
         assert server.proc.poll() is None
-    socket_path, mark = prefix / "run" / "server.sock", tmp_path / "old-server-reloaded"
-    old = subprocess.Popen([sys.executable, "-c", OLD_SERVER, str(socket_path), str(mark)],
-                           stdout=subprocess.PIPE, text=True)
-    try:
-        assert old.stdout is not None and old.stdout.readline() == "listening\n"
+    mark = tmp_path / "old-server-reloaded"
+    with fake_server(prefix / "run" / "server.sock", "old", mark) as old:
         upgrade = run_install(*args)
         assert upgrade.returncode == 0, upgrade
         assert f"reloaded vpopmail-server (pid {old.pid})" in upgrade.stdout, upgrade.stdout
@@ -216,101 +267,37 @@ def test_install_reloads_the_running_server(tmp_path: Path) -> None:
                                                    mark.read_text() == "reloaded"):
             time.sleep(0.05)
         assert mark.read_text() == "reloaded"
-    finally:
-        old.kill()
-        old.wait()
 
 
 def test_install_signals_no_listener_of_another_uid() -> None:
     """A listener at the installation's socket that runs as another uid than the installer's
     (the vpopmail user, say, which owns the prefix) is not a server of this installation: the
     installer names it and sends it no signal."""
-    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
-        pytest.skip("needs root, the vpopmail user and setpriv")
-    base = Path("/tmp") / f"pyvpopmail-impostor-{os.getpid()}"  # the vpopmail user reaches it
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(mode=0o755)
-    prefix, qmaildir = base / "vpopmail", base / "qmail"
-    user, group = own_account()
-    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
-            "--group", group, "--venv", str(VENV))
-    assert run_install(*args).returncode == 0
-    (prefix / "run").chmod(0o777)  # as if the vpopmail user could write there
-    mark = base / "marks"
-    mark.mkdir()
-    mark.chmod(0o777)
-    socket_path, signalled = prefix / "run" / "server.sock", mark / "reloaded"
-    impostor = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c",
-                                 OLD_SERVER, str(socket_path), str(signalled)],
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        assert impostor.stdout is not None and impostor.stdout.readline() == "listening\n"
-        again = run_install(*args)
-        assert again.returncode == 0, again
-        assert f"runs as uid {pwd.getpwnam('vpopmail').pw_uid}, not 0: not reloaded" in \
-            again.stdout, again.stdout
-        time.sleep(0.3)
-        assert not signalled.exists()
-    finally:
-        impostor.kill()
-        impostor.wait()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-#: a listener that answers a status request with a long STATUS reply, one byte every 2 s
-TRICKLER = """
-import socket, struct, sys, time
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-listener.bind(sys.argv[1])
-listener.listen()
-print("listening", flush=True)
-while True:
-    conn, _ = listener.accept()
-    conn.recv(12)
-    try:
-        conn.sendall(struct.pack("=4sBBBxI", b"VPSr", %d, 4, 0, 1 << 18))
-        while True:
-            conn.send(b"x")
-            time.sleep(2)
-    except OSError:
-        conn.close()
-""" % VERSION
+    with install_the_vpopmail_user_rearranged() as (prefix, args):
+        signalled = prefix.parent / "marks" / "reloaded"
+        with fake_server(prefix / "run" / "server.sock", "old", signalled, "vpopmail"):
+            again = run_install(*args)
+            assert again.returncode == 0, again
+            assert f"runs as uid {pwd.getpwnam('vpopmail').pw_uid}, not 0: not reloaded" in \
+                again.stdout, again.stdout
+            time.sleep(0.3)
+            assert not signalled.exists()
 
 
 def test_install_is_not_held_by_a_slow_listener_of_another_uid() -> None:
-    """The vpopmail user, which owns the prefix (it can put its own run/ there), listens at
-    the installation's socket and answers byte by byte: a root install is not held (before:
-    each byte restarted the 5 s wait, for 256 KiB), and the listener is sent nothing."""
-    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
-        pytest.skip("needs root, the vpopmail user and setpriv")
-    base = Path("/tmp") / f"pyvpopmail-trickler-{os.getpid()}"  # the vpopmail user reaches it
-    shutil.rmtree(base, ignore_errors=True)
-    base.mkdir(mode=0o755)
-    try:
-        prefix, qmaildir = base / "vpopmail", base / "qmail"
-        user, group = own_account()
-        args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
-                "--group", group, "--venv", str(VENV))
-        assert run_install(*args).returncode == 0
-        (prefix / "run").chmod(0o777)  # as if the vpopmail user had put its own run/ there
-        trickler = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c",
-                                     TRICKLER, str(prefix / "run" / "server.sock")],
-                                    stdout=subprocess.PIPE, text=True)
-        try:
-            assert trickler.stdout is not None and trickler.stdout.readline() == "listening\n"
+    """The vpopmail user listens at the installation's socket and answers byte by byte: a
+    root install is not held (before: each byte restarted the 5 s wait, for 256 KiB), and the
+    listener is sent nothing."""
+    with install_the_vpopmail_user_rearranged() as (prefix, args):
+        mark = prefix.parent / "marks" / "reloaded"
+        with fake_server(prefix / "run" / "server.sock", "trickle", mark, "vpopmail"):
             started = time.monotonic()
             again = subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True,
                                    text=True, timeout=60)
             assert again.returncode == 0, again
             assert time.monotonic() - started < 30
             assert "not reloaded" in again.stdout, again.stdout
-        finally:
-            trickler.kill()
-            trickler.wait()
-            assert trickler.stdout is not None
-            trickler.stdout.close()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+            assert not mark.exists()
 
 
 def test_install_refuses_to_overwrite_a_kept_program(tmp_path: Path) -> None:

@@ -694,14 +694,20 @@ def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
     assert "is up" in capsys.readouterr().out
 
 
+def fake_listener(where: Path) -> tuple[str, socket.socket]:
+    """(path, listening socket) of a stand-in for a server at ``where``/server.sock."""
+    path = str(where / "server.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    return path, listener
+
+
 def test_status_of_a_server_of_the_previous_protocol(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A server started before an upgrade declines the new protocol's requests (the front
     ends run the Python programs): --status says so, not a bare "unexpected reply"."""
-    path = str(tmp_path / "server.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
+    path, listener = fake_listener(tmp_path)
 
     def old_server() -> None:
         conn, _ = listener.accept()
@@ -723,10 +729,7 @@ def test_status_wait_bounds_the_whole_answer(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A listener that answers byte by byte does not hold --status (or vcheck, or an install)
     past its wait: the wait is for the whole answer, not for each byte."""
-    path = str(tmp_path / "server.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen()
+    path, listener = fake_listener(tmp_path)
 
     def trickler() -> None:
         conn, _ = listener.accept()
