@@ -722,7 +722,7 @@ def test_status_of_a_server_of_the_previous_protocol(
     listener.close()
     said = capsys.readouterr().out
     assert f"speaks protocol version {VERSION - 1}, not {VERSION}" in said, said
-    assert "reload it" in said and "of an older protocol" in said and "down" not in said
+    assert "reload it" in said and "of another protocol version" in said and "down" not in said
 
 
 def test_status_wait_bounds_the_whole_answer(

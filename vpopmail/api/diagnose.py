@@ -472,8 +472,8 @@ class Diagnosis:
                         "see its log; restart it if it is stuck (systemctl restart "
                         "vpopmail-server, or svc -t on its service directory)") from None
         except wire.OtherProtocol as exc:
-            return (f"of an older protocol ({path}: {exc}): {programs} run the Python programs "
-                    f"until it reloads (mail and logins work, more slowly)")
+            return (f"of another protocol version ({path}: {exc}): {programs} run the Python "
+                    f"programs until it reloads (mail and logins work, more slowly)")
         except (OSError, wire.Drop) as exc:
             return (f"down ({path}: {exc}): {programs} run the Python programs (mail and logins "
                     f"work, more slowly); start bin/vpopmail-server (packaging/service/)")

@@ -56,8 +56,8 @@ def status(path: str, wait: float = STATUS_WAIT) -> int:
               f"server stopped or stuck); {NO_ANSWER_MEANS}")
         return 1
     except OtherProtocol as exc:
-        print(f"vpopmail-server on {path} is of an older protocol: {exc}; until then the "
-              f"front ends run the Python programs directly")
+        print(f"vpopmail-server on {path} is of another protocol version: {exc}; until then "
+              f"the front ends run the Python programs directly")
         return 1
     except (OSError, Drop) as exc:
         print(f"vpopmail-server is down ({path}: {exc}); the front ends run the Python "
