@@ -703,20 +703,22 @@ def fake_listener(where: Path) -> tuple[str, socket.socket]:
     return path, listener
 
 
+def old_server(listener: socket.socket) -> None:
+    """Answer one status request at ``listener`` as a server of the previous protocol
+    version does: DECLINE."""
+    conn, _ = listener.accept()
+    with conn:
+        conn.recv(HEADER.size)
+        conn.sendall(HEADER.pack(b"VPSr", VERSION - 1, 3, 0, 0))  # DECLINE
+
+
 def test_status_of_a_server_of_the_previous_protocol(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A server started before an upgrade declines the new protocol's requests (the front
     ends run the Python programs): --status says so, not a bare "unexpected reply"."""
     path, listener = fake_listener(tmp_path)
-
-    def old_server() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(HEADER.size)
-            conn.sendall(HEADER.pack(b"VPSr", VERSION - 1, 3, 0, 0))  # DECLINE
-
     with ThreadPoolExecutor(1) as pool:
-        done = pool.submit(old_server)
+        done = pool.submit(old_server, listener)
         assert status(path) == 1
         done.result()
     listener.close()
@@ -795,6 +797,17 @@ def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
     checked = site.inst.run("vcheck", "alice@example.com")
     assert checked.returncode == 0, checked.stdout
     assert "down (" in checked.stdout and "run the Python programs" in checked.stdout
+    # a server of another protocol version (started before an upgrade): not "down", and not
+    # "start one" (one listens)
+    with ThreadPoolExecutor(1) as pool:
+        path, listener = fake_listener(server.socket.parent)
+        done = pool.submit(old_server, listener)
+        checked = site.inst.run("vcheck", "alice@example.com")
+        done.result()
+    listener.close()
+    assert checked.returncode == 0, checked.stdout
+    assert "of another protocol version" in checked.stdout, checked.stdout
+    assert "start bin/vpopmail-server" not in checked.stdout
 
 
 def test_second_server_refuses_to_start(site: LoginSite) -> None:
