@@ -66,7 +66,7 @@ def child_limits(limits: "CallerLimits") -> "tuple[int | None, list[tuple[int, i
     renice or prlimit a worker), not with those it started with."""
     import resource
 
-    from vpopmail.wire import INFINITY
+    from vpopmail.wire import INFINITY, to_rlimit
 
     nice, caller = limits
     changes = []
@@ -75,8 +75,7 @@ def child_limits(limits: "CallerLimits") -> "tuple[int | None, list[tuple[int, i
         hard = min(hard, own_hard)
         soft = min(soft, hard)
         if (soft, hard) != (own_soft, own_hard):
-            changes.append((number, resource.RLIM_INFINITY if soft == INFINITY else soft,
-                            resource.RLIM_INFINITY if hard == INFINITY else hard))
+            changes.append((number, to_rlimit(soft), to_rlimit(hard)))
     wanted = None if nice == posix.getpriority(posix.PRIO_PROCESS, 0) else nice
     return None if wanted is None and not changes else (wanted, changes)
 

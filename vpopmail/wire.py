@@ -28,8 +28,10 @@ Garbage, a version mismatch, wrong descriptor counts or oversized requests drop 
 with one log line on stderr; the server goes on.
 """
 import os
+import resource
 import socket
 import struct
+import time
 
 VERSION = 2
 #: what frontend.c's vps_ident starts with (packaging/install tells its front ends by it too)
@@ -46,6 +48,12 @@ LIMITS = 16
 CallerLimits = tuple[int, tuple[tuple[int, int], ...]]
 #: RLIM_INFINITY as a request carries it (the resource module says -1)
 INFINITY = 2**64 - 1
+
+
+def to_rlimit(value: int) -> int:
+    """A resource limit as a request carries it, as the resource module takes it: from
+    2**63 on (no finite limit is that large) RLIM_INFINITY."""
+    return resource.RLIM_INFINITY if value >= 2**63 else value
 BODY = struct.Struct(f"=IIIi{2 * LIMITS}Q")
 PLAN_HEAD = struct.Struct("=IIIIII")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
@@ -75,8 +83,6 @@ def recv_exact(conn: socket.socket, size: int, deadline: float | None = None) ->
     data = bytearray()
     while len(data) < size:
         if deadline is not None:
-            import time
-
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
@@ -228,8 +234,6 @@ def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
     listener of another uid, which is sent nothing), NoAnswer when its whole answer did not
     come within ``wait`` seconds (a worker of the asker's identity answers: every worker is
     busy, or the server is stopped or stuck), or its listen queue is full."""
-    import time
-
     deadline = time.monotonic() + wait  # for the whole answer: a trickle cannot hold us
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(wait)

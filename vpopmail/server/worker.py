@@ -16,8 +16,9 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
-from vpopmail.wire import (DECLINE, EXIT, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY, VDELIVERMAIL,
-                           Decline, Drop, Request, peer_credentials, read_request, reply)
+from vpopmail.wire import (DECLINE, EXIT, INFINITY, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
+                           VDELIVERMAIL, Decline, Drop, Request, peer_credentials, read_request,
+                           reply, to_rlimit)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
 #: clients waiting; then each worker slot's count of requests and whether its worker is
@@ -109,10 +110,7 @@ def set_stage(request: Request) -> None:
     except OSError as exc:
         raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    wanted = request.limits[resource.RLIMIT_FSIZE][0]
-    wanted = resource.RLIM_INFINITY if wanted >= 2**63 else wanted
-    if hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard):
-        wanted = hard
+    wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
     try:
         if wanted != soft:  # most requests bring the last one's
             resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
