@@ -4,6 +4,7 @@ and login suites also run whole through it (``through_server``, tests/conftest.p
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import resource
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import Install
+from install_site import Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
@@ -808,6 +809,37 @@ def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
     assert checked.returncode == 0, checked.stdout
     assert "of another protocol version" in checked.stdout, checked.stdout
     assert "start bin/vpopmail-server" not in checked.stdout
+
+
+def test_status_and_vcheck_ask_only_a_listener_of_the_front_ends_uid(site: LoginSite) -> None:
+    """A process of another uid than the one the front ends accept (bin/'s owner, root here)
+    listening at the server's socket is named by --status and vcheck, sent nothing, and not
+    taken for the server (before, either printed what it answered)."""
+    server = server_of(site)
+    server.stop()
+    run = site.inst.prefix / "run"
+    run.chmod(0o777)
+    script = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\n"
+              "s.listen(4)\nprint('up',flush=True)\n"
+              "while True:\n c,_=s.accept()\n print(len(c.recv(100)),flush=True)\n"
+              " try: c.sendall(b'VPSr\\x02\\x04\\0\\0\\x03\\0\\0\\0ok\\n')\n"
+              " except OSError: pass\n c.close()\n")
+    proc = subprocess.Popen([*as_user_argv("vpopmail"), "/usr/bin/python3", "-c", script,
+                             str(server.socket)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        said = site.inst.run("vpopmail-server", "--status")
+        checked = site.inst.run("vcheck", "alice@example.com")
+    finally:
+        proc.kill()
+        proc.wait()
+        run.chmod(0o755)
+    assert said.returncode == 1, said
+    assert f"runs as uid {pwd.getpwnam('vpopmail').pw_uid}, not 0" in said.stdout, said.stdout
+    assert "is up" not in said.stdout and "front ends refuse it" in said.stdout
+    assert checked.returncode != 0, checked.stdout
+    assert "is not what listens on" in checked.stdout and "up on" not in checked.stdout
+    assert proc.stdout.read().split() == ["0", "0"]  # both connected, neither sent a byte
 
 
 def test_second_server_refuses_to_start(site: LoginSite) -> None:

@@ -187,6 +187,16 @@ def is_front_end(path: str) -> bool:
         return False
 
 
+def server_uid(home: str) -> int | None:
+    """The uid the installation at ``home`` builds its front ends to accept as the server's
+    (VPS_SERVER_UID): its installer's, who owns ``bin/`` (root; a sandbox's user). None when
+    ``bin/`` cannot be looked at."""
+    try:
+        return os.stat(os.path.join(home, "bin")).st_uid
+    except OSError:
+        return None
+
+
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of ``sock``, as the kernel recorded
     them at connect (SO_PEERCRED)."""

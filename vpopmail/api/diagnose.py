@@ -464,8 +464,15 @@ class Diagnosis:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = self.config.home_path("server_socket")
         programs = " and ".join(front_ends)
+        uid = wire.server_uid(self.config.home)
         try:
-            return f"up on {path}, serving {programs}: {wire.ask_status(path)[2].strip()}"
+            return (f"up on {path}, serving {programs}: "
+                    f"{wire.ask_status(path, uid=uid)[2].strip()}")
+        except wire.Stranger as exc:
+            raise Fault(f"vpopmail-server is not what listens on {path}: {exc}, not {uid}; "
+                        f"{programs} refuse it, so every delivery and login answers 111",
+                        f"stop that process and start bin/vpopmail-server as uid {uid}"
+                        ) from None
         except wire.NoAnswer as exc:
             raise Fault(f"vpopmail-server is not answering on {path} ({exc}): every worker is "
                         f"busy, or the server is stopped or stuck; {wire.NO_ANSWER_MEANS}",

@@ -44,13 +44,18 @@ from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server
 from vpopmail.wire import (NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol,
-                           ask_status)
+                           Stranger, ask_status, server_uid)
 
 
-def status(path: str, wait: float = STATUS_WAIT) -> int:
-    """``--status``: ask the server at ``path`` for its state."""
+def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None) -> int:
+    """``--status``: ask the server at ``path`` for its state (with ``uid``, only a listener
+    of that uid is asked: the front ends refuse any other)."""
     try:
-        text = ask_status(path, wait)[2]
+        text = ask_status(path, wait, uid)[2]
+    except Stranger as exc:
+        print(f"vpopmail-server is not what listens on {path}: {exc}, not {uid}; the front "
+              f"ends refuse it (every delivery and login answers 111) until it is stopped")
+        return 1
     except NoAnswer as exc:
         print(f"vpopmail-server on {path} is not answering: {exc} (every worker busy, or the "
               f"server stopped or stuck); {NO_ANSWER_MEANS}")
@@ -73,7 +78,7 @@ def run(config: str | None, status_only: bool = False) -> int:
     try:
         settings = vconfig.load(config)
         if status_only:
-            return status(settings.home_path("server_socket"))
+            return status(settings.home_path("server_socket"), uid=server_uid(settings.home))
         return Server(settings, config).serve()
     except VpopmailError as exc:
         print(f"vpopmail-server: {exc}", file=sys.stderr)
