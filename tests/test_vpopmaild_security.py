@@ -123,3 +123,26 @@ def test_a_domain_admin_cannot_reach_a_system_admin_directory(rsite: Install) ->
     assert (home / "Maildir" / "new" / "1.M1P1.host").exists() and not (home / "x").exists()
     assert after_login(rsite, SA, f"read_file {SA}/Maildir/new/1.M1P1.host")[0] == "+OK+"
     assert after_login(rsite, PM, f"list_dir {ALICE}/Maildir")[0] == "+OK+"
+
+
+def test_a_domain_admin_cannot_remove_or_move_a_bucket_holding_a_system_admin(
+        rsite: Install) -> None:
+    """Past 100 users a domain's accounts live in hashed buckets (``example.com/0/boss``):
+    removing or renaming the bucket would take a system admin's directory with it (their mail
+    gone, or a directory the domain admin made in its place read as theirs)."""
+    domain_dir = user_dir(rsite, SA).parent
+    control = domain_dir / ".dir-control"
+    lines = control.read_text().split("\n")
+    lines[0] = "100"  # the domain's directory holds 100 accounts: the next goes to bucket 0
+    control.write_text("\n".join(lines))
+    rsite.ok("vadduser", f"boss@{DOMAIN}", "bosspw")
+    rsite.ok("vmoduser", "-S", f"boss@{DOMAIN}")
+    home = user_dir(rsite, f"boss@{DOMAIN}")
+    assert home.parent == domain_dir / "0", home
+    refused = "-ERR 26.1511 Unauthorized Directory. (a system administrator's account)"
+    answers = after_login(rsite, PM, f"rm_dir {DOMAIN}/0", f"rename_file {DOMAIN}/0 {DOMAIN}/z",
+                          f"rename_file {home.parent} {DOMAIN}/y", f"list_dir {DOMAIN}/0")
+    assert answers[:3] == [refused] * 3, answers
+    assert answers[3:] == ["+OK+", "boss dir", "."], answers  # looking is not moving
+    assert (home / "Maildir").is_dir() and not (domain_dir / "z").exists()
+    assert vchkpw_accepts(rsite, f"boss@{DOMAIN}", "bosspw")

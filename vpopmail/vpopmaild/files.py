@@ -46,10 +46,12 @@ def _parts(path: str) -> list[str]:
     return [part for part in path.split("/") if part not in ("", ".")]
 
 
-def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
+def locate(s: Session, path: str, whole: bool = False) -> tuple[str, list[str], int, int]:
     """C's validate_path: (confining root, components below it, uid, gid) of ``path`` (absolute,
     ``user@domain/...`` or ``domain/...``), refused with C's answers when it is outside what the
-    session may touch."""
+    session may touch. ``whole``: the command removes or moves the whole tree there, so for a
+    domain administrator it must not hold a system administrator's directory either (a hashed
+    bucket, ``domain/0``, holds a hundred accounts)."""
     assert s.user is not None and s.entry is not None
     if ".." in path:
         raise Refusal(20, 1501)
@@ -98,25 +100,29 @@ def locate(s: Session, path: str) -> tuple[str, list[str], int, int]:
                                   for part in below):
         raise Refusal(26, minor, "Unauthorized Directory. (vpopmail's control files: .qmail*, "
                       "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
-    if s.domain_admin and _in_system_admin_dir(s, wanted):
+    if s.domain_admin and _system_admin_dir_meets(s, wanted, whole):
         raise Refusal(26, minor, "Unauthorized Directory. (a system administrator's account)")
     return root, below, uid, gid
 
 
-def _in_system_admin_dir(s: Session, wanted: list[str]) -> bool:
+def _system_admin_dir_meets(s: Session, wanted: list[str], whole: bool) -> bool:
     """Whether ``wanted`` is in the directory of a system administrator of the session's
-    domain (whose mail and files are not the domain administrator's)."""
+    domain (whose mail and files are not the domain administrator's), or with ``whole``
+    holds one."""
     assert s.entry is not None
     users, _ = s.api.list_users(s.entry.real_domain)
-    return any(wanted[:len(home)] == home for home in
-               (_parts(user.dir) for user in users if user.flags & SA_ADMIN and user.dir))
+    return any(wanted[:len(home)] == home or whole and home[:len(wanted)] == wanted
+               for home in (_parts(user.dir) for user in users
+                            if user.flags & SA_ADMIN and user.dir))
 
 
 @contextmanager
-def confined(s: Session, path: str, minor: int) -> Iterator[tuple[int, str | None]]:
-    """(directory fd, last component or None for the root itself) of ``path``, opened one
-    component at a time without following symlinks, with the owner's ids for the duration."""
-    root, parts, uid, gid = locate(s, path)
+def confined(s: Session, path: str, minor: int, whole: bool = False
+             ) -> Iterator[tuple[int, str | None]]:
+    """(directory fd, last component or None for the root itself) of ``path`` (``whole``: see
+    :func:`locate`), opened one component at a time without following symlinks, with the
+    owner's ids for the duration."""
+    root, parts, uid, gid = locate(s, path, whole)
     with ExitStack() as stack:
         stack.enter_context(OwnerIds(uid, gid))
         try:
@@ -173,7 +179,7 @@ def mk_dir(s: Session, t: Tokens) -> None:
 
 def rm_dir(s: Session, t: Tokens) -> None:
     """Remove a directory and everything in it (fd-relative, symlinks removed not followed)."""
-    with confined(s, _path_arg(t, 27, 1701), 1702) as (fd, name):
+    with confined(s, _path_arg(t, 27, 1701), 1702, whole=True) as (fd, name):
         name = _named(name, 1702)
         if not stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
             raise Failure(1702, "Not a directory")
@@ -206,8 +212,8 @@ def rm_file(s: Session, t: Tokens) -> None:
 def rename_file(s: Session, t: Tokens) -> None:
     source = _path_arg(t, 28, 3801)
     dest = _path_arg(t, 29, 3801)
-    with confined(s, source, 3803) as (from_fd, from_name), \
-            confined(s, dest, 3803) as (to_fd, to_name):
+    with confined(s, source, 3803, whole=True) as (from_fd, from_name), \
+            confined(s, dest, 3803, whole=True) as (to_fd, to_name):
         os.rename(_named(from_name, 3803), _named(to_name, 3803), src_dir_fd=from_fd,
                   dst_dir_fd=to_fd)
     s.send(OK)
