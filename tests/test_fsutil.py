@@ -1,12 +1,15 @@
 """vpopmail/fsutil.py: the descriptor-relative tree remover's two error policies (real files;
-the faults made by working as the unprivileged vpopmail user, uid 89), and the ``os.path``
+the faults made by working as the unprivileged vpopmail user, uid 89) and a FIFO swapped in
+for a directory while it works, and the ``os.path``
 functions the hot paths take from here, against ``posixpath``."""
 from __future__ import annotations
 
 import os
+import posix
 import posixpath
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,3 +84,39 @@ def test_remove_tree_reporting_errors_raises_the_first(tree: Path) -> None:
         remove(tree, ignore_errors=False)
     assert caught.value.filename == "file"
     assert (tree / "top" / "locked" / "file").exists()
+
+
+def test_a_fifo_swapped_in_for_a_directory_is_removed_not_waited_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A domain owner swaps a FIFO in for a directory of the tree between the listing and the
+    directory's open (done here at the open): the remover unlinks the FIFO and goes on; it
+    does not wait for a writer (root's vdeluser hung there) or reach the moved tree."""
+    top = tmp_path / "top"
+    (top / "sub" / "deep").mkdir(parents=True)
+    (top / "sub" / "file").write_text("x")
+    real_open = posix.open
+
+    def swapping_open(path: str, flags: int, mode: int = 0o777, *,
+                      dir_fd: int | None = None) -> int:
+        if path == "sub" and (top / "sub").is_dir():
+            os.rename(top / "sub", tmp_path / "moved")
+            os.mkfifo(top / "sub")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", swapping_open)  # os.fwalk's
+    monkeypatch.setattr(posix, "open", swapping_open)
+    fd = real_open(str(tmp_path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        remover = threading.Thread(target=remove_tree_at, args=(fd, "top", False), daemon=True)
+        remover.start()
+        remover.join(10)
+        hung = remover.is_alive()
+        if hung:  # a writer lets the blocked open return
+            os.close(real_open(str(top / "sub"), os.O_WRONLY | os.O_NONBLOCK))
+            remover.join(10)
+    finally:
+        os.close(fd)
+    assert not hung
+    assert not top.exists()
+    moved = tmp_path / "moved"
+    assert (moved / "file").read_text() == "x" and (moved / "deep").is_dir()
