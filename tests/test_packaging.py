@@ -6,6 +6,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from install_site import (CLEAN_ENV, INSTALL, REPO, VENV, Install, as_user_argv, own_account,
-                          vpopmail_user_exists)
+                          run_installer, vpopmail_user_exists)
 from helpers import snapshot
 from server_site import running_server, wait_for
 from vpopmail.wire import VERSION
@@ -470,3 +471,81 @@ def test_changed_source_is_not_shadowed_by_its_old_bytecode(vhome: Install) -> N
         name="vpopmail.flags")
     assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "SourceFileLoader"]
     assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "BytecodeFinder"]
+
+
+# upgrade of a prefix laid out the old way (C vpopmail's ~vpopmail, pyvpopmail's before) --------
+
+VPOPMAIL_IDS = ["setpriv", "--reuid=89", "--regid=89", "--clear-groups"]
+
+
+def needs_root_and_vpopmail() -> None:
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+
+
+def as_vpopmail(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sh -c script sh args...`` as uid 89, gid 89 (vchkpw) and no other group."""
+    return subprocess.run([*VPOPMAIL_IDS, "/bin/sh", "-c", script, "sh", *args],
+                          capture_output=True, text=True, cwd="/", env=CLEAN_ENV, timeout=60)
+
+
+@pytest.fixture
+def layout_base(shared_venv: Path) -> Iterator[Path]:
+    """An empty directory uid 89 can reach, removed at the end."""
+    needs_root_and_vpopmail()
+    base = Path("/tmp") / f"pyvpopmail-layout-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def owner_mode(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def root_install(base: Path, venv: Path) -> Install:
+    """packaging/install as root for the vpopmail user, into ``base``/vpopmail."""
+    return run_installer(base / "vpopmail", base / "qmail", "vpopmail", "vchkpw", venv, "root")
+
+
+def old_layout(inst: Install) -> None:
+    """What C vpopmail and earlier pyvpopmail installs left: PREFIX and etc/ (0755) the
+    vpopmail user's, and (C's) bin/ and its programs."""
+    prefix = inst.prefix
+    for path in (prefix, prefix / "etc", prefix / "bin", *(prefix / "bin").iterdir()):
+        os.lchown(path, 89, 89)
+    (prefix / "etc").chmod(0o755)
+
+
+def upgrade(inst: Install, venv: Path) -> subprocess.CompletedProcess[str]:
+    return run_install("--prefix", str(inst.prefix), "--qmaildir", str(inst.qmaildir),
+                       "--user", "vpopmail", "--group", "vchkpw", "--venv", str(venv))
+
+
+@pytest.mark.parametrize("planter", [0])
+def test_upgrade_does_not_follow_a_dangling_link_in_etc(layout_base: Path, shared_venv: Path,
+                                                        planter: int) -> None:
+    """etc/tcp.smtp is a link to where nothing is: nothing is made at its target; root's own
+    link is kept as it is (before, the install created the link's target)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    etc = inst.prefix / "etc"
+    target = layout_base / "somewhere"
+    (etc / "tcp.smtp").unlink()
+    (etc / "tcp.smtp").symlink_to(target)
+    os.lchown(etc / "tcp.smtp", planter, planter)
+    result = upgrade(inst, shared_venv)
+    assert not os.path.lexists(target)
+    assert (etc / "tcp.smtp").is_symlink()
+    if planter:
+        assert result.returncode != 0
+        assert result.stderr == (f"install: {etc / 'tcp.smtp'} is a symbolic link of uid 89: "
+                                 f"nothing was changed; remove or replace it and install "
+                                 f"again\n"), result
+        assert owner_mode(inst.prefix) == (89, 89, 0o755)
+    else:
+        assert result.returncode == 0, result
