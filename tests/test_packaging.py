@@ -674,7 +674,8 @@ def test_upgrade_takes_over_an_old_layout(layout_base: Path, shared_venv: Path) 
     """An install over the old layout leaves root's layout: PREFIX, etc/, bin/ and what uid
     89 owned in them become root's (without group or other write, a set-uid bit dropped),
     a cache uid 89 made is replaced by root's (the TOML's values); the relay files,
-    vlimits.default and domains/ stay the vpopmail user's."""
+    vlimits.default and domains/ stay the vpopmail user's, and a relay file root made
+    becomes that user's (unless it has another hard link), so the relay can replace it."""
     inst = root_install(layout_base, shared_venv)
     prefix, etc = inst.prefix, inst.prefix / "etc"
     old_layout(inst)
@@ -693,6 +694,10 @@ def test_upgrade_takes_over_an_old_layout(layout_base: Path, shared_venv: Path) 
         (etc / name).write_text("")
         os.chown(etc / name, 89, 89)
     (etc / "tcp.smtp").chmod(0o664)
+    (etc / "tcp.smtp.cdb").write_bytes(b"made by root")  # say by C's tools run as root
+    rootfile = layout_base / "root-only"  # and one hard-linked there: not to be given away
+    rootfile.write_text("root's\n")
+    os.link(rootfile, etc / "tcp.smtp.cdb.lock")
 
     result = upgrade(inst, shared_venv)
     assert result.returncode == 0, result
@@ -707,9 +712,14 @@ def test_upgrade_takes_over_an_old_layout(layout_base: Path, shared_venv: Path) 
     assert os.lstat(etc / "ip_alias_map").st_uid == 0
     assert os.lstat(cache).st_uid == 0
     assert marshal.loads(cache.read_bytes())[2]["paths_domains_dir"] == "domains"
-    for name in ("open-smtp", "open-smtp.lock", "vlimits.default"):
+    for name in ("open-smtp", "open-smtp.lock", "vlimits.default", "tcp.smtp.cdb"):
         assert os.lstat(etc / name)[4:6] == (89, 89), name
+    assert os.lstat(rootfile)[4:6] == (0, 0)
     assert "kept in" not in result.stdout  # vkill has no namesake of ours: left in place
+    (etc / "tcp.smtp.cdb.lock").unlink()
+    inst.ok("clearopensmtp", as_user="vpopmail")  # the relay replaces its files
+    with cdb.CdbReader(str(etc / "tcp.smtp.cdb")) as reader:
+        assert [key for key, _ in reader.items()] == [b"127."]
 
 
 def tree_state(top: Path) -> list[tuple[str, tuple[int, int, int], bytes | None]]:
