@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,77 @@ def test_what_root_read_is_not_lent_to_other_ids(tmp_path: Path) -> None:
     status = os.waitpid(pid, 0)[1] >> 8
     shutil.rmtree(here)
     assert status == 3
+
+
+def as_uid_89(work: Callable[[], None]) -> int:
+    """The exit status of a forked child that runs ``work`` as uid/gid 89 (0: it returned)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(89)
+            os.setuid(89)
+            work()
+            os._exit(0)
+        except BaseException:
+            os._exit(4)
+    return os.waitpid(pid, 0)[1] >> 8
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change ids")
+def test_a_cache_forged_by_another_uid_is_ignored_and_replaced() -> None:
+    """In a root installation etc/ is writable by the vpopmail user's group: a cache that uid
+    89 made where none was, fresh for the TOML file and saying what it likes, is not believed
+    by root, who reads the TOML and puts its own cache in its place."""
+    here = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        os.chown(here, 0, 89)
+        here.chmod(0o1775)
+        path = write(here / "v.toml", "[locks]\ntimeout = 7\n")
+        cache = here / "v.toml.cache"
+        forged = validate({"locks": {"timeout": 99}, "paths": {"domains_dir": "/etc"}})
+        data = marshal.dumps((config._CACHE_VERSION, config._identity(path.stat()), forged))
+        assert as_uid_89(lambda: cache.write_bytes(data)) == 0
+        assert cache.stat().st_uid == 89
+        config._read.clear()
+        loaded = load(str(path))
+        assert (loaded.locks_timeout, loaded.paths_domains_dir) == (7, "domains")
+        st = cache.stat()
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        assert marshal.loads(cache.read_bytes())[2]["locks_timeout"] == 7
+    finally:
+        config._read.clear()
+        shutil.rmtree(here)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change ids")
+def test_only_the_owner_of_the_file_writes_its_cache() -> None:
+    """uid 89 reading root's config in a directory it may write parses it and leaves no
+    cache (one it made would be ignored by root anyway); root's cache, it believes."""
+    here = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        here.chmod(0o1777)
+        path = write(here / "v.toml", "[locks]\ntimeout = 7\n")
+
+        def check() -> None:
+            assert load(str(path)).locks_timeout == 7
+
+        config._read.clear()
+        assert as_uid_89(check) == 0
+        assert sorted(os.listdir(here)) == ["v.toml"]
+        load(str(path))  # root: the owner
+        values = marshal.loads((here / "v.toml.cache").read_bytes())
+        values[2]["locks_timeout"] = 8  # root's cache, doctored by root: believed by 89
+        (here / "v.toml.cache").write_bytes(marshal.dumps(values))
+
+        def believed() -> None:
+            assert load(str(path)).locks_timeout == 8
+
+        config._read.clear()
+        assert as_uid_89(believed) == 0
+    finally:
+        config._read.clear()
+        shutil.rmtree(here)
 
 
 def test_cache_of_another_version_is_ignored(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 from install_site import Install
 from vpopmail import config as vconfig
@@ -36,6 +37,24 @@ def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
     assert vhome.ok("vipmap", "-d", "2001:db8::7", OTHER) == ""
     assert vhome.ok("vipmap", "-p") == f"192.0.2.7 {DOMAIN}\n"
     assert not [name for name in os.listdir(path.parent) if "tmp" in name]
+
+
+def test_vipmap_of_a_root_install_writes_roots_map(root_vhome: Install) -> None:
+    """The map decides the domain of bare-name logins, which root's vchkpw serves: in a root
+    install it is root's, and the vpopmail user (uid 89) can neither rewrite nor replace it."""
+    root_vhome.ok("vadddomain", DOMAIN, "secret")
+    root_vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN)
+    etc = root_vhome.prefix / "etc"
+    for name in ("ip_alias_map", "ip_alias_map.lock"):
+        st = os.stat(etc / name)
+        assert (st.st_uid, st.st_gid) == (0, 0), name
+    attack = subprocess.run(
+        ["setpriv", "--reuid=89", "--regid=89", "--clear-groups", "/bin/sh", "-c",
+         'echo "192.0.2.7 evil.test" >> "$1/ip_alias_map" || '
+         '{ echo "192.0.2.7 evil.test" > "$1/new" && mv -f "$1/new" "$1/ip_alias_map"; }',
+         "sh", str(etc)], capture_output=True, text=True)
+    assert attack.returncode != 0, attack
+    assert root_vhome.ok("vipmap", "-p") == f"192.0.2.7 {DOMAIN}\n"
 
 
 def test_vipmap_refuses_and_changes_nothing(vhome: Install) -> None:

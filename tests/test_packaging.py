@@ -3,9 +3,11 @@ packaging/install over an existing C vpopmail (its programs kept aside, ``--roll
 from __future__ import annotations
 
 import contextlib
+import marshal
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -15,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from install_site import (CLEAN_ENV, INSTALL, REPO, VENV, Install, as_user_argv, own_account,
-                          vpopmail_user_exists)
+                          run_installer, vpopmail_user_exists)
 from helpers import snapshot
 from server_site import running_server, wait_for
+from vpopmail import cdb
+from vpopmail import config as vconfig
 from vpopmail.wire import VERSION
 
 SANDBOX = REPO / "packaging" / "sandbox"
@@ -216,9 +220,10 @@ def fake_server(socket_path: Path, how: str, mark: Path, user: str | None = None
 
 @contextlib.contextmanager
 def install_the_vpopmail_user_rearranged() -> Iterator[tuple[Path, tuple[str, ...]]]:
-    """(PREFIX, install arguments) of a real install where the vpopmail user, which owns the
-    prefix, could put a run/ of its own (run/ is mode 0777 here), under a directory it can
-    reach; removed at the end."""
+    """(PREFIX, install arguments) of a real install where the vpopmail user could listen at
+    the server's socket (run/ is made mode 0777 here, as an earlier layout let that user,
+    owner of the prefix, put a run/ of its own), under a directory it can reach; removed at
+    the end."""
     if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
         pytest.skip("needs root, the vpopmail user and setpriv")
     base = Path("/tmp") / f"pyvpopmail-rearranged-{os.getpid()}"
@@ -470,3 +475,321 @@ def test_changed_source_is_not_shadowed_by_its_old_bytecode(vhome: Install) -> N
         name="vpopmail.flags")
     assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "SourceFileLoader"]
     assert wrapper_probe(vhome, "vdelivermail", code) == ["edited", "BytecodeFinder"]
+
+
+# root's layout: what the vpopmail user (every delivery's identity) may not change -----------------
+
+VPOPMAIL_IDS = ["setpriv", "--reuid=89", "--regid=89", "--clear-groups"]
+
+
+def needs_root_and_vpopmail() -> None:
+    if os.geteuid() != 0 or not vpopmail_user_exists() or not shutil.which("setpriv"):
+        pytest.skip("needs root, the vpopmail user and setpriv")
+
+
+def as_vpopmail(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``sh -c script sh args...`` as uid 89, gid 89 (vchkpw) and no other group."""
+    return subprocess.run([*VPOPMAIL_IDS, "/bin/sh", "-c", script, "sh", *args],
+                          capture_output=True, text=True, cwd="/", env=CLEAN_ENV, timeout=60)
+
+
+@pytest.fixture
+def layout_base(shared_venv: Path) -> Iterator[Path]:
+    """An empty directory uid 89 can reach, removed at the end."""
+    needs_root_and_vpopmail()
+    base = Path("/tmp") / f"pyvpopmail-layout-{os.getpid()}"
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def owner_mode(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def root_install(base: Path, venv: Path) -> Install:
+    """packaging/install as root for the vpopmail user, into ``base``/vpopmail."""
+    return run_installer(base / "vpopmail", base / "qmail", "vpopmail", "vchkpw", venv, "root")
+
+
+#: what uid 89 tries against a root install at $1; each attempt that works prints its name
+ATTACKS = r"""
+p=$1
+try() { name=$1; shift; if "$@" 2>/dev/null; then echo "$name"; fi; }
+try rename-bin mv "$p/bin" "$p/bin.x"
+try rename-etc mv "$p/etc" "$p/etc.x"
+try rename-lib mv "$p/lib" "$p/lib.x"
+try rename-run mv "$p/run" "$p/run.x"
+try mkdir-in-prefix mkdir "$p/newdir"
+try link-in-prefix ln -s /etc "$p/newlink"
+try write-vchkpw sh -c "echo x >> '$p/bin/vchkpw'"
+try replace-vchkpw sh -c "cp /bin/true '$p/bin/vchkpw.x' && mv -f '$p/bin/vchkpw.x' '$p/bin/vchkpw'"
+try add-to-bin sh -c "echo x > '$p/bin/new'"
+for f in vpopmail.toml vpopmail.toml.cache tcp.smtp; do
+    try "write-$f" sh -c "echo x >> '$p/etc/$f'"
+    try "replace-$f" sh -c "echo x > '$p/etc/new.$f' && mv -f '$p/etc/new.$f' '$p/etc/$f'"
+    try "link-over-$f" ln -sf /etc/passwd "$p/etc/$f"
+    try "remove-$f" rm -f "$p/etc/$f"
+    rm -f "$p/etc/new.$f"
+done
+"""
+
+
+def checksums(*paths: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in paths}
+
+
+def test_root_install_is_roots_but_domains_and_the_relay_files(layout_base: Path,
+                                                              shared_venv: Path) -> None:
+    """After a root install PREFIX, bin/, lib/, libexec/, man/, run/ and the files root runs
+    and reads are root's; etc/ is root:vchkpw 01775; domains/ and vlimits.default the
+    vpopmail user's. uid 89 can change none of root's (rename bin/, replace bin/vchkpw,
+    replace or remove vpopmail.toml, its cache or tcp.smtp, add to PREFIX), but can still
+    write the roaming relay's files: a vchkpw login as the vpopmail user with roaming users
+    on, and clearopensmtp as that user, then as root, and a root login, all work on the same
+    files."""
+    inst = root_install(layout_base, shared_venv)
+    prefix, etc = inst.prefix, inst.prefix / "etc"
+    assert owner_mode(prefix) == (0, 0, 0o755)
+    for name in ("bin", "lib", "libexec", "man", "run"):
+        assert owner_mode(prefix / name) == (0, 0, 0o755), name
+    assert owner_mode(etc) == (0, 89, 0o1775)
+    assert owner_mode(prefix / "domains") == (89, 89, 0o750)
+    for name in ("vpopmail.toml", "vpopmail.toml.cache", "tcp.smtp"):
+        assert owner_mode(etc / name) == (0, 0, 0o644), name
+    assert owner_mode(etc / "vlimits.default") == (89, 89, 0o600)
+    for path in [*(prefix / "bin").iterdir(), *(prefix / "libexec").iterdir()]:
+        assert os.lstat(path).st_uid == 0, path
+
+    before = checksums(etc / "vpopmail.toml", etc / "vpopmail.toml.cache", etc / "tcp.smtp",
+                       prefix / "bin" / "vchkpw")
+    attacks = as_vpopmail(ATTACKS, str(prefix))
+    assert attacks.stdout == "", attacks
+    assert checksums(*before) == before
+    assert sorted(p.name for p in prefix.iterdir()) == [
+        "bin", "domains", "etc", "lib", "libexec", "man", "run"]
+
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw1")
+    inst.set_config("relay", "roaming_users", True)
+    inst.ok("vdominfo", "example.com")  # root loads the edited config: its cache again
+    fd3 = layout_base / "fd3"
+    fd3.write_bytes(b"alice@example.com\0pw1\0\0")
+    fd3.chmod(0o644)
+    login = [str(prefix / "bin" / "vchkpw"), "/bin/true"]
+    pop = {**CLEAN_ENV, "TCPLOCALPORT": "110", "TCPREMOTEIP": "192.0.2.10"}
+    as_user = subprocess.run([*as_user_argv("vpopmail"), "/bin/sh", "-c", 'exec "$@" 3<"$0"',
+                              str(fd3), *login], capture_output=True, text=True, cwd="/",
+                             env=pop)
+    assert as_user.returncode == 0, as_user
+    inst.ok("clearopensmtp", as_user="vpopmail")
+    inst.ok("clearopensmtp")
+    as_root = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(fd3), *login],
+                             capture_output=True, text=True, cwd="/",
+                             env={**pop, "TCPREMOTEIP": "192.0.2.11"})
+    assert as_root.returncode == 0, as_root
+    inst.ok("clearopensmtp", as_user="vpopmail")
+    lines = (etc / "open-smtp").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["192.0.2.10", "192.0.2.11"]
+    with cdb.CdbReader(str(etc / "tcp.smtp.cdb")) as reader:
+        assert sorted(key for key, _ in reader.items()) == [b"127.", b"192.0.2.10",
+                                                           b"192.0.2.11"]
+    for name in ("open-smtp", "open-smtp.lock", "tcp.smtp.cdb", "tcp.smtp.cdb.lock"):
+        assert os.lstat(etc / name)[4:6] == (89, 89), name
+    assert [p.name for p in etc.iterdir() if ".tmp." in p.name] == []
+
+
+def test_a_cache_the_vpopmail_user_forged_is_ignored_by_root(layout_base: Path,
+                                                            shared_venv: Path) -> None:
+    """Where the config cache is missing uid 89 can make one in etc/ (group-writable): one
+    fresh for the TOML file that moves the domains to a directory of its choosing. Root's
+    vadddomain reads the TOML instead, makes the domain in PREFIX/domains, and replaces the
+    cache with its own."""
+    inst = root_install(layout_base, shared_venv)
+    etc = inst.prefix / "etc"
+    (etc / "vpopmail.toml.cache").unlink()
+    elsewhere = layout_base / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    forge = f"""
+import marshal, os, sys
+sys.path[:0] = [{str(inst.prefix / "lib" / "pyvpopmail")!r}]
+from vpopmail import config
+path = {str(etc / "vpopmail.toml")!r}
+values = config.parse_file(path)
+values["paths_domains_dir"] = {str(elsewhere)!r}
+with open(path + ".cache", "xb") as fh:
+    marshal.dump((config._CACHE_VERSION, config._identity(os.stat(path)), values), fh)
+"""
+    forged = subprocess.run([*VPOPMAIL_IDS, sys.executable, "-I", "-c", forge],
+                            capture_output=True, text=True, cwd="/")
+    assert forged.returncode == 0, forged
+    assert os.stat(etc / "vpopmail.toml.cache").st_uid == 89
+    inst.ok("vadddomain", "example.com", "secret")
+    assert (inst.domains / "example.com" / "postmaster").is_dir()
+    assert list(elsewhere.iterdir()) == []
+    st = os.stat(etc / "vpopmail.toml.cache")
+    assert (st.st_uid, marshal.loads((etc / "vpopmail.toml.cache").read_bytes())[2][
+        "paths_domains_dir"]) == (0, "domains")
+
+
+def test_ordinary_user_sandbox_stays_the_users(layout_base: Path, shared_venv: Path) -> None:
+    """Run by an ordinary user (uid 89 here) the install is a sandbox that user owns, as
+    before: PREFIX and etc/ 0755, domains/ 0750, all its own."""
+    (layout_base / "sandbox").mkdir()
+    os.chown(layout_base / "sandbox", 89, 89)
+    prefix = layout_base / "sandbox" / "vpopmail"
+    result = subprocess.run(
+        [*VPOPMAIL_IDS, sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
+         str(layout_base / "sandbox" / "qmail"), "--venv", str(shared_venv),
+         "--no-frontends"], capture_output=True, text=True, cwd="/", env=CLEAN_ENV)
+    assert result.returncode == 0, result
+    assert owner_mode(prefix) == (89, 89, 0o755)
+    assert owner_mode(prefix / "etc") == (89, 89, 0o755)
+    assert owner_mode(prefix / "domains") == (89, 89, 0o750)
+    for path in [*(prefix / "bin").iterdir(), *(prefix / "etc").iterdir()]:
+        assert os.lstat(path)[4:6] == (89, 89), path
+
+
+# upgrade of a prefix laid out the old way (C vpopmail's ~vpopmail, pyvpopmail's before) --------
+
+def old_layout(inst: Install) -> None:
+    """What C vpopmail and earlier pyvpopmail installs left: PREFIX and etc/ (0755) the
+    vpopmail user's, and (C's) bin/ and its programs."""
+    prefix = inst.prefix
+    for path in (prefix, prefix / "etc", prefix / "bin", *(prefix / "bin").iterdir()):
+        os.lchown(path, 89, 89)
+    (prefix / "etc").chmod(0o755)
+
+
+def upgrade(inst: Install, venv: Path) -> subprocess.CompletedProcess[str]:
+    return run_install("--prefix", str(inst.prefix), "--qmaildir", str(inst.qmaildir),
+                       "--user", "vpopmail", "--group", "vchkpw", "--venv", str(venv))
+
+
+def test_upgrade_takes_over_an_old_layout(layout_base: Path, shared_venv: Path) -> None:
+    """An install over the old layout leaves root's layout: PREFIX, etc/, bin/ and what uid
+    89 owned in them become root's (without group or other write, a set-uid bit dropped),
+    a cache uid 89 made is replaced by root's (the TOML's values); the relay files,
+    vlimits.default and domains/ stay the vpopmail user's, and a relay file root made
+    becomes that user's (unless it has another hard link), so the relay can replace it."""
+    inst = root_install(layout_base, shared_venv)
+    prefix, etc = inst.prefix, inst.prefix / "etc"
+    old_layout(inst)
+    vkill = prefix / "bin" / "vkill"  # a C program without a namesake of ours
+    vkill.write_text("#!/bin/sh\necho C\n")
+    os.chown(vkill, 89, 89)
+    vkill.chmod(0o4775)
+    values = vconfig.parse_file(str(etc / "vpopmail.toml"))
+    values["paths_domains_dir"] = "/etc"
+    cache = etc / "vpopmail.toml.cache"
+    cache.write_bytes(marshal.dumps((vconfig._CACHE_VERSION,
+                                     vconfig._identity(os.stat(etc / "vpopmail.toml")), values)))
+    for name in ("vpopmail.toml.cache", "tcp.smtp"):
+        os.chown(etc / name, 89, 89)
+    for name in ("ip_alias_map", "open-smtp", "open-smtp.lock"):
+        (etc / name).write_text("")
+        os.chown(etc / name, 89, 89)
+    (etc / "tcp.smtp").chmod(0o664)
+    (etc / "tcp.smtp.cdb").write_bytes(b"made by root")  # say by C's tools run as root
+    rootfile = layout_base / "root-only"  # and one hard-linked there: not to be given away
+    rootfile.write_text("root's\n")
+    os.link(rootfile, etc / "tcp.smtp.cdb.lock")
+
+    result = upgrade(inst, shared_venv)
+    assert result.returncode == 0, result
+    assert owner_mode(prefix) == (0, 0, 0o755)
+    assert owner_mode(prefix / "bin") == (0, 0, 0o755)
+    assert owner_mode(etc) == (0, 89, 0o1775)
+    assert owner_mode(prefix / "domains") == (89, 89, 0o750)
+    assert owner_mode(vkill) == (0, 89, 0o755)
+    for path in (prefix / "bin").iterdir():
+        assert os.lstat(path).st_uid == 0 and not os.lstat(path).st_mode & 0o022, path
+    assert owner_mode(etc / "tcp.smtp") == (0, 89, 0o644)
+    assert os.lstat(etc / "ip_alias_map").st_uid == 0
+    assert os.lstat(cache).st_uid == 0
+    assert marshal.loads(cache.read_bytes())[2]["paths_domains_dir"] == "domains"
+    for name in ("open-smtp", "open-smtp.lock", "vlimits.default", "tcp.smtp.cdb"):
+        assert os.lstat(etc / name)[4:6] == (89, 89), name
+    assert os.lstat(rootfile)[4:6] == (0, 0)
+    assert "kept in" not in result.stdout  # vkill has no namesake of ours: left in place
+    (etc / "tcp.smtp.cdb.lock").unlink()
+    inst.ok("clearopensmtp", as_user="vpopmail")  # the relay replaces its files
+    with cdb.CdbReader(str(etc / "tcp.smtp.cdb")) as reader:
+        assert [key for key, _ in reader.items()] == [b"127."]
+
+
+def tree_state(top: Path) -> list[tuple[str, tuple[int, int, int], bytes | None]]:
+    """Every path under ``top`` (``top`` too): owner, group, mode and a file's contents."""
+    return [(str(path), owner_mode(path), path.read_bytes() if path.is_file() else None)
+            for path in sorted([top, *top.rglob("*")])]
+
+
+@pytest.mark.parametrize("name", ["etc", "bin", "lib", "run", "domains"])
+def test_upgrade_refuses_a_directory_linked_elsewhere(layout_base: Path, shared_venv: Path,
+                                                      name: str) -> None:
+    """uid 89, owning PREFIX in the old layout, swaps one of its directories for a link to a
+    directory of root's elsewhere: the install names it, changes nothing and fails (before:
+    etc/ got vpopmail.toml written and chowned to 89 there, domains/'s target was chowned to
+    89, bin/ and lib/ got our programs, run/ its mode)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    target = layout_base / "root-only"
+    target.mkdir(mode=0o711)
+    (target / "precious").write_text("root's\n")
+    moved = as_vpopmail('mv "$1/$2" "$1/$2.real" && ln -s "$3" "$1/$2"', str(inst.prefix),
+                        name, str(target))
+    assert moved.returncode == 0, moved
+    before, prefix_before = tree_state(target), owner_mode(inst.prefix)
+    result = upgrade(inst, shared_venv)
+    assert result.returncode != 0
+    assert result.stderr == (f"install: {inst.prefix / name} is a symbolic link: nothing was "
+                             f"changed; remove or replace it and install again\n"), result
+    assert tree_state(target) == before
+    assert owner_mode(inst.prefix) == prefix_before == (89, 89, 0o755)
+
+
+@pytest.mark.parametrize("planter", [89, 0])
+def test_upgrade_does_not_follow_a_dangling_link_in_etc(layout_base: Path, shared_venv: Path,
+                                                        planter: int) -> None:
+    """etc/tcp.smtp is a link to where nothing is: nothing is made at its target. One of uid
+    89 is refused (named; nothing changed); root's own is kept as it is (before, the
+    install created the link's target)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    etc = inst.prefix / "etc"
+    target = layout_base / "somewhere"
+    (etc / "tcp.smtp").unlink()
+    (etc / "tcp.smtp").symlink_to(target)
+    os.lchown(etc / "tcp.smtp", planter, planter)
+    result = upgrade(inst, shared_venv)
+    assert not os.path.lexists(target)
+    assert (etc / "tcp.smtp").is_symlink()
+    if planter:
+        assert result.returncode != 0
+        assert result.stderr == (f"install: {etc / 'tcp.smtp'} is a symbolic link of uid 89: "
+                                 f"nothing was changed; remove or replace it and install "
+                                 f"again\n"), result
+        assert owner_mode(inst.prefix) == (89, 89, 0o755)
+    else:
+        assert result.returncode == 0, result
+
+
+def test_upgrade_refuses_a_link_of_the_vpopmail_user_in_bin(layout_base: Path,
+                                                           shared_venv: Path) -> None:
+    """bin/vchkpw, which root runs, swapped by uid 89 for a link to a program of its own:
+    refused, named, nothing changed."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    vchkpw = inst.prefix / "bin" / "vchkpw"
+    swapped = as_vpopmail('rm -f "$1" && ln -s /bin/true "$1"', str(vchkpw))
+    assert swapped.returncode == 0, swapped
+    result = upgrade(inst, shared_venv)
+    assert result.returncode != 0
+    assert result.stderr == (f"install: {vchkpw} is a symbolic link of uid 89: nothing was "
+                             f"changed; remove or replace it and install again\n"), result
+    assert owner_mode(inst.prefix) == (89, 89, 0o755)
+    assert os.readlink(vchkpw) == "/bin/true"

@@ -587,6 +587,9 @@ def test_clearopensmtp_drops_old_entries_and_rebuilds(roaming: LoginSite,
         (etc / "open-smtp").write_text("".join(
             f'{ip}:allow,RELAYCLIENT="",RBLSMTPD=""' + ("" if t is None else f"\t{t}") + "\n"
             for ip, t in entries.items()))
+        # the relay's file, as logins make it: the vpopmail user's (root's own, in the sticky
+        # etc/ of a root install, that user could not replace)
+        os.chown(etc / "open-smtp", roaming.inst.uid, roaming.inst.gid)
     else:
         database = request.getfixturevalue("sql_db")
         database.rows(f"CREATE TABLE relay ({LAYOUTS['relay']})")

@@ -3,6 +3,8 @@
 The hot paths (vdelivermail, vchkpw) start a fresh interpreter per message or login, and
 ``tomllib`` costs about 13 ms to import, so a parsed copy is kept beside the file as a
 ``marshal`` cache keyed by the file's identity; only a stale or missing cache loads tomllib.
+The cache is written, and believed, only when it is the file owner's (root's in a root
+installation: another process parses the file until root loads it once).
 qmail-local and qmail-popup clear the environment, so the installed wrappers pass the path they
 were built with; ``VPOPMAIL_CONFIG`` overrides it (tests, ad-hoc runs).
 """
@@ -11,7 +13,7 @@ import posix
 
 from vpopmail import getenv
 from vpopmail.errors import ConfigError
-from vpopmail.fsutil import join, status
+from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
@@ -230,10 +232,19 @@ def _load(path: str, st: posix.stat_result) -> Config:
     cache = path + ".cache"
     ident = _identity(st)
     try:
-        with open(cache, "rb") as fh:
-            version, cached_ident, values = marshal.load(fh)
-        if version == _CACHE_VERSION and tuple(cached_ident) == ident:
-            return Config(values, path)
+        # not through a symbolic link, nor waiting on a FIFO; believed only when the config
+        # file's owner wrote it (write_cache): in a root installation etc/ is writable by the
+        # vpopmail user's group, which could plant a cache of its own where none is
+        fd = posix.open(cache, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK
+                        | posix.O_CLOEXEC)
+        try:
+            own = posix.fstat(fd)
+            if own.st_uid == st.st_uid:
+                version, cached_ident, values = marshal.loads(posix.read(fd, own.st_size))
+                if version == _CACHE_VERSION and tuple(cached_ident) == ident:
+                    return Config(values, path)
+        finally:
+            posix.close(fd)
     except (OSError, EOFError, ValueError, TypeError):
         pass
     values = parse_file(path)
@@ -261,18 +272,30 @@ def parse_file(path: str) -> dict[str, Value]:
 
 def write_cache(path: str, values: dict[str, Value], ident: tuple[int, int, int, int],
                 source: posix.stat_result) -> None:
-    """Best effort: a reader that may not write etc/ just keeps parsing the TOML. The cache
-    gets the file's permission bits and (as root) owner: it holds the same secrets, e.g. the
-    database passwords, and must stay readable by exactly those who can read the file."""
+    """Best effort, and only by the config file's owner (whose cache alone :func:`_load`
+    believes): another reader just keeps parsing the TOML. The cache is made under a temp
+    name that cannot be a link planted there (O_EXCL, O_NOFOLLOW) and renamed over the old
+    one; it gets the file's permission bits and (as root) group: it holds the same secrets,
+    e.g. the database passwords, and must stay readable by exactly those who can read the
+    file."""
+    if posix.geteuid() != source.st_uid:
+        return
     tmp = f"{path}.cache.{posix.getpid()}"
+    flags = (posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW
+             | posix.O_CLOEXEC)
     try:
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW,
-                        0o600)
-        with open(fd, "wb") as fh:
-            marshal.dump((_CACHE_VERSION, ident, values), fh)
-        if posix.geteuid() == 0:
-            posix.chown(tmp, source.st_uid, source.st_gid)
-        posix.chmod(tmp, source.st_mode & 0o666)
+        try:
+            fd = posix.open(tmp, flags, 0o600)
+        except FileExistsError:  # left by a crashed process with our pid, or planted
+            posix.unlink(tmp)
+            fd = posix.open(tmp, flags, 0o600)
+        try:
+            write_all(fd, marshal.dumps((_CACHE_VERSION, ident, values)))
+            if source.st_uid == 0:
+                posix.fchown(fd, 0, source.st_gid)
+            posix.fchmod(fd, source.st_mode & 0o666)
+        finally:
+            posix.close(fd)
         posix.replace(tmp, path + ".cache")
     except OSError:
         try:

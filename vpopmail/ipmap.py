@@ -92,10 +92,11 @@ def check_ip(ip: str) -> str:
 
 def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
     """Add (``add``) or delete the pair ``ip domain``; an add replaces an equal pair. Return
-    whether the map changed."""
+    whether the map changed. The map and its lock belong to who writes them (vipmap and
+    vpopmaild run as root): it decides the domain of root's bare-name logins, and in a root
+    installation the vpopmail user may add files to etc/ but replace none of root's."""
     path = map_path(config)
-    with FileLock(path + ".lock", config.locks_timeout,
-                  config.uid, config.gid):
+    with FileLock(path + ".lock", config.locks_timeout):
         pairs = read_map(config)
         kept = [pair for pair in pairs if pair != (ip, domain)]
         if add:
@@ -103,6 +104,5 @@ def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
         if kept == pairs:
             return False
         text = "".join(f"{a} {b}\n" for a, b in kept)
-        atomic_write(path, text.encode(), 0o644, config.uid, config.gid,
-                     config.delivery_file_sync)
+        atomic_write(path, text.encode(), 0o644, sync=config.delivery_file_sync)
     return True
