@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import CLEAN_ENV, NO_BACKEND, Install
+from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
                      refused, state, stored_users)
 
@@ -486,6 +486,25 @@ def test_vmoddomlimits_default_file(vhome: Install) -> None:
     assert result.returncode == 255
     assert result.stdout.startswith("Default limits must not be deleted.")
     assert path.exists()
+
+
+def test_vmoddomlimits_of_the_defaults_as_root_keeps_them_the_vpopmail_users(
+        root_vhome: Install) -> None:
+    """The default limits stay the vpopmail user's when root changes them: a vchkpw working
+    as that user (Dovecot's auth as vpopmail) reads them at every login of a domain without
+    limits of its own (before: root's 0600 file, and every such login answered 111)."""
+    root_vhome.ok("vadddomain", DOMAIN, "Pm-pass-1")
+    root_vhome.ok("vmoddomlimits", "-d", "-P", "13")
+    st = (root_vhome.prefix / "etc" / "vlimits.default").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (89, 89, 0o600)
+    credentials = root_vhome.prefix.parent / "vchkpw-input"
+    credentials.write_bytes(f"postmaster@{DOMAIN}\0Pm-pass-1\0\0".encode())
+    login = subprocess.run([*as_user_argv("vpopmail"), "/bin/sh", "-c",
+                            'f=$1; shift; exec "$@" 3<"$f"', "sh", str(credentials),
+                            str(root_vhome.bin / "vchkpw"), "/bin/true"], capture_output=True,
+                           env={**CLEAN_ENV, "TCPLOCALPORT": "110"}, cwd="/", timeout=60)
+    assert login.returncode == 0, login
+    assert "Max Pop Accounts: 13\n" in root_vhome.ok("vmoddomlimits", "-d", "-S")
 
 
 # vregenerate -----------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ class LimitsMixin(ApiBase):
 
             table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
-        owner: tuple[int | None, int | None] = (None, None)
-        if entry is None:
-            path = limits.default_file(self.config.home)
-            lock = FileLock(path + ".lock", self.timeout, self.config.uid, self.config.gid)
+        if entry is None:  # the vpopmail user's, as packaging/install makes it: vchkpw
+            # working as that user reads it at every login of a domain without its own limits
+            path, owner = limits.default_file(self.config.home), (self.config.uid,
+                                                                  self.config.gid)
+            lock = FileLock(path + ".lock", self.timeout, *owner)
         else:
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
             lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
