@@ -422,11 +422,17 @@ class FileLock:
     def __enter__(self) -> "FileLock":
         import fcntl
 
+        # O_NOFOLLOW: a lock file planted as a symlink must not make root open (and chown)
+        # its target
+        flags = posix.O_RDWR | posix.O_CLOEXEC | posix.O_NOFOLLOW
         try:
-            # O_NOFOLLOW: a lock file planted as a symlink must not make root open (and chown)
-            # its target
-            fd = posix.open(self.path, posix.O_RDWR | posix.O_CREAT | posix.O_CLOEXEC
-                            | posix.O_NOFOLLOW, 0o600)
+            try:
+                fd = posix.open(self.path, flags | posix.O_CREAT, 0o600)
+            except PermissionError:
+                # it exists: fs.protected_regular=2 forbids even root an O_CREAT open of
+                # another user's file in a sticky group-writable directory (a root
+                # installation's etc/, where the vpopmail user's relay locks are)
+                fd = posix.open(self.path, flags)
             ensure_owner(fd, *self.owner)
         except OSError as exc:
             raise CouldNotUpdateFile(f"lock {self.path}: {exc.strerror}") from None
