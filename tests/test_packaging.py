@@ -243,6 +243,36 @@ def install_the_vpopmail_user_rearranged() -> Iterator[tuple[Path, tuple[str, ..
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_argon2_install_hashes_and_checks_argon2(tmp_path: Path) -> None:
+    """--argon2 puts argon2-cffi into the installation's own venv: with passwords.scheme =
+    "argon2" vadduser stores an argon2 hash and vchkpw checks it (without it vadduser fails,
+    README once promised argon2 from a plain install). An install whose venv lacks it while
+    the configuration asks for argon2 says so."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    user, group = own_account()
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+            "--group", group)
+    result = run_install(*args, "--argon2")
+    assert result.returncode == 0, result
+    inst = Install(prefix, qmaildir, user, group)
+    inst.set_config("passwords", "scheme", "argon2")
+    inst.ok("vadddomain", "example.com", "Pm-pass-1")
+    inst.ok("vadduser", "alice@example.com", "Alice-pass-1")
+    hashed = inst.ok("vuserinfo", "-p", "alice@example.com").strip()
+    assert hashed.startswith("$argon2"), hashed
+    credentials = tmp_path / "fd3"
+    for password, code in (("Alice-pass-1", 0), ("wrong", 1)):
+        credentials.write_bytes(f"alice@example.com\0{password}\0\0".encode())
+        login = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(credentials),
+                                str(prefix / "bin" / "vchkpw"), "/bin/true"],
+                               capture_output=True, env={**CLEAN_ENV, "TCPLOCALPORT": "110"},
+                               cwd="/")
+        assert login.returncode == code, login
+    without = run_install(*args, "--venv", str(VENV))  # the test venv has no argon2-cffi
+    assert without.returncode == 0, without
+    assert "passwords.scheme is argon2 but argon2-cffi is not installed" in without.stdout
+
+
 def test_install_reloads_the_running_server(tmp_path: Path) -> None:
     """An upgrade (install again) tells the running vpopmail-server to reload, so it serves
     with what was installed; a server of the previous protocol version, which declines every
