@@ -33,6 +33,7 @@ from common import (WORK, added_imports, import_report, install,  # noqa: E402
                     machine_line, mariadb_ready, median_of, owner, peak_rss, private_mariadb,
                     publish, results_table, shell_loop, sql_config, sql_copy_users, timed,
                     wrapper_python)
+from vpopmail import config as vconfig  # noqa: E402
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Setup:
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",
                                                                "file_sync = false"))
         self.nosync.chmod(0o644)
+        vconfig.load(str(self.nosync))  # its cache: only the file's owner (root) writes one
         #: row name -> the SQL backend's config (none without a database)
         self.sql: dict[str, Path] = {}
         if database is not None:

@@ -50,6 +50,7 @@ from common import (POP_ENV, WORK, install, machine_line, mariadb_ready, owner, 
                     peak_rss, private_mariadb, replace_section, RESULTS, shell_loop, sql_config,
                     sql_copy_users, timed,
                     wrapper_python)
+from vpopmail import config as vconfig  # noqa: E402
 
 HERE = WORK / "server"
 DOMAIN = "example.com"
@@ -107,6 +108,7 @@ class Setup:
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",
                                                                "file_sync = false"))
         self.nosync.chmod(0o644)
+        vconfig.load(str(self.nosync))  # its cache: only the file's owner (root) writes one
         self.message = HERE / "msg4096"
         line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
         self.message.write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
@@ -129,7 +131,6 @@ class Setup:
             sql_copy_users(self.prefix, self.sql)
         self.python = wrapper_python(self.libexec / "vdelivermail")
         subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
-        # the configs' marshal caches are written beside them, by the first delivery (uid 89)
         os.chown(HERE, uid, gid)
         #: copies of the front ends: where no server socket is (the fallback, interleaved), and
         #: where a second server with a fresh worker per request (requests_per_worker = 1) listens
@@ -144,6 +145,7 @@ class Setup:
         self.other_config.write_text(self.config.read_text().replace(
             'server_socket = "run/server.sock"', f'server_socket = "{self.other}/run/server.sock"'
         ).replace("requests_per_worker = 1000", "requests_per_worker = 1"))
+        vconfig.load(str(self.other_config))
         self.server: subprocess.Popen[bytes] | None = None
         self.other_server: subprocess.Popen[bytes] | None = None
         self.c = CVpopmail(c_home) if c_home else None
