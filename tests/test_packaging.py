@@ -932,3 +932,29 @@ def run_install_within(seconds: int, *args: str) -> subprocess.CompletedProcess[
 
 
 OURS_WRAPPER = re.compile(rb"#![^\n]* -IS\nimport sys\n")
+
+
+def test_upgrade_makes_a_venv_of_the_vpopmail_user_again(layout_base: Path) -> None:
+    """An old layout installed without --venv (PREFIX/lib/venv): uid 89 replaces lib/ by its
+    own, whose venv/bin/python is a script of its own. The upgrade (without --venv, as the
+    README's) removes that venv and makes one again instead of running its python as root
+    (before: root ran it, for pip and to learn the wrappers' interpreter)."""
+    prefix, qmaildir = layout_base / "vpopmail", layout_base / "qmail"
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--no-frontends")
+    first = run_install(*args)
+    assert first.returncode == 0, first
+    for path in (prefix, prefix / "etc"):
+        os.chown(path, 89, 89)
+    mark = layout_base / "marks"
+    mark.mkdir()
+    os.chown(mark, 89, 89)
+    swapped = as_vpopmail(
+        'cd "$1" && mv lib lib.orig && mkdir -p lib/venv/bin && '
+        'printf "#!/bin/sh\\nid -u > %s/ran\\nexec %s \\"\\$@\\"\\n" "$2" "$3" '
+        '> lib/venv/bin/python && chmod 755 lib/venv/bin/python',
+        str(prefix), str(mark), str(prefix / "lib.orig" / "venv" / "bin" / "python"))
+    assert swapped.returncode == 0, swapped
+    result = run_install(*args)
+    assert not (mark / "ran").exists()
+    assert result.returncode == 0, result
+    assert (prefix / "lib" / "venv" / "bin" / "python").is_symlink()
