@@ -120,3 +120,24 @@ def test_a_fifo_swapped_in_for_a_directory_is_removed_not_waited_on(
     assert not top.exists()
     moved = tmp_path / "moved"
     assert (moved / "file").read_text() == "x" and (moved / "deep").is_dir()
+
+
+@needs_uid_89
+def test_root_does_not_chown_a_lock_file_with_another_hard_link(tmp_path: Path) -> None:
+    """A lock root takes for the vpopmail user (etc/vlimits.default.lock, vmoddomlimits -d;
+    a domain's locks, the admin commands) that uid 89 made a hard link to one of root's files
+    (fs.protected_hardlinks=0 lets it link any file; at 1, one it owned before an upgrade
+    made it root's): root locks it but does not chown it (before: root's vpopmail.toml,
+    renamed over etc/vlimits.default.lock, became uid 89's)."""
+    from vpopmail.fsutil import FileLock
+
+    precious = tmp_path / "vpopmail.toml"
+    precious.write_text("root's\n")
+    os.link(precious, tmp_path / "vlimits.default.lock")
+    with FileLock(str(tmp_path / "vlimits.default.lock"), 1, 89, 89):
+        pass
+    assert os.stat(precious)[4:6] == (0, 0)
+    made = tmp_path / "fresh.lock"
+    with FileLock(str(made), 1, 89, 89):
+        pass
+    assert os.stat(made)[4:6] == (89, 89)

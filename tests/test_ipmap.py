@@ -101,3 +101,36 @@ def test_a_mapped_domain_qmail_serves_as_local_is_not_used(vhome: Install) -> No
     vhome.set_config("users", "default_domain", DOMAIN)
     (vhome.qmaildir / "control" / "locals").write_text(f"localhost\n{OTHER.upper()}\n")
     assert domain_for(vhome, "192.0.2.7") == DOMAIN
+
+
+def test_root_ignores_a_map_or_default_domain_the_vpopmail_user_planted(
+        root_vhome: Install) -> None:
+    """In a root install without a map or etc/defaultdomain, uid 89 may add files to etc/:
+    the map it makes there, and a FIFO or a link to /dev/zero as etc/defaultdomain, are not
+    read by root (before: root's bare-name logins got uid 89's domain, and vchkpw waited for
+    ever on the FIFO, or read /dev/zero until memory ran out); root's own map is."""
+    import sys
+
+    root_vhome.ok("vadddomain", DOMAIN, "secret")
+    etc = root_vhome.prefix / "etc"
+    probe = ("import sys; from vpopmail import config; from vpopmail.ipmap import "
+             "default_domain; print(default_domain(config.load(sys.argv[1]), {}, sys.argv[2]))")
+
+    def root_domain(local_ip: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe, str(root_vhome.config_path),
+                               local_ip], capture_output=True, text=True, timeout=20)
+        assert done.returncode == 0, done
+        return done.stdout.strip()
+
+    for plant in ('echo "192.0.2.7 evil.test" > "$1/ip_alias_map" && mkfifo "$1/defaultdomain"',
+                  'rm -f "$1/ip_alias_map" "$1/defaultdomain" && '
+                  'ln -s /dev/zero "$1/ip_alias_map" && ln -s /dev/zero "$1/defaultdomain"'):
+        planted = subprocess.run(["setpriv", "--reuid=89", "--regid=89", "--clear-groups",
+                                  "/bin/sh", "-c", plant, "sh", str(etc)],
+                                 capture_output=True, text=True)
+        assert planted.returncode == 0, planted
+        assert root_domain("192.0.2.7") == ""
+    for name in ("ip_alias_map", "defaultdomain"):
+        (etc / name).unlink()
+    root_vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN)
+    assert root_domain("192.0.2.7") == DOMAIN

@@ -6,8 +6,10 @@ import contextlib
 import marshal
 import os
 import pwd
+import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -823,3 +825,136 @@ def test_upgrade_refuses_a_link_of_the_vpopmail_user_in_bin(layout_base: Path,
                              f"changed; remove or replace it and install again\n"), result
     assert owner_mode(inst.prefix) == (89, 89, 0o755)
     assert os.readlink(vchkpw) == "/bin/true"
+
+
+# review3: what an old layout's owner could keep through the takeover ------------------------------
+
+def posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
+    """The system.posix_acl_* xattr value of ``entries`` (tag, perm, id), sorted as the kernel
+    wants them (setfacl need not be installed)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *entry) for entry in entries)
+
+
+#: user::rwx user:89:rwx group::r-x mask::rwx other::r-x
+ACL_89 = posix_acl([(0x01, 7, 0xFFFFFFFF), (0x02, 7, 89), (0x04, 5, 0xFFFFFFFF),
+                    (0x10, 7, 0xFFFFFFFF), (0x20, 5, 0xFFFFFFFF)])
+SET_ACL = """
+import os, sys
+for path in sys.argv[2:]:
+    os.setxattr(path, "system.posix_acl_default", bytes.fromhex(sys.argv[1]))
+    os.setxattr(path, "system.posix_acl_access", bytes.fromhex(sys.argv[1]))
+"""
+
+
+def test_upgrade_drops_the_acls_the_vpopmail_user_set(layout_base: Path,
+                                                      shared_venv: Path) -> None:
+    """uid 89, owning PREFIX in the old layout, replaces lib/ by a directory of its own with a
+    default ACL that gives it rwx (and bin/, etc/ likewise): after the takeover no ACL is left
+    on them, so lib/pyvpopmail, which the install makes with mkdir's 0777 (a default ACL
+    ignores the umask), is not uid 89's to write (before: it added lib/pyvpopmail/struct.py,
+    which every root command imported ahead of the standard library)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    prefix = inst.prefix
+    made = as_vpopmail('cd "$1" && mv lib lib.orig && mkdir lib', str(prefix))
+    assert made.returncode == 0, made
+    acl = subprocess.run([*VPOPMAIL_IDS, sys.executable, "-I", "-c", SET_ACL, ACL_89.hex(),
+                          *(str(prefix / name) for name in ("lib", "bin", "etc"))],
+                         capture_output=True, text=True, cwd="/")
+    if acl.returncode != 0 and "Operation not supported" in acl.stderr:
+        pytest.skip("no POSIX ACLs on this filesystem")
+    assert acl.returncode == 0, acl
+    result = upgrade(inst, shared_venv)
+    assert result.returncode == 0, result
+    for path in (prefix / "lib", prefix / "lib" / "pyvpopmail", prefix / "bin", prefix / "etc"):
+        for name in ("system.posix_acl_access", "system.posix_acl_default"):
+            with pytest.raises(OSError):
+                os.getxattr(path, name)
+    planted = as_vpopmail('echo x > "$1/lib/pyvpopmail/struct.py"', str(prefix))
+    assert planted.returncode != 0
+    assert not (prefix / "lib" / "pyvpopmail" / "struct.py").exists()
+
+
+def test_upgrade_gives_root_a_copy_not_the_vpopmail_users_inode(layout_base: Path,
+                                                                shared_venv: Path) -> None:
+    """A file of uid 89 that root keeps (vpopmail.toml) becomes a new root-owned inode with
+    the same contents: a hard link uid 89 kept in domains/ and a descriptor it held open for
+    writing reach the old inode only (before: the same inode was chowned to root, uid 89
+    wrote root's configuration through the descriptor, and renamed the link over
+    etc/vlimits.default.lock, which root's vmoddomlimits -d chowns to it)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    prefix, etc = inst.prefix, inst.prefix / "etc"
+    text = (etc / "vpopmail.toml").read_bytes()
+    kept = as_vpopmail('cd "$1" && cp etc/vpopmail.toml etc/t && mv -f etc/t etc/vpopmail.toml '
+                       '&& ln etc/vpopmail.toml domains/.keep', str(prefix))
+    assert kept.returncode == 0, kept
+    holder = subprocess.Popen(
+        [*VPOPMAIL_IDS, sys.executable, "-I", "-c",
+         "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); print('open', flush=True); "
+         "sys.stdin.readline(); os.pwrite(fd, b'# uid 89 was here\\n', 0); print('wrote')",
+         str(etc / "vpopmail.toml")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd="/")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        result = upgrade(inst, shared_venv)
+        assert result.returncode == 0, result
+        holder.communicate("go\n", timeout=30)
+    finally:
+        holder.kill()
+    assert (etc / "vpopmail.toml").read_bytes() == text
+    assert owner_mode(etc / "vpopmail.toml")[:2] == (0, 89)
+    assert os.stat(etc / "vpopmail.toml").st_nlink == 1
+    assert os.stat(prefix / "domains" / ".keep").st_uid == 89
+    moved = as_vpopmail('cd "$1" && mv domains/.keep etc/vlimits.default.lock', str(prefix))
+    assert moved.returncode == 0, moved
+    inst.ok("vmoddomlimits", "-d", "-P", "5")
+    assert owner_mode(etc / "vpopmail.toml")[:2] == (0, 89)
+
+
+def test_upgrade_is_not_held_by_a_fifo_in_bin(layout_base: Path, shared_venv: Path) -> None:
+    """bin/vuserinfo, swapped by uid 89 for a FIFO: the install does not wait for a writer
+    (before: set_aside's open of it never returned)."""
+    inst = root_install(layout_base, shared_venv)
+    old_layout(inst)
+    fifo = as_vpopmail('rm -f "$1" && mkfifo "$1"', str(inst.prefix / "bin" / "vuserinfo"))
+    assert fifo.returncode == 0, fifo
+    result = run_install_within(30, "--prefix", str(inst.prefix), "--qmaildir",
+                                str(inst.qmaildir), "--user", "vpopmail", "--group", "vchkpw",
+                                "--venv", str(shared_venv))
+    assert result.returncode == 0, result
+    assert OURS_WRAPPER.match((inst.prefix / "bin" / "vuserinfo").read_bytes())
+
+
+def run_install_within(seconds: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True,
+                          text=True, timeout=seconds)
+
+
+OURS_WRAPPER = re.compile(rb"#![^\n]* -IS\nimport sys\n")
+
+
+def test_upgrade_makes_a_venv_of_the_vpopmail_user_again(layout_base: Path) -> None:
+    """An old layout installed without --venv (PREFIX/lib/venv): uid 89 replaces lib/ by its
+    own, whose venv/bin/python is a script of its own. The upgrade (without --venv, as the
+    README's) removes that venv and makes one again instead of running its python as root
+    (before: root ran it, for pip and to learn the wrappers' interpreter)."""
+    prefix, qmaildir = layout_base / "vpopmail", layout_base / "qmail"
+    args = ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--no-frontends")
+    first = run_install(*args)
+    assert first.returncode == 0, first
+    for path in (prefix, prefix / "etc"):
+        os.chown(path, 89, 89)
+    mark = layout_base / "marks"
+    mark.mkdir()
+    os.chown(mark, 89, 89)
+    swapped = as_vpopmail(
+        'cd "$1" && mv lib lib.orig && mkdir -p lib/venv/bin && '
+        'printf "#!/bin/sh\\nid -u > %s/ran\\nexec %s \\"\\$@\\"\\n" "$2" "$3" '
+        '> lib/venv/bin/python && chmod 755 lib/venv/bin/python',
+        str(prefix), str(mark), str(prefix / "lib.orig" / "venv" / "bin" / "python"))
+    assert swapped.returncode == 0, swapped
+    result = run_install(*args)
+    assert not (mark / "ran").exists()
+    assert result.returncode == 0, result
+    assert (prefix / "lib" / "venv" / "bin" / "python").is_symlink()

@@ -83,11 +83,15 @@ def fsync_dir(path: str) -> None:
 
 
 def ensure_owner(fd: int, uid: int | None, gid: int | None) -> None:
-    """Give ``fd`` the owner vpopmail wants, if it is not already so."""
+    """Give ``fd`` the owner vpopmail wants, if it is not already so; never a file with
+    another hard link: root must not chown a file of its own (its configuration, a program)
+    that someone linked at a name where it makes or locks one (a lock file already there)."""
     if uid is None or gid is None:
         return
     st = posix.fstat(fd)
     if (st.st_uid, st.st_gid) != (uid, gid):
+        if st.st_nlink != 1 and st.st_mode & 0o170000 != 0o040000:  # S_IFDIR, without stat
+            return
         posix.fchown(fd, uid, gid)
 
 

@@ -5,10 +5,11 @@
 users who log in with a bare name. C vpopmail needed ``--enable-ip-alias-domains`` for it; here
 the map is in force whenever the file exists. Hot-path safe: lean imports only.
 """
+import errno
 import os
 
 from vpopmail.config import Config
-from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
 MAP_FILE = "ip_alias_map"
 DEFAULT_FILE = "defaultdomain"
@@ -21,12 +22,8 @@ def map_path(config: Config) -> str:
 
 
 def read_map(config: Config) -> list[tuple[str, str]]:
-    """The (ip, domain) pairs of the map, in file order; no file: none."""
-    try:
-        with open(map_path(config), "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        return []
+    """The (ip, domain) pairs of the map, in file order; no file (or none of ours): none."""
+    data = _trusted(map_path(config))
     pairs = []
     for line in data.decode("utf-8", "replace").splitlines():
         fields = line.split()
@@ -35,12 +32,24 @@ def read_map(config: Config) -> list[tuple[str, str]]:
     return pairs
 
 
-def _first_line(path: str) -> str:
+def _trusted(path: str) -> bytes:
+    """The contents of the etc/ file ``path`` if it is a regular file (not through a link,
+    never waiting on a FIFO, at most 1 MiB) of root's or this process's; else nothing. In a
+    root installation the vpopmail user may add files to etc/: a map or default domain it
+    made where there was none is not root's to believe (nor a FIFO or /dev/zero to read)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.readline().strip()
+        data, st = read_regular(path)
     except FileNotFoundError:
-        return ""
+        return b""
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EINVAL, errno.EFBIG):
+            return b""
+        raise
+    return data if st.st_uid in (0, os.geteuid()) else b""
+
+
+def _first_line(path: str) -> str:
+    return _trusted(path).decode("utf-8", "replace").partition("\n")[0].strip()
 
 
 def _is_local(config: Config, domain: str) -> bool:
