@@ -42,9 +42,11 @@ def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
 def test_vipmap_of_a_root_install_writes_roots_map(root_vhome: Install) -> None:
     """The map decides the domain of bare-name logins, which root's vchkpw serves: in a root
     install it is root's, and the vpopmail user (uid 89) can neither rewrite nor replace it."""
+    etc = root_vhome.prefix / "etc"
+    st = os.stat(etc / "ip_alias_map.lock")  # made by the install: not the vpopmail user's
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600)  # to make, hold or open
     root_vhome.ok("vadddomain", DOMAIN, "secret")
     root_vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN)
-    etc = root_vhome.prefix / "etc"
     for name in ("ip_alias_map", "ip_alias_map.lock"):
         st = os.stat(etc / name)
         assert (st.st_uid, st.st_gid) == (0, 0), name
