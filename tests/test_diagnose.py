@@ -14,7 +14,7 @@ from vpopmail.api.diagnose import Step, diagnose
 
 ORDER = ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
          ".qmail-default", "vpasswd", "user", "Maildir", "maildirsize", "flags",
-         "vpopmail-server"]
+         "vpopmail-server", "installation"]
 
 
 def walk(inst: Install, address: str = f"alice@{DOMAIN}") -> list[Step]:
@@ -74,3 +74,29 @@ def test_an_unexpected_file_system_error_is_a_fault_with_a_fix(vhome: Install) -
     assert (last.name, last.ok) == ("domain directory", False)
     assert last.text == f"{dom}: Too many levels of symbolic links"
     assert last.fix.startswith("check the disk and the file system")
+
+
+def test_a_root_installation_another_user_can_change_is_a_fault(root_vhome: Install) -> None:
+    """Step 13: what root runs and reads is root's alone; a chown -R of the vpopmail user's
+    home by habit (bin/ the vpopmail user's), or a group-writable vpopmail.toml, is a fault
+    that names the path and the fix (the walk ends there: exit 13 from vcheck)."""
+    site(root_vhome)
+    last = walk(root_vhome)[-1]
+    assert (last.number, last.name, last.ok) == (13, "installation", True), last.text
+    bin_dir = root_vhome.prefix / "bin"
+    os.chown(bin_dir, 89, 89)
+    try:
+        last = walk(root_vhome)[-1]
+    finally:
+        os.chown(bin_dir, 0, 0)
+    assert (last.number, last.ok) == (13, False) and f"{bin_dir} (89:89, mode 0755)" in last.text
+    assert "packaging/install" in last.fix and "never chown -R" in last.fix
+    config = root_vhome.prefix / "etc" / "vpopmail.toml"
+    config.chmod(0o664)
+    try:
+        checked = root_vhome.run("vcheck", f"alice@{DOMAIN}")
+    finally:
+        config.chmod(0o644)
+    assert checked.returncode == 13, checked.stdout
+    assert f"{config} (0:0, mode 0664)" in checked.stdout
+    assert walk(root_vhome)[-1].ok

@@ -358,7 +358,7 @@ def steps(inst: Install) -> list[str]:
     store = "vpasswd" if inst.backend == "cdb" else "users table"
     return ["address", "users/assign", "users/cdb", "qmail control", "domain directory",
             ".qmail-default", store, "user", "Maildir", "maildirsize", "flags",
-            "vpopmail-server"]
+            "vpopmail-server", "installation"]
 
 
 def vcheck(inst: Install, address: str = f"alice@{DOMAIN}", **kw: object

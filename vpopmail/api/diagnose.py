@@ -26,6 +26,12 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      mail and logins work, at the Python programs' cost; not a fault); one
                      that takes the connection but does not answer within 10 s, or whose
                      queue of waiting callers is full, is a fault (the front ends wait for it)
+13 installation      in a root installation (root owns qmail's users/ or bin/), what root
+                     runs and reads is root's, no one else's to write: PREFIX, bin/, lib/,
+                     libexec/, run/ and
+                     the programs in bin/ and libexec/, etc/ (or root:group 01775, where the
+                     vpopmail user adds its relay files), vpopmail.toml and its cache (a
+                     ``chown -R vpopmail ~vpopmail`` by habit undoes it)
 """
 from __future__ import annotations
 
@@ -105,7 +111,8 @@ class Diagnosis:
                 (".qmail-default", self.check_dot_qmail_default),
                 (self.api.backend.store_name, self.check_store), ("user", self.check_user),
                 ("Maildir", self.check_maildir), ("maildirsize", self.check_maildirsize),
-                ("flags", self.check_flags), ("vpopmail-server", self.check_server)]
+                ("flags", self.check_flags), ("vpopmail-server", self.check_server),
+                ("installation", self.check_installation)]
 
     def steps(self) -> Iterator[Step]:
         for number, (name, check) in enumerate(self.checks, 1):
@@ -484,6 +491,55 @@ class Diagnosis:
         except (OSError, wire.Drop) as exc:
             return (f"down ({path}: {exc}): {programs} run the Python programs (mail and logins "
                     f"work, more slowly); start bin/vpopmail-server (packaging/service/)")
+
+
+    # 13 ---------------------------------------------------------------------------------------
+
+    def check_installation(self) -> str:
+        home = self.config.home
+        # root's qmail (users/ is root's) or root's bin/: a root installation; else a sandbox,
+        # all its user's (a chown -R of the vpopmail user's home leaves qmail's users/ root's)
+        owners = {os.stat(path).st_uid for path in (os.path.join(self.config.qmail_dir, "users"),
+                                                    os.path.join(home, "bin"))}
+        if 0 not in owners:
+            return f"installed by uid {owners.pop()} (a sandbox): all its own"
+        etc = os.path.join(home, "etc")
+        paths = [home, *(os.path.join(home, name) for name in ("bin", "lib", "libexec", "run")),
+                 *_entries(os.path.join(home, "bin")), *_entries(os.path.join(home, "libexec")),
+                 self.config.path, self.config.path + ".cache"]
+        problems = [problem for problem in (_not_roots(path) for path in paths) if problem]
+        try:
+            st = os.lstat(etc)
+            if not (st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o1775):  # the relay's
+                problems.extend(filter(None, [_not_roots(etc)]))
+        except FileNotFoundError:
+            pass
+        if problems:
+            raise Fault(f"what root runs or reads is not root's alone: {'; '.join(problems)}",
+                        f"run packaging/install --prefix {home} as root again: it takes the tree "
+                        f"back (only domains/, etc/vlimits.default and the relay files are the "
+                        f"vpopmail user's; never chown -R {home})")
+        return "root's: PREFIX, bin/, lib/, libexec/, run/, the programs, etc/ and vpopmail.toml"
+
+
+def _entries(directory: str) -> list[str]:
+    try:
+        return [os.path.join(directory, name) for name in sorted(os.listdir(directory))]
+    except FileNotFoundError:
+        return []
+
+
+def _not_roots(path: str) -> str | None:
+    """What is wrong with ``path`` in a root installation (None: root's, no one else's to
+    write; missing)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != 0 or (mode & 0o022 and not stat.S_ISLNK(st.st_mode)):
+        return f"{path} ({_owner(st)}, mode {mode:04o})"
+    return None
 
 
 def diagnose(api: Vpopmail, address: str) -> Iterator[Step]:
