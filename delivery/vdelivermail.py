@@ -21,7 +21,8 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import count_usage, deliver_with_quota, load_maildirsize, quota_root
+from maildir.quota import (count_usage, deliver_with_quota, load_maildirsize, quota_root,
+                           record_quota)
 from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -352,9 +353,10 @@ class Vdelivermail:
         if user.flags & BOUNCE_MAIL:
             raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
         home = self._ensure_home(user)
+        quota = record_quota(user.quota)
         if self.run_dotqmail(home):
             return DELIVERED
-        self.deliver_maildir(join(home, "Maildir") + "/", user.quota)
+        self.deliver_maildir(join(home, "Maildir") + "/", quota)
         return DELIVERED
 
     def _ensure_home(self, user: VUser) -> str:
