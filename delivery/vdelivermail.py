@@ -21,7 +21,8 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import count_usage, deliver_with_quota, load_maildirsize, quota_root
+from maildir.quota import (count_usage, deliver_with_quota, load_maildirsize, quota_root,
+                           record_quota)
 from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -217,6 +218,10 @@ class Vdelivermail:
         self.forward_only = False
         #: forward targets, injected once after every other instruction succeeded
         self.forwards: list[str] = []
+        #: the recipient user's Maildir and quota (set once the user is found): a .qmail line
+        #: into that Maildir (or a folder of it) is under the user's quota, as the default
+        #: delivery is, whatever its maildirsize says or whether it is there
+        self.own_maildir: tuple[str, str] | None = None
         self.message = Message(stdin, 0)
         #: opened at first use, once per run (one connection for valias and user)
         self.stores = open_stores(self.config)
@@ -352,9 +357,11 @@ class Vdelivermail:
         if user.flags & BOUNCE_MAIL:
             raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
         home = self._ensure_home(user)
+        quota = record_quota(user.quota)
+        self.own_maildir = (join(home, "Maildir"), quota)
         if self.run_dotqmail(home):
             return DELIVERED
-        self.deliver_maildir(join(home, "Maildir") + "/", user.quota)
+        self.deliver_maildir(join(home, "Maildir") + "/", quota)
         return DELIVERED
 
     def _ensure_home(self, user: VUser) -> str:
@@ -475,8 +482,11 @@ class Vdelivermail:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
         if not quota:
-            found = load_maildirsize(quota_root(maildir))
-            quota = found.quota if found else ""
+            root = quota_root(maildir)
+            quota = self._own_quota(root)
+            if quota is None:
+                found = load_maildirsize(root)
+                quota = found.quota if found else ""
         address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
 
         def notice(over: bool, percent: int) -> None:
@@ -504,6 +514,19 @@ class Vdelivermail:
             raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
                         f"{exc.strerror}") from None
         self._uncounted(failed)
+
+    def _own_quota(self, root: str) -> str | None:
+        """The recipient user's quota if ``root`` (a quota root) is that user's Maildir, by
+        device and inode (any spelling of the path), else None (also when the record sets no
+        quota text at all: then maildirsize's line counts, as for the default delivery)."""
+        if self.own_maildir is None or not self.own_maildir[1]:
+            return None
+        own, quota = self.own_maildir
+        try:
+            mine, target = posix.stat(own), posix.stat(root)
+        except OSError:
+            return None
+        return quota if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino) else None
 
     @staticmethod
     def _uncounted(failed: str) -> None:

@@ -62,6 +62,18 @@ def format_quota(text: str) -> str:
     return f"{count}C" if count else ""
 
 
+def record_quota(stored: str) -> str:
+    """The quota a user record's ``stored`` text means to a delivery, as C vdelivermail reads
+    it (``format_maildirquota``): ``50M`` is ``52428800S``, a bare number is bytes. Records
+    written by older vpopmail versions, control panels or by hand hold such forms; taken raw,
+    ``50M`` was a 50-byte limit (every message bounced) and ``5000000`` a maildirsize quota line
+    that Courier and Dovecot do not read. ``NOQUOTA`` and ``""`` stay as they are; text that
+    sets no limit is ``NOQUOTA``."""
+    if stored in ("", NOQUOTA):
+        return stored
+    return format_quota(stored) or NOQUOTA
+
+
 #: quota string -> its limits: a delivery asks up to five times, a server worker for each one
 _limits: dict[str, tuple[int, int]] = {}
 PARSED_QUOTAS = 256

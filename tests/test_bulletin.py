@@ -132,3 +132,29 @@ def test_progress_bar() -> None:
     assert stream.getvalue().endswith("\r\x1b[K")
     bar.finish("sent")
     assert stream.getvalue().endswith("sent [########] 4/4 100% 0 s left\x1b[K\n")
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_stored_quota_is_read_as_vdelivermail_reads_it(vhome: Install, api: Vpopmail,
+                                                         tmp_path: Path, dry_run: bool) -> None:
+    """A record holding an unformatted quota (``50M``, as older vpopmail or a control panel
+    stored it) is 50 MB to vpopbull as to vdelivermail (before: 50 bytes, so alice was
+    skipped as over quota)."""
+    vpasswd = Path(api.get_domain(DOMAIN).dir) / "vpasswd"
+    lines = [line.split(":") for line in vpasswd.read_text().splitlines()]
+    for fields in lines:
+        if fields[0] == "alice":
+            fields[6] = "50M"
+    vpasswd.write_text("".join(":".join(fields) + "\n" for fields in lines))
+    vhome.ok("vmkpasswd", DOMAIN)
+    (tmp_path / "bulletin.txt").write_bytes(DATA)
+    message = Message.open(str(tmp_path / "bulletin.txt"))
+    run = Bulletin(api, message, HARD_LINK, dry_run=dry_run)
+    reports: list[tuple[str, str, str]] = []
+    try:
+        for entry, users in run.plan(select_domains(api, [DOMAIN])):
+            run.send(entry, users, lambda *report: reports.append(report))
+    finally:
+        message.close()
+    [alice] = [report for report in reports if report[0] == f"alice@{DOMAIN}"]
+    assert alice[1] == ("listed" if dry_run else DELIVERED), alice

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from maildir import is_maildir
 from maildir.maildir import deliver, discard, link_new, write_message, write_tmp
 from maildir.quota import (deliver_with_quota, has_quota, is_over, load_maildirsize,
-                           quota_root, scan_usage)
+                           quota_root, record_quota, scan_usage)
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import BadInput, BadUid, DeliveryFailed, OverQuota, VpopmailError
@@ -276,28 +276,30 @@ class Bulletin:
             header = f"To: {address}\n".encode("utf-8", "surrogateescape")
             assert self.message is not None
             size = self.message.size + (len(header) if self.method == COPY else 0)
+            quota = record_quota(user.quota)
             try:
-                delivered, failed = deliver_with_quota(maildir, user.quota, size,
+                delivered, failed = deliver_with_quota(maildir, quota, size,
                                                        lambda: self._write(maildir, header))
             except OverQuota:
                 return OVER_QUOTA, "filesystem quota"
             if not delivered:
-                return OVER_QUOTA, user.quota
+                return OVER_QUOTA, quota
             return (FAILED, failed) if failed else (DELIVERED, "")
         except (OSError, VpopmailError) as exc:
             return FAILED, str(exc)
 
     def _estimate(self, user: VUser, address: str) -> tuple[str, str]:
         """-n: would the user be over quota? (reads only)"""
-        if self.message is None or not has_quota(user.quota) or not user.dir:
+        quota = record_quota(user.quota)
+        if self.message is None or not has_quota(quota) or not user.dir:
             return LISTED, ""
         maildir = quota_root(os.path.join(user.dir, "Maildir"))
         found = load_maildirsize(maildir)
-        usage = ((found.bytes, found.messages) if found and found.quota == user.quota
+        usage = ((found.bytes, found.messages) if found and found.quota == quota
                  else scan_usage(maildir))
         size = self.message.size + (len(f"To: {address}\n".encode()) if self.method == COPY else 0)
-        if is_over(user.quota, usage, size):
-            return OVER_QUOTA, user.quota
+        if is_over(quota, usage, size):
+            return OVER_QUOTA, quota
         return LISTED, ""
 
     def _write(self, maildir: str, header: bytes) -> int:

@@ -1,0 +1,89 @@
+"""Where a delivery takes its Maildir++ quota from: the user's record, read as C vdelivermail
+reads it (``format_maildirquota``: ``50M`` is 52428800 bytes, a bare number is bytes), also for
+the ``.qmail`` lines that deliver into the user's own Maildir (a forward-and-keep or vacation
+``.qmail``), whatever ``maildirsize`` says or whether it is there."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from install_site import Install
+from delivery_site import DOMAIN, MESSAGE, Site, write_dotqmail
+
+BIG = MESSAGE + b"y" * (2 * 1024 * 1024) + b"\n"  # over alice's 1M
+
+
+@pytest.fixture
+def site(each_install: Install) -> Site:
+    return Site.create(each_install, each_install.mode == "root", alice="1M", bob=None)
+
+
+def set_stored_quota(site: Site, user: str, quota: str) -> None:
+    """Write ``quota`` into the user's vpasswd line as another tool (C vpopmail before
+    5.3, a control panel, an editor) may have stored it, and rebuild vpasswd.cdb."""
+    vpasswd = site.domain_dir / "vpasswd"
+    lines = []
+    for line in vpasswd.read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            fields[6] = quota
+        lines.append(":".join(fields) + "\n")
+    vpasswd.write_text("".join(lines))
+    site.ok("vmkpasswd", DOMAIN)
+
+
+@pytest.mark.parametrize("stored, normal", [("50M", "52428800S"), ("50MB", "52428800S"),
+                                            ("5000000", "5000000S"), ("2k", "2048S")])
+def test_a_stored_quota_is_read_as_c_formats_it(site: Site, stored: str, normal: str) -> None:
+    """C vdelivermail checks format_maildirquota(pw_shell): a record holding 50M means 50 MB,
+    not 50 bytes (before: every message bounced as over quota), and maildirsize gets the
+    Maildir++ form that Courier and Dovecot read (before: the raw 50M / 5000000)."""
+    set_stored_quota(site, "alice", stored)
+    maildir = site.maildir("alice")
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout) == (0, b""), stored
+    assert (maildir / "maildirsize").read_text().split("\n")[0] == normal
+    if normal == "2048S":  # the unit is honoured: a 2 MB message does not fit in 2 KB
+        assert site.deliver("alice", BIG).returncode == 100
+
+
+@pytest.mark.parametrize("line", ["./Maildir/", "{home}/Maildir/", "./Maildir/.Spam/"])
+@pytest.mark.parametrize("state", ["missing", "stale quota line"])
+def test_dotqmail_into_own_maildir_keeps_the_users_quota(site: Site, line: str,
+                                                         state: str) -> None:
+    """A .qmail line into the user's own Maildir (or a folder of it) is under the user's
+    quota, as the default delivery is (before: only maildirsize's quota line counted, so a
+    missing maildirsize meant no quota at all and it was never made again, and a stale line
+    outlived every vsetuserquota)."""
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    if line.endswith(".Spam/"):
+        folder = maildir / ".Spam"
+        for sub in ("", "cur", "new", "tmp"):
+            (folder / sub).mkdir(exist_ok=True)
+        (folder / "maildirfolder").touch()
+        if site.unprivileged:
+            for path in [folder, *folder.iterdir()]:
+                shutil.chown(path, site.inst.user, site.inst.group)
+    write_dotqmail(site, home / ".qmail", line.format(home=home) + "\n")
+    if state == "missing":
+        (maildir / "maildirsize").unlink()
+    else:
+        (maildir / "maildirsize").write_text("100000000S\n0 0\n")
+        if site.unprivileged:
+            shutil.chown(maildir / "maildirsize", site.inst.user, site.inst.group)
+    result = site.deliver("alice", BIG)
+    assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+    assert site.deliver("alice").returncode == 0
+    assert (maildir / "maildirsize").read_text().split("\n")[0] == "1048576S"
+
+
+def test_dotqmail_into_another_maildir_keeps_its_maildirsize(site: Site) -> None:
+    """A line into someone else's Maildir is counted there under that Maildir's own
+    maildirsize, not under the recipient's quota (unchanged)."""
+    bob_maildir = site.maildir("bob")
+    alice = site.user_dir("alice")
+    write_dotqmail(site, alice / ".qmail", f"{bob_maildir}/\n")
+    assert site.deliver("alice", BIG).returncode == 0
+    assert len(site.new_files(bob_maildir)) == 1
