@@ -483,10 +483,11 @@ class Vdelivermail:
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
         if not quota:
             root = quota_root(maildir)
-            quota = self._own_quota(root)
-            if quota is None:
+            own = self._own_quota(root)
+            if own is None:
                 found = load_maildirsize(root)
-                quota = found.quota if found else ""
+                own = found.quota if found else ""
+            quota = own
         address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
 
         def notice(over: bool, percent: int) -> None:
@@ -503,8 +504,12 @@ class Vdelivermail:
             try:
                 return deliver(maildir, header, self.message.fd,
                                self.config.delivery_file_sync).size
-            except OverQuota:
-                raise bounce(OVER_QUOTA) from None
+            except OverQuota as exc:
+                # EDQUOT: the file system's quota of the delivering uid, which holds every
+                # mailbox of the domain (of every domain, with the one vpopmail uid): a full
+                # disk for them all, not this user's quota (C bounced every one of them)
+                raise defer(f"vdelivermail: deferred, the file system's quota is exhausted: "
+                            f"{exc.detail}\n{SYSTEM_ERROR}") from None
             except DeliveryFailed as exc:
                 raise defer(f"vdelivermail: {exc.detail}\n{SYSTEM_ERROR}") from None
 

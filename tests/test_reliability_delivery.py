@@ -439,7 +439,7 @@ def test_kill_at_every_syscall(strace: str, box_site: Site, tmp_path: Path, kind
 # injected write errors ---------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_injected_write_errors(strace: str, box_site: Site, tmp_path: Path, kind: str) -> None:
-    """ENOSPC and EIO at each write, fsync, link, rename and open-for-writing of a delivery:
+    """ENOSPC, EIO and EDQUOT at each write, fsync, link, rename and open-for-writing of a delivery:
     111 with nothing in new/ or tmp/ and maildirsize untouched, except a failed maildirsize
     append (delivered, exit 0, counted at the next recalculation) and a failed tmp/ sweep
     (harmless)."""
@@ -448,8 +448,8 @@ def test_injected_write_errors(strace: str, box_site: Site, tmp_path: Path, kind
     plan = reference(strace, box_site, box, log)
     names = [c.name for c in plan.calls]
     runs = 0
-    for code in ("ENOSPC", "EIO"):
-        text = os.strerror(getattr(errno, code)).encode()
+    for code in ("ENOSPC", "EIO", "EDQUOT"):  # EDQUOT: the delivering uid's file system
+        text = os.strerror(getattr(errno, code)).encode()  # quota, every mailbox's: deferred
         for i in plan.write_points():
             if kind == "recalc":
                 make_stale(box)
