@@ -9,6 +9,7 @@ import io
 import os
 import pty
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,18 +89,26 @@ def test_no_message_is_refused_unless_a_dry_run(api: Vpopmail) -> None:
                                                                         "postmaster")]
 
 
-@pytest.mark.parametrize("method", [HARD_LINK, SYMLINK])
-def test_send_reports_each_user_and_leaves_no_source_behind(api: Vpopmail, tmp_path: Path,
-                                                            method: str) -> None:
+def send_all(api: Vpopmail, tmp_path: Path, method: str, **options: Any
+             ) -> tuple[Bulletin, list[tuple[str, str, str]]]:
+    """Send DATA to the domain with ``method`` and Bulletin's ``options``: the run and its
+    reports."""
     (tmp_path / "bulletin.txt").write_bytes(DATA)
     message = Message.open(str(tmp_path / "bulletin.txt"))
-    run = Bulletin(api, message, method, exclude={f"bob@{DOMAIN}"})
+    run = Bulletin(api, message, method, **options)
     reports: list[tuple[str, str, str]] = []
     try:
         for entry, users in run.plan(select_domains(api, [DOMAIN])):
             run.send(entry, users, lambda *report: reports.append(report))
     finally:
         message.close()
+    return run, reports
+
+
+@pytest.mark.parametrize("method", [HARD_LINK, SYMLINK])
+def test_send_reports_each_user_and_leaves_no_source_behind(api: Vpopmail, tmp_path: Path,
+                                                            method: str) -> None:
+    run, reports = send_all(api, tmp_path, method, exclude={f"bob@{DOMAIN}"})
     assert sorted(reports) == [(f"alice@{DOMAIN}", DELIVERED, ""),
                                (f"bob@{DOMAIN}", EXCLUDED, ""),
                                (f"postmaster@{DOMAIN}", DELIVERED, "")]
@@ -147,14 +156,6 @@ def test_a_stored_quota_is_read_as_vdelivermail_reads_it(vhome: Install, api: Vp
             fields[6] = "50M"
     vpasswd.write_text("".join(":".join(fields) + "\n" for fields in lines))
     vhome.ok("vmkpasswd", DOMAIN)
-    (tmp_path / "bulletin.txt").write_bytes(DATA)
-    message = Message.open(str(tmp_path / "bulletin.txt"))
-    run = Bulletin(api, message, HARD_LINK, dry_run=dry_run)
-    reports: list[tuple[str, str, str]] = []
-    try:
-        for entry, users in run.plan(select_domains(api, [DOMAIN])):
-            run.send(entry, users, lambda *report: reports.append(report))
-    finally:
-        message.close()
+    reports = send_all(api, tmp_path, HARD_LINK, dry_run=dry_run)[1]
     [alice] = [report for report in reports if report[0] == f"alice@{DOMAIN}"]
     assert alice[1] == ("listed" if dry_run else DELIVERED), alice
