@@ -119,6 +119,17 @@ def test_login_forms(site: LoginSite, login: str) -> None:
     assert result.env["USER"] == "alice"
 
 
+def test_only_ascii_letters_are_folded(site: LoginSite) -> None:
+    """C lower-cases a login with tolower(): ASCII only. Python's str.lower() folds the Kelvin
+    sign (U+212A) to ``k``, so a login no user has was taken for kate's (and logged, and
+    set as VPOPUSER, as kate's)."""
+    site.add("kate", PASSWORD)
+    first = site.login("kate@example.com", PASSWORD)
+    assert first.code == 0, (first, site.syslog.texts())
+    result = site.login("\u212aate@example.com", PASSWORD)
+    assert (result.code, result.ran) == (1, False), result
+
+
 def test_long_input_is_not_truncated(site: LoginSite) -> None:
     """C kept 155 bytes of fd 3; a 128-character password after a long login still works."""
     password = "p" * 128
