@@ -233,6 +233,22 @@ def test_exec_failure_is_temporary(site: LoginSite) -> None:
     assert site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"]).code == 111
 
 
+def test_program_on_path_is_one_the_domain_owner_may_run(site: LoginSite) -> None:
+    """A program of that name only root may run comes first on PATH: the direct program's
+    execve as the domain owner fails with EACCES and goes on to the next one, as execvp; the
+    server looked with its own (root's) rights, so its front end was handed the first one
+    and answered 111."""
+    first, second = site.work / "path-first", site.work / "path-second"
+    for directory, mode in ((first, 0o700), (second, 0o755)):
+        directory.mkdir(mode=0o755)
+        (directory / "dumped").write_bytes(site.dump.read_bytes())
+        (directory / "dumped").chmod(mode)
+    result = site.login("alice@example.com", PASSWORD,
+                        env=env(PATH=f"{first}:{second}:/usr/bin:/bin"),
+                        program=["dumped", str(site.record)])
+    assert (result.code, result.ran, result.stderr) == (0, True, ""), result
+
+
 def broken_file_is_temporary(site: LoginSite, path: Path) -> None:
     """C answered 3 ("user not found") and the server told the user the password was wrong."""
     path.write_bytes(path.read_bytes()[:100])
