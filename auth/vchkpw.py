@@ -301,6 +301,13 @@ class Vchkpw:
     def succeed(self, entry: AssignEntry, user: VUser, login: str, service: str,
                 command: list[str]) -> None:
         """lastauth, the relay opening, the environment, the final ids, then exec."""
+        if (self.root and entry.uid == 0 and service != SMTP and not self.dovecot
+                and not self.config.root_logins):
+            # what the front end refuses in a plan (VPS_ALLOW_ROOT), refused here before
+            # anything is written: the same answer directly, through the server, and whatever
+            # groups the caller holds (a plan that keeps the caller's ids is not checked there)
+            raise Finish(TEMPORARY, "the domain's owner is uid 0: logins as root are refused "
+                                    "(server.root_logins is off)")
         if not self.lookup_only:
             user = self.ensure_home(entry, user)
             if self.config.logging_auth_logging:

@@ -580,6 +580,27 @@ def test_locked_account_costs_a_wrong_password(hostile: HostileSite) -> None:
             assert hostile.admin("vdeluser", f"{name}@{DOMAIN}").code == 0
 
 
+def test_hash_of_a_cheaper_scheme_costs_an_unknown_user(hostile: HostileSite) -> None:
+    """A site migrated from C vpopmail keeps its users' MD5-crypt hashes under the default
+    sha512-crypt (bcrypt here: the gap is far above the noise). A wrong password for such a
+    user must not be answered faster than an unknown user, who is checked against the
+    configured scheme's dummy hash: before, it was (C's MD5 0.1 ms against 1 ms of
+    SHA-512), so the reply time told which users exist."""
+    hostile.inst.set_config("passwords", "scheme", "bcrypt")
+    hostile.site.add("carol", "Carol-pw-1")
+    try:
+        from vpopmail.passwords import hash_password
+
+        md5 = hash_password("Carol-pw-1", "md5-crypt")
+        assert hostile.admin("vmoduser", "-e", md5, f"carol@{DOMAIN}").code == 0
+        times = login_times(hostile, {"md5": f"carol@{DOMAIN}", "user": "nobody@example.com"},
+                            "Carol-pw-2")
+        assert min(times["md5"]) > 0.6 * min(times["user"]), times
+    finally:
+        hostile.inst.set_config("passwords", "scheme", "sha512-crypt")
+        assert hostile.admin("vdeluser", f"carol@{DOMAIN}").code == 0
+
+
 def test_dummy_hashes_are_constant_and_never_match() -> None:
     from vpopmail.passwords import DUMMY_HASHES, SCHEMES, dummy_check, needs_rehash
 

@@ -13,14 +13,15 @@ import os
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from install_site import HEAVY, NO_BACKEND, Install
 from delivery_site import DOMAIN
-from login_site import POP_ENV, STAMP, LoginSite
+from login_site import POP_ENV, STAMP, Login, LoginSite
+from server_site import running_server
 from ucspi_site import binary, remote_env, tcpserver
 from vpopmail import cdb
 from vpopmail.stores.sql import LAYOUTS
@@ -116,6 +117,17 @@ def test_login_forms(site: LoginSite, login: str) -> None:
     assert result.code == 0, result
     assert result.env["VPOPUSER"] == login.lower()
     assert result.env["USER"] == "alice"
+
+
+def test_only_ascii_letters_are_folded(site: LoginSite) -> None:
+    """C lower-cases a login with tolower(): ASCII only. Python's str.lower() folds the Kelvin
+    sign (U+212A) to ``k``, so a login no user has was taken for kate's (and logged, and
+    set as VPOPUSER, as kate's)."""
+    site.add("kate", PASSWORD)
+    first = site.login("kate@example.com", PASSWORD)
+    assert first.code == 0, (first, site.syslog.texts())
+    result = site.login("\u212aate@example.com", PASSWORD)
+    assert (result.code, result.ran) == (1, False), result
 
 
 def test_long_input_is_not_truncated(site: LoginSite) -> None:
@@ -221,6 +233,22 @@ def test_exec_failure_is_temporary(site: LoginSite) -> None:
     assert site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"]).code == 111
 
 
+def test_program_on_path_is_one_the_domain_owner_may_run(site: LoginSite) -> None:
+    """A program of that name only root may run comes first on PATH: the direct program's
+    execve as the domain owner fails with EACCES and goes on to the next one, as execvp; the
+    server looked with its own (root's) rights, so its front end was handed the first one
+    and answered 111."""
+    first, second = site.work / "path-first", site.work / "path-second"
+    for directory, mode in ((first, 0o700), (second, 0o755)):
+        directory.mkdir(mode=0o755)
+        (directory / "dumped").write_bytes(site.dump.read_bytes())
+        (directory / "dumped").chmod(mode)
+    result = site.login("alice@example.com", PASSWORD,
+                        env=env(PATH=f"{first}:{second}:/usr/bin:/bin"),
+                        program=["dumped", str(site.record)])
+    assert (result.code, result.ran, result.stderr) == (0, True, ""), result
+
+
 def broken_file_is_temporary(site: LoginSite, path: Path) -> None:
     """C answered 3 ("user not found") and the server told the user the password was wrong."""
     path.write_bytes(path.read_bytes()[:100])
@@ -312,6 +340,50 @@ def test_smtp_auth_keeps_ids_and_directory(site: LoginSite) -> None:
     assert result.env["uid"] == str(os.getuid())
     assert result.env["cwd"] == "/"
     assert (site.inst.last_login("alice@example.com") or (0, ""))[1] == "192.0.2.10"
+
+
+@pytest.mark.parametrize("groups", [[], [0, 5]], ids=["no-groups", "groups"])
+def test_root_owned_domain_logins_are_refused_in_every_path(site: LoginSite, server_mode: str,
+                                                            groups: list[int]) -> None:
+    """A domain owned by uid 0 (vadddomain -i 0): a POP login would run the program as root.
+    server.root_logins (off) refuses it with 111, nothing written: before, only the front
+    end's check of a plan that changes ids did, so a login ran as root directly (the server
+    down) and through the server when the caller (tcpserver as root) had no supplementary
+    groups (the plan then keeps the caller's ids and is not checked). A sandbox installed by
+    root, whose every domain is root's, logs in as root in every path, with groups too
+    (before, its front end refused a caller with groups)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs vchkpw started as root")
+    site.ok("vadddomain", "-i", "0", "-g", "0", "root.test", "pw")
+    site.ok("vadduser", "bob@root.test", PASSWORD)
+    before = site.inst.last_login("bob@root.test")
+    source = site.work / "fd3-root"
+    source.write_bytes(f"bob@root.test\0{PASSWORD}\0{STAMP}\0".encode())
+
+    def login() -> Login:
+        result = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" 3<"$SOURCE"',
+                                 str(site.inst.bin / "vchkpw"), str(site.dump), str(site.record)],
+                                capture_output=True, env=dict(POP_ENV, SOURCE=str(source)),
+                                cwd="/", preexec_fn=lambda: os.setgroups(groups), timeout=30)
+        return Login(result, site.record)
+
+    if site.inst.uid == 0:  # the "user" mode run by root: the sandbox, with and without server
+        for result in (login(), *through_a_server(site, server_mode, login)):
+            assert (result.code, result.env.get("uid")) == (0, "0"), result
+        return
+    result = login()
+    assert (result.code, result.ran) == (111, False), result
+    assert site.inst.last_login("bob@root.test") == before
+    assert site.login("bob@root.test", PASSWORD, env=env(TCPLOCALPORT="587")).code == 0
+
+
+def through_a_server(site: LoginSite, server_mode: str, login: Callable[[], Login]
+                     ) -> list[Login]:
+    """``login()`` through a server started for it (none if the test has one already)."""
+    if server_mode == "server":
+        return []
+    with running_server(site.inst):
+        return [login()]
 
 
 # -- defaults for bare names -------------------------------------------------------------------

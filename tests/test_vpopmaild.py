@@ -108,6 +108,36 @@ def test_no_timing_difference_between_unknown_user_and_wrong_password(site: Inst
 
 
 @pytest.mark.cdb_only(NO_BACKEND)
+def test_no_timing_difference_between_unknown_and_locked_or_legacy_accounts(site: Install
+                                                                          ) -> None:
+    """A locked account (``*``, ``!hash``) and a hash of a cheaper scheme (MD5-crypt kept from
+    C vpopmail) cost what an unknown user costs, as in vchkpw: before, vpopmaild checked them
+    without the configured scheme, so a locked account was refused at once and an MD5 one in
+    a tenth of the time, and the reply time told that these accounts exist. bcrypt (about
+    50 ms a check) puts the gap far above the noise; measured as the test above."""
+    from vpopmail.passwords import hash_password
+
+    site.set_config("passwords", "scheme", "bcrypt")
+    site.ok("vmoduser", "-e", "*", f"alice@{DOMAIN}")
+    site.ok("vmoduser", "-e", hash_password("pw2", "md5-crypt"), f"bob@{DOMAIN}")
+    cases = {"locked": f"alice@{DOMAIN}", "md5": f"bob@{DOMAIN}", "unknown": f"nobody@{DOMAIN}"}
+    times: dict[str, list[float]] = {kind: [] for kind in cases}
+    for round_ in range(4):
+        for pair in (("locked", "unknown"), ("md5", "unknown")):
+            client = Client(site)
+            assert client.line() == "+OK "
+            for kind in (pair if round_ % 2 == 0 else pair[::-1]):
+                start = time.perf_counter()
+                assert client.ask(f"slogin {cases[kind]} wrong") == "-ERR 8.207 Invalid Login"
+                times[kind].append(time.perf_counter() - start)
+            client.close()
+    unknown = min(times["unknown"])
+    assert unknown > 0.01, times  # bcrypt was computed
+    for kind in ("locked", "md5"):
+        assert min(times[kind]) > 0.6 * unknown, times
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
     answers, code = converse(
         site, b"x" * 5000 + b"\r\n", b"help\0\r\n", f"LOGIN alice@{DOMAIN} pw1".encode() + b"\r\n",

@@ -123,6 +123,14 @@ class Config:
     def gid(self) -> int:
         return self.owner_gid
 
+    @property
+    def root_logins(self) -> bool:
+        """Whether a POP/IMAP login may run its program as root (a domain owned by uid 0):
+        ``server.root_logins``, or an installation whose own user is root (a sandbox
+        installed by root, where every domain is root's). vchkpw asks, and the front ends
+        are built with the answer."""
+        return self.server_root_logins or self.owner_uid == 0
+
     def home_path(self, key: str) -> str:
         """A ``paths`` entry; relative ones are under the vpopmail home (qmail_* under qmail_dir)."""
         value = str(self.values["paths_" + key])

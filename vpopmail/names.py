@@ -76,7 +76,9 @@ def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
 
     Only splits; callers validate the parts with :func:`check_user` / :func:`check_domain`.
     """
-    address = address.lower()
+    # ASCII letters only, as C's tolower(): str.lower() also folds the Kelvin sign to "k"
+    address = address.lower() if address.isascii() else "".join(
+        c.lower() if c.isascii() else c for c in address)
     for separator in AT_CHARS:  # '@' first, then '%', then '/', as C's parse_email
         cut = address.find(separator)
         if cut >= 0:

@@ -130,12 +130,17 @@ def verify_password(plain: str, stored: str, scheme: str | None = None) -> bool:
     Empty, ``*`` and ``!`` hashes (locked accounts) and hashes of no form a scheme checks
     never match; with ``scheme`` (vchkpw's configured one) they first cost what a wrong
     password costs (:func:`dummy_check`), so that timing does not tell a locked account from
-    a live one. Comparisons are constant-time."""
+    a live one. A wrong password for a hash of another form than ``scheme`` (an MD5-crypt
+    hash kept from C vpopmail under sha512-crypt: a tenth of the work) costs that check too,
+    so that it does not answer faster than an unknown user does. Comparisons are
+    constant-time."""
     matched = _check(plain, stored)
     if matched is None:
         if scheme is not None:
             dummy_check(plain, scheme)
         return False
+    if not matched and scheme is not None and needs_rehash(stored, scheme):
+        dummy_check(plain, scheme)
     return matched
 
 

@@ -203,11 +203,24 @@ def plan_class() -> type:
             close_stores()
             path = command[0]
             error = errno.ENOENT
-            for candidate in exec_candidates(path, env):
-                if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                    raise ExecPlan(candidate, command, env, self.plan_ids, self.plan_cwd)
-                if os.path.exists(candidate):
-                    error = errno.EACCES
+            # the program is looked for with the ids it is to run with, as the direct
+            # program's execve after its setuid: one only root may run is passed over
+            ids = self.plan_ids
+            if ids is not None:
+                os.seteuid(0)
+                os.setgroups([])
+                os.setegid(ids[1])
+                os.seteuid(ids[0])
+            try:
+                for candidate in exec_candidates(path, env):
+                    if os.path.isfile(candidate) and os.access(candidate, os.X_OK,
+                                                               effective_ids=ids is not None):
+                        raise ExecPlan(candidate, command, env, ids, self.plan_cwd)
+                    if os.path.exists(candidate):
+                        error = errno.EACCES
+            finally:
+                if ids is not None:
+                    self.take_back_ids()
             raise Finish(TEMPORARY, f"cannot run {path} ({os.strerror(error)})")
 
     return PlanningVchkpw

@@ -188,7 +188,7 @@ class Session:
                 self.note("vpopmail user not found", address)
             self.send(str(Refusal(8, 207)))
             return False
-        if not verify_password(password, user.passwd):
+        if not verify_password(password, user.passwd, self.api.config.passwords_scheme):
             if self.levels[0]:
                 shown = f" (pass: '{password}')" if self.levels[2] else ""
                 self.note(f"password fail{shown}", address)
