@@ -138,6 +138,33 @@ def test_no_timing_difference_between_unknown_and_locked_or_legacy_accounts(site
 
 
 @pytest.mark.cdb_only(NO_BACKEND)
+def test_a_pipelined_mod_user_is_done_before_its_first_ok(site: Install) -> None:
+    """A client that sends mod_user's option lines without waiting for its +OK (Roundcube's
+    password driver reads that one line as the result and hangs up) gets that +OK only once
+    the change is in vpasswd; the same lines as before, and a client that waits for the +OK
+    before it sends them still gets it at once."""
+    vpasswd = user_dir(site, f"alice@{DOMAIN}").parent / "vpasswd"
+    client = Client(site)
+    try:
+        assert client.line() == "+OK "
+        assert client.ask(f"slogin postmaster@{DOMAIN} {USERS[f'postmaster@{DOMAIN}']}") == "+OK "
+        before = vpasswd.read_bytes()
+        assert client.proc.stdin is not None
+        client.proc.stdin.write(f"mod_user alice@{DOMAIN}\r\nclear_text_password Pipe-1\r\n"
+                                f".\r\n".encode())
+        client.proc.stdin.flush()
+        assert client.line() == "+OK "
+        assert vpasswd.read_bytes() != before  # before: the +OK came before the lines were read
+        assert client.line() == "+OK "
+        assert client.ask(f"mod_user alice@{DOMAIN}") == "+OK "  # waiting: at once
+        client.send("clear_text_password Wait-2")
+        assert client.ask(".") == "+OK "
+    finally:
+        client.close()
+    assert vchkpw_accepts(site, f"alice@{DOMAIN}", "Wait-2")
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
     answers, code = converse(
         site, b"x" * 5000 + b"\r\n", b"help\0\r\n", f"LOGIN alice@{DOMAIN} pw1".encode() + b"\r\n",

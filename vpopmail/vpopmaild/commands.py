@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: bytes of option lines one mod_user or set_limits may send
 MAX_OPTIONS = 65536
+#: how long mod_user waits for option lines sent without waiting for its first +OK
+PIPELINED_WAIT = 0.05
 
 
 @contextmanager
@@ -120,7 +122,23 @@ def mod_user(s: Session, t: Tokens) -> None:
     if not s.may_manage(user):
         s.channel.read_block(MAX_OPTIONS)
         s.check_account(user, 503)
-    s.send(OK)
+    # a client that sent its option lines without waiting for this +OK gets it only once the
+    # change is made (the same lines, later): Roundcube's password driver reads one line,
+    # takes it for the result and hangs up, and its user logs in with the new password at once
+    early = s.channel.pending(PIPELINED_WAIT)
+    if not early:
+        s.send(OK)
+    try:
+        _modify_user(s, user, entry)
+    except Refusal:
+        if early:
+            s.send(OK)
+        raise
+    s.send(*[OK, OK] if early else [OK])
+
+
+def _modify_user(s: Session, user: VUser, entry: AssignEntry) -> None:
+    """mod_user's option lines up to ``.``, applied."""
     lines, problem = s.channel.read_block(MAX_OPTIONS)
     if problem:
         raise Refusal(0, 507, f"option lines refused: {problem}")
@@ -162,7 +180,6 @@ def mod_user(s: Session, t: Tokens) -> None:
         changed = s.api.modify_users(entry, [user.name], change)
         if "quota" in fields:
             s.api.update_maildirsize(changed[0], entry)
-    s.send(OK)
 
 
 def _domain_arg(t: Tokens, minors: tuple[int, int]) -> str:

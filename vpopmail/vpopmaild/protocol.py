@@ -120,6 +120,11 @@ class Channel:
             self.eof = True
         self.buffer += chunk
 
+    def pending(self, wait: float) -> bool:
+        """Whether more input is here or comes within ``wait`` seconds (a client that sent
+        its next lines without waiting for an answer)."""
+        return bool(self.buffer) or self.eof or bool(select.select([self.rfd], [], [], wait)[0])
+
     def read_line(self) -> str:
         """The next request line without its line end. Raises TimeoutError when none comes
         within the timeout, Hangup at the end of input, BadLine (after discarding it) for a
