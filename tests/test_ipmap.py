@@ -31,6 +31,15 @@ def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
     assert vhome.ok("vipmap", "-a", "2001:db8::7", OTHER.upper()) == ""  # stored lower case
     assert vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN) == ""  # the same pair: once, last
     assert path.read_text() == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"
+    # an address is kept as tcpserver spells TCPLOCALIP, which the map is matched against
+    # (before, FD00:0:0::2 was kept so and never matched tcpserver's fd00::2)
+    assert vhome.ok("vipmap", "-a", "FD00:0:0::2", DOMAIN) == ""
+    assert path.read_text().endswith(f"fd00::2 {DOMAIN}\n")
+    assert domain_for(vhome, "fd00::2") == DOMAIN
+    assert vhome.ok("vipmap", "-d", "fd00:0::2", DOMAIN) == ""  # any spelling finds it
+    path.write_text(path.read_text() + f"FD00::3 {DOMAIN}\n")  # an older entry, as given
+    assert vhome.ok("vipmap", "-d", "fd00::3", DOMAIN) == ""
+    assert path.read_text() == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"
     st = os.stat(path)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, vhome.uid, vhome.gid)
     assert vhome.ok("vipmap", "-p") == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"

@@ -9,6 +9,7 @@ import errno
 import os
 
 from vpopmail.config import Config
+from vpopmail.errors import BadInput
 from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
 MAP_FILE = "ip_alias_map"
@@ -85,29 +86,38 @@ def default_domain(config: Config, environ: dict[str, str], local_ip: str = "") 
 
 
 def check_ip(ip: str) -> str:
-    """``ip`` if it is one IPv4 or IPv6 address (no %scope, no blanks), else BadInput."""
+    """``ip`` in the form tcpserver gives TCPLOCALIP (IPv6 lower case, the longest run of
+    zero groups shortened: ``FD00:0:0::2`` is ``fd00::2``), which the map is matched against
+    as text; BadInput unless it is one IPv4 or IPv6 address (no %scope, no blanks)."""
     import ipaddress
 
     try:
         if not set(ip) <= set("0123456789abcdefABCDEF.:"):
             raise ValueError(ip)
-        ipaddress.ip_address(ip)
+        return ipaddress.ip_address(ip).compressed
     except ValueError:
-        from vpopmail.errors import BadInput
-
         raise BadInput(f"{ip!r} is not an IP address") from None
-    return ip
+
+
+def _spelled(ip: str) -> str:
+    """A stored address as :func:`check_ip` writes it (an older entry may be spelled
+    otherwise); text that is no address as it is."""
+    try:
+        return check_ip(ip)
+    except BadInput:
+        return ip
 
 
 def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
-    """Add (``add``) or delete the pair ``ip domain``; an add replaces an equal pair. Return
+    """Add (``add``) or delete the pair ``ip domain`` (``ip`` as :func:`check_ip` returns
+    it; a stored entry matches in any spelling); an add replaces an equal pair. Return
     whether the map changed. The map and its lock belong to who writes them (vipmap and
     vpopmaild run as root): it decides the domain of root's bare-name logins, and in a root
     installation the vpopmail user may add files to etc/ but replace none of root's."""
     path = map_path(config)
     with FileLock(path + ".lock", config.locks_timeout):
         pairs = read_map(config)
-        kept = [pair for pair in pairs if pair != (ip, domain)]
+        kept = [pair for pair in pairs if (_spelled(pair[0]), pair[1]) != (ip, domain)]
         if add:
             kept.append((ip, domain))
         if kept == pairs:

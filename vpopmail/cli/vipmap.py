@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             return 0
         if len(operands) != 2:
             raise UsageError("")
-        ip, domain = operands[0], operands[1].lower()
-        ipmap.check_ip(ip)
+        ip, domain = ipmap.check_ip(operands[0]), operands[1].lower()
         if action == "a" and api.find_domain(domain) is None:
             raise DomainDoesNotExist(domain)
         if not ipmap.change_map(api.config, ip, domain, add=action == "a") and action == "d":

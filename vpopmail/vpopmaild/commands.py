@@ -525,10 +525,9 @@ def _ip_and_domain(s: Session, t: Tokens, minors: tuple[int, int, int]) -> tuple
         raise Refusal(32 if minors[0] == 3102 else 37, minors[0])
     domain = _domain_arg(t, (13, minors[1]))
     try:
-        ipmap.check_ip(ip)
+        return ipmap.check_ip(ip), domain
     except VpopmailError as exc:
         raise Refusal(0, minors[2], f"error: {exc}") from None
-    return ip, domain
 
 
 def add_ip_map(s: Session, t: Tokens) -> None:
