@@ -39,6 +39,9 @@ def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
     assert vhome.ok("vipmap", "-d", "fd00:0::2", DOMAIN) == ""  # any spelling finds it
     path.write_text(path.read_text() + f"FD00::3 {DOMAIN}\n")  # an older entry, as given
     assert vhome.ok("vipmap", "-d", "fd00::3", DOMAIN) == ""
+    assert vhome.ok("vipmap", "-a", "::ffff:192.0.2.9", DOMAIN) == ""  # found as IPv4
+    assert domain_for(vhome, "::ffff:192.0.2.9") == domain_for(vhome, "192.0.2.9") == DOMAIN
+    assert vhome.ok("vipmap", "-d", "192.0.2.9", DOMAIN) == ""
     assert path.read_text() == f"2001:db8::7 {OTHER}\n192.0.2.7 {DOMAIN}\n"
     st = os.stat(path)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o644, vhome.uid, vhome.gid)

@@ -87,14 +87,17 @@ def default_domain(config: Config, environ: dict[str, str], local_ip: str = "") 
 
 def check_ip(ip: str) -> str:
     """``ip`` in the form tcpserver gives TCPLOCALIP (IPv6 lower case, the longest run of
-    zero groups shortened: ``FD00:0:0::2`` is ``fd00::2``), which the map is matched against
-    as text; BadInput unless it is one IPv4 or IPv6 address (no %scope, no blanks)."""
+    zero groups shortened: ``FD00:0:0::2`` is ``fd00::2``; an IPv4-mapped address as its IPv4
+    one, as :func:`default_domain` looks it up), which the map is matched against as text;
+    BadInput unless it is one IPv4 or IPv6 address (no %scope, no blanks)."""
     import ipaddress
 
     try:
         if not set(ip) <= set("0123456789abcdefABCDEF.:"):
             raise ValueError(ip)
-        return ipaddress.ip_address(ip).compressed
+        address = ipaddress.ip_address(ip)
+        mapped = getattr(address, "ipv4_mapped", None)  # looked up as IPv4 (default_domain)
+        return str(mapped) if mapped else address.compressed
     except ValueError:
         raise BadInput(f"{ip!r} is not an IP address") from None
 
