@@ -732,3 +732,33 @@ def test_ipv6_tcpserver_relays_for_the_roaming_ip(roaming: LoginSite, ipv6: Path
                              ).code == 0  # IMAP/POP from ::1: the webmail class, still relays
         opened = remote_env("::1", "::1", port)
     assert opened["TCPREMOTEIP"] == "::1" and opened["RELAYCLIENT"] == ""
+
+
+#: execve(argv[cut+1:], env = argv[1:cut]) byte for byte: a caller's environment Python's
+#: subprocess would refuse to build (an entry without a name)
+RAW_EXEC = """
+import ctypes, sys
+args = [a.encode() for a in sys.argv[1:]]
+cut = args.index(b"--")
+env, argv = args[:cut], args[cut + 1:]
+libc = ctypes.CDLL(None)
+libc.execve(argv[0], (ctypes.c_char_p * (len(argv) + 1))(*argv, None),
+            (ctypes.c_char_p * (len(env) + 1))(*env, None))
+sys.exit(127)
+"""
+
+
+def test_an_environment_entry_without_a_name_is_left_out(site: LoginSite) -> None:
+    """A caller's ``=x`` (no server sends one, a checkpassword caller could): the direct
+    program left it in and its execve refused it (111, after lastauth was written), while the
+    server's workers leave it out; now both log in and pass the rest on."""
+    source = site.work / "fd3"
+    source.write_bytes(f"alice@{DOMAIN}\0{PASSWORD}\0{STAMP}\0".encode())
+    env = ["=x", *(f"{name}={value}" for name, value in POP_ENV.items())]
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'f=$1; shift; exec "$@" 3<"$f"', "sh", str(source), "/usr/bin/python3",
+         "-c", RAW_EXEC, *env, "--", str(site.inst.bin / "vchkpw"), str(site.dump),
+         str(site.record)], capture_output=True, env=POP_ENV, cwd="/", timeout=30)
+    login = Login(result, site.record)
+    assert login.code == 0 and login.ran, login
+    assert login.env["TCPREMOTEIP"] == POP_ENV["TCPREMOTEIP"] and "" not in login.env

@@ -33,12 +33,13 @@ def environ_bytes() -> "MutableMapping[bytes, bytes]":
 
 
 def environ_text() -> dict[str, str]:
-    """A copy of the environment as text, decoded as ``os.environ`` decodes it. Read from
-    ``posix.environ``, the very dict ``os.environb`` wraps (a third of the cost of going
-    through that wrapper's mapping methods)."""
+    """A copy of the environment as text, decoded as ``os.environ`` decodes it, without an
+    entry of an empty name (``=x``: execve of it fails; the server's workers skip it too).
+    Read from ``posix.environ``, the very dict ``os.environb`` wraps (a third of the cost of
+    going through that wrapper's mapping methods)."""
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     return {name.decode(encoding, errors): value.decode(encoding, errors)
-            for name, value in posix.environ.items()}
+            for name, value in posix.environ.items() if name}
 
 
 def getenv(name: str) -> str | None:
