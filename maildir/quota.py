@@ -106,13 +106,14 @@ def has_quota(quota: str) -> bool:
 
 
 def _message_size(name: str, path: str) -> int | None:
-    """Size from the ``,S=`` tag before the info part, else from stat (None if it vanished)."""
+    """Size from the ``,S=`` tag before the info part, the digits that follow it as Courier
+    reads them (``,S=12ab`` is 12, ``,S=`` 0), else from stat (None if it vanished)."""
     base = name.split(":", 1)[0]
     tag = base.rfind(",S=")
     if tag >= 0:
-        digits = base[tag + 3:].split(",", 1)[0]
-        if digits.isascii() and digits.isdigit():
-            return int(digits)
+        rest = base[tag + 3:]
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        return int(rest[:digits]) if digits else 0
     try:
         return posix.stat(path).st_size
     except OSError:

@@ -3,8 +3,10 @@
 ``maildirsize``, and both make the same over-quota decision from the same state."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,3 +101,22 @@ def test_concurrent_mixed_deliveries_keep_maildirsize_exact(site: Site) -> None:
     assert results == [0] * 36
     assert consistent(maildir)[1] == 36
     assert list((maildir / "tmp").iterdir()) == []
+
+
+def test_odd_size_tags_count_as_courier_counts_them(tmp_path: Path) -> None:
+    """A recount reads a ``,S=`` tag as Courier's does, its leading digits (``,S=12ab`` is 12
+    bytes, ``,S=`` none), so that maildirsize does not change with who last recounted it
+    (before: the file's size, 42 bytes against Courier's 30). Courier recounts an old
+    maildirsize that says over quota at its next delivery."""
+    maildir = tmp_path / "Maildir"
+    subprocess.run(["maildirmake", str(maildir)], check=True)
+    for name, size in (("1.M1P1.h,S=12ab:2,S", 19), ("2.M2P2.h,S=:2,S", 5),
+                       ("3.M3P3.h,S=7:2,S", 7), ("4.M4P4.h:2,S", 11)):
+        (maildir / "cur" / name).write_bytes(b"x" * size)
+    assert scan_usage(str(maildir)) == (30, 4)
+    (maildir / "maildirsize").write_text("100S\n1000 1\n")
+    old = time.time() - 3600
+    os.utime(maildir / "maildirsize", (old, old))
+    message = b"Subject: t\n\nbody\n"
+    assert deliverquota(maildir, message) == 0
+    assert (maildir / "maildirsize").read_text().split("\n")[1].split() == ["30", "4"]

@@ -129,7 +129,7 @@ def test_scan_usage(maildir: Path) -> None:
     put(maildir / "cur" / "5.5.host,S=1000:2,T", b"")            # trashed: skipped
     put(maildir / "cur" / "6.6.host,S=50:2,aT", b"")             # T after a lower-case flag: 50
     put(maildir / "cur" / "7.7.host,S=70,W=90:2,", b"")          # ,W= ignored: 70
-    put(maildir / "cur" / "8.8.host,S=abc:2,", b"four")          # bad tag: stat 4
+    put(maildir / "cur" / "8.8.host,S=abc:2,", b"four")          # no digits: 0, as Courier
     put(maildir / "cur" / "9.9.host,S=1,S=9:2,", b"")            # last ,S= before ':' : 9
     put(maildir / "cur" / ".hidden,S=999", b"")                  # dot file: skipped
     put(maildir / "tmp" / "10.10.host,S=10000", b"")             # tmp/ not counted
@@ -139,7 +139,7 @@ def test_scan_usage(maildir: Path) -> None:
     put(maildir / ".Trash.Sub" / "cur" / "14.14.host,S=7:2,", b"")   # only ".Trash" is excluded
     put(maildir / "Folder" / "new" / "15.15.host,S=3000", b"")   # not a Maildir++ folder
     put(maildir / ".notadir", b"junk")                           # ignored
-    assert scan_usage(str(maildir)) == (100 + 200 + 3 + 50 + 70 + 4 + 9 + 30 + 2 + 7, 10)
+    assert scan_usage(str(maildir)) == (100 + 200 + 3 + 50 + 70 + 0 + 9 + 30 + 2 + 7, 10)
 
 
 def test_scan_usage_empty_and_missing(maildir: Path, tmp_path: Path) -> None:
@@ -155,9 +155,11 @@ def test_counted_dirs_order(maildir: Path) -> None:
         str(maildir / ".A" / "cur"), str(maildir / ".B" / "new"), str(maildir / ".B" / "cur")]
 
 
-def test_scan_usage_non_ascii_digit_tag_falls_back_to_stat(maildir: Path) -> None:
+def test_scan_usage_reads_a_tag_as_courier_does(maildir: Path) -> None:
+    """The ASCII digits after ``,S=``, none of them 0 (a non-ASCII digit is none)."""
     put(maildir / "cur" / "1.1.host,S=\u00b2:2,S", b"abcd")
-    assert scan_usage(str(maildir)) == (4, 1)
+    put(maildir / "cur" / "2.2.host,S=12ab:2,S", b"abcd")
+    assert scan_usage(str(maildir)) == (12, 2)
 
 
 # maildirsize ------------------------------------------------------------------------------------
