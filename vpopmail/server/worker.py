@@ -185,10 +185,7 @@ def plan_class() -> type:
                     self.plan_cwd = os.getcwdb()
                 return
             try:  # enter the directory as the user will, then take the worker's ids back
-                os.seteuid(0)
-                os.setgroups([])
-                os.setegid(entry.gid)
-                os.seteuid(entry.uid)
+                self.become(entry.uid, entry.gid)
                 try:
                     os.chdir(user.dir)
                 finally:
@@ -207,10 +204,7 @@ def plan_class() -> type:
             # program's execve after its setuid: one only root may run is passed over
             ids = self.plan_ids
             if ids is not None:
-                os.seteuid(0)
-                os.setgroups([])
-                os.setegid(ids[1])
-                os.seteuid(ids[0])
+                self.become(ids[0], ids[1])
             try:
                 for candidate in exec_candidates(path, env):
                     if os.path.isfile(candidate) and os.access(candidate, os.X_OK,
