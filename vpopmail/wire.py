@@ -48,12 +48,6 @@ LIMITS = 16
 CallerLimits = tuple[int, tuple[tuple[int, int], ...]]
 #: RLIM_INFINITY as a request carries it (the resource module says -1)
 INFINITY = 2**64 - 1
-
-
-def to_rlimit(value: int) -> int:
-    """A resource limit as a request carries it, as the resource module takes it: from
-    2**63 on (no finite limit is that large) RLIM_INFINITY."""
-    return resource.RLIM_INFINITY if value >= 2**63 else value
 BODY = struct.Struct(f"=IIIi{2 * LIMITS}Q")
 PLAN_HEAD = struct.Struct("=IIIIII")
 MAX_ARGS, MAX_ARG_BYTES = 1024, 128 * 1024
@@ -63,6 +57,12 @@ MAX_MESSAGE = 256 * 1024
 FIRST_READ = 16 * 1024
 #: socket.MSG_CTRUNC as a plain int: ``int & MsgFlag`` runs enum's Python code (1.4 us)
 MSG_CTRUNC = int(socket.MSG_CTRUNC)
+
+
+def to_rlimit(value: int) -> int:
+    """A resource limit as a request carries it, as the resource module takes it: from
+    2**63 on (no finite limit is that large) RLIM_INFINITY."""
+    return resource.RLIM_INFINITY if value >= 2**63 else value
 
 
 class Drop(Exception):
@@ -213,10 +213,10 @@ class OtherProtocol(Drop):
     """The server at the socket speaks another protocol version: one started before an
     upgrade (it declines every request: the front ends run the Python programs)."""
 
-    def __init__(self, pid: int, uid: int, version: int) -> None:
+    def __init__(self, pid: int, version: int) -> None:
         super().__init__(f"pid {pid} speaks protocol version {version}, not {VERSION}: a "
                          f"server started before an upgrade (reload it: SIGHUP)")
-        self.pid, self.uid = pid, uid
+        self.pid = pid
 
 
 class Stranger(Drop):
@@ -237,9 +237,9 @@ STATUS_WAIT = 10
 
 
 def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
-               ) -> tuple[int, int, str]:
-    """(pid, uid, state) of the server at ``path``: the pid and uid that listen there (as the
-    kernel recorded them: SO_PEERCRED) and the state it reports; OSError or Drop when none
+               ) -> tuple[int, str]:
+    """(pid, state) of the server at ``path``: the pid that listens there (as the kernel
+    recorded it: SO_PEERCRED) and the state it reports; OSError or Drop when none
     answers there (OtherProtocol: one of another protocol version; Stranger: with ``uid``, a
     listener of another uid, which is sent nothing), NoAnswer when its whole answer did not
     come within ``wait`` seconds (a worker of the asker's identity answers: every worker is
@@ -260,14 +260,14 @@ def ask_status(path: str, wait: float = STATUS_WAIT, uid: int | None = None
             magic, version, kind, _, length = HEADER.unpack(
                 recv_exact(sock, HEADER.size, deadline))
             if magic == b"VPSr" and kind == DECLINE and version != VERSION:
-                raise OtherProtocol(pid, peer_uid, version)
+                raise OtherProtocol(pid, version)
             if magic != b"VPSr" or kind != STATUS_REPLY or length > MAX_MESSAGE:
                 raise Drop("unexpected reply")
             text = recv_exact(sock, length, deadline)
         except TimeoutError:
             raise NoAnswer(f"pid {pid} took the connection but did not answer within "
                            f"{wait:g} s") from None
-        return pid, peer_uid, text.decode("utf-8", "replace")
+        return pid, text.decode("utf-8", "replace")
     finally:
         sock.close()
 

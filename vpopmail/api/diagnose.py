@@ -474,7 +474,7 @@ class Diagnosis:
         uid = wire.server_uid(self.config.home)
         try:
             return (f"up on {path}, serving {programs}: "
-                    f"{wire.ask_status(path, uid=uid)[2].strip()}")
+                    f"{wire.ask_status(path, uid=uid)[1].strip()}")
         except wire.Stranger as exc:
             raise Fault(f"vpopmail-server is not what listens on {path}: {exc}, not {uid}; "
                         f"{programs} refuse it, so every delivery and login answers 111",

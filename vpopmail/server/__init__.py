@@ -51,7 +51,7 @@ def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None) -> int:
     """``--status``: ask the server at ``path`` for its state (with ``uid``, only a listener
     of that uid is asked: the front ends refuse any other)."""
     try:
-        text = ask_status(path, wait, uid)[2]
+        text = ask_status(path, wait, uid)[1]
     except Stranger as exc:
         print(f"vpopmail-server is not what listens on {path}: {exc}, not {uid}; the front "
               f"ends refuse it (every delivery and login answers 111) until it is stopped")
