@@ -28,10 +28,10 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      queue of waiting callers is full, is a fault (the front ends wait for it)
 13 installation      in a root installation (root owns qmail's users/ or bin/), what root
                      runs and reads is root's, no one else's to write: PREFIX, bin/, lib/,
-                     libexec/, run/ and
-                     the programs in bin/ and libexec/, etc/ (or root:group 01775, where the
-                     vpopmail user adds its relay files), vpopmail.toml and its cache (a
-                     ``chown -R vpopmail ~vpopmail`` by habit undoes it)
+                     libexec/, run/ and the programs in bin/ and libexec/, etc/ (or
+                     root:group 01775, where the vpopmail user adds its relay files),
+                     vpopmail.toml and its cache (a ``chown -R vpopmail ~vpopmail`` by habit
+                     undoes it)
 """
 from __future__ import annotations
 
@@ -503,17 +503,12 @@ class Diagnosis:
                                                     os.path.join(home, "bin"))}
         if 0 not in owners:
             return f"installed by uid {owners.pop()} (a sandbox): all its own"
-        etc = os.path.join(home, "etc")
         paths = [home, *(os.path.join(home, name) for name in ("bin", "lib", "libexec", "run")),
                  *_entries(os.path.join(home, "bin")), *_entries(os.path.join(home, "libexec")),
                  self.config.path, self.config.path + ".cache"]
-        problems = [problem for problem in (_not_roots(path) for path in paths) if problem]
-        try:
-            st = os.lstat(etc)
-            if not (st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o1775):  # the relay's
-                problems.extend(filter(None, [_not_roots(etc)]))
-        except FileNotFoundError:
-            pass
+        problems = [problem for problem in (*(_not_roots(path) for path in paths),
+                                            _not_roots(os.path.join(home, "etc"), relay=True))
+                    if problem]
         if problems:
             raise Fault(f"what root runs or reads is not root's alone: {'; '.join(problems)}",
                         f"run packaging/install --prefix {home} as root again: it takes the tree "
@@ -529,14 +524,17 @@ def _entries(directory: str) -> list[str]:
         return []
 
 
-def _not_roots(path: str) -> str | None:
+def _not_roots(path: str, relay: bool = False) -> str | None:
     """What is wrong with ``path`` in a root installation (None: root's, no one else's to
-    write; missing)."""
+    write; missing). ``relay``: etc/, which may also be root's 01775, where the vpopmail user
+    adds its relay files."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
     mode = stat.S_IMODE(st.st_mode)
+    if relay and st.st_uid == 0 and mode == 0o1775:
+        return None
     if st.st_uid != 0 or (mode & 0o022 and not stat.S_ISLNK(st.st_mode)):
         return f"{path} ({_owner(st)}, mode {mode:04o})"
     return None
