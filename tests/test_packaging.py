@@ -20,11 +20,12 @@ import pytest
 
 from install_site import (CLEAN_ENV, INSTALL, REPO, VENV, Install, as_user_argv, own_account,
                           run_installer, vpopmail_user_exists)
+from delivery_site import Site
 from helpers import snapshot
 from server_site import running_server, wait_for
 from vpopmail import cdb
 from vpopmail import config as vconfig
-from vpopmail.wire import VERSION
+from vpopmail.wire import VERSION, identity_socket
 
 SANDBOX = REPO / "packaging" / "sandbox"
 #: C vpopmail 5.4.33's vpasswd lines (reference c-vpopmail-observed.md section 4; 8 fields,
@@ -924,6 +925,71 @@ def test_upgrade_is_not_held_by_a_fifo_in_bin(layout_base: Path, shared_venv: Pa
                                 "--venv", str(shared_venv))
     assert result.returncode == 0, result
     assert OURS_WRAPPER.match((inst.prefix / "bin" / "vuserinfo").read_bytes())
+
+
+#: as uid 89: listen at each path given (bound now), say "up", and at a line on stdin print
+#: how many connections each received meanwhile
+SQUATTER = """
+import socket, sys
+socks = []
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(8)
+    s.setblocking(False)
+    socks.append(s)
+print("up", flush=True)
+sys.stdin.readline()
+counts = []
+for s in socks:
+    n = 0
+    while True:
+        try:
+            s.accept()[0].close()
+        except BlockingIOError:
+            break
+        n += 1
+    counts.append(n)
+print(*counts, flush=True)
+"""
+
+
+def test_upgrade_removes_the_sockets_the_vpopmail_user_listens_at_in_its_run(
+        layout_base: Path, shared_venv: Path) -> None:
+    """uid 89 swapped run/ for its own (the old layout's PREFIX was its own) and listens at
+    the server's socket and at its identity's. The upgrade removes both and says so: the next
+    delivery runs the Python program through the front end (before: 111, the front end
+    refused the listener's uid) and nothing connected to them."""
+    inst = root_install(layout_base, shared_venv)
+    assert (inst.prefix / "libexec" / "vdelivermail").exists()  # front ends were built
+    site = Site.create(inst, True, alice=None)
+    old_layout(inst)
+    swapped = as_vpopmail('mv "$1/run" "$1/run.root" && mkdir "$1/run"', str(inst.prefix))
+    assert swapped.returncode == 0, swapped
+    main = vconfig.load(str(inst.config_path)).home_path("server_socket")
+    own = identity_socket(main, 89, 89, tuple(os.getgrouplist("vpopmail", 89)))
+    assert own is not None
+    squatter = subprocess.Popen([*as_user_argv("vpopmail"), sys.executable, "-I", "-c",
+                                 SQUATTER, main, own], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert squatter.stdout is not None and squatter.stdout.readline() == "up\n"
+        result = upgrade(inst, shared_venv)
+        delivered = site.deliver("alice")
+        assert squatter.stdin is not None
+        squatter.stdin.write("\n")
+        squatter.stdin.flush()
+        counts = squatter.stdout.readline().split()
+    finally:
+        squatter.kill()
+        squatter.wait()
+    assert result.returncode == 0, result
+    assert delivered.returncode == 0, delivered
+    assert len(site.new_files(site.maildir("alice"))) == 1
+    assert owner_mode(inst.prefix / "run") == (0, 0, 0o755)
+    assert not os.path.lexists(main) and not os.path.lexists(own)
+    assert result.stdout.count("a socket of uid 89") == 2, result.stdout
+    assert counts == ["0", "0"]
 
 
 def run_install_within(seconds: int, *args: str) -> subprocess.CompletedProcess[str]:
