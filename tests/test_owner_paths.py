@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,64 @@ def test_valias_show_reads_no_root_file_through_a_link(site: Install) -> None:
         result = site.run("valias", *args, timeout=30)
         assert "root-secret" not in result.stdout, result
         assert "Traceback" not in result.stderr, result
+
+
+# the shared domains root's hashed buckets ------------------------------------------------------
+
+def bucket_next(inst: Install) -> Path:
+    """The shared domains root says 100 domains were added: the next ones go to bucket 0."""
+    from vpopmail.dircontrol import DirControl
+
+    control = DirControl()
+    control.cur_users = 100
+    path = inst.domains / ".dir-control"
+    path.write_text(control.render())
+    os.chown(path, 89, 89)
+    return inst.domains / "0"
+
+
+def deliver_as(inst: Install, uid: int, domain: str) -> subprocess.CompletedProcess[bytes]:
+    """postmaster@``domain``'s delivery as qmail-local runs it for an owner ``uid`` (gid 89)."""
+    from delivery_site import MESSAGE, qmail_local_env
+
+    directory = inst.domains / "0" / domain
+    with tempfile.TemporaryFile() as fh:
+        fh.write(MESSAGE)
+        fh.seek(0)
+        return subprocess.run(["setpriv", f"--reuid={uid}", "--regid=89", "--clear-groups",
+                               str(inst.bin / "vdelivermail"), "", "bounce-no-mailbox"],
+                              stdin=fh, capture_output=True, cwd="/", timeout=60,
+                              env=qmail_local_env("postmaster", domain, str(directory)))
+
+
+def test_a_domain_owner_gets_no_hold_on_the_bucket_it_shares(root_vhome: Install) -> None:
+    """An owned domain added to a bucket of the shared domains root that holds another domain:
+    the bucket stays vpopmail's, 0750, and both domains take mail (before: vadddomain gave
+    the bucket to the owner, 0700, so the other domain's deliveries answered 111 and the owner
+    could rename its directory)."""
+    bucket = bucket_next(root_vhome)
+    root_vhome.ok("vadddomain", "plain.test", "Pm-pass-1")
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    assert (bucket / DOMAIN).stat().st_uid == OWNER_UID
+    st = bucket.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (89, 89, 0o750)
+    assert deliver_as(root_vhome, 89, "plain.test").returncode == 0
+    assert deliver_as(root_vhome, OWNER_UID, DOMAIN).returncode == 0
+    moved = as_owner("mv", str(bucket / "plain.test"), str(bucket / "x"), check=False)
+    assert moved.returncode != 0 and (bucket / "plain.test").is_dir()
+
+
+def test_a_bucket_an_earlier_version_gave_a_domain_owner_is_taken_back(
+        root_vhome: Install) -> None:
+    """Bucket 0 left to the owner of a domain in it (0700: an earlier version's, as C's
+    vadddomain -i): the next domain added there makes it vpopmail's again, 0750, and the
+    owned domain still takes mail (before: chowned, but 0700, so its owner was shut out)."""
+    bucket = bucket_next(root_vhome)
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    os.chown(bucket, OWNER_UID, OWNER_GID)
+    bucket.chmod(0o700)
+    root_vhome.ok("vadddomain", "plain.test", "Pm-pass-1")
+    st = bucket.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (89, 89, 0o750)
+    assert deliver_as(root_vhome, OWNER_UID, DOMAIN).returncode == 0
+    assert deliver_as(root_vhome, 89, "plain.test").returncode == 0

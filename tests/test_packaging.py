@@ -927,6 +927,33 @@ def test_upgrade_is_not_held_by_a_fifo_in_bin(layout_base: Path, shared_venv: Pa
     assert OURS_WRAPPER.match((inst.prefix / "bin" / "vuserinfo").read_bytes())
 
 
+def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
+        layout_base: Path, shared_venv: Path) -> None:
+    """Buckets of the shared domains root that C's (and an earlier version's) vadddomain -i
+    gave the domain owner, nested ones too, become the vpopmail user's, 0750, named; a link
+    named as a bucket is not followed."""
+    inst = root_install(layout_base, shared_venv)
+    domains = inst.domains
+    inst.ok("vadddomain", "-i", "65534", "-g", "89", "owned.test", "secret")
+    bucket = domains / "0"
+    os.rename(domains / "owned.test", layout_base / "owned.test")
+    bucket.mkdir(mode=0o700)
+    os.rename(layout_base / "owned.test", bucket / "owned.test")
+    (bucket / "1").mkdir(mode=0o700)
+    for path in (bucket, bucket / "1"):
+        os.chown(path, 65534, 89)
+    os.symlink("/etc", domains / "2")
+    os.lchown(domains / "2", 89, 89)
+    old_layout(inst)
+    result = upgrade(inst, shared_venv)
+    assert result.returncode == 0, result
+    assert owner_mode(bucket) == (89, 89, 0o750)
+    assert owner_mode(bucket / "1") == (89, 89, 0o750)
+    assert owner_mode(bucket / "owned.test")[:2] == (65534, 89)
+    assert result.stdout.count("(a bucket of domains) was uid 65534's") == 2, result.stdout
+    assert os.stat("/etc").st_uid == 0 and os.lstat(domains / "2").st_uid == 89
+
+
 #: as uid 89: listen at each path given (bound now), say "up", and at a line on stdin print
 #: how many connections each received meanwhile
 SQUATTER = """

@@ -116,9 +116,9 @@ def write(directory: str, control: DirControl, uid: int | None, gid: int | None)
 
 
 def allocate(directory: str, hashed: bool, uid: int | None, gid: int | None,
-             count: int = 1) -> list[str]:
+             count: int = 1, mode: int = 0o700) -> list[str]:
     """Reserve slots for ``count`` more entries in ``directory``; return their buckets
-    ('' = flat), reusing freed buckets first. Bucket directories are created (0700, uid/gid),
+    ('' = flat), reusing freed buckets first. Bucket directories are created (mode, uid/gid),
     each a real directory (a symbolic link planted for one is :class:`OutsideDomain`);
     ``.dir-control`` is written once, however many slots are taken.
     """
@@ -135,7 +135,7 @@ def allocate(directory: str, hashed: bool, uid: int | None, gid: int | None,
         else:
             buckets.append(bucket_for(control.cur_users))
     for bucket in dict.fromkeys(b for b in buckets if b):
-        make_dir_inside(directory, os.path.join(directory, bucket), 0o700, uid, gid)
+        make_dir_inside(directory, os.path.join(directory, bucket), mode, uid, gid)
     if hashed and buckets:
         control.point_at(buckets[-1])
     if len(free) != reused:

@@ -82,17 +82,20 @@ def fsync_dir(path: str) -> None:
         posix.close(fd)
 
 
-def ensure_owner(fd: int, uid: int | None, gid: int | None) -> None:
-    """Give ``fd`` the owner vpopmail wants, if it is not already so; never a file with
-    another hard link: root must not chown a file of its own (its configuration, a program)
-    that someone linked at a name where it makes or locks one (a lock file already there)."""
+def ensure_owner(fd: int, uid: int | None, gid: int | None) -> bool:
+    """Give ``fd`` the owner vpopmail wants, if it is not already so (True when it was
+    changed); never a file with another hard link: root must not chown a file of its own
+    (its configuration, a program) that someone linked at a name where it makes or locks one
+    (a lock file already there)."""
     if uid is None or gid is None:
-        return
+        return False
     st = posix.fstat(fd)
-    if (st.st_uid, st.st_gid) != (uid, gid):
-        if st.st_nlink != 1 and st.st_mode & 0o170000 != 0o040000:  # S_IFDIR, without stat
-            return
-        posix.fchown(fd, uid, gid)
+    if (st.st_uid, st.st_gid) == (uid, gid):
+        return False
+    if st.st_nlink != 1 and st.st_mode & 0o170000 != 0o040000:  # S_IFDIR, without stat
+        return False
+    posix.fchown(fd, uid, gid)
+    return True
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644, uid: int | None = None,
@@ -225,8 +228,10 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
     """(descriptor of the parent directory, last name) of ``path``, a path strictly inside the
     directory ``base``, reached from ``base`` one real directory at a time (never through a
     symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made
-    and given that owner (what a process killed before its chown left is repaired).
-    Anything else is :class:`~vpopmail.errors.OutsideDomain`. The caller closes the fd."""
+    and given that owner, and an existing one of another owner is given that owner and mode
+    (what a process killed before its chown left, or an earlier version's owner, is
+    repaired). Anything else is :class:`~vpopmail.errors.OutsideDomain`. The caller closes
+    the fd."""
     prefix = base.rstrip("/") + "/"
     parts = path[len(prefix):].split("/") if path.startswith(prefix) else [""]
     if any(part in ("", ".", "..") for part in parts):
@@ -243,8 +248,8 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
                 fd = _open_real_dir(parent, part, path)
             finally:
                 posix.close(parent)
-            if make is not None:
-                ensure_owner(fd, make[1], make[2])
+            if make is not None and ensure_owner(fd, make[1], make[2]):
+                posix.fchmod(fd, make[0])
     except BaseException:
         if fd >= 0:
             posix.close(fd)
@@ -253,17 +258,19 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
 
 
 def make_dir_inside(base: str, path: str, mode: int = 0o700, uid: int | None = None,
-                    gid: int | None = None) -> bool:
-    """:func:`make_dir` for ``path`` inside ``base`` (see :func:`open_inside`), its missing
-    parents made alike; False if it already is a real directory there (then given the owner
-    too)."""
-    fd, name = open_inside(base, path, (mode, uid, gid))
+                    gid: int | None = None,
+                    parents: tuple[int, int | None, int | None] | None = None) -> bool:
+    """:func:`make_dir` for ``path`` inside ``base`` (see :func:`open_inside`), its parents
+    made (or repaired) alike or as ``parents`` (mode, uid, gid) says; False if it already is
+    a real directory there (then given the owner, and with it the mode, too)."""
+    fd, name = open_inside(base, path, parents or (mode, uid, gid))
     try:
         if _make_at(fd, name, mode, uid, gid):
             return True
         existing = _open_real_dir(fd, name, path)
         try:
-            ensure_owner(existing, uid, gid)
+            if ensure_owner(existing, uid, gid):
+                posix.fchmod(existing, mode)
         finally:
             posix.close(existing)
         return False

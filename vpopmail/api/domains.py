@@ -14,6 +14,11 @@ from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, ma
                              remove_inside)
 from vpopmail.names import check_domain
 
+#: a hashed bucket of a domains root: the root's owner's (never a domain owner's, who could
+#: rename the other domains there), entered as the root itself by the domain owners of its
+#: group (C vpopmail's VPOPMAIL_DIR_MODE)
+ROOT_BUCKET_MODE = 0o750
+
 
 class DomainsMixin(UsersMixin):
     """Domains and alias domains: qmail's files, the domains tree and the catch-all."""
@@ -69,15 +74,17 @@ class DomainsMixin(UsersMixin):
         with self._dir_lock(root, *root_ids):
             directory = self._domain_dir_on_disk(domain, root)
             adopted = directory is not None
+            buckets = (ROOT_BUCKET_MODE, *root_ids)
             if directory is not None:
                 bucket = dircontrol.split_bucket(os.path.dirname(directory))[1]
-                make_dir_inside(root, directory, 0o700, uid, gid)  # killed before its chown?
+                # killed before its chown?
+                make_dir_inside(root, directory, 0o700, uid, gid, buckets)
             else:
-                bucket = dircontrol.allocate(root, self.config.users_hashed_dirs,
-                                             *root_ids)[0]
+                bucket = dircontrol.allocate(root, self.config.users_hashed_dirs, *root_ids,
+                                             mode=ROOT_BUCKET_MODE)[0]
                 directory = os.path.join(root, bucket, domain)
                 try:
-                    if not make_dir_inside(root, directory, 0o700, uid, gid):
+                    if not make_dir_inside(root, directory, 0o700, uid, gid, buckets):
                         raise CouldNotMakeDomainDir(f"{directory} already exists")
                 except OSError as exc:
                     dircontrol.release(root, bucket, *root_ids)
