@@ -639,6 +639,22 @@ def test_vcheck_maildirsize(vhome: Install) -> None:
     healthy(vhome, f"bob@{DOMAIN}")
 
 
+def test_vcheck_maildirsize_reads_the_record_quota_as_a_delivery(vhome: Install) -> None:
+    """A record quota of ``1M`` (older vpopmail, control panels, by hand) is 1048576S to a
+    delivery, which writes that into maildirsize: vcheck agrees (before: a mismatch, whose
+    fix only rewrote the record)."""
+    dom = site(vhome)
+    if vhome.backend == "cdb":
+        vpasswd = dom / "vpasswd"
+        vpasswd.write_text(re.sub(r"(?m)^(alice:.*):1048576S$", r"\1:1M", vpasswd.read_text()))
+        vhome.ok("vmkpasswd", DOMAIN)
+    else:
+        vhome.database.rows("UPDATE vpopmail SET pw_shell = '1M' WHERE pw_name = 'alice'")
+    assert vhome.ok("vuserinfo", "-q", f"alice@{DOMAIN}").strip() == "1M"
+    (dom / "alice" / "Maildir" / "maildirsize").write_text("1048576S\n0 0\n")
+    healthy(vhome)
+
+
 def test_vcheck_flags(vhome: Install) -> None:
     site(vhome)
     address = f"alice@{DOMAIN}"

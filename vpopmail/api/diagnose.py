@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 
 from maildir import SUBDIRS
 from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, is_over,
-                           load_maildirsize, scan_usage, usage_percent)
+                           load_maildirsize, record_quota, scan_usage, usage_percent)
 from vpopmail import catchall, cdb, flags
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry, cdb_records
@@ -390,8 +390,8 @@ class Diagnosis:
         address = f"{user.name}@{entry.real_domain}"
         maildir = os.path.join(user.dir, "Maildir")
         path = os.path.join(maildir, MAILDIRSIZE)
-        quota = user.quota
-        fix = f"vsetuserquota {address} {quota or 'NOQUOTA'}"
+        quota = record_quota(user.quota)  # as a delivery reads it: 50M is 52428800S
+        fix = f"vsetuserquota {address} {user.quota or 'NOQUOTA'}"
         try:
             st = os.lstat(path)
         except FileNotFoundError:
