@@ -17,8 +17,9 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
  8 user              the user exists (or a ``.qmail-<name>`` of the domain takes its mail)
  9 Maildir           user directory, Maildir, cur/new/tmp: directories owned by the domain
                      owner, mode 0700
-10 maildirsize       parses, quota line = the user's quota, agrees with a recount where the
-                     next delivery would trust it; none for a user without quota
+10 maildirsize       parses, quota line = the user's quota as a delivery reads it (1M is
+                     1048576S), agrees with a recount where the next delivery would trust
+                     it; none for a user without quota
 11 flags             user flags (ORed with the domain limits unless V_OVERRIDE) that refuse
                      POP/IMAP/webmail/SMTP AUTH/relaying or bounce mail
 12 vpopmail-server   where bin/vdelivermail and bin/vchkpw are the C front ends: whether the
