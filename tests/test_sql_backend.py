@@ -549,3 +549,41 @@ def test_a_dropped_users_table_is_not_made_again_empty(vhome: Install, sql_db: D
     assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
     assert site.deliver("alice").returncode == 111
     assert site.login(f"alice@{DOMAIN}", "pw").code == 111  # type: ignore[attr-defined]
+
+
+# -- rows that cannot be read -------------------------------------------------------------------
+@pytest.mark.through_server
+@pytest.mark.parametrize("damage", [
+    "UPDATE vpopmail SET pw_gid = NULL WHERE pw_name = 'alice'",
+    "ALTER TABLE vpopmail MODIFY pw_gid varchar(12); "
+    "UPDATE vpopmail SET pw_gid = '2 (no POP)' WHERE pw_name = 'alice'",
+    "ALTER TABLE vpopmail MODIFY pw_uid varchar(12); "
+    "UPDATE vpopmail SET pw_uid = 'x' WHERE pw_name = 'alice'",
+], ids=["null-gid", "text-gid", "text-uid"])
+def test_a_row_whose_numbers_cannot_be_read_is_a_local_fault(
+        each_install: Install, sql_db: Database, damage: str) -> None:
+    """The SQL form of a damaged vpasswd line (tests/test_damaged_databases.py): a pw_gid (the
+    flags: NO_POP, NO_IMAP, ...) or pw_uid that is no number is never read as 0, which would
+    drop the flags and let a disabled account in. Delivery and login defer (111); admin
+    commands name the row and change nothing; other users are not affected."""
+    site = sql_site(each_install, sql_db, LoginSite)
+    each_install.ok("vadduser", f"bob@{DOMAIN}", "pw")
+    each_install.ok("vmoduser", "-p", f"alice@{DOMAIN}")  # no POP
+    for statement in damage.split("; "):
+        sql_db.rows(statement)
+    delivered = site.deliver("alice")
+    assert delivered.returncode == 111, delivered
+    assert b"Traceback" not in delivered.stdout + delivered.stderr
+    assert not list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())
+    login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+    assert (login.code, login.ran) == (111, False), login
+    before = sql_db.rows("SELECT * FROM vpopmail ORDER BY pw_name")
+    for command, *args in (("vuserinfo", f"alice@{DOMAIN}"), ("vpasswd", f"alice@{DOMAIN}", "x"),
+                           ("vmoduser", "-x", f"alice@{DOMAIN}")):
+        result = each_install.run(command, *args)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0, (command, result)
+        assert "alice" in said and "not a number" in said and "Traceback" not in said, result
+    assert sql_db.rows("SELECT * FROM vpopmail ORDER BY pw_name") == before
+    assert site.deliver("bob").returncode == 0
+    assert site.login(f"bob@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]

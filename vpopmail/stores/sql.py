@@ -26,8 +26,8 @@ import time
 
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, Value
-from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
-                             UserDoesNotExist, UsernameExists)
+from vpopmail.errors import (BadInput, ConfigError, CorruptData, DomainAlreadyExists,
+                             NoAuthConnection, UserDoesNotExist, UsernameExists)
 from vpopmail.fsutil import is_file, join
 from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
@@ -546,15 +546,20 @@ class MySQLDatabase(UserDatabase):
     def _columns(self) -> str:
         return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
 
-    @staticmethod
-    def _user(row: "Sequence[str | None]") -> VUser:
-        def num(value: str | None) -> int:
+    def _user(self, row: "Sequence[str | None]") -> VUser:
+        """A user from a row of :data:`_USER_COLUMNS`. A pw_uid or pw_gid (the flags) that is
+        NULL or no number is damage, as such a vpasswd field is (CorruptData: mail deferred,
+        logins 111, admin commands refused), never 0: that would drop NO_POP, NO_IMAP, ..."""
+        name = row[0] or ""
+        numbers = []
+        for column, value in (("pw_uid", row[2]), ("pw_gid", row[3])):
             try:
-                return int(value or 0)
+                numbers.append(int("" if value is None else value))
             except ValueError:
-                return 0
-
-        return VUser(row[0] or "", row[1] or "", num(row[2]), num(row[3]), row[4] or "",
+                raise CorruptData(f"{self.reader.server.describe()}: the {column} of user "
+                                  f"{name!r} is not a number ({value!r}): correct the row"
+                                  ) from None
+        return VUser(name, row[1] or "", numbers[0], numbers[1], row[4] or "",
                      row[5] or "", row[6] or "", (row[7] or "") if len(row) > 7 else "")
 
     def _values(self, domain: AssignEntry, user: VUser) -> tuple[str, list[object]]:
