@@ -745,13 +745,15 @@ class MySQLDatabase(UserDatabase):
         """Nothing to rebuild: the server keeps its own indexes (C's vmkpasswd is a no-op)."""
 
     def verify(self, domain: AssignEntry) -> str:
-        """The domain's users table answers: without the server or the table every login and
-        delivery of the domain fails (temporarily, so mail waits in the queue)."""
+        """The domain's users table answers and each of its rows reads as a user: without the
+        server or the table every login and delivery of the domain fails, and those of a
+        damaged row's user (temporarily, so mail waits in the queue)."""
         table = self.users_table(domain)
         where, params = self._where(domain)
         server = self.reader.server.describe()
         try:
-            rows = self.reader.query(f"SELECT count(*) FROM `{table}` WHERE {where}", params)
+            rows = self.reader.query(f"SELECT {self._columns()} FROM `{table}` WHERE {where}",
+                                     params)
         except NoAuthConnection as exc:
             raise Fault(f"the database does not answer: {exc.detail}",
                         "start the server, or correct the [mysql] section of the "
@@ -763,7 +765,15 @@ class MySQLDatabase(UserDatabase):
             raise Fault(f"table {table} does not exist in {server}: logins and deliveries "
                         f"for {domain.real_domain} fail until it does",
                         f"restore table {table} from a backup (mysqldump)") from None
-        return f"{rows[0][0]} users in table {table} of {server}"
+        for row in rows:
+            try:
+                self._user(row)
+            except CorruptData as exc:
+                also = f" AND pw_domain = '{domain.real_domain}'" if self.many_domains else ""
+                raise Fault(f"{exc.detail}: mail for it is deferred and its logins fail",
+                            f"UPDATE {table} SET pw_uid = 1, pw_gid = <the flags> WHERE "
+                            f"pw_name = '{row[0]}'{also}") from None
+        return f"{len(rows)} users in table {table} of {server}"
 
     def ping(self) -> None:
         """Reach the server once (NoAuthConnection if it cannot be)."""
