@@ -106,6 +106,14 @@ def test_per_domain_tables_as_with_disable_many_domains(vhome: Install, sql_db: 
     assert clash.returncode != 0 and "holds the users of another domain" in clash.stdout, clash
     vhome.ok("vdeldomain", "other-site.example")
     assert "other_site_example" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    # a domain whose table would be a shared one (relay, valias, dir-control: dir_control...)
+    tables = sql_db.rows("SHOW TABLES")
+    for name in ("relay", "valias", "dir-control"):
+        refused = vhome.run("vadddomain", name, "secret")
+        assert refused.returncode != 0, refused
+        assert f"would be vpopmail's {name.replace('-', '_')} table" in refused.stdout, refused
+        assert "Traceback" not in refused.stdout + refused.stderr, refused
+    assert sql_db.rows("SHOW TABLES") == tables
     assert sql_db.rows("SELECT count(*) FROM lastauth WHERE domain = 'other-site.example'") == [
         ["0"]]
 

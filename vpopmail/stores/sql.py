@@ -27,7 +27,8 @@ import time
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, Value
 from vpopmail.errors import (BadInput, ConfigError, CorruptData, DomainAlreadyExists,
-                             NoAuthConnection, UserDoesNotExist, UsernameExists)
+                             InvalidDomainName, NoAuthConnection, UserDoesNotExist,
+                             UsernameExists)
 from vpopmail.fsutil import is_file, join
 from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
@@ -666,15 +667,23 @@ class MySQLDatabase(UserDatabase):
         """The users table (and the shared tables) exist afterwards; users already stored for
         the domain (a rerun of an interrupted vadddomain) are kept. (dir_control is C's table
         for the hashed-directory counters; those stay in the domain directory's .dir-control
-        file, beside the user directories, so it is not created.)"""
+        file, beside the user directories, so it is not created.) A per-domain table that
+        would be one of the shared tables (a domain ``relay`` or ``dir-control``) is refused."""
         table = self.users_table(domain)
+        if table in LAYOUTS:
+            raise InvalidDomainName(f"{domain.real_domain}: its users table would be "
+                                    f"vpopmail's {table} table (such a domain needs "
+                                    "mysql.many_domains)")
         self.create_table(table)
         if not self.many_domains:
             # C's table names collide (a-b.com and a.b.com are both a_b_com): never let one
             # domain's users become another's
-            rows = self.writer.query(f"SELECT pw_dir FROM `{table}` WHERE pw_dir NOT LIKE %s "
-                                     "LIMIT 1", [domain.dir.replace("%", "\\%")
-                                                 .replace("_", "\\_") + "/%"])
+            try:
+                rows = self.writer.query(f"SELECT pw_dir FROM `{table}` WHERE pw_dir NOT LIKE "
+                                         "%s LIMIT 1", [domain.dir.replace("%", "\\%")
+                                                        .replace("_", "\\_") + "/%"])
+            except SqlError as exc:
+                raise NoAuthConnection(str(exc)) from None
             if rows:
                 raise DomainAlreadyExists(f"table {table} holds the users of another domain "
                                           f"({rows[0][0]})")
