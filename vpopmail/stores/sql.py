@@ -944,10 +944,10 @@ class SqlAliases(AliasChecks):
             gone = not any(item.strip(" \t") for item in kept)
             if gone:
                 conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s", [alias, domain])
-            else:
+            else:  # compared byte for byte: C made its table case-insensitive
                 for value in set(lines or []) - set(kept):
                     conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s AND "
-                               "valias_line = %s", [alias, domain, value])
+                               "valias_line = %s COLLATE utf8mb4_bin", [alias, domain, value])
             return gone
 
         return bool(self.db.transaction(work, self.TABLES))
