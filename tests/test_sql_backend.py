@@ -555,6 +555,14 @@ def test_a_dropped_users_table_is_not_made_again_empty(vhome: Install, sql_db: D
     assert result.returncode != 0, result
     assert "doesn't exist" in result.stdout
     assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    # a batch's clash check lists the users (an absent table lists none): the add refuses too
+    batch = vhome.prefix / "batch"
+    batch.write_text(f"new1@{DOMAIN} pw-one\nnew2@{DOMAIN} pw-two\n")
+    result = vhome.run("vadduser", "-f", str(batch))
+    assert result.returncode != 0, result
+    assert "doesn't exist" in result.stdout, result
+    assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert not (vhome.domains / DOMAIN / "new1").exists()
     assert site.deliver("alice").returncode == 111
     assert site.login(f"alice@{DOMAIN}", "pw").code == 111  # type: ignore[attr-defined]
 

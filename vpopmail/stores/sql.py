@@ -604,6 +604,9 @@ class MySQLDatabase(UserDatabase):
         return {user.name: user for user in map(self._user, rows)}
 
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        """Insert the users in one transaction. The users table is never made here (only
+        :meth:`create_domain` makes it): a missing one is damage (a dropped table, the SQL
+        form of a lost vpasswd), and must not come back holding only these users."""
         table = self.users_table(domain)
 
         def work(conn: Connection) -> None:
@@ -615,7 +618,7 @@ class MySQLDatabase(UserDatabase):
                 except UsernameExists:
                     raise UsernameExists(f"{user.name}@{domain.real_domain}") from None
 
-        self.transaction(work, [table])
+        self.transaction(work)
 
     def _store(self, conn: Connection, domain: AssignEntry, user: VUser) -> None:
         where, params = self._where(domain)
