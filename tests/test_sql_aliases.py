@@ -294,3 +294,25 @@ def test_sql_deliveries_stay_lean(site: Site, sql_db: Database) -> None:
     assert (result.returncode, result.stdout) == (0, PROCESSED), result
     assert {"vpopmail.stores.sql", "MySQLdb._mysql"} <= modules
     assert not modules & (HEAVY | {"vpopmail.passwords"}), modules & HEAVY
+
+
+C_VALIAS_TABLE = ("CREATE TABLE valias (alias char(32) not null, domain char(64) not null, "
+                  "valias_line text not null, index (alias, domain)) "
+                  "DEFAULT CHARSET=latin1 COLLATE=latin1_swedish_ci")
+
+
+def test_removing_a_line_keeps_lines_that_differ_in_case_in_a_c_made_table(
+        vhome: Install, sql_db: Database) -> None:
+    """C vpopmail made its valias table in the server's default collation, case- (and on newer
+    servers accent-) insensitive: valias -r removes exactly the line named, as with the
+    .qmail- files, never a line that only compares equal to it."""
+    sql_db.rows(C_VALIAS_TABLE)
+    sql_db.configure(vhome)
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    lines = ["|/usr/local/bin/filter A", "|/usr/local/bin/filter a", "&Bob@remote.test",
+             "&bob@remote.test"]
+    for line in lines:
+        vhome.ok("valias", "-i", line, f"info@{DOMAIN}")
+    vhome.ok("valias", "-r", lines[1], f"info@{DOMAIN}")
+    vhome.ok("valias", "-r", lines[3], f"info@{DOMAIN}")
+    assert valias_rows(sql_db) == [["info", DOMAIN, lines[2]], ["info", DOMAIN, lines[0]]]

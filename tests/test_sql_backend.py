@@ -106,6 +106,14 @@ def test_per_domain_tables_as_with_disable_many_domains(vhome: Install, sql_db: 
     assert clash.returncode != 0 and "holds the users of another domain" in clash.stdout, clash
     vhome.ok("vdeldomain", "other-site.example")
     assert "other_site_example" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    # a domain whose table would be a shared one (relay, valias, dir-control: dir_control...)
+    tables = sql_db.rows("SHOW TABLES")
+    for name in ("relay", "valias", "dir-control"):
+        refused = vhome.run("vadddomain", name, "secret")
+        assert refused.returncode != 0, refused
+        assert f"would be vpopmail's {name.replace('-', '_')} table" in refused.stdout, refused
+        assert "Traceback" not in refused.stdout + refused.stderr, refused
+    assert sql_db.rows("SHOW TABLES") == tables
     assert sql_db.rows("SELECT count(*) FROM lastauth WHERE domain = 'other-site.example'") == [
         ["0"]]
 
@@ -547,5 +555,51 @@ def test_a_dropped_users_table_is_not_made_again_empty(vhome: Install, sql_db: D
     assert result.returncode != 0, result
     assert "doesn't exist" in result.stdout
     assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    # a batch's clash check lists the users (an absent table lists none): the add refuses too
+    batch = vhome.prefix / "batch"
+    batch.write_text(f"new1@{DOMAIN} pw-one\nnew2@{DOMAIN} pw-two\n")
+    result = vhome.run("vadduser", "-f", str(batch))
+    assert result.returncode != 0, result
+    assert "doesn't exist" in result.stdout, result
+    assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+    assert not (vhome.domains / DOMAIN / "new1").exists()
     assert site.deliver("alice").returncode == 111
     assert site.login(f"alice@{DOMAIN}", "pw").code == 111  # type: ignore[attr-defined]
+
+
+# -- rows that cannot be read -------------------------------------------------------------------
+@pytest.mark.through_server
+@pytest.mark.parametrize("damage", [
+    "UPDATE vpopmail SET pw_gid = NULL WHERE pw_name = 'alice'",
+    "ALTER TABLE vpopmail MODIFY pw_gid varchar(12); "
+    "UPDATE vpopmail SET pw_gid = '2 (no POP)' WHERE pw_name = 'alice'",
+    "ALTER TABLE vpopmail MODIFY pw_uid varchar(12); "
+    "UPDATE vpopmail SET pw_uid = 'x' WHERE pw_name = 'alice'",
+], ids=["null-gid", "text-gid", "text-uid"])
+def test_a_row_whose_numbers_cannot_be_read_is_a_local_fault(
+        each_install: Install, sql_db: Database, damage: str) -> None:
+    """The SQL form of a damaged vpasswd line (tests/test_damaged_databases.py): a pw_gid (the
+    flags: NO_POP, NO_IMAP, ...) or pw_uid that is no number is never read as 0, which would
+    drop the flags and let a disabled account in. Delivery and login defer (111); admin
+    commands name the row and change nothing; other users are not affected."""
+    site = sql_site(each_install, sql_db, LoginSite)
+    each_install.ok("vadduser", f"bob@{DOMAIN}", "pw")
+    each_install.ok("vmoduser", "-p", f"alice@{DOMAIN}")  # no POP
+    for statement in damage.split("; "):
+        sql_db.rows(statement)
+    delivered = site.deliver("alice")
+    assert delivered.returncode == 111, delivered
+    assert b"Traceback" not in delivered.stdout + delivered.stderr
+    assert not list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())
+    login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+    assert (login.code, login.ran) == (111, False), login
+    before = sql_db.rows("SELECT * FROM vpopmail ORDER BY pw_name")
+    for command, *args in (("vuserinfo", f"alice@{DOMAIN}"), ("vpasswd", f"alice@{DOMAIN}", "x"),
+                           ("vmoduser", "-x", f"alice@{DOMAIN}")):
+        result = each_install.run(command, *args)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0, (command, result)
+        assert "alice" in said and "not a number" in said and "Traceback" not in said, result
+    assert sql_db.rows("SELECT * FROM vpopmail ORDER BY pw_name") == before
+    assert site.deliver("bob").returncode == 0
+    assert site.login(f"bob@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]

@@ -564,6 +564,12 @@ def test_vcheck_users_table(vhome: Install, sql_db: Database) -> None:
         vhome.set_config("mysql", f"{side}_socket", str(vhome.prefix / "nosuch.sock"))
     failed(vhome, "users table", "the database does not answer: update server",
            "start the server, or correct the [mysql] section")
+    for side in ("read", "update"):
+        vhome.set_config("mysql", f"{side}_socket", sql_db.server.socket)
+    healthy(vhome)
+    sql_db.server.sql("UPDATE vpopmail SET pw_gid = NULL WHERE pw_name = 'bob'", sql_db.name)
+    failed(vhome, "users table", "the pw_gid of user 'bob' is not a number",
+           "UPDATE vpopmail SET pw_uid = 1, pw_gid = <the flags> WHERE pw_name = 'bob'")
 
 
 @pytest.mark.sql_only

@@ -26,8 +26,9 @@ import time
 
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config, Value
-from vpopmail.errors import (BadInput, ConfigError, DomainAlreadyExists, NoAuthConnection,
-                             UserDoesNotExist, UsernameExists)
+from vpopmail.errors import (BadInput, ConfigError, CorruptData, DomainAlreadyExists,
+                             InvalidDomainName, NoAuthConnection, UserDoesNotExist,
+                             UsernameExists)
 from vpopmail.fsutil import is_file, join
 from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
 
@@ -546,15 +547,20 @@ class MySQLDatabase(UserDatabase):
     def _columns(self) -> str:
         return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
 
-    @staticmethod
-    def _user(row: "Sequence[str | None]") -> VUser:
-        def num(value: str | None) -> int:
+    def _user(self, row: "Sequence[str | None]") -> VUser:
+        """A user from a row of :data:`_USER_COLUMNS`. A pw_uid or pw_gid (the flags) that is
+        NULL or no number is damage, as such a vpasswd field is (CorruptData: mail deferred,
+        logins 111, admin commands refused), never 0: that would drop NO_POP, NO_IMAP, ..."""
+        name = row[0] or ""
+        numbers = []
+        for column, value in (("pw_uid", row[2]), ("pw_gid", row[3])):
             try:
-                return int(value or 0)
+                numbers.append(int("" if value is None else value))
             except ValueError:
-                return 0
-
-        return VUser(row[0] or "", row[1] or "", num(row[2]), num(row[3]), row[4] or "",
+                raise CorruptData(f"{self.reader.server.describe()}: the {column} of user "
+                                  f"{name!r} is not a number ({value!r}): correct the row"
+                                  ) from None
+        return VUser(name, row[1] or "", numbers[0], numbers[1], row[4] or "",
                      row[5] or "", row[6] or "", (row[7] or "") if len(row) > 7 else "")
 
     def _values(self, domain: AssignEntry, user: VUser) -> tuple[str, list[object]]:
@@ -598,6 +604,9 @@ class MySQLDatabase(UserDatabase):
         return {user.name: user for user in map(self._user, rows)}
 
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
+        """Insert the users in one transaction. The users table is never made here (only
+        :meth:`create_domain` makes it): a missing one is damage (a dropped table, the SQL
+        form of a lost vpasswd), and must not come back holding only these users."""
         table = self.users_table(domain)
 
         def work(conn: Connection) -> None:
@@ -609,7 +618,7 @@ class MySQLDatabase(UserDatabase):
                 except UsernameExists:
                     raise UsernameExists(f"{user.name}@{domain.real_domain}") from None
 
-        self.transaction(work, [table])
+        self.transaction(work)
 
     def _store(self, conn: Connection, domain: AssignEntry, user: VUser) -> None:
         where, params = self._where(domain)
@@ -661,15 +670,23 @@ class MySQLDatabase(UserDatabase):
         """The users table (and the shared tables) exist afterwards; users already stored for
         the domain (a rerun of an interrupted vadddomain) are kept. (dir_control is C's table
         for the hashed-directory counters; those stay in the domain directory's .dir-control
-        file, beside the user directories, so it is not created.)"""
+        file, beside the user directories, so it is not created.) A per-domain table that
+        would be one of the shared tables (a domain ``relay`` or ``dir-control``) is refused."""
         table = self.users_table(domain)
+        if table in LAYOUTS:
+            raise InvalidDomainName(f"{domain.real_domain}: its users table would be "
+                                    f"vpopmail's {table} table (such a domain needs "
+                                    "mysql.many_domains)")
         self.create_table(table)
         if not self.many_domains:
             # C's table names collide (a-b.com and a.b.com are both a_b_com): never let one
             # domain's users become another's
-            rows = self.writer.query(f"SELECT pw_dir FROM `{table}` WHERE pw_dir NOT LIKE %s "
-                                     "LIMIT 1", [domain.dir.replace("%", "\\%")
-                                                 .replace("_", "\\_") + "/%"])
+            try:
+                rows = self.writer.query(f"SELECT pw_dir FROM `{table}` WHERE pw_dir NOT LIKE "
+                                         "%s LIMIT 1", [domain.dir.replace("%", "\\%")
+                                                        .replace("_", "\\_") + "/%"])
+            except SqlError as exc:
+                raise NoAuthConnection(str(exc)) from None
             if rows:
                 raise DomainAlreadyExists(f"table {table} holds the users of another domain "
                                           f"({rows[0][0]})")
@@ -740,13 +757,15 @@ class MySQLDatabase(UserDatabase):
         """Nothing to rebuild: the server keeps its own indexes (C's vmkpasswd is a no-op)."""
 
     def verify(self, domain: AssignEntry) -> str:
-        """The domain's users table answers: without the server or the table every login and
-        delivery of the domain fails (temporarily, so mail waits in the queue)."""
+        """The domain's users table answers and each of its rows reads as a user: without the
+        server or the table every login and delivery of the domain fails, and those of a
+        damaged row's user (temporarily, so mail waits in the queue)."""
         table = self.users_table(domain)
         where, params = self._where(domain)
         server = self.reader.server.describe()
         try:
-            rows = self.reader.query(f"SELECT count(*) FROM `{table}` WHERE {where}", params)
+            rows = self.reader.query(f"SELECT {self._columns()} FROM `{table}` WHERE {where}",
+                                     params)
         except NoAuthConnection as exc:
             raise Fault(f"the database does not answer: {exc.detail}",
                         "start the server, or correct the [mysql] section of the "
@@ -758,7 +777,15 @@ class MySQLDatabase(UserDatabase):
             raise Fault(f"table {table} does not exist in {server}: logins and deliveries "
                         f"for {domain.real_domain} fail until it does",
                         f"restore table {table} from a backup (mysqldump)") from None
-        return f"{rows[0][0]} users in table {table} of {server}"
+        for row in rows:
+            try:
+                self._user(row)
+            except CorruptData as exc:
+                also = f" AND pw_domain = '{domain.real_domain}'" if self.many_domains else ""
+                raise Fault(f"{exc.detail}: mail for it is deferred and its logins fail",
+                            f"UPDATE {table} SET pw_uid = 1, pw_gid = <the flags> WHERE "
+                            f"pw_name = '{row[0]}'{also}") from None
+        return f"{len(rows)} users in table {table} of {server}"
 
     def ping(self) -> None:
         """Reach the server once (NoAuthConnection if it cannot be)."""
@@ -920,10 +947,10 @@ class SqlAliases(AliasChecks):
             gone = not any(item.strip(" \t") for item in kept)
             if gone:
                 conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s", [alias, domain])
-            else:
+            else:  # compared byte for byte: C made its table case-insensitive
                 for value in set(lines or []) - set(kept):
                     conn.query("DELETE FROM valias WHERE alias = %s AND domain = %s AND "
-                               "valias_line = %s", [alias, domain, value])
+                               "valias_line = %s COLLATE utf8mb4_bin", [alias, domain, value])
             return gone
 
         return bool(self.db.transaction(work, self.TABLES))
