@@ -157,6 +157,7 @@ def test_hashing_starts_at_the_hundredth(tmp_path: Path) -> None:
 def test_two_level_buckets_are_created(tmp_path: Path) -> None:
     control = DirControl()
     control.cur_users = 6299
+    control.point_at("z")                                # where the 6299th went
     dircontrol.write(str(tmp_path), control, None, None)
     assert allocate(str(tmp_path), True, None, None) == ["0/0"]
     assert (tmp_path / "0" / "0").is_dir()
@@ -236,3 +237,35 @@ def test_split_bucket_inverts_bucket_for(n: int) -> None:
     parent = os.path.join("/home/vpopmail/domains/example.com", bucket) if bucket else \
         "/home/vpopmail/domains/example.com"
     assert split_bucket(parent) == ("/home/vpopmail/domains/example.com", bucket)
+
+
+# C vpopmail 5.4.33 (cdb, USERS_BIG_DIR) on a domain of 264 users, its .dir-control then:
+C_AT_264 = "264\n0\n3\n0 0 0\n61 61 61\n0 2 2\n1 0 0\n1\n"
+
+
+def test_after_deletions_the_current_bucket_moves_on_as_in_c(tmp_path: Path) -> None:
+    # C: 65 flat users deleted (count 199), then 3 added: all went into bucket 2 (the count
+    # reached 200), and .dir-control said so
+    (tmp_path / CONTROL).write_text(C_AT_264)
+    for _ in range(65):
+        release(str(tmp_path), "", None, None)
+    assert allocate(str(tmp_path), True, None, None, count=3) == ["2", "2", "2"]
+    assert (tmp_path / CONTROL).read_text() == C_AT_264.replace("264", "202").replace(
+        "1 0 0\n1\n", "2 0 0\n2\n")
+
+
+def test_reusing_a_freed_bucket_keeps_the_current_one_as_in_c(tmp_path: Path) -> None:
+    # C: 122 users added to the 264 (into 1 and 2), u50 (flat) and n305 (bucket 1) deleted,
+    # one added: it reused bucket 1 and .dir-control kept pointing at bucket 2
+    (tmp_path / CONTROL).write_text(C_AT_264)
+    assert allocate(str(tmp_path), True, None, None, count=122) == ["1"] * 35 + ["2"] * 87
+    release(str(tmp_path), "", None, None)
+    release(str(tmp_path), "1", None, None)
+    assert allocate(str(tmp_path), True, None, None) == ["1"]
+    assert (tmp_path / CONTROL).read_text() == C_AT_264.replace("264", "385").replace(
+        "1 0 0\n1\n", "2 0 0\n2\n")
+
+
+def test_a_current_bucket_that_is_no_bucket_falls_back_to_the_count(tmp_path: Path) -> None:
+    (tmp_path / CONTROL).write_text(C_AT_264.replace("\n1\n", "\n../x\n"))
+    assert allocate(str(tmp_path), True, None, None) == ["1"]

@@ -2,7 +2,9 @@
 
 The n-th allocation goes directly into the parent for n < 100, then into buckets of 100 named
 from the 62-character alphabet ``0-9A-Za-z``: one level (``0`` ... ``z``), then two (``0/0`` ...
-``z/z``), then three. Freed buckets are listed in ``.dir_control_free`` and reused first.
+``z/z``), then three. As in C, the current bucket moves on to the next one each time the count
+reaches a multiple of 100, so after deletions it keeps going forward. Freed buckets are listed in
+``.dir_control_free`` and reused first, without moving the current bucket.
 Callers hold the lock that protects the directory (the domain's or the assign lock).
 """
 from __future__ import annotations
@@ -36,6 +38,31 @@ def bucket_for(n: int) -> str:
         return (f"{ALPHABET[index // _LEVEL2]}/{ALPHABET[index // _LEVEL1 % _LEVEL1]}/"
                 f"{ALPHABET[index % _LEVEL1]}")
     raise CouldNotUpdateFile("hashed directory tree is full")
+
+
+def _position(bucket: str) -> int | None:
+    """The 0-based place of ``bucket`` in :func:`bucket_for`'s sequence (-1 for flat), or None
+    for text that is no bucket."""
+    parts = bucket.split("/") if bucket else []
+    if len(parts) > 3 or any(len(p) != 1 or p not in ALPHABET for p in parts):
+        return None
+    offset = {0: -1, 1: 0, 2: _LEVEL1, 3: _LEVEL1 + _LEVEL2}[len(parts)]
+    index = 0
+    for part in parts:
+        index = index * _LEVEL1 + ALPHABET.index(part)
+    return offset + index
+
+
+def _next_bucket(control: DirControl) -> str:
+    """The bucket of one more allocation, as C's ``inc_dir_control`` picks it: the current one,
+    or the one after it when the count (already raised) is a multiple of 100. A current bucket
+    that is no bucket counts as where the count says."""
+    here = _position(control.the_dir)
+    if here is None:
+        return bucket_for(control.cur_users)
+    if control.cur_users % PER_BUCKET:
+        return control.the_dir
+    return bucket_for((here + 2) * PER_BUCKET)
 
 
 def split_bucket(parent: str) -> tuple[str, str]:
@@ -133,11 +160,10 @@ def allocate(directory: str, hashed: bool, uid: int | None, gid: int | None,
         elif free:
             buckets.append(free.pop(0))
         else:
-            buckets.append(bucket_for(control.cur_users))
+            control.point_at(_next_bucket(control))
+            buckets.append(control.the_dir)
     for bucket in dict.fromkeys(b for b in buckets if b):
         make_dir_inside(directory, os.path.join(directory, bucket), mode, uid, gid)
-    if hashed and buckets:
-        control.point_at(buckets[-1])
     if len(free) != reused:
         _write_free(directory, free, uid, gid)
     write(directory, control, uid, gid)

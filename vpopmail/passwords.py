@@ -118,9 +118,8 @@ def hash_many(passwords: list[str], scheme: str = "sha512-crypt") -> list[str]:
                              chunksize=PARALLEL_BATCH))
 
 
-def _crypt_family(stored: str) -> bool:
-    if stored.startswith("$"):
-        return stored[1:3] in ("1$", "5$", "6$", "2a", "2b", "2y", "y$", "7$")
+def _des(stored: str) -> bool:
+    """Whether ``stored`` has the shape of a traditional DES crypt() hash."""
     return len(stored) == 13 and all(c in CRYPT64 for c in stored)
 
 
@@ -150,11 +149,12 @@ def _check(plain: str, stored: str) -> bool | None:
         stored = stored[7:]
     if not stored or stored[0] in "*!":
         return None
-    if _crypt_family(stored):
+    if stored[0] != "{" and not stored.startswith("$argon2"):
+        # every method the C library knows, as C vchkpw checks it ($gy$, $sha1$, BSDi `_`…)
         try:
             return _same(crypt(plain, stored).encode(), stored.encode())
         except CryptFailed:
-            return None
+            pass
     return _verify_with_passlib(plain, stored)
 
 
@@ -196,7 +196,7 @@ def needs_rehash(stored: str, scheme: str) -> bool:
         return not stored.startswith(("$2a$", "$2b$", "$2y$"))
     if scheme == "argon2":
         return not stored.startswith("$argon2")
-    return not (len(stored) == 13 and _crypt_family(stored))
+    return not _des(stored)
 
 
 def _verify_with_passlib(plain: str, stored: str) -> bool | None:
