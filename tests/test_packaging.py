@@ -927,6 +927,22 @@ def test_upgrade_is_not_held_by_a_fifo_in_bin(layout_base: Path, shared_venv: Pa
     assert OURS_WRAPPER.match((inst.prefix / "bin" / "vuserinfo").read_bytes())
 
 
+def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_line(
+        layout_base: Path, shared_venv: Path) -> None:
+    """A vpopmail.toml written from the defaults before the install (Migrating, step 2) names
+    /home/vpopmail and /var/qmail: the install keeps it and says so for each path that is not
+    its --prefix or --qmaildir (before: silence, then every command said "Domain does not
+    exist"); one that agrees is not mentioned."""
+    inst = root_install(layout_base, shared_venv)
+    quiet = upgrade(inst, shared_venv)
+    assert quiet.returncode == 0 and "(kept) has paths." not in quiet.stdout, quiet
+    inst.config_path.write_text(vconfig.render(vconfig.defaults().values))
+    told = upgrade(inst, shared_venv)
+    assert told.returncode == 0, told
+    assert f"paths.vpopmail_home = '/home/vpopmail', not --prefix {inst.prefix}" in told.stdout
+    assert f"paths.qmail_dir = '/var/qmail', not --qmaildir {inst.qmaildir}" in told.stdout
+
+
 def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
         layout_base: Path, shared_venv: Path) -> None:
     """Buckets of the shared domains root that C's (and an earlier version's) vadddomain -i
