@@ -133,7 +133,7 @@ def test_a_domain_admin_cannot_remove_or_move_a_bucket_holding_a_system_admin(
     domain_dir = user_dir(rsite, SA).parent
     control = domain_dir / ".dir-control"
     lines = control.read_text().split("\n")
-    lines[0] = "100"  # the domain's directory holds 100 accounts: the next goes to bucket 0
+    lines[0] = "99"  # the domain's directory holds 99 accounts: the 100th goes to bucket 0
     control.write_text("\n".join(lines))
     rsite.ok("vadduser", f"boss@{DOMAIN}", "bosspw")
     rsite.ok("vmoduser", "-S", f"boss@{DOMAIN}")
