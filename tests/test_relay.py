@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cdb_dump
+from helpers import cdb_dump, time_limit
 from vpopmail.config import Config, validate
-from vpopmail.errors import BadInput, LockTimeout
+from vpopmail.errors import BadInput, CouldNotUpdateFile, LockTimeout
 from vpopmail.stores.relay import RelayTable
 
 NOW = 1_700_000_000
@@ -163,6 +163,29 @@ def test_bad_static_rules_keep_the_ip_and_the_compile_owed(relay: RelayTable) ->
     Path(relay.tcp_smtp).write_bytes(STATIC)
     relay.open_relay("192.0.2.2", now=NOW + 1)
     assert b"192.0.2.2->" in cdb_dump(Path(relay.cdb))
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev-zero", "lock-fifo"])
+def test_planted_relay_file_is_refused_without_waiting(relay: RelayTable, plant: str) -> None:
+    """open-smtp, or its lock, replaced in etc/ (the vpopmail user's to add to) by a FIFO or a
+    link to a device: a login and clearopensmtp give up at once with a temporary error instead
+    of waiting on the FIFO for ever (holding open-smtp.lock) or reading /dev/zero until memory
+    runs out; nothing is written through the link."""
+    relay.open_relay("192.0.2.1", now=NOW)
+    target = relay.open_smtp + (".lock" if plant == "lock-fifo" else "")
+    os.unlink(target)
+    if plant == "dev-zero":
+        os.symlink("/dev/zero", target)
+    else:
+        os.mkfifo(target)
+    cdb = Path(relay.cdb).read_bytes()
+    with time_limit(5):
+        with pytest.raises(CouldNotUpdateFile, match=target):
+            relay.open_relay("192.0.2.2", now=NOW)
+        with pytest.raises(CouldNotUpdateFile, match=target):
+            relay.clear(60, now=NOW)
+    assert Path(relay.cdb).read_bytes() == cdb
+    assert stat.S_ISFIFO(os.lstat(target).st_mode) or os.readlink(target) == "/dev/zero"
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import os
 import time
 
 from vpopmail.config import Config
-from vpopmail.errors import BadInput
-from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.errors import BadInput, CouldNotUpdateFile
+from vpopmail.fsutil import FileLock, atomic_write, read_regular
 from vpopmail.tcprules import compile_rules, ip_of_rule, rule_for_ip
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vpopmail.stores.protocols import RelayRows
 
 _COUNTERS = 42  # "%20d %20d\n": wanted, built
+_LIMIT = 1 << 30  # open-smtp: a regular file is read whatever its size (a line is ~55 bytes)
 
 
 class RelayTable:
@@ -47,12 +48,10 @@ class RelayTable:
 
     # -- open-smtp ----------------------------------------------------------------------------
     def entries(self) -> list[tuple[bytes, bytes]]:
-        """(ip, line) for each line of open-smtp, in file order."""
-        try:
-            with open(self.open_smtp, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return []
+        """(ip, line) for each line of open-smtp, in file order. Only a regular file is read:
+        a link, FIFO or device put in its place (etc/ is the vpopmail user's to add to) is a
+        CouldNotUpdateFile, never followed or waited on (it would hold the lock for ever)."""
+        data = _read(self.open_smtp, follow=False)
         return [(ip_of_rule(line.partition(b"\t")[0]), line)
                 for line in data.split(b"\n") if line.strip()]
 
@@ -62,7 +61,10 @@ class RelayTable:
 
     @staticmethod
     def _counters(lock: FileLock) -> tuple[int, int]:
-        fields = os.pread(lock.fd, _COUNTERS, 0).split()
+        try:
+            fields = os.pread(lock.fd, _COUNTERS, 0).split()
+        except OSError as exc:  # ESPIPE: a FIFO planted as the lock
+            raise CouldNotUpdateFile(f"{lock.path}: {exc.strerror}") from None
         try:
             return int(fields[0]), int(fields[1])
         except (IndexError, ValueError):
@@ -70,7 +72,10 @@ class RelayTable:
 
     @staticmethod
     def _set_counters(lock: FileLock, wanted: int, built: int) -> None:
-        os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+        try:
+            os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+        except OSError as exc:
+            raise CouldNotUpdateFile(f"{lock.path}: {exc.strerror}") from None
 
     def _owe_compile(self) -> int:
         """Count one change the cdb must reflect; return its generation."""
@@ -138,11 +143,7 @@ class RelayTable:
         """Compile tcp.smtp (missing: no static rules) followed by ``rules`` into the cdb."""
         from vpopmail.cdbwrite import build
 
-        try:
-            with open(self.tcp_smtp, "rb") as fh:
-                static = fh.read()
-        except FileNotFoundError:
-            static = b""
+        static = _read(self.tcp_smtp, follow=True)
         if static and not static.endswith(b"\n"):
             static += b"\n"
         records = compile_rules(static + b"".join(rule + b"\n" for rule in rules), self.tcp_smtp)
@@ -192,6 +193,17 @@ class SqlRelayTable(RelayTable):
         dropped = self.database.relay_clear(limit)
         self.compile(self._owe_compile())
         return dropped
+
+
+def _read(path: str, follow: bool) -> bytes:
+    """A regular file's contents; b"" if it is missing; CouldNotUpdateFile if it is not a
+    regular file (or unreadable)."""
+    try:
+        return read_regular(path, _LIMIT, follow)[0]
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
 def _stamp(line: bytes) -> int:
