@@ -108,6 +108,21 @@ def test_clear_drops_old_and_timeless_lines_and_recompiles(relay: RelayTable, pl
     assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, STATIC)
 
 
+def test_a_time_in_the_future_expires_from_now_not_never(relay: RelayTable) -> None:
+    """A login while the clock was ten years ahead: once the clock is right again,
+    clearopensmtp counts the entry from now, so it goes after relay_clear_minutes (C kept it
+    relaying for ten years)."""
+    later = NOW + 10 * 365 * 86400
+    relay.open_relay("192.0.2.1", now=later)
+    relay.open_relay("192.0.2.2", now=NOW)
+    assert relay.clear(180, now=NOW) == 0
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.2" + OPEN + b"\t%d" % NOW]
+    assert relay.clear(180, now=NOW + 180 * 60) == 2
+    assert lines(relay) == []
+    assert b"192.0.2.1" not in cdb_dump(Path(relay.cdb))
+
+
 def test_clear_without_open_smtp_compiles_the_static_rules(relay: RelayTable, plain: Path,
                                                            tmp_path: Path) -> None:
     assert relay.clear(60, now=NOW) == 0

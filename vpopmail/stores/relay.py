@@ -111,11 +111,16 @@ class RelayTable:
 
     def clear(self, minutes: int, now: int | None = None) -> int:
         """Drop open-smtp lines older than ``minutes`` (and lines without a time, as C's
-        clearopensmtp does), then compile the cdb. Return how many lines were dropped."""
-        limit = (int(time.time()) if now is None else now) - minutes * 60
+        clearopensmtp does), then compile the cdb. Return how many lines were dropped.
+        A line stamped later than now (written while the clock was ahead) gets the time now,
+        so it expires ``minutes`` from now instead of relaying for ever (C kept it)."""
+        moment = int(time.time()) if now is None else now
+        limit = moment - minutes * 60
         with self._lock(self.open_smtp + ".lock") as lock:
             entries = self.entries()
-            kept = [entry for entry in entries if _stamp(entry[1]) > limit]
+            kept = [(ip, line if _stamp(line) <= moment else
+                     line.partition(b"\t")[0] + b"\t%d" % moment)
+                    for ip, line in entries if _stamp(line) > limit]
             wanted, built = self._counters(lock)
             self._set_counters(lock, wanted + 1, built)  # before the write, as in open_relay
             self._write_entries(kept)
@@ -189,8 +194,8 @@ class SqlRelayTable(RelayTable):
         return new
 
     def clear(self, minutes: int, now: int | None = None) -> int:
-        limit = (int(time.time()) if now is None else now) - minutes * 60
-        dropped = self.database.relay_clear(limit)
+        moment = int(time.time()) if now is None else now
+        dropped = self.database.relay_clear(moment - minutes * 60, moment)
         self.compile(self._owe_compile())
         return dropped
 
