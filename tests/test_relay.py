@@ -123,6 +123,26 @@ def test_a_time_in_the_future_expires_from_now_not_never(relay: RelayTable) -> N
     assert b"192.0.2.1" not in cdb_dump(Path(relay.cdb))
 
 
+def test_lines_that_are_not_an_ip_never_become_rules(relay: RelayTable) -> None:
+    """open-smtp damaged or edited by hand: a line whose address is empty, a prefix or a host
+    name would be a rule letting every client (or a whole network) relay; like the SQL
+    table's odd rows it is left out of the cdb and dropped at the next write. A line of an
+    address in another spelling comes back in vpopmail's."""
+    stamp = b"\t%d\n" % NOW
+    Path(relay.open_smtp).write_bytes(
+        b':allow,RELAYCLIENT=""' + stamp + b'10.:allow,RELAYCLIENT=""' + stamp
+        + b'=evil.example:allow,RELAYCLIENT=""' + stamp + b"\xff:allow" + stamp
+        + b'2001_db8__1:allow,RELAYCLIENT="",RBLSMTPD=""' + stamp
+        + b'192.0.2.1:allow,RELAYCLIENT=""' + stamp + b"2001:DB8::0:1" + OPEN + stamp)
+    assert relay.open_relay("192.0.2.2", now=NOW)
+    keys = [line.split(b"->")[0].partition(b":")[2] for line in
+            cdb_dump(Path(relay.cdb)).splitlines() if line]
+    assert keys == [b"127.", b"", b"192.0.2.1", b"2001:db8::1", b"192.0.2.2"]  # b"": tcp.smtp's
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
+                            b"2001:db8::1" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.2" + OPEN + b"\t%d" % NOW]
+
+
 def test_clear_without_open_smtp_compiles_the_static_rules(relay: RelayTable, plain: Path,
                                                            tmp_path: Path) -> None:
     assert relay.clear(60, now=NOW) == 0

@@ -48,12 +48,18 @@ class RelayTable:
 
     # -- open-smtp ----------------------------------------------------------------------------
     def entries(self) -> list[tuple[bytes, bytes]]:
-        """(ip, line) for each line of open-smtp, in file order. Only a regular file is read:
+        """(ip, line) for each line of open-smtp, in file order, the rule as vpopmail writes
+        it; a line whose address is not an IP address is left out (see _entry), and so
+        dropped at the next write. Only a regular file is read:
         a link, FIFO or device put in its place (etc/ is the vpopmail user's to add to) is a
         CouldNotUpdateFile, never followed or waited on (it would hold the lock for ever)."""
-        data = _read(self.open_smtp, follow=False)
-        return [(ip_of_rule(line.partition(b"\t")[0]), line)
-                for line in data.split(b"\n") if line.strip()]
+        found = []
+        for line in _read(self.open_smtp, follow=False).split(b"\n"):
+            rule, tab, stamp = line.partition(b"\t")
+            entry = _entry(ip_of_rule(rule).decode("latin-1"), tab + stamp)
+            if entry is not None:
+                found.append(entry)
+        return found
 
     def _write_entries(self, entries: list[tuple[bytes, bytes]]) -> None:
         data = b"".join(line + b"\n" for _, line in entries)
@@ -169,11 +175,9 @@ class SqlRelayTable(RelayTable):
     def entries(self) -> list[tuple[bytes, bytes]]:
         found = []
         for ip, stamp in self.database.relay_entries():
-            try:
-                rule = rule_for_ip(ip)
-            except BadInput:
-                continue
-            found.append((ip_of_rule(rule), rule + b"\t%d" % stamp))
+            entry = _entry(ip, b"\t%d" % stamp)
+            if entry is not None:
+                found.append(entry)
         return found
 
     def open_relay(self, ip: str, now: int | None = None) -> bool:
@@ -198,6 +202,18 @@ class SqlRelayTable(RelayTable):
         dropped = self.database.relay_clear(moment - minutes * 60, moment)
         self.compile(self._owe_compile())
         return dropped
+
+
+def _entry(ip: str, stamp: bytes) -> tuple[bytes, bytes] | None:
+    """(key, line) of a roaming IP: vpopmail's rule for ``ip`` followed by ``stamp`` (TAB and
+    time); None if ``ip`` is not an IP address. A line or row with another address (empty,
+    a prefix, ``=host``: damaged, hand-made, C's mangled IPv6) never becomes a rule: it could
+    let every client relay."""
+    try:
+        rule = rule_for_ip(ip)
+    except BadInput:
+        return None
+    return ip_of_rule(rule), rule + stamp
 
 
 def _read(path: str, follow: bool) -> bytes:
