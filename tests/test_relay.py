@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cdb_dump
+from helpers import cdb_dump, time_limit
 from vpopmail.config import Config, validate
-from vpopmail.errors import BadInput, LockTimeout
+from vpopmail.errors import BadInput, CouldNotUpdateFile, LockTimeout
 from vpopmail.stores.relay import RelayTable
 
 NOW = 1_700_000_000
@@ -108,6 +108,41 @@ def test_clear_drops_old_and_timeless_lines_and_recompiles(relay: RelayTable, pl
     assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, STATIC)
 
 
+def test_a_time_in_the_future_expires_from_now_not_never(relay: RelayTable) -> None:
+    """A login while the clock was ten years ahead: once the clock is right again,
+    clearopensmtp counts the entry from now, so it goes after relay_clear_minutes (C kept it
+    relaying for ten years)."""
+    later = NOW + 10 * 365 * 86400
+    relay.open_relay("192.0.2.1", now=later)
+    relay.open_relay("192.0.2.2", now=NOW)
+    assert relay.clear(180, now=NOW) == 0
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.2" + OPEN + b"\t%d" % NOW]
+    assert relay.clear(180, now=NOW + 180 * 60) == 2
+    assert lines(relay) == []
+    assert b"192.0.2.1" not in cdb_dump(Path(relay.cdb))
+
+
+def test_lines_that_are_not_an_ip_never_become_rules(relay: RelayTable) -> None:
+    """open-smtp damaged or edited by hand: a line whose address is empty, a prefix or a host
+    name would be a rule letting every client (or a whole network) relay; like the SQL
+    table's odd rows it is left out of the cdb and dropped at the next write. A line of an
+    address in another spelling comes back in vpopmail's."""
+    stamp = b"\t%d\n" % NOW
+    Path(relay.open_smtp).write_bytes(
+        b':allow,RELAYCLIENT=""' + stamp + b'10.:allow,RELAYCLIENT=""' + stamp
+        + b'=evil.example:allow,RELAYCLIENT=""' + stamp + b"\xff:allow" + stamp
+        + b'2001_db8__1:allow,RELAYCLIENT="",RBLSMTPD=""' + stamp
+        + b'192.0.2.1:allow,RELAYCLIENT=""' + stamp + b"2001:DB8::0:1" + OPEN + stamp)
+    assert relay.open_relay("192.0.2.2", now=NOW)
+    keys = [line.split(b"->")[0].partition(b":")[2] for line in
+            cdb_dump(Path(relay.cdb)).splitlines() if line]
+    assert keys == [b"127.", b"", b"192.0.2.1", b"2001:db8::1", b"192.0.2.2"]  # b"": tcp.smtp's
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
+                            b"2001:db8::1" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.2" + OPEN + b"\t%d" % NOW]
+
+
 def test_clear_without_open_smtp_compiles_the_static_rules(relay: RelayTable, plain: Path,
                                                            tmp_path: Path) -> None:
     assert relay.clear(60, now=NOW) == 0
@@ -163,6 +198,29 @@ def test_bad_static_rules_keep_the_ip_and_the_compile_owed(relay: RelayTable) ->
     Path(relay.tcp_smtp).write_bytes(STATIC)
     relay.open_relay("192.0.2.2", now=NOW + 1)
     assert b"192.0.2.2->" in cdb_dump(Path(relay.cdb))
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev-zero", "lock-fifo"])
+def test_planted_relay_file_is_refused_without_waiting(relay: RelayTable, plant: str) -> None:
+    """open-smtp, or its lock, replaced in etc/ (the vpopmail user's to add to) by a FIFO or a
+    link to a device: a login and clearopensmtp give up at once with a temporary error instead
+    of waiting on the FIFO for ever (holding open-smtp.lock) or reading /dev/zero until memory
+    runs out; nothing is written through the link."""
+    relay.open_relay("192.0.2.1", now=NOW)
+    target = relay.open_smtp + (".lock" if plant == "lock-fifo" else "")
+    os.unlink(target)
+    if plant == "dev-zero":
+        os.symlink("/dev/zero", target)
+    else:
+        os.mkfifo(target)
+    cdb = Path(relay.cdb).read_bytes()
+    with time_limit(5):
+        with pytest.raises(CouldNotUpdateFile, match=target):
+            relay.open_relay("192.0.2.2", now=NOW)
+        with pytest.raises(CouldNotUpdateFile, match=target):
+            relay.clear(60, now=NOW)
+    assert Path(relay.cdb).read_bytes() == cdb
+    assert stat.S_ISFIFO(os.lstat(target).st_mode) or os.readlink(target) == "/dev/zero"
 
 
 @pytest.fixture

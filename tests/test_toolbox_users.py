@@ -122,6 +122,24 @@ def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) 
     assert (dom / "alice" / "Maildir").is_dir() and not (dom / "carol").exists()
 
 
+def test_vdeloldusers_deletes_nobody_when_the_clock_is_ahead(each_install: Install) -> None:
+    """Every recorded login, postmaster's too, older than the age: the clock is more likely
+    ahead than everybody gone, so -D deletes nobody (exit 111); -a 0 still means everyone."""
+    site(each_install)
+    for user in ("alice", "bob", "postmaster"):
+        age(each_install, user, 200)
+    result = refused(each_install, "vdeloldusers", "-e", "-D", code=111)
+    assert "is the clock right?" in result.stdout
+    assert sorted(stored_users(each_install)) == ["alice", "bob", "postmaster"]
+    assert "alice@example.com" in each_install.ok("vdeloldusers", "-e", "-V")  # listing: as before
+    age(each_install, "bob", 10)
+    each_install.ok("vdeloldusers", "-e", "-D")
+    assert sorted(stored_users(each_install)) == ["bob", "postmaster"]
+    age(each_install, "bob", 200)
+    each_install.ok("vdeloldusers", "-e", "-D", "-a", "0")
+    assert sorted(stored_users(each_install)) == ["postmaster"]
+
+
 @pytest.mark.cdb_only(NO_BACKEND)
 def test_vdeloldusers_needs_auth_logging(vhome: Install) -> None:
     site(vhome, alias=False)

@@ -3,7 +3,8 @@
 A user's last login is what the backend recorded (the cdb files: the mtime of
 ``<userdir>/lastauth``; SQL: the ``lastauth`` row); vchkpw records each login and vadduser the
 creation, with ``0.0.0.0``. Users without one are left alone, as in C, and
-postmaster always is. ``-e`` visits every real domain once (C walked users/assign and so
+postmaster always is. ``-D`` with an age deletes nothing when no user of the installation has
+logged in within it (a clock set ahead would otherwise make every user old; C deleted them). ``-e`` visits every real domain once (C walked users/assign and so
 visited each domain again for every alias domain pointing at it).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ options: -a age_in_days (will delete accounts older than this date)
 """
 DEFAULT_AGE = 180
 DAY = 86400
+TEMPORARY = 111  # the clock looks wrong: fix it and run again
 NO_AUTH_LOGGING = "auth logging is off (logging.auth_logging = false): no last-login times to go by"
 
 
@@ -36,6 +38,20 @@ def is_old(api: Vpopmail, entry: AssignEntry, user: VUser, cutoff: float) -> boo
     """Last logged in (or created) before ``cutoff``; never recorded: not old."""
     when = (api.backend.last_login(entry, user) or (0.0, ""))[0]
     return bool(when) and when < cutoff
+
+
+def clock_doubtful(api: Vpopmail, cutoff: float) -> bool:
+    """Some user of the installation has a recorded login and none since ``cutoff``: on a
+    live system the clock is more likely ahead than everybody gone (stops at the first recent
+    login)."""
+    recorded = False
+    for entry in real_domains(api):
+        for user in api.backend.list_users(entry):
+            when = (api.backend.last_login(entry, user) or (0.0, ""))[0]
+            if when >= cutoff:
+                return False
+            recorded = recorded or bool(when)
+    return recorded
 
 
 def real_domains(api: Vpopmail) -> list[AssignEntry]:
@@ -121,7 +137,12 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if not api.config.logging_auth_logging:
             error(NO_AUTH_LOGGING)
             return 255
-        job = Run(api, time.time() - age * DAY, delete, verbose)
+        cutoff = time.time() - age * DAY
+        if delete and age and clock_doubtful(api, cutoff):
+            error(f"no user of any domain logged in during the last {age} days: is the "
+                  "clock right? nothing deleted")
+            return TEMPORARY
+        job = Run(api, cutoff, delete, verbose)
         for entry in real_domains(api) if every else [api.get_domain(domain or "")]:
             job.domain(entry)
         if not job.found:

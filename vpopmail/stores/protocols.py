@@ -51,8 +51,9 @@ class RelayRows(Protocol):
     def relay_entries(self) -> list[tuple[str, int]]:
         """(ip, time) of every row."""
 
-    def relay_clear(self, before: int) -> int:
-        """Drop the rows older than ``before``; return how many."""
+    def relay_clear(self, before: int, now: int) -> int:
+        """Drop the rows older than ``before``, give rows later than ``now`` the time ``now``;
+        return how many were dropped."""
 
 
 class LimitsTable(Protocol):

@@ -19,8 +19,8 @@ import os
 import time
 
 from vpopmail.config import Config
-from vpopmail.errors import BadInput
-from vpopmail.fsutil import FileLock, atomic_write
+from vpopmail.errors import BadInput, CouldNotUpdateFile
+from vpopmail.fsutil import FileLock, atomic_write, read_regular
 from vpopmail.tcprules import compile_rules, ip_of_rule, rule_for_ip
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vpopmail.stores.protocols import RelayRows
 
 _COUNTERS = 42  # "%20d %20d\n": wanted, built
+_LIMIT = 1 << 30  # open-smtp: a regular file is read whatever its size (a line is ~55 bytes)
 
 
 class RelayTable:
@@ -47,14 +48,18 @@ class RelayTable:
 
     # -- open-smtp ----------------------------------------------------------------------------
     def entries(self) -> list[tuple[bytes, bytes]]:
-        """(ip, line) for each line of open-smtp, in file order."""
-        try:
-            with open(self.open_smtp, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        return [(ip_of_rule(line.partition(b"\t")[0]), line)
-                for line in data.split(b"\n") if line.strip()]
+        """(ip, line) for each line of open-smtp, in file order, the rule as vpopmail writes
+        it; a line whose address is not an IP address is left out (see _entry), and so
+        dropped at the next write. Only a regular file is read:
+        a link, FIFO or device put in its place (etc/ is the vpopmail user's to add to) is a
+        CouldNotUpdateFile, never followed or waited on (it would hold the lock for ever)."""
+        found = []
+        for line in _read(self.open_smtp, follow=False).split(b"\n"):
+            rule, tab, stamp = line.partition(b"\t")
+            entry = _entry(ip_of_rule(rule).decode("latin-1"), tab + stamp)
+            if entry is not None:
+                found.append(entry)
+        return found
 
     def _write_entries(self, entries: list[tuple[bytes, bytes]]) -> None:
         data = b"".join(line + b"\n" for _, line in entries)
@@ -62,7 +67,10 @@ class RelayTable:
 
     @staticmethod
     def _counters(lock: FileLock) -> tuple[int, int]:
-        fields = os.pread(lock.fd, _COUNTERS, 0).split()
+        try:
+            fields = os.pread(lock.fd, _COUNTERS, 0).split()
+        except OSError as exc:  # ESPIPE: a FIFO planted as the lock
+            raise CouldNotUpdateFile(f"{lock.path}: {exc.strerror}") from None
         try:
             return int(fields[0]), int(fields[1])
         except (IndexError, ValueError):
@@ -70,7 +78,10 @@ class RelayTable:
 
     @staticmethod
     def _set_counters(lock: FileLock, wanted: int, built: int) -> None:
-        os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+        try:
+            os.pwrite(lock.fd, b"%20d %20d\n" % (wanted, built), 0)
+        except OSError as exc:
+            raise CouldNotUpdateFile(f"{lock.path}: {exc.strerror}") from None
 
     def _owe_compile(self) -> int:
         """Count one change the cdb must reflect; return its generation."""
@@ -106,11 +117,16 @@ class RelayTable:
 
     def clear(self, minutes: int, now: int | None = None) -> int:
         """Drop open-smtp lines older than ``minutes`` (and lines without a time, as C's
-        clearopensmtp does), then compile the cdb. Return how many lines were dropped."""
-        limit = (int(time.time()) if now is None else now) - minutes * 60
+        clearopensmtp does), then compile the cdb. Return how many lines were dropped.
+        A line stamped later than now (written while the clock was ahead) gets the time now,
+        so it expires ``minutes`` from now instead of relaying for ever (C kept it)."""
+        moment = int(time.time()) if now is None else now
+        limit = moment - minutes * 60
         with self._lock(self.open_smtp + ".lock") as lock:
             entries = self.entries()
-            kept = [entry for entry in entries if _stamp(entry[1]) > limit]
+            kept = [(ip, line if _stamp(line) <= moment else
+                     line.partition(b"\t")[0] + b"\t%d" % moment)
+                    for ip, line in entries if _stamp(line) > limit]
             wanted, built = self._counters(lock)
             self._set_counters(lock, wanted + 1, built)  # before the write, as in open_relay
             self._write_entries(kept)
@@ -138,11 +154,7 @@ class RelayTable:
         """Compile tcp.smtp (missing: no static rules) followed by ``rules`` into the cdb."""
         from vpopmail.cdbwrite import build
 
-        try:
-            with open(self.tcp_smtp, "rb") as fh:
-                static = fh.read()
-        except FileNotFoundError:
-            static = b""
+        static = _read(self.tcp_smtp, follow=True)
         if static and not static.endswith(b"\n"):
             static += b"\n"
         records = compile_rules(static + b"".join(rule + b"\n" for rule in rules), self.tcp_smtp)
@@ -163,11 +175,9 @@ class SqlRelayTable(RelayTable):
     def entries(self) -> list[tuple[bytes, bytes]]:
         found = []
         for ip, stamp in self.database.relay_entries():
-            try:
-                rule = rule_for_ip(ip)
-            except BadInput:
-                continue
-            found.append((ip_of_rule(rule), rule + b"\t%d" % stamp))
+            entry = _entry(ip, b"\t%d" % stamp)
+            if entry is not None:
+                found.append(entry)
         return found
 
     def open_relay(self, ip: str, now: int | None = None) -> bool:
@@ -188,10 +198,33 @@ class SqlRelayTable(RelayTable):
         return new
 
     def clear(self, minutes: int, now: int | None = None) -> int:
-        limit = (int(time.time()) if now is None else now) - minutes * 60
-        dropped = self.database.relay_clear(limit)
+        moment = int(time.time()) if now is None else now
+        dropped = self.database.relay_clear(moment - minutes * 60, moment)
         self.compile(self._owe_compile())
         return dropped
+
+
+def _entry(ip: str, stamp: bytes) -> tuple[bytes, bytes] | None:
+    """(key, line) of a roaming IP: vpopmail's rule for ``ip`` followed by ``stamp`` (TAB and
+    time); None if ``ip`` is not an IP address. A line or row with another address (empty,
+    a prefix, ``=host``: damaged, hand-made, C's mangled IPv6) never becomes a rule: it could
+    let every client relay."""
+    try:
+        rule = rule_for_ip(ip)
+    except BadInput:
+        return None
+    return ip_of_rule(rule), rule + stamp
+
+
+def _read(path: str, follow: bool) -> bytes:
+    """A regular file's contents; b"" if it is missing; CouldNotUpdateFile if it is not a
+    regular file (or unreadable)."""
+    try:
+        return read_regular(path, _LIMIT, follow)[0]
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:
+        raise CouldNotUpdateFile(f"{path}: {exc.strerror}") from None
 
 
 def _stamp(line: bytes) -> int:

@@ -857,14 +857,17 @@ class MySQLDatabase(UserDatabase):
             raise NoAuthConnection(str(exc)) from None
         return [(row[0] or "", _int(row[1])) for row in rows]
 
-    def relay_clear(self, before: int) -> int:
+    def relay_clear(self, before: int, now: int) -> int:
         """Drop relay rows older than ``before``, and rows whose time is missing or not a
-        number (infinitely old, as lines without a time in open-smtp); return how many."""
+        number (infinitely old, as lines without a time in open-smtp); rows stamped later
+        than ``now`` (the clock was ahead) get the time ``now``; return how many were dropped."""
         def work(conn: Connection) -> int:
             rows = conn.query("SELECT ip_addr, timestamp FROM relay FOR UPDATE")
             old = [row[0] for row in rows if _int(row[1]) <= before]
             for ip in old:
                 conn.query("DELETE FROM relay WHERE ip_addr = %s", [ip])
+            for ip in [row[0] for row in rows if _int(row[1]) > now]:
+                conn.query("UPDATE relay SET timestamp = %s WHERE ip_addr = %s", [str(now), ip])
             return len(old)
 
         return self.transaction(work, ["relay"])
