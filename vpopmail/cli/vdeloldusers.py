@@ -2,10 +2,11 @@
 
 A user's last login is what the backend recorded (the cdb files: the mtime of
 ``<userdir>/lastauth``; SQL: the ``lastauth`` row); vchkpw records each login and vadduser the
-creation, with ``0.0.0.0``. Users without one are left alone, as in C, and
-postmaster always is. ``-D`` with an age deletes nothing when no user of the installation has
-logged in within it (a clock set ahead would otherwise make every user old; C deleted them). ``-e`` visits every real domain once (C walked users/assign and so
-visited each domain again for every alias domain pointing at it).
+creation, with ``0.0.0.0``. Users without one are left alone, as in C, and postmaster always
+is. ``-D`` with an age deletes nothing when no user of the installation has logged in within
+it (a clock set ahead would otherwise make every user old; C deleted them). ``-e`` visits every
+real domain once (C walked users/assign and so visited each domain again for every alias
+domain pointing at it).
 """
 from __future__ import annotations
 
