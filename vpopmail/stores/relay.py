@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from vpopmail.stores.protocols import RelayRows
 
 _COUNTERS = 42  # "%20d %20d\n": wanted, built
+_MAPPED = b"::ffff:"  # an IPv4-mapped IPv6 address, as rule_for_ip writes it
 _LIMIT = 1 << 30  # open-smtp: a regular file is read whatever its size (a line is ~55 bytes)
 
 
@@ -145,7 +146,8 @@ class RelayTable:
                 if built >= generation:
                     return
                 entries = self.entries()
-            self.write_cdb([line.partition(b"\t")[0] for _, line in entries])
+            self.write_cdb([rule for _, line in entries
+                            for rule in _both_forms(line.partition(b"\t")[0])])
             with self._lock(self.open_smtp + ".lock") as lock:
                 now_wanted, now_built = self._counters(lock)
                 self._set_counters(lock, now_wanted, max(now_built, wanted))
@@ -214,6 +216,14 @@ def _entry(ip: str, stamp: bytes) -> tuple[bytes, bytes] | None:
     except BadInput:
         return None
     return ip_of_rule(rule), rule + stamp
+
+
+def _both_forms(rule: bytes) -> tuple[bytes, ...]:
+    """``rule``, and for an IPv4-mapped address (an IPv4 client of a ``tcpserver -6``) the same
+    rule for the plain IPv4 address too, which an SMTP tcpserver without ``-6`` looks up."""
+    if rule.startswith(_MAPPED) and b"." in ip_of_rule(rule):
+        return rule, rule[len(_MAPPED):]
+    return (rule,)
 
 
 def _read(path: str, follow: bool) -> bytes:
