@@ -445,6 +445,21 @@ def test_a_domain_owner_gets_no_hold_on_the_bucket_it_shares(root_vhome: Install
     assert moved.returncode != 0 and (bucket / "plain.test").is_dir()
 
 
+def test_a_bucket_an_earlier_version_made_0700_lets_a_new_owned_domain_in(
+        root_vhome: Install) -> None:
+    """Bucket 0 made 0700 by an earlier version, holding a domain of vpopmail's: an owned
+    domain added to it makes it 0750, so its owner reaches its directory (before the mode
+    was repaired too, only the owner: the owned domain's deliveries answered 111)."""
+    bucket = bucket_next(root_vhome)
+    root_vhome.ok("vadddomain", "plain.test", "Pm-pass-1")
+    bucket.chmod(0o700)
+    root_vhome.ok("vadddomain", "-i", str(OWNER_UID), "-g", str(OWNER_GID), DOMAIN, "Pm-pass-1")
+    st = bucket.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (89, 89, 0o750)
+    assert deliver_as(root_vhome, OWNER_UID, DOMAIN).returncode == 0
+    assert deliver_as(root_vhome, 89, "plain.test").returncode == 0
+
+
 def test_a_bucket_an_earlier_version_gave_a_domain_owner_is_taken_back(
         root_vhome: Install) -> None:
     """Bucket 0 left to the owner of a domain in it (0700: an earlier version's, as C's

@@ -946,8 +946,8 @@ def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_li
 def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
         layout_base: Path, shared_venv: Path) -> None:
     """Buckets of the shared domains root that C's (and an earlier version's) vadddomain -i
-    gave the domain owner, nested ones too, become the vpopmail user's, 0750, named; a link
-    named as a bucket is not followed."""
+    gave the domain owner, nested ones too, and one an earlier version made 0700, become the
+    vpopmail user's, 0750, named; a link named as a bucket is not followed."""
     inst = root_install(layout_base, shared_venv)
     domains = inst.domains
     inst.ok("vadddomain", "-i", "65534", "-g", "89", "owned.test", "secret")
@@ -958,6 +958,8 @@ def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
     (bucket / "1").mkdir(mode=0o700)
     for path in (bucket, bucket / "1"):
         os.chown(path, 65534, 89)
+    (domains / "3").mkdir(mode=0o700)  # an earlier version's: the vpopmail user's, but 0700
+    os.chown(domains / "3", 89, 89)
     os.symlink("/etc", domains / "2")
     os.lchown(domains / "2", 89, 89)
     old_layout(inst)
@@ -965,8 +967,10 @@ def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
     assert result.returncode == 0, result
     assert owner_mode(bucket) == (89, 89, 0o750)
     assert owner_mode(bucket / "1") == (89, 89, 0o750)
+    assert owner_mode(domains / "3") == (89, 89, 0o750)
     assert owner_mode(bucket / "owned.test")[:2] == (65534, 89)
-    assert result.stdout.count("(a bucket of domains) was uid 65534's") == 2, result.stdout
+    assert result.stdout.count("(a bucket of domains, 65534:89 0700) is now 89:89 0750") == 2
+    assert "(a bucket of domains, 89:89 0700) is now 89:89 0750" in result.stdout
     assert os.stat("/etc").st_uid == 0 and os.lstat(domains / "2").st_uid == 89
 
 

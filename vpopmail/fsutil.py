@@ -227,11 +227,10 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
                 ) -> tuple[int, str]:
     """(descriptor of the parent directory, last name) of ``path``, a path strictly inside the
     directory ``base``, reached from ``base`` one real directory at a time (never through a
-    symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made
-    and given that owner, and an existing one of another owner is given that owner and mode
-    (what a process killed before its chown left, or an earlier version's owner, is
-    repaired). Anything else is :class:`~vpopmail.errors.OutsideDomain`. The caller closes
-    the fd."""
+    symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made,
+    and every parent is given that owner and mode (what a process killed before its chown
+    left, or an earlier version's owner or mode, is repaired). Anything else is
+    :class:`~vpopmail.errors.OutsideDomain`. The caller closes the fd."""
     prefix = base.rstrip("/") + "/"
     parts = path[len(prefix):].split("/") if path.startswith(prefix) else [""]
     if any(part in ("", ".", "..") for part in parts):
@@ -248,8 +247,10 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
                 fd = _open_real_dir(parent, part, path)
             finally:
                 posix.close(parent)
-            if make is not None and ensure_owner(fd, make[1], make[2]):
-                posix.fchmod(fd, make[0])
+            if make is not None:
+                ensure_owner(fd, make[1], make[2])
+                if posix.fstat(fd).st_mode & 0o7777 != make[0]:
+                    posix.fchmod(fd, make[0])
     except BaseException:
         if fd >= 0:
             posix.close(fd)
