@@ -12,7 +12,7 @@ import pytest
 
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
-                     refused, state, stored_users)
+                     refused, snapshot, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -54,6 +54,28 @@ def test_vadddomain_refuses_leading_dash(vhome: Install) -> None:
     assert result.returncode == 255
     assert result.stdout.startswith("vadddomain: usage:")
     assert state(vhome) == before
+
+
+@pytest.mark.parametrize("options", [
+    ["-d", "{base}/a:b"], ["-d", "{base}/new\nline"], ["-d", "{base}/\u20ac"], ["-d", "relative"],
+    ["-i", "-1"], ["-i", "-5"], ["-i", "4294967295"], ["-g", "99999999999"]])
+def test_vadddomain_refuses_what_users_assign_cannot_hold(vhome: Install, tmp_path: Path,
+                                                          options: list[str]) -> None:
+    """A ``-d`` directory with ``:``, a control character or a non-Latin-1 character, or not
+    absolute, and a uid/gid that is no id, are refused before anything is made (before: a
+    ``:`` cut the directory in users/cdb, so the domain lived at ``{base}/a`` without its
+    vpasswd; the others left a half-made tree and a traceback or a misleading "corrupt
+    users/assign")."""
+    golden(vhome)
+    base = tmp_path / "base"
+    base.mkdir()
+    options = [option.format(base=base) for option in options]
+    for directory in options[1:] if options[0] == "-d" and options[1].startswith("/") else []:
+        os.mkdir(directory)
+    before = snapshot(base)
+    refused(vhome, "vadddomain", *options, "new.com", "secret", code=152,
+            starts="Error: bad input")
+    assert snapshot(base) == before
 
 
 def test_vadddomain_duplicate(vhome: Install) -> None:

@@ -6,7 +6,7 @@ import os
 
 from vpopmail import catchall, dircontrol
 from vpopmail.api.users import NewUser, UsersMixin
-from vpopmail.assign import AssignEntry
+from vpopmail.assign import AssignEntry, check_fields
 from vpopmail.errors import (AliasDomainsExist, CouldNotMakeDomainDir, DomainAlreadyExists,
                              DomainDoesNotExist, InvalidDomainName, UserDoesNotExist,
                              UsernameExists, VpopmailError)
@@ -54,6 +54,7 @@ class DomainsMixin(UsersMixin):
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
         root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
+        check_fields(uid, gid, root)  # before anything is made: the domain directory is below
         try:
             # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
             make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
