@@ -479,6 +479,29 @@ def test_vmoddomlimits_show(vhome: Install) -> None:
     assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == DEFAULT_SHOW
 
 
+@pytest.mark.parametrize("options, code", [
+    (["-P", "2147483648"], 152), (["-A", "-2147483649"], 152), (["-M", "-1"], 152),
+    (["-m", "99999999999999999999"], 152), (["-p", "a", "-Q", "-5"], 152),
+    (["-q", "1000000000000", "-m", "1000000000"], 227)])
+def test_vmoddomlimits_refuses_numbers_the_limits_cannot_hold(vhome: Install,
+                                                              options: list[str],
+                                                              code: int) -> None:
+    """A number out of its ``limits`` column's range (C's int, bigint unsigned), or default
+    quotas whose quota text is longer than a user record holds (20 characters), is refused and
+    nothing changes (before: the file took it, and every new user got a quota such as
+    ``99999999999999999999C`` that vsetuserquota, vconvert and the users table refuse; the
+    table refused it with an SQL error)."""
+    golden(vhome)
+    if vhome.backend == "mysql":
+        vhome.set_config("mysql", "limits_table", True)
+    vhome.ok("vmoddomlimits", "-P", "2147483647", "-q", "10000000000", "-m", "999999", DOMAIN)
+    shown = vhome.ok("vmoddomlimits", "-S", DOMAIN)
+    refused(vhome, "vmoddomlimits", *options, DOMAIN, code=code)
+    assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == shown
+    vhome.ok("vadduser", f"carol@{DOMAIN}", "x")
+    assert stored_users(vhome)["carol"][6] == "10000000000S,999999C"  # 20 characters
+
+
 def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:
     """Eight administrators each change one field of one domain at once: every change is
     kept (read, change and write are one step: the domain's directory lock for the file, a

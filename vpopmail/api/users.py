@@ -8,7 +8,7 @@ from maildir import is_maildir
 from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
 from vpopmail import catchall, dircontrol, flags
-from vpopmail.api.limits import LimitsMixin
+from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import (BadChar, BadInput, CannotDeleteCatchall, CouldNotUpdateFile,
                              GecosTooLong, IllegalUsername, PasswdTooLong, QuotaTooLong,
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 MAX_GECOS = 64
 MAX_PASSWD = 128
-MAX_QUOTA = 20
 NULL_REMOTE_IP = "0.0.0.0"
 
 
