@@ -170,6 +170,38 @@ def test_add_user_refusals_change_nothing(site: Vpopmail, vhome: Install, addres
     assert not user_dir(vhome, "carol").exists()
 
 
+def test_add_user_whose_cdb_write_fails_can_be_finished_and_deleted(
+        site: Vpopmail, vhome: Install, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the vpasswd.cdb write, after vpasswd took the user: the user is stored,
+    so its directory stays, and a rerun of vadduser or a vdeluser brings the cdb back in line
+    (before: the directory was removed, and vadduser answered "exists" while vdeluser and
+    every lookup answered "does not exist", for ever)."""
+    if vhome.backend != "cdb":
+        pytest.skip("the SQL store writes a user in one transaction")
+    from vpopmail.errors import CouldNotUpdateFile
+    from vpopmail.stores.cdbfiles import CdbFiles
+
+    def full(self: CdbFiles, *args: object) -> None:
+        raise CouldNotUpdateFile("vpasswd.cdb: No space left on device")
+
+    for rerun in (True, False):
+        name = "bob" if rerun else "carol"
+        with monkeypatch.context() as patch:
+            patch.setattr(CdbFiles, "_write_cdb", full)
+            with pytest.raises(CouldNotUpdateFile):
+                site.add_user(f"{name}@{DOMAIN}", "pw")
+        assert name in stored_users(vhome) and (user_dir(vhome, name) / "Maildir").is_dir()
+        if rerun:
+            with pytest.raises(UsernameExists):
+                site.add_user(f"{name}@{DOMAIN}", "pw")
+            check_index(vhome)
+            assert site.get_user(f"{name}@{DOMAIN}")[0].dir == str(user_dir(vhome, name))
+        site.delete_user(f"{name}@{DOMAIN}")
+        assert name not in stored_users(vhome) and not user_dir(vhome, name).exists()
+        check_index(vhome)
+    assert site.user_count(site.get_domain(DOMAIN)) == 2
+
+
 def test_set_quota_rewrites_maildirsize_from_a_fresh_count(site: Vpopmail,
                                                            vhome: Install) -> None:
     maildir = user_dir(vhome, "alice") / "Maildir"

@@ -162,9 +162,10 @@ class UsersMixin(LimitsMixin):
     def _store_new_users(self, entry: AssignEntry, records: list[VUser], fresh: list[VUser],
                          index: bool) -> list[VUser]:
         """Give each of ``fresh`` (some of ``records``) a new hashed directory, then store all
-        ``records`` in one database write; on any failure the directories made are removed
-        and their slots released."""
+        ``records`` in one database write; on any failure the directories made for users the
+        store did not take are removed and their slots released."""
         made: list[tuple[str, str]] = []
+        kept = 0
         try:
             if fresh:
                 with self._dir_lock(entry.dir, entry.uid, entry.gid):
@@ -174,12 +175,36 @@ class UsersMixin(LimitsMixin):
                     record.dir = os.path.join(entry.dir, bucket, record.name)
                     self._make_user_dir(record, entry)
                     made.append((record.dir, bucket))
-            self.backend.add_users(entry, records, index)
+            try:
+                self.backend.add_users(entry, records, index)
+            except BaseException:
+                # users the store took before it failed (vpasswd written, its cdb not: a full
+                # disk) exist: their directories and slots stay, a rerun mends the cdb
+                try:
+                    stored = self._stored_names(entry) if made else set()
+                except VpopmailError:  # unreadable: as before the write
+                    stored = set()
+                kept = sum(os.path.basename(d) in stored for d, _ in made)
+                made = [(d, b) for d, b in made if os.path.basename(d) not in stored]
+                raise
         except BaseException:
-            self._undo_user_dirs(entry, made, len(fresh))
+            self._undo_user_dirs(entry, made, len(fresh) - kept)
             raise
         self._record_creation(entry, fresh)
         return records
+
+    def _stored_names(self, entry: AssignEntry) -> set[str]:
+        """The names the user store holds (vpasswd itself, not its cdb)."""
+        return {u.name for u in self.backend.list_users(entry)}
+
+    def _index_lags(self, entry: AssignEntry, name: str) -> bool:
+        """Whether the store holds ``name`` although its lookup index (vpasswd.cdb) said it
+        does not: a command killed, or failing on a full disk, between the two writes. The
+        index is rebuilt then."""
+        if name not in self._stored_names(entry):
+            return False
+        self.backend.rebuild_index(entry)
+        return True
 
     def _record_creation(self, entry: AssignEntry, users: list[VUser]) -> None:
         """vadduser's lastauth (C's vset_lastauth with 0.0.0.0), once the users are stored:
@@ -283,8 +308,7 @@ class UsersMixin(LimitsMixin):
         (a deleted user's mail is not handed to a new user of that name) and made again. If
         vpasswd has the user (vpasswd.cdb, which the caller checked, lagging after a kill
         between the two writes), the cdb is rebuilt and the user exists."""
-        if any(u.name == user.name for u in self.backend.list_users(entry)):
-            self.backend.rebuild_index(entry)
+        if self._index_lags(entry, user.name):
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
         remove_inside(entry.dir, user.dir)
         if not self._new_user_dir(user, entry):
@@ -305,6 +329,8 @@ class UsersMixin(LimitsMixin):
         """Delete a user, its directory and its mail. The domain's catch-all target is kept."""
         name, entry = self.resolve(address)
         user = self.backend.get_user(entry, name)
+        if user is None and self._index_lags(entry, name):
+            user = self.backend.get_user(entry, name)
         if user is None:
             raise UserDoesNotExist(f"{name}@{entry.real_domain}")
         if self._is_catchall(entry, user):
