@@ -202,6 +202,24 @@ def test_add_user_whose_cdb_write_fails_can_be_finished_and_deleted(
     assert site.user_count(site.get_domain(DOMAIN)) == 2
 
 
+@pytest.mark.parametrize("text, stored", [
+    ("10M", "10485760S"), ("10 MB", "10485760S"), ("50mb", "52428800S"), ("2k", "2048S"),
+    ("1G", "1073741824S"), ("100c", "100C"), ("5M,1000C", "5242880S,1000C"), ("5000", "5000S"),
+    ("1000000S, 2C", "1000000S,2C"), ("noquota", "NOQUOTA"),
+    ("10Mx", None), ("1e9", None), ("5 000 000", None), ("1.5G", None), ("10M\n", None),
+    ("10MS5", None), ("+10M", None), ("10M,", None)])
+def test_quota_text_is_a_quota_or_refused(site: Vpopmail, text: str, stored: str | None
+                                          ) -> None:
+    """A quota the admin commands and vpopmaild take is read whole: text C's reader would stop
+    early in is refused (before: ``1e9`` was a 1-byte quota, ``5 000 000`` 5 bytes, ``10Mx``
+    10 bytes, ``1.5G`` 1 GiB: every message to such a user bounced as over quota)."""
+    if stored is None:
+        with pytest.raises(BadInput):
+            site.quota_string(text)
+    else:
+        assert site.quota_string(text) == stored
+
+
 def test_set_quota_rewrites_maildirsize_from_a_fresh_count(site: Vpopmail,
                                                            vhome: Install) -> None:
     maildir = user_dir(vhome, "alice") / "Maildir"

@@ -28,6 +28,22 @@ MAX_PASSWD = 128
 NULL_REMOTE_IP = "0.0.0.0"
 
 
+#: what may follow a quota part's number: a size unit, B and S each optional; or C (a count)
+QUOTA_UNITS = frozenset({u + b + s for u in ("", "K", "M", "G") for b in ("", "B")
+                         for s in ("", "S")} | {"C"})
+
+
+def _is_quota_text(text: str) -> bool:
+    """Whether every ``,`` part of ``text`` is digits, blanks allowed, then one of
+    QUOTA_UNITS (any case): text C's reader takes whole, not only up to a stray character."""
+    for part in text.split(","):
+        part = part.strip(" \t")
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if not digits or part[digits:].lstrip(" \t").upper() not in QUOTA_UNITS:
+            return False
+    return True
+
+
 def _check_text(value: str, too_long: type[VpopmailError], limit: int) -> str:
     """Refuse what would break a vpasswd line (newline, NUL) and text longer than ``limit``."""
     if "\n" in value or "\0" in value or "\r" in value:
@@ -102,7 +118,9 @@ class UsersMixin(LimitsMixin):
         """A quota as stored: ``NOQUOTA`` or the Maildir++ form; nonsense is refused."""
         if len(quota) > MAX_QUOTA:
             raise QuotaTooLong(quota)
-        text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
+        if quota.upper() == NOQUOTA:
+            return NOQUOTA
+        text = format_quota(quota) if _is_quota_text(quota) else ""
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text
