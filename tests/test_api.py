@@ -256,6 +256,19 @@ def test_set_password_rehashes_and_delete_user_removes_everything(site: Vpopmail
         site.set_password(f"alice@{DOMAIN}", "pw")
 
 
+def test_an_empty_password_is_refused_not_set(site: Vpopmail, vhome: Install) -> None:
+    """No login takes an empty password (vchkpw: "null password given"), so setting one only
+    locked the account, with exit 0 (vpasswd with '' or an empty line on stdin)."""
+    before = stored_users(vhome)["alice"]
+    with pytest.raises(BadInput):
+        site.set_password(f"alice@{DOMAIN}", "")
+    assert stored_users(vhome)["alice"] == before
+    result = vhome.run("vpasswd", f"alice@{DOMAIN}", input="\n")
+    assert (result.returncode, result.stdout) == (152, "Error: bad input: an empty password: no "
+                                                  "login takes one\n"), result
+    assert stored_users(vhome)["alice"] == before
+
+
 def test_ensure_home_remakes_a_lost_maildir(site: Vpopmail, vhome: Install) -> None:
     maildir = user_dir(vhome, "alice") / "Maildir"
     (maildir / "new").rmdir()

@@ -398,11 +398,15 @@ class UsersMixin(LimitsMixin):
         return user
 
     def with_password(self, user: VUser, password: str, encrypted: bool = False) -> VUser:
-        """``user`` with a new password hash (and clear copy when configured)."""
+        """``user`` with a new password hash (and clear copy when configured); an empty
+        clear-text password, which no login takes, is refused (an empty hash is "no
+        password", as ``vadduser -n`` makes it)."""
         if encrypted:
             if ":" in password:
                 raise BadChar("':' in an encrypted password")
             return user.copy(passwd=_check_text(password, PasswdTooLong, MAX_PASSWD), clear="")
+        if not password:
+            raise BadInput("an empty password: no login takes one")
         password = _check_text(password, PasswdTooLong, MAX_PASSWD)
         clear = password if self.config.passwords_clear_passwords else ""
         return user.copy(passwd=hash_password(password, self.config.passwords_scheme),
