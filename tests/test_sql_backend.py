@@ -549,3 +549,25 @@ def test_a_dropped_users_table_is_not_made_again_empty(vhome: Install, sql_db: D
     assert "vpopmail" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
     assert site.deliver("alice").returncode == 111
     assert site.login(f"alice@{DOMAIN}", "pw").code == 111  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("many_domains", [True, False])
+def test_vdeldomain_finished_after_the_database_was_down_drops_the_rows(
+        vhome: Install, sql_db: Database, many_domains: bool) -> None:
+    """vdeldomain with the database down removes qmail's routing, then fails; its rerun
+    finishes from the directory left on disk, and must drop the domain's rows too (before:
+    they stayed, and a later vadddomain of the name brought every old user back with their
+    old passwords, keeping the old postmaster's over the new one)."""
+    sql_site(vhome, sql_db, many_domains=many_domains)
+    vhome.ok("valias", "-i", "&x@example.org", f"info@{DOMAIN}")
+    socket = sql_db.server.socket
+    vhome.set_config("mysql", "update_socket", "/nonexistent/mysqld.sock")
+    down = vhome.run("vdeldomain", DOMAIN)
+    assert down.returncode != 0 and "Traceback" not in down.stderr, down
+    vhome.set_config("mysql", "update_socket", socket)
+    vhome.ok("vdeldomain", DOMAIN)
+    assert not (vhome.domains / DOMAIN).exists()
+    assert sql_db.rows(f"SELECT alias FROM valias WHERE domain = '{DOMAIN}'") == []
+    vhome.ok("vadddomain", DOMAIN, "new-secret")
+    assert set(vhome.vusers(DOMAIN)) == {"postmaster"}
+    assert LoginSite(vhome, False).login(f"postmaster@{DOMAIN}", "new-secret").code == 0

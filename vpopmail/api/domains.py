@@ -189,7 +189,8 @@ class DomainsMixin(UsersMixin):
         just unlinked. Returns the alias domains removed.
 
         A domain users/cdb no longer routes but whose directory is still in the domains tree
-        is what a killed vdeldomain (or vadddomain) left: its removal is finished."""
+        is what a killed vdeldomain (or vadddomain), or one that met its database down, left:
+        its removal is finished, the user store's rows of the name included."""
         entry = self.find_domain(domain)
         if entry is None:
             name = check_domain(domain.lower())
@@ -199,6 +200,7 @@ class DomainsMixin(UsersMixin):
             st = os.stat(directory)
             entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
             self.qmail.remove_domain(name, missing_ok=True)
+            self.backend.delete_domain(entry)
             root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
             self._remove_domain_dir(entry, root, bucket)
             return []
