@@ -14,7 +14,7 @@ from vpopmail.errors import (BadChar, BadInput, CannotDeleteCatchall, CouldNotUp
                              GecosTooLong, IllegalUsername, PasswdTooLong, QuotaTooLong,
                              SubdirCreation, UserDirExists, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import OwnerIds, is_dir_inside, make_dir_inside, remove_inside
+from vpopmail.fsutil import OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside
 from vpopmail.names import check_user
 from vpopmail.passwords import hash_many, hash_password
 from vpopmail.stores import VUser
@@ -325,9 +325,15 @@ class UsersMixin(LimitsMixin):
         vpasswd write, or a vdeluser killed while removing the tree, left it. It is removed
         (a deleted user's mail is not handed to a new user of that name) and made again. If
         vpasswd has the user (vpasswd.cdb, which the caller checked, lagging after a kill
-        between the two writes), the cdb is rebuilt and the user exists."""
+        between the two writes), the cdb is rebuilt and the user exists. A directory that is
+        neither empty nor holds a Maildir is no user's leftover (a mailing list's, an
+        autoresponder's): it is kept, and the name refused."""
         if self._index_lags(entry, user.name):
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
+        found = list_inside(entry.dir, user.dir)
+        if found and "Maildir" not in found:
+            raise UserDirExists(f"{user.dir}: it holds no Maildir, so it is no user's "
+                                "leftover: it is kept (move it away, or choose another name)")
         remove_inside(entry.dir, user.dir)
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
