@@ -591,6 +591,23 @@ def test_vregenerate_finds_hashed_domains(vhome: Install) -> None:
     assert vhome.ok("vdominfo", "-d", "d100.example") == f"{vhome.domains / '0' / 'd100.example'}\n"
 
 
+def test_vregenerate_takes_only_domain_names_from_the_tree(vhome: Install) -> None:
+    """A directory of the domains tree whose name is no domain name (the domain owner, who
+    holds the tree, may make one) is not a domain: before, ``a:b.com`` became the assign line
+    ``+a:b.com-:a:b.com:...`` (qmail-newu reads the domain ``a`` with the user ``b.com-`` and
+    the uid field ``a``), and spaces, upper case and leading dashes went into rcpthosts."""
+    golden(vhome)
+    planted = ["a:b.com", "Upper.COM", "sp ace.com", "-dash.com", "ab", "new\nline.com"]
+    for name in planted:
+        (vhome.domains / name).mkdir()
+        (vhome.domains / name / ".qmail-default").write_text("# planted\n")
+    before = {name: control(vhome, name) for name in ("rcpthosts", "virtualdomains")}
+    result = vhome.run("vregenerate")
+    assert (result.returncode, result.stdout) == (0, "1 domains in users/assign\n"), result
+    assert assign_lines(vhome) == [assign_line(vhome, DOMAIN), "."]
+    assert {name: control(vhome, name) for name in before} == before
+
+
 def test_vregenerate_refuses_unexplained_entries(vhome: Install) -> None:
     golden(vhome)
     assign = vhome.qmaildir / "users" / "assign"

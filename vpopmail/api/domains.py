@@ -15,6 +15,14 @@ from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, ma
 from vpopmail.names import check_domain
 
 
+def _is_domain_name(name: str) -> bool:
+    """Whether ``name`` is a domain name as vadddomain makes them (lower case)."""
+    try:
+        return check_domain(name) == name.lower()
+    except VpopmailError:
+        return False
+
+
 class DomainsMixin(UsersMixin):
     """Domains and alias domains: qmail's files, the domains tree and the catch-all."""
 
@@ -221,8 +229,10 @@ class DomainsMixin(UsersMixin):
 
     def discover_domains(self) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with
-        a vpasswd or .qmail-default, owned as it is on disk. Alias domains leave no trace there;
-        those in users/assign whose real domain was found are kept."""
+        a vpasswd or .qmail-default whose name is a domain name (:func:`check_domain`: the
+        tree is the domain owner's, and a name such as ``a:b.com`` would break users/assign),
+        owned as it is on disk. Alias domains leave no trace there; those in users/assign
+        whose real domain was found are kept."""
         root = self.config.domains_root
         found: list[AssignEntry] = []
 
@@ -233,7 +243,8 @@ class DomainsMixin(UsersMixin):
                     continue
                 if len(name) == 1 and depth < 3:
                     walk(path, depth + 1)
-                elif any(os.path.exists(os.path.join(path, f)) for f in ("vpasswd", ".qmail-default")):
+                elif _is_domain_name(name) and any(os.path.exists(os.path.join(path, f))
+                                                   for f in ("vpasswd", ".qmail-default")):
                     st = os.stat(path)
                     found.append(AssignEntry(name, name, st.st_uid, st.st_gid, path))
 
