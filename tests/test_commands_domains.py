@@ -608,6 +608,22 @@ def test_vregenerate_takes_only_domain_names_from_the_tree(vhome: Install) -> No
     assert {name: control(vhome, name) for name in before} == before
 
 
+def test_vregenerate_refuses_a_domain_found_twice(vhome: Install) -> None:
+    """A stray copy of a domain directory in a bucket (found first: 0/ sorts before the
+    names) is not taken for the domain: before, users/assign got both lines, the copy's
+    first, and the domain's mail and logins went to the copy."""
+    golden(vhome)
+    copy = vhome.domains / "0" / DOMAIN
+    copy.mkdir(parents=True)
+    (copy / ".qmail-default").write_text((domain_dir(vhome) / ".qmail-default").read_text())
+    before = state(vhome)
+    result = vhome.run("vregenerate")
+    assert result.returncode == 152 and result.stdout == (
+        f"Error: bad input: {DOMAIN} is in the domains tree twice: {copy} and "
+        f"{domain_dir(vhome)}; move one away\n"), result
+    assert state(vhome) == before
+
+
 def test_vregenerate_refuses_unexplained_entries(vhome: Install) -> None:
     golden(vhome)
     assign = vhome.qmaildir / "users" / "assign"

@@ -7,9 +7,9 @@ import os
 from vpopmail import catchall, dircontrol
 from vpopmail.api.users import NewUser, UsersMixin
 from vpopmail.assign import AssignEntry, check_fields
-from vpopmail.errors import (AliasDomainsExist, CouldNotMakeDomainDir, DomainAlreadyExists,
-                             DomainDoesNotExist, InvalidDomainName, UserDoesNotExist,
-                             UsernameExists, VpopmailError)
+from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
+                             DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
+                             UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside)
 from vpopmail.names import check_domain
@@ -232,7 +232,8 @@ class DomainsMixin(UsersMixin):
         a vpasswd or .qmail-default whose name is a domain name (:func:`check_domain`: the
         tree is the domain owner's, and a name such as ``a:b.com`` would break users/assign),
         owned as it is on disk. Alias domains leave no trace there; those in users/assign
-        whose real domain was found are kept."""
+        whose real domain was found are kept. A name found in two places (a stray copy) is
+        BadInput: which one is the domain is the operator's to say."""
         root = self.config.domains_root
         found: list[AssignEntry] = []
 
@@ -250,7 +251,12 @@ class DomainsMixin(UsersMixin):
 
         if os.path.isdir(root):
             walk(root, 0)
-        real = {e.domain: e for e in found}
+        real: dict[str, AssignEntry] = {}
+        for entry in found:
+            if entry.domain in real:
+                raise BadInput(f"{entry.domain} is in the domains tree twice: "
+                               f"{real[entry.domain].dir} and {entry.dir}; move one away")
+            real[entry.domain] = entry
         try:
             known = self.domains()
         except VpopmailError:
