@@ -502,6 +502,18 @@ def test_vmoddomlimits_refuses_numbers_the_limits_cannot_hold(vhome: Install,
     assert stored_users(vhome)["carol"][6] == "10000000000S,999999C"  # 20 characters
 
 
+@pytest.mark.parametrize("quota", ["100C", "5M,100C"])
+def test_vmoddomlimits_default_quota_takes_no_count(vhome: Install, quota: str) -> None:
+    """-q is the size new users get; a count in it was dropped in silence (``100C`` cleared
+    the default quota): it is a usage error naming -m."""
+    golden(vhome)
+    vhome.ok("vmoddomlimits", "-q", "2M", DOMAIN)
+    before = state(vhome)
+    result = vhome.run("vmoddomlimits", "-q", quota, DOMAIN)
+    assert result.returncode == 255 and "-m sets the message count" in result.stderr, result
+    assert state(vhome) == before
+
+
 def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:
     """Eight administrators each change one field of one domain at once: every change is
     kept (read, change and write are one step: the domain's directory lock for the file, a
