@@ -199,11 +199,11 @@ class UsersMixin(LimitsMixin):
                 # users the store took before it failed (vpasswd written, its cdb not: a full
                 # disk) exist: their directories and slots stay, a rerun mends the cdb
                 try:
-                    stored = self._stored_names(entry) if made else set()
+                    stored = {u.dir for u in self.backend.list_users(entry)} if made else set()
                 except VpopmailError:  # unreadable: as before the write
                     stored = set()
-                kept = sum(os.path.basename(d) in stored for d, _ in made)
-                made = [(d, b) for d, b in made if os.path.basename(d) not in stored]
+                kept = sum(d in stored for d, _ in made)
+                made = [(d, b) for d, b in made if d not in stored]
                 raise
         except BaseException:
             self._undo_user_dirs(entry, made, len(fresh) - kept)
@@ -211,15 +211,11 @@ class UsersMixin(LimitsMixin):
         self._record_creation(entry, fresh)
         return records
 
-    def _stored_names(self, entry: AssignEntry) -> set[str]:
-        """The names the user store holds (vpasswd itself, not its cdb)."""
-        return {u.name for u in self.backend.list_users(entry)}
-
     def _index_lags(self, entry: AssignEntry, name: str) -> bool:
         """Whether the store holds ``name`` although its lookup index (vpasswd.cdb) said it
         does not: a command killed, or failing on a full disk, between the two writes. The
         index is rebuilt then."""
-        if name not in self._stored_names(entry):
+        if all(u.name != name for u in self.backend.list_users(entry)):
             return False
         self.backend.rebuild_index(entry)
         return True
