@@ -286,6 +286,35 @@ def test_vaddaliasdomain_refusals(vhome: Install) -> None:
     assert state(vhome) == before
 
 
+@pytest.mark.parametrize("order", ["real first", "alias first"])
+def test_vaddaliasdomain_finishes_a_half_made_alias(vhome: Install, order: str) -> None:
+    """A vaddaliasdomain killed (or failing) after users/cdb, before rcpthosts and
+    virtualdomains: qmail routes the alias but does not accept it. The rerun finishes it
+    (before: "Both domains already exist", exit 255, for ever); a complete alias is still
+    refused so."""
+    with_alias(vhome)
+    for name in ("rcpthosts", "virtualdomains"):
+        path = vhome.qmaildir / "control" / name
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                                if not line.startswith(ALIAS)))
+    args = [DOMAIN, ALIAS] if order == "real first" else [ALIAS, DOMAIN]
+    result = vhome.run("vaddaliasdomain", *args)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert ALIAS in control(vhome, "rcpthosts").split()
+    assert f"{ALIAS}:{ALIAS}" in control(vhome, "virtualdomains").split()
+    assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
+    result = refused(vhome, "vaddaliasdomain", *args, code=255)
+    assert result.stdout == "Error: Both domains already exist, unable to create alias.\n"
+    # killed before users/cdb: the users/assign line alone
+    vhome.ok("vdeldomain", ALIAS)
+    assign = vhome.qmaildir / "users" / "assign"
+    lines = assign.read_text().splitlines()
+    assign.write_text("\n".join([assign_line(vhome, ALIAS, DOMAIN), *lines]) + "\n")
+    vhome.ok("vaddaliasdomain", *args)
+    assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
+    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\n"
+
+
 # qmail's files in C vpopmail's order ----------------------------------------------------------
 
 #: added in this order; C keeps the lines sorted by domain_sort_key (last two labels first)
