@@ -170,6 +170,56 @@ def test_add_user_refusals_change_nothing(site: Vpopmail, vhome: Install, addres
     assert not user_dir(vhome, "carol").exists()
 
 
+def test_add_user_whose_cdb_write_fails_can_be_finished_and_deleted(
+        site: Vpopmail, vhome: Install, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the vpasswd.cdb write, after vpasswd took the user: the user is stored,
+    so its directory stays, and a rerun of vadduser or a vdeluser brings the cdb back in line
+    (before: the directory was removed, and vadduser answered "exists" while vdeluser and
+    every lookup answered "does not exist", for ever)."""
+    if vhome.backend != "cdb":
+        pytest.skip("the SQL store writes a user in one transaction")
+    from vpopmail.errors import CouldNotUpdateFile
+    from vpopmail.stores.cdbfiles import CdbFiles
+
+    def full(self: CdbFiles, *args: object) -> None:
+        raise CouldNotUpdateFile("vpasswd.cdb: No space left on device")
+
+    for rerun in (True, False):
+        name = "bob" if rerun else "carol"
+        with monkeypatch.context() as patch:
+            patch.setattr(CdbFiles, "_write_cdb", full)
+            with pytest.raises(CouldNotUpdateFile):
+                site.add_user(f"{name}@{DOMAIN}", "pw")
+        assert name in stored_users(vhome) and (user_dir(vhome, name) / "Maildir").is_dir()
+        if rerun:
+            with pytest.raises(UsernameExists):
+                site.add_user(f"{name}@{DOMAIN}", "pw")
+            check_index(vhome)
+            assert site.get_user(f"{name}@{DOMAIN}")[0].dir == str(user_dir(vhome, name))
+        site.delete_user(f"{name}@{DOMAIN}")
+        assert name not in stored_users(vhome) and not user_dir(vhome, name).exists()
+        check_index(vhome)
+    assert site.user_count(site.get_domain(DOMAIN)) == 2
+
+
+@pytest.mark.parametrize("text, stored", [
+    ("10M", "10485760S"), ("10 MB", "10485760S"), ("50mb", "52428800S"), ("2k", "2048S"),
+    ("1G", "1073741824S"), ("100c", "100C"), ("5M,1000C", "5242880S,1000C"), ("5000", "5000S"),
+    ("1000000S, 2C", "1000000S,2C"), ("noquota", "NOQUOTA"),
+    ("10Mx", None), ("1e9", None), ("5 000 000", None), ("1.5G", None), ("10M\n", None),
+    ("10MS5", None), ("+10M", None), ("10M,", None)])
+def test_quota_text_is_a_quota_or_refused(site: Vpopmail, text: str, stored: str | None
+                                          ) -> None:
+    """A quota the admin commands and vpopmaild take is read whole: text C's reader would stop
+    early in is refused (before: ``1e9`` was a 1-byte quota, ``5 000 000`` 5 bytes, ``10Mx``
+    10 bytes, ``1.5G`` 1 GiB: every message to such a user bounced as over quota)."""
+    if stored is None:
+        with pytest.raises(BadInput):
+            site.quota_string(text)
+    else:
+        assert site.quota_string(text) == stored
+
+
 def test_set_quota_rewrites_maildirsize_from_a_fresh_count(site: Vpopmail,
                                                            vhome: Install) -> None:
     maildir = user_dir(vhome, "alice") / "Maildir"
@@ -204,6 +254,19 @@ def test_set_password_rehashes_and_delete_user_removes_everything(site: Vpopmail
         site.delete_user(f"alice@{DOMAIN}")
     with pytest.raises(UserDoesNotExist):
         site.set_password(f"alice@{DOMAIN}", "pw")
+
+
+def test_an_empty_password_is_refused_not_set(site: Vpopmail, vhome: Install) -> None:
+    """No login takes an empty password (vchkpw: "null password given"), so setting one only
+    locked the account, with exit 0 (vpasswd with '' or an empty line on stdin)."""
+    before = stored_users(vhome)["alice"]
+    with pytest.raises(BadInput):
+        site.set_password(f"alice@{DOMAIN}", "")
+    assert stored_users(vhome)["alice"] == before
+    result = vhome.run("vpasswd", f"alice@{DOMAIN}", input="\n")
+    assert (result.returncode, result.stdout) == (152, "Error: bad input: an empty password: no "
+                                                  "login takes one\n"), result
+    assert stored_users(vhome)["alice"] == before
 
 
 def test_ensure_home_remakes_a_lost_maildir(site: Vpopmail, vhome: Install) -> None:

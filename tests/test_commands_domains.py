@@ -12,7 +12,7 @@ import pytest
 
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
-                     refused, state, stored_users)
+                     refused, snapshot, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -54,6 +54,28 @@ def test_vadddomain_refuses_leading_dash(vhome: Install) -> None:
     assert result.returncode == 255
     assert result.stdout.startswith("vadddomain: usage:")
     assert state(vhome) == before
+
+
+@pytest.mark.parametrize("options", [
+    ["-d", "{base}/a:b"], ["-d", "{base}/new\nline"], ["-d", "{base}/\u20ac"], ["-d", "relative"],
+    ["-i", "-1"], ["-i", "-5"], ["-i", "4294967295"], ["-g", "99999999999"]])
+def test_vadddomain_refuses_what_users_assign_cannot_hold(vhome: Install, tmp_path: Path,
+                                                          options: list[str]) -> None:
+    """A ``-d`` directory with ``:``, a control character or a non-Latin-1 character, or not
+    absolute, and a uid/gid that is no id, are refused before anything is made (before: a
+    ``:`` cut the directory in users/cdb, so the domain lived at ``{base}/a`` without its
+    vpasswd; the others left a half-made tree and a traceback or a misleading "corrupt
+    users/assign")."""
+    golden(vhome)
+    base = tmp_path / "base"
+    base.mkdir()
+    options = [option.format(base=base) for option in options]
+    for directory in options[1:] if options[0] == "-d" and options[1].startswith("/") else []:
+        os.mkdir(directory)
+    before = snapshot(base)
+    refused(vhome, "vadddomain", *options, "new.com", "secret", code=152,
+            starts="Error: bad input")
+    assert snapshot(base) == before
 
 
 def test_vadddomain_duplicate(vhome: Install) -> None:
@@ -264,6 +286,35 @@ def test_vaddaliasdomain_refusals(vhome: Install) -> None:
     assert state(vhome) == before
 
 
+@pytest.mark.parametrize("order", ["real first", "alias first"])
+def test_vaddaliasdomain_finishes_a_half_made_alias(vhome: Install, order: str) -> None:
+    """A vaddaliasdomain killed (or failing) after users/cdb, before rcpthosts and
+    virtualdomains: qmail routes the alias but does not accept it. The rerun finishes it
+    (before: "Both domains already exist", exit 255, for ever); a complete alias is still
+    refused so."""
+    with_alias(vhome)
+    for name in ("rcpthosts", "virtualdomains"):
+        path = vhome.qmaildir / "control" / name
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                                if not line.startswith(ALIAS)))
+    args = [DOMAIN, ALIAS] if order == "real first" else [ALIAS, DOMAIN]
+    result = vhome.run("vaddaliasdomain", *args)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert ALIAS in control(vhome, "rcpthosts").split()
+    assert f"{ALIAS}:{ALIAS}" in control(vhome, "virtualdomains").split()
+    assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
+    result = refused(vhome, "vaddaliasdomain", *args, code=255)
+    assert result.stdout == "Error: Both domains already exist, unable to create alias.\n"
+    # killed before users/cdb: the users/assign line alone
+    vhome.ok("vdeldomain", ALIAS)
+    assign = vhome.qmaildir / "users" / "assign"
+    lines = assign.read_text().splitlines()
+    assign.write_text("\n".join([assign_line(vhome, ALIAS, DOMAIN), *lines]) + "\n")
+    vhome.ok("vaddaliasdomain", *args)
+    assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
+    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\n"
+
+
 # qmail's files in C vpopmail's order ----------------------------------------------------------
 
 #: added in this order; C keeps the lines sorted by domain_sort_key (last two labels first)
@@ -457,6 +508,41 @@ def test_vmoddomlimits_show(vhome: Install) -> None:
     assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == DEFAULT_SHOW
 
 
+@pytest.mark.parametrize("options, code", [
+    (["-P", "2147483648"], 152), (["-A", "-2147483649"], 152), (["-M", "-1"], 152),
+    (["-m", "99999999999999999999"], 152), (["-p", "a", "-Q", "-5"], 152),
+    (["-q", "1000000000000", "-m", "1000000000"], 227)])
+def test_vmoddomlimits_refuses_numbers_the_limits_cannot_hold(vhome: Install,
+                                                              options: list[str],
+                                                              code: int) -> None:
+    """A number out of its ``limits`` column's range (C's int, bigint unsigned), or default
+    quotas whose quota text is longer than a user record holds (20 characters), is refused and
+    nothing changes (before: the file took it, and every new user got a quota such as
+    ``99999999999999999999C`` that vsetuserquota, vconvert and the users table refuse; the
+    table refused it with an SQL error)."""
+    golden(vhome)
+    if vhome.backend == "mysql":
+        vhome.set_config("mysql", "limits_table", True)
+    vhome.ok("vmoddomlimits", "-P", "2147483647", "-q", "10000000000", "-m", "999999", DOMAIN)
+    shown = vhome.ok("vmoddomlimits", "-S", DOMAIN)
+    refused(vhome, "vmoddomlimits", *options, DOMAIN, code=code)
+    assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == shown
+    vhome.ok("vadduser", f"carol@{DOMAIN}", "x")
+    assert stored_users(vhome)["carol"][6] == "10000000000S,999999C"  # 20 characters
+
+
+@pytest.mark.parametrize("quota", ["100C", "5M,100C"])
+def test_vmoddomlimits_default_quota_takes_no_count(vhome: Install, quota: str) -> None:
+    """-q is the size new users get; a count in it was dropped in silence (``100C`` cleared
+    the default quota): it is a usage error naming -m."""
+    golden(vhome)
+    vhome.ok("vmoddomlimits", "-q", "2M", DOMAIN)
+    before = state(vhome)
+    result = vhome.run("vmoddomlimits", "-q", quota, DOMAIN)
+    assert result.returncode == 255 and "-m sets the message count" in result.stderr, result
+    assert state(vhome) == before
+
+
 def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:
     """Eight administrators each change one field of one domain at once: every change is
     kept (read, change and write are one step: the domain's directory lock for the file, a
@@ -544,6 +630,39 @@ def test_vregenerate_finds_hashed_domains(vhome: Install) -> None:
     for name, data in saved.items():
         assert (vhome.qmaildir / name).read_bytes() == data, name
     assert vhome.ok("vdominfo", "-d", "d100.example") == f"{vhome.domains / '0' / 'd100.example'}\n"
+
+
+def test_vregenerate_takes_only_domain_names_from_the_tree(vhome: Install) -> None:
+    """A directory of the domains tree whose name is no domain name (the domain owner, who
+    holds the tree, may make one) is not a domain: before, ``a:b.com`` became the assign line
+    ``+a:b.com-:a:b.com:...`` (qmail-newu reads the domain ``a`` with the user ``b.com-`` and
+    the uid field ``a``), and spaces, upper case and leading dashes went into rcpthosts."""
+    golden(vhome)
+    planted = ["a:b.com", "Upper.COM", "sp ace.com", "-dash.com", "ab", "new\nline.com"]
+    for name in planted:
+        (vhome.domains / name).mkdir()
+        (vhome.domains / name / ".qmail-default").write_text("# planted\n")
+    before = {name: control(vhome, name) for name in ("rcpthosts", "virtualdomains")}
+    result = vhome.run("vregenerate")
+    assert (result.returncode, result.stdout) == (0, "1 domains in users/assign\n"), result
+    assert assign_lines(vhome) == [assign_line(vhome, DOMAIN), "."]
+    assert {name: control(vhome, name) for name in before} == before
+
+
+def test_vregenerate_refuses_a_domain_found_twice(vhome: Install) -> None:
+    """A stray copy of a domain directory in a bucket (found first: 0/ sorts before the
+    names) is not taken for the domain: before, users/assign got both lines, the copy's
+    first, and the domain's mail and logins went to the copy."""
+    golden(vhome)
+    copy = vhome.domains / "0" / DOMAIN
+    copy.mkdir(parents=True)
+    (copy / ".qmail-default").write_text((domain_dir(vhome) / ".qmail-default").read_text())
+    before = state(vhome)
+    result = vhome.run("vregenerate")
+    assert result.returncode == 152 and result.stdout == (
+        f"Error: bad input: {DOMAIN} is in the domains tree twice: {copy} and "
+        f"{domain_dir(vhome)}; move one away\n"), result
+    assert state(vhome) == before
 
 
 def test_vregenerate_refuses_unexplained_entries(vhome: Install) -> None:

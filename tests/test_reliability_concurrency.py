@@ -374,6 +374,27 @@ def test_leftover_user_directory_is_replaced_not_inherited(root_vhome: Install) 
     assert (old_dir / "Maildir" / "new").stat().st_uid == site.inst.uid
 
 
+def test_a_directory_that_is_no_users_leftover_is_kept(vhome: Install) -> None:
+    """Only what a killed vadduser or vdeluser leaves (an empty directory, or one with a
+    Maildir) is replaced: another directory of the name in the domain (a mailing list's, an
+    autoresponder's, one a domain admin made through vpopmaild) is refused and kept (before:
+    removed with everything in it)."""
+    site = Site.create(vhome, False)
+    kept = site.domain_dir / "mylist"
+    (kept / "subscribers").mkdir(parents=True)
+    (kept / "subscribers" / "a").write_text("alice@example.org\n")
+    result = vhome.run("vadduser", f"mylist@{DOMAIN}", "pw")
+    assert result.returncode == 249 and result.stdout.startswith(
+        "Error: User's directory already exists: "), result
+    assert (kept / "subscribers" / "a").read_text() == "alice@example.org\n"
+    assert "mylist" not in vhome.vusers(DOMAIN)
+    (site.domain_dir / "empty").mkdir()
+    vhome.ok("vadduser", f"empty@{DOMAIN}", "pw")
+    assert (site.domain_dir / "empty" / "Maildir" / "new").is_dir()
+    api = vhome.api()
+    assert api.user_count(api.get_domain(DOMAIN)) == 2  # the refused one's slot is released
+
+
 # -- 4. SIGKILL at every state-changing syscall of an admin write ------------------------------
 
 #: the syscalls a write is made of; strace counts each per process, so ``when=N`` of one of

@@ -131,6 +131,26 @@ def test_valias_sql_refuses_what_the_file_backend_refuses(vhome: Install, sql_db
     assert valias_rows(sql_db) == sorted(before + [["it's", DOMAIN, line]])
 
 
+def test_vadduser_on_sql_refuses_a_name_a_dot_qmail_file_takes(vhome: Install,
+                                                                sql_db: Database) -> None:
+    """A ``.qmail-<name>`` file (an ezmlm list, an autoresponder qmailadmin made) takes the
+    name's mail under SQL too, so vadduser refuses the name as on the file backend (before: the
+    user was added, got no mail, and its directory replaced the list's: subscribers gone)."""
+    sql_db.configure(vhome)
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    dom = vhome.domains / DOMAIN
+    (dom / "mylist" / "subscribers").mkdir(parents=True)
+    (dom / "mylist" / "subscribers" / "a").write_text("alice@example.org\n")
+    (dom / ".qmail-mylist").symlink_to(dom / "mylist" / "qmail")
+    (dom / "mylist" / "qmail").write_text("|ezmlm-send mylist\n")
+    (dom / ".qmail-auto").write_text("|autorespond 1 2 msg auto\n")
+    for name in ("mylist", "auto"):
+        refused(vhome, "vadduser", f"{name}@{DOMAIN}", "pw", code=254,
+                starts=f"Error: {name}@{DOMAIN} is an alias")
+    assert (dom / "mylist" / "subscribers" / "a").read_text() == "alice@example.org\n"
+    assert set(vhome.vusers(DOMAIN)) == {"postmaster"}
+
+
 def test_valias_sql_database_down(vhome: Install, sql_db: Database) -> None:
     sql_db.configure(vhome)
     vhome.ok("vadddomain", DOMAIN, "secret")

@@ -441,6 +441,23 @@ def test_limits_get_set_and_delete(site: Install) -> None:
         "-ERR 34.3403 Could not get limits")
 
 
+def test_set_limits_refuses_numbers_the_limits_cannot_hold(site: Install) -> None:
+    """C's atoi gave any number; one past its ``limits`` column's range, or a default quota
+    longer than a user record holds, is refused and nothing changes."""
+    sa = f"admin@{DOMAIN}"
+    before = site.api().domain_limits(site.api().get_domain(DOMAIN)).numbers
+    for line in ("max_popaccounts 99999999999", "perm_alias -300", "disk_quota -1",
+                 "default_quota 99999999999999999999"):
+        answers = after_login(site, sa, f"set_limits {DOMAIN}", "max_aliases 7", line, ".")
+        assert answers[0] == "+OK " and answers[1].startswith("-ERR 35.3504 Could not set "
+                                                             "limits: bad input:"), answers
+        assert site.api().domain_limits(site.api().get_domain(DOMAIN)).numbers == before
+    answers = after_login(site, sa, f"set_limits {DOMAIN}", "default_quota 10000000000",
+                          "default_maxmsgcount 10000000", ".")
+    assert answers[1].startswith("-ERR 35.3504 Could not set limits: quota too long"), answers
+    assert site.api().domain_limits(site.api().get_domain(DOMAIN)).numbers == before
+
+
 # aliases and the IP map -------------------------------------------------------------------------
 
 def test_aliases(site: Install) -> None:

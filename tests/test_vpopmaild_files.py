@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from install_site import Install
-from vpopmaild_site import DOMAIN, after_login, built_sites, rsite, user_dir  # noqa: F401
+from vpopmaild_site import (DOMAIN, OTHER, after_login, built_sites, rsite,  # noqa: F401
+                            user_dir)
 
 ALICE = f"alice@{DOMAIN}"
 
@@ -53,7 +54,7 @@ def test_path_tricks_in_every_command_are_refused(rsite: Install, tmp_path: Path
         "prefix": (f"{neighbour}/Maildir", "-ERR 26.1512 Unauthorized Directory."),
         "other user": (f"bob@{DOMAIN}/x", "-ERR 12.1508 User does not exist"),
         "no slash": ("Maildir", "-ERR 22.1503 Invalid Directory.  Do you need a trailing '/'?"),
-        "unknown": (f"nobody@{DOMAIN}/x", "-ERR 25.1506 Invalid Directory. Unknown email address"),
+        "unknown": (f"nobody@{DOMAIN}/x", "-ERR 12.1508 User does not exist"),  # as "other user"
     }
     commands = ["mk_dir {}", "rm_dir {}", "list_dir {}", "rm_file {}", "write_file {}",
                 "read_file {}", "stat_file {}", "rename_file {} " + f"{ALICE}/x",
@@ -83,6 +84,22 @@ def test_path_tricks_in_every_command_are_refused(rsite: Install, tmp_path: Path
     assert not (home / "file-link").is_symlink() and (home / "file-link").read_text() == "mine\n"
     assert sorted(p.name for p in outside.iterdir()) == ["secret"]
     assert "bob" in rsite.vusers(DOMAIN)
+
+
+def test_file_paths_out_of_reach_do_not_tell_what_exists(rsite: Install) -> None:
+    """A path the session may not reach gets one answer whether its user or domain exists
+    (before: 11 or 12 for an existing user, 25 for none; 26 for an existing domain, 11 for
+    none: a mail user or domain admin could list who and what else the server holds). The
+    answers are C's for an existing user or domain."""
+    pm, other_pm = f"postmaster@{DOMAIN}", f"postmaster@{OTHER}"
+    for who, paths in ((pm, [f"{other_pm}/", f"nobody@{OTHER}/", "nobody@nowhere.net/"]),
+                       (ALICE, [f"{other_pm}/", f"nobody@{OTHER}/", f"bob@{DOMAIN}/",
+                                f"nobody@{DOMAIN}/"]),
+                       (pm, [f"{OTHER}/", "nowhere.net/"]), (ALICE, [f"{OTHER}/", "nowhere.net/"])):
+        answers = after_login(rsite, who, *(f"list_dir {path}" for path in paths))
+        assert len(set(answers)) == 1 and answers[0].startswith("-ERR "), (who, answers)
+    assert after_login(rsite, pm, f"list_dir nobody@{DOMAIN}/") == [
+        "-ERR 25.1506 Invalid Directory. Unknown email address"]  # their own domain's
 
 
 def test_domain_admin_and_system_admin_confinement(rsite: Install) -> None:

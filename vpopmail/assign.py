@@ -4,7 +4,7 @@ Reading (``lookup``) is on the hot path and imports only the lean cdb reader; bu
 cdb (``cdb_records``) reproduces qmail-newu byte for byte, so no qmail binary is needed.
 """
 from vpopmail import cdb
-from vpopmail.errors import CorruptData
+from vpopmail.errors import BadInput, CorruptData
 from vpopmail.fsutil import join
 from vpopmail.record import SlotRecord
 
@@ -47,6 +47,24 @@ def _is_id(text: str | bytes) -> bool:
     """A uid/gid field: ASCII digits only (int() would take "-1", " 8_9 " and "٨٩"; a -1
     given to seteuid means "no change", so a root process would stay root)."""
     return 0 < len(text) <= 10 and text.isascii() and text.isdigit()
+
+
+#: the largest uid or gid: uid_t's range less (uid_t)-1, which chown and seteuid read as "no
+#: change" (a root process would stay root)
+MAX_ID = 0xFFFFFFFE
+
+
+def check_fields(uid: int, gid: int, directory: str) -> None:
+    """Raise BadInput unless a users/assign line can hold ``uid``, ``gid`` and ``directory``
+    as qmail-newu and qmail-lspawn read it: ids in 0..MAX_ID; an absolute directory of
+    printable ASCII without ``:`` (the field separator; a newline would end the line, and the
+    file is Latin-1 where the file system's names are UTF-8 bytes)."""
+    for label, value in (("uid", uid), ("gid", gid)):
+        if not 0 <= value <= MAX_ID:
+            raise BadInput(f"{label} {value} is not an id (0 to {MAX_ID})")
+    if not directory.startswith("/") or any(not " " <= c <= "~" or c == ":" for c in directory):
+        raise BadInput(f"{directory!r}: users/assign holds only an absolute directory of "
+                       "printable ASCII without ':'")
 
 
 def domain_sort_key(name: str) -> str:

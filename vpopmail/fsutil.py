@@ -295,6 +295,19 @@ def is_dir_inside(base: str, path: str) -> bool:
         posix.close(fd)
 
 
+def list_inside(base: str, path: str) -> list[str]:
+    """The names in the real directory ``path`` inside ``base`` (see :func:`open_inside`)."""
+    fd, name = open_inside(base, path)
+    try:
+        inner = _open_real_dir(fd, name, path)
+    finally:
+        posix.close(fd)
+    try:
+        return posix.listdir(inner)
+    finally:
+        posix.close(inner)
+
+
 def remove_inside(base: str, path: str) -> bool:
     """Delete the directory tree ``path`` inside ``base`` (see :func:`open_inside`) through
     descriptors, so that nothing outside ``base`` is reached even when a name is swapped for a

@@ -13,7 +13,7 @@ import posix
 from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import CannotReadLimits
+from vpopmail.errors import BadInput, CannotReadLimits
 from vpopmail.fsutil import atomic_write, join, read_regular, remember, status
 
 
@@ -27,6 +27,14 @@ NUMBERS = {
     "default_maxmsgcount": 0, "perm_account": 0, "perm_alias": 0, "perm_forward": 0,
     "perm_autoresponder": 0, "perm_maillist": 0, "perm_quota": 0, "perm_defaultquota": 0,
 }
+#: the values each number may be given: its ``limits`` column's range (C's int; the sizes and
+#: message counts bigint unsigned, read by C as long long; the perm columns but perm_maillist
+#: tinyint)
+RANGES = dict.fromkeys(NUMBERS, (-(1 << 31), (1 << 31) - 1))
+RANGES.update(dict.fromkeys(("quota", "maxmsgcount", "default_quota", "default_maxmsgcount"),
+                            (0, (1 << 63) - 1)))
+RANGES.update(dict.fromkeys(("perm_account", "perm_alias", "perm_forward", "perm_autoresponder",
+                             "perm_quota", "perm_defaultquota"), (-128, 127)))
 #: boolean key -> (user flag it forces, vmoddomlimits -g letter)
 SWITCHES = {
     "disable_pop": (flags.NO_POP, "p"),
@@ -88,6 +96,14 @@ class Limits:
             else:
                 raise CannotReadLimits(f"{source} line {number}: unknown key {key!r}")
         return limits
+
+    def check(self, before: dict[str, int]) -> None:
+        """Raise BadInput for a number changed from ``before`` that its ``limits`` column
+        cannot hold; values already stored are left to their reader."""
+        for key, value in sorted(self.numbers.items()):
+            low, high = RANGES[key]
+            if before.get(key) != value and not low <= value <= high:
+                raise BadInput(f"{key} {value} is out of range ({low} to {high})")
 
     def sql_row(self) -> dict[str, int]:
         """The ``limits`` table columns and values for these limits."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from vpopmail.api.aliases import AliasesMixin
 from vpopmail.api.domains import DomainsMixin
-from vpopmail.api.users import MAX_QUOTA, NewUser
+from vpopmail.api.users import NewUser
+from vpopmail.api.limits import MAX_QUOTA
 
 __all__ = ["MAX_QUOTA", "NewUser", "Vpopmail"]
 

@@ -6,10 +6,10 @@ import os
 
 from vpopmail import catchall, dircontrol
 from vpopmail.api.users import NewUser, UsersMixin
-from vpopmail.assign import AssignEntry
-from vpopmail.errors import (AliasDomainsExist, CouldNotMakeDomainDir, DomainAlreadyExists,
-                             DomainDoesNotExist, InvalidDomainName, UserDoesNotExist,
-                             UsernameExists, VpopmailError)
+from vpopmail.assign import AssignEntry, check_fields
+from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
+                             DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
+                             UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside)
 from vpopmail.names import check_domain
@@ -18,6 +18,14 @@ from vpopmail.names import check_domain
 #: rename the other domains there), entered as the root itself by the domain owners of its
 #: group (C vpopmail's VPOPMAIL_DIR_MODE)
 ROOT_BUCKET_MODE = 0o750
+
+
+def _is_domain_name(name: str) -> bool:
+    """Whether ``name`` is a domain name as vadddomain makes them (lower case)."""
+    try:
+        return check_domain(name) == name.lower()
+    except VpopmailError:
+        return False
 
 
 class DomainsMixin(UsersMixin):
@@ -59,6 +67,7 @@ class DomainsMixin(UsersMixin):
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
         root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
+        check_fields(uid, gid, root)  # before anything is made: the domain directory is below
         try:
             # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
             make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
@@ -179,15 +188,20 @@ class DomainsMixin(UsersMixin):
             dircontrol.release(root, bucket, *owner)
 
     def add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
-        """Make ``alias`` deliver to the users of ``real_domain``."""
+        """Make ``alias`` deliver to the users of ``real_domain``. An alias of it that qmail
+        does not yet accept or route (a vaddaliasdomain killed halfway: its users/assign line
+        written, users/cdb, rcpthosts or virtualdomains not) is finished; any other existing
+        ``alias`` is :class:`DomainAlreadyExists`."""
         real = self.get_domain(real_domain)
         alias = check_domain(alias.lower())
         if alias == real.real_domain:
             raise InvalidDomainName("real domain and alias domain are the same")
-        if self.find_domain(alias) is not None:
-            raise DomainAlreadyExists(alias)
         entry = AssignEntry(alias, real.real_domain, real.uid, real.gid, real.dir)
-        self.qmail.add_domain(entry)
+        existing = self.find_domain(alias)
+        if existing is not None:
+            if existing != entry or not self.domain_incomplete(existing, postmaster=False):
+                raise DomainAlreadyExists(alias)
+        self.qmail.add_domain(entry, resume=True)  # its very line in users/assign is ours
         return entry
 
     def delete_domain(self, domain: str, force: bool = False) -> list[str]:
@@ -195,7 +209,8 @@ class DomainsMixin(UsersMixin):
         just unlinked. Returns the alias domains removed.
 
         A domain users/cdb no longer routes but whose directory is still in the domains tree
-        is what a killed vdeldomain (or vadddomain) left: its removal is finished."""
+        is what a killed vdeldomain (or vadddomain), or one that met its database down, left:
+        its removal is finished, the user store's rows of the name included."""
         entry = self.find_domain(domain)
         if entry is None:
             name = check_domain(domain.lower())
@@ -205,6 +220,7 @@ class DomainsMixin(UsersMixin):
             st = os.stat(directory)
             entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
             self.qmail.remove_domain(name, missing_ok=True)
+            self.backend.delete_domain(entry)
             root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
             self._remove_domain_dir(entry, root, bucket)
             return []
@@ -225,8 +241,11 @@ class DomainsMixin(UsersMixin):
 
     def discover_domains(self) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with
-        a vpasswd or .qmail-default, owned as it is on disk. Alias domains leave no trace there;
-        those in users/assign whose real domain was found are kept."""
+        a vpasswd or .qmail-default whose name is a domain name (:func:`check_domain`: the
+        tree is the domain owner's, and a name such as ``a:b.com`` would break users/assign),
+        owned as it is on disk. Alias domains leave no trace there; those in users/assign
+        whose real domain was found are kept. A name found in two places (a stray copy) is
+        BadInput: which one is the domain is the operator's to say."""
         root = self.config.domains_root
         found: list[AssignEntry] = []
 
@@ -237,13 +256,19 @@ class DomainsMixin(UsersMixin):
                     continue
                 if len(name) == 1 and depth < 3:
                     walk(path, depth + 1)
-                elif any(os.path.exists(os.path.join(path, f)) for f in ("vpasswd", ".qmail-default")):
+                elif _is_domain_name(name) and any(os.path.exists(os.path.join(path, f))
+                                                   for f in ("vpasswd", ".qmail-default")):
                     st = os.stat(path)
                     found.append(AssignEntry(name, name, st.st_uid, st.st_gid, path))
 
         if os.path.isdir(root):
             walk(root, 0)
-        real = {e.domain: e for e in found}
+        real: dict[str, AssignEntry] = {}
+        for entry in found:
+            if entry.domain in real:
+                raise BadInput(f"{entry.domain} is in the domains tree twice: "
+                               f"{real[entry.domain].dir} and {entry.dir}; move one away")
+            real[entry.domain] = entry
         try:
             known = self.domains()
         except VpopmailError:

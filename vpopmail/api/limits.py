@@ -8,12 +8,37 @@ from maildir.quota import NOQUOTA
 from vpopmail import flags, limits
 from vpopmail.api.base import ApiBase
 from vpopmail.assign import AssignEntry
+from vpopmail.errors import QuotaTooLong
 from vpopmail.fsutil import FileLock
 from vpopmail.stores import VUser
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+
+#: C's MAX_PW_QUOTA: the longest quota a user record holds (the users table's pw_shell)
+MAX_QUOTA = 20
+DEFAULTS = ("default_quota", "default_maxmsgcount")
+
+
+def default_user_quota(current: limits.Limits) -> str:
+    """The quota new users get under ``current``: ``<default_quota>S,<default_maxmsgcount>C``
+    for the parts set, else NOQUOTA."""
+    size, count = (current.numbers[key] for key in DEFAULTS)
+    text = ",".join(p for p in (f"{size}S" if size > 0 else "",
+                                f"{count}C" if count > 0 else "") if p)
+    return text or NOQUOTA
+
+
+def _check(current: limits.Limits, before: dict[str, int]) -> None:
+    """Changed limits the stores cannot hold (:meth:`~vpopmail.limits.Limits.check`), or
+    changed defaults whose quota is longer than a user record holds, are refused."""
+    current.check(before)
+    quota = default_user_quota(current)
+    if any(current.numbers[key] != before[key] for key in DEFAULTS) and len(quota) > MAX_QUOTA:
+        raise QuotaTooLong(f"the default quota {quota} is longer than {MAX_QUOTA} characters, "
+                           "what a user record holds")
 
 
 class LimitsMixin(ApiBase):
@@ -26,14 +51,23 @@ class LimitsMixin(ApiBase):
                              edit: Callable[[limits.Limits], bool]) -> limits.Limits:
         """Read the limits of ``entry`` (None: the vlimits.default file), let ``edit`` change
         them in place (it says whether it did) and store them, as one step: in a transaction
-        holding the ``limits`` row, or under the directory lock for the files. Returns them."""
+        holding the ``limits`` row, or under the directory lock for the files. Returns them.
+        Changed values are checked (:func:`_check`) before anything is stored."""
         result: list[limits.Limits] = []
+
+        def checked(current: limits.Limits) -> bool:
+            before = dict(current.numbers)
+            if not edit(current):
+                return False
+            _check(current, before)
+            return True
+
         table = self.stores.limits_table
         if entry is not None and table is not None:
             def edit_row(row: dict[str, int] | None) -> dict[str, int] | None:
                 current = limits.from_table_row(self.config, entry, row)
                 result.append(current)
-                return current.sql_row() if edit(current) else None
+                return current.sql_row() if checked(current) else None
 
             table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
@@ -48,7 +82,7 @@ class LimitsMixin(ApiBase):
         with lock:
             current = (limits.read_file(path) or limits.Limits() if entry is None
                        else self.domain_limits(entry))
-            if edit(current):
+            if checked(current):
                 limits.write(path, current, *owner)
         return current
 
@@ -71,8 +105,4 @@ class LimitsMixin(ApiBase):
 
     def default_quota(self, entry: AssignEntry) -> str:
         """The quota new users of a domain get: its limits' defaults, else NOQUOTA."""
-        numbers = self.domain_limits(entry).numbers
-        size, count = numbers["default_quota"], numbers["default_maxmsgcount"]
-        text = ",".join(p for p in (f"{size}S" if size > 0 else "",
-                                    f"{count}C" if count > 0 else "") if p)
-        return text or NOQUOTA
+        return default_user_quota(self.domain_limits(entry))

@@ -8,13 +8,13 @@ from maildir import is_maildir
 from maildir.maildir import make_maildir
 from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
 from vpopmail import catchall, dircontrol, flags
-from vpopmail.api.limits import LimitsMixin
+from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import (BadChar, BadInput, CannotDeleteCatchall, CouldNotUpdateFile,
                              GecosTooLong, IllegalUsername, PasswdTooLong, QuotaTooLong,
                              SubdirCreation, UserDirExists, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import OwnerIds, is_dir_inside, make_dir_inside, remove_inside
+from vpopmail.fsutil import OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside
 from vpopmail.names import check_user
 from vpopmail.passwords import hash_many, hash_password
 from vpopmail.stores import VUser
@@ -25,8 +25,23 @@ if TYPE_CHECKING:
 
 MAX_GECOS = 64
 MAX_PASSWD = 128
-MAX_QUOTA = 20
 NULL_REMOTE_IP = "0.0.0.0"
+
+
+#: what may follow a quota part's number: a size unit, B and S each optional; or C (a count)
+QUOTA_UNITS = frozenset({u + b + s for u in ("", "K", "M", "G") for b in ("", "B")
+                         for s in ("", "S")} | {"C"})
+
+
+def _is_quota_text(text: str) -> bool:
+    """Whether every ``,`` part of ``text`` is digits, blanks allowed, then one of
+    QUOTA_UNITS (any case): text C's reader takes whole, not only up to a stray character."""
+    for part in text.split(","):
+        part = part.strip(" \t")
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if not digits or part[digits:].lstrip(" \t").upper() not in QUOTA_UNITS:
+            return False
+    return True
 
 
 def _check_text(value: str, too_long: type[VpopmailError], limit: int) -> str:
@@ -103,7 +118,9 @@ class UsersMixin(LimitsMixin):
         """A quota as stored: ``NOQUOTA`` or the Maildir++ form; nonsense is refused."""
         if len(quota) > MAX_QUOTA:
             raise QuotaTooLong(quota)
-        text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
+        if quota.upper() == NOQUOTA:
+            return NOQUOTA
+        text = format_quota(quota) if _is_quota_text(quota) else ""
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text
@@ -163,9 +180,10 @@ class UsersMixin(LimitsMixin):
     def _store_new_users(self, entry: AssignEntry, records: list[VUser], fresh: list[VUser],
                          index: bool) -> list[VUser]:
         """Give each of ``fresh`` (some of ``records``) a new hashed directory, then store all
-        ``records`` in one database write; on any failure the directories made are removed
-        and their slots released."""
+        ``records`` in one database write; on any failure the directories made for users the
+        store did not take are removed and their slots released."""
         made: list[tuple[str, str]] = []
+        kept = 0
         try:
             if fresh:
                 with self._dir_lock(entry.dir, entry.uid, entry.gid):
@@ -175,12 +193,32 @@ class UsersMixin(LimitsMixin):
                     record.dir = os.path.join(entry.dir, bucket, record.name)
                     self._make_user_dir(record, entry)
                     made.append((record.dir, bucket))
-            self.backend.add_users(entry, records, index)
+            try:
+                self.backend.add_users(entry, records, index)
+            except BaseException:
+                # users the store took before it failed (vpasswd written, its cdb not: a full
+                # disk) exist: their directories and slots stay, a rerun mends the cdb
+                try:
+                    stored = {u.dir for u in self.backend.list_users(entry)} if made else set()
+                except VpopmailError:  # unreadable: as before the write
+                    stored = set()
+                kept = sum(d in stored for d, _ in made)
+                made = [(d, b) for d, b in made if d not in stored]
+                raise
         except BaseException:
-            self._undo_user_dirs(entry, made, len(fresh))
+            self._undo_user_dirs(entry, made, len(fresh) - kept)
             raise
         self._record_creation(entry, fresh)
         return records
+
+    def _index_lags(self, entry: AssignEntry, name: str) -> bool:
+        """Whether the store holds ``name`` although its lookup index (vpasswd.cdb) said it
+        does not: a command killed, or failing on a full disk, between the two writes. The
+        index is rebuilt then."""
+        if all(u.name != name for u in self.backend.list_users(entry)):
+            return False
+        self.backend.rebuild_index(entry)
+        return True
 
     def _record_creation(self, entry: AssignEntry, users: list[VUser]) -> None:
         """vadduser's lastauth (C's vset_lastauth with 0.0.0.0), once the users are stored:
@@ -283,10 +321,15 @@ class UsersMixin(LimitsMixin):
         vpasswd write, or a vdeluser killed while removing the tree, left it. It is removed
         (a deleted user's mail is not handed to a new user of that name) and made again. If
         vpasswd has the user (vpasswd.cdb, which the caller checked, lagging after a kill
-        between the two writes), the cdb is rebuilt and the user exists."""
-        if any(u.name == user.name for u in self.backend.list_users(entry)):
-            self.backend.rebuild_index(entry)
+        between the two writes), the cdb is rebuilt and the user exists. A directory that is
+        neither empty nor holds a Maildir is no user's leftover (a mailing list's, an
+        autoresponder's): it is kept, and the name refused."""
+        if self._index_lags(entry, user.name):
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
+        found = list_inside(entry.dir, user.dir)
+        if found and "Maildir" not in found:
+            raise UserDirExists(f"{user.dir}: it holds no Maildir, so it is no user's "
+                                "leftover: it is kept (move it away, or choose another name)")
         remove_inside(entry.dir, user.dir)
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
@@ -306,6 +349,8 @@ class UsersMixin(LimitsMixin):
         """Delete a user, its directory and its mail. The domain's catch-all target is kept."""
         name, entry = self.resolve(address)
         user = self.backend.get_user(entry, name)
+        if user is None and self._index_lags(entry, name):
+            user = self.backend.get_user(entry, name)
         if user is None:
             raise UserDoesNotExist(f"{name}@{entry.real_domain}")
         if self._is_catchall(entry, user):
@@ -355,11 +400,15 @@ class UsersMixin(LimitsMixin):
         return user
 
     def with_password(self, user: VUser, password: str, encrypted: bool = False) -> VUser:
-        """``user`` with a new password hash (and clear copy when configured)."""
+        """``user`` with a new password hash (and clear copy when configured); an empty
+        clear-text password, which no login takes, is refused (an empty hash is "no
+        password", as ``vadduser -n`` makes it)."""
         if encrypted:
             if ":" in password:
                 raise BadChar("':' in an encrypted password")
             return user.copy(passwd=_check_text(password, PasswdTooLong, MAX_PASSWD), clear="")
+        if not password:
+            raise BadInput("an empty password: no login takes one")
         password = _check_text(password, PasswdTooLong, MAX_PASSWD)
         clear = password if self.config.passwords_clear_passwords else ""
         return user.copy(passwd=hash_password(password, self.config.passwords_scheme),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from vpopmail.cli.common import UsageError, error, open_api, operands, run
+from vpopmail.errors import DomainAlreadyExists
 
 USAGE = """\
 vaddaliasdomain: usage: [options] real_domain alias_domain
@@ -17,10 +18,20 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             error("real domain and alias domain are the same!")
             raise UsageError("")
         api = open_api(config)
-        known = [api.find_domain(d) is not None for d in (first, second)]
+        entries = [api.find_domain(d) for d in (first, second)]
+        known = [entry is not None for entry in entries]
         if all(known):
-            error("Both domains already exist, unable to create alias.")
-            return 255
+            # one an alias of the other: a half-made alias is finished, a whole one refused
+            half = next((e for e in entries if e is not None and e.is_alias
+                         and {e.domain, e.real_domain} == {first, second}), None)
+            try:
+                if half is None:
+                    raise DomainAlreadyExists(second)
+                api.add_alias_domain(half.real_domain, half.domain)
+            except DomainAlreadyExists:
+                error("Both domains already exist, unable to create alias.")
+                return 255
+            return 0
         if not any(known):
             error(f"Neither '{first}' or '{second}'  exist, unable to create alias.")
             return 255

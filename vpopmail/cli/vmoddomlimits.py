@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                     current.numbers[NUMBER_OPTIONS[letter]] = number(value, f"-{letter}")
                 elif letter == "q":
                     size = api.quota_string(value)
+                    if "C" in size:
+                        raise UsageError(f"-q takes a size, not {value!r}: -m sets the message "
+                                         "count")
                     current.numbers["default_quota"] = (int(size.split("S")[0]) if "S" in size
                                                         else 0)
                 elif letter == "g":

@@ -161,19 +161,7 @@ class AliasChecks:
         """Raise UserIsAlias for the first of ``names`` that is an alias of ``entry``'s domain
         (the reverse of :meth:`check_add`): delivery looks at aliases first, so such a user
         would never get mail."""
-        from vpopmail.aliases import DEFAULT, UserIsAlias
-
-        wanted = [name for name in names if name != DEFAULT]  # never an alias name
-        if len(wanted) == 1:
-            taken = wanted if self.lines(entry, wanted[0]) is not None else []
-        elif wanted:
-            aliases = set(self.names(entry))
-            taken = [name for name in wanted if name in aliases]
-        else:
-            taken = []
-        if taken:
-            raise UserIsAlias(f"{taken[0]}@{entry.domain} is an alias: a user of that name would "
-                              "get none of its mail (remove the alias with valias -d first)")
+        refuse_named_as_aliases(entry, names, self.lines, self.names)
 
     @staticmethod
     def kept_lines(address: str, lines: list[str] | None, line: str) -> list[str]:
@@ -193,6 +181,26 @@ class AliasChecks:
     def sorted_names(found: "Iterable[str]") -> list[str]:
         """Alias names sorted case-insensitively (as C's valias_select_names)."""
         return sorted(found, key=lambda n: (n.lower(), n))
+
+
+def refuse_named_as_aliases(entry: AssignEntry, names: "Sequence[str]",
+                            lines: "Callable[[AssignEntry, str], list[str] | None]",
+                            all_names: "Callable[[AssignEntry], list[str]]") -> None:
+    """:meth:`AliasChecks.refuse_users_named_as_aliases` over the aliases that ``lines`` (one
+    alias's lines, None if there is none) and ``all_names`` read."""
+    from vpopmail.aliases import DEFAULT, UserIsAlias
+
+    wanted = [name for name in names if name != DEFAULT]  # never an alias name
+    if len(wanted) == 1:
+        taken = wanted if lines(entry, wanted[0]) is not None else []
+    elif wanted:
+        aliases = set(all_names(entry))
+        taken = [name for name in wanted if name in aliases]
+    else:
+        taken = []
+    if taken:
+        raise UserIsAlias(f"{taken[0]}@{entry.domain} is an alias: a user of that name would "
+                          "get none of its mail (remove the alias with valias -d first)")
 
 
 FILES, SQL = "cdb", "mysql"

@@ -30,7 +30,8 @@ from vpopmail.errors import (BadInput, ConfigError, CorruptData, DomainAlreadyEx
                              InvalidDomainName, NoAuthConnection, UserDoesNotExist,
                              UsernameExists)
 from vpopmail.fsutil import is_file, join
-from vpopmail.stores import AliasChecks, Fault, UserDatabase, VUser
+from vpopmail.stores import (AliasChecks, Fault, UserDatabase, VUser,
+                             refuse_named_as_aliases)
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -909,6 +910,15 @@ class SqlAliases(AliasChecks):
 
     def lines(self, entry: AssignEntry, alias: str) -> list[str] | None:
         return self.select_lines(entry.real_domain, [alias]).get(alias)
+
+    def refuse_users_named_as_aliases(self, entry: AssignEntry, names: "Sequence[str]") -> None:
+        """The rows' refusal, then the ``.qmail-<name>`` files': qmail-local reads those before
+        vdelivermail looks at a row or a user (ezmlm lists, qmailadmin's autoresponders)."""
+        from vpopmail import aliases
+
+        AliasChecks.refuse_users_named_as_aliases(self, entry, names)
+        refuse_named_as_aliases(entry, names, aliases.read_lines,
+                                lambda e: aliases.names(e.dir))
 
     def all(self, entry: AssignEntry) -> list[tuple[str, str]]:
         """(alias, line) for every row of the domain, aliases sorted, lines in server order."""

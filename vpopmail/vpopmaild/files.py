@@ -53,6 +53,14 @@ def locate(s: Session, path: str, whole: bool = False) -> tuple[str, list[str], 
     domain administrator it must not hold a system administrator's directory either (a hashed
     bucket, ``domain/0``, holds a hundred accounts)."""
     assert s.user is not None and s.entry is not None
+    config = s.api.config
+    if s.system_admin:
+        root = os.path.join(config.home, config.paths_domains_dir)
+        minor, uid, gid = 1510, config.uid, config.gid
+    elif s.domain_admin:
+        root, minor, uid, gid = s.entry.dir, 1511, s.entry.uid, s.entry.gid
+    else:
+        root, minor, uid, gid = s.user.dir, 1512, s.entry.uid, s.entry.gid
     if ".." in path:
         raise Refusal(20, 1501)
     if "%" in path:
@@ -66,32 +74,28 @@ def locate(s: Session, path: str, whole: bool = False) -> tuple[str, list[str], 
         at = path.find("@")
         if at > slash:
             raise Refusal(23, 1504)
+        # a path the session may not reach is refused before any lookup, so whether its
+        # domain or user exists does not show (C looked the user up first)
         if at >= 0:
             name, domain = split_address(path[:slash])
             if not name or not domain:
                 raise Refusal(24, 1505)
-            user, _ = s.find_user(name, domain, Refusal(25, 1506))
             if s.domain_admin and not s.own_domain(domain):
                 raise Refusal(11, 1507)
             if not s.flags & (QA_ADMIN | SA_ADMIN) and not s.is_me(name, domain):
                 raise Refusal(12, 1508)
+            user, _ = s.find_user(name, domain, Refusal(25, 1506))
             full = user.dir + path[slash:]
         else:
             try:
                 entry = s.api.find_domain(path[:slash])
             except VpopmailError:
                 entry = None
-            if entry is None:
+            if entry is None and s.system_admin:
                 raise Refusal(11, 1509)
+            if entry is None or not s.system_admin and not s.own_domain(entry.domain):
+                raise Refusal(26, minor)  # C's answer for another domain, known or not
             full = entry.dir + path[slash:]
-    config = s.api.config
-    if s.system_admin:
-        root = os.path.join(config.home, config.paths_domains_dir)
-        minor, uid, gid = 1510, config.uid, config.gid
-    elif s.domain_admin:
-        root, minor, uid, gid = s.entry.dir, 1511, s.entry.uid, s.entry.gid
-    else:
-        root, minor, uid, gid = s.user.dir, 1512, s.entry.uid, s.entry.gid
     base, wanted = _parts(root), _parts(full)
     if wanted[:len(base)] != base:
         raise Refusal(26, minor)
