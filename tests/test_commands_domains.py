@@ -175,6 +175,19 @@ def test_vadddomain_as_vpopmail_cannot_write_assign(root_vhome: Install) -> None
     check_owner(inst)
 
 
+def test_vadddomain_refuses_a_qmail_dir_that_does_not_exist(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A mistyped paths.qmail_dir is named; no qmail tree is made there (before: a fake
+    users/assign and control/ appeared, exit 0, and qmail never heard of the domain)."""
+    golden(vhome)
+    missing = tmp_path / "no-such-qmail"
+    vhome.set_config("paths", "qmail_dir", str(missing))
+    result = refused(vhome, "vadddomain", "other.org", "secret", code=154)
+    assert f"paths.qmail_dir {missing} is not a directory" in result.stdout
+    assert not missing.exists() and not (vhome.domains / "other.org").exists()
+    assert not [p for p in vhome.domains.rglob("other.org")]
+
+
 # vdominfo --------------------------------------------------------------------------------------
 
 def test_vdominfo_all_and_one(vhome: Install) -> None:
