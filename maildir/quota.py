@@ -62,6 +62,23 @@ def format_quota(text: str) -> str:
     return f"{count}C" if count else ""
 
 
+#: what may follow a quota's number: a count, or a size with a unit, a ``B`` and an ``S``
+QUOTA_SUFFIXES = frozenset(["c", *(unit + b + s for unit in ("", "k", "m", "g")
+                                   for b in ("", "b") for s in ("", "s"))])
+
+
+def is_quota_text(text: str) -> bool:
+    """True when each comma-separated part of ``text`` is digits and a suffix that
+    :func:`format_quota` reads whole (``10M``, ``1000000S``, ``100C``): ``10Q`` or ``1.5G``
+    would be read as 10 bytes or 1 GB."""
+    for part in text.split(","):
+        number = part.rstrip("BbCcGgKkMmSs")
+        if not number or number.strip("0123456789") or \
+                part[len(number):].lower() not in QUOTA_SUFFIXES:
+            return False
+    return True
+
+
 def record_quota(stored: str) -> str:
     """The quota a user record's ``stored`` text means to a delivery, as C vdelivermail reads
     it (``format_maildirquota``): ``50M`` is ``52428800S``, a bare number is bytes. Records

@@ -6,7 +6,8 @@ import os
 
 from maildir import is_maildir
 from maildir.maildir import make_maildir
-from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
+from maildir.quota import (NOQUOTA, format_quota, has_quota, is_quota_text, scan_usage,
+                           write_maildirsize)
 from vpopmail import catchall, dircontrol, flags
 from vpopmail.api.limits import LimitsMixin
 from vpopmail.assign import AssignEntry
@@ -103,7 +104,9 @@ class UsersMixin(LimitsMixin):
         """A quota as stored: ``NOQUOTA`` or the Maildir++ form; nonsense is refused."""
         if len(quota) > MAX_QUOTA:
             raise QuotaTooLong(quota)
-        text = format_quota(quota.upper() if quota.upper() == NOQUOTA else quota)
+        if quota.upper() == NOQUOTA:
+            return NOQUOTA
+        text = format_quota(quota) if is_quota_text(quota) else ""
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text
