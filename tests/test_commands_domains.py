@@ -3,6 +3,7 @@ vaddaliasdomain, vdeldomain, vmoddomlimits and vregenerate, on real files."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -186,6 +187,27 @@ def test_vadddomain_refuses_a_qmail_dir_that_does_not_exist(vhome: Install,
     assert f"paths.qmail_dir {missing} is not a directory" in result.stdout
     assert not missing.exists() and not (vhome.domains / "other.org").exists()
     assert not [p for p in vhome.domains.rglob("other.org")]
+
+
+def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install) -> None:
+    """In a root install, a user who may not read or write a file is told so, with the fix
+    (before: "corrupt data file: ...vpasswd.cdb: Permission denied", and vadddomain blamed
+    the domain owner: "the domain owner 89:89 cannot enter it")."""
+    inst = root_vhome
+    golden(inst)
+    before = state(inst)
+    uid = pwd.getpwnam("nobody").pw_uid
+    for argv in (["vuserinfo", f"alice@{DOMAIN}"], ["vdominfo", DOMAIN],
+                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"]):
+        result = inst.run(*argv, as_user="nobody")
+        assert result.returncode != 0, result
+        lines = result.stdout.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and \
+            lines[0].endswith(f" (uid {uid}): run {argv[0]} as root"), result
+        assert "Permission denied" in lines[0], result
+        assert "corrupt" not in lines[0] and "domain owner" not in lines[0], result
+        assert "Traceback" not in result.stderr, result
+    assert state(inst) == before
 
 
 # vdominfo --------------------------------------------------------------------------------------

@@ -65,8 +65,11 @@ class DomainsMixin(UsersMixin):
             root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+        # only root can check as the owner; anyone else checks as itself and is refused a
+        # permission below, which names the fix, rather than blamed on the domain's owner
         with OwnerIds(uid, gid):
-            reachable = os.access(root, os.X_OK, effective_ids=True)
+            reachable = os.geteuid() not in (0, uid) or os.access(root, os.X_OK,
+                                                                  effective_ids=True)
         if not reachable:  # vdelivermail, vchkpw and the admin commands work there as it
             raise CouldNotMakeDomainDir(
                 f"{root}: the domain owner {uid}:{gid} cannot enter it: give the domain a group "
