@@ -114,6 +114,16 @@ def explain(exc: VpopmailError, name: str) -> str:
     return f"{text} (uid {os.geteuid()}): run {name} as root"
 
 
+def random_option(length: str, given: str | None) -> str:
+    """``-r[len]``: a random password of ``len`` (8) characters; refused beside a password
+    operand (C stored the operand and printed it as the "Random password")."""
+    if given is not None:
+        raise UsageError("don't use -r option when giving password on command line")
+    from vpopmail.passwords import random_password
+
+    return random_password(number(length or "8", "length"))
+
+
 def prompt_password(name: str) -> str:
     """Ask twice on a terminal (as vgetpasswd); read one line when stdin is not a terminal.
     End of input (Ctrl-D, or no line at all) raises EOFError: :func:`run` reports it."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pwd
 import sys
 
-from vpopmail.passwords import random_password
 from vpopmail.cli.common import (UsageError, getopt, number, open_api, print_version,
-                                  prompt_password, run)
+                                  prompt_password, random_option, run)
 from vpopmail.errors import DomainAlreadyExists
 
 USAGE = """\
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             raise DomainAlreadyExists()
         password = args[1] if len(args) > 1 else None
         if "r" in settings:
-            password = password or random_password(number(settings["r"] or "8", "length"))
+            password = random_option(settings["r"], password)
         elif password is None:
             password = prompt_password("postmaster")
         api.add_domain(domain, password, base_dir=base, uid=uid, gid=gid,
