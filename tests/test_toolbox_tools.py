@@ -12,6 +12,7 @@ makes vcheck pass again.
 from __future__ import annotations
 
 import os
+import pwd
 import pty
 import re
 import stat
@@ -692,7 +693,7 @@ def test_vcheck_unreadable_as_another_user(root_vhome: Install) -> None:
     if root_vhome.backend == "mysql":  # the configuration holds the database password
         assert (result.returncode, result.stdout) == (
             154, f"Error: configuration error: cannot read {root_vhome.config_path}: "
-                 "Permission denied\n")
+                 f"Permission denied (uid {pwd.getpwnam('nobody').pw_uid}): run vcheck as root\n")
         root_vhome.config_path.chmod(0o644)
         result = vcheck(root_vhome, as_user="nobody")
     assert result.returncode == 5, result.stdout
