@@ -429,6 +429,12 @@ def test_vcheck_names(vhome: Install) -> None:
     assign = vhome.qmaildir / "users" / "assign"
     assign.write_text(assign.read_text().replace("\n.\n", "\n"))
     failed(vhome, "users/assign", "missing final '.' line", f"(echo . >> {assign})")
+    # a deleted users/assign (users/cdb still there) is put back, not ended with a '.' (the
+    # fix shown before, which would have made a users/assign of no domains)
+    assign.unlink()
+    shown = failed(vhome, "users/assign", "is missing but users/cdb exists",
+                   f"put {assign} back from a backup, or run vregenerate")
+    assert "echo ." not in shown
 
 
 @pytest.mark.cdb_only(QMAIL_FILES)

@@ -48,7 +48,7 @@ from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, i
 from vpopmail import catchall, cdb, flags
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry, cdb_records
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import CannotReadAssign, VpopmailError
 from vpopmail.flags import VMODUSER_LETTERS
 from vpopmail.limits import SWITCHES
 from vpopmail.names import check_domain, check_user, split_address
@@ -184,9 +184,15 @@ class Diagnosis:
         try:
             entries = self.api.qmail.entries()
         except VpopmailError as exc:
-            raise Fault(f"{path} cannot be used: {exc}",
-                        f"end {path} with a line holding a single '.' (echo . >> {path}), "
-                        f"then {self.qmail_bin}/qmail-newu") from None
+            if not os.path.exists(path):
+                fix = (f"put {path} back from a backup, or run vregenerate (rebuilds it and "
+                       "users/cdb from the domains directory; alias domains must be added again)")
+            elif isinstance(exc, CannotReadAssign):
+                fix = f"make {path} readable (root's, mode 0644)"
+            else:
+                fix = (f"end {path} with a line holding a single '.' (echo . >> {path}), "
+                       f"then {self.qmail_bin}/qmail-newu")
+            raise Fault(f"{path} cannot be used: {exc}", fix) from None
         found = next((e for e in entries if e.domain == self.domain), None)
         if found is None:
             on_disk = [e for e in self.api.discover_domains() if e.domain == self.domain]
