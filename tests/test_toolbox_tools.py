@@ -693,6 +693,24 @@ def test_vcheck_flags(vhome: Install) -> None:
            f"vmoduser -x -o {address}")
 
 
+def test_vcheck_never_offers_to_chown_a_directory_outside_the_domain(root_vhome: Install,
+                                                                      tmp_path: Path) -> None:
+    """A user directory set to another uid's directory (vmoduser -D /etc) is named and the
+    record is the fix (before: "chown -R 89:89 /etc && chmod 700 /etc")."""
+    inst = root_vhome
+    site(inst)
+    foreign = tmp_path / "etc-like"
+    foreign.mkdir(mode=0o755)
+    (foreign / "keep").write_text("root's\n")
+    inst.ok("vmoduser", "-D", str(foreign), f"alice@{DOMAIN}")
+    shown = failed(inst, "Maildir", f"{foreign} is outside the domain directory",
+                   f"vmoduser -D {inst.domains}")
+    assert "chown" not in shown and "chmod" not in shown, shown
+    assert os.stat(foreign / "keep").st_uid == 0
+    inst.ok("vmoduser", "-D", str(inst.domains / DOMAIN / "alice"), f"alice@{DOMAIN}")
+    healthy(inst)
+
+
 def test_vcheck_unreadable_as_another_user(root_vhome: Install) -> None:
     site(root_vhome)
     result = vcheck(root_vhome, as_user="nobody")

@@ -353,6 +353,7 @@ class Diagnosis:
             raise Fault("the user record has no directory",
                         f"deliver a message to {address} (vdelivermail makes the directory "
                         "and stores it), or log in once")
+        self._check_foreign_dir(address)
         maildir = os.path.join(user.dir, "Maildir")
         paths = [user.dir, maildir, *(os.path.join(maildir, sub) for sub in SUBDIRS)]
         missing, owners, modes, odd = [], [], [], []
@@ -388,6 +389,24 @@ class Diagnosis:
         if problems:
             raise Fault("; ".join(problems), " && ".join(fixes))
         return f"{maildir} with cur, new, tmp: owner {entry.uid}:{entry.gid}, mode 0700"
+
+    def _check_foreign_dir(self, address: str) -> None:
+        """A user directory outside the domain's that another uid owns (``vmoduser -D /etc``)
+        is named, and the fix is the record, never a chown -R or chmod of that directory."""
+        entry, user = self._entry(), self.user
+        assert user is not None
+        inside = os.path.isabs(user.dir) and \
+            os.path.commonpath([entry.dir, user.dir]) == os.path.normpath(entry.dir)
+        try:
+            st = os.stat(user.dir)
+        except OSError:
+            return
+        if not inside and (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            raise Fault(f"{user.dir} is outside the domain directory {entry.dir} and belongs to "
+                        f"{_owner(st)}, not {entry.uid}:{entry.gid}: not a directory of "
+                        f"{address} alone",
+                        f"vmoduser -D {os.path.join(entry.dir, user.name)} {address} (the "
+                        "next delivery makes it), or move the mail to a directory of its own")
 
     # 10 ---------------------------------------------------------------------------------------
 
