@@ -396,6 +396,22 @@ def test_domain_changes_signal_only_their_own_qmail_send(vhome: Install, tmp_pat
 
 # vdeldomain ------------------------------------------------------------------------------------
 
+def test_vdeldomain_of_a_domain_whose_directory_tree_is_gone(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A domain made with -d whose domains directory was removed by hand is deleted (before:
+    a FileNotFoundError traceback after qmail's files were already changed)."""
+    golden(vhome)
+    base = tmp_path / "base"
+    base.mkdir()
+    base.chmod(0o755)
+    vhome.ok("vadddomain", "-d", str(base), "gone.org", "secret")
+    subprocess.run(["rm", "-rf", str(base / "domains")], check=True)
+    result = vhome.run("vdeldomain", "gone.org")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert not [line for line in assign_lines(vhome) if "gone.org" in line]
+    assert "gone.org" not in control(vhome, "rcpthosts")
+
+
 def test_vdeldomain_refuses_while_an_alias_exists(vhome: Install) -> None:
     with_alias(vhome)
     before = state(vhome)

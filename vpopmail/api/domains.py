@@ -177,7 +177,10 @@ class DomainsMixin(UsersMixin):
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
         remove_inside(root, entry.dir)
-        owner = self._root_owner(root)
+        try:
+            owner = self._root_owner(root)
+        except FileNotFoundError:  # no domains root there: no directory, no bucket to release
+            return
         with self._dir_lock(root, *owner):
             dircontrol.release(root, bucket, *owner)
 
