@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             print("You did not use a full email address for the user name")
             print("Only full email addresses should be used")
             return 255
-        password: str | None = args[1] if len(args) > 1 else None
+        # an empty operand (an unset "$PW") is no password given: asked for, as in C
+        password: str | None = args[1] if len(args) > 1 and args[1] else None
         if "n" in settings:
             password = None
         elif "e" in settings:

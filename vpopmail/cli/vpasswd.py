@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         api.get_user(args[0])
         if "r" in letters:
-            password = random_option("", args[1] if len(args) > 1 else None)
-        elif len(args) > 1:
+            password = random_option("", args[1] if len(args) > 1 and args[1] else None)
+        elif len(args) > 1 and args[1]:  # an empty one (an unset "$PW") is asked for, as in C
             password = args[1]
         else:
             password = prompt_password(args[0])
