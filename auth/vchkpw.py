@@ -32,7 +32,7 @@ from vpopmail.flags import NO_IMAP, NO_POP, NO_RELAY, NO_SMTP, NO_WEBMAIL, V_OVE
 from vpopmail.fsutil import join
 from vpopmail.names import is_valid_domain, is_valid_user, split_address
 from vpopmail.stores import VUser, close_stores, open_stores
-from vpopmail.syslog_client import LOG_ERR, Syslog
+from vpopmail.syslog_client import LOG_ERR, Syslog, printable
 
 MAX_INPUT = 512
 POP, SMTP, IMAP, WEBMAIL = "pop", "smtp", "imap", "webmail"
@@ -162,10 +162,15 @@ class Vchkpw:
             entry, user = self.authenticate(login, stamp, service)
             self.succeed(entry, user, login.lower(), service, argv[1:])
         except Finish as end:
+            line = f"{self.tag}: {end.text} {self.address}:{self.ip}"
             if end.text and (self.levels[0] or not end.password_class):
-                self.log.send(f"{self.tag}: {end.text} {self.address}:{self.ip}",
-                              LOG_ERR if end.code == TEMPORARY else 5)
+                self.log.send(line, LOG_ERR if end.code == TEMPORARY else 5)
                 self.sql_log(end.text, end.code)
+            if end.text and end.code in (TEMPORARY, MISUSE):
+                # a local fault or a misuse: also where the operator looks first (the
+                # server's log; a shell), whether or not a syslog daemon listens
+                shown = line if self.address else f"{self.tag}: {end.text}"
+                posix.write(2, f"{printable(shown)}\n".encode("utf-8", "replace"))
             return end.code
         return TEMPORARY  # not reached: succeed() execs or raises
 

@@ -620,7 +620,10 @@ class Vdelivermail:
         except OSError as exc:
             posix.close(read)
             posix.close(write)
-            raise defer(f"Unable to fork: {exc.strerror}.\nsystem error, can't open qmail-inject") from None
+            # C forked, then exec'd: a qmail-inject missing or not runnable is named as such
+            missing = isinstance(exc, (FileNotFoundError, PermissionError, NotADirectoryError))
+            what = f"Unable to run {inject}" if missing else "Unable to fork"
+            raise defer(f"{what}: {exc.strerror}.\nsystem error, can't open qmail-inject") from None
         posix.close(read)
         failure = ""
         try:

@@ -62,6 +62,24 @@ def format_quota(text: str) -> str:
     return f"{count}C" if count else ""
 
 
+#: what may follow a quota part's number: a size unit, ``B`` and ``S`` each optional; or ``C``
+QUOTA_SUFFIXES = frozenset({u + b + s for u in ("", "K", "M", "G") for b in ("", "B")
+                            for s in ("", "S")} | {"C"})
+
+
+def is_quota_text(text: str) -> bool:
+    """Whether each comma-separated part of ``text`` is digits, then (blanks allowed) one of
+    QUOTA_SUFFIXES in any case: text :func:`format_quota` reads whole (``10M``, ``10 MB``,
+    ``1000000S``, ``100C``), where ``10Q``, ``1.5G``, ``1e9`` or ``5 000 000`` would be read
+    only up to a stray character (10 bytes, 1 GB, 1 byte, 5 bytes)."""
+    for part in text.split(","):
+        part = part.strip(" \t")
+        digits = len(part) - len(part.lstrip("0123456789"))
+        if not digits or part[digits:].lstrip(" \t").upper() not in QUOTA_SUFFIXES:
+            return False
+    return True
+
+
 def record_quota(stored: str) -> str:
     """The quota a user record's ``stored`` text means to a delivery, as C vdelivermail reads
     it (``format_maildirquota``): ``50M`` is ``52428800S``, a bare number is bytes. Records

@@ -204,6 +204,26 @@ def test_quota_that_is_not_one_is_bad_input(vhome: Install) -> None:
     assert result.stdout.startswith("Error: quota too long")
 
 
+def test_quota_with_a_unit_that_is_not_one_is_bad_input(vhome: Install) -> None:
+    """A typo in the unit is refused, not read up to it (before: 10Q was stored as 10 bytes,
+    exit 0, and every message to the user bounced as over quota; 1.5G was 1 GB)."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    for quota in ("10Q", "1.5G", "10 M", "10M,", "M", "10MC", "+10M"):
+        for argv in (["vadduser", "-q", quota, f"carol@{DOMAIN}", "pw"],
+                     ["vsetuserquota", f"postmaster@{DOMAIN}", quota],
+                     ["vmoduser", "-q", quota, f"postmaster@{DOMAIN}"]):
+            result = vhome.run(*argv)
+            assert (result.returncode, result.stdout) == (152, f"Error: bad input: {quota!r} is "
+                                                          f"not a quota (use NOQUOTA, 10M, "
+                                                          f"1000000S,100C)\n"), argv
+    assert vhome.vuser(f"postmaster@{DOMAIN}").quota == "NOQUOTA"
+    for quota, stored in (("10MB", "10485760S"), ("2g", "2147483648S"), ("5kS", "5120S"),
+                          ("10M,100c", "10485760S,100C"), ("1000000", "1000000S"),
+                          ("noquota", "NOQUOTA")):
+        vhome.ok("vsetuserquota", f"postmaster@{DOMAIN}", quota)
+        assert vhome.vuser(f"postmaster@{DOMAIN}").quota == stored, quota
+
+
 def test_missing_mysql_driver_names_the_fix(vhome: Install, tmp_path: Path) -> None:
     """An install without mysqlclient asked for the MySQL backend (vconvert -c -m on a cdb
     site) names what is missing and how an installed prefix gets it."""

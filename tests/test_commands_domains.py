@@ -3,6 +3,7 @@ vaddaliasdomain, vdeldomain, vmoddomlimits and vregenerate, on real files."""
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -195,6 +196,40 @@ def test_vadddomain_as_vpopmail_cannot_write_assign(root_vhome: Install) -> None
     inst.ok("vadddomain", "other.org", "secret")
     assert inst.uid == 89
     check_owner(inst)
+
+
+def test_vadddomain_refuses_a_qmail_dir_that_does_not_exist(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A mistyped paths.qmail_dir is named; no qmail tree is made there (before: a fake
+    users/assign and control/ appeared, exit 0, and qmail never heard of the domain)."""
+    golden(vhome)
+    missing = tmp_path / "no-such-qmail"
+    vhome.set_config("paths", "qmail_dir", str(missing))
+    result = refused(vhome, "vadddomain", "other.org", "secret", code=154)
+    assert f"paths.qmail_dir {missing} is not a directory" in result.stdout
+    assert not missing.exists() and not (vhome.domains / "other.org").exists()
+    assert not [p for p in vhome.domains.rglob("other.org")]
+
+
+def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install) -> None:
+    """In a root install, a user who may not read or write a file is told so, with the fix
+    (before: "corrupt data file: ...vpasswd.cdb: Permission denied", and vadddomain blamed
+    the domain owner: "the domain owner 89:89 cannot enter it")."""
+    inst = root_vhome
+    golden(inst)
+    before = state(inst)
+    uid = pwd.getpwnam("nobody").pw_uid
+    for argv in (["vuserinfo", f"alice@{DOMAIN}"], ["vdominfo", DOMAIN],
+                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"]):
+        result = inst.run(*argv, as_user="nobody")
+        assert result.returncode != 0, result
+        lines = result.stdout.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and \
+            lines[0].endswith(f" (uid {uid}): run {argv[0]} as root"), result
+        assert "Permission denied" in lines[0], result
+        assert "corrupt" not in lines[0] and "domain owner" not in lines[0], result
+        assert "Traceback" not in result.stderr, result
+    assert state(inst) == before
 
 
 # vdominfo --------------------------------------------------------------------------------------
@@ -411,6 +446,22 @@ def test_domain_changes_signal_only_their_own_qmail_send(vhome: Install, tmp_pat
 
 
 # vdeldomain ------------------------------------------------------------------------------------
+
+def test_vdeldomain_of_a_domain_whose_directory_tree_is_gone(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A domain made with -d whose domains directory was removed by hand is deleted (before:
+    a FileNotFoundError traceback after qmail's files were already changed)."""
+    golden(vhome)
+    base = tmp_path / "base"
+    base.mkdir()
+    base.chmod(0o755)
+    vhome.ok("vadddomain", "-d", str(base), "gone.org", "secret")
+    subprocess.run(["rm", "-rf", str(base / "domains")], check=True)
+    result = vhome.run("vdeldomain", "gone.org")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert not [line for line in assign_lines(vhome) if "gone.org" in line]
+    assert "gone.org" not in control(vhome, "rcpthosts")
+
 
 def test_vdeldomain_refuses_while_an_alias_exists(vhome: Install) -> None:
     with_alias(vhome)

@@ -154,6 +154,41 @@ def test_vpasswd_random(vhome: Install) -> None:
     assert not verify_password("pw2", stored_users(vhome)["bob"][1])
 
 
+@pytest.mark.parametrize("argv", [["vpasswd", "-r", f"bob@{DOMAIN}", "given"],
+                                  ["vadduser", "-r", f"carol@{DOMAIN}", "given"],
+                                  ["vadduser", "-r12", f"carol@{DOMAIN}", "given"],
+                                  ["vadddomain", "-r", "other.org", "given"]])
+def test_random_password_and_a_given_one_are_refused(vhome: Install, argv: list[str]) -> None:
+    """-r beside a password operand is a usage error, nothing changed (before: the operand
+    was stored and printed as "Random password: given", exit 0)."""
+    golden(vhome)
+    before = state(vhome)
+    result = vhome.run(*argv)
+    assert result.returncode == 255, result
+    assert result.stderr == (f"{argv[0]}: don't use -r option when giving password on "
+                             f"command line\n")
+    assert "usage" in result.stdout and "Random password" not in result.stdout
+    assert state(vhome) == before
+
+
+def test_an_empty_password_operand_is_asked_for(vhome: Install) -> None:
+    """An empty password operand (an unset "$PW") is no password given: asked for, as C
+    did; an empty answer is refused (before: vadduser and vadddomain made accounts without a
+    password, vpasswd stored a hash of nothing, each with exit 0)."""
+    golden(vhome)
+    before = state(vhome)
+    for argv in (["vadduser", f"carol@{DOMAIN}", ""], ["vadddomain", "other.org", ""]):
+        result = vhome.run(*argv, input="\n")
+        assert result.returncode == 255, result
+        assert result.stdout.startswith("Error: No password entered\n"), result
+        assert vhome.run(*argv).stderr == f"{argv[0]}: end of input, nothing changed\n"
+    assert state(vhome) == before
+    vhome.ok("vadduser", f"carol@{DOMAIN}", "", input="carol-pw\n")
+    assert verify_password("carol-pw", stored_users(vhome)["carol"][1])
+    vhome.ok("vpasswd", f"bob@{DOMAIN}", "", input="piped-pw\n")
+    assert verify_password("piped-pw", stored_users(vhome)["bob"][1])
+
+
 def test_vpasswd_reads_password_from_stdin(vhome: Install) -> None:
     golden(vhome)
     assert vhome.run("vpasswd", f"bob@{DOMAIN}", input="piped-pw\n").returncode == 0

@@ -98,6 +98,10 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
     ({"server": {"workers": 0}}, "test.toml: server.workers must be >= 1"),
     ({"users": {"quota_warn_percent": 101}}, "test.toml: users.quota_warn_percent must be 1..100"),
     ({"relay": {"lock_timeout": -1}}, "test.toml: relay.lock_timeout must be >= 0"),
+    # a relative home went into users/assign and .qmail-default as it was, relative
+    ({"paths": {"vpopmail_home": "home/vpopmail"}},
+     "test.toml: paths.vpopmail_home must be an absolute path, not 'home/vpopmail'"),
+    ({"paths": {"qmail_dir": ""}}, "test.toml: paths.qmail_dir must be an absolute path, not ''"),
 ])
 def test_validate_texts(raw: dict[str, object], text: str) -> None:
     with pytest.raises(ConfigError) as refused:
@@ -350,7 +354,7 @@ safe_text = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=3
 def test_render_round_trip(home: str, default_domain: str, log_name: str, uid: int, timeout: int,
                            warn: int, hashed: bool, clear: bool, scheme: str, level: str) -> None:
     values = dict(defaults().values)
-    values.update(paths_vpopmail_home=home, users_default_domain=default_domain,
+    values.update(paths_vpopmail_home=f"/{home}", users_default_domain=default_domain,
                   logging_log_name=log_name, owner_uid=uid, locks_timeout=timeout,
                   users_quota_warn_percent=warn, users_hashed_dirs=hashed,
                   passwords_clear_passwords=clear, passwords_scheme=scheme, logging_level=level)

@@ -847,6 +847,16 @@ def test_second_server_refuses_to_start(site: LoginSite) -> None:
     assert second.returncode == 111 and "already listens" in second.stderr
 
 
+def test_server_as_another_user_than_root_names_the_fix(root_vhome: Install) -> None:
+    """Started as the vpopmail user in a root install (run/ is root's): one line, no
+    traceback (before: a PermissionError traceback, exit 1)."""
+    result = root_vhome.run("vpopmail-server", as_user="vpopmail")
+    assert result.returncode == 111, result
+    assert result.stderr == (f"vpopmail-server: vpopmail error: cannot listen on "
+                             f"{root_vhome.prefix}/run/server.sock: Permission denied (start "
+                             f"vpopmail-server as root)\n")
+
+
 # -- bad clients --------------------------------------------------------------------------------
 
 def raw_request(program: int, argv: list[bytes], env: list[bytes], cwd: bytes = b"/",

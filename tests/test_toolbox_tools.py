@@ -12,6 +12,7 @@ makes vcheck pass again.
 from __future__ import annotations
 
 import os
+import pwd
 import pty
 import re
 import stat
@@ -428,6 +429,12 @@ def test_vcheck_names(vhome: Install) -> None:
     assign = vhome.qmaildir / "users" / "assign"
     assign.write_text(assign.read_text().replace("\n.\n", "\n"))
     failed(vhome, "users/assign", "missing final '.' line", f"(echo . >> {assign})")
+    # a deleted users/assign (users/cdb still there) is put back, not ended with a '.' (the
+    # fix shown before, which would have made a users/assign of no domains)
+    assign.unlink()
+    shown = failed(vhome, "users/assign", "is missing but users/cdb exists",
+                   f"put {assign} back from a backup, or run vregenerate")
+    assert "echo ." not in shown
 
 
 @pytest.mark.cdb_only(QMAIL_FILES)
@@ -686,13 +693,31 @@ def test_vcheck_flags(vhome: Install) -> None:
            f"vmoduser -x -o {address}")
 
 
+def test_vcheck_never_offers_to_chown_a_directory_outside_the_domain(root_vhome: Install,
+                                                                      tmp_path: Path) -> None:
+    """A user directory set to another uid's directory (vmoduser -D /etc) is named and the
+    record is the fix (before: "chown -R 89:89 /etc && chmod 700 /etc")."""
+    inst = root_vhome
+    site(inst)
+    foreign = tmp_path / "etc-like"
+    foreign.mkdir(mode=0o755)
+    (foreign / "keep").write_text("root's\n")
+    inst.ok("vmoduser", "-D", str(foreign), f"alice@{DOMAIN}")
+    shown = failed(inst, "Maildir", f"{foreign} is outside the domain directory",
+                   f"vmoduser -D {inst.domains}")
+    assert "chown" not in shown and "chmod" not in shown, shown
+    assert os.stat(foreign / "keep").st_uid == 0
+    inst.ok("vmoduser", "-D", str(inst.domains / DOMAIN / "alice"), f"alice@{DOMAIN}")
+    healthy(inst)
+
+
 def test_vcheck_unreadable_as_another_user(root_vhome: Install) -> None:
     site(root_vhome)
     result = vcheck(root_vhome, as_user="nobody")
     if root_vhome.backend == "mysql":  # the configuration holds the database password
         assert (result.returncode, result.stdout) == (
             154, f"Error: configuration error: cannot read {root_vhome.config_path}: "
-                 "Permission denied\n")
+                 f"Permission denied (uid {pwd.getpwnam('nobody').pw_uid}): run vcheck as root\n")
         root_vhome.config_path.chmod(0o644)
         result = vcheck(root_vhome, as_user="nobody")
     assert result.returncode == 5, result.stdout

@@ -226,11 +226,18 @@ def test_malformed_or_oversized_input_is_misuse(site: LoginSite, data: bytes) ->
 
 
 def test_no_program_is_misuse(site: LoginSite) -> None:
-    assert site.login("alice@example.com", PASSWORD, program=[]).code == 2
+    result = site.login("alice@example.com", PASSWORD, program=[])
+    assert result.code == 2
+    assert "no program to run after the login" in result.stderr, result
 
 
 def test_exec_failure_is_temporary(site: LoginSite) -> None:
-    assert site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"]).code == 111
+    """Exit 111, and the reason on stderr too (the POP3 service's log), not only in a syslog
+    that may not be running (before: nothing at all by hand or without syslogd)."""
+    result = site.login("alice@example.com", PASSWORD, program=["/nonexistent/prog"])
+    assert result.code == 111
+    assert result.stderr == ("vchkpw-pop3: cannot run /nonexistent/prog (No such file or "
+                             "directory) alice@example.com:192.0.2.10\n"), result
 
 
 def test_program_on_path_is_one_the_domain_owner_may_run(site: LoginSite) -> None:

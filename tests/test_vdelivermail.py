@@ -391,11 +391,13 @@ def test_forwards_run_under_the_callers_limits(site: Site, inject: Path) -> None
 @pytest.mark.cdb_only(NO_BACKEND)
 def test_missing_qmail_inject_under_the_callers_limits(site: Site) -> None:
     """A qmail-inject that cannot be started says so as the direct run does, whatever the
-    caller's limits (through the server they are set between a fork and the exec)."""
+    caller's limits (through the server they are set between a fork and the exec), and names
+    the path (paths.qmail_inject; before: "Unable to fork", as if fork had failed)."""
     write_dotqmail(site, site.user_dir("alice") / ".qmail", "&carol@example.org\n")
     result = site.deliver("alice", wrap=("prlimit", "--nofile=77:99", "--"))
+    inject = site.inst.qmaildir / "bin" / "qmail-inject"
     assert (result.returncode, result.stdout) == (
-        111, b"Unable to fork: No such file or directory.\n"
+        111, f"Unable to run {inject}: No such file or directory.\n".encode() +
              b"system error, can't open qmail-inject\n")
 
 

@@ -183,6 +183,10 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {section}.{key} must be one of {', '.join(choices)}")
             values[f"{section}_{key}"] = value
+    for key in ("paths_vpopmail_home", "paths_qmail_dir"):
+        if not str(values[key]).startswith("/"):  # written into users/assign, .qmail-default
+            raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be an absolute path, "
+                              f"not {values[key]!r}")
     for key in ("server_workers", "server_requests_per_worker"):
         if int(values[key]) < 1:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 1")

@@ -13,7 +13,8 @@ from vpopmail.assign import (AssignEntry, cdb_records, control_sort_key, insert_
                              parse_entry, sort_key)
 from vpopmail.cdbwrite import build
 from vpopmail.config import Config
-from vpopmail.errors import CannotReadAssign, CorruptData, DomainAlreadyExists, DomainDoesNotExist
+from vpopmail.errors import (CannotReadAssign, ConfigError, CorruptData, DomainAlreadyExists,
+                             DomainDoesNotExist)
 from vpopmail.fsutil import FileLock, atomic_write
 
 MAX_RCPTHOSTS = 50
@@ -180,7 +181,12 @@ class QmailFiles:
                    ) -> None:
         """Make qmail accept and route ``entry.domain`` (a domain or an alias domain); lines
         already there are kept, not doubled, and ``resume`` (finishing an interrupted
-        vadddomain) accepts its users/assign line already present."""
+        vadddomain) accepts its users/assign line already present. ``users/`` and ``control/``
+        are made if missing; the qmail directory itself never is (a mistyped
+        ``paths.qmail_dir`` would get a qmail tree that no qmail reads)."""
+        if not os.path.isdir(self.root):
+            raise ConfigError(f"paths.qmail_dir {self.root} is not a directory: set it to "
+                              f"qmail's directory (e.g. /var/qmail) in vpopmail.toml")
         os.makedirs(self.path("users"), exist_ok=True)
         os.makedirs(self.path("control"), exist_ok=True)
         self.add_assign(entry, resume)

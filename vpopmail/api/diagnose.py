@@ -48,7 +48,7 @@ from maildir.quota import (MAILDIRSIZE, RECALC_SIZE, STALE_SECONDS, has_quota, i
 from vpopmail import catchall, cdb, flags
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry, cdb_records
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import CannotReadAssign, VpopmailError
 from vpopmail.flags import VMODUSER_LETTERS
 from vpopmail.limits import SWITCHES
 from vpopmail.names import check_domain, check_user, split_address
@@ -184,9 +184,15 @@ class Diagnosis:
         try:
             entries = self.api.qmail.entries()
         except VpopmailError as exc:
-            raise Fault(f"{path} cannot be used: {exc}",
-                        f"end {path} with a line holding a single '.' (echo . >> {path}), "
-                        f"then {self.qmail_bin}/qmail-newu") from None
+            if not os.path.exists(path):
+                fix = (f"put {path} back from a backup, or run vregenerate (rebuilds it and "
+                       "users/cdb from the domains directory; alias domains must be added again)")
+            elif isinstance(exc, CannotReadAssign):
+                fix = f"make {path} readable (root's, mode 0644)"
+            else:
+                fix = (f"end {path} with a line holding a single '.' (echo . >> {path}), "
+                       f"then {self.qmail_bin}/qmail-newu")
+            raise Fault(f"{path} cannot be used: {exc}", fix) from None
         found = next((e for e in entries if e.domain == self.domain), None)
         if found is None:
             on_disk = [e for e in self.api.discover_domains() if e.domain == self.domain]
@@ -347,6 +353,7 @@ class Diagnosis:
             raise Fault("the user record has no directory",
                         f"deliver a message to {address} (vdelivermail makes the directory "
                         "and stores it), or log in once")
+        self._check_foreign_dir(address)
         maildir = os.path.join(user.dir, "Maildir")
         paths = [user.dir, maildir, *(os.path.join(maildir, sub) for sub in SUBDIRS)]
         missing, owners, modes, odd = [], [], [], []
@@ -382,6 +389,24 @@ class Diagnosis:
         if problems:
             raise Fault("; ".join(problems), " && ".join(fixes))
         return f"{maildir} with cur, new, tmp: owner {entry.uid}:{entry.gid}, mode 0700"
+
+    def _check_foreign_dir(self, address: str) -> None:
+        """A user directory outside the domain's that another uid owns (``vmoduser -D /etc``)
+        is named, and the fix is the record, never a chown -R or chmod of that directory."""
+        entry, user = self._entry(), self.user
+        assert user is not None
+        inside = os.path.isabs(user.dir) and \
+            os.path.commonpath([entry.dir, user.dir]) == os.path.normpath(entry.dir)
+        try:
+            st = os.stat(user.dir)
+        except OSError:
+            return
+        if not inside and (st.st_uid, st.st_gid) != (entry.uid, entry.gid):
+            raise Fault(f"{user.dir} is outside the domain directory {entry.dir} and belongs to "
+                        f"{_owner(st)}, not {entry.uid}:{entry.gid}: not a directory of "
+                        f"{address} alone",
+                        f"vmoduser -D {os.path.join(entry.dir, user.name)} {address} (the "
+                        "next delivery makes it), or move the mail to a directory of its own")
 
     # 10 ---------------------------------------------------------------------------------------
 

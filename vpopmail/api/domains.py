@@ -74,8 +74,11 @@ class DomainsMixin(UsersMixin):
             root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+        # only root can check as the owner; anyone else checks as itself and is refused a
+        # permission below, which names the fix, rather than blamed on the domain's owner
         with OwnerIds(uid, gid):
-            reachable = os.access(root, os.X_OK, effective_ids=True)
+            reachable = os.geteuid() not in (0, uid) or os.access(root, os.X_OK,
+                                                                  effective_ids=True)
         if not reachable:  # vdelivermail, vchkpw and the admin commands work there as it
             raise CouldNotMakeDomainDir(
                 f"{root}: the domain owner {uid}:{gid} cannot enter it: give the domain a group "
@@ -183,7 +186,10 @@ class DomainsMixin(UsersMixin):
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
         remove_inside(root, entry.dir)
-        owner = self._root_owner(root)
+        try:
+            owner = self._root_owner(root)
+        except FileNotFoundError:  # no domains root there: no directory, no bucket to release
+            return
         with self._dir_lock(root, *owner):
             dircontrol.release(root, bucket, *owner)
 

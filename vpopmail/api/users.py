@@ -6,7 +6,8 @@ import os
 
 from maildir import is_maildir
 from maildir.maildir import make_maildir
-from maildir.quota import NOQUOTA, format_quota, has_quota, scan_usage, write_maildirsize
+from maildir.quota import (NOQUOTA, format_quota, has_quota, is_quota_text, scan_usage,
+                           write_maildirsize)
 from vpopmail import catchall, dircontrol, flags
 from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
 from vpopmail.assign import AssignEntry
@@ -26,22 +27,6 @@ if TYPE_CHECKING:
 MAX_GECOS = 64
 MAX_PASSWD = 128
 NULL_REMOTE_IP = "0.0.0.0"
-
-
-#: what may follow a quota part's number: a size unit, B and S each optional; or C (a count)
-QUOTA_UNITS = frozenset({u + b + s for u in ("", "K", "M", "G") for b in ("", "B")
-                         for s in ("", "S")} | {"C"})
-
-
-def _is_quota_text(text: str) -> bool:
-    """Whether every ``,`` part of ``text`` is digits, blanks allowed, then one of
-    QUOTA_UNITS (any case): text C's reader takes whole, not only up to a stray character."""
-    for part in text.split(","):
-        part = part.strip(" \t")
-        digits = len(part) - len(part.lstrip("0123456789"))
-        if not digits or part[digits:].lstrip(" \t").upper() not in QUOTA_UNITS:
-            return False
-    return True
 
 
 def _check_text(value: str, too_long: type[VpopmailError], limit: int) -> str:
@@ -120,7 +105,7 @@ class UsersMixin(LimitsMixin):
             raise QuotaTooLong(quota)
         if quota.upper() == NOQUOTA:
             return NOQUOTA
-        text = format_quota(quota) if _is_quota_text(quota) else ""
+        text = format_quota(quota) if is_quota_text(quota) else ""
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         return text

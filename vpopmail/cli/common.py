@@ -5,12 +5,13 @@ masked to a byte (``Domain does not exist`` -11 -> 245), so scripts written for 
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from vpopmail import __version__, config
 from vpopmail.api import Vpopmail
 from vpopmail.cmdline import OPTIONS, answer
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import CorruptData, VpopmailError
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
@@ -99,6 +100,30 @@ def error(message: str) -> None:
     print(f"Error: {message}")
 
 
+def explain(exc: VpopmailError, name: str) -> str:
+    """``exc``'s text; a permission refused to a user other than root says so and names the
+    fix (a "corrupt data file" would send the operator looking for damage)."""
+    cause = exc.__context__
+    if not isinstance(cause, PermissionError) or os.geteuid() == 0:
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, CorruptData) and cause.filename:
+        text = f"{cause.strerror}: {cause.filename}"
+    elif isinstance(exc, CorruptData):
+        text = exc.detail
+    return f"{text} (uid {os.geteuid()}): run {name} as root"
+
+
+def random_option(length: str, given: str | None) -> str:
+    """``-r[len]``: a random password of ``len`` (8) characters; refused beside a password
+    operand (C stored the operand and printed it as the "Random password")."""
+    if given is not None:
+        raise UsageError("don't use -r option when giving password on command line")
+    from vpopmail.passwords import random_password
+
+    return random_password(number(length or "8", "length"))
+
+
 def prompt_password(name: str) -> str:
     """Ask twice on a terminal (as vgetpasswd); read one line when stdin is not a terminal.
     End of input (Ctrl-D, or no line at all) raises EOFError: :func:`run` reports it."""
@@ -145,7 +170,7 @@ def run(body: Callable[[], int | None], usage: str,
                 error(text)
                 break
         else:
-            error(str(exc))
+            error(explain(exc, name))
         return exc.status
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pwd
 import sys
 
-from vpopmail.passwords import random_password
-from vpopmail.cli.common import (UsageError, getopt, number, open_api, print_version,
-                                  prompt_password, run)
+from vpopmail.cli.common import (UsageError, error, getopt, number, open_api, print_version,
+                                  prompt_password, random_option, run)
 from vpopmail.errors import DomainAlreadyExists
 
 USAGE = """\
@@ -53,11 +52,15 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         existing = api.find_domain(domain)
         if existing is not None and (existing.is_alias or not api.domain_incomplete(existing)):
             raise DomainAlreadyExists()
-        password = args[1] if len(args) > 1 else None
+        # an empty operand (an unset "$PW") is no password given: asked for, as in C
+        password = args[1] if len(args) > 1 and args[1] else None
         if "r" in settings:
-            password = password or random_password(number(settings["r"] or "8", "length"))
+            password = random_option(settings["r"], password)
         elif password is None:
             password = prompt_password("postmaster")
+            if not password:  # a postmaster without a password (learn_passwords: anyone's)
+                error("No password entered")
+                raise UsageError("")
         api.add_domain(domain, password, base_dir=base, uid=uid, gid=gid,
                        default_action=settings.get("e")
                        or ("bounce-no-mailbox" if "b" in settings else None),

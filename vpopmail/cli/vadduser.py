@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import sys
 
-from vpopmail.passwords import random_password
 from vpopmail.api import NewUser, Vpopmail
-from vpopmail.cli.common import (UsageError, error, getopt, number, open_api, print_version,
-                                 prompt_password, run)
+from vpopmail.cli.common import (UsageError, error, getopt, open_api, print_version,
+                                 prompt_password, random_option, run)
 from vpopmail.errors import IllegalUsername, BadInput, UsernameExists
 from vpopmail.names import split_address
 
@@ -71,13 +70,14 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             print("You did not use a full email address for the user name")
             print("Only full email addresses should be used")
             return 255
-        password: str | None = args[1] if len(args) > 1 else None
+        # an empty operand (an unset "$PW") is no password given: asked for, as in C
+        password: str | None = args[1] if len(args) > 1 and args[1] else None
         if "n" in settings:
             password = None
         elif "e" in settings:
             password = None
         elif "r" in settings:
-            password = password or random_password(number(settings["r"] or "8", "length"))
+            password = random_option(settings["r"], password)
         elif password is None:
             password = prompt_password(args[0])
             if not password:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sys
 
-from vpopmail.passwords import random_password
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, prompt_password, run
+from vpopmail.cli.common import (UsageError, getopt, open_api, print_version, prompt_password,
+                                  random_option, run)
 
 USAGE = """\
 vpasswd: usage: [options] email_address [password]
@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             raise UsageError("")
         api = open_api(config)
         api.get_user(args[0])
-        if len(args) > 1:
+        if "r" in letters:
+            password = random_option("", args[1] if len(args) > 1 and args[1] else None)
+        elif len(args) > 1 and args[1]:  # an empty one (an unset "$PW") is asked for, as in C
             password = args[1]
-        elif "r" in letters:
-            password = random_password()
         else:
             password = prompt_password(args[0])
         api.set_password(args[0], password, honour_flag=True)

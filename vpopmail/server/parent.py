@@ -47,7 +47,10 @@ def preload() -> None:
 
 def check_directory(path: str) -> None:
     """The socket's directory must be writable by no one but root or this user."""
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise VpopmailError(f"socket directory {path}: {exc.strerror}") from None
     if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
         raise VpopmailError(f"{path} must belong to root or uid {os.geteuid()} and be "
                             f"writable by no one else")
@@ -82,8 +85,12 @@ def listen(path: str) -> socket.socket:
         os.unlink(staging)
     except FileNotFoundError:
         pass
-    sock = bind(staging, 0o666)  # every user may ask: each gets no more than its own rights
-    os.replace(staging, path)
+    try:
+        sock = bind(staging, 0o666)  # every user may ask: each gets no more than its own rights
+        os.replace(staging, path)
+    except OSError as exc:
+        hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
+        raise VpopmailError(f"cannot listen on {path}: {exc.strerror}{hint}") from None
     return sock
 
 
