@@ -208,7 +208,7 @@ def test_quota_with_a_unit_that_is_not_one_is_bad_input(vhome: Install) -> None:
     """A typo in the unit is refused, not read up to it (before: 10Q was stored as 10 bytes,
     exit 0, and every message to the user bounced as over quota; 1.5G was 1 GB)."""
     vhome.ok("vadddomain", DOMAIN, "secret")
-    for quota in ("10Q", "1.5G", "10 M", "10M,", "M", "10MC", "+10M"):
+    for quota in ("10Q", "1.5G", "1e9", "5 000 000", "10M,", "M", "10MC", "+10M"):
         for argv in (["vadduser", "-q", quota, f"carol@{DOMAIN}", "pw"],
                      ["vsetuserquota", f"postmaster@{DOMAIN}", quota],
                      ["vmoduser", "-q", quota, f"postmaster@{DOMAIN}"]):
@@ -217,7 +217,8 @@ def test_quota_with_a_unit_that_is_not_one_is_bad_input(vhome: Install) -> None:
                                                           f"not a quota (use NOQUOTA, 10M, "
                                                           f"1000000S,100C)\n"), argv
     assert vhome.vuser(f"postmaster@{DOMAIN}").quota == "NOQUOTA"
-    for quota, stored in (("10MB", "10485760S"), ("2g", "2147483648S"), ("5kS", "5120S"),
+    for quota, stored in (("10MB", "10485760S"), ("10 M", "10485760S"), ("2g", "2147483648S"),
+                          ("5kS", "5120S"),
                           ("10M,100c", "10485760S,100C"), ("1000000", "1000000S"),
                           ("noquota", "NOQUOTA")):
         vhome.ok("vsetuserquota", f"postmaster@{DOMAIN}", quota)
