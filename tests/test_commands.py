@@ -75,7 +75,7 @@ def check_golden_files(inst: Install, clear: bool = False) -> None:
             assert fields[7] == PASSWORDS[name]
     if inst.backend == "cdb":
         assert vpasswd_lines(inst) == [":".join(users[name]) for name in sorted(users)]
-        assert mode(dom / "vpasswd") == 0o644
+        assert mode(dom / "vpasswd") == 0o600
         assert mode(dom / "vpasswd.cdb") == 0o600
     check_index(inst)
 

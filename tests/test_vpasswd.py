@@ -112,7 +112,7 @@ def test_files_written_for_the_observed_users(tmp_path: Path) -> None:
     backend.add_users(domain, [OBSERVED_USERS[1]])
     vpasswd = tmp_path / "example.com" / VPASSWD
     assert vpasswd.read_text() == "".join(line + "\n" for line in OBSERVED_LINES)   # sorted
-    assert stat.S_IMODE(vpasswd.stat().st_mode) == 0o644
+    assert stat.S_IMODE(vpasswd.stat().st_mode) == 0o600
     cdb = tmp_path / "example.com" / VPASSWD_CDB
     assert stat.S_IMODE(cdb.stat().st_mode) == 0o600
     expected = b""

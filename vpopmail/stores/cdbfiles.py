@@ -158,7 +158,7 @@ class CdbFiles(UserDatabase):
 
     def _write(self, domain: AssignEntry, lines: list[bytes], index: bool = True) -> None:
         data = b"\n".join(lines) + b"\n" if lines else b""
-        atomic_write(join(domain.dir, VPASSWD), data, 0o644, domain.uid, domain.gid,
+        atomic_write(join(domain.dir, VPASSWD), data, 0o600, domain.uid, domain.gid,
                      self.sync)
         if index:
             self._write_cdb(domain, lines)
