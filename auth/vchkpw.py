@@ -152,7 +152,7 @@ class Vchkpw:
             try:
                 data = read_input(fd)
             except OSError:
-                posix.write(2, f"{self.tag}: {MISUSE_TEXT}\n".encode())
+                to_stderr(f"{self.tag}: {MISUSE_TEXT}")
                 return MISUSE
             login, self.secret, stamp = parse_input(data)
             service, tag = detect_service(self.environ, program, self.ip)
@@ -170,7 +170,7 @@ class Vchkpw:
                 # a local fault or a misuse: also where the operator looks first (the
                 # server's log; a shell), whether or not a syslog daemon listens
                 shown = line if self.address else f"{self.tag}: {end.text}"
-                posix.write(2, f"{printable(shown)}\n".encode("utf-8", "replace"))
+                to_stderr(printable(shown))
             return end.code
         return TEMPORARY  # not reached: succeed() execs or raises
 
@@ -398,6 +398,8 @@ class Vchkpw:
         try:
             exec_path(command, env)
         except OSError as exc:
+            for signum in (_signal.SIGPIPE, _signal.SIGXFSZ):  # as Python had them: the
+                _signal.signal(signum, _signal.SIG_IGN)  # reason's write must not kill us
             raise Finish(TEMPORARY, f"cannot run {command[0]} ({exc.strerror})") from None
 
 
@@ -439,15 +441,25 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
     try:
         settings = vconfig.load(config)
     except VpopmailError as exc:
-        posix.write(2, f"vchkpw: {exc}\n".encode())
+        to_stderr(f"vchkpw: {exc}")
         return TEMPORARY
     try:
         return runner(settings).run(argv)
     except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
-        posix.write(2, f"vchkpw: internal error: {type(exc).__name__}: {exc}\n".encode())
+        to_stderr(f"vchkpw: internal error: {type(exc).__name__}: {exc}")
         return TEMPORARY
     finally:
         close_stores()
+
+
+def to_stderr(line: str) -> None:
+    """Write ``line`` to stderr; a closed stderr, or a pipe whose reader is gone, is passed
+    over: the exit code is the answer (an OSError here would end the run with 1, which the
+    caller reads as a wrong password)."""
+    try:
+        posix.write(2, f"{line}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _fd_open(fd: int) -> bool:

@@ -240,6 +240,28 @@ def test_exec_failure_is_temporary(site: LoginSite) -> None:
                              "directory) alice@example.com:192.0.2.10\n"), result
 
 
+@pytest.mark.parametrize("stderr", ["closed", "broken pipe"])
+@pytest.mark.parametrize("program, code", [([], 2), (["/nonexistent/prog"], 111)])
+def test_misuse_or_fault_keeps_its_code_without_a_stderr(site: LoginSite, program: list[str],
+                                                         code: int, stderr: str) -> None:
+    """A misuse (2) or local fault (111) whose stderr is closed, or a pipe whose reader is
+    gone (a dead log process), keeps its exit code: never 1, which qmail-popup reads as a
+    wrong password (before: the write of the reason raised, and so did the wrapper's flush)."""
+    source = site.work / "fd3-nostderr"
+    source.write_bytes(f"alice@example.com\0{PASSWORD}\0{STAMP}\0".encode())
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(["/bin/sh", "-c", 'exec "$0" "$@" 3<"$SOURCE"' +
+                                 (" 2>&-" if stderr == "closed" else ""),
+                                 str(site.inst.bin / "vchkpw"), *program],
+                                stdout=subprocess.PIPE, stderr=write,
+                                env=dict(POP_ENV, SOURCE=str(source)), cwd="/", timeout=30)
+    finally:
+        os.close(write)
+    assert result.returncode == code, result
+
+
 def test_program_on_path_is_one_the_domain_owner_may_run(site: LoginSite) -> None:
     """A program of that name only root may run comes first on PATH: the direct program's
     execve as the domain owner fails with EACCES and goes on to the next one, as execvp; the
