@@ -474,3 +474,39 @@ def test_a_bucket_an_earlier_version_gave_a_domain_owner_is_taken_back(
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (89, 89, 0o750)
     assert deliver_as(root_vhome, OWNER_UID, DOMAIN).returncode == 0
     assert deliver_as(root_vhome, 89, "plain.test").returncode == 0
+
+
+# a vdeluser killed at any point of its tree removal ---------------------------------------------
+
+OTHER_DIRS = ("vacation", ".spamassassin", "autorespond", "filters", "sieve", "Trash",
+              "webmail", "backup")
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+def test_vdeluser_killed_anywhere_in_the_removal_leaves_what_vadduser_replaces(
+        root_vhome: Install) -> None:
+    """vdeluser SIGKILLed at its n-th unlinkat (the tree's files and directories, one by one;
+    strace injects the kill): the next vadduser of the name replaces what is left, and the new
+    user inherits none of the old mail (before: a tree cut after its Maildir went, leaving
+    vacation/ or another directory, was refused as no user's leftover, and vdeluser said the
+    user did not exist)."""
+    root_vhome.ok("vadddomain", "kill.test", "Pm-pass-1")
+    address = "carol@kill.test"
+    for n in range(1, 30):
+        root_vhome.ok("vadduser", address, "Carol-1")
+        home = Path(root_vhome.vuser(address).dir)
+        (home / "Maildir" / "new" / "1.M1P1.host").write_text("old mail\n")
+        # directories beside Maildir (a removal in listing order takes some after it: the
+        # order is the file system's, ext4's by name hash)
+        for name in OTHER_DIRS:
+            (home / name).mkdir()
+            (home / name / "data").write_text("x\n")
+        (home / "lastauth").write_text("192.0.2.1")
+        subprocess.run([str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat",
+                        "-e", f"inject=unlinkat:signal=KILL:when={n}",
+                        str(root_vhome.bin / "vdeluser"), address],
+                       capture_output=True, env=CLEAN_ENV, cwd="/", timeout=60)
+        again = root_vhome.run("vadduser", address, "Carol-2")
+        assert again.returncode == 0, (n, sorted(p.name for p in home.rglob("*")), again)
+        assert not list((home / "Maildir" / "new").iterdir()), n
+        root_vhome.ok("vdeluser", address)

@@ -308,28 +308,31 @@ def list_inside(base: str, path: str) -> list[str]:
         posix.close(inner)
 
 
-def remove_inside(base: str, path: str) -> bool:
+def remove_inside(base: str, path: str, last: str = "") -> bool:
     """Delete the directory tree ``path`` inside ``base`` (see :func:`open_inside`) through
     descriptors, so that nothing outside ``base`` is reached even when a name is swapped for a
-    symbolic link meanwhile; errors inside the tree are ignored. False if nothing was there."""
+    symbolic link meanwhile; errors inside the tree are ignored. False if nothing was there.
+    ``last``: a subdirectory of ``path`` removed after everything else in it (see
+    :func:`remove_tree_at`)."""
     if not is_dir_inside(base, path):
         return False
     fd, name = open_inside(base, path)
     try:
-        remove_tree_at(fd, name)
+        remove_tree_at(fd, name, last=last)
     finally:
         posix.close(fd)
     return True
 
 
-def remove_tree_at(dir_fd: int, name: str, ignore_errors: bool = True) -> None:
+def remove_tree_at(dir_fd: int, name: str, ignore_errors: bool = True, last: str = "") -> None:
     """Delete the tree ``name`` (relative to ``dir_fd``) bottom-up through directory
     descriptors: a symbolic link is removed, never followed, and each directory is opened
     ``O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK``, so a link or FIFO swapped in for one meanwhile is
     removed as a file instead of followed or waited on (os.fwalk's plain open blocked on such
     a FIFO for ever). No recursion: one descriptor a level. With ``ignore_errors`` what will
     not go stays (the admin commands' clean-up); without, the first OSError is raised
-    (vpopmaild's RmDir reports it)."""
+    (vpopmaild's RmDir reports it). The subdirectory ``last`` of ``name`` goes after all else
+    (a user's Maildir: a removal cut short then leaves what is still known as a user's)."""
     try:
         top = posix.open(name, _TREE_DIR, dir_fd=dir_fd)
     except OSError:
@@ -339,7 +342,11 @@ def remove_tree_at(dir_fd: int, name: str, ignore_errors: bool = True) -> None:
     # (parent's descriptor, name there, own descriptor, subdirectories still to remove)
     stack: list[tuple[int, str, int, list[str]]] = [(dir_fd, name, top, [])]
     try:
-        stack[0][3].extend(_empty_files(top, ignore_errors))
+        pending = _empty_files(top, ignore_errors)
+        if last in pending:  # taken from the end: first in the list is removed last
+            pending.remove(last)
+            pending.insert(0, last)
+        stack[0][3].extend(pending)
         while stack:
             parent, entry, fd, pending = stack[-1]
             if pending:

@@ -315,7 +315,7 @@ class UsersMixin(LimitsMixin):
         if found and "Maildir" not in found:
             raise UserDirExists(f"{user.dir}: it holds no Maildir, so it is no user's "
                                 "leftover: it is kept (move it away, or choose another name)")
-        remove_inside(entry.dir, user.dir)
+        remove_inside(entry.dir, user.dir, last="Maildir")
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
 
@@ -352,7 +352,8 @@ class UsersMixin(LimitsMixin):
             if not present:
                 raise
         if user.dir:
-            remove_inside(entry.dir, user.dir)
+            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces
+            remove_inside(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
