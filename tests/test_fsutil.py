@@ -141,3 +141,22 @@ def test_root_does_not_chown_a_lock_file_with_another_hard_link(tmp_path: Path) 
     with FileLock(str(made), 1, 89, 89):
         pass
     assert os.stat(made)[4:6] == (89, 89)
+
+
+@pytest.mark.parametrize("before, after", [(0o2750, 0o2750), (0o700, 0o750), (0o770, 0o750),
+                                           (0o755, 0o755), (0o750, 0o750)])
+def test_a_parent_of_its_owner_keeps_its_bits_and_gains_what_is_needed(
+        tmp_path: Path, before: int, after: int) -> None:
+    """A parent already of the wanted owner keeps a set-gid bit or the group access it has,
+    gains the bits the wanted mode needs (0750: an earlier version's 0700 bucket), and loses
+    group and other write (before: every parent was set to exactly the wanted mode, so a
+    set-gid 02750 became 0750 and a C-made 0750 user bucket 0700)."""
+    from vpopmail.fsutil import make_dir_inside
+
+    bucket = tmp_path / "0"
+    bucket.mkdir()
+    bucket.chmod(before)
+    owner = (os.getuid(), os.getgid())
+    assert make_dir_inside(str(tmp_path), str(bucket / "x"), 0o700, *owner, (0o750, *owner))
+    assert bucket.stat().st_mode & 0o7777 == after
+    assert (bucket / "x").stat().st_mode & 0o7777 == 0o700

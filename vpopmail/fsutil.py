@@ -228,8 +228,8 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
     """(descriptor of the parent directory, last name) of ``path``, a path strictly inside the
     directory ``base``, reached from ``base`` one real directory at a time (never through a
     symbolic link, ``..`` or ``.``). With ``make`` (mode, uid, gid) missing parents are made,
-    and every parent is given that owner and mode (what a process killed before its chown
-    left, or an earlier version's owner or mode, is repaired). Anything else is
+    and existing ones repaired (:func:`_repair`: what a process killed before its chown left,
+    an earlier version's owner or mode). Anything else is
     :class:`~vpopmail.errors.OutsideDomain`. The caller closes the fd."""
     prefix = base.rstrip("/") + "/"
     parts = path[len(prefix):].split("/") if path.startswith(prefix) else [""]
@@ -248,14 +248,25 @@ def open_inside(base: str, path: str, make: tuple[int, int | None, int | None] |
             finally:
                 posix.close(parent)
             if make is not None:
-                ensure_owner(fd, make[1], make[2])
-                if posix.fstat(fd).st_mode & 0o7777 != make[0]:
-                    posix.fchmod(fd, make[0])
+                _repair(fd, *make)
     except BaseException:
         if fd >= 0:
             posix.close(fd)
         raise
     return fd, parts[-1]
+
+
+def _repair(fd: int, mode: int, uid: int | None, gid: int | None) -> None:
+    """The directory ``fd`` given ``uid``/``gid`` and then exactly ``mode``; one that already
+    has them keeps its other bits (a set-gid bit, group access the owner gave) and gains what
+    ``mode`` needs, without group or other write."""
+    if ensure_owner(fd, uid, gid):
+        posix.fchmod(fd, mode)
+        return
+    current = posix.fstat(fd).st_mode & 0o7777
+    wanted = (current | mode) & ~0o022
+    if wanted != current:
+        posix.fchmod(fd, wanted)
 
 
 def make_dir_inside(base: str, path: str, mode: int = 0o700, uid: int | None = None,
