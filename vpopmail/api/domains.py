@@ -245,13 +245,14 @@ class DomainsMixin(UsersMixin):
         self._remove_domain_dir(entry, root, bucket)
         return aliases
 
-    def discover_domains(self) -> list[AssignEntry]:
+    def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with
         a vpasswd or .qmail-default whose name is a domain name (:func:`check_domain`: the
         tree is the domain owner's, and a name such as ``a:b.com`` would break users/assign),
         owned as it is on disk. Alias domains leave no trace there; those in users/assign
         whose real domain was found are kept. A name found in two places (a stray copy) is
-        BadInput: which one is the domain is the operator's to say."""
+        BadInput: which one is the domain is the operator's to say. The paths of directories
+        holding those files under another name go to ``skipped``."""
         root = self.config.domains_root
         found: list[AssignEntry] = []
 
@@ -262,8 +263,12 @@ class DomainsMixin(UsersMixin):
                     continue
                 if len(name) == 1 and depth < 3:
                     walk(path, depth + 1)
-                elif _is_domain_name(name) and any(os.path.exists(os.path.join(path, f))
-                                                   for f in ("vpasswd", ".qmail-default")):
+                elif any(os.path.exists(os.path.join(path, f))
+                         for f in ("vpasswd", ".qmail-default")):
+                    if not _is_domain_name(name):
+                        if skipped is not None:
+                            skipped.append(path)
+                        continue
                     st = os.stat(path)
                     found.append(AssignEntry(name, name, st.st_uid, st.st_gid, path))
 
