@@ -843,8 +843,16 @@ def test_status_and_vcheck_ask_only_a_listener_of_the_front_ends_uid(site: Login
 
 
 def test_second_server_refuses_to_start(site: LoginSite) -> None:
+    """It names the running one's pid, found with a status request: the running server logs
+    no dropped connection for it (before: "connection closed before a request")."""
+    server = server_of(site)
+    before = len(server.lines())
     second = site.inst.run("vpopmail-server")
-    assert second.returncode == 111 and "already listens" in second.stderr
+    assert second.returncode == 111, second
+    assert f"a server (pid {server.proc.pid}) already listens on {server.socket}" \
+        in second.stderr, second
+    time.sleep(0.2)  # a drop would be logged at once
+    assert not [line for line in server.lines()[before:] if "dropped" in line]
 
 
 def test_server_as_another_user_than_root_names_the_fix(root_vhome: Install) -> None:

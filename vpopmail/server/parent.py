@@ -9,6 +9,7 @@ import sys
 import time
 
 from vpopmail import config as vconfig
+from vpopmail import wire
 from vpopmail.errors import VpopmailError
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
                                     decline_queued, identify, log, plan_class, readable, work)
@@ -68,18 +69,18 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
 
 
 def listen(path: str) -> socket.socket:
-    """A listening socket at ``path``; refuses when a server already answers there."""
+    """A listening socket at ``path``; refuses when something listens there already, named
+    from a status request (so the running server logs no dropped connection)."""
     if len(os.fsencode(path)) >= 108:
         raise VpopmailError(f"socket path {path} is longer than 107 bytes")
     check_directory(os.path.dirname(path) or ".")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        probe.connect(path)
-        raise VpopmailError(f"a server already listens on {path}")
+        pid = wire.ask_status(path, uid=os.geteuid())[0]
+        raise VpopmailError(f"a server (pid {pid}) already listens on {path}")
     except (FileNotFoundError, ConnectionRefusedError):
         pass
-    finally:
-        probe.close()
+    except (OSError, wire.Drop, wire.NoAnswer) as exc:  # a stranger, an old or stuck server
+        raise VpopmailError(f"a server already listens on {path}: {exc}") from None
     staging = f"{path}.{os.getpid()}"
     try:
         os.unlink(staging)
