@@ -559,6 +559,29 @@ def test_vmoddomlimits_show(vhome: Install) -> None:
     assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == DEFAULT_SHOW
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_vmoddomlimits_show_reads_a_read_only_domain(vhome: Install) -> None:
+    """-S changes nothing, so it takes no lock: it shows a domain whose directory is mounted
+    read-only (before: "Could not update file" for the lock it made), and the defaults too."""
+    golden(vhome)
+    vhome.ok("vmoddomlimits", "-P", "5", DOMAIN)
+    shown = vhome.ok("vmoddomlimits", "-S", DOMAIN)
+    defaults = vhome.ok("vmoddomlimits", "-S", "-d")
+    directory = str(domain_dir(vhome))
+    mounted = subprocess.run(["mount", "--bind", directory, directory], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", directory], check=True)
+        assert vhome.ok("vmoddomlimits", "-S", DOMAIN) == shown
+        assert vhome.ok("vmoddomlimits", "-S", "-d") == defaults
+        changed = vhome.run("vmoddomlimits", "-P", "6", DOMAIN)
+        assert changed.returncode != 0 and "Read-only file system" in changed.stdout, changed
+    finally:
+        subprocess.run(["umount", directory], check=True)
+    assert "Max Pop Accounts: 5" in shown
+
+
 @pytest.mark.parametrize("options, code", [
     (["-P", "2147483648"], 152), (["-A", "-2147483649"], 152), (["-M", "-1"], 152),
     (["-m", "99999999999999999999"], 152), (["-p", "a", "-Q", "-5"], 152),

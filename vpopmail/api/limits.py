@@ -47,6 +47,13 @@ class LimitsMixin(ApiBase):
     def domain_limits(self, entry: AssignEntry) -> limits.Limits:
         return self.stores.domain_limits(entry)
 
+    def stored_limits(self, entry: AssignEntry | None) -> limits.Limits:
+        """The limits of ``entry`` as stored (None: the vlimits.default file, or the built-in
+        defaults without one), read without a lock: the files are replaced whole."""
+        if entry is not None:
+            return self.domain_limits(entry)
+        return limits.read_file(limits.default_file(self.config.home)) or limits.Limits()
+
     def change_domain_limits(self, entry: AssignEntry | None,
                              edit: Callable[[limits.Limits], bool]) -> limits.Limits:
         """Read the limits of ``entry`` (None: the vlimits.default file), let ``edit`` change
@@ -80,8 +87,7 @@ class LimitsMixin(ApiBase):
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
             lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
         with lock:
-            current = (limits.read_file(path) or limits.Limits() if entry is None
-                       else self.domain_limits(entry))
+            current = self.stored_limits(entry)
             if checked(current):
                 limits.write(path, current, *owner)
         return current

@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 changed = True
             return changed
 
-        current = api.change_domain_limits(entry, edit)
+        shown_only = letters <= {"S", "v", "d"}  # nothing to change: read, without a lock
+        current = api.stored_limits(entry) if shown_only else api.change_domain_limits(entry, edit)
         if "S" in letters:
             for line in show(title, current):
                 print(line)
