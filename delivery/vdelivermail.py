@@ -31,7 +31,7 @@ from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED
                              DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
 from vpopmail.fsutil import is_file, join, write_all
-from vpopmail.names import dot_qmail_order, is_valid_domain, is_valid_user
+from vpopmail.names import ascii_lower, dot_qmail_order, is_valid_domain, is_valid_user
 from vpopmail.stores import VUser, close_stores, open_stores
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
@@ -231,8 +231,9 @@ class Vdelivermail:
         if len(argv) != 2:
             raise defer(BAD_SYNTAX)
         action = argv[1]
-        self.user = self._env("EXT").lower()
-        host = self._env("HOST").lower()
+        # ASCII only, as C's tolower(): "\u212aelly" is no way to write "kelly"
+        self.user = ascii_lower(self._env("EXT"))
+        host = ascii_lower(self._env("HOST"))
         if not is_valid_user(self.user):
             raise bounce("invalid username")
         if not is_valid_domain(host):

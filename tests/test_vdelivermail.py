@@ -245,6 +245,18 @@ def test_invalid_names(site: Site, variable: str, value: str, text: bytes) -> No
     assert (result.returncode, result.stdout) == (100, text)
 
 
+@pytest.mark.cdb_only(NO_BACKEND)  # refused before any lookup
+def test_only_ascii_letters_are_folded(site: Site) -> None:
+    """C's tolower() folds ASCII only: the Kelvin sign (U+212A), which str.lower() folds to
+    "k", leaves an 8-bit name that is invalid, not another user's address."""
+    site.add_user("kelly")
+    for env, text in (({"EXT": "\u212aelly"}, b"invalid username\n"),
+                      ({"EXT": "kelly", "HOST": "example.co\u212a"}, b"invalid domain name\n")):
+        result = site.deliver("kelly", env=env)
+        assert (result.returncode, result.stdout) == (100, text)
+    assert site.new_files(site.maildir("kelly")) == []
+
+
 def test_alias_domain_resolves_to_real(site: Site) -> None:
     site.ok("vaddaliasdomain", DOMAIN, "alias.test")
     result = site.deliver("bob", env={"HOST": "alias.test"})

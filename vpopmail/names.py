@@ -70,15 +70,20 @@ def is_valid_domain(name: str) -> bool:
     return bool(name) and LOOKUP_DOMAIN_CHARS.issuperset(name)
 
 
+def ascii_lower(text: str) -> str:
+    """``text`` with ASCII letters lower-cased only, as C's tolower(): str.lower() also folds
+    the Kelvin sign (U+212A) to ``k``, turning an invalid name into a valid one."""
+    return text.lower() if text.isascii() else "".join(
+        c.lower() if c.isascii() else c for c in text)
+
+
 def split_address(address: str, default_domain: str = "") -> tuple[str, str]:
     """Split ``user@domain`` (else at ``%``, else ``/``) lower-cased; a bare user gets
     ``default_domain``.
 
     Only splits; callers validate the parts with :func:`check_user` / :func:`check_domain`.
     """
-    # ASCII letters only, as C's tolower(): str.lower() also folds the Kelvin sign to "k"
-    address = address.lower() if address.isascii() else "".join(
-        c.lower() if c.isascii() else c for c in address)
+    address = ascii_lower(address)
     for separator in AT_CHARS:  # '@' first, then '%', then '/', as C's parse_email
         cut = address.find(separator)
         if cut >= 0:
