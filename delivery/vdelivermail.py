@@ -247,6 +247,8 @@ class Vdelivermail:
         spool = self.entry.dir if self.entry else self.config.domains_root
         self.message = Message.from_fd(self.stdin, spool)
         self.check_loop(f"{self.user}@{self.domain}")
+        if host != self.domain:  # an alias domain: its forwards carry user@alias (forward_header)
+            self.check_loop(f"{self.user}@{host}")
         try:
             code = self._deliver(action)
         except Outcome as outcome:

@@ -166,3 +166,19 @@ def test_default_action_that_delivers_nowhere_defers(site: Site, action: str) ->
     result = site.deliver("nobody", action=action)
     assert (result.returncode, result.stdout) == (111, BAD_SYNTAX)
     assert site.deliver("alice", action=action).returncode == 0  # users are not concerned
+
+
+def test_forward_through_an_alias_domain_that_comes_back_is_a_loop(site: Site,
+                                                                    inject: Path) -> None:
+    """A forward for bob@alias.test carries ``Delivered-To: bob@alias.test`` (C's DTLINE
+    transform); when the copy comes back to bob@alias.test (a remote forward that adds no
+    Delivered-To), the loop check must know it, as it does for bob@example.com: else each round
+    trip sends one more copy, up to the hop limit."""
+    site.ok("vaddaliasdomain", "example.com", "alias.test")
+    write_dotqmail(site, site.user_dir("bob") / ".qmail", "&carol@remote.test\n")
+    assert site.deliver("bob", domain="alias.test").returncode == 0
+    sent = (inject / "data.0").read_bytes()
+    assert sent == RETURN_PATH + b"Delivered-To: bob@alias.test\n" + MESSAGE
+    result = site.deliver("bob", sent.removeprefix(RETURN_PATH), domain="alias.test")
+    assert (result.returncode, result.stdout) == (100, b"mail is looping\n")
+    assert sorted(p.name for p in inject.iterdir()) == ["argv.0", "data.0"]
