@@ -218,10 +218,11 @@ class Vdelivermail:
         self.forward_only = False
         #: forward targets, injected once after every other instruction succeeded
         self.forwards: list[str] = []
-        #: the recipient user's Maildir and quota (set once the user is found): a .qmail line
-        #: into that Maildir (or a folder of it) is under the user's quota, as the default
-        #: delivery is, whatever its maildirsize says or whether it is there
-        self.own_maildir: tuple[str, str] | None = None
+        #: the recipient user's Maildir, quota and address (set once the user is found): a
+        #: .qmail line into that Maildir (or a folder of it) is under the user's quota and
+        #: stamps the user's address, as the default delivery does, whatever its maildirsize
+        #: says or whether it is there, and wherever the record puts the directory
+        self.own_maildir: tuple[str, str, str] | None = None
         self.message = Message(stdin, 0)
         #: opened at first use, once per run (one connection for valias and user)
         self.stores = open_stores(self.config)
@@ -361,10 +362,11 @@ class Vdelivermail:
             raise bounce(f"vdelivermail: account is locked email bounced {user.name}@{self.domain}")
         home = self._ensure_home(user)
         quota = record_quota(user.quota)
-        self.own_maildir = (join(home, "Maildir"), quota)
+        address = f"{user.name}@{self.domain}"
+        self.own_maildir = (join(home, "Maildir"), quota, address)
         if self.run_dotqmail(home):
             return DELIVERED
-        self.deliver_maildir(join(home, "Maildir") + "/", quota)
+        self.deliver_maildir(join(home, "Maildir") + "/", quota, owner=address)
         return DELIVERED
 
     def _ensure_home(self, user: VUser) -> str:
@@ -477,21 +479,30 @@ class Vdelivermail:
         else:
             raise Outcome(DEFER, f"can't handle mbox delivery for {text}")
 
-    def deliver_maildir(self, path: str, quota: str, recipient: str = "") -> None:
+    def deliver_maildir(self, path: str, quota: str, recipient: str = "",
+                        owner: str = "") -> None:
         """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
-        action's target (its Delivered-To is the original recipient). An empty message is
-        dropped, as C vpopmail drops it."""
+        action's target (its Delivered-To is the original recipient), ``owner`` the address
+        of the user whose Maildir it is, when known. An empty message is dropped, as C
+        vpopmail drops it."""
         if self.message.size == 0:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
-        if not quota:
+        if not quota or not (recipient or owner):
             root = quota_root(maildir)
-            own = self._own_quota(root)
-            if own is None:
-                found = load_maildirsize(root)
-                own = found.quota if found else ""
-            quota = own
-        address = recipient or maildir_to_email(maildir) or f"{self.user}@{self.domain}"
+            if not (recipient or owner) and self._is_own(root):
+                assert self.own_maildir is not None
+                owner = self.own_maildir[2]
+            if not quota:
+                own = self._own_quota(root)
+                if own is None:
+                    found = load_maildirsize(root)
+                    own = found.quota if found else ""
+                quota = own
+        # the user's own Maildir is the user's, even where its path names no domain or another
+        # one (C took the address from the path: a loop back to the user then went unseen)
+        address = (recipient or owner or maildir_to_email(maildir)
+                   or f"{self.user}@{self.domain}")
 
         def notice(over: bool, percent: int) -> None:
             if over:
@@ -529,12 +540,18 @@ class Vdelivermail:
         quota text at all: then maildirsize's line counts, as for the default delivery)."""
         if self.own_maildir is None or not self.own_maildir[1]:
             return None
-        own, quota = self.own_maildir
+        return self.own_maildir[1] if self._is_own(root) else None
+
+    def _is_own(self, root: str) -> bool:
+        """Whether ``root`` (a quota root) is the recipient user's Maildir, by device and inode
+        (any spelling of the path)."""
+        if self.own_maildir is None:
+            return False
         try:
-            mine, target = posix.stat(own), posix.stat(root)
+            mine, target = posix.stat(self.own_maildir[0]), posix.stat(root)
         except OSError:
-            return None
-        return quota if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino) else None
+            return False
+        return (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
 
     @staticmethod
     def _uncounted(failed: str) -> None:

@@ -335,6 +335,42 @@ def test_user_without_directory_gets_one(site: Site) -> None:
     assert len(site.new_files(site.maildir("bob"))) >= 1
 
 
+def test_home_outside_the_domain_tree_stamps_the_users_address(site: Site) -> None:
+    """A record's directory need not name the domain (a migrated or moved mailbox store):
+    the user's own Maildir, by default or through a ./Maildir/ line, is stamped with the
+    user's address, not one made from the path (C: bob@mail.store), so a copy that comes
+    back is seen as a loop."""
+    api = site.inst.api()
+    bob, entry = api.get_user(f"bob@{DOMAIN}")
+    store = site.inst.prefix / "mail.store"
+    store.mkdir()
+    if site.unprivileged:
+        shutil.chown(store, site.inst.user, site.inst.group)
+    shutil.move(bob.dir, store / "bob")
+    bob.dir = str(store / "bob")
+    api.backend.update_users(entry, [bob])
+    api.backend.close()
+    maildir = store / "bob" / "Maildir"
+    for dotqmail in ("", "./Maildir/\n", "./Maildir/.Lists/\n"):
+        if dotqmail:
+            write_dotqmail(site, store / "bob" / ".qmail", dotqmail)
+        assert site.deliver("bob").returncode == 0
+        [path] = site.new_files(maildir)
+        data = path.read_bytes()
+        assert data == RETURN_PATH + b"Delivered-To: bob@example.com\n" + MESSAGE, dotqmail
+        path.unlink()
+        result = site.deliver("bob", data.removeprefix(RETURN_PATH))
+        assert (result.returncode, result.stdout) == (100, b"mail is looping\n")
+        if dotqmail == "./Maildir/\n":  # the next line is into a folder: counted in Maildir
+            for sub in ("", "/cur", "/new", "/tmp"):
+                (maildir / f".Lists{sub}").mkdir()
+            (maildir / ".Lists" / "maildirfolder").write_text("")
+            maildir = maildir / ".Lists"
+            if site.unprivileged:
+                for path in (maildir, *maildir.iterdir()):
+                    shutil.chown(path, site.inst.user, site.inst.group)
+
+
 # -- the user's .qmail -------------------------------------------------------------------------
 
 def test_dotqmail_program_forward_and_maildir(site: Site, inject: Path) -> None:
