@@ -260,7 +260,9 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
     """One connection of a worker that holds ``identity``: from its request to its reply."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
-        request = read_request(conn)
+        # the whole request within server.request_timeout: a caller trickling it a byte at a
+        # time would hold the worker (and its place among server.workers) for ever
+        request = read_request(conn, time.monotonic() + settings.timeout + 0.001)
         if request.program == STATUS:
             reply(conn, STATUS_REPLY, settings.status().encode())
             return

@@ -1,0 +1,67 @@
+"""vpopmail-server against a hostile local user: what it may hold, and for how long."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from login_site import LoginSite
+from test_server import raw_request, send_with_fds, server_of, site  # noqa: F401
+
+NOBODY = 65534
+
+
+@contextmanager
+def as_nobody(action: Callable[[], None]) -> Iterator[int]:
+    """A child process running ``action`` as uid/gid 65534 (no groups) until the end."""
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+        except BaseException:  # noqa: BLE001
+            import traceback
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def trickle(path: str) -> None:
+    """Connect, and send a request one byte a second, for ever."""
+    header, body = raw_request(1, [b"vdelivermail", b"", b"bounce-no-mailbox"], [b"HOME=/"])
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    with open(os.devnull, "rb") as null:
+        send_with_fds(sock, header[:1], [null.fileno()] * 3)
+    for byte in (header + body)[1:]:
+        time.sleep(1)
+        sock.send(bytes([byte]))
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("site", [{"workers": 2}], indirect=True)
+def test_a_trickling_caller_holds_no_worker_past_the_request_timeout(site: LoginSite) -> None:
+    """Another user sending its request a byte a second is dropped after
+    server.request_timeout (2 s here) however it trickles: it cannot keep the workers."""
+    path = str(server_of(site).socket)
+    with as_nobody(lambda: trickle(path)), as_nobody(lambda: trickle(path)):
+        time.sleep(4)
+        started = time.monotonic()
+        assert site.deliver("alice").returncode == 0
+        assert time.monotonic() - started < 10
+    assert any("dropped" in line and f"uid {NOBODY}" in line
+               for line in server_of(site).lines()), server_of(site).lines()
+
