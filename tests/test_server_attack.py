@@ -65,3 +65,34 @@ def test_a_trickling_caller_holds_no_worker_past_the_request_timeout(site: Login
     assert any("dropped" in line and f"uid {NOBODY}" in line
                for line in server_of(site).lines()), server_of(site).lines()
 
+
+
+def hold(path: str) -> None:
+    """A vchkpw request whose fd 3 is a pipe never written nor closed: the worker that takes
+    it reads it for ever."""
+    header, body = raw_request(2, [b"vchkpw", b"/bin/true"], [b"HOME=/"])
+    reader, writer = os.pipe()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    with open(os.devnull, "rb") as null:
+        send_with_fds(sock, header + body, [null.fileno()] * 3 + [reader])
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("site", [{"workers": 2}], indirect=True)
+def test_callers_of_other_identities_are_declined_while_every_worker_is_held(
+        site: LoginSite) -> None:
+    """Another user's requests that never end (a login whose fd 3 stays open) hold every
+    worker: a delivery that finds no worker within server.request_timeout (2 s here) is
+    declined, and the Python program delivers it, instead of waiting for
+    server.reply_timeout and deferring. A login likewise."""
+    server = server_of(site)
+    path = str(server.socket)
+    with as_nobody(lambda: hold(path)), as_nobody(lambda: hold(path)):
+        time.sleep(2)
+        started = time.monotonic()
+        assert site.deliver("alice").returncode == 0
+        assert site.login("alice@example.com", "pw").code == 0
+        assert time.monotonic() - started < 15
+    assert len([p for p in site.new_files(site.maildir("alice"))]) == 1
+    assert any("no worker" in line for line in server.lines()), server.lines()

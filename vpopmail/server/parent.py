@@ -151,7 +151,9 @@ class Worker:
 
 
 class Waiting:
-    """An accepted connection that has not yet been handed to a worker."""
+    """An accepted connection that has not yet been handed to a worker: until ``deadline``
+    its peer may be silent (then it is dropped); once it has sent, until the new
+    ``deadline`` it may wait for a worker (then it is declined)."""
 
     __slots__ = ("conn", "pid", "identity", "deadline")
 
@@ -269,7 +271,9 @@ class Server:
                     self.accept(listener)
                 elif fd in self.unsent:
                     self.poll.unregister(fd)
-                    self.ready.append(self.unsent.pop(fd))
+                    waiting = self.unsent.pop(fd)
+                    waiting.deadline = time.monotonic() + self.settings.timeout
+                    self.ready.append(waiting)
                 else:
                     self.heard(fd)
             self.expire()
@@ -460,6 +464,14 @@ class Server:
                 if worker is None and not any(map(self.free, self.idle.values())):
                     worker = self.hand(self.idle_worker(waiting.identity, free=False), waiting)
             if worker is None:
+                if waiting.deadline <= time.monotonic():
+                    # every worker held (by another identity's endless requests, say):
+                    # declined, nothing of it read, its front end runs the program itself
+                    log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
+                        f"{waiting.identity[0]}: no worker for it within "
+                        f"server.request_timeout")
+                    decline(waiting.conn)
+                    continue
                 left.append(waiting)
                 continue
             waiting.conn.close()
