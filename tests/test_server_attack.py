@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -96,3 +97,32 @@ def test_callers_of_other_identities_are_declined_while_every_worker_is_held(
         assert time.monotonic() - started < 15
     assert len([p for p in site.new_files(site.maildir("alice"))]) == 1
     assert any("no worker" in line for line in server.lines()), server.lines()
+
+
+def test_running_out_of_descriptors_keeps_the_server(site: LoginSite) -> None:
+    """Callers that send a byte and wait, more than the server has descriptors for (its
+    RLIMIT_NOFILE lowered to 100): it neither dies (a fork's socketpair failing with EMFILE
+    was not caught) nor spins logging "cannot accept"; once they are gone it serves again."""
+    server = server_of(site)
+    subprocess.run(["prlimit", f"--pid={server.proc.pid}", "--nofile=100:100"], check=True)
+    socks = []
+    try:
+        for _ in range(150):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(server.socket))
+                sock.send(b"V")
+            except OSError:
+                pass
+            socks.append(sock)
+        time.sleep(3)
+        assert server.proc.poll() is None, server.lines()[-5:]
+    finally:
+        for sock in socks:
+            sock.close()
+    time.sleep(3)
+    assert server.proc.poll() is None, server.lines()[-5:]
+    assert sum("cannot accept" in line for line in server.lines()) < 100
+    assert site.deliver("alice").returncode == 0
+    assert server.proc.poll() is None, server.lines()[-5:]
