@@ -126,3 +126,44 @@ def test_running_out_of_descriptors_keeps_the_server(site: LoginSite) -> None:
     assert sum("cannot accept" in line for line in server.lines()) < 100
     assert site.deliver("alice").returncode == 0
     assert server.proc.poll() is None, server.lines()[-5:]
+
+
+def test_a_callers_declared_limits_cannot_exceed_its_own(site: LoginSite) -> None:
+    """A caller speaking the protocol itself declares RLIM_INFINITY for every limit while
+    its own hard RLIMIT_NOFILE is 64: the program its delivery runs (alice's .qmail) must
+    not get more than the direct program would give it (64)."""
+    import resource
+    import shutil
+    import tempfile
+
+    from delivery_site import MESSAGE, qmail_local_env
+
+    home = site.user_dir("alice")
+    out = home / "limit.txt"
+    (home / ".qmail").write_text("|ulimit -Hn > limit.txt\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    variables = qmail_local_env("alice", home=str(site.domain_dir))
+    env = [f"{k}={v}".encode() for k, v in variables.items()]
+    header, body = raw_request(1, [b"vdelivermail", b"", b"bounce-no-mailbox"], env,
+                               cwd=str(site.domain_dir).encode())
+    with tempfile.TemporaryFile() as message:
+        message.write(MESSAGE)
+        message.seek(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.setgroups([site.inst.gid])
+                os.setgid(site.inst.gid)
+                os.setuid(site.inst.uid)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(server_of(site).socket))
+                with open(os.devnull, "wb") as null:
+                    send_with_fds(sock, header + body, [message.fileno(), null.fileno(),
+                                                       null.fileno()])
+                code = 0 if len(sock.recv(100)) == 16 else 1
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+    assert out.read_text().strip() == "64"

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
-from vpopmail.wire import (DECLINE, EXIT, INFINITY, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
+from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VDELIVERMAIL, Decline, Drop, Request, peer_credentials, read_request,
                            reply, to_rlimit)
 
@@ -98,6 +98,30 @@ def high(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
     os.close(fd)
     return moved
+
+
+def confine(request: Request, pid: int) -> None:
+    """The caller's resource limits and (for a delivery, whose programs get them) its nice
+    value as the kernel has them (prlimit, getpriority of its pid ``pid``), in place of what
+    its request says: a caller speaking the protocol itself could declare more than it has,
+    and the programs its delivery runs would get more than the direct program gives them.
+    Decline when they cannot be read (a caller gone, or one whose real and effective ids
+    differ: the worker may not read its limits; its front end runs the program itself)."""
+    import resource
+
+    delivery = request.program == VDELIVERMAIL
+    limits = list(request.limits)
+    try:
+        if pid <= 0:  # in a pid namespace this process does not see
+            raise ProcessLookupError(errno.ESRCH, "no pid")
+        for number in range(LIMITS) if delivery else (resource.RLIMIT_FSIZE,):
+            soft, hard = resource.prlimit(pid, number)
+            limits[number] = (soft & INFINITY, hard & INFINITY)  # RLIM_INFINITY: -1 here
+        if delivery:
+            request.nice = os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError as exc:
+        raise Decline(f"cannot read the caller's limits: {exc.strerror}") from None
+    request.limits = tuple(limits)
 
 
 def set_stage(request: Request) -> None:
@@ -267,6 +291,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
         try:
+            confine(request, pid)
             set_stage(request)
         except Decline:
             for fd in request.fds:
