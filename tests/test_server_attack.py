@@ -26,6 +26,8 @@ def as_nobody(action: Callable[[], None]) -> Iterator[int]:
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
+            import ctypes  # a user's own process is dumpable (setuid made this one not)
+            ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
             action()
         except BaseException:  # noqa: BLE001
             import traceback
@@ -156,6 +158,8 @@ def test_a_callers_declared_limits_cannot_exceed_its_own(site: LoginSite) -> Non
                 os.setgroups([site.inst.gid])
                 os.setgid(site.inst.gid)
                 os.setuid(site.inst.uid)
+                import ctypes  # as a front end exec'd by qmail-local (setuid made us not)
+                ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
                 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(str(server_of(site).socket))
@@ -167,3 +171,31 @@ def test_a_callers_declared_limits_cannot_exceed_its_own(site: LoginSite) -> Non
                 os._exit(code)
         assert os.waitpid(pid, 0)[1] == 0
     assert out.read_text().strip() == "64"
+
+
+def test_a_caller_in_a_read_only_mount_namespace_gets_no_write_through_the_server(
+        site: LoginSite) -> None:
+    """A caller whose mount namespace has the domains read only (a sandboxed service, say)
+    cannot deliver directly (111): through the server it must not either, since the worker
+    would write in the server's namespace."""
+    import tempfile
+
+    from delivery_site import MESSAGE, qmail_local_env
+
+    assert site.deliver("alice").returncode == 0  # the delivery identity has its worker
+    domains = str(site.inst.domains)
+    sandbox = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'mount --bind "{domains}" "{domains}" && mount -o remount,bind,ro '
+               f'"{domains}" && exec "$@"', "sh")
+    front_end = str(site.inst.bin / "vdelivermail")
+    for program in (str(site.inst.prefix / "libexec" / "vdelivermail"), front_end):
+        argv = [program if arg == front_end else arg
+                for arg in site.argv("", "bounce-no-mailbox")]
+        with tempfile.TemporaryFile() as fh:
+            fh.write(MESSAGE)
+            fh.seek(0)
+            result = subprocess.run([*sandbox, *argv], stdin=fh, capture_output=True,
+                                    env=qmail_local_env("alice", home=str(site.domain_dir)),
+                                    cwd=site.domain_dir, timeout=60)
+        assert result.returncode == 111, (program, result)
+    assert len(site.new_files(site.maildir("alice"))) == 1

@@ -100,6 +100,26 @@ def high(fd: int) -> int:
     return moved
 
 
+@functools.cache
+def own_view() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(device, inode) of this process's mount namespace and root directory."""
+    mounts, root = os.stat("/proc/self/ns/mnt"), os.stat("/")
+    return (mounts.st_dev, mounts.st_ino), (root.st_dev, root.st_ino)
+
+
+def same_view(pid: int) -> None:
+    """Decline a caller (pid ``pid``) that sees another file system than the worker: another
+    mount namespace (a sandboxed service's read-only or hidden paths) or root directory
+    (chroot). The worker would read and write in the server's, where the direct program
+    could not; its front end runs the program itself, in its own."""
+    try:
+        mounts, root = os.stat(f"/proc/{pid}/ns/mnt"), os.stat(f"/proc/{pid}/root")
+    except OSError as exc:
+        raise Decline(f"cannot see the caller's mount namespace: {exc.strerror}") from None
+    if ((mounts.st_dev, mounts.st_ino), (root.st_dev, root.st_ino)) != own_view():
+        raise Decline("the caller is in another mount namespace or root directory")
+
+
 def confine(request: Request, pid: int) -> None:
     """The caller's resource limits and (for a delivery, whose programs get them) its nice
     value as the kernel has them (prlimit, getpriority of its pid ``pid``), in place of what
@@ -114,6 +134,7 @@ def confine(request: Request, pid: int) -> None:
     try:
         if pid <= 0:  # in a pid namespace this process does not see
             raise ProcessLookupError(errno.ESRCH, "no pid")
+        same_view(pid)
         for number in range(LIMITS) if delivery else (resource.RLIMIT_FSIZE,):
             soft, hard = resource.prlimit(pid, number)
             limits[number] = (soft & INFINITY, hard & INFINITY)  # RLIM_INFINITY: -1 here
