@@ -412,12 +412,13 @@ def test_a_stop_under_callers_queued_at_an_identitys_socket(site: LoginSite,
     assert len(body_of(site, "alice")) == 4
 
 
-@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+@pytest.mark.parametrize("site", [{"workers": 1, "request_timeout": 10}], indirect=True)
 def test_workers_left_from_before_a_reload_count_against_server_workers(site: LoginSite
                                                                         ) -> None:
     """server.workers = 1 and its one worker busy (3 s) when SIGHUP restarts the server: the
     new process counts that worker until it ends, so a login then waits for it instead of
-    getting a second worker at once."""
+    getting a second worker at once (within server.request_timeout: after that it would be
+    declined and run by the Python program)."""
     without_fallbacks(site.inst)
     server = server_of(site)
     first = busy_worker(site, 3)

@@ -137,10 +137,11 @@ class Request:
             raise Drop("umask out of range")
 
 
-def read_request(conn: socket.socket) -> Request:
+def read_request(conn: socket.socket, deadline: float | None = None) -> Request:
     """The request on ``conn``; Drop for anything malformed (its descriptors closed). A front
     end sends the header, its descriptors and the body with one sendmsg: one read takes a
-    request of up to FIRST_READ bytes whole."""
+    request of up to FIRST_READ bytes whole. With ``deadline`` (time.monotonic's) the rest of
+    a longer one must have come by then (TimeoutError), however the peer trickles it."""
     fds: list[int] = []
     try:
         try:
@@ -157,7 +158,7 @@ def read_request(conn: socket.socket) -> Request:
         if not data:
             raise Drop("connection closed before a request")
         if len(data) < HEADER.size:
-            data += recv_exact(conn, HEADER.size - len(data))
+            data += recv_exact(conn, HEADER.size - len(data), deadline)
         magic, version, program, nfds, length = HEADER.unpack_from(data)
         if magic != b"VPSq":
             raise Drop("not a vpopmail-server request")
@@ -170,7 +171,9 @@ def read_request(conn: socket.socket) -> Request:
             raise Drop(f"request of {length} bytes")
         body = data[HEADER.size:HEADER.size + length]
         if len(body) < length:
-            body += recv_exact(conn, length - len(body))
+            body += recv_exact(conn, length - len(body), deadline)
+        if deadline is not None and len(data) < HEADER.size + length:
+            conn.settimeout(None)  # blocking again, as it came, for the reply
         return Request(program, fds, body)
     except BaseException:
         for fd in fds:

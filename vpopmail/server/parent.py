@@ -21,6 +21,8 @@ BACKLOG = 1024
 #: before its request ends) and for a free worker for those waiting here; while workers live
 #: but none serves, once a second (one may start a long request without telling)
 TICK = 50
+#: how long (s) the listener is left alone after an accept failed (EMFILE and the like)
+REST = 0.1
 #: the signals that wake the server's loop: stop, reload, a worker ended
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 #: what a reloading server tells the process it becomes: the pids of its workers not yet
@@ -151,7 +153,9 @@ class Worker:
 
 
 class Waiting:
-    """An accepted connection that has not yet been handed to a worker."""
+    """An accepted connection that has not yet been handed to a worker: until ``deadline``
+    its peer may be silent (then it is dropped); once it has sent, until the new
+    ``deadline`` it may wait for a worker (then it is declined)."""
 
     __slots__ = ("conn", "pid", "identity", "deadline")
 
@@ -190,6 +194,8 @@ class Server:
         self.poll = select.poll()
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
+        #: until when (time.monotonic's) the listener is not polled after a failed accept
+        self.resting = 0.0
 
     def publish(self) -> None:
         COUNTERS.pack_into(self.settings.counters, 0, self.served,
@@ -254,7 +260,8 @@ class Server:
         accepting = True
         while True:
             serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
-            timeout = TICK if serving else 1000 if self.direct or self.unsent else None
+            timeout = (TICK if serving or not accepting
+                       else 1000 if self.direct or self.unsent else None)
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
                     signals = os.read(wake, 256)
@@ -269,14 +276,18 @@ class Server:
                     self.accept(listener)
                 elif fd in self.unsent:
                     self.poll.unregister(fd)
-                    self.ready.append(self.unsent.pop(fd))
+                    waiting = self.unsent.pop(fd)
+                    waiting.deadline = time.monotonic() + self.settings.timeout
+                    self.ready.append(waiting)
                 else:
                     self.heard(fd)
             self.expire()
             self.unblock()
             self.dispatch()
-            full = len(self.unsent) + len(self.ready) >= BACKLOG
-            if full == accepting:  # too many waiting: leave the rest in the listen queue
+            full = (len(self.unsent) + len(self.ready) >= BACKLOG
+                    or time.monotonic() < self.resting)
+            if full == accepting:  # too many waiting (or no descriptor to take one with):
+                # leave the rest in the listen queue
                 accepting = not full
                 if accepting:
                     self.poll.register(listener, select.POLLIN)
@@ -369,8 +380,11 @@ class Server:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: the client stays in the queue
+            except OSError as exc:  # EMFILE and the like: the client stays in the queue,
+                # and the listener is left alone a while (it stays readable: polling it at
+                # once again would spin, a log line each time)
                 log(self.settings.log_fd, f"cannot accept: {exc.strerror}")
+                self.resting = time.monotonic() + REST
                 return
             self.take(conn, deadline)
 
@@ -460,6 +474,14 @@ class Server:
                 if worker is None and not any(map(self.free, self.idle.values())):
                     worker = self.hand(self.idle_worker(waiting.identity, free=False), waiting)
             if worker is None:
+                if waiting.deadline <= time.monotonic():
+                    # every worker held (by another identity's endless requests, say):
+                    # declined, nothing of it read, its front end runs the program itself
+                    log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
+                        f"{waiting.identity[0]}: no worker for it within "
+                        f"server.request_timeout")
+                    decline(waiting.conn)
+                    continue
                 left.append(waiting)
                 continue
             waiting.conn.close()
@@ -504,8 +526,12 @@ class Server:
         if self.full():
             return None
         identity = first.identity
+        try:  # out of descriptors (EMFILE), say: the caller waits, or is declined in time
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            log(self.settings.log_fd, f"cannot fork: {exc.strerror}")
+            return None
         direct = self.open_direct(identity)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
         except OSError as exc:
@@ -525,8 +551,11 @@ class Server:
             signal.set_wakeup_fd(-1)
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
-            conn = socket.socket(fileno=os.dup(first.conn.fileno()))
-            self.forget(direct)
+            # what the parent holds closed first: a parent at its RLIMIT_NOFILE leaves the
+            # new worker no descriptor for a copy (EMFILE: the worker failed, its caller
+            # read that as the server's death)
+            self.forget(direct, first)
+            conn = socket.socket(fileno=first.conn.detach())
             ours.close()
             work(theirs, identity, self.settings, slot, direct.sock if direct else None,
                  (conn, first.pid))
@@ -536,14 +565,15 @@ class Server:
         finally:
             os._exit(code)
 
-    def forget(self, own: Direct | None) -> None:
+    def forget(self, own: Direct | None, first: Waiting) -> None:
         """In a new worker: close its copies of what the parent holds (other workers' control
-        sockets, waiting clients, the listener, other identities' sockets, the wakeup pipe),
-        so that each end sees the other leave."""
+        sockets, waiting clients but ``first``, the listener, other identities' sockets, the
+        wakeup pipe), so that each end sees the other leave."""
         for worker in (*self.busy.values(), *self.idle.values()):
             worker.control.close()
         for waiting in (*self.unsent.values(), *self.ready):
-            waiting.conn.close()
+            if waiting is not first:
+                waiting.conn.close()
         for direct in self.direct.values():
             if direct is not own:
                 direct.sock.close()

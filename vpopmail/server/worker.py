@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
-from vpopmail.wire import (DECLINE, EXIT, INFINITY, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
+from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VDELIVERMAIL, Decline, Drop, Request, peer_credentials, read_request,
                            reply, to_rlimit)
 
@@ -98,6 +98,51 @@ def high(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
     os.close(fd)
     return moved
+
+
+@functools.cache
+def own_view() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(device, inode) of this process's mount namespace and root directory."""
+    mounts, root = os.stat("/proc/self/ns/mnt"), os.stat("/")
+    return (mounts.st_dev, mounts.st_ino), (root.st_dev, root.st_ino)
+
+
+def same_view(pid: int) -> None:
+    """Decline a caller (pid ``pid``) that sees another file system than the worker: another
+    mount namespace (a sandboxed service's read-only or hidden paths) or root directory
+    (chroot). The worker would read and write in the server's, where the direct program
+    could not; its front end runs the program itself, in its own."""
+    try:
+        mounts, root = os.stat(f"/proc/{pid}/ns/mnt"), os.stat(f"/proc/{pid}/root")
+    except OSError as exc:
+        raise Decline(f"cannot see the caller's mount namespace: {exc.strerror}") from None
+    if ((mounts.st_dev, mounts.st_ino), (root.st_dev, root.st_ino)) != own_view():
+        raise Decline("the caller is in another mount namespace or root directory")
+
+
+def confine(request: Request, pid: int) -> None:
+    """The caller's resource limits and (for a delivery, whose programs get them) its nice
+    value as the kernel has them (prlimit, getpriority of its pid ``pid``), in place of what
+    its request says: a caller speaking the protocol itself could declare more than it has,
+    and the programs its delivery runs would get more than the direct program gives them.
+    Decline when they cannot be read (a caller gone, or one whose real and effective ids
+    differ: the worker may not read its limits; its front end runs the program itself)."""
+    import resource
+
+    delivery = request.program == VDELIVERMAIL
+    limits = list(request.limits)
+    try:
+        if pid <= 0:  # in a pid namespace this process does not see
+            raise ProcessLookupError(errno.ESRCH, "no pid")
+        same_view(pid)
+        for number in range(LIMITS) if delivery else (resource.RLIMIT_FSIZE,):
+            soft, hard = resource.prlimit(pid, number)
+            limits[number] = (soft & INFINITY, hard & INFINITY)  # RLIM_INFINITY: -1 here
+        if delivery:
+            request.nice = os.getpriority(os.PRIO_PROCESS, pid)
+    except OSError as exc:
+        raise Decline(f"cannot read the caller's limits: {exc.strerror}") from None
+    request.limits = tuple(limits)
 
 
 def set_stage(request: Request) -> None:
@@ -260,11 +305,14 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
     """One connection of a worker that holds ``identity``: from its request to its reply."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
-        request = read_request(conn)
+        # the whole request within server.request_timeout: a caller trickling it a byte at a
+        # time would hold the worker (and its place among server.workers) for ever
+        request = read_request(conn, time.monotonic() + settings.timeout + 0.001)
         if request.program == STATUS:
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
         try:
+            confine(request, pid)
             set_stage(request)
         except Decline:
             for fd in request.fds:
