@@ -10,7 +10,10 @@ from contextlib import contextmanager
 
 import pytest
 
+from delivery_site import DOMAIN
+from install_site import Install
 from login_site import LoginSite
+from server_site import running_server
 from test_server import raw_request, send_with_fds, server_of, site  # noqa: F401
 
 NOBODY = 65534
@@ -173,29 +176,48 @@ def test_a_callers_declared_limits_cannot_exceed_its_own(site: LoginSite) -> Non
     assert out.read_text().strip() == "64"
 
 
-def test_a_caller_in_a_read_only_mount_namespace_gets_no_write_through_the_server(
-        site: LoginSite) -> None:
-    """A caller whose mount namespace has the domains read only (a sandboxed service, say)
-    cannot deliver directly (111): through the server it must not either, since the worker
-    would write in the server's namespace."""
+def deliver_in_a_read_only_sandbox(site: LoginSite, program: str) -> int:
+    """The exit code of ``program`` (vdelivermail: the front end or the Python program)
+    delivering to alice in a mount namespace of its own where the domains are read only."""
     import tempfile
 
     from delivery_site import MESSAGE, qmail_local_env
 
-    assert site.deliver("alice").returncode == 0  # the delivery identity has its worker
     domains = str(site.inst.domains)
     sandbox = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
                f'mount --bind "{domains}" "{domains}" && mount -o remount,bind,ro '
                f'"{domains}" && exec "$@"', "sh")
     front_end = str(site.inst.bin / "vdelivermail")
-    for program in (str(site.inst.prefix / "libexec" / "vdelivermail"), front_end):
-        argv = [program if arg == front_end else arg
-                for arg in site.argv("", "bounce-no-mailbox")]
-        with tempfile.TemporaryFile() as fh:
-            fh.write(MESSAGE)
-            fh.seek(0)
-            result = subprocess.run([*sandbox, *argv], stdin=fh, capture_output=True,
-                                    env=qmail_local_env("alice", home=str(site.domain_dir)),
-                                    cwd=site.domain_dir, timeout=60)
-        assert result.returncode == 111, (program, result)
+    argv = [program if arg == front_end else arg for arg in site.argv("", "bounce-no-mailbox")]
+    with tempfile.TemporaryFile() as fh:
+        fh.write(MESSAGE)
+        fh.seek(0)
+        result = subprocess.run([*sandbox, *argv], stdin=fh, capture_output=True,
+                                env=qmail_local_env("alice", home=str(site.domain_dir)),
+                                cwd=site.domain_dir, timeout=60)
+    return result.returncode
+
+
+def test_a_caller_in_a_read_only_mount_namespace_gets_no_write_through_the_server(
+        site: LoginSite) -> None:
+    """A caller whose mount namespace has the domains read only (a sandboxed service, say)
+    cannot deliver directly (111): through the server it must not either, since the worker
+    would write in the server's namespace."""
+    assert site.deliver("alice").returncode == 0  # the delivery identity has its worker
+    for program in (site.inst.prefix / "libexec" / "vdelivermail", site.inst.bin / "vdelivermail"):
+        assert deliver_in_a_read_only_sandbox(site, str(program)) == 111, program
     assert len(site.new_files(site.maildir("alice"))) == 1
+    assert any("another mount namespace" in line for line in server_of(site).lines())
+
+
+def test_server_sandboxed_callers_serves_them_in_the_servers_view(root_vhome: Install) -> None:
+    """With server.sandboxed_callers (a Dovecot or qmail unit with PrivateTmp or
+    ProtectSystem, whose sandbox does not cover what vdelivermail and vchkpw write) the same
+    caller is served, in the server's view of the file system: its delivery goes through."""
+    root_vhome.set_config("server", "sandboxed_callers", True)
+    login_site = LoginSite(root_vhome, unprivileged=True)
+    login_site.ok("vadddomain", DOMAIN, "secret")
+    login_site.add("alice", "pw")
+    with running_server(root_vhome):
+        assert deliver_in_a_read_only_sandbox(login_site, str(root_vhome.bin / "vdelivermail")) == 0
+    assert len(login_site.new_files(login_site.maildir("alice"))) == 1

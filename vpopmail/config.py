@@ -77,6 +77,7 @@ class Config:
     server_request_timeout: int = 10
     server_reply_timeout: int = 600
     server_root_logins: bool = False
+    server_sandboxed_callers: bool = False
     # [mysql]: users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its
     # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
     mysql_many_domains: bool = True

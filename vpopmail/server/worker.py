@@ -117,16 +117,19 @@ def same_view(pid: int) -> None:
     except OSError as exc:
         raise Decline(f"cannot see the caller's mount namespace: {exc.strerror}") from None
     if ((mounts.st_dev, mounts.st_ino), (root.st_dev, root.st_ino)) != own_view():
-        raise Decline("the caller is in another mount namespace or root directory")
+        raise Decline("the caller is in another mount namespace or root directory "
+                      "(server.sandboxed_callers would serve it in the server's)")
 
 
-def confine(request: Request, pid: int) -> None:
+def confine(request: Request, pid: int, sandboxed: bool = False) -> None:
     """The caller's resource limits and (for a delivery, whose programs get them) its nice
     value as the kernel has them (prlimit, getpriority of its pid ``pid``), in place of what
     its request says: a caller speaking the protocol itself could declare more than it has,
     and the programs its delivery runs would get more than the direct program gives them.
     Decline when they cannot be read (a caller gone, or one whose real and effective ids
-    differ: the worker may not read its limits; its front end runs the program itself)."""
+    differ: the worker may not read its limits; its front end runs the program itself), and
+    unless ``sandboxed`` (server.sandboxed_callers), a caller that sees another file system
+    (:func:`same_view`)."""
     import resource
 
     delivery = request.program == VDELIVERMAIL
@@ -134,7 +137,8 @@ def confine(request: Request, pid: int) -> None:
     try:
         if pid <= 0:  # in a pid namespace this process does not see
             raise ProcessLookupError(errno.ESRCH, "no pid")
-        same_view(pid)
+        if not sandboxed:
+            same_view(pid)
         for number in range(LIMITS) if delivery else (resource.RLIMIT_FSIZE,):
             soft, hard = resource.prlimit(pid, number)
             limits[number] = (soft & INFINITY, hard & INFINITY)  # RLIM_INFINITY: -1 here
@@ -312,7 +316,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
         try:
-            confine(request, pid)
+            confine(request, pid, settings.sandboxed)
             set_stage(request)
         except Decline:
             for fd in request.fds:
@@ -534,6 +538,8 @@ class Settings:
         self.requests_per_worker = settings.server_requests_per_worker
         self.idle_timeout = settings.server_idle_timeout
         self.timeout = settings.server_request_timeout
+        #: serve callers in another mount namespace or root directory (server.sandboxed_callers)
+        self.sandboxed = settings.server_sandboxed_callers
         #: server.request_timeout as SO_RCVTIMEO's struct timeval: the request is read from
         #: a blocking socket, one system call a read (a Python timeout polls before each);
         #: 0 (no waiting, as the parent takes it) is 1 ms, not SO_RCVTIMEO's "for ever"
