@@ -984,20 +984,28 @@ def test_client_killed_mid_request(site: LoginSite) -> None:
     assert server_of(site).proc.poll() is None
 
 
+def crowd(path: Path, count: int, socks: list[socket.socket], first: bytes = b"") -> None:
+    """``count`` connections to ``path`` made without waiting, each sending ``first``, added
+    to ``socks`` (the caller closes them) as they are made."""
+    for _ in range(count):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        socks.append(sock)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(path))
+            if first:
+                sock.send(first)
+        except OSError:  # BlockingIOError: queued; a full queue or no descriptor: refused
+            pass
+
+
 def test_a_thousand_simultaneous_connects(site: LoginSite) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     server = server_of(site)
-    socks = []
+    socks: list[socket.socket] = []
     try:
-        for _ in range(1000):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.connect(str(server.socket))
-            except BlockingIOError:
-                pass
-            socks.append(sock)
+        crowd(server.socket, 1000, socks)
         for sock in socks:
             try:
                 sock.send(b"garbage!garbage!")
@@ -1146,17 +1154,9 @@ def test_running_out_of_descriptors_keeps_the_server(site: LoginSite) -> None:
     was not caught) nor spins logging "cannot accept"; once they are gone it serves again."""
     server = server_of(site)
     subprocess.run(["prlimit", f"--pid={server.proc.pid}", "--nofile=100:100"], check=True)
-    socks = []
+    socks: list[socket.socket] = []
     try:
-        for _ in range(150):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                sock.connect(str(server.socket))
-                sock.send(b"V")
-            except OSError:
-                pass
-            socks.append(sock)
+        crowd(server.socket, 150, socks, b"V")
         time.sleep(3)
         assert server.proc.poll() is None, server.lines()[-5:]
     finally:
