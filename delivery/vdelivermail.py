@@ -570,9 +570,13 @@ class Vdelivermail:
         except OSError:
             pass
         try:
-            posix.close(posix.open(stamp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC
-                                   | posix.O_CLOEXEC, 0o644))
-            posix.utime(stamp, (now, now))
+            # never through a link, never waiting on a FIFO (ENXIO: no warning today)
+            fd = posix.open(stamp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC
+                            | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC, 0o644)
+            try:
+                posix.utime(fd, (now, now))
+            finally:
+                posix.close(fd)
             template = self._site_file(".quotawarn.msg")
             if not template:
                 return

@@ -163,6 +163,24 @@ def test_quota_warning_once_a_day(site: Site) -> None:
         p.stat().st_size for p in site.new_files(maildir))
 
 
+def test_quota_warning_stamp_follows_no_link(site: Site) -> None:
+    """The stamp ``quotawarn`` a link (to a file of the same owner elsewhere) or a FIFO: the
+    delivery goes through, the link's target is not truncated nor its time set, and nothing
+    waits on the FIFO (before: opened with O_TRUNC through the link)."""
+    site.ok("vsetuserquota", f"alice@{DOMAIN}", "10000S")
+    maildir = site.maildir("alice")
+    assert site.deliver("alice", b"a" * 9100 + b"\n").returncode == 0
+    target = site.user_dir("alice") / "keep.txt"
+    target.write_text("kept\n")
+    os.utime(target, (1, 1))
+    (maildir / "quotawarn").symlink_to(target)
+    assert site.deliver("alice", b"b\n").returncode == 0  # over 90 %: the stamp is touched
+    assert target.read_text() == "kept\n" and target.stat().st_mtime == 1
+    (maildir / "quotawarn").unlink()
+    os.mkfifo(maildir / "quotawarn")
+    assert site.deliver("alice", b"c\n").returncode == 0
+
+
 def test_noquota_user_has_no_maildirsize(site: Site) -> None:
     assert site.deliver("bob").returncode == 0
     assert not (site.maildir("bob") / "maildirsize").exists()
