@@ -73,11 +73,12 @@ def read_file(path: str) -> list[tuple[str, str]] | None:
             return None
         if st.st_mode & 0o002:
             raise DotQmailWritable(path)
-        data = b""
+        chunks = []  # joined once: a growing bytes is copied at every read
         while chunk := posix.read(fd, 65536):
-            data += chunk
+            chunks.append(chunk)
     finally:
         posix.close(fd)
+    data = b"".join(chunks)
     if not data:
         return []
     if b"\0" in data:
