@@ -217,6 +217,12 @@ def test_quota_with_a_unit_that_is_not_one_is_bad_input(vhome: Install) -> None:
                                                           f"not a quota (use NOQUOTA, 10M, "
                                                           f"1000000S,100C)\n"), argv
     assert vhome.vuser(f"postmaster@{DOMAIN}").quota == "NOQUOTA"
+    # more than a quota can be: C's reader saturates (before: stored as 9223372036854775807S)
+    for quota in ("99999999999999999999", "9999999999G", "9999999999999999999C"):
+        result = vhome.run("vsetuserquota", f"postmaster@{DOMAIN}", quota)
+        assert (result.returncode, result.stdout) == (152, f"Error: bad input: {quota!r} is "
+                                                      "larger than a quota can be "
+                                                      "(9223372036854775806 at most)\n"), quota
     for quota, stored in (("10MB", "10485760S"), ("10 M", "10485760S"), ("2g", "2147483648S"),
                           ("5kS", "5120S"),
                           ("10M,100c", "10485760S,100C"), ("1000000", "1000000S"),

@@ -6,8 +6,8 @@ import os
 
 from maildir import is_maildir
 from maildir.maildir import make_maildir
-from maildir.quota import (NOQUOTA, format_quota, has_quota, is_quota_text, scan_usage,
-                           write_maildirsize)
+from maildir.quota import (LLONG_MAX, NOQUOTA, format_quota, has_quota, is_quota_text,
+                           scan_usage, write_maildirsize)
 from vpopmail import catchall, dircontrol, flags
 from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
 from vpopmail.assign import AssignEntry
@@ -108,6 +108,9 @@ class UsersMixin(LimitsMixin):
         text = format_quota(quota) if is_quota_text(quota) else ""
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
+        if any(int(part[:-1]) >= LLONG_MAX for part in text.split(",")):
+            # C's reader saturates there: not the number given
+            raise BadInput(f"{quota!r} is larger than a quota can be ({LLONG_MAX - 1} at most)")
         return text
 
     def add_user(self, address: str, password: str | None = None, index: bool = True,
