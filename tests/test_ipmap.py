@@ -51,6 +51,36 @@ def test_vipmap_adds_prints_and_deletes(vhome: Install) -> None:
     assert not [name for name in os.listdir(path.parent) if "tmp" in name]
 
 
+def test_vdeldomain_takes_the_domains_lines_out_of_the_map(vhome: Install) -> None:
+    """The map's lines for a deleted domain and its alias domains go with them, the others
+    stay (before: they stayed, and steered bare-name logins to the domain once it was added
+    anew); an alias domain deleted alone takes only its own."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    vhome.ok("vadddomain", OTHER, "secret")
+    vhome.ok("vaddaliasdomain", DOMAIN, "alias.test")
+    vhome.ok("vaddaliasdomain", DOMAIN, "alias2.test")
+    for ip, domain in (("192.0.2.7", DOMAIN), ("192.0.2.8", OTHER), ("192.0.2.9", "alias.test"),
+                       ("192.0.2.10", "alias2.test")):
+        vhome.ok("vipmap", "-a", ip, domain)
+    vhome.ok("vdeldomain", "alias2.test")
+    assert vhome.ok("vipmap", "-p") == (f"192.0.2.7 {DOMAIN}\n192.0.2.8 {OTHER}\n"
+                                        "192.0.2.9 alias.test\n")
+    vhome.ok("vdeldomain", "-f", DOMAIN)
+    assert vhome.ok("vipmap", "-p") == f"192.0.2.8 {OTHER}\n"
+
+
+def test_vdeldomain_that_may_not_write_the_map_changes_nothing(root_vhome: Install) -> None:
+    """In a root install the map is root's: the vpopmail user's vdeldomain of a domain the
+    map names stops before anything is removed, naming the fix; root's then deletes it."""
+    root_vhome.ok("vadddomain", DOMAIN, "secret")
+    root_vhome.ok("vipmap", "-a", "192.0.2.7", DOMAIN)
+    refused = root_vhome.run("vdeldomain", DOMAIN, as_user="vpopmail")
+    assert refused.returncode != 0 and "run vdeldomain as root" in refused.stdout, refused
+    assert root_vhome.ok("vdominfo", "-n", DOMAIN).strip() == DOMAIN
+    root_vhome.ok("vdeldomain", DOMAIN)
+    assert root_vhome.ok("vipmap", "-p") == ""
+
+
 def test_vipmap_of_a_root_install_writes_roots_map(root_vhome: Install) -> None:
     """The map decides the domain of bare-name logins, which root's vchkpw serves: in a root
     install it is root's, and the vpopmail user (uid 89) can neither rewrite nor replace it."""

@@ -12,6 +12,10 @@ from vpopmail.config import Config
 from vpopmail.errors import BadInput
 from vpopmail.fsutil import FileLock, atomic_write, read_regular
 
+TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 MAP_FILE = "ip_alias_map"
 DEFAULT_FILE = "defaultdomain"
 ENV_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.@-")
@@ -117,12 +121,31 @@ def change_map(config: Config, ip: str, domain: str, add: bool) -> bool:
     whether the map changed. The map and its lock belong to who writes them (vipmap and
     vpopmaild run as root): it decides the domain of root's bare-name logins, and in a root
     installation the vpopmail user may add files to etc/ but replace none of root's."""
+    def edit(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        kept = [pair for pair in pairs if (_spelled(pair[0]), pair[1]) != (ip, domain)]
+        return kept + [(ip, domain)] if add else kept
+
+    return _rewrite(config, edit)
+
+
+def forget_domains(config: Config, domains: set[str]) -> bool:
+    """Delete every pair naming one of ``domains`` (vdeldomain: a map left pointing at a
+    deleted domain would steer bare-name logins there again once it is added anew). Only a
+    map that names one is rewritten, so a map the caller may not write is refused only then.
+    Return whether the map changed."""
+    if not any(domain in domains for _, domain in read_map(config)):
+        return False
+    return _rewrite(config, lambda pairs: [pair for pair in pairs if pair[1] not in domains])
+
+
+def _rewrite(config: Config, edit: "Callable[[list[tuple[str, str]]], list[tuple[str, str]]]"
+             ) -> bool:
+    """Replace the map's pairs by what ``edit`` makes of them, under its lock; whether they
+    changed."""
     path = map_path(config)
     with FileLock(path + ".lock", config.locks_timeout):
         pairs = read_map(config)
-        kept = [pair for pair in pairs if (_spelled(pair[0]), pair[1]) != (ip, domain)]
-        if add:
-            kept.append((ip, domain))
+        kept = edit(pairs)
         if kept == pairs:
             return False
         text = "".join(f"{a} {b}\n" for a, b in kept)

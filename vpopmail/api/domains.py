@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from vpopmail import catchall, dircontrol
+from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
 from vpopmail.assign import AssignEntry, check_fields
 from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
@@ -212,7 +212,8 @@ class DomainsMixin(UsersMixin):
 
     def delete_domain(self, domain: str, force: bool = False) -> list[str]:
         """Delete a domain (and, with ``force``, its alias domains); an alias domain alone is
-        just unlinked. Returns the alias domains removed.
+        just unlinked. Returns the alias domains removed. The IP map's lines for the domains
+        removed go too.
 
         A domain users/cdb no longer routes but whose directory is still in the domains tree
         is what a killed vdeldomain (or vadddomain), or one that met its database down, left:
@@ -225,12 +226,14 @@ class DomainsMixin(UsersMixin):
                 raise DomainDoesNotExist(domain)
             st = os.stat(directory)
             entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
+            ipmap.forget_domains(self.config, {name})
             self.qmail.remove_domain(name, missing_ok=True)
             self.backend.delete_domain(entry)
             root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
             self._remove_domain_dir(entry, root, bucket)
             return []
         if entry.is_alias:
+            ipmap.forget_domains(self.config, {entry.domain})
             self.qmail.remove_domain(entry.domain, missing_ok=True)
             return []
         aliases = self.aliases_of(entry.domain)
@@ -238,6 +241,8 @@ class DomainsMixin(UsersMixin):
             raise AliasDomainsExist(", ".join(aliases))
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
         is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
+        # first: a map the caller may not write (root's) stops it before anything is gone
+        ipmap.forget_domains(self.config, {entry.domain, *aliases})
         for alias in aliases:
             self.qmail.remove_domain(alias)
         self.qmail.remove_domain(entry.domain, missing_ok=True)
