@@ -490,15 +490,15 @@ class Vdelivermail:
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
         if not quota or not (recipient or owner):
             root = quota_root(maildir)
-            if not (recipient or owner) and self._is_own(root):
-                assert self.own_maildir is not None
-                owner = self.own_maildir[2]
+            own = self._own(root)
+            if own is not None and not (recipient or owner):
+                owner = own[2]
             if not quota:
-                own = self._own_quota(root)
-                if own is None:
+                if own is not None and own[1]:
+                    quota = own[1]
+                else:  # no record quota text at all: maildirsize's line counts, as by default
                     found = load_maildirsize(root)
-                    own = found.quota if found else ""
-                quota = own
+                    quota = found.quota if found else ""
         # the user's own Maildir is the user's, even where its path names no domain or another
         # one (C took the address from the path: a loop back to the user then went unseen)
         address = (recipient or owner or maildir_to_email(maildir)
@@ -534,24 +534,17 @@ class Vdelivermail:
                         f"{exc.strerror}") from None
         self._uncounted(failed)
 
-    def _own_quota(self, root: str) -> str | None:
-        """The recipient user's quota if ``root`` (a quota root) is that user's Maildir, by
-        device and inode (any spelling of the path), else None (also when the record sets no
-        quota text at all: then maildirsize's line counts, as for the default delivery)."""
-        if self.own_maildir is None or not self.own_maildir[1]:
-            return None
-        return self.own_maildir[1] if self._is_own(root) else None
-
-    def _is_own(self, root: str) -> bool:
-        """Whether ``root`` (a quota root) is the recipient user's Maildir, by device and inode
-        (any spelling of the path)."""
+    def _own(self, root: str) -> tuple[str, str, str] | None:
+        """The recipient user's (Maildir, quota, address) if ``root`` (a quota root) is that
+        user's Maildir, by device and inode (any spelling of the path), else None."""
         if self.own_maildir is None:
-            return False
+            return None
         try:
             mine, target = posix.stat(self.own_maildir[0]), posix.stat(root)
         except OSError:
-            return False
-        return (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
+            return None
+        same = (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
+        return self.own_maildir if same else None
 
     @staticmethod
     def _uncounted(failed: str) -> None:
