@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import Install, as_user_argv
+from install_site import INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
@@ -85,6 +86,26 @@ def test_delivery_and_login_go_through_the_server(site: LoginSite) -> None:
     assert login.env["cwd"] == str(site.user_dir("alice"))
     assert (login.env["HOME"], login.env["USER"], login.env["SHELL"], login.env["VPOPUSER"]
             ) == (str(site.user_dir("alice")), "alice", "NOLOGIN", "alice@example.com")
+    assert site.login("alice@example.com", "wrong").code == 1
+
+
+def test_front_ends_of_the_system_c_library_go_through_the_server(site: LoginSite) -> None:
+    """The suite runs the front ends musl-gcc builds where it is installed; those the
+    system's cc builds (glibc) are served alike."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no cc")
+    inst = site.inst
+    subprocess.run([sys.executable, str(INSTALL), "--prefix", str(inst.prefix), "--qmaildir",
+                    str(inst.qmaildir), "--venv", str(VENV), "--cc", cc], check=True,
+                   capture_output=True, env={**os.environ, "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    for name in ("vdelivermail", "vchkpw"):
+        assert b"GLIBC_TUNABLES" in (inst.bin / name).read_bytes()
+    wait_for(server_of(site), listening=2)  # the install had it reload
+    without_fallbacks(inst)
+    assert site.deliver("alice").returncode == 0 and len(body_of(site, "alice")) == 1
+    login = site.login("alice@example.com", "pw")
+    assert login.code == 0 and login.ran and login.env["uid"] == str(inst.uid), login
     assert site.login("alice@example.com", "wrong").code == 1
 
 
