@@ -629,8 +629,8 @@ def test_root_install_is_roots_but_domains_and_the_relay_files(layout_base: Path
     lines = (etc / "open-smtp").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["192.0.2.10", "192.0.2.11"]
     with cdb.CdbReader(str(etc / "tcp.smtp.cdb")) as reader:
-        assert sorted(key for key, _ in reader.items()) == [b"127.", b"192.0.2.10",
-                                                           b"192.0.2.11"]
+        assert sorted(key for key, _ in reader.items()) == [
+            b"127.", b"192.0.2.10", b"192.0.2.11", b"::ffff:192.0.2.10", b"::ffff:192.0.2.11"]
     for name in ("open-smtp", "open-smtp.lock", "tcp.smtp.cdb", "tcp.smtp.cdb.lock"):
         assert os.lstat(etc / name)[4:6] == (89, 89), name
     assert [p.name for p in etc.iterdir() if ".tmp." in p.name] == []

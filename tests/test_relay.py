@@ -1,6 +1,7 @@
 """vpopmail.stores.relay's RelayTable, the library itself on real files in tmp_path: open-smtp's
 lines, the tcp.smtp.cdb it compiles (read back with tinycdb's ``cdb -d`` and compared with what
-Debian's tcprules makes of the same rules), clearing by age, the generation counters kept in
+Debian's tcprules makes of the same rules, an IPv4 client's in both of tcpserver's spellings),
+clearing by age, the generation counters kept in
 open-smtp.lock, and the lock held by another process. (The login and clearopensmtp paths
 through the installed programs: test_vchkpw.py and test_reliability_concurrency.py.)"""
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cdb_dump, time_limit
+from helpers import cdb_dump, cdb_text, time_limit
 from vpopmail.config import Config, validate
 from vpopmail.errors import BadInput, CouldNotUpdateFile, LockTimeout
 from vpopmail.stores.relay import RelayTable
@@ -22,6 +23,13 @@ from vpopmail.stores.relay import RelayTable
 NOW = 1_700_000_000
 STATIC = b"127.:allow,RELAYCLIENT=\"\"\n:allow\n"
 OPEN = b':allow,RELAYCLIENT="",RBLSMTPD=""'  # what follows the IP on an open-smtp line
+STATIC_RECORDS = [(b"127.", b"+RELAYCLIENT=\0"), (b"", b"")]
+
+
+def roamers(*ips: bytes) -> list[tuple[bytes, bytes]]:
+    """The cdb records of roaming IPv4 addresses: each as tcpserver without -6 looks it up,
+    then as ``tcpserver -6`` does (IPv4-mapped)."""
+    return [(key, b"+RELAYCLIENT=\0+RBLSMTPD=\0") for ip in ips for key in (ip, b"::ffff:" + ip)]
 
 
 def table(home: Path, **relay: object) -> RelayTable:
@@ -50,27 +58,47 @@ def counters(t: RelayTable) -> tuple[int, int]:
     return int(wanted), int(built)
 
 
-def tcprules_dump(plain: Path, tmp_path: Path, text: bytes) -> bytes:
-    """``cdb -d`` of what Debian's tcprules compiles from ``text``."""
+def tcprules_dump(bindir: Path, tmp_path: Path, text: bytes) -> bytes:
+    """``cdb -d`` of what Debian's tcprules (or its IPv6 build) compiles from ``text``."""
     out = tmp_path / "tcprules.cdb"
-    subprocess.run([str(plain / "tcprules"), str(out), str(tmp_path / "tcprules.tmp")],
+    subprocess.run([str(bindir / "tcprules"), str(out), str(tmp_path / "tcprules.tmp")],
                    input=text, check=True, capture_output=True)
     return cdb_dump(out)
 
 
 def test_open_relay_writes_the_line_and_compiles_as_tcprules(relay: RelayTable, plain: Path,
                                                               tmp_path: Path) -> None:
+    """open-smtp gets C's line for the IP; the cdb, tcp.smtp's records followed by each IP's
+    rule, then the same rule for its IPv4-mapped form (the key ``tcpserver -6`` looks up for
+    an IPv4 client: test_vchkpw.py's test_an_ipv4_roamer_relays_whichever_tcpserver_has_6)."""
     assert relay.open_relay("192.0.2.1", now=NOW) is True
     assert relay.open_relay("198.51.100.20", now=NOW + 1) is True
     assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
                             b"198.51.100.20" + OPEN + b"\t%d" % (NOW + 1)]
-    expected = STATIC + b"192.0.2.1" + OPEN + b"\n198.51.100.20" + OPEN + b"\n"
-    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, expected)
+    assert cdb_dump(Path(relay.cdb)) == cdb_text(STATIC_RECORDS
+                                                 + roamers(b"192.0.2.1", b"198.51.100.20"))
+    assert tcprules_dump(plain, tmp_path, STATIC) == cdb_text(STATIC_RECORDS)
     for path in (relay.open_smtp, relay.cdb):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, path
     assert counters(relay) == (2, 2)
     assert sorted(os.listdir(os.path.dirname(relay.cdb))) == [
         "open-smtp", "open-smtp.lock", "tcp.smtp", "tcp.smtp.cdb", "tcp.smtp.cdb.lock"]
+
+
+def test_the_cdb_is_what_the_ipv6_tcprules_makes_of_the_rules(relay: RelayTable, ipv6: Path,
+                                                             tmp_path: Path) -> None:
+    """Byte for byte what the IPv6 build of tcprules (Debian's rejects ``::ffff:``) compiles
+    from tcp.smtp followed by each roaming rule in tcpserver's spellings: an IPv4 client's
+    twice, whichever spelling it logged in with, each address once; an IPv6 client's once."""
+    for ip in ("192.0.2.1", "::ffff:198.51.100.20", "2001:db8::1", "198.51.100.20"):
+        relay.open_relay(ip, now=NOW)
+    expected = STATIC + b"".join(ip + OPEN + b"\n" for ip in (
+        b"192.0.2.1", b"::ffff:192.0.2.1", b"::ffff:198.51.100.20", b"198.51.100.20",
+        b"2001:db8::1"))
+    out = tmp_path / "tcprules.cdb"
+    subprocess.run([str(ipv6 / "tcprules"), str(out), str(tmp_path / "tcprules.tmp")],
+                   input=expected, check=True, capture_output=True)
+    assert Path(relay.cdb).read_bytes() == out.read_bytes()
 
 
 def test_a_known_ip_only_gets_its_time_refreshed(relay: RelayTable) -> None:
@@ -88,7 +116,8 @@ def test_a_known_ip_only_gets_its_time_refreshed(relay: RelayTable) -> None:
 def test_no_static_rules_file(tmp_path: Path) -> None:
     relay = table(tmp_path)
     relay.open_relay("192.0.2.9", now=NOW)
-    assert cdb_dump(Path(relay.cdb)) == b"+9,25:192.0.2.9->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n"
+    assert cdb_dump(Path(relay.cdb)) == (b"+9,25:192.0.2.9->+RELAYCLIENT=\0+RBLSMTPD=\0\n"
+                                         b"+16,25:::ffff:192.0.2.9->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n")
 
 
 def test_clear_drops_old_and_timeless_lines_and_recompiles(relay: RelayTable, plain: Path,
@@ -100,12 +129,29 @@ def test_clear_drops_old_and_timeless_lines_and_recompiles(relay: RelayTable, pl
         + b"192.0.2.5" + OPEN + b"\t%d\n" % (limit + 1))
     assert relay.clear(180, now=NOW) == 4
     assert lines(relay) == [b"192.0.2.5" + OPEN + b"\t%d" % (limit + 1)]
-    assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path,
-                                                      STATIC + b"192.0.2.5" + OPEN + b"\n")
+    assert cdb_dump(Path(relay.cdb)) == cdb_text(STATIC_RECORDS + roamers(b"192.0.2.5"))
     assert relay.clear(180, now=NOW) == 0
     assert relay.clear(0, now=limit + 1) == 1
     assert lines(relay) == []
     assert cdb_dump(Path(relay.cdb)) == tcprules_dump(plain, tmp_path, STATIC)
+
+
+def test_an_ipv4_client_relays_in_both_spellings_until_its_last_login_expires(
+        relay: RelayTable) -> None:
+    """One IPv4 client logged in through a POP server without -6 and an IMAP server with it:
+    open-smtp keeps the two lines (C's format for the first), the cdb each address once, and
+    both stay until the later login expires."""
+    relay.open_relay("192.0.2.7", now=NOW)
+    assert relay.open_relay("::ffff:192.0.2.7", now=NOW + 600) is True
+    assert lines(relay) == [b"192.0.2.7" + OPEN + b"\t%d" % NOW,
+                            b"::ffff:192.0.2.7" + OPEN + b"\t%d" % (NOW + 600)]
+    assert cdb_dump(Path(relay.cdb)) == cdb_text(STATIC_RECORDS + roamers(b"192.0.2.7"))
+    assert relay.clear(10, now=NOW + 600) == 1
+    assert lines(relay) == [b"::ffff:192.0.2.7" + OPEN + b"\t%d" % (NOW + 600)]
+    assert cdb_dump(Path(relay.cdb)) == cdb_text(
+        STATIC_RECORDS + roamers(b"192.0.2.7")[::-1])  # the mapped line's rule first
+    assert relay.clear(10, now=NOW + 1200) == 1
+    assert cdb_dump(Path(relay.cdb)) == cdb_text(STATIC_RECORDS)
 
 
 def test_a_time_in_the_future_expires_from_now_not_never(relay: RelayTable) -> None:
@@ -137,7 +183,8 @@ def test_lines_that_are_not_an_ip_never_become_rules(relay: RelayTable) -> None:
     assert relay.open_relay("192.0.2.2", now=NOW)
     keys = [line.split(b"->")[0].partition(b":")[2] for line in
             cdb_dump(Path(relay.cdb)).splitlines() if line]
-    assert keys == [b"127.", b"", b"192.0.2.1", b"2001:db8::1", b"192.0.2.2"]  # b"": tcp.smtp's
+    assert keys == [b"127.", b"", b"192.0.2.1", b"::ffff:192.0.2.1", b"2001:db8::1",
+                    b"192.0.2.2", b"::ffff:192.0.2.2"]  # b"": tcp.smtp's
     assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % NOW,
                             b"2001:db8::1" + OPEN + b"\t%d" % NOW,
                             b"192.0.2.2" + OPEN + b"\t%d" % NOW]
@@ -158,7 +205,7 @@ def test_rebuild_off_leaves_the_compile_owed(tmp_path: Path) -> None:
     assert counters(off) == (1, 0)
     on = table(tmp_path)  # switched back on: the next login compiles what is owed
     assert on.open_relay("192.0.2.1", now=NOW + 1) is False
-    assert cdb_dump(Path(on.cdb)) == b"+9,25:192.0.2.1->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n"
+    assert cdb_dump(Path(on.cdb)) == cdb_text(roamers(b"192.0.2.1"))
     assert counters(on) == (1, 1)
 
 

@@ -357,3 +357,33 @@ def test_ipv6_tcpserver_matches_rule_for_its_remoteip(ipv6: Path, loopback6: Non
     assert closed["TCPREMOTEIP"] == opened["TCPREMOTEIP"] == remoteip
     assert "RELAYCLIENT" not in closed
     assert opened["RELAYCLIENT"] == "" and opened["RBLSMTPD"] == "" and "X" not in opened
+
+
+@pytest.mark.parametrize(("flags", "remoteip", "applies"), [
+    (("-6",), "::ffff:127.0.0.2", {"mapped", "mapped-prefix"}),
+    ((), "127.0.0.2", {"dotted", "dotted-prefix"}),
+], ids=["under-6", "without-6"])
+def test_which_spelling_of_an_ipv4_client_the_ipv6_tcpserver_looks_up(
+        ipv6: Path, tmp_path: Path, flags: tuple[str, ...], remoteip: str,
+        applies: set[str]) -> None:
+    """Under ``-6`` the IPv6 build's tcpserver looks up an IPv4 client only as
+    ``::ffff:a.b.c.d`` (and its prefixes: ``::ffff:127.``), never as the dotted quad (nor
+    ``127.``); without -6, only as the dotted quad. Each rule alone in the cdb (with a
+    catch-all), whether the client connects to 127.0.0.1 or to ::ffff:127.0.0.1: the reason
+    vpopmail.stores.relay writes a roaming IPv4 client's rule in both spellings."""
+    rules = {"dotted": b"127.0.0.2", "mapped": b"::ffff:127.0.0.2",
+             "dotted-prefix": b"127.", "mapped-prefix": b"::ffff:127."}
+    cdb = tmp_path / "tcp.smtp.cdb"
+    write_cdb(cdb, b":allow\n")
+    servers = {"127.0.0.1": "127.0.0.2", "::ffff:127.0.0.1": "::ffff:127.0.0.2"}
+    seen = set()
+    with tcpserver(ipv6, cdb, "0", *flags) as port:
+        for name, address in rules.items():
+            write_cdb(cdb, address + b':allow,WHICH="' + name.encode() + b'"\n:allow\n')
+            for server, client in servers.items():
+                got = remote_env(client, server, port)
+                assert got["TCPREMOTEIP"] == remoteip
+                if "WHICH" in got:
+                    assert got["WHICH"] == name
+                    seen.add((name, server))
+    assert seen == {(name, server) for name in applies for server in servers}

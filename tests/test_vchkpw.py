@@ -594,7 +594,8 @@ def test_roaming_login_opens_relay(roaming: LoginSite) -> None:
     expected = subprocess.run(["cdb", "-d", str(etc / "tcp.smtp.cdb")], capture_output=True,
                               text=True).stdout
     assert expected == ('+4,14:127.->+RELAYCLIENT=\0\n'
-                        '+10,25:192.0.2.10->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n')
+                        '+10,25:192.0.2.10->+RELAYCLIENT=\0+RBLSMTPD=\0\n'
+                        '+17,25:::ffff:192.0.2.10->+RELAYCLIENT=\0+RBLSMTPD=\0\n\n')
     for name, mode in relay_files(roaming).items():
         st = (etc / name).stat()
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (roaming.inst.uid,
@@ -714,7 +715,7 @@ def test_clearopensmtp_drops_old_entries_and_rebuilds(roaming: LoginSite,
             database.rows(f"INSERT INTO relay VALUES ('{ip}', {'NULL' if t is None else repr(t)})")
     roaming.ok("clearopensmtp")
     assert open_smtp(roaming) == [f'192.0.2.2:allow,RELAYCLIENT="",RBLSMTPD=""\t{fresh}']
-    assert cdb_keys(roaming) == [b"127.", b"192.0.2.2"]
+    assert cdb_keys(roaming) == [b"127.", b"192.0.2.2", b"::ffff:192.0.2.2"]
     for name in relay_files(roaming):
         st = (etc / name).stat()
         assert (st.st_uid, st.st_gid) == (roaming.inst.uid, roaming.inst.gid)
@@ -777,6 +778,35 @@ def test_ipv6_tcpserver_relays_for_the_roaming_ip(roaming: LoginSite, ipv6: Path
                              ).code == 0  # IMAP/POP from ::1: the webmail class, still relays
         opened = remote_env("::1", "::1", port)
     assert opened["TCPREMOTEIP"] == "::1" and opened["RELAYCLIENT"] == ""
+
+
+@pytest.mark.parametrize(("pop_ip", "smtp"), [
+    ("127.0.0.5", "plain"), ("127.0.0.5", "-6"),
+    ("::ffff:127.0.0.5", "plain"), ("::ffff:127.0.0.5", "-6"),
+], ids=["pop-v4-smtp-v4", "pop-v4-smtp-6", "pop-6-smtp-v4", "pop-6-smtp-6"])
+def test_an_ipv4_roamer_relays_whichever_tcpserver_has_6(roaming: LoginSite, ipv6: Path,
+                                                         plain: Path, pop_ip: str,
+                                                         smtp: str) -> None:
+    """An IPv4 client logs in to a POP server with or without ``tcpserver -6`` (TCPREMOTEIP
+    ``127.0.0.5`` or ``::ffff:127.0.0.5``), then sends through an SMTP tcpserver with or
+    without -6. Under -6 the IPv6 build sets TCPREMOTEIP ``::ffff:127.0.0.5`` and looks up only
+    that form (and its prefixes), never the dotted quad; without it, only the dotted quad.
+    Each pair relays for the roamer alone (before: a POP login without -6 gave no relay
+    through an SMTP tcpserver -6)."""
+    binary(plain, "tcpserver", "apt-get install ucspi-tcp")
+    etc = roaming.inst.prefix / "etc"
+    (etc / "tcp.smtp").write_text(":allow\n")
+    assert roaming.login("alice@example.com", PASSWORD, env=env(TCPREMOTEIP=pop_ip)).code == 0
+    server = tcpserver(plain, etc / "tcp.smtp.cdb", "127.0.0.1") if smtp == "plain" else \
+        tcpserver(ipv6, etc / "tcp.smtp.cdb", "127.0.0.1", "-6")
+    with server as port:
+        roamer = remote_env("127.0.0.5", "127.0.0.1", port)
+        other = remote_env("127.0.0.6", "127.0.0.1", port)
+    prefix = "::ffff:" if smtp == "-6" else ""
+    assert (roamer["TCPREMOTEIP"], other["TCPREMOTEIP"]) == (prefix + "127.0.0.5",
+                                                             prefix + "127.0.0.6")
+    assert roamer.get("RELAYCLIENT") == "" and roamer.get("RBLSMTPD") == ""
+    assert "RELAYCLIENT" not in other
 
 
 #: execve(argv[cut+1:], env = argv[1:cut]) byte for byte: a caller's environment Python's

@@ -7,8 +7,9 @@ plain 0.88 is followed where the two differ: a line without a colon, or of blank
 skipped, one whose colons are not followed by allow/deny is rejected (the IPv6 tcprules never
 returns on any of these). Write the image with :func:`vpopmail.cdbwrite.build`.
 
-IPv6: tcpserver (IPv6 build) looks up exactly the string it puts in ``TCPREMOTEIP``: dotted
-quad for an IPv4 client (``::ffff:a.b.c.d`` under ``tcpserver -6``), and for an IPv6 client
+IPv6: tcpserver (IPv6 build) looks up exactly the string it puts in ``TCPREMOTEIP`` (then its
+prefixes): dotted quad for an IPv4 client (``::ffff:a.b.c.d`` under ``tcpserver -6``, and then
+never the dotted quad nor ``127.``-style prefixes, only ``::ffff:127.``), and for an IPv6 client
 its own compact form: lower-case hex, the longest run of zero words (the first of equal runs,
 even a single word) as ``::``, e.g. ``2001:db8::1:1:1:1:1`` where RFC 5952 keeps
 ``2001:db8:0:1:1:1:1:1``. :func:`rule_for_ip` writes the address in that form.

@@ -3,6 +3,10 @@
 open-smtp has vpopmail's lines, ``<ip>:allow,RELAYCLIENT="",RBLSMTPD=""<TAB><unix time>``. The
 cdb is compiled natively from ``etc/tcp.smtp`` followed by the open-smtp rules (byte-identical
 to what tcprules makes of the same text) and replaced by rename, never rewritten in place.
+An IPv4 client's rule goes into the cdb in both of tcpserver's spellings, ``a.b.c.d`` (what a
+tcpserver without ``-6`` looks up) and ``::ffff:a.b.c.d`` (what the IPv6 build looks up under
+``-6``, and only that), whichever the POP/IMAP server's TCPREMOTEIP had: the SMTP tcpserver
+relays for the client with or without -6. open-smtp keeps one line per login address, as C.
 
 C vpopmail lost IPs when many logins came at once (it gave up on its lock and wrote anyway, and
 clearopensmtp took no lock). Here open-smtp changes only under ``open-smtp.lock``, which also
@@ -146,8 +150,7 @@ class RelayTable:
                 if built >= generation:
                     return
                 entries = self.entries()
-            self.write_cdb([rule for _, line in entries
-                            for rule in _both_forms(line.partition(b"\t")[0])])
+            self.write_cdb(_relay_rules(entries))
             with self._lock(self.open_smtp + ".lock") as lock:
                 now_wanted, now_built = self._counters(lock)
                 self._set_counters(lock, now_wanted, max(now_built, wanted))
@@ -218,12 +221,29 @@ def _entry(ip: str, stamp: bytes) -> tuple[bytes, bytes] | None:
     return ip_of_rule(rule), rule + stamp
 
 
-def _both_forms(rule: bytes) -> tuple[bytes, ...]:
-    """``rule``, and for an IPv4-mapped address (an IPv4 client of a ``tcpserver -6``) the same
-    rule for the plain IPv4 address too, which an SMTP tcpserver without ``-6`` looks up."""
-    if rule.startswith(_MAPPED) and b"." in ip_of_rule(rule):
-        return rule, rule[len(_MAPPED):]
-    return (rule,)
+def _relay_rules(entries: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The cdb's rules for open-smtp's ``entries``, in order, each address once: an IPv4
+    client's rule for both ``a.b.c.d`` and ``::ffff:a.b.c.d``, however it logged in."""
+    rules, seen = [], set()
+    for ip, line in entries:
+        rule = line.partition(b"\t")[0]
+        for address, form in _both_forms(ip, rule):
+            if address not in seen:
+                seen.add(address)
+                rules.append(form)
+    return rules
+
+
+def _both_forms(ip: bytes, rule: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """(address, rule) for ``rule`` (for ``ip``) and, for an IPv4 client, the same rule in its
+    other spelling: the dotted quad, which a tcpserver without ``-6`` looks up, and the
+    IPv4-mapped address, which ``tcpserver -6`` looks up instead (it never looks up the dotted
+    quad)."""
+    if ip.startswith(_MAPPED) and b"." in ip:
+        return (ip, rule), (ip[len(_MAPPED):], rule[len(_MAPPED):])
+    if b":" not in ip:
+        return (ip, rule), (_MAPPED + ip, _MAPPED + rule)
+    return ((ip, rule),)
 
 
 def _read(path: str, follow: bool) -> bytes:
