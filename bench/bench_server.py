@@ -12,7 +12,9 @@ interleaved rounds, whole processes:
   interpreter floor and ``/bin/true``; fsync on (the default) and off;
 - a login as a checkpassword call (root, the credentials on fd 3, exec /bin/true): the same
   four;
-with the SQL backend too (a private MariaDB, as bench_delivery.py) unless --no-sql. Then
+with the SQL backend too (a private MariaDB, as bench_delivery.py) unless --no-sql; where
+the install's front ends are musl's (musl-gcc), the same source built by cc (glibc) beside
+them, at the same server. Then
 throughput: --count 4 KB deliveries at concurrency 10 and --count logins at concurrency 20
 (xargs -P), front end + server and direct: per second, CPU seconds per item (the clients'
 and the server's with its workers), and the server's peak RSS. Also the cost of a fork from
@@ -61,6 +63,9 @@ C_DELIVERY_MS, C_LOGIN_MS, C_DELIVERY_FLOOR_MS, C_LOGIN_FLOOR_MS = 2.11, 1.43, 1
 C_NAME = "C vpopmail 5.4.33"
 C_DELIVERY = f"{C_NAME} vdelivermail (no fsync: it has none)"
 C_LOGIN = f"{C_NAME} vchkpw, MD5-crypt"
+#: the rows of the front ends built by the system's cc, where the install's are musl's
+GLIBC_DELIVERY = "front end built by cc (glibc) + server, fsync"
+GLIBC_LOGIN = "front end built by cc (glibc) + server, MD5-crypt"
 #: row -> (median seconds, peak RSS KiB, seconds per run in a shell loop)
 Rows = dict[str, tuple[float, int, float]]
 
@@ -141,6 +146,11 @@ class Setup:
             for name in ("vdelivermail", "vchkpw"):
                 shutil.copy2(self.bin / name, place / "bin" / name)
                 (place / "libexec" / name).symlink_to(self.libexec / name)
+        #: the front ends as the system's cc builds them (glibc), at the same server's socket:
+        #: beside the install's, where musl-gcc built those
+        self.glibc = HERE / "glibc" / "bin"
+        self.glibc_built = libc_of(self.bin / "vdelivermail") != "glibc" and glibc_frontends(
+            self.glibc, self.prefix)
         self.other_config = HERE / "vpopmail-forking.toml"
         self.other_config.write_text(self.config.read_text().replace(
             'server_socket = "run/server.sock"', f'server_socket = "{self.other}/run/server.sock"'
@@ -201,6 +211,8 @@ class Setup:
                                                      nosync),
             "front end + server, no fsync": ([str(self.bin / "vdelivermail"), *args], nosync),
         }
+        if self.glibc_built:
+            rows[GLIBC_DELIVERY] = ([str(self.glibc / "vdelivermail"), *args], env)
         if self.sql:
             sql = qmail_local_env(self.domain_dir, self.sql)
             rows["direct Python vdelivermail, SQL, fsync"] = (
@@ -229,6 +241,8 @@ class Setup:
             "front end, no server (fallback)": ([str(self.down / "bin" / "vchkpw"), "/bin/true"],
                                                 POP_ENV, sha),
         }
+        if self.glibc_built:
+            rows[GLIBC_LOGIN] = ([str(self.glibc / "vchkpw"), "/bin/true"], POP_ENV, md5)
         if sql:
             rows["direct Python vchkpw, SQL"] = ([str(self.libexec / "vchkpw"), "/bin/true"], sql,
                                                  sha)
@@ -465,6 +479,14 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
               f"{unsynced:.2f} ms without the two fsyncs. With "
               f"the exec floor, {floor_d + synced:.2f} ms is the least any delivery with fsync "
               f"can cost here, whatever the language ({floor_d + unsynced:.2f} ms without)."]
+    if GLIBC_DELIVERY in deliver:
+        g_d, g_l = deliver[GLIBC_DELIVERY][2] * 1000, login[GLIBC_LOGIN][2] * 1000
+        lines += ["", f"The install's front ends are musl's (packaging/install takes musl-gcc "
+                  f"where Debian's musl-tools is installed); the rows \"built by cc (glibc)\" "
+                  f"run the same source linked -static-pie against glibc, at the same server: "
+                  f"a delivery {g_d:.2f} against {ours_d:.2f} ms ({ours_d - g_d:+.2f} ms with "
+                  f"musl), an MD5-crypt login {g_l:.2f} against {ours_l:.2f} ms "
+                  f"({ours_l - g_l:+.2f} ms)."]
     if C_DELIVERY in deliver:
         c_d, c_l = deliver[C_DELIVERY][2] * 1000, login[C_LOGIN][2] * 1000
         lines += ["", f"{C_NAME}, built here from its source with the cdb backend (not packaged: "
@@ -497,6 +519,32 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
               "request's path.", ""]
     replace_section(RESULTS, "## Server:", "\n".join(lines))
     print("\n".join(lines))
+
+
+def libc_of(program: Path) -> str:
+    """Which C library a static front end carries: glibc (its tunables' name) or musl."""
+    return "glibc" if b"GLIBC_TUNABLES" in program.read_bytes() else "musl"
+
+
+def glibc_frontends(bindir: Path, prefix: Path) -> bool:
+    """Build the front ends into ``bindir`` with cc, static-pie as packaging/install links
+    them, speaking to the server of the install at ``prefix`` (absolute paths baked in);
+    whether it could."""
+    cc = shutil.which("cc")
+    if cc is None:
+        return False
+    bindir.mkdir(parents=True, exist_ok=True)
+    for name, number in (("vdelivermail", 1), ("vchkpw", 2)):
+        defines = {"VPS_PROGRAM": number, "VPS_SOCKET": f'"{prefix}/run/server.sock"',
+                   "VPS_FALLBACK": f'"{prefix}/libexec/{name}"', "VPS_SERVER_UID": os.geteuid(),
+                   "VPS_ALLOW_ROOT": 0, "VPS_REPLY_TIMEOUT": 600}
+        built = subprocess.run([cc, "-std=c99", "-O2", "-static-pie", "-o", str(bindir / name),
+                                *(f"-D{k}={v}" for k, v in defines.items()),
+                                str(Path(__file__).resolve().parents[1] / "frontend" /
+                                    "frontend.c")], capture_output=True)
+        if built.returncode != 0:
+            return False
+    return True
 
 
 def measure(args: argparse.Namespace, setup: Setup) -> int:
