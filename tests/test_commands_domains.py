@@ -141,6 +141,35 @@ def test_vadddomain_of_one_name_at_once_makes_it_once(vhome: Install, tmp_path: 
 
 
 
+def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
+                                                           tmp_path: Path) -> None:
+    """vadddomain and vdeldomain of one name at one moment, a few rounds: afterwards the
+    domain is whole (users/assign, rcpthosts, virtualdomains, its directory with the
+    postmaster) or gone from all of them, never half of it; each command succeeds or is
+    refused with one line (before: vdeldomain took vadddomain's fresh directory for what a
+    killed vadddomain leaves and removed it under it)."""
+    golden(vhome)
+    name = "race.org"
+    for round_ in range(10):
+        argvs = [["vadddomain", name, "secret"] if n % 2 == round_ % 2 else ["vdeldomain", name]
+                 for n in range(6)]
+        for result in start_together(vhome, tmp_path, argvs):
+            assert "Traceback" not in result.stderr, result
+            assert result.returncode == 0 or result.stdout in (
+                "Error: Domain already exists\n", f"Error: Domain does not exist: {name}\n"
+            ), result
+        assigned = [line for line in assign_lines(vhome) if line.startswith(f"+{name}-:")]
+        parts = {"assign": bool(assigned),
+                 "rcpthosts": name in control(vhome, "rcpthosts").split(),
+                 "virtualdomains": f"{name}:{name}" in control(vhome, "virtualdomains").split(),
+                 "directory": bool(list(vhome.domains.rglob(name)))}
+        assert set(parts.values()) in ({True}, {False}), (round_, parts)
+        if assigned:
+            assert assigned == [assign_line(vhome, name)]
+            assert "postmaster" in stored_users(vhome, name)
+            vhome.ok("vdeldomain", name)
+
+
 def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     out = vhome.ok("vadddomain", "-r12", "-e", "postmaster", DOMAIN)
     match = re.fullmatch(r"Random password: (\S{12})\n", out)

@@ -227,6 +227,16 @@ class DomainsMixin(UsersMixin):
         A domain users/cdb no longer routes but whose directory is still in the domains tree
         is what a killed vdeldomain (or vadddomain), or one that met its database down, left:
         its removal is finished, the user store's rows of the name included."""
+        if (self.find_domain(domain) is None
+                and self._domain_dir_on_disk(check_domain(domain.lower())) is None):
+            raise DomainDoesNotExist(domain)  # nothing to lock for (there may be no users/)
+        # what it is, then remove it: one step, so that a vadddomain of the name at the same
+        # moment is not taken for a killed one and its directory removed under it
+        with self.qmail.assign_lock():
+            return self._delete_domain(domain, force)
+
+    def _delete_domain(self, domain: str, force: bool) -> list[str]:
+        """:meth:`delete_domain` under users/assign's lock."""
         entry = self.find_domain(domain)
         if entry is None:
             name = check_domain(domain.lower())
