@@ -221,6 +221,17 @@ class OutsideDomain(VpopmailError):
     message = "not a real directory of the domain"
 
 
+class CannotServe(VpopmailError):
+    """Ours: vpopmail-server cannot make its socket (a bad path or directory, a server already
+    there, a user who may not). The text is the whole message: the program names itself
+    before it, and a "vpopmail error" between says nothing."""
+    code = -114
+    message = "cannot serve"
+
+    def __str__(self) -> str:
+        return self.detail or self.message
+
+
 def explain(exc: VpopmailError, program: str) -> str:
     """``exc``'s text for an operator; a permission refused to a process not running as root
     (an ordinary user, or the vpopmail user, in a root installation) says so and names the
