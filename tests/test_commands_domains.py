@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
                      refused, snapshot, state, stored_users)
@@ -84,6 +85,89 @@ def test_vadddomain_duplicate(vhome: Install) -> None:
     result = refused(vhome, "vadddomain", DOMAIN, "other", code=243)
     assert result.stdout == "Error: Domain already exists\n"
     refused(vhome, "vadddomain", DOMAIN.upper(), "other", code=243)
+
+
+
+def start_together(inst: Install, tmp_path: Path, argvs: list[list[str]]
+                   ) -> list[subprocess.CompletedProcess[str]]:
+    """Run the installed commands ``argvs`` at one moment: each waits in a shell for a line
+    of a FIFO, written once all are started, then execs its command; their results in
+    order."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    held = os.open(gate, os.O_RDWR)  # a writer from the start: no reader waits for one
+    try:
+        procs = [subprocess.Popen(["/bin/sh", "-c", 'read x < "$0"; exec "$@"', str(gate),
+                                   str(inst.bin / argv[0]), *argv[1:]],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+                 for argv in argvs]
+        os.write(held, b"go\n" * len(procs))
+        results = []
+        for argv, proc in zip(argvs, procs):
+            out, err = proc.communicate(timeout=120)
+            results.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
+    finally:
+        os.close(held)
+        gate.unlink()
+    return results
+
+
+def test_vadddomain_of_one_name_at_once_makes_it_once(vhome: Install, tmp_path: Path) -> None:
+    """Eight vadddomain of one new name at one moment, each with its own password: one makes
+    the domain, the seven others are refused as for any existing domain, and the postmaster's
+    password is the winner's (before: all exited 0 and one password silently won, the later
+    ones taking the first one's fresh directory for a half-made domain)."""
+    golden(vhome)
+    name = "race.org"
+    for round_ in range(2):
+        results = start_together(vhome, tmp_path, [["vadddomain", name, f"pw-{n}"]
+                                                   for n in range(8)])
+        for result in results:
+            assert "Traceback" not in result.stderr, result
+        won = [result for result in results if result.returncode == 0]
+        assert len(won) == 1, [(r.args, r.returncode, r.stdout) for r in results]
+        assert won[0].stdout == won[0].stderr == "", won
+        for result in results:
+            if result is not won[0]:
+                assert (result.returncode, result.stdout, result.stderr) == (
+                    243, "Error: Domain already exists\n", ""), result
+        postmaster = stored_users(vhome, name)["postmaster"][1]
+        assert verify_password(won[0].args[2], postmaster), (won, postmaster)
+        assert [line for line in assign_lines(vhome) if line.startswith(f"+{name}-:")] == [
+            assign_line(vhome, name)]
+        assert list(vhome.domains.rglob(name)) == [vhome.domains / name]
+        vhome.ok("vdeldomain", name)
+
+
+
+def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
+                                                           tmp_path: Path) -> None:
+    """vadddomain and vdeldomain of one name at one moment, a few rounds: afterwards the
+    domain is whole (users/assign, rcpthosts, virtualdomains, its directory with the
+    postmaster) or gone from all of them, never half of it; each command succeeds or is
+    refused with one line (before: vdeldomain took vadddomain's fresh directory for what a
+    killed vadddomain leaves and removed it under it)."""
+    golden(vhome)
+    name = "race.org"
+    for round_ in range(10):
+        argvs = [["vadddomain", name, "secret"] if n % 2 == round_ % 2 else ["vdeldomain", name]
+                 for n in range(6)]
+        for result in start_together(vhome, tmp_path, argvs):
+            assert "Traceback" not in result.stderr, result
+            assert result.returncode == 0 or result.stdout in (
+                "Error: Domain already exists\n", f"Error: Domain does not exist: {name}\n"
+            ), result
+        assigned = [line for line in assign_lines(vhome) if line.startswith(f"+{name}-:")]
+        parts = {"assign": bool(assigned),
+                 "rcpthosts": name in control(vhome, "rcpthosts").split(),
+                 "virtualdomains": f"{name}:{name}" in control(vhome, "virtualdomains").split(),
+                 "directory": bool(list(vhome.domains.rglob(name)))}
+        assert set(parts.values()) in ({True}, {False}), (round_, parts)
+        if assigned:
+            assert assigned == [assign_line(vhome, name)]
+            assert "postmaster" in stored_users(vhome, name)
+            vhome.ok("vdeldomain", name)
 
 
 def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:

@@ -101,6 +101,8 @@ def test_text_and_status() -> None:
     assert (str(exc), exc.detail, exc.status) == ("User does not exist: bob@example.com",
                                                   "bob@example.com", 246)
     assert str(errors.LockTimeout()) == "File busy try again later!"
+    assert str(errors.CannotServe("a server (pid 7) already listens on /run/s")) == \
+        "a server (pid 7) already listens on /run/s"  # after "vpopmail-server: ", nothing else
     for name, status in ALIAS_STATUS.items():
         alias_error = getattr(aliases, name)("the whole text")
         assert (str(alias_error), alias_error.status) == ("the whole text", status)

@@ -7,6 +7,7 @@ NUL bytes, a silent client, repeated failed logins, hostile names)."""
 from __future__ import annotations
 
 import os
+import pwd
 import socket
 import subprocess
 import time
@@ -15,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from vpopmail.passwords import verify_password
-from install_site import NO_BACKEND, Install
+from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from login_site import SyslogSink
 from vpopmail import flags
 from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login, built_sites,  # noqa: F401
-                            converse, site, user_dir, vchkpw_accepts)
+                            converse, rsite, site, user_dir, vchkpw_accepts)
 
 pytestmark = pytest.mark.both_backends
 
@@ -221,6 +222,48 @@ def test_logins_go_to_syslog_as_vchkpw_logs_them(site: Install, tmp_path: Path) 
     assert sink.texts() == [f"vpopmaild: password fail (pass: 'Guess-Me') alice@{DOMAIN}:"]
     sink.close()
 
+
+
+def test_not_run_as_root_it_says_so(rsite: Install) -> None:
+    """vpopmaild run as another user than root in a root install (a tcpserver line with
+    ``-u``): a permission refused is named with the fix, ``(uid N): run vpopmaild as root``,
+    in its answer, in syslog and on stderr, as the admin commands name it (before: "corrupt
+    data file: .../vpasswd.cdb: Permission denied" to an ordinary user, which sends the
+    operator looking for damage; a bare "Permission denied" otherwise)."""
+    sink = SyslogSink(rsite.prefix.parent / "log")
+    try:
+        rsite.set_config("logging", "syslog_socket", str(sink.path))
+        nobody = pwd.getpwnam("nobody").pw_uid
+        fix = f" (uid {nobody}): run vpopmaild as root"
+        result = subprocess.run([*as_user_argv("nobody"), str(rsite.bin / "vpopmaild")],
+                                input=f"login alice@{DOMAIN} pw1\r\nquit\r\n".encode(),
+                                capture_output=True, cwd="/", timeout=60,
+                                env={**CLEAN_ENV, "TCPREMOTEIP": "192.0.2.10"})
+        answers, stderr = result.stdout.decode().split("\r\n"), result.stderr.decode()
+        if rsite.backend == "mysql":  # its database password: the vpopmail user's to read
+            assert stderr == (f"vpopmaild: configuration error: cannot read "
+                                     f"{rsite.config_path}: Permission denied{fix}\n"), result
+            assert (answers, result.returncode) == (
+                ["-ERR 1.101 Can't open authentication database", ""], 111), result
+        else:
+            assert stderr == "" and answers[0] == "+OK " and answers[2] == "+OK ", result
+            refusal = answers[1]
+            assert refusal.startswith("-ERR 1.206 Can't open authentication database: "
+                                      "Permission denied: "), refusal
+            assert refusal.endswith(fix) and "corrupt" not in refusal, refusal
+            reason = refusal.split("database: ", 1)[1]
+            assert sink.texts() == [f"vpopmaild: user database unreadable ({reason}) "
+                                    f"alice@{DOMAIN}:192.0.2.10"]
+        # the vpopmail user logs in, and is told so where root's files are needed
+        lock = rsite.qmaildir / "users" / "assign.lock"
+        assert after_login(rsite, f"admin@{DOMAIN}", "add_domain new.org pw",
+                           as_user="vpopmail") == [
+            f"-ERR 0.804 Could not update file: lock {lock}: Permission denied "
+            f"(uid {rsite.uid}): run vpopmaild as root"]
+        assert not (rsite.domains / "new.org").exists()
+    finally:
+        sink.close()
+        sink.path.unlink()
 
 # levels -----------------------------------------------------------------------------------------
 

@@ -221,6 +221,38 @@ class OutsideDomain(VpopmailError):
     message = "not a real directory of the domain"
 
 
+class CannotServe(VpopmailError):
+    """Ours: vpopmail-server cannot make its socket (a bad path or directory, a server already
+    there, a user who may not). The text is the whole message: the program names itself
+    before it, and a "vpopmail error" between says nothing."""
+    code = -114
+    message = "cannot serve"
+
+    def __str__(self) -> str:
+        return self.detail or self.message
+
+
+def explain(exc: VpopmailError, program: str) -> str:
+    """``exc``'s text for an operator; a permission refused to a process not running as root
+    (an ordinary user, or the vpopmail user, in a root installation) says so and names the
+    fix, ``run PROGRAM as root``: a "corrupt data file" would send the operator looking for
+    damage. The admin commands and vpopmaild answer with it."""
+    cause = exc.__context__
+    if not isinstance(cause, PermissionError):
+        return str(exc)
+    import posix  # built in; only on this error path
+
+    euid = posix.geteuid()
+    if euid == 0:
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, CorruptData) and cause.filename:
+        text = f"{cause.strerror}: {cause.filename}"
+    elif isinstance(exc, CorruptData):
+        text = exc.detail
+    return f"{text} (uid {euid}): run {program} as root"
+
+
 # Outcomes: vdelivermail -> qmail-local, which reads only the exit code and what was printed on
 # stdout (qmail-send logs the text, or puts it in the bounce) ----------------------------------
 DELIVERED = 0

@@ -28,12 +28,32 @@ class QmailFiles:
         self.root = config.qmail_dir
         self.timeout = config.locks_timeout
         self.sync = config.delivery_file_sync
+        self._assign_held: FileLock | None = None
+        self._assign_holds = 0
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
     def _lock(self, path: str) -> FileLock:
         return FileLock(path + ".lock", self.timeout)
+
+    def assign_lock(self, make_tree: bool = False) -> "AssignLock":
+        """users/assign's lock, for a whole check-and-change of the list of domains (add or
+        delete a domain: is it there, then make or remove it), so that two commands never
+        both see a name free. Held again inside (the writes of users/assign take it), it is
+        the one hold: POSIX locks are the process's, and closing a second descriptor of the
+        lock file would drop the first one's lock. ``make_tree``: the qmail directory must
+        exist, ``users/`` and ``control/`` are made (:meth:`add_domain`)."""
+        return AssignLock(self, make_tree)
+
+    def _make_tree(self) -> None:
+        """``users/`` and ``control/`` if missing; the qmail directory itself never (a
+        mistyped ``paths.qmail_dir`` would get a qmail tree that no qmail reads)."""
+        if not os.path.isdir(self.root):
+            raise ConfigError(f"paths.qmail_dir {self.root} is not a directory: set it to "
+                              f"qmail's directory (e.g. /var/qmail) in vpopmail.toml")
+        os.makedirs(self.path("users"), exist_ok=True)
+        os.makedirs(self.path("control"), exist_ok=True)
 
     def _write(self, path: str, data: bytes) -> None:
         atomic_write(path, data, 0o644, sync=self.sync)
@@ -88,14 +108,14 @@ class QmailFiles:
 
     def rebuild_users_cdb(self) -> None:
         """Rebuild users/cdb from users/assign (what qmail-newu does)."""
-        with self._lock(self.path("users", "assign")):
+        with self.assign_lock():
             self._write_assign(self.assign_lines())
 
     def add_assign(self, entry: AssignEntry, resume: bool = False) -> None:
         """Add the line of ``entry``. With ``resume`` (finishing an interrupted vadddomain),
         the same line already there is what a kill between users/assign and users/cdb
         leaves: users/cdb is rebuilt and that is all."""
-        with self._lock(self.path("users", "assign")):
+        with self.assign_lock():
             lines = self.assign_lines()
             if resume and entry.line() in lines:
                 self._write_assign(lines)
@@ -107,7 +127,7 @@ class QmailFiles:
     def replace_assign(self, entries: list[AssignEntry], under: str) -> None:
         """Make ``entries`` the vpopmail lines of users/assign for the domains tree ``under``:
         lines for directories below it are replaced, all other lines are kept."""
-        with self._lock(self.path("users", "assign")):
+        with self.assign_lock():
             ours = {e.domain for e in entries}
             kept = [line for line in self.assign_lines(rebuilding=True)
                     if not ((e := parse_entry(line)) and (e.domain in ours
@@ -134,7 +154,7 @@ class QmailFiles:
     def remove_assign(self, domain: str, missing_ok: bool = False) -> None:
         """Remove the line of ``domain``; if there is none, ``missing_ok`` (the caller saw the
         domain in users/cdb: a command killed between the two writes) rebuilds users/cdb."""
-        with self._lock(self.path("users", "assign")):
+        with self.assign_lock():
             lines = self.assign_lines()
             kept = [line for line in lines
                     if not ((e := parse_entry(line)) and e.domain == domain)]
@@ -184,11 +204,7 @@ class QmailFiles:
         vadddomain) accepts its users/assign line already present. ``users/`` and ``control/``
         are made if missing; the qmail directory itself never is (a mistyped
         ``paths.qmail_dir`` would get a qmail tree that no qmail reads)."""
-        if not os.path.isdir(self.root):
-            raise ConfigError(f"paths.qmail_dir {self.root} is not a directory: set it to "
-                              f"qmail's directory (e.g. /var/qmail) in vpopmail.toml")
-        os.makedirs(self.path("users"), exist_ok=True)
-        os.makedirs(self.path("control"), exist_ok=True)
+        self._make_tree()
         self.add_assign(entry, resume)
         domain = entry.domain
         if domain not in self.read_control("rcpthosts") + self.read_control("morercpthosts"):
@@ -238,3 +254,32 @@ class QmailFiles:
                     os.kill(int(pid), signal.SIGHUP)
             except OSError:  # gone meanwhile, or not ours to look at or signal
                 continue
+
+
+class AssignLock:
+    """A hold on users/assign's lock (:meth:`QmailFiles.assign_lock`): the first takes it, the
+    last one out gives it back."""
+
+    __slots__ = ("qmail", "make_tree")
+
+    def __init__(self, qmail: QmailFiles, make_tree: bool) -> None:
+        self.qmail = qmail
+        self.make_tree = make_tree
+
+    def __enter__(self) -> "AssignLock":
+        qmail = self.qmail
+        if self.make_tree:
+            qmail._make_tree()
+        if qmail._assign_holds == 0:
+            lock = qmail._lock(qmail.path("users", "assign"))
+            lock.__enter__()
+            qmail._assign_held = lock
+        qmail._assign_holds += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        qmail = self.qmail
+        qmail._assign_holds -= 1
+        if qmail._assign_holds == 0 and qmail._assign_held is not None:
+            qmail._assign_held.__exit__()
+            qmail._assign_held = None

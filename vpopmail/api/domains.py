@@ -56,6 +56,19 @@ class DomainsMixin(UsersMixin):
         spec = None if postmaster_password is None else NewUser(
             "postmaster", gecos="Postmaster", quota=quota,
             **{"encrypted" if encrypted else "password": postmaster_password})
+        uid = self.config.uid if uid is None else uid
+        gid = self.config.gid if gid is None else gid
+        root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
+        check_fields(uid, gid, root)  # before anything is made: the domain directory is below
+        # is the name free, then make it: one step, so that of two vadddomain at once the
+        # second finds the first one's domain complete (not a directory to take over)
+        with self.qmail.assign_lock(make_tree=True):
+            return self._add_domain(domain, spec, action, root, bool(base_dir), uid, gid,
+                                    optimize)
+
+    def _add_domain(self, domain: str, spec: NewUser | None, action: str, root: str,
+                    own_root: bool, uid: int, gid: int, optimize: bool) -> AssignEntry:
+        """:meth:`add_domain` under users/assign's lock."""
         existing = self.find_domain(domain)
         if existing is not None:
             if existing.is_alias or not self.domain_incomplete(existing, spec is not None):
@@ -64,13 +77,9 @@ class DomainsMixin(UsersMixin):
             if spec is not None:
                 self._add_postmaster(existing, spec)
             return existing
-        uid = self.config.uid if uid is None else uid
-        gid = self.config.gid if gid is None else gid
-        root = os.path.join(base_dir or self.config.home, self.config.paths_domains_dir)
-        check_fields(uid, gid, root)  # before anything is made: the domain directory is below
         try:
             # a root of its own (``-d``) is the domain owner's, as in C; the shared one vpopmail's
-            make_dir(root, 0o750, *((uid, gid) if base_dir else (self.config.uid, self.config.gid)))
+            make_dir(root, 0o750, *((uid, gid) if own_root else (self.config.uid, self.config.gid)))
             root_ids = self._root_owner(root)
         except OSError as exc:
             raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
@@ -218,6 +227,16 @@ class DomainsMixin(UsersMixin):
         A domain users/cdb no longer routes but whose directory is still in the domains tree
         is what a killed vdeldomain (or vadddomain), or one that met its database down, left:
         its removal is finished, the user store's rows of the name included."""
+        if (self.find_domain(domain) is None
+                and self._domain_dir_on_disk(check_domain(domain.lower())) is None):
+            raise DomainDoesNotExist(domain)  # nothing to lock for (there may be no users/)
+        # what it is, then remove it: one step, so that a vadddomain of the name at the same
+        # moment is not taken for a killed one and its directory removed under it
+        with self.qmail.assign_lock():
+            return self._delete_domain(domain, force)
+
+    def _delete_domain(self, domain: str, force: bool) -> list[str]:
+        """:meth:`delete_domain` under users/assign's lock."""
         entry = self.find_domain(domain)
         if entry is None:
             name = check_domain(domain.lower())

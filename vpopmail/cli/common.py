@@ -5,13 +5,12 @@ masked to a byte (``Domain does not exist`` -11 -> 245), so scripts written for 
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from vpopmail import __version__, config
 from vpopmail.api import Vpopmail
 from vpopmail.cmdline import OPTIONS, answer
-from vpopmail.errors import CorruptData, VpopmailError
+from vpopmail.errors import VpopmailError, explain
 
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
@@ -98,20 +97,6 @@ def print_version() -> None:
 
 def error(message: str) -> None:
     print(f"Error: {message}")
-
-
-def explain(exc: VpopmailError, name: str) -> str:
-    """``exc``'s text; a permission refused to a user other than root says so and names the
-    fix (a "corrupt data file" would send the operator looking for damage)."""
-    cause = exc.__context__
-    if not isinstance(cause, PermissionError) or os.geteuid() == 0:
-        return str(exc)
-    text = str(exc)
-    if isinstance(exc, CorruptData) and cause.filename:
-        text = f"{cause.strerror}: {cause.filename}"
-    elif isinstance(exc, CorruptData):
-        text = exc.detail
-    return f"{text} (uid {os.geteuid()}): run {name} as root"
 
 
 def random_option(length: str, given: str | None) -> str:

@@ -61,11 +61,16 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             if not password:  # a postmaster without a password (learn_passwords: anyone's)
                 error("No password entered")
                 raise UsageError("")
-        api.add_domain(domain, password, base_dir=base, uid=uid, gid=gid,
-                       default_action=settings.get("e")
-                       or ("bounce-no-mailbox" if "b" in settings else None),
-                       quota=settings.get("q"),
-                       optimize="O" in settings)
+        try:
+            api.add_domain(domain, password, base_dir=base, uid=uid, gid=gid,
+                           default_action=settings.get("e")
+                           or ("bounce-no-mailbox" if "b" in settings else None),
+                           quota=settings.get("q"),
+                           optimize="O" in settings)
+        except DomainAlreadyExists:
+            if api.find_domain(domain) is None:  # not the name (an SQL table's clash)
+                raise
+            raise DomainAlreadyExists() from None  # made meanwhile: worded as the check above
         if "r" in settings:
             print(f"Random password: {password}")
         return 0

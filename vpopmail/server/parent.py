@@ -10,7 +10,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
                                     decline_queued, identify, log, plan_class, readable, work)
 from vpopmail.wire import identity_socket
@@ -53,10 +53,10 @@ def check_directory(path: str) -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise VpopmailError(f"socket directory {path}: {exc.strerror}") from None
+        raise CannotServe(f"socket directory {path}: {exc.strerror}") from None
     if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        raise VpopmailError(f"{path} must belong to root or uid {os.geteuid()} and be "
-                            f"writable by no one else")
+        raise CannotServe(f"{path} must belong to root or uid {os.geteuid()} and be "
+                          f"writable by no one else")
 
 
 def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.socket:
@@ -74,15 +74,15 @@ def listen(path: str) -> socket.socket:
     """A listening socket at ``path``; refuses when something listens there already, named
     from a status request (so the running server logs no dropped connection)."""
     if len(os.fsencode(path)) >= 108:
-        raise VpopmailError(f"socket path {path} is longer than 107 bytes")
+        raise CannotServe(f"socket path {path} is longer than 107 bytes")
     check_directory(os.path.dirname(path) or ".")
     try:
         pid = wire.ask_status(path, uid=os.geteuid())[0]
-        raise VpopmailError(f"a server (pid {pid}) already listens on {path}")
+        raise CannotServe(f"a server (pid {pid}) already listens on {path}")
     except (FileNotFoundError, ConnectionRefusedError):
         pass
     except (OSError, wire.Drop, wire.NoAnswer) as exc:  # a stranger, an old or stuck server
-        raise VpopmailError(f"a server already listens on {path}: {exc}") from None
+        raise CannotServe(f"a server already listens on {path}: {exc}") from None
     staging = f"{path}.{os.getpid()}"
     try:
         os.unlink(staging)
@@ -93,7 +93,7 @@ def listen(path: str) -> socket.socket:
         os.replace(staging, path)
     except OSError as exc:
         hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
-        raise VpopmailError(f"cannot listen on {path}: {exc.strerror}{hint}") from None
+        raise CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}") from None
     return sock
 
 

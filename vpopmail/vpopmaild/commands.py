@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from maildir.quota import scan_usage
 from vpopmail import flags, ipmap, limits
-from vpopmail.errors import TemporaryError, VpopmailError
+from vpopmail.errors import TemporaryError, VpopmailError, explain
 from vpopmail.fsutil import OwnerIds
 from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
@@ -35,11 +35,13 @@ PIPELINED_WAIT = 0.05
 @contextmanager
 def _failing(major: int, minor: int) -> Iterator[None]:
     """A library error in the block is answered ``-ERR <major>.<minor>`` with its text, after
-    C's message of ``major`` unless that is 0 (C's ``-ERR 0.<minor> <verror text>``)."""
+    C's message of ``major`` unless that is 0 (C's ``-ERR 0.<minor> <verror text>``); a
+    permission refused to vpopmaild not run as root says so (:func:`explain`)."""
     try:
         yield
     except VpopmailError as exc:
-        raise Refusal(major, minor, f"{MESSAGES[major]}: {exc}" if major else str(exc)) from None
+        text = explain(exc, "vpopmaild")
+        raise Refusal(major, minor, f"{MESSAGES[major]}: {text}" if major else text) from None
 
 
 def page_range(tokens: Tokens) -> tuple[int, int]:
@@ -346,7 +348,8 @@ def dom_info(s: Session, t: Tokens) -> None:
         entry = s.api.get_domain(domain)
         aliases = s.api.aliases_of(entry.real_domain)
     except VpopmailError as exc:
-        raise Refusal(0, 1403 if isinstance(exc, TemporaryError) else 1404, str(exc)) from None
+        raise Refusal(0, 1403 if isinstance(exc, TemporaryError) else 1404,
+                      explain(exc, "vpopmaild")) from None
     real = s.api.get_domain(entry.real_domain)
     s.send(OK_MORE, f"domain {real.domain}", f"path {real.dir}", f"uid {real.uid}",
            f"gid {real.gid}", *(f"alias {alias}" for alias in aliases), END)

@@ -3,7 +3,7 @@ import sys
 
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
-from vpopmail.errors import VpopmailError
+from vpopmail.errors import VpopmailError, explain
 from vpopmail.vpopmaild.commands import COMMANDS, HELP
 from vpopmail.vpopmaild.protocol import Channel, Hangup, Refusal
 from vpopmail.vpopmaild.session import Session
@@ -15,7 +15,7 @@ def serve_connection(timeout: float, config: str | None) -> int:
     try:
         api = Vpopmail(vconfig.load(config))
     except VpopmailError as exc:
-        print(f"vpopmaild: {exc}", file=sys.stderr)
+        print(f"vpopmaild: {explain(exc, 'vpopmaild')}", file=sys.stderr)
         channel.send(str(Refusal(1, 101)))
         return 111
     try:

@@ -15,7 +15,7 @@ from vpopmail.passwords import dummy_check, verify_password
 from auth.vchkpw import LEVELS, remote_ip
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
-from vpopmail.errors import TemporaryError, VpopmailError
+from vpopmail.errors import TemporaryError, VpopmailError, explain
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.names import is_valid_user, split_address
 from vpopmail.stores import VUser
@@ -176,8 +176,9 @@ class Session:
             user = self.api.backend.get_user(entry, name) if entry and is_valid_user(name) \
                 else None
         except TemporaryError as exc:
-            self.note(f"user database unreadable ({exc})", address, LOG_ERR)
-            self.send(str(Refusal(1, 206, f"Can't open authentication database: {exc}")))
+            text = explain(exc, "vpopmaild")
+            self.note(f"user database unreadable ({text})", address, LOG_ERR)
+            self.send(str(Refusal(1, 206, f"Can't open authentication database: {text}")))
             return None
         except VpopmailError:
             entry = user = None
@@ -280,7 +281,7 @@ class Session:
         except Refusal as exc:
             self.send(str(exc))
         except VpopmailError as exc:
-            self.send(f"-ERR 0.100 {exc}")
+            self.send(f"-ERR 0.100 {explain(exc, 'vpopmaild')}")
         except (Hangup, TimeoutError):
             raise
         except Exception:  # noqa: BLE001 - an answer, and the reason in tcpserver's log
