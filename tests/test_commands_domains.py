@@ -170,6 +170,67 @@ def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
             vhome.ok("vdeldomain", name)
 
 
+def stopped_at_assign_lock(inst: Install, argv: list[str]) -> subprocess.Popen[str]:
+    """Start the installed command ``argv`` while users/assign's lock is held here, and stop
+    it (SIGSTOP) once it has opened the lock file: whatever it checked before asking for the
+    lock is checked; it holds no lock while stopped (it polls with LOCK_NB)."""
+    import fcntl
+    import signal
+    import time
+
+    lock_path = inst.qmaildir / "users" / "assign.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        proc = subprocess.Popen([str(inst.bin / argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=CLEAN_ENV, cwd="/")
+        deadline = time.monotonic() + 30
+        while True:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            opened = any(os.path.realpath(f"/proc/{proc.pid}/fd/{n}") == str(lock_path)
+                         for n in fds if os.path.exists(f"/proc/{proc.pid}/fd/{n}"))
+            if opened or proc.poll() is not None:
+                break
+            assert time.monotonic() < deadline, "the command never asked for the lock"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGSTOP)
+        while proc.poll() is None and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] \
+                != "T":
+            time.sleep(0.005)
+    finally:
+        os.close(fd)  # the lock goes with it
+    return proc
+
+
+def resumed(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    import signal
+
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_vaddaliasdomain_racing_vdeldomain_of_its_domain_leaves_no_dangling_alias(
+        vhome: Install, force: bool) -> None:
+    """vaddaliasdomain checks its real domain under users/assign's lock, as vdeldomain decides
+    what to remove under it: a vdeldomain of the real domain between the check and the write
+    makes the vaddaliasdomain refused (before: it exited 0 and left the alias in users/assign,
+    rcpthosts and virtualdomains, routed to the directory just removed)."""
+    golden(vhome)
+    proc = stopped_at_assign_lock(vhome, ["vaddaliasdomain", DOMAIN, ALIAS])
+    vhome.ok("vdeldomain", *(["-f"] if force else []), DOMAIN)
+    result = resumed(proc)
+    assert "Traceback" not in result.stderr, result
+    assert (result.returncode, result.stdout) == (
+        245, f"Error: Domain does not exist: {DOMAIN}\n"), result
+    assert not [line for line in assign_lines(vhome) if line.startswith(f"+{ALIAS}-:")]
+    assert ALIAS not in control(vhome, "rcpthosts").split()
+    assert not [line for line in control(vhome, "virtualdomains").split()
+                if line.startswith(f"{ALIAS}:")]
+
+
 def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     out = vhome.ok("vadddomain", "-r12", "-e", "postmaster", DOMAIN)
     match = re.fullmatch(r"Random password: (\S{12})\n", out)
