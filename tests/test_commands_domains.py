@@ -835,6 +835,31 @@ def test_vregenerate_restores_the_qmail_files(vhome: Install) -> None:
     assert vhome.ok("vuserinfo", "-n", f"alice@{DOMAIN}") == "alice\n"
 
 
+@pytest.mark.parametrize("other", ["vadddomain", "vdeldomain"])
+def test_vregenerate_racing_vadddomain_or_vdeldomain_keeps_users_assign_true(
+        vhome: Install, other: str) -> None:
+    """vregenerate looks at the domains tree under users/assign's lock, as vadddomain and
+    vdeldomain change both under it: a domain added meanwhile keeps its line (before: dropped
+    from users/assign and users/cdb while rcpthosts and virtualdomains kept it, so qmail
+    bounced its mail "no mailbox here by that name"), a domain removed meanwhile does not get
+    its line back (before: routed again, to a directory that no longer exists)."""
+    golden(vhome)
+    if other == "vdeldomain":
+        vhome.ok("vadddomain", "other.org", "secret")
+    proc = stopped_at_assign_lock(vhome, ["vregenerate"])
+    vhome.ok(*(["vadddomain", "other.org", "secret"] if other == "vadddomain"
+               else ["vdeldomain", "other.org"]))
+    result = resumed(proc)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result
+    lines = [line for line in assign_lines(vhome) if line.startswith("+other.org-:")]
+    if other == "vadddomain":
+        assert lines == [assign_line(vhome, "other.org")]
+        assert vhome.ok("vdominfo", "-d", "other.org") == f"{vhome.domains / 'other.org'}\n"
+    else:
+        assert lines == []
+        assert "other.org" not in control(vhome, "rcpthosts").split()
+
+
 def test_vregenerate_finds_hashed_domains(vhome: Install) -> None:
     """Domains past the 99th live in bucket 0/ of the domains tree; vregenerate finds them."""
     names = [f"d{i:03d}.example" for i in range(101)]
