@@ -437,3 +437,55 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
         for name in ("vdelivermail", "vchkpw"):
             assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
         assert vhome.run("vchkpw", "/bin/true").returncode == 2  # a real front end: no fd 3
+
+
+def relro_left_writable(pid: int, program: Path) -> list[str]:
+    """The lines of /proc/PID/maps that map part of ``program``'s RELRO segment (its GOT and
+    .data.rel.ro, whole pages of it) writable: none once the program has started."""
+    data = program.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    relro = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    relro = [h for h in relro if h[0] == 0x6474E552]  # PT_GNU_RELRO
+    assert len(relro) == 1, relro
+    vaddr, memsz = relro[0][3], relro[0][6]
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    ours = [line.split() for line in maps if line.endswith(str(program))]
+    base = min(int(fields[0].split("-")[0], 16) for fields in ours if int(fields[2], 16) == 0)
+    start, end = (base + vaddr) & ~0xFFF, (base + vaddr + memsz) & ~0xFFF
+    assert end > start, (hex(start), hex(end))
+    return [line for line in maps
+            if int(line.split("-")[0], 16) < end and int(line.split()[0].split("-")[1], 16) > start
+            and "w" in line.split()[1]]
+
+
+@pytest.mark.parametrize("compiler", ["default", "cc"])
+def test_front_ends_relro_is_read_only(site: LoginSite, fake: Callable[..., FakeServer],
+                                       compiler: str, tmp_path: Path) -> None:
+    """The GOT and .data.rel.ro of a running front end are read-only, as glibc's static start
+    leaves them (before: musl's rcrt1.o relocated the program and left them writable)."""
+    if compiler == "cc":
+        if shutil.which("cc") is None:
+            pytest.skip("no cc")
+        subprocess.run([sys.executable, str(INSTALL), "--prefix", str(site.inst.prefix),
+                        "--qmaildir", str(site.inst.qmaildir), "--venv", str(VENV), "--cc",
+                        "cc"], check=True, capture_output=True,
+                       env={**os.environ, "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    program = site.inst.bin / "vdelivermail"
+    server = fake(None)
+    message = tmp_path / "message"
+    message.write_bytes(MESSAGE)
+    with open(message, "rb") as stdin:
+        proc = subprocess.Popen([str(program), "", "bounce-no-mailbox"], stdin=stdin,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    try:
+        deadline = time.monotonic() + 30
+        while server.requests == 0:  # it has started, and waits for the reply
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        assert relro_left_writable(proc.pid, program) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        server.close()
