@@ -439,6 +439,39 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
         assert vhome.run("vchkpw", "/bin/true").returncode == 2  # a real front end: no fd 3
 
 
+def test_install_names_the_linker_s_reason_not_collect2_s(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A musl-gcc whose library directory has rcrt1.o but no libc.a (a layout other than
+    Debian's, or a half-installed musl): the installer's reason is the linker's line, not gcc's
+    closing "collect2: error: ld returned 1 exit status" (before: only that)."""
+    musl, gcc = shutil.which("musl-gcc"), shutil.which("gcc")
+    specs = Path("/usr/lib/x86_64-linux-musl/musl-gcc.specs")
+    if musl is None or gcc is None or shutil.which("cc") is None or not specs.exists():
+        pytest.skip("no Debian musl-gcc, gcc or cc")
+    libdir = tmp_path / "musl-lib"
+    libdir.mkdir()
+    shutil.copy(specs.parent / "rcrt1.o", libdir / "rcrt1.o")
+    (libdir / "musl-gcc.specs").write_text(
+        specs.read_text().replace(f"-L{specs.parent} ", f"-L{libdir} "))
+    wrapper = tmp_path / "bin" / "musl-gcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} "$@" -specs "{libdir}/musl-gcc.specs"\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
+                            check=True, capture_output=True, text=True,
+                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
+                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    for name in ("vdelivermail", "vchkpw"):
+        line = next(line for line in result.stdout.splitlines()
+                    if line.startswith(f"install: bin/{name} is built by"))
+        assert line.endswith(f"({wrapper} -static-pie: /usr/bin/ld: cannot find -lc: No such "
+                             f"file or directory)"), line
+        assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
+    assert vhome.run("vchkpw", "/bin/true").returncode == 2
+
+
 def relro_left_writable(pid: int, program: Path) -> list[str]:
     """The lines of /proc/PID/maps that map part of ``program``'s RELRO segment (its GOT and
     .data.rel.ro, whole pages of it) writable: none once the program has started."""
