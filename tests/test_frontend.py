@@ -472,6 +472,34 @@ def test_install_names_the_linker_s_reason_not_collect2_s(vhome: Install,
     assert vhome.run("vchkpw", "/bin/true").returncode == 2
 
 
+def test_musl_specs_are_the_last_ones_gcc_reads(vhome: Install, tmp_path: Path) -> None:
+    """gcc reports every specs file it reads, its own default one (a ``specs`` file in its
+    library directory, where a system has one) or a wrapper's extra ones first and the
+    musl-gcc wrapper's, given after the arguments, last: rcrt1.o is looked for beside that
+    one (before: beside the first, so such a musl-gcc was not used)."""
+    gcc = shutil.which("gcc")
+    specs = Path("/usr/lib/x86_64-linux-musl/musl-gcc.specs")
+    if gcc is None or not specs.exists() or not (specs.parent / "rcrt1.o").exists():
+        pytest.skip("no gcc or no Debian musl-gcc specs")
+    extra = tmp_path / "extra" / "hardening.specs"
+    extra.parent.mkdir()
+    extra.write_text("*self_spec:\n+ %{!O:-O2}\n\n")
+    wrapper = tmp_path / "bin" / "musl-gcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} -specs={extra} "$@" -specs "{specs}"\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
+                            check=True, capture_output=True, text=True,
+                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
+                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    assert "is not used" not in result.stdout and "built by" not in result.stdout, result.stdout
+    for name in ("vdelivermail", "vchkpw"):
+        assert not glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
+    assert vhome.run("vchkpw", "/bin/true").returncode == 2
+
+
 def relro_left_writable(pid: int, program: Path) -> list[str]:
     """The lines of /proc/PID/maps that map part of ``program``'s RELRO segment (its GOT and
     .data.rel.ro, whole pages of it) writable: none once the program has started."""
