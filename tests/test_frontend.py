@@ -466,8 +466,8 @@ def test_install_names_the_linker_s_reason_not_collect2_s(vhome: Install,
     for name in ("vdelivermail", "vchkpw"):
         line = next(line for line in result.stdout.splitlines()
                     if line.startswith(f"install: bin/{name} is built by"))
-        assert line.endswith(f"({wrapper} -static-pie: /usr/bin/ld: cannot find -lc: No such "
-                             f"file or directory)"), line
+        said = line.partition(f"({wrapper} -static-pie: ")[2]
+        assert "cannot find -lc" in said and "collect2" not in said, line  # ld's own words
         assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
     assert vhome.run("vchkpw", "/bin/true").returncode == 2
 
