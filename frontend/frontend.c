@@ -45,11 +45,13 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <link.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -469,8 +471,35 @@ static NORETURN void carry_out(unsigned char *data, uint32_t length)
 }
 #endif
 
+#ifndef __GLIBC__
+/* musl's rcrt1.o, which starts a static position-independent program (packaging/install
+ * links the front ends so with musl-gcc), relocates it but leaves its RELRO segment (the GOT,
+ * .data.rel.ro) writable, where glibc's start, like any dynamic loader, makes it read-only:
+ * done here, whole pages as glibc does, before anything from outside is read. The program
+ * itself is the first object dl_iterate_phdr reports. */
+static int protect_relro(struct dl_phdr_info *info, size_t size, void *data)
+{
+    (void)size;
+    (void)data;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_GNU_RELRO)
+            continue;
+        uintptr_t start = (info->dlpi_addr + ph->p_vaddr) & ~(page - 1);
+        uintptr_t end = (info->dlpi_addr + ph->p_vaddr + ph->p_memsz) & ~(page - 1);
+        if (end > start)
+            (void)mprotect((void *)start, end - start, PROT_READ);
+    }
+    return 1;
+}
+#endif
+
 int main(int argc, char **argv)
 {
+#ifndef __GLIBC__
+    (void)dl_iterate_phdr(protect_relro, NULL);
+#endif
     saved_argv = argv;
     find_paths();
     for (int fd = 0; fd < NFDS; fd++)

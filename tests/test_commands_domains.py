@@ -170,6 +170,84 @@ def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
             vhome.ok("vdeldomain", name)
 
 
+def stopped_at_assign_lock(inst: Install, argv: list[str]) -> subprocess.Popen[str]:
+    """Start the installed command ``argv`` while users/assign's lock is held here, and stop
+    it (SIGSTOP) once it has opened the lock file: whatever it checked before asking for the
+    lock is checked; it holds no lock while stopped (it polls with LOCK_NB)."""
+    import fcntl
+    import signal
+    import time
+
+    lock_path = inst.qmaildir / "users" / "assign.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        proc = subprocess.Popen([str(inst.bin / argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=CLEAN_ENV, cwd="/")
+        deadline = time.monotonic() + 30
+        while True:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            opened = any(os.path.realpath(f"/proc/{proc.pid}/fd/{n}") == str(lock_path)
+                         for n in fds if os.path.exists(f"/proc/{proc.pid}/fd/{n}"))
+            if opened or proc.poll() is not None:
+                break
+            assert time.monotonic() < deadline, "the command never asked for the lock"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGSTOP)
+        while proc.poll() is None and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] \
+                != "T":
+            time.sleep(0.005)
+    finally:
+        os.close(fd)  # the lock goes with it
+    return proc
+
+
+def resumed(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    import signal
+
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_vaddaliasdomain_racing_vdeldomain_of_its_domain_leaves_no_dangling_alias(
+        vhome: Install, force: bool) -> None:
+    """vaddaliasdomain checks its real domain under users/assign's lock, as vdeldomain decides
+    what to remove under it: a vdeldomain of the real domain between the check and the write
+    makes the vaddaliasdomain refused (before: it exited 0 and left the alias in users/assign,
+    rcpthosts and virtualdomains, routed to the directory just removed)."""
+    golden(vhome)
+    proc = stopped_at_assign_lock(vhome, ["vaddaliasdomain", DOMAIN, ALIAS])
+    vhome.ok("vdeldomain", *(["-f"] if force else []), DOMAIN)
+    result = resumed(proc)
+    assert "Traceback" not in result.stderr, result
+    assert (result.returncode, result.stdout) == (
+        245, f"Error: Domain does not exist: {DOMAIN}\n"), result
+    assert not [line for line in assign_lines(vhome) if line.startswith(f"+{ALIAS}-:")]
+    assert ALIAS not in control(vhome, "rcpthosts").split()
+    assert not [line for line in control(vhome, "virtualdomains").split()
+                if line.startswith(f"{ALIAS}:")]
+
+
+def test_vaddaliasdomain_of_one_alias_at_once_makes_it_once(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """Four vaddaliasdomain of one alias of one domain at one moment: one makes it, the
+    others are refused as a vaddaliasdomain of an existing alias is, whichever moment they
+    looked (before: 0 or 255, "Both domains already exist", by timing; the README's "both
+    exit 0" held only for those that looked before the first one finished)."""
+    golden(vhome)
+    for round_ in range(3):
+        results = start_together(vhome, tmp_path, [["vaddaliasdomain", DOMAIN, ALIAS]] * 4)
+        outcomes = sorted((r.returncode, r.stdout, r.stderr) for r in results)
+        assert outcomes == [(0, "", "")] + [
+            (255, "Error: Both domains already exist, unable to create alias.\n", "")] * 3, \
+            outcomes
+        assert len([line for line in assign_lines(vhome) if line.startswith(f"+{ALIAS}-:")]) == 1
+        vhome.ok("vdeldomain", ALIAS)
+
+
 def test_vadddomain_random_password_and_catchall(vhome: Install) -> None:
     out = vhome.ok("vadddomain", "-r12", "-e", "postmaster", DOMAIN)
     match = re.fullmatch(r"Random password: (\S{12})\n", out)
@@ -772,6 +850,31 @@ def test_vregenerate_restores_the_qmail_files(vhome: Install) -> None:
     assert vhome.ok("vregenerate").splitlines() == ["2 domains in users/assign"]
     assert state(vhome) == before
     assert vhome.ok("vuserinfo", "-n", f"alice@{DOMAIN}") == "alice\n"
+
+
+@pytest.mark.parametrize("other", ["vadddomain", "vdeldomain"])
+def test_vregenerate_racing_vadddomain_or_vdeldomain_keeps_users_assign_true(
+        vhome: Install, other: str) -> None:
+    """vregenerate looks at the domains tree under users/assign's lock, as vadddomain and
+    vdeldomain change both under it: a domain added meanwhile keeps its line (before: dropped
+    from users/assign and users/cdb while rcpthosts and virtualdomains kept it, so qmail
+    bounced its mail "no mailbox here by that name"), a domain removed meanwhile does not get
+    its line back (before: routed again, to a directory that no longer exists)."""
+    golden(vhome)
+    if other == "vdeldomain":
+        vhome.ok("vadddomain", "other.org", "secret")
+    proc = stopped_at_assign_lock(vhome, ["vregenerate"])
+    vhome.ok(*(["vadddomain", "other.org", "secret"] if other == "vadddomain"
+               else ["vdeldomain", "other.org"]))
+    result = resumed(proc)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result
+    lines = [line for line in assign_lines(vhome) if line.startswith("+other.org-:")]
+    if other == "vadddomain":
+        assert lines == [assign_line(vhome, "other.org")]
+        assert vhome.ok("vdominfo", "-d", "other.org") == f"{vhome.domains / 'other.org'}\n"
+    else:
+        assert lines == []
+        assert "other.org" not in control(vhome, "rcpthosts").split()
 
 
 def test_vregenerate_finds_hashed_domains(vhome: Install) -> None:

@@ -437,3 +437,116 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
         for name in ("vdelivermail", "vchkpw"):
             assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
         assert vhome.run("vchkpw", "/bin/true").returncode == 2  # a real front end: no fd 3
+
+
+def test_install_names_the_linker_s_reason_not_collect2_s(vhome: Install,
+                                                            tmp_path: Path) -> None:
+    """A musl-gcc whose library directory has rcrt1.o but no libc.a (a layout other than
+    Debian's, or a half-installed musl): the installer's reason is the linker's line, not gcc's
+    closing "collect2: error: ld returned 1 exit status" (before: only that)."""
+    musl, gcc = shutil.which("musl-gcc"), shutil.which("gcc")
+    specs = Path("/usr/lib/x86_64-linux-musl/musl-gcc.specs")
+    if musl is None or gcc is None or shutil.which("cc") is None or not specs.exists():
+        pytest.skip("no Debian musl-gcc, gcc or cc")
+    libdir = tmp_path / "musl-lib"
+    libdir.mkdir()
+    shutil.copy(specs.parent / "rcrt1.o", libdir / "rcrt1.o")
+    (libdir / "musl-gcc.specs").write_text(
+        specs.read_text().replace(f"-L{specs.parent} ", f"-L{libdir} "))
+    wrapper = tmp_path / "bin" / "musl-gcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} "$@" -specs "{libdir}/musl-gcc.specs"\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
+                            check=True, capture_output=True, text=True,
+                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
+                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    for name in ("vdelivermail", "vchkpw"):
+        line = next(line for line in result.stdout.splitlines()
+                    if line.startswith(f"install: bin/{name} is built by"))
+        said = line.partition(f"({wrapper} -static-pie: ")[2]
+        assert "cannot find -lc" in said and "collect2" not in said, line  # ld's own words
+        assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
+    assert vhome.run("vchkpw", "/bin/true").returncode == 2
+
+
+def test_musl_specs_are_the_last_ones_gcc_reads(vhome: Install, tmp_path: Path) -> None:
+    """gcc reports every specs file it reads, its own default one (a ``specs`` file in its
+    library directory, where a system has one) or a wrapper's extra ones first and the
+    musl-gcc wrapper's, given after the arguments, last: rcrt1.o is looked for beside that
+    one (before: beside the first, so such a musl-gcc was not used)."""
+    gcc = shutil.which("gcc")
+    specs = Path("/usr/lib/x86_64-linux-musl/musl-gcc.specs")
+    if gcc is None or not specs.exists() or not (specs.parent / "rcrt1.o").exists():
+        pytest.skip("no gcc or no Debian musl-gcc specs")
+    extra = tmp_path / "extra" / "hardening.specs"
+    extra.parent.mkdir()
+    extra.write_text("*self_spec:\n+ %{!O:-O2}\n\n")
+    wrapper = tmp_path / "bin" / "musl-gcc"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} -specs={extra} "$@" -specs "{specs}"\n')
+    wrapper.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
+                            check=True, capture_output=True, text=True,
+                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
+                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    assert "is not used" not in result.stdout and "built by" not in result.stdout, result.stdout
+    for name in ("vdelivermail", "vchkpw"):
+        assert not glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
+    assert vhome.run("vchkpw", "/bin/true").returncode == 2
+
+
+def relro_left_writable(pid: int, program: Path) -> list[str]:
+    """The lines of /proc/PID/maps that map part of ``program``'s RELRO segment (its GOT and
+    .data.rel.ro, whole pages of it) writable: none once the program has started."""
+    data = program.read_bytes()
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    relro = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    relro = [h for h in relro if h[0] == 0x6474E552]  # PT_GNU_RELRO
+    assert len(relro) == 1, relro
+    vaddr, memsz = relro[0][3], relro[0][6]
+    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    ours = [line.split() for line in maps if line.endswith(str(program))]
+    base = min(int(fields[0].split("-")[0], 16) for fields in ours if int(fields[2], 16) == 0)
+    start, end = (base + vaddr) & ~0xFFF, (base + vaddr + memsz) & ~0xFFF
+    assert end > start, (hex(start), hex(end))
+    return [line for line in maps
+            if int(line.split("-")[0], 16) < end and int(line.split()[0].split("-")[1], 16) > start
+            and "w" in line.split()[1]]
+
+
+@pytest.mark.parametrize("compiler", ["default", "cc"])
+def test_front_ends_relro_is_read_only(site: LoginSite, fake: Callable[..., FakeServer],
+                                       compiler: str, tmp_path: Path) -> None:
+    """The GOT and .data.rel.ro of a running front end are read-only, as glibc's static start
+    leaves them (before: musl's rcrt1.o relocated the program and left them writable)."""
+    if compiler == "cc":
+        if shutil.which("cc") is None:
+            pytest.skip("no cc")
+        subprocess.run([sys.executable, str(INSTALL), "--prefix", str(site.inst.prefix),
+                        "--qmaildir", str(site.inst.qmaildir), "--venv", str(VENV), "--cc",
+                        "cc"], check=True, capture_output=True,
+                       env={**os.environ, "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    program = site.inst.bin / "vdelivermail"
+    server = fake(None)
+    message = tmp_path / "message"
+    message.write_bytes(MESSAGE)
+    with open(message, "rb") as stdin:
+        proc = subprocess.Popen([str(program), "", "bounce-no-mailbox"], stdin=stdin,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    try:
+        deadline = time.monotonic() + 30
+        while server.requests == 0:  # it has started, and waits for the reply
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        assert relro_left_writable(proc.pid, program) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        server.close()

@@ -206,7 +206,18 @@ class DomainsMixin(UsersMixin):
         """Make ``alias`` deliver to the users of ``real_domain``. An alias of it that qmail
         does not yet accept or route (a vaddaliasdomain killed halfway: its users/assign line
         written, users/cdb, rcpthosts or virtualdomains not) is finished; any other existing
-        ``alias`` is :class:`DomainAlreadyExists`."""
+        ``alias`` is :class:`DomainAlreadyExists`.
+
+        Checked and written under users/assign's lock, as vdeldomain decides what to remove
+        under it: a vdeldomain of the real domain at the same moment either sees the alias
+        or has removed the real domain before it is checked here (never an alias routed to
+        a directory just removed)."""
+        self.get_domain(real_domain)  # nothing to lock for (there may be no users/)
+        with self.qmail.assign_lock():
+            return self._add_alias_domain(real_domain, alias)
+
+    def _add_alias_domain(self, real_domain: str, alias: str) -> AssignEntry:
+        """:meth:`add_alias_domain` under users/assign's lock."""
         real = self.get_domain(real_domain)
         alias = check_domain(alias.lower())
         if alias == real.real_domain:

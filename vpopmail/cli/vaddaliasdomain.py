@@ -36,7 +36,15 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             error(f"Neither '{first}' or '{second}'  exist, unable to create alias.")
             return 255
         real, alias = (first, second) if known[0] else (second, first)
-        api.add_alias_domain(real, alias)
+        try:
+            api.add_alias_domain(real, alias)
+        except DomainAlreadyExists:
+            if api.find_domain(alias) is None:
+                raise
+            # made meanwhile (a vaddaliasdomain or vadddomain at the same moment, checked
+            # under users/assign's lock): worded as the check above
+            error("Both domains already exist, unable to create alias.")
+            return 255
         return 0
 
     return run(body, USAGE)

@@ -6,6 +6,10 @@ import sys
 
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vpopmail.api import Vpopmail
+
 USAGE = """\
 vregenerate: usage: [options]
 options: -v (print version number)
@@ -26,27 +30,39 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         if args:
             raise UsageError("")
         api = open_api(config)
-        skipped: list[str] = []
-        found = api.discover_domains(skipped)
-        for path in skipped:  # a domain C took under such a name goes back by hand
-            print(f"skip:   {path!r}: not a domain name")
-        root = api.config.domains_root
-        current = {e.line() for e in api.qmail.entries(rebuilding=True)
-                   if e.dir.startswith(root + "/") or e.domain in {f.domain for f in found}}
-        wanted = {e.line() for e in found}
-        for line in sorted(wanted - current):
-            print(f"add:    {line}")
-        for line in sorted(current - wanted):
-            print(f"remove: {line}")
-        if "n" in letters:
-            return 0
-        if current - wanted and "f" not in letters:
-            print("Error: users/assign has entries the domains tree does not explain; "
-                  "nothing written (use --force to replace them)")
-            return 1
-        api.qmail.replace_assign(found, root)
-        api.qmail.ensure_routed([e.domain for e in found])
-        print(f"{len(found)} domains in users/assign")
-        return 0
+        if "n" in letters:  # a dry run writes nothing: nothing to hold the lock for
+            return regenerate(api, False, "f" in letters)
+        # what the tree holds, then users/assign from it: one step under users/assign's lock,
+        # as vadddomain and vdeldomain change both under it (a domain made or removed between
+        # the look and the write would lose its line, or get back one routed to nothing)
+        with api.qmail.assign_lock():
+            return regenerate(api, True, "f" in letters)
 
     return run(body, USAGE)
+
+
+def regenerate(api: "Vpopmail", write: bool, force: bool) -> int:
+    """Print what users/assign lacks and has beyond the domains tree; ``write``: then make it
+    so (refused without ``force`` when it would remove entries)."""
+    skipped: list[str] = []
+    found = api.discover_domains(skipped)
+    for path in skipped:  # a domain C took under such a name goes back by hand
+        print(f"skip:   {path!r}: not a domain name")
+    root = api.config.domains_root
+    current = {e.line() for e in api.qmail.entries(rebuilding=True)
+               if e.dir.startswith(root + "/") or e.domain in {f.domain for f in found}}
+    wanted = {e.line() for e in found}
+    for line in sorted(wanted - current):
+        print(f"add:    {line}")
+    for line in sorted(current - wanted):
+        print(f"remove: {line}")
+    if not write:
+        return 0
+    if current - wanted and not force:
+        print("Error: users/assign has entries the domains tree does not explain; "
+              "nothing written (use --force to replace them)")
+        return 1
+    api.qmail.replace_assign(found, root)
+    api.qmail.ensure_routed([e.domain for e in found])
+    print(f"{len(found)} domains in users/assign")
+    return 0
