@@ -421,12 +421,16 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
     broken = tmp_path / "broken"
     broken.mkdir()
     fake = broken / "musl-gcc"
-    for script, said in (  # no specs to read: no rcrt1.o to start with; then a failed build
-            ('echo "musl-gcc: no musl here" >&2; exit 1',
+    for script, said in (  # no specs to read: no rcrt1.o to start with; then a failed build;
+            # then one the system cannot run (before: a traceback, nothing built)
+            ('#!/bin/sh\necho "musl-gcc: no musl here" >&2; exit 1\n',
              f"install: {fake} is not used: it cannot link a static program"),
-            (f'case "$*" in *" -E "*) exec {musl} "$@";; esac; echo "ld: broken" >&2; exit 1',
-             f"is built by {shutil.which('cc')} ({fake} -static-pie: ld: broken)")):
-        fake.write_text(f"#!/bin/sh\n{script}\n")
+            (f'#!/bin/sh\ncase "$*" in *" -E "*) exec {musl} "$@";; esac\n'
+             'echo "ld: broken" >&2; exit 1\n',
+             f"is built by {shutil.which('cc')} ({fake} -static-pie: ld: broken)"),
+            ("#!/nonexistent/sh\n",
+             f"install: {fake} is not used: it cannot link a static program")):
+        fake.write_text(script)
         fake.chmod(0o755)
         result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
                                  "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
