@@ -170,6 +170,44 @@ def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
             vhome.ok("vdeldomain", name)
 
 
+@pytest.mark.cdb_only("vpasswd half removed: the SQL rows go in one statement")
+def test_vadddomain_waits_for_a_vdeldomain_of_the_name_before_looking_at_it(
+        vhome: Install) -> None:
+    """A vdeldomain holds users/assign's lock while it removes a domain's files: a vadddomain
+    of the name meanwhile waits for it before it looks whether the domain is complete (before:
+    it read the domain half removed and answered at once: here "Domain already exists"; in
+    CI's racing test once "corrupt data file", 156, for a vpasswd already gone)."""
+    import fcntl
+    import time
+
+    golden(vhome)
+    name = "race.org"
+    vhome.ok("vadddomain", name, "secret")
+    vpasswd = domain_dir(vhome, name) / "vpasswd"
+    lock_path = vhome.qmaildir / "users" / "assign.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)  # a vdeldomain of the name, half way
+        kept = vpasswd.read_bytes()
+        vpasswd.unlink()
+        proc = subprocess.Popen([str(vhome.bin / "vadddomain"), name, "other"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and not any(
+                os.path.realpath(f"/proc/{proc.pid}/fd/{n}") == str(lock_path)
+                for n in os.listdir(f"/proc/{proc.pid}/fd")):
+            assert time.monotonic() < deadline, "vadddomain never asked for the lock"
+            time.sleep(0.005)
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()  # waiting for the lock
+        vpasswd.write_bytes(kept)  # this one did not go through with it
+    finally:
+        os.close(fd)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (243, "Error: Domain already exists\n", "")
+
+
 def stopped_at_assign_lock(inst: Install, argv: list[str]) -> subprocess.Popen[str]:
     """Start the installed command ``argv`` while users/assign's lock is held here, and stop
     it (SIGSTOP) once it has opened the lock file: whatever it checked before asking for the

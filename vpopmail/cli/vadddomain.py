@@ -49,9 +49,14 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             uid, gid, base = account.pw_uid, account.pw_gid, base or account.pw_dir
         api = open_api(config)
         domain = args[0]
-        existing = api.find_domain(domain)
-        if existing is not None and (existing.is_alias or not api.domain_incomplete(existing)):
-            raise DomainAlreadyExists()
+        if api.find_domain(domain) is not None:
+            # looked at under users/assign's lock: a vdeldomain of the name removing it now
+            # (which holds the lock) is waited for, not read half removed
+            with api.qmail.assign_lock():
+                existing = api.find_domain(domain)
+                if existing is not None and (existing.is_alias
+                                             or not api.domain_incomplete(existing)):
+                    raise DomainAlreadyExists()
         # an empty operand (an unset "$PW") is no password given: asked for, as in C
         password = args[1] if len(args) > 1 and args[1] else None
         if "r" in settings:
