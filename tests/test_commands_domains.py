@@ -170,6 +170,23 @@ def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
             vhome.ok("vdeldomain", name)
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open; False once it has ended. Its descriptors
+    come and go while it runs: each is read once, and may be gone by then."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    wanted = os.path.realpath(path)
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 @pytest.mark.cdb_only("vpasswd half removed: the SQL rows go in one statement")
 def test_vadddomain_waits_for_a_vdeldomain_of_the_name_before_looking_at_it(
         vhome: Install) -> None:
@@ -194,9 +211,7 @@ def test_vadddomain_waits_for_a_vdeldomain_of_the_name_before_looking_at_it(
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
         deadline = time.monotonic() + 30
-        while proc.poll() is None and not any(
-                os.path.realpath(f"/proc/{proc.pid}/fd/{n}") == str(lock_path)
-                for n in os.listdir(f"/proc/{proc.pid}/fd")):
+        while proc.poll() is None and not has_open(proc.pid, lock_path):
             assert time.monotonic() < deadline, "vadddomain never asked for the lock"
             time.sleep(0.005)
         time.sleep(0.2)
@@ -225,10 +240,7 @@ def stopped_at_assign_lock(inst: Install, argv: list[str]) -> subprocess.Popen[s
                                 env=CLEAN_ENV, cwd="/")
         deadline = time.monotonic() + 30
         while True:
-            fds = os.listdir(f"/proc/{proc.pid}/fd")
-            opened = any(os.path.realpath(f"/proc/{proc.pid}/fd/{n}") == str(lock_path)
-                         for n in fds if os.path.exists(f"/proc/{proc.pid}/fd/{n}"))
-            if opened or proc.poll() is not None:
+            if has_open(proc.pid, lock_path) or proc.poll() is not None:
                 break
             assert time.monotonic() < deadline, "the command never asked for the lock"
             time.sleep(0.005)
