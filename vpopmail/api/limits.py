@@ -6,7 +6,7 @@ import os
 
 from maildir.quota import NOQUOTA
 from vpopmail import flags, limits
-from vpopmail.api.base import ApiBase
+from vpopmail.api.base import ApiBase, DomainLock
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import QuotaTooLong
 from vpopmail.fsutil import FileLock
@@ -76,8 +76,10 @@ class LimitsMixin(ApiBase):
                 result.append(current)
                 return current.sql_row() if checked(current) else None
 
-            table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
+            with self.domain_lock(entry):  # vdeldomain deletes the row under it
+                table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
+        lock: FileLock | DomainLock
         if entry is None:  # the vpopmail user's, as packaging/install makes it: vchkpw
             # working as that user reads it at every login of a domain without its own limits
             path, owner = limits.default_file(self.config.home), (self.config.uid,
@@ -85,7 +87,7 @@ class LimitsMixin(ApiBase):
             lock = FileLock(path + ".lock", self.timeout, *owner)
         else:
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
-            lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
+            lock = self.domain_lock(entry)
         with lock:
             current = self.stored_limits(entry)
             if checked(current):
@@ -95,13 +97,14 @@ class LimitsMixin(ApiBase):
     def delete_domain_limits(self, entry: AssignEntry) -> None:
         """Drop the domain's own limits (its row, or its limits file): the defaults apply."""
         table = self.stores.limits_table
-        if table is not None:
-            table.delete_limits(entry.real_domain)
-            return
-        try:
-            os.unlink(limits.domain_file(entry.dir))
-        except FileNotFoundError:
-            pass
+        with self.domain_lock(entry):
+            if table is not None:
+                table.delete_limits(entry.real_domain)
+                return
+            try:
+                os.unlink(limits.domain_file(entry.dir))
+            except FileNotFoundError:
+                pass
 
     def effective_flags(self, user: VUser, entry: AssignEntry) -> int:
         """The user's flags with the domain limits ORed in (unless V_OVERRIDE), as vchkpw sees."""

@@ -121,7 +121,9 @@ class UsersMixin(LimitsMixin):
 
     def rebuild_index(self, domain: str) -> None:
         """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
-        self.backend.rebuild_index(self.get_domain(domain))
+        entry = self.get_domain(domain)
+        with self.domain_lock(entry):
+            self.backend.rebuild_index(entry)
 
     def check_new_users(self, entry: AssignEntry, specs: list[NewUser], aliases: bool = True
                         ) -> None:
@@ -148,10 +150,13 @@ class UsersMixin(LimitsMixin):
         All records are checked first; directories are made next; the database write comes
         last, and if it fails the directories made are removed again.
         """
-        self.check_new_users(entry, specs)
-        records = [self._user_record(entry, spec, crypted)
-                   for spec, crypted in zip(specs, self._hash_new(specs))]
-        return self._store_new_users(entry, records, records, index)
+        self.check_new_users(entry, specs)  # before the hashing, which may take long
+        crypted = self._hash_new(specs)
+        with self.domain_lock(entry):
+            self.check_new_users(entry, specs)
+            records = [self._user_record(entry, spec, hashed)
+                       for spec, hashed in zip(specs, crypted)]
+            return self._store_new_users(entry, records, records, index)
 
     def import_users(self, entry: AssignEntry, users: list[VUser], index: bool = True
                      ) -> list[VUser]:
@@ -160,10 +165,13 @@ class UsersMixin(LimitsMixin):
         ``<domain dir>[/<bucket>]/<name>`` (a vpasswd being restored); any other gets a new
         one, made as :meth:`add_users` makes it. All is checked first; one database write."""
         records = [self.imported_record(user) for user in users]
-        # records as they are: a user and an alias of one name, as a C site may hold, stay so
-        self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records], aliases=False)
-        fresh = [r for r in records if not self._own_user_dir(entry, r)]
-        return self._store_new_users(entry, records, fresh, index)
+        with self.domain_lock(entry):
+            # records as they are: a user and an alias of one name, as a C site may hold,
+            # stay so
+            self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records],
+                                 aliases=False)
+            fresh = [r for r in records if not self._own_user_dir(entry, r)]
+            return self._store_new_users(entry, records, fresh, index)
 
     def _store_new_users(self, entry: AssignEntry, records: list[VUser], fresh: list[VUser],
                          index: bool) -> list[VUser]:
@@ -336,6 +344,11 @@ class UsersMixin(LimitsMixin):
     def delete_user(self, address: str) -> VUser:
         """Delete a user, its directory and its mail. The domain's catch-all target is kept."""
         name, entry = self.resolve(address)
+        with self.domain_lock(entry):
+            return self._delete_user(name, entry)
+
+    def _delete_user(self, name: str, entry: AssignEntry) -> VUser:
+        """:meth:`delete_user` under the domain's lock."""
         user = self.backend.get_user(entry, name)
         if user is None and self._index_lags(entry, name):
             user = self.backend.get_user(entry, name)
@@ -376,7 +389,8 @@ class UsersMixin(LimitsMixin):
         records. With the cdb backend this happens under its lock, so concurrent commands that
         change different fields of one user (vpasswd, vmoduser -q) never undo each other;
         ``change`` must be quick (hash passwords before)."""
-        return self.backend.modify_users(entry, names, change, index)
+        with self.domain_lock(entry):
+            return self.backend.modify_users(entry, names, change, index)
 
     def set_password(self, address: str, password: str, encrypted: bool = False,
                      honour_flag: bool = False) -> VUser:
@@ -411,9 +425,11 @@ class UsersMixin(LimitsMixin):
         else:
             user, entry = self.get_user(address_or_domain)
             users = [user]
-        changed = self.modify_users(entry, [u.name for u in users], lambda u: u.copy(quota=text))
-        for user in changed:
-            self.update_maildirsize(user, entry)
+        with self.domain_lock(entry):
+            changed = self.modify_users(entry, [u.name for u in users],
+                                        lambda u: u.copy(quota=text))
+            for user in changed:
+                self.update_maildirsize(user, entry)
         return changed
 
     def update_maildirsize(self, user: VUser, entry: AssignEntry) -> None:
@@ -421,7 +437,7 @@ class UsersMixin(LimitsMixin):
         with the domain owner's ids: the Maildir is the owner's, and a symlink it planted
         there must not let a root admin command write elsewhere."""
         maildir = os.path.join(user.dir, "Maildir")
-        with OwnerIds(entry.uid, entry.gid):
+        with self.domain_lock(entry), OwnerIds(entry.uid, entry.gid):
             try:
                 try:
                     os.unlink(os.path.join(maildir, "maildirsize"))

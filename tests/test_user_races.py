@@ -1,0 +1,157 @@
+"""User-level changes, deliveries and logins at the same moment as a vdeldomain of their domain:
+each change completes before the removal or is refused as for a domain that does not exist,
+and nothing of the domain (directory, vpasswd line, SQL row) outlives it. The racing
+processes are the installed commands, stopped (SIGSTOP) at the lock they wait for."""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ALIAS, DOMAIN, site
+from install_site import CLEAN_ENV, Install
+from race_site import has_open, resumed, stopped_at_lock, wait_until
+
+pytestmark = pytest.mark.both_backends
+
+#: a change of each user-level command, by a name for the test ids
+CHANGES = {
+    "vadduser": ["vadduser", f"carol@{DOMAIN}", "pw3"],
+    "vadduser-alias": ["vadduser", f"carol@{ALIAS}", "pw3"],
+    "vdeluser": ["vdeluser", f"bob@{DOMAIN}"],
+    "vpasswd": ["vpasswd", f"bob@{DOMAIN}", "new-pw"],
+    "vmoduser": ["vmoduser", "-q", "2M", f"bob@{DOMAIN}"],
+    "vsetuserquota": ["vsetuserquota", f"bob@{DOMAIN}", "3M"],
+    "vsetuserquota-domain": ["vsetuserquota", DOMAIN, "3M"],
+    "valias": ["valias", "-i", "someone@remote.test", f"info@{DOMAIN}"],
+    "vmkpasswd": ["vmkpasswd", DOMAIN],
+    "vmoddomlimits": ["vmoddomlimits", "-P", "5", DOMAIN],
+    "vmoddomain": ["vmoddomain", "-e", "delete", DOMAIN],
+    "vpopbull": ["vpopbull", "-f", "BULLETIN", DOMAIN],
+    "vchangepw": ["vchangepw"],
+}
+
+
+def lock_of(inst: Install) -> Path:
+    """The domain's lock: its directory's .dir-control.lock."""
+    return inst.domains / DOMAIN / ".dir-control.lock"
+
+
+def domain_left(inst: Install) -> dict[str, object]:
+    """What is left of example.com and its alias domain anywhere (empty: nothing)."""
+    left: dict[str, object] = {}
+    assign = (inst.qmaildir / "users" / "assign").read_text()
+    lines = [line for line in assign.splitlines() if line.startswith((f"+{DOMAIN}-:",
+                                                                     f"+{ALIAS}-:"))]
+    if lines:
+        left["users/assign"] = lines
+    files = sorted(str(p.relative_to(inst.domains)) for p in inst.domains.rglob("*")
+                   if DOMAIN in p.parts)
+    if files:
+        left["files"] = files
+    if inst.database is not None:
+        for table, column in (("vpopmail", "pw_domain"), ("valias", "domain"),
+                              ("lastauth", "domain"), ("limits", "domain")):
+            if inst.database.rows(f"SHOW TABLES LIKE '{table}'"):
+                rows = inst.database.rows(f"SELECT * FROM `{table}` WHERE {column} = "
+                                          f"'{DOMAIN}'")
+                if rows:
+                    left[table] = rows
+    return left
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_waits_for_vdeldomain_and_finds_the_domain_gone(
+        vhome: Install, tmp_path: Path, change: str) -> None:
+    """A user-level command that looked the domain up before a vdeldomain -f removed it waits
+    for the domain's lock, which vdeldomain holds until the directory is gone, and is then
+    refused with the one line of a domain that does not exist; nothing of the domain is left
+    (before: "corrupt data file" for the vpasswd just removed, a file "No such file or
+    directory", or, taken at the wrong moment, a domain directory re-made with a lock file,
+    a vpasswd or a user in it, and its SQL users or valias rows kept)."""
+    site(vhome)
+    if vhome.database is not None:
+        vhome.set_config("mysql", "limits_table", True)
+    argv = [str(vhome.bin / CHANGES[change][0]), *CHANGES[change][1:]]
+    if change == "vpopbull":
+        bulletin = tmp_path / "bulletin"
+        bulletin.write_text("From: postmaster\nSubject: news\n\nhello\n")
+        argv[argv.index("BULLETIN")] = str(bulletin)
+    answers = tmp_path / "answers"
+    answers.write_text(f"bob@{DOMAIN}\npw2\nnew-pw\nnew-pw\n")
+    with open(answers, "rb") as stdin:
+        proc = stopped_at_lock(lock_of(vhome), argv, stdin=stdin)
+    vhome.ok("vdeldomain", "-f", DOMAIN)
+    result = resumed(proc)
+    named = ALIAS if change == "vadduser-alias" else DOMAIN
+    assert (result.returncode, result.stderr) == (245, ""), result
+    assert result.stdout.endswith(f"Error: Domain does not exist: {named}\n"), result
+    assert result.stdout.count("\n") == 1 + (change == "vchangepw"), result
+    assert domain_left(vhome) == {}
+
+
+@pytest.mark.cdb_only("stopped at the vpasswd lock, which the SQL store does not take")
+def test_vdeldomain_waits_for_a_vadduser_under_way_and_removes_its_user(vhome: Install) -> None:
+    """A vadduser holding the domain's lock (here stopped at the vpasswd lock, which it takes
+    inside) makes a vdeldomain of the domain wait, not start removing the directory under it;
+    the new user then goes with the domain (before: vdeldomain went ahead, and the vadduser
+    wrote into a half-removed directory: "corrupt data file", or a directory kept)."""
+    site(vhome)
+    proc = stopped_at_lock(vhome.domains / DOMAIN / ".vpasswd.lock",
+                           [str(vhome.bin / "vadduser"), f"carol@{DOMAIN}", "pw3"])
+    remover = subprocess.Popen([str(vhome.bin / "vdeldomain"), "-f", DOMAIN],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    try:
+        wait_until(remover, lambda: has_open(remover.pid, lock_of(vhome)),
+                   "asking for the domain's lock")
+        time.sleep(0.2)
+        assert remover.poll() is None, remover.communicate()
+        assert (vhome.domains / DOMAIN / "vpasswd").exists()
+    finally:
+        result = resumed(proc)
+        out, err = remover.communicate(timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert (remover.returncode, err) == (0, ""), (out, err)
+    assert domain_left(vhome) == {}
+
+
+@pytest.mark.sql_only("held by a gap lock in the users table, which only the SQL store has")
+def test_vdeldomain_waits_for_a_vadduser_under_way_and_removes_its_row(vhome: Install) -> None:
+    """A vadduser whose INSERT waits (a row lock held here) holds the domain's lock: a
+    vdeldomain meanwhile waits for it, then deletes its row with the others (before: the
+    vdeldomain ran through, and the vadduser's row was written after it: a user of a domain
+    that no longer exists, kept in the table)."""
+    import MySQLdb
+
+    site(vhome)
+    assert vhome.database is not None
+    session = MySQLdb.connect(unix_socket=vhome.database.server.socket, user="root",
+                              database=vhome.database.name)
+    try:
+        cursor = session.cursor()
+        cursor.execute("START TRANSACTION")
+        cursor.execute("SELECT * FROM vpopmail WHERE pw_name = 'carol' AND pw_domain = %s "
+                       "FOR UPDATE", [DOMAIN])  # the gap where carol's row goes
+        adder = subprocess.Popen([str(vhome.bin / "vadduser"), f"carol@{DOMAIN}", "pw3"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+        # (the process list: INNODB_TRX is a cache that reads in quick succession never renew)
+        wait_until(adder, lambda: bool(vhome.database.rows(  # type: ignore[union-attr]
+            "SELECT 1 FROM information_schema.PROCESSLIST WHERE user = 'vpop_rw' AND "
+            "info LIKE 'INSERT INTO `vpopmail`%'")), "inserting its row")
+        remover = subprocess.Popen([str(vhome.bin / "vdeldomain"), "-f", DOMAIN],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+        time.sleep(0.3)
+        waited = remover.poll() is None
+        session.rollback()
+    finally:
+        session.close()
+    added = adder.communicate(timeout=60)
+    removed = remover.communicate(timeout=60)
+    assert (adder.returncode, remover.returncode) == (0, 0), (added, removed)
+    assert domain_left(vhome) == {}
+    assert waited, removed
