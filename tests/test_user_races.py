@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from delivery_site import MESSAGE, qmail_local_env
 from helpers import ALIAS, DOMAIN, site
 from install_site import CLEAN_ENV, Install
+from login_site import POP_ENV
 from race_site import has_open, resumed, stopped_at_lock, wait_until
 
 pytestmark = pytest.mark.both_backends
@@ -155,3 +157,61 @@ def test_vdeldomain_waits_for_a_vadduser_under_way_and_removes_its_row(vhome: In
     assert (adder.returncode, remover.returncode) == (0, 0), (added, removed)
     assert domain_left(vhome) == {}
     assert waited, removed
+
+
+def run_stopped_at_domain_lock(vhome: Install, tmp_path: Path, program: str,
+                               remover: list[str], user: str = "bob"
+                               ) -> subprocess.CompletedProcess[str]:
+    """``program`` ("vdelivermail" or "vchkpw") for ``user``, whose Maildir is lost, stopped
+    when it asks for the domain's lock to make it again; ``remover`` runs meanwhile."""
+    home = Path(vhome.vuser(f"{user}@{DOMAIN}").dir)
+    subprocess.run(["rm", "-rf", str(home / "Maildir")], check=True)
+    if program == "vdelivermail":
+        message = tmp_path / "message"
+        message.write_bytes(MESSAGE)
+        argv = [str(vhome.bin / "vdelivermail"), "", "bounce-no-mailbox"]
+        env = qmail_local_env(user, DOMAIN, str(vhome.domains / DOMAIN))
+        cwd: Path | str = vhome.domains / DOMAIN
+    else:
+        message = tmp_path / "fd3"
+        message.write_bytes(f"{user}@{DOMAIN}\0pw{'1' if user == 'alice' else '2'}\0\0"
+                            .encode())
+        argv = ["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(message), str(vhome.bin / "vchkpw"),
+                "/bin/true"]
+        env, cwd = POP_ENV, "/"
+    with open(message, "rb") as stdin:
+        proc = stopped_at_lock(lock_of(vhome), argv, env=env, cwd=cwd, stdin=stdin)
+    vhome.ok(*remover)
+    return resumed(proc)
+
+
+@pytest.mark.parametrize("program", ["vdelivermail", "vchkpw"])
+def test_a_lost_maildir_is_not_made_again_in_a_domain_removed_meanwhile(
+        vhome: Install, tmp_path: Path, program: str) -> None:
+    """A delivery or login that found its user, then its Maildir missing, makes it again under
+    the domain's lock: a vdeldomain meanwhile is waited for, and the domain then found gone
+    (the delivery deferred, the login refused for now), not made again with the user's
+    directory (before: the directory tree of the removed domain came back with the user's
+    Maildir, and the login succeeded into it)."""
+    site(vhome)
+    result = run_stopped_at_domain_lock(vhome, tmp_path, program, ["vdeldomain", "-f", DOMAIN])
+    assert result.returncode == 111, result
+    said = result.stdout if program == "vdelivermail" else result.stderr
+    assert f"Domain does not exist: {DOMAIN}" in said, result
+    assert domain_left(vhome) == {}
+
+
+@pytest.mark.parametrize("program", ["vdelivermail", "vchkpw"])
+def test_a_lost_maildir_is_not_made_again_for_a_user_removed_meanwhile(
+        vhome: Install, tmp_path: Path, program: str) -> None:
+    """The same with a vdeluser of the user: the user is read again under the domain's lock,
+    and nothing is made for a user that is gone (before: its directory came back, a user
+    directory without a user, which a later vadduser of the name takes for a leftover)."""
+    site(vhome)
+    home = Path(vhome.vuser(f"bob@{DOMAIN}").dir)
+    result = run_stopped_at_domain_lock(vhome, tmp_path, program, ["vdeluser", f"bob@{DOMAIN}"])
+    assert result.returncode == 111, result
+    said = result.stdout if program == "vdelivermail" else result.stderr
+    assert f"User does not exist: bob@{DOMAIN}" in said, result
+    assert not home.exists()
+    assert "bob" not in vhome.vusers(DOMAIN)

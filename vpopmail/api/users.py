@@ -259,30 +259,39 @@ class UsersMixin(LimitsMixin):
     def make_missing_user_dir(self, entry: AssignEntry, user: VUser) -> VUser:
         """Give a user whose record has no directory (an imported or hand-made record) one,
         as vadduser would have, and store it (vdelivermail does this on first delivery)."""
-        with self._dir_lock(entry.dir, entry.uid, entry.gid):
+        with self.domain_lock(entry):
             bucket = dircontrol.allocate(entry.dir, self.config.users_hashed_dirs,
                                          entry.uid, entry.gid)[0]
-        user = user.copy()
-        user.dir = os.path.join(entry.dir, bucket, user.name)
-        self._make_user_dir(user, entry)
-        directory = user.dir
-        stored = self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
-        self._record_creation(entry, [stored])
-        return stored
+            user = user.copy()
+            user.dir = os.path.join(entry.dir, bucket, user.name)
+            self._make_user_dir(user, entry)
+            directory = user.dir
+            stored = self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
+            self._record_creation(entry, [stored])
+            return stored
 
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         """``user`` with a directory and a complete Maildir, re-making what is missing (C
-        vpopmail deferred mail forever, and failed logins, for a lost Maildir)."""
-        if not user.dir:
-            user = self.make_missing_user_dir(entry, user)
-        maildir = os.path.join(user.dir, "Maildir")
-        if not is_maildir(maildir):
-            try:
-                os.makedirs(user.dir, 0o700, exist_ok=True)
-                make_maildir(maildir)
-            except OSError as exc:
-                raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
-        return user
+        vpopmail deferred mail forever, and failed logins, for a lost Maildir).
+
+        Under the domain's lock, with the user read again there: a delivery or login that
+        found the user before a vdeldomain or vdeluser removed it makes nothing (its
+        directory would outlive it), DomainDoesNotExist or UserDoesNotExist instead."""
+        with self.domain_lock(entry):
+            current = self.backend.get_user(entry, user.name)
+            if current is None:
+                raise UserDoesNotExist(f"{user.name}@{entry.real_domain}")
+            user = current
+            if not user.dir:
+                user = self.make_missing_user_dir(entry, user)
+            maildir = os.path.join(user.dir, "Maildir")
+            if not is_maildir(maildir):
+                try:
+                    os.makedirs(user.dir, 0o700, exist_ok=True)
+                    make_maildir(maildir)
+                except OSError as exc:
+                    raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
+            return user
 
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         """Make a new user's directory inside the domain directory, reached through real
