@@ -14,7 +14,7 @@ from delivery_site import MESSAGE, qmail_local_env
 from helpers import ALIAS, DOMAIN, site
 from install_site import CLEAN_ENV, Install
 from login_site import POP_ENV
-from race_site import has_open, resumed, stopped_at_lock, wait_until
+from race_site import has_open, resumed, stop, stopped_at_lock, wait_until
 
 pytestmark = pytest.mark.both_backends
 
@@ -215,3 +215,24 @@ def test_a_lost_maildir_is_not_made_again_for_a_user_removed_meanwhile(
     assert f"User does not exist: bob@{DOMAIN}" in said, result
     assert not home.exists()
     assert "bob" not in vhome.vusers(DOMAIN)
+
+
+def test_vdeldomain_removes_what_a_delivery_under_way_writes_meanwhile(vhome: Install) -> None:
+    """A delivery that found its user just before a vdeldomain may still write into the user's
+    directory while it is being removed: vdeldomain goes over what is left again, so nothing
+    of the domain remains (before: a file written into a directory it had already emptied
+    kept that directory and the domain's, and vdeldomain exited 0)."""
+    site(vhome)
+    maildir = Path(vhome.vuser(f"alice@{DOMAIN}").dir) / "Maildir"
+    for number in range(20000):  # read mail, which takes the removal a while
+        (maildir / "cur" / f"{number}.M1P1.example:2,S").write_bytes(b"")
+    remover = subprocess.Popen([str(vhome.bin / "vdeldomain"), "-f", DOMAIN],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    wait_until(remover, lambda: has_open(remover.pid, maildir / "cur"), "removing alice's mail")
+    stop(remover)
+    assert not (maildir / "maildirsize").exists()  # gone with the Maildir's files
+    (maildir / "maildirsize").write_text("1048576S\n265 1\n")  # the delivery's count
+    result = resumed(remover)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert domain_left(vhome) == {}
