@@ -236,3 +236,64 @@ def test_vdeldomain_removes_what_a_delivery_under_way_writes_meanwhile(vhome: In
     result = resumed(remover)
     assert (result.returncode, result.stderr) == (0, ""), result
     assert domain_left(vhome) == {}
+
+
+@pytest.mark.sql_only("lastauth rows: the files backend keeps lastauth in the user directory")
+@pytest.mark.parametrize("many_domains", [True, False])
+def test_a_login_under_way_leaves_no_lastauth_row_of_a_removed_domain(
+        vhome: Install, tmp_path: Path, many_domains: bool) -> None:
+    """A login that read its user before vdeldomain deleted the domain's rows records its
+    lastauth only while the user's row is there, in one statement, which waits for the
+    deleting transaction and then writes nothing (before: the row was written after the
+    deletion and kept for a domain that is gone; with per-domain tables the users' rows
+    were not deleted before the table was dropped, so the check needs them deleted in the
+    transaction)."""
+    import MySQLdb
+
+    assert vhome.database is not None
+    database = vhome.database
+    if not many_domains:
+        database.configure(vhome, many_domains=False)
+    vhome.set_config("mysql", "limits_table", True)
+    site(vhome)
+    fd3 = tmp_path / "fd3"
+    fd3.write_bytes(f"alice@{DOMAIN}\0pw1\0\0".encode())
+
+    def session() -> MySQLdb.Connection:
+        return MySQLdb.connect(unix_socket=database.server.socket, user="root",
+                               database=database.name)
+
+    def running(user: str, statement: str) -> bool:
+        return bool(database.rows("SELECT 1 FROM information_schema.PROCESSLIST WHERE "
+                                  f"user = '{user}' AND info LIKE '{statement}%'"))
+
+    limits, valias = session(), session()
+    try:
+        # the login stops at the domain's limits, after it read the domain and the user
+        limits.cursor().execute("LOCK TABLES limits WRITE")
+        login = subprocess.Popen(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(fd3),
+                                  str(vhome.bin / "vchkpw"), "/bin/true"],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=POP_ENV, cwd="/")
+        wait_until(login, lambda: running("vpop_ro", "SELECT maxpopaccounts"),
+                   "reading the domain's limits")
+        # vdeldomain's transaction stops at the valias rows: the users' and lastauth rows
+        # are deleted, not yet committed
+        valias.cursor().execute("LOCK TABLES valias WRITE")
+        remover = subprocess.Popen([str(vhome.bin / "vdeldomain"), "-f", DOMAIN],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+        wait_until(remover, lambda: running("vpop_rw", "DELETE FROM `valias`"),
+                   "deleting the valias rows")
+        limits.cursor().execute("UNLOCK TABLES")
+        wait_until(login, lambda: running("vpop_rw", "REPLACE INTO lastauth"),
+                   "recording the login")
+        valias.cursor().execute("UNLOCK TABLES")
+    finally:
+        limits.close()
+        valias.close()
+    logged = login.communicate(timeout=60)
+    removed = remover.communicate(timeout=60)
+    assert (remover.returncode, removed[1]) == (0, ""), removed
+    assert login.returncode in (0, 111) and "Traceback" not in logged[1], logged
+    assert domain_left(vhome) == {}
