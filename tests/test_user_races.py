@@ -88,9 +88,31 @@ def test_a_change_waits_for_vdeldomain_and_finds_the_domain_gone(
     vhome.ok("vdeldomain", "-f", DOMAIN)
     result = resumed(proc)
     named = ALIAS if change == "vadduser-alias" else DOMAIN
-    assert (result.returncode, result.stderr) == (245, ""), result
+    # vpopbull goes on with any other domain named (test below): 1, as for a failed copy
+    assert (result.returncode, result.stderr) == (1 if change == "vpopbull" else 245, ""), \
+        result
     assert result.stdout.endswith(f"Error: Domain does not exist: {named}\n"), result
     assert result.stdout.count("\n") == 1 + (change == "vchangepw"), result
+    assert domain_left(vhome) == {}
+
+
+def test_vpopbull_goes_on_with_the_other_domains_past_one_removed_meanwhile(
+        vhome: Install, tmp_path: Path) -> None:
+    """A domain that a vdeldomain removes while vpopbull runs is skipped with one line, and
+    the domains after it still get the bulletin (exit 1, as for a copy that failed; before:
+    the run ended there with 245, and later domains got nothing)."""
+    site(vhome)
+    vhome.ok("vadddomain", "other.org", "secret")
+    bulletin = tmp_path / "bulletin"
+    bulletin.write_text("From: postmaster\nSubject: news\n\nhello\n")
+    proc = stopped_at_lock(lock_of(vhome), [str(vhome.bin / "vpopbull"), "-f", str(bulletin),
+                                            DOMAIN, "other.org"])
+    vhome.ok("vdeldomain", "-f", DOMAIN)
+    result = resumed(proc)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1, f"Error: Domain does not exist: {DOMAIN}\n", ""), result
+    postmaster = Path(vhome.vuser("postmaster@other.org").dir)
+    assert len(list((postmaster / "Maildir" / "new").iterdir())) == 1
     assert domain_left(vhome) == {}
 
 
