@@ -97,6 +97,35 @@ def test_a_change_waits_for_vdeldomain_and_finds_the_domain_gone(
     assert domain_left(vhome) == {}
 
 
+@pytest.mark.parametrize("lines", [
+    [f"add_user carol@{DOMAIN} pw3"], [f"del_user bob@{DOMAIN}"],
+    [f"add_alias info@{DOMAIN} someone@remote.test"], [f"mod_user bob@{DOMAIN}", "quota 5M", "."],
+], ids=["add_user", "del_user", "add_alias", "mod_user"])
+def test_vpopmaild_commands_wait_for_vdeldomain_and_find_the_domain_gone(
+        vhome: Install, tmp_path: Path, lines: list[str]) -> None:
+    """vpopmaild's user and alias commands in a session that looked the domain up before a
+    vdeldomain removed it: each is answered with the error of a domain that does not exist,
+    the session goes on, and nothing of the domain is left (before: a "No such file or
+    directory" error, or the change made into the directory being removed)."""
+    site(vhome)
+    vhome.ok("vadddomain", "other.org", "opw")
+    vhome.ok("vmoduser", "-S", "postmaster@other.org")
+    conversation = tmp_path / "conversation"
+    conversation.write_bytes("".join(f"{line}\r\n" for line in [
+        "login postmaster@other.org opw", *lines, "quit"]).encode())
+    with open(conversation, "rb") as stdin:
+        proc = stopped_at_lock(lock_of(vhome), [str(vhome.bin / "vpopmaild"), "-t", "10"],
+                               stdin=stdin)
+    vhome.ok("vdeldomain", "-f", DOMAIN)
+    result = resumed(proc)
+    assert (result.returncode, result.stderr) == (0, ""), result
+    answers = result.stdout.splitlines()
+    assert answers[-2].startswith("-ERR ") and answers[-2].endswith(
+        f" Domain does not exist: {DOMAIN}"), answers
+    assert answers[-1] == "+OK ", answers
+    assert domain_left(vhome) == {}
+
+
 def test_vpopbull_goes_on_with_the_other_domains_past_one_removed_meanwhile(
         vhome: Install, tmp_path: Path) -> None:
     """A domain that a vdeldomain removes while vpopbull runs is skipped with one line, and
