@@ -313,6 +313,28 @@ def test_vdeldomain_removes_what_a_delivery_under_way_writes_meanwhile(vhome: In
     assert domain_left(vhome) == {}
 
 
+def test_vdeluser_removes_what_a_delivery_under_way_writes_meanwhile(vhome: Install) -> None:
+    """The same for a vdeluser: a delivery that found the user just before may write into
+    its Maildir while it is removed, and the user's directory is gone over again (before: it
+    stayed, with that file, a user directory without a user in a domain that stays)."""
+    site(vhome)
+    home = Path(vhome.vuser(f"alice@{DOMAIN}").dir)
+    for number in range(20000):
+        (home / "Maildir" / "cur" / f"{number}.M1P1.example:2,S").write_bytes(b"")
+    remover = subprocess.Popen([str(vhome.bin / "vdeluser"), f"alice@{DOMAIN}"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
+    wait_until(remover, lambda: has_open(remover.pid, home / "Maildir" / "cur"),
+               "removing alice's mail")
+    stop(remover)
+    assert not (home / "Maildir" / "maildirsize").exists()
+    (home / "Maildir" / "maildirsize").write_text("1048576S\n265 1\n")
+    result = resumed(remover)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
+    assert not home.exists()
+    assert "alice" not in vhome.vusers(DOMAIN)
+
+
 @pytest.mark.sql_only("lastauth rows: the files backend keeps lastauth in the user directory")
 @pytest.mark.parametrize("many_domains", [True, False])
 def test_a_login_under_way_leaves_no_lastauth_row_of_a_removed_domain(

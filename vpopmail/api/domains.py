@@ -3,7 +3,6 @@ finishing what a killed command left, alias domains, the catch-all, deleting."""
 from __future__ import annotations
 
 import os
-import time
 
 from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
@@ -12,15 +11,13 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
                              DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
                              UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
-                             remove_inside)
+                             remove_inside_until_gone)
 from vpopmail.names import check_domain
 
 #: a hashed bucket of a domains root: the root's owner's (never a domain owner's, who could
 #: rename the other domains there), entered as the root itself by the domain owners of its
 #: group (C vpopmail's VPOPMAIL_DIR_MODE)
 ROOT_BUCKET_MODE = 0o750
-#: how many times vdeldomain goes over a domain directory that is still there after a pass
-REMOVAL_PASSES = 20
 
 
 def _is_domain_name(name: str) -> bool:
@@ -198,16 +195,11 @@ class DomainsMixin(UsersMixin):
         return st.st_uid, st.st_gid
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
-        """Remove the domain directory, and with it its bucket's slot. A delivery or login
-        that found the domain before its removal began may still write a file into a
-        directory already emptied (a message, a lastauth), which would keep that directory
-        and the domain directory: the tree is gone over again while it is still there (new
-        ones cannot begin: users/cdb no longer routes the domain, and the admin commands
-        wait for the domain's lock)."""
-        for attempt in range(REMOVAL_PASSES):
-            if not remove_inside(root, entry.dir) or not os.path.lexists(entry.dir):
-                break
-            time.sleep(0.001 * (attempt + 1))
+        """Remove the domain directory (gone over again while a delivery or login under way
+        writes into it: :func:`remove_inside_until_gone`; no new one can begin, as users/cdb
+        no longer routes the domain, and the admin commands wait for the domain's lock), and
+        with it its bucket's slot."""
+        remove_inside_until_gone(root, entry.dir)
         try:
             owner = self._root_owner(root)
         except FileNotFoundError:  # no domains root there: no directory, no bucket to release

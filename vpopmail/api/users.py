@@ -15,7 +15,8 @@ from vpopmail.errors import (BadChar, BadInput, CannotDeleteCatchall, CouldNotUp
                              GecosTooLong, IllegalUsername, PasswdTooLong, QuotaTooLong,
                              SubdirCreation, UserDirExists, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside
+from vpopmail.fsutil import (OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside,
+                             remove_inside_until_gone)
 from vpopmail.names import check_user
 from vpopmail.passwords import hash_many, hash_password
 from vpopmail.stores import VUser
@@ -377,8 +378,9 @@ class UsersMixin(LimitsMixin):
             if not present:
                 raise
         if user.dir:
-            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces
-            remove_inside(entry.dir, user.dir, last="Maildir")
+            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces; gone
+            # over again while a delivery that found the user just before writes into it
+            remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
