@@ -13,11 +13,13 @@ import posix
 from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import BadInput, CannotReadLimits
+from vpopmail.errors import BadInput, CannotReadLimits, LimitReached
 from vpopmail.fsutil import atomic_write, join, read_regular, remember, status
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
+#: beside the domain file: held while a domain administrator's addition is counted and made
+LOCK_FILE = DOMAIN_FILE + ".lock"
 DEFAULT_FILE = "vlimits.default"
 
 #: numeric keys and their defaults, in the order they are written
@@ -53,6 +55,12 @@ SQL_NAMES = {"quota": "diskquota", "default_quota": "defaultquota",
              "default_maxmsgcount": "defaultmaxmsgcount",
              "disable_password_changing": "disable_passwordchanging",
              "disable_external_relay": "disable_relay"}
+#: the limits on how many of a thing a domain holds, and the things as refusals name them;
+#: -1 is unlimited (qmailadmin's test: any other number is a cap)
+COUNTED = {"maxpopaccounts": "email accounts", "maxaliases": "aliases",
+           "maxforwards": "forwards", "maxautoresponders": "autoresponders",
+           "maxmailinglists": "mailing lists"}
+UNLIMITED = -1
 PERM_CREATE, PERM_MODIFY, PERM_DELETE = 1, 2, 4
 PERM_LETTERS = {"c": PERM_CREATE, "m": PERM_MODIFY, "d": PERM_DELETE,
                 "a": PERM_CREATE | PERM_MODIFY | PERM_DELETE}
@@ -96,6 +104,19 @@ class Limits:
             else:
                 raise CannotReadLimits(f"{source} line {number}: unknown key {key!r}")
         return limits
+
+    def limited(self, key: str) -> bool:
+        """Whether the counted limit ``key`` (one of :data:`COUNTED`) is set."""
+        return self.numbers[key] != UNLIMITED
+
+    def check_room(self, key: str, have: int, adding: int, domain: str) -> None:
+        """Raise LimitReached if ``adding`` more to the ``have`` that ``domain`` holds would
+        pass the counted limit ``key``: qmailadmin refuses an addition when the domain holds
+        as many as the limit (so 0, or a negative number other than -1, refuses all)."""
+        limit = self.numbers[key]
+        if limit != UNLIMITED and have + adding > limit:
+            raise LimitReached(f"{domain} has {have} {COUNTED[key]}, its limit ({key}) is "
+                               f"{limit}")
 
     def check(self, before: dict[str, int]) -> None:
         """Raise BadInput for a number changed from ``before`` that its ``limits`` column

@@ -77,7 +77,10 @@ def add_user(s: Session, t: Tokens) -> None:
     if password is None:
         raise Refusal(7, 305)
     with _failing(0, 305):
-        s.api.add_user(f"{name}@{domain}", password)
+        # a domain administrator is held to the domain's maxpopaccounts, as qmailadmin holds
+        # them (C's vpopmaild checked no limit: the limits the system administrator set for
+        # a domain were the domain administrator's to pass)
+        s.api.add_user(f"{name}@{domain}", password, limited=s.domain_admin)
     s.send(OK)
 
 
