@@ -109,3 +109,33 @@ def test_the_count_and_the_addition_are_one_step(site: Install) -> None:
     assert client.line() == f"-ERR 0.305 {full(5, 5)}"
     client.close()
     assert sorted(site.vusers(DOMAIN)) == sorted([*USERS_BUILT, "eve"])
+
+
+def test_a_domain_admin_makes_forwards_up_to_maxforwards_and_no_further(site: Install) -> None:
+    """maxforwards holds the new aliases a domain admin's add_alias makes (qmailadmin's
+    aliases and forwards are one list, held to maxforwards; maxaliases only hides its
+    menu): counted as qmailadmin counts forwards, so a blackhole (a ``#`` first line), a
+    mailing list and an autoresponder are not forwards. A line added to an alias that
+    exists adds no forward; the refusal is add_alias's own (17.907) and adds nothing."""
+    site.ok("vmoddomlimits", "-F", "2", DOMAIN)
+    ezmlm, robot = "|/usr/bin/ezmlm-reject", "|/usr/bin/autorespond"  # a line is one token
+    assert after_login(site, SA, f"add_alias junk@{DOMAIN} #", f"add_alias team@{DOMAIN} {ezmlm}",
+                       f"add_alias away@{DOMAIN} {robot}", f"add_alias away@{DOMAIN} alice@b.org"
+                       ) == ["+OK "] * 4
+    assert after_login(site, PM, f"add_alias info@{DOMAIN} alice@{DOMAIN}",
+                       f"add_alias info@{DOMAIN} bob@{DOMAIN}",
+                       f"add_alias sales@{DOMAIN} bob@{DOMAIN}") == ["+OK "] * 3
+    refusal = f"-ERR 17.907 Alias Insertion Failed: {full(2, 2, 'forwards', 'maxforwards')}"
+    before = after_login(site, SA, f"list_alias {DOMAIN}")
+    for admin in (PM, f"alice@{DOMAIN}"):
+        site.ok("vmoduser", "-a", f"alice@{DOMAIN}")
+        assert after_login(site, admin, f"add_alias hr@{DOMAIN} alice@{DOMAIN}",
+                           f"add_alias nobody@{DOMAIN} #") == [refusal] * 2
+    assert after_login(site, PM, f"add_alias sales@{DOMAIN} alice@{DOMAIN}") == ["+OK "]
+    assert sorted(after_login(site, SA, f"list_alias {DOMAIN}")) == \
+        sorted([*before, f"sales@{DOMAIN} alice@{DOMAIN}"])  # no hr@, no nobody@
+    # the system administrator is not held; a forward deleted frees its place
+    assert after_login(site, SA, f"add_alias it@{DOMAIN} bob@{DOMAIN}") == ["+OK "]
+    assert after_login(site, PM, f"delete_alias it@{DOMAIN}", f"delete_alias info@{DOMAIN}",
+                       f"add_alias hr@{DOMAIN} alice@{DOMAIN}",
+                       f"add_alias it@{DOMAIN} bob@{DOMAIN}") == ["+OK "] * 3 + [refusal]

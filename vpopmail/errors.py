@@ -233,8 +233,8 @@ class CannotServe(VpopmailError):
 
 
 class LimitReached(VpopmailError):
-    """Ours: a domain administrator's addition past a limit of the domain (maxpopaccounts),
-    refused as qmailadmin refuses it."""
+    """Ours: a domain administrator's addition past a limit of the domain (maxpopaccounts,
+    maxforwards), refused as qmailadmin refuses it."""
     code = -115
     message = "Domain limit reached"
 

@@ -16,6 +16,10 @@ from vpopmail.config import Config
 from vpopmail.errors import BadInput, CannotReadLimits, LimitReached
 from vpopmail.fsutil import atomic_write, join, read_regular, remember, status
 
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 
 DOMAIN_FILE = ".qmailadmin-limits"
 #: beside the domain file: held while a domain administrator's addition is counted and made
@@ -141,6 +145,23 @@ class Limits:
         lines = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
         lines += [key for key in SWITCHES if key in self.switches]
         return "\n".join(lines) + "\n"
+
+
+def count_forwards(pairs: "Iterable[tuple[str, str]]") -> int:
+    """How many forwards a domain's aliases (``(alias, line)`` pairs) hold, as qmailadmin
+    counts them against maxforwards: every alias but a blackhole (its first line a ``#``
+    comment), a mailing list (a line running an ezmlm program) and an autoresponder (a line
+    running autorespond or qmail-autoresponder)."""
+    first: dict[str, str] = {}
+    other: set[str] = set()
+    for alias, line in pairs:
+        first.setdefault(alias, line)
+        if line.startswith("|") and any(
+                word.rsplit("/", 1)[-1].startswith(("ezmlm-", "autorespond", "qmail-autorespond"))
+                for word in line[1:].split()):
+            other.add(alias)
+    return sum(1 for alias, line in first.items()
+               if alias not in other and not line.startswith("#"))
 
 
 def domain_file(domain_dir: str) -> str:
