@@ -13,7 +13,8 @@ import pytest
 
 from helpers import has_open, state
 from install_site import Install
-from vpopmaild_site import DOMAIN, OTHER, Client, after_login, built_sites, site  # noqa: F401
+from vpopmaild_site import (DOMAIN, OTHER, Client, after_login, built_sites, rsite,  # noqa: F401
+                            site)
 
 pytestmark = pytest.mark.both_backends
 
@@ -55,6 +56,17 @@ def test_limits_in_the_sql_limits_table_hold_too(site: Install) -> None:
     assert after_login(site, PM, f"add_user dave@{DOMAIN} pw", f"add_user eve@{DOMAIN} pw") == \
         ["+OK ", f"-ERR 0.305 {full(5, 5)}"]
     assert "eve" not in site.vusers(DOMAIN)
+
+
+def test_in_a_root_install_the_lock_is_the_domain_owners(rsite: Install) -> None:
+    """vpopmaild as tcpserver runs it (root), the domain owned by uid 89: the limits lock is
+    made as the domain's other lock files are, the owner's and 0600."""
+    rsite.ok("vmoddomlimits", "-P", "5", DOMAIN)
+    assert after_login(rsite, PM, f"add_user dave@{DOMAIN} pw", f"add_user eve@{DOMAIN} pw") == \
+        ["+OK ", f"-ERR 0.305 {full(5, 5)}"]
+    made = (rsite.domains / DOMAIN / ".qmailadmin-limits.lock").stat()
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (89, 89, 0o600)
+    assert sorted(rsite.vusers(DOMAIN)) == sorted([*USERS_BUILT, "dave"])
 
 
 def test_a_system_admin_is_not_held_to_the_limits(site: Install) -> None:
