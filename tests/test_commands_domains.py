@@ -13,8 +13,8 @@ import pytest
 
 from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
-from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
-                     refused, snapshot, state, stored_users)
+from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden,
+                     has_open, mode, refused, snapshot, state, stored_users)
 
 pytestmark = pytest.mark.both_backends
 
@@ -168,23 +168,6 @@ def test_vdeldomain_racing_vadddomain_leaves_no_half_domain(vhome: Install,
             assert assigned == [assign_line(vhome, name)]
             assert "postmaster" in stored_users(vhome, name)
             vhome.ok("vdeldomain", name)
-
-
-def has_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has ``path`` open; False once it has ended. Its descriptors
-    come and go while it runs: each is read once, and may be gone by then."""
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    wanted = os.path.realpath(path)
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == wanted:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 @pytest.mark.cdb_only("vpasswd half removed: the SQL rows go in one statement")
