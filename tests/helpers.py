@@ -122,6 +122,23 @@ def state(inst: Install) -> dict[str, tuple]:
     return snapshot(inst.domains, inst.qmaildir)
 
 
+def has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open; False once it has ended. Its descriptors
+    come and go while it runs: each is read once, and may be gone by then."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    wanted = os.path.realpath(path)
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") == wanted:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def run_as_vpopmail(inst: Install, command: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run an installed command as the install's owner (the vpopmail user in root_vhome)."""
     return inst.run(command, *args, as_user=inst.user)

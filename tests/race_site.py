@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from helpers import has_open
 from install_site import CLEAN_ENV, Install
 
 
@@ -38,23 +39,6 @@ def start_together(inst: Install, tmp_path: Path, argvs: list[list[str]]
         os.close(held)
         gate.unlink()
     return results
-
-
-def has_open(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has ``path`` open; False once it has ended. Its descriptors
-    come and go while it runs: each is read once, and may be gone by then."""
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    wanted = os.path.realpath(path)
-    for name in names:
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == wanted:
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def wait_until(proc: subprocess.Popen[str], ready: Callable[[], bool], what: str,

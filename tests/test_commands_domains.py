@@ -13,9 +13,9 @@ import pytest
 
 from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
-from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden, mode,
-                     refused, snapshot, state, stored_users)
-from race_site import has_open, resumed, start_together, stopped_at_assign_lock
+from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden,
+                     has_open, mode, refused, snapshot, state, stored_users)
+from race_site import resumed, start_together, stopped_at_assign_lock
 
 pytestmark = pytest.mark.both_backends
 

@@ -408,6 +408,17 @@ def glibc_inside(path: Path) -> bool:
     return b"GLIBC_TUNABLES" in path.read_bytes()
 
 
+def install_finding_compilers(vhome: Install, first: Path) -> subprocess.CompletedProcess[str]:
+    """packaging/install over ``vhome`` choosing its compilers itself (no --cc, no $CC) with
+    the directory ``first`` first on PATH, and no build cache."""
+    env = {k: v for k, v in os.environ.items() if k != "CC"}
+    return subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
+                           "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
+                          check=True, capture_output=True, text=True,
+                          env={**env, "PATH": f"{first}:{env['PATH']}",
+                               "PYVPOPMAIL_FRONTEND_CACHE": ""})
+
+
 def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
                                                                   tmp_path: Path) -> None:
     """musl's static start does less than glibc's (bench/RESULTS.md); where musl-gcc cannot
@@ -417,7 +428,6 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
         pytest.skip("no musl-gcc or no cc")
     for name in ("vdelivermail", "vchkpw"):
         assert not glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
-    env = {k: v for k, v in os.environ.items() if k != "CC"}
     broken = tmp_path / "broken"
     broken.mkdir()
     fake = broken / "musl-gcc"
@@ -432,11 +442,7 @@ def test_front_ends_are_built_against_musl_where_it_is_installed(vhome: Install,
              f"install: {fake} is not used: it cannot link a static program")):
         fake.write_text(script)
         fake.chmod(0o755)
-        result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
-                                 "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
-                                check=True, capture_output=True, text=True,
-                                env={**env, "PATH": f"{broken}:{env['PATH']}",
-                                     "PYVPOPMAIL_FRONTEND_CACHE": ""})
+        result = install_finding_compilers(vhome, broken)
         assert said in result.stdout
         for name in ("vdelivermail", "vchkpw"):
             assert glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)
@@ -461,12 +467,7 @@ def test_install_names_the_linker_s_reason_not_collect2_s(vhome: Install,
     wrapper.parent.mkdir()
     wrapper.write_text(f'#!/bin/sh\nexec {gcc} "$@" -specs "{libdir}/musl-gcc.specs"\n')
     wrapper.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "CC"}
-    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
-                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
-                            check=True, capture_output=True, text=True,
-                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
-                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    result = install_finding_compilers(vhome, wrapper.parent)
     for name in ("vdelivermail", "vchkpw"):
         line = next(line for line in result.stdout.splitlines()
                     if line.startswith(f"install: bin/{name} is built by"))
@@ -492,12 +493,7 @@ def test_musl_specs_are_the_last_ones_gcc_reads(vhome: Install, tmp_path: Path) 
     wrapper.parent.mkdir()
     wrapper.write_text(f'#!/bin/sh\nexec {gcc} -specs={extra} "$@" -specs "{specs}"\n')
     wrapper.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "CC"}
-    result = subprocess.run([sys.executable, str(INSTALL), "--prefix", str(vhome.prefix),
-                             "--qmaildir", str(vhome.qmaildir), "--venv", str(VENV)],
-                            check=True, capture_output=True, text=True,
-                            env={**env, "PATH": f"{wrapper.parent}:{env['PATH']}",
-                                 "PYVPOPMAIL_FRONTEND_CACHE": ""})
+    result = install_finding_compilers(vhome, wrapper.parent)
     assert "is not used" not in result.stdout and "built by" not in result.stdout, result.stdout
     for name in ("vdelivermail", "vchkpw"):
         assert not glibc_inside(vhome.bin / name) and not program_interpreter(vhome.bin / name)

@@ -120,3 +120,18 @@ def test_a_file_read_again_gives_its_current_contents_and_a_copy_of_its_own(tmp_
     changed = limits.read_file(str(path))
     assert changed is not None and changed.numbers["maxpopaccounts"] == 20
     assert changed.switches == {"disable_imap"}
+
+
+def test_forwards_are_counted_as_qmailadmin_counts_them() -> None:
+    """Every alias is a forward but a blackhole (its first line a comment), an ezmlm list and
+    an autoresponder (a line running one, wherever it is on the line); a maildir, a program
+    of another kind and several lines count once."""
+    pairs = [("info", "&alice@example.com"), ("info", "&bob@example.com"),
+             ("junk", "# delete"), ("junk", "&x@y.org"),
+             ("box", "/home/vpopmail/domains/example.com/alice/Maildir/"),
+             ("team", "|/usr/bin/ezmlm-reject '/d/team'"), ("team", "|/usr/bin/ezmlm-send '/d/t'"),
+             ("away", "&carol@other.org"), ("away", "|preline /usr/bin/autorespond 1 1 m d"),
+             ("bye", "| /usr/local/bin/qmail-autoresponder /d/BYE"),
+             ("spam", "|/usr/bin/maildrop mailfilter"), ("later", "&a@b.c"), ("later", "#")]
+    assert limits.count_forwards(pairs) == 4  # info, box, spam, later
+    assert limits.count_forwards([]) == 0

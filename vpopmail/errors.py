@@ -232,6 +232,13 @@ class CannotServe(VpopmailError):
         return self.detail or self.message
 
 
+class LimitReached(VpopmailError):
+    """Ours: a domain administrator's addition past a limit of the domain (maxpopaccounts,
+    maxforwards), refused as qmailadmin refuses it."""
+    code = -115
+    message = "Domain limit reached"
+
+
 def explain(exc: VpopmailError, program: str) -> str:
     """``exc``'s text for an operator; a permission refused to a process not running as root
     (an ordinary user, or the vpopmail user, in a root installation) says so and names the

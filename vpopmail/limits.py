@@ -13,11 +13,17 @@ import posix
 from vpopmail import flags
 from vpopmail.assign import AssignEntry
 from vpopmail.config import Config
-from vpopmail.errors import BadInput, CannotReadLimits
+from vpopmail.errors import BadInput, CannotReadLimits, LimitReached
 from vpopmail.fsutil import atomic_write, join, read_regular, remember, status
+
+TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
+#: beside the domain file: held while a domain administrator's addition is counted and made
+LOCK_FILE = DOMAIN_FILE + ".lock"
 DEFAULT_FILE = "vlimits.default"
 
 #: numeric keys and their defaults, in the order they are written
@@ -53,6 +59,12 @@ SQL_NAMES = {"quota": "diskquota", "default_quota": "defaultquota",
              "default_maxmsgcount": "defaultmaxmsgcount",
              "disable_password_changing": "disable_passwordchanging",
              "disable_external_relay": "disable_relay"}
+#: the limits on how many of a thing a domain holds, and the things as refusals name them;
+#: -1 is unlimited (qmailadmin's test: any other number is a cap)
+COUNTED = {"maxpopaccounts": "email accounts", "maxaliases": "aliases",
+           "maxforwards": "forwards", "maxautoresponders": "autoresponders",
+           "maxmailinglists": "mailing lists"}
+UNLIMITED = -1
 PERM_CREATE, PERM_MODIFY, PERM_DELETE = 1, 2, 4
 PERM_LETTERS = {"c": PERM_CREATE, "m": PERM_MODIFY, "d": PERM_DELETE,
                 "a": PERM_CREATE | PERM_MODIFY | PERM_DELETE}
@@ -97,6 +109,19 @@ class Limits:
                 raise CannotReadLimits(f"{source} line {number}: unknown key {key!r}")
         return limits
 
+    def limited(self, key: str) -> bool:
+        """Whether the counted limit ``key`` (one of :data:`COUNTED`) is set."""
+        return self.numbers[key] != UNLIMITED
+
+    def check_room(self, key: str, have: int, adding: int, domain: str) -> None:
+        """Raise LimitReached if ``adding`` more to the ``have`` that ``domain`` holds would
+        pass the counted limit ``key``: qmailadmin refuses an addition when the domain holds
+        as many as the limit (so 0, or a negative number other than -1, refuses all)."""
+        limit = self.numbers[key]
+        if limit != UNLIMITED and have + adding > limit:
+            raise LimitReached(f"{domain} has {have} {COUNTED[key]}, its limit ({key}) is "
+                               f"{limit}")
+
     def check(self, before: dict[str, int]) -> None:
         """Raise BadInput for a number changed from ``before`` that its ``limits`` column
         cannot hold; values already stored are left to their reader."""
@@ -120,6 +145,23 @@ class Limits:
         lines = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
         lines += [key for key in SWITCHES if key in self.switches]
         return "\n".join(lines) + "\n"
+
+
+def count_forwards(pairs: "Iterable[tuple[str, str]]") -> int:
+    """How many forwards a domain's aliases (``(alias, line)`` pairs) hold, as qmailadmin
+    counts them against maxforwards: every alias but a blackhole (its first line a ``#``
+    comment), a mailing list (a line running an ezmlm program) and an autoresponder (a line
+    running autorespond or qmail-autoresponder)."""
+    first: dict[str, str] = {}
+    other: set[str] = set()
+    for alias, line in pairs:
+        first.setdefault(alias, line)
+        if line.startswith("|") and any(
+                word.rsplit("/", 1)[-1].startswith(("ezmlm-", "autorespond", "qmail-autorespond"))
+                for word in line[1:].split()):
+            other.add(alias)
+    return sum(1 for alias, line in first.items()
+               if alias not in other and not line.startswith("#"))
 
 
 def domain_file(domain_dir: str) -> str:

@@ -1,12 +1,14 @@
-"""Aliases (``alias@domain``): naming one; the store itself is ``Stores.aliases``."""
+"""Aliases (``alias@domain``): naming one, adding a line held to the domain's limits; the
+store itself is ``Stores.aliases``."""
 from __future__ import annotations
 
-from vpopmail.api.base import ApiBase
+from vpopmail import limits
+from vpopmail.api.limits import LimitsMixin
 from vpopmail.assign import AssignEntry
 
 
-class AliasesMixin(ApiBase):
-    """Resolving an alias address."""
+class AliasesMixin(LimitsMixin):
+    """Resolving an alias address, and adding to an alias."""
 
     def resolve_alias(self, address: str) -> tuple[str, AssignEntry]:
         """(alias, domain entry) of ``alias@domain``; a bare alias uses the default domain."""
@@ -17,11 +19,24 @@ class AliasesMixin(ApiBase):
 
     # the changes: under the domain's lock, as every change of a domain (see DomainLock)
 
-    def add_alias_line(self, entry: AssignEntry, alias: str, address: str, line: str) -> str:
+    def add_alias_line(self, entry: AssignEntry, alias: str, address: str, line: str,
+                       limited: bool = False) -> str:
         """Add ``line`` to ``alias`` of ``entry``'s domain (``address``: as the caller wrote it,
-        for messages); what the store returns."""
-        with self.domain_lock(entry):
-            return self.stores.aliases.add_line(entry, alias, address, line)
+        for messages); what the store returns. ``limited``: a domain administrator's, and a
+        new alias is refused (LimitReached) past the domain's maxforwards, counted as
+        qmailadmin counts forwards (:func:`vpopmail.limits.count_forwards`); a line added to an
+        alias that exists adds no forward (:meth:`within_limit`)."""
+        store = self.stores.aliases
+
+        def add() -> str:
+            return store.add_line(entry, alias, address, line)
+
+        if not limited:
+            with self.domain_lock(entry):
+                return add()
+        return self.within_limit(entry, "maxforwards",
+                                 lambda: limits.count_forwards(store.all(entry)),
+                                 lambda: int(store.lines(entry, alias) is None), add)
 
     def remove_alias_line(self, entry: AssignEntry, alias: str, address: str, line: str
                           ) -> bool:

@@ -15,6 +15,9 @@ from vpopmail.stores import VUser
 TYPE_CHECKING = False  # the typing idiom without importing collections (start-up)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 
 #: C's MAX_PW_QUOTA: the longest quota a user record holds (the users table's pw_shell)
@@ -93,6 +96,28 @@ class LimitsMixin(ApiBase):
             if checked(current):
                 limits.write(path, current, *owner)
         return current
+
+    def within_limit(self, entry: AssignEntry, key: str, count: Callable[[], int],
+                     adding: Callable[[], int], change: Callable[[], T]) -> T:
+        """``change()``, a domain administrator's addition to the domain, if it keeps the
+        domain within its counted limit ``key`` (qmailadmin's test,
+        :meth:`~vpopmail.limits.Limits.check_room`); else LimitReached and nothing changes.
+        ``adding()`` says how many things the change adds (0: none, nothing to check),
+        ``count()`` how many the domain holds; both are asked and the change is made under
+        the domain's ``.qmailadmin-limits.lock`` and then its lock (:meth:`domain_lock`, in
+        that order: only here is the first taken), so two additions at once cannot both take
+        the last place. While ``key`` is unlimited (-1) nothing is counted and only the
+        domain's lock is taken.
+        """
+        if not self.domain_limits(entry).limited(key):
+            with self.domain_lock(entry):
+                return change()
+        with FileLock(os.path.join(entry.dir, limits.LOCK_FILE), self.timeout, entry.uid,
+                      entry.gid), self.domain_lock(entry):
+            wanted = adding()
+            if wanted:
+                self.domain_limits(entry).check_room(key, count(), wanted, entry.real_domain)
+            return change()
 
     def delete_domain_limits(self, entry: AssignEntry) -> None:
         """Drop the domain's own limits (its row, or its limits file): the defaults apply."""

@@ -114,11 +114,12 @@ class UsersMixin(LimitsMixin):
             raise BadInput(f"{quota!r} is larger than a quota can be ({LLONG_MAX - 1} at most)")
         return text
 
-    def add_user(self, address: str, password: str | None = None, index: bool = True,
-                 **options: str | None) -> VUser:
-        """Add one user; ``options``: encrypted, gecos, quota."""
+    def add_user(self, address: str, password: str | None = None, index: bool = True, *,
+                 limited: bool = False, **options: str | None) -> VUser:
+        """Add one user; ``options``: encrypted, gecos, quota; ``limited``: as
+        :meth:`add_users`."""
         name, entry = self.resolve(address)
-        return self.add_users(entry, [NewUser(name, password, **options)], index)[0]
+        return self.add_users(entry, [NewUser(name, password, **options)], index, limited)[0]
 
     def rebuild_index(self, domain: str) -> None:
         """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
@@ -144,20 +145,31 @@ class UsersMixin(LimitsMixin):
             if spec.encrypted is None and spec.password:
                 _check_text(spec.password, PasswdTooLong, MAX_PASSWD)
 
-    def add_users(self, entry: AssignEntry, specs: list[NewUser], index: bool = True) -> list[VUser]:
+    def add_users(self, entry: AssignEntry, specs: list[NewUser], index: bool = True,
+                  limited: bool = False) -> list[VUser]:
         """Add many users to one domain with one database write: cost grows linearly.
         ``index=False`` leaves vpasswd.cdb to a later :meth:`rebuild_index` (vadduser -O).
+        ``limited``: a domain administrator's addition, refused (LimitReached) past the
+        domain's maxpopaccounts, which counts every user of the domain (:meth:`within_limit`).
 
         All records are checked first; directories are made next; the database write comes
         last, and if it fails the directories made are removed again.
         """
         self.check_new_users(entry, specs)  # before the hashing, which may take long
         crypted = self._hash_new(specs)
-        with self.domain_lock(entry):
+
+        def add() -> list[VUser]:
             self.check_new_users(entry, specs)
             records = [self._user_record(entry, spec, hashed)
                        for spec, hashed in zip(specs, crypted)]
             return self._store_new_users(entry, records, records, index)
+
+        if not limited:
+            with self.domain_lock(entry):
+                return add()
+        return self.within_limit(entry, "maxpopaccounts",
+                                 lambda: len(self.backend.list_users(entry)),
+                                 lambda: len(specs), add)
 
     def import_users(self, entry: AssignEntry, users: list[VUser], index: bool = True
                      ) -> list[VUser]:

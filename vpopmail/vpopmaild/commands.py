@@ -77,7 +77,10 @@ def add_user(s: Session, t: Tokens) -> None:
     if password is None:
         raise Refusal(7, 305)
     with _failing(0, 305):
-        s.api.add_user(f"{name}@{domain}", password)
+        # a domain administrator is held to the domain's maxpopaccounts, as qmailadmin holds
+        # them (C's vpopmaild checked no limit: the limits the system administrator set for
+        # a domain were the domain administrator's to pass)
+        s.api.add_user(f"{name}@{domain}", password, limited=s.domain_admin)
     s.send(OK)
 
 
@@ -467,7 +470,9 @@ def add_alias(s: Session, t: Tokens) -> None:
         _domain_admin_line(s, line)
     with _failing(17, 907):
         alias, entry = s.api.resolve_alias(address)
-        s.api.add_alias_line(entry, alias, address, line)
+        # a domain administrator's new alias is held to the domain's maxforwards, as in
+        # qmailadmin (C's vpopmaild checked no limit)
+        s.api.add_alias_line(entry, alias, address, line, limited=s.domain_admin)
     s.send(OK)
 
 
