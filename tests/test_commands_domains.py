@@ -15,6 +15,7 @@ from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden,
                      has_open, mode, refused, snapshot, state, stored_users)
+from race_site import resumed, start_together, stopped_at_assign_lock
 
 pytestmark = pytest.mark.both_backends
 
@@ -86,31 +87,6 @@ def test_vadddomain_duplicate(vhome: Install) -> None:
     assert result.stdout == "Error: Domain already exists\n"
     refused(vhome, "vadddomain", DOMAIN.upper(), "other", code=243)
 
-
-
-def start_together(inst: Install, tmp_path: Path, argvs: list[list[str]]
-                   ) -> list[subprocess.CompletedProcess[str]]:
-    """Run the installed commands ``argvs`` at one moment: each waits in a shell for a line
-    of a FIFO, written once all are started, then execs its command; their results in
-    order."""
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    held = os.open(gate, os.O_RDWR)  # a writer from the start: no reader waits for one
-    try:
-        procs = [subprocess.Popen(["/bin/sh", "-c", 'read x < "$0"; exec "$@"', str(gate),
-                                   str(inst.bin / argv[0]), *argv[1:]],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=CLEAN_ENV, cwd="/")
-                 for argv in argvs]
-        os.write(held, b"go\n" * len(procs))
-        results = []
-        for argv, proc in zip(argvs, procs):
-            out, err = proc.communicate(timeout=120)
-            results.append(subprocess.CompletedProcess(argv, proc.returncode, out, err))
-    finally:
-        os.close(held)
-        gate.unlink()
-    return results
 
 
 def test_vadddomain_of_one_name_at_once_makes_it_once(vhome: Install, tmp_path: Path) -> None:
@@ -204,44 +180,6 @@ def test_vadddomain_waits_for_a_vdeldomain_of_the_name_before_looking_at_it(
         os.close(fd)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (243, "Error: Domain already exists\n", "")
-
-
-def stopped_at_assign_lock(inst: Install, argv: list[str]) -> subprocess.Popen[str]:
-    """Start the installed command ``argv`` while users/assign's lock is held here, and stop
-    it (SIGSTOP) once it has opened the lock file: whatever it checked before asking for the
-    lock is checked; it holds no lock while stopped (it polls with LOCK_NB)."""
-    import fcntl
-    import signal
-    import time
-
-    lock_path = inst.qmaildir / "users" / "assign.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        proc = subprocess.Popen([str(inst.bin / argv[0]), *argv[1:]], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=CLEAN_ENV, cwd="/")
-        deadline = time.monotonic() + 30
-        while True:
-            if has_open(proc.pid, lock_path) or proc.poll() is not None:
-                break
-            assert time.monotonic() < deadline, "the command never asked for the lock"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGSTOP)
-        while proc.poll() is None and open(f"/proc/{proc.pid}/stat").read().split(") ")[1][0] \
-                != "T":
-            time.sleep(0.005)
-    finally:
-        os.close(fd)  # the lock goes with it
-    return proc
-
-
-def resumed(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
-    import signal
-
-    os.kill(proc.pid, signal.SIGCONT)
-    out, err = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("force", [False, True])

@@ -14,7 +14,7 @@ import posix
 import stat
 import time
 
-from vpopmail.errors import CouldNotUpdateFile, LockTimeout
+from vpopmail.errors import CouldNotUpdateFile, LockTimeout, OutsideDomain
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
@@ -333,6 +333,28 @@ def remove_inside(base: str, path: str, last: str = "") -> bool:
     finally:
         posix.close(fd)
     return True
+
+
+#: how many times :func:`remove_inside_until_gone` goes over a tree that is still there
+REMOVAL_PASSES = 20
+
+
+def remove_inside_until_gone(base: str, path: str, last: str = "") -> None:
+    """:func:`remove_inside`, gone over again while ``path`` is still there (up to
+    REMOVAL_PASSES times): a delivery or login that found a user just before its removal may
+    still write a file (a message, maildirsize, lastauth) into a directory the removal had
+    already emptied, which would keep that directory and all above it. No new writer can
+    begin meanwhile (the callers removed the user or domain from its store first); what will
+    not go for another reason stays, as with :func:`remove_inside`."""
+    for attempt in range(REMOVAL_PASSES):
+        try:
+            if not remove_inside(base, path, last) or not exists(path):
+                return
+        except OutsideDomain:
+            if not attempt:
+                raise
+            return  # swapped for a link since the first pass: nothing more there is ours
+        time.sleep(0.001 * (attempt + 1))
 
 
 def remove_tree_at(dir_fd: int, name: str, ignore_errors: bool = True, last: str = "") -> None:

@@ -238,8 +238,10 @@ class Bulletin:
         return planned
 
     def send(self, entry: AssignEntry, users: list[VUser], report: Report) -> None:
-        """Send to every user of one domain, as its owner."""
-        with as_owner(entry):
+        """Send to every user of one domain, as its owner, under the domain's lock (a
+        vdeldomain meanwhile is waited for, and the domain then found gone: DomainDoesNotExist,
+        nothing sent, rather than copies written into a directory being removed)."""
+        with self.api.domain_lock(entry), as_owner(entry):
             try:
                 for user in users:
                     address = f"{user.name}@{entry.real_domain}"

@@ -11,7 +11,7 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
                              DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
                              UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
-                             remove_inside)
+                             remove_inside_until_gone)
 from vpopmail.names import check_domain
 
 #: a hashed bucket of a domains root: the root's owner's (never a domain owner's, who could
@@ -179,12 +179,13 @@ class DomainsMixin(UsersMixin):
         vadddomain -e; a user name must name a user of the domain, whose directory it becomes."""
         entry = self.get_domain(domain)
         action = catchall.check(action, self.config.users_hashed_dirs)
-        if catchall.is_name(action):
-            user = self.backend.get_user(entry, action)
-            if user is None:
-                raise UserDoesNotExist(f"{action}@{entry.real_domain}")
-            action = user.dir or catchall.target(action, entry.dir)
-        self.write_dot_qmail_default(entry, action)
+        with self.domain_lock(entry):
+            if catchall.is_name(action):
+                user = self.backend.get_user(entry, action)
+                if user is None:
+                    raise UserDoesNotExist(f"{action}@{entry.real_domain}")
+                action = user.dir or catchall.target(action, entry.dir)
+            self.write_dot_qmail_default(entry, action)
 
     @staticmethod
     def _root_owner(root: str) -> tuple[int, int]:
@@ -194,7 +195,11 @@ class DomainsMixin(UsersMixin):
         return st.st_uid, st.st_gid
 
     def _remove_domain_dir(self, entry: AssignEntry, root: str, bucket: str) -> None:
-        remove_inside(root, entry.dir)
+        """Remove the domain directory (gone over again while a delivery or login under way
+        writes into it: :func:`remove_inside_until_gone`; no new one can begin, as users/cdb
+        no longer routes the domain, and the admin commands wait for the domain's lock), and
+        with it its bucket's slot."""
+        remove_inside_until_gone(root, entry.dir)
         try:
             owner = self._root_owner(root)
         except FileNotFoundError:  # no domains root there: no directory, no bucket to release
@@ -256,11 +261,12 @@ class DomainsMixin(UsersMixin):
                 raise DomainDoesNotExist(domain)
             st = os.stat(directory)
             entry = AssignEntry(name, name, st.st_uid, st.st_gid, directory)
-            ipmap.forget_domains(self.config, {name})
-            self.qmail.remove_domain(name, missing_ok=True)
-            self.backend.delete_domain(entry)
-            root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
-            self._remove_domain_dir(entry, root, bucket)
+            with self._dir_lock(entry.dir, entry.uid, entry.gid):  # users/cdb has it not
+                ipmap.forget_domains(self.config, {name})
+                self.qmail.remove_domain(name, missing_ok=True)
+                self.backend.delete_domain(entry)
+                root, bucket = dircontrol.split_bucket(os.path.dirname(directory))
+                self._remove_domain_dir(entry, root, bucket)
             return []
         if entry.is_alias:
             ipmap.forget_domains(self.config, {entry.domain})
@@ -271,13 +277,16 @@ class DomainsMixin(UsersMixin):
             raise AliasDomainsExist(", ".join(aliases))
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
         is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
-        # first: a map the caller may not write (root's) stops it before anything is gone
-        ipmap.forget_domains(self.config, {entry.domain, *aliases})
-        for alias in aliases:
-            self.qmail.remove_domain(alias)
-        self.qmail.remove_domain(entry.domain, missing_ok=True)
-        self.backend.delete_domain(entry)
-        self._remove_domain_dir(entry, root, bucket)
+        # the domain's lock until its directory is gone: a change of its users, aliases or
+        # limits waits, and then finds it gone, instead of writing into it half removed
+        with self.domain_lock(entry):
+            # first: a map the caller may not write (root's) stops it before anything is gone
+            ipmap.forget_domains(self.config, {entry.domain, *aliases})
+            for alias in aliases:
+                self.qmail.remove_domain(alias)
+            self.qmail.remove_domain(entry.domain, missing_ok=True)
+            self.backend.delete_domain(entry)
+            self._remove_domain_dir(entry, root, bucket)
         return aliases
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:

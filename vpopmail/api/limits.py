@@ -6,7 +6,7 @@ import os
 
 from maildir.quota import NOQUOTA
 from vpopmail import flags, limits
-from vpopmail.api.base import ApiBase
+from vpopmail.api.base import ApiBase, DomainLock
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import QuotaTooLong
 from vpopmail.fsutil import FileLock
@@ -79,8 +79,10 @@ class LimitsMixin(ApiBase):
                 result.append(current)
                 return current.sql_row() if checked(current) else None
 
-            table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
+            with self.domain_lock(entry):  # vdeldomain deletes the row under it
+                table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
+        lock: FileLock | DomainLock
         if entry is None:  # the vpopmail user's, as packaging/install makes it: vchkpw
             # working as that user reads it at every login of a domain without its own limits
             path, owner = limits.default_file(self.config.home), (self.config.uid,
@@ -88,7 +90,7 @@ class LimitsMixin(ApiBase):
             lock = FileLock(path + ".lock", self.timeout, *owner)
         else:
             path, owner = limits.domain_file(entry.dir), (entry.uid, entry.gid)
-            lock = self._dir_lock(entry.dir, entry.uid, entry.gid)
+            lock = self.domain_lock(entry)
         with lock:
             current = self.stored_limits(entry)
             if checked(current):
@@ -102,13 +104,16 @@ class LimitsMixin(ApiBase):
         :meth:`~vpopmail.limits.Limits.check_room`); else LimitReached and nothing changes.
         ``adding()`` says how many things the change adds (0: none, nothing to check),
         ``count()`` how many the domain holds; both are asked and the change is made under
-        the domain's ``.qmailadmin-limits.lock``, so two additions at once cannot both take
-        the last place. While ``key`` is unlimited (-1) no lock is taken and nothing counted.
+        the domain's ``.qmailadmin-limits.lock`` and then its lock (:meth:`domain_lock`, in
+        that order: only here is the first taken), so two additions at once cannot both take
+        the last place. While ``key`` is unlimited (-1) nothing is counted and only the
+        domain's lock is taken.
         """
         if not self.domain_limits(entry).limited(key):
-            return change()
+            with self.domain_lock(entry):
+                return change()
         with FileLock(os.path.join(entry.dir, limits.LOCK_FILE), self.timeout, entry.uid,
-                      entry.gid):
+                      entry.gid), self.domain_lock(entry):
             wanted = adding()
             if wanted:
                 self.domain_limits(entry).check_room(key, count(), wanted, entry.real_domain)
@@ -117,13 +122,14 @@ class LimitsMixin(ApiBase):
     def delete_domain_limits(self, entry: AssignEntry) -> None:
         """Drop the domain's own limits (its row, or its limits file): the defaults apply."""
         table = self.stores.limits_table
-        if table is not None:
-            table.delete_limits(entry.real_domain)
-            return
-        try:
-            os.unlink(limits.domain_file(entry.dir))
-        except FileNotFoundError:
-            pass
+        with self.domain_lock(entry):
+            if table is not None:
+                table.delete_limits(entry.real_domain)
+                return
+            try:
+                os.unlink(limits.domain_file(entry.dir))
+            except FileNotFoundError:
+                pass
 
     def effective_flags(self, user: VUser, entry: AssignEntry) -> int:
         """The user's flags with the domain limits ORed in (unless V_OVERRIDE), as vchkpw sees."""

@@ -15,7 +15,8 @@ from vpopmail.errors import (BadChar, BadInput, CannotDeleteCatchall, CouldNotUp
                              GecosTooLong, IllegalUsername, PasswdTooLong, QuotaTooLong,
                              SubdirCreation, UserDirExists, UserDoesNotExist, UsernameExists,
                              VpopmailError)
-from vpopmail.fsutil import OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside
+from vpopmail.fsutil import (OwnerIds, is_dir_inside, list_inside, make_dir_inside, remove_inside,
+                             remove_inside_until_gone)
 from vpopmail.names import check_user
 from vpopmail.passwords import hash_many, hash_password
 from vpopmail.stores import VUser
@@ -122,7 +123,9 @@ class UsersMixin(LimitsMixin):
 
     def rebuild_index(self, domain: str) -> None:
         """Rebuild the backend's lookup index of a domain (vmkpasswd)."""
-        self.backend.rebuild_index(self.get_domain(domain))
+        entry = self.get_domain(domain)
+        with self.domain_lock(entry):
+            self.backend.rebuild_index(entry)
 
     def check_new_users(self, entry: AssignEntry, specs: list[NewUser], aliases: bool = True
                         ) -> None:
@@ -152,14 +155,18 @@ class UsersMixin(LimitsMixin):
         All records are checked first; directories are made next; the database write comes
         last, and if it fails the directories made are removed again.
         """
+        self.check_new_users(entry, specs)  # before the hashing, which may take long
+        crypted = self._hash_new(specs)
+
         def add() -> list[VUser]:
             self.check_new_users(entry, specs)
-            records = [self._user_record(entry, spec, crypted)
-                       for spec, crypted in zip(specs, self._hash_new(specs))]
+            records = [self._user_record(entry, spec, hashed)
+                       for spec, hashed in zip(specs, crypted)]
             return self._store_new_users(entry, records, records, index)
 
         if not limited:
-            return add()
+            with self.domain_lock(entry):
+                return add()
         return self.within_limit(entry, "maxpopaccounts",
                                  lambda: len(self.backend.list_users(entry)),
                                  lambda: len(specs), add)
@@ -171,10 +178,13 @@ class UsersMixin(LimitsMixin):
         ``<domain dir>[/<bucket>]/<name>`` (a vpasswd being restored); any other gets a new
         one, made as :meth:`add_users` makes it. All is checked first; one database write."""
         records = [self.imported_record(user) for user in users]
-        # records as they are: a user and an alias of one name, as a C site may hold, stay so
-        self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records], aliases=False)
-        fresh = [r for r in records if not self._own_user_dir(entry, r)]
-        return self._store_new_users(entry, records, fresh, index)
+        with self.domain_lock(entry):
+            # records as they are: a user and an alias of one name, as a C site may hold,
+            # stay so
+            self.check_new_users(entry, [NewUser(r.name, gecos="") for r in records],
+                                 aliases=False)
+            fresh = [r for r in records if not self._own_user_dir(entry, r)]
+            return self._store_new_users(entry, records, fresh, index)
 
     def _store_new_users(self, entry: AssignEntry, records: list[VUser], fresh: list[VUser],
                          index: bool) -> list[VUser]:
@@ -262,30 +272,39 @@ class UsersMixin(LimitsMixin):
     def make_missing_user_dir(self, entry: AssignEntry, user: VUser) -> VUser:
         """Give a user whose record has no directory (an imported or hand-made record) one,
         as vadduser would have, and store it (vdelivermail does this on first delivery)."""
-        with self._dir_lock(entry.dir, entry.uid, entry.gid):
+        with self.domain_lock(entry):
             bucket = dircontrol.allocate(entry.dir, self.config.users_hashed_dirs,
                                          entry.uid, entry.gid)[0]
-        user = user.copy()
-        user.dir = os.path.join(entry.dir, bucket, user.name)
-        self._make_user_dir(user, entry)
-        directory = user.dir
-        stored = self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
-        self._record_creation(entry, [stored])
-        return stored
+            user = user.copy()
+            user.dir = os.path.join(entry.dir, bucket, user.name)
+            self._make_user_dir(user, entry)
+            directory = user.dir
+            stored = self.modify_users(entry, [user.name], lambda u: u.copy(dir=directory))[0]
+            self._record_creation(entry, [stored])
+            return stored
 
     def ensure_home(self, entry: AssignEntry, user: VUser) -> VUser:
         """``user`` with a directory and a complete Maildir, re-making what is missing (C
-        vpopmail deferred mail forever, and failed logins, for a lost Maildir)."""
-        if not user.dir:
-            user = self.make_missing_user_dir(entry, user)
-        maildir = os.path.join(user.dir, "Maildir")
-        if not is_maildir(maildir):
-            try:
-                os.makedirs(user.dir, 0o700, exist_ok=True)
-                make_maildir(maildir)
-            except OSError as exc:
-                raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
-        return user
+        vpopmail deferred mail forever, and failed logins, for a lost Maildir).
+
+        Under the domain's lock, with the user read again there: a delivery or login that
+        found the user before a vdeldomain or vdeluser removed it makes nothing (its
+        directory would outlive it), DomainDoesNotExist or UserDoesNotExist instead."""
+        with self.domain_lock(entry):
+            current = self.backend.get_user(entry, user.name)
+            if current is None:
+                raise UserDoesNotExist(f"{user.name}@{entry.real_domain}")
+            user = current
+            if not user.dir:
+                user = self.make_missing_user_dir(entry, user)
+            maildir = os.path.join(user.dir, "Maildir")
+            if not is_maildir(maildir):
+                try:
+                    os.makedirs(user.dir, 0o700, exist_ok=True)
+                    make_maildir(maildir)
+                except OSError as exc:
+                    raise SubdirCreation(f"{maildir}: {exc.strerror}") from None
+            return user
 
     def _make_user_dir(self, user: VUser, entry: AssignEntry) -> None:
         """Make a new user's directory inside the domain directory, reached through real
@@ -347,6 +366,11 @@ class UsersMixin(LimitsMixin):
     def delete_user(self, address: str) -> VUser:
         """Delete a user, its directory and its mail. The domain's catch-all target is kept."""
         name, entry = self.resolve(address)
+        with self.domain_lock(entry):
+            return self._delete_user(name, entry)
+
+    def _delete_user(self, name: str, entry: AssignEntry) -> VUser:
+        """:meth:`delete_user` under the domain's lock."""
         user = self.backend.get_user(entry, name)
         if user is None and self._index_lags(entry, name):
             user = self.backend.get_user(entry, name)
@@ -366,8 +390,9 @@ class UsersMixin(LimitsMixin):
             if not present:
                 raise
         if user.dir:
-            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces
-            remove_inside(entry.dir, user.dir, last="Maildir")
+            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces; gone
+            # over again while a delivery that found the user just before writes into it
+            remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
@@ -387,7 +412,8 @@ class UsersMixin(LimitsMixin):
         records. With the cdb backend this happens under its lock, so concurrent commands that
         change different fields of one user (vpasswd, vmoduser -q) never undo each other;
         ``change`` must be quick (hash passwords before)."""
-        return self.backend.modify_users(entry, names, change, index)
+        with self.domain_lock(entry):
+            return self.backend.modify_users(entry, names, change, index)
 
     def set_password(self, address: str, password: str, encrypted: bool = False,
                      honour_flag: bool = False) -> VUser:
@@ -422,9 +448,11 @@ class UsersMixin(LimitsMixin):
         else:
             user, entry = self.get_user(address_or_domain)
             users = [user]
-        changed = self.modify_users(entry, [u.name for u in users], lambda u: u.copy(quota=text))
-        for user in changed:
-            self.update_maildirsize(user, entry)
+        with self.domain_lock(entry):
+            changed = self.modify_users(entry, [u.name for u in users],
+                                        lambda u: u.copy(quota=text))
+            for user in changed:
+                self.update_maildirsize(user, entry)
         return changed
 
     def update_maildirsize(self, user: VUser, entry: AssignEntry) -> None:
@@ -432,7 +460,7 @@ class UsersMixin(LimitsMixin):
         with the domain owner's ids: the Maildir is the owner's, and a symlink it planted
         there must not let a root admin command write elsewhere."""
         maildir = os.path.join(user.dir, "Maildir")
-        with OwnerIds(entry.uid, entry.gid):
+        with self.domain_lock(entry), OwnerIds(entry.uid, entry.gid):
             try:
                 try:
                     os.unlink(os.path.join(maildir, "maildirsize"))

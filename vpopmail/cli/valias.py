@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 print(f"{target} -> {text}")
             return 0
         if action == "i":
-            aliases.add_line(entry, alias, target, line)
+            api.add_alias_line(entry, alias, target, line)
         elif action == "r":
-            aliases.remove_line(entry, alias, target, line)
+            api.remove_alias_line(entry, alias, target, line)
         else:
-            aliases.delete(entry, alias, target)
+            api.delete_alias(entry, alias, target)
         return 0
 
     return run(body, USAGE)

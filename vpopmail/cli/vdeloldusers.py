@@ -16,7 +16,7 @@ import time
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
-from vpopmail.errors import UserDoesNotExist, VpopmailError
+from vpopmail.errors import DomainDoesNotExist, UserDoesNotExist, VpopmailError
 from vpopmail.stores import VUser
 
 USAGE = """\
@@ -47,12 +47,22 @@ def clock_doubtful(api: Vpopmail, cutoff: float) -> bool:
     login)."""
     recorded = False
     for entry in real_domains(api):
-        for user in api.backend.list_users(entry):
+        for user in users_of(api, entry):
             when = (api.backend.last_login(entry, user) or (0.0, ""))[0]
             if when >= cutoff:
                 return False
             recorded = recorded or bool(when)
     return recorded
+
+
+def users_of(api: Vpopmail, entry: AssignEntry) -> list[VUser]:
+    """The users of a domain, read under its lock (never half removed); none once a
+    vdeldomain removed it since the run began: its users went with it."""
+    try:
+        with api.domain_lock(entry):
+            return api.backend.list_users(entry)
+    except DomainDoesNotExist:
+        return []
 
 
 def real_domains(api: Vpopmail) -> list[AssignEntry]:
@@ -79,7 +89,7 @@ class Run:
 
     def domain(self, entry: AssignEntry) -> None:
         domain = entry.real_domain
-        for user in self.api.backend.list_users(entry):
+        for user in users_of(self.api, entry):
             if user.name == "postmaster":
                 if self.verbose:
                     print(f"skipping postmaster@{domain}")
@@ -98,8 +108,8 @@ class Run:
             return
         try:
             self.api.delete_user(f"{user.name}@{entry.real_domain}")
-        except UserDoesNotExist:
-            pass  # deleted meanwhile by someone else
+        except (UserDoesNotExist, DomainDoesNotExist):
+            pass  # deleted meanwhile by someone else (with its domain)
         except VpopmailError as exc:
             error(str(exc))
             self.status = exc.status

@@ -98,12 +98,13 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         # hashes are made first; the flags are ORed into the record as stored at write time,
         # under the backend's lock, so a concurrent vpasswd or vmoduser is not undone
         changes = {user.name: field_changes(api, user, settings) for user, _ in targets}
-        users = api.modify_users(entry, list(changes), lambda u: u.copy(
-            flags=(0 if "x" in settings else u.flags) | set_flags, **changes[u.name]),
-            "n" not in settings)
-        if "q" in settings:
-            for user in users:
-                api.update_maildirsize(user, entry)
+        with api.domain_lock(entry):
+            users = api.modify_users(entry, list(changes), lambda u: u.copy(
+                flags=(0 if "x" in settings else u.flags) | set_flags, **changes[u.name]),
+                "n" not in settings)
+            if "q" in settings:
+                for user in users:
+                    api.update_maildirsize(user, entry)
         return 0
 
     return run(body, USAGE)

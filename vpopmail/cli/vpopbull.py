@@ -5,7 +5,8 @@ import sys
 
 from vpopmail.api.bulletin import (COPY, DELIVERED, FAILED, HARD_LINK, LISTED, OVER_QUOTA, SYMLINK,
                                Bulletin, Message, Progress, read_exclude, select_domains)
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
+from vpopmail.errors import DomainDoesNotExist, explain
 
 USAGE = """\
 usage: vpopbull [options] [virtual_domain] [...]
@@ -89,10 +90,18 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             if progress:
                 progress.step(label)
 
+        removed = False
         for entry, users in planned:
             label = entry.real_domain
             before = dict(bulletin.summary.counts)
-            bulletin.send(entry, users, report)
+            try:
+                bulletin.send(entry, users, report)
+            except DomainDoesNotExist as exc:  # a vdeldomain since the run began: the
+                if progress:  # other domains still get the bulletin
+                    progress.clear()
+                error(explain(exc, "vpopbull"))
+                removed = True
+                continue
             if verbose:
                 done = {k: v - before[k] for k, v in bulletin.summary.counts.items()}
                 if progress:
@@ -105,6 +114,6 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             progress.finish(label)
         if message is not None:
             message.close()
-        return 1 if bulletin.summary.failures else 0
+        return 1 if bulletin.summary.failures or removed else 0
 
     return run(body, USAGE)

@@ -701,13 +701,18 @@ class MySQLDatabase(UserDatabase):
         DROP TABLE cannot be part of a transaction). Tables that do not exist have no rows."""
         real = domain.real_domain
         table = self.users_table(domain)
+        where, params = self._where(domain)
 
         def work(conn: Connection) -> None:
-            if self.many_domains:
-                conn.query(f"DELETE FROM `{table}` WHERE pw_domain = %s", [real])
-            for kind in ("lastauth", "valias", "dir_control", "limits"):
+            # the users first, a per-domain table's too (dropped after): a login's lastauth
+            # row, written only while its user's row is there (record_login), then waits for
+            # this transaction and finds the user gone
+            statements = [(f"DELETE FROM `{table}` WHERE {where}", params)]
+            statements += [(f"DELETE FROM `{kind}` WHERE domain = %s", [real])
+                           for kind in ("lastauth", "valias", "dir_control", "limits")]
+            for statement, values in statements:
                 try:
-                    conn.query(f"DELETE FROM `{kind}` WHERE domain = %s", [real])
+                    conn.query(statement, values)
                 except SqlError as exc:  # a failed statement leaves the transaction going
                     if exc.code != ER_NO_SUCH_TABLE:
                         raise
@@ -721,31 +726,44 @@ class MySQLDatabase(UserDatabase):
 
     def record_login(self, domain: AssignEntry, user: VUser, remote_ip: str) -> None:
         """A ``lastauth`` row (C's REPLACE, repeatable: the same row again), on the update
-        side."""
+        side, written only while the user's row is there, in the same statement: a login
+        that read the user before a vdeldomain or vdeluser deleted it (its row and its
+        lastauth in one transaction) waits for that transaction and then writes nothing,
+        rather than leave a lastauth row of a user, or domain, that is gone."""
+        where, params = self._where(domain)
         self._log_row("REPLACE", "lastauth", {"user": user.name, "domain": domain.real_domain,
                                               "remote_ip": remote_ip,
-                                              "timestamp": int(time.time())}, repeatable=True)
+                                              "timestamp": int(time.time())}, repeatable=True,
+                      only_if=(f"FROM `{self.users_table(domain)}` WHERE pw_name = %s AND "
+                               f"{where}", [user.name, *params]))
 
     def _log_row(self, verb: str, table: str, row: dict[str, object],
-                 repeatable: bool = False) -> None:
+                 repeatable: bool = False,
+                 only_if: "tuple[str, Sequence[object]] | None" = None) -> None:
         """One row of a record table (lastauth, vlog), one statement committed by itself, as
         C's. A text wider than its column, which an older table has (C 5.4's ``remote_ip
         char(18)`` and an IPv6 address), is cut to the column, as C's server did, rather than
         the whole row lost (a lastauth time not updated would let vdeloldusers delete an
-        active user). ``repeatable``: see Connection.query."""
+        active user). ``repeatable``: see Connection.query. ``only_if``: ``FROM ... WHERE ...``
+        (and its values) of one row that must be there for the row to be written."""
         columns = ", ".join(row)
-        statement = f"{verb} INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(row))})"
+        marks = ", ".join(["%s"] * len(row))
+        statement = f"{verb} INTO {table} ({columns}) VALUES ({marks})"
+        condition: "Sequence[object]" = ()
+        if only_if is not None:
+            statement = f"{verb} INTO {table} ({columns}) SELECT {marks} {only_if[0]}"
+            condition = only_if[1]
 
         def work(conn: Connection) -> None:
             try:
-                conn.query(statement, list(row.values()), repeatable)
+                conn.query(statement, [*row.values(), *condition], repeatable)
             except BadInput:
                 widths = {name: int(width) for name, width in conn.query(
                     "SELECT COLUMN_NAME, CHARACTER_MAXIMUM_LENGTH FROM information_schema.COLUMNS"
                     " WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s", [table]) if width}
-                conn.query(statement, [value[:widths[name]] if isinstance(value, str)
-                                       and name in widths else value
-                                       for name, value in row.items()])
+                conn.query(statement, [*(value[:widths[name]] if isinstance(value, str)
+                                         and name in widths else value
+                                         for name, value in row.items()), *condition])
 
         self.transaction(work, [table], autocommit=True)
 

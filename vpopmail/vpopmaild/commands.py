@@ -181,7 +181,7 @@ def _modify_user(s: Session, user: VUser, entry: AssignEntry) -> None:
             value = (value & ~clear) | add
         return current.copy(flags=value, **fields)
 
-    with _failing(0, 507):
+    with _failing(0, 507), s.api.domain_lock(entry):
         changed = s.api.modify_users(entry, [user.name], change)
         if "quota" in fields:
             s.api.update_maildirsize(changed[0], entry)
@@ -469,9 +469,10 @@ def add_alias(s: Session, t: Tokens) -> None:
     if s.domain_admin:
         _domain_admin_line(s, line)
     with _failing(17, 907):
+        alias, entry = s.api.resolve_alias(address)
         # a domain administrator's new alias is held to the domain's maxforwards, as in
         # qmailadmin (C's vpopmaild checked no limit)
-        s.api.add_alias_line(address, line, limited=s.domain_admin)
+        s.api.add_alias_line(entry, alias, address, line, limited=s.domain_admin)
     s.send(OK)
 
 
@@ -482,7 +483,7 @@ def remove_alias(s: Session, t: Tokens) -> None:
         raise Refusal(16, 1006)
     with _failing(18, 1007):
         alias, entry = s.api.resolve_alias(address)
-        s.api.stores.aliases.remove_line(entry, alias, address, line)
+        s.api.remove_alias_line(entry, alias, address, line)
     s.send(OK)
 
 
@@ -490,7 +491,7 @@ def delete_alias(s: Session, t: Tokens) -> None:
     address = _alias_target(s, t, 1100)
     with _failing(19, 1106):
         alias, entry = s.api.resolve_alias(address)
-        s.api.stores.aliases.delete(entry, alias, address)
+        s.api.delete_alias(entry, alias, address)
     s.send(OK)
 
 
