@@ -88,9 +88,11 @@ class LoginSite(Site):
 
     def login(self, login: str | bytes, password: str = "", stamp: str = STAMP, *,
               env: dict[str, str] | None = None, program: list[str] | None = None,
-              data: bytes | None = None, fd3: bool = True, timeout: float = 30) -> Login:
+              data: bytes | None = None, fd3: bool = True, timeout: float = 30,
+              wrap: tuple[str, ...] = ()) -> Login:
         """Run ``vchkpw <program>`` with ``login\\0password\\0stamp\\0`` on fd 3 (``data``
-        replaces it) and ``env`` (POP_ENV by default), as root in the root install mode."""
+        replaces it) and ``env`` (POP_ENV by default), as root in the root install mode, under
+        the command ``wrap`` (e.g. setpriv's, to run it as another user) if given."""
         if data is None:
             raw = login if isinstance(login, bytes) else login.encode()
             data = raw + b"\0" + password.encode() + b"\0" + stamp.encode() + b"\0"
@@ -99,7 +101,7 @@ class LoginSite(Site):
         vchkpw = str(self.inst.bin / "vchkpw")
         command = program if program is not None else [str(self.dump), str(self.record)]
         redirect = ' 3<"$f"' if fd3 else " 3<&-"
-        argv = ["/bin/sh", "-c", f'f=$1; shift; exec "$@"{redirect}', "sh", str(source),
+        argv = [*wrap, "/bin/sh", "-c", f'f=$1; shift; exec "$@"{redirect}', "sh", str(source),
                 vchkpw, *command]
         result = subprocess.run(argv, capture_output=True, env=env if env is not None else POP_ENV,
                                 cwd="/", timeout=timeout)

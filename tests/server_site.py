@@ -81,3 +81,25 @@ def running_server(inst: Install, *args: str) -> Iterator[Server]:
         server.stop()
         failures = [line for line in server.lines() if "worker failed" in line]
         assert not failures, failures
+
+
+def without_fallbacks(inst: Install) -> None:
+    """Make the Python programs behind the front ends fail loudly: what still works went
+    through the server."""
+    for name in ("vdelivermail", "vchkpw"):
+        path = inst.prefix / "libexec" / name
+        path.write_text("#!/bin/sh\necho fallback used >&2\nexit 42\n")
+
+
+def worker_ids(server: Server) -> list[tuple[str, str, str]]:
+    """(Uid, Gid, Groups) lines of /proc/PID/status for each worker of ``server``."""
+    found = []
+    for task in os.listdir("/proc"):
+        try:
+            status = Path(f"/proc/{task}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if task.isdigit() and fields.get("PPid", "").strip() == str(server.proc.pid):
+            found.append((fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split()))
+    return found  # type: ignore[return-value]

@@ -26,7 +26,8 @@ from install_site import INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
-from server_site import Server, fill_queue, running_server, wait_for
+from server_site import (Server, fill_queue, running_server, wait_for, without_fallbacks,
+                         worker_ids)
 from vpopmail.server import status
 from vpopmail.wire import BODY, HEADER, LIMITS, VERSION, identity_socket
 
@@ -56,14 +57,6 @@ def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginS
 
 def server_of(site: LoginSite) -> Server:
     return site.server  # type: ignore[attr-defined, no-any-return]
-
-
-def without_fallbacks(inst: Install) -> None:
-    """Make the Python programs behind the front ends fail loudly: what still works went
-    through the server."""
-    for name in ("vdelivermail", "vchkpw"):
-        path = inst.prefix / "libexec" / name
-        path.write_text("#!/bin/sh\necho fallback used >&2\nexit 42\n")
 
 
 def body_of(site: Site, name: str) -> list[bytes]:
@@ -219,20 +212,6 @@ def maildir_pids(site: LoginSite, name: str) -> list[str]:
     """The pid part (P<pid>) of each message file's name: the worker that wrote it."""
     return [re.search(r"P(\d+)", p.name).group(1)  # type: ignore[union-attr]
             for p in site.new_files(site.maildir(name))]
-
-
-def worker_ids(server: Server) -> list[tuple[str, str, str]]:
-    """(Uid, Gid, Groups) lines of /proc/PID/status for each worker of ``server``."""
-    found = []
-    for task in os.listdir("/proc"):
-        try:
-            status = Path(f"/proc/{task}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if task.isdigit() and fields.get("PPid", "").strip() == str(server.proc.pid):
-            found.append((fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split()))
-    return found  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)

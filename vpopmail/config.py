@@ -17,7 +17,7 @@ from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 3
+_CACHE_VERSION = 4
 
 #: a setting's value: TOML's string, integer or boolean
 Value = str | int | bool
@@ -78,6 +78,10 @@ class Config:
     server_reply_timeout: int = 600
     server_root_logins: bool = False
     server_sandboxed_callers: bool = False
+    #: users (names or uids, separated by spaces or commas) whose vchkpw runs are served with
+    #: the vpopmail user's rights, for SMTP AUTH only: qmail-smtpd's SMTP AUTH patches run it
+    #: as qmaild, where C installed vchkpw setuid root
+    server_smtp_auth_callers: str = ""
     # [mysql]: users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its
     # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
     mysql_many_domains: bool = True

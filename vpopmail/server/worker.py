@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail.stores import keep_connections, kept_descriptors
+from vpopmail.errors import ConfigError
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
-                           VDELIVERMAIL, Decline, Drop, Request, peer_credentials, read_request,
-                           reply, to_rlimit)
+                           VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
+                           read_request, reply, to_rlimit)
 
 #: what the parent publishes for --status: requests of the workers collected, workers alive,
 #: clients waiting; then each worker slot's count of requests and whether its worker is
@@ -215,9 +216,11 @@ class ExecPlan(BaseException):
 
 
 @functools.cache
-def plan_class() -> type:
+def plan_class(smtp_only: bool = False) -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
-    worker keeps its ids and directory, the front end takes the ones the plan names."""
+    worker keeps its ids and directory, the front end takes the ones the plan names.
+    ``smtp_only``: a login of another class than SMTP AUTH is refused (111) before anything
+    is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights)."""
     from vpopmail.stores import VUser, close_stores
     from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
@@ -226,6 +229,17 @@ def plan_class() -> type:
     class PlanningVchkpw(Vchkpw):
         plan_ids: Identity | None = None
         plan_cwd: bytes | None = None
+
+        def authenticate(self, login: str, stamp: str,
+                         service: str) -> tuple[AssignEntry, VUser]:
+            if smtp_only and service != SMTP:
+                raise Finish(TEMPORARY, f"this caller is served for SMTP AUTH only "
+                                        f"(server.smtp_auth_callers), not for a {service} "
+                                        f"login (TCPLOCALPORT, or the program's name)")
+            if smtp_only and self.lookup_only:  # Dovecot's AUTHORIZED=1: no password
+                raise Finish(TEMPORARY, "a lookup without the password (AUTHORIZED=1) is not "
+                                        "served for server.smtp_auth_callers")
+            return super().authenticate(login, stamp, service)
 
         def final_ids(self, entry: AssignEntry, user: VUser, service: str) -> None:
             if not self.root or service == SMTP or self.dovecot:
@@ -271,8 +285,9 @@ def plan_class() -> type:
 
 def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
     """The PLAN payload: the ids the program is to run with (``change`` when they are not
-    the peer's), its directory if not the peer's, the program, argv and environment."""
-    ids = plan.ids or (os.geteuid(), os.getegid(), tuple(sorted(os.getgroups())))
+    the peer's: a plan without ids keeps the peer's), its directory if not the peer's, the
+    program, argv and environment."""
+    ids = plan.ids or peer
     change = ids != peer
     here = plan.cwd if plan.cwd is not None else cwd
     texts = [plan.path, *plan.argv, *(f"{k}={v}" for k, v in plan.env.items())]
@@ -286,9 +301,11 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
             + b"\0".join([path, b"" if here == cwd else here, rest]) + b"\0")
 
 
-def run_request(request: Request, config: str | None, peer: Identity) -> tuple[int, bytes]:
+def run_request(request: Request, config: str | None, peer: Identity,
+                smtp_only: bool = False) -> tuple[int, bytes]:
     """Run the program the direct way; the reply (kind, payload). A delivery's programs get
-    the caller's nice value and resource limits (delivery.vdelivermail.spawn)."""
+    the caller's nice value and resource limits (delivery.vdelivermail.spawn). ``smtp_only``:
+    see :func:`plan_class`."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
@@ -298,15 +315,24 @@ def run_request(request: Request, config: str | None, peer: Identity) -> tuple[i
         from auth.vchkpw import main as login
 
         try:
-            code = login(sys.argv, config=config, runner=plan_class())
+            code = login(sys.argv, config=config, runner=plan_class(smtp_only))
         except ExecPlan as plan:
             return PLAN, encode_plan(plan, peer, request.cwd)
     return EXIT, struct.pack("=I", code & 0xFF)
 
 
+#: what names another configuration file (vpopmail.config.locate)
+CONFIG_VARIABLE = vconfig.ENV_VAR.encode() + b"="
+
+
 def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Settings",
               null: int) -> None:
-    """One connection of a worker that holds ``identity``: from its request to its reply."""
+    """One connection of a worker for ``identity``: from its request to its reply. For a
+    server.smtp_auth_callers identity (the worker holds the vpopmail user's) only vchkpw is
+    served, for SMTP AUTH, and the caller is not inspected (its limits and mount namespace
+    are another user's): the login runs in the server's view and configuration (the
+    caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the file-size limit the
+    caller declares, up to the worker's own."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         # the whole request within server.request_timeout: a caller trickling it a byte at a
@@ -315,15 +341,22 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
         if request.program == STATUS:
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
+        smtp_only = identity[0] in settings.smtp_auth_callers
         try:
-            confine(request, pid, settings.sandboxed)
+            if not smtp_only:
+                confine(request, pid, settings.sandboxed)
+            elif request.program != VCHKPW:
+                raise Decline("server.smtp_auth_callers are served for SMTP AUTH only")
+            else:  # the server's configuration, not one the caller names
+                request.env = [entry for entry in request.env
+                               if not entry.startswith(CONFIG_VARIABLE)]
             set_stage(request)
         except Decline:
             for fd in request.fds:
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity)
+            kind, payload = run_request(request, settings.config, identity, smtp_only)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)
@@ -380,8 +413,9 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     null = high(os.open(os.devnull, os.O_RDWR))
     keep = set(open_descriptors())  # what the worker started with
     declined: str | None = None
+    held = settings.held_identity(identity)
     try:
-        take_identity(identity)
+        take_identity(held)
     except (OSError, Decline) as exc:
         declined = str(exc)
     keep_connections()  # SQL connections stay open from one request to the next
@@ -397,7 +431,7 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         if stray:
             log(settings.log_fd, f"worker ends: a request left descriptors open: "
                                  f"{', '.join(map(describe, stray))}")
-        return not stray and is_identity(identity)
+        return not stray and is_identity(held)
 
     if declined is not None:
         log(settings.log_fd, f"declined uid {identity[0]}: {declined}")
@@ -529,6 +563,25 @@ def end(control: socket.socket, direct: socket.socket | None,
         decline_queued(direct)
 
 
+def smtp_auth_callers(settings: vconfig.Config) -> frozenset[int]:
+    """The uids server.smtp_auth_callers names (user names or numbers); a ConfigError for a
+    name that is no user, and for root and the vpopmail user (served with their own rights,
+    which are more)."""
+    import pwd
+
+    uids = set()
+    for name in settings.server_smtp_auth_callers.replace(",", " ").split():
+        try:
+            uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+        except KeyError:
+            raise ConfigError(f"server.smtp_auth_callers: there is no user {name!r}") from None
+        if uid in (0, settings.uid):
+            raise ConfigError(f"server.smtp_auth_callers: {name} (uid {uid}) is served with its "
+                              f"own rights, which are more: leave it out")
+        uids.add(uid)
+    return frozenset(uids)
+
+
 class Settings:
     """What a worker needs of the server: small values, fixed at the server's start."""
 
@@ -540,6 +593,12 @@ class Settings:
         self.timeout = settings.server_request_timeout
         #: serve callers in another mount namespace or root directory (server.sandboxed_callers)
         self.sandboxed = settings.server_sandboxed_callers
+        self.smtp_auth_callers = smtp_auth_callers(settings)
+        #: whom their workers become: the vpopmail user (its group alone, as qmail-local
+        #: runs it) under a root server, else the server's own user
+        self.smtp_auth_identity: Identity = (
+            (settings.uid, settings.gid, (settings.gid,)) if os.geteuid() == 0
+            else (os.getuid(), os.getgid(), tuple(sorted(os.getgroups()))))
         #: server.request_timeout as SO_RCVTIMEO's struct timeval: the request is read from
         #: a blocking socket, one system call a read (a Python timeout polls before each);
         #: 0 (no waiting, as the parent takes it) is 1 ms, not SO_RCVTIMEO's "for ever"
@@ -549,6 +608,11 @@ class Settings:
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
         self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
+
+    def held_identity(self, identity: Identity) -> Identity:
+        """The identity a worker for callers of ``identity`` holds: theirs, or for
+        server.smtp_auth_callers the vpopmail user's."""
+        return self.smtp_auth_identity if identity[0] in self.smtp_auth_callers else identity
 
     def _slot(self, slot: int) -> tuple[int, int]:
         """(offset, count) of ``slot`` in the shared counters."""

@@ -1,0 +1,152 @@
+"""SMTP AUTH for servers that run vchkpw as an unprivileged user (qmail-smtpd's SMTP AUTH
+patches run it as qmaild; C vpopmail installed vchkpw setuid root for them): vpopmail-server
+serves the users ``server.smtp_auth_callers`` names with the vpopmail user's rights, for
+SMTP AUTH logins only, and their program runs as themselves."""
+from __future__ import annotations
+
+import pwd
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from delivery_site import DOMAIN, MESSAGE, qmail_local_env
+from install_site import CLEAN_ENV, Install, as_user_argv
+from login_site import POP_ENV, LoginSite
+from server_site import Server, running_server, without_fallbacks, worker_ids
+
+pytestmark = pytest.mark.both_backends
+
+#: a user the site lists in server.smtp_auth_callers (qmaild's stand-in), and one it does not
+CALLER, STRANGER = "nobody", "daemon"
+#: what tcpserver sets for qmail-smtpd on port 25 (whose SMTP AUTH runs vchkpw /bin/true)
+SMTP_ENV = {**POP_ENV, "TCPLOCALPORT": "25"}
+IMAP_ENV = {**POP_ENV, "TCPLOCALPORT": "143"}
+
+
+@pytest.fixture
+def site(root_vhome: Install) -> Iterator[LoginSite]:
+    """example.com with alice (password pw) on a root install with roaming relay on, its
+    server serving CALLER for SMTP AUTH."""
+    root_vhome.set_config("server", "smtp_auth_callers", CALLER)
+    root_vhome.set_config("relay", "roaming_users", True)
+    login_site = LoginSite(root_vhome, unprivileged=True)
+    login_site.ok("vadddomain", DOMAIN, "secret")
+    login_site.add("alice", "pw")
+    with running_server(root_vhome) as server:
+        login_site.server = server  # type: ignore[attr-defined]
+        yield login_site
+    login_site.syslog.close()
+
+
+def server_of(site: LoginSite) -> Server:
+    return site.server  # type: ignore[attr-defined, no-any-return]
+
+
+def as_caller(site: LoginSite, password: str, env: dict[str, str] = SMTP_ENV,
+              user: str = CALLER) -> tuple[int, bool, dict[str, str], str]:
+    """vchkpw run by ``user`` as qmail-smtpd's SMTP AUTH runs it: (exit code, whether the
+    program ran, what it recorded, stderr)."""
+    login = site.login("alice@example.com", password, env=env, wrap=tuple(as_user_argv(user)))
+    return login.code, login.ran, login.env, login.stderr
+
+
+def test_an_smtp_auth_login_of_a_listed_caller_is_checked_and_runs_as_the_caller(
+        site: LoginSite) -> None:
+    """Served by a worker that holds the vpopmail user's ids (only those: not root), the
+    program runs as the caller, in its directory, with vchkpw's variables; a wrong password
+    is a rejection (1), not a fault."""
+    without_fallbacks(site.inst)
+    account = pwd.getpwnam(CALLER)
+    code, ran, env, stderr = as_caller(site, "pw")
+    assert (code, ran, stderr) == (0, True, ""), stderr
+    assert (env["uid"], env["gid"], env["cwd"]) == (str(account.pw_uid), str(account.pw_gid), "/")
+    assert (env["USER"], env["HOME"], env["VPOPUSER"]) == (
+        "alice", str(site.user_dir("alice")), "alice@example.com")
+    assert as_caller(site, "wrong")[:2] == (1, False)
+    held = [ids for ids in worker_ids(server_of(site)) if ids[0][0] != "0"]
+    vpopmail = str(site.inst.uid)
+    assert held and all(ids == ([vpopmail] * 4, [str(site.inst.gid)] * 4, [str(site.inst.gid)])
+                        for ids in held), held
+    assert not (site.inst.prefix / "etc" / "open-smtp").exists()  # SMTP AUTH opens no relay
+
+
+@pytest.mark.parametrize("env", [POP_ENV, IMAP_ENV], ids=["pop3", "imap"])
+def test_other_logins_of_a_listed_caller_are_refused_as_a_fault(site: LoginSite,
+                                                                env: dict[str, str]) -> None:
+    """A POP3 or IMAP login would need root's setuid and open the relay: refused with 111 (as
+    the caller's direct program would fail), before anything is read or written, and said."""
+    without_fallbacks(site.inst)
+    code, ran, _, stderr = as_caller(site, "pw", env)
+    assert (code, ran) == (111, False)
+    assert "served for SMTP AUTH only (server.smtp_auth_callers)" in stderr, stderr
+    assert not (site.inst.prefix / "etc" / "open-smtp").exists()
+
+
+def test_a_listed_caller_cannot_ask_for_a_lookup_without_the_password(site: LoginSite) -> None:
+    """Dovecot's userdb lookup (AUTHORIZED=1) skips the password: trusted from a caller that
+    could read the users itself, not from one served with the vpopmail user's rights."""
+    without_fallbacks(site.inst)
+    lookup = {**SMTP_ENV, "ORIG_UID": "0", "AUTHORIZED": "1"}
+    for password in ("pw", "anything"):
+        code, ran, _, stderr = as_caller(site, password, lookup)
+        assert (code, ran) == (111, False)
+        assert "(AUTHORIZED=1) is not served for server.smtp_auth_callers" in stderr, stderr
+
+
+def test_a_listed_caller_cannot_name_another_configuration(site: LoginSite) -> None:
+    """VPOPMAIL_CONFIG would have the vpopmail user's worker read a configuration (and the
+    users, directories and database it names) of the caller's choosing: the server's is
+    used (the variable is dropped: the program does not get it either)."""
+    without_fallbacks(site.inst)
+    code, ran, env, stderr = as_caller(site, "pw", {**SMTP_ENV, "VPOPMAIL_CONFIG": "/nowhere"})
+    assert (code, ran, stderr) == (0, True, "") and "VPOPMAIL_CONFIG" not in env
+    assert as_caller(site, "wrong", {**SMTP_ENV, "VPOPMAIL_CONFIG": "/nowhere"})[:2] == (1, False)
+
+
+def test_a_listed_callers_delivery_is_not_served(site: LoginSite) -> None:
+    """Only vchkpw is served with the vpopmail user's rights: a delivery run by the caller is
+    declined (its front end runs the Python program, as the caller)."""
+    without_fallbacks(site.inst)
+    before = len(server_of(site).lines())
+    with tempfile.TemporaryFile() as message:
+        message.write(MESSAGE)
+        message.seek(0)
+        result = subprocess.run([*as_user_argv(CALLER), str(site.inst.bin / "vdelivermail"), "",
+                                 "bounce-no-mailbox"], stdin=message, capture_output=True,
+                                env=qmail_local_env("alice", DOMAIN, str(site.domain_dir)),
+                                cwd="/", timeout=60)
+    assert (result.returncode, result.stderr) == (42, b"fallback used\n")
+    new = server_of(site).lines()[before:]
+    assert any("declined" in line and "SMTP AUTH only" in line for line in new), new
+
+
+def test_a_caller_not_listed_is_served_with_its_own_rights(site: LoginSite) -> None:
+    """Another unprivileged user gets what its direct program gets: it cannot read the
+    domain's files, a temporary failure, never a rejection."""
+    code, ran, _, _ = as_caller(site, "pw", user=STRANGER)
+    assert (code, ran) == (111, False)
+
+
+def test_with_the_server_down_a_listed_caller_gets_a_temporary_failure(site: LoginSite) -> None:
+    """The Python program run by the caller itself cannot read the domain's files: 111 (the
+    SMTP client is told to try again), never 1 (a wrong password)."""
+    assert server_of(site).stop() == 0
+    for password in ("pw", "wrong"):
+        code, ran, _, _ = as_caller(site, password)
+        assert (code, ran) == (111, False)
+
+
+@pytest.mark.parametrize(("listed", "reason"), [
+    ("qmaild-nowhere", "there is no user 'qmaild-nowhere'"),
+    ("root", "root (uid 0) is served with its own rights"),
+    ("nobody vpopmail", "vpopmail (uid 89) is served with its own rights"),
+])
+def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
+        root_vhome: Install, listed: str, reason: str) -> None:
+    root_vhome.set_config("server", "smtp_auth_callers", listed)
+    result = subprocess.run([str(root_vhome.bin / "vpopmail-server")], capture_output=True,
+                            env=CLEAN_ENV, cwd="/", timeout=60)
+    assert result.returncode == 111
+    assert f"vpopmail-server: configuration error: server.smtp_auth_callers: {reason}" in result.stderr.decode()
