@@ -4,10 +4,16 @@ serves the users ``server.smtp_auth_callers`` names with the vpopmail user's rig
 SMTP AUTH logins only, and their program runs as themselves."""
 from __future__ import annotations
 
+import os
 import pwd
+import shutil
+import smtplib
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +156,76 @@ def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
                             env=CLEAN_ENV, cwd="/", timeout=60)
     assert result.returncode == 111
     assert f"vpopmail-server: configuration error: server.smtp_auth_callers: {reason}" in result.stderr.decode()
+
+
+# -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
+# -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----
+
+FORKSERVER = "/usr/bin/qpsmtpd-forkserver"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_qpsmtpd(site: LoginSite, config: Path, port: int) -> subprocess.Popen[bytes]:
+    """qpsmtpd on 127.0.0.1:``port`` as the qpsmtpd user, SMTP AUTH by the install's vchkpw;
+    once it answers."""
+    config.mkdir(mode=0o755)
+    for name, text in {
+        "me": "mail.example.com",
+        "plugin_dirs": "/usr/share/qpsmtpd/plugins",
+        "loglevel": "7",
+        "plugins": f"auth/auth_checkpassword checkpw {site.inst.bin / 'vchkpw'} true /bin/true\n"
+                   "rcpt_ok",
+    }.items():
+        (config / name).write_text(text + "\n")
+    log = open(config.parent / "qpsmtpd.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen([FORKSERVER, "-l", "127.0.0.1", "-p", str(port), "-u", "qpsmtpd",
+                             "-H"], stdout=log, stderr=log, cwd="/",
+                            env={**CLEAN_ENV, "QPSMTPD_CONFIG": str(config)})
+    log.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError((config.parent / "qpsmtpd.log").read_text())
+
+
+def smtp_auth(port: int, password: str) -> tuple[int, bytes]:
+    """AUTH PLAIN as alice@example.com: the server's (code, text)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.ehlo("client.example.net")
+        try:
+            return client.login("alice@example.com", password)
+        except smtplib.SMTPAuthenticationError as exc:
+            return exc.smtp_code, exc.smtp_error
+
+
+@pytest.mark.skipif(not os.path.exists(FORKSERVER), reason="needs Debian's qpsmtpd")
+def test_qpsmtpds_smtp_auth_through_the_server(root_vhome: Install) -> None:
+    """Debian's qpsmtpd runs vchkpw as its own user: with ``qpsmtpd`` listed, a right password
+    is accepted (235) and a wrong one refused (535), through the server."""
+    if shutil.which("sudo"):
+        pytest.skip("the plugin would run vchkpw through sudo")
+    port = free_port()
+    root_vhome.set_config("server", "smtp_auth_callers", "qpsmtpd")
+    login_site = LoginSite(root_vhome, unprivileged=True)
+    login_site.ok("vadddomain", DOMAIN, "secret")
+    login_site.add("alice", "pw")
+    proc = start_qpsmtpd(login_site, root_vhome.prefix.parent / "qpsmtpd", port)
+    try:
+        with running_server(root_vhome):
+            without_fallbacks(root_vhome)
+            assert smtp_auth(port, "pw")[0] == 235
+            assert smtp_auth(port, "wrong")[0] == 535
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        login_site.syslog.close()
