@@ -119,6 +119,21 @@ def run_install(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True, text=True)
 
 
+def test_install_over_a_setuid_c_vchkpw_says_what_smtp_auth_needs(tmp_path: Path) -> None:
+    """C's vchkpw was installed setuid for SMTP servers that run it as qmaild; ours is not,
+    so the install names what such a server needs."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    c_vpopmail(prefix, qmaildir)
+    (prefix / "bin" / "vchkpw").chmod(0o4711)
+    user, group = own_account()
+    result = run_install("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
+                         "--group", group, "--venv", str(VENV))
+    assert result.returncode == 0, result
+    assert ("C's vchkpw was setuid; pyvpopmail's is not: an SMTP server that runs it as "
+            "another user than root (qmail-smtpd's SMTP AUTH as qmaild) needs that user in "
+            "server.smtp_auth_callers") in result.stdout, result.stdout
+
+
 def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     """The migration as README's guide tells it: install over a C tree, the users work at once,
     C's programs are kept aside (its others stay), an upgrade keeps them, and --rollback puts
@@ -134,6 +149,7 @@ def test_install_over_c_vpopmail_then_rollback(tmp_path: Path) -> None:
     backup = prefix / "bin" / "c-vpopmail-backup"
     replaced = sorted(set(C_PROGRAMS) - {"vusagec", "vkill"})
     assert f"kept in {backup}/ ({' '.join(replaced)})" in result.stdout, result.stdout
+    assert "setuid" not in result.stdout  # this C vchkpw was not
     assert sorted(p.name for p in backup.iterdir()) == replaced
     for name in replaced:
         assert (backup / name).read_bytes() == programs[name]
