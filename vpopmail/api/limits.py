@@ -6,7 +6,7 @@ import os
 
 from maildir.quota import NOQUOTA
 from vpopmail import flags, limits
-from vpopmail.api.base import ApiBase, DomainLock
+from vpopmail.api.base import ApiBase
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import QuotaTooLong
 from vpopmail.fsutil import FileLock
@@ -82,7 +82,7 @@ class LimitsMixin(ApiBase):
             with self.domain_lock(entry):  # vdeldomain deletes the row under it
                 table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
-        lock: FileLock | DomainLock
+        lock: FileLock
         if entry is None:  # the vpopmail user's, as packaging/install makes it: vchkpw
             # working as that user reads it at every login of a domain without its own limits
             path, owner = limits.default_file(self.config.home), (self.config.uid,
