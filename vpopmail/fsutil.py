@@ -504,22 +504,14 @@ class FileLock:
         self.took = False
 
     def __enter__(self) -> "FileLock":
-        held = _HELD.get(self.path)
+        path = self.path
+        held = _HELD.get(path)
         pid = posix.getpid()
         if held is not None and held[2] == pid:
             held[1] += 1
             self._fd = held[0]
             self.took = False
             return self
-        fd = self._take()
-        # a parent's entry (held by another pid) is replaced, its descriptor left alone
-        _HELD[self.path] = [fd, 1, pid]
-        self._fd = fd
-        self.took = True
-        return self
-
-    def _take(self) -> int:
-        """Open the lock file and lock it: its descriptor."""
         import fcntl
 
         # O_NOFOLLOW: a lock file planted as a symlink must not make root open (and chown)
@@ -527,30 +519,35 @@ class FileLock:
         flags = posix.O_RDWR | posix.O_CLOEXEC | posix.O_NOFOLLOW
         try:
             try:
-                fd = posix.open(self.path, flags | posix.O_CREAT, 0o600)
+                fd = posix.open(path, flags | posix.O_CREAT, 0o600)
             except PermissionError:
                 # it exists: fs.protected_regular=2 forbids even root an O_CREAT open of
                 # another user's file in a sticky group-writable directory (a root
                 # installation's etc/, where the vpopmail user's relay locks are)
-                fd = posix.open(self.path, flags)
+                fd = posix.open(path, flags)
             ensure_owner(fd, *self.owner)
         except OSError as exc:
-            raise CouldNotUpdateFile(f"lock {self.path}: {exc.strerror}") from None
+            raise CouldNotUpdateFile(f"lock {path}: {exc.strerror}") from None
         deadline = time.monotonic() + self.timeout
         pause = 0.001
         while True:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
+                break
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.ENOLCK):
                     posix.close(fd)
                     raise
             if time.monotonic() >= deadline:
                 posix.close(fd)
-                raise LockTimeout(self.path)
+                raise LockTimeout(path)
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+        # a parent's entry (held by another pid) is replaced, its descriptor left alone
+        _HELD[path] = [fd, 1, pid]
+        self._fd = fd
+        self.took = True
+        return self
 
     @property
     def fd(self) -> int:
