@@ -1,22 +1,28 @@
 """vpopmail/fsutil.py: the descriptor-relative tree remover's two error policies (real files;
 the faults made by working as the unprivileged vpopmail user, uid 89) and a FIFO swapped in
-for a directory while it works, and the ``os.path``
-functions the hot paths take from here, against ``posixpath``."""
+for a directory while it works, the ``os.path`` functions the hot paths take from here, against
+``posixpath``, and FileLock's holds: re-entrant per process and path, seen from other
+processes."""
 from __future__ import annotations
 
+import fcntl
 import os
 import posix
 import posixpath
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from install_site import vpopmail_user_exists
 
-from vpopmail.fsutil import OwnerIds, dirname, exists, is_dir, is_file, join, remove_tree_at
+from vpopmail.errors import CouldNotUpdateFile, LockTimeout
+from vpopmail.fsutil import (FileLock, OwnerIds, dirname, exists, is_dir, is_file, join,
+                             remove_tree_at)
 
 needs_uid_89 = pytest.mark.skipif(os.geteuid() != 0 or not vpopmail_user_exists(),
                                   reason="needs root and the vpopmail user (uid 89)")
@@ -160,3 +166,171 @@ def test_a_parent_of_its_owner_keeps_its_bits_and_gains_what_is_needed(
     assert make_dir_inside(str(tmp_path), str(bucket / "x"), 0o700, *owner, (0o750, *owner))
     assert bucket.stat().st_mode & 0o7777 == after
     assert (bucket / "x").stat().st_mode & 0o7777 == 0o700
+
+
+def lockable_elsewhere(path: str) -> bool:
+    """Whether another process gets ``path``'s lock at once: a forked child's lockf LOCK_NB
+    (the child's locks, never this process's, go with its exit)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os._exit(1)
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    status = os.waitpid(pid, 0)[1]
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1), status
+    return os.WEXITSTATUS(status) == 0
+
+
+@contextmanager
+def held_elsewhere(path: str) -> Iterator[None]:
+    """``path``'s lock held by a forked child until the block ends."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+            os.write(ready_w, b"x")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        yield
+    finally:
+        os.close(done_w)
+        os.close(ready_r)
+        os.waitpid(pid, 0)
+
+
+def test_a_nested_hold_keeps_the_lock_for_the_outer_holder(tmp_path: Path) -> None:
+    """The same FileLock entered again inside its own hold: the inner exit leaves the lock
+    held (before: the inner enter opened a second descriptor, whose close dropped the
+    process's lock, and the outer holder went on unlocked)."""
+    path = str(tmp_path / "x.lock")
+    lock = FileLock(path, 1)
+    with lock:
+        fd = lock.fd
+        with lock:
+            pass
+        assert not lockable_elsewhere(path)
+        assert lock.fd == fd
+        os.fstat(fd)  # still open
+    assert lock.fd == -1
+    assert lockable_elsewhere(path)
+
+
+def test_two_locks_on_one_path_share_one_hold(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other FileLock objects on a path this process holds join the hold: they open nothing,
+    share the descriptor, say they did not take it, and the lock lasts until the outermost
+    exit."""
+    path = str(tmp_path / "x.lock")
+    opened: list[str] = []
+    real_open = posix.open
+
+    def counting_open(name: str, flags: int, mode: int = 0o777, *,
+                      dir_fd: int | None = None) -> int:
+        opened.append(name)
+        return real_open(name, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(posix, "open", counting_open)
+    outer = FileLock(path, 1)
+    with outer:
+        with FileLock(path, 1) as middle:
+            with FileLock(path, 1) as inner:
+                fds = (middle.fd, inner.fd)
+            assert not lockable_elsewhere(path)
+        assert not lockable_elsewhere(path)
+        assert opened == [path]
+        assert fds == (outer.fd, outer.fd)
+        assert (outer.took, middle.took, inner.took) == (True, False, False)
+    assert lockable_elsewhere(path)
+    with FileLock(path, 1) as again:  # the hold is gone: taken anew
+        assert again.took and opened == [path, path]
+
+
+def test_a_forked_child_does_not_inherit_the_hold(tmp_path: Path) -> None:
+    """A child forked while this process holds a lock holds none of it: its FileLock on the
+    path waits for the parent (and times out), and leaving the parent's hold in the child
+    closes nothing (that descriptor number may be another file's there by then; before, it
+    was closed)."""
+    path = str(tmp_path / "x.lock")
+    lock = FileLock(path, 1)
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                start = time.monotonic()
+                try:
+                    with FileLock(path, 0.3):
+                        os._exit(3)  # joined a hold it does not have
+                except LockTimeout:
+                    pass
+                if time.monotonic() - start < 0.25:
+                    os._exit(4)
+                os.dup2(os.open("/dev/null", os.O_RDONLY), lock.fd)  # the number, reused
+                reused = lock.fd
+                lock.__exit__(None, None, None)
+                try:
+                    os.fstat(reused)
+                except OSError:
+                    os._exit(6)  # closed
+                os._exit(0)
+            except BaseException:
+                os._exit(5)
+        status = os.waitpid(pid, 0)[1]
+        assert not lockable_elsewhere(path)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert lockable_elsewhere(path)
+
+
+def test_exceptions_leave_nested_holds_in_order(tmp_path: Path) -> None:
+    """An exception out of an inner hold gives back only that hold; out of the outer one,
+    the lock."""
+    path = str(tmp_path / "x.lock")
+    with pytest.raises(RuntimeError):
+        with FileLock(path, 1):
+            with pytest.raises(ValueError):
+                with FileLock(path, 1):
+                    raise ValueError
+            assert not lockable_elsewhere(path)
+            raise RuntimeError
+    assert lockable_elsewhere(path)
+    with FileLock(path, 1) as again:
+        assert again.took
+
+
+def test_holds_survive_a_failure_on_another_path(tmp_path: Path) -> None:
+    """A LockTimeout or CouldNotUpdateFile on another path inside nested holds changes
+    neither those holds nor leaves a hold of its own."""
+    path, other = str(tmp_path / "x.lock"), str(tmp_path / "other.lock")
+    with FileLock(path, 1):
+        with FileLock(path, 1):
+            with held_elsewhere(other):
+                with pytest.raises(LockTimeout):
+                    with FileLock(other, 0.05):
+                        pass
+            with pytest.raises(CouldNotUpdateFile):
+                with FileLock(str(tmp_path / "missing" / "x.lock"), 0.05):
+                    pass
+        assert not lockable_elsewhere(path)
+        with FileLock(path, 1) as joined:
+            assert not joined.took
+        assert not lockable_elsewhere(path)
+        with FileLock(other, 1) as taken:  # its timeout left no hold behind
+            assert taken.took
+            assert not lockable_elsewhere(other)
+        assert lockable_elsewhere(other)
+    assert lockable_elsewhere(path)

@@ -5,9 +5,8 @@ a system administrator is not, and an unset limit (-1, or no limits at all) hold
 A refused addition changes nothing. On both user backends."""
 from __future__ import annotations
 
-import fcntl
-import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,13 +58,15 @@ def test_limits_in_the_sql_limits_table_hold_too(site: Install) -> None:
 
 
 def test_in_a_root_install_the_lock_is_the_domain_owners(rsite: Install) -> None:
-    """vpopmaild as tcpserver runs it (root), the domain owned by uid 89: the limits lock is
-    made as the domain's other lock files are, the owner's and 0600."""
+    """vpopmaild as tcpserver runs it (root), the domain owned by uid 89: the limit holds,
+    and the domain's lock, under which the addition is counted and made, stays the owner's
+    and 0600 (no lock file of its own is made)."""
     rsite.ok("vmoddomlimits", "-P", "5", DOMAIN)
     assert after_login(rsite, PM, f"add_user dave@{DOMAIN} pw", f"add_user eve@{DOMAIN} pw") == \
         ["+OK ", f"-ERR 0.305 {full(5, 5)}"]
-    made = (rsite.domains / DOMAIN / ".qmailadmin-limits.lock").stat()
+    made = (rsite.domains / DOMAIN / ".dir-control.lock").stat()
     assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (89, 89, 0o600)
+    assert not (rsite.domains / DOMAIN / ".qmailadmin-limits.lock").exists()
     assert sorted(rsite.vusers(DOMAIN)) == sorted([*USERS_BUILT, "dave"])
 
 
@@ -77,15 +78,14 @@ def test_a_system_admin_is_not_held_to_the_limits(site: Install) -> None:
     assert after_login(site, PM, f"add_user frank@{DOMAIN} pw") == [f"-ERR 0.305 {full(6, 4)}"]
 
 
-def test_unset_limits_hold_nobody_and_take_no_lock(site: Install) -> None:
-    """-1 (the default), no limits file: C's behaviour, and no lock file appears; the limits
-    of another domain are its own; etc/vlimits.default holds a domain without a file of its
-    own; 0 refuses every addition, as in qmailadmin."""
+def test_unset_limits_hold_nobody(site: Install) -> None:
+    """-1 (the default), no limits file: C's behaviour; the limits of another domain are its
+    own; etc/vlimits.default holds a domain without a file of its own; 0 refuses every
+    addition, as in qmailadmin."""
     site.ok("vmoddomlimits", "-P", "2", OTHER)  # other.org: postmaster and carol
     assert after_login(site, PM, f"add_user dave@{DOMAIN} pw") == ["+OK "]
     site.ok("vmoddomlimits", "-P", "-1", DOMAIN)
     assert after_login(site, PM, f"add_user eve@{DOMAIN} pw") == ["+OK "]
-    assert not (site.domains / DOMAIN / ".qmailadmin-limits.lock").exists()
     assert after_login(site, f"postmaster@{OTHER}", f"add_user dan@{OTHER} pw") == \
         [f"-ERR 0.305 {full(2, 2).replace(DOMAIN, OTHER)}"]
     site.ok("vmoddomlimits", "-D", DOMAIN)  # the domain's own limits go: the defaults apply
@@ -98,26 +98,24 @@ def test_unset_limits_hold_nobody_and_take_no_lock(site: Install) -> None:
 
 def test_the_count_and_the_addition_are_one_step(site: Install) -> None:
     """Two additions at the same moment cannot both take the last place: the domain admin's
-    add_user counts the users only once it holds the domain's limits lock, and adds under
-    it. Here the lock is held while it waits, the last place is taken meanwhile, and it is
-    refused (counted before the lock, it would have added a user past the limit)."""
+    add_user counts the users only once it holds the domain's lock, and adds under it. Here
+    this process holds that lock while add_user waits for it, takes the last place meanwhile
+    (its own addition joins the hold it has), and add_user is refused (counted before the
+    lock, it would have added a user past the limit)."""
     site.ok("vmoddomlimits", "-P", "5", DOMAIN)
-    lock_path = site.domains / DOMAIN / ".qmailadmin-limits.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    api = site.api()
+    lock = api.domain_lock(api.get_domain(DOMAIN))
     client = Client(site)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
+    with lock:
         assert client.line() == "+OK " and client.ask(f"slogin {PM} secret") == "+OK "
         client.send(f"add_user dave@{DOMAIN} pw")
         deadline = time.monotonic() + 30
-        while not has_open(client.proc.pid, lock_path):
+        while not has_open(client.proc.pid, Path(lock.path)):
             assert time.monotonic() < deadline, "add_user never asked for the lock"
             time.sleep(0.005)
         with pytest.raises(TimeoutError):
             client.line(0.3)  # waiting for the lock
-        site.ok("vadduser", f"eve@{DOMAIN}", "pw")  # the last place, taken meanwhile
-    finally:
-        os.close(fd)
+        api.add_user(f"eve@{DOMAIN}", "pw")  # the last place, taken meanwhile
     assert client.line() == f"-ERR 0.305 {full(5, 5)}"
     client.close()
     assert sorted(site.vusers(DOMAIN)) == sorted([*USERS_BUILT, "eve"])

@@ -471,11 +471,29 @@ class OwnerIds:
             posix.setgroups(groups)
 
 
+#: the locks this process holds, by path as given to FileLock: [descriptor, holds, pid of the
+#: holder] (a forked child inherits the table, not the locks: an entry of another pid is not
+#: its hold)
+_HELD: dict[str, list[int]] = {}
+
+
 class FileLock:
     """An exclusive POSIX lock on ``path`` (created 0600, owned uid/gid when given), waited for
-    at most ``timeout`` seconds; failing to open or get it is a temporary fault."""
+    at most ``timeout`` seconds; failing to open or get it is a temporary fault.
 
-    __slots__ = ("path", "timeout", "owner", "_fd")
+    Re-entrant per process and path: POSIX record locks are the process's, so a second
+    descriptor of a lock file this process holds would get its lock at once, and closing it
+    would drop the first holder's lock. Entered while this process already holds ``path``
+    (through this or any other FileLock), it opens nothing and never waits: it joins that hold
+    and shares its descriptor (:attr:`fd`); the last exit closes it. ``took`` says whether this
+    enter took the lock (False: it joined a hold). Holds are keyed by ``path`` as given: the
+    same file under another spelling (``./x``, a link) is another key, whose exit would drop
+    the lock, so each lock file must be named one way. A forked child holds none of its
+    parent's locks: a hold recorded by another pid is absent for it (it takes the lock anew,
+    and waits for the parent), and its exit of the parent's hold closes nothing (that
+    descriptor number may be another file's in the child by then)."""
+
+    __slots__ = ("path", "timeout", "owner", "_fd", "took")
 
     def __init__(self, path: str, timeout: float = 20.0, uid: int | None = None,
                  gid: int | None = None) -> None:
@@ -483,8 +501,17 @@ class FileLock:
         self.timeout = timeout
         self.owner = (uid, gid)
         self._fd = -1
+        self.took = False
 
     def __enter__(self) -> "FileLock":
+        path = self.path
+        held = _HELD.get(path)
+        pid = posix.getpid()
+        if held is not None and held[2] == pid:
+            held[1] += 1
+            self._fd = held[0]
+            self.took = False
+            return self
         import fcntl
 
         # O_NOFOLLOW: a lock file planted as a symlink must not make root open (and chown)
@@ -492,15 +519,15 @@ class FileLock:
         flags = posix.O_RDWR | posix.O_CLOEXEC | posix.O_NOFOLLOW
         try:
             try:
-                fd = posix.open(self.path, flags | posix.O_CREAT, 0o600)
+                fd = posix.open(path, flags | posix.O_CREAT, 0o600)
             except PermissionError:
                 # it exists: fs.protected_regular=2 forbids even root an O_CREAT open of
                 # another user's file in a sticky group-writable directory (a root
                 # installation's etc/, where the vpopmail user's relay locks are)
-                fd = posix.open(self.path, flags)
+                fd = posix.open(path, flags)
             ensure_owner(fd, *self.owner)
         except OSError as exc:
-            raise CouldNotUpdateFile(f"lock {self.path}: {exc.strerror}") from None
+            raise CouldNotUpdateFile(f"lock {path}: {exc.strerror}") from None
         deadline = time.monotonic() + self.timeout
         pause = 0.001
         while True:
@@ -513,17 +540,30 @@ class FileLock:
                     raise
             if time.monotonic() >= deadline:
                 posix.close(fd)
-                raise LockTimeout(self.path)
+                raise LockTimeout(path)
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
+        # a parent's entry (held by another pid) is replaced, its descriptor left alone
+        _HELD[path] = [fd, 1, pid]
         self._fd = fd
+        self.took = True
         return self
 
     @property
     def fd(self) -> int:
-        """The open lock file (for small state kept in it while the lock is held)."""
+        """The open lock file while it is held (for small state kept in it), shared by every
+        hold of the path in this process."""
         return self._fd
 
     def __exit__(self, *exc: object) -> None:
-        posix.close(self._fd)
-        self._fd = -1
+        held = _HELD.get(self.path)
+        if held is None or held[2] != posix.getpid():
+            # not held by this process: a forked child leaving its parent's hold (neither
+            # the lock nor, maybe, that descriptor is its own)
+            self._fd = -1
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del _HELD[self.path]
+            self._fd = -1
+            posix.close(held[0])

@@ -22,8 +22,6 @@ if TYPE_CHECKING:
 
 
 DOMAIN_FILE = ".qmailadmin-limits"
-#: beside the domain file: held while a domain administrator's addition is counted and made
-LOCK_FILE = DOMAIN_FILE + ".lock"
 DEFAULT_FILE = "vlimits.default"
 
 #: numeric keys and their defaults, in the order they are written

@@ -28,8 +28,6 @@ class QmailFiles:
         self.root = config.qmail_dir
         self.timeout = config.locks_timeout
         self.sync = config.delivery_file_sync
-        self._assign_held: FileLock | None = None
-        self._assign_holds = 0
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
@@ -37,14 +35,16 @@ class QmailFiles:
     def _lock(self, path: str) -> FileLock:
         return FileLock(path + ".lock", self.timeout)
 
-    def assign_lock(self, make_tree: bool = False) -> "AssignLock":
+    def assign_lock(self, make_tree: bool = False) -> FileLock:
         """users/assign's lock, for a whole check-and-change of the list of domains (add or
         delete a domain: is it there, then make or remove it), so that two commands never
         both see a name free. Held again inside (the writes of users/assign take it), it is
-        the one hold: POSIX locks are the process's, and closing a second descriptor of the
-        lock file would drop the first one's lock. ``make_tree``: the qmail directory must
-        exist, ``users/`` and ``control/`` are made (:meth:`add_domain`)."""
-        return AssignLock(self, make_tree)
+        the one hold (:class:`~vpopmail.fsutil.FileLock` is re-entrant). ``make_tree``: the
+        qmail directory must exist, ``users/`` and ``control/`` are made now
+        (:meth:`add_domain`)."""
+        if make_tree:
+            self._make_tree()
+        return self._lock(self.path("users", "assign"))
 
     def _make_tree(self) -> None:
         """``users/`` and ``control/`` if missing; the qmail directory itself never (a
@@ -255,31 +255,3 @@ class QmailFiles:
             except OSError:  # gone meanwhile, or not ours to look at or signal
                 continue
 
-
-class AssignLock:
-    """A hold on users/assign's lock (:meth:`QmailFiles.assign_lock`): the first takes it, the
-    last one out gives it back."""
-
-    __slots__ = ("qmail", "make_tree")
-
-    def __init__(self, qmail: QmailFiles, make_tree: bool) -> None:
-        self.qmail = qmail
-        self.make_tree = make_tree
-
-    def __enter__(self) -> "AssignLock":
-        qmail = self.qmail
-        if self.make_tree:
-            qmail._make_tree()
-        if qmail._assign_holds == 0:
-            lock = qmail._lock(qmail.path("users", "assign"))
-            lock.__enter__()
-            qmail._assign_held = lock
-        qmail._assign_holds += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        qmail = self.qmail
-        qmail._assign_holds -= 1
-        if qmail._assign_holds == 0 and qmail._assign_held is not None:
-            qmail._assign_held.__exit__()
-            qmail._assign_held = None

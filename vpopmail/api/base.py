@@ -23,84 +23,45 @@ if TYPE_CHECKING:
 
 DIR_LOCK = ".dir-control.lock"
 
-#: the directory locks this process holds, and how many holds each has (see DirLock)
-_LOCKS: dict[str, FileLock] = {}
-_HOLDS: dict[str, int] = {}
 
-
-class DirLock:
-    """A hold on a directory's .dir-control.lock: the first hold in this process takes the
-    lock, the last one out gives it back. Held again inside (an operation made of others, each
-    taking it), it is the one hold: POSIX locks are the process's, and closing a second
-    descriptor of the lock file would drop the first one's lock."""
-
-    __slots__ = ("lock", "held")
-
-    def __init__(self, lock: FileLock) -> None:
-        self.lock = lock
-        self.held = False
-
-    def __enter__(self) -> "DirLock":
-        path = self.lock.path
-        if path in _HOLDS:
-            _HOLDS[path] += 1
-            self.held = True
-            return self
-        self.held = self._acquire()
-        if self.held:
-            _LOCKS[path], _HOLDS[path] = self.lock, 1
-        return self
-
-    def _acquire(self) -> bool:
-        """Take the lock; whether there is one to give back."""
-        self.lock.__enter__()
-        return True
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.held:
-            return
-        self.held = False
-        path = self.lock.path
-        _HOLDS[path] -= 1
-        if _HOLDS[path] == 0:
-            del _HOLDS[path]
-            _LOCKS.pop(path).__exit__()
-
-
-class DomainLock(DirLock):
+class DomainLock(FileLock):
     """The lock of a domain (its directory's .dir-control.lock), taken by every change of its
     users, aliases, limits and catch-all for the whole check-and-change, and by vdeldomain
     from before its first change until the directory is gone. Once taken, the domain must
     still be the one resolved: a vdeldomain it waited for leaves the lock file unlinked (the
     directory removed) and users/cdb without the domain, so the change is refused as for a
     domain that does not exist instead of reaching a half-removed directory (or, once the
-    directory is gone, failing on a missing file)."""
+    directory is gone, failing on a missing file). Entered while this process holds the lock
+    already (an operation made of others, each taking it), it joins that hold unchecked: no
+    vdeldomain can have come between."""
 
     __slots__ = ("api", "entry")
 
     def __init__(self, api: "ApiBase", entry: AssignEntry) -> None:
-        super().__init__(api._lock_file(entry.dir, entry.uid, entry.gid))
+        super().__init__(os.path.join(entry.dir, DIR_LOCK), api.timeout, entry.uid, entry.gid)
         self.api = api
         self.entry = entry
 
-    def _acquire(self) -> bool:
+    def __enter__(self) -> "DomainLock":
         try:
-            self.lock.__enter__()
+            super().__enter__()
         except CouldNotUpdateFile:
             self._refuse_if_gone()  # removed by a vdeldomain
             if os.path.lexists(self.entry.dir):
                 raise
             # still routed, its directory missing (removed by hand, a file system not
-            # mounted): nothing there to guard, and the change meets that damage as before
-            return False
-        try:
-            if os.fstat(self.lock.fd).st_nlink == 0:
-                raise DomainDoesNotExist(self.entry.domain)
-            self._refuse_if_gone()
-        except BaseException:
-            self.lock.__exit__()
-            raise
-        return True
+            # mounted): nothing there to guard, and the change meets that damage as before.
+            # Nothing is held, and the exit finds no hold of this process to give back.
+            return self
+        if self.took:
+            try:
+                if os.fstat(self.fd).st_nlink == 0:
+                    raise DomainDoesNotExist(self.entry.domain)
+                self._refuse_if_gone()
+            except BaseException:
+                super().__exit__()
+                raise
+        return self
 
     def _refuse_if_gone(self) -> None:
         found = self.api.find_domain(self.entry.real_domain)
@@ -130,12 +91,9 @@ class ApiBase:
             self._qmail = QmailFiles(self.config)
         return self._qmail
 
-    def _lock_file(self, directory: str, uid: int, gid: int) -> FileLock:
-        return FileLock(os.path.join(directory, DIR_LOCK), self.timeout, uid, gid)
-
-    def _dir_lock(self, directory: str, uid: int, gid: int) -> DirLock:
+    def _dir_lock(self, directory: str, uid: int, gid: int) -> FileLock:
         """The lock that guards a directory's .dir-control (domains root or a domain)."""
-        return DirLock(self._lock_file(directory, uid, gid))
+        return FileLock(os.path.join(directory, DIR_LOCK), self.timeout, uid, gid)
 
     def domain_lock(self, entry: AssignEntry) -> DomainLock:
         """The lock of ``entry``'s domain for a change of it (:class:`DomainLock`): taken after

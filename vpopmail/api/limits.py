@@ -6,7 +6,7 @@ import os
 
 from maildir.quota import NOQUOTA
 from vpopmail import flags, limits
-from vpopmail.api.base import ApiBase, DomainLock
+from vpopmail.api.base import ApiBase
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import QuotaTooLong
 from vpopmail.fsutil import FileLock
@@ -82,7 +82,7 @@ class LimitsMixin(ApiBase):
             with self.domain_lock(entry):  # vdeldomain deletes the row under it
                 table.change_limits(entry.real_domain, limits.COLUMNS, edit_row)
             return result[-1]
-        lock: FileLock | DomainLock
+        lock: FileLock
         if entry is None:  # the vpopmail user's, as packaging/install makes it: vchkpw
             # working as that user reads it at every login of a domain without its own limits
             path, owner = limits.default_file(self.config.home), (self.config.uid,
@@ -103,20 +103,18 @@ class LimitsMixin(ApiBase):
         domain within its counted limit ``key`` (qmailadmin's test,
         :meth:`~vpopmail.limits.Limits.check_room`); else LimitReached and nothing changes.
         ``adding()`` says how many things the change adds (0: none, nothing to check),
-        ``count()`` how many the domain holds; both are asked and the change is made under
-        the domain's ``.qmailadmin-limits.lock`` and then its lock (:meth:`domain_lock`, in
-        that order: only here is the first taken), so two additions at once cannot both take
-        the last place. While ``key`` is unlimited (-1) nothing is counted and only the
-        domain's lock is taken.
+        ``count()`` how many the domain holds. The limits are read, both are asked and the
+        change is made under the domain's lock (:meth:`domain_lock`), which every change of
+        the domain (its users, aliases and limits) takes: two additions at once cannot both
+        take the last place, nor a limit change come between. While ``key`` is unlimited
+        (-1) nothing is counted.
         """
-        if not self.domain_limits(entry).limited(key):
-            with self.domain_lock(entry):
-                return change()
-        with FileLock(os.path.join(entry.dir, limits.LOCK_FILE), self.timeout, entry.uid,
-                      entry.gid), self.domain_lock(entry):
-            wanted = adding()
-            if wanted:
-                self.domain_limits(entry).check_room(key, count(), wanted, entry.real_domain)
+        with self.domain_lock(entry):
+            current = self.domain_limits(entry)
+            if current.limited(key):
+                wanted = adding()
+                if wanted:
+                    current.check_room(key, count(), wanted, entry.real_domain)
             return change()
 
     def delete_domain_limits(self, entry: AssignEntry) -> None:
