@@ -75,6 +75,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = kept
 
 
+@pytest.fixture(autouse=True)
+def _close_sql_stores() -> Iterator[None]:
+    """Close the SQL connections a test opened in this process (``Install.api()`` and the
+    like) when it ends. The stores list every SQL database they open for close_stores(), which
+    the programs call before they exit; nothing calls it in this process, so each store a test
+    left open kept its connections to the session's MariaDB until the worker ended: tens of
+    them after a few hundred tests, and the fifty simultaneous logins of test_vchkpw.py then
+    met "Too many connections (1040)"."""
+    yield
+    from vpopmail.stores import close_stores
+
+    close_stores()
+
+
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """The user backend of the install fixtures: "cdb" unless parametrized (both_backends)."""

@@ -23,6 +23,13 @@ INSTALL_DB = shutil.which("mariadb-install-db")
 CLIENT = shutil.which("mariadb")
 RW, RO, PASSWORD = "vpop_rw", "vpop_ro", "s3cret'pw"
 _names = itertools.count(1)
+#: what one server takes at once (MariaDB's default is 151). A test's peak is about 100: every
+#: login or delivery run directly holds a read and an update connection (the fifty
+#: simultaneous logins of tests/test_vchkpw.py: up to 100), and a vpopmail-server keeps both
+#: in each of its 32 workers (64) while the requests it declines run directly. A stopped
+#: server's workers end after its parent, so their connections can still be open when the
+#: next test of this worker starts: room for that test's peak on top of them, and spare.
+MAX_CONNECTIONS = 400
 
 
 def _free_port() -> int:
@@ -79,7 +86,8 @@ class MariaDB:
             [MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
              f"--port={self.port}", "--bind-address=127.0.0.1", f"--server-id={self.server_id}",
              f"--pid-file={self.base / 'pid'}", f"--log-error={self.base / 'error.log'}",
-             "--innodb-buffer-pool-size=32M", "--skip-name-resolve", *self.options, *me],
+             "--innodb-buffer-pool-size=32M", "--skip-name-resolve",
+             f"--max-connections={MAX_CONNECTIONS}", *self.options, *me],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -272,6 +273,53 @@ def test_database_down_defers_mail_and_logins_and_admin_commands_change_nothing(
     assert added.returncode != 0
     assert "no authentication database connection" in added.stdout + added.stderr
     assert not (each_install.domains / DOMAIN / "bob").exists()  # its directory was undone
+
+
+def test_a_server_at_its_max_connections_is_temporary_never_a_wrong_password(
+        each_install: Install, sql_db: Database) -> None:
+    """MariaDB refusing a connection with "Too many connections" (1040) is a local fault: a
+    login answers 111, never 1 (the client would tell the user the password is wrong), and
+    mail is deferred. The server's limit is lowered (to its least, 10) over a root connection
+    held here, connections fill the places left, and the limit is set back over that one."""
+    from MySQLdb import _mysql
+
+    def value(statement: bytes) -> bytes:
+        root.query(statement)
+        result = root.store_result()
+        assert result is not None
+        [[found]] = result.fetch_row(0)
+        return bytes(found)
+
+    site = sql_site(each_install, sql_db, LoginSite)
+    root = _mysql.connect(unix_socket=sql_db.server.socket, user="root")
+    filling: list[Any] = []
+    try:
+        limit = value(b"SELECT @@max_connections")
+        root.query(b"SET GLOBAL max_connections = 1")  # raised to the least the server takes
+        least = int(value(b"SELECT @@max_connections"))
+        try:
+            while True:
+                assert len(filling) <= least, "the server took more than max_connections"
+                try:
+                    filling.append(_mysql.connect(unix_socket=sql_db.server.socket, user=RO,
+                                                  password=PASSWORD))
+                except _mysql.OperationalError as exc:
+                    assert exc.args[0] == 1040, exc
+                    break
+            login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+            delivery = site.deliver("alice")
+        finally:
+            root.query(b"SET GLOBAL max_connections = " + limit)
+    finally:
+        for handle in filling:
+            handle.close()
+        root.close()
+    assert login.code == 111 and not login.ran, login
+    assert "Too many connections (1040)" in login.stderr, login
+    assert delivery.returncode == 111, delivery
+    assert delivery.stdout.startswith(b"vdelivermail: deferred, database down"), delivery.stdout
+    assert not list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
 
 
 def test_a_server_that_has_gone_away_is_temporary_and_the_next_query_reconnects(
