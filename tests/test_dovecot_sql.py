@@ -257,6 +257,30 @@ def test_changed_password_works_at_next_login(mail_site: Site, dovecot: Dovecot)
         dovecot.imap_login(address("alice"), PASSWORD, new_source_ip())
 
 
+def test_alias_domain_logins_are_the_real_domains_users(mail_site: Site,
+                                                        dovecot: Dovecot) -> None:
+    """user@alias logs in as the real domain's user (vaddaliasdomain copies the alias into
+    the aliasdomains table the shipped queries join), reads that user's mail, and stops
+    working with vdeldomain of the alias."""
+    mail_site.ok("vaddaliasdomain", DOMAIN, "alias.example")
+    tested = dovecot.doveadm("auth", "test", "-x", f"rip={new_source_ip()}",
+                             "alice@alias.example", PASSWORD)
+    assert tested.returncode == 0, tested.stderr
+    assert "user=alice@example.com" in tested.stdout
+    found = dovecot.doveadm("user", "alice@alias.example")
+    assert found.returncode == 0, found.stderr
+    assert f"home\t{user_dir(mail_site, 'alice')}\n" in found.stdout
+    client = dovecot.imap_login("Alice@Alias.Example", PASSWORD, new_source_ip())
+    try:
+        assert client.select("INBOX") == ("OK", [b"1"])
+    finally:
+        client.logout()
+    mail_site.ok("vdeldomain", "alias.example")
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        dovecot.imap_login("alice@alias.example", PASSWORD, new_source_ip())
+    dovecot.imap_login(address("alice"), PASSWORD, new_source_ip()).logout()
+
+
 def test_per_domain_tables_through_a_view(root_vhome: Install, sql_db: Database, tmp_path: Path,
                                           dovecot_factory: Callable[..., Dovecot]) -> None:
     """mysql.many_domains = false: the view the .conf.ext describes lets the shipped queries

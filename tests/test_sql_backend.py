@@ -456,6 +456,55 @@ def test_domain_limits_in_the_limits_table(vhome: Install, sql_db: Database) -> 
     assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
 
 
+# -- alias domains for Dovecot (the aliasdomains table) ----------------------------------------
+ALIAS_ROWS = "SELECT alias, domain FROM aliasdomains ORDER BY alias"
+
+
+def test_alias_domains_are_copied_into_the_aliasdomains_table(vhome: Install,
+                                                              sql_db: Database) -> None:
+    """vadddomain makes the table (Dovecot's queries join it from the first domain on),
+    vaddaliasdomain adds a row, vdeldomain of an alias or (with -f) of its real domain takes
+    them out: always what users/assign routes."""
+    sql_site(vhome, sql_db)
+    assert sql_db.rows(ALIAS_ROWS) == []
+    vhome.ok("vaddaliasdomain", DOMAIN, "alias.example")
+    vhome.ok("vaddaliasdomain", DOMAIN, "other.example")
+    assert sql_db.rows(ALIAS_ROWS) == [["alias.example", DOMAIN], ["other.example", DOMAIN]]
+    vhome.ok("vdeldomain", "other.example")
+    assert sql_db.rows(ALIAS_ROWS) == [["alias.example", DOMAIN]]
+    vhome.ok("vdeldomain", "-f", DOMAIN)
+    assert sql_db.rows(ALIAS_ROWS) == []
+
+
+def test_vregenerate_fills_the_aliasdomains_table(vhome: Install, sql_db: Database) -> None:
+    """A site whose alias domains predate the table (a C vpopmail's) gets them all with one
+    vregenerate; one that disables the copy gets no table from vadddomain."""
+    sql_site(vhome, sql_db)
+    vhome.ok("vaddaliasdomain", DOMAIN, "alias.example")
+    sql_db.server.sql("DROP TABLE aliasdomains", sql_db.name)
+    vhome.ok("vregenerate")
+    assert sql_db.rows(ALIAS_ROWS) == [["alias.example", DOMAIN]]
+    sql_db.server.sql("DROP TABLE aliasdomains", sql_db.name)
+    vhome.set_config("mysql", "aliasdomains_table", False)
+    vhome.ok("vadddomain", "example.net", "secret")
+    vhome.ok("vaddaliasdomain", "example.net", "alias.example.net")
+    assert "aliasdomains" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
+
+
+def test_vaddaliasdomain_with_the_database_down_changes_nothing(vhome: Install,
+                                                                sql_db: Database) -> None:
+    """The table is written first: with the database down the alias is refused, not routed
+    by qmail while Dovecot does not know it (and a second run would find it "exists")."""
+    sql_site(vhome, sql_db)
+    assign = (vhome.qmaildir / "users" / "assign").read_bytes()
+    for side in ("read", "update"):
+        vhome.set_config("mysql", f"{side}_socket", "/nonexistent/mysqld.sock")
+    result = vhome.run("vaddaliasdomain", DOMAIN, "alias.example")
+    assert result.returncode != 0, result
+    assert "no authentication database connection" in result.stdout + result.stderr, result
+    assert (vhome.qmaildir / "users" / "assign").read_bytes() == assign
+
+
 # -- hygiene -----------------------------------------------------------------------------------
 def test_an_ipv6_login_is_recorded_in_c_54s_narrow_lastauth(vhome: Install, sql_db: Database
                                                             ) -> None:

@@ -86,6 +86,9 @@ class Config:
     # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
     mysql_many_domains: bool = True
     mysql_limits_table: bool = False
+    #: a copy of users/assign's alias domains in the aliasdomains table, for Dovecot's SQL
+    #: queries (sagredo's vpopmail --enable-sql-aliasdomains)
+    mysql_aliasdomains_table: bool = True
     mysql_sql_logging: bool = False
     mysql_connect_timeout: int = 2
     mysql_read_fallback: bool = True

@@ -38,6 +38,22 @@ class DomainsMixin(UsersMixin):
     def aliases_of(self, real_domain: str) -> list[str]:
         return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
 
+    def mirror_alias_domains(self, adding: AssignEntry | None = None,
+                             dropping: frozenset[str] = frozenset()) -> None:
+        """Copy users/assign's alias domains, with ``adding`` and without ``dropping`` (a
+        change about to be written there), into the SQL ``aliasdomains`` table
+        (mysql.aliasdomains_table), where Dovecot's SQL queries resolve them; nothing with
+        the files. Under users/assign's lock, before the change: with the database down the
+        command fails having changed nothing."""
+        table = self.stores.alias_domains_table
+        if table is None:
+            return
+        pairs = {e.domain: e.real_domain for e in self.domains()
+                 if e.is_alias and e.domain not in dropping}
+        if adding is not None:
+            pairs[adding.domain] = adding.real_domain
+        table.replace_alias_domains(sorted(pairs.items()))
+
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
                    default_action: str | None = None, quota: str | None = None,
@@ -63,6 +79,7 @@ class DomainsMixin(UsersMixin):
         # is the name free, then make it: one step, so that of two vadddomain at once the
         # second finds the first one's domain complete (not a directory to take over)
         with self.qmail.assign_lock(make_tree=True):
+            self.mirror_alias_domains()  # the table Dovecot's queries join, from the first
             return self._add_domain(domain, spec, action, root, bool(base_dir), uid, gid,
                                     optimize)
 
@@ -232,6 +249,7 @@ class DomainsMixin(UsersMixin):
         if existing is not None:
             if existing != entry or not self.domain_incomplete(existing, postmaster=False):
                 raise DomainAlreadyExists(alias)
+        self.mirror_alias_domains(adding=entry)
         self.qmail.add_domain(entry, resume=True)  # its very line in users/assign is ours
         return entry
 
@@ -269,6 +287,7 @@ class DomainsMixin(UsersMixin):
                 self._remove_domain_dir(entry, root, bucket)
             return []
         if entry.is_alias:
+            self.mirror_alias_domains(dropping=frozenset({entry.domain}))
             ipmap.forget_domains(self.config, {entry.domain})
             self.qmail.remove_domain(entry.domain, missing_ok=True)
             return []
@@ -282,6 +301,7 @@ class DomainsMixin(UsersMixin):
         with self.domain_lock(entry):
             # first: a map the caller may not write (root's) stops it before anything is gone
             ipmap.forget_domains(self.config, {entry.domain, *aliases})
+            self.mirror_alias_domains(dropping=frozenset(aliases))
             for alias in aliases:
                 self.qmail.remove_domain(alias)
             self.qmail.remove_domain(entry.domain, missing_ok=True)

@@ -16,7 +16,8 @@ options: -v (print version number)
          -n (dry run: print what would be written)
          -f, --force (replace vpopmail entries of a users/assign that differs)
 Domains are found under the vpopmail domains directory; alias domains survive only if
-users/assign still names them.
+users/assign still names them. With the SQL backend the aliasdomains table (Dovecot's
+queries join it) is written from users/assign too.
 """
 
 
@@ -64,5 +65,6 @@ def regenerate(api: "Vpopmail", write: bool, force: bool) -> int:
         return 1
     api.qmail.replace_assign(found, root)
     api.qmail.ensure_routed([e.domain for e in found])
+    api.mirror_alias_domains()  # the SQL aliasdomains table too (made if missing)
     print(f"{len(found)} domains in users/assign")
     return 0

@@ -5,7 +5,9 @@
 - aliases: ``.qmail-<alias>`` files (:mod:`.aliasfiles`) or ``valias`` rows;
 - relay (roaming IPs): ``etc/open-smtp`` (:mod:`vpopmail.stores.relay`) or the ``relay`` table;
 - domain limits: ``.qmailadmin-limits`` files (:mod:`vpopmail.limits`) or the ``limits`` table;
-- the auth log: ``vlog`` rows (C's --enable-sql-logging); nothing with the files.
+- the auth log: ``vlog`` rows (C's --enable-sql-logging); nothing with the files;
+- a copy of the alias domains for Dovecot's SQL queries: ``aliasdomains`` rows; none with the
+  files (qmail's users/assign is where they live).
 
 This module alone reads ``users.backend`` and imports the SQL module; everything else gets the
 store it needs from a :class:`Stores`. The SQL stores of one process share one object, which
@@ -28,7 +30,8 @@ if TYPE_CHECKING:
     from vpopmail.config import Config
     from vpopmail.limits import Limits
     from vpopmail.stores.cdbfiles import CdbFiles
-    from vpopmail.stores.protocols import AliasStore, AuthLog, LimitsTable, ValiasRows
+    from vpopmail.stores.protocols import (AliasDomainsTable, AliasStore, AuthLog, LimitsTable,
+                                           ValiasRows)
     from vpopmail.stores.relay import RelayTable
     from vpopmail.stores.sql import MySQLDatabase
 
@@ -332,6 +335,11 @@ class Stores:
             return limits.read(entry.dir, self.config.home)
         return limits.from_table_row(self.config, entry,
                                      table.get_limits(entry.real_domain, limits.COLUMNS))
+
+    @property
+    def alias_domains_table(self) -> "AliasDomainsTable | None":
+        """The SQL ``aliasdomains`` table (mysql.aliasdomains_table), or None."""
+        return self._sql if self.config.mysql_aliasdomains_table else None
 
     @property
     def auth_log(self) -> "AuthLog | None":

@@ -70,6 +70,15 @@ class LimitsTable(Protocol):
         """Drop the domain's row."""
 
 
+class AliasDomainsTable(Protocol):
+    """The alias domains as rows of an ``aliasdomains`` table (alias, real domain), a copy of
+    users/assign's for Dovecot's SQL queries (the table of sagredo's vpopmail
+    --enable-sql-aliasdomains)."""
+
+    def replace_alias_domains(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Make the table hold exactly ``pairs`` (alias, real domain): one step."""
+
+
 class AuthLog(Protocol):
     """The ``vlog`` table (C's --enable-sql-logging)."""
 

@@ -93,6 +93,7 @@ LAYOUTS = {
                  "remote_ip varchar(45) NOT NULL, timestamp bigint DEFAULT 0 NOT NULL, "
                  "PRIMARY KEY (user, domain)"),
     "relay": "ip_addr varchar(45) NOT NULL, timestamp char(12), PRIMARY KEY (ip_addr)",
+    "aliasdomains": "alias varchar(96) NOT NULL, domain varchar(96) NOT NULL, PRIMARY KEY (alias)",
     "valias": ("alias varchar(64) NOT NULL, domain varchar(96) NOT NULL, "
                "valias_line text NOT NULL, INDEX (alias, domain)"),
     "dir_control": ("domain varchar(96) NOT NULL, cur_users int, level_cur int, level_max int, "
@@ -890,6 +891,20 @@ class MySQLDatabase(UserDatabase):
             return len(old)
 
         return self.transaction(work, ["relay"])
+
+
+    # -- alias domains (a copy of users/assign's for Dovecot) ---------------------------------
+    def replace_alias_domains(self, pairs: "Sequence[tuple[str, str]]") -> None:
+        """The ``aliasdomains`` rows: exactly ``pairs`` (alias, real domain), in one
+        transaction (made when missing)."""
+        def work(conn: Connection) -> None:
+            conn.query("DELETE FROM aliasdomains")
+            if pairs:
+                conn.query("INSERT INTO aliasdomains (alias, domain) VALUES "
+                           + ", ".join(["(%s, %s)"] * len(pairs)),
+                           [value for pair in pairs for value in pair])
+
+        self.transaction(work, ["aliasdomains"])
 
 
 # -- aliases (valias) ---------------------------------------------------------------------------
