@@ -93,6 +93,8 @@ def test_whatever_the_backend_and_per_domain_tables(vhome: Install, sql_db: Data
     assert vhome.ok("vconvert", "-c", "-m", DOMAIN, ALIAS) == "converting example.com done\n"
     table = sql_db.rows("SELECT pw_name FROM example_com ORDER BY pw_name")
     assert [r[0] for r in table] == sorted(vpasswd_users(vhome))
+    # and the alias domains, which Dovecot's SQL queries join
+    assert sql_db.rows("SELECT alias, domain FROM aliasdomains") == [[ALIAS, DOMAIN]]
     # the configured backend (SQL now) answers from the rows
     assert vhome.ok("vuserinfo", "-C", f"carol@{DOMAIN}") == "pa:ss wörd\n"
     for name in ("vpasswd", "vpasswd.cdb"):

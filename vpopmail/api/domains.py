@@ -46,13 +46,18 @@ class DomainsMixin(UsersMixin):
         the files. Under users/assign's lock, before the change: with the database down the
         command fails having changed nothing."""
         table = self.stores.alias_domains_table
-        if table is None:
-            return
+        if table is not None:
+            table.replace_alias_domains(self.alias_domain_pairs(adding, dropping))
+
+    def alias_domain_pairs(self, adding: AssignEntry | None = None,
+                           dropping: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+        """(alias, real domain) of users/assign's alias domains, with ``adding`` and without
+        ``dropping``, sorted."""
         pairs = {e.domain: e.real_domain for e in self.domains()
                  if e.is_alias and e.domain not in dropping}
         if adding is not None:
             pairs[adding.domain] = adding.real_domain
-        table.replace_alias_domains(sorted(pairs.items()))
+        return sorted(pairs.items())
 
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,

@@ -288,6 +288,15 @@ class Convert:
             self.warn_valias(entry, source.aliases)
         return len(users)
 
+    def copy_alias_domains(self) -> None:
+        """The alias domains into the SQL aliasdomains table (mysql.aliasdomains_table), as
+        vadddomain makes it there: Dovecot's SQL queries join it."""
+        assert self.stores is not None
+        table = self.stores[1].alias_domains_table
+        if table is not None:
+            with self.api.qmail.assign_lock():
+                table.replace_alias_domains(self.api.alias_domain_pairs())
+
     def warn_valias(self, entry: AssignEntry, aliases: AliasStore) -> None:
         names = aliases.names(entry)
         if names:
@@ -349,6 +358,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         job = Convert(api, source, target, path, pairs, debug)
         for entry, file in job.plan([d.lower() for d in domains]):
             job.domain(entry, file)
+        if target == "m":
+            job.copy_alias_domains()
         return job.status
 
     return run(body, USAGE)
