@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from vpopmail import config as vconfig
-from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.errors import ConfigError
+from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
                            read_request, reply, to_rlimit)
