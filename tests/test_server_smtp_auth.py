@@ -142,6 +142,9 @@ def test_with_the_server_down_a_listed_caller_gets_a_temporary_failure(site: Log
     for password in ("pw", "wrong"):
         code, ran, _, _ = as_caller(site, password)
         assert (code, ran) == (111, False)
+    checked = site.inst.run("vcheck", "alice@example.com")  # a fault, where it is not without
+    assert checked.returncode != 0, checked.stdout
+    assert "the SMTP AUTH logins of server.smtp_auth_callers (nobody) fail" in checked.stdout
 
 
 @pytest.mark.parametrize(("listed", "reason"), [
@@ -151,11 +154,16 @@ def test_with_the_server_down_a_listed_caller_gets_a_temporary_failure(site: Log
 ])
 def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
         root_vhome: Install, listed: str, reason: str) -> None:
+    root_vhome.ok("vadddomain", DOMAIN, "secret")
     root_vhome.set_config("server", "smtp_auth_callers", listed)
     result = subprocess.run([str(root_vhome.bin / "vpopmail-server")], capture_output=True,
                             env=CLEAN_ENV, cwd="/", timeout=60)
     assert result.returncode == 111
     assert f"vpopmail-server: configuration error: server.smtp_auth_callers: {reason}" in result.stderr.decode()
+    checked = root_vhome.run("vcheck", f"postmaster@{DOMAIN}")
+    assert checked.returncode != 0, checked.stdout
+    assert (f"server.smtp_auth_callers: {reason}" in checked.stdout
+            and "vpopmail-server does not start" in checked.stdout), checked.stdout
 
 
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as

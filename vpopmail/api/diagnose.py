@@ -495,6 +495,13 @@ class Diagnosis:
                       if wire.is_front_end(os.path.join(self.config.home, "bin", name))]
         if not front_ends:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
+        from vpopmail.server.worker import smtp_auth_callers
+
+        try:
+            callers = smtp_auth_callers(self.config)
+        except VpopmailError as exc:  # the server stops at its start with it
+            raise Fault(f"{exc}: vpopmail-server does not start",
+                        "mend server.smtp_auth_callers in vpopmail.toml") from None
         path = self.config.home_path("server_socket")
         programs = " and ".join(front_ends)
         uid = wire.server_uid(self.config.home)
@@ -515,8 +522,13 @@ class Diagnosis:
             return (f"of another protocol version ({path}: {exc}): {programs} run the Python "
                     f"programs until it reloads (mail and logins work, more slowly)")
         except (OSError, wire.Drop) as exc:
-            return (f"down ({path}: {exc}): {programs} run the Python programs (mail and logins "
-                    f"work, more slowly); start bin/vpopmail-server (packaging/service/)")
+            down = f"down ({path}: {exc}): {programs} run the Python programs"
+            start = "start bin/vpopmail-server (packaging/service/)"
+            if callers:  # their vchkpw cannot read the user files as themselves
+                raise Fault(f"{down}: the SMTP AUTH logins of server.smtp_auth_callers "
+                            f"({self.config.server_smtp_auth_callers.strip()}) fail", start
+                            ) from None
+            return f"{down} (mail and logins work, more slowly); {start}"
 
 
     # 13 ---------------------------------------------------------------------------------------
