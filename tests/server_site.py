@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from delivery_site import DOMAIN
 from install_site import CLEAN_ENV, Install
+from login_site import LoginSite
 
 
 class Server:
@@ -83,6 +85,25 @@ def running_server(inst: Install, *args: str) -> Iterator[Server]:
         assert not failures, failures
 
 
+@contextmanager
+def served_login_site(inst: Install) -> Iterator[LoginSite]:
+    """example.com with alice (password pw) on ``inst``, its server running
+    (:func:`server_of`)."""
+    site = LoginSite(inst, unprivileged=True)
+    try:
+        site.ok("vadddomain", DOMAIN, "secret")
+        site.add("alice", "pw")
+        with running_server(inst) as server:
+            site.server = server  # type: ignore[attr-defined]
+            yield site
+    finally:
+        site.syslog.close()
+
+
+def server_of(site: LoginSite) -> Server:
+    return site.server  # type: ignore[attr-defined, no-any-return]
+
+
 def without_fallbacks(inst: Install) -> None:
     """Make the Python programs behind the front ends fail loudly: what still works went
     through the server."""
@@ -91,7 +112,7 @@ def without_fallbacks(inst: Install) -> None:
         path.write_text("#!/bin/sh\necho fallback used >&2\nexit 42\n")
 
 
-def worker_ids(server: Server) -> list[tuple[str, str, str]]:
+def worker_ids(server: Server) -> list[tuple[list[str], list[str], list[str]]]:
     """(Uid, Gid, Groups) lines of /proc/PID/status for each worker of ``server``."""
     found = []
     for task in os.listdir("/proc"):
@@ -102,4 +123,4 @@ def worker_ids(server: Server) -> list[tuple[str, str, str]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         if task.isdigit() and fields.get("PPid", "").strip() == str(server.proc.pid):
             found.append((fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split()))
-    return found  # type: ignore[return-value]
+    return found

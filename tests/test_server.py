@@ -26,8 +26,8 @@ from install_site import INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
-from server_site import (Server, fill_queue, running_server, wait_for, without_fallbacks,
-                         worker_ids)
+from server_site import (Server, fill_queue, running_server, served_login_site, server_of,
+                         wait_for, without_fallbacks, worker_ids)
 from vpopmail.server import status
 from vpopmail.wire import BODY, DECLINE, EXIT, HEADER, LIMITS, VERSION, identity_socket
 
@@ -46,17 +46,8 @@ def site(root_vhome: Install, request: pytest.FixtureRequest) -> Iterator[LoginS
             "requests_per_worker": 1 if request.param == "fresh" else 1000}
         for key, value in settings.items():
             root_vhome.set_config("server", key, value)
-    login_site = LoginSite(root_vhome, unprivileged=True)
-    login_site.ok("vadddomain", DOMAIN, "secret")
-    login_site.add("alice", "pw")
-    with running_server(root_vhome) as server:
-        login_site.server = server  # type: ignore[attr-defined]
+    with served_login_site(root_vhome) as login_site:
         yield login_site
-    login_site.syslog.close()
-
-
-def server_of(site: LoginSite) -> Server:
-    return site.server  # type: ignore[attr-defined, no-any-return]
 
 
 def body_of(site: Site, name: str) -> list[bytes]:
