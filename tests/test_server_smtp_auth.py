@@ -158,6 +158,53 @@ def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
     assert f"vpopmail-server: configuration error: server.smtp_auth_callers: {reason}" in result.stderr.decode()
 
 
+#: a module whose loading records who loaded it (its euid) in the directory it is built for
+RECORDER = """#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void record(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/loaded-by-%d", DIRECTORY, (int)geteuid());
+    FILE *f = fopen(path, "w");
+    if (f != NULL)
+        fclose(f);
+}
+"""
+
+
+def test_a_listed_callers_environment_does_not_reach_the_workers_libraries(
+        site: LoginSite) -> None:
+    """The caller's variables are vchkpw's data and its program's environment, never the
+    worker's own: C libraries read theirs at run time, as the vpopmail user. Here libmariadb
+    loads an authentication plugin the database asks for (ed25519) from MARIADB_PLUGIN_DIR
+    (OpenSSL, where the worker starts it, the modules OPENSSL_CONF names): a module of the
+    caller's there would run as the vpopmail user."""
+    if site.inst.backend != "mysql":
+        pytest.skip("libmariadb's plugins: the SQL backend")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    without_fallbacks(site.inst)
+    server = site.inst.database.server  # type: ignore[attr-defined]
+    if not server.sql("SELECT 1 FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'ed25519'"):
+        server.sql("INSTALL SONAME 'auth_ed25519'")
+    server.sql("CREATE USER IF NOT EXISTS 'vpop_ed'@'localhost' IDENTIFIED VIA ed25519 "
+               "USING PASSWORD('edpw'); GRANT ALL ON `t\\_%`.* TO 'vpop_ed'@'localhost'")
+    for side in ("read", "update"):
+        site.inst.set_config("mysql", f"{side}_user", "vpop_ed")
+        site.inst.set_config("mysql", f"{side}_password", "edpw")
+    plugins = site.work / "plugins"
+    plugins.mkdir(mode=0o755)
+    source = plugins / "recorder.c"
+    source.write_text(RECORDER)
+    subprocess.run([cc, "-shared", "-fPIC", f'-DDIRECTORY="{site.work}"', "-o",
+                    str(plugins / "client_ed25519.so"), str(source)], check=True)
+    env = {**SMTP_ENV, "MARIADB_PLUGIN_DIR": str(plugins)}
+    code, ran, _, stderr = as_caller(site, "pw", env)
+    assert not list(site.work.glob("loaded-by-*")), list(site.work.glob("loaded-by-*"))
+    assert (code, ran, stderr) == (0, True, ""), stderr
+
+
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
 # -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----
 

@@ -150,9 +150,11 @@ def confine(request: Request, pid: int, sandboxed: bool = False) -> None:
     request.limits = tuple(limits)
 
 
-def set_stage(request: Request) -> None:
+def set_stage(request: Request, export: bool = True) -> dict[bytes, bytes]:
     """The peer's descriptors, environment, directory, umask and file-size limit (the soft
-    limit: the worker keeps its hard limit for the next request)."""
+    limit: the worker keeps its hard limit for the next request); its variables, returned.
+    Without ``export`` they are not made the process's environment, which the C libraries
+    read at run time (a server.smtp_auth_callers caller's: see :func:`serve_one`)."""
     import resource
 
     try:
@@ -177,6 +179,9 @@ def set_stage(request: Request) -> None:
         name, sep, value = entry.partition(b"=")
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
+    sys.argv = [os.fsdecode(arg) for arg in request.argv]
+    if not export:
+        return variables
     # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
     # os.environb wraps (its mapping methods cost a microsecond a call); changed through
     # os.environb, which tells the C library too (putenv, unsetenv)
@@ -186,7 +191,7 @@ def set_stage(request: Request) -> None:
     for name, value in variables.items():
         if current.get(name) != value:
             environ[name] = value
-    sys.argv = [os.fsdecode(arg) for arg in request.argv]
+    return variables
 
 
 def clear_stage(nfds: int, null: int) -> None:
@@ -302,10 +307,12 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
 
 
 def run_request(request: Request, config: str | None, peer: Identity,
-                smtp_only: bool = False) -> tuple[int, bytes]:
+                smtp_only: bool = False,
+                variables: dict[bytes, bytes] | None = None) -> tuple[int, bytes]:
     """Run the program the direct way; the reply (kind, payload). A delivery's programs get
     the caller's nice value and resource limits (delivery.vdelivermail.spawn). ``smtp_only``:
-    see :func:`plan_class`."""
+    see :func:`plan_class`; vchkpw then gets the caller's ``variables`` as its data (they are
+    not the process's environment)."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
@@ -314,8 +321,13 @@ def run_request(request: Request, config: str | None, peer: Identity,
     else:
         from auth.vchkpw import main as login
 
+        environ = None
+        if smtp_only and variables is not None:
+            encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+            environ = {name.decode(encoding, errors): value.decode(encoding, errors)
+                       for name, value in variables.items()}
         try:
-            code = login(sys.argv, config=config, runner=plan_class(smtp_only))
+            code = login(sys.argv, config=config, runner=plan_class(smtp_only), environ=environ)
         except ExecPlan as plan:
             return PLAN, encode_plan(plan, peer, request.cwd)
     return EXIT, struct.pack("=I", code & 0xFF)
@@ -332,7 +344,10 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
     served, for SMTP AUTH, and the caller is not inspected (its limits and mount namespace
     are another user's): the login runs in the server's view and configuration (the
     caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the file-size limit the
-    caller declares, up to the worker's own."""
+    caller declares, up to the worker's own. Its variables are vchkpw's data and its
+    program's environment but never the worker's: the C libraries read theirs at run time
+    with the vpopmail user's rights (OPENSSL_CONF and MARIADB_PLUGIN_DIR name modules they
+    load, TZ and HOSTALIASES files they read)."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         # the whole request within server.request_timeout: a caller trickling it a byte at a
@@ -350,13 +365,14 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             else:  # the server's configuration, not one the caller names
                 request.env = [entry for entry in request.env
                                if not entry.startswith(CONFIG_VARIABLE)]
-            set_stage(request)
+            variables = set_stage(request, export=not smtp_only)
         except Decline:
             for fd in request.fds:
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity, smtp_only)
+            kind, payload = run_request(request, settings.config, identity, smtp_only,
+                                        variables)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)
