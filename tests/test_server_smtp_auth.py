@@ -158,6 +158,15 @@ def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
     assert f"vpopmail-server: configuration error: server.smtp_auth_callers: {reason}" in result.stderr.decode()
 
 
+def as_caller_in(site: LoginSite, password: str, setup: str, env: dict[str, str] = SMTP_ENV
+                 ) -> tuple[int, bool, dict[str, str], str]:
+    """:func:`as_caller` with the shell command ``setup`` (umask, ulimit) run first as the
+    caller: what its process state makes of the login."""
+    wrap = (*as_user_argv(CALLER), "/bin/sh", "-c", f'{setup}; exec "$@"', "sh")
+    login = site.login("alice@example.com", password, env=env, wrap=wrap)
+    return login.code, login.ran, login.env, login.stderr
+
+
 #: a module whose loading records who loaded it (its euid) in the directory it is built for
 RECORDER = """#include <stdio.h>
 #include <unistd.h>
@@ -204,6 +213,40 @@ def test_a_listed_callers_environment_does_not_reach_the_workers_libraries(
     assert not list(site.work.glob("loaded-by-*")), list(site.work.glob("loaded-by-*"))
     assert (code, ran, stderr) == (0, True, ""), stderr
 
+
+def test_a_listed_callers_umask_does_not_shape_what_the_worker_makes(site: LoginSite) -> None:
+    """The vpopmail user's work (the user directory a login makes again) takes none of the
+    caller's umask: 777 would leave a directory no one may enter (mode 000), every later
+    login and delivery of that user failing."""
+    without_fallbacks(site.inst)
+    shutil.rmtree(site.user_dir("alice"))
+    code, ran, _, stderr = as_caller_in(site, "pw", "umask 777")
+    assert (code, ran, stderr) == (0, True, ""), stderr
+    assert site.user_dir("alice").stat().st_mode & 0o777 == 0o700
+    assert (site.user_dir("alice") / "Maildir" / "new").is_dir()
+
+
+def test_a_listed_callers_file_size_limit_does_not_cut_what_the_worker_writes(
+        site: LoginSite) -> None:
+    """The vpopmail user's writes take none of the caller's file-size limit: a login that
+    rehashes the password (passwords.rehash_on_login) rewrites vpasswd and vpasswd.cdb, and
+    1 KiB let the small vpasswd through but not the cdb, leaving the two apart."""
+    if site.inst.backend != "cdb":
+        pytest.skip("files: the cdb backend")
+    from vpopmail.cdb import lookup
+
+    without_fallbacks(site.inst)
+    site.inst.set_config("passwords", "scheme", "md5-crypt")
+    site.ok("vpasswd", "alice@example.com", "pw")
+    site.inst.set_config("passwords", "scheme", "sha512-crypt")
+    site.inst.set_config("passwords", "rehash_on_login", True)
+    code, ran, _, stderr = as_caller_in(site, "pw", "ulimit -f 2")  # 512-byte blocks
+    assert (code, ran, stderr) == (0, True, ""), stderr
+    line = next(line for line in (site.domain_dir / "vpasswd").read_text().splitlines()
+                if line.startswith("alice:"))
+    indexed = lookup(str(site.domain_dir / "vpasswd.cdb"), b"alice")
+    assert line.split(":")[1].startswith("$6$"), line
+    assert indexed is not None and indexed.startswith(b"$6$"), indexed
 
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
 # -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----

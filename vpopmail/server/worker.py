@@ -150,25 +150,35 @@ def confine(request: Request, pid: int, sandboxed: bool = False) -> None:
     request.limits = tuple(limits)
 
 
-def set_stage(request: Request, export: bool = True) -> dict[bytes, bytes]:
+#: the umask of a server.smtp_auth_callers caller's login (nothing it makes needs more)
+OWN_UMASK = 0o077
+
+
+def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
     """The peer's descriptors, environment, directory, umask and file-size limit (the soft
     limit: the worker keeps its hard limit for the next request); its variables, returned.
-    Without ``export`` they are not made the process's environment, which the C libraries
-    read at run time (a server.smtp_auth_callers caller's: see :func:`serve_one`)."""
+    ``own`` (a server.smtp_auth_callers caller's request, run with the vpopmail user's rights:
+    see :func:`serve_one`): only its descriptors and arguments are taken; the worker keeps
+    its environment (the caller's variables, which the C libraries would read at run time,
+    are only returned), its file-size limit, the root directory and a umask of 077."""
     import resource
 
-    try:
-        os.chdir(request.cwd)
-    except OSError as exc:
-        raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
-    try:
-        if wanted != soft:  # most requests bring the last one's
-            resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
-    except (OSError, ValueError) as exc:
-        raise Decline(f"cannot take the file size limit: {exc}") from None
-    os.umask(request.umask)
+    if own:
+        os.chdir("/")
+        os.umask(OWN_UMASK)
+    else:
+        try:
+            os.chdir(request.cwd)
+        except OSError as exc:
+            raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
+        try:
+            if wanted != soft:  # most requests bring the last one's
+                resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            raise Decline(f"cannot take the file size limit: {exc}") from None
+        os.umask(request.umask)
     # one that is a target itself would be overwritten before its own turn: moved out first
     moved = [high(fd) if fd < len(request.fds) else fd for fd in request.fds]
     for target, fd in enumerate(moved):
@@ -180,7 +190,7 @@ def set_stage(request: Request, export: bool = True) -> dict[bytes, bytes]:
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
-    if not export:
+    if own:
         return variables
     # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
     # os.environb wraps (its mapping methods cost a microsecond a call); changed through
@@ -343,11 +353,12 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
     server.smtp_auth_callers identity (the worker holds the vpopmail user's) only vchkpw is
     served, for SMTP AUTH, and the caller is not inspected (its limits and mount namespace
     are another user's): the login runs in the server's view and configuration (the
-    caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the file-size limit the
-    caller declares, up to the worker's own. Its variables are vchkpw's data and its
+    caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the worker's own
+    process state (:func:`set_stage`'s ``own``: what it writes as that user takes neither the
+    caller's umask nor its file-size limit). Its variables are vchkpw's data and its
     program's environment but never the worker's: the C libraries read theirs at run time
     with the vpopmail user's rights (OPENSSL_CONF and MARIADB_PLUGIN_DIR name modules they
-    load, TZ and HOSTALIASES files they read)."""
+    load)."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         # the whole request within server.request_timeout: a caller trickling it a byte at a
@@ -365,7 +376,7 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             else:  # the server's configuration, not one the caller names
                 request.env = [entry for entry in request.env
                                if not entry.startswith(CONFIG_VARIABLE)]
-            variables = set_stage(request, export=not smtp_only)
+            variables = set_stage(request, own=smtp_only)
         except Decline:
             for fd in request.fds:
                 os.close(fd)
