@@ -248,6 +248,23 @@ def test_a_listed_callers_file_size_limit_does_not_cut_what_the_worker_writes(
     assert line.split(":")[1].startswith("$6$"), line
     assert indexed is not None and indexed.startswith(b"$6$"), indexed
 
+
+def test_a_listed_callers_program_is_not_an_oracle_for_the_vpopmail_users_files(
+        site: LoginSite) -> None:
+    """The program to run is looked for with the worker's rights, the vpopmail user's: a
+    name that is no program it may run is "not found", whether or not something is there,
+    so that a caller with one password cannot tell which users, files or directories the
+    vpopmail user's domains hold (here: alice's directory, and no bob's)."""
+    without_fallbacks(site.inst)
+    answers = []
+    for name in ("alice", "bob"):
+        program = str(site.domain_dir / name)
+        login = site.login("alice@example.com", "pw", env=SMTP_ENV, program=[program],
+                           wrap=tuple(as_user_argv(CALLER)))
+        assert (login.code, login.ran) == (111, False), login
+        answers.append(login.stderr.replace(program, "PROGRAM"))
+    assert answers[0] == answers[1], answers
+
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
 # -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----
 

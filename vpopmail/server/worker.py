@@ -288,7 +288,9 @@ def plan_class(smtp_only: bool = False) -> type:
                     if os.path.isfile(candidate) and os.access(candidate, os.X_OK,
                                                                effective_ids=ids is not None):
                         raise ExecPlan(candidate, command, env, ids, self.plan_cwd)
-                    if os.path.exists(candidate):
+                    if os.path.exists(candidate) and not smtp_only:
+                        # not for a listed caller: the worker's rights are the vpopmail
+                        # user's, and what they reach is not the caller's to learn
                         error = errno.EACCES
             finally:
                 if ids is not None:
