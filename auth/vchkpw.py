@@ -429,8 +429,9 @@ def exec_path(argv: list[str], env: dict[str, str]) -> None:
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None,
-         runner: type[Vchkpw] = Vchkpw) -> int:
-    """Entry point; ``runner``: the Vchkpw class (vpopmail-server's returns an exec plan)."""
+         runner: type[Vchkpw] = Vchkpw, environ: dict[str, str] | None = None) -> int:
+    """Entry point; ``runner``: the Vchkpw class (vpopmail-server's returns an exec plan);
+    ``environ``: the server's variables when they are not this process's environment."""
     import sys
 
     argv = sys.argv if argv is None else argv
@@ -444,7 +445,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
         to_stderr(f"vchkpw: {exc}")
         return TEMPORARY
     try:
-        return runner(settings).run(argv)
+        return runner(settings, environ).run(argv)
     except Exception as exc:  # a bug must not read as "wrong password" (Python exits 1)
         to_stderr(f"vchkpw: internal error: {type(exc).__name__}: {exc}")
         return TEMPORARY

@@ -157,6 +157,113 @@ def test_a_caller_list_naming_no_user_or_a_privileged_one_stops_the_server(
             and "vpopmail-server does not start" in checked.stdout), checked.stdout
 
 
+def as_caller_in(site: LoginSite, password: str, setup: str, env: dict[str, str] = SMTP_ENV
+                 ) -> tuple[int, bool, dict[str, str], str]:
+    """:func:`as_caller` with the shell command ``setup`` (umask, ulimit) run first as the
+    caller: what its process state makes of the login."""
+    wrap = (*as_user_argv(CALLER), "/bin/sh", "-c", f'{setup}; exec "$@"', "sh")
+    login = site.login("alice@example.com", password, env=env, wrap=wrap)
+    return login.code, login.ran, login.env, login.stderr
+
+
+#: a module whose loading records who loaded it (its euid) in the directory it is built for
+RECORDER = """#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void record(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/loaded-by-%d", DIRECTORY, (int)geteuid());
+    FILE *f = fopen(path, "w");
+    if (f != NULL)
+        fclose(f);
+}
+"""
+
+
+def test_a_listed_callers_environment_does_not_reach_the_workers_libraries(
+        site: LoginSite) -> None:
+    """The caller's variables are vchkpw's data and its program's environment, never the
+    worker's own: C libraries read theirs at run time, as the vpopmail user. Here libmariadb
+    loads an authentication plugin the database asks for (ed25519) from MARIADB_PLUGIN_DIR
+    (OpenSSL, where the worker starts it, the modules OPENSSL_CONF names): a module of the
+    caller's there would run as the vpopmail user."""
+    if site.inst.backend != "mysql":
+        pytest.skip("libmariadb's plugins: the SQL backend")
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("needs a C compiler")
+    without_fallbacks(site.inst)
+    server = site.inst.database.server  # type: ignore[attr-defined]
+    if not server.sql("SELECT 1 FROM information_schema.PLUGINS WHERE PLUGIN_NAME = 'ed25519'"):
+        server.sql("INSTALL SONAME 'auth_ed25519'")
+    server.sql("CREATE USER IF NOT EXISTS 'vpop_ed'@'localhost' IDENTIFIED VIA ed25519 "
+               "USING PASSWORD('edpw'); GRANT ALL ON `t\\_%`.* TO 'vpop_ed'@'localhost'")
+    for side in ("read", "update"):
+        site.inst.set_config("mysql", f"{side}_user", "vpop_ed")
+        site.inst.set_config("mysql", f"{side}_password", "edpw")
+    plugins = site.work / "plugins"
+    plugins.mkdir(mode=0o755)
+    source = plugins / "recorder.c"
+    source.write_text(RECORDER)
+    subprocess.run([cc, "-shared", "-fPIC", f'-DDIRECTORY="{site.work}"', "-o",
+                    str(plugins / "client_ed25519.so"), str(source)], check=True)
+    env = {**SMTP_ENV, "MARIADB_PLUGIN_DIR": str(plugins)}
+    code, ran, _, stderr = as_caller(site, "pw", env)
+    assert not list(site.work.glob("loaded-by-*")), list(site.work.glob("loaded-by-*"))
+    assert (code, ran, stderr) == (0, True, ""), stderr
+
+
+def test_a_listed_callers_umask_does_not_shape_what_the_worker_makes(site: LoginSite) -> None:
+    """The vpopmail user's work (the user directory a login makes again) takes none of the
+    caller's umask: 777 would leave a directory no one may enter (mode 000), every later
+    login and delivery of that user failing."""
+    without_fallbacks(site.inst)
+    shutil.rmtree(site.user_dir("alice"))
+    code, ran, _, stderr = as_caller_in(site, "pw", "umask 777")
+    assert (code, ran, stderr) == (0, True, ""), stderr
+    assert site.user_dir("alice").stat().st_mode & 0o777 == 0o700
+    assert (site.user_dir("alice") / "Maildir" / "new").is_dir()
+
+
+def test_a_listed_callers_file_size_limit_does_not_cut_what_the_worker_writes(
+        site: LoginSite) -> None:
+    """The vpopmail user's writes take none of the caller's file-size limit: a login that
+    rehashes the password (passwords.rehash_on_login) rewrites vpasswd and vpasswd.cdb, and
+    1 KiB let the small vpasswd through but not the cdb, leaving the two apart."""
+    if site.inst.backend != "cdb":
+        pytest.skip("files: the cdb backend")
+    from vpopmail.cdb import lookup
+
+    without_fallbacks(site.inst)
+    site.inst.set_config("passwords", "scheme", "md5-crypt")
+    site.ok("vpasswd", "alice@example.com", "pw")
+    site.inst.set_config("passwords", "scheme", "sha512-crypt")
+    site.inst.set_config("passwords", "rehash_on_login", True)
+    code, ran, _, stderr = as_caller_in(site, "pw", "ulimit -f 2")  # 512-byte blocks
+    assert (code, ran, stderr) == (0, True, ""), stderr
+    line = next(line for line in (site.domain_dir / "vpasswd").read_text().splitlines()
+                if line.startswith("alice:"))
+    indexed = lookup(str(site.domain_dir / "vpasswd.cdb"), b"alice")
+    assert line.split(":")[1].startswith("$6$"), line
+    assert indexed is not None and indexed.startswith(b"$6$"), indexed
+
+
+def test_a_listed_callers_program_is_not_an_oracle_for_the_vpopmail_users_files(
+        site: LoginSite) -> None:
+    """The program to run is looked for with the worker's rights, the vpopmail user's: a
+    name that is no program it may run is "not found", whether or not something is there,
+    so that a caller with one password cannot tell which users, files or directories the
+    vpopmail user's domains hold (here: alice's directory, and no bob's)."""
+    without_fallbacks(site.inst)
+    answers = []
+    for name in ("alice", "bob"):
+        program = str(site.domain_dir / name)
+        login = site.login("alice@example.com", "pw", env=SMTP_ENV, program=[program],
+                           wrap=tuple(as_user_argv(CALLER)))
+        assert (login.code, login.ran) == (111, False), login
+        answers.append(login.stderr.replace(program, "PROGRAM"))
+    assert answers[0] == answers[1], answers
+
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
 # -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----
 

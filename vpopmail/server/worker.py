@@ -150,23 +150,35 @@ def confine(request: Request, pid: int, sandboxed: bool = False) -> None:
     request.limits = tuple(limits)
 
 
-def set_stage(request: Request) -> None:
+#: the umask of a server.smtp_auth_callers caller's login (nothing it makes needs more)
+OWN_UMASK = 0o077
+
+
+def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
     """The peer's descriptors, environment, directory, umask and file-size limit (the soft
-    limit: the worker keeps its hard limit for the next request)."""
+    limit: the worker keeps its hard limit for the next request); its variables, returned.
+    ``own`` (a server.smtp_auth_callers caller's request, run with the vpopmail user's rights:
+    see :func:`serve_one`): only its descriptors and arguments are taken; the worker keeps
+    its environment (the caller's variables, which the C libraries would read at run time,
+    are only returned), its file-size limit, the root directory and a umask of 077."""
     import resource
 
-    try:
-        os.chdir(request.cwd)
-    except OSError as exc:
-        raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
-    try:
-        if wanted != soft:  # most requests bring the last one's
-            resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
-    except (OSError, ValueError) as exc:
-        raise Decline(f"cannot take the file size limit: {exc}") from None
-    os.umask(request.umask)
+    if own:
+        os.chdir("/")
+        os.umask(OWN_UMASK)
+    else:
+        try:
+            os.chdir(request.cwd)
+        except OSError as exc:
+            raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
+        try:
+            if wanted != soft:  # most requests bring the last one's
+                resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+        except (OSError, ValueError) as exc:
+            raise Decline(f"cannot take the file size limit: {exc}") from None
+        os.umask(request.umask)
     # one that is a target itself would be overwritten before its own turn: moved out first
     moved = [high(fd) if fd < len(request.fds) else fd for fd in request.fds]
     for target, fd in enumerate(moved):
@@ -177,6 +189,9 @@ def set_stage(request: Request) -> None:
         name, sep, value = entry.partition(b"=")
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
+    sys.argv = [os.fsdecode(arg) for arg in request.argv]
+    if own:
+        return variables
     # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
     # os.environb wraps (its mapping methods cost a microsecond a call); changed through
     # os.environb, which tells the C library too (putenv, unsetenv)
@@ -186,7 +201,7 @@ def set_stage(request: Request) -> None:
     for name, value in variables.items():
         if current.get(name) != value:
             environ[name] = value
-    sys.argv = [os.fsdecode(arg) for arg in request.argv]
+    return variables
 
 
 def clear_stage(nfds: int, null: int) -> None:
@@ -273,7 +288,9 @@ def plan_class(smtp_only: bool = False) -> type:
                     if os.path.isfile(candidate) and os.access(candidate, os.X_OK,
                                                                effective_ids=ids is not None):
                         raise ExecPlan(candidate, command, env, ids, self.plan_cwd)
-                    if os.path.exists(candidate):
+                    if os.path.exists(candidate) and not smtp_only:
+                        # not for a listed caller: the worker's rights are the vpopmail
+                        # user's, and what they reach is not the caller's to learn
                         error = errno.EACCES
             finally:
                 if ids is not None:
@@ -302,10 +319,12 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
 
 
 def run_request(request: Request, config: str | None, peer: Identity,
-                smtp_only: bool = False) -> tuple[int, bytes]:
+                smtp_only: bool = False,
+                variables: dict[bytes, bytes] | None = None) -> tuple[int, bytes]:
     """Run the program the direct way; the reply (kind, payload). A delivery's programs get
     the caller's nice value and resource limits (delivery.vdelivermail.spawn). ``smtp_only``:
-    see :func:`plan_class`."""
+    see :func:`plan_class`; vchkpw then gets the caller's ``variables`` as its data (they are
+    not the process's environment)."""
     if request.program == VDELIVERMAIL:
         from delivery.vdelivermail import main as deliver
 
@@ -314,8 +333,13 @@ def run_request(request: Request, config: str | None, peer: Identity,
     else:
         from auth.vchkpw import main as login
 
+        environ = None
+        if smtp_only and variables is not None:
+            encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+            environ = {name.decode(encoding, errors): value.decode(encoding, errors)
+                       for name, value in variables.items()}
         try:
-            code = login(sys.argv, config=config, runner=plan_class(smtp_only))
+            code = login(sys.argv, config=config, runner=plan_class(smtp_only), environ=environ)
         except ExecPlan as plan:
             return PLAN, encode_plan(plan, peer, request.cwd)
     return EXIT, struct.pack("=I", code & 0xFF)
@@ -331,8 +355,12 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
     server.smtp_auth_callers identity (the worker holds the vpopmail user's) only vchkpw is
     served, for SMTP AUTH, and the caller is not inspected (its limits and mount namespace
     are another user's): the login runs in the server's view and configuration (the
-    caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the file-size limit the
-    caller declares, up to the worker's own."""
+    caller's VPOPMAIL_CONFIG is dropped), as the vpopmail user, with the worker's own
+    process state (:func:`set_stage`'s ``own``: what it writes as that user takes neither the
+    caller's umask nor its file-size limit). Its variables are vchkpw's data and its
+    program's environment but never the worker's: the C libraries read theirs at run time
+    with the vpopmail user's rights (OPENSSL_CONF and MARIADB_PLUGIN_DIR name modules they
+    load)."""
     try:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         # the whole request within server.request_timeout: a caller trickling it a byte at a
@@ -350,13 +378,14 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             else:  # the server's configuration, not one the caller names
                 request.env = [entry for entry in request.env
                                if not entry.startswith(CONFIG_VARIABLE)]
-            set_stage(request)
+            variables = set_stage(request, own=smtp_only)
         except Decline:
             for fd in request.fds:
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity, smtp_only)
+            kind, payload = run_request(request, settings.config, identity, smtp_only,
+                                        variables)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)
