@@ -188,6 +188,11 @@ def maildir_to_email(path: str, cwd: str = "") -> str:
     return ""
 
 
+#: why control/defaultdelivery is not followed (qmail-local's own reasons for a .qmail)
+FAULTY = {dotqmail.DotQmailWritable: "writable by anyone (#4.7.0)",
+          dotqmail.BlankFirstLine: "blank on its first line (#4.2.1)"}
+
+
 def program_outcome(status: int) -> Outcome | None:
     """What a child's wait status means for the delivery (None: go on)."""
     code = posix.waitstatus_to_exitcode(status)
@@ -366,6 +371,8 @@ class Vdelivermail:
         self.own_maildir = (join(home, "Maildir"), quota, address)
         if self.run_dotqmail(home):
             return DELIVERED
+        if self.config.delivery_default_delivery and self.run_default_delivery(home):
+            return DELIVERED
         self.deliver_maildir(join(home, "Maildir") + "/", quota, owner=address)
         return DELIVERED
 
@@ -408,6 +415,34 @@ class Vdelivermail:
             raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
         for kind, text in instructions:
             self.deliver_instruction(kind, text)
+        return True
+
+    def run_default_delivery(self, home: str) -> bool:
+        """Follow qmail's ``control/defaultdelivery`` for a user without a ``.qmail``
+        (delivery.default_delivery), in the user's directory, as the lines of a ``.qmail``;
+        a line naming vdelivermail (the site's own default for every qmail user) is this
+        user's Maildir delivery, at its place. False if the file is missing or has no
+        instruction but comments: the Maildir delivery follows."""
+        path = join(self.config.qmail_dir, "control", "defaultdelivery")
+        try:
+            instructions = dotqmail.read_file(path)
+        except (dotqmail.DotQmailWritable, dotqmail.BlankFirstLine) as exc:
+            raise defer(f"vdelivermail: {path} is {FAULTY[type(exc)]}") from None
+        except OSError as exc:
+            raise defer(f"vdelivermail: cannot read {path}: {exc.strerror}") from None
+        if not instructions or all(kind == dotqmail.COMMENT for kind, _ in instructions):
+            return False
+        try:
+            posix.chdir(home)
+        except OSError as exc:
+            raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
+        assert self.own_maildir is not None
+        maildir, quota, address = self.own_maildir
+        for kind, text in instructions:
+            if kind != dotqmail.COMMENT and "vdelivermail" in text:
+                self.deliver_maildir(maildir + "/", quota, owner=address)
+            else:
+                self.deliver_instruction(kind, text)
         return True
 
     # -- an unknown user ----------------------------------------------------------------------

@@ -62,6 +62,9 @@ class Config:
     # [delivery]
     delivery_file_sync: bool = True
     delivery_max_hops: int = 100
+    #: a user without a .qmail gets qmail's control/defaultdelivery (sagredo's vpopmail
+    #: --enable-defaultdelivery: e.g. "| dovecot-lda ..." so that Dovecot's Sieve runs)
+    delivery_default_delivery: bool = False
     # [logging]
     logging_level: str = "e"
     logging_auth_logging: bool = True
