@@ -142,6 +142,25 @@ class Config:
         are built with the answer."""
         return self.server_root_logins or self.owner_uid == 0
 
+    def smtp_auth_callers(self) -> frozenset[int]:
+        """The uids ``server.smtp_auth_callers`` names (user names or numbers); a ConfigError
+        for a name that is no user, and for root and the vpopmail user (served with their
+        own rights, which are more)."""
+        import pwd
+
+        uids = set()
+        for name in self.server_smtp_auth_callers.replace(",", " ").split():
+            try:
+                uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+            except KeyError:
+                raise ConfigError(f"server.smtp_auth_callers: there is no user {name!r}"
+                                  ) from None
+            if uid in (0, self.owner_uid):
+                raise ConfigError(f"server.smtp_auth_callers: {name} (uid {uid}) is served "
+                                  f"with its own rights, which are more: leave it out")
+            uids.add(uid)
+        return frozenset(uids)
+
     def home_path(self, key: str) -> str:
         """A ``paths`` entry; relative ones are under the vpopmail home (qmail_* under qmail_dir)."""
         value = str(self.values["paths_" + key])

@@ -495,10 +495,8 @@ class Diagnosis:
                       if wire.is_front_end(os.path.join(self.config.home, "bin", name))]
         if not front_ends:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
-        from vpopmail.server.worker import smtp_auth_callers
-
         try:
-            callers = smtp_auth_callers(self.config)
+            callers = self.config.smtp_auth_callers()
         except VpopmailError as exc:  # the server stops at its start with it
             raise Fault(f"{exc}: vpopmail-server does not start",
                         "mend server.smtp_auth_callers in vpopmail.toml") from None

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 from vpopmail import config as vconfig
-from vpopmail.errors import ConfigError
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
@@ -592,25 +591,6 @@ def end(control: socket.socket, direct: socket.socket | None,
         decline_queued(direct)
 
 
-def smtp_auth_callers(settings: vconfig.Config) -> frozenset[int]:
-    """The uids server.smtp_auth_callers names (user names or numbers); a ConfigError for a
-    name that is no user, and for root and the vpopmail user (served with their own rights,
-    which are more)."""
-    import pwd
-
-    uids = set()
-    for name in settings.server_smtp_auth_callers.replace(",", " ").split():
-        try:
-            uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
-        except KeyError:
-            raise ConfigError(f"server.smtp_auth_callers: there is no user {name!r}") from None
-        if uid in (0, settings.uid):
-            raise ConfigError(f"server.smtp_auth_callers: {name} (uid {uid}) is served with its "
-                              f"own rights, which are more: leave it out")
-        uids.add(uid)
-    return frozenset(uids)
-
-
 class Settings:
     """What a worker needs of the server: small values, fixed at the server's start."""
 
@@ -622,7 +602,7 @@ class Settings:
         self.timeout = settings.server_request_timeout
         #: serve callers in another mount namespace or root directory (server.sandboxed_callers)
         self.sandboxed = settings.server_sandboxed_callers
-        self.smtp_auth_callers = smtp_auth_callers(settings)
+        self.smtp_auth_callers = settings.smtp_auth_callers()
         #: whom their workers become: the vpopmail user (its group alone, as qmail-local
         #: runs it) under a root server, else the server's own user
         self.smtp_auth_identity: Identity = (

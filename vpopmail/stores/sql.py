@@ -892,7 +892,6 @@ class MySQLDatabase(UserDatabase):
 
         return self.transaction(work, ["relay"])
 
-
     # -- alias domains (a copy of users/assign's for Dovecot) ---------------------------------
     def replace_alias_domains(self, pairs: "Sequence[tuple[str, str]]") -> None:
         """The ``aliasdomains`` rows: exactly ``pairs`` (alias, real domain), in one
