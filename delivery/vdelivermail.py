@@ -193,6 +193,16 @@ FAULTY = {dotqmail.DotQmailWritable: "writable by anyone (#4.7.0)",
           dotqmail.BlankFirstLine: "blank on its first line (#4.2.1)"}
 
 
+def runs_vdelivermail(kind: str, text: str) -> bool:
+    """Whether a control/defaultdelivery instruction is a program line whose command is
+    vdelivermail (its first word, a path or not, maybe quoted): a forward, a Maildir or a
+    program that merely holds the word elsewhere is not."""
+    if kind != dotqmail.PROGRAM:
+        return False
+    first = text.split(None, 1)[0].strip("'\"") if text.strip() else ""
+    return first.rpartition("/")[2] == "vdelivermail"
+
+
 def program_outcome(status: int) -> Outcome | None:
     """What a child's wait status means for the delivery (None: go on)."""
     code = posix.waitstatus_to_exitcode(status)
@@ -439,7 +449,7 @@ class Vdelivermail:
         assert self.own_maildir is not None
         maildir, quota, address = self.own_maildir
         for kind, text in instructions:
-            if kind != dotqmail.COMMENT and "vdelivermail" in text:
+            if runs_vdelivermail(kind, text):
                 self.deliver_maildir(maildir + "/", quota, owner=address)
             else:
                 self.deliver_instruction(kind, text)

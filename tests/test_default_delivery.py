@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
-from delivery_site import DOMAIN, MESSAGE, RETURN_PATH, Site, write_dotqmail
+from delivery_site import DOMAIN, MESSAGE, RETURN_PATH, Site, inject, write_dotqmail
 from install_site import Install
 
 pytestmark = [pytest.mark.both_backends, pytest.mark.through_server]
@@ -54,6 +55,18 @@ def test_a_vdelivermail_line_is_the_users_own_maildir_under_its_quota(site: Site
     big = b"Subject: big\n\n" + b"x" * 1_100_000 + b"\n"
     result = site.deliver("alice", big)
     assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+
+
+def test_only_a_program_line_running_vdelivermail_is_the_users_maildir(
+        site: Site, inject: Path) -> None:
+    """A forward whose address holds "vdelivermail", and a program that only names it in an
+    argument, are followed as written: neither is vdelivermail run for this user."""
+    set_default_delivery(site, "&vdelivermail-archive@example.net\n"
+                               "| cat > vdelivermail-copy\n")
+    assert site.deliver("alice").returncode == 0
+    assert not site.new_files(site.maildir("alice"))
+    assert (site.user_dir("alice") / "vdelivermail-copy").read_bytes().endswith(MESSAGE)
+    assert (inject / "argv.0").read_text() == "--\nvdelivermail-archive@example.net\n"
 
 
 def test_a_maildir_line_into_the_users_folder_keeps_its_quota(site: Site) -> None:

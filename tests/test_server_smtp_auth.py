@@ -337,3 +337,23 @@ def test_qpsmtpds_smtp_auth_through_the_server(root_vhome: Install) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_vcheck_faults_listed_callers_without_a_vchkpw_front_end(root_vhome: Install) -> None:
+    """Without the C vchkpw (an install without a compiler, or --no-frontends) nothing takes
+    a listed caller's login to the server: its SMTP AUTH fails (111) as with the server
+    down, and vcheck's step 12 must say so, not pass."""
+    root_vhome.set_config("server", "smtp_auth_callers", CALLER)
+    site = LoginSite(root_vhome, unprivileged=True)
+    try:
+        site.ok("vadddomain", DOMAIN, "secret")
+        site.add("alice", "pw")
+        for name in ("vdelivermail", "vchkpw"):  # the Python programs in bin/, as installed
+            shutil.copy2(root_vhome.prefix / "libexec" / name, root_vhome.bin / name)
+        code, ran, _, _ = as_caller(site, "pw")
+        assert (code, ran) == (111, False)
+        checked = root_vhome.run("vcheck", "alice@example.com")
+        assert checked.returncode != 0, checked.stdout
+        assert "server.smtp_auth_callers" in checked.stdout, checked.stdout
+    finally:
+        site.syslog.close()

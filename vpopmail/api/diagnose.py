@@ -493,13 +493,20 @@ class Diagnosis:
 
         front_ends = [name for name in ("vdelivermail", "vchkpw")
                       if wire.is_front_end(os.path.join(self.config.home, "bin", name))]
-        if not front_ends:
-            return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         try:
             callers = self.config.smtp_auth_callers()
         except VpopmailError as exc:  # the server stops at its start with it
             raise Fault(f"{exc}: vpopmail-server does not start",
                         "mend server.smtp_auth_callers in vpopmail.toml") from None
+        if callers and "vchkpw" not in front_ends:  # nothing takes their logins there
+            raise Fault(f"bin/vchkpw is the Python program: the SMTP AUTH logins of "
+                        f"server.smtp_auth_callers "
+                        f"({self.config.server_smtp_auth_callers.strip()}) never reach "
+                        f"vpopmail-server and fail",
+                        "install the C front ends (packaging/install with a C compiler, "
+                        "without --no-frontends)")
+        if not front_ends:
+            return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = self.config.home_path("server_socket")
         programs = " and ".join(front_ends)
         uid = wire.server_uid(self.config.home)
@@ -517,8 +524,13 @@ class Diagnosis:
                         "see its log; restart it if it is stuck (systemctl restart "
                         "vpopmail-server, or svc -t on its service directory)") from None
         except wire.OtherProtocol as exc:
-            return (f"of another protocol version ({path}: {exc}): {programs} run the Python "
-                    f"programs until it reloads (mail and logins work, more slowly)")
+            other = (f"of another protocol version ({path}: {exc}): {programs} run the Python "
+                     f"programs until it reloads")
+            if callers:  # their vchkpw cannot read the user files as themselves
+                raise Fault(f"{other}: the SMTP AUTH logins of server.smtp_auth_callers "
+                            f"({self.config.server_smtp_auth_callers.strip()}) fail meanwhile",
+                            "reload vpopmail-server (SIGHUP)") from None
+            return f"{other} (mail and logins work, more slowly)"
         except (OSError, wire.Drop) as exc:
             down = f"down ({path}: {exc}): {programs} run the Python programs"
             start = "start bin/vpopmail-server (packaging/service/)"
