@@ -4,6 +4,7 @@ failures, transactions and locks, hostile values, lastauth/relay/limits tables, 
 (no inherited database sockets, no aborted connections)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -484,6 +485,16 @@ def test_vregenerate_fills_the_aliasdomains_table(vhome: Install, sql_db: Databa
     sql_db.server.sql("DROP TABLE aliasdomains", sql_db.name)
     vhome.ok("vregenerate")
     assert sql_db.rows(ALIAS_ROWS) == [["alias.example", DOMAIN]]
+    # also where it refuses to write users/assign (a domain whose directory went): the
+    # table follows users/assign as it is
+    vhome.ok("vadddomain", "gone.example", "secret")
+    vhome.ok("vaddaliasdomain", "gone.example", "alias.gone.example")
+    shutil.rmtree(vhome.domains / "gone.example")
+    sql_db.server.sql("DELETE FROM aliasdomains", sql_db.name)
+    refused = vhome.run("vregenerate")
+    assert refused.returncode == 1 and "users/assign not written" in refused.stdout, refused
+    assert sql_db.rows(ALIAS_ROWS) == [["alias.example", DOMAIN],
+                                       ["alias.gone.example", "gone.example"]]
     sql_db.server.sql("DROP TABLE aliasdomains", sql_db.name)
     vhome.set_config("mysql", "aliasdomains_table", False)
     vhome.ok("vadddomain", "example.net", "secret")
@@ -491,8 +502,6 @@ def test_vregenerate_fills_the_aliasdomains_table(vhome: Install, sql_db: Databa
     assert "aliasdomains" not in {row[0] for row in sql_db.rows("SHOW TABLES")}
 
 
-@pytest.mark.xfail(strict=True, reason="review: the table is rewritten whole from this host's "
-                   "users/assign (DELETE FROM aliasdomains) at every change")
 def test_a_change_here_keeps_the_rows_of_alias_domains_this_host_does_not_route(
         vhome: Install, sql_db: Database) -> None:
     """The table is shared by every host of the database (as relay is), and a database

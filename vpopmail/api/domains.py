@@ -3,6 +3,7 @@ finishing what a killed command left, alias domains, the catch-all, deleting."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
@@ -13,6 +14,7 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
+from vpopmail.stores.protocols import AliasDomainsTable
 
 #: a hashed bucket of a domains root: the root's owner's (never a domain owner's, who could
 #: rename the other domains there), entered as the root itself by the domain owners of its
@@ -38,26 +40,30 @@ class DomainsMixin(UsersMixin):
     def aliases_of(self, real_domain: str) -> list[str]:
         return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
 
-    def mirror_alias_domains(self, adding: AssignEntry | None = None,
-                             dropping: frozenset[str] = frozenset()) -> None:
-        """Copy users/assign's alias domains, with ``adding`` and without ``dropping`` (a
-        change about to be written there), into the SQL ``aliasdomains`` table
-        (mysql.aliasdomains_table), where Dovecot's SQL queries resolve them; nothing with
-        the files. Under users/assign's lock, before the change: with the database down the
-        command fails having changed nothing."""
+    def mirror_alias_domains(self, aliases: Sequence[str] = (), domains: Sequence[str] = (),
+                             rows: Sequence[tuple[str, str]] = ()) -> None:
+        """Change the SQL ``aliasdomains`` table (mysql.aliasdomains_table), where Dovecot's
+        SQL queries resolve alias domains, as users/assign is about to change: the rows of
+        ``aliases`` and those of the real ``domains`` out, ``rows`` (alias, real domain) in;
+        the rows of alias domains this host does not route (another host's) stay. Nothing
+        with the files. Under users/assign's lock, before users/assign: with the database down
+        the command fails before the alias domains change (vdeldomain has dropped the
+        domain's IP-map lines by then)."""
         table = self.stores.alias_domains_table
         if table is not None:
-            table.replace_alias_domains(self.alias_domain_pairs(adding, dropping))
+            table.change_alias_domains(aliases, domains, rows)
 
-    def alias_domain_pairs(self, adding: AssignEntry | None = None,
-                           dropping: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-        """(alias, real domain) of users/assign's alias domains, with ``adding`` and without
-        ``dropping``, sorted."""
-        pairs = {e.domain: e.real_domain for e in self.domains()
-                 if e.is_alias and e.domain not in dropping}
-        if adding is not None:
-            pairs[adding.domain] = adding.real_domain
-        return sorted(pairs.items())
+    def sync_alias_domains(self, table: AliasDomainsTable | None = None) -> None:
+        """Make this host's part of the aliasdomains table (the rows of the real domains of
+        users/assign, and of its alias domains) equal to users/assign (vregenerate, and
+        vconvert's ``table``; else :meth:`mirror_alias_domains`'s)."""
+        table = table or self.stores.alias_domains_table
+        if table is None:
+            return
+        entries = self.domains()
+        aliases = [e.domain for e in entries if e.is_alias]
+        table.change_alias_domains(aliases, [e.domain for e in entries if not e.is_alias],
+                                   [(e.domain, e.real_domain) for e in entries if e.is_alias])
 
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
@@ -84,7 +90,7 @@ class DomainsMixin(UsersMixin):
         # is the name free, then make it: one step, so that of two vadddomain at once the
         # second finds the first one's domain complete (not a directory to take over)
         with self.qmail.assign_lock(make_tree=True):
-            self.mirror_alias_domains()  # the table Dovecot's queries join, from the first
+            self.mirror_alias_domains()  # the table Dovecot's queries join, made from the first
             return self._add_domain(domain, spec, action, root, bool(base_dir), uid, gid,
                                     optimize)
 
@@ -254,7 +260,7 @@ class DomainsMixin(UsersMixin):
         if existing is not None:
             if existing != entry or not self.domain_incomplete(existing, postmaster=False):
                 raise DomainAlreadyExists(alias)
-        self.mirror_alias_domains(adding=entry)
+        self.mirror_alias_domains(rows=[(entry.domain, entry.real_domain)])
         self.qmail.add_domain(entry, resume=True)  # its very line in users/assign is ours
         return entry
 
@@ -292,7 +298,7 @@ class DomainsMixin(UsersMixin):
                 self._remove_domain_dir(entry, root, bucket)
             return []
         if entry.is_alias:
-            self.mirror_alias_domains(dropping=frozenset({entry.domain}))
+            self.mirror_alias_domains(aliases=[entry.domain])
             ipmap.forget_domains(self.config, {entry.domain})
             self.qmail.remove_domain(entry.domain, missing_ok=True)
             return []
@@ -306,7 +312,7 @@ class DomainsMixin(UsersMixin):
         with self.domain_lock(entry):
             # first: a map the caller may not write (root's) stops it before anything is gone
             ipmap.forget_domains(self.config, {entry.domain, *aliases})
-            self.mirror_alias_domains(dropping=frozenset(aliases))
+            self.mirror_alias_domains(aliases=aliases, domains=[entry.domain])
             for alias in aliases:
                 self.qmail.remove_domain(alias)
             self.qmail.remove_domain(entry.domain, missing_ok=True)

@@ -292,10 +292,8 @@ class Convert:
         """The alias domains into the SQL aliasdomains table (mysql.aliasdomains_table), as
         vadddomain makes it there: Dovecot's SQL queries join it."""
         assert self.stores is not None
-        table = self.stores[1].alias_domains_table
-        if table is not None:
-            with self.api.qmail.assign_lock():
-                table.replace_alias_domains(self.api.alias_domain_pairs())
+        with self.api.qmail.assign_lock():
+            self.api.sync_alias_domains(self.stores[1].alias_domains_table)
 
     def warn_valias(self, entry: AssignEntry, aliases: AliasStore) -> None:
         names = aliases.names(entry)

@@ -16,8 +16,8 @@ options: -v (print version number)
          -n (dry run: print what would be written)
          -f, --force (replace vpopmail entries of a users/assign that differs)
 Domains are found under the vpopmail domains directory; alias domains survive only if
-users/assign still names them. With the SQL backend the aliasdomains table (Dovecot's
-queries join it) is written from users/assign too.
+users/assign still names them. With the SQL backend this host's rows of the aliasdomains
+table (Dovecot's queries join it) are written from users/assign too, also when it refuses.
 """
 
 
@@ -60,11 +60,12 @@ def regenerate(api: "Vpopmail", write: bool, force: bool) -> int:
     if not write:
         return 0
     if current - wanted and not force:
+        api.sync_alias_domains()  # the SQL aliasdomains table follows users/assign as it is
         print("Error: users/assign has entries the domains tree does not explain; "
-              "nothing written (use --force to replace them)")
+              "users/assign not written (use --force to replace them)")
         return 1
     api.qmail.replace_assign(found, root)
     api.qmail.ensure_routed([e.domain for e in found])
-    api.mirror_alias_domains()  # the SQL aliasdomains table too (made if missing)
+    api.sync_alias_domains()  # the SQL aliasdomains table too (made if missing)
     print(f"{len(found)} domains in users/assign")
     return 0

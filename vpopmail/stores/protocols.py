@@ -73,10 +73,13 @@ class LimitsTable(Protocol):
 class AliasDomainsTable(Protocol):
     """The alias domains as rows of an ``aliasdomains`` table (alias, real domain), a copy of
     users/assign's for Dovecot's SQL queries (the table of sagredo's vpopmail
-    --enable-sql-aliasdomains)."""
+    --enable-sql-aliasdomains), which every host of the database shares."""
 
-    def replace_alias_domains(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Make the table hold exactly ``pairs`` (alias, real domain): one step."""
+    def change_alias_domains(self, aliases: Sequence[str], domains: Sequence[str],
+                             rows: Sequence[tuple[str, str]]) -> None:
+        """Drop the rows of ``aliases`` and those pointing at ``domains``, then add ``rows``
+        (alias, real domain; one of an alias already there replaces it): one step, the
+        table made when missing, the rows of other alias domains left alone."""
 
 
 class AuthLog(Protocol):

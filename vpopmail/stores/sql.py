@@ -893,15 +893,25 @@ class MySQLDatabase(UserDatabase):
         return self.transaction(work, ["relay"])
 
     # -- alias domains (a copy of users/assign's for Dovecot) ---------------------------------
-    def replace_alias_domains(self, pairs: "Sequence[tuple[str, str]]") -> None:
-        """The ``aliasdomains`` rows: exactly ``pairs`` (alias, real domain), in one
-        transaction (made when missing)."""
+    def change_alias_domains(self, aliases: "Sequence[str]", domains: "Sequence[str]",
+                             rows: "Sequence[tuple[str, str]]") -> None:
+        """See :class:`~vpopmail.stores.protocols.AliasDomainsTable`."""
+        def some(count: int) -> str:
+            return ", ".join(["%s"] * count)
+
         def work(conn: Connection) -> None:
-            conn.query("DELETE FROM aliasdomains")
-            if pairs:
+            conn.query("SELECT 1 FROM aliasdomains LIMIT 0")  # made first, if missing
+            if aliases:
+                conn.query(f"DELETE FROM aliasdomains WHERE alias IN ({some(len(aliases))})",
+                           list(aliases))
+            if domains:
+                conn.query(f"DELETE FROM aliasdomains WHERE domain IN ({some(len(domains))})",
+                           list(domains))
+            if rows:
                 conn.query("INSERT INTO aliasdomains (alias, domain) VALUES "
-                           + ", ".join(["(%s, %s)"] * len(pairs)),
-                           [value for pair in pairs for value in pair])
+                           + ", ".join(["(%s, %s)"] * len(rows))
+                           + " ON DUPLICATE KEY UPDATE domain = VALUES(domain)",
+                           [value for row in rows for value in row])
 
         self.transaction(work, ["aliasdomains"])
 
