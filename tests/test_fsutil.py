@@ -129,6 +129,41 @@ def test_a_fifo_swapped_in_for_a_directory_is_removed_not_waited_on(
 
 
 @needs_uid_89
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the lock as another user")
+def test_a_lock_file_it_cannot_give_its_owner_is_refused_without_a_leaked_descriptor(
+        ) -> None:
+    """A process that may not chown the lock file to the owner asked for (the vpopmail user
+    locking a file of root's) gets CouldNotUpdateFile and keeps no descriptor of it (before:
+    each such try left one open, until a long-lived process ran out)."""
+    shared = tempfile.mkdtemp(prefix="pyvpopmail-lock-", dir="/tmp")  # a path uid 1 reaches
+    os.chmod(shared, 0o777)
+    path = os.path.join(shared, "owned.lock")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(1)
+            os.setuid(1)  # daemon: may not give its file to root
+            before = len(os.listdir("/proc/self/fd"))
+            for _ in range(3):
+                try:
+                    with FileLock(path, 1, 0, 0):
+                        pass
+                except CouldNotUpdateFile:
+                    pass
+                else:
+                    raise AssertionError("locked without the owner asked for")
+            code = 0 if len(os.listdir("/proc/self/fd")) == before else 2
+        finally:
+            os._exit(code)
+    try:
+        assert os.waitpid(pid, 0)[1] == 0
+        assert os.stat(path).st_uid == 1  # it made the file: the chown was what failed
+    finally:
+        shutil.rmtree(shared)
+
+
 def test_root_does_not_chown_a_lock_file_with_another_hard_link(tmp_path: Path) -> None:
     """A lock root takes for the vpopmail user (etc/vlimits.default.lock, vmoddomlimits -d;
     a domain's locks, the admin commands) that uid 89 made a hard link to one of root's files

@@ -525,8 +525,12 @@ class FileLock:
                 # another user's file in a sticky group-writable directory (a root
                 # installation's etc/, where the vpopmail user's relay locks are)
                 fd = posix.open(path, flags)
+        except OSError as exc:
+            raise CouldNotUpdateFile(f"lock {path}: {exc.strerror}") from None
+        try:
             ensure_owner(fd, *self.owner)
         except OSError as exc:
+            posix.close(fd)
             raise CouldNotUpdateFile(f"lock {path}: {exc.strerror}") from None
         deadline = time.monotonic() + self.timeout
         pause = 0.001
