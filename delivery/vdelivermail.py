@@ -419,13 +419,18 @@ class Vdelivermail:
             return False
         if not instructions:
             return False
+        self._enter(home)
+        for kind, text in instructions:
+            self.deliver_instruction(kind, text)
+        return True
+
+    @staticmethod
+    def _enter(home: str) -> None:
+        """Work in ``home``, where qmail-local runs the lines of a ``.qmail``."""
         try:
             posix.chdir(home)
         except OSError as exc:
             raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
-        for kind, text in instructions:
-            self.deliver_instruction(kind, text)
-        return True
 
     def run_default_delivery(self, home: str) -> bool:
         """Follow qmail's ``control/defaultdelivery`` for a user without a ``.qmail``
@@ -442,10 +447,7 @@ class Vdelivermail:
             raise defer(f"vdelivermail: cannot read {path}: {exc.strerror}") from None
         if not instructions or all(kind == dotqmail.COMMENT for kind, _ in instructions):
             return False
-        try:
-            posix.chdir(home)
-        except OSError as exc:
-            raise defer(f"vdelivermail: cannot chdir to {home}: {exc.strerror}") from None
+        self._enter(home)
         assert self.own_maildir is not None
         maildir, quota, address = self.own_maildir
         for kind, text in instructions:

@@ -3,7 +3,6 @@ finishing what a killed command left, alias domains, the catch-all, deleting."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
@@ -14,7 +13,12 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
-from vpopmail.stores.protocols import AliasDomainsTable
+
+TYPE_CHECKING = False  # the typing idiom without importing typing (the commands' start)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from vpopmail.stores.protocols import AliasDomainsTable
 
 #: a hashed bucket of a domains root: the root's owner's (never a domain owner's, who could
 #: rename the other domains there), entered as the root itself by the domain owners of its
