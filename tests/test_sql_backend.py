@@ -517,6 +517,29 @@ def test_a_change_here_keeps_the_rows_of_alias_domains_this_host_does_not_route(
     assert sql_db.rows(ALIAS_ROWS) == [["alias.example.org", "example.org"]]
 
 
+def test_vcheck_compares_the_aliasdomains_table_with_users_assign(vhome: Install,
+                                                                 sql_db: Database) -> None:
+    """A row lost (a vdeldomain killed between the table and users/assign, a hand edit) or a
+    table dropped makes Dovecot's logins through an alias domain differ from vchkpw's: step
+    7 says so, and vregenerate mends it."""
+    sql_site(vhome, sql_db)
+    vhome.ok("vaddaliasdomain", DOMAIN, "alias.example")
+    address = f"alice@{DOMAIN}"
+    said = vhome.ok("vcheck", address)
+    assert "the aliasdomains table agrees (1 alias domains)" in said, said
+    sql_db.server.sql("DELETE FROM aliasdomains", sql_db.name)
+    checked = vhome.run("vcheck", address)
+    assert checked.returncode == 7, checked.stdout
+    assert (f"the aliasdomains table gives {DOMAIN} the alias domains none, users/assign "
+            "alias.example") in checked.stdout, checked.stdout
+    sql_db.server.sql("DROP TABLE aliasdomains", sql_db.name)
+    checked = vhome.run("vcheck", "alice@alias.example")
+    assert checked.returncode == 7 and "there is no aliasdomains table" in checked.stdout, \
+        checked.stdout
+    vhome.ok("vregenerate")
+    assert vhome.run("vcheck", "alice@alias.example").returncode == 0
+
+
 def test_vaddaliasdomain_with_the_database_down_changes_nothing(vhome: Install,
                                                                 sql_db: Database) -> None:
     """The table is written first: with the database down the alias is refused, not routed

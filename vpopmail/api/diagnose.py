@@ -321,7 +321,20 @@ class Diagnosis:
     # 7 ----------------------------------------------------------------------------------------
 
     def check_store(self) -> str:
-        return self.api.backend.verify(self._entry())
+        entry = self._entry()
+        said = self.api.backend.verify(entry)
+        table = self.api.stores.alias_domains_table
+        if table is None:
+            return said
+        routed = sorted(self.api.aliases_of(entry.real_domain))
+        stored = table.alias_domains_of(entry.real_domain)
+        if stored != routed:
+            raise Fault(f"the aliasdomains table gives {entry.real_domain} the alias domains "
+                        f"{', '.join(stored) or 'none'}, users/assign "
+                        f"{', '.join(routed) or 'none'}: Dovecot's SQL logins through them "
+                        f"differ from vchkpw's and vdelivermail's",
+                        "vregenerate (writes this host's rows of it from users/assign)")
+        return f"{said}; the aliasdomains table agrees ({len(routed)} alias domains)"
 
     # 8 ----------------------------------------------------------------------------------------
 

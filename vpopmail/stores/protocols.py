@@ -81,6 +81,10 @@ class AliasDomainsTable(Protocol):
         (alias, real domain; one of an alias already there replaces it): one step, the
         table made when missing, the rows of other alias domains left alone."""
 
+    def alias_domains_of(self, domain: str) -> list[str]:
+        """The aliases whose rows point at ``domain``, as the update server has them;
+        Fault when the table cannot be read (vcheck)."""
+
 
 class AuthLog(Protocol):
     """The ``vlog`` table (C's --enable-sql-logging)."""

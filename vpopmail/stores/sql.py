@@ -433,6 +433,12 @@ class Connection:
         self.kept = self.in_transaction = self.answer_pending = False
 
 
+def not_answering(exc: NoAuthConnection) -> Fault:
+    """vcheck's fault for a database that does not answer."""
+    return Fault(f"the database does not answer: {exc.detail}",
+                 "start the server, or correct the [mysql] section of the configuration")
+
+
 class SqlError(Exception):
     """A server error that is neither transient nor a known data problem (carried up
     unchanged so a missing table can be created; the backend turns the rest into
@@ -787,9 +793,7 @@ class MySQLDatabase(UserDatabase):
             rows = self.reader.query(f"SELECT {self._columns()} FROM `{table}` WHERE {where}",
                                      params)
         except NoAuthConnection as exc:
-            raise Fault(f"the database does not answer: {exc.detail}",
-                        "start the server, or correct the [mysql] section of the "
-                        "configuration") from None
+            raise not_answering(exc) from None
         except SqlError as exc:
             if exc.code != ER_NO_SUCH_TABLE:
                 raise Fault(str(exc), "check the database user's rights and the server's error "
@@ -914,6 +918,21 @@ class MySQLDatabase(UserDatabase):
                            [value for row in rows for value in row])
 
         self.transaction(work, ["aliasdomains"])
+
+    def alias_domains_of(self, domain: str) -> list[str]:
+        """See :class:`~vpopmail.stores.protocols.AliasDomainsTable`."""
+        try:
+            rows = self.writer.query("SELECT alias FROM aliasdomains WHERE domain = %s "
+                                     "ORDER BY alias", [domain])
+        except NoAuthConnection as exc:
+            raise not_answering(exc) from None
+        except SqlError as exc:
+            if exc.code != ER_NO_SUCH_TABLE:
+                raise Fault(str(exc), "check the database user's rights") from None
+            raise Fault(f"there is no aliasdomains table in {self.writer.server.describe()}: "
+                        f"Dovecot's SQL queries that join it fail",
+                        "vregenerate (makes it, with this host's alias domains)") from None
+        return [row[0] or "" for row in rows]
 
 
 # -- aliases (valias) ---------------------------------------------------------------------------
