@@ -256,10 +256,11 @@ def test_a_listed_callers_file_size_limit_does_not_cut_what_the_worker_writes(
 
 def test_a_listed_callers_program_is_not_an_oracle_for_the_vpopmail_users_files(
         site: LoginSite) -> None:
-    """The program to run is looked for with the worker's rights, the vpopmail user's: a
-    name that is no program it may run is "not found", whether or not something is there,
-    so that a caller with one password cannot tell which users, files or directories the
-    vpopmail user's domains hold (here: alice's directory, and no bob's)."""
+    """The program to run is never looked at with the worker's rights, the vpopmail user's:
+    the front end runs it as the caller, so that a caller with one password cannot tell which
+    users, files or directories the vpopmail user's domains hold (here: alice's directory,
+    and no bob's; before, one answer said "Permission denied", the other "No such file").
+    A bare name, which a search of PATH with those rights would need, is refused."""
     without_fallbacks(site.inst)
     answers = []
     for name in ("alice", "bob"):
@@ -268,7 +269,11 @@ def test_a_listed_callers_program_is_not_an_oracle_for_the_vpopmail_users_files(
                            wrap=tuple(as_user_argv(CALLER)))
         assert (login.code, login.ran) == (111, False), login
         answers.append(login.stderr.replace(program, "PROGRAM"))
-    assert answers[0] == answers[1], answers
+    said = "vchkpw: deferred: cannot run the program of the exec plan\n"  # the front end's
+    assert answers == [said, said], answers
+    bare = site.login("alice@example.com", "pw", env=SMTP_ENV, program=["true"],
+                      wrap=tuple(as_user_argv(CALLER)))
+    assert bare.code == 111 and "names its program with a path (/bin/true)" in bare.stderr, bare
 
 # -- a real SMTP server: Debian's qpsmtpd, whose auth_checkpassword plugin runs vchkpw as
 # -- the qpsmtpd user (sudo is not installed here; with sudo it would run it as vpopmail) ----

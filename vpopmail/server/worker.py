@@ -276,6 +276,15 @@ def plan_class(smtp_only: bool = False) -> type:
             self.log.close()
             close_stores()
             path = command[0]
+            if smtp_only:
+                # the caller's program, run and found by the caller: never looked at with
+                # the worker's rights (the vpopmail user's), so that the answer tells the
+                # caller nothing of what those reach; a bare name would need a PATH search
+                if "/" not in path:
+                    raise Finish(TEMPORARY, f"cannot run {path}: a server.smtp_auth_callers "
+                                            f"caller names its program with a path "
+                                            f"(/bin/true)")
+                raise ExecPlan(path, command, env, None, self.plan_cwd)
             error = errno.ENOENT
             # the program is looked for with the ids it is to run with, as the direct
             # program's execve after its setuid: one only root may run is passed over
@@ -287,9 +296,7 @@ def plan_class(smtp_only: bool = False) -> type:
                     if os.path.isfile(candidate) and os.access(candidate, os.X_OK,
                                                                effective_ids=ids is not None):
                         raise ExecPlan(candidate, command, env, ids, self.plan_cwd)
-                    if os.path.exists(candidate) and not smtp_only:
-                        # not for a listed caller: the worker's rights are the vpopmail
-                        # user's, and what they reach is not the caller's to learn
+                    if os.path.exists(candidate):
                         error = errno.EACCES
             finally:
                 if ids is not None:
