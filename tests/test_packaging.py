@@ -119,12 +119,21 @@ def run_install(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True, text=True)
 
 
-def test_install_over_a_setuid_c_vchkpw_says_what_smtp_auth_needs(tmp_path: Path) -> None:
-    """C's vchkpw was installed setuid for SMTP servers that run it as qmaild; ours is not,
-    so the install names what such a server needs."""
+@pytest.mark.parametrize("linked", [False, True], ids=["file", "symlink"])
+def test_install_over_a_setuid_c_vchkpw_says_what_smtp_auth_needs(tmp_path: Path,
+                                                                  linked: bool) -> None:
+    """C's vchkpw was installed setuid for SMTP servers that run it as qmaild (also where
+    bin/vchkpw is a link to it); ours is not, so the install names what such a server
+    needs."""
     prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
     c_vpopmail(prefix, qmaildir)
-    (prefix / "bin" / "vchkpw").chmod(0o4711)
+    vchkpw = prefix / "bin" / "vchkpw"
+    if linked:
+        target = tmp_path / "vchkpw-5.4.33"
+        vchkpw.rename(target)
+        vchkpw.symlink_to(target)
+        vchkpw = target
+    vchkpw.chmod(0o4711)
     user, group = own_account()
     result = run_install("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user,
                          "--group", group, "--venv", str(VENV))
