@@ -128,7 +128,6 @@ def test_a_fifo_swapped_in_for_a_directory_is_removed_not_waited_on(
     assert (moved / "file").read_text() == "x" and (moved / "deep").is_dir()
 
 
-@needs_uid_89
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the lock as another user")
 def test_a_lock_file_it_cannot_give_its_owner_is_refused_without_a_leaked_descriptor(
         ) -> None:
@@ -164,6 +163,7 @@ def test_a_lock_file_it_cannot_give_its_owner_is_refused_without_a_leaked_descri
         shutil.rmtree(shared)
 
 
+@needs_uid_89
 def test_root_does_not_chown_a_lock_file_with_another_hard_link(tmp_path: Path) -> None:
     """A lock root takes for the vpopmail user (etc/vlimits.default.lock, vmoddomlimits -d;
     a domain's locks, the admin commands) that uid 89 made a hard link to one of root's files
