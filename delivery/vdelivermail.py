@@ -363,10 +363,7 @@ class Vdelivermail:
                         "are all blank")
         if rest is not None:
             environ_bytes()[b"DEFAULT"] = rest.encode("utf-8", "surrogateescape")
-        try:
-            posix.chdir(self.entry.dir)
-        except OSError as exc:
-            raise defer(f"vdelivermail: cannot chdir to {self.entry.dir}: {exc.strerror}") from None
+        self._enter(self.entry.dir)
         for instruction in instructions:
             self.deliver_instruction(*instruction)
         return True
@@ -426,7 +423,8 @@ class Vdelivermail:
 
     @staticmethod
     def _enter(home: str) -> None:
-        """Work in ``home``, where qmail-local runs the lines of a ``.qmail``."""
+        """Work in ``home``, where qmail-local runs the lines of a ``.qmail`` (the domain's
+        directory for its valias rows)."""
         try:
             posix.chdir(home)
         except OSError as exc:

@@ -326,14 +326,24 @@ class Diagnosis:
         table = self.api.stores.alias_domains_table
         if table is None:
             return said
-        routed = sorted(self.api.aliases_of(entry.real_domain))
-        stored = table.alias_domains_of(entry.real_domain)
+        real = entry.real_domain
+        routed = sorted(self.api.aliases_of(real))
+        found = table.alias_domains_of(real)
+        mend = "vregenerate (writes this host's rows of it from users/assign)"
+        if found is None:
+            if routed:
+                raise Fault(f"there is no aliasdomains table: Dovecot's SQL queries that join "
+                            f"it fail", mend)
+            return f"{said}; no aliasdomains table yet (Dovecot's SQL queries need it: {mend})"
+        stored, target = found
+        if target is not None:
+            raise Fault(f"the aliasdomains table makes {real}, a real domain here, an alias "
+                        f"of {target}: Dovecot's SQL logins of its users reach {target}'s", mend)
         if stored != routed:
-            raise Fault(f"the aliasdomains table gives {entry.real_domain} the alias domains "
+            raise Fault(f"the aliasdomains table gives {real} the alias domains "
                         f"{', '.join(stored) or 'none'}, users/assign "
                         f"{', '.join(routed) or 'none'}: Dovecot's SQL logins through them "
-                        f"differ from vchkpw's and vdelivermail's",
-                        "vregenerate (writes this host's rows of it from users/assign)")
+                        f"differ from vchkpw's and vdelivermail's", mend)
         return f"{said}; the aliasdomains table agrees ({len(routed)} alias domains)"
 
     # 8 ----------------------------------------------------------------------------------------

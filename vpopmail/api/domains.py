@@ -57,16 +57,17 @@ class DomainsMixin(UsersMixin):
         if table is not None:
             table.change_alias_domains(aliases, domains, rows)
 
-    def sync_alias_domains(self, table: AliasDomainsTable | None = None) -> None:
-        """Make this host's part of the aliasdomains table (the rows of the real domains of
-        users/assign, and of its alias domains) equal to users/assign (vregenerate, and
-        vconvert's ``table``; else :meth:`mirror_alias_domains`'s)."""
-        table = table or self.stores.alias_domains_table
+    def sync_alias_domains(self, table: AliasDomainsTable | None,
+                           dropped: Sequence[str] = ()) -> None:
+        """Make this host's part of ``table`` (the rows naming a domain of users/assign or of
+        ``dropped``, domains just taken out of it, as an alias, and those pointing at its real
+        domains) equal to users/assign (vregenerate, vconvert); nothing without a table."""
         if table is None:
             return
         entries = self.domains()
-        aliases = [e.domain for e in entries if e.is_alias]
-        table.change_alias_domains(aliases, [e.domain for e in entries if not e.is_alias],
+        names = [e.domain for e in entries] + list(dropped)
+        table.change_alias_domains(names, [e.domain for e in entries if not e.is_alias]
+                                   + list(dropped),
                                    [(e.domain, e.real_domain) for e in entries if e.is_alias])
 
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
@@ -94,7 +95,11 @@ class DomainsMixin(UsersMixin):
         # is the name free, then make it: one step, so that of two vadddomain at once the
         # second finds the first one's domain complete (not a directory to take over)
         with self.qmail.assign_lock(make_tree=True):
-            self.mirror_alias_domains()  # the table Dovecot's queries join, made from the first
+            existing = self.find_domain(domain)
+            # the table Dovecot's queries join, made from the first domain; no row may name
+            # the new real domain as an alias (a vaddaliasdomain killed after the table): its
+            # users' logins would reach another domain's
+            self.mirror_alias_domains(aliases=[] if existing and existing.is_alias else [domain])
             return self._add_domain(domain, spec, action, root, bool(base_dir), uid, gid,
                                     optimize)
 

@@ -59,13 +59,15 @@ def regenerate(api: "Vpopmail", write: bool, force: bool) -> int:
         print(f"remove: {line}")
     if not write:
         return 0
+    table = api.stores.alias_domains_table  # SQL: this host's rows follow users/assign
     if current - wanted and not force:
-        api.sync_alias_domains()  # the SQL aliasdomains table follows users/assign as it is
         print("Error: users/assign has entries the domains tree does not explain; "
               "users/assign not written (use --force to replace them)")
+        api.sync_alias_domains(table)
         return 1
+    before = {e.domain for e in api.qmail.entries(rebuilding=True)}
     api.qmail.replace_assign(found, root)
     api.qmail.ensure_routed([e.domain for e in found])
-    api.sync_alias_domains()  # the SQL aliasdomains table too (made if missing)
+    api.sync_alias_domains(table, sorted(before - {e.domain for e in api.domains()}))
     print(f"{len(found)} domains in users/assign")
     return 0

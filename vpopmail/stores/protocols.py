@@ -81,9 +81,10 @@ class AliasDomainsTable(Protocol):
         (alias, real domain; one of an alias already there replaces it): one step, the
         table made when missing, the rows of other alias domains left alone."""
 
-    def alias_domains_of(self, domain: str) -> list[str]:
-        """The aliases whose rows point at ``domain``, as the update server has them;
-        Fault when the table cannot be read (vcheck)."""
+    def alias_domains_of(self, domain: str) -> tuple[list[str], str | None] | None:
+        """(the aliases whose rows point at ``domain``, the domain a row of ``domain`` as an
+        alias points at), as the update server has them; None without the table; Fault when
+        it cannot be read (vcheck)."""
 
 
 class AuthLog(Protocol):

@@ -433,9 +433,9 @@ class Connection:
         self.kept = self.in_transaction = self.answer_pending = False
 
 
-def not_answering(exc: NoAuthConnection) -> Fault:
-    """vcheck's fault for a database that does not answer."""
-    return Fault(f"the database does not answer: {exc.detail}",
+def not_answering(exc: NoAuthConnection, server: str = "") -> Fault:
+    """vcheck's fault for a database (``server``: which one) that does not answer."""
+    return Fault(f"the database{' ' + server if server else ''} does not answer: {exc.detail}",
                  "start the server, or correct the [mysql] section of the configuration")
 
 
@@ -919,20 +919,19 @@ class MySQLDatabase(UserDatabase):
 
         self.transaction(work, ["aliasdomains"])
 
-    def alias_domains_of(self, domain: str) -> list[str]:
+    def alias_domains_of(self, domain: str) -> tuple[list[str], str | None] | None:
         """See :class:`~vpopmail.stores.protocols.AliasDomainsTable`."""
         try:
-            rows = self.writer.query("SELECT alias FROM aliasdomains WHERE domain = %s "
-                                     "ORDER BY alias", [domain])
+            rows = self.writer.query("SELECT alias, domain FROM aliasdomains WHERE domain = %s "
+                                     "OR alias = %s ORDER BY alias", [domain, domain])
         except NoAuthConnection as exc:
-            raise not_answering(exc) from None
+            raise not_answering(exc, self.writer.server.describe()) from None
         except SqlError as exc:
-            if exc.code != ER_NO_SUCH_TABLE:
-                raise Fault(str(exc), "check the database user's rights") from None
-            raise Fault(f"there is no aliasdomains table in {self.writer.server.describe()}: "
-                        f"Dovecot's SQL queries that join it fail",
-                        "vregenerate (makes it, with this host's alias domains)") from None
-        return [row[0] or "" for row in rows]
+            if exc.code == ER_NO_SUCH_TABLE:
+                return None
+            raise Fault(str(exc), "check the database user's rights") from None
+        aliases = [row[0] or "" for row in rows if row[1] == domain and row[0] != domain]
+        return aliases, next((row[1] for row in rows if row[0] == domain), None)
 
 
 # -- aliases (valias) ---------------------------------------------------------------------------
