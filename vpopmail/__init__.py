@@ -14,7 +14,7 @@ PACKAGES = ("vpopmail", "auth", "maildir", "delivery")
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (hot path)
 if TYPE_CHECKING:
-    from collections.abc import MutableMapping, Sequence
+    from collections.abc import Mapping, MutableMapping, Sequence
     from importlib.abc import Loader
     from types import ModuleType
 else:
@@ -32,14 +32,15 @@ def environ_bytes() -> "MutableMapping[bytes, bytes]":
     return environ
 
 
-def environ_text() -> dict[str, str]:
-    """A copy of the environment as text, decoded as ``os.environ`` decodes it, without an
-    entry of an empty name (``=x``: execve of it fails; the server's workers skip it too).
-    Read from ``posix.environ``, the very dict ``os.environb`` wraps (a third of the cost of
-    going through that wrapper's mapping methods)."""
+def environ_text(source: "Mapping[bytes, bytes] | None" = None) -> dict[str, str]:
+    """A copy of the environment (or of ``source``'s variables) as text, decoded as
+    ``os.environ`` decodes it, without an entry of an empty name (``=x``: execve of it fails;
+    the server's workers skip it too). Read from ``posix.environ``, the very dict
+    ``os.environb`` wraps (a third of the cost of going through that wrapper's mapping
+    methods)."""
     encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
     return {name.decode(encoding, errors): value.decode(encoding, errors)
-            for name, value in posix.environ.items() if name}
+            for name, value in (posix.environ if source is None else source).items() if name}
 
 
 def getenv(name: str) -> str | None:

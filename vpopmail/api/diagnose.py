@@ -521,10 +521,12 @@ class Diagnosis:
         except VpopmailError as exc:  # the server stops at its start with it
             raise Fault(f"{exc}: vpopmail-server does not start",
                         "mend server.smtp_auth_callers in vpopmail.toml") from None
+        # what a server that does not serve them means for the listed callers (their
+        # vchkpw cannot read the user files as themselves)
+        theirs = (f"the SMTP AUTH logins of server.smtp_auth_callers "
+                  f"({self.config.server_smtp_auth_callers.strip()})")
         if callers and "vchkpw" not in front_ends:  # nothing takes their logins there
-            raise Fault(f"bin/vchkpw is the Python program: the SMTP AUTH logins of "
-                        f"server.smtp_auth_callers "
-                        f"({self.config.server_smtp_auth_callers.strip()}) never reach "
+            raise Fault(f"bin/vchkpw is the Python program: {theirs} never reach "
                         f"vpopmail-server and fail",
                         "install the C front ends (packaging/install with a C compiler, "
                         "without --no-frontends)")
@@ -549,18 +551,15 @@ class Diagnosis:
         except wire.OtherProtocol as exc:
             other = (f"of another protocol version ({path}: {exc}): {programs} run the Python "
                      f"programs until it reloads")
-            if callers:  # their vchkpw cannot read the user files as themselves
-                raise Fault(f"{other}: the SMTP AUTH logins of server.smtp_auth_callers "
-                            f"({self.config.server_smtp_auth_callers.strip()}) fail meanwhile",
+            if callers:
+                raise Fault(f"{other}: {theirs} fail meanwhile",
                             "reload vpopmail-server (SIGHUP)") from None
             return f"{other} (mail and logins work, more slowly)"
         except (OSError, wire.Drop) as exc:
             down = f"down ({path}: {exc}): {programs} run the Python programs"
             start = "start bin/vpopmail-server (packaging/service/)"
-            if callers:  # their vchkpw cannot read the user files as themselves
-                raise Fault(f"{down}: the SMTP AUTH logins of server.smtp_auth_callers "
-                            f"({self.config.server_smtp_auth_callers.strip()}) fail", start
-                            ) from None
+            if callers:
+                raise Fault(f"{down}: {theirs} fail", start) from None
             return f"{down} (mail and logins work, more slowly); {start}"
 
 

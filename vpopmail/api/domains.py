@@ -65,10 +65,9 @@ class DomainsMixin(UsersMixin):
         if table is None:
             return
         entries = self.domains()
-        names = [e.domain for e in entries] + list(dropped)
-        table.change_alias_domains(names, [e.domain for e in entries if not e.is_alias]
-                                   + list(dropped),
-                                   [(e.domain, e.real_domain) for e in entries if e.is_alias])
+        real = [e.domain for e in entries if not e.is_alias] + list(dropped)
+        rows = [(e.domain, e.real_domain) for e in entries if e.is_alias]
+        table.change_alias_domains([*real, *(alias for alias, _ in rows)], real, rows)
 
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from vpopmail import config as vconfig
+from vpopmail import environ_text
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
@@ -325,8 +326,7 @@ def encode_plan(plan: ExecPlan, peer: Identity, cwd: bytes) -> bytes:
 
 
 def run_request(request: Request, config: str | None, peer: Identity,
-                smtp_only: bool = False,
-                variables: dict[bytes, bytes] | None = None) -> tuple[int, bytes]:
+                variables: dict[bytes, bytes], smtp_only: bool = False) -> tuple[int, bytes]:
     """Run the program the direct way; the reply (kind, payload). A delivery's programs get
     the caller's nice value and resource limits (delivery.vdelivermail.spawn). ``smtp_only``:
     see :func:`plan_class`; vchkpw then gets the caller's ``variables`` as its data (they are
@@ -339,11 +339,7 @@ def run_request(request: Request, config: str | None, peer: Identity,
     else:
         from auth.vchkpw import main as login
 
-        environ = None
-        if smtp_only and variables is not None:
-            encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-            environ = {name.decode(encoding, errors): value.decode(encoding, errors)
-                       for name, value in variables.items()}
+        environ = environ_text(variables) if smtp_only else None
         try:
             code = login(sys.argv, config=config, runner=plan_class(smtp_only), environ=environ)
         except ExecPlan as plan:
@@ -390,8 +386,8 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
                 os.close(fd)
             raise
         try:
-            kind, payload = run_request(request, settings.config, identity, smtp_only,
-                                        variables)
+            kind, payload = run_request(request, settings.config, identity, variables,
+                                        smtp_only)
         finally:
             clear_stage(len(request.fds), null)
         reply(conn, kind, payload)

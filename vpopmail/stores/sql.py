@@ -433,6 +433,11 @@ class Connection:
         self.kept = self.in_transaction = self.answer_pending = False
 
 
+def placeholders(count: int) -> str:
+    """``%s, %s, ...``: ``count`` places for the values of a statement (see Connection.query)."""
+    return ", ".join(["%s"] * count)
+
+
 def not_answering(exc: NoAuthConnection, server: str = "") -> Fault:
     """vcheck's fault for a database (``server``: which one) that does not answer."""
     return Fault(f"the database{' ' + server if server else ''} does not answer: {exc.detail}",
@@ -605,7 +610,7 @@ class MySQLDatabase(UserDatabase):
                 ) -> dict[str, VUser]:
         """The stored records of ``names``, locked for this transaction."""
         where, params = self._where(domain)
-        marks = ", ".join(["%s"] * len(names))
+        marks = placeholders(len(names))
         rows = conn.query(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
                           f"WHERE pw_name IN ({marks}) AND {where} FOR UPDATE",
                           [*names, *params])
@@ -620,7 +625,7 @@ class MySQLDatabase(UserDatabase):
         def work(conn: Connection) -> None:
             for user in users:
                 columns, values = self._values(domain, user)
-                marks = ", ".join(["%s"] * len(values))
+                marks = placeholders(len(values))
                 try:
                     conn.query(f"INSERT INTO `{table}` ({columns}) VALUES ({marks})", values)
                 except UsernameExists:
@@ -754,7 +759,7 @@ class MySQLDatabase(UserDatabase):
         active user). ``repeatable``: see Connection.query. ``only_if``: ``FROM ... WHERE ...``
         (and its values) of one row that must be there for the row to be written."""
         columns = ", ".join(row)
-        marks = ", ".join(["%s"] * len(row))
+        marks = placeholders(len(row))
         statement = f"{verb} INTO {table} ({columns}) VALUES ({marks})"
         condition: "Sequence[object]" = ()
         if only_if is not None:
@@ -851,7 +856,7 @@ class MySQLDatabase(UserDatabase):
                               "FOR UPDATE", [domain])
             values = edit({c: _int(v) for c, v in zip(columns, rows[0])} if rows else None)
             if values is not None:
-                marks = ", ".join(["%s"] * (len(values) + 1))
+                marks = placeholders(len(values) + 1)
                 conn.query(f"REPLACE INTO limits ({', '.join(['domain', *values])}) "
                            f"VALUES ({marks})", [domain, *values.values()])
 
@@ -900,17 +905,12 @@ class MySQLDatabase(UserDatabase):
     def change_alias_domains(self, aliases: "Sequence[str]", domains: "Sequence[str]",
                              rows: "Sequence[tuple[str, str]]") -> None:
         """See :class:`~vpopmail.stores.protocols.AliasDomainsTable`."""
-        def some(count: int) -> str:
-            return ", ".join(["%s"] * count)
-
         def work(conn: Connection) -> None:
             conn.query("SELECT 1 FROM aliasdomains LIMIT 0")  # made first, if missing
-            if aliases:
-                conn.query(f"DELETE FROM aliasdomains WHERE alias IN ({some(len(aliases))})",
-                           list(aliases))
-            if domains:
-                conn.query(f"DELETE FROM aliasdomains WHERE domain IN ({some(len(domains))})",
-                           list(domains))
+            for column, names in (("alias", aliases), ("domain", domains)):
+                if names:
+                    conn.query(f"DELETE FROM aliasdomains WHERE {column} IN "
+                               f"({placeholders(len(names))})", list(names))
             if rows:
                 conn.query("INSERT INTO aliasdomains (alias, domain) VALUES "
                            + ", ".join(["(%s, %s)"] * len(rows))
@@ -955,7 +955,7 @@ class SqlAliases(AliasChecks):
         its lines in the server's order (C has no ORDER BY; InnoDB gives insertion order).
         Hot-path safe; a table not created yet reads as no rows, an unreachable server raises
         NoAuthConnection."""
-        marks = ", ".join(["%s"] * len(aliases))
+        marks = placeholders(len(aliases))
         rows = self.db.read(f"SELECT alias, valias_line FROM valias WHERE domain = %s AND alias "
                             f"IN ({marks})", [domain, *aliases], optional=True)
         found: dict[str, list[str]] = {}
