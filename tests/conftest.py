@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from delivery_site import inject, tiny_fs  # noqa: F401 - fixtures of the helper modules
-from dovecot_site import dovecot_factory  # noqa: F401
+from dovecot_site import dovecot24_factory, dovecot_factory  # noqa: F401
 from install_site import (REPO, TEMPLATES, VENV, Install, as_user_argv, install, own_account,
                           vpopmail_user_exists)
 from mariadb_site import mariadb, mariadb_replica, replicated_db, sql_db  # noqa: F401

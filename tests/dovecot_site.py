@@ -237,6 +237,19 @@ service imap-login {{
     def write_config(self) -> None:
         self.conf.write_text(self.config_text())
 
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why this Dovecot cannot run here, or None."""
+        return unavailable()
+
+    def master_argv(self) -> list[str]:
+        """The command that runs the master in the foreground."""
+        return [str(DOVECOT), "-F", "-c", str(self.conf)]
+
+    def doveadm_argv(self) -> list[str]:
+        """The command that runs doveadm on this instance's configuration."""
+        return [str(DOVEADM), "-c", str(self.conf)]
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -244,7 +257,7 @@ service imap-login {{
         on failure nothing is left running and the error shows the end of the log."""
         if self.process is not None:
             raise RuntimeError("already started")
-        if reason := unavailable():
+        if reason := self.unavailable():
             raise RuntimeError(reason)
         for attempt in range(3):
             try:
@@ -259,7 +272,7 @@ service imap-login {{
 
     def _start_once(self) -> None:
         with open(self.out_path, "ab") as out:
-            self.process = subprocess.Popen([str(DOVECOT), "-F", "-c", str(self.conf)],
+            self.process = subprocess.Popen(self.master_argv(),
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                             env=BASE_ENV, cwd="/")
         try:
@@ -385,7 +398,7 @@ service imap-login {{
     def doveadm(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """``doveadm -c <conf> ARGS`` (e.g. ``auth test USER PASS``: exit 0 or 77; ``user
         USER``), output captured as text."""
-        return subprocess.run([str(DOVEADM), "-c", str(self.conf), *args], check=False,
+        return subprocess.run([*self.doveadm_argv(), *args], check=False,
                               capture_output=True, text=True, env=BASE_ENV, timeout=timeout,
                               stdin=subprocess.DEVNULL)
 
@@ -428,18 +441,140 @@ service imap-login {{
         return client
 
 
-@pytest.fixture
-def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
-    """``dovecot_factory(checkpassword, **options)`` starts a Dovecot under tmp_path (one
-    subdirectory each); all are killed at teardown, even when the test failed (a graceful
-    stop costs the master's 1 s log flush, 45 s over the suite; test_dovecot_harness tests it)."""
-    if reason := unavailable():
+#: Dovecot 2.4 (Debian 13's: 2.4 removed checkpassword, so it reads the SQL tables with the
+#: shipped packaging/dovecot/dovecot24-vpopmail.conf): a minimal Debian 13 tree that
+#: packaging/bootstrap makes there as root (debootstrap), with the vpopmail user and group
+DOVECOT24_ROOT = Path(__file__).resolve().parents[1] / ".peers" / "dovecot-2.4"
+#: run in a mount namespace of its own: each host directory given after the root is bound
+#: at its own path inside the tree, then the command runs chrooted there
+_CHROOTED = ('root=$1; shift; while [ "$1" != -- ]; do mkdir -p "$root$1" && '
+             'mount --bind "$1" "$root$1" || exit 111; shift; done; shift; '
+             'exec chroot "$root" "$@"')
+
+
+def unavailable24() -> str | None:
+    """Why Dovecot 2.4 cannot run here (for ``pytest.skip``), or None if it can."""
+    if os.geteuid() != 0:
+        return "Dovecot tests need root"
+    if not (DOVECOT24_ROOT / "usr" / "sbin" / "dovecot").exists() or not \
+            (DOVECOT24_ROOT / "usr" / "lib" / "dovecot" / "modules" / "auth").exists():
+        return f"needs Dovecot 2.4 in {DOVECOT24_ROOT} (packaging/bootstrap makes it, as root)"
+    passwd = (DOVECOT24_ROOT / "etc" / "passwd").read_text()
+    if not re.search(r"(?m)^vpopmail:", passwd):
+        return f"needs the vpopmail user in {DOVECOT24_ROOT}/etc/passwd (packaging/bootstrap)"
+    return None
+
+
+class Dovecot24(Dovecot):
+    """Dovecot 2.4 from DOVECOT24_ROOT, run chrooted there in a mount namespace of its own
+    where the host directories ``shared`` (this instance's ``base``, the mail homes, the
+    database's socket) are bound at their own paths. Authenticates through ``includes``
+    only (2.4 has no checkpassword driver); doveadm runs in the master's namespace and
+    root."""
+
+    def __init__(self, base: Path, *, shared: Sequence[Path] = (), **options: object) -> None:
+        self.shared = [Path(p).resolve() for p in shared]
+        super().__init__(base, "", **options)  # type: ignore[arg-type]
+        if not any(self.base.is_relative_to(p) for p in self.shared):
+            self.shared.append(self.base)
+
+    @staticmethod
+    def unavailable() -> str | None:
+        return unavailable24()
+
+    def config_text(self) -> str:
+        """The dovecot.conf (2.4 syntax) for the current ports and options."""
+        auth = "\n".join(f"!include {path}" for path in self.includes)
+        return f"""\
+# written by tests/dovecot_site.py: a private Dovecot 2.4 instance
+dovecot_config_version = 2.4.1
+dovecot_storage_version = 2.4.1
+base_dir = {self.run_dir}
+state_dir = {self.state_dir}
+instance_name = {self.instance}
+log_path = {self.log_path}
+info_log_path = {self.log_path}
+debug_log_path = {self.log_path}
+auth_verbose = yes
+auth_debug = {"yes" if self.auth_debug else "no"}
+protocols = pop3 imap
+listen = 127.0.0.1
+ssl = no
+auth_allow_cleartext = yes
+auth_mechanisms = plain login
+auth_failure_delay = 0
+auth_cache_size = 0
+default_login_user = {LOGIN_USER}
+default_internal_user = {INTERNAL_USER}
+
+{auth}
+
+first_valid_uid = {self.uid}
+last_valid_uid = {self.uid}
+first_valid_gid = {self.gid}
+last_valid_gid = {self.gid}
+
+service auth {{
+  user = {self.auth_user}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    listen = 127.0.0.1
+    port = {self.pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    listen = 127.0.0.1
+    port = {self.imap_port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+    def master_argv(self) -> list[str]:
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _CHROOTED,
+                "sh", str(DOVECOT24_ROOT), *map(str, self.shared), "--",
+                "/usr/sbin/dovecot", "-F", "-c", str(self.conf)]
+
+    def stop(self, timeout: float = 5, graceful: bool = True) -> None:
+        """Stop as :meth:`Dovecot.stop`, then take out the empty directories the binds were
+        made on inside the tree (their namespace ended with the master)."""
+        try:
+            super().stop(timeout, graceful)
+        finally:
+            for path in self.shared:
+                inside = DOVECOT24_ROOT / path.relative_to("/")
+                while inside.parent != DOVECOT24_ROOT:
+                    try:
+                        inside.rmdir()
+                    except OSError:
+                        break  # not empty (or gone): what is above it stays too
+                    inside = inside.parent
+
+    def doveadm_argv(self) -> list[str]:
+        if self.process is None:
+            raise RuntimeError("doveadm of Dovecot 2.4 needs its running master")
+        return ["nsenter", f"--target={self.process.pid}", "--mount", "--root", "--wd",
+                "/usr/bin/doveadm", "-c", str(self.conf)]
+
+
+def _factory(kind: type[Dovecot], tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
+    """The body of the factory fixtures: ``make(*args, **options)`` starts a ``kind`` under
+    tmp_path (one subdirectory each); all are killed at teardown, even when the test failed
+    (a graceful stop costs the master's 1 s log flush, 45 s over the suite;
+    test_dovecot_harness tests it)."""
+    if reason := kind.unavailable():
         pytest.skip(reason)
     started: list[Dovecot] = []
 
-    def make(checkpassword: str, **options: object) -> Dovecot:
-        server = Dovecot(tmp_path / f"dovecot{len(started)}", checkpassword,
-                         **options)  # type: ignore[arg-type]
+    def make(*args: object, **options: object) -> Dovecot:
+        server = kind(tmp_path / f"dovecot{len(started)}", *args, **options)  # type: ignore[arg-type]
         started.append(server)
         server.start()
         return server
@@ -455,5 +590,19 @@ def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
         raise errors[0]
 
 
-__all__ = ["CHECKPASSWORD_REPLY", "Dovecot", "SourceIMAP4", "SourcePOP3", "alive",
-           "dovecot_factory", "new_source_ip", "unavailable"]
+@pytest.fixture
+def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
+    """``dovecot_factory(checkpassword, **options)``: a Dovecot 2.3 (see :func:`_factory`)."""
+    yield from _factory(Dovecot, tmp_path)
+
+
+@pytest.fixture
+def dovecot24_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
+    """``dovecot24_factory(includes=..., shared=..., **options)``: a Dovecot 2.4 (see
+    :func:`_factory`)."""
+    yield from _factory(Dovecot24, tmp_path)
+
+
+__all__ = ["CHECKPASSWORD_REPLY", "DOVECOT24_ROOT", "Dovecot", "Dovecot24", "SourceIMAP4",
+           "SourcePOP3", "alive", "dovecot24_factory", "dovecot_factory", "new_source_ip",
+           "unavailable", "unavailable24"]

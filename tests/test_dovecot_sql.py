@@ -17,7 +17,7 @@ import pytest
 from vpopmail.passwords import hash_password
 from install_site import REPO, Install
 from delivery_site import DOMAIN, MESSAGE, Site
-from dovecot_site import Dovecot, new_source_ip
+from dovecot_site import DOVECOT24_ROOT, Dovecot, alive, new_source_ip
 from mariadb_site import PASSWORD as DB_PASSWORD
 from mariadb_site import RO, Database
 
@@ -31,10 +31,20 @@ def address(name: str) -> str:
     return f"{name}@{DOMAIN}"
 
 
-def shipped_config(directory: Path, database: Database) -> list[Path]:
-    """The shipped files as Dovecot includes them, pointed at ``database`` over its socket as
-    the read-only account; nothing else changed."""
+def shipped_config(directory: Path, database: Database, version: str = "2.3") -> list[Path]:
+    """The shipped files of Dovecot ``version`` as Dovecot includes them, pointed at
+    ``database`` over its socket as the read-only account; nothing else changed."""
     directory.mkdir()
+    if version == "2.4":  # one file: its "mysql <host> { }" block names the server
+        text, count = re.subn(
+            r"(?ms)^mysql /run/mysqld/mysqld\.sock \{\n.*?^\}",
+            f"mysql {database.server.socket} {{\n  dbname = {database.name}\n  user = {RO}\n"
+            f"  password = {DB_PASSWORD}\n}}", (PACKAGING / "dovecot24-vpopmail.conf").read_text())
+        assert count == 1
+        path = directory / "dovecot24-vpopmail.conf"
+        path.write_text(text)
+        path.chmod(0o600)
+        return [path]
     ext = (PACKAGING / "dovecot-sql.conf.ext").read_text()
     ext, count = re.subn(r"(?m)^connect = .*$",
                          f"connect = host={database.server.socket} dbname={database.name} "
@@ -72,11 +82,30 @@ def mail_site(root_vhome: Install, sql_db: Database) -> Site:
     return site
 
 
+@pytest.fixture(params=["2.3", "2.4"])
+def version(request: pytest.FixtureRequest) -> str:
+    """The Dovecot a test runs: 2.3 (Debian 12's, checkpassword still there) or 2.4 (Debian
+    13's, chrooted: tests/dovecot_site.py's Dovecot24), each with its shipped files."""
+    return str(request.param)
+
+
+def start_dovecot(version: str, request: pytest.FixtureRequest, inst: Install,
+                  database: Database, directory: Path) -> Dovecot:
+    """A Dovecot ``version`` over ``database`` with the shipped files, mail homes in ``inst``;
+    its files under ``directory``."""
+    includes = shipped_config(directory / "conf", database, version)
+    if version == "2.3":
+        factory = request.getfixturevalue("dovecot_factory")
+        return factory("", uid=inst.uid, gid=inst.gid, includes=includes)  # type: ignore[no-any-return]
+    factory = request.getfixturevalue("dovecot24_factory")
+    return factory(uid=inst.uid, gid=inst.gid, includes=includes,  # type: ignore[no-any-return]
+                   shared=[directory, inst.prefix.parent, Path(database.server.socket).parent])
+
+
 @pytest.fixture
-def dovecot(mail_site: Site, sql_db: Database, tmp_path: Path,
-            dovecot_factory: Callable[..., Dovecot]) -> Dovecot:
-    return dovecot_factory("", uid=mail_site.inst.uid, gid=mail_site.inst.gid,
-                           includes=shipped_config(tmp_path / "conf", sql_db))
+def dovecot(mail_site: Site, sql_db: Database, tmp_path: Path, version: str,
+            request: pytest.FixtureRequest) -> Dovecot:
+    return start_dovecot(version, request, mail_site.inst, sql_db, tmp_path)
 
 
 def test_dovecot_account_has_only_select(sql_db: Database) -> None:
@@ -121,14 +150,15 @@ def test_bad_login_is_a_clean_rejection(dovecot: Dovecot, login: str, password: 
 
 
 def test_user_without_password_cannot_log_in(mail_site: Site, sql_db: Database,
-                                            dovecot: Dovecot) -> None:
+                                            dovecot: Dovecot, version: str) -> None:
     mail_site.ok("vadduser", "-n", address("carol"))
     assert sql_db.rows("SELECT pw_passwd FROM vpopmail WHERE pw_name = 'carol'") == [[""]]
     for password in ("", "anything"):
         assert auth(dovecot, "carol", password, "imap").returncode == 77
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         dovecot.imap_login(address("carol"), "", new_source_ip())
-    dovecot.wait_log(r"sql\(carol@example\.com,[0-9.]+\): unknown user")
+    dovecot.wait_log(r"sql\(carol@example\.com,[0-9.]+\): unknown user" if version == "2.3" else
+                     r"auth-worker\(carol@example\.com,[0-9.]+\).*: sql: unknown user")
 
 
 #: (vmoduser option, refused services, allowed services); "webmail" is IMAP from WEBMAIL_IP
@@ -201,7 +231,7 @@ def test_password_schemes_log_in(mail_site: Site, sql_db: Database, dovecot: Dov
     dovecot.imap_login(address("alice"), new, new_source_ip()).logout()
 
 
-def test_doveadm_auth_and_user_agree(mail_site: Site, dovecot: Dovecot) -> None:
+def test_doveadm_auth_and_user_agree(mail_site: Site, dovecot: Dovecot, version: str) -> None:
     mail_site.ok("vadduser", address("bob"), "Bob-pw-1")
     tested = auth(dovecot, "alice", PASSWORD)
     assert tested.returncode == 0, tested.stderr
@@ -210,8 +240,11 @@ def test_doveadm_auth_and_user_agree(mail_site: Site, dovecot: Dovecot) -> None:
         found = dovecot.doveadm("user", address(name))
         assert found.returncode == 0, found.stderr
         fields = dict(line.split("\t", 1) for line in found.stdout.splitlines()[1:])
+        home = user_dir(mail_site, name)
+        mail = ({"mail": "maildir:~/Maildir"} if version == "2.3"  # 2.4: mail_driver + mail_path
+                else {"mail_path": f"{home}/Maildir"})
         assert fields == {"uid": str(mail_site.inst.uid), "gid": str(mail_site.inst.gid),
-                          "home": str(user_dir(mail_site, name)), "mail": "maildir:~/Maildir"}
+                          "home": str(home), **mail}
     assert dovecot.doveadm("user", address("nobody")).returncode == 67
     listed = dovecot.doveadm("user", "*")
     assert sorted(listed.stdout.split()) == [address(n) for n in ("alice", "bob", "postmaster")]
@@ -226,7 +259,7 @@ def quota_rows(dovecot: Dovecot, name: str) -> dict[str, tuple[str, str]]:
 
 
 @pytest.mark.parametrize("quota,rule,expected", [
-    # no limit and no maildirsize: Dovecot neither limits nor counts
+    # no limit and no maildirsize: Dovecot 2.3 neither limits nor counts (2.4 counts: below)
     ("NOQUOTA", None, {"STORAGE": ("0", "-"), "MESSAGE": ("0", "-")}),
     # one 263-byte message counted from vdelivermail's maildirsize; STORAGE in KiB
     ("1000000S", "*:storage=1000000B", {"STORAGE": ("1", "977"), "MESSAGE": ("1", "-")}),
@@ -234,8 +267,10 @@ def quota_rows(dovecot: Dovecot, name: str) -> dict[str, tuple[str, str]]:
      {"STORAGE": ("1", "1954"), "MESSAGE": ("1", "1000")}),
     ("50C", "*:messages=50", {"STORAGE": ("1", "-"), "MESSAGE": ("1", "50")}),
 ])
-def test_quota_from_pw_shell(mail_site: Site, dovecot: Dovecot, quota: str, rule: str | None,
-                             expected: dict[str, tuple[str, str]]) -> None:
+def test_quota_from_pw_shell(mail_site: Site, dovecot: Dovecot, version: str, quota: str,
+                             rule: str | None, expected: dict[str, tuple[str, str]]) -> None:
+    """The limits Dovecot reads from pw_shell are vdelivermail's, counted from its
+    maildirsize; a quota given later counts what Dovecot's file left out."""
     mail_site.ok("vadduser", address("bob"), "Bob-pw-1")
     mail_site.ok("vsetuserquota", address("bob"), quota)
     assert mail_site.deliver("bob").returncode == 0
@@ -244,9 +279,19 @@ def test_quota_from_pw_shell(mail_site: Site, dovecot: Dovecot, quota: str, rule
     if quota != "NOQUOTA":
         lines = maildirsize.read_text().splitlines()  # vdelivermail's: header, then usage
         assert lines[0] == quota and lines[-1].endswith(" 1")
-    found = dovecot.doveadm("user", address("bob")).stdout
-    assert (f"quota_rule\t{rule}\n" in found) if rule else "quota_rule" not in found
+    if version == "2.3":  # 2.4's doveadm user shows no quota settings
+        found = dovecot.doveadm("user", address("bob")).stdout
+        assert (f"quota_rule\t{rule}\n" in found) if rule else "quota_rule" not in found
+    elif quota == "NOQUOTA":  # 2.4 counts without a limit, in a maildirsize of its own
+        expected = {"STORAGE": ("1", "-"), "MESSAGE": ("1", "-")}
     assert quota_rows(dovecot, "bob") == expected
+    if quota == "NOQUOTA":
+        assert maildirsize.exists() == (version == "2.4")
+    # a delivery after a new quota counts both messages, whoever wrote the file before
+    mail_site.ok("vsetuserquota", address("bob"), "1000000S")
+    assert mail_site.deliver("bob").returncode == 0
+    assert maildirsize.read_text().splitlines()[0] == "1000000S"
+    assert quota_rows(dovecot, "bob") == {"STORAGE": ("1", "977"), "MESSAGE": ("2", "-")}
 
 
 def test_changed_password_works_at_next_login(mail_site: Site, dovecot: Dovecot) -> None:
@@ -282,7 +327,7 @@ def test_alias_domain_logins_are_the_real_domains_users(mail_site: Site,
 
 
 def test_per_domain_tables_through_a_view(root_vhome: Install, sql_db: Database, tmp_path: Path,
-                                          dovecot_factory: Callable[..., Dovecot]) -> None:
+                                          version: str, request: pytest.FixtureRequest) -> None:
     """mysql.many_domains = false: the view the .conf.ext describes lets the shipped queries
     read the per-domain tables unchanged."""
     sql_db.configure(root_vhome, many_domains=False)
@@ -291,11 +336,29 @@ def test_per_domain_tables_through_a_view(root_vhome: Install, sql_db: Database,
     assert site.deliver("alice").returncode == 0
     sql_db.rows("CREATE VIEW vpopmail AS SELECT pw_name, 'example.com' AS pw_domain, pw_passwd, "
                 "pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell FROM example_com")
-    server = dovecot_factory("", uid=site.inst.uid, gid=site.inst.gid,
-                             includes=shipped_config(tmp_path / "conf", sql_db))
+    server = start_dovecot(version, request, site.inst, sql_db, tmp_path)
     client = server.imap_login(address("alice"), PASSWORD, new_source_ip())
     try:
         assert client.select("INBOX") == ("OK", [b"1"])
     finally:
         client.logout()
     assert auth(server, "alice", "wrong").returncode == 77
+
+
+def test_dovecot24_leaves_no_mount_process_or_directory(mail_site: Site, sql_db: Database,
+                                                       tmp_path: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    """The harness's Dovecot 2.4: its binds exist only in its own mount namespace, and once
+    it stopped, no process of it and no directory it bound onto in the tree remain."""
+    server = start_dovecot("2.4", request, mail_site.inst, sql_db, tmp_path)
+    inside = DOVECOT24_ROOT / tmp_path.relative_to("/")
+    assert inside.is_dir()
+    host = Path("/proc/self/mounts").read_text()
+    assert str(DOVECOT24_ROOT) not in host and f" {tmp_path} " not in host
+    # the master sees the bind at the test's own path (mounts are shown from its root)
+    assert f" {tmp_path} " in Path(f"/proc/{server.process.pid}/mounts").read_text()  # type: ignore[union-attr]
+    processes = server.processes()
+    assert len(processes) >= 3  # master, log, config, auth, ...
+    server.stop()
+    assert not [p for p in processes if alive(p)]
+    assert not inside.exists() and not (DOVECOT24_ROOT / "tmp" / tmp_path.parts[2]).exists()
