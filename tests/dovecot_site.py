@@ -457,7 +457,7 @@ def unavailable24() -> str | None:
     if os.geteuid() != 0:
         return "Dovecot tests need root"
     if not (DOVECOT24_ROOT / "usr" / "sbin" / "dovecot").exists() or not \
-            (DOVECOT24_ROOT / "usr" / "lib" / "dovecot" / "modules" / "auth").exists():
+            (DOVECOT24_ROOT / "usr/lib/dovecot/modules/auth/libauthdb_lua.so").exists():
         return f"needs Dovecot 2.4 in {DOVECOT24_ROOT} (packaging/bootstrap makes it, as root)"
     passwd = (DOVECOT24_ROOT / "etc" / "passwd").read_text()
     if not re.search(r"(?m)^vpopmail:", passwd):

@@ -85,6 +85,11 @@ class Config:
     #: the vpopmail user's rights, for SMTP AUTH only: qmail-smtpd's SMTP AUTH patches run it
     #: as qmaild, where C installed vchkpw setuid root
     server_smtp_auth_callers: str = ""
+    #: users (names or uids) whose Dovecot 2.4 may ask the server's HTTP lookups (its Lua
+    #: passdb/userdb, packaging/dovecot/vpopmail-auth.lua): the user Dovecot's auth-worker
+    #: runs as (root by default); another than root and the vpopmail user is served with the
+    #: vpopmail user's rights, for these lookups only
+    server_dovecot_callers: str = ""
     # [mysql]: users.backend = "mysql": C's vpopmail.mysql (read line, update line) and its
     # ./configure switches (--disable-many-domains, --enable-mysql-limits, --enable-sql-logging)
     mysql_many_domains: bool = True
@@ -146,20 +151,30 @@ class Config:
         """The uids ``server.smtp_auth_callers`` names (user names or numbers); a ConfigError
         for a name that is no user, and for root and the vpopmail user (served with their
         own rights, which are more)."""
-        import pwd
-
-        uids = set()
-        for name in self.server_smtp_auth_callers.replace(",", " ").split():
-            try:
-                uid = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
-            except KeyError:
-                raise ConfigError(f"server.smtp_auth_callers: there is no user {name!r}"
-                                  ) from None
+        named = self._uids("smtp_auth_callers")
+        for name, uid in named.items():
             if uid in (0, self.owner_uid):
                 raise ConfigError(f"server.smtp_auth_callers: {name} (uid {uid}) is served "
                                   f"with its own rights, which are more: leave it out")
-            uids.add(uid)
-        return frozenset(uids)
+        return frozenset(named.values())
+
+    def dovecot_callers(self) -> frozenset[int]:
+        """The uids ``server.dovecot_callers`` names; a ConfigError for a name that is no
+        user."""
+        return frozenset(self._uids("dovecot_callers").values())
+
+    def _uids(self, key: str) -> dict[str, int]:
+        """name -> uid of the users the ``server`` key ``key`` names (user names or numbers,
+        separated by spaces or commas)."""
+        import pwd
+
+        named = {}
+        for name in str(self.values["server_" + key]).replace(",", " ").split():
+            try:
+                named[name] = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+            except KeyError:
+                raise ConfigError(f"server.{key}: there is no user {name!r}") from None
+        return named
 
     def home_path(self, key: str) -> str:
         """A ``paths`` entry; relative ones are under the vpopmail home (qmail_* under qmail_dir)."""

@@ -518,22 +518,27 @@ class Diagnosis:
                       if wire.is_front_end(os.path.join(self.config.home, "bin", name))]
         try:
             callers = self.config.smtp_auth_callers()
+            lookups = self.config.dovecot_callers()
         except VpopmailError as exc:  # the server stops at its start with it
             raise Fault(f"{exc}: vpopmail-server does not start",
-                        "mend server.smtp_auth_callers in vpopmail.toml") from None
+                        "mend it in vpopmail.toml") from None
         # what a server that does not serve them means for the listed callers (their
-        # vchkpw cannot read the user files as themselves)
-        theirs = (f"the SMTP AUTH logins of server.smtp_auth_callers "
-                  f"({self.config.server_smtp_auth_callers.strip()})")
+        # vchkpw cannot read the user files as themselves; Dovecot 2.4 has no other way in)
+        smtp = (f"the SMTP AUTH logins of server.smtp_auth_callers "
+                f"({self.config.server_smtp_auth_callers.strip()})")
+        dovecot = (f"Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: "
+                   f"{self.config.server_dovecot_callers.strip()})")
+        theirs = " and ".join([*([smtp] if callers else []), *([dovecot] if lookups else [])])
         if callers and "vchkpw" not in front_ends:  # nothing takes their logins there
-            raise Fault(f"bin/vchkpw is the Python program: {theirs} never reach "
+            raise Fault(f"bin/vchkpw is the Python program: {smtp} never reach "
                         f"vpopmail-server and fail",
                         "install the C front ends (packaging/install with a C compiler, "
                         "without --no-frontends)")
-        if not front_ends:
+        if not front_ends and not lookups:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = self.config.home_path("server_socket")
-        programs = " and ".join(front_ends)
+        programs = " and ".join(front_ends) or "Dovecot's lookups alone"
+        python = f": {' and '.join(front_ends)} run the Python programs" if front_ends else ""
         uid = wire.server_uid(self.config.home)
         try:
             return (f"up on {path}, serving {programs}: "
@@ -549,16 +554,15 @@ class Diagnosis:
                         "see its log; restart it if it is stuck (systemctl restart "
                         "vpopmail-server, or svc -t on its service directory)") from None
         except wire.OtherProtocol as exc:
-            other = (f"of another protocol version ({path}: {exc}): {programs} run the Python "
-                     f"programs until it reloads")
-            if callers:
+            other = f"of another protocol version ({path}: {exc}){python} until it reloads"
+            if theirs:
                 raise Fault(f"{other}: {theirs} fail meanwhile",
                             "reload vpopmail-server (SIGHUP)") from None
             return f"{other} (mail and logins work, more slowly)"
         except (OSError, wire.Drop) as exc:
-            down = f"down ({path}: {exc}): {programs} run the Python programs"
+            down = f"down ({path}: {exc}){python}"
             start = "start bin/vpopmail-server (packaging/service/)"
-            if callers:
+            if theirs:
                 raise Fault(f"{down}: {theirs} fail", start) from None
             return f"{down} (mail and logins work, more slowly); {start}"
 

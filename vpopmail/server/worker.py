@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 from vpopmail import config as vconfig
 from vpopmail import environ_text
+from vpopmail.server.lookup import STATUS as LOOKUP_STATUS
+from vpopmail.server.lookup import (BadRequest, answer, credentials, feed_descriptor_3,
+                                    is_lookup, read_lookup, respond, vchkpw_variables)
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
@@ -367,12 +370,18 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, settings.receive_timeout)
         # the whole request within server.request_timeout: a caller trickling it a byte at a
         # time would hold the worker (and its place among server.workers) for ever
-        request = read_request(conn, time.monotonic() + settings.timeout + 0.001)
+        deadline = time.monotonic() + settings.timeout + 0.001
+        if identity[0] in settings.dovecot_callers and is_lookup(conn, deadline):
+            serve_lookup(conn, identity, settings, deadline)
+            return
+        request = read_request(conn, deadline)
         if request.program == STATUS:
             reply(conn, STATUS_REPLY, settings.status().encode())
             return
         smtp_only = identity[0] in settings.smtp_auth_callers
         try:
+            if identity[0] in settings.lookup_only_callers:
+                raise Decline("server.dovecot_callers are served for Dovecot's lookups only")
             if not smtp_only:
                 confine(request, pid, settings.sandboxed)
             elif request.program != VCHKPW:
@@ -399,6 +408,34 @@ def serve_one(conn: socket.socket, pid: int, identity: Identity, settings: "Sett
             pass
     except (Drop, OSError, ValueError) as exc:
         log(settings.log_fd, f"dropped pid {pid} uid {identity[0]}: {exc}")
+
+
+def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
+                 deadline: float) -> None:
+    """One Dovecot 2.4 lookup of a server.dovecot_callers caller (:mod:`.lookup`): vchkpw
+    run as Dovecot 2.3's checkpassword driver ran it, in the worker's own process state
+    (umask 077, ``/``), its exec plan or exit code the answer."""
+    from auth.vchkpw import main as login
+
+    try:
+        kind, fields = read_lookup(conn, deadline)
+    except BadRequest as exc:
+        log(settings.log_fd, f"refused a lookup of uid {identity[0]}: {exc}")
+        respond(conn, 400)
+        return
+    os.chdir("/")
+    os.umask(OWN_UMASK)
+    feed_descriptor_3(credentials(kind, fields))
+    found: dict[str, str] | None = None
+    try:
+        code = login(["vchkpw", "/bin/true"], config=settings.config, runner=plan_class(),
+                     environ=vchkpw_variables(kind, fields, identity[0]))
+    except ExecPlan as plan:
+        code, found = 0, answer(kind, plan.env)
+    finally:
+        with contextlib.suppress(OSError):  # vchkpw closes it once the credentials are read
+            os.close(3)
+    respond(conn, LOOKUP_STATUS.get(code, 503) if found is None else 200, found)
 
 
 def log(fd: int, text: str) -> None:
@@ -606,8 +643,13 @@ class Settings:
         #: serve callers in another mount namespace or root directory (server.sandboxed_callers)
         self.sandboxed = settings.server_sandboxed_callers
         self.smtp_auth_callers = settings.smtp_auth_callers()
-        #: whom their workers become: the vpopmail user (its group alone, as qmail-local
-        #: runs it) under a root server, else the server's own user
+        #: whose HTTP lookups are served (Dovecot 2.4's Lua passdb and userdb)
+        self.dovecot_callers = settings.dovecot_callers()
+        #: those of them served with the vpopmail user's rights, for lookups alone
+        self.lookup_only_callers = (self.dovecot_callers - self.smtp_auth_callers
+                                    - {0, settings.uid})
+        #: whom the workers of both kinds of listed callers become: the vpopmail user (its
+        #: group alone, as qmail-local runs it) under a root server, else the server's own
         self.smtp_auth_identity: Identity = (
             (settings.uid, settings.gid, (settings.gid,)) if os.geteuid() == 0
             else (os.getuid(), os.getgid(), tuple(sorted(os.getgroups()))))
@@ -623,8 +665,10 @@ class Settings:
 
     def held_identity(self, identity: Identity) -> Identity:
         """The identity a worker for callers of ``identity`` holds: theirs, or for
-        server.smtp_auth_callers the vpopmail user's."""
-        return self.smtp_auth_identity if identity[0] in self.smtp_auth_callers else identity
+        server.smtp_auth_callers and the server.dovecot_callers other than root and the
+        vpopmail user, the vpopmail user's."""
+        lent = identity[0] in self.smtp_auth_callers or identity[0] in self.lookup_only_callers
+        return self.smtp_auth_identity if lent else identity
 
     def _slot(self, slot: int) -> tuple[int, int]:
         """(offset, count) of ``slot`` in the shared counters."""

@@ -1,0 +1,79 @@
+-- Dovecot 2.4 passdb and userdb for pyvpopmail's users, through vpopmail-server.
+--
+-- Dovecot 2.4 removed the checkpassword driver vchkpw served. This script (Dovecot's Lua
+-- auth, Debian's dovecot-auth-lua) asks vpopmail-server instead, over HTTP on its Unix
+-- socket: the server runs vchkpw as the checkpassword driver ran it, so a login does what a
+-- vchkpw login does (flags and domain limits, lastauth, the roaming-user relay, learned and
+-- rehashed passwords), with either user backend (cdb files or SQL). Set
+-- server.dovecot_callers in vpopmail.toml to the user Dovecot's auth-worker runs as (root
+-- unless "service auth-worker { user = ... }" says otherwise), and SOCKET below to the
+-- server's socket (paths.server_socket). See 10-auth-vpopmail24.conf for the Dovecot side.
+--
+-- Answers: 200 with name=value lines (values percent-encoded); 403 refused (wrong password,
+-- unknown user, service denied); 404 no such user (a userdb lookup); anything else, or no
+-- answer, is a temporary failure (Dovecot says so to the client: never "wrong password").
+
+local SOCKET = "/home/vpopmail/run/server.sock"
+
+local client
+
+function script_init()
+  client = dovecot.http.client({
+    proxy_socket_path = SOCKET,
+    request_timeout = "15s",
+    request_max_attempts = 1,
+  })
+  return 0
+end
+
+local function encode(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+local function decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- POST one lookup; (HTTP status, fields of a 200, reason)
+local function ask(kind, req, password)
+  local body = "user=" .. encode(req.user)
+    .. "&service=" .. encode(req:var_expand("%{protocol}"))
+    .. "&rip=" .. encode(req:var_expand("%{remote_ip}"))
+    .. "&lip=" .. encode(req:var_expand("%{local_ip}"))
+  if password ~= nil then
+    body = body .. "&password=" .. encode(password)
+  end
+  local request = client:request({ url = "http://vpopmail-server/" .. kind, method = "POST" })
+  request:add_header("Content-Type", "application/x-www-form-urlencoded")
+  request:set_payload(body)
+  local response = request:submit()
+  local fields = {}
+  if response:status() == 200 then
+    for name, value in response:payload():gmatch("([%w_]+)=([^\n]*)\n") do
+      fields[name] = decode(value)
+    end
+  end
+  return response:status(), fields, response:reason()
+end
+
+function auth_password_verify(req, password)
+  local status, fields, reason = ask("passdb", req, password)
+  if status == 200 then
+    return dovecot.auth.PASSDB_RESULT_OK, fields
+  elseif status == 403 then
+    return dovecot.auth.PASSDB_RESULT_PASSWORD_MISMATCH, "refused by vchkpw"
+  end
+  return dovecot.auth.PASSDB_RESULT_INTERNAL_FAILURE,
+    "vpopmail-server: " .. status .. " " .. (reason or "")
+end
+
+function auth_userdb_lookup(req)
+  local status, fields, reason = ask("userdb", req, nil)
+  if status == 200 then
+    return dovecot.auth.USERDB_RESULT_OK, fields
+  elseif status == 404 or status == 403 then
+    return dovecot.auth.USERDB_RESULT_USER_UNKNOWN, "no such user"
+  end
+  return dovecot.auth.USERDB_RESULT_INTERNAL_FAILURE,
+    "vpopmail-server: " .. status .. " " .. (reason or "")
+end

@@ -1,0 +1,282 @@
+"""Dovecot 2.4 (Debian 13's 2.4.1, chrooted: tests/dovecot_site.py's Dovecot24), which has no
+checkpassword driver, logging pyvpopmail's users in through vpopmail-server with the shipped
+packaging/dovecot/dovecot24-vpopmail-server.conf and vpopmail-auth.lua (Dovecot's Lua passdb
+and userdb asking the server over HTTP on its socket, the server running vchkpw): on both
+user backends, on a root install whose server lists root (Dovecot's auth-worker) in
+server.dovecot_callers."""
+from __future__ import annotations
+
+import imaplib
+import poplib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from delivery_site import DOMAIN, MESSAGE, Site
+from dovecot_site import Dovecot, new_source_ip
+from install_site import CLEAN_ENV, REPO, Install, as_user_argv
+from server_site import Server, served_login_site, server_of
+
+pytestmark = pytest.mark.both_backends
+
+PACKAGING = REPO / "packaging" / "dovecot"
+SHIPPED_SOCKET = '"/home/vpopmail/run/server.sock"'
+SHIPPED_LUA = "/etc/dovecot/vpopmail-auth.lua"
+PASSWORD = "pw"
+
+
+def shipped_config(directory: Path, socket_path: Path) -> list[Path]:
+    """The shipped files as an operator installs them: the script's SOCKET set to the
+    server's socket, the .conf naming where the script is; nothing else changed."""
+    directory.mkdir()
+    lua = (PACKAGING / "vpopmail-auth.lua").read_text()
+    assert lua.count(SHIPPED_SOCKET) == 1
+    lua_path = directory / "vpopmail-auth.lua"
+    lua_path.write_text(lua.replace(SHIPPED_SOCKET, f'"{socket_path}"'))
+    conf = (PACKAGING / "dovecot24-vpopmail-server.conf").read_text()
+    assert conf.count(SHIPPED_LUA) == 2  # passdb and userdb
+    conf_path = directory / "dovecot24-vpopmail-server.conf"
+    conf_path.write_text(conf.replace(SHIPPED_LUA, str(lua_path)))
+    return [conf_path]
+
+
+@pytest.fixture
+def mail_site(root_vhome: Install) -> Iterator[Site]:
+    """example.com with alice (password pw, one message delivered) on a root install with
+    roaming relay on, its server running and serving root's HTTP lookups (``.server``)."""
+    root_vhome.set_config("server", "dovecot_callers", "root")
+    root_vhome.set_config("relay", "roaming_users", True)
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        assert site.deliver("alice").returncode == 0
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        yield site
+
+
+def server(site: Site) -> Server:
+    return site.server  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def dovecot(mail_site: Site, tmp_path: Path,
+            dovecot24_factory: Callable[..., Dovecot]) -> Dovecot:
+    inst = mail_site.inst
+    shared = [tmp_path, inst.prefix.parent]
+    if inst.database is not None:
+        shared.append(Path(inst.database.server.socket).parent)
+    return dovecot24_factory(uid=inst.uid, gid=inst.gid, shared=shared,
+                             includes=shipped_config(tmp_path / "conf", server(mail_site).socket))
+
+
+#: a client of the server's HTTP lookups: the request on stdin, the answer on stdout
+CLIENT = """import socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+try:
+    sock.sendall(sys.stdin.buffer.read())
+    sock.shutdown(socket.SHUT_WR)
+except OSError:  # the server answered and closed before taking all of it
+    pass
+try:
+    while chunk := sock.recv(65536):
+        sys.stdout.buffer.write(chunk)
+except ConnectionResetError:
+    pass
+"""
+
+
+def http(site: Site, request: bytes, user: str | None = None) -> bytes:
+    """The server's answer to ``request``, sent by ``user`` (default root)."""
+    wrap = as_user_argv(user) if user else []
+    done = subprocess.run([*wrap, sys.executable, "-I", "-c", CLIENT, str(server(site).socket)],
+                          input=request, capture_output=True, timeout=30, check=True)
+    return done.stdout
+
+
+def post(kind: str, **fields: str) -> bytes:
+    """A lookup as vpopmail-auth.lua sends it."""
+    body = urlencode(fields).encode()
+    return (f"POST http://vpopmail-server/{kind} HTTP/1.1\r\nHost: vpopmail-server\r\n"
+            f"Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_pop3_login_reads_mail_records_lastauth_and_opens_the_relay(mail_site: Site,
+                                                                    dovecot: Dovecot) -> None:
+    """What vchkpw did behind Dovecot 2.3's checkpassword driver, it does behind 2.4's Lua
+    passdb: the login is checked by vchkpw, lastauth and the roaming relay follow."""
+    source = new_source_ip()
+    with dovecot.pop3_login(f"alice@{DOMAIN}", PASSWORD, source) as client:
+        assert client.stat()[0] == 1
+        _, lines, _ = client.retr(1)
+    assert (b"\n".join(lines) + b"\n").endswith(MESSAGE)
+    recorded = mail_site.inst.last_login(f"alice@{DOMAIN}")
+    assert recorded is not None and recorded[1] == source
+    api = mail_site.inst.api()
+    try:  # the roaming IPs as the backend keeps them (open-smtp, or the SQL relay table)
+        relayed = [line for _, line in api.stores.relay().entries()]
+    finally:
+        api.backend.close()
+    assert any(line.startswith(f'{source}:allow,RELAYCLIENT="",'.encode()) for line in relayed)
+    assert " Error" not in dovecot.log_text()
+
+
+def test_imap_login_reads_the_users_mail(dovecot: Dovecot) -> None:
+    client = dovecot.imap_login(f"Alice@{DOMAIN}", PASSWORD, new_source_ip())
+    try:
+        assert client.select("INBOX") == ("OK", [b"1"])
+        status, fetched = client.fetch("1", "(BODY.PEEK[])")
+        assert status == "OK"
+        assert fetched[0][1].replace(b"\r\n", b"\n").endswith(MESSAGE)  # type: ignore[index]
+    finally:
+        client.logout()
+    assert " Error" not in dovecot.log_text()
+
+
+@pytest.mark.parametrize("login,password", [(f"alice@{DOMAIN}", "wrong"),
+                                            (f"nobody@{DOMAIN}", PASSWORD),
+                                            ("alice@other.example", PASSWORD)])
+def test_bad_login_is_a_clean_rejection(dovecot: Dovecot, login: str, password: str) -> None:
+    mark = dovecot.log_mark()
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\] Authentication failed"):
+        dovecot.pop3_login(login, password, new_source_ip())
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        dovecot.imap_login(login, password, new_source_ip())
+    log = dovecot.wait_log(r"imap-login: .*auth failed, 1 attempts", mark)
+    assert "Error" not in log and "temporary" not in log.lower()
+
+
+def test_a_flag_refuses_its_service_only(mail_site: Site, dovecot: Dovecot) -> None:
+    mail_site.ok("vmoduser", "-i", f"alice@{DOMAIN}")
+    with dovecot.pop3_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()) as client:
+        assert client.stat()[0] == 1
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip())
+    mail_site.ok("vmoduser", "-x", f"alice@{DOMAIN}")
+    dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()).logout()
+
+
+def test_doveadm_auth_test_and_user_lookups(mail_site: Site, dovecot: Dovecot) -> None:
+    tested = dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD)
+    assert tested.returncode == 0, tested.stderr
+    assert dovecot.auth_test(f"alice@{DOMAIN}", "wrong").returncode == 77
+    found = dovecot.doveadm("user", f"alice@{DOMAIN}")
+    assert found.returncode == 0, found.stderr
+    fields = dict(line.split("\t", 1) for line in found.stdout.splitlines()[1:])
+    assert fields["uid"] == str(mail_site.inst.uid) and fields["gid"] == str(mail_site.inst.gid)
+    assert fields["home"] == str(mail_site.user_dir("alice"))
+    assert dovecot.doveadm("user", f"nobody@{DOMAIN}").returncode == 67
+
+
+def test_alias_domain_and_a_changed_password(mail_site: Site, dovecot: Dovecot) -> None:
+    """user@alias logs in as the real domain's user; a password changed with vpasswd is the
+    one the very next login needs."""
+    mail_site.ok("vaddaliasdomain", DOMAIN, "alias.example")
+    tested = dovecot.auth_test("alice@alias.example", PASSWORD)
+    assert tested.returncode == 0, tested.stderr
+    assert f"user=alice@{DOMAIN}" in tested.stdout
+    mail_site.ok("vpasswd", f"alice@{DOMAIN}", "Changed-2")
+    assert dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD).returncode == 77
+    dovecot.imap_login(f"alice@{DOMAIN}", "Changed-2", new_source_ip()).logout()
+
+
+def test_with_the_server_down_a_login_is_a_temporary_failure(mail_site: Site,
+                                                             dovecot: Dovecot) -> None:
+    """Never "wrong password" because the server is not there: Dovecot answers a temporary
+    failure, and the client may try again."""
+    server(mail_site).stop()
+    tested = dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD)
+    assert tested.returncode == 75, (tested.stdout, tested.stderr)
+    with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+        dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip())
+    checked = mail_site.inst.run("vcheck", f"alice@{DOMAIN}")  # a fault, where it is not without
+    assert checked.returncode != 0, checked.stdout
+    assert ("Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: root) fail"
+            in checked.stdout), checked.stdout
+
+
+def test_lookups_answer_vchkpws_decisions(mail_site: Site) -> None:
+    """The HTTP lookups themselves: the fields of a login and of a userdb lookup; 403 for a
+    wrong password or an unknown user alike; 404 for a userdb lookup of no user; the
+    password never in the server's log."""
+    answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD,
+                                  service="imap", rip="192.0.2.7", lip="192.0.2.1"))
+    assert status_of(answer) == 200, answer
+    home = mail_site.user_dir("alice")
+    assert answer.split(b"\r\n\r\n", 1)[1].decode() == (
+        f"user=alice@{DOMAIN}\nuserdb_home={home}\nuserdb_uid={mail_site.inst.uid}\n"
+        f"userdb_gid={mail_site.inst.gid}\n")
+    answer = http(mail_site, post("userdb", user=f"alice@{DOMAIN}", service="lmtp"))
+    assert answer.split(b"\r\n\r\n", 1)[1].decode() == (
+        f"user=alice@{DOMAIN}\nhome={home}\nuid={mail_site.inst.uid}\n"
+        f"gid={mail_site.inst.gid}\n")
+    for login, password in ((f"alice@{DOMAIN}", "wrong-pw"), (f"bob@{DOMAIN}", "pw")):
+        assert status_of(http(mail_site, post("passdb", user=login, password=password,
+                                              service="pop3", rip="192.0.2.7"))) == 403
+    assert status_of(http(mail_site, post("userdb", user=f"bob@{DOMAIN}"))) == 404
+    assert "wrong-pw" not in server(mail_site).log.read_text()
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /passdb HTTP/1.1\r\n\r\n",
+    post("other", user="alice@example.com"),
+    post("passdb", user="alice@example.com", password="pw", extra="1"),
+    post("passdb", password="pw"),
+    post("passdb", user="alice@example.com")[:-5],  # the body cut short: the peer leaves
+    b"POST /passdb HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+    b"POST /passdb HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /passdb HTTP/1.1\r\n" + b"X: y\r\n" * 2000 + b"\r\n",
+    post("passdb", user="alice@example.com\0x", password="pw"),
+])
+def test_a_bad_request_is_refused_and_the_server_serves_on(mail_site: Site,
+                                                           request_bytes: bytes) -> None:
+    answer = http(mail_site, request_bytes)
+    assert status_of(answer) in (400, 0), answer  # 0: dropped (no whole request came)
+    good = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD))
+    assert status_of(good) == 200, good
+
+
+def test_a_caller_not_listed_gets_no_answer(mail_site: Site) -> None:
+    """Only server.dovecot_callers may ask: anyone else's HTTP is not even read as such."""
+    answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD),
+                  user="nobody")
+    assert answer == b""
+    assert any("not a vpopmail-server request" in line for line in server(mail_site).lines())
+
+
+def test_a_listed_unprivileged_caller_is_served_lookups_only(root_vhome: Install) -> None:
+    """A caller listed besides root (an auth-worker run as another user) is served with the
+    vpopmail user's rights, for lookups alone: its vchkpw and vdelivermail runs are
+    declined (its front ends then run the Python programs as itself)."""
+    root_vhome.set_config("server", "dovecot_callers", "root nobody")
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
+                                 service="imap"), user="nobody")
+        assert status_of(answer) == 200, answer
+        login = login_site.login(f"alice@{DOMAIN}", "pw", wrap=tuple(as_user_argv("nobody")))
+        assert login.code == 111  # the Python vchkpw, as nobody, cannot read the users
+        assert any("served for Dovecot's lookups only" in line
+                   for line in server(site).lines())
+
+
+def test_a_caller_list_naming_no_user_stops_the_server(root_vhome: Install) -> None:
+    root_vhome.ok("vadddomain", DOMAIN, "secret")
+    root_vhome.set_config("server", "dovecot_callers", "no-such-user-here")
+    result = subprocess.run([str(root_vhome.bin / "vpopmail-server")], capture_output=True,
+                            text=True, env=CLEAN_ENV, cwd="/", timeout=60)
+    assert result.returncode == 111
+    reason = "server.dovecot_callers: there is no user 'no-such-user-here'"
+    assert reason in result.stderr
+    checked = root_vhome.run("vcheck", f"postmaster@{DOMAIN}")
+    assert checked.returncode != 0, checked.stdout
+    assert reason in checked.stdout and "vpopmail-server does not start" in checked.stdout
