@@ -334,8 +334,9 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     bytes into the Maildir (folder or not) whose quota is ``quota``.
 
     ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
-    minutes, or over quota with more than one line) and also when its quota line is not
-    ``quota``, so readers such as Dovecot always see the current limit. ``maildirfolder``
+    minutes, or over quota with more than one line), when its quota line is not ``quota``, so
+    readers such as Dovecot always see the current limit, and when a total is below zero
+    (damage, recounted as Courier does: believed, it let any message in). ``maildirfolder``
     Maildirs are counted in their parent.
     """
     if not has_quota(quota):
@@ -345,7 +346,7 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     now = time.time() if now is None else now
     usage = None
     if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
-            and found.quota == quota):
+            and found.quota == quota and found.bytes >= 0 and found.messages >= 0):
         usage = (found.bytes, found.messages)
         if is_over(quota, usage, size, count) and found.lines != 1:
             usage = None

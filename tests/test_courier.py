@@ -120,3 +120,22 @@ def test_odd_size_tags_count_as_courier_counts_them(tmp_path: Path) -> None:
     message = b"Subject: t\n\nbody\n"
     assert deliverquota(maildir, message) == 0
     assert (maildir / "maildirsize").read_text().split("\n")[1].split() == ["30", "4"]
+
+
+def test_a_negative_total_is_recounted_as_courier_does(site: Site, tmp_path: Path) -> None:
+    """maildirsize lines that sum below zero (deletions counted twice, say, by an IMAP server
+    after a recount) are damage: Courier recounts, and so must we (before: the negative total
+    was believed, the quota did not hold until the file grew to 5120 bytes or aged 15 minutes,
+    and every delivery meanwhile was accepted into a full mailbox)."""
+    maildir = site.maildir("carol")
+    filler = b"Subject: f\n\n" + b"f" * 17000 + b"\n"
+    assert site.deliver("carol", filler).returncode == 0
+    with open(maildir / "maildirsize", "a") as fh:
+        fh.write("-90000 -3\n")
+    message = b"Subject: m\n\n" + b"m" * 5000 + b"\n"
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(maildir, snapshot, symlinks=True)
+    assert deliverquota(snapshot, message) == OVER_QUOTA
+    result = site.deliver("carol", message)
+    assert result.returncode == 100 and b"over quota" in result.stdout, result
+    assert consistent(maildir)[1] == 1
