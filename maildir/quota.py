@@ -3,10 +3,11 @@
 Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S``), with two
 defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
 :func:`deliver_with_quota` is the quota side of every delivery (vdelivermail and vpopbull).
-Hot-path safe: imports only ``errno``, ``os``, ``time`` and the error classes.
+Hot-path safe: imports only ``errno``, ``os``, ``stat``, ``time`` and the error classes.
 """
 import errno
 import posix
+import stat
 import time
 
 from vpopmail.errors import VpopmailError
@@ -222,18 +223,21 @@ SUMMED_MAILDIRS = 64
 
 
 def load_maildirsize(maildir: str) -> SizeFile | None:
-    """Read ``maildirsize`` (never through a symlink), or None if absent or unparsable.
+    """Read ``maildirsize`` (never through a symlink, never waiting on a FIFO), or None if
+    absent, not a regular file or unparsable.
 
     Values are summed as C's unsigned ``%llu`` does, so negative lines written by POP/IMAP
     servers subtract correctly.
     """
     try:
         fd = posix.open(join(maildir, MAILDIRSIZE),
-                        posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+                        posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = posix.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         data = posix.read(fd, RECALC_SIZE)
     except OSError:
         return None
@@ -366,7 +370,8 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
     root = quota_root(maildir)
     path = join(root, MAILDIRSIZE)
     try:
-        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
+                        | posix.O_CLOEXEC)
     except FileNotFoundError:
         recalculate(root, quota)
         return
