@@ -714,6 +714,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
     posix.umask(0o077)
     # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    run = None
     try:
         run = Vdelivermail(vconfig.load(config), program_limits=program_limits)
         return run.run(argv)
@@ -727,4 +728,6 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
         say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
         return DEFER
     finally:
+        if run is not None:
+            run.message.close()
         close_stores()
