@@ -201,18 +201,20 @@ def write_maildirsize(maildir: str, quota: str, usage: tuple[int, int], uid: int
 
 class SizeFile:
     """What one read of ``maildirsize`` found: its quota line, the summed usage, how many data
-    lines it has, and the file's size and age (the recalculation triggers)."""
+    lines it has, the file's size and age, and whether what was read ends with a newline
+    (the recalculation triggers)."""
 
-    __slots__ = ("quota", "bytes", "messages", "lines", "file_size", "mtime")
+    __slots__ = ("quota", "bytes", "messages", "lines", "file_size", "mtime", "complete")
 
     def __init__(self, quota: str, total: int, count: int, lines: int, file_size: int,
-                 mtime: float) -> None:
+                 mtime: float, complete: bool) -> None:
         self.quota = quota
         self.bytes = total
         self.messages = count
         self.lines = lines
         self.file_size = file_size
         self.mtime = mtime
+        self.complete = complete
 
 
 #: Maildir -> (the bytes of its maildirsize summed last, up to the end of a line, and their sums):
@@ -261,7 +263,7 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
         return None
     total, count, rows = found
     return SizeFile(data[:first - 1].decode("ascii", "replace").strip(), total, count, rows,
-                    st.st_size, st.st_mtime)
+                    st.st_size, st.st_mtime, whole == len(data))
 
 
 def _sum_lines(data: bytes, total: int, count: int, rows: int) -> tuple[int, int, int] | None:
@@ -339,9 +341,10 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
 
     ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
     minutes, or over quota with more than one line), when its quota line is not ``quota``, so
-    readers such as Dovecot always see the current limit, and when a total is below zero
-    (damage, recounted as Courier does: believed, it let any message in). ``maildirfolder``
-    Maildirs are counted in their parent.
+    readers such as Dovecot always see the current limit, and when it is damaged: a total
+    below zero (recounted as Courier does: believed, it let any message in), or a last line
+    without its newline (the next line appended would run into it: ``100 1`` + ``72 1`` read
+    as 100 bytes in 172 messages). ``maildirfolder`` Maildirs are counted in their parent.
     """
     if not has_quota(quota):
         return False, 0
@@ -350,7 +353,8 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     now = time.time() if now is None else now
     usage = None
     if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
-            and found.quota == quota and found.bytes >= 0 and found.messages >= 0):
+            and found.quota == quota and found.bytes >= 0 and found.messages >= 0
+            and found.complete):
         usage = (found.bytes, found.messages)
         if is_over(quota, usage, size, count) and found.lines != 1:
             usage = None

@@ -139,3 +139,20 @@ def test_a_negative_total_is_recounted_as_courier_does(site: Site, tmp_path: Pat
     result = site.deliver("carol", message)
     assert result.returncode == 100 and b"over quota" in result.stdout, result
     assert consistent(maildir)[1] == 1
+
+
+def test_a_last_line_without_its_newline_is_recounted(site: Site) -> None:
+    """maildirsize ending in half a line (another writer stopped by a full disk, a hand
+    edit) is recounted before the next line is appended (before: ``100 1`` + ``72 1`` ran
+    together into ``100 172 1``, 172 messages: with a count limit every later message
+    bounced until the file aged 15 minutes; Courier appends too, but reads only the first
+    two numbers of such a line)."""
+    site.ok("vsetuserquota", f"carol@{DOMAIN}", "20000S,5C")
+    maildir = site.maildir("carol")
+    (maildir / "maildirsize").write_text("20000S,5C\n100 1")
+    for _ in range(2):
+        result = site.deliver("carol")
+        assert result.returncode == 0, result
+    assert consistent(maildir)[1] == 2
+    assert deliverquota(maildir, b"Subject: c\n\nhello\n") == 0
+    assert consistent(maildir)[1] == 3
