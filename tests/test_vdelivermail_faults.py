@@ -196,3 +196,11 @@ def test_fifo_as_maildirsize_neither_hangs_nor_loses(site: Site) -> None:
     assert result.returncode == 0, result
     assert len(list((maildir / "new").iterdir())) == 1
     assert path.is_file() and path.read_text().startswith("10485760S\n")
+
+
+@pytest.mark.parametrize("hops", [0, -5])
+def test_a_hop_limit_below_one_defers(site: Site, hops: int) -> None:
+    """delivery.max_hops of 0 or less (a typo) is a configuration error: every delivery
+    defers naming the key (before: every message bounced as looping, none delivered)."""
+    site.inst.set_config("delivery", "max_hops", hops)
+    assert_deferred(site, site.deliver("bob"), b"delivery.max_hops must be >= 1")
