@@ -39,13 +39,15 @@ def _spool(source: int, directory: str) -> int:
 
 
 class Message:
-    """A message readable from offset 0 any number of times; ``size`` in bytes."""
+    """A message readable from offset 0 any number of times; ``size`` in bytes; ``spooled``:
+    ``fd`` is its own spool, which :meth:`close` closes."""
 
-    __slots__ = ("fd", "size", "_trace")
+    __slots__ = ("fd", "size", "spooled", "_trace")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, spooled: bool = False) -> None:
         self.fd = fd
         self.size = size
+        self.spooled = spooled
         self._trace: tuple[frozenset[bytes], int] | None = None
 
     @classmethod
@@ -56,10 +58,16 @@ class Message:
             if stat.S_ISREG(st.st_mode):
                 return cls(source, st.st_size)
             fd = _spool(source, spool_dir)
-            return cls(fd, posix.fstat(fd).st_size)
+            return cls(fd, posix.fstat(fd).st_size, spooled=True)
         except OSError as exc:
             raise DeliveryFailed(f"cannot read the message (spool in {spool_dir}): "
                                  f"{exc.strerror}") from None
+
+    def close(self) -> None:
+        """Close the spool, if there is one (a server worker lives on after the delivery)."""
+        if self.spooled:
+            self.spooled = False
+            posix.close(self.fd)
 
     def rewind(self) -> None:
         """Put the file offset at 0 (for a child that reads the message from its stdin)."""

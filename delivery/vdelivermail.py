@@ -55,6 +55,11 @@ Exit status: 0 delivered, 99 delivered (stop the .qmail file), 100 bounced, 111 
 """
 #: program exit codes qmail-local and vpopmail treat as permanent failures
 PERMANENT_CODES = frozenset({64, 65, 70, 76, 77, 78, 100, 112})
+#: set for the lines of control/defaultdelivery to the address whose default delivery runs
+#: them: a vdelivermail one of them starts (``|exec …/vdelivermail``, ``|preline …``, a script)
+#: for that address is its Maildir delivery, as a line naming vdelivermail is; it does not
+#: run the file again (which would start one more, and so on up to the process limit)
+IN_DEFAULT_DELIVERY = b"VDELIVERMAIL_DEFAULT_DELIVERY"
 #: signals children get back at their default (we ignore them)
 CHILD_DEFAULT_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
@@ -435,7 +440,13 @@ class Vdelivermail:
         (delivery.default_delivery), in the user's directory, as the lines of a ``.qmail``;
         a line naming vdelivermail (the site's own default for every qmail user) is this
         user's Maildir delivery, at its place. False if the file is missing or has no
-        instruction but comments: the Maildir delivery follows."""
+        instruction but comments, or if a line of it started this run for the same user
+        (IN_DEFAULT_DELIVERY): the Maildir delivery follows."""
+        assert self.own_maildir is not None
+        maildir, quota, address = self.own_maildir
+        marker = address.encode("utf-8", "surrogateescape")
+        if self.environ.get(IN_DEFAULT_DELIVERY) == marker:
+            return False
         path = join(self.config.qmail_dir, "control", "defaultdelivery")
         try:
             instructions = dotqmail.read_file(path)
@@ -446,8 +457,7 @@ class Vdelivermail:
         if not instructions or all(kind == dotqmail.COMMENT for kind, _ in instructions):
             return False
         self._enter(home)
-        assert self.own_maildir is not None
-        maildir, quota, address = self.own_maildir
+        environ_bytes()[IN_DEFAULT_DELIVERY] = marker
         for kind, text in instructions:
             if runs_vdelivermail(kind, text):
                 self.deliver_maildir(maildir + "/", quota, owner=address)
@@ -714,6 +724,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
     posix.umask(0o077)
     # a file-size limit must fail the write (EFBIG, then 111), not kill us mid-message
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    run = None
     try:
         run = Vdelivermail(vconfig.load(config), program_limits=program_limits)
         return run.run(argv)
@@ -727,4 +738,6 @@ def main(argv: list[str] | None = None, *, config: str | None = None,
         say(f"vdelivermail: deferred after an internal error: {type(exc).__name__}: {exc}\n")
         return DEFER
     finally:
+        if run is not None:
+            run.message.close()
         close_stores()

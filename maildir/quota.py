@@ -3,10 +3,11 @@
 Quota strings follow vpopmail's ``format_maildirquota`` (``10M`` -> ``10485760S``), with two
 defects fixed: ``G`` is a unit (C turned ``1G`` into ``1S``) and a lowercase ``c`` marks a count.
 :func:`deliver_with_quota` is the quota side of every delivery (vdelivermail and vpopbull).
-Hot-path safe: imports only ``errno``, ``os``, ``time`` and the error classes.
+Hot-path safe: imports only ``errno``, ``os``, ``stat``, ``time`` and the error classes.
 """
 import errno
 import posix
+import stat
 import time
 
 from vpopmail.errors import VpopmailError
@@ -200,18 +201,20 @@ def write_maildirsize(maildir: str, quota: str, usage: tuple[int, int], uid: int
 
 class SizeFile:
     """What one read of ``maildirsize`` found: its quota line, the summed usage, how many data
-    lines it has, and the file's size and age (the recalculation triggers)."""
+    lines it has, the file's size and age, and whether what was read ends with a newline
+    (the recalculation triggers)."""
 
-    __slots__ = ("quota", "bytes", "messages", "lines", "file_size", "mtime")
+    __slots__ = ("quota", "bytes", "messages", "lines", "file_size", "mtime", "complete")
 
     def __init__(self, quota: str, total: int, count: int, lines: int, file_size: int,
-                 mtime: float) -> None:
+                 mtime: float, complete: bool) -> None:
         self.quota = quota
         self.bytes = total
         self.messages = count
         self.lines = lines
         self.file_size = file_size
         self.mtime = mtime
+        self.complete = complete
 
 
 #: Maildir -> (the bytes of its maildirsize summed last, up to the end of a line, and their sums):
@@ -222,18 +225,21 @@ SUMMED_MAILDIRS = 64
 
 
 def load_maildirsize(maildir: str) -> SizeFile | None:
-    """Read ``maildirsize`` (never through a symlink), or None if absent or unparsable.
+    """Read ``maildirsize`` (never through a symlink, never waiting on a FIFO), or None if
+    absent, not a regular file or unparsable.
 
     Values are summed as C's unsigned ``%llu`` does, so negative lines written by POP/IMAP
     servers subtract correctly.
     """
     try:
         fd = posix.open(join(maildir, MAILDIRSIZE),
-                        posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+                        posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_NONBLOCK | posix.O_CLOEXEC)
     except OSError:
         return None
     try:
         st = posix.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
         data = posix.read(fd, RECALC_SIZE)
     except OSError:
         return None
@@ -257,7 +263,7 @@ def load_maildirsize(maildir: str) -> SizeFile | None:
         return None
     total, count, rows = found
     return SizeFile(data[:first - 1].decode("ascii", "replace").strip(), total, count, rows,
-                    st.st_size, st.st_mtime)
+                    st.st_size, st.st_mtime, whole == len(data))
 
 
 def _sum_lines(data: bytes, total: int, count: int, rows: int) -> tuple[int, int, int] | None:
@@ -334,9 +340,11 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     bytes into the Maildir (folder or not) whose quota is ``quota``.
 
     ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
-    minutes, or over quota with more than one line) and also when its quota line is not
-    ``quota``, so readers such as Dovecot always see the current limit. ``maildirfolder``
-    Maildirs are counted in their parent.
+    minutes, or over quota with more than one line), when its quota line is not ``quota``, so
+    readers such as Dovecot always see the current limit, and when it is damaged: a total
+    below zero (recounted as Courier does: believed, it let any message in), or a last line
+    without its newline (the next line appended would run into it: ``100 1`` + ``72 1`` read
+    as 100 bytes in 172 messages). ``maildirfolder`` Maildirs are counted in their parent.
     """
     if not has_quota(quota):
         return False, 0
@@ -345,7 +353,8 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     now = time.time() if now is None else now
     usage = None
     if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
-            and found.quota == quota):
+            and found.quota == quota and found.bytes >= 0 and found.messages >= 0
+            and found.complete):
         usage = (found.bytes, found.messages)
         if is_over(quota, usage, size, count) and found.lines != 1:
             usage = None
@@ -365,7 +374,8 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
     root = quota_root(maildir)
     path = join(root, MAILDIRSIZE)
     try:
-        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_CLOEXEC)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
+                        | posix.O_CLOEXEC)
     except FileNotFoundError:
         recalculate(root, quota)
         return

@@ -120,3 +120,39 @@ def test_odd_size_tags_count_as_courier_counts_them(tmp_path: Path) -> None:
     message = b"Subject: t\n\nbody\n"
     assert deliverquota(maildir, message) == 0
     assert (maildir / "maildirsize").read_text().split("\n")[1].split() == ["30", "4"]
+
+
+def test_a_negative_total_is_recounted_as_courier_does(site: Site, tmp_path: Path) -> None:
+    """maildirsize lines that sum below zero (deletions counted twice, say, by an IMAP server
+    after a recount) are damage: Courier recounts, and so must we (before: the negative total
+    was believed, the quota did not hold until the file grew to 5120 bytes or aged 15 minutes,
+    and every delivery meanwhile was accepted into a full mailbox)."""
+    maildir = site.maildir("carol")
+    filler = b"Subject: f\n\n" + b"f" * 17000 + b"\n"
+    assert site.deliver("carol", filler).returncode == 0
+    with open(maildir / "maildirsize", "a") as fh:
+        fh.write("-90000 -3\n")
+    message = b"Subject: m\n\n" + b"m" * 5000 + b"\n"
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(maildir, snapshot, symlinks=True)
+    assert deliverquota(snapshot, message) == OVER_QUOTA
+    result = site.deliver("carol", message)
+    assert result.returncode == 100 and b"over quota" in result.stdout, result
+    assert consistent(maildir)[1] == 1
+
+
+def test_a_last_line_without_its_newline_is_recounted(site: Site) -> None:
+    """maildirsize ending in half a line (another writer stopped by a full disk, a hand
+    edit) is recounted before the next line is appended (before: ``100 1`` + ``72 1`` ran
+    together into ``100 172 1``, 172 messages: with a count limit every later message
+    bounced until the file aged 15 minutes; Courier appends too, but reads only the first
+    two numbers of such a line)."""
+    site.ok("vsetuserquota", f"carol@{DOMAIN}", "20000S,5C")
+    maildir = site.maildir("carol")
+    (maildir / "maildirsize").write_text("20000S,5C\n100 1")
+    for _ in range(2):
+        result = site.deliver("carol")
+        assert result.returncode == 0, result
+    assert consistent(maildir)[1] == 2
+    assert deliverquota(maildir, b"Subject: c\n\nhello\n") == 0
+    assert consistent(maildir)[1] == 3

@@ -86,6 +86,25 @@ def test_a_maildir_line_into_the_users_folder_keeps_its_quota(site: Site) -> Non
     assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
 
 
+def test_vdelivermail_run_through_a_wrapper_is_not_run_again(site: Site) -> None:
+    """A line that runs vdelivermail through another program (``|exec …``, ``|preline …``,
+    a script) is followed as written, and the vdelivermail it starts for the same recipient
+    is that user's Maildir delivery, as a line naming vdelivermail is (before: that one ran
+    control/defaultdelivery again, which started one more, until the process limit; every
+    delivery to every user deferred, a fork bomb each time qmail retried it)."""
+    home = site.user_dir("alice")
+    wrapper = home / "wrap"
+    write_dotqmail(site, wrapper, f'#!/bin/sh\nn=$(cat depth 2>/dev/null || echo 0)\n'
+                                  f'echo $((n + 1)) > depth\n[ "$n" -lt 3 ] || exit 111\n'
+                                  f'exec {site.inst.bin / "vdelivermail"} "$@"\n', 0o700)
+    set_default_delivery(site, "| ./wrap '' bounce-no-mailbox\n")
+    result = site.deliver("alice")
+    assert (result.returncode, result.stderr) == (0, b""), result
+    data = site.only_message(site.maildir("alice"))
+    assert data == RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE
+    assert (home / "depth").read_text() == "1\n"
+
+
 @pytest.mark.parametrize("text", ["", "# nothing here\n"], ids=["empty", "comments"])
 def test_no_instruction_in_it_is_the_maildir_delivery(site: Site, text: str) -> None:
     set_default_delivery(site, text)

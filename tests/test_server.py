@@ -73,6 +73,18 @@ def test_delivery_and_login_go_through_the_server(site: LoginSite) -> None:
     assert site.login("alice@example.com", "wrong").code == 1
 
 
+def test_a_piped_message_leaves_the_worker_clean(site: LoginSite) -> None:
+    """A message on a pipe (a wrapper's, not qmail-local's file) is spooled to an anonymous
+    file; the worker closes it after the delivery and serves the next request (before: every
+    such delivery left the spool open, and the worker ended, logging it, for a new one)."""
+    without_fallbacks(site.inst)
+    server = server_of(site)
+    for _ in range(3):
+        assert site.deliver("alice", pipe=True).returncode == 0
+    assert len(body_of(site, "alice")) == 3
+    assert not [line for line in server.lines() if "worker ends" in line], server.lines()
+
+
 def test_front_ends_of_the_system_c_library_go_through_the_server(site: LoginSite) -> None:
     """The suite runs the front ends musl-gcc builds where it is installed; those the
     system's cc builds (glibc) are served alike."""

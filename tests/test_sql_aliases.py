@@ -131,6 +131,22 @@ def test_valias_sql_refuses_what_the_file_backend_refuses(vhome: Install, sql_db
     assert valias_rows(sql_db) == sorted(before + [["it's", DOMAIN, line]])
 
 
+def test_valias_sql_refuses_an_mbox_line(vhome: Install, sql_db: Database) -> None:
+    """vdelivermail delivers no mbox (C's "can't handle mbox delivery", 111): an mbox row
+    held every message to the alias in the queue until qmail gave up on it days later, so
+    valias refuses it on SQL (qmail-local reads the file backend's .qmail- files and writes
+    mbox lines itself: there it stays)."""
+    sql_db.configure(vhome)
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    refused(vhome, "valias", "-i", "/var/mail/info", f"info@{DOMAIN}", code=152,
+            starts="Error: /var/mail/info is an mbox")
+    refused(vhome, "valias", "-i", "./info.mbox", f"info@{DOMAIN}", code=152,
+            starts="Error: ./info.mbox is an mbox")
+    assert valias_rows(sql_db) == []
+    vhome.ok("valias", "-i", "./info/Maildir/", f"info@{DOMAIN}")
+    assert valias_rows(sql_db) == [["info", DOMAIN, "./info/Maildir/"]]
+
+
 def test_vadduser_on_sql_refuses_a_name_a_dot_qmail_file_takes(vhome: Install,
                                                                 sql_db: Database) -> None:
     """A ``.qmail-<name>`` file (an ezmlm list, an autoresponder qmailadmin made) takes the

@@ -182,3 +182,25 @@ def test_root_drops_to_domain_owner(vsite: Site) -> None:
     assert root_site.deliver("bob").returncode == 0
     [path] = list((vsite.maildir("bob") / "new").iterdir())
     assert (path.stat().st_uid, path.stat().st_gid) == (vsite.inst.uid, vsite.inst.gid)
+
+
+def test_fifo_as_maildirsize_neither_hangs_nor_loses(site: Site) -> None:
+    """A FIFO where maildirsize belongs (damage: only the domain's owner can make one) is not a
+    maildirsize: it is recounted into a regular file and the message delivered (before: the
+    delivery waited on the FIFO for ever, holding a qmail-local slot; C's safe open did not)."""
+    maildir = site.maildir("bob")
+    path = maildir / "maildirsize"
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    result = site.deliver("bob", wrap=("timeout", "20"))
+    assert result.returncode == 0, result
+    assert len(list((maildir / "new").iterdir())) == 1
+    assert path.is_file() and path.read_text().startswith("10485760S\n")
+
+
+@pytest.mark.parametrize("hops", [0, -5])
+def test_a_hop_limit_below_one_defers(site: Site, hops: int) -> None:
+    """delivery.max_hops of 0 or less (a typo) is a configuration error: every delivery
+    defers naming the key (before: every message bounced as looping, none delivered)."""
+    site.inst.set_config("delivery", "max_hops", hops)
+    assert_deferred(site, site.deliver("bob"), b"delivery.max_hops must be >= 1")

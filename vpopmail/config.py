@@ -232,7 +232,7 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
         if not str(values[key]).startswith("/"):  # written into users/assign, .qmail-default
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be an absolute path, "
                               f"not {values[key]!r}")
-    for key in ("server_workers", "server_requests_per_worker"):
+    for key in ("server_workers", "server_requests_per_worker", "delivery_max_hops"):
         if int(values[key]) < 1:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 1")
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:

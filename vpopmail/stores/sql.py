@@ -995,10 +995,15 @@ class SqlAliases(AliasChecks):
         return [row[0] or "" for row in rows] or None
 
     def add_line(self, entry: AssignEntry, alias: str, address: str, line: str) -> str:
-        """Add a row for one delivery line (the first row makes the alias); returns the line."""
-        from vpopmail.aliases import check_line
+        """Add a row for one delivery line (the first row makes the alias); returns the line.
+        An mbox line is refused: vdelivermail, which reads the rows, delivers none (it would
+        defer every message to the alias until qmail gave up on it)."""
+        from vpopmail.aliases import InvalidAliasLine, check_line
 
         line = check_line(line)
+        if line[0] in "./" and not line.endswith("/"):
+            raise InvalidAliasLine(f"{line} is an mbox, which vdelivermail does not deliver "
+                                   "to: give a Maildir (a path ending in /)")
         domain = entry.real_domain
 
         def work(conn: Connection) -> None:
