@@ -165,6 +165,25 @@ def test_a_pipelined_mod_user_is_done_before_its_first_ok(site: Install) -> None
     assert vchkpw_accepts(site, f"alice@{DOMAIN}", "Wait-2")
 
 
+def test_a_refused_mod_user_answers_a_client_that_waits(site: Install) -> None:
+    """Net_Vpopmaild's modUser sends ``mod_user`` and waits for its answer before any option
+    line: a refusal (no such user, a system administrator's account) comes at once and the
+    next request is a request (before: vpopmaild waited for option lines, the client for the
+    answer, until the timeout)."""
+    client = Client(site, "-t", "20")
+    try:
+        assert client.line() == "+OK "
+        assert client.ask(f"slogin postmaster@{DOMAIN} {USERS[f'postmaster@{DOMAIN}']}") == "+OK "
+        client.send(f"mod_user nobody@{DOMAIN}")
+        assert client.line(5) == "-ERR 12.505 User does not exist"
+        client.send(f"mod_user admin@{DOMAIN}")
+        assert client.line(5) == "-ERR 9.503 Not Authorized: a system administrator's account"
+        assert client.ask(f"user_count {DOMAIN}") == "+OK+"
+        assert client.line() == "count 4" and client.line() == "."
+    finally:
+        client.close()
+
+
 @pytest.mark.cdb_only(NO_BACKEND)
 def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
     answers, code = converse(

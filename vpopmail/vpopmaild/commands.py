@@ -121,12 +121,13 @@ def mod_user(s: Session, t: Tokens) -> None:
         raise Refusal(11, 504)
     try:
         user, entry = s.find_user(name, domain, Refusal(12, 505))
-    except Refusal:
-        s.channel.read_block(MAX_OPTIONS)
-        raise
-    if not s.may_manage(user):
-        s.channel.read_block(MAX_OPTIONS)
         s.check_account(user, 503)
+    except Refusal:
+        # option lines a client sent without waiting for the answer are read and dropped (C
+        # ran them as commands); one that waits for it (Net_Vpopmaild) gets it at once
+        if s.channel.pending(PIPELINED_WAIT):
+            s.channel.read_block(MAX_OPTIONS)
+        raise
     # a client that sent its option lines without waiting for this +OK gets it only once the
     # change is made (the same lines, later): Roundcube's password driver reads one line,
     # takes it for the result and hangs up, and its user logs in with the new password at once
