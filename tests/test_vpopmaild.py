@@ -213,6 +213,16 @@ def test_a_silent_client_times_out(site: Install) -> None:
     assert client.ask(f"slogin alice@{DOMAIN} pw1") == "+OK "
     assert client.line(10) == "-ERR 3.106 Read Timeout"
     assert client.close() == 1
+    # a client that stops in the middle of a command's lines (before: dropped in silence,
+    # exit 0, as if it had said quit)
+    for command in (f"write_file alice@{DOMAIN}/notes", f"mod_user alice@{DOMAIN}"):
+        client = Client(site, "-t", "1")
+        assert client.line() == "+OK "
+        assert client.ask(f"slogin alice@{DOMAIN} pw1") == "+OK "
+        client.send(f"{command}\r\ncomment half")  # one write: no +OK before the lines
+        assert client.line(10) == "-ERR 3.106 Read Timeout"
+        assert client.line(10) is None
+        assert client.close() == 1
 
 
 def test_logins_go_to_syslog_as_vchkpw_logs_them(site: Install, tmp_path: Path) -> None:
