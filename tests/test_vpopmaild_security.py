@@ -11,7 +11,7 @@ from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login,  # noqa: 
 
 ALICE, PM, SA = f"alice@{DOMAIN}", f"postmaster@{DOMAIN}", f"admin@{DOMAIN}"
 REFUSED_USER = "-ERR 26.1512 Unauthorized Directory. (vpopmail's control files: .qmail*, " \
-    "vpasswd*, .dir-control*, .valias.lock, maildirsize)"
+    "vpasswd*, .dir-control*, .valias.lock, maildirsize, lastauth)"
 REFUSED_ADMIN = REFUSED_USER.replace("1512", "1511")
 
 
@@ -44,6 +44,21 @@ def test_control_files_are_out_of_reach_below_system_admin(rsite: Install) -> No
     assert after_login(rsite, SA, f"write_file {DOMAIN}/.qmail-sales", "&bob@example.com",
                        ".") == ["+OK "]
     assert (domain_dir / ".qmail-sales").read_text() == "&bob@example.com\n"
+
+
+def test_the_login_record_is_out_of_reach_below_system_admin(rsite: Install) -> None:
+    """``lastauth`` is vpopmail's record of the last login (get_lastauth, vuserinfo; its
+    mtime is what vdeloldusers reads, and it never deletes a user without one): before, a user
+    wrote in any time and address, or removed it and was never taken as unused."""
+    home = user_dir(rsite, ALICE)
+    before = rsite.last_login(ALICE)
+    assert before is not None and (home / "lastauth").is_file()
+    answers = after_login(rsite, ALICE, f"write_file {ALICE}/lastauth", "10.9.9.9", ".",
+                          f"rm_file {ALICE}/lastauth", f"rename_file {ALICE}/lastauth {ALICE}/x")
+    assert answers == [REFUSED_USER] * 3
+    answers = after_login(rsite, PM, f"rm_file {ALICE}/lastauth")
+    assert answers == [REFUSED_ADMIN]
+    assert rsite.last_login(ALICE) == before
 
 
 def test_a_domain_admin_cannot_take_over_a_system_admin(site: Install) -> None:
