@@ -200,6 +200,23 @@ def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
 
 
 @pytest.mark.cdb_only(NO_BACKEND)
+def test_a_longest_line_whose_lf_comes_later_is_taken(site: Install) -> None:
+    """1023 characters are allowed: their CR may arrive before the LF (two TCP segments),
+    which must not make the line too long (before: refused with -ERR 4.108)."""
+    client = Client(site)
+    try:
+        assert client.line() == "+OK "
+        assert client.proc.stdin is not None
+        for part in (b"x" * 1023 + b"\r", b"\n"):
+            client.proc.stdin.write(part)
+            client.proc.stdin.flush()
+            time.sleep(0.3)
+        assert client.line() == "-ERR 4.104 Invalid Command"
+    finally:
+        client.close()
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_a_silent_client_times_out(site: Install) -> None:
     client = Client(site, "-t", "1")
     start = time.monotonic()
