@@ -74,6 +74,9 @@ def test_a_domain_admin_cannot_take_over_a_system_admin(site: Install) -> None:
     assert "encrypted_password " in block and "clear_text_password " in block
     assert f"encrypted_password {site.vuser(SA).passwd}" not in listing
     assert vchkpw_accepts(site, SA, USERS[SA]) and not vchkpw_accepts(site, SA, "mine")
+    # nor learn where the system admin logs in from (before: get_lastauth told the address)
+    assert after_login(site, PM, f"get_lastauth {SA}") == [
+        "-ERR 9.3704 Not Authorized: a system administrator's account"]
     # the system admin itself, and other accounts of the domain, as before
     assert after_login(site, SA, f"mod_user {SA}", "comment Chief", ".") == ["+OK ", "+OK "]
     assert after_login(site, PM, f"user_info {ALICE}")[0] == "+OK+"

@@ -223,6 +223,7 @@ def get_lastauth(s: Session, t: Tokens) -> None:
     name, domain = s.address(t, (3702, 3703))
     s.check_domain(domain, 11, 3704)
     user, entry = s.find_user(name, domain, Refusal(12, 3705))
+    s.check_account(user, 3704)
     if not s.api.config.logging_auth_logging:
         s.send(OK)
         return
