@@ -91,6 +91,41 @@ def test_no_password_change_also_refuses_an_encrypted_password(site: Install) ->
     assert site.vuser(f"bob@{DOMAIN}").passwd == before
 
 
+def test_an_encrypted_password_dear_to_check_is_refused_below_system_admin(site: Install
+                                                                          ) -> None:
+    """A hash's own cost parameters say how long a check of it takes: with sha512-crypt at
+    999,999,999 rounds (3 minutes a try), bcrypt at cost 31 (a day) or yescrypt at N=2^18,
+    anyone who tries a password for that account (vchkpw under qmail-popup, vpopmaild) holds
+    a CPU for as long, and a mail user could set one for themselves (before: taken)."""
+    before = site.vuser(ALICE).passwd
+    dear = ["$6$rounds=999999999$salt$0123456789abcdefghijkl", "$2b$31$" + "a" * 53,
+            "$y$jFT$abcdefghijklmnop$0123456789abcdefghijklmnopqrstuvwxyzABCDE",
+            "$argon2id$v=19$m=67108864,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "_zzzzsaltABCDEFGHIJK"]  # BSDi DES: its iterations are not read, so not known
+    lines = [line for hashed in dear for line in (f"mod_user {ALICE}",
+                                                  f"encrypted_password {hashed}", ".")]
+    answers = after_login(site, ALICE, *lines)
+    assert answers == ["+OK ", "-ERR 0.507 an encrypted_password whose check may be dear "
+                       "(a form or cost parameters past what vpopmaild takes below a system "
+                       "administrator)"] * len(dear)
+    answers = after_login(site, PM, f"mod_user {ALICE}", f"encrypted_password {dear[0]}", ".")
+    assert answers[1].startswith("-ERR 0.507 ")
+    assert site.vuser(ALICE).passwd == before
+    # the forms and costs of every scheme and common tool (here set by the domain admin), and
+    # a system admin's any hash
+    fine = ["$6$rounds=656000$salt$0123456789abcdefghijkl", "$6$salt$0123456789abcdefghijkl",
+            "$2y$12$" + "a" * 53, "$y$j9T$abcdefghijklmnop$" + "0123456789" * 4 + "abc",
+            "$1$salt$0123456789abcdefghijkl", "abcdefghijklm",
+            "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "{SSHA}c2FsdHNhbHRzYWx0c2FsdHNhbHQ="]
+    for hashed in fine:
+        assert after_login(site, PM, f"mod_user {ALICE}", f"encrypted_password {hashed}",
+                           ".") == ["+OK ", "+OK "], hashed
+        assert site.vuser(ALICE).passwd == hashed
+    assert after_login(site, SA, f"mod_user {ALICE}", f"encrypted_password {dear[0]}",
+                       ".") == ["+OK ", "+OK "]
+
+
 def test_a_domain_admin_adds_forwards_not_programs_or_files(site: Install) -> None:
     """An alias line is a .qmail line run by qmail-local as the domain owner: a domain admin
     may forward, comment, or deliver to a maildir of their own domain, nothing else."""

@@ -15,6 +15,7 @@ from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
                                          Raw, Refusal, Tokens, atoi)
 from vpopmail.names import split_address
+from vpopmail.passwords import cost_is_bounded
 from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
 
@@ -167,6 +168,11 @@ def _modify_user(s: Session, user: VUser, entry: AssignEntry) -> None:
                 if s.api.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
                     raise Refusal(0, 507, f"{user.name}@{entry.real_domain} may not change "
                                   "its password")
+                if (param == "encrypted_password" and not s.system_admin
+                        and not cost_is_bounded(value)):
+                    raise Refusal(0, 507, "an encrypted_password whose check may be dear (a "
+                                  "form or cost parameters past what vpopmaild takes below a "
+                                  "system administrator)")
                 hashed = s.api.with_password(user, value, param == "encrypted_password")
                 fields.update(passwd=hashed.passwd, clear=hashed.clear)
             elif param == "clear_all_flags" and override:
