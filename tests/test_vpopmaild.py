@@ -165,6 +165,25 @@ def test_a_pipelined_mod_user_is_done_before_its_first_ok(site: Install) -> None
     assert vchkpw_accepts(site, f"alice@{DOMAIN}", "Wait-2")
 
 
+def test_a_refused_mod_user_answers_a_client_that_waits(site: Install) -> None:
+    """Net_Vpopmaild's modUser sends ``mod_user`` and waits for its answer before any option
+    line: a refusal (no such user, a system administrator's account) comes at once and the
+    next request is a request (before: vpopmaild waited for option lines, the client for the
+    answer, until the timeout)."""
+    client = Client(site, "-t", "20")
+    try:
+        assert client.line() == "+OK "
+        assert client.ask(f"slogin postmaster@{DOMAIN} {USERS[f'postmaster@{DOMAIN}']}") == "+OK "
+        client.send(f"mod_user nobody@{DOMAIN}")
+        assert client.line(5) == "-ERR 12.505 User does not exist"
+        client.send(f"mod_user admin@{DOMAIN}")
+        assert client.line(5) == "-ERR 9.503 Not Authorized: a system administrator's account"
+        assert client.ask(f"user_count {DOMAIN}") == "+OK+"
+        assert client.line() == "count 4" and client.line() == "."
+    finally:
+        client.close()
+
+
 @pytest.mark.cdb_only(NO_BACKEND)
 def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
     answers, code = converse(
@@ -181,6 +200,23 @@ def test_bad_lines_are_refused_and_the_session_goes_on(site: Install) -> None:
 
 
 @pytest.mark.cdb_only(NO_BACKEND)
+def test_a_longest_line_whose_lf_comes_later_is_taken(site: Install) -> None:
+    """1023 characters are allowed: their CR may arrive before the LF (two TCP segments),
+    which must not make the line too long (before: refused with -ERR 4.108)."""
+    client = Client(site)
+    try:
+        assert client.line() == "+OK "
+        assert client.proc.stdin is not None
+        for part in (b"x" * 1023 + b"\r", b"\n"):
+            client.proc.stdin.write(part)
+            client.proc.stdin.flush()
+            time.sleep(0.3)
+        assert client.line() == "-ERR 4.104 Invalid Command"
+    finally:
+        client.close()
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
 def test_a_silent_client_times_out(site: Install) -> None:
     client = Client(site, "-t", "1")
     start = time.monotonic()
@@ -194,6 +230,16 @@ def test_a_silent_client_times_out(site: Install) -> None:
     assert client.ask(f"slogin alice@{DOMAIN} pw1") == "+OK "
     assert client.line(10) == "-ERR 3.106 Read Timeout"
     assert client.close() == 1
+    # a client that stops in the middle of a command's lines (before: dropped in silence,
+    # exit 0, as if it had said quit)
+    for command in (f"write_file alice@{DOMAIN}/notes", f"mod_user alice@{DOMAIN}"):
+        client = Client(site, "-t", "1")
+        assert client.line() == "+OK "
+        assert client.ask(f"slogin alice@{DOMAIN} pw1") == "+OK "
+        client.send(f"{command}\r\ncomment half")  # one write: no +OK before the lines
+        assert client.line(10) == "-ERR 3.106 Read Timeout"
+        assert client.line(10) is None
+        assert client.close() == 1
 
 
 def test_logins_go_to_syslog_as_vchkpw_logs_them(site: Install, tmp_path: Path) -> None:

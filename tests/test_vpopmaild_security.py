@@ -11,7 +11,7 @@ from vpopmaild_site import (DOMAIN, OTHER, USERS, Client, after_login,  # noqa: 
 
 ALICE, PM, SA = f"alice@{DOMAIN}", f"postmaster@{DOMAIN}", f"admin@{DOMAIN}"
 REFUSED_USER = "-ERR 26.1512 Unauthorized Directory. (vpopmail's control files: .qmail*, " \
-    "vpasswd*, .dir-control*, .valias.lock, maildirsize)"
+    "vpasswd*, .dir-control*, .valias.lock, maildirsize, lastauth)"
 REFUSED_ADMIN = REFUSED_USER.replace("1512", "1511")
 
 
@@ -46,6 +46,21 @@ def test_control_files_are_out_of_reach_below_system_admin(rsite: Install) -> No
     assert (domain_dir / ".qmail-sales").read_text() == "&bob@example.com\n"
 
 
+def test_the_login_record_is_out_of_reach_below_system_admin(rsite: Install) -> None:
+    """``lastauth`` is vpopmail's record of the last login (get_lastauth, vuserinfo; its
+    mtime is what vdeloldusers reads, and it never deletes a user without one): before, a user
+    wrote in any time and address, or removed it and was never taken as unused."""
+    home = user_dir(rsite, ALICE)
+    before = rsite.last_login(ALICE)
+    assert before is not None and (home / "lastauth").is_file()
+    answers = after_login(rsite, ALICE, f"write_file {ALICE}/lastauth", "10.9.9.9", ".",
+                          f"rm_file {ALICE}/lastauth", f"rename_file {ALICE}/lastauth {ALICE}/x")
+    assert answers == [REFUSED_USER] * 3
+    answers = after_login(rsite, PM, f"rm_file {ALICE}/lastauth")
+    assert answers == [REFUSED_ADMIN]
+    assert rsite.last_login(ALICE) == before
+
+
 def test_a_domain_admin_cannot_take_over_a_system_admin(site: Install) -> None:
     """admin@example.com is a system admin: the domain's postmaster may not read its password,
     change it or delete the account (then log in as it, or make another)."""
@@ -59,6 +74,9 @@ def test_a_domain_admin_cannot_take_over_a_system_admin(site: Install) -> None:
     assert "encrypted_password " in block and "clear_text_password " in block
     assert f"encrypted_password {site.vuser(SA).passwd}" not in listing
     assert vchkpw_accepts(site, SA, USERS[SA]) and not vchkpw_accepts(site, SA, "mine")
+    # nor learn where the system admin logs in from (before: get_lastauth told the address)
+    assert after_login(site, PM, f"get_lastauth {SA}") == [
+        "-ERR 9.3704 Not Authorized: a system administrator's account"]
     # the system admin itself, and other accounts of the domain, as before
     assert after_login(site, SA, f"mod_user {SA}", "comment Chief", ".") == ["+OK ", "+OK "]
     assert after_login(site, PM, f"user_info {ALICE}")[0] == "+OK+"
@@ -71,6 +89,41 @@ def test_no_password_change_also_refuses_an_encrypted_password(site: Install) ->
                           "encrypted_password $1$salt$0123456789abcdefghijkl", ".")
     assert answers == ["+OK ", f"-ERR 0.507 bob@{DOMAIN} may not change its password"]
     assert site.vuser(f"bob@{DOMAIN}").passwd == before
+
+
+def test_an_encrypted_password_dear_to_check_is_refused_below_system_admin(site: Install
+                                                                          ) -> None:
+    """A hash's own cost parameters say how long a check of it takes: with sha512-crypt at
+    999,999,999 rounds (3 minutes a try), bcrypt at cost 31 (a day) or yescrypt at N=2^18,
+    anyone who tries a password for that account (vchkpw under qmail-popup, vpopmaild) holds
+    a CPU for as long, and a mail user could set one for themselves (before: taken)."""
+    before = site.vuser(ALICE).passwd
+    dear = ["$6$rounds=999999999$salt$0123456789abcdefghijkl", "$2b$31$" + "a" * 53,
+            "$y$jFT$abcdefghijklmnop$0123456789abcdefghijklmnopqrstuvwxyzABCDE",
+            "$argon2id$v=19$m=67108864,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "_zzzzsaltABCDEFGHIJK"]  # BSDi DES: its iterations are not read, so not known
+    lines = [line for hashed in dear for line in (f"mod_user {ALICE}",
+                                                  f"encrypted_password {hashed}", ".")]
+    answers = after_login(site, ALICE, *lines)
+    assert answers == ["+OK ", "-ERR 0.507 an encrypted_password whose check may be dear "
+                       "(a form or cost parameters past what vpopmaild takes below a system "
+                       "administrator)"] * len(dear)
+    answers = after_login(site, PM, f"mod_user {ALICE}", f"encrypted_password {dear[0]}", ".")
+    assert answers[1].startswith("-ERR 0.507 ")
+    assert site.vuser(ALICE).passwd == before
+    # the forms and costs of every scheme and common tool (here set by the domain admin), and
+    # a system admin's any hash
+    fine = ["$6$rounds=656000$salt$0123456789abcdefghijkl", "$6$salt$0123456789abcdefghijkl",
+            "$2y$12$" + "a" * 53, "$y$j9T$abcdefghijklmnop$" + "0123456789" * 4 + "abc",
+            "$1$salt$0123456789abcdefghijkl", "abcdefghijklm",
+            "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "{SSHA}c2FsdHNhbHRzYWx0c2FsdHNhbHQ="]
+    for hashed in fine:
+        assert after_login(site, PM, f"mod_user {ALICE}", f"encrypted_password {hashed}",
+                           ".") == ["+OK ", "+OK "], hashed
+        assert site.vuser(ALICE).passwd == hashed
+    assert after_login(site, SA, f"mod_user {ALICE}", f"encrypted_password {dear[0]}",
+                       ".") == ["+OK ", "+OK "]
 
 
 def test_a_domain_admin_adds_forwards_not_programs_or_files(site: Install) -> None:

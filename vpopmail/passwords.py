@@ -199,6 +199,46 @@ def needs_rehash(stored: str, scheme: str) -> bool:
     return not _des(stored)
 
 
+#: the dearest cost parameters :func:`cost_is_bounded` lets through (about a second of CPU
+#: and 256 MiB at most): sha-crypt rounds (passlib's default is 656,000), bcrypt's log2 cost,
+#: yescrypt's log2 N and r (libxcrypt's cost 9; Debian's default is 5), argon2's memory
+#: (KiB; libpass's default is 64 MiB), passes and lanes
+MAX_SHA_ROUNDS = 1_000_000
+MAX_BCRYPT_COST = 14
+MAX_YESCRYPT = (16, 32)
+MAX_ARGON2 = {"m": 1 << 18, "t": 10, "p": 16}
+
+
+def cost_is_bounded(stored: str) -> bool:
+    """Whether a check of ``stored`` costs at most what the MAX_* parameters allow (a hash
+    dearer than that holds a CPU for minutes to days for each password anyone tries): forms
+    of fixed cost (DES, MD5-crypt, the LDAP ``{…}`` forms, a locked or empty hash), and those
+    whose cost parameters are read here within bounds; False for any other form."""
+    if stored.upper().startswith("{CRYPT}"):
+        stored = stored[7:]
+    if not stored or stored[0] in "*!{" or _des(stored) or stored.startswith("$1$"):
+        return True
+    fields = stored.split("$")
+    if len(fields) < 4 or fields[0]:
+        return False
+    kind, params = fields[1], fields[2]
+    if kind in ("5", "6"):
+        rounds = params[7:] if params.startswith("rounds=") else "5000"
+        return rounds.isdigit() and int(rounds) <= MAX_SHA_ROUNDS
+    if kind in ("2a", "2b", "2x", "2y"):
+        return params.isdigit() and int(params) <= MAX_BCRYPT_COST
+    if kind == "y":  # flags "j", then log2(N) - 1 and r - 1 as one crypt64 digit each
+        return (len(params) == 3 and params[0] == "j" and all(c in CRYPT64 for c in params)
+                and CRYPT64.index(params[1]) + 1 <= MAX_YESCRYPT[0]
+                and CRYPT64.index(params[2]) + 1 <= MAX_YESCRYPT[1])
+    if kind.startswith("argon2") and len(fields) >= 5:
+        pairs = dict(item.partition("=")[::2] for item in fields[3].split(","))
+        return (pairs.keys() == MAX_ARGON2.keys()
+                and all(pairs[key].isdigit() and int(pairs[key]) <= MAX_ARGON2[key]
+                        for key in MAX_ARGON2))
+    return False
+
+
 def _verify_with_passlib(plain: str, stored: str) -> bool | None:
     """LDAP-style ``{SCHEME}`` hashes and argon2, through libpass (slow import: rare path);
     None for a form it does not know or cannot check."""

@@ -15,6 +15,7 @@ from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
                                          Raw, Refusal, Tokens, atoi)
 from vpopmail.names import split_address
+from vpopmail.passwords import cost_is_bounded
 from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
 
@@ -121,12 +122,13 @@ def mod_user(s: Session, t: Tokens) -> None:
         raise Refusal(11, 504)
     try:
         user, entry = s.find_user(name, domain, Refusal(12, 505))
-    except Refusal:
-        s.channel.read_block(MAX_OPTIONS)
-        raise
-    if not s.may_manage(user):
-        s.channel.read_block(MAX_OPTIONS)
         s.check_account(user, 503)
+    except Refusal:
+        # option lines a client sent without waiting for the answer are read and dropped (C
+        # ran them as commands); one that waits for it (Net_Vpopmaild) gets it at once
+        if s.channel.pending(PIPELINED_WAIT):
+            s.channel.read_block(MAX_OPTIONS)
+        raise
     # a client that sent its option lines without waiting for this +OK gets it only once the
     # change is made (the same lines, later): Roundcube's password driver reads one line,
     # takes it for the result and hangs up, and its user logs in with the new password at once
@@ -166,6 +168,11 @@ def _modify_user(s: Session, user: VUser, entry: AssignEntry) -> None:
                 if s.api.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
                     raise Refusal(0, 507, f"{user.name}@{entry.real_domain} may not change "
                                   "its password")
+                if (param == "encrypted_password" and not s.system_admin
+                        and not cost_is_bounded(value)):
+                    raise Refusal(0, 507, "an encrypted_password whose check may be dear (a "
+                                  "form or cost parameters past what vpopmaild takes below a "
+                                  "system administrator)")
                 hashed = s.api.with_password(user, value, param == "encrypted_password")
                 fields.update(passwd=hashed.passwd, clear=hashed.clear)
             elif param == "clear_all_flags" and override:
@@ -222,6 +229,7 @@ def get_lastauth(s: Session, t: Tokens) -> None:
     name, domain = s.address(t, (3702, 3703))
     s.check_domain(domain, 11, 3704)
     user, entry = s.find_user(name, domain, Refusal(12, 3705))
+    s.check_account(user, 3704)
     if not s.api.config.logging_auth_logging:
         s.send(OK)
         return

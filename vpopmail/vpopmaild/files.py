@@ -18,6 +18,7 @@ from vpopmail.errors import VpopmailError
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
 from vpopmail.fsutil import OwnerIds, remove_tree_at, write_all
 from vpopmail.names import split_address
+from vpopmail.stores.cdbfiles import LASTAUTH
 from vpopmail.vpopmaild.protocol import END, OK, OK_MORE, Refusal, Tokens
 from vpopmail.vpopmaild.session import Session
 
@@ -26,9 +27,9 @@ MAX_FILE = 1 << 20
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: names no file command reaches below a system administrator: delivery instructions (a
 #: ``.qmail`` program line runs as the domain owner), the user database and its locks, the
-#: quota accounting
+#: quota accounting, the record of the last login (get_lastauth; vdeloldusers' age)
 CONTROL_PREFIXES = (".qmail", "vpasswd", ".vpasswd", ".dir-control", ".dir_control")
-CONTROL_NAMES = (".valias.lock", "maildirsize")
+CONTROL_NAMES = (".valias.lock", "maildirsize", LASTAUTH)
 #: what list_dir calls each kind of entry
 KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISCHR, "chardev"),
          (stat.S_ISBLK, "blkdev"), (stat.S_ISFIFO, "fifo"), (stat.S_ISLNK, "link"),
@@ -103,7 +104,7 @@ def locate(s: Session, path: str, whole: bool = False) -> tuple[str, list[str], 
     if not s.system_admin and any(part.startswith(CONTROL_PREFIXES) or part in CONTROL_NAMES
                                   for part in below):
         raise Refusal(26, minor, "Unauthorized Directory. (vpopmail's control files: .qmail*, "
-                      "vpasswd*, .dir-control*, .valias.lock, maildirsize)")
+                      "vpasswd*, .dir-control*, .valias.lock, maildirsize, lastauth)")
     if s.domain_admin and _system_admin_dir_meets(s, wanted, whole):
         raise Refusal(26, minor, "Unauthorized Directory. (a system administrator's account)")
     return root, below, uid, gid

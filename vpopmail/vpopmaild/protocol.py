@@ -133,7 +133,7 @@ class Channel:
         too_long = False
         while True:
             cut = self.buffer.find(b"\n")
-            if cut < 0 and len(self.buffer) > MAX_LINE:
+            if cut < 0 and len(self.buffer) > MAX_LINE + 1:  # + its CR, the LF yet to come
                 too_long = True
                 self.buffer = b""
             if cut >= 0:

@@ -282,8 +282,10 @@ class Session:
             self.send(str(exc))
         except VpopmailError as exc:
             self.send(f"-ERR 0.100 {explain(exc, 'vpopmaild')}")
-        except (Hangup, TimeoutError):
+        except Hangup:
             raise
+        except TimeoutError:  # the client stopped in the middle of the command's lines
+            raise Hangup(str(Refusal(3, 106)), 1) from None
         except Exception:  # noqa: BLE001 - an answer, and the reason in tcpserver's log
             traceback.print_exc(file=sys.stderr)
             self.send("-ERR 0.100 internal error")
