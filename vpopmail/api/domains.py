@@ -183,20 +183,7 @@ class DomainsMixin(UsersMixin):
     def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
         """The directory named ``domain`` in the domains tree (hash buckets included), if any:
         for a domain users/cdb does not route, what a killed vadddomain or vdeldomain left."""
-        pending = [(root or self.config.domains_root, 0)]
-        while pending:
-            directory, depth = pending.pop()
-            candidate = os.path.join(directory, domain)
-            if os.path.isdir(candidate) and not os.path.islink(candidate):
-                return candidate
-            if depth < 3:
-                try:
-                    names = os.listdir(directory)
-                except OSError:
-                    continue
-                pending += [(os.path.join(directory, n), depth + 1) for n in names
-                            if len(n) == 1 and n in dircontrol.ALPHABET]
-        return None
+        return dircontrol.find_entry(root or self.config.domains_root, domain)
 
     def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
         """``| <home>/bin/vdelivermail '' <action>`` for an action :func:`catchall.check`

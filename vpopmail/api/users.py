@@ -344,13 +344,28 @@ class UsersMixin(LimitsMixin):
         autoresponder's): it is kept, and the name refused."""
         if self._index_lags(entry, user.name):
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
-        found = list_inside(entry.dir, user.dir)
-        if found and "Maildir" not in found:
+        if not self._is_leftover(entry, user.dir):
             raise UserDirExists(f"{user.dir}: it holds no Maildir, so it is no user's "
                                 "leftover: it is kept (move it away, or choose another name)")
         remove_inside(entry.dir, user.dir, last="Maildir")
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
+
+    @staticmethod
+    def _is_leftover(entry: AssignEntry, directory: str) -> bool:
+        """Whether a user directory of the domain that no user owns is what a killed vadduser
+        or vdeluser leaves: empty, or holding a Maildir (removed last)."""
+        found = list_inside(entry.dir, directory)
+        return not found or "Maildir" in found
+
+    def _leftover_user(self, entry: AssignEntry, name: str) -> VUser:
+        """A record of ``name``'s directory alone, for a user the store no longer holds whose
+        directory (:meth:`_is_leftover`, in the domain directory or a bucket) a vdeluser killed
+        in the tree removal left; UserDoesNotExist if there is none (or it is the catch-all's)."""
+        user = VUser(name, dir=dircontrol.find_entry(entry.dir, name) or "")
+        if not (user.dir and self._is_leftover(entry, user.dir)) or self._is_catchall(entry, user):
+            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        return user
 
     def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
                         allocated: int) -> None:
@@ -374,8 +389,10 @@ class UsersMixin(LimitsMixin):
         user = self.backend.get_user(entry, name)
         if user is None and self._index_lags(entry, name):
             user = self.backend.get_user(entry, name)
-        if user is None:
-            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        if user is None:  # a vdeluser killed in the tree removal: finish it
+            user = self._leftover_user(entry, name)
+            self._remove_user_dir(entry, user)
+            return user
         if self._is_catchall(entry, user):
             raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
         # a directory that is not a real one of the domain (``..``, a symbolic link, outside:
@@ -389,14 +406,18 @@ class UsersMixin(LimitsMixin):
             self.backend.rebuild_index(entry)
             if not present:
                 raise
+        self._remove_user_dir(entry, user)
+        return user
+
+    def _remove_user_dir(self, entry: AssignEntry, user: VUser) -> None:
+        """Remove a deleted user's directory, its Maildir last (a vdeluser killed meanwhile
+        leaves what vadduser replaces and vdeluser finishes; gone over again while a delivery
+        that found the user just before writes into it), then give back its slot."""
         if user.dir:
-            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces; gone
-            # over again while a delivery that found the user just before writes into it
             remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
-        return user
 
     @staticmethod
     def _is_catchall(entry: AssignEntry, user: VUser) -> bool:
