@@ -6,7 +6,7 @@ import os
 
 from maildir import is_maildir
 from maildir.maildir import make_maildir
-from maildir.quota import (LLONG_MAX, NOQUOTA, format_quota, has_quota, is_quota_text,
+from maildir.quota import (LLONG_MAX, NOQUOTA, format_quota, has_quota, quota_text,
                            scan_usage, write_maildirsize)
 from vpopmail import catchall, dircontrol, flags
 from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
@@ -106,7 +106,7 @@ class UsersMixin(LimitsMixin):
             raise QuotaTooLong(quota)
         if quota.upper() == NOQUOTA:
             return NOQUOTA
-        text = format_quota(quota) if is_quota_text(quota) else ""
+        text = quota_text(quota)
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         if any(int(part[:-1]) >= LLONG_MAX for part in text.split(",")):
