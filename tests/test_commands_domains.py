@@ -596,6 +596,32 @@ def test_vdeldomain_of_a_domain_whose_directory_tree_is_gone(vhome: Install,
     assert "gone.org" not in control(vhome, "rcpthosts")
 
 
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_vdeldomain_removes_no_directory_that_is_not_the_domains(vhome: Install) -> None:
+    """users/assign lines vadddomain did not write: qmail-pw2u's for qmail's alias user, and a
+    hand-made one naming another domain's directory. vdeldomain of such a name removes no
+    directory, refused before any change (before: exit 0, and ~alias with qmail's
+    .qmail-postmaster and .qmail-root was deleted, or the other domain's users and mail)."""
+    golden(vhome)
+    alias_home = vhome.qmaildir / "alias"
+    alias_home.mkdir(mode=0o755)
+    (alias_home / ".qmail-postmaster").write_text("&admin@example.org\n")
+    uid, gid = vhome.uid, vhome.gid
+    api = vhome.api()
+    with api.qmail.assign_lock():
+        api.qmail._write_assign([f"=alias:alias:{uid}:{gid}:{alias_home}:::",
+                                 f"+alias-:alias:{uid}:{gid}:{alias_home}:-::",
+                                 f"+other.org-:other.org:{uid}:{gid}:{domain_dir(vhome)}:-::",
+                                 *assign_lines(vhome)[:-1]])
+    for name, where in (("alias", alias_home), ("other.org", domain_dir(vhome))):
+        result = refused(vhome, "vdeldomain", name, code=149)
+        assert result.stdout == (f"Error: not a real directory of the domain: {where}: users/"
+                                 f"assign names it for {name}, but it is not named after the "
+                                 "domain or holds neither vpasswd nor .qmail-default\n"), result
+    assert (alias_home / ".qmail-postmaster").exists()
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
+
+
 def test_vdeldomain_refuses_while_an_alias_exists(vhome: Install) -> None:
     with_alias(vhome)
     before = state(vhome)

@@ -9,7 +9,7 @@ from vpopmail.api.users import NewUser, UsersMixin
 from vpopmail.assign import AssignEntry, check_fields
 from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
                              DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
-                             UserDoesNotExist, UsernameExists, VpopmailError)
+                             OutsideDomain, UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
@@ -32,6 +32,13 @@ def _is_domain_name(name: str) -> bool:
         return check_domain(name) == name.lower()
     except VpopmailError:
         return False
+
+
+def _holds_a_domain(path: str) -> bool:
+    """Whether the directory ``path`` holds what vadddomain makes in a domain's directory:
+    vpasswd or .qmail-default."""
+    return any(os.path.exists(os.path.join(path, name))
+               for name in ("vpasswd", catchall.DOT_QMAIL_DEFAULT))
 
 
 class DomainsMixin(UsersMixin):
@@ -301,7 +308,13 @@ class DomainsMixin(UsersMixin):
         if aliases and not force:
             raise AliasDomainsExist(", ".join(aliases))
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
-        is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
+        # refuse, before any change, a linked domain directory, and one that is not a domain's
+        # (a line vadddomain did not write: qmail-pw2u's for ~alias, a hand-made one)
+        if is_dir_inside(root, entry.dir) and not (
+                os.path.basename(entry.dir) == entry.domain and _holds_a_domain(entry.dir)):
+            raise OutsideDomain(f"{entry.dir}: users/assign names it for {entry.domain}, but it "
+                                "is not named after the domain or holds neither vpasswd nor "
+                                ".qmail-default")
         # the domain's lock until its directory is gone: a change of its users, aliases or
         # limits waits, and then finds it gone, instead of writing into it half removed
         with self.domain_lock(entry):
@@ -333,8 +346,7 @@ class DomainsMixin(UsersMixin):
                     continue
                 if len(name) == 1 and depth < 3:
                     walk(path, depth + 1)
-                elif any(os.path.exists(os.path.join(path, f))
-                         for f in ("vpasswd", ".qmail-default")):
+                elif _holds_a_domain(path):
                     if not _is_domain_name(name):
                         if skipped is not None:
                             skipped.append(path)
