@@ -310,8 +310,7 @@ class DomainsMixin(UsersMixin):
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
         # refuse, before any change, a linked domain directory, and one that is not a domain's
         # (a line vadddomain did not write: qmail-pw2u's for ~alias, a hand-made one)
-        if is_dir_inside(root, entry.dir) and not (
-                os.path.basename(entry.dir) == entry.domain and _holds_a_domain(entry.dir)):
+        if is_dir_inside(root, entry.dir) and not self.is_domain_dir(entry):
             raise OutsideDomain(f"{entry.dir}: users/assign names it for {entry.domain}, but it "
                                 "is not named after the domain or holds neither vpasswd nor "
                                 ".qmail-default")
@@ -327,6 +326,13 @@ class DomainsMixin(UsersMixin):
             self.backend.delete_domain(entry)
             self._remove_domain_dir(entry, root, bucket)
         return aliases
+
+    @staticmethod
+    def is_domain_dir(entry: AssignEntry) -> bool:
+        """Whether ``entry.dir`` is a domain's directory as vadddomain makes it: named after the
+        real domain, holding vpasswd or .qmail-default. users/assign may hold other lines:
+        qmail-pw2u's for qmail's own users (``+alias-`` for ~alias), hand-made ones."""
+        return os.path.basename(entry.dir) == entry.real_domain and _holds_a_domain(entry.dir)
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with

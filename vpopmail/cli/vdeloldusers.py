@@ -66,11 +66,12 @@ def users_of(api: Vpopmail, entry: AssignEntry) -> list[VUser]:
 
 
 def real_domains(api: Vpopmail) -> list[AssignEntry]:
-    """Every real domain once, in users/assign order (alias domains share their users)."""
+    """Every real domain once, in users/assign order (alias domains share their users; lines
+    of no domain, qmail-pw2u's, are passed over)."""
     seen: set[str] = set()
     entries = []
     for entry in api.domains():
-        if not entry.is_alias and entry.real_domain not in seen:
+        if not entry.is_alias and entry.real_domain not in seen and api.is_domain_dir(entry):
             seen.add(entry.real_domain)
             entries.append(entry)
     return entries
