@@ -352,8 +352,13 @@ def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install
     golden(inst)
     before = state(inst)
     uid = pwd.getpwnam("nobody").pw_uid
+    bulletin = inst.prefix.parent / "bulletin"
+    bulletin.write_text("From: admin@example.com\nSubject: news\n\nhello\n")
+    bulletin.chmod(0o644)
+    # vmkpasswd: not "vpasswd is missing"; vpopbull to every domain: not exit 0, nothing sent
     for argv in (["vuserinfo", f"alice@{DOMAIN}"], ["vdominfo", DOMAIN],
-                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"]):
+                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"],
+                 ["vmkpasswd", DOMAIN], ["vpopbull", "-f", str(bulletin)]):
         result = inst.run(*argv, as_user="nobody")
         assert result.returncode != 0, result
         lines = result.stdout.splitlines()
