@@ -358,7 +358,8 @@ def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install
     # vmkpasswd: not "vpasswd is missing"; vpopbull to every domain: not exit 0, nothing sent
     for argv in (["vuserinfo", f"alice@{DOMAIN}"], ["vdominfo", DOMAIN],
                  ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"],
-                 ["vmkpasswd", DOMAIN], ["vpopbull", "-f", str(bulletin)]):
+                 ["vmkpasswd", DOMAIN], ["vpopbull", "-f", str(bulletin)],
+                 ["vdeloldusers", "-e"]):
         result = inst.run(*argv, as_user="nobody")
         assert result.returncode != 0, result
         lines = result.stdout.splitlines()

@@ -109,7 +109,8 @@ def test_vdeloldusers_deletes_old_users(each_install: Install) -> None:
 @pytest.mark.cdb_only("a users/assign line of no domain: a vpasswd file that is not there")
 def test_vdeloldusers_passes_over_users_assign_lines_of_no_domain(vhome: Install) -> None:
     """qmail-pw2u's lines for qmail's own users (kept by vregenerate after qmail-pw2u wiped
-    users/assign) name no vpopmail domain: -e passes over them, as vpopbull does (before:
+    users/assign) name no vpopmail domain: vdeloldusers -e and vconvert pass over them, as
+    vpopbull does (before:
     "corrupt data file: .../alias/vpasswd is missing", exit 156, no domain was visited)."""
     site(vhome)
     age(vhome, "alice", 200)
@@ -126,6 +127,12 @@ def test_vdeloldusers_passes_over_users_assign_lines_of_no_domain(vhome: Install
         " ** no users were deleted  **\n ** use -D to delete users **\n")
     vhome.ok("vdeloldusers", "-e", "-D")
     assert sorted(stored_users(vhome)) == ["bob", "postmaster"]
+    # vconvert's export of every domain likewise (before: "converting alias domain conversion
+    # failed", exit 156)
+    exported = alias_home.parent / "exported"
+    exported.mkdir()
+    assert vhome.ok("vconvert", "-c", "-e", "-f", str(exported)) == f"converting {DOMAIN} done\n"
+    assert sorted(p.name for p in exported.iterdir()) == [DOMAIN]
     assert sorted(p.name for p in alias_home.iterdir()) == [".qmail-postmaster"]
 
 

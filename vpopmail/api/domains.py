@@ -7,7 +7,7 @@ import os
 from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
 from vpopmail.assign import AssignEntry, check_fields
-from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
+from vpopmail.errors import (AliasDomainsExist, BadInput, CorruptData, CouldNotMakeDomainDir,
                              DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
                              OutsideDomain, UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
@@ -36,9 +36,17 @@ def _is_domain_name(name: str) -> bool:
 
 def _holds_a_domain(path: str) -> bool:
     """Whether the directory ``path`` holds what vadddomain makes in a domain's directory:
-    vpasswd or .qmail-default."""
-    return any(os.path.exists(os.path.join(path, name))
-               for name in ("vpasswd", catchall.DOT_QMAIL_DEFAULT))
+    vpasswd or .qmail-default. CorruptData if that cannot be looked at (a permission refused
+    is not "no domain": a command would pass over every domain and exit 0)."""
+    for name in ("vpasswd", catchall.DOT_QMAIL_DEFAULT):
+        try:
+            os.stat(os.path.join(path, name))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise CorruptData(f"{os.path.join(path, name)}: {exc.strerror}") from None
+    return False
 
 
 class DomainsMixin(UsersMixin):
@@ -47,6 +55,17 @@ class DomainsMixin(UsersMixin):
     def domains(self) -> list[AssignEntry]:
         """Every domain and alias domain, in users/assign order."""
         return self.qmail.entries()
+
+    def real_domains(self) -> list[AssignEntry]:
+        """Every real domain once, in users/assign order (alias domains share their users;
+        lines of no domain, qmail-pw2u's for qmail's own users, are passed over)."""
+        seen: set[str] = set()
+        entries = []
+        for entry in self.domains():
+            if not entry.is_alias and entry.domain not in seen and self.is_domain_dir(entry):
+                seen.add(entry.domain)
+                entries.append(entry)
+        return entries
 
     def aliases_of(self, real_domain: str) -> list[str]:
         return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
