@@ -351,12 +351,24 @@ class UsersMixin(LimitsMixin):
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
 
-    @staticmethod
-    def _is_leftover(entry: AssignEntry, directory: str) -> bool:
-        """Whether a user directory of the domain that no user owns is what a killed vadduser
-        or vdeluser leaves: empty, or holding a Maildir (removed last)."""
+    def _is_leftover(self, entry: AssignEntry, directory: str) -> bool:
+        """Whether a directory of the domain named as a user that the store does not hold is
+        what a killed vadduser or vdeluser leaves: empty, or holding a Maildir (removed last),
+        and no user's home (vmoduser -D may have given it to another user)."""
         found = list_inside(entry.dir, directory)
-        return not found or "Maildir" in found
+        return (not found or "Maildir" in found) and not self._lived_in(entry, directory)
+
+    def _lived_in(self, entry: AssignEntry, directory: str) -> bool:
+        """Whether a stored user of the domain has its home at or below ``directory``, or above
+        it but below the domain directory (vmoduser -D can give two users one directory):
+        removing it would take their mail."""
+        mine = directory.rstrip("/") + "/"
+        domain = entry.dir.rstrip("/") + "/"
+        for user in self.backend.list_users(entry):
+            home = user.dir.rstrip("/") + "/"
+            if user.dir and (home.startswith(mine) or mine.startswith(home) and home != domain):
+                return True
+        return False
 
     def _leftover_user(self, entry: AssignEntry, name: str) -> VUser:
         """A record of ``name``'s directory alone, for a user the store no longer holds whose
@@ -412,8 +424,9 @@ class UsersMixin(LimitsMixin):
     def _remove_user_dir(self, entry: AssignEntry, user: VUser) -> None:
         """Remove a deleted user's directory, its Maildir last (a vdeluser killed meanwhile
         leaves what vadduser replaces and vdeluser finishes; gone over again while a delivery
-        that found the user just before writes into it), then give back its slot."""
-        if user.dir:
+        that found the user just before writes into it), then give back its slot. A directory
+        another user lives in stays (:meth:`_lived_in`)."""
+        if user.dir and not self._lived_in(entry, user.dir):
             remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
