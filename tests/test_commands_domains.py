@@ -368,6 +368,12 @@ def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install
         assert "Permission denied" in lines[0], result
         assert "corrupt" not in lines[0] and "domain owner" not in lines[0], result
         assert "Traceback" not in result.stderr, result
+    # vconvert's line after the domain's (on stderr: the export goes to stdout); with SQL
+    # the configuration, which holds the database password, is refused first
+    result = inst.run("vconvert", "-c", "-e", "-f", "-", DOMAIN, as_user="nobody")
+    refusal = (f"{domain_dir(inst)}/vpasswd" if inst.backend == "cdb" else "")
+    assert result.returncode != 0 and f"{refusal} (uid {uid}): run vconvert as root\n" in (
+        result.stdout + result.stderr), result
     assert state(inst) == before
 
 

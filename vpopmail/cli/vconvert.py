@@ -35,7 +35,7 @@ from typing import TypeVar
 from vpopmail.api import NewUser, Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
-from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError
+from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError, explain
 from vpopmail.fsutil import atomic_write
 from vpopmail.names import check_domain, check_user
 from vpopmail.stores import Stores, UserDatabase, VUser, open_copy
@@ -226,7 +226,7 @@ class Convert:
             count = self.convert(entry, path)
         except VpopmailError as exc:
             self.say(f"converting {entry.real_domain} domain conversion failed")
-            print(f"Error: {exc}", file=self.out)
+            print(f"Error: {explain(exc, 'vconvert')}", file=self.out)
             self.status = exc.status
             return
         self.say(f"converting {entry.real_domain} done")

@@ -16,7 +16,7 @@ import time
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
-from vpopmail.errors import DomainDoesNotExist, UserDoesNotExist, VpopmailError
+from vpopmail.errors import DomainDoesNotExist, UserDoesNotExist, VpopmailError, explain
 from vpopmail.stores import VUser
 
 USAGE = """\
@@ -100,7 +100,7 @@ class Run:
         except (UserDoesNotExist, DomainDoesNotExist):
             pass  # deleted meanwhile by someone else (with its domain)
         except VpopmailError as exc:
-            error(str(exc))
+            error(explain(exc, "vdeloldusers"))
             self.status = exc.status
 
 
