@@ -68,17 +68,25 @@ QUOTA_SUFFIXES = frozenset({u + b + s for u in ("", "K", "M", "G") for b in ("",
                             for s in ("", "S")} | {"C"})
 
 
-def is_quota_text(text: str) -> bool:
-    """Whether each comma-separated part of ``text`` is digits, then (blanks allowed) one of
-    QUOTA_SUFFIXES in any case: text :func:`format_quota` reads whole (``10M``, ``10 MB``,
-    ``1000000S``, ``100C``), where ``10Q``, ``1.5G``, ``1e9`` or ``5 000 000`` would be read
-    only up to a stray character (10 bytes, 1 GB, 1 byte, 5 bytes)."""
-    for part in text.split(","):
-        part = part.strip(" \t")
+def quota_text(text: str) -> str:
+    """The stored form (:func:`format_quota`) of a quota an operator typed, read whole: each
+    comma-separated part is digits, then (blanks allowed around) one of QUOTA_SUFFIXES in any
+    case, at most one size and one count (``10M``, ``10 MB ``, ``1000000S``, ``5M,100C``);
+    ``""`` for other text, which C's reader would read otherwise than written: up to a stray
+    character (``10Q``, ``1.5G``, ``1e9``, ``5 000 000``: 10 bytes, 1 GB, 1 byte, 5 bytes), a
+    count with a blank after it as a size (``100C `` as 100 bytes, ``10M `` as 10), or the
+    last of two sizes (``5M,1000C,3``: 3 bytes)."""
+    parts = [part.strip(" \t") for part in text.split(",")]
+    counts = []
+    for part in parts:
         digits = len(part) - len(part.lstrip("0123456789"))
-        if not digits or part[digits:].lstrip(" \t").upper() not in QUOTA_SUFFIXES:
-            return False
-    return True
+        suffix = part[digits:].lstrip(" \t").upper()
+        if not digits or suffix not in QUOTA_SUFFIXES:
+            return ""
+        counts.append(suffix == "C")
+    if len(set(counts)) != len(counts):
+        return ""
+    return format_quota(",".join(parts))
 
 
 def record_quota(stored: str) -> str:

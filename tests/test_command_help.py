@@ -231,6 +231,28 @@ def test_quota_with_a_unit_that_is_not_one_is_bad_input(vhome: Install) -> None:
         assert vhome.vuser(f"postmaster@{DOMAIN}").quota == stored, quota
 
 
+def test_quota_is_what_was_written_or_refused(vhome: Install) -> None:
+    """Blanks after a unit are blanks (before: ``"10M "``, as a script's variable may give
+    it, was stored as 10 bytes and ``"100C "`` as a 10-byte size: every message bounced as
+    over quota), and a quota of two sizes or two counts is refused (before: the last one
+    won, ``5M,1000C,3`` was a 3-byte quota)."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    address = f"postmaster@{DOMAIN}"
+    for quota, stored in (("10M ", "10485760S"), ("100C ", "100C"),
+                          ("5M ,1000C\t", "5242880S,1000C"), (" 2K", "2048S")):
+        for argv in (["vsetuserquota", address, quota], ["vmoduser", "-q", quota, address]):
+            vhome.ok(*argv)
+            assert vhome.vuser(address).quota == stored, argv
+    for quota in ("5M,1000C,3", "100,5", "5C,10C", "1M,1M"):
+        for argv in (["vadduser", "-q", quota, f"carol@{DOMAIN}", "pw"],
+                     ["vsetuserquota", address, quota]):
+            result = vhome.run(*argv)
+            assert (result.returncode, result.stdout) == (152, f"Error: bad input: {quota!r} is "
+                                                          f"not a quota (use NOQUOTA, 10M, "
+                                                          f"1000000S,100C)\n"), argv
+    assert vhome.vuser(address).quota == "2048S"
+
+
 def test_missing_mysql_driver_names_the_fix(vhome: Install, tmp_path: Path) -> None:
     """An install without mysqlclient asked for the MySQL backend (vconvert -c -m on a cdb
     site) names what is missing and how an installed prefix gets it."""

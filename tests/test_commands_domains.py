@@ -352,8 +352,14 @@ def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install
     golden(inst)
     before = state(inst)
     uid = pwd.getpwnam("nobody").pw_uid
+    bulletin = inst.prefix.parent / "bulletin"
+    bulletin.write_text("From: admin@example.com\nSubject: news\n\nhello\n")
+    bulletin.chmod(0o644)
+    # vmkpasswd: not "vpasswd is missing"; vpopbull to every domain: not exit 0, nothing sent
     for argv in (["vuserinfo", f"alice@{DOMAIN}"], ["vdominfo", DOMAIN],
-                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"]):
+                 ["vpasswd", f"alice@{DOMAIN}", "new"], ["vadddomain", "other.org", "secret"],
+                 ["vmkpasswd", DOMAIN], ["vpopbull", "-f", str(bulletin)],
+                 ["vdeloldusers", "-e"]):
         result = inst.run(*argv, as_user="nobody")
         assert result.returncode != 0, result
         lines = result.stdout.splitlines()
@@ -362,6 +368,12 @@ def test_an_ordinary_user_is_told_to_run_the_command_as_root(root_vhome: Install
         assert "Permission denied" in lines[0], result
         assert "corrupt" not in lines[0] and "domain owner" not in lines[0], result
         assert "Traceback" not in result.stderr, result
+    # vconvert's line after the domain's (on stderr: the export goes to stdout); with SQL
+    # the configuration, which holds the database password, is refused first
+    result = inst.run("vconvert", "-c", "-e", "-f", "-", DOMAIN, as_user="nobody")
+    refusal = (f"{domain_dir(inst)}/vpasswd" if inst.backend == "cdb" else "")
+    assert result.returncode != 0 and f"{refusal} (uid {uid}): run vconvert as root\n" in (
+        result.stdout + result.stderr), result
     assert state(inst) == before
 
 
@@ -594,6 +606,32 @@ def test_vdeldomain_of_a_domain_whose_directory_tree_is_gone(vhome: Install,
     assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), result
     assert not [line for line in assign_lines(vhome) if "gone.org" in line]
     assert "gone.org" not in control(vhome, "rcpthosts")
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_vdeldomain_removes_no_directory_that_is_not_the_domains(vhome: Install) -> None:
+    """users/assign lines vadddomain did not write: qmail-pw2u's for qmail's alias user, and a
+    hand-made one naming another domain's directory. vdeldomain of such a name removes no
+    directory, refused before any change (before: exit 0, and ~alias with qmail's
+    .qmail-postmaster and .qmail-root was deleted, or the other domain's users and mail)."""
+    golden(vhome)
+    alias_home = vhome.qmaildir / "alias"
+    alias_home.mkdir(mode=0o755)
+    (alias_home / ".qmail-postmaster").write_text("&admin@example.org\n")
+    uid, gid = vhome.uid, vhome.gid
+    api = vhome.api()
+    with api.qmail.assign_lock():
+        api.qmail._write_assign([f"=alias:alias:{uid}:{gid}:{alias_home}:::",
+                                 f"+alias-:alias:{uid}:{gid}:{alias_home}:-::",
+                                 f"+other.org-:other.org:{uid}:{gid}:{domain_dir(vhome)}:-::",
+                                 *assign_lines(vhome)[:-1]])
+    for name, where in (("alias", alias_home), ("other.org", domain_dir(vhome))):
+        result = refused(vhome, "vdeldomain", name, code=149)
+        assert result.stdout == (f"Error: not a real directory of the domain: {where}: users/"
+                                 f"assign names it for {name}, but it is not named after the "
+                                 "domain or holds neither vpasswd nor .qmail-default\n"), result
+    assert (alias_home / ".qmail-postmaster").exists()
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
 
 
 def test_vdeldomain_refuses_while_an_alias_exists(vhome: Install) -> None:

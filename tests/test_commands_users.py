@@ -215,6 +215,34 @@ def test_vdeluser(vhome: Install) -> None:
     refused(vhome, "vdeluser", "bob@nosuch.com", code=245, starts="Error: Domain does not exist")
 
 
+def test_vdeluser_keeps_a_directory_another_user_lives_in(vhome: Install) -> None:
+    """Users given one directory with vmoduser -D (a shared mailbox): deleting one removes
+    its record only, and neither vadduser nor vdeluser of a name whose directory is another
+    user's home takes it for a leftover (before: alice's home went with carol, mail and all,
+    while alice stayed in vpasswd; a vadduser or vdeluser of "bob" emptied alice's home)."""
+    dom = golden(vhome)
+    alice = dom / "alice"
+    mail = alice / "Maildir" / "new" / "1.M1P1.host"
+    mail.write_text("alice's mail\n")
+    vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")
+    for home in (alice, alice / "Maildir"):  # her home, and a part of it
+        vhome.ok("vmoduser", "-D", str(home), f"carol@{DOMAIN}")
+        assert vhome.ok("vdeluser", f"carol@{DOMAIN}") == ""
+        assert mail.read_text() == "alice's mail\n"
+        vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")
+    assert sorted(stored_users(vhome)) == ["alice", "bob", "carol", "postmaster"]
+    # bob's name on alice's home: vdeluser of bob, then vadduser and vdeluser of the name
+    vhome.ok("vmoduser", "-D", str(dom / "bob"), f"alice@{DOMAIN}")
+    vhome.ok("vdeluser", f"bob@{DOMAIN}")
+    (dom / "bob" / "Maildir" / "new" / "2.M1P1.host").write_text("alice's new mail\n")
+    refused(vhome, "vdeluser", f"bob@{DOMAIN}", code=246, starts="Error: User does not exist")
+    result = vhome.run("vadduser", f"bob@{DOMAIN}", "pw2")
+    assert result.returncode == 249 and result.stdout.startswith(
+        "Error: User's directory already exists: "), result
+    assert (dom / "bob" / "Maildir" / "new" / "2.M1P1.host").exists()
+    check_index(vhome)
+
+
 # vmkpasswd and vadduser -O ---------------------------------------------------------------------
 
 @pytest.mark.cdb_only("vpasswd.cdb itself")

@@ -111,7 +111,10 @@ def test_vipmap_refuses_and_changes_nothing(vhome: Install) -> None:
     refused(vhome, "vipmap", "-d", "192.0.2.9", DOMAIN, code=152,
             starts=f"Error: bad input: no mapping 192.0.2.9 {DOMAIN}")
     assert (vhome.prefix / "etc" / "ip_alias_map").read_text() == f"192.0.2.7 {DOMAIN}\n"
-    for args in ([], ["-a", "192.0.2.8"], ["-d", "192.0.2.7", DOMAIN, "x"], ["-x"]):
+    # without -a or -d, an ip and a domain are not taken for printing the map (before: the
+    # map printed, exit 0, as if the line had been added)
+    for args in ([], ["-a", "192.0.2.8"], ["-d", "192.0.2.7", DOMAIN, "x"], ["-x"],
+                 ["192.0.2.8", DOMAIN], ["-p", "192.0.2.8"]):
         result = vhome.run("vipmap", *args)
         assert result.returncode == 255 and result.stdout.startswith("vipmap: usage:"), args
 

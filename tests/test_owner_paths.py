@@ -510,3 +510,34 @@ def test_vdeluser_killed_anywhere_in_the_removal_leaves_what_vadduser_replaces(
         assert again.returncode == 0, (n, sorted(p.name for p in home.rglob("*")), again)
         assert not list((home / "Maildir" / "new").iterdir()), n
         root_vhome.ok("vdeluser", address)
+
+
+@pytest.mark.skipif(STRACE is None, reason="needs strace (apt-get install strace)")
+@pytest.mark.parametrize("hashed", [False, True])
+def test_vdeluser_killed_in_the_removal_is_finished_by_the_next_vdeluser(
+        root_vhome: Install, hashed: bool) -> None:
+    """vdeluser SIGKILLed at its n-th unlinkat, after vpasswd and vpasswd.cdb had dropped the
+    user: the same vdeluser again removes what is left (the old mail, in a bucket too) and
+    gives back the slot in .dir-control (before: "User does not exist", exit 246, and the
+    deleted user's mail stayed on disk, counted as a user, until a vadduser of the name)."""
+    root_vhome.ok("vadddomain", "kill.test", "Pm-pass-1")
+    domain = root_vhome.domains / "kill.test"
+    if hashed:  # the next user goes into bucket 0
+        (domain / ".dir-control").write_text("99\n0\n3\n0 0 0\n61 61 61\n0 2 2\n0 0 0\n\n")
+    address = "carol@kill.test"
+    for n in (1, 3, 5):
+        root_vhome.ok("vadduser", address, "Carol-1")
+        home = Path(root_vhome.vuser(address).dir)
+        assert (home.parent.name == "0") is hashed
+        count = (domain / ".dir-control").read_text().split("\n")[0]
+        (home / "Maildir" / "new" / "1.M1P1.host").write_text("old mail\n")
+        subprocess.run([str(STRACE), "-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat",
+                        "-e", f"inject=unlinkat:signal=KILL:when={n}",
+                        str(root_vhome.bin / "vdeluser"), address],
+                       capture_output=True, env=CLEAN_ENV, cwd="/", timeout=60)
+        assert home.exists() and "carol" not in root_vhome.vusers("kill.test"), n
+        again = root_vhome.run("vdeluser", address)
+        assert (again.returncode, again.stdout) == (0, ""), (n, again)
+        assert not home.exists(), n
+        assert (domain / ".dir-control").read_text().split("\n")[0] == str(int(count) - 1), n
+        assert root_vhome.run("vdeluser", address).returncode == 246, n

@@ -106,6 +106,36 @@ def test_vdeloldusers_deletes_old_users(each_install: Install) -> None:
         "skipping postmaster@example.com\nno old users found\n")
 
 
+@pytest.mark.cdb_only("a users/assign line of no domain: a vpasswd file that is not there")
+def test_vdeloldusers_passes_over_users_assign_lines_of_no_domain(vhome: Install) -> None:
+    """qmail-pw2u's lines for qmail's own users (kept by vregenerate after qmail-pw2u wiped
+    users/assign) name no vpopmail domain: vdeloldusers -e and vconvert pass over them, as
+    vpopbull does (before:
+    "corrupt data file: .../alias/vpasswd is missing", exit 156, no domain was visited)."""
+    site(vhome)
+    age(vhome, "alice", 200)
+    alias_home = vhome.qmaildir / "alias"
+    alias_home.mkdir(mode=0o755)
+    (alias_home / ".qmail-postmaster").write_text("&admin@example.org\n")
+    api = vhome.api()
+    with api.qmail.assign_lock():
+        api.qmail._write_assign([f"=alias:alias:{vhome.uid}:{vhome.gid}:{alias_home}:::",
+                                 f"+alias-:alias:{vhome.uid}:{vhome.gid}:{alias_home}:-::",
+                                 *api.qmail.assign_lines()])
+    assert vhome.ok("vdeloldusers", "-e", "-V") == (
+        "alice@example.com\nskipping postmaster@example.com\n"
+        " ** no users were deleted  **\n ** use -D to delete users **\n")
+    vhome.ok("vdeloldusers", "-e", "-D")
+    assert sorted(stored_users(vhome)) == ["bob", "postmaster"]
+    # vconvert's export of every domain likewise (before: "converting alias domain conversion
+    # failed", exit 156)
+    exported = alias_home.parent / "exported"
+    exported.mkdir()
+    assert vhome.ok("vconvert", "-c", "-e", "-f", str(exported)) == f"converting {DOMAIN} done\n"
+    assert sorted(p.name for p in exported.iterdir()) == [DOMAIN]
+    assert sorted(p.name for p in alias_home.iterdir()) == [".qmail-postmaster"]
+
+
 def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")

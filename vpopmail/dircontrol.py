@@ -75,6 +75,26 @@ def split_bucket(parent: str) -> tuple[str, str]:
     return parent, "/".join(parts)
 
 
+def find_entry(root: str, name: str) -> str | None:
+    """The real directory ``name`` (not a symbolic link) in ``root`` or one of its buckets
+    (real directories too), down to three levels, if there is one."""
+    pending = [(root, 0)]
+    while pending:
+        directory, depth = pending.pop()
+        candidate = os.path.join(directory, name)
+        if os.path.isdir(candidate) and not os.path.islink(candidate):
+            return candidate
+        if depth < 3:
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            pending += [(os.path.join(directory, n), depth + 1) for n in names
+                        if len(n) == 1 and n in ALPHABET
+                        and not os.path.islink(os.path.join(directory, n))]
+    return None
+
+
 class DirControl:
     """The eight lines of ``.dir-control``."""
 

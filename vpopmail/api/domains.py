@@ -7,9 +7,9 @@ import os
 from vpopmail import catchall, dircontrol, ipmap
 from vpopmail.api.users import NewUser, UsersMixin
 from vpopmail.assign import AssignEntry, check_fields
-from vpopmail.errors import (AliasDomainsExist, BadInput, CouldNotMakeDomainDir,
+from vpopmail.errors import (AliasDomainsExist, BadInput, CorruptData, CouldNotMakeDomainDir,
                              DomainAlreadyExists, DomainDoesNotExist, InvalidDomainName,
-                             UserDoesNotExist, UsernameExists, VpopmailError)
+                             OutsideDomain, UserDoesNotExist, UsernameExists, VpopmailError)
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
@@ -34,12 +34,38 @@ def _is_domain_name(name: str) -> bool:
         return False
 
 
+def _holds_a_domain(path: str) -> bool:
+    """Whether the directory ``path`` holds what vadddomain makes in a domain's directory:
+    vpasswd or .qmail-default. CorruptData if that cannot be looked at (a permission refused
+    is not "no domain": a command would pass over every domain and exit 0)."""
+    for name in ("vpasswd", catchall.DOT_QMAIL_DEFAULT):
+        try:
+            os.stat(os.path.join(path, name))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            raise CorruptData(f"{os.path.join(path, name)}: {exc.strerror}") from None
+    return False
+
+
 class DomainsMixin(UsersMixin):
     """Domains and alias domains: qmail's files, the domains tree and the catch-all."""
 
     def domains(self) -> list[AssignEntry]:
         """Every domain and alias domain, in users/assign order."""
         return self.qmail.entries()
+
+    def real_domains(self) -> list[AssignEntry]:
+        """Every real domain once, in users/assign order (alias domains share their users;
+        lines of no domain, qmail-pw2u's for qmail's own users, are passed over)."""
+        seen: set[str] = set()
+        entries = []
+        for entry in self.domains():
+            if not entry.is_alias and entry.domain not in seen and self.is_domain_dir(entry):
+                seen.add(entry.domain)
+                entries.append(entry)
+        return entries
 
     def aliases_of(self, real_domain: str) -> list[str]:
         return [e.domain for e in self.domains() if e.real_domain == real_domain and e.is_alias]
@@ -183,20 +209,7 @@ class DomainsMixin(UsersMixin):
     def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
         """The directory named ``domain`` in the domains tree (hash buckets included), if any:
         for a domain users/cdb does not route, what a killed vadddomain or vdeldomain left."""
-        pending = [(root or self.config.domains_root, 0)]
-        while pending:
-            directory, depth = pending.pop()
-            candidate = os.path.join(directory, domain)
-            if os.path.isdir(candidate) and not os.path.islink(candidate):
-                return candidate
-            if depth < 3:
-                try:
-                    names = os.listdir(directory)
-                except OSError:
-                    continue
-                pending += [(os.path.join(directory, n), depth + 1) for n in names
-                            if len(n) == 1 and n in dircontrol.ALPHABET]
-        return None
+        return dircontrol.find_entry(root or self.config.domains_root, domain)
 
     def write_dot_qmail_default(self, entry: AssignEntry, action: str) -> None:
         """``| <home>/bin/vdelivermail '' <action>`` for an action :func:`catchall.check`
@@ -314,7 +327,12 @@ class DomainsMixin(UsersMixin):
         if aliases and not force:
             raise AliasDomainsExist(", ".join(aliases))
         root, bucket = dircontrol.split_bucket(os.path.dirname(entry.dir))
-        is_dir_inside(root, entry.dir)  # refuse a linked domain directory before any change
+        # refuse, before any change, a linked domain directory, and one that is not a domain's
+        # (a line vadddomain did not write: qmail-pw2u's for ~alias, a hand-made one)
+        if is_dir_inside(root, entry.dir) and not self.is_domain_dir(entry):
+            raise OutsideDomain(f"{entry.dir}: users/assign names it for {entry.domain}, but it "
+                                "is not named after the domain or holds neither vpasswd nor "
+                                ".qmail-default")
         # the domain's lock until its directory is gone: a change of its users, aliases or
         # limits waits, and then finds it gone, instead of writing into it half removed
         with self.domain_lock(entry):
@@ -327,6 +345,13 @@ class DomainsMixin(UsersMixin):
             self.backend.delete_domain(entry)
             self._remove_domain_dir(entry, root, bucket)
         return aliases
+
+    @staticmethod
+    def is_domain_dir(entry: AssignEntry) -> bool:
+        """Whether ``entry.dir`` is a domain's directory as vadddomain makes it: named after the
+        real domain, holding vpasswd or .qmail-default. users/assign may hold other lines:
+        qmail-pw2u's for qmail's own users (``+alias-`` for ~alias), hand-made ones."""
+        return os.path.basename(entry.dir) == entry.real_domain and _holds_a_domain(entry.dir)
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with
@@ -346,8 +371,7 @@ class DomainsMixin(UsersMixin):
                     continue
                 if len(name) == 1 and depth < 3:
                     walk(path, depth + 1)
-                elif any(os.path.exists(os.path.join(path, f))
-                         for f in ("vpasswd", ".qmail-default")):
+                elif _holds_a_domain(path):
                     if not _is_domain_name(name):
                         if skipped is not None:
                             skipped.append(path)

@@ -6,7 +6,7 @@ import os
 
 from maildir import is_maildir
 from maildir.maildir import make_maildir
-from maildir.quota import (LLONG_MAX, NOQUOTA, format_quota, has_quota, is_quota_text,
+from maildir.quota import (LLONG_MAX, NOQUOTA, format_quota, has_quota, quota_text,
                            scan_usage, write_maildirsize)
 from vpopmail import catchall, dircontrol, flags
 from vpopmail.api.limits import MAX_QUOTA, LimitsMixin
@@ -106,7 +106,7 @@ class UsersMixin(LimitsMixin):
             raise QuotaTooLong(quota)
         if quota.upper() == NOQUOTA:
             return NOQUOTA
-        text = format_quota(quota) if is_quota_text(quota) else ""
+        text = quota_text(quota)
         if not text:
             raise BadInput(f"{quota!r} is not a quota (use NOQUOTA, 10M, 1000000S,100C)")
         if any(int(part[:-1]) >= LLONG_MAX for part in text.split(",")):
@@ -344,13 +344,40 @@ class UsersMixin(LimitsMixin):
         autoresponder's): it is kept, and the name refused."""
         if self._index_lags(entry, user.name):
             raise UsernameExists(f"{user.name}@{entry.real_domain}")
-        found = list_inside(entry.dir, user.dir)
-        if found and "Maildir" not in found:
+        if not self._is_leftover(entry, user.dir):
             raise UserDirExists(f"{user.dir}: it holds no Maildir, so it is no user's "
                                 "leftover: it is kept (move it away, or choose another name)")
         remove_inside(entry.dir, user.dir, last="Maildir")
         if not self._new_user_dir(user, entry):
             raise UserDirExists(user.dir)
+
+    def _is_leftover(self, entry: AssignEntry, directory: str) -> bool:
+        """Whether a directory of the domain named as a user that the store does not hold is
+        what a killed vadduser or vdeluser leaves: empty, or holding a Maildir (removed last),
+        and no user's home (vmoduser -D may have given it to another user)."""
+        found = list_inside(entry.dir, directory)
+        return (not found or "Maildir" in found) and not self._lived_in(entry, directory)
+
+    def _lived_in(self, entry: AssignEntry, directory: str) -> bool:
+        """Whether a stored user of the domain has its home at or below ``directory``, or above
+        it but below the domain directory (vmoduser -D can give two users one directory):
+        removing it would take their mail."""
+        mine = directory.rstrip("/") + "/"
+        domain = entry.dir.rstrip("/") + "/"
+        for user in self.backend.list_users(entry):
+            home = user.dir.rstrip("/") + "/"
+            if user.dir and (home.startswith(mine) or mine.startswith(home) and home != domain):
+                return True
+        return False
+
+    def _leftover_user(self, entry: AssignEntry, name: str) -> VUser:
+        """A record of ``name``'s directory alone, for a user the store no longer holds whose
+        directory (:meth:`_is_leftover`, in the domain directory or a bucket) a vdeluser killed
+        in the tree removal left; UserDoesNotExist if there is none (or it is the catch-all's)."""
+        user = VUser(name, dir=dircontrol.find_entry(entry.dir, name) or "")
+        if not (user.dir and self._is_leftover(entry, user.dir)) or self._is_catchall(entry, user):
+            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        return user
 
     def _undo_user_dirs(self, entry: AssignEntry, made: list[tuple[str, str]],
                         allocated: int) -> None:
@@ -374,8 +401,10 @@ class UsersMixin(LimitsMixin):
         user = self.backend.get_user(entry, name)
         if user is None and self._index_lags(entry, name):
             user = self.backend.get_user(entry, name)
-        if user is None:
-            raise UserDoesNotExist(f"{name}@{entry.real_domain}")
+        if user is None:  # a vdeluser killed in the tree removal: finish it
+            user = self._leftover_user(entry, name)
+            self._remove_user_dir(entry, user)
+            return user
         if self._is_catchall(entry, user):
             raise CannotDeleteCatchall(f"{name}@{entry.real_domain}")
         # a directory that is not a real one of the domain (``..``, a symbolic link, outside:
@@ -389,14 +418,19 @@ class UsersMixin(LimitsMixin):
             self.backend.rebuild_index(entry)
             if not present:
                 raise
-        if user.dir:
-            # its Maildir last: a vdeluser killed meanwhile leaves what vadduser replaces; gone
-            # over again while a delivery that found the user just before writes into it
+        self._remove_user_dir(entry, user)
+        return user
+
+    def _remove_user_dir(self, entry: AssignEntry, user: VUser) -> None:
+        """Remove a deleted user's directory, its Maildir last (a vdeluser killed meanwhile
+        leaves what vadduser replaces and vdeluser finishes; gone over again while a delivery
+        that found the user just before writes into it), then give back its slot. A directory
+        another user lives in stays (:meth:`_lived_in`)."""
+        if user.dir and not self._lived_in(entry, user.dir):
             remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
             _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
             with self._dir_lock(entry.dir, entry.uid, entry.gid):
                 dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
-        return user
 
     @staticmethod
     def _is_catchall(entry: AssignEntry, user: VUser) -> bool:

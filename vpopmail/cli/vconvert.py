@@ -35,7 +35,7 @@ from typing import TypeVar
 from vpopmail.api import NewUser, Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, open_api, print_version, run
-from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError
+from vpopmail.errors import BadInput, CorruptData, UsernameExists, VpopmailError, explain
 from vpopmail.fsutil import atomic_write
 from vpopmail.names import check_domain, check_user
 from vpopmail.stores import Stores, UserDatabase, VUser, open_copy
@@ -190,7 +190,7 @@ class Convert:
         directory = self.path not in (None, "-") and os.path.isdir(self.path or "")
         if self.stores:
             entries = ([self.api.get_domain(d) for d in domains] if domains
-                       else [e for e in self.api.domains() if not e.is_alias])
+                       else self.api.real_domains())
             unique = {e.real_domain: e for e in entries}  # an alias domain names its real one
             return [(e, None) for e in unique.values()]
         if self.source == "e" and self.path is None or self.source == "p":
@@ -210,8 +210,7 @@ class Convert:
             entries = [self.api.get_domain(d) for d in domains]
             found = [(e, os.path.join(self.path, e.real_domain)) for e in entries]
         elif self.source == "c":
-            found = [(e, os.path.join(self.path, e.real_domain))
-                     for e in self.api.domains() if not e.is_alias]
+            found = [(e, os.path.join(self.path, e.real_domain)) for e in self.api.real_domains()]
         else:
             names = sorted(n for n in os.listdir(self.path) if not n.startswith("."))
             found = [(self.api.get_domain(check_domain(n)), os.path.join(self.path, n))
@@ -227,7 +226,7 @@ class Convert:
             count = self.convert(entry, path)
         except VpopmailError as exc:
             self.say(f"converting {entry.real_domain} domain conversion failed")
-            print(f"Error: {exc}", file=self.out)
+            print(f"Error: {explain(exc, 'vconvert')}", file=self.out)
             self.status = exc.status
             return
         self.say(f"converting {entry.real_domain} done")

@@ -16,7 +16,7 @@ import time
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.cli.common import UsageError, error, getopt, number, open_api, print_version, run
-from vpopmail.errors import DomainDoesNotExist, UserDoesNotExist, VpopmailError
+from vpopmail.errors import DomainDoesNotExist, UserDoesNotExist, VpopmailError, explain
 from vpopmail.stores import VUser
 
 USAGE = """\
@@ -46,7 +46,7 @@ def clock_doubtful(api: Vpopmail, cutoff: float) -> bool:
     live system the clock is more likely ahead than everybody gone (stops at the first recent
     login)."""
     recorded = False
-    for entry in real_domains(api):
+    for entry in api.real_domains():
         for user in users_of(api, entry):
             when = (api.backend.last_login(entry, user) or (0.0, ""))[0]
             if when >= cutoff:
@@ -63,17 +63,6 @@ def users_of(api: Vpopmail, entry: AssignEntry) -> list[VUser]:
             return api.backend.list_users(entry)
     except DomainDoesNotExist:
         return []
-
-
-def real_domains(api: Vpopmail) -> list[AssignEntry]:
-    """Every real domain once, in users/assign order (alias domains share their users)."""
-    seen: set[str] = set()
-    entries = []
-    for entry in api.domains():
-        if not entry.is_alias and entry.real_domain not in seen:
-            seen.add(entry.real_domain)
-            entries.append(entry)
-    return entries
 
 
 class Run:
@@ -111,7 +100,7 @@ class Run:
         except (UserDoesNotExist, DomainDoesNotExist):
             pass  # deleted meanwhile by someone else (with its domain)
         except VpopmailError as exc:
-            error(str(exc))
+            error(explain(exc, "vdeloldusers"))
             self.status = exc.status
 
 
@@ -154,7 +143,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                   "clock right? nothing deleted")
             return TEMPORARY
         job = Run(api, cutoff, delete, verbose)
-        for entry in real_domains(api) if every else [api.get_domain(domain or "")]:
+        for entry in api.real_domains() if every else [api.get_domain(domain or "")]:
             job.domain(entry)
         if not job.found:
             print("no old users found")

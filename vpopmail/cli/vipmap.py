@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 print_version()
             else:
                 action = letter
+        if action == "p" and operands:  # a forgotten -a must not look like success
+            raise UsageError("")
         api = open_api(config)
         if action == "p":
             for ip, domain in ipmap.read_map(api.config):

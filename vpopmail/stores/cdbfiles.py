@@ -174,10 +174,19 @@ class CdbFiles(UserDatabase):
         return [parse_line(_decode(line)) for line in self._read_lines(domain)]
 
     def has_users(self, domain: AssignEntry) -> bool:
+        return self._vpasswd_size(domain) > 0
+
+    @staticmethod
+    def _vpasswd_size(domain: AssignEntry) -> int:
+        """The size of the domain's vpasswd, -1 if there is none; CorruptData if it cannot be
+        looked at (a permission refused is no missing file: vpopbull sent nothing, exit 0)."""
+        path = join(domain.dir, VPASSWD)
         try:
-            return posix.stat(join(domain.dir, VPASSWD)).st_size > 0
-        except OSError:
-            return False
+            return posix.stat(path).st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return -1
+        except OSError as exc:
+            raise CorruptData(f"{path}: {exc.strerror}") from None
 
     def add_users(self, domain: AssignEntry, users: list[VUser], index: bool = True) -> None:
         new = sorted((_encode(format_line(u, self.clear_passwords)) for u in users), key=_name)
@@ -258,7 +267,7 @@ class CdbFiles(UserDatabase):
     def rebuild_index(self, domain: AssignEntry) -> None:
         """vpasswd.cdb from vpasswd; with no vpasswd, CorruptData before the lock file is made
         (a lookup in an empty, unmounted domain directory creates nothing)."""
-        if not exists(join(domain.dir, VPASSWD)):
+        if self._vpasswd_size(domain) < 0:
             raise self._missing(domain)
         with self._lock(domain):
             self._write_cdb(domain, self._read_lines(domain))
