@@ -164,6 +164,26 @@ def test_a_flag_refuses_its_service_only(mail_site: Site, dovecot: Dovecot) -> N
     dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()).logout()
 
 
+def test_a_service_with_no_flag_of_its_own_is_checked_as_pop(mail_site: Site,
+                                                             dovecot: Dovecot) -> None:
+    """A login of a service vchkpw has no flag for (doveadm's, ManageSieve's, LMTP's) is
+    checked as behind Dovecot 2.3's checkpassword driver, whose program (checkpassword-reply)
+    made vchkpw guess POP: a user without POP access is refused, not let in as an SMTP AUTH
+    login; SMTP's flag is for submission."""
+    mail_site.ok("vmoduser", "-p", f"alice@{DOMAIN}")
+    assert dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD).returncode == 77
+    for service in ("sieve", "lmtp", "doveadm"):
+        answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD,
+                                      service=service, rip="192.0.2.7"))
+        assert status_of(answer) == 403, (service, answer)
+    mail_site.ok("vmoduser", "-x", f"alice@{DOMAIN}")
+    mail_site.ok("vmoduser", "-s", f"alice@{DOMAIN}")
+    assert dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD).returncode == 0
+    answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD,
+                                  service="submission", rip="192.0.2.7"))
+    assert status_of(answer) == 403, answer
+
+
 def test_doveadm_auth_test_and_user_lookups(mail_site: Site, dovecot: Dovecot) -> None:
     tested = dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD)
     assert tested.returncode == 0, tested.stderr

@@ -29,6 +29,9 @@ METHOD = b"POST "
 KINDS = ("/passdb", "/userdb")
 #: the request's fields (any other is refused)
 FIELDS = frozenset({"user", "password", "service", "rip", "lip"})
+#: vchkpw's program, as Dovecot 2.3's driver named it (never run): for a SERVICE it has no
+#: flag for (doveadm, sieve, lmtp) vchkpw then checks a POP login, as it did behind 2.3
+PROGRAM = "/usr/lib/dovecot/checkpassword-reply"
 #: vchkpw's exit code -> HTTP status
 STATUS = {1: 403, 3: 404}
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from vpopmail import config as vconfig
 from vpopmail import environ_text
 from vpopmail.server.lookup import STATUS as LOOKUP_STATUS
-from vpopmail.server.lookup import (BadRequest, answer, credentials, feed_descriptor_3,
-                                    is_lookup, read_lookup, respond, vchkpw_variables)
+from vpopmail.server.lookup import (PROGRAM, BadRequest, answer, credentials,
+                                    feed_descriptor_3, is_lookup, read_lookup, respond,
+                                    vchkpw_variables)
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
@@ -234,11 +235,13 @@ class ExecPlan(BaseException):
 
 
 @functools.cache
-def plan_class(smtp_only: bool = False) -> type:
+def plan_class(smtp_only: bool = False, lookup: bool = False) -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
     worker keeps its ids and directory, the front end takes the ones the plan names.
     ``smtp_only``: a login of another class than SMTP AUTH is refused (111) before anything
-    is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights)."""
+    is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights).
+    ``lookup``: a Dovecot 2.4 lookup's, whose answer is the plan's environment: its program
+    is never run, nor looked for."""
     from vpopmail.stores import VUser, close_stores
     from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
@@ -280,6 +283,8 @@ def plan_class(smtp_only: bool = False) -> type:
             self.log.close()
             close_stores()
             path = command[0]
+            if lookup:
+                raise ExecPlan(path, command, env, None, None)
             if smtp_only:
                 # the caller's program, run and found by the caller: never looked at with
                 # the worker's rights (the vpopmail user's), so that the answer tells the
@@ -428,7 +433,8 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
     feed_descriptor_3(credentials(kind, fields))
     found: dict[str, str] | None = None
     try:
-        code = login(["vchkpw", "/bin/true"], config=settings.config, runner=plan_class(),
+        code = login(["vchkpw", PROGRAM], config=settings.config,
+                     runner=plan_class(lookup=True),
                      environ=vchkpw_variables(kind, fields, identity[0]))
     except ExecPlan as plan:
         code, found = 0, answer(kind, plan.env)
