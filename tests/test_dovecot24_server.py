@@ -19,6 +19,7 @@ import pytest
 from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
+from login_site import POP_ENV
 from server_site import Server, served_login_site, server_of
 
 pytestmark = pytest.mark.both_backends
@@ -287,6 +288,37 @@ def test_a_listed_unprivileged_caller_is_served_lookups_only(root_vhome: Install
         assert login.code == 111  # the Python vchkpw, as nobody, cannot read the users
         assert any("served for Dovecot's lookups only" in line
                    for line in server(site).lines())
+
+
+def test_a_lookup_after_a_root_login_runs_in_the_servers_state(root_vhome: Install) -> None:
+    """A worker serving root's lookups also serves root's own vchkpw runs (qmail-popup's), each
+    in its caller's environment and file-size limit: a lookup after one runs in the server's,
+    not that caller's. An ad-hoc run with VPOPMAIL_CONFIG naming another file does not make
+    Dovecot's logins read that file; a login under a small file-size limit does not keep the
+    next lookup from recording lastauth; the reason of a lookup's 503 is in the server's log,
+    not in the descriptors the last caller was given back."""
+    root_vhome.set_config("server", "dovecot_callers", "root")
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        lookup = post("passdb", user=f"alice@{DOMAIN}", password="pw", service="imap",
+                      rip="192.0.2.71")
+        assert status_of(http(site, lookup)) == 200
+        other = login_site.login(f"alice@{DOMAIN}", "pw",
+                                 env={**POP_ENV, "VPOPMAIL_CONFIG": "/nonexistent.toml"})
+        assert other.code == 111  # its own run reads the file it names
+        answer = http(site, lookup)
+        assert status_of(answer) == 200, (answer, server(site).lines())
+        limited = login_site.login(f"alice@{DOMAIN}", "pw", program=["/bin/true"],
+                                   wrap=("prlimit", "--fsize=1:"))
+        assert limited.code == 0
+        assert status_of(http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
+                                          service="imap", rip="192.0.2.72"))) == 200
+        recorded = root_vhome.last_login(f"alice@{DOMAIN}")
+        assert recorded is not None and recorded[1] == "192.0.2.72", server(site).lines()
+        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="x" * 600))
+        assert status_of(answer) == 503  # and why, in the server's log
+        assert any("longer than 512 bytes" in line for line in server(site).lines())
 
 
 def test_a_caller_list_naming_no_user_stops_the_server(root_vhome: Install) -> None:
