@@ -265,6 +265,26 @@ def test_a_bad_request_is_refused_and_the_server_serves_on(mail_site: Site,
     assert status_of(good) == 200, good
 
 
+def form(body: bytes) -> bytes:
+    """A /passdb request of ``body`` as it is."""
+    return b"POST /passdb HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /passdb HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nuser=a",  # a digit, not 0-9
+    form(b"user=alice%40example.com&password=pw&Secret-42"),  # a client that did not encode
+    form(b"user=alice%40example.com&password=pw&Secret-42=pw2"),  # its password's & or =
+])
+def test_a_malformed_request_is_answered_400_without_its_values_in_the_log(
+        mail_site: Site, request_bytes: bytes) -> None:
+    """A 400 (Dovecot's temporary failure), never a dropped connection; what the log says of
+    it names no field's value: a password's part is not in the log."""
+    answer = http(mail_site, request_bytes)
+    assert status_of(answer) == 400, (answer, server(mail_site).lines())
+    log = server(mail_site).log.read_text()
+    assert "refused a lookup" in log and "Secret" not in log, log
+
+
 def test_a_caller_not_listed_gets_no_answer(mail_site: Site) -> None:
     """Only server.dovecot_callers may ask: anyone else's HTTP is not even read as such."""
     answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD),
