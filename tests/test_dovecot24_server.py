@@ -19,6 +19,7 @@ import pytest
 from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
+from login_site import POP_ENV
 from server_site import Server, served_login_site, server_of
 
 pytestmark = pytest.mark.both_backends
@@ -164,6 +165,26 @@ def test_a_flag_refuses_its_service_only(mail_site: Site, dovecot: Dovecot) -> N
     dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()).logout()
 
 
+def test_a_service_with_no_flag_of_its_own_is_checked_as_pop(mail_site: Site,
+                                                             dovecot: Dovecot) -> None:
+    """A login of a service vchkpw has no flag for (doveadm's, ManageSieve's, LMTP's) is
+    checked as behind Dovecot 2.3's checkpassword driver, whose program (checkpassword-reply)
+    made vchkpw guess POP: a user without POP access is refused, not let in as an SMTP AUTH
+    login; SMTP's flag is for submission."""
+    mail_site.ok("vmoduser", "-p", f"alice@{DOMAIN}")
+    assert dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD).returncode == 77
+    for service in ("sieve", "lmtp", "doveadm"):
+        answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD,
+                                      service=service, rip="192.0.2.7"))
+        assert status_of(answer) == 403, (service, answer)
+    mail_site.ok("vmoduser", "-x", f"alice@{DOMAIN}")
+    mail_site.ok("vmoduser", "-s", f"alice@{DOMAIN}")
+    assert dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD).returncode == 0
+    answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD,
+                                  service="submission", rip="192.0.2.7"))
+    assert status_of(answer) == 403, answer
+
+
 def test_doveadm_auth_test_and_user_lookups(mail_site: Site, dovecot: Dovecot) -> None:
     tested = dovecot.auth_test(f"alice@{DOMAIN}", PASSWORD)
     assert tested.returncode == 0, tested.stderr
@@ -244,6 +265,26 @@ def test_a_bad_request_is_refused_and_the_server_serves_on(mail_site: Site,
     assert status_of(good) == 200, good
 
 
+def form(body: bytes) -> bytes:
+    """A /passdb request of ``body`` as it is."""
+    return b"POST /passdb HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /passdb HTTP/1.1\r\nContent-Length: \xb2\r\n\r\nuser=a",  # a digit, not 0-9
+    form(b"user=alice%40example.com&password=pw&Secret-42"),  # a client that did not encode
+    form(b"user=alice%40example.com&password=pw&Secret-42=pw2"),  # its password's & or =
+])
+def test_a_malformed_request_is_answered_400_without_its_values_in_the_log(
+        mail_site: Site, request_bytes: bytes) -> None:
+    """A 400 (Dovecot's temporary failure), never a dropped connection; what the log says of
+    it names no field's value: a password's part is not in the log."""
+    answer = http(mail_site, request_bytes)
+    assert status_of(answer) == 400, (answer, server(mail_site).lines())
+    log = server(mail_site).log.read_text()
+    assert "refused a lookup" in log and "Secret" not in log, log
+
+
 def test_a_caller_not_listed_gets_no_answer(mail_site: Site) -> None:
     """Only server.dovecot_callers may ask: anyone else's HTTP is not even read as such."""
     answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD),
@@ -267,6 +308,37 @@ def test_a_listed_unprivileged_caller_is_served_lookups_only(root_vhome: Install
         assert login.code == 111  # the Python vchkpw, as nobody, cannot read the users
         assert any("served for Dovecot's lookups only" in line
                    for line in server(site).lines())
+
+
+def test_a_lookup_after_a_root_login_runs_in_the_servers_state(root_vhome: Install) -> None:
+    """A worker serving root's lookups also serves root's own vchkpw runs (qmail-popup's), each
+    in its caller's environment and file-size limit: a lookup after one runs in the server's,
+    not that caller's. An ad-hoc run with VPOPMAIL_CONFIG naming another file does not make
+    Dovecot's logins read that file; a login under a small file-size limit does not keep the
+    next lookup from recording lastauth; the reason of a lookup's 503 is in the server's log,
+    not in the descriptors the last caller was given back."""
+    root_vhome.set_config("server", "dovecot_callers", "root")
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        lookup = post("passdb", user=f"alice@{DOMAIN}", password="pw", service="imap",
+                      rip="192.0.2.71")
+        assert status_of(http(site, lookup)) == 200
+        other = login_site.login(f"alice@{DOMAIN}", "pw",
+                                 env={**POP_ENV, "VPOPMAIL_CONFIG": "/nonexistent.toml"})
+        assert other.code == 111  # its own run reads the file it names
+        answer = http(site, lookup)
+        assert status_of(answer) == 200, (answer, server(site).lines())
+        limited = login_site.login(f"alice@{DOMAIN}", "pw", program=["/bin/true"],
+                                   wrap=("prlimit", "--fsize=1:"))
+        assert limited.code == 0
+        assert status_of(http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
+                                          service="imap", rip="192.0.2.72"))) == 200
+        recorded = root_vhome.last_login(f"alice@{DOMAIN}")
+        assert recorded is not None and recorded[1] == "192.0.2.72", server(site).lines()
+        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="x" * 600))
+        assert status_of(answer) == 503  # and why, in the server's log
+        assert any("longer than 512 bytes" in line for line in server(site).lines())
 
 
 def test_a_caller_list_naming_no_user_stops_the_server(root_vhome: Install) -> None:

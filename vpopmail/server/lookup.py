@@ -29,6 +29,9 @@ METHOD = b"POST "
 KINDS = ("/passdb", "/userdb")
 #: the request's fields (any other is refused)
 FIELDS = frozenset({"user", "password", "service", "rip", "lip"})
+#: vchkpw's program, as Dovecot 2.3's driver named it (never run): for a SERVICE it has no
+#: flag for (doveadm, sieve, lmtp) vchkpw then checks a POP login, as it did behind 2.3
+PROGRAM = "/usr/lib/dovecot/checkpassword-reply"
 #: vchkpw's exit code -> HTTP status
 STATUS = {1: 403, 3: 404}
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
@@ -78,7 +81,7 @@ def read_lookup(conn: socket.socket, deadline: float) -> tuple[str, dict[str, st
         if name.strip().lower() == "transfer-encoding":
             raise BadRequest("a transfer encoding (send Content-Length)")
         if name.strip().lower() == "content-length":
-            if length is not None or not value.strip().isdigit():
+            if length is not None or not value.strip().isdecimal():  # 0-9 (latin-1)
                 raise BadRequest("a bad Content-Length")
             length = int(value)
     if length is None or length > MAX_BODY:
@@ -89,12 +92,17 @@ def read_lookup(conn: socket.socket, deadline: float) -> tuple[str, dict[str, st
         pairs = parse_qsl(body[:length].decode("ascii"), keep_blank_values=True,
                           strict_parsing=bool(length), errors="surrogateescape",
                            max_num_fields=8)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"a bad form body ({exc})") from None
+    # what is logged quotes no part of the body but FIELDS' names: a client that did not
+    # encode a password's & or = would have its parts there (the ValueError's text, a name)
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"a bad form body ({exc.reason} at byte {exc.start})") from None
+    except ValueError:
+        raise BadRequest("a bad form body (a field without =, or more than 8)") from None
     fields = dict(pairs)
     if len(fields) != len(pairs) or not FIELDS.issuperset(fields) or not fields.get("user"):
-        raise BadRequest(f"fields {sorted(name[:20] for name, _ in pairs)} (user and "
-                         f"{', '.join(sorted(FIELDS - {'user'}))} only, each once)")
+        named = sorted(name if name in FIELDS else "?" for name, _ in pairs)
+        raise BadRequest(f"fields {named} (user and {', '.join(sorted(FIELDS - {'user'}))} "
+                         f"only, each once)")
     if any("\0" in value for value in fields.values()):
         raise BadRequest("a NUL in a field")
     return kind, fields

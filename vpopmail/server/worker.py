@@ -17,8 +17,9 @@ from collections.abc import Callable
 from vpopmail import config as vconfig
 from vpopmail import environ_text
 from vpopmail.server.lookup import STATUS as LOOKUP_STATUS
-from vpopmail.server.lookup import (BadRequest, answer, credentials, feed_descriptor_3,
-                                    is_lookup, read_lookup, respond, vchkpw_variables)
+from vpopmail.server.lookup import (PROGRAM, BadRequest, answer, credentials,
+                                    feed_descriptor_3, is_lookup, read_lookup, respond,
+                                    vchkpw_variables)
 from vpopmail.stores import keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
@@ -174,11 +175,8 @@ def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
             os.chdir(request.cwd)
         except OSError as exc:
             raise Decline(f"cannot enter {request.cwd!r}: {exc.strerror}") from None
-        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        wanted = to_rlimit(min(request.limits[resource.RLIMIT_FSIZE][0], hard & INFINITY))
         try:
-            if wanted != soft:  # most requests bring the last one's
-                resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+            limit_file_size(request.limits[resource.RLIMIT_FSIZE][0])
         except (OSError, ValueError) as exc:
             raise Decline(f"cannot take the file size limit: {exc}") from None
         os.umask(request.umask)
@@ -193,18 +191,44 @@ def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
         if sep and name and name not in variables:  # the first of a name counts, as getenv()
             variables[name] = value
     sys.argv = [os.fsdecode(arg) for arg in request.argv]
-    if own:
-        return variables
-    # changed, not rebuilt: most of it is the last request's. Read in posix.environ, the dict
-    # os.environb wraps (its mapping methods cost a microsecond a call); changed through
-    # os.environb, which tells the C library too (putenv, unsetenv)
+    if not own:
+        put_environment(variables)
+    return variables
+
+
+def limit_file_size(wanted: int) -> None:
+    """The soft file-size limit ``wanted`` (as a request carries it: 2**63 and up is none),
+    at most the hard limit, which the worker keeps for the next request."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    wanted = to_rlimit(min(wanted, hard & INFINITY))
+    if wanted != soft:  # most requests bring the last one's
+        resource.setrlimit(resource.RLIMIT_FSIZE, (wanted, hard))
+
+
+def put_environment(variables: dict[bytes, bytes]) -> None:
+    """Make the environment ``variables``: changed, not rebuilt (most of it is the last
+    request's). Read in posix.environ, the dict os.environb wraps (its mapping methods cost a
+    microsecond a call); changed through os.environb, which tells the C library too (putenv,
+    unsetenv)."""
     current, environ = posix.environ, os.environb
     for name in [name for name in current if name not in variables]:
         del environ[name]
     for name, value in variables.items():
         if current.get(name) != value:
             environ[name] = value
-    return variables
+
+
+def own_stage(settings: "Settings") -> None:
+    """A lookup's process state: the worker's own, whatever a root caller's request left (its
+    environment, which names the configuration, and file-size limit): the server's
+    environment, file-size limit and log as stderr (vchkpw's reasons), ``/`` and umask 077."""
+    os.chdir("/")
+    os.umask(OWN_UMASK)
+    os.dup2(settings.log_fd, 2)
+    put_environment(settings.environment)
+    limit_file_size(settings.file_size)
 
 
 def clear_stage(nfds: int, null: int) -> None:
@@ -234,11 +258,13 @@ class ExecPlan(BaseException):
 
 
 @functools.cache
-def plan_class(smtp_only: bool = False) -> type:
+def plan_class(smtp_only: bool = False, lookup: bool = False) -> type:
     """vchkpw's Vchkpw whose last steps become an :class:`ExecPlan` (imported on use): the
     worker keeps its ids and directory, the front end takes the ones the plan names.
     ``smtp_only``: a login of another class than SMTP AUTH is refused (111) before anything
-    is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights)."""
+    is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights).
+    ``lookup``: a Dovecot 2.4 lookup's, whose answer is the plan's environment: its program
+    is never run, nor looked for."""
     from vpopmail.stores import VUser, close_stores
     from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
@@ -280,6 +306,8 @@ def plan_class(smtp_only: bool = False) -> type:
             self.log.close()
             close_stores()
             path = command[0]
+            if lookup:
+                raise ExecPlan(path, command, env, None, None)
             if smtp_only:
                 # the caller's program, run and found by the caller: never looked at with
                 # the worker's rights (the vpopmail user's), so that the answer tells the
@@ -414,7 +442,7 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
                  deadline: float) -> None:
     """One Dovecot 2.4 lookup of a server.dovecot_callers caller (:mod:`.lookup`): vchkpw
     run as Dovecot 2.3's checkpassword driver ran it, in the worker's own process state
-    (umask 077, ``/``), its exec plan or exit code the answer."""
+    (:func:`own_stage`), its exec plan or exit code the answer."""
     from auth.vchkpw import main as login
 
     try:
@@ -423,12 +451,12 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
         log(settings.log_fd, f"refused a lookup of uid {identity[0]}: {exc}")
         respond(conn, 400)
         return
-    os.chdir("/")
-    os.umask(OWN_UMASK)
+    own_stage(settings)
     feed_descriptor_3(credentials(kind, fields))
     found: dict[str, str] | None = None
     try:
-        code = login(["vchkpw", "/bin/true"], config=settings.config, runner=plan_class(),
+        code = login(["vchkpw", PROGRAM], config=settings.config,
+                     runner=plan_class(lookup=True),
                      environ=vchkpw_variables(kind, fields, identity[0]))
     except ExecPlan as plan:
         code, found = 0, answer(kind, plan.env)
@@ -635,6 +663,8 @@ class Settings:
     """What a worker needs of the server: small values, fixed at the server's start."""
 
     def __init__(self, settings: vconfig.Config, config: str | None) -> None:
+        import resource
+
         self.config = config
         self.workers = settings.server_workers
         self.requests_per_worker = settings.server_requests_per_worker
@@ -659,6 +689,9 @@ class Settings:
         seconds = settings.server_request_timeout
         self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
         self.log_fd = high(os.dup(2))
+        #: the server's environment and soft file-size limit: a lookup's (:func:`own_stage`)
+        self.environment = dict(posix.environ)
+        self.file_size = resource.getrlimit(resource.RLIMIT_FSIZE)[0] & INFINITY
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
         self.counters = mmap.mmap(-1, COUNTERS.size + SLOT.size * self.workers)
