@@ -25,7 +25,7 @@ from server_site import Server, served_login_site, server_of
 pytestmark = pytest.mark.both_backends
 
 PACKAGING = REPO / "packaging" / "dovecot"
-SHIPPED_SOCKET = '"/home/vpopmail/run/server.sock"'
+SHIPPED_SOCKET = '"/home/vpopmail/run/lookup.sock"'
 SHIPPED_LUA = "/etc/dovecot/vpopmail-auth.lua"
 PASSWORD = "pw"
 
@@ -62,6 +62,11 @@ def server(site: Site) -> Server:
     return site.server  # type: ignore[attr-defined, no-any-return]
 
 
+def lookup_socket(site: Site) -> Path:
+    """The server's socket for Dovecot's lookups (paths.lookup_socket)."""
+    return site.inst.prefix / "run" / "lookup.sock"
+
+
 @pytest.fixture
 def dovecot(mail_site: Site, tmp_path: Path,
             dovecot24_factory: Callable[..., Dovecot]) -> Dovecot:
@@ -70,7 +75,7 @@ def dovecot(mail_site: Site, tmp_path: Path,
     if inst.database is not None:
         shared.append(Path(inst.database.server.socket).parent)
     return dovecot24_factory(uid=inst.uid, gid=inst.gid, shared=shared,
-                             includes=shipped_config(tmp_path / "conf", server(mail_site).socket))
+                             includes=shipped_config(tmp_path / "conf", lookup_socket(mail_site)))
 
 
 #: a client of the server's HTTP lookups: the request on stdin, the answer on stdout
@@ -90,10 +95,12 @@ except ConnectionResetError:
 """
 
 
-def http(site: Site, request: bytes, user: str | None = None) -> bytes:
-    """The server's answer to ``request``, sent by ``user`` (default root)."""
+def http(site: Site, request: bytes, user: str | None = None, at: Path | None = None) -> bytes:
+    """The server's answer to ``request``, sent by ``user`` (default root) to the socket
+    ``at`` (default the server's main one)."""
     wrap = as_user_argv(user) if user else []
-    done = subprocess.run([*wrap, sys.executable, "-I", "-c", CLIENT, str(server(site).socket)],
+    done = subprocess.run([*wrap, sys.executable, "-I", "-c", CLIENT,
+                           str(at or server(site).socket)],
                           input=request, capture_output=True, timeout=30, check=True)
     return done.stdout
 
@@ -352,3 +359,61 @@ def test_a_caller_list_naming_no_user_stops_the_server(root_vhome: Install) -> N
     checked = root_vhome.run("vcheck", f"postmaster@{DOMAIN}")
     assert checked.returncode != 0, checked.stdout
     assert reason in checked.stdout and "vpopmail-server does not start" in checked.stdout
+
+
+def test_only_the_listed_root_may_connect_to_the_lookup_socket(mail_site: Site) -> None:
+    """With root the one caller listed, its socket is root's alone (0600): no other user can
+    even queue there."""
+    path = lookup_socket(mail_site)
+    st = path.stat()
+    assert (st.st_uid, oct(st.st_mode & 0o777)) == (0, "0o600")
+    denied = subprocess.run([*as_user_argv("nobody"), sys.executable, "-I", "-c", CLIENT,
+                             str(path)], input=b"", capture_output=True, timeout=30)
+    assert denied.returncode != 0 and b"PermissionError" in denied.stderr
+    answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD),
+                  at=path)
+    assert status_of(answer) == 200, answer
+
+
+#: as ``nobody``: keeps argv[2] connections to the socket argv[1], a byte sent on each (so
+#: each takes a worker, which waits for the rest of a request); one the server drops is
+#: made again at once, until killed
+HOLDER = """import select, socket, sys
+def hold():
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(sys.argv[1])
+    sock.send(b"V")
+    return sock
+held = [hold() for _ in range(int(sys.argv[2]))]
+print("held", flush=True)
+while True:
+    for sock in select.select(held, [], [])[0]:
+        sock.recv(64)
+        sock.close()
+        held[held.index(sock)] = hold()
+"""
+
+
+def test_a_user_holding_every_other_worker_does_not_stop_dovecots_logins(
+        root_vhome: Install) -> None:
+    """Dovecot's lookups have no fallback (the front ends run the Python programs when the
+    server cannot serve them): workers are kept for server.dovecot_callers, so a local user
+    holding all the others leaves its logins served (before: declined after
+    server.request_timeout, a temporary failure for every IMAP and POP3 login)."""
+    root_vhome.set_config("server", "dovecot_callers", "root")
+    root_vhome.set_config("server", "workers", 4)
+    root_vhome.set_config("server", "request_timeout", 3)
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        holder = subprocess.Popen([*as_user_argv("nobody"), sys.executable, "-I", "-c", HOLDER,
+                                   str(server(site).socket), "12"], stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            for at in (lookup_socket(site), server(site).socket):
+                answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw"),
+                              at=at)
+                assert status_of(answer) == 200, (at, answer, server(site).lines())
+        finally:
+            holder.kill()
+            holder.wait()

@@ -37,6 +37,9 @@ class Config:
     paths_open_smtp: str = "etc/open-smtp"
     paths_qmail_inject: str = "bin/qmail-inject"
     paths_server_socket: str = "run/server.sock"
+    #: vpopmail-server's socket for Dovecot 2.4's lookups (made with server.dovecot_callers:
+    #: only they may connect, and some workers are kept for them)
+    paths_lookup_socket: str = "run/lookup.sock"
     # [owner]
     owner_user: str = "vpopmail"
     owner_group: str = "vchkpw"

@@ -7,13 +7,14 @@
 -- rehashed passwords), with either user backend (cdb files or SQL). Set
 -- server.dovecot_callers in vpopmail.toml to the user Dovecot's auth-worker runs as (root
 -- unless "service auth-worker { user = ... }" says otherwise), and SOCKET below to the
--- server's socket (paths.server_socket). See 10-auth-vpopmail24.conf for the Dovecot side.
+-- server's lookup socket (paths.lookup_socket: made only for those callers, and only they
+-- may connect where root is the one listed). See dovecot24-vpopmail-server.conf.
 --
 -- Answers: 200 with name=value lines (values percent-encoded); 403 refused (wrong password,
 -- unknown user, service denied); 404 no such user (a userdb lookup); anything else, or no
 -- answer, is a temporary failure (Dovecot says so to the client: never "wrong password").
 
-local SOCKET = "/home/vpopmail/run/server.sock"
+local SOCKET = "/home/vpopmail/run/lookup.sock"
 
 local client
 

@@ -70,8 +70,9 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
     return sock
 
 
-def listen(path: str) -> socket.socket:
-    """A listening socket at ``path``; refuses when something listens there already, named
+def listen(path: str, mode: int = 0o666) -> socket.socket:
+    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
+    gets no more than its own rights); refuses when something listens there already, named
     from a status request (so the running server logs no dropped connection)."""
     if len(os.fsencode(path)) >= 108:
         raise CannotServe(f"socket path {path} is longer than 107 bytes")
@@ -89,12 +90,19 @@ def listen(path: str) -> socket.socket:
     except FileNotFoundError:
         pass
     try:
-        sock = bind(staging, 0o666)  # every user may ask: each gets no more than its own rights
+        sock = bind(staging, mode)
         os.replace(staging, path)
     except OSError as exc:
         hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
         raise CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}") from None
     return sock
+
+
+def lookup_mode(callers: frozenset[int]) -> int:
+    """The lookup socket's mode: the server's user alone may connect where it is the only one
+    of ``callers`` (root, as Dovecot's auth-worker runs), so no other user can queue there;
+    else anyone (each peer is checked at the worker)."""
+    return 0o600 if callers <= {os.geteuid()} else 0o666
 
 
 def previous_workers() -> set[int]:
@@ -179,6 +187,15 @@ class Server:
     def __init__(self, settings: vconfig.Config, config: str | None) -> None:
         self.path = settings.home_path("server_socket")
         self.settings = Settings(settings, config)
+        #: Dovecot 2.4's socket (server.dovecot_callers), and the workers kept for those
+        #: callers: no other identity forks past server.workers less these (a local user
+        #: holding every other worker cannot make Dovecot's logins fail: they have no
+        #: fallback, where the front ends run the Python programs)
+        callers = self.settings.dovecot_callers
+        self.lookup_path = settings.home_path("lookup_socket") if callers else None
+        self.kept = min(max(2, self.settings.workers // 8), self.settings.workers // 2
+                        ) if callers else 0
+        self.lookups: socket.socket | None = None
         self.busy: dict[int, Worker] = {}  # control fd -> worker
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
         self.ending: dict[int, int] = {}  # pid -> counter slot, of workers not yet collected
@@ -209,6 +226,17 @@ class Server:
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
+        lookups_inode = 0
+        if self.lookup_path is not None:
+            try:
+                self.lookups = listen(self.lookup_path,
+                                      lookup_mode(self.settings.dovecot_callers))
+            except BaseException:
+                unlink_if(self.path, identity)
+                listener.close()
+                raise
+            self.lookups.setblocking(False)
+            lookups_inode = os.stat(self.lookup_path).st_ino
         self.wake = wake = os.pipe()
         for fd in wake:
             os.set_blocking(fd, False)
@@ -243,6 +271,11 @@ class Server:
             unlink_if(self.path, identity)
             decline_queued(listener)
             listener.close()
+            if self.lookups is not None:
+                assert self.lookup_path is not None
+                unlink_if(self.lookup_path, lookups_inode)
+                decline_queued(self.lookups)
+                self.lookups.close()
         if again:
             # blocked across exec (the mask is kept): a SIGHUP or SIGTERM before the new
             # process's handlers waits for them instead of killing it
@@ -257,6 +290,8 @@ class Server:
         """The main loop; True for a reload."""
         self.poll.register(wake, select.POLLIN)
         self.poll.register(listener, select.POLLIN)
+        if self.lookups is not None:  # always polled: only the listed callers reach it
+            self.poll.register(self.lookups, select.POLLIN)
         accepting = True
         while True:
             serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
@@ -274,6 +309,8 @@ class Server:
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
+                elif self.lookups is not None and fd == self.lookups.fileno():
+                    self.accept(self.lookups)
                 elif fd in self.unsent:
                     self.poll.unregister(fd)
                     waiting = self.unsent.pop(fd)
@@ -442,14 +479,27 @@ class Server:
         identity's socket (which it does not tell this process)."""
         return not self.settings.is_serving(worker.slot)
 
-    def full(self) -> bool:
-        """Whether ``server.workers`` run (or are ending, or are left from before a reload)."""
-        return (len(self.busy) + len(self.idle) + len(self.ending) + len(self.previous)
-                >= self.settings.workers)
+    def full(self, identity: Identity) -> bool:
+        """Whether no other worker may be forked for ``identity``: ``server.workers`` run (or
+        are ending, or are left from before a reload), the workers kept for
+        server.dovecot_callers counted as running for anyone else."""
+        return self.running() >= self.limit(identity)
 
-    def room(self) -> bool:
-        """Whether another worker can be had: one can be forked, or a free one retired."""
-        return not self.full() or any(map(self.free, self.idle.values()))
+    def running(self) -> int:
+        """The workers that count against ``server.workers``."""
+        return len(self.busy) + len(self.idle) + len(self.ending) + len(self.previous)
+
+    def limit(self, identity: Identity) -> int:
+        """How many workers may run when one more is forked for ``identity``."""
+        if identity[0] in self.settings.dovecot_callers:
+            return self.settings.workers
+        return self.settings.workers - self.kept
+
+    def room(self, identity: Identity) -> bool:
+        """Whether another worker can be had for ``identity``: one can be forked, or a free
+        one retired to make room for it."""
+        return not self.full(identity) or (self.running() - 1 < self.limit(identity) and
+                                           any(map(self.free, self.idle.values())))
 
     def unblock(self) -> None:
         """Take a caller queued at an identity's socket when each of the identity's workers
@@ -459,7 +509,7 @@ class Server:
         for identity, direct in self.direct.items():
             if (not any(worker.identity == identity and self.free(worker)
                         for worker in self.idle.values())
-                    and readable(direct.sock) and self.room()):
+                    and readable(direct.sock) and self.room(identity)):
                 self.take_direct(direct, 1)
 
     def dispatch(self) -> None:
@@ -487,9 +537,10 @@ class Server:
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
-        if self.ready and self.idle and not self.ending:  # another identity waits: make room
-            # (once: a worker still ending makes it too); a free one, else one that leaves
-            # after the request it serves
+        if (self.idle and not self.ending  # another identity waits: make room (once: a
+                # worker still ending makes it too) if one of them may have the place then;
+                # a free one, else one that leaves after the request it serves
+                and any(self.running() - 1 < self.limit(w.identity) for w in self.ready)):
             self.retire(next((fd for fd, worker in self.idle.items() if self.free(worker)),
                              next(iter(self.idle))))
 
@@ -523,9 +574,9 @@ class Server:
         """A new worker for ``first``'s identity, born with ``first`` to serve (it takes no
         other before); None when ``server.workers`` run (or are ending) or no process could
         be made."""
-        if self.full():
-            return None
         identity = first.identity
+        if self.full(identity):
+            return None
         try:  # out of descriptors (EMFILE), say: the caller waits, or is declined in time
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         except OSError as exc:
@@ -579,5 +630,7 @@ class Server:
                 direct.sock.close()
         assert self.listener is not None and self.wake is not None
         self.listener.close()
+        if self.lookups is not None:
+            self.lookups.close()
         for fd in self.wake:
             os.close(fd)
