@@ -1,7 +1,7 @@
 """Dovecot 2.4's logins through vpopmail-server: 2.4 has no checkpassword driver, so its Lua
 passdb and userdb (packaging/dovecot/vpopmail-auth.lua, Debian's dovecot-auth-lua) ask the
-server over HTTP on its socket, one POST a connection, as the callers of
-``server.dovecot_callers`` only:
+server over HTTP on its lookup socket (``paths.lookup_socket``; the main socket serves them
+too), one POST a connection, as the callers of ``server.dovecot_callers`` only:
 
     POST /passdb  user=alice%40example.com&password=...&service=imap&rip=192.0.2.7&lip=...
     POST /userdb  user=alice%40example.com&service=lmtp&rip=&lip=
