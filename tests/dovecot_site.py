@@ -145,6 +145,9 @@ class Dovecot:
     replaces the checkpassword passdb/userdb by ``!include`` of these files (e.g. a sql
     passdb and userdb; ``checkpassword`` is then unused)."""
 
+    #: the setting of an inet_listener's address (2.4 renamed it ``listen``)
+    LISTEN = "address"
+
     def __init__(self, base: Path, checkpassword: str, *, env: Mapping[str, str] | None = None,
                  uid: int = 89, gid: int = 89, userdb_checkpassword: bool = False,
                  auth_debug: bool = False, start_timeout: float = 15,
@@ -185,18 +188,7 @@ class Dovecot:
             auth = "\n".join(f"!include {path}" for path in self.includes)
         return f"""\
 # written by tests/dovecot_site.py: a private instance, self-contained
-base_dir = {self.run_dir}
-state_dir = {self.state_dir}
-instance_name = {self.instance}
-log_path = {self.log_path}
-info_log_path = {self.log_path}
-debug_log_path = {self.log_path}
-auth_verbose = yes
-auth_debug = {"yes" if self.auth_debug else "no"}
-protocols = pop3 imap
-listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+{self.instance_text()}disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_cache_size = 0
@@ -211,12 +203,34 @@ import_environment = {imports}
 
 {auth}
 
+{self.services_text()}"""
+
+    def instance_text(self) -> str:
+        """This instance's directories, logs and addresses (settings 2.3 and 2.4 share)."""
+        return f"""\
+base_dir = {self.run_dir}
+state_dir = {self.state_dir}
+instance_name = {self.instance}
+log_path = {self.log_path}
+info_log_path = {self.log_path}
+debug_log_path = {self.log_path}
+auth_verbose = yes
+auth_debug = {"yes" if self.auth_debug else "no"}
+protocols = pop3 imap
+listen = 127.0.0.1
+ssl = no
+"""
+
+    def services_text(self) -> str:
+        """The auth service's user and the POP3 and IMAP listeners on this instance's
+        loopback ports."""
+        return f"""\
 service auth {{
   user = {self.auth_user}
 }}
 service pop3-login {{
   inet_listener pop3 {{
-    address = 127.0.0.1
+    {self.LISTEN} = 127.0.0.1
     port = {self.pop3_port}
   }}
   inet_listener pop3s {{
@@ -225,7 +239,7 @@ service pop3-login {{
 }}
 service imap-login {{
   inet_listener imap {{
-    address = 127.0.0.1
+    {self.LISTEN} = 127.0.0.1
     port = {self.imap_port}
   }}
   inet_listener imaps {{
@@ -429,6 +443,20 @@ service imap-login {{
         """An IMAP connection from ``source_ip`` (any 127.x.y.z), greeting read."""
         return SourceIMAP4("127.0.0.1", self.imap_port, source_ip, timeout)
 
+    def assert_refused(self, login: str, password: str,
+                       logged: str = r"imap-login: .*auth failed, 1 attempts") -> str:
+        """A POP3 and an IMAP login of ``login`` with ``password`` are each refused as a failed
+        authentication, from new addresses; the log they made once it shows ``logged``, which
+        tells of no error nor temporary failure."""
+        mark = self.log_mark()
+        with pytest.raises(poplib.error_proto, match=r"\[AUTH\] Authentication failed"):
+            self.pop3_login(login, password, new_source_ip())
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            self.imap_login(login, password, new_source_ip())
+        log = self.wait_log(logged, mark)
+        assert "Error" not in log and "temporary" not in log.lower(), log
+        return log
+
     def imap_login(self, user: str, password: str, source_ip: str = "127.0.0.1",
                    timeout: float = 10) -> SourceIMAP4:
         """An IMAP session after LOGIN; raises imaplib.IMAP4.error (closed) on refusal."""
@@ -472,6 +500,8 @@ class Dovecot24(Dovecot):
     only (2.4 has no checkpassword driver); doveadm runs in the master's namespace and
     root."""
 
+    LISTEN = "listen"
+
     def __init__(self, base: Path, *, shared: Sequence[Path] = (), **options: object) -> None:
         self.shared = [Path(p).resolve() for p in shared]
         super().__init__(base, "", **options)  # type: ignore[arg-type]
@@ -489,18 +519,7 @@ class Dovecot24(Dovecot):
 # written by tests/dovecot_site.py: a private Dovecot 2.4 instance
 dovecot_config_version = 2.4.1
 dovecot_storage_version = 2.4.1
-base_dir = {self.run_dir}
-state_dir = {self.state_dir}
-instance_name = {self.instance}
-log_path = {self.log_path}
-info_log_path = {self.log_path}
-debug_log_path = {self.log_path}
-auth_verbose = yes
-auth_debug = {"yes" if self.auth_debug else "no"}
-protocols = pop3 imap
-listen = 127.0.0.1
-ssl = no
-auth_allow_cleartext = yes
+{self.instance_text()}auth_allow_cleartext = yes
 auth_mechanisms = plain login
 auth_failure_delay = 0
 auth_cache_size = 0
@@ -514,28 +533,7 @@ last_valid_uid = {self.uid}
 first_valid_gid = {self.gid}
 last_valid_gid = {self.gid}
 
-service auth {{
-  user = {self.auth_user}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    listen = 127.0.0.1
-    port = {self.pop3_port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service imap-login {{
-  inet_listener imap {{
-    listen = 127.0.0.1
-    port = {self.imap_port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-"""
+{self.services_text()}"""
 
     def master_argv(self) -> list[str]:
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _CHROOTED,
