@@ -24,7 +24,8 @@ bound for any delivery program, whatever its language).
 With --c-vpopmail HOME (a C vpopmail 5.4 built and installed here with the cdb backend, its
 compile-time home HOME: not packaged, so not part of any default run) C's vdelivermail and
 vchkpw run in the same rounds and loops, and throughput, on a domain example.com where its
-own commands make alice (100G quota) and bob afresh (C's default hash, MD5-crypt); without it
+own commands make alice (100G quota) and bob afresh (C's default hash, MD5-crypt; C built with
+roaming users on, as ours runs its MD5-crypt logins); without it
 the comparison uses the C figures measured earlier on this machine class.
 Writes the "Server" section of bench/RESULTS.md.
 """
@@ -129,6 +130,15 @@ class Setup:
                                                  "VPOPMAIL_CONFIG": str(md5)})
         self.md5_credentials = HERE / "fd3-md5"
         self.md5_credentials.write_bytes(b"bob@example.com\0pw\0\0")
+        #: the MD5-crypt logins run with roaming users on, as C vpopmail's build (and issue
+        #: 14's measure): each refreshes its IP's open-smtp line
+        self.roaming = HERE / "vpopmail-roaming.toml"
+        self.roaming.write_text(self.config.read_text().replace("roaming_users = false",
+                                                                "roaming_users = true"))
+        if "roaming_users = true" not in self.roaming.read_text():
+            raise SystemExit(f"no relay.roaming_users in {self.config}")
+        self.roaming.chmod(0o644)
+        vconfig.load(str(self.roaming))
         self.sql: Path | None = None
         if database is not None:
             self.sql = sql_config(self.prefix, database, self.config,  # type: ignore[arg-type]
@@ -228,13 +238,14 @@ class Setup:
         """row -> (argv, environment, the credentials for fd 3)."""
         sql = {**POP_ENV, "VPOPMAIL_CONFIG": str(self.sql)} if self.sql else {}
         sha, md5 = self.credentials, self.md5_credentials
+        roaming = {**POP_ENV, "VPOPMAIL_CONFIG": str(self.roaming)}
         rows = {
             "`/bin/true` (exec floor, fd 3 open)": (["/bin/true"], POP_ENV, sha),
             "interpreter floor `python -I -S -c pass`": ([self.python, "-I", "-S", "-c", "pass"],
                                                          POP_ENV, sha),
             "direct Python vchkpw": ([str(self.libexec / "vchkpw"), "/bin/true"], POP_ENV, sha),
             "front end + server": ([str(self.bin / "vchkpw"), "/bin/true"], POP_ENV, sha),
-            "front end + server, MD5-crypt": ([str(self.bin / "vchkpw"), "/bin/true"], POP_ENV,
+            "front end + server, MD5-crypt": ([str(self.bin / "vchkpw"), "/bin/true"], roaming,
                                               md5),
             "front end + server, a fresh worker per request": (
                 [str(self.other / "bin" / "vchkpw"), "/bin/true"], POP_ENV, sha),
@@ -242,7 +253,7 @@ class Setup:
                                                 POP_ENV, sha),
         }
         if self.glibc_built:
-            rows[GLIBC_LOGIN] = ([str(self.glibc / "vchkpw"), "/bin/true"], POP_ENV, md5)
+            rows[GLIBC_LOGIN] = ([str(self.glibc / "vchkpw"), "/bin/true"], roaming, md5)
         if sql:
             rows["direct Python vchkpw, SQL"] = ([str(self.libexec / "vchkpw"), "/bin/true"], sql,
                                                  sha)
@@ -345,7 +356,8 @@ class Setup:
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
                 [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
         if self.c:  # MD5-crypt logins on both sides: C's hash; deliveries without fsync too
-            md5 = {**POP_ENV, "CRED": str(self.md5_credentials)}
+            md5 = {**POP_ENV, "CRED": str(self.md5_credentials),
+                   "VPOPMAIL_CONFIG": str(self.roaming)}
             rows[f"{count} logins, concurrency 20, front end + server, MD5-crypt"] = self.load(
                 [*login, str(self.bin / "vchkpw")], md5, count, 20, False, self.server)
             nosync = {**qmail_local_env(self.domain_dir, self.nosync), "MSG": str(self.message)}
@@ -456,7 +468,8 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
              machine_line(runs, "GNU time"), "",
              "One 4 KB delivery: `sh -c` of the `.qmail-default` line as uid 89, the message on a "
              "seekable file. One login: a checkpassword call as root, credentials on fd 3, "
-             "SHA-512-crypt unless the row says MD5-crypt, exec /bin/true. \"median\": one process "
+             "SHA-512-crypt unless the row says MD5-crypt (those with roaming users on, as in C's "
+             "build: each refreshes its IP's open-smtp line), exec /bin/true. \"median\": one process "
              "started from this harness (a fork of a large Python process: it adds a few "
              f"ms to every row alike); \"loop\": per run, {loop} runs back to back from one "
              "shell, the way C vpopmail's figures were taken (median of three loops). Peak RSS: of "
