@@ -467,6 +467,18 @@ def test_no_password_change_flag_refuses_a_clear_text_password(site: Install) ->
     assert vchkpw_accepts(site, f"bob@{DOMAIN}", "pw2")
 
 
+@pytest.mark.parametrize("admin", [f"postmaster@{DOMAIN}", f"admin@{DOMAIN}"])
+def test_no_password_change_flag_leaves_the_administrators_able_to_set_it(site: Install,
+                                                                          admin: str) -> None:
+    """The flag (qmailadmin's "disable password changing") stops the user, not its domain's
+    or the system's administrators (before: they too were answered 0.507)."""
+    site.ok("vmoduser", "-d", f"bob@{DOMAIN}")
+    answers = after_login(site, admin, f"mod_user bob@{DOMAIN}", "clear_text_password Reset-1",
+                          ".")
+    assert answers == ["+OK ", "+OK "]
+    assert vchkpw_accepts(site, f"bob@{DOMAIN}", "Reset-1")
+
+
 def test_lastauth_and_sizes(site: Install) -> None:
     assert vchkpw_accepts(site, f"alice@{DOMAIN}", "pw1")
     maildir = user_dir(site, f"alice@{DOMAIN}") / "Maildir"

@@ -165,7 +165,10 @@ def _modify_user(s: Session, user: VUser, entry: AssignEntry) -> None:
             elif param == "quota" and override:
                 fields["quota"] = s.api.quota_string(value)
             elif param in ("encrypted_password", "clear_text_password"):
-                if s.api.effective_flags(user, entry) & flags.NO_PASSWD_CHNG:
+                # the flag stops a user changing its own password (qmailadmin's "disable
+                # password changing"); its administrators still set it
+                if (not (s.system_admin or s.domain_admin)
+                        and s.api.effective_flags(user, entry) & flags.NO_PASSWD_CHNG):
                     raise Refusal(0, 507, f"{user.name}@{entry.real_domain} may not change "
                                   "its password")
                 if (param == "encrypted_password" and not s.system_admin
