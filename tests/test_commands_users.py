@@ -404,6 +404,27 @@ def test_vadduser_refuses_a_name_that_is_an_alias(vhome: Install, tmp_path: Path
     assert "sales" in stored_users(vhome)
 
 
+def test_a_dash_default_alias_and_the_users_it_would_shadow(vhome: Install) -> None:
+    """qmail-local (and vdelivermail's valias rows) try ``.qmail-john-default`` for
+    john-smith before ``.qmail-default``: an alias john-default would take the mail of every
+    user named john-*, and such a user made after it would get none. Both are refused, as an
+    alias named as a user is (before: accepted, the mail silently the alias's)."""
+    golden(vhome)
+    vhome.ok("vadduser", f"john-smith@{DOMAIN}", "pw")
+    result = refused(vhome, "valias", "-i", f"carol@{DOMAIN}", f"john-default@{DOMAIN}",
+                     code=254)
+    assert result.stdout == (f"Error: john-default@{DOMAIN} would take the mail of the user "
+                             f"john-smith@{DOMAIN} (qmail-local tries .qmail-john-default "
+                             f"before .qmail-default, as vdelivermail the valias rows)\n")
+    vhome.ok("valias", "-i", f"carol@{DOMAIN}", f"sales-default@{DOMAIN}")
+    result = refused(vhome, "vadduser", f"sales-eu@{DOMAIN}", "pw", code=254)
+    assert result.stdout == (f"Error: sales-default@{DOMAIN} is an alias that takes the mail of "
+                             f"sales-eu@{DOMAIN}: that user would get none of it (remove the "
+                             "alias with valias -d first)\n")
+    vhome.ok("vadduser", f"sales@{DOMAIN}", "pw")  # .qmail-sales is tried, not sales-default
+    assert "sales-eu" not in stored_users(vhome) and "sales" in stored_users(vhome)
+
+
 def test_vadduser_gecos_with_newline(vhome: Install) -> None:
     golden(vhome)
     refused(vhome, "vadduser", "-c", "first\nsecond", f"carol@{DOMAIN}", "x")

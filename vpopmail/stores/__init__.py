@@ -157,6 +157,15 @@ class AliasChecks:
         if lines is None and self.users.get_user(entry, alias) is not None:
             raise AliasIsUser(f"{alias}@{entry.domain} is a user: an alias of that name "
                               "would take its mail")
+        if lines is None and alias.endswith("-default"):  # john-default: every john-*'s mail
+            prefix = alias[:-len("default")]
+            taken = sorted(user.name for user in self.users.list_users(entry)
+                           if user.name.startswith(prefix))
+            if taken:
+                raise AliasIsUser(f"{alias}@{entry.domain} would take the mail of the user "
+                                  f"{taken[0]}@{entry.domain} (qmail-local tries .qmail-"
+                                  f"{alias} before .qmail-default, as vdelivermail the "
+                                  f"valias rows)")
         if lines is not None and line in lines:
             raise AliasLineExists(f"alias {address} -> {line} already exists.")
 
@@ -192,18 +201,26 @@ def refuse_named_as_aliases(entry: AssignEntry, names: "Sequence[str]",
     """:meth:`AliasChecks.refuse_users_named_as_aliases` over the aliases that ``lines`` (one
     alias's lines, None if there is none) and ``all_names`` read."""
     from vpopmail.aliases import DEFAULT, UserIsAlias
+    from vpopmail.names import dot_qmail_order
 
     wanted = [name for name in names if name != DEFAULT]  # never an alias name
+    # the aliases delivery tries before the user: its name, then john-default for john-smith
+    tried = [(name, ext) for name in wanted for ext, _ in dot_qmail_order(name)[:-1]]
     if len(wanted) == 1:
-        taken = wanted if lines(entry, wanted[0]) is not None else []
+        taken = [(name, ext) for name, ext in tried if lines(entry, ext) is not None]
     elif wanted:
         aliases = set(all_names(entry))
-        taken = [name for name in wanted if name in aliases]
+        taken = [(name, ext) for name, ext in tried if ext in aliases]
     else:
         taken = []
     if taken:
-        raise UserIsAlias(f"{taken[0]}@{entry.domain} is an alias: a user of that name would "
-                          "get none of its mail (remove the alias with valias -d first)")
+        name, alias = taken[0]
+        raise UserIsAlias(f"{alias}@{entry.domain} is an alias: a user of that name would "
+                          "get none of its mail (remove the alias with valias -d first)"
+                          if alias == name else
+                          f"{alias}@{entry.domain} is an alias that takes the mail of "
+                          f"{name}@{entry.domain}: that user would get none of it (remove "
+                          "the alias with valias -d first)")
 
 
 FILES, SQL = "cdb", "mysql"
