@@ -410,3 +410,50 @@ def test_a_user_holding_every_other_worker_does_not_stop_dovecots_logins(
         finally:
             holder.kill()
             holder.wait()
+
+
+#: as its user: argv[2] connections to the socket argv[1], a byte sent on each; prints how
+#: many of them the server closed within argv[3] seconds
+PROBER = """import select, socket, sys, time
+held, closed = [], 0
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(sys.argv[1])
+    try:
+        sock.send(b"V")
+        held.append(sock)
+    except OSError:  # closed already
+        closed += 1
+deadline = time.monotonic() + float(sys.argv[3])
+while held and time.monotonic() < deadline:
+    for sock in select.select(held, [], [], 0.1)[0]:
+        try:
+            sock.recv(64)
+        except OSError:
+            pass
+        held.remove(sock)
+        closed += 1
+print(closed, flush=True)
+"""
+
+
+def test_a_caller_not_listed_is_dropped_at_the_lookup_socket(root_vhome: Install) -> None:
+    """With a caller listed besides root the lookup socket is open to every user (0666), but
+    it serves only the listed callers: anyone else's connection there is closed at once, not
+    queued past the server's main socket's bound (BACKLOG) or handed a worker until
+    server.request_timeout (a local user could fill the server's descriptors there: every
+    accept then failed, and the socket, always polled, made the loop spin logging it)."""
+    root_vhome.set_config("server", "dovecot_callers", "root nobody")
+    root_vhome.set_config("server", "request_timeout", 30)
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        path = lookup_socket(site)
+        assert oct(path.stat().st_mode & 0o777) == "0o666"
+        probed = subprocess.run([*as_user_argv("daemon"), sys.executable, "-I", "-c", PROBER,
+                                 str(path), "20", "5"], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert probed.stdout.strip() == "20", (probed.stdout, server(site).lines())
+        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
+                                 service="imap"), user="nobody", at=path)
+        assert status_of(answer) == 200, answer

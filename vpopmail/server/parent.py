@@ -101,7 +101,7 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
 def lookup_mode(callers: frozenset[int]) -> int:
     """The lookup socket's mode: the server's user alone may connect where it is the only one
     of ``callers`` (root, as Dovecot's auth-worker runs), so no other user can queue there;
-    else anyone (each peer is checked at the worker)."""
+    else anyone (the others are dropped as they are accepted: Server.take)."""
     return 0o600 if callers <= {os.geteuid()} else 0o666
 
 
@@ -290,7 +290,7 @@ class Server:
         """The main loop; True for a reload."""
         self.poll.register(wake, select.POLLIN)
         self.poll.register(listener, select.POLLIN)
-        if self.lookups is not None:  # always polled: only the listed callers reach it
+        if self.lookups is not None:  # always polled: only the listed callers are kept there
             self.poll.register(self.lookups, select.POLLIN)
         accepting = True
         while True:
@@ -411,6 +411,10 @@ class Server:
             self.take(conn, deadline)
 
     def accept(self, listener: socket.socket) -> None:
+        """Take up to 64 connections waiting at ``listener``; at the lookup socket, only
+        server.dovecot_callers' (it is polled while the main socket's queue is full: anyone
+        else's would wait there unbounded)."""
+        callers = self.settings.dovecot_callers if listener is self.lookups else None
         deadline = time.monotonic() + self.settings.timeout
         for _ in range(64):
             try:
@@ -423,12 +427,19 @@ class Server:
                 log(self.settings.log_fd, f"cannot accept: {exc.strerror}")
                 self.resting = time.monotonic() + REST
                 return
-            self.take(conn, deadline)
+            self.take(conn, deadline, callers)
 
-    def take(self, conn: socket.socket, deadline: float) -> None:
-        """An accepted connection: its peer's identity read, it waits for its request."""
+    def take(self, conn: socket.socket, deadline: float,
+             callers: frozenset[int] | None = None) -> None:
+        """An accepted connection: its peer's identity read, it waits for its request;
+        closed at once if its peer is not one of ``callers``."""
         known = identify(conn, self.settings.log_fd)
         if known is None:
+            return
+        if callers is not None and known[1][0] not in callers:
+            log(self.settings.log_fd, f"dropped pid {known[0]} uid {known[1][0]}: not a "
+                                      f"server.dovecot_callers caller, at the lookup socket")
+            conn.close()
             return
         waiting = Waiting(conn, *known, deadline)
         probe = select.poll()  # the front end sends at once: most are readable already
