@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import subprocess
+import time
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -457,3 +458,33 @@ def test_a_caller_not_listed_is_dropped_at_the_lookup_socket(root_vhome: Install
         answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
                                  service="imap"), user="nobody", at=path)
         assert status_of(answer) == 200, answer
+
+
+def test_a_server_out_of_descriptors_leaves_the_lookup_socket_alone_a_while(
+        mail_site: Site) -> None:
+    """An accept that fails (EMFILE: the server at its descriptor limit) leaves the caller in
+    the lookup socket's queue, which stays readable: the socket is not polled for a while, as
+    the main one (before: polled again at once, the loop spun, a log line each turn); the
+    caller is served once a descriptor is free."""
+    pid = server(mail_site).proc.pid
+    taken = {int(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() for fd in [fd.name]}
+    lowest = min(set(range(len(taken) + 1)) - taken)
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    hard = next(line.split()[4] for line in limits.splitlines()
+                if line.startswith("Max open files"))
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={lowest}:{hard}"], check=True)
+    client = subprocess.Popen([sys.executable, "-I", "-c", CLIENT, str(lookup_socket(mail_site))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert client.stdin is not None
+        client.stdin.write(post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD))
+        client.stdin.close()
+        time.sleep(1)
+        failed = sum("cannot accept" in line for line in server(mail_site).lines())
+        assert 0 < failed <= 20, failed
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
+    assert client.stdout is not None
+    answer = client.stdout.read()
+    client.wait(timeout=30)
+    assert status_of(answer) == 200, (answer, server(mail_site).lines()[-5:])

@@ -289,13 +289,15 @@ class Server:
     def loop(self, listener: socket.socket, wake: int) -> bool:
         """The main loop; True for a reload."""
         self.poll.register(wake, select.POLLIN)
-        self.poll.register(listener, select.POLLIN)
-        if self.lookups is not None:  # always polled: only the listed callers are kept there
-            self.poll.register(self.lookups, select.POLLIN)
-        accepting = True
+        # the listening sockets, each polled while it is taken from; the lookup socket even
+        # when too many wait (only the listed callers are kept there), not while the server
+        # is out of descriptors
+        accepting = {sock: True for sock in (listener, self.lookups) if sock is not None}
+        for sock in accepting:
+            self.poll.register(sock, select.POLLIN)
         while True:
             serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
-            timeout = (TICK if serving or not accepting
+            timeout = (TICK if serving or not all(accepting.values())
                        else 1000 if self.direct or self.unsent else None)
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
@@ -321,15 +323,21 @@ class Server:
             self.expire()
             self.unblock()
             self.dispatch()
-            full = (len(self.unsent) + len(self.ready) >= BACKLOG
-                    or time.monotonic() < self.resting)
-            if full == accepting:  # too many waiting (or no descriptor to take one with):
-                # leave the rest in the listen queue
-                accepting = not full
-                if accepting:
-                    self.poll.register(listener, select.POLLIN)
-                else:
-                    self.poll.unregister(listener)
+            # too many waiting, or no descriptor to take one with (a failed accept leaves
+            # its socket readable: polled again at once, the loop would spin): leave the rest
+            # in the listen queue
+            resting = time.monotonic() < self.resting
+            full = len(self.unsent) + len(self.ready) >= BACKLOG or resting
+            wanted = {listener: not full}
+            if self.lookups is not None:
+                wanted[self.lookups] = not resting
+            for sock, taking in wanted.items():
+                if accepting[sock] != taking:
+                    accepting[sock] = taking
+                    if taking:
+                        self.poll.register(sock, select.POLLIN)
+                    else:
+                        self.poll.unregister(sock)
             self.publish()
 
     def reap(self) -> None:
@@ -422,8 +430,7 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the client stays in the queue,
-                # and the listener is left alone a while (it stays readable: polling it at
-                # once again would spin, a log line each time)
+                # and the listening sockets are left alone a while (see loop)
                 log(self.settings.log_fd, f"cannot accept: {exc.strerror}")
                 self.resting = time.monotonic() + REST
                 return
