@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import subprocess
+import time
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -410,3 +411,80 @@ def test_a_user_holding_every_other_worker_does_not_stop_dovecots_logins(
         finally:
             holder.kill()
             holder.wait()
+
+
+#: as its user: argv[2] connections to the socket argv[1], a byte sent on each; prints how
+#: many of them the server closed within argv[3] seconds
+PROBER = """import select, socket, sys, time
+held, closed = [], 0
+for _ in range(int(sys.argv[2])):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(sys.argv[1])
+    try:
+        sock.send(b"V")
+        held.append(sock)
+    except OSError:  # closed already
+        closed += 1
+deadline = time.monotonic() + float(sys.argv[3])
+while held and time.monotonic() < deadline:
+    for sock in select.select(held, [], [], 0.1)[0]:
+        try:
+            sock.recv(64)
+        except OSError:
+            pass
+        held.remove(sock)
+        closed += 1
+print(closed, flush=True)
+"""
+
+
+def test_a_caller_not_listed_is_dropped_at_the_lookup_socket(root_vhome: Install) -> None:
+    """With a caller listed besides root the lookup socket is open to every user (0666), but
+    it serves only the listed callers: anyone else's connection there is closed at once, not
+    queued past the server's main socket's bound (BACKLOG) or handed a worker until
+    server.request_timeout (a local user could fill the server's descriptors there: every
+    accept then failed, and the socket, always polled, made the loop spin logging it)."""
+    root_vhome.set_config("server", "dovecot_callers", "root nobody")
+    root_vhome.set_config("server", "request_timeout", 30)
+    with served_login_site(root_vhome) as login_site:
+        site = Site(root_vhome, True)
+        site.server = server_of(login_site)  # type: ignore[attr-defined]
+        path = lookup_socket(site)
+        assert oct(path.stat().st_mode & 0o777) == "0o666"
+        probed = subprocess.run([*as_user_argv("daemon"), sys.executable, "-I", "-c", PROBER,
+                                 str(path), "20", "5"], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert probed.stdout.strip() == "20", (probed.stdout, server(site).lines())
+        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw",
+                                 service="imap"), user="nobody", at=path)
+        assert status_of(answer) == 200, answer
+
+
+def test_a_server_out_of_descriptors_leaves_the_lookup_socket_alone_a_while(
+        mail_site: Site) -> None:
+    """An accept that fails (EMFILE: the server at its descriptor limit) leaves the caller in
+    the lookup socket's queue, which stays readable: the socket is not polled for a while, as
+    the main one (before: polled again at once, the loop spun, a log line each turn); the
+    caller is served once a descriptor is free."""
+    pid = server(mail_site).proc.pid
+    taken = {int(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() for fd in [fd.name]}
+    lowest = min(set(range(len(taken) + 1)) - taken)
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    hard = next(line.split()[4] for line in limits.splitlines()
+                if line.startswith("Max open files"))
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={lowest}:{hard}"], check=True)
+    client = subprocess.Popen([sys.executable, "-I", "-c", CLIENT, str(lookup_socket(mail_site))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert client.stdin is not None
+        client.stdin.write(post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD))
+        client.stdin.close()
+        time.sleep(1)
+        failed = sum("cannot accept" in line for line in server(mail_site).lines())
+        assert 0 < failed <= 20, failed
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
+    assert client.stdout is not None
+    answer = client.stdout.read()
+    client.wait(timeout=30)
+    assert status_of(answer) == 200, (answer, server(mail_site).lines()[-5:])

@@ -136,6 +136,32 @@ def test_vdeloldusers_passes_over_users_assign_lines_of_no_domain(vhome: Install
     assert sorted(p.name for p in alias_home.iterdir()) == [".qmail-postmaster"]
 
 
+@pytest.mark.cdb_only("a users/assign line of no domain: a vpasswd file that is not there")
+def test_vdeloldusers_and_vdeldomain_pass_over_qmails_alias_with_fastforward(
+        vhome: Install) -> None:
+    """~alias with fastforward's .qmail-default (its install's ``| fastforward -d
+    /etc/aliases.cdb``) is no vpopmail domain of a cdb site either, whose domains always hold
+    vpasswd: vdeloldusers -e passes over qmail-pw2u's line for it, and vdeldomain alias
+    removes nothing (before: vdeloldusers -e stopped at it with "vpasswd is missing", 156,
+    every run; vdeldomain alias exited 0, ~alias and qmail's own aliases gone)."""
+    site(vhome)
+    age(vhome, "alice", 200)
+    alias_home = vhome.qmaildir / "alias"
+    alias_home.mkdir(mode=0o755)
+    (alias_home / ".qmail-postmaster").write_text("&admin@example.org\n")
+    (alias_home / ".qmail-default").write_text("| fastforward -d /etc/aliases.cdb\n")
+    api = vhome.api()
+    with api.qmail.assign_lock():
+        api.qmail._write_assign([f"=alias:alias:{vhome.uid}:{vhome.gid}:{alias_home}:::",
+                                 f"+alias-:alias:{vhome.uid}:{vhome.gid}:{alias_home}:-::",
+                                 *api.qmail.assign_lines()])
+    vhome.ok("vdeloldusers", "-e", "-D")
+    assert sorted(stored_users(vhome)) == ["bob", "postmaster"]
+    result = vhome.run("vdeldomain", "alias")
+    assert result.returncode != 0, result
+    assert sorted(p.name for p in alias_home.iterdir()) == [".qmail-default", ".qmail-postmaster"]
+
+
 def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")

@@ -13,6 +13,7 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CorruptData, CouldNotM
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
+from vpopmail.stores import FILES
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (the commands' start)
 if TYPE_CHECKING:
@@ -34,11 +35,15 @@ def _is_domain_name(name: str) -> bool:
         return False
 
 
-def _holds_a_domain(path: str) -> bool:
-    """Whether the directory ``path`` holds what vadddomain makes in a domain's directory:
-    vpasswd or .qmail-default. CorruptData if that cannot be looked at (a permission refused
-    is not "no domain": a command would pass over every domain and exit 0)."""
-    for name in ("vpasswd", catchall.DOT_QMAIL_DEFAULT):
+#: what vadddomain makes in a domain's directory (vpasswd with the cdb backend only)
+DOMAIN_FILES = ("vpasswd", catchall.DOT_QMAIL_DEFAULT)
+
+
+def _holds_a_domain(path: str, names: tuple[str, ...] = DOMAIN_FILES) -> bool:
+    """Whether the directory ``path`` holds one of ``names``. CorruptData if that cannot be
+    looked at (a permission refused is not "no domain": a command would pass over every
+    domain and exit 0)."""
+    for name in names:
         try:
             os.stat(os.path.join(path, name))
             return True
@@ -331,8 +336,8 @@ class DomainsMixin(UsersMixin):
         # (a line vadddomain did not write: qmail-pw2u's for ~alias, a hand-made one)
         if is_dir_inside(root, entry.dir) and not self.is_domain_dir(entry):
             raise OutsideDomain(f"{entry.dir}: users/assign names it for {entry.domain}, but it "
-                                "is not named after the domain or holds neither vpasswd nor "
-                                ".qmail-default")
+                                f"is not named after the domain or holds no "
+                                f"{' nor '.join(self._domain_files())}")
         # the domain's lock until its directory is gone: a change of its users, aliases or
         # limits waits, and then finds it gone, instead of writing into it half removed
         with self.domain_lock(entry):
@@ -346,12 +351,18 @@ class DomainsMixin(UsersMixin):
             self._remove_domain_dir(entry, root, bucket)
         return aliases
 
-    @staticmethod
-    def is_domain_dir(entry: AssignEntry) -> bool:
+    def is_domain_dir(self, entry: AssignEntry) -> bool:
         """Whether ``entry.dir`` is a domain's directory as vadddomain makes it: named after the
-        real domain, holding vpasswd or .qmail-default. users/assign may hold other lines:
-        qmail-pw2u's for qmail's own users (``+alias-`` for ~alias), hand-made ones."""
-        return os.path.basename(entry.dir) == entry.real_domain and _holds_a_domain(entry.dir)
+        real domain, holding vpasswd (with the cdb backend, whose domains always have one) or
+        .qmail-default (SQL). users/assign may hold other lines: qmail-pw2u's for qmail's own
+        users (``+alias-`` for ~alias, whose .qmail-default may be fastforward's), hand-made
+        ones."""
+        return (os.path.basename(entry.dir) == entry.real_domain
+                and _holds_a_domain(entry.dir, self._domain_files()))
+
+    def _domain_files(self) -> tuple[str, ...]:
+        """What :meth:`is_domain_dir` looks for."""
+        return DOMAIN_FILES[:1] if self.config.users_backend == FILES else DOMAIN_FILES
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with

@@ -101,7 +101,7 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
 def lookup_mode(callers: frozenset[int]) -> int:
     """The lookup socket's mode: the server's user alone may connect where it is the only one
     of ``callers`` (root, as Dovecot's auth-worker runs), so no other user can queue there;
-    else anyone (each peer is checked at the worker)."""
+    else anyone (the others are dropped as they are accepted: Server.take)."""
     return 0o600 if callers <= {os.geteuid()} else 0o666
 
 
@@ -289,13 +289,15 @@ class Server:
     def loop(self, listener: socket.socket, wake: int) -> bool:
         """The main loop; True for a reload."""
         self.poll.register(wake, select.POLLIN)
-        self.poll.register(listener, select.POLLIN)
-        if self.lookups is not None:  # always polled: only the listed callers reach it
-            self.poll.register(self.lookups, select.POLLIN)
-        accepting = True
+        # the listening sockets, each polled while it is taken from; the lookup socket even
+        # when too many wait (only the listed callers are kept there), not while the server
+        # is out of descriptors
+        accepting = {sock: True for sock in (listener, self.lookups) if sock is not None}
+        for sock in accepting:
+            self.poll.register(sock, select.POLLIN)
         while True:
             serving = self.ready or self.busy or not all(map(self.free, self.idle.values()))
-            timeout = (TICK if serving or not accepting
+            timeout = (TICK if serving or not all(accepting.values())
                        else 1000 if self.direct or self.unsent else None)
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
@@ -321,15 +323,21 @@ class Server:
             self.expire()
             self.unblock()
             self.dispatch()
-            full = (len(self.unsent) + len(self.ready) >= BACKLOG
-                    or time.monotonic() < self.resting)
-            if full == accepting:  # too many waiting (or no descriptor to take one with):
-                # leave the rest in the listen queue
-                accepting = not full
-                if accepting:
-                    self.poll.register(listener, select.POLLIN)
-                else:
-                    self.poll.unregister(listener)
+            # too many waiting, or no descriptor to take one with (a failed accept leaves
+            # its socket readable: polled again at once, the loop would spin): leave the rest
+            # in the listen queue
+            resting = time.monotonic() < self.resting
+            full = len(self.unsent) + len(self.ready) >= BACKLOG or resting
+            wanted = {listener: not full}
+            if self.lookups is not None:
+                wanted[self.lookups] = not resting
+            for sock, taking in wanted.items():
+                if accepting[sock] != taking:
+                    accepting[sock] = taking
+                    if taking:
+                        self.poll.register(sock, select.POLLIN)
+                    else:
+                        self.poll.unregister(sock)
             self.publish()
 
     def reap(self) -> None:
@@ -411,6 +419,10 @@ class Server:
             self.take(conn, deadline)
 
     def accept(self, listener: socket.socket) -> None:
+        """Take up to 64 connections waiting at ``listener``; at the lookup socket, only
+        server.dovecot_callers' (it is polled while the main socket's queue is full: anyone
+        else's would wait there unbounded)."""
+        callers = self.settings.dovecot_callers if listener is self.lookups else None
         deadline = time.monotonic() + self.settings.timeout
         for _ in range(64):
             try:
@@ -418,17 +430,23 @@ class Server:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the client stays in the queue,
-                # and the listener is left alone a while (it stays readable: polling it at
-                # once again would spin, a log line each time)
+                # and the listening sockets are left alone a while (see loop)
                 log(self.settings.log_fd, f"cannot accept: {exc.strerror}")
                 self.resting = time.monotonic() + REST
                 return
-            self.take(conn, deadline)
+            self.take(conn, deadline, callers)
 
-    def take(self, conn: socket.socket, deadline: float) -> None:
-        """An accepted connection: its peer's identity read, it waits for its request."""
+    def take(self, conn: socket.socket, deadline: float,
+             callers: frozenset[int] | None = None) -> None:
+        """An accepted connection: its peer's identity read, it waits for its request;
+        closed at once if its peer is not one of ``callers``."""
         known = identify(conn, self.settings.log_fd)
         if known is None:
+            return
+        if callers is not None and known[1][0] not in callers:
+            log(self.settings.log_fd, f"dropped pid {known[0]} uid {known[1][0]}: not a "
+                                      f"server.dovecot_callers caller, at the lookup socket")
+            conn.close()
             return
         waiting = Waiting(conn, *known, deadline)
         probe = select.poll()  # the front end sends at once: most are readable already
