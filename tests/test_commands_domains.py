@@ -629,7 +629,7 @@ def test_vdeldomain_removes_no_directory_that_is_not_the_domains(vhome: Install)
         result = refused(vhome, "vdeldomain", name, code=149)
         assert result.stdout == (f"Error: not a real directory of the domain: {where}: users/"
                                  f"assign names it for {name}, but it is not named after the "
-                                 "domain or holds no vpasswd\n"), result
+                                 "domain or holds no vpasswd nor vpasswd.cdb\n"), result
     assert (alias_home / ".qmail-postmaster").exists()
     assert sorted(stored_users(vhome)) == ["alice", "bob", "postmaster"]
 

@@ -162,6 +162,21 @@ def test_vdeloldusers_and_vdeldomain_pass_over_qmails_alias_with_fastforward(
     assert sorted(p.name for p in alias_home.iterdir()) == [".qmail-default", ".qmail-postmaster"]
 
 
+def test_vdeloldusers_names_a_domain_whose_vpasswd_is_gone_beside_its_cdb(vhome: Install
+                                                                          ) -> None:
+    """A cdb domain with vpasswd.cdb but no vpasswd (damage, a lost file) is still a domain:
+    vdeloldusers -e stops at it, naming the file and the repair, rather than passing over it
+    with exit 0."""
+    if vhome.backend != "cdb":
+        pytest.skip("vpasswd: the cdb backend")
+    dom = site(vhome)
+    age(vhome, "alice", 200)
+    (dom / "vpasswd").unlink()
+    result = vhome.run("vdeloldusers", "-e", "-D")
+    assert result.returncode != 0, result
+    assert "vpasswd is missing" in result.stdout + result.stderr, result
+
+
 def test_vdeloldusers_keeps_catchall_and_users_without_lastauth(vhome: Install) -> None:
     dom = site(vhome, alias=False)
     vhome.ok("vadduser", f"carol@{DOMAIN}", "pw3")

@@ -37,6 +37,10 @@ def _is_domain_name(name: str) -> bool:
 
 #: what vadddomain makes in a domain's directory (vpasswd with the cdb backend only)
 DOMAIN_FILES = ("vpasswd", catchall.DOT_QMAIL_DEFAULT)
+#: what marks a directory of users/assign as a domain's with the cdb backend: vpasswd or its
+#: cdb (one of them left: a damaged domain, which the commands then name, rather than pass
+#: over); .qmail-default alone is no domain's (qmail's ~alias may hold fastforward's)
+CDB_DOMAIN_FILES = ("vpasswd", "vpasswd.cdb")
 
 
 def _holds_a_domain(path: str, names: tuple[str, ...] = DOMAIN_FILES) -> bool:
@@ -353,8 +357,8 @@ class DomainsMixin(UsersMixin):
 
     def is_domain_dir(self, entry: AssignEntry) -> bool:
         """Whether ``entry.dir`` is a domain's directory as vadddomain makes it: named after the
-        real domain, holding vpasswd (with the cdb backend, whose domains always have one) or
-        .qmail-default (SQL). users/assign may hold other lines: qmail-pw2u's for qmail's own
+        real domain, holding vpasswd or its cdb (with the cdb backend, whose domains always
+        have them) or .qmail-default (SQL). users/assign may hold other lines: qmail-pw2u's for qmail's own
         users (``+alias-`` for ~alias, whose .qmail-default may be fastforward's), hand-made
         ones."""
         return (os.path.basename(entry.dir) == entry.real_domain
@@ -362,7 +366,7 @@ class DomainsMixin(UsersMixin):
 
     def _domain_files(self) -> tuple[str, ...]:
         """What :meth:`is_domain_dir` looks for."""
-        return DOMAIN_FILES[:1] if self.config.users_backend == FILES else DOMAIN_FILES
+        return CDB_DOMAIN_FILES if self.config.users_backend == FILES else DOMAIN_FILES
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with

@@ -99,9 +99,11 @@ class RelayTable:
 
     def open_relay(self, ip: str, now: int | None = None) -> bool:
         """Let ``ip`` relay: (re)write its open-smtp line with the time ``now``; compile the
-        cdb if the IP is new (a known IP only gets its time refreshed, not flushed to disk: a
-        crash loses at most the later time, as C, which never flushed; it cost a login two
-        disk flushes, a third of its time). True if the IP was new.
+        cdb if the IP is new (a known IP only gets its time refreshed, not flushed to disk, as
+        C never flushed: it cost a login two disk flushes, a third of its time; a crash then
+        leaves the older time on ext4, which flushes a file replaced by rename, and may leave
+        open-smtp empty on a file system that does not: the roaming IPs log in again). True if
+        the IP was new.
         Raises LockTimeout, CouldNotUpdateFile, BadInput (not an IP address, or a syntax
         error in tcp.smtp)."""
         rule = rule_for_ip(ip)  # tcpserver's text for the address: what it looks up
