@@ -13,7 +13,6 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CorruptData, CouldNotM
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
-from vpopmail.stores import FILES
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (the commands' start)
 if TYPE_CHECKING:
@@ -35,12 +34,8 @@ def _is_domain_name(name: str) -> bool:
         return False
 
 
-#: what vadddomain makes in a domain's directory (vpasswd with the cdb backend only)
+#: what vadddomain makes in a domain's directory, with either backend (vpasswd: cdb files)
 DOMAIN_FILES = ("vpasswd", catchall.DOT_QMAIL_DEFAULT)
-#: what marks a directory of users/assign as a domain's with the cdb backend: vpasswd or its
-#: cdb (one of them left: a damaged domain, which the commands then name, rather than pass
-#: over); .qmail-default alone is no domain's (qmail's ~alias may hold fastforward's)
-CDB_DOMAIN_FILES = ("vpasswd", "vpasswd.cdb")
 
 
 def _holds_a_domain(path: str, names: tuple[str, ...] = DOMAIN_FILES) -> bool:
@@ -341,7 +336,7 @@ class DomainsMixin(UsersMixin):
         if is_dir_inside(root, entry.dir) and not self.is_domain_dir(entry):
             raise OutsideDomain(f"{entry.dir}: users/assign names it for {entry.domain}, but it "
                                 f"is not named after the domain or holds no "
-                                f"{' nor '.join(self._domain_files())}")
+                                f"{' nor '.join(self.backend.domain_files)}")
         # the domain's lock until its directory is gone: a change of its users, aliases or
         # limits waits, and then finds it gone, instead of writing into it half removed
         with self.domain_lock(entry):
@@ -357,16 +352,12 @@ class DomainsMixin(UsersMixin):
 
     def is_domain_dir(self, entry: AssignEntry) -> bool:
         """Whether ``entry.dir`` is a domain's directory as vadddomain makes it: named after the
-        real domain, holding vpasswd or its cdb (with the cdb backend, whose domains always
-        have them) or .qmail-default (SQL). users/assign may hold other lines: qmail-pw2u's for qmail's own
-        users (``+alias-`` for ~alias, whose .qmail-default may be fastforward's), hand-made
-        ones."""
+        real domain, holding one of the files the user store marks its domains with
+        (UserDatabase.domain_files). users/assign may hold other lines: qmail-pw2u's for
+        qmail's own users (``+alias-`` for ~alias, whose .qmail-default may be
+        fastforward's), hand-made ones."""
         return (os.path.basename(entry.dir) == entry.real_domain
-                and _holds_a_domain(entry.dir, self._domain_files()))
-
-    def _domain_files(self) -> tuple[str, ...]:
-        """What :meth:`is_domain_dir` looks for."""
-        return CDB_DOMAIN_FILES if self.config.users_backend == FILES else DOMAIN_FILES
+                and _holds_a_domain(entry.dir, self.backend.domain_files))
 
     def discover_domains(self, skipped: list[str] | None = None) -> list[AssignEntry]:
         """The domains found in the domains tree (hash buckets included): every directory with

@@ -70,6 +70,9 @@ class UserDatabase(ABC):
 
     #: what vcheck calls this store (the name of its step 7)
     store_name = "users"
+    #: the files that mark a directory of users/assign as a domain's (vadddomain writes them;
+    #: one is enough): qmail-pw2u's lines for qmail's own users (~alias) name others
+    domain_files: "tuple[str, ...]" = ("vpasswd", ".qmail-default")
 
     @abstractmethod
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:

@@ -108,6 +108,11 @@ class CdbFiles(UserDatabase):
     write and the cdb rebuild, with no per-line decoding (the cost of an add at 100k users).
     """
 
+    #: vpasswd or its cdb (one of them left: a damaged domain, which the commands then name,
+    #: rather than pass over); .qmail-default alone is no domain's (~alias may hold
+    #: fastforward's)
+    domain_files = (VPASSWD, VPASSWD + ".cdb")
+
     store_name = VPASSWD
 
     def __init__(self, config: Config) -> None:
