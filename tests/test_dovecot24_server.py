@@ -6,10 +6,14 @@ user backends, on a root install whose server lists root (Dovecot's auth-worker)
 server.dovecot_callers."""
 from __future__ import annotations
 
+import collections
 import imaplib
+import signal
+import socket
 import subprocess
-import time
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlencode
@@ -20,7 +24,7 @@ from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
 from login_site import POP_ENV
-from server_site import Server, served_login_site, server_of
+from server_site import Server, served_login_site, server_of, wait_for
 
 pytestmark = pytest.mark.both_backends
 
@@ -488,3 +492,47 @@ def test_a_server_out_of_descriptors_leaves_the_lookup_socket_alone_a_while(
     answer = client.stdout.read()
     client.wait(timeout=30)
     assert status_of(answer) == 200, (answer, server(mail_site).lines()[-5:])
+
+
+def ask(path: Path, request: bytes) -> bytes:
+    """``request`` sent over a connection to ``path`` from this process; the whole answer."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_reload_keeps_the_lookup_socket(mail_site: Site) -> None:
+    """SIGHUP re-executes the server, and its lookup socket stays open across the exec
+    (Dovecot's logins have no fallback, where the front ends run the Python programs): every
+    lookup sent meanwhile is answered by the one process or the other (before: the socket
+    was gone until the new process listened, and those lookups failed)."""
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    answers: list[object] = []
+    done = threading.Event()
+
+    def keep_asking() -> None:
+        while not done.is_set():
+            try:
+                answers.append(status_of(ask(lookup_socket(mail_site), request)))
+            except OSError as exc:
+                answers.append(type(exc).__name__)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        time.sleep(0.3)
+        server(mail_site).proc.send_signal(signal.SIGHUP)
+        wait_for(server(mail_site), listening=2)
+        time.sleep(0.3)
+    finally:
+        done.set()
+        asker.join()
+    assert answers and set(answers) == {200}, (collections.Counter(answers),
+                                                server(mail_site).lines())
+    st = lookup_socket(mail_site).stat()
+    assert (st.st_uid, oct(st.st_mode & 0o777)) == (0, "0o600")

@@ -26,7 +26,8 @@ whether it is serving, and while one is the parent looks every 50 ms for callers
 identity's socket none of whose workers is free, so a long request does not hold up the
 identity's next ones. The socket is removed with the identity's last worker and what was
 queued at it goes the parent's way; when the parent stops, reloads or dies, what still waits
-(in it or at a socket) is declined: the front ends run the Python programs. What a worker
+(in it or at a socket) is declined: the front ends run the Python programs (at a reload, the
+callers already taken are served first, and the lookup socket stays open across the exec). What a worker
 keeps from one request to the next (the configuration, cdb lookups, a limits file's parse,
 maildirsize's sums, the SQL connections) is checked at every request (a file's status: inode,
 size, times, mode, owner; or its bytes), so an admin change is seen by the very next delivery

@@ -28,6 +28,9 @@ WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 #: what a reloading server tells the process it becomes: the pids of its workers not yet
 #: collected (they stay its children across exec, serve their last request and end)
 PREVIOUS = "VPOPMAIL_SERVER_PREVIOUS"
+#: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
+#: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
+KEPT_LOOKUPS = "VPOPMAIL_SERVER_LOOKUPS"
 
 
 def preload() -> None:
@@ -118,6 +121,35 @@ def previous_workers() -> set[int]:
         except OSError:
             pass
     return found.intersection(int(pid) for pid in named.split(",") if pid.isdigit())
+
+
+def kept_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | None:
+    """At a start after a reload, the lookup socket the replaced process kept open (its
+    KEPT_LOOKUPS, taken out of the environment) if it still listens at ``path`` (with
+    ``mode``); one the configuration no longer names is closed (one log line) and its path
+    removed."""
+    fd, _, rest = os.environ.pop(KEPT_LOOKUPS, "").partition(":")
+    inode, _, kept = rest.partition(":")
+    if not (fd.isdigit() and inode.isdigit() and kept):
+        return None
+    try:
+        sock = socket.socket(fileno=int(fd))
+    except OSError:
+        return None
+    try:
+        if sock.family != socket.AF_UNIX or not sock.getsockopt(socket.SOL_SOCKET,
+                                                                socket.SO_ACCEPTCONN):
+            raise OSError(f"descriptor {fd} is not a listening Unix socket")
+        if kept != path or os.stat(kept).st_ino != int(inode):
+            unlink_if(kept, int(inode))
+            raise OSError(f"{kept} is no longer the lookup socket")
+        os.chmod(kept, mode)
+    except OSError as exc:
+        log(log_fd, f"the lookup socket kept across the reload is closed: {exc}")
+        sock.close()
+        return None
+    os.set_inheritable(sock.fileno(), False)
+    return sock
 
 
 def unlink_if(path: str, inode: int) -> None:
@@ -227,10 +259,12 @@ class Server:
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
         lookups_inode = 0
+        mode = lookup_mode(self.settings.dovecot_callers)
+        self.lookups = kept_lookups(self.lookup_path, mode, self.settings.log_fd)
         if self.lookup_path is not None:
             try:
-                self.lookups = listen(self.lookup_path,
-                                      lookup_mode(self.settings.dovecot_callers))
+                if self.lookups is None:
+                    self.lookups = listen(self.lookup_path, mode)
             except BaseException:
                 unlink_if(self.path, identity)
                 listener.close()
@@ -252,6 +286,7 @@ class Server:
         log(self.settings.log_fd, f"listening on {self.path} (pid {os.getpid()}, "
             f"{self.settings.workers} workers, {self.settings.requests_per_worker} requests "
             f"a worker)")
+        again = False
         try:
             again = self.loop(listener, wake[0])
         finally:
@@ -271,7 +306,11 @@ class Server:
             unlink_if(self.path, identity)
             decline_queued(listener)
             listener.close()
-            if self.lookups is not None:
+            if self.lookups is not None and again:  # kept for the next process, queue and all
+                os.set_inheritable(self.lookups.fileno(), True)
+                os.environ[KEPT_LOOKUPS] = (f"{self.lookups.fileno()}:{lookups_inode}:"
+                                            f"{self.lookup_path}")
+            elif self.lookups is not None:
                 assert self.lookup_path is not None
                 unlink_if(self.lookup_path, lookups_inode)
                 decline_queued(self.lookups)
@@ -287,8 +326,13 @@ class Server:
         return 0
 
     def loop(self, listener: socket.socket, wake: int) -> bool:
-        """The main loop; True for a reload."""
+        """The main loop; True for a reload. At SIGHUP nothing more is accepted, and the
+        connections already taken are handed to workers (or declined at their deadlines, as
+        ever) before the loop ends: none of them is declined for the reload (Dovecot's
+        lookups have no fallback), and those that come meanwhile wait in the sockets'
+        queues (the lookup socket's, for the next process)."""
         self.poll.register(wake, select.POLLIN)
+        reloading = False
         # the listening sockets, each polled while it is taken from; the lookup socket even
         # when too many wait (only the listed callers are kept there), not while the server
         # is out of descriptors
@@ -305,9 +349,12 @@ class Server:
                     if signal.SIGTERM in signals or signal.SIGINT in signals:
                         log(self.settings.log_fd, "stopping")
                         return False
-                    if signal.SIGHUP in signals:
+                    if signal.SIGHUP in signals and not reloading:
                         log(self.settings.log_fd, "reloading")
-                        return True
+                        reloading = True
+                        for sock in [sock for sock, taking in accepting.items() if taking]:
+                            accepting[sock] = False
+                            self.poll.unregister(sock)
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
@@ -321,6 +368,11 @@ class Server:
                 else:
                     self.heard(fd)
             self.expire()
+            if reloading:
+                self.dispatch()
+                if not self.unsent and not self.ready:
+                    return True
+                continue
             self.unblock()
             self.dispatch()
             # too many waiting, or no descriptor to take one with (a failed accept leaves
