@@ -290,6 +290,18 @@ def test_a_malformed_request_is_answered_400_without_its_values_in_the_log(
     assert "refused a lookup" in log and "Secret" not in log, log
 
 
+def test_credentials_longer_than_any_login_are_refused_not_a_fault(mail_site: Site) -> None:
+    """Past what vchkpw reads (512 bytes: no user name and password are that long) a login is
+    refused and a lookup finds no user (before: 503, a fault that Dovecot logged as an error,
+    for anyone to cause)."""
+    long = post("passdb", user=f"alice@{DOMAIN}", password="p" * 600, service="imap")
+    assert status_of(http(mail_site, long)) == 403
+    user = post("userdb", user="a" * 300 + f"@{DOMAIN}" + "b" * 300)
+    assert status_of(http(mail_site, user)) == 404
+    ok = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    assert status_of(http(mail_site, ok)) == 200
+
+
 def test_a_caller_not_listed_gets_no_answer(mail_site: Site) -> None:
     """Only server.dovecot_callers may ask: anyone else's HTTP is not even read as such."""
     answer = http(mail_site, post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD),

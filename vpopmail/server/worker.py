@@ -443,6 +443,7 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
     """One Dovecot 2.4 lookup of a server.dovecot_callers caller (:mod:`.lookup`): vchkpw
     run as Dovecot 2.3's checkpassword driver ran it, in the worker's own process state
     (:func:`own_stage`), its exec plan or exit code the answer."""
+    from auth.vchkpw import MAX_INPUT
     from auth.vchkpw import main as login
 
     try:
@@ -451,8 +452,12 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
         log(settings.log_fd, f"refused a lookup of uid {identity[0]}: {exc}")
         respond(conn, 400)
         return
+    given = credentials(kind, fields)
+    if len(given) > MAX_INPUT:  # no login is that long: refused, where vchkpw says "misuse"
+        respond(conn, LOOKUP_STATUS[1 if kind == "/passdb" else 3])  # (a fault to Dovecot)
+        return
     own_stage(settings)
-    feed_descriptor_3(credentials(kind, fields))
+    feed_descriptor_3(given)
     found: dict[str, str] | None = None
     try:
         code = login(["vchkpw", PROGRAM], config=settings.config,
