@@ -353,9 +353,12 @@ def test_a_lookup_after_a_root_login_runs_in_the_servers_state(root_vhome: Insta
                                           service="imap", rip="192.0.2.72"))) == 200
         recorded = root_vhome.last_login(f"alice@{DOMAIN}")
         assert recorded is not None and recorded[1] == "192.0.2.72", server(site).lines()
-        answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="x" * 600))
-        assert status_of(answer) == 503  # and why, in the server's log
-        assert any("longer than 512 bytes" in line for line in server(site).lines())
+        if root_vhome.backend == "cdb":  # a fault: the user file damaged
+            (site.domain_dir / "vpasswd.cdb").write_bytes(b"\xff" * 100)
+            answer = http(site, post("passdb", user=f"alice@{DOMAIN}", password="pw"))
+            assert status_of(answer) == 503  # and why, in the server's log
+            assert any("user database unreadable" in line for line in server(site).lines()), \
+                server(site).lines()
 
 
 def test_a_caller_list_naming_no_user_stops_the_server(root_vhome: Install) -> None:
