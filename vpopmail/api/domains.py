@@ -13,6 +13,7 @@ from vpopmail.errors import (AliasDomainsExist, BadInput, CorruptData, CouldNotM
 from vpopmail.fsutil import (OwnerIds, atomic_write, is_dir_inside, make_dir, make_dir_inside,
                              remove_inside_until_gone)
 from vpopmail.names import check_domain
+from vpopmail.stores import UserDatabase
 
 TYPE_CHECKING = False  # the typing idiom without importing typing (the commands' start)
 if TYPE_CHECKING:
@@ -34,11 +35,7 @@ def _is_domain_name(name: str) -> bool:
         return False
 
 
-#: what vadddomain makes in a domain's directory, with either backend (vpasswd: cdb files)
-DOMAIN_FILES = ("vpasswd", catchall.DOT_QMAIL_DEFAULT)
-
-
-def _holds_a_domain(path: str, names: tuple[str, ...] = DOMAIN_FILES) -> bool:
+def _holds_a_domain(path: str, names: tuple[str, ...] = UserDatabase.domain_files) -> bool:
     """Whether the directory ``path`` holds one of ``names``. CorruptData if that cannot be
     looked at (a permission refused is not "no domain": a command would pass over every
     domain and exit 0)."""

@@ -37,8 +37,9 @@ vchkpw runs the next program in its own process, so for it the worker returns an
 (the ids, directory, argv and environment the Python vchkpw would have exec'd with) and the
 front end does setgroups/setgid/setuid, chdir and execve.
 
-Dovecot 2.4, which has no checkpassword driver, asks the server over HTTP on the same
-socket (its Lua passdb and userdb, as the users of ``server.dovecot_callers`` only): a worker
+Dovecot 2.4, which has no checkpassword driver, asks the server over HTTP on a socket of
+its own (``paths.lookup_socket``; its Lua passdb and userdb, as the users of
+``server.dovecot_callers`` only; some workers are kept for them): a worker
 runs vchkpw as Dovecot 2.3's driver ran it and answers with what it decided
 (:mod:`.lookup`).
 

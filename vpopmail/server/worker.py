@@ -154,8 +154,15 @@ def confine(request: Request, pid: int, sandboxed: bool = False) -> None:
     request.limits = tuple(limits)
 
 
-#: the umask of a server.smtp_auth_callers caller's login (nothing it makes needs more)
+#: the umask of the requests run in the worker's own process state (nothing they make needs
+#: more): a server.smtp_auth_callers caller's login, a Dovecot lookup
 OWN_UMASK = 0o077
+
+
+def own_place() -> None:
+    """The worker's own directory and umask for a request: ``/`` and OWN_UMASK."""
+    os.chdir("/")
+    os.umask(OWN_UMASK)
 
 
 def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
@@ -168,8 +175,7 @@ def set_stage(request: Request, own: bool = False) -> dict[bytes, bytes]:
     import resource
 
     if own:
-        os.chdir("/")
-        os.umask(OWN_UMASK)
+        own_place()
     else:
         try:
             os.chdir(request.cwd)
@@ -223,9 +229,8 @@ def put_environment(variables: dict[bytes, bytes]) -> None:
 def own_stage(settings: "Settings") -> None:
     """A lookup's process state: the worker's own, whatever a root caller's request left (its
     environment, which names the configuration, and file-size limit): the server's
-    environment, file-size limit and log as stderr (vchkpw's reasons), ``/`` and umask 077."""
-    os.chdir("/")
-    os.umask(OWN_UMASK)
+    environment, file-size limit and log as stderr (vchkpw's reasons), :func:`own_place`."""
+    own_place()
     os.dup2(settings.log_fd, 2)
     put_environment(settings.environment)
     limit_file_size(settings.file_size)

@@ -70,8 +70,9 @@ class UserDatabase(ABC):
 
     #: what vcheck calls this store (the name of its step 7)
     store_name = "users"
-    #: the files that mark a directory of users/assign as a domain's (vadddomain writes them;
-    #: one is enough): qmail-pw2u's lines for qmail's own users (~alias) name others
+    #: the files that mark a directory of users/assign as a domain's (vadddomain writes them,
+    #: vpasswd with the cdb files; one is enough; also what vregenerate looks for in the
+    #: domains tree): qmail-pw2u's lines for qmail's own users (~alias) name others
     domain_files: "tuple[str, ...]" = ("vpasswd", ".qmail-default")
 
     @abstractmethod
