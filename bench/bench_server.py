@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import resource
 import shlex
 import shutil
@@ -66,6 +67,9 @@ C_DELIVERY = f"{C_NAME} vdelivermail (no fsync: it has none)"
 C_LOGIN = f"{C_NAME} vchkpw, MD5-crypt"
 #: the rows of the front ends built by the system's cc, where the install's are musl's
 GLIBC_DELIVERY = "front end built by cc (glibc) + server, fsync"
+OURS_DELIVERY = "front end + server, fsync"
+#: rounds of loops (each row's loop figure is their median)
+LOOP_ROUNDS = 7
 GLIBC_LOGIN = "front end built by cc (glibc) + server, MD5-crypt"
 #: row -> (median seconds, peak RSS KiB, seconds per run in a shell loop)
 Rows = dict[str, tuple[float, int, float]]
@@ -212,7 +216,7 @@ class Setup:
             "interpreter floor `python -I -S -c pass`": ([self.python, "-I", "-S", "-c", "pass"],
                                                          env),
             "direct Python vdelivermail, fsync": ([str(self.libexec / "vdelivermail"), *args], env),
-            "front end + server, fsync": ([str(self.bin / "vdelivermail"), *args], env),
+            OURS_DELIVERY: ([str(self.bin / "vdelivermail"), *args], env),
             "front end + server, a fresh worker per request, fsync": (
                 [str(self.other / "bin" / "vdelivermail"), *args], env),
             "front end, no server (fallback), fsync": (
@@ -263,31 +267,42 @@ class Setup:
                              self.c_credentials)
         return rows
 
-    def single(self, runs: int, loop: int) -> tuple[Rows, Rows, tuple[float, float]]:
-        """Per row: (median seconds, peak KiB, seconds per run in a shell loop of ``loop``);
-        rounds interleaved. And the Maildir floor (:func:`maildir_floor`), measured after each
-        round of loops (its median): the file system's state changes from minute to minute."""
+    def single(self, runs: int, loop: int, loops: int = LOOP_ROUNDS
+               ) -> tuple[Rows, Rows, tuple[float, float], list[float]]:
+        """Per row: (median seconds, peak KiB, seconds per run in a shell loop of ``loop``, the
+        median of ``loops`` rounds); rounds interleaved, their rows in an order of their own
+        (:func:`shuffled`), each delivery row followed by :meth:`settle`. And the Maildir
+        floor (:func:`maildir_floor`), measured after each round of loops (its median): the
+        file system's state changes from minute to minute. And, with C vpopmail, per round of
+        loops our delivery with fsync less C's (seconds)."""
         deliver: dict[str, list[tuple[float, int]]] = {}
         login: dict[str, list[tuple[float, int]]] = {}
-        for _ in range(runs):
-            for name, (argv, env, cwd) in self.deliveries().items():
+        for number in range(runs):
+            deliveries, logins = self.deliveries(), self.logins()
+            for name in shuffled(deliveries, number):
+                argv, env, cwd = deliveries[name]
                 deliver.setdefault(name, []).append(timed(
                     ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids))
-            for name, (argv, env, fd3) in self.logins().items():
+                self.settle()
+            for name in shuffled(logins, number):
+                argv, env, fd3 = logins[name]
                 login.setdefault(name, []).append(timed(argv, b"", env, None, fd3=fd3))
-            self.clean()
         looped: dict[str, list[float]] = {}
         floors: list[tuple[float, float]] = []
         message = self.message.read_bytes()
-        for _ in range(3):  # loops interleaved too; the median of three
-            for name, (argv, env, cwd) in self.deliveries().items():
+        for number in range(loops):
+            deliveries, logins = self.deliveries(), self.logins()
+            for name in shuffled(deliveries, number):
+                argv, env, cwd = deliveries[name]
                 looped.setdefault(name, []).append(shell_loop(
                     argv, env, cwd, loop, self.ids, stdin=self.message))
-                self.clean()
-            for name, (argv, env, fd3) in self.logins().items():
+                self.settle()
+            for name in shuffled(logins, number):
+                argv, env, fd3 = logins[name]
                 looped.setdefault("login " + name, []).append(shell_loop(
                     argv, env, None, loop, fd3=fd3))
             floors.append(maildir_floor(self.maildir, message, 3, loop))
+            self.settle()
         delivery_rows = {name: (median(deliver[name])[0], peak_rss(
             ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids) or 0,
             statistics.median(looped[name]))
@@ -295,9 +310,19 @@ class Setup:
         login_rows = {name: (median(login[name])[0], peak_rss(argv, self.message, env, fd3=fd3)
                              or 0, statistics.median(looped["login " + name]))
                       for name, (argv, env, fd3) in self.logins().items()}
-        self.clean()
+        self.settle()
         floor = (statistics.median(f[0] for f in floors), statistics.median(f[1] for f in floors))
-        return delivery_rows, login_rows, floor
+        paired = ([ours - c for ours, c in zip(looped[OURS_DELIVERY], looped[C_DELIVERY])]
+                  if self.c else [])
+        return delivery_rows, login_rows, floor, paired
+
+    def settle(self) -> None:
+        """Empty the Maildirs and write out what is unwritten (sync): what one row left
+        unsynced (C's deliveries, ours without fsync) must not be written out during the next
+        row. Here a file created while some thousand unsynced ones were being written out
+        cost 112 us against 21 us before, for some 20 s, more than the difference measured."""
+        self.clean()
+        os.sync()
 
     # -- throughput ---------------------------------------------------------------------------
     def load(self, argv: list[str], env: dict[str, str], count: int, jobs: int, user: bool,
@@ -352,7 +377,7 @@ class Setup:
                                        ("direct Python", self.libexec, None)):
             rows[f"{count} deliveries of 4 KB, concurrency 10, {label}"] = self.load(
                 [*deliver, str(program / "vdelivermail")], denv, count, 10, True, server)
-            self.clean()
+            self.settle()
             rows[f"{count} logins, concurrency 20, {label}"] = self.load(
                 [*login, str(program / "vchkpw")], lenv, count, 20, False, server)
         if self.c:  # MD5-crypt logins on both sides: C's hash; deliveries without fsync too
@@ -364,12 +389,12 @@ class Setup:
             rows[f"{count} deliveries of 4 KB, concurrency 10, front end + server, no fsync"] = \
                 self.load([*deliver, str(self.bin / "vdelivermail")], nosync, count, 10, True,
                           self.server)
-            self.clean()
+            self.settle()
             rows[f"{count} deliveries of 4 KB, concurrency 10, {C_NAME} (no fsync)"] = self.load(
                 [*deliver, str(self.c.bin / "vdelivermail")],
                 {**qmail_local_env(self.c.domain_dir), "MSG": str(self.message)}, count, 10,
                 True, None, self.c.domain_dir)
-            self.clean()
+            self.settle()
             rows[f"{count} logins, concurrency 20, {C_NAME}, MD5-crypt"] = self.load(
                 [*login, str(self.c.bin / "vchkpw")],
                 {**POP_ENV, "CRED": str(self.c_credentials)}, count, 20, False, None)
@@ -421,6 +446,15 @@ def maildir_floor(maildir: Path, message: bytes, rounds: int = 7, each: int = 10
     return statistics.median(timings[True]), statistics.median(timings[False])
 
 
+def shuffled(rows: dict[str, object], number: int) -> list[str]:
+    """The names of ``rows`` in round ``number``'s order (a seeded shuffle: the same in every
+    run). A row ran after the same neighbour every round before, and what ran just before moved
+    it: two runs of the one same row, placed one after the other, differed by 0.06 ms."""
+    names = list(rows)
+    random.Random(number).shuffle(names)
+    return names
+
+
 def median(samples: list[tuple[float, int]]) -> tuple[float, int]:
     return statistics.median(s[0] for s in samples), max(s[1] for s in samples)
 
@@ -461,9 +495,9 @@ def fork_or_pool(setup: Setup) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
-def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
+def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float], list[float]],
           load: dict[str, tuple[float, float, int, int]], fork: tuple[float, float]) -> None:
-    deliver, login, floor = single
+    deliver, login, floor, paired = single
     lines = ["## Server: vpopmail-server and the C front ends (`bench/bench_server.py`)", "",
              machine_line(runs, "GNU time"), "",
              "One 4 KB delivery: `sh -c` of the `.qmail-default` line as uid 89, the message on a "
@@ -472,9 +506,13 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
              "build: each refreshes its IP's open-smtp line), exec /bin/true. \"median\": one process "
              "started from this harness (a fork of a large Python process: it adds a few "
              f"ms to every row alike); \"loop\": per run, {loop} runs back to back from one "
-             "shell, the way C vpopmail's figures were taken (median of three loops). Peak RSS: of "
-             "the client process (the `sh -c` and what it execs for a delivery), from GNU time; "
-             "the server's is below.",
+             f"shell, the way C vpopmail's figures were taken (median of {LOOP_ROUNDS} loops). "
+             "Each round runs its rows in an order of its own (seeded), and after each delivery "
+             "row the Maildirs are emptied and everything unwritten is written out (`sync`): "
+             "what one row leaves unsynced (C's deliveries, ours without fsync) slowed the file "
+             "creations of the next one here, and a row's place in the round moved it by up to "
+             "0.06 ms. Peak RSS: of the client process (the `sh -c` and what it execs for a "
+             "delivery), from GNU time; the server's is below.",
              "", "| delivery | median | loop | peak RSS |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {k} | {v[0] * 1000:.2f} ms | {v[2] * 1000:.2f} ms | {v[1] / 1024:.1f} MiB |"
               for k, v in deliver.items()]
@@ -488,7 +526,7 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
     synced, unsynced = floor[0] * 1000, floor[1] * 1000
     lines += ["", f"The Maildir system calls of one delivery alone (create in tmp/, write, "
               f"fsync, link into new/, unlink, fsync new/), in the benchmark's process on the "
-              f"same Maildir, after each round of loops (median of three): {synced:.2f} ms, "
+              f"same Maildir, after each round of loops (their median): {synced:.2f} ms, "
               f"{unsynced:.2f} ms without the two fsyncs. With "
               f"the exec floor, {floor_d + synced:.2f} ms is the least any delivery with fsync "
               f"can cost here, whatever the language ({floor_d + unsynced:.2f} ms without)."]
@@ -507,7 +545,9 @@ def write(runs: int, loop: int, single: tuple[Rows, Rows, tuple[float, float]],
                   f"(without fsync: it has none), an MD5-crypt login {c_l:.2f} ms. Through the "
                   f"server: a delivery with fsync {ours_d:.2f} ms ({ours_d - c_d:+.2f} ms), an "
                   f"MD5-crypt login {ours_l:.2f} ms ({ours_l - c_l:+.2f} ms); exec floors "
-                  f"{floor_d:.2f} and {floor_l:.2f} ms."]
+                  f"{floor_d:.2f} and {floor_l:.2f} ms. Our delivery with fsync less C's, round "
+                  f"by round of loops: median {statistics.median(paired) * 1000:+.2f} ms "
+                  f"({min(paired) * 1000:+.2f} to {max(paired) * 1000:+.2f})."]
     else:
         lines += ["", f"{C_NAME} on this machine class (c-vpopmail-observed.md section 7, not "
                   f"re-run here), in the same kind of loop: {C_DELIVERY_MS} ms a 4 KB "
