@@ -8,6 +8,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import stat
 import struct
 import subprocess
@@ -404,10 +405,127 @@ def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
 
 
 def test_run_scripts_parse() -> None:
-    for script in (SERVICE / "pop3" / "run", SERVICE / "pop3" / "log" / "run",
-                   SERVICE / "vpopmaild" / "run", SERVICE / "vpopmail-server" / "run"):
+    scripts = sorted(SERVICE.glob("*/run")) + sorted(SERVICE.glob("*/log/run"))
+    assert [str(p.relative_to(SERVICE)) for p in scripts] == [
+        "pop3/run", "vpopmail-server/run", "vpopmaild/run", "pop3/log/run",
+        "vpopmail-server/log/run", "vpopmaild/log/run"]
+    for script in scripts:
         assert os.access(script, os.X_OK), script
         subprocess.run(["sh", "-n", str(script)], check=True)
+
+
+@contextlib.contextmanager
+def supervised(inst: Install, name: str, scan: Path, *edits: tuple[str, str]
+               ) -> Iterator[Path]:
+    """packaging/service/``name`` with its log service under a real svscan in ``scan``, as
+    README deploys it: the install's paths in the run script (and ``edits``), the log user
+    nobody for qmaill (no qmail here) owning log/main; yields the log file. Both services
+    are taken down and svscan stopped at the end."""
+    if shutil.which("svscan") is None:
+        pytest.skip("needs daemontools (packaging/bootstrap installs it)")
+    service = scan / name
+    (service / "log" / "main").mkdir(parents=True)
+    shutil.chown(service / "log" / "main", "nobody")
+    run = installed_copy(SERVICE / name / "run", inst, service / "run")
+    text = run.read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    run.write_text(text)
+    log = (SERVICE / name / "log" / "run").read_text()
+    assert "setuidgid qmaill " in log
+    (service / "log" / "run").write_text(log.replace("setuidgid qmaill ", "setuidgid nobody "))
+    for script in (run, service / "log" / "run"):
+        script.chmod(0o755)
+    svscan = subprocess.Popen(["svscan", str(scan)], env=CLEAN_ENV, cwd="/",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield service / "log" / "main" / "current"
+    finally:
+        svscan.terminate()
+        svscan.wait()
+        for directory in (service, service / "log"):
+            subprocess.run(["svc", "-dx", str(directory)], capture_output=True)
+        deadline = time.monotonic() + 20
+        while any(subprocess.run(["svok", str(d)]).returncode == 0
+                  for d in (service, service / "log")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def log_lines(current: Path, wanted: str, count: int = 1, timeout: float = 30) -> list[str]:
+    """multilog's lines in ``current`` once ``count`` of them hold ``wanted``."""
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        if current.exists():
+            lines = current.read_text().splitlines()
+            if sum(wanted in line for line in lines) >= count:
+                return lines
+        time.sleep(0.05)
+    raise AssertionError(f"{count} x {wanted!r} not in {current}: {lines}")
+
+
+def test_vpopmail_server_under_daemontools(root_vhome: Install, tmp_path: Path) -> None:
+    """The server's run script and log service under svscan: it starts, serves (--status),
+    its lines reach multilog with its timestamps, svc -h reloads it (a new process
+    listening), svc -d stops it cleanly."""
+    service = tmp_path / "service" / "vpopmail-server"
+    with supervised(root_vhome, "vpopmail-server", tmp_path / "service") as current:
+        lines = log_lines(current, "vpopmail-server: listening on")
+        assert all(re.match(r"@4000[0-9a-f]{20} ", line) for line in lines), lines
+        status = subprocess.run([str(root_vhome.bin / "vpopmail-server"), "--status"],
+                                capture_output=True, text=True, env=CLEAN_ENV)
+        assert status.returncode == 0 and " requests" in status.stdout, status
+        subprocess.run(["svc", "-h", str(service)], check=True)
+        log_lines(current, "vpopmail-server: reloading")
+        log_lines(current, "vpopmail-server: listening on", 2)
+        subprocess.run(["svc", "-d", str(service)], check=True)
+        log_lines(current, "vpopmail-server: stopping")
+        deadline = time.monotonic() + 20
+        while "down" not in subprocess.run(["svstat", str(service)], capture_output=True,
+                                           text=True).stdout:
+            assert time.monotonic() < deadline, "svc -d did not stop the server"
+            time.sleep(0.05)
+        assert not (root_vhome.prefix / "run" / "server.sock").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_vpopmaild_under_daemontools(root_vhome: Install, tmp_path: Path) -> None:
+    """vpopmaild's run script and log service under svscan (on a free port for 89): a client
+    gets vpopmaild's greeting, is refused a wrong password and logs in; tcpserver's lines for
+    the connection reach multilog."""
+    root_vhome.ok("vadddomain", "example.com", "pm-secret")
+    port = free_port()
+    with supervised(root_vhome, "vpopmaild", tmp_path / "service",
+                    (" 127.0.0.1 89 ", f" 127.0.0.1 {port} ")) as current:
+        log_lines(current, "tcpserver: status: 0/20")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, current.read_text()
+                time.sleep(0.05)
+        with client, client.makefile("rwb") as stream:
+            assert stream.readline().startswith(b"+OK"), "no greeting"
+            stream.write(b"login postmaster@example.com wrong\n")
+            stream.flush()
+            assert stream.readline().startswith(b"-ERR")
+            stream.write(b"login postmaster@example.com pm-secret\n")
+            stream.flush()
+            assert stream.readline().startswith(b"+OK")
+            stream.write(b"quit\n")
+            stream.flush()
+            stream.read()
+        lines = log_lines(current, "tcpserver: end ")
+        assert any("tcpserver: ok " in line and "127.0.0.1" in line for line in lines), lines
 
 
 def memory_limit() -> int:
