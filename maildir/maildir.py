@@ -1,13 +1,10 @@
 """Maildir layout and durable delivery.
 
 A delivery follows the Maildir contract with the durability qmail-local gives and C vpopmail
-did not: the message is written in chunks to a file on ``tmp/``'s file system that no reader
-can see, fsynced, hard-linked into ``new/`` (never renamed over an existing name), and ``new/``
-is fsynced. Only then does :func:`deliver` return. The file is an unnamed one (``O_TMPFILE``,
-linked through ``/proc/self/fd``): a killed delivery leaves nothing behind, and it costs less
-than a name made and removed in ``tmp/``. Where the kernel, the file system or a missing
-``/proc`` offers none, it is created ``O_EXCL`` in ``tmp/`` under a name no other process can
-pick and unlinked once linked. Any failure removes it, so no partial message is ever visible.
+did not: the tmp file is created ``O_EXCL`` under a name no other process can pick, written in
+chunks, fsynced, hard-linked into ``new/`` (never renamed over an existing name), unlinked from
+``tmp/``, and ``new/`` is fsynced. Only then does :func:`deliver` return. Any failure removes
+the tmp file, so no partial message is ever visible.
 
 Names: ``<sec>.M<usec>P<pid>Q<n>.<host>`` in tmp, ``<sec>.M<usec>P<pid>V<dev>I<ino>.<host>,
 S=<size>,W=<rfc822 size>`` in new (``/`` and ``:`` in the host name escaped as ``\\057`` and
@@ -28,13 +25,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 CHUNK = 65536
-#: where an unnamed file is linked from (linkat with AT_SYMLINK_FOLLOW)
-PROC_FD = "/proc/self/fd"
 #: a file in ``tmp/`` neither written nor read for this long is a crashed writer's leftover
 #: (the Maildir rule; qmail-pop3d applies it to atime at each session, Dovecot to ctime)
 TMP_STALE_SECONDS = 36 * 3600
 _counter = 0
-_proc_fd: bool | None = None  # whether PROC_FD is there (looked at once a process)
 
 
 def make_maildir(path: str, uid: int | None = None, gid: int | None = None,
@@ -134,36 +128,6 @@ class Staged:
         self.st = st
 
 
-def _open_unnamed(maildir: str) -> int | None:
-    """A file on ``maildir/tmp``'s file system with no name (O_TMPFILE), or None where the
-    kernel or the file system has none or PROC_FD is not there to link it from."""
-    global _proc_fd
-    if _proc_fd is None:
-        try:
-            posix.stat(PROC_FD)
-            _proc_fd = True
-        except OSError:
-            _proc_fd = False
-    if not _proc_fd:
-        return None
-    path = f"{maildir}/tmp"
-    try:
-        return posix.open(path, posix.O_WRONLY | posix.O_TMPFILE | posix.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            return None
-        raise _fault(exc, "cannot create a file in", path) from None
-
-
-def _fill(fd: int, header: bytes, source: int, sync: bool) -> tuple[int, int, posix.stat_result]:
-    """Write ``header`` + the contents of fd ``source`` to ``fd`` (fsynced with ``sync``):
-    (size, RFC 822 size, its status)."""
-    size, rfc822_size = write_message(fd, header, source)
-    if sync:
-        posix.fsync(fd)
-    return size, rfc822_size, posix.fstat(fd)
-
-
 def write_tmp(maildir: str, header: bytes, source: int, sync: bool = True) -> Staged:
     """Write ``header`` + the contents of fd ``source`` into a new file in ``maildir/tmp``
     (fsynced with ``sync``). Raises :class:`OverQuota` on EDQUOT and :class:`DeliveryFailed`
@@ -171,7 +135,10 @@ def write_tmp(maildir: str, header: bytes, source: int, sync: bool = True) -> St
     fd, tmp, stem = _create_tmp(maildir)
     try:
         try:
-            size, rfc822_size, st = _fill(fd, header, source, sync)
+            size, rfc822_size = write_message(fd, header, source)
+            if sync:
+                posix.fsync(fd)
+            st = posix.fstat(fd)
         finally:
             posix.close(fd)
     except OSError as exc:
@@ -209,35 +176,19 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
     error; in both cases nothing is left in ``tmp/`` or ``new/``.
     """
     maildir = maildir.rstrip("/") or "/"
-    fd = _open_unnamed(maildir)
-    if fd is None:
-        staged = write_tmp(maildir, header, source, sync)
-        size, rfc822_size = staged.size, staged.rfc822_size
-        try:
-            final = link_new(maildir, lambda path: posix.link(staged.path, path), staged.st,
-                             size, rfc822_size, staged.stem)
-        finally:
-            discard(staged.path)
-    else:
-        try:
-            try:
-                size, rfc822_size, st = _fill(fd, header, source, sync)
-            except OSError as exc:
-                raise _fault(exc, "cannot write a file in", f"{maildir}/tmp") from None
-            # a dir_fd makes os.link call linkat, which follows the /proc link
-            # (AT_SYMLINK_FOLLOW); the path is absolute, so which descriptor is not read
-            final = link_new(maildir, lambda path: posix.link(f"{PROC_FD}/{fd}", path,
-                                                              src_dir_fd=fd), st,
-                             size, rfc822_size)
-        finally:
-            posix.close(fd)
+    staged = write_tmp(maildir, header, source, sync)
+    try:
+        final = link_new(maildir, lambda path: posix.link(staged.path, path), staged.st,
+                         staged.size, staged.rfc822_size, staged.stem)
+    finally:
+        discard(staged.path)
     if sync:
         try:
             fsync_dir(f"{maildir}/new")
         except OSError as exc:
             discard(final)
             raise _fault(exc, "cannot sync", f"{maildir}/new") from None
-    return Delivered(final, size, rfc822_size)
+    return Delivered(final, staged.size, staged.rfc822_size)
 
 
 def discard(path: str) -> None:

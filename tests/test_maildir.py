@@ -86,7 +86,7 @@ def test_link_never_overwrites(box: Path, tmp_path: Path, monkeypatch: pytest.Mo
     first = deliver(str(box), b"", fd)
     monkeypatch.setattr(md, "hostname", lambda: "x")
     real_link = os.link
-    monkeypatch.setattr(md.posix, "link", lambda a, b, **kw: real_link(a, first.path, **kw))
+    monkeypatch.setattr(md.posix, "link", lambda a, b: real_link(a, first.path))
     with pytest.raises(DeliveryFailed):
         deliver(str(box), b"", fd)
     assert Path(first.path).read_bytes() == b"second\n"

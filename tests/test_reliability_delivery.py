@@ -1,9 +1,7 @@
 """Delivery durability: vdelivermail killed with SIGKILL at every syscall of a delivery and at
 random moments, writes failing (ENOSPC and EIO injected, a full or read-only filesystem), awkward
 and 50 MB messages. After every run each file in new/ is a complete copy of what was delivered,
-a run that exited 0 left exactly one, a killed run left nothing in tmp/ but a maildirsize being
-recalculated (the message is written to a file without a name, O_TMPFILE, until it is linked
-into new/; where there is none, at most the one file of its own), and
+a run that exited 0 left exactly one, a killed run left at most one file in tmp/, and
 maildirsize is well formed and differs from a recount only by the messages a kill left
 delivered but not yet counted (vpopmail/Courier semantics: counted at the next recalculation).
 
@@ -260,8 +258,7 @@ class Plan:
         self.calls = calls
         self.start = next((i for i, c in enumerate(calls) if f'"{home}/' in c.text), len(calls))
         m = str(maildir)
-        self.tmp_create: int | None = None  # the message's file in tmp/ (O_TMPFILE or O_EXCL)
-        self.unnamed = False  # it has no name (O_TMPFILE): a kill leaves nothing of it
+        self.tmp_create: int | None = None  # the message's file in tmp/ (O_EXCL)
         self.tmp_writes: list[tuple[int, int]] = []  # (index, bytes written)
         self.tmp_fsync: int | None = None
         self.link: int | None = None
@@ -279,9 +276,7 @@ class Plan:
             target = fds.get(call.fd) if call.fd is not None else None
             if call.name == "openat" and ret is not None and ret >= 0:
                 fds[ret] = path
-                if path == f"{m}/tmp" and "O_TMPFILE" in call.text:
-                    self.tmp_create, tmp_file, self.unnamed = i, path, True
-                elif path.startswith(f"{m}/tmp/") and "O_CREAT" in call.text:
+                if path.startswith(f"{m}/tmp/") and "O_CREAT" in call.text:
                     if STAGED in path:
                         self.staged = i
                     else:
@@ -300,7 +295,7 @@ class Plan:
                 self.tmp_fsync = i
             elif call.name == "fsync" and target == f"{m}/new":
                 self.new_fsync = i
-            elif call.name in ("link", "linkat"):
+            elif call.name == "link":
                 self.link = i
             elif call.name == "unlink" and tmp_file and path == tmp_file:
                 self.unlink = i
@@ -325,7 +320,7 @@ class Plan:
         points = []
         for i in range(self.start, len(self.calls)):
             call = self.calls[i]
-            if call.name in ("write", "fsync", "link", "linkat", "rename") or (
+            if call.name in ("write", "fsync", "link", "rename") or (
                     call.name == "openat"
                     and re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_DIRECTORY", call.text)):
                 points.append(i)
@@ -337,7 +332,7 @@ class Plan:
 
     def left_by_kill(self, i: int) -> Left:
         """What tmp/ holds after a kill on entry to syscall ``i``."""
-        if self.done(self.tmp_create, i) and not self.unnamed and not self.done(self.unlink, i):
+        if self.done(self.tmp_create, i) and not self.done(self.unlink, i):
             return "message", sum(n for j, n in self.tmp_writes if j < i)
         if self.done(self.staged, i) and not self.done(self.rename, i):
             return "staged", -1
@@ -404,7 +399,7 @@ def test_kill_at_every_syscall(strace: str, box_site: Site, tmp_path: Path, kind
     log = tmp_path / "trace"
     plan = reference(strace, box_site, box, log)
     names = [c.name for c in plan.calls]
-    assert plan.link and plan.tmp_writes and plan.unnamed and not plan.unlink, names
+    assert plan.link and plan.unlink and plan.tmp_writes, names
     # what a kill cannot show (the page cache survives it): the file is synced before it is
     # linked, new/ after the link, both before maildirsize counts the message
     assert plan.tmp_writes[-1][0] < (plan.tmp_fsync or 0) < plan.link < (plan.new_fsync or 0)
@@ -482,42 +477,6 @@ def test_injected_write_errors(strace: str, box_site: Site, tmp_path: Path, kind
                 box.audit(tag, 111, why, recalculated=plan.done(plan.rename, i), left=None)
     box.settle(f"{kind}: recount after {runs} injected errors")
     print(f"\n{box_site.inst.mode} {kind}: {runs} injected errors")
-
-
-# without an unnamed file ------------------------------------------------------------------------
-@pytest.mark.parametrize("code", ["EOPNOTSUPP", "EISDIR"])
-def test_without_unnamed_files_a_named_one_is_used(strace: str, box_site: Site,
-                                                   tmp_path: Path, code: str) -> None:
-    """Where O_TMPFILE is refused (EOPNOTSUPP: a file system without it; EISDIR: a kernel
-    before 3.11) the message goes through a file of its own name in tmp/, linked into new/
-    and unlinked: delivered and counted, nothing left in tmp/."""
-    box = Box(box_site, KINDS["quota"])
-    log = tmp_path / "trace"
-    plan = reference(strace, box_site, box, log)
-    assert plan.unnamed and plan.tmp_create is not None
-    tag, data = box.message(KILL_SIZE)
-    result = run_traced(strace, box_site, box.user, data, log,
-                        f"openat:error={code}:when={plan.ordinal(plan.tmp_create)}")
-    box.audit(tag, result.returncode, f"{code}: {result}", landed=True, counted=True, left=None)
-    assert result.returncode == 0, result
-    fallback = Plan(read_calls(log), box_site.user_dir(box.user), box.maildir)
-    assert not fallback.unnamed and fallback.tmp_create and fallback.unlink
-    assert fallback.tmp_fsync and fallback.link and fallback.new_fsync
-    assert fallback.tmp_create < fallback.tmp_fsync < fallback.link < fallback.unlink
-
-
-def test_without_proc_a_named_file_is_used(box_site: Site) -> None:
-    """An unnamed file is linked through /proc/self/fd: where /proc is not mounted (a
-    chroot, a mount namespace without it) the delivery uses a named file in tmp/."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare (a mount namespace without /proc)")
-    box = Box(box_site, KINDS["noquota"])
-    no_proc = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
-               'umount -l /proc && test ! -e /proc/self && exec "$@"', "sh")
-    tag, data = box.message(KILL_SIZE)
-    result = box_site.deliver(box.user, data, wrap=no_proc)
-    assert result.returncode == 0, result
-    box.audit(tag, 0, f"without /proc: {result}", landed=True, left=None)
 
 
 # random kills ------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ name for every user of a domain, opened with ``fopen("w+")`` (an existing file o
 was truncated), mode from the umask, no fsync, no quota check and no ``maildirsize`` update;
 copies got a ``To: user@domain`` line in front of the file, links pointed at ``cwd/file``
 (wrong for an absolute path). Here every copy is a durable Maildir delivery
-(:func:`maildir.maildir.deliver`: a file without a name, or an O_EXCL one in ``tmp/``,
-fsync, link into ``new/``, fsync of ``new/``); links get the same unique ``new/`` names, never replace an existing file, point at
+(:func:`maildir.maildir.deliver`: O_EXCL tmp file, fsync, link into ``new/``, fsync of
+``new/``); links get the same unique ``new/`` names, never replace an existing file, point at
 an fsynced file (hard links: a copy the domain owner makes, 0600, in one user's ``tmp/``,
 removed at the end) and are made durable by one ``syncfs`` per file system before the run
 ends. Everything is owned by the domain's owner. An over-quota user is skipped and reported,
