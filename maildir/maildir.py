@@ -202,11 +202,19 @@ def discard(path: str) -> None:
 def clean_tmp(maildir: str, now: float | None = None) -> int:
     """Remove the regular files in ``maildir/tmp`` whose mtime and atime are both older than
     36 hours (what a killed delivery leaves); returns how many went. Housekeeping only: any
-    error is ignored. Not on the delivery path: :func:`maildir.quota.recalculate` calls it."""
+    error is ignored. Not on the delivery path: :func:`maildir.quota.recalculate` calls it.
+
+    A file with one link whose inode ``new/`` or ``cur/`` also names is kept: its count is one
+    short (after a crash on a file system without a journal: the message's first name and its
+    link in new/ reached the disk, the unlink and the inode's new count did not), and
+    unlinking it would free the delivered message. fsck repairs the count; a second name with
+    the right count (a delivery killed between its link and its unlink) is removed."""
+    maildir = maildir.rstrip("/")
     cutoff = (time.time() if now is None else now) - TMP_STALE_SECONDS
     removed = 0
+    delivered: set[int] | None = None  # the inodes new/ and cur/ name, read at the first need
     try:
-        entries = posix.scandir(f"{maildir.rstrip('/')}/tmp")
+        entries = posix.scandir(f"{maildir}/tmp")
     except OSError:
         return 0
     with entries:
@@ -215,9 +223,28 @@ def clean_tmp(maildir: str, now: float | None = None) -> int:
                 if not entry.is_file(follow_symlinks=False):
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if max(st.st_mtime, st.st_atime) < cutoff:
-                    posix.unlink(entry.path)
-                    removed += 1
+                if max(st.st_mtime, st.st_atime) >= cutoff:
+                    continue
+                if st.st_nlink == 1:
+                    if delivered is None:
+                        delivered = _named_inodes(maildir)
+                    if st.st_ino in delivered:
+                        continue
+                posix.unlink(entry.path)
+                removed += 1
             except OSError:
                 continue
     return removed
+
+
+def _named_inodes(maildir: str) -> set[int]:
+    """The inode numbers ``maildir/new`` and ``maildir/cur`` name (from the directory
+    entries: nothing is stat'ed)."""
+    found: set[int] = set()
+    for sub in ("new", "cur"):
+        try:
+            with posix.scandir(f"{maildir}/{sub}") as entries:
+                found.update(entry.inode() for entry in entries)
+        except OSError:
+            continue
+    return found
