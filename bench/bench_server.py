@@ -5,7 +5,8 @@
 
 Run as root. Installs pyvpopmail with the front ends into bench/work/server (example.com, alice
 with a 100G quota, SHA-512-crypt password), starts bin/vpopmail-server, and measures, in
-interleaved rounds, whole processes:
+interleaved rounds (each in an order of its own, a sync after each delivery row), whole
+processes:
 - a 4 KB delivery as qmail-local runs the ``.qmail-default`` line (``sh -c`` of it as uid 89,
   the message on a seekable file, qmail-local's environment, cwd = the domain directory):
   front end + server, the direct Python program (PREFIX/libexec/vdelivermail), the
@@ -67,10 +68,10 @@ C_DELIVERY = f"{C_NAME} vdelivermail (no fsync: it has none)"
 C_LOGIN = f"{C_NAME} vchkpw, MD5-crypt"
 #: the rows of the front ends built by the system's cc, where the install's are musl's
 GLIBC_DELIVERY = "front end built by cc (glibc) + server, fsync"
+GLIBC_LOGIN = "front end built by cc (glibc) + server, MD5-crypt"
 OURS_DELIVERY = "front end + server, fsync"
 #: rounds of loops (each row's loop figure is their median)
 LOOP_ROUNDS = 7
-GLIBC_LOGIN = "front end built by cc (glibc) + server, MD5-crypt"
 #: row -> (median seconds, peak RSS KiB, seconds per run in a shell loop)
 Rows = dict[str, tuple[float, int, float]]
 
