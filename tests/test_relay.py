@@ -102,15 +102,36 @@ def test_the_cdb_is_what_the_ipv6_tcprules_makes_of_the_rules(relay: RelayTable,
 
 
 def test_a_known_ip_only_gets_its_time_refreshed(relay: RelayTable) -> None:
+    """In place: its line keeps its place, the file its inode; no compile."""
     relay.open_relay("192.0.2.1", now=NOW)
     relay.open_relay("192.0.2.2", now=NOW)
     before = os.stat(relay.cdb)
-    assert relay.open_relay("192.0.2.1", now=NOW + 60) is False
-    assert lines(relay) == [b"192.0.2.2" + OPEN + b"\t%d" % NOW,
-                            b"192.0.2.1" + OPEN + b"\t%d" % (NOW + 60)]
+    with open(relay.open_smtp, "rb") as held:  # its inode cannot be reused meanwhile
+        assert relay.open_relay("192.0.2.1", now=NOW + 60) is False
+        assert os.path.samestat(os.fstat(held.fileno()), os.stat(relay.open_smtp))
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % (NOW + 60),
+                            b"192.0.2.2" + OPEN + b"\t%d" % NOW]
     after = os.stat(relay.cdb)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # no compile
     assert counters(relay) == (2, 2)
+
+
+@pytest.mark.parametrize("text", [
+    b"192.0.2.1" + OPEN + b"\t99\n",  # a time of another length
+    b"192.0.2.1" + OPEN + b"\t%d\n192.0.2.1" % NOW + OPEN + b"\t%d\n" % NOW,  # twice
+    b"192.0.2.1:allow\t%d\n" % NOW,  # not vpopmail's rule
+    b"192.0.2.1" + OPEN + b"\n",  # no time
+])
+def test_a_known_ip_whose_line_cannot_be_refreshed_in_place_is_rewritten(
+        relay: RelayTable, text: bytes) -> None:
+    """Where the address's line is not vpopmail's one line with a time of ten digits, the
+    file is written anew (one line, vpopmail's, last), as before."""
+    Path(relay.open_smtp).write_bytes(b"198.51.100.7" + OPEN + b"\t%d\n" % NOW + text)
+    with open(relay.open_smtp, "rb") as held:
+        assert relay.open_relay("192.0.2.1", now=NOW + 60) is False
+        assert not os.path.samestat(os.fstat(held.fileno()), os.stat(relay.open_smtp))
+    assert lines(relay) == [b"198.51.100.7" + OPEN + b"\t%d" % NOW,
+                            b"192.0.2.1" + OPEN + b"\t%d" % (NOW + 60)]
 
 
 def test_no_static_rules_file(tmp_path: Path) -> None:
