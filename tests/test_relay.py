@@ -116,6 +116,20 @@ def test_a_known_ip_only_gets_its_time_refreshed(relay: RelayTable) -> None:
     assert counters(relay) == (2, 2)
 
 
+def test_a_known_ip_is_never_refreshed_through_a_second_name(relay: RelayTable,
+                                                            tmp_path: Path) -> None:
+    """open-smtp with another name (a hard link planted by whoever may write etc/): its
+    refresh replaces the file, the other name keeps its contents."""
+    relay.open_relay("192.0.2.1", now=NOW)
+    other = tmp_path / "elsewhere"
+    os.link(relay.open_smtp, other)
+    kept = other.read_bytes()
+    assert relay.open_relay("192.0.2.1", now=NOW + 60) is False
+    assert other.read_bytes() == kept
+    assert lines(relay) == [b"192.0.2.1" + OPEN + b"\t%d" % (NOW + 60)]
+    assert os.stat(relay.open_smtp).st_nlink == 1
+
+
 @pytest.mark.parametrize("text", [
     b"192.0.2.1" + OPEN + b"\t99\n",  # a time of another length
     b"192.0.2.1" + OPEN + b"\t%d\n192.0.2.1" % NOW + OPEN + b"\t%d\n" % NOW,  # twice

@@ -65,8 +65,10 @@ class RelayTable:
         """Overwrite the time on ``rule``'s line of open-smtp (``data``, as read with status
         ``read``) where it stands, if that line is the address's only one, in vpopmail's
         form, with a time as long as ``stamp``'s (all of them, for three centuries) and the
-        file is still the one read; True if done. A write of ten bytes, not a new file
-        renamed over the old one (50 us a login here, mostly making and freeing inodes)."""
+        file is still the one read, with no other name (a hard link planted there is replaced
+        by the rewrite, never written into); True if done, False to rewrite the file (any
+        error included: a FIFO or link planted meanwhile). A write of ten bytes, not a new
+        file renamed over the old one (0.15 ms a login here: an inode made and one freed)."""
         head = b"\n" + rule + b"\t"
         text = b"\n" + data
         at = text.find(head)
@@ -77,12 +79,19 @@ class RelayTable:
         old, new = data[start:len(data) if end < 0 else end], b"%d" % stamp
         if len(old) != len(new) or not old.isdigit():
             return False
-        fd = os.open(self.open_smtp, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.open_smtp,
+                         os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
         try:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino, st.st_size) != (read.st_dev, read.st_ino, len(data)):
+            if ((st.st_dev, st.st_ino, st.st_size, st.st_nlink)
+                    != (read.st_dev, read.st_ino, len(data), 1)):
                 return False
             return os.pwrite(fd, new, start) == len(new)
+        except OSError:
+            return False
         finally:
             os.close(fd)
 
