@@ -10,6 +10,7 @@ root install.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -615,6 +616,31 @@ def test_repeat_login_refreshes_without_rebuild(roaming: LoginSite) -> None:
     stamps = {l.split(":")[0]: int(l.split("\t")[1]) for l in open_smtp(roaming)}
     assert sorted(stamps) == ["192.0.2.10", "192.0.2.11"]
     assert stamps["192.0.2.10"] > stamps["192.0.2.11"]
+
+
+@pytest.mark.cdb_only("the open-smtp file itself")
+@pytest.mark.parametrize("case", ["second name", "read-only"])
+def test_a_known_ip_is_refreshed_where_open_smtp_cannot_be_written_in_place(
+        roaming: LoginSite, case: str) -> None:
+    """A repeat login's time goes in place only into an open-smtp that is the file's one name
+    and that the relay's writer may write; otherwise the file is written anew, as before
+    the in-place refresh: a second name (a hard-linked backup, ``cp -al``) keeps its bytes,
+    and a read-only open-smtp (chmod a-w) still gets the time, not "relay not opened"."""
+    etc = roaming.inst.prefix / "etc"
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    backup = roaming.work / "open-smtp.backup"
+    if case == "second name":
+        os.link(etc / "open-smtp", backup)
+    else:
+        (etc / "open-smtp").chmod(0o444)
+        shutil.copyfile(etc / "open-smtp", backup)
+    before = backup.read_bytes()
+    time.sleep(1.1)
+    assert roaming.login("alice@example.com", PASSWORD).code == 0
+    [line] = open_smtp(roaming)
+    assert int(line.split("\t")[1]) > int(before.split(b"\t")[1])
+    assert backup.read_bytes() == before
+    assert not any("relay not opened" in t for t in roaming.syslog.texts())
 
 
 @pytest.mark.parametrize("case", ["smtp", "no_relay_flag", "no_ip", "domain_limit", "off"])

@@ -65,7 +65,8 @@ class RelayTable:
         """Overwrite the time on ``rule``'s line of open-smtp (``data``, as read with status
         ``read``) where it stands, if that line is the address's only one, in vpopmail's
         form, with a time as long as ``stamp``'s (all of them, for three centuries) and the
-        file is still the one read, with no other name (a hard link planted there is replaced
+        file is still the one read (not even rewritten where it stands by a tool that takes
+        no lock: its time of change), with no other name (a hard link planted there is replaced
         by the rewrite, never written into); True if done, False to rewrite the file (any
         error included: a FIFO or link planted meanwhile). A write of ten bytes, not a new
         file renamed over the old one (0.15 ms a login here: an inode made and one freed)."""
@@ -86,8 +87,8 @@ class RelayTable:
             return False
         try:
             st = os.fstat(fd)
-            if ((st.st_dev, st.st_ino, st.st_size, st.st_nlink)
-                    != (read.st_dev, read.st_ino, len(data), 1)):
+            if ((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_nlink)
+                    != (read.st_dev, read.st_ino, len(data), read.st_mtime_ns, 1)):
                 return False
             return os.pwrite(fd, new, start) == len(new)
         except OSError:
