@@ -159,20 +159,22 @@ def _is_trashed(name: str) -> bool:
 _SKIPPED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES)
 
 
-def counted_dirs(maildir: str) -> list[str]:
-    """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
-    dirs = [join(maildir, "new"), join(maildir, "cur")]
+def folders(maildir: str) -> list[str]:
+    """The Maildir and each of its Maildir++ ``.Folder`` directories (``.Trash`` too)."""
     try:
         entries = sorted(posix.listdir(maildir))
     except OSError as exc:
         if exc.errno not in _SKIPPED_ERRNOS:
             raise
         entries = []
-    for entry in entries:
-        if entry.startswith(".") and entry not in (".", "..", ".Trash"):
-            dirs.append(join(maildir, entry, "new"))
-            dirs.append(join(maildir, entry, "cur"))
-    return dirs
+    return [maildir, *(join(maildir, entry) for entry in entries
+                       if entry.startswith(".") and entry not in (".", ".."))]
+
+
+def counted_dirs(maildir: str) -> list[str]:
+    """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
+    return [join(folder, sub) for folder in folders(maildir)
+            if folder == maildir or not folder.endswith("/.Trash") for sub in ("new", "cur")]
 
 
 def scan_usage(maildir: str) -> tuple[int, int]:
@@ -319,8 +321,9 @@ def recalculate(maildir: str, quota: str, uid: int | None = None,
     """Count the Maildir afresh and replace ``maildirsize`` with one line; returns the usage.
 
     If a delivery changes a counted directory during the scan, the scan is repeated (up to
-    three times), as the Maildir++ text asks. Files a crashed writer left in ``tmp/`` more than
-    36 hours ago are removed on the way (:func:`maildir.maildir.clean_tmp`).
+    three times), as the Maildir++ text asks. Files a crashed writer left in the ``tmp/`` of
+    the Maildir or of one of its folders more than 36 hours ago are removed on the way
+    (:func:`maildir.maildir.clean_tmp`).
     """
     from maildir.maildir import clean_tmp
 
@@ -330,7 +333,8 @@ def recalculate(maildir: str, quota: str, uid: int | None = None,
         usage = scan_usage(maildir)
         if _newest_mtime(dirs) == before:
             break
-    clean_tmp(maildir)  # housekeeping while the Maildir is being scanned anyway
+    for folder in folders(maildir):  # housekeeping while the Maildir is being scanned anyway
+        clean_tmp(folder)
     write_maildirsize(maildir, quota, usage, uid, gid)
     return usage
 

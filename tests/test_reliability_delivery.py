@@ -599,6 +599,29 @@ def test_stale_tmp_files_go_when_maildirsize_is_recalculated(box_site: Site) -> 
     assert found and (found.bytes, found.messages) == scan_usage(str(box.maildir))
 
 
+def test_the_sweep_reaches_the_folders(box_site: Site) -> None:
+    """A delivery into a Maildir++ folder (through a .qmail line) killed in mid-write leaves
+    its file in the folder's tmp/: the recount sweeps it there too (.Trash's included) after
+    36 hours, and keeps a fresh one."""
+    box = Box(box_site, "bob")
+    old = time.time() - TMP_STALE_SECONDS - 600
+    placed = []
+    for folder in (".Sent", ".Trash"):
+        tmp = box.maildir / folder / "tmp"
+        for sub in ("cur", "new", "tmp"):
+            (box.maildir / folder / sub).mkdir(parents=True)
+        for name in ("1795000000.M1P1Q1.host", "fresh"):
+            (tmp / name).write_bytes(b"Return-Path: <x@y>\npartial")
+            placed.append(tmp / name)
+        os.utime(tmp / "1795000000.M1P1Q1.host", (old, old))
+    subprocess.run(["chown", "-R", f"{box_site.inst.uid}:{box_site.inst.gid}",
+                    str(box.maildir)], check=True)
+    make_stale(box)
+    _, data = box.message(2000)
+    assert box_site.deliver("bob", data).returncode == 0
+    assert [path.exists() for path in placed] == [False, True, False, True]
+
+
 # full and read-only filesystems -----------------------------------------------------------------
 @pytest.fixture
 def site(vhome: Install) -> Site:
