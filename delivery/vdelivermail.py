@@ -21,8 +21,8 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import (count_usage, deliver_with_quota, load_maildirsize, quota_root,
-                           record_quota)
+from maildir.quota import (count_usage, deliver_with_quota, folder_name,
+                           load_maildirsize, quota_root, record_quota, trimmed)
 from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -30,7 +30,7 @@ from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED
                              LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE,
                              DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
-from vpopmail.fsutil import is_file, join, write_all
+from vpopmail.fsutil import dirname, is_file, join, write_all
 from vpopmail.names import ascii_lower, dot_qmail_order, is_valid_domain, is_valid_user
 from vpopmail.stores import VUser, close_stores, open_stores
 
@@ -539,15 +539,20 @@ class Vdelivermail:
         """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
         action's target (its Delivered-To is the original recipient), ``owner`` the address
         of the user whose Maildir it is, when known. An empty message is dropped, as C
-        vpopmail drops it."""
+        vpopmail drops it. A folder of the recipient user's Maildir is under the user's
+        quota, with its ``maildirfolder`` file or without."""
         if self.message.size == 0:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
+        root = quota_root(maildir)
         if not quota or not (recipient or owner):
-            root = quota_root(maildir)
             own = self._own(root)
-            if own is not None and not (recipient or owner):
-                owner = own[2]
+            if own is None and folder_name(maildir):  # a folder without its maildirfolder
+                own = self._own(dirname(trimmed(maildir)))
+            if own is not None:
+                root = own[0]
+                if not (recipient or owner):
+                    owner = own[2]
             if not quota:
                 if own is not None and own[1]:
                     quota = own[1]
@@ -583,7 +588,7 @@ class Vdelivermail:
                 raise defer(f"vdelivermail: {exc.detail}\n{SYSTEM_ERROR}") from None
 
         try:
-            failed = deliver_with_quota(maildir, quota, self.message.size, write, notice)[1]
+            failed = deliver_with_quota(root, quota, self.message.size, write, notice)[1]
         except OSError as exc:
             raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
                         f"{exc.strerror}") from None

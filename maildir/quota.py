@@ -298,9 +298,25 @@ def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
     return None if found is None else (found.quota, found.bytes, found.messages, found.lines)
 
 
+def trimmed(maildir: str) -> str:
+    """``maildir`` without its trailing ``/`` and ``.`` components (``a/.Spam/./`` is
+    ``a/.Spam``), so that its last component is the directory's name."""
+    while True:
+        maildir = maildir.rstrip("/")
+        if not maildir.endswith("/."):
+            return maildir or "/"
+        maildir = maildir[:-1]
+
+
+def folder_name(maildir: str) -> str:
+    """The Maildir++ folder name (``.Spam``) that ``maildir`` ends in, else ``""``."""
+    name = trimmed(maildir).rpartition("/")[2]
+    return name if name.startswith(".") and name not in (".", "..") else ""
+
+
 def quota_root(maildir: str) -> str:
     """The Maildir whose ``maildirsize`` counts ``maildir``: the parent of a ``maildirfolder``."""
-    maildir = maildir.rstrip("/") or "/"
+    maildir = trimmed(maildir)
     if exists(join(maildir, "maildirfolder")):
         return dirname(maildir)
     return maildir

@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from install_site import Install
-from delivery_site import DOMAIN, MESSAGE, Site, write_dotqmail
+from delivery_site import DOMAIN, MESSAGE, RETURN_PATH, Site, make_folder, write_dotqmail
+from maildir.quota import load_maildirsize, scan_usage
 
 BIG = MESSAGE + b"y" * (2 * 1024 * 1024) + b"\n"  # over alice's 1M
 
@@ -59,13 +60,7 @@ def test_dotqmail_into_own_maildir_keeps_the_users_quota(site: Site, line: str,
     home = site.user_dir("alice")
     maildir = home / "Maildir"
     if line.endswith(".Spam/"):
-        folder = maildir / ".Spam"
-        for sub in ("", "cur", "new", "tmp"):
-            (folder / sub).mkdir(exist_ok=True)
-        (folder / "maildirfolder").touch()
-        if site.unprivileged:
-            for path in [folder, *folder.iterdir()]:
-                shutil.chown(path, site.inst.user, site.inst.group)
+        make_folder(site, maildir, ".Spam")
     write_dotqmail(site, home / ".qmail", line.format(home=home) + "\n")
     if state == "missing":
         (maildir / "maildirsize").unlink()
@@ -87,3 +82,29 @@ def test_dotqmail_into_another_maildir_keeps_its_maildirsize(site: Site) -> None
     write_dotqmail(site, alice / ".qmail", f"{bob_maildir}/\n")
     assert site.deliver("alice", BIG).returncode == 0
     assert len(site.new_files(bob_maildir)) == 1
+
+
+@pytest.mark.parametrize("line, marker", [("./Maildir/.Spam/", False),
+                                          ("./Maildir/.Spam/./", True),
+                                          ("{home}/Maildir/.Spam/", False)])
+def test_every_folder_of_the_own_maildir_is_under_the_users_quota(site: Site, line: str,
+                                                                   marker: bool) -> None:
+    """A folder of the user's Maildir is under the user's quota and counted in the Maildir's
+    maildirsize also without its ``maildirfolder`` file (folders made by hand or by an old
+    tool, as C vpopmail's own ``.Junk``; the recount counts them all) and however the line
+    spells it (before: either way it was taken for a Maildir of its own: no quota, a 2 MB
+    message accepted into a full 1 MB mailbox and maildirsize not told)."""
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    folder = make_folder(site, maildir, ".Spam", marker)
+    write_dotqmail(site, home / ".qmail", line.format(home=home) + "\n")
+    result = site.deliver("alice", BIG)
+    assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+    assert site.deliver("alice").returncode == 0
+    [path] = site.new_files(folder)
+    assert path.read_bytes() == RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE
+    found = load_maildirsize(str(maildir))
+    assert found is not None and found.quota == "1048576S"
+    assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (path.stat().st_size, 1)
+    assert not (folder / "maildirsize").exists()
+
