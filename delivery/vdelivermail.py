@@ -540,7 +540,8 @@ class Vdelivermail:
         action's target (its Delivered-To is the original recipient), ``owner`` the address
         of the user whose Maildir it is, when known. An empty message is dropped, as C
         vpopmail drops it. A folder of the recipient user's Maildir is under the user's
-        quota, with its ``maildirfolder`` file or without."""
+        quota, with its ``maildirfolder`` file or without; the quota warning goes to the
+        Maildir that counts the folder (its INBOX), as Courier's deliverquota sends it."""
         if self.message.size == 0:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
@@ -567,10 +568,10 @@ class Vdelivermail:
         def notice(over: bool, percent: int) -> None:
             if over:
                 text = self._site_message(".over-quota.msg") or OVER_QUOTA + "\n"
-                self.quota_warning(maildir, quota, address, bool(recipient))
+                self.quota_warning(root, quota, address, bool(recipient))
                 raise Outcome(BOUNCE, text + "\n")
             if percent >= self.config.users_quota_warn_percent:
-                self.quota_warning(maildir, quota, address, bool(recipient))
+                self.quota_warning(root, quota, address, bool(recipient))
 
         def write() -> int:
             header = (self.rpline + b"Delivered-To: "
@@ -613,8 +614,9 @@ class Vdelivermail:
             say(f"vdelivermail: warning: maildirsize not updated: {failed}\n")
 
     def quota_warning(self, maildir: str, quota: str, address: str, to_default: bool) -> None:
-        """Deliver ``.quotawarn.msg`` into ``maildir`` at most once a day (the mtime of its
-        ``quotawarn`` stamp). A failure here never changes the outcome of the delivery."""
+        """Deliver ``.quotawarn.msg`` into ``maildir`` (a quota root) at most once a day (the
+        mtime of its ``quotawarn`` stamp). A failure here never changes the outcome of the
+        delivery."""
         stamp = join(maildir, "quotawarn")
         now = time.time()
         try:

@@ -108,3 +108,27 @@ def test_every_folder_of_the_own_maildir_is_under_the_users_quota(site: Site, li
     assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (path.stat().st_size, 1)
     assert not (folder / "maildirsize").exists()
 
+
+def test_the_quota_warning_of_a_folder_delivery_goes_to_the_inbox(site: Site) -> None:
+    """A delivery into a folder that finds the mailbox 90 % full leaves the warning in the
+    INBOX, stamped there, as Courier's deliverquota does (before: into the folder, where a
+    ``.Spam`` hides it, with a stamp of its own: a second warning the same day at the next
+    delivery into the INBOX)."""
+    site.ok("vsetuserquota", f"alice@{DOMAIN}", "10000S")
+    (site.inst.domains / ".quotawarn.msg").write_text(
+        "From: postmaster\nSubject: Mailbox nearly full\n\nYour mailbox is 90% full.\n")
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    folder = make_folder(site, maildir, ".Spam")
+    write_dotqmail(site, home / ".qmail", "./Maildir/.Spam/\n")
+    assert site.deliver("alice", b"a" * 9100 + b"\n").returncode == 0
+    assert site.deliver("alice", b"b\n").returncode == 0
+    assert len(site.new_files(folder)) == 2
+    [warning] = site.new_files(maildir)
+    assert b"Subject: Mailbox nearly full" in warning.read_bytes()
+    assert (maildir / "quotawarn").exists() and not (folder / "quotawarn").exists()
+    (home / ".qmail").unlink()
+    assert site.deliver("alice", b"c\n").returncode == 0  # no second warning today
+    assert len(site.new_files(maildir)) == 2
+    found = load_maildirsize(str(maildir))
+    assert found is not None and (found.bytes, found.messages) == scan_usage(str(maildir))
