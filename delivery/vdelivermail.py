@@ -21,7 +21,7 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import (count_usage, deliver_with_quota, folder_name,
+from maildir.quota import (count_usage, counted, deliver_with_quota, folder_name,
                            load_maildirsize, quota_root, record_quota, trimmed)
 from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
@@ -560,6 +560,8 @@ class Vdelivermail:
                 else:  # no record quota text at all: maildirsize's line counts, as by default
                     found = load_maildirsize(root)
                     quota = found.quota if found else ""
+        if not counted(maildir):
+            quota = ""
         # the user's own Maildir is the user's, even where its path names no domain or another
         # one (C took the address from the path: a loop back to the user then went unseen)
         address = (recipient or owner or maildir_to_email(maildir)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 NOQUOTA = "NOQUOTA"
 MAILDIRSIZE = "maildirsize"
+#: the Maildir++ folder whose messages no quota counts
+TRASH = ".Trash"
 LLONG_MAX = 2**63 - 1
 #: maildirsize is recalculated at this size, or when older than STALE_SECONDS
 RECALC_SIZE = 5120
@@ -174,7 +176,14 @@ def folders(maildir: str) -> list[str]:
 def counted_dirs(maildir: str) -> list[str]:
     """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
     return [join(folder, sub) for folder in folders(maildir)
-            if folder == maildir or not folder.endswith("/.Trash") for sub in ("new", "cur")]
+            if folder == maildir or counted(folder) for sub in ("new", "cur")]
+
+
+def counted(maildir: str) -> bool:
+    """Whether what is in ``maildir`` counts toward the quota: not in a ``.Trash`` folder. A
+    delivery there is neither held to the quota nor added to ``maildirsize``, as Courier's
+    deliverquota does."""
+    return folder_name(maildir) != TRASH
 
 
 def scan_usage(maildir: str) -> tuple[int, int]:
