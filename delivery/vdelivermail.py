@@ -539,27 +539,22 @@ class Vdelivermail:
         """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
         action's target (its Delivered-To is the original recipient), ``owner`` the address
         of the user whose Maildir it is, when known. An empty message is dropped, as C
-        vpopmail drops it. A folder of the recipient user's Maildir is under the user's
-        quota, with its ``maildirfolder`` file or without; the quota warning goes to the
-        Maildir that counts the folder (its INBOX), as Courier's deliverquota sends it."""
+        vpopmail drops it. The recipient user's Maildir is counted in itself and so is any
+        folder of it, with its ``maildirfolder`` file or without; the quota warning goes to
+        the Maildir that counts the folder (its INBOX), as Courier's deliverquota sends it."""
         if self.message.size == 0:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
-        root = quota_root(maildir)
-        if not quota or not (recipient or owner):
-            own = self._own(root)
-            if own is None and folder_name(maildir):  # a folder without its maildirfolder
-                own = self._own(dirname(trimmed(maildir)))
-            if own is not None:
-                root = own[0]
-                if not (recipient or owner):
-                    owner = own[2]
-            if not quota:
-                if own is not None and own[1]:
-                    quota = own[1]
-                else:  # no record quota text at all: maildirsize's line counts, as by default
-                    found = load_maildirsize(root)
-                    quota = found.quota if found else ""
+        own = self._own(maildir) if not quota or not (recipient or owner) else None
+        root = own[0] if own is not None else trimmed(maildir) if owner else quota_root(maildir)
+        if own is not None and not (recipient or owner):
+            owner = own[2]
+        if not quota:
+            if own is not None and own[1]:
+                quota = own[1]
+            else:  # no record quota text at all: maildirsize's line counts, as by default
+                found = load_maildirsize(root)
+                quota = found.quota if found else ""
         if not counted(maildir):
             quota = ""
         # the user's own Maildir is the user's, even where its path names no domain or another
@@ -597,17 +592,26 @@ class Vdelivermail:
                         f"{exc.strerror}") from None
         self._uncounted(failed)
 
-    def _own(self, root: str) -> tuple[str, str, str] | None:
-        """The recipient user's (Maildir, quota, address) if ``root`` (a quota root) is that
-        user's Maildir, by device and inode (any spelling of the path), else None."""
+    def _own(self, maildir: str) -> tuple[str, str, str] | None:
+        """The recipient user's (Maildir, quota, address) if ``maildir`` is that user's
+        Maildir or a folder of it (its ``maildirfolder`` file or its ``.Name`` says so), by
+        device and inode (any spelling of the path), else None."""
         if self.own_maildir is None:
             return None
+        path = trimmed(maildir)
+        candidates = {path, quota_root(path), dirname(path) if folder_name(path) else path}
         try:
-            mine, target = posix.stat(self.own_maildir[0]), posix.stat(root)
+            mine = posix.stat(self.own_maildir[0])
         except OSError:
             return None
-        same = (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
-        return self.own_maildir if same else None
+        for candidate in candidates:
+            try:
+                target = posix.stat(candidate)
+            except OSError:
+                continue
+            if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino):
+                return self.own_maildir
+        return None
 
     @staticmethod
     def _uncounted(failed: str) -> None:

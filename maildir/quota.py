@@ -374,19 +374,19 @@ def is_over(quota: str, usage: tuple[int, int], size: int, count: int = 1) -> bo
 def check_quota(maildir: str, quota: str, size: int, count: int = 1,
                 now: float | None = None) -> tuple[bool, int]:
     """(over quota with this message?, percent used before it) for a delivery of ``size``
-    bytes into the Maildir (folder or not) whose quota is ``quota``.
+    bytes counted in ``maildir`` (the Maildir itself for a delivery into one of its folders:
+    :func:`quota_root`) whose quota is ``quota``.
 
     ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
     minutes, or over quota with more than one line), when its quota line is not ``quota``, so
     readers such as Dovecot always see the current limit, and when it is damaged: a total
     below zero (recounted as Courier does: believed, it let any message in), or a last line
     without its newline (the next line appended would run into it: ``100 1`` + ``72 1`` read
-    as 100 bytes in 172 messages). ``maildirfolder`` Maildirs are counted in their parent.
+    as 100 bytes in 172 messages).
     """
     if not has_quota(quota):
         return False, 0
-    root = quota_root(maildir)
-    found = load_maildirsize(root)
+    found = load_maildirsize(maildir)
     now = time.time() if now is None else now
     usage = None
     if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
@@ -396,25 +396,25 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
         if is_over(quota, usage, size, count) and found.lines != 1:
             usage = None
     if usage is None:
-        usage = recalculate(root, quota)
+        usage = recalculate(maildir, quota)
     return is_over(quota, usage, size, count), usage_percent(quota, usage)
 
 
 def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
-    """Record a delivery in ``maildirsize`` with one appended ``"<size> <count>"`` line (one
-    write, so concurrent appenders never interleave); a missing file is recalculated instead.
+    """Record a delivery in the ``maildirsize`` of ``maildir`` (the Maildir that counts it, as
+    for :func:`check_quota`) with one appended ``"<size> <count>"`` line (one write, so
+    concurrent appenders never interleave); a missing file is recalculated instead.
 
     A short append (the disk filled up mid-line) would leave a partial line that the next
     append runs into (``80`` + ``63 1`` reads as 8063 bytes), so the file is removed instead:
     the next delivery recalculates it. Raises OSError then, as for a failed write.
     """
-    root = quota_root(maildir)
-    path = join(root, MAILDIRSIZE)
+    path = join(maildir, MAILDIRSIZE)
     try:
         fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
                         | posix.O_CLOEXEC)
     except FileNotFoundError:
-        recalculate(root, quota)
+        recalculate(maildir, quota)
         return
     line = f"{size} {count}\n".encode()
     try:
@@ -442,7 +442,8 @@ def count_usage(maildir: str, quota: str, size: int) -> str:
 
 def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[], int]",
                        notice: "Callable[[bool, int], None] | None" = None) -> tuple[bool, str]:
-    """One delivery of ``size`` bytes into ``maildir`` under ``quota``: check, write, count.
+    """One delivery of ``size`` bytes counted in ``maildir`` (the Maildir whose
+    ``maildirsize`` counts it: :func:`check_quota`) under ``quota``: check, write, count.
 
     With a limit, the usage is checked (:func:`check_quota`; OSError if it cannot be counted,
     before anything is written) and ``notice(over, percent used)`` is called (for a warning;

@@ -132,3 +132,26 @@ def test_the_quota_warning_of_a_folder_delivery_goes_to_the_inbox(site: Site) ->
     assert len(site.new_files(maildir)) == 2
     found = load_maildirsize(str(maildir))
     assert found is not None and (found.bytes, found.messages) == scan_usage(str(maildir))
+
+
+@pytest.mark.parametrize("line", ["", "./Maildir/\n"])
+def test_the_users_maildir_is_its_own_quota_root(site: Site, line: str) -> None:
+    """A stray ``maildirfolder`` file in the user's Maildir itself (a folder moved in as a
+    new user's Maildir) does not send the count to the user's directory, which no reader of
+    the quota looks at (vuserinfo, vpopmaild and Dovecot read ``Maildir/maildirsize``):
+    before, every delivery to the user deferred (111) for want of a ``tmp/`` there to
+    write that maildirsize in, until qmail gave up on the messages."""
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    (maildir / "maildirfolder").touch()
+    if line:
+        write_dotqmail(site, home / ".qmail", line)
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout) == (0, b"")
+    result = site.deliver("alice", BIG)
+    assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+    found = load_maildirsize(str(maildir))
+    assert found is not None and found.quota == "1048576S"
+    assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (
+        len(site.only_message(maildir)), 1)
+    assert not (home / "maildirsize").exists()
