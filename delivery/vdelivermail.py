@@ -21,8 +21,8 @@ from delivery import dotqmail
 from delivery.message import Message
 from maildir import is_maildir
 from maildir.maildir import deliver, write_message
-from maildir.quota import (count_usage, deliver_with_quota, load_maildirsize, quota_root,
-                           record_quota)
+from maildir.quota import (count_usage, counted, deliver_with_quota, folder_name,
+                           load_maildirsize, quota_root, record_quota, trimmed)
 from vpopmail import assign, environ_bytes
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -30,7 +30,7 @@ from vpopmail.errors import (BAD_SYNTAX, BOUNCE, DATABASE_DOWN, DEFER, DELIVERED
                              LOOPING, NO_MAILBOX, OVER_QUOTA, STOP, SYSTEM_ERROR, VALIASES_DONE,
                              DeliveryFailed, OverQuota, VpopmailError)
 from vpopmail.flags import BOUNCE_MAIL
-from vpopmail.fsutil import is_file, join, write_all
+from vpopmail.fsutil import dirname, is_file, join, write_all
 from vpopmail.names import ascii_lower, dot_qmail_order, is_valid_domain, is_valid_user
 from vpopmail.stores import VUser, close_stores, open_stores
 
@@ -539,21 +539,24 @@ class Vdelivermail:
         """Local delivery with vpopmail's quota rules; ``recipient`` set means the default
         action's target (its Delivered-To is the original recipient), ``owner`` the address
         of the user whose Maildir it is, when known. An empty message is dropped, as C
-        vpopmail drops it."""
+        vpopmail drops it. The recipient user's Maildir is counted in itself and so is any
+        folder of it, with its ``maildirfolder`` file or without; the quota warning goes to
+        the Maildir that counts the folder (its INBOX), as Courier's deliverquota sends it."""
         if self.message.size == 0:
             return
         maildir = path if path.startswith("/") else join(posix.getcwd(), path)
-        if not quota or not (recipient or owner):
-            root = quota_root(maildir)
-            own = self._own(root)
-            if own is not None and not (recipient or owner):
-                owner = own[2]
-            if not quota:
-                if own is not None and own[1]:
-                    quota = own[1]
-                else:  # no record quota text at all: maildirsize's line counts, as by default
-                    found = load_maildirsize(root)
-                    quota = found.quota if found else ""
+        own = self._own(maildir) if not quota or not (recipient or owner) else None
+        root = own[0] if own is not None else trimmed(maildir) if owner else quota_root(maildir)
+        if own is not None and not (recipient or owner):
+            owner = own[2]
+        if not quota:
+            if own is not None and own[1]:
+                quota = own[1]
+            else:  # no record quota text at all: maildirsize's line counts, as by default
+                found = load_maildirsize(root)
+                quota = found.quota if found else ""
+        if not counted(maildir):
+            quota = ""
         # the user's own Maildir is the user's, even where its path names no domain or another
         # one (C took the address from the path: a loop back to the user then went unseen)
         address = (recipient or owner or maildir_to_email(maildir)
@@ -562,10 +565,10 @@ class Vdelivermail:
         def notice(over: bool, percent: int) -> None:
             if over:
                 text = self._site_message(".over-quota.msg") or OVER_QUOTA + "\n"
-                self.quota_warning(maildir, quota, address, bool(recipient))
+                self.quota_warning(root, quota, address, bool(recipient))
                 raise Outcome(BOUNCE, text + "\n")
             if percent >= self.config.users_quota_warn_percent:
-                self.quota_warning(maildir, quota, address, bool(recipient))
+                self.quota_warning(root, quota, address, bool(recipient))
 
         def write() -> int:
             header = (self.rpline + b"Delivered-To: "
@@ -583,23 +586,32 @@ class Vdelivermail:
                 raise defer(f"vdelivermail: {exc.detail}\n{SYSTEM_ERROR}") from None
 
         try:
-            failed = deliver_with_quota(maildir, quota, self.message.size, write, notice)[1]
+            failed = deliver_with_quota(root, quota, self.message.size, write, notice)[1]
         except OSError as exc:
             raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
                         f"{exc.strerror}") from None
         self._uncounted(failed)
 
-    def _own(self, root: str) -> tuple[str, str, str] | None:
-        """The recipient user's (Maildir, quota, address) if ``root`` (a quota root) is that
-        user's Maildir, by device and inode (any spelling of the path), else None."""
+    def _own(self, maildir: str) -> tuple[str, str, str] | None:
+        """The recipient user's (Maildir, quota, address) if ``maildir`` is that user's
+        Maildir or a folder of it (its ``maildirfolder`` file or its ``.Name`` says so), by
+        device and inode (any spelling of the path), else None."""
         if self.own_maildir is None:
             return None
+        path = trimmed(maildir)
+        candidates = {path, quota_root(path), dirname(path) if folder_name(path) else path}
         try:
-            mine, target = posix.stat(self.own_maildir[0]), posix.stat(root)
+            mine = posix.stat(self.own_maildir[0])
         except OSError:
             return None
-        same = (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino)
-        return self.own_maildir if same else None
+        for candidate in candidates:
+            try:
+                target = posix.stat(candidate)
+            except OSError:
+                continue
+            if (mine.st_dev, mine.st_ino) == (target.st_dev, target.st_ino):
+                return self.own_maildir
+        return None
 
     @staticmethod
     def _uncounted(failed: str) -> None:
@@ -608,8 +620,9 @@ class Vdelivermail:
             say(f"vdelivermail: warning: maildirsize not updated: {failed}\n")
 
     def quota_warning(self, maildir: str, quota: str, address: str, to_default: bool) -> None:
-        """Deliver ``.quotawarn.msg`` into ``maildir`` at most once a day (the mtime of its
-        ``quotawarn`` stamp). A failure here never changes the outcome of the delivery."""
+        """Deliver ``.quotawarn.msg`` into ``maildir`` (a quota root) at most once a day (the
+        mtime of its ``quotawarn`` stamp). A failure here never changes the outcome of the
+        delivery."""
         stamp = join(maildir, "quotawarn")
         now = time.time()
         try:

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 NOQUOTA = "NOQUOTA"
 MAILDIRSIZE = "maildirsize"
+#: the Maildir++ folder whose messages no quota counts
+TRASH = ".Trash"
 LLONG_MAX = 2**63 - 1
 #: maildirsize is recalculated at this size, or when older than STALE_SECONDS
 RECALC_SIZE = 5120
@@ -174,7 +176,14 @@ def folders(maildir: str) -> list[str]:
 def counted_dirs(maildir: str) -> list[str]:
     """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
     return [join(folder, sub) for folder in folders(maildir)
-            if folder == maildir or not folder.endswith("/.Trash") for sub in ("new", "cur")]
+            if folder == maildir or counted(folder) for sub in ("new", "cur")]
+
+
+def counted(maildir: str) -> bool:
+    """Whether what is in ``maildir`` counts toward the quota: not in a ``.Trash`` folder. A
+    delivery there is neither held to the quota nor added to ``maildirsize``, as Courier's
+    deliverquota does."""
+    return folder_name(maildir) != TRASH
 
 
 def scan_usage(maildir: str) -> tuple[int, int]:
@@ -298,9 +307,25 @@ def read_maildirsize(maildir: str) -> tuple[str, int, int, int] | None:
     return None if found is None else (found.quota, found.bytes, found.messages, found.lines)
 
 
+def trimmed(maildir: str) -> str:
+    """``maildir`` without its trailing ``/`` and ``.`` components (``a/.Spam/./`` is
+    ``a/.Spam``), so that its last component is the directory's name."""
+    while True:
+        maildir = maildir.rstrip("/")
+        if not maildir.endswith("/."):
+            return maildir or "/"
+        maildir = maildir[:-1]
+
+
+def folder_name(maildir: str) -> str:
+    """The Maildir++ folder name (``.Spam``) that ``maildir`` ends in, else ``""``."""
+    name = trimmed(maildir).rpartition("/")[2]
+    return name if name.startswith(".") and name not in (".", "..") else ""
+
+
 def quota_root(maildir: str) -> str:
     """The Maildir whose ``maildirsize`` counts ``maildir``: the parent of a ``maildirfolder``."""
-    maildir = maildir.rstrip("/") or "/"
+    maildir = trimmed(maildir)
     if exists(join(maildir, "maildirfolder")):
         return dirname(maildir)
     return maildir
@@ -349,19 +374,19 @@ def is_over(quota: str, usage: tuple[int, int], size: int, count: int = 1) -> bo
 def check_quota(maildir: str, quota: str, size: int, count: int = 1,
                 now: float | None = None) -> tuple[bool, int]:
     """(over quota with this message?, percent used before it) for a delivery of ``size``
-    bytes into the Maildir (folder or not) whose quota is ``quota``.
+    bytes counted in ``maildir`` (the Maildir itself for a delivery into one of its folders:
+    :func:`quota_root`) whose quota is ``quota``.
 
     ``maildirsize`` is recalculated as vpopmail does (missing, >= 5120 bytes, older than 15
     minutes, or over quota with more than one line), when its quota line is not ``quota``, so
     readers such as Dovecot always see the current limit, and when it is damaged: a total
     below zero (recounted as Courier does: believed, it let any message in), or a last line
     without its newline (the next line appended would run into it: ``100 1`` + ``72 1`` read
-    as 100 bytes in 172 messages). ``maildirfolder`` Maildirs are counted in their parent.
+    as 100 bytes in 172 messages).
     """
     if not has_quota(quota):
         return False, 0
-    root = quota_root(maildir)
-    found = load_maildirsize(root)
+    found = load_maildirsize(maildir)
     now = time.time() if now is None else now
     usage = None
     if (found is not None and found.file_size < RECALC_SIZE and now - found.mtime <= STALE_SECONDS
@@ -371,25 +396,25 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
         if is_over(quota, usage, size, count) and found.lines != 1:
             usage = None
     if usage is None:
-        usage = recalculate(root, quota)
+        usage = recalculate(maildir, quota)
     return is_over(quota, usage, size, count), usage_percent(quota, usage)
 
 
 def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
-    """Record a delivery in ``maildirsize`` with one appended ``"<size> <count>"`` line (one
-    write, so concurrent appenders never interleave); a missing file is recalculated instead.
+    """Record a delivery in the ``maildirsize`` of ``maildir`` (the Maildir that counts it, as
+    for :func:`check_quota`) with one appended ``"<size> <count>"`` line (one write, so
+    concurrent appenders never interleave); a missing file is recalculated instead.
 
     A short append (the disk filled up mid-line) would leave a partial line that the next
     append runs into (``80`` + ``63 1`` reads as 8063 bytes), so the file is removed instead:
     the next delivery recalculates it. Raises OSError then, as for a failed write.
     """
-    root = quota_root(maildir)
-    path = join(root, MAILDIRSIZE)
+    path = join(maildir, MAILDIRSIZE)
     try:
         fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
                         | posix.O_CLOEXEC)
     except FileNotFoundError:
-        recalculate(root, quota)
+        recalculate(maildir, quota)
         return
     line = f"{size} {count}\n".encode()
     try:
@@ -417,7 +442,8 @@ def count_usage(maildir: str, quota: str, size: int) -> str:
 
 def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[], int]",
                        notice: "Callable[[bool, int], None] | None" = None) -> tuple[bool, str]:
-    """One delivery of ``size`` bytes into ``maildir`` under ``quota``: check, write, count.
+    """One delivery of ``size`` bytes counted in ``maildir`` (the Maildir whose
+    ``maildirsize`` counts it: :func:`check_quota`) under ``quota``: check, write, count.
 
     With a limit, the usage is checked (:func:`check_quota`; OSError if it cannot be counted,
     before anything is written) and ``notice(over, percent used)`` is called (for a warning;

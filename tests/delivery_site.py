@@ -173,6 +173,20 @@ def inject(site: Site) -> Path:
     return record
 
 
+def make_folder(site: Site, maildir: Path, name: str, marker: bool = True) -> Path:
+    """The Maildir++ folder ``maildir/name`` (cur, new, tmp; its ``maildirfolder`` file with
+    ``marker``), owned as the Maildir is."""
+    folder = maildir / name
+    for sub in ("", "cur", "new", "tmp"):
+        (folder / sub).mkdir(exist_ok=True)
+    if marker:
+        (folder / "maildirfolder").touch()
+    if site.unprivileged:
+        for path in [folder, *folder.iterdir()]:
+            shutil.chown(path, site.inst.user, site.inst.group)
+    return folder
+
+
 def write_dotqmail(site: Site, path: Path, text: str, mode: int = 0o600) -> None:
     path.write_text(text)
     path.chmod(mode)

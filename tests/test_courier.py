@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from install_site import Install
-from delivery_site import DOMAIN, Site
+from delivery_site import DOMAIN, Site, make_folder, write_dotqmail
 from maildir.quota import load_maildirsize, scan_usage
 
 pytestmark = pytest.mark.skipif(shutil.which("deliverquota") is None,
@@ -156,3 +156,23 @@ def test_a_last_line_without_its_newline_is_recounted(site: Site) -> None:
     assert consistent(maildir)[1] == 2
     assert deliverquota(maildir, b"Subject: c\n\nhello\n") == 0
     assert consistent(maildir)[1] == 3
+
+
+def test_a_delivery_into_trash_is_neither_checked_nor_counted(site: Site, tmp_path: Path) -> None:
+    """``.Trash`` is not counted (by the recount, ours and Courier's): a ``.qmail`` line into
+    it is neither held to the quota nor added to maildirsize, as deliverquota does (before:
+    each such delivery was added, maildirsize ran ahead of every recount, and a message that
+    did not fit bounced although it would not have counted)."""
+    maildir = site.maildir("carol")
+    make_folder(site, maildir, ".Trash")
+    home = maildir.parent
+    write_dotqmail(site, home / ".qmail", "./Maildir/.Trash/\n")
+    assert site.deliver("carol").returncode == 0
+    message = b"Subject: big\n\n" + b"b" * 30000 + b"\n"
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(maildir, snapshot, symlinks=True)
+    assert deliverquota(snapshot / ".Trash", message) == 0
+    result = site.deliver("carol", message)
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert len(list((maildir / ".Trash" / "new").iterdir())) == 2
+    assert consistent(maildir) == (0, 0) == consistent(snapshot)

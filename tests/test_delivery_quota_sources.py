@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from install_site import Install
-from delivery_site import DOMAIN, MESSAGE, Site, write_dotqmail
+from delivery_site import DOMAIN, MESSAGE, RETURN_PATH, Site, make_folder, write_dotqmail
+from maildir.quota import load_maildirsize, scan_usage
 
 BIG = MESSAGE + b"y" * (2 * 1024 * 1024) + b"\n"  # over alice's 1M
 
@@ -59,13 +60,7 @@ def test_dotqmail_into_own_maildir_keeps_the_users_quota(site: Site, line: str,
     home = site.user_dir("alice")
     maildir = home / "Maildir"
     if line.endswith(".Spam/"):
-        folder = maildir / ".Spam"
-        for sub in ("", "cur", "new", "tmp"):
-            (folder / sub).mkdir(exist_ok=True)
-        (folder / "maildirfolder").touch()
-        if site.unprivileged:
-            for path in [folder, *folder.iterdir()]:
-                shutil.chown(path, site.inst.user, site.inst.group)
+        make_folder(site, maildir, ".Spam")
     write_dotqmail(site, home / ".qmail", line.format(home=home) + "\n")
     if state == "missing":
         (maildir / "maildirsize").unlink()
@@ -87,3 +82,76 @@ def test_dotqmail_into_another_maildir_keeps_its_maildirsize(site: Site) -> None
     write_dotqmail(site, alice / ".qmail", f"{bob_maildir}/\n")
     assert site.deliver("alice", BIG).returncode == 0
     assert len(site.new_files(bob_maildir)) == 1
+
+
+@pytest.mark.parametrize("line, marker", [("./Maildir/.Spam/", False),
+                                          ("./Maildir/.Spam/./", True),
+                                          ("{home}/Maildir/.Spam/", False)])
+def test_every_folder_of_the_own_maildir_is_under_the_users_quota(site: Site, line: str,
+                                                                   marker: bool) -> None:
+    """A folder of the user's Maildir is under the user's quota and counted in the Maildir's
+    maildirsize also without its ``maildirfolder`` file (folders made by hand or by an old
+    tool, as C vpopmail's own ``.Junk``; the recount counts them all) and however the line
+    spells it (before: either way it was taken for a Maildir of its own: no quota, a 2 MB
+    message accepted into a full 1 MB mailbox and maildirsize not told)."""
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    folder = make_folder(site, maildir, ".Spam", marker)
+    write_dotqmail(site, home / ".qmail", line.format(home=home) + "\n")
+    result = site.deliver("alice", BIG)
+    assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+    assert site.deliver("alice").returncode == 0
+    [path] = site.new_files(folder)
+    assert path.read_bytes() == RETURN_PATH + b"Delivered-To: alice@example.com\n" + MESSAGE
+    found = load_maildirsize(str(maildir))
+    assert found is not None and found.quota == "1048576S"
+    assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (path.stat().st_size, 1)
+    assert not (folder / "maildirsize").exists()
+
+
+def test_the_quota_warning_of_a_folder_delivery_goes_to_the_inbox(site: Site) -> None:
+    """A delivery into a folder that finds the mailbox 90 % full leaves the warning in the
+    INBOX, stamped there, as Courier's deliverquota does (before: into the folder, where a
+    ``.Spam`` hides it, with a stamp of its own: a second warning the same day at the next
+    delivery into the INBOX)."""
+    site.ok("vsetuserquota", f"alice@{DOMAIN}", "10000S")
+    (site.inst.domains / ".quotawarn.msg").write_text(
+        "From: postmaster\nSubject: Mailbox nearly full\n\nYour mailbox is 90% full.\n")
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    folder = make_folder(site, maildir, ".Spam")
+    write_dotqmail(site, home / ".qmail", "./Maildir/.Spam/\n")
+    assert site.deliver("alice", b"a" * 9100 + b"\n").returncode == 0
+    assert site.deliver("alice", b"b\n").returncode == 0
+    assert len(site.new_files(folder)) == 2
+    [warning] = site.new_files(maildir)
+    assert b"Subject: Mailbox nearly full" in warning.read_bytes()
+    assert (maildir / "quotawarn").exists() and not (folder / "quotawarn").exists()
+    (home / ".qmail").unlink()
+    assert site.deliver("alice", b"c\n").returncode == 0  # no second warning today
+    assert len(site.new_files(maildir)) == 2
+    found = load_maildirsize(str(maildir))
+    assert found is not None and (found.bytes, found.messages) == scan_usage(str(maildir))
+
+
+@pytest.mark.parametrize("line", ["", "./Maildir/\n"])
+def test_the_users_maildir_is_its_own_quota_root(site: Site, line: str) -> None:
+    """A stray ``maildirfolder`` file in the user's Maildir itself (a folder moved in as a
+    new user's Maildir) does not send the count to the user's directory, which no reader of
+    the quota looks at (vuserinfo, vpopmaild and Dovecot read ``Maildir/maildirsize``):
+    before, every delivery to the user deferred (111) for want of a ``tmp/`` there to
+    write that maildirsize in, until qmail gave up on the messages."""
+    home = site.user_dir("alice")
+    maildir = home / "Maildir"
+    (maildir / "maildirfolder").touch()
+    if line:
+        write_dotqmail(site, home / ".qmail", line)
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout) == (0, b"")
+    result = site.deliver("alice", BIG)
+    assert (result.returncode, result.stdout) == (100, b"user is over quota\n\n")
+    found = load_maildirsize(str(maildir))
+    assert found is not None and found.quota == "1048576S"
+    assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (
+        len(site.only_message(maildir)), 1)
+    assert not (home / "maildirsize").exists()

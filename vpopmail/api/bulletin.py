@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from maildir import is_maildir
 from maildir.maildir import deliver, discard, link_new, write_message, write_tmp
 from maildir.quota import (deliver_with_quota, has_quota, is_over, load_maildirsize,
-                           quota_root, record_quota, scan_usage)
+                           record_quota, scan_usage)
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import BadInput, BadUid, DeliveryFailed, OverQuota, VpopmailError
@@ -295,7 +295,7 @@ class Bulletin:
         quota = record_quota(user.quota)
         if self.message is None or not has_quota(quota) or not user.dir:
             return LISTED, ""
-        maildir = quota_root(os.path.join(user.dir, "Maildir"))
+        maildir = os.path.join(user.dir, "Maildir")
         found = load_maildirsize(maildir)
         usage = ((found.bytes, found.messages) if found and found.quota == quota
                  else scan_usage(maildir))
