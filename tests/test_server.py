@@ -7,6 +7,7 @@ import os
 import pwd
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -1269,3 +1270,64 @@ def test_server_sandboxed_callers_serves_them_in_the_servers_view(root_vhome: In
     with running_server(root_vhome):
         assert deliver_in_a_read_only_sandbox(login_site, str(root_vhome.bin / "vdelivermail")) == 0
     assert len(login_site.new_files(login_site.maildir("alice"))) == 1
+
+
+# -- its log ------------------------------------------------------------------------------------
+
+def fill_pipe(write_end: int) -> None:
+    """Fill the pipe of ``write_end`` to the brim, through a non-blocking file of its own (the
+    server's copy stays as it was given)."""
+    filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(filler, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    finally:
+        os.close(filler)
+
+
+def test_a_full_log_pipe_holds_up_no_delivery_or_login(root_vhome: Install) -> None:
+    """multilog stopped (svc -d on the log service) or stalled (its disk full) leaves the
+    server's log pipe full, svscan holding it open: a line that does not fit is dropped and
+    the server goes on. Before: the parent, then each worker with a line to log, waited in
+    write() until multilog read again; a silent caller's "dropped" line was enough to hold
+    every later caller the parent takes for server.reply_timeout (then 111), every new
+    identity's first delivery and login among them."""
+    root_vhome.set_config("server", "request_timeout", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    without_fallbacks(root_vhome)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([str(root_vhome.bin / "vpopmail-server")], stdout=write_end,
+                            stderr=write_end, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as log:
+            assert b"listening on" in log.read(4096)
+            fill_pipe(write_end)  # multilog reads no more
+            silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            silent.connect(str(root_vhome.prefix / "run" / "server.sock"))
+            time.sleep(2.5)  # dropped at server.request_timeout: its line does not fit
+            silent.close()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as garbage:
+                garbage.connect(str(root_vhome.prefix / "run" / "server.sock"))
+                garbage.sendall(b"GET / HTTP/1.0\r\n\r\n")  # a worker's line: dropped too
+                garbage.settimeout(10)
+                assert garbage.recv(100) == b""
+            delivery = site.deliver("alice", wrap=("timeout", "20"))
+            assert (delivery.returncode, delivery.stderr) == (0, b""), delivery
+            assert site.login("alice@example.com", "pw", wrap=("timeout", "20")).code == 0
+            while log.read(65536) and select.select([log], [], [], 0.2)[0]:
+                pass  # multilog reads again: the next lines reach it
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            seen = b""
+            while b"listening on" not in seen and time.monotonic() < deadline:
+                if select.select([log], [], [], 0.2)[0]:
+                    seen += log.read(65536)
+            assert b"reloading" in seen and b"listening on" in seen, seen
+    finally:
+        os.close(write_end)
+        proc.kill()
+        proc.wait()

@@ -476,6 +476,22 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
     respond(conn, LOOKUP_STATUS.get(code, 503) if found is None else 200, found)
 
 
+def log_descriptor() -> int:
+    """The server's log (stderr), as a descriptor :func:`high` puts out of the way. A pipe
+    (multilog's, svlogd's) is opened afresh, non-blocking: a line that does not fit while the
+    logger reads no more (stopped, or its disk full) is lost rather than waited on, since the
+    parent and each worker with a line to log would wait with it, and the callers with them.
+    The pipe's own file (svscan's and runsv's too) keeps its flags."""
+    import stat
+
+    try:
+        if stat.S_ISFIFO(os.fstat(2).st_mode):
+            return high(os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:  # no /proc, another user's pipe, or one no one reads (ENXIO): as given
+        pass
+    return high(os.dup(2))
+
+
 def log(fd: int, text: str) -> None:
     try:
         os.write(fd, f"vpopmail-server: {text}\n".encode("utf-8", "backslashreplace"))
@@ -698,7 +714,7 @@ class Settings:
         #: 0 (no waiting, as the parent takes it) is 1 ms, not SO_RCVTIMEO's "for ever"
         seconds = settings.server_request_timeout
         self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
-        self.log_fd = high(os.dup(2))
+        self.log_fd = log_descriptor()
         #: the server's environment and soft file-size limit: a lookup's (:func:`own_stage`)
         self.environment = dict(posix.environ)
         self.file_size = resource.getrlimit(resource.RLIMIT_FSIZE)[0] & INFINITY
