@@ -683,6 +683,47 @@ def test_status_and_reload(site: LoginSite) -> None:
     assert server.proc.poll() is None
 
 
+BROKEN_AT_RELOAD = {
+    "toml": lambda text: text + "[server\n",
+    "unknown caller": lambda text: text.replace('dovecot_callers = ""',
+                                                'dovecot_callers = "root dovcot"'),
+    "no such directory": lambda text: text.replace('server_socket = "run/server.sock"',
+                                                   'server_socket = "/nonexistent/s.sock"'),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_AT_RELOAD)
+def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
+        site: LoginSite, broken: str) -> None:
+    """svc -h (systemctl reload) after an edit the new process would stop at (the TOML, a
+    server.* setting, a socket it cannot make): the server says why in its log and serves on
+    as it was, the next SIGHUP after the fix reloads. Before: it closed its sockets and
+    re-executed into "configuration error" (daemontools restarting it every second, systemd
+    giving up after five): the front ends ran Python, and Dovecot 2.4's lookups, which have no
+    fallback, failed until the file was mended."""
+    server = server_of(site)
+    good = site.inst.config_path.read_text()
+    site.inst.config_path.write_text(BROKEN_AT_RELOAD[broken](good))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not any("not reloading" in line for line in server.lines()):
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+        time.sleep(0.05)
+    [line] = [line for line in server.lines() if "not reloading" in line]
+    reason = {"toml": "configuration error: ", "unknown caller": "there is no user 'dovcot'",
+              "no such directory": "socket directory /nonexistent: No such file or directory"}
+    assert reason[broken] in line, line
+    assert not any("reloading" in line for line in server.lines() if "not" not in line)
+    site.inst.config_path.write_text(good)
+    assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    assert site.deliver("alice").returncode == 0
+    assert server.proc.poll() is None
+
+
 def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
         site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
     """A server that takes the connection but sends nothing (stopped here; with every worker

@@ -10,7 +10,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
-from vpopmail.errors import CannotServe
+from vpopmail.errors import CannotServe, VpopmailError
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
                                     decline_queued, identify, log, plan_class, readable, work)
 from vpopmail.wire import identity_socket
@@ -73,13 +73,19 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
     return sock
 
 
+def check_path(path: str) -> None:
+    """A socket may be made at ``path``: short enough, in a directory :func:`check_directory`
+    accepts."""
+    if len(os.fsencode(path)) >= 108:
+        raise CannotServe(f"socket path {path} is longer than 107 bytes")
+    check_directory(os.path.dirname(path) or ".")
+
+
 def listen(path: str, mode: int = 0o666) -> socket.socket:
     """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
     gets no more than its own rights); refuses when something listens there already, named
     from a status request (so the running server logs no dropped connection)."""
-    if len(os.fsencode(path)) >= 108:
-        raise CannotServe(f"socket path {path} is longer than 107 bytes")
-    check_directory(os.path.dirname(path) or ".")
+    check_path(path)
     try:
         pid = wire.ask_status(path, uid=os.geteuid())[0]
         raise CannotServe(f"a server (pid {pid}) already listens on {path}")
@@ -326,11 +332,12 @@ class Server:
         return 0
 
     def loop(self, listener: socket.socket, wake: int) -> bool:
-        """The main loop; True for a reload. At SIGHUP nothing more is accepted, and the
-        connections already taken are handed to workers (or declined at their deadlines, as
-        ever) before the loop ends: none of them is declined for the reload (Dovecot's
-        lookups have no fallback), and those that come meanwhile wait in the sockets'
-        queues (the lookup socket's, for the next process)."""
+        """The main loop; True for a reload. At SIGHUP (unless :meth:`refusal` finds that the
+        new process could not start: then one log line says why) nothing more is accepted,
+        and the connections already taken are handed to workers (or declined at their
+        deadlines, as ever) before the loop ends: none of them is declined for the reload
+        (Dovecot's lookups have no fallback), and those that come meanwhile wait in the
+        sockets' queues (the lookup socket's, for the next process)."""
         self.poll.register(wake, select.POLLIN)
         reloading = False
         # the listening sockets, each polled while it is taken from; the lookup socket even
@@ -350,9 +357,12 @@ class Server:
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
-                        log(self.settings.log_fd, "reloading")
-                        reloading = True
-                        for sock in [sock for sock, taking in accepting.items() if taking]:
+                        refused = self.refusal()
+                        log(self.settings.log_fd, "reloading" if refused is None else
+                            f"not reloading: {refused}; serving on as started")
+                        reloading = refused is None
+                        for sock in [sock for sock, taking in accepting.items()
+                                     if taking and reloading]:
                             accepting[sock] = False
                             self.poll.unregister(sock)
                     self.reap()
@@ -391,6 +401,23 @@ class Server:
                     else:
                         self.poll.unregister(sock)
             self.publish()
+
+    def refusal(self) -> str | None:
+        """Why the process a reload executes would stop at once (its configuration does not
+        load, a server.* setting is wrong, a new socket path cannot be made), checked before
+        anything is closed: Dovecot's lookups, which have no fallback, would fail until the
+        file is mended; None when the reload may go ahead."""
+        try:
+            settings = vconfig.load(self.settings.config)
+            settings.smtp_auth_callers()
+            paths = [settings.home_path("server_socket")]
+            if settings.dovecot_callers():
+                paths.append(settings.home_path("lookup_socket"))
+            for path in set(paths).difference((self.path, self.lookup_path)):
+                check_path(path)
+        except VpopmailError as exc:
+            return str(exc)
+        return None
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
