@@ -3,6 +3,7 @@ once, and bad clients, crowds and its own sudden death lose nothing (issue 14). 
 and login suites also run whole through it (``through_server``, tests/conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import INSTALL, VENV, Install, as_user_argv
+from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
@@ -904,6 +905,48 @@ def test_second_server_refuses_to_start(site: LoginSite) -> None:
                              f"listens on {server.socket}\n"), second
     time.sleep(0.2)  # a drop would be logged at once
     assert not [line for line in server.lines()[before:] if "dropped" in line]
+
+
+def test_of_two_servers_started_at_once_one_serves(root_vhome: Install) -> None:
+    """Two servers started at the same moment (the systemd unit and the daemontools service
+    both enabled, at boot): one listens, the other refuses (exit 111) saying so. Before:
+    each asked at the socket, found no one, and made it (in a third or so of the tries
+    here); the later replaced the earlier's, which ran on, "up" for its supervisor and
+    logging "listening", where no front end could reach it."""
+    logs = root_vhome.prefix.parent
+    both = '"$1" >"$2" 2>&1 & echo $!; "$1" >"$3" 2>&1 & echo $!; wait'
+    for attempt in range(10):
+        outputs = [logs / f"{name}{attempt}.log" for name in "ab"]
+        shell = subprocess.Popen(["sh", "-c", both, "sh", str(root_vhome.bin / "vpopmail-server"),
+                                  *map(str, outputs)], stdout=subprocess.PIPE, text=True,
+                                 env=CLEAN_ENV, cwd="/")
+        assert shell.stdout is not None
+        pids = [int(shell.stdout.readline()) for _ in outputs]
+        try:
+            deadline = time.monotonic() + 15
+            while not any("vpopmail-server: " in p.read_text() for p in outputs if p.exists()
+                          ) or sum(map(alive, pids)) == 2:
+                assert time.monotonic() < deadline, [p.read_text() for p in outputs]
+                time.sleep(0.05)
+            [winner] = [pid for pid in pids if alive(pid)]
+            said = outputs[1 - pids.index(winner)].read_text()
+            assert (f"a server (pid {winner}) already listens" in said
+                    or "another vpopmail-server is starting on" in said), said
+            answer = root_vhome.ok("vpopmail-server", "--status")
+            assert f"pid {winner}," in answer, answer
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            shell.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_server_as_another_user_than_root_names_the_fix(root_vhome: Install) -> None:

@@ -28,6 +28,8 @@ WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 #: what a reloading server tells the process it becomes: the pids of its workers not yet
 #: collected (they stay its children across exec, serve their last request and end)
 PREVIOUS = "VPOPMAIL_SERVER_PREVIOUS"
+#: and its lock (a descriptor: :func:`hold`), kept across exec
+KEPT_LOCK = "VPOPMAIL_SERVER_LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = "VPOPMAIL_SERVER_LOOKUPS"
@@ -81,11 +83,9 @@ def check_path(path: str) -> None:
     check_directory(os.path.dirname(path) or ".")
 
 
-def listen(path: str, mode: int = 0o666) -> socket.socket:
-    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
-    gets no more than its own rights); refuses when something listens there already, named
-    from a status request (so the running server logs no dropped connection)."""
-    check_path(path)
+def unused(path: str) -> None:
+    """Refuse (CannotServe) when something listens at ``path``, named from a status request
+    (so the running server logs no dropped connection)."""
     try:
         pid = wire.ask_status(path, uid=os.geteuid())[0]
         raise CannotServe(f"a server (pid {pid}) already listens on {path}")
@@ -93,6 +93,44 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
         pass
     except (OSError, wire.Drop, wire.NoAnswer) as exc:  # a stranger, an old or stuck server
         raise CannotServe(f"a server already listens on {path}: {exc}") from None
+
+
+def hold(path: str) -> int:
+    """The lock of the server socket ``path`` (``PATH.lock`` beside it, flock'd), held while
+    this server lives, across a reload's exec (KEPT_LOCK; each worker closes its copy, so
+    that a server killed with its workers still serving does not keep the next one out): of
+    two servers started at once, one makes its sockets, the other refuses."""
+    import fcntl
+
+    lock = f"{path}.lock"
+    check_path(path)
+    kept = os.environ.pop(KEPT_LOCK, "")
+    try:
+        fd = int(kept) if kept.isdigit() and os.path.samestat(os.fstat(int(kept)),
+                                                                os.stat(lock)) else -1
+    except OSError:
+        fd = -1
+    try:
+        if fd < 0:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise cannot_listen(path, exc) from None
+    os.set_inheritable(fd, False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        unused(path)
+        raise CannotServe(f"another vpopmail-server is starting on {path}") from None
+    return fd
+
+
+def listen(path: str, mode: int = 0o666) -> socket.socket:
+    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
+    gets no more than its own rights); refuses when something listens there already
+    (:func:`unused`)."""
+    check_path(path)
+    unused(path)
     staging = f"{path}.{os.getpid()}"
     try:
         os.unlink(staging)
@@ -102,9 +140,14 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
         sock = bind(staging, mode)
         os.replace(staging, path)
     except OSError as exc:
-        hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
-        raise CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}") from None
+        raise cannot_listen(path, exc) from None
     return sock
+
+
+def cannot_listen(path: str, exc: OSError) -> CannotServe:
+    """What stops a server that may not make its socket at ``path`` (or the lock beside it)."""
+    hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
+    return CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}")
 
 
 def lookup_mode(callers: frozenset[int]) -> int:
@@ -249,6 +292,7 @@ class Server:
         self.poll = select.poll()
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
+        self.lock = -1  # :func:`hold`'s descriptor
         #: until when (time.monotonic's) the listener is not polled after a failed accept
         self.resting = 0.0
 
@@ -261,6 +305,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
@@ -328,6 +373,8 @@ class Server:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
+            os.set_inheritable(self.lock, True)
+            os.environ[KEPT_LOCK] = str(self.lock)
             os.execv(sys.argv[0], sys.argv)
         return 0
 
@@ -729,5 +776,5 @@ class Server:
         self.listener.close()
         if self.lookups is not None:
             self.lookups.close()
-        for fd in self.wake:
+        for fd in (*self.wake, self.lock):
             os.close(fd)
