@@ -684,6 +684,27 @@ def test_status_and_reload(site: LoginSite) -> None:
     assert server.proc.poll() is None
 
 
+def test_a_reload_to_another_socket_path_and_back(site: LoginSite) -> None:
+    """paths.server_socket moved to another directory and back, a reload after each: the
+    server moves with it each time (its lock with it: the old path's is not kept)."""
+    server = server_of(site)
+    other = site.inst.prefix / "run2"
+    other.mkdir(mode=0o755)
+    good = site.inst.config_path.read_text()
+    site.inst.config_path.write_text(good.replace('server_socket = "run/server.sock"',
+                                                  'server_socket = "run2/server.sock"'))
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    assert (other / "server.sock").exists() and not server.socket.exists()
+    site.inst.config_path.write_text(good)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=3)
+    assert server.proc.poll() is None, server.lines()
+    assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
 BROKEN_AT_RELOAD = {
     "toml": lambda text: text + "[server\n",
     "unknown caller": lambda text: text.replace('dovecot_callers = ""',

@@ -1,6 +1,7 @@
 """vpopmail-server's parent: it listens, reads each caller's credentials (never a byte the
 caller sends), hands connections to workers (:mod:`vpopmail.server.worker`), and opens each
 identity's own socket, where that identity's workers accept its next connections themselves."""
+import contextlib
 import os
 import select
 import signal
@@ -105,10 +106,13 @@ def hold(path: str) -> int:
     lock = f"{path}.lock"
     check_path(path)
     kept = os.environ.pop(KEPT_LOCK, "")
+    fd = int(kept) if kept.isdigit() else -1
     try:
-        fd = int(kept) if kept.isdigit() and os.path.samestat(os.fstat(int(kept)),
-                                                                os.stat(lock)) else -1
+        if fd >= 0 and not os.path.samestat(os.fstat(fd), os.stat(lock)):
+            raise OSError(f"{kept} is not {lock}")  # the lock of the path before the reload
     except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)
         fd = -1
     try:
         if fd < 0:
