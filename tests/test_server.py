@@ -269,9 +269,9 @@ def test_idle_workers_leave(site: LoginSite) -> None:
 
 
 def identity_sockets(server: Server) -> dict[str, os.stat_result]:
-    """The identities' own sockets beside the server's, by name."""
+    """The identities' own sockets beside the server's, by name (not its lock)."""
     return {path.name: path.stat() for path in server.socket.parent.iterdir()
-            if path.name.startswith(f"{server.socket.name}.")}
+            if path.name.startswith(f"{server.socket.name}.") and path.is_socket()}
 
 
 def test_an_identitys_workers_serve_it_without_the_parent(site: LoginSite) -> None:
@@ -878,6 +878,24 @@ def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
     assert checked.returncode == 0, checked.stdout
     assert "of another protocol version" in checked.stdout, checked.stdout
     assert "start bin/vpopmail-server" not in checked.stdout
+
+
+def test_vcheck_says_when_the_front_ends_were_built_for_another_socket(site: LoginSite) -> None:
+    """paths.server_socket changed without packaging/install (README: the path is built into
+    the front ends) and the server reloaded: it answers at the new path, where no front end
+    looks. vcheck's last step says so and names the fix (before: "OK ... serving
+    vdelivermail and vchkpw", while every delivery and login ran the Python program, and
+    server.smtp_auth_callers' logins failed)."""
+    (site.inst.prefix / "run2").mkdir(mode=0o755)
+    site.inst.set_config("paths", "server_socket", "run2/server.sock")
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    checked = site.inst.run("vcheck", "alice@example.com")
+    assert checked.returncode == 12, checked.stdout
+    assert (f"bin/vdelivermail and bin/vchkpw were built for {site.inst.prefix}/run/server.sock,"
+            f" not {site.inst.prefix}/run2/server.sock") in checked.stdout, checked.stdout
+    assert "run packaging/install again" in checked.stdout, checked.stdout
 
 
 def test_status_and_vcheck_ask_only_a_listener_of_the_front_ends_uid(site: LoginSite) -> None:
