@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -1397,38 +1398,53 @@ def test_server_sandboxed_callers_serves_them_in_the_servers_view(root_vhome: In
 
 # -- its log ------------------------------------------------------------------------------------
 
-def fill_pipe(write_end: int) -> None:
-    """Fill the pipe of ``write_end`` to the brim, through a non-blocking file of its own (the
-    server's copy stays as it was given)."""
-    filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+def log_channel(kind: str) -> tuple[int, int]:
+    """(read end, write end) of the server's log: multilog's pipe or journald's stream."""
+    if kind == "pipe":
+        return os.pipe()
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return reader.detach(), writer.detach()
+
+
+def fill(write_end: int) -> None:
+    """Fill the log channel of ``write_end`` to the brim, without making the server's copy
+    non-blocking (a pipe through a file of its own, a socket with MSG_DONTWAIT)."""
     try:
-        while True:
-            os.write(filler, b"x" * 4096)
+        if stat.S_ISFIFO(os.fstat(write_end).st_mode):
+            filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                while True:
+                    os.write(filler, b"x" * 4096)
+            finally:
+                os.close(filler)
+        with socket.socket(fileno=os.dup(write_end)) as sock:
+            while True:
+                sock.send(b"x" * 4096, socket.MSG_DONTWAIT)
     except BlockingIOError:
         pass
-    finally:
-        os.close(filler)
 
 
-def test_a_full_log_pipe_holds_up_no_delivery_or_login(root_vhome: Install) -> None:
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_a_full_log_holds_up_no_delivery_or_login(root_vhome: Install, kind: str) -> None:
     """multilog stopped (svc -d on the log service) or stalled (its disk full) leaves the
-    server's log pipe full, svscan holding it open: a line that does not fit is dropped and
-    the server goes on. Before: the parent, then each worker with a line to log, waited in
-    write() until multilog read again; a silent caller's "dropped" line was enough to hold
-    every later caller the parent takes for server.reply_timeout (then 111), every new
-    identity's first delivery and login among them."""
+    server's log pipe full, svscan holding it open (journald's stream fills the same way
+    when it falls behind): a line that does not fit is dropped and the server goes on.
+    Before: the parent, then each worker with a line to log, waited in write() until the
+    logger read again; a silent caller's "dropped" line was enough to hold every later
+    caller the parent takes for server.reply_timeout (then 111), every new identity's first
+    delivery and login among them."""
     root_vhome.set_config("server", "request_timeout", 1)
     site = LoginSite(root_vhome, unprivileged=True)
     site.ok("vadddomain", DOMAIN, "secret")
     site.add("alice", "pw")
     without_fallbacks(root_vhome)
-    read_end, write_end = os.pipe()
+    read_end, write_end = log_channel(kind)
     proc = subprocess.Popen([str(root_vhome.bin / "vpopmail-server")], stdout=write_end,
                             stderr=write_end, env={"PATH": "/usr/bin:/bin"}, cwd="/")
     try:
         with os.fdopen(read_end, "rb", buffering=0) as log:
             assert b"listening on" in log.read(4096)
-            fill_pipe(write_end)  # multilog reads no more
+            fill(write_end)  # the logger reads no more
             silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             silent.connect(str(root_vhome.prefix / "run" / "server.sock"))
             time.sleep(2.5)  # dropped at server.request_timeout: its line does not fit

@@ -477,19 +477,24 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
 
 
 def log_descriptor() -> int:
-    """The server's log (stderr), as a descriptor :func:`high` puts out of the way. A pipe
-    (multilog's, svlogd's) is opened afresh, non-blocking: a line that does not fit while the
-    logger reads no more (stopped, or its disk full) is lost rather than waited on, since the
-    parent and each worker with a line to log would wait with it, and the callers with them.
-    The pipe's own file (svscan's and runsv's too) keeps its flags."""
+    """The server's log (stderr), as a descriptor :func:`high` puts out of the way, that
+    never blocks: a line that does not fit while the logger reads no more (multilog stopped,
+    or its disk full; journald behind) is lost rather than waited on, since the parent and
+    each worker with a line to log would wait with it, and the callers with them. A pipe
+    (multilog's, svlogd's) is opened afresh, so that its own file (svscan's and runsv's too)
+    keeps its flags; a socket (journald's stream, the service's alone) is made non-blocking."""
     import stat
 
+    kind = os.fstat(2).st_mode
     try:
-        if stat.S_ISFIFO(os.fstat(2).st_mode):
+        if stat.S_ISFIFO(kind):
             return high(os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
     except OSError:  # no /proc, another user's pipe, or one no one reads (ENXIO): as given
         pass
-    return high(os.dup(2))
+    fd = high(os.dup(2))
+    if stat.S_ISSOCK(kind):
+        os.set_blocking(fd, False)
+    return fd
 
 
 def log(fd: int, text: str) -> None:
