@@ -112,7 +112,7 @@ def hold(path: str) -> int:
             raise OSError(f"{kept} is not {lock}")  # the lock of the path before the reload
     except OSError:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(fd)  # (a descriptor the variable named that is not open: nothing)
         fd = -1
     try:
         if fd < 0:
@@ -409,13 +409,15 @@ class Server:
                         return False
                     if signal.SIGHUP in signals and not reloading:
                         refused = self.refusal()
-                        log(self.settings.log_fd, "reloading" if refused is None else
-                            f"not reloading: {refused}; serving on as started")
-                        reloading = refused is None
-                        for sock in [sock for sock, taking in accepting.items()
-                                     if taking and reloading]:
-                            accepting[sock] = False
-                            self.poll.unregister(sock)
+                        if refused is not None:
+                            log(self.settings.log_fd, f"not reloading: {refused}; serving "
+                                                      f"on as started")
+                        else:
+                            log(self.settings.log_fd, "reloading")
+                            reloading = True
+                            for sock in [sock for sock, taking in accepting.items() if taking]:
+                                accepting[sock] = False
+                                self.poll.unregister(sock)
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
