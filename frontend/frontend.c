@@ -61,8 +61,9 @@
 #include <unistd.h>
 
 /* How packaging/install tells its own front end from C vpopmail's program of the same name
- * (an upgrade keeps it in place, --rollback removes it). */
-const char vps_ident[] = "pyvpopmail front end, protocol 2";
+ * (an upgrade keeps it in place, --rollback removes it), and vcheck the socket it was built
+ * for (vpopmail/wire.py: front_end_socket). */
+const char vps_ident[] = "pyvpopmail front end, protocol 2, socket " VPS_SOCKET;
 
 #ifndef VPS_PROGRAM
 #error "VPS_PROGRAM (1 vdelivermail, 2 vchkpw) must be defined"

@@ -3,13 +3,16 @@ once, and bad clients, crowds and its own sudden death lose nothing (issue 14). 
 and login suites also run whole through it (``through_server``, tests/conftest.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import resource
+import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import INSTALL, VENV, Install, as_user_argv
+from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB
@@ -267,9 +270,9 @@ def test_idle_workers_leave(site: LoginSite) -> None:
 
 
 def identity_sockets(server: Server) -> dict[str, os.stat_result]:
-    """The identities' own sockets beside the server's, by name."""
+    """The identities' own sockets beside the server's, by name (not its lock)."""
     return {path.name: path.stat() for path in server.socket.parent.iterdir()
-            if path.name.startswith(f"{server.socket.name}.")}
+            if path.name.startswith(f"{server.socket.name}.") and path.is_socket()}
 
 
 def test_an_identitys_workers_serve_it_without_the_parent(site: LoginSite) -> None:
@@ -682,6 +685,68 @@ def test_status_and_reload(site: LoginSite) -> None:
     assert server.proc.poll() is None
 
 
+def test_a_reload_to_another_socket_path_and_back(site: LoginSite) -> None:
+    """paths.server_socket moved to another directory and back, a reload after each: the
+    server moves with it each time (its lock with it: the old path's is not kept)."""
+    server = server_of(site)
+    other = site.inst.prefix / "run2"
+    other.mkdir(mode=0o755)
+    good = site.inst.config_path.read_text()
+    site.inst.config_path.write_text(good.replace('server_socket = "run/server.sock"',
+                                                  'server_socket = "run2/server.sock"'))
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    assert (other / "server.sock").exists() and not server.socket.exists()
+    site.inst.config_path.write_text(good)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=3)
+    assert server.proc.poll() is None, server.lines()
+    assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
+BROKEN_AT_RELOAD = {
+    "toml": lambda text: text + "[server\n",
+    "unknown caller": lambda text: text.replace('dovecot_callers = ""',
+                                                'dovecot_callers = "root dovcot"'),
+    "no such directory": lambda text: text.replace('server_socket = "run/server.sock"',
+                                                   'server_socket = "/nonexistent/s.sock"'),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_AT_RELOAD)
+def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
+        site: LoginSite, broken: str) -> None:
+    """svc -h (systemctl reload) after an edit the new process would stop at (the TOML, a
+    server.* setting, a socket it cannot make): the server says why in its log and serves on
+    as it was, the next SIGHUP after the fix reloads. Before: it closed its sockets and
+    re-executed into "configuration error" (daemontools restarting it every second, systemd
+    giving up after five): the front ends ran Python, and Dovecot 2.4's lookups, which have no
+    fallback, failed until the file was mended."""
+    server = server_of(site)
+    good = site.inst.config_path.read_text()
+    site.inst.config_path.write_text(BROKEN_AT_RELOAD[broken](good))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while not any("not reloading" in line for line in server.lines()):
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+        time.sleep(0.05)
+    [line] = [line for line in server.lines() if "not reloading" in line]
+    reason = {"toml": "configuration error: ", "unknown caller": "there is no user 'dovcot'",
+              "no such directory": "socket directory /nonexistent: No such file or directory"}
+    assert reason[broken] in line, line
+    assert not any("reloading" in line for line in server.lines() if "not" not in line)
+    site.inst.config_path.write_text(good)
+    assert "is up" in site.inst.ok("vpopmail-server", "--status")
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    assert site.deliver("alice").returncode == 0
+    assert server.proc.poll() is None
+
+
 def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
         site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
     """A server that takes the connection but sends nothing (stopped here; with every worker
@@ -816,6 +881,24 @@ def test_vcheck_says_whether_the_server_answers(site: LoginSite) -> None:
     assert "start bin/vpopmail-server" not in checked.stdout
 
 
+def test_vcheck_says_when_the_front_ends_were_built_for_another_socket(site: LoginSite) -> None:
+    """paths.server_socket changed without packaging/install (README: the path is built into
+    the front ends) and the server reloaded: it answers at the new path, where no front end
+    looks. vcheck's last step says so and names the fix (before: "OK ... serving
+    vdelivermail and vchkpw", while every delivery and login ran the Python program, and
+    server.smtp_auth_callers' logins failed)."""
+    (site.inst.prefix / "run2").mkdir(mode=0o755)
+    site.inst.set_config("paths", "server_socket", "run2/server.sock")
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    checked = site.inst.run("vcheck", "alice@example.com")
+    assert checked.returncode == 12, checked.stdout
+    assert (f"bin/vdelivermail and bin/vchkpw were built for {site.inst.prefix}/run/server.sock,"
+            f" not {site.inst.prefix}/run2/server.sock") in checked.stdout, checked.stdout
+    assert "run packaging/install again" in checked.stdout, checked.stdout
+
+
 def test_status_and_vcheck_ask_only_a_listener_of_the_front_ends_uid(site: LoginSite) -> None:
     """A process of another uid than the one the front ends accept (bin/'s owner, root here)
     listening at the server's socket is named by --status and vcheck, sent nothing, and not
@@ -862,6 +945,48 @@ def test_second_server_refuses_to_start(site: LoginSite) -> None:
                              f"listens on {server.socket}\n"), second
     time.sleep(0.2)  # a drop would be logged at once
     assert not [line for line in server.lines()[before:] if "dropped" in line]
+
+
+def test_of_two_servers_started_at_once_one_serves(root_vhome: Install) -> None:
+    """Two servers started at the same moment (the systemd unit and the daemontools service
+    both enabled, at boot): one listens, the other refuses (exit 111) saying so. Before:
+    each asked at the socket, found no one, and made it (in a third or so of the tries
+    here); the later replaced the earlier's, which ran on, "up" for its supervisor and
+    logging "listening", where no front end could reach it."""
+    logs = root_vhome.prefix.parent
+    both = '"$1" >"$2" 2>&1 & echo $!; "$1" >"$3" 2>&1 & echo $!; wait'
+    for attempt in range(10):
+        outputs = [logs / f"{name}{attempt}.log" for name in "ab"]
+        shell = subprocess.Popen(["sh", "-c", both, "sh", str(root_vhome.bin / "vpopmail-server"),
+                                  *map(str, outputs)], stdout=subprocess.PIPE, text=True,
+                                 env=CLEAN_ENV, cwd="/")
+        assert shell.stdout is not None
+        pids = [int(shell.stdout.readline()) for _ in outputs]
+        try:
+            deadline = time.monotonic() + 15
+            while not any("vpopmail-server: " in p.read_text() for p in outputs if p.exists()
+                          ) or sum(map(alive, pids)) == 2:
+                assert time.monotonic() < deadline, [p.read_text() for p in outputs]
+                time.sleep(0.05)
+            [winner] = [pid for pid in pids if alive(pid)]
+            said = outputs[1 - pids.index(winner)].read_text()
+            assert (f"a server (pid {winner}) already listens" in said
+                    or "another vpopmail-server is starting on" in said), said
+            answer = root_vhome.ok("vpopmail-server", "--status")
+            assert f"pid {winner}," in answer, answer
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            shell.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_server_as_another_user_than_root_names_the_fix(root_vhome: Install) -> None:
@@ -1269,3 +1394,79 @@ def test_server_sandboxed_callers_serves_them_in_the_servers_view(root_vhome: In
     with running_server(root_vhome):
         assert deliver_in_a_read_only_sandbox(login_site, str(root_vhome.bin / "vdelivermail")) == 0
     assert len(login_site.new_files(login_site.maildir("alice"))) == 1
+
+
+# -- its log ------------------------------------------------------------------------------------
+
+def log_channel(kind: str) -> tuple[int, int]:
+    """(read end, write end) of the server's log: multilog's pipe or journald's stream."""
+    if kind == "pipe":
+        return os.pipe()
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return reader.detach(), writer.detach()
+
+
+def fill(write_end: int) -> None:
+    """Fill the log channel of ``write_end`` to the brim, without making the server's copy
+    non-blocking (a pipe through a file of its own, a socket with MSG_DONTWAIT)."""
+    try:
+        if stat.S_ISFIFO(os.fstat(write_end).st_mode):
+            filler = os.open(f"/proc/self/fd/{write_end}", os.O_WRONLY | os.O_NONBLOCK)
+            try:
+                while True:
+                    os.write(filler, b"x" * 4096)
+            finally:
+                os.close(filler)
+        with socket.socket(fileno=os.dup(write_end)) as sock:
+            while True:
+                sock.send(b"x" * 4096, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        pass
+
+
+@pytest.mark.parametrize("kind", ["pipe", "socket"])
+def test_a_full_log_holds_up_no_delivery_or_login(root_vhome: Install, kind: str) -> None:
+    """multilog stopped (svc -d on the log service) or stalled (its disk full) leaves the
+    server's log pipe full, svscan holding it open (journald's stream fills the same way
+    when it falls behind): a line that does not fit is dropped and the server goes on.
+    Before: the parent, then each worker with a line to log, waited in write() until the
+    logger read again; a silent caller's "dropped" line was enough to hold every later
+    caller the parent takes for server.reply_timeout (then 111), every new identity's first
+    delivery and login among them."""
+    root_vhome.set_config("server", "request_timeout", 1)
+    site = LoginSite(root_vhome, unprivileged=True)
+    site.ok("vadddomain", DOMAIN, "secret")
+    site.add("alice", "pw")
+    without_fallbacks(root_vhome)
+    read_end, write_end = log_channel(kind)
+    proc = subprocess.Popen([str(root_vhome.bin / "vpopmail-server")], stdout=write_end,
+                            stderr=write_end, env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as log:
+            assert b"listening on" in log.read(4096)
+            fill(write_end)  # the logger reads no more
+            silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            silent.connect(str(root_vhome.prefix / "run" / "server.sock"))
+            time.sleep(2.5)  # dropped at server.request_timeout: its line does not fit
+            silent.close()
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as garbage:
+                garbage.connect(str(root_vhome.prefix / "run" / "server.sock"))
+                garbage.sendall(b"GET / HTTP/1.0\r\n\r\n")  # a worker's line: dropped too
+                garbage.settimeout(10)
+                assert garbage.recv(100) == b""
+            delivery = site.deliver("alice", wrap=("timeout", "20"))
+            assert (delivery.returncode, delivery.stderr) == (0, b""), delivery
+            assert site.login("alice@example.com", "pw", wrap=("timeout", "20")).code == 0
+            while log.read(65536) and select.select([log], [], [], 0.2)[0]:
+                pass  # multilog reads again: the next lines reach it
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            seen = b""
+            while b"listening on" not in seen and time.monotonic() < deadline:
+                if select.select([log], [], [], 0.2)[0]:
+                    seen += log.read(65536)
+            assert b"reloading" in seen and b"listening on" in seen, seen
+    finally:
+        os.close(write_end)
+        proc.kill()
+        proc.wait()

@@ -181,13 +181,20 @@ def read_request(conn: socket.socket, deadline: float | None = None) -> Request:
         raise
 
 
-def is_front_end(path: str) -> bool:
-    """Whether ``path`` is one of our C front ends (it carries frontend.c's identity)."""
+def front_end_socket(path: str) -> str | None:
+    """The server socket the C front end at ``path`` was built for, as frontend.c's identity
+    carries it (VPS_SOCKET: relative to the installation unless absolute; "" from a front end
+    built before it said); None when ``path`` is not one of ours."""
     try:
         with open(path, "rb") as fh:
-            return FRONTEND_IDENT in fh.read(4 << 20)  # a static build is ~0.8 MiB
+            data = fh.read(4 << 20)  # a static build is ~0.8 MiB
     except OSError:
-        return False
+        return None
+    start = data.find(FRONTEND_IDENT)
+    if start < 0:
+        return None
+    ident = data[start:data.find(b"\0", start)]
+    return os.fsdecode(ident.partition(b", socket ")[2])
 
 
 def server_uid(home: str) -> int | None:

@@ -1,6 +1,7 @@
 """vpopmail-server's parent: it listens, reads each caller's credentials (never a byte the
 caller sends), hands connections to workers (:mod:`vpopmail.server.worker`), and opens each
 identity's own socket, where that identity's workers accept its next connections themselves."""
+import contextlib
 import os
 import select
 import signal
@@ -10,7 +11,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
-from vpopmail.errors import CannotServe
+from vpopmail.errors import CannotServe, VpopmailError
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
                                     decline_queued, identify, log, plan_class, readable, work)
 from vpopmail.wire import identity_socket
@@ -28,6 +29,8 @@ WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 #: what a reloading server tells the process it becomes: the pids of its workers not yet
 #: collected (they stay its children across exec, serve their last request and end)
 PREVIOUS = "VPOPMAIL_SERVER_PREVIOUS"
+#: and its lock (a descriptor: :func:`hold`), kept across exec
+KEPT_LOCK = "VPOPMAIL_SERVER_LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = "VPOPMAIL_SERVER_LOOKUPS"
@@ -73,13 +76,17 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
     return sock
 
 
-def listen(path: str, mode: int = 0o666) -> socket.socket:
-    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
-    gets no more than its own rights); refuses when something listens there already, named
-    from a status request (so the running server logs no dropped connection)."""
+def check_path(path: str) -> None:
+    """A socket may be made at ``path``: short enough, in a directory :func:`check_directory`
+    accepts."""
     if len(os.fsencode(path)) >= 108:
         raise CannotServe(f"socket path {path} is longer than 107 bytes")
     check_directory(os.path.dirname(path) or ".")
+
+
+def unused(path: str) -> None:
+    """Refuse (CannotServe) when something listens at ``path``, named from a status request
+    (so the running server logs no dropped connection)."""
     try:
         pid = wire.ask_status(path, uid=os.geteuid())[0]
         raise CannotServe(f"a server (pid {pid}) already listens on {path}")
@@ -87,6 +94,47 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
         pass
     except (OSError, wire.Drop, wire.NoAnswer) as exc:  # a stranger, an old or stuck server
         raise CannotServe(f"a server already listens on {path}: {exc}") from None
+
+
+def hold(path: str) -> int:
+    """The lock of the server socket ``path`` (``PATH.lock`` beside it, flock'd), held while
+    this server lives, across a reload's exec (KEPT_LOCK; each worker closes its copy, so
+    that a server killed with its workers still serving does not keep the next one out): of
+    two servers started at once, one makes its sockets, the other refuses."""
+    import fcntl
+
+    lock = f"{path}.lock"
+    check_path(path)
+    kept = os.environ.pop(KEPT_LOCK, "")
+    fd = int(kept) if kept.isdigit() else -1
+    try:
+        if fd >= 0 and not os.path.samestat(os.fstat(fd), os.stat(lock)):
+            raise OSError(f"{kept} is not {lock}")  # the lock of the path before the reload
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # (a descriptor the variable named that is not open: nothing)
+        fd = -1
+    try:
+        if fd < 0:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise cannot_listen(path, exc) from None
+    os.set_inheritable(fd, False)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        unused(path)
+        raise CannotServe(f"another vpopmail-server is starting on {path}") from None
+    return fd
+
+
+def listen(path: str, mode: int = 0o666) -> socket.socket:
+    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
+    gets no more than its own rights); refuses when something listens there already
+    (:func:`unused`)."""
+    check_path(path)
+    unused(path)
     staging = f"{path}.{os.getpid()}"
     try:
         os.unlink(staging)
@@ -96,9 +144,14 @@ def listen(path: str, mode: int = 0o666) -> socket.socket:
         sock = bind(staging, mode)
         os.replace(staging, path)
     except OSError as exc:
-        hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
-        raise CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}") from None
+        raise cannot_listen(path, exc) from None
     return sock
+
+
+def cannot_listen(path: str, exc: OSError) -> CannotServe:
+    """What stops a server that may not make its socket at ``path`` (or the lock beside it)."""
+    hint = "" if os.geteuid() == 0 else " (start vpopmail-server as root)"
+    return CannotServe(f"cannot listen on {path}: {exc.strerror}{hint}")
 
 
 def lookup_mode(callers: frozenset[int]) -> int:
@@ -243,6 +296,7 @@ class Server:
         self.poll = select.poll()
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
+        self.lock = -1  # :func:`hold`'s descriptor
         #: until when (time.monotonic's) the listener is not polled after a failed accept
         self.resting = 0.0
 
@@ -255,6 +309,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
@@ -322,15 +377,18 @@ class Server:
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
+            os.set_inheritable(self.lock, True)
+            os.environ[KEPT_LOCK] = str(self.lock)
             os.execv(sys.argv[0], sys.argv)
         return 0
 
     def loop(self, listener: socket.socket, wake: int) -> bool:
-        """The main loop; True for a reload. At SIGHUP nothing more is accepted, and the
-        connections already taken are handed to workers (or declined at their deadlines, as
-        ever) before the loop ends: none of them is declined for the reload (Dovecot's
-        lookups have no fallback), and those that come meanwhile wait in the sockets'
-        queues (the lookup socket's, for the next process)."""
+        """The main loop; True for a reload. At SIGHUP (unless :meth:`refusal` finds that the
+        new process could not start: then one log line says why) nothing more is accepted,
+        and the connections already taken are handed to workers (or declined at their
+        deadlines, as ever) before the loop ends: none of them is declined for the reload
+        (Dovecot's lookups have no fallback), and those that come meanwhile wait in the
+        sockets' queues (the lookup socket's, for the next process)."""
         self.poll.register(wake, select.POLLIN)
         reloading = False
         # the listening sockets, each polled while it is taken from; the lookup socket even
@@ -350,11 +408,16 @@ class Server:
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
-                        log(self.settings.log_fd, "reloading")
-                        reloading = True
-                        for sock in [sock for sock, taking in accepting.items() if taking]:
-                            accepting[sock] = False
-                            self.poll.unregister(sock)
+                        refused = self.refusal()
+                        if refused is not None:
+                            log(self.settings.log_fd, f"not reloading: {refused}; serving "
+                                                      f"on as started")
+                        else:
+                            log(self.settings.log_fd, "reloading")
+                            reloading = True
+                            for sock in [sock for sock, taking in accepting.items() if taking]:
+                                accepting[sock] = False
+                                self.poll.unregister(sock)
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
@@ -391,6 +454,23 @@ class Server:
                     else:
                         self.poll.unregister(sock)
             self.publish()
+
+    def refusal(self) -> str | None:
+        """Why the process a reload executes would stop at once (its configuration does not
+        load, a server.* setting is wrong, a new socket path cannot be made), checked before
+        anything is closed: Dovecot's lookups, which have no fallback, would fail until the
+        file is mended; None when the reload may go ahead."""
+        try:
+            settings = vconfig.load(self.settings.config)
+            settings.smtp_auth_callers()
+            paths = [settings.home_path("server_socket")]
+            if settings.dovecot_callers():
+                paths.append(settings.home_path("lookup_socket"))
+            for path in set(paths).difference((self.path, self.lookup_path)):
+                check_path(path)
+        except VpopmailError as exc:
+            return str(exc)
+        return None
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
@@ -702,5 +782,5 @@ class Server:
         self.listener.close()
         if self.lookups is not None:
             self.lookups.close()
-        for fd in self.wake:
+        for fd in (*self.wake, self.lock):
             os.close(fd)

@@ -476,6 +476,27 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
     respond(conn, LOOKUP_STATUS.get(code, 503) if found is None else 200, found)
 
 
+def log_descriptor() -> int:
+    """The server's log (stderr), as a descriptor :func:`high` puts out of the way, that
+    never blocks: a line that does not fit while the logger reads no more (multilog stopped,
+    or its disk full; journald behind) is lost rather than waited on, since the parent and
+    each worker with a line to log would wait with it, and the callers with them. A pipe
+    (multilog's, svlogd's) is opened afresh, so that its own file (svscan's and runsv's too)
+    keeps its flags; a socket (journald's stream, the service's alone) is made non-blocking."""
+    import stat
+
+    kind = os.fstat(2).st_mode
+    try:
+        if stat.S_ISFIFO(kind):
+            return high(os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:  # no /proc, another user's pipe, or one no one reads (ENXIO): as given
+        pass
+    fd = high(os.dup(2))
+    if stat.S_ISSOCK(kind):
+        os.set_blocking(fd, False)
+    return fd
+
+
 def log(fd: int, text: str) -> None:
     try:
         os.write(fd, f"vpopmail-server: {text}\n".encode("utf-8", "backslashreplace"))
@@ -698,7 +719,7 @@ class Settings:
         #: 0 (no waiting, as the parent takes it) is 1 ms, not SO_RCVTIMEO's "for ever"
         seconds = settings.server_request_timeout
         self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
-        self.log_fd = high(os.dup(2))
+        self.log_fd = log_descriptor()
         #: the server's environment and soft file-size limit: a lookup's (:func:`own_stage`)
         self.environment = dict(posix.environ)
         self.file_size = resource.getrlimit(resource.RLIMIT_FSIZE)[0] & INFINITY
