@@ -471,22 +471,31 @@ def test_vpopmail_server_under_daemontools(root_vhome: Install, tmp_path: Path) 
     listening), svc -d stops it cleanly."""
     service = tmp_path / "service" / "vpopmail-server"
     with supervised(root_vhome, "vpopmail-server", tmp_path / "service") as current:
-        lines = log_lines(current, "vpopmail-server: listening on")
-        assert all(re.match(r"@4000[0-9a-f]{20} ", line) for line in lines), lines
-        status = subprocess.run([str(root_vhome.bin / "vpopmail-server"), "--status"],
-                                capture_output=True, text=True, env=CLEAN_ENV)
-        assert status.returncode == 0 and " requests" in status.stdout, status
-        subprocess.run(["svc", "-h", str(service)], check=True)
-        log_lines(current, "vpopmail-server: reloading")
-        log_lines(current, "vpopmail-server: listening on", 2)
-        subprocess.run(["svc", "-d", str(service)], check=True)
-        log_lines(current, "vpopmail-server: stopping")
-        deadline = time.monotonic() + 20
-        while "down" not in subprocess.run(["svstat", str(service)], capture_output=True,
-                                           text=True).stdout:
-            assert time.monotonic() < deadline, "svc -d did not stop the server"
-            time.sleep(0.05)
-        assert not (root_vhome.prefix / "run" / "server.sock").exists()
+        try:
+            lines = log_lines(current, "vpopmail-server: listening on")
+            assert all(re.match(r"@4000[0-9a-f]{20} ", line) for line in lines), lines
+            status = subprocess.run([str(root_vhome.bin / "vpopmail-server"), "--status"],
+                                    capture_output=True, text=True, env=CLEAN_ENV)
+            assert status.returncode == 0 and " requests" in status.stdout, status
+            subprocess.run(["svc", "-h", str(service)], check=True)
+            log_lines(current, "vpopmail-server: reloading")
+            log_lines(current, "vpopmail-server: listening on", 2)
+            subprocess.run(["svc", "-d", str(service)], check=True)
+            log_lines(current, "vpopmail-server: stopping")
+            deadline = time.monotonic() + 60
+            while "down" not in supervisor(service):
+                assert time.monotonic() < deadline, "svc -d did not stop the server"
+                time.sleep(0.05)
+            assert not (root_vhome.prefix / "run" / "server.sock").exists()
+        except AssertionError as exc:  # what the supervisor and the log say, for a CI run
+            raise AssertionError(f"{exc}\n{supervisor(service)}"
+                                 f"{current.read_text() if current.exists() else ''}") from None
+
+
+def supervisor(service: Path) -> str:
+    """svstat's line for ``service`` and its log service."""
+    return subprocess.run(["svstat", str(service), str(service / "log")],
+                          capture_output=True, text=True).stdout
 
 
 def free_port() -> int:
