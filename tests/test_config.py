@@ -96,6 +96,7 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
     ({"paths": {"vpopmail_home": "/a\0b"}}, "test.toml: paths.vpopmail_home contains a NUL character"),
     ({"logging": {"level": "x"}}, "test.toml: logging.level must be one of n, e, y, p, v"),
     ({"server": {"workers": 0}}, "test.toml: server.workers must be >= 1"),
+    ({"server": {"workers": 10**12}}, "test.toml: server.workers must be at most 4096"),
     ({"delivery": {"max_hops": 0}}, "test.toml: delivery.max_hops must be >= 1"),
     ({"users": {"quota_warn_percent": 101}}, "test.toml: users.quota_warn_percent must be 1..100"),
     ({"relay": {"lock_timeout": -1}}, "test.toml: relay.lock_timeout must be >= 0"),

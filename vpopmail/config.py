@@ -17,7 +17,10 @@ from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 4
+_CACHE_VERSION = 5  # 5: server.workers bounded (a cache of an older rule is read again)
+#: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
+#: would only fail later, when the server maps a counter for each
+MAX_WORKERS = 4096
 
 #: a setting's value: TOML's string, integer or boolean
 Value = str | int | bool
@@ -238,6 +241,8 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
     for key in ("server_workers", "server_requests_per_worker", "delivery_max_hops"):
         if int(values[key]) < 1:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 1")
+    if int(values["server_workers"]) > MAX_WORKERS:  # each a process: more is a typo
+        raise ConfigError(f"{source}: server.workers must be at most {MAX_WORKERS}")
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
