@@ -899,6 +899,15 @@ def test_vcheck_says_when_the_front_ends_were_built_for_another_socket(site: Log
     assert "run packaging/install again" in checked.stdout, checked.stdout
 
 
+def test_vcheck_takes_another_spelling_of_the_front_ends_socket_for_it(site: LoginSite) -> None:
+    """paths.server_socket spelled another way for the same path (``./run//server.sock``):
+    the front ends reach the server there, and vcheck's last step passes."""
+    site.inst.set_config("paths", "server_socket", "./run//server.sock")
+    checked = site.inst.run("vcheck", "alice@example.com")
+    assert checked.returncode == 0, checked.stdout
+    assert "built for" not in checked.stdout, checked.stdout
+
+
 def test_status_and_vcheck_ask_only_a_listener_of_the_front_ends_uid(site: LoginSite) -> None:
     """A process of another uid than the one the front ends accept (bin/'s owner, root here)
     listening at the server's socket is named by --status and vcheck, sent nothing, and not

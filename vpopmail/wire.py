@@ -193,7 +193,8 @@ def front_end_socket(path: str) -> str | None:
     start = data.find(FRONTEND_IDENT)
     if start < 0:
         return None
-    ident = data[start:data.find(b"\0", start)]
+    end = data.find(b"\0", start)
+    ident = data[start:len(data) if end < 0 else end]
     return os.fsdecode(ident.partition(b", socket ")[2])
 
 

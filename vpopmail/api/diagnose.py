@@ -537,9 +537,10 @@ class Diagnosis:
                         "without --no-frontends)")
         if not front_ends and not lookups:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
-        path = self.config.home_path("server_socket")
-        stale = {name: os.path.join(self.config.home, socket) for name, socket in built.items()
-                 if socket and os.path.join(self.config.home, socket) != path}
+        path = os.path.normpath(self.config.home_path("server_socket"))
+        stale = {name: os.path.normpath(os.path.join(self.config.home, socket))
+                 for name, socket in built.items() if socket}
+        stale = {name: socket for name, socket in stale.items() if socket != path}
         if stale:  # paths.server_socket changed since the install: they never come here
             raise Fault(f"{' and '.join(f'bin/{name}' for name in stale)} "
                         f"{'were' if len(stale) > 1 else 'was'} built for "

@@ -477,12 +477,13 @@ def serve_lookup(conn: socket.socket, identity: Identity, settings: "Settings",
 
 
 def log_descriptor() -> int:
-    """The server's log (stderr), as a descriptor :func:`high` puts out of the way, that
-    never blocks: a line that does not fit while the logger reads no more (multilog stopped,
-    or its disk full; journald behind) is lost rather than waited on, since the parent and
-    each worker with a line to log would wait with it, and the callers with them. A pipe
-    (multilog's, svlogd's) is opened afresh, so that its own file (svscan's and runsv's too)
-    keeps its flags; a socket (journald's stream, the service's alone) is made non-blocking."""
+    """The server's log (stderr), as a descriptor :func:`high` puts out of the way, that does
+    not block where it can be made so: a line that does not fit while the logger reads no
+    more (multilog stopped, or its disk full; journald behind) is lost rather than waited on,
+    since the parent and each worker with a line to log would wait with it, and the callers
+    with them. A pipe (multilog's, svlogd's) is opened afresh, so that its own file (svscan's
+    and runsv's too) keeps its flags (without /proc, or a pipe no one reads: stderr as
+    given); a socket (journald's stream, the service's alone) is made non-blocking."""
     import stat
 
     kind = os.fstat(2).st_mode
@@ -720,8 +721,10 @@ class Settings:
         seconds = settings.server_request_timeout
         self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
         self.log_fd = log_descriptor()
-        #: the server's environment and soft file-size limit: a lookup's (:func:`own_stage`)
-        self.environment = dict(posix.environ)
+        #: the server's environment (but for what a reload tells the process it becomes:
+        #: VPOPMAIL_SERVER_*) and soft file-size limit: a lookup's (:func:`own_stage`)
+        self.environment = {name: value for name, value in posix.environ.items()
+                            if not name.startswith(b"VPOPMAIL_SERVER_")}
         self.file_size = resource.getrlimit(resource.RLIMIT_FSIZE)[0] & INFINITY
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
