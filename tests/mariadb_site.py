@@ -109,8 +109,20 @@ class MariaDB:
         result = subprocess.run([CLIENT, "--no-defaults", "-S", self.socket, "-uroot", "-N",
                                  "-B", "-r", "-e", statement, *([database] if database else [])],
                                 capture_output=True, text=True)
-        assert result.returncode == 0, (statement, result.stderr)
+        assert result.returncode == 0, (statement, result.stderr, self.died())
         return result.stdout
+
+    def died(self) -> str:
+        """How the server ended, if it has (its exit status and the end of its error log):
+        what a failed statement's message carries, so that a crash under a loaded CI run
+        says why."""
+        if self.process is None or self.process.poll() is None:
+            return ""
+        try:
+            log = (self.base / "error.log").read_text(errors="replace")[-3000:]
+        except OSError as exc:
+            log = f"(no error log: {exc.strerror})"
+        return f"mariadbd exited with {self.process.returncode}: {log}"
 
     def rows(self, statement: str, database: str = "") -> list[list[str]]:
         return [line.split("\t") for line in self.sql(statement, database).splitlines()]
