@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -187,6 +188,8 @@ def install(prefix: Path, qmaildir: Path, user: str, group: str, venv: Path = VE
     with its paths rewritten (tests/test_suite_installs.py compares the two)."""
     key = (user, group, venv, mode)
     if key not in _templates:
+        if not _templates:  # a killed run's, whose process had this pid: not ours
+            shutil.rmtree(TEMPLATES, ignore_errors=True)
         base = TEMPLATES / str(len(_templates))
         base.mkdir(mode=0o755, parents=True)
         TEMPLATES.chmod(0o755)
