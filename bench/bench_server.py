@@ -317,6 +317,25 @@ class Setup:
                   if self.c else [])
         return delivery_rows, login_rows, floor, paired
 
+    def beside_c(self, rounds: int, loop: int) -> tuple[dict[str, float], list[float]]:
+        """Only the 4 KB delivery rows of the comparison with C, in ``rounds`` rounds of
+        loops (shuffled, each followed by :meth:`settle`): per row the median seconds a run;
+        and per round our delivery with fsync less C's. None of the other rows run between
+        (the direct Python programs, SQL, a worker forked per request)."""
+        assert self.c is not None
+        names = ["`/bin/true` (exec floor)", OURS_DELIVERY, "front end + server, no fsync",
+                 C_DELIVERY]
+        rows = {name: self.deliveries()[name] for name in names}
+        looped: dict[str, list[float]] = {name: [] for name in names}
+        for number in range(rounds):
+            for name in shuffled(rows, number):
+                argv, env, cwd = rows[name]
+                looped[name].append(shell_loop(argv, env, cwd, loop, self.ids,
+                                               stdin=self.message))
+                self.settle()
+        paired = [ours - c for ours, c in zip(looped[OURS_DELIVERY], looped[C_DELIVERY])]
+        return {name: statistics.median(times) for name, times in looped.items()}, paired
+
     def settle(self) -> None:
         """Empty the Maildirs and write out what is unwritten (sync): what one row left
         unsynced (C's deliveries, ours without fsync) must not be written out during the next
@@ -604,13 +623,36 @@ def glibc_frontends(bindir: Path, prefix: Path) -> bool:
 def measure(args: argparse.Namespace, setup: Setup) -> int:
     setup.start()
     try:
-        single = setup.single(args.runs, args.loop)
-        load = setup.throughput(args.count)
+        if args.delivery_beside_c:
+            medians, paired = setup.beside_c(args.runs, args.loop)
+        else:
+            single = setup.single(args.runs, args.loop)
+            load = setup.throughput(args.count)
     finally:
         setup.stop()
     setup.clean()
-    write(args.runs, args.loop, single, load, fork_or_pool(setup))
+    if args.delivery_beside_c:
+        write_beside_c(args.runs, args.loop, medians, paired)
+    else:
+        write(args.runs, args.loop, single, load, fork_or_pool(setup))
     return 0
+
+
+def write_beside_c(rounds: int, loop: int, medians: dict[str, float],
+                   paired: list[float]) -> None:
+    """The section of --delivery-beside-c in bench/RESULTS.md."""
+    lines = ["## Server, a delivery beside C alone (`bench/bench_server.py --delivery-beside-c`)",
+             "", machine_line(rounds, None), "",
+             f"Only these rows, in {rounds} rounds of loops of {loop} (each round in an order of "
+             "its own, a sync after each row); the rows of the Server section above that run "
+             "between them there (the direct Python programs, SQL, a worker forked per "
+             "request) are left out.", "", "| row | loop |", "| --- | ---: |"]
+    lines += [f"| {name} | {seconds * 1000:.3f} ms |" for name, seconds in medians.items()]
+    lines += ["", f"Our delivery with fsync less C's without, round by round: median "
+              f"{statistics.median(paired) * 1000:+.3f} ms ({min(paired) * 1000:+.3f} to "
+              f"{max(paired) * 1000:+.3f}).", ""]
+    replace_section(RESULTS, "## Server, a delivery beside C alone", "\n".join(lines))
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,7 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sql", action="store_true")
     parser.add_argument("--c-vpopmail", type=Path, metavar="HOME",
                         help="a C vpopmail built here, its compile-time home: run beside ours")
+    parser.add_argument("--delivery-beside-c", action="store_true",
+                        help="with --c-vpopmail: only the 4 KB delivery rows beside C's, "
+                             "--runs rounds of loops")
     args = parser.parse_args(argv)
+    if args.delivery_beside_c and args.c_vpopmail is None:
+        parser.error("--delivery-beside-c needs --c-vpopmail")
     if os.geteuid() != 0:
         raise SystemExit("run as root (deliveries as uid 89, logins as root)")
     sql = not args.no_sql and mariadb_ready()

@@ -203,11 +203,13 @@ def measure_all(tools: dict[str, T], once: Callable[[T], tuple[float, int]],
     return table
 
 
-def machine_line(runs: int, rss_source: str = "wait4") -> str:
+def machine_line(runs: int, rss_source: str | None = "wait4") -> str:
+    """The machine, the date and how the figures were taken (``rss_source``: where peak RSS
+    comes from; None: no RSS is measured)."""
+    rss = "" if rss_source is None else f", peak RSS from {rss_source}"
     return (f"{datetime.date.today()}, {platform.node()}: {psutil.cpu_count()} CPUs, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-            f"{platform.platform()}. Whole processes, median of {runs} runs, peak RSS from "
-            f"{rss_source}.")
+            f"{platform.platform()}. Whole processes, median of {runs} runs{rss}.")
 
 
 def replace_section(path: Path, heading: str, text: str) -> None:
