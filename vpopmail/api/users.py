@@ -402,7 +402,7 @@ class UsersMixin(LimitsMixin):
         if user is None and self._index_lags(entry, name):
             user = self.backend.get_user(entry, name)
         if user is None:  # a vdeluser killed in the tree removal: finish it
-            user = self._leftover_user(entry, name)
+            user = self._leftover_user(entry, name)  # (no one else's home: _is_leftover)
             self._remove_user_dir(entry, user)
             return user
         if self._is_catchall(entry, user):
@@ -418,19 +418,19 @@ class UsersMixin(LimitsMixin):
             self.backend.rebuild_index(entry)
             if not present:
                 raise
-        self._remove_user_dir(entry, user)
+        if user.dir and not self._lived_in(entry, user.dir):  # another user's home stays
+            self._remove_user_dir(entry, user)
         return user
 
     def _remove_user_dir(self, entry: AssignEntry, user: VUser) -> None:
         """Remove a deleted user's directory, its Maildir last (a vdeluser killed meanwhile
         leaves what vadduser replaces and vdeluser finishes; gone over again while a delivery
-        that found the user just before writes into it), then give back its slot. A directory
-        another user lives in stays (:meth:`_lived_in`)."""
-        if user.dir and not self._lived_in(entry, user.dir):
-            remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
-            _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
-            with self._dir_lock(entry.dir, entry.uid, entry.gid):
-                dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
+        that found the user just before writes into it), then give back its slot. The caller
+        has made sure no other user lives in it (:meth:`_lived_in`)."""
+        remove_inside_until_gone(entry.dir, user.dir, last="Maildir")
+        _, bucket = dircontrol.split_bucket(os.path.dirname(user.dir))
+        with self._dir_lock(entry.dir, entry.uid, entry.gid):
+            dircontrol.release(entry.dir, bucket, entry.uid, entry.gid)
 
     @staticmethod
     def _is_catchall(entry: AssignEntry, user: VUser) -> bool:
