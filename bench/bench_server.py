@@ -325,7 +325,8 @@ class Setup:
         assert self.c is not None
         names = ["`/bin/true` (exec floor)", OURS_DELIVERY, "front end + server, no fsync",
                  C_DELIVERY]
-        rows = {name: self.deliveries()[name] for name in names}
+        every = self.deliveries()
+        rows = {name: every[name] for name in names}
         looped: dict[str, list[float]] = {name: [] for name in names}
         for number in range(rounds):
             for name in shuffled(rows, number):
