@@ -26,7 +26,8 @@ With --c-vpopmail HOME (a C vpopmail 5.4 built and installed here with the cdb b
 compile-time home HOME: not packaged, so not part of any default run) C's vdelivermail and
 vchkpw run in the same rounds and loops, and throughput, on a domain example.com where its
 own commands make alice (100G quota) and bob afresh (C's default hash, MD5-crypt; C built with
-roaming users on, as ours runs its MD5-crypt logins); without it
+roaming users on, as ours runs its MD5-crypt logins), C's alice delivering into our alice's
+Maildir (a new file's cost depends on that directory's history: Setup.clean); without it
 the comparison uses the C figures measured earlier on this machine class.
 Writes the "Server" section of bench/RESULTS.md.
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import random
 import resource
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -96,6 +99,13 @@ class CVpopmail:
         self.maildir = self.domain_dir / "alice" / "Maildir"
         if not (self.maildir / "new").is_dir():
             raise SystemExit(f"C vadduser made no {self.maildir}")
+
+    def share(self, maildir: Path) -> None:
+        """Deliver into ``maildir`` (ours): alice's Maildir becomes a link to it. A new file's
+        cost depends on the inodes freed lately in its directory's block group (see
+        :meth:`Setup.clean`): in one Maildir both sides meet the same."""
+        shutil.rmtree(self.maildir)
+        self.maildir.symlink_to(maildir)
 
 
 class Setup:
@@ -173,8 +183,13 @@ class Setup:
         vconfig.load(str(self.other_config))
         self.server: subprocess.Popen[bytes] | None = None
         self.other_server: subprocess.Popen[bytes] | None = None
+        #: where :meth:`clean` moves the delivered messages (removed by :meth:`discard`)
+        self.held = HERE / "held"
+        self.held.mkdir()
+        self.held_names = itertools.count()
         self.c = CVpopmail(c_home) if c_home else None
         if self.c:
+            self.c.share(self.maildir)
             self.c_credentials = HERE / "fd3-c"
             self.c_credentials.write_bytes(b"bob@example.com\0pw\0\0")
 
@@ -201,10 +216,25 @@ class Setup:
                 server.wait()
 
     def clean(self) -> None:
-        for maildir in (self.maildir, *([self.c.maildir] if self.c else [])):
-            for sub in ("new", "cur", "tmp"):
-                for entry in os.scandir(maildir / sub):
-                    os.unlink(entry.path)
+        """Empty the Maildir (C's too: the same, see :meth:`CVpopmail.share`) by moving its
+        files aside (:meth:`hold`), not deleting them. On ext4 without a journal (this
+        machine's) a new file skips, one by one, each inode of its block group freed in the
+        last minute (six while that inode's table block is unwritten: recently_deleted() in
+        ext4's inode allocator); thousands of deletions in one Maildir made a file's creation
+        there cost up to 190 us against 5 us in an untouched directory, more than the two
+        fsyncs, and more for the side whose Maildir had seen more rows."""
+        for sub in ("new", "cur", "tmp"):
+            for entry in os.scandir(self.maildir / sub):
+                self.hold(entry.path)
+
+    def hold(self, path: str) -> None:
+        """Move ``path`` into :attr:`held` (the file keeps its inode)."""
+        os.rename(path, self.held / str(next(self.held_names)))
+
+    def discard(self) -> None:
+        """Delete what :meth:`clean` moved aside, and what the Maildir still holds."""
+        self.clean()
+        shutil.rmtree(self.held)
 
     # -- one whole process --------------------------------------------------------------------
     def deliveries(self) -> dict[str, tuple[list[str], dict[str, str], Path]]:
@@ -302,7 +332,7 @@ class Setup:
                 argv, env, fd3 = logins[name]
                 looped.setdefault("login " + name, []).append(shell_loop(
                     argv, env, None, loop, fd3=fd3))
-            floors.append(maildir_floor(self.maildir, message, 3, loop))
+            floors.append(maildir_floor(self.maildir, message, self.hold, 3, loop))
             self.settle()
         delivery_rows = {name: (median(deliver[name])[0], peak_rss(
             ["/bin/sh", "-c", shlex.join(argv)], self.message, env, cwd, self.ids) or 0,
@@ -338,10 +368,10 @@ class Setup:
         return {name: statistics.median(times) for name, times in looped.items()}, paired
 
     def settle(self) -> None:
-        """Empty the Maildirs and write out what is unwritten (sync): what one row left
-        unsynced (C's deliveries, ours without fsync) must not be written out during the next
-        row. Here a file created while some thousand unsynced ones were being written out
-        cost 112 us against 21 us before, for some 20 s, more than the difference measured."""
+        """Empty the Maildir (:meth:`clean`) and write out what is unwritten (sync): what one
+        row left unsynced (C's deliveries, ours without fsync) must not be written out during
+        the next row. Here a file created while some thousand unsynced ones were being
+        written out cost 112 us against 21 us before, for some 20 s."""
         self.clean()
         os.sync()
 
@@ -434,12 +464,13 @@ def server_cpu(server: psutil.Process) -> float:
     return total
 
 
-def maildir_floor(maildir: Path, message: bytes, rounds: int = 7, each: int = 100
-                  ) -> tuple[float, float]:
+def maildir_floor(maildir: Path, message: bytes, hold: Callable[[str], None], rounds: int = 7,
+                  each: int = 100) -> tuple[float, float]:
     """Seconds per delivery of the Maildir system calls alone, in this process, with the two
     fsyncs and without: create in tmp/, write, fsync, link into new/, unlink from tmp/, fsync
     new/. A lower bound, before its exec, for any program delivering there (median of
-    ``rounds`` interleaved rounds of ``each``, back to back as in a shell loop)."""
+    ``rounds`` interleaved rounds of ``each``, back to back as in a shell loop); each file
+    then goes to ``hold`` (:meth:`Setup.hold`)."""
     def one(name: str, sync: bool) -> None:
         tmp, new = f"{maildir}/tmp/{name}", f"{maildir}/new/{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -463,7 +494,7 @@ def maildir_floor(maildir: Path, message: bytes, rounds: int = 7, each: int = 10
                 one(name, sync)
             timings[sync].append((time.perf_counter() - start) / each)
             for name in names:
-                os.unlink(f"{maildir}/new/{name}")
+                hold(f"{maildir}/new/{name}")
     return statistics.median(timings[True]), statistics.median(timings[False])
 
 
@@ -631,7 +662,7 @@ def measure(args: argparse.Namespace, setup: Setup) -> int:
             load = setup.throughput(args.count)
     finally:
         setup.stop()
-    setup.clean()
+    setup.discard()
     if args.delivery_beside_c:
         write_beside_c(args.runs, args.loop, medians, paired)
     else:
