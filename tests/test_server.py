@@ -734,7 +734,8 @@ def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
         time.sleep(0.05)
     [line] = [line for line in server.lines() if "not reloading" in line]
     reason = {"toml": "configuration error: ", "unknown caller": "there is no user 'dovcot'",
-              "no such directory": "socket directory /nonexistent: No such file or directory"}
+              "no such directory": "socket directory /nonexistent (paths.server_socket): "
+                                    "No such file or directory"}
     assert reason[broken] in line, line
     assert not any("reloading" in line for line in server.lines() if "not" not in line)
     site.inst.config_path.write_text(good)
@@ -1479,3 +1480,28 @@ def test_a_full_log_holds_up_no_delivery_or_login(root_vhome: Install, kind: str
         os.close(write_end)
         proc.kill()
         proc.wait()
+
+
+def test_a_socket_that_cannot_be_made_is_named_by_its_setting(root_vhome: Install,
+                                                              tmp_path: Path) -> None:
+    """A start refused for a socket's directory says which setting names it: the server's or
+    the Dovecot lookups' (before: only the directory, which the operator had to trace back
+    to paths.server_socket or paths.lookup_socket)."""
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir(mode=0o777)
+    open_to_all.chmod(0o777)
+    good = root_vhome.config_path.read_text()
+    cases = {"paths.server_socket": good.replace('server_socket = "run/server.sock"',
+                                                 'server_socket = "/nonexistent/s.sock"'),
+             "paths.lookup_socket": good.replace(
+                 'dovecot_callers = ""', 'dovecot_callers = "root"').replace(
+                 'lookup_socket = "run/lookup.sock"', f'lookup_socket = "{open_to_all}/l.sock"')}
+    try:
+        for key, text in cases.items():
+            assert text != good
+            root_vhome.config_path.write_text(text)
+            started = root_vhome.run("vpopmail-server")
+            assert started.returncode == 111, started
+            assert f"({key})" in started.stderr, started
+    finally:
+        root_vhome.config_path.write_text(good)

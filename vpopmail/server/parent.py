@@ -12,11 +12,14 @@ import time
 from vpopmail import config as vconfig
 from vpopmail import wire
 from vpopmail.errors import CannotServe, VpopmailError
-from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, Identity, Settings, decline,
-                                    decline_queued, identify, log, plan_class, readable, work)
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
+                                    decline, decline_queued, identify, log, plan_class,
+                                    readable, work)
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
+#: the settings that name the sockets (what an error about one says)
+SERVER_SOCKET, LOOKUP_SOCKET = "paths.server_socket", "paths.lookup_socket"
 #: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
 #: queued at an identity's socket whose workers are all serving (none of them would take it
 #: before its request ends) and for a free worker for those waiting here; while workers live
@@ -28,12 +31,12 @@ REST = 0.1
 WAKERS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
 #: what a reloading server tells the process it becomes: the pids of its workers not yet
 #: collected (they stay its children across exec, serve their last request and end)
-PREVIOUS = "VPOPMAIL_SERVER_PREVIOUS"
+PREVIOUS = RELOAD_PREFIX + "PREVIOUS"
 #: and its lock (a descriptor: :func:`hold`), kept across exec
-KEPT_LOCK = "VPOPMAIL_SERVER_LOCK"
+KEPT_LOCK = RELOAD_PREFIX + "LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
-KEPT_LOOKUPS = "VPOPMAIL_SERVER_LOOKUPS"
+KEPT_LOOKUPS = RELOAD_PREFIX + "LOOKUPS"
 
 
 def preload() -> None:
@@ -54,14 +57,15 @@ def preload() -> None:
     gc.freeze()  # the workers then share these pages instead of copying them at the next GC
 
 
-def check_directory(path: str) -> None:
-    """The socket's directory must be writable by no one but root or this user."""
+def check_directory(path: str, key: str) -> None:
+    """The directory of the socket the setting ``key`` names must be writable by no one but
+    root or this user."""
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise CannotServe(f"socket directory {path}: {exc.strerror}") from None
+        raise CannotServe(f"socket directory {path} ({key}): {exc.strerror}") from None
     if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
-        raise CannotServe(f"{path} must belong to root or uid {os.geteuid()} and be "
+        raise CannotServe(f"{path} ({key}) must belong to root or uid {os.geteuid()} and be "
                           f"writable by no one else")
 
 
@@ -76,12 +80,12 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
     return sock
 
 
-def check_path(path: str) -> None:
-    """A socket may be made at ``path``: short enough, in a directory :func:`check_directory`
-    accepts."""
+def check_path(path: str, key: str) -> None:
+    """A socket may be made at ``path`` (the setting ``key``, which an error names): short
+    enough, in a directory :func:`check_directory` accepts."""
     if len(os.fsencode(path)) >= 108:
-        raise CannotServe(f"socket path {path} is longer than 107 bytes")
-    check_directory(os.path.dirname(path) or ".")
+        raise CannotServe(f"socket path {path} ({key}) is longer than 107 bytes")
+    check_directory(os.path.dirname(path) or ".", key)
 
 
 def unused(path: str) -> None:
@@ -100,11 +104,11 @@ def hold(path: str) -> int:
     """The lock of the server socket ``path`` (``PATH.lock`` beside it, flock'd), held while
     this server lives, across a reload's exec (KEPT_LOCK; each worker closes its copy, so
     that a server killed with its workers still serving does not keep the next one out): of
-    two servers started at once, one makes its sockets, the other refuses."""
+    two servers started at once, one makes its sockets, the other refuses. ``path`` has
+    passed :func:`check_path`."""
     import fcntl
 
     lock = f"{path}.lock"
-    check_path(path)
     kept = os.environ.pop(KEPT_LOCK, "")
     fd = int(kept) if kept.isdigit() else -1
     try:
@@ -130,10 +134,9 @@ def hold(path: str) -> int:
 
 
 def listen(path: str, mode: int = 0o666) -> socket.socket:
-    """A listening socket at ``path`` with ``mode`` (the server's: every user may ask, each
-    gets no more than its own rights); refuses when something listens there already
-    (:func:`unused`)."""
-    check_path(path)
+    """A listening socket at ``path`` (which has passed :func:`check_path`) with ``mode``
+    (the server's: every user may ask, each gets no more than its own rights); refuses when
+    something listens there already (:func:`unused`)."""
     unused(path)
     staging = f"{path}.{os.getpid()}"
     try:
@@ -309,6 +312,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        check_path(self.path, SERVER_SOCKET)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
@@ -319,6 +323,7 @@ class Server:
         if self.lookup_path is not None:
             try:
                 if self.lookups is None:
+                    check_path(self.lookup_path, LOOKUP_SOCKET)
                     self.lookups = listen(self.lookup_path, mode)
             except BaseException:
                 unlink_if(self.path, identity)
@@ -463,11 +468,12 @@ class Server:
         try:
             settings = vconfig.load(self.settings.config)
             settings.smtp_auth_callers()
-            paths = [settings.home_path("server_socket")]
+            paths = {settings.home_path("server_socket"): SERVER_SOCKET}
             if settings.dovecot_callers():
-                paths.append(settings.home_path("lookup_socket"))
-            for path in set(paths).difference((self.path, self.lookup_path)):
-                check_path(path)
+                paths[settings.home_path("lookup_socket")] = LOOKUP_SOCKET
+            for path, key in paths.items():
+                if path not in (self.path, self.lookup_path):
+                    check_path(path, key)
         except VpopmailError as exc:
             return str(exc)
         return None

@@ -37,6 +37,9 @@ MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 
 Identity = tuple[int, int, tuple[int, ...]]  # uid, gid, sorted supplementary groups
+#: what starts the names of the variables a reloading server tells the process it becomes
+#: (vpopmail.server.parent); none of them is a lookup's
+RELOAD_PREFIX = "VPOPMAIL_SERVER_"
 
 
 def peer_identity(conn: socket.socket) -> tuple[int, Identity]:
@@ -722,9 +725,9 @@ class Settings:
         self.receive_timeout = struct.pack("@ll", seconds, 0 if seconds else 1000)
         self.log_fd = log_descriptor()
         #: the server's environment (but for what a reload tells the process it becomes:
-        #: VPOPMAIL_SERVER_*) and soft file-size limit: a lookup's (:func:`own_stage`)
+        #: RELOAD_PREFIX) and soft file-size limit: a lookup's (:func:`own_stage`)
         self.environment = {name: value for name, value in posix.environ.items()
-                            if not name.startswith(b"VPOPMAIL_SERVER_")}
+                            if not name.startswith(RELOAD_PREFIX.encode())}
         self.file_size = resource.getrlimit(resource.RLIMIT_FSIZE)[0] & INFINITY
         self.started = time.time()
         #: shared: the parent writes COUNTERS, each worker its own slot's count after them
