@@ -748,6 +748,55 @@ def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
     assert server.proc.poll() is None
 
 
+def test_a_reload_into_installed_code_that_does_not_import_keeps_the_server(
+        site: LoginSite) -> None:
+    """svc -h after an upgrade left a module the workers run broken: the server says why in
+    its log and serves on with the code it started with; after the fix the next SIGHUP
+    reloads. Before: it closed its sockets and re-executed into a traceback (the supervisor
+    restarting it into the same one; Dovecot 2.4's lookups failed meanwhile)."""
+    server = server_of(site)
+    module = site.inst.prefix / "lib" / "pyvpopmail" / "vpopmail" / "stores" / "relay.py"
+    good = module.read_text()
+    try:
+        module.write_text(good + "\ndef broken(:\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not any("not reloading" in line for line in server.lines()):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+            time.sleep(0.05)
+        [line] = [line for line in server.lines() if "not reloading" in line]
+        assert "SyntaxError" in line and "--check)" in line, line
+        assert site.deliver("alice").returncode == 0
+        assert server.proc.poll() is None
+    finally:
+        module.write_text(good)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(server, listening=2)
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
+def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
+    """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
+    111 and what would stop it; nothing is made either way."""
+    checked = root_vhome.run("vpopmail-server", "--check")
+    assert checked.returncode == 0, checked
+    assert str(root_vhome.prefix / "run" / "server.sock") in checked.stdout, checked
+    good = root_vhome.config_path.read_text()
+    try:
+        root_vhome.config_path.write_text(good.replace('dovecot_callers = ""',
+                                                       'dovecot_callers = "dovcot"'))
+        checked = root_vhome.run("vpopmail-server", "--check")
+        assert checked.returncode == 111, checked
+        assert checked.stderr.startswith("vpopmail-server: ") and \
+            "there is no user 'dovcot'" in checked.stderr, checked
+        assert checked.stdout == "", checked
+    finally:
+        root_vhome.config_path.write_text(good)
+    assert not (root_vhome.prefix / "run" / "server.sock").exists()
+    assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
+
+
 def test_status_of_a_server_that_takes_the_connection_but_does_not_answer(
         site: LoginSite, capsys: pytest.CaptureFixture[str]) -> None:
     """A server that takes the connection but sends nothing (stopped here; with every worker

@@ -11,11 +11,14 @@ import sys
 from vpopmail.cmdline import OPTIONS, answer
 
 USAGE = """\
-usage: vpopmail-server [--status]
+usage: vpopmail-server [--status | --check]
   runs in the foreground; SIGTERM stops it (requests in flight finish), SIGHUP restarts it
-  with the installed code and configuration
+  with the installed code and configuration (unless --check fails: then it says why in its
+  log and serves on as it was)
   --status  says whether the server is up and what it is doing (exit 1: it is down, or
             it did not answer within 10 s)
+  --check   says whether a server started now would start: the installed code imports,
+            the configuration loads, the sockets can be made (exit 111 and why: it would not)
 """
 
 
@@ -23,9 +26,9 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 1 and args[0] in OPTIONS:
         return answer(args[0], USAGE)
-    if args not in ([], ["--status"]):
+    if args not in ([], ["--status"], ["--check"]):
         print(USAGE, end="", file=sys.stderr)
         return 2
     from vpopmail.server import run
 
-    return run(config, status_only=bool(args))
+    return run(config, args[0].removeprefix("--") if args else "serve")

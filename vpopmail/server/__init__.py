@@ -49,7 +49,7 @@ import sys
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
-from vpopmail.server.parent import Server
+from vpopmail.server.parent import Server, check_start
 from vpopmail.wire import (NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol,
                            Stranger, ask_status, server_uid)
 
@@ -79,13 +79,19 @@ def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None) -> int:
     return 0
 
 
-def run(config: str | None, status_only: bool = False) -> int:
-    """Serve until stopped (or, ``status_only``, report whether a server is up); the exit
-    status. bin/vpopmail-server (vpopmail.cli.vpopmail_server) parses the command line."""
+def run(config: str | None, action: str = "serve") -> int:
+    """Serve until stopped, or (``action``) "status": report whether a server is up, "check":
+    whether one would start (:func:`check_start`); the exit status. bin/vpopmail-server
+    (vpopmail.cli.vpopmail_server) parses the command line."""
     try:
         settings = vconfig.load(config)
-        if status_only:
+        if action == "status":
             return status(settings.home_path("server_socket"), uid=server_uid(settings.home))
+        if action == "check":
+            check_start(settings)
+            print(f"vpopmail-server: the code and configuration load; it would listen on "
+                  f"{settings.home_path('server_socket')}")
+            return 0
         return Server(settings, config).serve()
     except VpopmailError as exc:
         print(f"vpopmail-server: {exc}", file=sys.stderr)

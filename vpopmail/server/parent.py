@@ -11,7 +11,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
-from vpopmail.errors import CannotServe, VpopmailError
+from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
                                     decline, decline_queued, identify, log, plan_class,
                                     readable, work)
@@ -20,6 +20,8 @@ from vpopmail.wire import identity_socket
 BACKLOG = 1024
 #: the settings that name the sockets (what an error about one says)
 SERVER_SOCKET, LOOKUP_SOCKET = "paths.server_socket", "paths.lookup_socket"
+#: how long (s) a reload waits for ``vpopmail-server --check`` (Server.refusal)
+CHECK_TIMEOUT = 60
 #: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
 #: queued at an identity's socket whose workers are all serving (none of them would take it
 #: before its request ends) and for a free worker for those waiting here; while workers live
@@ -86,6 +88,18 @@ def check_path(path: str, key: str) -> None:
     if len(os.fsencode(path)) >= 108:
         raise CannotServe(f"socket path {path} ({key}) is longer than 107 bytes")
     check_directory(os.path.dirname(path) or ".", key)
+
+
+def check_start(settings: vconfig.Config) -> None:
+    """What a start needs before it makes anything (CannotServe, ConfigError otherwise): the
+    users the server.* settings name exist, both sockets (the lookups' with
+    server.dovecot_callers) may be made where the settings say, and the code the workers run
+    imports (:func:`preload`, which raises what the import does)."""
+    settings.smtp_auth_callers()
+    check_path(settings.home_path("server_socket"), SERVER_SOCKET)
+    if settings.dovecot_callers():
+        check_path(settings.home_path("lookup_socket"), LOOKUP_SOCKET)
+    preload()
 
 
 def unused(path: str) -> None:
@@ -461,22 +475,23 @@ class Server:
             self.publish()
 
     def refusal(self) -> str | None:
-        """Why the process a reload executes would stop at once (its configuration does not
-        load, a server.* setting is wrong, a new socket path cannot be made), checked before
-        anything is closed: Dovecot's lookups, which have no fallback, would fail until the
-        file is mended; None when the reload may go ahead."""
+        """Why the process a reload executes would stop at once, checked before anything is
+        closed by running ``vpopmail-server --check`` as it would run (the installed code and
+        configuration: a module that does not import, a TOML error, a server.* setting
+        naming no user, a socket that cannot be made): Dovecot's lookups, which have no
+        fallback, would fail until it is mended; None when the reload may go ahead."""
+        import subprocess
+
         try:
-            settings = vconfig.load(self.settings.config)
-            settings.smtp_auth_callers()
-            paths = {settings.home_path("server_socket"): SERVER_SOCKET}
-            if settings.dovecot_callers():
-                paths[settings.home_path("lookup_socket")] = LOOKUP_SOCKET
-            for path, key in paths.items():
-                if path not in (self.path, self.lookup_path):
-                    check_path(path, key)
-        except VpopmailError as exc:
-            return str(exc)
-        return None
+            checked = subprocess.run([sys.argv[0], "--check"], stdin=subprocess.DEVNULL,
+                                     capture_output=True, text=True, errors="replace",
+                                     timeout=CHECK_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{sys.argv[0]} --check: {exc}"
+        if checked.returncode == 0:
+            return None
+        said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
+        return f"{said[-1].removeprefix('vpopmail-server: ')} ({sys.argv[0]} --check)"
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
