@@ -715,6 +715,17 @@ BROKEN_AT_RELOAD = {
 }
 
 
+def refused_reload(server: Server) -> str:
+    """SIGHUP to ``server``; the one line saying it does not reload (it must live on)."""
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while not any("not reloading" in line for line in server.lines()):
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+        time.sleep(0.05)
+    [line] = [line for line in server.lines() if "not reloading" in line]
+    return line
+
+
 @pytest.mark.parametrize("broken", BROKEN_AT_RELOAD)
 def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
         site: LoginSite, broken: str) -> None:
@@ -727,12 +738,7 @@ def test_a_reload_into_a_configuration_it_cannot_start_with_keeps_the_server(
     server = server_of(site)
     good = site.inst.config_path.read_text()
     site.inst.config_path.write_text(BROKEN_AT_RELOAD[broken](good))
-    server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    while not any("not reloading" in line for line in server.lines()):
-        assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
-        time.sleep(0.05)
-    [line] = [line for line in server.lines() if "not reloading" in line]
+    line = refused_reload(server)
     reason = {"toml": "configuration error: ", "unknown caller": "there is no user 'dovcot'",
               "no such directory": "socket directory /nonexistent (paths.server_socket): "
                                     "No such file or directory"}
@@ -759,12 +765,7 @@ def test_a_reload_into_installed_code_that_does_not_import_keeps_the_server(
     good = module.read_text()
     try:
         module.write_text(good + "\ndef broken(:\n")
-        server.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while not any("not reloading" in line for line in server.lines()):
-            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
-            time.sleep(0.05)
-        [line] = [line for line in server.lines() if "not reloading" in line]
+        line = refused_reload(server)
         assert "SyntaxError" in line and "--check)" in line, line
         assert site.deliver("alice").returncode == 0
         assert server.proc.poll() is None
