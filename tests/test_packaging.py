@@ -1095,6 +1095,48 @@ def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_li
     assert f"paths.qmail_dir = '/var/qmail', not --qmaildir {inst.qmaildir}" in told.stdout
 
 
+def test_install_says_where_the_kept_configuration_disagrees_with_the_owner(
+        layout_base: Path, shared_venv: Path) -> None:
+    """The defaults Migrating step 2 renders name vpopmail:vchkpw as 89:89; where the site's
+    vpopmail user has other ids the kept file makes new domains fail and roaming logins open
+    no relay (the relay files are not uid 89's), so the install says so for each owner key
+    that is not the installing user's (before: silence); keys that agree are not mentioned."""
+    inst = root_install(layout_base, shared_venv)
+    values = vconfig.parse_file(str(inst.config_path))
+    values.update(owner_user="vmail", owner_uid=5089, owner_gid=5089)
+    inst.config_path.write_text(vconfig.render(values))
+    told = upgrade(inst, shared_venv)
+    assert told.returncode == 0, told
+    assert "owner.user = 'vmail', not --user vpopmail" in told.stdout, told.stdout
+    assert "owner.uid = 5089, not vpopmail's uid 89" in told.stdout, told.stdout
+    assert "owner.gid = 5089, not vchkpw's gid 89" in told.stdout, told.stdout
+    assert "owner.group" not in told.stdout, told.stdout
+
+
+def test_install_says_when_the_relay_cannot_write_its_cdb(layout_base: Path,
+                                                          shared_venv: Path) -> None:
+    """C built with --enable-tcpserver-file=/etc/tcp.smtp rebuilt /etc/tcp.smtp.cdb as root;
+    our relay works as the vpopmail user, which cannot make files in a root-owned 0755
+    directory: every roaming login then left the cdb as it was (one syslog line each), so
+    the install names the directory; the default etc/ (the vpopmail group's) is not named."""
+    inst = root_install(layout_base, shared_venv)
+    values = vconfig.parse_file(str(inst.config_path))
+    values["relay_roaming_users"] = True
+    inst.config_path.write_text(vconfig.render(values))
+    quiet = upgrade(inst, shared_venv)
+    assert quiet.returncode == 0 and "cannot" not in quiet.stdout, quiet
+    system_etc = layout_base / "system-etc"
+    system_etc.mkdir(mode=0o755)
+    values.update(paths_tcp_smtp=str(system_etc / "tcp.smtp"),
+                  paths_tcp_smtp_cdb=str(system_etc / "tcp.smtp.cdb"))
+    inst.config_path.write_text(vconfig.render(values))
+    told = upgrade(inst, shared_venv)
+    assert told.returncode == 0, told
+    assert (f"paths.tcp_smtp_cdb is in {system_etc}, where vpopmail cannot make files: "
+            "roaming logins cannot replace it") in told.stdout, told.stdout
+    assert "paths.open_smtp" not in told.stdout, told.stdout
+
+
 def test_upgrade_gives_the_vpopmail_user_the_buckets_of_domain_owners(
         layout_base: Path, shared_venv: Path) -> None:
     """Buckets of the shared domains root that C's (and an earlier version's) vadddomain -i
