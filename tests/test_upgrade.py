@@ -1,0 +1,141 @@
+"""packaging/install run again over a working installation, as an operator upgrades one: two
+at once, over a configuration this version does not load, for another owner than the kept
+configuration's, on a full disk, after paths.server_socket changed under a running server."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from install_site import INSTALL, VENV, Install, own_account
+from server_site import running_server, wait_for
+
+
+def run_install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def sandbox_args(prefix: Path, qmaildir: Path) -> tuple[str, ...]:
+    user, group = own_account()
+    return ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user, "--group",
+            group, "--venv", str(VENV))
+
+
+def library(prefix: Path) -> list[str]:
+    """What lib/ holds but the venv (an install leaves pyvpopmail alone)."""
+    return sorted(name for name in os.listdir(prefix / "lib") if name != "venv")
+
+
+def test_two_installs_at_once_both_finish_and_leave_a_whole_library(tmp_path: Path) -> None:
+    """Two packaging/install runs into one PREFIX at the same moment (a configuration manager
+    and an operator): each finishes and the library is whole. Before: both staged the
+    library in lib/pyvpopmail.new, one renamed away or removed what the other was copying,
+    and one died with a traceback while the other said "installed": lib/ was left with
+    pyvpopmail.old alone, or a half-copied tree (every Python program then failed at its
+    first import, vchkpw with exit 1, a wrong password)."""
+    args = sandbox_args(tmp_path / "vpopmail", tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    for _ in range(3):
+        both = [subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in both:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0 and not err, (out, err)
+        assert library(tmp_path / "vpopmail") == ["pyvpopmail"]
+        inst = Install(tmp_path / "vpopmail", tmp_path / "qmail", *own_account())
+        assert inst.run("vuserinfo", "--version").returncode == 0
+
+
+def test_a_kept_configuration_this_version_refuses_stops_the_install_first(
+        tmp_path: Path) -> None:
+    """A vpopmail.toml the new version does not load (here server.workers over its bound; an
+    older version accepted it): the install says why and changes nothing. Before: it
+    swapped in the new library, then died with a traceback at the configuration, leaving new
+    code under the old programs that could not load their configuration (every Python
+    program answered 111, the server refused to reload)."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    config = prefix / "etc" / "vpopmail.toml"
+    config.write_text(config.read_text().replace("workers = 32", "workers = 5000"))
+    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+    refused = run_install(*args)
+    assert refused.returncode == 1, refused
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert "server.workers" in refused.stderr and "nothing was changed" in refused.stderr, \
+        refused.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+
+
+def test_an_install_for_another_owner_than_the_kept_configuration_is_refused(
+        root_vhome: Install) -> None:
+    """Installing again with another --user/--group than the installation's (a forgotten
+    --user on an upgrade, or a wrong one) is refused before anything changes. Before: domains/
+    was given to that user while the kept configuration still named the former one, and
+    every delivery and login answered 111 from then on (Permission denied)."""
+    inst = root_vhome
+    refused = run_install("--prefix", str(inst.prefix), "--qmaildir", str(inst.qmaildir),
+                          "--user", "nobody", "--group", "nogroup", "--venv", str(VENV))
+    assert refused.returncode == 1, refused
+    assert "owner.user = 'vpopmail'" in refused.stderr and "nothing was changed" in \
+        refused.stderr, refused.stderr
+    st = inst.domains.stat()
+    assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid)
+
+
+def test_a_failed_library_copy_leaves_no_staging_and_says_why(tmp_path: Path) -> None:
+    """A full disk while the library is copied: one line naming the fault, the installed
+    library as it was, and no half copy left. Before: a traceback of some hundred lines, and
+    lib/pyvpopmail.new kept what space was left (deliveries onto that file system answered
+    111 until someone found and removed it)."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(fs)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        prefix = fs / "vpopmail"
+        args = sandbox_args(prefix, tmp_path / "qmail")
+        assert run_install(*args).returncode == 0
+        before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+        st = os.statvfs(fs)
+        with open(fs / "filler", "wb") as fh:
+            fh.truncate(0)
+            fh.write(b"\0" * (st.f_bavail * st.f_frsize - (256 << 10)))
+        failed = run_install(*args)
+        assert failed.returncode == 1, failed
+        assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+            failed.stderr
+        assert "No space left on device" in failed.stderr, failed.stderr
+        assert library(prefix) == ["pyvpopmail"]
+        assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+        (fs / "filler").unlink()
+        assert run_install(*args).returncode == 0
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_install_after_a_new_server_socket_reloads_the_server_at_the_old_one(
+        tmp_path: Path) -> None:
+    """paths.server_socket changed, then the install run again as README says: the server
+    listening at the socket the former front ends were built for is told to reload, and
+    listens at the new one. Before: the install asked only at the new path, found nothing
+    and said nothing, and the server ran on at the old one, unused (every delivery and login
+    ran the Python programs) with the code it started with."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    with running_server(inst) as server:
+        inst.set_config("paths", "server_socket", "run/moved.sock")
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"reloaded vpopmail-server (pid {server.proc.pid})" in again.stdout, again.stdout
+        wait_for(server, listening=2)
+        assert f"listening on {prefix / 'run' / 'moved.sock'}" in server.lines()[-1]
+        assert "is up" in inst.ok("vpopmail-server", "--status")
