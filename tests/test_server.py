@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import snapshot
 from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
@@ -794,6 +795,23 @@ def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     finally:
         root_vhome.config_path.write_text(good)
     assert not (root_vhome.prefix / "run" / "server.sock").exists()
+    assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
+
+
+@pytest.mark.parametrize("user", ["vpopmail", "nobody"])
+def test_check_as_another_user_says_it_could_not_listen(root_vhome: Install, user: str) -> None:
+    """--check run by a user who cannot make the socket (the vpopmail user, nobody: run/ is
+    root's) says what a start by that user says, and makes and changes nothing. Before: exit
+    0, "it would listen on PATH", where the start then said "Permission denied"."""
+    before = snapshot(root_vhome.prefix)
+    checked = root_vhome.run("vpopmail-server", "--check", as_user=user)
+    assert checked.returncode == 111, checked
+    socket_path = root_vhome.prefix / "run" / "server.sock"
+    assert checked.stderr == (f"vpopmail-server: cannot listen on {socket_path}: Permission "
+                              f"denied (start vpopmail-server as root)\n"), checked
+    started = root_vhome.run("vpopmail-server", as_user=user)
+    assert started.returncode == 111 and started.stderr == checked.stderr, started
+    assert snapshot(root_vhome.prefix) == before
     assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
 
 

@@ -2,6 +2,7 @@
 caller sends), hands connections to workers (:mod:`vpopmail.server.worker`), and opens each
 identity's own socket, where that identity's workers accept its next connections themselves."""
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -84,10 +85,16 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
 
 def check_path(path: str, key: str) -> None:
     """A socket may be made at ``path`` (the setting ``key``, which an error names): short
-    enough, in a directory :func:`check_directory` accepts."""
+    enough, in a directory :func:`check_directory` accepts, where this process may make
+    files (else what :func:`listen` would say: ``--check`` as another user than root)."""
     if len(os.fsencode(path)) >= 108:
         raise CannotServe(f"socket path {path} ({key}) is longer than 107 bytes")
-    check_directory(os.path.dirname(path) or ".", key)
+    directory = os.path.dirname(path) or "."
+    check_directory(directory, key)
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+        code = errno.EROFS if read_only else errno.EACCES
+        raise cannot_listen(path, OSError(code, os.strerror(code)))
 
 
 def check_start(settings: vconfig.Config) -> None:
