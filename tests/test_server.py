@@ -777,6 +777,30 @@ def test_a_reload_into_installed_code_that_does_not_import_keeps_the_server(
     assert site.deliver("alice").returncode == 0
 
 
+def test_a_reload_into_a_version_without_check_says_so(site: LoginSite) -> None:
+    """A downgrade to a version that has no --check (its usage on stderr, exit 2): the
+    refused reload says why, then a restart runs that version; the old front ends are served
+    meanwhile. Before: the log said "not reloading: it did not answer within 10 s)", the last
+    line of that usage."""
+    server = server_of(site)
+    program = site.inst.bin / "vpopmail-server"
+    good = program.read_bytes()
+    try:
+        program.write_text("#!/bin/sh\necho 'usage: vpopmail-server [--status]' >&2\n"
+                           "echo '  --status  ... within 10 s)' >&2\nexit 2\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not any("not reloading" in line for line in server.lines()):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+            time.sleep(0.05)
+        [line] = [line for line in server.lines() if "not reloading" in line]
+        assert f"{program} does not know --check" in line and "restart" in line, line
+        assert "10 s" not in line, line
+        assert site.deliver("alice").returncode == 0
+    finally:
+        program.write_bytes(good)
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""

@@ -10,6 +10,10 @@ import sys
 
 from vpopmail.cmdline import OPTIONS, answer
 
+#: the exit status for a command line it does not take, its usage on stderr (what a version
+#: before --check answers a reload's check with: vpopmail.server.parent's Server.refusal)
+USAGE_ERROR = 2
+
 USAGE = """\
 usage: vpopmail-server [--status | --check]
   runs in the foreground; SIGTERM stops it (requests in flight finish), SIGHUP restarts it
@@ -28,7 +32,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         return answer(args[0], USAGE)
     if args not in ([], ["--status"], ["--check"]):
         print(USAGE, end="", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     from vpopmail.server import run
 
     return run(config, args[0].removeprefix("--") if args else "serve")

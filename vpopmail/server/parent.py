@@ -12,6 +12,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
+from vpopmail.cli.vpopmail_server import USAGE_ERROR
 from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
                                     decline, decline_queued, identify, log, plan_class,
@@ -497,6 +498,9 @@ class Server:
             return f"{sys.argv[0]} --check: {exc}"
         if checked.returncode == 0:
             return None
+        if checked.returncode == USAGE_ERROR:  # its usage, not why: it knows no --check
+            return (f"{sys.argv[0]} does not know --check (a version before it, installed "
+                    f"over this one): restart vpopmail-server to run it")
         said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
         return f"{said[-1].removeprefix('vpopmail-server: ')} ({sys.argv[0]} --check)"
 
