@@ -141,3 +141,24 @@ def test_install_after_a_new_server_socket_reloads_the_server_at_the_old_one(
         wait_for(server, listening=2)
         assert f"listening on {prefix / 'run' / 'moved.sock'}" in server.lines()[-1]
         assert "is up" in inst.ok("vpopmail-server", "--status")
+
+
+def test_install_says_why_the_running_server_would_not_reload(tmp_path: Path) -> None:
+    """An install whose server would refuse to reload (here server.dovecot_callers names no
+    user: the install's own configuration check does not look up users) says why and does
+    not signal it. Before: "reloaded vpopmail-server (pid N) with SIGHUP: it re-executes with
+    what was installed", while the server logged "not reloading" and ran on with the code it
+    started with."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    with running_server(inst) as server:
+        inst.set_config("server", "dovecot_callers", "dovcot")
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"vpopmail-server (pid {server.proc.pid}) is not reloaded: configuration " \
+               f"error: server.dovecot_callers: there is no user 'dovcot'" in again.stdout, \
+            again.stdout
+        assert "reloaded vpopmail-server" not in again.stdout, again.stdout
+        assert not any("reloading" in line for line in server.lines()), server.lines()

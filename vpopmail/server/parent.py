@@ -22,7 +22,7 @@ from vpopmail.wire import identity_socket
 BACKLOG = 1024
 #: the settings that name the sockets (what an error about one says)
 SERVER_SOCKET, LOOKUP_SOCKET = "paths.server_socket", "paths.lookup_socket"
-#: how long (s) a reload waits for ``vpopmail-server --check`` (Server.refusal)
+#: how long (s) a reload waits for ``vpopmail-server --check`` (:func:`refusal`)
 CHECK_TIMEOUT = 60
 #: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
 #: queued at an identity's socket whose workers are all serving (none of them would take it
@@ -108,6 +108,29 @@ def check_start(settings: vconfig.Config) -> None:
     if settings.dovecot_callers():
         check_path(settings.home_path("lookup_socket"), LOOKUP_SOCKET)
     preload()
+
+
+def refusal(program: str) -> str | None:
+    """Why a vpopmail-server run as ``program`` would stop at once, found by running
+    ``program --check`` as it would run (the installed code and configuration: a module that
+    does not import, a TOML error, a server.* setting naming no user, a socket that cannot be
+    made); None when it would start. Asked before a reload closes anything: Dovecot's lookups,
+    which have no fallback, would fail until it is mended."""
+    import subprocess
+
+    try:
+        checked = subprocess.run([program, "--check"], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, errors="replace",
+                                 timeout=CHECK_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{program} --check: {exc}"
+    if checked.returncode == 0:
+        return None
+    if checked.returncode == USAGE_ERROR:  # its usage, not why: it knows no --check
+        return (f"{program} does not know --check (a version before it, installed over this "
+                f"one): restart vpopmail-server to run it")
+    said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
+    return f"{said[-1].removeprefix('vpopmail-server: ')} ({program} --check)"
 
 
 def unused(path: str) -> None:
@@ -410,7 +433,7 @@ class Server:
         return 0
 
     def loop(self, listener: socket.socket, wake: int) -> bool:
-        """The main loop; True for a reload. At SIGHUP (unless :meth:`refusal` finds that the
+        """The main loop; True for a reload. At SIGHUP (unless :func:`refusal` finds that the
         new process could not start: then one log line says why) nothing more is accepted,
         and the connections already taken are handed to workers (or declined at their
         deadlines, as ever) before the loop ends: none of them is declined for the reload
@@ -435,7 +458,7 @@ class Server:
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
-                        refused = self.refusal()
+                        refused = refusal(sys.argv[0])
                         if refused is not None:
                             log(self.settings.log_fd, f"not reloading: {refused}; serving "
                                                       f"on as started")
@@ -481,28 +504,6 @@ class Server:
                     else:
                         self.poll.unregister(sock)
             self.publish()
-
-    def refusal(self) -> str | None:
-        """Why the process a reload executes would stop at once, checked before anything is
-        closed by running ``vpopmail-server --check`` as it would run (the installed code and
-        configuration: a module that does not import, a TOML error, a server.* setting
-        naming no user, a socket that cannot be made): Dovecot's lookups, which have no
-        fallback, would fail until it is mended; None when the reload may go ahead."""
-        import subprocess
-
-        try:
-            checked = subprocess.run([sys.argv[0], "--check"], stdin=subprocess.DEVNULL,
-                                     capture_output=True, text=True, errors="replace",
-                                     timeout=CHECK_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{sys.argv[0]} --check: {exc}"
-        if checked.returncode == 0:
-            return None
-        if checked.returncode == USAGE_ERROR:  # its usage, not why: it knows no --check
-            return (f"{sys.argv[0]} does not know --check (a version before it, installed "
-                    f"over this one): restart vpopmail-server to run it")
-        said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
-        return f"{said[-1].removeprefix('vpopmail-server: ')} ({sys.argv[0]} --check)"
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
