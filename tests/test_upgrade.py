@@ -4,6 +4,7 @@ configuration's, on a full disk, after paths.server_socket changed under a runni
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,38 @@ def test_install_says_why_the_running_server_would_not_reload(tmp_path: Path) ->
             again.stdout
         assert "reloaded vpopmail-server" not in again.stdout, again.stdout
         assert not any("reloading" in line for line in server.lines()), server.lines()
+
+
+def test_an_install_killed_as_it_swaps_the_library_leaves_one_in_place(tmp_path: Path) -> None:
+    """The install killed at the moment it puts the new library in place (strace kills it as
+    it enters that rename): lib/pyvpopmail is still a whole library, so the Python programs
+    run (a login through the front end with the server down succeeds). Before: the
+    former library had been renamed away first, so the name was missing: every Python
+    program died at its first import (vchkpw exit 1, a wrong password), and a server started
+    then died the same way."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    staging = prefix / "lib" / "pyvpopmail.new"
+    killed = subprocess.run(["strace", "-o", str(tmp_path / "trace"), "-P", str(staging),
+                             "-e", "trace=rename,renameat,renameat2", "-e",
+                             "inject=rename,renameat,renameat2:signal=SIGKILL",
+                             sys.executable, str(INSTALL), *args], capture_output=True, text=True,
+                            timeout=300)
+    if "PTRACE" in killed.stderr:
+        pytest.skip(f"strace cannot trace here: {killed.stderr.strip()}")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text(), killed
+    assert inst.run("vuserinfo", "--version").returncode == 0
+    credentials = tmp_path / "fd3"
+    credentials.write_bytes(b"alice@example.com\0pw\0\0")
+    login = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(credentials),
+                            str(prefix / "bin" / "vchkpw"), "/bin/true"], capture_output=True,
+                           env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    assert login.returncode == 0, login
+    assert run_install(*args).returncode == 0
+    assert library(prefix) == ["pyvpopmail"]
