@@ -8,11 +8,7 @@ themselves: only speed changes. Run it in the foreground, as root, under systemd
 daemontools (packaging/service/)."""
 import sys
 
-from vpopmail.cmdline import OPTIONS, answer
-
-#: the exit status for a command line it does not take, its usage on stderr (what a version
-#: before --check answers a reload's check with: vpopmail.server.parent's Server.refusal)
-USAGE_ERROR = 2
+from vpopmail.cmdline import OPTIONS, USAGE_ERROR, answer
 
 USAGE = """\
 usage: vpopmail-server [--status | --check]

@@ -12,7 +12,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
-from vpopmail.cli.vpopmail_server import USAGE_ERROR
+from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
                                     decline, decline_queued, identify, log, plan_class,
