@@ -198,3 +198,30 @@ def test_an_install_killed_as_it_swaps_the_library_leaves_one_in_place(tmp_path:
     assert login.returncode == 0, login
     assert run_install(*args).returncode == 0
     assert library(prefix) == ["pyvpopmail"]
+
+
+@pytest.mark.parametrize("program", ["vchkpw", "vdelivermail"])
+def test_a_library_the_wrapper_does_not_fit_answers_111(tmp_path: Path, program: str) -> None:
+    """A hot path's wrapper over a library of another version (met while an install or a
+    downgrade has swapped one and not yet the other; here the library lacks a function the
+    wrapper calls) answers 111, try again later, with the traceback on stderr. Before:
+    Python's exit 1, which qmail-popup takes for a wrong password."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    package = prefix / "lib" / "pyvpopmail" / "vpopmail" / "__init__.py"
+    package.write_text(package.read_text() + "\ndel use_bytecode\n")
+    credentials = tmp_path / "input"
+    credentials.write_bytes(b"alice@example.com\0pw\0\0" if program == "vchkpw"
+                            else b"Subject: t\n\nbody\n")
+    run = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0" <"$0"', str(credentials),
+                          str(prefix / "bin" / program), *(["/bin/true"] if program == "vchkpw"
+                                                           else ["", "bounce-no-mailbox"])],
+                         capture_output=True, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "EXT": "alice", "HOST": "example.com",
+                              "SENDER": "s@remote.test"})
+    assert run.returncode == 111, run
+    assert b"use_bytecode" in run.stderr, run
