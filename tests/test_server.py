@@ -801,6 +801,36 @@ def test_a_reload_into_a_version_without_check_says_so(site: LoginSite) -> None:
         program.write_bytes(good)
 
 
+def test_a_reload_waits_for_the_install_under_way(site: LoginSite) -> None:
+    """A SIGHUP while packaging/install holds lib/install.lock (it is changing lib/ and bin/;
+    it reloads the server itself when it ends) is refused saying so; once it is released,
+    the next SIGHUP reloads, and the new process lets go of the lock it held through its
+    exec, so that the next install is not held. Before: a reload while an install swapped
+    the library re-executed into half of each (seen: "ImportError: cannot import name
+    'USAGE_ERROR' from 'vpopmail.cmdline'") and the server died."""
+    import fcntl
+
+    server = server_of(site)
+    lock = os.open(site.inst.prefix / "lib" / "install.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not any("not reloading" in line for line in server.lines()):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+            time.sleep(0.05)
+        [line] = [line for line in server.lines() if "not reloading" in line]
+        assert "an install is under way" in line, line
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(server, listening=2)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""

@@ -90,6 +90,21 @@ def test_an_install_for_another_owner_than_the_kept_configuration_is_refused(
     assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid)
 
 
+def test_an_upgrade_without_user_keeps_the_installations_owner(tmp_path: Path) -> None:
+    """The same packaging/install command again without --user/--group (README's upgrade)
+    over an installation of another owner than vpopmail:vchkpw: the kept configuration's
+    owner stays. Before: as root the default vpopmail:vchkpw was taken, domains/ given to it
+    while the configuration named the former owner."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    assert run_install(*sandbox_args(prefix, qmaildir)).returncode == 0
+    again = run_install("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--venv",
+                        str(VENV))
+    assert again.returncode == 0, again
+    inst = Install(prefix, qmaildir, *own_account())
+    st = inst.domains.stat()
+    assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid)
+
+
 def test_a_failed_library_copy_leaves_no_staging_and_says_why(tmp_path: Path) -> None:
     """A full disk while the library is copied: one line naming the fault, the installed
     library as it was, and no half copy left. Before: a traceback of some hundred lines, and

@@ -41,6 +41,9 @@ KEPT_LOCK = RELOAD_PREFIX + "LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = RELOAD_PREFIX + "LOOKUPS"
+#: and its shared lock on the installation's library (:func:`library_lock`), kept across exec
+#: until the new process has imported what it runs
+KEPT_LIBRARY = RELOAD_PREFIX + "LIBRARY"
 
 
 def preload() -> None:
@@ -131,6 +134,38 @@ def refusal(program: str) -> str | None:
                 f"one): restart vpopmail-server to run it")
     said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
     return f"{said[-1].removeprefix('vpopmail-server: ')} ({program} --check)"
+
+
+def library_lock(program: str) -> int:
+    """The lock packaging/install holds while it changes the installation of ``program``
+    (PREFIX/lib/install.lock, beside its bin/), taken shared without waiting
+    (BlockingIOError while an install holds it): its descriptor, kept across a reload's exec
+    until the new process has imported what it runs (:func:`release_library`), so that it
+    never loads part of one library and part of the next; -1 where there is no such file (no
+    install of this version yet)."""
+    import fcntl
+
+    prefix = os.path.dirname(os.path.dirname(os.path.abspath(program)))
+    try:
+        fd = os.open(os.path.join(prefix, "lib", "install.lock"),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_library() -> None:
+    """At a start after a reload, the lock :func:`library_lock` took before it, released: what
+    the new process runs is imported."""
+    kept = os.environ.pop(KEPT_LIBRARY, "")
+    if kept.isdigit():
+        with contextlib.suppress(OSError):
+            os.close(int(kept))
 
 
 def unused(path: str) -> None:
@@ -345,6 +380,7 @@ class Server:
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
         self.lock = -1  # :func:`hold`'s descriptor
+        self.library = -1  # :func:`library_lock`'s, from a reload's check to its exec
         #: until when (time.monotonic's) the listener is not polled after a failed accept
         self.resting = 0.0
 
@@ -357,6 +393,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        release_library()
         check_path(self.path, SERVER_SOCKET)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
@@ -429,6 +466,9 @@ class Server:
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
             os.set_inheritable(self.lock, True)
             os.environ[KEPT_LOCK] = str(self.lock)
+            if self.library >= 0:
+                os.set_inheritable(self.library, True)
+                os.environ[KEPT_LIBRARY] = str(self.library)
             os.execv(sys.argv[0], sys.argv)
         return 0
 
@@ -458,7 +498,7 @@ class Server:
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
-                        refused = refusal(sys.argv[0])
+                        refused = self.reload_refusal()
                         if refused is not None:
                             log(self.settings.log_fd, f"not reloading: {refused}; serving "
                                                       f"on as started")
@@ -504,6 +544,21 @@ class Server:
                     else:
                         self.poll.unregister(sock)
             self.publish()
+
+    def reload_refusal(self) -> str | None:
+        """Why a SIGHUP must not reload now: an install under way (it reloads the server when
+        it ends), or :func:`refusal`'s reason; None when it may, the library locked meanwhile
+        (:func:`library_lock`)."""
+        try:
+            self.library = library_lock(sys.argv[0])
+        except BlockingIOError:
+            return "an install is under way (its lib/install.lock is held): it reloads the " \
+                   "server when it ends"
+        refused = refusal(sys.argv[0])
+        if refused is not None and self.library >= 0:
+            os.close(self.library)
+            self.library = -1
+        return refused
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
@@ -815,5 +870,5 @@ class Server:
         self.listener.close()
         if self.lookups is not None:
             self.lookups.close()
-        for fd in (*self.wake, self.lock):
+        for fd in (*self.wake, self.lock, *([self.library] if self.library >= 0 else [])):
             os.close(fd)
