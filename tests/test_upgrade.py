@@ -1,6 +1,8 @@
 """packaging/install run again over a working installation, as an operator upgrades one: two
 at once, over a configuration this version does not load, for another owner than the kept
-configuration's, on a full disk, after paths.server_socket changed under a running server."""
+configuration's, on a full disk, killed as it swaps the library, after paths.server_socket
+changed under a running server, with a server that would not reload; and the hot paths'
+wrappers over a library of another version."""
 from __future__ import annotations
 
 import os
