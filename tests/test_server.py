@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import snapshot
 from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
@@ -777,6 +778,60 @@ def test_a_reload_into_installed_code_that_does_not_import_keeps_the_server(
     assert site.deliver("alice").returncode == 0
 
 
+def test_a_reload_into_a_version_without_check_says_so(site: LoginSite) -> None:
+    """A downgrade to a version that has no --check (its usage on stderr, exit 2): the
+    refused reload says why, then a restart runs that version; the old front ends are served
+    meanwhile. Before: the log said "not reloading: it did not answer within 10 s)", the last
+    line of that usage."""
+    server = server_of(site)
+    program = site.inst.bin / "vpopmail-server"
+    good = program.read_bytes()
+    try:
+        program.write_text("#!/bin/sh\necho 'usage: vpopmail-server [--status]' >&2\n"
+                           "echo '  --status  ... within 10 s)' >&2\nexit 2\n")
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not any("not reloading" in line for line in server.lines()):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+            time.sleep(0.05)
+        [line] = [line for line in server.lines() if "not reloading" in line]
+        assert f"{program} does not know --check" in line and "restart" in line, line
+        assert "10 s" not in line, line
+        assert site.deliver("alice").returncode == 0
+    finally:
+        program.write_bytes(good)
+
+
+def test_a_reload_waits_for_the_install_under_way(site: LoginSite) -> None:
+    """A SIGHUP while packaging/install holds lib/install.lock (it is changing lib/ and bin/;
+    it reloads the server itself when it ends) is refused saying so; once it is released,
+    the next SIGHUP reloads, and the new process lets go of the lock it held through its
+    exec, so that the next install is not held. Before: a reload while an install swapped
+    the library re-executed into half of each (seen: "ImportError: cannot import name
+    'USAGE_ERROR' from 'vpopmail.cmdline'") and the server died."""
+    import fcntl
+
+    server = server_of(site)
+    lock = os.open(site.inst.prefix / "lib" / "install.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while not any("not reloading" in line for line in server.lines()):
+            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
+            time.sleep(0.05)
+        [line] = [line for line in server.lines() if "not reloading" in line]
+        assert "an install is under way" in line, line
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(server, listening=2)
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+    without_fallbacks(site.inst)
+    assert site.deliver("alice").returncode == 0
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""
@@ -795,6 +850,23 @@ def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     finally:
         root_vhome.config_path.write_text(good)
     assert not (root_vhome.prefix / "run" / "server.sock").exists()
+    assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
+
+
+@pytest.mark.parametrize("user", ["vpopmail", "nobody"])
+def test_check_as_another_user_says_it_could_not_listen(root_vhome: Install, user: str) -> None:
+    """--check run by a user who cannot make the socket (the vpopmail user, nobody: run/ is
+    root's) says what a start by that user says, and makes and changes nothing. Before: exit
+    0, "it would listen on PATH", where the start then said "Permission denied"."""
+    before = snapshot(root_vhome.prefix)
+    checked = root_vhome.run("vpopmail-server", "--check", as_user=user)
+    assert checked.returncode == 111, checked
+    socket_path = root_vhome.prefix / "run" / "server.sock"
+    assert checked.stderr == (f"vpopmail-server: cannot listen on {socket_path}: Permission "
+                              f"denied (start vpopmail-server as root)\n"), checked
+    started = root_vhome.run("vpopmail-server", as_user=user)
+    assert started.returncode == 111 and started.stderr == checked.stderr, started
+    assert snapshot(root_vhome.prefix) == before
     assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
 
 

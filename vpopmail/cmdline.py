@@ -10,6 +10,9 @@ import sys
 from vpopmail import VPOPMAIL_COMPAT, __version__
 
 OPTIONS = ("--help", "--version")
+#: the exit status of a command line that vpopmail-server and vpopmaild do not take (their
+#: usage on stderr): what a vpopmail-server before --check answers a reload's check with
+USAGE_ERROR = 2
 
 
 def version_text(name: str) -> str:

@@ -8,7 +8,7 @@ themselves: only speed changes. Run it in the foreground, as root, under systemd
 daemontools (packaging/service/)."""
 import sys
 
-from vpopmail.cmdline import OPTIONS, answer
+from vpopmail.cmdline import OPTIONS, USAGE_ERROR, answer
 
 USAGE = """\
 usage: vpopmail-server [--status | --check]
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         return answer(args[0], USAGE)
     if args not in ([], ["--status"], ["--check"]):
         print(USAGE, end="", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     from vpopmail.server import run
 
     return run(config, args[0].removeprefix("--") if args else "serve")

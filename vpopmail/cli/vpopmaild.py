@@ -5,7 +5,7 @@ on stdin/stdout, so it runs under tcpserver, as root:
 to localhost, or put it behind stunnel."""
 import sys
 
-from vpopmail.cmdline import OPTIONS, answer
+from vpopmail.cmdline import OPTIONS, USAGE_ERROR, answer
 from vpopmail.vpopmaild.protocol import READ_TIMEOUT
 
 USAGE = """\
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         timeout = float(args[1])
     elif args:  # stdout is the client's connection: the usage goes to stderr (tcpserver's log)
         print(USAGE, end="", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
     from vpopmail.vpopmaild.daemon import serve_connection
 
     return serve_connection(timeout, config)

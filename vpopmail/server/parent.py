@@ -2,6 +2,7 @@
 caller sends), hands connections to workers (:mod:`vpopmail.server.worker`), and opens each
 identity's own socket, where that identity's workers accept its next connections themselves."""
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -11,6 +12,7 @@ import time
 
 from vpopmail import config as vconfig
 from vpopmail import wire
+from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
                                     decline, decline_queued, identify, log, plan_class,
@@ -20,7 +22,7 @@ from vpopmail.wire import identity_socket
 BACKLOG = 1024
 #: the settings that name the sockets (what an error about one says)
 SERVER_SOCKET, LOOKUP_SOCKET = "paths.server_socket", "paths.lookup_socket"
-#: how long (s) a reload waits for ``vpopmail-server --check`` (Server.refusal)
+#: how long (s) a reload waits for ``vpopmail-server --check`` (:func:`refusal`)
 CHECK_TIMEOUT = 60
 #: how often (ms) the parent looks, while a worker serves or callers wait here, for callers
 #: queued at an identity's socket whose workers are all serving (none of them would take it
@@ -39,6 +41,9 @@ KEPT_LOCK = RELOAD_PREFIX + "LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = RELOAD_PREFIX + "LOOKUPS"
+#: and its shared lock on the installation's library (:func:`library_lock`), kept across exec
+#: until the new process has imported what it runs
+KEPT_LIBRARY = RELOAD_PREFIX + "LIBRARY"
 
 
 def preload() -> None:
@@ -84,10 +89,16 @@ def bind(path: str, mode: int, owner: tuple[int, int] | None = None) -> socket.s
 
 def check_path(path: str, key: str) -> None:
     """A socket may be made at ``path`` (the setting ``key``, which an error names): short
-    enough, in a directory :func:`check_directory` accepts."""
+    enough, in a directory :func:`check_directory` accepts, where this process may make
+    files (else what :func:`listen` would say: ``--check`` as another user than root)."""
     if len(os.fsencode(path)) >= 108:
         raise CannotServe(f"socket path {path} ({key}) is longer than 107 bytes")
-    check_directory(os.path.dirname(path) or ".", key)
+    directory = os.path.dirname(path) or "."
+    check_directory(directory, key)
+    if not os.access(directory, os.W_OK | os.X_OK, effective_ids=True):
+        read_only = os.statvfs(directory).f_flag & os.ST_RDONLY
+        code = errno.EROFS if read_only else errno.EACCES
+        raise cannot_listen(path, OSError(code, os.strerror(code)))
 
 
 def check_start(settings: vconfig.Config) -> None:
@@ -100,6 +111,61 @@ def check_start(settings: vconfig.Config) -> None:
     if settings.dovecot_callers():
         check_path(settings.home_path("lookup_socket"), LOOKUP_SOCKET)
     preload()
+
+
+def refusal(program: str) -> str | None:
+    """Why a vpopmail-server run as ``program`` would stop at once, found by running
+    ``program --check`` as it would run (the installed code and configuration: a module that
+    does not import, a TOML error, a server.* setting naming no user, a socket that cannot be
+    made); None when it would start. Asked before a reload closes anything: Dovecot's lookups,
+    which have no fallback, would fail until it is mended."""
+    import subprocess
+
+    try:
+        checked = subprocess.run([program, "--check"], stdin=subprocess.DEVNULL,
+                                 capture_output=True, text=True, errors="replace",
+                                 timeout=CHECK_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{program} --check: {exc}"
+    if checked.returncode == 0:
+        return None
+    if checked.returncode == USAGE_ERROR:  # its usage, not why: it knows no --check
+        return (f"{program} does not know --check (a version before it, installed over this "
+                f"one): restart vpopmail-server to run it")
+    said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
+    return f"{said[-1].removeprefix('vpopmail-server: ')} ({program} --check)"
+
+
+def library_lock(program: str) -> int:
+    """The lock packaging/install holds while it changes the installation of ``program``
+    (PREFIX/lib/install.lock, beside its bin/), taken shared without waiting
+    (BlockingIOError while an install holds it): its descriptor, kept across a reload's exec
+    until the new process has imported what it runs (:func:`release_library`), so that it
+    never loads part of one library and part of the next; -1 where there is no such file (no
+    install of this version yet)."""
+    import fcntl
+
+    prefix = os.path.dirname(os.path.dirname(os.path.abspath(program)))
+    try:
+        fd = os.open(os.path.join(prefix, "lib", "install.lock"),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def release_library() -> None:
+    """At a start after a reload, the lock :func:`library_lock` took before it, released: what
+    the new process runs is imported."""
+    kept = os.environ.pop(KEPT_LIBRARY, "")
+    if kept.isdigit():
+        with contextlib.suppress(OSError):
+            os.close(int(kept))
 
 
 def unused(path: str) -> None:
@@ -314,6 +380,7 @@ class Server:
         self.listener: socket.socket | None = None
         self.wake: tuple[int, int] | None = None
         self.lock = -1  # :func:`hold`'s descriptor
+        self.library = -1  # :func:`library_lock`'s, from a reload's check to its exec
         #: until when (time.monotonic's) the listener is not polled after a failed accept
         self.resting = 0.0
 
@@ -326,6 +393,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
         on the wakeup pipe): nothing is raised asynchronously."""
         preload()
+        release_library()
         check_path(self.path, SERVER_SOCKET)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
@@ -398,11 +466,14 @@ class Server:
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
             os.set_inheritable(self.lock, True)
             os.environ[KEPT_LOCK] = str(self.lock)
+            if self.library >= 0:
+                os.set_inheritable(self.library, True)
+                os.environ[KEPT_LIBRARY] = str(self.library)
             os.execv(sys.argv[0], sys.argv)
         return 0
 
     def loop(self, listener: socket.socket, wake: int) -> bool:
-        """The main loop; True for a reload. At SIGHUP (unless :meth:`refusal` finds that the
+        """The main loop; True for a reload. At SIGHUP (unless :func:`refusal` finds that the
         new process could not start: then one log line says why) nothing more is accepted,
         and the connections already taken are handed to workers (or declined at their
         deadlines, as ever) before the loop ends: none of them is declined for the reload
@@ -427,7 +498,7 @@ class Server:
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
-                        refused = self.refusal()
+                        refused = self.reload_refusal()
                         if refused is not None:
                             log(self.settings.log_fd, f"not reloading: {refused}; serving "
                                                       f"on as started")
@@ -474,24 +545,20 @@ class Server:
                         self.poll.unregister(sock)
             self.publish()
 
-    def refusal(self) -> str | None:
-        """Why the process a reload executes would stop at once, checked before anything is
-        closed by running ``vpopmail-server --check`` as it would run (the installed code and
-        configuration: a module that does not import, a TOML error, a server.* setting
-        naming no user, a socket that cannot be made): Dovecot's lookups, which have no
-        fallback, would fail until it is mended; None when the reload may go ahead."""
-        import subprocess
-
+    def reload_refusal(self) -> str | None:
+        """Why a SIGHUP must not reload now: an install under way (it reloads the server when
+        it ends), or :func:`refusal`'s reason; None when it may, the library locked meanwhile
+        (:func:`library_lock`)."""
         try:
-            checked = subprocess.run([sys.argv[0], "--check"], stdin=subprocess.DEVNULL,
-                                     capture_output=True, text=True, errors="replace",
-                                     timeout=CHECK_TIMEOUT)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{sys.argv[0]} --check: {exc}"
-        if checked.returncode == 0:
-            return None
-        said = checked.stderr.strip().splitlines() or [f"exit status {checked.returncode}"]
-        return f"{said[-1].removeprefix('vpopmail-server: ')} ({sys.argv[0]} --check)"
+            self.library = library_lock(sys.argv[0])
+        except BlockingIOError:
+            return "an install is under way (its lib/install.lock is held): it reloads the " \
+                   "server when it ends"
+        refused = refusal(sys.argv[0])
+        if refused is not None and self.library >= 0:
+            os.close(self.library)
+            self.library = -1
+        return refused
 
     def reap(self) -> None:
         """Collect the workers that exited (a worker's end is counted when its control
@@ -803,5 +870,5 @@ class Server:
         self.listener.close()
         if self.lookups is not None:
             self.lookups.close()
-        for fd in (*self.wake, self.lock):
+        for fd in (*self.wake, self.lock, *([self.library] if self.library >= 0 else [])):
             os.close(fd)

@@ -1,0 +1,244 @@
+"""packaging/install run again over a working installation, as an operator upgrades one: two
+at once, over a configuration this version does not load, for another owner than the kept
+configuration's, on a full disk, killed as it swaps the library, after paths.server_socket
+changed under a running server, with a server that would not reload; and the hot paths'
+wrappers over a library of another version."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from install_site import INSTALL, VENV, Install, own_account
+from server_site import running_server, wait_for
+
+
+def run_install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(INSTALL), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def sandbox_args(prefix: Path, qmaildir: Path) -> tuple[str, ...]:
+    user, group = own_account()
+    return ("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--user", user, "--group",
+            group, "--venv", str(VENV))
+
+
+def library(prefix: Path) -> list[str]:
+    """What lib/ holds but the venv and the installs' lock (an install leaves pyvpopmail
+    alone)."""
+    return sorted(name for name in os.listdir(prefix / "lib")
+                  if name not in ("venv", "install.lock"))
+
+
+def test_two_installs_at_once_both_finish_and_leave_a_whole_library(tmp_path: Path) -> None:
+    """Two packaging/install runs into one PREFIX at the same moment (a configuration manager
+    and an operator): each finishes and the library is whole. Before: both staged the
+    library in lib/pyvpopmail.new, one renamed away or removed what the other was copying,
+    and one died with a traceback while the other said "installed": lib/ was left with
+    pyvpopmail.old alone, or a half-copied tree (every Python program then failed at its
+    first import, vchkpw with exit 1, a wrong password)."""
+    args = sandbox_args(tmp_path / "vpopmail", tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    for _ in range(3):
+        both = [subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in both:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0 and not err, (out, err)
+        assert library(tmp_path / "vpopmail") == ["pyvpopmail"]
+        inst = Install(tmp_path / "vpopmail", tmp_path / "qmail", *own_account())
+        assert inst.run("vuserinfo", "--version").returncode == 0
+
+
+def test_a_kept_configuration_this_version_refuses_stops_the_install_first(
+        tmp_path: Path) -> None:
+    """A vpopmail.toml the new version does not load (here server.workers over its bound; an
+    older version accepted it): the install says why and changes nothing. Before: it
+    swapped in the new library, then died with a traceback at the configuration, leaving new
+    code under the old programs that could not load their configuration (every Python
+    program answered 111, the server refused to reload)."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    config = prefix / "etc" / "vpopmail.toml"
+    config.write_text(config.read_text().replace("workers = 32", "workers = 5000"))
+    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+    refused = run_install(*args)
+    assert refused.returncode == 1, refused
+    assert "Traceback" not in refused.stderr, refused.stderr
+    assert "server.workers" in refused.stderr and "nothing was changed" in refused.stderr, \
+        refused.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+
+
+def test_an_install_for_another_owner_than_the_kept_configuration_is_refused(
+        root_vhome: Install) -> None:
+    """Installing again with another --user/--group than the installation's (a forgotten
+    --user on an upgrade, or a wrong one) is refused before anything changes. Before: domains/
+    was given to that user while the kept configuration still named the former one, and
+    every delivery and login answered 111 from then on (Permission denied)."""
+    inst = root_vhome
+    refused = run_install("--prefix", str(inst.prefix), "--qmaildir", str(inst.qmaildir),
+                          "--user", "nobody", "--group", "nogroup", "--venv", str(VENV))
+    assert refused.returncode == 1, refused
+    assert "owner.user = 'vpopmail'" in refused.stderr and "nothing was changed" in \
+        refused.stderr, refused.stderr
+    st = inst.domains.stat()
+    assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid)
+
+
+def test_an_upgrade_without_user_keeps_the_installations_owner(tmp_path: Path) -> None:
+    """The same packaging/install command again without --user/--group (README's upgrade)
+    over an installation of another owner than vpopmail:vchkpw: the kept configuration's
+    owner stays. Before: as root the default vpopmail:vchkpw was taken, domains/ given to it
+    while the configuration named the former owner."""
+    prefix, qmaildir = tmp_path / "vpopmail", tmp_path / "qmail"
+    assert run_install(*sandbox_args(prefix, qmaildir)).returncode == 0
+    again = run_install("--prefix", str(prefix), "--qmaildir", str(qmaildir), "--venv",
+                        str(VENV))
+    assert again.returncode == 0, again
+    inst = Install(prefix, qmaildir, *own_account())
+    st = inst.domains.stat()
+    assert (st.st_uid, st.st_gid) == (inst.uid, inst.gid)
+
+
+def test_a_failed_library_copy_leaves_no_staging_and_says_why(tmp_path: Path) -> None:
+    """A full disk while the library is copied: one line naming the fault, the installed
+    library as it was, and no half copy left. Before: a traceback of some hundred lines, and
+    lib/pyvpopmail.new kept what space was left (deliveries onto that file system answered
+    111 until someone found and removed it)."""
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(fs)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        prefix = fs / "vpopmail"
+        args = sandbox_args(prefix, tmp_path / "qmail")
+        assert run_install(*args).returncode == 0
+        before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+        st = os.statvfs(fs)
+        with open(fs / "filler", "wb") as fh:
+            fh.truncate(0)
+            fh.write(b"\0" * (st.f_bavail * st.f_frsize - (256 << 10)))
+        failed = run_install(*args)
+        assert failed.returncode == 1, failed
+        assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+            failed.stderr
+        assert "No space left on device" in failed.stderr, failed.stderr
+        assert library(prefix) == ["pyvpopmail"]
+        assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+        (fs / "filler").unlink()
+        assert run_install(*args).returncode == 0
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
+def test_install_after_a_new_server_socket_reloads_the_server_at_the_old_one(
+        tmp_path: Path) -> None:
+    """paths.server_socket changed, then the install run again as README says: the server
+    listening at the socket the former front ends were built for is told to reload, and
+    listens at the new one. Before: the install asked only at the new path, found nothing
+    and said nothing, and the server ran on at the old one, unused (every delivery and login
+    ran the Python programs) with the code it started with."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    with running_server(inst) as server:
+        inst.set_config("paths", "server_socket", "run/moved.sock")
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"reloaded vpopmail-server (pid {server.proc.pid})" in again.stdout, again.stdout
+        wait_for(server, listening=2)
+        assert f"listening on {prefix / 'run' / 'moved.sock'}" in server.lines()[-1]
+        assert "is up" in inst.ok("vpopmail-server", "--status")
+
+
+def test_install_says_why_the_running_server_would_not_reload(tmp_path: Path) -> None:
+    """An install whose server would refuse to reload (here server.dovecot_callers names no
+    user: the install's own configuration check does not look up users) says why and does
+    not signal it. Before: "reloaded vpopmail-server (pid N) with SIGHUP: it re-executes with
+    what was installed", while the server logged "not reloading" and ran on with the code it
+    started with."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    with running_server(inst) as server:
+        inst.set_config("server", "dovecot_callers", "dovcot")
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert f"vpopmail-server (pid {server.proc.pid}) is not reloaded: configuration " \
+               f"error: server.dovecot_callers: there is no user 'dovcot'" in again.stdout, \
+            again.stdout
+        assert "reloaded vpopmail-server" not in again.stdout, again.stdout
+        assert not any("reloading" in line for line in server.lines()), server.lines()
+
+
+def test_an_install_killed_as_it_swaps_the_library_leaves_one_in_place(tmp_path: Path) -> None:
+    """The install killed at the moment it puts the new library in place (strace kills it as
+    it enters that rename): lib/pyvpopmail is still a whole library, so the Python programs
+    run (a login through the front end with the server down succeeds). Before: the
+    former library had been renamed away first, so the name was missing: every Python
+    program died at its first import (vchkpw exit 1, a wrong password), and a server started
+    then died the same way."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    staging = prefix / "lib" / "pyvpopmail.new"
+    killed = subprocess.run(["strace", "-o", str(tmp_path / "trace"), "-P", str(staging),
+                             "-e", "trace=rename,renameat,renameat2", "-e",
+                             "inject=rename,renameat,renameat2:signal=SIGKILL",
+                             sys.executable, str(INSTALL), *args], capture_output=True, text=True,
+                            timeout=300)
+    if "PTRACE" in killed.stderr:
+        pytest.skip(f"strace cannot trace here: {killed.stderr.strip()}")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text(), killed
+    assert inst.run("vuserinfo", "--version").returncode == 0
+    credentials = tmp_path / "fd3"
+    credentials.write_bytes(b"alice@example.com\0pw\0\0")
+    login = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(credentials),
+                            str(prefix / "bin" / "vchkpw"), "/bin/true"], capture_output=True,
+                           env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    assert login.returncode == 0, login
+    assert run_install(*args).returncode == 0
+    assert library(prefix) == ["pyvpopmail"]
+
+
+@pytest.mark.parametrize("program", ["vchkpw", "vdelivermail"])
+def test_a_library_the_wrapper_does_not_fit_answers_111(tmp_path: Path, program: str) -> None:
+    """A hot path's wrapper over a library of another version (met while an install or a
+    downgrade has swapped one and not yet the other; here the library lacks a function the
+    wrapper calls) answers 111, try again later, with the traceback on stderr. Before:
+    Python's exit 1, which qmail-popup takes for a wrong password."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    package = prefix / "lib" / "pyvpopmail" / "vpopmail" / "__init__.py"
+    package.write_text(package.read_text() + "\ndel use_bytecode\n")
+    credentials = tmp_path / "input"
+    credentials.write_bytes(b"alice@example.com\0pw\0\0" if program == "vchkpw"
+                            else b"Subject: t\n\nbody\n")
+    run = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0" <"$0"', str(credentials),
+                          str(prefix / "bin" / program), *(["/bin/true"] if program == "vchkpw"
+                                                           else ["", "bounce-no-mailbox"])],
+                         capture_output=True, cwd="/",
+                         env={"PATH": "/usr/bin:/bin", "EXT": "alice", "HOST": "example.com",
+                              "SENDER": "s@remote.test"})
+    assert run.returncode == 111, run
+    assert b"use_bytecode" in run.stderr, run
