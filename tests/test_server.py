@@ -789,12 +789,7 @@ def test_a_reload_into_a_version_without_check_says_so(site: LoginSite) -> None:
     try:
         program.write_text("#!/bin/sh\necho 'usage: vpopmail-server [--status]' >&2\n"
                            "echo '  --status  ... within 10 s)' >&2\nexit 2\n")
-        server.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while not any("not reloading" in line for line in server.lines()):
-            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
-            time.sleep(0.05)
-        [line] = [line for line in server.lines() if "not reloading" in line]
+        line = refused_reload(server)
         assert f"{program} does not know --check" in line and "restart" in line, line
         assert "10 s" not in line, line
         assert site.deliver("alice").returncode == 0
@@ -815,12 +810,7 @@ def test_a_reload_waits_for_the_install_under_way(site: LoginSite) -> None:
     lock = os.open(site.inst.prefix / "lib" / "install.lock", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        server.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 30
-        while not any("not reloading" in line for line in server.lines()):
-            assert server.proc.poll() is None and time.monotonic() < deadline, server.lines()
-            time.sleep(0.05)
-        [line] = [line for line in server.lines() if "not reloading" in line]
+        line = refused_reload(server)
         assert "an install is under way" in line, line
         fcntl.flock(lock, fcntl.LOCK_UN)
         server.proc.send_signal(signal.SIGHUP)

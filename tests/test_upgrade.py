@@ -28,6 +28,14 @@ def sandbox_args(prefix: Path, qmaildir: Path) -> tuple[str, ...]:
             group, "--venv", str(VENV))
 
 
+def sandbox_install(tmp_path: Path) -> tuple[Install, tuple[str, ...]]:
+    """A sandbox installation in ``tmp_path`` (yours) and the install's arguments for it."""
+    prefix = tmp_path / "vpopmail"
+    args = sandbox_args(prefix, tmp_path / "qmail")
+    assert run_install(*args).returncode == 0
+    return Install(prefix, tmp_path / "qmail", *own_account()), args
+
+
 def library(prefix: Path) -> list[str]:
     """What lib/ holds but the venv and the installs' lock (an install leaves pyvpopmail
     alone)."""
@@ -147,10 +155,8 @@ def test_install_after_a_new_server_socket_reloads_the_server_at_the_old_one(
     listens at the new one. Before: the install asked only at the new path, found nothing
     and said nothing, and the server ran on at the old one, unused (every delivery and login
     ran the Python programs) with the code it started with."""
-    prefix = tmp_path / "vpopmail"
-    args = sandbox_args(prefix, tmp_path / "qmail")
-    assert run_install(*args).returncode == 0
-    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
     with running_server(inst) as server:
         inst.set_config("paths", "server_socket", "run/moved.sock")
         again = run_install(*args)
@@ -167,10 +173,7 @@ def test_install_says_why_the_running_server_would_not_reload(tmp_path: Path) ->
     not signal it. Before: "reloaded vpopmail-server (pid N) with SIGHUP: it re-executes with
     what was installed", while the server logged "not reloading" and ran on with the code it
     started with."""
-    prefix = tmp_path / "vpopmail"
-    args = sandbox_args(prefix, tmp_path / "qmail")
-    assert run_install(*args).returncode == 0
-    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst, args = sandbox_install(tmp_path)
     with running_server(inst) as server:
         inst.set_config("server", "dovecot_callers", "dovcot")
         again = run_install(*args)
@@ -191,10 +194,8 @@ def test_an_install_killed_as_it_swaps_the_library_leaves_one_in_place(tmp_path:
     then died the same way."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
-    prefix = tmp_path / "vpopmail"
-    args = sandbox_args(prefix, tmp_path / "qmail")
-    assert run_install(*args).returncode == 0
-    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
     inst.ok("vadddomain", "example.com", "secret")
     inst.ok("vadduser", "alice@example.com", "pw")
     staging = prefix / "lib" / "pyvpopmail.new"
@@ -223,10 +224,8 @@ def test_a_library_the_wrapper_does_not_fit_answers_111(tmp_path: Path, program:
     downgrade has swapped one and not yet the other; here the library lacks a function the
     wrapper calls) answers 111, try again later, with the traceback on stderr. Before:
     Python's exit 1, which qmail-popup takes for a wrong password."""
-    prefix = tmp_path / "vpopmail"
-    args = sandbox_args(prefix, tmp_path / "qmail")
-    assert run_install(*args).returncode == 0
-    inst = Install(prefix, tmp_path / "qmail", *own_account())
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
     inst.ok("vadddomain", "example.com", "secret")
     inst.ok("vadduser", "alice@example.com", "pw")
     package = prefix / "lib" / "pyvpopmail" / "vpopmail" / "__init__.py"
