@@ -279,3 +279,24 @@ def test_an_install_lock_planted_before_the_takeover_is_made_root_s_alone(
         assert held.returncode != 0 and "Permission denied" in held.stderr, held
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_install_held_by_a_reloading_server_says_so(tmp_path: Path) -> None:
+    """While a vpopmail-server reloading from the installation holds lib/install.lock shared
+    (from its check through its exec), an install waits for it and says what it waits for,
+    then finishes. Before: "another install into PREFIX is running", with none running."""
+    import fcntl
+
+    inst, args = sandbox_install(tmp_path)
+    lock = os.open(inst.prefix / "lib" / "install.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # what vpopmail.server.parent.library_lock takes
+        proc = subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+    finally:
+        os.close(lock)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (first, out, err)
+    assert "or a vpopmail-server reloading" in first and "waiting for it" in first, first
