@@ -822,6 +822,34 @@ def test_a_reload_waits_for_the_install_under_way(site: LoginSite) -> None:
     assert site.deliver("alice").returncode == 0
 
 
+def test_a_server_started_through_a_link_waits_for_the_install_under_way(
+        root_vhome: Install) -> None:
+    """A vpopmail-server started through a symbolic link to bin/vpopmail-server (a
+    /usr/local/bin/vpopmail-server, say) finds the installation's lib/install.lock as one
+    started by its own path does: a SIGHUP while an install holds it is refused. Before: it
+    looked beside the link (LINKDIR/../lib/install.lock), found none, and re-executed into
+    whatever half of the library the install had swapped."""
+    import fcntl
+
+    elsewhere = root_vhome.prefix.parent / "elsewhere" / "bin"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "vpopmail-server").symlink_to(root_vhome.bin / "vpopmail-server")
+    log = root_vhome.prefix.parent / "linked-server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(elsewhere / "vpopmail-server")], stdout=fh, stderr=fh,
+                                env=CLEAN_ENV, cwd="/")
+    server = Server(root_vhome, proc, log)
+    lock = os.open(root_vhome.prefix / "lib" / "install.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        wait_for(server)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        line = refused_reload(server)
+        assert "an install is under way" in line, line
+    finally:
+        os.close(lock)
+        server.stop()
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""

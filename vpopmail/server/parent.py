@@ -138,14 +138,15 @@ def refusal(program: str) -> str | None:
 
 def library_lock(program: str) -> int:
     """The lock packaging/install holds while it changes the installation of ``program``
-    (PREFIX/lib/install.lock, beside its bin/), taken shared without waiting
+    (PREFIX/lib/install.lock, beside the bin/ its links lead to), taken shared without waiting
     (BlockingIOError while an install holds it): its descriptor, kept across a reload's exec
     until the new process has imported what it runs (:func:`release_library`), so that it
     never loads part of one library and part of the next; -1 where there is no such file (no
     install of this version yet)."""
     import fcntl
 
-    prefix = os.path.dirname(os.path.dirname(os.path.abspath(program)))
+    # where the wrapper is: a server started through a link to it is that installation's
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(program)))
     try:
         fd = os.open(os.path.join(prefix, "lib", "install.lock"),
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
