@@ -871,6 +871,22 @@ def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
 
 
+def test_check_over_code_that_does_not_import_answers_111(root_vhome: Install) -> None:
+    """--check over an installed module the workers run that does not import (an upgrade
+    left it broken): exit 111 like any other reason a start would fail, and one line naming
+    the error and the file. Before: Python's traceback and exit 1."""
+    module = root_vhome.prefix / "lib" / "pyvpopmail" / "vpopmail" / "stores" / "relay.py"
+    good = module.read_text()
+    try:
+        module.write_text(good + "\ndef broken(:\n")
+        checked = root_vhome.run("vpopmail-server", "--check")
+    finally:
+        module.write_text(good)
+    assert checked.returncode == 111, checked
+    assert checked.stderr.startswith("vpopmail-server: ") and "SyntaxError" in checked.stderr \
+        and "relay.py" in checked.stderr and checked.stderr.count("\n") == 1, checked
+
+
 @pytest.mark.parametrize("user", ["vpopmail", "nobody"])
 def test_check_as_another_user_says_it_could_not_listen(root_vhome: Install, user: str) -> None:
     """--check run by a user who cannot make the socket (the vpopmail user, nobody: run/ is

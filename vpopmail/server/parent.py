@@ -105,12 +105,18 @@ def check_start(settings: vconfig.Config) -> None:
     """What a start needs before it makes anything (CannotServe, ConfigError otherwise): the
     users the server.* settings name exist, both sockets (the lookups' with
     server.dovecot_callers) may be made where the settings say, and the code the workers run
-    imports (:func:`preload`, which raises what the import does)."""
+    imports (:func:`preload`; what its import raised, as CannotServe)."""
     settings.smtp_auth_callers()
     check_path(settings.home_path("server_socket"), SERVER_SOCKET)
     if settings.dovecot_callers():
         check_path(settings.home_path("lookup_socket"), LOOKUP_SOCKET)
-    preload()
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - whatever a broken module raises, said in a line
+        said = (f"{exc.msg} ({exc.filename}, line {exc.lineno})"
+                if isinstance(exc, SyntaxError) else str(exc))  # its str: the base name alone
+        raise CannotServe(f"the installed code does not import: {type(exc).__name__}: "
+                          f"{said}") from None
 
 
 def refusal(program: str) -> str | None:
