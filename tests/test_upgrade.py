@@ -300,3 +300,35 @@ def test_an_install_held_by_a_reloading_server_says_so(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, (first, out, err)
     assert "or a vpopmail-server reloading" in first and "waiting for it" in first, first
+
+
+def test_an_upgrade_waits_for_the_install_under_way_before_it_changes_anything(
+        tmp_path: Path) -> None:
+    """An install into an installation of root's (or, in a sandbox, yours) waits for one
+    under way before it sets aside or takes over anything: while another holds
+    lib/install.lock, bin/ is as it was (a program of C's there is not yet set aside). Before:
+    the lock was taken after take_over and set_aside, so two installs at once both set aside
+    C's programs, and one died with a traceback (FileExistsError) at a link the other had
+    just made."""
+    import fcntl
+
+    inst, args = sandbox_install(tmp_path)
+    theirs = inst.prefix / "bin" / "vpasswd"
+    theirs.unlink()
+    theirs.write_text("#!/bin/sh\necho C vpopmail\n")
+    theirs.chmod(0o755)
+    lock = os.open(inst.prefix / "lib" / "install.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another install's
+        proc = subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "waiting for it" in first, first
+        assert not (inst.prefix / "bin" / "c-vpopmail-backup").exists()
+    finally:
+        os.close(lock)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (first, out, err)
+    assert (inst.prefix / "bin" / "c-vpopmail-backup" / "vpasswd").read_text() == \
+        "#!/bin/sh\necho C vpopmail\n"
