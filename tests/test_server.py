@@ -850,6 +850,31 @@ def test_a_server_started_through_a_link_waits_for_the_install_under_way(
         server.stop()
 
 
+def test_a_reload_where_the_install_lock_fails_is_refused(root_vhome: Install) -> None:
+    """A SIGHUP while lib/install.lock cannot be locked (flock's ENOLCK: an NFS lock daemon
+    down; strace injects it) is refused with a log line naming the lock and why, and the
+    server serves on. Before: the OSError went up through the main loop and the server died
+    with a traceback (Dovecot's lookups failing until a restart)."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    with running_server(root_vhome) as server:
+        tracer = subprocess.Popen(["strace", "-o", os.devnull, "-p", str(server.proc.pid),
+                                   "-e", "trace=flock", "-e", "inject=flock:error=ENOLCK"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert tracer.stderr is not None
+            attached = tracer.stderr.readline()
+            if "attached" not in attached:
+                pytest.skip(f"strace cannot trace here: {attached.strip()}")
+            line = refused_reload(server)
+        finally:
+            tracer.terminate()
+            tracer.wait()
+        assert f"{root_vhome.prefix / 'lib' / 'install.lock'}: No locks available" in line, line
+        assert server.proc.poll() is None
+        assert "is up" in root_vhome.ok("vpopmail-server", "--status")
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""
