@@ -822,6 +822,59 @@ def test_a_reload_waits_for_the_install_under_way(site: LoginSite) -> None:
     assert site.deliver("alice").returncode == 0
 
 
+def test_a_server_started_through_a_link_waits_for_the_install_under_way(
+        root_vhome: Install) -> None:
+    """A vpopmail-server started through a symbolic link to bin/vpopmail-server (a
+    /usr/local/bin/vpopmail-server, say) finds the installation's lib/install.lock as one
+    started by its own path does: a SIGHUP while an install holds it is refused. Before: it
+    looked beside the link (LINKDIR/../lib/install.lock), found none, and re-executed into
+    whatever half of the library the install had swapped."""
+    import fcntl
+
+    elsewhere = root_vhome.prefix.parent / "elsewhere" / "bin"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "vpopmail-server").symlink_to(root_vhome.bin / "vpopmail-server")
+    log = root_vhome.prefix.parent / "linked-server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(elsewhere / "vpopmail-server")], stdout=fh, stderr=fh,
+                                env=CLEAN_ENV, cwd="/")
+    server = Server(root_vhome, proc, log)
+    lock = os.open(root_vhome.prefix / "lib" / "install.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        wait_for(server)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        line = refused_reload(server)
+        assert "an install is under way" in line, line
+    finally:
+        os.close(lock)
+        server.stop()
+
+
+def test_a_reload_where_the_install_lock_fails_is_refused(root_vhome: Install) -> None:
+    """A SIGHUP while lib/install.lock cannot be locked (flock's ENOLCK: an NFS lock daemon
+    down; strace injects it) is refused with a log line naming the lock and why, and the
+    server serves on. Before: the OSError went up through the main loop and the server died
+    with a traceback (Dovecot's lookups failing until a restart)."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    with running_server(root_vhome) as server:
+        tracer = subprocess.Popen(["strace", "-o", os.devnull, "-p", str(server.proc.pid),
+                                   "-e", "trace=flock", "-e", "inject=flock:error=ENOLCK"],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            assert tracer.stderr is not None
+            attached = tracer.stderr.readline()
+            if "attached" not in attached:
+                pytest.skip(f"strace cannot trace here: {attached.strip()}")
+            line = refused_reload(server)
+        finally:
+            tracer.terminate()
+            tracer.wait()
+        assert f"{root_vhome.prefix / 'lib' / 'install.lock'}: No locks available" in line, line
+        assert server.proc.poll() is None
+        assert "is up" in root_vhome.ok("vpopmail-server", "--status")
+
+
 def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     """``vpopmail-server --check`` (nginx -t): exit 0 and the socket it would listen on, or
     111 and what would stop it; nothing is made either way."""
@@ -841,6 +894,22 @@ def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
         root_vhome.config_path.write_text(good)
     assert not (root_vhome.prefix / "run" / "server.sock").exists()
     assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
+
+
+def test_check_over_code_that_does_not_import_answers_111(root_vhome: Install) -> None:
+    """--check over an installed module the workers run that does not import (an upgrade
+    left it broken): exit 111 like any other reason a start would fail, and one line naming
+    the error and the file. Before: Python's traceback and exit 1."""
+    module = root_vhome.prefix / "lib" / "pyvpopmail" / "vpopmail" / "stores" / "relay.py"
+    good = module.read_text()
+    try:
+        module.write_text(good + "\ndef broken(:\n")
+        checked = root_vhome.run("vpopmail-server", "--check")
+    finally:
+        module.write_text(good)
+    assert checked.returncode == 111, checked
+    assert checked.stderr.startswith("vpopmail-server: ") and "SyntaxError" in checked.stderr \
+        and "relay.py" in checked.stderr and checked.stderr.count("\n") == 1, checked
 
 
 @pytest.mark.parametrize("user", ["vpopmail", "nobody"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from install_site import INSTALL, VENV, Install, own_account
+from install_site import INSTALL, VENV, Install, as_user_argv, own_account
 from server_site import running_server, wait_for
 
 
@@ -241,3 +241,94 @@ def test_a_library_the_wrapper_does_not_fit_answers_111(tmp_path: Path, program:
                               "SENDER": "s@remote.test"})
     assert run.returncode == 111, run
     assert b"use_bytecode" in run.stderr, run
+
+
+
+@pytest.mark.parametrize("planted", ["file", "fifo"])
+def test_an_install_lock_planted_before_the_takeover_is_made_root_s_alone(
+        planted: str) -> None:
+    """A lib/install.lock that another user made before root's first install took the
+    directory over (C vpopmail's ~vpopmail/lib is the vpopmail user's): the install finishes,
+    and the lock is root's, 0600, a regular file no one else can open, so no one else can
+    hold it (an install would wait for ever, and the server refuse every reload). Before: a
+    readable file kept its mode (any user could flock it), and a FIFO hung the install at
+    its open for ever."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv")
+    nobody = "nobody"
+    base = Path("/tmp") / f"pyvpopmail-planted-lock-{os.getpid()}"  # a path nobody reaches
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(mode=0o755)
+    try:
+        prefix = base / "vpopmail"
+        (prefix / "lib").mkdir(parents=True)
+        for directory in (prefix, prefix / "lib"):
+            shutil.chown(directory, nobody)
+        lock = prefix / "lib" / "install.lock"
+        make = ["mkfifo", str(lock)] if planted == "fifo" else ["touch", str(lock)]
+        subprocess.run([*as_user_argv(nobody), *make], check=True)
+        assert lock.stat().st_mode & 0o004
+        done = subprocess.run([sys.executable, str(INSTALL),
+                               *sandbox_args(prefix, base / "qmail")], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done
+        st = lock.lstat()
+        assert (st.st_uid, oct(st.st_mode)) == (0, oct(0o100600))
+        held = subprocess.run([*as_user_argv(nobody), "flock", "-n", "-x", str(lock), "true"],
+                              capture_output=True, text=True)
+        assert held.returncode != 0 and "Permission denied" in held.stderr, held
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_install_held_by_a_reloading_server_says_so(tmp_path: Path) -> None:
+    """While a vpopmail-server reloading from the installation holds lib/install.lock shared
+    (from its check through its exec), an install waits for it and says what it waits for,
+    then finishes. Before: "another install into PREFIX is running", with none running."""
+    import fcntl
+
+    inst, args = sandbox_install(tmp_path)
+    lock = os.open(inst.prefix / "lib" / "install.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # what vpopmail.server.parent.library_lock takes
+        proc = subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+    finally:
+        os.close(lock)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (first, out, err)
+    assert "or a vpopmail-server reloading" in first and "waiting for it" in first, first
+
+
+def test_an_upgrade_waits_for_the_install_under_way_before_it_changes_anything(
+        tmp_path: Path) -> None:
+    """An install into an installation of root's (or, in a sandbox, yours) waits for one
+    under way before it sets aside or takes over anything: while another holds
+    lib/install.lock, bin/ is as it was (a program of C's there is not yet set aside). Before:
+    the lock was taken after take_over and set_aside, so two installs at once both set aside
+    C's programs, and one died with a traceback (FileExistsError) at a link the other had
+    just made."""
+    import fcntl
+
+    inst, args = sandbox_install(tmp_path)
+    theirs = inst.prefix / "bin" / "vpasswd"
+    theirs.unlink()
+    theirs.write_text("#!/bin/sh\necho C vpopmail\n")
+    theirs.chmod(0o755)
+    lock = os.open(inst.prefix / "lib" / "install.lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another install's
+        proc = subprocess.Popen([sys.executable, str(INSTALL), *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "waiting for it" in first, first
+        assert not (inst.prefix / "bin" / "c-vpopmail-backup").exists()
+    finally:
+        os.close(lock)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (first, out, err)
+    assert (inst.prefix / "bin" / "c-vpopmail-backup" / "vpasswd").read_text() == \
+        "#!/bin/sh\necho C vpopmail\n"

@@ -105,12 +105,18 @@ def check_start(settings: vconfig.Config) -> None:
     """What a start needs before it makes anything (CannotServe, ConfigError otherwise): the
     users the server.* settings name exist, both sockets (the lookups' with
     server.dovecot_callers) may be made where the settings say, and the code the workers run
-    imports (:func:`preload`, which raises what the import does)."""
+    imports (:func:`preload`; what its import raised, as CannotServe)."""
     settings.smtp_auth_callers()
     check_path(settings.home_path("server_socket"), SERVER_SOCKET)
     if settings.dovecot_callers():
         check_path(settings.home_path("lookup_socket"), LOOKUP_SOCKET)
-    preload()
+    try:
+        preload()
+    except Exception as exc:  # noqa: BLE001 - whatever a broken module raises, said in a line
+        said = (f"{exc.msg} ({exc.filename}, line {exc.lineno})"
+                if isinstance(exc, SyntaxError) else str(exc))  # its str: the base name alone
+        raise CannotServe(f"the installed code does not import: {type(exc).__name__}: "
+                          f"{said}") from None
 
 
 def refusal(program: str) -> str | None:
@@ -138,24 +144,28 @@ def refusal(program: str) -> str | None:
 
 def library_lock(program: str) -> int:
     """The lock packaging/install holds while it changes the installation of ``program``
-    (PREFIX/lib/install.lock, beside its bin/), taken shared without waiting
-    (BlockingIOError while an install holds it): its descriptor, kept across a reload's exec
-    until the new process has imported what it runs (:func:`release_library`), so that it
-    never loads part of one library and part of the next; -1 where there is no such file (no
-    install of this version yet)."""
+    (PREFIX/lib/install.lock, beside the bin/ its links lead to), taken shared without waiting
+    (BlockingIOError while an install holds it; CannotServe, naming it, where it cannot be
+    locked): its descriptor, kept across a reload's exec until the new process has imported
+    what it runs (:func:`release_library`), so that it never loads part of one library and
+    part of the next; -1 where there is no such file (no install of this version yet)."""
     import fcntl
 
-    prefix = os.path.dirname(os.path.dirname(os.path.abspath(program)))
+    # where the wrapper is: a server started through a link to it is that installation's
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(program))), "lib",
+                        "install.lock")
     try:
-        fd = os.open(os.path.join(prefix, "lib", "install.lock"),
-                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return -1
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BaseException:
+    except BlockingIOError:
         os.close(fd)
         raise
+    except OSError as exc:  # ENOLCK (an NFS lock daemon down), say
+        os.close(fd)
+        raise CannotServe(f"cannot lock {path}: {exc.strerror}") from None
     return fd
 
 
@@ -547,13 +557,15 @@ class Server:
 
     def reload_refusal(self) -> str | None:
         """Why a SIGHUP must not reload now: an install under way (it reloads the server when
-        it ends), or :func:`refusal`'s reason; None when it may, the library locked meanwhile
-        (:func:`library_lock`)."""
+        it ends), its lock that cannot be taken, or :func:`refusal`'s reason; None when it
+        may, the library locked meanwhile (:func:`library_lock`)."""
         try:
             self.library = library_lock(sys.argv[0])
         except BlockingIOError:
             return "an install is under way (its lib/install.lock is held): it reloads the " \
                    "server when it ends"
+        except CannotServe as exc:
+            return str(exc)
         refused = refusal(sys.argv[0])
         if refused is not None and self.library >= 0:
             os.close(self.library)
