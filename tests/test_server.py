@@ -1079,6 +1079,11 @@ def test_vcheck_says_when_the_front_ends_were_built_for_another_socket(site: Log
     assert (f"bin/vdelivermail and bin/vchkpw were built for {site.inst.prefix}/run/server.sock,"
             f" not {site.inst.prefix}/run2/server.sock") in checked.stdout, checked.stdout
     assert "run packaging/install again" in checked.stdout, checked.stdout
+    # --status too: the server is up, but not for these front ends (before: "is up" alone)
+    said = site.inst.ok("vpopmail-server", "--status")
+    assert f"is up on {site.inst.prefix}/run2/server.sock" in said, said
+    assert (f"but bin/vdelivermail and bin/vchkpw were built for {site.inst.prefix}/run/"
+            f"server.sock, not {site.inst.prefix}/run2/server.sock") in said, said
 
 
 def test_vcheck_takes_another_spelling_of_the_front_ends_socket_for_it(site: LoginSite) -> None:

@@ -198,6 +198,33 @@ def front_end_socket(path: str) -> str | None:
     return os.fsdecode(ident.partition(b", socket ")[2])
 
 
+def front_ends_built(home: str) -> dict[str, str]:
+    """Of ``home``'s bin/vdelivermail and bin/vchkpw, those that are our C front ends: name ->
+    the server socket each was built for, normalized, a relative one under ``home`` ("" where
+    it does not say: built before front ends did)."""
+    built = {}
+    for name in ("vdelivermail", "vchkpw"):
+        socket = front_end_socket(os.path.join(home, "bin", name))
+        if socket is not None:
+            built[name] = os.path.normpath(os.path.join(home, socket)) if socket else ""
+    return built
+
+
+def stale_front_ends(built: dict[str, str], path: str) -> str | None:
+    """What :func:`front_ends_built`'s ``built`` says when some were built for another socket
+    than ``path`` (the configured one, where no request of theirs comes); None when none
+    were."""
+    path = os.path.normpath(path)
+    stale = {name: socket for name, socket in built.items() if socket and socket != path}
+    if not stale:
+        return None
+    return (f"{' and '.join(f'bin/{name}' for name in stale)} "
+            f"{'were' if len(stale) > 1 else 'was'} built for "
+            f"{', '.join(sorted(set(stale.values())))}, not {path} (paths.server_socket): no "
+            f"delivery or login through {'them' if len(stale) > 1 else 'it'} reaches the server "
+            f"there, the Python programs run instead")
+
+
 def server_uid(home: str) -> int | None:
     """The uid the installation at ``home`` builds its front ends to accept as the server's
     (VPS_SERVER_UID): its installer's, who owns ``bin/`` (root; a sandbox's user). None when

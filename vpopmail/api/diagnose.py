@@ -514,9 +514,8 @@ class Diagnosis:
     def check_server(self) -> str:
         from vpopmail import wire
 
-        built = {name: wire.front_end_socket(os.path.join(self.config.home, "bin", name))
-                 for name in ("vdelivermail", "vchkpw")}
-        front_ends = [name for name, socket in built.items() if socket is not None]
+        built = wire.front_ends_built(self.config.home)
+        front_ends = list(built)
         try:
             callers = self.config.smtp_auth_callers()
             lookups = self.config.dovecot_callers()
@@ -538,18 +537,10 @@ class Diagnosis:
         if not front_ends and not lookups:
             return "no C front ends installed: vdelivermail and vchkpw are the Python programs"
         path = os.path.normpath(self.config.home_path("server_socket"))
-        stale = {name: os.path.normpath(os.path.join(self.config.home, socket))
-                 for name, socket in built.items() if socket}
-        stale = {name: socket for name, socket in stale.items() if socket != path}
+        stale = wire.stale_front_ends(built, path)
         if stale:  # paths.server_socket changed since the install: they never come here
-            raise Fault(f"{' and '.join(f'bin/{name}' for name in stale)} "
-                        f"{'were' if len(stale) > 1 else 'was'} built for "
-                        f"{', '.join(sorted(set(stale.values())))}, not {path} "
-                        f"(paths.server_socket): no delivery or login through "
-                        f"{'them' if len(stale) > 1 else 'it'} reaches the server there, the "
-                        f"Python programs run instead",
-                        "run packaging/install again (it builds the front ends for the "
-                        "configured socket)")
+            raise Fault(stale, "run packaging/install again (it builds the front ends for the "
+                               "configured socket)")
         programs = " and ".join(front_ends) or "Dovecot's lookups alone"
         python = f": {' and '.join(front_ends)} run the Python programs" if front_ends else ""
         uid = wire.server_uid(self.config.home)

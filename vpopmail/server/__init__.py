@@ -51,12 +51,15 @@ from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
 from vpopmail.server.parent import Server, check_start
 from vpopmail.wire import (NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol,
-                           Stranger, ask_status, server_uid)
+                           Stranger, ask_status, front_ends_built, server_uid,
+                           stale_front_ends)
 
 
-def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None) -> int:
+def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None,
+           home: str | None = None) -> int:
     """``--status``: ask the server at ``path`` for its state (with ``uid``, only a listener
-    of that uid is asked: the front ends refuse any other)."""
+    of that uid is asked: the front ends refuse any other); with ``home``, say so when its
+    front ends were built for another socket (they never come here)."""
     try:
         text = ask_status(path, wait, uid)[1]
     except Stranger as exc:
@@ -76,6 +79,9 @@ def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None) -> int:
               f"programs directly")
         return 1
     print(f"vpopmail-server is up on {path}: {text}", end="")
+    stale = stale_front_ends(front_ends_built(home), path) if home is not None else None
+    if stale:
+        print(f"but {stale}: run packaging/install again")
     return 0
 
 
@@ -86,7 +92,8 @@ def run(config: str | None, action: str = "serve") -> int:
     try:
         settings = vconfig.load(config)
         if action == "status":
-            return status(settings.home_path("server_socket"), uid=server_uid(settings.home))
+            return status(settings.home_path("server_socket"), uid=server_uid(settings.home),
+                          home=settings.home)
         if action == "check":
             check_start(settings)
             print(f"vpopmail-server: the code and configuration load; it would listen on "
