@@ -17,7 +17,7 @@ from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 5  # 5: server.workers bounded (a cache of an older rule is read again)
+_CACHE_VERSION = 6  # 6: server.idle_timeout's default 3600 (a cache holds the defaults)
 #: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
 #: would only fail later, when the server maps a counter for each
 MAX_WORKERS = 4096
@@ -82,7 +82,9 @@ class Config:
     # vdelivermail/vchkpw
     server_workers: int = 32
     server_requests_per_worker: int = 1000
-    server_idle_timeout: int = 60
+    #: a delivery or login whose identity has no worker waits for a fork from the server
+    #: (some 2 ms here: twice a warm one); an idle worker keeps some 2.4 MiB of its own
+    server_idle_timeout: int = 3600
     server_request_timeout: int = 10
     server_reply_timeout: int = 600
     server_root_logins: bool = False
