@@ -479,6 +479,23 @@ def test_a_reload_during_a_reload_keeps_the_server(site: LoginSite, gap: float) 
     assert site.login("alice@example.com", "pw").code == 0
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.1, 0.5])
+def test_a_stop_during_a_reload_stops_the_server(site: LoginSite, gap: float) -> None:
+    """SIGTERM while a SIGHUP's reload is under way (its --check running, its callers being
+    handed over): the server stops, whether before or after the exec. Before: the signal
+    was read from the wakeup pipe of the process being replaced, or not read at all, and
+    the server served on."""
+    server = server_of(site)
+    server.proc.send_signal(signal.SIGHUP)
+    time.sleep(gap)
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        assert server.proc.wait(timeout=20) == 0, server.lines()
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not stop: {server.lines()}") from None
+    assert not server.socket.exists()
+
+
 def piped_login(site: LoginSite, password: str) -> int:
     """vchkpw's exit code for alice with the credentials on a pipe at fd 3, as qmail-popup
     gives them (a run that failed after reading them cannot be run again)."""

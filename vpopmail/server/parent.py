@@ -298,6 +298,19 @@ def kept_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | No
     return sock
 
 
+def woken(wake: int) -> bytes:
+    """The signals the wakeup pipe ``wake`` holds, a byte each (none: empty)."""
+    try:
+        return os.read(wake, 256)
+    except BlockingIOError:
+        return b""
+
+
+def stops(signals: bytes) -> bool:
+    """Whether ``signals`` (:func:`woken`'s) hold one that stops the server."""
+    return signal.SIGTERM in signals or signal.SIGINT in signals
+
+
 def unlink_if(path: str, inode: int) -> None:
     """Remove ``path`` if it is still the socket we made (inode ``inode``)."""
     try:
@@ -467,10 +480,7 @@ class Server:
                 unlink_if(self.lookup_path, lookups_inode)
                 decline_queued(self.lookups)
                 self.lookups.close()
-        if again:
-            # blocked across exec (the mask is kept): a SIGHUP or SIGTERM before the new
-            # process's handlers waits for them instead of killing it
-            signal.pthread_sigmask(signal.SIG_BLOCK, WAKERS)
+        if again:  # WAKERS blocked (see loop)
             for signum in WAKERS:
                 signal.signal(signum, signal.SIG_DFL)
             os.environ[PREVIOUS] = ",".join(map(str, sorted(self.uncollected())))
@@ -503,8 +513,8 @@ class Server:
                        else 1000 if self.direct or self.unsent else None)
             for fd, _ in self.poll.poll(timeout):
                 if fd == wake:
-                    signals = os.read(wake, 256)
-                    if signal.SIGTERM in signals or signal.SIGINT in signals:
+                    signals = woken(wake)
+                    if stops(signals):
                         log(self.settings.log_fd, "stopping")
                         return False
                     if signal.SIGHUP in signals and not reloading:
@@ -534,6 +544,13 @@ class Server:
             if reloading:
                 self.dispatch()
                 if not self.unsent and not self.ready:
+                    # blocked across exec (the mask is kept): a SIGHUP or SIGTERM from now
+                    # waits for the new process's handlers instead of being lost with this
+                    # one's wakeup pipe, and one that came during the reload stops it here
+                    signal.pthread_sigmask(signal.SIG_BLOCK, WAKERS)
+                    if stops(woken(wake)):
+                        log(self.settings.log_fd, "stopping")
+                        return False
                     return True
                 continue
             self.unblock()
