@@ -913,15 +913,16 @@ def test_check_says_whether_a_server_would_start(root_vhome: Install) -> None:
     assert not (root_vhome.prefix / "run" / "server.sock.lock").exists()
 
 
-def test_check_over_code_that_does_not_import_answers_111(root_vhome: Install) -> None:
-    """--check over an installed module the workers run that does not import (an upgrade
-    left it broken): exit 111 like any other reason a start would fail, and one line naming
-    the error and the file. Before: Python's traceback and exit 1."""
+@pytest.mark.parametrize("args", [["--check"], []], ids=["check", "start"])
+def test_code_that_does_not_import_answers_111(root_vhome: Install, args: list[str]) -> None:
+    """--check, or a start, over an installed module the workers run that does not import (an
+    upgrade left it broken): exit 111 like any other reason a start would fail, and one line
+    naming the error and the file. Before: Python's traceback and exit 1 (a start's too)."""
     module = root_vhome.prefix / "lib" / "pyvpopmail" / "vpopmail" / "stores" / "relay.py"
     good = module.read_text()
     try:
         module.write_text(good + "\ndef broken(:\n")
-        checked = root_vhome.run("vpopmail-server", "--check")
+        checked = root_vhome.run("vpopmail-server", *args, timeout=30)
     finally:
         module.write_text(good)
     assert checked.returncode == 111, checked

@@ -86,16 +86,16 @@ def status(path: str, wait: float = STATUS_WAIT, uid: int | None = None,
 
 
 def run(config: str | None, action: str = "serve") -> int:
-    """Serve until stopped, or (``action``) "status": report whether a server is up, "check":
-    whether one would start (:func:`check_start`); the exit status. bin/vpopmail-server
-    (vpopmail.cli.vpopmail_server) parses the command line."""
+    """Serve until stopped once :func:`check_start` passes, or (``action``) "status": report
+    whether a server is up, "check": whether one would start (:func:`check_start` alone); the
+    exit status. bin/vpopmail-server (vpopmail.cli.vpopmail_server) parses the command line."""
     try:
         settings = vconfig.load(config)
         if action == "status":
             return status(settings.home_path("server_socket"), uid=server_uid(settings.home),
                           home=settings.home)
+        check_start(settings)
         if action == "check":
-            check_start(settings)
             print(f"vpopmail-server: the code and configuration load; it would listen on "
                   f"{settings.home_path('server_socket')}")
             return 0

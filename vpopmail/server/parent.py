@@ -413,11 +413,9 @@ class Server:
                            len(self.unsent) + len(self.ready))
 
     def serve(self) -> int:
-        """Serve until SIGTERM/SIGINT; SIGHUP re-executes. Signals only wake the loop (a byte
-        on the wakeup pipe): nothing is raised asynchronously."""
-        preload()
+        """Serve until SIGTERM/SIGINT (after :func:`check_start`); SIGHUP re-executes. Signals
+        only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         release_library()
-        check_path(self.path, SERVER_SOCKET)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
@@ -428,7 +426,6 @@ class Server:
         if self.lookup_path is not None:
             try:
                 if self.lookups is None:
-                    check_path(self.lookup_path, LOOKUP_SOCKET)
                     self.lookups = listen(self.lookup_path, mode)
             except BaseException:
                 unlink_if(self.path, identity)
