@@ -322,12 +322,8 @@ class Setup:
         floors: list[tuple[float, float]] = []
         message = self.message.read_bytes()
         for number in range(loops):
-            deliveries, logins = self.deliveries(), self.logins()
-            for name in shuffled(deliveries, number):
-                argv, env, cwd = deliveries[name]
-                looped.setdefault(name, []).append(shell_loop(
-                    argv, env, cwd, loop, self.ids, stdin=self.message))
-                self.settle()
+            logins = self.logins()
+            self.delivery_loops(self.deliveries(), number, loop, looped)
             for name in shuffled(logins, number):
                 argv, env, fd3 = logins[name]
                 looped.setdefault("login " + name, []).append(shell_loop(
@@ -359,13 +355,20 @@ class Setup:
         rows = {name: every[name] for name in names}
         looped: dict[str, list[float]] = {name: [] for name in names}
         for number in range(rounds):
-            for name in shuffled(rows, number):
-                argv, env, cwd = rows[name]
-                looped[name].append(shell_loop(argv, env, cwd, loop, self.ids,
-                                               stdin=self.message))
-                self.settle()
+            self.delivery_loops(rows, number, loop, looped)
         paired = [ours - c for ours, c in zip(looped[OURS_DELIVERY], looped[C_DELIVERY])]
         return {name: statistics.median(times) for name, times in looped.items()}, paired
+
+    def delivery_loops(self, rows: dict[str, tuple[list[str], dict[str, str], Path]],
+                       number: int, loop: int, looped: dict[str, list[float]]) -> None:
+        """Round ``number`` of delivery ``rows``: each a shell loop of ``loop`` runs (seconds a
+        run appended to ``looped[name]``), in the round's order (:func:`shuffled`), each
+        followed by :meth:`settle`."""
+        for name in shuffled(rows, number):
+            argv, env, cwd = rows[name]
+            looped.setdefault(name, []).append(shell_loop(argv, env, cwd, loop, self.ids,
+                                                          stdin=self.message))
+            self.settle()
 
     def settle(self) -> None:
         """Empty the Maildir (:meth:`clean`) and write out what is unwritten (sync): what one
