@@ -173,9 +173,10 @@ def folders(maildir: str) -> list[str]:
                        if entry.startswith(".") and entry not in (".", ".."))]
 
 
-def counted_dirs(maildir: str) -> list[str]:
-    """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash``."""
-    return [join(folder, sub) for folder in folders(maildir)
+def counted_dirs(maildir: str, listed: list[str] | None = None) -> list[str]:
+    """``new`` and ``cur`` of the Maildir and of each ``.Folder`` except ``.Trash`` (of
+    ``listed``, :func:`folders`' list, when given)."""
+    return [join(folder, sub) for folder in (folders(maildir) if listed is None else listed)
             if folder == maildir or counted(folder) for sub in ("new", "cur")]
 
 
@@ -186,11 +187,12 @@ def counted(maildir: str) -> bool:
     return folder_name(maildir) != TRASH
 
 
-def scan_usage(maildir: str) -> tuple[int, int]:
-    """(bytes, messages) actually in the Maildir, as Maildir++ counts them. Raises OSError
-    when a directory cannot be read for another reason than absence or permissions."""
+def scan_usage(maildir: str, dirs: list[str] | None = None) -> tuple[int, int]:
+    """(bytes, messages) actually in the Maildir (in ``dirs``, its :func:`counted_dirs`, when
+    given), as Maildir++ counts them. Raises OSError when a directory cannot be read for
+    another reason than absence or permissions."""
     total = count = 0
-    for directory in counted_dirs(maildir):
+    for directory in counted_dirs(maildir) if dirs is None else dirs:
         try:
             names = posix.listdir(directory)
         except OSError as exc:
@@ -353,12 +355,13 @@ def recalculate(maildir: str, quota: str, uid: int | None = None,
     from maildir.maildir import clean_tmp
 
     for _ in range(3):
-        dirs = counted_dirs(maildir)
+        listed = folders(maildir)
+        dirs = counted_dirs(maildir, listed)
         before = _newest_mtime(dirs)
-        usage = scan_usage(maildir)
+        usage = scan_usage(maildir, dirs)
         if _newest_mtime(dirs) == before:
             break
-    for folder in folders(maildir):  # housekeeping while the Maildir is being scanned anyway
+    for folder in listed:  # housekeeping while the Maildir is being scanned anyway
         clean_tmp(folder)
     write_maildirsize(maildir, quota, usage, uid, gid)
     return usage
