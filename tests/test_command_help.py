@@ -83,6 +83,61 @@ def test_every_command_has_a_man_page(vhome: Install) -> None:
         assert " ".join(usage.splitlines()[0].split()) in text, (name, text)
 
 
+# what --help tells an operator -----------------------------------------------------------------
+
+def test_vcheck_help_numbers_every_step(vhome: Install) -> None:
+    """vcheck exits with the number of the step that failed: its --help numbers every step
+    the walk makes, under the names it prints (before: steps 12 and 13 were not named, nor
+    any number)."""
+    vhome.ok("vadddomain", DOMAIN, "secret")
+    walk = vhome.run("vcheck", f"postmaster@{DOMAIN}")
+    assert walk.returncode == 0, walk
+    steps = [line[:19].split(maxsplit=1) for line in walk.stdout.splitlines()
+             if line[:2].strip().isdigit()]
+    assert [int(number) for number, _ in steps] == list(range(1, 14))
+    usage = vhome.run("vcheck", "--help").stdout
+    for number, name in steps:
+        assert re.search(rf"^ *{number} {re.escape(name.strip())}\b", usage, re.M), (number, usage)
+    assert "13 installation" in (vhome.prefix / "man" / "man8" / "vcheck.8").read_text()
+
+
+
+def test_quota_options_say_what_a_quota_may_be(vhome: Install) -> None:
+    """-q reads "quota_in_bytes" (C's text) but takes 50M, as README's first steps use it."""
+    for name in ("vadduser", "vadddomain", "vsetuserquota"):
+        usage = vhome.run(name, "--help").stdout
+        assert "10K/10M/10G, a count (100C)" in usage, (name, usage)
+
+def test_vmkpasswd_help_names_its_restore_option(vhome: Install) -> None:
+    """-r (write a lost vpasswd back from vpasswd.cdb) is in --help and the man page; the
+    usage a wrong command line gets stays C's one line."""
+    usage = vhome.run("vmkpasswd", "--help").stdout
+    assert usage.startswith("vmkpasswd: usage: domain \n") and "\n  -r " in usage, usage
+    assert "-r " in (vhome.prefix / "man" / "man8" / "vmkpasswd.8").read_text()
+    assert vhome.run("vmkpasswd").stdout == "vmkpasswd: usage: domain \n"
+
+
+def test_vmoduser_help_says_what_webmail_is_here(vhome: Install) -> None:
+    """C's text sent the reader to vchkpw.c, which no installation has."""
+    usage = vhome.run("vmoduser", "--help").stdout
+    assert "vchkpw.c" not in usage and "127.0.0.1" in usage, usage
+
+
+def test_vpopmaild_help_says_how_it_runs(vhome: Install) -> None:
+    usage = vhome.run("vpopmaild", "--help").stdout
+    assert usage.startswith("usage: vpopmaild [-t read_timeout_seconds]\n")
+    assert "tcpserver" in usage and "default 60" in usage, usage
+
+
+def test_installer_help_says_qmaildir_is_required() -> None:
+    """--qmaildir has no default: its help must not read as one (before: "(/var/qmail)")."""
+    shown = subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--help"],
+                           capture_output=True, text=True, env=CLEAN_ENV)
+    assert shown.returncode == 0, shown
+    text = " ".join(shown.stdout.split())
+    assert "--qmaildir QMAILDIR qmail's directory, e.g. /var/qmail (required, but not with " \
+        "--rollback)" in text, text
+
 # EOF and interrupts at prompts -----------------------------------------------------------------
 
 def on_terminal(inst: Install, script: list[tuple[bytes, bytes]], *argv: str

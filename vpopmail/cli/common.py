@@ -127,11 +127,12 @@ def prompt_password(name: str) -> str:
 
 
 def run(body: Callable[[], int | None], usage: str,
-        messages: dict[type, str] | None = None) -> int:
-    """Run a command body: usage errors print ``usage`` (exit 255); library errors print
-    ``Error: ...`` with the error's ``status`` as exit status (``messages`` replaces a class's text);
-    end of input at a prompt (which comes before any change) or an interrupt, one line on
-    stderr (exit 255 or 130), no traceback."""
+        messages: dict[type, str] | None = None, *, wrong: str | None = None) -> int:
+    """Run a command body: ``--help`` prints ``usage``; usage errors print ``wrong`` (C's exact
+    text, where ``usage`` adds our options to it) or else ``usage`` (exit 255); library errors
+    print ``Error: ...`` with the error's ``status`` as exit status (``messages`` replaces a
+    class's text); end of input at a prompt (which comes before any change) or an interrupt,
+    one line on stderr (exit 255 or 130), no traceback."""
     name = sys.argv[0].rsplit("/", 1)[-1]
     try:
         return body() or 0
@@ -140,7 +141,7 @@ def run(body: Callable[[], int | None], usage: str,
     except UsageError as exc:
         if str(exc):
             print(f"{name}: {exc}", file=sys.stderr)
-        print(usage, end="")
+        print(usage if wrong is None else wrong, end="")
         return USAGE_EXIT
     except (EOFError, KeyboardInterrupt) as exc:
         # the terminal's cursor is still after the prompt

@@ -24,6 +24,7 @@ options: -v prints the version
 
  [*] omit @-sign to deliver directly into user's Maildir: '-e postmaster'
  -e also takes the other actions of vdelivermail: delete, bounce-no-mailbox, /path/to/dir
+ -q quota: NOQUOTA, bytes (1000000 or 1000000S), 10K/10M/10G, a count (100C), or both (10M,100C)
 """
 
 

@@ -18,7 +18,9 @@ options: -v (print the version)
          -n no_password
          -r[len] (generate a len (default 8) char random password)
          -O (do not rebuild vpasswd.cdb: for bulk adds; run vmkpasswd domain after the last)
-         -f file (add the users listed in file, one 'email_address password' per line)
+         -f file (add the users listed in file, one 'email_address password' per line;
+                  - reads them from stdin)
+-q quota: NOQUOTA, bytes (1000000 or 1000000S), 10K/10M/10G, a count (100C), or both (10M,100C)
 """
 
 

@@ -9,11 +9,23 @@ from vpopmail.api.diagnose import diagnose
 USAGE = """\
 vcheck: usage: [options] email_address
 options: -v (print version number)
-Checks, in order, what mail to and logins of email_address depend on (users/assign,
-users/cdb, qmail's control files, the domain directory, .qmail-default, vpasswd and
-vpasswd.cdb or the SQL users table, the user, its Maildir, maildirsize, flags), prints OK
-or the fix for each, and stops at the first fault. Exit status: 0 all OK, else the number
-of the failed step.
+Checks, in order, what mail to and logins of email_address depend on, prints OK or FAIL
+with the fix for each step, and stops at the first fault:
+ 1 address           a name vpopmail accepts
+ 2 users/assign      the domain's line (missing: run vregenerate)
+ 3 users/cdb         the same records as users/assign
+ 4 qmail control     rcpthosts and virtualdomains route the domain, locals does not
+ 5 domain directory  there, owned by the uid and gid of its users/assign line
+ 6 .qmail-default    runs vdelivermail
+ 7 vpasswd           vpasswd and vpasswd.cdb agree (SQL backend: users table)
+ 8 user              the user exists
+ 9 Maildir           the user's Maildir, owner and modes
+10 maildirsize       agrees with the user's quota
+11 flags             what the user's flags refuse
+12 vpopmail-server   answers the C front ends (down is a fault only with
+                     server.smtp_auth_callers or server.dovecot_callers set)
+13 installation      what root runs and reads is root's alone (root installations)
+Exit status: 0 all OK, else the number of the failed step.
 """
 
 

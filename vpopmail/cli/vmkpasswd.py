@@ -6,7 +6,15 @@ import sys
 
 from vpopmail.cli.common import UsageError, getopt, open_api, run
 
-USAGE = "vmkpasswd: usage: domain \n"  # exactly C's (-r is ours: README, Reliability)
+#: what a wrong command line gets: exactly C's
+C_USAGE = "vmkpasswd: usage: domain \n"
+#: --help and the man page: C's, and -r (ours: README, Reliability)
+USAGE = """\
+vmkpasswd: usage: domain 
+rebuilds the domain's vpasswd.cdb from its vpasswd (after vadduser -O, or a hand edit)
+  -r domain  the other way: writes a lost or emptied vpasswd back from vpasswd.cdb
+             (refused while vpasswd has content; cdb backend only)
+"""
 
 
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
@@ -25,4 +33,4 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         print(f"vpasswd of {args[0]} written back from vpasswd.cdb: {count} users")
         return 0
 
-    return run(body, USAGE)
+    return run(body, USAGE, wrong=C_USAGE)

@@ -25,7 +25,7 @@ the following options are bit flags in the gid int field
          -p ( disable POP access )
          -s ( disable SMTP AUTH access )
          -w ( disable webmail [IMAP from localhost*] access )
-            ( * full list of webmail server IPs in vchkpw.c )
+            ( * a POP3 or IMAP login from 127.0.0.1 or ::1 is webmail )
          -i ( disable non-webmail IMAP access )
          -b ( bounce all mail )
          -o ( user is not subject to domain limits )

@@ -10,6 +10,10 @@ from vpopmail.vpopmaild.protocol import READ_TIMEOUT
 
 USAGE = """\
 usage: vpopmaild [-t read_timeout_seconds]
+Serves one connection on stdin and stdout, so it runs under tcpserver, as root:
+  tcpserver -HRD -c 20 127.0.0.1 89 ~vpopmail/bin/vpopmaild
+-t: seconds a client may stay silent before it is dropped (default 60).
+It sends passwords in clear: bind it to localhost, or put it behind stunnel.
 """
 
 
