@@ -101,12 +101,12 @@ def test_vcheck_help_numbers_every_step(vhome: Install) -> None:
     assert "13 installation" in (vhome.prefix / "man" / "man8" / "vcheck.8").read_text()
 
 
-
 def test_quota_options_say_what_a_quota_may_be(vhome: Install) -> None:
     """-q reads "quota_in_bytes" (C's text) but takes 50M, as README's first steps use it."""
     for name in ("vadduser", "vadddomain", "vsetuserquota"):
         usage = vhome.run(name, "--help").stdout
         assert "10K/10M/10G, a count (100C)" in usage, (name, usage)
+
 
 def test_vmkpasswd_help_names_its_restore_option(vhome: Install) -> None:
     """-r (write a lost vpasswd back from vpasswd.cdb) is in --help and the man page; the
@@ -137,6 +137,7 @@ def test_installer_help_says_qmaildir_is_required() -> None:
     text = " ".join(shown.stdout.split())
     assert "--qmaildir QMAILDIR qmail's directory, e.g. /var/qmail (required, but not with " \
         "--rollback)" in text, text
+
 
 # EOF and interrupts at prompts -----------------------------------------------------------------
 
