@@ -308,10 +308,12 @@ class Connection:
             # execs must never get an authenticated database connection
             posix.set_inheritable(handle.fileno(), False)
             # each statement its own transaction unless begun; never truncate silently;
-            # bounded lock waits (then 111, not a hang)
+            # bounded lock waits, on rows and on whole tables (LOCK TABLES, FLUSH TABLES WITH
+            # READ LOCK, ALTER TABLE: lock_wait_timeout, a day by default): then 111, not a hang
             handle.query(b"SET SESSION autocommit = 1, "
                          b"sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
-                         b"innodb_lock_wait_timeout = %d" % max(1, self.lock_timeout))
+                         b"innodb_lock_wait_timeout = %d, lock_wait_timeout = %d"
+                         % ((max(1, self.lock_timeout),) * 2))
         except driver.MySQLError as exc:
             code, text = _error_parts(exc)
             raise Unreachable(f"{self.side} server {server.describe()}: {text} "
