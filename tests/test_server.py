@@ -677,6 +677,35 @@ def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: 
     site.syslog.close()
 
 
+def test_a_worker_lets_go_of_connections_made_with_settings_since_changed(
+        root_vhome: Install, sql_db: Database) -> None:
+    """The configuration is read at each request: after a change of the [mysql] settings
+    (new credentials, another server, a timeout) a worker's next request connects with the
+    new ones, and the connections made with the old are closed, not kept beside them (before:
+    each change left a worker's connections open for the rest of its life, up to an hour, so
+    a few changes took the database's max_connections, and rotated credentials stayed
+    logged in)."""
+    root_vhome.set_config("server", "workers", 1)
+    site = sql_login_site(root_vhome, sql_db)
+
+    def sessions() -> list[str]:
+        return [row[0] for row in sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "pw").code == 0
+        first = sessions()
+        assert len(first) == 2, first
+        for seconds in (3, 4):
+            root_vhome.set_config("mysql", "connect_timeout", seconds)
+            assert site.login("alice@example.com", "pw").code == 0
+        now = sessions()
+        assert len(now) == 2 and not set(now) & set(first), now
+    site.syslog.close()
+
+
 # -- when there is no server --------------------------------------------------------------------
 
 @pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)

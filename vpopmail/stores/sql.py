@@ -236,14 +236,23 @@ def _hold_program_descriptors() -> list[int]:
 
 
 #: connections a long-lived process keeps between requests (vpopmail-server's workers, see
-#: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
-#: an open handle with no transaction open and no answer unread (see Connection.open)
-_idle: "dict[tuple[object, ...], Handle]" = {}
+#: vpopmail.stores.keep_connections): side -> (the settings it was made with: Connection.key,
+#: an open handle with no transaction open and no answer unread); one a side, so that one
+#: made with settings since changed is closed, not kept beside the new (see Connection.open)
+_idle: "dict[str, tuple[tuple[object, ...], Handle]]" = {}
 
 
 def kept_descriptors() -> set[int]:
     """The descriptors of the idle connections kept for the next request."""
-    return {handle.fileno() for handle in _idle.values()}
+    return {handle.fileno() for _, handle in _idle.values()}
+
+
+def _hang_up(handle: "Handle") -> None:
+    """Close ``handle`` (a goodbye to the server), whatever state its link is in."""
+    try:
+        handle.close()
+    except Exception:  # noqa: BLE001 - closing a dead link
+        pass
 
 
 class Unreachable(NoAuthConnection):
@@ -267,30 +276,31 @@ class Connection:
         self.answer_pending = False
 
     def key(self) -> tuple[object, ...]:
+        """The settings a connection is made with: a kept one serves only the same."""
         server = self.server
-        return (self.side, server.host, server.port, server.socket, server.user,
-                server.password, server.database, self.timeout, self.lock_timeout)
+        return (server.host, server.port, server.socket, server.user, server.password,
+                server.database, self.timeout, self.lock_timeout)
 
     def open(self, repeatable: bool = False) -> "Handle":
         """The handle: opened at the first use, or one kept from this process's last request.
         A kept one is used straight away for a ``repeatable`` first statement (:meth:`query`
         sends it again on a new connection if the server closed the kept one while it was
-        idle); for any other it is pinged first."""
+        idle); for any other it is pinged first. One kept with other settings (the
+        configuration changed since) is closed."""
         if self.handle is not None:
             return self.handle
         driver = _driver()
-        kept = _idle.pop(self.key(), None)
-        if kept is not None:
+        key, kept = _idle.pop(self.side, ((), None))
+        if kept is not None and key != self.key():
+            _hang_up(kept)
+        elif kept is not None:
             try:
                 if not repeatable:
                     kept.ping()
                 self.handle, self.kept = kept, repeatable
                 return kept
             except driver.MySQLError:  # gone away while idle: a new connection
-                try:
-                    kept.close()
-                except driver.MySQLError:
-                    pass
+                _hang_up(kept)
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
@@ -422,15 +432,15 @@ class Connection:
         if self.in_transaction or self.answer_pending:
             self.close()
             return
-        _idle[self.key()] = self.handle
+        displaced = _idle.get(self.side)
+        if displaced is not None:  # another store's of this request, kept already
+            _hang_up(displaced[1])
+        _idle[self.side] = (self.key(), self.handle)
         self.handle = None
 
     def close(self) -> None:
         if self.handle is not None:
-            try:
-                self.handle.close()
-            except Exception:  # noqa: BLE001 - closing a dead link
-                pass
+            _hang_up(self.handle)
             self.handle = None
         self.kept = self.in_transaction = self.answer_pending = False
 
