@@ -247,6 +247,12 @@ def kept_descriptors() -> set[int]:
     return {handle.fileno() for _, handle in _idle.values()}
 
 
+def hang_up_idle() -> None:
+    """Close the connections kept for the next request."""
+    while _idle:
+        _hang_up(_idle.popitem()[1][1])
+
+
 def _hang_up(handle: "Handle") -> None:
     """Close ``handle`` (a goodbye to the server), whatever state its link is in."""
     try:
