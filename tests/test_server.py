@@ -677,6 +677,72 @@ def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: 
     site.syslog.close()
 
 
+def test_a_worker_lets_go_of_connections_made_with_settings_since_changed(
+        root_vhome: Install, sql_db: Database) -> None:
+    """The configuration is read at each request: after a change of the [mysql] settings
+    (new credentials, another server, a timeout) a worker's next request connects with the
+    new ones, and the connections made with the old are closed, not kept beside them (before:
+    each change left a worker's connections open for the rest of its life, up to an hour, so
+    a few changes took the database's max_connections, and rotated credentials stayed
+    logged in)."""
+    root_vhome.set_config("server", "workers", 1)
+    site = sql_login_site(root_vhome, sql_db)
+
+    def sessions() -> list[str]:
+        return [row[0] for row in sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "pw").code == 0
+        first = sessions()
+        assert len(first) == 2, first
+        for seconds in (3, 4):
+            root_vhome.set_config("mysql", "connect_timeout", seconds)
+            assert site.login("alice@example.com", "pw").code == 0
+        now = sessions()
+        assert len(now) == 2 and not set(now) & set(first), now
+    site.syslog.close()
+
+
+def test_idle_workers_give_their_sql_connections_back(root_vhome: Install, sql_db: Database
+                                                      ) -> None:
+    """A burst leaves a worker for each of its callers, idle up to server.idle_timeout (an
+    hour): their SQL connections go back to the database after server.sql_idle_timeout
+    without a request, the workers stay. Before, MariaDB at its max_connections (12 here, the
+    database shared with other hosts and programs) was left full by idle delivery workers
+    after a burst of deliveries, and for the hour every login (another identity), admin
+    command and program run directly found "Too many connections" (111)."""
+    site = sql_login_site(root_vhome, sql_db)
+    root_vhome.set_config("server", "sql_idle_timeout", 1)
+    limit = sql_db.server.sql("SELECT @@max_connections").strip()
+
+    def held() -> int:
+        return len(sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}'"))
+
+    with running_server(root_vhome) as server:
+        sql_db.server.sql("SET GLOBAL max_connections = 12")  # the least it takes: 10
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                codes = list(pool.map(lambda _: site.deliver("alice").returncode, range(64)))
+            assert set(codes) <= {0, 111} and codes.count(0), codes
+            assert held() > 0
+            deadline = time.monotonic() + 10
+            while held() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert held() == 0
+            assert len(worker_ids(server)) > 1  # the workers stayed
+            assert site.login("alice@example.com", "pw").code == 0
+            root_vhome.ok("vadduser", "bob@example.com", "pw")
+            assert site.deliver("alice").returncode == 0
+        finally:
+            sql_db.server.sql(f"SET GLOBAL max_connections = {limit}")
+    site.syslog.close()
+
+
 # -- when there is no server --------------------------------------------------------------------
 
 @pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)

@@ -378,6 +378,46 @@ def test_a_user_locked_by_another_transaction_times_out_cleanly(vhome: Install, 
     vhome.ok("vpasswd", f"alice@{DOMAIN}", "changed")
 
 
+@pytest.mark.parametrize("lock", ["LOCK TABLES vpopmail WRITE", "FLUSH TABLES WITH READ LOCK"])
+def test_a_table_lock_held_elsewhere_is_waited_on_only_locks_timeout(
+        vhome: Install, sql_db: Database, lock: str) -> None:
+    """A table lock (LOCK TABLES, a mysqldump without --single-transaction; a backup's FLUSH
+    TABLES WITH READ LOCK; an ALTER TABLE) makes our statements wait for a metadata lock,
+    which innodb_lock_wait_timeout does not bound: MariaDB's lock_wait_timeout (a day by
+    default) does. A delivery or login that cannot read waits ``locks.timeout``, then is
+    deferred (111), as for a row lock; a login whose lastauth row cannot be written (a read
+    lock on every table) goes on without it, as when that write fails otherwise (before:
+    each waited until the lock went, and a vpopmail-server worker with it)."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    vhome.set_config("locks", "timeout", 1)
+    holder = subprocess.Popen(
+        ["mariadb", "--no-defaults", "-S", sql_db.server.socket, "-uroot", sql_db.name],
+        stdin=subprocess.PIPE, text=True)
+    assert holder.stdin is not None
+    holder.stdin.write(f"{lock}; SELECT SLEEP(6);\n")
+    holder.stdin.flush()
+    time.sleep(1)
+    try:
+        started = time.monotonic()
+        login = site.login(f"alice@{DOMAIN}", "pw")  # type: ignore[attr-defined]
+        delivered = site.deliver("alice")
+        took = time.monotonic() - started
+    finally:
+        holder.stdin.close()  # the lock goes with its session, after the sleep
+        holder.wait(30)
+    blocked = "vpopmail WRITE" in lock  # else only writes wait
+    assert (login.code, login.ran) == ((111, False) if blocked else (0, True)), login
+    if blocked:
+        assert "Lock wait timeout" in login.stderr, login
+    else:
+        logged = site.syslog.texts()  # type: ignore[attr-defined]
+        assert any("could not record the login" in text and "Lock wait timeout" in text
+                   for text in logged), logged
+    assert delivered.returncode == (111 if blocked else 0), delivered
+    assert took < 5, took
+    assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+
+
 def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Database,
                                                  tmp_path: Path) -> None:
     sql_site(vhome, sql_db)

@@ -17,7 +17,7 @@ from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 6  # 6: server.idle_timeout's default 3600 (a cache holds the defaults)
+_CACHE_VERSION = 7  # 7: server.sql_idle_timeout (a cache holds the defaults)
 #: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
 #: would only fail later, when the server maps a counter for each
 MAX_WORKERS = 4096
@@ -85,6 +85,9 @@ class Config:
     #: a delivery or login whose identity has no worker waits for a fork from the server
     #: (some 2 ms here: twice a warm one); an idle worker keeps some 2.4 MiB of its own
     server_idle_timeout: int = 3600
+    #: a worker that has served nothing this long closes its SQL connections (and stays):
+    #: the connections of a burst's workers go back to a database others share
+    server_sql_idle_timeout: int = 60
     server_request_timeout: int = 10
     server_reply_timeout: int = 600
     server_root_logins: bool = False
@@ -250,7 +253,7 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
                 "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
                 "mysql_update_port", "server_request_timeout", "server_idle_timeout",
-                "server_reply_timeout"):
+                "server_sql_idle_timeout", "server_reply_timeout"):
         if int(values[key]) < 0:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
     return values

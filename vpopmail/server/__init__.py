@@ -13,7 +13,8 @@ program calls, gives the descriptors back, replies, and waits for the next conne
 identity: a process is never shared by two identities. It ends after
 ``server.requests_per_worker`` requests (1: a fresh worker for every request), when idle for
 ``server.idle_timeout`` seconds, when a request left it with other ids or open descriptors, or
-when the parent leaves. At most ``server.workers`` workers live; an idle one of another
+when the parent leaves; idle for ``server.sql_idle_timeout`` seconds, it closes the SQL
+connections it keeps between requests. At most ``server.workers`` workers live; an idle one of another
 identity is retired to make room, and connections wait in order.
 
 An identity also gets a socket of its own with its first worker (``server.sock.HASH``,

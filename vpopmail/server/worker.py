@@ -20,7 +20,7 @@ from vpopmail.server.lookup import STATUS as LOOKUP_STATUS
 from vpopmail.server.lookup import (PROGRAM, BadRequest, answer, credentials,
                                     feed_descriptor_3, is_lookup, read_lookup, respond,
                                     vchkpw_variables)
-from vpopmail.stores import keep_connections, kept_descriptors
+from vpopmail.stores import drop_kept_connections, keep_connections, kept_descriptors
 from vpopmail.wire import (DECLINE, EXIT, INFINITY, LIMITS, PLAN, PLAN_HEAD, STATUS, STATUS_REPLY,
                            VCHKPW, VDELIVERMAIL, Decline, Drop, Request, peer_credentials,
                            read_request, reply, to_rlimit)
@@ -597,10 +597,18 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
                     waiting: "select.poll", identity: Identity,
                     settings: "Settings") -> tuple[socket.socket, int, bool] | None:
     """The next connection to serve: (connection, peer pid, handed by the parent); None when
-    idle past ``server.idle_timeout`` or the parent left. A connection at the identity's
-    socket from anyone else is dropped (its front end runs the program itself)."""
+    idle past ``server.idle_timeout`` or the parent left. The SQL connections kept are closed
+    once idle past ``server.sql_idle_timeout``. A connection at the identity's socket from
+    anyone else is dropped (its front end runs the program itself)."""
+    now = time.monotonic()
+    deadline, close_sql = now + settings.idle_timeout, now + settings.sql_idle_timeout
     while True:
-        events = waiting.poll(settings.idle_timeout * 1000)
+        holding = close_sql < deadline and bool(kept_descriptors())
+        left = (close_sql if holding else deadline) - time.monotonic()
+        events = waiting.poll(max(0.0, left) * 1000)
+        if not events and holding:
+            drop_kept_connections()
+            continue
         if not events:
             return None
         if any(fd == control.fileno() for fd, _ in events):
@@ -704,6 +712,7 @@ class Settings:
         self.workers = settings.server_workers
         self.requests_per_worker = settings.server_requests_per_worker
         self.idle_timeout = settings.server_idle_timeout
+        self.sql_idle_timeout = settings.server_sql_idle_timeout
         self.timeout = settings.server_request_timeout
         #: serve callers in another mount namespace or root directory (server.sandboxed_callers)
         self.sandboxed = settings.server_sandboxed_callers

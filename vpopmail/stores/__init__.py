@@ -254,6 +254,15 @@ def kept_descriptors() -> set[int]:
     return sql.kept_descriptors() if sql is not None else set()
 
 
+def drop_kept_connections() -> None:
+    """Close the connections :func:`keep_connections` holds (a worker idle a while)."""
+    import sys
+
+    sql = sys.modules.get("vpopmail.stores.sql")
+    if sql is not None:
+        sql.hang_up_idle()
+
+
 def close_stores() -> None:
     """Close what the stores opened (or keep it: :func:`keep_connections`): the hot paths end
     with os._exit, and a database server logs every connection dropped without a goodbye as

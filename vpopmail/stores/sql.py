@@ -236,14 +236,29 @@ def _hold_program_descriptors() -> list[int]:
 
 
 #: connections a long-lived process keeps between requests (vpopmail-server's workers, see
-#: vpopmail.stores.keep_connections): (side, server, user, password, database, timeouts) ->
-#: an open handle with no transaction open and no answer unread (see Connection.open)
-_idle: "dict[tuple[object, ...], Handle]" = {}
+#: vpopmail.stores.keep_connections): side -> (the settings it was made with: Connection.key,
+#: an open handle with no transaction open and no answer unread); one a side, so that one
+#: made with settings since changed is closed, not kept beside the new (see Connection.open)
+_idle: "dict[str, tuple[tuple[object, ...], Handle]]" = {}
 
 
 def kept_descriptors() -> set[int]:
     """The descriptors of the idle connections kept for the next request."""
-    return {handle.fileno() for handle in _idle.values()}
+    return {handle.fileno() for _, handle in _idle.values()}
+
+
+def hang_up_idle() -> None:
+    """Close the connections kept for the next request."""
+    while _idle:
+        _hang_up(_idle.popitem()[1][1])
+
+
+def _hang_up(handle: "Handle") -> None:
+    """Close ``handle`` (a goodbye to the server), whatever state its link is in."""
+    try:
+        handle.close()
+    except Exception:  # noqa: BLE001 - closing a dead link
+        pass
 
 
 class Unreachable(NoAuthConnection):
@@ -267,30 +282,31 @@ class Connection:
         self.answer_pending = False
 
     def key(self) -> tuple[object, ...]:
+        """The settings a connection is made with: a kept one serves only the same."""
         server = self.server
-        return (self.side, server.host, server.port, server.socket, server.user,
-                server.password, server.database, self.timeout, self.lock_timeout)
+        return (server.host, server.port, server.socket, server.user, server.password,
+                server.database, self.timeout, self.lock_timeout)
 
     def open(self, repeatable: bool = False) -> "Handle":
         """The handle: opened at the first use, or one kept from this process's last request.
         A kept one is used straight away for a ``repeatable`` first statement (:meth:`query`
         sends it again on a new connection if the server closed the kept one while it was
-        idle); for any other it is pinged first."""
+        idle); for any other it is pinged first. One kept with other settings (the
+        configuration changed since) is closed."""
         if self.handle is not None:
             return self.handle
         driver = _driver()
-        kept = _idle.pop(self.key(), None)
-        if kept is not None:
+        key, kept = _idle.pop(self.side, ((), None))
+        if kept is not None and key != self.key():
+            _hang_up(kept)
+        elif kept is not None:
             try:
                 if not repeatable:
                     kept.ping()
                 self.handle, self.kept = kept, repeatable
                 return kept
             except driver.MySQLError:  # gone away while idle: a new connection
-                try:
-                    kept.close()
-                except driver.MySQLError:
-                    pass
+                _hang_up(kept)
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
@@ -308,10 +324,12 @@ class Connection:
             # execs must never get an authenticated database connection
             posix.set_inheritable(handle.fileno(), False)
             # each statement its own transaction unless begun; never truncate silently;
-            # bounded lock waits (then 111, not a hang)
+            # bounded lock waits, on rows and on whole tables (LOCK TABLES, FLUSH TABLES WITH
+            # READ LOCK, ALTER TABLE: lock_wait_timeout, a day by default): then 111, not a hang
             handle.query(b"SET SESSION autocommit = 1, "
                          b"sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
-                         b"innodb_lock_wait_timeout = %d" % max(1, self.lock_timeout))
+                         b"innodb_lock_wait_timeout = %d, lock_wait_timeout = %d"
+                         % ((max(1, self.lock_timeout),) * 2))
         except driver.MySQLError as exc:
             code, text = _error_parts(exc)
             raise Unreachable(f"{self.side} server {server.describe()}: {text} "
@@ -420,15 +438,15 @@ class Connection:
         if self.in_transaction or self.answer_pending:
             self.close()
             return
-        _idle[self.key()] = self.handle
+        displaced = _idle.get(self.side)
+        if displaced is not None:  # another store's of this request, kept already
+            _hang_up(displaced[1])
+        _idle[self.side] = (self.key(), self.handle)
         self.handle = None
 
     def close(self) -> None:
         if self.handle is not None:
-            try:
-                self.handle.close()
-            except Exception:  # noqa: BLE001 - closing a dead link
-                pass
+            _hang_up(self.handle)
             self.handle = None
         self.kept = self.in_transaction = self.answer_pending = False
 
