@@ -1084,15 +1084,19 @@ def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_li
     """A vpopmail.toml written from the defaults before the install (Migrating, step 2) names
     /home/vpopmail and /var/qmail: the install keeps it and says so for each path that is not
     its --prefix or --qmaildir (before: silence, then every command said "Domain does not
-    exist"); one that agrees is not mentioned."""
+    exist"); one that agrees is not mentioned. (The qmail directory is the test's own: the
+    install prepares the kept one.)"""
     inst = root_install(layout_base, shared_venv)
     quiet = upgrade(inst, shared_venv)
     assert quiet.returncode == 0 and "(kept) has paths." not in quiet.stdout, quiet
-    inst.config_path.write_text(vconfig.render(vconfig.defaults().values))
+    values = vconfig.defaults().values
+    values["paths_qmail_dir"] = str(layout_base / "var-qmail")
+    inst.config_path.write_text(vconfig.render(values))
     told = upgrade(inst, shared_venv)
     assert told.returncode == 0, told
     assert f"paths.vpopmail_home = '/home/vpopmail', not --prefix {inst.prefix}" in told.stdout
-    assert f"paths.qmail_dir = '/var/qmail', not --qmaildir {inst.qmaildir}" in told.stdout
+    assert f"paths.qmail_dir = '{layout_base / 'var-qmail'}', not --qmaildir " \
+           f"{inst.qmaildir}" in told.stdout
 
 
 def test_install_says_where_the_kept_configuration_disagrees_with_the_owner(

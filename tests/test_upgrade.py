@@ -490,3 +490,19 @@ def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: P
     assert login.returncode == 0, login
     assert run_install(*args).returncode == 0
     assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+
+
+def test_a_kept_qmail_directory_is_the_one_the_install_prepares(tmp_path: Path) -> None:
+    """--qmaildir names another directory than the kept configuration's paths.qmail_dir: the
+    kept one wins, as for the commands (README: the install keeps the file and says so), so
+    users/ and control/ are made there and nothing in the directory the option named.
+    Before: they were made in the option's directory, which no command uses."""
+    inst, args = sandbox_install(tmp_path)
+    kept, other = tmp_path / "kept-qmail", tmp_path / "other-qmail"
+    inst.set_config("paths", "qmail_dir", str(kept))
+    again = run_install(*sandbox_args(inst.prefix, other))
+    assert again.returncode == 0, again
+    assert f"paths.qmail_dir = '{kept}', not --qmaildir {other}: the commands use {kept}" in \
+        again.stdout, again.stdout
+    assert not other.exists()
+    assert (kept / "users" / "cdb").is_file() and (kept / "control").is_dir()
