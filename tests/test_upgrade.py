@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -506,3 +507,22 @@ def test_a_kept_qmail_directory_is_the_one_the_install_prepares(tmp_path: Path) 
         again.stdout, again.stdout
     assert not other.exists()
     assert (kept / "users" / "cdb").is_file() and (kept / "control").is_dir()
+
+
+def test_an_install_does_not_reload_the_server_of_another_installation(tmp_path: Path) -> None:
+    """The kept configuration's paths.vpopmail_home names another installation (copied from
+    it, say), whose server runs at the socket that setting leads to: the install names it and
+    leaves it alone. Before: it sent that server SIGHUP, which reloaded the other
+    installation."""
+    other, _ = sandbox_install(tmp_path / "other")
+    inst, args = sandbox_install(tmp_path / "this")
+    with running_server(other) as server:
+        inst.set_config("paths", "vpopmail_home", str(other.prefix))
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert "reloaded vpopmail-server" not in again.stdout, again.stdout
+        assert f"(pid {server.proc.pid}) runs {other.prefix / 'bin' / 'vpopmail-server'}, " \
+               f"not a program of {inst.prefix}: another installation's, left alone" in \
+            again.stdout, again.stdout
+        time.sleep(0.5)
+        assert not any("reloading" in line for line in server.lines()), server.lines()
