@@ -231,11 +231,16 @@ while True:
 
 
 @contextlib.contextmanager
-def fake_server(socket_path: Path, how: str, mark: Path, user: str | None = None
-                ) -> Iterator[subprocess.Popen[str]]:
-    """FAKE_SERVER listening at ``socket_path`` (as ``user`` if given) until the end."""
+def fake_server(socket_path: Path, how: str, mark: Path, user: str | None = None,
+                program: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+    """FAKE_SERVER listening at ``socket_path`` (as ``user`` if given) until the end; run as
+    the script ``program`` where given (the installer reloads only a server whose program is
+    in its installation), else with -c."""
     prefix = [*as_user_argv(user), "/usr/bin/python3"] if user else [sys.executable]
-    server = subprocess.Popen([*prefix, "-c", FAKE_SERVER, str(socket_path), how, str(mark)],
+    if program is not None:
+        program.write_text(FAKE_SERVER)
+    code = [str(program)] if program is not None else ["-c", FAKE_SERVER]
+    server = subprocess.Popen([*prefix, *code, str(socket_path), how, str(mark)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline() == "listening\n"
@@ -321,7 +326,8 @@ def test_install_reloads_the_running_server(tmp_path: Path) -> None:
         assert any("reloading" in line for line in server.lines())
         assert server.proc.poll() is None
     mark = tmp_path / "old-server-reloaded"
-    with fake_server(prefix / "run" / "server.sock", "old", mark) as old:
+    with fake_server(prefix / "run" / "server.sock", "old", mark,
+                     program=prefix / "bin" / "old-vpopmail-server") as old:
         upgrade = run_install(*args)
         assert upgrade.returncode == 0, upgrade
         assert f"reloaded vpopmail-server (pid {old.pid})" in upgrade.stdout, upgrade.stdout
@@ -1084,15 +1090,19 @@ def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_li
     """A vpopmail.toml written from the defaults before the install (Migrating, step 2) names
     /home/vpopmail and /var/qmail: the install keeps it and says so for each path that is not
     its --prefix or --qmaildir (before: silence, then every command said "Domain does not
-    exist"); one that agrees is not mentioned."""
+    exist"); one that agrees is not mentioned. (The qmail directory is the test's own: the
+    install prepares the kept one.)"""
     inst = root_install(layout_base, shared_venv)
     quiet = upgrade(inst, shared_venv)
     assert quiet.returncode == 0 and "(kept) has paths." not in quiet.stdout, quiet
-    inst.config_path.write_text(vconfig.render(vconfig.defaults().values))
+    values = vconfig.defaults().values
+    values["paths_qmail_dir"] = str(layout_base / "var-qmail")
+    inst.config_path.write_text(vconfig.render(values))
     told = upgrade(inst, shared_venv)
     assert told.returncode == 0, told
     assert f"paths.vpopmail_home = '/home/vpopmail', not --prefix {inst.prefix}" in told.stdout
-    assert f"paths.qmail_dir = '/var/qmail', not --qmaildir {inst.qmaildir}" in told.stdout
+    assert f"paths.qmail_dir = '{layout_base / 'var-qmail'}', not --qmaildir " \
+           f"{inst.qmaildir}" in told.stdout
 
 
 def test_install_says_where_the_kept_configuration_disagrees_with_the_owner(

@@ -1775,3 +1775,18 @@ def test_a_socket_that_cannot_be_made_is_named_by_its_setting(root_vhome: Instal
             assert f"({key})" in started.stderr, started
     finally:
         root_vhome.config_path.write_text(good)
+
+
+def test_check_while_a_server_runs_says_so(root_vhome: Install) -> None:
+    """--check as root while a server holds the socket: exit 0, and it says that server
+    (its pid) serves there and that a reload would start with what was checked, not that a
+    start would listen there (a start would be refused); the server sees nothing of it.
+    Before: "it would listen on PATH"."""
+    with running_server(root_vhome) as server:
+        checked = root_vhome.run("vpopmail-server", "--check")
+        assert checked.returncode == 0, checked
+        socket_path = root_vhome.prefix / "run" / "server.sock"
+        assert "would listen" not in checked.stdout, checked
+        assert f"a server (pid {server.proc.pid}) already listens on {socket_path}" in \
+            checked.stdout and "a reload" in checked.stdout, checked
+        assert not any("dropped" in line for line in server.lines()), server.lines()

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,196 @@ def test_an_upgrade_waits_for_the_install_under_way_before_it_changes_anything(
     assert proc.returncode == 0, (first, out, err)
     assert (inst.prefix / "bin" / "c-vpopmail-backup" / "vpasswd").read_text() == \
         "#!/bin/sh\necho C vpopmail\n"
+
+
+def leftovers(prefix: Path) -> list[str]:
+    """What an install staged or kept aside and left behind (NAME.new, NAME.old)."""
+    return sorted(str(path.relative_to(prefix)) for top in ("bin", "libexec", "man", "lib")
+                  for path in (prefix / top).rglob("*.*")
+                  if path.suffix in (".new", ".old") and "venv" not in path.parts)
+
+
+def marked(inst: Install) -> dict[str, tuple[int, bytes]]:
+    """bin/vadduser and libexec/vchkpw given a line of their own (a former version's), and
+    their inodes and bytes: what an install that stops must leave."""
+    found = {}
+    for path in (inst.prefix / "bin" / "vadduser", inst.program("vchkpw")):
+        with open(path, "a") as fh:
+            fh.write("# the former version's\n")
+        found[str(path)] = (path.stat().st_ino, path.read_bytes())
+    return found
+
+
+def unchanged(files: dict[str, tuple[int, bytes]]) -> bool:
+    return all((Path(path).stat().st_ino, Path(path).read_bytes()) == kept
+               for path, kept in files.items())
+
+
+def strace_install(args: tuple[str, ...], paths: tuple[Path, ...], calls: str, inject: str,
+                   trace: Path) -> subprocess.CompletedProcess[str]:
+    """packaging/install under strace, ``inject`` done to the ``calls`` on ``paths``."""
+    filters = [arg for path in paths for arg in ("-P", str(path))]
+    done = subprocess.run(["strace", "-o", str(trace), *filters, "-e", f"trace={calls}", "-e",
+                           f"inject={calls}:{inject}", sys.executable, str(INSTALL), *args],
+                          capture_output=True, text=True, timeout=300)
+    if "PTRACE" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    return done
+
+
+@pytest.mark.parametrize("written", [("bin/vadduser.new",),
+                                     ("man/man8/vadduser.8", "man/man8/vadduser.8.new")],
+                         ids=["program", "man-page"])
+def test_a_full_disk_after_the_library_leaves_the_former_installation(
+        tmp_path: Path, written: tuple[str, ...]) -> None:
+    """The disk fills up after the library is copied, as a program or a man page is written
+    (strace fails that open with ENOSPC): one line names the file, and the former library and
+    programs are in place, with nothing staged left. Before: a traceback, with the new library
+    swapped in under the former programs."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
+    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+    files = marked(inst)
+    failed = strace_install(args, tuple(prefix / name for name in written), "openat",
+                            "error=ENOSPC", tmp_path / "trace")
+    assert failed.returncode == 1, failed
+    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+        failed.stderr
+    assert f"{prefix / written[-1]}: No space left on device; nothing was installed" in \
+        failed.stderr, failed.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+    assert unchanged(files)
+    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+    assert run_install(*args).returncode == 0
+
+
+def test_a_library_that_cannot_be_swapped_in_leaves_the_former_programs(tmp_path: Path) -> None:
+    """The library's swap fails (strace fails the exchange with EIO) after the new programs
+    were put in place: they are given back (the same files), and one line says so. Before: a
+    traceback."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
+    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+    files = marked(inst)
+    failed = strace_install(args, (prefix / "lib" / "pyvpopmail.new",), "renameat2",
+                            "error=EIO", tmp_path / "trace")
+    assert "(INJECTED)" in (tmp_path / "trace").read_text()
+    assert failed.returncode == 1, failed
+    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+        failed.stderr
+    assert "Input/output error; nothing was installed" in failed.stderr, failed.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+    assert unchanged(files)
+    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+
+
+@pytest.mark.parametrize("how", ["immutable", "read-only"])
+def test_an_immutable_or_read_only_path_stops_the_install_in_one_line(tmp_path: Path,
+                                                                      how: str) -> None:
+    """A program of the installation made immutable (chattr +i), or lib/ a read-only bind
+    mount (in a mount namespace of the test's own): one line names it, and the installation
+    is as it was. Before: a traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
+    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
+    files = marked(inst)
+    vchkpw = prefix / "bin" / "vchkpw"
+    if how == "immutable":
+        made = subprocess.run(["chattr", "+i", str(vchkpw)], capture_output=True, text=True)
+        if made.returncode != 0:
+            pytest.skip(f"chattr +i: {made.stderr.strip()}")
+        try:
+            failed = run_install(*args)
+        finally:
+            subprocess.run(["chattr", "-i", str(vchkpw)], check=True)
+        named = f"{vchkpw}: Operation not permitted"
+    else:
+        lib = prefix / "lib"
+        failed = subprocess.run(
+            ["unshare", "-m", "sh", "-c", 'mount --make-rprivate / && mount --bind "$1" "$1" '
+             '&& mount -o remount,bind,ro "$1" && shift && exec "$@"', "sh", str(lib),
+             sys.executable, str(INSTALL), *args], capture_output=True, text=True, timeout=300)
+        if "mount" in failed.stderr and "install:" not in failed.stderr:
+            pytest.skip(f"cannot bind-mount here: {failed.stderr.strip()}")
+        named = f"{lib}: Read-only file system"
+    assert failed.returncode == 1, failed
+    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+        failed.stderr
+    assert f"{named}; nothing was installed" in failed.stderr, failed.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
+    assert unchanged(files)
+    assert leftovers(prefix) == []
+
+
+def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: Path) -> None:
+    """An upgrade from a version whose hot-path wrappers answer 1 on an import failure (here:
+    the guard taken out of them): killed as it swaps the library, the Python vchkpw and
+    vdelivermail are already the new ones (they answer 111 for a library they do not fit),
+    and they run the library still in place (a login succeeds). Before: the library was
+    swapped first, so the former wrappers met the new library until they were rewritten
+    (vchkpw could answer 1, a wrong password)."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    prefix = inst.prefix
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    guard = "sys.excepthook = defer\n"
+    hot = [inst.program(name) for name in ("vchkpw", "vdelivermail")]
+    for path in hot:
+        text = path.read_text()
+        assert guard in text
+        path.write_text(text[:text.index("def defer")] + text[text.index(guard) + len(guard):])
+    strace_install(args, (prefix / "lib" / "pyvpopmail.new",), "renameat2", "signal=SIGKILL",
+                   tmp_path / "trace")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text()
+    assert all(guard in path.read_text() for path in hot)
+    credentials = tmp_path / "fd3"
+    credentials.write_bytes(b"alice@example.com\0pw\0\0")
+    login = subprocess.run(["/bin/sh", "-c", 'exec "$@" 3<"$0"', str(credentials),
+                            str(inst.program("vchkpw")), "/bin/true"], capture_output=True,
+                           env={"PATH": "/usr/bin:/bin"}, cwd="/")
+    assert login.returncode == 0, login
+    assert run_install(*args).returncode == 0
+    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+
+
+def test_a_kept_qmail_directory_is_the_one_the_install_prepares(tmp_path: Path) -> None:
+    """--qmaildir names another directory than the kept configuration's paths.qmail_dir: the
+    kept one wins, as for the commands (README: the install keeps the file and says so), so
+    users/ and control/ are made there and nothing in the directory the option named.
+    Before: they were made in the option's directory, which no command uses."""
+    inst, args = sandbox_install(tmp_path)
+    kept, other = tmp_path / "kept-qmail", tmp_path / "other-qmail"
+    inst.set_config("paths", "qmail_dir", str(kept))
+    again = run_install(*sandbox_args(inst.prefix, other))
+    assert again.returncode == 0, again
+    assert f"paths.qmail_dir = '{kept}', not --qmaildir {other}: the commands use {kept}" in \
+        again.stdout, again.stdout
+    assert not other.exists()
+    assert (kept / "users" / "cdb").is_file() and (kept / "control").is_dir()
+
+
+def test_an_install_does_not_reload_the_server_of_another_installation(tmp_path: Path) -> None:
+    """The kept configuration's paths.vpopmail_home names another installation (copied from
+    it, say), whose server runs at the socket that setting leads to: the install names it and
+    leaves it alone. Before: it sent that server SIGHUP, which reloaded the other
+    installation."""
+    other, _ = sandbox_install(tmp_path / "other")
+    inst, args = sandbox_install(tmp_path / "this")
+    with running_server(other) as server:
+        inst.set_config("paths", "vpopmail_home", str(other.prefix))
+        again = run_install(*args)
+        assert again.returncode == 0, again
+        assert "reloaded vpopmail-server" not in again.stdout, again.stdout
+        assert f"(pid {server.proc.pid}) runs {other.prefix / 'bin' / 'vpopmail-server'}, " \
+               f"not a program of {inst.prefix}: another installation's, left alone" in \
+            again.stdout, again.stdout
+        time.sleep(0.5)
+        assert not any("reloading" in line for line in server.lines()), server.lines()

@@ -50,7 +50,7 @@ import sys
 
 from vpopmail import config as vconfig
 from vpopmail.errors import VpopmailError
-from vpopmail.server.parent import Server, check_start
+from vpopmail.server.parent import Server, check_start, holder
 from vpopmail.wire import (NO_ANSWER_MEANS, STATUS_WAIT, Drop, NoAnswer, OtherProtocol,
                            Stranger, ask_status, front_ends_built, server_uid,
                            stale_front_ends)
@@ -97,8 +97,12 @@ def run(config: str | None, action: str = "serve") -> int:
                           home=settings.home)
         check_start(settings)
         if action == "check":
-            print(f"vpopmail-server: the code and configuration load; it would listen on "
-                  f"{settings.home_path('server_socket')}")
+            path = settings.home_path("server_socket")
+            pid = holder(path)
+            print("vpopmail-server: the code and configuration load; " + (
+                f"it would listen on {path}" if pid is None else
+                f"a server{f' (pid {pid})' if pid else ''} already listens on {path}: a "
+                f"reload (SIGHUP) starts with them, a second start would be refused"))
             return 0
         return Server(settings, config).serve()
     except VpopmailError as exc:

@@ -190,6 +190,25 @@ def unused(path: str) -> None:
         raise CannotServe(f"a server already listens on {path}: {exc}") from None
 
 
+def holder(path: str) -> int | None:
+    """The pid of the server that holds the lock of the server socket ``path`` (:func:`hold`:
+    it serves there, or is starting or reloading), read from /proc/locks without touching the
+    lock or the socket (0 where its pid is not in our pid namespace); None when none holds it
+    (or there is no such file)."""
+    try:
+        st = os.stat(f"{path}.lock")
+        with open("/proc/locks", encoding="ascii") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if fields[1:2] == ["FLOCK"] and len(fields) > 5 and fields[5] == where:
+            return int(fields[4]) if fields[4].isdigit() else 0
+    return None
+
+
 def hold(path: str) -> int:
     """The lock of the server socket ``path`` (``PATH.lock`` beside it, flock'd), held while
     this server lives, across a reload's exec (KEPT_LOCK; each worker closes its copy, so
