@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ("vpopmail", "auth", "delivery", "maildir")
-#: package -> floor (README, Layout)
+#: package -> floor (docs/development.md, Layout)
 FLOORS = {
     "vpopmail": 0,  # formats and primitives: config, errors, fsutil, names, cdb, qmail files …
     "maildir": 0,  # the Maildir writer and Maildir++ quota

@@ -235,7 +235,7 @@ def test_admin_commands_decide_on_the_primary_not_a_lagging_replica(
 
 def test_an_update_host_is_not_overridden_by_the_read_socket(vhome: Install,
                                                             replicated_db: Database) -> None:
-    """The README's example: reads on the local replica's socket, updates to a host. The
+    """docs/sql.md's example: reads on the local replica's socket, updates to a host. The
     update side must not inherit the read socket (a socket wins over a host): writes would
     go to the replica."""
     db = replicated_db

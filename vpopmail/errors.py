@@ -10,8 +10,8 @@ must be deferred (:data:`DEFER`), never bounced, and a login answered :data:`TEM
 never "wrong password".
 
 Hot-path safe: imports nothing. Both hot paths import this module anyway, so the exit codes
-cost no module of their own; the classes are built at import (the README's Performance
-section has the cost).
+cost no module of their own; the classes are built at import (docs/performance.md has the
+cost).
 """
 
 

@@ -6,7 +6,7 @@ each other. (flock-based locks, such as the filelock package's, would not.) Lock
 unlinked, since deleting a held lock file lets a second process lock a new one at once.
 
 The hot paths never import ``os`` (1.4 ms of every delivery and login: ``_collections_abc``
-and ``os.environ``; the README's Performance section): their modules call ``posix``, whose
+and ``os.environ``; docs/performance.md): their modules call ``posix``, whose
 functions ``os`` re-exports, and take the few ``os.path`` functions they need from here
 (:func:`join`, :func:`dirname`, :func:`exists`, :func:`is_dir`, :func:`is_file`)."""
 import errno

@@ -8,7 +8,7 @@ from vpopmail.cli.common import UsageError, getopt, open_api, run
 
 #: what a wrong command line gets: exactly C's
 C_USAGE = "vmkpasswd: usage: domain \n"
-#: --help and the man page: C's, and -r (ours: README, Reliability)
+#: --help and the man page: C's, and -r (ours: docs/commands.md, docs/reliability.md)
 USAGE = """\
 vmkpasswd: usage: domain 
 rebuilds the domain's vpasswd.cdb from its vpasswd (after vadduser -O, or a hand edit)
