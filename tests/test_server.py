@@ -613,6 +613,13 @@ def sql_login_site(root_vhome: Install, sql_db: Database) -> LoginSite:
     return site
 
 
+def sql_sessions(sql_db: Database) -> list[str]:
+    """The ids of the database sessions our programs hold (read and update users), by user."""
+    return [row[0] for row in sql_db.server.rows(
+        "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+        f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
+
+
 def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: Database) -> None:
     """Logins through one worker use the same two SQL sessions (the worker puts each
     request's descriptors at 0 to 3, and vchkpw closes its fd 3, so a kept connection's
@@ -622,11 +629,6 @@ def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: D
     root_vhome.set_config("server", "workers", 1)
     site = sql_login_site(root_vhome, sql_db)
 
-    def sessions() -> list[str]:
-        return [row[0] for row in sql_db.server.rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
-            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
-
     def logins() -> None:
         for _ in range(2):
             assert site.login("alice@example.com", "pw").code == 0
@@ -635,16 +637,16 @@ def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: D
     with running_server(root_vhome):
         without_fallbacks(root_vhome)
         assert site.login("alice@example.com", "pw").code == 0
-        first = sessions()
+        first = sql_sessions(sql_db)
         assert len(first) == 2, first
         assert statements(sql_db.server, first, logins) == [
             "SELECT pw_name,", "REPLACE INTO"] * 2 + ["SELECT pw_name,"]
-        assert sessions() == first
+        assert sql_sessions(sql_db) == first
         sql_db.rows("UPDATE lastauth SET timestamp = 0")
         for session in first:
             sql_db.server.sql(f"KILL {session}")
         assert site.login("alice@example.com", "pw").code == 0
-        renewed = sessions()
+        renewed = sql_sessions(sql_db)
         assert len(renewed) == 2 and not set(renewed) & set(first), renewed
     assert int(sql_db.rows("SELECT timestamp FROM lastauth")[0][0]) > time.time() - 60
     site.syslog.close()
@@ -688,20 +690,15 @@ def test_a_worker_lets_go_of_connections_made_with_settings_since_changed(
     root_vhome.set_config("server", "workers", 1)
     site = sql_login_site(root_vhome, sql_db)
 
-    def sessions() -> list[str]:
-        return [row[0] for row in sql_db.server.rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
-            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}' ORDER BY USER")]
-
     with running_server(root_vhome):
         without_fallbacks(root_vhome)
         assert site.login("alice@example.com", "pw").code == 0
-        first = sessions()
+        first = sql_sessions(sql_db)
         assert len(first) == 2, first
         for seconds in (3, 4):
             root_vhome.set_config("mysql", "connect_timeout", seconds)
             assert site.login("alice@example.com", "pw").code == 0
-        now = sessions()
+        now = sql_sessions(sql_db)
         assert len(now) == 2 and not set(now) & set(first), now
     site.syslog.close()
 
@@ -718,22 +715,17 @@ def test_idle_workers_give_their_sql_connections_back(root_vhome: Install, sql_d
     root_vhome.set_config("server", "sql_idle_timeout", 1)
     limit = sql_db.server.sql("SELECT @@max_connections").strip()
 
-    def held() -> int:
-        return len(sql_db.server.rows(
-            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
-            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}'"))
-
     with running_server(root_vhome) as server:
         sql_db.server.sql("SET GLOBAL max_connections = 12")  # the least it takes: 10
         try:
             with ThreadPoolExecutor(16) as pool:
                 codes = list(pool.map(lambda _: site.deliver("alice").returncode, range(64)))
             assert set(codes) <= {0, 111} and codes.count(0), codes
-            assert held() > 0
+            assert len(sql_sessions(sql_db)) > 0
             deadline = time.monotonic() + 10
-            while held() and time.monotonic() < deadline:
+            while len(sql_sessions(sql_db)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert held() == 0
+            assert len(sql_sessions(sql_db)) == 0
             assert len(worker_ids(server)) > 1  # the workers stayed
             assert site.login("alice@example.com", "pw").code == 0
             root_vhome.ok("vadduser", "bob@example.com", "pw")

@@ -358,6 +358,29 @@ def unchanged(files: dict[str, tuple[int, bytes]]) -> bool:
                for path, kept in files.items())
 
 
+def marked_install(tmp_path: Path
+                   ) -> tuple[tuple[str, ...], Path, tuple[int, dict[str, tuple[int, bytes]]]]:
+    """A sandbox installation (:func:`sandbox_install`) with two programs :func:`marked`: the
+    install's arguments, PREFIX, and what an install that stops must leave (the library's
+    inode, the marked programs)."""
+    inst, args = sandbox_install(tmp_path)
+    return args, inst.prefix, ((inst.prefix / "lib" / "pyvpopmail").stat().st_ino, marked(inst))
+
+
+def left_as_it_was(failed: subprocess.CompletedProcess[str], said: str, prefix: Path,
+                   former: tuple[int, dict[str, tuple[int, bytes]]]) -> None:
+    """An install that stopped: exit 1 and one line, ``said`` then "nothing was installed";
+    the library and the programs :func:`marked_install` recorded in place, nothing staged
+    left."""
+    assert failed.returncode == 1, failed
+    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+        failed.stderr
+    assert f"{said}; nothing was installed" in failed.stderr, failed.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == former[0]
+    assert unchanged(former[1])
+    assert leftovers(prefix) == []
+
+
 def strace_install(args: tuple[str, ...], paths: tuple[Path, ...], calls: str, inject: str,
                    trace: Path) -> subprocess.CompletedProcess[str]:
     """packaging/install under strace, ``inject`` done to the ``calls`` on ``paths``."""
@@ -381,20 +404,11 @@ def test_a_full_disk_after_the_library_leaves_the_former_installation(
     swapped in under the former programs."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
-    inst, args = sandbox_install(tmp_path)
-    prefix = inst.prefix
-    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
-    files = marked(inst)
+    args, prefix, former = marked_install(tmp_path)
     failed = strace_install(args, tuple(prefix / name for name in written), "openat",
                             "error=ENOSPC", tmp_path / "trace")
-    assert failed.returncode == 1, failed
-    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
-        failed.stderr
-    assert f"{prefix / written[-1]}: No space left on device; nothing was installed" in \
-        failed.stderr, failed.stderr
-    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
-    assert unchanged(files)
-    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+    left_as_it_was(failed, f"{prefix / written[-1]}: No space left on device", prefix, former)
+    assert library(prefix) == ["pyvpopmail"]
     assert run_install(*args).returncode == 0
 
 
@@ -404,20 +418,12 @@ def test_a_library_that_cannot_be_swapped_in_leaves_the_former_programs(tmp_path
     traceback."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
-    inst, args = sandbox_install(tmp_path)
-    prefix = inst.prefix
-    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
-    files = marked(inst)
+    args, prefix, former = marked_install(tmp_path)
     failed = strace_install(args, (prefix / "lib" / "pyvpopmail.new",), "renameat2",
                             "error=EIO", tmp_path / "trace")
     assert "(INJECTED)" in (tmp_path / "trace").read_text()
-    assert failed.returncode == 1, failed
-    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
-        failed.stderr
-    assert "Input/output error; nothing was installed" in failed.stderr, failed.stderr
-    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
-    assert unchanged(files)
-    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+    left_as_it_was(failed, "Input/output error", prefix, former)
+    assert library(prefix) == ["pyvpopmail"]
 
 
 @pytest.mark.parametrize("how", ["immutable", "read-only"])
@@ -428,10 +434,7 @@ def test_an_immutable_or_read_only_path_stops_the_install_in_one_line(tmp_path: 
     is as it was. Before: a traceback."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    inst, args = sandbox_install(tmp_path)
-    prefix = inst.prefix
-    before = (prefix / "lib" / "pyvpopmail").stat().st_ino
-    files = marked(inst)
+    args, prefix, former = marked_install(tmp_path)
     vchkpw = prefix / "bin" / "vchkpw"
     if how == "immutable":
         made = subprocess.run(["chattr", "+i", str(vchkpw)], capture_output=True, text=True)
@@ -451,13 +454,7 @@ def test_an_immutable_or_read_only_path_stops_the_install_in_one_line(tmp_path: 
         if "mount" in failed.stderr and "install:" not in failed.stderr:
             pytest.skip(f"cannot bind-mount here: {failed.stderr.strip()}")
         named = f"{lib}: Read-only file system"
-    assert failed.returncode == 1, failed
-    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
-        failed.stderr
-    assert f"{named}; nothing was installed" in failed.stderr, failed.stderr
-    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == before
-    assert unchanged(files)
-    assert leftovers(prefix) == []
+    left_as_it_was(failed, named, prefix, former)
 
 
 def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: Path) -> None:
