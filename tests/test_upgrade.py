@@ -37,6 +37,14 @@ def sandbox_install(tmp_path: Path) -> tuple[Install, tuple[str, ...]]:
     return Install(prefix, tmp_path / "qmail", *own_account()), args
 
 
+def alice_install(tmp_path: Path) -> tuple[Install, tuple[str, ...]]:
+    """:func:`sandbox_install` with example.com and its user alice (password pw)."""
+    inst, args = sandbox_install(tmp_path)
+    inst.ok("vadddomain", "example.com", "secret")
+    inst.ok("vadduser", "alice@example.com", "pw")
+    return inst, args
+
+
 def library(prefix: Path) -> list[str]:
     """What lib/ holds but the venv and the installs' lock (an install leaves pyvpopmail
     alone)."""
@@ -195,10 +203,8 @@ def test_an_install_killed_as_it_swaps_the_library_leaves_one_in_place(tmp_path:
     then died the same way."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
-    inst, args = sandbox_install(tmp_path)
+    inst, args = alice_install(tmp_path)
     prefix = inst.prefix
-    inst.ok("vadddomain", "example.com", "secret")
-    inst.ok("vadduser", "alice@example.com", "pw")
     staging = prefix / "lib" / "pyvpopmail.new"
     killed = subprocess.run(["strace", "-o", str(tmp_path / "trace"), "-P", str(staging),
                              "-e", "trace=rename,renameat,renameat2", "-e",
@@ -466,10 +472,8 @@ def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: P
     (vchkpw could answer 1, a wrong password)."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
-    inst, args = sandbox_install(tmp_path)
+    inst, args = alice_install(tmp_path)
     prefix = inst.prefix
-    inst.ok("vadddomain", "example.com", "secret")
-    inst.ok("vadduser", "alice@example.com", "pw")
     guard = "sys.excepthook = defer\n"
     hot = [inst.program(name) for name in ("vchkpw", "vdelivermail")]
     for path in hot:
