@@ -355,8 +355,8 @@ class Vdelivermail:
         except VpopmailError as exc:
             from vpopmail.errors import NoAuthConnection
 
-            if isinstance(exc, NoAuthConnection):
-                raise defer(DATABASE_DOWN) from None
+            if isinstance(exc, NoAuthConnection):  # C's text, then which server and why
+                raise defer(f"{DATABASE_DOWN} ({exc.detail})") from None
             raise defer(f"vdelivermail: deferred, user database error: {exc}") from None
         match = next(((name, rest) for name, rest in candidates if name in found), None)
         if match is None:

@@ -9,9 +9,12 @@ import itertools
 import os
 import shutil
 import socket
+import select
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -166,6 +169,93 @@ class Database:
         values["users_backend"] = "mysql"
         values.update({f"mysql_{key}": value for key, value in settings.items()})
         _write_config(inst, values)
+
+
+#: the cap of a program run against a frozen :class:`Proxy` (``wrap`` of Site.deliver,
+#: LoginSite.login): a hang ends with 124, far above the few seconds of the bound tested
+FROZEN_CAP = ("timeout", "45")
+
+
+class Proxy:
+    """A TCP relay on 127.0.0.1 to ``server``, with a switch: :meth:`freeze` stops relaying
+    in both directions, closing nothing, at each connection's next command (at once for one
+    established; a new one is let through its handshake first, as a server whose listener
+    still answers): a frozen mysqld, a host gone over TCP without a reset, a partition after
+    the connection was made. The client's reads wait; :meth:`thaw` relays again."""
+
+    def __init__(self, server: MariaDB) -> None:
+        self.server = server
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.stopped = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            if not select.select([self.listener], [], [], 0.1)[0]:
+                continue
+            client, _ = self.listener.accept()
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.server.socket)
+            self.sockets += [client, upstream]
+            commanding = threading.Event()  # the client has sent a command: handshake over
+            for source, sink in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(target=self._relay,
+                                          args=(source, sink, commanding, source is client),
+                                          daemon=True)
+                self.threads.append(thread)
+                thread.start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket, commanding: threading.Event,
+               from_client: bool) -> None:
+        while not self.stopped.is_set():
+            if not select.select([source], [], [], 0.1)[0]:
+                continue
+            try:
+                if from_client and not commanding.is_set():
+                    head = source.recv(4, socket.MSG_PEEK)
+                    if len(head) == 4 and head[3] == 0:  # sequence 0: a command
+                        commanding.set()
+                if self.frozen.is_set() and commanding.is_set():
+                    time.sleep(0.05)  # leave it unread
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(5)
+        for sock in self.sockets:
+            sock.close()
+
+
+@contextmanager
+def proxied(db: Database, inst: Install) -> Iterator[Proxy]:
+    """``inst``'s reads and updates go to ``db`` through a :class:`Proxy` (TCP)."""
+    proxy = Proxy(db.server)
+    try:
+        for side in ("read", "update"):
+            inst.set_config("mysql", f"{side}_socket", "")
+            inst.set_config("mysql", f"{side}_host", "127.0.0.1")
+            inst.set_config("mysql", f"{side}_port", proxy.port)
+        yield proxy
+    finally:
+        proxy.close()
 
 
 def _config_values(inst: Install) -> dict[str, object]:

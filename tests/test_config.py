@@ -100,6 +100,13 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
     ({"delivery": {"max_hops": 0}}, "test.toml: delivery.max_hops must be >= 1"),
     ({"users": {"quota_warn_percent": 101}}, "test.toml: users.quota_warn_percent must be 1..100"),
     ({"relay": {"lock_timeout": -1}}, "test.toml: relay.lock_timeout must be >= 0"),
+    ({"mysql": {"read_timeout": -1}}, "test.toml: mysql.read_timeout must be >= 0"),
+    # a statement waiting on a lock would be cut short: a read timeout, not the lock's
+    ({"mysql": {"read_timeout": 20}}, "test.toml: mysql.read_timeout must be more than "
+     "locks.timeout (20 s), which a statement may wait on a lock; 0 takes locks.timeout + 10"),
+    ({"mysql": {"read_timeout": 1}, "locks": {"timeout": 0}},
+     "test.toml: mysql.read_timeout must be more than locks.timeout (1 s), which a statement "
+     "may wait on a lock; 0 takes locks.timeout + 10"),
     # a relative home went into users/assign and .qmail-default as it was, relative
     ({"paths": {"vpopmail_home": "home/vpopmail"}},
      "test.toml: paths.vpopmail_home must be an absolute path, not 'home/vpopmail'"),
@@ -117,6 +124,7 @@ def test_every_key_is_a_typed_attribute(tmp_path: Path) -> None:
     other = {str: "/x", int: 7, bool: True}
     raw = {s: {k: other[kind] for k, (_, kind) in keys.items()
                if (s, k) not in config._CHOICES} for s, keys in SCHEMA.items()}
+    raw["mysql"]["read_timeout"] = 8  # more than locks.timeout
     path = write(tmp_path / "v.toml", render(validate(raw)))
     for loaded in (load(str(path)), load(str(path))):  # parsed, then from the cache
         for section, keys in SCHEMA.items():
@@ -127,16 +135,26 @@ def test_every_key_is_a_typed_attribute(tmp_path: Path) -> None:
                 value = getattr(loaded, name)
                 assert type(value) is kind and value == loaded.values[name]
                 if (section, key) not in config._CHOICES:
-                    assert value == other[kind], name
+                    assert value == raw[section][key], name
     assert (tmp_path / "v.toml.cache").exists()
 
 
 def test_validate_accepts_edges() -> None:
     values = validate({"users": {"quota_warn_percent": 100}, "locks": {"timeout": 0},
-                       "passwords": {"scheme": "bcrypt"}})
+                       "passwords": {"scheme": "bcrypt"}, "mysql": {"read_timeout": 2}})
     assert values["users_quota_warn_percent"] == 100
     assert values["locks_timeout"] == 0
     assert values["passwords_scheme"] == "bcrypt"
+    assert Config(values).sql_read_timeout == 2
+
+
+@pytest.mark.parametrize(("locks", "read", "bound"), [(20, 0, 30), (0, 0, 11), (5, 0, 15),
+                                                      (5, 6, 6), (20, 300, 300)])
+def test_sql_read_timeout_is_more_than_the_lock_wait(locks: int, read: int, bound: int) -> None:
+    """What an SQL statement's answer may take: mysql.read_timeout, or by default locks.timeout
+    (the least the server takes: 1 s) and 10 s more."""
+    config = Config(validate({"locks": {"timeout": locks}, "mysql": {"read_timeout": read}}))
+    assert config.sql_read_timeout == bound
 
 
 def test_load_refuses_unknown_key_in_file(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from helpers import snapshot
 from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
-from mariadb_site import RO, Database, MariaDB
+from mariadb_site import FROZEN_CAP, RO, Database, MariaDB, proxied
 from server_site import (Server, fill_queue, running_server, served_login_site, server_of,
                          wait_for, without_fallbacks, worker_ids)
 from vpopmail.server import status
@@ -732,6 +732,50 @@ def test_idle_workers_give_their_sql_connections_back(root_vhome: Install, sql_d
             assert site.deliver("alice").returncode == 0
         finally:
             sql_db.server.sql(f"SET GLOBAL max_connections = {limit}")
+    site.syslog.close()
+
+
+def test_a_worker_whose_sql_server_stops_answering_answers_111_and_lets_go(
+        root_vhome: Install, sql_db: Database) -> None:
+    """Through the server, a database that stops answering on the connections a worker kept
+    (here a proxy that stops relaying): a delivery, from a file or a pipe, and a login answer
+    111 after mysql.read_timeout, with one line naming the server, and the worker does not
+    keep the connections that timed out; all work again once the database answers (before:
+    the worker waited in a read until TCP gave up, and the front end answered 111 only after
+    server.reply_timeout, 600 s)."""
+    root_vhome.set_config("server", "workers", 1)
+    site = sql_login_site(root_vhome, sql_db)
+    root_vhome.set_config("locks", "timeout", 1)
+    root_vhome.set_config("mysql", "read_timeout", 2)
+
+    def sessions() -> set[str]:
+        return {row[0] for row in sql_db.server.rows(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN "
+            f"('{RO}', 'vpop_rw') AND DB = '{sql_db.name}'")}
+
+    with proxied(sql_db, root_vhome) as proxy, running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        where = f"127.0.0.1:{proxy.port}/{sql_db.name}"
+        assert site.deliver("alice").returncode == 0
+        assert site.login("alice@example.com", "pw").code == 0
+        kept = sessions()
+        proxy.freeze()
+        for pipe in (False, True):
+            delivery = site.deliver("alice", pipe=pipe, wrap=FROZEN_CAP)
+            assert delivery.returncode == 111, delivery
+            assert delivery.stdout.startswith(b"vdelivermail: deferred, database down"), delivery
+            assert where.encode() in delivery.stdout and b"did not answer" in delivery.stdout
+        login = site.login("alice@example.com", "pw", wrap=FROZEN_CAP, timeout=120)
+        assert (login.code, login.ran) == (111, False), login
+        assert where in login.stderr and "did not answer" in login.stderr, login
+        proxy.thaw()
+        assert site.deliver("alice").returncode == 0
+        assert site.login("alice@example.com", "pw").code == 0
+        deadline = time.monotonic() + 10  # the sessions of the closed connections end
+        while sessions() & kept and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not sessions() & kept
+    assert len(body_of(site, "alice")) == 2
     site.syslog.close()
 
 

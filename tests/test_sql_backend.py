@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from install_site import Install
 from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
-from mariadb_site import PASSWORD, RO, RW, Database
+from mariadb_site import FROZEN_CAP, PASSWORD, RO, RW, Database, proxied
 from vpopmail.cdb import lookup
 from vpopmail.limits import COLUMNS, NUMBERS, SWITCHES, Limits
 from vpopmail.stores.sql import Connection, Server, munch_domain
@@ -350,6 +350,42 @@ def test_a_server_that_has_gone_away_is_temporary_and_the_next_query_reconnects(
         assert second != first
     finally:
         database.close()
+
+
+def test_a_server_that_stops_answering_is_temporary_within_mysql_read_timeout(
+        vhome: Install, sql_db: Database) -> None:
+    """A database that stops answering on an established connection (a frozen mysqld, a
+    host gone without a reset, a partition: here a proxy that stops relaying): a delivery,
+    from a file or a pipe, is deferred, a login answers 111 (never 1), vadduser changes
+    nothing, each after mysql.read_timeout a side, with one line naming the server; all work
+    again once it answers (before: each waited in a read until TCP gave up, many minutes, a
+    qmail delivery slot held all along)."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    vhome.set_config("locks", "timeout", 1)
+    vhome.set_config("mysql", "read_timeout", 2)
+    with proxied(sql_db, vhome) as proxy:
+        where = f"127.0.0.1:{proxy.port}/{sql_db.name}"
+        assert site.deliver("alice").returncode == 0
+        assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+        proxy.freeze()
+        for pipe in (False, True):
+            delivery = site.deliver("alice", pipe=pipe, wrap=FROZEN_CAP)
+            assert delivery.returncode == 111, delivery
+            assert delivery.stdout.startswith(b"vdelivermail: deferred, database down"), delivery
+            assert where.encode() in delivery.stdout and b"did not answer" in delivery.stdout
+        login = site.login(f"alice@{DOMAIN}", "pw", wrap=FROZEN_CAP,  # type: ignore[attr-defined]
+                           timeout=120)
+        assert (login.code, login.ran) == (111, False), login
+        assert where in login.stderr and "did not answer" in login.stderr, login
+        added = vhome.run("vadduser", f"bob@{DOMAIN}", "pw", timeout=120)
+        assert added.returncode != 0 and "did not answer" in added.stdout, added
+        assert len(added.stdout.splitlines()) == 1 and "Traceback" not in added.stderr, added
+        assert not (vhome.domains / DOMAIN / "bob").exists()
+        proxy.thaw()
+        assert site.deliver("alice").returncode == 0
+        assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+        vhome.ok("vadduser", f"bob@{DOMAIN}", "pw")
+    assert len(list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())) == 2
 
 
 def user_dir_on(db: Database, name: str) -> Path:
@@ -760,7 +796,7 @@ def test_every_value_is_bound_as_data(sql_db: Database, values: list[object]) ->
     """Whatever the text (quotes, backslashes, NUL, %s, any Unicode), the server gets it back
     exactly: the binding is the server's own escaping, never string formatting."""
     conn = Connection(Server("", 0, sql_db.server.socket, RW, PASSWORD, sql_db.name), 2, 5,
-                      "update")
+                      15, "update")
     try:
         marks = ", ".join(["%s"] * len(values))
         (row,) = conn.query(f"SELECT {marks}", values)

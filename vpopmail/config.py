@@ -17,7 +17,10 @@ from vpopmail.fsutil import join, status, write_all
 
 ENV_VAR = "VPOPMAIL_CONFIG"
 DEFAULT_PATH = "/home/vpopmail/etc/vpopmail.toml"
-_CACHE_VERSION = 7  # 7: server.sql_idle_timeout (a cache holds the defaults)
+_CACHE_VERSION = 8  # 8: mysql.read_timeout (a cache holds the defaults)
+#: what mysql.read_timeout 0 gives a statement beyond locks.timeout: its own time, once it
+#: has its locks
+READ_MARGIN = 10
 #: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
 #: would only fail later, when the server maps a counter for each
 MAX_WORKERS = 4096
@@ -110,6 +113,9 @@ class Config:
     mysql_aliasdomains_table: bool = True
     mysql_sql_logging: bool = False
     mysql_connect_timeout: int = 2
+    #: seconds a statement's answer may take (then 111): more than locks.timeout, which a
+    #: statement may wait on a lock; 0: locks.timeout + READ_MARGIN (see sql_read_timeout)
+    mysql_read_timeout: int = 0
     mysql_read_fallback: bool = True
     mysql_read_host: str = "localhost"
     mysql_read_port: int = 0
@@ -157,6 +163,12 @@ class Config:
         installed by root, where every domain is root's). vchkpw asks, and the front ends
         are built with the answer."""
         return self.server_root_logins or self.owner_uid == 0
+
+    @property
+    def sql_read_timeout(self) -> int:
+        """Seconds an SQL statement's answer may take: ``mysql.read_timeout``, or by default
+        (0) more than ``locks.timeout`` by READ_MARGIN."""
+        return self.mysql_read_timeout or max(1, self.locks_timeout) + READ_MARGIN
 
     def smtp_auth_callers(self) -> frozenset[int]:
         """The uids ``server.smtp_auth_callers`` names (user names or numbers); a ConfigError
@@ -251,11 +263,16 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
     if not 0 < int(values["users_quota_warn_percent"]) <= 100:
         raise ConfigError(f"{source}: users.quota_warn_percent must be 1..100")
     for key in ("owner_uid", "owner_gid", "locks_timeout", "relay_lock_timeout",
-                "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_port",
-                "mysql_update_port", "server_request_timeout", "server_idle_timeout",
-                "server_sql_idle_timeout", "server_reply_timeout"):
+                "relay_relay_clear_minutes", "mysql_connect_timeout", "mysql_read_timeout",
+                "mysql_read_port", "mysql_update_port", "server_request_timeout",
+                "server_idle_timeout", "server_sql_idle_timeout", "server_reply_timeout"):
         if int(values[key]) < 0:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
+    lock_wait = max(1, int(values["locks_timeout"]))  # the server's least: see stores.sql
+    if 0 < int(values["mysql_read_timeout"]) <= lock_wait:
+        raise ConfigError(f"{source}: mysql.read_timeout must be more than locks.timeout "
+                          f"({lock_wait} s), which a statement may wait on a lock; 0 takes "
+                          f"locks.timeout + {READ_MARGIN}")
     return values
 
 

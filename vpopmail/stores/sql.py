@@ -12,8 +12,9 @@ Two connections, as C's ``--enable-mysql-replication``: reads (vdelivermail, vch
 go to the read server (a local replica), every write (admin commands, vchkpw's lastauth, relay
 and learned passwords) to the update server, in a transaction (or one statement, whole by
 itself: a lastauth or vlog row), so nothing is half applied.
-A server that cannot be reached, has gone away or times out on a lock is a temporary error
-(NoAuthConnection, code -23): mail is deferred and logins answer 111, never "no such user".
+A server that cannot be reached, has gone away, times out on a lock or does not answer in
+``mysql.read_timeout`` is a temporary error (NoAuthConnection, code -23): mail is deferred and
+logins answer 111, never "no such user".
 
 The driver is mysqlclient's C module ``MySQLdb._mysql`` (import, connect and a SELECT: +5.0 ms
 over the interpreter floor with the package, +3.3 to 3.6 ms loaded alone as :func:`_driver`
@@ -262,16 +263,21 @@ def _hang_up(handle: "Handle") -> None:
 
 
 class Unreachable(NoAuthConnection):
-    """The server could not be connected to (the read side then uses the update server)."""
+    """The server could not be connected to, or did not answer in the read timeout (the read
+    side then uses the update server)."""
 
 
 class Connection:
     """One lazily opened connection; :meth:`query` is the only way SQL reaches the server."""
 
-    def __init__(self, server: Server, timeout: int, lock_timeout: int, side: str) -> None:
+    def __init__(self, server: Server, timeout: int, lock_timeout: int, read_timeout: int,
+                 side: str) -> None:
         self.server = server
         self.timeout = timeout
         self.lock_timeout = lock_timeout
+        #: seconds an answer may take (the driver's read and write timeouts: libmariadb waits
+        #: that long once, then the link is cut with 2013): more than lock_timeout
+        self.read_timeout = read_timeout
         self.side = side
         self.handle: "Handle | None" = None
         #: the handle came from _idle and has not answered yet in this request
@@ -285,14 +291,15 @@ class Connection:
         """The settings a connection is made with: a kept one serves only the same."""
         server = self.server
         return (server.host, server.port, server.socket, server.user, server.password,
-                server.database, self.timeout, self.lock_timeout)
+                server.database, self.timeout, self.lock_timeout, self.read_timeout)
 
     def open(self, repeatable: bool = False) -> "Handle":
         """The handle: opened at the first use, or one kept from this process's last request.
         A kept one is used straight away for a ``repeatable`` first statement (:meth:`query`
         sends it again on a new connection if the server closed the kept one while it was
         idle); for any other it is pinged first. One kept with other settings (the
-        configuration changed since) is closed."""
+        configuration changed since) is closed. A server that does not answer in the read
+        timeout (the ping, or the session's settings on a new connection) is Unreachable."""
         if self.handle is not None:
             return self.handle
         driver = _driver()
@@ -300,17 +307,22 @@ class Connection:
         if kept is not None and key != self.key():
             _hang_up(kept)
         elif kept is not None:
+            started = time.monotonic()
             try:
                 if not repeatable:
                     kept.ping()
                 self.handle, self.kept = kept, repeatable
                 return kept
-            except driver.MySQLError:  # gone away while idle: a new connection
+            except driver.MySQLError as exc:  # gone away while idle: a new connection
                 _hang_up(kept)
+                if self.timed_out(exc, started):  # a new one would wait as long
+                    raise Unreachable(self.fault(exc, started)) from None
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
-                                      "connect_timeout": max(1, self.timeout)}
+                                      "connect_timeout": max(1, self.timeout),
+                                      "read_timeout": self.read_timeout,
+                                      "write_timeout": self.read_timeout}
         if server.socket:
             options["unix_socket"] = server.socket
         else:
@@ -319,7 +331,14 @@ class Connection:
                 options["port"] = server.port
         held = _hold_program_descriptors()
         try:
-            handle = driver.connect(**options)
+            handle = driver.connect(**options)  # the handshake is bounded by connect_timeout
+        except driver.MySQLError as exc:
+            raise Unreachable(self.fault(exc)) from None
+        finally:
+            for fd in held:
+                posix.close(fd)
+        started = time.monotonic()
+        try:
             # libmariadb leaves its socket inheritable: a .qmail program or the program vchkpw
             # execs must never get an authenticated database connection
             posix.set_inheritable(handle.fileno(), False)
@@ -331,12 +350,8 @@ class Connection:
                          b"innodb_lock_wait_timeout = %d, lock_wait_timeout = %d"
                          % ((max(1, self.lock_timeout),) * 2))
         except driver.MySQLError as exc:
-            code, text = _error_parts(exc)
-            raise Unreachable(f"{self.side} server {server.describe()}: {text} "
-                              f"({code})") from None
-        finally:
-            for fd in held:
-                posix.close(fd)
+            _hang_up(handle)
+            raise Unreachable(self.fault(exc, started)) from None
         self.handle = handle
         return handle
 
@@ -357,21 +372,24 @@ class Connection:
         ``repeatable``: running it twice does what running it once does (a read, START
         TRANSACTION, a lastauth REPLACE), so a kept connection needs no ping first (see
         :meth:`open`): if the server closed it while it was idle, the statement goes again on
-        a new connection."""
+        a new connection (unless it timed out: the server does not answer)."""
         handle = self.open(repeatable)
         kept, self.kept = self.kept, False
         driver = _driver()
+        started = time.monotonic()
         try:
             try:
                 return self._run(handle, sql, params)
             except driver.MySQLError as exc:
-                if not kept or _error_parts(exc)[0] not in LOST:
+                if not kept or _error_parts(exc)[0] not in LOST or self.timed_out(exc, started):
                     raise
             self.close()
-            return self._run(self.open(), sql, params)
+            handle = self.open()
+            started = time.monotonic()
+            return self._run(handle, sql, params)
         except driver.MySQLError as exc:
             self.answer_pending = False  # the answer was this error
-            raise self.error(exc) from None
+            raise self.error(exc, started) from None
 
     def _run(self, handle: "Handle", sql: str, params: "Sequence[object]"
              ) -> list[tuple[str | None, ...]]:
@@ -413,13 +431,30 @@ class Connection:
         assert self.handle is not None, "affected() before a query"
         return self.handle.affected_rows()
 
-    def error(self, exc: BaseException) -> Exception:
-        """Our exception for a driver error (the table-missing case is left to callers)."""
+    def timed_out(self, exc: BaseException, started: float) -> bool:
+        """Whether ``exc``, for a request sent at ``started``, is the read timeout: the link
+        cut after half the timeout or more (a link the server closed fails at once)."""
+        return (_error_parts(exc)[0] in LOST
+                and time.monotonic() - started >= self.read_timeout / 2)
+
+    def fault(self, exc: BaseException, started: float | None = None) -> str:
+        """One line for a driver error: the server and what happened (the read timeout, for
+        a request sent at ``started``, said as such)."""
         code, text = _error_parts(exc)
-        where = f"{self.side} server {self.server.describe()}"
+        if started is not None and self.timed_out(exc, started):
+            text = f"did not answer in {self.read_timeout} s (mysql.read_timeout)"
+        return f"{self.side} server {self.server.describe()}: {text} ({code})"
+
+    def error(self, exc: BaseException, started: float) -> Exception:
+        """Our exception for a driver error on a request sent at ``started`` (the
+        table-missing case is left to callers)."""
+        code, text = _error_parts(exc)
+        if self.timed_out(exc, started):
+            self.close()
+            return Unreachable(self.fault(exc, started))
         if code in TEMPORARY or code >= 2000:  # client-side errors: the link itself failed
             self.close()
-            return NoAuthConnection(f"{where}: {text} ({code})")
+            return NoAuthConnection(self.fault(exc))
         if code == ER_DUP_ENTRY:
             return UsernameExists(text)
         if code == ER_DATA_TOO_LONG:
@@ -428,7 +463,7 @@ class Connection:
             return BadInput(f"{text} (not text the column's character set can hold)")
         if code in BAD_VALUE:
             return BadInput(f"{text} ({BAD_VALUE[code]})")
-        return SqlError(code, f"{where}: {text} ({code})")
+        return SqlError(code, self.fault(exc))
 
     def release(self) -> None:
         """Keep the connection for the next request of this process, if it is as a new one
@@ -484,11 +519,9 @@ class MySQLDatabase(UserDatabase):
         self.many_domains = config.mysql_many_domains
         self.clear_passwords = config.passwords_clear_passwords
         self.read_fallback = config.mysql_read_fallback
-        timeout = config.mysql_connect_timeout
-        lock_timeout = config.locks_timeout
-        self.reader = Connection(Server.from_config(config, "read"), timeout, lock_timeout, "read")
-        self.writer = Connection(Server.from_config(config, "update"), timeout, lock_timeout,
-                                 "update")
+        timeouts = (config.mysql_connect_timeout, config.locks_timeout, config.sql_read_timeout)
+        self.reader = Connection(Server.from_config(config, "read"), *timeouts, "read")
+        self.writer = Connection(Server.from_config(config, "update"), *timeouts, "update")
         if admin:
             self.reader = self.writer
         self._created: set[str] = set()
@@ -502,7 +535,7 @@ class MySQLDatabase(UserDatabase):
             try:
                 return self.reader.query(sql, params, repeatable=True)
             except Unreachable:
-                if not self.read_fallback:
+                if not self.read_fallback or self.reader is self.writer:  # admin: one server
                     raise
             return self.writer.query(sql, params, repeatable=True)
         except SqlError as exc:
