@@ -779,6 +779,32 @@ def test_a_worker_whose_sql_server_stops_answering_answers_111_and_lets_go(
     site.syslog.close()
 
 
+@pytest.mark.parametrize("idle", [30 * 86400, 10**9])
+def test_an_idle_timeout_longer_than_poll_can_wait_is_waited(idle: int) -> None:
+    """server.idle_timeout (and sql_idle_timeout) of more than poll(2) can wait at once (some
+    24.8 days: 2**31 - 1 ms), as one may set to keep workers "for good": the worker waits on,
+    and a connection, or the parent leaving, still ends the wait. Before: poll raised
+    OverflowError, so every worker ended ("worker failed") after its first request, and its
+    SQL connections were dropped without a goodbye."""
+    from types import SimpleNamespace
+
+    from vpopmail.server.worker import next_connection
+
+    control, parent = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    waiting = select.poll()
+    waiting.register(control, select.POLLIN)
+    settings = SimpleNamespace(idle_timeout=idle, sql_idle_timeout=idle // 2, log_fd=-1)
+    try:
+        parent.close()  # the parent left
+        started = time.monotonic()
+        taken = next_connection(control, None, waiting, (0, 0, ()),
+                                settings)  # type: ignore[arg-type]
+        assert taken is None
+        assert time.monotonic() - started < 5
+    finally:
+        control.close()
+
+
 # -- when there is no server --------------------------------------------------------------------
 
 @pytest.mark.parametrize("site", ["fresh", "reused"], indirect=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from delivery_site import DOMAIN, Site
 from login_site import POP_ENV, LoginSite
 from mariadb_site import FROZEN_CAP, PASSWORD, RO, RW, Database, proxied
 from vpopmail.cdb import lookup
+from vpopmail.errors import NoAuthConnection
 from vpopmail.limits import COLUMNS, NUMBERS, SWITCHES, Limits
-from vpopmail.stores.sql import Connection, Server, munch_domain
+from vpopmail.stores.sql import Connection, Server, Unreachable, munch_domain
 
 
 def user_dir(inst: Install, name: str, domain: str = DOMAIN) -> Path:
@@ -452,6 +454,42 @@ def test_a_table_lock_held_elsewhere_is_waited_on_only_locks_timeout(
     assert delivered.returncode == (111 if blocked else 0), delivered
     assert took < 5, took
     assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+
+
+def test_a_connection_killed_while_its_statement_waits_on_a_lock_is_no_read_timeout(
+        sql_db: Database) -> None:
+    """A statement waits on a table lock (up to locks.timeout) and its connection is killed
+    (a DBA's KILL, a server restart) before mysql.read_timeout: the error is what the server
+    said, not "did not answer in N s (mysql.read_timeout)", and not Unreachable (whose reads
+    would go to the update server as if this one did not answer). Before: any lost link after
+    half the read timeout was taken for it."""
+    sql_db.rows("CREATE TABLE waited (n int)")
+    conn = Connection(Server("", 0, sql_db.server.socket, RW, PASSWORD, sql_db.name), 2, 5, 6,
+                      "read")
+    ((own,),) = conn.query("SELECT CONNECTION_ID()")
+    holder = subprocess.Popen(
+        ["mariadb", "--no-defaults", "-S", sql_db.server.socket, "-uroot", sql_db.name],
+        stdin=subprocess.PIPE, text=True)
+    assert holder.stdin is not None
+    holder.stdin.write("LOCK TABLES waited WRITE; SELECT SLEEP(8);\n")
+    holder.stdin.flush()
+    time.sleep(0.5)
+    killer = threading.Timer(3.5, sql_db.server.sql, [f"KILL {own}"])
+    killer.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(NoAuthConnection) as raised:
+            conn.query("SELECT n FROM waited")
+        took = time.monotonic() - started
+    finally:
+        killer.join()
+        conn.close()
+        holder.stdin.close()
+        holder.wait(30)
+    assert 3 <= took < 5, took  # killed in its lock wait: after half the read timeout
+    assert "did not answer" not in str(raised.value), raised.value
+    assert not isinstance(raised.value, Unreachable), raised.value
+    assert f"read server {RW}@{sql_db.server.socket}/{sql_db.name}: " in str(raised.value)
 
 
 def test_a_batch_that_fails_part_way_adds_no_one(vhome: Install, sql_db: Database,

@@ -593,6 +593,11 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     end(control, direct, run)
 
 
+#: the longest one poll(2) waits, in seconds (its timeout is an int of milliseconds): the
+#: idle timeouts may be longer
+LONGEST_POLL = 2_000_000
+
+
 def next_connection(control: socket.socket, direct: socket.socket | None,
                     waiting: "select.poll", identity: Identity,
                     settings: "Settings") -> tuple[socket.socket, int, bool] | None:
@@ -604,8 +609,10 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
     deadline, close_sql = now + settings.idle_timeout, now + settings.sql_idle_timeout
     while True:
         holding = close_sql < deadline and bool(kept_descriptors())
-        left = (close_sql if holding else deadline) - time.monotonic()
-        events = waiting.poll(max(0.0, left) * 1000)
+        until = close_sql if holding else deadline
+        events = waiting.poll(min(max(0.0, until - time.monotonic()), LONGEST_POLL) * 1000)
+        if not events and time.monotonic() < until:  # a wait longer than poll's
+            continue
         if not events and holding:
             drop_kept_connections()
             continue

@@ -80,6 +80,10 @@ TEMPORARY = {2002, 2003, 2005, 2006, 2013, 2055, 1040, 1205, 1290, 1053, 1927, 4
 #: the link is gone (gone away, lost, killed, disconnected for inactivity): on a kept
 #: connection's first statement, the server closed it while it was idle
 LOST = {2006, 2013, 2055, 1927, 4031}
+#: how much sooner than mysql.read_timeout a cut link still counts as its timeout (clock
+#: granularity): less than a second, so a lock wait (locks.timeout, less by a second or
+#: more: vpopmail.config.validate) that ends in a lost link is not taken for it
+TIMER_SLACK = 0.5
 ER_LOCK_DEADLOCK = 1213  # the server rolled the transaction back: run it again
 DEADLOCK_TRIES = 10  # each after a random pause of up to 20 ms times the deadlocks so far
 
@@ -433,9 +437,11 @@ class Connection:
 
     def timed_out(self, exc: BaseException, started: float) -> bool:
         """Whether ``exc``, for a request sent at ``started``, is the read timeout: the link
-        cut after half the timeout or more (a link the server closed fails at once)."""
+        cut once the whole timeout has passed (the driver never cuts it sooner). A link lost
+        before (closed while idle: at once; killed, or the server restarted, while the
+        statement waited on a lock, up to locks.timeout, which is less) is not."""
         return (_error_parts(exc)[0] in LOST
-                and time.monotonic() - started >= self.read_timeout / 2)
+                and time.monotonic() - started >= self.read_timeout - TIMER_SLACK)
 
     def fault(self, exc: BaseException, started: float | None = None) -> str:
         """One line for a driver error: the server and what happened (the read timeout, for
