@@ -101,7 +101,7 @@ def run(config: str | None, action: str = "serve") -> int:
             pid = holder(path)
             print("vpopmail-server: the code and configuration load; " + (
                 f"it would listen on {path}" if pid is None else
-                f"a server{f' (pid {pid})' if pid else ''} already listens on {path}: a "
+                f"a server (pid {pid}) already listens on {path}: a "
                 f"reload (SIGHUP) starts with them, a second start would be refused"))
             return 0
         return Server(settings, config).serve()

@@ -193,8 +193,8 @@ def unused(path: str) -> None:
 def holder(path: str) -> int | None:
     """The pid of the server that holds the lock of the server socket ``path`` (:func:`hold`:
     it serves there, or is starting or reloading), read from /proc/locks without touching the
-    lock or the socket (0 where its pid is not in our pid namespace); None when none holds it
-    (or there is no such file)."""
+    lock or the socket; None when none holds it, or there is no such file (or the holder is in
+    another pid namespace: the kernel lists only the locks of processes this one sees)."""
     try:
         st = os.stat(f"{path}.lock")
         with open("/proc/locks", encoding="ascii") as fh:
@@ -205,7 +205,7 @@ def holder(path: str) -> int | None:
     for line in lines:
         fields = line.split()
         if fields[1:2] == ["FLOCK"] and len(fields) > 5 and fields[5] == where:
-            return int(fields[4]) if fields[4].isdigit() else 0
+            return int(fields[4])
     return None
 
 
