@@ -388,11 +388,14 @@ def left_as_it_was(failed: subprocess.CompletedProcess[str], said: str, prefix: 
 
 
 def strace_install(args: tuple[str, ...], paths: tuple[Path, ...], calls: str, inject: str,
-                   trace: Path) -> subprocess.CompletedProcess[str]:
-    """packaging/install under strace, ``inject`` done to the ``calls`` on ``paths``."""
+                   trace: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    """packaging/install under strace, ``inject`` done to the ``calls`` on ``paths`` (and
+    each of ``more``, "CALLS:INJECT", too)."""
     filters = [arg for path in paths for arg in ("-P", str(path))]
-    done = subprocess.run(["strace", "-o", str(trace), *filters, "-e", f"trace={calls}", "-e",
-                           f"inject={calls}:{inject}", sys.executable, str(INSTALL), *args],
+    traced = ",".join([calls, *(each.partition(":")[0] for each in more)])
+    injects = [arg for each in (f"{calls}:{inject}", *more) for arg in ("-e", f"inject={each}")]
+    done = subprocess.run(["strace", "-o", str(trace), *filters, "-e", f"trace={traced}",
+                           *injects, sys.executable, str(INSTALL), *args],
                           capture_output=True, text=True, timeout=300)
     if "PTRACE" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
@@ -490,6 +493,119 @@ def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: P
                             str(inst.program("vchkpw")), "/bin/true"], capture_output=True,
                            env={"PATH": "/usr/bin:/bin"}, cwd="/")
     assert login.returncode == 0, login
+    assert run_install(*args).returncode == 0
+    assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
+
+
+def test_a_program_that_cannot_be_renamed_in_leaves_no_former_file_aside(tmp_path: Path
+                                                                       ) -> None:
+    """A rename of a staged program fails midway (strace fails bin/vadduser.new's with EIO):
+    those put in place are given back, and the former files the others had kept aside as
+    NAME.old are removed too. Before: every one not yet renamed stayed as NAME.old."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    args, prefix, former = marked_install(tmp_path)
+    failed = strace_install(args, (prefix / "bin" / "vadduser.new",), "rename", "error=EIO",
+                            tmp_path / "trace")
+    left_as_it_was(failed, f"{prefix / 'bin' / 'vadduser.new'}: Input/output error", prefix,
+                   former)
+
+
+def test_a_library_swap_without_exchange_that_fails_puts_the_former_back(tmp_path: Path
+                                                                        ) -> None:
+    """Where the file system has no exchange (strace fails renameat2 with EINVAL), the
+    library is swapped by two renames; the second fails too: the former library goes back
+    in place, with the former programs. Before: it stayed as lib/pyvpopmail.old, so no program
+    ran, and the install said nothing was installed."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    args, prefix, former = marked_install(tmp_path)
+    staged = prefix / "lib" / "pyvpopmail.new"
+    failed = strace_install(args, (staged,), "rename,renameat2", "error=EINVAL",
+                            tmp_path / "trace")
+    left_as_it_was(failed, f"{staged}: Invalid argument", prefix, former)
+    assert library(prefix) == ["pyvpopmail"]
+
+
+def test_an_install_killed_between_the_library_renames_is_mended_by_the_next(tmp_path: Path
+                                                                           ) -> None:
+    """Killed between the two renames of a swap without exchange (the library missing, the
+    former one lib/pyvpopmail.old): the next install puts a library in place and removes the
+    former one. Before: lib/pyvpopmail.old stayed for good."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    strace_install(args, (inst.prefix / "lib" / "pyvpopmail.new",), "renameat2",
+                   "error=EINVAL", tmp_path / "trace", "rename:signal=SIGKILL")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text()
+    assert library(inst.prefix) == ["pyvpopmail.new", "pyvpopmail.old"]
+    assert run_install(*args).returncode == 0
+    assert library(inst.prefix) == ["pyvpopmail"] and leftovers(inst.prefix) == []
+
+
+@pytest.mark.parametrize("killed", [("bin/vadduser.new", "rename"),
+                                    ("lib/pyvpopmail.new", "rmdir")],
+                         ids=["renaming-programs", "removing-former-library"])
+def test_a_rollback_after_a_killed_install_leaves_nothing_of_it(
+        tmp_path: Path, killed: tuple[str, str]) -> None:
+    """An upgrade killed as it renames the programs in, or as it removes the former library;
+    then --rollback: none of what the install had staged or kept aside stays (NAME.new,
+    NAME.old, lib/pyvpopmail.new, libexec/). Before: all of it stayed, a whole library
+    among it, though the rollback said it had removed the library."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    path, call = killed
+    strace_install(args, (inst.prefix / path,), call, "signal=SIGKILL", tmp_path / "trace")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text()
+    assert leftovers(inst.prefix) != []
+    rolled = run_install("--prefix", str(inst.prefix), "--rollback")
+    assert rolled.returncode == 0, rolled
+    assert leftovers(inst.prefix) == [] and library(inst.prefix) == []
+    assert not (inst.prefix / "libexec").exists()
+
+
+def test_an_install_without_front_ends_after_a_killed_one_leaves_nothing_behind(
+        tmp_path: Path) -> None:
+    """An upgrade with front ends killed as it renames bin/vchkpw in (libexec/'s programs
+    already in, their former ones kept aside), then one without (no compiler now): it
+    leaves nothing of the first behind. Before: libexec/vchkpw.old and vdelivermail.old
+    stayed (only what this install staged was cleaned up)."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    inst, args = sandbox_install(tmp_path)
+    if not (inst.prefix / "libexec" / "vchkpw").exists():
+        pytest.skip("needs a C compiler (front ends)")
+    strace_install(args, (inst.prefix / "bin" / "vchkpw.new",), "rename", "signal=SIGKILL",
+                   tmp_path / "trace")
+    assert "killed by SIGKILL" in (tmp_path / "trace").read_text()
+    again = run_install(*args, "--no-frontends")
+    assert again.returncode == 0, again
+    assert leftovers(inst.prefix) == [] and library(inst.prefix) == ["pyvpopmail"]
+    assert sorted(os.listdir(inst.prefix / "libexec")) == []
+
+
+def test_an_undo_that_fails_gives_back_the_others_and_says_why_it_began(tmp_path: Path
+                                                                       ) -> None:
+    """The library's swap fails (EIO), and so does giving bin/vadduser back (EIO on its
+    NAME.old's rename): every other program is given back all the same, and one line says
+    why the install stopped and which program is left the new one; the next install mends
+    it. Before: the undo stopped at bin/vadduser (the programs renamed in before it, the hot
+    paths' among them, stayed the new ones) and the line did not say what had failed."""
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    args, prefix, former = marked_install(tmp_path)
+    vadduser = prefix / "bin" / "vadduser"
+    failed = strace_install(args, (prefix / "lib" / "pyvpopmail.new", Path(f"{vadduser}.old")),
+                            "rename,renameat2", "error=EIO", tmp_path / "trace")
+    assert failed.returncode == 1, failed
+    assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
+        failed.stderr
+    assert f"{prefix / 'lib' / 'pyvpopmail.new'}: Input/output error, and {vadduser} " \
+           f"(Input/output error) cannot be given back" in failed.stderr, failed.stderr
+    assert (prefix / "lib" / "pyvpopmail").stat().st_ino == former[0]
+    assert unchanged({path: kept for path, kept in former[1].items() if path != str(vadduser)})
+    assert not unchanged({str(vadduser): former[1][str(vadduser)]})
     assert run_install(*args).returncode == 0
     assert leftovers(prefix) == [] and library(prefix) == ["pyvpopmail"]
 
