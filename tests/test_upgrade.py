@@ -342,10 +342,12 @@ def test_an_upgrade_waits_for_the_install_under_way_before_it_changes_anything(
 
 
 def leftovers(prefix: Path) -> list[str]:
-    """What an install staged or kept aside and left behind (NAME.new, NAME.old)."""
+    """What an install staged or kept aside and left behind (NAME.pyvpopmail-new and -old,
+    lib/pyvpopmail.new and .old)."""
     return sorted(str(path.relative_to(prefix)) for top in ("bin", "libexec", "man", "lib")
                   for path in (prefix / top).rglob("*.*")
-                  if path.suffix in (".new", ".old") and "venv" not in path.parts)
+                  if path.suffix in (".new", ".old", ".pyvpopmail-new", ".pyvpopmail-old")
+                  and "venv" not in path.parts)
 
 
 def marked(inst: Install) -> dict[str, tuple[int, bytes]]:
@@ -402,8 +404,8 @@ def strace_install(args: tuple[str, ...], paths: tuple[Path, ...], calls: str, i
     return done
 
 
-@pytest.mark.parametrize("written", [("bin/vadduser.new",),
-                                     ("man/man8/vadduser.8", "man/man8/vadduser.8.new")],
+@pytest.mark.parametrize("written", [("bin/vadduser.pyvpopmail-new",),
+                                     ("man/man8/vadduser.8", "man/man8/vadduser.8.pyvpopmail-new")],
                          ids=["program", "man-page"])
 def test_a_full_disk_after_the_library_leaves_the_former_installation(
         tmp_path: Path, written: tuple[str, ...]) -> None:
@@ -499,15 +501,15 @@ def test_the_new_wrappers_are_in_place_before_the_library_is_swapped(tmp_path: P
 
 def test_a_program_that_cannot_be_renamed_in_leaves_no_former_file_aside(tmp_path: Path
                                                                        ) -> None:
-    """A rename of a staged program fails midway (strace fails bin/vadduser.new's with EIO):
+    """A rename of a staged program fails midway (strace fails bin/vadduser.pyvpopmail-new's with EIO):
     those put in place are given back, and the former files the others had kept aside as
     NAME.old are removed too. Before: every one not yet renamed stayed as NAME.old."""
     if not shutil.which("strace"):
         pytest.skip("needs strace")
     args, prefix, former = marked_install(tmp_path)
-    failed = strace_install(args, (prefix / "bin" / "vadduser.new",), "rename", "error=EIO",
+    failed = strace_install(args, (prefix / "bin" / "vadduser.pyvpopmail-new",), "rename", "error=EIO",
                             tmp_path / "trace")
-    left_as_it_was(failed, f"{prefix / 'bin' / 'vadduser.new'}: Input/output error", prefix,
+    left_as_it_was(failed, f"{prefix / 'bin' / 'vadduser.pyvpopmail-new'}: Input/output error", prefix,
                    former)
 
 
@@ -543,7 +545,7 @@ def test_an_install_killed_between_the_library_renames_is_mended_by_the_next(tmp
     assert library(inst.prefix) == ["pyvpopmail"] and leftovers(inst.prefix) == []
 
 
-@pytest.mark.parametrize("killed", [("bin/vadduser.new", "rename"),
+@pytest.mark.parametrize("killed", [("bin/vadduser.pyvpopmail-new", "rename"),
                                     ("lib/pyvpopmail.new", "rmdir")],
                          ids=["renaming-programs", "removing-former-library"])
 def test_a_rollback_after_a_killed_install_leaves_nothing_of_it(
@@ -576,7 +578,7 @@ def test_an_install_without_front_ends_after_a_killed_one_leaves_nothing_behind(
     inst, args = sandbox_install(tmp_path)
     if not (inst.prefix / "libexec" / "vchkpw").exists():
         pytest.skip("needs a C compiler (front ends)")
-    strace_install(args, (inst.prefix / "bin" / "vchkpw.new",), "rename", "signal=SIGKILL",
+    strace_install(args, (inst.prefix / "bin" / "vchkpw.pyvpopmail-new",), "rename", "signal=SIGKILL",
                    tmp_path / "trace")
     assert "killed by SIGKILL" in (tmp_path / "trace").read_text()
     again = run_install(*args, "--no-frontends")
@@ -596,7 +598,7 @@ def test_an_undo_that_fails_gives_back_the_others_and_says_why_it_began(tmp_path
         pytest.skip("needs strace")
     args, prefix, former = marked_install(tmp_path)
     vadduser = prefix / "bin" / "vadduser"
-    failed = strace_install(args, (prefix / "lib" / "pyvpopmail.new", Path(f"{vadduser}.old")),
+    failed = strace_install(args, (prefix / "lib" / "pyvpopmail.new", Path(f"{vadduser}.pyvpopmail-old")),
                             "rename,renameat2", "error=EIO", tmp_path / "trace")
     assert failed.returncode == 1, failed
     assert "Traceback" not in failed.stderr and len(failed.stderr.splitlines()) == 1, \
@@ -643,3 +645,18 @@ def test_an_install_does_not_reload_the_server_of_another_installation(tmp_path:
             again.stdout, again.stdout
         time.sleep(0.5)
         assert not any("reloading" in line for line in server.lines()), server.lines()
+
+
+def test_an_operators_own_new_and_old_files_beside_the_programs_are_left_alone(
+        tmp_path: Path) -> None:
+    """A bin/vchkpw.old and a bin/vadduser.new of the operator's (a hand-kept copy of C's, a
+    draft) survive an upgrade: the install stages and keeps aside under suffixes of its own.
+    Before: vchkpw.old was removed and vadduser.new overwritten, then renamed over vadduser."""
+    inst, args = sandbox_install(tmp_path)
+    theirs = {inst.bin / "vchkpw.old": b"#!/bin/sh\necho a kept C vchkpw\n",
+              inst.bin / "vadduser.new": b"#!/bin/sh\necho a draft\n"}
+    for path, data in theirs.items():
+        path.write_bytes(data)
+    assert run_install(*args).returncode == 0
+    assert all(path.read_bytes() == data for path, data in theirs.items())
+    assert b"a draft" not in (inst.bin / "vadduser").read_bytes()
