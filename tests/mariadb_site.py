@@ -258,6 +258,21 @@ def proxied(db: Database, inst: Install) -> Iterator[Proxy]:
         proxy.close()
 
 
+def frozen_answers_temporary(site: object, where: str) -> None:
+    """With the database behind ``where`` (host:port/database) frozen (:meth:`Proxy.freeze`):
+    alice's delivery from a file and from a pipe is deferred and her login answers 111 (never
+    1), each naming ``where`` and saying it did not answer. ``site``: a LoginSite."""
+    for pipe in (False, True):
+        delivery = site.deliver("alice", pipe=pipe, wrap=FROZEN_CAP)  # type: ignore[attr-defined]
+        assert delivery.returncode == 111, delivery
+        assert delivery.stdout.startswith(b"vdelivermail: deferred, database down"), delivery
+        assert where.encode() in delivery.stdout and b"did not answer" in delivery.stdout
+    login = site.login("alice@example.com", "pw", wrap=FROZEN_CAP,  # type: ignore[attr-defined]
+                       timeout=120)
+    assert (login.code, login.ran) == (111, False), login
+    assert where in login.stderr and "did not answer" in login.stderr, login
+
+
 def _config_values(inst: Install) -> dict[str, object]:
     from vpopmail import config as vconfig
 
