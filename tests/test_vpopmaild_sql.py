@@ -1,6 +1,5 @@
-"""vpopmaild on the SQL backend when the database misbehaves during a session: its connection
-closed between two commands (wait_timeout, a KILL, a restart), a database that stops
-answering in the middle of a command."""
+"""vpopmaild on the SQL backend when the server closes a session's connection between two
+commands (wait_timeout, a KILL, a restart)."""
 from __future__ import annotations
 
 import time
@@ -9,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from install_site import Install
-from mariadb_site import Database, proxied
+from mariadb_site import Database
 from vpopmaild_site import DOMAIN, USERS, Client, make_site
 
 
