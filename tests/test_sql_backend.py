@@ -382,6 +382,38 @@ def test_a_server_that_stops_answering_is_temporary_within_mysql_read_timeout(
     assert len(list((user_dir_on(sql_db, "alice") / "Maildir" / "new").iterdir())) == 2
 
 
+def test_a_login_waits_on_an_update_server_that_stops_answering_only_once(
+        vhome: Install, sql_db: Database) -> None:
+    """The update server stops answering while the read server answers, with every write a
+    login makes on (its vlog row, lastauth, the relay row of a roaming user): the right
+    password answers 0 after one mysql.read_timeout, not one a write (before: three, 90 s by
+    default, past a POP client's patience), the relay not opened and tcp.smtp.cdb as it was;
+    a wrong one answers 1. Once it answers again the relay opens."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    for section, key, value in (("relay", "roaming_users", True),
+                                ("mysql", "sql_logging", True), ("logging", "level", "y"),
+                                ("locks", "timeout", 1), ("mysql", "read_timeout", 2)):
+        vhome.set_config(section, key, value)
+    cdb = vhome.prefix / "etc" / "tcp.smtp.cdb"
+    with proxied(sql_db, vhome) as proxy:
+        for key, value in (("socket", sql_db.server.socket), ("host", ""), ("port", 0)):
+            vhome.set_config("mysql", f"read_{key}", value)
+        assert site.login(f"alice@{DOMAIN}", "pw").code == 0  # type: ignore[attr-defined]
+        compiled = cdb.read_bytes()
+        proxy.freeze()
+        roaming = {**POP_ENV, "TCPREMOTEIP": "192.0.2.99"}
+        for password, code in (("pw", 0), ("wrong", 1)):
+            started = time.monotonic()
+            login = site.login(f"alice@{DOMAIN}", password, env=roaming,  # type: ignore[attr-defined]
+                               timeout=120)
+            took = time.monotonic() - started
+            assert login.code == code and took < 3.5, (password, login, took)
+        assert cdb.read_bytes() == compiled
+        proxy.thaw()
+        assert site.login(f"alice@{DOMAIN}", "pw", env=roaming).code == 0  # type: ignore[attr-defined]
+    assert lookup(str(cdb), b"192.0.2.99") is not None
+
+
 def user_dir_on(db: Database, name: str) -> Path:
     return Path(db.rows(f"SELECT pw_dir FROM vpopmail WHERE pw_name = '{name}'")[0][0])
 

@@ -138,6 +138,10 @@ class UserDatabase(ABC):
     def close(self) -> None:  # noqa: B027 - optional: only server backends have work here
         """Let go of server connections (nothing to do for files)."""
 
+    def release(self) -> None:  # noqa: B027 - optional: only server backends have work here
+        """Keep server connections for this process's next request, to be checked before
+        use: the server may close them meanwhile (:func:`drop_kept_connections` closes them)."""
+
 
 class AliasChecks:
     """What both stores share: the checks before a change (``users``: the user store, since

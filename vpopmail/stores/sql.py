@@ -290,6 +290,10 @@ class Connection:
         self.in_transaction = False
         #: a statement was sent and its answer not read (an exception came in between)
         self.answer_pending = False
+        #: why the server is Unreachable, found in this request: later statements fail at once
+        #: rather than wait on it again (a login's vlog, lastauth and relay writes; a vadduser
+        #: -f's undo), until :meth:`release` ends the request
+        self.unreachable = ""
 
     def key(self) -> tuple[object, ...]:
         """The settings a connection is made with: a kept one serves only the same."""
@@ -306,6 +310,8 @@ class Connection:
         timeout (the ping, or the session's settings on a new connection) is Unreachable."""
         if self.handle is not None:
             return self.handle
+        if self.unreachable:
+            raise Unreachable(self.unreachable)
         driver = _driver()
         key, kept = _idle.pop(self.side, ((), None))
         if kept is not None and key != self.key():
@@ -320,7 +326,7 @@ class Connection:
             except driver.MySQLError as exc:  # gone away while idle: a new connection
                 _hang_up(kept)
                 if self.timed_out(exc, started):  # a new one would wait as long
-                    raise Unreachable(self.fault(exc, started)) from None
+                    raise self.unanswered(self.fault(exc, started)) from None
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
@@ -337,7 +343,7 @@ class Connection:
         try:
             handle = driver.connect(**options)  # the handshake is bounded by connect_timeout
         except driver.MySQLError as exc:
-            raise Unreachable(self.fault(exc)) from None
+            raise self.unanswered(self.fault(exc)) from None
         finally:
             for fd in held:
                 posix.close(fd)
@@ -355,7 +361,7 @@ class Connection:
                          % ((max(1, self.lock_timeout),) * 2))
         except driver.MySQLError as exc:
             _hang_up(handle)
-            raise Unreachable(self.fault(exc, started)) from None
+            raise self.unanswered(self.fault(exc, started)) from None
         self.handle = handle
         return handle
 
@@ -443,6 +449,11 @@ class Connection:
         return (_error_parts(exc)[0] in LOST
                 and time.monotonic() - started >= self.read_timeout - TIMER_SLACK)
 
+    def unanswered(self, text: str) -> Unreachable:
+        """Unreachable for ``text``, remembered for the rest of the request."""
+        self.unreachable = text
+        return Unreachable(text)
+
     def fault(self, exc: BaseException, started: float | None = None) -> str:
         """One line for a driver error: the server and what happened (the read timeout, for
         a request sent at ``started``, said as such)."""
@@ -457,7 +468,7 @@ class Connection:
         code, text = _error_parts(exc)
         if self.timed_out(exc, started):
             self.close()
-            return Unreachable(self.fault(exc, started))
+            return self.unanswered(self.fault(exc, started))
         if code in TEMPORARY or code >= 2000:  # client-side errors: the link itself failed
             self.close()
             return NoAuthConnection(self.fault(exc))
@@ -473,7 +484,9 @@ class Connection:
 
     def release(self) -> None:
         """Keep the connection for the next request of this process, if it is as a new one
-        is: a transaction left open or an answer left unread closes it instead."""
+        is: a transaction left open or an answer left unread closes it instead. A server found
+        unreachable is tried again by the next request."""
+        self.unreachable = ""
         if self.handle is None:
             return
         if self.in_transaction or self.answer_pending:

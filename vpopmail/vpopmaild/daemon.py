@@ -4,6 +4,7 @@ import sys
 from vpopmail import config as vconfig
 from vpopmail.api import Vpopmail
 from vpopmail.errors import VpopmailError, explain
+from vpopmail.stores import drop_kept_connections
 from vpopmail.vpopmaild.commands import COMMANDS, HELP
 from vpopmail.vpopmaild.protocol import Channel, Hangup, Refusal
 from vpopmail.vpopmaild.session import Session
@@ -31,4 +32,5 @@ def serve_connection(timeout: float, config: str | None) -> int:
         return 0
     finally:
         api.backend.close()
+        drop_kept_connections()
     return 0

@@ -241,7 +241,9 @@ class Session:
 
     def request(self, timeout_minor: int) -> tuple[str, Tokens]:
         """The next request's command (lower case; "" for a blank or refused line) and the
-        tokens after it."""
+        tokens after it. The database connections rest meanwhile, for the next command to
+        check (the server closes one idle longer than its wait_timeout)."""
+        self.api.backend.release()
         try:
             line = self.channel.read_line()
         except TimeoutError:
