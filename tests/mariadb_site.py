@@ -188,6 +188,7 @@ class Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.frozen = threading.Event()
+        self.marker = b""  # :meth:`freeze_before`
         self.stopped = threading.Event()
         self.sockets: list[socket.socket] = [self.listener]
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -195,6 +196,10 @@ class Proxy:
 
     def freeze(self) -> None:
         self.frozen.set()
+
+    def freeze_before(self, marker: bytes) -> None:
+        """Freeze as a client's command holding ``marker`` comes (it is not relayed)."""
+        self.marker = marker
 
     def thaw(self) -> None:
         self.frozen.clear()
@@ -225,6 +230,9 @@ class Proxy:
                     head = source.recv(4, socket.MSG_PEEK)
                     if len(head) == 4 and head[3] == 0:  # sequence 0: a command
                         commanding.set()
+                if from_client and self.marker and self.marker in source.recv(
+                        65536, socket.MSG_PEEK):
+                    self.frozen.set()
                 if self.frozen.is_set() and commanding.is_set():
                     time.sleep(0.05)  # leave it unread
                     continue

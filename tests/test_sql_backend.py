@@ -414,6 +414,23 @@ def test_a_login_waits_on_an_update_server_that_stops_answering_only_once(
     assert lookup(str(cdb), b"192.0.2.99") is not None
 
 
+def test_a_commit_without_an_answer_says_the_change_may_have_been_made(
+        vhome: Install, sql_db: Database) -> None:
+    """The COMMIT of vadduser gets no answer (the server stops answering as it comes): the
+    error says the change may have been made, so the operator looks before running it again
+    (the server may have committed it). Before: the plain error, which reads as "nothing was
+    done"."""
+    sql_site(vhome, sql_db, LoginSite)
+    vhome.set_config("locks", "timeout", 1)
+    vhome.set_config("mysql", "read_timeout", 2)
+    with proxied(sql_db, vhome) as proxy:
+        proxy.freeze_before(b"COMMIT")
+        added = vhome.run("vadduser", f"bob@{DOMAIN}", "pw", timeout=120)
+    assert added.returncode != 0, added
+    assert "may have been made" in added.stdout and "vuserinfo" in added.stdout, added
+    assert len(added.stdout.splitlines()) == 1 and "Traceback" not in added.stderr, added
+
+
 def user_dir_on(db: Database, name: str) -> Path:
     return Path(db.rows(f"SELECT pw_dir FROM vpopmail WHERE pw_name = '{name}'")[0][0])
 

@@ -423,7 +423,14 @@ class Connection:
         self.in_transaction = True
 
     def commit(self) -> None:
-        self.query("COMMIT")
+        """COMMIT; a link that fails with it sent leaves its outcome unknown, which the
+        error says (the server may have committed: look before running the change again)."""
+        try:
+            self.query("COMMIT")
+        except NoAuthConnection as exc:
+            raise type(exc)(f"{exc.detail}; the COMMIT got no answer, so the change may have "
+                            f"been made: look (vuserinfo, vdominfo) before running it again"
+                            ) from None
         self.in_transaction = False
 
     def rollback(self) -> None:
