@@ -679,6 +679,32 @@ def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: 
     site.syslog.close()
 
 
+def test_a_login_whose_program_cannot_run_leaves_the_worker_clean(
+        root_vhome: Install, sql_db: Database) -> None:
+    """With vlog rows (mysql.sql_logging), a login whose program cannot be run (111) writes
+    its vlog row and the worker keeps its connections for the next login (before: the
+    request gave its connections back before that row, which then took the update one again
+    and dropped it at the end, neither kept nor closed: a new connection after each such
+    login, and the old one aborted)."""
+    root_vhome.set_config("server", "workers", 1)
+    root_vhome.set_config("mysql", "sql_logging", True)
+    root_vhome.set_config("logging", "level", "y")
+    site = sql_login_site(root_vhome, sql_db)
+    with running_server(root_vhome) as server:
+        without_fallbacks(root_vhome)
+        assert site.login("alice@example.com", "pw").code == 0
+        first = sql_sessions(sql_db)
+        for _ in range(2):
+            assert site.login("alice@example.com", "pw", program=["/nonexistent/prog"]
+                              ).code == 111
+        assert site.login("alice@example.com", "pw").code == 0
+        assert not [line for line in server.lines() if "worker ends" in line], server.lines()
+        assert sql_sessions(sql_db) == first
+    assert sql_db.rows("SELECT error FROM vlog ORDER BY id") == [
+        ["0"], ["0"], ["111"], ["0"], ["111"], ["0"]]
+    site.syslog.close()
+
+
 def test_a_worker_lets_go_of_connections_made_with_settings_since_changed(
         root_vhome: Install, sql_db: Database) -> None:
     """The configuration is read at each request: after a change of the [mysql] settings

@@ -431,6 +431,26 @@ def test_a_commit_without_an_answer_says_the_change_may_have_been_made(
     assert len(added.stdout.splitlines()) == 1 and "Traceback" not in added.stderr, added
 
 
+def test_a_login_whose_program_cannot_run_says_goodbye_to_the_server(
+        vhome: Install, sql_db: Database) -> None:
+    """vchkpw closes its connections before it execs the program; when that fails (111) its
+    vlog row is written on a new one, closed too before vchkpw exits (before: left open, so
+    the server counted an aborted client for each such login)."""
+    site = sql_site(vhome, sql_db, LoginSite)
+    vhome.set_config("mysql", "sql_logging", True)
+    vhome.set_config("logging", "level", "y")
+
+    def aborted() -> int:
+        return int(sql_db.server.rows("SHOW GLOBAL STATUS LIKE 'Aborted_clients'")[0][1])
+
+    before = aborted()
+    login = site.login(f"alice@{DOMAIN}", "pw",  # type: ignore[attr-defined]
+                       program=["/nonexistent/prog"])
+    assert login.code == 111, login
+    assert sql_db.rows("SELECT error FROM vlog ORDER BY id") == [["0"], ["111"]]
+    assert aborted() == before
+
+
 def user_dir_on(db: Database, name: str) -> Path:
     return Path(db.rows(f"SELECT pw_dir FROM vpopmail WHERE pw_name = '{name}'")[0][0])
 

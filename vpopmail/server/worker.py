@@ -273,7 +273,7 @@ def plan_class(smtp_only: bool = False, lookup: bool = False) -> type:
     is read (a server.smtp_auth_callers caller's, served with the vpopmail user's rights).
     ``lookup``: a Dovecot 2.4 lookup's, whose answer is the plan's environment: its program
     is never run, nor looked for."""
-    from vpopmail.stores import VUser, close_stores
+    from vpopmail.stores import VUser
     from auth.vchkpw import SMTP, Finish, Vchkpw, exec_candidates
     from vpopmail.errors import TEMPORARY
     from vpopmail.assign import AssignEntry
@@ -312,7 +312,6 @@ def plan_class(smtp_only: bool = False, lookup: bool = False) -> type:
 
         def exec(self, command: list[str], env: dict[str, str]) -> None:
             self.log.close()
-            close_stores()
             path = command[0]
             if lookup:
                 raise ExecPlan(path, command, env, None, None)

@@ -305,11 +305,14 @@ class Stores:
 
     @property
     def _sql(self) -> "MySQLDatabase | None":
-        """The SQL backend's one object (users, lastauth and every other table), or None."""
+        """The SQL backend's one object (users, lastauth and every other table), or None;
+        listed for :func:`close_stores` again when used after it (vchkpw's vlog row for a
+        program it could not exec)."""
         if self._database is None and self._backend == SQL:
             from vpopmail.stores.sql import MySQLDatabase
 
             self._database = MySQLDatabase(self.config, self.admin)
+        if self._database is not None and self._database not in _opened:
             _opened.append(self._database)
         return self._database
 
