@@ -705,6 +705,38 @@ def test_a_login_whose_program_cannot_run_leaves_the_worker_clean(
     site.syslog.close()
 
 
+def aborted_connections(sql_db: Database) -> list[str]:
+    """The database's log lines for connections to this test's database dropped without a
+    goodbye."""
+    log = (sql_db.server.base / "error.log").read_text(errors="replace")
+    return [line for line in log.splitlines()
+            if "Aborted connection" in line and f"db: '{sql_db.name}'" in line]
+
+
+def test_workers_that_end_say_goodbye_to_the_sql_server(root_vhome: Install, sql_db: Database
+                                                         ) -> None:
+    """A worker that ends (server.requests_per_worker served, a reload such as an upgrade's,
+    a stop) closes the SQL connections it kept between requests. Before: it left with
+    os._exit, dropping them, and MariaDB logged an "Aborted connection" line and counted an
+    aborted client for each, every time a worker retired and for every worker at each
+    reload."""
+    root_vhome.set_config("server", "requests_per_worker", 2)
+    site = sql_login_site(root_vhome, sql_db)
+    with running_server(root_vhome) as server:
+        without_fallbacks(root_vhome)
+        for _ in range(3):
+            assert site.login("alice@example.com", "pw").code == 0
+        server.proc.send_signal(signal.SIGHUP)
+        wait_for(server, listening=2)
+        assert site.login("alice@example.com", "pw").code == 0
+    deadline = time.monotonic() + 10
+    while sql_sessions(sql_db) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sql_sessions(sql_db)
+    assert not aborted_connections(sql_db)
+    site.syslog.close()
+
+
 def test_a_worker_lets_go_of_connections_made_with_settings_since_changed(
         root_vhome: Install, sql_db: Database) -> None:
     """The configuration is read at each request: after a change of the [mysql] settings

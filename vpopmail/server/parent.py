@@ -17,6 +17,7 @@ from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
                                     decline, decline_queued, identify, log, plan_class,
                                     readable, work)
+from vpopmail.stores import drop_kept_connections
 from vpopmail.wire import identity_socket
 
 BACKLOG = 1024
@@ -897,6 +898,7 @@ class Server:
             log(self.settings.log_fd, f"worker failed: {type(exc).__name__}: {exc}")
             code = 1
         finally:
+            drop_kept_connections()  # a goodbye to the SQL servers, which os._exit does not say
             os._exit(code)
 
     def forget(self, own: Direct | None, first: Waiting) -> None:
