@@ -14,8 +14,8 @@ identity: a process is never shared by two identities. It ends after
 ``server.requests_per_worker`` requests (1: a fresh worker for every request), when idle for
 ``server.idle_timeout`` seconds, when a request left it with other ids or open descriptors, or
 when the parent leaves; idle for ``server.sql_idle_timeout`` seconds, it closes the SQL
-connections it keeps between requests. At most ``server.workers`` workers live; an idle one of another
-identity is retired to make room, and connections wait in order.
+connections it keeps between requests. At most ``server.workers`` workers live; an idle one of
+another identity is retired to make room, and connections wait in order.
 
 An identity also gets a socket of its own with its first worker (``server.sock.HASH``,
 :func:`vpopmail.wire.identity_socket`; made by the parent in its own directory, mode 0600 and

@@ -259,7 +259,8 @@ def kept_descriptors() -> set[int]:
 
 
 def drop_kept_connections() -> None:
-    """Close the connections :func:`keep_connections` holds (a worker idle a while)."""
+    """Close the connections kept between requests (:func:`keep_connections`, a vpopmaild
+    session's): a worker idle a while or ending, a session ending."""
     import sys
 
     sql = sys.modules.get("vpopmail.stores.sql")
