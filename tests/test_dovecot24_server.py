@@ -24,6 +24,7 @@ from delivery_site import DOMAIN, MESSAGE, Site
 from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
 from login_site import POP_ENV
+import mariadb_site
 from server_site import Server, served_login_site, server_of, wait_for
 
 pytestmark = pytest.mark.both_backends
@@ -227,6 +228,35 @@ def test_with_the_server_down_a_login_is_a_temporary_failure(mail_site: Site,
     assert checked.returncode != 0, checked.stdout
     assert ("Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: root) fail"
             in checked.stdout), checked.stdout
+
+
+@pytest.mark.sql_only
+def test_a_login_whose_lastauth_row_waits_on_a_lock_logs_in(mail_site: Site,
+                                                            dovecot: Dovecot) -> None:
+    """lastauth locked (a backup's read lock): the login waits locks.timeout (20 s by
+    default) at the lastauth REPLACE and goes on without the row, as through Dovecot 2.3's
+    checkpassword, within Dovecot's own 60 s auth-worker lookup timeout; a wrong password
+    (no lastauth row) is refused at once. Before, vpopmail-auth.lua gave up after 15 s: a
+    temporary failure for the right password while the lock lasted."""
+    database = mail_site.inst.database
+    assert database is not None
+    assert mariadb_site.CLIENT is not None
+    client = [mariadb_site.CLIENT, "--no-defaults", "-S", database.server.socket, "-uroot",
+              database.name, "-e", "LOCK TABLES lastauth READ; SELECT SLEEP(60)"]
+    with subprocess.Popen(client, stdout=subprocess.DEVNULL) as locker:
+        try:
+            time.sleep(1)
+            with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+                dovecot.imap_login(f"alice@{DOMAIN}", "wrong", new_source_ip())
+            started = time.monotonic()
+            session = dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip(),
+                                         timeout=90)
+            assert 20 <= time.monotonic() - started < 45
+            assert session.select("INBOX") == ("OK", [b"1"])
+            session.logout()
+        finally:
+            locker.kill()
+    assert dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()).logout()
 
 
 def test_lookups_answer_vchkpws_decisions(mail_site: Site) -> None:

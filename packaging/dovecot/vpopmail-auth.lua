@@ -16,12 +16,17 @@
 
 local SOCKET = "/home/vpopmail/run/lookup.sock"
 
+-- How long a lookup may take: more than mysql.read_timeout (30 s by default; a login whose
+-- lastauth row waits that long goes on without it), less than Dovecot's own 60 s auth-worker
+-- lookup timeout. Raise it with a longer mysql.read_timeout (up to 55s).
+local TIMEOUT = "45s"
+
 local client
 
 function script_init()
   client = dovecot.http.client({
     proxy_socket_path = SOCKET,
-    request_timeout = "15s",
+    request_timeout = TIMEOUT,
     request_max_attempts = 1,
   })
   return 0
