@@ -143,6 +143,12 @@ def refusal(program: str) -> str | None:
     return f"{said[-1].removeprefix('vpopmail-server: ')} ({program} --check)"
 
 
+def installation_of(program: str) -> str:
+    """The installation (PREFIX) whose bin/ holds ``program``, links followed: a server
+    started through a link to its wrapper is that installation's."""
+    return os.path.dirname(os.path.dirname(os.path.realpath(program)))
+
+
 def library_lock(program: str) -> int:
     """The lock packaging/install holds while it changes the installation of ``program``
     (PREFIX/lib/install.lock, beside the bin/ its links lead to), taken shared without waiting
@@ -152,9 +158,7 @@ def library_lock(program: str) -> int:
     part of the next; -1 where there is no such file (no install of this version yet)."""
     import fcntl
 
-    # where the wrapper is: a server started through a link to it is that installation's
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(program))), "lib",
-                        "install.lock")
+    path = os.path.join(installation_of(program), "lib", "install.lock")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -197,7 +201,7 @@ def holder(path: str) -> int | None:
     lock or the socket; None when none holds it, or there is no such file (or the holder is in
     another pid namespace: the kernel lists only the locks of processes this one sees)."""
     try:
-        st = os.stat(f"{path}.lock")
+        st = os.stat(socket_lock(path))
         with open("/proc/locks", encoding="ascii") as fh:
             lines = fh.read().splitlines()
     except OSError:
@@ -210,6 +214,11 @@ def holder(path: str) -> int | None:
     return None
 
 
+def socket_lock(path: str) -> str:
+    """The lock file of the server socket ``path`` (:func:`hold`, :func:`holder`)."""
+    return f"{path}.lock"
+
+
 def hold(path: str) -> int:
     """The lock of the server socket ``path`` (``PATH.lock`` beside it, flock'd), held while
     this server lives, across a reload's exec (KEPT_LOCK; each worker closes its copy, so
@@ -218,7 +227,7 @@ def hold(path: str) -> int:
     passed :func:`check_path`."""
     import fcntl
 
-    lock = f"{path}.lock"
+    lock = socket_lock(path)
     kept = os.environ.pop(KEPT_LOCK, "")
     fd = int(kept) if kept.isdigit() else -1
     try:
