@@ -21,6 +21,12 @@ _CACHE_VERSION = 8  # 8: mysql.read_timeout (a cache holds the defaults)
 #: what mysql.read_timeout 0 gives a statement beyond locks.timeout: its own time, once it
 #: has its locks
 READ_MARGIN = 10
+
+
+def sql_lock_wait(locks_timeout: int) -> int:
+    """Seconds an SQL statement waits on a lock: ``locks.timeout``, at least the 1 s that
+    MariaDB's innodb_lock_wait_timeout and lock_wait_timeout take at the least."""
+    return max(1, locks_timeout)
 #: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
 #: would only fail later, when the server maps a counter for each
 MAX_WORKERS = 4096
@@ -168,7 +174,7 @@ class Config:
     def sql_read_timeout(self) -> int:
         """Seconds an SQL statement's answer may take: ``mysql.read_timeout``, or by default
         (0) more than ``locks.timeout`` by READ_MARGIN."""
-        return self.mysql_read_timeout or max(1, self.locks_timeout) + READ_MARGIN
+        return self.mysql_read_timeout or sql_lock_wait(self.locks_timeout) + READ_MARGIN
 
     def smtp_auth_callers(self) -> frozenset[int]:
         """The uids ``server.smtp_auth_callers`` names (user names or numbers); a ConfigError
@@ -268,7 +274,7 @@ def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
                 "server_idle_timeout", "server_sql_idle_timeout", "server_reply_timeout"):
         if int(values[key]) < 0:
             raise ConfigError(f"{source}: {key.replace('_', '.', 1)} must be >= 0")
-    lock_wait = max(1, int(values["locks_timeout"]))  # the server's least: see stores.sql
+    lock_wait = sql_lock_wait(int(values["locks_timeout"]))
     if 0 < int(values["mysql_read_timeout"]) <= lock_wait:
         raise ConfigError(f"{source}: mysql.read_timeout must be more than locks.timeout "
                           f"({lock_wait} s), which a statement may wait on a lock; 0 takes "

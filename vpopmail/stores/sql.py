@@ -26,7 +26,7 @@ import posix
 import time
 
 from vpopmail.assign import AssignEntry
-from vpopmail.config import Config, Value
+from vpopmail.config import Config, Value, sql_lock_wait
 from vpopmail.errors import (BadInput, ConfigError, CorruptData, DomainAlreadyExists,
                              InvalidDomainName, NoAuthConnection, UserDoesNotExist,
                              UsernameExists)
@@ -278,6 +278,7 @@ class Connection:
                  side: str) -> None:
         self.server = server
         self.timeout = timeout
+        #: seconds a statement waits on a lock (config.sql_lock_wait)
         self.lock_timeout = lock_timeout
         #: seconds an answer may take (the driver's read and write timeouts: libmariadb waits
         #: that long once, then the link is cut with 2013): more than lock_timeout
@@ -358,7 +359,7 @@ class Connection:
             handle.query(b"SET SESSION autocommit = 1, "
                          b"sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), "
                          b"innodb_lock_wait_timeout = %d, lock_wait_timeout = %d"
-                         % ((max(1, self.lock_timeout),) * 2))
+                         % ((self.lock_timeout,) * 2))
         except driver.MySQLError as exc:
             _hang_up(handle)
             raise self.unanswered(self.fault(exc, started)) from None
@@ -545,7 +546,8 @@ class MySQLDatabase(UserDatabase):
         self.many_domains = config.mysql_many_domains
         self.clear_passwords = config.passwords_clear_passwords
         self.read_fallback = config.mysql_read_fallback
-        timeouts = (config.mysql_connect_timeout, config.locks_timeout, config.sql_read_timeout)
+        timeouts = (config.mysql_connect_timeout, sql_lock_wait(config.locks_timeout),
+                    config.sql_read_timeout)
         self.reader = Connection(Server.from_config(config, "read"), *timeouts, "read")
         self.writer = Connection(Server.from_config(config, "update"), *timeouts, "update")
         if admin:
