@@ -793,6 +793,25 @@ def test_idle_workers_give_their_sql_connections_back(root_vhome: Install, sql_d
     site.syslog.close()
 
 
+def test_sql_idle_timeout_0_keeps_no_connection_between_requests(root_vhome: Install,
+                                                                  sql_db: Database) -> None:
+    """server.sql_idle_timeout = 0: a worker closes its SQL connections as soon as no request
+    waits (the documented meaning), and opens new ones for the next request."""
+    site = sql_login_site(root_vhome, sql_db)
+    root_vhome.set_config("server", "sql_idle_timeout", 0)
+    with running_server(root_vhome) as server:
+        for _ in range(3):
+            assert site.deliver("alice").returncode == 0
+            deadline = time.monotonic() + 5
+            while sql_sessions(sql_db) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sql_sessions(sql_db) == []
+            assert len(worker_ids(server)) == 1  # the worker stays
+        assert site.login("alice@example.com", "pw").code == 0
+    assert len(body_of(site, "alice")) == 3
+    site.syslog.close()
+
+
 def test_a_worker_whose_sql_server_stops_answering_answers_111_and_lets_go(
         root_vhome: Install, sql_db: Database) -> None:
     """Through the server, a database that stops answering on the connections a worker kept
