@@ -1,13 +1,10 @@
 """Maildir layout and durable delivery.
 
 A delivery follows the Maildir contract with the durability qmail-local gives and C vpopmail
-did not: the message is written into a file no other process can see or pick, fsynced,
-hard-linked into ``new/`` (never renamed over an existing name), and ``new/`` is fsynced.
-Only then does :func:`deliver` return. That file is unnamed (``O_TMPFILE`` in ``tmp/``, linked
-through ``/proc/self/fd``) where the kernel, the file system and ``/proc`` allow: nothing is
-ever in ``tmp/``, and its fsync writes less (``tmp/`` is not changed); elsewhere it is created
-``O_EXCL`` in ``tmp/`` under a name of its own and unlinked from there once linked. Any
-failure removes it, so no partial message is ever visible.
+did not: the tmp file is created ``O_EXCL`` under a name no other process can pick, written in
+chunks, fsynced, hard-linked into ``new/`` (never renamed over an existing name), unlinked from
+``tmp/``, and ``new/`` is fsynced. Only then does :func:`deliver` return. Any failure removes
+the tmp file, so no partial message is ever visible.
 
 Names: ``<sec>.M<usec>P<pid>Q<n>.<host>`` in tmp, ``<sec>.M<usec>P<pid>V<dev>I<ino>.<host>,
 S=<size>,W=<rfc822 size>`` in new (``/`` and ``:`` in the host name escaped as ``\\057`` and
@@ -32,11 +29,6 @@ CHUNK = 65536
 #: (the Maildir rule; qmail-pop3d applies it to atime at each session, Dovecot to ctime)
 TMP_STALE_SECONDS = 36 * 3600
 _counter = 0
-#: whether this process makes its messages unnamed (O_TMPFILE): False once the kernel, the
-#: file system or a missing /proc said it cannot (:func:`_deliver_unnamed`)
-_unnamed = True
-#: what open(2) says where O_TMPFILE is not supported (EISDIR: a kernel before 3.11)
-_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 def make_maildir(path: str, uid: int | None = None, gid: int | None = None,
@@ -184,10 +176,6 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
     error; in both cases nothing is left in ``tmp/`` or ``new/``.
     """
     maildir = maildir.rstrip("/") or "/"
-    if _unnamed:
-        delivered = _deliver_unnamed(maildir, header, source, sync)
-        if delivered is not None:
-            return delivered
     staged = write_tmp(maildir, header, source, sync)
     try:
         final = link_new(maildir, lambda path: posix.link(staged.path, path), staged.st,
@@ -201,56 +189,6 @@ def deliver(maildir: str, header: bytes, source: int, sync: bool = True) -> Deli
             discard(final)
             raise _fault(exc, "cannot sync", f"{maildir}/new") from None
     return Delivered(final, staged.size, staged.rfc822_size)
-
-
-def _deliver_unnamed(maildir: str, header: bytes, source: int, sync: bool) -> Delivered | None:
-    """:func:`deliver` through an unnamed file in ``tmp/`` (O_TMPFILE), linked into ``new/``
-    once written and synced; None (and ``_unnamed`` False) where the kernel, the file system
-    or /proc cannot make or name one: the caller then writes a named ``tmp/`` file."""
-    global _unnamed
-    tmp, new = f"{maildir}/tmp", f"{maildir}/new"
-    stem = unique_stem()
-    try:
-        fd = posix.open(tmp, posix.O_WRONLY | posix.O_TMPFILE | posix.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno in _NO_TMPFILE:
-            _unnamed = False
-            return None
-        raise _fault(exc, "cannot create a file in", tmp) from None
-    try:
-        try:
-            size, rfc822_size = write_message(fd, header, source)
-            if sync:
-                posix.fsync(fd)
-            st = posix.fstat(fd)
-        except OSError as exc:
-            raise _fault(exc, "cannot write", f"{tmp} (an unnamed file)") from None
-        try:
-            directory = posix.open(new, posix.O_RDONLY | posix.O_DIRECTORY | posix.O_CLOEXEC)
-        except OSError as exc:
-            raise _fault(exc, "cannot link into", new) from None
-        try:
-            linked = f"/proc/self/fd/{fd}"
-            try:  # linkat(2) with AT_SYMLINK_FOLLOW (a dst_dir_fd makes Python use it)
-                final = link_new(maildir, lambda path: posix.link(
-                    linked, path[len(new) + 1:], dst_dir_fd=directory), st, size,
-                    rfc822_size, stem)
-            except DeliveryFailed:
-                if posix.access("/proc/self/fd", posix.F_OK):
-                    raise
-                _unnamed = False  # no /proc: the message is written again, named
-                return None
-            if sync:
-                try:
-                    posix.fsync(directory)
-                except OSError as exc:
-                    discard(final)
-                    raise _fault(exc, "cannot sync", new) from None
-        finally:
-            posix.close(directory)
-    finally:
-        posix.close(fd)
-    return Delivered(final, size, rfc822_size)
 
 
 def discard(path: str) -> None:

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,83 +84,16 @@ def test_missing_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
     assert isinstance(caught.value, TemporaryError) and "No such file" in str(caught.value)
 
 
-@pytest.mark.parametrize("unnamed", [True, False])
-def test_link_never_overwrites(box: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               unnamed: bool) -> None:
-    monkeypatch.setattr(md, "_unnamed", unnamed)
+def test_link_never_overwrites(box: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fd = source(tmp_path, b"second\n")
     first = deliver(str(box), b"", fd)
     monkeypatch.setattr(md, "hostname", lambda: "x")
     real_link = os.link
-    monkeypatch.setattr(md.posix, "link",
-                        lambda a, b, **kw: real_link(a, first.path, **kw))
+    monkeypatch.setattr(md.posix, "link", lambda a, b: real_link(a, first.path))
     with pytest.raises(DeliveryFailed):
         deliver(str(box), b"", fd)
     assert Path(first.path).read_bytes() == b"second\n"
     assert os.listdir(box / "tmp") == []
-
-
-def test_a_message_is_never_named_in_tmp(box: Path, tmp_path: Path) -> None:
-    """Where O_TMPFILE works (here), the message's file is unnamed until linked into new/:
-    tmp/ is never changed (its mtime stays), and the message is whole with one link."""
-    fd = source(tmp_path, b"Subject: x\n\nbody\n")
-    os.utime(box / "tmp", (1000, 1000))
-    delivered = deliver(str(box), b"Delivered-To: a@b.test\n", fd)
-    assert os.stat(box / "tmp").st_mtime == 1000
-    assert Path(delivered.path).read_bytes() == b"Delivered-To: a@b.test\nSubject: x\n\nbody\n"
-    assert os.stat(delivered.path).st_nlink == 1 and md._unnamed
-
-
-@pytest.mark.parametrize("errno_name", ["EOPNOTSUPP", "EISDIR", "EINVAL"])
-def test_without_o_tmpfile_a_named_tmp_file_is_used(box: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch,
-                                                    errno_name: str) -> None:
-    """A file system or kernel without O_TMPFILE (NFS, a kernel before 3.11: EISDIR) gets
-    the named tmp/ file, for this delivery and the process's next ones (not tried again)."""
-    import errno
-
-    monkeypatch.setattr(md, "_unnamed", True)
-    real_open = os.open
-    tried = []
-
-    def no_tmpfile(path: str, flags: int, mode: int = 0o777) -> int:
-        if flags & os.O_TMPFILE == os.O_TMPFILE:
-            tried.append(path)
-            raise OSError(getattr(errno, errno_name), os.strerror(getattr(errno, errno_name)))
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(md.posix, "open", no_tmpfile)
-    fd = source(tmp_path, b"x\n")
-    first = deliver(str(box), b"", fd)
-    os.utime(box / "tmp", (1000, 1000))
-    second = deliver(str(box), b"", fd)
-    assert os.stat(box / "tmp").st_mtime != 1000  # named there, then unlinked
-    assert Path(first.path).read_bytes() == Path(second.path).read_bytes() == b"x\n"
-    assert tried == [str(box / "tmp")] and not md._unnamed
-    assert os.listdir(box / "tmp") == []
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                    reason="needs root and unshare(1) for a mount namespace without /proc")
-def test_without_proc_the_message_is_written_again_named(box: Path, tmp_path: Path) -> None:
-    """With no /proc (a chroot without it) the unnamed file cannot be linked: the message
-    is written again as a named tmp/ file, once, and delivered whole."""
-    (tmp_path / "msg").write_bytes(b"Subject: x\n\nbody\n")
-    script = ("import os, sys\n"
-              "sys.path[:0] = [sys.argv[1]]\n"
-              "import maildir.maildir as md\n"
-              "fd = os.open(sys.argv[3], os.O_RDONLY)\n"
-              "d = md.deliver(sys.argv[2], b'', fd)\n"
-              "print(md._unnamed, d.path)\n")
-    root = str(Path(md.__file__).resolve().parents[1])
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           'umount -l /proc && exec "$@"', "sh", sys.executable, "-c", script,
-                           root, str(box), str(tmp_path / "msg")],
-                          capture_output=True, text=True, check=True)
-    unnamed, path = done.stdout.split()
-    assert unnamed == "False"
-    assert Path(path).read_bytes() == b"Subject: x\n\nbody\n"
-    assert os.listdir(box / "new") == [os.path.basename(path)] and os.listdir(box / "tmp") == []
 
 
 # -- maildirsize ---------------------------------------------------------------------------------

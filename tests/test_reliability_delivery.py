@@ -1,8 +1,7 @@
 """Delivery durability: vdelivermail killed with SIGKILL at every syscall of a delivery and at
 random moments, writes failing (ENOSPC and EIO injected, a full or read-only filesystem), awkward
 and 50 MB messages. After every run each file in new/ is a complete copy of what was delivered,
-a run that exited 0 left exactly one, a killed run left at most one file in tmp/ (none where
-the message is written unnamed, O_TMPFILE), and
+a run that exited 0 left exactly one, a killed run left at most one file in tmp/, and
 maildirsize is well formed and differs from a recount only by the messages a kill left
 delivered but not yet counted (vpopmail/Courier semantics: counted at the next recalculation).
 
@@ -259,8 +258,7 @@ class Plan:
         self.calls = calls
         self.start = next((i for i, c in enumerate(calls) if f'"{home}/' in c.text), len(calls))
         m = str(maildir)
-        self.tmp_create: int | None = None  # the message's file in tmp/ (O_EXCL or O_TMPFILE)
-        self.unnamed = False  # ... made O_TMPFILE: never named in tmp/, linked from /proc
+        self.tmp_create: int | None = None  # the message's file in tmp/ (O_EXCL)
         self.tmp_writes: list[tuple[int, int]] = []  # (index, bytes written)
         self.tmp_fsync: int | None = None
         self.link: int | None = None
@@ -283,9 +281,6 @@ class Plan:
                         self.staged = i
                     else:
                         self.tmp_create, tmp_file = i, path
-                elif path == f"{m}/tmp" and "O_TMPFILE" in call.text:
-                    tmp_file = fds[ret] = f"{m}/tmp/ (unnamed)"
-                    self.tmp_create, self.unnamed = i, True
                 elif path == f"{m}/maildirsize" and "O_APPEND" in call.text:
                     self.append_open = i
                 elif path == f"{m}/tmp":
@@ -300,7 +295,7 @@ class Plan:
                 self.tmp_fsync = i
             elif call.name == "fsync" and target == f"{m}/new":
                 self.new_fsync = i
-            elif call.name in ("link", "linkat"):
+            elif call.name == "link":
                 self.link = i
             elif call.name == "unlink" and tmp_file and path == tmp_file:
                 self.unlink = i
@@ -325,7 +320,7 @@ class Plan:
         points = []
         for i in range(self.start, len(self.calls)):
             call = self.calls[i]
-            if call.name in ("write", "fsync", "link", "linkat", "rename") or (
+            if call.name in ("write", "fsync", "link", "rename") or (
                     call.name == "openat"
                     and re.search(r"O_WRONLY|O_RDWR|O_CREAT|O_DIRECTORY", call.text)):
                 points.append(i)
@@ -337,7 +332,7 @@ class Plan:
 
     def left_by_kill(self, i: int) -> Left:
         """What tmp/ holds after a kill on entry to syscall ``i``."""
-        if self.done(self.tmp_create, i) and not self.done(self.unlink, i) and not self.unnamed:
+        if self.done(self.tmp_create, i) and not self.done(self.unlink, i):
             return "message", sum(n for j, n in self.tmp_writes if j < i)
         if self.done(self.staged, i) and not self.done(self.rename, i):
             return "staged", -1
@@ -404,7 +399,7 @@ def test_kill_at_every_syscall(strace: str, box_site: Site, tmp_path: Path, kind
     log = tmp_path / "trace"
     plan = reference(strace, box_site, box, log)
     names = [c.name for c in plan.calls]
-    assert plan.link and (plan.unnamed or plan.unlink) and plan.tmp_writes, names
+    assert plan.link and plan.unlink and plan.tmp_writes, names
     # what a kill cannot show (the page cache survives it): the file is synced before it is
     # linked, new/ after the link, both before maildirsize counts the message
     assert plan.tmp_writes[-1][0] < (plan.tmp_fsync or 0) < plan.link < (plan.new_fsync or 0)

@@ -6,7 +6,7 @@ name for every user of a domain, opened with ``fopen("w+")`` (an existing file o
 was truncated), mode from the umask, no fsync, no quota check and no ``maildirsize`` update;
 copies got a ``To: user@domain`` line in front of the file, links pointed at ``cwd/file``
 (wrong for an absolute path). Here every copy is a durable Maildir delivery
-(:func:`maildir.maildir.deliver`: an unnamed tmp file, fsync, link into ``new/``, fsync of
+(:func:`maildir.maildir.deliver`: O_EXCL tmp file, fsync, link into ``new/``, fsync of
 ``new/``); links get the same unique ``new/`` names, never replace an existing file, point at
 an fsynced file (hard links: a copy the domain owner makes, 0600, in one user's ``tmp/``,
 removed at the end) and are made durable by one ``syncfs`` per file system before the run
