@@ -6,6 +6,10 @@ chunks, fsynced, hard-linked into ``new/`` (never renamed over an existing name)
 ``tmp/``, and ``new/`` is fsynced. Only then does :func:`deliver` return. Any failure removes
 the tmp file, so no partial message is ever visible.
 
+Not an unnamed file (``O_TMPFILE``) linked into ``new/``: its fsync before the link writes
+an inode with no link, and ``new/``'s fsync does not write the link count, so on a file system
+without a journal a crash after exit 0 could leave ``new/`` naming an inode recorded as deleted.
+
 Names: ``<sec>.M<usec>P<pid>Q<n>.<host>`` in tmp, ``<sec>.M<usec>P<pid>V<dev>I<ino>.<host>,
 S=<size>,W=<rfc822 size>`` in new (``/`` and ``:`` in the host name escaped as ``\\057`` and
 ``\\072``); a name taken in new/ is retried with a fresh stem. vpopbull's links are made
