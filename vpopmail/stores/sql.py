@@ -327,7 +327,7 @@ class Connection:
             except driver.MySQLError as exc:  # gone away while idle: a new connection
                 _hang_up(kept)
                 if self.timed_out(exc, started):  # a new one would wait as long
-                    raise self.unanswered(self.fault(exc, started)) from None
+                    raise self.unanswered(self.fault(exc, True)) from None
         server = self.server
         options: dict[str, object] = {"user": server.user, "password": server.password,
                                       "database": server.database, "charset": "utf8mb4",
@@ -362,7 +362,7 @@ class Connection:
                          % ((self.lock_timeout,) * 2))
         except driver.MySQLError as exc:
             _hang_up(handle)
-            raise self.unanswered(self.fault(exc, started)) from None
+            raise self.unanswered(self.fault(exc, self.timed_out(exc, started))) from None
         self.handle = handle
         return handle
 
@@ -462,11 +462,11 @@ class Connection:
         self.unreachable = text
         return Unreachable(text)
 
-    def fault(self, exc: BaseException, started: float | None = None) -> str:
-        """One line for a driver error: the server and what happened (the read timeout, for
-        a request sent at ``started``, said as such)."""
+    def fault(self, exc: BaseException, timed_out: bool = False) -> str:
+        """One line for a driver error: the server and what happened (``timed_out``: the
+        read timeout, said as such)."""
         code, text = _error_parts(exc)
-        if started is not None and self.timed_out(exc, started):
+        if timed_out:
             text = f"did not answer in {self.read_timeout} s (mysql.read_timeout)"
         return f"{self.side} server {self.server.describe()}: {text} ({code})"
 
@@ -476,7 +476,7 @@ class Connection:
         code, text = _error_parts(exc)
         if self.timed_out(exc, started):
             self.close()
-            return self.unanswered(self.fault(exc, started))
+            return self.unanswered(self.fault(exc, True))
         if code in TEMPORARY or code >= 2000:  # client-side errors: the link itself failed
             self.close()
             return NoAuthConnection(self.fault(exc))
