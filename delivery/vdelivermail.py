@@ -552,9 +552,9 @@ class Vdelivermail:
         if not quota:
             if own is not None and own[1]:
                 quota = own[1]
-            else:  # no record quota text at all: maildirsize's line counts, as by default
-                found = load_maildirsize(root)
-                quota = found.quota if found else ""
+            else:  # no record quota text at all: maildirsize's line counts, read as C reads
+                found = load_maildirsize(root)  # it (format_maildirquota: 50M is 50 MB)
+                quota = record_quota(found.quota) if found else ""
         if not counted(maildir):
             quota = ""
         # the user's own Maildir is the user's, even where its path names no domain or another

@@ -84,6 +84,27 @@ def test_dotqmail_into_another_maildir_keeps_its_maildirsize(site: Site) -> None
     assert len(site.new_files(bob_maildir)) == 1
 
 
+@pytest.mark.parametrize("written, normal", [("50M", "52428800S"), ("2K", "2048S"),
+                                             ("5000", "5000S")])
+def test_a_maildirsize_quota_line_is_read_as_c_formats_it(site: Site, written: str,
+                                                          normal: str) -> None:
+    """A line into a Maildir that has no user quota here takes the quota line of its
+    maildirsize, which C vdelivermail reads through format_maildirquota as it reads a user
+    record: ``50M`` is 50 MB, ``2K`` 2048 bytes (before: 50 and 2 bytes, and every message
+    bounced as over quota where C delivered it; found by the differential fuzz against C)."""
+    bob_maildir = site.maildir("bob")
+    (bob_maildir / "maildirsize").write_text(f"{written}\n0 0\n")
+    if site.unprivileged:
+        shutil.chown(bob_maildir / "maildirsize", site.inst.user, site.inst.group)
+    write_dotqmail(site, site.user_dir("alice") / ".qmail", f"{bob_maildir}/\n")
+    result = site.deliver("alice")
+    assert (result.returncode, result.stdout) == (0, b"")
+    assert len(site.new_files(bob_maildir)) == 1
+    assert (bob_maildir / "maildirsize").read_text().split("\n")[0] == normal
+    if normal == "2048S":  # the unit is honoured: a 2 MB message does not fit in 2 KB
+        assert site.deliver("alice", BIG).returncode == 100
+
+
 @pytest.mark.parametrize("line, marker", [("./Maildir/.Spam/", False),
                                           ("./Maildir/.Spam/./", True),
                                           ("{home}/Maildir/.Spam/", False)])
