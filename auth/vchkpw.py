@@ -246,7 +246,11 @@ class Vchkpw:
         return name, domain
 
     def check_secret(self, entry: AssignEntry, user: VUser, stamp: str, service: str) -> str:
-        """How the login proved itself (APOP, CRAM-MD5 or PLAIN); Finish(1) if it did not."""
+        """How the login proved itself (APOP, CRAM-MD5 or PLAIN); Finish(1) if it did not.
+        An empty hash refuses every method unless learn_passwords is on (as C)."""
+        if not user.passwd and not self.config.passwords_learn_passwords:
+            self.waste_a_check()
+            raise Finish(REJECTED, "user has no password", password_class=True)
         if user.clear and stamp and service in (POP, SMTP):
             from vpopmail.passwords import check_challenge
 
@@ -254,9 +258,6 @@ class Vchkpw:
             if check_challenge(kind, user.clear, stamp, self.secret):
                 return kind
         if not user.passwd:
-            if not self.config.passwords_learn_passwords:
-                self.waste_a_check()
-                raise Finish(REJECTED, "user has no password", password_class=True)
             self.store_password(entry, user, learn=True)
             return "PLAIN"
         if not verify_password(self.secret, user.passwd, self.config.passwords_scheme):

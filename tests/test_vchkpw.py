@@ -507,6 +507,28 @@ def test_no_password_rejected_without_learning(site: LoginSite) -> None:
     assert site.login("alice@example.com", "anything").code == 1
 
 
+def test_no_password_rejected_for_apop_and_cram_md5_too(clear_site: LoginSite) -> None:
+    """An empty hash with the clear text kept: C vchkpw answers "user has no password" whatever
+    APOP or CRAM-MD5 proved (found by the differential fuzz against C 5.4.33)."""
+    api = clear_site.inst.api()
+    try:
+        user, entry = api.get_user(f"mrose@{DOMAIN}")
+        user.passwd = ""
+        api.backend.update_users(entry, [user])
+    finally:
+        api.backend.close()
+    stamp = "<1896.697170952@dbc.mtview.ca.us>"
+    apop = "c4c9334bac560ecc979e58001b3e22fb"
+    cram = "c02dd90e04576e500bb447ed7476be15"  # HMAC-MD5("tanstaaf", stamp)
+    clear_site.inst.set_config("logging", "level", "y")
+    assert clear_site.login("mrose@example.com", apop, stamp).code == 1
+    assert clear_site.syslog.texts()[-1] == ("vchkpw-pop3: user has no password "
+                                             "mrose@example.com:192.0.2.10")
+    assert clear_site.login("mrose@example.com", cram, stamp,
+                            env=env(TCPLOCALPORT="25")).code == 1
+    assert clear_site.login("mrose@example.com", "tanstaaf", stamp).code == 1
+
+
 def test_rehash_on_login(site: LoginSite) -> None:
     site.inst.set_config("passwords", "scheme", "md5-crypt")
     site.add("carol", "Carol-pw")
