@@ -23,7 +23,7 @@ This is the login hot path: lean imports; hashes go through the C library's cryp
 """
 import posix
 
-from vpopmail.passwords import dummy_check, verify_password
+from vpopmail.passwords import dummy_check, is_locked, verify_password
 from vpopmail import assign, environ_text
 from vpopmail import config as vconfig
 from vpopmail.assign import AssignEntry
@@ -247,11 +247,12 @@ class Vchkpw:
 
     def check_secret(self, entry: AssignEntry, user: VUser, stamp: str, service: str) -> str:
         """How the login proved itself (APOP, CRAM-MD5 or PLAIN); Finish(1) if it did not.
-        An empty hash refuses every method unless learn_passwords is on (as C)."""
+        An empty hash refuses every method unless learn_passwords is on (as C); a locked one
+        (:func:`is_locked`) every method, where C let a digest of the clear text in."""
         if not user.passwd and not self.config.passwords_learn_passwords:
             self.waste_a_check()
             raise Finish(REJECTED, "user has no password", password_class=True)
-        if user.clear and stamp and service in (POP, SMTP):
+        if user.clear and stamp and service in (POP, SMTP) and not is_locked(user.passwd):
             from vpopmail.passwords import check_challenge
 
             kind = "APOP" if service == POP else "CRAM-MD5"

@@ -529,6 +529,29 @@ def test_no_password_rejected_for_apop_and_cram_md5_too(clear_site: LoginSite) -
     assert clear_site.login("mrose@example.com", "tanstaaf", stamp).code == 1
 
 
+@pytest.mark.parametrize("lock", ["!", "*"])
+def test_a_locked_account_refuses_apop_and_cram_md5_too(clear_site: LoginSite,
+                                                        lock: str) -> None:
+    """A hash prefixed with ``!`` or ``*`` (the usual way to lock an account) refuses the
+    digest logins as it refuses the password, although the clear text is kept. C vchkpw
+    5.4.33 logged such an account in by APOP or CRAM-MD5 (found by the differential fuzz
+    against C)."""
+    api = clear_site.inst.api()
+    try:
+        user, entry = api.get_user(f"mrose@{DOMAIN}")
+        user.passwd = lock + user.passwd
+        api.backend.update_users(entry, [user])
+    finally:
+        api.backend.close()
+    stamp = "<1896.697170952@dbc.mtview.ca.us>"
+    apop = "c4c9334bac560ecc979e58001b3e22fb"
+    cram = "c02dd90e04576e500bb447ed7476be15"  # HMAC-MD5("tanstaaf", stamp)
+    assert clear_site.login("mrose@example.com", apop, stamp).code == 1
+    assert clear_site.login("mrose@example.com", cram, stamp,
+                            env=env(TCPLOCALPORT="25")).code == 1
+    assert clear_site.login("mrose@example.com", "tanstaaf").code == 1
+
+
 def test_rehash_on_login(site: LoginSite) -> None:
     site.inst.set_config("passwords", "scheme", "md5-crypt")
     site.add("carol", "Carol-pw")

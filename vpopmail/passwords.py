@@ -143,11 +143,21 @@ def verify_password(plain: str, stored: str, scheme: str | None = None) -> bool:
     return matched
 
 
+def _bare(stored: str) -> str:
+    """``stored`` without an LDAP-style ``{CRYPT}`` prefix."""
+    return stored[7:] if stored.upper().startswith("{CRYPT}") else stored
+
+
+def is_locked(stored: str) -> bool:
+    """Whether the hash ``stored`` locks its account (``!`` or ``*`` in front): no password
+    and no APOP or CRAM-MD5 digest of a kept clear text logs it in."""
+    return _bare(stored)[:1] in ("!", "*")
+
+
 def _check(plain: str, stored: str) -> bool | None:
     """Whether ``plain`` matches ``stored``; None where no check could run."""
-    if stored.upper().startswith("{CRYPT}"):
-        stored = stored[7:]
-    if not stored or stored[0] in "*!":
+    stored = _bare(stored)
+    if not stored or is_locked(stored):
         return None
     if stored[0] != "{" and not stored.startswith("$argon2"):
         # every method the C library knows, as C vchkpw checks it ($gy$, $sha1$, BSDi `_`…)
