@@ -716,13 +716,21 @@ def test_ipv6_relay_entry(roaming: LoginSite) -> None:
 def test_ipv4_client_of_an_ipv6_tcpserver_relays_through_either(roaming: LoginSite) -> None:
     """A POP login of an IPv4 client under ``tcpserver -6`` (TCPREMOTEIP ``::ffff:a.b.c.d``)
     opens the relay for an SMTP tcpserver with and without -6: the cdb holds both forms
-    (before: only the mapped one, which an IPv4-only tcpserver never looks up)."""
+    (before: only the mapped one, which an IPv4-only tcpserver never looks up). open-smtp
+    gets C's dotted line, which the system's IPv4-only tcprules (C's clearopensmtp and vchkpw
+    rebuild with it) compiles; a ``::ffff:`` line stopped it ("unable to parse this line")."""
     assert roaming.login("alice@example.com", PASSWORD,
                          env=env(TCPREMOTEIP="::ffff:192.0.2.7")).code == 0
     [line] = open_smtp(roaming)
-    assert line.startswith("::ffff:192.0.2.7:")
+    assert line.startswith("192.0.2.7:")
     keys = cdb_keys(roaming)
     assert b"::ffff:192.0.2.7" in keys and b"192.0.2.7" in keys
+    work = roaming.inst.prefix / "tcprules-check"
+    work.mkdir()
+    compiled = subprocess.run(["tcprules", str(work / "out.cdb"), str(work / "out.tmp")],
+                              input=line.partition("\t")[0] + "\n", text=True,
+                              capture_output=True)
+    assert compiled.returncode == 0, compiled.stderr
 
 
 def test_lock_held_elsewhere_login_succeeds_without_relay(roaming: LoginSite) -> None:

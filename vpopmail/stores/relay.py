@@ -137,13 +137,14 @@ class RelayTable:
         log in again. True if the IP was new.
         Raises LockTimeout, CouldNotUpdateFile, BadInput (not an IP address, or a syntax
         error in tcp.smtp)."""
-        rule = rule_for_ip(ip)  # tcpserver's text for the address: what it looks up
+        rule = _recorded_rule(ip)
         key = ip_of_rule(rule)
         stamp = int(time.time()) if now is None else now
         with self._lock(self.open_smtp + ".lock") as lock:
             data, read = _read(self.open_smtp, follow=False)
             entries = _entries(data)
-            kept = [entry for entry in entries if entry[0] != key]
+            # the client's line, or an earlier version's line of its IPv4-mapped spelling
+            kept = [entry for entry in entries if entry[0] not in (key, _MAPPED + key)]
             new = len(kept) == len(entries)
             wanted, built = self._counters(lock)
             if new:
@@ -228,7 +229,7 @@ class SqlRelayTable(RelayTable):
     def open_relay(self, ip: str, now: int | None = None) -> bool:
         """As the file's: nothing is recorded when open-smtp.lock cannot be had, and a
         compile is owed before the row is written (given back if the IP was known)."""
-        key = ip_of_rule(rule_for_ip(ip)).decode()
+        key = ip_of_rule(_recorded_rule(ip)).decode()
         stamp = int(time.time()) if now is None else now
         with self._lock(self.open_smtp + ".lock") as lock:
             wanted, built = self._counters(lock)
@@ -247,6 +248,18 @@ class SqlRelayTable(RelayTable):
         dropped = self.database.relay_clear(moment - minutes * 60, moment)
         self.compile(self._owe_compile())
         return dropped
+
+
+def _recorded_rule(ip: str) -> bytes:
+    """The rule open-smtp's line (or the relay row's address) records for ``ip``: the form
+    tcpserver looks up (:func:`rule_for_ip`), an IPv4-mapped address (``tcpserver -6``'s
+    ``::ffff:a.b.c.d``) as its dotted quad, the line C writes: C's clearopensmtp and vchkpw
+    rebuild with the system's tcprules, whose IPv4-only build (Debian's) stops at a
+    ``::ffff:`` line. The cdb gets both spellings anyway (:func:`_both_forms`)."""
+    rule = rule_for_ip(ip)
+    if rule.startswith(_MAPPED) and b"." in ip_of_rule(rule):
+        return rule[len(_MAPPED):]
+    return rule
 
 
 def _entry(ip: str, stamp: bytes) -> tuple[bytes, bytes] | None:
