@@ -555,7 +555,8 @@ class Vdelivermail:
             else:  # no record quota text at all: maildirsize's line counts, read as C reads
                 found = load_maildirsize(root)  # it (format_maildirquota: 50M is 50 MB)
                 quota = record_quota(found.quota) if found else ""
-        if not counted(maildir):
+        keep_count = counted(maildir)
+        if not keep_count:
             quota = ""
         # the user's own Maildir is the user's, even where its path names no domain or another
         # one (C took the address from the path: a loop back to the user then went unseen)
@@ -586,7 +587,8 @@ class Vdelivermail:
                 raise defer(f"vdelivermail: {exc.detail}\n{SYSTEM_ERROR}") from None
 
         try:
-            failed = deliver_with_quota(root, quota, self.message.size, write, notice)[1]
+            failed = deliver_with_quota(root, quota, self.message.size, write, notice,
+                                        keep_count)[1]
         except OSError as exc:
             raise defer(f"vdelivermail: deferred, cannot count the usage of {maildir}: "
                         f"{exc.strerror}") from None

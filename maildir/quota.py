@@ -412,13 +412,18 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
     append runs into (``80`` + ``63 1`` reads as 8063 bytes), so the file is removed instead:
     the next delivery recalculates it. Raises OSError then, as for a failed write.
     """
+    if not _append(maildir, size, count):
+        recalculate(maildir, quota)
+
+
+def _append(maildir: str, size: int, count: int) -> bool:
+    """:func:`add_usage`'s append; False (nothing written) when there is no ``maildirsize``."""
     path = join(maildir, MAILDIRSIZE)
     try:
         fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
                         | posix.O_CLOEXEC)
     except FileNotFoundError:
-        recalculate(maildir, quota)
-        return
+        return False
     line = f"{size} {count}\n".encode()
     try:
         written = posix.write(fd, line)
@@ -431,6 +436,7 @@ def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
             pass
         raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes), removed "
                       "for recalculation", path)
+    return True
 
 
 def count_usage(maildir: str, quota: str, size: int) -> str:
@@ -444,7 +450,8 @@ def count_usage(maildir: str, quota: str, size: int) -> str:
 
 
 def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[], int]",
-                       notice: "Callable[[bool, int], None] | None" = None) -> tuple[bool, str]:
+                       notice: "Callable[[bool, int], None] | None" = None,
+                       keep_count: bool = False) -> tuple[bool, str]:
     """One delivery of ``size`` bytes counted in ``maildir`` (the Maildir whose
     ``maildirsize`` counts it: :func:`check_quota`) under ``quota``: check, write, count.
 
@@ -453,9 +460,17 @@ def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[],
     it may raise to end the delivery). Over the limit returns ``(False, "")`` and writes
     nothing. Otherwise ``write()`` delivers and returns the size Maildir++ counts, which is
     added to ``maildirsize``; returns ``(True, "")``, or ``(True, why)`` when that count
-    failed (:func:`count_usage`)."""
+    failed (:func:`count_usage`). Without a limit, ``keep_count`` adds the delivery to a
+    ``maildirsize`` that is there (Dovecot's or Courier's, or an earlier quota's), as C
+    vdelivermail does, so that its readers' totals stay right; none is made."""
     if not has_quota(quota):
-        write()
+        written = write()
+        if not keep_count:
+            return True, ""
+        try:
+            _append(maildir, written, 1)
+        except OSError as exc:
+            return True, str(exc)
         return True, ""
     over, percent = check_quota(maildir, quota, size)
     if notice is not None:

@@ -176,3 +176,36 @@ def test_the_users_maildir_is_its_own_quota_root(site: Site, line: str) -> None:
     assert (found.bytes, found.messages) == scan_usage(str(maildir)) == (
         len(site.only_message(maildir)), 1)
     assert not (home / "maildirsize").exists()
+
+
+@pytest.mark.parametrize("head", ["NOQUOTA", "1000S", "0S"])
+def test_a_maildirsize_under_no_quota_counts_each_delivery(site: Site, head: str) -> None:
+    """bob has no quota; a maildirsize in his Maildir (Dovecot's, Courier's, an earlier
+    quota's) gets each delivery appended, as C vdelivermail appends it, so that its readers'
+    totals stay right (before: left as it was, counting too little until a recount); nothing
+    is enforced (1000S: the message is bigger) and the file is not rewritten."""
+    maildir = site.maildir("bob")
+    (maildir / "maildirsize").write_text(f"{head}\n0 0\n")
+    if site.unprivileged:
+        shutil.chown(maildir / "maildirsize", site.inst.user, site.inst.group)
+    inode = (maildir / "maildirsize").stat().st_ino
+    for _ in range(2):
+        assert site.deliver("bob").returncode == 0
+    [size] = {len(path.read_bytes()) for path in site.new_files(maildir)}
+    assert (maildir / "maildirsize").read_text() == f"{head}\n0 0\n{size} 1\n{size} 1\n"
+    assert (maildir / "maildirsize").stat().st_ino == inode
+
+
+def test_no_quota_makes_no_maildirsize_and_trash_counts_nothing(site: Site) -> None:
+    """Without a maildirsize and without a quota none is made; a delivery into .Trash is not
+    counted in the Maildir's maildirsize (Courier's deliverquota counts none there)."""
+    maildir = site.maildir("bob")
+    assert site.deliver("bob").returncode == 0
+    assert not (maildir / "maildirsize").exists()
+    make_folder(site, maildir, ".Trash")
+    (maildir / "maildirsize").write_text("NOQUOTA\n0 0\n")
+    if site.unprivileged:
+        shutil.chown(maildir / "maildirsize", site.inst.user, site.inst.group)
+    write_dotqmail(site, site.user_dir("bob") / ".qmail", "./Maildir/.Trash/\n")
+    assert site.deliver("bob").returncode == 0
+    assert (maildir / "maildirsize").read_text() == "NOQUOTA\n0 0\n"

@@ -285,6 +285,9 @@ class Plan:
                     self.append_open = i
                 elif path == f"{m}/tmp":
                     self.tmp_scan = i
+            elif (call.name == "openat" and path == f"{m}/maildirsize"
+                  and "O_APPEND" in call.text):
+                self.append_open = i  # none there to count in (no quota): nothing appended
             elif call.name == "close" and call.fd is not None:
                 fds.pop(call.fd, None)
             elif call.name == "write" and tmp_file and target == tmp_file:
