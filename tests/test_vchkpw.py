@@ -456,12 +456,15 @@ def clear_site(site: LoginSite) -> LoginSite:
     return site
 
 
+#: RFC 1939's APOP example (mrose, tanstaaf) and the CRAM-MD5 digest of the same stamp
+STAMP = "<1896.697170952@dbc.mtview.ca.us>"
+APOP = "c4c9334bac560ecc979e58001b3e22fb"
+CRAM = "c02dd90e04576e500bb447ed7476be15"  # HMAC-MD5("tanstaaf", STAMP)
+
+
 def test_apop_rfc1939_vector(clear_site: LoginSite) -> None:
-    stamp = "<1896.697170952@dbc.mtview.ca.us>"
-    assert clear_site.login("mrose@example.com", "c4c9334bac560ecc979e58001b3e22fb",
-                            stamp).code == 0
-    assert clear_site.login("mrose@example.com", "c4c9334bac560ecc979e58001b3e22fc",
-                            stamp).code == 1
+    assert clear_site.login("mrose@example.com", APOP, STAMP).code == 0
+    assert clear_site.login("mrose@example.com", APOP[:-1] + "c", STAMP).code == 1
 
 
 def test_cram_md5_rfc2195_vector(clear_site: LoginSite) -> None:
@@ -507,26 +510,28 @@ def test_no_password_rejected_without_learning(site: LoginSite) -> None:
     assert site.login("alice@example.com", "anything").code == 1
 
 
-def test_no_password_rejected_for_apop_and_cram_md5_too(clear_site: LoginSite) -> None:
-    """An empty hash with the clear text kept: C vchkpw answers "user has no password" whatever
-    APOP or CRAM-MD5 proved (found by the differential fuzz against C 5.4.33)."""
-    api = clear_site.inst.api()
+def set_mrose_hash(site: LoginSite, passwd: str) -> None:
+    """Store ``passwd`` as mrose's hash, the clear text kept."""
+    api = site.inst.api()
     try:
         user, entry = api.get_user(f"mrose@{DOMAIN}")
-        user.passwd = ""
+        user.passwd = passwd
         api.backend.update_users(entry, [user])
     finally:
         api.backend.close()
-    stamp = "<1896.697170952@dbc.mtview.ca.us>"
-    apop = "c4c9334bac560ecc979e58001b3e22fb"
-    cram = "c02dd90e04576e500bb447ed7476be15"  # HMAC-MD5("tanstaaf", stamp)
+
+
+def test_no_password_rejected_for_apop_and_cram_md5_too(clear_site: LoginSite) -> None:
+    """An empty hash with the clear text kept: C vchkpw answers "user has no password" whatever
+    APOP or CRAM-MD5 proved (found by the differential fuzz against C 5.4.33)."""
+    set_mrose_hash(clear_site, "")
     clear_site.inst.set_config("logging", "level", "y")
-    assert clear_site.login("mrose@example.com", apop, stamp).code == 1
+    assert clear_site.login("mrose@example.com", APOP, STAMP).code == 1
     assert clear_site.syslog.texts()[-1] == ("vchkpw-pop3: user has no password "
                                              "mrose@example.com:192.0.2.10")
-    assert clear_site.login("mrose@example.com", cram, stamp,
+    assert clear_site.login("mrose@example.com", CRAM, STAMP,
                             env=env(TCPLOCALPORT="25")).code == 1
-    assert clear_site.login("mrose@example.com", "tanstaaf", stamp).code == 1
+    assert clear_site.login("mrose@example.com", "tanstaaf", STAMP).code == 1
 
 
 @pytest.mark.parametrize("lock", ["!", "*"])
@@ -536,18 +541,9 @@ def test_a_locked_account_refuses_apop_and_cram_md5_too(clear_site: LoginSite,
     digest logins as it refuses the password, although the clear text is kept. C vchkpw
     5.4.33 logged such an account in by APOP or CRAM-MD5 (found by the differential fuzz
     against C)."""
-    api = clear_site.inst.api()
-    try:
-        user, entry = api.get_user(f"mrose@{DOMAIN}")
-        user.passwd = lock + user.passwd
-        api.backend.update_users(entry, [user])
-    finally:
-        api.backend.close()
-    stamp = "<1896.697170952@dbc.mtview.ca.us>"
-    apop = "c4c9334bac560ecc979e58001b3e22fb"
-    cram = "c02dd90e04576e500bb447ed7476be15"  # HMAC-MD5("tanstaaf", stamp)
-    assert clear_site.login("mrose@example.com", apop, stamp).code == 1
-    assert clear_site.login("mrose@example.com", cram, stamp,
+    set_mrose_hash(clear_site, lock + clear_site.inst.vuser(f"mrose@{DOMAIN}").passwd)
+    assert clear_site.login("mrose@example.com", APOP, STAMP).code == 1
+    assert clear_site.login("mrose@example.com", CRAM, STAMP,
                             env=env(TCPLOCALPORT="25")).code == 1
     assert clear_site.login("mrose@example.com", "tanstaaf").code == 1
 
