@@ -21,15 +21,16 @@ _CACHE_VERSION = 8  # 8: mysql.read_timeout (a cache holds the defaults)
 #: what mysql.read_timeout 0 gives a statement beyond locks.timeout: its own time, once it
 #: has its locks
 READ_MARGIN = 10
+#: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
+#: would only fail later, when the server maps a counter for each
+MAX_WORKERS = 4096
 
 
 def sql_lock_wait(locks_timeout: int) -> int:
     """Seconds an SQL statement waits on a lock: ``locks.timeout``, at least the 1 s that
     MariaDB's innodb_lock_wait_timeout and lock_wait_timeout take at the least."""
     return max(1, locks_timeout)
-#: the most server.workers may be: each is a process (some 13 MiB); more is a mistake that
-#: would only fail later, when the server maps a counter for each
-MAX_WORKERS = 4096
+
 
 #: a setting's value: TOML's string, integer or boolean
 Value = str | int | bool
