@@ -403,27 +403,25 @@ def check_quota(maildir: str, quota: str, size: int, count: int = 1,
     return is_over(quota, usage, size, count), usage_percent(quota, usage)
 
 
-def add_usage(maildir: str, quota: str, size: int, count: int = 1) -> None:
+def add_usage(maildir: str, quota: str, size: int, count: int = 1,
+              recount: bool = True) -> None:
     """Record a delivery in the ``maildirsize`` of ``maildir`` (the Maildir that counts it, as
     for :func:`check_quota`) with one appended ``"<size> <count>"`` line (one write, so
-    concurrent appenders never interleave); a missing file is recalculated instead.
+    concurrent appenders never interleave); a missing file is recalculated instead (with
+    ``recount``; else none is made).
 
     A short append (the disk filled up mid-line) would leave a partial line that the next
     append runs into (``80`` + ``63 1`` reads as 8063 bytes), so the file is removed instead:
     the next delivery recalculates it. Raises OSError then, as for a failed write.
     """
-    if not _append(maildir, size, count):
-        recalculate(maildir, quota)
-
-
-def _append(maildir: str, size: int, count: int) -> bool:
-    """:func:`add_usage`'s append; False (nothing written) when there is no ``maildirsize``."""
     path = join(maildir, MAILDIRSIZE)
     try:
         fd = posix.open(path, posix.O_WRONLY | posix.O_APPEND | posix.O_NOFOLLOW | posix.O_NONBLOCK
                         | posix.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        if recount:
+            recalculate(maildir, quota)
+        return
     line = f"{size} {count}\n".encode()
     try:
         written = posix.write(fd, line)
@@ -436,14 +434,13 @@ def _append(maildir: str, size: int, count: int) -> bool:
             pass
         raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes), removed "
                       "for recalculation", path)
-    return True
 
 
-def count_usage(maildir: str, quota: str, size: int) -> str:
+def count_usage(maildir: str, quota: str, size: int, recount: bool = True) -> str:
     """:func:`add_usage` after a delivery that is done whatever happens here: ``""`` when
     recorded, else why not (the next check recalculates)."""
     try:
-        add_usage(maildir, quota, size)
+        add_usage(maildir, quota, size, recount=recount)
     except (OSError, VpopmailError) as exc:
         return str(exc)
     return ""
@@ -465,13 +462,7 @@ def deliver_with_quota(maildir: str, quota: str, size: int, write: "Callable[[],
     vdelivermail does, so that its readers' totals stay right; none is made."""
     if not has_quota(quota):
         written = write()
-        if not keep_count:
-            return True, ""
-        try:
-            _append(maildir, written, 1)
-        except OSError as exc:
-            return True, str(exc)
-        return True, ""
+        return True, count_usage(maildir, quota, written, recount=False) if keep_count else ""
     over, percent = check_quota(maildir, quota, size)
     if notice is not None:
         notice(over, percent)
