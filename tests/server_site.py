@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,14 +68,46 @@ def fill_queue(path: Path) -> list[socket.socket]:
         queued.append(sock)
 
 
+def held_socket(path: Path) -> socket.socket:
+    """A listening socket at ``path`` (root's, 0600), as a systemd socket unit makes and holds
+    one: pass it to :func:`running_server`."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    path.chmod(0o600)
+    sock.listen(1024)
+    return sock
+
+
+def activated_argv(argv: list[str], passed: socket.socket) -> list[str]:
+    """``argv`` run as systemd's socket activation runs a service (sd_listen_fds(3)): the
+    socket ``passed`` (given to Popen's pass_fds) as its descriptor 3, LISTEN_FDS=1 and
+    LISTEN_PID its own pid."""
+    return [sys.executable, "-I", "-S", "-c", ACTIVATE, str(passed.fileno()), *argv]
+
+
+#: :func:`activated_argv`'s program (sh takes only one digit in a redirection's descriptor)
+ACTIVATE = """import os, sys
+fd = int(sys.argv[1])
+os.dup2(fd, 3)
+os.close(fd)
+os.execve(sys.argv[2], sys.argv[2:], {**os.environ, "LISTEN_PID": str(os.getpid()),
+                                      "LISTEN_FDS": "1"})
+"""
+
+
 @contextmanager
-def running_server(inst: Install, *args: str) -> Iterator[Server]:
+def running_server(inst: Install, *args: str, passed: socket.socket | None = None
+                   ) -> Iterator[Server]:
     """The install's server, started as the install's owner would start it (root for a root
-    install), stopped at the end; it must have logged no worker failure."""
+    install), with the socket ``passed`` as systemd would pass it (:func:`activated_argv`),
+    stopped at the end; it must have logged no worker failure."""
     log = inst.prefix.parent / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
+    argv = [str(inst.bin / "vpopmail-server"), *args]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([str(inst.bin / "vpopmail-server"), *args], stdout=fh,
-                                stderr=fh, env=CLEAN_ENV, cwd="/")
+        proc = subprocess.Popen(argv if passed is None else activated_argv(argv, passed),
+                                stdout=fh, stderr=fh, env=CLEAN_ENV, cwd="/",
+                                pass_fds=() if passed is None else (passed.fileno(),))
     server = Server(inst, proc, log)
     try:
         wait_for(server)

@@ -404,10 +404,21 @@ def test_systemd_units_verify(vhome: Install, tmp_path: Path) -> None:
              for unit in sorted((SERVICE / "systemd").iterdir())]
     assert [u.name for u in units] == ["vpopmail-clearopensmtp.service",
                                        "vpopmail-clearopensmtp.timer", "vpopmail-pop3.service",
-                                       "vpopmail-server.service"]
+                                       "vpopmail-server.service", "vpopmail-server.socket"]
     result = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units)],
                             capture_output=True, text=True, cwd=tmp_path)
     assert (result.returncode, result.stderr) == (0, ""), result
+
+
+def test_the_socket_unit_holds_the_lookup_socket_the_server_takes() -> None:
+    """vpopmail-server.socket listens where the server's lookup socket is by default, with
+    the mode the server gives it (root Dovecot callers): the server takes it as it is."""
+    unit = (SERVICE / "systemd" / "vpopmail-server.socket").read_text()
+    fields = dict(line.split("=", 1) for line in unit.splitlines()
+                  if "=" in line and not line.startswith("#"))
+    assert fields["ListenStream"] == (f"{vconfig.Config.paths_vpopmail_home}/"
+                                      f"{vconfig.Config.paths_lookup_socket}")
+    assert (fields["SocketUser"], fields["SocketMode"]) == ("root", "0600")
 
 
 def test_run_scripts_parse() -> None:

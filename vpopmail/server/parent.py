@@ -42,6 +42,11 @@ KEPT_LOCK = RELOAD_PREFIX + "LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = RELOAD_PREFIX + "LOOKUPS"
+#: and whether that socket is one systemd passed (:func:`activated_lookups`): it is left
+#: listening, its path in place, when the server stops
+KEPT_ACTIVATED = RELOAD_PREFIX + "ACTIVATED"
+#: systemd's socket activation (sd_listen_fds(3)): the descriptors it passes start here
+LISTEN_FDS_START = 3
 #: and its shared lock on the installation's library (:func:`library_lock`), kept across exec
 #: until the new process has imported what it runs
 KEPT_LIBRARY = RELOAD_PREFIX + "LIBRARY"
@@ -298,33 +303,91 @@ def previous_workers() -> set[int]:
     return found.intersection(int(pid) for pid in named.split(",") if pid.isdigit())
 
 
-def kept_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | None:
+def kept_lookups(path: str | None, mode: int, log_fd: int) -> tuple[socket.socket | None, bool]:
     """At a start after a reload, the lookup socket the replaced process kept open (its
     KEPT_LOOKUPS, taken out of the environment) if it still listens at ``path`` (with
-    ``mode``); one the configuration no longer names is closed (one log line) and its path
-    removed."""
+    ``mode``), and whether systemd passed it (KEPT_ACTIVATED); one the configuration no
+    longer names is closed (one log line) and its path removed, unless systemd's."""
+    activated = os.environ.pop(KEPT_ACTIVATED, "") == "1"
     fd, _, rest = os.environ.pop(KEPT_LOOKUPS, "").partition(":")
     inode, _, kept = rest.partition(":")
     if not (fd.isdigit() and inode.isdigit() and kept):
-        return None
+        return None, False
     try:
         sock = socket.socket(fileno=int(fd))
     except OSError:
-        return None
+        return None, False
     try:
-        if sock.family != socket.AF_UNIX or not sock.getsockopt(socket.SOL_SOCKET,
-                                                                socket.SO_ACCEPTCONN):
+        if not listens(sock):
             raise OSError(f"descriptor {fd} is not a listening Unix socket")
         if kept != path or os.stat(kept).st_ino != int(inode):
-            unlink_if(kept, int(inode))
+            if not activated:
+                unlink_if(kept, int(inode))
             raise OSError(f"{kept} is no longer the lookup socket")
         os.chmod(kept, mode)
     except OSError as exc:
         log(log_fd, f"the lookup socket kept across the reload is closed: {exc}")
         sock.close()
-        return None
+        return None, False
     os.set_inheritable(sock.fileno(), False)
-    return sock
+    return sock, activated
+
+
+def listens(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a listening Unix stream socket."""
+    return (sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+            and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1)
+
+
+def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
+    """Why the socket ``sock`` systemd passed cannot be the lookup socket at ``path``; None
+    when it is (its path then given ``mode``)."""
+    try:
+        name = sock.getsockname()
+        if not listens(sock) or not isinstance(name, str) or not name.startswith("/"):
+            return f"not a listening Unix stream socket with a path ({name!r})"
+        try:
+            same = os.path.samestat(os.stat(name), os.stat(path))
+        except FileNotFoundError:  # (either: a socket unit's path, or the setting's)
+            same = False
+        if not same:
+            return f"{name} is not {LOOKUP_SOCKET} ({path})"
+        os.chmod(path, mode)
+    except OSError as exc:
+        return f"{exc.filename or 'the socket'}: {exc.strerror}"
+    return None
+
+
+def activated_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | None:
+    """The lookup socket systemd passed (socket activation, sd_listen_fds(3): LISTEN_PID and
+    LISTEN_FDS, taken out of the environment) if it is a listening Unix stream socket at
+    ``path`` (then given ``mode``): its socket unit keeps it listening while the server is
+    down or restarting, so Dovecot's lookups wait in its queue instead of failing. Any other
+    descriptor passed is closed, with a log line (the front ends' socket is the server's
+    own: with it held, they would wait for a server that may not come, where they run the
+    Python programs)."""
+    pid = os.environ.pop("LISTEN_PID", "")
+    count = os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()) or not count.isdigit():
+        return None
+    found = None
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            log(log_fd, f"socket activation: descriptor {fd}: {exc.strerror}")
+            continue
+        os.set_inheritable(fd, False)
+        why = ("no lookup socket wanted (server.dovecot_callers is empty)" if path is None
+               else "a lookup socket was passed before it" if found is not None
+               else take_passed(sock, path, mode))
+        if why is None:
+            found = sock
+        else:
+            log(log_fd, f"socket activation: descriptor {fd} closed: {why}")
+            sock.close()
+    return found
 
 
 def woken(wake: int) -> bytes:
@@ -416,6 +479,8 @@ class Server:
         self.kept = min(max(2, self.settings.workers // 8), self.settings.workers // 2
                         ) if callers else 0
         self.lookups: socket.socket | None = None
+        #: whether systemd passed it (:func:`activated_lookups`): never removed nor declined
+        self.activated = False
         self.busy: dict[int, Worker] = {}  # control fd -> worker
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
         self.ending: dict[int, int] = {}  # pid -> counter slot, of workers not yet collected
@@ -451,7 +516,11 @@ class Server:
         identity = os.stat(self.path).st_ino
         lookups_inode = 0
         mode = lookup_mode(self.settings.dovecot_callers)
-        self.lookups = kept_lookups(self.lookup_path, mode, self.settings.log_fd)
+        self.lookups, self.activated = kept_lookups(self.lookup_path, mode,
+                                                    self.settings.log_fd)
+        if self.lookups is None:
+            self.lookups = activated_lookups(self.lookup_path, mode, self.settings.log_fd)
+            self.activated = self.lookups is not None
         if self.lookup_path is not None:
             try:
                 if self.lookups is None:
@@ -474,6 +543,9 @@ class Server:
         # ended before (idle ones leave at once) are collected now
         self.previous = previous_workers()
         self.reap()
+        if self.activated:
+            log(self.settings.log_fd, f"lookups at {self.lookup_path}: the socket systemd "
+                                      f"holds (it listens while the server is down)")
         log(self.settings.log_fd, f"listening on {self.path} (pid {os.getpid()}, "
             f"{self.settings.workers} workers, {self.settings.requests_per_worker} requests "
             f"a worker)")
@@ -501,6 +573,9 @@ class Server:
                 os.set_inheritable(self.lookups.fileno(), True)
                 os.environ[KEPT_LOOKUPS] = (f"{self.lookups.fileno()}:{lookups_inode}:"
                                             f"{self.lookup_path}")
+                os.environ[KEPT_ACTIVATED] = "1" if self.activated else "0"
+            elif self.lookups is not None and self.activated:
+                self.lookups.close()  # systemd's copy listens on: the next server answers
             elif self.lookups is not None:
                 assert self.lookup_path is not None
                 unlink_if(self.lookup_path, lookups_inode)
