@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import imaplib
+import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ from login_site import POP_ENV
 import mariadb_site
 from server_site import (Server, held_socket, running_server, served_login_site, server_of,
                          wait_for)
+from vpopmail import wire
 
 pytestmark = pytest.mark.both_backends
 
@@ -708,3 +711,39 @@ def test_with_the_lookup_socket_held_logins_wait_out_a_crash(mail_site: Site,
             took = time.monotonic() - started
     assert tested.returncode == 0, (tested.stdout, tested.stderr)
     assert took < 5, took  # not a benchmark: the backoff it replaces took 10 s and more
+
+
+def served(site: Site) -> int:
+    """The requests the server reports served (its status request counted), once the count
+    has settled (a worker counts a request after its answer)."""
+    def count() -> int:
+        state = wire.ask_status(str(server(site).socket), uid=os.geteuid())[1]
+        found = re.search(r"(\d+) requests?,", state)
+        assert found, state
+        return int(found.group(1))
+
+    last, now = -1, count()
+    while now != last + 1:  # unchanged but for the status request itself
+        time.sleep(0.2)
+        last, now = now, count()
+    return now
+
+
+def test_a_login_asks_the_server_once(mail_site: Site, dovecot: Dovecot) -> None:
+    """The shipped configuration's userdb prefetch: an IMAP or POP3 login takes its userdb
+    fields (uid, gid, home) from the passdb's answer, so the server runs vchkpw once a login
+    (before: a passdb and then a userdb lookup, two requests, and a server restarted between
+    them failed the login); doveadm's user lookups, which make no passdb lookup, still ask
+    the server's userdb."""
+    before = served(mail_site)
+    session = dovecot.imap_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip())
+    assert session.select("INBOX") == ("OK", [b"1"])
+    session.logout()
+    with dovecot.pop3_login(f"alice@{DOMAIN}", PASSWORD, new_source_ip()) as client:
+        assert client.stat()[0] == 1
+    after = served(mail_site)
+    assert after - before == 2 + 2, (before, after)  # two logins, two status requests
+    found = dovecot.doveadm("user", f"alice@{DOMAIN}")
+    assert found.returncode == 0, found.stderr
+    assert f"home\t{mail_site.user_dir('alice')}" in found.stdout
+    assert served(mail_site) == after + 2 + 1  # two status requests, one userdb lookup
