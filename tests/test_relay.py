@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -340,3 +341,28 @@ def test_lock_held_elsewhere_times_out_and_changes_nothing(relay: RelayTable,
     with pytest.raises(LockTimeout):
         relay.clear(60, now=NOW)
     assert not os.path.exists(relay.open_smtp) and not os.path.exists(relay.cdb)
+
+
+@pytest.mark.parametrize("known", [False, True])
+def test_the_time_recorded_is_when_the_lock_was_had(tmp_path: Path, known: bool) -> None:
+    """A login that waited for open-smtp.lock records the time it got it, not the time it
+    began to wait: a login that came later but wrote first is never given an older time (and
+    the relay never closes earlier than relay_clear_minutes after the write)."""
+    relay = table(tmp_path)
+    relay.timeout = 10
+    Path(relay.tcp_smtp).write_bytes(STATIC)
+    if known:
+        relay.open_relay("192.0.2.1", now=NOW)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(2)\n"
+         "print(int(time.time()), flush=True)\n", relay.open_smtp + ".lock"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    relay.open_relay("192.0.2.1")
+    done = int(time.time())
+    released = int(holder.communicate(timeout=10)[0])
+    [line] = lines(relay)
+    assert line.startswith(b"192.0.2.1" + OPEN + b"\t")
+    assert released <= int(line.rpartition(b"\t")[2]) <= done

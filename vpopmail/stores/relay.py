@@ -139,8 +139,8 @@ class RelayTable:
         error in tcp.smtp)."""
         rule = _recorded_rule(ip)
         key = ip_of_rule(rule)
-        stamp = int(time.time()) if now is None else now
         with self._lock(self.open_smtp + ".lock") as lock:
+            stamp = int(time.time()) if now is None else now  # once the lock is had
             data, read = _read(self.open_smtp, follow=False)
             entries = _entries(data)
             # the client's line, or an earlier version's line of its IPv4-mapped spelling
@@ -230,8 +230,8 @@ class SqlRelayTable(RelayTable):
         """As the file's: nothing is recorded when open-smtp.lock cannot be had, and a
         compile is owed before the row is written (given back if the IP was known)."""
         key = ip_of_rule(_recorded_rule(ip)).decode()
-        stamp = int(time.time()) if now is None else now
         with self._lock(self.open_smtp + ".lock") as lock:
+            stamp = int(time.time()) if now is None else now
             wanted, built = self._counters(lock)
             self._set_counters(lock, wanted + 1, built)
             new = self.database.relay_open(key, stamp)
