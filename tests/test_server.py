@@ -652,6 +652,30 @@ def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: D
     site.syslog.close()
 
 
+def test_a_roaming_login_writes_its_relay_row_in_one_statement(root_vhome: Install,
+                                                               sql_db: Database) -> None:
+    """With roaming users, a login's relay row is one REPLACE committed by itself, as its
+    lastauth row (C's vopen_smtp_relay: one statement), with no START TRANSACTION and
+    COMMIT around it (two round trips to the server); then the rows are read back for
+    tcp.smtp.cdb."""
+    root_vhome.set_config("server", "workers", 1)
+    root_vhome.set_config("relay", "roaming_users", True)
+    site = sql_login_site(root_vhome, sql_db)
+
+    def login() -> None:
+        assert site.login("alice@example.com", "pw").code == 0
+
+    with running_server(root_vhome):
+        without_fallbacks(root_vhome)
+        login()
+        sql_db.rows("DELETE FROM relay")  # a new IP: the rows are read back for the cdb
+        assert statements(sql_db.server, sql_sessions(sql_db), login) == [
+            "SELECT pw_name,", "REPLACE INTO", "REPLACE INTO", "SELECT ip_addr,"]
+    assert [row[0] for row in sql_db.rows("SELECT ip_addr FROM relay")] == [
+        POP_ENV["TCPREMOTEIP"]]
+    site.syslog.close()
+
+
 def test_a_killed_sql_connection_before_a_vlog_row(root_vhome: Install, sql_db: Database
                                                    ) -> None:
     """A kept update connection killed while idle, whose next statement is a vlog INSERT (not

@@ -947,12 +947,13 @@ class MySQLDatabase(UserDatabase):
 
     # -- relay (roaming users) ----------------------------------------------------------------
     def relay_open(self, ip: str, stamp: int) -> bool:
-        """Record ``ip`` as allowed to relay from ``stamp``; True if it was not there."""
+        """Record ``ip`` as allowed to relay from ``stamp``; True if it was not there. One
+        statement, committed by itself (C's vopen_smtp_relay)."""
         def work(conn: Connection) -> bool:
             conn.query("REPLACE INTO relay (ip_addr, timestamp) VALUES (%s, %s)", [ip, str(stamp)])
             return conn.affected() == 1
 
-        return bool(self.transaction(work, ["relay"]))
+        return bool(self.transaction(work, ["relay"], autocommit=True))
 
     def relay_entries(self) -> list[tuple[str, int]]:
         """(ip, time) of every relay row, read from the update side: the login that just
