@@ -654,7 +654,7 @@ def test_a_login_worker_keeps_its_sql_connections(root_vhome: Install, sql_db: D
 
 def test_a_roaming_login_writes_its_relay_row_in_one_statement(root_vhome: Install,
                                                                sql_db: Database) -> None:
-    """With roaming users, a login's relay row is one REPLACE committed by itself, as its
+    """With roaming users, a login's relay row is one INSERT committed by itself, as its
     lastauth row (C's vopen_smtp_relay: one statement), with no START TRANSACTION and
     COMMIT around it (two round trips to the server); then the rows are read back for
     tcp.smtp.cdb."""
@@ -670,7 +670,7 @@ def test_a_roaming_login_writes_its_relay_row_in_one_statement(root_vhome: Insta
         login()
         sql_db.rows("DELETE FROM relay")  # a new IP: the rows are read back for the cdb
         assert statements(sql_db.server, sql_sessions(sql_db), login) == [
-            "SELECT pw_name,", "REPLACE INTO", "REPLACE INTO", "SELECT ip_addr,"]
+            "SELECT pw_name,", "REPLACE INTO", "INSERT INTO", "SELECT ip_addr,"]
     assert [row[0] for row in sql_db.rows("SELECT ip_addr FROM relay")] == [
         POP_ENV["TCPREMOTEIP"]]
     site.syslog.close()

@@ -185,7 +185,7 @@ def test_reads_go_to_the_replica_and_writes_only_to_the_primary(vhome: Install,
     assert all(who == RW for who, _ in primary), primary
     assert not [sql for _, sql in primary if sql.startswith("SELECT pw_name")], primary
     assert [sql for _, sql in primary if sql.startswith("REPLACE INTO lastauth")]
-    assert [sql for _, sql in primary if sql.startswith("REPLACE INTO relay")]
+    assert [sql for _, sql in primary if sql.startswith("INSERT INTO relay")]
     # and the replica follows: the login's lastauth row arrives there by replication
     db.sync()
     assert db.replica.rows(f"SELECT remote_ip FROM `{db.name}`.lastauth WHERE user = 'alice'") \
@@ -603,6 +603,24 @@ def test_roaming_ips_live_in_the_relay_table_and_bad_rows_never_become_rules(
     assert lookup(cdb, b"198.51.100.7") is None
     # rows stamped in the future (the clock was ahead) count from now: not kept for ever
     assert all(int(r[0]) <= time.time() for r in sql_db.rows("SELECT timestamp FROM relay"))
+
+
+def test_a_relay_row_written_again_unchanged_is_not_a_new_ip(vhome: Install,
+                                                             sql_db: Database) -> None:
+    """A roaming login from a known IP in the same second as its last (a mail client's
+    parallel IMAP connections) leaves the row as it was and is not counted as a new IP, so no
+    tcp.smtp.cdb compile is owed for it (before: MariaDB's REPLACE of an identical row
+    reports one row affected, as an insert, and each such login recompiled the cdb)."""
+    vhome.set_config("relay", "roaming_users", True)
+    sql_site(vhome, sql_db)
+    relay = vhome.api().stores.relay()
+    lock = Path(relay.open_smtp + ".lock")
+    assert relay.open_relay("192.0.2.7", now=1_700_000_000) is True
+    owed = lock.read_bytes()
+    assert relay.open_relay("192.0.2.7", now=1_700_000_000) is False
+    assert relay.open_relay("192.0.2.7", now=1_700_000_060) is False
+    assert lock.read_bytes() == owed  # no compile owed, none done
+    assert sql_db.rows("SELECT ip_addr, timestamp FROM relay") == [["192.0.2.7", "1700000060"]]
 
 
 def test_vmkpasswd_r_is_a_capability_of_the_files_only(vhome: Install, sql_db: Database

@@ -948,9 +948,12 @@ class MySQLDatabase(UserDatabase):
     # -- relay (roaming users) ----------------------------------------------------------------
     def relay_open(self, ip: str, stamp: int) -> bool:
         """Record ``ip`` as allowed to relay from ``stamp``; True if it was not there. One
-        statement, committed by itself (C's vopen_smtp_relay)."""
+        statement, committed by itself, as C's vopen_smtp_relay (whose REPLACE reports an
+        identical row rewritten as one inserted: here 1 is an insert, 2 a changed time, 0
+        the same row)."""
         def work(conn: Connection) -> bool:
-            conn.query("REPLACE INTO relay (ip_addr, timestamp) VALUES (%s, %s)", [ip, str(stamp)])
+            conn.query("INSERT INTO relay (ip_addr, timestamp) VALUES (%s, %s) "
+                       "ON DUPLICATE KEY UPDATE timestamp = %s", [ip, str(stamp), str(stamp)])
             return conn.affected() == 1
 
         return bool(self.transaction(work, ["relay"], autocommit=True))
