@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from login_site import SyslogSink
@@ -240,6 +241,20 @@ def test_a_silent_client_times_out(site: Install) -> None:
         assert client.line(10) == "-ERR 3.106 Read Timeout"
         assert client.line(10) is None
         assert client.close() == 1
+
+
+@pytest.mark.cdb_only(NO_BACKEND)
+def test_the_timeout_may_be_attached_to_its_option(site: Install) -> None:
+    """``-t1`` as ``-t 1`` (getopt's two spellings; before, the attached one was refused with
+    the usage); a timeout that is not a positive number of seconds is still refused."""
+    client = Client(site, "-t1")
+    assert client.line() == "+OK "
+    assert client.line(10) == "-ERR 3.103 Read Timeout"
+    assert client.close() == 1
+    for args in (["-t0"], ["-tx"], ["-t"], ["-t", "0"], ["-t1", "2"], ["-x1"], ["-t", "²"]):
+        refused = site.run("vpopmaild", *args, input="")
+        assert (refused.returncode, refused.stdout) == (USAGE_ERROR, ""), (args, refused)
+        assert refused.stderr.startswith("usage: vpopmaild"), (args, refused)
 
 
 def test_logins_go_to_syslog_as_vchkpw_logs_them(site: Install, tmp_path: Path) -> None:

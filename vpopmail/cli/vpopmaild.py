@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     timeout = READ_TIMEOUT
     if len(args) == 1 and args[0] in OPTIONS:
         return answer(args[0], USAGE)
-    if len(args) == 2 and args[0] == "-t" and args[1].isdigit() and int(args[1]) > 0:
-        timeout = float(args[1])
+    seconds = (args[1] if len(args) == 2 and args[0] == "-t"
+               else args[0][2:] if len(args) == 1 and args[0].startswith("-t") else "")
+    if seconds.isascii() and seconds.isdigit() and int(seconds) > 0:  # -t N, or -tN (getopt)
+        timeout = float(seconds)
     elif args:  # stdout is the client's connection: the usage goes to stderr (tcpserver's log)
         print(USAGE, end="", file=sys.stderr)
         return USAGE_ERROR
