@@ -411,3 +411,15 @@ def test_locate_without_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert locate() == DEFAULT_PATH == "/home/vpopmail/etc/vpopmail.toml"
     monkeypatch.setenv(ENV_VAR, "")
     assert locate("/baked/vpopmail.toml") == "/baked/vpopmail.toml"
+
+
+@pytest.mark.parametrize("named", ["\u00b2", "\u0663"])
+def test_a_caller_named_in_other_digits_is_no_user(named: str) -> None:
+    """server.dovecot_callers and smtp_auth_callers take uids in ASCII digits only: others
+    are names (of no user: a ConfigError naming them; before, int() took U+0663 as uid 3 and
+    U+00B2 raised ValueError)."""
+    for key, read in (("dovecot_callers", Config.dovecot_callers),
+                      ("smtp_auth_callers", Config.smtp_auth_callers)):
+        settings = Config(validate({"server": {key: named}}))
+        with pytest.raises(ConfigError, match=f"server.{key}: there is no user '{named}'"):
+            read(settings)

@@ -101,7 +101,11 @@ def test_an_encrypted_password_dear_to_check_is_refused_below_system_admin(site:
     dear = ["$6$rounds=999999999$salt$0123456789abcdefghijkl", "$2b$31$" + "a" * 53,
             "$y$jFT$abcdefghijklmnop$0123456789abcdefghijklmnopqrstuvwxyzABCDE",
             "$argon2id$v=19$m=67108864,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
-            "_zzzzsaltABCDEFGHIJK"]  # BSDi DES: its iterations are not read, so not known
+            "_zzzzsaltABCDEFGHIJK",  # BSDi DES: its iterations are not read, so not known
+            # digits int() takes that are not ASCII (before: ValueError, the session dropped)
+            "$6$rounds=\u0663\u0660\u0660\u0660$salt$0123456789abcdefghijkl",
+            "$2b$\u00b2$" + "a" * 53,
+            "$argon2id$v=19$m=\u00b2,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"]
     lines = [line for hashed in dear for line in (f"mod_user {ALICE}",
                                                   f"encrypted_password {hashed}", ".")]
     answers = after_login(site, ALICE, *lines)

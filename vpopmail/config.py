@@ -201,7 +201,8 @@ class Config:
         named = {}
         for name in str(self.values["server_" + key]).replace(",", " ").split():
             try:
-                named[name] = int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+                named[name] = (int(name) if name.isascii() and name.isdigit()
+                               else pwd.getpwnam(name).pw_uid)
             except KeyError:
                 raise ConfigError(f"server.{key}: there is no user {name!r}") from None
         return named

@@ -234,9 +234,9 @@ def cost_is_bounded(stored: str) -> bool:
     kind, params = fields[1], fields[2]
     if kind in ("5", "6"):
         rounds = params[7:] if params.startswith("rounds=") else "5000"
-        return rounds.isdigit() and int(rounds) <= MAX_SHA_ROUNDS
+        return _at_most(rounds, MAX_SHA_ROUNDS)
     if kind in ("2a", "2b", "2x", "2y"):
-        return params.isdigit() and int(params) <= MAX_BCRYPT_COST
+        return _at_most(params, MAX_BCRYPT_COST)
     if kind == "y":  # flags "j", then log2(N) - 1 and r - 1 as one crypt64 digit each
         return (len(params) == 3 and params[0] == "j" and all(c in CRYPT64 for c in params)
                 and CRYPT64.index(params[1]) + 1 <= MAX_YESCRYPT[0]
@@ -244,9 +244,14 @@ def cost_is_bounded(stored: str) -> bool:
     if kind.startswith("argon2") and len(fields) >= 5:
         pairs = dict(item.partition("=")[::2] for item in fields[3].split(","))
         return (pairs.keys() == MAX_ARGON2.keys()
-                and all(pairs[key].isdigit() and int(pairs[key]) <= MAX_ARGON2[key]
-                        for key in MAX_ARGON2))
+                and all(_at_most(pairs[key], MAX_ARGON2[key]) for key in MAX_ARGON2))
     return False
+
+
+def _at_most(number: str, most: int) -> bool:
+    """Whether ``number`` is written in ASCII digits (the only ones crypt reads; int() takes
+    others) and is at most ``most``."""
+    return number.isascii() and number.isdigit() and int(number) <= most
 
 
 def _verify_with_passlib(plain: str, stored: str) -> bool | None:
