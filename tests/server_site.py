@@ -89,8 +89,9 @@ def activated_argv(argv: list[str], passed: socket.socket) -> list[str]:
 #: :func:`activated_argv`'s program (sh takes only one digit in a redirection's descriptor)
 ACTIVATE = """import os, sys
 fd = int(sys.argv[1])
-os.dup2(fd, 3)
-os.close(fd)
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
 os.execve(sys.argv[2], sys.argv[2:], {**os.environ, "LISTEN_PID": str(os.getpid()),
                                       "LISTEN_FDS": "1"})
 """
