@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,36 +80,55 @@ def held_socket(path: Path) -> socket.socket:
     return sock
 
 
-def activated_argv(argv: list[str], passed: socket.socket) -> list[str]:
+#: what :func:`running_server` passes as systemd would: one socket, or several in order
+#: (None: a descriptor that is not open; a file: what systemd never passes), with
+#: LISTEN_FDS their count or the text given
+Passed = socket.socket | list[socket.socket | BinaryIO | None]
+
+
+def activated_argv(argv: list[str], passed: Passed, count: str | None = None) -> list[str]:
     """``argv`` run as systemd's socket activation runs a service (sd_listen_fds(3)): the
-    socket ``passed`` (given to Popen's pass_fds) as its descriptor 3, LISTEN_FDS=1 and
-    LISTEN_PID its own pid."""
-    return [sys.executable, "-I", "-S", "-c", ACTIVATE, str(passed.fileno()), *argv]
+    sockets ``passed`` (given to Popen's pass_fds) as its descriptors 3 and on, LISTEN_FDS
+    ``count`` (by default their number) and LISTEN_PID its own pid."""
+    given = listed(passed)
+    fds = ",".join("-" if sock is None else str(sock.fileno()) for sock in given)
+    return [sys.executable, "-I", "-S", "-c", ACTIVATE, fds,
+            str(len(given)) if count is None else count, *argv]
 
 
 #: :func:`activated_argv`'s program (sh takes only one digit in a redirection's descriptor)
-ACTIVATE = """import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.execve(sys.argv[2], sys.argv[2:], {**os.environ, "LISTEN_PID": str(os.getpid()),
-                                      "LISTEN_FDS": "1"})
+ACTIVATE = """import fcntl, os, sys
+given = [-1 if fd == "-" else int(fd) for fd in sys.argv[1].split(",")]
+high = [-1 if fd < 0 else fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]
+for fd in given:
+    if fd >= 0:
+        os.close(fd)
+for at, fd in enumerate(high, 3):
+    if fd >= 0:
+        os.dup2(fd, at)
+        os.close(fd)
+os.execve(sys.argv[3], sys.argv[3:], {**os.environ, "LISTEN_PID": str(os.getpid()),
+                                      "LISTEN_FDS": sys.argv[2]})
 """
 
 
+def listed(passed: Passed | None) -> list[socket.socket | BinaryIO | None]:
+    """The sockets ``passed`` (:func:`activated_argv`) as a list."""
+    return [] if passed is None else [passed] if isinstance(passed, socket.socket) else passed
+
+
 @contextmanager
-def running_server(inst: Install, *args: str, passed: socket.socket | None = None
-                   ) -> Iterator[Server]:
+def running_server(inst: Install, *args: str, passed: Passed | None = None,
+                   count: str | None = None) -> Iterator[Server]:
     """The install's server, started as the install's owner would start it (root for a root
-    install), with the socket ``passed`` as systemd would pass it (:func:`activated_argv`),
+    install), with the sockets ``passed`` as systemd would pass them (:func:`activated_argv`),
     stopped at the end; it must have logged no worker failure."""
     log = inst.prefix.parent / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
     argv = [str(inst.bin / "vpopmail-server"), *args]
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(argv if passed is None else activated_argv(argv, passed),
+        proc = subprocess.Popen(argv if passed is None else activated_argv(argv, passed, count),
                                 stdout=fh, stderr=fh, env=CLEAN_ENV, cwd="/",
-                                pass_fds=() if passed is None else (passed.fileno(),))
+                                pass_fds=[sock.fileno() for sock in listed(passed) if sock is not None])
     server = Server(inst, proc, log)
     try:
         wait_for(server)

@@ -747,3 +747,32 @@ def test_a_login_asks_the_server_once(mail_site: Site, dovecot: Dovecot) -> None
     assert found.returncode == 0, found.stderr
     assert f"home\t{mail_site.user_dir('alice')}" in found.stdout
     assert served(mail_site) == after + 2 + 1  # two status requests, one userdb lookup
+
+
+@pytest.mark.parametrize("count", ["3", "²"])
+def test_what_socket_activation_passes_amiss_is_left_alone(mail_site: Site, tmp_path: Path,
+                                                           count: str) -> None:
+    """Descriptors that LISTEN_FDS counts but are not open (3 for one socket), or a count in
+    other digits than ASCII ones (sd_listen_fds(3) takes it as no count): the server's own
+    files are never taken for passed sockets and closed (before, its lock and listener got
+    those numbers and it closed its own socket: its workers failed, its stop raised), nor
+    does it raise ValueError at its start; a passed file that is not a socket is closed."""
+    server(mail_site).stop()
+    path = lookup_socket(mail_site)
+    held_here = count == "3"  # else not taken: held elsewhere, the server makes its own
+    with held_socket(path if held_here else tmp_path / "held.sock") as held, \
+            open(tmp_path / "file", "wb") as other:
+        passed = [held, None, None] if held_here else [held]
+        with running_server(mail_site.inst, passed=passed, count=count) as started:
+            assert status_of(ask(path, post("passdb", user=f"alice@{DOMAIN}",
+                                             password=PASSWORD, service="imap"))) == 200
+            assert mail_site.deliver("alice").returncode == 0
+            assert subprocess.run([str(mail_site.inst.bin / "vpopmail-server"), "--status"],
+                                  env=CLEAN_ENV, capture_output=True).returncode == 0
+            assert any("the socket systemd holds" in line
+                       for line in started.lines()) == held_here, started.lines()
+        assert started.proc.returncode == 0, started.lines()
+        with running_server(mail_site.inst, passed=[held, other], count="2") as started:
+            fds = [os.readlink(f"/proc/{started.proc.pid}/fd/{fd}")
+                   for fd in os.listdir(f"/proc/{started.proc.pid}/fd")]
+            assert str(tmp_path / "file") not in fds, fds

@@ -365,11 +365,12 @@ def activated_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket
     down or restarting, so Dovecot's lookups wait in its queue instead of failing. Any other
     descriptor passed is closed, with a log line (the front ends' socket is the server's
     own: with it held, they would wait for a server that may not come, where they run the
-    Python programs)."""
+    Python programs). Called before this process opens anything: a descriptor counted but
+    not open would otherwise be one of its own."""
     pid = os.environ.pop("LISTEN_PID", "")
     count = os.environ.pop("LISTEN_FDS", "")
     os.environ.pop("LISTEN_FDNAMES", None)
-    if pid != str(os.getpid()) or not count.isdigit():
+    if pid != str(os.getpid()) or not (count.isascii() and count.isdigit()):
         return None
     found = None
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
@@ -377,6 +378,8 @@ def activated_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket
             sock = socket.socket(fileno=fd)
         except OSError as exc:
             log(log_fd, f"socket activation: descriptor {fd}: {exc.strerror}")
+            if exc.errno == errno.ENOTSOCK:
+                os.close(fd)
             continue
         os.set_inheritable(fd, False)
         why = ("no lookup socket wanted (server.dovecot_callers is empty)" if path is None
@@ -510,17 +513,18 @@ class Server:
         """Serve until SIGTERM/SIGINT (after :func:`check_start`); SIGHUP re-executes. Signals
         only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         release_library()
+        mode = lookup_mode(self.settings.dovecot_callers)
+        passed = activated_lookups(self.lookup_path, mode, self.settings.log_fd)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
         lookups_inode = 0
-        mode = lookup_mode(self.settings.dovecot_callers)
         self.lookups, self.activated = kept_lookups(self.lookup_path, mode,
                                                     self.settings.log_fd)
         if self.lookups is None:
-            self.lookups = activated_lookups(self.lookup_path, mode, self.settings.log_fd)
-            self.activated = self.lookups is not None
+            self.lookups = passed
+            self.activated = passed is not None
         if self.lookup_path is not None:
             try:
                 if self.lookups is None:
