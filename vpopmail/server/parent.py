@@ -603,9 +603,12 @@ class Server:
         and the connections already taken are handed to workers (or declined at their
         deadlines, as ever) before the loop ends: none of them is declined for the reload
         (Dovecot's lookups have no fallback), and those that come meanwhile wait in the
-        sockets' queues (the lookup socket's, for the next process)."""
+        sockets' queues (the lookup socket's, for the next process). So too at SIGTERM with
+        the lookup socket systemd's (its queue waits for the next server, but not what was
+        taken from it); a second SIGTERM stops at once."""
         self.poll.register(wake, select.POLLIN)
         reloading = False
+        stopping = False  # with the lookup socket systemd's: answering what was taken
         # the listening sockets, each polled while it is taken from; the lookup socket even
         # when too many wait (only the listed callers are kept there), not while the server
         # is out of descriptors
@@ -620,9 +623,13 @@ class Server:
                 if fd == wake:
                     signals = woken(wake)
                     if stops(signals):
-                        log(self.settings.log_fd, "stopping")
-                        return False
-                    if signal.SIGHUP in signals and not reloading:
+                        if stopping or not self.activated or not (self.unsent or self.ready):
+                            log(self.settings.log_fd, "stopping")
+                            return False
+                        log(self.settings.log_fd, "stopping once the connections taken are "
+                                                  "answered")
+                        stopping, reloading = True, False
+                    elif signal.SIGHUP in signals and not reloading and not stopping:
                         refused = self.reload_refusal()
                         if refused is not None:
                             log(self.settings.log_fd, f"not reloading: {refused}; serving "
@@ -630,9 +637,10 @@ class Server:
                         else:
                             log(self.settings.log_fd, "reloading")
                             reloading = True
-                            for sock in [sock for sock, taking in accepting.items() if taking]:
-                                accepting[sock] = False
-                                self.poll.unregister(sock)
+                    if stopping or reloading:
+                        for sock in [sock for sock, taking in accepting.items() if taking]:
+                            accepting[sock] = False
+                            self.poll.unregister(sock)
                     self.reap()
                 elif fd == listener.fileno():
                     self.accept(listener)
@@ -646,6 +654,12 @@ class Server:
                 else:
                     self.heard(fd)
             self.expire()
+            if stopping:
+                self.dispatch()
+                if not self.unsent and not self.ready:
+                    log(self.settings.log_fd, "stopping")
+                    return False
+                continue
             if reloading:
                 self.dispatch()
                 if not self.unsent and not self.ready:
