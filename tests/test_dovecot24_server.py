@@ -799,3 +799,31 @@ def test_a_stop_answers_the_lookups_it_took_from_the_socket_systemd_holds(
                 asker.join(60)
     answers = collections.Counter(answer for _, answered in askers for answer in answered)
     assert answers == {200: 200}, (answers, first.lines())
+
+
+def test_the_socket_systemd_holds_is_kept_through_reloads_that_leave_it_unused(
+        mail_site: Site) -> None:
+    """A reload whose configuration leaves systemd's socket unused (server.dovecot_callers
+    emptied, paths.lookup_socket moved) keeps it open, not polled, and a later reload that
+    names it again takes it back (before: closed, so that reload made its own socket there,
+    found systemd's listening, waited 10 s for an answer and exited 111); the mode follows
+    server.dovecot_callers."""
+    server(mail_site).stop()
+    inst = mail_site.inst
+    path = lookup_socket(mail_site)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    edits = [("server", "dovecot_callers", "root,vpopmail"), ("server", "dovecot_callers", ""),
+             ("server", "dovecot_callers", "root"), ("paths", "lookup_socket", "run/moved.sock"),
+             ("paths", "lookup_socket", "run/lookup.sock")]
+    with held_socket(path) as held:
+        with running_server(inst, passed=held) as started:
+            for starts, (section, key, value) in enumerate(edits, 2):
+                inst.set_config(section, key, value)
+                started.proc.send_signal(signal.SIGHUP)
+                wait_for(started, listening=starts, timeout=5)
+                now = path.parent / ("moved.sock" if value == "run/moved.sock" else "lookup.sock")
+                if value:
+                    assert status_of(ask(now, request)) == 200, (value, started.lines())
+                    assert oct(path.stat().st_mode & 0o777) == (
+                        "0o666" if value == "root,vpopmail" else "0o600"), value
+        assert path.exists() and not (path.parent / "moved.sock").exists()

@@ -42,9 +42,10 @@ KEPT_LOCK = RELOAD_PREFIX + "LOCK"
 #: and its lookup socket, kept open across exec (``fd:inode:path``: the descriptor, its path
 #: and that path's inode): Dovecot's logins have no fallback, so none may find it gone
 KEPT_LOOKUPS = RELOAD_PREFIX + "LOOKUPS"
-#: and whether that socket is one systemd passed (:func:`activated_lookups`): it is left
-#: listening, its path in place, when the server stops
-KEPT_ACTIVATED = RELOAD_PREFIX + "ACTIVATED"
+#: and the socket systemd passed (:func:`activated_lookups`), kept open across exec (its
+#: descriptor) whether or not the configuration names it: left listening when the server
+#: stops, so never made again by the server
+KEPT_HELD = RELOAD_PREFIX + "HELD"
 #: systemd's socket activation (sd_listen_fds(3)): the descriptors it passes start here
 LISTEN_FDS_START = 3
 #: and its shared lock on the installation's library (:func:`library_lock`), kept across exec
@@ -303,34 +304,45 @@ def previous_workers() -> set[int]:
     return found.intersection(int(pid) for pid in named.split(",") if pid.isdigit())
 
 
-def kept_lookups(path: str | None, mode: int, log_fd: int) -> tuple[socket.socket | None, bool]:
-    """At a start after a reload, the lookup socket the replaced process kept open (its
-    KEPT_LOOKUPS, taken out of the environment) if it still listens at ``path`` (with
-    ``mode``), and whether systemd passed it (KEPT_ACTIVATED); one the configuration no
-    longer names is closed (one log line) and its path removed, unless systemd's."""
-    activated = os.environ.pop(KEPT_ACTIVATED, "") == "1"
+def kept_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | None:
+    """At a start after a reload, the lookup socket the replaced process made and kept open
+    (its KEPT_LOOKUPS, taken out of the environment) if it still listens at ``path`` (with
+    ``mode``); one the configuration no longer names is closed (one log line) and its path
+    removed."""
     fd, _, rest = os.environ.pop(KEPT_LOOKUPS, "").partition(":")
     inode, _, kept = rest.partition(":")
     if not (fd.isdigit() and inode.isdigit() and kept):
-        return None, False
+        return None
     try:
         sock = socket.socket(fileno=int(fd))
     except OSError:
-        return None, False
+        return None
     try:
         if not listens(sock):
             raise OSError(f"descriptor {fd} is not a listening Unix socket")
         if kept != path or os.stat(kept).st_ino != int(inode):
-            if not activated:
-                unlink_if(kept, int(inode))
+            unlink_if(kept, int(inode))
             raise OSError(f"{kept} is no longer the lookup socket")
         os.chmod(kept, mode)
     except OSError as exc:
         log(log_fd, f"the lookup socket kept across the reload is closed: {exc}")
         sock.close()
-        return None, False
+        return None
     os.set_inheritable(sock.fileno(), False)
-    return sock, activated
+    return sock
+
+
+def kept_held() -> socket.socket | None:
+    """At a start after a reload, the socket systemd passed that the replaced process kept
+    open (its KEPT_HELD, taken out of the environment)."""
+    fd = os.environ.pop(KEPT_HELD, "")
+    try:
+        sock = socket.socket(fileno=int(fd)) if fd.isascii() and fd.isdigit() else None
+    except OSError:
+        return None
+    if sock is not None:
+        os.set_inheritable(sock.fileno(), False)
+    return sock
 
 
 def listens(sock: socket.socket) -> bool:
@@ -358,7 +370,7 @@ def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
     return None
 
 
-def activated_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket | None:
+def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None:
     """The lookup socket systemd passed (socket activation, sd_listen_fds(3): LISTEN_PID and
     LISTEN_FDS, taken out of the environment) if it is a listening Unix stream socket at
     ``path`` (then given ``mode``): its socket unit keeps it listening while the server is
@@ -382,8 +394,7 @@ def activated_lookups(path: str | None, mode: int, log_fd: int) -> socket.socket
                 os.close(fd)
             continue
         os.set_inheritable(fd, False)
-        why = ("no lookup socket wanted (server.dovecot_callers is empty)" if path is None
-               else "a lookup socket was passed before it" if found is not None
+        why = ("a lookup socket was passed before it" if found is not None
                else take_passed(sock, path, mode))
         if why is None:
             found = sock
@@ -478,11 +489,15 @@ class Server:
         #: holding every other worker cannot make Dovecot's logins fail: they have no
         #: fallback, where the front ends run the Python programs)
         callers = self.settings.dovecot_callers
-        self.lookup_path = settings.home_path("lookup_socket") if callers else None
+        self.lookup_setting = settings.home_path("lookup_socket")
+        self.lookup_path = self.lookup_setting if callers else None
         self.kept = min(max(2, self.settings.workers // 8), self.settings.workers // 2
                         ) if callers else 0
         self.lookups: socket.socket | None = None
-        #: whether systemd passed it (:func:`activated_lookups`): never removed nor declined
+        #: the socket systemd passed (:func:`activated_lookups`), held for the server's life
+        #: (across reloads) even while the configuration leaves it unused: never made again,
+        #: removed nor declined; ``activated``: it is the lookup socket
+        self.held: socket.socket | None = None
         self.activated = False
         self.busy: dict[int, Worker] = {}  # control fd -> worker
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
@@ -514,17 +529,22 @@ class Server:
         only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         release_library()
         mode = lookup_mode(self.settings.dovecot_callers)
-        passed = activated_lookups(self.lookup_path, mode, self.settings.log_fd)
+        self.held = kept_held() or activated_lookups(self.lookup_setting, mode,
+                                                      self.settings.log_fd)
         self.lock = hold(self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
         lookups_inode = 0
-        self.lookups, self.activated = kept_lookups(self.lookup_path, mode,
-                                                    self.settings.log_fd)
-        if self.lookups is None:
-            self.lookups = passed
-            self.activated = passed is not None
+        self.lookups = kept_lookups(self.lookup_path, mode, self.settings.log_fd)
+        if self.held is not None:
+            why = take_passed(self.held, self.lookup_setting, mode)  # (0600 with no callers)
+            if why is None and self.lookup_path is None:
+                why = "server.dovecot_callers is empty"
+            if why is None and self.lookups is None:
+                self.lookups, self.activated = self.held, True
+            elif why is not None:
+                log(self.settings.log_fd, f"the socket systemd passed is held, unused: {why}")
         if self.lookup_path is not None:
             try:
                 if self.lookups is None:
@@ -573,14 +593,18 @@ class Server:
             unlink_if(self.path, identity)
             decline_queued(listener)
             listener.close()
-            if self.lookups is not None and again:  # kept for the next process, queue and all
+            if self.held is not None and again:
+                os.set_inheritable(self.held.fileno(), True)
+                os.environ[KEPT_HELD] = str(self.held.fileno())
+            elif self.held is not None:
+                self.held.close()  # systemd's copy listens on: the next server answers
+            if self.lookups is None or self.activated:
+                pass
+            elif again:  # kept for the next process, queue and all
                 os.set_inheritable(self.lookups.fileno(), True)
                 os.environ[KEPT_LOOKUPS] = (f"{self.lookups.fileno()}:{lookups_inode}:"
                                             f"{self.lookup_path}")
-                os.environ[KEPT_ACTIVATED] = "1" if self.activated else "0"
-            elif self.lookups is not None and self.activated:
-                self.lookups.close()  # systemd's copy listens on: the next server answers
-            elif self.lookups is not None:
+            else:
                 assert self.lookup_path is not None
                 unlink_if(self.lookup_path, lookups_inode)
                 decline_queued(self.lookups)
@@ -1017,7 +1041,8 @@ class Server:
                 direct.sock.close()
         assert self.listener is not None and self.wake is not None
         self.listener.close()
-        if self.lookups is not None:
-            self.lookups.close()
+        for sock in (self.lookups, self.held):
+            if sock is not None:
+                sock.close()
         for fd in (*self.wake, self.lock, *([self.library] if self.library >= 0 else [])):
             os.close(fd)
