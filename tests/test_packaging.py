@@ -421,6 +421,16 @@ def test_the_socket_unit_holds_the_lookup_socket_the_server_takes() -> None:
     assert (fields["SocketUser"], fields["SocketMode"]) == ("root", "0600")
 
 
+def test_the_socket_unit_is_started_with_its_service_stopped() -> None:
+    """systemd refuses to start a socket unit while its service is active (socket_start:
+    "Socket service ... already active, refusing."): the install steps stop the server
+    first (before: enable --now of the socket with the server running failed)."""
+    unit = (SERVICE / "systemd" / "vpopmail-server.socket").read_text()
+    steps = " ".join(line.lstrip("# ") for line in unit.splitlines() if line.startswith("#"))
+    assert ("systemctl stop vpopmail-server && systemctl enable --now vpopmail-server.socket "
+            "&& systemctl start vpopmail-server") in steps
+
+
 def test_run_scripts_parse() -> None:
     scripts = sorted(SERVICE.glob("*/run")) + sorted(SERVICE.glob("*/log/run"))
     assert [str(p.relative_to(SERVICE)) for p in scripts] == [
