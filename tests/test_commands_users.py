@@ -432,6 +432,17 @@ def test_vadduser_gecos_with_newline(vhome: Install) -> None:
     refused(vhome, "vadduser", f"carol@{DOMAIN}", "pass\nword")
 
 
+def test_vadduser_gecos_with_a_colon_is_refused_as_c_refuses_it(vhome: Install) -> None:
+    """C's vadduser answers VA_BAD_CHAR and adds nothing (found by the differential fuzz
+    against C 5.4.33: the user was added with the colon dropped); vmoduser -c drops it, as
+    C's vauth_setpw does."""
+    golden(vhome)
+    refused(vhome, "vadduser", "-c", "a:b", f"carol@{DOMAIN}", "x", code=236,
+            starts="Error: bad character")
+    vhome.ok("vmoduser", "-c", "a:b", f"alice@{DOMAIN}")
+    assert stored_users(vhome)["alice"][4] == "ab"
+
+
 def test_vadduser_gecos_and_quota_accepted(vhome: Install) -> None:
     dom = golden(vhome)
     vhome.ok("vadduser", "-c", "Carol Smith", "-q", "5M", f"carol@{DOMAIN}", "x")
