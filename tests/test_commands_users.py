@@ -443,6 +443,18 @@ def test_vadduser_gecos_with_a_colon_is_refused_as_c_refuses_it(vhome: Install) 
     assert stored_users(vhome)["alice"][4] == "ab"
 
 
+def test_an_empty_comment_is_the_users_name_or_no_change_as_in_c(vhome: Install) -> None:
+    """vadduser -c '' gives the user its name as comment, vmoduser -c '' leaves the comment
+    as it is, as C's (found by the differential fuzz against C 5.4.33: both stored an empty
+    comment)."""
+    golden(vhome)
+    vhome.ok("vadduser", "-c", "", f"carol@{DOMAIN}", "x")
+    assert stored_users(vhome)["carol"][4] == "carol"
+    vhome.ok("vmoduser", "-c", "Carol Smith", f"carol@{DOMAIN}")
+    vhome.ok("vmoduser", "-c", "", f"carol@{DOMAIN}")
+    assert stored_users(vhome)["carol"][4] == "Carol Smith"
+
+
 def test_vadduser_gecos_and_quota_accepted(vhome: Install) -> None:
     dom = golden(vhome)
     vhome.ok("vadduser", "-c", "Carol Smith", "-q", "5M", f"carol@{DOMAIN}", "x")

@@ -49,7 +49,7 @@ the following options are bit flags in the gid int field
 def field_changes(api: Vpopmail, user: VUser, settings: dict[str, str]) -> dict[str, object]:
     """The fields the command line sets outright (flags aside), password hashed here."""
     changes: dict[str, object] = {}
-    if "c" in settings:
+    if settings.get("c"):  # an empty -c changes nothing, as in C
         changes["gecos"] = api.gecos_text(settings["c"])
     if "q" in settings:
         changes["quota"] = api.quota_string(settings["q"])
