@@ -467,6 +467,9 @@ def test_valias_insert_show_remove_delete(each_install: Install) -> None:
     assert failed(result, 255) == [f"No aliases found for domain {DOMAIN}"]
     result = inst.run("valias", "-s", f"info@{DOMAIN}")
     assert failed(result, 255) == [f"No aliases info@{DOMAIN} found"]
+    # -n as -s: C's valias exited 255 without names (found by the differential fuzz)
+    result = inst.run("valias", "-n", DOMAIN)
+    assert failed(result, 255) == [f"No aliases found for domain {DOMAIN}"]
 
 
 @pytest.mark.cdb_only(VALIAS_FILES)

@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             if "@" in target:
                 print("Please enter domain name only.", file=sys.stderr)
                 return 255
-            for name in aliases.names(api.get_domain(target)):
+            names = aliases.names(api.get_domain(target))
+            if not names:  # C's valias exits 255 here, as for -s
+                print(f"No aliases found for domain {target}")
+                return 255
+            for name in names:
                 print(name)
             return 0
         if action == "s" and "@" not in target:
