@@ -420,7 +420,10 @@ def test_vdominfo_alias_lines(vhome: Install) -> None:
     assert vhome.ok("vdominfo", DOMAIN) == block + f"alias: {ALIAS}\n"
     # an alias resolves to its real domain
     assert vhome.ok("vdominfo", ALIAS) == block + f"alias: {ALIAS}\n"
-    assert vhome.ok("vdominfo", "-r", ALIAS) == f"{DOMAIN}\n"
+    # the alias lines follow the selected fields too, as in C (found by the differential fuzz
+    # against C 5.4.33: they were left out)
+    assert vhome.ok("vdominfo", "-r", ALIAS) == f"{DOMAIN}\nalias: {ALIAS}\n"
+    assert vhome.ok("vdominfo", "-n", "-t", DOMAIN) == f"{DOMAIN}\n3\nalias: {ALIAS}\n"
     alias_block = block.replace(f"domain: {DOMAIN}", f"domain: {ALIAS} (alias of {DOMAIN})")
     out = vhome.ok("vdominfo")
     assert sorted(out.split("\n\n")[:-1]) == sorted([block.rstrip("\n"), alias_block.rstrip("\n")])

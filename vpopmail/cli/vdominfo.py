@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             real = api.get_domain(api.get_domain(args[0]).real_domain)
             for line in describe(api, real, selected):
                 print(line)
-            if not selected:
-                for alias in api.aliases_of(real.real_domain):
-                    print(f"alias: {alias}")
+            for alias in api.aliases_of(real.real_domain):  # after any selection, as C
+                print(f"alias: {alias}")
             return 0
         for entry in api.domains():
             for line in describe(api, entry, selected):
