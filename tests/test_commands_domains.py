@@ -401,6 +401,10 @@ def test_vdominfo_selectors(vhome: Install) -> None:
     assert vhome.ok("vdominfo", "-r", "-d", "-g", "-u", "-t", "-n", DOMAIN) == \
         f"{DOMAIN}\n{vhome.uid}\n{vhome.gid}\n{dom}\n3\n{DOMAIN}\n"
     assert vhome.ok("vdominfo", "-d") == f"{dom}\n\n"
+    # -a after the selectors shows all fields, as in C (the last of them decides: found by
+    # the differential fuzz against C 5.4.33)
+    assert vhome.ok("vdominfo", "-n", "-a", DOMAIN) == vhome.ok("vdominfo", DOMAIN)
+    assert vhome.ok("vdominfo", "-a", "-n", DOMAIN) == f"{DOMAIN}\n"
 
 
 def test_vdominfo_unknown_domain(vhome: Install) -> None:

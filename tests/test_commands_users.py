@@ -443,6 +443,15 @@ def test_vadduser_gecos_with_a_colon_is_refused_as_c_refuses_it(vhome: Install) 
     assert stored_users(vhome)["alice"][4] == "ab"
 
 
+def test_vuserinfo_a_after_selectors_shows_all_fields(vhome: Install) -> None:
+    """As C's vuserinfo: -a after -n shows everything, -n after -a the name (found by the
+    differential fuzz against C 5.4.33)."""
+    golden(vhome)
+    everything = vhome.ok("vuserinfo", f"alice@{DOMAIN}")
+    assert vhome.ok("vuserinfo", "-n", "-a", f"alice@{DOMAIN}") == everything
+    assert vhome.ok("vuserinfo", "-a", "-n", f"alice@{DOMAIN}") == "alice\n"
+
+
 def test_an_empty_comment_is_the_users_name_or_no_change_as_in_c(vhome: Install) -> None:
     """vadduser -c '' gives the user its name as comment, vmoduser -c '' leaves the comment
     as it is, as C's (found by the differential fuzz against C 5.4.33: both stored an empty

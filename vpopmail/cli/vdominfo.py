@@ -5,7 +5,8 @@ import sys
 
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import (UsageError, getopt, open_api, print_version, run,
+                                 selected_fields)
 
 USAGE = """\
 vdominfo: usage: [options] [domain]
@@ -38,12 +39,13 @@ def describe(api: Vpopmail, entry: AssignEntry, selected: str) -> list[str]:
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
         options, args = getopt(sys.argv[1:] if argv is None else argv, "vanugdtrc")
-        selected = ""
+        letters = []
         for letter, _ in options:
             if letter == "v":
                 print_version()
-            elif letter != "a":
-                selected += letter
+            else:
+                letters.append(letter)
+        selected = selected_fields(letters)
         if len(args) > 1:
             raise UsageError("")
         api = open_api(config)
