@@ -499,7 +499,7 @@ def test_vaddaliasdomain_finishes_a_half_made_alias(vhome: Install, order: str) 
     assign.write_text("\n".join([assign_line(vhome, ALIAS, DOMAIN), *lines]) + "\n")
     vhome.ok("vaddaliasdomain", *args)
     assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
-    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\n"
+    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\nalias: {ALIAS}\n"
 
 
 # qmail's files in C vpopmail's order ----------------------------------------------------------
