@@ -416,6 +416,15 @@ def test_vdominfo_unknown_domain(vhome: Install) -> None:
     assert result.returncode == 255 and result.stdout.startswith("vdominfo: usage:")
 
 
+def test_no_such_user_through_an_alias_domain_names_the_real_domain(vhome: Install) -> None:
+    """As C's vuserinfo and vmoduser print it (their lookup rewrote the domain; found by the
+    differential fuzz against C 5.4.33: the alias domain was named)."""
+    with_alias(vhome)
+    for command in ("vuserinfo", "vmoduser"):
+        result = vhome.run(command, f"Nobody@{ALIAS}")
+        assert (result.returncode, result.stdout) == (255, f"no such user nobody@{DOMAIN}\n")
+
+
 def test_vdominfo_alias_lines(vhome: Install) -> None:
     with_alias(vhome)
     dom = domain_dir(vhome)

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         try:
             targets = list(api.iter_targets(args[0]))
-        except UserDoesNotExist:
-            print(f"no such user {args[0].lower()}")
+        except UserDoesNotExist as exc:  # user@real.domain, as C names it
+            print(f"no such user {exc.detail}")
             return 255
         if not targets:
             return 0

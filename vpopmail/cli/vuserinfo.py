@@ -103,10 +103,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         else:
             try:
                 targets = [api.get_user(args[0])]
-            except UserDoesNotExist:
+            except UserDoesNotExist as exc:
                 # C's vuserinfo text and exit (255), unlike the other commands' "Error: User
-                # does not exist" (C's too): scripts test for either, so both stay
-                print(f"no such user {args[0].lower()}")
+                # does not exist" (C's too): scripts test for either, so both stay; the
+                # address is user@real.domain, as C names it
+                print(f"no such user {exc.detail}")
                 return 255
         for user, entry in targets:
             for line in describe(api, user, entry, selected):
