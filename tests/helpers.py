@@ -206,13 +206,14 @@ def odd_users(inst: Install) -> None:
     inst.ok("vadduser", "-c", LONG_GECOS, "-q", "5M,1000C", f"carol@{DOMAIN}", "pa:ss wörd")
     inst.ok("vadduser", "-e", "ab01234567890", f"dave@{DOMAIN}")  # a DES hash, no clear text
     inst.ok("vadduser", "-n", "-q", "100C", f"erin@{DOMAIN}")  # no password at all
-    inst.ok("vadduser", "-e", "{SSHA}c2FsdHNhbHRzYWx0c2FsdA==", "-c", "", f"f.g-h_i@{DOMAIN}")
+    inst.ok("vadduser", "-e", "{SSHA}c2FsdHNhbHRzYWx0c2FsdA==", f"f.g-h_i@{DOMAIN}")
     inst.ok("vmoduser", *[f"-{c}" for c in "dpswibrouafFSEm0123"], f"carol@{DOMAIN}")
     assert vpasswd_users(inst)["carol"][3] == str(0x7FFFF)
-    # a uid other than vpopmail's 1 is kept as well
+    # a uid other than vpopmail's 1 is kept as well, and an empty gecos (no command makes one)
     api = inst.api()
     user, entry = api.get_user(f"bob@{DOMAIN}")
-    api.backend.update_users(entry, [user.copy(uid=0, flags=0x2000)])
+    odd, _ = api.get_user(f"f.g-h_i@{DOMAIN}")
+    api.backend.update_users(entry, [user.copy(uid=0, flags=0x2000), odd.copy(gecos="")])
 
 
 REFUSED_ALIASES = [

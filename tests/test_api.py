@@ -133,7 +133,7 @@ def test_unknown_domain(api: Vpopmail) -> None:
 # users
 
 def test_add_user_writes_vpasswd_its_cdb_and_a_maildir(site: Vpopmail, vhome: Install) -> None:
-    site.add_user(f"Bob@{DOMAIN}", "pw", gecos="Bob: the builder", quota="1M")
+    site.add_user(f"Bob@{DOMAIN}", "pw", gecos="Bob the builder", quota="1M")
     bob = user_dir(vhome, "bob")
     line = next(fields for fields in vpasswd(vhome) if fields[0] == "bob")
     assert line[2:] == ["1", "0", "Bob the builder", str(bob), "1048576S"]

@@ -401,6 +401,10 @@ def test_vdominfo_selectors(vhome: Install) -> None:
     assert vhome.ok("vdominfo", "-r", "-d", "-g", "-u", "-t", "-n", DOMAIN) == \
         f"{DOMAIN}\n{vhome.uid}\n{vhome.gid}\n{dom}\n3\n{DOMAIN}\n"
     assert vhome.ok("vdominfo", "-d") == f"{dom}\n\n"
+    # -a after the selectors shows all fields, as in C (the last of them decides: found by
+    # the differential fuzz against C 5.4.33)
+    assert vhome.ok("vdominfo", "-n", "-a", DOMAIN) == vhome.ok("vdominfo", DOMAIN)
+    assert vhome.ok("vdominfo", "-a", "-n", DOMAIN) == f"{DOMAIN}\n"
 
 
 def test_vdominfo_unknown_domain(vhome: Install) -> None:
@@ -412,6 +416,15 @@ def test_vdominfo_unknown_domain(vhome: Install) -> None:
     assert result.returncode == 255 and result.stdout.startswith("vdominfo: usage:")
 
 
+def test_no_such_user_through_an_alias_domain_names_the_real_domain(vhome: Install) -> None:
+    """As C's vuserinfo and vmoduser print it (their lookup rewrote the domain; found by the
+    differential fuzz against C 5.4.33: the alias domain was named)."""
+    with_alias(vhome)
+    for command in ("vuserinfo", "vmoduser"):
+        result = vhome.run(command, f"Nobody@{ALIAS}")
+        assert (result.returncode, result.stdout) == (255, f"no such user nobody@{DOMAIN}\n")
+
+
 def test_vdominfo_alias_lines(vhome: Install) -> None:
     with_alias(vhome)
     dom = domain_dir(vhome)
@@ -420,7 +433,10 @@ def test_vdominfo_alias_lines(vhome: Install) -> None:
     assert vhome.ok("vdominfo", DOMAIN) == block + f"alias: {ALIAS}\n"
     # an alias resolves to its real domain
     assert vhome.ok("vdominfo", ALIAS) == block + f"alias: {ALIAS}\n"
-    assert vhome.ok("vdominfo", "-r", ALIAS) == f"{DOMAIN}\n"
+    # the alias lines follow the selected fields too, as in C (found by the differential fuzz
+    # against C 5.4.33: they were left out)
+    assert vhome.ok("vdominfo", "-r", ALIAS) == f"{DOMAIN}\nalias: {ALIAS}\n"
+    assert vhome.ok("vdominfo", "-n", "-t", DOMAIN) == f"{DOMAIN}\n3\nalias: {ALIAS}\n"
     alias_block = block.replace(f"domain: {DOMAIN}", f"domain: {ALIAS} (alias of {DOMAIN})")
     out = vhome.ok("vdominfo")
     assert sorted(out.split("\n\n")[:-1]) == sorted([block.rstrip("\n"), alias_block.rstrip("\n")])
@@ -492,7 +508,7 @@ def test_vaddaliasdomain_finishes_a_half_made_alias(vhome: Install, order: str) 
     assign.write_text("\n".join([assign_line(vhome, ALIAS, DOMAIN), *lines]) + "\n")
     vhome.ok("vaddaliasdomain", *args)
     assert assign_lines(vhome).count(assign_line(vhome, ALIAS, DOMAIN)) == 1
-    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\n"
+    assert vhome.ok("vdominfo", "-d", ALIAS) == f"{domain_dir(vhome)}\nalias: {ALIAS}\n"
 
 
 # qmail's files in C vpopmail's order ----------------------------------------------------------
@@ -975,3 +991,19 @@ def test_vregenerate_keeps_foreign_assign_lines(vhome: Install) -> None:
     assert assign_line(vhome, DOMAIN) in assign_lines(vhome)
     assert b"!joe\0" in cdb_dump(vhome.qmaildir / "users" / "cdb")
     assert os.path.exists(vhome.qmaildir / "users" / "cdb")
+
+
+def test_vadddomain_of_a_domain_in_use_without_postmaster_is_refused(vhome: Install) -> None:
+    """A domain whose postmaster was deleted (its users and aliases in use) is complete, not
+    what a killed vadddomain left: vadddomain answers "Domain already exists" (243) and
+    changes nothing, as C's does (found by the differential fuzz against C 5.4.33: it added a
+    postmaster with the new password and exited 0, or, with an alias postmaster, refused
+    with the alias error, 254)."""
+    golden(vhome)
+    vhome.ok("vdeluser", f"postmaster@{DOMAIN}")
+    refused(vhome, "vadddomain", DOMAIN, "newpw", code=243,
+            starts="Error: Domain already exists")
+    vhome.ok("valias", "-i", f"alice@{DOMAIN}", f"postmaster@{DOMAIN}")
+    refused(vhome, "vadddomain", DOMAIN, "newpw", code=243,
+            starts="Error: Domain already exists")
+    assert "postmaster" not in stored_users(vhome)

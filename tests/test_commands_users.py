@@ -432,6 +432,38 @@ def test_vadduser_gecos_with_newline(vhome: Install) -> None:
     refused(vhome, "vadduser", f"carol@{DOMAIN}", "pass\nword")
 
 
+def test_vadduser_gecos_with_a_colon_is_refused_as_c_refuses_it(vhome: Install) -> None:
+    """C's vadduser answers VA_BAD_CHAR and adds nothing (found by the differential fuzz
+    against C 5.4.33: the user was added with the colon dropped); vmoduser -c drops it, as
+    C's vauth_setpw does."""
+    golden(vhome)
+    refused(vhome, "vadduser", "-c", "a:b", f"carol@{DOMAIN}", "x", code=236,
+            starts="Error: bad character")
+    vhome.ok("vmoduser", "-c", "a:b", f"alice@{DOMAIN}")
+    assert stored_users(vhome)["alice"][4] == "ab"
+
+
+def test_vuserinfo_a_after_selectors_shows_all_fields(vhome: Install) -> None:
+    """As C's vuserinfo: -a after -n shows everything, -n after -a the name (found by the
+    differential fuzz against C 5.4.33)."""
+    golden(vhome)
+    everything = vhome.ok("vuserinfo", f"alice@{DOMAIN}")
+    assert vhome.ok("vuserinfo", "-n", "-a", f"alice@{DOMAIN}") == everything
+    assert vhome.ok("vuserinfo", "-a", "-n", f"alice@{DOMAIN}") == "alice\n"
+
+
+def test_an_empty_comment_is_the_users_name_or_no_change_as_in_c(vhome: Install) -> None:
+    """vadduser -c '' gives the user its name as comment, vmoduser -c '' leaves the comment
+    as it is, as C's (found by the differential fuzz against C 5.4.33: both stored an empty
+    comment)."""
+    golden(vhome)
+    vhome.ok("vadduser", "-c", "", f"carol@{DOMAIN}", "x")
+    assert stored_users(vhome)["carol"][4] == "carol"
+    vhome.ok("vmoduser", "-c", "Carol Smith", f"carol@{DOMAIN}")
+    vhome.ok("vmoduser", "-c", "", f"carol@{DOMAIN}")
+    assert stored_users(vhome)["carol"][4] == "Carol Smith"
+
+
 def test_vadduser_gecos_and_quota_accepted(vhome: Install) -> None:
     dom = golden(vhome)
     vhome.ok("vadduser", "-c", "Carol Smith", "-q", "5M", f"carol@{DOMAIN}", "x")

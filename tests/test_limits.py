@@ -135,3 +135,20 @@ def test_forwards_are_counted_as_qmailadmin_counts_them() -> None:
              ("spam", "|/usr/bin/maildrop mailfilter"), ("later", "&a@b.c"), ("later", "#")]
     assert limits.count_forwards(pairs) == 4  # info, box, spam, later
     assert limits.count_forwards([]) == 0
+
+
+def test_vmoddomlimits_writes_c_vpopmails_layout(site: tuple[Vpopmail, Path],
+                                                 vhome: Install) -> None:
+    """The file as C's vlimits_write_limits_file writes it, byte for byte (found by the
+    differential fuzz against C 5.4.33): the switches after default_maxmsgcount, in C's
+    order (webmail before external_relay and smtp), then the perm lines."""
+    _, path = site
+    vhome.ok("vmoddomlimits", "-g", "udpswirmcx", "-P", "10", "-p", "c", DOMAIN)
+    assert path.read_text() == (
+        "maxpopaccounts: 10\nmaxaliases: -1\nmaxforwards: -1\nmaxautoresponders: -1\n"
+        "maxmailinglists: -1\nquota: 0\nmaxmsgcount: 0\ndefault_quota: 0\n"
+        "default_maxmsgcount: 0\ndisable_pop\ndisable_imap\ndisable_dialup\n"
+        "disable_password_changing\ndisable_webmail\ndisable_external_relay\ndisable_smtp\n"
+        "disable_spamassassin\ndelete_spam\ndisable_maildrop\nperm_account: 1\n"
+        "perm_alias: 0\nperm_forward: 0\nperm_autoresponder: 0\nperm_maillist: 0\n"
+        "perm_quota: 0\nperm_defaultquota: 0\n")

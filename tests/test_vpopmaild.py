@@ -587,6 +587,14 @@ def test_aliases(site: Install) -> None:
         ["+OK ", "+OK+", f"info@{DOMAIN} alice@{DOMAIN}", "."]
     assert after_login(site, pm, f"delete_alias info@{DOMAIN}", f"list_alias info@{DOMAIN}") == \
         ["+OK ", "+OK+", "."]
+    # through an alias domain the lines name the real domain, as C's list_alias printed them
+    # (found by the differential fuzz against C 5.4.33: they named the alias domain)
+    site.ok("vaddaliasdomain", DOMAIN, "alias.net")
+    sa = f"admin@{DOMAIN}"
+    assert after_login(site, sa, f"add_alias info@{DOMAIN} alice@{DOMAIN}",
+                       "list_alias alias.net", "list_alias INFO@alias.net") == \
+        ["+OK ", "+OK+", f"info@{DOMAIN} alice@{DOMAIN}", ".",
+         "+OK+", f"info@{DOMAIN} alice@{DOMAIN}", "."]
     for request_line in (f"add_alias ../x@{DOMAIN} y@{DOMAIN}", f"add_alias alice@{DOMAIN} y@b.c",
                          f"add_alias z@{DOMAIN} {'a' * 170}@{DOMAIN}"):
         assert after_login(site, pm, request_line)[0].startswith("-ERR 17.907 Alias Insertion")

@@ -39,15 +39,15 @@ RANGES.update(dict.fromkeys(("quota", "maxmsgcount", "default_quota", "default_m
                             (0, (1 << 63) - 1)))
 RANGES.update(dict.fromkeys(("perm_account", "perm_alias", "perm_forward", "perm_autoresponder",
                              "perm_quota", "perm_defaultquota"), (-128, 127)))
-#: boolean key -> (user flag it forces, vmoddomlimits -g letter)
+#: boolean key -> (user flag it forces, vmoddomlimits -g letter), in the order C writes them
 SWITCHES = {
     "disable_pop": (flags.NO_POP, "p"),
     "disable_imap": (flags.NO_IMAP, "i"),
     "disable_dialup": (flags.NO_DIALUP, "u"),
     "disable_password_changing": (flags.NO_PASSWD_CHNG, "d"),
+    "disable_webmail": (flags.NO_WEBMAIL, "w"),
     "disable_external_relay": (flags.NO_RELAY, "r"),
     "disable_smtp": (flags.NO_SMTP, "s"),
-    "disable_webmail": (flags.NO_WEBMAIL, "w"),
     "disable_spamassassin": (flags.NO_SPAMASSASSIN, "c"),
     "delete_spam": (flags.DELETE_SPAM, "x"),
     "disable_maildrop": (flags.NO_MAILDROP, "m"),
@@ -140,9 +140,12 @@ class Limits:
                    {key for key in SWITCHES if row[SQL_NAMES.get(key, key)]}, source)
 
     def render(self) -> str:
-        lines = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
-        lines += [key for key in SWITCHES if key in self.switches]
-        return "\n".join(lines) + "\n"
+        """The file as C's vlimits_write_limits_file writes it: the switches between
+        default_maxmsgcount and the perm lines."""
+        numbers = [f"{key}: {self.numbers[key]}" for key in NUMBERS]
+        split = list(NUMBERS).index("perm_account")
+        switches = [key for key in SWITCHES if key in self.switches]
+        return "\n".join(numbers[:split] + switches + numbers[split:]) + "\n"
 
 
 def count_forwards(pairs: "Iterable[tuple[str, str]]") -> int:

@@ -73,7 +73,9 @@ class UsersMixin(LimitsMixin):
     def _user_record(self, entry: AssignEntry, spec: NewUser, crypted: str) -> VUser:
         """The record for a new user; ``crypted`` is the hash of ``spec.password`` if any."""
         name = check_user(spec.name.lower(), self.config.users_hashed_dirs)
-        gecos = self.gecos_text(spec.gecos if spec.gecos is not None else name)
+        if spec.gecos is not None and ":" in spec.gecos:
+            raise BadChar("':' in the comment (gecos)")  # as C's vadduser; changes drop it
+        gecos = self.gecos_text(spec.gecos or name)  # none or empty: the name, as C
         quota = self.quota_string(spec.quota) if spec.quota is not None else self.default_quota(entry)
         clear = ""
         if spec.encrypted is not None:

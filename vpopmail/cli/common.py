@@ -91,6 +91,17 @@ def number(value: str, what: str) -> int:
         raise UsageError(f"{what} must be a number, not {value!r}") from None
 
 
+def selected_fields(letters: list[str]) -> str:
+    """The field letters vuserinfo/vdominfo were given, in order; '' (every field) when the
+    last is ``-a``: C's DisplayAll, set by -a and cleared by each field letter."""
+    selected, every = "", False
+    for letter in letters:
+        every = letter == "a"
+        if not every:
+            selected += letter
+    return "" if every else selected
+
+
 def print_version() -> None:
     print(f"version: pyvpopmail {__version__}")
 

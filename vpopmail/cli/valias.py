@@ -41,16 +41,21 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             if "@" in target:
                 print("Please enter domain name only.", file=sys.stderr)
                 return 255
-            for name in aliases.names(api.get_domain(target)):
+            names = aliases.names(api.get_domain(target))
+            if not names:  # C's valias exits 255 here, as for -s
+                print(f"No aliases found for domain {target}")
+                return 255
+            for name in names:
                 print(name)
             return 0
         if action == "s" and "@" not in target:
-            pairs = aliases.all(api.get_domain(target))
+            entry = api.get_domain(target)
+            pairs = aliases.all(entry)
             if not pairs:
                 print(f"No aliases found for domain {target}")
                 return 255
-            for alias, text in pairs:
-                print(f"{alias}@{target} -> {text}")
+            for alias, text in pairs:  # named in the real domain, as C prints them
+                print(f"{alias}@{entry.real_domain} -> {text}")
             return 0
         alias, entry = api.resolve_alias(target)
         if action == "s":
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 print(f"No aliases {target} found")
                 return 255
             for text in lines:
-                print(f"{target} -> {text}")
+                print(f"{alias}@{entry.real_domain} -> {text}")
             return 0
         if action == "i":
             api.add_alias_line(entry, alias, target, line)

@@ -5,7 +5,8 @@ import sys
 
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import (UsageError, getopt, open_api, print_version, run,
+                                 selected_fields)
 
 USAGE = """\
 vdominfo: usage: [options] [domain]
@@ -38,12 +39,13 @@ def describe(api: Vpopmail, entry: AssignEntry, selected: str) -> list[str]:
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
         options, args = getopt(sys.argv[1:] if argv is None else argv, "vanugdtrc")
-        selected = ""
+        letters = []
         for letter, _ in options:
             if letter == "v":
                 print_version()
-            elif letter != "a":
-                selected += letter
+            else:
+                letters.append(letter)
+        selected = selected_fields(letters)
         if len(args) > 1:
             raise UsageError("")
         api = open_api(config)
@@ -52,9 +54,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             real = api.get_domain(api.get_domain(args[0]).real_domain)
             for line in describe(api, real, selected):
                 print(line)
-            if not selected:
-                for alias in api.aliases_of(real.real_domain):
-                    print(f"alias: {alias}")
+            for alias in api.aliases_of(real.real_domain):  # after any selection, as C
+                print(f"alias: {alias}")
             return 0
         for entry in api.domains():
             for line in describe(api, entry, selected):

@@ -49,7 +49,7 @@ the following options are bit flags in the gid int field
 def field_changes(api: Vpopmail, user: VUser, settings: dict[str, str]) -> dict[str, object]:
     """The fields the command line sets outright (flags aside), password hashed here."""
     changes: dict[str, object] = {}
-    if "c" in settings:
+    if settings.get("c"):  # an empty -c changes nothing, as in C
         changes["gecos"] = api.gecos_text(settings["c"])
     if "q" in settings:
         changes["quota"] = api.quota_string(settings["q"])
@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         api = open_api(config)
         try:
             targets = list(api.iter_targets(args[0]))
-        except UserDoesNotExist:
-            print(f"no such user {args[0].lower()}")
+        except UserDoesNotExist as exc:  # user@real.domain, as C names it
+            print(f"no such user {exc.detail}")
             return 255
         if not targets:
             return 0

@@ -8,7 +8,8 @@ import time
 from maildir.quota import NOQUOTA, read_maildirsize, scan_usage, usage_percent
 from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
-from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
+from vpopmail.cli.common import (UsageError, getopt, open_api, print_version, run,
+                                 selected_fields)
 from vpopmail.errors import UserDoesNotExist
 from vpopmail.flags import DESCRIPTIONS
 from vpopmail.stores import VUser
@@ -83,15 +84,16 @@ def describe(api: Vpopmail, user: VUser, entry: AssignEntry, selected: str) -> l
 def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
     def body() -> int:
         options, args = getopt(sys.argv[1:] if argv is None else argv, "anpugcdqQvlD:C")
-        selected = ""
+        letters = []
         domain = None
         for letter, value in options:
             if letter == "v":
                 print_version()
             elif letter == "D":
                 domain = value
-            elif letter != "a":
-                selected += letter
+            else:
+                letters.append(letter)
+        selected = selected_fields(letters)
         if (domain is None) == (len(args) != 1):
             raise UsageError("")
         api = open_api(config)
@@ -101,10 +103,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         else:
             try:
                 targets = [api.get_user(args[0])]
-            except UserDoesNotExist:
+            except UserDoesNotExist as exc:
                 # C's vuserinfo text and exit (255), unlike the other commands' "Error: User
-                # does not exist" (C's too): scripts test for either, so both stay
-                print(f"no such user {args[0].lower()}")
+                # does not exist" (C's too): scripts test for either, so both stay; the
+                # address is user@real.domain, as C names it
+                print(f"no such user {exc.detail}")
                 return 255
         for user, entry in targets:
             for line in describe(api, user, entry, selected):

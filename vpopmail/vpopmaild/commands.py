@@ -519,10 +519,12 @@ def list_alias(s: Session, t: Tokens) -> None:
     with _failing(0, 2806):
         if name:
             alias, entry = s.api.resolve_alias(text)
-            pairs = [(name, line) for line in store.lines(entry, alias) or []]
+            pairs = [(alias, line) for line in store.lines(entry, alias) or []]
         else:
-            pairs = store.all(s.api.get_domain(domain))
-    s.send(OK_MORE, *(f"{alias}@{domain} {line}" for alias, line in pairs), END)
+            entry = s.api.get_domain(domain)
+            pairs = store.all(entry)
+    # named in the real domain, as C printed them
+    s.send(OK_MORE, *(f"{alias}@{entry.real_domain} {line}" for alias, line in pairs), END)
 
 
 # -- IP map -----------------------------------------------------------------------------------
