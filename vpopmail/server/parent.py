@@ -496,9 +496,8 @@ class Server:
         self.lookups: socket.socket | None = None
         #: the socket systemd passed (:func:`activated_lookups`), held for the server's life
         #: (across reloads) even while the configuration leaves it unused: never made again,
-        #: removed nor declined; ``activated``: it is the lookup socket
+        #: removed nor declined
         self.held: socket.socket | None = None
-        self.activated = False
         self.busy: dict[int, Worker] = {}  # control fd -> worker
         self.idle: dict[int, Worker] = {}  # control fd -> worker, longest idle first
         self.ending: dict[int, int] = {}  # pid -> counter slot, of workers not yet collected
@@ -518,6 +517,11 @@ class Server:
         self.library = -1  # :func:`library_lock`'s, from a reload's check to its exec
         #: until when (time.monotonic's) the listener is not polled after a failed accept
         self.resting = 0.0
+
+    @property
+    def activated(self) -> bool:
+        """Whether the lookup socket is the one systemd passed (:attr:`held`)."""
+        return self.lookups is not None and self.lookups is self.held
 
     def publish(self) -> None:
         COUNTERS.pack_into(self.settings.counters, 0, self.served,
@@ -542,7 +546,7 @@ class Server:
             if why is None and self.lookup_path is None:
                 why = "server.dovecot_callers is empty"
             if why is None and self.lookups is None:
-                self.lookups, self.activated = self.held, True
+                self.lookups = self.held
             elif why is not None:
                 log(self.settings.log_fd, f"the socket systemd passed is held, unused: {why}")
         if self.lookup_path is not None:
@@ -599,7 +603,7 @@ class Server:
             elif self.held is not None:
                 self.held.close()  # systemd's copy listens on: the next server answers
             if self.lookups is None or self.activated:
-                pass
+                pass  # none, or systemd's (kept above)
             elif again:  # kept for the next process, queue and all
                 os.set_inheritable(self.lookups.fileno(), True)
                 os.environ[KEPT_LOOKUPS] = (f"{self.lookups.fileno()}:{lookups_inode}:"
@@ -678,24 +682,19 @@ class Server:
                 else:
                     self.heard(fd)
             self.expire()
-            if stopping:
+            if stopping or reloading:  # the connections taken are handed on, no more
                 self.dispatch()
-                if not self.unsent and not self.ready:
-                    log(self.settings.log_fd, "stopping")
-                    return False
-                continue
-            if reloading:
-                self.dispatch()
-                if not self.unsent and not self.ready:
+                if self.unsent or self.ready:
+                    continue
+                if reloading:
                     # blocked across exec (the mask is kept): a SIGHUP or SIGTERM from now
                     # waits for the new process's handlers instead of being lost with this
                     # one's wakeup pipe, and one that came during the reload stops it here
                     signal.pthread_sigmask(signal.SIG_BLOCK, WAKERS)
-                    if stops(woken(wake)):
-                        log(self.settings.log_fd, "stopping")
-                        return False
-                    return True
-                continue
+                    if not stops(woken(wake)):
+                        return True
+                log(self.settings.log_fd, "stopping")
+                return False
             self.unblock()
             self.dispatch()
             # too many waiting, or no descriptor to take one with (a failed accept leaves
