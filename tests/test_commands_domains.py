@@ -991,19 +991,3 @@ def test_vregenerate_keeps_foreign_assign_lines(vhome: Install) -> None:
     assert assign_line(vhome, DOMAIN) in assign_lines(vhome)
     assert b"!joe\0" in cdb_dump(vhome.qmaildir / "users" / "cdb")
     assert os.path.exists(vhome.qmaildir / "users" / "cdb")
-
-
-def test_vadddomain_of_a_domain_in_use_without_postmaster_is_refused(vhome: Install) -> None:
-    """A domain whose postmaster was deleted (its users and aliases in use) is complete, not
-    what a killed vadddomain left: vadddomain answers "Domain already exists" (243) and
-    changes nothing, as C's does (found by the differential fuzz against C 5.4.33: it added a
-    postmaster with the new password and exited 0, or, with an alias postmaster, refused
-    with the alias error, 254)."""
-    golden(vhome)
-    vhome.ok("vdeluser", f"postmaster@{DOMAIN}")
-    refused(vhome, "vadddomain", DOMAIN, "newpw", code=243,
-            starts="Error: Domain already exists")
-    vhome.ok("valias", "-i", f"alice@{DOMAIN}", f"postmaster@{DOMAIN}")
-    refused(vhome, "vadddomain", DOMAIN, "newpw", code=243,
-            starts="Error: Domain already exists")
-    assert "postmaster" not in stored_users(vhome)

@@ -201,13 +201,11 @@ class DomainsMixin(UsersMixin):
     def domain_incomplete(self, entry: AssignEntry, postmaster: bool = True) -> bool:
         """Whether a domain in users/cdb lacks what vadddomain makes after users/cdb: its
         rcpthosts (or morercpthosts) and virtualdomains lines, and (``postmaster``) its
-        postmaster: the marks of a vadddomain killed halfway. A domain with users or a
-        postmaster alias is in use: its postmaster was deleted, not never made."""
+        postmaster: the marks of a vadddomain killed halfway."""
         accepted = self.qmail.read_control("rcpthosts") + self.qmail.read_control("morercpthosts")
         return (entry.domain not in accepted
                 or f"{entry.domain}:{entry.domain}" not in self.qmail.read_control("virtualdomains")
-                or postmaster and not self.backend.has_users(entry)
-                and self.stores.aliases.lines(entry, "postmaster") is None)
+                or postmaster and self.backend.get_user(entry, "postmaster") is None)
 
     def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
         """The directory named ``domain`` in the domains tree (hash buckets included), if any:
