@@ -390,6 +390,31 @@ def test_each_level_gets_c_answers(site: Install) -> None:
         assert list(zip([r for r, _ in cases], answers)) == cases
 
 
+#: addresses C's parse_email refuses (a character outside vpopmail's sets): Invalid Email
+#: Address (Invalid Alias Name for the alias commands) before any other check, as in C
+BAD_ADDRESS_CASES = [
+    (f"postmaster@{DOMAIN}", f"user_info x:y@{OTHER}", "-ERR 10.603 Invalid Email Address"),
+    (f"postmaster@{DOMAIN}", f"get_user_size x:y@{OTHER}", "-ERR 3803 invalid email address"),
+    (f"postmaster@{DOMAIN}", f"add_alias x:y@{OTHER} bob@{DOMAIN}",
+     "-ERR 15.903 Invalid Alias Name Supplied"),
+    (f"admin@{DOMAIN}", f"del_user x:y@{DOMAIN}", "-ERR 10.403 Invalid Email Address"),
+    (f"admin@{DOMAIN}", f"mod_user a%b@{DOMAIN}", "-ERR 10.502 Invalid Email Address"),
+    (f"admin@{DOMAIN}", f"get_lastauth alice@{DOMAIN}@x", "-ERR 10.3703 Invalid Email Address"),
+    (f"admin@{DOMAIN}", f"add_user caf\u00e9@{DOMAIN} pw", "-ERR 10.303 Invalid Email Address"),
+    (f"admin@{DOMAIN}", f"delete_alias x:y@{DOMAIN}", "-ERR 15.1103 Invalid Alias Name Supplied"),
+]
+
+
+def test_an_address_with_a_refused_character_is_invalid(site: Install) -> None:
+    """Found by the differential fuzz against C: such an address got whichever later check
+    failed first (11.604 Not Authorized for domain, 0.405 Illegal username, 12.505 User does
+    not exist, 19.1106 Alias Deletion Failed)."""
+    for address in dict.fromkeys(a for a, _, _ in BAD_ADDRESS_CASES):
+        cases = [(r, e) for a, r, e in BAD_ADDRESS_CASES if a == address]
+        answers = after_login(site, address, *(r for r, _ in cases))
+        assert list(zip([r for r, _ in cases], answers)) == cases
+
+
 def test_help_shows_the_commands_of_the_level(site: Install) -> None:
     def commands(address: str) -> list[str]:
         lines = after_login(site, address, "help")

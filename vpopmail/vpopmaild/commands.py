@@ -14,7 +14,7 @@ from vpopmail.fsutil import OwnerIds
 from vpopmail.vpopmaild import files
 from vpopmail.vpopmaild.protocol import (END, MESSAGES, OK, OK_MORE, PARAM_TOKENS, PASS_TOKENS,
                                          Raw, Refusal, Tokens, atoi)
-from vpopmail.names import split_address
+from vpopmail.names import is_valid_domain, is_valid_user, split_address
 from vpopmail.passwords import cost_is_bounded
 from vpopmail.stores import VUser
 from vpopmail.vpopmaild.session import Session
@@ -450,7 +450,7 @@ def _alias_target(s: Session, t: Tokens, minor: int) -> str:
     if text is None:
         raise Refusal(14, minor + 2)
     name, domain = split_address(text, s.api.default_domain())
-    if not name or not domain:
+    if not (is_valid_user(name) and is_valid_domain(domain)) or not name:
         raise Refusal(15, minor + 3)
     if s.domain_admin and not s.own_domain(domain):
         raise Refusal(11, minor + 4)

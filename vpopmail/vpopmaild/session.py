@@ -17,7 +17,7 @@ from vpopmail.api import Vpopmail
 from vpopmail.assign import AssignEntry
 from vpopmail.errors import TemporaryError, VpopmailError, explain
 from vpopmail.flags import QA_ADMIN, SA_ADMIN
-from vpopmail.names import is_valid_user, split_address
+from vpopmail.names import is_valid_domain, is_valid_user, split_address
 from vpopmail.stores import VUser
 from vpopmail.syslog_client import LOG_ERR, LOG_NOTICE, Syslog
 from vpopmail.vpopmaild.protocol import (END, OK, OK_MORE, PASS_TOKENS,
@@ -121,12 +121,13 @@ class Session:
         return name == self.user.name and self.own_domain(domain)
 
     def address(self, tokens: Tokens, minors: tuple[int, int]) -> tuple[str, str]:
-        """(user, domain) of the next token: Email Address Required / Invalid Email Address."""
+        """(user, domain) of the next token: Email Address Required / Invalid Email Address
+        (an empty part, or a character C's parse_email refuses: before any other check)."""
         text = tokens.next()
         if text is None:
             raise Refusal(6, minors[0])
         name, domain = split_address(text, self.api.default_domain())
-        if not name or not domain:
+        if not (is_valid_user(name) and is_valid_domain(domain)) or not name:
             raise Refusal(10, minors[1])
         return name, domain
 
