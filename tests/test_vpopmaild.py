@@ -395,6 +395,7 @@ def test_each_level_gets_c_answers(site: Install) -> None:
 BAD_ADDRESS_CASES = [
     (f"postmaster@{DOMAIN}", f"user_info x:y@{OTHER}", "-ERR 10.603 Invalid Email Address"),
     (f"postmaster@{DOMAIN}", f"get_user_size x:y@{OTHER}", "-ERR 3803 invalid email address"),
+    (f"postmaster@{DOMAIN}", f"list_alias x:y@{OTHER}", "-ERR 10.2803 Invalid Email Address"),
     (f"postmaster@{DOMAIN}", f"add_alias x:y@{OTHER} bob@{DOMAIN}",
      "-ERR 15.903 Invalid Alias Name Supplied"),
     (f"admin@{DOMAIN}", f"del_user x:y@{DOMAIN}", "-ERR 10.403 Invalid Email Address"),

@@ -511,7 +511,7 @@ def list_alias(s: Session, t: Tokens) -> None:
     s.require_admin(2801)
     text = _domain_arg(t, (13, 2802))
     name, _, domain = text.rpartition("@")
-    if "@" in text and (not name or not domain):
+    if "@" in text and not (name and is_valid_user(name) and is_valid_domain(domain)):
         raise Refusal(10, 2803)
     if s.domain_admin and not s.own_domain(domain):
         raise Refusal(11, 2804)
