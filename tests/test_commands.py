@@ -117,6 +117,9 @@ def test_golden_scenario_clear_passwords(vhome: Install) -> None:
     golden(vhome)
     check_golden_files(vhome, clear=True)
     assert vhome.ok("vuserinfo", "-C", f"bob@{DOMAIN}") == "pw2\n"
+    # a new hash drops the clear text it would no longer match (C kept it: APOP took "pw2")
+    vhome.ok("vmoduser", "-e", "$1$abc$defghijklmnopqrstuvw", f"bob@{DOMAIN}")
+    assert vhome.ok("vuserinfo", "-C", f"bob@{DOMAIN}") == "\n"
 
 
 def test_golden_scenario_root_install(root_vhome: Install) -> None:

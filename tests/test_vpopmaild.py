@@ -375,6 +375,20 @@ LEVEL_CASES = [
     (f"admin@{DOMAIN}", f"user_info nobody@{DOMAIN}", "-ERR 12.605 User does not exist"),
     (f"admin@{DOMAIN}", "dom_info nowhere.net",
      "-ERR 0.1404 Domain does not exist: nowhere.net"),
+    # an unknown domain is an error (C answered an empty list or a zero)
+    (f"admin@{DOMAIN}", "user_count nowhere.net",
+     "-ERR 0.2605 Domain does not exist: nowhere.net"),
+    (f"admin@{DOMAIN}", "list_users nowhere.net",
+     "-ERR 0.2705 Domain does not exist: nowhere.net"),
+    (f"admin@{DOMAIN}", "get_domain_size nowhere.net",
+     "-ERR 0.3905 Domain does not exist: nowhere.net"),
+    (f"admin@{DOMAIN}", "list_alias nowhere.net",
+     "-ERR 0.2806 Domain does not exist: nowhere.net"),
+    (f"admin@{DOMAIN}", "del_limits nowhere.net",
+     "-ERR 0.3603 Domain does not exist: nowhere.net"),
+    (f"admin@{DOMAIN}", f"add_alias alice@{DOMAIN} bob@x.net",
+     f"-ERR 17.907 Alias Insertion Failed: alice@{DOMAIN} is a user: an alias of that name "
+     "would take its mail"),
     (f"admin@{DOMAIN}", f"get_user_size nobody@{DOMAIN}", "-ERR 3805 user does not exist"),
     (f"admin@{DOMAIN}", "list_lists nowhere.net", "-ERR 11.2904 Not Authorized for domain"),
     (f"admin@{DOMAIN}", "add_ip_map 10.0.0.1 nowhere.net", "-ERR 38.3104 Invalid Domain"),
@@ -579,6 +593,7 @@ def test_limits_get_set_and_delete(site: Install) -> None:
     assert not vchkpw_accepts(site, f"alice@{DOMAIN}", "pw1")  # disable_pop
     assert after_login(site, sa, f"del_limits {DOMAIN}") == ["+OK "]
     assert vchkpw_accepts(site, f"alice@{DOMAIN}", "pw1")
+    assert after_login(site, sa, f"del_limits {DOMAIN}") == ["+OK "]  # no file: nothing to do
     assert after_login(site, sa, "get_limits nowhere.net")[0].startswith(
         "-ERR 34.3403 Could not get limits")
 
