@@ -26,6 +26,7 @@ from helpers import snapshot
 from server_site import running_server, wait_for
 from vpopmail import cdb
 from vpopmail import config as vconfig
+from vpopmail import wire
 from vpopmail.wire import VERSION, identity_socket
 
 SANDBOX = REPO / "packaging" / "sandbox"
@@ -864,6 +865,26 @@ def test_ordinary_user_sandbox_stays_the_users(layout_base: Path, shared_venv: P
     assert owner_mode(prefix / "domains") == (89, 89, 0o750)
     for path in [*(prefix / "bin").iterdir(), *(prefix / "etc").iterdir()]:
         assert os.lstat(path)[4:6] == (89, 89), path
+
+
+def test_ordinary_users_first_install_builds_the_front_ends(layout_base: Path,
+                                                             shared_venv: Path) -> None:
+    """An ordinary user's first install (every packaging/sandbox run) gets the C front ends
+    as root's does (before: bin/ did not exist yet when they were compiled into it, so the
+    build failed and bin/ held the Python programs)."""
+    if not (shutil.which("cc") or shutil.which("musl-gcc")):
+        pytest.skip("needs a C compiler")
+    (layout_base / "sandbox").mkdir()
+    os.chown(layout_base / "sandbox", 89, 89)
+    prefix = layout_base / "sandbox" / "vpopmail"
+    result = subprocess.run(
+        [*VPOPMAIL_IDS, sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
+         str(layout_base / "sandbox" / "qmail"), "--venv", str(shared_venv)],
+        capture_output=True, text=True, cwd="/", env=CLEAN_ENV)
+    assert result.returncode == 0, result
+    assert "could not build" not in result.stdout, result.stdout
+    assert sorted(wire.front_ends_built(str(prefix))) == ["vchkpw", "vdelivermail"]
+    assert sorted(os.listdir(prefix / "libexec")) == ["vchkpw", "vdelivermail"]
 
 
 # upgrade of a prefix laid out the old way (C vpopmail's ~vpopmail, pyvpopmail's before) --------
