@@ -72,6 +72,27 @@ def test_sandbox_help_deletes_nothing(tmp_path: Path, flag: str) -> None:
     assert kept.read_text() == "mine"
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "someone-elses"])
+def test_sandbox_where_you_cannot_write_says_what_to_do(layout_base: Path,
+                                                        existing: bool) -> None:
+    """An ordinary user running packaging/sandbox in a checkout that is not theirs (root's
+    clone) is told to choose a directory with SANDBOX=DIR, before anything is deleted or
+    installed (before: the installer's "Permission denied; ... the programs and the library
+    in .../vpopmail are as they were", which named neither the cause nor the way out)."""
+    where = layout_base / "sandbox"
+    if existing:  # root's sandbox, made by an earlier run as root
+        (where / "vpopmail").mkdir(parents=True)
+        (where / "message").write_text("root's")
+    result = subprocess.run([*VPOPMAIL_IDS, str(SANDBOX)], capture_output=True, text=True,
+                            timeout=300, cwd="/", env={**CLEAN_ENV, "SANDBOX": str(where)})
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("packaging/sandbox: you (uid 89) cannot "), result.stderr
+    assert "SANDBOX=DIR packaging/sandbox" in result.stderr, result.stderr
+    assert "nothing was changed" in result.stderr, result.stderr
+    assert sorted(p.name for p in layout_base.rglob("*")) == (
+        ["message", "sandbox", "vpopmail"] if existing else [])
+
+
 # packaging/install over C vpopmail -------------------------------------------------------------
 
 def cdb_make(path: Path, records: list[tuple[bytes, bytes]]) -> None:
