@@ -69,6 +69,8 @@ def test_sandbox_help_deletes_nothing(tmp_path: Path, flag: str) -> None:
     assert (result.returncode, result.stderr) == (0, ""), result
     assert result.stdout.startswith("usage: packaging/sandbox [--help]")
     assert "DELETES that directory and everything in it" in result.stdout
+    # what it does, as README's "Try it" says: also the bounce to an unknown user
+    assert "one to an unknown user (a bounce, exit 100)" in " ".join(result.stdout.split())
     assert kept.read_text() == "mine"
 
 
