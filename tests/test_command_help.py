@@ -151,6 +151,8 @@ def test_installer_help_says_qmaildir_is_required() -> None:
     shown = subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--help"],
                            capture_output=True, text=True, env=CLEAN_ENV)
     assert shown.returncode == 0, shown
+    # named as README runs it, not "install" (coreutils' install has that name)
+    assert shown.stdout.startswith("usage: packaging/install [-h] --prefix PREFIX"), shown
     text = " ".join(shown.stdout.split())
     assert "--qmaildir QMAILDIR qmail's directory, e.g. /var/qmail (required, but not with " \
         "--rollback)" in text, text
