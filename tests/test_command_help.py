@@ -52,6 +52,23 @@ def test_help_among_options_and_c_version_option(vhome: Install) -> None:
     assert result.returncode != 0 and "usage" not in result.stdout
 
 
+#: the commands whose command line is not parsed by vpopmail.cli.common.getopt: the hot paths
+#: and vchangepw take no options, vpopmail-server and vpopmaild use argparse
+NOT_GETOPT = ("vchangepw", "vchkpw", "vdelivermail", "vpopmail-server", "vpopmaild")
+
+
+@pytest.mark.parametrize("wrong", ["--bogus", "--verbose=1", "--hepl"])
+def test_unknown_long_option_is_named_whole(vhome: Install, wrong: str) -> None:
+    """An operator who tries a long option the command does not have is told which, not
+    getopt's "invalid option -- '-'" (before: the first letter after the dash was named,
+    which reads as if "-" itself were refused); the usage follows on stdout, exit 255."""
+    for name in sorted(set(COMMANDS) - set(NOT_GETOPT)):
+        result = vhome.run(name, wrong, "x@y.test")
+        assert result.returncode == 255, (name, result)
+        assert result.stderr == f"{name}: unrecognized option '{wrong}'\n", (name, result)
+        assert name in result.stdout.split("\n")[0], (name, result.stdout)
+
+
 def test_hot_paths_answer_help_only_by_hand(vhome: Install) -> None:
     """vdelivermail: only a sole argument (.qmail-default gives two). vchkpw: only with no
     fd 3 (a server's login whose next program were named --help still logs in)."""
@@ -134,6 +151,8 @@ def test_installer_help_says_qmaildir_is_required() -> None:
     shown = subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--help"],
                            capture_output=True, text=True, env=CLEAN_ENV)
     assert shown.returncode == 0, shown
+    # named as README runs it, not "install" (coreutils' install has that name)
+    assert shown.stdout.startswith("usage: packaging/install [-h] --prefix PREFIX"), shown
     text = " ".join(shown.stdout.split())
     assert "--qmaildir QMAILDIR qmail's directory, e.g. /var/qmail (required, but not with " \
         "--rollback)" in text, text

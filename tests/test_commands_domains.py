@@ -81,6 +81,23 @@ def test_vadddomain_refuses_what_users_assign_cannot_hold(vhome: Install, tmp_pa
     assert snapshot(base) == before
 
 
+def test_vadddomain_under_a_vpopmail_home_that_is_not_there_says_which_key(vhome: Install
+                                                                           ) -> None:
+    """A configuration whose paths.vpopmail_home is not the installation (written from the
+    defaults, /home/vpopmail, for another PREFIX): the error names the key and the file
+    (before: "Could not make domain dir: /home/vpopmail/domains: No such file or directory",
+    and vcheck's fix, vadddomain, failed the same way). Nothing is made."""
+    nowhere = vhome.prefix.parent / "nowhere"
+    vhome.set_config("paths", "vpopmail_home", str(nowhere))
+    result = vhome.run("vadddomain", DOMAIN, "secret")
+    assert result.returncode == 242, result
+    assert result.stdout == (
+        f"Error: Could not make domain dir: {nowhere}/domains: No such file or directory; "
+        f"paths.vpopmail_home = '{nowhere}' in {vhome.config_path}, but {nowhere}/bin does "
+        f"not exist: no pyvpopmail is installed there\n")
+    assert not nowhere.exists() and DOMAIN not in (vhome.qmaildir / "users" / "assign").read_text()
+
+
 def test_vadddomain_duplicate(vhome: Install) -> None:
     golden(vhome)
     result = refused(vhome, "vadddomain", DOMAIN, "other", code=243)

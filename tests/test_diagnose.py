@@ -100,3 +100,22 @@ def test_a_root_installation_another_user_can_change_is_a_fault(root_vhome: Inst
     assert checked.returncode == 13, checked.stdout
     assert f"{config} (0:0, mode 0664)" in checked.stdout
     assert walk(root_vhome)[-1].ok
+
+
+def test_a_vpopmail_home_without_the_installation_is_named(vhome: Install) -> None:
+    """paths.vpopmail_home pointing where nothing is installed (a migration's configuration
+    written from the defaults, /home/vpopmail, before installing into another PREFIX): step
+    12 does not claim there are no front ends, and step 13 names the key, the file and the fix
+    (before: "/home/vpopmail/bin: No such file or directory", fix "check the disk")."""
+    site(vhome)
+    nowhere = vhome.prefix.parent / "nowhere"
+    vhome.set_config("paths", "vpopmail_home", str(nowhere))
+    steps = walk(vhome)
+    assert [s.number for s in steps] == list(range(1, 14))
+    assert steps[11].ok and "no C front ends" not in steps[11].text, steps[11].text
+    last = steps[-1]
+    assert (last.name, last.ok) == ("installation", False)
+    assert last.text == (f"paths.vpopmail_home = '{nowhere}' in {vhome.config_path}, but "
+                         f"{nowhere}/bin does not exist: no pyvpopmail is installed there")
+    assert last.fix == (f"set paths.vpopmail_home in {vhome.config_path} to the PREFIX "
+                        f"pyvpopmail is installed in")

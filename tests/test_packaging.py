@@ -26,6 +26,7 @@ from helpers import snapshot
 from server_site import running_server, wait_for
 from vpopmail import cdb
 from vpopmail import config as vconfig
+from vpopmail import wire
 from vpopmail.wire import VERSION, identity_socket
 
 SANDBOX = REPO / "packaging" / "sandbox"
@@ -68,7 +69,30 @@ def test_sandbox_help_deletes_nothing(tmp_path: Path, flag: str) -> None:
     assert (result.returncode, result.stderr) == (0, ""), result
     assert result.stdout.startswith("usage: packaging/sandbox [--help]")
     assert "DELETES that directory and everything in it" in result.stdout
+    # what it does, as README's "Try it" says: also the bounce to an unknown user
+    assert "one to an unknown user (a bounce, exit 100)" in " ".join(result.stdout.split())
     assert kept.read_text() == "mine"
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "someone-elses"])
+def test_sandbox_where_you_cannot_write_says_what_to_do(layout_base: Path,
+                                                        existing: bool) -> None:
+    """An ordinary user running packaging/sandbox in a checkout that is not theirs (root's
+    clone) is told to choose a directory with SANDBOX=DIR, before anything is deleted or
+    installed (before: the installer's "Permission denied; ... the programs and the library
+    in .../vpopmail are as they were", which named neither the cause nor the way out)."""
+    where = layout_base / "sandbox"
+    if existing:  # root's sandbox, made by an earlier run as root
+        (where / "vpopmail").mkdir(parents=True)
+        (where / "message").write_text("root's")
+    result = subprocess.run([*VPOPMAIL_IDS, str(SANDBOX)], capture_output=True, text=True,
+                            timeout=300, cwd="/", env={**CLEAN_ENV, "SANDBOX": str(where)})
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("packaging/sandbox: you (uid 89) cannot "), result.stderr
+    assert "SANDBOX=DIR packaging/sandbox" in result.stderr, result.stderr
+    assert "nothing was changed" in result.stderr, result.stderr
+    assert sorted(p.name for p in layout_base.rglob("*")) == (
+        ["message", "sandbox", "vpopmail"] if existing else [])
 
 
 # packaging/install over C vpopmail -------------------------------------------------------------
@@ -864,6 +888,26 @@ def test_ordinary_user_sandbox_stays_the_users(layout_base: Path, shared_venv: P
     assert owner_mode(prefix / "domains") == (89, 89, 0o750)
     for path in [*(prefix / "bin").iterdir(), *(prefix / "etc").iterdir()]:
         assert os.lstat(path)[4:6] == (89, 89), path
+
+
+def test_ordinary_users_first_install_builds_the_front_ends(layout_base: Path,
+                                                             shared_venv: Path) -> None:
+    """An ordinary user's first install (every packaging/sandbox run) gets the C front ends
+    as root's does (before: bin/ did not exist yet when they were compiled into it, so the
+    build failed and bin/ held the Python programs)."""
+    if not (shutil.which("cc") or shutil.which("musl-gcc")):
+        pytest.skip("needs a C compiler")
+    (layout_base / "sandbox").mkdir()
+    os.chown(layout_base / "sandbox", 89, 89)
+    prefix = layout_base / "sandbox" / "vpopmail"
+    result = subprocess.run(
+        [*VPOPMAIL_IDS, sys.executable, str(INSTALL), "--prefix", str(prefix), "--qmaildir",
+         str(layout_base / "sandbox" / "qmail"), "--venv", str(shared_venv)],
+        capture_output=True, text=True, cwd="/", env=CLEAN_ENV)
+    assert result.returncode == 0, result
+    assert "could not build" not in result.stdout, result.stdout
+    assert sorted(wire.front_ends_built(str(prefix))) == ["vchkpw", "vdelivermail"]
+    assert sorted(os.listdir(prefix / "libexec")) == ["vchkpw", "vdelivermail"]
 
 
 # upgrade of a prefix laid out the old way (C vpopmail's ~vpopmail, pyvpopmail's before) --------

@@ -147,6 +147,21 @@ class Config:
     def home(self) -> str:
         return self.paths_vpopmail_home
 
+    def misplaced_home(self) -> str:
+        """'' where ``paths.vpopmail_home`` holds an installation (its bin/); else what is
+        wrong, naming the key and this file (the defaults' /home/vpopmail kept for a PREFIX
+        elsewhere: new domains would go, and call vdelivermail, where nothing is)."""
+        import stat
+
+        bin_dir = join(self.home, "bin")
+        try:
+            if stat.S_ISDIR(posix.stat(bin_dir).st_mode):
+                return ""
+        except OSError:
+            pass
+        return (f"paths.vpopmail_home = {self.home!r} in {self.path or 'the configuration'}, "
+                f"but {bin_dir} does not exist: no pyvpopmail is installed there")
+
     @property
     def domains_root(self) -> str:
         return join(self.home, self.paths_domains_dir)

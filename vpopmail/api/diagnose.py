@@ -27,8 +27,10 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      mail and logins work, at the Python programs' cost; not a fault); one
                      that takes the connection but does not answer within 10 s, or whose
                      queue of waiting callers is full, is a fault (the front ends wait for it)
-13 installation      in a root installation (root owns qmail's users/ or bin/), what root
-                     runs and reads is root's, no one else's to write: PREFIX, bin/, lib/,
+13 installation      paths.vpopmail_home holds an installation (its bin/: not the defaults'
+                     /home/vpopmail kept for another PREFIX); in a root installation (root
+                     owns qmail's users/ or bin/), what root runs and reads is root's, no
+                     one else's to write: PREFIX, bin/, lib/,
                      libexec/, run/ and the programs in bin/ and libexec/, etc/ (or
                      root:group 01775, where the vpopmail user adds its relay files),
                      vpopmail.toml and its cache (a ``chown -R vpopmail ~vpopmail`` by habit
@@ -514,6 +516,8 @@ class Diagnosis:
     def check_server(self) -> str:
         from vpopmail import wire
 
+        if self.config.misplaced_home():
+            return f"no installation at {self.config.home}: see step 13"
         built = wire.front_ends_built(self.config.home)
         front_ends = list(built)
         try:
@@ -575,6 +579,10 @@ class Diagnosis:
 
     def check_installation(self) -> str:
         home = self.config.home
+        misplaced = self.config.misplaced_home()
+        if misplaced:
+            raise Fault(misplaced, f"set paths.vpopmail_home in {self.config.path} to the PREFIX "
+                                   f"pyvpopmail is installed in")
         # root's qmail (users/ is root's) or root's bin/: a root installation; else a sandbox,
         # all its user's (a chown -R of the vpopmail user's home leaves qmail's users/ root's)
         owners = {os.stat(path).st_uid for path in (os.path.join(self.config.qmail_dir, "users"),

@@ -145,7 +145,9 @@ class DomainsMixin(UsersMixin):
             make_dir(root, 0o750, *((uid, gid) if own_root else (self.config.uid, self.config.gid)))
             root_ids = self._root_owner(root)
         except OSError as exc:
-            raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}") from None
+            misplaced = "" if own_root else self.config.misplaced_home()
+            raise CouldNotMakeDomainDir(f"{root}: {exc.strerror}"
+                                        + (f"; {misplaced}" if misplaced else "")) from None
         # only root can check as the owner; anyone else checks as itself and is refused a
         # permission below, which names the fix, rather than blamed on the domain's owner
         with OwnerIds(uid, gid):

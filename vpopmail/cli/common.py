@@ -31,7 +31,8 @@ def getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]
     """POSIX getopt with GNU argument permutation and ``x::`` (optional, attached) arguments.
 
     ``spec`` is C getopt's option string. Returns ([(letter, value)], operands).
-    ``--help`` and ``--version`` (before any ``--``) raise :class:`Answer`.
+    ``--help`` and ``--version`` (before any ``--``) raise :class:`Answer`; any other long
+    option is a usage error.
     """
     takes: dict[str, int] = {}
     i = 0
@@ -53,6 +54,8 @@ def getopt(argv: list[str], spec: str) -> tuple[list[tuple[str, str]], list[str]
         if not arg.startswith("-") or arg == "-":
             operands.append(arg)
             continue
+        if arg.startswith("--"):  # named whole, as getopt_long does: no command has long options
+            raise UsageError(f"unrecognized option '{arg}'")
         j = 1
         while j < len(arg):
             letter = arg[j]

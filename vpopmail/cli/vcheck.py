@@ -24,7 +24,8 @@ with the fix for each step, and stops at the first fault:
 11 flags             what the user's flags refuse
 12 vpopmail-server   answers the C front ends (down is a fault only with
                      server.smtp_auth_callers or server.dovecot_callers set)
-13 installation      what root runs and reads is root's alone (root installations)
+13 installation      paths.vpopmail_home holds the installation; what root runs and
+                     reads is root's alone (root installations)
 Exit status: 0 all OK, else the number of the failed step.
 """
 
