@@ -834,6 +834,22 @@ def test_vmoddomlimits_default_quota_takes_no_count(vhome: Install, quota: str) 
     assert state(vhome) == before
 
 
+@pytest.mark.parametrize("target", [[DOMAIN], ["-d"]])
+def test_vmoddomlimits_show_with_a_change_is_a_usage_error(vhome: Install,
+                                                           target: list[str]) -> None:
+    """-S with a change: C 5.4.33 shows the limits as they were, changes nothing and exits 0,
+    so the change is dropped in silence (found by the differential fuzz: ours made the change
+    and showed it). A usage error (255) naming it, and nothing changed."""
+    golden(vhome)
+    before = state(vhome), snapshot(vhome.prefix / "etc")
+    result = vhome.run("vmoddomlimits", "-S", "-P", "9", "-g", "ps", *target)
+    assert result.returncode == 255, result
+    assert result.stderr == "vmoddomlimits: -S shows the limits and changes none: " \
+        "give the changes without -S\n"
+    assert result.stdout.startswith("vmoddomlimits: usage:"), result
+    assert (state(vhome), snapshot(vhome.prefix / "etc")) == before
+
+
 def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:
     """Eight administrators each change one field of one domain at once: every change is
     kept (read, change and write are one step: the domain's directory lock for the file, a
