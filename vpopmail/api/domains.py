@@ -99,9 +99,11 @@ class DomainsMixin(UsersMixin):
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
                    default_action: str | None = None, quota: str | None = None,
-                   optimize: bool = False, encrypted: bool = False) -> AssignEntry:
+                   optimize: bool = False, encrypted: bool = False,
+                   postmaster_gecos: str = "Postmaster") -> AssignEntry:
         """Create a domain: its directory, .qmail-default, user database, qmail routing, and a
-        postmaster (when a password, or a hash with ``encrypted``, is given).
+        postmaster (when a password, or a hash with ``encrypted``, is given) with the comment
+        ``postmaster_gecos`` (C's vadddomain writes "Postmaster", its vpopmaild "postmaster").
 
         What a killed vadddomain left is finished, not refused: a directory of the domain that
         users/cdb does not route yet is taken over (its users kept), and a domain in users/cdb
@@ -113,7 +115,7 @@ class DomainsMixin(UsersMixin):
         action = catchall.check(default_action or self.config.users_default_action,
                                 self.config.users_hashed_dirs)
         spec = None if postmaster_password is None else NewUser(
-            "postmaster", gecos="Postmaster", quota=quota,
+            "postmaster", gecos=postmaster_gecos, quota=quota,
             **{"encrypted" if encrypted else "password": postmaster_password})
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
