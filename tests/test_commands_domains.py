@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vpopmail import dircontrol
 from vpopmail.passwords import verify_password
 from install_site import CLEAN_ENV, NO_BACKEND, Install, as_user_argv
 from helpers import (DOMAIN, assign_line, cdb_dump, cdb_text, check_owner, domain_dir, golden,
@@ -103,6 +104,35 @@ def test_vadddomain_duplicate(vhome: Install) -> None:
     result = refused(vhome, "vadddomain", DOMAIN, "other", code=243)
     assert result.stdout == "Error: Domain already exists\n"
     refused(vhome, "vadddomain", DOMAIN.upper(), "other", code=243)
+
+
+@pytest.mark.parametrize("emptied", [False, True])
+def test_vadddomain_of_a_domain_whose_postmaster_was_deleted_is_refused(vhome: Install,
+                                                                         emptied: bool) -> None:
+    """A domain whose postmaster was deleted, with its other users or emptied of them all, is
+    a domain, not what a vadddomain killed before its postmaster leaves: "Domain already
+    exists" (243) and nothing changed, as C 5.4.33 answers every domain users/assign has
+    (found by the differential fuzz: a postmaster was added with the new password, exit 0)."""
+    golden(vhome)
+    for name in ("postmaster", *(("alice", "bob") if emptied else ())):
+        vhome.ok("vdeluser", f"{name}@{DOMAIN}")
+    result = refused(vhome, "vadddomain", DOMAIN, "newpw", code=243)
+    assert result.stdout == "Error: Domain already exists\n"
+    assert sorted(stored_users(vhome)) == ([] if emptied else ["alice", "bob"])
+
+
+@pytest.mark.parametrize("slot_taken", [False, True])
+def test_vadddomain_finishes_a_domain_killed_before_its_postmaster(vhome: Install,
+                                                                   slot_taken: bool) -> None:
+    """A domain qmail routes, without users, whose .dir-control is missing (killed before the
+    postmaster's directory was allotted) or counts a slot (killed after it, before vpasswd): a
+    vadddomain killed halfway, which a rerun finishes."""
+    api = vhome.api()
+    entry = api.add_domain(DOMAIN)  # no password: everything but the postmaster
+    if slot_taken:
+        dircontrol.allocate(entry.dir, True, entry.uid, entry.gid)
+    assert vhome.ok("vadddomain", DOMAIN, "newpw") == ""
+    assert verify_password("newpw", stored_users(vhome)["postmaster"][1])
 
 
 
@@ -819,6 +849,22 @@ def test_vmoddomlimits_default_quota_takes_no_count(vhome: Install, quota: str) 
     result = vhome.run("vmoddomlimits", "-q", quota, DOMAIN)
     assert result.returncode == 255 and "-m sets the message count" in result.stderr, result
     assert state(vhome) == before
+
+
+@pytest.mark.parametrize("target", [[DOMAIN], ["-d"]])
+def test_vmoddomlimits_show_with_a_change_is_a_usage_error(vhome: Install,
+                                                           target: list[str]) -> None:
+    """-S with a change: C 5.4.33 shows the limits as they were, changes nothing and exits 0,
+    so the change is dropped in silence (found by the differential fuzz: ours made the change
+    and showed it). A usage error (255) naming it, and nothing changed."""
+    golden(vhome)
+    before = state(vhome), snapshot(vhome.prefix / "etc")
+    result = vhome.run("vmoddomlimits", "-S", "-P", "9", "-g", "ps", *target)
+    assert result.returncode == 255, result
+    assert result.stderr == "vmoddomlimits: -S shows the limits and changes none: " \
+        "give the changes without -S\n"
+    assert result.stdout.startswith("vmoddomlimits: usage:"), result
+    assert (state(vhome), snapshot(vhome.prefix / "etc")) == before
 
 
 def test_vmoddomlimits_at_the_same_moment_lose_no_change(vhome: Install) -> None:

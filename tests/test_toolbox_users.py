@@ -485,6 +485,20 @@ def test_valias_refuses(vhome: Install, args: list[str], code: int, starts: str)
     refused(vhome, "valias", *args, code=code, starts=starts)
 
 
+def test_valias_line_that_exists_is_refused_on_stderr(vhome: Install) -> None:
+    """A line the alias has: C 5.4.33's "Error: alias ... already exists." on stderr, exit
+    255, nothing changed (found by the differential fuzz: ours printed it on stdout)."""
+    site(vhome, alias=False)
+    vhome.ok("valias", "-i", "&bob@example.com", f"old@{DOMAIN}")
+    before = state(vhome)
+    result = vhome.run("valias", "-i", "&bob@example.com", f"OLD@{DOMAIN}")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        255, "", f"Error: alias old@{DOMAIN} -> &bob@example.com already exists.\n")
+    assert state(vhome) == before
+    api = vhome.api()
+    assert api.stores.aliases.lines(api.get_domain(DOMAIN), "old") == ["&bob@example.com"]
+
+
 @pytest.mark.cdb_only(NO_BACKEND)
 def test_valias_usage_and_names_only(vhome: Install) -> None:
     site(vhome, alias=False)

@@ -575,6 +575,19 @@ def test_domains_as_system_admin(site: Install) -> None:
     assert not (site.domains / "new.net").exists()
 
 
+def test_add_domain_postmaster_as_c_writes_it(site: Install) -> None:
+    """add_domain's postmaster is C 5.4.33 vpopmaild's: comment "postmaster" (C's vadddomain
+    writes "Postmaster"), POP flag, no quota; in vpasswd C's line (found by the differential
+    fuzz: ours wrote "Postmaster")."""
+    assert after_login(site, f"admin@{DOMAIN}", "add_domain new.net npw") == ["+OK "]
+    user = site.vuser("postmaster@new.net")
+    assert (user.uid, user.flags, user.gecos, user.quota) == (1, 0, "postmaster", "NOQUOTA")
+    if site.backend == "cdb":
+        line = (site.domains / "new.net" / "vpasswd").read_text()
+        clear = ":npw" if site.api().config.passwords_clear_passwords else ""  # C's build: clear on
+        assert line == f"postmaster:{user.passwd}:1:0:postmaster:{user.dir}:NOQUOTA{clear}\n"
+
+
 def test_limits_get_set_and_delete(site: Install) -> None:
     sa = f"admin@{DOMAIN}"
     answers = after_login(site, sa, f"get_limits {DOMAIN}")

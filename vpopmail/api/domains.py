@@ -99,20 +99,23 @@ class DomainsMixin(UsersMixin):
     def add_domain(self, domain: str, postmaster_password: str | None = None, *,
                    base_dir: str | None = None, uid: int | None = None, gid: int | None = None,
                    default_action: str | None = None, quota: str | None = None,
-                   optimize: bool = False, encrypted: bool = False) -> AssignEntry:
+                   optimize: bool = False, encrypted: bool = False,
+                   postmaster_gecos: str = "Postmaster") -> AssignEntry:
         """Create a domain: its directory, .qmail-default, user database, qmail routing, and a
-        postmaster (when a password, or a hash with ``encrypted``, is given).
+        postmaster (when a password, or a hash with ``encrypted``, is given) with the comment
+        ``postmaster_gecos`` (C's vadddomain writes "Postmaster", its vpopmaild "postmaster").
 
         What a killed vadddomain left is finished, not refused: a directory of the domain that
         users/cdb does not route yet is taken over (its users kept), and a domain in users/cdb
-        that qmail does not accept or route, or without its postmaster, gets what it lacks.
-        Only a complete domain is :class:`DomainAlreadyExists`.
+        that qmail does not accept or route, or without its postmaster and never used (no
+        other user; one emptied of its users is used), gets what it lacks. Any other domain
+        is :class:`DomainAlreadyExists`.
         """
         domain = check_domain(domain.lower())
         action = catchall.check(default_action or self.config.users_default_action,
                                 self.config.users_hashed_dirs)
         spec = None if postmaster_password is None else NewUser(
-            "postmaster", gecos="Postmaster", quota=quota,
+            "postmaster", gecos=postmaster_gecos, quota=quota,
             **{"encrypted" if encrypted else "password": postmaster_password})
         uid = self.config.uid if uid is None else uid
         gid = self.config.gid if gid is None else gid
@@ -203,11 +206,24 @@ class DomainsMixin(UsersMixin):
     def domain_incomplete(self, entry: AssignEntry, postmaster: bool = True) -> bool:
         """Whether a domain in users/cdb lacks what vadddomain makes after users/cdb: its
         rcpthosts (or morercpthosts) and virtualdomains lines, and (``postmaster``) its
-        postmaster: the marks of a vadddomain killed halfway."""
+        postmaster (:meth:`_postmaster_pending`): the marks of a vadddomain killed halfway."""
         accepted = self.qmail.read_control("rcpthosts") + self.qmail.read_control("morercpthosts")
         return (entry.domain not in accepted
                 or f"{entry.domain}:{entry.domain}" not in self.qmail.read_control("virtualdomains")
-                or postmaster and self.backend.get_user(entry, "postmaster") is None)
+                or postmaster and self.backend.get_user(entry, "postmaster") is None
+                and self._postmaster_pending(entry))
+
+    def _postmaster_pending(self, entry: AssignEntry) -> bool:
+        """Whether a domain whose postmaster lookups do not find is a vadddomain's killed
+        before that postmaster was complete, not one whose postmaster was deleted (C refuses
+        every domain of users/assign): it holds no user but the postmaster (in vpasswd, its
+        cdb not yet written), and its .dir-control is missing (no user directory allotted yet)
+        or counts a slot (the postmaster's; 0 once every user made was deleted)."""
+        names = {user.name for user in self.backend.list_users(entry)}
+        if names:
+            return names == {"postmaster"}
+        return (not os.path.lexists(os.path.join(entry.dir, dircontrol.CONTROL))
+                or self.user_count(entry) > 0)
 
     def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
         """The directory named ``domain`` in the domains tree (hash buckets included), if any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from vpopmail.aliases import AliasLineExists
 from vpopmail.cli.common import UsageError, getopt, open_api, print_version, run
 
 USAGE = """\
@@ -67,7 +68,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
                 print(f"{alias}@{entry.real_domain} -> {text}")
             return 0
         if action == "i":
-            api.add_alias_line(entry, alias, target, line)
+            try:
+                api.add_alias_line(entry, alias, target, line)
+            except AliasLineExists as exc:  # C's one refusal of its own, on stderr
+                print(f"Error: {exc}", file=sys.stderr)
+                return exc.status
         elif action == "r":
             api.remove_alias_line(entry, alias, target, line)
         else:

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             return 0
         if "v" in letters:
             print_version()
+        if "S" in letters and letters - {"S", "v", "d", "D"}:
+            # C showed the limits as they were and dropped the changes, exit 0
+            raise UsageError("-S shows the limits and changes none: give the changes without -S")
         use_default = "d" in letters
         if len(args) != (0 if use_default else 1):
             raise UsageError("")

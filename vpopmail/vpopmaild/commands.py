@@ -333,7 +333,7 @@ def add_domain(s: Session, t: Tokens) -> None:
     if password is None:
         raise Refusal(7, 803)
     with _failing(0, 804):
-        s.api.add_domain(domain, password)
+        s.api.add_domain(domain, password, postmaster_gecos="postmaster")  # C's, lower-case
     s.send(OK)
 
 
