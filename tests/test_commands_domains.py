@@ -851,18 +851,20 @@ def test_vmoddomlimits_default_quota_takes_no_count(vhome: Install, quota: str) 
     assert state(vhome) == before
 
 
+@pytest.mark.parametrize("only, does", [("-S", "shows"), ("-D", "deletes")])
 @pytest.mark.parametrize("target", [[DOMAIN], ["-d"]])
-def test_vmoddomlimits_show_with_a_change_is_a_usage_error(vhome: Install,
-                                                           target: list[str]) -> None:
-    """-S with a change: C 5.4.33 shows the limits as they were, changes nothing and exits 0,
-    so the change is dropped in silence (found by the differential fuzz: ours made the change
-    and showed it). A usage error (255) naming it, and nothing changed."""
+def test_vmoddomlimits_show_or_delete_with_a_change_is_a_usage_error(
+        vhome: Install, target: list[str], only: str, does: str) -> None:
+    """-S or -D with a change: C 5.4.33 shows (deletes) the limits, exits 0 and drops the
+    change in silence (found by the differential fuzz: ours made the change and showed it,
+    or dropped it as C). A usage error (255) naming it, and nothing changed."""
     golden(vhome)
+    vhome.ok("vmoddomlimits", "-P", "5", DOMAIN)
     before = state(vhome), snapshot(vhome.prefix / "etc")
-    result = vhome.run("vmoddomlimits", "-S", "-P", "9", "-g", "ps", *target)
+    result = vhome.run("vmoddomlimits", only, "-P", "9", "-g", "ps", *target)
     assert result.returncode == 255, result
-    assert result.stderr == "vmoddomlimits: -S shows the limits and changes none: " \
-        "give the changes without -S\n"
+    assert result.stderr == f"vmoddomlimits: {only} {does} the limits and changes none: " \
+        f"give the changes without {only}\n"
     assert result.stdout.startswith("vmoddomlimits: usage:"), result
     assert (state(vhome), snapshot(vhome.prefix / "etc")) == before
 

@@ -112,9 +112,11 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
             return 0
         if "v" in letters:
             print_version()
-        if "S" in letters and letters - {"S", "v", "d", "D"}:
-            # C showed the limits as they were and dropped the changes, exit 0
-            raise UsageError("-S shows the limits and changes none: give the changes without -S")
+        for only, does in (("S", "shows the limits"), ("D", "deletes the limits")):
+            if only in letters and letters - {"S", "v", "d", "D"}:
+                # C showed (deleted) the limits and dropped the changes in silence, exit 0
+                raise UsageError(f"-{only} {does} and changes none: give the changes without "
+                                 f"-{only}")
         use_default = "d" in letters
         if len(args) != (0 if use_default else 1):
             raise UsageError("")
