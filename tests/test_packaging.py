@@ -1153,19 +1153,28 @@ def test_upgrade_is_not_held_by_a_fifo_in_bin(layout_base: Path, shared_venv: Pa
 def test_upgrade_says_where_the_kept_configuration_disagrees_with_the_command_line(
         layout_base: Path, shared_venv: Path) -> None:
     """A vpopmail.toml written from the defaults before the install (Migrating, step 2) names
-    /home/vpopmail and /var/qmail: the install keeps it and says so for each path that is not
-    its --prefix or --qmaildir (before: silence, then every command said "Domain does not
-    exist"); one that agrees is not mentioned. (The qmail directory is the test's own: the
-    install prepares the kept one.)"""
+    /home/vpopmail and /var/qmail. Its vpopmail home not the --prefix stops the install
+    before anything changes (before: a warning, then the programs made new domains under
+    /home/vpopmail, where no vdelivermail of theirs is); its qmail directory not the
+    --qmaildir is kept and said (the qmail directory is the test's own: the install prepares
+    the kept one); one that agrees is not mentioned."""
     inst = root_install(layout_base, shared_venv)
     quiet = upgrade(inst, shared_venv)
     assert quiet.returncode == 0 and "(kept) has paths." not in quiet.stdout, quiet
     values = vconfig.defaults().values
     values["paths_qmail_dir"] = str(layout_base / "var-qmail")
     inst.config_path.write_text(vconfig.render(values))
+    before = snapshot(inst.prefix)
+    stopped = upgrade(inst, shared_venv)
+    assert stopped.returncode == 1, stopped
+    assert f"has paths.vpopmail_home = '/home/vpopmail', not --prefix {inst.prefix}" \
+        in stopped.stderr and "nothing was changed" in stopped.stderr, stopped
+    assert snapshot(inst.prefix) == before
+    values["paths_vpopmail_home"] = str(inst.prefix)
+    inst.config_path.write_text(vconfig.render(values))
     told = upgrade(inst, shared_venv)
     assert told.returncode == 0, told
-    assert f"paths.vpopmail_home = '/home/vpopmail', not --prefix {inst.prefix}" in told.stdout
+    assert "paths.vpopmail_home" not in told.stdout
     assert f"paths.qmail_dir = '{layout_base / 'var-qmail'}', not --qmaildir " \
            f"{inst.qmaildir}" in told.stdout
 
