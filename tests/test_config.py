@@ -111,6 +111,11 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
     ({"paths": {"vpopmail_home": "home/vpopmail"}},
      "test.toml: paths.vpopmail_home must be an absolute path, not 'home/vpopmail'"),
     ({"paths": {"qmail_dir": ""}}, "test.toml: paths.qmail_dir must be an absolute path, not ''"),
+    # a misspelt name gets the nearest known one
+    ({"relay": {"roaming_user": True}},
+     "test.toml: unknown key relay.roaming_user; did you mean roaming_users?"),
+    ({"pasword": {}}, "test.toml: unknown section [pasword]; did you mean passwords?"),
+    ({"locks": {"speed": 3}}, "test.toml: unknown key locks.speed"),
 ])
 def test_validate_texts(raw: dict[str, object], text: str) -> None:
     with pytest.raises(ConfigError) as refused:

@@ -250,17 +250,27 @@ _CHOICES = {
 }
 
 
+def _nearest(name: str, known: list[str]) -> str:
+    """``; did you mean X?`` for the known name closest to a misspelt ``name``, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def validate(raw: dict[str, object], source: str = "") -> dict[str, Value]:
     """Check a parsed TOML document against SCHEMA; return the flattened values."""
     values: dict[str, Value] = {}
     for section, entries in raw.items():
         if section not in SCHEMA:
-            raise ConfigError(f"{source}: unknown section [{section}]")
+            raise ConfigError(f"{source}: unknown section [{section}]"
+                              f"{_nearest(section, list(SCHEMA))}")
         if not isinstance(entries, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
         for key in entries:
             if key not in SCHEMA[section]:
-                raise ConfigError(f"{source}: unknown key {section}.{key}")
+                raise ConfigError(f"{source}: unknown key {section}.{key}"
+                                  f"{_nearest(key, list(SCHEMA[section]))}")
     for section, entries in SCHEMA.items():
         given = raw.get(section, {})
         assert isinstance(given, dict)
