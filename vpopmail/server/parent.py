@@ -460,15 +460,18 @@ class Worker:
 class Waiting:
     """An accepted connection that has not yet been handed to a worker: until ``deadline``
     its peer may be silent (then it is dropped); once it has sent, until the new
-    ``deadline`` it may wait for a worker (then it is declined)."""
+    ``deadline`` it may wait for a worker (then it is declined). ``lookup``: taken from the
+    lookup socket."""
 
-    __slots__ = ("conn", "pid", "identity", "deadline")
+    __slots__ = ("conn", "pid", "identity", "deadline", "lookup")
 
-    def __init__(self, conn: socket.socket, pid: int, identity: Identity, deadline: float) -> None:
+    def __init__(self, conn: socket.socket, pid: int, identity: Identity, deadline: float,
+                 lookup: bool = False) -> None:
         self.conn = conn
         self.pid = pid
         self.identity = identity
         self.deadline = deadline
+        self.lookup = lookup
 
 
 class Server:
@@ -673,7 +676,7 @@ class Server:
                 elif fd == listener.fileno():
                     self.accept(listener)
                 elif self.lookups is not None and fd == self.lookups.fileno():
-                    self.accept(self.lookups)
+                    self.accept(self.lookups, self.lookup_room(64))
                 elif fd in self.unsent:
                     self.poll.unregister(fd)
                     waiting = self.unsent.pop(fd)
@@ -699,12 +702,12 @@ class Server:
             self.dispatch()
             # too many waiting, or no descriptor to take one with (a failed accept leaves
             # its socket readable: polled again at once, the loop would spin): leave the rest
-            # in the listen queue
+            # in the listen queue; and the lookups no worker could take now (lookup_room)
             resting = time.monotonic() < self.resting
             full = len(self.unsent) + len(self.ready) >= BACKLOG or resting
             wanted = {listener: not full}
             if self.lookups is not None:
-                wanted[self.lookups] = not resting
+                wanted[self.lookups] = not resting and self.lookup_room(1) > 0
             for sock, taking in wanted.items():
                 if accepting[sock] != taking:
                     accepting[sock] = taking
@@ -809,13 +812,13 @@ class Server:
             conn.setblocking(True)
             self.take(conn, deadline)
 
-    def accept(self, listener: socket.socket) -> None:
-        """Take up to 64 connections waiting at ``listener``; at the lookup socket, only
+    def accept(self, listener: socket.socket, most: int = 64) -> None:
+        """Take up to ``most`` connections waiting at ``listener``; at the lookup socket, only
         server.dovecot_callers' (it is polled while the main socket's queue is full: anyone
         else's would wait there unbounded)."""
         callers = self.settings.dovecot_callers if listener is self.lookups else None
         deadline = time.monotonic() + self.settings.timeout
-        for _ in range(64):
+        for _ in range(most):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -839,7 +842,7 @@ class Server:
                                       f"server.dovecot_callers caller, at the lookup socket")
             conn.close()
             return
-        waiting = Waiting(conn, *known, deadline)
+        waiting = Waiting(conn, *known, deadline, lookup=callers is not None)
         probe = select.poll()  # the front end sends at once: most are readable already
         probe.register(conn, select.POLLIN)
         if probe.poll(0):
@@ -847,6 +850,23 @@ class Server:
         else:
             self.unsent[conn.fileno()] = waiting
             self.poll.register(conn, select.POLLIN)
+
+    def lookup_room(self, most: int) -> int:
+        """How many more lookups (at most ``most``) to take from the lookup socket now: as
+        many as workers can be handed them at once (one to be forked: a fork takes a few
+        milliseconds, the next is counted once it is done; the free idle workers; the idle
+        ones of server.dovecot_callers, which serve a lookup handed to them next), less those
+        taken and still waiting here. The rest wait in the socket's queue: taken, a lookup
+        dies with this process, while the queue of the socket systemd holds outlives a
+        SIGKILL (the next server answers it)."""
+        room = (self.running() < self.settings.workers) - sum(
+            waiting.lookup for waiting in (*self.unsent.values(), *self.ready))
+        callers = self.settings.dovecot_callers
+        for worker in self.idle.values():
+            if room >= most:
+                break
+            room += worker.identity[0] in callers or self.free(worker)
+        return max(0, min(room, most))
 
     def heard(self, fd: int) -> None:
         """A worker said it is idle, busy with more waiting at its identity's socket, or
