@@ -30,7 +30,7 @@ from install_site import CLEAN_ENV, REPO, Install, as_user_argv
 from login_site import POP_ENV
 import mariadb_site
 from server_site import (Server, held_socket, open_sockets, running_server, served_login_site,
-                         server_of, wait_for)
+                         server_of, wait_for, without_fallbacks)
 from vpopmail import wire
 
 pytestmark = pytest.mark.both_backends
@@ -655,6 +655,37 @@ def test_a_socket_passed_that_is_not_the_lookup_socket_is_closed(mail_site: Site
                     f"not paths.lookup_socket ({lookup_socket(mail_site)})"
                     in started.lines()[0]), started.lines()
         assert not lookup_socket(mail_site).exists()
+
+
+def test_the_front_ends_socket_passed_by_systemd_is_given_up_saying_so(mail_site: Site
+                                                                       ) -> None:
+    """A socket unit listening at paths.server_socket (the front ends' socket, never
+    systemd's: held while the server is down, it would keep them waiting): the server says
+    so, declines the callers queued there (they run the Python program) and makes its own
+    socket in its place (before: it found systemd's listening, waited 10 s for an answer and
+    stopped, saying that "a server already listens on PATH: pid 1 took the connection but
+    did not answer within 10 s")."""
+    server(mail_site).stop()
+    path = server(mail_site).socket
+    with held_socket(path) as held:
+        path.chmod(0o666)  # a socket unit's default SocketMode
+        systemds = path.stat().st_ino
+        queued: list[int] = []
+        delivery = threading.Thread(target=lambda: queued.append(
+            mail_site.deliver("alice").returncode))
+        delivery.start()
+        time.sleep(0.3)
+        assert not queued  # waiting at systemd's socket
+        with running_server(mail_site.inst, passed=held) as started:
+            delivery.join(20)
+            assert queued == [0], started.lines()
+            assert (f"socket activation: descriptor 3 closed: it is paths.server_socket "
+                    f"({path}), the front ends' socket" in started.lines()[0]), started.lines()
+            assert path.stat().st_ino != systemds
+            without_fallbacks(mail_site.inst)
+            assert mail_site.deliver("alice").returncode == 0
+        assert not path.exists()
+    assert len(mail_site.new_files(mail_site.maildir("alice"))) == 3
 
 
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,

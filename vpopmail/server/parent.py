@@ -358,11 +358,7 @@ def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
         name = sock.getsockname()
         if not listens(sock) or not isinstance(name, str) or not name.startswith("/"):
             return f"not a listening Unix stream socket with a path ({name!r})"
-        try:
-            same = os.path.samestat(os.stat(name), os.stat(path))
-        except FileNotFoundError:  # (either: a socket unit's path, or the setting's)
-            same = False
-        if not same:
+        if not same_file(name, path):
             return f"{name} is not {LOOKUP_SOCKET} ({path})"
         os.chmod(path, mode)
     except OSError as exc:
@@ -370,21 +366,32 @@ def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
     return None
 
 
-def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None:
+def same_file(name: str, path: str) -> bool:
+    """Whether ``name`` and ``path`` name the same file (False when either is missing)."""
+    try:
+        return os.path.samestat(os.stat(name), os.stat(path))
+    except FileNotFoundError:  # (either: a socket unit's path, or the setting's)
+        return False
+
+
+def activated_lookups(path: str, mode: int, log_fd: int, server_path: str
+                      ) -> tuple[socket.socket | None, socket.socket | None]:
     """The lookup socket systemd passed (socket activation, sd_listen_fds(3): LISTEN_PID and
     LISTEN_FDS, taken out of the environment) if it is a listening Unix stream socket at
     ``path`` (then given ``mode``): its socket unit keeps it listening while the server is
     down or restarting, so Dovecot's lookups wait in its queue instead of failing. Any other
-    descriptor passed is closed, with a log line (the front ends' socket is the server's
-    own: with it held, they would wait for a server that may not come, where they run the
-    Python programs). Called before this process opens anything: a descriptor counted but
-    not open would otherwise be one of its own."""
+    descriptor passed is closed, with a log line; the front ends' socket (at
+    ``server_path``) is the server's own: with it held, they would wait for a server that
+    may not come, where they run the Python programs. So that one, if passed, is returned
+    too, for :func:`give_up` once the server holds the socket's lock. Called before this
+    process opens anything: a descriptor counted but not open would otherwise be one of its
+    own."""
     pid = os.environ.pop("LISTEN_PID", "")
     count = os.environ.pop("LISTEN_FDS", "")
     os.environ.pop("LISTEN_FDNAMES", None)
     if pid != str(os.getpid()) or not (count.isascii() and count.isdigit()):
-        return None
-    found = None
+        return None, None
+    found = front_ends = None
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
         try:
             sock = socket.socket(fileno=fd)
@@ -394,6 +401,15 @@ def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None
                 os.close(fd)
             continue
         os.set_inheritable(fd, False)
+        if front_ends is None and named(sock, server_path):
+            log(log_fd, f"socket activation: descriptor {fd} closed: it is {SERVER_SOCKET} "
+                        f"({server_path}), the front ends' socket, which the server makes "
+                        f"itself (held by systemd while the server is down, it would keep "
+                        f"them waiting where they run the Python programs): the callers "
+                        f"queued at it are declined; a socket unit is for {LOOKUP_SOCKET} "
+                        f"({path}) only")
+            front_ends = sock
+            continue
         why = ("a lookup socket was passed before it" if found is not None
                else take_passed(sock, path, mode))
         if why is None:
@@ -401,7 +417,32 @@ def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None
         else:
             log(log_fd, f"socket activation: descriptor {fd} closed: {why}")
             sock.close()
-    return found
+    return found, front_ends
+
+
+def named(sock: socket.socket, path: str) -> bool:
+    """Whether the socket ``sock`` was bound at ``path``: its name names the file there, or
+    is ``path`` (a file since removed)."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    return isinstance(name, str) and bool(name) and (
+        same_file(name, path) or os.path.normpath(name) == os.path.normpath(path))
+
+
+def give_up(sock: socket.socket, path: str) -> None:
+    """The front ends' socket systemd passed (:func:`activated_lookups`), given up once this
+    server holds the lock of ``path`` (no other server makes a socket there): its file
+    removed, so that the server makes its own in its place and no caller queues at it any
+    more, the callers queued at it declined (they run the Python programs), and closed."""
+    name = sock.getsockname()
+    if same_file(name, path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    sock.setblocking(False)
+    decline_queued(sock)
+    sock.close()
 
 
 def woken(wake: int) -> bytes:
@@ -536,9 +577,13 @@ class Server:
         only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         release_library()
         mode = lookup_mode(self.settings.dovecot_callers)
-        self.held = kept_held() or activated_lookups(self.lookup_setting, mode,
-                                                      self.settings.log_fd)
+        self.held, front_ends = kept_held(), None
+        if self.held is None:
+            self.held, front_ends = activated_lookups(self.lookup_setting, mode,
+                                                      self.settings.log_fd, self.path)
         self.lock = hold(self.path)
+        if front_ends is not None:
+            give_up(front_ends, self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
