@@ -236,6 +236,22 @@ def test_with_the_server_down_a_login_is_a_temporary_failure(mail_site: Site,
             in checked.stdout), checked.stdout
 
 
+def test_vcheck_says_logins_wait_while_systemd_holds_the_lookup_socket(mail_site: Site
+                                                                       ) -> None:
+    """With the server down and systemd holding the lookup socket, Dovecot's logins wait in
+    its queue for the next server (test_a_lookup_socket_systemd_holds_outlives_the_server):
+    vcheck says so, a fault still (they wait until a server comes), where it said that
+    they fail; with the socket gone too, they fail (above)."""
+    server(mail_site).stop()
+    path = lookup_socket(mail_site)
+    with held_socket(path):
+        checked = mail_site.inst.run("vcheck", f"alice@{DOMAIN}")
+    assert checked.returncode == 12, checked.stdout
+    assert (f"Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: root) "
+            f"wait in the queue of {path}, which listens while the server is down"
+            in checked.stdout), checked.stdout
+    assert " fail" not in checked.stdout, checked.stdout
+
 @pytest.mark.sql_only
 def test_a_login_whose_lastauth_row_waits_on_a_lock_logs_in(mail_site: Site,
                                                             dovecot: Dovecot) -> None:
