@@ -2,6 +2,7 @@
 suites (modules marked ``through_server``) and the server's own tests."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -177,4 +178,13 @@ def worker_ids(server: Server) -> list[tuple[list[str], list[str], list[str]]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         if task.isdigit() and fields.get("PPid", "").strip() == str(server.proc.pid):
             found.append((fields["Uid"].split(), fields["Gid"].split(), fields["Groups"].split()))
+    return found
+
+
+def open_sockets(pid: int) -> int:
+    """How many sockets the process ``pid`` holds open."""
+    found = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing
+            found += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
     return found

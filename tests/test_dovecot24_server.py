@@ -10,6 +10,7 @@ import collections
 import imaplib
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -28,8 +29,8 @@ from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
 from login_site import POP_ENV
 import mariadb_site
-from server_site import (Server, held_socket, running_server, served_login_site, server_of,
-                         wait_for)
+from server_site import (Server, held_socket, open_sockets, running_server, served_login_site,
+                         server_of, wait_for, without_fallbacks)
 from vpopmail import wire
 
 pytestmark = pytest.mark.both_backends
@@ -234,6 +235,22 @@ def test_with_the_server_down_a_login_is_a_temporary_failure(mail_site: Site,
     assert ("Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: root) fail"
             in checked.stdout), checked.stdout
 
+
+def test_vcheck_says_logins_wait_while_systemd_holds_the_lookup_socket(mail_site: Site
+                                                                       ) -> None:
+    """With the server down and systemd holding the lookup socket, Dovecot's logins wait in
+    its queue for the next server (test_a_lookup_socket_systemd_holds_outlives_the_server):
+    vcheck says so, a fault still (they wait until a server comes), where it said that
+    they fail; with the socket gone too, they fail (above)."""
+    server(mail_site).stop()
+    path = lookup_socket(mail_site)
+    with held_socket(path):
+        checked = mail_site.inst.run("vcheck", f"alice@{DOMAIN}")
+    assert checked.returncode == 12, checked.stdout
+    assert (f"Dovecot 2.4's logins through vpopmail-auth.lua (server.dovecot_callers: root) "
+            f"wait in the queue of {path}, which listens while the server is down"
+            in checked.stdout), checked.stdout
+    assert " fail" not in checked.stdout, checked.stdout
 
 @pytest.mark.sql_only
 def test_a_login_whose_lastauth_row_waits_on_a_lock_logs_in(mail_site: Site,
@@ -656,6 +673,37 @@ def test_a_socket_passed_that_is_not_the_lookup_socket_is_closed(mail_site: Site
         assert not lookup_socket(mail_site).exists()
 
 
+def test_the_front_ends_socket_passed_by_systemd_is_given_up_saying_so(mail_site: Site
+                                                                       ) -> None:
+    """A socket unit listening at paths.server_socket (the front ends' socket, never
+    systemd's: held while the server is down, it would keep them waiting): the server says
+    so, declines the callers queued there (they run the Python program) and makes its own
+    socket in its place (before: it found systemd's listening, waited 10 s for an answer and
+    stopped, saying that "a server already listens on PATH: pid 1 took the connection but
+    did not answer within 10 s")."""
+    server(mail_site).stop()
+    path = server(mail_site).socket
+    with held_socket(path) as held:
+        path.chmod(0o666)  # a socket unit's default SocketMode
+        systemds = path.stat().st_ino
+        queued: list[int] = []
+        delivery = threading.Thread(target=lambda: queued.append(
+            mail_site.deliver("alice").returncode))
+        delivery.start()
+        time.sleep(0.3)
+        assert not queued  # waiting at systemd's socket
+        with running_server(mail_site.inst, passed=held) as started:
+            delivery.join(20)
+            assert queued == [0], started.lines()
+            assert (f"socket activation: descriptor 3 closed: it is paths.server_socket "
+                    f"({path}), the front ends' socket" in started.lines()[0]), started.lines()
+            assert path.stat().st_ino != systemds
+            without_fallbacks(mail_site.inst)
+            assert mail_site.deliver("alice").returncode == 0
+        assert not path.exists()
+    assert len(mail_site.new_files(mail_site.maildir("alice"))) == 3
+
+
 @pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
                     reason="systemd-socket-activate is not installed")
 def test_systemd_socket_activate_starts_the_server_at_the_first_lookup(mail_site: Site) -> None:
@@ -827,3 +875,57 @@ def test_the_socket_systemd_holds_is_kept_through_reloads_that_leave_it_unused(
                     assert oct(path.stat().st_mode & 0o777) == (
                         "0o666" if value == "root,vpopmail" else "0o600"), value
         assert path.exists() and not (path.parent / "moved.sock").exists()
+
+
+def test_a_sigkill_under_a_backlog_leaves_the_lookups_in_the_queue_systemd_holds(
+        mail_site: Site) -> None:
+    """With systemd holding the lookup socket, lookups left in its queue outlive a SIGKILL of
+    the server (the next one answers them), so the server takes from it no more than its
+    workers can be handed at once: a lookup taken and then waiting in the server for a
+    worker would die with it, a failed login that the server alone caused (before: it took
+    all it could, and of 300 lookups queued for 2 workers, killed after the first 10
+    answers, 285 to 289 were reset unanswered; with 32 workers 5 to 254). What it holds
+    between an accept and the hand-over to a worker, some tens of microseconds, still dies
+    with it: one a worker at most (a kill just after an answer, as here, when a worker
+    has said it is free, lost one in about a third of the runs)."""
+    server(mail_site).stop()
+    mail_site.inst.set_config("server", "workers", 2)
+    path = lookup_socket(mail_site)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    with held_socket(path) as held:
+        with running_server(mail_site.inst, passed=held) as first:
+            asked = [asking(path, request) for _ in range(300)]
+            answered = select.poll()
+            for sock in asked:
+                answered.register(sock, select.POLLIN)
+            deadline = time.monotonic() + 30
+            while len(answered.poll(10)) < 10 and time.monotonic() < deadline:
+                pass
+            taken = open_sockets(first.proc.pid)
+            first.proc.kill()
+            first.proc.wait()
+        with running_server(mail_site.inst, passed=held):
+            answers = collections.Counter(status_or_error(sock) for sock in asked)
+    assert answers[200] >= 300 - 2, (answers, f"{taken} sockets open", first.lines()[-3:])
+
+
+def asking(path: Path, request: bytes) -> socket.socket:
+    """A connection to ``path`` (queued at it: connect does not wait for the accept) that has
+    sent ``request``."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(60)
+    sock.connect(str(path))
+    sock.sendall(request)
+    return sock
+
+
+def status_or_error(sock: socket.socket) -> object:
+    """The status of the answer read to its end on ``sock`` (0: none), or the error's name."""
+    answer = b""
+    with sock:
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError as exc:
+            return type(exc).__name__
+    return status_of(answer)

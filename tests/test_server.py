@@ -30,8 +30,8 @@ from install_site import CLEAN_ENV, INSTALL, VENV, Install, as_user_argv
 from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from login_site import POP_ENV, LoginSite
 from mariadb_site import RO, Database, MariaDB, frozen_answers_temporary, proxied
-from server_site import (Server, fill_queue, running_server, served_login_site, server_of,
-                         wait_for, without_fallbacks, worker_ids)
+from server_site import (Server, fill_queue, open_sockets, running_server, served_login_site,
+                         server_of, wait_for, without_fallbacks, worker_ids)
 from vpopmail.server import status
 from vpopmail.wire import BODY, DECLINE, EXIT, HEADER, LIMITS, VERSION, identity_socket
 
@@ -1620,6 +1620,42 @@ def test_sigkill_under_load_loses_nothing(site: LoginSite) -> None:
         if code == 0:
             assert f"Subject: load {n}\n".encode() in stored, n
     assert not list((site.maildir("alice") / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("site", [{"workers": 1}], indirect=True)
+def test_sigkill_with_callers_taken_by_the_server_runs_them_in_python(site: LoginSite) -> None:
+    """The front ends' socket is taken from at once, the callers waiting in the server for a
+    worker (its one worker alternating between two identities): those it holds when it is
+    SIGKILLed see it close and run the Python program (a seekable input, fd 3 read from a
+    file), so every delivery and login succeeds, each message delivered once; only the
+    lookup socket is left to its queue (test_dovecot24_server.py)."""
+    server = server_of(site)
+    source = site.work / "fd3-taken"
+    source.write_bytes(b"alice@example.com\0pw\0\0")
+
+    def deliver(n: int) -> int:
+        return site.deliver("alice", MESSAGE.replace(b"anchor test", f"taken {n}".encode())
+                            ).returncode
+
+    def login(n: int) -> int:
+        return subprocess.run(["/bin/sh", "-c", f'exec "$0" /bin/true 3<"{source}"',
+                               str(site.inst.bin / "vchkpw")], env=POP_ENV, cwd="/",
+                              timeout=120).returncode
+
+    before = open_sockets(server.proc.pid)
+    with ThreadPoolExecutor(40) as pool:
+        deliveries = [pool.submit(deliver, n) for n in range(20)]
+        logins = [pool.submit(login, n) for n in range(20)]
+        deadline = time.monotonic() + 20
+        while (held := open_sockets(server.proc.pid) - before) < 12:
+            assert time.monotonic() < deadline, held
+            time.sleep(0.005)
+        server.proc.send_signal(signal.SIGKILL)
+        results = [f.result() for f in deliveries]
+        codes = [f.result() for f in logins]
+    assert results == [0] * 20 and codes == [0] * 20, (results, codes, held)
+    stored = b"".join(body_of(site, "alice"))
+    assert all(stored.count(f"Subject: taken {n}\n".encode()) == 1 for n in range(20))
 
 
 # -- a hostile local user: what it may hold, and for how long -----------------------------------

@@ -26,7 +26,10 @@ The steps, in order (a step's number is vcheck's exit status when it fails):
                      server answers them (when it is down, they run the Python programs:
                      mail and logins work, at the Python programs' cost; not a fault); one
                      that takes the connection but does not answer within 10 s, or whose
-                     queue of waiting callers is full, is a fault (the front ends wait for it)
+                     queue of waiting callers is full, is a fault (the front ends wait for it);
+                     down is a fault with server.smtp_auth_callers (their logins fail) or
+                     server.dovecot_callers (Dovecot 2.4's logins fail, or wait in the
+                     queue of the lookup socket systemd holds)
 13 installation      paths.vpopmail_home holds an installation (its bin/: not the defaults'
                      /home/vpopmail kept for another PREFIX); in a root installation (root
                      owns qmail's users/ or bin/), what root runs and reads is root's, no
@@ -570,6 +573,13 @@ class Diagnosis:
         except (OSError, wire.Drop) as exc:
             down = f"down ({path}: {exc}){python}"
             start = "start bin/vpopmail-server (packaging/service/)"
+            held = os.path.normpath(self.config.home_path("lookup_socket")) if lookups else ""
+            if held and _listening(held):  # systemd's socket unit holds it
+                waiting = (f"{dovecot} wait in the queue of {held}, which listens while the "
+                           f"server is down (systemd's vpopmail-server.socket), for the next "
+                           f"server")
+                raise Fault(f"{down}: {f'{smtp} fail; ' if callers else ''}{waiting}",
+                            start) from None
             if theirs:
                 raise Fault(f"{down}: {theirs} fail", start) from None
             return f"{down} (mail and logins work, more slowly); {start}"
@@ -601,6 +611,25 @@ class Diagnosis:
                         f"back (only domains/, etc/vlimits.default and the relay files are the "
                         f"vpopmail user's; never chown -R {home})")
         return "root's: PREFIX, bin/, lib/, libexec/, run/, the programs, etc/ and vpopmail.toml"
+
+
+def _listening(path: str) -> bool:
+    """Whether a socket listens at ``path`` (a socket file there, and a listening socket of
+    that name in /proc/net/unix: its flags hold __SO_ACCEPTCON), found without connecting
+    (a connection would queue there for the next server)."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return False
+        with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as fh:
+            lines = fh.read().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:  # Num RefCount Protocol Flags Type St Inode Path
+        fields = line.split(None, 7)
+        if (len(fields) == 8 and int(fields[3], 16) & 0x10000
+                and os.path.normpath(fields[7]) == path):
+            return True
+    return False
 
 
 def _entries(directory: str) -> list[str]:

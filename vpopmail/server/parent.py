@@ -358,11 +358,7 @@ def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
         name = sock.getsockname()
         if not listens(sock) or not isinstance(name, str) or not name.startswith("/"):
             return f"not a listening Unix stream socket with a path ({name!r})"
-        try:
-            same = os.path.samestat(os.stat(name), os.stat(path))
-        except FileNotFoundError:  # (either: a socket unit's path, or the setting's)
-            same = False
-        if not same:
+        if not same_file(name, path):
             return f"{name} is not {LOOKUP_SOCKET} ({path})"
         os.chmod(path, mode)
     except OSError as exc:
@@ -370,21 +366,32 @@ def take_passed(sock: socket.socket, path: str, mode: int) -> str | None:
     return None
 
 
-def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None:
+def same_file(name: str, path: str) -> bool:
+    """Whether ``name`` and ``path`` name the same file (False when either is missing)."""
+    try:
+        return os.path.samestat(os.stat(name), os.stat(path))
+    except FileNotFoundError:  # (either: a socket unit's path, or the setting's)
+        return False
+
+
+def activated_lookups(path: str, mode: int, log_fd: int, server_path: str
+                      ) -> tuple[socket.socket | None, socket.socket | None]:
     """The lookup socket systemd passed (socket activation, sd_listen_fds(3): LISTEN_PID and
     LISTEN_FDS, taken out of the environment) if it is a listening Unix stream socket at
     ``path`` (then given ``mode``): its socket unit keeps it listening while the server is
     down or restarting, so Dovecot's lookups wait in its queue instead of failing. Any other
-    descriptor passed is closed, with a log line (the front ends' socket is the server's
-    own: with it held, they would wait for a server that may not come, where they run the
-    Python programs). Called before this process opens anything: a descriptor counted but
-    not open would otherwise be one of its own."""
+    descriptor passed is closed, with a log line; the front ends' socket (at
+    ``server_path``) is the server's own: with it held, they would wait for a server that
+    may not come, where they run the Python programs. So that one, if passed, is returned
+    too, for :func:`give_up` once the server holds the socket's lock. Called before this
+    process opens anything: a descriptor counted but not open would otherwise be one of its
+    own."""
     pid = os.environ.pop("LISTEN_PID", "")
     count = os.environ.pop("LISTEN_FDS", "")
     os.environ.pop("LISTEN_FDNAMES", None)
     if pid != str(os.getpid()) or not (count.isascii() and count.isdigit()):
-        return None
-    found = None
+        return None, None
+    found = front_ends = None
     for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
         try:
             sock = socket.socket(fileno=fd)
@@ -394,6 +401,15 @@ def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None
                 os.close(fd)
             continue
         os.set_inheritable(fd, False)
+        if front_ends is None and named(sock, server_path):
+            log(log_fd, f"socket activation: descriptor {fd} closed: it is {SERVER_SOCKET} "
+                        f"({server_path}), the front ends' socket, which the server makes "
+                        f"itself (held by systemd while the server is down, it would keep "
+                        f"them waiting where they run the Python programs): the callers "
+                        f"queued at it are declined; a socket unit is for {LOOKUP_SOCKET} "
+                        f"({path}) only")
+            front_ends = sock
+            continue
         why = ("a lookup socket was passed before it" if found is not None
                else take_passed(sock, path, mode))
         if why is None:
@@ -401,7 +417,32 @@ def activated_lookups(path: str, mode: int, log_fd: int) -> socket.socket | None
         else:
             log(log_fd, f"socket activation: descriptor {fd} closed: {why}")
             sock.close()
-    return found
+    return found, front_ends
+
+
+def named(sock: socket.socket, path: str) -> bool:
+    """Whether the socket ``sock`` was bound at ``path``: its name names the file there, or
+    is ``path`` (a file since removed)."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    return isinstance(name, str) and bool(name) and (
+        same_file(name, path) or os.path.normpath(name) == os.path.normpath(path))
+
+
+def give_up(sock: socket.socket, path: str) -> None:
+    """The front ends' socket systemd passed (:func:`activated_lookups`), given up once this
+    server holds the lock of ``path`` (no other server makes a socket there): its file
+    removed, so that the server makes its own in its place and no caller queues at it any
+    more, the callers queued at it declined (they run the Python programs), and closed."""
+    name = sock.getsockname()
+    if same_file(name, path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    sock.setblocking(False)
+    decline_queued(sock)
+    sock.close()
 
 
 def woken(wake: int) -> bytes:
@@ -460,15 +501,18 @@ class Worker:
 class Waiting:
     """An accepted connection that has not yet been handed to a worker: until ``deadline``
     its peer may be silent (then it is dropped); once it has sent, until the new
-    ``deadline`` it may wait for a worker (then it is declined)."""
+    ``deadline`` it may wait for a worker (then it is declined). ``lookup``: taken from the
+    lookup socket."""
 
-    __slots__ = ("conn", "pid", "identity", "deadline")
+    __slots__ = ("conn", "pid", "identity", "deadline", "lookup")
 
-    def __init__(self, conn: socket.socket, pid: int, identity: Identity, deadline: float) -> None:
+    def __init__(self, conn: socket.socket, pid: int, identity: Identity, deadline: float,
+                 lookup: bool = False) -> None:
         self.conn = conn
         self.pid = pid
         self.identity = identity
         self.deadline = deadline
+        self.lookup = lookup
 
 
 class Server:
@@ -533,9 +577,13 @@ class Server:
         only wake the loop (a byte on the wakeup pipe): nothing is raised asynchronously."""
         release_library()
         mode = lookup_mode(self.settings.dovecot_callers)
-        self.held = kept_held() or activated_lookups(self.lookup_setting, mode,
-                                                      self.settings.log_fd)
+        self.held, front_ends = kept_held(), None
+        if self.held is None:
+            self.held, front_ends = activated_lookups(self.lookup_setting, mode,
+                                                      self.settings.log_fd, self.path)
         self.lock = hold(self.path)
+        if front_ends is not None:
+            give_up(front_ends, self.path)
         self.listener = listener = listen(self.path)
         listener.setblocking(False)
         identity = os.stat(self.path).st_ino
@@ -673,7 +721,7 @@ class Server:
                 elif fd == listener.fileno():
                     self.accept(listener)
                 elif self.lookups is not None and fd == self.lookups.fileno():
-                    self.accept(self.lookups)
+                    self.accept(self.lookups, self.lookup_room(64))
                 elif fd in self.unsent:
                     self.poll.unregister(fd)
                     waiting = self.unsent.pop(fd)
@@ -699,12 +747,12 @@ class Server:
             self.dispatch()
             # too many waiting, or no descriptor to take one with (a failed accept leaves
             # its socket readable: polled again at once, the loop would spin): leave the rest
-            # in the listen queue
+            # in the listen queue; and the lookups no worker could take now (lookup_room)
             resting = time.monotonic() < self.resting
             full = len(self.unsent) + len(self.ready) >= BACKLOG or resting
             wanted = {listener: not full}
             if self.lookups is not None:
-                wanted[self.lookups] = not resting
+                wanted[self.lookups] = not resting and self.lookup_room(1) > 0
             for sock, taking in wanted.items():
                 if accepting[sock] != taking:
                     accepting[sock] = taking
@@ -809,13 +857,13 @@ class Server:
             conn.setblocking(True)
             self.take(conn, deadline)
 
-    def accept(self, listener: socket.socket) -> None:
-        """Take up to 64 connections waiting at ``listener``; at the lookup socket, only
+    def accept(self, listener: socket.socket, most: int = 64) -> None:
+        """Take up to ``most`` connections waiting at ``listener``; at the lookup socket, only
         server.dovecot_callers' (it is polled while the main socket's queue is full: anyone
         else's would wait there unbounded)."""
         callers = self.settings.dovecot_callers if listener is self.lookups else None
         deadline = time.monotonic() + self.settings.timeout
-        for _ in range(64):
+        for _ in range(most):
             try:
                 conn, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -839,7 +887,7 @@ class Server:
                                       f"server.dovecot_callers caller, at the lookup socket")
             conn.close()
             return
-        waiting = Waiting(conn, *known, deadline)
+        waiting = Waiting(conn, *known, deadline, lookup=callers is not None)
         probe = select.poll()  # the front end sends at once: most are readable already
         probe.register(conn, select.POLLIN)
         if probe.poll(0):
@@ -847,6 +895,23 @@ class Server:
         else:
             self.unsent[conn.fileno()] = waiting
             self.poll.register(conn, select.POLLIN)
+
+    def lookup_room(self, most: int) -> int:
+        """How many more lookups (at most ``most``) to take from the lookup socket now: as
+        many as workers can be handed them at once (one to be forked: a fork takes a few
+        milliseconds, the next is counted once it is done; the free idle workers; the idle
+        ones of server.dovecot_callers, which serve a lookup handed to them next), less those
+        taken and still waiting here. The rest wait in the socket's queue: taken, a lookup
+        dies with this process, while the queue of the socket systemd holds outlives a
+        SIGKILL (the next server answers it)."""
+        room = (self.running() < self.settings.workers) - sum(
+            waiting.lookup for waiting in (*self.unsent.values(), *self.ready))
+        callers = self.settings.dovecot_callers
+        for worker in self.idle.values():
+            if room >= most:
+                break
+            room += worker.identity[0] in callers or self.free(worker)
+        return max(0, min(room, most))
 
     def heard(self, fd: int) -> None:
         """A worker said it is idle, busy with more waiting at its identity's socket, or
