@@ -629,14 +629,14 @@ def test_a_kept_qmail_directory_is_the_one_the_install_prepares(tmp_path: Path) 
 
 
 def test_an_install_does_not_reload_the_server_of_another_installation(tmp_path: Path) -> None:
-    """The kept configuration's paths.vpopmail_home names another installation (copied from
-    it, say), whose server runs at the socket that setting leads to: the install names it and
-    leaves it alone. Before: it sent that server SIGHUP, which reloaded the other
-    installation."""
+    """The kept configuration's paths.server_socket names another installation's socket
+    (copied from it, say), where its server runs: the install names it and leaves it alone.
+    Before: it sent that server SIGHUP, which reloaded the other installation. (A
+    paths.vpopmail_home naming it stops the install before anything: test_packaging.)"""
     other, _ = sandbox_install(tmp_path / "other")
     inst, args = sandbox_install(tmp_path / "this")
     with running_server(other) as server:
-        inst.set_config("paths", "vpopmail_home", str(other.prefix))
+        inst.set_config("paths", "server_socket", str(other.prefix / "run" / "server.sock"))
         again = run_install(*args)
         assert again.returncode == 0, again
         assert "reloaded vpopmail-server" not in again.stdout, again.stdout
