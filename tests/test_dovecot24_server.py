@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from delivery_site import DOMAIN, MESSAGE, Site
+from delivery_site import DOMAIN, MESSAGE, Site, qmail_local_env
 from dovecot_site import Dovecot, new_source_ip
 from install_site import CLEAN_ENV, REPO, Install, as_user_argv
 from login_site import POP_ENV
@@ -929,3 +929,50 @@ def status_or_error(sock: socket.socket) -> object:
         except OSError as exc:
             return type(exc).__name__
     return status_of(answer)
+
+
+def test_lookups_are_taken_while_other_callers_keep_every_worker(mail_site: Site) -> None:
+    """With every worker taken by the front ends' callers (one worker, deliveries as the
+    vpopmail user and qmail-popup's logins as root, each identity queueing behind the other
+    in the server), a lookup still waits in the server in its turn and is answered (before:
+    the server took a lookup only when a worker was idle or one could be forked, which the
+    callers waiting in it took first: lookups stayed in the socket's queue for as long as
+    the load lasted, 30 s and more)."""
+    server(mail_site).stop()
+    inst = mail_site.inst
+    inst.set_config("server", "workers", 1)
+    work = inst.prefix.parent / "loops"
+    work.mkdir(mode=0o755)
+    (work / "message").write_bytes(MESSAGE)
+    (work / "fd3").write_bytes(f"alice@{DOMAIN}\0{PASSWORD}\0\0".encode())
+    deliveries = ([*as_user_argv(inst.user), "/bin/sh", "-c", LOOP,
+                   str(inst.bin / "vdelivermail"), "", "bounce-no-mailbox"],
+                  qmail_local_env("alice", DOMAIN, str(mail_site.domain_dir)), "message")
+    logins = (["/bin/sh", "-c", LOOP, str(inst.bin / "vchkpw"), "/bin/true"], POP_ENV, "fd3")
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    with running_server(inst) as started:
+        loops = [subprocess.Popen(argv, env={**env, "INPUT": str(work / name)},
+                                  cwd=str(mail_site.domain_dir), start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for argv, env, name in (deliveries, logins) * 3]
+        took = []
+        try:
+            time.sleep(1)
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                asked = time.monotonic()
+                sock = asking(lookup_socket(mail_site), request)
+                sock.settimeout(10)
+                answer = status_or_error(sock)
+                took.append(time.monotonic() - asked)
+                assert answer == 200, (answer, took, started.lines()[-3:])
+        finally:
+            for loop in loops:
+                os.killpg(loop.pid, signal.SIGKILL)
+                loop.wait()
+    assert max(took) < 5, took
+
+
+#: argv[0] (a front end) run again and again with its arguments, ``$INPUT`` as its fd 0 (a
+#: delivery's message) and fd 3 (a login's), until killed
+LOOP = 'while :; do "$0" "$@" <"$INPUT" 3<"$INPUT"; done'

@@ -903,14 +903,19 @@ class Server:
         ones of server.dovecot_callers, which serve a lookup handed to them next), less those
         taken and still waiting here. The rest wait in the socket's queue: taken, a lookup
         dies with this process, while the queue of the socket systemd holds outlives a
-        SIGKILL (the next server answers it)."""
-        room = (self.running() < self.settings.workers) - sum(
-            waiting.lookup for waiting in (*self.unsent.values(), *self.ready))
+        SIGKILL (the next server answers it). With none of those and other callers waiting
+        here or every idle worker serving a caller of its own, one lookup still waits here in
+        its turn: the workers that free up go to the callers waiting here first, and only a
+        lookup waiting here gets an idle worker retired for it."""
+        held = sum(waiting.lookup for waiting in (*self.unsent.values(), *self.ready))
+        room = (self.running() < self.settings.workers) - held
         callers = self.settings.dovecot_callers
         for worker in self.idle.values():
             if room >= most:
                 break
             room += worker.identity[0] in callers or self.free(worker)
+        if room <= 0 and not held and (self.ready or self.idle):
+            return min(1, most)
         return max(0, min(room, most))
 
     def heard(self, fd: int) -> None:
