@@ -910,6 +910,26 @@ def test_ordinary_users_first_install_builds_the_front_ends(layout_base: Path,
     assert sorted(os.listdir(prefix / "libexec")) == ["vchkpw", "vdelivermail"]
 
 
+
+def test_upgrade_through_a_bind_mount_of_the_kept_vpopmail_home_is_not_refused(
+        layout_base: Path, shared_venv: Path) -> None:
+    """A --prefix that is the kept paths.vpopmail_home by another path (a bind mount of it,
+    as a container's /home/vpopmail is of a host directory) is that home: the programs make
+    domains there, whose .qmail-default calls this vdelivermail. The install goes on (before:
+    stopped, since the two paths' realpath differ) and the file keeps its path."""
+    inst = root_install(layout_base, shared_venv)
+    mounted = layout_base / "mounted"
+    mounted.mkdir()
+    if subprocess.run(["mount", "--bind", str(inst.prefix), str(mounted)]).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        result = run_install("--prefix", str(mounted), "--qmaildir", str(inst.qmaildir),
+                             "--venv", str(shared_venv))
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+    assert result.returncode == 0, result
+    assert vconfig.load(str(inst.config_path)).paths_vpopmail_home == str(inst.prefix)
+
 # upgrade of a prefix laid out the old way (C vpopmail's ~vpopmail, pyvpopmail's before) --------
 
 def old_layout(inst: Install) -> None:
