@@ -116,6 +116,14 @@ def test_validate_refuses(raw: dict[str, object]) -> None:
      "test.toml: unknown key relay.roaming_user; did you mean roaming_users?"),
     ({"pasword": {}}, "test.toml: unknown section [pasword]; did you mean passwords?"),
     ({"locks": {"speed": 3}}, "test.toml: unknown key locks.speed"),
+    # a key in another section (or outside any) is named where it is, not as a near one of
+    # this section (server.auth_logging was "did you mean root_logins?")
+    ({"server": {"auth_logging": True}},
+     "test.toml: unknown key server.auth_logging; did you mean logging.auth_logging?"),
+    ({"passwords": {"root_logins": True}},
+     "test.toml: unknown key passwords.root_logins; did you mean server.root_logins?"),
+    ({"roaming_users": True},
+     "test.toml: unknown section [roaming_users]; did you mean relay.roaming_users?"),
 ])
 def test_validate_texts(raw: dict[str, object], text: str) -> None:
     with pytest.raises(ConfigError) as refused:

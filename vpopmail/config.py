@@ -251,10 +251,14 @@ _CHOICES = {
 
 
 def _nearest(name: str, known: list[str]) -> str:
-    """``; did you mean X?`` for the known name closest to a misspelt ``name``, or ''."""
+    """``; did you mean X?`` for a misplaced ``name`` (the key of that name in another
+    section, or outside any: ``section.key``) or a misspelt one (the one of ``known`` closest
+    to it), or ''."""
     import difflib
 
-    close = difflib.get_close_matches(name, known, n=1)
+    elsewhere = [f"{section}.{name}" for section, keys in SCHEMA.items()
+                 if name in keys and name not in known]
+    close = elsewhere or difflib.get_close_matches(name, known, n=1)
     return f"; did you mean {close[0]}?" if close else ""
 
 
