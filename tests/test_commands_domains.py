@@ -136,6 +136,42 @@ def test_vadddomain_finishes_a_domain_killed_before_its_postmaster(vhome: Instal
 
 
 
+def test_vadddomain_of_a_domain_without_users_but_with_an_alias_is_refused(vhome: Install
+                                                                           ) -> None:
+    """A domain with no user and no .dir-control but an alias (a .qmail-<alias> file, a valias
+    row) is in use, not a vadddomain killed before its postmaster: "Domain already exists"
+    (243), nothing changed, as C 5.4.33 (before: a postmaster was added, exit 0)."""
+    vhome.api().add_domain(DOMAIN)  # no postmaster, no .dir-control
+    vhome.ok("valias", "-i", "someone@example.net", f"info@{DOMAIN}")
+    result = refused(vhome, "vadddomain", DOMAIN, "newpw", code=243)
+    assert result.stdout == "Error: Domain already exists\n"
+    assert stored_users(vhome) == {}
+
+
+@pytest.mark.sql_only
+@pytest.mark.parametrize("counted", [0, 1])
+def test_vadddomain_reads_c_mysqls_dir_control_row(vhome: Install, counted: int) -> None:
+    """C 5.4.33's MySQL backend keeps a domain's directory counter in its dir_control table,
+    not in a .dir-control file: a domain it made and emptied of its users, migrated, has no
+    file and a row counting 0, and is "Domain already exists" (243; before: a postmaster was
+    added, exit 0); a row counting a slot (C's vadddomain killed after it) is finished."""
+    golden(vhome)
+    for name in sorted(stored_users(vhome)):
+        vhome.ok("vdeluser", f"{name}@{DOMAIN}")
+    (domain_dir(vhome) / dircontrol.CONTROL).unlink()
+    assert vhome.database is not None
+    vhome.database.server.sql(
+        "CREATE TABLE dir_control (domain varchar(96) NOT NULL, cur_users int, "
+        "the_dir varchar(160), PRIMARY KEY (domain)); "
+        f"INSERT INTO dir_control VALUES ('{DOMAIN}', {counted}, '')", vhome.database.name)
+    if counted:
+        assert vhome.ok("vadddomain", DOMAIN, "newpw") == ""
+        assert sorted(stored_users(vhome)) == ["postmaster"]
+    else:
+        result = refused(vhome, "vadddomain", DOMAIN, "newpw", code=243)
+        assert result.stdout == "Error: Domain already exists\n"
+        assert stored_users(vhome) == {}
+
 def test_vadddomain_of_one_name_at_once_makes_it_once(vhome: Install, tmp_path: Path) -> None:
     """Eight vadddomain of one new name at one moment, each with its own password: one makes
     the domain, the seven others are refused as for any existing domain, and the postmaster's

@@ -217,13 +217,20 @@ class DomainsMixin(UsersMixin):
         """Whether a domain whose postmaster lookups do not find is a vadddomain's killed
         before that postmaster was complete, not one whose postmaster was deleted (C refuses
         every domain of users/assign): it holds no user but the postmaster (in vpasswd, its
-        cdb not yet written), and its .dir-control is missing (no user directory allotted yet)
-        or counts a slot (the postmaster's; 0 once every user made was deleted)."""
+        cdb not yet written), no alias, and its .dir-control is missing (no user directory
+        allotted yet) or counts a slot (the postmaster's; 0 once every user made was
+        deleted). With the SQL backend a missing file is read in C's dir_control table
+        instead, where C's MySQL backend counted (a row of 0: a domain C emptied)."""
         names = {user.name for user in self.backend.list_users(entry)}
         if names:
             return names == {"postmaster"}
-        return (not os.path.lexists(os.path.join(entry.dir, dircontrol.CONTROL))
-                or self.user_count(entry) > 0)
+        if self.stores.aliases.names(entry):
+            return False
+        if os.path.lexists(os.path.join(entry.dir, dircontrol.CONTROL)):
+            return self.user_count(entry) > 0
+        c_count = self.stores.c_dir_control
+        counted = None if c_count is None else c_count(entry.real_domain)
+        return counted is None or counted > 0
 
     def _domain_dir_on_disk(self, domain: str, root: str | None = None) -> str | None:
         """The directory named ``domain`` in the domains tree (hash buckets included), if any:

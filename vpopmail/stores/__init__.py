@@ -385,6 +385,13 @@ class Stores:
         return self._sql if self.config.mysql_sql_logging else None
 
     @property
+    def c_dir_control(self) -> "Callable[[str], int | None] | None":
+        """The users C's MySQL backend counted for a domain in its ``dir_control`` table
+        (the SQL backend only; its .dir-control files are not C's), or None."""
+        sql = self._sql
+        return None if sql is None else sql.counted_users
+
+    @property
     def index_restore(self) -> "Callable[[AssignEntry], int] | None":
         """Write vpasswd back from vpasswd.cdb (vmkpasswd -r; the files only), or None."""
         files = self._cdb

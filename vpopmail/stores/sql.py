@@ -919,6 +919,13 @@ class MySQLDatabase(UserDatabase):
             "error": error})
 
     # -- domain limits (mysql.limits_table) ------------------------------------------------------
+    def counted_users(self, domain: str) -> int | None:
+        """The users C's MySQL backend counts for ``domain`` in its ``dir_control`` table
+        (which pyvpopmail does not keep), or None: no row (a domain C never gave a user)."""
+        rows = self.read("SELECT cur_users FROM dir_control WHERE domain = %s", [domain],
+                         optional=True)
+        return _int(rows[0][0]) if rows else None
+
     def get_limits(self, domain: str, columns: "Sequence[str]") -> dict[str, int] | None:
         """The domain's row of the ``limits`` table (``columns`` of it), or None."""
         rows = self.read(f"SELECT {', '.join(columns)} FROM limits WHERE domain = %s", [domain],
