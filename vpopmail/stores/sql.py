@@ -188,10 +188,14 @@ def _driver() -> "Driver":
     in two runs of bench/bench_sqldriver.py). A bare module with the package's path stands in for the package while
     the C module (and the ``_exceptions`` it imports) loads, and is removed afterwards, so a
     later ``import MySQLdb`` still gets the real package."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     import sys
 
     loaded: "Driver | None" = sys.modules.get("MySQLdb._mysql")  # the C module: see Driver
     if loaded is not None:
+        _loaded = loaded
         return loaded
     places = [join(entry or ".", "MySQLdb") for entry in sys.path]
     package = next((place for place in places
@@ -211,7 +215,12 @@ def _driver() -> "Driver":
         if stand_in:
             del sys.modules["MySQLdb"]
     driver: "Driver" = _mysql  # the C module, untyped: Driver is what is used of it
+    _loaded = driver
     return driver
+
+
+#: the driver once :func:`_driver` has loaded it (every statement asks for it)
+_loaded: "Driver | None" = None
 
 
 def _error_parts(exc: BaseException) -> tuple[int, str]:
@@ -368,6 +377,8 @@ class Connection:
 
     @staticmethod
     def literal(handle: "Handle", value: object) -> bytes:
+        if type(value) is str:  # the most common, first
+            return handle.string_literal(value.encode("utf-8", "surrogateescape"))
         if value is None:
             return b"NULL"
         if isinstance(value, bool):
@@ -407,17 +418,18 @@ class Connection:
         pieces = sql.encode().split(b"%s")
         if len(pieces) != len(params) + 1:
             raise ValueError(f"{len(pieces) - 1} placeholders for {len(params)} values")
-        statement = pieces[0] + b"".join(self.literal(handle, p) + piece
-                                         for p, piece in zip(params, pieces[1:]))
+        parts = [pieces[0]]
+        literal = self.literal
+        for value, piece in zip(params, pieces[1:]):
+            parts += (literal(handle, value), piece)
         self.answer_pending = True
-        handle.query(statement)
+        handle.query(b"".join(parts))
         result = handle.store_result()
         self.answer_pending = False
         if result is None:
             return []
-        rows = result.fetch_row(0)
-        return [tuple(None if v is None else v.decode("utf-8", "surrogateescape") for v in row)
-                for row in rows]
+        return [tuple([None if v is None else v.decode("utf-8", "surrogateescape") for v in row])
+                for row in result.fetch_row(0)]
 
     def begin(self) -> None:
         self.query("START TRANSACTION", repeatable=True)
@@ -534,6 +546,22 @@ class SqlError(Exception):
         self.code = code
 
 
+#: (config.values, read Server, update Server) of the configuration last opened: a server
+#: worker loads an unchanged file as the very same values dict, request after request
+#: (vpopmail.config.load), so its servers are worked out once, not at every request
+_made: "tuple[dict[str, Value], Server, Server] | None" = None
+
+
+def _servers(config: Config) -> tuple[Server, Server]:
+    """The read and update :class:`Server` of ``config``."""
+    global _made
+    made = _made
+    if made is None or made[0] is not config.values:
+        made = _made = (config.values, Server.from_config(config, "read"),
+                        Server.from_config(config, "update"))
+    return made[1], made[2]
+
+
 class MySQLDatabase(UserDatabase):
     """Users (and lastauth, relay, valias, limits, dir_control, vlog) in MySQL/MariaDB."""
 
@@ -548,8 +576,9 @@ class MySQLDatabase(UserDatabase):
         self.read_fallback = config.mysql_read_fallback
         timeouts = (config.mysql_connect_timeout, sql_lock_wait(config.locks_timeout),
                     config.sql_read_timeout)
-        self.reader = Connection(Server.from_config(config, "read"), *timeouts, "read")
-        self.writer = Connection(Server.from_config(config, "update"), *timeouts, "update")
+        reader, writer = _servers(config)
+        self.reader = Connection(reader, *timeouts, "read")
+        self.writer = Connection(writer, *timeouts, "update")
         if admin:
             self.reader = self.writer
         self._created: set[str] = set()
