@@ -339,7 +339,8 @@ class Vdelivermail:
         """Deliver to the ``valias`` rows of the recipient, as C's process_valias: the rows of
         ``user``; else of ``<prefix>-default`` for each ``-`` from the rightmost (``DEFAULT`` is
         then the rest, for programs); else (users.qmail_ext) of the part before the first
-        ``-``. All candidates are fetched in one query. Each row is one delivery instruction,
+        ``-``. All candidates are fetched in one query, which also reads the user's row (for
+        :meth:`_find_user`). Each row is one delivery instruction,
         run from the domain directory; the first that fails ends the run with its outcome
         (111 defers the whole message, and qmail delivers it again to every row later, as
         qmail-local does for a .qmail file); forwards go out last, once. Rows that are all
@@ -350,8 +351,10 @@ class Vdelivermail:
         if self.config.users_qmail_ext and "-" in self.user:
             candidates.append((self.user.partition("-")[0], None))
         try:
-            found = valias.select_lines(self.domain,
-                                        list(dict.fromkeys(name for name, _ in candidates)))
+            # the user's row comes with them (one statement), for _find_user
+            found = valias.select_with_user(self.entry,
+                                            list(dict.fromkeys(name for name, _ in candidates)),
+                                            self.user)
         except VpopmailError as exc:
             from vpopmail.errors import NoAuthConnection
 

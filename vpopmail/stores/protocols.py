@@ -38,8 +38,11 @@ class AliasStore(Protocol):
 class ValiasRows(Protocol):
     """The ``valias`` rows vdelivermail follows (C's --enable-valias)."""
 
-    def select_lines(self, domain: str, aliases: Sequence[str]) -> dict[str, list[str]]:
-        """alias -> its lines, for those of ``aliases`` that have rows in ``domain``."""
+    def select_with_user(self, entry: AssignEntry, aliases: Sequence[str], name: str
+                         ) -> dict[str, list[str]]:
+        """alias -> its lines, for those of ``aliases`` that have rows in ``entry``'s real
+        domain; read with the row of user ``name``, which the users store's next
+        ``get_user(entry, name)`` answers without reading it again."""
 
 
 class RelayRows(Protocol):

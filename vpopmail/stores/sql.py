@@ -188,10 +188,14 @@ def _driver() -> "Driver":
     in two runs of bench/bench_sqldriver.py). A bare module with the package's path stands in for the package while
     the C module (and the ``_exceptions`` it imports) loads, and is removed afterwards, so a
     later ``import MySQLdb`` still gets the real package."""
+    global _loaded
+    if _loaded is not None:
+        return _loaded
     import sys
 
     loaded: "Driver | None" = sys.modules.get("MySQLdb._mysql")  # the C module: see Driver
     if loaded is not None:
+        _loaded = loaded
         return loaded
     places = [join(entry or ".", "MySQLdb") for entry in sys.path]
     package = next((place for place in places
@@ -211,7 +215,12 @@ def _driver() -> "Driver":
         if stand_in:
             del sys.modules["MySQLdb"]
     driver: "Driver" = _mysql  # the C module, untyped: Driver is what is used of it
+    _loaded = driver
     return driver
+
+
+#: the driver once :func:`_driver` has loaded it (every statement asks for it)
+_loaded: "Driver | None" = None
 
 
 def _error_parts(exc: BaseException) -> tuple[int, str]:
@@ -368,6 +377,8 @@ class Connection:
 
     @staticmethod
     def literal(handle: "Handle", value: object) -> bytes:
+        if type(value) is str:  # the most common, first
+            return handle.string_literal(value.encode("utf-8", "surrogateescape"))
         if value is None:
             return b"NULL"
         if isinstance(value, bool):
@@ -407,17 +418,18 @@ class Connection:
         pieces = sql.encode().split(b"%s")
         if len(pieces) != len(params) + 1:
             raise ValueError(f"{len(pieces) - 1} placeholders for {len(params)} values")
-        statement = pieces[0] + b"".join(self.literal(handle, p) + piece
-                                         for p, piece in zip(params, pieces[1:]))
+        parts = [pieces[0]]
+        literal = self.literal
+        for value, piece in zip(params, pieces[1:]):
+            parts += (literal(handle, value), piece)
         self.answer_pending = True
-        handle.query(statement)
+        handle.query(b"".join(parts))
         result = handle.store_result()
         self.answer_pending = False
         if result is None:
             return []
-        rows = result.fetch_row(0)
-        return [tuple(None if v is None else v.decode("utf-8", "surrogateescape") for v in row)
-                for row in rows]
+        return [tuple([None if v is None else v.decode("utf-8", "surrogateescape") for v in row])
+                for row in result.fetch_row(0)]
 
     def begin(self) -> None:
         self.query("START TRANSACTION", repeatable=True)
@@ -534,6 +546,22 @@ class SqlError(Exception):
         self.code = code
 
 
+#: (config.values, read Server, update Server) of the configuration last opened: a server
+#: worker loads an unchanged file as the very same values dict, request after request
+#: (vpopmail.config.load), so its servers are worked out once, not at every request
+_made: "tuple[dict[str, Value], Server, Server] | None" = None
+
+
+def _servers(config: Config) -> tuple[Server, Server]:
+    """The read and update :class:`Server` of ``config``."""
+    global _made
+    made = _made
+    if made is None or made[0] is not config.values:
+        made = _made = (config.values, Server.from_config(config, "read"),
+                        Server.from_config(config, "update"))
+    return made[1], made[2]
+
+
 class MySQLDatabase(UserDatabase):
     """Users (and lastauth, relay, valias, limits, dir_control, vlog) in MySQL/MariaDB."""
 
@@ -548,11 +576,15 @@ class MySQLDatabase(UserDatabase):
         self.read_fallback = config.mysql_read_fallback
         timeouts = (config.mysql_connect_timeout, sql_lock_wait(config.locks_timeout),
                     config.sql_read_timeout)
-        self.reader = Connection(Server.from_config(config, "read"), *timeouts, "read")
-        self.writer = Connection(Server.from_config(config, "update"), *timeouts, "update")
+        reader, writer = _servers(config)
+        self.reader = Connection(reader, *timeouts, "read")
+        self.writer = Connection(writer, *timeouts, "update")
         if admin:
             self.reader = self.writer
         self._created: set[str] = set()
+        #: (real domain, name, row or None): a user's row read with the valias rows
+        #: (:meth:`SqlAliases.select_with_user`), for the next get_user of that user only
+        self._ahead: "tuple[str, str, Sequence[str | None] | None] | None" = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def read(self, sql: str, params: "Sequence[object]" = (), optional: bool = False
@@ -560,16 +592,20 @@ class MySQLDatabase(UserDatabase):
         """A query on the read side; if the read server cannot be reached at all, on the update
         server (C did the same). ``optional``: a table not created yet reads as empty."""
         try:
-            try:
-                return self.reader.query(sql, params, repeatable=True)
-            except Unreachable:
-                if not self.read_fallback or self.reader is self.writer:  # admin: one server
-                    raise
-            return self.writer.query(sql, params, repeatable=True)
+            return self._read(sql, params)
         except SqlError as exc:
             if optional and exc.code == ER_NO_SUCH_TABLE:
                 return []
             raise NoAuthConnection(str(exc)) from None
+
+    def _read(self, sql: str, params: "Sequence[object]") -> list[tuple[str | None, ...]]:
+        """:meth:`read` with the server's other errors left as SqlError."""
+        try:
+            return self.reader.query(sql, params, repeatable=True)
+        except Unreachable:
+            if not self.read_fallback or self.reader is self.writer:  # admin: one server
+                raise
+        return self.writer.query(sql, params, repeatable=True)
 
     def transaction(self, work: "Callable[[Connection], T]", tables: "Sequence[str]" = (),
                     autocommit: bool = False) -> "T":
@@ -639,6 +675,33 @@ class MySQLDatabase(UserDatabase):
     def _columns(self) -> str:
         return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
 
+    def read_with_user(self, domain: AssignEntry, name: str, columns: "Sequence[str]",
+                       source: str, params: "Sequence[object]"
+                       ) -> list[tuple[str | None, ...]] | None:
+        """The rows of ``SELECT columns source`` (``source``: its FROM and WHERE, with
+        ``params``), read in one statement with the row of user ``name``: UNION ALL, each part
+        in columns of its own and NULL in the other's, so that no column mixes the two tables'
+        types or collations. The user's row is kept for the next :meth:`get_user` of ``name``
+        in ``domain``, which then asks the server nothing: one round trip and one statement's
+        work less than two reads (a delivery's valias rows and user). None if the server
+        refuses the statement (a table missing: valias not made yet, a users table dropped;
+        a right missing): the two reads, each alone, say what that means."""
+        where, where_params = self._where(domain)
+        user_columns = self._columns()
+        width = len(columns)
+        blanks = ", ".join(["NULL"] * (user_columns.count(",") + 1))
+        try:
+            rows = self._read(f"SELECT {', '.join(columns)}, {blanks} {source} UNION ALL "
+                              f"SELECT {', '.join(['NULL'] * width)}, {user_columns} "
+                              f"FROM `{self.users_table(domain)}` WHERE pw_name = %s AND {where}",
+                              [*params, name, *where_params])
+        except SqlError:
+            return None
+        # the other part's first column is NULL; the user's first, pw_name, never is (a key)
+        user = next((row[width:] for row in rows if row[width] is not None), None)
+        self._ahead = (domain.real_domain, name, user)
+        return [row[:width] for row in rows if row[width] is None]
+
     def _user(self, row: "Sequence[str | None]") -> VUser:
         """A user from a row of :data:`_USER_COLUMNS`. A pw_uid or pw_gid (the flags) that is
         NULL or no number is damage, as such a vpasswd field is (CorruptData: mail deferred,
@@ -669,6 +732,11 @@ class MySQLDatabase(UserDatabase):
 
     # -- UserDatabase -------------------------------------------------------------------------
     def get_user(self, domain: AssignEntry, name: str) -> VUser | None:
+        """The user's row; one read ahead of this call (:meth:`read_with_user`) is answered
+        without asking the server (once: a later call reads the row again)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == domain.real_domain and ahead[1] == name:
+            return None if ahead[2] is None else self._user(ahead[2])
         where, params = self._where(domain)
         rows = self.read(f"SELECT {self._columns()} FROM `{self.users_table(domain)}` "
                          f"WHERE pw_name = %s AND {where}", [name, *params])
@@ -900,11 +968,13 @@ class MySQLDatabase(UserDatabase):
         self.read("SELECT 1")
 
     def close(self) -> None:
+        self._ahead = None
         self.reader.close()
         self.writer.close()
 
     def release(self) -> None:
         """Keep both connections for this process's next request (vpopmail-server)."""
+        self._ahead = None
         self.reader.release()
         if self.writer is not self.reader:
             self.writer.release()
@@ -1045,9 +1115,33 @@ class SqlAliases(AliasChecks):
         its lines in the server's order (C has no ORDER BY; InnoDB gives insertion order).
         Hot-path safe; a table not created yet reads as no rows, an unreachable server raises
         NoAuthConnection."""
-        marks = placeholders(len(aliases))
-        rows = self.db.read(f"SELECT alias, valias_line FROM valias WHERE domain = %s AND alias "
-                            f"IN ({marks})", [domain, *aliases], optional=True)
+        return self._found(self.db.read(f"SELECT {', '.join(self.LINE_COLUMNS)} "
+                                        f"{self._source(aliases)}", [domain, *aliases],
+                                        optional=True))
+
+    def select_with_user(self, entry: AssignEntry, aliases: "Sequence[str]", name: str
+                         ) -> dict[str, list[str]]:
+        """:meth:`select_lines` in ``entry``'s real domain, read in one statement with the row
+        of user ``name``, which the next ``get_user(entry, name)`` of this store answers
+        (MySQLDatabase.read_with_user): a delivery's two reads in one."""
+        rows = self.db.read_with_user(entry, name, self.LINE_COLUMNS, self._source(aliases),
+                                      [entry.real_domain, *aliases])
+        if rows is None:  # refused (a table missing): each read alone says what that means
+            return self.select_lines(entry.real_domain, aliases)
+        return self._found(rows)
+
+    #: the columns :meth:`select_lines` reads
+    LINE_COLUMNS = ("alias", "valias_line")
+
+    @staticmethod
+    def _source(aliases: "Sequence[str]") -> str:
+        """FROM and WHERE of the rows of ``aliases`` in a domain (its values: the domain, then
+        the aliases)."""
+        return f"FROM valias WHERE domain = %s AND alias IN ({placeholders(len(aliases))})"
+
+    @staticmethod
+    def _found(rows: "Sequence[Sequence[str | None]]") -> dict[str, list[str]]:
+        """alias -> its lines, from (alias, line) rows in the server's order."""
         found: dict[str, list[str]] = {}
         for alias, line in rows:
             found.setdefault((alias or "").lower(), []).append(line or "")
