@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
-from common import (POP_ENV, REPO, RESULTS, WORK, machine_line, owner,  # noqa: E402
-                    replace_section, shell_loop)
+from common import (POP_ENV, REPO, RESULTS, WORK, add_alice, machine_line,  # noqa: E402
+                    owner, replace_section, shell_loop)
 
 
 class Site:
@@ -41,11 +41,7 @@ class Site:
                         "--group", group, "--venv", sys.prefix, "--no-frontends"],
                        check=True, capture_output=True)
         self.bin = prefix / "bin"
-        for argv in (["vadddomain", "example.com", "pm-secret"],
-                     ["vadduser", "alice@example.com", "pw"],
-                     ["vsetuserquota", "alice@example.com", "100G"]):
-            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
-        self.domain_dir = prefix / "domains" / "example.com"
+        self.domain_dir = add_alice(self.bin)[0]
         subprocess.run(["chown", "-R", f"{user}:{group}", str(self.domain_dir)], check=True)
         self.message = here / "msg4096"
         self.message.write_bytes(HEADER + b"x" * (4095 - len(HEADER)) + b"\n")

@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (WORK, added_imports, import_report, install,  # noqa: E402
-                    machine_line, mariadb_ready, median_of, owner, peak_rss, private_mariadb,
-                    publish, results_table, shell_loop, sql_config, sql_copy_users, timed,
-                    wrapper_python)
+from common import (WORK, add_alice, added_imports, import_report, install,  # noqa: E402
+                    machine_line, mariadb_ready, median_of, owner, peak_rss,
+                    private_mariadb, publish, results_table, shell_loop,
+                    sql_config, sql_copy_users, timed, wrapper_python)
 from vpopmail import config as vconfig  # noqa: E402
 
 TYPE_CHECKING = False
@@ -86,13 +86,7 @@ class Setup:
         prefix = install(HERE, self.user, self.group)
         self.bin = prefix / "bin"
         self.config = prefix / "etc" / "vpopmail.toml"
-        for argv in (["vadddomain", DOMAIN, "pm-secret"], ["vadduser", f"alice@{DOMAIN}", "pw"],
-                     ["vsetuserquota", f"alice@{DOMAIN}", "100G"]):
-            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
-        self.domain_dir = prefix / "domains" / DOMAIN
-        self.maildir = Path(next(l.split(":")[5] for l in
-                                 (self.domain_dir / "vpasswd").read_text().splitlines()
-                                 if l.startswith("alice:"))) / "Maildir"
+        self.domain_dir, self.maildir = add_alice(self.bin, DOMAIN)
         self.nosync = HERE / "vpopmail-nosync.toml"
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",
                                                                "file_sync = false"))

@@ -54,10 +54,10 @@ import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
-from common import (POP_ENV, WORK, install, machine_line, mariadb_ready, owner,  # noqa: E402
-                    peak_rss, private_mariadb, replace_section, RESULTS, shell_loop, sql_config,
-                    sql_copy_users, timed,
-                    wrapper_python)
+from common import (POP_ENV, RESULTS, WORK, add_alice, install, machine_line,  # noqa: E402
+                    mariadb_ready, owner, peak_rss, private_mariadb,
+                    replace_section, shell_loop, sql_config, sql_copy_users,
+                    timed, wrapper_python)
 from vpopmail import config as vconfig  # noqa: E402
 
 HERE = WORK / "server"
@@ -117,13 +117,7 @@ class Setup:
         self.libexec = self.prefix / "libexec"
         if not (self.libexec / "vdelivermail").exists():
             raise SystemExit("no C front ends were built (is there a C compiler?)")
-        for argv in (["vadddomain", DOMAIN, "pm-secret"], ["vadduser", f"alice@{DOMAIN}", "pw"],
-                     ["vsetuserquota", f"alice@{DOMAIN}", "100G"]):
-            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
-        self.domain_dir = self.prefix / "domains" / DOMAIN
-        self.maildir = Path(next(line.split(":")[5] for line in
-                                 (self.domain_dir / "vpasswd").read_text().splitlines()
-                                 if line.startswith("alice:"))) / "Maildir"
+        self.domain_dir, self.maildir = add_alice(self.bin, DOMAIN)
         self.config = self.prefix / "etc" / "vpopmail.toml"
         self.nosync = HERE / "vpopmail-nosync.toml"
         self.nosync.write_text(self.config.read_text().replace("file_sync = true",

@@ -34,8 +34,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]),
                 str(Path(__file__).resolve().parents[1] / "tests")]
 from bench_delivery import HEADER, qmail_local_env  # noqa: E402
-from common import (WORK, owner, private_mariadb, shell_loop, sql_config,  # noqa: E402
-                    sql_copy_users)
+from common import (WORK, add_alice, owner, private_mariadb, shell_loop,  # noqa: E402
+                    sql_config, sql_copy_users)
 from vpopmail import config as vconfig  # noqa: E402
 
 HERE = WORK / "sqlgap"
@@ -60,13 +60,7 @@ class Tree:
                         "--group", group, "--venv", sys.prefix], check=True,
                        capture_output=True)
         self.bin = self.prefix / "bin"
-        for argv in (["vadddomain", DOMAIN, "pm-secret"], ["vadduser", f"alice@{DOMAIN}", "pw"],
-                     ["vsetuserquota", f"alice@{DOMAIN}", "100G"]):
-            subprocess.run([str(self.bin / argv[0]), *argv[1:]], check=True, capture_output=True)
-        self.domain_dir = self.prefix / "domains" / DOMAIN
-        self.maildir = Path(next(line.split(":")[5] for line in
-                                 (self.domain_dir / "vpasswd").read_text().splitlines()
-                                 if line.startswith("alice:"))) / "Maildir"
+        self.domain_dir, self.maildir = add_alice(self.bin, DOMAIN)
         config = self.prefix / "etc" / "vpopmail.toml"
         if nosync:
             text = config.read_text()

@@ -135,6 +135,19 @@ def install(here: Path, user: str, group: str, frontends: bool = False) -> Path:
     return prefix
 
 
+def add_alice(bin_: Path, domain: str = "example.com") -> tuple[Path, Path]:
+    """Add ``domain`` and alice (password ``pw``, a 100G quota: no delivery is refused) with the
+    installation's own commands in ``bin_``; return the domain's directory and alice's
+    Maildir."""
+    for argv in (["vadddomain", domain, "pm-secret"], ["vadduser", f"alice@{domain}", "pw"],
+                 ["vsetuserquota", f"alice@{domain}", "100G"]):
+        subprocess.run([str(bin_ / argv[0]), *argv[1:]], check=True, capture_output=True)
+    domain_dir = bin_.parent / "domains" / domain
+    home = next(line.split(":")[5] for line in (domain_dir / "vpasswd").read_text().splitlines()
+                if line.startswith("alice:"))
+    return domain_dir, Path(home) / "Maildir"
+
+
 def wrapper_python(wrapper: Path) -> str:
     """The interpreter of an installed bin/ wrapper (the first word of its shebang)."""
     return wrapper.read_text().split()[0][2:]
