@@ -398,8 +398,14 @@ LEVEL_CASES = [
 
 def test_each_level_gets_c_answers(site: Install) -> None:
     """Every case of LEVEL_CASES, one connection per login (a wrong answer names its case)."""
-    for address in dict.fromkeys(a for a, _, _ in LEVEL_CASES):
-        cases = [(r, e) for a, r, e in LEVEL_CASES if a == address]
+    assert_cases(site, LEVEL_CASES)
+
+
+def assert_cases(site: Install, all_cases: list[tuple[str, str, str]]) -> None:
+    """Each (login, request, answer) of ``all_cases`` answered as expected, one connection
+    per login (a wrong answer names its case)."""
+    for address in dict.fromkeys(a for a, _, _ in all_cases):
+        cases = [(r, e) for a, r, e in all_cases if a == address]
         answers = after_login(site, address, *(r for r, _ in cases))
         assert list(zip([r for r, _ in cases], answers)) == cases
 
@@ -424,10 +430,7 @@ def test_an_address_with_a_refused_character_is_invalid(site: Install) -> None:
     """Found by the differential fuzz against C: such an address got whichever later check
     failed first (11.604 Not Authorized for domain, 0.405 Illegal username, 12.505 User does
     not exist, 19.1106 Alias Deletion Failed)."""
-    for address in dict.fromkeys(a for a, _, _ in BAD_ADDRESS_CASES):
-        cases = [(r, e) for a, r, e in BAD_ADDRESS_CASES if a == address]
-        answers = after_login(site, address, *(r for r, _ in cases))
-        assert list(zip([r for r, _ in cases], answers)) == cases
+    assert_cases(site, BAD_ADDRESS_CASES)
 
 
 def test_help_shows_the_commands_of_the_level(site: Install) -> None:
