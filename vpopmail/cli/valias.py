@@ -38,25 +38,20 @@ def main(argv: list[str] | None = None, *, config: str | None = None) -> int:
         target = args[0].lower()
         api = open_api(config)
         aliases = api.stores.aliases
-        if action == "n":
-            if "@" in target:
-                print("Please enter domain name only.", file=sys.stderr)
-                return 255
-            names = aliases.names(api.get_domain(target))
-            if not names:  # C's valias exits 255 here, as for -s
-                print(f"No aliases found for domain {target}")
-                return 255
-            for name in names:
-                print(name)
-            return 0
-        if action == "s" and "@" not in target:
+        if action == "n" and "@" in target:
+            print("Please enter domain name only.", file=sys.stderr)
+            return 255
+        if action == "n" or action == "s" and "@" not in target:  # the domain's aliases
             entry = api.get_domain(target)
-            pairs = aliases.all(entry)
-            if not pairs:
+            # -s names each line's alias in the real domain, as C prints them
+            shown = (aliases.names(entry) if action == "n" else
+                     [f"{alias}@{entry.real_domain} -> {text}"
+                      for alias, text in aliases.all(entry)])
+            if not shown:  # C's valias exits 255 here
                 print(f"No aliases found for domain {target}")
                 return 255
-            for alias, text in pairs:  # named in the real domain, as C prints them
-                print(f"{alias}@{entry.real_domain} -> {text}")
+            for text in shown:
+                print(text)
             return 0
         alias, entry = api.resolve_alias(target)
         if action == "s":
