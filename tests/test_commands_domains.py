@@ -136,6 +136,20 @@ def test_vadddomain_finishes_a_domain_killed_before_its_postmaster(vhome: Instal
 
 
 
+def test_vadddomain_of_an_emptied_domain_with_a_damaged_dir_control_is_refused(vhome: Install
+                                                                              ) -> None:
+    """A domain emptied of its users whose .dir-control is damaged is not what a killed
+    vadddomain leaves (it writes the file whole, by rename): "Domain already exists" (243),
+    nothing changed, as C 5.4.33 (before: the damaged file's temporary error, 156)."""
+    golden(vhome)
+    for name in sorted(stored_users(vhome)):
+        vhome.ok("vdeluser", f"{name}@{DOMAIN}")
+    (domain_dir(vhome) / dircontrol.CONTROL).write_text("garbage\n")
+    result = refused(vhome, "vadddomain", DOMAIN, "newpw", code=243)
+    assert result.stdout == "Error: Domain already exists\n"
+    assert stored_users(vhome) == {}
+
+
 def test_vadddomain_of_a_domain_without_users_but_with_an_alias_is_refused(vhome: Install
                                                                            ) -> None:
     """A domain with no user and no .dir-control but an alias (a .qmail-<alias> file, a valias

@@ -219,15 +219,19 @@ class DomainsMixin(UsersMixin):
         every domain of users/assign): it holds no user but the postmaster (in vpasswd, its
         cdb not yet written), no alias, and its .dir-control is missing (no user directory
         allotted yet) or counts a slot (the postmaster's; 0 once every user made was
-        deleted). With the SQL backend a missing file is read in C's dir_control table
-        instead, where C's MySQL backend counted (a row of 0: a domain C emptied)."""
+        deleted; a damaged one is not a killed vadddomain's, which writes it whole). With
+        the SQL backend a missing file is read in C's dir_control table instead, where C's
+        MySQL backend counted (a row of 0: a domain C emptied)."""
         names = {user.name for user in self.backend.list_users(entry)}
         if names:
             return names == {"postmaster"}
         if self.stores.aliases.names(entry):
             return False
         if os.path.lexists(os.path.join(entry.dir, dircontrol.CONTROL)):
-            return self.user_count(entry) > 0
+            try:
+                return self.user_count(entry) > 0
+            except CorruptData:
+                return False
         c_count = self.stores.c_dir_control
         counted = None if c_count is None else c_count(entry.real_domain)
         return counted is None or counted > 0
