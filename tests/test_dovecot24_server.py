@@ -976,3 +976,42 @@ def test_lookups_are_taken_while_other_callers_keep_every_worker(mail_site: Site
 #: argv[0] (a front end) run again and again with its arguments, ``$INPUT`` as its fd 0 (a
 #: delivery's message) and fd 3 (a login's), until killed
 LOOP = 'while :; do "$0" "$@" <"$INPUT" 3<"$INPUT"; done'
+
+
+def test_deliveries_are_served_while_lookups_keep_every_worker(mail_site: Site) -> None:
+    """The workers kept for server.dovecot_callers are a floor for them, not a ceiling for
+    the others: with every worker serving lookups (two workers, lookups asked three at a
+    time), a delivery still gets one, an idle lookup worker retired for it (before: the
+    lookups' workers were counted against the other callers' share, which then never had
+    room; each delivery was declined after server.request_timeout and ran Python)."""
+    server(mail_site).stop()
+    inst = mail_site.inst
+    inst.set_config("server", "workers", 2)
+    inst.set_config("server", "request_timeout", 3)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
+    answers: list[object] = []
+    done = threading.Event()
+
+    def ask_on() -> None:
+        while not done.is_set():
+            answers.append(status_or_error(asking(lookup_socket(mail_site), request)))
+
+    took = []
+    with running_server(inst) as started:
+        askers = [threading.Thread(target=ask_on) for _ in range(3)]
+        for asker in askers:
+            asker.start()
+        try:
+            time.sleep(1)
+            for _ in range(5):
+                asked = time.monotonic()
+                assert mail_site.deliver("alice").returncode == 0
+                took.append(time.monotonic() - asked)
+        finally:
+            done.set()
+            for asker in askers:
+                asker.join()
+        lines = started.lines()
+    assert answers and set(answers) == {200}, collections.Counter(answers)
+    assert not [line for line in lines if "declined" in line], lines[-5:]
+    assert max(took) < 3, took

@@ -959,26 +959,36 @@ class Server:
         return not self.settings.is_serving(worker.slot)
 
     def full(self, identity: Identity) -> bool:
-        """Whether no other worker may be forked for ``identity``: ``server.workers`` run (or
-        are ending, or are left from before a reload), the workers kept for
-        server.dovecot_callers counted as running for anyone else."""
-        return self.running() >= self.limit(identity)
+        """Whether no other worker may be forked for ``identity`` (:meth:`fits`)."""
+        return not self.fits(identity)
 
     def running(self) -> int:
         """The workers that count against ``server.workers``."""
         return len(self.busy) + len(self.idle) + len(self.ending) + len(self.previous)
 
-    def limit(self, identity: Identity) -> int:
-        """How many workers may run when one more is forked for ``identity``."""
-        if identity[0] in self.settings.dovecot_callers:
-            return self.settings.workers
-        return self.settings.workers - self.kept
+    def fits(self, identity: Identity, leaving: Worker | None = None) -> bool:
+        """Whether a worker may be forked for ``identity`` (once the idle worker ``leaving``
+        has ended): fewer than ``server.workers`` run (or are ending, or are left from
+        before a reload), and for a caller not in server.dovecot_callers fewer than
+        ``server.workers`` less the workers kept for those callers run for the others (the
+        ones ending or left from before a reload counted among the others): the kept
+        workers are a floor for Dovecot's lookups, not a ceiling for everyone else."""
+        callers = self.settings.dovecot_callers
+        running = self.running() - (leaving is not None)
+        if running >= self.settings.workers:
+            return False
+        if identity[0] in callers:
+            return True
+        lookups = sum(worker.identity[0] in callers
+                      for worker in (*self.busy.values(), *self.idle.values()))
+        others = running - lookups + (leaving is not None and leaving.identity[0] in callers)
+        return others < self.settings.workers - self.kept
 
     def room(self, identity: Identity) -> bool:
         """Whether another worker can be had for ``identity``: one can be forked, or a free
         one retired to make room for it."""
-        return not self.full(identity) or (self.running() - 1 < self.limit(identity) and
-                                           any(map(self.free, self.idle.values())))
+        return self.fits(identity) or any(self.fits(identity, worker)
+                                          for worker in self.idle.values() if self.free(worker))
 
     def unblock(self) -> None:
         """Take a caller queued at an identity's socket when each of the identity's workers
@@ -1016,12 +1026,15 @@ class Server:
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
-        if (self.idle and not self.ending  # another identity waits: make room (once: a
-                # worker still ending makes it too) if one of them may have the place then;
-                # a free one, else one that leaves after the request it serves
-                and any(self.running() - 1 < self.limit(w.identity) for w in self.ready)):
-            self.retire(next((fd for fd, worker in self.idle.items() if self.free(worker)),
-                             next(iter(self.idle))))
+        if self.ready and self.idle and not self.ending:  # another identity waits: make
+            # room (once: a worker still ending makes it too) if one of them may have the
+            # place then; a free one, else one that leaves after the request it serves
+            order = sorted(self.idle.items(), key=lambda item: not self.free(item[1]))
+            identities = {waiting.identity for waiting in self.ready}
+            fd = next((fd for fd, worker in order
+                       if any(self.fits(identity, worker) for identity in identities)), None)
+            if fd is not None:
+                self.retire(fd)
 
     def hand(self, worker: Worker | None, waiting: Waiting) -> Worker | None:
         """``worker``, once ``waiting``'s connection is sent to it; None when there is none
