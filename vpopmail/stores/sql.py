@@ -87,7 +87,7 @@ TIMER_SLACK = 0.5
 ER_LOCK_DEADLOCK = 1213  # the server rolled the transaction back: run it again
 DEADLOCK_TRIES = 10  # each after a random pause of up to 20 ms times the deadlocks so far
 
-_USER_COLUMNS = "pw_name, pw_passwd, pw_uid, pw_gid, pw_gecos, pw_dir, pw_shell"
+_USER_COLUMNS = ("pw_name", "pw_passwd", "pw_uid", "pw_gid", "pw_gecos", "pw_dir", "pw_shell")
 
 #: CREATE TABLE bodies: C's layouts with 5.6's widths (SHA-512 hashes, IPv6 addresses)
 LAYOUTS = {
@@ -673,7 +673,11 @@ class MySQLDatabase(UserDatabase):
         return "1 = 1", []
 
     def _columns(self) -> str:
-        return _USER_COLUMNS + (", pw_clear_passwd" if self.clear_passwords else "")
+        return ", ".join(self._column_names())
+
+    def _column_names(self) -> tuple[str, ...]:
+        """The columns a user is read from (:meth:`_user`)."""
+        return _USER_COLUMNS + (("pw_clear_passwd",) if self.clear_passwords else ())
 
     def read_with_user(self, domain: AssignEntry, name: str, columns: "Sequence[str]",
                        source: str, params: "Sequence[object]"
@@ -687,12 +691,12 @@ class MySQLDatabase(UserDatabase):
         refuses the statement (a table missing: valias not made yet, a users table dropped;
         a right missing): the two reads, each alone, say what that means."""
         where, where_params = self._where(domain)
-        user_columns = self._columns()
+        user_columns = self._column_names()
         width = len(columns)
-        blanks = ", ".join(["NULL"] * (user_columns.count(",") + 1))
+        blanks = ", ".join(["NULL"] * len(user_columns))
         try:
             rows = self._read(f"SELECT {', '.join(columns)}, {blanks} {source} UNION ALL "
-                              f"SELECT {', '.join(['NULL'] * width)}, {user_columns} "
+                              f"SELECT {', '.join(['NULL'] * width)}, {', '.join(user_columns)} "
                               f"FROM `{self.users_table(domain)}` WHERE pw_name = %s AND {where}",
                               [*params, name, *where_params])
         except SqlError:
