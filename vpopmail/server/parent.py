@@ -1030,11 +1030,24 @@ class Server:
             # room (once: a worker still ending makes it too) if one of them may have the
             # place then; a free one, else one that leaves after the request it serves
             order = sorted(self.idle.items(), key=lambda item: not self.free(item[1]))
-            identities = {waiting.identity for waiting in self.ready}
+            now = time.monotonic()
+            identities = {waiting.identity for waiting in self.ready
+                          if self.may_retire_for(waiting, now)}
             fd = next((fd for fd, worker in order
                        if any(self.fits(identity, worker) for identity in identities)), None)
             if fd is not None:
                 self.retire(fd)
+
+    def may_retire_for(self, waiting: Waiting, now: float) -> bool:
+        """Whether an idle worker of another identity may be retired for ``waiting``: its
+        identity has no worker, or it has waited ``TICK`` for the ones it has (one that has
+        just answered says IDLE a moment later; a long request is what the retire is for).
+        Retiring at once, two identities taking turns on two workers each retired the
+        other's worker at about every request, forking one for the next."""
+        waited = self.settings.timeout - (waiting.deadline - now)
+        return waited >= TICK / 1000 or all(
+            worker.identity != waiting.identity
+            for worker in (*self.busy.values(), *self.idle.values()))
 
     def hand(self, worker: Worker | None, waiting: Waiting) -> Worker | None:
         """``worker``, once ``waiting``'s connection is sent to it; None when there is none
