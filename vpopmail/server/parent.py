@@ -1002,7 +1002,8 @@ class Server:
                 self.take_direct(direct, 1)
 
     def dispatch(self) -> None:
-        """Hand the ready connections to workers, oldest first."""
+        """Hand the ready connections to workers, oldest first (:meth:`make_room` for one
+        that finds none)."""
         left = []
         for waiting in self.ready:
             worker = self.idle_worker(waiting.identity, free=True)
@@ -1021,20 +1022,39 @@ class Server:
                         f"server.request_timeout")
                     decline(waiting.conn)
                     continue
+                self.make_room(waiting)
                 left.append(waiting)
                 continue
             waiting.conn.close()
             self.busy[worker.control.fileno()] = worker
         self.ready = left
-        if self.ready and self.idle and not self.ending:  # another identity waits: make
-            # room (once: a worker still ending makes it too) if one of them may have the
-            # place then; a free one, else one that leaves after the request it serves
-            order = sorted(self.idle.items(), key=lambda item: not self.free(item[1]))
-            identities = {waiting.identity for waiting in self.ready}
-            fd = next((fd for fd, worker in order
-                       if any(self.fits(identity, worker) for identity in identities)), None)
-            if fd is not None:
-                self.retire(fd)
+
+    def make_room(self, waiting: Waiting) -> None:
+        """Retire an idle worker of another identity whose place ``waiting`` (which found no
+        worker) may then have, a free one first, else one that leaves after the request it
+        serves; once (a worker still ending makes room too), and in the callers' order: a
+        caller that came later is not handed the worker retired for an older one (when the
+        retire came after the hand-overs, each lookup worker that said it was idle went to
+        the lookup waiting behind a delivery: with one worker the delivery waited seconds,
+        until declined)."""
+        if self.ending or not self.may_retire_for(waiting, time.monotonic()):
+            return
+        order = sorted(self.idle.items(), key=lambda item: not self.free(item[1]))
+        fd = next((fd for fd, worker in order if worker.identity != waiting.identity and
+                   self.fits(waiting.identity, worker)), None)
+        if fd is not None:
+            self.retire(fd)
+
+    def may_retire_for(self, waiting: Waiting, now: float) -> bool:
+        """Whether an idle worker of another identity may be retired for ``waiting``: its
+        identity has no worker, or it has waited ``TICK`` for the ones it has (one that has
+        just answered says IDLE a moment later; a long request is what the retire is for).
+        Retiring at once, two identities taking turns on two workers each retired the
+        other's worker at about every request, forking one for the next."""
+        waited = self.settings.timeout - (waiting.deadline - now)
+        return waited >= TICK / 1000 or all(
+            worker.identity != waiting.identity
+            for worker in (*self.busy.values(), *self.idle.values()))
 
     def hand(self, worker: Worker | None, waiting: Waiting) -> Worker | None:
         """``worker``, once ``waiting``'s connection is sent to it; None when there is none
