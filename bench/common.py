@@ -119,17 +119,18 @@ def owner() -> tuple[str, str, int, int]:
         os.getuid(), os.getgid()
 
 
-def install(here: Path, user: str, group: str, frontends: bool = False) -> Path:
+def install(here: Path, user: str, group: str, frontends: bool = False,
+            qmail: Path | None = None) -> Path:
     """A fresh ``here`` (0755) with pyvpopmail installed by packaging/install into
-    ``here``/vpopmail (qmail's directory ``here``/qmail), on this interpreter's virtualenv;
-    returns the prefix. Without ``frontends`` bin/ holds the Python vdelivermail and vchkpw
-    (what the direct-program benchmarks measure)."""
+    ``here``/vpopmail (qmail's directory ``qmail``, else ``here``/qmail), on this interpreter's
+    virtualenv; returns the prefix. Without ``frontends`` bin/ holds the Python vdelivermail
+    and vchkpw (what the direct-program benchmarks measure)."""
     shutil.rmtree(here, ignore_errors=True)
     here.mkdir(parents=True)
     here.chmod(0o755)
     prefix = here / "vpopmail"
     subprocess.run([sys.executable, str(REPO / "packaging" / "install"), "--prefix", str(prefix),
-                    "--qmaildir", str(here / "qmail"), "--user", user, "--group", group,
+                    "--qmaildir", str(qmail or here / "qmail"), "--user", user, "--group", group,
                     "--venv", sys.prefix, *([] if frontends else ["--no-frontends"])],
                    check=True, capture_output=True)
     return prefix
