@@ -7,6 +7,7 @@ server.dovecot_callers."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import imaplib
 import os
 import re
@@ -1101,3 +1102,58 @@ def test_the_oldest_caller_has_the_worker_retired_for_it(mail_site: Site) -> Non
     assert answers and set(answers) == {200}, collections.Counter(answers)
     assert not [line for line in lines if "declined" in line], lines[-5:]
     assert max(took) < 1, took
+
+
+@contextlib.contextmanager
+def relay_held(site: Site, seconds: int) -> Iterator[None]:
+    """For ``seconds``, what a roaming login writes held by another process: open-smtp.lock
+    (cdb files), the lastauth table (SQL): a login waits for it (less than locks.timeout)."""
+    inst = site.inst
+    if inst.database is not None:
+        assert mariadb_site.CLIENT is not None
+        argv = [mariadb_site.CLIENT, "--no-defaults", "--unbuffered", "-S",
+                inst.database.server.socket, "-uroot", inst.database.name, "-e",
+                f"LOCK TABLES lastauth READ; SELECT 'held'; SELECT SLEEP({seconds})"]
+    else:
+        lock = inst.prefix / "etc" / "open-smtp.lock"  # the vpopmail user's, as vchkpw makes it
+        lock.touch(0o600)
+        os.chown(lock, inst.uid, inst.gid)
+        argv = [sys.executable, "-c", "import fcntl, os, sys, time\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+                "time.sleep(float(sys.argv[2]))\n", str(lock), str(seconds)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as holder:
+        assert holder.stdout is not None
+        assert "held" in holder.stdout.readline()
+        yield
+
+
+def test_a_lookup_waits_past_request_timeout_for_a_worker(mail_site: Site) -> None:
+    """Dovecot's lookups have no fallback and vpopmail-auth.lua waits 45 s for an answer: one
+    taken to wait in its turn (behind a delivery) that finds every worker held longer than
+    server.request_timeout (the one worker's login waiting on a lock) waits on and is
+    answered, not declined (before: declined with the delivery, which runs Python, while
+    Dovecot reads the decline as a broken answer: a temporary failure of the login)."""
+    server(mail_site).stop()
+    inst = mail_site.inst
+    inst.set_config("server", "workers", 1)
+    inst.set_config("server", "request_timeout", 1)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap",
+                   rip=new_source_ip())
+    with running_server(inst) as started:
+        with relay_held(mail_site, 4):
+            first = asking(lookup_socket(mail_site), request)
+            time.sleep(0.5)  # the first holds the worker, waiting for the lock
+            delivered: list[int] = []
+            delivery = threading.Thread(
+                target=lambda: delivered.append(mail_site.deliver("alice").returncode))
+            delivery.start()
+            time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
+            second = asking(lookup_socket(mail_site), request)
+            answers = [status_or_error(sock) for sock in (first, second)]
+            delivery.join()
+        lines = started.lines()
+    assert answers == [200, 200], (answers, lines[-5:])
+    assert delivered == [0]
+    declined = [line for line in lines if "declined" in line]
+    assert len(declined) <= 1 and f"uid {inst.uid}:" in "".join(declined), declined

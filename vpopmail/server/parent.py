@@ -501,8 +501,8 @@ class Worker:
 class Waiting:
     """An accepted connection that has not yet been handed to a worker: until ``deadline``
     its peer may be silent (then it is dropped); once it has sent, until the new
-    ``deadline`` it may wait for a worker (then it is declined). ``lookup``: taken from the
-    lookup socket."""
+    ``deadline`` it may wait for a worker (then it is declined, but for a lookup: taken from
+    the lookup socket, ``lookup``, it waits on)."""
 
     __slots__ = ("conn", "pid", "identity", "deadline", "lookup")
 
@@ -1014,9 +1014,10 @@ class Server:
                 if worker is None and not any(map(self.free, self.idle.values())):
                     worker = self.hand(self.idle_worker(waiting.identity, free=False), waiting)
             if worker is None:
-                if waiting.deadline <= time.monotonic():
+                if waiting.deadline <= time.monotonic() and not waiting.lookup:
                     # every worker held (by another identity's endless requests, say):
                     # declined, nothing of it read, its front end runs the program itself
+                    # (a lookup has no program to run: it waits on, until Dovecot gives up)
                     log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
                         f"{waiting.identity[0]}: no worker for it within "
                         f"server.request_timeout")
