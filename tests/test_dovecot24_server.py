@@ -1150,6 +1150,7 @@ def test_a_lookup_waits_past_request_timeout_for_a_worker(mail_site: Site) -> No
             delivery.start()
             time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
             second = asking(lookup_socket(mail_site), request)
+            second.shutdown(socket.SHUT_WR)  # half closed after its request: still waiting
             answers = [status_or_error(sock) for sock in (first, second)]
             delivery.join()
         lines = started.lines()
@@ -1157,3 +1158,30 @@ def test_a_lookup_waits_past_request_timeout_for_a_worker(mail_site: Site) -> No
     assert delivered == [0]
     declined = [line for line in lines if "declined" in line]
     assert len(declined) <= 1 and f"uid {inst.uid}:" in "".join(declined), declined
+
+
+def test_a_lookup_whose_client_gave_up_is_dropped_unrun(mail_site: Site) -> None:
+    """A lookup waiting past server.request_timeout whose client has closed its connection
+    (Dovecot gave up) is dropped with a line saying so, not run later for no one (a login
+    with its lastauth and relay writes); the one served meanwhile is answered."""
+    server(mail_site).stop()
+    inst = mail_site.inst
+    inst.set_config("server", "workers", 1)
+    inst.set_config("server", "request_timeout", 1)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap",
+                   rip=new_source_ip())
+    with running_server(inst) as started:
+        with relay_held(mail_site, 4):
+            first = asking(lookup_socket(mail_site), request)
+            time.sleep(0.5)  # the first holds the worker, waiting for the lock
+            delivery = threading.Thread(target=lambda: mail_site.deliver("alice"))
+            delivery.start()
+            time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
+            asking(lookup_socket(mail_site), request).close()
+            time.sleep(1.5)  # past the request timeout, while the worker is held
+            answer = status_or_error(first)
+            delivery.join()
+        lines = started.lines()
+    assert answer == 200
+    dropped = [line for line in lines if "dropped" in line]
+    assert len(dropped) == 1 and "uid 0: its client hung up" in dropped[0], lines[-5:]

@@ -498,6 +498,13 @@ class Worker:
         self.slot = slot
 
 
+def hung_up(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` has closed its end (not merely its writing half)."""
+    probe = select.poll()
+    probe.register(conn, select.POLLIN)
+    return any(events & select.POLLHUP for _, events in probe.poll(0))
+
+
 class Waiting:
     """An accepted connection that has not yet been handed to a worker: until ``deadline``
     its peer may be silent (then it is dropped); once it has sent, until the new
@@ -1014,15 +1021,22 @@ class Server:
                 if worker is None and not any(map(self.free, self.idle.values())):
                     worker = self.hand(self.idle_worker(waiting.identity, free=False), waiting)
             if worker is None:
-                if waiting.deadline <= time.monotonic() and not waiting.lookup:
+                if waiting.deadline <= time.monotonic():
                     # every worker held (by another identity's endless requests, say):
-                    # declined, nothing of it read, its front end runs the program itself
-                    # (a lookup has no program to run: it waits on, until Dovecot gives up)
-                    log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
-                        f"{waiting.identity[0]}: no worker for it within "
-                        f"server.request_timeout")
-                    decline(waiting.conn)
-                    continue
+                    # declined, nothing of it read, its front end runs the program itself;
+                    # a lookup has no program to run: it waits on, until Dovecot gives up
+                    if not waiting.lookup:
+                        log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
+                            f"{waiting.identity[0]}: no worker for it within "
+                            f"server.request_timeout")
+                        decline(waiting.conn)
+                        continue
+                    if hung_up(waiting.conn):  # not run later for no one
+                        log(self.settings.log_fd, f"dropped pid {waiting.pid} uid "
+                            f"{waiting.identity[0]}: its client hung up while it waited "
+                            f"for a worker")
+                        waiting.conn.close()
+                        continue
                 self.make_room(waiting)
                 left.append(waiting)
                 continue
