@@ -987,34 +987,36 @@ def test_lookups_are_taken_while_other_callers_keep_every_worker(mail_site: Site
 LOOP = 'while :; do "$0" "$@" <"$INPUT" 3<"$INPUT"; done'
 
 
-def test_deliveries_are_served_while_lookups_keep_every_worker(mail_site: Site) -> None:
-    """The workers kept for server.dovecot_callers are a floor for them, not a ceiling for
-    the others: with every worker serving lookups (two workers, lookups asked three at a
-    time), a delivery still gets one, an idle lookup worker retired for it (before: the
-    lookups' workers were counted against the other callers' share, which then never had
-    room; each delivery was declined after server.request_timeout and ran Python)."""
-    server(mail_site).stop()
-    inst = mail_site.inst
-    inst.set_config("server", "workers", 2)
-    inst.set_config("server", "request_timeout", 3)
+def deliveries_among_lookups(site: Site, workers: int, loops: int, deliveries: int,
+                             settle: float = 0, request_timeout: int | None = None
+                             ) -> list[float]:
+    """The seconds each of ``deliveries`` deliveries to alice took, one after another, while
+    ``loops`` threads ask lookups without a pause, on a server of ``workers`` workers (and
+    ``request_timeout``), the deliveries starting ``settle`` seconds after the lookups; every
+    lookup answered 200, and no caller declined."""
+    server(site).stop()
+    inst = site.inst
+    inst.set_config("server", "workers", workers)
+    if request_timeout is not None:
+        inst.set_config("server", "request_timeout", request_timeout)
     request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
     answers: list[object] = []
     done = threading.Event()
 
     def ask_on() -> None:
         while not done.is_set():
-            answers.append(status_or_error(asking(lookup_socket(mail_site), request)))
+            answers.append(status_or_error(asking(lookup_socket(site), request)))
 
     took = []
     with running_server(inst) as started:
-        askers = [threading.Thread(target=ask_on) for _ in range(3)]
+        askers = [threading.Thread(target=ask_on) for _ in range(loops)]
         for asker in askers:
             asker.start()
         try:
-            time.sleep(1)
-            for _ in range(5):
+            time.sleep(settle)
+            for _ in range(deliveries):
                 asked = time.monotonic()
-                assert mail_site.deliver("alice").returncode == 0
+                assert site.deliver("alice").returncode == 0
                 took.append(time.monotonic() - asked)
         finally:
             done.set()
@@ -1023,6 +1025,17 @@ def test_deliveries_are_served_while_lookups_keep_every_worker(mail_site: Site) 
         lines = started.lines()
     assert answers and set(answers) == {200}, collections.Counter(answers)
     assert not [line for line in lines if "declined" in line], lines[-5:]
+    return took
+
+
+def test_deliveries_are_served_while_lookups_keep_every_worker(mail_site: Site) -> None:
+    """The workers kept for server.dovecot_callers are a floor for them, not a ceiling for
+    the others: with every worker serving lookups (two workers, lookups asked three at a
+    time), a delivery still gets one, an idle lookup worker retired for it (before: the
+    lookups' workers were counted against the other callers' share, which then never had
+    room; each delivery was declined after server.request_timeout and ran Python)."""
+    took = deliveries_among_lookups(mail_site, workers=2, loops=3, deliveries=5, settle=1,
+                                    request_timeout=3)
     assert max(took) < 3, took
 
 
@@ -1034,34 +1047,12 @@ def test_two_identities_taking_turns_keep_their_workers(mail_site: Site) -> None
     delivery worker, the next delivery retired the lookup worker in turn: a worker forked
     for about every other delivery, 154 forks in 6 s of one lookup loop and one delivery
     loop)."""
-    server(mail_site).stop()
-    inst = mail_site.inst
-    inst.set_config("server", "workers", 2)
-    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
-    answers: list[object] = []
-    done = threading.Event()
-
-    def ask_on() -> None:
-        while not done.is_set():
-            answers.append(status_or_error(asking(lookup_socket(mail_site), request)))
-
     new = mail_site.maildir("alice") / "new"
     before = set(new.iterdir())
-    with running_server(inst) as started:
-        asker = threading.Thread(target=ask_on)
-        asker.start()
-        try:
-            for _ in range(30):
-                assert mail_site.deliver("alice").returncode == 0
-        finally:
-            done.set()
-            asker.join()
-        lines = started.lines()
-    assert answers and set(answers) == {200}, collections.Counter(answers)
-    assert not [line for line in lines if "declined" in line], lines[-5:]
+    deliveries_among_lookups(mail_site, workers=2, loops=1, deliveries=30)
     pids = {re.search(r"P(\d+)", path.name).group(1)  # type: ignore[union-attr]
             for path in set(new.iterdir()) - before}
-    assert len(pids) <= 3, (len(pids), len(answers))
+    assert len(pids) <= 3, len(pids)
 
 
 def test_the_oldest_caller_has_the_worker_retired_for_it(mail_site: Site) -> None:
@@ -1071,36 +1062,8 @@ def test_the_oldest_caller_has_the_worker_retired_for_it(mail_site: Site) -> Non
     lookup waiting behind the delivery was handed it, and the retire came only when no
     lookup waited: with two lookup loops, 6 deliveries in 5 s, up to 2.9 s each, some
     declined at server.request_timeout)."""
-    server(mail_site).stop()
-    inst = mail_site.inst
-    inst.set_config("server", "workers", 1)
-    inst.set_config("server", "request_timeout", 3)
-    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap")
-    answers: list[object] = []
-    done = threading.Event()
-
-    def ask_on() -> None:
-        while not done.is_set():
-            answers.append(status_or_error(asking(lookup_socket(mail_site), request)))
-
-    took = []
-    with running_server(inst) as started:
-        askers = [threading.Thread(target=ask_on) for _ in range(2)]
-        for asker in askers:
-            asker.start()
-        try:
-            time.sleep(0.5)
-            for _ in range(5):
-                asked = time.monotonic()
-                assert mail_site.deliver("alice").returncode == 0
-                took.append(time.monotonic() - asked)
-        finally:
-            done.set()
-            for asker in askers:
-                asker.join()
-        lines = started.lines()
-    assert answers and set(answers) == {200}, collections.Counter(answers)
-    assert not [line for line in lines if "declined" in line], lines[-5:]
+    took = deliveries_among_lookups(mail_site, workers=1, loops=2, deliveries=5, settle=0.5,
+                                    request_timeout=3)
     assert max(took) < 1, took
 
 
@@ -1128,60 +1091,61 @@ def relay_held(site: Site, seconds: int) -> Iterator[None]:
         yield
 
 
+def behind_a_held_worker(site: Site, second: Callable[[bytes], object]
+                         ) -> tuple[object, object, list[str]]:
+    """The one worker (server.request_timeout 1 s) held 4 s by a login waiting on a lock, a
+    delivery waiting behind it, then ``second`` run with the lookup request (it asks a
+    lookup, taken to wait behind the delivery): (the held login's answer, what ``second``
+    returned, the server's log lines); the delivery exited 0."""
+    server(site).stop()
+    inst = site.inst
+    inst.set_config("server", "workers", 1)
+    inst.set_config("server", "request_timeout", 1)
+    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap",
+                   rip=new_source_ip())
+    delivered: list[int] = []
+    with running_server(inst) as started:
+        with relay_held(site, 4):
+            first = asking(lookup_socket(site), request)
+            time.sleep(0.5)  # the first holds the worker, waiting for the lock
+            delivery = threading.Thread(
+                target=lambda: delivered.append(site.deliver("alice").returncode))
+            delivery.start()
+            time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
+            result = second(request)
+            answer = status_or_error(first)
+            delivery.join()
+        lines = started.lines()
+    assert delivered == [0]
+    return answer, result, lines
+
+
 def test_a_lookup_waits_past_request_timeout_for_a_worker(mail_site: Site) -> None:
     """Dovecot's lookups have no fallback and vpopmail-auth.lua waits 45 s for an answer: one
     taken to wait in its turn (behind a delivery) that finds every worker held longer than
     server.request_timeout (the one worker's login waiting on a lock) waits on and is
     answered, not declined (before: declined with the delivery, which runs Python, while
     Dovecot reads the decline as a broken answer: a temporary failure of the login)."""
-    server(mail_site).stop()
-    inst = mail_site.inst
-    inst.set_config("server", "workers", 1)
-    inst.set_config("server", "request_timeout", 1)
-    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap",
-                   rip=new_source_ip())
-    with running_server(inst) as started:
-        with relay_held(mail_site, 4):
-            first = asking(lookup_socket(mail_site), request)
-            time.sleep(0.5)  # the first holds the worker, waiting for the lock
-            delivered: list[int] = []
-            delivery = threading.Thread(
-                target=lambda: delivered.append(mail_site.deliver("alice").returncode))
-            delivery.start()
-            time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
-            second = asking(lookup_socket(mail_site), request)
-            second.shutdown(socket.SHUT_WR)  # half closed after its request: still waiting
-            answers = [status_or_error(sock) for sock in (first, second)]
-            delivery.join()
-        lines = started.lines()
-    assert answers == [200, 200], (answers, lines[-5:])
-    assert delivered == [0]
+    def ask(request: bytes) -> socket.socket:
+        sock = asking(lookup_socket(mail_site), request)
+        sock.shutdown(socket.SHUT_WR)  # half closed after its request: still waiting
+        return sock
+
+    answer, second, lines = behind_a_held_worker(mail_site, ask)
+    assert [answer, status_or_error(second)] == [200, 200], lines[-5:]  # type: ignore[arg-type]
     declined = [line for line in lines if "declined" in line]
-    assert len(declined) <= 1 and f"uid {inst.uid}:" in "".join(declined), declined
+    assert len(declined) <= 1 and f"uid {mail_site.inst.uid}:" in "".join(declined), declined
 
 
 def test_a_lookup_whose_client_gave_up_is_dropped_unrun(mail_site: Site) -> None:
     """A lookup waiting past server.request_timeout whose client has closed its connection
     (Dovecot gave up) is dropped with a line saying so, not run later for no one (a login
     with its lastauth and relay writes); the one served meanwhile is answered."""
-    server(mail_site).stop()
-    inst = mail_site.inst
-    inst.set_config("server", "workers", 1)
-    inst.set_config("server", "request_timeout", 1)
-    request = post("passdb", user=f"alice@{DOMAIN}", password=PASSWORD, service="imap",
-                   rip=new_source_ip())
-    with running_server(inst) as started:
-        with relay_held(mail_site, 4):
-            first = asking(lookup_socket(mail_site), request)
-            time.sleep(0.5)  # the first holds the worker, waiting for the lock
-            delivery = threading.Thread(target=lambda: mail_site.deliver("alice"))
-            delivery.start()
-            time.sleep(0.2)  # the delivery waits in the server: the next lookup is taken
-            asking(lookup_socket(mail_site), request).close()
-            time.sleep(1.5)  # past the request timeout, while the worker is held
-            answer = status_or_error(first)
-            delivery.join()
-        lines = started.lines()
+    def ask_and_leave(request: bytes) -> None:
+        asking(lookup_socket(mail_site), request).close()
+        time.sleep(1.5)  # past the request timeout, while the worker is held
+
+    answer, _, lines = behind_a_held_worker(mail_site, ask_and_leave)
     assert answer == 200
     dropped = [line for line in lines if "dropped" in line]
     assert len(dropped) == 1 and "uid 0: its client hung up" in dropped[0], lines[-5:]
