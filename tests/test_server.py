@@ -384,6 +384,30 @@ def test_fresh_workers_under_concurrency_lose_nothing(site: LoginSite) -> None:
     assert len(body_of(site, "alice")) == 24
 
 
+@pytest.mark.parametrize("site", [{"workers": 2, "request_timeout": 30}], indirect=True)
+def test_a_retired_worker_leaves_its_identitys_queue_to_the_others(site: LoginSite) -> None:
+    """Slow deliveries (alice's .qmail takes a second) on both workers, more of them queued
+    at the identity's socket, and a login waiting for room: the parent retires a delivery
+    worker for the login, and that worker leaves the deliveries queued at the socket to the
+    identity's other worker (before: it took the closed control socket for the parent gone
+    and declined them all: their front ends ran the Python programs)."""
+    without_fallbacks(site.inst)
+    home = site.user_dir("alice")
+    (home / ".qmail").write_text("|sleep 1\n./Maildir/\n")
+    shutil.chown(home / ".qmail", site.inst.user, site.inst.group)
+    with ThreadPoolExecutor(7) as pool:
+        deliveries = [pool.submit(lambda: site.deliver("alice").returncode) for _ in range(2)]
+        time.sleep(0.5)  # both workers busy
+        deliveries += [pool.submit(lambda: site.deliver("alice").returncode)
+                       for _ in range(4)]
+        time.sleep(0.2)  # queued at the identity's socket
+        login = pool.submit(piped_login, site, "pw")
+        codes = [delivery.result() for delivery in deliveries]
+        assert login.result() == 0
+    assert codes == [0] * 6, codes
+    assert len(body_of(site, "alice")) == 6
+
+
 def busy_worker(site: LoginSite, seconds: float) -> Callable[[], int]:
     """The delivery identity's one worker kept busy ``seconds`` by alice's .qmail, its socket
     in place; the return: wait for that first delivery's exit code."""

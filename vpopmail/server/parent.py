@@ -14,9 +14,9 @@ from vpopmail import config as vconfig
 from vpopmail import wire
 from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.errors import CannotServe
-from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, Identity, Settings,
-                                    decline, decline_queued, identify, log, plan_class,
-                                    readable, work)
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, RETIRE, Identity,
+                                    Settings, decline, decline_queued, identify, log,
+                                    plan_class, readable, work)
 from vpopmail.stores import drop_kept_connections
 from vpopmail.wire import identity_socket
 
@@ -958,7 +958,12 @@ class Server:
                 waiting.conn.close()
 
     def retire(self, fd: int) -> None:
-        self.ended(self.idle.pop(fd))  # it reads the end of its control socket and leaves
+        """Tell the idle worker ``fd`` to leave (it serves the caller it may have accepted at
+        its identity's socket first, and leaves the others queued there)."""
+        worker = self.idle.pop(fd)
+        with contextlib.suppress(OSError):
+            worker.control.send(RETIRE)
+        self.ended(worker)
 
     def free(self, worker: Worker) -> bool:
         """Whether an idle ``worker`` is really idle: not serving a caller it accepted at its

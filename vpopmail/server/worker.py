@@ -33,6 +33,11 @@ SLOT = struct.Struct("=QQ")
 #: what a worker tells the parent: idle again, busy (with more waiting at its identity's
 #: socket: the parent takes one), ending (it serves no more)
 IDLE, BUSY, ENDING = b".", b"+", b"x"
+#: what the parent tells a worker it retires, before closing the control socket (a handed
+#: connection is a pid with a descriptor; this is four bytes without one): the parent is
+#: still there, so the callers queued at the identity's socket are left to it and to the
+#: identity's other workers
+RETIRE = b"\0\0\0\0"
 MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1 KiB)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 
@@ -575,7 +580,11 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
     taken: tuple[socket.socket, int, bool] | None = (*first, True)
     for served in range(1, settings.requests_per_worker + 1):
         if taken is None:
-            taken = next_connection(control, direct, waiting, identity, settings)
+            try:
+                taken = next_connection(control, direct, waiting, identity, settings)
+            except Retired:
+                end(control, direct, run, retired=True)
+                return
             if taken is None:
                 break
         conn, pid, told = taken
@@ -638,14 +647,21 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
         return accepted, pid, False
 
 
+class Retired(Exception):
+    """The parent retired this worker (:data:`RETIRE`)."""
+
+
 def receive(control: socket.socket) -> tuple[socket.socket, int] | None:
-    """The connection the parent hands over and its peer's pid; None when it left."""
+    """The connection the parent hands over and its peer's pid; None when it left. Raises
+    :class:`Retired` when it retires this worker."""
     try:
         data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     fds = [int.from_bytes(payload[:4], sys.byteorder) for level, kind, payload in ancillary
            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS]
+    if data == RETIRE and not fds:
+        raise Retired
     if not data or len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -692,19 +708,27 @@ def decline_queued(listener: socket.socket) -> None:
 
 
 def end(control: socket.socket, direct: socket.socket | None,
-        run: "Callable[[socket.socket, int], bool] | None") -> None:
+        run: "Callable[[socket.socket, int], bool] | None", retired: bool = False) -> None:
     """Say ENDING, then, until the parent closes the control socket, serve (``run``, while
     the worker is unchanged) or decline what it handed over before it heard. With the
     parent gone (stopped, reloading, killed) no one takes over the callers queued at the
     identity's socket ``direct``: they are declined (their front ends run the program),
-    not reset (a piped input could not be run again: 111)."""
+    not reset (a piped input could not be run again: 111). A worker the parent
+    ``retired`` (it closed the control socket first, but is there) leaves them."""
     gone = not say(control, ENDING)
-    while (handed := receive(control)) is not None:
+    while True:
+        try:
+            handed = receive(control)
+        except Retired:
+            retired = True
+            continue
+        if handed is None:
+            break
         if run is None:
             decline(handed[0])
         elif not run(*handed):
             run = None
-    if gone and direct is not None:
+    if gone and not retired and direct is not None:
         decline_queued(direct)
 
 
