@@ -612,7 +612,8 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
     """The next connection to serve: (connection, peer pid, handed by the parent); None when
     idle past ``server.idle_timeout`` or the parent left. The SQL connections kept are closed
     once idle past ``server.sql_idle_timeout``. A connection at the identity's socket from
-    anyone else is dropped (its front end runs the program itself)."""
+    anyone else is dropped (its front end runs the program itself). Raises
+    :class:`Retired` (:func:`receive`)."""
     now = time.monotonic()
     deadline, close_sql = now + settings.idle_timeout, now + settings.sql_idle_timeout
     while True:
