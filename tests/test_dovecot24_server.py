@@ -1091,9 +1091,9 @@ def relay_held(site: Site, seconds: int) -> Iterator[None]:
         yield
 
 
-def behind_a_held_worker(site: Site, second: Callable[[bytes], object]
+def behind_a_held_worker(site: Site, second: Callable[[bytes], object], held: int = 4
                          ) -> tuple[object, object, list[str]]:
-    """The one worker (server.request_timeout 1 s) held 4 s by a login waiting on a lock, a
+    """The one worker (server.request_timeout 1 s) held ``held`` s by a login waiting on a lock, a
     delivery waiting behind it, then ``second`` run with the lookup request (it asks a
     lookup, taken to wait behind the delivery): (the held login's answer, what ``second``
     returned, the server's log lines); the delivery exited 0."""
@@ -1105,7 +1105,8 @@ def behind_a_held_worker(site: Site, second: Callable[[bytes], object]
                    rip=new_source_ip())
     delivered: list[int] = []
     with running_server(inst) as started:
-        with relay_held(site, 4):
+        site.server = started  # type: ignore[attr-defined]  # server(site) for ``second``
+        with relay_held(site, held):
             first = asking(lookup_socket(site), request)
             time.sleep(0.5)  # the first holds the worker, waiting for the lock
             delivery = threading.Thread(
@@ -1149,3 +1150,31 @@ def test_a_lookup_whose_client_gave_up_is_dropped_unrun(mail_site: Site) -> None
     assert answer == 200
     dropped = [line for line in lines if "dropped" in line]
     assert len(dropped) == 1 and "uid 0: its client hung up" in dropped[0], lines[-5:]
+
+
+def test_a_reload_waits_no_longer_than_before_for_a_lookup_past_its_deadline(
+        mail_site: Site) -> None:
+    """SIGHUP while a lookup taken from the lookup socket waits past server.request_timeout
+    for a worker held by a long request: the reload goes ahead at once (the lookup declined,
+    as a lookup was before it could wait past its deadline), not once a worker frees up: a
+    reload accepts no more at the server's socket, so meanwhile every caller without a
+    socket of its identity waited there (before: the reload took as long as the held
+    worker, 8 s here, and a delivery sent during it as long)."""
+    took: dict[str, float] = {}
+
+    def reload(request: bytes) -> object:
+        sock = asking(lookup_socket(mail_site), request)
+        time.sleep(1.5)  # past the request timeout, while the worker is held
+        started = server(mail_site)
+        asked = time.monotonic()
+        started.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        delivery = mail_site.deliver("alice")
+        took["delivery"] = time.monotonic() - asked
+        wait_for(started, listening=2)
+        took["reload"] = time.monotonic() - asked
+        return delivery.returncode, status_or_error(sock)
+
+    answer, (delivered, second), lines = behind_a_held_worker(mail_site, reload, held=8)
+    assert answer == 200 and delivered == 0, lines[-5:]
+    assert took["reload"] < 2 and took["delivery"] < 2, (took, second, lines[-6:])

@@ -738,7 +738,7 @@ class Server:
                     self.heard(fd)
             self.expire()
             if stopping or reloading:  # the connections taken are handed on, no more
-                self.dispatch()
+                self.dispatch(final=True)
                 if self.unsent or self.ready:
                     continue
                 if reloading:
@@ -1013,9 +1013,12 @@ class Server:
                     and readable(direct.sock) and self.room(identity)):
                 self.take_direct(direct, 1)
 
-    def dispatch(self) -> None:
+    def dispatch(self, final: bool = False) -> None:
         """Hand the ready connections to workers, oldest first (:meth:`make_room` for one
-        that finds none)."""
+        that finds none). Those that find none by their deadline are declined, but for a
+        lookup, which waits on, unless ``final``: the last ones handed on before a reload or
+        a stop, which accepts no more meanwhile (a lookup waiting on, it waited for as long
+        as a worker was held, and every caller at the server's socket with it)."""
         left = []
         for waiting in self.ready:
             worker = self.idle_worker(waiting.identity, free=True)
@@ -1030,7 +1033,8 @@ class Server:
                     # every worker held (by another identity's endless requests, say):
                     # declined, nothing of it read, its front end runs the program itself;
                     # a lookup has no program to run: it waits on, until Dovecot gives up
-                    if not waiting.lookup:
+                    # (or the server reloads or stops: ``final``)
+                    if not waiting.lookup or final:
                         log(self.settings.log_fd, f"declined pid {waiting.pid} uid "
                             f"{waiting.identity[0]}: no worker for it within "
                             f"server.request_timeout")
