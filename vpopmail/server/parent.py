@@ -14,9 +14,9 @@ from vpopmail import config as vconfig
 from vpopmail import wire
 from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.errors import CannotServe
-from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, RETIRE, Identity,
-                                    Settings, decline, decline_queued, identify, log,
-                                    plan_class, readable, work)
+from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, RETIRE, RETIRE_LAST,
+                                    Identity, Settings, decline, decline_queued, identify,
+                                    log, plan_class, readable, work)
 from vpopmail.stores import drop_kept_connections
 from vpopmail.wire import identity_socket
 
@@ -824,9 +824,13 @@ class Server:
             self.release(worker.slot)
         else:
             self.ending[worker.pid] = worker.slot
-        if all(other.identity != worker.identity
-               for other in (*self.busy.values(), *self.idle.values())):
+        if self.alone(worker):
             self.close_direct(worker.identity)
+
+    def alone(self, worker: Worker) -> bool:
+        """Whether no other worker (busy or idle) holds ``worker``'s identity."""
+        return all(other.identity != worker.identity
+                   for other in (*self.busy.values(), *self.idle.values()))
 
     def open_direct(self, identity: Identity) -> Direct | None:
         """``identity``'s own socket, made now if it has none (None: no room for its name,
@@ -958,11 +962,15 @@ class Server:
                 waiting.conn.close()
 
     def retire(self, fd: int) -> None:
-        """Tell the idle worker ``fd`` to leave (it serves the caller it may have accepted at
-        its identity's socket first, and leaves the others queued there)."""
+        """Tell the idle worker ``fd`` to leave, after the caller it may have accepted at its
+        identity's socket: the identity's other workers serve what is queued there; when it
+        is the last, this process takes the socket's queue over first (:meth:`ended`)."""
         worker = self.idle.pop(fd)
+        last = self.alone(worker)
+        if last:
+            self.close_direct(worker.identity)
         with contextlib.suppress(OSError):
-            worker.control.send(RETIRE)
+            worker.control.send(RETIRE_LAST if last else RETIRE)
         self.ended(worker)
 
     def free(self, worker: Worker) -> bool:

@@ -34,10 +34,12 @@ SLOT = struct.Struct("=QQ")
 #: socket: the parent takes one), ending (it serves no more)
 IDLE, BUSY, ENDING = b".", b"+", b"x"
 #: what the parent tells a worker it retires, before closing the control socket (a handed
-#: connection is a pid with a descriptor; this is four bytes without one): the parent is
-#: still there, so the callers queued at the identity's socket are left to it and to the
-#: identity's other workers
-RETIRE = b"\0\0\0\0"
+#: connection is a pid with a descriptor; these are four bytes without one): the parent is
+#: still there, and the callers queued at the identity's socket are left to the identity's
+#: other workers (RETIRE), or, the worker being the identity's last (RETIRE_LAST), the
+#: parent has removed the socket and taken its queue over: the worker declines only those
+#: that came after (a front end that found the socket as it was removed)
+RETIRE, RETIRE_LAST = b"\0\0\0\0", b"\0\0\0\1"
 MAX_GROUPS = 256  # what SO_PEERGROUPS can return through Python's getsockopt (1 KiB)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13
 
@@ -582,8 +584,8 @@ def work(control: socket.socket, identity: Identity, settings: "Settings", slot:
         if taken is None:
             try:
                 taken = next_connection(control, direct, waiting, identity, settings)
-            except Retired:
-                end(control, direct, run, retired=True)
+            except Retired as retired:
+                end(control, direct, run, keep_queue=not retired.last)
                 return
             if taken is None:
                 break
@@ -649,20 +651,26 @@ def next_connection(control: socket.socket, direct: socket.socket | None,
 
 
 class Retired(Exception):
-    """The parent retired this worker (:data:`RETIRE`)."""
+    """The parent retired this worker (:data:`RETIRE`); ``last``: the identity's last one
+    (:data:`RETIRE_LAST`)."""
+
+    def __init__(self, last: bool) -> None:
+        super().__init__()
+        self.last = last
 
 
 def receive(control: socket.socket) -> tuple[socket.socket, int] | None:
     """The connection the parent hands over and its peer's pid; None when it left. Raises
     :class:`Retired` when it retires this worker."""
     try:
-        data, ancillary, _, _ = control.recvmsg(4, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+        data, ancillary, flags, _ = control.recvmsg(4, socket.CMSG_SPACE(4),
+                                                    socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     fds = [int.from_bytes(payload[:4], sys.byteorder) for level, kind, payload in ancillary
            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS]
-    if data == RETIRE and not fds:
-        raise Retired
+    if data in (RETIRE, RETIRE_LAST) and not fds and not flags & socket.MSG_CTRUNC:
+        raise Retired(data == RETIRE_LAST)
     if not data or len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -709,19 +717,20 @@ def decline_queued(listener: socket.socket) -> None:
 
 
 def end(control: socket.socket, direct: socket.socket | None,
-        run: "Callable[[socket.socket, int], bool] | None", retired: bool = False) -> None:
+        run: "Callable[[socket.socket, int], bool] | None", keep_queue: bool = False) -> None:
     """Say ENDING, then, until the parent closes the control socket, serve (``run``, while
     the worker is unchanged) or decline what it handed over before it heard. With the
     parent gone (stopped, reloading, killed) no one takes over the callers queued at the
     identity's socket ``direct``: they are declined (their front ends run the program),
-    not reset (a piped input could not be run again: 111). A worker the parent
-    ``retired`` (it closed the control socket first, but is there) leaves them."""
+    not reset (a piped input could not be run again: 111). A worker the parent retired
+    while others of its identity remain (``keep_queue``: it closed the control socket
+    first, but is there) leaves them to those."""
     gone = not say(control, ENDING)
     while True:
         try:
             handed = receive(control)
-        except Retired:
-            retired = True
+        except Retired as retired:
+            keep_queue = not retired.last
             continue
         if handed is None:
             break
@@ -729,7 +738,7 @@ def end(control: socket.socket, direct: socket.socket | None,
             decline(handed[0])
         elif not run(*handed):
             run = None
-    if gone and not retired and direct is not None:
+    if gone and not keep_queue and direct is not None:
         decline_queued(direct)
 
 
