@@ -964,7 +964,7 @@ class Server:
     def retire(self, fd: int) -> None:
         """Tell the idle worker ``fd`` to leave, after the caller it may have accepted at its
         identity's socket: the identity's other workers serve what is queued there; when it
-        is the last, this process takes the socket's queue over first (:meth:`ended`)."""
+        is the last, this process takes the socket's queue over first (:meth:`close_direct`)."""
         worker = self.idle.pop(fd)
         last = self.alone(worker)
         if last:
