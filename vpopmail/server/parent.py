@@ -15,8 +15,8 @@ from vpopmail import wire
 from vpopmail.cmdline import USAGE_ERROR
 from vpopmail.errors import CannotServe
 from vpopmail.server.worker import (BUSY, COUNTERS, IDLE, RELOAD_PREFIX, RETIRE, RETIRE_LAST,
-                                    Identity, Settings, decline, decline_queued, identify,
-                                    log, plan_class, readable, work)
+                                    Identity, Settings, decline, decline_queued, events_now,
+                                    identify, log, plan_class, readable, work)
 from vpopmail.stores import drop_kept_connections
 from vpopmail.wire import identity_socket
 
@@ -498,13 +498,6 @@ class Worker:
         self.slot = slot
 
 
-def hung_up(conn: socket.socket) -> bool:
-    """Whether the peer of ``conn`` has closed its end (not merely its writing half)."""
-    probe = select.poll()
-    probe.register(conn, select.POLLIN)
-    return any(events & select.POLLHUP for _, events in probe.poll(0))
-
-
 class Waiting:
     """An accepted connection that has not yet been handed to a worker: until ``deadline``
     its peer may be silent (then it is dropped); once it has sent, until the new
@@ -824,13 +817,13 @@ class Server:
             self.release(worker.slot)
         else:
             self.ending[worker.pid] = worker.slot
-        if self.alone(worker):
+        if not self.has_worker(worker.identity):
             self.close_direct(worker.identity)
 
-    def alone(self, worker: Worker) -> bool:
-        """Whether no other worker (busy or idle) holds ``worker``'s identity."""
-        return all(other.identity != worker.identity
-                   for other in (*self.busy.values(), *self.idle.values()))
+    def has_worker(self, identity: Identity) -> bool:
+        """Whether a worker (busy or idle, not ending) holds ``identity``."""
+        return any(worker.identity == identity
+                   for worker in (*self.busy.values(), *self.idle.values()))
 
     def open_direct(self, identity: Identity) -> Direct | None:
         """``identity``'s own socket, made now if it has none (None: no room for its name,
@@ -899,9 +892,7 @@ class Server:
             conn.close()
             return
         waiting = Waiting(conn, *known, deadline, lookup=callers is not None)
-        probe = select.poll()  # the front end sends at once: most are readable already
-        probe.register(conn, select.POLLIN)
-        if probe.poll(0):
+        if readable(conn):  # the front end sends at once: most are readable already
             self.ready.append(waiting)
         else:
             self.unsent[conn.fileno()] = waiting
@@ -966,7 +957,7 @@ class Server:
         identity's socket: the identity's other workers serve what is queued there; when it
         is the last, this process takes the socket's queue over first (:meth:`close_direct`)."""
         worker = self.idle.pop(fd)
-        last = self.alone(worker)
+        last = not self.has_worker(worker.identity)
         if last:
             self.close_direct(worker.identity)
         with contextlib.suppress(OSError):
@@ -1048,7 +1039,9 @@ class Server:
                             f"server.request_timeout")
                         decline(waiting.conn)
                         continue
-                    if hung_up(waiting.conn):  # not run later for no one
+                    # its client closed its end (not merely its writing half): not run
+                    # later for no one
+                    if events_now(waiting.conn) & select.POLLHUP:
                         log(self.settings.log_fd, f"dropped pid {waiting.pid} uid "
                             f"{waiting.identity[0]}: its client hung up while it waited "
                             f"for a worker")
@@ -1084,9 +1077,7 @@ class Server:
         Retiring at once, two identities taking turns on two workers each retired the
         other's worker at about every request, forking one for the next."""
         waited = self.settings.timeout - (waiting.deadline - now)
-        return waited >= TICK / 1000 or all(
-            worker.identity != waiting.identity
-            for worker in (*self.busy.values(), *self.idle.values()))
+        return waited >= TICK / 1000 or not self.has_worker(waiting.identity)
 
     def hand(self, worker: Worker | None, waiting: Waiting) -> Worker | None:
         """``worker``, once ``waiting``'s connection is sent to it; None when there is none

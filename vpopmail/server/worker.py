@@ -684,10 +684,15 @@ def unix_stream(fd: int) -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
 
 
-def readable(sock: socket.socket) -> bool:
+def events_now(sock: socket.socket) -> int:
+    """The poll events ``sock`` has now (readable, hung up), without waiting; 0: none."""
     probe = select.poll()
     probe.register(sock, select.POLLIN)
-    return bool(probe.poll(0))
+    return sum(events for _, events in probe.poll(0))  # one descriptor: one entry at most
+
+
+def readable(sock: socket.socket) -> bool:
+    return bool(events_now(sock))
 
 
 def say(control: socket.socket, what: bytes) -> bool:
