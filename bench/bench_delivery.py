@@ -53,8 +53,9 @@ HEADER = (b"From: Sender <sender@remote.test>\nTo: alice@example.com\nSubject: b
           b"Message-ID: <bench@remote.test>\n\n")
 
 
-def message(size: int) -> Path:
-    path = HERE / f"msg{size}"
+def message(size: int, where: Path = HERE) -> Path:
+    """``where``/msg<size>: a message of ``size`` bytes (HEADER, lines of text), 0644."""
+    path = where / f"msg{size}"
     line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
     body = (line * (size // len(line) + 1))[:max(0, size - len(HEADER) - 1)]
     path.write_bytes(HEADER + body + b"\n")

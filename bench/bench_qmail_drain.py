@@ -45,10 +45,10 @@ from pathlib import Path
 import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_delivery import HEADER  # noqa: E402
+from bench_delivery import message  # noqa: E402
 from bench_server import C_NAME, server_cpu  # noqa: E402
 from common import (RESULTS, WORK, add_alice, install, machine_line, owner,  # noqa: E402
-                    replace_section)
+                    replace_section, start_server)
 
 HERE = WORK / "drain"
 HEADING = "## qmail drain: a batch through real qmail (`bench/bench_qmail_drain.py`)"
@@ -139,9 +139,7 @@ class Site:
         nosync = HERE / "vpopmail-nosync.toml"
         nosync.write_text(config.read_text().replace("file_sync = true", "file_sync = false"))
         nosync.chmod(0o644)
-        self.message = HERE / "msg4096"
-        line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
-        self.message.write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
+        self.message = message(4096, HERE)
         self.held = HERE / "held"
         self.held.mkdir()
         self.held_count = 0
@@ -178,15 +176,7 @@ class Site:
                 maildir.symlink_to(shared)
 
     def start(self) -> None:
-        log = HERE / "server.log"
-        with open(log, "wb") as fh:
-            self.server = subprocess.Popen([str(self.bin / "vpopmail-server")], stdout=fh,
-                                           stderr=fh, env={"PATH": "/usr/bin:/bin"})
-        deadline = time.monotonic() + 30
-        while "listening" not in log.read_text():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {log.read_text()}")
-            time.sleep(0.05)
+        self.server = start_server([str(self.bin / "vpopmail-server")], HERE / "server.log")
 
     def stop(self) -> None:
         if self.server is not None:

@@ -53,11 +53,11 @@ from pathlib import Path
 import psutil
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_delivery import HEADER, qmail_local_env  # noqa: E402
+from bench_delivery import message, qmail_local_env  # noqa: E402
 from common import (POP_ENV, RESULTS, WORK, add_alice, install, machine_line,  # noqa: E402
                     mariadb_ready, owner, peak_rss, private_mariadb,
                     replace_section, shell_loop, sql_config, sql_copy_users,
-                    timed, wrapper_python)
+                    start_server, timed, wrapper_python)
 from vpopmail import config as vconfig  # noqa: E402
 
 HERE = WORK / "server"
@@ -124,10 +124,7 @@ class Setup:
                                                                "file_sync = false"))
         self.nosync.chmod(0o644)
         vconfig.load(str(self.nosync))  # its cache: only the file's owner (root) writes one
-        self.message = HERE / "msg4096"
-        line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
-        self.message.write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
-        self.message.chmod(0o644)
+        self.message = message(4096, HERE)
         self.credentials = HERE / "fd3"
         self.credentials.write_bytes(b"alice@example.com\0pw\0\0")
         # bob has an MD5-crypt hash: the hash of C vpopmail's figures (issue 14)
@@ -193,15 +190,7 @@ class Setup:
                                        {"VPOPMAIL_CONFIG": str(self.other_config)})
 
     def launch(self, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(log, "wb") as fh:
-            server = subprocess.Popen([str(self.bin / "vpopmail-server")], stdout=fh, stderr=fh,
-                                      env={"PATH": "/usr/bin:/bin", **env})
-        deadline = time.monotonic() + 30
-        while "listening" not in log.read_text():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {log.read_text()}")
-            time.sleep(0.05)
-        return server
+        return start_server([str(self.bin / "vpopmail-server")], log, env)
 
     def stop(self) -> None:
         for server in (self.server, self.other_server):

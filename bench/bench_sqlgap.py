@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1]),
                 str(Path(__file__).resolve().parents[1] / "tests")]
-from bench_delivery import HEADER, qmail_local_env  # noqa: E402
+from bench_delivery import message as write_message, qmail_local_env  # noqa: E402
 from common import (WORK, add_alice, owner, private_mariadb, shell_loop,  # noqa: E402
-                    sql_config, sql_copy_users)
+                    sql_config, sql_copy_users, start_server)
 from vpopmail import config as vconfig  # noqa: E402
 
 HERE = WORK / "sqlgap"
@@ -83,14 +83,7 @@ class Tree:
                         if line.startswith("sys.path.append("))
             argv = [text.split()[0][2:], "-IS", str(PROBE), str(self.prefix), site,
                     str(self.probe_log)]
-        with open(log, "wb") as fh:
-            self.server = subprocess.Popen(argv, stdout=fh, stderr=fh,
-                                           env={"PATH": "/usr/bin:/bin"})
-        deadline = time.monotonic() + 30
-        while "listening" not in log.read_text():
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {log.read_text()}")
-            time.sleep(0.05)
+        self.server = start_server(argv, log)
 
     def rows(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         argv = [str(self.bin / "vdelivermail"), "", "bounce-no-mailbox"]
@@ -147,10 +140,7 @@ def main() -> int:
     from mariadb_site import new_database
 
     HERE.mkdir(parents=True, exist_ok=True)
-    message = HERE / "msg4096"
-    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
-    message.write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
-    message.chmod(0o644)
+    message = write_message(4096, HERE)
     with private_mariadb() as first:
         if args.query_cache:
             first.server.sql("SET GLOBAL query_cache_size = 1048576, query_cache_type = 1")

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from bench_delivery import HEADER, qmail_local_env  # noqa: E402
+from bench_delivery import message as write_message, qmail_local_env  # noqa: E402
 from common import POP_ENV, REPO, WORK, install, owner, private_mariadb, sql_config  # noqa: E402
 from common import sql_copy_users  # noqa: E402
 
@@ -56,8 +56,7 @@ def setup(database: "Database") -> None:
                        env={"PATH": "/usr/bin:/bin", "VPOPMAIL_CONFIG": str(files)})
     sql = sql_config(prefix, database, files, HERE / "sql.toml")
     sql_copy_users(prefix, sql)
-    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\n"
-    (HERE / "msg4096").write_bytes(HEADER + (line * 60)[:4096 - len(HEADER) - 1] + b"\n")
+    write_message(4096, HERE)
     (HERE / "fd3").write_bytes(b"bob@example.com\0pw\0\0")
     subprocess.run(["chown", "-R", f"{user}:{group}", str(prefix / "domains")], check=True)
     os.chown(HERE, uid, gid)  # the configs' marshal caches are written beside them

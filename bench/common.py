@@ -136,6 +136,21 @@ def install(here: Path, user: str, group: str, frontends: bool = False,
     return prefix
 
 
+def start_server(argv: list[str], log: Path, env: dict[str, str] | None = None
+                 ) -> subprocess.Popen[bytes]:
+    """vpopmail-server (``argv``) started with ``env`` beside PATH, its output in ``log``, once
+    it says it listens (at most 30 s)."""
+    with open(log, "wb") as fh:
+        server = subprocess.Popen(argv, stdout=fh, stderr=fh,
+                                  env={"PATH": "/usr/bin:/bin", **(env or {})})
+    deadline = time.monotonic() + 30
+    while "listening" not in log.read_text():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start: {log.read_text()}")
+        time.sleep(0.05)
+    return server
+
+
 def add_alice(bin_: Path, domain: str = "example.com") -> tuple[Path, Path]:
     """Add ``domain`` and alice (password ``pw``, a 100G quota: no delivery is refused) with the
     installation's own commands in ``bin_``; return the domain's directory and alice's
